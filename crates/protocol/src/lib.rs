@@ -1,1 +1,49 @@
-//! placeholder
+//! # lattice-protocol
+//!
+//! The Lattice wire protocol, version 1, as serde types: what the signaling server and every client
+//! exchange over a WebSocket. The contract is `docs/protocol.md` in the repository; it is a strict
+//! superset of the original MessagingPeer protocol, so every frame keeps the original JSON shape.
+//! This crate does no I/O: callers hand it text and take frames back.
+//!
+//! ## Protocol flow
+//! ```text
+//! client                                   server
+//!   | -- challenge {} ----------------------> |   (ext, for a verified registration)
+//!   | <------------------- challenge {nonce} -- |
+//!   | -- register {clientId, publicKey, ..} -> |
+//!   | <---- register {success, clientId, ..} -- |
+//!   | -- discover {} -----------------------> |
+//!   | <----------- discover {peers: [...]} --- |   and from now on peer_connected/peer_disconnected
+//!   | -- message {targetId, message} -------> | -- message {message, fromId, timestamp} --> target
+//!   | <------------ server_question {...} --- |
+//!   | -- peer_response {questionId, ..} ----> |
+//! ```
+//!
+//! ## Modules
+//! - [`ids`]: validated id newtypes ([`ClientId`], [`MessageId`], [`RequestId`], ...).
+//! - [`limits`]: every size limit of the protocol, with its reason.
+//! - [`frames`]: [`ClientFrame`] (client → server) and [`ServerFrame`] (server → client) and their payloads.
+//! - [`codec`]: [`decode_client`], [`decode_server`] and [`encode`]; one [`DecodeError`] that maps to
+//!   the protocol's `errorType`.
+//! - [`envelope`]: the sealed [`Envelope`] object and the `lattice-v1` inner plaintext.
+//! - [`error_type`]: the [`ErrorType`] codes of `error` frames.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod envelope;
+pub mod error_type;
+pub mod frames;
+pub mod ids;
+pub mod limits;
+mod public_key;
+mod time_fmt;
+
+pub use codec::{decode_client, decode_server, encode, DecodeError, Frame};
+pub use envelope::{Envelope, InnerMessage};
+pub use error_type::ErrorType;
+pub use frames::*;
+pub use ids::{ClientId, ConversationId, IdError, MessageId, QuestionId, RequestId};
+pub use public_key::PublicKeyField;
+pub use time_fmt::iso8601;

@@ -1,0 +1,199 @@
+//! Encoding and decoding of whole frames.
+//!
+//! Decoding is two-step: the outer object is parsed with the payload kept raw, then the payload is
+//! parsed by type. That gives precise errors (unknown type vs. bad payload), recovers the
+//! `requestId` even from a frame whose payload is bad, and never copies a sealed envelope twice.
+
+use std::borrow::Cow;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::frames::{ClientFrame, FrameBody, ServerFrame};
+use crate::ids::RequestId;
+use crate::limits::MAX_FRAME_BYTES;
+use crate::ErrorType;
+
+/// A frame with its optional top-level `requestId`.
+#[derive(Debug, Clone)]
+pub struct Frame<T> {
+    /// *ext*: copied by the server into its direct answer.
+    pub request_id: Option<RequestId>,
+    /// The typed frame.
+    pub body: T,
+}
+
+impl<T> Frame<T> {
+    /// A frame without a request id.
+    pub fn new(body: T) -> Self {
+        Self {
+            request_id: None,
+            body,
+        }
+    }
+
+    /// A frame with a request id.
+    pub fn with_request_id(body: T, request_id: Option<RequestId>) -> Self {
+        Self { request_id, body }
+    }
+}
+
+impl<T: FrameBody> Serialize for Frame<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(if self.request_id.is_some() { 3 } else { 2 }))?;
+        map.serialize_entry("type", self.body.type_name())?;
+        self.body.serialize_payload(&mut map)?;
+        if let Some(id) = &self.request_id {
+            map.serialize_entry("requestId", id)?;
+        }
+        map.end()
+    }
+}
+
+/// Encodes a frame as one JSON text.
+///
+/// ```
+/// use lattice_protocol::{encode, ClientFrame, Empty, Frame};
+/// assert_eq!(encode(&Frame::new(ClientFrame::Discover(Empty {}))), r#"{"type":"discover","payload":{}}"#);
+/// ```
+pub fn encode<T: FrameBody>(frame: &Frame<T>) -> String {
+    // Serializing our own types into a String cannot fail: no map has non-string keys and no
+    // custom Serialize impl returns an error.
+    serde_json::to_string(frame).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// Why a text is not a valid frame. Maps onto an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error_type}: {details}")]
+pub struct DecodeError {
+    /// The `errorType` to answer with.
+    pub error_type: ErrorType,
+    /// A readable sentence.
+    pub details: String,
+    /// The frame's `requestId`, when it could be read.
+    pub request_id: Option<RequestId>,
+    /// The frame's `type`, when it could be read.
+    pub frame_type: Option<String>,
+}
+
+impl DecodeError {
+    fn invalid(details: impl Into<String>) -> Self {
+        Self {
+            error_type: ErrorType::InvalidMessage,
+            details: details.into(),
+            request_id: None,
+            frame_type: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<&'a RawValue>,
+}
+
+fn decode<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError {
+            error_type: ErrorType::MessageTooLarge,
+            details: format!(
+                "Frame of {} bytes exceeds the limit of {} bytes",
+                text.len(),
+                MAX_FRAME_BYTES
+            ),
+            request_id: None,
+            frame_type: None,
+        });
+    }
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            DecodeError::invalid("A frame must be a JSON object with a type and a payload")
+        } else {
+            DecodeError::invalid(format!("Invalid JSON: {e}"))
+        }
+    })?;
+    let request_id = match raw.request_id {
+        None => None,
+        Some(v) if v.get() == "null" => None,
+        Some(v) => Some(serde_json::from_str::<RequestId>(v.get()).map_err(|_| {
+            DecodeError::invalid("requestId must be a string of 1-64 printable characters")
+        })?),
+    };
+    let with_ids = |mut e: DecodeError, ty: Option<&str>| {
+        e.request_id.clone_from(&request_id);
+        e.frame_type = ty.map(str::to_owned);
+        e
+    };
+    let Some(ty) = raw.ty else {
+        return Err(with_ids(DecodeError::invalid("Missing field: type"), None));
+    };
+    let Some(payload) = raw.payload else {
+        return Err(with_ids(
+            DecodeError::invalid(format!("Missing field: payload ({ty})")),
+            Some(&ty),
+        ));
+    };
+    match T::from_parts(&ty, payload.get()) {
+        Ok(Some(body)) => Ok(Frame { request_id, body }),
+        Ok(None) => Err(with_ids(
+            DecodeError::invalid(format!("Unknown message type: {}", truncate(&ty, 40))),
+            None,
+        )),
+        Err(e) => Err(with_ids(
+            DecodeError::invalid(format!("Invalid {ty} payload: {}", strip_position(&e))),
+            Some(&ty),
+        )),
+    }
+}
+
+/// serde_json appends " at line 1 column 123"; the position inside the payload means nothing to a
+/// reader of the error, the sentence before it does.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Decodes a frame sent by a client.
+///
+/// # Errors
+/// [`DecodeError`] with `MESSAGE_TOO_LARGE` for frames over [`MAX_FRAME_BYTES`] and
+/// `INVALID_MESSAGE` for bad JSON, a missing `type` or `payload`, an unknown type or a payload of the
+/// wrong shape.
+///
+/// ```
+/// use lattice_protocol::{decode_client, ClientFrame};
+/// let f = decode_client(r#"{"type":"request_public_key","payload":{"targetId":"bob"},"requestId":"7"}"#).unwrap();
+/// assert!(matches!(f.body, ClientFrame::RequestPublicKey(ref p) if p.target_id.as_str() == "bob"));
+/// assert_eq!(f.request_id.unwrap().as_str(), "7");
+/// assert!(decode_client("{").is_err());
+/// ```
+pub fn decode_client(text: &str) -> Result<Frame<ClientFrame>, DecodeError> {
+    decode(text)
+}
+
+/// Decodes a frame sent by the server.
+///
+/// # Errors
+/// As [`decode_client`].
+pub fn decode_server(text: &str) -> Result<Frame<ServerFrame>, DecodeError> {
+    decode(text)
+}

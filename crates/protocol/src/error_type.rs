@@ -1,0 +1,61 @@
+//! `errorType` codes carried by `error` frames.
+
+use serde::{Deserialize, Serialize};
+
+/// The `errorType` of an `error` frame. The first seven are the original protocol's; the rest are
+/// Lattice extensions. Unknown codes from a newer server decode as [`ErrorType::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorType {
+    /// Bad JSON, bad shape, unknown type or missing fields.
+    InvalidMessage,
+    /// The id is held by another connection or bound to another identity.
+    ClientIdTaken,
+    /// The target is neither online nor a known verified identity.
+    PeerNotFound,
+    /// `publicKey` is not a valid ML-KEM-768 encapsulation key.
+    InvalidPublicKey,
+    /// The request needs a registered connection.
+    RegistrationRequired,
+    /// The server failed; the request may be retried.
+    InternalError,
+    /// The registration proof (`verification`/`keySignature`) does not verify.
+    InvalidProof,
+    /// *ext*: the frame is larger than the server accepts.
+    MessageTooLarge,
+    /// *ext*: the connection sends faster than its rate limit.
+    RateLimited,
+    /// *ext*: the `questionId` is unknown, already answered or expired.
+    UnknownQuestion,
+    /// *ext*: the recipient's offline mailbox is full.
+    MailboxFull,
+    /// A code this version does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorType {
+    /// The wire spelling, e.g. `"CLIENT_ID_TAKEN"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidMessage => "INVALID_MESSAGE",
+            Self::ClientIdTaken => "CLIENT_ID_TAKEN",
+            Self::PeerNotFound => "PEER_NOT_FOUND",
+            Self::InvalidPublicKey => "INVALID_PUBLIC_KEY",
+            Self::RegistrationRequired => "REGISTRATION_REQUIRED",
+            Self::InternalError => "INTERNAL_ERROR",
+            Self::InvalidProof => "INVALID_PROOF",
+            Self::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::UnknownQuestion => "UNKNOWN_QUESTION",
+            Self::MailboxFull => "MAILBOX_FULL",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

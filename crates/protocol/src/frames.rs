@@ -1,0 +1,384 @@
+//! Frames split by direction: [`ClientFrame`] (client → server) and [`ServerFrame`]
+//! (server → client). On the wire each is `{"type": "<type>", "payload": {...}}`, with an optional
+//! top-level `requestId` carried by [`crate::Frame`].
+//!
+//! Sealed envelopes (`message.message`) are kept as raw JSON ([`RawValue`]) from decode to encode, so a
+//! server that only forwards them never re-serializes them.
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{ClientId, ConversationId, MessageId, QuestionId, RequestId};
+use crate::public_key::PublicKeyField;
+use crate::ErrorType;
+
+/// An empty payload, `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// `register`: claim an id and publish an ML-KEM public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Register {
+    /// The id to register.
+    pub client_id: ClientId,
+    /// The ML-KEM-768 encapsulation key (1184 bytes).
+    pub public_key: PublicKeyField,
+    /// Proof of identity. Kept raw: original clients send other algorithms (`ml-dsa`), which make
+    /// the registration unverified rather than invalid. Parse with [`Register::verification`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Box<RawValue>>,
+    /// *ext*: base64 Ed25519 signature by the identity key over `"lattice/v1/kem-key" ‖ publicKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_signature: Option<String>,
+}
+
+impl Register {
+    /// The `verification` object if present and shaped as the protocol says (`None` if absent;
+    /// `Some(Err)` if present but not an object with a string `algorithm`).
+    pub fn verification(&self) -> Option<Result<Verification, serde_json::Error>> {
+        self.verification
+            .as_ref()
+            .map(|raw| serde_json::from_str(raw.get()))
+    }
+}
+
+/// The `verification` object of `register`, in the original shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// `"ed25519"` for Lattice identities; anything else registers unverified.
+    pub algorithm: String,
+    /// Base64 identity key.
+    #[serde(default)]
+    pub serialized_public_key: Option<String>,
+    /// Base64 statement (`"lattice/v1/register" ‖ nonce ‖ lp(clientId) ‖ publicKey`).
+    #[serde(default)]
+    pub serialized_message: Option<String>,
+    /// Base64 signature over the statement.
+    #[serde(default)]
+    pub serialized_signed_data: Option<String>,
+}
+
+/// `request_public_key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestPublicKey {
+    /// Whose key.
+    pub target_id: ClientId,
+}
+
+/// `message` from a client: a sealed envelope for `targetId`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    /// The recipient.
+    pub target_id: ClientId,
+    /// The sealed envelope, forwarded verbatim.
+    pub message: Box<RawValue>,
+    /// *ext*: sender-chosen id; when present the sender gets a `message_ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+}
+
+/// `peer_response`: an answer to a `server_question`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerResponse {
+    /// The question answered.
+    pub question_id: QuestionId,
+    /// The answer: a string (text, or the chosen option), or a boolean for `confirm`.
+    pub response: serde_json::Value,
+}
+
+/// `ack` *ext*: the recipient stored the message; the server may forget it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    /// The acknowledged message.
+    pub message_id: MessageId,
+}
+
+/// `register` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    /// Always `true` (failures are `error` frames).
+    pub success: bool,
+    /// The registered id.
+    pub client_id: ClientId,
+    /// *ext*: whether the registration proved an identity key.
+    #[serde(default)]
+    pub verified: bool,
+}
+
+/// `challenge` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Base64 of 32 random bytes, single use.
+    pub nonce: String,
+}
+
+/// `discover` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    /// Every registered online id, the requester's included.
+    pub peers: Vec<ClientId>,
+}
+
+/// `public_key_response`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicKeyResponse {
+    /// Whose key.
+    pub peer_id: ClientId,
+    /// The ML-KEM-768 key, as a byte array.
+    pub public_key: PublicKeyField,
+    /// *ext*: base64 Ed25519 identity key of a verified peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_key: Option<String>,
+    /// *ext*: base64 signature of the identity key over the KEM key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_signature: Option<String>,
+}
+
+/// `message` delivered to a recipient.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivered {
+    /// The sealed envelope, verbatim.
+    pub message: Box<RawValue>,
+    /// The sender's registered id, set by the server.
+    pub from_id: ClientId,
+    /// When the server accepted the message, unix milliseconds.
+    pub timestamp: u64,
+    /// *ext*: the sender's message id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+}
+
+/// Delivery state in a `message_ack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Handed to the recipient's live connection.
+    Delivered,
+    /// Stored in the recipient's mailbox until it comes online.
+    Queued,
+}
+
+/// `message_ack` *ext*.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageAck {
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// The recipient.
+    pub target_id: ClientId,
+    /// Delivered or queued.
+    pub status: AckStatus,
+}
+
+/// `peer_connected` / `peer_disconnected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPresence {
+    /// The peer.
+    pub peer_id: ClientId,
+}
+
+/// How a question wants to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuestionKind {
+    /// Free text.
+    Text,
+    /// One of `options`.
+    Choice,
+    /// Yes or no.
+    Confirm,
+    /// A kind this version does not know; answer as text.
+    #[serde(other)]
+    Other,
+}
+
+/// The `question` object of a `server_question`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    /// What is asked.
+    pub text: String,
+    /// *ext*: the answer control (absent = text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<QuestionKind>,
+    /// *ext*: the choices of a `choice` question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<String>>,
+}
+
+impl Question {
+    /// A free-text question.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            kind: Some(QuestionKind::Text),
+            options: None,
+        }
+    }
+    /// A choice among `options`.
+    pub fn choice(text: impl Into<String>, options: Vec<String>) -> Self {
+        Self {
+            text: text.into(),
+            kind: Some(QuestionKind::Choice),
+            options: Some(options),
+        }
+    }
+    /// A yes/no question.
+    pub fn confirm(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            kind: Some(QuestionKind::Confirm),
+            options: None,
+        }
+    }
+}
+
+/// `server_question`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerQuestion {
+    /// Answer with this id in `peer_response`.
+    pub question_id: QuestionId,
+    /// The question.
+    pub question: Question,
+    /// *ext*: shared by the rounds of one conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<ConversationId>,
+    /// *ext*: 1 for the first question of a conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+}
+
+/// `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorPayload {
+    /// The error code.
+    pub error_type: ErrorType,
+    /// A readable sentence.
+    pub details: String,
+    /// ISO-8601 time of the error.
+    pub timestamp: String,
+    /// *ext*: the request this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+/// What a frame enum needs so [`crate::Frame`] can encode and decode it.
+pub trait FrameBody: Sized {
+    /// Every `type` this direction knows.
+    const TYPES: &'static [&'static str];
+    /// This frame's `type`.
+    fn type_name(&self) -> &'static str;
+    /// Writes the `"payload"` entry.
+    ///
+    /// # Errors
+    /// Whatever the serializer reports.
+    fn serialize_payload<S: SerializeMap>(&self, map: &mut S) -> Result<(), S::Error>;
+    /// Builds a frame from its `type` and raw payload; `Ok(None)` for an unknown type.
+    ///
+    /// # Errors
+    /// The payload does not have the shape of `ty`.
+    fn from_parts(ty: &str, payload: &str) -> Result<Option<Self>, serde_json::Error>;
+}
+
+macro_rules! frame_enum {
+    ($(#[$m:meta])* $name:ident { $( $(#[$vm:meta])* $variant:ident($payload:ty) = $tag:literal, )* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone)]
+        pub enum $name {
+            $( $(#[$vm])* $variant($payload), )*
+        }
+
+        impl FrameBody for $name {
+            const TYPES: &'static [&'static str] = &[$($tag),*];
+            fn type_name(&self) -> &'static str {
+                match self { $( Self::$variant(_) => $tag, )* }
+            }
+            fn serialize_payload<S: SerializeMap>(&self, map: &mut S) -> Result<(), S::Error> {
+                match self { $( Self::$variant(p) => map.serialize_entry("payload", p), )* }
+            }
+            fn from_parts(ty: &str, payload: &str) -> Result<Option<Self>, serde_json::Error> {
+                match ty {
+                    $( $tag => serde_json::from_str::<$payload>(payload).map(|p| Some(Self::$variant(p))), )*
+                    _ => Ok(None),
+                }
+            }
+        }
+    };
+}
+
+frame_enum! {
+    /// Frames a client sends.
+    ClientFrame {
+        /// `register`.
+        Register(Register) = "register",
+        /// `challenge` *ext*: ask for a registration nonce.
+        Challenge(Empty) = "challenge",
+        /// `discover`: list online peers and subscribe to presence.
+        Discover(Empty) = "discover",
+        /// `request_public_key`.
+        RequestPublicKey(RequestPublicKey) = "request_public_key",
+        /// `message`.
+        Message(SendMessage) = "message",
+        /// `peer_response`.
+        PeerResponse(PeerResponse) = "peer_response",
+        /// `debug_question`: start the demo conversation.
+        DebugQuestion(Empty) = "debug_question",
+        /// `ack` *ext*.
+        Ack(Ack) = "ack",
+    }
+}
+
+frame_enum! {
+    /// Frames the server sends.
+    ServerFrame {
+        /// `register` success.
+        Registered(Registered) = "register",
+        /// `challenge` nonce.
+        Challenge(Challenge) = "challenge",
+        /// `discover` result.
+        Peers(Peers) = "discover",
+        /// `public_key_response`.
+        PublicKey(PublicKeyResponse) = "public_key_response",
+        /// `message` delivered.
+        Message(Delivered) = "message",
+        /// `message_ack` *ext*.
+        MessageAck(MessageAck) = "message_ack",
+        /// `peer_connected` *ext*.
+        PeerConnected(PeerPresence) = "peer_connected",
+        /// `peer_disconnected`.
+        PeerDisconnected(PeerPresence) = "peer_disconnected",
+        /// `server_question`.
+        ServerQuestion(ServerQuestion) = "server_question",
+        /// `error`.
+        Error(ErrorPayload) = "error",
+    }
+}
+
+impl ServerFrame {
+    /// An `error` frame stamped with `at`.
+    pub fn error(
+        error_type: ErrorType,
+        details: impl Into<String>,
+        at: std::time::SystemTime,
+        request_id: Option<RequestId>,
+    ) -> Self {
+        Self::Error(ErrorPayload {
+            error_type,
+            details: details.into(),
+            timestamp: crate::iso8601(at),
+            request_id,
+        })
+    }
+}

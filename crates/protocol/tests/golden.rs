@@ -1,0 +1,285 @@
+//! Golden JSON: every frame type decodes from and encodes to the exact shapes of the protocol
+//! (the original MessagingPeer's where it has them).
+
+use lattice_protocol::*;
+use serde_json::{json, Value};
+
+fn enc<T: FrameBody>(f: &Frame<T>) -> Value {
+    serde_json::from_str(&encode(f)).unwrap()
+}
+
+fn raw(v: Value) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(&v).unwrap()
+}
+
+fn id(s: &str) -> ClientId {
+    ClientId::new(s).unwrap()
+}
+
+#[test]
+fn client_frames_decode_from_original_shapes() {
+    let key: Vec<u8> = (0..1184u32).map(|i| (i % 256) as u8).collect();
+    let text = json!({"type":"register","payload":{"clientId":"alice","publicKey":key,
+        "verification":{"algorithm":"ml-dsa","serializedPublicKey":"AA==","serializedMessage":"AA==","serializedSignedData":"AA=="}}})
+    .to_string();
+    let f = decode_client(&text).unwrap();
+    let ClientFrame::Register(r) = f.body else {
+        panic!("not register")
+    };
+    assert_eq!(r.client_id.as_str(), "alice");
+    assert_eq!(r.public_key.bytes().unwrap(), key.as_slice());
+    assert_eq!(r.verification().unwrap().unwrap().algorithm, "ml-dsa");
+    assert!(r.key_signature.is_none());
+
+    let cases = [
+        (json!({"type":"challenge","payload":{}}), "challenge"),
+        (json!({"type":"discover","payload":{}}), "discover"),
+        (
+            json!({"type":"request_public_key","payload":{"targetId":"bob"}}),
+            "request_public_key",
+        ),
+        (
+            json!({"type":"message","payload":{"targetId":"bob","message":{"algorithm":"ml-kem-aes","serializedCipherText":"QQ==","serializedEncryptedData":"Qg=="}}}),
+            "message",
+        ),
+        (
+            json!({"type":"peer_response","payload":{"questionId":"q-1","response":"blue"}}),
+            "peer_response",
+        ),
+        (
+            json!({"type":"debug_question","payload":{}}),
+            "debug_question",
+        ),
+        (json!({"type":"ack","payload":{"messageId":"m1"}}), "ack"),
+    ];
+    for (v, ty) in cases {
+        let f = decode_client(&v.to_string()).unwrap();
+        assert_eq!(f.body.type_name(), ty);
+        // Re-encoding yields the same JSON.
+        assert_eq!(enc(&f), v, "{ty}");
+    }
+}
+
+#[test]
+fn base64_public_key_is_accepted_on_input_and_array_on_output() {
+    let text = r#"{"type":"register","payload":{"clientId":"a","publicKey":"AQID"}}"#;
+    let f = decode_client(text).unwrap();
+    assert_eq!(enc(&f)["payload"]["publicKey"], json!([1, 2, 3]));
+}
+
+#[test]
+fn invalid_public_keys_are_typed_not_shape_errors() {
+    for pk in [
+        json!("***"),
+        json!([1, 256]),
+        json!([1, "x"]),
+        json!(7),
+        json!({"a": 1}),
+        json!(null),
+    ] {
+        let text = json!({"type":"register","payload":{"clientId":"a","publicKey":pk}}).to_string();
+        let f = decode_client(&text).unwrap();
+        let ClientFrame::Register(r) = f.body else {
+            panic!()
+        };
+        assert!(matches!(r.public_key, PublicKeyField::Invalid(_)), "{pk}");
+    }
+}
+
+#[test]
+fn server_frames_encode_to_exact_shapes() {
+    let t = 1_700_000_000_123u64;
+    let cases: Vec<(ServerFrame, Value)> = vec![
+        (
+            ServerFrame::Registered(Registered {
+                success: true,
+                client_id: id("alice"),
+                verified: true,
+            }),
+            json!({"type":"register","payload":{"success":true,"clientId":"alice","verified":true}}),
+        ),
+        (
+            ServerFrame::Challenge(Challenge {
+                nonce: "AAAA".into(),
+            }),
+            json!({"type":"challenge","payload":{"nonce":"AAAA"}}),
+        ),
+        (
+            ServerFrame::Peers(Peers {
+                peers: vec![id("alice"), id("bob")],
+            }),
+            json!({"type":"discover","payload":{"peers":["alice","bob"]}}),
+        ),
+        (
+            ServerFrame::PublicKey(PublicKeyResponse {
+                peer_id: id("bob"),
+                public_key: vec![1, 2, 3].into(),
+                identity_key: None,
+                key_signature: None,
+            }),
+            json!({"type":"public_key_response","payload":{"peerId":"bob","publicKey":[1,2,3]}}),
+        ),
+        (
+            ServerFrame::PublicKey(PublicKeyResponse {
+                peer_id: id("bob"),
+                public_key: vec![9].into(),
+                identity_key: Some("SUQ=".into()),
+                key_signature: Some("U0lH".into()),
+            }),
+            json!({"type":"public_key_response","payload":{"peerId":"bob","publicKey":[9],"identityKey":"SUQ=","keySignature":"U0lH"}}),
+        ),
+        (
+            ServerFrame::Message(Delivered {
+                message: raw(
+                    json!({"algorithm":"ml-kem-aes","serializedCipherText":"QQ==","serializedEncryptedData":"Qg=="}),
+                ),
+                from_id: id("alice"),
+                timestamp: t,
+                message_id: None,
+            }),
+            json!({"type":"message","payload":{"message":{"algorithm":"ml-kem-aes","serializedCipherText":"QQ==","serializedEncryptedData":"Qg=="},"fromId":"alice","timestamp":t}}),
+        ),
+        (
+            ServerFrame::MessageAck(MessageAck {
+                message_id: MessageId::new("m1").unwrap(),
+                target_id: id("bob"),
+                status: AckStatus::Queued,
+            }),
+            json!({"type":"message_ack","payload":{"messageId":"m1","targetId":"bob","status":"queued"}}),
+        ),
+        (
+            ServerFrame::PeerConnected(PeerPresence { peer_id: id("bob") }),
+            json!({"type":"peer_connected","payload":{"peerId":"bob"}}),
+        ),
+        (
+            ServerFrame::PeerDisconnected(PeerPresence { peer_id: id("bob") }),
+            json!({"type":"peer_disconnected","payload":{"peerId":"bob"}}),
+        ),
+        (
+            ServerFrame::ServerQuestion(ServerQuestion {
+                question_id: QuestionId::new("q1").unwrap(),
+                question: Question::choice("Pick", vec!["a".into(), "b".into()]),
+                conversation_id: Some(ConversationId::new("c1").unwrap()),
+                round: Some(2),
+            }),
+            json!({"type":"server_question","payload":{"questionId":"q1","question":{"text":"Pick","kind":"choice","options":["a","b"]},"conversationId":"c1","round":2}}),
+        ),
+        (
+            ServerFrame::error(
+                ErrorType::ClientIdTaken,
+                "Client ID alice is already taken",
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(t),
+                None,
+            ),
+            json!({"type":"error","payload":{"errorType":"CLIENT_ID_TAKEN","details":"Client ID alice is already taken","timestamp":"2023-11-14T22:13:20.123Z"}}),
+        ),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (frame, want) in cases {
+        seen.insert(frame.type_name());
+        let f = Frame::new(frame);
+        assert_eq!(enc(&f), want);
+        // and the client side decodes it back to the same JSON
+        let back = decode_server(&encode(&f)).unwrap();
+        assert_eq!(enc(&back), want);
+    }
+    assert_eq!(
+        seen.len(),
+        ServerFrame::TYPES.len(),
+        "every server frame type has a golden case"
+    );
+}
+
+#[test]
+fn request_id_is_top_level_and_echoed_in_errors() {
+    let rid = RequestId::new("req-42").unwrap();
+    let f = Frame::with_request_id(
+        ServerFrame::error(
+            ErrorType::PeerNotFound,
+            "Target peer bob not found",
+            std::time::UNIX_EPOCH,
+            Some(rid.clone()),
+        ),
+        Some(rid),
+    );
+    let v = enc(&f);
+    assert_eq!(v["requestId"], "req-42");
+    assert_eq!(v["payload"]["requestId"], "req-42");
+}
+
+#[test]
+fn decode_errors_are_typed_and_keep_request_id() {
+    let e = decode_client("not json").unwrap_err();
+    assert_eq!(e.error_type, ErrorType::InvalidMessage);
+    assert!(e.details.starts_with("Invalid JSON"));
+
+    let e = decode_client(r#"[1,2]"#).unwrap_err();
+    assert_eq!(e.error_type, ErrorType::InvalidMessage);
+
+    let e = decode_client(r#"{"type":"warp","payload":{},"requestId":"r1"}"#).unwrap_err();
+    assert_eq!(e.details, "Unknown message type: warp");
+    assert_eq!(e.request_id.unwrap().as_str(), "r1");
+
+    let e = decode_client(r#"{"type":"request_public_key","payload":{},"requestId":"r2"}"#)
+        .unwrap_err();
+    assert!(e.details.contains("targetId"), "{}", e.details);
+    assert_eq!(e.frame_type.as_deref(), Some("request_public_key"));
+    assert_eq!(e.request_id.unwrap().as_str(), "r2");
+
+    let e = decode_client(r#"{"type":"discover"}"#).unwrap_err();
+    assert!(e.details.contains("payload"));
+
+    let e = decode_client(r#"{"type":"register","payload":{"clientId":"bad id","publicKey":[]}}"#)
+        .unwrap_err();
+    assert!(e.details.contains("clientId"), "{}", e.details);
+
+    let big = format!(
+        r#"{{"type":"discover","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(limits::MAX_FRAME_BYTES)
+    );
+    assert_eq!(
+        decode_client(&big).unwrap_err().error_type,
+        ErrorType::MessageTooLarge
+    );
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let f = decode_client(r#"{"type":"discover","payload":{"future":1},"extra":true}"#).unwrap();
+    assert_eq!(f.body.type_name(), "discover");
+    let f = decode_server(r#"{"type":"server_question","payload":{"questionId":"q","question":{"text":"hi","kind":"slider"}}}"#).unwrap();
+    let ServerFrame::ServerQuestion(q) = f.body else {
+        panic!()
+    };
+    assert_eq!(q.question.kind, Some(QuestionKind::Other));
+    let f = decode_server(
+        r#"{"type":"error","payload":{"errorType":"SOMETHING_NEW","details":"x","timestamp":"t"}}"#,
+    )
+    .unwrap();
+    let ServerFrame::Error(e) = f.body else {
+        panic!()
+    };
+    assert_eq!(e.error_type, ErrorType::Other);
+}
+
+#[test]
+fn envelope_and_inner_message_shapes() {
+    let env = Envelope::from_bytes("lattice-v1", &[1, 2], &[3]);
+    assert_eq!(
+        serde_json::to_value(&env).unwrap(),
+        json!({"algorithm":"lattice-v1","serializedCipherText":"AQI=","serializedEncryptedData":"Aw=="})
+    );
+    assert_eq!(env.to_bytes().unwrap(), (vec![1, 2], vec![3]));
+    let inner = InnerMessage {
+        v: 1,
+        kind: "text".into(),
+        message_id: MessageId::new("m").unwrap(),
+        body: "hi".into(),
+        sent_at: 5,
+        sig: "c2ln".into(),
+    };
+    assert_eq!(
+        serde_json::to_value(&inner).unwrap(),
+        json!({"v":1,"kind":"text","messageId":"m","body":"hi","sentAt":5,"sig":"c2ln"})
+    );
+}
