@@ -1,6 +1,8 @@
 //! Golden JSON: every frame type decodes from and encodes to the exact shapes of the protocol
 //! (the original MessagingPeer's where it has them).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lattice_protocol::*;
 use serde_json::{json, Value};
 

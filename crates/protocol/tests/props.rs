@@ -1,5 +1,7 @@
 //! Property tests: decoding never panics, and frames survive an encode/decode round trip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lattice_protocol::*;
 use proptest::prelude::*;
 
