@@ -1,0 +1,183 @@
+//! The byte strings that get signed, exactly as `PROTOCOL.md` defines them.
+//!
+//! Every statement starts with its own `lattice/v1/...` label, and no label is a prefix of
+//! another, so a signature made for one purpose can never be replayed as another. Variable-length
+//! fields are length-prefixed with [`lp`] unless they come last, so each statement parses one way.
+
+use crate::{CryptoError, IdentityPublicKey, REGISTRATION_NONCE_LEN};
+
+/// Label of the KEM key signature (`keySignature`).
+const KEM_KEY_LABEL: &[u8] = b"lattice/v1/kem-key";
+/// Label of the registration statement (`verification.serializedMessage`).
+const REGISTER_LABEL: &[u8] = b"lattice/v1/register";
+/// Label of the per-message signature (`sig` inside a `lattice-v1` plaintext).
+const MSG_LABEL: &[u8] = b"lattice/v1/msg";
+
+/// Appends `lp(field)` = 2-byte big-endian length ‖ `field` to `out`.
+///
+/// # Errors
+/// [`CryptoError::FieldTooLong`] if `field` is longer than 65535 bytes (nothing is appended).
+///
+/// # Example
+/// ```
+/// let mut out = Vec::new();
+/// lattice_crypto::lp(&mut out, b"bob")?;
+/// assert_eq!(out, [0, 3, b'b', b'o', b'b']);
+/// # Ok::<(), lattice_crypto::CryptoError>(())
+/// ```
+pub fn lp(out: &mut Vec<u8>, field: &[u8]) -> Result<(), CryptoError> {
+    lp_named(out, field, "length-prefixed field")
+}
+
+/// [`lp`], naming the field in the error.
+pub(crate) fn lp_named(
+    out: &mut Vec<u8>,
+    field: &[u8],
+    name: &'static str,
+) -> Result<(), CryptoError> {
+    let len = u16::try_from(field.len()).map_err(|_| CryptoError::FieldTooLong(name))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(field);
+    Ok(())
+}
+
+/// The message an identity key signs to vouch for its ML-KEM key:
+/// `"lattice/v1/kem-key"` ‖ `kem_public_key`.
+pub fn kem_key_signature_message(kem_public_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(KEM_KEY_LABEL.len() + kem_public_key.len());
+    out.extend_from_slice(KEM_KEY_LABEL);
+    out.extend_from_slice(kem_public_key);
+    out
+}
+
+/// Checks a `keySignature`: `sig` must be `identity`'s signature over
+/// [`kem_key_signature_message`]`(kem_public_key)`. Peers call this before encrypting to a key
+/// fetched from the server.
+///
+/// # Errors
+/// [`CryptoError::BadSignature`] if the signature is malformed or does not verify.
+pub fn verify_kem_key_signature(
+    identity: &IdentityPublicKey,
+    kem_public_key: &[u8],
+    sig: &[u8],
+) -> Result<(), CryptoError> {
+    identity.verify(&kem_key_signature_message(kem_public_key), sig)
+}
+
+/// The registration statement: `"lattice/v1/register"` ‖ nonce ‖ lp(clientId) ‖ publicKey.
+///
+/// `nonce` is the 32-byte `challenge` nonce; its length is enforced so that the statement has
+/// a single parse (the nonce is not length-prefixed).
+///
+/// # Errors
+/// [`CryptoError::InvalidLength`] if `nonce` is not 32 bytes, [`CryptoError::FieldTooLong`] if
+/// `client_id` is longer than 65535 bytes.
+///
+/// # Example
+/// ```
+/// let statement = lattice_crypto::registration_statement(&[0u8; 32], "alice", b"pk")?;
+/// assert!(statement.starts_with(b"lattice/v1/register"));
+/// assert!(statement.ends_with(b"\x00\x05alicepk"));
+/// # Ok::<(), lattice_crypto::CryptoError>(())
+/// ```
+pub fn registration_statement(
+    nonce: &[u8],
+    client_id: &str,
+    kem_public_key: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    if nonce.len() != REGISTRATION_NONCE_LEN {
+        return Err(CryptoError::InvalidLength {
+            what: "registration nonce",
+            expected: REGISTRATION_NONCE_LEN,
+            got: nonce.len(),
+        });
+    }
+    let mut out = Vec::with_capacity(
+        REGISTER_LABEL.len() + nonce.len() + 2 + client_id.len() + kem_public_key.len(),
+    );
+    out.extend_from_slice(REGISTER_LABEL);
+    out.extend_from_slice(nonce);
+    lp_named(&mut out, client_id.as_bytes(), "clientId")?;
+    out.extend_from_slice(kem_public_key);
+    Ok(out)
+}
+
+/// The payload of a `lattice-v1` message signature:
+/// `"lattice/v1/msg"` ‖ lp(senderId) ‖ lp(recipientId) ‖ lp(messageId) ‖ sentAt (u64 BE) ‖ body.
+///
+/// # Errors
+/// [`CryptoError::FieldTooLong`] if an id is longer than 65535 bytes.
+pub fn message_signature_payload(
+    sender_id: &str,
+    recipient_id: &str,
+    message_id: &str,
+    sent_at_ms: u64,
+    body: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::with_capacity(
+        MSG_LABEL.len()
+            + 6
+            + sender_id.len()
+            + recipient_id.len()
+            + message_id.len()
+            + 8
+            + body.len(),
+    );
+    out.extend_from_slice(MSG_LABEL);
+    lp_named(&mut out, sender_id.as_bytes(), "senderId")?;
+    lp_named(&mut out, recipient_id.as_bytes(), "recipientId")?;
+    lp_named(&mut out, message_id.as_bytes(), "messageId")?;
+    out.extend_from_slice(&sent_at_ms.to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lp_limits() {
+        let mut out = Vec::new();
+        lp(&mut out, &[]).unwrap();
+        assert_eq!(out, [0, 0]);
+        let max = vec![0xaa; 65535];
+        let mut out = Vec::new();
+        lp(&mut out, &max).unwrap();
+        assert_eq!(&out[..3], [0xff, 0xff, 0xaa]);
+        assert_eq!(out.len(), 65537);
+        let mut out = vec![1];
+        assert!(matches!(
+            lp(&mut out, &vec![0; 65536]),
+            Err(CryptoError::FieldTooLong(_))
+        ));
+        assert_eq!(out, [1], "nothing appended on error");
+    }
+
+    #[test]
+    fn labels_are_prefix_free() {
+        let labels = [KEM_KEY_LABEL, REGISTER_LABEL, MSG_LABEL];
+        for a in labels {
+            for b in labels {
+                if a != b {
+                    assert!(!a.starts_with(b), "{a:?} starts with {b:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn message_payload_layout() {
+        let p = message_signature_payload("a", "bc", "", 0x0102_0304_0506_0708, b"xyz").unwrap();
+        let mut expected = b"lattice/v1/msg".to_vec();
+        expected.extend_from_slice(&[0, 1, b'a', 0, 2, b'b', b'c', 0, 0]);
+        expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        expected.extend_from_slice(b"xyz");
+        assert_eq!(p, expected);
+        let long = "x".repeat(70_000);
+        assert_eq!(
+            message_signature_payload("a", &long, "m", 0, b""),
+            Err(CryptoError::FieldTooLong("recipientId"))
+        );
+    }
+}
