@@ -85,3 +85,68 @@ fn generate_draws_the_seed() {
     assert!(rng.is_exhausted());
     assert_eq!(pair.public_key().as_bytes(), v.public_key.as_slice());
 }
+
+/// The `lattice-v1` vector made by the JavaScript implementation in `tests/node/lattice-v1.mjs`.
+mod lattice_v1_vector {
+    use super::support::{unb64, unhex, ReplayRng};
+    use lattice_crypto::lattice_v1::{self, Context};
+    use lattice_crypto::{CryptoError, KemKeyPair, SealedEnvelope};
+
+    fn vector() -> serde_json::Value {
+        serde_json::from_str(include_str!("vectors/lattice-v1.json")).unwrap()
+    }
+
+    fn s<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
+        v[k].as_str().unwrap()
+    }
+
+    fn envelope(v: &serde_json::Value) -> SealedEnvelope {
+        assert_eq!(v["envelope"]["algorithm"], lattice_v1::ALGORITHM);
+        SealedEnvelope {
+            cipher_text: unb64(v["envelope"]["serializedCipherText"].as_str().unwrap()),
+            encrypted_data: unb64(v["envelope"]["serializedEncryptedData"].as_str().unwrap()),
+        }
+    }
+
+    #[test]
+    fn open_and_reproduce() {
+        let v = vector();
+        let ctx = Context {
+            sender_id: s(&v, "senderId"),
+            recipient_id: s(&v, "recipientId"),
+            message_id: s(&v, "messageId"),
+        };
+        let seed: [u8; 64] = unhex(s(&v, "seed")).try_into().unwrap();
+        let pair = KemKeyPair::from_seed(&seed);
+        assert_eq!(
+            pair.public_key().as_bytes(),
+            unb64(s(&v, "publicKey")).as_slice()
+        );
+
+        let expected = envelope(&v);
+        let plaintext = lattice_v1::open(&pair, &ctx, &expected).unwrap();
+        assert_eq!(std::str::from_utf8(&plaintext).unwrap(), s(&v, "plaintext"));
+
+        let m = unhex(s(&v, "kemRandomness"));
+        let nonce = unhex(s(&v, "nonce"));
+        let mut rng = ReplayRng::new(&[&m, &nonce]);
+        let sealed = lattice_v1::seal(
+            &mut rng,
+            pair.public_key(),
+            &ctx,
+            s(&v, "plaintext").as_bytes(),
+        )
+        .unwrap();
+        assert!(rng.is_exhausted());
+        assert_eq!(sealed, expected);
+
+        let other = Context {
+            message_id: "01J9Z3K8Q4W6X2Y7V5T0R1S3N9",
+            ..ctx
+        };
+        assert_eq!(
+            lattice_v1::open(&pair, &other, &expected),
+            Err(CryptoError::Decrypt)
+        );
+    }
+}
