@@ -1,1 +1,72 @@
-//! placeholder
+//! # lattice-peer
+//!
+//! The Lattice client: [`MessagingPeer`], the async Rust form of the original MessagingPeer. It
+//! speaks the Lattice wire protocol (`docs/protocol.md`) to a signaling server over `ws://` or
+//! `wss://`, registers with a proven identity, discovers peers and exchanges end-to-end encrypted
+//! messages: `lattice-v1` (signed, bound to sender, recipient and message id) with Lattice peers,
+//! `ml-kem-aes` with original clients (delivered flagged unverified).
+//!
+//! ```no_run
+//! use lattice_crypto::Identity;
+//! use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent};
+//! use lattice_protocol::ClientId;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = Identity::generate(&mut rand_core::OsRng);
+//! let config = PeerConfig::new("ws://127.0.0.1:3005", ClientId::new("alice")?, identity);
+//! let peer = MessagingPeer::new(config)?;
+//! peer.connect().await?;
+//! let mut events = peer.events();
+//! while let Some(event) = events.next().await {
+//!     if let PeerEvent::Message(m) = event {
+//!         peer.send_message(&m.from, &format!("you said: {}", m.text)).await?;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## How it works
+//! One task owns the socket ([`connection`] module); the handle is a cheap clone. Requests carry a
+//! `requestId` and are matched by it first, then by type and filter. A supervisor reconnects with
+//! exponential backoff, re-registers, and then flushes what was queued while disconnected.
+//! Incoming messages are opened and checked on a separate task, so a key lookup never stalls the
+//! socket; only messages that pass every check reach [`PeerEvent::Message`].
+//!
+//! ## Modules
+//! - `peer`: [`MessagingPeer`], the public handle, and the state its tasks share.
+//! - [`config`]: [`PeerConfig`], [`Backoff`], [`Timeouts`], [`TlsOptions`].
+//! - [`defaults`]: every limit and timeout, with its reason.
+//! - [`events`]: [`PeerEvent`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
+//!   [`HandlerHandle`], [`EventStream`] and the lag policy.
+//! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`PeerKey`].
+//! - `pending`: request/response matching, [`WaitOptions`], [`ErrorAction`].
+//! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
+//! - `receive`: sealing outgoing and opening/checking incoming messages; replay detection in `replay`.
+//! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
+//! - [`error`]: [`PeerError`], [`RejectReason`].
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+mod connection;
+pub mod defaults;
+pub mod error;
+pub mod events;
+pub mod keys;
+mod peer;
+mod pending;
+mod receive;
+mod replay;
+mod transport;
+
+pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
+pub use error::{PeerError, RejectReason};
+pub use events::{
+    Algorithm, ConnectionState, EventStream, HandlerHandle, IncomingMessage, IncomingQuestion,
+    PeerEvent,
+};
+pub use keys::{KeyStore, MemoryKeyStore, PeerKey};
+pub use peer::{MessagingPeer, SentMessage};
+pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};

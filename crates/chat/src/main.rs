@@ -1,0 +1,3 @@
+//! `lattice-chat`: a terminal client for Lattice.
+
+fn main() {}

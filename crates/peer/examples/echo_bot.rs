@@ -1,0 +1,2 @@
+//! Placeholder; the echo bot is written below.
+fn main() {}

@@ -1,0 +1,221 @@
+//! [`PeerConfig`] and its parts: the reconnect [`Backoff`], the [`Timeouts`] and [`TlsOptions`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lattice_crypto::Identity;
+use lattice_protocol::ClientId;
+use rand::Rng as _;
+
+use crate::defaults;
+use crate::keys::{KeyStore, MemoryKeyStore};
+
+/// Everything a [`crate::MessagingPeer`] needs.
+///
+/// ```
+/// use lattice_crypto::Identity;
+/// use lattice_peer::{Backoff, PeerConfig};
+/// use lattice_protocol::ClientId;
+///
+/// let identity = Identity::generate(&mut rand_core::OsRng);
+/// let mut config = PeerConfig::new("ws://127.0.0.1:3005", ClientId::new("alice")?, identity);
+/// config.reconnect = Backoff { max_attempts: 3, ..Backoff::default() };
+/// # Ok::<(), lattice_protocol::IdError>(())
+/// ```
+#[derive(Clone)]
+pub struct PeerConfig {
+    /// `ws://host:port[/path]` or `wss://...`.
+    pub server_url: String,
+    /// The id to register.
+    pub client_id: ClientId,
+    /// Our identity: the Ed25519 identity key and the ML-KEM key it signs.
+    pub identity: Arc<Identity>,
+    /// The reconnect policy.
+    pub reconnect: Backoff,
+    /// Request, connect and keepalive timeouts.
+    pub timeouts: Timeouts,
+    /// Frames held while disconnected; see [`defaults::OUTBOUND_QUEUE`].
+    pub outbound_queue: usize,
+    /// TLS options for `wss://`.
+    pub tls: TlsOptions,
+    /// Where pinned identity keys live (TOFU). In memory by default; the desktop app persists it.
+    pub key_store: Arc<dyn KeyStore>,
+}
+
+impl PeerConfig {
+    /// A configuration with every default: in-memory key store, the default backoff and timeouts.
+    pub fn new(server_url: impl Into<String>, client_id: ClientId, identity: Identity) -> Self {
+        Self {
+            server_url: server_url.into(),
+            client_id,
+            identity: Arc::new(identity),
+            reconnect: Backoff::default(),
+            timeouts: Timeouts::default(),
+            outbound_queue: defaults::OUTBOUND_QUEUE,
+            tls: TlsOptions::default(),
+            key_store: Arc::new(MemoryKeyStore::default()),
+        }
+    }
+}
+
+impl fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The identity is deliberately left out: it holds secrets.
+        f.debug_struct("PeerConfig")
+            .field("server_url", &self.server_url)
+            .field("client_id", &self.client_id)
+            .field("reconnect", &self.reconnect)
+            .field("timeouts", &self.timeouts)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reconnect policy: exponential backoff with a cap, a bounded number of attempts and jitter.
+///
+/// The delay before attempt `n` (1-based) is `min(base · factorⁿ⁻¹, max)`, then reduced by a random
+/// fraction of up to `jitter`. The attempt counter resets only once a new connection has
+/// re-registered, so a server that accepts sockets but refuses registration still backs off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Growth factor per attempt (values below 1 are treated as 1).
+    pub factor: f64,
+    /// Largest delay.
+    pub max: Duration,
+    /// Consecutive failed attempts before giving up; 0 means never give up.
+    pub max_attempts: u32,
+    /// Fraction in `[0, 1]` of each delay that is randomised; 0 disables jitter.
+    pub jitter: f64,
+    /// Whether to reconnect at all after a connection is lost.
+    pub enabled: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: defaults::BACKOFF_BASE,
+            factor: defaults::BACKOFF_FACTOR,
+            max: defaults::BACKOFF_MAX,
+            max_attempts: defaults::BACKOFF_MAX_ATTEMPTS,
+            jitter: defaults::BACKOFF_JITTER,
+            enabled: true,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (1-based) without jitter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = lattice_peer::Backoff::default();
+    /// assert_eq!(b.nominal_delay(1), Duration::from_secs(1));
+    /// assert_eq!(b.nominal_delay(3), Duration::from_secs(4));
+    /// assert_eq!(b.nominal_delay(9), Duration::from_secs(30));
+    /// ```
+    pub fn nominal_delay(&self, attempt: u32) -> Duration {
+        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.base.as_secs_f64() * self.factor.max(1.0).powi(exp);
+        let max = self.max.as_secs_f64();
+        Duration::try_from_secs_f64(secs.min(max)).unwrap_or(self.max)
+    }
+
+    /// The delay before attempt `attempt`, with jitter applied.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let nominal = self.nominal_delay(attempt);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        if jitter == 0.0 {
+            return nominal;
+        }
+        let cut = rand::thread_rng().gen_range(0.0..=jitter);
+        nominal.mul_f64(1.0 - cut)
+    }
+
+    /// Whether attempt `attempt` (1-based) is allowed.
+    pub fn allows(&self, attempt: u32) -> bool {
+        self.enabled && (self.max_attempts == 0 || attempt <= self.max_attempts)
+    }
+}
+
+/// Timeouts of requests, dialling and keepalive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Per-attempt timeout of a request (register, discover, key lookup, ...).
+    pub request: Duration,
+    /// Dialling: TCP, TLS and the WebSocket handshake.
+    pub connect: Duration,
+    /// Interval between keepalive pings.
+    pub ping_interval: Duration,
+    /// How long after a ping some frame must arrive.
+    pub pong_timeout: Duration,
+    /// Longest single socket write.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request: defaults::REQUEST_TIMEOUT,
+            connect: defaults::CONNECT_TIMEOUT,
+            ping_interval: defaults::PING_INTERVAL,
+            pong_timeout: defaults::PONG_TIMEOUT,
+            write: defaults::WRITE_TIMEOUT,
+        }
+    }
+}
+
+/// TLS options for `wss://` servers. The platform's root certificates are always trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM text of extra CA certificates to trust (a private or test CA).
+    pub extra_ca_pem: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_stops() {
+        let b = Backoff::default();
+        let secs: Vec<u64> = (1..=7).map(|n| b.nominal_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
+        assert!(b.allows(10));
+        assert!(!b.allows(11));
+        let forever = Backoff {
+            max_attempts: 0,
+            ..Backoff::default()
+        };
+        assert!(forever.allows(1_000_000));
+        assert_eq!(forever.nominal_delay(u32::MAX), Duration::from_secs(30));
+        let off = Backoff {
+            enabled: false,
+            ..Backoff::default()
+        };
+        assert!(!off.allows(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let b = Backoff {
+            jitter: 0.5,
+            ..Backoff::default()
+        };
+        for _ in 0..200 {
+            let d = b.delay(3);
+            assert!(
+                d <= Duration::from_secs(4) && d >= Duration::from_secs(2),
+                "{d:?}"
+            );
+        }
+        let none = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        assert_eq!(none.delay(2), Duration::from_secs(2));
+    }
+}

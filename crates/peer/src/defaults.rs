@@ -1,0 +1,67 @@
+//! Every limit and timeout of the client, with its reason. [`crate::PeerConfig`] takes its defaults
+//! from here.
+
+use std::time::Duration;
+
+/// How long a request waits for its answer. The server answers in milliseconds; ten seconds
+/// covers a slow mobile link without leaving a caller hanging.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long dialling (TCP + TLS + WebSocket handshake) may take before the attempt counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the connection pings the server. Below the 30-60 s idle timeouts of common proxies and
+/// NATs, so an idle connection stays open.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long after a ping the connection waits for any frame (pong or other) before declaring the
+/// connection dead and reconnecting.
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a single socket write may take; a peer that cannot write for this long is treated as
+/// disconnected rather than blocking every caller behind it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First reconnect delay.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Growth factor of the reconnect delay.
+pub const BACKOFF_FACTOR: f64 = 2.0;
+/// Largest reconnect delay: a restarted server is found within half a minute.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Consecutive failed attempts after which the peer gives up and reports `Disconnected`.
+pub const BACKOFF_MAX_ATTEMPTS: u32 = 10;
+/// Fraction of each delay that is randomised, so peers that lost the same server do not all
+/// reconnect in the same millisecond.
+pub const BACKOFF_JITTER: f64 = 0.2;
+
+/// Frames held while disconnected (and in flight to the writer). Bounded so that a long outage
+/// costs memory proportional to this, not to how long the user kept typing; beyond it, sending
+/// fails with [`crate::PeerError::QueueFull`].
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// Frames of the registration handshake (challenge, register) waiting for the writer. Tiny: one
+/// handshake is in flight at a time.
+pub const CONTROL_QUEUE: usize = 8;
+
+/// Incoming `message` frames waiting to be decrypted and verified. When full, further messages are
+/// dropped unacknowledged (the server keeps them and delivers them again later) and an error event
+/// is raised: reading the socket never blocks on a slow consumer.
+pub const RECEIVE_QUEUE: usize = 256;
+
+/// Events buffered per [`crate::EventStream`] subscriber. A subscriber that falls this far behind
+/// loses the oldest events and is told how many with [`crate::PeerEvent::Lagged`].
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Message ids remembered per sender for replay detection.
+pub const REPLAY_WINDOW_PER_PEER: usize = 4096;
+
+/// Senders tracked for replay detection; the least recently seen sender is forgotten first.
+pub const REPLAY_MAX_PEERS: usize = 1024;
+
+/// Sent messages remembered until their `message_ack` (or `error`) arrives, to turn a server error
+/// into a [`crate::PeerEvent::MessageFailed`] naming the message.
+pub const OUTSTANDING_MESSAGES: usize = 4096;
+
+/// Largest WebSocket message accepted from the server: the protocol's frame limit plus headroom
+/// for the fields the server adds around a forwarded envelope.
+pub const MAX_INCOMING_MESSAGE: usize = lattice_protocol::limits::MAX_FRAME_BYTES + 16 * 1024;

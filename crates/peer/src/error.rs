@@ -1,0 +1,207 @@
+//! The crate's one error type, [`PeerError`], and [`RejectReason`], why an incoming message was
+//! refused.
+
+use std::time::Duration;
+
+use lattice_crypto::{CryptoError, Fingerprint};
+use lattice_protocol::{ClientId, ErrorType, MessageId, RequestId};
+
+/// Everything that can go wrong in `lattice-peer`.
+///
+/// `Clone` so that one error can travel to every event subscriber.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The server URL is not a `ws://` or `wss://` URL.
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Dialling the server failed (TCP, TLS or the WebSocket handshake).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The underlying error, as text.
+        reason: String,
+    },
+    /// The TLS configuration could not be built (bad extra CA, no root certificates at all).
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// `connect` was called on a peer that is already connected or connecting.
+    #[error("already connected")]
+    AlreadyConnected,
+    /// The operation needs a live connection (or was cancelled by `disconnect`).
+    #[error("not connected")]
+    NotConnected,
+    /// The connection closed before the answer arrived.
+    #[error("connection lost before the answer to {request} arrived")]
+    ConnectionLost {
+        /// The request's frame type.
+        request: String,
+    },
+    /// No answer within the timeout (after every retry).
+    #[error("no {expected} answer to {request} within {after:?} ({attempts} attempt(s))")]
+    Timeout {
+        /// The request's frame type.
+        request: String,
+        /// The awaited answer type.
+        expected: String,
+        /// The per-attempt timeout.
+        after: Duration,
+        /// How many times the request was sent.
+        attempts: u32,
+    },
+    /// The server answered with an `error` frame.
+    #[error("server error {error_type}: {details}")]
+    Server {
+        /// The protocol's `errorType`.
+        error_type: ErrorType,
+        /// The server's sentence.
+        details: String,
+        /// The request it answered, when known.
+        request_id: Option<RequestId>,
+    },
+    /// The outbound queue is full (the connection is down or too slow); nothing was queued.
+    #[error("outbound queue full ({capacity} frames); try again once reconnected")]
+    QueueFull {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The server sent something that is not a valid frame, or an answer of an unexpected type.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A peer's published key is unusable (bad length, not a valid ML-KEM or Ed25519 key).
+    #[error("invalid public key for {peer}: {reason}")]
+    InvalidPeerKey {
+        /// The peer.
+        peer: ClientId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A peer's `keySignature` does not verify with its identity key: its KEM key is not vouched for.
+    #[error("the key signature of {peer} does not verify")]
+    InvalidKeySignature {
+        /// The peer.
+        peer: ClientId,
+    },
+    /// A known peer now presents a different identity key. Nothing is sent to or accepted from the
+    /// new key until [`crate::MessagingPeer::accept_key_change`] is called.
+    #[error("the identity key of {peer} changed (pinned {old}, now {new})")]
+    KeyChanged {
+        /// The peer.
+        peer: ClientId,
+        /// Fingerprint of the pinned key.
+        old: Fingerprint,
+        /// Fingerprint of the key the server now reports.
+        new: Fingerprint,
+    },
+    /// A peer with a pinned identity key is now presented without one (as an original,
+    /// unverifiable client). Refused: that would silently downgrade to unauthenticated messages.
+    #[error("{peer} has a pinned identity key but is now presented without one")]
+    KeyDowngrade {
+        /// The peer.
+        peer: ClientId,
+    },
+    /// The sealed message would exceed the protocol's frame limit.
+    #[error("message too large: {size} bytes sealed, the limit is {max}")]
+    MessageTooLarge {
+        /// Size of the frame that would be sent.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An incoming message was refused; it never reached a message handler.
+    #[error("message from {from} refused: {reason}")]
+    Rejected {
+        /// The sender the server named.
+        from: ClientId,
+        /// The outer `messageId`, if any.
+        message_id: Option<MessageId>,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// An incoming message was dropped unacknowledged because the receive queue was full; the
+    /// server keeps it and delivers it again.
+    #[error("receive queue full: a message from {from} was dropped unacknowledged")]
+    ReceiveQueueFull {
+        /// The sender.
+        from: ClientId,
+    },
+    /// A cryptographic operation failed on our side (sealing, signing inputs).
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+    /// The [`crate::KeyStore`] failed.
+    #[error("key store: {0}")]
+    KeyStore(String),
+    /// An argument was refused before anything was sent.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The reconnect policy gave up.
+    #[error("gave up reconnecting after {attempts} attempt(s)")]
+    ReconnectFailed {
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+impl PeerError {
+    /// The server's `errorType`, if this is a server error.
+    pub fn error_type(&self) -> Option<ErrorType> {
+        match self {
+            Self::Server { error_type, .. } => Some(*error_type),
+            _ => None,
+        }
+    }
+}
+
+/// Why an incoming message was refused. Each is reported with [`PeerError::Rejected`]; none of these
+/// messages reaches a message handler.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The `message` object is not an envelope (bad JSON shape or base64).
+    #[error("malformed envelope")]
+    MalformedEnvelope,
+    /// An envelope algorithm this client does not speak.
+    #[error("unsupported algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    /// A `lattice-v1` message without the outer `messageId` it is bound to.
+    #[error("lattice-v1 message without messageId")]
+    MissingMessageId,
+    /// The envelope does not open with our key in this context (wrong key, tampered, or sent
+    /// to or from someone else). Deliberately carries no detail.
+    #[error("cannot decrypt")]
+    Decrypt,
+    /// The decrypted `lattice-v1` plaintext is not a valid inner message.
+    #[error("malformed inner message")]
+    MalformedPlaintext,
+    /// An `ml-kem-aes` plaintext that is not UTF-8 text.
+    #[error("plaintext is not UTF-8")]
+    NotUtf8,
+    /// An inner message kind this client does not handle yet.
+    #[error("unsupported message kind {0:?}")]
+    UnsupportedKind(String),
+    /// The inner `messageId` differs from the outer one.
+    #[error("inner and outer message ids differ")]
+    MessageIdMismatch,
+    /// The sender's identity key could not be obtained or is not trusted.
+    #[error("sender key unavailable: {0}")]
+    SenderKeyUnavailable(String),
+    /// The sender's identity key changed and the change has not been accepted.
+    #[error("sender's identity key changed and is not accepted yet")]
+    KeyChanged,
+    /// The signature does not verify with the sender's pinned identity key (forged or tampered).
+    #[error("bad signature")]
+    BadSignature,
+    /// An unauthenticated `ml-kem-aes` message claiming to come from a peer with a pinned
+    /// identity key: a downgrade, refused.
+    #[error("unauthenticated message from a peer with a pinned identity key")]
+    Downgrade,
+    /// A message id already received from this sender.
+    #[error("replayed message id")]
+    Replay,
+}

@@ -1,0 +1,351 @@
+//! The event model: [`PeerEvent`], the handler registry behind `on_*` and [`HandlerHandle`], and
+//! [`EventStream`].
+//!
+//! Every event goes to the registered handlers first (called synchronously, in registration order,
+//! on the task that produced the event) and then to every [`EventStream`] subscriber through a
+//! bounded broadcast channel. A subscriber that falls [`crate::defaults::EVENT_CAPACITY`] events
+//! behind loses the oldest ones and receives [`PeerEvent::Lagged`] with the count; handlers never
+//! lose events.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::{Stream, StreamExt as _};
+use lattice_crypto::Fingerprint;
+use lattice_protocol::{ClientId, ConversationId, MessageAck, MessageId, Question, QuestionId};
+use tokio::sync::broadcast;
+
+use crate::PeerError;
+
+/// The state of the connection to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    /// Not connected, and not trying (before `connect`, after `disconnect`, or after the reconnect
+    /// policy gave up).
+    Disconnected,
+    /// Dialling and registering for the first time.
+    Connecting,
+    /// Connected and registered: requests and messages flow.
+    Connected,
+    /// The connection was lost; the peer is trying again.
+    Reconnecting {
+        /// 1 for the first attempt after a loss.
+        attempt: u32,
+    },
+}
+
+/// Which envelope an incoming message came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// `lattice-v1`: signed by the sender's pinned identity key.
+    LatticeV1,
+    /// `ml-kem-aes`: the original clients' envelope; authenticates nobody.
+    MlKemAes,
+}
+
+impl Algorithm {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LatticeV1 => lattice_crypto::lattice_v1::ALGORITHM,
+            Self::MlKemAes => lattice_crypto::ml_kem_aes::ALGORITHM,
+        }
+    }
+}
+
+/// A decrypted message that passed every check.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IncomingMessage {
+    /// The sender (for a verified message: proven by its signature; otherwise: as the server says).
+    pub from: ClientId,
+    /// The text.
+    pub text: String,
+    /// The sender's message id (always present for `lattice-v1`).
+    pub message_id: Option<MessageId>,
+    /// `true` when the sender's signature verified with its pinned identity key. UIs must show an
+    /// unverified message as coming from an unverified sender.
+    pub verified: bool,
+    /// The envelope it came in.
+    pub algorithm: Algorithm,
+    /// The sender's clock when it sent the message (unix ms), for `lattice-v1`.
+    pub sent_at: Option<u64>,
+    /// When the server accepted the message (unix ms).
+    pub server_timestamp: u64,
+}
+
+impl fmt::Debug for IncomingMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The text stays out of logs.
+        f.debug_struct("IncomingMessage")
+            .field("from", &self.from)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("message_id", &self.message_id)
+            .field("verified", &self.verified)
+            .field("algorithm", &self.algorithm)
+            .field("sent_at", &self.sent_at)
+            .field("server_timestamp", &self.server_timestamp)
+            .finish()
+    }
+}
+
+/// A question from the server. Answer it with [`crate::MessagingPeer::respond_to_server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingQuestion {
+    /// Answer with this id.
+    pub question_id: QuestionId,
+    /// The question: text, and for Lattice servers its kind and options.
+    pub question: Question,
+    /// Shared by the rounds of one conversation.
+    pub conversation_id: Option<ConversationId>,
+    /// 1 for the first question of a conversation.
+    pub round: Option<u32>,
+}
+
+/// Everything a [`crate::MessagingPeer`] reports.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PeerEvent {
+    /// A message that decrypted and passed every check.
+    Message(IncomingMessage),
+    /// Something went wrong outside any call: a refused incoming message
+    /// ([`PeerError::Rejected`]), a server error for a request nobody waits for, a bad frame.
+    Error(PeerError),
+    /// A peer registered (*ext*; sent to peers that have discovered).
+    PeerConnected(ClientId),
+    /// A peer's connection closed.
+    PeerDisconnected(ClientId),
+    /// The connection state changed.
+    ConnectionState(ConnectionState),
+    /// The server asks something.
+    ServerQuestion(IncomingQuestion),
+    /// The server delivered or queued a message we sent.
+    MessageAck(MessageAck),
+    /// The server refused a message we sent (e.g. `PEER_NOT_FOUND`).
+    MessageFailed {
+        /// Our message id.
+        message_id: MessageId,
+        /// The recipient.
+        target: ClientId,
+        /// The server's error.
+        error: PeerError,
+    },
+    /// A known peer presents a new identity key. Nothing is sent to or accepted from it until
+    /// [`crate::MessagingPeer::accept_key_change`].
+    KeyChanged {
+        /// The peer.
+        peer: ClientId,
+        /// Fingerprint of the pinned key.
+        old: Fingerprint,
+        /// Fingerprint of the new key.
+        new: Fingerprint,
+    },
+    /// The peer (re-)registered with the server.
+    Registered {
+        /// Our id.
+        client_id: ClientId,
+        /// Whether the server verified our identity.
+        verified: bool,
+    },
+    /// This [`EventStream`] fell behind and missed `missed` events (handlers are not affected).
+    Lagged {
+        /// How many events were lost.
+        missed: u64,
+    },
+}
+
+type Callback = Arc<dyn Fn(&PeerEvent) + Send + Sync>;
+
+/// Registered handlers and the broadcast channel behind [`EventStream`].
+pub(crate) struct Dispatcher {
+    next_id: AtomicU64,
+    // std Mutex: held to push, remove or clone the list, never while a handler runs.
+    handlers: Mutex<Vec<(u64, Callback)>>,
+    events: broadcast::Sender<PeerEvent>,
+}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.handlers.lock().map(|h| h.len()).unwrap_or(0);
+        f.debug_struct("Dispatcher")
+            .field("handlers", &n)
+            .field("subscribers", &self.events.receiver_count())
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        let (events, _) = broadcast::channel(capacity.max(1));
+        Arc::new(Self {
+            next_id: AtomicU64::new(1),
+            handlers: Mutex::new(Vec::new()),
+            events,
+        })
+    }
+
+    pub(crate) fn add(self: &Arc<Self>, f: Callback) -> HandlerHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.handlers.lock() {
+            h.push((id, f));
+        }
+        HandlerHandle {
+            id,
+            dispatcher: Arc::downgrade(self),
+        }
+    }
+
+    fn remove(&self, id: u64) -> bool {
+        match self.handlers.lock() {
+            Ok(mut h) => {
+                let before = h.len();
+                h.retain(|(i, _)| *i != id);
+                h.len() != before
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Calls every handler, then broadcasts. A panicking handler is logged and skipped: it must
+    /// not take the connection down with it.
+    pub(crate) fn emit(&self, event: PeerEvent) {
+        let handlers: Vec<Callback> = match self.handlers.lock() {
+            Ok(h) => h.iter().map(|(_, f)| Arc::clone(f)).collect(),
+            Err(_) => Vec::new(),
+        };
+        for f in handlers {
+            if catch_unwind(AssertUnwindSafe(|| f(&event))).is_err() {
+                tracing::error!(
+                    "an event handler panicked; the event was still delivered to the others"
+                );
+            }
+        }
+        // Err only means nobody subscribed.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
+        EventStream::new(self.events.subscribe())
+    }
+}
+
+/// Removes a handler registered with one of the `on_*` methods.
+///
+/// Dropping the handle keeps the handler registered (so `peer.on_message(..);` works as in the
+/// original); call [`HandlerHandle::remove`] to unregister it.
+#[derive(Debug, Clone)]
+pub struct HandlerHandle {
+    id: u64,
+    dispatcher: Weak<Dispatcher>,
+}
+
+impl HandlerHandle {
+    /// Unregisters the handler. Returns `false` if it was already removed (or the peer is gone).
+    pub fn remove(&self) -> bool {
+        self.dispatcher.upgrade().is_some_and(|d| d.remove(self.id))
+    }
+}
+
+/// A stream of [`PeerEvent`]s, from [`crate::MessagingPeer::events`].
+///
+/// ```no_run
+/// # async fn f(peer: lattice_peer::MessagingPeer) {
+/// use lattice_peer::PeerEvent;
+/// let mut events = peer.events();
+/// while let Some(ev) = events.next().await {
+///     if let PeerEvent::Message(m) = ev {
+///         println!("{}: {}", m.from, m.text);
+///     }
+/// }
+/// # }
+/// ```
+pub struct EventStream {
+    inner: Pin<Box<dyn Stream<Item = PeerEvent> + Send>>,
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    fn new(rx: broadcast::Receiver<PeerEvent>) -> Self {
+        let inner = futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(ev) => Some((ev, rx)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Some((PeerEvent::Lagged { missed }, rx))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Self {
+            inner: Box::pin(inner),
+        }
+    }
+
+    /// The next event; `None` once the peer is dropped.
+    pub async fn next(&mut self) -> Option<PeerEvent> {
+        self.inner.next().await
+    }
+}
+
+impl Stream for EventStream {
+    type Item = PeerEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PeerEvent>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn handlers_are_called_until_removed_and_panics_are_contained() {
+        let d = Dispatcher::new(4);
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&count);
+        let h = d.add(Arc::new(move |_ev: &PeerEvent| {
+            c.fetch_add(1, Ordering::SeqCst);
+        }));
+        d.add(Arc::new(|_ev: &PeerEvent| panic!("handler bug")));
+        let mut stream = d.subscribe();
+        d.emit(PeerEvent::Lagged { missed: 0 });
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(h.remove());
+        assert!(!h.remove());
+        d.emit(PeerEvent::Lagged { missed: 0 });
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            stream.next().await,
+            Some(PeerEvent::Lagged { missed: 0 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_how_much_it_missed() {
+        let d = Dispatcher::new(2);
+        let mut stream = d.subscribe();
+        for _ in 0..5 {
+            d.emit(PeerEvent::PeerConnected(ClientId::new("x").unwrap()));
+        }
+        assert!(matches!(
+            stream.next().await,
+            Some(PeerEvent::Lagged { missed: 3 })
+        ));
+        assert!(matches!(
+            stream.next().await,
+            Some(PeerEvent::PeerConnected(_))
+        ));
+        assert!(matches!(
+            stream.next().await,
+            Some(PeerEvent::PeerConnected(_))
+        ));
+    }
+}

@@ -1,0 +1,131 @@
+//! Peer keys: the [`KeyStore`] trait that pins identity keys on first use (TOFU), its in-memory
+//! implementation [`MemoryKeyStore`], and [`PeerKey`], a peer's keys as fetched from the server.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use lattice_crypto::{Fingerprint, IdentityPublicKey, KemPublicKey};
+use lattice_protocol::ClientId;
+
+use crate::PeerError;
+
+/// Durable storage of pinned identity keys, one per peer.
+///
+/// The first identity key seen for a peer is pinned; a later, different key is reported as a key
+/// change ([`crate::PeerEvent::KeyChanged`]) and not trusted until the caller accepts it, which
+/// pins the new key. Methods are synchronous and expected to be quick (a map or one SQLite row).
+pub trait KeyStore: Send + Sync + fmt::Debug {
+    /// The pinned identity key of `peer`, if any.
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the storage fails.
+    fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError>;
+
+    /// Pins `key` for `peer`, replacing any earlier key.
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the storage fails.
+    fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError>;
+}
+
+/// A [`KeyStore`] in memory: pins last as long as the process.
+#[derive(Debug, Default)]
+pub struct MemoryKeyStore {
+    // std Mutex: held only for a map lookup or insert, never across an await.
+    pins: Mutex<HashMap<ClientId, IdentityPublicKey>>,
+}
+
+impl KeyStore for MemoryKeyStore {
+    fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
+        let pins = self
+            .pins
+            .lock()
+            .map_err(|_| PeerError::KeyStore("lock poisoned".into()))?;
+        Ok(pins.get(peer).copied())
+    }
+
+    fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
+        let mut pins = self
+            .pins
+            .lock()
+            .map_err(|_| PeerError::KeyStore("lock poisoned".into()))?;
+        pins.insert(peer.clone(), *key);
+        Ok(())
+    }
+}
+
+/// A peer's keys, as published by the server and checked by us.
+#[derive(Debug, Clone)]
+pub struct PeerKey {
+    /// The peer.
+    pub peer_id: ClientId,
+    /// Its ML-KEM-768 key, the one messages are sealed to.
+    pub kem: KemPublicKey,
+    /// Its identity key, for a Lattice peer (`keySignature` verified, pinned). `None` for an original
+    /// client, whose messages are unauthenticated.
+    pub identity: Option<IdentityPublicKey>,
+}
+
+impl PeerKey {
+    /// Whether the peer proved an identity (messages to and from it are `lattice-v1`).
+    pub fn is_verified(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The fingerprint of the identity key, to compare out of band.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.identity.as_ref().map(IdentityPublicKey::fingerprint)
+    }
+}
+
+/// What TOFU says about a presented identity key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// No key was pinned; this one now is.
+    FirstUse,
+    /// The pinned key.
+    Pinned,
+    /// A different key than the pinned one.
+    Changed {
+        /// The pinned key.
+        old: IdentityPublicKey,
+    },
+}
+
+/// Applies trust on first use: pins `key` if nothing is pinned for `peer`.
+pub(crate) fn tofu(
+    store: &dyn KeyStore,
+    peer: &ClientId,
+    key: &IdentityPublicKey,
+) -> Result<Trust, PeerError> {
+    match store.pinned(peer)? {
+        None => {
+            store.pin(peer, key)?;
+            Ok(Trust::FirstUse)
+        }
+        Some(old) if old == *key => Ok(Trust::Pinned),
+        Some(old) => Ok(Trust::Changed { old }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lattice_crypto::IdentityKeyPair;
+
+    #[test]
+    fn tofu_pins_then_detects_change() {
+        let store = MemoryKeyStore::default();
+        let bob = ClientId::new("bob").unwrap();
+        let k1 = IdentityKeyPair::from_secret_bytes(&[1; 32]).public_key();
+        let k2 = IdentityKeyPair::from_secret_bytes(&[2; 32]).public_key();
+        assert_eq!(tofu(&store, &bob, &k1).unwrap(), Trust::FirstUse);
+        assert_eq!(tofu(&store, &bob, &k1).unwrap(), Trust::Pinned);
+        assert_eq!(tofu(&store, &bob, &k2).unwrap(), Trust::Changed { old: k1 });
+        // Not re-pinned by the change.
+        assert_eq!(store.pinned(&bob).unwrap(), Some(k1));
+        store.pin(&bob, &k2).unwrap();
+        assert_eq!(tofu(&store, &bob, &k2).unwrap(), Trust::Pinned);
+    }
+}

@@ -1,0 +1,245 @@
+//! Sealing outgoing messages and opening, checking and delivering incoming ones.
+//!
+//! Incoming `message` frames go from the socket reader to [`worker`] through a bounded queue, so
+//! that looking up a sender's key (a request to the server) never stalls reading. The worker opens
+//! each message, checks it and either delivers it ([`PeerEvent::Message`]) or reports why not
+//! ([`PeerError::Rejected`]); either way it acknowledges it so the server can forget it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, SealedEnvelope};
+use lattice_protocol::{ClientId, Delivered, Envelope, InnerMessage, MessageId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Algorithm, IncomingMessage, PeerEvent};
+use crate::keys::PeerKey;
+use crate::peer::{Inner, B64};
+use crate::{PeerConfig, PeerError, RejectReason};
+
+/// The `kind` of a text message.
+const KIND_TEXT: &str = "text";
+/// The inner format version.
+const INNER_VERSION: u32 = 1;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Seals `text` for `key`: `lattice-v1` with a signed inner message if the peer has an identity,
+/// `ml-kem-aes` otherwise.
+pub(crate) fn seal(
+    config: &PeerConfig,
+    key: &PeerKey,
+    message_id: &MessageId,
+    text: &str,
+) -> Result<(Envelope, Algorithm), PeerError> {
+    let mut rng = rand_core::OsRng;
+    if key.identity.is_none() {
+        let sealed = ml_kem_aes::seal(&mut rng, &key.kem, text.as_bytes())?;
+        return Ok((
+            Envelope::from_bytes(
+                ml_kem_aes::ALGORITHM,
+                &sealed.cipher_text,
+                &sealed.encrypted_data,
+            ),
+            Algorithm::MlKemAes,
+        ));
+    }
+    let me = config.client_id.as_str();
+    let them = key.peer_id.as_str();
+    let sent_at = now_ms();
+    let payload =
+        message_signature_payload(me, them, message_id.as_str(), sent_at, text.as_bytes())?;
+    let sig = config.identity.identity_key().sign(&payload);
+    let inner = InnerMessage {
+        v: INNER_VERSION,
+        kind: KIND_TEXT.into(),
+        message_id: message_id.clone(),
+        body: text.to_owned(),
+        sent_at,
+        sig: B64.encode(sig),
+    };
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(&inner).map_err(|e| PeerError::Protocol(e.to_string()))?,
+    );
+    let ctx = lattice_v1::Context {
+        sender_id: me,
+        recipient_id: them,
+        message_id: message_id.as_str(),
+    };
+    let sealed = lattice_v1::seal(&mut rng, &key.kem, &ctx, &plaintext)?;
+    Ok((
+        Envelope::from_bytes(
+            lattice_v1::ALGORITHM,
+            &sealed.cipher_text,
+            &sealed.encrypted_data,
+        ),
+        Algorithm::LatticeV1,
+    ))
+}
+
+/// Processes incoming messages one at a time, in arrival order, until cancelled.
+pub(crate) async fn worker(
+    inner: Arc<Inner>,
+    mut received: mpsc::Receiver<Delivered>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let delivered = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            d = received.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        let from = delivered.from_id.clone();
+        let message_id = delivered.message_id.clone();
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            o = open(&inner, delivered) => o,
+        };
+        match outcome {
+            Ok(message) => {
+                tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
+                inner.dispatcher.emit(PeerEvent::Message(message));
+            }
+            Err(reason) => {
+                tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, "message refused");
+                inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
+                    from: from.clone(),
+                    message_id: message_id.clone(),
+                    reason,
+                }));
+            }
+        }
+        if let Some(id) = &message_id {
+            inner.ack(id);
+        }
+    }
+}
+
+/// Opens and checks one message.
+async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReason> {
+    let envelope: Envelope =
+        serde_json::from_str(d.message.get()).map_err(|_| RejectReason::MalformedEnvelope)?;
+    let (cipher_text, encrypted_data) = envelope
+        .to_bytes()
+        .map_err(|_| RejectReason::MalformedEnvelope)?;
+    let sealed = SealedEnvelope {
+        cipher_text,
+        encrypted_data,
+    };
+    let kem = inner.config.identity.kem();
+    match envelope.algorithm.as_str() {
+        lattice_v1::ALGORITHM => {
+            let outer_id = d.message_id.ok_or(RejectReason::MissingMessageId)?;
+            let me = inner.config.client_id.as_str();
+            let ctx = lattice_v1::Context {
+                sender_id: d.from_id.as_str(),
+                recipient_id: me,
+                message_id: outer_id.as_str(),
+            };
+            let plaintext =
+                lattice_v1::open(kem, &ctx, &sealed).map_err(|_| RejectReason::Decrypt)?;
+            let msg: InnerMessage =
+                serde_json::from_slice(&plaintext).map_err(|_| RejectReason::MalformedPlaintext)?;
+            if msg.v != INNER_VERSION {
+                return Err(RejectReason::MalformedPlaintext);
+            }
+            if msg.message_id != outer_id {
+                return Err(RejectReason::MessageIdMismatch);
+            }
+            if inner.pending_key_change(&d.from_id).is_some() {
+                return Err(RejectReason::KeyChanged);
+            }
+            let sig = B64
+                .decode(&msg.sig)
+                .map_err(|_| RejectReason::BadSignature)?;
+            let payload = message_signature_payload(
+                d.from_id.as_str(),
+                me,
+                outer_id.as_str(),
+                msg.sent_at,
+                msg.body.as_bytes(),
+            )
+            .map_err(|_| RejectReason::BadSignature)?;
+            let identity = inner
+                .sender_identity(&d.from_id)
+                .await
+                .map_err(|e| match e {
+                    PeerError::KeyChanged { .. } => RejectReason::KeyChanged,
+                    other => RejectReason::SenderKeyUnavailable(other.to_string()),
+                })?;
+            if identity.verify(&payload, &sig).is_err() {
+                // Perhaps the sender has a new key: ask, so a key change is reported as such.
+                if inner.refresh_reveals_key_change(&d.from_id).await {
+                    return Err(RejectReason::KeyChanged);
+                }
+                return Err(RejectReason::BadSignature);
+            }
+            if msg.kind != KIND_TEXT {
+                check_replay(inner, &d.from_id, &outer_id)?;
+                return Err(RejectReason::UnsupportedKind(msg.kind));
+            }
+            check_replay(inner, &d.from_id, &outer_id)?;
+            Ok(IncomingMessage {
+                from: d.from_id,
+                text: msg.body,
+                message_id: Some(outer_id),
+                verified: true,
+                algorithm: Algorithm::LatticeV1,
+                sent_at: Some(msg.sent_at),
+                server_timestamp: d.timestamp,
+            })
+        }
+        ml_kem_aes::ALGORITHM => {
+            // A peer with a pinned identity always signs; an unsigned message in its name is a
+            // downgrade (a forging server), refused.
+            let pinned = inner
+                .config
+                .key_store
+                .pinned(&d.from_id)
+                .map_err(|e| RejectReason::SenderKeyUnavailable(e.to_string()))?;
+            if pinned.is_some() {
+                return Err(RejectReason::Downgrade);
+            }
+            let plaintext = ml_kem_aes::open(kem, &sealed).map_err(|_| RejectReason::Decrypt)?;
+            let text = String::from_utf8(plaintext.to_vec()).map_err(|_| RejectReason::NotUtf8)?;
+            if let Some(id) = &d.message_id {
+                check_replay(inner, &d.from_id, id)?;
+            }
+            Ok(IncomingMessage {
+                from: d.from_id,
+                text,
+                message_id: d.message_id,
+                verified: false,
+                algorithm: Algorithm::MlKemAes,
+                sent_at: None,
+                server_timestamp: d.timestamp,
+            })
+        }
+        other => Err(RejectReason::UnsupportedAlgorithm(
+            other.chars().take(32).collect(),
+        )),
+    }
+}
+
+fn check_replay(inner: &Inner, from: &ClientId, id: &MessageId) -> Result<(), RejectReason> {
+    let fresh = inner
+        .replay
+        .lock()
+        .map(|mut r| r.record(from, id))
+        .unwrap_or(false);
+    if fresh {
+        Ok(())
+    } else {
+        Err(RejectReason::Replay)
+    }
+}
