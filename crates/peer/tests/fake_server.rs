@@ -1,0 +1,657 @@
+//! The client against a scripted fake server: request matching, retries, keepalive, and messages a
+//! real server would never relay (forged, replayed, tampered, downgraded).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, Identity, KemPublicKey};
+use lattice_peer::{
+    ConnectionState, ErrorAction, MessagingPeer, PeerConfig, PeerError, PeerEvent, RejectReason,
+    WaitOptions,
+};
+use lattice_protocol::{ClientFrame, Empty, ErrorType, RequestPublicKey, ServerFrame};
+use serde_json::{json, Value};
+use support::fake::{error_frame, key_payload, FakeConn, FakeServer, B64};
+use support::*;
+
+use base64::Engine as _;
+
+async fn connected(fake: &mut FakeServer, cfg: PeerConfig) -> (MessagingPeer, FakeConn) {
+    let peer = MessagingPeer::new(cfg).unwrap();
+    let p = peer.clone();
+    let task = tokio::spawn(async move { p.connect().await });
+    let mut conn = fake.next_conn().await;
+    conn.accept_registration().await;
+    task.await.unwrap().unwrap();
+    (peer, conn)
+}
+
+fn discover(
+    peer: &MessagingPeer,
+    opts: WaitOptions,
+) -> tokio::task::JoinHandle<Result<ServerFrame, PeerError>> {
+    let p = peer.clone();
+    tokio::spawn(async move {
+        p.send_to_server_and_wait(ClientFrame::Discover(Empty {}), "discover", opts)
+            .await
+    })
+}
+
+fn peers_of(f: &ServerFrame) -> Vec<String> {
+    match f {
+        ServerFrame::Peers(p) => p.peers.iter().map(|p| p.to_string()).collect(),
+        other => panic!("not a discover answer: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn answers_match_by_request_id_amid_unrelated_frames() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let waiting = discover(&peer, WaitOptions::default());
+    let req = conn.expect("discover").await;
+    let rid = req["requestId"].clone();
+    assert!(rid.is_string());
+    // Unrelated traffic: presence, a question, a discover answer for another request.
+    conn.send(json!({"type": "peer_connected", "payload": {"peerId": "zed"}}))
+        .await;
+    conn.send(json!({"type": "server_question", "payload": {"questionId": "q1", "question": {"text": "hi?"}}})).await;
+    conn.send(
+        json!({"type": "discover", "payload": {"peers": ["wrong"]}, "requestId": "someone-else"}),
+    )
+    .await;
+    conn.send(
+        json!({"type": "public_key_response", "payload": key_payload("zed", &new_identity())}),
+    )
+    .await;
+    conn.send(
+        json!({"type": "discover", "payload": {"peers": ["alice", "bob"]}, "requestId": rid}),
+    )
+    .await;
+    let answer = waiting.await.unwrap().unwrap();
+    assert_eq!(peers_of(&answer), ["alice", "bob"]);
+    // The unrelated frames surfaced as events, not as answers.
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::PeerConnected(p) if p.as_str() == "zed").then_some(())
+    })
+    .await;
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::ServerQuestion(q) if q.question.text == "hi?").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retries_reuse_the_request_id_and_time_out_in_the_end() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let opts = WaitOptions::default()
+        .timeout(Duration::from_millis(150))
+        .retries(2);
+    let waiting = discover(&peer, opts);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(conn.expect("discover").await["requestId"].clone());
+    }
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "every attempt reuses the request id: {ids:?}"
+    );
+    match waiting.await.unwrap() {
+        Err(PeerError::Timeout {
+            attempts: 3,
+            expected,
+            ..
+        }) => assert_eq!(expected, "discover"),
+        other => panic!("expected a timeout after 3 attempts, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_late_answer_to_the_first_attempt_resolves_the_retried_request() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let opts = WaitOptions::default()
+        .timeout(Duration::from_millis(150))
+        .retries(3);
+    let waiting = discover(&peer, opts);
+    let first = conn.expect("discover").await;
+    let _retry = conn.expect("discover").await;
+    conn.send(json!({"type": "discover", "payload": {"peers": ["late"]}, "requestId": first["requestId"]})).await;
+    assert_eq!(peers_of(&waiting.await.unwrap().unwrap()), ["late"]);
+}
+
+#[tokio::test]
+async fn the_error_handler_decides_fail_retry_or_ignore() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let opts = WaitOptions::default().retries(1).error_handler(move |e| {
+        s.fetch_add(1, Ordering::SeqCst);
+        match e.error_type {
+            ErrorType::RateLimited => ErrorAction::Retry,
+            ErrorType::InternalError => ErrorAction::Ignore,
+            _ => ErrorAction::Fail,
+        }
+    });
+    let waiting = discover(&peer, opts.clone());
+    let req = conn.expect("discover").await;
+    conn.send(error_frame("RATE_LIMITED", Some(&req["requestId"])))
+        .await;
+    let again = conn.expect("discover").await;
+    assert_eq!(again["requestId"], req["requestId"]);
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    conn.send(error_frame("PEER_NOT_FOUND", Some(&req["requestId"])))
+        .await;
+    match waiting.await.unwrap() {
+        Err(PeerError::Server {
+            error_type: ErrorType::PeerNotFound,
+            ..
+        }) => {}
+        other => panic!("expected PEER_NOT_FOUND, got {other:?}"),
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+    // Ignore, then the real answer.
+    let waiting = discover(&peer, opts);
+    let req = conn.expect("discover").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    conn.send(
+        json!({"type": "discover", "payload": {"peers": ["ok"]}, "requestId": req["requestId"]}),
+    )
+    .await;
+    assert_eq!(peers_of(&waiting.await.unwrap().unwrap()), ["ok"]);
+
+    // No handler: the error fails the request.
+    let waiting = discover(&peer, WaitOptions::default());
+    let req = conn.expect("discover").await;
+    conn.send(error_frame("RATE_LIMITED", Some(&req["requestId"])))
+        .await;
+    assert_eq!(
+        waiting.await.unwrap().unwrap_err().error_type(),
+        Some(ErrorType::RateLimited)
+    );
+}
+
+#[tokio::test]
+async fn an_error_for_another_request_or_none_disturbs_no_waiter() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let waiting = discover(&peer, WaitOptions::default());
+    let req = conn.expect("discover").await;
+    conn.send(error_frame("PEER_NOT_FOUND", None)).await;
+    conn.send(error_frame("PEER_NOT_FOUND", Some(&json!("not-ours"))))
+        .await;
+    conn.send(
+        json!({"type": "discover", "payload": {"peers": ["fine"]}, "requestId": req["requestId"]}),
+    )
+    .await;
+    assert_eq!(peers_of(&waiting.await.unwrap().unwrap()), ["fine"]);
+    // Both errors were reported as events.
+    for _ in 0..2 {
+        wait_for(&mut events, |e| match e {
+            PeerEvent::Error(PeerError::Server {
+                error_type: ErrorType::PeerNotFound,
+                ..
+            }) => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn frames_without_request_id_match_by_type_and_filter() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let p = peer.clone();
+    let waiting = tokio::spawn(async move {
+        let frame = ClientFrame::RequestPublicKey(RequestPublicKey {
+            target_id: id("carol"),
+        });
+        let opts = WaitOptions::default()
+            .filter(|f| matches!(f, ServerFrame::PublicKey(k) if k.peer_id.as_str() == "carol"));
+        p.send_to_server_and_wait(frame, "public_key_response", opts)
+            .await
+    });
+    conn.expect("request_public_key").await;
+    // An original server: no request ids. Bob's key is filtered out, carol's is taken.
+    conn.send(
+        json!({"type": "public_key_response", "payload": key_payload("bob", &new_identity())}),
+    )
+    .await;
+    conn.send(
+        json!({"type": "public_key_response", "payload": key_payload("carol", &new_identity())}),
+    )
+    .await;
+    match waiting.await.unwrap().unwrap() {
+        ServerFrame::PublicKey(k) => assert_eq!(k.peer_id.as_str(), "carol"),
+        other => panic!("{other:?}"),
+    }
+    // An unknown expected type is refused before sending.
+    let err = peer
+        .send_to_server_and_wait(
+            ClientFrame::Discover(Empty {}),
+            "no_such_type",
+            WaitOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PeerError::InvalidArgument(_)));
+}
+
+#[tokio::test]
+async fn a_register_retry_never_collides_with_its_own_slow_success() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    cfg.timeouts.request = Duration::from_millis(200);
+    let peer = MessagingPeer::new(cfg).unwrap();
+    let mut events = peer.events();
+    let p = peer.clone();
+    let task = tokio::spawn(async move { p.connect().await });
+    let mut conn = fake.next_conn().await;
+    let c = conn.expect("challenge").await;
+    conn.send(json!({"type": "challenge", "payload": {"nonce": B64.encode([1u8; 32])}, "requestId": c["requestId"]})).await;
+    let first = conn.expect("register").await;
+    // Too slow: the client retries with the same request id.
+    let retry = conn.expect("register").await;
+    assert_eq!(first["requestId"], retry["requestId"]);
+    assert_eq!(first["payload"], retry["payload"]);
+    // The first attempt's success arrives, then the retry's CLIENT_ID_TAKEN.
+    conn.send(json!({"type": "register", "payload": {"success": true, "clientId": "alice", "verified": true}, "requestId": first["requestId"]})).await;
+    conn.send(error_frame("CLIENT_ID_TAKEN", Some(&first["requestId"])))
+        .await;
+    task.await.unwrap().unwrap();
+    assert!(peer.is_verified());
+    // The stale error is dropped quietly: the next event after it is the answer to a fresh request.
+    let waiting = discover(&peer, WaitOptions::default());
+    let req = conn.expect("discover").await;
+    conn.send(json!({"type": "discover", "payload": {"peers": []}, "requestId": req["requestId"]}))
+        .await;
+    waiting.await.unwrap().unwrap();
+    conn.send(json!({"type": "peer_connected", "payload": {"peerId": "marker"}}))
+        .await;
+    none_before(
+        &mut events,
+        |e| matches!(e, PeerEvent::Error(_)),
+        |e| matches!(e, PeerEvent::PeerConnected(_)).then_some(()),
+    )
+    .await;
+    // The registration carried a verifiable proof.
+    let v = &first["payload"]["verification"];
+    assert_eq!(v["algorithm"], "ed25519");
+    assert!(first["payload"]["keySignature"].is_string());
+    assert_eq!(
+        first["payload"]["publicKey"].as_array().unwrap().len(),
+        1184
+    );
+}
+
+#[tokio::test]
+async fn keepalive_detects_a_dead_connection_and_reconnects() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    cfg.timeouts.ping_interval = Duration::from_millis(100);
+    cfg.timeouts.pong_timeout = Duration::from_millis(150);
+    let (peer, conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    // The server stops reading: pings go unanswered.
+    let _silent = conn.into_silent();
+    wait_for(&mut events, |e| {
+        matches!(
+            e,
+            PeerEvent::ConnectionState(ConnectionState::Reconnecting { .. })
+        )
+        .then_some(())
+    })
+    .await;
+    let mut conn2 = fake.next_conn().await;
+    conn2.accept_registration().await;
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Connected)).then_some(())
+    })
+    .await;
+    peer.disconnect().await;
+    assert_eq!(peer.connection_state(), ConnectionState::Disconnected);
+}
+
+// ---- incoming message checks ----
+
+struct Sender<'a> {
+    id: &'a str,
+    signer: &'a Identity,
+}
+
+fn v1_payload(
+    from: &Sender<'_>,
+    to: &str,
+    to_kem: &KemPublicKey,
+    mid: &str,
+    inner_mid: &str,
+    body: &str,
+) -> Value {
+    let sent_at = 1_700_000_000_000u64;
+    let payload =
+        message_signature_payload(from.id, to, inner_mid, sent_at, body.as_bytes()).unwrap();
+    let sig = from.signer.identity_key().sign(&payload);
+    let inner = json!({"v": 1, "kind": "text", "messageId": inner_mid, "body": body, "sentAt": sent_at, "sig": B64.encode(sig)});
+    let ctx = lattice_v1::Context {
+        sender_id: from.id,
+        recipient_id: to,
+        message_id: mid,
+    };
+    let sealed = lattice_v1::seal(
+        &mut rand_core::OsRng,
+        to_kem,
+        &ctx,
+        inner.to_string().as_bytes(),
+    )
+    .unwrap();
+    json!({
+        "message": {"algorithm": "lattice-v1", "serializedCipherText": B64.encode(&sealed.cipher_text), "serializedEncryptedData": B64.encode(&sealed.encrypted_data)},
+        "fromId": from.id, "timestamp": 1, "messageId": mid,
+    })
+}
+
+fn ml_kem_aes_payload(from: &str, to_kem: &KemPublicKey, mid: Option<&str>, text: &str) -> Value {
+    let sealed = ml_kem_aes::seal(&mut rand_core::OsRng, to_kem, text.as_bytes()).unwrap();
+    let mut v = json!({
+        "message": {"algorithm": "ml-kem-aes", "serializedCipherText": B64.encode(&sealed.cipher_text), "serializedEncryptedData": B64.encode(&sealed.encrypted_data)},
+        "fromId": from, "timestamp": 2,
+    });
+    if let Some(m) = mid {
+        v["messageId"] = json!(m);
+    }
+    v
+}
+
+fn msg(payload: Value) -> Value {
+    json!({"type": "message", "payload": payload})
+}
+
+async fn expect_rejected(events: &mut lattice_peer::EventStream, mid: &str) -> RejectReason {
+    let mid = mid.to_owned();
+    none_before(
+        events,
+        |e| matches!(e, PeerEvent::Message(m) if m.message_id.as_ref().is_some_and(|i| i.as_str() == mid)),
+        |e| match e {
+            PeerEvent::Error(PeerError::Rejected { message_id: Some(m), reason, .. }) if m.as_str() == mid => Some(reason.clone()),
+            _ => None,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn forged_replayed_tampered_and_downgraded_messages_never_reach_handlers() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&delivered);
+    peer.on_message(move |_| {
+        d.fetch_add(1, Ordering::SeqCst);
+    });
+    let bob = new_identity();
+    let mallory = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+
+    // 1. A genuine message: alice fetches and pins bob's key, then delivers it verified.
+    let good = v1_payload(&b, "alice", &alice_kem, "m-1", "m-1", "hello alice");
+    conn.send(msg(good.clone())).await;
+    conn.serve_key("bob", &bob).await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("bob", "hello alice", true)
+    );
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "m-1");
+
+    // 2. The same frame again: a replay.
+    conn.send(msg(good)).await;
+    assert_eq!(
+        expect_rejected(&mut events, "m-1").await,
+        RejectReason::Replay
+    );
+
+    // 3. Tampered ciphertext.
+    let mut tampered = v1_payload(&b, "alice", &alice_kem, "m-2", "m-2", "pay 10");
+    let data = tampered["message"]["serializedEncryptedData"]
+        .as_str()
+        .unwrap();
+    let mut bytes = B64.decode(data).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 1;
+    tampered["message"]["serializedEncryptedData"] = json!(B64.encode(bytes));
+    conn.send(msg(tampered)).await;
+    assert_eq!(
+        expect_rejected(&mut events, "m-2").await,
+        RejectReason::Decrypt
+    );
+
+    // 4. Forged: claims to be bob, signed by mallory. Alice re-checks bob's key (unchanged).
+    let forged = v1_payload(
+        &Sender {
+            id: "bob",
+            signer: &mallory,
+        },
+        "alice",
+        &alice_kem,
+        "m-3",
+        "m-3",
+        "trust me",
+    );
+    conn.send(msg(forged)).await;
+    conn.serve_key("bob", &bob).await;
+    assert_eq!(
+        expect_rejected(&mut events, "m-3").await,
+        RejectReason::BadSignature
+    );
+
+    // 5. Sealed for another message id / relabelled by the server.
+    let mut relabelled = v1_payload(&b, "alice", &alice_kem, "m-4", "m-4", "x");
+    relabelled["messageId"] = json!("m-5");
+    conn.send(msg(relabelled)).await;
+    assert_eq!(
+        expect_rejected(&mut events, "m-5").await,
+        RejectReason::Decrypt
+    );
+    let mismatch = v1_payload(&b, "alice", &alice_kem, "m-6", "m-other", "x");
+    conn.send(msg(mismatch)).await;
+    assert_eq!(
+        expect_rejected(&mut events, "m-6").await,
+        RejectReason::MessageIdMismatch
+    );
+
+    // 6. Unsigned ml-kem-aes in the name of bob, whose identity is pinned: a downgrade.
+    conn.send(msg(ml_kem_aes_payload(
+        "bob",
+        &alice_kem,
+        Some("m-7"),
+        "unsigned",
+    )))
+    .await;
+    assert_eq!(
+        expect_rejected(&mut events, "m-7").await,
+        RejectReason::Downgrade
+    );
+
+    // 7. Unknown algorithm, and a lattice-v1 message without messageId.
+    let mut odd = ml_kem_aes_payload("carol", &alice_kem, Some("m-8"), "x");
+    odd["message"]["algorithm"] = json!("rot13");
+    conn.send(msg(odd)).await;
+    assert!(matches!(
+        expect_rejected(&mut events, "m-8").await,
+        RejectReason::UnsupportedAlgorithm(_)
+    ));
+
+    // 8. An original client (no pinned identity): delivered, flagged unverified.
+    conn.send(msg(ml_kem_aes_payload(
+        "orig",
+        &alice_kem,
+        None,
+        "hi from js",
+    )))
+    .await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("orig", "hi from js", false)
+    );
+    assert_eq!(
+        delivered.load(Ordering::SeqCst),
+        2,
+        "only the genuine and the original-client message were delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let bob_old = new_identity();
+    let bob_new = new_identity();
+
+    // First use pins bob's key.
+    let p = peer.clone();
+    let fetch = tokio::spawn(async move { p.request_public_key(&id("bob")).await });
+    conn.serve_key("bob", &bob_old).await;
+    let key = fetch.await.unwrap().unwrap();
+    assert_eq!(
+        key.fingerprint(),
+        Some(bob_old.identity_public_key().fingerprint())
+    );
+    assert_eq!(
+        peer.peer_fingerprint(&id("bob")).unwrap(),
+        key.fingerprint()
+    );
+
+    // The server now presents another identity for bob.
+    let p = peer.clone();
+    let fetch = tokio::spawn(async move { p.request_public_key(&id("bob")).await });
+    conn.serve_key("bob", &bob_new).await;
+    assert!(matches!(
+        fetch.await.unwrap(),
+        Err(PeerError::KeyChanged { .. })
+    ));
+    let (old, new) = wait_for(&mut events, |e| match e {
+        PeerEvent::KeyChanged { peer, old, new } if peer.as_str() == "bob" => Some((old, new)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(old, bob_old.identity_public_key().fingerprint());
+    assert_eq!(new, bob_new.identity_public_key().fingerprint());
+
+    // Nothing is sent to bob, nor accepted from the new key, until the change is accepted.
+    assert!(matches!(
+        peer.send_message(&id("bob"), "hi").await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    let from_new = v1_payload(
+        &Sender {
+            id: "bob",
+            signer: &bob_new,
+        },
+        "alice",
+        &alice_kem,
+        "k-1",
+        "k-1",
+        "it's me",
+    );
+    conn.send(msg(from_new)).await;
+    assert_eq!(
+        expect_rejected(&mut events, "k-1").await,
+        RejectReason::KeyChanged
+    );
+
+    // A forged key signature is refused outright.
+    let p = peer.clone();
+    let fetch = tokio::spawn(async move { p.request_public_key(&id("eve")).await });
+    let req = conn.expect("request_public_key").await;
+    let mut bad = key_payload("eve", &new_identity());
+    bad["keySignature"] = json!(B64.encode([0u8; 64]));
+    conn.send(
+        json!({"type": "public_key_response", "payload": bad, "requestId": req["requestId"]}),
+    )
+    .await;
+    assert!(matches!(
+        fetch.await.unwrap(),
+        Err(PeerError::InvalidKeySignature { .. })
+    ));
+
+    // Accepting pins the new key; sending works again (lattice-v1 to the new key).
+    assert_eq!(
+        peer.accept_key_change(&id("bob")).unwrap(),
+        bob_new.identity_public_key().fingerprint()
+    );
+    let p = peer.clone();
+    let send = tokio::spawn(async move { p.send_message(&id("bob"), "welcome back").await });
+    conn.serve_key("bob", &bob_new).await;
+    let sent = send.await.unwrap().unwrap();
+    assert_eq!(sent.algorithm, lattice_peer::Algorithm::LatticeV1);
+    let frame = conn.expect("message").await;
+    assert_eq!(frame["payload"]["targetId"], "bob");
+    assert_eq!(frame["payload"]["messageId"], sent.message_id.as_str());
+    assert_eq!(frame["requestId"], sent.message_id.as_str());
+    // Bob can open it with the new key and the signature verifies with the new identity.
+    let env = &frame["payload"]["message"];
+    let sealed = lattice_crypto::SealedEnvelope {
+        cipher_text: B64
+            .decode(env["serializedCipherText"].as_str().unwrap())
+            .unwrap(),
+        encrypted_data: B64
+            .decode(env["serializedEncryptedData"].as_str().unwrap())
+            .unwrap(),
+    };
+    let ctx = lattice_v1::Context {
+        sender_id: "alice",
+        recipient_id: "bob",
+        message_id: sent.message_id.as_str(),
+    };
+    let plain = lattice_v1::open(bob_new.kem(), &ctx, &sealed).unwrap();
+    let inner: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(inner["body"], "welcome back");
+    // The server's verdict on the message comes back as an event naming it.
+    conn.send(error_frame(
+        "PEER_NOT_FOUND",
+        Some(&json!(sent.message_id.as_str())),
+    ))
+    .await;
+    let failed = wait_for(&mut events, |e| match e {
+        PeerEvent::MessageFailed { message_id, .. } => Some(message_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failed, sent.message_id);
+}
