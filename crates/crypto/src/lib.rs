@@ -27,6 +27,13 @@
 //! - [`lp`], [`kem_key_signature_message`], [`registration_statement`],
 //!   [`message_signature_payload`] (`statements`): the exact byte strings that get signed.
 //! - [`SealedEnvelope`] (`envelope`) and the two algorithms [`ml_kem_aes`] and [`lattice_v1`].
+//! - `aead` (private): AES-256-GCM over the `nonce ‖ ciphertext ‖ tag` layout both envelopes use.
+//!
+//! # Secrets
+//! Seeds, secret keys, shared secrets, derived keys and opened plaintexts live in buffers that are
+//! wiped on drop (`zeroize`), and secret-holding types print only public key prefixes in `Debug`.
+//! This is best effort: the dependencies' internal temporaries (for example HKDF's HMAC state, or
+//! stack copies made inside `ml-kem` key generation) are outside our control.
 //!
 //! # Example
 //! ```
