@@ -1,2 +1,119 @@
-//! Placeholder; the echo bot is written below.
-fn main() {}
+//! A bot that answers every message by quoting it — from Lattice peers (signed `lattice-v1`) and
+//! original clients (`ml-kem-aes`, flagged unverified) alike — and answers server questions with
+//! canned replies. `make run` starts it next to the server so a newcomer has someone to talk to.
+//!
+//! ```text
+//! cargo run -p lattice-peer --example echo_bot -- --server ws://127.0.0.1:3005 --id echo
+//! ```
+//!
+//! Its identity lives in `<data dir>/lattice/bots/<id>.identity` (0600), so it keeps its id
+//! across restarts (a verified id is bound to its identity key on the server).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent, TlsOptions};
+use lattice_protocol::{ClientId, QuestionKind};
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(about = "A Lattice peer that echoes every message it receives")]
+struct Args {
+    /// Signaling server URL (ws:// or wss://).
+    #[arg(long, env = "LATTICE_SERVER", default_value = "ws://127.0.0.1:3005")]
+    server: String,
+    /// The bot's client id.
+    #[arg(long, default_value = "echo")]
+    id: String,
+    /// Identity file (created if missing).
+    #[arg(long)]
+    identity_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for wss://.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+/// The reply to a message: the text quoted line by line.
+pub fn quote(text: &str) -> String {
+    let quoted: Vec<String> = text.lines().map(|l| format!("> {l}")).collect();
+    if quoted.is_empty() {
+        "> (empty message)".to_owned()
+    } else {
+        quoted.join("\n")
+    }
+}
+
+/// Runs the bot on a connected peer until the event stream ends.
+pub async fn run(peer: MessagingPeer) {
+    let mut events = peer.events();
+    while let Some(event) = events.next().await {
+        match event {
+            PeerEvent::Message(m) => {
+                let sender = if m.verified { "verified" } else { "unverified" };
+                tracing::info!(from = %m.from, sender, "echoing a message");
+                if let Err(e) = peer.send_message(&m.from, &quote(&m.text)).await {
+                    tracing::warn!(to = %m.from, error = %e, "cannot answer");
+                }
+            }
+            PeerEvent::ServerQuestion(q) => {
+                let answer: serde_json::Value = match q.question.kind {
+                    Some(QuestionKind::Confirm) => true.into(),
+                    Some(QuestionKind::Choice) => q
+                        .question
+                        .options
+                        .as_ref()
+                        .and_then(|o| o.first().cloned())
+                        .unwrap_or_default()
+                        .into(),
+                    _ => format!("echo: {}", q.question.text).into(),
+                };
+                if let Err(e) = peer.respond_to_server(&q.question_id, answer) {
+                    tracing::warn!(error = %e, "cannot answer the server");
+                }
+            }
+            PeerEvent::Error(e) => tracing::warn!(error = %e, "peer error"),
+            PeerEvent::ConnectionState(s) => tracing::info!(state = ?s, "connection"),
+            _ => {}
+        }
+    }
+}
+
+#[allow(dead_code)] // Unused when the tests include this file as a module.
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let client_id = ClientId::new(args.id.clone())?;
+    let path = match args.identity_file {
+        Some(p) => p,
+        None => dirs::data_dir()
+            .ok_or_else(|| anyhow::anyhow!("no data directory; pass --identity-file"))?
+            .join("lattice")
+            .join("bots")
+            .join(format!("{}.identity", client_id)),
+    };
+    let (identity, created) = lattice_peer::identity_file::load_or_create(&path)?;
+    if created {
+        tracing::info!(path = %path.display(), "created a new identity");
+    }
+    let mut config = PeerConfig::new(args.server, client_id, identity);
+    config.reconnect.max_attempts = 0; // a bot keeps trying
+    if let Some(ca) = args.ca_file {
+        config.tls = TlsOptions {
+            extra_ca_pem: Some(std::fs::read_to_string(ca)?),
+        };
+    }
+    let peer = MessagingPeer::new(config)?;
+    peer.connect().await?;
+    tracing::info!(id = %peer.client_id(), fingerprint = %peer.fingerprint(), "echo bot ready");
+    tokio::select! {
+        () = run(peer.clone()) => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    peer.disconnect().await;
+    Ok(())
+}

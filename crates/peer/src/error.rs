@@ -134,6 +134,9 @@ pub enum PeerError {
     /// A cryptographic operation failed on our side (sealing, signing inputs).
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
+    /// A file could not be read or written (identity file).
+    #[error("{0}")]
+    Io(String),
     /// The [`crate::KeyStore`] failed.
     #[error("key store: {0}")]
     KeyStore(String),

@@ -44,6 +44,7 @@
 //! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
 //! - `receive`: sealing outgoing and opening/checking incoming messages; replay detection in `replay`.
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
+//! - [`identity_file`]: an identity kept in an owner-only file (0600).
 //! - [`error`]: [`PeerError`], [`RejectReason`].
 
 #![forbid(unsafe_code)]
@@ -54,6 +55,7 @@ mod connection;
 pub mod defaults;
 pub mod error;
 pub mod events;
+pub mod identity_file;
 pub mod keys;
 mod peer;
 mod pending;

@@ -1,0 +1,145 @@
+//! Parsing what the user types.
+
+/// One line of input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/peers`: list online peers with their verification state.
+    Peers,
+    /// `/to <peer>`: talk to `peer` from now on.
+    To(String),
+    /// `/fp [peer]`: show our fingerprint, or a peer's.
+    Fingerprint(Option<String>),
+    /// `/accept <peer>`: accept a peer's changed identity key.
+    Accept(String),
+    /// `/ask`: start the server's demo conversation.
+    Ask,
+    /// `/help`.
+    Help,
+    /// `/quit`.
+    Quit,
+    /// A plain line: a message to the current peer, or the answer to a pending question.
+    Text(String),
+    /// Nothing (blank line).
+    Empty,
+    /// A command we do not know, or missing its argument.
+    Invalid(String),
+}
+
+/// The help text.
+pub const HELP: &str = "\
+commands:
+  /peers          list online peers (✓ = verified identity)
+  /to <peer>      talk to <peer>; plain lines are sent to it
+  /fp [peer]      show your fingerprint, or <peer>'s, to compare out of band
+  /accept <peer>  trust <peer>'s new identity key (after comparing fingerprints!)
+  /ask            start the server's demo conversation
+  /help           this text
+  /quit           leave
+when the server asks a question, the next plain line answers it";
+
+/// Parses one input line.
+pub fn parse(line: &str) -> Command {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Command::Empty;
+    }
+    let Some(rest) = line.strip_prefix('/') else {
+        return Command::Text(line.to_owned());
+    };
+    let mut parts = rest.split_whitespace();
+    let name = parts.next().unwrap_or_default();
+    let arg = parts.next().map(str::to_owned);
+    match (name, arg) {
+        ("peers" | "p", _) => Command::Peers,
+        ("to" | "t", Some(p)) => Command::To(p),
+        ("fp", p) => Command::Fingerprint(p),
+        ("accept", Some(p)) => Command::Accept(p),
+        ("ask", _) => Command::Ask,
+        ("help" | "h" | "?", _) => Command::Help,
+        ("quit" | "q" | "exit", _) => Command::Quit,
+        // `//text` sends a line starting with a slash.
+        ("", _) if rest.starts_with('/') => Command::Text(rest.to_owned()),
+        (other, _) => Command::Invalid(format!("unknown command or missing argument: /{other}")),
+    }
+}
+
+/// Interprets an answer to a question: a confirm takes y/yes/n/no, a choice takes the option's
+/// number or its text, free text is taken as is. `None` if the answer does not fit.
+pub fn answer(
+    kind: Option<lattice_protocol::QuestionKind>,
+    options: Option<&[String]>,
+    line: &str,
+) -> Option<serde_json::Value> {
+    use lattice_protocol::QuestionKind;
+    let line = line.trim();
+    match kind {
+        Some(QuestionKind::Confirm) => match line.to_ascii_lowercase().as_str() {
+            "y" | "yes" | "true" => Some(true.into()),
+            "n" | "no" | "false" => Some(false.into()),
+            _ => None,
+        },
+        Some(QuestionKind::Choice) => {
+            let options = options.unwrap_or_default();
+            if let Ok(n) = line.parse::<usize>() {
+                return options.get(n.checked_sub(1)?).cloned().map(Into::into);
+            }
+            options
+                .iter()
+                .find(|o| o.eq_ignore_ascii_case(line))
+                .cloned()
+                .map(Into::into)
+        }
+        _ => Some(line.to_owned().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lattice_protocol::QuestionKind;
+
+    #[test]
+    fn parses_commands_and_text() {
+        assert_eq!(parse("/peers"), Command::Peers);
+        assert_eq!(parse("/to bob"), Command::To("bob".into()));
+        assert_eq!(
+            parse("/to"),
+            Command::Invalid("unknown command or missing argument: /to".into())
+        );
+        assert_eq!(parse("/fp"), Command::Fingerprint(None));
+        assert_eq!(parse("/fp bob"), Command::Fingerprint(Some("bob".into())));
+        assert_eq!(parse("/accept bob"), Command::Accept("bob".into()));
+        assert_eq!(parse("/quit"), Command::Quit);
+        assert_eq!(parse("hello there\n"), Command::Text("hello there".into()));
+        assert_eq!(
+            parse("//not a command"),
+            Command::Text("/not a command".into())
+        );
+        assert_eq!(parse("   "), Command::Empty);
+        assert!(matches!(parse("/frobnicate"), Command::Invalid(_)));
+    }
+
+    #[test]
+    fn interprets_answers() {
+        let opts = vec!["red".to_owned(), "blue".to_owned()];
+        assert_eq!(
+            answer(Some(QuestionKind::Confirm), None, "Y"),
+            Some(true.into())
+        );
+        assert_eq!(answer(Some(QuestionKind::Confirm), None, "maybe"), None);
+        assert_eq!(
+            answer(Some(QuestionKind::Choice), Some(&opts), "2"),
+            Some("blue".into())
+        );
+        assert_eq!(
+            answer(Some(QuestionKind::Choice), Some(&opts), "RED"),
+            Some("red".into())
+        );
+        assert_eq!(answer(Some(QuestionKind::Choice), Some(&opts), "0"), None);
+        assert_eq!(
+            answer(Some(QuestionKind::Choice), Some(&opts), "green"),
+            None
+        );
+        assert_eq!(answer(None, None, " free text "), Some("free text".into()));
+    }
+}
