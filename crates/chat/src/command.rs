@@ -46,6 +46,10 @@ pub fn parse(line: &str) -> Command {
     let Some(rest) = line.strip_prefix('/') else {
         return Command::Text(line.to_owned());
     };
+    // `//text` sends a line starting with a slash.
+    if rest.starts_with('/') {
+        return Command::Text(rest.to_owned());
+    }
     let mut parts = rest.split_whitespace();
     let name = parts.next().unwrap_or_default();
     let arg = parts.next().map(str::to_owned);
@@ -57,8 +61,6 @@ pub fn parse(line: &str) -> Command {
         ("ask", _) => Command::Ask,
         ("help" | "h" | "?", _) => Command::Help,
         ("quit" | "q" | "exit", _) => Command::Quit,
-        // `//text` sends a line starting with a slash.
-        ("", _) if rest.starts_with('/') => Command::Text(rest.to_owned()),
         (other, _) => Command::Invalid(format!("unknown command or missing argument: /{other}")),
     }
 }
