@@ -655,3 +655,48 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
     .await;
     assert_eq!(failed, sent.message_id);
 }
+
+#[tokio::test]
+async fn while_disconnected_the_queue_is_bounded_and_the_backoff_gives_up() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    cfg.outbound_queue = 2;
+    cfg.reconnect.max_attempts = 3;
+    let (peer, conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    // The server vanishes: the connection drops and nothing listens any more.
+    drop(conn);
+    drop(fake);
+    let q = lattice_protocol::QuestionId::new("q").unwrap();
+    let mut attempts = Vec::new();
+    let mut queued = 0;
+    let gave_up = wait_for(&mut events, |e| match e {
+        PeerEvent::ConnectionState(ConnectionState::Reconnecting { attempt }) => {
+            attempts.push(attempt);
+            None
+        }
+        PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => Some(attempts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gave_up, 3);
+    assert_eq!(attempts, [1, 2, 3]);
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(())
+    })
+    .await;
+    // Two frames fit in the queue; the third is refused and the caller is told.
+    for _ in 0..2 {
+        peer.respond_to_server(&q, "x").unwrap();
+        queued += 1;
+    }
+    assert_eq!(queued, 2);
+    assert!(matches!(
+        peer.respond_to_server(&q, "x"),
+        Err(PeerError::QueueFull { capacity: 2 })
+    ));
+    assert!(matches!(
+        peer.register_and_wait(Duration::from_millis(10)).await,
+        Err(PeerError::NotConnected)
+    ));
+}
