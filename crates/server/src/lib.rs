@@ -1,1 +1,265 @@
-//! placeholder
+//! # lattice-server
+//!
+//! The Lattice signaling server: a WebSocket hub where peers register an id with a public key,
+//! discover each other, fetch keys, exchange sealed messages the server cannot read, and answer
+//! questions the server asks. It speaks the protocol of `docs/protocol.md` (crate
+//! [`lattice_protocol`]), a superset of the original MessagingPeer protocol.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lattice_server::ServerError> {
+//! let server = lattice_server::spawn(lattice_server::Config::for_tests()).await?;
+//! println!("clients connect to {}", server.url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Modules
+//! - [`config`]: [`Config`], from flags/env or code; [`limits`]: every bound with its reason.
+//! - [`http`]: one port for the WebSocket upgrade (any path), `/healthz`, `/metrics`, `/admin`.
+//! - [`session`]: one task per connection; the slow-consumer and no-loss policies are written there.
+//! - [`hub`]: who is online where, routing and presence ([`hub::Hub`], in-process [`hub::LocalHub`]).
+//! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite).
+//! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
+//! - [`metrics`]: counters for `/metrics`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod questions;
+pub mod session;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use config::{Config, ConfigError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::hub::{LocalHub, Out};
+use crate::questions::Questions;
+use crate::session::close_code;
+use crate::state::ServerState;
+use crate::store::SqliteStore;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Storage could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server running in the background. Dropping it stops the server (without waiting);
+/// [`ServerHandle::shutdown`] stops it and waits until every session closed and storage is flushed.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// `ws://ADDR` for clients.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+    /// `http://ADDR` for the admin API.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// Stops the server gracefully and waits for it.
+    pub async fn shutdown(mut self) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "server stopped with an error"),
+                Err(e) => warn!(error = %e, "server task failed"),
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Binds per `config` and serves in a background task.
+///
+/// # Errors
+/// Invalid configuration, storage that cannot be opened, or an address that cannot be bound.
+pub async fn spawn(config: Config) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let addr = config.socket_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let addr = listener.local_addr()?;
+    let token = CancellationToken::new();
+    let state = build_state(config, token.clone())?;
+    let shutdown = token.clone().cancelled_owned();
+    let task = tokio::spawn(serve(listener, state, shutdown));
+    Ok(ServerHandle {
+        addr,
+        token,
+        task: Some(task),
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then closes every session (close frame 1001),
+/// returns undelivered mail to the mailbox, and flushes storage.
+///
+/// # Errors
+/// Invalid configuration, storage that cannot be opened, or a listener failure.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let state = build_state(config, CancellationToken::new())?;
+    serve(listener, state, shutdown).await
+}
+
+fn build_state(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Arc<ServerState>, ServerError> {
+    let store = Arc::new(match &config.data_dir {
+        Some(dir) => SqliteStore::open(dir)?,
+        None => SqliteStore::in_memory()?,
+    });
+    let questions = Questions::new(config.question_timeout);
+    Ok(Arc::new(ServerState {
+        hub: Arc::new(LocalHub::default()),
+        directory: store.clone(),
+        mailbox: store.clone(),
+        store,
+        questions,
+        metrics: metrics::Metrics::default(),
+        sessions: hub::Sessions::default(),
+        open_connections: AtomicUsize::new(0),
+        next_conn: AtomicU64::new(1),
+        started: Instant::now(),
+        shutdown,
+        tasks: TaskTracker::new(),
+        config,
+    }))
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let token = state.shutdown.clone();
+    let addr = listener.local_addr()?;
+    info!(%addr, persistent = state.config.data_dir.is_some(), "lattice-server listening");
+    let sweeper = tokio::spawn(sweep(Arc::clone(&state)));
+    let app = http::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = {
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => token.cancel(),
+                () = token.cancelled() => {}
+            }
+        }
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await;
+    // axum does not wait for upgraded WebSockets: sessions are tracked here. Each sees the
+    // cancelled token, sends its close frame and hands undelivered mail back to the mailbox.
+    token.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(limits::SHUTDOWN_GRACE, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = state.tasks.len(),
+            "sessions still open after the grace period"
+        );
+    }
+    sweeper.abort();
+    let _ = sweeper.await;
+    if let Err(e) = state.store.checkpoint() {
+        warn!(error = %e, "checkpoint at shutdown failed");
+    }
+    info!("lattice-server stopped");
+    served.map_err(ServerError::Io)
+}
+
+/// Housekeeping: heartbeat pings, idle and registration timeouts, expiry of questions and mail.
+async fn sweep(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(limits::SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        rounds += 1;
+        let now = state.uptime_ms();
+        let ping_ms = u64::try_from(state.config.ping_interval.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(state.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let register_ms = u64::try_from(limits::REGISTER_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        for s in state.sessions.all() {
+            let idle = now.saturating_sub(s.last_seen.load(std::sync::atomic::Ordering::Relaxed));
+            if idle >= idle_ms {
+                metrics::Metrics::inc(&state.metrics.policy_closes);
+                s.close(close_code::GOING_AWAY, "idle timeout");
+            } else if !s.registered.load(std::sync::atomic::Ordering::Acquire)
+                && now.saturating_sub(s.opened_ms) >= register_ms
+            {
+                metrics::Metrics::inc(&state.metrics.policy_closes);
+                s.close(close_code::REGISTER_TIMEOUT, "registration timeout");
+            } else if idle >= ping_ms {
+                let _ = s.tx.try_send(Out::Ping);
+            }
+        }
+        state.questions.expire();
+        if rounds % 12 == 0 {
+            match crate::store::Mailbox::purge_expired(state.mailbox.as_ref()) {
+                Ok(0) => {}
+                Ok(n) => info!(expired = n, "expired mailbox entries removed"),
+                Err(e) => warn!(error = %e, "mailbox purge failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The HTTP surface, all on one port: the WebSocket upgrade on any path (original clients connect
+//! to a bare `ws://host:port`), `/healthz`, `/metrics`, and the bearer-token `/admin` API.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lattice_protocol::limits::MAX_FRAME_BYTES;
+use lattice_protocol::{encode, ClientId, ConversationId, Frame, Question, ServerFrame};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
+use tracing::info;
+
+use crate::hub::Out;
+use crate::limits::{MAX_ADMIN_BODY, MAX_ASK_TIMEOUT, MAX_TRANSPORT_MESSAGE, READ_BUFFER};
+use crate::metrics::Metrics;
+use crate::questions::AskError;
+use crate::session;
+use crate::state::ServerState;
+
+/// Builds the router.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/admin/peers", get(admin_peers))
+        .route("/admin/peers/{id}/questions", post(admin_ask))
+        .fallback(upgrade)
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .with_state(state)
+}
+
+async fn upgrade(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "Lattice signaling server. Connect with a WebSocket client.\n",
+        )
+            .into_response();
+    };
+    // Admission: count first, then check, so racing upgrades cannot overshoot the cap.
+    let open = state.open_connections.fetch_add(1, Ordering::AcqRel);
+    if open >= state.config.max_connections {
+        state.open_connections.fetch_sub(1, Ordering::AcqRel);
+        Metrics::inc(&state.metrics.connections_refused);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many connections; try again later\n",
+        )
+            .into_response();
+    }
+    Metrics::inc(&state.metrics.connections_total);
+    let tasks = state.tasks.clone();
+    ws.max_message_size(MAX_TRANSPORT_MESSAGE)
+        .max_frame_size(MAX_TRANSPORT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_FRAME_BYTES * 4)
+        .on_failed_upgrade({
+            let state = Arc::clone(&state);
+            move |_| {
+                state.open_connections.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+        .on_upgrade(move |socket| tasks.track_future(session::run(state, socket, remote)))
+}
+
+async fn healthz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "connections": state.sessions.len(),
+        "registered": state.hub.len(),
+    }))
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.sessions.len(), state.hub.len()),
+    )
+}
+
+fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// `Err(response)` unless the request carries the configured bearer token.
+fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &state.config.admin_token else {
+        return Err(Box::new(admin_error(
+            StatusCode::NOT_FOUND,
+            "the admin API is disabled (no --admin-token)",
+        )));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Box::new(admin_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )))
+    }
+}
+
+async fn admin_peers(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let peers: Vec<_> = state
+        .hub
+        .online()
+        .into_iter()
+        .filter_map(|id| state.hub.get(&id))
+        .map(|e| json!({ "clientId": e.id, "verified": e.verified }))
+        .collect();
+    Json(json!({ "peers": peers })).into_response()
+}
+
+/// Body of `POST /admin/peers/{id}/questions`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AskRequest {
+    question: Question,
+    #[serde(default)]
+    conversation_id: Option<ConversationId>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+async fn admin_ask(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let Ok(peer_id) = ClientId::new(id) else {
+        return admin_error(StatusCode::BAD_REQUEST, "not a valid client id");
+    };
+    let req: AskRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {e}"),
+            )
+        }
+    };
+    let timeout = req
+        .timeout_ms
+        .map_or(state.config.question_timeout, Duration::from_millis)
+        .min(MAX_ASK_TIMEOUT);
+    let Some(peer) = state.hub.get(&peer_id) else {
+        return admin_error(
+            StatusCode::NOT_FOUND,
+            format!("peer {peer_id} is not online"),
+        );
+    };
+    let asked =
+        match state
+            .questions
+            .ask(&peer_id, req.question, req.conversation_id, Some(timeout))
+        {
+            Ok(a) => a,
+            Err(e @ AskError::BadQuestion(_)) => {
+                return admin_error(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e @ AskError::ForeignConversation(_)) => {
+                return admin_error(StatusCode::CONFLICT, e.to_string())
+            }
+            Err(e @ AskError::TooMany(_)) => {
+                return admin_error(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
+        };
+    let qid = asked.frame.question_id.clone();
+    let conversation = asked.frame.conversation_id.clone();
+    let round = asked.frame.round;
+    let frame = encode(&Frame::new(ServerFrame::ServerQuestion(asked.frame)));
+    if peer.session.tx.try_send(Out::Frame(frame.into())).is_err() {
+        state.questions.cancel(&qid);
+        return admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("peer {peer_id} is not reading its connection"),
+        );
+    }
+    info!(peer = %peer_id, question = %qid, "admin question sent");
+    let Some(rx) = asked.answer else {
+        return admin_error(StatusCode::INTERNAL_SERVER_ERROR, "no answer channel");
+    };
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(_)) | Err(_) => {
+            state.questions.cancel(&qid);
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                Json(json!({
+                    "error": format!("no answer from {peer_id} within {} ms", timeout.as_millis()),
+                    "questionId": qid,
+                    "conversationId": conversation,
+                    "round": round,
+                })),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Who is online where. The [`Hub`] maps each registered id to the session that holds it and routes
+//! frames to that session's bounded outbound queue; it also fans presence out.
+//!
+//! [`LocalHub`] keeps everything in this process. A Redis hub for several nodes implements the same
+//! trait: it keeps a local map for its own sessions and forwards misses over Redis pub/sub (see
+//! `docs/scaling.md`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use lattice_protocol::{ClientId, MessageId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// An item on a session's outbound queue.
+#[derive(Debug)]
+pub enum Out {
+    /// A frame to write as is.
+    Frame(Utf8Bytes),
+    /// A `message` frame for this peer; tracked until acknowledged when the peer is verified.
+    Deliver {
+        /// The encoded frame.
+        frame: Utf8Bytes,
+        /// Its message id (every message to a verified peer has one).
+        message_id: Option<MessageId>,
+    },
+    /// Mail was spilled to this peer's mailbox: drain it.
+    CheckMail,
+    /// Send a WebSocket ping (the heartbeat).
+    Ping,
+}
+
+/// The part of a session other tasks may touch.
+#[derive(Debug)]
+pub struct SessionShared {
+    /// Unique per connection.
+    pub conn_id: u64,
+    /// The bounded outbound queue.
+    pub tx: mpsc::Sender<Out>,
+    /// Milliseconds since server start when the peer last sent anything (frames or pongs).
+    pub last_seen: AtomicU64,
+    /// Cancelled to close the connection; `close_reason` says why.
+    pub kill: CancellationToken,
+    /// Close code and reason set by whoever cancelled `kill` first.
+    pub close_reason: OnceLock<(u16, &'static str)>,
+    /// Set when mail for this peer was spilled to the mailbox while it was online.
+    pub mail_waiting: AtomicBool,
+    /// Set once the connection registered an id.
+    pub registered: AtomicBool,
+    /// Milliseconds since server start when the connection opened.
+    pub opened_ms: u64,
+}
+
+impl SessionShared {
+    /// Asks the session to close with `code` and `reason`.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.close_reason.set((code, reason));
+        self.kill.cancel();
+    }
+
+    /// Tells the session its mailbox has something.
+    pub fn notify_mail(&self) {
+        self.mail_waiting.store(true, Ordering::Release);
+        // Best effort: if the queue is full the session is busy writing and checks the flag after.
+        let _ = self.tx.try_send(Out::CheckMail);
+    }
+}
+
+/// A registered peer.
+#[derive(Debug)]
+pub struct PeerEntry {
+    /// Its id.
+    pub id: ClientId,
+    /// Its connection.
+    pub session: Arc<SessionShared>,
+    /// Whether it proved an identity key.
+    pub verified: bool,
+    /// ML-KEM public key.
+    pub public_key: Arc<[u8]>,
+    /// Ed25519 identity key, for verified peers.
+    pub identity_key: Option<[u8; 32]>,
+    /// Signature of the identity key over `public_key`, for verified peers.
+    pub key_signature: Option<Arc<[u8]>>,
+    /// Whether it asked for presence (sent `discover`).
+    pub subscribed: AtomicBool,
+}
+
+/// Why a claim failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Another connection holds the id and may not be replaced.
+    Taken,
+}
+
+/// Routing and presence. All methods are synchronous and short: they run on the hot path.
+pub trait Hub: Send + Sync + std::fmt::Debug {
+    /// Makes `entry` the holder of its id. An existing holder on another connection is replaced
+    /// only when `replace(existing)` says so; the replaced entry is returned so the caller can close
+    /// it. Check and insert are one atomic step: two racing claims never both win.
+    ///
+    /// # Errors
+    /// [`ClaimError::Taken`] when another connection holds the id and may not be replaced.
+    fn claim(
+        &self,
+        entry: Arc<PeerEntry>,
+        replace: &dyn Fn(&PeerEntry) -> bool,
+    ) -> Result<Option<Arc<PeerEntry>>, ClaimError>;
+    /// Removes `id` if `conn_id` still holds it; true if it did.
+    fn release(&self, id: &ClientId, conn_id: u64) -> bool;
+    /// The holder of `id`.
+    fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>>;
+    /// Every online id, sorted.
+    fn online(&self) -> Vec<ClientId>;
+    /// Sends `frame` to every subscribed peer but `except`. Never blocks: a full queue misses it
+    /// (presence is re-read with `discover`).
+    fn broadcast_presence(&self, frame: &Utf8Bytes, except: &ClientId);
+    /// Number of registered peers.
+    fn len(&self) -> usize;
+    /// True when nobody is registered.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The in-process hub.
+#[derive(Debug, Default)]
+pub struct LocalHub {
+    // std RwLock: lookups (every routed message) vastly outnumber claims and releases, and no
+    // section awaits.
+    peers: RwLock<HashMap<ClientId, Arc<PeerEntry>>>,
+}
+
+impl LocalHub {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ClientId, Arc<PeerEntry>>> {
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ClientId, Arc<PeerEntry>>> {
+        self.peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Hub for LocalHub {
+    fn claim(
+        &self,
+        entry: Arc<PeerEntry>,
+        replace: &dyn Fn(&PeerEntry) -> bool,
+    ) -> Result<Option<Arc<PeerEntry>>, ClaimError> {
+        let mut peers = self.write();
+        if let Some(existing) = peers.get(&entry.id) {
+            if existing.session.conn_id != entry.session.conn_id && !replace(existing) {
+                return Err(ClaimError::Taken);
+            }
+        }
+        let old = peers.insert(entry.id.clone(), entry);
+        Ok(old)
+    }
+
+    fn release(&self, id: &ClientId, conn_id: u64) -> bool {
+        let mut peers = self.write();
+        match peers.get(id) {
+            Some(e) if e.session.conn_id == conn_id => {
+                peers.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>> {
+        self.read().get(id).cloned()
+    }
+
+    fn online(&self) -> Vec<ClientId> {
+        let mut ids: Vec<ClientId> = self.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn broadcast_presence(&self, frame: &Utf8Bytes, except: &ClientId) {
+        // Collect first so no queue operation happens under the lock.
+        let targets: Vec<Arc<PeerEntry>> = self
+            .read()
+            .values()
+            .filter(|e| e.subscribed.load(Ordering::Acquire) && &e.id != except)
+            .cloned()
+            .collect();
+        for t in targets {
+            let _ = t.session.tx.try_send(Out::Frame(frame.clone()));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.read().len()
+    }
+}
+
+/// Every open connection, registered or not: for pings, idle checks and shutdown.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    // std Mutex: insert/remove once per connection, iteration by the sweeper; no awaits.
+    map: Mutex<HashMap<u64, Arc<SessionShared>>>,
+}
+
+impl Sessions {
+    /// Adds a session.
+    pub fn insert(&self, s: Arc<SessionShared>) {
+        self.lock().insert(s.conn_id, s);
+    }
+    /// Removes a session.
+    pub fn remove(&self, conn_id: u64) {
+        self.lock().remove(&conn_id);
+    }
+    /// A snapshot of all sessions.
+    pub fn all(&self) -> Vec<Arc<SessionShared>> {
+        self.lock().values().cloned().collect()
+    }
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionShared>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

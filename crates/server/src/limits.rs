@@ -1,0 +1,75 @@
+//! Every server-side limit and timeout, with its reason. `Config` takes its defaults from here; the
+//! protocol's own limits (frame size, id length) live in [`lattice_protocol::limits`].
+
+use std::time::Duration;
+
+/// Frames a session may have waiting to be written. 256 frames of ~3 KiB is under 1 MiB per
+/// connection at worst; a peer that falls that far behind is handled by the slow-consumer policy
+/// (see `session`), not by buffering more.
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// Largest WebSocket message the transport reads at all. Frames between the protocol limit
+/// (256 KiB) and this get an `error` frame and the connection lives on; beyond it the transport
+/// closes the connection (1009) without buffering the rest.
+pub const MAX_TRANSPORT_MESSAGE: usize = 1024 * 1024;
+
+/// tungstenite's read buffer per connection. Its default (128 KiB) dominates the memory of an idle
+/// connection; frames larger than this are still read, in several reads.
+pub const READ_BUFFER: usize = 4 * 1024;
+
+/// A socket write that takes longer than this means the peer stopped reading: close it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the server pings every connection.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// A connection that sent nothing (not even a pong) for this long is dead: close it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection that has not registered within this time is closed: sockets are not free.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default cap on simultaneous connections (each costs a task, a queue and socket buffers).
+pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// Default per-connection rate limit, frames per second (burst: twice this). Generous for a person
+/// typing, low enough that one socket cannot monopolise a core.
+pub const RATE_LIMIT: u32 = 200;
+
+/// Invalid frames tolerated from one connection within [`INVALID_WINDOW`]; past it the connection is
+/// closed with 1008 (policy violation). Each invalid frame before that gets an `error`.
+pub const MAX_INVALID_FRAMES: u32 = 50;
+
+/// Window for [`MAX_INVALID_FRAMES`].
+pub const INVALID_WINDOW: Duration = Duration::from_secs(10);
+
+/// Messages kept for one offline peer. Past it senders get `MAILBOX_FULL`.
+pub const MAILBOX_QUOTA: u32 = 1000;
+
+/// How long an undelivered message is kept for an offline peer.
+pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Mailbox entries sent per batch when a peer comes online (the rest follow as the queue drains).
+pub const MAILBOX_BATCH: usize = 64;
+
+/// Delivered-but-unacknowledged messages remembered per session, so that a connection dropping
+/// before the recipient acknowledged them does not lose them (they go back to the mailbox).
+pub const INFLIGHT_WINDOW: usize = 512;
+
+/// How long a server question waits for its answer by default.
+pub const QUESTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest an admin caller may ask the server to wait for an answer.
+pub const MAX_ASK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Questions pending at once for one peer; more gets the admin caller a 429.
+pub const MAX_PENDING_QUESTIONS_PER_PEER: usize = 16;
+
+/// How often the housekeeping task runs (pings, idle checks, expiry of questions and mail).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a graceful shutdown waits for sessions to close before it stops waiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Largest admin API request body.
+pub const MAX_ADMIN_BODY: usize = 64 * 1024;

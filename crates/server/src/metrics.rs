@@ -1,0 +1,104 @@
+//! Counters for `/metrics` (Prometheus text format). A handful of relaxed atomics: cheap enough for
+//! the hot path, and not worth a metrics framework.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Server counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused for the connection cap.
+    pub connections_refused: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Frames written.
+    pub frames_out: AtomicU64,
+    /// `message` frames handed to a live session.
+    pub messages_delivered: AtomicU64,
+    /// `message` frames stored in a mailbox.
+    pub messages_queued: AtomicU64,
+    /// `error` frames sent.
+    pub errors_sent: AtomicU64,
+    /// Frames refused by the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections closed by the server for policy (garbage, slow, idle).
+    pub policy_closes: AtomicU64,
+    /// Successful registrations.
+    pub registrations: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to `counter`.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders all counters and the given gauges as Prometheus text.
+    pub fn render(&self, connections: usize, registered: usize) -> String {
+        let mut out = String::with_capacity(1024);
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            (
+                "lattice_connections_total",
+                "Connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "lattice_connections_refused_total",
+                "Connections refused at the cap.",
+                &self.connections_refused,
+            ),
+            (
+                "lattice_frames_in_total",
+                "Frames received.",
+                &self.frames_in,
+            ),
+            (
+                "lattice_frames_out_total",
+                "Frames written.",
+                &self.frames_out,
+            ),
+            (
+                "lattice_messages_delivered_total",
+                "Messages handed to a live session.",
+                &self.messages_delivered,
+            ),
+            (
+                "lattice_messages_queued_total",
+                "Messages stored for offline peers.",
+                &self.messages_queued,
+            ),
+            (
+                "lattice_errors_sent_total",
+                "Error frames sent.",
+                &self.errors_sent,
+            ),
+            (
+                "lattice_rate_limited_total",
+                "Frames refused by the rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "lattice_policy_closes_total",
+                "Connections closed for policy.",
+                &self.policy_closes,
+            ),
+            (
+                "lattice_registrations_total",
+                "Successful registrations.",
+                &self.registrations,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP lattice_connections Open connections.\n# TYPE lattice_connections gauge\nlattice_connections {connections}");
+        let _ = writeln!(out, "# HELP lattice_registered_peers Registered peers.\n# TYPE lattice_registered_peers gauge\nlattice_registered_peers {registered}");
+        out
+    }
+}

@@ -1,0 +1,924 @@
+//! One WebSocket connection.
+//!
+//! A single task owns the socket: it reads frames, dispatches each to a small handler, and writes
+//! both its own replies and what other sessions route to it through its bounded queue. Writes are
+//! batched (feed, then one flush) and bounded by [`WRITE_TIMEOUT`]; a peer that stops reading is
+//! closed instead of buffered.
+//!
+//! ## Slow consumers (the written policy)
+//! Senders never wait on a recipient: routing uses `try_send` on the recipient's queue
+//! (`--outbound-queue`, 256 frames by default). When it is full:
+//! - a **verified** recipient's message goes to its durable mailbox (the sender's `message_ack` says
+//!   `queued`) and the recipient drains its mailbox once its queue empties;
+//! - an **unverified** recipient (an original client, which has no mailbox) is not sent the message
+//!   and the sender gets `MAILBOX_FULL`; nothing is buffered beyond the queue.
+//!
+//! ## No accepted message is lost
+//! Messages handed to a verified peer stay in an in-flight window until it sends `ack`. When the
+//! connection ends for any reason (drop, idle, replacement, shutdown) every unacknowledged message,
+//! and whatever was still queued, goes back to the mailbox and is delivered on the next
+//! registration. Delivery is therefore at least once; clients deduplicate by `messageId`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use base64::Engine as _;
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use lattice_crypto::{IdentityPublicKey, KemPublicKey};
+use lattice_protocol::limits::{CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN};
+use lattice_protocol::{
+    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, Delivered, ErrorType, Frame,
+    FrameBody as _, MessageAck, MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField,
+    PublicKeyResponse, Register, Registered, RequestId, RequestPublicKey, SendMessage, ServerFrame,
+    Verification,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument as _};
+
+use crate::hub::{ClaimError, Out, PeerEntry, SessionShared};
+use crate::limits::{
+    INFLIGHT_WINDOW, INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES, WRITE_TIMEOUT,
+};
+use crate::metrics::Metrics;
+use crate::state::{unix_ms, ServerState};
+use crate::store::{Binding, EnqueueError, MailItem};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Close codes the server uses.
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down, or idle.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Too many invalid frames or rate-limit violations.
+    pub const POLICY: u16 = 1008;
+    /// A frame beyond the transport limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The peer did not read its frames in time.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The same identity registered on a newer connection.
+    pub const REPLACED: u16 = 4000;
+    /// The connection did not register in time.
+    pub const REGISTER_TIMEOUT: u16 = 4008;
+}
+
+/// Frames read and handled before the replies are flushed.
+const READ_BATCH: usize = 32;
+/// Queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection waits for the peer's Close.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, now: Instant) -> Option<Self> {
+        (rate > 0).then(|| Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate) * 2.0,
+            last: now,
+        })
+    }
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Session {
+    state: Arc<ServerState>,
+    shared: Arc<SessionShared>,
+    rx: mpsc::Receiver<Out>,
+    peer: Option<Arc<PeerEntry>>,
+    challenge: Option<([u8; CHALLENGE_NONCE_LEN], Instant)>,
+    bucket: Option<TokenBucket>,
+    invalid_count: u32,
+    invalid_since: Instant,
+    /// Live messages written but not acknowledged (verified peers only), oldest first.
+    inflight: VecDeque<(MessageId, Utf8Bytes)>,
+    /// Mailbox cursor and whether a drain is in progress.
+    mail_cursor: i64,
+    draining: bool,
+    replies: Vec<Message>,
+}
+
+/// Runs one connection to its end.
+pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr) {
+    let conn_id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+    let now_ms = state.uptime_ms();
+    let shared = Arc::new(SessionShared {
+        conn_id,
+        tx,
+        last_seen: AtomicU64::new(now_ms),
+        kill: state.shutdown.child_token(),
+        close_reason: OnceLock::new(),
+        mail_waiting: AtomicBool::new(false),
+        registered: AtomicBool::new(false),
+        opened_ms: now_ms,
+    });
+    state.sessions.insert(Arc::clone(&shared));
+    let now = Instant::now();
+    let mut session = Session {
+        bucket: TokenBucket::new(state.config.rate_limit, now),
+        state: Arc::clone(&state),
+        shared,
+        rx,
+        peer: None,
+        challenge: None,
+        invalid_count: 0,
+        invalid_since: now,
+        inflight: VecDeque::new(),
+        mail_cursor: 0,
+        draining: false,
+        replies: Vec::new(),
+    };
+    let span =
+        tracing::info_span!("session", conn = conn_id, %remote, peer = tracing::field::Empty);
+    async move {
+        debug!("connected");
+        session.serve(socket).await;
+        session.finish().await;
+    }
+    .instrument(span)
+    .await;
+    state.sessions.remove(conn_id);
+    state.open_connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+enum Flow {
+    Continue,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The transport is gone; no close frame can be sent.
+    Gone,
+}
+
+impl Session {
+    async fn serve(&mut self, mut ws: WebSocket) {
+        let flow = loop {
+            let flow = tokio::select! {
+                biased;
+                () = self.shared.kill.cancelled() => {
+                    let (code, reason) = self
+                        .shared
+                        .close_reason
+                        .get()
+                        .copied()
+                        .unwrap_or((close_code::GOING_AWAY, "server shutting down"));
+                    Flow::Close(code, reason)
+                }
+                Some(out) = self.rx.recv() => self.write_queued(&mut ws, out).await,
+                msg = ws.next() => self.read(&mut ws, msg).await,
+                () = std::future::ready(()), if self.draining => self.drain_mailbox(&mut ws).await,
+            };
+            match flow {
+                Flow::Continue => {}
+                other => break other,
+            }
+        };
+        if let Flow::Close(code, reason) = flow {
+            if code != close_code::NORMAL {
+                info!(code, reason, "closing connection");
+            }
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            // Finish the closing handshake: send Close, then read (and discard) until the peer's
+            // Close or a short bound. Closing the socket with unread input would make the kernel
+            // send a reset, and the peer would never see the close frame and its reason.
+            let handshake = async {
+                if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                    while let Some(Ok(m)) = ws.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, handshake).await;
+        }
+    }
+
+    /// Handles one read result plus whatever else is already buffered, then flushes replies.
+    async fn read(
+        &mut self,
+        ws: &mut WebSocket,
+        first: Option<Result<Message, axum::Error>>,
+    ) -> Flow {
+        let mut next = first;
+        for _ in 0..READ_BATCH {
+            match next {
+                None => return Flow::Gone,
+                Some(Err(e)) => return self.transport_error(e),
+                Some(Ok(msg)) => {
+                    if let Some(close) = self.on_ws_message(msg) {
+                        let _ = self.flush_replies(ws).await;
+                        return close;
+                    }
+                }
+            }
+            match ws.next().now_or_never() {
+                Some(m) => next = m,
+                None => break,
+            }
+        }
+        self.flush_replies(ws).await
+    }
+
+    fn transport_error(&mut self, e: axum::Error) -> Flow {
+        let inner = e.into_inner();
+        match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                Metrics::inc(&self.state.metrics.policy_closes);
+                Flow::Close(close_code::TOO_BIG, "frame exceeds the transport limit")
+            }
+            _ => {
+                debug!(error = %inner, "transport error");
+                Flow::Gone
+            }
+        }
+    }
+
+    /// Returns `Some(flow)` when the connection must end.
+    fn on_ws_message(&mut self, msg: Message) -> Option<Flow> {
+        self.shared
+            .last_seen
+            .store(self.state.uptime_ms(), Ordering::Relaxed);
+        match msg {
+            Message::Text(text) => {
+                Metrics::inc(&self.state.metrics.frames_in);
+                self.on_text(&text)
+            }
+            Message::Binary(_) => {
+                Metrics::inc(&self.state.metrics.frames_in);
+                self.error(
+                    ErrorType::InvalidMessage,
+                    "Binary frames are not part of the protocol; send JSON text",
+                    None,
+                );
+                self.count_invalid()
+            }
+            // tungstenite answers pings itself; a pong only proves liveness (recorded above).
+            Message::Ping(_) | Message::Pong(_) => None,
+            Message::Close(_) => Some(Flow::Close(close_code::NORMAL, "")),
+        }
+    }
+
+    fn count_invalid(&mut self) -> Option<Flow> {
+        let now = Instant::now();
+        if now.duration_since(self.invalid_since) > INVALID_WINDOW {
+            self.invalid_since = now;
+            self.invalid_count = 0;
+        }
+        self.invalid_count += 1;
+        if self.invalid_count > MAX_INVALID_FRAMES {
+            Metrics::inc(&self.state.metrics.policy_closes);
+            warn!("closing: too many invalid frames");
+            return Some(Flow::Close(close_code::POLICY, "too many invalid frames"));
+        }
+        None
+    }
+
+    fn on_text(&mut self, text: &str) -> Option<Flow> {
+        if let Some(bucket) = &mut self.bucket {
+            if !bucket.take(Instant::now()) {
+                Metrics::inc(&self.state.metrics.rate_limited);
+                self.error(
+                    ErrorType::RateLimited,
+                    format!(
+                        "Rate limit of {} frames per second exceeded; frame dropped",
+                        self.state.config.rate_limit
+                    ),
+                    None,
+                );
+                return self.count_invalid();
+            }
+        }
+        let frame = match decode_client(text) {
+            Ok(f) => f,
+            Err(e) => {
+                debug!(error_type = %e.error_type, frame_type = ?e.frame_type, "invalid frame");
+                self.error(e.error_type, e.details, e.request_id);
+                return self.count_invalid();
+            }
+        };
+        let rid = frame.request_id;
+        match frame.body {
+            ClientFrame::Register(r) => self.on_register(r, rid),
+            ClientFrame::Challenge(_) => self.on_challenge(rid),
+            other => {
+                let Some(peer) = self.peer.clone() else {
+                    self.error(
+                        ErrorType::RegistrationRequired,
+                        format!("Register before sending {}", other.type_name()),
+                        rid,
+                    );
+                    return None;
+                };
+                match other {
+                    ClientFrame::Discover(_) => self.on_discover(&peer, rid),
+                    ClientFrame::RequestPublicKey(r) => self.on_request_public_key(r, rid),
+                    ClientFrame::Message(m) => self.on_message(&peer, m, rid),
+                    ClientFrame::PeerResponse(r) => self.on_peer_response(&peer, r, rid),
+                    ClientFrame::DebugQuestion(_) => self.on_debug_question(&peer, rid),
+                    ClientFrame::Ack(a) => self.on_ack(&peer, a),
+                    ClientFrame::Register(_) | ClientFrame::Challenge(_) => {}
+                }
+            }
+        }
+        None
+    }
+
+    fn reply(&mut self, body: ServerFrame, rid: Option<RequestId>) {
+        self.replies.push(Message::Text(
+            encode(&Frame::with_request_id(body, rid)).into(),
+        ));
+    }
+
+    fn error(&mut self, error_type: ErrorType, details: impl Into<String>, rid: Option<RequestId>) {
+        Metrics::inc(&self.state.metrics.errors_sent);
+        let body = ServerFrame::error(
+            error_type,
+            details,
+            std::time::SystemTime::now(),
+            rid.clone(),
+        );
+        self.reply(body, rid);
+    }
+
+    fn on_challenge(&mut self, rid: Option<RequestId>) {
+        let nonce: [u8; CHALLENGE_NONCE_LEN] = rand::random();
+        self.challenge = Some((nonce, Instant::now()));
+        self.reply(
+            ServerFrame::Challenge(lattice_protocol::Challenge {
+                nonce: B64.encode(nonce),
+            }),
+            rid,
+        );
+    }
+
+    /// Checks a verified registration; returns the identity key and key signature.
+    fn check_proof(
+        &mut self,
+        v: &Verification,
+        r: &Register,
+        kem_key: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>), String> {
+        let (nonce, issued) = self
+            .challenge
+            .take()
+            .ok_or("Request a challenge before a verified registration")?;
+        if issued.elapsed() > Duration::from_secs(CHALLENGE_TTL_SECS) {
+            return Err("The challenge has expired; request a new one".into());
+        }
+        let field = |f: &Option<String>, name: &str| -> Result<Vec<u8>, String> {
+            let s = f
+                .as_deref()
+                .ok_or_else(|| format!("verification.{name} is missing"))?;
+            B64.decode(s)
+                .map_err(|_| format!("verification.{name} is not valid base64"))
+        };
+        let ik_bytes = field(&v.serialized_public_key, "serializedPublicKey")?;
+        let ik = IdentityPublicKey::from_bytes(&ik_bytes)
+            .map_err(|_| "verification.serializedPublicKey is not an Ed25519 key".to_owned())?;
+        let statement =
+            lattice_crypto::registration_statement(&nonce, r.client_id.as_str(), kem_key)
+                .map_err(|e| e.to_string())?;
+        if field(&v.serialized_message, "serializedMessage")? != statement {
+            return Err(
+                "The signed statement does not match this registration and challenge".into(),
+            );
+        }
+        let sig = field(&v.serialized_signed_data, "serializedSignedData")?;
+        ik.verify(&statement, &sig)
+            .map_err(|_| "The registration signature does not verify".to_owned())?;
+        let key_sig = B64
+            .decode(
+                r.key_signature
+                    .as_deref()
+                    .ok_or("keySignature is required with an ed25519 verification")?,
+            )
+            .map_err(|_| "keySignature is not valid base64".to_owned())?;
+        lattice_crypto::verify_kem_key_signature(&ik, kem_key, &key_sig)
+            .map_err(|_| "keySignature does not verify against the identity key".to_owned())?;
+        Ok((*ik.as_bytes(), key_sig))
+    }
+
+    fn on_register(&mut self, r: Register, rid: Option<RequestId>) {
+        if let Some(peer) = &self.peer {
+            if peer.id == r.client_id {
+                // A retry of our own registration: answer it again rather than colliding with it.
+                let body = ServerFrame::Registered(Registered {
+                    success: true,
+                    client_id: peer.id.clone(),
+                    verified: peer.verified,
+                });
+                self.reply(body, rid);
+            } else {
+                let details = format!(
+                    "This connection is already registered as {}; one connection registers one id",
+                    peer.id
+                );
+                self.error(ErrorType::InvalidMessage, details, rid);
+            }
+            return;
+        }
+        let id = r.client_id.clone();
+        let kem_key = match &r.public_key {
+            PublicKeyField::Bytes(b)
+                if b.len() == KEM_PUBLIC_KEY_LEN && KemPublicKey::from_bytes(b).is_ok() =>
+            {
+                b.clone()
+            }
+            PublicKeyField::Bytes(b) => {
+                let details = format!("publicKey must be an ML-KEM-768 public key of {KEM_PUBLIC_KEY_LEN} bytes (got {} bytes)", b.len());
+                return self.error(ErrorType::InvalidPublicKey, details, rid);
+            }
+            PublicKeyField::Invalid(why) => {
+                return self.error(
+                    ErrorType::InvalidPublicKey,
+                    format!("Invalid publicKey: {why}"),
+                    rid,
+                );
+            }
+        };
+        // Original clients send other algorithms (ml-dsa) or odd shapes: those register unverified.
+        let verification = match r.verification() {
+            Some(Ok(v)) if v.algorithm.eq_ignore_ascii_case("ed25519") => Some(v),
+            _ => None,
+        };
+        let proof = match verification {
+            Some(v) => match self.check_proof(&v, &r, &kem_key) {
+                Ok(p) => Some(p),
+                Err(details) => return self.error(ErrorType::InvalidProof, details, rid),
+            },
+            None => None,
+        };
+        let binding = match self.state.directory.get(&id) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "directory lookup failed");
+                return self.error(
+                    ErrorType::InternalError,
+                    "The server could not read its directory; try again",
+                    rid,
+                );
+            }
+        };
+        let taken = format!("Client ID {id} is already taken");
+        match (&binding, &proof) {
+            (Some(_), None) => return self.error(ErrorType::ClientIdTaken, taken, rid),
+            (Some(b), Some((ik, _))) if &b.identity_key != ik => {
+                return self.error(ErrorType::ClientIdTaken, taken, rid)
+            }
+            _ => {}
+        }
+        let identity_key = proof.as_ref().map(|(ik, _)| *ik);
+        let entry = Arc::new(PeerEntry {
+            id: id.clone(),
+            session: Arc::clone(&self.shared),
+            verified: proof.is_some(),
+            public_key: kem_key.clone().into(),
+            identity_key,
+            key_signature: proof.as_ref().map(|(_, s)| s.clone().into()),
+            subscribed: AtomicBool::new(false),
+        });
+        // A verified registration of the same identity replaces a stale connection at once.
+        let replace =
+            |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        let replaced = match self.state.hub.claim(Arc::clone(&entry), &replace) {
+            Ok(old) => old,
+            Err(ClaimError::Taken) => return self.error(ErrorType::ClientIdTaken, taken, rid),
+        };
+        if let Some((ik, key_signature)) = proof {
+            let new = Binding {
+                identity_key: ik,
+                kem_public_key: kem_key,
+                key_signature,
+            };
+            if binding.as_ref() != Some(&new) {
+                if let Err(e) = self.state.directory.put(&id, &new) {
+                    warn!(error = %e, "directory write failed");
+                    self.state.hub.release(&id, self.shared.conn_id);
+                    return self.error(
+                        ErrorType::InternalError,
+                        "The server could not store the registration; try again",
+                        rid,
+                    );
+                }
+            }
+        }
+        if let Some(old) = replaced {
+            if old.session.conn_id != self.shared.conn_id {
+                old.session.close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection of the same identity",
+                );
+            }
+        }
+        tracing::Span::current().record("peer", tracing::field::display(&id));
+        info!(verified = entry.verified, "registered");
+        Metrics::inc(&self.state.metrics.registrations);
+        self.shared.registered.store(true, Ordering::Release);
+        self.peer = Some(Arc::clone(&entry));
+        let body = ServerFrame::Registered(Registered {
+            success: true,
+            client_id: id.clone(),
+            verified: entry.verified,
+        });
+        self.reply(body, rid);
+        let presence = encode(&Frame::new(ServerFrame::PeerConnected(PeerPresence {
+            peer_id: id.clone(),
+        })));
+        self.state.hub.broadcast_presence(&presence.into(), &id);
+        if entry.verified {
+            self.mail_cursor = 0;
+            self.draining = true;
+        }
+    }
+
+    fn on_discover(&mut self, peer: &PeerEntry, rid: Option<RequestId>) {
+        peer.subscribed.store(true, Ordering::Release);
+        let peers = self.state.hub.online();
+        self.reply(ServerFrame::Peers(Peers { peers }), rid);
+    }
+
+    fn on_request_public_key(&mut self, r: RequestPublicKey, rid: Option<RequestId>) {
+        let body = if let Some(e) = self.state.hub.get(&r.target_id) {
+            PublicKeyResponse {
+                peer_id: r.target_id,
+                public_key: e.public_key.to_vec().into(),
+                identity_key: e.identity_key.map(|k| B64.encode(k)),
+                key_signature: e.key_signature.as_ref().map(|s| B64.encode(s)),
+            }
+        } else {
+            match self.state.directory.get(&r.target_id) {
+                Ok(Some(b)) => PublicKeyResponse {
+                    peer_id: r.target_id,
+                    public_key: b.kem_public_key.into(),
+                    identity_key: Some(B64.encode(b.identity_key)),
+                    key_signature: Some(B64.encode(b.key_signature)),
+                },
+                Ok(None) => {
+                    return self.error(
+                        ErrorType::PeerNotFound,
+                        format!("Target peer {} not found", r.target_id),
+                        rid,
+                    );
+                }
+                Err(e) => {
+                    warn!(error = %e, "directory lookup failed");
+                    return self.error(
+                        ErrorType::InternalError,
+                        "The server could not read its directory; try again",
+                        rid,
+                    );
+                }
+            }
+        };
+        self.reply(ServerFrame::PublicKey(body), rid);
+    }
+
+    fn on_message(&mut self, peer: &PeerEntry, m: SendMessage, rid: Option<RequestId>) {
+        if !m.message.get().starts_with('{') {
+            return self.error(
+                ErrorType::InvalidMessage,
+                "message must be an envelope object",
+                rid,
+            );
+        }
+        let target = m.target_id;
+        let sender_mid = m.message_id;
+        let timestamp = unix_ms();
+        let live = self.state.hub.get(&target);
+        // Messages that may end up in a mailbox need an id for the recipient's ack.
+        let mid = sender_mid.clone().or_else(|| {
+            let durable = live.as_ref().is_none_or(|e| e.verified);
+            durable.then(server_message_id)
+        });
+        let frame = encode(&Frame::new(ServerFrame::Message(Delivered {
+            message: m.message,
+            from_id: peer.id.clone(),
+            timestamp,
+            message_id: mid.clone(),
+        })));
+        let status = match live {
+            Some(entry) => match entry.session.tx.try_send(Out::Deliver { frame: frame.into(), message_id: mid.clone() }) {
+                Ok(()) => {
+                    Metrics::inc(&self.state.metrics.messages_delivered);
+                    Ok(AckStatus::Delivered)
+                }
+                Err(mpsc::error::TrySendError::Full(out)) if entry.verified => {
+                    let frame = out_frame(out);
+                    let r = self.enqueue(&target, mid, frame);
+                    entry.session.notify_mail();
+                    r
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => Err((
+                    ErrorType::MailboxFull,
+                    format!("Peer {target} is not reading its messages fast enough; the message was not delivered"),
+                )),
+                Err(mpsc::error::TrySendError::Closed(out)) => self.offline(&target, mid, out_frame(out)),
+            },
+            None => self.offline(&target, mid, frame),
+        };
+        match status {
+            Ok(status) => {
+                if let Some(message_id) = sender_mid {
+                    self.reply(
+                        ServerFrame::MessageAck(MessageAck {
+                            message_id,
+                            target_id: target,
+                            status,
+                        }),
+                        rid,
+                    );
+                }
+            }
+            Err((t, details)) => self.error(t, details, rid),
+        }
+    }
+
+    /// Queues for a peer that is not online, if it is a known verified identity.
+    fn offline(
+        &mut self,
+        target: &ClientId,
+        mid: Option<MessageId>,
+        frame: String,
+    ) -> Result<AckStatus, (ErrorType, String)> {
+        match self.state.directory.get(target) {
+            Ok(Some(_)) => self.enqueue(target, mid, frame),
+            Ok(None) => Err((
+                ErrorType::PeerNotFound,
+                format!("Target peer {target} not found"),
+            )),
+            Err(e) => {
+                warn!(error = %e, "directory lookup failed");
+                Err((
+                    ErrorType::InternalError,
+                    "The server could not read its directory; try again".into(),
+                ))
+            }
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        target: &ClientId,
+        mid: Option<MessageId>,
+        frame: String,
+    ) -> Result<AckStatus, (ErrorType, String)> {
+        let message_id = mid.unwrap_or_else(server_message_id);
+        let cfg = &self.state.config;
+        match self.state.mailbox.enqueue(
+            target,
+            &MailItem { message_id, frame },
+            cfg.mailbox_quota,
+            cfg.mailbox_ttl,
+        ) {
+            Ok(()) => {
+                debug!(%target, "queued in mailbox");
+                Metrics::inc(&self.state.metrics.messages_queued);
+                Ok(AckStatus::Queued)
+            }
+            Err(EnqueueError::Full(_)) => Err((
+                ErrorType::MailboxFull,
+                format!("The mailbox of {target} is full"),
+            )),
+            Err(EnqueueError::Store(e)) => {
+                warn!(error = %e, "mailbox write failed");
+                Err((
+                    ErrorType::InternalError,
+                    "The server could not store the message; try again".into(),
+                ))
+            }
+        }
+    }
+
+    fn on_peer_response(&mut self, peer: &PeerEntry, r: PeerResponse, rid: Option<RequestId>) {
+        match self
+            .state
+            .questions
+            .answer(&peer.id, &r.question_id, &r.response)
+        {
+            Ok(Some(next)) => self.reply(ServerFrame::ServerQuestion(next), None),
+            Ok(None) => {}
+            Err(crate::questions::AnswerError::Unknown(q)) => {
+                self.error(
+                    ErrorType::UnknownQuestion,
+                    format!("Question {q} is unknown or has expired"),
+                    rid,
+                );
+            }
+            Err(crate::questions::AnswerError::Invalid(details)) => {
+                self.error(ErrorType::InvalidMessage, details, rid)
+            }
+        }
+    }
+
+    fn on_debug_question(&mut self, peer: &PeerEntry, rid: Option<RequestId>) {
+        match self.state.questions.start_demo(&peer.id) {
+            Ok(q) => self.reply(ServerFrame::ServerQuestion(q), rid),
+            Err(e) => self.error(ErrorType::RateLimited, e.to_string(), rid),
+        }
+    }
+
+    fn on_ack(&mut self, peer: &PeerEntry, a: Ack) {
+        if let Some(pos) = self.inflight.iter().position(|(id, _)| id == &a.message_id) {
+            self.inflight.remove(pos);
+        } else if peer.verified {
+            if let Err(e) = self.state.mailbox.remove(&peer.id, &a.message_id) {
+                warn!(error = %e, "mailbox delete failed");
+            }
+        }
+    }
+
+    async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
+        if self.replies.is_empty() {
+            return Flow::Continue;
+        }
+        let replies = std::mem::take(&mut self.replies);
+        let n = replies.len() as u64;
+        let write = async {
+            for m in replies {
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => {
+                self.state
+                    .metrics
+                    .frames_out
+                    .fetch_add(n, Ordering::Relaxed);
+                Flow::Continue
+            }
+            Ok(Err(_)) => Flow::Gone,
+            Err(_) => {
+                Metrics::inc(&self.state.metrics.policy_closes);
+                Flow::Close(close_code::TRY_AGAIN_LATER, "not reading fast enough")
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes.
+    async fn write_queued(&mut self, ws: &mut WebSocket, first: Out) -> Flow {
+        let verified = self.peer.as_ref().is_some_and(|p| p.verified);
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(t) => self.replies.push(Message::Text(t)),
+                Out::Deliver { frame, message_id } => {
+                    if verified {
+                        if let Some(mid) = message_id {
+                            // Tracked before the write, so a failed write still spills it.
+                            self.inflight.push_back((mid, frame.clone()));
+                            if self.inflight.len() > INFLIGHT_WINDOW {
+                                // A peer that never acks: assume the oldest arrived.
+                                self.inflight.pop_front();
+                            }
+                        }
+                    }
+                    self.replies.push(Message::Text(frame));
+                }
+                Out::CheckMail => {
+                    if verified {
+                        self.draining = true;
+                    }
+                }
+                Out::Ping => self.replies.push(Message::Ping(Default::default())),
+            }
+            n += 1;
+            if n < WRITE_BATCH {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        if self.shared.mail_waiting.swap(false, Ordering::AcqRel) && verified {
+            self.draining = true;
+        }
+        self.flush_replies(ws).await
+    }
+
+    /// Sends the next batch of mailbox entries, once the live queue is quiet.
+    async fn drain_mailbox(&mut self, ws: &mut WebSocket) -> Flow {
+        let Some(peer) = self.peer.clone() else {
+            self.draining = false;
+            return Flow::Continue;
+        };
+        match self
+            .state
+            .mailbox
+            .pending(&peer.id, self.mail_cursor, MAILBOX_BATCH)
+        {
+            Ok(items) => {
+                debug!(
+                    count = items.len(),
+                    after = self.mail_cursor,
+                    "mailbox batch"
+                );
+                if items.len() < MAILBOX_BATCH {
+                    self.draining = false;
+                }
+                for (seq, item) in items {
+                    self.mail_cursor = seq;
+                    self.replies.push(Message::Text(item.frame.into()));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "mailbox read failed");
+                self.draining = false;
+            }
+        }
+        self.flush_replies(ws).await
+    }
+
+    /// After the socket is done: leave the hub, hand back undelivered mail, tell subscribers.
+    async fn finish(&mut self) {
+        self.rx.close();
+        let Some(peer) = self.peer.take() else {
+            return;
+        };
+        let released = self.state.hub.release(&peer.id, self.shared.conn_id);
+        if peer.verified {
+            let mut spill: Vec<MailItem> = self
+                .inflight
+                .drain(..)
+                .map(|(message_id, frame)| MailItem {
+                    message_id,
+                    frame: frame.to_string(),
+                })
+                .collect();
+            while let Ok(out) = self.rx.try_recv() {
+                if let Out::Deliver {
+                    frame,
+                    message_id: Some(message_id),
+                } = out
+                {
+                    spill.push(MailItem {
+                        message_id,
+                        frame: frame.to_string(),
+                    });
+                }
+            }
+            let mut kept = 0usize;
+            for item in &spill {
+                // Already accepted: never refused for quota here.
+                match self.state.mailbox.enqueue(
+                    &peer.id,
+                    item,
+                    u32::MAX,
+                    self.state.config.mailbox_ttl,
+                ) {
+                    Ok(()) => kept += 1,
+                    Err(e) => {
+                        warn!(error = %e, message_id = %item.message_id, "could not keep an undelivered message")
+                    }
+                }
+            }
+            if kept > 0 {
+                debug!(kept, "unacknowledged messages returned to the mailbox");
+                if let Some(current) = self.state.hub.get(&peer.id) {
+                    current.session.notify_mail();
+                }
+            }
+        }
+        if released {
+            let frame = encode(&Frame::new(ServerFrame::PeerDisconnected(PeerPresence {
+                peer_id: peer.id.clone(),
+            })));
+            self.state.hub.broadcast_presence(&frame.into(), &peer.id);
+            info!("disconnected");
+        }
+    }
+}
+
+fn out_frame(out: Out) -> String {
+    match out {
+        Out::Deliver { frame, .. } | Out::Frame(frame) => frame.to_string(),
+        Out::CheckMail | Out::Ping => String::new(),
+    }
+}
+
+fn server_message_id() -> MessageId {
+    let id = format!("srv-{}", uuid::Uuid::new_v4());
+    MessageId::new(id).unwrap_or_else(|e| unreachable!("a UUID is a valid message id: {e}"))
+}
