@@ -219,7 +219,7 @@ pub(crate) async fn supervise(
             Ok(EndReason::Cancelled) => break,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
+                tracing::info!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
             }
         }
         if cancel.is_cancelled() {
