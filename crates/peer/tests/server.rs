@@ -1,0 +1,322 @@
+//! The client against a real `lattice-server` on loopback: messaging between two and three peers,
+//! discovery, keys, presence, server questions (handlers, multi-round, debug_question and the admin
+//! API), reconnection with a queued message, wss through a TLS proxy, and the echo bot.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../examples/echo_bot.rs"]
+mod echo_bot;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lattice_peer::{Algorithm, ConnectionState, MessagingPeer, PeerError, PeerEvent, TlsOptions};
+use lattice_protocol::{AckStatus, ErrorType, QuestionKind};
+use serde_json::json;
+use support::server::*;
+use support::*;
+use tokio::sync::mpsc;
+
+async fn online(url: &str, name: &str) -> MessagingPeer {
+    let p = peer(url, name);
+    p.connect().await.unwrap();
+    p
+}
+
+async fn next_message(events: &mut lattice_peer::EventStream) -> lattice_peer::IncomingMessage {
+    wait_for(events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_peers_talk_both_ways_and_see_each_other_come_and_go() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let alice = online(&url, "alice").await;
+    let bob = online(&url, "bob").await;
+    assert!(alice.is_verified() && bob.is_verified());
+    let mut alice_events = alice.events();
+    let mut bob_events = bob.events();
+
+    let peers = alice.discover_peers().await.unwrap();
+    assert!(peers.contains(&id("bob")));
+    assert!(!peers.contains(&id("alice")), "discover filters us out");
+
+    let sent = alice.send_message(&id("bob"), "hi bob").await.unwrap();
+    assert_eq!(sent.algorithm, Algorithm::LatticeV1);
+    let m = next_message(&mut bob_events).await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("alice", "hi bob", true)
+    );
+    assert_eq!(m.message_id.as_ref(), Some(&sent.message_id));
+    let ack = wait_for(&mut alice_events, |e| match e {
+        PeerEvent::MessageAck(a) => Some(a),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (ack.message_id, ack.status),
+        (sent.message_id, AckStatus::Delivered)
+    );
+
+    bob.send_message(&id("alice"), "hi alice").await.unwrap();
+    let m = next_message(&mut alice_events).await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("bob", "hi alice", true)
+    );
+
+    // Presence: alice discovered, so she hears carol arrive and leave.
+    let carol = online(&url, "carol").await;
+    wait_for(&mut alice_events, |e| {
+        matches!(e, PeerEvent::PeerConnected(p) if p.as_str() == "carol").then_some(())
+    })
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = alice.on_peer_disconnected(move |p| {
+        let _ = tx.send(p.clone());
+    });
+    carol.disconnect().await;
+    let gone = tokio::time::timeout(EVENT_WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.as_str(), "carol");
+    assert!(handle.remove());
+
+    // Keys: bob's fingerprint as alice pinned it is bob's own.
+    let key = alice.request_public_key(&id("bob")).await.unwrap();
+    assert_eq!(key.fingerprint(), Some(bob.fingerprint()));
+    assert_eq!(
+        alice.peer_fingerprint(&id("bob")).unwrap(),
+        Some(bob.fingerprint())
+    );
+    let err = alice.request_public_key(&id("nobody")).await.unwrap_err();
+    assert_eq!(err.error_type(), Some(ErrorType::PeerNotFound));
+
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn three_peers_each_reach_the_other_two() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let names = ["ann", "ben", "cat"];
+    let mut peers = Vec::new();
+    for n in names {
+        peers.push(online(&url, n).await);
+    }
+    let mut streams: Vec<_> = peers.iter().map(MessagingPeer::events).collect();
+    for (i, p) in peers.iter().enumerate() {
+        for (j, to) in names.iter().enumerate() {
+            if i != j {
+                p.send_message(&id(to), &format!("{} to {}", names[i], to))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    for (j, events) in streams.iter_mut().enumerate() {
+        let mut got = HashSet::new();
+        while got.len() < 2 {
+            let m = next_message(events).await;
+            assert!(m.verified);
+            assert_eq!(m.text, format!("{} to {}", m.from, names[j]));
+            got.insert(m.from.to_string());
+        }
+    }
+    for p in &peers {
+        p.disconnect().await;
+    }
+}
+
+fn answer_for(q: &lattice_peer::IncomingQuestion) -> serde_json::Value {
+    match q.question.kind {
+        Some(QuestionKind::Confirm) => json!(true),
+        Some(QuestionKind::Choice) => json!(q.question.options.as_ref().unwrap()[0]),
+        _ => json!("blue"),
+    }
+}
+
+#[tokio::test]
+async fn debug_question_runs_a_multi_round_conversation_through_handlers() {
+    let server = spawn_server().await;
+    let alice = online(&server.url(), "alice").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = alice.on_server_question(move |q| {
+        let _ = tx.send(q.clone());
+    });
+    alice.debug_question().unwrap();
+    let mut conversation = None;
+    for round in 1..=3u32 {
+        let q = tokio::time::timeout(EVENT_WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!q.question.text.is_empty());
+        if let Some(r) = q.round {
+            assert_eq!(r, round);
+        }
+        match &conversation {
+            None => conversation = q.conversation_id.clone(),
+            Some(c) => assert_eq!(q.conversation_id.as_ref(), Some(c)),
+        }
+        alice
+            .respond_to_server(&q.question_id, answer_for(&q))
+            .unwrap();
+    }
+    assert!(handle.remove());
+    // Answering an unknown question is reported as an error event.
+    let mut events = alice.events();
+    alice
+        .respond_to_server(
+            &lattice_protocol::QuestionId::new("no-such-question").unwrap(),
+            "x",
+        )
+        .unwrap();
+    let e = wait_for(&mut events, |e| match e {
+        PeerEvent::Error(e @ PeerError::Server { .. }) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert_eq!(e.error_type(), Some(ErrorType::UnknownQuestion));
+    alice.disconnect().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_asks_and_gets_the_answer_across_rounds() {
+    let server = spawn_server().await;
+    let alice = online(&server.url(), "alice").await;
+    let responder = alice.clone();
+    alice.on_server_question(move |q| {
+        let answer = format!("answer to {}", q.question.text);
+        responder.respond_to_server(&q.question_id, answer).unwrap();
+    });
+    let addr = server.local_addr();
+    let (status, body) = admin_post(
+        addr,
+        "/admin/peers/alice/questions",
+        &json!({"question": {"text": "favourite colour?"}, "timeoutMs": 10_000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["response"], "answer to favourite colour?");
+    let conversation = body["conversationId"].clone();
+    assert!(conversation.is_string());
+    let (status, body2) = admin_post(
+        addr,
+        "/admin/peers/alice/questions",
+        &json!({"question": {"text": "why?", "kind": "text"}, "conversationId": conversation, "timeoutMs": 10_000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body2}");
+    assert_eq!(body2["response"], "answer to why?");
+    assert_eq!(body2["conversationId"], conversation);
+    assert_eq!(body2["round"], 2);
+    let (status, _) = admin_post(
+        addr,
+        "/admin/peers/nobody/questions",
+        &json!({"question": {"text": "there?"}}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    alice.disconnect().await;
+}
+
+#[tokio::test]
+async fn after_a_server_restart_the_peer_reconnects_re_registers_and_delivers_its_queue() {
+    let data = tempfile::tempdir().unwrap();
+    let server = spawn_server_at(0, Some(data.path().to_owned())).await;
+    let port = server.local_addr().port();
+    let url = server.url();
+    let alice = online(&url, "alice").await;
+    let bob = online(&url, "bob").await;
+    let mut alice_events = alice.events();
+    let mut bob_events = bob.events();
+    alice.request_public_key(&id("bob")).await.unwrap();
+
+    server.shutdown().await;
+    wait_for(&mut alice_events, |e| {
+        matches!(
+            e,
+            PeerEvent::ConnectionState(ConnectionState::Reconnecting { .. })
+        )
+        .then_some(())
+    })
+    .await;
+    // Sealed now, queued until alice is registered again.
+    let queued = alice
+        .send_message(&id("bob"), "sent while the server was down")
+        .await
+        .unwrap();
+
+    let server = spawn_server_at(port, Some(data.path().to_owned())).await;
+    wait_for(&mut alice_events, |e| {
+        matches!(e, PeerEvent::Registered { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(alice.connection_state(), ConnectionState::Connected);
+    let m = next_message(&mut bob_events).await;
+    assert_eq!(m.text, "sent while the server was down");
+    assert_eq!(m.message_id, Some(queued.message_id));
+    assert!(m.verified);
+    alice
+        .register_and_wait(Duration::from_secs(5))
+        .await
+        .unwrap();
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn wss_through_a_tls_proxy_with_an_extra_ca() {
+    let server = spawn_server().await;
+    let proxy = TlsProxy::start(server.local_addr()).await;
+    let mut config = test_config(&proxy.url, "secure", new_identity());
+    config.tls = TlsOptions {
+        extra_ca_pem: Some(proxy.ca_pem.clone()),
+    };
+    let secure = MessagingPeer::new(config).unwrap();
+    secure.connect().await.unwrap();
+    let plain = online(&server.url(), "plain").await;
+    let mut events = plain.events();
+    secure.send_message(&id("plain"), "over tls").await.unwrap();
+    assert_eq!(next_message(&mut events).await.text, "over tls");
+
+    // Without the CA the certificate is refused.
+    let untrusted = peer(&proxy.url, "untrusted");
+    assert!(matches!(
+        untrusted.connect().await,
+        Err(PeerError::Connect { .. })
+    ));
+    secure.disconnect().await;
+    plain.disconnect().await;
+}
+
+#[tokio::test]
+async fn the_echo_bot_quotes_what_it_is_sent() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let bot = online(&url, "echo").await;
+    let bot_task = tokio::spawn(echo_bot::run(bot.clone()));
+    let alice = online(&url, "alice").await;
+    let mut events = alice.events();
+    alice.send_message(&id("echo"), "ping\npong").await.unwrap();
+    let m = next_message(&mut events).await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("echo", "> ping\n> pong", true)
+    );
+    bot.disconnect().await;
+    alice.disconnect().await;
+    bot_task.abort();
+}
