@@ -27,7 +27,7 @@
 //! ```
 //!
 //! ## How it works
-//! One task owns the socket ([`connection`] module); the handle is a cheap clone. Requests carry a
+//! One task owns the socket (the `connection` module); the handle is a cheap clone. Requests carry a
 //! `requestId` and are matched by it first, then by type and filter. A supervisor reconnects with
 //! exponential backoff, re-registers, and then flushes what was queued while disconnected.
 //! Incoming messages are opened and checked on a separate task, so a key lookup never stalls the
