@@ -323,3 +323,17 @@ async fn the_echo_bot_quotes_what_it_is_sent() {
     alice.disconnect().await;
     bot_task.abort();
 }
+
+#[tokio::test]
+async fn an_id_bound_to_another_identity_is_refused_and_not_retried() {
+    let server = spawn_server().await;
+    let alice = online(&server.url(), "alice").await;
+    let impostor = peer(&server.url(), "alice");
+    let err = impostor.connect().await.unwrap_err();
+    assert_eq!(err.error_type(), Some(ErrorType::ClientIdTaken), "{err}");
+    assert_eq!(impostor.connection_state(), ConnectionState::Disconnected);
+    // The real alice is undisturbed.
+    assert_eq!(alice.connection_state(), ConnectionState::Connected);
+    assert!(alice.discover_peers().await.is_ok());
+    alice.disconnect().await;
+}
