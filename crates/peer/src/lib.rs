@@ -43,6 +43,7 @@
 //! - `pending`: request/response matching, [`WaitOptions`], [`ErrorAction`].
 //! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
 //! - `receive`: sealing outgoing and opening/checking incoming messages; replay detection in `replay`.
+//! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
 //! - [`identity_file`]: an identity kept in an owner-only file (0600).
 //! - [`error`]: [`PeerError`], [`RejectReason`].
@@ -62,6 +63,7 @@ mod pending;
 mod receive;
 mod replay;
 mod transport;
+mod trust;
 
 pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
 pub use error::{PeerError, RejectReason};

@@ -6,14 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use lattice_crypto::{
-    registration_statement, verify_kem_key_signature, Fingerprint, IdentityPublicKey, KemPublicKey,
-};
+use lattice_crypto::{registration_statement, Fingerprint, IdentityPublicKey};
 use lattice_protocol::limits::MAX_FRAME_BYTES;
 use lattice_protocol::{
     decode_server, encode, ClientFrame, ClientId, Delivered, Empty, ErrorPayload, Frame,
-    FrameBody as _, MessageId, PeerResponse, PublicKeyField, PublicKeyResponse, QuestionId,
-    Register, Registered, RequestId, RequestPublicKey, SendMessage, ServerFrame, Verification,
+    FrameBody as _, MessageId, PeerResponse, PublicKeyField, QuestionId, Register, Registered,
+    RequestId, SendMessage, ServerFrame, Verification,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
-use crate::keys::{tofu, PeerKey, Trust};
+use crate::keys::PeerKey;
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
 use crate::replay::ReplayGuard;
 use crate::transport::Dialer;
@@ -74,8 +72,8 @@ pub(crate) struct Inner {
     // std Mutexes below: each guards a short section (take/put, map lookups), never an await.
     outbound_rx: Mutex<Option<mpsc::Receiver<String>>>,
     link: Mutex<Link>,
-    keys: Mutex<HashMap<ClientId, PeerKey>>,
-    key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
+    pub(crate) keys: Mutex<HashMap<ClientId, PeerKey>>,
+    pub(crate) key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
     pub(crate) replay: Mutex<ReplayGuard>,
     outstanding: Mutex<Outstanding>,
     cancel: Mutex<Option<CancellationToken>>,
@@ -564,7 +562,7 @@ pub(crate) fn new_message_id() -> MessageId {
     MessageId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid message id")
 }
 
-fn unexpected(request: &str, got: &ServerFrame) -> PeerError {
+pub(crate) fn unexpected(request: &str, got: &ServerFrame) -> PeerError {
     PeerError::Protocol(format!(
         "expected an answer to {request}, got {}",
         got.type_name()
@@ -893,122 +891,6 @@ impl Inner {
         }
     }
 
-    pub(crate) fn forget_key(&self, peer: &ClientId) {
-        if let Ok(mut k) = self.keys.lock() {
-            k.remove(peer);
-        }
-    }
-
-    fn cached_key(&self, peer: &ClientId) -> Option<PeerKey> {
-        self.keys.lock().ok().and_then(|k| k.get(peer).cloned())
-    }
-
-    pub(crate) fn pending_key_change(&self, peer: &ClientId) -> Option<IdentityPublicKey> {
-        self.key_changes
-            .lock()
-            .ok()
-            .and_then(|c| c.get(peer).copied())
-    }
-
-    /// `request_public_key`, then [`Inner::check_key`].
-    pub(crate) async fn fetch_key(&self, target: &ClientId) -> Result<PeerKey, PeerError> {
-        let t = target.clone();
-        let options = WaitOptions::default()
-            .filter(move |f| matches!(f, ServerFrame::PublicKey(k) if k.peer_id == t));
-        let frame = ClientFrame::RequestPublicKey(RequestPublicKey {
-            target_id: target.clone(),
-        });
-        let answer = self
-            .request(Lane::Normal, frame, "public_key_response", options)
-            .await?;
-        let ServerFrame::PublicKey(resp) = answer else {
-            return Err(unexpected("request_public_key", &answer));
-        };
-        if &resp.peer_id != target {
-            return Err(PeerError::Protocol(format!(
-                "asked for the key of {target}, got the key of {}",
-                resp.peer_id
-            )));
-        }
-        self.check_key(resp)
-    }
-
-    /// Checks a `public_key_response`: the KEM key, the `keySignature`, TOFU. Caches the result.
-    fn check_key(&self, resp: PublicKeyResponse) -> Result<PeerKey, PeerError> {
-        let peer = resp.peer_id;
-        let invalid = |reason: String| PeerError::InvalidPeerKey {
-            peer: peer.clone(),
-            reason,
-        };
-        let kem_bytes = resp
-            .public_key
-            .bytes()
-            .ok_or_else(|| invalid("publicKey is not a byte array".into()))?;
-        let kem = KemPublicKey::from_bytes(kem_bytes).map_err(|e| invalid(e.to_string()))?;
-        let identity = match (resp.identity_key, resp.key_signature) {
-            (Some(ik), Some(sig)) => {
-                let ik = B64
-                    .decode(ik)
-                    .map_err(|_| invalid("identityKey is not base64".into()))?;
-                let ik = IdentityPublicKey::from_bytes(&ik).map_err(|e| invalid(e.to_string()))?;
-                let sig = B64
-                    .decode(sig)
-                    .map_err(|_| PeerError::InvalidKeySignature { peer: peer.clone() })?;
-                verify_kem_key_signature(&ik, kem_bytes, &sig)
-                    .map_err(|_| PeerError::InvalidKeySignature { peer: peer.clone() })?;
-                match tofu(self.config.key_store.as_ref(), &peer, &ik)? {
-                    Trust::FirstUse | Trust::Pinned => {}
-                    Trust::Changed { old } => return Err(self.key_changed(&peer, old, ik)),
-                }
-                Some(ik)
-            }
-            (Some(_), None) => return Err(PeerError::InvalidKeySignature { peer }),
-            (None, _) => {
-                if self.config.key_store.pinned(&peer)?.is_some() {
-                    return Err(PeerError::KeyDowngrade { peer });
-                }
-                None
-            }
-        };
-        let key = PeerKey {
-            peer_id: peer.clone(),
-            kem,
-            identity,
-        };
-        if let Ok(mut k) = self.keys.lock() {
-            k.insert(peer, key.clone());
-        }
-        Ok(key)
-    }
-
-    /// Records a key change (raising the event once per new key) and returns the error.
-    fn key_changed(
-        &self,
-        peer: &ClientId,
-        old: IdentityPublicKey,
-        new: IdentityPublicKey,
-    ) -> PeerError {
-        let first_time = self
-            .key_changes
-            .lock()
-            .map(|mut c| c.insert(peer.clone(), new) != Some(new))
-            .unwrap_or(false);
-        self.forget_key(peer);
-        if first_time {
-            tracing::warn!(peer = %self.config.client_id, changed = %peer, "identity key changed");
-            self.dispatcher.emit(PeerEvent::KeyChanged {
-                peer: peer.clone(),
-                old: old.fingerprint(),
-                new: new.fingerprint(),
-            });
-        }
-        PeerError::KeyChanged {
-            peer: peer.clone(),
-            old: old.fingerprint(),
-            new: new.fingerprint(),
-        }
-    }
-
     async fn send_message(&self, target: &ClientId, text: &str) -> Result<SentMessage, PeerError> {
         if let Some(new) = self.pending_key_change(target) {
             let old = self.config.key_store.pinned(target)?;
@@ -1057,29 +939,5 @@ impl Inner {
         if let Err(e) = self.send_frame(Lane::Normal, frame) {
             tracing::debug!(peer = %self.config.client_id, error = %e, "ack not sent");
         }
-    }
-
-    /// The pinned identity key of `peer`, fetching (and pinning on first use) if none is pinned.
-    pub(crate) async fn sender_identity(
-        &self,
-        peer: &ClientId,
-    ) -> Result<IdentityPublicKey, PeerError> {
-        if let Some(k) = self.config.key_store.pinned(peer)? {
-            return Ok(k);
-        }
-        let key = self.fetch_key(peer).await?;
-        key.identity.ok_or(PeerError::InvalidPeerKey {
-            peer: peer.clone(),
-            reason: "the server reports no identity key".into(),
-        })
-    }
-
-    /// After a signature failed with the pinned key: asks the server whether the key changed.
-    /// `true` if it did (the change is now pending and reported).
-    pub(crate) async fn refresh_reveals_key_change(&self, peer: &ClientId) -> bool {
-        matches!(
-            self.fetch_key(peer).await,
-            Err(PeerError::KeyChanged { .. })
-        )
     }
 }

@@ -1,0 +1,153 @@
+//! Trust in peers' keys: fetching a peer's keys, checking its `keySignature`, pinning its identity
+//! key on first use and holding back a changed key until the caller accepts it.
+
+use base64::Engine as _;
+use lattice_crypto::{verify_kem_key_signature, IdentityPublicKey, KemPublicKey};
+use lattice_protocol::{ClientFrame, ClientId, PublicKeyResponse, RequestPublicKey, ServerFrame};
+
+use crate::events::PeerEvent;
+use crate::keys::{tofu, PeerKey, Trust};
+use crate::peer::{unexpected, Inner, Lane, B64};
+use crate::{PeerError, WaitOptions};
+
+impl Inner {
+    pub(crate) fn forget_key(&self, peer: &ClientId) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.remove(peer);
+        }
+    }
+
+    pub(crate) fn cached_key(&self, peer: &ClientId) -> Option<PeerKey> {
+        self.keys.lock().ok().and_then(|k| k.get(peer).cloned())
+    }
+
+    pub(crate) fn pending_key_change(&self, peer: &ClientId) -> Option<IdentityPublicKey> {
+        self.key_changes
+            .lock()
+            .ok()
+            .and_then(|c| c.get(peer).copied())
+    }
+
+    /// `request_public_key`, then [`Inner::check_key`].
+    pub(crate) async fn fetch_key(&self, target: &ClientId) -> Result<PeerKey, PeerError> {
+        let t = target.clone();
+        let options = WaitOptions::default()
+            .filter(move |f| matches!(f, ServerFrame::PublicKey(k) if k.peer_id == t));
+        let frame = ClientFrame::RequestPublicKey(RequestPublicKey {
+            target_id: target.clone(),
+        });
+        let answer = self
+            .request(Lane::Normal, frame, "public_key_response", options)
+            .await?;
+        let ServerFrame::PublicKey(resp) = answer else {
+            return Err(unexpected("request_public_key", &answer));
+        };
+        if &resp.peer_id != target {
+            return Err(PeerError::Protocol(format!(
+                "asked for the key of {target}, got the key of {}",
+                resp.peer_id
+            )));
+        }
+        self.check_key(resp)
+    }
+
+    /// Checks a `public_key_response`: the KEM key, the `keySignature`, TOFU. Caches the result.
+    pub(crate) fn check_key(&self, resp: PublicKeyResponse) -> Result<PeerKey, PeerError> {
+        let peer = resp.peer_id;
+        let invalid = |reason: String| PeerError::InvalidPeerKey {
+            peer: peer.clone(),
+            reason,
+        };
+        let kem_bytes = resp
+            .public_key
+            .bytes()
+            .ok_or_else(|| invalid("publicKey is not a byte array".into()))?;
+        let kem = KemPublicKey::from_bytes(kem_bytes).map_err(|e| invalid(e.to_string()))?;
+        let identity = match (resp.identity_key, resp.key_signature) {
+            (Some(ik), Some(sig)) => {
+                let ik = B64
+                    .decode(ik)
+                    .map_err(|_| invalid("identityKey is not base64".into()))?;
+                let ik = IdentityPublicKey::from_bytes(&ik).map_err(|e| invalid(e.to_string()))?;
+                let sig = B64
+                    .decode(sig)
+                    .map_err(|_| PeerError::InvalidKeySignature { peer: peer.clone() })?;
+                verify_kem_key_signature(&ik, kem_bytes, &sig)
+                    .map_err(|_| PeerError::InvalidKeySignature { peer: peer.clone() })?;
+                match tofu(self.config.key_store.as_ref(), &peer, &ik)? {
+                    Trust::FirstUse | Trust::Pinned => {}
+                    Trust::Changed { old } => return Err(self.key_changed(&peer, old, ik)),
+                }
+                Some(ik)
+            }
+            (Some(_), None) => return Err(PeerError::InvalidKeySignature { peer }),
+            (None, _) => {
+                if self.config.key_store.pinned(&peer)?.is_some() {
+                    return Err(PeerError::KeyDowngrade { peer });
+                }
+                None
+            }
+        };
+        let key = PeerKey {
+            peer_id: peer.clone(),
+            kem,
+            identity,
+        };
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(peer, key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Records a key change (raising the event once per new key) and returns the error.
+    pub(crate) fn key_changed(
+        &self,
+        peer: &ClientId,
+        old: IdentityPublicKey,
+        new: IdentityPublicKey,
+    ) -> PeerError {
+        let first_time = self
+            .key_changes
+            .lock()
+            .map(|mut c| c.insert(peer.clone(), new) != Some(new))
+            .unwrap_or(false);
+        self.forget_key(peer);
+        if first_time {
+            tracing::warn!(peer = %self.config.client_id, changed = %peer, "identity key changed");
+            self.dispatcher.emit(PeerEvent::KeyChanged {
+                peer: peer.clone(),
+                old: old.fingerprint(),
+                new: new.fingerprint(),
+            });
+        }
+        PeerError::KeyChanged {
+            peer: peer.clone(),
+            old: old.fingerprint(),
+            new: new.fingerprint(),
+        }
+    }
+
+    /// The pinned identity key of `peer`, fetching (and pinning on first use) if none is pinned.
+    pub(crate) async fn sender_identity(
+        &self,
+        peer: &ClientId,
+    ) -> Result<IdentityPublicKey, PeerError> {
+        if let Some(k) = self.config.key_store.pinned(peer)? {
+            return Ok(k);
+        }
+        let key = self.fetch_key(peer).await?;
+        key.identity.ok_or(PeerError::InvalidPeerKey {
+            peer: peer.clone(),
+            reason: "the server reports no identity key".into(),
+        })
+    }
+
+    /// After a signature failed with the pinned key: asks the server whether the key changed.
+    /// `true` if it did (the change is now pending and reported).
+    pub(crate) async fn refresh_reveals_key_change(&self, peer: &ClientId) -> bool {
+        matches!(
+            self.fetch_key(peer).await,
+            Err(PeerError::KeyChanged { .. })
+        )
+    }
+}
