@@ -1,0 +1,40 @@
+# Lattice: the two commands the README opens with are `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run run-server test lint unit e2e-desktop deps node-deps bench bench-crypto bundle clean-e2e
+
+## Run the messenger on its embedded defaults: a local server (port 3005) and the echo bot.
+run:
+	bash scripts/run-dev.sh
+
+## Only the signaling server, on its defaults (0.0.0.0:3005, data under ~/.local/share/lattice).
+run-server:
+	$(CARGO) run --release -p lattice-server
+
+## Every test: formatting, lints, unit/integration/doc tests, Node interop, desktop end-to-end.
+test: deps lint unit
+	@if [ -d src-tauri ] && [ -x scripts/e2e-desktop.sh ]; then bash scripts/e2e-desktop.sh; fi
+
+deps: node-deps
+
+node-deps:
+	@if [ ! -d tests/node/node_modules ]; then npm ci --prefix tests/node --no-audit --no-fund; fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+## Benchmarks (numbers, never asserted): criterion for the crypto, the load generator for the server.
+bench: bench-crypto
+	$(CARGO) build --release -p lattice-server -p lattice-bench
+	taskset -c 1 target/release/lattice-loadgen compare --pairs 1,10,100,1000 --idle 10000
+
+bench-crypto:
+	$(CARGO) bench -p lattice-crypto
+
+## Installers (.deb and .rpm) for the desktop app.
+bundle:
+	bash scripts/bundle.sh

@@ -1,0 +1,502 @@
+//! `lattice-loadgen`: drives a running server with N sender→receiver pairs and reports delivered
+//! messages per second and latency percentiles; measures server memory per idle connection; and
+//! (`compare`) runs lattice-server and the minimal relay side by side, each pinned to core 0, so
+//! the throughput ratio is always at hand.
+//!
+//! Messages are real 1 KiB `ml-kem-aes` envelopes (about 2.9 KB frames). The load is closed-loop:
+//! each sender keeps `--inflight` messages outstanding and sends the next when one arrives.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Parser)]
+#[command(name = "lattice-loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Closed-loop throughput and latency against a running server.
+    Throughput {
+        /// Server URL.
+        #[arg(long, default_value = "ws://127.0.0.1:3005")]
+        url: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Server RSS per idle registered connection (the server must run on this machine).
+    Idle {
+        /// Server URL.
+        #[arg(long, default_value = "ws://127.0.0.1:3005")]
+        url: String,
+        /// The server's process id (for /proc/PID/status).
+        #[arg(long)]
+        pid: u32,
+        /// Connections to open and register.
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+    },
+    /// Start lattice-server and minimal-relay (pinned to core 0 with taskset) and measure both.
+    Compare {
+        /// Pair counts to run.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        pairs: Vec<usize>,
+        /// Idle connections for the memory measurement (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Messages in flight per sender.
+        #[arg(long, default_value_t = 32)]
+        inflight: usize,
+        /// Plaintext bytes per message.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Directory holding the lattice-server and minimal-relay binaries (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Load {
+    /// Sender→receiver pairs.
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
+    /// Seconds measured (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Messages in flight per sender.
+    #[arg(long, default_value_t = 32)]
+    inflight: usize,
+    /// Plaintext bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+}
+
+#[derive(Debug)]
+struct Report {
+    delivered: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    min_pair: u64,
+    max_pair: u64,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.secs
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Single-threaded on purpose: the generator is pinned to one core, and one thread avoids
+    // measuring our own cross-thread wake-ups.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Throughput { url, load } => {
+                let r = throughput(&url, &load).await?;
+                print_report("server", load.pairs, &r);
+            }
+            Cmd::Idle { url, pid, conns } => {
+                let per = idle(&url, pid, conns).await?;
+                println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
+            }
+            Cmd::Compare {
+                pairs,
+                idle: idle_n,
+                duration,
+                inflight,
+                size,
+                bin_dir,
+            } => {
+                compare(
+                    &pairs,
+                    idle_n,
+                    Load {
+                        pairs: 0,
+                        duration,
+                        inflight,
+                        size,
+                    },
+                    bin_dir,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_report(name: &str, pairs: usize, r: &Report) {
+    println!(
+        "{name:<15} pairs={pairs:<5} {:>9.0} msgs/s  p50={:>7} us  p99={:>7} us  p999={:>7} us  per-pair min/max={}/{}",
+        r.rate(),
+        r.p50_us,
+        r.p99_us,
+        r.p999_us,
+        r.min_pair,
+        r.max_pair
+    );
+}
+
+/// A sealed 1 KiB message, as JSON text without its closing brace (the generator appends a send
+/// timestamp field the servers forward untouched).
+fn envelope_prefix(size: usize) -> anyhow::Result<String> {
+    let mut rng = rand::rngs::OsRng;
+    let kp = lattice_crypto::KemKeyPair::generate(&mut rng);
+    let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    let sealed = lattice_crypto::ml_kem_aes::seal(&mut rng, kp.public_key(), &body)?;
+    let env = lattice_protocol::Envelope::from_bytes(
+        lattice_crypto::ml_kem_aes::ALGORITHM,
+        &sealed.cipher_text,
+        &sealed.encrypted_data,
+    );
+    let mut s = serde_json::to_string(&env)?;
+    s.pop();
+    Ok(s)
+}
+
+fn public_key_json() -> String {
+    let kp = lattice_crypto::KemKeyPair::generate(&mut rand::rngs::OsRng);
+    serde_json::to_string(kp.public_key().as_bytes()).unwrap_or_default()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_and_register(url: &str, id: &str, key_json: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    let reg =
+        format!(r#"{{"type":"register","payload":{{"clientId":"{id}","publicKey":{key_json}}}}}"#);
+    ws.send(Message::Text(reg.into())).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains(r#""type":"register""#) {
+                    return Ok(ws);
+                }
+                if t.contains(r#""type":"error""#) {
+                    bail!("register {id}: {t}");
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => bail!("register {id}: no answer"),
+        }
+    }
+}
+
+/// The `"t":<micros>` send time the generator put at the end of the envelope, in a `message` frame.
+fn sent_at(text: &str) -> Option<u64> {
+    if !text.starts_with(r#"{"type":"message""#) {
+        return None;
+    }
+    let i = text.rfind(r#","t":"#)? + 5;
+    let digits = text[i..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+async fn throughput(url: &str, load: &Load) -> anyhow::Result<Report> {
+    let prefix = Arc::new(envelope_prefix(load.size)?);
+    let key = public_key_json();
+    let run_id: u32 = rand::random();
+    let start = Instant::now();
+    let warmup = Duration::from_secs(1);
+    let measure_from = warmup.as_micros() as u64;
+    let measure_to = (warmup + Duration::from_secs(load.duration)).as_micros() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let mut counts = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    for i in 0..load.pairs {
+        let sender_id = format!("s{run_id}-{i}");
+        let recv_id = format!("r{run_id}-{i}");
+        let receiver = connect_and_register(url, &recv_id, &key).await?;
+        let sender = connect_and_register(url, &sender_id, &key).await?;
+        let permits = Arc::new(Semaphore::new(load.inflight));
+        let count = Arc::new(AtomicU64::new(0));
+        counts.push(Arc::clone(&count));
+
+        // receiver: count, time, release a permit per message
+        {
+            let (permits, hist, stop) =
+                (Arc::clone(&permits), Arc::clone(&hist), Arc::clone(&stop));
+            let (_sink, mut stream) = receiver.split();
+            tasks.spawn(async move {
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+                while let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+                {
+                    let Message::Text(text) = msg else { continue };
+                    // Cheap on purpose (the generator must not be the bottleneck): the send time is
+                    // the last field of the envelope, so find it from the end instead of parsing
+                    // 3 KB of JSON.
+                    let Some(t) = sent_at(&text) else { continue };
+                    permits.add_permits(1);
+                    let now = start.elapsed().as_micros() as u64;
+                    {
+                        if t >= measure_from && now <= measure_to {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            if let Some(h) = local.as_mut() {
+                                let _ = h.record(now.saturating_sub(t).max(1));
+                            }
+                        }
+                    }
+                    if stop.load(Ordering::Relaxed)
+                        && permits.available_permits() >= 1
+                        && now > measure_to
+                    {
+                        break;
+                    }
+                }
+                if let Some(h) = local {
+                    let _ = hist.lock().await.add(&h);
+                }
+            });
+        }
+        // sender: keep `inflight` outstanding; drain its own socket (acks) in another task
+        {
+            let (permits, stop, prefix) =
+                (Arc::clone(&permits), Arc::clone(&stop), Arc::clone(&prefix));
+            let (mut sink, mut stream) = sender.split();
+            let stop_reader = Arc::clone(&stop);
+            tasks.spawn(async move {
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+                {
+                    if stop_reader.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            });
+            tasks.spawn(async move {
+                let mut seq: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(p) = permits.acquire().await else { break };
+                    p.forget();
+                    seq += 1;
+                    let t = start.elapsed().as_micros() as u64;
+                    let frame = format!(
+                        r#"{{"type":"message","payload":{{"targetId":"{recv_id}","messageId":"{i}-{seq}","message":{prefix},"t":{t}}}}}}}"#
+                    );
+                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = sink.close().await;
+            });
+        }
+    }
+    // measurement window starts now, relative to `start`: re-base by sleeping until it ends
+    let setup = start.elapsed();
+    if setup > warmup {
+        eprintln!("note: setup took {setup:?}; the warm-up overlaps it");
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        start + warmup + Duration::from_secs(load.duration),
+    ))
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let drain = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drain.is_err() {
+        tasks.abort_all();
+    }
+    let per_pair: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let h = hist.lock().await;
+    Ok(Report {
+        delivered: per_pair.iter().sum(),
+        secs: load.duration as f64,
+        p50_us: h.value_at_quantile(0.50),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        min_pair: per_pair.iter().copied().min().unwrap_or(0),
+        max_pair: per_pair.iter().copied().max().unwrap_or(0),
+    })
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+async fn idle(url: &str, pid: u32, conns: usize) -> anyhow::Result<f64> {
+    let key = public_key_json();
+    let before = rss_kib(pid)?;
+    let mut sockets = Vec::with_capacity(conns);
+    for i in 0..conns {
+        sockets.push(connect_and_register(url, &format!("idle-{i}"), &key).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid)?;
+    drop(sockets);
+    Ok((after.saturating_sub(before)) as f64 / conns as f64)
+}
+
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_pinned(bin: &Path, args: &[&str]) -> anyhow::Result<Spawned> {
+    let child = if which("taskset") {
+        Command::new("taskset")
+            .arg("-c")
+            .arg("0")
+            .arg(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    } else {
+        Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+    .with_context(|| format!("start {}", bin.display()))?;
+    Ok(Spawned(child))
+}
+
+fn which(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on port {port}")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_lattice(dir: &Path, max: usize) -> anyhow::Result<(Spawned, u16)> {
+    let port = free_port()?;
+    let (p, m) = (port.to_string(), max.to_string());
+    let s = spawn_pinned(
+        &dir.join("lattice-server"),
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--in-memory",
+            "--rate-limit",
+            "0",
+            "--max-connections",
+            &m,
+        ],
+    )?;
+    wait_port(port).await?;
+    Ok((s, port))
+}
+
+async fn compare(
+    pairs: &[usize],
+    idle_n: usize,
+    load: Load,
+    bin_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = match bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
+    println!(
+        "# {} B plaintext ml-kem-aes envelopes, {} in flight per sender, {} s per run; servers on core 0{}",
+        load.size,
+        load.inflight,
+        load.duration,
+        if which("taskset") { "" } else { " (taskset missing: not pinned)" }
+    );
+    for &n in pairs {
+        let (relay, rport) = {
+            let port = free_port()?;
+            let s = spawn_pinned(&dir.join("minimal-relay"), &[&port.to_string()])?;
+            wait_port(port).await?;
+            (s, port)
+        };
+        let base = throughput(
+            &format!("ws://127.0.0.1:{rport}"),
+            &Load {
+                pairs: n,
+                ..load.clone()
+            },
+        )
+        .await?;
+        drop(relay);
+        let (server, port) = start_lattice(&dir, 4 * n + 100).await?;
+        let ours = throughput(
+            &format!("ws://127.0.0.1:{port}"),
+            &Load {
+                pairs: n,
+                ..load.clone()
+            },
+        )
+        .await?;
+        drop(server);
+        print_report("minimal-relay", n, &base);
+        print_report("lattice-server", n, &ours);
+        println!(
+            "ratio pairs={n}: {:.1} % of the minimal relay; lattice p99/p50 = {:.2}",
+            100.0 * ours.rate() / base.rate().max(1.0),
+            ours.p99_us as f64 / ours.p50_us.max(1) as f64
+        );
+    }
+    if idle_n > 0 {
+        let (server, port) = start_lattice(&dir, idle_n + 100).await?;
+        let per = idle(&format!("ws://127.0.0.1:{port}"), server.0.id(), idle_n).await?;
+        println!("idle: {idle_n} registered connections, {per:.1} KiB of lattice-server RSS each");
+        drop(server);
+    }
+    Ok(())
+}

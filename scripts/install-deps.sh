@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need on Debian/Ubuntu (idempotent; run as root or with
+# sudo available): system packages, the desktop app's WebKitGTK stack and WebDriver tools, and the
+# npm packages of the Node interop tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+for p in build-essential pkg-config util-linux; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+if [ -x scripts/install-desktop-deps.sh ] && [ -d src-tauri ]; then
+  bash scripts/install-desktop-deps.sh
+fi
+
+npm ci --prefix tests/node --no-audit --no-fund
