@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# End-to-end test of the desktop app in its real webview:
+#   Xvfb (a private display) + tauri-driver (WebDriver proxy) + WebKitWebDriver + the app binary,
+#   driven from Rust with fantoccini (tests/tests/desktop_webdriver.rs).
+# Screenshots of every step land in target/e2e-screenshots/.
+#
+# Usage: scripts/e2e-desktop.sh            (installs missing system deps first)
+# Env:   CARGO_TARGET_DIR (default: target), E2E_KEEP_LOGS=1 keeps the driver and Xvfb logs.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SHOTS=$ROOT/target/e2e-screenshots
+LOGS=$ROOT/target/e2e-logs
+mkdir -p "$SHOTS" "$LOGS"
+
+if ! command -v Xvfb >/dev/null || ! command -v WebKitWebDriver >/dev/null \
+   || ! { command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ]; }; then
+  bash scripts/install-desktop-deps.sh
+fi
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+echo "e2e-desktop: building the app"
+cargo build -p lattice-desktop
+APP_BIN="$TARGET_DIR/debug/lattice-desktop"
+[ -x "$APP_BIN" ] || { echo "e2e-desktop: no binary at $APP_BIN" >&2; exit 1; }
+
+echo "e2e-desktop: building the test"
+cargo test -p lattice-e2e --test desktop_webdriver --no-run
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+XVFB_PID=""
+DRIVER_PID=""
+cleanup() {
+  # SIGTERM, not SIGKILL: tauri-driver then stops WebKitWebDriver, which would otherwise keep
+  # its port.
+  if [ -n "$DRIVER_PID" ] && kill -0 "$DRIVER_PID" 2>/dev/null; then
+    kill -TERM "$DRIVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  if [ -n "$XVFB_PID" ] && kill -0 "$XVFB_PID" 2>/dev/null; then
+    kill -TERM "$XVFB_PID" 2>/dev/null || true
+    wait "$XVFB_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT INT TERM
+
+# Xvfb picks a free display itself and writes its number to fd 3.
+DISPLAY_FILE=$(mktemp)
+Xvfb -displayfd 3 -screen 0 1280x800x24 -nolisten tcp 3>"$DISPLAY_FILE" >"$LOGS/xvfb.log" 2>&1 &
+XVFB_PID=$!
+for _ in $(seq 1 100); do [ -s "$DISPLAY_FILE" ] && break; sleep 0.1; done
+[ -s "$DISPLAY_FILE" ] || { echo "e2e-desktop: Xvfb did not start" >&2; exit 1; }
+export DISPLAY=":$(head -n1 "$DISPLAY_FILE")"
+rm -f "$DISPLAY_FILE"
+echo "e2e-desktop: Xvfb on $DISPLAY"
+
+DRIVER_PORT=$(free_port)
+NATIVE_PORT=$(free_port)
+export NO_AT_BRIDGE=1
+tauri-driver --port "$DRIVER_PORT" --native-port "$NATIVE_PORT" >"$LOGS/tauri-driver.log" 2>&1 &
+DRIVER_PID=$!
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$DRIVER_PORT") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+echo "e2e-desktop: tauri-driver on port $DRIVER_PORT"
+
+export LATTICE_DESKTOP_BIN="$APP_BIN"
+export TAURI_DRIVER_URL="http://127.0.0.1:$DRIVER_PORT"
+export E2E_SCREENSHOT_DIR="$SHOTS"
+cargo test -p lattice-e2e --test desktop_webdriver -- --ignored --nocapture --test-threads=1
+echo "e2e-desktop: screenshots in $SHOTS"

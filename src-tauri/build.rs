@@ -1,0 +1,24 @@
+// The app manifest lists our commands, so tauri-build generates one `allow-<command>` permission
+// per command and nothing is callable unless capabilities/default.json grants it.
+const COMMANDS: &[&str] = &[
+    "bootstrap",
+    "complete_setup",
+    "load_messages",
+    "send_message",
+    "mark_read",
+    "answer_question",
+    "dismiss_question",
+    "update_settings",
+    "accept_key_change",
+    "set_verified",
+    "reconnect",
+    "demo_question",
+];
+
+fn main() {
+    tauri_build::try_build(
+        tauri_build::Attributes::new()
+            .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
+    )
+    .unwrap_or_else(|e| panic!("tauri-build: {e:#}"));
+}

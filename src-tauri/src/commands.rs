@@ -1,0 +1,178 @@
+//! The commands the page may invoke. Each is a thin adapter: it takes camelCase arguments, calls
+//! the [`Messenger`], and returns a view or a [`CommandError`] (`{kind, message}`). The list is
+//! also the app manifest in `build.rs`, from which the capability file grants exactly these.
+
+use std::sync::Arc;
+
+use tauri::{AppHandle, Runtime, State};
+
+use crate::error::CommandError;
+use crate::messenger::{validate_client_id, validate_server_url, Messenger};
+use crate::storage::settings::{self, ServerMode, SettingsPatch};
+use crate::views::{Bootstrap, MessagePage, MessageView};
+
+/// Messages per page when the page does not say.
+const DEFAULT_PAGE: u32 = 50;
+
+type Shared<'a> = State<'a, Arc<Messenger>>;
+
+/// Everything needed to draw the window.
+#[tauri::command]
+pub async fn bootstrap(messenger: Shared<'_>) -> Result<Bootstrap, CommandError> {
+    if let Some(t) = crate::since_start() {
+        // The page's first call: its scripts are running. Logged for start-up measurements.
+        tracing::info!(ms = t.as_millis() as u64, "page bootstrapping");
+    }
+    messenger.bootstrap()
+}
+
+/// First run: name, server choice; creates the identity, saves the settings, connects.
+/// A server that cannot be reached is not an error here: the indicator shows it.
+#[tauri::command]
+pub async fn complete_setup<R: Runtime>(
+    app: AppHandle<R>,
+    messenger: Shared<'_>,
+    client_id: String,
+    server_mode: ServerMode,
+    server_url: Option<String>,
+) -> Result<Bootstrap, CommandError> {
+    let settings = messenger.complete_setup(&client_id, server_mode, server_url.as_deref())?;
+    settings::save(&app, messenger.data_dir(), &settings)?;
+    if let Err(e) = messenger.restart_session().await {
+        messenger.notice(e.kind(), e.to_string());
+    }
+    messenger.bootstrap()
+}
+
+/// A page of history with `peerId`, oldest first: the latest `limit` messages, or those before
+/// `before` (a `seq`). Opening a conversation also fetches the peer's key if none is pinned.
+#[tauri::command]
+pub async fn load_messages(
+    messenger: Shared<'_>,
+    peer_id: String,
+    before: Option<i64>,
+    limit: Option<u32>,
+) -> Result<MessagePage, CommandError> {
+    let page = messenger.load_messages(&peer_id, before, limit.unwrap_or(DEFAULT_PAGE))?;
+    if before.is_none() && messenger.db().pinned_key(&peer_id)?.is_none() {
+        let _ = messenger
+            .with_session(|s| {
+                s.prefetch_key(&peer_id);
+                Ok(())
+            })
+            .await;
+    }
+    Ok(page)
+}
+
+/// Stores a message durably and sends it (now, or once connected).
+#[tauri::command]
+pub async fn send_message(
+    messenger: Shared<'_>,
+    peer_id: String,
+    text: String,
+) -> Result<MessageView, CommandError> {
+    messenger.send_message(&peer_id, &text).await
+}
+
+/// Clears the unread count of a conversation.
+#[tauri::command]
+pub async fn mark_read(messenger: Shared<'_>, peer_id: String) -> Result<(), CommandError> {
+    messenger.mark_read(&peer_id)
+}
+
+/// Answers a server question (text, a choice, or `true`/`false` for a confirm).
+#[tauri::command]
+pub async fn answer_question(
+    messenger: Shared<'_>,
+    question_id: String,
+    response: serde_json::Value,
+) -> Result<(), CommandError> {
+    messenger.answer_question(&question_id, response).await
+}
+
+/// Dismisses a question without answering; the server lets it expire.
+#[tauri::command]
+pub async fn dismiss_question(
+    messenger: Shared<'_>,
+    question_id: String,
+) -> Result<(), CommandError> {
+    messenger.close_question(&question_id);
+    Ok(())
+}
+
+/// Changes settings; reconnects when the name or the server changed.
+#[tauri::command]
+pub async fn update_settings<R: Runtime>(
+    app: AppHandle<R>,
+    messenger: Shared<'_>,
+    patch: SettingsPatch,
+) -> Result<Bootstrap, CommandError> {
+    let mut patch = patch;
+    if let Some(id) = &patch.client_id {
+        patch.client_id = Some(validate_client_id(id)?);
+    }
+    if let Some(url) = &patch.server_url {
+        patch.server_url = Some(validate_server_url(url)?);
+    }
+    if patch.host_port == Some(0) {
+        return Err(CommandError::InvalidInput(
+            "Choose a port between 1 and 65535.".into(),
+        ));
+    }
+    let reconnect = patch.touches_connection();
+    let mut settings = messenger.settings();
+    patch.apply(&mut settings);
+    settings::save(&app, messenger.data_dir(), &settings)?;
+    messenger.set_settings(settings);
+    if reconnect {
+        if let Err(e) = messenger.restart_session().await {
+            messenger.notice(e.kind(), e.to_string());
+        }
+    }
+    messenger.bootstrap()
+}
+
+/// Accepts a contact's new identity key (after comparing safety numbers).
+#[tauri::command]
+pub async fn accept_key_change(messenger: Shared<'_>, peer_id: String) -> Result<(), CommandError> {
+    messenger.accept_key_change(&peer_id).await
+}
+
+/// Marks a contact verified or not, after comparing safety numbers.
+#[tauri::command]
+pub async fn set_verified(
+    messenger: Shared<'_>,
+    peer_id: String,
+    verified: bool,
+) -> Result<(), CommandError> {
+    messenger.set_verified(&peer_id, verified)
+}
+
+/// Reconnects now (the Retry button of the offline indicator).
+#[tauri::command]
+pub async fn reconnect(messenger: Shared<'_>) -> Result<(), CommandError> {
+    messenger.inner().restart_session().await
+}
+
+/// Asks the server for its multi-round demo question.
+#[tauri::command]
+pub async fn demo_question(messenger: Shared<'_>) -> Result<(), CommandError> {
+    messenger.with_session(|s| s.demo_question()).await
+}
+
+/// The command names, for the app manifest in `build.rs` (kept in sync by a test).
+pub const NAMES: &[&str] = &[
+    "bootstrap",
+    "complete_setup",
+    "load_messages",
+    "send_message",
+    "mark_read",
+    "answer_question",
+    "dismiss_question",
+    "update_settings",
+    "accept_key_change",
+    "set_verified",
+    "reconnect",
+    "demo_question",
+];

@@ -1,0 +1,200 @@
+//! # lattice-desktop
+//!
+//! The Lattice desktop app's backend (Tauri 2). The page (`ui/`, plain ES modules) renders and
+//! asks; this crate holds the identity, runs a [`lattice_peer::MessagingPeer`] — and, by
+//! default, the signaling server itself — keeps history on disk, and tells the page what
+//! changed. It is a thin adapter: crypto, protocol and networking live in the Tauri-free crates.
+//!
+//! ## Module map
+//! - [`commands`]: the `#[tauri::command]`s the page may call (and nothing else is allowed:
+//!   see `capabilities/default.json`).
+//! - [`error`]: [`CommandError`], serialized as `{kind, message}`.
+//! - `messenger`: [`Messenger`], the app's services without Tauri; pushes [`Update`]s to a [`Ui`].
+//! - `session`: one connection's lifetime: the peer, the connect and outbox tasks, peer events.
+//! - `hosting`: the embedded `lattice-server`.
+//! - `bridge`: the [`Ui`] of the real app: Tauri events, tray, notifications.
+//! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
+//!   identity file.
+//! - `tray`, `notify`: the tray menu (unread count) and desktop notifications.
+//! - [`views`]: the camelCase shapes that cross to the page.
+//! - `options`: `--data-dir`, `--minimized`.
+
+#![forbid(unsafe_code)]
+
+mod bridge;
+pub mod commands;
+pub mod error;
+mod hosting;
+mod messenger;
+mod notify;
+mod options;
+mod session;
+pub mod storage;
+mod tray;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tauri::{Builder, Manager, RunEvent, Runtime, WindowEvent};
+
+pub use error::CommandError;
+pub use messenger::{Messenger, Ui, Update};
+pub use options::{Options, DATA_DIR_ENV};
+
+/// Label of the main window (also in `tauri.conf.json` and the capability file).
+pub const MAIN_WINDOW: &str = "main";
+
+/// How long quitting waits for the session (and the hosted server) to close cleanly.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When the process started (as far as we can tell: when `run` was entered), for the start-up
+/// time logged when the page first asks for its state.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Time since start-up, if [`run`] recorded it.
+pub fn since_start() -> Option<Duration> {
+    STARTED.get().map(std::time::Instant::elapsed)
+}
+
+/// Runs the app: parses the options, builds it with [`build`] and enters the event loop.
+pub fn run() {
+    let _ = STARTED.set(std::time::Instant::now());
+    init_tracing();
+    let options = Options::from_env_and_args();
+    match build(Builder::default(), options).build(tauri::generate_context!()) {
+        Ok(app) => app.run(on_run_event),
+        Err(e) => {
+            eprintln!("lattice-desktop: cannot start: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Adds Lattice's plugins, commands, set-up and window handling to `builder`. Generic over the
+/// runtime so tests can pass `tauri::test::mock_builder()` (with [`Options::headless`]).
+pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
+    let mut builder = builder;
+    if options.single_instance() {
+        // Must be the first plugin. Without a session bus it logs and lets this instance run.
+        builder = builder.plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| {
+            tray::show_window(app);
+        }));
+    }
+    builder
+        .plugin(tauri_plugin_store::Builder::new().build())
+        .plugin(tauri_plugin_notification::init())
+        .invoke_handler(tauri::generate_handler![
+            commands::bootstrap,
+            commands::complete_setup,
+            commands::load_messages,
+            commands::send_message,
+            commands::mark_read,
+            commands::answer_question,
+            commands::dismiss_question,
+            commands::update_settings,
+            commands::accept_key_change,
+            commands::set_verified,
+            commands::reconnect,
+            commands::demo_question,
+        ])
+        .setup(move |app| {
+            setup(app.handle(), &options)?;
+            Ok(())
+        })
+        .on_window_event(|window, event| on_window_event(window, event))
+}
+
+fn setup<R: Runtime>(
+    app: &tauri::AppHandle<R>,
+    options: &Options,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let data_dir = match &options.data_dir {
+        Some(dir) => dir.clone(),
+        None => app.path().app_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir)?;
+    let settings = storage::settings::load(app, &data_dir)?;
+    let start_minimized = options.minimized || settings.start_minimized;
+    let ui = Arc::new(bridge::TauriUi::new(app.clone()));
+    let messenger = Arc::new(Messenger::open(&data_dir, settings, ui)?);
+    app.manage(Arc::clone(&messenger));
+    tracing::info!(data_dir = %data_dir.display(), "lattice-desktop starting");
+
+    if !options.headless {
+        app.manage(notify::Notifier::start(app.clone()));
+        let tray_ok = match tray::create(app) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "no tray icon; closing the window will quit");
+                false
+            }
+        };
+        let config = app
+            .config()
+            .app
+            .windows
+            .iter()
+            .find(|w| w.label == MAIN_WINDOW)
+            .cloned()
+            .ok_or("tauri.conf.json has no main window")?;
+        let hidden = start_minimized && tray_ok && messenger.settings().is_set_up();
+        tauri::WebviewWindowBuilder::from_config(app, &config)?
+            .visible(!hidden)
+            .build()?;
+        if hidden {
+            tray::hide_window(app);
+        }
+    }
+
+    // Hosting binds its port and the peer starts dialling in the background; both are quick
+    // to start, so doing it here keeps the session's ownership simple (the Messenger holds it).
+    if let Err(e) = tauri::async_runtime::block_on(messenger.restart_session()) {
+        tracing::warn!(error = %e, "session not started");
+        messenger.notice(e.kind(), e.to_string());
+    }
+    let unread = messenger.db().total_unread().unwrap_or(0);
+    messenger.ui().send(Update::Unread(unread));
+    Ok(())
+}
+
+fn on_window_event<R: Runtime>(window: &tauri::Window<R>, event: &WindowEvent) {
+    let app = window.app_handle();
+    let Some(messenger) = app.try_state::<Arc<Messenger>>() else {
+        return;
+    };
+    match event {
+        WindowEvent::Focused(focused) => messenger.set_focused(*focused),
+        WindowEvent::CloseRequested { api, .. }
+            if window.label() == MAIN_WINDOW
+                && messenger.settings().close_to_tray
+                && tray::present(app) =>
+        {
+            api.prevent_close();
+            tray::hide_window(app);
+        }
+        _ => {}
+    }
+}
+
+fn on_run_event<R: Runtime>(app: &tauri::AppHandle<R>, event: RunEvent) {
+    if let RunEvent::Exit = event {
+        if let Some(messenger) = app.try_state::<Arc<Messenger>>() {
+            let messenger = Arc::clone(messenger.inner());
+            let stopped = tauri::async_runtime::block_on(tokio::time::timeout(
+                EXIT_TIMEOUT,
+                messenger.stop_session(),
+            ));
+            if stopped.is_err() {
+                tracing::warn!("session did not stop in time");
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LATTICE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,tao=warn,wry=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

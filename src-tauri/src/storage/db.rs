@@ -1,0 +1,747 @@
+//! The SQLite database: message history, contacts, pinned identity keys and the outbox.
+//!
+//! One file in WAL mode, one connection behind a `std::sync::Mutex`: every statement here is
+//! short (indexed lookups, single-row writes, one page of history), so the lock is never held
+//! across an `.await` and a blocking mutex is the right tool.
+//!
+//! Schema (version 1):
+//! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
+//!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
+//!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
+//! - `pinned_keys(peer_id PK, identity_key, pinned_at, pending_fingerprint)` — trust on first
+//!   use (the peer's `KeyStore`): the first identity key seen for a peer. When the peer presents
+//!   another key, its fingerprint waits in `pending_fingerprint` until the person accepts it.
+//! - `messages(seq PK, message_id UNIQUE, peer_id, outgoing, body, at, status, authenticated)` —
+//!   history; `seq` orders a conversation and is the paging cursor.
+//! - `outbox(message_id PK, peer_id, body, created_at)` — messages written but not yet confirmed
+//!   by the server. A row leaves the outbox only when the server acknowledged the message (or
+//!   refused it for good), so a message typed offline survives a crash or a kill.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::StorageError;
+
+/// Current schema version, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for the database lock before failing (another process holding
+/// the file, e.g. a second instance started without single-instance support).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The largest page of history one call returns.
+pub const MAX_PAGE: u32 = 500;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS contacts(
+    peer_id       TEXT PRIMARY KEY,
+    first_seen    INTEGER NOT NULL,
+    unread        INTEGER NOT NULL DEFAULT 0,
+    user_verified INTEGER NOT NULL DEFAULT 0,
+    authenticated INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS pinned_keys(
+    peer_id      TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    pinned_at    INTEGER NOT NULL,
+    pending_fingerprint TEXT
+);
+CREATE TABLE IF NOT EXISTS messages(
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id    TEXT NOT NULL UNIQUE,
+    peer_id       TEXT NOT NULL,
+    outgoing      INTEGER NOT NULL,
+    body          TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    status        INTEGER NOT NULL,
+    authenticated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer_id, seq);
+CREATE TABLE IF NOT EXISTS outbox(
+    message_id TEXT PRIMARY KEY,
+    peer_id    TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+";
+
+/// Where a message is on its way. Stored as an integer whose order is the order of progress,
+/// so an update never moves a message backwards (an ack can overtake the send's own return).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Written, in the outbox, not yet handed to a connected peer.
+    Pending = 0,
+    /// Handed to the server.
+    Sent = 1,
+    /// The server stored it for a recipient who is offline.
+    Queued = 2,
+    /// The server delivered it to the recipient.
+    Delivered = 3,
+    /// An incoming message.
+    Received = 4,
+    /// The server refused it for good (unknown peer, too large, ...).
+    Failed = 5,
+}
+
+impl MessageStatus {
+    fn from_i64(v: i64) -> Self {
+        match v {
+            0 => Self::Pending,
+            1 => Self::Sent,
+            2 => Self::Queued,
+            3 => Self::Delivered,
+            4 => Self::Received,
+            _ => Self::Failed,
+        }
+    }
+
+    /// The name the UI uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Queued => "queued",
+            Self::Delivered => "delivered",
+            Self::Received => "received",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// Position in the database; orders a conversation and is the paging cursor.
+    pub seq: i64,
+    /// The protocol's `messageId`.
+    pub message_id: String,
+    /// The other side of the conversation.
+    pub peer_id: String,
+    /// Whether we wrote it.
+    pub outgoing: bool,
+    /// The text.
+    pub body: String,
+    /// Unix milliseconds: when we wrote it, or the server's timestamp for incoming messages.
+    pub at: i64,
+    /// Delivery state.
+    pub status: MessageStatus,
+    /// For incoming messages: whether the sender was authenticated (`lattice-v1`, signed). Always
+    /// true for outgoing ones.
+    pub authenticated: bool,
+}
+
+/// One row of the peer list, as far as the disk knows it (presence is added by the session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The peer's client id.
+    pub peer_id: String,
+    /// Messages received since the conversation was last read.
+    pub unread: i64,
+    /// The person compared fingerprints and marked this contact verified.
+    pub user_verified: bool,
+    /// The peer has a signed identity (a `lattice-v1` peer) rather than being an original client.
+    pub authenticated: bool,
+    /// The pinned identity key, if any.
+    pub identity_key: Option<Vec<u8>>,
+    /// Fingerprint of a different identity key the peer presented, waiting for the person's
+    /// decision.
+    pub pending_fingerprint: Option<String>,
+    /// Text of the latest message, either direction.
+    pub last_body: Option<String>,
+    /// Time of the latest message (unix ms).
+    pub last_at: Option<i64>,
+    /// Whether the latest message is ours.
+    pub last_outgoing: bool,
+}
+
+/// One entry of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The message's id (also its row in `messages`).
+    pub message_id: String,
+    /// Recipient.
+    pub peer_id: String,
+    /// Text.
+    pub body: String,
+}
+
+/// The database handle. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Db {
+    // std Mutex: statements are short and never span an `.await` (see the module docs).
+    conn: Mutex<Connection>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, in WAL mode, and brings the schema up
+    /// to date.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`] when the file cannot be opened or migrated.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`] if SQLite cannot create it.
+    pub fn open_in_memory() -> Result<Self, StorageError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StorageError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never block the writer; NORMAL sync is durable across an app crash
+        // (only a power loss can lose the last commits).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every write is one
+        // statement or one transaction), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes sure `peer_id` is a contact.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn ensure_contact(&self, peer_id: &str, now_ms: i64) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
+            params![peer_id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the peer proved a signed identity.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn set_authenticated(
+        &self,
+        peer_id: &str,
+        authenticated: bool,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO contacts(peer_id, first_seen, authenticated) VALUES (?1, ?2, ?3)
+             ON CONFLICT(peer_id) DO UPDATE SET authenticated = excluded.authenticated",
+            params![peer_id, now_ms, authenticated],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a contact as verified (or not) by the person, after comparing fingerprints.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn set_user_verified(&self, peer_id: &str, verified: bool) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE contacts SET user_verified = ?2 WHERE peer_id = ?1",
+            params![peer_id, verified],
+        )?;
+        Ok(())
+    }
+
+    /// Every contact with its latest message, most recent conversation first, then by name.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn peers(&self) -> Result<Vec<PeerRecord>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.peer_id, c.unread, c.user_verified, c.authenticated,
+                    k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing
+             FROM contacts c
+             LEFT JOIN pinned_keys k ON k.peer_id = c.peer_id
+             LEFT JOIN messages m ON m.seq =
+                 (SELECT MAX(seq) FROM messages WHERE peer_id = c.peer_id)
+             ORDER BY m.seq IS NULL, m.seq DESC, c.peer_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PeerRecord {
+                peer_id: r.get(0)?,
+                unread: r.get(1)?,
+                user_verified: r.get(2)?,
+                authenticated: r.get(3)?,
+                identity_key: r.get(4)?,
+                pending_fingerprint: r.get(5)?,
+                last_body: r.get(6)?,
+                last_at: r.get(7)?,
+                last_outgoing: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One contact, if known.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StorageError> {
+        Ok(self.peers()?.into_iter().find(|p| p.peer_id == peer_id))
+    }
+
+    /// Stores an outgoing message and puts it in the outbox, in one transaction.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn enqueue_outgoing(
+        &self,
+        message_id: &str,
+        peer_id: &str,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<MessageRecord, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
+            params![peer_id, now_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, 1)",
+            params![
+                message_id,
+                peer_id,
+                body,
+                now_ms,
+                MessageStatus::Pending as i64
+            ],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO outbox(message_id, peer_id, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![message_id, peer_id, body, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(MessageRecord {
+            seq,
+            message_id: message_id.to_owned(),
+            peer_id: peer_id.to_owned(),
+            outgoing: true,
+            body: body.to_owned(),
+            at: now_ms,
+            status: MessageStatus::Pending,
+            authenticated: true,
+        })
+    }
+
+    /// Stores an incoming message and counts it unread unless `read` is set. Returns `None` if
+    /// a message with this id is already stored (a redelivery after a reconnect).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn insert_incoming(
+        &self,
+        message_id: &str,
+        peer_id: &str,
+        body: &str,
+        at_ms: i64,
+        authenticated: bool,
+        read: bool,
+    ) -> Result<Option<MessageRecord>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
+            params![peer_id, at_ms],
+        )?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO messages(message_id, peer_id, outgoing, body, at, status,
+                                            authenticated)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
+            params![
+                message_id,
+                peer_id,
+                body,
+                at_ms,
+                MessageStatus::Received as i64,
+                authenticated
+            ],
+        )?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let seq = tx.last_insert_rowid();
+        if !read {
+            tx.execute(
+                "UPDATE contacts SET unread = unread + 1 WHERE peer_id = ?1",
+                params![peer_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(MessageRecord {
+            seq,
+            message_id: message_id.to_owned(),
+            peer_id: peer_id.to_owned(),
+            outgoing: false,
+            body: body.to_owned(),
+            at: at_ms,
+            status: MessageStatus::Received,
+            authenticated,
+        }))
+    }
+
+    /// Moves an outgoing message forward to `status` (never backwards; `Failed` only replaces
+    /// `Pending` or `Sent`). When the server has taken responsibility for it (queued, delivered)
+    /// or refused it, it also leaves the outbox. Returns the updated message, or `None` if
+    /// nothing changed.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn advance_status(
+        &self,
+        message_id: &str,
+        status: MessageStatus,
+    ) -> Result<Option<MessageRecord>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = match status {
+            MessageStatus::Failed => tx.execute(
+                "UPDATE messages SET status = ?2 WHERE message_id = ?1 AND outgoing = 1
+                 AND status IN (?3, ?4)",
+                params![
+                    message_id,
+                    status as i64,
+                    MessageStatus::Pending as i64,
+                    MessageStatus::Sent as i64
+                ],
+            )?,
+            _ => tx.execute(
+                "UPDATE messages SET status = ?2 WHERE message_id = ?1 AND outgoing = 1
+                 AND status < ?2",
+                params![message_id, status as i64],
+            )?,
+        };
+        if matches!(
+            status,
+            MessageStatus::Queued | MessageStatus::Delivered | MessageStatus::Failed
+        ) {
+            tx.execute(
+                "DELETE FROM outbox WHERE message_id = ?1",
+                params![message_id],
+            )?;
+        }
+        let record = if changed > 0 {
+            Self::message_in(&tx, message_id)?
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn message_in(
+        conn: &Connection,
+        message_id: &str,
+    ) -> Result<Option<MessageRecord>, StorageError> {
+        Ok(conn
+            .query_row(
+                "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
+                 FROM messages WHERE message_id = ?1",
+                params![message_id],
+                row_to_message,
+            )
+            .optional()?)
+    }
+
+    /// One message by id.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StorageError> {
+        Self::message_in(&self.conn(), message_id)
+    }
+
+    /// The outbox, oldest first.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.message_id, o.peer_id, o.body FROM outbox o
+             JOIN messages m ON m.message_id = o.message_id ORDER BY m.seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(OutboxEntry {
+                message_id: r.get(0)?,
+                peer_id: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of a conversation, oldest first: the `limit` messages just before `before` (a
+    /// `seq`), or the latest ones when `before` is `None`. `limit` is capped at [`MAX_PAGE`].
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn page(
+        &self,
+        peer_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
+             FROM messages WHERE peer_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![peer_id, before.unwrap_or(i64::MAX), limit.min(MAX_PAGE)],
+            row_to_message,
+        )?;
+        let mut page: Vec<MessageRecord> = rows.collect::<Result<_, _>>()?;
+        page.reverse();
+        Ok(page)
+    }
+
+    /// Clears the unread count of a conversation.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn mark_read(&self, peer_id: &str) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE contacts SET unread = 0 WHERE peer_id = ?1",
+            params![peer_id],
+        )?;
+        Ok(())
+    }
+
+    /// Unread messages over all conversations (for the tray).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn total_unread(&self) -> Result<i64, StorageError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(SUM(unread), 0) FROM contacts", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The pinned identity key of a peer.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn pinned_key(&self, peer_id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT identity_key FROM pinned_keys WHERE peer_id = ?1",
+                params![peer_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Pins `key` as the identity key of `peer`, replacing any earlier one (the [`KeyStore`]
+    /// write). A different key than before clears the pending change and the contact's verified
+    /// mark: the new key has not been compared.
+    ///
+    /// [`KeyStore`]: lattice_peer::KeyStore
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn pin_key(&self, peer_id: &str, key: &[u8], now_ms: i64) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
+            params![peer_id, now_ms],
+        )?;
+        let previous: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT identity_key FROM pinned_keys WHERE peer_id = ?1",
+                params![peer_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match previous {
+            Some(old) if old == key => {}
+            Some(_) => {
+                tx.execute(
+                    "UPDATE pinned_keys SET identity_key = ?2, pinned_at = ?3,
+                     pending_fingerprint = NULL WHERE peer_id = ?1",
+                    params![peer_id, key, now_ms],
+                )?;
+                tx.execute(
+                    "UPDATE contacts SET user_verified = 0 WHERE peer_id = ?1",
+                    params![peer_id],
+                )?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO pinned_keys(peer_id, identity_key, pinned_at) VALUES (?1, ?2, ?3)",
+                    params![peer_id, key, now_ms],
+                )?;
+            }
+        }
+        tx.execute(
+            "UPDATE contacts SET authenticated = 1 WHERE peer_id = ?1",
+            params![peer_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that `peer` presented a different identity key (fingerprint `new_fingerprint`)
+    /// than the pinned one; the warning stays until the change is accepted, across restarts.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn set_key_change(&self, peer_id: &str, new_fingerprint: &str) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE pinned_keys SET pending_fingerprint = ?2 WHERE peer_id = ?1",
+            params![peer_id, new_fingerprint],
+        )?;
+        Ok(())
+    }
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
+    Ok(MessageRecord {
+        seq: r.get(0)?,
+        message_id: r.get(1)?,
+        peer_id: r.get(2)?,
+        outgoing: r.get(3)?,
+        body: r.get(4)?,
+        at: r.get(5)?,
+        status: MessageStatus::from_i64(r.get(6)?),
+        authenticated: r.get(7)?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_message_stays_in_outbox_until_the_server_takes_it() {
+        let db = Db::open_in_memory().unwrap();
+        db.enqueue_outgoing("m1", "bob", "hi", 10).unwrap();
+        assert_eq!(db.outbox().unwrap().len(), 1);
+
+        let sent = db
+            .advance_status("m1", MessageStatus::Sent)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent.status, MessageStatus::Sent);
+        assert_eq!(
+            db.outbox().unwrap().len(),
+            1,
+            "sent is not yet acknowledged"
+        );
+
+        db.advance_status("m1", MessageStatus::Delivered).unwrap();
+        assert!(db.outbox().unwrap().is_empty());
+        // An ack that overtook the send's own return never moves it back.
+        assert!(db
+            .advance_status("m1", MessageStatus::Sent)
+            .unwrap()
+            .is_none());
+        assert!(db
+            .advance_status("m1", MessageStatus::Failed)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            db.message("m1").unwrap().unwrap().status,
+            MessageStatus::Delivered
+        );
+    }
+
+    #[test]
+    fn incoming_messages_are_deduplicated_and_counted_unread() {
+        let db = Db::open_in_memory().unwrap();
+        assert!(db
+            .insert_incoming("x", "bob", "one", 1, true, false)
+            .unwrap()
+            .is_some());
+        assert!(db
+            .insert_incoming("x", "bob", "one", 1, true, false)
+            .unwrap()
+            .is_none());
+        db.insert_incoming("y", "bob", "two", 2, true, false)
+            .unwrap();
+        assert_eq!(db.total_unread().unwrap(), 2);
+        let peers = db.peers().unwrap();
+        assert_eq!(peers[0].last_body.as_deref(), Some("two"));
+        db.mark_read("bob").unwrap();
+        assert_eq!(db.total_unread().unwrap(), 0);
+    }
+
+    #[test]
+    fn pages_walk_back_through_a_conversation() {
+        let db = Db::open_in_memory().unwrap();
+        for i in 0..25 {
+            db.insert_incoming(&format!("m{i}"), "bob", &i.to_string(), i, true, true)
+                .unwrap();
+        }
+        db.insert_incoming("other", "carol", "x", 0, true, true)
+            .unwrap();
+        let last = db.page("bob", None, 10).unwrap();
+        assert_eq!(last.len(), 10);
+        assert_eq!(last[0].body, "15");
+        assert_eq!(last[9].body, "24");
+        let before = db.page("bob", Some(last[0].seq), 10).unwrap();
+        assert_eq!(before[9].body, "14");
+        let first = db.page("bob", Some(before[0].seq), 10).unwrap();
+        assert_eq!(first.len(), 5);
+        assert_eq!(first[0].body, "0");
+    }
+
+    #[test]
+    fn pinning_a_new_key_clears_the_change_and_the_verified_mark() {
+        let db = Db::open_in_memory().unwrap();
+        db.pin_key("bob", b"k1", 0).unwrap();
+        assert_eq!(db.pinned_key("bob").unwrap().unwrap(), b"k1");
+        db.set_user_verified("bob", true).unwrap();
+        db.pin_key("bob", b"k1", 0).unwrap();
+        assert!(db.peer("bob").unwrap().unwrap().user_verified);
+        db.set_key_change("bob", "12345 ...").unwrap();
+        let bob = db.peer("bob").unwrap().unwrap();
+        assert_eq!(bob.pending_fingerprint.as_deref(), Some("12345 ..."));
+        assert!(bob.authenticated);
+        db.pin_key("bob", b"k2", 1).unwrap();
+        let bob = db.peer("bob").unwrap().unwrap();
+        assert_eq!(bob.identity_key.as_deref(), Some(&b"k2"[..]));
+        assert!(bob.pending_fingerprint.is_none());
+        assert!(!bob.user_verified, "a new key has not been compared");
+    }
+
+    #[test]
+    fn survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        {
+            let db = Db::open(&path).unwrap();
+            db.enqueue_outgoing("m1", "bob", "typed offline", 5)
+                .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.outbox().unwrap()[0].body, "typed offline");
+        assert_eq!(db.page("bob", None, 50).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,165 @@
+//! Settings, kept with tauri-plugin-store in `settings.json` under the data directory.
+//!
+//! The whole [`Settings`] value is one entry (`"settings"`) so that a change is written
+//! atomically and an older or partly hand-edited file still loads: missing fields take their
+//! defaults, unknown ones are ignored.
+
+use serde::{Deserialize, Serialize};
+use tauri::{Manager, Runtime};
+use tauri_plugin_store::StoreExt;
+
+use super::{StorageError, SETTINGS_FILE};
+
+/// The port a hosted server listens on by default (the protocol's default port).
+pub const DEFAULT_HOST_PORT: u16 = 3005;
+
+/// The key of the one entry in the store.
+const KEY: &str = "settings";
+
+/// Where the app finds its signaling server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerMode {
+    /// Run `lattice-server` inside the app, reachable from the LAN.
+    #[default]
+    Host,
+    /// Connect to a server somewhere else (`serverUrl`).
+    Connect,
+}
+
+/// Everything the person can set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Settings {
+    /// The client id to register with; `None` until first run is done.
+    pub client_id: Option<String>,
+    /// Host a server or connect to one.
+    pub server_mode: ServerMode,
+    /// The `ws://` / `wss://` URL to connect to in [`ServerMode::Connect`].
+    pub server_url: String,
+    /// The port the hosted server listens on in [`ServerMode::Host`].
+    pub host_port: u16,
+    /// Show a desktop notification for messages that arrive while the window is not focused.
+    pub notifications: bool,
+    /// Closing the window hides it to the tray instead of quitting.
+    pub close_to_tray: bool,
+    /// Start with the window hidden in the tray.
+    pub start_minimized: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            server_mode: ServerMode::Host,
+            server_url: format!("ws://127.0.0.1:{DEFAULT_HOST_PORT}"),
+            host_port: DEFAULT_HOST_PORT,
+            notifications: true,
+            close_to_tray: true,
+            start_minimized: false,
+        }
+    }
+}
+
+impl Settings {
+    /// Whether first run has been completed.
+    pub fn is_set_up(&self) -> bool {
+        self.client_id.is_some()
+    }
+}
+
+/// A partial update from the settings view: only the fields present change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsPatch {
+    /// New client id.
+    pub client_id: Option<String>,
+    /// New server mode.
+    pub server_mode: Option<ServerMode>,
+    /// New server URL.
+    pub server_url: Option<String>,
+    /// New hosting port.
+    pub host_port: Option<u16>,
+    /// Notifications on/off.
+    pub notifications: Option<bool>,
+    /// Close-to-tray on/off.
+    pub close_to_tray: Option<bool>,
+    /// Start minimized on/off.
+    pub start_minimized: Option<bool>,
+}
+
+impl SettingsPatch {
+    /// Applies the patch to `settings`.
+    pub fn apply(self, settings: &mut Settings) {
+        if let Some(v) = self.client_id {
+            settings.client_id = Some(v);
+        }
+        if let Some(v) = self.server_mode {
+            settings.server_mode = v;
+        }
+        if let Some(v) = self.server_url {
+            settings.server_url = v;
+        }
+        if let Some(v) = self.host_port {
+            settings.host_port = v;
+        }
+        if let Some(v) = self.notifications {
+            settings.notifications = v;
+        }
+        if let Some(v) = self.close_to_tray {
+            settings.close_to_tray = v;
+        }
+        if let Some(v) = self.start_minimized {
+            settings.start_minimized = v;
+        }
+    }
+
+    /// Whether the patch changes how the app connects (so the session must restart).
+    pub fn touches_connection(&self) -> bool {
+        self.client_id.is_some()
+            || self.server_mode.is_some()
+            || self.server_url.is_some()
+            || self.host_port.is_some()
+    }
+}
+
+/// Loads the settings from the store in `data_dir`; defaults if there are none or they are
+/// unreadable (a damaged file is logged and replaced on the next save).
+///
+/// # Errors
+/// [`StorageError::Settings`] if the store cannot be opened at all.
+pub fn load<R: Runtime, M: Manager<R>>(
+    manager: &M,
+    data_dir: &std::path::Path,
+) -> Result<Settings, StorageError> {
+    let store = manager
+        .store(data_dir.join(SETTINGS_FILE))
+        .map_err(|e| StorageError::Settings(e.to_string()))?;
+    Ok(match store.get(KEY) {
+        None => Settings::default(),
+        Some(value) => serde_json::from_value(value).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "settings unreadable; using defaults");
+            Settings::default()
+        }),
+    })
+}
+
+/// Saves `settings` to the store in `data_dir` and flushes it to disk.
+///
+/// # Errors
+/// [`StorageError::Settings`] if the store cannot be opened or written.
+pub fn save<R: Runtime, M: Manager<R>>(
+    manager: &M,
+    data_dir: &std::path::Path,
+    settings: &Settings,
+) -> Result<(), StorageError> {
+    let store = manager
+        .store(data_dir.join(SETTINGS_FILE))
+        .map_err(|e| StorageError::Settings(e.to_string()))?;
+    let value =
+        serde_json::to_value(settings).map_err(|e| StorageError::Settings(e.to_string()))?;
+    store.set(KEY, value);
+    store
+        .save()
+        .map_err(|e| StorageError::Settings(e.to_string()))
+}

@@ -1,0 +1,221 @@
+//! What crosses the IPC boundary: the shapes the page receives from commands and events.
+//! All fields are `camelCase` on the wire. Nothing here holds a secret.
+
+use serde::Serialize;
+
+use crate::storage::settings::Settings;
+use crate::storage::{MessageRecord, PeerRecord};
+
+/// Names of the events the backend emits to the page.
+pub mod events {
+    /// The whole peer list ([`super::PeerView`]s), after any change.
+    pub const PEER_LIST: &str = "peer-list";
+    /// A new or updated message ([`super::MessageView`]); the page upserts by `id`.
+    pub const MESSAGE: &str = "message";
+    /// A question from the server ([`super::QuestionView`]).
+    pub const SERVER_QUESTION: &str = "server-question";
+    /// The connection state ([`super::ConnectionView`]).
+    pub const CONNECTION_STATE: &str = "connection-state";
+    /// A readable problem to show ([`super::Notice`]).
+    pub const ERROR: &str = "error";
+}
+
+/// The first thing the page asks for: enough to draw the whole window.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    /// First run not done yet: show the welcome view.
+    pub needs_setup: bool,
+    /// Current settings.
+    pub settings: Settings,
+    /// Our own identity, once set up.
+    pub me: Option<Me>,
+    /// Connection state.
+    pub connection: ConnectionView,
+    /// The peer list.
+    pub peers: Vec<PeerView>,
+    /// Questions the server asked that are still open.
+    pub questions: Vec<QuestionView>,
+    /// Where the data lives (shown in settings, useful for troubleshooting).
+    pub data_dir: String,
+}
+
+/// Our identity as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    /// Our client id.
+    pub client_id: String,
+    /// Full 60-digit fingerprint of our identity key, in groups of five.
+    pub fingerprint: String,
+}
+
+/// One row of the peer list.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    /// The peer's client id.
+    pub id: String,
+    /// Currently registered on the server.
+    pub online: bool,
+    /// Speaks `lattice-v1` with a signed identity; false for original (`ml-kem-aes`) clients.
+    pub authenticated: bool,
+    /// The person compared fingerprints and marked this contact verified.
+    pub verified: bool,
+    /// The peer's identity key changed and the change was not accepted yet.
+    pub key_changed: bool,
+    /// Fingerprint of the pinned identity key.
+    pub fingerprint: Option<String>,
+    /// Fingerprint of the new, not yet accepted key.
+    pub pending_fingerprint: Option<String>,
+    /// Unread messages.
+    pub unread: i64,
+    /// Latest message text (either direction).
+    pub last_message: Option<String>,
+    /// Latest message time, unix ms.
+    pub last_at: Option<i64>,
+    /// Whether the latest message is ours.
+    pub last_outgoing: bool,
+}
+
+impl PeerView {
+    /// Joins what the disk knows with presence.
+    pub fn from_record(r: PeerRecord, online: bool) -> Self {
+        Self {
+            fingerprint: r.identity_key.as_deref().and_then(fingerprint_of),
+            key_changed: r.pending_fingerprint.is_some(),
+            pending_fingerprint: r.pending_fingerprint,
+            id: r.peer_id,
+            online,
+            authenticated: r.authenticated,
+            verified: r.user_verified,
+            unread: r.unread,
+            last_message: r.last_body.map(|b| preview(&b)),
+            last_at: r.last_at,
+            last_outgoing: r.last_outgoing,
+        }
+    }
+}
+
+/// The fingerprint of an identity key given as bytes, `None` if the bytes are not a key.
+pub fn fingerprint_of(key: &[u8]) -> Option<String> {
+    lattice_crypto::IdentityPublicKey::from_bytes(key)
+        .ok()
+        .map(|k| k.fingerprint().to_string())
+}
+
+/// Longest preview of a message in the peer list, in characters.
+const PREVIEW_CHARS: usize = 80;
+
+fn preview(body: &str) -> String {
+    let line = body.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(PREVIEW_CHARS).collect();
+    if line.chars().count() > PREVIEW_CHARS || body.lines().nth(1).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// One message in a conversation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    /// The message id (stable; the page upserts by it).
+    pub id: String,
+    /// Position in history; the cursor for loading older messages.
+    pub seq: i64,
+    /// The other side of the conversation.
+    pub peer_id: String,
+    /// Ours or theirs.
+    pub outgoing: bool,
+    /// The text.
+    pub body: String,
+    /// Unix ms.
+    pub at: i64,
+    /// `pending`, `sent`, `queued`, `delivered`, `received` or `failed`.
+    pub status: &'static str,
+    /// For incoming messages: false when the sender is not authenticated (`ml-kem-aes`).
+    pub authenticated: bool,
+}
+
+impl From<MessageRecord> for MessageView {
+    fn from(r: MessageRecord) -> Self {
+        Self {
+            id: r.message_id,
+            seq: r.seq,
+            peer_id: r.peer_id,
+            outgoing: r.outgoing,
+            body: r.body,
+            at: r.at,
+            status: r.status.as_str(),
+            authenticated: r.authenticated,
+        }
+    }
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    /// The messages.
+    pub messages: Vec<MessageView>,
+    /// Whether older messages exist.
+    pub has_more: bool,
+}
+
+/// Connection state for the indicator.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionView {
+    /// `offline`, `connecting`, `connected` or `reconnecting`.
+    pub state: &'static str,
+    /// While reconnecting: seconds until the next attempt.
+    pub retry_in_secs: Option<u64>,
+    /// The server we use.
+    pub server_url: Option<String>,
+    /// When hosting: the address others on the LAN can connect to.
+    pub hosting: Option<String>,
+    /// A short reason, when offline.
+    pub detail: Option<String>,
+}
+
+impl ConnectionView {
+    /// Not connected, and not trying.
+    pub fn offline(detail: Option<String>) -> Self {
+        Self {
+            state: "offline",
+            retry_in_secs: None,
+            server_url: None,
+            hosting: None,
+            detail,
+        }
+    }
+}
+
+/// A question from the server, one round of a conversation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionView {
+    /// The id to answer with.
+    pub question_id: String,
+    /// Rounds of one conversation share it; the dialog stays open across them.
+    pub conversation_id: Option<String>,
+    /// 1-based round number, when the server says.
+    pub round: Option<u32>,
+    /// The question.
+    pub text: String,
+    /// `text`, `choice` or `confirm`.
+    pub kind: &'static str,
+    /// The choices, for `choice`.
+    pub options: Vec<String>,
+}
+
+/// A readable problem for the page to show.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    /// A stable machine-readable kind, e.g. `peerNotFound`.
+    pub kind: String,
+    /// A sentence for people.
+    pub message: String,
+}

@@ -1,0 +1,104 @@
+//! A `TestApp`: the real app built on Tauri's mock runtime in a temporary data directory, with a
+//! webview to invoke commands through IPC.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tauri::ipc::{CallbackFn, InvokeBody};
+use tauri::test::{
+    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
+};
+use tauri::webview::InvokeRequest;
+use tauri::{App, Manager, WebviewWindow, WebviewWindowBuilder};
+
+/// A server URL where nothing listens (port 9, discard, is closed on a test machine): the app
+/// keeps retrying in the background, which is what an offline test wants.
+pub const UNREACHABLE: &str = "ws://127.0.0.1:9";
+
+/// The app on the mock runtime.
+pub struct TestApp {
+    // Dropped in this order: the webview, the app (which stops its session), the directory.
+    webview: WebviewWindow<MockRuntime>,
+    app: App<MockRuntime>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    /// A fresh profile.
+    pub fn new() -> Self {
+        Self::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// The app on an existing profile (a "restart").
+    pub fn in_dir(dir: tempfile::TempDir) -> Self {
+        let options = lattice_desktop::Options {
+            data_dir: Some(dir.path().to_owned()),
+            headless: true,
+            ..Default::default()
+        };
+        let app = lattice_desktop::build(mock_builder(), options)
+            .build(mock_context(noop_assets()))
+            .expect("the app builds on the mock runtime");
+        let webview = WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .expect("a webview");
+        Self {
+            webview,
+            app,
+            dir: Some(dir),
+        }
+    }
+
+    /// A profile that finished first run, connecting to `url`.
+    pub fn set_up(name: &str, url: &str) -> Self {
+        let app = Self::new();
+        app.invoke(
+            "complete_setup",
+            json!({"clientId": name, "serverMode": "connect", "serverUrl": url}),
+        )
+        .unwrap();
+        app
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// Stops the app and hands back its data directory.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let dir = self.dir.take().unwrap();
+        let messenger = std::sync::Arc::clone(
+            self.app
+                .state::<std::sync::Arc<lattice_desktop::Messenger>>()
+                .inner(),
+        );
+        tauri::async_runtime::block_on(messenger.stop_session());
+        drop(self);
+        dir
+    }
+
+    /// Invokes a command as the page does; `Ok(value)` or `Err({kind, message})`.
+    pub fn invoke(&self, cmd: &str, args: Value) -> Result<Value, Value> {
+        get_ipc_response(
+            &self.webview,
+            InvokeRequest {
+                cmd: cmd.into(),
+                callback: CallbackFn(0),
+                error: CallbackFn(1),
+                url: "tauri://localhost".parse().unwrap(),
+                body: InvokeBody::Json(args),
+                headers: Default::default(),
+                invoke_key: INVOKE_KEY.to_string(),
+            },
+        )
+        .map(|body| body.deserialize::<Value>().unwrap())
+    }
+
+    /// The data directory's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir().to_owned()
+    }
+}

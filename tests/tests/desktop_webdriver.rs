@@ -1,0 +1,521 @@
+//! The desktop app end to end, in its real webview (WebKitGTK), through WebDriver.
+//!
+//! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
+//! *alice* on an empty data directory and goes through first run; the peer list shows bob;
+//! alice sends, bob receives the decrypted text; bob replies and alice's conversation shows it;
+//! the server asks alice a three-round question through the admin API and every round appears in
+//! the dialog and every answer reaches the server; the app restarts and the history is there.
+//! A screenshot of each step goes to `$E2E_SCREENSHOT_DIR` (default `target/e2e-screenshots`).
+//!
+//! Needs Xvfb, tauri-driver, WebKitWebDriver and the app binary, so it is `#[ignore]`d in plain
+//! `cargo test`; `scripts/e2e-desktop.sh` sets all of that up and runs it with `--ignored`.
+//! Every wait is bounded; no timing is asserted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use lattice_crypto::Identity;
+use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent};
+use lattice_protocol::ClientId;
+use serde_json::{json, Value};
+
+/// Upper bound of any single wait in this test (generous: a cold WebKit start under Xvfb on a
+/// loaded 2-core machine).
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/e2e-desktop.sh"))
+}
+
+/// Polls `f` until it yields `Some`, at most [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs `script` (a function body) until it returns something truthy, and returns that.
+async fn until_js(client: &Client, what: &str, script: &str) -> Value {
+    eventually(what, || async {
+        match client.execute(script, vec![]).await {
+            Ok(v) if !v.is_null() && v != Value::Bool(false) => Some(v),
+            _ => None,
+        }
+    })
+    .await
+}
+
+struct Shots {
+    dir: PathBuf,
+    n: u32,
+}
+
+impl Shots {
+    async fn take(&mut self, client: &Client, name: &str) {
+        self.n += 1;
+        // Let the last frame paint (transitions are short) before capturing.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let png = client.screenshot().await.expect("screenshot");
+        let path = self.dir.join(format!("{:02}-{name}.png", self.n));
+        std::fs::write(&path, png).expect("write screenshot");
+        println!("screenshot: {}", path.display());
+    }
+}
+
+async fn start_app(data_dir: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "tauri:options".into(),
+        json!({
+            "application": env("LATTICE_DESKTOP_BIN"),
+            "args": ["--data-dir", data_dir.display().to_string()],
+        }),
+    );
+    caps.insert("browserName".into(), json!("wry"));
+    // tauri-driver listens on plain HTTP on loopback: no TLS connector needed.
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&env("TAURI_DRIVER_URL"))
+        .await
+        .expect("a WebDriver session with the app");
+    until_js(
+        &client,
+        "the page to finish bootstrapping",
+        "return document.body.dataset.ready === 'true';",
+    )
+    .await;
+    client
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("find {css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn type_into(client: &Client, css: &str, text: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("find {css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+}
+
+/// Posts one admin question and returns the server's JSON answer (it waits for alice).
+async fn ask(
+    http: reqwest::Client,
+    admin_url: String,
+    question: Value,
+    conversation: Option<String>,
+) -> Value {
+    let mut body = json!({ "question": question, "timeoutMs": WAIT.as_millis() as u64 });
+    if let Some(c) = conversation {
+        body["conversationId"] = json!(c);
+    }
+    let res = http
+        .post(format!("{admin_url}/admin/peers/alice/questions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("admin request");
+    let status = res.status();
+    let answer: Value = res.json().await.expect("admin answer");
+    assert!(status.is_success(), "admin API: {status} {answer}");
+    answer
+}
+
+/// Waits until the question dialog shows `text`.
+async fn dialog_shows(client: &Client, text: &str) {
+    let script = format!(
+        "const d = document.getElementById('question-dialog'); \
+         return d.open && document.getElementById('question-text').textContent === {};",
+        serde_json::to_string(text).unwrap()
+    );
+    until_js(client, &format!("the question {text:?}"), &script).await;
+}
+
+#[tokio::test]
+#[ignore = "needs Xvfb, tauri-driver and the app binary: run scripts/e2e-desktop.sh"]
+async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
+    let shots_dir = std::env::var("E2E_SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target/e2e-screenshots"));
+    std::fs::create_dir_all(&shots_dir).unwrap();
+    let mut shots = Shots {
+        dir: shots_dir,
+        n: 0,
+    };
+
+    // The server, with the admin API on.
+    let mut config = lattice_server::Config::for_tests();
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    let server = lattice_server::spawn(config).await.expect("server");
+    let url = server.url();
+    let admin_url = server.admin_url();
+
+    // Bob, headless.
+    let bob_config = PeerConfig::new(
+        url.clone(),
+        ClientId::new("bob").unwrap(),
+        Identity::generate(&mut rand_core::OsRng),
+    );
+    let bob = MessagingPeer::new(bob_config).unwrap();
+    let mut bob_events = bob.events();
+    bob.connect().await.expect("bob connects");
+
+    // Alice: the app, on an empty data directory.
+    let data = tempfile::tempdir().unwrap();
+    let client = start_app(data.path()).await;
+
+    // First run: name, "Connect to a server", URL.
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#setup-name"))
+        .await
+        .expect("the welcome view");
+    shots.take(&client, "first-run").await;
+    type_into(&client, "#setup-name", "alice").await;
+    click(
+        &client,
+        "input[name=serverMode][value=connect] + .choice-icon",
+    )
+    .await;
+    until_js(
+        &client,
+        "the URL field",
+        "return !document.getElementById('setup-url-field').hidden;",
+    )
+    .await;
+    type_into(&client, "#setup-url", &url).await;
+    shots.take(&client, "first-run-filled").await;
+    click(&client, "#setup-submit").await;
+    until_js(
+        &client,
+        "the identity's fingerprint",
+        "return !document.getElementById('setup-done').hidden \
+         && document.querySelectorAll('#setup-fingerprint span').length === 12;",
+    )
+    .await;
+    shots.take(&client, "identity-created").await;
+    click(&client, "#setup-start").await;
+
+    // The peer list shows bob, online.
+    until_js(
+        &client,
+        "bob online in the peer list",
+        "return !!document.querySelector('li.peer[data-peer-id=\"bob\"][data-online=\"true\"]');",
+    )
+    .await;
+    until_js(
+        &client,
+        "the connected indicator",
+        "return document.getElementById('status-bar').dataset.state === 'connected';",
+    )
+    .await;
+    shots.take(&client, "peer-list").await;
+
+    // Alice writes to bob; bob receives the decrypted text.
+    click(&client, "li.peer[data-peer-id=\"bob\"]").await;
+    until_js(
+        &client,
+        "the conversation with bob",
+        "return !document.getElementById('conversation').hidden \
+         && document.getElementById('conv-name').textContent.startsWith('bob');",
+    )
+    .await;
+    let hello = "Hello bob! This is alice, end-to-end encrypted.";
+    type_into(&client, "#composer-input", hello).await;
+    type_into(&client, "#composer-input", "\u{E007}").await; // Enter sends
+    let received = tokio::time::timeout(WAIT, async {
+        loop {
+            match bob_events.next().await {
+                Some(PeerEvent::Message(m)) => break m,
+                Some(_) => {}
+                None => panic!("bob's events ended"),
+            }
+        }
+    })
+    .await
+    .expect("bob receives alice's message");
+    assert_eq!(received.text, hello);
+    assert_eq!(received.from.as_str(), "alice");
+    assert!(received.verified, "alice's message is signed");
+    until_js(
+        &client,
+        "the message marked delivered",
+        "const m = document.querySelector('li.msg.out'); \
+         return m && m.dataset.status === 'delivered';",
+    )
+    .await;
+    shots.take(&client, "sent-and-delivered").await;
+
+    // Bob replies; alice's conversation shows it.
+    let reply = "Hi alice — got it. Quantum-safe hello back!";
+    bob.send_message(&ClientId::new("alice").unwrap(), reply)
+        .await
+        .expect("bob replies");
+    let script = format!(
+        "return Array.from(document.querySelectorAll('li.msg.in .bubble')) \
+           .some(b => b.textContent.includes({}));",
+        serde_json::to_string(reply).unwrap()
+    );
+    until_js(&client, "bob's reply in the conversation", &script).await;
+    shots.take(&client, "reply-received").await;
+
+    // Three rounds of questions through the admin API; the dialog shows each, the answers
+    // reach the server.
+    let http = reqwest::Client::new();
+    let round1 = json!({"text": "Which name should the release get?", "kind": "text"});
+    let pending = tokio::spawn(ask(http.clone(), admin_url.clone(), round1, None));
+    dialog_shows(&client, "Which name should the release get?").await;
+    shots.take(&client, "question-round-1").await;
+    type_into(&client, "#question-input", "Aurora").await;
+    click(&client, "#question-send").await;
+    let a1 = pending.await.unwrap();
+    assert_eq!(a1["response"], json!("Aurora"));
+    let conversation = a1["conversationId"]
+        .as_str()
+        .expect("a conversation id")
+        .to_owned();
+
+    let round2 = json!({"text": "Pick a colour for Aurora", "kind": "choice",
+                        "options": ["Blue", "Green", "Violet"]});
+    let pending = tokio::spawn(ask(
+        http.clone(),
+        admin_url.clone(),
+        round2,
+        Some(conversation.clone()),
+    ));
+    dialog_shows(&client, "Pick a colour for Aurora").await;
+    until_js(
+        &client,
+        "round 2 and the transcript of round 1",
+        "return document.getElementById('question-round').textContent === 'Round 2' \
+         && document.querySelectorAll('#question-transcript li').length === 1;",
+    )
+    .await;
+    shots.take(&client, "question-round-2").await;
+    click(&client, "#question-answer button[data-answer=\"Violet\"]").await;
+    let a2 = pending.await.unwrap();
+    assert_eq!(a2["response"], json!("Violet"));
+    assert_eq!(a2["round"], json!(2));
+
+    let round3 = json!({"text": "Ship Aurora in violet today?", "kind": "confirm"});
+    let pending = tokio::spawn(ask(
+        http.clone(),
+        admin_url.clone(),
+        round3,
+        Some(conversation.clone()),
+    ));
+    dialog_shows(&client, "Ship Aurora in violet today?").await;
+    until_js(
+        &client,
+        "round 3",
+        "return document.getElementById('question-round').textContent === 'Round 3';",
+    )
+    .await;
+    shots.take(&client, "question-round-3").await;
+    click(&client, "#question-answer button[data-answer=\"yes\"]").await;
+    let a3 = pending.await.unwrap();
+    assert_eq!(a3["response"], json!(true));
+    assert_eq!(a3["round"], json!(3));
+    assert_eq!(a3["conversationId"], json!(conversation));
+    until_js(
+        &client,
+        "the dialog to close",
+        "return !document.getElementById('question-dialog').open;",
+    )
+    .await;
+
+    // Restart the app: the history is there.
+    client.close().await.expect("close the first session");
+    let client = start_app(data.path()).await;
+    until_js(
+        &client,
+        "bob in the peer list after a restart",
+        "return !!document.querySelector('li.peer[data-peer-id=\"bob\"]');",
+    )
+    .await;
+    click(&client, "li.peer[data-peer-id=\"bob\"]").await;
+    let script = format!(
+        "const out = Array.from(document.querySelectorAll('li.msg.out .bubble')) \
+           .some(b => b.textContent.includes({})); \
+         const inc = Array.from(document.querySelectorAll('li.msg.in .bubble')) \
+           .some(b => b.textContent.includes({})); \
+         return out && inc;",
+        serde_json::to_string(hello).unwrap(),
+        serde_json::to_string(reply).unwrap()
+    );
+    until_js(&client, "both messages after the restart", &script).await;
+    shots.take(&client, "history-after-restart").await;
+
+    // Settings, for the record.
+    click(&client, "#open-settings").await;
+    until_js(
+        &client,
+        "the settings dialog",
+        "return document.getElementById('settings-dialog').open;",
+    )
+    .await;
+    shots.take(&client, "settings").await;
+
+    client.close().await.expect("close the second session");
+    bob.disconnect().await;
+    server.shutdown().await;
+}
+
+/// Not a pass/fail test: opens a conversation of 10,000 messages and prints how long the first
+/// screen and scrolling back to the very first message take (numbers for the closing report).
+#[tokio::test]
+#[ignore = "needs Xvfb, tauri-driver and the app binary: run scripts/e2e-desktop.sh"]
+async fn measure_a_conversation_of_ten_thousand_messages() {
+    const MESSAGES: usize = 10_000;
+    let server = lattice_server::spawn(lattice_server::Config::for_tests())
+        .await
+        .expect("server");
+    let data = tempfile::tempdir().unwrap();
+
+    // First run through the UI, then close the app.
+    let client = start_app(data.path()).await;
+    type_into(&client, "#setup-name", "carol").await;
+    click(
+        &client,
+        "input[name=serverMode][value=connect] + .choice-icon",
+    )
+    .await;
+    type_into(&client, "#setup-url", &server.url()).await;
+    click(&client, "#setup-submit").await;
+    until_js(
+        &client,
+        "first run to finish",
+        "return !document.getElementById('setup-done').hidden;",
+    )
+    .await;
+    client.close().await.expect("close");
+
+    // 10,000 messages with dave, written straight into the app's database.
+    {
+        let mut db = rusqlite::Connection::open(data.path().join("lattice.sqlite3")).unwrap();
+        let tx = db.transaction().unwrap();
+        tx.execute(
+            "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES ('dave', 0)",
+            [],
+        )
+        .unwrap();
+        let start: i64 = 1_700_000_000_000;
+        for i in 0..MESSAGES {
+            let outgoing = i % 3 == 0;
+            tx.execute(
+                "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
+                 VALUES (?1, 'dave', ?2, ?3, ?4, ?5, 1)",
+                rusqlite::params![
+                    format!("seed-{i}"),
+                    outgoing,
+                    format!("message {i}: the quick brown fox jumps over the lazy dog"),
+                    start + (i as i64) * 60_000,
+                    if outgoing { 3 } else { 4 },
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    let client = start_app(data.path()).await;
+    until_js(
+        &client,
+        "dave in the list",
+        "return !!document.querySelector('li.peer[data-peer-id=\"dave\"]');",
+    )
+    .await;
+    let first_screen = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const list = document.getElementById('message-list');
+             const t0 = performance.now();
+             const obs = new MutationObserver(() => {
+               if (list.querySelector('li.msg')) {
+                 obs.disconnect();
+                 requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now() - t0)));
+               }
+             });
+             obs.observe(list, { childList: true });
+             document.querySelector('li.peer[data-peer-id=\"dave\"]').click();",
+            vec![],
+        )
+        .await
+        .expect("first screen");
+    let shown = client
+        .execute("return document.querySelectorAll('li.msg').length;", vec![])
+        .await
+        .unwrap();
+    println!(
+        "10k conversation: first screen {:.0} ms ({shown} messages in the DOM)",
+        first_screen.as_f64().unwrap_or(-1.0)
+    );
+    let mut shots = Shots {
+        dir: std::env::var("E2E_SCREENSHOT_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from("target/e2e-screenshots")),
+        n: 50,
+    };
+    shots.take(&client, "ten-thousand-messages").await;
+
+    // Scroll to the top until the very first message is loaded.
+    let scrolled = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const box = document.getElementById('messages');
+             const t0 = performance.now();
+             const step = () => {
+               const first = document.querySelector('li.msg .bubble');
+               if (first && first.textContent.startsWith('message 0:')) {
+                 done(performance.now() - t0);
+                 return;
+               }
+               box.scrollTop = 0;
+               setTimeout(step, 16);
+             };
+             step();",
+            vec![],
+        )
+        .await
+        .expect("scroll to the first message");
+    let dom = client
+        .execute("return document.querySelectorAll('li.msg').length;", vec![])
+        .await
+        .unwrap();
+    println!(
+        "10k conversation: scrolled back to message 0 in {:.0} ms ({dom} messages in the DOM)",
+        scrolled.as_f64().unwrap_or(-1.0)
+    );
+    client.close().await.expect("close");
+    server.shutdown().await;
+}

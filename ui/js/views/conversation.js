@@ -1,0 +1,337 @@
+// The open conversation: header, key-change / unverified banners, the message list and the
+// composer.
+//
+// History is paged: opening a conversation loads the latest PAGE messages (the first screen),
+// and older pages (OLDER_PAGE) load as the top of the list comes within 600 px of view, keeping
+// the scroll position.
+// A conversation of any length therefore opens in the time of one page.
+
+import { api } from "../api.js";
+import { state, peerById } from "../state.js";
+import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
+import { showNotice } from "./toasts.js";
+import { openVerify } from "./verify.js";
+
+/** The first page: one screen and a little more, so a conversation opens at once. */
+const PAGE = 50;
+/** Older pages, loaded while scrolling up: bigger, so scrolling back far takes few round trips. */
+const OLDER_PAGE = 200;
+/** Messages from one side within this many ms are drawn as one group. */
+const GROUP_MS = 5 * 60 * 1000;
+/** How close to the bottom (px) counts as "at the bottom" for following new messages. */
+const STICK_PX = 48;
+
+const STATUS = {
+  pending: { icon: "clock", label: "Waiting for a connection" },
+  sent: { icon: "check", label: "Sent" },
+  queued: { icon: "check", label: "Queued: delivered when they come online" },
+  delivered: { icon: "check2", label: "Delivered" },
+  failed: { icon: "alert", label: "Not delivered" },
+};
+
+let current = null; // peer id shown
+let generation = 0; // bumps on every open, so late pages of an old conversation are dropped
+let oldestSeq = null;
+let hasMore = false;
+let loading = false;
+const elements = new Map(); // message id -> <li>
+
+const $ = (id) => document.getElementById(id);
+
+// ---------- rendering one message ----------
+
+function messageElement(m) {
+  const li = h("li", {
+    class: `msg ${m.outgoing ? "out" : "in"}`,
+    dataset: { id: m.id, seq: String(m.seq), at: String(m.at), day: String(dayKey(m.at)), status: m.status },
+  });
+  fillMessage(li, m);
+  return li;
+}
+
+function fillMessage(li, m) {
+  li.dataset.status = m.status;
+  li.classList.toggle("unverified", !m.outgoing && !m.authenticated);
+  li.classList.toggle("failed", m.status === "failed");
+  const meta = h("span", { class: "meta" }, h("time", { text: formatTime(m.at) }));
+  if (m.outgoing) {
+    const s = STATUS[m.status] || STATUS.sent;
+    const svg = icon(s.icon, m.status === "delivered" ? "status-check2" : "status-icon");
+    meta.append(svg);
+    meta.title = s.label;
+  }
+  const bubble = h("div", { class: "bubble" }, m.body, meta);
+  const parts = [];
+  if (!m.outgoing && !m.authenticated) {
+    parts.push(h("span", {
+      class: "msg-note warn",
+      title: "Sent by an original client: the server vouches for the sender, no signature does",
+    }, icon("alert"), "Unverified sender"));
+  }
+  parts.push(bubble);
+  if (m.outgoing && m.status === "failed") {
+    parts.push(h("span", { class: "msg-note danger" }, icon("alert"), "Not delivered"));
+  }
+  li.replaceChildren(...parts);
+}
+
+function daySeparator(at) {
+  return h("li", { class: "day", dataset: { day: String(dayKey(at)) }, text: formatDay(at) });
+}
+
+/** Sets the grouping classes of two neighbouring list items. */
+function link(prev, next) {
+  if (!prev || !next) return;
+  const same = prev.classList.contains("msg") && next.classList.contains("msg")
+    && prev.classList.contains("out") === next.classList.contains("out")
+    && prev.dataset.day === next.dataset.day
+    && Number(next.dataset.at) - Number(prev.dataset.at) < GROUP_MS
+    && !prev.classList.contains("unverified") && !next.classList.contains("unverified");
+  prev.classList.toggle("cont-next", same);
+  next.classList.toggle("cont", same);
+}
+
+/** Builds items for `messages` (oldest first); `prevDay` is the day of the item before them. */
+function buildItems(messages, prevDay) {
+  const items = [];
+  let day = prevDay;
+  for (const m of messages) {
+    const d = String(dayKey(m.at));
+    if (d !== day) {
+      items.push(daySeparator(m.at));
+      day = d;
+    }
+    const li = messageElement(m);
+    elements.set(m.id, li);
+    items.push(li);
+  }
+  for (let i = 1; i < items.length; i++) link(items[i - 1], items[i]);
+  return items;
+}
+
+function lastMessageItem() {
+  const list = $("message-list");
+  const last = list.lastElementChild;
+  return last && last.classList.contains("msg") ? last : null;
+}
+
+function atBottom() {
+  const box = $("messages");
+  return box.scrollTop + box.clientHeight >= box.scrollHeight - STICK_PX;
+}
+
+function scrollToBottom() {
+  const box = $("messages");
+  box.scrollTop = box.scrollHeight;
+}
+
+// ---------- paging ----------
+
+async function loadOlder() {
+  if (loading || !hasMore || current === null) return;
+  loading = true;
+  const gen = generation;
+  const top = $("history-top");
+  top.classList.add("loading");
+  try {
+    const page = await api.loadMessages(current, oldestSeq, OLDER_PAGE);
+    if (gen !== generation) return;
+    prepend(page.messages);
+    hasMore = page.hasMore;
+  } catch (err) {
+    showNotice(err);
+  } finally {
+    if (gen === generation) {
+      loading = false;
+      top.classList.remove("loading");
+    }
+  }
+}
+
+function prepend(messages) {
+  if (messages.length === 0) return;
+  const list = $("message-list");
+  const box = $("messages");
+  const oldFirst = list.firstElementChild;
+  const items = buildItems(messages, null);
+  // The old first item is the separator of a day the new page may already have opened.
+  if (oldFirst && oldFirst.classList.contains("day")) {
+    const lastNew = items[items.length - 1];
+    if (lastNew.dataset.day === oldFirst.dataset.day) oldFirst.remove();
+  }
+  const before = box.scrollHeight;
+  list.prepend(...items);
+  link(items[items.length - 1], items[items.length - 1].nextElementSibling);
+  box.scrollTop += box.scrollHeight - before;
+  oldestSeq = messages[0].seq;
+}
+
+// ---------- header and banners ----------
+
+function renderHeader(peer) {
+  const avatar = $("conv-avatar");
+  avatar.replaceChildren();
+  paintAvatar(avatar, peer.id, peer.online);
+  const name = $("conv-name");
+  name.replaceChildren(peer.id);
+  if (peer.verified) {
+    name.append(h("span", { class: "badge-verified", title: "Verified: you compared safety numbers" }, icon("shield")));
+  }
+  const sub = $("conv-sub");
+  const parts = [peer.online ? "Online" : "Offline"];
+  if (peer.verified) parts.push("Verified");
+  else if (peer.fingerprint) parts.push("Not yet verified");
+  sub.textContent = parts.join(" · ");
+
+  const keyBanner = $("key-banner");
+  keyBanner.hidden = !peer.keyChanged;
+  if (peer.keyChanged) {
+    $("key-banner-title").textContent = `${peer.id}'s safety number changed`;
+    $("key-banner-body").textContent =
+      "They may have reinstalled Lattice — or someone may be impersonating them. "
+      + "Messages to and from the new key are blocked until you accept it.";
+  }
+  const unverified = $("unverified-banner");
+  const original = !peer.authenticated && !peer.fingerprint && peer.lastMessage;
+  unverified.hidden = !original || peer.keyChanged;
+  if (original) {
+    $("unverified-banner-body").textContent =
+      `${peer.id} uses an original client: its messages are encrypted but not signed, so the sender cannot be verified.`;
+  }
+  $("composer-input").placeholder = `Message ${peer.id}`;
+  $("composer-input").disabled = peer.keyChanged;
+  updateSendButton();
+}
+
+function updateSendButton() {
+  const input = $("composer-input");
+  $("composer-send").disabled = input.disabled || input.value.trim().length === 0;
+}
+
+// ---------- public ----------
+
+/** Opens the conversation with `peerId`: header, then the latest page of history. */
+export async function openConversation(peerId) {
+  const peer = peerById(peerId);
+  if (!peer) return;
+  generation += 1;
+  const gen = generation;
+  current = peerId;
+  elements.clear();
+  oldestSeq = null;
+  hasMore = false;
+  loading = true;
+  $("pane-empty").hidden = true;
+  $("conversation").hidden = false;
+  $("message-list").replaceChildren();
+  renderHeader(peer);
+  try {
+    const page = await api.loadMessages(peerId, null, PAGE);
+    if (gen !== generation) return;
+    $("message-list").replaceChildren(...buildItems(page.messages, null));
+    oldestSeq = page.messages.length ? page.messages[0].seq : null;
+    hasMore = page.hasMore;
+    scrollToBottom();
+    if (peer.unread > 0 && document.hasFocus()) api.markRead(peerId).catch(showNotice);
+  } catch (err) {
+    showNotice(err);
+  } finally {
+    if (gen === generation) loading = false;
+  }
+  if (!$("composer-input").disabled) $("composer-input").focus();
+}
+
+/** The peer list changed: refresh the header of the open conversation. */
+export function refreshConversationPeer() {
+  if (current === null) return;
+  const peer = peerById(current);
+  if (peer) renderHeader(peer);
+}
+
+/** A new or updated message (from an event or from our own send). */
+export function upsertMessage(m) {
+  if (m.peerId !== current) return;
+  const existing = elements.get(m.id);
+  if (existing) {
+    fillMessage(existing, m);
+    return;
+  }
+  const stick = m.outgoing || atBottom();
+  const list = $("message-list");
+  const prev = lastMessageItem();
+  const prevDay = list.lastElementChild ? list.lastElementChild.dataset.day : null;
+  const items = buildItems([m], prevDay);
+  list.append(...items);
+  if (items.length === 1) link(prev, items[0]);
+  if (stick) scrollToBottom();
+  if (oldestSeq === null) oldestSeq = m.seq;
+  if (!m.outgoing && document.hasFocus()) api.markRead(m.peerId).catch(showNotice);
+}
+
+/** The peer currently open, or null. */
+export function currentPeer() {
+  return current;
+}
+
+async function send() {
+  const input = $("composer-input");
+  const text = input.value;
+  if (current === null || text.trim().length === 0) return;
+  input.value = "";
+  autosize();
+  updateSendButton();
+  try {
+    const message = await api.sendMessage(current, text);
+    upsertMessage(message);
+  } catch (err) {
+    // Nothing typed is lost: put it back.
+    if (input.value.length === 0) input.value = text;
+    autosize();
+    updateSendButton();
+    showNotice(err);
+  }
+}
+
+function autosize() {
+  const input = $("composer-input");
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight + 2, 168)}px`;
+}
+
+export function initConversation() {
+  const input = $("composer-input");
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+  input.addEventListener("input", () => {
+    autosize();
+    updateSendButton();
+  });
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    send();
+  });
+
+  const observer = new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) loadOlder();
+  }, { root: $("messages"), rootMargin: "600px 0px 0px 0px" });
+  observer.observe($("history-top"));
+
+  $("conv-verify").addEventListener("click", () => current && openVerify(current));
+  $("key-banner-compare").addEventListener("click", () => current && openVerify(current));
+  $("key-banner-accept").addEventListener("click", async () => {
+    if (current === null) return;
+    try {
+      await api.acceptKeyChange(current);
+    } catch (err) {
+      showNotice(err);
+    }
+  });
+  window.addEventListener("focus", () => {
+    const peer = current && peerById(current);
+    if (peer && peer.unread > 0) api.markRead(current).catch(showNotice);
+  });
+}

@@ -1,0 +1,52 @@
+// The sidebar's list of people: presence, verified badge, key-change and unverified marks,
+// latest message and unread count. Rebuilt on every `peer-list` event (the list is short).
+
+import { h, icon, paintAvatar, formatShort } from "../util.js";
+import { state } from "../state.js";
+
+let onSelect = () => {};
+
+function row(peer) {
+  const avatar = h("span", { class: "avatar" });
+  paintAvatar(avatar, peer.id, peer.online);
+
+  const top = h("div", { class: "peer-top" },
+    h("span", { class: "peer-name", text: peer.id }),
+    peer.verified ? h("span", { class: "badge-verified", title: "Verified: you compared safety numbers" }, icon("shield")) : null,
+    peer.lastAt ? h("span", { class: "peer-time", text: formatShort(peer.lastAt) }) : null);
+
+  let preview;
+  if (peer.lastMessage) preview = (peer.lastOutgoing ? "You: " : "") + peer.lastMessage;
+  else preview = peer.online ? "Online" : "Offline";
+
+  const bottom = h("div", { class: "peer-bottom" },
+    h("span", { class: `peer-preview${!peer.lastMessage && !peer.online ? " offline" : ""}`, text: preview }),
+    peer.keyChanged ? h("span", { class: "tag danger", title: "This contact's safety number changed" }, icon("alert"), "Key changed") : null,
+    !peer.keyChanged && peer.fingerprint === null && peer.lastMessage && !peer.authenticated
+      ? h("span", { class: "tag warn", title: "An original client: its messages are not signed" }, "Unverified") : null,
+    peer.unread > 0 ? h("span", { class: "unread", text: peer.unread > 99 ? "99+" : String(peer.unread) }) : null);
+
+  return h("li", {
+    class: `peer${peer.unread > 0 ? " has-unread" : ""}`,
+    role: "option",
+    "aria-selected": String(state.selected === peer.id),
+    dataset: { peerId: peer.id, online: String(peer.online) },
+    onclick: () => onSelect(peer.id),
+  }, avatar, h("div", { class: "peer-body" }, top, bottom));
+}
+
+/** Draws the list from `state.peers`, filtered by the search box. */
+export function renderPeers() {
+  const list = document.getElementById("peer-list");
+  const empty = document.getElementById("peer-list-empty");
+  const filter = document.getElementById("peer-filter").value.trim().toLowerCase();
+  const peers = state.peers.filter((p) => !filter || p.id.toLowerCase().includes(filter));
+  list.replaceChildren(...peers.map(row));
+  empty.hidden = state.peers.length > 0;
+}
+
+/** Wires the search box; `select(peerId)` opens a conversation. */
+export function initPeerList(select) {
+  onSelect = select;
+  document.getElementById("peer-filter").addEventListener("input", renderPeers);
+}
