@@ -4,7 +4,9 @@
 //! the peer, writes the registration handshake (control lane) at once and the outbound queue only
 //! once registered, pings, and returns why it ended. [`supervise`] sits above it: dial → register →
 //! run → back off → again, resetting the backoff only after a registration succeeded, and
-//! publishing the [`ConnectionState`].
+//! publishing the [`ConnectionState`]. One ending is final: a connection the server closed because
+//! the same identity registered elsewhere ([`CLOSE_REPLACED`]) is not replaced, or two instances of
+//! one identity would take the id from each other forever.
 
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ use crate::peer::Inner;
 use crate::transport::WsStream;
 use crate::{defaults, PeerError};
 
+/// The close code of a connection replaced by a newer verified registration of the same identity
+/// (the server's `close_code::REPLACED`, `docs/protocol.md`).
+pub(crate) const CLOSE_REPLACED: u16 = 4000;
+
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EndReason {
@@ -29,6 +35,9 @@ pub(crate) enum EndReason {
     Cancelled,
     /// The server closed the connection.
     Closed(String),
+    /// The server closed the connection because another connection registered with our identity
+    /// (close code [`CLOSE_REPLACED`]). Final: not reconnected.
+    Replaced,
     /// No frame arrived within the pong timeout after a ping.
     PongTimeout,
     /// Reading failed.
@@ -42,6 +51,7 @@ impl std::fmt::Display for EndReason {
         match self {
             Self::Cancelled => f.write_str("disconnected by the caller"),
             Self::Closed(r) => write!(f, "closed by the server ({r})"),
+            Self::Replaced => f.write_str("replaced by another connection of this identity"),
             Self::PongTimeout => f.write_str("no answer to a keepalive ping"),
             Self::Read(e) => write!(f, "read failed: {e}"),
             Self::Write(e) => write!(f, "write failed: {e}"),
@@ -104,6 +114,9 @@ pub(crate) async fn run(
                         tracing::warn!(peer = %inner.config.client_id, "ignoring a binary frame from the server");
                     }
                     Some(Ok(Message::Close(frame))) => {
+                        if frame.as_ref().is_some_and(|f| u16::from(f.code) == CLOSE_REPLACED) {
+                            return EndReason::Replaced;
+                        }
                         let reason = frame.map_or_else(|| "no reason".to_owned(), |f| format!("{}: {}", f.code, f.reason));
                         return EndReason::Closed(reason);
                     }
@@ -155,9 +168,13 @@ async fn connect_once(
     tokio::pin!(conn);
     let registration = inner.register(epoch);
     let result = tokio::select! {
-        end = &mut conn => Err(PeerError::Connect {
-            url: inner.dialer.url().to_owned(),
-            reason: format!("connection ended during registration: {end}"),
+        end = &mut conn => Err(match end {
+            // Replaced while (re-)registering: another instance holds the id now.
+            EndReason::Replaced => PeerError::Replaced,
+            end => PeerError::Connect {
+                url: inner.dialer.url().to_owned(),
+                reason: format!("connection ended during registration: {end}"),
+            },
         }),
         r = registration => match r {
             Ok(registered) => {
@@ -217,6 +234,13 @@ pub(crate) async fn supervise(
         }
         match outcome {
             Ok(EndReason::Cancelled) => break,
+            Ok(EndReason::Replaced) | Err(PeerError::Replaced) => {
+                // Reconnecting would take the id back from the other instance, which would then
+                // do the same: stop, tell the app, and wait for an explicit `connect`.
+                tracing::warn!(peer = %inner.config.client_id, "replaced by another connection of this identity; not reconnecting");
+                inner.dispatcher.emit(PeerEvent::Error(PeerError::Replaced));
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::info!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
@@ -248,6 +272,8 @@ pub(crate) async fn supervise(
     }
     worker_cancel.cancel();
     let _ = worker.await;
-    inner.set_state(ConnectionState::Disconnected);
     inner.return_outbound(outbound);
+    // Last: once `Disconnected` is published the supervisor is done, so a `connect` called right
+    // away (from an event handler or subscriber) waits for this task instead of refusing.
+    inner.set_state(ConnectionState::Disconnected);
 }

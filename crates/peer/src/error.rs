@@ -149,6 +149,13 @@ pub enum PeerError {
         /// Attempts made.
         attempts: u32,
     },
+    /// Another connection registered with this identity (the same id and identity key, e.g. the
+    /// app running on a second device or twice on one) and the server closed ours (close code
+    /// 4000). The peer does not reconnect, since two instances would otherwise replace each other
+    /// forever: it goes to [`crate::ConnectionState::Disconnected`] until
+    /// [`crate::MessagingPeer::connect`] is called again. Tell the user.
+    #[error("replaced by another connection of this identity")]
+    Replaced,
 }
 
 impl PeerError {

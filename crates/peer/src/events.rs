@@ -24,8 +24,8 @@ use crate::PeerError;
 /// The state of the connection to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectionState {
-    /// Not connected, and not trying (before `connect`, after `disconnect`, or after the reconnect
-    /// policy gave up).
+    /// Not connected, and not trying (before `connect`, after `disconnect`, after the reconnect
+    /// policy gave up, or after another connection of this identity replaced ours).
     Disconnected,
     /// Dialling and registering for the first time.
     Connecting,

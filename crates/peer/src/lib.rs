@@ -29,7 +29,8 @@
 //! ## How it works
 //! One task owns the socket (the `connection` module); the handle is a cheap clone. Requests carry a
 //! `requestId` and are matched by it first, then by type and filter. A supervisor reconnects with
-//! exponential backoff, re-registers, and then flushes what was queued while disconnected.
+//! exponential backoff, re-registers, and then flushes what was queued while disconnected; it stops
+//! instead when another connection of the same identity replaced ours ([`PeerError::Replaced`]).
 //! Incoming messages are opened and checked on a separate task, so a key lookup never stalls the
 //! socket; only messages that pass every check reach [`PeerEvent::Message`].
 //!

@@ -194,15 +194,24 @@ impl MessagingPeer {
 
     /// Connects, registers (verified, with a fresh `challenge`) and resolves once registered. From
     /// then on a supervisor task reconnects and re-registers after every loss, per
-    /// [`PeerConfig::reconnect`], until [`MessagingPeer::disconnect`].
+    /// [`PeerConfig::reconnect`], until [`MessagingPeer::disconnect`] — or until another
+    /// connection of this identity replaces ours: then it raises [`PeerError::Replaced`] as an
+    /// event and stops, so that two instances do not take the id from each other forever. Call
+    /// `connect` again to take the id back (as soon as the state is
+    /// [`ConnectionState::Disconnected`]).
     ///
     /// # Errors
     /// [`PeerError::AlreadyConnected`]; [`PeerError::Connect`] if the server cannot be reached;
     /// [`PeerError::Server`] if it refuses the registration (e.g. `CLIENT_ID_TAKEN`);
-    /// [`PeerError::Timeout`]. A failed first connection is not retried.
+    /// [`PeerError::Replaced`] if another connection of this identity replaced ours while it
+    /// registered; [`PeerError::Timeout`]. A failed first connection is not retried.
     pub async fn connect(&self) -> Result<(), PeerError> {
         let mut running = self.inner.running.lock().await;
-        if running.as_ref().is_some_and(|r| !r.handle.is_finished()) {
+        // A supervisor that published `Disconnected` has stopped for good (it gave up, or was
+        // replaced) and is only returning: wait for it rather than refuse.
+        let live = running.as_ref().is_some_and(|r| !r.handle.is_finished())
+            && self.connection_state() != ConnectionState::Disconnected;
+        if live {
             return Err(PeerError::AlreadyConnected);
         }
         if let Some(old) = running.take() {
@@ -219,6 +228,8 @@ impl MessagingPeer {
         if let Ok(mut c) = self.inner.cancel.lock() {
             *c = Some(cancel.clone());
         }
+        // Published before the task runs, so a concurrent `connect` sees a live supervisor.
+        self.inner.set_state(ConnectionState::Connecting);
         let (first_tx, first_rx) = oneshot::channel();
         let handle = tokio::spawn(crate::connection::supervise(
             Arc::clone(&self.inner),

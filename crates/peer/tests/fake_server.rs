@@ -700,3 +700,86 @@ async fn while_disconnected_the_queue_is_bounded_and_the_backoff_gives_up() {
         Err(PeerError::NotConnected)
     ));
 }
+
+// ---- replaced by another connection of the same identity (close 4000) ----
+
+const REPLACED: u16 = 4000;
+const REPLACED_REASON: &str = "replaced by a newer connection of the same identity";
+
+fn is_retry(e: &PeerEvent) -> bool {
+    matches!(
+        e,
+        PeerEvent::ConnectionState(ConnectionState::Reconnecting { .. })
+    )
+}
+
+#[tokio::test]
+async fn replaced_while_re_registering_stops_reconnecting() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    // An ordinary close: the peer reconnects.
+    conn.close(1001, "server shutting down").await;
+    let mut conn2 = fake.next_conn().await;
+    // Replaced before the re-registration finished: another instance holds the id now.
+    conn2.expect("challenge").await;
+    conn2.close(REPLACED, REPLACED_REASON).await;
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::Error(PeerError::Replaced)).then_some(())
+    })
+    .await;
+    none_before(&mut events, is_retry, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(())
+    })
+    .await;
+    assert_eq!(peer.connection_state(), ConnectionState::Disconnected);
+}
+
+#[tokio::test]
+async fn a_first_connect_that_is_replaced_fails_with_replaced() {
+    let mut fake = FakeServer::start().await;
+    let peer = MessagingPeer::new(test_config(&fake.url, "alice", new_identity())).unwrap();
+    let p = peer.clone();
+    let task = tokio::spawn(async move { p.connect().await });
+    let mut conn = fake.next_conn().await;
+    conn.expect("challenge").await;
+    conn.close(REPLACED, REPLACED_REASON).await;
+    assert!(matches!(task.await.unwrap(), Err(PeerError::Replaced)));
+    assert_eq!(peer.connection_state(), ConnectionState::Disconnected);
+}
+
+/// The app may call `connect` the moment the replaced peer reports `Disconnected`, while the
+/// supervisor task is still returning: it must connect, not refuse with `AlreadyConnected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_peer_can_connect_again_as_soon_as_it_is_disconnected() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let (tx, mut disconnected) = tokio::sync::mpsc::unbounded_channel();
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let handle = peer.on_event(move |e| {
+        if matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected))
+            && !once.swap(true, Ordering::SeqCst)
+        {
+            let _ = tx.send(());
+            // Hold the supervisor inside its last event, so that the test's `connect` (on
+            // another thread) runs while the supervisor task has not finished.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    conn.close(REPLACED, REPLACED_REASON).await;
+    tokio::time::timeout(EVENT_WAIT, disconnected.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let p = peer.clone();
+    let connecting = tokio::spawn(async move { p.connect().await });
+    let mut conn2 = fake.next_conn().await;
+    conn2.accept_registration().await;
+    let reconnected = connecting.await.unwrap();
+    assert!(reconnected.is_ok(), "{reconnected:?}");
+    assert_eq!(peer.connection_state(), ConnectionState::Connected);
+    assert!(handle.remove());
+    peer.disconnect().await;
+}

@@ -337,3 +337,114 @@ async fn an_id_bound_to_another_identity_is_refused_and_not_retried() {
     assert!(alice.discover_peers().await.is_ok());
     alice.disconnect().await;
 }
+
+/// Two instances of one identity (same id, same keys): the second connect replaces the first, which
+/// is closed with code 4000. The first must not reconnect (they would replace each other forever):
+/// it reports the replacement and stays disconnected until `connect` is called again.
+#[tokio::test]
+async fn a_connection_replaced_by_the_same_identity_does_not_reconnect() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let carol = online(&url, "carol").await;
+    let mut carol_events = carol.events();
+    let identity = new_identity();
+    let copy = || lattice_crypto::Identity::from_bytes(&identity.to_bytes()).unwrap();
+    let first = MessagingPeer::new(test_config(&url, "alice", copy())).unwrap();
+    first.connect().await.unwrap();
+    let mut first_events = first.events();
+    let second = MessagingPeer::new(test_config(&url, "alice", copy())).unwrap();
+    let mut second_events = second.events();
+    second.connect().await.unwrap();
+
+    // The first instance is told why it lost the connection, then goes to Disconnected without
+    // ever trying again.
+    none_before(
+        &mut first_events,
+        |e| {
+            matches!(
+                e,
+                PeerEvent::ConnectionState(
+                    ConnectionState::Reconnecting { .. } | ConnectionState::Connected
+                ) | PeerEvent::Registered { .. }
+            )
+        },
+        |e| matches!(e, PeerEvent::Error(PeerError::Replaced)).then_some(()),
+    )
+    .await;
+    none_before(
+        &mut first_events,
+        |e| {
+            matches!(
+                e,
+                PeerEvent::ConnectionState(
+                    ConnectionState::Reconnecting { .. } | ConnectionState::Connected
+                ) | PeerEvent::Registered { .. }
+            )
+        },
+        |e| matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(()),
+    )
+    .await;
+    // Disconnected is the supervisor's last word: nothing will reconnect it behind our back.
+    assert_eq!(first.connection_state(), ConnectionState::Disconnected);
+    assert!(matches!(
+        first.register_and_wait(Duration::from_secs(1)).await,
+        Err(PeerError::NotConnected)
+    ));
+
+    // The second instance stays connected and can send and receive.
+    let sent = second
+        .send_message(&id("carol"), "from the second")
+        .await
+        .unwrap();
+    let m = next_message(&mut carol_events).await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str()),
+        ("alice", "from the second")
+    );
+    carol
+        .send_message(&id("alice"), "back to you")
+        .await
+        .unwrap();
+    let bad_for_second = |e: &PeerEvent| {
+        matches!(
+            e,
+            PeerEvent::Error(PeerError::Replaced)
+                | PeerEvent::ConnectionState(
+                    ConnectionState::Reconnecting { .. } | ConnectionState::Disconnected
+                )
+        )
+    };
+    let ack = none_before(&mut second_events, bad_for_second, |e| match e {
+        PeerEvent::MessageAck(a) => Some(a.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ack.message_id, sent.message_id);
+    let m = none_before(&mut second_events, bad_for_second, |e| match e {
+        PeerEvent::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("carol", "back to you", true)
+    );
+    assert_eq!(second.connection_state(), ConnectionState::Connected);
+    assert_eq!(first.connection_state(), ConnectionState::Disconnected);
+
+    // An explicit connect takes the id back; now the second instance is the replaced one.
+    first.connect().await.unwrap();
+    wait_for(&mut second_events, |e| {
+        matches!(e, PeerEvent::Error(PeerError::Replaced)).then_some(())
+    })
+    .await;
+    wait_for(&mut second_events, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(())
+    })
+    .await;
+    assert_eq!(first.connection_state(), ConnectionState::Connected);
+    first.disconnect().await;
+    second.disconnect().await;
+    carol.disconnect().await;
+    server.shutdown().await;
+}

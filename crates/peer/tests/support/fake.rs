@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -115,6 +116,16 @@ impl FakeConn {
         assert_eq!(req["payload"]["targetId"], id);
         self.send(json!({"type": "public_key_response", "payload": key_payload(id, identity), "requestId": req["requestId"]}))
             .await;
+    }
+
+    /// Closes the connection with `code` and `reason`, as the server does.
+    pub async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        };
+        // The peer may already be gone; a failed close is fine.
+        let _ = self.ws.close(Some(frame)).await;
     }
 
     /// Stops reading: pings go unanswered.
