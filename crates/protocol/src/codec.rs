@@ -98,7 +98,104 @@ struct RawFrame<'a> {
     request_id: Option<&'a RawValue>,
 }
 
+/// The single-pass decoder: one scan of the text when `type` precedes `payload` (as every known
+/// client writes it). Anything unusual (payload first, bad requestId, any error) returns `None`, and
+/// the two-step decoder below produces the frame or the precise error.
+struct FastFrame<T>(Option<Frame<T>>);
+
+impl<'de, T: FrameBody> Deserialize<'de> for FastFrame<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: FrameBody> serde::de::Visitor<'de> for V<T> {
+            type Value = FastFrame<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a frame object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut ty: Option<Cow<'de, str>> = None;
+                let mut body: Option<T> = None;
+                let mut request_id: Option<RequestId> = None;
+                let mut usable = true;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "type" => ty = Some(map.next_value::<BorrowedStr<'de>>()?.0),
+                        "payload" => match &ty {
+                            Some(t) => match map
+                                .next_value_seed(PayloadSeed::<T>(t, std::marker::PhantomData))?
+                            {
+                                Some(b) => body = Some(b),
+                                None => usable = false,
+                            },
+                            None => {
+                                usable = false;
+                                map.next_value::<serde::de::IgnoredAny>()?;
+                            }
+                        },
+                        "requestId" => match map.next_value::<Option<RequestId>>() {
+                            Ok(r) => request_id = r,
+                            Err(e) => return Err(e),
+                        },
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(FastFrame(match (usable, body) {
+                    (true, Some(body)) => Some(Frame { request_id, body }),
+                    _ => None,
+                }))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct PayloadSeed<'t, T>(&'t str, std::marker::PhantomData<T>);
+
+impl<'de, T: FrameBody> serde::de::DeserializeSeed<'de> for PayloadSeed<'_, T> {
+    type Value = Option<T>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        T::deserialize_payload(self.0, d)
+    }
+}
+
 fn decode<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
+    if text.len() <= MAX_FRAME_BYTES {
+        if let Ok(FastFrame(Some(frame))) = serde_json::from_str::<FastFrame<T>>(text) {
+            return Ok(frame);
+        }
+    }
+    decode_slow(text)
+}
+
+fn decode_slow<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(DecodeError {
             error_type: ErrorType::MessageTooLarge,

@@ -290,6 +290,15 @@ pub trait FrameBody: Sized {
     /// # Errors
     /// The payload does not have the shape of `ty`.
     fn from_parts(ty: &str, payload: &str) -> Result<Option<Self>, serde_json::Error>;
+    /// Deserializes the payload of a frame of type `ty` straight from `d` (the single-pass path);
+    /// `Ok(None)` for an unknown type (the value is skipped).
+    ///
+    /// # Errors
+    /// The payload does not have the shape of `ty`.
+    fn deserialize_payload<'de, D: serde::Deserializer<'de>>(
+        ty: &str,
+        d: D,
+    ) -> Result<Option<Self>, D::Error>;
 }
 
 macro_rules! frame_enum {
@@ -312,6 +321,15 @@ macro_rules! frame_enum {
                 match ty {
                     $( $tag => serde_json::from_str::<$payload>(payload).map(|p| Some(Self::$variant(p))), )*
                     _ => Ok(None),
+                }
+            }
+            fn deserialize_payload<'de, D: serde::Deserializer<'de>>(
+                ty: &str,
+                d: D,
+            ) -> Result<Option<Self>, D::Error> {
+                match ty {
+                    $( $tag => <$payload as Deserialize>::deserialize(d).map(|p| Some(Self::$variant(p))), )*
+                    _ => serde::de::IgnoredAny::deserialize(d).map(|_| None),
                 }
             }
         }

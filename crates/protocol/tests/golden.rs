@@ -285,3 +285,18 @@ fn envelope_and_inner_message_shapes() {
         json!({"v":1,"kind":"text","messageId":"m","body":"hi","sentAt":5,"sig":"c2ln"})
     );
 }
+
+#[test]
+fn key_order_does_not_matter() {
+    // `type` first takes the single-pass path, `payload` first the two-step one: same frame.
+    let a = decode_client(r#"{"type":"ack","payload":{"messageId":"m"},"requestId":"r"}"#).unwrap();
+    let b = decode_client(r#"{"requestId":"r","payload":{"messageId":"m"},"type":"ack"}"#).unwrap();
+    assert_eq!(enc(&a), enc(&b));
+    assert_eq!(b.request_id.unwrap().as_str(), "r");
+    // an escaped type name still decodes
+    let c = decode_client(r#"{"type":"disc\u006fver","payload":{}}"#).unwrap();
+    assert_eq!(c.body.type_name(), "discover");
+    // a bad requestId after a good payload is still reported
+    let e = decode_client(r#"{"type":"discover","payload":{},"requestId":""}"#).unwrap_err();
+    assert!(e.details.contains("requestId"));
+}
