@@ -47,6 +47,9 @@ enum Cmd {
         /// Connections to open and register.
         #[arg(long, default_value_t = 10_000)]
         conns: usize,
+        /// Send `publicKey` as base64 (accepted on input) instead of the original byte array.
+        #[arg(long)]
+        base64_keys: bool,
     },
     /// Start lattice-server and minimal-relay (pinned to core 0 with taskset) and measure both.
     Compare {
@@ -117,8 +120,13 @@ fn main() -> anyhow::Result<()> {
                 let r = throughput(&url, &load).await?;
                 print_report("server", load.pairs, &r);
             }
-            Cmd::Idle { url, pid, conns } => {
-                let per = idle(&url, pid, conns).await?;
+            Cmd::Idle {
+                url,
+                pid,
+                conns,
+                base64_keys,
+            } => {
+                let per = idle(&url, pid, conns, base64_keys).await?;
                 println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
             }
             Cmd::Compare {
@@ -176,9 +184,20 @@ fn envelope_prefix(size: usize) -> anyhow::Result<String> {
     Ok(s)
 }
 
-fn public_key_json() -> String {
+/// A real ML-KEM-768 public key as the `publicKey` JSON value: a byte array (the original
+/// shape) or a base64 string.
+fn public_key_json(base64: bool) -> String {
+    use base64::Engine as _;
     let kp = lattice_crypto::KemKeyPair::generate(&mut rand::rngs::OsRng);
-    serde_json::to_string(kp.public_key().as_bytes()).unwrap_or_default()
+    let bytes = kp.public_key().as_bytes();
+    if base64 {
+        format!(
+            "\"{}\"",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    } else {
+        serde_json::to_string(bytes).unwrap_or_default()
+    }
 }
 
 type Ws =
@@ -219,9 +238,8 @@ fn sent_at(text: &str) -> Option<u64> {
 
 async fn throughput(url: &str, load: &Load) -> anyhow::Result<Report> {
     let prefix = Arc::new(envelope_prefix(load.size)?);
-    let key = public_key_json();
+    let key = public_key_json(false);
     let run_id: u32 = rand::random();
-    let start = Instant::now();
     let warmup = Duration::from_secs(1);
     let measure_from = warmup.as_micros() as u64;
     let measure_to = (warmup + Duration::from_secs(load.duration)).as_micros() as u64;
@@ -232,11 +250,18 @@ async fn throughput(url: &str, load: &Load) -> anyhow::Result<Report> {
     let mut counts = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
 
+    // Connect and register every pair before any load starts, so set-up never competes with
+    // the measured traffic.
+    let mut conns = Vec::with_capacity(load.pairs);
     for i in 0..load.pairs {
         let sender_id = format!("s{run_id}-{i}");
         let recv_id = format!("r{run_id}-{i}");
         let receiver = connect_and_register(url, &recv_id, &key).await?;
         let sender = connect_and_register(url, &sender_id, &key).await?;
+        conns.push((recv_id, receiver, sender));
+    }
+    let start = Instant::now();
+    for (i, (recv_id, receiver, sender)) in conns.into_iter().enumerate() {
         let permits = Arc::new(Semaphore::new(load.inflight));
         let count = Arc::new(AtomicU64::new(0));
         counts.push(Arc::clone(&count));
@@ -311,11 +336,6 @@ async fn throughput(url: &str, load: &Load) -> anyhow::Result<Report> {
             });
         }
     }
-    // measurement window starts now, relative to `start`: re-base by sleeping until it ends
-    let setup = start.elapsed();
-    if setup > warmup {
-        eprintln!("note: setup took {setup:?}; the warm-up overlaps it");
-    }
     tokio::time::sleep_until(tokio::time::Instant::from_std(
         start + warmup + Duration::from_secs(load.duration),
     ))
@@ -350,8 +370,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-async fn idle(url: &str, pid: u32, conns: usize) -> anyhow::Result<f64> {
-    let key = public_key_json();
+async fn idle(url: &str, pid: u32, conns: usize, base64_keys: bool) -> anyhow::Result<f64> {
+    let key = public_key_json(base64_keys);
     let before = rss_kib(pid)?;
     let mut sockets = Vec::with_capacity(conns);
     for i in 0..conns {
@@ -493,10 +513,19 @@ async fn compare(
         );
     }
     if idle_n > 0 {
-        let (server, port) = start_lattice(&dir, idle_n + 100).await?;
-        let per = idle(&format!("ws://127.0.0.1:{port}"), server.0.id(), idle_n).await?;
-        println!("idle: {idle_n} registered connections, {per:.1} KiB of lattice-server RSS each");
-        drop(server);
+        for base64_keys in [false, true] {
+            let (server, port) = start_lattice(&dir, idle_n + 100).await?;
+            let per = idle(
+                &format!("ws://127.0.0.1:{port}"),
+                server.0.id(),
+                idle_n,
+                base64_keys,
+            )
+            .await?;
+            let form = if base64_keys { "base64" } else { "byte-array" };
+            println!("idle: {idle_n} registered connections ({form} keys), {per:.1} KiB of lattice-server RSS each");
+            drop(server);
+        }
     }
     Ok(())
 }

@@ -23,13 +23,23 @@ pub enum Out {
     Deliver {
         /// The encoded frame.
         frame: Utf8Bytes,
-        /// Its message id (every message to a verified peer has one).
-        message_id: Option<MessageId>,
+        /// Id and sender, for messages to verified peers (which may go back to the mailbox).
+        /// Boxed: the queue's slots stay small, which matters for idle connections.
+        meta: Option<Box<DeliverMeta>>,
     },
     /// Mail was spilled to this peer's mailbox: drain it.
     CheckMail,
     /// Send a WebSocket ping (the heartbeat).
     Ping,
+}
+
+/// What the no-loss machinery needs to put a delivered message back into the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverMeta {
+    /// The message id.
+    pub message_id: MessageId,
+    /// The sender.
+    pub sender: ClientId,
 }
 
 /// The part of a session other tasks may touch.
@@ -51,6 +61,10 @@ pub struct SessionShared {
     pub registered: AtomicBool,
     /// Milliseconds since server start when the connection opened.
     pub opened_ms: u64,
+    /// Presence notices that did not fit the queue, coalesced to the latest per peer. While it is
+    /// not empty, new notices go here too, so the last state of a peer is never overtaken by an
+    /// older one. The session drains it after each written batch.
+    pub presence_backlog: Mutex<HashMap<ClientId, Utf8Bytes>>,
 }
 
 impl SessionShared {
@@ -58,6 +72,31 @@ impl SessionShared {
     pub fn close(&self, code: u16, reason: &'static str) {
         let _ = self.close_reason.set((code, reason));
         self.kill.cancel();
+    }
+
+    /// Queues a presence notice about `peer`, coalescing when the queue is full.
+    pub fn send_presence(&self, peer: &ClientId, frame: &Utf8Bytes) {
+        // std Mutex: a map insert or a non-blocking try_send; never held across an await.
+        let mut backlog = self
+            .presence_backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if backlog.is_empty() && self.tx.try_send(Out::Frame(frame.clone())).is_ok() {
+            return;
+        }
+        backlog.insert(peer.clone(), frame.clone());
+    }
+
+    /// Takes the coalesced presence notices.
+    pub fn take_presence_backlog(&self) -> Vec<Utf8Bytes> {
+        let mut backlog = self
+            .presence_backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if backlog.is_empty() {
+            return Vec::new();
+        }
+        backlog.drain().map(|(_, f)| f).collect()
     }
 
     /// Tells the session its mailbox has something.
@@ -113,9 +152,9 @@ pub trait Hub: Send + Sync + std::fmt::Debug {
     fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>>;
     /// Every online id, sorted.
     fn online(&self) -> Vec<ClientId>;
-    /// Sends `frame` to every subscribed peer but `except`. Never blocks: a full queue misses it
-    /// (presence is re-read with `discover`).
-    fn broadcast_presence(&self, frame: &Utf8Bytes, except: &ClientId);
+    /// Sends `frame`, a presence notice about `about`, to every subscribed peer but `about`
+    /// itself. Never blocks: a full queue coalesces it (see [`SessionShared::send_presence`]).
+    fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId);
     /// Number of registered peers.
     fn len(&self) -> usize;
     /// True when nobody is registered.
@@ -182,16 +221,16 @@ impl Hub for LocalHub {
         ids
     }
 
-    fn broadcast_presence(&self, frame: &Utf8Bytes, except: &ClientId) {
+    fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId) {
         // Collect first so no queue operation happens under the lock.
         let targets: Vec<Arc<PeerEntry>> = self
             .read()
             .values()
-            .filter(|e| e.subscribed.load(Ordering::Acquire) && &e.id != except)
+            .filter(|e| e.subscribed.load(Ordering::Acquire) && &e.id != about)
             .cloned()
             .collect();
         for t in targets {
-            let _ = t.session.tx.try_send(Out::Frame(frame.clone()));
+            t.session.send_presence(about, frame);
         }
     }
 
@@ -232,5 +271,58 @@ impl Sessions {
         self.map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(queue: usize) -> (Arc<SessionShared>, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let s = SessionShared {
+            conn_id: 1,
+            tx,
+            last_seen: AtomicU64::new(0),
+            kill: CancellationToken::new(),
+            close_reason: OnceLock::new(),
+            mail_waiting: AtomicBool::new(false),
+            registered: AtomicBool::new(true),
+            opened_ms: 0,
+            presence_backlog: Mutex::default(),
+        };
+        (Arc::new(s), rx)
+    }
+
+    fn text(out: Out) -> String {
+        match out {
+            Out::Frame(f) => f.to_string(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn presence_is_coalesced_never_dropped_and_never_reordered() {
+        let (s, mut rx) = session(1);
+        let bob = ClientId::new("bob").unwrap();
+        let carol = ClientId::new("carol").unwrap();
+        s.send_presence(&bob, &Utf8Bytes::from_static("bob-up")); // fits the queue
+        s.send_presence(&bob, &Utf8Bytes::from_static("bob-down")); // queue full: backlog
+        s.send_presence(&carol, &Utf8Bytes::from_static("carol-up"));
+        s.send_presence(&bob, &Utf8Bytes::from_static("bob-up-again")); // replaces bob-down
+                                                                        // the queue has room again, but the backlog is not empty: newer notices must not overtake it
+        assert_eq!(text(rx.try_recv().unwrap()), "bob-up");
+        s.send_presence(&carol, &Utf8Bytes::from_static("carol-down"));
+        assert!(rx.try_recv().is_err(), "nothing jumped the backlog");
+        let mut backlog: Vec<String> = s
+            .take_presence_backlog()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        backlog.sort();
+        assert_eq!(backlog, ["bob-up-again", "carol-down"]);
+        // once drained, notices use the queue again
+        s.send_presence(&bob, &Utf8Bytes::from_static("bob-down-2"));
+        assert_eq!(text(rx.try_recv().unwrap()), "bob-down-2");
     }
 }

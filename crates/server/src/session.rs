@@ -39,7 +39,7 @@ use lattice_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument as _};
 
-use crate::hub::{ClaimError, Out, PeerEntry, SessionShared};
+use crate::hub::{ClaimError, DeliverMeta, Out, PeerEntry, SessionShared};
 use crate::limits::{
     INFLIGHT_WINDOW, INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES, WRITE_TIMEOUT,
 };
@@ -111,7 +111,7 @@ struct Session {
     invalid_count: u32,
     invalid_since: Instant,
     /// Live messages written but not acknowledged (verified peers only), oldest first.
-    inflight: VecDeque<(MessageId, Utf8Bytes)>,
+    inflight: VecDeque<(Box<DeliverMeta>, Utf8Bytes)>,
     /// Mailbox cursor and whether a drain is in progress.
     mail_cursor: i64,
     draining: bool,
@@ -132,6 +132,7 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         mail_waiting: AtomicBool::new(false),
         registered: AtomicBool::new(false),
         opened_ms: now_ms,
+        presence_backlog: std::sync::Mutex::default(),
     });
     state.sessions.insert(Arc::clone(&shared));
     let now = Instant::now();
@@ -184,9 +185,11 @@ impl Session {
                         .unwrap_or((close_code::GOING_AWAY, "server shutting down"));
                     Flow::Close(code, reason)
                 }
-                Some(out) = self.rx.recv() => self.write_queued(&mut ws, out).await,
-                msg = ws.next() => self.read(&mut ws, msg).await,
-                () = std::future::ready(()), if self.draining => self.drain_mailbox(&mut ws).await,
+                // The handlers are boxed so that an idle connection's task holds only this small
+                // select state, not the largest handler's: memory per idle connection is a target.
+                Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
+                msg = ws.next() => Box::pin(self.read(&mut ws, msg)).await,
+                () = std::future::ready(()), if self.draining => Box::pin(self.drain_mailbox(&mut ws)).await,
             };
             match flow {
                 Flow::Continue => {}
@@ -224,7 +227,8 @@ impl Session {
         first: Option<Result<Message, axum::Error>>,
     ) -> Flow {
         let mut next = first;
-        for _ in 0..READ_BATCH {
+        let mut handled = 0;
+        loop {
             match next {
                 None => return Flow::Gone,
                 Some(Err(e)) => return self.transport_error(e),
@@ -234,6 +238,12 @@ impl Session {
                         return close;
                     }
                 }
+            }
+            handled += 1;
+            // Stop before taking another frame, not after: a frame taken from the socket must be
+            // handled, never dropped at the end of a batch.
+            if handled >= READ_BATCH {
+                break;
             }
             match ws.next().now_or_never() {
                 Some(m) => next = m,
@@ -448,6 +458,10 @@ impl Session {
             {
                 b.clone()
             }
+            PublicKeyField::Bytes(b) if b.len() == KEM_PUBLIC_KEY_LEN => {
+                let details = "publicKey is not a valid ML-KEM-768 public key (a coefficient is out of range)";
+                return self.error(ErrorType::InvalidPublicKey, details, rid);
+            }
             PublicKeyField::Bytes(b) => {
                 let details = format!("publicKey must be an ML-KEM-768 public key of {KEM_PUBLIC_KEY_LEN} bytes (got {} bytes)", b.len());
                 return self.error(ErrorType::InvalidPublicKey, details, rid);
@@ -508,6 +522,16 @@ impl Session {
             Ok(old) => old,
             Err(ClaimError::Taken) => return self.error(ErrorType::ClientIdTaken, taken, rid),
         };
+        // The replaced connection (same identity) is closed before anything can fail, so a
+        // failure below never leaves it open but unreachable.
+        if let Some(old) = replaced {
+            if old.session.conn_id != self.shared.conn_id {
+                old.session.close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection of the same identity",
+                );
+            }
+        }
         if let Some((ik, key_signature)) = proof {
             let new = Binding {
                 identity_key: ik,
@@ -524,14 +548,6 @@ impl Session {
                         rid,
                     );
                 }
-            }
-        }
-        if let Some(old) = replaced {
-            if old.session.conn_id != self.shared.conn_id {
-                old.session.close(
-                    close_code::REPLACED,
-                    "replaced by a newer connection of the same identity",
-                );
             }
         }
         tracing::Span::current().record("peer", tracing::field::display(&id));
@@ -620,15 +636,22 @@ impl Session {
             timestamp,
             message_id: mid.clone(),
         })));
+        let meta = match (&live, &mid) {
+            (Some(e), Some(m)) if e.verified => Some(Box::new(DeliverMeta {
+                message_id: m.clone(),
+                sender: peer.id.clone(),
+            })),
+            _ => None,
+        };
         let status = match live {
-            Some(entry) => match entry.session.tx.try_send(Out::Deliver { frame: frame.into(), message_id: mid.clone() }) {
+            Some(entry) => match entry.session.tx.try_send(Out::Deliver { frame: frame.into(), meta }) {
                 Ok(()) => {
                     Metrics::inc(&self.state.metrics.messages_delivered);
                     Ok(AckStatus::Delivered)
                 }
                 Err(mpsc::error::TrySendError::Full(out)) if entry.verified => {
                     let frame = out_frame(out);
-                    let r = self.enqueue(&target, mid, frame);
+                    let r = self.enqueue(&target, &peer.id, mid, frame);
                     entry.session.notify_mail();
                     r
                 }
@@ -636,9 +659,9 @@ impl Session {
                     ErrorType::MailboxFull,
                     format!("Peer {target} is not reading its messages fast enough; the message was not delivered"),
                 )),
-                Err(mpsc::error::TrySendError::Closed(out)) => self.offline(&target, mid, out_frame(out)),
+                Err(mpsc::error::TrySendError::Closed(out)) => self.offline(&target, &peer.id, mid, out_frame(out)),
             },
-            None => self.offline(&target, mid, frame),
+            None => self.offline(&target, &peer.id, mid, frame),
         };
         match status {
             Ok(status) => {
@@ -661,11 +684,12 @@ impl Session {
     fn offline(
         &mut self,
         target: &ClientId,
+        sender: &ClientId,
         mid: Option<MessageId>,
         frame: String,
     ) -> Result<AckStatus, (ErrorType, String)> {
         match self.state.directory.get(target) {
-            Ok(Some(_)) => self.enqueue(target, mid, frame),
+            Ok(Some(_)) => self.enqueue(target, sender, mid, frame),
             Ok(None) => Err((
                 ErrorType::PeerNotFound,
                 format!("Target peer {target} not found"),
@@ -683,6 +707,7 @@ impl Session {
     fn enqueue(
         &mut self,
         target: &ClientId,
+        sender: &ClientId,
         mid: Option<MessageId>,
         frame: String,
     ) -> Result<AckStatus, (ErrorType, String)> {
@@ -690,7 +715,11 @@ impl Session {
         let cfg = &self.state.config;
         match self.state.mailbox.enqueue(
             target,
-            &MailItem { message_id, frame },
+            &MailItem {
+                message_id,
+                sender: sender.clone(),
+                frame,
+            },
             cfg.mailbox_quota,
             cfg.mailbox_ttl,
         ) {
@@ -742,7 +771,11 @@ impl Session {
     }
 
     fn on_ack(&mut self, peer: &PeerEntry, a: Ack) {
-        if let Some(pos) = self.inflight.iter().position(|(id, _)| id == &a.message_id) {
+        if let Some(pos) = self
+            .inflight
+            .iter()
+            .position(|(m, _)| m.message_id == a.message_id)
+        {
             self.inflight.remove(pos);
         } else if peer.verified {
             if let Err(e) = self.state.mailbox.remove(&peer.id, &a.message_id) {
@@ -787,14 +820,15 @@ impl Session {
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(t) => self.replies.push(Message::Text(t)),
-                Out::Deliver { frame, message_id } => {
-                    if verified {
-                        if let Some(mid) = message_id {
-                            // Tracked before the write, so a failed write still spills it.
-                            self.inflight.push_back((mid, frame.clone()));
-                            if self.inflight.len() > INFLIGHT_WINDOW {
-                                // A peer that never acks: assume the oldest arrived.
-                                self.inflight.pop_front();
+                Out::Deliver { frame, meta } => {
+                    if let (true, Some(meta)) = (verified, meta) {
+                        // Tracked before the write, so a failed write still spills it.
+                        self.inflight.push_back((meta, frame.clone()));
+                        if self.inflight.len() > INFLIGHT_WINDOW {
+                            // A peer that acks slowly (or never): the oldest unacknowledged
+                            // message goes to the mailbox rather than out of memory unprotected.
+                            if let Some(oldest) = self.inflight.pop_front() {
+                                self.keep_undelivered(&[oldest]);
                             }
                         }
                     }
@@ -814,6 +848,9 @@ impl Session {
         }
         if self.shared.mail_waiting.swap(false, Ordering::AcqRel) && verified {
             self.draining = true;
+        }
+        for frame in self.shared.take_presence_backlog() {
+            self.replies.push(Message::Text(frame));
         }
         self.flush_replies(ws).await
     }
@@ -854,46 +891,22 @@ impl Session {
     /// After the socket is done: leave the hub, hand back undelivered mail, tell subscribers.
     async fn finish(&mut self) {
         self.rx.close();
-        let Some(peer) = self.peer.take() else {
+        let Some(peer) = self.peer.clone() else {
             return;
         };
         let released = self.state.hub.release(&peer.id, self.shared.conn_id);
         if peer.verified {
-            let mut spill: Vec<MailItem> = self
-                .inflight
-                .drain(..)
-                .map(|(message_id, frame)| MailItem {
-                    message_id,
-                    frame: frame.to_string(),
-                })
-                .collect();
+            let mut spill: Vec<(Box<DeliverMeta>, Utf8Bytes)> = self.inflight.drain(..).collect();
             while let Ok(out) = self.rx.try_recv() {
                 if let Out::Deliver {
                     frame,
-                    message_id: Some(message_id),
+                    meta: Some(meta),
                 } = out
                 {
-                    spill.push(MailItem {
-                        message_id,
-                        frame: frame.to_string(),
-                    });
+                    spill.push((meta, frame));
                 }
             }
-            let mut kept = 0usize;
-            for item in &spill {
-                // Already accepted: never refused for quota here.
-                match self.state.mailbox.enqueue(
-                    &peer.id,
-                    item,
-                    u32::MAX,
-                    self.state.config.mailbox_ttl,
-                ) {
-                    Ok(()) => kept += 1,
-                    Err(e) => {
-                        warn!(error = %e, message_id = %item.message_id, "could not keep an undelivered message")
-                    }
-                }
-            }
+            let kept = self.keep_undelivered(&spill);
             if kept > 0 {
                 debug!(kept, "unacknowledged messages returned to the mailbox");
                 if let Some(current) = self.state.hub.get(&peer.id) {
@@ -908,6 +921,34 @@ impl Session {
             self.state.hub.broadcast_presence(&frame.into(), &peer.id);
             info!("disconnected");
         }
+    }
+}
+
+impl Session {
+    /// Puts delivered-but-unacknowledged messages back into this peer's mailbox. They were
+    /// accepted, so the quota does not apply. Returns how many were kept.
+    fn keep_undelivered(&self, items: &[(Box<DeliverMeta>, Utf8Bytes)]) -> usize {
+        let Some(peer) = &self.peer else { return 0 };
+        let mut kept = 0;
+        for (meta, frame) in items {
+            let item = MailItem {
+                message_id: meta.message_id.clone(),
+                sender: meta.sender.clone(),
+                frame: frame.to_string(),
+            };
+            match self.state.mailbox.enqueue(
+                &peer.id,
+                &item,
+                u32::MAX,
+                self.state.config.mailbox_ttl,
+            ) {
+                Ok(()) => kept += 1,
+                Err(e) => {
+                    warn!(error = %e, message_id = %item.message_id, "could not keep an undelivered message")
+                }
+            }
+        }
+        kept
     }
 }
 

@@ -74,6 +74,9 @@ pub enum EnqueueError {
 pub struct MailItem {
     /// The message id (the sender's, or one the server assigned).
     pub message_id: MessageId,
+    /// Who sent it. Part of the dedup key: one sender reusing another's message id must not
+    /// silently suppress the other's message.
+    pub sender: ClientId,
     /// The encoded frame.
     pub frame: String,
 }
@@ -81,7 +84,7 @@ pub struct MailItem {
 /// Store-and-forward queue of sealed messages for offline verified peers. A message stays until the
 /// recipient acknowledges it or it expires.
 pub trait Mailbox: Send + Sync + std::fmt::Debug {
-    /// Queues `item` for `recipient`. Queuing an id that is already queued is a no-op.
+    /// Queues `item` for `recipient`. Queuing the same (sender, id) again is a no-op.
     ///
     /// # Errors
     /// [`EnqueueError::Full`] past `quota` entries; storage failure.
@@ -138,10 +141,11 @@ CREATE TABLE IF NOT EXISTS bindings (
 CREATE TABLE IF NOT EXISTS mailbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient TEXT NOT NULL,
+    sender TEXT NOT NULL,
     message_id TEXT NOT NULL,
     frame TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
-    UNIQUE (recipient, message_id)
+    UNIQUE (recipient, sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS mailbox_by_recipient ON mailbox (recipient, seq);
 CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox (expires_ms);
@@ -180,7 +184,30 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 1 {
+            // Version 0 (the first development builds) keyed the mailbox on (recipient,
+            // message_id) without the sender. Rebuild it with the sender in the key; migrated rows
+            // get an empty sender.
+            let old: bool = conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mailbox'")?
+                .exists([])?;
+            if old {
+                conn.execute_batch(&format!(
+                    "BEGIN;
+                     ALTER TABLE mailbox RENAME TO mailbox_v0;
+                     DROP INDEX IF EXISTS mailbox_by_recipient;
+                     DROP INDEX IF EXISTS mailbox_by_expiry;
+                     {SCHEMA}
+                     INSERT INTO mailbox (recipient, sender, message_id, frame, expires_ms)
+                         SELECT recipient, '', message_id, frame, expires_ms FROM mailbox_v0 ORDER BY seq;
+                     DROP TABLE mailbox_v0;
+                     COMMIT;"
+                ))?;
+            }
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", 1)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -262,10 +289,17 @@ impl Mailbox for SqliteStore {
         }
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         tx.prepare_cached(
-            "INSERT OR IGNORE INTO mailbox (recipient, message_id, frame, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .and_then(|mut s| {
-            s.execute(params![recipient.as_str(), item.message_id.as_str(), item.frame, expires])
+            s.execute(params![
+                recipient.as_str(),
+                item.sender.as_str(),
+                item.message_id.as_str(),
+                item.frame,
+                expires
+            ])
         })
         .map_err(StoreError::from)?;
         tx.commit().map_err(StoreError::from)?;
@@ -280,7 +314,7 @@ impl Mailbox for SqliteStore {
     ) -> Result<Vec<(i64, MailItem)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, message_id, frame FROM mailbox
+            "SELECT seq, message_id, sender, frame FROM mailbox
              WHERE recipient = ?1 AND seq > ?2 AND expires_ms > ?3 ORDER BY seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(
@@ -295,15 +329,30 @@ impl Mailbox for SqliteStore {
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             },
         )?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, mid, frame) = row?;
-            let message_id =
-                MessageId::new(mid).map_err(|_| StoreError::Corrupt(recipient.to_string()))?;
-            out.push((seq, MailItem { message_id, frame }));
+            let (seq, mid, sender, frame) = row?;
+            let corrupt = || StoreError::Corrupt(recipient.to_string());
+            let message_id = MessageId::new(mid).map_err(|_| corrupt())?;
+            // Rows migrated from version 0 have no sender column value; the frame names it.
+            let sender = if sender.is_empty() {
+                "unknown".to_owned()
+            } else {
+                sender
+            };
+            let sender = ClientId::new(sender).map_err(|_| corrupt())?;
+            out.push((
+                seq,
+                MailItem {
+                    message_id,
+                    sender,
+                    frame,
+                },
+            ));
         }
         Ok(out)
     }
@@ -341,9 +390,13 @@ mod tests {
         ClientId::new(s).unwrap()
     }
     fn item(m: &str) -> MailItem {
+        from("s", m)
+    }
+    fn from(sender: &str, m: &str) -> MailItem {
         MailItem {
             message_id: MessageId::new(m).unwrap(),
-            frame: format!("frame-{m}"),
+            sender: ClientId::new(sender).unwrap(),
+            frame: format!("frame-{sender}-{m}"),
         }
     }
 
@@ -418,5 +471,33 @@ mod tests {
         let s = SqliteStore::open(dir.path()).unwrap();
         assert!(s.get(&id("a")).unwrap().is_some());
         assert_eq!(s.count(&id("a")).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_version_0_mailbox_is_migrated_without_losing_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("lattice-server.sqlite3")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE mailbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL,
+                     message_id TEXT NOT NULL, frame TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+                     UNIQUE (recipient, message_id));
+                 INSERT INTO mailbox (recipient, message_id, frame, expires_ms)
+                     VALUES ('bob', 'm1', 'old-frame', 9999999999999);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let items = s.pending(&id("bob"), 0, 10).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].1.frame, "old-frame");
+        s.enqueue(
+            &id("bob"),
+            &from("alice", "m1"),
+            10,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(s.count(&id("bob")).unwrap(), 2);
     }
 }

@@ -256,3 +256,19 @@ async fn http_endpoints() {
     let (_c, _) = register_unverified(&format!("{}/ws", server.url()), "pathy").await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pipelined_burst_is_answered_in_full_and_in_order() {
+    // Regression: frames beyond one read batch must never be dropped.
+    let server = spawn_server().await;
+    let (mut c, _) = register_unverified(&server.url(), "burst").await;
+    for i in 0..300 {
+        c.send(json!({"type":"discover","payload":{},"requestId":format!("r{i}")}))
+            .await;
+    }
+    for i in 0..300 {
+        let d = c.recv_type("discover").await;
+        assert_eq!(d["requestId"], format!("r{i}"));
+    }
+    server.shutdown().await;
+}

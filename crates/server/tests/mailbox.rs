@@ -195,3 +195,47 @@ async fn mailbox_quota_is_enforced() {
     assert_eq!(statuses.last().unwrap(), "full");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_never_acks_loses_nothing_beyond_the_inflight_window() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let bob_id = new_identity();
+    let mut bob = register_verified(&url, "bob", &bob_id).await;
+    let (mut alice, _) = register_unverified(&url, "alice").await;
+    let total = std::env::var("T")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(lattice_server::limits::INFLIGHT_WINDOW + 100);
+    for i in 0..total {
+        alice.send(json!({"type":"message","payload":{"targetId":"bob","message":envelope("w"),"messageId":format!("w-{i}")}})).await;
+    }
+    for _ in 0..total {
+        alice.recv_type("message_ack").await;
+    }
+    for _ in 0..total {
+        bob.recv_type("message").await;
+    }
+    // bob read everything but acked nothing, then his connection drops
+    drop(bob);
+    let mut bob = None;
+    for _ in 0..50 {
+        let (c, v) = try_register_verified(&url, "bob", &bob_id).await;
+        if v["type"] == "register" {
+            bob = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut bob = bob.expect("bob reconnects");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < total {
+        let m = bob.recv_type("message").await;
+        seen.insert(m["payload"]["messageId"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        (0..total).all(|i| seen.contains(&format!("w-{i}"))),
+        "every unacknowledged message came back"
+    );
+    server.shutdown().await;
+}
