@@ -168,8 +168,11 @@ impl PeerError {
     }
 }
 
-/// Why an incoming message was refused. Each is reported with [`PeerError::Rejected`]; none of these
-/// messages reaches a message handler.
+/// Why an incoming message was refused. Each is reported with [`PeerError::Rejected`] (except
+/// [`RejectReason::Replay`], see there); none of these messages reaches a message handler.
+///
+/// [`RejectReason::is_transient`] tells a message held back (not acknowledged: the server delivers
+/// it again) from one refused for good (acknowledged: the server forgets it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -198,20 +201,38 @@ pub enum RejectReason {
     /// The inner `messageId` differs from the outer one.
     #[error("inner and outer message ids differ")]
     MessageIdMismatch,
-    /// The sender's identity key could not be obtained or is not trusted.
+    /// The sender's identity key could not be fetched or checked (the request failed or timed
+    /// out, the server's answer was unusable, the key store failed). Transient: not acknowledged,
+    /// so the server delivers the message again after the next reconnect.
     #[error("sender key unavailable: {0}")]
     SenderKeyUnavailable(String),
-    /// The sender's identity key changed and the change has not been accepted.
+    /// The sender's identity key changed and the change has not been accepted. Transient: not
+    /// acknowledged; once [`crate::MessagingPeer::accept_key_change`] pins the new key, the
+    /// server's next delivery of the message (after a reconnect) is accepted.
     #[error("sender's identity key changed and is not accepted yet")]
     KeyChanged,
-    /// The signature does not verify with the sender's pinned identity key (forged or tampered).
+    /// The signature does not verify with the sender's pinned identity key, and the server
+    /// confirms that key (forged or tampered).
     #[error("bad signature")]
     BadSignature,
     /// An unauthenticated `ml-kem-aes` message claiming to come from a peer with a pinned
     /// identity key: a downgrade, refused.
     #[error("unauthenticated message from a peer with a pinned identity key")]
     Downgrade,
-    /// A message id already received from this sender.
+    /// A message id already received from this sender. Not reported any more: a duplicate is
+    /// what the server sends when our `ack` of the first copy was lost (delivery is at least once),
+    /// so it is dropped silently and acknowledged. Kept so that existing `match`es still compile.
     #[error("replayed message id")]
     Replay,
+}
+
+impl RejectReason {
+    /// Whether the message was refused for a reason that may pass: the sender's key could not be
+    /// fetched ([`RejectReason::SenderKeyUnavailable`]) or a key change is waiting for the user
+    /// ([`RejectReason::KeyChanged`]). Such a message is not acknowledged, so the server keeps it
+    /// and delivers it again (after the next reconnect). Every other refusal is final: the message
+    /// can never be opened, and it is acknowledged so that the server forgets it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::SenderKeyUnavailable(_) | Self::KeyChanged)
+    }
 }

@@ -2,8 +2,15 @@
 //!
 //! Incoming `message` frames go from the socket reader to [`worker`] through a bounded queue, so
 //! that looking up a sender's key (a request to the server) never stalls reading. The worker opens
-//! each message, checks it and either delivers it ([`PeerEvent::Message`]) or reports why not
-//! ([`PeerError::Rejected`]); either way it acknowledges it so the server can forget it.
+//! each message, checks it and either delivers it ([`PeerEvent::Message`]), drops it silently as a
+//! duplicate, or reports why not ([`PeerError::Rejected`]).
+//!
+//! What is acknowledged (`ack`, after which the server deletes its copy): delivered messages,
+//! duplicates (an id already delivered: the server redelivers what was not acknowledged when a
+//! connection ends, and a copy means the first one arrived), and messages refused for good (they
+//! can never be opened). A message refused for a reason that may pass
+//! ([`RejectReason::is_transient`]: the sender's key could not be fetched, or a key change waits
+//! for the user) is *not* acknowledged, so the server keeps it and delivers it again.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{Algorithm, IncomingMessage, PeerEvent};
 use crate::keys::PeerKey;
 use crate::peer::{Inner, B64};
+use crate::trust::Recheck;
 use crate::{PeerConfig, PeerError, RejectReason};
 
 /// The `kind` of a text message.
@@ -105,27 +113,36 @@ pub(crate) async fn worker(
             () = cancel.cancelled() => break,
             o = open(&inner, delivered) => o,
         };
-        match outcome {
+        let ack = match outcome {
             Ok(message) => {
                 tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
                 inner.dispatcher.emit(PeerEvent::Message(message));
+                true
+            }
+            Err(RejectReason::Replay) => {
+                tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, "duplicate dropped");
+                true
             }
             Err(reason) => {
-                tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, "message refused");
+                let transient = reason.is_transient();
+                tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");
                 inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
                     from: from.clone(),
                     message_id: message_id.clone(),
                     reason,
                 }));
+                // Held back, not lost: the server keeps an unacknowledged message.
+                !transient
             }
-        }
-        if let Some(id) = &message_id {
+        };
+        if let (true, Some(id)) = (ack, &message_id) {
             inner.ack(id);
         }
     }
 }
 
-/// Opens and checks one message.
+/// Opens and checks one message. `Err(RejectReason::Replay)` is a duplicate, dropped silently by
+/// the caller.
 async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReason> {
     let envelope: Envelope =
         serde_json::from_str(d.message.get()).map_err(|_| RejectReason::MalformedEnvelope)?;
@@ -156,6 +173,12 @@ async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReas
             if msg.message_id != outer_id {
                 return Err(RejectReason::MessageIdMismatch);
             }
+            // Only authenticated ids are recorded, and this one decrypted bound to the sender and
+            // message id: a copy of a message already delivered. Checked before the key gates so
+            // that a redelivered message signed with a key since replaced is not refused.
+            if already_seen(inner, &d.from_id, &outer_id) {
+                return Err(RejectReason::Replay);
+            }
             if inner.pending_key_change(&d.from_id).is_some() {
                 return Err(RejectReason::KeyChanged);
             }
@@ -178,11 +201,13 @@ async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReas
                     other => RejectReason::SenderKeyUnavailable(other.to_string()),
                 })?;
             if identity.verify(&payload, &sig).is_err() {
-                // Perhaps the sender has a new key: ask, so a key change is reported as such.
-                if inner.refresh_reveals_key_change(&d.from_id).await {
-                    return Err(RejectReason::KeyChanged);
-                }
-                return Err(RejectReason::BadSignature);
+                // Perhaps the sender has a new key: ask, so a key change is reported as such. Only
+                // a confirmed pinned key makes this a forgery (final); unconfirmed, it may pass.
+                return Err(match inner.recheck_key(&d.from_id).await {
+                    Recheck::Unchanged => RejectReason::BadSignature,
+                    Recheck::Changed => RejectReason::KeyChanged,
+                    Recheck::Unavailable(e) => RejectReason::SenderKeyUnavailable(e),
+                });
             }
             if msg.kind != KIND_TEXT {
                 check_replay(inner, &d.from_id, &outer_id)?;
@@ -229,6 +254,10 @@ async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReas
             other.chars().take(32).collect(),
         )),
     }
+}
+
+fn already_seen(inner: &Inner, from: &ClientId, id: &MessageId) -> bool {
+    inner.replay.lock().is_ok_and(|r| r.seen(from, id))
 }
 
 fn check_replay(inner: &Inner, from: &ClientId, id: &MessageId) -> Result<(), RejectReason> {

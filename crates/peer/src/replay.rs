@@ -33,8 +33,7 @@ impl ReplayGuard {
         }
     }
 
-    /// Whether `id` was already seen from `from`.
-    #[cfg(test)]
+    /// Whether `id` was already seen from `from` (without recording it).
     pub(crate) fn seen(&self, from: &ClientId, id: &MessageId) -> bool {
         self.peers.get(from).is_some_and(|w| w.ids.contains(id))
     }

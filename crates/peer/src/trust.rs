@@ -142,12 +142,24 @@ impl Inner {
         })
     }
 
-    /// After a signature failed with the pinned key: asks the server whether the key changed.
-    /// `true` if it did (the change is now pending and reported).
-    pub(crate) async fn refresh_reveals_key_change(&self, peer: &ClientId) -> bool {
-        matches!(
-            self.fetch_key(peer).await,
-            Err(PeerError::KeyChanged { .. })
-        )
+    /// After a signature failed with the pinned key: asks the server for the current key, so a key
+    /// change is reported as such (it is then pending) rather than as a forgery.
+    pub(crate) async fn recheck_key(&self, peer: &ClientId) -> Recheck {
+        match self.fetch_key(peer).await {
+            Ok(_) => Recheck::Unchanged,
+            Err(PeerError::KeyChanged { .. }) => Recheck::Changed,
+            Err(e) => Recheck::Unavailable(e.to_string()),
+        }
     }
+}
+
+/// What [`Inner::recheck_key`] found.
+#[derive(Debug)]
+pub(crate) enum Recheck {
+    /// The server still publishes the pinned key.
+    Unchanged,
+    /// The key changed (now pending, reported once).
+    Changed,
+    /// The current key could not be fetched or checked.
+    Unavailable(String),
 }

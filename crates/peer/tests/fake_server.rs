@@ -431,12 +431,10 @@ async fn forged_replayed_tampered_and_downgraded_messages_never_reach_handlers()
     );
     assert_eq!(conn.expect("ack").await["payload"]["messageId"], "m-1");
 
-    // 2. The same frame again: a replay.
+    // 2. The same frame again (a replay, or the server redelivering): dropped silently and acked;
+    //    never delivered twice (the count at the end).
     conn.send(msg(good)).await;
-    assert_eq!(
-        expect_rejected(&mut events, "m-1").await,
-        RejectReason::Replay
-    );
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "m-1");
 
     // 3. Tampered ciphertext.
     let mut tampered = v1_payload(&b, "alice", &alice_kem, "m-2", "m-2", "pay 10");
@@ -782,4 +780,257 @@ async fn a_replaced_peer_can_connect_again_as_soon_as_it_is_disconnected() {
     assert_eq!(peer.connection_state(), ConnectionState::Connected);
     assert!(handle.remove());
     peer.disconnect().await;
+}
+
+// ---- which refused messages are acknowledged ----
+
+/// Sends an unsigned message from an original client (no pinned identity) and waits until it is
+/// delivered: a marker that everything sent before it has been processed. Returns the id of the
+/// next `ack` the peer sends, which must be the marker's if nothing before it was acked.
+async fn next_ack_after_marker(
+    conn: &mut FakeConn,
+    events: &mut lattice_peer::EventStream,
+    alice_kem: &KemPublicKey,
+    marker: &str,
+) -> String {
+    conn.send(msg(ml_kem_aes_payload(
+        "orig",
+        alice_kem,
+        Some(marker),
+        "marker",
+    )))
+    .await;
+    let m = wait_for(events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.message_id.as_ref().map(|i| i.as_str()), Some(marker));
+    conn.expect("ack").await["payload"]["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redelivered() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let bob_old = new_identity();
+    let bob_new = new_identity();
+    let old = Sender {
+        id: "bob",
+        signer: &bob_old,
+    };
+    let new = Sender {
+        id: "bob",
+        signer: &bob_new,
+    };
+
+    // 1. The sender's key cannot be fetched: refused as unavailable, and not acked, so the server
+    //    keeps it.
+    let first = msg(v1_payload(&old, "alice", &alice_kem, "t-1", "t-1", "first"));
+    conn.send(first.clone()).await;
+    let req = conn.expect("request_public_key").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    let reason = expect_rejected(&mut events, "t-1").await;
+    assert!(
+        matches!(reason, RejectReason::SenderKeyUnavailable(_)),
+        "{reason:?}"
+    );
+    assert!(reason.is_transient());
+    assert_eq!(
+        next_ack_after_marker(&mut conn, &mut events, &alice_kem, "marker-1").await,
+        "marker-1",
+        "the message refused for an unavailable key was acked"
+    );
+    // Redelivered once the key can be fetched: delivered (it was not recorded as seen), and acked.
+    conn.send(first).await;
+    conn.serve_key("bob", &bob_old).await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!((m.text.as_str(), m.verified), ("first", true));
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-1");
+
+    // 2. Bob's identity changes: his new messages are held back until the change is accepted,
+    //    and not acked meanwhile.
+    let changed = msg(v1_payload(
+        &new, "alice", &alice_kem, "t-2", "t-2", "new key",
+    ));
+    conn.send(changed.clone()).await;
+    conn.serve_key("bob", &bob_new).await;
+    assert_eq!(
+        expect_rejected(&mut events, "t-2").await,
+        RejectReason::KeyChanged
+    );
+    let pending = msg(v1_payload(
+        &new,
+        "alice",
+        &alice_kem,
+        "t-3",
+        "t-3",
+        "still new",
+    ));
+    conn.send(pending.clone()).await;
+    assert_eq!(
+        expect_rejected(&mut events, "t-3").await,
+        RejectReason::KeyChanged
+    );
+    assert_eq!(
+        next_ack_after_marker(&mut conn, &mut events, &alice_kem, "marker-2").await,
+        "marker-2",
+        "a message held back by a key change was acked"
+    );
+    // The user accepts the change; the server redelivers (after a reconnect): both arrive.
+    peer.accept_key_change(&id("bob")).unwrap();
+    conn.send(changed).await;
+    conn.send(pending).await;
+    for (mid, text) in [("t-2", "new key"), ("t-3", "still new")] {
+        let m = wait_for(&mut events, |e| match e {
+            PeerEvent::Message(m) => Some(m),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (m.message_id.unwrap().as_str(), m.text.as_str(), m.verified),
+            (mid, text, true)
+        );
+        assert_eq!(conn.expect("ack").await["payload"]["messageId"], mid);
+    }
+
+    // 3. Messages that can never be opened are acked: the server may forget them.
+    let mut tampered = v1_payload(&new, "alice", &alice_kem, "t-4", "t-4", "x");
+    tampered["message"]["serializedEncryptedData"] = json!(B64.encode([0u8; 40]));
+    conn.send(msg(tampered)).await;
+    assert_eq!(
+        expect_rejected(&mut events, "t-4").await,
+        RejectReason::Decrypt
+    );
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-4");
+    let forged = v1_payload(
+        &old,
+        "alice",
+        &alice_kem,
+        "t-5",
+        "t-5",
+        "old key, now forged",
+    );
+    conn.send(msg(forged)).await;
+    conn.serve_key("bob", &bob_new).await;
+    let reason = expect_rejected(&mut events, "t-5").await;
+    assert_eq!(reason, RejectReason::BadSignature);
+    assert!(!reason.is_transient());
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-5");
+}
+
+#[tokio::test]
+async fn a_duplicate_is_acked_and_dropped_silently() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&delivered);
+    peer.on_message(move |_| {
+        d.fetch_add(1, Ordering::SeqCst);
+    });
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    let frame = msg(v1_payload(&b, "alice", &alice_kem, "d-1", "d-1", "once"));
+    conn.send(frame.clone()).await;
+    conn.serve_key("bob", &bob).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "d-1");
+    // Redelivered (our ack was lost with the connection, say) or replayed: acked again, neither
+    // delivered twice nor reported.
+    conn.send(frame).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "d-1");
+    let unsigned = msg(ml_kem_aes_payload("orig", &alice_kem, Some("d-2"), "js"));
+    conn.send(unsigned.clone()).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "d-2");
+    conn.send(unsigned).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "d-2");
+    // Everything above was processed before this marker: no error event, each message once.
+    conn.send(msg(ml_kem_aes_payload(
+        "orig",
+        &alice_kem,
+        Some("marker"),
+        "marker",
+    )))
+    .await;
+    let mut seen = Vec::new();
+    none_before(
+        &mut events,
+        |e| matches!(e, PeerEvent::Error(_)),
+        |e| {
+            if let PeerEvent::Message(m) = e {
+                seen.push(m.text.clone());
+            }
+            (seen.last().map(String::as_str) == Some("marker")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(seen, ["once", "js", "marker"]);
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "marker");
+    assert_eq!(delivered.load(Ordering::SeqCst), 3);
+}
+
+/// A signature that fails with the pinned key is a forgery only if the server confirms the pinned
+/// key; if that check cannot be made, the message may be from a changed key: held back, not acked.
+#[tokio::test]
+async fn a_bad_signature_is_final_only_once_the_key_was_rechecked() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let bob = new_identity();
+    let mallory = new_identity();
+    let p = peer.clone();
+    let fetch = tokio::spawn(async move { p.request_public_key(&id("bob")).await });
+    conn.serve_key("bob", &bob).await;
+    fetch.await.unwrap().unwrap();
+
+    let suspicious = msg(v1_payload(
+        &Sender {
+            id: "bob",
+            signer: &mallory,
+        },
+        "alice",
+        &alice_kem,
+        "s-1",
+        "s-1",
+        "trust me",
+    ));
+    conn.send(suspicious.clone()).await;
+    let req = conn.expect("request_public_key").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    let reason = expect_rejected(&mut events, "s-1").await;
+    assert!(
+        matches!(reason, RejectReason::SenderKeyUnavailable(_)),
+        "{reason:?}"
+    );
+    assert_eq!(
+        next_ack_after_marker(&mut conn, &mut events, &alice_kem, "marker").await,
+        "marker"
+    );
+    // Redelivered; this time the server confirms bob's pinned key: a forgery, refused and acked.
+    conn.send(suspicious).await;
+    conn.serve_key("bob", &bob).await;
+    assert_eq!(
+        expect_rejected(&mut events, "s-1").await,
+        RejectReason::BadSignature
+    );
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-1");
 }
