@@ -60,8 +60,8 @@ pub fn since_start() -> Option<Duration> {
 /// Runs the app: parses the options, builds it with [`build`] and enters the event loop.
 pub fn run() {
     let _ = STARTED.set(std::time::Instant::now());
-    init_tracing();
     let options = Options::from_env_and_args();
+    init_tracing(options.log_file.as_deref());
     match build(Builder::default(), options).build(tauri::generate_context!()) {
         Ok(app) => app.run(on_run_event),
         Err(e) => {
@@ -192,9 +192,29 @@ fn on_run_event<R: Runtime>(app: &tauri::AppHandle<R>, event: RunEvent) {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(log_file: Option<&std::path::Path>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LATTICE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,tao=warn,wry=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let file = log_file.and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                eprintln!(
+                    "lattice-desktop: cannot open the log file {}: {e}",
+                    path.display()
+                )
+            })
+            .ok()
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(file) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init(),
+        None => builder.try_init(),
+    };
 }

@@ -4,6 +4,8 @@
 //!   app data directory (a second profile on one machine; tests). A custom data directory also
 //!   turns single-instance off, so a test or a second profile never hands over to the main app.
 //! - `--minimized`: start hidden in the tray, whatever the setting says.
+//! - `--log-file PATH`: write the log there instead of stderr (launchers and WebDriver drop
+//!   stderr); `LATTICE_LOG` sets the level, e.g. `LATTICE_LOG=debug`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Start hidden in the tray.
     pub minimized: bool,
+    /// Where to write the log (stderr when `None`).
+    pub log_file: Option<PathBuf>,
     /// No window and no tray: for command tests on the mock runtime.
     pub headless: bool,
 }
@@ -42,6 +46,10 @@ impl Options {
                 }
             } else if let Some(dir) = arg.to_str().and_then(|a| a.strip_prefix("--data-dir=")) {
                 options.data_dir = Some(PathBuf::from(dir));
+            } else if arg == "--log-file" {
+                if let Some(path) = args.next() {
+                    options.log_file = Some(PathBuf::from(path));
+                }
             } else if arg == "--minimized" {
                 options.minimized = true;
             }
@@ -72,8 +80,12 @@ mod tests {
         assert_eq!(o.data_dir, Some(PathBuf::from("/a")));
         assert!(o.minimized);
         assert!(!o.single_instance());
-        let o = Options::parse(os(&["--data-dir=/b", "--unknown"]), None);
+        let o = Options::parse(
+            os(&["--data-dir=/b", "--unknown", "--log-file", "/l"]),
+            None,
+        );
         assert_eq!(o.data_dir, Some(PathBuf::from("/b")));
+        assert_eq!(o.log_file, Some(PathBuf::from("/l")));
         let o = Options::parse(os(&[]), Some("/env".into()));
         assert_eq!(o.data_dir, Some(PathBuf::from("/env")));
         assert!(Options::parse(os(&[]), None).single_instance());

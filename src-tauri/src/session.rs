@@ -360,6 +360,7 @@ impl Ctx {
     }
 
     fn on_state(&self, m: &Messenger, state: ConnectionState) {
+        tracing::debug!(?state, "connection state");
         match state {
             ConnectionState::Connected => {
                 self.connecting.store(false, Ordering::Relaxed);
@@ -433,6 +434,7 @@ async fn connect_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
         let Some(m) = ctx.messenger.upgrade() else {
             return;
         };
+        tracing::debug!(ok = result.is_ok(), "first connection attempt finished");
         match result {
             Ok(()) => {
                 ctx.connecting.store(false, Ordering::Relaxed);

@@ -62,6 +62,8 @@ pub struct PeerView {
     pub authenticated: bool,
     /// The person compared fingerprints and marked this contact verified.
     pub verified: bool,
+    /// An original client: it sent unsigned (`ml-kem-aes`) messages and has no pinned identity.
+    pub original: bool,
     /// The peer's identity key changed and the change was not accepted yet.
     pub key_changed: bool,
     /// Fingerprint of the pinned identity key.
@@ -84,6 +86,7 @@ impl PeerView {
         Self {
             fingerprint: r.identity_key.as_deref().and_then(fingerprint_of),
             key_changed: r.pending_fingerprint.is_some(),
+            original: r.sent_unsigned && r.identity_key.is_none(),
             pending_fingerprint: r.pending_fingerprint,
             id: r.peer_id,
             online,

@@ -13,7 +13,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,34 +32,73 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/e2e-desktop.sh"))
 }
 
-/// Polls `f` until it yields `Some`, at most [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+/// Runs `script` (a function body) until it returns something truthy, and returns that. On a
+/// timeout, saves a screenshot of what the window showed (`failure-….png`) before failing.
+async fn until_js(client: &Client, what: &str, script: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Some(v) = f().await {
-            return v;
+        match client.execute(script, vec![]).await {
+            Ok(v) if !v.is_null() && v != Value::Bool(false) => return v,
+            _ => {}
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            if let Ok(png) = client.screenshot().await {
+                let name: String = what
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect();
+                let path = screenshot_dir().join(format!("failure-{name}.png"));
+                let _ = std::fs::write(&path, png);
+                println!("failure screenshot: {}", path.display());
+            }
+            panic!("timed out waiting for {what}");
+        }
         tokio::time::sleep(POLL).await;
     }
 }
 
-/// Runs `script` (a function body) until it returns something truthy, and returns that.
-async fn until_js(client: &Client, what: &str, script: &str) -> Value {
-    eventually(what, || async {
-        match client.execute(script, vec![]).await {
-            Ok(v) if !v.is_null() && v != Value::Bool(false) => Some(v),
-            _ => None,
+fn screenshot_dir() -> PathBuf {
+    std::env::var("E2E_SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target/e2e-screenshots"))
+}
+
+/// Ends a WebDriver session even when the test panics, so the next test can start the app
+/// (tauri-driver allows one session at a time). A plain blocking HTTP `DELETE`, because `Drop`
+/// cannot await and the test's runtime may be unwinding.
+struct SessionGuard {
+    driver: String,
+    id: Option<String>,
+}
+
+impl SessionGuard {
+    /// The session was closed normally.
+    fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let Some(hostport) = self.driver.strip_prefix("http://") else {
+            return;
+        };
+        let hostport = hostport.trim_end_matches('/');
+        if let Ok(mut stream) = std::net::TcpStream::connect(hostport) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{id} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut sink = Vec::new();
+                let _ = stream.read_to_end(&mut sink);
+            }
         }
-    })
-    .await
+    }
 }
 
 struct Shots {
@@ -80,13 +118,16 @@ impl Shots {
     }
 }
 
-async fn start_app(data_dir: &std::path::Path) -> Client {
+async fn start_app(data_dir: &std::path::Path) -> (Client, SessionGuard) {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "tauri:options".into(),
         json!({
             "application": env("LATTICE_DESKTOP_BIN"),
-            "args": ["--data-dir", data_dir.display().to_string()],
+            "args": [
+                "--data-dir", data_dir.display().to_string(),
+                "--log-file", screenshot_dir().join("app.log").display().to_string(),
+            ],
         }),
     );
     caps.insert("browserName".into(), json!("wry"));
@@ -97,13 +138,17 @@ async fn start_app(data_dir: &std::path::Path) -> Client {
         .connect(&env("TAURI_DRIVER_URL"))
         .await
         .expect("a WebDriver session with the app");
+    let guard = SessionGuard {
+        driver: env("TAURI_DRIVER_URL"),
+        id: client.session_id().await.expect("session id"),
+    };
     until_js(
         &client,
         "the page to finish bootstrapping",
         "return document.body.dataset.ready === 'true';",
     )
     .await;
-    client
+    (client, guard)
 }
 
 async fn click(client: &Client, css: &str) {
@@ -163,9 +208,7 @@ async fn dialog_shows(client: &Client, text: &str) {
 #[tokio::test]
 #[ignore = "needs Xvfb, tauri-driver and the app binary: run scripts/e2e-desktop.sh"]
 async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
-    let shots_dir = std::env::var("E2E_SCREENSHOT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("target/e2e-screenshots"));
+    let shots_dir = screenshot_dir();
     std::fs::create_dir_all(&shots_dir).unwrap();
     let mut shots = Shots {
         dir: shots_dir,
@@ -191,7 +234,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
 
     // Alice: the app, on an empty data directory.
     let data = tempfile::tempdir().unwrap();
-    let client = start_app(data.path()).await;
+    let (client, guard) = start_app(data.path()).await;
 
     // First run: name, "Connect to a server", URL.
     client
@@ -356,7 +399,8 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
 
     // Restart the app: the history is there.
     client.close().await.expect("close the first session");
-    let client = start_app(data.path()).await;
+    guard.disarm();
+    let (client, guard) = start_app(data.path()).await;
     until_js(
         &client,
         "bob in the peer list after a restart",
@@ -387,6 +431,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     shots.take(&client, "settings").await;
 
     client.close().await.expect("close the second session");
+    guard.disarm();
     bob.disconnect().await;
     server.shutdown().await;
 }
@@ -403,7 +448,7 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
     let data = tempfile::tempdir().unwrap();
 
     // First run through the UI, then close the app.
-    let client = start_app(data.path()).await;
+    let (client, guard) = start_app(data.path()).await;
     type_into(&client, "#setup-name", "carol").await;
     click(
         &client,
@@ -419,6 +464,7 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
     )
     .await;
     client.close().await.expect("close");
+    guard.disarm();
 
     // 10,000 messages with dave, written straight into the app's database.
     {
@@ -448,7 +494,7 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
         tx.commit().unwrap();
     }
 
-    let client = start_app(data.path()).await;
+    let (client, guard) = start_app(data.path()).await;
     until_js(
         &client,
         "dave in the list",
@@ -481,9 +527,7 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
         first_screen.as_f64().unwrap_or(-1.0)
     );
     let mut shots = Shots {
-        dir: std::env::var("E2E_SCREENSHOT_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from("target/e2e-screenshots")),
+        dir: screenshot_dir(),
         n: 50,
     };
     shots.take(&client, "ten-thousand-messages").await;
@@ -496,8 +540,9 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
              const t0 = performance.now();
              const step = () => {
                const first = document.querySelector('li.msg .bubble');
-               if (first && first.textContent.startsWith('message 0:')) {
-                 done(performance.now() - t0);
+               const elapsed = performance.now() - t0;
+               if ((first && first.textContent.startsWith('message 0:')) || elapsed > 25000) {
+                 done({ ms: elapsed, first: first ? first.textContent.slice(0, 20) : null });
                  return;
                }
                box.scrollTop = 0;
@@ -513,9 +558,17 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
         .await
         .unwrap();
     println!(
-        "10k conversation: scrolled back to message 0 in {:.0} ms ({dom} messages in the DOM)",
-        scrolled.as_f64().unwrap_or(-1.0)
+        "10k conversation: scrolled back in {:.0} ms to {} ({dom} messages in the DOM)",
+        scrolled["ms"].as_f64().unwrap_or(-1.0),
+        scrolled["first"]
+    );
+    assert!(
+        scrolled["first"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("message 0:")),
+        "scrolling back reached the first message"
     );
     client.close().await.expect("close");
+    guard.disarm();
     server.shutdown().await;
 }

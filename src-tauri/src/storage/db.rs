@@ -4,7 +4,7 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 1):
+//! Schema (version 2):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
@@ -12,7 +12,8 @@
 //!   use (the peer's `KeyStore`): the first identity key seen for a peer. When the peer presents
 //!   another key, its fingerprint waits in `pending_fingerprint` until the person accepts it.
 //! - `messages(seq PK, message_id UNIQUE, peer_id, outgoing, body, at, status, authenticated)` —
-//!   history; `seq` orders a conversation and is the paging cursor.
+//!   history; `seq` orders a conversation and is the paging cursor. (Version 2 adds a partial
+//!   index of unsigned incoming messages.)
 //! - `outbox(message_id PK, peer_id, body, created_at)` — messages written but not yet confirmed
 //!   by the server. A row leaves the outbox only when the server acknowledged the message (or
 //!   refused it for good), so a message typed offline survives a crash or a kill.
@@ -25,7 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::StorageError;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -59,6 +60,9 @@ CREATE TABLE IF NOT EXISTS messages(
     authenticated INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer_id, seq);
+-- version 2: finds the peers that sent unsigned (original-client) messages without a scan.
+CREATE INDEX IF NOT EXISTS messages_unsigned ON messages(peer_id)
+    WHERE outgoing = 0 AND authenticated = 0;
 CREATE TABLE IF NOT EXISTS outbox(
     message_id TEXT PRIMARY KEY,
     peer_id    TEXT NOT NULL,
@@ -154,6 +158,8 @@ pub struct PeerRecord {
     pub last_at: Option<i64>,
     /// Whether the latest message is ours.
     pub last_outgoing: bool,
+    /// Some incoming message from this peer was not signed (an original, `ml-kem-aes` client).
+    pub sent_unsigned: bool,
 }
 
 /// One entry of the outbox.
@@ -200,6 +206,7 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        // Every statement of SCHEMA is idempotent, so one script brings any older version up.
         if version < SCHEMA_VERSION {
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -268,7 +275,9 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT c.peer_id, c.unread, c.user_verified, c.authenticated,
-                    k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing
+                    k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing,
+                    EXISTS(SELECT 1 FROM messages u WHERE u.peer_id = c.peer_id
+                           AND u.outgoing = 0 AND u.authenticated = 0)
              FROM contacts c
              LEFT JOIN pinned_keys k ON k.peer_id = c.peer_id
              LEFT JOIN messages m ON m.seq =
@@ -286,6 +295,7 @@ impl Db {
                 last_body: r.get(6)?,
                 last_at: r.get(7)?,
                 last_outgoing: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+                sent_unsigned: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

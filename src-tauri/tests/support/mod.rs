@@ -38,9 +38,12 @@ impl TestApp {
             headless: true,
             ..Default::default()
         };
-        let app = lattice_desktop::build(mock_builder(), options)
+        let mut app = lattice_desktop::build(mock_builder(), options)
             .build(mock_context(noop_assets()))
             .expect("the app builds on the mock runtime");
+        // Setup runs with the event loop; one (mock) iteration runs it without blocking.
+        #[allow(deprecated)]
+        app.run_iteration(|_, _| {});
         let webview = WebviewWindowBuilder::new(&app, "main", Default::default())
             .build()
             .expect("a webview");

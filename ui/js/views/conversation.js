@@ -2,8 +2,8 @@
 // composer.
 //
 // History is paged: opening a conversation loads the latest PAGE messages (the first screen),
-// and older pages (OLDER_PAGE) load as the top of the list comes within 600 px of view, keeping
-// the scroll position.
+// and older pages (OLDER_PAGE) load as the top of the list comes within LOAD_MARGIN_PX of the
+// view, keeping the scroll position.
 // A conversation of any length therefore opens in the time of one page.
 
 import { api } from "../api.js";
@@ -18,6 +18,8 @@ const PAGE = 50;
 const OLDER_PAGE = 200;
 /** Messages from one side within this many ms are drawn as one group. */
 const GROUP_MS = 5 * 60 * 1000;
+/** Older history loads when the top of the list comes this close (px) to the view. */
+const LOAD_MARGIN_PX = 600;
 /** How close to the bottom (px) counts as "at the bottom" for following new messages. */
 const STICK_PX = 48;
 
@@ -29,12 +31,23 @@ const STATUS = {
   failed: { icon: "alert", label: "Not delivered" },
 };
 
+/** Progress order of delivery states (as in the backend): an update never moves a message back. */
+const RANK = { pending: 0, sent: 1, queued: 2, delivered: 3, received: 4, failed: 5 };
+
+/** Whether `next` is news compared with `shown` (the command's answer can arrive after events). */
+function advances(shown, next) {
+  if (next === "failed") return shown === "pending" || shown === "sent";
+  return (RANK[next] ?? 0) > (RANK[shown] ?? 0);
+}
+
 let current = null; // peer id shown
 let generation = 0; // bumps on every open, so late pages of an old conversation are dropped
 let oldestSeq = null;
 let hasMore = false;
 let loading = false;
 const elements = new Map(); // message id -> <li>
+let firstPageShown = false;
+let arrivedEarly = []; // messages that arrived while the first page was loading
 
 const $ = (id) => document.getElementById(id);
 
@@ -133,11 +146,13 @@ async function loadOlder() {
   const gen = generation;
   const top = $("history-top");
   top.classList.add("loading");
+  let ok = false;
   try {
     const page = await api.loadMessages(current, oldestSeq, OLDER_PAGE);
     if (gen !== generation) return;
     prepend(page.messages);
     hasMore = page.hasMore;
+    ok = true;
   } catch (err) {
     showNotice(err);
   } finally {
@@ -146,6 +161,13 @@ async function loadOlder() {
       top.classList.remove("loading");
     }
   }
+  // Still near the top (a fast scroll, or pages shorter than the view): keep going.
+  if (ok && gen === generation) maybeLoadOlder();
+}
+
+/** Loads the previous page when the top of the history is within LOAD_MARGIN_PX of the view. */
+function maybeLoadOlder() {
+  if (hasMore && !loading && $("messages").scrollTop < LOAD_MARGIN_PX) loadOlder();
 }
 
 function prepend(messages) {
@@ -192,7 +214,7 @@ function renderHeader(peer) {
       + "Messages to and from the new key are blocked until you accept it.";
   }
   const unverified = $("unverified-banner");
-  const original = !peer.authenticated && !peer.fingerprint && peer.lastMessage;
+  const original = peer.original;
   unverified.hidden = !original || peer.keyChanged;
   if (original) {
     $("unverified-banner-body").textContent =
@@ -225,18 +247,24 @@ export async function openConversation(peerId) {
   $("conversation").hidden = false;
   $("message-list").replaceChildren();
   renderHeader(peer);
+  firstPageShown = false;
+  arrivedEarly = [];
   try {
     const page = await api.loadMessages(peerId, null, PAGE);
     if (gen !== generation) return;
     $("message-list").replaceChildren(...buildItems(page.messages, null));
     oldestSeq = page.messages.length ? page.messages[0].seq : null;
     hasMore = page.hasMore;
+    firstPageShown = true;
+    for (const m of arrivedEarly) upsertMessage(m);
+    arrivedEarly = [];
     scrollToBottom();
+    loading = false;
+    maybeLoadOlder();
     if (peer.unread > 0 && document.hasFocus()) api.markRead(peerId).catch(showNotice);
   } catch (err) {
-    showNotice(err);
-  } finally {
     if (gen === generation) loading = false;
+    showNotice(err);
   }
   if (!$("composer-input").disabled) $("composer-input").focus();
 }
@@ -251,9 +279,14 @@ export function refreshConversationPeer() {
 /** A new or updated message (from an event or from our own send). */
 export function upsertMessage(m) {
   if (m.peerId !== current) return;
+  if (!firstPageShown) {
+    // The first page is on its way and will replace the list: apply this after it.
+    arrivedEarly.push(m);
+    return;
+  }
   const existing = elements.get(m.id);
   if (existing) {
-    fillMessage(existing, m);
+    if (advances(existing.dataset.status, m.status)) fillMessage(existing, m);
     return;
   }
   const stick = m.outgoing || atBottom();
@@ -315,10 +348,9 @@ export function initConversation() {
     send();
   });
 
-  const observer = new IntersectionObserver((entries) => {
-    if (entries.some((e) => e.isIntersecting)) loadOlder();
-  }, { root: $("messages"), rootMargin: "600px 0px 0px 0px" });
-  observer.observe($("history-top"));
+  // A scroll listener rather than an IntersectionObserver: the observer samples once per frame
+  // and misses a jump to the top that happens in the same frame as a prepend.
+  $("messages").addEventListener("scroll", maybeLoadOlder, { passive: true });
 
   $("conv-verify").addEventListener("click", () => current && openVerify(current));
   $("key-banner-compare").addEventListener("click", () => current && openVerify(current));

@@ -2,6 +2,7 @@
 
 import { api } from "../api.js";
 import { paintFingerprint } from "../util.js";
+import { showNotice } from "./toasts.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -56,8 +57,16 @@ export function showFirstRun(boot, done) {
     }
   });
 
-  $("setup-start").addEventListener("click", () => {
+  $("setup-start").addEventListener("click", async () => {
+    // Ask again: while the person read the fingerprint, the connection came up and peers
+    // appeared; `result` is from before that.
+    let boot = result;
+    try {
+      boot = await api.bootstrap();
+    } catch (err) {
+      showNotice(err);
+    }
     $("welcome").hidden = true;
-    done(result);
+    done(boot);
   });
 }

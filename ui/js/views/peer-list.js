@@ -22,7 +22,7 @@ function row(peer) {
   const bottom = h("div", { class: "peer-bottom" },
     h("span", { class: `peer-preview${!peer.lastMessage && !peer.online ? " offline" : ""}`, text: preview }),
     peer.keyChanged ? h("span", { class: "tag danger", title: "This contact's safety number changed" }, icon("alert"), "Key changed") : null,
-    !peer.keyChanged && peer.fingerprint === null && peer.lastMessage && !peer.authenticated
+    !peer.keyChanged && peer.original
       ? h("span", { class: "tag warn", title: "An original client: its messages are not signed" }, "Unverified") : null,
     peer.unread > 0 ? h("span", { class: "unread", text: peer.unread > 99 ? "99+" : String(peer.unread) }) : null);
 

@@ -1,0 +1,142 @@
+//! Command-level tests against a real `lattice-server` (port 0) and a headless peer *bob*:
+//! presence, sending and receiving through the app's commands and its peer bridge.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use lattice_crypto::Identity;
+use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent};
+use lattice_protocol::ClientId;
+use serde_json::{json, Value};
+use support::TestApp;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `f` (a command call) until `ok` accepts its result.
+fn eventually(what: &str, mut f: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = f();
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn alice_sees_bob_sends_and_receives() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+
+    let bob = rt.block_on(async {
+        let config = PeerConfig::new(
+            url.clone(),
+            ClientId::new("bob").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let bob = MessagingPeer::new(config).unwrap();
+        bob.connect().await.unwrap();
+        bob
+    });
+    let mut bob_events = bob.events();
+
+    let app = TestApp::set_up("alice", &url);
+    eventually(
+        "bob online",
+        || app.invoke("bootstrap", json!({})).unwrap(),
+        |b| {
+            b["connection"]["state"] == json!("connected")
+                && b["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["id"] == json!("bob") && p["online"] == json!(true))
+        },
+    );
+
+    let sent = app
+        .invoke(
+            "send_message",
+            json!({"peerId": "bob", "text": "hello bob"}),
+        )
+        .unwrap();
+    let got = rt.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(PeerEvent::Message(m)) = bob_events.next().await {
+                    break m;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(got.text, "hello bob");
+    assert!(got.verified);
+    let id = sent["id"].clone();
+    eventually(
+        "delivered",
+        || {
+            app.invoke("load_messages", json!({"peerId": "bob"}))
+                .unwrap()
+        },
+        |page| {
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == id && m["status"] == json!("delivered"))
+        },
+    );
+
+    rt.block_on(bob.send_message(&ClientId::new("alice").unwrap(), "hi alice"))
+        .unwrap();
+    let page = eventually(
+        "bob's reply",
+        || {
+            app.invoke("load_messages", json!({"peerId": "bob"}))
+                .unwrap()
+        },
+        |page| page["messages"].as_array().unwrap().len() == 2,
+    );
+    let reply = &page["messages"][1];
+    assert_eq!(reply["body"], json!("hi alice"));
+    assert_eq!(reply["outgoing"], json!(false));
+    assert_eq!(reply["authenticated"], json!(true));
+    let boot = app.invoke("bootstrap", json!({})).unwrap();
+    let bob_row = boot["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == json!("bob"))
+        .unwrap()
+        .clone();
+    assert_eq!(bob_row["unread"], json!(1));
+    assert_eq!(bob_row["authenticated"], json!(true));
+    assert_eq!(
+        bob_row["fingerprint"].as_str().unwrap().split(' ').count(),
+        12
+    );
+
+    app.invoke("mark_read", json!({"peerId": "bob"})).unwrap();
+    drop(app.into_dir());
+    rt.block_on(async {
+        bob.disconnect().await;
+        server.shutdown().await;
+    });
+}
