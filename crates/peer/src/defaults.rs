@@ -58,6 +58,15 @@ pub const REPLAY_WINDOW_PER_PEER: usize = 4096;
 /// Senders tracked for replay detection; the least recently seen sender is forgotten first.
 pub const REPLAY_MAX_PEERS: usize = 1024;
 
+/// Message ids remembered in all for replay detection (a few MiB at most). Far more than the
+/// server can redeliver at once (its mailbox quota is 1000 per recipient), and it keeps senders of
+/// unsigned messages, who need no identity, from making the per-sender windows add up to millions.
+pub const REPLAY_MAX_IDS: usize = 65_536;
+
+/// Peers' fetched keys kept for sending and checking (about 1.2 KiB each). Bounded because any
+/// registered peer that messages us adds one; a key that fell out is fetched again.
+pub const KEY_CACHE: usize = 1024;
+
 /// Sent messages remembered until their `message_ack` (or `error`) arrives, to turn a server error
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;

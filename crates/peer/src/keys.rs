@@ -1,7 +1,7 @@
 //! Peer keys: the [`KeyStore`] trait that pins identity keys on first use (TOFU), its in-memory
 //! implementation [`MemoryKeyStore`], and [`PeerKey`], a peer's keys as fetched from the server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Mutex;
 
@@ -79,6 +79,56 @@ impl PeerKey {
     }
 }
 
+/// Peers' keys fetched from the server, for sending and checking, at most `capacity` of them: any
+/// registered peer that messages us adds one (an ML-KEM key is over a kilobyte), so the cache is
+/// bounded and forgets the entry stored longest ago. A forgotten key is simply fetched again; the
+/// pinned identity keys live in the [`KeyStore`], not here.
+#[derive(Debug)]
+pub(crate) struct KeyCache {
+    capacity: usize,
+    order: VecDeque<ClientId>,
+    map: HashMap<ClientId, PeerKey>,
+}
+
+impl KeyCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            map: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn get(&self, peer: &ClientId) -> Option<&PeerKey> {
+        self.map.get(peer)
+    }
+
+    pub(crate) fn insert(&mut self, key: PeerKey) {
+        let peer = key.peer_id.clone();
+        if self.map.insert(peer.clone(), key).is_some() {
+            return;
+        }
+        self.order.push_back(peer);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, peer: &ClientId) {
+        if self.map.remove(peer).is_some() {
+            self.order.retain(|p| p != peer);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        debug_assert_eq!(self.map.len(), self.order.len());
+        self.map.len()
+    }
+}
+
 /// What TOFU says about a presented identity key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Trust {
@@ -113,6 +163,39 @@ pub(crate) fn tofu(
 mod tests {
     use super::*;
     use lattice_crypto::IdentityKeyPair;
+
+    fn key(id: &str) -> PeerKey {
+        let identity = lattice_crypto::Identity::from_parts(
+            IdentityKeyPair::from_secret_bytes(&[3; 32]),
+            lattice_crypto::KemKeyPair::from_seed(&[4; lattice_crypto::KEM_SEED_LEN]),
+        );
+        PeerKey {
+            peer_id: ClientId::new(id).unwrap(),
+            kem: identity.kem_public_key().clone(),
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn the_key_cache_is_bounded_and_forgets_the_oldest_entry() {
+        let mut cache = KeyCache::new(2);
+        let c = |s: &str| ClientId::new(s).unwrap();
+        cache.insert(key("a"));
+        cache.insert(key("b"));
+        cache.insert(key("a")); // a refresh, not a new entry
+        assert_eq!(cache.len(), 2);
+        cache.insert(key("c"));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&c("a")).is_none(), "the oldest entry went");
+        assert!(cache.get(&c("b")).is_some() && cache.get(&c("c")).is_some());
+        cache.remove(&c("b"));
+        cache.remove(&c("nobody"));
+        assert_eq!(cache.len(), 1);
+        for i in 0..100 {
+            cache.insert(key(&format!("p{i}")));
+        }
+        assert_eq!(cache.len(), 2);
+    }
 
     #[test]
     fn tofu_pins_then_detects_change() {

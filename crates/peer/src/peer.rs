@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
-use crate::keys::PeerKey;
+use crate::keys::{KeyCache, PeerKey};
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
 use crate::replay::ReplayGuard;
 use crate::transport::Dialer;
@@ -72,7 +72,7 @@ pub(crate) struct Inner {
     // std Mutexes below: each guards a short section (take/put, map lookups), never an await.
     outbound_rx: Mutex<Option<mpsc::Receiver<String>>>,
     link: Mutex<Link>,
-    pub(crate) keys: Mutex<HashMap<ClientId, PeerKey>>,
+    pub(crate) keys: Mutex<KeyCache>,
     pub(crate) key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
     pub(crate) replay: Mutex<ReplayGuard>,
     outstanding: Mutex<Outstanding>,
@@ -154,11 +154,12 @@ impl MessagingPeer {
             outbound_tx,
             outbound_rx: Mutex::new(Some(outbound_rx)),
             link: Mutex::new(Link::default()),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(KeyCache::new(defaults::KEY_CACHE)),
             key_changes: Mutex::new(HashMap::new()),
             replay: Mutex::new(ReplayGuard::new(
                 defaults::REPLAY_WINDOW_PER_PEER,
                 defaults::REPLAY_MAX_PEERS,
+                defaults::REPLAY_MAX_IDS,
             )),
             outstanding: Mutex::new(Outstanding::default()),
             cancel: Mutex::new(None),

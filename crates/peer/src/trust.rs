@@ -94,7 +94,7 @@ impl Inner {
             identity,
         };
         if let Ok(mut k) = self.keys.lock() {
-            k.insert(peer, key.clone());
+            k.insert(key.clone());
         }
         Ok(key)
     }
