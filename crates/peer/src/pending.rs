@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,7 +58,9 @@ pub struct WaitOptions {
     pub retry_count: u32,
     /// Decides what an `error` answer means; without one, an error fails the request.
     pub error_handler: Option<ErrorHandler>,
-    /// Accepts or refuses candidate answers of the expected type.
+    /// Accepts or refuses candidate answers of the expected type. It runs on the connection's task
+    /// with the request table locked: keep it a quick check of the frame, and do not call into the
+    /// peer from it. A filter that panics refuses the frame.
     pub filter: Option<Filter>,
 }
 
@@ -122,7 +125,9 @@ struct Waiter {
 /// Request ids answered recently: a second answer to a retried request (e.g. `CLIENT_ID_TAKEN` for
 /// a retry of a `register` that already succeeded) is dropped quietly instead of being reported.
 const RECENT_DONE: usize = 64;
-/// Replies buffered per waiter: an answer plus a few errors.
+/// Replies buffered per waiter: an answer plus a few errors. The last slot is kept for the final
+/// reply (the answer or `ConnectionLost`): errors beyond the rest are dropped, so a burst of them
+/// can never crowd out the answer of a waiter that is already off the table.
 const REPLY_BUFFER: usize = 8;
 
 #[derive(Default)]
@@ -233,7 +238,14 @@ impl Pending {
             };
             if let ServerFrame::Error(e) = &frame.body {
                 // The waiter decides (its error handler may ignore it or retry); it stays registered.
-                let _ = t.waiters[pos].tx.try_send(Reply::Error(e.clone()));
+                let tx = &t.waiters[pos].tx;
+                if tx.capacity() > 1 {
+                    let _ = tx.try_send(Reply::Error(e.clone()));
+                } else {
+                    tracing::debug!(
+                        "error reply dropped: the waiter has not read the earlier ones"
+                    );
+                }
             } else {
                 let w = t.waiters.remove(pos);
                 let _ = w.tx.try_send(Reply::Frame(frame.body.clone()));
@@ -247,10 +259,9 @@ impl Pending {
         if matches!(frame.body, ServerFrame::Error(_)) {
             return Routed::Unclaimed;
         }
-        let pos = t
-            .waiters
-            .iter()
-            .position(|w| w.expected == ty && w.filter.as_ref().is_none_or(|f| f(&frame.body)));
+        let pos = t.waiters.iter().position(|w| {
+            w.expected == ty && w.filter.as_ref().is_none_or(|f| accepts(f, &frame.body))
+        });
         match pos {
             Some(pos) => {
                 let w = t.waiters.remove(pos);
@@ -288,6 +299,15 @@ impl Pending {
     pub(crate) fn len(&self) -> usize {
         self.table.lock().map(|t| t.waiters.len()).unwrap_or(0)
     }
+}
+
+/// Runs a caller's filter on a frame from the network. A panicking filter refuses the frame: it
+/// runs under the table's lock on the connection's task, which it must not poison or take down.
+fn accepts(filter: &Filter, frame: &ServerFrame) -> bool {
+    catch_unwind(AssertUnwindSafe(|| filter(frame))).unwrap_or_else(|_| {
+        tracing::error!("a request filter panicked; the frame was not taken as its answer");
+        false
+    })
 }
 
 #[cfg(test)]
@@ -344,6 +364,52 @@ mod tests {
         assert_eq!(p.route(&error(Some("nobody"))), Routed::Unclaimed);
         assert_eq!(p.len(), 1);
         drop(a);
+    }
+
+    #[test]
+    fn a_flood_of_errors_never_crowds_out_the_answer() {
+        let p = Pending::default();
+        let mut a = p.register(rid("a"), "discover", None, None);
+        for _ in 0..3 * REPLY_BUFFER {
+            assert_eq!(p.route(&error(Some("a"))), Routed::Taken);
+        }
+        assert_eq!(p.route(&peers(Some("a"))), Routed::Taken);
+        let mut last = None;
+        while let Ok(r) = a.rx.try_recv() {
+            last = Some(r);
+        }
+        assert!(matches!(last, Some(Reply::Frame(_))), "{last:?}");
+        // Same for a lost connection.
+        let mut b = p.register(rid("b"), "discover", None, Some(7));
+        for _ in 0..3 * REPLY_BUFFER {
+            p.route(&error(Some("b")));
+        }
+        p.connection_lost(7);
+        let mut last = None;
+        while let Ok(r) = b.rx.try_recv() {
+            last = Some(r);
+        }
+        assert!(matches!(last, Some(Reply::ConnectionLost)), "{last:?}");
+    }
+
+    #[test]
+    fn a_panicking_filter_refuses_the_frame_and_breaks_nothing() {
+        let p = Pending::default();
+        let mut bad = p.register(
+            rid("bad"),
+            "discover",
+            Some(Arc::new(|_| panic!("filter bug"))),
+            None,
+        );
+        let mut good = p.register(rid("good"), "discover", None, None);
+        assert_eq!(p.route(&peers(None)), Routed::Taken);
+        assert!(bad.rx.try_recv().is_err());
+        assert!(matches!(good.rx.try_recv(), Ok(Reply::Frame(_))));
+        // The table still works.
+        assert_eq!(p.route(&peers(Some("bad"))), Routed::Taken);
+        assert!(matches!(bad.rx.try_recv(), Ok(Reply::Frame(_))));
+        drop((bad, good));
+        assert_eq!(p.len(), 0);
     }
 
     #[test]
