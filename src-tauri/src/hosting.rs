@@ -81,3 +81,43 @@ fn lan_address() -> Option<Ipv4Addr> {
         .find(Ipv4Addr::is_private)
         .or_else(|| v4.first().copied())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use lattice_crypto::Identity;
+    use lattice_peer::{MessagingPeer, PeerConfig};
+    use lattice_protocol::ClientId;
+
+    #[tokio::test]
+    async fn hosts_a_server_that_peers_join_and_keeps_its_data_in_the_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosted = Hosted::start(dir.path(), 0).await.unwrap();
+        assert!(hosted.local_url().starts_with("ws://127.0.0.1:"));
+        assert!(hosted.shown_address().contains(&hosted.port.to_string()));
+        let config = PeerConfig::new(
+            hosted.local_url(),
+            ClientId::new("visitor").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let peer = MessagingPeer::new(config).unwrap();
+        peer.connect().await.expect("a peer joins the hosted server");
+        peer.disconnect().await;
+        hosted.stop().await;
+        assert!(dir.path().join("server").is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_reported_readably() {
+        let taken = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        match Hosted::start(dir.path(), port).await {
+            Err(CommandError::Hosting(message)) => {
+                assert!(message.contains("already in use"), "{message}");
+            }
+            other => panic!("expected a hosting error, got {other:?}"),
+        }
+    }
+}

@@ -122,7 +122,7 @@ impl Messenger {
             source,
         })?;
         let db = Db::open(&data_dir.join(storage::DB_FILE))?;
-        let identity = storage::identity::load(&data_dir.join(storage::IDENTITY_FILE))?;
+        let identity = storage::load_identity(data_dir, false)?.map(|(identity, _)| identity);
         Ok(Self {
             data_dir: data_dir.to_owned(),
             db: Arc::new(db),
@@ -222,8 +222,9 @@ impl Messenger {
         if server_mode == ServerMode::Connect {
             settings.server_url = validate_server_url(server_url.unwrap_or(""))?;
         }
-        let (identity, created) =
-            storage::identity::load_or_create(&self.data_dir.join(storage::IDENTITY_FILE))?;
+        let Some((identity, created)) = storage::load_identity(&self.data_dir, true)? else {
+            return Err(CommandError::Internal("the identity was not created".into()));
+        };
         if created {
             tracing::info!("created a new identity");
         }

@@ -5,12 +5,13 @@
 //!   tauri-plugin-store.
 //! - [`db`]: `lattice.sqlite3` (WAL): message history, contacts, pinned identity keys and the
 //!   durable outbox of messages not yet handed to the server.
-//! - [`identity`]: `identity.key`, the secret identity (Ed25519 + ML-KEM-768), mode 0600.
+//! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
+//!   `lattice_peer::identity_file` (the same format and rules as the terminal client's); see
+//!   [`load_identity`].
 //!
 //! Nothing here knows about windows or events; the commands and the session call into it.
 
 pub mod db;
-pub mod identity;
 pub mod keystore;
 pub mod settings;
 
@@ -41,10 +42,65 @@ pub enum StorageError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The identity file exists but is not a valid Lattice identity.
-    #[error("the identity file {0} is damaged or not a Lattice identity")]
-    BadIdentity(PathBuf),
+    /// The identity file cannot be read or written, or is not a Lattice identity.
+    #[error("identity file: {0}")]
+    Identity(String),
     /// The settings store failed.
     #[error("settings: {0}")]
     Settings(String),
+}
+
+/// Loads the identity in `data_dir`, creating it if `create` is set and there is none. Returns
+/// `None` when there is none and `create` is not set, else the identity and whether it was
+/// just created. An existing file is never overwritten, even a damaged one: it may be the only
+/// copy of someone's identity.
+///
+/// # Errors
+/// [`StorageError::Identity`] when the file cannot be read or written or is not an identity.
+pub fn load_identity(
+    data_dir: &std::path::Path,
+    create: bool,
+) -> Result<Option<(lattice_crypto::Identity, bool)>, StorageError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    if !create && !path.exists() {
+        return Ok(None);
+    }
+    lattice_peer::identity_file::load_or_create(&path)
+        .map(Some)
+        .map_err(|e| StorageError::Identity(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_is_created_once_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_identity(dir.path(), false).unwrap().is_none());
+        let (first, created) = load_identity(dir.path(), true).unwrap().unwrap();
+        assert!(created);
+        let (again, created) = load_identity(dir.path(), false).unwrap().unwrap();
+        assert!(!created);
+        assert_eq!(first.identity_public_key(), again.identity_public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(IDENTITY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(dir.path().join(IDENTITY_FILE), b"damaged").unwrap();
+        assert!(matches!(
+            load_identity(dir.path(), true),
+            Err(StorageError::Identity(_))
+        ));
+        assert_eq!(
+            std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
+            b"damaged"
+        );
+    }
 }
