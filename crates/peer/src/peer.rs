@@ -83,6 +83,18 @@ pub(crate) struct Inner {
     verified: AtomicBool,
 }
 
+/// Cancels the supervisor of a `connect` call dropped before the first registration.
+#[derive(Debug)]
+struct AbandonOnDrop(Option<CancellationToken>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}
+
 /// Cancels the tasks when the last user handle is dropped (tasks hold `Inner`, never this).
 #[derive(Debug)]
 struct Owner(Arc<Inner>);
@@ -206,18 +218,25 @@ impl MessagingPeer {
     /// [`PeerError::Server`] if it refuses the registration (e.g. `CLIENT_ID_TAKEN`);
     /// [`PeerError::Replaced`] if another connection of this identity replaced ours while it
     /// registered; [`PeerError::Timeout`]. A failed first connection is not retried.
+    ///
+    /// Cancel-safe: dropping the future before it resolves (e.g. under `tokio::time::timeout`)
+    /// abandons the attempt, and a later `connect` starts afresh.
     pub async fn connect(&self) -> Result<(), PeerError> {
         let mut running = self.inner.running.lock().await;
-        // A supervisor that published `Disconnected` has stopped for good (it gave up, or was
-        // replaced) and is only returning: wait for it rather than refuse.
-        let live = running.as_ref().is_some_and(|r| !r.handle.is_finished())
+        // A supervisor that was cancelled (an abandoned `connect`) or published `Disconnected` (it
+        // gave up, or was replaced) is only returning: wait for it rather than refuse.
+        let live = running
+            .as_ref()
+            .is_some_and(|r| !r.handle.is_finished() && !r.cancel.is_cancelled())
             && self.connection_state() != ConnectionState::Disconnected;
         if live {
             return Err(PeerError::AlreadyConnected);
         }
-        if let Some(old) = running.take() {
-            let _ = old.handle.await;
+        if let Some(old) = running.as_mut() {
+            // Left in place until it has returned the outbound queue, in case we are dropped here.
+            let _ = (&mut old.handle).await;
         }
+        *running = None;
         let outbound = self
             .inner
             .outbound_rx
@@ -238,10 +257,19 @@ impl MessagingPeer {
             cancel.clone(),
             first_tx,
         ));
-        *running = Some(Running { cancel, handle });
+        *running = Some(Running {
+            cancel: cancel.clone(),
+            handle,
+        });
         drop(running);
+        // Dropped before the first registration (the caller gave up, e.g. a timeout): abandon the
+        // attempt rather than leave it connecting behind the caller's back.
+        let mut abandon = AbandonOnDrop(Some(cancel));
         match first_rx.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                abandon.0 = None;
+                Ok(())
+            }
             Ok(Err(e)) => {
                 self.stop().await;
                 Err(e)

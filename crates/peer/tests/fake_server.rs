@@ -1034,3 +1034,30 @@ async fn a_bad_signature_is_final_only_once_the_key_was_rechecked() {
     );
     assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-1");
 }
+
+/// `connect` dropped by its caller (here by a timeout) before the registration finished abandons
+/// that attempt: the socket is closed, nothing keeps trying behind the caller's back, and the next
+/// `connect` starts afresh instead of failing with `AlreadyConnected`.
+#[tokio::test]
+async fn a_connect_dropped_by_its_caller_abandons_the_attempt() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    // Longer than the fake server's step bound: the abandoned attempt must not merely time out.
+    cfg.timeouts.request = Duration::from_secs(60);
+    let peer = MessagingPeer::new(cfg).unwrap();
+    let p = peer.clone();
+    let attempt = tokio::spawn(async move { p.connect().await });
+    let mut conn = fake.next_conn().await;
+    conn.expect("challenge").await;
+    // The server never answers; the caller gives up.
+    attempt.abort();
+    assert!(attempt.await.unwrap_err().is_cancelled());
+    conn.closed().await;
+    let p = peer.clone();
+    let again = tokio::spawn(async move { p.connect().await });
+    let mut conn2 = fake.next_conn().await;
+    conn2.accept_registration().await;
+    again.await.unwrap().unwrap();
+    assert_eq!(peer.connection_state(), ConnectionState::Connected);
+    peer.disconnect().await;
+}

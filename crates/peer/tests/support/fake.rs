@@ -118,6 +118,23 @@ impl FakeConn {
             .await;
     }
 
+    /// Waits until the peer closes the connection (Close frame, end of stream or error); frames
+    /// read meanwhile are kept in `skipped`.
+    pub async fn closed(&mut self) {
+        loop {
+            let msg = tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .expect("the connection stayed open");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    self.skipped.push(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Closes the connection with `code` and `reason`, as the server does.
     pub async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
