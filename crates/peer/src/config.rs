@@ -88,7 +88,7 @@ pub struct Backoff {
     pub max: Duration,
     /// Consecutive failed attempts before giving up; 0 means never give up.
     pub max_attempts: u32,
-    /// Fraction in `[0, 1]` of each delay that is randomised; 0 disables jitter.
+    /// Fraction in `[0, 1]` of each delay that is randomised; 0 (or NaN) disables jitter.
     pub jitter: f64,
     /// Whether to reconnect at all after a connection is lost.
     pub enabled: bool,
@@ -127,7 +127,12 @@ impl Backoff {
     /// The delay before attempt `attempt`, with jitter applied.
     pub fn delay(&self, attempt: u32) -> Duration {
         let nominal = self.nominal_delay(attempt);
-        let jitter = self.jitter.clamp(0.0, 1.0);
+        // NaN is treated as no jitter (clamp would keep it, and sampling an empty range panics).
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
         if jitter == 0.0 {
             return nominal;
         }
@@ -148,7 +153,7 @@ pub struct Timeouts {
     pub request: Duration,
     /// Dialling: TCP, TLS and the WebSocket handshake.
     pub connect: Duration,
-    /// Interval between keepalive pings.
+    /// Interval between keepalive pings (at least 1 ms is used).
     pub ping_interval: Duration,
     /// How long after a ping some frame must arrive.
     pub pong_timeout: Duration,
@@ -217,5 +222,12 @@ mod tests {
             ..Backoff::default()
         };
         assert_eq!(none.delay(2), Duration::from_secs(2));
+        for jitter in [f64::NAN, f64::INFINITY, -1.0] {
+            let odd = Backoff {
+                jitter,
+                ..Backoff::default()
+            };
+            assert!(odd.delay(2) <= Duration::from_secs(2), "{jitter}");
+        }
     }
 }

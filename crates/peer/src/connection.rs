@@ -9,6 +9,7 @@
 //! one identity would take the id from each other forever.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use lattice_protocol::Delivered;
@@ -81,7 +82,9 @@ pub(crate) async fn run(
     let (mut sink, mut stream) = ws.split();
     let mut is_registered = false;
     let mut registration_over = false;
-    let mut ping = interval_at(Instant::now() + t.ping_interval, t.ping_interval);
+    // `interval_at` panics on a zero period.
+    let ping_every = t.ping_interval.max(Duration::from_millis(1));
+    let mut ping = interval_at(defaults::deadline_after(ping_every), ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut pong_deadline: Option<Instant> = None;
 
@@ -134,7 +137,7 @@ pub(crate) async fn run(
             Some(text) = lanes.outbound.recv(), if is_registered => write!(Message::text(text)),
             _ = ping.tick() => {
                 if pong_deadline.is_none() {
-                    pong_deadline = Some(Instant::now() + t.pong_timeout);
+                    pong_deadline = Some(defaults::deadline_after(t.pong_timeout));
                     write!(Message::Ping(Default::default()));
                 }
             }

@@ -22,6 +22,15 @@ pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// disconnected rather than blocking every caller behind it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `now + after`, or a deadline too far away to matter when that would overflow (a caller's
+/// `Duration::MAX` means "no timeout", not a panic).
+pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// First reconnect delay.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Growth factor of the reconnect delay.

@@ -15,7 +15,7 @@ use lattice_protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{
@@ -315,7 +315,7 @@ impl MessagingPeer {
     /// within `timeout`.
     pub async fn register_and_wait(&self, timeout: Duration) -> Result<(), PeerError> {
         let mut rx = self.inner.state.subscribe();
-        let deadline = Instant::now() + timeout;
+        let deadline = defaults::deadline_after(timeout);
         loop {
             match *rx.borrow_and_update() {
                 ConnectionState::Connected => return Ok(()),
@@ -755,7 +755,7 @@ impl Inner {
             attempts += 1;
             tracing::debug!(peer = %self.config.client_id, request = request_type, request_id = %request_id, attempts, "request");
             self.send_text(lane, text.clone())?;
-            let deadline = Instant::now() + per_attempt;
+            let deadline = defaults::deadline_after(per_attempt);
             loop {
                 tokio::select! {
                     reply = guard.rx.recv() => match reply {

@@ -1061,3 +1061,23 @@ async fn a_connect_dropped_by_its_caller_abandons_the_attempt() {
     assert_eq!(peer.connection_state(), ConnectionState::Connected);
     peer.disconnect().await;
 }
+
+/// Odd but legal settings from the app never panic on the peer's tasks: an endless request
+/// timeout, an endless wait for registration, a zero ping interval.
+#[tokio::test]
+async fn extreme_timeouts_do_not_panic() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    cfg.timeouts.ping_interval = Duration::ZERO;
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    peer.register_and_wait(Duration::MAX).await.unwrap();
+    let waiting = discover(&peer, WaitOptions::default().timeout(Duration::MAX));
+    let req = conn.expect("discover").await;
+    conn.send(
+        json!({"type": "discover", "payload": {"peers": ["x"]}, "requestId": req["requestId"]}),
+    )
+    .await;
+    assert_eq!(peers_of(&waiting.await.unwrap().unwrap()), ["x"]);
+    assert_eq!(peer.connection_state(), ConnectionState::Connected);
+    peer.disconnect().await;
+}
