@@ -1081,3 +1081,128 @@ async fn extreme_timeouts_do_not_panic() {
     assert_eq!(peer.connection_state(), ConnectionState::Connected);
     peer.disconnect().await;
 }
+
+/// Whatever a hostile or broken server sends, the peer neither panics nor drops its connection:
+/// bad frames are reported, bad messages refused, bad keys treated as unavailable.
+#[tokio::test]
+async fn hostile_frames_never_take_the_peer_down() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let long = "x".repeat(100_000);
+    for raw in [
+        "",
+        "not json",
+        "[]",
+        "null",
+        "{}",
+        r#"{"type": 5, "payload": {}}"#,
+        r#"{"type": "no_such_type", "payload": {}}"#,
+        r#"{"type": "message"}"#,
+        r#"{"type": "message", "payload": []}"#,
+        r#"{"type": "message", "payload": {"message": 1, "fromId": "bob", "timestamp": -1}}"#,
+        r#"{"type": "message", "payload": {"message": {}, "fromId": "", "timestamp": 1}}"#,
+        r#"{"type": "message", "payload": {"message": {}, "fromId": "bob", "timestamp": 1.5}}"#,
+        r#"{"type": "public_key_response", "payload": {"peerId": "bob", "publicKey": [300]}}"#,
+        r#"{"type": "message_ack", "payload": {"messageId": "", "targetId": "bob", "status": "??"}}"#,
+        r#"{"type": "server_question", "payload": {"questionId": "q", "question": {"text": 1}}}"#,
+        r#"{"type": "server_question", "payload": {"questionId": "q", "question": {"text": "?", "kind": "choice", "options": "a"}}}"#,
+        r#"{"type": "error", "payload": {"errorType": "NEW_KIND", "details": "?", "timestamp": "now"}}"#,
+        r#"{"type": "error", "payload": {}, "requestId": 7}"#,
+        r#"{"type": "peer_connected", "payload": {"peerId": "bad id with spaces"}}"#,
+        r#"{"type": "register", "payload": {"success": true, "clientId": "mallory", "verified": true}}"#,
+        r#"{"type": "challenge", "payload": {"nonce": "AAAA"}}"#,
+        &format!(r#"{{"type": "discover", "payload": {{"peers": []}}, "requestId": "{long}"}}"#),
+        &"[".repeat(10_000),
+    ] {
+        conn.send_raw(raw).await;
+    }
+    conn.send_binary(vec![0xff; 64]).await;
+
+    // Messages that decode but cannot be opened: bad base64, wrong lengths, zero ciphertexts.
+    let envelope = |alg: &str, ct: &str, data: &str| {
+        msg(
+            json!({"message": {"algorithm": alg, "serializedCipherText": ct, "serializedEncryptedData": data}, "fromId": "orig", "timestamp": 1, "messageId": format!("h-{alg}-{}-{}", ct.len(), data.len())}),
+        )
+    };
+    let zeros = |n: usize| B64.encode(vec![0u8; n]);
+    for alg in ["ml-kem-aes", "lattice-v1"] {
+        for (ct, data) in [
+            ("%%%".to_owned(), "%%%".to_owned()),
+            (String::new(), String::new()),
+            (zeros(10), zeros(5)),
+            (zeros(1088), zeros(27)),
+            (zeros(1088), zeros(28)),
+            (zeros(5000), zeros(100)),
+        ] {
+            conn.send(envelope(alg, &ct, &data)).await;
+        }
+    }
+
+    // A genuine lattice-v1 message whose sender's key comes back unusable, in every way.
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    let good = key_payload("bob", &bob);
+    let mut bad_keys = Vec::new();
+    for (field, value) in [
+        ("publicKey", json!([1, 2, 3])),
+        ("publicKey", json!([])),
+        ("publicKey", json!("%%%")),
+        ("identityKey", json!(B64.encode([1u8; 5]))),
+        ("identityKey", json!("%%%")),
+        ("keySignature", json!(B64.encode([1u8; 3]))),
+        ("keySignature", json!(null)),
+        ("peerId", json!("carol")),
+    ] {
+        let mut k = good.clone();
+        k[field] = value;
+        bad_keys.push(k);
+    }
+    for (i, key) in bad_keys.into_iter().enumerate() {
+        let mid = format!("k-{i}");
+        conn.send(msg(v1_payload(&b, "alice", &alice_kem, &mid, &mid, "hi")))
+            .await;
+        let req = conn.expect("request_public_key").await;
+        conn.send(
+            json!({"type": "public_key_response", "payload": key, "requestId": req["requestId"]}),
+        )
+        .await;
+        if i == 7 {
+            // The answer names another peer: the request is still open; fail it.
+            conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+                .await;
+        }
+        let reason = expect_rejected(&mut events, &mid).await;
+        assert!(reason.is_transient(), "{mid}: {reason:?}");
+    }
+
+    // Still connected, on the same connection (the request goes out on `conn`), and answering.
+    let waiting = discover(&peer, WaitOptions::default());
+    let req = conn.expect("discover").await;
+    conn.send(json!({"type": "discover", "payload": {"peers": ["still", "here"]}, "requestId": req["requestId"]}))
+        .await;
+    assert_eq!(
+        peers_of(&waiting.await.unwrap().unwrap()),
+        ["still", "here"]
+    );
+    conn.send(json!({"type": "peer_connected", "payload": {"peerId": "marker"}}))
+        .await;
+    none_before(
+        &mut events,
+        |e| {
+            matches!(
+                e,
+                PeerEvent::ConnectionState(_) | PeerEvent::Registered { .. }
+            )
+        },
+        |e| matches!(e, PeerEvent::PeerConnected(p) if p.as_str() == "marker").then_some(()),
+    )
+    .await;
+    assert_eq!(peer.connection_state(), ConnectionState::Connected);
+    peer.disconnect().await;
+}

@@ -98,6 +98,15 @@ impl FakeConn {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
 
+    /// Sends `text` as is (not necessarily JSON).
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.unwrap();
+    }
+
     /// Answers the registration handshake (challenge, register) as a Lattice server would.
     pub async fn accept_registration(&mut self) -> Value {
         let c = self.expect("challenge").await;
