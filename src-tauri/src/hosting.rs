@@ -102,7 +102,9 @@ mod tests {
             Identity::generate(&mut rand_core::OsRng),
         );
         let peer = MessagingPeer::new(config).unwrap();
-        peer.connect().await.expect("a peer joins the hosted server");
+        peer.connect()
+            .await
+            .expect("a peer joins the hosted server");
         peer.disconnect().await;
         hosted.stop().await;
         assert!(dir.path().join("server").is_dir());

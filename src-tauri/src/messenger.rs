@@ -223,7 +223,9 @@ impl Messenger {
             settings.server_url = validate_server_url(server_url.unwrap_or(""))?;
         }
         let Some((identity, created)) = storage::load_identity(&self.data_dir, true)? else {
-            return Err(CommandError::Internal("the identity was not created".into()));
+            return Err(CommandError::Internal(
+                "the identity was not created".into(),
+            ));
         };
         if created {
             tracing::info!("created a new identity");

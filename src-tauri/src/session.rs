@@ -41,6 +41,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// without asking a big server for every key it knows.
 const PREFETCH_KEYS: usize = 32;
 
+/// After a transient failure while still connected (a timeout, a full queue), the outbox is
+/// tried again after this long; a reconnect wakes it sooner.
+const OUTBOX_RETRY: Duration = Duration::from_secs(5);
+
 /// Acks that arrived before their send returned (so before we knew their wire id); tiny and
 /// bounded because that race needs a round trip to lose.
 const EARLY_ACKS: usize = 64;
@@ -466,14 +470,24 @@ async fn connect_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
     }
 }
 
-/// Refreshes presence after registrations and drains the outbox, whenever woken.
+/// Refreshes presence after registrations and drains the outbox, whenever woken (and again
+/// after [`OUTBOX_RETRY`] when a transient failure paused it).
 async fn worker_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
             () = ctx.wake.notified() => {}
+            () = retry => {}
         }
+        retry_at = None;
         if ctx.peer.connection_state() != ConnectionState::Connected {
             continue;
         }
@@ -484,10 +498,13 @@ async fn worker_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 () = refresh_presence(&ctx) => {}
             }
         }
-        tokio::select! {
+        let paused = tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            () = flush_outbox(&ctx) => {}
+            paused = flush_outbox(&ctx) => paused,
+        };
+        if paused {
+            retry_at = Some(tokio::time::Instant::now() + OUTBOX_RETRY);
         }
     }
 }
@@ -527,16 +544,17 @@ async fn refresh_presence(ctx: &Ctx) {
 }
 
 /// Hands every outbox entry not yet handed to the peer, oldest first. Stops at the first
-/// transient failure (the next registration wakes it again); a permanent one fails that message.
-async fn flush_outbox(ctx: &Ctx) {
+/// transient failure and returns `true` (paused: try again later); a permanent failure fails
+/// that message and goes on.
+async fn flush_outbox(ctx: &Ctx) -> bool {
     let Some(m) = ctx.messenger.upgrade() else {
-        return;
+        return false;
     };
     let entries = match m.db().outbox() {
         Ok(entries) => entries,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the outbox");
-            return;
+            return true;
         }
     };
     drop(m);
@@ -552,7 +570,7 @@ async fn flush_outbox(ctx: &Ctx) {
         };
         let result = ctx.peer.send_message(&target, &entry.body).await;
         let Some(m) = ctx.messenger.upgrade() else {
-            return;
+            return false;
         };
         match result {
             Ok(sent) => {
@@ -585,7 +603,7 @@ async fn flush_outbox(ctx: &Ctx) {
             }
             Err(e) if is_transient(&e) => {
                 tracing::info!(error = %e, "outbox paused");
-                return;
+                return true;
             }
             Err(e) => {
                 m.advance(&entry.message_id, MessageStatus::Failed);
@@ -596,6 +614,7 @@ async fn flush_outbox(ctx: &Ctx) {
             }
         }
     }
+    false
 }
 
 /// Failures that a later connection may not have.

@@ -140,3 +140,80 @@ fn alice_sees_bob_sends_and_receives() {
         server.shutdown().await;
     });
 }
+
+#[test]
+fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Find a free port, then leave it closed: the server is "down".
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let url = format!("ws://127.0.0.1:{port}");
+
+    let app = TestApp::set_up("alice", &url);
+    let sent = app
+        .invoke(
+            "send_message",
+            json!({"peerId": "bob", "text": "typed while offline"}),
+        )
+        .unwrap();
+    assert_eq!(sent["status"], json!("pending"));
+    // The app is closed (or killed) before it ever connected.
+    let dir = app.into_dir();
+
+    // The server comes up on that port, with bob online.
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config {
+            port,
+            ..lattice_server::Config::for_tests()
+        }))
+        .unwrap();
+    let bob = rt.block_on(async {
+        let config = PeerConfig::new(
+            url.clone(),
+            ClientId::new("bob").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let bob = MessagingPeer::new(config).unwrap();
+        bob.connect().await.unwrap();
+        bob
+    });
+    let mut bob_events = bob.events();
+
+    // The app starts again and delivers what waited in its outbox.
+    let app = TestApp::in_dir(dir);
+    let got = rt.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(PeerEvent::Message(m)) = bob_events.next().await {
+                    break m;
+                }
+            }
+        })
+        .await
+        .expect("bob receives the message typed offline")
+    });
+    assert_eq!(got.text, "typed while offline");
+    let id = sent["id"].clone();
+    eventually(
+        "the message delivered",
+        || {
+            app.invoke("load_messages", json!({"peerId": "bob"}))
+                .unwrap()
+        },
+        |page| {
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == id && m["status"] == json!("delivered"))
+        },
+    );
+
+    drop(app.into_dir());
+    rt.block_on(async {
+        bob.disconnect().await;
+        server.shutdown().await;
+    });
+}
