@@ -27,6 +27,8 @@
 //!   the protocol's `errorType`.
 //! - [`envelope`]: the sealed [`Envelope`] object and the `lattice-v1` inner plaintext.
 //! - [`error_type`]: the [`ErrorType`] codes of `error` frames.
+//! - [`fast`]: the relay's hot path: `message` frames decoded without copying the envelope, and
+//!   `message`/`message_ack` encoded at their exact size.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -34,6 +36,7 @@
 pub mod codec;
 pub mod envelope;
 pub mod error_type;
+pub mod fast;
 pub mod frames;
 pub mod ids;
 pub mod limits;

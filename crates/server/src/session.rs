@@ -31,10 +31,9 @@ use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use lattice_crypto::{IdentityPublicKey, KemPublicKey};
 use lattice_protocol::limits::{CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN};
 use lattice_protocol::{
-    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, Delivered, ErrorType, Frame,
-    FrameBody as _, MessageAck, MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField,
-    PublicKeyResponse, Register, Registered, RequestId, RequestPublicKey, SendMessage, ServerFrame,
-    Verification,
+    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, ErrorType, Frame, FrameBody as _,
+    MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField, PublicKeyResponse, Register,
+    Registered, RequestId, RequestPublicKey, ServerFrame, Verification,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument as _};
@@ -322,6 +321,20 @@ impl Session {
                 return self.count_invalid();
             }
         }
+        // Hot path: a `message` frame from a registered peer, envelope borrowed from `text`.
+        if let Some(peer) = &self.peer {
+            if let Some(m) = lattice_protocol::fast::decode_message_ref(text) {
+                let peer = Arc::clone(peer);
+                self.on_message(
+                    &peer,
+                    m.target_id,
+                    m.message.get(),
+                    m.message_id,
+                    m.request_id,
+                );
+                return None;
+            }
+        }
         let frame = match decode_client(text) {
             Ok(f) => f,
             Err(e) => {
@@ -346,7 +359,9 @@ impl Session {
                 match other {
                     ClientFrame::Discover(_) => self.on_discover(&peer, rid),
                     ClientFrame::RequestPublicKey(r) => self.on_request_public_key(r, rid),
-                    ClientFrame::Message(m) => self.on_message(&peer, m, rid),
+                    ClientFrame::Message(m) => {
+                        self.on_message(&peer, m.target_id, m.message.get(), m.message_id, rid);
+                    }
                     ClientFrame::PeerResponse(r) => self.on_peer_response(&peer, r, rid),
                     ClientFrame::DebugQuestion(_) => self.on_debug_question(&peer, rid),
                     ClientFrame::Ack(a) => self.on_ack(&peer, a),
@@ -613,16 +628,21 @@ impl Session {
         self.reply(ServerFrame::PublicKey(body), rid);
     }
 
-    fn on_message(&mut self, peer: &PeerEntry, m: SendMessage, rid: Option<RequestId>) {
-        if !m.message.get().starts_with('{') {
+    fn on_message(
+        &mut self,
+        peer: &PeerEntry,
+        target: ClientId,
+        envelope: &str,
+        sender_mid: Option<MessageId>,
+        rid: Option<RequestId>,
+    ) {
+        if !envelope.starts_with('{') {
             return self.error(
                 ErrorType::InvalidMessage,
                 "message must be an envelope object",
                 rid,
             );
         }
-        let target = m.target_id;
-        let sender_mid = m.message_id;
         let timestamp = unix_ms();
         let live = self.state.hub.get(&target);
         // Messages that may end up in a mailbox need an id for the recipient's ack.
@@ -630,12 +650,8 @@ impl Session {
             let durable = live.as_ref().is_none_or(|e| e.verified);
             durable.then(server_message_id)
         });
-        let frame = encode(&Frame::new(ServerFrame::Message(Delivered {
-            message: m.message,
-            from_id: peer.id.clone(),
-            timestamp,
-            message_id: mid.clone(),
-        })));
+        let frame =
+            lattice_protocol::fast::encode_delivered(envelope, &peer.id, timestamp, mid.as_ref());
         let meta = match (&live, &mid) {
             (Some(e), Some(m)) if e.verified => Some(Box::new(DeliverMeta {
                 message_id: m.clone(),
@@ -665,15 +681,14 @@ impl Session {
         };
         match status {
             Ok(status) => {
-                if let Some(message_id) = sender_mid {
-                    self.reply(
-                        ServerFrame::MessageAck(MessageAck {
-                            message_id,
-                            target_id: target,
-                            status,
-                        }),
-                        rid,
+                if let Some(message_id) = &sender_mid {
+                    let ack = lattice_protocol::fast::encode_message_ack(
+                        message_id,
+                        &target,
+                        status,
+                        rid.as_ref(),
                     );
+                    self.replies.push(Message::Text(ack.into()));
                 }
             }
             Err((t, details)) => self.error(t, details, rid),

@@ -224,10 +224,9 @@ async fn oversized_frames_get_an_error_and_the_connection_lives() {
         tokio_tungstenite::tungstenite::Message::Text(huge.into()),
     )
     .await;
-    let close = c.recv_close().await;
-    if let Some(f) = close {
-        assert_eq!(u16::from(f.code), 1009);
-    }
+    let close = c.recv_close().await.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1009);
+    assert_eq!(close.reason.as_str(), "frame exceeds the transport limit");
     server.shutdown().await;
 }
 
