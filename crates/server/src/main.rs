@@ -85,8 +85,24 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     Ok(base.join("lattice").join("server"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // One core (e.g. pinned with taskset): a current-thread runtime. Its run queue is plain FIFO,
+    // which serves thousands of sessions evenly; the multi-thread scheduler's LIFO slot lets a
+    // sender and its receiver ping-pong ahead of everyone else.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LATTICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
