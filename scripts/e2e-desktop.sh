@@ -4,8 +4,11 @@
 #   driven from Rust with fantoccini (tests/tests/desktop_webdriver.rs).
 # Screenshots of every step land in target/e2e-screenshots/.
 #
-# Usage: scripts/e2e-desktop.sh            (installs missing system deps first)
-# Env:   CARGO_TARGET_DIR (default: target), E2E_KEEP_LOGS=1 keeps the driver and Xvfb logs.
+# Usage: scripts/e2e-desktop.sh [TEST_NAME_FILTER]   (installs missing system deps first)
+# Env:   CARGO_TARGET_DIR (default: target);
+#        LATTICE_DESKTOP_BIN=path runs that app binary (e.g. a release build) instead of building
+#        the debug one.
+# Logs of the app, tauri-driver and Xvfb land in target/e2e-logs/ and target/e2e-screenshots/.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,9 +24,13 @@ if ! command -v Xvfb >/dev/null || ! command -v WebKitWebDriver >/dev/null \
 fi
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
-echo "e2e-desktop: building the app"
-cargo build -p lattice-desktop
-APP_BIN="$TARGET_DIR/debug/lattice-desktop"
+if [ -n "${LATTICE_DESKTOP_BIN:-}" ]; then
+  APP_BIN=$LATTICE_DESKTOP_BIN
+else
+  echo "e2e-desktop: building the app"
+  cargo build -p lattice-desktop
+  APP_BIN="$TARGET_DIR/debug/lattice-desktop"
+fi
 [ -x "$APP_BIN" ] || { echo "e2e-desktop: no binary at $APP_BIN" >&2; exit 1; }
 
 echo "e2e-desktop: building the test"
@@ -73,5 +80,5 @@ echo "e2e-desktop: tauri-driver on port $DRIVER_PORT"
 export LATTICE_DESKTOP_BIN="$APP_BIN"
 export TAURI_DRIVER_URL="http://127.0.0.1:$DRIVER_PORT"
 export E2E_SCREENSHOT_DIR="$SHOTS"
-cargo test -p lattice-e2e --test desktop_webdriver -- --ignored --nocapture --test-threads=1
+cargo test -p lattice-e2e --test desktop_webdriver -- --ignored --nocapture --test-threads=1 "$@"
 echo "e2e-desktop: screenshots in $SHOTS"

@@ -21,6 +21,7 @@ use std::time::Duration;
 use lattice_crypto::Identity;
 use lattice_peer::{
     Backoff, ConnectionState, HandlerHandle, MessagingPeer, PeerConfig, PeerError, PeerEvent,
+    RejectReason,
 };
 use lattice_protocol::{AckStatus, ClientId, ErrorType, QuestionId, QuestionKind};
 use tokio::sync::Notify;
@@ -689,6 +690,11 @@ pub fn describe(e: &PeerError) -> String {
 /// What to tell the person about an error event, if anything.
 fn describe_event_error(e: &PeerError) -> Option<String> {
     match e {
+        // The key-change event already told the person, louder.
+        PeerError::Rejected {
+            reason: RejectReason::KeyChanged,
+            ..
+        } => None,
         PeerError::Rejected { from, reason, .. } => Some(format!(
             "A message from {from} was refused because it could not be verified ({reason})."
         )),

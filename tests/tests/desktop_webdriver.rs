@@ -572,3 +572,113 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
     guard.disarm();
     server.shutdown().await;
 }
+
+/// A contact's identity key changes (the server forgot bob — an in-memory server restarted —
+/// and someone registers "bob" with another key): the conversation shows the loud warning,
+/// and accepting the new key clears it.
+#[tokio::test]
+#[ignore = "needs Xvfb, tauri-driver and the app binary: run scripts/e2e-desktop.sh"]
+async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
+    let mut shots = Shots {
+        dir: screenshot_dir(),
+        n: 70,
+    };
+    let server = lattice_server::spawn(lattice_server::Config::for_tests())
+        .await
+        .expect("server");
+    let port = server.local_addr().port();
+    let url = server.url();
+    let connect_bob = |url: String| async move {
+        let config = PeerConfig::new(
+            url,
+            ClientId::new("bob").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let bob = MessagingPeer::new(config).unwrap();
+        bob.connect().await.expect("bob connects");
+        bob
+    };
+    let bob = connect_bob(url.clone()).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let (client, guard) = start_app(data.path()).await;
+    type_into(&client, "#setup-name", "alice").await;
+    click(
+        &client,
+        "input[name=serverMode][value=connect] + .choice-icon",
+    )
+    .await;
+    type_into(&client, "#setup-url", &url).await;
+    click(&client, "#setup-submit").await;
+    until_js(
+        &client,
+        "first run to finish",
+        "return !document.getElementById('setup-done').hidden;",
+    )
+    .await;
+    click(&client, "#setup-start").await;
+    until_js(
+        &client,
+        "bob in the list",
+        "return !!document.querySelector('li.peer[data-peer-id=\"bob\"][data-online=\"true\"]');",
+    )
+    .await;
+    click(&client, "li.peer[data-peer-id=\"bob\"]").await;
+    until_js(
+        &client,
+        "bob's key pinned",
+        "return document.getElementById('conv-sub').textContent.includes('Not yet verified');",
+    )
+    .await;
+
+    // The server restarts empty on the same port; a different "bob" registers.
+    bob.disconnect().await;
+    server.shutdown().await;
+    let server = lattice_server::spawn(lattice_server::Config {
+        port,
+        ..lattice_server::Config::for_tests()
+    })
+    .await
+    .expect("server again");
+    let impostor = connect_bob(url.clone()).await;
+    until_js(
+        &client,
+        "alice reconnected",
+        "return document.getElementById('status-bar').dataset.state === 'connected';",
+    )
+    .await;
+    impostor
+        .send_message(&ClientId::new("alice").unwrap(), "it's me, really")
+        .await
+        .expect("the impostor sends");
+    until_js(
+        &client,
+        "the key-change warning",
+        "return !document.getElementById('key-banner').hidden;",
+    )
+    .await;
+    let refused = client
+        .execute(
+            "return Array.from(document.querySelectorAll('li.msg.in .bubble')) \
+               .some(b => b.textContent.includes(\"it's me, really\"));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!(false), "nothing from the new key is shown");
+    shots.take(&client, "key-changed").await;
+
+    click(&client, "#key-banner-accept").await;
+    until_js(
+        &client,
+        "the warning to clear",
+        "return document.getElementById('key-banner').hidden;",
+    )
+    .await;
+    shots.take(&client, "key-accepted").await;
+
+    client.close().await.expect("close");
+    guard.disarm();
+    impostor.disconnect().await;
+    server.shutdown().await;
+}

@@ -8,7 +8,7 @@ let countdown = null;
 function describe(c, secondsLeft) {
   switch (c.state) {
     case "connected":
-      return c.hosting ? `Connected · hosting on ${c.hosting}` : `Connected to ${c.serverUrl || "server"}`;
+      return c.hosting ? "Connected · hosting a server" : `Connected to ${c.serverUrl || "server"}`;
     case "connecting":
       return `Connecting to ${c.serverUrl || "server"}…`;
     case "reconnecting":
@@ -23,7 +23,11 @@ export function renderConnection(c) {
   const bar = document.getElementById("status-bar");
   const text = document.getElementById("status-text");
   const retry = document.getElementById("status-retry");
+  const sub = document.getElementById("status-sub");
   if (!c) return;
+  // When hosting, the address to give others, always visible.
+  sub.hidden = !c.hosting;
+  sub.textContent = c.hosting ? `Others join at ${c.hosting}` : "";
   clearInterval(countdown);
   countdown = null;
   bar.dataset.state = c.state;
