@@ -16,6 +16,9 @@ const COMMANDS: &[&str] = &[
 ];
 
 fn main() {
+    // The page is embedded into the binary at compile time; tauri-build only watches
+    // tauri.conf.json, so without this an edited ui/ file would not reach a debug build.
+    println!("cargo:rerun-if-changed=../ui");
     tauri_build::try_build(
         tauri_build::Attributes::new()
             .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
