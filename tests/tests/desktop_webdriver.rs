@@ -668,6 +668,18 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     assert_eq!(refused, json!(false), "nothing from the new key is shown");
     shots.take(&client, "key-changed").await;
 
+    // Compare first: the dialog shows the new key's safety number next to ours.
+    click(&client, "#key-banner-compare").await;
+    until_js(
+        &client,
+        "the safety-number dialog",
+        "return document.getElementById('verify-dialog').open \
+         && document.querySelectorAll('#verify-theirs span').length === 12;",
+    )
+    .await;
+    shots.take(&client, "key-compare").await;
+    click(&client, "#verify-close").await;
+
     click(&client, "#key-banner-accept").await;
     until_js(
         &client,
