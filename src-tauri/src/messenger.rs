@@ -306,11 +306,6 @@ impl Messenger {
         self.publish_peers();
     }
 
-    /// Whether `peer` is online.
-    pub fn is_online(&self, peer: &str) -> bool {
-        lock(&self.live).online.contains(peer)
-    }
-
     /// Marks a conversation read.
     ///
     /// # Errors
@@ -476,11 +471,6 @@ impl Messenger {
         if changed {
             self.ui.send(Update::Connection(view));
         }
-    }
-
-    /// The last connection state published.
-    pub fn connection(&self) -> Option<ConnectionView> {
-        lock(&self.live).connection.clone()
     }
 
     /// Tells the person something.

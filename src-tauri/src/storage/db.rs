@@ -236,25 +236,6 @@ impl Db {
         Ok(())
     }
 
-    /// Records that the peer proved a signed identity.
-    ///
-    /// # Errors
-    /// [`StorageError::Sqlite`].
-    pub fn set_authenticated(
-        &self,
-        peer_id: &str,
-        authenticated: bool,
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO contacts(peer_id, first_seen, authenticated) VALUES (?1, ?2, ?3)
-             ON CONFLICT(peer_id) DO UPDATE SET authenticated = excluded.authenticated",
-            params![peer_id, now_ms, authenticated],
-        )?;
-        Ok(())
-    }
-
     /// Marks a contact as verified (or not) by the person, after comparing fingerprints.
     ///
     /// # Errors

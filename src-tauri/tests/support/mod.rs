@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
@@ -98,10 +98,5 @@ impl TestApp {
             },
         )
         .map(|body| body.deserialize::<Value>().unwrap())
-    }
-
-    /// The data directory's path.
-    pub fn path(&self) -> PathBuf {
-        self.dir().to_owned()
     }
 }
