@@ -634,6 +634,13 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     // The server restarts empty on the same port; a different "bob" registers.
     bob.disconnect().await;
     server.shutdown().await;
+    until_js(
+        &client,
+        "the reconnecting indicator",
+        "return document.getElementById('status-bar').dataset.state === 'reconnecting';",
+    )
+    .await;
+    shots.take(&client, "reconnecting").await;
     let server = lattice_server::spawn(lattice_server::Config {
         port,
         ..lattice_server::Config::for_tests()
