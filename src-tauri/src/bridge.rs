@@ -1,6 +1,7 @@
 //! Forwards what the [`Messenger`](crate::messenger::Messenger) reports to the page as Tauri
 //! events (`peer-list`, `message`, `server-question`, `connection-state`, `error`), to the tray
-//! (unread count) and to the notification centre.
+//! (unread count) and to the notification centre. Nothing here blocks: it runs on the peer's
+//! event path, so it never waits for the main thread (emits and tray updates are posted).
 
 use tauri::{AppHandle, Emitter, Manager, Runtime};
 
@@ -38,17 +39,7 @@ impl<R: Runtime> Ui for TauriUi<R> {
         match update {
             Update::Peers(peers) => self.emit(events::PEER_LIST, peers),
             Update::Message(message) => self.emit(events::MESSAGE, message),
-            Update::Question(question) => {
-                let window_visible = self
-                    .app
-                    .get_webview_window(crate::MAIN_WINDOW)
-                    .and_then(|w| w.is_visible().ok())
-                    .unwrap_or(false);
-                if !window_visible {
-                    self.notify("Question from the server".into(), question.text.clone());
-                }
-                self.emit(events::SERVER_QUESTION, question);
-            }
+            Update::Question(question) => self.emit(events::SERVER_QUESTION, question),
             Update::Connection(connection) => self.emit(events::CONNECTION_STATE, connection),
             Update::Notice(notice) => self.emit(events::ERROR, notice),
             Update::Unread(n) => tray::set_unread(&self.app, n),

@@ -447,11 +447,18 @@ impl Messenger {
 
     // ---------- questions, connection, notices ----------
 
-    /// A question arrived.
+    /// A question arrived. Unless the window has focus, a notification points to it too (a
+    /// question expires on the server if nobody answers).
     pub fn question(&self, q: QuestionView) {
         lock(&self.live)
             .questions
             .insert(q.question_id.clone(), q.clone());
+        if !self.focused.load(Ordering::Relaxed) {
+            self.ui.send(Update::Notify {
+                title: "Question from the server".into(),
+                body: q.text.clone(),
+            });
+        }
         self.ui.send(Update::Question(q));
     }
 
@@ -630,6 +637,59 @@ pub fn validate_server_url(url: &str) -> Result<String, CommandError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A [`Ui`] that keeps what it is sent.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Update>>);
+
+    impl Ui for Recorder {
+        fn send(&self, update: Update) {
+            lock(&self.0).push(update);
+        }
+    }
+
+    impl Recorder {
+        fn notifications(&self) -> Vec<(String, String)> {
+            lock(&self.0)
+                .iter()
+                .filter_map(|u| match u {
+                    Update::Notify { title, body } => Some((title.clone(), body.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn notifies_only_when_unfocused_and_enabled_with_sender_and_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let ui = Arc::new(Recorder::default());
+        let m = Messenger::open(dir.path(), Settings::default(), ui.clone()).unwrap();
+
+        m.receive("m1", "bob", "seen while focused", 1, true);
+        assert!(ui.notifications().is_empty());
+
+        m.set_focused(false);
+        m.receive("m2", "bob", "first line\nsecond line", 2, true);
+        m.receive("m3", "mallory", "hi", 3, false);
+        assert_eq!(
+            ui.notifications(),
+            vec![
+                ("bob".to_owned(), "first line".to_owned()),
+                ("mallory (unverified sender)".to_owned(), "hi".to_owned()),
+            ]
+        );
+
+        m.set_settings(Settings {
+            notifications: false,
+            ..Settings::default()
+        });
+        m.receive("m4", "bob", "quiet", 4, true);
+        assert_eq!(ui.notifications().len(), 2);
+        // A redelivered message is stored and announced once.
+        m.receive("m2", "bob", "first line\nsecond line", 2, true);
+        assert_eq!(m.db().total_unread().unwrap(), 4);
+    }
 
     #[test]
     fn names_and_urls_are_checked_with_readable_reasons() {
