@@ -17,6 +17,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SHOTS=$ROOT/target/e2e-screenshots
 LOGS=$ROOT/target/e2e-logs
 mkdir -p "$SHOTS" "$LOGS"
+# This run's artifacts only.
+rm -f "$SHOTS"/*.png "$SHOTS"/app.log
 
 if ! command -v Xvfb >/dev/null || ! command -v WebKitWebDriver >/dev/null \
    || ! { command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ]; }; then
