@@ -9,7 +9,7 @@
 import { api } from "../api.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
-import { showNotice } from "./toasts.js";
+import { clearNotices, showNotice } from "./toasts.js";
 import { openVerify } from "./verify.js";
 
 /** The first page: one screen and a little more, so a conversation opens at once. */
@@ -358,6 +358,7 @@ export function initConversation() {
     if (current === null) return;
     try {
       await api.acceptKeyChange(current);
+      clearNotices("keyChanged");
     } catch (err) {
       showNotice(err);
     }
