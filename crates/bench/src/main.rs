@@ -33,6 +33,9 @@ enum Cmd {
         /// Server URL.
         #[arg(long, default_value = "ws://127.0.0.1:3005")]
         url: String,
+        /// Sender→receiver pairs.
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
         #[command(flatten)]
         load: Load,
     },
@@ -59,15 +62,8 @@ enum Cmd {
         /// Idle connections for the memory measurement (0 skips it).
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
-        /// Seconds measured per run.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Messages in flight per sender.
-        #[arg(long, default_value_t = 32)]
-        inflight: usize,
-        /// Plaintext bytes per message.
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
+        #[command(flatten)]
+        load: Load,
         /// Directory holding the lattice-server and minimal-relay binaries (default: next to this one).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -76,9 +72,6 @@ enum Cmd {
 
 #[derive(Debug, Clone, clap::Args)]
 struct Load {
-    /// Sender→receiver pairs.
-    #[arg(long, default_value_t = 10)]
-    pairs: usize,
     /// Seconds measured (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -116,9 +109,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Throughput { url, load } => {
-                let r = throughput(&url, &load).await?;
-                print_report("server", load.pairs, &r);
+            Cmd::Throughput { url, pairs, load } => {
+                let r = throughput(&url, pairs, &load).await?;
+                print_report("server", pairs, &r);
             }
             Cmd::Idle {
                 url,
@@ -132,23 +125,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Compare {
                 pairs,
                 idle: idle_n,
-                duration,
-                inflight,
-                size,
+                load,
                 bin_dir,
             } => {
-                compare(
-                    &pairs,
-                    idle_n,
-                    Load {
-                        pairs: 0,
-                        duration,
-                        inflight,
-                        size,
-                    },
-                    bin_dir,
-                )
-                .await?;
+                compare(&pairs, idle_n, load, bin_dir).await?;
             }
         }
         Ok(())
@@ -236,7 +216,7 @@ fn sent_at(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-async fn throughput(url: &str, load: &Load) -> anyhow::Result<Report> {
+async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Report> {
     let prefix = Arc::new(envelope_prefix(load.size)?);
     let key = public_key_json(false);
     let run_id: u32 = rand::random();
@@ -252,8 +232,8 @@ async fn throughput(url: &str, load: &Load) -> anyhow::Result<Report> {
 
     // Connect and register every pair before any load starts, so set-up never competes with
     // the measured traffic.
-    let mut conns = Vec::with_capacity(load.pairs);
-    for i in 0..load.pairs {
+    let mut conns = Vec::with_capacity(pairs);
+    for i in 0..pairs {
         let sender_id = format!("s{run_id}-{i}");
         let recv_id = format!("r{run_id}-{i}");
         let receiver = connect_and_register(url, &recv_id, &key).await?;
@@ -485,24 +465,10 @@ async fn compare(
             wait_port(port).await?;
             (s, port)
         };
-        let base = throughput(
-            &format!("ws://127.0.0.1:{rport}"),
-            &Load {
-                pairs: n,
-                ..load.clone()
-            },
-        )
-        .await?;
+        let base = throughput(&format!("ws://127.0.0.1:{rport}"), n, &load).await?;
         drop(relay);
         let (server, port) = start_lattice(&dir, 4 * n + 100).await?;
-        let ours = throughput(
-            &format!("ws://127.0.0.1:{port}"),
-            &Load {
-                pairs: n,
-                ..load.clone()
-            },
-        )
-        .await?;
+        let ours = throughput(&format!("ws://127.0.0.1:{port}"), n, &load).await?;
         drop(server);
         print_report("minimal-relay", n, &base);
         print_report("lattice-server", n, &ours);

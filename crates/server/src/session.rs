@@ -389,6 +389,15 @@ impl Session {
         self.reply(body, rid);
     }
 
+    fn directory_unavailable(&mut self, e: &crate::store::StoreError, rid: Option<RequestId>) {
+        warn!(error = %e, "directory lookup failed");
+        self.error(
+            ErrorType::InternalError,
+            "The server could not read its directory; try again",
+            rid,
+        );
+    }
+
     fn on_challenge(&mut self, rid: Option<RequestId>) {
         let nonce: [u8; CHALLENGE_NONCE_LEN] = rand::random();
         self.challenge = Some((nonce, Instant::now()));
@@ -504,12 +513,7 @@ impl Session {
         let binding = match self.state.directory.get(&id) {
             Ok(b) => b,
             Err(e) => {
-                warn!(error = %e, "directory lookup failed");
-                return self.error(
-                    ErrorType::InternalError,
-                    "The server could not read its directory; try again",
-                    rid,
-                );
+                return self.directory_unavailable(&e, rid);
             }
         };
         let taken = format!("Client ID {id} is already taken");
@@ -616,12 +620,7 @@ impl Session {
                     );
                 }
                 Err(e) => {
-                    warn!(error = %e, "directory lookup failed");
-                    return self.error(
-                        ErrorType::InternalError,
-                        "The server could not read its directory; try again",
-                        rid,
-                    );
+                    return self.directory_unavailable(&e, rid);
                 }
             }
         };

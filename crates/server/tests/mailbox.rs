@@ -88,15 +88,7 @@ async fn offline_messages_survive_a_restart_and_are_redelivered_until_acked() {
     bob.request(json!({"type":"discover","payload":{}}), "discover")
         .await;
     drop(bob);
-    let mut bob = None;
-    for _ in 0..50 {
-        let (c, v) = try_register_verified(&server.url(), "bob", &bob_id).await;
-        if v["type"] == "register" {
-            bob = Some(c);
-            break;
-        }
-    }
-    let mut bob = bob.expect("bob registers again");
+    let mut bob = reconnect_verified(&server.url(), "bob", &bob_id).await;
     let mut again = Vec::new();
     for _ in 0..3 {
         again.push(
@@ -126,16 +118,7 @@ async fn unacked_live_messages_return_to_the_mailbox_when_the_connection_drops()
     assert_eq!(m["payload"]["messageId"], "live-1");
     // bob crashes before acking
     drop(bob);
-    let mut bob = None;
-    for _ in 0..50 {
-        let (c, v) = try_register_verified(&url, "bob", &bob_id).await;
-        if v["type"] == "register" {
-            bob = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let mut bob = bob.expect("bob reconnects");
+    let mut bob = reconnect_verified(&url, "bob", &bob_id).await;
     let m = bob.recv_type("message").await;
     assert_eq!(
         m["payload"]["messageId"], "live-1",
@@ -218,16 +201,7 @@ async fn a_peer_that_never_acks_loses_nothing_beyond_the_inflight_window() {
     }
     // bob read everything but acked nothing, then his connection drops
     drop(bob);
-    let mut bob = None;
-    for _ in 0..50 {
-        let (c, v) = try_register_verified(&url, "bob", &bob_id).await;
-        if v["type"] == "register" {
-            bob = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let mut bob = bob.expect("bob reconnects");
+    let mut bob = reconnect_verified(&url, "bob", &bob_id).await;
     let mut seen = std::collections::HashSet::new();
     while seen.len() < total {
         let m = bob.recv_type("message").await;

@@ -187,6 +187,19 @@ pub async fn try_register_verified(url: &str, id: &str, identity: &Identity) -> 
     (c, v)
 }
 
+/// Registers `id` verified again after a drop. The server may not have noticed the old connection
+/// close yet; a verified registration replaces it, so this normally succeeds at once. Bounded.
+pub async fn reconnect_verified(url: &str, id: &str, identity: &Identity) -> Client {
+    for _ in 0..50 {
+        let (c, v) = try_register_verified(url, id, identity).await;
+        if v["type"] == "register" {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{id} could not register again");
+}
+
 pub async fn register_verified(url: &str, id: &str, identity: &Identity) -> Client {
     let (c, v) = try_register_verified(url, id, identity).await;
     assert_eq!(
