@@ -44,17 +44,19 @@ pub async fn complete_setup<R: Runtime>(
     messenger.bootstrap()
 }
 
-/// A page of history with `peerId`, oldest first: the latest `limit` messages, or those before
-/// `before` (a `seq`). Opening a conversation also fetches the peer's key if none is pinned.
+/// A page of history with `peerId`, oldest first: the latest `limit` messages, those before
+/// `before`, or those after `after` (both a `seq`). Opening a conversation (neither given) also
+/// fetches the peer's key if none is pinned.
 #[tauri::command]
 pub async fn load_messages(
     messenger: Shared<'_>,
     peer_id: String,
     before: Option<i64>,
+    after: Option<i64>,
     limit: Option<u32>,
 ) -> Result<MessagePage, CommandError> {
-    let page = messenger.load_messages(&peer_id, before, limit.unwrap_or(DEFAULT_PAGE))?;
-    if before.is_none() && messenger.db().pinned_key(&peer_id)?.is_none() {
+    let page = messenger.load_messages(&peer_id, before, after, limit.unwrap_or(DEFAULT_PAGE))?;
+    if before.is_none() && after.is_none() && messenger.db().pinned_key(&peer_id)?.is_none() {
         let _ = messenger
             .with_session(|s| {
                 s.prefetch_key(&peer_id);

@@ -334,7 +334,8 @@ impl Messenger {
 
     // ---------- messages ----------
 
-    /// A page of history, oldest first.
+    /// A page of history, oldest first: the latest messages, those before `before`, or — with
+    /// `after` — those after it. `has_more` tells whether more exist in that direction.
     ///
     /// # Errors
     /// [`CommandError::Storage`].
@@ -342,15 +343,27 @@ impl Messenger {
         &self,
         peer: &str,
         before: Option<i64>,
+        after: Option<i64>,
         limit: u32,
     ) -> Result<MessagePage, CommandError> {
         let limit = limit.clamp(1, storage::db::MAX_PAGE);
         // One extra row tells whether there is more.
-        let mut records = self.db.page(peer, before, limit + 1)?;
-        let has_more = records.len() > limit as usize;
-        if has_more {
-            records.remove(0);
-        }
+        let (records, has_more) = match after {
+            Some(after) => {
+                let mut records = self.db.page_after(peer, after, limit + 1)?;
+                let has_more = records.len() > limit as usize;
+                records.truncate(limit as usize);
+                (records, has_more)
+            }
+            None => {
+                let mut records = self.db.page(peer, before, limit + 1)?;
+                let has_more = records.len() > limit as usize;
+                if has_more {
+                    records.remove(0);
+                }
+                (records, has_more)
+            }
+        };
         Ok(MessagePage {
             messages: records.into_iter().map(MessageView::from).collect(),
             has_more,

@@ -138,6 +138,28 @@ fn history_pages_backwards() {
     let msgs = second["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 70);
     assert_eq!(msgs[0]["body"], json!("m0"));
+
+    // And forward again from the oldest.
+    let m0 = msgs[0]["seq"].as_i64().unwrap();
+    let forward = app
+        .invoke(
+            "load_messages",
+            json!({"peerId": "bob", "after": m0, "limit": 100}),
+        )
+        .unwrap();
+    assert_eq!(forward["hasMore"], json!(true));
+    let msgs = forward["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 100);
+    assert_eq!(msgs[0]["body"], json!("m1"));
+    let last = msgs[99]["seq"].as_i64().unwrap();
+    let rest = app
+        .invoke(
+            "load_messages",
+            json!({"peerId": "bob", "after": last, "limit": 100}),
+        )
+        .unwrap();
+    assert_eq!(rest["hasMore"], json!(false));
+    assert_eq!(rest["messages"].as_array().unwrap().len(), 19);
 }
 
 #[test]

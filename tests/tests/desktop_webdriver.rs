@@ -568,6 +568,50 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
             .is_some_and(|f| f.starts_with("message 0:")),
         "scrolling back reached the first message"
     );
+    assert!(
+        dom.as_u64().is_some_and(|n| n <= 800),
+        "the DOM keeps a window, not the whole history: {dom}"
+    );
+    shots.take(&client, "scrolled-to-the-first-message").await;
+
+    // And down again to the newest message.
+    let forward = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const box = document.getElementById('messages');
+             const t0 = performance.now();
+             const step = () => {
+               const all = document.querySelectorAll('li.msg .bubble');
+               const last = all[all.length - 1];
+               const elapsed = performance.now() - t0;
+               if ((last && last.textContent.startsWith('message 9999:')) || elapsed > 25000) {
+                 done({ ms: elapsed, last: last ? last.textContent.slice(0, 20) : null });
+                 return;
+               }
+               box.scrollTop = box.scrollHeight;
+               setTimeout(step, 16);
+             };
+             step();",
+            vec![],
+        )
+        .await
+        .expect("scroll to the newest message");
+    let dom = client
+        .execute("return document.querySelectorAll('li.msg').length;", vec![])
+        .await
+        .unwrap();
+    println!(
+        "10k conversation: scrolled forward again in {:.0} ms to {} ({dom} messages in the DOM)",
+        forward["ms"].as_f64().unwrap_or(-1.0),
+        forward["last"]
+    );
+    assert!(
+        forward["last"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("message 9999:")),
+        "scrolling forward reached the newest message"
+    );
+    shots.take(&client, "scrolled-back-to-the-newest").await;
     client.close().await.expect("close");
     guard.disarm();
     server.shutdown().await;

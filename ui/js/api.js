@@ -30,7 +30,9 @@ export const api = {
   bootstrap: () => call("bootstrap"),
   completeSetup: (clientId, serverMode, serverUrl) =>
     call("complete_setup", { clientId, serverMode, serverUrl }),
-  loadMessages: (peerId, before, limit) => call("load_messages", { peerId, before, limit }),
+  /** A page of history: the latest, those before `before`, or those after `after` (seqs). */
+  loadMessages: (peerId, before, limit, after = null) =>
+    call("load_messages", { peerId, before, after, limit }),
   sendMessage: (peerId, text) => call("send_message", { peerId, text }),
   markRead: (peerId) => call("mark_read", { peerId }),
   answerQuestion: (questionId, response) => call("answer_question", { questionId, response }),

@@ -484,7 +484,8 @@ impl Db {
     }
 
     /// A page of a conversation, oldest first: the `limit` messages just before `before` (a
-    /// `seq`), or the latest ones when `before` is `None`. `limit` is capped at [`MAX_PAGE`].
+    /// `seq`), or the latest ones when `before` is `None`. `limit` is capped at [`MAX_PAGE`] + 1
+    /// (callers ask for one more than they show, to learn whether there is more).
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
@@ -500,12 +501,35 @@ impl Db {
              FROM messages WHERE peer_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(
-            params![peer_id, before.unwrap_or(i64::MAX), limit.min(MAX_PAGE)],
+            params![peer_id, before.unwrap_or(i64::MAX), limit.min(MAX_PAGE + 1)],
             row_to_message,
         )?;
         let mut page: Vec<MessageRecord> = rows.collect::<Result<_, _>>()?;
         page.reverse();
         Ok(page)
+    }
+
+    /// A page of a conversation, oldest first: the `limit` messages just after `after` (a
+    /// `seq`). For walking forward again after older pages pushed the newest out of view.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn page_after(
+        &self,
+        peer_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
+             FROM messages WHERE peer_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![peer_id, after, limit.min(MAX_PAGE + 1)],
+            row_to_message,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Clears the unread count of a conversation.
@@ -701,6 +725,10 @@ mod tests {
         let first = db.page("bob", Some(before[0].seq), 10).unwrap();
         assert_eq!(first.len(), 5);
         assert_eq!(first[0].body, "0");
+        let forward = db.page_after("bob", first[4].seq, 3).unwrap();
+        let bodies: Vec<&str> = forward.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["5", "6", "7"]);
+        assert!(db.page_after("bob", last[9].seq, 10).unwrap().is_empty());
     }
 
     #[test]

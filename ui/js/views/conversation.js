@@ -1,10 +1,12 @@
 // The open conversation: header, key-change / unverified banners, the message list and the
 // composer.
 //
-// History is paged: opening a conversation loads the latest PAGE messages (the first screen),
-// and older pages (OLDER_PAGE) load as the top of the list comes within LOAD_MARGIN_PX of the
-// view, keeping the scroll position.
-// A conversation of any length therefore opens in the time of one page.
+// History is paged and windowed: opening a conversation loads the latest PAGE messages (the
+// first screen); older pages (OLDER_PAGE) load as the top of the list comes within
+// LOAD_MARGIN_PX of the view, keeping the scroll position. At most MAX_IN_DOM messages stay in
+// the page: scrolling far back drops the newest ones, and scrolling down again loads them back
+// (and drops the oldest). A conversation of any length opens in the time of one page and
+// scrolls at the cost of a window, not of its whole history.
 
 import { api } from "../api.js";
 import { state, peerById } from "../state.js";
@@ -20,6 +22,8 @@ const OLDER_PAGE = 200;
 const GROUP_MS = 5 * 60 * 1000;
 /** Older history loads when the top of the list comes this close (px) to the view. */
 const LOAD_MARGIN_PX = 600;
+/** Messages kept in the DOM at most (three older pages). */
+const MAX_IN_DOM = 3 * OLDER_PAGE;
 /** How close to the bottom (px) counts as "at the bottom" for following new messages. */
 const STICK_PX = 48;
 
@@ -43,7 +47,9 @@ function advances(shown, next) {
 let current = null; // peer id shown
 let generation = 0; // bumps on every open, so late pages of an old conversation are dropped
 let oldestSeq = null;
-let hasMore = false;
+let hasMore = false; // older messages exist before the window
+let newestSeq = null;
+let hasNewer = false; // newer messages exist after the window (it was scrolled far back)
 let loading = false;
 const elements = new Map(); // message id -> <li>
 let firstPageShown = false;
@@ -165,9 +171,94 @@ async function loadOlder() {
   if (ok && gen === generation) maybeLoadOlder();
 }
 
-/** Loads the previous page when the top of the history is within LOAD_MARGIN_PX of the view. */
+/** Loads the previous page when the top of the history is within LOAD_MARGIN_PX of the view,
+ * or the next one when the bottom is and newer messages were dropped from the window. */
 function maybeLoadOlder() {
-  if (hasMore && !loading && $("messages").scrollTop < LOAD_MARGIN_PX) loadOlder();
+  if (loading) return;
+  const box = $("messages");
+  if (hasMore && box.scrollTop < LOAD_MARGIN_PX) loadOlder();
+  else if (hasNewer && box.scrollHeight - box.scrollTop - box.clientHeight < LOAD_MARGIN_PX) loadNewer();
+}
+
+async function loadNewer() {
+  if (loading || !hasNewer || current === null) return;
+  loading = true;
+  const gen = generation;
+  let ok = false;
+  try {
+    const page = await api.loadMessages(current, null, OLDER_PAGE, newestSeq);
+    if (gen !== generation) return;
+    appendPage(page.messages);
+    hasNewer = page.hasMore;
+    ok = true;
+  } catch (err) {
+    showNotice(err);
+  } finally {
+    if (gen === generation) loading = false;
+  }
+  if (ok && gen === generation) maybeLoadOlder();
+}
+
+/** The message items of the list, in order. */
+function messageItems() {
+  return $("message-list").querySelectorAll("li.msg");
+}
+
+/** Drops `count` messages from the bottom (newest), with day separators left without one. */
+function trimBottom(count) {
+  const items = messageItems();
+  for (let i = items.length - count; i < items.length; i++) {
+    elements.delete(items[i].dataset.id);
+    items[i].remove();
+  }
+  const list = $("message-list");
+  while (list.lastElementChild && list.lastElementChild.classList.contains("day")) list.lastElementChild.remove();
+  const last = list.lastElementChild;
+  if (last) {
+    last.classList.remove("cont-next");
+    newestSeq = Number(last.dataset.seq);
+  }
+  hasNewer = true;
+}
+
+/** Drops `count` messages from the top (oldest), keeping what is on screen where it is. */
+function trimTop(count) {
+  const box = $("messages");
+  const list = $("message-list");
+  const before = box.scrollHeight;
+  const items = messageItems();
+  for (let i = 0; i < count && i < items.length; i++) {
+    elements.delete(items[i].dataset.id);
+    items[i].remove();
+  }
+  while (list.firstElementChild && list.firstElementChild.classList.contains("day")
+    && (!list.firstElementChild.nextElementSibling || list.firstElementChild.nextElementSibling.classList.contains("day"))) {
+    list.firstElementChild.remove();
+  }
+  const first = list.firstElementChild;
+  if (first && first.classList.contains("msg")) {
+    // Its day's separator went with the dropped messages: put one back.
+    first.classList.remove("cont");
+    list.prepend(daySeparator(Number(first.dataset.at)));
+  }
+  box.scrollTop -= before - box.scrollHeight;
+  const firstMsg = list.querySelector("li.msg");
+  if (firstMsg) oldestSeq = Number(firstMsg.dataset.seq);
+  hasMore = true;
+}
+
+/** Appends a page of newer messages (walking forward again) and trims the top to the window. */
+function appendPage(messages) {
+  if (messages.length === 0) return;
+  const list = $("message-list");
+  const prev = lastMessageItem();
+  const prevDay = list.lastElementChild ? list.lastElementChild.dataset.day : null;
+  const items = buildItems(messages, prevDay);
+  list.append(...items);
+  if (items[0].classList.contains("msg")) link(prev, items[0]);
+  newestSeq = messages[messages.length - 1].seq;
+  const excess = messageItems().length - MAX_IN_DOM;
+  if (excess > 0) trimTop(excess);
 }
 
 function prepend(messages) {
@@ -186,6 +277,9 @@ function prepend(messages) {
   link(items[items.length - 1], items[items.length - 1].nextElementSibling);
   box.scrollTop += box.scrollHeight - before;
   oldestSeq = messages[0].seq;
+  // Dropping from the bottom does not move what is on screen.
+  const excess = messageItems().length - MAX_IN_DOM;
+  if (excess > 0) trimBottom(excess);
 }
 
 // ---------- header and banners ----------
@@ -242,6 +336,8 @@ export async function openConversation(peerId) {
   elements.clear();
   oldestSeq = null;
   hasMore = false;
+  newestSeq = null;
+  hasNewer = false;
   loading = true;
   $("pane-empty").hidden = true;
   $("conversation").hidden = false;
@@ -254,6 +350,7 @@ export async function openConversation(peerId) {
     if (gen !== generation) return;
     $("message-list").replaceChildren(...buildItems(page.messages, null));
     oldestSeq = page.messages.length ? page.messages[0].seq : null;
+    newestSeq = page.messages.length ? page.messages[page.messages.length - 1].seq : null;
     hasMore = page.hasMore;
     firstPageShown = true;
     for (const m of arrivedEarly) upsertMessage(m);
@@ -289,6 +386,12 @@ export function upsertMessage(m) {
     if (advances(existing.dataset.status, m.status)) fillMessage(existing, m);
     return;
   }
+  if (hasNewer) {
+    // The window shows older history; this joins the end when the person scrolls down, or at
+    // once if they just wrote it.
+    if (m.outgoing) openConversation(m.peerId);
+    return;
+  }
   const stick = m.outgoing || atBottom();
   const list = $("message-list");
   const prev = lastMessageItem();
@@ -296,8 +399,11 @@ export function upsertMessage(m) {
   const items = buildItems([m], prevDay);
   list.append(...items);
   if (items.length === 1) link(prev, items[0]);
-  if (stick) scrollToBottom();
   if (oldestSeq === null) oldestSeq = m.seq;
+  newestSeq = m.seq;
+  // A long live chat: keep the window, dropping the oldest (with some slack, not one by one).
+  if (stick && messageItems().length > MAX_IN_DOM + PAGE) trimTop(messageItems().length - MAX_IN_DOM);
+  if (stick) scrollToBottom();
   if (!m.outgoing && document.hasFocus()) api.markRead(m.peerId).catch(showNotice);
 }
 
