@@ -1,11 +1,16 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-server test lint unit e2e-desktop deps node-deps bench bench-crypto bundle clean-e2e
+.PHONY: run run-chat run-server test lint unit e2e-desktop deps node-deps bench bench-crypto bundle clean-e2e
 
-## Run the messenger on its embedded defaults: a local server (port 3005) and the echo bot.
+## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
+## with the echo bot connected to it.
 run:
 	bash scripts/run-dev.sh
+
+## The terminal client against the local server (make run-chat ID=you).
+run-chat:
+	$(CARGO) run -p lattice-chat -- --server ws://127.0.0.1:3005 --id $(or $(ID),$(USER))
 
 ## Only the signaling server, on its defaults (0.0.0.0:3005, data under ~/.local/share/lattice).
 run-server:
