@@ -420,7 +420,28 @@ impl MessagingPeer {
         target: &ClientId,
         text: &str,
     ) -> Result<SentMessage, PeerError> {
-        self.inner.send_message(target, text).await
+        self.inner
+            .send_message(target, text, new_message_id())
+            .await
+    }
+
+    /// [`MessagingPeer::send_message`] with a message id chosen by the caller, for a caller that
+    /// keeps its own durable outbox: store the id with the message when it is first queued and
+    /// send every retry (after a crash or a restart) with that same id. The `lattice-v1`
+    /// signature and AAD bind the id, so a resend is a replay of the same logical message and the
+    /// recipient's dedup by `messageId` drops the duplicate. Use a fresh id (a UUID) for each
+    /// new message: reusing one for a different text makes the recipient drop that text.
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::send_message`]; also [`PeerError::InvalidArgument`] if `message_id`
+    /// cannot double as a request id.
+    pub async fn send_message_with_id(
+        &self,
+        target: &ClientId,
+        text: &str,
+        message_id: MessageId,
+    ) -> Result<SentMessage, PeerError> {
+        self.inner.send_message(target, text, message_id).await
     }
 
     /// Answers a server question (`response` is usually a string; a boolean for `confirm`).
@@ -931,7 +952,12 @@ impl Inner {
         }
     }
 
-    async fn send_message(&self, target: &ClientId, text: &str) -> Result<SentMessage, PeerError> {
+    async fn send_message(
+        &self,
+        target: &ClientId,
+        text: &str,
+        message_id: MessageId,
+    ) -> Result<SentMessage, PeerError> {
         if let Some(new) = self.pending_key_change(target) {
             let old = self.config.key_store.pinned(target)?;
             return Err(PeerError::KeyChanged {
@@ -944,7 +970,6 @@ impl Inner {
             Some(k) => k,
             None => self.fetch_key(target).await?,
         };
-        let message_id = new_message_id();
         let (envelope, algorithm) = crate::receive::seal(&self.config, &key, &message_id, text)?;
         let message = serde_json::value::to_raw_value(&envelope)
             .map_err(|e| PeerError::Protocol(e.to_string()))?;

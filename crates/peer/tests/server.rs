@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use lattice_peer::{Algorithm, ConnectionState, MessagingPeer, PeerError, PeerEvent, TlsOptions};
-use lattice_protocol::{AckStatus, ErrorType, QuestionKind};
+use lattice_protocol::{AckStatus, ErrorType, MessageId, QuestionKind};
 use serde_json::json;
 use support::server::*;
 use support::*;
@@ -103,6 +103,36 @@ async fn two_peers_talk_both_ways_and_see_each_other_come_and_go() {
     alice.disconnect().await;
     bob.disconnect().await;
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resend_with_the_same_message_id_is_delivered_once() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let alice = online(&url, "alice").await;
+    let bob = online(&url, "bob").await;
+    let mut bob_events = bob.events();
+
+    let message_id = MessageId::new("0b8f0c7e-1d2a-4f7e-9a39-1a2b3c4d5e6f").unwrap();
+    for _ in 0..2 {
+        let sent = alice
+            .send_message_with_id(&id("bob"), "only once", message_id.clone())
+            .await
+            .unwrap();
+        assert_eq!(sent.message_id, message_id);
+    }
+    let marker = alice.send_message(&id("bob"), "marker").await.unwrap();
+    assert_ne!(marker.message_id, message_id);
+
+    let mut seen = Vec::new();
+    loop {
+        let m = next_message(&mut bob_events).await;
+        if m.text == "marker" {
+            break;
+        }
+        seen.push((m.text, m.message_id));
+    }
+    assert_eq!(seen, vec![("only once".to_owned(), Some(message_id))]);
 }
 
 #[tokio::test]
