@@ -392,7 +392,11 @@ impl Messenger {
             )));
         }
         let local_id = uuid::Uuid::new_v4().to_string();
-        let record = self.db.enqueue_outgoing(&local_id, &peer, text, now_ms())?;
+        // The wire id is fixed now, so every resend (also after a restart) is the same message.
+        let wire_id = uuid::Uuid::new_v4().to_string();
+        let record = self
+            .db
+            .enqueue_outgoing(&local_id, &wire_id, &peer, text, now_ms())?;
         self.publish_peers();
         if let Some(session) = self.session.lock().await.as_ref() {
             session.wake_outbox();

@@ -23,7 +23,7 @@ use lattice_peer::{
     Backoff, ConnectionState, HandlerHandle, MessagingPeer, PeerConfig, PeerError, PeerEvent,
     RejectReason,
 };
-use lattice_protocol::{AckStatus, ClientId, ErrorType, QuestionId, QuestionKind};
+use lattice_protocol::{AckStatus, ClientId, ErrorType, MessageId, QuestionId, QuestionKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -563,13 +563,21 @@ async fn flush_outbox(ctx: &Ctx) -> bool {
         if lock(&ctx.flow).handed.contains(&entry.message_id) {
             continue;
         }
-        let Ok(target) = ClientId::try_from(entry.peer_id.as_str()) else {
+        let (Ok(target), Ok(wire_id)) = (
+            ClientId::try_from(entry.peer_id.as_str()),
+            MessageId::try_from(entry.wire_id.as_str()),
+        ) else {
             if let Some(m) = ctx.messenger.upgrade() {
                 m.advance(&entry.message_id, MessageStatus::Failed);
             }
             continue;
         };
-        let result = ctx.peer.send_message(&target, &entry.body).await;
+        // Always the id stored when the message was queued: if a previous run handed it to the
+        // server but died before the ack, the recipient drops this copy as a duplicate.
+        let result = ctx
+            .peer
+            .send_message_with_id(&target, &entry.body, wire_id)
+            .await;
         let Some(m) = ctx.messenger.upgrade() else {
             return false;
         };

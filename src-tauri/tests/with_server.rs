@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use lattice_crypto::Identity;
+use lattice_desktop::storage::db::Db;
 use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent};
 use lattice_protocol::ClientId;
 use serde_json::{json, Value};
@@ -161,6 +162,13 @@ fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_rest
     assert_eq!(sent["status"], json!("pending"));
     // The app is closed (or killed) before it ever connected.
     let dir = app.into_dir();
+    // The id the message goes out with was stored when it was queued.
+    let wire_id = {
+        let db = Db::open(&dir.path().join(lattice_desktop::storage::DB_FILE)).unwrap();
+        let outbox = db.outbox().unwrap();
+        assert_eq!(outbox.len(), 1);
+        outbox[0].wire_id.clone()
+    };
 
     // The server comes up on that port, with bob online.
     let server = rt
@@ -195,6 +203,12 @@ fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_rest
         .expect("bob receives the message typed offline")
     });
     assert_eq!(got.text, "typed while offline");
+    // Sent with the stored id: had an earlier run handed it to the server before being killed,
+    // bob would drop this copy as a duplicate.
+    assert_eq!(
+        got.message_id.as_ref().map(|m| m.as_str()),
+        Some(wire_id.as_str())
+    );
     let id = sent["id"].clone();
     eventually(
         "the message delivered",

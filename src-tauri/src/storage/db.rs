@@ -4,7 +4,7 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 2):
+//! Schema (version 3):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
@@ -14,9 +14,13 @@
 //! - `messages(seq PK, message_id UNIQUE, peer_id, outgoing, body, at, status, authenticated)` —
 //!   history; `seq` orders a conversation and is the paging cursor. (Version 2 adds a partial
 //!   index of unsigned incoming messages.)
-//! - `outbox(message_id PK, peer_id, body, created_at)` — messages written but not yet confirmed
-//!   by the server. A row leaves the outbox only when the server acknowledged the message (or
-//!   refused it for good), so a message typed offline survives a crash or a kill.
+//! - `outbox(message_id PK, peer_id, body, created_at, wire_id)` — messages written but not yet
+//!   confirmed by the server. A row leaves the outbox only when the server acknowledged the
+//!   message (or refused it for good), so a message typed offline survives a crash or a kill.
+//!   `wire_id` (version 3) is the `messageId` the message goes out with, chosen when it is queued:
+//!   every resend, also after a restart, uses it, so a copy the server had already accepted
+//!   before a kill is dropped by the recipient's dedup instead of shown twice. Version 3 adds
+//!   the column to older files and gives their waiting rows a fresh id.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -26,7 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::StorageError;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -67,7 +71,9 @@ CREATE TABLE IF NOT EXISTS outbox(
     message_id TEXT PRIMARY KEY,
     peer_id    TEXT NOT NULL,
     body       TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    -- version 3 (added by `migrate_wire_id` to older files).
+    wire_id    TEXT
 );
 ";
 
@@ -167,6 +173,8 @@ pub struct PeerRecord {
 pub struct OutboxEntry {
     /// The message's id (also its row in `messages`).
     pub message_id: String,
+    /// The `messageId` it is sent with, every time (see the module docs).
+    pub wire_id: String,
     /// Recipient.
     pub peer_id: String,
     /// Text.
@@ -208,12 +216,37 @@ impl Db {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         // Every statement of SCHEMA is idempotent, so one script brings any older version up.
         if version < SCHEMA_VERSION {
-            conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            Self::migrate_wire_id(&tx)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Version 3: adds `outbox.wire_id` to a file made by an older version (`CREATE TABLE IF NOT
+    /// EXISTS` left its outbox as it was) and gives every waiting row a fresh id.
+    fn migrate_wire_id(conn: &Connection) -> Result<(), StorageError> {
+        let has_column = conn
+            .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'wire_id'")?
+            .exists([])?;
+        if !has_column {
+            conn.execute_batch("ALTER TABLE outbox ADD COLUMN wire_id TEXT")?;
+        }
+        let missing: Vec<String> = conn
+            .prepare("SELECT message_id FROM outbox WHERE wire_id IS NULL")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for message_id in missing {
+            conn.execute(
+                "UPDATE outbox SET wire_id = ?2 WHERE message_id = ?1",
+                params![message_id, uuid::Uuid::new_v4().to_string()],
+            )?;
+        }
+        Ok(())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -290,13 +323,15 @@ impl Db {
         Ok(self.peers()?.into_iter().find(|p| p.peer_id == peer_id))
     }
 
-    /// Stores an outgoing message and puts it in the outbox, in one transaction.
+    /// Stores an outgoing message and puts it in the outbox, in one transaction. `wire_id` is the
+    /// `messageId` every send of it will carry.
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
     pub fn enqueue_outgoing(
         &self,
         message_id: &str,
+        wire_id: &str,
         peer_id: &str,
         body: &str,
         now_ms: i64,
@@ -320,8 +355,9 @@ impl Db {
         )?;
         let seq = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO outbox(message_id, peer_id, body, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![message_id, peer_id, body, now_ms],
+            "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![message_id, peer_id, body, now_ms, wire_id],
         )?;
         tx.commit()?;
         Ok(MessageRecord {
@@ -470,7 +506,7 @@ impl Db {
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT o.message_id, o.peer_id, o.body FROM outbox o
+            "SELECT o.message_id, o.peer_id, o.body, o.wire_id FROM outbox o
              JOIN messages m ON m.message_id = o.message_id ORDER BY m.seq",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -478,6 +514,7 @@ impl Db {
                 message_id: r.get(0)?,
                 peer_id: r.get(1)?,
                 body: r.get(2)?,
+                wire_id: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -656,7 +693,7 @@ mod tests {
     #[test]
     fn outgoing_message_stays_in_outbox_until_the_server_takes_it() {
         let db = Db::open_in_memory().unwrap();
-        db.enqueue_outgoing("m1", "bob", "hi", 10).unwrap();
+        db.enqueue_outgoing("m1", "w1", "bob", "hi", 10).unwrap();
         assert_eq!(db.outbox().unwrap().len(), 1);
 
         let sent = db
@@ -756,11 +793,63 @@ mod tests {
         let path = dir.path().join("t.sqlite3");
         {
             let db = Db::open(&path).unwrap();
-            db.enqueue_outgoing("m1", "bob", "typed offline", 5)
+            db.enqueue_outgoing("m1", "w1", "bob", "typed offline", 5)
                 .unwrap();
         }
         let db = Db::open(&path).unwrap();
         assert_eq!(db.outbox().unwrap()[0].body, "typed offline");
+        assert_eq!(db.outbox().unwrap()[0].wire_id, "w1");
         assert_eq!(db.page("bob", None, 50).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_2_file_gets_a_wire_id_for_each_waiting_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        {
+            // The version 2 outbox and a message waiting in it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE outbox(
+                     message_id TEXT PRIMARY KEY,
+                     peer_id    TEXT NOT NULL,
+                     body       TEXT NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE messages(
+                     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+                     message_id    TEXT NOT NULL UNIQUE,
+                     peer_id       TEXT NOT NULL,
+                     outgoing      INTEGER NOT NULL,
+                     body          TEXT NOT NULL,
+                     at            INTEGER NOT NULL,
+                     status        INTEGER NOT NULL,
+                     authenticated INTEGER NOT NULL
+                 );
+                 INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
+                     VALUES ('m1', 'bob', 1, 'old', 1, 0, 1);
+                 INSERT INTO outbox VALUES ('m1', 'bob', 'old', 1);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let wire_id = {
+            let db = Db::open(&path).unwrap();
+            let outbox = db.outbox().unwrap();
+            assert_eq!(outbox.len(), 1);
+            assert_eq!(outbox[0].body, "old");
+            assert!(lattice_protocol::MessageId::new(outbox[0].wire_id.as_str()).is_ok());
+            db.enqueue_outgoing("m2", "w2", "bob", "new", 2).unwrap();
+            outbox[0].wire_id.clone()
+        };
+        // Reopening keeps the ids: the migration ran once.
+        let db = Db::open(&path).unwrap();
+        let ids: Vec<String> = db
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.wire_id)
+            .collect();
+        assert_eq!(ids, [wire_id, "w2".to_owned()]);
     }
 }
