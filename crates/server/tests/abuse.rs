@@ -130,3 +130,144 @@ async fn binary_frames_are_refused_politely() {
     assert_eq!(e["errorType"], "INVALID_MESSAGE");
     server.shutdown().await;
 }
+
+/// Seeded mutations of valid frames: every one gets an answer or a policy close, no session task
+/// panics, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_frames_never_panic_the_server() {
+    use rand::{Rng as _, SeedableRng as _};
+    static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+
+    let server = spawn_server().await;
+    let url = server.url();
+    let key = kem_key(&new_identity());
+    let seeds: Vec<String> = vec![
+        json!({"type":"discover","payload":{},"requestId":"r"}).to_string(),
+        json!({"type":"request_public_key","payload":{"targetId":"someone"}}).to_string(),
+        format!(
+            r#"{{"type":"message","payload":{{"targetId":"fuzz","message":{},"messageId":"m1"}}}}"#,
+            envelope("x")
+        ),
+        json!({"type":"peer_response","payload":{"questionId":"q","response":"a"}}).to_string(),
+        json!({"type":"ack","payload":{"messageId":"m1"}}).to_string(),
+        json!({"type":"challenge","payload":{}}).to_string(),
+        json!({"type":"register","payload":{"clientId":"other","publicKey":key.clone()}})
+            .to_string(),
+        json!({"type":"debug_question","payload":{}}).to_string(),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x01a7_71ce);
+    let mut c = register_unverified(&url, "fuzz").await.0;
+    let mut closes = 0;
+    for i in 0..3000 {
+        let seed = &seeds[rng.gen_range(0..seeds.len())];
+        let mut bytes = seed.as_bytes().to_vec();
+        match rng.gen_range(0..6) {
+            0 => {
+                let n = rng.gen_range(1..8);
+                for _ in 0..n {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] = rng.gen();
+                }
+            }
+            1 => bytes.truncate(rng.gen_range(0..bytes.len())),
+            2 => {
+                let at = rng.gen_range(0..bytes.len());
+                let junk: Vec<u8> = (0..rng.gen_range(1..40))
+                    .map(|_| rng.gen_range(0x20..0x7f))
+                    .collect();
+                bytes.splice(at..at, junk);
+            }
+            3 => {
+                let depth = rng.gen_range(100..5000);
+                bytes = format!(
+                    r#"{{"type":"discover","payload":{{"x":{}{}}}}}"#,
+                    "[".repeat(depth),
+                    "]".repeat(depth)
+                )
+                .into_bytes();
+            }
+            4 => {
+                bytes = format!(
+                    r#"{{"type":"message","payload":{{"targetId":"fuzz","message":{{"n":{}}}}}}}"#,
+                    "9".repeat(rng.gen_range(1..400))
+                )
+                .into_bytes()
+            }
+            _ => bytes = seed.replace("\"type\"", "\"type\",\"type\"").into_bytes(),
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if futures_util::SinkExt::send(&mut c.ws, Message::Text(text.into()))
+            .await
+            .is_err()
+        {
+            c = register_unverified(&url, &format!("fuzz{i}")).await.0;
+            closes += 1;
+            continue;
+        }
+        // After every frame the connection is still in order: a sentinel request is answered,
+        // unless the invalid-frame policy closed it. Read raw: a message to ourselves carries the
+        // sender's envelope verbatim (forwarded opaque), which a strict JSON parser may refuse.
+        let sentinel = format!("s{i}");
+        let _ = futures_util::SinkExt::send(
+            &mut c.ws,
+            Message::Text(
+                json!({"type":"discover","payload":{},"requestId":sentinel})
+                    .to_string()
+                    .into(),
+            ),
+        )
+        .await;
+        loop {
+            let answer = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws))
+                .await
+                .expect("an answer within the wait bound");
+            match answer {
+                Some(Ok(Message::Text(t))) => {
+                    assert!(t.starts_with(r#"{"type":""#), "{t}");
+                    if t.contains(&format!(r#""requestId":"{sentinel}""#)) {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(close))) => {
+                    if let Some(f) = close {
+                        assert_eq!(
+                            u16::from(f.code),
+                            1008,
+                            "only the invalid-frame policy closes"
+                        );
+                    }
+                    c = register_unverified(&url, &format!("fuzz{i}")).await.0;
+                    closes += 1;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    c = register_unverified(&url, &format!("fuzz{i}")).await.0;
+                    closes += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        !PANICKED.load(std::sync::atomic::Ordering::SeqCst),
+        "a server task panicked"
+    );
+    // still serving
+    let (mut fresh, _) = register_unverified(&url, "after-fuzz").await;
+    let d = fresh
+        .request(json!({"type":"discover","payload":{}}), "discover")
+        .await;
+    assert!(d["payload"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "after-fuzz"));
+    println!("3000 mutated frames, {closes} policy closes");
+    server.shutdown().await;
+}
