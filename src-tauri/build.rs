@@ -1,19 +1,6 @@
 // The app manifest lists our commands, so tauri-build generates one `allow-<command>` permission
 // per command and nothing is callable unless capabilities/default.json grants it.
-const COMMANDS: &[&str] = &[
-    "bootstrap",
-    "complete_setup",
-    "load_messages",
-    "send_message",
-    "mark_read",
-    "answer_question",
-    "dismiss_question",
-    "update_settings",
-    "accept_key_change",
-    "set_verified",
-    "reconnect",
-    "demo_question",
-];
+include!("command-names.rs");
 
 fn main() {
     // The page is embedded into the binary at compile time; tauri-build only watches
@@ -21,7 +8,7 @@ fn main() {
     println!("cargo:rerun-if-changed=../ui");
     tauri_build::try_build(
         tauri_build::Attributes::new()
-            .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
+            .app_manifest(tauri_build::AppManifest::new().commands(COMMAND_NAMES)),
     )
     .unwrap_or_else(|e| panic!("tauri-build: {e:#}"));
 }

@@ -162,19 +162,3 @@ pub async fn reconnect(messenger: Shared<'_>) -> Result<(), CommandError> {
 pub async fn demo_question(messenger: Shared<'_>) -> Result<(), CommandError> {
     messenger.with_session(|s| s.demo_question()).await
 }
-
-/// The command names, for the app manifest in `build.rs` (kept in sync by a test).
-pub const NAMES: &[&str] = &[
-    "bootstrap",
-    "complete_setup",
-    "load_messages",
-    "send_message",
-    "mark_read",
-    "answer_question",
-    "dismiss_question",
-    "update_settings",
-    "accept_key_change",
-    "set_verified",
-    "reconnect",
-    "demo_question",
-];
