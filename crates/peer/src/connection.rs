@@ -195,6 +195,11 @@ async fn connect_once(
                 }
                 inner.after_registration();
                 let end = conn.await;
+                // The server puts every unacknowledged message back into the mailbox now and
+                // delivers it again after re-registration: the local copies are redundant.
+                if let Ok(mut held) = inner.held.lock() {
+                    held.clear();
+                }
                 tracing::info!(peer = %inner.config.client_id, epoch, reason = %end, "connection ended");
                 Ok(end)
             }

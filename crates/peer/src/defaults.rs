@@ -57,6 +57,11 @@ pub const CONTROL_QUEUE: usize = 8;
 /// is raised: reading the socket never blocks on a slow consumer.
 pub const RECEIVE_QUEUE: usize = 256;
 
+/// Incoming messages kept after a refusal that may pass (a key change waiting for the user, a
+/// sender key that could not be fetched), to be opened again as soon as it passes. They are not
+/// acknowledged, so beyond this bound the server's copy is delivered again after a reconnect.
+pub const HELD_MESSAGES: usize = 256;
+
 /// Events buffered per [`crate::EventStream`] subscriber. A subscriber that falls this far behind
 /// loses the oldest events and is told how many with [`crate::PeerEvent::Lagged`].
 pub const EVENT_CAPACITY: usize = 1024;

@@ -202,13 +202,15 @@ pub enum RejectReason {
     #[error("inner and outer message ids differ")]
     MessageIdMismatch,
     /// The sender's identity key could not be fetched or checked (the request failed or timed
-    /// out, the server's answer was unusable, the key store failed). Transient: not acknowledged,
-    /// so the server delivers the message again after the next reconnect.
+    /// out, the server's answer was unusable, the key store failed). Transient: not acknowledged
+    /// and held; opened again as soon as a later message from the same sender opens, or
+    /// delivered again by the server after the next reconnect.
     #[error("sender key unavailable: {0}")]
     SenderKeyUnavailable(String),
     /// The sender's identity key changed and the change has not been accepted. Transient: not
-    /// acknowledged; once [`crate::MessagingPeer::accept_key_change`] pins the new key, the
-    /// server's next delivery of the message (after a reconnect) is accepted.
+    /// acknowledged and held; [`crate::MessagingPeer::accept_key_change`] pins the new key and
+    /// opens the held messages at once (up to [`crate::defaults::HELD_MESSAGES`]; the rest come
+    /// again from the server after the next reconnect).
     #[error("sender's identity key changed and is not accepted yet")]
     KeyChanged,
     /// The signature does not verify with the sender's pinned identity key, and the server
@@ -229,9 +231,12 @@ pub enum RejectReason {
 impl RejectReason {
     /// Whether the message was refused for a reason that may pass: the sender's key could not be
     /// fetched ([`RejectReason::SenderKeyUnavailable`]) or a key change is waiting for the user
-    /// ([`RejectReason::KeyChanged`]). Such a message is not acknowledged, so the server keeps it
-    /// and delivers it again (after the next reconnect). Every other refusal is final: the message
+    /// ([`RejectReason::KeyChanged`]). Such a message is not acknowledged, so the server keeps it,
+    /// and it is held locally and opened again as soon as the reason passes. Every other refusal is final: the message
     /// can never be opened, and it is acknowledged so that the server forgets it.
+    ///
+    /// A transient refusal is reported once per delivery; when the message opens later it
+    /// arrives as an ordinary [`crate::PeerEvent::Message`].
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::SenderKeyUnavailable(_) | Self::KeyChanged)
     }

@@ -57,6 +57,7 @@ mod connection;
 pub mod defaults;
 pub mod error;
 pub mod events;
+mod held;
 pub mod identity_file;
 pub mod keys;
 mod peer;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
+use crate::held::Held;
 use crate::keys::{KeyCache, PeerKey};
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
 use crate::replay::ReplayGuard;
@@ -75,6 +76,9 @@ pub(crate) struct Inner {
     pub(crate) keys: Mutex<KeyCache>,
     pub(crate) key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
     pub(crate) replay: Mutex<ReplayGuard>,
+    pub(crate) held: Mutex<Held>,
+    /// Woken when held messages become ready to be opened again.
+    pub(crate) held_ready: tokio::sync::Notify,
     outstanding: Mutex<Outstanding>,
     cancel: Mutex<Option<CancellationToken>>,
     // tokio Mutex: `connect`/`disconnect` hold it across the wait for the supervisor.
@@ -173,6 +177,8 @@ impl MessagingPeer {
                 defaults::REPLAY_MAX_PEERS,
                 defaults::REPLAY_MAX_IDS,
             )),
+            held: Mutex::new(Held::new(defaults::HELD_MESSAGES)),
+            held_ready: tokio::sync::Notify::new(),
             outstanding: Mutex::new(Outstanding::default()),
             cancel: Mutex::new(None),
             running: tokio::sync::Mutex::new(None),
@@ -386,7 +392,8 @@ impl MessagingPeer {
     }
 
     /// Accepts the new identity key of `peer` reported by [`PeerEvent::KeyChanged`]: pins it, so
-    /// messages flow again. Do this only after comparing fingerprints out of band.
+    /// messages flow again, and opens the messages held back meanwhile at once (they arrive as
+    /// [`PeerEvent::Message`]). Do this only after comparing fingerprints out of band.
     ///
     /// # Errors
     /// [`PeerError::InvalidArgument`] if no key change is pending for `peer`;
@@ -403,6 +410,7 @@ impl MessagingPeer {
             })?;
         self.inner.config.key_store.pin(peer, &new)?;
         self.inner.forget_key(peer);
+        self.inner.release_held(peer);
         Ok(new.fingerprint())
     }
 
@@ -997,6 +1005,15 @@ impl Inner {
     }
 
     /// Queues an `ack` for a processed message.
+    /// Queues the messages held back from `from` to be opened again.
+    pub(crate) fn release_held(&self, from: &ClientId) {
+        let released = self.held.lock().map_or(0, |mut h| h.release(from));
+        if released > 0 {
+            tracing::debug!(peer = %self.config.client_id, from = %from, released, "held messages released");
+            self.held_ready.notify_one();
+        }
+    }
+
     pub(crate) fn ack(&self, message_id: &MessageId) {
         let frame = Frame::new(ClientFrame::Ack(lattice_protocol::Ack {
             message_id: message_id.clone(),

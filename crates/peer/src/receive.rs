@@ -10,7 +10,9 @@
 //! connection ends, and a copy means the first one arrived), and messages refused for good (they
 //! can never be opened). A message refused for a reason that may pass
 //! ([`RejectReason::is_transient`]: the sender's key could not be fetched, or a key change waits
-//! for the user) is *not* acknowledged, so the server keeps it and delivers it again.
+//! for the user) is *not* acknowledged, so the server keeps it and delivers it again; a local copy
+//! is kept too ([`crate::held`]) and opened again on this connection as soon as the reason passes
+//! (the key change is accepted, or a later message from the same sender opens).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -98,12 +100,18 @@ pub(crate) async fn worker(
     cancel: CancellationToken,
 ) {
     loop {
-        let delivered = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            d = received.recv() => match d {
-                Some(d) => d,
-                None => break,
+        // Released held messages first: they are older than anything still queued.
+        let ready = inner.held.lock().ok().and_then(|mut h| h.next_ready());
+        let delivered = match ready {
+            Some(d) => d,
+            None => tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                () = inner.held_ready.notified() => continue,
+                d = received.recv() => match d {
+                    Some(d) => d,
+                    None => break,
+                },
             },
         };
         let from = delivered.from_id.clone();
@@ -111,12 +119,18 @@ pub(crate) async fn worker(
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            o = open(&inner, delivered) => o,
+            o = open(&inner, &delivered) => o,
         };
         let ack = match outcome {
             Ok(message) => {
                 tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
                 inner.dispatcher.emit(PeerEvent::Message(message));
+                // A held copy of this message is redundant now; whatever else was held back from
+                // this sender because its key could not be fetched can be opened now.
+                if let Ok(mut held) = inner.held.lock() {
+                    held.settle(&from, message_id.as_ref());
+                }
+                inner.release_held(&from);
                 true
             }
             Err(RejectReason::Replay) => {
@@ -131,7 +145,13 @@ pub(crate) async fn worker(
                     message_id: message_id.clone(),
                     reason,
                 }));
-                // Held back, not lost: the server keeps an unacknowledged message.
+                // Held back, not lost: the server keeps an unacknowledged message, and a local
+                // copy is opened again as soon as the reason passes.
+                if transient {
+                    if let Ok(mut held) = inner.held.lock() {
+                        held.hold(delivered);
+                    }
+                }
                 !transient
             }
         };
@@ -143,7 +163,7 @@ pub(crate) async fn worker(
 
 /// Opens and checks one message. `Err(RejectReason::Replay)` is a duplicate, dropped silently by
 /// the caller.
-async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReason> {
+async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectReason> {
     let envelope: Envelope =
         serde_json::from_str(d.message.get()).map_err(|_| RejectReason::MalformedEnvelope)?;
     let (cipher_text, encrypted_data) = envelope
@@ -156,7 +176,7 @@ async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReas
     let kem = inner.config.identity.kem();
     match envelope.algorithm.as_str() {
         lattice_v1::ALGORITHM => {
-            let outer_id = d.message_id.ok_or(RejectReason::MissingMessageId)?;
+            let outer_id = d.message_id.clone().ok_or(RejectReason::MissingMessageId)?;
             let me = inner.config.client_id.as_str();
             let ctx = lattice_v1::Context {
                 sender_id: d.from_id.as_str(),
@@ -215,7 +235,7 @@ async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReas
             }
             check_replay(inner, &d.from_id, &outer_id)?;
             Ok(IncomingMessage {
-                from: d.from_id,
+                from: d.from_id.clone(),
                 text: msg.body,
                 message_id: Some(outer_id),
                 verified: true,
@@ -241,9 +261,9 @@ async fn open(inner: &Inner, d: Delivered) -> Result<IncomingMessage, RejectReas
                 check_replay(inner, &d.from_id, id)?;
             }
             Ok(IncomingMessage {
-                from: d.from_id,
+                from: d.from_id.clone(),
                 text,
-                message_id: d.message_id,
+                message_id: d.message_id.clone(),
                 verified: false,
                 algorithm: Algorithm::MlKemAes,
                 sent_at: None,

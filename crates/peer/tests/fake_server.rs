@@ -888,10 +888,9 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
         "marker-2",
         "a message held back by a key change was acked"
     );
-    // The user accepts the change; the server redelivers (after a reconnect): both arrive.
+    // The user accepts the change: both held messages open at once, in order, without waiting
+    // for the server to deliver them again, and are acked.
     peer.accept_key_change(&id("bob")).unwrap();
-    conn.send(changed).await;
-    conn.send(pending).await;
     for (mid, text) in [("t-2", "new key"), ("t-3", "still new")] {
         let m = wait_for(&mut events, |e| match e {
             PeerEvent::Message(m) => Some(m),
@@ -904,6 +903,17 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
         );
         assert_eq!(conn.expect("ack").await["payload"]["messageId"], mid);
     }
+    // The server's own copies, delivered again after a reconnect, are duplicates now: acked, not
+    // shown twice.
+    conn.send(changed).await;
+    conn.send(pending).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-2");
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-3");
+    assert_eq!(
+        next_ack_after_marker(&mut conn, &mut events, &alice_kem, "marker-3").await,
+        "marker-3",
+        "a duplicate was delivered or acked twice"
+    );
 
     // 3. Messages that can never be opened are acked: the server may forget them.
     let mut tampered = v1_payload(&new, "alice", &alice_kem, "t-4", "t-4", "x");
@@ -928,6 +938,55 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
     assert_eq!(reason, RejectReason::BadSignature);
     assert!(!reason.is_transient());
     assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-5");
+}
+
+#[tokio::test]
+async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_message() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    conn.send(msg(v1_payload(
+        &b, "alice", &alice_kem, "h-1", "h-1", "first",
+    )))
+    .await;
+    let req = conn.expect("request_public_key").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    assert!(matches!(
+        expect_rejected(&mut events, "h-1").await,
+        RejectReason::SenderKeyUnavailable(_)
+    ));
+    // Bob's next message brings his key: it opens, and the held one right after it, without the
+    // server sending it again. Each is acked once.
+    conn.send(msg(v1_payload(
+        &b, "alice", &alice_kem, "h-2", "h-2", "second",
+    )))
+    .await;
+    conn.serve_key("bob", &bob).await;
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let m = wait_for(&mut events, |e| match e {
+            PeerEvent::Message(m) => Some(m),
+            _ => None,
+        })
+        .await;
+        texts.push(m.text);
+    }
+    assert_eq!(texts, ["second", "first"]);
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "h-2");
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "h-1");
+    assert_eq!(
+        next_ack_after_marker(&mut conn, &mut events, &alice_kem, "marker").await,
+        "marker"
+    );
+    peer.disconnect().await;
 }
 
 #[tokio::test]
