@@ -196,6 +196,42 @@ async fn ask(
 }
 
 /// Waits until the question dialog shows `text`.
+/// Scrolls the message list to its top (`to_top`) or bottom step by step (the list loads pages as
+/// it goes) until the message at that end starts with `prefix`, or 25 s pass. Returns how long it
+/// took in ms, the start of the text at that end, and how many messages the DOM then holds.
+async fn scroll_to_end(client: &Client, to_top: bool, prefix: &str) -> (f64, String, u64) {
+    let found = client
+        .execute_async(
+            "const [toTop, prefix, done] = arguments;
+             const box = document.getElementById('messages');
+             const t0 = performance.now();
+             const step = () => {
+               const all = document.querySelectorAll('li.msg .bubble');
+               const end = toTop ? all[0] : all[all.length - 1];
+               const elapsed = performance.now() - t0;
+               if ((end && end.textContent.startsWith(prefix)) || elapsed > 25000) {
+                 done({ ms: elapsed, text: end ? end.textContent.slice(0, 20) : '' });
+                 return;
+               }
+               box.scrollTop = toTop ? 0 : box.scrollHeight;
+               setTimeout(step, 16);
+             };
+             step();",
+            vec![json!(to_top), json!(prefix)],
+        )
+        .await
+        .expect("scroll the message list");
+    let dom = client
+        .execute("return document.querySelectorAll('li.msg').length;", vec![])
+        .await
+        .unwrap();
+    (
+        found["ms"].as_f64().unwrap_or(-1.0),
+        found["text"].as_str().unwrap_or_default().to_owned(),
+        dom.as_u64().unwrap_or(u64::MAX),
+    )
+}
+
 async fn dialog_shows(client: &Client, text: &str) {
     let script = format!(
         "const d = document.getElementById('question-dialog'); \
@@ -533,82 +569,27 @@ async fn measure_a_conversation_of_ten_thousand_messages() {
     shots.take(&client, "ten-thousand-messages").await;
 
     // Scroll to the top until the very first message is loaded.
-    let scrolled = client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             const box = document.getElementById('messages');
-             const t0 = performance.now();
-             const step = () => {
-               const first = document.querySelector('li.msg .bubble');
-               const elapsed = performance.now() - t0;
-               if ((first && first.textContent.startsWith('message 0:')) || elapsed > 25000) {
-                 done({ ms: elapsed, first: first ? first.textContent.slice(0, 20) : null });
-                 return;
-               }
-               box.scrollTop = 0;
-               setTimeout(step, 16);
-             };
-             step();",
-            vec![],
-        )
-        .await
-        .expect("scroll to the first message");
-    let dom = client
-        .execute("return document.querySelectorAll('li.msg').length;", vec![])
-        .await
-        .unwrap();
+    let (ms, first, dom) = scroll_to_end(&client, true, "message 0:").await;
     println!(
-        "10k conversation: scrolled back in {:.0} ms to {} ({dom} messages in the DOM)",
-        scrolled["ms"].as_f64().unwrap_or(-1.0),
-        scrolled["first"]
+        "10k conversation: scrolled back in {ms:.0} ms to {first:?} ({dom} messages in the DOM)"
     );
     assert!(
-        scrolled["first"]
-            .as_str()
-            .is_some_and(|f| f.starts_with("message 0:")),
+        first.starts_with("message 0:"),
         "scrolling back reached the first message"
     );
     assert!(
-        dom.as_u64().is_some_and(|n| n <= 800),
+        dom <= 800,
         "the DOM keeps a window, not the whole history: {dom}"
     );
     shots.take(&client, "scrolled-to-the-first-message").await;
 
     // And down again to the newest message.
-    let forward = client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             const box = document.getElementById('messages');
-             const t0 = performance.now();
-             const step = () => {
-               const all = document.querySelectorAll('li.msg .bubble');
-               const last = all[all.length - 1];
-               const elapsed = performance.now() - t0;
-               if ((last && last.textContent.startsWith('message 9999:')) || elapsed > 25000) {
-                 done({ ms: elapsed, last: last ? last.textContent.slice(0, 20) : null });
-                 return;
-               }
-               box.scrollTop = box.scrollHeight;
-               setTimeout(step, 16);
-             };
-             step();",
-            vec![],
-        )
-        .await
-        .expect("scroll to the newest message");
-    let dom = client
-        .execute("return document.querySelectorAll('li.msg').length;", vec![])
-        .await
-        .unwrap();
+    let (ms, last, dom) = scroll_to_end(&client, false, "message 9999:").await;
     println!(
-        "10k conversation: scrolled forward again in {:.0} ms to {} ({dom} messages in the DOM)",
-        forward["ms"].as_f64().unwrap_or(-1.0),
-        forward["last"]
+        "10k conversation: scrolled forward again in {ms:.0} ms to {last:?} ({dom} messages in the DOM)"
     );
     assert!(
-        forward["last"]
-            .as_str()
-            .is_some_and(|f| f.starts_with("message 9999:")),
+        last.starts_with("message 9999:"),
         "scrolling forward reached the newest message"
     );
     shots.take(&client, "scrolled-back-to-the-newest").await;

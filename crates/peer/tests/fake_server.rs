@@ -30,6 +30,23 @@ async fn connected(fake: &mut FakeServer, cfg: PeerConfig) -> (MessagingPeer, Fa
     (peer, conn)
 }
 
+/// Alice connected to a fresh fake server: the server (keep it alive), the peer, its connection
+/// as the server sees it, her event stream, and her KEM key (to seal messages to her).
+async fn alice() -> (
+    FakeServer,
+    MessagingPeer,
+    FakeConn,
+    lattice_peer::EventStream,
+    KemPublicKey,
+) {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let kem = cfg.identity.kem_public_key().clone();
+    let (peer, conn) = connected(&mut fake, cfg).await;
+    let events = peer.events();
+    (fake, peer, conn, events, kem)
+}
+
 fn discover(
     peer: &MessagingPeer,
     opts: WaitOptions,
@@ -399,11 +416,7 @@ async fn expect_rejected(events: &mut lattice_peer::EventStream, mid: &str) -> R
 
 #[tokio::test]
 async fn forged_replayed_tampered_and_downgraded_messages_never_reach_handlers() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let delivered = Arc::new(AtomicUsize::new(0));
     let d = Arc::clone(&delivered);
     peer.on_message(move |_| {
@@ -533,11 +546,7 @@ async fn forged_replayed_tampered_and_downgraded_messages_never_reach_handlers()
 
 #[tokio::test]
 async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob_old = new_identity();
     let bob_new = new_identity();
 
@@ -814,11 +823,7 @@ async fn next_ack_after_marker(
 
 #[tokio::test]
 async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redelivered() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob_old = new_identity();
     let bob_new = new_identity();
     let old = Sender {
@@ -942,11 +947,7 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
 
 #[tokio::test]
 async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_message() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob = new_identity();
     let b = Sender {
         id: "bob",
@@ -991,11 +992,7 @@ async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_messa
 
 #[tokio::test]
 async fn a_duplicate_is_acked_and_dropped_silently() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let delivered = Arc::new(AtomicUsize::new(0));
     let d = Arc::clone(&delivered);
     peer.on_message(move |_| {
@@ -1048,11 +1045,7 @@ async fn a_duplicate_is_acked_and_dropped_silently() {
 /// key; if that check cannot be made, the message may be from a changed key: held back, not acked.
 #[tokio::test]
 async fn a_bad_signature_is_final_only_once_the_key_was_rechecked() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob = new_identity();
     let mallory = new_identity();
     let p = peer.clone();
@@ -1145,11 +1138,7 @@ async fn extreme_timeouts_do_not_panic() {
 /// bad frames are reported, bad messages refused, bad keys treated as unavailable.
 #[tokio::test]
 async fn hostile_frames_never_take_the_peer_down() {
-    let mut fake = FakeServer::start().await;
-    let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
-    let (peer, mut conn) = connected(&mut fake, cfg).await;
-    let mut events = peer.events();
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let long = "x".repeat(100_000);
     for raw in [
         "",

@@ -368,6 +368,16 @@ async fn an_id_bound_to_another_identity_is_refused_and_not_retried() {
     alice.disconnect().await;
 }
 
+/// Any sign that a peer is (re)connecting.
+fn reconnects(e: &PeerEvent) -> bool {
+    matches!(
+        e,
+        PeerEvent::ConnectionState(
+            ConnectionState::Reconnecting { .. } | ConnectionState::Connected
+        ) | PeerEvent::Registered { .. }
+    )
+}
+
 /// Two instances of one identity (same id, same keys): the second connect replaces the first, which
 /// is closed with code 4000. The first must not reconnect (they would replace each other forever):
 /// it reports the replacement and stays disconnected until `connect` is called again.
@@ -388,31 +398,13 @@ async fn a_connection_replaced_by_the_same_identity_does_not_reconnect() {
 
     // The first instance is told why it lost the connection, then goes to Disconnected without
     // ever trying again.
-    none_before(
-        &mut first_events,
-        |e| {
-            matches!(
-                e,
-                PeerEvent::ConnectionState(
-                    ConnectionState::Reconnecting { .. } | ConnectionState::Connected
-                ) | PeerEvent::Registered { .. }
-            )
-        },
-        |e| matches!(e, PeerEvent::Error(PeerError::Replaced)).then_some(()),
-    )
+    none_before(&mut first_events, reconnects, |e| {
+        matches!(e, PeerEvent::Error(PeerError::Replaced)).then_some(())
+    })
     .await;
-    none_before(
-        &mut first_events,
-        |e| {
-            matches!(
-                e,
-                PeerEvent::ConnectionState(
-                    ConnectionState::Reconnecting { .. } | ConnectionState::Connected
-                ) | PeerEvent::Registered { .. }
-            )
-        },
-        |e| matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(()),
-    )
+    none_before(&mut first_events, reconnects, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(())
+    })
     .await;
     // Disconnected is the supervisor's last word: nothing will reconnect it behind our back.
     assert_eq!(first.connection_state(), ConnectionState::Disconnected);
