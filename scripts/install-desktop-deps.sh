@@ -3,7 +3,8 @@
 #   - the WebKitGTK / GTK / tray / SVG / xdo development packages Tauri 2 links against,
 #   - Xvfb, WebKitWebDriver (webkit2gtk-driver) and tauri-driver for the WebDriver tests,
 #   - the npm package @tauri-apps/cli@2 (root package.json) that `make bundle` uses,
-#   - dbus-x11 for a session bus under Xvfb (single-instance and notifications use it),
+#   - dbus-x11 for a session bus under Xvfb (single-instance and notifications use it), and
+#     dbus (dbus-daemon) for the private bus of the notification test,
 #   - file and rpm tooling that the bundler's .rpm step needs.
 # Idempotent: every step checks first and does nothing when its tool is already there.
 # Runs as root (CI does) or with sudo.
@@ -29,6 +30,7 @@ APT_PACKAGES=(
   xvfb
   xauth
   dbus-x11
+  dbus
   webkit2gtk-driver
   x11-utils
   imagemagick

@@ -121,8 +121,9 @@ fn setup<R: Runtime>(
     app.manage(Arc::clone(&messenger));
     tracing::info!(data_dir = %data_dir.display(), "lattice-desktop starting");
 
+    // Also headless: the notification centre is the session bus, not a window.
+    app.manage(notify::Notifier::start(app.clone()));
     if !options.headless {
-        app.manage(notify::Notifier::start(app.clone()));
         let tray_ok = match tray::create(app) {
             Ok(()) => true,
             Err(e) => {

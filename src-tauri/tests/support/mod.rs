@@ -73,14 +73,18 @@ impl TestApp {
     /// Stops the app and hands back its data directory.
     pub fn into_dir(mut self) -> tempfile::TempDir {
         let dir = self.dir.take().unwrap();
-        let messenger = std::sync::Arc::clone(
+        tauri::async_runtime::block_on(self.messenger().stop_session());
+        drop(self);
+        dir
+    }
+
+    /// The app's backend (the window events of a real runtime, such as focus, are its methods).
+    pub fn messenger(&self) -> std::sync::Arc<lattice_desktop::Messenger> {
+        std::sync::Arc::clone(
             self.app
                 .state::<std::sync::Arc<lattice_desktop::Messenger>>()
                 .inner(),
-        );
-        tauri::async_runtime::block_on(messenger.stop_session());
-        drop(self);
-        dir
+        )
     }
 
     /// Invokes a command as the page does; `Ok(value)` or `Err({kind, message})`.
