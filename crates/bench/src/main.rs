@@ -83,6 +83,9 @@ struct Load {
     size: usize,
 }
 
+/// Most frames a sender writes with one flush.
+const SEND_BATCH: usize = 16;
+
 #[derive(Debug)]
 struct Report {
     delivered: u64,
@@ -301,15 +304,31 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
             });
             tasks.spawn(async move {
                 let mut seq: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
+                'send: while !stop.load(Ordering::Relaxed) {
                     let Ok(p) = permits.acquire().await else { break };
                     p.forget();
-                    seq += 1;
-                    let t = start.elapsed().as_micros() as u64;
-                    let frame = format!(
-                        r#"{{"type":"message","payload":{{"targetId":"{recv_id}","messageId":"{i}-{seq}","message":{prefix},"t":{t}}}}}}}"#
-                    );
-                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                    // Take every permit already returned too, and write the whole batch with one
+                    // flush: one syscall per message would make the generator, not the server
+                    // under test, the bottleneck (a browser or a busy peer batches the same way).
+                    let want = permits.available_permits().min(SEND_BATCH - 1);
+                    let more = match permits.try_acquire_many(want as u32) {
+                        Ok(p) => {
+                            p.forget();
+                            want
+                        }
+                        Err(_) => 0,
+                    };
+                    for _ in 0..=more {
+                        seq += 1;
+                        let t = start.elapsed().as_micros() as u64;
+                        let frame = format!(
+                            r#"{{"type":"message","payload":{{"targetId":"{recv_id}","messageId":"{i}-{seq}","message":{prefix},"t":{t}}}}}}}"#
+                        );
+                        if sink.feed(Message::Text(frame.into())).await.is_err() {
+                            break 'send;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         break;
                     }
                 }

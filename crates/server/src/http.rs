@@ -21,7 +21,9 @@ use subtle::ConstantTimeEq as _;
 use tracing::info;
 
 use crate::hub::Out;
-use crate::limits::{MAX_ADMIN_BODY, MAX_ASK_TIMEOUT, MAX_TRANSPORT_MESSAGE, READ_BUFFER};
+use crate::limits::{
+    MAX_ADMIN_BODY, MAX_ASK_TIMEOUT, MAX_TRANSPORT_MESSAGE, READ_BUFFER, WRITE_BUFFER,
+};
 use crate::metrics::Metrics;
 use crate::questions::AskError;
 use crate::session;
@@ -68,7 +70,7 @@ async fn upgrade(
     ws.max_message_size(MAX_TRANSPORT_MESSAGE)
         .max_frame_size(MAX_TRANSPORT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_FRAME_BYTES * 4)
         .on_failed_upgrade({
             let state = Arc::clone(&state);

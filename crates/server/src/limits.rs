@@ -17,6 +17,13 @@ pub const MAX_TRANSPORT_MESSAGE: usize = 1024 * 1024;
 /// connection; frames larger than this are still read, in several reads.
 pub const READ_BUFFER: usize = 4 * 1024;
 
+/// Bytes of frames tungstenite gathers before it writes them to the socket (a flush writes the
+/// rest). With 0 every frame costs a `sendto`, and a relay spends most of its time in the kernel;
+/// batching replies and queued deliveries into one write is where the throughput comes from. The
+/// buffer keeps the capacity of the largest batch written, so this is also what an active
+/// connection may hold; an idle one that never received a burst holds only its largest frame.
+pub const WRITE_BUFFER: usize = 16 * 1024;
+
 /// A socket write that takes longer than this means the peer stopped reading: close it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
