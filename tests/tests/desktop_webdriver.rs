@@ -719,6 +719,15 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
         "return document.getElementById('key-banner').hidden;",
     )
     .await;
+    // The message held back meanwhile appears at once: held by the peer, not lost, and not
+    // waiting for the server to deliver it again after some reconnect.
+    until_js(
+        &client,
+        "the held-back message after accepting",
+        "return Array.from(document.querySelectorAll('li.msg.in .bubble')) \
+           .some(b => b.textContent.includes(\"it's me, really\"));",
+    )
+    .await;
     shots.take(&client, "key-accepted").await;
 
     client.close().await.expect("close");
