@@ -21,6 +21,7 @@ mkdir -p "$SHOTS" "$LOGS"
 rm -f "$SHOTS"/*.png "$SHOTS"/app.log
 
 if ! command -v Xvfb >/dev/null || ! command -v WebKitWebDriver >/dev/null \
+   || ! command -v dbus-daemon >/dev/null \
    || ! { command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ]; }; then
   bash scripts/install-desktop-deps.sh
 fi
@@ -44,6 +45,7 @@ free_port() {
 
 XVFB_PID=""
 DRIVER_PID=""
+BUS_PID=""
 cleanup() {
   # SIGTERM, not SIGKILL: tauri-driver then stops WebKitWebDriver, which would otherwise keep
   # its port.
@@ -51,6 +53,10 @@ cleanup() {
     kill -TERM "$DRIVER_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.1; done
   fi
+  if [ -n "$BUS_PID" ] && kill -0 "$BUS_PID" 2>/dev/null; then
+    kill -TERM "$BUS_PID" 2>/dev/null || true
+  fi
+  if [ -n "${BUS_DIR:-}" ]; then rm -rf "$BUS_DIR"; fi
   if [ -n "$XVFB_PID" ] && kill -0 "$XVFB_PID" 2>/dev/null; then
     kill -TERM "$XVFB_PID" 2>/dev/null || true
     wait "$XVFB_PID" 2>/dev/null || true
@@ -67,6 +73,19 @@ for _ in $(seq 1 100); do [ -s "$DISPLAY_FILE" ] && break; sleep 0.1; done
 export DISPLAY=":$(head -n1 "$DISPLAY_FILE")"
 rm -f "$DISPLAY_FILE"
 echo "e2e-desktop: Xvfb on $DISPLAY"
+
+# A private session bus (no service activation) for the app and the test: the tray registers on
+# it with the StatusNotifierWatcher the test serves, notifications go to it.
+BUS_DIR=$(mktemp -d)
+ADDRESS_FILE="$BUS_DIR/address"
+dbus-daemon --config-file="$ROOT/scripts/dbus-test-session.conf" --nofork \
+  --address="unix:path=$BUS_DIR/bus" --print-address=3 3>"$ADDRESS_FILE" \
+  >"$LOGS/dbus.log" 2>&1 &
+BUS_PID=$!
+for _ in $(seq 1 100); do [ -s "$ADDRESS_FILE" ] && break; sleep 0.1; done
+[ -s "$ADDRESS_FILE" ] || { echo "e2e-desktop: dbus-daemon did not start" >&2; exit 1; }
+export DBUS_SESSION_BUS_ADDRESS=$(head -n1 "$ADDRESS_FILE")
+echo "e2e-desktop: session bus at $DBUS_SESSION_BUS_ADDRESS"
 
 DRIVER_PORT=$(free_port)
 NATIVE_PORT=$(free_port)

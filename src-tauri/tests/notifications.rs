@@ -24,7 +24,7 @@ use support::TestApp;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A private session bus; killed on drop.
+/// A private session bus (no service activation: only this test answers on it); killed on drop.
 struct Bus(Child);
 
 impl Drop for Bus {
@@ -35,8 +35,12 @@ impl Drop for Bus {
 }
 
 fn start_bus(dir: &std::path::Path) -> (Bus, String) {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/dbus-test-session.conf"
+    );
     let mut child = Command::new("dbus-daemon")
-        .arg("--session")
+        .arg(format!("--config-file={config}"))
         .arg("--nofork")
         .arg("--print-address=1")
         .arg(format!("--address=unix:path={}", dir.join("bus").display()))
