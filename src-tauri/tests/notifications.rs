@@ -14,15 +14,10 @@ use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
-use lattice_crypto::Identity;
-use lattice_peer::{MessagingPeer, PeerConfig};
 use lattice_protocol::ClientId;
-use serde_json::{json, Value};
-use support::TestApp;
-
-const WAIT: Duration = Duration::from_secs(20);
+use serde_json::json;
+use support::{eventually, TestApp, WAIT};
 
 /// A private session bus (no service activation: only this test answers on it); killed on drop.
 struct Bus(Child);
@@ -97,22 +92,6 @@ impl NotificationServer {
     fn close_notification(&self, _id: u32) {}
 }
 
-/// Polls `f` (a command call) until `ok` accepts its result.
-fn eventually(what: &str, mut f: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let v = f();
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_message_to_an_unfocused_window_is_a_desktop_notification_unless_disabled() {
     let _ = tracing_subscriber::fmt()
@@ -149,16 +128,7 @@ fn a_message_to_an_unfocused_window_is_a_desktop_notification_unless_disabled() 
         .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
         .unwrap();
     let url = server.url();
-    let bob = rt.block_on(async {
-        let config = PeerConfig::new(
-            url.clone(),
-            ClientId::new("bob").unwrap(),
-            Identity::generate(&mut rand_core::OsRng),
-        );
-        let bob = MessagingPeer::new(config).unwrap();
-        bob.connect().await.unwrap();
-        bob
-    });
+    let bob = rt.block_on(support::connect_peer(&url, "bob"));
     let alice = ClientId::new("alice").unwrap();
 
     let app = TestApp::set_up("alice", &url);

@@ -5,32 +5,11 @@
 
 mod support;
 
-use std::time::Duration;
-
-use lattice_crypto::Identity;
 use lattice_desktop::storage::db::Db;
-use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent};
+use lattice_peer::PeerEvent;
 use lattice_protocol::ClientId;
-use serde_json::{json, Value};
-use support::TestApp;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `f` (a command call) until `ok` accepts its result.
-fn eventually(what: &str, mut f: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let v = f();
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use serde_json::json;
+use support::{eventually, TestApp, WAIT};
 
 #[test]
 fn alice_sees_bob_sends_and_receives() {
@@ -44,16 +23,7 @@ fn alice_sees_bob_sends_and_receives() {
         .unwrap();
     let url = server.url();
 
-    let bob = rt.block_on(async {
-        let config = PeerConfig::new(
-            url.clone(),
-            ClientId::new("bob").unwrap(),
-            Identity::generate(&mut rand_core::OsRng),
-        );
-        let bob = MessagingPeer::new(config).unwrap();
-        bob.connect().await.unwrap();
-        bob
-    });
+    let bob = rt.block_on(support::connect_peer(&url, "bob"));
     let mut bob_events = bob.events();
 
     let app = TestApp::set_up("alice", &url);
@@ -177,16 +147,7 @@ fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_rest
             ..lattice_server::Config::for_tests()
         }))
         .unwrap();
-    let bob = rt.block_on(async {
-        let config = PeerConfig::new(
-            url.clone(),
-            ClientId::new("bob").unwrap(),
-            Identity::generate(&mut rand_core::OsRng),
-        );
-        let bob = MessagingPeer::new(config).unwrap();
-        bob.connect().await.unwrap();
-        bob
-    });
+    let bob = rt.block_on(support::connect_peer(&url, "bob"));
     let mut bob_events = bob.events();
 
     // The app starts again and delivers what waited in its outbox.

@@ -13,6 +13,37 @@ use tauri::test::{
 use tauri::webview::InvokeRequest;
 use tauri::{App, Manager, WebviewWindow, WebviewWindowBuilder};
 
+/// How long a test waits for something that should happen.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Polls `f` (a command call) until `ok` accepts its result; fails after [`WAIT`].
+pub fn eventually(what: &str, mut f: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = f();
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A headless peer `name` with a fresh identity, connected and registered at `url`.
+pub async fn connect_peer(url: &str, name: &str) -> lattice_peer::MessagingPeer {
+    let config = lattice_peer::PeerConfig::new(
+        url.to_owned(),
+        lattice_protocol::ClientId::new(name).unwrap(),
+        lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+    );
+    let peer = lattice_peer::MessagingPeer::new(config).unwrap();
+    peer.connect().await.unwrap();
+    peer
+}
+
 /// A server URL where nothing listens (port 9, discard, is closed on a test machine): the app
 /// keeps retrying in the background, which is what an offline test wants.
 pub const UNREACHABLE: &str = "ws://127.0.0.1:9";
