@@ -22,7 +22,8 @@ pub const READ_BUFFER: usize = 4 * 1024;
 /// batching replies and queued deliveries into one write is where the throughput comes from. The
 /// buffer keeps the capacity of the largest batch written, so this is also what an active
 /// connection may hold; an idle one that never received a burst holds only its largest frame.
-pub const WRITE_BUFFER: usize = 16 * 1024;
+/// 8 KiB (about three forwarded messages per write) measured as fast as 16 KiB.
+pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// A socket write that takes longer than this means the peer stopped reading: close it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

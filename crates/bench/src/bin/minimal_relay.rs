@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
             config.read_buffer_size = 8 * 1024;
             // Frames gathered before a write, as lattice-server does: the writer feeds whatever
             // is queued and flushes once, so a burst costs one syscall, not one per frame.
-            config.write_buffer_size = 16 * 1024;
+            config.write_buffer_size = 8 * 1024;
             let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
             else {
                 return;
