@@ -1004,7 +1004,6 @@ impl Inner {
         })
     }
 
-    /// Queues an `ack` for a processed message.
     /// Queues the messages held back from `from` to be opened again.
     pub(crate) fn release_held(&self, from: &ClientId) {
         let released = self.held.lock().map_or(0, |mut h| h.release(from));
@@ -1014,6 +1013,7 @@ impl Inner {
         }
     }
 
+    /// Queues an `ack` for a processed message.
     pub(crate) fn ack(&self, message_id: &MessageId) {
         let frame = Frame::new(ClientFrame::Ack(lattice_protocol::Ack {
             message_id: message_id.clone(),
