@@ -11,6 +11,37 @@ use lattice_protocol::ClientId;
 use serde_json::json;
 use support::{eventually, TestApp, WAIT};
 
+/// Bob's next decrypted message.
+async fn next_message(events: &mut lattice_peer::EventStream) -> lattice_peer::IncomingMessage {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(PeerEvent::Message(m)) = events.next().await {
+                break m;
+            }
+        }
+    })
+    .await
+    .expect("bob receives a message")
+}
+
+/// Waits until alice's message `id` to bob shows as delivered.
+fn until_delivered(app: &TestApp, id: &serde_json::Value) {
+    eventually(
+        "the message delivered",
+        || {
+            app.invoke("load_messages", json!({"peerId": "bob"}))
+                .unwrap()
+        },
+        |page| {
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == *id && m["status"] == json!("delivered"))
+        },
+    );
+}
+
 #[test]
 fn alice_sees_bob_sends_and_receives() {
     let _ = tracing_subscriber::fmt()
@@ -46,34 +77,11 @@ fn alice_sees_bob_sends_and_receives() {
             json!({"peerId": "bob", "text": "hello bob"}),
         )
         .unwrap();
-    let got = rt.block_on(async {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(PeerEvent::Message(m)) = bob_events.next().await {
-                    break m;
-                }
-            }
-        })
-        .await
-        .unwrap()
-    });
+    let got = rt.block_on(next_message(&mut bob_events));
     assert_eq!(got.text, "hello bob");
     assert!(got.verified);
     let id = sent["id"].clone();
-    eventually(
-        "delivered",
-        || {
-            app.invoke("load_messages", json!({"peerId": "bob"}))
-                .unwrap()
-        },
-        |page| {
-            page["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["id"] == id && m["status"] == json!("delivered"))
-        },
-    );
+    until_delivered(&app, &id);
 
     rt.block_on(bob.send_message(&ClientId::new("alice").unwrap(), "hi alice"))
         .unwrap();
@@ -152,17 +160,7 @@ fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_rest
 
     // The app starts again and delivers what waited in its outbox.
     let app = TestApp::in_dir(dir);
-    let got = rt.block_on(async {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(PeerEvent::Message(m)) = bob_events.next().await {
-                    break m;
-                }
-            }
-        })
-        .await
-        .expect("bob receives the message typed offline")
-    });
+    let got = rt.block_on(next_message(&mut bob_events));
     assert_eq!(got.text, "typed while offline");
     // Sent with the stored id: had an earlier run handed it to the server before being killed,
     // bob would drop this copy as a duplicate.
@@ -171,20 +169,7 @@ fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_rest
         Some(wire_id.as_str())
     );
     let id = sent["id"].clone();
-    eventually(
-        "the message delivered",
-        || {
-            app.invoke("load_messages", json!({"peerId": "bob"}))
-                .unwrap()
-        },
-        |page| {
-            page["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["id"] == id && m["status"] == json!("delivered"))
-        },
-    );
+    until_delivered(&app, &id);
 
     drop(app.into_dir());
     rt.block_on(async {

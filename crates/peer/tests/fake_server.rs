@@ -47,6 +47,20 @@ async fn alice() -> (
     (fake, peer, conn, events, kem)
 }
 
+/// `peer` asks for `name`'s key while the fake server answers with `identity`'s.
+async fn fetch_key(
+    peer: &MessagingPeer,
+    conn: &mut FakeConn,
+    name: &str,
+    identity: &Identity,
+) -> Result<lattice_peer::keys::PeerKey, PeerError> {
+    let p = peer.clone();
+    let target = id(name);
+    let fetch = tokio::spawn(async move { p.request_public_key(&target).await });
+    conn.serve_key(name, identity).await;
+    fetch.await.unwrap()
+}
+
 fn discover(
     peer: &MessagingPeer,
     opts: WaitOptions,
@@ -551,10 +565,7 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
     let bob_new = new_identity();
 
     // First use pins bob's key.
-    let p = peer.clone();
-    let fetch = tokio::spawn(async move { p.request_public_key(&id("bob")).await });
-    conn.serve_key("bob", &bob_old).await;
-    let key = fetch.await.unwrap().unwrap();
+    let key = fetch_key(&peer, &mut conn, "bob", &bob_old).await.unwrap();
     assert_eq!(
         key.fingerprint(),
         Some(bob_old.identity_public_key().fingerprint())
@@ -565,11 +576,8 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
     );
 
     // The server now presents another identity for bob.
-    let p = peer.clone();
-    let fetch = tokio::spawn(async move { p.request_public_key(&id("bob")).await });
-    conn.serve_key("bob", &bob_new).await;
     assert!(matches!(
-        fetch.await.unwrap(),
+        fetch_key(&peer, &mut conn, "bob", &bob_new).await,
         Err(PeerError::KeyChanged { .. })
     ));
     let (old, new) = wait_for(&mut events, |e| match e {
@@ -1048,10 +1056,7 @@ async fn a_bad_signature_is_final_only_once_the_key_was_rechecked() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob = new_identity();
     let mallory = new_identity();
-    let p = peer.clone();
-    let fetch = tokio::spawn(async move { p.request_public_key(&id("bob")).await });
-    conn.serve_key("bob", &bob).await;
-    fetch.await.unwrap().unwrap();
+    fetch_key(&peer, &mut conn, "bob", &bob).await.unwrap();
 
     let suspicious = msg(v1_payload(
         &Sender {
