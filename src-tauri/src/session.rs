@@ -3,9 +3,9 @@
 //!
 //! Tasks, all owned by the session's [`TaskTracker`] and stopped through its
 //! [`CancellationToken`] (the first, `biased` arm of every `select!`):
-//! - **connect**: dials until the first registration succeeds (the peer itself does not retry a
-//!   failed first connection), with the same backoff the peer uses after a loss; a permanent
-//!   refusal (name taken, bad URL) stops it with a readable reason.
+//! - **connect**: awaits the first registration; the peer itself keeps dialling meanwhile
+//!   (`PeerConfig::retry_first_connect`, the same backoff it uses after a loss), and a permanent
+//!   refusal (name taken, bad URL) ends it with a readable reason.
 //! - **worker**: woken through a [`Notify`] (wake-ups coalesce, nothing queues up): refreshes
 //!   presence after each (re)registration, then sends what waits in the durable outbox, in order.
 //!
@@ -129,6 +129,7 @@ impl Session {
         let mut config = PeerConfig::new(server_url.clone(), client_id, copy);
         config.identity = identity;
         config.reconnect = backoff.clone();
+        config.retry_first_connect = true;
         config.key_store = Arc::new(DbKeyStore::new(Arc::clone(messenger.db())));
         let peer =
             MessagingPeer::new(config).map_err(|e| CommandError::InvalidInput(describe(&e)))?;
@@ -420,53 +421,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Dials until registered, then hands over to the peer's own reconnect supervisor.
+/// The first connection: the peer dials until it registers (`retry_first_connect`, with the
+/// same backoff as after a loss, shown through its `Reconnecting` states), then its own
+/// supervisor keeps it connected. Only a permanent failure ends here.
 async fn connect_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    let mut attempt: u32 = 0;
-    loop {
-        let Some(m) = ctx.messenger.upgrade() else {
-            return;
-        };
-        if attempt == 0 {
-            m.set_connection(ctx.view("connecting", None, None));
+    if let Some(m) = ctx.messenger.upgrade() {
+        m.set_connection(ctx.view("connecting", None, None));
+    }
+    let result = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return,
+        r = ctx.peer.connect() => r,
+    };
+    let Some(m) = ctx.messenger.upgrade() else {
+        return;
+    };
+    tracing::debug!(ok = result.is_ok(), "first connection finished");
+    ctx.connecting.store(false, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            m.set_connection(ctx.view("connected", None, None));
+            ctx.refresh.store(true, Ordering::Relaxed);
+            ctx.wake.notify_one();
         }
-        drop(m);
-        let result = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return,
-            r = ctx.peer.connect() => r,
-        };
-        let Some(m) = ctx.messenger.upgrade() else {
-            return;
-        };
-        tracing::debug!(ok = result.is_ok(), "first connection attempt finished");
-        match result {
-            Ok(()) => {
-                ctx.connecting.store(false, Ordering::Relaxed);
-                m.set_connection(ctx.view("connected", None, None));
-                ctx.refresh.store(true, Ordering::Relaxed);
-                ctx.wake.notify_one();
-                return;
-            }
-            Err(e) if is_permanent(&e) => {
-                ctx.connecting.store(false, Ordering::Relaxed);
-                let text = describe(&e);
-                m.set_connection(ctx.view("offline", None, Some(text.clone())));
-                m.notice("connect", text);
-                return;
-            }
-            Err(e) => {
-                attempt = attempt.saturating_add(1);
-                let delay = ctx.backoff.delay(attempt);
-                tracing::info!(error = %e, attempt, ?delay, "cannot connect yet");
-                m.set_connection(ctx.view("reconnecting", Some(delay), Some(describe(&e))));
-                drop(m);
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
+        Err(e) => {
+            let text = describe(&e);
+            m.set_connection(ctx.view("offline", None, Some(text.clone())));
+            m.notice("connect", text);
         }
     }
 }
@@ -638,20 +619,6 @@ fn is_transient(e: &PeerError) -> bool {
             error_type,
             ErrorType::InternalError | ErrorType::RateLimited | ErrorType::RegistrationRequired
         ),
-        _ => false,
-    }
-}
-
-/// Refusals of the first connection that retrying cannot fix.
-fn is_permanent(e: &PeerError) -> bool {
-    match e {
-        PeerError::InvalidUrl { .. } | PeerError::Tls(_) => true,
-        PeerError::Server { error_type, .. } => {
-            matches!(
-                error_type,
-                ErrorType::ClientIdTaken | ErrorType::InvalidProof
-            )
-        }
         _ => false,
     }
 }

@@ -244,6 +244,8 @@ async fn main() -> anyhow::Result<()> {
         println!("-- created a new identity in {}", path.display());
     }
     let mut config = PeerConfig::new(args.server.clone(), id.clone(), identity);
+    // Wait for a server that is not up yet (with the reconnect backoff) instead of quitting.
+    config.retry_first_connect = true;
     if let Some(ca) = args.ca_file {
         let pem = std::fs::read_to_string(&ca)
             .with_context(|| format!("cannot read {}", ca.display()))?;
@@ -254,9 +256,15 @@ async fn main() -> anyhow::Result<()> {
     let peer = MessagingPeer::new(config)?;
     let ui: Shared = Arc::default();
     let printer = tokio::spawn(print_events(peer.clone(), Arc::clone(&ui)));
-    peer.connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", args.server))?;
+    println!("-- connecting to {} …", args.server);
+    tokio::select! {
+        r = peer.connect() => r.with_context(|| format!("cannot connect to {}", args.server))?,
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            peer.disconnect().await;
+            return Ok(());
+        }
+    }
     println!("-- connected to {} as {id}", args.server);
     println!("-- your fingerprint: {}", peer.fingerprint());
     println!("-- type /help for commands");

@@ -31,6 +31,10 @@ struct Args {
     /// Extra CA certificate (PEM) to trust for wss://.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Longest wait between two connection attempts, in seconds (the backoff's cap). `make run`
+    /// passes a short one so the bot joins as soon as the app's embedded server is up.
+    #[arg(long, value_name = "SECONDS")]
+    max_retry_delay: Option<u64>,
 }
 
 /// The reply to a message: the text quoted line by line.
@@ -101,14 +105,26 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "created a new identity");
     }
     let mut config = PeerConfig::new(args.server, client_id, identity);
-    config.reconnect.max_attempts = 0; // a bot keeps trying
+    // A bot keeps trying, from the first connection on: it may be started before its server.
+    config.reconnect.max_attempts = 0;
+    config.retry_first_connect = true;
+    if let Some(secs) = args.max_retry_delay {
+        config.reconnect.max = std::time::Duration::from_secs(secs.max(1));
+    }
     if let Some(ca) = args.ca_file {
         config.tls = TlsOptions {
             extra_ca_pem: Some(std::fs::read_to_string(ca)?),
         };
     }
     let peer = MessagingPeer::new(config)?;
-    peer.connect().await?;
+    tokio::select! {
+        r = peer.connect() => r?,
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            peer.disconnect().await;
+            return Ok(());
+        }
+    }
     tracing::info!(id = %peer.client_id(), fingerprint = %peer.fingerprint(), "echo bot ready");
     tokio::select! {
         () = run(peer.clone()) => {}

@@ -33,6 +33,14 @@ pub struct PeerConfig {
     pub identity: Arc<Identity>,
     /// The reconnect policy.
     pub reconnect: Backoff,
+    /// Whether [`crate::MessagingPeer::connect`] keeps dialling when the *first* connection fails
+    /// for a reason that may pass (see [`crate::PeerError::is_permanent`]), with the same
+    /// [`PeerConfig::reconnect`] backoff as after a loss, instead of returning the error at once.
+    /// The state goes through [`crate::ConnectionState::Reconnecting`] meanwhile, and `connect`
+    /// resolves once registered, or with the last error when the backoff gives up. For a program
+    /// started next to its server (a bot, the desktop app hosting one) that should wait for it.
+    /// Off by default: a caller that asks once learns at once that the server is not there.
+    pub retry_first_connect: bool,
     /// Request, connect and keepalive timeouts.
     pub timeouts: Timeouts,
     /// Frames held while disconnected; see [`defaults::OUTBOUND_QUEUE`].
@@ -51,6 +59,7 @@ impl PeerConfig {
             client_id,
             identity: Arc::new(identity),
             reconnect: Backoff::default(),
+            retry_first_connect: false,
             timeouts: Timeouts::default(),
             outbound_queue: defaults::OUTBOUND_QUEUE,
             tls: TlsOptions::default(),
@@ -66,6 +75,7 @@ impl fmt::Debug for PeerConfig {
             .field("server_url", &self.server_url)
             .field("client_id", &self.client_id)
             .field("reconnect", &self.reconnect)
+            .field("retry_first_connect", &self.retry_first_connect)
             .field("timeouts", &self.timeouts)
             .field("outbound_queue", &self.outbound_queue)
             .field("tls", &self.tls)

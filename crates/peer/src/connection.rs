@@ -234,24 +234,35 @@ pub(crate) async fn supervise(
             () = cancel.cancelled() => break,
             o = connect_once(&inner, &mut outbound, &received_tx, &cancel, &mut first, &mut failures) => o,
         };
-        if let Some(tx) = first.take() {
-            // The first connection never registered: report to `connect` and stop.
+        if first.is_some() {
+            // The first connection never registered: report to `connect` and stop, unless the
+            // caller asked to wait for the server and the reason may pass.
             let e = outcome.err().unwrap_or(PeerError::NotConnected);
-            let _ = tx.send(Err(e));
-            break;
-        }
-        match outcome {
-            Ok(EndReason::Cancelled) => break,
-            Ok(EndReason::Replaced) | Err(PeerError::Replaced) => {
-                // Reconnecting would take the id back from the other instance, which would then
-                // do the same: stop, tell the app, and wait for an explicit `connect`.
-                tracing::warn!(peer = %inner.config.client_id, "replaced by another connection of this identity; not reconnecting");
-                inner.dispatcher.emit(PeerEvent::Error(PeerError::Replaced));
+            let retry = inner.config.retry_first_connect
+                && !e.is_permanent()
+                && !cancel.is_cancelled()
+                && inner.config.reconnect.allows(failures.saturating_add(1));
+            if !retry {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e));
+                }
                 break;
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::info!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
+            tracing::info!(peer = %inner.config.client_id, error = %e, "server not reachable yet");
+        } else {
+            match outcome {
+                Ok(EndReason::Cancelled) => break,
+                Ok(EndReason::Replaced) | Err(PeerError::Replaced) => {
+                    // Reconnecting would take the id back from the other instance, which would then
+                    // do the same: stop, tell the app, and wait for an explicit `connect`.
+                    tracing::warn!(peer = %inner.config.client_id, "replaced by another connection of this identity; not reconnecting");
+                    inner.dispatcher.emit(PeerEvent::Error(PeerError::Replaced));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::info!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
+                }
             }
         }
         if cancel.is_cancelled() {

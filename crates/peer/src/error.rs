@@ -166,6 +166,32 @@ impl PeerError {
             _ => None,
         }
     }
+
+    /// Whether dialling again cannot help: the URL or TLS set-up is wrong, the server refused
+    /// our registration for good (the id is taken by another identity, our proof or key is
+    /// invalid), or another connection of this identity replaced ours. Everything else (the
+    /// server is unreachable, slow, full or rate-limiting) may pass, and
+    /// [`crate::PeerConfig::retry_first_connect`] retries it.
+    ///
+    /// ```
+    /// use lattice_peer::PeerError;
+    /// let down = PeerError::Connect { url: "ws://127.0.0.1:3005".into(), reason: "refused".into() };
+    /// assert!(!down.is_permanent());
+    /// assert!(PeerError::Replaced.is_permanent());
+    /// ```
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidUrl { .. } | Self::Tls(_) | Self::Replaced => true,
+            Self::Server { error_type, .. } => matches!(
+                error_type,
+                ErrorType::ClientIdTaken
+                    | ErrorType::InvalidProof
+                    | ErrorType::InvalidPublicKey
+                    | ErrorType::InvalidMessage
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Why an incoming message was refused. Each is reported with [`PeerError::Rejected`] (except

@@ -223,7 +223,10 @@ impl MessagingPeer {
     /// [`PeerError::AlreadyConnected`]; [`PeerError::Connect`] if the server cannot be reached;
     /// [`PeerError::Server`] if it refuses the registration (e.g. `CLIENT_ID_TAKEN`);
     /// [`PeerError::Replaced`] if another connection of this identity replaced ours while it
-    /// registered; [`PeerError::Timeout`]. A failed first connection is not retried.
+    /// registered; [`PeerError::Timeout`]. A failed first connection is not retried, unless
+    /// [`crate::PeerConfig::retry_first_connect`] is set: then `connect` keeps dialling with the
+    /// reconnect backoff until it registers, the failure is permanent
+    /// ([`PeerError::is_permanent`]) or the backoff gives up (the last error is returned).
     ///
     /// Cancel-safe: dropping the future before it resolves (e.g. under `tokio::time::timeout`)
     /// abandons the attempt, and a later `connect` starts afresh.

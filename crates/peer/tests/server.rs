@@ -470,3 +470,102 @@ async fn a_connection_replaced_by_the_same_identity_does_not_reconnect() {
     carol.disconnect().await;
     server.shutdown().await;
 }
+
+/// A port nothing listens on right now (bound, read and released).
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn with_retry_first_connect_connect_waits_for_a_server_that_starts_later() {
+    let port = free_port().await;
+    let url = format!("ws://127.0.0.1:{port}");
+
+    // Without the option the first failure is returned at once.
+    let impatient = peer(&url, "impatient");
+    assert!(matches!(
+        impatient.connect().await,
+        Err(PeerError::Connect { .. })
+    ));
+    assert_eq!(impatient.connection_state(), ConnectionState::Disconnected);
+
+    let mut config = test_config(&url, "patient", new_identity());
+    config.retry_first_connect = true;
+    config.reconnect.max_attempts = 0;
+    config.reconnect.base = Duration::from_millis(20);
+    config.reconnect.max = Duration::from_millis(100);
+    let patient = MessagingPeer::new(config).unwrap();
+    let mut events = patient.events();
+    let connecting = {
+        let p = patient.clone();
+        tokio::spawn(async move { p.connect().await })
+    };
+    // It keeps trying (and says so) while nothing listens.
+    for n in 1..=3u32 {
+        let attempt = wait_for(&mut events, |e| match e {
+            PeerEvent::ConnectionState(ConnectionState::Reconnecting { attempt }) => Some(attempt),
+            _ => None,
+        })
+        .await;
+        assert_eq!(attempt, n);
+    }
+    assert!(!connecting.is_finished());
+
+    let server = spawn_server_at(port, None).await;
+    connecting.await.unwrap().unwrap();
+    assert_eq!(patient.connection_state(), ConnectionState::Connected);
+    // Registered for real: another peer reaches it.
+    let other = online(&server.url(), "other").await;
+    let mut patient_events = patient.events();
+    other
+        .send_message(&id("patient"), "you waited")
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut patient_events).await.text, "you waited");
+    patient.disconnect().await;
+    other.disconnect().await;
+}
+
+#[tokio::test]
+async fn retry_first_connect_gives_up_on_a_permanent_refusal_and_when_the_backoff_does() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let owner = online(&url, "taken").await;
+
+    // The id belongs to another identity: retrying cannot help.
+    let mut config = test_config(&url, "taken", new_identity());
+    config.retry_first_connect = true;
+    config.reconnect.max_attempts = 0;
+    config.reconnect.base = Duration::from_millis(10);
+    let impostor = MessagingPeer::new(config).unwrap();
+    let err = impostor.connect().await.unwrap_err();
+    assert!(err.is_permanent(), "{err:?}");
+    assert_eq!(err.error_type(), Some(ErrorType::ClientIdTaken));
+    assert_eq!(impostor.connection_state(), ConnectionState::Disconnected);
+
+    // Nothing listens: a bounded backoff ends with the last connect error.
+    let mut config = test_config(
+        &format!("ws://127.0.0.1:{}", free_port().await),
+        "nobody-home",
+        new_identity(),
+    );
+    config.retry_first_connect = true;
+    config.reconnect.max_attempts = 2;
+    config.reconnect.base = Duration::from_millis(10);
+    let lonely = MessagingPeer::new(config).unwrap();
+    let mut events = lonely.events();
+    assert!(matches!(
+        lonely.connect().await,
+        Err(PeerError::Connect { .. })
+    ));
+    let mut attempts = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+        if let PeerEvent::ConnectionState(ConnectionState::Reconnecting { attempt }) = e {
+            attempts.push(attempt);
+        }
+    }
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(lonely.connection_state(), ConnectionState::Disconnected);
+    owner.disconnect().await;
+}
