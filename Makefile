@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop deps node-deps bench bench-crypto bundle clean-e2e
+.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -16,20 +16,28 @@ run-chat:
 run-server:
 	$(CARGO) run --release -p lattice-server
 
-## Every test: formatting, lints, unit/integration/doc tests, Node interop, desktop end-to-end.
-test: deps lint unit
-	@if [ -d src-tauri ] && [ -x scripts/e2e-desktop.sh ]; then bash scripts/e2e-desktop.sh; fi
+## Every test: formatting, lints, unit/integration/doc tests, Node interop, desktop end-to-end,
+## and the smoke test of `make run` from a fresh clone. Installs what it needs first (deps).
+test: deps lint unit e2e-desktop smoke-run
 
-deps: node-deps
+## System packages (WebKitGTK, Xvfb, WebDriver, xdotool, ...), tauri-driver and the npm packages
+## of the interop tests: everything the build and the tests need, before anything compiles.
+## Idempotent: a few seconds when all is there.
+deps:
+	bash scripts/install-deps.sh
 
-node-deps:
-	@if [ ! -d tests/node/node_modules ]; then npm ci --prefix tests/node --no-audit --no-fund; fi
+e2e-desktop: deps
+	bash scripts/e2e-desktop.sh
 
-lint:
+## `make run` as a newcomer meets it: fresh clone, empty home, Xvfb; first run, bot, Ctrl-C.
+smoke-run: deps
+	bash scripts/smoke-run.sh
+
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
+unit: deps
 	$(CARGO) test --workspace
 
 ## Benchmarks (numbers, never asserted): criterion for the crypto, the load generator for the server.

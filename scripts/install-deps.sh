@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-for p in build-essential pkg-config util-linux; do
+for p in build-essential pkg-config util-linux git python3; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -20,4 +20,6 @@ if [ -x scripts/install-desktop-deps.sh ] && [ -d src-tauri ]; then
   bash scripts/install-desktop-deps.sh
 fi
 
-npm ci --prefix tests/node --no-audit --no-fund
+if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+  npm ci --prefix tests/node --no-audit --no-fund
+fi

@@ -3,6 +3,7 @@
 #   - the WebKitGTK / GTK / tray / SVG / xdo development packages Tauri 2 links against,
 #   - Xvfb, WebKitWebDriver (webkit2gtk-driver) and tauri-driver for the WebDriver tests,
 #   - the npm package @tauri-apps/cli@2 (root package.json) that `make bundle` uses,
+#   - xdotool, which types into the app in the smoke test of `make run` (scripts/smoke-run.sh),
 #   - dbus-x11 for a session bus under Xvfb (single-instance and notifications use it), and
 #     dbus (dbus-daemon) for the private bus of the notification test,
 #   - file and rpm tooling that the bundler's .rpm step needs.
@@ -33,6 +34,7 @@ APT_PACKAGES=(
   dbus
   webkit2gtk-driver
   x11-utils
+  xdotool
   imagemagick
 )
 
