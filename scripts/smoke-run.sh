@@ -104,10 +104,15 @@ for _ in $(seq 1 100); do [ -s "$BUS_DIR/address" ] && break; sleep 0.1; done
 [ -s "$BUS_DIR/address" ] || fail "dbus-daemon did not start"
 export DBUS_SESSION_BUS_ADDRESS=$(head -n1 "$BUS_DIR/address")
 
-# Starts run-dev.sh in its own process group (as a terminal would), logging to $LOG.
+# Starts run-dev.sh in its own process group, as a terminal would, logging to $LOG. A background
+# job of this (non-interactive) shell would start with SIGINT ignored, which no trap can undo, so
+# the default disposition is restored first, as in a terminal's foreground job.
 start_run() {
   LOG="$WORK/run-$1.log"
-  setsid bash "$CLONE/scripts/run-dev.sh" >"$LOG" 2>&1 &
+  python3 -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.setsid()
+os.execvp("bash", ["bash", sys.argv[1]])' "$CLONE/scripts/run-dev.sh" >"$LOG" 2>&1 &
   RUN_PID=$!
 }
 alive() { kill -0 "$RUN_PID" 2>/dev/null; }
@@ -123,8 +128,16 @@ wait_until() {
 }
 window() { xdotool search --onlyvisible --name '^Lattice$' 2>/dev/null | head -n1; }
 has_window() { [ -n "$(window)" ]; }
-server_up() { port_open "$PORT"; }
-bot_registered() { grep -q "echo bot ready" "$LOG"; }
+http_get() {
+  python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "http://127.0.0.1:$PORT$1" 2>/dev/null
+}
+server_up() { http_get /healthz >/dev/null; }
+# The bot says it is ready, and the server counts two registered peers (the app and the bot).
+bot_registered() {
+  grep -q "echo bot ready" "$LOG" &&
+    http_get /metrics | grep -Eq '^lattice_registered_peers [2-9]'
+}
 ours_running() { pgrep -f "$CARGO_TARGET_DIR/debug/" >/dev/null; }
 # Waits for run-dev.sh and everything it started to be gone.
 all_stopped() {
@@ -153,9 +166,9 @@ for attempt in 1 2 3 4; do
   say "run 1: no server yet after first-run attempt $attempt"
 done
 wait_until "$STEP_WAIT" server_up
-say "run 1: the embedded server answers on port $PORT"
+say "run 1: the embedded server answers /healthz on port $PORT"
 wait_until "$STEP_WAIT" bot_registered
-say "run 1: the echo bot registered"
+say "run 1: the echo bot registered (the server counts two peers)"
 sleep 1
 xdotool key Return   # "Start messaging"
 sleep 2
