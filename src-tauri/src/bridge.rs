@@ -1,5 +1,6 @@
 //! Forwards what the [`Messenger`](crate::messenger::Messenger) reports to the page as Tauri
-//! events (`peer-list`, `message`, `server-question`, `connection-state`, `error`), to the tray
+//! events (`peer-list`, `message`, `server-question`, `question-closed`, `connection-state`,
+//! `error`), to the tray
 //! (unread count) and to the notification centre. Nothing here blocks: it runs on the peer's
 //! event path, so it never waits for the main thread (emits and tray updates are posted).
 
@@ -40,6 +41,7 @@ impl<R: Runtime> Ui for TauriUi<R> {
             Update::Peers(peers) => self.emit(events::PEER_LIST, peers),
             Update::Message(message) => self.emit(events::MESSAGE, message),
             Update::Question(question) => self.emit(events::SERVER_QUESTION, question),
+            Update::QuestionClosed(id) => self.emit(events::QUESTION_CLOSED, id),
             Update::Connection(connection) => self.emit(events::CONNECTION_STATE, connection),
             Update::Notice(notice) => self.emit(events::ERROR, notice),
             Update::Unread(n) => tray::set_unread(&self.app, n),

@@ -113,7 +113,7 @@ fn setup<R: Runtime>(
         Some(dir) => dir.clone(),
         None => app.path().app_data_dir()?,
     };
-    std::fs::create_dir_all(&data_dir)?;
+    storage::create_private_dir(&data_dir)?;
     let settings = storage::settings::load(app, &data_dir)?;
     let start_minimized = options.minimized || settings.start_minimized;
     let ui = Arc::new(bridge::TauriUi::new(app.clone()));

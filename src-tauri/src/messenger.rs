@@ -3,7 +3,7 @@
 //! page through the [`Ui`] trait, which the Tauri side ([`crate::bridge`]) implements. Tests can
 //! drive a `Messenger` with a recording `Ui`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +24,11 @@ use crate::views::{
 /// the protocol's 256 KiB frame limit after base64 and the envelope (≈ 4/3 growth + headers).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Questions kept open at once. A server (or a flood through it) cannot grow the app's memory
+/// or the page's queue without bound: beyond this the oldest open question is closed (the
+/// server lets an unanswered question expire anyway).
+pub const MAX_OPEN_QUESTIONS: usize = 32;
+
 /// Largest answer to a server question, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
 
@@ -36,6 +41,9 @@ pub enum Update {
     Message(MessageView),
     /// A question from the server.
     Question(QuestionView),
+    /// An open question was closed by the app (by id): the oldest, when more arrived than
+    /// [`MAX_OPEN_QUESTIONS`].
+    QuestionClosed(String),
     /// The connection state changed.
     Connection(ConnectionView),
     /// Something to tell the person.
@@ -62,8 +70,9 @@ pub trait Ui: Send + Sync + 'static {
 struct Live {
     /// Online peers (others), as the server reports them.
     online: BTreeSet<String>,
-    /// Questions asked and not yet answered or dismissed, by question id.
-    questions: BTreeMap<String, QuestionView>,
+    /// Questions asked and not yet answered or dismissed, oldest first; at most
+    /// [`MAX_OPEN_QUESTIONS`].
+    questions: VecDeque<QuestionView>,
     /// The connection indicator.
     connection: Option<ConnectionView>,
 }
@@ -116,12 +125,13 @@ impl Messenger {
         settings: Settings,
         ui: Arc<dyn Ui>,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {
-            action: "creating",
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        // Private at creation and again on every start (docs/security.md: 0600 in 0700).
+        storage::create_private_dir(data_dir)?;
+        storage::create_private_file(&data_dir.join(storage::DB_FILE))?;
         let db = Db::open(&data_dir.join(storage::DB_FILE))?;
+        let mut private = storage::db_files(data_dir);
+        private.push(data_dir.join(storage::SETTINGS_FILE));
+        storage::restrict_files(&private)?;
         let identity = storage::load_identity(data_dir, false)?.map(|(identity, _)| identity);
         Ok(Self {
             data_dir: data_dir.to_owned(),
@@ -191,7 +201,7 @@ impl Messenger {
                 live.connection
                     .clone()
                     .unwrap_or_else(|| ConnectionView::offline(None)),
-                live.questions.values().cloned().collect(),
+                live.questions.iter().cloned().collect(),
             )
         };
         Ok(Bootstrap {
@@ -467,9 +477,22 @@ impl Messenger {
     /// A question arrived. Unless the window has focus, a notification points to it too (a
     /// question expires on the server if nobody answers).
     pub fn question(&self, q: QuestionView) {
-        lock(&self.live)
-            .questions
-            .insert(q.question_id.clone(), q.clone());
+        let evicted = {
+            let mut live = lock(&self.live);
+            live.questions
+                .retain(|open| open.question_id != q.question_id);
+            let evicted = if live.questions.len() >= MAX_OPEN_QUESTIONS {
+                live.questions.pop_front()
+            } else {
+                None
+            };
+            live.questions.push_back(q.clone());
+            evicted
+        };
+        if let Some(old) = evicted {
+            tracing::warn!(question = %old.question_id, "too many open questions; closing the oldest");
+            self.ui.send(Update::QuestionClosed(old.question_id));
+        }
         if !self.focused.load(Ordering::Relaxed) {
             self.ui.send(Update::Notify {
                 title: "Question from the server".into(),
@@ -481,7 +504,10 @@ impl Messenger {
 
     /// Removes a question from the open ones; false if it was not open.
     pub fn close_question(&self, question_id: &str) -> bool {
-        lock(&self.live).questions.remove(question_id).is_some()
+        let mut live = lock(&self.live);
+        let before = live.questions.len();
+        live.questions.retain(|q| q.question_id != question_id);
+        live.questions.len() != before
     }
 
     /// The connection state changed.
@@ -602,7 +628,11 @@ impl Messenger {
                 ))
             }
         }
-        if !lock(&self.live).questions.contains_key(question_id) {
+        if !lock(&self.live)
+            .questions
+            .iter()
+            .any(|q| q.question_id == question_id)
+        {
             return Err(CommandError::UnknownQuestion);
         }
         self.with_session(|s| s.respond(&id, response)).await?;
@@ -706,6 +736,49 @@ mod tests {
         // A redelivered message is stored and announced once.
         m.receive("m2", "bob", "first line\nsecond line", 2, true);
         assert_eq!(m.db().total_unread().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_flood_of_questions_keeps_only_the_newest_open_and_closes_the_oldest_on_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let ui = Arc::new(Recorder::default());
+        let m = Messenger::open(dir.path(), Settings::default(), ui.clone()).unwrap();
+        let q = |n: usize| QuestionView {
+            question_id: format!("q{n}"),
+            conversation_id: None,
+            round: None,
+            text: format!("question {n}"),
+            kind: "text",
+            options: Vec::new(),
+        };
+        let flood = MAX_OPEN_QUESTIONS + 10;
+        for n in 0..flood {
+            m.question(q(n));
+        }
+        // The same id again replaces, it does not add.
+        m.question(q(flood - 1));
+        let open: Vec<String> = m
+            .bootstrap()
+            .unwrap()
+            .questions
+            .into_iter()
+            .map(|q| q.question_id)
+            .collect();
+        let newest: Vec<String> = (flood - MAX_OPEN_QUESTIONS..flood)
+            .map(|n| format!("q{n}"))
+            .collect();
+        assert_eq!(open, newest);
+        let closed: Vec<String> = lock(&ui.0)
+            .iter()
+            .filter_map(|u| match u {
+                Update::QuestionClosed(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let oldest: Vec<String> = (0..10).map(|n| format!("q{n}")).collect();
+        assert_eq!(closed, oldest);
+        assert!(m.close_question("q40"));
+        assert!(!m.close_question("q0"));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub mod events {
     pub const MESSAGE: &str = "message";
     /// A question from the server ([`super::QuestionView`]).
     pub const SERVER_QUESTION: &str = "server-question";
+    /// A question is no longer open (the payload is its `questionId`): more arrived than the app
+    /// keeps open ([`crate::messenger::MAX_OPEN_QUESTIONS`]) and this was the oldest.
+    pub const QUESTION_CLOSED: &str = "question-closed";
     /// The connection state ([`super::ConnectionView`]).
     pub const CONNECTION_STATE: &str = "connection-state";
     /// A readable problem to show ([`super::Notice`]).

@@ -48,6 +48,7 @@ export const events = {
   PEER_LIST: "peer-list",
   MESSAGE: "message",
   SERVER_QUESTION: "server-question",
+  QUESTION_CLOSED: "question-closed",
   CONNECTION_STATE: "connection-state",
   ERROR: "error",
 };

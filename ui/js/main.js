@@ -5,7 +5,7 @@ import { set, subscribe } from "./state.js";
 import { paintAvatar } from "./util.js";
 import { initPeerList, renderPeers } from "./views/peer-list.js";
 import { initConversation, openConversation, refreshConversationPeer, upsertMessage } from "./views/conversation.js";
-import { initQuestionDialog, onQuestion } from "./views/question-dialog.js";
+import { initQuestionDialog, onQuestion, onQuestionClosed } from "./views/question-dialog.js";
 import { initSettings } from "./views/settings.js";
 import { initStatusBar, renderConnection } from "./views/status-bar.js";
 import { initVerify, refreshVerify } from "./views/verify.js";
@@ -52,6 +52,7 @@ async function start() {
     on(events.PEER_LIST, (peers) => set("peers", peers)),
     on(events.MESSAGE, upsertMessage),
     on(events.SERVER_QUESTION, onQuestion),
+    on(events.QUESTION_CLOSED, onQuestionClosed),
     on(events.CONNECTION_STATE, (c) => set("connection", c)),
     on(events.ERROR, showNotice),
   ]);

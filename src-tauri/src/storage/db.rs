@@ -4,16 +4,20 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 3):
+//! Schema (version 4):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
 //! - `pinned_keys(peer_id PK, identity_key, pinned_at, pending_fingerprint)` — trust on first
 //!   use (the peer's `KeyStore`): the first identity key seen for a peer. When the peer presents
 //!   another key, its fingerprint waits in `pending_fingerprint` until the person accepts it.
-//! - `messages(seq PK, message_id UNIQUE, peer_id, outgoing, body, at, status, authenticated)` —
-//!   history; `seq` orders a conversation and is the paging cursor. (Version 2 adds a partial
-//!   index of unsigned incoming messages.)
+//! - `messages(seq PK, message_id, peer_id, outgoing, body, at, status, authenticated)`,
+//!   unique on `(peer_id, outgoing, message_id)` — history; `seq` orders a conversation and is
+//!   the paging cursor. A `messageId` is chosen by its sender, so two senders may use the same
+//!   one: an incoming message is a duplicate only of one from the same peer (version 4; before,
+//!   `message_id` alone was unique and a later message from another sender with a colliding id
+//!   was dropped after being acknowledged). Outgoing messages are keyed by our own local id.
+//!   (Version 2 adds a partial index of unsigned incoming messages.)
 //! - `outbox(message_id PK, peer_id, body, created_at, wire_id)` — messages written but not yet
 //!   confirmed by the server. A row leaves the outbox only when the server acknowledged the
 //!   message (or refused it for good), so a message typed offline survives a crash or a kill.
@@ -30,7 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::StorageError;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -55,13 +59,14 @@ CREATE TABLE IF NOT EXISTS pinned_keys(
 );
 CREATE TABLE IF NOT EXISTS messages(
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id    TEXT NOT NULL UNIQUE,
+    message_id    TEXT NOT NULL,
     peer_id       TEXT NOT NULL,
     outgoing      INTEGER NOT NULL,
     body          TEXT NOT NULL,
     at            INTEGER NOT NULL,
     status        INTEGER NOT NULL,
-    authenticated INTEGER NOT NULL
+    authenticated INTEGER NOT NULL,
+    UNIQUE(peer_id, outgoing, message_id)
 );
 CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer_id, seq);
 -- version 2: finds the peers that sent unsigned (original-client) messages without a scan.
@@ -217,6 +222,7 @@ impl Db {
         // Every statement of SCHEMA is idempotent, so one script brings any older version up.
         if version < SCHEMA_VERSION {
             let tx = conn.unchecked_transaction()?;
+            Self::migrate_message_key(&tx)?;
             tx.execute_batch(SCHEMA)?;
             Self::migrate_wire_id(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -225,6 +231,45 @@ impl Db {
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Version 4: a `messages` table made by an older version, unique on `message_id` alone, is
+    /// rebuilt unique on `(peer_id, outgoing, message_id)` (SQLite cannot drop a constraint in
+    /// place). Rows and their `seq` are kept; [`SCHEMA`] then recreates the indexes.
+    fn migrate_message_key(conn: &Connection) -> Result<(), StorageError> {
+        let old_table: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sql) = old_table else {
+            return Ok(());
+        };
+        if sql.contains("UNIQUE(peer_id, outgoing, message_id)") {
+            return Ok(());
+        }
+        conn.execute_batch(
+            "CREATE TABLE messages_v4(
+                 seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+                 message_id    TEXT NOT NULL,
+                 peer_id       TEXT NOT NULL,
+                 outgoing      INTEGER NOT NULL,
+                 body          TEXT NOT NULL,
+                 at            INTEGER NOT NULL,
+                 status        INTEGER NOT NULL,
+                 authenticated INTEGER NOT NULL,
+                 UNIQUE(peer_id, outgoing, message_id)
+             );
+             INSERT INTO messages_v4(seq, message_id, peer_id, outgoing, body, at, status,
+                                     authenticated)
+                 SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
+                 FROM messages;
+             DROP TABLE messages;
+             ALTER TABLE messages_v4 RENAME TO messages;",
+        )?;
+        Ok(())
     }
 
     /// Version 3: adds `outbox.wire_id` to a file made by an older version (`CREATE TABLE IF NOT
@@ -373,7 +418,8 @@ impl Db {
     }
 
     /// Stores an incoming message and counts it unread unless `read` is set. Returns `None` if
-    /// a message with this id is already stored (a redelivery after a reconnect).
+    /// a message with this id from this peer is already stored (a redelivery after a
+    /// reconnect); the same id from another peer is another message.
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
@@ -484,18 +530,21 @@ impl Db {
         Ok(conn
             .query_row(
                 "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
-                 FROM messages WHERE message_id = ?1",
+                 FROM messages WHERE message_id = ?1 AND outgoing = 1",
                 params![message_id],
                 row_to_message,
             )
             .optional()?)
     }
 
-    /// One message by id.
+    /// One of our own messages by its local id.
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StorageError> {
+    pub fn outgoing_message(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<MessageRecord>, StorageError> {
         Self::message_in(&self.conn(), message_id)
     }
 
@@ -507,7 +556,8 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT o.message_id, o.peer_id, o.body, o.wire_id FROM outbox o
-             JOIN messages m ON m.message_id = o.message_id ORDER BY m.seq",
+             JOIN messages m ON m.message_id = o.message_id AND m.outgoing = 1
+             ORDER BY m.seq",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(OutboxEntry {
@@ -719,7 +769,7 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(
-            db.message("m1").unwrap().unwrap().status,
+            db.outgoing_message("m1").unwrap().unwrap().status,
             MessageStatus::Delivered
         );
     }
@@ -740,6 +790,13 @@ mod tests {
         assert_eq!(db.total_unread().unwrap(), 2);
         let peers = db.peers().unwrap();
         assert_eq!(peers[0].last_body.as_deref(), Some("two"));
+        // Ids are the sender's: carol's "x" is not bob's "x".
+        assert!(db
+            .insert_incoming("x", "carol", "carol's", 3, true, true)
+            .unwrap()
+            .is_some());
+        assert_eq!(db.page("carol", None, 10).unwrap()[0].body, "carol's");
+        assert_eq!(db.page("bob", None, 10).unwrap()[0].body, "one");
         db.mark_read("bob").unwrap();
         assert_eq!(db.total_unread().unwrap(), 0);
     }
@@ -803,7 +860,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_file_gets_a_wire_id_for_each_waiting_message() {
+    fn a_version_2_file_gets_a_wire_id_for_each_waiting_message_and_per_sender_ids() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sqlite3");
         {
@@ -844,6 +901,16 @@ mod tests {
         };
         // Reopening keeps the ids: the migration ran once.
         let db = Db::open(&path).unwrap();
+        // Version 4: the table was rebuilt; its rows kept, ids now per sender.
+        assert_eq!(db.page("bob", None, 10).unwrap()[0].body, "old");
+        assert!(db
+            .insert_incoming("m1", "carol", "same id, other sender", 3, true, true)
+            .unwrap()
+            .is_some());
+        assert!(db
+            .insert_incoming("m1", "carol", "same id, other sender", 3, true, true)
+            .unwrap()
+            .is_none());
         let ids: Vec<String> = db
             .outbox()
             .unwrap()

@@ -50,6 +50,102 @@ pub enum StorageError {
     Settings(String),
 }
 
+/// Mode of the data directory: only the user may list or enter it.
+#[cfg(unix)]
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file in it that holds history, keys or settings.
+#[cfg(unix)]
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and its parents) if needed and makes it private (0700), also when it exists
+/// with a looser mode (an older version created it 0755): called on every start.
+///
+/// # Errors
+/// [`StorageError::Io`] if it cannot be created or its mode cannot be set.
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), StorageError> {
+    let io = |action| {
+        move |source| StorageError::Io {
+            action,
+            path: dir.to_owned(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating"))?;
+    #[cfg(unix)]
+    restrict(dir, PRIVATE_DIR_MODE).map_err(io("restricting"))?;
+    Ok(())
+}
+
+/// Makes the files at `paths` that exist private (0600); missing ones are skipped. Called on
+/// every start for the database (and its `-wal`/`-shm`, which SQLite creates with the main
+/// file's mode) and the settings.
+///
+/// # Errors
+/// [`StorageError::Io`] if a mode cannot be set.
+pub fn restrict_files(paths: &[PathBuf]) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    for path in paths {
+        match restrict(path, PRIVATE_FILE_MODE) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StorageError::Io {
+                    action: "restricting",
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = paths;
+    Ok(())
+}
+
+/// Creates an empty private (0600) file at `path` unless one exists, so that SQLite opens a
+/// file that was never readable by others, rather than narrowing it after the fact.
+///
+/// # Errors
+/// [`StorageError::Io`] if it cannot be created.
+pub fn create_private_file(path: &std::path::Path) -> Result<(), StorageError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(PRIVATE_FILE_MODE);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StorageError::Io {
+            action: "creating",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Sets the permission bits of `path` to `mode` if they differ (never follows into another
+/// owner's file: a symlink is left alone).
+#[cfg(unix)]
+fn restrict(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() || meta.permissions().mode() & 0o777 == mode {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// The database file and the files SQLite keeps next to it.
+pub fn db_files(data_dir: &std::path::Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| data_dir.join(format!("{DB_FILE}{suffix}")))
+        .collect()
+}
+
 /// Loads the identity in `data_dir`, creating it if `create` is set and there is none. Returns
 /// `None` when there is none and `create` is not set, else the identity and whether it was
 /// just created. An existing file is never overwritten, even a damaged one: it may be the only
@@ -74,6 +170,40 @@ pub fn load_identity(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    fn mode(path: &std::path::Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_its_files_are_private_at_creation_and_after_every_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("profile");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let db = dir.join(DB_FILE);
+        create_private_file(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+
+        // What an older version left behind: a 0755 directory and 0644 files.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for path in db_files(&dir) {
+            std::fs::write(&path, b"").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        create_private_dir(&dir).unwrap();
+        restrict_files(&db_files(&dir)).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for path in db_files(&dir) {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+        // Missing files are fine.
+        restrict_files(&[dir.join("absent")]).unwrap();
+    }
 
     #[test]
     fn the_identity_is_created_once_private_and_never_overwritten() {

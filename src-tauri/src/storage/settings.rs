@@ -161,5 +161,7 @@ pub fn save<R: Runtime, M: Manager<R>>(
     store.set(KEY, value);
     store
         .save()
-        .map_err(|e| StorageError::Settings(e.to_string()))
+        .map_err(|e| StorageError::Settings(e.to_string()))?;
+    // The store writes with the process's umask; the name and server are nobody else's business.
+    super::restrict_files(&[data_dir.join(SETTINGS_FILE)])
 }

@@ -134,6 +134,13 @@ export function onQuestion(q) {
   else queue.push(q);
 }
 
+/** The backend closed a question (too many were open): drop it from the queue. The one shown
+ * stays: answering it tells the person it has expired. */
+export function onQuestionClosed(questionId) {
+  const i = queue.findIndex((q) => q.questionId === questionId);
+  if (i >= 0) queue.splice(i, 1);
+}
+
 export function initQuestionDialog() {
   $("question-dismiss").addEventListener("click", dismiss);
   $("question-dismiss-x").addEventListener("click", dismiss);
