@@ -85,6 +85,16 @@ pub const KEY_CACHE: usize = 1024;
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;
 
-/// Largest WebSocket message accepted from the server: the protocol's frame limit plus headroom
-/// for the fields the server adds around a forwarded envelope.
-pub const MAX_INCOMING_MESSAGE: usize = lattice_protocol::limits::MAX_FRAME_BYTES + 16 * 1024;
+/// Largest WebSocket message accepted from the server: exactly the largest frame a server ever
+/// sends ([`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`], a relayed message of the
+/// protocol's frame limit plus the fields the server adds around it). Derived from it, so the
+/// two cannot drift apart: a larger server frame would make the client fail the read and
+/// reconnect in a loop.
+pub const MAX_INCOMING_MESSAGE: usize = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES;
+
+// The read limit holds every frame a server may send, and every frame a client may send (a peer's
+// message grows on the way through the server, never shrinks).
+const _: () = assert!(MAX_INCOMING_MESSAGE >= lattice_protocol::limits::MAX_SERVER_FRAME_BYTES);
+const _: () = assert!(
+    lattice_protocol::limits::MAX_SERVER_FRAME_BYTES > lattice_protocol::limits::MAX_FRAME_BYTES
+);
