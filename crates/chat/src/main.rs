@@ -10,12 +10,14 @@
 
 mod command;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::Parser;
 use command::{Command, HELP};
+use lattice_crypto::Fingerprint;
 use lattice_peer::{
     ConnectionState, IncomingQuestion, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions,
 };
@@ -51,6 +53,9 @@ struct Ui {
     current: Option<ClientId>,
     /// The question the next plain line answers.
     question: Option<IncomingQuestion>,
+    /// Per peer, the new fingerprint last shown for a key change (what `/accept` pins), and
+    /// whether another new key replaced an earlier one shown since the last `/accept` attempt.
+    key_changes: HashMap<ClientId, (Fingerprint, bool)>,
 }
 
 // std Mutex: held for a field read or write, never across an await.
@@ -106,6 +111,16 @@ async fn print_events(peer: MessagingPeer, ui: Shared) {
                 ConnectionState::Connecting => {}
             },
             PeerEvent::KeyChanged { peer, old, new } => {
+                if let Ok(mut ui) = ui.lock() {
+                    let replaced = ui
+                        .key_changes
+                        .get(&peer)
+                        .is_some_and(|(shown, _)| shown != &new);
+                    if replaced {
+                        println!("!! {peer} changed keys AGAIN: compare the fingerprint below, not the earlier one");
+                    }
+                    ui.key_changes.insert(peer.clone(), (new.clone(), replaced));
+                }
                 println!("!! the identity key of {peer} CHANGED");
                 println!("   was: {old}");
                 println!("   now: {new}");
@@ -197,9 +212,27 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
         }
         Command::Accept(p) => {
             let p = ClientId::new(p)?;
-            match peer.accept_key_change(&p) {
-                Ok(fp) => println!("-- now trusting {p} with fingerprint {fp}"),
-                Err(e) => println!("!! {e}"),
+            // Only the fingerprint this terminal showed (and the user compared) is accepted, and
+            // only if the server still presents that key.
+            let shown = ui.lock().ok().and_then(|mut u| {
+                let entry = u.key_changes.get_mut(&p)?;
+                let superseded = std::mem::replace(&mut entry.1, false);
+                Some((entry.0.clone(), superseded))
+            });
+            match shown {
+                None => println!("!! no key change of {p} was shown; nothing to accept"),
+                Some((_, true)) => println!(
+                    "!! {p} changed keys again since: compare the last fingerprint shown, then /accept {p} again"
+                ),
+                Some((fp, false)) => match peer.accept_key_change(&p, &fp).await {
+                    Ok(()) => {
+                        if let Ok(mut u) = ui.lock() {
+                            u.key_changes.remove(&p);
+                        }
+                        println!("-- now trusting {p} with fingerprint {fp}");
+                    }
+                    Err(e) => println!("!! {e}"),
+                },
             }
         }
         Command::Text(text) => {
