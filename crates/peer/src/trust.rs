@@ -101,8 +101,8 @@ impl Inner {
             tracing::warn!(peer = %self.config.client_id, changed = %peer, "key change not accepted: the server presents another key than the one compared");
             return Err(PeerError::KeyMismatch {
                 peer: peer.clone(),
-                expected: expected.clone(),
-                actual,
+                expected: Box::new(expected.clone()),
+                actual: Box::new(actual),
             });
         }
         self.config.key_store.pin(peer, &ik)?;

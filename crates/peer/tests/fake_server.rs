@@ -769,8 +769,8 @@ async fn a_key_change_is_accepted_only_for_the_compared_fingerprint() {
             actual,
         }) => {
             assert_eq!(p.as_str(), "bob");
-            assert_eq!(expected, fp(&k1));
-            assert_eq!(actual, fp(&k2));
+            assert_eq!(*expected, fp(&k1));
+            assert_eq!(*actual, fp(&k2));
         }
         other => panic!("expected KeyMismatch, got {other:?}"),
     }
