@@ -2,9 +2,9 @@
 //! high-water mark of signed `sentAt`s behind it ([`ReplayStore`]), and the freshness window on
 //! `sentAt`.
 //!
-//! Three rules together refuse every replay of a signed (`lattice-v1`) message:
+//! Three rules together refuse replays of signed (`lattice-v1`) messages:
 //! - a `sentAt` outside [`crate::defaults::MAX_MESSAGE_AGE`] / [`crate::defaults::MAX_CLOCK_SKEW`]
-//!   is refused ([`freshness`]), so nothing older than the window needs remembering;
+//!   is refused (`freshness`), so nothing older than the window needs remembering;
 //! - an id still in the sender's window is a duplicate;
 //! - once ids of a sender were forgotten (its window was trimmed or evicted, or the app restarted),
 //!   a `sentAt` not newer than the newest forgotten one (at worst the sender's high-water mark
@@ -13,7 +13,12 @@
 //!   dropped as a duplicate (and logged).
 //!
 //! Signed and unsigned senders live in separate pools with separate bounds: anyone can be a
-//! thousand unsigned (`ml-kem-aes`) senders, and they only ever push each other out.
+//! thousand unsigned (`ml-kem-aes`) senders, and they only ever push each other out. What is left:
+//! the [`MemoryReplayStore`] forgets the mark of the sender raised least recently once it holds
+//! [`crate::defaults::REPLAY_STORE_MAX_SENDERS`] marks, so a sender whose window *and* mark were
+//! both pushed out by that many other verified senders (each a registration with its own
+//! identity) could have a message of the last 8 days replayed; a durable store with room for
+//! every contact closes that too.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
