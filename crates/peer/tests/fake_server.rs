@@ -1296,6 +1296,40 @@ async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_messa
     peer.disconnect().await;
 }
 
+/// A message held for an unavailable key is not left waiting for a redelivery or another
+/// message of its sender: after a delay (`defaults::TRANSIENT_RETRY_BASE`) the peer tries again
+/// on its own, and it opens once the key can be had.
+#[tokio::test]
+async fn a_message_held_for_an_unavailable_key_is_retried_on_its_own() {
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    conn.send(msg(v1_payload(
+        &b, "alice", &alice_kem, "w-1", "w-1", "patience",
+    )))
+    .await;
+    let req = conn.expect("request_public_key").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    assert!(matches!(
+        expect_rejected(&mut events, "w-1").await,
+        RejectReason::SenderKeyUnavailable(_)
+    ));
+    // No redelivery, no other message: the retry asks for the key by itself.
+    conn.serve_key("bob", &bob).await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!((m.text.as_str(), m.verified), ("patience", true));
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "w-1");
+    peer.disconnect().await;
+}
+
 #[tokio::test]
 async fn a_duplicate_is_acked_and_dropped_silently() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
