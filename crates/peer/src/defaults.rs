@@ -130,6 +130,16 @@ pub const REPLAY_MAX_UNSIGNED_IDS: usize = 16_384;
 /// raised mark is forgotten first.
 pub const REPLAY_STORE_MAX_SENDERS: usize = 65_536;
 
+/// How long the finding that a sender has no identity key (`PEER_NOT_FOUND`, or presented without
+/// one) is remembered. A flood of `lattice-v1` messages in such a sender's name then costs one key
+/// request per this interval instead of one per message (which, with the acks, would run into the
+/// server's per-connection rate limit). Short, and forgotten when the server reports the id
+/// (dis)connecting, because the id may be registered with an identity key later.
+pub const NO_IDENTITY_KEY_TTL: Duration = Duration::from_secs(30);
+
+/// Senders whose lack of an identity key is remembered at once; the oldest finding goes first.
+pub const NO_IDENTITY_KEY_CACHE: usize = 1024;
+
 /// Peers' fetched keys kept for sending and checking (about 1.2 KiB each). Bounded because any
 /// registered peer that messages us adds one; a key that fell out is fetched again.
 pub const KEY_CACHE: usize = 1024;

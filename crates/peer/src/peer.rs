@@ -22,7 +22,7 @@ use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
 use crate::held::{Held, Refusals, RetryPolicy};
-use crate::keys::{KeyCache, PeerKey};
+use crate::keys::{KeyCache, Keyless, PeerKey};
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
 use crate::replay::{MemoryReplayStore, ReplayGuard, ReplayStore};
 use crate::transport::Dialer;
@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     outbound_rx: Mutex<Option<mpsc::Receiver<String>>>,
     link: Mutex<Link>,
     pub(crate) keys: Mutex<KeyCache>,
+    /// Senders recently found to have no identity key.
+    pub(crate) keyless: Mutex<Keyless>,
     pub(crate) key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
     pub(crate) replay: Mutex<ReplayGuard>,
     /// Durable high-water marks behind `replay`.
@@ -188,6 +190,10 @@ impl MessagingPeer {
             outbound_rx: Mutex::new(Some(outbound_rx)),
             link: Mutex::new(Link::default()),
             keys: Mutex::new(KeyCache::new(defaults::KEY_CACHE)),
+            keyless: Mutex::new(Keyless::new(
+                defaults::NO_IDENTITY_KEY_TTL,
+                defaults::NO_IDENTITY_KEY_CACHE,
+            )),
             key_changes: Mutex::new(HashMap::new()),
             replay: Mutex::new(ReplayGuard::new(
                 defaults::REPLAY_WINDOW_PER_PEER,

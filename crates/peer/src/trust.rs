@@ -3,7 +3,10 @@
 
 use base64::Engine as _;
 use lattice_crypto::{verify_kem_key_signature, Fingerprint, IdentityPublicKey, KemPublicKey};
-use lattice_protocol::{ClientFrame, ClientId, PublicKeyResponse, RequestPublicKey, ServerFrame};
+use lattice_protocol::{
+    ClientFrame, ClientId, ErrorType, PublicKeyResponse, RequestPublicKey, ServerFrame,
+};
+use tokio::time::Instant;
 
 use crate::events::PeerEvent;
 use crate::keys::{tofu, PeerKey, Trust};
@@ -13,6 +16,9 @@ use crate::{PeerError, WaitOptions};
 impl Inner {
     pub(crate) fn forget_key(&self, peer: &ClientId) {
         if let Ok(mut k) = self.keys.lock() {
+            k.remove(peer);
+        }
+        if let Ok(mut k) = self.keyless.lock() {
             k.remove(peer);
         }
     }
@@ -158,9 +164,31 @@ impl Inner {
         if let Some(k) = self.config.key_store.pinned(peer)? {
             return Ok(k);
         }
-        let key = self.fetch_key(peer).await?;
-        key.identity
-            .ok_or(PeerError::NoIdentityKey { peer: peer.clone() })
+        let keyless = || PeerError::NoIdentityKey { peer: peer.clone() };
+        if self
+            .keyless
+            .lock()
+            .is_ok_and(|k| k.contains(peer, Instant::now()))
+        {
+            return Err(keyless());
+        }
+        let found = match self.fetch_key(peer).await {
+            Ok(key) => key.identity.ok_or_else(keyless),
+            Err(e) => Err(e),
+        };
+        if let Err(
+            PeerError::NoIdentityKey { .. }
+            | PeerError::Server {
+                error_type: ErrorType::PeerNotFound,
+                ..
+            },
+        ) = &found
+        {
+            if let Ok(mut k) = self.keyless.lock() {
+                k.insert(peer, Instant::now());
+            }
+        }
+        found
     }
 
     /// After a signature failed with the pinned key: asks the server for the current key, so a key

@@ -1102,11 +1102,12 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
 async fn messages_from_a_sender_whose_key_cannot_exist_are_refused_for_good_and_acked() {
     let (_fake, _peer, mut conn, mut events, alice_kem) = alice().await;
     let ghost = new_identity();
-    let g = Sender {
-        id: "ghost",
-        signer: &ghost,
-    };
     for i in 0..20 {
+        let name = format!("ghost{i}");
+        let g = Sender {
+            id: &name,
+            signer: &ghost,
+        };
         let mid = format!("g-{i}");
         conn.send(msg(v1_payload(&g, "alice", &alice_kem, &mid, &mid, "boo")))
             .await;
@@ -1117,7 +1118,7 @@ async fn messages_from_a_sender_whose_key_cannot_exist_are_refused_for_good_and_
                 .await;
         } else {
             // Registered unverified: a KEM key, no identity key.
-            let mut payload = key_payload("ghost", &ghost);
+            let mut payload = key_payload(&name, &ghost);
             payload.as_object_mut().unwrap().remove("identityKey");
             payload.as_object_mut().unwrap().remove("keySignature");
             conn.send(json!({"type": "public_key_response", "payload": payload, "requestId": req["requestId"]}))
@@ -1131,6 +1132,34 @@ async fn messages_from_a_sender_whose_key_cannot_exist_are_refused_for_good_and_
             mid.as_str()
         );
     }
+    // More from the same senders: refused and acked without asking the server again each time
+    // (a flood costs no flood of key requests).
+    conn.skipped.clear();
+    for (i, name) in ["ghost0", "ghost1", "ghost0"].into_iter().enumerate() {
+        let mid = format!("again-{i}");
+        let g = Sender {
+            id: name,
+            signer: &ghost,
+        };
+        conn.send(msg(v1_payload(&g, "alice", &alice_kem, &mid, &mid, "boo")))
+            .await;
+        assert_eq!(
+            expect_rejected(&mut events, &mid).await,
+            RejectReason::NoSenderKey
+        );
+        assert_eq!(
+            conn.expect("ack").await["payload"]["messageId"],
+            mid.as_str()
+        );
+    }
+    assert!(
+        !conn
+            .skipped
+            .iter()
+            .any(|f| f["type"] == "request_public_key"),
+        "{:?}",
+        conn.skipped
+    );
     // An honest sender is unaffected.
     let bob = new_identity();
     let b = Sender {
