@@ -12,8 +12,8 @@ use lattice_crypto::{
     lattice_v1, message_signature_payload, ml_kem_aes, Fingerprint, Identity, KemPublicKey,
 };
 use lattice_peer::{
-    ConnectionState, ErrorAction, MessagingPeer, PeerConfig, PeerError, PeerEvent, RejectReason,
-    WaitOptions,
+    ConnectionState, ErrorAction, MemoryReplayStore, MessagingPeer, PeerConfig, PeerError,
+    PeerEvent, RejectReason, ReplayStore as _, WaitOptions,
 };
 use lattice_protocol::{ClientFrame, Empty, ErrorType, RequestPublicKey, ServerFrame};
 use serde_json::{json, Value};
@@ -1278,6 +1278,64 @@ async fn the_replay_window_of_a_pinned_sender_survives_a_flood_and_stale_message
         before + 1,
         "the replay was delivered again"
     );
+}
+
+/// The durable high-water mark hook: an app that keeps its `ReplayStore` (here one shared by two
+/// instances, as a database would be across a restart) refuses, after the restart, a replay of a
+/// signed message the first instance accepted, while newer messages still arrive.
+#[tokio::test]
+async fn a_replay_store_refuses_replays_across_a_restart() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let store = Arc::new(MemoryReplayStore::default());
+    let start = |cfg: PeerConfig| {
+        let peer = MessagingPeer::with_replay_store(cfg, store.clone()).unwrap();
+        let p = peer.clone();
+        (peer, tokio::spawn(async move { p.connect().await }))
+    };
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    let signed = msg(v1_payload(&b, "alice", &alice_kem, "s-1", "s-1", "once"));
+
+    let (first, connecting) = start(cfg.clone());
+    let mut conn = fake.next_conn().await;
+    conn.accept_registration().await;
+    connecting.await.unwrap().unwrap();
+    conn.send(signed.clone()).await;
+    conn.serve_key("bob", &bob).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-1");
+    let mark = store.high_water_mark(&id("bob")).unwrap();
+    assert!(mark.is_some());
+    first.disconnect().await;
+
+    // "Restart": a new instance, the same key store (cfg) and the same replay store.
+    let (second, connecting) = start(cfg);
+    let mut events = second.events();
+    let mut conn = fake.next_conn().await;
+    conn.accept_registration().await;
+    connecting.await.unwrap().unwrap();
+    conn.send(signed).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-1");
+    // (A millisecond ahead, so it is newer than the mark however fast this test runs.)
+    let newer = v1_payload_at(&b, "alice", &alice_kem, "s-2", "s-2", "newer", now_ms() + 1);
+    conn.send(msg(newer)).await;
+    let m = none_before(
+        &mut events,
+        |e| matches!(e, PeerEvent::Message(m) if m.text == "once"),
+        |e| match e {
+            PeerEvent::Message(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(m.text, "newer");
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-2");
+    assert!(store.high_water_mark(&id("bob")).unwrap() >= mark);
+    second.disconnect().await;
 }
 
 #[tokio::test]
