@@ -134,7 +134,9 @@ pub const REPLAY_STORE_MAX_SENDERS: usize = 65_536;
 /// one) is remembered. A flood of `lattice-v1` messages in such a sender's name then costs one key
 /// request per this interval instead of one per message (which, with the acks, would run into the
 /// server's per-connection rate limit). Short, and forgotten when the server reports the id
-/// (dis)connecting, because the id may be registered with an identity key later.
+/// (dis)connecting (presence is reported after `discover_peers`), because the id may be
+/// registered with an identity key later: a Lattice client never sends `lattice-v1` without one,
+/// so only a message sent in those few seconds by the id's next, verified owner could be refused.
 pub const NO_IDENTITY_KEY_TTL: Duration = Duration::from_secs(30);
 
 /// Senders whose lack of an identity key is remembered at once; the oldest finding goes first.
