@@ -155,7 +155,11 @@ pub(crate) async fn worker(
                 tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, "duplicate dropped");
                 true
             }
-            Err(reason) => refused(&inner, delivered, reason),
+            Err(reason) => {
+                // Acknowledges (or holds) the message itself, before reporting it.
+                refused(&inner, delivered, reason);
+                false
+            }
         };
         if let (true, Some(id)) = (ack, &message_id) {
             inner.ack(id);
@@ -171,13 +175,14 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Reports a refused message and decides its fate; returns whether to acknowledge it.
+/// Decides the fate of a refused message, then reports it.
 ///
-/// A final refusal is acknowledged. A key change is held (not acknowledged) until the user
+/// A final refusal is acknowledged (before the event, so that whoever sees the event knows the
+/// `ack` is queued). A key change is held (not acknowledged) until the user
 /// accepts it. Any other transient refusal is held with a retry time, and given up (acknowledged,
 /// reported as [`RejectReason::GaveUp`]) once [`crate::held::Refusals`] says it was refused often
 /// enough for long enough.
-fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) -> bool {
+fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
     let from = delivered.from_id.clone();
     let message_id = delivered.message_id.clone();
     let mut retry_at = None;
@@ -208,6 +213,9 @@ fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) -> bool {
         _ => reason,
     };
     let transient = reason.is_transient();
+    if let (false, Some(id)) = (transient, &message_id) {
+        inner.ack(id);
+    }
     if report {
         tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");
         inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
@@ -225,7 +233,6 @@ fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) -> bool {
             held.hold(delivered, retry_at);
         }
     }
-    !transient
 }
 
 /// Opens and checks one message. `Err(RejectReason::Replay)` is a duplicate, dropped silently by
