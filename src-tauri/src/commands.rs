@@ -135,10 +135,15 @@ pub async fn update_settings<R: Runtime>(
     messenger.bootstrap()
 }
 
-/// Accepts a contact's new identity key (after comparing safety numbers).
+/// Accepts a contact's new identity key: the one whose safety number (`fingerprint`) the person
+/// compared; any other key is refused.
 #[tauri::command]
-pub async fn accept_key_change(messenger: Shared<'_>, peer_id: String) -> Result<(), CommandError> {
-    messenger.accept_key_change(&peer_id).await
+pub async fn accept_key_change(
+    messenger: Shared<'_>,
+    peer_id: String,
+    fingerprint: String,
+) -> Result<(), CommandError> {
+    messenger.accept_key_change(&peer_id, &fingerprint).await
 }
 
 /// Marks a contact verified or not, after comparing safety numbers.

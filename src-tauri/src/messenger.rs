@@ -587,18 +587,23 @@ impl Messenger {
         }
     }
 
-    /// Accepts a contact's changed identity key, then lets blocked messages go.
+    /// Accepts a contact's changed identity key, the one with `fingerprint` (what the person
+    /// compared), then lets blocked messages go.
     ///
     /// # Errors
     /// [`CommandError::Peer`] when there is no session or the change cannot be accepted.
-    pub async fn accept_key_change(&self, peer: &str) -> Result<(), CommandError> {
+    pub async fn accept_key_change(
+        &self,
+        peer: &str,
+        fingerprint: &str,
+    ) -> Result<(), CommandError> {
         let session = self.session.lock().await;
         let Some(session) = session.as_ref() else {
             return Err(CommandError::Peer(
                 "Connect to the server to accept a new key.".into(),
             ));
         };
-        session.accept_key_change(peer).await?;
+        session.accept_key_change(peer, fingerprint).await?;
         session.wake_outbox();
         self.publish_peers();
         Ok(())

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use lattice_crypto::Identity;
+use lattice_crypto::{Fingerprint, Identity};
 use lattice_peer::{
     Backoff, ConnectionState, HandlerHandle, MessagingPeer, PeerConfig, PeerError, PeerEvent,
     RejectReason,
@@ -221,26 +221,27 @@ impl Session {
             .map_err(|e| CommandError::Peer(describe(&e)))
     }
 
-    /// Accepts a changed identity key of `peer`. If the change was noticed in an earlier run
-    /// (so the peer has not seen it yet in this one), the key is fetched first so the change is
-    /// detected again, then accepted.
+    /// Accepts a changed identity key of `peer`: pins the key the server presents now only if
+    /// its fingerprint is `fingerprint`, the one the person compared (works after a restart
+    /// too: the key is fetched).
     ///
     /// # Errors
-    /// [`CommandError::Peer`] with a readable reason.
-    pub async fn accept_key_change(&self, peer: &str) -> Result<(), CommandError> {
+    /// [`CommandError::InvalidInput`] for a malformed fingerprint; [`CommandError::Peer`] with a
+    /// readable reason (including a key other than the one compared: nothing is pinned then).
+    pub async fn accept_key_change(
+        &self,
+        peer: &str,
+        fingerprint: &str,
+    ) -> Result<(), CommandError> {
         let id = ClientId::try_from(peer)
             .map_err(|_| CommandError::InvalidInput(format!("{peer} is not a valid name.")))?;
-        if self.ctx.peer.accept_key_change(&id).is_ok() {
-            return Ok(());
-        }
-        match self.ctx.peer.request_public_key(&id).await {
-            Err(PeerError::KeyChanged { .. }) | Ok(_) => {}
-            Err(e) => return Err(CommandError::Peer(describe(&e))),
-        }
+        let fingerprint: Fingerprint = fingerprint.parse().map_err(|_| {
+            CommandError::InvalidInput(format!("{fingerprint} is not a safety number."))
+        })?;
         self.ctx
             .peer
-            .accept_key_change(&id)
-            .map(|_| ())
+            .accept_key_change(&id, &fingerprint)
+            .await
             .map_err(|e| CommandError::Peer(describe(&e)))
     }
 
@@ -638,6 +639,10 @@ pub fn describe(e: &PeerError) -> String {
         PeerError::MessageTooLarge { .. } => "That message is too large to send.".into(),
         PeerError::KeyChanged { peer, .. } => format!(
             "{peer}'s safety number changed; accept the new key before writing to them."
+        ),
+        PeerError::KeyMismatch { peer, .. } => format!(
+            "The server now presents another key for {peer} than the one you compared; nothing was \
+             accepted. Compare the new safety number first."
         ),
         PeerError::KeyDowngrade { peer } => format!(
             "{peer} now appears without a signed identity; messages are refused to keep them authenticated."

@@ -9,7 +9,7 @@ pub enum Command {
     To(String),
     /// `/fp [peer]`: show our fingerprint, or a peer's.
     Fingerprint(Option<String>),
-    /// `/accept <peer>`: accept a peer's changed identity key.
+    /// `/accept <peer>`: accept a peer's changed identity key, the one whose fingerprint was shown.
     Accept(String),
     /// `/ask`: start the server's demo conversation.
     Ask,
@@ -31,7 +31,7 @@ commands:
   /peers          list online peers (✓ = verified identity)
   /to <peer>      talk to <peer>; plain lines are sent to it
   /fp [peer]      show your fingerprint, or <peer>'s, to compare out of band
-  /accept <peer>  trust <peer>'s new identity key (after comparing fingerprints!)
+  /accept <peer>  trust <peer>'s new key with the fingerprint shown as \"now:\" (compare it first!)
   /ask            start the server's demo conversation
   /help           this text
   /quit           leave

@@ -9,17 +9,19 @@
 //! ```
 
 mod command;
+mod display;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::Parser;
 use command::{Command, HELP};
-use lattice_peer::{
-    ConnectionState, IncomingQuestion, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions,
-};
-use lattice_protocol::{ClientId, QuestionKind};
+use display::escape;
+use lattice_crypto::Fingerprint;
+use lattice_peer::{IncomingQuestion, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions};
+use lattice_protocol::ClientId;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// Command-line flags.
@@ -51,76 +53,55 @@ struct Ui {
     current: Option<ClientId>,
     /// The question the next plain line answers.
     question: Option<IncomingQuestion>,
+    /// Per peer, the new fingerprint last shown for a key change (what `/accept` pins), and
+    /// whether another new key replaced an earlier one shown since the last `/accept` attempt.
+    key_changes: HashMap<ClientId, (Fingerprint, bool)>,
 }
 
 // std Mutex: held for a field read or write, never across an await.
 type Shared = Arc<Mutex<Ui>>;
 
-fn print_question(q: &IncomingQuestion) {
-    let round = q.round.map(|r| format!(" (round {r})")).unwrap_or_default();
-    println!("?? server asks{round}: {}", q.question.text);
-    match (q.question.kind, q.question.options.as_deref()) {
-        (Some(QuestionKind::Choice), Some(options)) => {
-            for (i, o) in options.iter().enumerate() {
-                println!("   {}. {o}", i + 1);
-            }
-            println!("   (answer with a number or the option)");
-        }
-        (Some(QuestionKind::Confirm), _) => println!("   (answer y or n)"),
-        _ => println!("   (type your answer)"),
+/// Prints `lines` together (no other output between them).
+fn print_lines(lines: &[String]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        // Nothing sensible to do if the terminal is gone.
+        let _ = writeln!(out, "{line}");
     }
 }
 
-fn describe_error(e: &PeerError) -> String {
-    match e {
-        PeerError::Rejected { from, reason, .. } => {
-            format!("!! refused a message from {from}: {reason}")
-        }
-        other => format!("!! {other}"),
-    }
-}
-
-/// Prints events until the stream ends.
+/// Prints events until the stream ends; remembers what `/accept` and plain lines refer to.
 async fn print_events(peer: MessagingPeer, ui: Shared) {
     let mut events = peer.events();
     while let Some(event) = events.next().await {
-        match event {
-            PeerEvent::Message(m) => {
-                let mark = if m.verified { "✓" } else { "⚠ unverified" };
-                println!("[{} {mark}] {}", m.from, m.text);
-            }
+        match &event {
             PeerEvent::ServerQuestion(q) => {
-                print_question(&q);
                 if let Ok(mut ui) = ui.lock() {
-                    ui.question = Some(q);
+                    ui.question = Some(q.clone());
                 }
             }
-            PeerEvent::PeerConnected(p) => println!("-- {p} is online"),
-            PeerEvent::PeerDisconnected(p) => println!("-- {p} left"),
-            PeerEvent::ConnectionState(s) => match s {
-                ConnectionState::Connected => println!("-- connected"),
-                ConnectionState::Reconnecting { attempt } => {
-                    println!("-- connection lost, reconnecting (attempt {attempt})");
+            PeerEvent::KeyChanged { peer, new, .. } => {
+                if let Ok(mut ui) = ui.lock() {
+                    let replaced = ui
+                        .key_changes
+                        .get(peer)
+                        .is_some_and(|(shown, _)| shown != new);
+                    if replaced {
+                        println!(
+                            "!! {} changed keys AGAIN: compare the fingerprint below, not the earlier one",
+                            escape(peer.as_str())
+                        );
+                    }
+                    ui.key_changes.insert(peer.clone(), (new.clone(), replaced));
                 }
-                ConnectionState::Disconnected => println!("-- disconnected"),
-                ConnectionState::Connecting => {}
-            },
-            PeerEvent::KeyChanged { peer, old, new } => {
-                println!("!! the identity key of {peer} CHANGED");
-                println!("   was: {old}");
-                println!("   now: {new}");
-                println!("   nothing is sent to or accepted from {peer} until you compare the new fingerprint with them and type /accept {peer}");
-            }
-            PeerEvent::MessageFailed { target, error, .. } => {
-                println!("!! message to {target} not delivered: {error}");
             }
             PeerEvent::MessageAck(a) => {
                 tracing::debug!(message_id = %a.message_id, status = ?a.status, "ack");
             }
-            PeerEvent::Error(e) => println!("{}", describe_error(&e)),
-            PeerEvent::Lagged { missed } => println!("!! {missed} events were not shown"),
             _ => {}
         }
+        print_lines(&display::event_lines(&event));
     }
 }
 
@@ -132,10 +113,10 @@ async fn list_peers(peer: &MessagingPeer) -> Result<(), PeerError> {
     for p in peers {
         match peer.request_public_key(&p).await {
             Ok(k) => match k.fingerprint() {
-                Some(fp) => println!("   {p} ✓ verified  {}", fp.short()),
-                None => println!("   {p} ⚠ unverified (original client)"),
+                Some(fp) => println!("   {} ✓ verified  {}", escape(p.as_str()), fp.short()),
+                None => println!("   {} ⚠ unverified (original client)", escape(p.as_str())),
             },
-            Err(e) => println!("   {p} ({e})"),
+            Err(e) => println!("   {} ({})", escape(p.as_str()), escape(&e.to_string())),
         }
     }
     Ok(())
@@ -155,7 +136,7 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
             Some(answer) => peer.respond_to_server(&q.question_id, answer)?,
             None => {
                 println!("!! that does not answer the question");
-                print_question(&q);
+                print_lines(&display::question_lines(&q));
                 if let Ok(mut u) = ui.lock() {
                     u.question = Some(q);
                 }
@@ -182,7 +163,7 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
                         u.current = Some(p);
                     }
                 }
-                Err(e) => println!("!! cannot talk to {p}: {e}"),
+                Err(e) => println!("!! cannot talk to {p}: {}", escape(&e.to_string())),
             }
         }
         Command::Fingerprint(None) => {
@@ -197,9 +178,27 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
         }
         Command::Accept(p) => {
             let p = ClientId::new(p)?;
-            match peer.accept_key_change(&p) {
-                Ok(fp) => println!("-- now trusting {p} with fingerprint {fp}"),
-                Err(e) => println!("!! {e}"),
+            // Only the fingerprint this terminal showed (and the user compared) is accepted, and
+            // only if the server still presents that key.
+            let shown = ui.lock().ok().and_then(|mut u| {
+                let entry = u.key_changes.get_mut(&p)?;
+                let superseded = std::mem::replace(&mut entry.1, false);
+                Some((entry.0.clone(), superseded))
+            });
+            match shown {
+                None => println!("!! no key change of {p} was shown; nothing to accept"),
+                Some((_, true)) => println!(
+                    "!! {p} changed keys again since: compare the last fingerprint shown, then /accept {p} again"
+                ),
+                Some((fp, false)) => match peer.accept_key_change(&p, &fp).await {
+                    Ok(()) => {
+                        if let Ok(mut u) = ui.lock() {
+                            u.key_changes.remove(&p);
+                        }
+                        println!("-- now trusting {p} with fingerprint {fp}");
+                    }
+                    Err(e) => println!("!! {}", escape(&e.to_string())),
+                },
             }
         }
         Command::Text(text) => {
@@ -207,7 +206,7 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
             match current {
                 Some(to) => {
                     if let Err(e) = peer.send_message(&to, &text).await {
-                        println!("!! not sent: {e}");
+                        println!("!! not sent: {}", escape(&e.to_string()));
                     }
                 }
                 None => println!("!! pick a peer first: /peers, then /to <peer>"),
@@ -258,7 +257,10 @@ async fn main() -> anyhow::Result<()> {
     let printer = tokio::spawn(print_events(peer.clone(), Arc::clone(&ui)));
     println!("-- connecting to {} …", args.server);
     tokio::select! {
-        r = peer.connect() => r.with_context(|| format!("cannot connect to {}", args.server))?,
+        // The error may carry the server's words: escaped like everything else it says.
+        r = peer.connect() => r.map_err(|e| {
+            anyhow::anyhow!("cannot connect to {}: {}", escape(&args.server), escape(&e.to_string()))
+        })?,
         r = tokio::signal::ctrl_c() => {
             r?;
             peer.disconnect().await;
@@ -276,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(line) => match handle(&peer, &ui, &line).await {
                     Ok(true) => {}
                     Ok(false) => break,
-                    Err(e) => println!("!! {e}"),
+                    Err(e) => println!("!! {}", escape(&e.to_string())),
                 },
                 None => break,
             },

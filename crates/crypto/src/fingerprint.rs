@@ -86,6 +86,36 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+/// A text that is not a fingerprint: 60 decimal digits, in groups of 5 or not, separated by
+/// spaces (or nothing).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a fingerprint: expected 60 digits (12 groups of 5)")]
+pub struct ParseFingerprintError;
+
+impl core::str::FromStr for Fingerprint {
+    type Err = ParseFingerprintError;
+
+    /// Reads a fingerprint as [`Fingerprint`]'s `Display` writes it (12 groups of 5 digits);
+    /// whitespace anywhere is ignored, anything else but digits is refused.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut digits = s.chars().filter(|c| !c.is_whitespace());
+        let mut groups = [0u32; GROUPS];
+        for group in &mut groups {
+            for _ in 0..5 {
+                let d = digits
+                    .next()
+                    .and_then(|c| c.to_digit(10))
+                    .ok_or(ParseFingerprintError)?;
+                *group = *group * 10 + d;
+            }
+        }
+        if digits.next().is_some() {
+            return Err(ParseFingerprintError);
+        }
+        Ok(Self(groups))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +157,32 @@ mod tests {
         let b = IdentityKeyPair::from_secret_bytes(&[2u8; 32]).public_key();
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), a.fingerprint());
+    }
+
+    #[test]
+    fn parses_what_it_displays_and_nothing_else() {
+        let fp = IdentityKeyPair::from_secret_bytes(&[9u8; 32])
+            .public_key()
+            .fingerprint();
+        let shown = fp.to_string();
+        assert_eq!(shown.parse::<Fingerprint>(), Ok(fp.clone()));
+        assert_eq!(
+            shown.replace(' ', "").parse::<Fingerprint>(),
+            Ok(fp.clone())
+        );
+        assert_eq!(format!(" {shown}\n").parse::<Fingerprint>(), Ok(fp));
+        for bad in [
+            "",
+            "12345",
+            &shown[1..],
+            &format!("{shown}1"),
+            &format!("a{}", &shown[1..]),
+        ] {
+            assert_eq!(
+                bad.parse::<Fingerprint>(),
+                Err(ParseFingerprintError),
+                "{bad:?}"
+            );
+        }
     }
 }

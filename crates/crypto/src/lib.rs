@@ -66,7 +66,7 @@ mod statements;
 
 pub use envelope::SealedEnvelope;
 pub use error::CryptoError;
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use identity::Identity;
 pub use identity_key::{IdentityKeyPair, IdentityPublicKey};
 pub use kem::{KemKeyPair, KemPublicKey};

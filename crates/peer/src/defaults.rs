@@ -62,6 +62,42 @@ pub const RECEIVE_QUEUE: usize = 256;
 /// acknowledged, so beyond this bound the server's copy is delivered again after a reconnect.
 pub const HELD_MESSAGES: usize = 256;
 
+/// First delay before a message refused for a retried transient reason (its sender's key could
+/// not be fetched, the replay store failed) is opened again on the same connection. Long enough
+/// that a server under load is not hammered, short enough that a blip goes unnoticed.
+pub const TRANSIENT_RETRY_BASE: Duration = Duration::from_secs(5);
+
+/// Longest delay between two retries of such a message (the delay doubles from
+/// [`TRANSIENT_RETRY_BASE`] up to this).
+pub const TRANSIENT_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A message refused for a retried transient reason is given up (acknowledged, reported as
+/// [`crate::RejectReason::GaveUp`]) once it was refused at least this many times, counting
+/// retries and the server's redeliveries after reconnects...
+pub const MAX_TRANSIENT_REFUSALS: u32 = 5;
+
+/// ...and its first refusal is at least this long ago. Both must hold, so that a flapping
+/// connection (five quick refusals) does not lose a message, while a failure that persists for
+/// ten minutes of retries does not keep it unacknowledged on the server forever.
+pub const TRANSIENT_GIVE_UP_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Messages whose transient refusals are counted. Bounded because every message may add one; the
+/// oldest count is forgotten first (that message then starts counting again).
+pub const TRANSIENT_REFUSALS_TRACKED: usize = 1024;
+
+/// Oldest signed `sentAt` accepted on a `lattice-v1` message. The server keeps an undelivered
+/// message in the recipient's mailbox for up to 7 days (`lattice-server`'s default
+/// `--mailbox-ttl`), and a sender may hold a sealed message in its own queue for a while before
+/// the server takes it; one more day covers that and clocks that are somewhat off. Anything older
+/// cannot come from an honest mailbox, only from a replay, so the replay window never has to
+/// remember further back than this.
+pub const MAX_MESSAGE_AGE: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// How far ahead of our clock a signed `sentAt` may be. Phones and desktops keep their clocks
+/// within seconds by NTP; minutes of slack spare a badly set clock, while a message dated further
+/// ahead would stay "fresh" (and replayable within the window) for longer than it should.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
+
 /// Events buffered per [`crate::EventStream`] subscriber. A subscriber that falls this far behind
 /// loses the oldest events and is told how many with [`crate::PeerEvent::Lagged`].
 pub const EVENT_CAPACITY: usize = 1024;
@@ -69,13 +105,42 @@ pub const EVENT_CAPACITY: usize = 1024;
 /// Message ids remembered per sender for replay detection.
 pub const REPLAY_WINDOW_PER_PEER: usize = 4096;
 
-/// Senders tracked for replay detection; the least recently seen sender is forgotten first.
+/// Senders of signed (`lattice-v1`) messages tracked for replay detection; the least recently
+/// seen is forgotten first. A forgotten sender's replays are still refused: its high-water mark
+/// (see [`crate::ReplayStore`]) outlives its window. Unsigned senders have their own bound
+/// ([`REPLAY_MAX_UNSIGNED_PEERS`]) and can never push a signed sender out.
 pub const REPLAY_MAX_PEERS: usize = 1024;
 
-/// Message ids remembered in all for replay detection (a few MiB at most). Far more than the
-/// server can redeliver at once (its mailbox quota is 1000 per recipient), and it keeps senders of
-/// unsigned messages, who need no identity, from making the per-sender windows add up to millions.
+/// Message ids of signed senders remembered in all for replay detection (a few MiB at most). Far
+/// more than the server can redeliver at once (its mailbox quota is 1000 per recipient).
 pub const REPLAY_MAX_IDS: usize = 65_536;
+
+/// Senders of unsigned (`ml-kem-aes`) messages tracked for replay detection. Such a sender needs
+/// no identity, so anyone can be a thousand of them: they are kept apart from the signed senders
+/// and only ever push each other out.
+pub const REPLAY_MAX_UNSIGNED_PEERS: usize = 1024;
+
+/// Message ids of unsigned senders remembered in all: a quarter of [`REPLAY_MAX_IDS`], since
+/// these messages authenticate nobody and only original clients send them.
+pub const REPLAY_MAX_UNSIGNED_IDS: usize = 16_384;
+
+/// Senders whose high-water mark the in-memory [`crate::MemoryReplayStore`] keeps (one integer
+/// each, about 100 bytes with the id). Large, because a forgotten mark lets an old replay of that
+/// sender through; bounded, because every verified registration can add one. The least recently
+/// raised mark is forgotten first.
+pub const REPLAY_STORE_MAX_SENDERS: usize = 65_536;
+
+/// How long the finding that a sender has no identity key (`PEER_NOT_FOUND`, or presented without
+/// one) is remembered. A flood of `lattice-v1` messages in such a sender's name then costs one key
+/// request per this interval instead of one per message (which, with the acks, would run into the
+/// server's per-connection rate limit). Short, and forgotten when the server reports the id
+/// (dis)connecting (presence is reported after `discover_peers`), because the id may be
+/// registered with an identity key later: a Lattice client never sends `lattice-v1` without one,
+/// so only a message sent in those few seconds by the id's next, verified owner could be refused.
+pub const NO_IDENTITY_KEY_TTL: Duration = Duration::from_secs(30);
+
+/// Senders whose lack of an identity key is remembered at once; the oldest finding goes first.
+pub const NO_IDENTITY_KEY_CACHE: usize = 1024;
 
 /// Peers' fetched keys kept for sending and checking (about 1.2 KiB each). Bounded because any
 /// registered peer that messages us adds one; a key that fell out is fetched again.
@@ -85,6 +150,16 @@ pub const KEY_CACHE: usize = 1024;
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;
 
-/// Largest WebSocket message accepted from the server: the protocol's frame limit plus headroom
-/// for the fields the server adds around a forwarded envelope.
-pub const MAX_INCOMING_MESSAGE: usize = lattice_protocol::limits::MAX_FRAME_BYTES + 16 * 1024;
+/// Largest WebSocket message accepted from the server: exactly the largest frame a server ever
+/// sends ([`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`], a relayed message of the
+/// protocol's frame limit plus the fields the server adds around it). Derived from it, so the
+/// two cannot drift apart: a larger server frame would make the client fail the read and
+/// reconnect in a loop.
+pub const MAX_INCOMING_MESSAGE: usize = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES;
+
+// The read limit holds every frame a server may send, and every frame a client may send (a peer's
+// message grows on the way through the server, never shrinks).
+const _: () = assert!(MAX_INCOMING_MESSAGE >= lattice_protocol::limits::MAX_SERVER_FRAME_BYTES);
+const _: () = assert!(
+    lattice_protocol::limits::MAX_SERVER_FRAME_BYTES > lattice_protocol::limits::MAX_FRAME_BYTES
+);

@@ -89,7 +89,7 @@ pub enum PeerError {
         peer: ClientId,
     },
     /// A known peer now presents a different identity key. Nothing is sent to or accepted from the
-    /// new key until [`crate::MessagingPeer::accept_key_change`] is called.
+    /// new key until [`crate::MessagingPeer::accept_key_change`] is called with its fingerprint.
     #[error("the identity key of {peer} changed (pinned {old}, now {new})")]
     KeyChanged {
         /// The peer.
@@ -98,6 +98,26 @@ pub enum PeerError {
         old: Fingerprint,
         /// Fingerprint of the key the server now reports.
         new: Fingerprint,
+    },
+    /// The key the server presents for `peer` is not the one the user compared: its fingerprint
+    /// is `actual`, the user compared `expected`. Nothing was pinned. Returned by
+    /// [`crate::MessagingPeer::accept_key_change`]; compare the new fingerprint (reported as
+    /// [`crate::PeerEvent::KeyChanged`]) before accepting it.
+    #[error("the key of {peer} is not the one compared (compared {expected}, the server presents {actual}); nothing was pinned")]
+    KeyMismatch {
+        /// The peer.
+        peer: ClientId,
+        /// The fingerprint the user compared. (Boxed, like `actual`, to keep [`PeerError`] small.)
+        expected: Box<Fingerprint>,
+        /// The fingerprint of the key the server presents now.
+        actual: Box<Fingerprint>,
+    },
+    /// The server presents `peer` without an identity key (an original client, or an id registered
+    /// unverified): there is no key to pin or to check its signatures with.
+    #[error("{peer} has no identity key")]
+    NoIdentityKey {
+        /// The peer.
+        peer: ClientId,
     },
     /// A peer with a pinned identity key is now presented without one (as an original,
     /// unverifiable client). Refused: that would silently downgrade to unauthenticated messages.
@@ -229,10 +249,48 @@ pub enum RejectReason {
     MessageIdMismatch,
     /// The sender's identity key could not be fetched or checked (the request failed or timed
     /// out, the server's answer was unusable, the key store failed). Transient: not acknowledged
-    /// and held; opened again as soon as a later message from the same sender opens, or
-    /// delivered again by the server after the next reconnect.
+    /// and held; opened again as soon as a later message from the same sender opens, after a
+    /// growing delay ([`crate::defaults::TRANSIENT_RETRY_BASE`]), or when the server delivers it
+    /// again after the next reconnect. Not forever: see [`RejectReason::GaveUp`].
     #[error("sender key unavailable: {0}")]
     SenderKeyUnavailable(String),
+    /// The claimed sender of a `lattice-v1` message has no identity key and never will under this
+    /// id: the server does not know it (`PEER_NOT_FOUND`), or it registered without an identity
+    /// key (unverified). Nothing can ever verify the message. Final: acknowledged, so the server
+    /// forgets it (a sender cannot fill our mailbox with messages we can never clear).
+    #[error("the sender has no identity key")]
+    NoSenderKey,
+    /// The message was refused for a transient reason ([`RejectReason::SenderKeyUnavailable`],
+    /// [`RejectReason::ReplayStoreUnavailable`]) again and again: at least
+    /// [`crate::defaults::MAX_TRANSIENT_REFUSALS`] times over at least
+    /// [`crate::defaults::TRANSIENT_GIVE_UP_AFTER`]. Final: acknowledged and given up, so that no
+    /// message stays unacknowledged on the server forever.
+    #[error("gave up after {attempts} transient refusals (last: {last})")]
+    GaveUp {
+        /// How many times it was refused.
+        attempts: u32,
+        /// The last transient reason, as text.
+        last: String,
+    },
+    /// The signed `sentAt` of a `lattice-v1` message is older than
+    /// [`crate::defaults::MAX_MESSAGE_AGE`]: older than anything the server may still hold, so it
+    /// can only be a replay (or a sender clock far off). Final.
+    #[error("sent too long ago (sentAt {sent_at})")]
+    TooOld {
+        /// The signed `sentAt`, unix ms.
+        sent_at: u64,
+    },
+    /// The signed `sentAt` of a `lattice-v1` message is more than
+    /// [`crate::defaults::MAX_CLOCK_SKEW`] ahead of our clock. Final.
+    #[error("sent in the future (sentAt {sent_at})")]
+    FromTheFuture {
+        /// The signed `sentAt`, unix ms.
+        sent_at: u64,
+    },
+    /// The [`crate::ReplayStore`] failed, so whether the message is a replay cannot be decided.
+    /// Transient, like [`RejectReason::SenderKeyUnavailable`].
+    #[error("replay store unavailable: {0}")]
+    ReplayStoreUnavailable(String),
     /// The sender's identity key changed and the change has not been accepted. Transient: not
     /// acknowledged and held; [`crate::MessagingPeer::accept_key_change`] pins the new key and
     /// opens the held messages at once (up to [`crate::defaults::HELD_MESSAGES`]; the rest come
@@ -247,23 +305,52 @@ pub enum RejectReason {
     /// identity key: a downgrade, refused.
     #[error("unauthenticated message from a peer with a pinned identity key")]
     Downgrade,
-    /// A message id already received from this sender. Not reported any more: a duplicate is
-    /// what the server sends when our `ack` of the first copy was lost (delivery is at least once),
-    /// so it is dropped silently and acknowledged. Kept so that existing `match`es still compile.
+    /// A message id already received from this sender (or, for a signed message whose sender's
+    /// window was forgotten, a `sentAt` not newer than its high-water mark, see
+    /// [`crate::ReplayStore`]). Not reported any more: a duplicate is what the server sends when
+    /// our `ack` of the first copy was lost (delivery is at least once), so it is dropped silently
+    /// and acknowledged. Kept so that existing `match`es still compile.
     #[error("replayed message id")]
     Replay,
 }
 
 impl RejectReason {
     /// Whether the message was refused for a reason that may pass: the sender's key could not be
-    /// fetched ([`RejectReason::SenderKeyUnavailable`]) or a key change is waiting for the user
+    /// fetched ([`RejectReason::SenderKeyUnavailable`]), the replay store failed
+    /// ([`RejectReason::ReplayStoreUnavailable`]), or a key change is waiting for the user
     /// ([`RejectReason::KeyChanged`]). Such a message is not acknowledged, so the server keeps it,
-    /// and it is held locally and opened again as soon as the reason passes. Every other refusal is final: the message
-    /// can never be opened, and it is acknowledged so that the server forgets it.
+    /// and it is held locally and opened again as soon as the reason passes. Every other refusal
+    /// is final: the message can never be opened, and it is acknowledged so that the server
+    /// forgets it.
     ///
-    /// A transient refusal is reported once per delivery; when the message opens later it
-    /// arrives as an ordinary [`crate::PeerEvent::Message`].
+    /// The first two are retried a bounded number of times and then given up
+    /// ([`RejectReason::GaveUp`], final). A key change waits for the user (who can always clear it
+    /// with [`crate::MessagingPeer::accept_key_change`]); the server's mailbox expiry bounds it.
+    ///
+    /// A retried refusal is reported when it first happens and when it is given up; a key change
+    /// once per delivery. When the message opens later it arrives as an ordinary
+    /// [`crate::PeerEvent::Message`].
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::SenderKeyUnavailable(_) | Self::KeyChanged)
+        matches!(
+            self,
+            Self::SenderKeyUnavailable(_) | Self::ReplayStoreUnavailable(_) | Self::KeyChanged
+        )
+    }
+
+    /// Whether a transient refusal is retried and, after enough failures, given up (every
+    /// transient reason except a key change, which waits for the user).
+    pub(crate) fn is_retried(&self) -> bool {
+        self.is_transient() && !matches!(self, Self::KeyChanged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_stay_small() {
+        // Every `Result<_, PeerError>` carries one; clippy's `result_large_err` starts at 128.
+        assert!(std::mem::size_of::<PeerError>() < 128);
     }
 }

@@ -133,8 +133,10 @@ pub enum PeerEvent {
         /// The server's error.
         error: PeerError,
     },
-    /// A known peer presents a new identity key. Nothing is sent to or accepted from it until
-    /// [`crate::MessagingPeer::accept_key_change`].
+    /// A known peer presents a new identity key (raised once per new key; a second change in one
+    /// run raises its own event). Nothing is sent to or accepted from it until
+    /// [`crate::MessagingPeer::accept_key_change`] is called with the fingerprint the user
+    /// compared, `new`.
     KeyChanged {
         /// The peer.
         peer: ClientId,

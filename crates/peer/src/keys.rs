@@ -129,6 +129,54 @@ impl KeyCache {
     }
 }
 
+/// Senders found to have no identity key (the server answered `PEER_NOT_FOUND`, or presented
+/// them without one), remembered for `ttl` so that a flood of `lattice-v1` messages in such a
+/// sender's name costs one key request per `ttl`, not one per message. At most `capacity`
+/// senders (the oldest finding is forgotten first).
+#[derive(Debug)]
+pub(crate) struct Keyless {
+    ttl: std::time::Duration,
+    capacity: usize,
+    order: VecDeque<ClientId>,
+    map: HashMap<ClientId, tokio::time::Instant>,
+}
+
+impl Keyless {
+    pub(crate) fn new(ttl: std::time::Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            map: HashMap::new(),
+        }
+    }
+
+    /// Whether `peer` was found keyless less than `ttl` before `now`.
+    pub(crate) fn contains(&self, peer: &ClientId, now: tokio::time::Instant) -> bool {
+        self.map
+            .get(peer)
+            .is_some_and(|&found| now.saturating_duration_since(found) < self.ttl)
+    }
+
+    pub(crate) fn insert(&mut self, peer: &ClientId, now: tokio::time::Instant) {
+        if self.map.insert(peer.clone(), now).is_some() {
+            self.order.retain(|p| p != peer);
+        }
+        self.order.push_back(peer.clone());
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, peer: &ClientId) {
+        if self.map.remove(peer).is_some() {
+            self.order.retain(|p| p != peer);
+        }
+    }
+}
+
 /// What TOFU says about a presented identity key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Trust {
@@ -210,5 +258,27 @@ mod tests {
         assert_eq!(store.pinned(&bob).unwrap(), Some(k1));
         store.pin(&bob, &k2).unwrap();
         assert_eq!(tofu(&store, &bob, &k2).unwrap(), Trust::Pinned);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keyless_finding_expires_and_is_bounded() {
+        let c = |s: &str| ClientId::new(s).unwrap();
+        let mut k = Keyless::new(std::time::Duration::from_secs(30), 2);
+        let t0 = tokio::time::Instant::now();
+        k.insert(&c("ghost"), t0);
+        assert!(k.contains(&c("ghost"), t0));
+        tokio::time::advance(std::time::Duration::from_secs(29)).await;
+        assert!(k.contains(&c("ghost"), tokio::time::Instant::now()));
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(!k.contains(&c("ghost"), tokio::time::Instant::now()));
+        let now = tokio::time::Instant::now();
+        k.insert(&c("a"), now);
+        k.insert(&c("b"), now);
+        k.insert(&c("a"), now);
+        k.insert(&c("d"), now);
+        assert!(k.contains(&c("a"), now) && k.contains(&c("d"), now));
+        assert!(!k.contains(&c("b"), now), "the oldest finding went");
+        k.remove(&c("a"));
+        assert!(!k.contains(&c("a"), now));
     }
 }

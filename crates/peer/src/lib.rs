@@ -43,7 +43,9 @@
 //! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`PeerKey`].
 //! - `pending`: request/response matching, [`WaitOptions`], [`ErrorAction`].
 //! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
-//! - `receive`: sealing outgoing and opening/checking incoming messages; replay detection in `replay`.
+//! - `receive`: sealing outgoing and opening/checking incoming messages.
+//! - [`replay`]: replay detection, the freshness window on `sentAt`, the [`ReplayStore`] trait
+//!   (per-sender high-water marks) and [`MemoryReplayStore`].
 //! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
 //! - [`identity_file`]: an identity kept in an owner-only file (0600).
@@ -63,7 +65,7 @@ pub mod keys;
 mod peer;
 mod pending;
 mod receive;
-mod replay;
+pub mod replay;
 mod transport;
 mod trust;
 
@@ -76,3 +78,4 @@ pub use events::{
 pub use keys::{KeyStore, MemoryKeyStore, PeerKey};
 pub use peer::{MessagingPeer, SentMessage};
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};
+pub use replay::{MemoryReplayStore, ReplayStore};

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
-use crate::held::Held;
-use crate::keys::{KeyCache, PeerKey};
+use crate::held::{Held, Refusals, RetryPolicy};
+use crate::keys::{KeyCache, Keyless, PeerKey};
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
-use crate::replay::ReplayGuard;
+use crate::replay::{MemoryReplayStore, ReplayGuard, ReplayStore};
 use crate::transport::Dialer;
 use crate::{defaults, Algorithm, EventStream, PeerConfig, PeerError};
 
@@ -74,9 +74,15 @@ pub(crate) struct Inner {
     outbound_rx: Mutex<Option<mpsc::Receiver<String>>>,
     link: Mutex<Link>,
     pub(crate) keys: Mutex<KeyCache>,
+    /// Senders recently found to have no identity key.
+    pub(crate) keyless: Mutex<Keyless>,
     pub(crate) key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
     pub(crate) replay: Mutex<ReplayGuard>,
+    /// Durable high-water marks behind `replay`.
+    pub(crate) replay_store: Arc<dyn ReplayStore>,
     pub(crate) held: Mutex<Held>,
+    /// How often each held message was refused, to give up in the end.
+    pub(crate) refusals: Mutex<Refusals>,
     /// Woken when held messages become ready to be opened again.
     pub(crate) held_ready: tokio::sync::Notify,
     outstanding: Mutex<Outstanding>,
@@ -159,6 +165,19 @@ impl MessagingPeer {
     /// [`PeerError::InvalidUrl`] for a URL that is not `ws://` or `wss://`, [`PeerError::Tls`] if
     /// the TLS configuration cannot be built.
     pub fn new(config: PeerConfig) -> Result<Self, PeerError> {
+        Self::with_replay_store(config, Arc::new(MemoryReplayStore::default()))
+    }
+
+    /// [`MessagingPeer::new`] with a durable [`ReplayStore`]: the high-water marks of signed
+    /// senders then survive restarts, so a message accepted before a restart cannot be replayed
+    /// after it. [`MessagingPeer::new`] keeps them in memory ([`MemoryReplayStore`]).
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::new`].
+    pub fn with_replay_store(
+        config: PeerConfig,
+        replay_store: Arc<dyn ReplayStore>,
+    ) -> Result<Self, PeerError> {
         let dialer = Dialer::new(&config.server_url, &config.tls)?;
         let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue.max(1));
         let (state, _) = watch::channel(ConnectionState::Disconnected);
@@ -171,13 +190,25 @@ impl MessagingPeer {
             outbound_rx: Mutex::new(Some(outbound_rx)),
             link: Mutex::new(Link::default()),
             keys: Mutex::new(KeyCache::new(defaults::KEY_CACHE)),
+            keyless: Mutex::new(Keyless::new(
+                defaults::NO_IDENTITY_KEY_TTL,
+                defaults::NO_IDENTITY_KEY_CACHE,
+            )),
             key_changes: Mutex::new(HashMap::new()),
             replay: Mutex::new(ReplayGuard::new(
                 defaults::REPLAY_WINDOW_PER_PEER,
-                defaults::REPLAY_MAX_PEERS,
-                defaults::REPLAY_MAX_IDS,
+                (defaults::REPLAY_MAX_PEERS, defaults::REPLAY_MAX_IDS),
+                (
+                    defaults::REPLAY_MAX_UNSIGNED_PEERS,
+                    defaults::REPLAY_MAX_UNSIGNED_IDS,
+                ),
             )),
+            replay_store,
             held: Mutex::new(Held::new(defaults::HELD_MESSAGES)),
+            refusals: Mutex::new(Refusals::new(
+                RetryPolicy::from_defaults(),
+                defaults::TRANSIENT_REFUSALS_TRACKED,
+            )),
             held_ready: tokio::sync::Notify::new(),
             outstanding: Mutex::new(Outstanding::default()),
             cancel: Mutex::new(None),
@@ -394,27 +425,28 @@ impl MessagingPeer {
             .map(|k| k.fingerprint()))
     }
 
-    /// Accepts the new identity key of `peer` reported by [`PeerEvent::KeyChanged`]: pins it, so
-    /// messages flow again, and opens the messages held back meanwhile at once (they arrive as
-    /// [`PeerEvent::Message`]). Do this only after comparing fingerprints out of band.
+    /// Accepts the new identity key of `peer`, the one whose fingerprint the user compared out of
+    /// band: `fingerprint`, as shown from [`PeerEvent::KeyChanged`]'s `new` (or stored from it).
+    ///
+    /// Asks the server for `peer`'s current key and pins it only if its fingerprint is exactly
+    /// `fingerprint`; then messages flow again, and the messages held back meanwhile open at once
+    /// (they arrive as [`PeerEvent::Message`]). If the server now presents any other key, nothing
+    /// is pinned and [`PeerError::KeyMismatch`] names both fingerprints (a key that differs from
+    /// the pinned one is also reported as a [`PeerEvent::KeyChanged`] of its own): a server cannot
+    /// show one key for the comparison and slip in another at acceptance. Works without a
+    /// pending change in this run too (after a restart, with the fingerprint the app stored).
     ///
     /// # Errors
-    /// [`PeerError::InvalidArgument`] if no key change is pending for `peer`;
-    /// [`PeerError::KeyStore`].
-    pub fn accept_key_change(&self, peer: &ClientId) -> Result<Fingerprint, PeerError> {
-        let new = self
-            .inner
-            .key_changes
-            .lock()
-            .ok()
-            .and_then(|mut c| c.remove(peer))
-            .ok_or_else(|| {
-                PeerError::InvalidArgument(format!("no key change is pending for {peer}"))
-            })?;
-        self.inner.config.key_store.pin(peer, &new)?;
-        self.inner.forget_key(peer);
-        self.inner.release_held(peer);
-        Ok(new.fingerprint())
+    /// [`PeerError::KeyMismatch`]; [`PeerError::NoIdentityKey`] if the server presents `peer`
+    /// without an identity key; [`PeerError::InvalidPeerKey`], [`PeerError::InvalidKeySignature`];
+    /// [`PeerError::KeyStore`]; the errors of requests ([`PeerError::Server`] with
+    /// `PEER_NOT_FOUND`, [`PeerError::Timeout`], [`PeerError::NotConnected`], ...).
+    pub async fn accept_key_change(
+        &self,
+        peer: &ClientId,
+        fingerprint: &Fingerprint,
+    ) -> Result<(), PeerError> {
+        self.inner.accept_key(peer, fingerprint).await
     }
 
     /// Encrypts `text` for `target` and sends it: `lattice-v1` (signed) to a Lattice peer,

@@ -8,24 +8,32 @@
 //! What is acknowledged (`ack`, after which the server deletes its copy): delivered messages,
 //! duplicates (an id already delivered: the server redelivers what was not acknowledged when a
 //! connection ends, and a copy means the first one arrived), and messages refused for good (they
-//! can never be opened). A message refused for a reason that may pass
-//! ([`RejectReason::is_transient`]: the sender's key could not be fetched, or a key change waits
-//! for the user) is *not* acknowledged, so the server keeps it and delivers it again; a local copy
-//! is kept too ([`crate::held`]) and opened again on this connection as soon as the reason passes
-//! (the key change is accepted, or a later message from the same sender opens).
+//! can never be opened, including a `lattice-v1` message whose claimed sender has no identity key
+//! at all, and one whose signed `sentAt` is outside the freshness window). A message refused for a
+//! reason that may pass ([`RejectReason::is_transient`]: the sender's key could not be fetched, or
+//! a key change waits for the user) is *not* acknowledged, so the server keeps it and delivers it
+//! again; a local copy is kept too ([`crate::held`]) and opened again on this connection as soon as
+//! the reason passes (the key change is accepted, a later message from the same sender opens, or
+//! its retry time comes). A message refused for a transient reason other than a key change is
+//! given up after [`crate::defaults::MAX_TRANSIENT_REFUSALS`] refusals over
+//! [`crate::defaults::TRANSIENT_GIVE_UP_AFTER`]: acknowledged and reported as
+//! [`RejectReason::GaveUp`], so that no message stays unacknowledged forever.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, SealedEnvelope};
-use lattice_protocol::{ClientId, Delivered, Envelope, InnerMessage, MessageId};
+use lattice_protocol::{ClientId, Delivered, Envelope, ErrorType, InnerMessage, MessageId};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Algorithm, IncomingMessage, PeerEvent};
+use crate::held::Verdict;
 use crate::keys::PeerKey;
 use crate::peer::{Inner, B64};
+use crate::replay::{freshness, Fresh};
 use crate::trust::Recheck;
 use crate::{PeerConfig, PeerError, RejectReason};
 
@@ -102,12 +110,19 @@ pub(crate) async fn worker(
     loop {
         // Released held messages first: they are older than anything still queued.
         let ready = inner.held.lock().ok().and_then(|mut h| h.next_ready());
+        let retry = inner.held.lock().ok().and_then(|h| h.next_retry());
         let delivered = match ready {
             Some(d) => d,
             None => tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 () = inner.held_ready.notified() => continue,
+                () = sleep_until_some(retry) => {
+                    if let Ok(mut h) = inner.held.lock() {
+                        h.release_due(Instant::now());
+                    }
+                    continue;
+                }
                 d = received.recv() => match d {
                     Some(d) => d,
                     None => break,
@@ -130,6 +145,9 @@ pub(crate) async fn worker(
                 if let Ok(mut held) = inner.held.lock() {
                     held.settle(&from, message_id.as_ref());
                 }
+                if let (Some(id), Ok(mut r)) = (&message_id, inner.refusals.lock()) {
+                    r.forget(&from, id);
+                }
                 inner.release_held(&from);
                 true
             }
@@ -138,25 +156,81 @@ pub(crate) async fn worker(
                 true
             }
             Err(reason) => {
-                let transient = reason.is_transient();
-                tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");
-                inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
-                    from: from.clone(),
-                    message_id: message_id.clone(),
-                    reason,
-                }));
-                // Held back, not lost: the server keeps an unacknowledged message, and a local
-                // copy is opened again as soon as the reason passes.
-                if transient {
-                    if let Ok(mut held) = inner.held.lock() {
-                        held.hold(delivered);
-                    }
-                }
-                !transient
+                // Acknowledges (or holds) the message itself, before reporting it.
+                refused(&inner, delivered, reason);
+                false
             }
         };
         if let (true, Some(id)) = (ack, &message_id) {
             inner.ack(id);
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Decides the fate of a refused message, then reports it.
+///
+/// A final refusal is acknowledged (before the event, so that whoever sees the event knows the
+/// `ack` is queued). A key change is held (not acknowledged) until the user
+/// accepts it. Any other transient refusal is held with a retry time, and given up (acknowledged,
+/// reported as [`RejectReason::GaveUp`]) once [`crate::held::Refusals`] says it was refused often
+/// enough for long enough.
+fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
+    let from = delivered.from_id.clone();
+    let message_id = delivered.message_id.clone();
+    let mut retry_at = None;
+    let mut report = true;
+    let reason = match (&message_id, reason.is_retried()) {
+        (Some(id), true) => {
+            let verdict = inner
+                .refusals
+                .lock()
+                .map(|mut r| r.refused(&from, id, Instant::now()));
+            match verdict {
+                Ok(Verdict::Retry { at, first }) => {
+                    retry_at = Some(at);
+                    report = first;
+                    reason
+                }
+                Ok(Verdict::GiveUp { attempts }) => RejectReason::GaveUp {
+                    attempts,
+                    last: reason.to_string(),
+                },
+                // A poisoned lock: never hold a message on a count we cannot keep.
+                Err(_) => RejectReason::GaveUp {
+                    attempts: 1,
+                    last: reason.to_string(),
+                },
+            }
+        }
+        _ => reason,
+    };
+    let transient = reason.is_transient();
+    if let (false, Some(id)) = (transient, &message_id) {
+        inner.ack(id);
+    }
+    if report {
+        tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");
+        inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
+            from,
+            message_id,
+            reason,
+        }));
+    } else {
+        tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, "message refused again, retried later");
+    }
+    // Held back, not lost: the server keeps an unacknowledged message, and a local copy is opened
+    // again as soon as the reason passes (or its retry time comes).
+    if transient {
+        if let Ok(mut held) = inner.held.lock() {
+            held.hold(delivered, retry_at);
         }
     }
 }
@@ -216,24 +290,29 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
             let identity = inner
                 .sender_identity(&d.from_id)
                 .await
-                .map_err(|e| match e {
-                    PeerError::KeyChanged { .. } => RejectReason::KeyChanged,
-                    other => RejectReason::SenderKeyUnavailable(other.to_string()),
-                })?;
+                .map_err(sender_key_refusal)?;
             if identity.verify(&payload, &sig).is_err() {
                 // Perhaps the sender has a new key: ask, so a key change is reported as such. Only
                 // a confirmed pinned key makes this a forgery (final); unconfirmed, it may pass.
                 return Err(match inner.recheck_key(&d.from_id).await {
                     Recheck::Unchanged => RejectReason::BadSignature,
                     Recheck::Changed => RejectReason::KeyChanged,
-                    Recheck::Unavailable(e) => RejectReason::SenderKeyUnavailable(e),
+                    Recheck::Failed(e) => match sender_key_refusal(e) {
+                        // No key at all any more, or none that could ever verify it: final.
+                        RejectReason::NoSenderKey | RejectReason::Downgrade => {
+                            RejectReason::BadSignature
+                        }
+                        other => other,
+                    },
                 });
             }
+            // The signed time, checked once the signature is: a replay older than the window, or
+            // a message dated ahead to stay fresh for longer, is refused for good.
+            freshness(msg.sent_at, now_ms())?;
+            check_signed_replay(inner, &d.from_id, &outer_id, msg.sent_at)?;
             if msg.kind != KIND_TEXT {
-                check_replay(inner, &d.from_id, &outer_id)?;
                 return Err(RejectReason::UnsupportedKind(msg.kind));
             }
-            check_replay(inner, &d.from_id, &outer_id)?;
             Ok(IncomingMessage {
                 from: d.from_id.clone(),
                 text: msg.body,
@@ -258,7 +337,7 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
             let plaintext = ml_kem_aes::open(kem, &sealed).map_err(|_| RejectReason::Decrypt)?;
             let text = String::from_utf8(plaintext.to_vec()).map_err(|_| RejectReason::NotUtf8)?;
             if let Some(id) = &d.message_id {
-                check_replay(inner, &d.from_id, id)?;
+                check_unsigned_replay(inner, &d.from_id, id)?;
             }
             Ok(IncomingMessage {
                 from: d.from_id.clone(),
@@ -276,15 +355,58 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
     }
 }
 
-fn already_seen(inner: &Inner, from: &ClientId, id: &MessageId) -> bool {
-    inner.replay.lock().is_ok_and(|r| r.seen(from, id))
+/// Why a message is refused when its sender's identity key cannot be had: final when the key
+/// cannot exist (the server does not know the sender, or it has no identity key), a key change
+/// when the key changed, transient otherwise (a timeout, no connection, a server or store error).
+fn sender_key_refusal(e: PeerError) -> RejectReason {
+    match e {
+        PeerError::KeyChanged { .. } => RejectReason::KeyChanged,
+        PeerError::NoIdentityKey { .. }
+        | PeerError::Server {
+            error_type: ErrorType::PeerNotFound,
+            ..
+        } => RejectReason::NoSenderKey,
+        PeerError::KeyDowngrade { .. } => RejectReason::Downgrade,
+        other => RejectReason::SenderKeyUnavailable(other.to_string()),
+    }
 }
 
-fn check_replay(inner: &Inner, from: &ClientId, id: &MessageId) -> Result<(), RejectReason> {
+fn already_seen(inner: &Inner, from: &ClientId, id: &MessageId) -> bool {
+    inner.replay.lock().is_ok_and(|r| r.seen_signed(from, id))
+}
+
+fn check_signed_replay(
+    inner: &Inner,
+    from: &ClientId,
+    id: &MessageId,
+    sent_at: u64,
+) -> Result<(), RejectReason> {
+    let store = inner.replay_store.as_ref();
     let fresh = inner
         .replay
         .lock()
-        .map(|mut r| r.record(from, id))
+        .map_err(|_| RejectReason::ReplayStoreUnavailable("replay guard lock poisoned".into()))?
+        .record_signed(store, from, id, sent_at)
+        .map_err(|e| RejectReason::ReplayStoreUnavailable(e.to_string()))?;
+    match fresh {
+        Fresh::New => Ok(()),
+        Fresh::Duplicate => Err(RejectReason::Replay),
+        Fresh::BelowMark => {
+            tracing::info!(peer = %inner.config.client_id, from = %from, message_id = %id, "signed message not newer than the sender's high-water mark, dropped as a duplicate");
+            Err(RejectReason::Replay)
+        }
+    }
+}
+
+fn check_unsigned_replay(
+    inner: &Inner,
+    from: &ClientId,
+    id: &MessageId,
+) -> Result<(), RejectReason> {
+    let fresh = inner
+        .replay
+        .lock()
+        .map(|mut r| r.record_unsigned(from, id))
         .unwrap_or(false);
     if fresh {
         Ok(())

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, Identity, KemPublicKey};
+use lattice_crypto::{
+    lattice_v1, message_signature_payload, ml_kem_aes, Fingerprint, Identity, KemPublicKey,
+};
 use lattice_peer::{
-    ConnectionState, ErrorAction, MessagingPeer, PeerConfig, PeerError, PeerEvent, RejectReason,
-    WaitOptions,
+    ConnectionState, ErrorAction, MemoryReplayStore, MessagingPeer, PeerConfig, PeerError,
+    PeerEvent, RejectReason, ReplayStore as _, WaitOptions,
 };
 use lattice_protocol::{ClientFrame, Empty, ErrorType, RequestPublicKey, ServerFrame};
 use serde_json::{json, Value};
@@ -59,6 +61,27 @@ async fn fetch_key(
     let fetch = tokio::spawn(async move { p.request_public_key(&target).await });
     conn.serve_key(name, identity).await;
     fetch.await.unwrap()
+}
+
+/// `peer` accepts `name`'s key change with fingerprint `compared` while the fake server answers
+/// the key request with `serving`'s keys.
+async fn accept(
+    peer: &MessagingPeer,
+    conn: &mut FakeConn,
+    name: &str,
+    compared: &Fingerprint,
+    serving: &Identity,
+) -> Result<(), PeerError> {
+    let p = peer.clone();
+    let target = id(name);
+    let fp = compared.clone();
+    let task = tokio::spawn(async move { p.accept_key_change(&target, &fp).await });
+    conn.serve_key(name, serving).await;
+    task.await.unwrap()
+}
+
+fn fp(identity: &Identity) -> Fingerprint {
+    identity.identity_public_key().fingerprint()
 }
 
 fn discover(
@@ -376,7 +399,29 @@ fn v1_payload(
     inner_mid: &str,
     body: &str,
 ) -> Value {
-    let sent_at = 1_700_000_000_000u64;
+    v1_payload_at(from, to, to_kem, mid, inner_mid, body, now_ms())
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// [`v1_payload`] with a chosen signed `sentAt` (unix ms).
+fn v1_payload_at(
+    from: &Sender<'_>,
+    to: &str,
+    to_kem: &KemPublicKey,
+    mid: &str,
+    inner_mid: &str,
+    body: &str,
+    sent_at: u64,
+) -> Value {
     let payload =
         message_signature_payload(from.id, to, inner_mid, sent_at, body.as_bytes()).unwrap();
     let sig = from.signer.identity_key().sign(&payload);
@@ -625,15 +670,18 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
         Err(PeerError::InvalidKeySignature { .. })
     ));
 
-    // Accepting pins the new key; sending works again (lattice-v1 to the new key).
+    // Accepting the compared fingerprint pins the new key; sending works again (lattice-v1 to
+    // the new key).
+    accept(&peer, &mut conn, "bob", &fp(&bob_new), &bob_new)
+        .await
+        .unwrap();
     assert_eq!(
-        peer.accept_key_change(&id("bob")).unwrap(),
-        bob_new.identity_public_key().fingerprint()
+        peer.peer_fingerprint(&id("bob")).unwrap(),
+        Some(fp(&bob_new))
     );
     let p = peer.clone();
-    let send = tokio::spawn(async move { p.send_message(&id("bob"), "welcome back").await });
-    conn.serve_key("bob", &bob_new).await;
-    let sent = send.await.unwrap().unwrap();
+    // The key fetched at acceptance is the one used: no second fetch.
+    let sent = p.send_message(&id("bob"), "welcome back").await.unwrap();
     assert_eq!(sent.algorithm, lattice_peer::Algorithm::LatticeV1);
     let frame = conn.expect("message").await;
     assert_eq!(frame["payload"]["targetId"], "bob");
@@ -669,6 +717,98 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
     })
     .await;
     assert_eq!(failed, sent.message_id);
+}
+
+/// Attack: the server shows key K1 as bob's new key (the user compares its fingerprint), then
+/// answers the acceptance with its own K2. Accepting fp(K1) then pins nothing; only while the
+/// server serves K1 does accepting fp(K1) pin it. A second change within the run is reported,
+/// never slipped in silently.
+#[tokio::test]
+async fn a_key_change_is_accepted_only_for_the_compared_fingerprint() {
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
+    let bob_old = new_identity();
+    let k1 = new_identity();
+    let k2 = new_identity();
+    fetch_key(&peer, &mut conn, "bob", &bob_old).await.unwrap();
+
+    // The server presents K1: the user is shown fp(K1).
+    assert!(matches!(
+        fetch_key(&peer, &mut conn, "bob", &k1).await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    let shown = wait_for(&mut events, |e| match e {
+        PeerEvent::KeyChanged { peer, new, .. } if peer.as_str() == "bob" => Some(new),
+        _ => None,
+    })
+    .await;
+    assert_eq!(shown, fp(&k1));
+    // A message from the new key waits.
+    let held = msg(v1_payload(
+        &Sender {
+            id: "bob",
+            signer: &k1,
+        },
+        "alice",
+        &alice_kem,
+        "a-1",
+        "a-1",
+        "from K1",
+    ));
+    conn.send(held).await;
+    assert_eq!(
+        expect_rejected(&mut events, "a-1").await,
+        RejectReason::KeyChanged
+    );
+
+    // At acceptance the server answers with K2: refused, nothing pinned, and K2 is reported as a
+    // change of its own.
+    match accept(&peer, &mut conn, "bob", &fp(&k1), &k2).await {
+        Err(PeerError::KeyMismatch {
+            peer: p,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(p.as_str(), "bob");
+            assert_eq!(*expected, fp(&k1));
+            assert_eq!(*actual, fp(&k2));
+        }
+        other => panic!("expected KeyMismatch, got {other:?}"),
+    }
+    assert_eq!(
+        peer.peer_fingerprint(&id("bob")).unwrap(),
+        Some(fp(&bob_old)),
+        "nothing was pinned"
+    );
+    let reported = wait_for(&mut events, |e| match e {
+        PeerEvent::KeyChanged { peer, new, .. } if peer.as_str() == "bob" => Some(new),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reported, fp(&k2));
+    // Still nothing goes to bob.
+    assert!(matches!(
+        peer.send_message(&id("bob"), "hi").await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    // Accepting the key the server serves without having compared it: the caller must pass the
+    // fingerprint it compared, and fp(K1) does not fit K2 however often it is tried.
+    assert!(matches!(
+        accept(&peer, &mut conn, "bob", &fp(&k1), &k2).await,
+        Err(PeerError::KeyMismatch { .. })
+    ));
+
+    // The server serves K1 again: accepting fp(K1) pins K1 and the held message opens.
+    accept(&peer, &mut conn, "bob", &fp(&k1), &k1)
+        .await
+        .unwrap();
+    assert_eq!(peer.peer_fingerprint(&id("bob")).unwrap(), Some(fp(&k1)));
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!((m.text.as_str(), m.verified), ("from K1", true));
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "a-1");
 }
 
 #[tokio::test]
@@ -903,7 +1043,9 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
     );
     // The user accepts the change: both held messages open at once, in order, without waiting
     // for the server to deliver them again, and are acked.
-    peer.accept_key_change(&id("bob")).unwrap();
+    accept(&peer, &mut conn, "bob", &fp(&bob_new), &bob_new)
+        .await
+        .unwrap();
     for (mid, text) in [("t-2", "new key"), ("t-3", "still new")] {
         let m = wait_for(&mut events, |e| match e {
             PeerEvent::Message(m) => Some(m),
@@ -953,6 +1095,249 @@ async fn messages_refused_for_a_transient_reason_are_not_acked_and_can_be_redeli
     assert_eq!(conn.expect("ack").await["payload"]["messageId"], "t-5");
 }
 
+/// Attack (issue 8, item 1): messages whose claimed sender has no identity key (the server does
+/// not know it, or presents it without one) can never be verified: each is refused for good and
+/// acknowledged, so the server forgets it; an honest message still arrives afterwards.
+#[tokio::test]
+async fn messages_from_a_sender_whose_key_cannot_exist_are_refused_for_good_and_acked() {
+    let (_fake, _peer, mut conn, mut events, alice_kem) = alice().await;
+    let ghost = new_identity();
+    for i in 0..20 {
+        let name = format!("ghost{i}");
+        let g = Sender {
+            id: &name,
+            signer: &ghost,
+        };
+        let mid = format!("g-{i}");
+        conn.send(msg(v1_payload(&g, "alice", &alice_kem, &mid, &mid, "boo")))
+            .await;
+        let req = conn.expect("request_public_key").await;
+        if i % 2 == 0 {
+            // Not known to the server at all.
+            conn.send(error_frame("PEER_NOT_FOUND", Some(&req["requestId"])))
+                .await;
+        } else {
+            // Registered unverified: a KEM key, no identity key.
+            let mut payload = key_payload(&name, &ghost);
+            payload.as_object_mut().unwrap().remove("identityKey");
+            payload.as_object_mut().unwrap().remove("keySignature");
+            conn.send(json!({"type": "public_key_response", "payload": payload, "requestId": req["requestId"]}))
+                .await;
+        }
+        let reason = expect_rejected(&mut events, &mid).await;
+        assert_eq!(reason, RejectReason::NoSenderKey);
+        assert!(!reason.is_transient());
+        assert_eq!(
+            conn.expect("ack").await["payload"]["messageId"],
+            mid.as_str()
+        );
+    }
+    // More from the same senders: refused and acked without asking the server again each time
+    // (a flood costs no flood of key requests).
+    conn.skipped.clear();
+    for (i, name) in ["ghost0", "ghost1", "ghost0"].into_iter().enumerate() {
+        let mid = format!("again-{i}");
+        let g = Sender {
+            id: name,
+            signer: &ghost,
+        };
+        conn.send(msg(v1_payload(&g, "alice", &alice_kem, &mid, &mid, "boo")))
+            .await;
+        assert_eq!(
+            expect_rejected(&mut events, &mid).await,
+            RejectReason::NoSenderKey
+        );
+        assert_eq!(
+            conn.expect("ack").await["payload"]["messageId"],
+            mid.as_str()
+        );
+    }
+    assert!(
+        !conn
+            .skipped
+            .iter()
+            .any(|f| f["type"] == "request_public_key"),
+        "{:?}",
+        conn.skipped
+    );
+    // An honest sender is unaffected.
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    conn.send(msg(v1_payload(&b, "alice", &alice_kem, "b-1", "b-1", "hi")))
+        .await;
+    conn.serve_key("bob", &bob).await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("bob", "hi", true)
+    );
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "b-1");
+}
+
+/// Attack (issue 8, item 5): a flood of unsigned messages from 1,100 fresh ids does not flush
+/// the replay window of a pinned sender, and a signed message outside the freshness window is
+/// refused for good.
+#[tokio::test]
+async fn the_replay_window_of_a_pinned_sender_survives_a_flood_and_stale_messages_are_refused() {
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&delivered);
+    peer.on_message(move |_| {
+        d.fetch_add(1, Ordering::SeqCst);
+    });
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    let signed = msg(v1_payload(&b, "alice", &alice_kem, "r-1", "r-1", "pay 10"));
+    conn.send(signed.clone()).await;
+    conn.serve_key("bob", &bob).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-1");
+
+    for i in 0..1_100 {
+        let mid = format!("u-{i}");
+        conn.send(msg(ml_kem_aes_payload(
+            &format!("fresh{i}"),
+            &alice_kem,
+            Some(&mid),
+            "spam",
+        )))
+        .await;
+        assert_eq!(
+            conn.expect("ack").await["payload"]["messageId"],
+            mid.as_str()
+        );
+    }
+    let before = delivered.load(Ordering::SeqCst);
+    assert_eq!(before, 1 + 1_100);
+
+    // The replay: acked (the server may forget it) but never delivered again.
+    conn.send(signed).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-1");
+
+    // Signed long ago (older than any mailbox keeps), or far in the future: refused and acked.
+    let day = 24 * 3600 * 1000;
+    let old = v1_payload_at(
+        &b,
+        "alice",
+        &alice_kem,
+        "r-2",
+        "r-2",
+        "old",
+        now_ms() - 9 * day,
+    );
+    conn.send(msg(old)).await;
+    assert!(matches!(
+        expect_rejected(&mut events, "r-2").await,
+        RejectReason::TooOld { .. }
+    ));
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-2");
+    let ahead = v1_payload_at(
+        &b,
+        "alice",
+        &alice_kem,
+        "r-3",
+        "r-3",
+        "ahead",
+        now_ms() + day,
+    );
+    conn.send(msg(ahead)).await;
+    assert!(matches!(
+        expect_rejected(&mut events, "r-3").await,
+        RejectReason::FromTheFuture { .. }
+    ));
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-3");
+    // A week-old message (it waited in the mailbox) is fine.
+    let week = v1_payload_at(
+        &b,
+        "alice",
+        &alice_kem,
+        "r-4",
+        "r-4",
+        "late",
+        now_ms() - 7 * day,
+    );
+    conn.send(msg(week)).await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.text, "late");
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-4");
+    assert_eq!(
+        delivered.load(Ordering::SeqCst),
+        before + 1,
+        "the replay was delivered again"
+    );
+}
+
+/// The durable high-water mark hook: an app that keeps its `ReplayStore` (here one shared by two
+/// instances, as a database would be across a restart) refuses, after the restart, a replay of a
+/// signed message the first instance accepted, while newer messages still arrive.
+#[tokio::test]
+async fn a_replay_store_refuses_replays_across_a_restart() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let store = Arc::new(MemoryReplayStore::default());
+    let start = |cfg: PeerConfig| {
+        let peer = MessagingPeer::with_replay_store(cfg, store.clone()).unwrap();
+        let p = peer.clone();
+        (peer, tokio::spawn(async move { p.connect().await }))
+    };
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    let signed = msg(v1_payload(&b, "alice", &alice_kem, "s-1", "s-1", "once"));
+
+    let (first, connecting) = start(cfg.clone());
+    let mut conn = fake.next_conn().await;
+    conn.accept_registration().await;
+    connecting.await.unwrap().unwrap();
+    conn.send(signed.clone()).await;
+    conn.serve_key("bob", &bob).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-1");
+    let mark = store.high_water_mark(&id("bob")).unwrap();
+    assert!(mark.is_some());
+    first.disconnect().await;
+
+    // "Restart": a new instance, the same key store (cfg) and the same replay store.
+    let (second, connecting) = start(cfg);
+    let mut events = second.events();
+    let mut conn = fake.next_conn().await;
+    conn.accept_registration().await;
+    connecting.await.unwrap().unwrap();
+    conn.send(signed).await;
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-1");
+    // (A millisecond ahead, so it is newer than the mark however fast this test runs.)
+    let newer = v1_payload_at(&b, "alice", &alice_kem, "s-2", "s-2", "newer", now_ms() + 1);
+    conn.send(msg(newer)).await;
+    let m = none_before(
+        &mut events,
+        |e| matches!(e, PeerEvent::Message(m) if m.text == "once"),
+        |e| match e {
+            PeerEvent::Message(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(m.text, "newer");
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "s-2");
+    assert!(store.high_water_mark(&id("bob")).unwrap() >= mark);
+    second.disconnect().await;
+}
+
 #[tokio::test]
 async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_message() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
@@ -995,6 +1380,40 @@ async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_messa
         next_ack_after_marker(&mut conn, &mut events, &alice_kem, "marker").await,
         "marker"
     );
+    peer.disconnect().await;
+}
+
+/// A message held for an unavailable key is not left waiting for a redelivery or another
+/// message of its sender: after a delay (`defaults::TRANSIENT_RETRY_BASE`) the peer tries again
+/// on its own, and it opens once the key can be had.
+#[tokio::test]
+async fn a_message_held_for_an_unavailable_key_is_retried_on_its_own() {
+    let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
+    let bob = new_identity();
+    let b = Sender {
+        id: "bob",
+        signer: &bob,
+    };
+    conn.send(msg(v1_payload(
+        &b, "alice", &alice_kem, "w-1", "w-1", "patience",
+    )))
+    .await;
+    let req = conn.expect("request_public_key").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    assert!(matches!(
+        expect_rejected(&mut events, "w-1").await,
+        RejectReason::SenderKeyUnavailable(_)
+    ));
+    // No redelivery, no other message: the retry asks for the key by itself.
+    conn.serve_key("bob", &bob).await;
+    let m = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!((m.text.as_str(), m.verified), ("patience", true));
+    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "w-1");
     peer.disconnect().await;
 }
 

@@ -12,6 +12,7 @@ mod echo_bot;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use lattice_crypto::{lattice_v1, message_signature_payload, KemPublicKey};
 use lattice_peer::{Algorithm, ConnectionState, MessagingPeer, PeerError, PeerEvent, TlsOptions};
 use lattice_protocol::{AckStatus, ErrorType, MessageId, QuestionKind};
 use serde_json::json;
@@ -568,4 +569,172 @@ async fn retry_first_connect_gives_up_on_a_permanent_refusal_and_when_the_backof
     assert_eq!(attempts, [1, 2]);
     assert_eq!(lonely.connection_state(), ConnectionState::Disconnected);
     owner.disconnect().await;
+}
+
+/// A raw client that registers unverified (no identity key), as an original client does, and
+/// then sends whatever it likes.
+struct Unverified {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Unverified {
+    async fn register(url: &str, id: &str) -> Self {
+        use futures_util::SinkExt as _;
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut c = Self { ws };
+        let kem = new_identity().kem_public_key().as_bytes().to_vec();
+        c.ws.send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "register", "payload": {"clientId": id, "publicKey": kem}}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let r = c.recv_type("register").await;
+        assert_eq!(r["payload"]["verified"], false, "{r}");
+        c
+    }
+
+    async fn recv_type(&mut self, ty: &str) -> serde_json::Value {
+        use futures_util::StreamExt as _;
+        loop {
+            let msg = tokio::time::timeout(EVENT_WAIT, self.ws.next())
+                .await
+                .expect("no frame in time")
+                .expect("closed")
+                .expect("read error");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == ty {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// Sends a `lattice-v1` message to `to` claiming to be `from` (the server sets `fromId` to our
+    /// id anyway), signed by a throwaway key; waits for the server's `message_ack`.
+    async fn send_v1(&mut self, from: &str, to: &str, to_kem: &KemPublicKey, mid: &str) {
+        use base64::Engine as _;
+        use futures_util::SinkExt as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let signer = new_identity();
+        let sent_at = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let body = "x".repeat(1024);
+        let payload = message_signature_payload(from, to, mid, sent_at, body.as_bytes()).unwrap();
+        let sig = signer.identity_key().sign(&payload);
+        let inner = json!({"v": 1, "kind": "text", "messageId": mid, "body": body, "sentAt": sent_at, "sig": b64.encode(sig)});
+        let ctx = lattice_v1::Context {
+            sender_id: from,
+            recipient_id: to,
+            message_id: mid,
+        };
+        let sealed = lattice_v1::seal(
+            &mut rand_core::OsRng,
+            to_kem,
+            &ctx,
+            inner.to_string().as_bytes(),
+        )
+        .unwrap();
+        let frame = json!({"type": "message", "payload": {
+            "targetId": to,
+            "messageId": mid,
+            "message": {"algorithm": "lattice-v1", "serializedCipherText": b64.encode(&sealed.cipher_text), "serializedEncryptedData": b64.encode(&sealed.encrypted_data)},
+        }});
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await
+            .unwrap();
+        let ack = self.recv_type("message_ack").await;
+        assert_eq!(ack["payload"]["messageId"], mid, "{ack}");
+    }
+}
+
+/// Attack (issue 8, item 1): a sender registered without an identity key sends many `lattice-v1`
+/// messages; no key can ever verify them. The victim refuses each for good and acknowledges it,
+/// so the server forgets it: after a reconnect nothing of it comes back, and an honest message
+/// queued behind them arrives.
+#[tokio::test]
+async fn messages_from_a_sender_without_an_identity_key_are_acked_and_gone() {
+    const FLOOD: usize = 300;
+    let server = spawn_server().await;
+    let url = server.url();
+    let alice_config = test_config(&url, "alice", new_identity());
+    let alice_kem = alice_config.identity.kem_public_key().clone();
+    let alice = MessagingPeer::new(alice_config.clone()).unwrap();
+    let mut alice_events = alice.events();
+    alice.connect().await.unwrap();
+    let bob = online(&url, "bob").await;
+    let mut bob_events = bob.events();
+
+    let mut mallory = Unverified::register(&url, "mallory").await;
+    for i in 0..FLOOD {
+        mallory
+            .send_v1("mallory", "alice", &alice_kem, &format!("x-{i}"))
+            .await;
+    }
+    // Each is refused as coming from a sender without an identity key: final.
+    let mut refused = HashSet::new();
+    while refused.len() < FLOOD {
+        let (mid, reason) = wait_for(&mut alice_events, |e| match e {
+            PeerEvent::Message(m) => panic!("delivered: {m:?}"),
+            PeerEvent::Error(PeerError::Rejected {
+                from,
+                message_id: Some(mid),
+                reason,
+            }) if from.as_str() == "mallory" => Some((mid, reason)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(reason, lattice_peer::RejectReason::NoSenderKey);
+        assert!(!reason.is_transient());
+        refused.insert(mid);
+    }
+    // Every ack is written before this answer comes back (one ordered queue).
+    alice.discover_peers().await.unwrap();
+    alice.disconnect().await;
+    drop(mallory);
+
+    // An honest message, queued in alice's mailbox behind anything of mallory's left there.
+    let sent = bob.send_message(&id("alice"), "honest").await.unwrap();
+    let ack = wait_for(&mut bob_events, |e| match e {
+        PeerEvent::MessageAck(a) if a.message_id == sent.message_id => Some(a),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ack.status, AckStatus::Queued);
+
+    // Alice comes back (a new instance of the same identity): the mailbox holds nothing of
+    // mallory's, only the honest message.
+    let alice = MessagingPeer::new(alice_config).unwrap();
+    let mut alice_events = alice.events();
+    alice.connect().await.unwrap();
+    let m = none_before(
+        &mut alice_events,
+        |e| match e {
+            PeerEvent::Message(m) => m.from.as_str() == "mallory",
+            PeerEvent::Error(PeerError::Rejected { .. }) => true,
+            _ => false,
+        },
+        |e| match e {
+            PeerEvent::Message(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str(), m.verified),
+        ("bob", "honest", true)
+    );
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server.shutdown().await;
 }

@@ -5,6 +5,11 @@
 /// wire; 256 KiB leaves room for long texts while keeping a hostile frame cheap to refuse.
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
+/// The largest frame a server ever sends: a relayed message of [`MAX_FRAME_BYTES`] plus its
+/// envelope fields (`fromId`, `messageId`, `timestamp`, the frame's `type` and `requestId`);
+/// discover answers are capped to fit. A client's read limit must be at least this.
+pub const MAX_SERVER_FRAME_BYTES: usize = MAX_FRAME_BYTES + 16 * 1024;
+
 /// Longest `clientId`, `messageId`, `requestId` or `conversationId`, in characters (all are ASCII).
 pub const MAX_ID_LEN: usize = 64;
 

@@ -463,7 +463,9 @@ export function initConversation() {
   $("key-banner-accept").addEventListener("click", async () => {
     if (current === null) return;
     try {
-      await api.acceptKeyChange(current);
+      // The safety number shown for comparison; the backend pins only a key with exactly it.
+      const peer = peerById(current);
+      await api.acceptKeyChange(current, peer ? peer.pendingFingerprint : null);
       clearNotices("keyChanged");
     } catch (err) {
       showNotice(err);

@@ -1,0 +1,256 @@
+//! Everything `lattice-chat` prints that comes from someone else: peers' messages and ids, server
+//! questions and options, error details. All of it is untrusted, so all of it goes through
+//! [`escape`] before it reaches the terminal: a sender must not be able to move the cursor, erase
+//! a line, start a new one that looks like someone else's message, or reorder text with bidi
+//! controls. A message of several lines is printed as several lines, each with the sender's mark.
+
+use std::fmt::Write as _;
+
+use lattice_peer::{ConnectionState, IncomingQuestion, PeerError, PeerEvent};
+use lattice_protocol::QuestionKind;
+
+/// Makes untrusted `text` safe to print on one terminal line: every control character (C0, DEL,
+/// C1: ESC, CR, LF, TAB, ...), every bidi control (U+061C, U+200E/F, U+202A–U+202E,
+/// U+2066–U+2069) and the line/paragraph separators U+2028/U+2029 are written as visible escapes
+/// (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`); everything else is kept as is.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                // C0, DEL and C1 are all below U+0100.
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{2028}'
+            | '\u{2029}' => {
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The lines of a message: one per line of `text` (a trailing CR of a CRLF line end dropped),
+/// each escaped and prefixed with the sender's mark, so that no line can pass for another
+/// sender's or drop the unverified mark.
+pub fn message_lines(from: &str, verified: bool, text: &str) -> Vec<String> {
+    let mark = if verified { "✓" } else { "⚠ unverified" };
+    let prefix = format!("[{} {mark}]", escape(from));
+    text.split('\n')
+        .map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            format!("{prefix} {}", escape(line))
+        })
+        .collect()
+}
+
+/// The lines of a server question: its text (every line marked as the server's), its options,
+/// and how to answer.
+pub fn question_lines(q: &IncomingQuestion) -> Vec<String> {
+    let round = q.round.map(|r| format!(" (round {r})")).unwrap_or_default();
+    let mut lines: Vec<String> = q
+        .question
+        .text
+        .split('\n')
+        .map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            format!("?? server asks{round}: {}", escape(line))
+        })
+        .collect();
+    match (q.question.kind, q.question.options.as_deref()) {
+        (Some(QuestionKind::Choice), Some(options)) => {
+            for (i, o) in options.iter().enumerate() {
+                lines.push(format!("   {}. {}", i + 1, escape(o)));
+            }
+            lines.push("   (answer with a number or the option)".into());
+        }
+        (Some(QuestionKind::Confirm), _) => lines.push("   (answer y or n)".into()),
+        _ => lines.push("   (type your answer)".into()),
+    }
+    lines
+}
+
+/// One line for an error (its details may come from the server or a peer: escaped).
+pub fn describe_error(e: &PeerError) -> String {
+    match e {
+        PeerError::Rejected { from, reason, .. } => {
+            escape(&format!("!! refused a message from {from}: {reason}"))
+        }
+        other => format!("!! {}", escape(&other.to_string())),
+    }
+}
+
+/// The lines to print for `event` (none for events the terminal does not show).
+pub fn event_lines(event: &PeerEvent) -> Vec<String> {
+    match event {
+        PeerEvent::Message(m) => message_lines(m.from.as_str(), m.verified, &m.text),
+        PeerEvent::ServerQuestion(q) => question_lines(q),
+        PeerEvent::PeerConnected(p) => vec![format!("-- {} is online", escape(p.as_str()))],
+        PeerEvent::PeerDisconnected(p) => vec![format!("-- {} left", escape(p.as_str()))],
+        PeerEvent::ConnectionState(s) => match s {
+            ConnectionState::Connected => vec!["-- connected".into()],
+            ConnectionState::Reconnecting { attempt } => {
+                vec![format!(
+                    "-- connection lost, reconnecting (attempt {attempt})"
+                )]
+            }
+            ConnectionState::Disconnected => vec!["-- disconnected".into()],
+            ConnectionState::Connecting => Vec::new(),
+        },
+        PeerEvent::KeyChanged { peer, old, new } => {
+            let peer = escape(peer.as_str());
+            vec![
+                format!("!! the identity key of {peer} CHANGED"),
+                format!("   was: {old}"),
+                format!("   now: {new}"),
+                format!("   nothing is sent to or accepted from {peer} until you compare the new fingerprint with them and type /accept {peer}"),
+            ]
+        }
+        PeerEvent::MessageFailed { target, error, .. } => vec![format!(
+            "!! message to {} not delivered: {}",
+            escape(target.as_str()),
+            escape(&error.to_string())
+        )],
+        PeerEvent::Error(e) => vec![describe_error(e)],
+        PeerEvent::Lagged { missed } => vec![format!("!! {missed} events were not shown")],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use lattice_peer::{Algorithm, IncomingMessage, RejectReason};
+    use lattice_protocol::{ClientId, ErrorType, Question, QuestionId};
+
+    fn has_no_controls(line: &str) -> bool {
+        !line.chars().any(|c| {
+            c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+        })
+    }
+
+    #[test]
+    fn escape_makes_controls_and_bidi_visible() {
+        assert_eq!(escape("plain ✓ text"), "plain ✓ text");
+        assert_eq!(escape("a\nb\rc\td"), "a\\nb\\rc\\td");
+        assert_eq!(escape("\x1b[2K"), "\\x1b[2K");
+        assert_eq!(escape("\0\x07\x7f"), "\\x00\\x07\\x7f");
+        assert_eq!(escape("\u{9b}31m"), "\\x9b31m");
+        assert_eq!(escape("\u{202e}evil\u{202c}"), "\\u{202e}evil\\u{202c}");
+        assert_eq!(escape("\u{2066}\u{2069}"), "\\u{2066}\\u{2069}");
+        assert_eq!(escape("x\u{2028}y"), "x\\u{2028}y");
+        for c in (0u32..0x250)
+            .chain(0x2000..0x2070)
+            .filter_map(char::from_u32)
+        {
+            assert!(has_no_controls(&escape(&c.to_string())), "{c:?}");
+        }
+    }
+
+    fn message(from: &str, verified: bool, text: &str) -> PeerEvent {
+        PeerEvent::Message(IncomingMessage {
+            from: ClientId::new(from).unwrap(),
+            text: text.into(),
+            message_id: None,
+            verified,
+            algorithm: if verified {
+                Algorithm::LatticeV1
+            } else {
+                Algorithm::MlKemAes
+            },
+            sent_at: None,
+            server_timestamp: 0,
+        })
+    }
+
+    #[test]
+    fn a_message_cannot_fake_another_senders_line() {
+        for attack in [
+            "hi\r\x1b[2K[alice ✓] fake",
+            "x\n[alice ✓] fake",
+            "x\r\n[alice ✓] fake",
+            "\n[alice ✓] fake",
+            "\u{2028}[alice ✓] fake",
+            "\u{202e}] ✓ ecila[",
+        ] {
+            for verified in [false, true] {
+                let lines = event_lines(&message("bob", verified, attack));
+                let mark = if verified {
+                    "[bob ✓] "
+                } else {
+                    "[bob ⚠ unverified] "
+                };
+                for line in &lines {
+                    assert!(!line.starts_with("[alice ✓]"), "{line:?}");
+                    assert!(line.starts_with(mark), "{line:?} lost the mark");
+                    assert!(has_no_controls(line), "{line:?}");
+                }
+            }
+        }
+        assert_eq!(
+            event_lines(&message("bob", false, "one\ntwo\r\n")),
+            [
+                "[bob ⚠ unverified] one",
+                "[bob ⚠ unverified] two",
+                "[bob ⚠ unverified] "
+            ]
+        );
+    }
+
+    #[test]
+    fn questions_options_and_errors_are_escaped() {
+        let q = IncomingQuestion {
+            question_id: QuestionId::new("q").unwrap(),
+            question: Question {
+                text: "pick\n[alice ✓] fake\x1b[2K".into(),
+                kind: Some(QuestionKind::Choice),
+                options: Some(vec!["a\r[alice ✓] b".into(), "\u{202e}c".into()]),
+            },
+            conversation_id: None,
+            round: Some(1),
+        };
+        let lines = event_lines(&PeerEvent::ServerQuestion(q));
+        assert!(lines.iter().all(|l| has_no_controls(l)), "{lines:?}");
+        assert!(lines.iter().all(|l| !l.starts_with("[alice")), "{lines:?}");
+        assert_eq!(lines[0], "?? server asks (round 1): pick");
+        assert_eq!(lines[1], "?? server asks (round 1): [alice ✓] fake\\x1b[2K");
+
+        let server = PeerError::Server {
+            error_type: ErrorType::InternalError,
+            details: "oops\n[alice ✓] fake\x1b]0;title\x07".into(),
+            request_id: None,
+        };
+        for line in event_lines(&PeerEvent::Error(server.clone()))
+            .into_iter()
+            .chain(event_lines(&PeerEvent::MessageFailed {
+                message_id: "m".parse().unwrap(),
+                target: ClientId::new("bob").unwrap(),
+                error: server,
+            }))
+        {
+            assert!(line.starts_with("!! "), "{line:?}");
+            assert!(has_no_controls(&line), "{line:?}");
+        }
+        let rejected = PeerError::Rejected {
+            from: ClientId::new("bob").unwrap(),
+            message_id: None,
+            reason: RejectReason::UnsupportedKind("k\n[alice ✓] x".into()),
+        };
+        let line = describe_error(&rejected);
+        assert!(
+            has_no_controls(&line) && line.starts_with("!! refused"),
+            "{line:?}"
+        );
+    }
+}
