@@ -735,9 +735,108 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     .await;
     shots.take(&client, "key-accepted").await;
 
+    // The key changes again; while the person compares, the server swaps in yet another key
+    // (what a malicious server would do to get its own key pinned). Accepting the number on
+    // screen is refused with a reason, nothing is pinned, and the dialog then shows the key the
+    // server presents now, saying that it changed; accepting that one pins it.
+    let restart = |server: lattice_server::ServerHandle| async move {
+        server.shutdown().await;
+        // The port may take a moment to be free again.
+        for _ in 0..50 {
+            let config = lattice_server::Config {
+                port,
+                ..lattice_server::Config::for_tests()
+            };
+            if let Ok(server) = lattice_server::spawn(config).await {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot listen on port {port} again");
+    };
+    let connected = "return document.getElementById('status-bar').dataset.state === 'connected';";
+    impostor.disconnect().await;
+    let server = restart(server).await;
+    let second = connect_bob(url.clone()).await;
+    until_js(&client, "alice reconnected", connected).await;
+    second
+        .send_message(&ClientId::new("alice").unwrap(), "another new key")
+        .await
+        .expect("the second key sends");
+    until_js(
+        &client,
+        "the second key-change warning",
+        "return !document.getElementById('key-banner').hidden;",
+    )
+    .await;
+    click(&client, "#key-banner-compare").await;
+    let number = "return Array.from(document.querySelectorAll('#verify-theirs span')) \
+                    .map(s => s.textContent).join(' ');";
+    // The dialog is open and shows `fp` as their number.
+    let shows = |fp: String| {
+        format!(
+            "document.getElementById('verify-dialog').open \
+               && Array.from(document.querySelectorAll('#verify-theirs span')) \
+                    .map(s => s.textContent).join(' ') === '{fp}'"
+        )
+    };
+    until_js(
+        &client,
+        "the dialog with the second key",
+        &format!("return {};", shows(second.fingerprint().to_string())),
+    )
+    .await;
+
+    second.disconnect().await;
+    let server = restart(server).await;
+    let third = connect_bob(url.clone()).await;
+    until_js(&client, "alice reconnected", connected).await;
+    click(&client, "#verify-accept").await;
+    until_js(
+        &client,
+        "the dialog to show the key the server swapped in, with a warning",
+        &format!(
+            "return {} && !document.getElementById('verify-changed').hidden;",
+            shows(third.fingerprint().to_string())
+        ),
+    )
+    .await;
+    let banner_hidden = client
+        .execute(
+            "return document.getElementById('key-banner').hidden;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(banner_hidden, json!(false), "nothing was pinned");
+    let warning = client
+        .execute(
+            "return document.getElementById('verify-changed').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        // The refusal's reason, or the note that the key changed again: both say what to do.
+        warning.as_str().unwrap_or("").contains("Compare the new"),
+        "{warning}"
+    );
+    let now_shown = client.execute(number, vec![]).await.unwrap();
+    assert_eq!(now_shown, json!(third.fingerprint().to_string()));
+    shots.take(&client, "key-swapped-while-comparing").await;
+
+    click(&client, "#verify-accept").await;
+    until_js(
+        &client,
+        "the dialog to close and the warning to clear",
+        "return !document.getElementById('verify-dialog').open \
+           && document.getElementById('key-banner').hidden;",
+    )
+    .await;
+
     client.close().await.expect("close");
     guard.disarm();
-    impostor.disconnect().await;
+    third.disconnect().await;
     server.shutdown().await;
 }
 
