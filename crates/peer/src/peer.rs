@@ -352,7 +352,7 @@ impl MessagingPeer {
             .inner
             .request(
                 Lane::Normal,
-                ClientFrame::Discover(Empty {}),
+                ClientFrame::Discover(Default::default()),
                 "discover",
                 WaitOptions::default(),
             )
@@ -497,7 +497,7 @@ impl MessagingPeer {
     /// use lattice_peer::WaitOptions;
     /// use lattice_protocol::{ClientFrame, Empty, ServerFrame};
     /// let answer = peer
-    ///     .send_to_server_and_wait(ClientFrame::Discover(Empty {}), "discover", WaitOptions::default().retries(2))
+    ///     .send_to_server_and_wait(ClientFrame::Discover(Default::default()), "discover", WaitOptions::default().retries(2))
     ///     .await?;
     /// assert!(matches!(answer, ServerFrame::Peers(_)));
     /// # Ok(()) }
@@ -709,8 +709,10 @@ impl Inner {
     /// After each registration: renew the presence subscription if the caller had discovered.
     pub(crate) fn after_registration(&self) {
         if self.discovered.load(Ordering::Relaxed) {
-            let frame =
-                Frame::with_request_id(ClientFrame::Discover(Empty {}), Some(new_request_id()));
+            let frame = Frame::with_request_id(
+                ClientFrame::Discover(Default::default()),
+                Some(new_request_id()),
+            );
             if let Err(e) = self.send_frame(Lane::Normal, frame) {
                 tracing::warn!(peer = %self.config.client_id, error = %e, "cannot renew the presence subscription");
             }
@@ -1017,6 +1019,7 @@ impl Inner {
     pub(crate) fn ack(&self, message_id: &MessageId) {
         let frame = Frame::new(ClientFrame::Ack(lattice_protocol::Ack {
             message_id: message_id.clone(),
+            from_id: None,
         }));
         if let Err(e) = self.send_frame(Lane::Normal, frame) {
             tracing::debug!(peer = %self.config.client_id, error = %e, "ack not sent");

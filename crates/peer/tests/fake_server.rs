@@ -13,7 +13,7 @@ use lattice_peer::{
     ConnectionState, ErrorAction, MessagingPeer, PeerConfig, PeerError, PeerEvent, RejectReason,
     WaitOptions,
 };
-use lattice_protocol::{ClientFrame, Empty, ErrorType, RequestPublicKey, ServerFrame};
+use lattice_protocol::{ClientFrame, ErrorType, RequestPublicKey, ServerFrame};
 use serde_json::{json, Value};
 use support::fake::{error_frame, key_payload, FakeConn, FakeServer, B64};
 use support::*;
@@ -67,7 +67,7 @@ fn discover(
 ) -> tokio::task::JoinHandle<Result<ServerFrame, PeerError>> {
     let p = peer.clone();
     tokio::spawn(async move {
-        p.send_to_server_and_wait(ClientFrame::Discover(Empty {}), "discover", opts)
+        p.send_to_server_and_wait(ClientFrame::Discover(Default::default()), "discover", opts)
             .await
     })
 }
@@ -277,7 +277,7 @@ async fn frames_without_request_id_match_by_type_and_filter() {
     // An unknown expected type is refused before sending.
     let err = peer
         .send_to_server_and_wait(
-            ClientFrame::Discover(Empty {}),
+            ClientFrame::Discover(Default::default()),
             "no_such_type",
             WaitOptions::default(),
         )

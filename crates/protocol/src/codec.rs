@@ -54,8 +54,8 @@ impl<T: FrameBody> Serialize for Frame<T> {
 /// Encodes a frame as one JSON text.
 ///
 /// ```
-/// use lattice_protocol::{encode, ClientFrame, Empty, Frame};
-/// assert_eq!(encode(&Frame::new(ClientFrame::Discover(Empty {}))), r#"{"type":"discover","payload":{}}"#);
+/// use lattice_protocol::{encode, ClientFrame, Discover, Frame};
+/// assert_eq!(encode(&Frame::new(ClientFrame::Discover(Discover::default()))), r#"{"type":"discover","payload":{}}"#);
 /// ```
 pub fn encode<T: FrameBody>(frame: &Frame<T>) -> String {
     // Serializing our own types into a String cannot fail: no map has non-string keys and no

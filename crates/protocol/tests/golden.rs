@@ -109,8 +109,17 @@ fn server_frames_encode_to_exact_shapes() {
         (
             ServerFrame::Peers(Peers {
                 peers: vec![id("alice"), id("bob")],
+                ..Peers::default()
             }),
             json!({"type":"discover","payload":{"peers":["alice","bob"]}}),
+        ),
+        (
+            ServerFrame::Peers(Peers {
+                peers: vec![id("alice")],
+                more: true,
+                cursor: Some(id("alice")),
+            }),
+            json!({"type":"discover","payload":{"peers":["alice"],"more":true,"cursor":"alice"}}),
         ),
         (
             ServerFrame::PublicKey(PublicKeyResponse {

@@ -593,7 +593,13 @@ impl Session {
     fn on_discover(&mut self, peer: &PeerEntry, rid: Option<RequestId>) {
         peer.subscribed.store(true, Ordering::Release);
         let peers = self.state.hub.online();
-        self.reply(ServerFrame::Peers(Peers { peers }), rid);
+        self.reply(
+            ServerFrame::Peers(Peers {
+                peers,
+                ..Peers::default()
+            }),
+            rid,
+        );
     }
 
     fn on_request_public_key(&mut self, r: RequestPublicKey, rid: Option<RequestId>) {
