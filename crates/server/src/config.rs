@@ -36,9 +36,18 @@ pub struct Config {
     #[arg(long, env = "LATTICE_MAX_CONNECTIONS", default_value_t = limits::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Messages kept per offline peer.
+    /// Messages kept per peer (its mailbox plus live messages it has not acknowledged).
     #[arg(long, env = "LATTICE_MAILBOX_QUOTA", default_value_t = limits::MAILBOX_QUOTA)]
     pub mailbox_quota: u32,
+
+    /// Bytes kept per peer, counted like --mailbox-quota.
+    #[arg(long, env = "LATTICE_MAILBOX_BYTES", default_value_t = limits::MAILBOX_BYTES)]
+    pub mailbox_bytes: u64,
+
+    /// Messages one sender may have waiting for one peer (and the same share of
+    /// --mailbox-bytes).
+    #[arg(long, env = "LATTICE_MAILBOX_SENDER_QUOTA", default_value_t = limits::MAILBOX_SENDER_QUOTA)]
+    pub mailbox_sender_quota: u32,
 
     /// Seconds an undelivered message is kept.
     #[arg(long = "mailbox-ttl", env = "LATTICE_MAILBOX_TTL", value_parser = parse_secs,
@@ -81,6 +90,8 @@ impl Default for Config {
             rate_limit: limits::RATE_LIMIT,
             max_connections: limits::MAX_CONNECTIONS,
             mailbox_quota: limits::MAILBOX_QUOTA,
+            mailbox_bytes: limits::MAILBOX_BYTES,
+            mailbox_sender_quota: limits::MAILBOX_SENDER_QUOTA,
             mailbox_ttl: limits::MAILBOX_TTL,
             question_timeout: limits::QUESTION_TIMEOUT,
             ping_interval: limits::PING_INTERVAL,
@@ -104,6 +115,21 @@ impl Config {
             admin_token: Some("test-token".into()),
             rate_limit: 0,
             ..Self::default()
+        }
+    }
+
+    /// The mailbox limits per recipient.
+    pub fn mailbox_quota(&self) -> crate::store::Quota {
+        // A sender quota above the total is the total (one sender may then fill it).
+        let sender_count = self.mailbox_sender_quota.min(self.mailbox_quota);
+        let share = |total: u64| {
+            total.saturating_mul(u64::from(sender_count)) / u64::from(self.mailbox_quota.max(1))
+        };
+        crate::store::Quota {
+            count: self.mailbox_quota,
+            bytes: self.mailbox_bytes,
+            sender_count,
+            sender_bytes: share(self.mailbox_bytes),
         }
     }
 
@@ -137,6 +163,17 @@ impl Config {
         }
         if self.mailbox_quota == 0 {
             return Err(ConfigError("--mailbox-quota must be at least 1".into()));
+        }
+        if self.mailbox_sender_quota == 0 {
+            return Err(ConfigError(
+                "--mailbox-sender-quota must be at least 1".into(),
+            ));
+        }
+        let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES as u64;
+        if self.mailbox_quota().sender_bytes < largest {
+            return Err(ConfigError(format!(
+                "--mailbox-bytes must leave each sender room for one largest message ({largest} bytes)"
+            )));
         }
         Ok(())
     }

@@ -6,12 +6,12 @@
 //! `docs/scaling.md`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use lattice_protocol::{ClientId, MessageId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// An item on a session's outbound queue.
@@ -65,6 +65,11 @@ pub struct SessionShared {
     /// not empty, new notices go here too, so the last state of a peer is never overtaken by an
     /// older one. The session drains it after each written batch.
     pub presence_backlog: Mutex<HashMap<ClientId, Utf8Bytes>>,
+    /// Wakes the session when the presence lane has something.
+    pub presence_ready: Notify,
+    /// Live messages accepted for this (verified) peer and not acknowledged yet: queued or in
+    /// flight. Bounded by `INFLIGHT_WINDOW` at acceptance.
+    pub outstanding: AtomicUsize,
 }
 
 impl SessionShared {
@@ -290,6 +295,8 @@ mod tests {
             registered: AtomicBool::new(true),
             opened_ms: 0,
             presence_backlog: Mutex::default(),
+            presence_ready: Notify::new(),
+            outstanding: AtomicUsize::new(0),
         };
         (Arc::new(s), rx)
     }

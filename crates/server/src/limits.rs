@@ -51,8 +51,20 @@ pub const MAX_INVALID_FRAMES: u32 = 50;
 /// Window for [`MAX_INVALID_FRAMES`].
 pub const INVALID_WINDOW: Duration = Duration::from_secs(10);
 
-/// Messages kept for one offline peer. Past it senders get `MAILBOX_FULL`.
+/// Messages kept for one peer: its mailbox plus the live messages it has not acknowledged yet
+/// (those may come back to the mailbox when its connection drops, so they count from the moment
+/// they are accepted). Past it senders get `MAILBOX_FULL`.
 pub const MAILBOX_QUOTA: u32 = 1000;
+
+/// Bytes kept for one peer, counted like [`MAILBOX_QUOTA`] (frame sizes). 1000 ordinary messages
+/// (~3 KiB sealed) take 3 MiB; 16 MiB leaves room for long texts while one recipient can never
+/// cost the server's disk more than this, whatever the frames' size.
+pub const MAILBOX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Messages one sender may have waiting for one recipient (and the same share of
+/// [`MAILBOX_BYTES`]): a quarter, so one sender (or one sender per id an attacker registers) can
+/// never take a recipient's whole mailbox; at least four must fill it.
+pub const MAILBOX_SENDER_QUOTA: u32 = 250;
 
 /// How long an undelivered message is kept for an offline peer.
 pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -61,7 +73,10 @@ pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAILBOX_BATCH: usize = 64;
 
 /// Delivered-but-unacknowledged messages remembered per session, so that a connection dropping
-/// before the recipient acknowledged them does not lose them (they go back to the mailbox).
+/// before the recipient acknowledged them does not lose them (they go back to the mailbox). When a
+/// recipient has this many outstanding, further messages for it are stored in its mailbox (within
+/// the quota) instead of being sent live, so the window never overflows and nothing accepted is
+/// ever dropped from it.
 pub const INFLIGHT_WINDOW: usize = 512;
 
 /// How long a server question waits for its answer by default.

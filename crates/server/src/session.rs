@@ -44,7 +44,7 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::state::{unix_ms, ServerState};
-use crate::store::{Binding, EnqueueError, MailItem};
+use crate::store::{Binding, EnqueueError, Limit, MailItem};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -132,6 +132,8 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         registered: AtomicBool::new(false),
         opened_ms: now_ms,
         presence_backlog: std::sync::Mutex::default(),
+        presence_ready: tokio::sync::Notify::new(),
+        outstanding: std::sync::atomic::AtomicUsize::new(0),
     });
     state.sessions.insert(Arc::clone(&shared));
     let now = Instant::now();
@@ -364,7 +366,7 @@ impl Session {
                     }
                     ClientFrame::PeerResponse(r) => self.on_peer_response(&peer, r, rid),
                     ClientFrame::DebugQuestion(_) => self.on_debug_question(&peer, rid),
-                    ClientFrame::Ack(a) => self.on_ack(&peer, a),
+                    ClientFrame::Ack(a) => self.on_ack(&peer, &a),
                     ClientFrame::Register(_) | ClientFrame::Challenge(_) => {}
                 }
             }
@@ -657,32 +659,32 @@ impl Session {
         });
         let frame =
             lattice_protocol::fast::encode_delivered(envelope, &peer.id, timestamp, mid.as_ref());
-        let meta = match (&live, &mid) {
-            (Some(e), Some(m)) if e.verified => Some(Box::new(DeliverMeta {
-                message_id: m.clone(),
-                sender: peer.id.clone(),
-            })),
-            _ => None,
-        };
-        let status = match live {
-            Some(entry) => match entry.session.tx.try_send(Out::Deliver { frame: frame.into(), meta }) {
+        let status = match (live, mid) {
+            (Some(entry), Some(mid)) if entry.verified => {
+                let item = MailItem {
+                    message_id: mid,
+                    sender: peer.id.clone(),
+                    frame,
+                };
+                self.deliver_verified(&entry, &target, item)
+            }
+            (Some(entry), mid) => match entry.session.tx.try_send(Out::Deliver {
+                frame: frame.into(),
+                meta: None,
+            }) {
                 Ok(()) => {
                     Metrics::inc(&self.state.metrics.messages_delivered);
                     Ok(AckStatus::Delivered)
-                }
-                Err(mpsc::error::TrySendError::Full(out)) if entry.verified => {
-                    let frame = out_frame(out);
-                    let r = self.enqueue(&target, &peer.id, mid, frame);
-                    entry.session.notify_mail();
-                    r
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => Err((
                     ErrorType::MailboxFull,
                     format!("Peer {target} is not reading its messages fast enough; the message was not delivered"),
                 )),
-                Err(mpsc::error::TrySendError::Closed(out)) => self.offline(&target, &peer.id, mid, out_frame(out)),
+                Err(mpsc::error::TrySendError::Closed(out)) => {
+                    self.offline(&target, &peer.id, mid, out_frame(out))
+                }
             },
-            None => self.offline(&target, &peer.id, mid, frame),
+            (None, mid) => self.offline(&target, &peer.id, mid, frame),
         };
         match status {
             Ok(status) => {
@@ -697,6 +699,86 @@ impl Session {
                 }
             }
             Err((t, details)) => self.error(t, details, rid),
+        }
+    }
+
+    /// A message for an online verified peer. Room is reserved in its mailbox quota first (the
+    /// message comes back there if the peer drops before acknowledging it); then it is sent live,
+    /// or stored in the mailbox when the peer already has [`INFLIGHT_WINDOW`] messages outstanding
+    /// or its queue is full. Refused with `MAILBOX_FULL` only when there is no room at all, and
+    /// then before the sender was told anything else.
+    fn deliver_verified(
+        &mut self,
+        entry: &PeerEntry,
+        target: &ClientId,
+        item: MailItem,
+    ) -> Result<AckStatus, (ErrorType, String)> {
+        let quota = self.state.config.mailbox_quota();
+        let bytes = item.frame.len() as u64;
+        if let Err(e) = self
+            .state
+            .mailbox
+            .reserve(target, &item.sender, bytes, &quota)
+        {
+            return Err(self.refusal(target, e));
+        }
+        let outstanding = &entry.session.outstanding;
+        if outstanding.fetch_add(1, Ordering::AcqRel) >= INFLIGHT_WINDOW {
+            outstanding.fetch_sub(1, Ordering::AcqRel);
+            debug!(%target, "in-flight window full: stored in the mailbox");
+            let r = self.store_reserved(target, &item);
+            entry.session.notify_mail();
+            return r;
+        }
+        let meta = Box::new(DeliverMeta {
+            message_id: item.message_id.clone(),
+            sender: item.sender.clone(),
+        });
+        match entry.session.tx.try_send(Out::Deliver {
+            frame: item.frame.into(),
+            meta: Some(meta),
+        }) {
+            Ok(()) => {
+                Metrics::inc(&self.state.metrics.messages_delivered);
+                Ok(AckStatus::Delivered)
+            }
+            Err(mpsc::error::TrySendError::Full(out) | mpsc::error::TrySendError::Closed(out)) => {
+                outstanding.fetch_sub(1, Ordering::AcqRel);
+                let Some(item) = mail_item(out) else {
+                    return Err((
+                        ErrorType::InternalError,
+                        "The server lost track of the message; send it again".into(),
+                    ));
+                };
+                let r = self.store_reserved(target, &item);
+                entry.session.notify_mail();
+                r
+            }
+        }
+    }
+
+    /// Stores a message that holds a reservation; the sender's answer.
+    fn store_reserved(
+        &self,
+        target: &ClientId,
+        item: &MailItem,
+    ) -> Result<AckStatus, (ErrorType, String)> {
+        match self
+            .state
+            .mailbox
+            .store_reserved(target, item, self.state.config.mailbox_ttl)
+        {
+            Ok(()) => {
+                Metrics::inc(&self.state.metrics.messages_queued);
+                Ok(AckStatus::Queued)
+            }
+            Err(e) => {
+                warn!(error = %e, %target, "mailbox write failed");
+                Err((
+                    ErrorType::InternalError,
+                    "The server could not store the message; try again".into(),
+                ))
+            }
         }
     }
 
@@ -740,7 +822,7 @@ impl Session {
                 sender: sender.clone(),
                 frame,
             },
-            cfg.mailbox_quota,
+            &cfg.mailbox_quota(),
             cfg.mailbox_ttl,
         ) {
             Ok(()) => {
@@ -748,16 +830,43 @@ impl Session {
                 Metrics::inc(&self.state.metrics.messages_queued);
                 Ok(AckStatus::Queued)
             }
-            Err(EnqueueError::Full(_)) => Err((
-                ErrorType::MailboxFull,
-                format!("The mailbox of {target} is full"),
-            )),
-            Err(EnqueueError::Store(e)) => {
-                warn!(error = %e, "mailbox write failed");
-                Err((
+            Err(e) => Err(self.refusal(target, e)),
+        }
+    }
+
+    /// The sender's error for a message the mailbox cannot take.
+    fn refusal(&self, target: &ClientId, e: EnqueueError) -> (ErrorType, String) {
+        let cfg = &self.state.config;
+        let quota = cfg.mailbox_quota();
+        match e {
+            EnqueueError::Full { limit, .. } => {
+                debug!(%target, ?limit, "mailbox full: message refused");
+                let details = match limit {
+                    Limit::Count => format!(
+                        "The mailbox of {target} is full ({} messages waiting); the message was not accepted",
+                        quota.count
+                    ),
+                    Limit::Bytes => format!(
+                        "The mailbox of {target} is full ({} bytes waiting); the message was not accepted",
+                        quota.bytes
+                    ),
+                    Limit::SenderCount => format!(
+                        "You have {} messages waiting for {target}, the most one sender may; the message was not accepted",
+                        quota.sender_count
+                    ),
+                    Limit::SenderBytes => format!(
+                        "Your messages waiting for {target} take {} bytes, the most one sender may; the message was not accepted",
+                        quota.sender_bytes
+                    ),
+                };
+                (ErrorType::MailboxFull, details)
+            }
+            EnqueueError::Store(e) => {
+                warn!(error = %e, %target, "mailbox write failed");
+                (
                     ErrorType::InternalError,
                     "The server could not store the message; try again".into(),
-                ))
+                )
             }
         }
     }
@@ -790,15 +899,34 @@ impl Session {
         }
     }
 
-    fn on_ack(&mut self, peer: &PeerEntry, a: Ack) {
-        if let Some(pos) = self
+    /// Forgets an acknowledged message. Message ids are the senders' choice, so the message is
+    /// named by (sender, id): `fromId` when the ack carries it; without it, only an id that no
+    /// other sender used is forgotten (an ambiguous ack forgets nothing: at least once).
+    fn on_ack(&mut self, peer: &PeerEntry, a: &Ack) {
+        let matches = |m: &DeliverMeta| {
+            m.message_id == a.message_id && a.from_id.as_ref().is_none_or(|f| *f == m.sender)
+        };
+        let mut found = self
             .inflight
             .iter()
-            .position(|(m, _)| m.message_id == a.message_id)
-        {
-            self.inflight.remove(pos);
+            .enumerate()
+            .filter(|(_, (m, _))| matches(m));
+        let pos = match (found.next(), found.next()) {
+            (Some((pos, _)), None) => Some(pos),
+            (Some((pos, _)), Some(_)) if a.from_id.is_some() => Some(pos),
+            _ => None,
+        };
+        if let Some((meta, frame)) = pos.and_then(|p| self.inflight.remove(p)) {
+            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.state
+                .mailbox
+                .release(&peer.id, &meta.sender, frame.len() as u64);
         } else if peer.verified {
-            if let Err(e) = self.state.mailbox.remove(&peer.id, &a.message_id) {
+            if let Err(e) = self
+                .state
+                .mailbox
+                .remove(&peer.id, a.from_id.as_ref(), &a.message_id)
+            {
                 warn!(error = %e, "mailbox delete failed");
             }
         }
@@ -841,13 +969,15 @@ impl Session {
             match out {
                 Out::Frame(t) => self.replies.push(Message::Text(t)),
                 Out::Deliver { frame, meta } => {
-                    if let (true, Some(meta)) = (verified, meta) {
-                        // Tracked before the write, so a failed write still spills it.
+                    if let Some(meta) = meta {
+                        // Tracked before the write, so a failed write still spills it. The
+                        // window cannot overflow: acceptance stops at INFLIGHT_WINDOW
+                        // outstanding (`deliver_verified`). Should it ever, the oldest goes to
+                        // the mailbox under its reservation, never dropped.
                         self.inflight.push_back((meta, frame.clone()));
                         if self.inflight.len() > INFLIGHT_WINDOW {
-                            // A peer that acks slowly (or never): the oldest unacknowledged
-                            // message goes to the mailbox rather than out of memory unprotected.
                             if let Some(oldest) = self.inflight.pop_front() {
+                                self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                                 self.keep_undelivered(&[oldest]);
                             }
                         }
@@ -945,8 +1075,9 @@ impl Session {
 }
 
 impl Session {
-    /// Puts delivered-but-unacknowledged messages back into this peer's mailbox. They were
-    /// accepted, so the quota does not apply. Returns how many were kept.
+    /// Puts delivered-but-unacknowledged messages back into this peer's mailbox, under the
+    /// reservations made when they were accepted (so within the quota by construction). Returns
+    /// how many were kept.
     fn keep_undelivered(&self, items: &[(Box<DeliverMeta>, Utf8Bytes)]) -> usize {
         let Some(peer) = &self.peer else { return 0 };
         let mut kept = 0;
@@ -956,12 +1087,11 @@ impl Session {
                 sender: meta.sender.clone(),
                 frame: frame.to_string(),
             };
-            match self.state.mailbox.enqueue(
-                &peer.id,
-                &item,
-                u32::MAX,
-                self.state.config.mailbox_ttl,
-            ) {
+            match self
+                .state
+                .mailbox
+                .store_reserved(&peer.id, &item, self.state.config.mailbox_ttl)
+            {
                 Ok(()) => kept += 1,
                 Err(e) => {
                     warn!(error = %e, message_id = %item.message_id, "could not keep an undelivered message")
@@ -969,6 +1099,21 @@ impl Session {
             }
         }
         kept
+    }
+}
+
+/// The mailbox item of a delivery to a verified peer.
+fn mail_item(out: Out) -> Option<MailItem> {
+    match out {
+        Out::Deliver {
+            frame,
+            meta: Some(meta),
+        } => Some(MailItem {
+            message_id: meta.message_id,
+            sender: meta.sender,
+            frame: frame.to_string(),
+        }),
+        _ => None,
     }
 }
 
