@@ -41,11 +41,14 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 20_000;
 
 /// Default per-connection rate limit, frames per second (burst: twice this). Generous for a person
-/// typing, low enough that one socket cannot monopolise a core.
+/// typing, low enough that one socket cannot monopolise a core. A connection over its rate is
+/// paced, not refused: the server stops reading that socket until the bucket refills, so the
+/// sender's own TCP window pushes back and nothing it sent is dropped.
 pub const RATE_LIMIT: u32 = 200;
 
 /// Invalid frames tolerated from one connection within [`INVALID_WINDOW`]; past it the connection is
-/// closed with 1008 (policy violation). Each invalid frame before that gets an `error`.
+/// closed with 1008 (policy violation). Each invalid frame before that gets an `error`. Sending
+/// fast is not invalid: the rate limit paces instead.
 pub const MAX_INVALID_FRAMES: u32 = 50;
 
 /// Window for [`MAX_INVALID_FRAMES`].

@@ -13,10 +13,28 @@
 //! - an **unverified** recipient (an original client, which has no mailbox) is not sent the message
 //!   and the sender gets `MAILBOX_FULL`; nothing is buffered beyond the queue.
 //!
-//! ## No accepted message is lost
-//! Messages handed to a verified peer stay in an in-flight window until it sends `ack`. When the
-//! connection ends for any reason (drop, idle, replacement, shutdown) every unacknowledged message,
-//! and whatever was still queued, goes back to the mailbox and is delivered on the next
+//! Presence notices never use that queue: they have their own lane, coalesced to the latest state
+//! per peer ([`crate::hub::SessionShared::send_presence`]), so they can never take a message's place.
+//!
+//! ## Fast senders are paced, not refused
+//! With `--rate-limit`, each connection has a token bucket (rate per second, burst twice that). A
+//! connection with no token left is simply not read until one refills: the frames wait in the
+//! sender's socket, its TCP window closes, and its own writes slow down. Every frame read is
+//! handled; none is dropped, none counts as invalid, and a connection is never closed for being
+//! fast. Other connections are not affected (each session is its own task).
+//!
+//! ## No accepted message is lost, and none is accepted without room
+//! A message for a verified recipient is counted against the recipient's mailbox quota (count,
+//! bytes, and this sender's share) *before* the sender is told it was accepted: stored in the
+//! mailbox, or, for a live delivery, as a reservation ([`crate::store::Mailbox::reserve`]). A
+//! recipient has at most [`INFLIGHT_WINDOW`] live messages outstanding; beyond that, messages go to
+//! its mailbox (within the quota). When there is no room the sender gets `MAILBOX_FULL` with its
+//! `requestId` and no `message_ack`, so it knows the message was not taken.
+//!
+//! Live messages stay in the in-flight window until the recipient sends `ack`, which releases the
+//! reservation. When the connection ends for any reason (drop, idle, replacement, shutdown) every
+//! unacknowledged message, and whatever was still queued, is stored in the mailbox under its
+//! reservation (so this never needs room that was not counted) and delivered on the next
 //! registration. Delivery is therefore at least once; clients deduplicate by `messageId`.
 
 use std::collections::VecDeque;
@@ -73,30 +91,46 @@ const WRITE_BATCH: usize = 64;
 /// How long a closing connection waits for the peer's Close.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
-struct TokenBucket {
+/// The per-connection rate limit: `rate` tokens per second, at most `2 × rate` saved up. A frame
+/// costs one token; without one, the session stops reading until [`TokenBucket::ready_at`].
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
     rate: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    fn new(rate: u32, now: Instant) -> Option<Self> {
+    pub(crate) fn new(rate: u32, now: Instant) -> Option<Self> {
         (rate > 0).then(|| Self {
             rate: f64::from(rate),
             tokens: f64::from(rate) * 2.0,
             last: now,
         })
     }
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
+    }
+    /// True if a frame may be read now.
+    pub(crate) fn available(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+    /// Pays for one frame that was read (the balance may go below zero only if reading did not
+    /// ask [`Self::available`] first; it is then paid back by waiting longer).
+    pub(crate) fn take(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+    /// When the next token is there (`now` if it already is).
+    pub(crate) fn ready_at(&mut self, now: Instant) -> Instant {
+        self.refill(now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+            return now;
         }
+        now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
     }
 }
 
@@ -175,6 +209,17 @@ enum Flow {
 impl Session {
     async fn serve(&mut self, mut ws: WebSocket) {
         let flow = loop {
+            // Pacing: with no token left, the socket is not read until one refills.
+            let now = Instant::now();
+            let paused_until = self
+                .bucket
+                .as_mut()
+                .map(|b| b.ready_at(now))
+                .filter(|t| *t > now);
+            if paused_until.is_some() {
+                Metrics::inc(&self.state.metrics.rate_limited);
+            }
+            let resume = tokio::time::Instant::from_std(paused_until.unwrap_or(now));
             let flow = tokio::select! {
                 biased;
                 () = self.shared.kill.cancelled() => {
@@ -189,7 +234,9 @@ impl Session {
                 // The handlers are boxed so that an idle connection's task holds only this small
                 // select state, not the largest handler's: memory per idle connection is a target.
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
-                msg = ws.next() => Box::pin(self.read(&mut ws, msg)).await,
+                () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
+                msg = ws.next(), if paused_until.is_none() => Box::pin(self.read(&mut ws, msg)).await,
+                () = tokio::time::sleep_until(resume), if paused_until.is_some() => Flow::Continue,
                 () = std::future::ready(()), if self.draining => Box::pin(self.drain_mailbox(&mut ws)).await,
             };
             match flow {
@@ -230,6 +277,9 @@ impl Session {
         let mut next = first;
         let mut handled = 0;
         loop {
+            if let Some(bucket) = &mut self.bucket {
+                bucket.take(Instant::now());
+            }
             match next {
                 None => return Flow::Gone,
                 Some(Err(e)) => return self.transport_error(e),
@@ -245,6 +295,12 @@ impl Session {
             // handled, never dropped at the end of a batch.
             if handled >= READ_BATCH {
                 break;
+            }
+            // Nor when the rate limit says to wait: the frame stays in the socket.
+            if let Some(bucket) = &mut self.bucket {
+                if !bucket.available(Instant::now()) {
+                    break;
+                }
             }
             match ws.next().now_or_never() {
                 Some(m) => next = m,
@@ -309,20 +365,6 @@ impl Session {
     }
 
     fn on_text(&mut self, text: &str) -> Option<Flow> {
-        if let Some(bucket) = &mut self.bucket {
-            if !bucket.take(Instant::now()) {
-                Metrics::inc(&self.state.metrics.rate_limited);
-                self.error(
-                    ErrorType::RateLimited,
-                    format!(
-                        "Rate limit of {} frames per second exceeded; frame dropped",
-                        self.state.config.rate_limit
-                    ),
-                    None,
-                );
-                return self.count_invalid();
-            }
-        }
         // Hot path: a `message` frame from a registered peer, envelope borrowed from `text`.
         if let Some(peer) = &self.peer {
             if let Some(m) = lattice_protocol::fast::decode_message_ref(text) {
@@ -999,6 +1041,11 @@ impl Session {
         if self.shared.mail_waiting.swap(false, Ordering::AcqRel) && verified {
             self.draining = true;
         }
+        self.flush_replies(ws).await
+    }
+
+    /// Writes the presence lane.
+    async fn write_presence(&mut self, ws: &mut WebSocket) -> Flow {
         for frame in self.shared.take_presence_backlog() {
             self.replies.push(Message::Text(frame));
         }
@@ -1127,4 +1174,37 @@ fn out_frame(out: Out) -> String {
 fn server_message_id() -> MessageId {
     let id = format!("srv-{}", uuid::Uuid::new_v4());
     MessageId::new(id).unwrap_or_else(|e| unreachable!("a UUID is a valid message id: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pacing arithmetic, on a synthetic clock (no sleeping, no timing assertions).
+    #[test]
+    fn the_token_bucket_paces_instead_of_refusing() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, t0).unwrap();
+        // the burst: twice the rate
+        for _ in 0..20 {
+            assert!(b.available(t0));
+            b.take(t0);
+        }
+        assert!(!b.available(t0));
+        // the next token is due a tenth of a second later, and is there then
+        let due = b.ready_at(t0);
+        assert!(due > t0 + Duration::from_millis(99) && due <= t0 + Duration::from_millis(101));
+        assert!(b.available(due));
+        b.take(due);
+        // a long pause refills the burst, never more
+        let later = due + Duration::from_secs(3600);
+        for _ in 0..20 {
+            assert!(b.available(later));
+            b.take(later);
+        }
+        assert!(!b.available(later));
+        // a clock that does not move forward never adds tokens
+        assert!(!b.available(t0));
+        assert!(TokenBucket::new(0, t0).is_none(), "0 turns the limit off");
+    }
 }

@@ -13,6 +13,12 @@ use lattice_server::Config;
 use serde_json::{json, Value};
 use support::*;
 
+/// A register frame for `id` with an already-encoded ML-KEM key (unverified, original style).
+fn unverified_register(id: &str, key: &Value) -> Value {
+    json!({"type":"register","payload":{"clientId":id,"publicKey":key,
+        "verification":{"algorithm":"ml-dsa","serializedPublicKey":"AA==","serializedMessage":"AA==","serializedSignedData":"AA=="}}})
+}
+
 /// Reads until a `message_ack` or `error` answering `rid`, skipping presence.
 async fn answer_to(c: &mut Client, rid: &str) -> Value {
     loop {
@@ -285,5 +291,92 @@ async fn an_ack_removes_only_the_named_senders_message() {
         d["requestId"], "d",
         "nothing else was waiting before the answer"
     );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6b. Presence never takes a message's place
+
+/// Attack: a storm of register/disconnect cycles with long ids (the review's 12,000) while a
+/// subscribed peer is slow to read (a small socket buffer it does not drain, so its connection
+/// backs up, as a phone on a bad link does). Asserts: a message from a quiet peer to it is still
+/// accepted (`delivered`, never `MAILBOX_FULL`), and arrives once it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_storm_never_takes_a_messages_place() {
+    let server = spawn_with(Config {
+        outbound_queue: 8,
+        ..Config::for_tests()
+    })
+    .await;
+    let url = server.url();
+    let (mut alice, _) = register_unverified(&url, "alice").await;
+    // bob: a tiny receive buffer, so the server's writes to him block once he stops reading
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(server.local_addr()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        url.as_str(),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut bob = Client { ws };
+    let key = json!(kem_key(&new_identity()));
+    bob.send(unverified_register("bob", &key)).await;
+    bob.recv_type("register").await;
+    bob.request(json!({"type":"discover","payload":{}}), "discover")
+        .await;
+    // bob asks for more than the socket buffers hold (1500 keys of ~4.5 KB) and reads nothing:
+    // his connection backs up and the server's writes to him wait
+    for _ in 0..1500 {
+        bob.send(json!({"type":"request_public_key","payload":{"targetId":"alice"}}))
+            .await;
+    }
+    // the storm
+    let storm: Vec<_> = (0..4)
+        .map(|t| {
+            let url = url.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let id = format!("storm-{t}-{i:04}-{}", "s".repeat(40));
+                    let mut c = Client::connect(&url).await;
+                    c.send(unverified_register(&id, &key)).await;
+                    c.recv_type("register").await;
+                    let _ = c.ws.close(None).await;
+                }
+            })
+        })
+        .collect();
+    for s in storm {
+        s.await.unwrap();
+    }
+    // a quiet peer writes to bob while his connection is backed up with presence
+    for i in 0..3 {
+        let rid = format!("q{i}");
+        alice
+            .send(
+                json!({"type":"message","requestId":rid,"payload":{"targetId":"bob",
+            "messageId":format!("quiet-{i}"),"message":envelope("hello")}}),
+            )
+            .await;
+        let v = answer_to(&mut alice, &rid).await;
+        assert_eq!(
+            v["type"], "message_ack",
+            "presence took the message's place: {v}"
+        );
+        assert_eq!(v["payload"]["status"], "delivered");
+    }
+    let mut got = HashSet::new();
+    for _ in 0..50_000 {
+        if got.len() == 3 {
+            break;
+        }
+        let v = bob.recv().await;
+        if v["type"] == "message" {
+            got.insert(v["payload"]["messageId"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(got.len(), 3, "every message arrived");
     server.shutdown().await;
 }
