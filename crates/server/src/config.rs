@@ -49,6 +49,16 @@ pub struct Config {
     #[arg(long, env = "LATTICE_MAILBOX_SENDER_QUOTA", default_value_t = limits::MAILBOX_SENDER_QUOTA)]
     pub mailbox_sender_quota: u32,
 
+    /// Registrations one source address (IPv6: one /64) may hold at once; 0 turns the limit off.
+    #[arg(long, env = "LATTICE_MAX_REGISTRATIONS_PER_IP",
+          default_value_t = limits::MAX_REGISTRATIONS_PER_IP)]
+    pub max_registrations_per_ip: usize,
+
+    /// Apply --max-registrations-per-ip to loopback addresses too. Off by default: behind a
+    /// reverse proxy on the same host every client arrives from 127.0.0.1.
+    #[arg(long, env = "LATTICE_LIMIT_LOOPBACK")]
+    pub limit_loopback: bool,
+
     /// Seconds an undelivered message is kept.
     #[arg(long = "mailbox-ttl", env = "LATTICE_MAILBOX_TTL", value_parser = parse_secs,
           default_value = "604800")]
@@ -92,6 +102,8 @@ impl Default for Config {
             mailbox_quota: limits::MAILBOX_QUOTA,
             mailbox_bytes: limits::MAILBOX_BYTES,
             mailbox_sender_quota: limits::MAILBOX_SENDER_QUOTA,
+            max_registrations_per_ip: limits::MAX_REGISTRATIONS_PER_IP,
+            limit_loopback: false,
             mailbox_ttl: limits::MAILBOX_TTL,
             question_timeout: limits::QUESTION_TIMEOUT,
             ping_interval: limits::PING_INTERVAL,

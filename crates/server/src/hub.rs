@@ -154,6 +154,8 @@ pub trait Hub: Send + Sync + std::fmt::Debug {
     fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>>;
     /// Every online id, sorted.
     fn online(&self) -> Vec<ClientId>;
+    /// Up to `limit` online ids after `after` (all if `None`), sorted; true if more follow.
+    fn online_page(&self, after: Option<&ClientId>, limit: usize) -> (Vec<ClientId>, bool);
     /// Sends `frame`, a presence notice about `about`, to every subscribed peer but `about`
     /// itself. Never blocks: a full queue coalesces it (see [`SessionShared::send_presence`]).
     fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId);
@@ -221,6 +223,23 @@ impl Hub for LocalHub {
         let mut ids: Vec<ClientId> = self.read().keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    fn online_page(&self, after: Option<&ClientId>, limit: usize) -> (Vec<ClientId>, bool) {
+        let mut ids: Vec<ClientId> = self
+            .read()
+            .keys()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .cloned()
+            .collect();
+        let more = ids.len() > limit;
+        if more {
+            // Only the first `limit` need sorting among themselves.
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort();
+        (ids, more)
     }
 
     fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId) {

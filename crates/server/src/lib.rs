@@ -175,6 +175,7 @@ fn build_state(
         started: Instant::now(),
         shutdown,
         tasks: TaskTracker::new(),
+        addresses: state::AddressSlots::default(),
         config,
     }))
 }

@@ -82,6 +82,15 @@ pub const MAILBOX_BATCH: usize = 64;
 /// ever dropped from it.
 pub const INFLIGHT_WINDOW: usize = 512;
 
+/// Default cap on registrations held at once by one source address (an IPv6 address counts by its
+/// /64, what one subscriber usually gets). Enough for a household or an office behind NAT; with
+/// it, filling `discover` or the presence fan-out takes thousands of addresses, not one script.
+pub const MAX_REGISTRATIONS_PER_IP: usize = 64;
+
+/// IPv6 addresses are grouped by this prefix length for [`MAX_REGISTRATIONS_PER_IP`]: a single
+/// host typically controls a whole /64.
+pub const IPV6_GROUP_PREFIX: u32 = 64;
+
 /// How long a server question waits for its answer by default.
 pub const QUESTION_TIMEOUT: Duration = Duration::from_secs(300);
 

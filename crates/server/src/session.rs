@@ -38,7 +38,7 @@
 //! registration. Delivery is therefore at least once; clients deduplicate by `messageId`.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -47,11 +47,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use base64::Engine as _;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use lattice_crypto::{IdentityPublicKey, KemPublicKey};
-use lattice_protocol::limits::{CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN};
+use lattice_protocol::limits::{
+    CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN, MAX_DISCOVER_PEERS,
+};
 use lattice_protocol::{
-    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, ErrorType, Frame, FrameBody as _,
-    MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField, PublicKeyResponse, Register,
-    Registered, RequestId, RequestPublicKey, ServerFrame, Verification,
+    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, Discover, ErrorType, Frame,
+    FrameBody as _, MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField,
+    PublicKeyResponse, Register, Registered, RequestId, RequestPublicKey, ServerFrame,
+    Verification,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument as _};
@@ -141,6 +144,10 @@ struct Session {
     peer: Option<Arc<PeerEntry>>,
     challenge: Option<([u8; CHALLENGE_NONCE_LEN], Instant)>,
     bucket: Option<TokenBucket>,
+    /// The peer's address (for the per-address registration limit) and whether this session
+    /// holds one of its slots.
+    remote_ip: IpAddr,
+    ip_slot: bool,
     invalid_count: u32,
     invalid_since: Instant,
     /// Live messages written but not acknowledged (verified peers only), oldest first.
@@ -173,6 +180,8 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
     let now = Instant::now();
     let mut session = Session {
         bucket: TokenBucket::new(state.config.rate_limit, now),
+        remote_ip: remote.ip(),
+        ip_slot: false,
         state: Arc::clone(&state),
         shared,
         rx,
@@ -401,7 +410,7 @@ impl Session {
                     return None;
                 };
                 match other {
-                    ClientFrame::Discover(_) => self.on_discover(&peer, rid),
+                    ClientFrame::Discover(d) => self.on_discover(&peer, d, rid),
                     ClientFrame::RequestPublicKey(r) => self.on_request_public_key(r, rid),
                     ClientFrame::Message(m) => {
                         self.on_message(&peer, m.target_id, m.message.get(), m.message_id, rid);
@@ -500,6 +509,27 @@ impl Session {
         Ok((*ik.as_bytes(), key_sig))
     }
 
+    /// Takes one of this address's registration slots (`--max-registrations-per-ip`); true if
+    /// the limit allows this registration.
+    fn acquire_ip_slot(&mut self) -> bool {
+        let cfg = &self.state.config;
+        let exempt = self.remote_ip.is_loopback() && !cfg.limit_loopback;
+        if cfg.max_registrations_per_ip == 0 || exempt {
+            return true;
+        }
+        self.ip_slot = self
+            .state
+            .addresses
+            .acquire(self.remote_ip, cfg.max_registrations_per_ip);
+        self.ip_slot
+    }
+
+    fn release_ip_slot(&mut self) {
+        if std::mem::take(&mut self.ip_slot) {
+            self.state.addresses.release(self.remote_ip);
+        }
+    }
+
     fn on_register(&mut self, r: Register, rid: Option<RequestId>) {
         if let Some(peer) = &self.peer {
             if peer.id == r.client_id {
@@ -581,9 +611,21 @@ impl Session {
         // A verified registration of the same identity replaces a stale connection at once.
         let replace =
             |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        if !self.acquire_ip_slot() {
+            let max = self.state.config.max_registrations_per_ip;
+            info!(ip = %self.remote_ip, max, "registration refused: address limit");
+            return self.error(
+                ErrorType::TooManyRegistrations,
+                format!("This address already holds {max} registrations, the most the server allows; close one first"),
+                rid,
+            );
+        }
         let replaced = match self.state.hub.claim(Arc::clone(&entry), &replace) {
             Ok(old) => old,
-            Err(ClaimError::Taken) => return self.error(ErrorType::ClientIdTaken, taken, rid),
+            Err(ClaimError::Taken) => {
+                self.release_ip_slot();
+                return self.error(ErrorType::ClientIdTaken, taken, rid);
+            }
         };
         // The replaced connection (same identity) is closed before anything can fail, so a
         // failure below never leaves it open but unreachable.
@@ -605,6 +647,7 @@ impl Session {
                 if let Err(e) = self.state.directory.put(&id, &new) {
                     warn!(error = %e, "directory write failed");
                     self.state.hub.release(&id, self.shared.conn_id);
+                    self.release_ip_slot();
                     return self.error(
                         ErrorType::InternalError,
                         "The server could not store the registration; try again",
@@ -634,13 +677,21 @@ impl Session {
         }
     }
 
-    fn on_discover(&mut self, peer: &PeerEntry, rid: Option<RequestId>) {
+    /// One page of online ids, at most [`MAX_DISCOVER_PEERS`], so the answer stays within
+    /// `MAX_DISCOVER_ANSWER_BYTES` however many peers are online. A plain `discover` (original
+    /// clients) gets the first page; `more` and `cursor` say how to ask for the next.
+    fn on_discover(&mut self, peer: &PeerEntry, d: Discover, rid: Option<RequestId>) {
         peer.subscribed.store(true, Ordering::Release);
-        let peers = self.state.hub.online();
+        let (peers, more) = self
+            .state
+            .hub
+            .online_page(d.cursor.as_ref(), MAX_DISCOVER_PEERS);
+        let cursor = if more { peers.last().cloned() } else { None };
         self.reply(
             ServerFrame::Peers(Peers {
                 peers,
-                ..Peers::default()
+                more,
+                cursor,
             }),
             rid,
         );
@@ -1091,6 +1142,7 @@ impl Session {
         let Some(peer) = self.peer.clone() else {
             return;
         };
+        self.release_ip_slot();
         let released = self.state.hub.release(&peer.id, self.shared.conn_id);
         if peer.verified {
             let mut spill: Vec<(Box<DeliverMeta>, Utf8Bytes)> = self.inflight.drain(..).collect();

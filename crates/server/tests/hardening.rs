@@ -9,9 +9,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use lattice_protocol::limits::{MAX_DISCOVER_ANSWER_BYTES, MAX_DISCOVER_PEERS, MAX_ID_LEN};
 use lattice_server::Config;
 use serde_json::{json, Value};
 use support::*;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A register frame for `id` with an already-encoded ML-KEM key (unverified, original style).
 fn unverified_register(id: &str, key: &Value) -> Value {
@@ -167,6 +169,128 @@ async fn the_byte_quota_counts_live_unacknowledged_messages() {
         back.insert(m["payload"]["messageId"].as_str().unwrap().to_owned());
     }
     assert_eq!(back, accepted);
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. discover and registrations per address
+
+/// Attack: more registrations with the longest ids than one `discover` answer may list (the
+/// review's 4,300 × 64-character ids made a 288 KB answer). Asserts: a plain `discover` (what an
+/// original client sends) gets a valid answer of the original shape with the first
+/// `MAX_DISCOVER_PEERS` ids, under `MAX_DISCOVER_ANSWER_BYTES`, plus `more`/`cursor`; paging with
+/// the cursor lists every id exactly once.
+#[tokio::test]
+async fn discover_stays_under_the_frame_limit_with_many_long_ids_and_pages() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let key = json!(kem_key(&new_identity()));
+    let total = MAX_DISCOVER_PEERS + 60;
+    let mut clients = Vec::with_capacity(total);
+    let mut ids = HashSet::new();
+    for i in 0..total {
+        let id = format!("{i:05}{}", "x".repeat(MAX_ID_LEN - 5));
+        let mut c = Client::connect(&url).await;
+        c.send(unverified_register(&id, &key)).await;
+        let r = c.recv_type("register").await;
+        assert_eq!(r["payload"]["success"], true, "{r}");
+        ids.insert(id);
+        clients.push(c);
+    }
+    let asker = clients.last_mut().unwrap();
+    asker.send_text(r#"{"type":"discover","payload":{}}"#).await;
+    let raw = loop {
+        let msg = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut asker.ws))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            if t.starts_with(r#"{"type":"discover""#) {
+                break t.to_string();
+            }
+        }
+    };
+    assert!(
+        raw.len() <= MAX_DISCOVER_ANSWER_BYTES,
+        "{} bytes > {MAX_DISCOVER_ANSWER_BYTES}",
+        raw.len()
+    );
+    let first: Value = serde_json::from_str(&raw).unwrap();
+    let page = first["payload"]["peers"].as_array().unwrap();
+    assert_eq!(page.len(), MAX_DISCOVER_PEERS);
+    assert_eq!(first["payload"]["more"], true);
+    let mut seen: Vec<String> = page
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    let mut cursor = first["payload"]["cursor"].clone();
+    assert_eq!(cursor.as_str(), seen.last().map(String::as_str));
+    for _ in 0..10 {
+        if cursor.is_null() {
+            break;
+        }
+        let next = asker
+            .request(
+                json!({"type":"discover","payload":{"cursor":cursor},"requestId":"page"}),
+                "discover",
+            )
+            .await;
+        assert!(next.to_string().len() <= MAX_DISCOVER_ANSWER_BYTES);
+        seen.extend(
+            next["payload"]["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_owned()),
+        );
+        cursor = next["payload"]["cursor"].clone();
+    }
+    assert!(cursor.is_null(), "the last page says there is no more");
+    assert_eq!(seen.len(), total, "no id twice");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
+    drop(clients);
+    server.shutdown().await;
+}
+
+/// Attack: one address registers more ids than allowed. Asserts: the extra registration gets
+/// `TOO_MANY_REGISTRATIONS` with its `requestId`; once one of that address's connections closes,
+/// a registration succeeds again.
+#[tokio::test]
+async fn registrations_per_address_are_limited() {
+    let server = spawn_with(Config {
+        max_registrations_per_ip: 3,
+        limit_loopback: true,
+        ..Config::for_tests()
+    })
+    .await;
+    let url = server.url();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(register_unverified(&url, &format!("p{i}")).await.0);
+    }
+    let key = json!(kem_key(&new_identity()));
+    let mut extra = Client::connect(&url).await;
+    let mut frame = unverified_register("p3", &key);
+    frame["requestId"] = json!("reg-3");
+    extra.send(frame.clone()).await;
+    let e = extra.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "TOO_MANY_REGISTRATIONS", "{e}");
+    assert_eq!(e["requestId"], "reg-3");
+    // one slot freed (the server notices the close asynchronously: bounded retries)
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..100 {
+        extra.send(frame.clone()).await;
+        let v = extra.recv().await;
+        if v["type"] == "register" {
+            ok = true;
+            break;
+        }
+        assert_eq!(v["payload"]["errorType"], "TOO_MANY_REGISTRATIONS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a freed slot can be used again");
     server.shutdown().await;
 }
 
