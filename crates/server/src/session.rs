@@ -1144,6 +1144,11 @@ impl Session {
         };
         self.release_ip_slot();
         let released = self.state.hub.release(&peer.id, self.shared.conn_id);
+        if released {
+            // Nobody holds the id any more: its demo conversations can never be answered. (A
+            // connection replaced by the same identity keeps them for the new one.)
+            self.state.questions.forget_demos(&peer.id);
+        }
         if peer.verified {
             let mut spill: Vec<(Box<DeliverMeta>, Utf8Bytes)> = self.inflight.drain(..).collect();
             while let Ok(out) = self.rx.try_recv() {

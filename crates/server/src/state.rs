@@ -46,6 +46,8 @@ pub struct ServerState {
     pub tasks: TaskTracker,
     /// Registrations held per source address.
     pub addresses: AddressSlots,
+    /// Failed admin authentications per source address.
+    pub admin_guard: crate::http::AdminGuard,
 }
 
 /// Registrations held per source address (IPv6 grouped by its /64), for
