@@ -228,7 +228,13 @@ impl Session {
             if paused_until.is_some() {
                 Metrics::inc(&self.state.metrics.rate_limited);
             }
-            let resume = tokio::time::Instant::from_std(paused_until.unwrap_or(now));
+            // The timer exists only while paused: select! builds every branch's future on every
+            // turn, and an unpaused connection (nearly all of them) should not pay for a Sleep.
+            let resume = async move {
+                if let Some(t) = paused_until {
+                    Box::pin(tokio::time::sleep_until(t.into())).await;
+                }
+            };
             let flow = tokio::select! {
                 biased;
                 () = self.shared.kill.cancelled() => {
@@ -245,7 +251,7 @@ impl Session {
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
                 () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
                 msg = ws.next(), if paused_until.is_none() => Box::pin(self.read(&mut ws, msg)).await,
-                () = tokio::time::sleep_until(resume), if paused_until.is_some() => Flow::Continue,
+                () = resume, if paused_until.is_some() => Flow::Continue,
                 () = std::future::ready(()), if self.draining => Box::pin(self.drain_mailbox(&mut ws)).await,
             };
             match flow {
