@@ -107,6 +107,7 @@ pub struct Questions {
     // std Mutex: each call is a short map update; nothing awaits while holding it.
     inner: Mutex<Inner>,
     timeout: Duration,
+    demo_lifetime: Duration,
 }
 
 /// A question ready to send, and the receiver for admin-driven ones.
@@ -193,6 +194,7 @@ impl Questions {
         Self {
             inner: Mutex::new(Inner::default()),
             timeout,
+            demo_lifetime: DEMO_LIFETIME,
         }
     }
 
@@ -413,7 +415,7 @@ impl Questions {
         let state = {
             let mut inner = self.lock();
             let conv = inner.conversations.get_mut(conversation)?;
-            if conv.started.elapsed() >= DEMO_LIFETIME {
+            if conv.started.elapsed() >= self.demo_lifetime {
                 // The demo has run its course, whatever the answer: no further round.
                 return None;
             }
@@ -589,6 +591,19 @@ mod tests {
         q.start_demo(&id("bob")).unwrap();
         q.forget_demos(&alice);
         q.start_demo(&alice).unwrap();
+    }
+
+    #[test]
+    fn a_demo_ends_after_its_lifetime_whatever_the_answers() {
+        let mut q = Questions::new(Duration::from_secs(60));
+        q.demo_lifetime = Duration::ZERO;
+        let alice = id("alice");
+        let r1 = q.start_demo(&alice).unwrap();
+        assert_eq!(
+            q.answer(&alice, &r1.question_id, &json!("Ada")).unwrap(),
+            None
+        );
+        assert_eq!(q.pending_count(), 0, "no further round is asked");
     }
 
     #[test]
