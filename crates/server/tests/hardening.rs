@@ -508,7 +508,7 @@ async fn a_presence_storm_never_takes_a_messages_place() {
             let url = url.clone();
             let key = key.clone();
             tokio::spawn(async move {
-                for i in 0..100 {
+                for i in 0..60 {
                     let id = format!("storm-{t}-{i:04}-{}", "s".repeat(40));
                     let mut c = Client::connect(&url).await;
                     c.send(unverified_register(&id, &key)).await;
