@@ -657,7 +657,7 @@ pub fn describe(e: &PeerError) -> String {
             }
             ErrorType::PeerNotFound => "That person is not known to the server.".into(),
             ErrorType::UnknownQuestion => "That question has expired.".into(),
-            ErrorType::RateLimited => "Slow down: the server is rate-limiting this connection.".into(),
+            ErrorType::RateLimited => "Too many requests like this one are open on the server; try again in a moment.".into(),
             ErrorType::MailboxFull => {
                 "Their mailbox on the server is full; try again later.".into()
             }

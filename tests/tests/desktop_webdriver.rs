@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 /// loaded 2-core machine).
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
-const ADMIN_TOKEN: &str = "e2e-admin-token";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdefghij";
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/e2e-desktop.sh"))

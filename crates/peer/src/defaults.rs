@@ -142,6 +142,11 @@ pub const NO_IDENTITY_KEY_TTL: Duration = Duration::from_secs(30);
 /// Senders whose lack of an identity key is remembered at once; the oldest finding goes first.
 pub const NO_IDENTITY_KEY_CACHE: usize = 1024;
 
+/// Pages of a `discover` answer that [`crate::MessagingPeer::discover_peers`] reads at most:
+/// 100 pages of 1000 ids, far more peers than one server holds, and a bound on what a server
+/// that always says "more" can make a client do.
+pub const DISCOVER_MAX_PAGES: usize = 100;
+
 /// Peers' fetched keys kept for sending and checking (about 1.2 KiB each). Bounded because any
 /// registered peer that messages us adds one; a key that fell out is fetched again.
 pub const KEY_CACHE: usize = 1024;

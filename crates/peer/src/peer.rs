@@ -380,25 +380,41 @@ impl MessagingPeer {
     ///
     /// # Errors
     /// As [`MessagingPeer::send_to_server_and_wait`].
+    ///
+    /// A server answers in pages of at most [`lattice_protocol::limits::MAX_DISCOVER_PEERS`] ids;
+    /// this asks for the next page until the last one (at most
+    /// [`defaults::DISCOVER_MAX_PAGES`] pages).
     pub async fn discover_peers(&self) -> Result<Vec<ClientId>, PeerError> {
         self.inner.discovered.store(true, Ordering::Relaxed);
-        let frame = self
-            .inner
-            .request(
-                Lane::Normal,
-                ClientFrame::Discover(Empty {}),
-                "discover",
-                WaitOptions::default(),
-            )
-            .await?;
-        match frame {
-            ServerFrame::Peers(p) => Ok(p
-                .peers
-                .into_iter()
-                .filter(|p| p != &self.inner.config.client_id)
-                .collect()),
-            other => Err(unexpected("discover", &other)),
+        let mut peers = Vec::new();
+        let mut cursor = None;
+        for _ in 0..defaults::DISCOVER_MAX_PAGES {
+            let frame = self
+                .inner
+                .request(
+                    Lane::Normal,
+                    ClientFrame::Discover(lattice_protocol::Discover {
+                        cursor: cursor.take(),
+                    }),
+                    "discover",
+                    WaitOptions::default(),
+                )
+                .await?;
+            let page = match frame {
+                ServerFrame::Peers(p) => p,
+                other => return Err(unexpected("discover", &other)),
+            };
+            peers.extend(
+                page.peers
+                    .into_iter()
+                    .filter(|p| p != &self.inner.config.client_id),
+            );
+            match (page.more, page.cursor) {
+                (true, Some(next)) => cursor = Some(next),
+                _ => break,
+            }
         }
+        Ok(peers)
     }
 
     /// Fetches `target`'s keys from the server. For a Lattice peer the `keySignature` is checked
@@ -532,7 +548,7 @@ impl MessagingPeer {
     /// use lattice_peer::WaitOptions;
     /// use lattice_protocol::{ClientFrame, Empty, ServerFrame};
     /// let answer = peer
-    ///     .send_to_server_and_wait(ClientFrame::Discover(Empty {}), "discover", WaitOptions::default().retries(2))
+    ///     .send_to_server_and_wait(ClientFrame::Discover(Default::default()), "discover", WaitOptions::default().retries(2))
     ///     .await?;
     /// assert!(matches!(answer, ServerFrame::Peers(_)));
     /// # Ok(()) }
@@ -744,8 +760,10 @@ impl Inner {
     /// After each registration: renew the presence subscription if the caller had discovered.
     pub(crate) fn after_registration(&self) {
         if self.discovered.load(Ordering::Relaxed) {
-            let frame =
-                Frame::with_request_id(ClientFrame::Discover(Empty {}), Some(new_request_id()));
+            let frame = Frame::with_request_id(
+                ClientFrame::Discover(Default::default()),
+                Some(new_request_id()),
+            );
             if let Err(e) = self.send_frame(Lane::Normal, frame) {
                 tracing::warn!(peer = %self.config.client_id, error = %e, "cannot renew the presence subscription");
             }
@@ -1048,10 +1066,12 @@ impl Inner {
         }
     }
 
-    /// Queues an `ack` for a processed message.
-    pub(crate) fn ack(&self, message_id: &MessageId) {
+    /// Queues an `ack` for a processed message, naming its sender: ids are chosen by senders,
+    /// so only (sender, messageId) names one message in the server's mailbox.
+    pub(crate) fn ack(&self, from: &ClientId, message_id: &MessageId) {
         let frame = Frame::new(ClientFrame::Ack(lattice_protocol::Ack {
             message_id: message_id.clone(),
+            from_id: Some(from.clone()),
         }));
         if let Err(e) = self.send_frame(Lane::Normal, frame) {
             tracing::debug!(peer = %self.config.client_id, error = %e, "ack not sent");

@@ -319,7 +319,7 @@ mod tests {
         RequestId::new(s).unwrap()
     }
     fn peers(req: Option<&str>) -> Frame<ServerFrame> {
-        Frame::with_request_id(ServerFrame::Peers(Peers { peers: vec![] }), req.map(rid))
+        Frame::with_request_id(ServerFrame::Peers(Peers::default()), req.map(rid))
     }
     fn error(req: Option<&str>) -> Frame<ServerFrame> {
         let at = std::time::SystemTime::now();

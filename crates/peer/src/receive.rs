@@ -162,7 +162,7 @@ pub(crate) async fn worker(
             }
         };
         if let (true, Some(id)) = (ack, &message_id) {
-            inner.ack(id);
+            inner.ack(&from, id);
         }
     }
 }
@@ -214,7 +214,7 @@ fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
     };
     let transient = reason.is_transient();
     if let (false, Some(id)) = (transient, &message_id) {
-        inner.ack(id);
+        inner.ack(&from, id);
     }
     if report {
         tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");

@@ -15,7 +15,7 @@ use lattice_peer::{
     ConnectionState, ErrorAction, MemoryReplayStore, MessagingPeer, PeerConfig, PeerError,
     PeerEvent, RejectReason, ReplayStore as _, WaitOptions,
 };
-use lattice_protocol::{ClientFrame, Empty, ErrorType, RequestPublicKey, ServerFrame};
+use lattice_protocol::{ClientFrame, ErrorType, RequestPublicKey, ServerFrame};
 use serde_json::{json, Value};
 use support::fake::{error_frame, key_payload, FakeConn, FakeServer, B64};
 use support::*;
@@ -90,7 +90,7 @@ fn discover(
 ) -> tokio::task::JoinHandle<Result<ServerFrame, PeerError>> {
     let p = peer.clone();
     tokio::spawn(async move {
-        p.send_to_server_and_wait(ClientFrame::Discover(Empty {}), "discover", opts)
+        p.send_to_server_and_wait(ClientFrame::Discover(Default::default()), "discover", opts)
             .await
     })
 }
@@ -300,7 +300,7 @@ async fn frames_without_request_id_match_by_type_and_filter() {
     // An unknown expected type is refused before sending.
     let err = peer
         .send_to_server_and_wait(
-            ClientFrame::Discover(Empty {}),
+            ClientFrame::Discover(Default::default()),
             "no_such_type",
             WaitOptions::default(),
         )
@@ -501,7 +501,10 @@ async fn forged_replayed_tampered_and_downgraded_messages_never_reach_handlers()
         (m.from.as_str(), m.text.as_str(), m.verified),
         ("bob", "hello alice", true)
     );
-    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "m-1");
+    let ack = conn.expect("ack").await;
+    assert_eq!(ack["payload"]["messageId"], "m-1");
+    // The ack names the sender: only (sender, messageId) names one message on the server.
+    assert_eq!(ack["payload"]["fromId"], "bob");
 
     // 2. The same frame again (a replay, or the server redelivering): dropped silently and acked;
     //    never delivered twice (the count at the end).
@@ -1676,5 +1679,37 @@ async fn hostile_frames_never_take_the_peer_down() {
     )
     .await;
     assert_eq!(peer.connection_state(), ConnectionState::Connected);
+    peer.disconnect().await;
+}
+
+#[tokio::test]
+async fn discover_reads_every_page_and_stops_at_the_last() {
+    let mut fake = FakeServer::start().await;
+    let cfg = test_config(&fake.url, "alice", new_identity());
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let p = peer.clone();
+    let listing = tokio::spawn(async move { p.discover_peers().await });
+
+    let first = conn.expect("discover").await;
+    assert!(first["payload"].get("cursor").is_none(), "{first}");
+    conn.send(json!({
+        "type": "discover", "requestId": first["requestId"],
+        "payload": {"peers": ["alice", "bob"], "more": true, "cursor": "bob"}
+    }))
+    .await;
+    let second = conn.expect("discover").await;
+    assert_eq!(second["payload"]["cursor"], "bob");
+    // An answer of the original shape (no `more`) is the last page.
+    conn.send(json!({
+        "type": "discover", "requestId": second["requestId"],
+        "payload": {"peers": ["carol"]}
+    }))
+    .await;
+    let peers = listing.await.unwrap().unwrap();
+    assert_eq!(
+        peers.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        ["bob", "carol"],
+        "every page, without ourselves"
+    );
     peer.disconnect().await;
 }

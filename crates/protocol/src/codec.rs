@@ -54,8 +54,8 @@ impl<T: FrameBody> Serialize for Frame<T> {
 /// Encodes a frame as one JSON text.
 ///
 /// ```
-/// use lattice_protocol::{encode, ClientFrame, Empty, Frame};
-/// assert_eq!(encode(&Frame::new(ClientFrame::Discover(Empty {}))), r#"{"type":"discover","payload":{}}"#);
+/// use lattice_protocol::{encode, ClientFrame, Discover, Frame};
+/// assert_eq!(encode(&Frame::new(ClientFrame::Discover(Discover::default()))), r#"{"type":"discover","payload":{}}"#);
 /// ```
 pub fn encode<T: FrameBody>(frame: &Frame<T>) -> String {
     // Serializing our own types into a String cannot fail: no map has non-string keys and no
@@ -195,6 +195,20 @@ fn decode<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
     decode_slow(text)
 }
 
+/// The `requestId` of a frame too large to decode, so its error still names the request. The
+/// text is bounded by the transport (the server reads at most 1 MiB); only `requestId` is kept,
+/// everything else is skipped without being stored.
+fn oversized_request_id(text: &str) -> Option<RequestId> {
+    #[derive(Deserialize)]
+    struct OnlyRequestId {
+        #[serde(rename = "requestId", default)]
+        request_id: Option<RequestId>,
+    }
+    serde_json::from_str::<OnlyRequestId>(text)
+        .ok()
+        .and_then(|f| f.request_id)
+}
+
 fn decode_slow<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(DecodeError {
@@ -204,7 +218,7 @@ fn decode_slow<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
                 text.len(),
                 MAX_FRAME_BYTES
             ),
-            request_id: None,
+            request_id: oversized_request_id(text),
             frame_type: None,
         });
     }

@@ -27,8 +27,11 @@ pub enum ErrorType {
     RateLimited,
     /// *ext*: the `questionId` is unknown, already answered or expired.
     UnknownQuestion,
-    /// *ext*: the recipient's offline mailbox is full.
+    /// *ext*: the recipient's mailbox (or this sender's share of it) is full; the message was
+    /// not accepted.
     MailboxFull,
+    /// *ext*: the source address already holds as many registrations as the server allows.
+    TooManyRegistrations,
     /// A code this version does not know.
     #[serde(other)]
     Other,
@@ -49,6 +52,7 @@ impl ErrorType {
             Self::RateLimited => "RATE_LIMITED",
             Self::UnknownQuestion => "UNKNOWN_QUESTION",
             Self::MailboxFull => "MAILBOX_FULL",
+            Self::TooManyRegistrations => "TOO_MANY_REGISTRATIONS",
             Self::Other => "OTHER",
         }
     }

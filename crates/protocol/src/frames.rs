@@ -61,6 +61,14 @@ pub struct Verification {
     pub serialized_signed_data: Option<String>,
 }
 
+/// `discover` request. Original clients send `{}`: the first page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discover {
+    /// *ext*: continue after this id (the `cursor` of the previous answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<ClientId>,
+}
+
 /// `request_public_key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,6 +106,11 @@ pub struct PeerResponse {
 pub struct Ack {
     /// The acknowledged message.
     pub message_id: MessageId,
+    /// *ext*: the sender of the acknowledged message (the delivered frame's `fromId`). Message ids
+    /// are chosen by senders, so only (sender, messageId) names one message; without it the server
+    /// forgets the message only when no other sender used the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_id: Option<ClientId>,
 }
 
 /// `register` answer.
@@ -120,11 +133,18 @@ pub struct Challenge {
     pub nonce: String,
 }
 
-/// `discover` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `discover` answer: one page of online ids, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peers {
-    /// Every registered online id, the requester's included.
+    /// Registered online ids after the request's `cursor` (the requester's own id included), at
+    /// most [`crate::limits::MAX_DISCOVER_PEERS`].
     pub peers: Vec<ClientId>,
+    /// *ext*: more ids follow; ask again with `cursor`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// *ext*: the last id of this page, present when `more` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<ClientId>,
 }
 
 /// `public_key_response`.
@@ -344,7 +364,7 @@ frame_enum! {
         /// `challenge` *ext*: ask for a registration nonce.
         Challenge(Empty) = "challenge",
         /// `discover`: list online peers and subscribe to presence.
-        Discover(Empty) = "discover",
+        Discover(Discover) = "discover",
         /// `request_public_key`.
         RequestPublicKey(RequestPublicKey) = "request_public_key",
         /// `message`.

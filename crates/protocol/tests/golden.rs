@@ -109,8 +109,17 @@ fn server_frames_encode_to_exact_shapes() {
         (
             ServerFrame::Peers(Peers {
                 peers: vec![id("alice"), id("bob")],
+                ..Peers::default()
             }),
             json!({"type":"discover","payload":{"peers":["alice","bob"]}}),
+        ),
+        (
+            ServerFrame::Peers(Peers {
+                peers: vec![id("alice")],
+                more: true,
+                cursor: Some(id("alice")),
+            }),
+            json!({"type":"discover","payload":{"peers":["alice"],"more":true,"cursor":"alice"}}),
         ),
         (
             ServerFrame::PublicKey(PublicKeyResponse {
@@ -243,6 +252,14 @@ fn decode_errors_are_typed_and_keep_request_id() {
         decode_client(&big).unwrap_err().error_type,
         ErrorType::MessageTooLarge
     );
+    // the error still names the request
+    let big = format!(
+        r#"{{"type":"message","payload":{{"targetId":"b","message":{{"x":"{}"}}}},"requestId":"r-big"}}"#,
+        "x".repeat(limits::MAX_FRAME_BYTES)
+    );
+    let e = decode_client(&big).unwrap_err();
+    assert_eq!(e.error_type, ErrorType::MessageTooLarge);
+    assert_eq!(e.request_id.unwrap().as_str(), "r-big");
 }
 
 #[test]

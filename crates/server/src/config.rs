@@ -24,9 +24,24 @@ pub struct Config {
     #[arg(long, env = "LATTICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Bearer token for the /admin API; the API is off without one.
+    /// Bearer token for the /admin API (at least 32 characters); the API is off without one.
     #[arg(long, env = "LATTICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// File holding the admin token (first line). If it does not exist, a random token is
+    /// generated and written there (mode 0600). Conflicts with --admin-token.
+    #[arg(long, env = "LATTICE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// A browser origin allowed to open WebSockets (repeat the flag, or separate with commas in
+    /// the env variable), e.g. `https://chat.example.org`. Upgrades carrying any other `Origin`
+    /// header are refused with 403; native clients send none and are always accepted.
+    #[arg(
+        long = "allow-origin",
+        env = "LATTICE_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origin: Vec<String>,
 
     /// Frames per second one connection may send (burst: twice as many); 0 turns the limit off.
     #[arg(long, env = "LATTICE_RATE_LIMIT", default_value_t = limits::RATE_LIMIT)]
@@ -36,9 +51,28 @@ pub struct Config {
     #[arg(long, env = "LATTICE_MAX_CONNECTIONS", default_value_t = limits::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Messages kept per offline peer.
+    /// Messages kept per peer (its mailbox plus live messages it has not acknowledged).
     #[arg(long, env = "LATTICE_MAILBOX_QUOTA", default_value_t = limits::MAILBOX_QUOTA)]
     pub mailbox_quota: u32,
+
+    /// Bytes kept per peer, counted like --mailbox-quota.
+    #[arg(long, env = "LATTICE_MAILBOX_BYTES", default_value_t = limits::MAILBOX_BYTES)]
+    pub mailbox_bytes: u64,
+
+    /// Messages one sender may have waiting for one peer (and the same share of
+    /// --mailbox-bytes).
+    #[arg(long, env = "LATTICE_MAILBOX_SENDER_QUOTA", default_value_t = limits::MAILBOX_SENDER_QUOTA)]
+    pub mailbox_sender_quota: u32,
+
+    /// Registrations one source address (IPv6: one /64) may hold at once; 0 turns the limit off.
+    #[arg(long, env = "LATTICE_MAX_REGISTRATIONS_PER_IP",
+          default_value_t = limits::MAX_REGISTRATIONS_PER_IP)]
+    pub max_registrations_per_ip: usize,
+
+    /// Apply --max-registrations-per-ip to loopback addresses too. Off by default: behind a
+    /// reverse proxy on the same host every client arrives from 127.0.0.1.
+    #[arg(long, env = "LATTICE_LIMIT_LOOPBACK")]
+    pub limit_loopback: bool,
 
     /// Seconds an undelivered message is kept.
     #[arg(long = "mailbox-ttl", env = "LATTICE_MAILBOX_TTL", value_parser = parse_secs,
@@ -65,6 +99,16 @@ pub struct Config {
     pub outbound_queue: usize,
 }
 
+/// Creates `path` with `contents`, readable by the owner only (never overwrites).
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
         .map(Duration::from_secs)
@@ -78,9 +122,15 @@ impl Default for Config {
             port: lattice_protocol::limits::DEFAULT_PORT,
             data_dir: None,
             admin_token: None,
+            admin_token_file: None,
+            allow_origin: Vec::new(),
             rate_limit: limits::RATE_LIMIT,
             max_connections: limits::MAX_CONNECTIONS,
             mailbox_quota: limits::MAILBOX_QUOTA,
+            mailbox_bytes: limits::MAILBOX_BYTES,
+            mailbox_sender_quota: limits::MAILBOX_SENDER_QUOTA,
+            max_registrations_per_ip: limits::MAX_REGISTRATIONS_PER_IP,
+            limit_loopback: false,
             mailbox_ttl: limits::MAILBOX_TTL,
             question_timeout: limits::QUESTION_TIMEOUT,
             ping_interval: limits::PING_INTERVAL,
@@ -95,15 +145,69 @@ impl Default for Config {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// The admin token [`Config::for_tests`] sets.
+pub const TEST_ADMIN_TOKEN: &str = "test-token-0123456789abcdefghijklmnop";
+
 impl Config {
-    /// Loopback, a free port, in-memory storage, admin token `test-token`, no rate limit.
+    /// Loopback, a free port, in-memory storage, admin token [`TEST_ADMIN_TOKEN`], no rate limit.
     pub fn for_tests() -> Self {
         Self {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
-            admin_token: Some("test-token".into()),
+            admin_token: Some(TEST_ADMIN_TOKEN.into()),
             rate_limit: 0,
             ..Self::default()
+        }
+    }
+
+    /// The mailbox limits per recipient.
+    pub fn mailbox_quota(&self) -> crate::store::Quota {
+        // A sender quota above the total is the total (one sender may then fill it).
+        let sender_count = self.mailbox_sender_quota.min(self.mailbox_quota);
+        let share = |total: u64| {
+            total.saturating_mul(u64::from(sender_count)) / u64::from(self.mailbox_quota.max(1))
+        };
+        crate::store::Quota {
+            count: self.mailbox_quota,
+            bytes: self.mailbox_bytes,
+            sender_count,
+            sender_bytes: share(self.mailbox_bytes),
+        }
+    }
+
+    /// Reads `--admin-token-file` into `admin_token`, generating the file (mode 0600) with a random
+    /// token when it does not exist yet. Does nothing without the flag (or once loaded: the file
+    /// setting is consumed).
+    ///
+    /// # Errors
+    /// Both flags given, or the file cannot be read or created.
+    pub fn load_admin_token(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = self.admin_token_file.take() else {
+            return Ok(());
+        };
+        if self.admin_token.is_some() {
+            return Err(ConfigError(
+                "give either --admin-token or --admin-token-file, not both".into(),
+            ));
+        }
+        let shown = path.display();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let token = text.lines().next().unwrap_or_default().trim().to_owned();
+                self.admin_token = Some(token);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use base64::Engine as _;
+                let bytes: [u8; limits::GENERATED_ADMIN_TOKEN_BYTES] = rand::random();
+                let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                write_private(&path, &format!("{token}\n"))
+                    .map_err(|e| ConfigError(format!("cannot create {shown}: {e}")))?;
+                tracing::info!(path = %shown, "generated a new admin token");
+                self.admin_token = Some(token);
+                Ok(())
+            }
+            Err(e) => Err(ConfigError(format!("cannot read {shown}: {e}"))),
         }
     }
 
@@ -129,14 +233,28 @@ impl Config {
             ));
         }
         if let Some(t) = &self.admin_token {
-            if t.len() < 8 {
-                return Err(ConfigError(
-                    "--admin-token must be at least 8 characters".into(),
-                ));
+            if t.chars().count() < limits::MIN_ADMIN_TOKEN_LEN {
+                return Err(ConfigError(format!(
+                    "--admin-token must be at least {} characters; generate one with \
+                     `head -c 32 /dev/urandom | base64`, or use --admin-token-file to have the \
+                     server generate and store one",
+                    limits::MIN_ADMIN_TOKEN_LEN
+                )));
             }
         }
         if self.mailbox_quota == 0 {
             return Err(ConfigError("--mailbox-quota must be at least 1".into()));
+        }
+        if self.mailbox_sender_quota == 0 {
+            return Err(ConfigError(
+                "--mailbox-sender-quota must be at least 1".into(),
+            ));
+        }
+        let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES as u64;
+        if self.mailbox_quota().sender_bytes < largest {
+            return Err(ConfigError(format!(
+                "--mailbox-bytes must leave each sender room for one largest message ({largest} bytes)"
+            )));
         }
         Ok(())
     }

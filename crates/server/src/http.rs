@@ -1,10 +1,11 @@
 //! The HTTP surface, all on one port: the WebSocket upgrade on any path (original clients connect
 //! to a bare `ws://host:port`), `/healthz`, `/metrics`, and the bearer-token `/admin` API.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -18,10 +19,11 @@ use lattice_protocol::{encode, ClientId, ConversationId, Frame, Question, Server
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::hub::Out;
 use crate::limits::{
+    ADMIN_BACKOFF_BASE, ADMIN_BACKOFF_MAX, ADMIN_FREE_FAILURES, ADMIN_TRACKED_SOURCES,
     MAX_ADMIN_BODY, MAX_ASK_TIMEOUT, MAX_TRANSPORT_MESSAGE, READ_BUFFER, WRITE_BUFFER,
 };
 use crate::metrics::Metrics;
@@ -41,9 +43,23 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
+/// Whether an upgrade's `Origin` header (if any) may open a WebSocket. Browsers always send one
+/// and a page cannot forge it; native clients send none. Without this check any web page the
+/// user visits could connect to a server on their machine or network, list who is online and
+/// send messages in their name. Origins compare case-insensitively, without a trailing slash.
+fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let norm = |s: &str| s.trim().trim_end_matches('/').to_ascii_lowercase();
+    let origin = norm(origin);
+    allowed.iter().any(|a| norm(a) == origin)
+}
+
 async fn upgrade(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
@@ -54,6 +70,18 @@ async fn upgrade(
         )
             .into_response();
     };
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("?"));
+    if !origin_allowed(&state.config.allow_origin, origin) {
+        info!(%remote, origin = origin.unwrap_or_default(), "refused a WebSocket from a browser origin");
+        Metrics::inc(&state.metrics.connections_refused);
+        return (
+            StatusCode::FORBIDDEN,
+            "This origin may not connect (see --allow-origin)\n",
+        )
+            .into_response();
+    }
     // Admission: count first, then check, so racing upgrades cannot overshoot the cap.
     let open = state.open_connections.fetch_add(1, Ordering::AcqRel);
     if open >= state.config.max_connections {
@@ -100,22 +128,99 @@ fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// `Err(response)` unless the request carries the configured bearer token.
-fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Failed admin authentications per source address. After [`ADMIN_FREE_FAILURES`] failures a
+/// source is refused (429, without looking at its token) for a delay that doubles with every
+/// further failure, up to [`ADMIN_BACKOFF_MAX`]; a success forgets its failures.
+#[derive(Debug, Default)]
+pub struct AdminGuard {
+    // std Mutex: one map lookup per admin request; never held across an await.
+    sources: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    blocked_until: Option<Instant>,
+}
+
+impl AdminGuard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long `ip` must still wait, if it is blocked.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let until = self.lock().get(&ip)?.blocked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Records a failure of `ip`; returns the delay it now has to wait, if any.
+    pub fn failed(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let mut sources = self.lock();
+        if sources.len() >= ADMIN_TRACKED_SOURCES && !sources.contains_key(&ip) {
+            sources.retain(|_, f| f.blocked_until.is_some_and(|u| u > now));
+            if sources.len() >= ADMIN_TRACKED_SOURCES {
+                // Still full of blocked sources: keep them, do not track a new one.
+                return None;
+            }
+        }
+        let f = sources.entry(ip).or_insert(Failures {
+            count: 0,
+            blocked_until: None,
+        });
+        f.count = f.count.saturating_add(1);
+        let over = f.count.checked_sub(ADMIN_FREE_FAILURES + 1)?;
+        let delay = ADMIN_BACKOFF_BASE
+            .checked_mul(2u32.saturating_pow(over.min(31)))
+            .unwrap_or(ADMIN_BACKOFF_MAX)
+            .min(ADMIN_BACKOFF_MAX);
+        f.blocked_until = Some(now + delay);
+        Some(delay)
+    }
+
+    /// Forgets `ip`'s failures.
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.lock().remove(&ip);
+    }
+}
+
+fn too_many_attempts(wait: Duration) -> Response {
+    let secs = wait.as_secs().max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        Json(json!({ "error": format!("too many failed attempts; retry in {secs} s") })),
+    )
+        .into_response()
+}
+
+/// `Err(response)` unless the request carries the configured bearer token and its source is not
+/// backing off.
+fn authorize(state: &ServerState, headers: &HeaderMap, ip: IpAddr) -> Result<(), Box<Response>> {
     let Some(token) = &state.config.admin_token else {
         return Err(Box::new(admin_error(
             StatusCode::NOT_FOUND,
             "the admin API is disabled (no --admin-token)",
         )));
     };
+    let now = Instant::now();
+    if let Some(wait) = state.admin_guard.blocked(ip, now) {
+        return Err(Box::new(too_many_attempts(wait)));
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        state.admin_guard.succeeded(ip);
         Ok(())
     } else {
+        if let Some(wait) = state.admin_guard.failed(ip, now) {
+            warn!(%ip, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "admin authentication failures: backing off");
+        }
         Err(Box::new(admin_error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
@@ -123,8 +228,12 @@ fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<(), Box<Respons
     }
 }
 
-async fn admin_peers(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+async fn admin_peers(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, remote.ip()) {
         return *r;
     }
     let peers: Vec<_> = state
@@ -150,11 +259,12 @@ struct AskRequest {
 
 async fn admin_ask(
     State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+    if let Err(r) = authorize(&state, &headers, remote.ip()) {
         return *r;
     }
     let Ok(peer_id) = ClientId::new(id) else {
@@ -191,7 +301,7 @@ async fn admin_ask(
             Err(e @ AskError::ForeignConversation(_)) => {
                 return admin_error(StatusCode::CONFLICT, e.to_string())
             }
-            Err(e @ AskError::TooMany(_)) => {
+            Err(e @ (AskError::TooMany(_) | AskError::TooManyDemos(_))) => {
                 return admin_error(StatusCode::TOO_MANY_REQUESTS, e.to_string())
             }
         };
@@ -225,5 +335,42 @@ async fn admin_ask(
             )
                 .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_refused_unless_listed() {
+        let allowed = vec!["https://chat.example.org/".to_owned()];
+        assert!(origin_allowed(&allowed, None), "native clients send none");
+        assert!(origin_allowed(&allowed, Some("HTTPS://Chat.Example.org")));
+        assert!(!origin_allowed(&allowed, Some("https://evil.example")));
+        assert!(!origin_allowed(&allowed, Some("null")));
+        assert!(!origin_allowed(&[], Some("http://localhost:3005")));
+    }
+
+    #[test]
+    fn admin_backoff_starts_after_the_free_failures_and_grows() {
+        let guard = AdminGuard::default();
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        let now = Instant::now();
+        for _ in 0..ADMIN_FREE_FAILURES {
+            assert_eq!(guard.failed(ip, now), None);
+        }
+        assert_eq!(guard.blocked(ip, now), None);
+        let first = guard.failed(ip, now).unwrap();
+        let second = guard.failed(ip, now).unwrap();
+        assert!(second > first);
+        assert!(guard.blocked(ip, now).is_some());
+        assert_eq!(guard.blocked(ip, now + ADMIN_BACKOFF_MAX), None);
+        for _ in 0..100 {
+            assert!(guard.failed(ip, now).unwrap() <= ADMIN_BACKOFF_MAX);
+        }
+        assert_eq!(guard.blocked(IpAddr::from([192, 0, 2, 2]), now), None);
+        guard.succeeded(ip);
+        assert_eq!(guard.blocked(ip, now), None);
     }
 }

@@ -6,12 +6,12 @@
 //! `docs/scaling.md`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use lattice_protocol::{ClientId, MessageId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// An item on a session's outbound queue.
@@ -61,10 +61,15 @@ pub struct SessionShared {
     pub registered: AtomicBool,
     /// Milliseconds since server start when the connection opened.
     pub opened_ms: u64,
-    /// Presence notices that did not fit the queue, coalesced to the latest per peer. While it is
-    /// not empty, new notices go here too, so the last state of a peer is never overtaken by an
-    /// older one. The session drains it after each written batch.
+    /// The presence lane: notices waiting to be written, coalesced to the latest per peer. Presence
+    /// never goes through the outbound queue, so no number of notices can take the place of a
+    /// message there; a storm of registrations costs each subscriber at most one entry per peer.
     pub presence_backlog: Mutex<HashMap<ClientId, Utf8Bytes>>,
+    /// Wakes the session when the presence lane has something.
+    pub presence_ready: Notify,
+    /// Live messages accepted for this (verified) peer and not acknowledged yet: queued or in
+    /// flight. Bounded by `INFLIGHT_WINDOW` at acceptance.
+    pub outstanding: AtomicUsize,
 }
 
 impl SessionShared {
@@ -74,17 +79,14 @@ impl SessionShared {
         self.kill.cancel();
     }
 
-    /// Queues a presence notice about `peer`, coalescing when the queue is full.
+    /// Puts a presence notice about `peer` on the presence lane, replacing an unwritten older one.
     pub fn send_presence(&self, peer: &ClientId, frame: &Utf8Bytes) {
-        // std Mutex: a map insert or a non-blocking try_send; never held across an await.
-        let mut backlog = self
-            .presence_backlog
+        // std Mutex: a map insert; never held across an await.
+        self.presence_backlog
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if backlog.is_empty() && self.tx.try_send(Out::Frame(frame.clone())).is_ok() {
-            return;
-        }
-        backlog.insert(peer.clone(), frame.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(peer.clone(), frame.clone());
+        self.presence_ready.notify_one();
     }
 
     /// Takes the coalesced presence notices.
@@ -152,6 +154,8 @@ pub trait Hub: Send + Sync + std::fmt::Debug {
     fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>>;
     /// Every online id, sorted.
     fn online(&self) -> Vec<ClientId>;
+    /// Up to `limit` online ids after `after` (all if `None`), sorted; true if more follow.
+    fn online_page(&self, after: Option<&ClientId>, limit: usize) -> (Vec<ClientId>, bool);
     /// Sends `frame`, a presence notice about `about`, to every subscribed peer but `about`
     /// itself. Never blocks: a full queue coalesces it (see [`SessionShared::send_presence`]).
     fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId);
@@ -219,6 +223,23 @@ impl Hub for LocalHub {
         let mut ids: Vec<ClientId> = self.read().keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    fn online_page(&self, after: Option<&ClientId>, limit: usize) -> (Vec<ClientId>, bool) {
+        let mut ids: Vec<ClientId> = self
+            .read()
+            .keys()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .cloned()
+            .collect();
+        let more = ids.len() > limit;
+        if more {
+            // Only the first `limit` need sorting among themselves.
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort();
+        (ids, more)
     }
 
     fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId) {
@@ -290,39 +311,34 @@ mod tests {
             registered: AtomicBool::new(true),
             opened_ms: 0,
             presence_backlog: Mutex::default(),
+            presence_ready: Notify::new(),
+            outstanding: AtomicUsize::new(0),
         };
         (Arc::new(s), rx)
     }
 
-    fn text(out: Out) -> String {
-        match out {
-            Out::Frame(f) => f.to_string(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
     #[test]
-    fn presence_is_coalesced_never_dropped_and_never_reordered() {
+    fn presence_never_takes_a_queue_slot_and_keeps_the_latest_per_peer() {
         let (s, mut rx) = session(1);
         let bob = ClientId::new("bob").unwrap();
         let carol = ClientId::new("carol").unwrap();
-        s.send_presence(&bob, &Utf8Bytes::from_static("bob-up")); // fits the queue
-        s.send_presence(&bob, &Utf8Bytes::from_static("bob-down")); // queue full: backlog
+        for i in 0..1000 {
+            s.send_presence(&bob, &Utf8Bytes::from(format!("bob-{i}")));
+        }
         s.send_presence(&carol, &Utf8Bytes::from_static("carol-up"));
-        s.send_presence(&bob, &Utf8Bytes::from_static("bob-up-again")); // replaces bob-down
-                                                                        // the queue has room again, but the backlog is not empty: newer notices must not overtake it
-        assert_eq!(text(rx.try_recv().unwrap()), "bob-up");
-        s.send_presence(&carol, &Utf8Bytes::from_static("carol-down"));
-        assert!(rx.try_recv().is_err(), "nothing jumped the backlog");
-        let mut backlog: Vec<String> = s
+        // the queue's only slot is still free for a message
+        assert!(
+            rx.try_recv().is_err(),
+            "presence is not on the message queue"
+        );
+        s.tx.try_send(Out::CheckMail).unwrap();
+        let mut lane: Vec<String> = s
             .take_presence_backlog()
             .iter()
             .map(ToString::to_string)
             .collect();
-        backlog.sort();
-        assert_eq!(backlog, ["bob-up-again", "carol-down"]);
-        // once drained, notices use the queue again
-        s.send_presence(&bob, &Utf8Bytes::from_static("bob-down-2"));
-        assert_eq!(text(rx.try_recv().unwrap()), "bob-down-2");
+        lane.sort();
+        assert_eq!(lane, ["bob-999", "carol-up"]);
+        assert!(s.take_presence_backlog().is_empty());
     }
 }

@@ -120,7 +120,8 @@ impl Drop for ServerHandle {
 ///
 /// # Errors
 /// Invalid configuration, storage that cannot be opened, or an address that cannot be bound.
-pub async fn spawn(config: Config) -> Result<ServerHandle, ServerError> {
+pub async fn spawn(mut config: Config) -> Result<ServerHandle, ServerError> {
+    config.load_admin_token()?;
     config.validate()?;
     let addr = config.socket_addr();
     let listener = TcpListener::bind(addr)
@@ -148,6 +149,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let mut config = config;
+    config.load_admin_token()?;
     config.validate()?;
     let state = build_state(config, CancellationToken::new())?;
     serve(listener, state, shutdown).await
@@ -175,6 +178,8 @@ fn build_state(
         started: Instant::now(),
         shutdown,
         tasks: TaskTracker::new(),
+        addresses: state::AddressSlots::default(),
+        admin_guard: http::AdminGuard::default(),
         config,
     }))
 }

@@ -124,6 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else if config.data_dir.is_none() {
         config.data_dir = Some(default_data_dir()?);
     }
+    config.load_admin_token()?;
     config.validate()?;
     let addr = config.socket_addr();
     let listener = tokio::net::TcpListener::bind(addr)

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Connections refused for the connection cap.
+    /// Upgrades refused for the connection cap or a browser origin that is not allowed.
     pub connections_refused: AtomicU64,
     /// Frames received.
     pub frames_in: AtomicU64,
@@ -21,7 +21,7 @@ pub struct Metrics {
     pub messages_queued: AtomicU64,
     /// `error` frames sent.
     pub errors_sent: AtomicU64,
-    /// Frames refused by the rate limit.
+    /// Times a connection's reading was paused by the rate limit (frames are never refused).
     pub rate_limited: AtomicU64,
     /// Connections closed by the server for policy (garbage, slow, idle).
     pub policy_closes: AtomicU64,
@@ -46,7 +46,7 @@ impl Metrics {
             ),
             (
                 "lattice_connections_refused_total",
-                "Connections refused at the cap.",
+                "Upgrades refused at the connection cap or for a browser origin not allowed.",
                 &self.connections_refused,
             ),
             (
@@ -76,7 +76,7 @@ impl Metrics {
             ),
             (
                 "lattice_rate_limited_total",
-                "Frames refused by the rate limit.",
+                "Times a connection's reading was paused by the rate limit.",
                 &self.rate_limited,
             ),
             (

@@ -18,7 +18,9 @@ use lattice_protocol::{
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::limits::MAX_PENDING_QUESTIONS_PER_PEER;
+use crate::limits::{
+    DEMO_LIFETIME, DEMO_QUESTION_TIMEOUT, MAX_OPEN_DEMOS_PER_PEER, MAX_PENDING_QUESTIONS_PER_PEER,
+};
 
 /// What an admin caller gets back.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -57,6 +59,9 @@ pub enum AskError {
     /// Too many questions already wait for this peer.
     #[error("{0} already has {MAX_PENDING_QUESTIONS_PER_PEER} unanswered questions")]
     TooMany(ClientId),
+    /// The peer already has as many demo conversations open as allowed.
+    #[error("{0} already has {MAX_OPEN_DEMOS_PER_PEER} demo conversations open; answer or finish one first")]
+    TooManyDemos(ClientId),
 }
 
 #[derive(Debug)]
@@ -87,6 +92,7 @@ struct Conversation {
     round: u32,
     demo: Option<DemoState>,
     last_activity: Instant,
+    started: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +107,7 @@ pub struct Questions {
     // std Mutex: each call is a short map update; nothing awaits while holding it.
     inner: Mutex<Inner>,
     timeout: Duration,
+    demo_lifetime: Duration,
 }
 
 /// A question ready to send, and the receiver for admin-driven ones.
@@ -187,6 +194,7 @@ impl Questions {
         Self {
             inner: Mutex::new(Inner::default()),
             timeout,
+            demo_lifetime: DEMO_LIFETIME,
         }
     }
 
@@ -235,8 +243,23 @@ impl Questions {
             None,
             Some(DemoState::default()),
             Waiter::Demo,
-            None,
+            Some(self.demo_timeout()),
         )
+    }
+
+    fn demo_timeout(&self) -> Duration {
+        self.timeout.min(DEMO_QUESTION_TIMEOUT)
+    }
+
+    /// Forgets `peer`'s demo conversations (its connection ended: nobody will answer them).
+    pub fn forget_demos(&self, peer: &ClientId) {
+        let mut inner = self.lock();
+        let Inner {
+            pending,
+            conversations,
+        } = &mut *inner;
+        pending.retain(|_, p| !(&p.peer == peer && matches!(p.waiter, Waiter::Demo)));
+        conversations.retain(|_, c| !(&c.peer == peer && c.demo.is_some()));
     }
 
     fn register(
@@ -254,6 +277,18 @@ impl Questions {
         {
             return Err(AskError::TooMany(peer.clone()));
         }
+        // A new demo conversation (the only caller passing a fresh DemoState): each open demo has
+        // exactly one pending question, so counting those counts the open demos.
+        if demo.is_some()
+            && inner
+                .pending
+                .values()
+                .filter(|p| &p.peer == peer && matches!(p.waiter, Waiter::Demo))
+                .count()
+                >= MAX_OPEN_DEMOS_PER_PEER
+        {
+            return Err(AskError::TooManyDemos(peer.clone()));
+        }
         let now = Instant::now();
         let conversation_id = match conversation {
             Some(id) => id,
@@ -269,6 +304,7 @@ impl Questions {
                 round: 0,
                 demo,
                 last_activity: now,
+                started: now,
             });
         if &conv.peer != peer {
             return Err(AskError::ForeignConversation(conversation_id));
@@ -379,6 +415,10 @@ impl Questions {
         let state = {
             let mut inner = self.lock();
             let conv = inner.conversations.get_mut(conversation)?;
+            if conv.started.elapsed() >= self.demo_lifetime {
+                // The demo has run its course, whatever the answer: no further round.
+                return None;
+            }
             let demo = conv.demo.as_mut()?;
             match round {
                 1 => {
@@ -460,7 +500,7 @@ impl Questions {
             Some(conversation.clone()),
             None,
             Waiter::Demo,
-            None,
+            Some(self.demo_timeout()),
         )
     }
 }
@@ -530,6 +570,40 @@ mod tests {
             q.answer(&alice, &r4.question_id, &json!(true)),
             Err(AnswerError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn demo_conversations_are_bounded_per_peer() {
+        let q = Questions::new(Duration::from_secs(60));
+        let alice = id("alice");
+        let first = q.start_demo(&alice).unwrap();
+        for _ in 1..MAX_OPEN_DEMOS_PER_PEER {
+            q.start_demo(&alice).unwrap();
+        }
+        assert!(matches!(
+            q.start_demo(&alice),
+            Err(AskError::TooManyDemos(_))
+        ));
+        // continuing an open demo is not a new one
+        let next = q.answer(&alice, &first.question_id, &json!("Ada")).unwrap();
+        assert!(next.is_some());
+        // another peer is not affected; a peer that left has none open
+        q.start_demo(&id("bob")).unwrap();
+        q.forget_demos(&alice);
+        q.start_demo(&alice).unwrap();
+    }
+
+    #[test]
+    fn a_demo_ends_after_its_lifetime_whatever_the_answers() {
+        let mut q = Questions::new(Duration::from_secs(60));
+        q.demo_lifetime = Duration::ZERO;
+        let alice = id("alice");
+        let r1 = q.start_demo(&alice).unwrap();
+        assert_eq!(
+            q.answer(&alice, &r1.question_id, &json!("Ada")).unwrap(),
+            None
+        );
+        assert_eq!(q.pending_count(), 0, "no further round is asked");
     }
 
     #[test]

@@ -13,14 +13,32 @@
 //! - an **unverified** recipient (an original client, which has no mailbox) is not sent the message
 //!   and the sender gets `MAILBOX_FULL`; nothing is buffered beyond the queue.
 //!
-//! ## No accepted message is lost
-//! Messages handed to a verified peer stay in an in-flight window until it sends `ack`. When the
-//! connection ends for any reason (drop, idle, replacement, shutdown) every unacknowledged message,
-//! and whatever was still queued, goes back to the mailbox and is delivered on the next
+//! Presence notices never use that queue: they have their own lane, coalesced to the latest state
+//! per peer ([`crate::hub::SessionShared::send_presence`]), so they can never take a message's place.
+//!
+//! ## Fast senders are paced, not refused
+//! With `--rate-limit`, each connection has a token bucket (rate per second, burst twice that). A
+//! connection with no token left is simply not read until one refills: the frames wait in the
+//! sender's socket, its TCP window closes, and its own writes slow down. Every frame read is
+//! handled; none is dropped, none counts as invalid, and a connection is never closed for being
+//! fast. Other connections are not affected (each session is its own task).
+//!
+//! ## No accepted message is lost, and none is accepted without room
+//! A message for a verified recipient is counted against the recipient's mailbox quota (count,
+//! bytes, and this sender's share) *before* the sender is told it was accepted: stored in the
+//! mailbox, or, for a live delivery, as a reservation ([`crate::store::Mailbox::reserve`]). A
+//! recipient has at most [`INFLIGHT_WINDOW`] live messages outstanding; beyond that, messages go to
+//! its mailbox (within the quota). When there is no room the sender gets `MAILBOX_FULL` with its
+//! `requestId` and no `message_ack`, so it knows the message was not taken.
+//!
+//! Live messages stay in the in-flight window until the recipient sends `ack`, which releases the
+//! reservation. When the connection ends for any reason (drop, idle, replacement, shutdown) every
+//! unacknowledged message, and whatever was still queued, is stored in the mailbox under its
+//! reservation (so this never needs room that was not counted) and delivered on the next
 //! registration. Delivery is therefore at least once; clients deduplicate by `messageId`.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,11 +47,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use base64::Engine as _;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use lattice_crypto::{IdentityPublicKey, KemPublicKey};
-use lattice_protocol::limits::{CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN};
+use lattice_protocol::limits::{
+    CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN, MAX_DISCOVER_PEERS,
+};
 use lattice_protocol::{
-    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, ErrorType, Frame, FrameBody as _,
-    MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField, PublicKeyResponse, Register,
-    Registered, RequestId, RequestPublicKey, ServerFrame, Verification,
+    decode_client, encode, Ack, AckStatus, ClientFrame, ClientId, Discover, ErrorType, Frame,
+    FrameBody as _, MessageId, PeerPresence, PeerResponse, Peers, PublicKeyField,
+    PublicKeyResponse, Register, Registered, RequestId, RequestPublicKey, ServerFrame,
+    Verification,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument as _};
@@ -44,7 +65,7 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::state::{unix_ms, ServerState};
-use crate::store::{Binding, EnqueueError, MailItem};
+use crate::store::{Binding, EnqueueError, Limit, MailItem};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -73,30 +94,46 @@ const WRITE_BATCH: usize = 64;
 /// How long a closing connection waits for the peer's Close.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
-struct TokenBucket {
+/// The per-connection rate limit: `rate` tokens per second, at most `2 × rate` saved up. A frame
+/// costs one token; without one, the session stops reading until [`TokenBucket::ready_at`].
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
     rate: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    fn new(rate: u32, now: Instant) -> Option<Self> {
+    pub(crate) fn new(rate: u32, now: Instant) -> Option<Self> {
         (rate > 0).then(|| Self {
             rate: f64::from(rate),
             tokens: f64::from(rate) * 2.0,
             last: now,
         })
     }
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
+    }
+    /// True if a frame may be read now.
+    pub(crate) fn available(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+    /// Pays for one frame that was read (the balance may go below zero only if reading did not
+    /// ask [`Self::available`] first; it is then paid back by waiting longer).
+    pub(crate) fn take(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+    /// When the next token is there (`now` if it already is).
+    pub(crate) fn ready_at(&mut self, now: Instant) -> Instant {
+        self.refill(now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+            return now;
         }
+        now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
     }
 }
 
@@ -107,6 +144,10 @@ struct Session {
     peer: Option<Arc<PeerEntry>>,
     challenge: Option<([u8; CHALLENGE_NONCE_LEN], Instant)>,
     bucket: Option<TokenBucket>,
+    /// The peer's address (for the per-address registration limit) and whether this session
+    /// holds one of its slots.
+    remote_ip: IpAddr,
+    ip_slot: bool,
     invalid_count: u32,
     invalid_since: Instant,
     /// Live messages written but not acknowledged (verified peers only), oldest first.
@@ -132,11 +173,15 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         registered: AtomicBool::new(false),
         opened_ms: now_ms,
         presence_backlog: std::sync::Mutex::default(),
+        presence_ready: tokio::sync::Notify::new(),
+        outstanding: std::sync::atomic::AtomicUsize::new(0),
     });
     state.sessions.insert(Arc::clone(&shared));
     let now = Instant::now();
     let mut session = Session {
         bucket: TokenBucket::new(state.config.rate_limit, now),
+        remote_ip: remote.ip(),
+        ip_slot: false,
         state: Arc::clone(&state),
         shared,
         rx,
@@ -173,6 +218,23 @@ enum Flow {
 impl Session {
     async fn serve(&mut self, mut ws: WebSocket) {
         let flow = loop {
+            // Pacing: with no token left, the socket is not read until one refills.
+            let now = Instant::now();
+            let paused_until = self
+                .bucket
+                .as_mut()
+                .map(|b| b.ready_at(now))
+                .filter(|t| *t > now);
+            if paused_until.is_some() {
+                Metrics::inc(&self.state.metrics.rate_limited);
+            }
+            // The timer exists only while paused: select! builds every branch's future on every
+            // turn, and an unpaused connection (nearly all of them) should not pay for a Sleep.
+            let resume = async move {
+                if let Some(t) = paused_until {
+                    Box::pin(tokio::time::sleep_until(t.into())).await;
+                }
+            };
             let flow = tokio::select! {
                 biased;
                 () = self.shared.kill.cancelled() => {
@@ -187,7 +249,9 @@ impl Session {
                 // The handlers are boxed so that an idle connection's task holds only this small
                 // select state, not the largest handler's: memory per idle connection is a target.
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
-                msg = ws.next() => Box::pin(self.read(&mut ws, msg)).await,
+                () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
+                msg = ws.next(), if paused_until.is_none() => Box::pin(self.read(&mut ws, msg)).await,
+                () = resume, if paused_until.is_some() => Flow::Continue,
                 () = std::future::ready(()), if self.draining => Box::pin(self.drain_mailbox(&mut ws)).await,
             };
             match flow {
@@ -228,6 +292,9 @@ impl Session {
         let mut next = first;
         let mut handled = 0;
         loop {
+            if let Some(bucket) = &mut self.bucket {
+                bucket.take(Instant::now());
+            }
             match next {
                 None => return Flow::Gone,
                 Some(Err(e)) => return self.transport_error(e),
@@ -243,6 +310,12 @@ impl Session {
             // handled, never dropped at the end of a batch.
             if handled >= READ_BATCH {
                 break;
+            }
+            // Nor when the rate limit says to wait: the frame stays in the socket.
+            if let Some(bucket) = &mut self.bucket {
+                if !bucket.available(Instant::now()) {
+                    break;
+                }
             }
             match ws.next().now_or_never() {
                 Some(m) => next = m,
@@ -307,20 +380,6 @@ impl Session {
     }
 
     fn on_text(&mut self, text: &str) -> Option<Flow> {
-        if let Some(bucket) = &mut self.bucket {
-            if !bucket.take(Instant::now()) {
-                Metrics::inc(&self.state.metrics.rate_limited);
-                self.error(
-                    ErrorType::RateLimited,
-                    format!(
-                        "Rate limit of {} frames per second exceeded; frame dropped",
-                        self.state.config.rate_limit
-                    ),
-                    None,
-                );
-                return self.count_invalid();
-            }
-        }
         // Hot path: a `message` frame from a registered peer, envelope borrowed from `text`.
         if let Some(peer) = &self.peer {
             if let Some(m) = lattice_protocol::fast::decode_message_ref(text) {
@@ -357,14 +416,14 @@ impl Session {
                     return None;
                 };
                 match other {
-                    ClientFrame::Discover(_) => self.on_discover(&peer, rid),
+                    ClientFrame::Discover(d) => self.on_discover(&peer, d, rid),
                     ClientFrame::RequestPublicKey(r) => self.on_request_public_key(r, rid),
                     ClientFrame::Message(m) => {
                         self.on_message(&peer, m.target_id, m.message.get(), m.message_id, rid);
                     }
                     ClientFrame::PeerResponse(r) => self.on_peer_response(&peer, r, rid),
                     ClientFrame::DebugQuestion(_) => self.on_debug_question(&peer, rid),
-                    ClientFrame::Ack(a) => self.on_ack(&peer, a),
+                    ClientFrame::Ack(a) => self.on_ack(&peer, &a),
                     ClientFrame::Register(_) | ClientFrame::Challenge(_) => {}
                 }
             }
@@ -456,6 +515,27 @@ impl Session {
         Ok((*ik.as_bytes(), key_sig))
     }
 
+    /// Takes one of this address's registration slots (`--max-registrations-per-ip`); true if
+    /// the limit allows this registration.
+    fn acquire_ip_slot(&mut self) -> bool {
+        let cfg = &self.state.config;
+        let exempt = self.remote_ip.is_loopback() && !cfg.limit_loopback;
+        if cfg.max_registrations_per_ip == 0 || exempt {
+            return true;
+        }
+        self.ip_slot = self
+            .state
+            .addresses
+            .acquire(self.remote_ip, cfg.max_registrations_per_ip);
+        self.ip_slot
+    }
+
+    fn release_ip_slot(&mut self) {
+        if std::mem::take(&mut self.ip_slot) {
+            self.state.addresses.release(self.remote_ip);
+        }
+    }
+
     fn on_register(&mut self, r: Register, rid: Option<RequestId>) {
         if let Some(peer) = &self.peer {
             if peer.id == r.client_id {
@@ -537,9 +617,21 @@ impl Session {
         // A verified registration of the same identity replaces a stale connection at once.
         let replace =
             |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        if !self.acquire_ip_slot() {
+            let max = self.state.config.max_registrations_per_ip;
+            info!(ip = %self.remote_ip, max, "registration refused: address limit");
+            return self.error(
+                ErrorType::TooManyRegistrations,
+                format!("This address already holds {max} registrations, the most the server allows; close one first"),
+                rid,
+            );
+        }
         let replaced = match self.state.hub.claim(Arc::clone(&entry), &replace) {
             Ok(old) => old,
-            Err(ClaimError::Taken) => return self.error(ErrorType::ClientIdTaken, taken, rid),
+            Err(ClaimError::Taken) => {
+                self.release_ip_slot();
+                return self.error(ErrorType::ClientIdTaken, taken, rid);
+            }
         };
         // The replaced connection (same identity) is closed before anything can fail, so a
         // failure below never leaves it open but unreachable.
@@ -561,6 +653,7 @@ impl Session {
                 if let Err(e) = self.state.directory.put(&id, &new) {
                     warn!(error = %e, "directory write failed");
                     self.state.hub.release(&id, self.shared.conn_id);
+                    self.release_ip_slot();
                     return self.error(
                         ErrorType::InternalError,
                         "The server could not store the registration; try again",
@@ -590,10 +683,24 @@ impl Session {
         }
     }
 
-    fn on_discover(&mut self, peer: &PeerEntry, rid: Option<RequestId>) {
+    /// One page of online ids, at most [`MAX_DISCOVER_PEERS`], so the answer stays within
+    /// `MAX_DISCOVER_ANSWER_BYTES` however many peers are online. A plain `discover` (original
+    /// clients) gets the first page; `more` and `cursor` say how to ask for the next.
+    fn on_discover(&mut self, peer: &PeerEntry, d: Discover, rid: Option<RequestId>) {
         peer.subscribed.store(true, Ordering::Release);
-        let peers = self.state.hub.online();
-        self.reply(ServerFrame::Peers(Peers { peers }), rid);
+        let (peers, more) = self
+            .state
+            .hub
+            .online_page(d.cursor.as_ref(), MAX_DISCOVER_PEERS);
+        let cursor = if more { peers.last().cloned() } else { None };
+        self.reply(
+            ServerFrame::Peers(Peers {
+                peers,
+                more,
+                cursor,
+            }),
+            rid,
+        );
     }
 
     fn on_request_public_key(&mut self, r: RequestPublicKey, rid: Option<RequestId>) {
@@ -651,32 +758,32 @@ impl Session {
         });
         let frame =
             lattice_protocol::fast::encode_delivered(envelope, &peer.id, timestamp, mid.as_ref());
-        let meta = match (&live, &mid) {
-            (Some(e), Some(m)) if e.verified => Some(Box::new(DeliverMeta {
-                message_id: m.clone(),
-                sender: peer.id.clone(),
-            })),
-            _ => None,
-        };
-        let status = match live {
-            Some(entry) => match entry.session.tx.try_send(Out::Deliver { frame: frame.into(), meta }) {
+        let status = match (live, mid) {
+            (Some(entry), Some(mid)) if entry.verified => {
+                let item = MailItem {
+                    message_id: mid,
+                    sender: peer.id.clone(),
+                    frame,
+                };
+                self.deliver_verified(&entry, &target, item)
+            }
+            (Some(entry), mid) => match entry.session.tx.try_send(Out::Deliver {
+                frame: frame.into(),
+                meta: None,
+            }) {
                 Ok(()) => {
                     Metrics::inc(&self.state.metrics.messages_delivered);
                     Ok(AckStatus::Delivered)
-                }
-                Err(mpsc::error::TrySendError::Full(out)) if entry.verified => {
-                    let frame = out_frame(out);
-                    let r = self.enqueue(&target, &peer.id, mid, frame);
-                    entry.session.notify_mail();
-                    r
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => Err((
                     ErrorType::MailboxFull,
                     format!("Peer {target} is not reading its messages fast enough; the message was not delivered"),
                 )),
-                Err(mpsc::error::TrySendError::Closed(out)) => self.offline(&target, &peer.id, mid, out_frame(out)),
+                Err(mpsc::error::TrySendError::Closed(out)) => {
+                    self.offline(&target, &peer.id, mid, out_frame(out))
+                }
             },
-            None => self.offline(&target, &peer.id, mid, frame),
+            (None, mid) => self.offline(&target, &peer.id, mid, frame),
         };
         match status {
             Ok(status) => {
@@ -691,6 +798,86 @@ impl Session {
                 }
             }
             Err((t, details)) => self.error(t, details, rid),
+        }
+    }
+
+    /// A message for an online verified peer. Room is reserved in its mailbox quota first (the
+    /// message comes back there if the peer drops before acknowledging it); then it is sent live,
+    /// or stored in the mailbox when the peer already has [`INFLIGHT_WINDOW`] messages outstanding
+    /// or its queue is full. Refused with `MAILBOX_FULL` only when there is no room at all, and
+    /// then before the sender was told anything else.
+    fn deliver_verified(
+        &mut self,
+        entry: &PeerEntry,
+        target: &ClientId,
+        item: MailItem,
+    ) -> Result<AckStatus, (ErrorType, String)> {
+        let quota = self.state.config.mailbox_quota();
+        let bytes = item.frame.len() as u64;
+        if let Err(e) = self
+            .state
+            .mailbox
+            .reserve(target, &item.sender, bytes, &quota)
+        {
+            return Err(self.refusal(target, e));
+        }
+        let outstanding = &entry.session.outstanding;
+        if outstanding.fetch_add(1, Ordering::AcqRel) >= INFLIGHT_WINDOW {
+            outstanding.fetch_sub(1, Ordering::AcqRel);
+            debug!(%target, "in-flight window full: stored in the mailbox");
+            let r = self.store_reserved(target, &item);
+            entry.session.notify_mail();
+            return r;
+        }
+        let meta = Box::new(DeliverMeta {
+            message_id: item.message_id.clone(),
+            sender: item.sender.clone(),
+        });
+        match entry.session.tx.try_send(Out::Deliver {
+            frame: item.frame.into(),
+            meta: Some(meta),
+        }) {
+            Ok(()) => {
+                Metrics::inc(&self.state.metrics.messages_delivered);
+                Ok(AckStatus::Delivered)
+            }
+            Err(mpsc::error::TrySendError::Full(out) | mpsc::error::TrySendError::Closed(out)) => {
+                outstanding.fetch_sub(1, Ordering::AcqRel);
+                let Some(item) = mail_item(out) else {
+                    return Err((
+                        ErrorType::InternalError,
+                        "The server lost track of the message; send it again".into(),
+                    ));
+                };
+                let r = self.store_reserved(target, &item);
+                entry.session.notify_mail();
+                r
+            }
+        }
+    }
+
+    /// Stores a message that holds a reservation; the sender's answer.
+    fn store_reserved(
+        &self,
+        target: &ClientId,
+        item: &MailItem,
+    ) -> Result<AckStatus, (ErrorType, String)> {
+        match self
+            .state
+            .mailbox
+            .store_reserved(target, item, self.state.config.mailbox_ttl)
+        {
+            Ok(()) => {
+                Metrics::inc(&self.state.metrics.messages_queued);
+                Ok(AckStatus::Queued)
+            }
+            Err(e) => {
+                warn!(error = %e, %target, "mailbox write failed");
+                Err((
+                    ErrorType::InternalError,
+                    "The server could not store the message; try again".into(),
+                ))
+            }
         }
     }
 
@@ -734,7 +921,7 @@ impl Session {
                 sender: sender.clone(),
                 frame,
             },
-            cfg.mailbox_quota,
+            &cfg.mailbox_quota(),
             cfg.mailbox_ttl,
         ) {
             Ok(()) => {
@@ -742,16 +929,43 @@ impl Session {
                 Metrics::inc(&self.state.metrics.messages_queued);
                 Ok(AckStatus::Queued)
             }
-            Err(EnqueueError::Full(_)) => Err((
-                ErrorType::MailboxFull,
-                format!("The mailbox of {target} is full"),
-            )),
-            Err(EnqueueError::Store(e)) => {
-                warn!(error = %e, "mailbox write failed");
-                Err((
+            Err(e) => Err(self.refusal(target, e)),
+        }
+    }
+
+    /// The sender's error for a message the mailbox cannot take.
+    fn refusal(&self, target: &ClientId, e: EnqueueError) -> (ErrorType, String) {
+        let cfg = &self.state.config;
+        let quota = cfg.mailbox_quota();
+        match e {
+            EnqueueError::Full { limit, .. } => {
+                debug!(%target, ?limit, "mailbox full: message refused");
+                let details = match limit {
+                    Limit::Count => format!(
+                        "The mailbox of {target} is full ({} messages waiting); the message was not accepted",
+                        quota.count
+                    ),
+                    Limit::Bytes => format!(
+                        "The mailbox of {target} is full ({} bytes waiting); the message was not accepted",
+                        quota.bytes
+                    ),
+                    Limit::SenderCount => format!(
+                        "You have {} messages waiting for {target}, the most one sender may; the message was not accepted",
+                        quota.sender_count
+                    ),
+                    Limit::SenderBytes => format!(
+                        "Your messages waiting for {target} take {} bytes, the most one sender may; the message was not accepted",
+                        quota.sender_bytes
+                    ),
+                };
+                (ErrorType::MailboxFull, details)
+            }
+            EnqueueError::Store(e) => {
+                warn!(error = %e, %target, "mailbox write failed");
+                (
                     ErrorType::InternalError,
                     "The server could not store the message; try again".into(),
-                ))
+                )
             }
         }
     }
@@ -784,15 +998,34 @@ impl Session {
         }
     }
 
-    fn on_ack(&mut self, peer: &PeerEntry, a: Ack) {
-        if let Some(pos) = self
+    /// Forgets an acknowledged message. Message ids are the senders' choice, so the message is
+    /// named by (sender, id): `fromId` when the ack carries it; without it, only an id that no
+    /// other sender used is forgotten (an ambiguous ack forgets nothing: at least once).
+    fn on_ack(&mut self, peer: &PeerEntry, a: &Ack) {
+        let matches = |m: &DeliverMeta| {
+            m.message_id == a.message_id && a.from_id.as_ref().is_none_or(|f| *f == m.sender)
+        };
+        let mut found = self
             .inflight
             .iter()
-            .position(|(m, _)| m.message_id == a.message_id)
-        {
-            self.inflight.remove(pos);
+            .enumerate()
+            .filter(|(_, (m, _))| matches(m));
+        let pos = match (found.next(), found.next()) {
+            (Some((pos, _)), None) => Some(pos),
+            (Some((pos, _)), Some(_)) if a.from_id.is_some() => Some(pos),
+            _ => None,
+        };
+        if let Some((meta, frame)) = pos.and_then(|p| self.inflight.remove(p)) {
+            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.state
+                .mailbox
+                .release(&peer.id, &meta.sender, frame.len() as u64);
         } else if peer.verified {
-            if let Err(e) = self.state.mailbox.remove(&peer.id, &a.message_id) {
+            if let Err(e) = self
+                .state
+                .mailbox
+                .remove(&peer.id, a.from_id.as_ref(), &a.message_id)
+            {
                 warn!(error = %e, "mailbox delete failed");
             }
         }
@@ -835,13 +1068,15 @@ impl Session {
             match out {
                 Out::Frame(t) => self.replies.push(Message::Text(t)),
                 Out::Deliver { frame, meta } => {
-                    if let (true, Some(meta)) = (verified, meta) {
-                        // Tracked before the write, so a failed write still spills it.
+                    if let Some(meta) = meta {
+                        // Tracked before the write, so a failed write still spills it. The
+                        // window cannot overflow: acceptance stops at INFLIGHT_WINDOW
+                        // outstanding (`deliver_verified`). Should it ever, the oldest goes to
+                        // the mailbox under its reservation, never dropped.
                         self.inflight.push_back((meta, frame.clone()));
                         if self.inflight.len() > INFLIGHT_WINDOW {
-                            // A peer that acks slowly (or never): the oldest unacknowledged
-                            // message goes to the mailbox rather than out of memory unprotected.
                             if let Some(oldest) = self.inflight.pop_front() {
+                                self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                                 self.keep_undelivered(&[oldest]);
                             }
                         }
@@ -863,6 +1098,11 @@ impl Session {
         if self.shared.mail_waiting.swap(false, Ordering::AcqRel) && verified {
             self.draining = true;
         }
+        self.flush_replies(ws).await
+    }
+
+    /// Writes the presence lane.
+    async fn write_presence(&mut self, ws: &mut WebSocket) -> Flow {
         for frame in self.shared.take_presence_backlog() {
             self.replies.push(Message::Text(frame));
         }
@@ -908,7 +1148,13 @@ impl Session {
         let Some(peer) = self.peer.clone() else {
             return;
         };
+        self.release_ip_slot();
         let released = self.state.hub.release(&peer.id, self.shared.conn_id);
+        if released {
+            // Nobody holds the id any more: its demo conversations can never be answered. (A
+            // connection replaced by the same identity keeps them for the new one.)
+            self.state.questions.forget_demos(&peer.id);
+        }
         if peer.verified {
             let mut spill: Vec<(Box<DeliverMeta>, Utf8Bytes)> = self.inflight.drain(..).collect();
             while let Ok(out) = self.rx.try_recv() {
@@ -939,8 +1185,9 @@ impl Session {
 }
 
 impl Session {
-    /// Puts delivered-but-unacknowledged messages back into this peer's mailbox. They were
-    /// accepted, so the quota does not apply. Returns how many were kept.
+    /// Puts delivered-but-unacknowledged messages back into this peer's mailbox, under the
+    /// reservations made when they were accepted (so within the quota by construction). Returns
+    /// how many were kept.
     fn keep_undelivered(&self, items: &[(Box<DeliverMeta>, Utf8Bytes)]) -> usize {
         let Some(peer) = &self.peer else { return 0 };
         let mut kept = 0;
@@ -950,12 +1197,11 @@ impl Session {
                 sender: meta.sender.clone(),
                 frame: frame.to_string(),
             };
-            match self.state.mailbox.enqueue(
-                &peer.id,
-                &item,
-                u32::MAX,
-                self.state.config.mailbox_ttl,
-            ) {
+            match self
+                .state
+                .mailbox
+                .store_reserved(&peer.id, &item, self.state.config.mailbox_ttl)
+            {
                 Ok(()) => kept += 1,
                 Err(e) => {
                     warn!(error = %e, message_id = %item.message_id, "could not keep an undelivered message")
@@ -963,6 +1209,21 @@ impl Session {
             }
         }
         kept
+    }
+}
+
+/// The mailbox item of a delivery to a verified peer.
+fn mail_item(out: Out) -> Option<MailItem> {
+    match out {
+        Out::Deliver {
+            frame,
+            meta: Some(meta),
+        } => Some(MailItem {
+            message_id: meta.message_id,
+            sender: meta.sender,
+            frame: frame.to_string(),
+        }),
+        _ => None,
     }
 }
 
@@ -976,4 +1237,37 @@ fn out_frame(out: Out) -> String {
 fn server_message_id() -> MessageId {
     let id = format!("srv-{}", uuid::Uuid::new_v4());
     MessageId::new(id).unwrap_or_else(|e| unreachable!("a UUID is a valid message id: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pacing arithmetic, on a synthetic clock (no sleeping, no timing assertions).
+    #[test]
+    fn the_token_bucket_paces_instead_of_refusing() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, t0).unwrap();
+        // the burst: twice the rate
+        for _ in 0..20 {
+            assert!(b.available(t0));
+            b.take(t0);
+        }
+        assert!(!b.available(t0));
+        // the next token is due a tenth of a second later, and is there then
+        let due = b.ready_at(t0);
+        assert!(due > t0 + Duration::from_millis(99) && due <= t0 + Duration::from_millis(101));
+        assert!(b.available(due));
+        b.take(due);
+        // a long pause refills the burst, never more
+        let later = due + Duration::from_secs(3600);
+        for _ in 0..20 {
+            assert!(b.available(later));
+            b.take(later);
+        }
+        assert!(!b.available(later));
+        // a clock that does not move forward never adds tokens
+        assert!(!b.available(t0));
+        assert!(TokenBucket::new(0, t0).is_none(), "0 turns the limit off");
+    }
 }

@@ -6,6 +6,7 @@
 //! statement under a `std::sync::Mutex` (no `.await` while held), cheap enough to run on the async
 //! worker threads for the low-rate operations that use it (registration, offline delivery, acks).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,14 @@ pub enum StoreError {
     /// A stored value is not what was written.
     #[error("corrupt record for {0}")]
     Corrupt(String),
+    /// The data directory or database file could not be made private.
+    #[error("cannot restrict the permissions of {path}: {source}")]
+    Permissions {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A durable binding of a client id to a Lattice identity.
@@ -58,12 +67,54 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     fn put(&self, id: &ClientId, binding: &Binding) -> Result<(), StoreError>;
 }
 
+/// How much one recipient's mailbox may hold: stored messages plus reserved ones (live messages
+/// not acknowledged yet, which return to the mailbox if the connection drops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Messages.
+    pub count: u32,
+    /// Bytes of frames.
+    pub bytes: u64,
+    /// Messages from one sender.
+    pub sender_count: u32,
+    /// Bytes of frames from one sender.
+    pub sender_bytes: u64,
+}
+
+impl Quota {
+    /// No limit (tests).
+    pub const UNLIMITED: Quota = Quota {
+        count: u32::MAX,
+        bytes: u64::MAX,
+        sender_count: u32::MAX,
+        sender_bytes: u64::MAX,
+    };
+}
+
+/// Which limit of a [`Quota`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// [`Quota::count`].
+    Count,
+    /// [`Quota::bytes`].
+    Bytes,
+    /// [`Quota::sender_count`].
+    SenderCount,
+    /// [`Quota::sender_bytes`].
+    SenderBytes,
+}
+
 /// Why a message was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    /// The recipient's quota is used up.
-    #[error("mailbox of {0} is full")]
-    Full(ClientId),
+    /// A limit of the recipient's quota is used up.
+    #[error("mailbox of {recipient} is full ({limit:?})")]
+    Full {
+        /// The recipient.
+        recipient: ClientId,
+        /// The limit reached.
+        limit: Limit,
+    },
     /// Storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,18 +134,50 @@ pub struct MailItem {
 
 /// Store-and-forward queue of sealed messages for offline verified peers. A message stays until the
 /// recipient acknowledges it or it expires.
+///
+/// Every message the server accepts for a verified recipient is counted against that recipient's
+/// [`Quota`] from the moment it is accepted: either as a stored row ([`Mailbox::enqueue`]) or as a
+/// reservation for a live delivery ([`Mailbox::reserve`]) that is later released (acknowledged)
+/// or turned into a row ([`Mailbox::store_reserved`], when the connection drops). So the return
+/// of unacknowledged messages never needs room that was not counted, and never loses a message
+/// the sender was told was accepted.
 pub trait Mailbox: Send + Sync + std::fmt::Debug {
-    /// Queues `item` for `recipient`. Queuing the same (sender, id) again is a no-op.
+    /// Queues `item` for `recipient` if rows plus reservations stay within `quota`. Queuing the
+    /// same (sender, id) again is a no-op (and succeeds even when full: it is stored).
     ///
     /// # Errors
-    /// [`EnqueueError::Full`] past `quota` entries; storage failure.
+    /// [`EnqueueError::Full`] naming the limit reached; storage failure.
     fn enqueue(
         &self,
         recipient: &ClientId,
         item: &MailItem,
-        quota: u32,
+        quota: &Quota,
         ttl: Duration,
     ) -> Result<(), EnqueueError>;
+    /// Reserves room for a message of `bytes` from `sender` that is about to be delivered live.
+    ///
+    /// # Errors
+    /// [`EnqueueError::Full`] when rows plus reservations would exceed `quota`; storage failure.
+    fn reserve(
+        &self,
+        recipient: &ClientId,
+        sender: &ClientId,
+        bytes: u64,
+        quota: &Quota,
+    ) -> Result<(), EnqueueError>;
+    /// Gives back a reservation (the message was acknowledged, or never sent).
+    fn release(&self, recipient: &ClientId, sender: &ClientId, bytes: u64);
+    /// Stores a message that holds a reservation (made with `item.frame.len()` bytes) and gives
+    /// the reservation back; no quota check, the room was counted at acceptance.
+    ///
+    /// # Errors
+    /// Storage failure (the reservation is given back all the same).
+    fn store_reserved(
+        &self,
+        recipient: &ClientId,
+        item: &MailItem,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
     /// Up to `limit` unexpired entries for `recipient` after `after` (a cursor from an earlier call,
     /// 0 to start), oldest first, with their cursors.
     ///
@@ -106,11 +189,17 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, MailItem)>, StoreError>;
-    /// Removes an acknowledged entry; true if there was one.
+    /// Removes an acknowledged entry from `sender`; true if there was one. Without a sender (an
+    /// `ack` without `fromId`) the entry is removed only when no other sender used the same id.
     ///
     /// # Errors
     /// Storage failure.
-    fn remove(&self, recipient: &ClientId, message_id: &MessageId) -> Result<bool, StoreError>;
+    fn remove(
+        &self,
+        recipient: &ClientId,
+        sender: Option<&ClientId>,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError>;
     /// Deletes expired entries; returns how many.
     ///
     /// # Errors
@@ -126,8 +215,147 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
 /// SQLite implementation of [`Directory`] and [`Mailbox`], one file (or memory).
 #[derive(Debug)]
 pub struct SqliteStore {
-    // std Mutex: every use is one short synchronous statement, never held across `.await`.
-    conn: Mutex<Connection>,
+    // std Mutex: every use is one short synchronous statement, never held across `.await`. The
+    // reservations live under the same lock as the rows, so a quota check sees both at once.
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Connection,
+    reserved: HashMap<ClientId, Usage>,
+}
+
+/// Messages and bytes counted against a recipient, in total and per sender.
+#[derive(Debug, Default)]
+struct Usage {
+    count: u64,
+    bytes: u64,
+    by_sender: HashMap<ClientId, (u64, u64)>,
+}
+
+/// Checks one more message of `bytes` from a sender against `quota`, given the recipient's stored
+/// rows (`rows`: total count and bytes, then the sender's) and its reservations.
+fn check_quota(
+    quota: &Quota,
+    rows: [u64; 4],
+    reserved: Option<&Usage>,
+    sender: &ClientId,
+    bytes: u64,
+) -> Result<(), Limit> {
+    let (r_count, r_bytes, (rs_count, rs_bytes)) = reserved.map_or((0, 0, (0, 0)), |u| {
+        (
+            u.count,
+            u.bytes,
+            u.by_sender.get(sender).copied().unwrap_or_default(),
+        )
+    });
+    let over = |used: u64, extra: u64, limit: u64| used.saturating_add(extra) > limit;
+    if over(rows[0] + r_count, 1, u64::from(quota.count)) {
+        Err(Limit::Count)
+    } else if over(rows[1] + r_bytes, bytes, quota.bytes) {
+        Err(Limit::Bytes)
+    } else if over(rows[2] + rs_count, 1, u64::from(quota.sender_count)) {
+        Err(Limit::SenderCount)
+    } else if over(rows[3] + rs_bytes, bytes, quota.sender_bytes) {
+        Err(Limit::SenderBytes)
+    } else {
+        Ok(())
+    }
+}
+
+/// Stored messages for `recipient`: count and bytes, then those from `sender`.
+fn row_usage(
+    conn: &Connection,
+    recipient: &ClientId,
+    sender: &ClientId,
+) -> Result<[u64; 4], StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(frame AS BLOB))), 0),
+                    COALESCE(SUM(sender = ?2), 0),
+                    COALESCE(SUM(CASE WHEN sender = ?2 THEN LENGTH(CAST(frame AS BLOB)) ELSE 0 END), 0)
+             FROM mailbox WHERE recipient = ?1 AND expires_ms > ?3",
+        )?
+        .query_row(params![recipient.as_str(), sender.as_str(), now_ms()], |r| {
+            Ok([
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ])
+        })?;
+    Ok(row.map(|v| u64::try_from(v).unwrap_or(0)))
+}
+
+/// Gives back a reservation of `bytes` from `sender` for `recipient`.
+fn unreserve(
+    reserved: &mut HashMap<ClientId, Usage>,
+    recipient: &ClientId,
+    sender: &ClientId,
+    bytes: u64,
+) {
+    let Some(u) = reserved.get_mut(recipient) else {
+        return;
+    };
+    u.count = u.count.saturating_sub(1);
+    u.bytes = u.bytes.saturating_sub(bytes);
+    if let Some(s) = u.by_sender.get_mut(sender) {
+        s.0 = s.0.saturating_sub(1);
+        s.1 = s.1.saturating_sub(bytes);
+        if s.0 == 0 {
+            u.by_sender.remove(sender);
+        }
+    }
+    if u.count == 0 {
+        reserved.remove(recipient);
+    }
+}
+
+/// Creates `dir` (and missing parents) as 0700 and tightens an existing one to 0700.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| StoreError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    tighten(dir, 0o700)
+}
+
+/// Sets `path` to `mode` if it is readable or writable by group or others. A missing file is fine.
+fn tighten(path: &Path, mode: u32) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let err = |source| StoreError::Permissions {
+            path: path.display().to_string(),
+            source,
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err(e)),
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// The database file and its WAL companions (which SQLite creates with the database's mode).
+fn database_files(db: &Path) -> [std::path::PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    [db.to_path_buf(), with("-wal"), with("-shm")]
 }
 
 const SCHEMA: &str = "
@@ -159,19 +387,41 @@ fn now_ms() -> i64 {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `dir/lattice-server.sqlite3`.
+    /// Opens (creating if needed) `dir/lattice-server.sqlite3`. The directory is made 0700 and
+    /// the database files 0600, when created and again on every open (a looser mode is fixed).
     ///
     /// # Errors
-    /// The directory or database cannot be created or opened.
+    /// The directory or database cannot be created, opened or made private.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let conn = Connection::open(dir.join("lattice-server.sqlite3"))?;
+        private_dir(dir)?;
+        let db = dir.join("lattice-server.sqlite3");
+        // Create the file 0600 before SQLite does (it would use the umask, typically 0644); the
+        // WAL and shared-memory files then inherit the database's mode.
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+        match create.open(&db) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::DataDir {
+                    path: db.display().to_string(),
+                    source,
+                })
+            }
+        }
+        for file in database_files(&db) {
+            tighten(&file, 0o600)?;
+        }
+        let conn = Connection::open(&db)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Self::init(conn)
+        let store = Self::init(conn)?;
+        for file in database_files(&db) {
+            tighten(&file, 0o600)?;
+        }
+        Ok(store)
     }
 
     /// A private in-memory database (nothing survives the process).
@@ -209,14 +459,17 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", 1)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            inner: Mutex::new(Inner {
+                conn,
+                reserved: HashMap::new(),
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave SQLite inconsistent (statements are atomic),
         // so a poisoned lock is still usable.
-        self.conn
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -227,15 +480,22 @@ impl SqliteStore {
     /// SQLite failure.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.lock()
+            .conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
+    }
+
+    /// Messages reserved (accepted live, not yet acknowledged) for `recipient`.
+    pub fn reserved(&self, recipient: &ClientId) -> u64 {
+        self.lock().reserved.get(recipient).map_or(0, |u| u.count)
     }
 }
 
 impl Directory for SqliteStore {
     fn get(&self, id: &ClientId) -> Result<Option<Binding>, StoreError> {
-        let conn = self.lock();
-        let row = conn
+        let inner = self.lock();
+        let row = inner
+            .conn
             .prepare_cached(
                 "SELECT identity_key, kem_public_key, key_signature FROM bindings WHERE client_id = ?1",
             )?
@@ -258,6 +518,7 @@ impl Directory for SqliteStore {
 
     fn put(&self, id: &ClientId, b: &Binding) -> Result<(), StoreError> {
         self.lock()
+            .conn
             .prepare_cached(
                 "INSERT INTO bindings (client_id, identity_key, kem_public_key, key_signature, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -269,41 +530,106 @@ impl Directory for SqliteStore {
     }
 }
 
+/// Inserts a row (a duplicate (recipient, sender, id) is ignored).
+fn insert(
+    conn: &Connection,
+    recipient: &ClientId,
+    item: &MailItem,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let expires = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        recipient.as_str(),
+        item.sender.as_str(),
+        item.message_id.as_str(),
+        item.frame,
+        expires
+    ])?;
+    Ok(())
+}
+
 impl Mailbox for SqliteStore {
     fn enqueue(
         &self,
         recipient: &ClientId,
         item: &MailItem,
-        quota: u32,
+        quota: &Quota,
         ttl: Duration,
     ) -> Result<(), EnqueueError> {
-        let mut conn = self.lock();
+        let mut inner = self.lock();
+        let Inner { conn, reserved } = &mut *inner;
         let tx = conn.transaction().map_err(StoreError::from)?;
-        let now = now_ms();
-        let count: u32 = tx
-            .prepare_cached("SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND expires_ms > ?2")
-            .and_then(|mut s| s.query_row(params![recipient.as_str(), now], |r| r.get(0)))
+        let exists = tx
+            .prepare_cached(
+                "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
+            )
+            .and_then(|mut s| {
+                s.exists(params![
+                    recipient.as_str(),
+                    item.sender.as_str(),
+                    item.message_id.as_str()
+                ])
+            })
             .map_err(StoreError::from)?;
-        if count >= quota {
-            return Err(EnqueueError::Full(recipient.clone()));
+        if exists {
+            // A retry of a stored message: it is there, whatever the quota says now.
+            return Ok(());
         }
-        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                recipient.as_str(),
-                item.sender.as_str(),
-                item.message_id.as_str(),
-                item.frame,
-                expires
-            ])
-        })
-        .map_err(StoreError::from)?;
+        let rows = row_usage(&tx, recipient, &item.sender)?;
+        let bytes = item.frame.len() as u64;
+        check_quota(quota, rows, reserved.get(recipient), &item.sender, bytes).map_err(
+            |limit| EnqueueError::Full {
+                recipient: recipient.clone(),
+                limit,
+            },
+        )?;
+        insert(&tx, recipient, item, ttl)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(())
+    }
+
+    fn reserve(
+        &self,
+        recipient: &ClientId,
+        sender: &ClientId,
+        bytes: u64,
+        quota: &Quota,
+    ) -> Result<(), EnqueueError> {
+        let mut inner = self.lock();
+        let rows = row_usage(&inner.conn, recipient, sender)?;
+        check_quota(quota, rows, inner.reserved.get(recipient), sender, bytes).map_err(
+            |limit| EnqueueError::Full {
+                recipient: recipient.clone(),
+                limit,
+            },
+        )?;
+        let u = inner.reserved.entry(recipient.clone()).or_default();
+        u.count += 1;
+        u.bytes += bytes;
+        let s = u.by_sender.entry(sender.clone()).or_default();
+        s.0 += 1;
+        s.1 += bytes;
+        Ok(())
+    }
+
+    fn release(&self, recipient: &ClientId, sender: &ClientId, bytes: u64) {
+        unreserve(&mut self.lock().reserved, recipient, sender, bytes);
+    }
+
+    fn store_reserved(
+        &self,
+        recipient: &ClientId,
+        item: &MailItem,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let Inner { conn, reserved } = &mut *inner;
+        unreserve(reserved, recipient, &item.sender, item.frame.len() as u64);
+        insert(conn, recipient, item, ttl)
     }
 
     fn pending(
@@ -312,8 +638,8 @@ impl Mailbox for SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, MailItem)>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached(
             "SELECT seq, message_id, sender, frame FROM mailbox
              WHERE recipient = ?1 AND seq > ?2 AND expires_ms > ?3 ORDER BY seq LIMIT ?4",
         )?;
@@ -357,17 +683,35 @@ impl Mailbox for SqliteStore {
         Ok(out)
     }
 
-    fn remove(&self, recipient: &ClientId, message_id: &MessageId) -> Result<bool, StoreError> {
-        let n = self
-            .lock()
-            .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2")?
-            .execute(params![recipient.as_str(), message_id.as_str()])?;
+    fn remove(
+        &self,
+        recipient: &ClientId,
+        sender: Option<&ClientId>,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let inner = self.lock();
+        let n = match sender {
+            Some(sender) => inner
+                .conn
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
+                )?
+                .execute(params![recipient.as_str(), sender.as_str(), message_id.as_str()])?,
+            None => inner
+                .conn
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
+                     AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1",
+                )?
+                .execute(params![recipient.as_str(), message_id.as_str()])?,
+        };
         Ok(n > 0)
     }
 
     fn purge_expired(&self) -> Result<usize, StoreError> {
         Ok(self
             .lock()
+            .conn
             .prepare_cached("DELETE FROM mailbox WHERE expires_ms <= ?1")?
             .execute([now_ms()])?)
     }
@@ -375,6 +719,7 @@ impl Mailbox for SqliteStore {
     fn count(&self, recipient: &ClientId) -> Result<u32, StoreError> {
         Ok(self
             .lock()
+            .conn
             .prepare_cached(
                 "SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND expires_ms > ?2",
             )?
@@ -391,6 +736,12 @@ mod tests {
     }
     fn item(m: &str) -> MailItem {
         from("s", m)
+    }
+    fn quota(count: u32) -> Quota {
+        Quota {
+            count,
+            ..Quota::UNLIMITED
+        }
     }
     fn from(sender: &str, m: &str) -> MailItem {
         MailItem {
@@ -420,13 +771,18 @@ mod tests {
         // mailbox: order, dedup, quota, cursor, remove
         let ttl = Duration::from_secs(60);
         for m in ["m1", "m2", "m3"] {
-            store.enqueue(&id("a"), &item(m), 3, ttl).unwrap();
+            store.enqueue(&id("a"), &item(m), &quota(3), ttl).unwrap();
         }
-        store.enqueue(&id("a"), &item("m1"), 4, ttl).unwrap(); // duplicate id: no-op
+        store
+            .enqueue(&id("a"), &item("m1"), &quota(3), ttl)
+            .unwrap(); // duplicate id: no-op
         assert_eq!(store.count(&id("a")).unwrap(), 3);
         assert!(matches!(
-            store.enqueue(&id("a"), &item("m4"), 3, ttl),
-            Err(EnqueueError::Full(_))
+            store.enqueue(&id("a"), &item("m4"), &quota(3), ttl),
+            Err(EnqueueError::Full {
+                limit: Limit::Count,
+                ..
+            })
         ));
         let first = store.pending(&id("a"), 0, 2).unwrap();
         assert_eq!(
@@ -440,19 +796,101 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1, item("m3"));
         assert!(store
-            .remove(&id("a"), &MessageId::new("m2").unwrap())
+            .remove(&id("a"), Some(&id("s")), &MessageId::new("m2").unwrap())
             .unwrap());
         assert!(!store
-            .remove(&id("a"), &MessageId::new("m2").unwrap())
+            .remove(&id("a"), Some(&id("s")), &MessageId::new("m2").unwrap())
             .unwrap());
         assert_eq!(store.count(&id("b")).unwrap(), 0);
 
         // expiry
         store
-            .enqueue(&id("c"), &item("x"), 10, Duration::ZERO)
+            .enqueue(&id("c"), &item("x"), &quota(10), Duration::ZERO)
             .unwrap();
         assert_eq!(store.pending(&id("c"), 0, 10).unwrap().len(), 0);
         assert!(store.purge_expired().unwrap() >= 1);
+    }
+
+    #[test]
+    fn reservations_count_against_the_quota_and_per_sender_limits_hold() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ttl = Duration::from_secs(60);
+        let q = Quota {
+            count: 4,
+            bytes: 1000,
+            sender_count: 2,
+            sender_bytes: 500,
+        };
+        let (bob, mallory, alice) = (id("bob"), id("mallory"), id("alice"));
+        // two live messages from mallory reserve room; a third from mallory is refused
+        let frame = from("mallory", "x").frame;
+        let len = frame.len() as u64;
+        store.reserve(&bob, &mallory, len, &q).unwrap();
+        store
+            .enqueue(&bob, &from("mallory", "m1"), &q, ttl)
+            .unwrap();
+        assert!(matches!(
+            store.reserve(&bob, &mallory, len, &q),
+            Err(EnqueueError::Full {
+                limit: Limit::SenderCount,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.enqueue(&bob, &from("mallory", "m2"), &q, ttl),
+            Err(EnqueueError::Full {
+                limit: Limit::SenderCount,
+                ..
+            })
+        ));
+        // alice still has room, up to the total count (1 reserved + 1 row + 2)
+        store.enqueue(&bob, &from("alice", "a1"), &q, ttl).unwrap();
+        store.reserve(&bob, &alice, 10, &q).unwrap();
+        assert!(matches!(
+            store.enqueue(&bob, &from("carol", "c1"), &q, ttl),
+            Err(EnqueueError::Full {
+                limit: Limit::Count,
+                ..
+            })
+        ));
+        // a reserved message goes in without a check, and frees its reservation
+        store
+            .store_reserved(&bob, &from("mallory", "x"), ttl)
+            .unwrap();
+        assert_eq!(store.reserved(&bob), 1);
+        store.release(&bob, &alice, 10);
+        assert_eq!(store.reserved(&bob), 0);
+        assert_eq!(store.count(&bob).unwrap(), 3);
+        // bytes: a frame larger than the sender's share is refused
+        let big = MailItem {
+            frame: "x".repeat(600),
+            ..from("dave", "big")
+        };
+        assert!(matches!(
+            store.enqueue(&id("erin"), &big, &q, ttl),
+            Err(EnqueueError::Full {
+                limit: Limit::SenderBytes,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn acks_without_a_sender_remove_only_unambiguous_ids() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ttl = Duration::from_secs(60);
+        let bob = id("bob");
+        let mid = MessageId::new("same").unwrap();
+        store
+            .enqueue(&bob, &from("alice", "same"), &Quota::UNLIMITED, ttl)
+            .unwrap();
+        store
+            .enqueue(&bob, &from("carol", "same"), &Quota::UNLIMITED, ttl)
+            .unwrap();
+        assert!(!store.remove(&bob, None, &mid).unwrap(), "ambiguous");
+        assert!(store.remove(&bob, Some(&id("alice")), &mid).unwrap());
+        assert_eq!(store.pending(&bob, 0, 10).unwrap()[0].1.sender, id("carol"));
+        assert!(store.remove(&bob, None, &mid).unwrap(), "now unambiguous");
     }
 
     #[test]
@@ -494,7 +932,7 @@ mod tests {
         s.enqueue(
             &id("bob"),
             &from("alice", "m1"),
-            10,
+            &quota(10),
             Duration::from_secs(60),
         )
         .unwrap();

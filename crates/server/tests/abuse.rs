@@ -72,32 +72,58 @@ async fn a_garbage_flood_is_closed_while_others_keep_talking() {
     server.shutdown().await;
 }
 
+/// Attack: a client bursts far over its rate limit (frames with request ids, and messages).
+/// Asserts: it is paced, not refused: every frame gets its own answer (matching `requestId`),
+/// every message is delivered, no `RATE_LIMITED`, and the connection stays open.
 #[tokio::test]
-async fn rate_limited_frames_get_typed_errors() {
+async fn a_client_bursting_over_the_rate_is_paced_and_loses_nothing() {
     let server = spawn_with(Config {
-        rate_limit: 5,
+        rate_limit: 25,
         ..Config::for_tests()
     })
     .await;
-    let (mut c, _) = register_unverified(&server.url(), "fast").await;
-    for _ in 0..30 {
-        c.send(json!({"type":"discover","payload":{}})).await;
-    }
-    let mut limited = 0;
-    let mut answered = 0;
-    for _ in 0..30 {
-        let v = c.recv().await;
-        match v["type"].as_str().unwrap() {
-            "discover" => answered += 1,
-            "error" => {
-                assert_eq!(v["payload"]["errorType"], "RATE_LIMITED");
-                limited += 1;
-            }
-            other => panic!("unexpected {other}"),
+    let url = server.url();
+    let (mut fast, _) = register_unverified(&url, "fast").await;
+    let (mut bob, _) = register_unverified(&url, "bob").await;
+    // 4x the burst allowance (50), sent as fast as the socket takes them
+    let total = 200;
+    for i in 0..total {
+        if i % 2 == 0 {
+            fast.send(json!({"type":"message","requestId":format!("r{i}"),
+                "payload":{"targetId":"bob","messageId":format!("m{i}"),"message":envelope(&i.to_string())}}))
+                .await;
+        } else {
+            fast.send(
+                json!({"type":"request_public_key","requestId":format!("r{i}"),
+                "payload":{"targetId":"bob"}}),
+            )
+            .await;
         }
     }
-    assert!(limited > 0, "some frames were limited");
-    assert!(answered > 0, "the burst allowance was served");
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < total {
+        let v = fast.recv().await;
+        let t = v["type"].as_str().unwrap_or_default();
+        assert!(
+            t == "message_ack" || t == "public_key_response",
+            "only answers, no refusals: {v}"
+        );
+        answered.insert(v["requestId"].as_str().unwrap().to_owned());
+    }
+    assert!((0..total).all(|i| answered.contains(&format!("r{i}"))));
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < total / 2 {
+        let m = bob.recv_type("message").await;
+        delivered.insert(m["payload"]["messageId"].as_str().unwrap().to_owned());
+    }
+    // still open and served
+    let d = fast
+        .request(
+            json!({"type":"discover","payload":{},"requestId":"last"}),
+            "discover",
+        )
+        .await;
+    assert_eq!(d["requestId"], "last");
     server.shutdown().await;
 }
 

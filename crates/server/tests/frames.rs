@@ -209,10 +209,11 @@ async fn oversized_frames_get_an_error_and_the_connection_lives() {
     let server = spawn_server().await;
     let (mut c, _) = register_unverified(&server.url(), "big").await;
     let pad = "x".repeat(300 * 1024);
-    c.send(json!({"type":"discover","payload":{"pad": pad}}))
+    c.send(json!({"type":"discover","payload":{"pad": pad},"requestId":"too-big"}))
         .await;
     let e = c.recv_error().await;
     assert_eq!(e["errorType"], "MESSAGE_TOO_LARGE");
+    assert_eq!(e["requestId"], "too-big", "the error names the request");
     let d = c
         .request(json!({"type":"discover","payload":{}}), "discover")
         .await;

@@ -75,7 +75,7 @@ async fn admin_questions_wait_for_answers_and_continue_conversations() {
 
     let (s, a1) = admin_ask(
         &base,
-        "test-token",
+        lattice_server::config::TEST_ADMIN_TOKEN,
         "ops",
         json!({"question":{"text":"Favourite colour?"}}),
     )
@@ -84,13 +84,13 @@ async fn admin_questions_wait_for_answers_and_continue_conversations() {
     assert_eq!(a1["response"], "blue");
     assert_eq!(a1["round"], 1);
     let conv = a1["conversationId"].clone();
-    let (s, a2) = admin_ask(&base, "test-token", "ops", json!({"question":{"text":"Pick","kind":"choice","options":["A","B"]},"conversationId":conv})).await;
+    let (s, a2) = admin_ask(&base, lattice_server::config::TEST_ADMIN_TOKEN, "ops", json!({"question":{"text":"Pick","kind":"choice","options":["A","B"]},"conversationId":conv})).await;
     assert_eq!(s, 200, "{a2}");
     assert_eq!(a2["response"], "B");
     assert_eq!(a2["round"], 2);
     let (s, a3) = admin_ask(
         &base,
-        "test-token",
+        lattice_server::config::TEST_ADMIN_TOKEN,
         "ops",
         json!({"question":{"text":"Sure?","kind":"confirm"},"conversationId":conv}),
     )
@@ -119,7 +119,7 @@ async fn admin_api_errors() {
     assert_eq!(s, 401);
     let (s, _) = admin_ask(
         &base,
-        "test-token",
+        lattice_server::config::TEST_ADMIN_TOKEN,
         "ghost",
         json!({"question":{"text":"hi"}}),
     )
@@ -127,7 +127,7 @@ async fn admin_api_errors() {
     assert_eq!(s, 404);
     let (s, _) = admin_ask(
         &base,
-        "test-token",
+        lattice_server::config::TEST_ADMIN_TOKEN,
         "quiet",
         json!({"question":{"text":"x","kind":"choice","options":["one"]}}),
     )
@@ -136,7 +136,7 @@ async fn admin_api_errors() {
     // unanswered: 504, and the late answer is UNKNOWN_QUESTION
     let (s, body) = admin_ask(
         &base,
-        "test-token",
+        lattice_server::config::TEST_ADMIN_TOKEN,
         "quiet",
         json!({"question":{"text":"anyone?"},"timeoutMs":200}),
     )

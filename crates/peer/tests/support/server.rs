@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-pub const ADMIN_TOKEN: &str = "test-token";
+pub const ADMIN_TOKEN: &str = lattice_server::config::TEST_ADMIN_TOKEN;
 
 /// A test server on an ephemeral loopback port; stops when dropped.
 pub async fn spawn_server() -> ServerHandle {
