@@ -31,8 +31,9 @@ use tokio_util::task::TaskTracker;
 use crate::error::CommandError;
 use crate::hosting::Hosted;
 use crate::messenger::{now_ms, Messenger};
+use crate::storage::keystore::{DbKeyStore, DbReplayStore};
 use crate::storage::settings::{ServerMode, Settings};
-use crate::storage::{keystore::DbKeyStore, MessageStatus};
+use crate::storage::MessageStatus;
 use crate::views::{ConnectionView, QuestionView};
 
 /// How long stopping waits for the peer to close before giving up on a clean close.
@@ -64,6 +65,39 @@ struct Ctx {
     wake: Notify,
     // std Mutex: small maps touched by the handler and the worker, never across an `.await`.
     flow: Mutex<Flow>,
+    // std Mutex: a map lookup on the event path.
+    refusal_notices: Mutex<NoticeLimiter>,
+}
+
+/// A refused message is worth telling the person about, but a flood of them (any registered
+/// client can send thousands) must not become a flood of notices: at most one per sender per
+/// [`REFUSAL_NOTICE_INTERVAL`], for at most [`REFUSAL_NOTICE_SENDERS`] senders at a time.
+#[derive(Debug, Default)]
+struct NoticeLimiter {
+    last: HashMap<String, tokio::time::Instant>,
+}
+
+/// Refusals of one sender told at most once in this long.
+const REFUSAL_NOTICE_INTERVAL: Duration = Duration::from_secs(60);
+/// Senders whose last notice is remembered; beyond this, notices wait until some expire.
+const REFUSAL_NOTICE_SENDERS: usize = 256;
+
+impl NoticeLimiter {
+    /// Whether a refusal from `sender` at `now` is told.
+    fn allow(&mut self, sender: &str, now: tokio::time::Instant) -> bool {
+        let fresh = |at: &tokio::time::Instant| now.duration_since(*at) < REFUSAL_NOTICE_INTERVAL;
+        if self.last.get(sender).is_some_and(fresh) {
+            return false;
+        }
+        if self.last.len() >= REFUSAL_NOTICE_SENDERS {
+            self.last.retain(|_, at| fresh(at));
+            if self.last.len() >= REFUSAL_NOTICE_SENDERS {
+                return false;
+            }
+        }
+        self.last.insert(sender.to_owned(), now);
+        true
+    }
 }
 
 /// Outgoing messages in flight.
@@ -132,7 +166,12 @@ impl Session {
         config.retry_first_connect = true;
         config.key_store = Arc::new(DbKeyStore::new(Arc::clone(messenger.db())));
         let peer =
-            MessagingPeer::new(config).map_err(|e| CommandError::InvalidInput(describe(&e)))?;
+            // Replay marks on disk: a signed message accepted before a restart stays a replay.
+            MessagingPeer::with_replay_store(
+                config,
+                Arc::new(DbReplayStore::new(Arc::clone(messenger.db()))),
+            )
+            .map_err(|e| CommandError::InvalidInput(describe(&e)))?;
 
         let ctx = Arc::new(Ctx {
             messenger: Arc::downgrade(&messenger),
@@ -144,6 +183,7 @@ impl Session {
             refresh: AtomicBool::new(false),
             wake: Notify::new(),
             flow: Mutex::new(Flow::default()),
+            refusal_notices: Mutex::new(NoticeLimiter::default()),
         });
         let handler = {
             let ctx = Arc::clone(&ctx);
@@ -357,6 +397,14 @@ impl Ctx {
                 );
             }
             PeerEvent::Error(e) => {
+                if let PeerError::Rejected { from, .. } = e {
+                    if !lock(&self.refusal_notices)
+                        .allow(from.as_str(), tokio::time::Instant::now())
+                    {
+                        tracing::debug!(from = %from, "refusal notice coalesced");
+                        return;
+                    }
+                }
                 if let Some(text) = describe_event_error(e) {
                     m.notice("peer", text);
                 }
@@ -684,5 +732,36 @@ fn describe_event_error(e: &PeerError) -> Option<String> {
         } => Some("That question has expired.".into()),
         PeerError::ReceiveQueueFull { .. } => None,
         other => Some(describe(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_notices_are_one_per_sender_per_interval_and_bounded() {
+        let mut limiter = NoticeLimiter::default();
+        let start = tokio::time::Instant::now();
+        // A flood from one sender: told once.
+        let told = (0..1_000)
+            .filter(|_| limiter.allow("mallory", start))
+            .count();
+        assert_eq!(told, 1);
+        // Another sender is told about separately.
+        assert!(limiter.allow("trent", start));
+        // After the interval, once more.
+        let later = start + REFUSAL_NOTICE_INTERVAL;
+        assert!(limiter.allow("mallory", later));
+        assert!(!limiter.allow("mallory", later));
+        // Many fresh senders fill the memory; then no more notices until some expire.
+        let mut limiter = NoticeLimiter::default();
+        let told = (0..REFUSAL_NOTICE_SENDERS * 2)
+            .filter(|n| limiter.allow(&format!("id{n}"), start))
+            .count();
+        assert_eq!(told, REFUSAL_NOTICE_SENDERS);
+        assert!(limiter.last.len() <= REFUSAL_NOTICE_SENDERS);
+        assert!(limiter.allow("newcomer", start + REFUSAL_NOTICE_INTERVAL));
+        assert!(limiter.last.len() <= REFUSAL_NOTICE_SENDERS);
     }
 }

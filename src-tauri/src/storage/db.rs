@@ -18,6 +18,9 @@
 //!   `message_id` alone was unique and a later message from another sender with a colliding id
 //!   was dropped after being acknowledged). Outgoing messages are keyed by our own local id.
 //!   (Version 2 adds a partial index of unsigned incoming messages.)
+//! - `replay_marks(peer_id PK, sent_at)` (version 4) — for each signed sender, the newest
+//!   `sentAt` of a message we accepted: the peer's `ReplayStore`, so a message seen before a
+//!   restart cannot be replayed after it, once the in-memory replay window has forgotten it.
 //! - `outbox(message_id PK, peer_id, body, created_at, wire_id)` — messages written but not yet
 //!   confirmed by the server. A row leaves the outbox only when the server acknowledged the
 //!   message (or refused it for good), so a message typed offline survives a crash or a kill.
@@ -72,6 +75,11 @@ CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer_id, seq);
 -- version 2: finds the peers that sent unsigned (original-client) messages without a scan.
 CREATE INDEX IF NOT EXISTS messages_unsigned ON messages(peer_id)
     WHERE outgoing = 0 AND authenticated = 0;
+-- version 4: the replay guard's high-water marks.
+CREATE TABLE IF NOT EXISTS replay_marks(
+    peer_id TEXT PRIMARY KEY,
+    sent_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox(
     message_id TEXT PRIMARY KEY,
     peer_id    TEXT NOT NULL,
@@ -643,7 +651,37 @@ impl Db {
             })?)
     }
 
-    /// The pinned identity key of a peer.
+    /// The replay high-water mark of `peer_id`: the newest `sentAt` accepted from it.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn replay_mark(&self, peer_id: &str) -> Result<Option<i64>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT sent_at FROM replay_marks WHERE peer_id = ?1",
+                params![peer_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Raises the replay high-water mark of `peer_id` to `sent_at` (never lowers it).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn raise_replay_mark(&self, peer_id: &str, sent_at: i64) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT INTO replay_marks(peer_id, sent_at) VALUES (?1, ?2)
+             ON CONFLICT(peer_id) DO UPDATE SET sent_at = MAX(sent_at, excluded.sent_at)",
+            params![peer_id, sent_at],
+        )?;
+        Ok(())
+    }
+
+    /// The pinned identity key of `peer_id` (the [`KeyStore`] read).
+    ///
+    /// [`KeyStore`]: lattice_peer::KeyStore
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
