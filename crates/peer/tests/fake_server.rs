@@ -1341,6 +1341,27 @@ async fn a_replay_store_refuses_replays_across_a_restart() {
     second.disconnect().await;
 }
 
+/// `from` sends `text` as `mid`; the key request it causes fails (`INTERNAL_ERROR`), so the
+/// message is held as `SenderKeyUnavailable`.
+async fn held_for_an_unavailable_key(
+    conn: &mut FakeConn,
+    events: &mut lattice_peer::EventStream,
+    from: &Sender<'_>,
+    alice_kem: &KemPublicKey,
+    mid: &str,
+    text: &str,
+) {
+    conn.send(msg(v1_payload(from, "alice", alice_kem, mid, mid, text)))
+        .await;
+    let req = conn.expect("request_public_key").await;
+    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
+        .await;
+    assert!(matches!(
+        expect_rejected(events, mid).await,
+        RejectReason::SenderKeyUnavailable(_)
+    ));
+}
+
 #[tokio::test]
 async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_message() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
@@ -1349,17 +1370,7 @@ async fn a_message_held_for_an_unavailable_key_opens_with_the_senders_next_messa
         id: "bob",
         signer: &bob,
     };
-    conn.send(msg(v1_payload(
-        &b, "alice", &alice_kem, "h-1", "h-1", "first",
-    )))
-    .await;
-    let req = conn.expect("request_public_key").await;
-    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
-        .await;
-    assert!(matches!(
-        expect_rejected(&mut events, "h-1").await,
-        RejectReason::SenderKeyUnavailable(_)
-    ));
+    held_for_an_unavailable_key(&mut conn, &mut events, &b, &alice_kem, "h-1", "first").await;
     // Bob's next message brings his key: it opens, and the held one right after it, without the
     // server sending it again. Each is acked once.
     conn.send(msg(v1_payload(
@@ -1397,17 +1408,7 @@ async fn a_message_held_for_an_unavailable_key_is_retried_on_its_own() {
         id: "bob",
         signer: &bob,
     };
-    conn.send(msg(v1_payload(
-        &b, "alice", &alice_kem, "w-1", "w-1", "patience",
-    )))
-    .await;
-    let req = conn.expect("request_public_key").await;
-    conn.send(error_frame("INTERNAL_ERROR", Some(&req["requestId"])))
-        .await;
-    assert!(matches!(
-        expect_rejected(&mut events, "w-1").await,
-        RejectReason::SenderKeyUnavailable(_)
-    ));
+    held_for_an_unavailable_key(&mut conn, &mut events, &b, &alice_kem, "w-1", "patience").await;
     // No redelivery, no other message: the retry asks for the key by itself.
     conn.serve_key("bob", &bob).await;
     let m = wait_for(&mut events, |e| match e {

@@ -230,8 +230,11 @@ impl Db {
         // Every statement of SCHEMA is idempotent, so one script brings any older version up.
         if version < SCHEMA_VERSION {
             let tx = conn.unchecked_transaction()?;
-            Self::migrate_message_key(&tx)?;
+            let moved = Self::migrate_message_key(&tx)?;
             tx.execute_batch(SCHEMA)?;
+            if moved {
+                Self::migrate_message_key_rows(&tx)?;
+            }
             Self::migrate_wire_id(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
@@ -241,10 +244,11 @@ impl Db {
         })
     }
 
-    /// Version 4: a `messages` table made by an older version, unique on `message_id` alone, is
-    /// rebuilt unique on `(peer_id, outgoing, message_id)` (SQLite cannot drop a constraint in
-    /// place). Rows and their `seq` are kept; [`SCHEMA`] then recreates the indexes.
-    fn migrate_message_key(conn: &Connection) -> Result<(), StorageError> {
+    /// Version 4, first half: a `messages` table made by an older version, unique on
+    /// `message_id` alone, is moved aside (SQLite cannot drop a constraint in place), with its
+    /// indexes dropped, so that [`SCHEMA`] creates the table and indexes anew. Returns whether it
+    /// did; [`Self::migrate_message_key_rows`] then moves the rows over.
+    fn migrate_message_key(conn: &Connection) -> Result<bool, StorageError> {
         let old_table: Option<String> = conn
             .query_row(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
@@ -252,30 +256,27 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?;
-        let Some(sql) = old_table else {
-            return Ok(());
-        };
-        if sql.contains("UNIQUE(peer_id, outgoing, message_id)") {
-            return Ok(());
+        match old_table {
+            Some(sql) if !sql.contains("UNIQUE(peer_id, outgoing, message_id)") => {
+                conn.execute_batch(
+                    "DROP INDEX IF EXISTS messages_by_peer;
+                     DROP INDEX IF EXISTS messages_unsigned;
+                     ALTER TABLE messages RENAME TO messages_v3;",
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
+    }
+
+    /// Version 4, second half: the rows of the old table, `seq` kept, into the new one.
+    fn migrate_message_key_rows(conn: &Connection) -> Result<(), StorageError> {
         conn.execute_batch(
-            "CREATE TABLE messages_v4(
-                 seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-                 message_id    TEXT NOT NULL,
-                 peer_id       TEXT NOT NULL,
-                 outgoing      INTEGER NOT NULL,
-                 body          TEXT NOT NULL,
-                 at            INTEGER NOT NULL,
-                 status        INTEGER NOT NULL,
-                 authenticated INTEGER NOT NULL,
-                 UNIQUE(peer_id, outgoing, message_id)
-             );
-             INSERT INTO messages_v4(seq, message_id, peer_id, outgoing, body, at, status,
-                                     authenticated)
+            "INSERT INTO messages(seq, message_id, peer_id, outgoing, body, at, status,
+                                  authenticated)
                  SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
-                 FROM messages;
-             DROP TABLE messages;
-             ALTER TABLE messages_v4 RENAME TO messages;",
+                 FROM messages_v3;
+             DROP TABLE messages_v3;",
         )?;
         Ok(())
     }
@@ -939,8 +940,18 @@ mod tests {
         };
         // Reopening keeps the ids: the migration ran once.
         let db = Db::open(&path).unwrap();
-        // Version 4: the table was rebuilt; its rows kept, ids now per sender.
+        // Version 4: the table was rebuilt with its indexes; its rows kept, ids now per sender.
         assert_eq!(db.page("bob", None, 10).unwrap()[0].body, "old");
+        let indexes: i64 = db
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'
+                 AND name IN ('messages_by_peer', 'messages_unsigned')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 2);
         assert!(db
             .insert_incoming("m1", "carol", "same id, other sender", 3, true, true)
             .unwrap()
