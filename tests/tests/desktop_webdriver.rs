@@ -840,6 +840,123 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     server.shutdown().await;
 }
 
+/// What a sender (or a malicious server) puts in a message stays text: terminal escapes and a
+/// right-to-left override are shown as characters, confined to the message, never reordering
+/// its time. And a key pinned before the app restarts is still pinned after it: a new key then
+/// is the same loud warning as a live change, and nothing from it is shown.
+#[tokio::test]
+#[ignore = "needs Xvfb, tauri-driver and the app binary: run scripts/e2e-desktop.sh"]
+async fn network_text_stays_text_and_pins_survive_a_restart() {
+    let mut shots = Shots {
+        dir: screenshot_dir(),
+        n: 80,
+    };
+    let server = lattice_server::spawn(lattice_server::Config::for_tests())
+        .await
+        .expect("server");
+    let port = server.local_addr().port();
+    let url = server.url();
+    let connect_bob = |url: String| async move {
+        let config = PeerConfig::new(
+            url,
+            ClientId::new("bob").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let bob = MessagingPeer::new(config).unwrap();
+        bob.connect().await.expect("bob connects");
+        bob
+    };
+    let bob = connect_bob(url.clone()).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let (client, guard) = start_app(data.path()).await;
+    first_run_as(&client, "alice", &url).await;
+    click(&client, "li.peer[data-peer-id=\"bob\"]").await;
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}gnp.exe\u{202c} [alice \u{2713}] fake";
+    bob.send_message(&ClientId::new("alice").unwrap(), hostile)
+        .await
+        .expect("bob sends");
+    let shown = until_js(
+        &client,
+        "the hostile message",
+        "const t = document.querySelector('li.msg.in .bubble bdi.text'); \
+         return t ? t.textContent : null;",
+    )
+    .await;
+    assert_eq!(shown, json!(hostile), "shown as the characters it is");
+    let isolated = client
+        .execute(
+            "const b = document.querySelector('li.msg.in .bubble'); \
+             const t = b.querySelector('bdi.text'); \
+             return getComputedStyle(t).unicodeBidi === 'isolate' \
+               && !t.contains(b.querySelector('time')) \
+               && document.title === 'Lattice';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        isolated,
+        json!(true),
+        "the override stays inside the message"
+    );
+    shots.take(&client, "hostile-text").await;
+    client.close().await.expect("close");
+    guard.disarm();
+
+    // The server forgets bob (an in-memory server restarted); someone else registers "bob".
+    bob.disconnect().await;
+    server.shutdown().await;
+    let mut restarted = None;
+    for _ in 0..50 {
+        let config = lattice_server::Config {
+            port,
+            ..lattice_server::Config::for_tests()
+        };
+        if let Ok(s) = lattice_server::spawn(config).await {
+            restarted = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server = restarted.expect("the server again on its port");
+    let impostor = connect_bob(url.clone()).await;
+
+    let (client, guard) = start_app(data.path()).await;
+    until_js(
+        &client,
+        "alice connected after the restart",
+        "return document.getElementById('status-bar').dataset.state === 'connected';",
+    )
+    .await;
+    click(&client, "li.peer[data-peer-id=\"bob\"]").await;
+    impostor
+        .send_message(&ClientId::new("alice").unwrap(), "same bob, honest")
+        .await
+        .expect("the impostor sends");
+    until_js(
+        &client,
+        "the key-change warning after a restart",
+        "return !document.getElementById('key-banner').hidden;",
+    )
+    .await;
+    let leaked = client
+        .execute(
+            "return Array.from(document.querySelectorAll('li.msg.in .bubble')) \
+               .some(b => b.textContent.includes('same bob, honest'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(leaked, json!(false), "nothing from the new key is shown");
+    shots.take(&client, "key-changed-after-restart").await;
+
+    client.close().await.expect("close");
+    guard.disarm();
+    impostor.disconnect().await;
+    server.shutdown().await;
+}
+
 // ---- the tray, through the StatusNotifierItem protocol ----
 
 /// The StatusNotifierWatcher a desktop's panel runs: apps register their tray item with it.

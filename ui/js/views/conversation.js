@@ -79,7 +79,9 @@ function fillMessage(li, m) {
     meta.append(svg);
     meta.title = s.label;
   }
-  const bubble = h("div", { class: "bubble" }, m.body, meta);
+  // <bdi>: a sender's bidi overrides (U+202E …) stay inside their own text and cannot reorder
+  // the time and delivery status after it.
+  const bubble = h("div", { class: "bubble" }, h("bdi", { class: "text" }, m.body), meta);
   const parts = [];
   if (!m.outgoing && !m.authenticated) {
     parts.push(h("span", {

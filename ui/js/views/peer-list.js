@@ -15,12 +15,13 @@ function row(peer) {
     peer.verified ? h("span", { class: "badge-verified", title: "Verified: you compared safety numbers" }, icon("shield")) : null,
     peer.lastAt ? h("span", { class: "peer-time", text: formatShort(peer.lastAt) }) : null);
 
-  let preview;
-  if (peer.lastMessage) preview = (peer.lastOutgoing ? "You: " : "") + peer.lastMessage;
-  else preview = peer.online ? "Online" : "Offline";
+  // The last message in a <bdi>, so its bidi overrides cannot reorder the tags beside it.
+  const preview = peer.lastMessage
+    ? [peer.lastOutgoing ? "You: " : "", h("bdi", {}, peer.lastMessage)]
+    : [peer.online ? "Online" : "Offline"];
 
   const bottom = h("div", { class: "peer-bottom" },
-    h("span", { class: `peer-preview${!peer.lastMessage && !peer.online ? " offline" : ""}`, text: preview }),
+    h("span", { class: `peer-preview${!peer.lastMessage && !peer.online ? " offline" : ""}` }, preview),
     peer.keyChanged ? h("span", { class: "tag danger", title: "This contact's safety number changed" }, icon("alert"), "Key changed") : null,
     !peer.keyChanged && peer.original
       ? h("span", { class: "tag warn", title: "An original client: its messages are not signed" }, "Unverified") : null,
