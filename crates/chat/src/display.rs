@@ -53,9 +53,10 @@ pub fn message_lines(from: &str, verified: bool, text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The lines of a server question: its text (every line marked as the server's), its options,
-/// and how to answer.
-pub fn question_lines(q: &IncomingQuestion) -> Vec<String> {
+/// The lines of a server question shown as `#tag`: its text (every line marked as the server's),
+/// its options, and how to answer it explicitly (`/answer #tag ...`), or that it cannot be answered
+/// and how to dismiss it.
+pub fn question_lines(q: &IncomingQuestion, tag: u32) -> Vec<String> {
     let round = q.round.map(|r| format!(" (round {r})")).unwrap_or_default();
     let mut lines: Vec<String> = q
         .question
@@ -63,20 +64,38 @@ pub fn question_lines(q: &IncomingQuestion) -> Vec<String> {
         .split('\n')
         .map(|line| {
             let line = line.strip_suffix('\r').unwrap_or(line);
-            format!("?? server asks{round}: {}", escape(line))
+            format!("?? server asks #{tag}{round}: {}", escape(line))
         })
         .collect();
+    if !crate::questions::answerable(q) {
+        lines.push(format!(
+            "   !! question #{tag} cannot be answered (a choice without options): /dismiss #{tag}"
+        ));
+        return lines;
+    }
     match (q.question.kind, q.question.options.as_deref()) {
         (Some(QuestionKind::Choice), Some(options)) => {
             for (i, o) in options.iter().enumerate() {
                 lines.push(format!("   {}. {}", i + 1, escape(o)));
             }
-            lines.push("   (answer with a number or the option)".into());
+            lines.push(format!(
+                "   (answer with /answer #{tag} <number or option>, or /dismiss #{tag})"
+            ));
         }
-        (Some(QuestionKind::Confirm), _) => lines.push("   (answer y or n)".into()),
-        _ => lines.push("   (type your answer)".into()),
+        (Some(QuestionKind::Confirm), _) => lines.push(format!(
+            "   (answer with /answer #{tag} y or /answer #{tag} n, or /dismiss #{tag})"
+        )),
+        _ => lines.push(format!(
+            "   (answer with /answer #{tag} <your answer>, or /dismiss #{tag})"
+        )),
     }
     lines
+}
+
+/// The line echoing what the user sent, naming where it went (`[you → bob] hi`), so that no line
+/// leaves without the user seeing its recipient.
+pub fn sent_line(to: &str, text: &str) -> String {
+    format!("[you → {}] {}", escape(to), escape(text))
 }
 
 /// One line for an error (its details may come from the server or a peer: escaped).
@@ -93,7 +112,8 @@ pub fn describe_error(e: &PeerError) -> String {
 pub fn event_lines(event: &PeerEvent) -> Vec<String> {
     match event {
         PeerEvent::Message(m) => message_lines(m.from.as_str(), m.verified, &m.text),
-        PeerEvent::ServerQuestion(q) => question_lines(q),
+        // Numbered and printed by the caller, which keeps the pending questions.
+        PeerEvent::ServerQuestion(_) => Vec::new(),
         PeerEvent::PeerConnected(p) => vec![format!("-- {} is online", escape(p.as_str()))],
         PeerEvent::PeerDisconnected(p) => vec![format!("-- {} left", escape(p.as_str()))],
         PeerEvent::ConnectionState(s) => match s {
@@ -220,11 +240,25 @@ mod tests {
             conversation_id: None,
             round: Some(1),
         };
-        let lines = event_lines(&PeerEvent::ServerQuestion(q));
+        let lines = question_lines(&q, 2);
         assert!(lines.iter().all(|l| has_no_controls(l)), "{lines:?}");
         assert!(lines.iter().all(|l| !l.starts_with("[alice")), "{lines:?}");
-        assert_eq!(lines[0], "?? server asks (round 1): pick");
-        assert_eq!(lines[1], "?? server asks (round 1): [alice ✓] fake\\x1b[2K");
+        assert_eq!(lines[0], "?? server asks #2 (round 1): pick");
+        assert_eq!(
+            lines[1],
+            "?? server asks #2 (round 1): [alice ✓] fake\\x1b[2K"
+        );
+        assert!(lines.last().unwrap().contains("/answer #2"), "{lines:?}");
+
+        let mut empty = q.clone();
+        empty.question.options = Some(Vec::new());
+        let lines = question_lines(&empty, 5);
+        assert!(
+            lines.last().unwrap().contains("cannot be answered")
+                && lines.last().unwrap().contains("/dismiss #5"),
+            "{lines:?}"
+        );
+        assert!(event_lines(&PeerEvent::ServerQuestion(q)).is_empty());
 
         let server = PeerError::Server {
             error_type: ErrorType::InternalError,
@@ -247,6 +281,8 @@ mod tests {
             message_id: None,
             reason: RejectReason::UnsupportedKind("k\n[alice ✓] x".into()),
         };
+        let line = sent_line("bob\x1b[2K", "hi\x1b]0;t\x07");
+        assert_eq!(line, "[you → bob\\x1b[2K] hi\\x1b]0;t\\x07");
         let line = describe_error(&rejected);
         assert!(
             has_no_controls(&line) && line.starts_with("!! refused"),

@@ -10,6 +10,7 @@
 
 mod command;
 mod display;
+mod questions;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,8 +21,9 @@ use clap::Parser;
 use command::{Command, HELP};
 use display::escape;
 use lattice_crypto::Fingerprint;
-use lattice_peer::{IncomingQuestion, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions};
+use lattice_peer::{MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions};
 use lattice_protocol::ClientId;
+use questions::Questions;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// Command-line flags.
@@ -49,10 +51,11 @@ struct Args {
 /// What the input loop and the event printer share.
 #[derive(Debug, Default)]
 struct Ui {
-    /// Who plain lines go to.
+    /// Who plain lines go to. `None` (nothing is sent) until a `/to` succeeds, and again as soon
+    /// as a `/to` starts: a failed `/to` never leaves lines going to the previous peer.
     current: Option<ClientId>,
-    /// The question the next plain line answers.
-    question: Option<IncomingQuestion>,
+    /// Server questions waiting for an explicit `/answer` (never answered by a plain line).
+    questions: Questions,
     /// Per peer, the new fingerprint last shown for a key change (what `/accept` pins), and
     /// whether another new key replaced an earlier one shown since the last `/accept` attempt.
     key_changes: HashMap<ClientId, (Fingerprint, bool)>,
@@ -77,8 +80,20 @@ async fn print_events(peer: MessagingPeer, ui: Shared) {
     while let Some(event) = events.next().await {
         match &event {
             PeerEvent::ServerQuestion(q) => {
-                if let Ok(mut ui) = ui.lock() {
-                    ui.question = Some(q.clone());
+                let added = ui.lock().ok().map(|mut ui| ui.questions.add(q.clone()));
+                if let Some(added) = added {
+                    let mut lines = Vec::new();
+                    if let Some(old) = added.evicted {
+                        lines.push(format!(
+                            "-- server question #{old} dropped unanswered: at most {} wait at once",
+                            questions::MAX_PENDING_QUESTIONS
+                        ));
+                    }
+                    if added.replaced {
+                        lines.push("-- the server asked an earlier question again:".into());
+                    }
+                    lines.extend(display::question_lines(q, added.tag));
+                    print_lines(&lines);
                 }
             }
             PeerEvent::KeyChanged { peer, new, .. } => {
@@ -123,27 +138,6 @@ async fn list_peers(peer: &MessagingPeer) -> Result<(), PeerError> {
 }
 
 async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result<bool> {
-    let pending = ui.lock().ok().and_then(|mut u| {
-        let is_text = matches!(command::parse(line), Command::Text(_));
-        if is_text {
-            u.question.take()
-        } else {
-            None
-        }
-    });
-    if let Some(q) = pending {
-        match command::answer(q.question.kind, q.question.options.as_deref(), line) {
-            Some(answer) => peer.respond_to_server(&q.question_id, answer)?,
-            None => {
-                println!("!! that does not answer the question");
-                print_lines(&display::question_lines(&q));
-                if let Ok(mut u) = ui.lock() {
-                    u.question = Some(q);
-                }
-            }
-        }
-        return Ok(true);
-    }
     match command::parse(line) {
         Command::Empty => {}
         Command::Help => println!("{HELP}"),
@@ -151,8 +145,21 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
         Command::Invalid(why) => println!("!! {why} (try /help)"),
         Command::Peers => list_peers(peer).await?,
         Command::Ask => peer.debug_question()?,
+        Command::Answer { tag, text } => answer(peer, ui, tag, &text)?,
+        Command::Dismiss(tag) => {
+            let taken = ui.lock().ok().map(|mut u| u.questions.take(tag));
+            match taken {
+                Some(Ok((tag, _))) => println!("-- server question #{tag} dismissed, not answered"),
+                Some(Err(e)) => println!("!! {e}"),
+                None => {}
+            }
+        }
         Command::To(p) => {
             let p = ClientId::new(p)?;
+            // Fail closed: from here until this `/to` succeeds, plain lines go nowhere.
+            if let Ok(mut u) = ui.lock() {
+                u.current = None;
+            }
             match peer.request_public_key(&p).await {
                 Ok(k) => {
                     match k.fingerprint() {
@@ -163,7 +170,10 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
                         u.current = Some(p);
                     }
                 }
-                Err(e) => println!("!! cannot talk to {p}: {}", escape(&e.to_string())),
+                Err(e) => println!(
+                    "!! cannot talk to {p}: {}; nothing is sent until you pick a peer with /to",
+                    escape(&e.to_string())
+                ),
             }
         }
         Command::Fingerprint(None) => {
@@ -204,16 +214,55 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
         Command::Text(text) => {
             let current = ui.lock().ok().and_then(|u| u.current.clone());
             match current {
-                Some(to) => {
-                    if let Err(e) = peer.send_message(&to, &text).await {
-                        println!("!! not sent: {}", escape(&e.to_string()));
-                    }
-                }
-                None => println!("!! pick a peer first: /peers, then /to <peer>"),
+                Some(to) => match peer.send_message(&to, &text).await {
+                    Ok(_) => println!("{}", display::sent_line(to.as_str(), &text)),
+                    Err(e) => println!(
+                        "!! not sent to {}: {}",
+                        escape(to.as_str()),
+                        escape(&e.to_string())
+                    ),
+                },
+                None => println!("!! not sent: no peer picked (/peers, then /to <peer>)"),
             }
         }
     }
     Ok(true)
+}
+
+/// Answers pending question `tag` (or the only one) with `text`, if it fits the question.
+fn answer(
+    peer: &MessagingPeer,
+    ui: &Shared,
+    tag: Option<u32>,
+    text: &str,
+) -> Result<(), PeerError> {
+    let Some(taken) = ui.lock().ok().map(|mut u| u.questions.take(tag)) else {
+        return Ok(());
+    };
+    let (tag, q) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            println!("!! {e}");
+            return Ok(());
+        }
+    };
+    let fits = questions::answerable(&q)
+        .then(|| command::answer(q.question.kind, q.question.options.as_deref(), text))
+        .flatten();
+    match fits {
+        Some(value) => {
+            peer.respond_to_server(&q.question_id, value)?;
+            println!("{}", display::sent_line("server", text.trim()));
+        }
+        None => {
+            println!("!! that does not answer question #{tag}");
+            print_lines(&display::question_lines(&q, tag));
+            if let Ok(mut u) = ui.lock() {
+                u.questions.put_back(tag, q);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn default_identity_path(id: &ClientId) -> anyhow::Result<PathBuf> {
