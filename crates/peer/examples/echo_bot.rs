@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use lattice_peer::sanitize::Sanitized;
 use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent, TlsOptions};
 use lattice_protocol::{ClientId, QuestionKind};
 
@@ -56,7 +57,7 @@ pub async fn run(peer: MessagingPeer) {
                 let sender = if m.verified { "verified" } else { "unverified" };
                 tracing::info!(from = %m.from, sender, "echoing a message");
                 if let Err(e) = peer.send_message(&m.from, &quote(&m.text)).await {
-                    tracing::warn!(to = %m.from, error = %e, "cannot answer");
+                    tracing::warn!(to = %m.from, error = %Sanitized(&e), "cannot answer");
                 }
             }
             PeerEvent::ServerQuestion(q) => {
@@ -72,10 +73,10 @@ pub async fn run(peer: MessagingPeer) {
                     _ => format!("echo: {}", q.question.text).into(),
                 };
                 if let Err(e) = peer.respond_to_server(&q.question_id, answer) {
-                    tracing::warn!(error = %e, "cannot answer the server");
+                    tracing::warn!(error = %Sanitized(&e), "cannot answer the server");
                 }
             }
-            PeerEvent::Error(e) => tracing::warn!(error = %e, "peer error"),
+            PeerEvent::Error(e) => tracing::warn!(error = %Sanitized(&e), "peer error"),
             PeerEvent::ConnectionState(s) => tracing::info!(state = ?s, "connection"),
             _ => {}
         }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{ConnectionState, PeerEvent};
 use crate::peer::Inner;
+use crate::sanitize::Sanitized;
 use crate::transport::WsStream;
 use crate::{defaults, PeerError};
 
@@ -200,7 +201,7 @@ async fn connect_once(
                 if let Ok(mut held) = inner.held.lock() {
                     held.clear();
                 }
-                tracing::info!(peer = %inner.config.client_id, epoch, reason = %end, "connection ended");
+                tracing::info!(peer = %inner.config.client_id, epoch, reason = %Sanitized(&end), "connection ended");
                 Ok(end)
             }
             Err(e) => Err(e),
@@ -248,7 +249,7 @@ pub(crate) async fn supervise(
                 }
                 break;
             }
-            tracing::info!(peer = %inner.config.client_id, error = %e, "server not reachable yet");
+            tracing::info!(peer = %inner.config.client_id, error = %Sanitized(&e), "server not reachable yet");
         } else {
             match outcome {
                 Ok(EndReason::Cancelled) => break,
@@ -261,7 +262,7 @@ pub(crate) async fn supervise(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::info!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
+                    tracing::info!(peer = %inner.config.client_id, error = %Sanitized(&e), "reconnect attempt failed");
                 }
             }
         }

@@ -49,6 +49,7 @@
 //! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
 //! - [`identity_file`]: an identity kept in an owner-only file (0600).
+//! - [`sanitize`]: the one sanitiser for network text shown in a terminal or a log.
 //! - [`error`]: [`PeerError`], [`RejectReason`].
 
 #![forbid(unsafe_code)]
@@ -66,6 +67,7 @@ mod peer;
 mod pending;
 mod receive;
 pub mod replay;
+pub mod sanitize;
 mod transport;
 mod trust;
 

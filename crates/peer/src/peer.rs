@@ -25,6 +25,7 @@ use crate::held::{Held, Refusals, RetryPolicy};
 use crate::keys::{KeyCache, Keyless, PeerKey};
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
 use crate::replay::{MemoryReplayStore, ReplayGuard, ReplayStore};
+use crate::sanitize::Sanitized;
 use crate::transport::Dialer;
 use crate::{defaults, Algorithm, EventStream, PeerConfig, PeerError};
 
@@ -332,7 +333,7 @@ impl MessagingPeer {
         if let Some(r) = running.take() {
             r.cancel.cancel();
             if let Err(e) = r.handle.await {
-                tracing::error!(peer = %self.inner.config.client_id, error = %e, "supervisor task failed");
+                tracing::error!(peer = %self.inner.config.client_id, error = %Sanitized(&e), "supervisor task failed");
             }
         }
     }
@@ -765,7 +766,7 @@ impl Inner {
                 Some(new_request_id()),
             );
             if let Err(e) = self.send_frame(Lane::Normal, frame) {
-                tracing::warn!(peer = %self.config.client_id, error = %e, "cannot renew the presence subscription");
+                tracing::warn!(peer = %self.config.client_id, error = %Sanitized(&e), "cannot renew the presence subscription");
             }
         }
     }
@@ -934,7 +935,7 @@ impl Inner {
         let frame = match decode_server(text) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(peer = %self.config.client_id, error = %e, "undecodable frame from the server");
+                tracing::warn!(peer = %self.config.client_id, error = %Sanitized(&e), "undecodable frame from the server");
                 self.dispatcher
                     .emit(PeerEvent::Error(PeerError::Protocol(e.to_string())));
                 return;
@@ -1074,7 +1075,7 @@ impl Inner {
             from_id: Some(from.clone()),
         }));
         if let Err(e) = self.send_frame(Lane::Normal, frame) {
-            tracing::debug!(peer = %self.config.client_id, error = %e, "ack not sent");
+            tracing::debug!(peer = %self.config.client_id, error = %Sanitized(&e), "ack not sent");
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::held::Verdict;
 use crate::keys::PeerKey;
 use crate::peer::{Inner, B64};
 use crate::replay::{freshness, Fresh};
+use crate::sanitize::Sanitized;
 use crate::trust::Recheck;
 use crate::{PeerConfig, PeerError, RejectReason};
 
@@ -217,14 +218,14 @@ fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
         inner.ack(&from, id);
     }
     if report {
-        tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");
+        tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), transient, "message refused");
         inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
             from,
             message_id,
             reason,
         }));
     } else {
-        tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, "message refused again, retried later");
+        tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), "message refused again, retried later");
     }
     // Held back, not lost: the server keeps an unacknowledged message, and a local copy is opened
     // again as soon as the reason passes (or its retry time comes).
