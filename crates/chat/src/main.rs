@@ -2,7 +2,8 @@
 //!
 //! Connects with an id, lists peers, chats with one peer at a time, answers server questions
 //! interactively, and shows who is verified and each peer's fingerprint. The identity is kept in
-//! a file readable only by the user (0600), by default `<data dir>/lattice/<id>.identity`.
+//! a file readable only by the user (0600), by default `<data dir>/lattice/<id>.identity`, and the
+//! pinned identity keys of peers next to it (`<id>.pins`, also 0600).
 //!
 //! ```text
 //! lattice-chat --server ws://127.0.0.1:3005 --id alice
@@ -21,7 +22,7 @@ use clap::Parser;
 use command::{Command, HELP};
 use display::escape;
 use lattice_crypto::Fingerprint;
-use lattice_peer::{MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions};
+use lattice_peer::{FileKeyStore, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions};
 use lattice_protocol::ClientId;
 use questions::Questions;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -292,6 +293,12 @@ async fn main() -> anyhow::Result<()> {
         println!("-- created a new identity in {}", path.display());
     }
     let mut config = PeerConfig::new(args.server.clone(), id.clone(), identity);
+    // Pins survive restarts, next to the identity: a key the server swaps in after a restart is
+    // caught like one swapped in while running.
+    let pins = lattice_peer::identity_file::key_store_path(&path);
+    config.key_store = Arc::new(
+        FileKeyStore::open(&pins).with_context(|| format!("cannot open {}", pins.display()))?,
+    );
     // Wait for a server that is not up yet (with the reconnect backoff) instead of quitting.
     config.retry_first_connect = true;
     if let Some(ca) = args.ca_file {

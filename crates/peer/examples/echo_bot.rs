@@ -7,13 +7,18 @@
 //! ```
 //!
 //! Its identity lives in `<data dir>/lattice/bots/<id>.identity` (0600), so it keeps its id
-//! across restarts (a verified id is bound to its identity key on the server).
+//! across restarts (a verified id is bound to its identity key on the server); the identity keys
+//! it pinned live next to it (`<id>.pins`, 0600), so a key swapped in after a restart is caught.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
+use lattice_crypto::IdentityPublicKey;
 use lattice_peer::sanitize::Sanitized;
-use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent, TlsOptions};
+use lattice_peer::{
+    FileKeyStore, KeyStore, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions,
+};
 use lattice_protocol::{ClientId, QuestionKind};
 
 /// Command-line flags.
@@ -36,6 +41,23 @@ struct Args {
     /// passes a short one so the bot joins as soon as the app's embedded server is up.
     #[arg(long, value_name = "SECONDS")]
     max_retry_delay: Option<u64>,
+}
+
+/// The bot's pinned keys: a [`FileKeyStore`] in which nobody is a contact. The bot answers
+/// everyone, so counting those it answered as contacts would fill the bounded store with
+/// contacts and then refuse every new sender; instead the oldest pin goes first.
+#[allow(dead_code)] // Unused when the tests include this file as a module.
+#[derive(Debug)]
+pub struct BotKeys(pub FileKeyStore);
+
+impl KeyStore for BotKeys {
+    fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
+        self.0.pinned(peer)
+    }
+
+    fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
+        self.0.pin(peer, key)
+    }
 }
 
 /// The reply to a message: the text quoted line by line.
@@ -106,6 +128,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "created a new identity");
     }
     let mut config = PeerConfig::new(args.server, client_id, identity);
+    // Pins survive restarts, next to the identity file.
+    let pins = lattice_peer::identity_file::key_store_path(&path);
+    config.key_store = Arc::new(BotKeys(FileKeyStore::open(&pins)?));
     // A bot keeps trying, from the first connection on: it may be started before its server.
     config.reconnect.max_attempts = 0;
     config.retry_first_connect = true;

@@ -151,6 +151,12 @@ pub const DISCOVER_MAX_PAGES: usize = 100;
 /// registered peer that messages us adds one; a key that fell out is fetched again.
 pub const KEY_CACHE: usize = 1024;
 
+/// Pinned identity keys a [`crate::MemoryKeyStore`] or [`crate::FileKeyStore`] holds (about 100
+/// bytes each, in memory and on disk). Bounded because every sender with a valid identity adds one;
+/// far more than the contacts of one person. When full, the oldest pin of a peer the user never
+/// talked to goes first; a contact's pin is never evicted.
+pub const KEY_STORE_MAX_PINS: usize = 4096;
+
 /// Sent messages remembered until their `message_ack` (or `error`) arrives, to turn a server error
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;

@@ -40,7 +40,8 @@
 //! - [`defaults`]: every limit and timeout, with its reason.
 //! - [`events`]: [`PeerEvent`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
 //!   [`HandlerHandle`], [`EventStream`] and the lag policy.
-//! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`PeerKey`].
+//! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`FileKeyStore`],
+//!   [`PeerKey`].
 //! - `pending`: request/response matching, [`WaitOptions`], [`ErrorAction`].
 //! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
 //! - `receive`: sealing outgoing and opening/checking incoming messages.
@@ -77,7 +78,7 @@ pub use events::{
     Algorithm, ConnectionState, EventStream, HandlerHandle, IncomingMessage, IncomingQuestion,
     PeerEvent,
 };
-pub use keys::{KeyStore, MemoryKeyStore, PeerKey};
+pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
 pub use peer::{MessagingPeer, SentMessage};
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};
 pub use replay::{MemoryReplayStore, ReplayStore};

@@ -1052,6 +1052,13 @@ impl Inner {
             return Err(e);
         }
         tracing::debug!(peer = %self.config.client_id, to = %target, message_id = %message_id, algorithm = algorithm.as_str(), "message queued");
+        // The user talked to this peer: a bounded key store never evicts its pin now. The
+        // message is queued either way; a store that cannot record it is logged.
+        if key.identity.is_some() {
+            if let Err(e) = self.config.key_store.mark_contact(target) {
+                tracing::warn!(peer = %self.config.client_id, to = %target, error = %Sanitized(&e), "cannot mark a contact in the key store");
+            }
+        }
         Ok(SentMessage {
             message_id,
             algorithm,

@@ -727,6 +727,73 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
 /// server serves K1 does accepting fp(K1) pin it. A second change within the run is reported,
 /// never slipped in silently.
 #[tokio::test]
+async fn a_key_change_after_a_restart_is_caught_with_a_file_key_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("alice.pins");
+    let alice = new_identity();
+    let bob_old = new_identity();
+    let bob_new = new_identity();
+    let mut fake = FakeServer::start().await;
+    let url = fake.url.clone();
+    let config = |identity: Identity| {
+        let mut c = test_config(&url, "alice", identity);
+        c.key_store = Arc::new(lattice_peer::FileKeyStore::open(&pins).unwrap());
+        c
+    };
+    let bytes = alice.to_bytes();
+
+    // First run: bob's key is pinned on first use, and alice talks to him.
+    let (peer, mut conn) = connected(&mut fake, config(alice)).await;
+    fetch_key(&peer, &mut conn, "bob", &bob_old).await.unwrap();
+    peer.send_message(&id("bob"), "hi").await.unwrap();
+    peer.disconnect().await;
+    drop(peer);
+    let text = std::fs::read_to_string(&pins).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("bob ") && l.ends_with(" contact")),
+        "bob is kept as a contact: {text}"
+    );
+
+    // Restart: the server now hands out another key for bob.
+    let alice = Identity::from_bytes(&bytes).unwrap();
+    let (peer, mut conn) = connected(&mut fake, config(alice)).await;
+    let mut events = peer.events();
+    assert_eq!(
+        peer.peer_fingerprint(&id("bob")).unwrap(),
+        Some(fp(&bob_old)),
+        "the pin survived the restart"
+    );
+    assert!(matches!(
+        fetch_key(&peer, &mut conn, "bob", &bob_new).await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    let (old, new) = wait_for(&mut events, |e| match e {
+        PeerEvent::KeyChanged { peer, old, new } if peer.as_str() == "bob" => Some((old, new)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((old, new), (fp(&bob_old), fp(&bob_new)));
+    assert!(matches!(
+        peer.send_message(&id("bob"), "secret").await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    // Accepted only explicitly, and then kept across the next restart too.
+    accept(&peer, &mut conn, "bob", &fp(&bob_new), &bob_new)
+        .await
+        .unwrap();
+    drop(conn);
+    peer.disconnect().await;
+    let store = lattice_peer::FileKeyStore::open(&pins).unwrap();
+    assert_eq!(
+        lattice_peer::KeyStore::pinned(&store, &id("bob"))
+            .unwrap()
+            .map(|k| k.fingerprint()),
+        Some(fp(&bob_new))
+    );
+}
+
+#[tokio::test]
 async fn a_key_change_is_accepted_only_for_the_compared_fingerprint() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob_old = new_identity();
