@@ -39,6 +39,14 @@ pub const BACKOFF_FACTOR: f64 = 2.0;
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Consecutive failed attempts after which the peer gives up and reports `Disconnected`.
 pub const BACKOFF_MAX_ATTEMPTS: u32 = 10;
+/// How long a registered connection must stay up before the reconnect backoff starts over (attempt
+/// 1, the base delay). Registration alone proves little: a server (or anyone on a `ws://` path)
+/// that closes every connection right after it registered would otherwise get a reconnect about
+/// once a second forever, and the attempt limit would never apply. A minute is two keepalive
+/// rounds ([`PING_INTERVAL`]), and longer than the longest backoff delay.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+const _: () = assert!(BACKOFF_RESET_AFTER.as_secs() > BACKOFF_MAX.as_secs());
+
 /// Fraction of each delay that is randomised, so peers that lost the same server do not all
 /// reconnect in the same millisecond.
 pub const BACKOFF_JITTER: f64 = 0.2;

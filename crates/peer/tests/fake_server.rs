@@ -926,6 +926,54 @@ async fn while_disconnected_the_queue_is_bounded_and_the_backoff_gives_up() {
     ));
 }
 
+#[tokio::test]
+async fn a_server_that_closes_right_after_each_registration_is_backed_off_and_given_up() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    cfg.reconnect.max_attempts = 3;
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    // Every connection registers fine and is closed at once: registration alone must not reset
+    // the backoff, so the attempts count up and the limit applies.
+    // (A frame queued while reconnecting is written only once the next connection registered:
+    // the server closes after reading it, so the peer saw each registration succeed.)
+    let q = lattice_protocol::QuestionId::new("q").unwrap();
+    conn.close(1000, "bye").await;
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            let mut c = fake.next_conn().await;
+            c.accept_registration().await;
+            c.expect("peer_response").await;
+            c.close(1000, "bye").await;
+        }
+        fake
+    });
+    let mut attempts = Vec::new();
+    let mut registered = 0;
+    let gave_up = wait_for(&mut events, |e| match e {
+        PeerEvent::ConnectionState(ConnectionState::Reconnecting { attempt }) => {
+            attempts.push(attempt);
+            peer.respond_to_server(&q, "x").unwrap();
+            None
+        }
+        PeerEvent::Registered { .. } => {
+            registered += 1;
+            None
+        }
+        PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => Some(attempts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(attempts, [1, 2, 3], "the backoff grew with every attempt");
+    assert_eq!(registered, 3, "each attempt did register");
+    assert_eq!(gave_up, 3);
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(())
+    })
+    .await;
+    drop(server.await.unwrap());
+}
+
 // ---- replaced by another connection of the same identity (close 4000) ----
 
 const REPLACED: u16 = 4000;
