@@ -65,6 +65,20 @@ pub const CONTROL_QUEUE: usize = 8;
 /// is raised: reading the socket never blocks on a slow consumer.
 pub const RECEIVE_QUEUE: usize = 256;
 
+/// Senders whose messages are opened at once. Opening a message may wait for the sender's key (a
+/// request to the server, up to [`REQUEST_TIMEOUT`]), so messages of different senders are opened
+/// concurrently: a sender whose key is slow or never comes holds up only its own messages. Bounded,
+/// so a flood of senders costs at most this many key requests in flight; a sender waits for a free
+/// slot in turn (round-robin), and this many stalled senders at once still leave others a turn
+/// every [`REQUEST_TIMEOUT`].
+pub const RECEIVE_CONCURRENCY: usize = 16;
+
+/// Incoming messages of one sender waiting to be opened (besides the [`RECEIVE_QUEUE`] shared by
+/// all, which they have left). Beyond it that sender's messages are dropped unacknowledged (the
+/// server delivers them again later) and `Error(ReceiveQueueFull)` is raised: one sender cannot
+/// take the whole queue from the others.
+pub const RECEIVE_QUEUE_PER_SENDER: usize = 32;
+
 /// Incoming messages kept after a refusal that may pass (a key change waiting for the user, a
 /// sender key that could not be fetched), to be opened again as soon as it passes. They are not
 /// acknowledged, so beyond this bound the server's copy is delivered again after a reconnect.

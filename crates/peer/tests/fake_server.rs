@@ -1060,8 +1060,9 @@ async fn a_replaced_peer_can_connect_again_as_soon_as_it_is_disconnected() {
 // ---- which refused messages are acknowledged ----
 
 /// Sends an unsigned message from an original client (no pinned identity) and waits until it is
-/// delivered: a marker that everything sent before it has been processed. Returns the id of the
-/// next `ack` the peer sends, which must be the marker's if nothing before it was acked.
+/// delivered. Returns the id of the next `ack` the peer sends, which must be the marker's if
+/// nothing before it was acked. Senders are processed concurrently, so call it only once what was
+/// sent before has been reported (delivered or refused): then any ack of it would come first.
 async fn next_ack_after_marker(
     conn: &mut FakeConn,
     events: &mut lattice_peer::EventStream,
@@ -1827,4 +1828,52 @@ async fn discover_reads_every_page_and_stops_at_the_last() {
         "every page, without ourselves"
     );
     peer.disconnect().await;
+}
+
+#[tokio::test]
+async fn a_sender_whose_key_never_comes_does_not_hold_up_another_senders_messages() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    // The slow sender's key request would otherwise time out and let the queue move on: with a
+    // request timeout of an hour, only fair processing lets bob's message through meanwhile.
+    cfg.timeouts.request = Duration::from_secs(3600);
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let slow = new_identity();
+    let bob = new_identity();
+    let seal = |id: &'static str, signer: &Identity, mid: &str, text: &str| {
+        msg(v1_payload(
+            &Sender { id, signer },
+            "alice",
+            &alice_kem,
+            mid,
+            mid,
+            text,
+        ))
+    };
+
+    // "slow" writes first; the server never answers its key request.
+    conn.send(seal("slow", &slow, "s-1", "from slow")).await;
+    let slow_request = conn.expect("request_public_key").await;
+    assert_eq!(slow_request["payload"]["targetId"], "slow");
+    // bob writes next, and his message arrives while slow's key request is still unanswered.
+    conn.send(seal("bob", &bob, "b-1", "from bob")).await;
+    conn.serve_key("bob", &bob).await;
+    let text = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some((m.from.to_string(), m.text)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, ("bob".to_owned(), "from bob".to_owned()));
+
+    // Answered at last, slow's message opens too.
+    conn.send(json!({"type": "public_key_response", "payload": key_payload("slow", &slow), "requestId": slow_request["requestId"]}))
+        .await;
+    let text = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some((m.from.to_string(), m.text)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, ("slow".to_owned(), "from slow".to_owned()));
 }
