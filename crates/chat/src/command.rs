@@ -22,6 +22,8 @@ pub enum Command {
     },
     /// `/dismiss [#n]`: drop pending server question `#n` (or the only pending one) unanswered.
     Dismiss(Option<u32>),
+    /// `/reconnect`: connect again after the connection was given up or taken over.
+    Reconnect,
     /// `/help`.
     Help,
     /// `/quit`.
@@ -45,6 +47,7 @@ commands:
   /answer [#n] <answer>  answer the server's question #n (the number it was shown with;
                   optional when only one is waiting)
   /dismiss [#n]   drop the server's question #n unanswered
+  /reconnect      connect again after DISCONNECTED (takes the session back from another device)
   /help           this text
   /quit           leave
 plain lines only ever go to the peer picked with /to, never to the server";
@@ -76,6 +79,7 @@ pub fn parse(line: &str) -> Command {
         ("fp", p) => Command::Fingerprint(p),
         ("accept", Some(p)) => Command::Accept(p),
         ("ask", _) => Command::Ask,
+        ("reconnect", _) => Command::Reconnect,
         ("dismiss", None) => Command::Dismiss(None),
         ("dismiss", Some(t)) => match parse_tag(&t) {
             Some(tag) => Command::Dismiss(Some(tag)),
@@ -162,6 +166,7 @@ mod tests {
         assert_eq!(parse("/fp bob"), Command::Fingerprint(Some("bob".into())));
         assert_eq!(parse("/accept bob"), Command::Accept("bob".into()));
         assert_eq!(parse("/quit"), Command::Quit);
+        assert_eq!(parse("/reconnect"), Command::Reconnect);
         assert_eq!(parse("hello there\n"), Command::Text("hello there".into()));
         assert_eq!(
             parse("//not a command"),

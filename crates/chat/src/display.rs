@@ -64,10 +64,32 @@ pub fn question_lines(q: &IncomingQuestion, tag: u32) -> Vec<String> {
     lines
 }
 
+/// How a peer's verified identity key is described: "✓ pinned" if it matches the key pinned
+/// earlier, "✓ trusted on first use" if it was pinned just now on the server's word alone (compare
+/// its fingerprint out of band to be sure).
+pub fn trust_mark(pinned_before: bool) -> &'static str {
+    if pinned_before {
+        "✓ verified (pinned key)"
+    } else {
+        "✓ trusted on first use (compare /fp out of band)"
+    }
+}
+
 /// The line echoing what the user sent, naming where it went (`[you → bob] hi`), so that no line
 /// leaves without the user seeing its recipient.
 pub fn sent_line(to: &str, text: &str) -> String {
     format!("[you → {}] {}", escape(to), escape(text))
+}
+
+/// The lines shown when the connection is over for good, until `/reconnect`: loud, because
+/// whatever the user types afterwards goes nowhere.
+pub fn disconnected_lines(why: &str) -> Vec<String> {
+    vec![
+        "!! ============================================================".into(),
+        format!("!! DISCONNECTED: {why}"),
+        "!! nothing is sent or received until you type /reconnect".into(),
+        "!! ============================================================".into(),
+    ]
 }
 
 /// One line for an error (its details may come from the server or a peer: escaped).
@@ -112,6 +134,12 @@ pub fn event_lines(event: &PeerEvent) -> Vec<String> {
             escape(target.as_str()),
             escape(&error.to_string())
         )],
+        PeerEvent::Error(PeerError::Replaced) => disconnected_lines(
+            "the server closed this session: this identity connected elsewhere (close code 4000); /reconnect takes it back",
+        ),
+        PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => disconnected_lines(&format!(
+            "gave up reconnecting after {attempts} attempts"
+        )),
         PeerEvent::Error(e) => vec![describe_error(e)],
         PeerEvent::Lagged { missed } => vec![format!("!! {missed} events were not shown")],
         _ => Vec::new(),
@@ -235,6 +263,19 @@ mod tests {
             message_id: None,
             reason: RejectReason::UnsupportedKind("k\n[alice ✓] x".into()),
         };
+        let lines = event_lines(&PeerEvent::Error(PeerError::Replaced));
+        assert!(
+            lines.iter().any(|l| l.contains("DISCONNECTED")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("/reconnect")), "{lines:?}");
+        let lines = event_lines(&PeerEvent::Error(PeerError::ReconnectFailed {
+            attempts: 10,
+        }));
+        assert!(
+            lines.iter().any(|l| l.contains("DISCONNECTED")),
+            "{lines:?}"
+        );
         let line = sent_line("bob\x1b[2K", "hi\x1b]0;t\x07");
         assert_eq!(line, "[you → bob\\x1b[2K] hi\\x1b]0;t\\x07");
         let line = describe_error(&rejected);
