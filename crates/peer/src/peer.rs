@@ -816,6 +816,11 @@ impl Inner {
         options: WaitOptions,
     ) -> Result<ServerFrame, PeerError> {
         let request_type = body.type_name();
+        // No connection and none coming (never connected, disconnected, replaced, or the backoff
+        // gave up): say so at once instead of queueing and timing out as "no answer".
+        if matches!(lane, Lane::Normal) && *self.state.borrow() == ConnectionState::Disconnected {
+            return Err(PeerError::NotConnected);
+        }
         let request_id = new_request_id();
         let epoch = match lane {
             Lane::Control(e) => Some(e),

@@ -924,6 +924,11 @@ async fn while_disconnected_the_queue_is_bounded_and_the_backoff_gives_up() {
         peer.register_and_wait(Duration::from_millis(10)).await,
         Err(PeerError::NotConnected)
     ));
+    // A request while permanently disconnected says so, instead of timing out as "no answer".
+    assert!(matches!(
+        peer.request_public_key(&id("bob")).await,
+        Err(PeerError::NotConnected)
+    ));
 }
 
 #[tokio::test]
