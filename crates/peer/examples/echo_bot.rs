@@ -43,6 +43,12 @@ struct Args {
     max_retry_delay: Option<u64>,
 }
 
+/// How long the bot waits, once replaced by another connection of its identity (close 4000),
+/// before it connects again. A bot should not stay silent because one close frame said so (on
+/// `ws://` anyone on the path can send it), but two instances of it must not take the id from each
+/// other once a second either: every five minutes is a nuisance at worst.
+pub const RETAKE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The bot's pinned keys: a [`FileKeyStore`] in which nobody is a contact. The bot answers
 /// everyone, so counting those it answered as contacts would fill the bounded store with
 /// contacts and then refuse every new sender; instead the oldest pin goes first.
@@ -97,6 +103,18 @@ pub async fn run(peer: MessagingPeer) {
                 if let Err(e) = peer.respond_to_server(&q.question_id, answer) {
                     tracing::warn!(error = %Sanitized(&e), "cannot answer the server");
                 }
+            }
+            PeerEvent::Error(PeerError::Replaced) => {
+                // The library stops after a 4000 close (two instances would take the id from each
+                // other forever); a bot is not meant to idle, so it takes the id back, slowly.
+                tracing::warn!(retry_in = ?RETAKE_AFTER, "replaced by another connection of this identity (close 4000); taking the id back later");
+                let p = peer.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETAKE_AFTER).await;
+                    if let Err(e) = p.connect().await {
+                        tracing::warn!(error = %Sanitized(&e), "cannot connect again");
+                    }
+                });
             }
             PeerEvent::Error(e) => tracing::warn!(error = %Sanitized(&e), "peer error"),
             PeerEvent::ConnectionState(s) => tracing::info!(state = ?s, "connection"),
