@@ -183,6 +183,12 @@ pub const KEY_STORE_MAX_PINS: usize = 4096;
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;
 
+/// Request ids remembered as sent by this client (about 100 bytes each), so that an `error` frame
+/// naming a request id this client never sent is ignored instead of shown as a server error about
+/// something the user did. Far more than are in flight at once; an error for a request older than
+/// this many others is ignored too.
+pub const ISSUED_REQUESTS: usize = 4096;
+
 /// Largest WebSocket message accepted from the server: exactly the largest frame a server ever
 /// sends ([`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`], a relayed message of the
 /// protocol's frame limit plus the fields the server adds around it). Derived from it, so the

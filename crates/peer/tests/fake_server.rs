@@ -247,25 +247,43 @@ async fn an_error_for_another_request_or_none_disturbs_no_waiter() {
     let mut events = peer.events();
     let waiting = discover(&peer, WaitOptions::default());
     let req = conn.expect("discover").await;
+    let mut not_ours = error_frame("PEER_NOT_FOUND", Some(&json!("not-ours")));
+    not_ours["payload"]["details"] = json!("not-ours");
+    conn.send(not_ours).await;
     conn.send(error_frame("PEER_NOT_FOUND", None)).await;
-    conn.send(error_frame("PEER_NOT_FOUND", Some(&json!("not-ours"))))
-        .await;
     conn.send(
         json!({"type": "discover", "payload": {"peers": ["fine"]}, "requestId": req["requestId"]}),
     )
     .await;
     assert_eq!(peers_of(&waiting.await.unwrap().unwrap()), ["fine"]);
-    // Both errors were reported as events.
-    for _ in 0..2 {
-        wait_for(&mut events, |e| match e {
+    // The error without a request id is reported; the one naming a request this client never
+    // sent is not (it came first, so it would have been reported first).
+    none_before(
+        &mut events,
+        |e| matches!(e, PeerEvent::Error(PeerError::Server { details, .. }) if details == "not-ours"),
+        |e| match e {
             PeerEvent::Error(PeerError::Server {
                 error_type: ErrorType::PeerNotFound,
                 ..
             }) => Some(()),
             _ => None,
-        })
+        },
+    )
+    .await;
+    // An error naming a request this client did send (a fire-and-forget answer) is reported.
+    peer.respond_to_server(&lattice_protocol::QuestionId::new("q").unwrap(), "x")
+        .unwrap();
+    let answer = conn.expect("peer_response").await;
+    conn.send(error_frame("UNKNOWN_QUESTION", Some(&answer["requestId"])))
         .await;
-    }
+    wait_for(&mut events, |e| match e {
+        PeerEvent::Error(PeerError::Server {
+            error_type: ErrorType::UnknownQuestion,
+            ..
+        }) => Some(()),
+        _ => None,
+    })
+    .await;
 }
 
 #[tokio::test]
