@@ -181,7 +181,9 @@ pub(crate) async fn worker(
     cancel: CancellationToken,
 ) {
     let mut fair = Fair::default();
-    let mut running: JoinSet<ClientId> = JoinSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Which sender each running task opens a message of.
+    let mut senders: HashMap<tokio::task::Id, ClientId> = HashMap::new();
     let mut open_channel = true;
     // Bounded: every turn either ends the loop, or handles one event (a message read or opened,
     // a wake-up) of which there are finitely many per message.
@@ -199,11 +201,9 @@ pub(crate) async fn worker(
         }
         while let Some(d) = fair.next() {
             let inner = Arc::clone(&inner);
-            running.spawn(async move {
-                let from = d.from_id.clone();
-                process(&inner, d).await;
-                from
-            });
+            let from = d.from_id.clone();
+            let task = running.spawn(async move { process(&inner, d).await });
+            senders.insert(task.id(), from);
         }
         if !open_channel && running.is_empty() {
             break;
@@ -212,14 +212,20 @@ pub(crate) async fn worker(
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok(from) => fair.done(&from),
-                Err(e) => {
-                    // A panic in one message's processing: tell, and stop rather than lose track.
-                    tracing::error!(peer = %inner.config.client_id, error = %e, "message processing failed");
-                    break;
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        // A bug (a panic) while opening one message: that message is left
+                        // unacknowledged (the server delivers it again); the sender goes on.
+                        tracing::error!(peer = %inner.config.client_id, error = %e, "message processing failed");
+                        e.id()
+                    }
+                };
+                if let Some(from) = senders.remove(&id) {
+                    fair.done(&from);
                 }
-            },
+            }
             () = inner.held_ready.notified() => {}
             () = sleep_until_some(retry) => {
                 if let Ok(mut h) = inner.held.lock() {
