@@ -13,11 +13,22 @@ pub enum Command {
     Accept(String),
     /// `/ask`: start the server's demo conversation.
     Ask,
+    /// `/answer [#n] <text>`: answer pending server question `#n` (or the only pending one).
+    Answer {
+        /// The question's number, as shown.
+        tag: Option<u32>,
+        /// The answer.
+        text: String,
+    },
+    /// `/dismiss [#n]`: drop pending server question `#n` (or the only pending one) unanswered.
+    Dismiss(Option<u32>),
+    /// `/reconnect`: connect again after the connection was given up or taken over.
+    Reconnect,
     /// `/help`.
     Help,
     /// `/quit`.
     Quit,
-    /// A plain line: a message to the current peer, or the answer to a pending question.
+    /// A plain line: a message to the current peer (never an answer to a server question).
     Text(String),
     /// Nothing (blank line).
     Empty,
@@ -33,9 +44,13 @@ commands:
   /fp [peer]      show your fingerprint, or <peer>'s, to compare out of band
   /accept <peer>  trust <peer>'s new key with the fingerprint shown as \"now:\" (compare it first!)
   /ask            start the server's demo conversation
+  /answer [#n] <answer>  answer the server's question #n (the number it was shown with;
+                  optional when only one is waiting)
+  /dismiss [#n]   drop the server's question #n unanswered
+  /reconnect      connect again after DISCONNECTED (takes the session back from another device)
   /help           this text
   /quit           leave
-when the server asks a question, the next plain line answers it";
+plain lines only ever go to the peer picked with /to, never to the server";
 
 /// Parses one input line.
 pub fn parse(line: &str) -> Command {
@@ -52,6 +67,11 @@ pub fn parse(line: &str) -> Command {
     }
     let mut parts = rest.split_whitespace();
     let name = parts.next().unwrap_or_default();
+    if matches!(name, "answer" | "a") {
+        // `name` is the first word of `rest` (after any leading blanks).
+        let args = rest.trim_start().get(name.len()..).unwrap_or_default();
+        return parse_answer(args.trim());
+    }
     let arg = parts.next().map(str::to_owned);
     match (name, arg) {
         ("peers" | "p", _) => Command::Peers,
@@ -59,9 +79,43 @@ pub fn parse(line: &str) -> Command {
         ("fp", p) => Command::Fingerprint(p),
         ("accept", Some(p)) => Command::Accept(p),
         ("ask", _) => Command::Ask,
+        ("reconnect", _) => Command::Reconnect,
+        ("dismiss", None) => Command::Dismiss(None),
+        ("dismiss", Some(t)) => match parse_tag(&t) {
+            Some(tag) => Command::Dismiss(Some(tag)),
+            None => Command::Invalid(format!("not a question number: {t} (e.g. #1)")),
+        },
         ("help" | "h" | "?", _) => Command::Help,
         ("quit" | "q" | "exit", _) => Command::Quit,
         (other, _) => Command::Invalid(format!("unknown command or missing argument: /{other}")),
+    }
+}
+
+/// `#n` (or `n`): a question's number.
+fn parse_tag(word: &str) -> Option<u32> {
+    word.strip_prefix('#').unwrap_or(word).parse().ok()
+}
+
+/// The argument of `/answer`: an optional `#n`, then the answer (the rest of the line as typed).
+fn parse_answer(rest: &str) -> Command {
+    let (tag, text) = match rest.strip_prefix('#') {
+        Some(after) => {
+            let (n, text) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
+            match n.parse() {
+                Ok(n) => (Some(n), text.trim()),
+                Err(_) => {
+                    return Command::Invalid(format!("not a question number: #{n} (e.g. #1)"))
+                }
+            }
+        }
+        None => (None, rest),
+    };
+    if text.is_empty() {
+        return Command::Invalid("missing the answer: /answer [#n] <answer>".into());
+    }
+    Command::Answer {
+        tag,
+        text: text.to_owned(),
     }
 }
 
@@ -112,6 +166,7 @@ mod tests {
         assert_eq!(parse("/fp bob"), Command::Fingerprint(Some("bob".into())));
         assert_eq!(parse("/accept bob"), Command::Accept("bob".into()));
         assert_eq!(parse("/quit"), Command::Quit);
+        assert_eq!(parse("/reconnect"), Command::Reconnect);
         assert_eq!(parse("hello there\n"), Command::Text("hello there".into()));
         assert_eq!(
             parse("//not a command"),
@@ -119,6 +174,33 @@ mod tests {
         );
         assert_eq!(parse("   "), Command::Empty);
         assert!(matches!(parse("/frobnicate"), Command::Invalid(_)));
+    }
+
+    #[test]
+    fn answers_and_dismissals_are_explicit_commands() {
+        assert_eq!(
+            parse("/answer  hello  world "),
+            Command::Answer {
+                tag: None,
+                text: "hello  world".into()
+            }
+        );
+        assert_eq!(
+            parse("/answer #3 2"),
+            Command::Answer {
+                tag: Some(3),
+                text: "2".into()
+            }
+        );
+        assert!(matches!(parse("/answer"), Command::Invalid(_)));
+        assert!(matches!(parse("/answer #2"), Command::Invalid(_)));
+        assert!(matches!(parse("/answer #x yes"), Command::Invalid(_)));
+        assert_eq!(parse("/dismiss"), Command::Dismiss(None));
+        assert_eq!(parse("/dismiss #4"), Command::Dismiss(Some(4)));
+        assert!(matches!(parse("/dismiss four"), Command::Invalid(_)));
+        // A plain line is a message, whatever it looks like.
+        assert_eq!(parse("yes"), Command::Text("yes".into()));
+        assert_eq!(parse("1"), Command::Text("1".into()));
     }
 
     #[test]

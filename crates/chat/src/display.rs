@@ -2,42 +2,14 @@
 //! questions and options, error details. All of it is untrusted, so all of it goes through
 //! [`escape`] before it reaches the terminal: a sender must not be able to move the cursor, erase
 //! a line, start a new one that looks like someone else's message, or reorder text with bidi
-//! controls. A message of several lines is printed as several lines, each with the sender's mark.
-
-use std::fmt::Write as _;
+//! controls ([`escape`] is lattice-peer's sanitiser). A message of several lines is printed as several lines, each with the sender's mark.
 
 use lattice_peer::{ConnectionState, IncomingQuestion, PeerError, PeerEvent};
 use lattice_protocol::QuestionKind;
 
-/// Makes untrusted `text` safe to print on one terminal line: every control character (C0, DEL,
-/// C1: ESC, CR, LF, TAB, ...), every bidi control (U+061C, U+200E/F, U+202A–U+202E,
-/// U+2066–U+2069) and the line/paragraph separators U+2028/U+2029 are written as visible escapes
-/// (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`); everything else is kept as is.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                // C0, DEL and C1 are all below U+0100.
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            '\u{061c}'
-            | '\u{200e}'
-            | '\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{2028}'
-            | '\u{2029}' => {
-                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// The one sanitiser for network text ([`lattice_peer::sanitize::for_terminal`]), under the name
+/// this crate uses everywhere.
+pub use lattice_peer::sanitize::for_terminal as escape;
 
 /// The lines of a message: one per line of `text` (a trailing CR of a CRLF line end dropped),
 /// each escaped and prefixed with the sender's mark, so that no line can pass for another
@@ -53,9 +25,10 @@ pub fn message_lines(from: &str, verified: bool, text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The lines of a server question: its text (every line marked as the server's), its options,
-/// and how to answer.
-pub fn question_lines(q: &IncomingQuestion) -> Vec<String> {
+/// The lines of a server question shown as `#tag`: its text (every line marked as the server's),
+/// its options, and how to answer it explicitly (`/answer #tag ...`), or that it cannot be answered
+/// and how to dismiss it.
+pub fn question_lines(q: &IncomingQuestion, tag: u32) -> Vec<String> {
     let round = q.round.map(|r| format!(" (round {r})")).unwrap_or_default();
     let mut lines: Vec<String> = q
         .question
@@ -63,27 +36,67 @@ pub fn question_lines(q: &IncomingQuestion) -> Vec<String> {
         .split('\n')
         .map(|line| {
             let line = line.strip_suffix('\r').unwrap_or(line);
-            format!("?? server asks{round}: {}", escape(line))
+            format!("?? server asks #{tag}{round}: {}", escape(line))
         })
         .collect();
+    if !crate::questions::answerable(q) {
+        lines.push(format!(
+            "   !! question #{tag} cannot be answered (a choice without options): /dismiss #{tag}"
+        ));
+        return lines;
+    }
     match (q.question.kind, q.question.options.as_deref()) {
         (Some(QuestionKind::Choice), Some(options)) => {
             for (i, o) in options.iter().enumerate() {
                 lines.push(format!("   {}. {}", i + 1, escape(o)));
             }
-            lines.push("   (answer with a number or the option)".into());
+            lines.push(format!(
+                "   (answer with /answer #{tag} <number or option>, or /dismiss #{tag})"
+            ));
         }
-        (Some(QuestionKind::Confirm), _) => lines.push("   (answer y or n)".into()),
-        _ => lines.push("   (type your answer)".into()),
+        (Some(QuestionKind::Confirm), _) => lines.push(format!(
+            "   (answer with /answer #{tag} y or /answer #{tag} n, or /dismiss #{tag})"
+        )),
+        _ => lines.push(format!(
+            "   (answer with /answer #{tag} <your answer>, or /dismiss #{tag})"
+        )),
     }
     lines
+}
+
+/// How a peer's verified identity key is described: "✓ pinned" if it matches the key pinned
+/// earlier, "✓ trusted on first use" if it was pinned just now on the server's word alone (compare
+/// its fingerprint out of band to be sure).
+pub fn trust_mark(pinned_before: bool) -> &'static str {
+    if pinned_before {
+        "✓ verified (pinned key)"
+    } else {
+        "✓ trusted on first use (compare /fp out of band)"
+    }
+}
+
+/// The line echoing what the user sent, naming where it went (`[you → bob] hi`), so that no line
+/// leaves without the user seeing its recipient.
+pub fn sent_line(to: &str, text: &str) -> String {
+    format!("[you → {}] {}", escape(to), escape(text))
+}
+
+/// The lines shown when the connection is over for good, until `/reconnect`: loud, because
+/// whatever the user types afterwards goes nowhere.
+pub fn disconnected_lines(why: &str) -> Vec<String> {
+    vec![
+        "!! ============================================================".into(),
+        format!("!! DISCONNECTED: {why}"),
+        "!! nothing is sent or received until you type /reconnect".into(),
+        "!! ============================================================".into(),
+    ]
 }
 
 /// One line for an error (its details may come from the server or a peer: escaped).
 pub fn describe_error(e: &PeerError) -> String {
     match e {
         PeerError::Rejected { from, reason, .. } => {
-            escape(&format!("!! refused a message from {from}: {reason}"))
+            escape(&format!("!! refused a message from {from}: {reason}")).into_owned()
         }
         other => format!("!! {}", escape(&other.to_string())),
     }
@@ -93,7 +106,8 @@ pub fn describe_error(e: &PeerError) -> String {
 pub fn event_lines(event: &PeerEvent) -> Vec<String> {
     match event {
         PeerEvent::Message(m) => message_lines(m.from.as_str(), m.verified, &m.text),
-        PeerEvent::ServerQuestion(q) => question_lines(q),
+        // Numbered and printed by the caller, which keeps the pending questions.
+        PeerEvent::ServerQuestion(_) => Vec::new(),
         PeerEvent::PeerConnected(p) => vec![format!("-- {} is online", escape(p.as_str()))],
         PeerEvent::PeerDisconnected(p) => vec![format!("-- {} left", escape(p.as_str()))],
         PeerEvent::ConnectionState(s) => match s {
@@ -120,6 +134,12 @@ pub fn event_lines(event: &PeerEvent) -> Vec<String> {
             escape(target.as_str()),
             escape(&error.to_string())
         )],
+        PeerEvent::Error(PeerError::Replaced) => disconnected_lines(
+            "the server closed this session: this identity connected elsewhere (close code 4000); /reconnect takes it back",
+        ),
+        PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => disconnected_lines(&format!(
+            "gave up reconnecting after {attempts} attempts"
+        )),
         PeerEvent::Error(e) => vec![describe_error(e)],
         PeerEvent::Lagged { missed } => vec![format!("!! {missed} events were not shown")],
         _ => Vec::new(),
@@ -138,24 +158,6 @@ mod tests {
             c.is_control()
                 || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
         })
-    }
-
-    #[test]
-    fn escape_makes_controls_and_bidi_visible() {
-        assert_eq!(escape("plain ✓ text"), "plain ✓ text");
-        assert_eq!(escape("a\nb\rc\td"), "a\\nb\\rc\\td");
-        assert_eq!(escape("\x1b[2K"), "\\x1b[2K");
-        assert_eq!(escape("\0\x07\x7f"), "\\x00\\x07\\x7f");
-        assert_eq!(escape("\u{9b}31m"), "\\x9b31m");
-        assert_eq!(escape("\u{202e}evil\u{202c}"), "\\u{202e}evil\\u{202c}");
-        assert_eq!(escape("\u{2066}\u{2069}"), "\\u{2066}\\u{2069}");
-        assert_eq!(escape("x\u{2028}y"), "x\\u{2028}y");
-        for c in (0u32..0x250)
-            .chain(0x2000..0x2070)
-            .filter_map(char::from_u32)
-        {
-            assert!(has_no_controls(&escape(&c.to_string())), "{c:?}");
-        }
     }
 
     fn message(from: &str, verified: bool, text: &str) -> PeerEvent {
@@ -220,11 +222,25 @@ mod tests {
             conversation_id: None,
             round: Some(1),
         };
-        let lines = event_lines(&PeerEvent::ServerQuestion(q));
+        let lines = question_lines(&q, 2);
         assert!(lines.iter().all(|l| has_no_controls(l)), "{lines:?}");
         assert!(lines.iter().all(|l| !l.starts_with("[alice")), "{lines:?}");
-        assert_eq!(lines[0], "?? server asks (round 1): pick");
-        assert_eq!(lines[1], "?? server asks (round 1): [alice ✓] fake\\x1b[2K");
+        assert_eq!(lines[0], "?? server asks #2 (round 1): pick");
+        assert_eq!(
+            lines[1],
+            "?? server asks #2 (round 1): [alice ✓] fake\\x1b[2K"
+        );
+        assert!(lines.last().unwrap().contains("/answer #2"), "{lines:?}");
+
+        let mut empty = q.clone();
+        empty.question.options = Some(Vec::new());
+        let lines = question_lines(&empty, 5);
+        assert!(
+            lines.last().unwrap().contains("cannot be answered")
+                && lines.last().unwrap().contains("/dismiss #5"),
+            "{lines:?}"
+        );
+        assert!(event_lines(&PeerEvent::ServerQuestion(q)).is_empty());
 
         let server = PeerError::Server {
             error_type: ErrorType::InternalError,
@@ -247,6 +263,21 @@ mod tests {
             message_id: None,
             reason: RejectReason::UnsupportedKind("k\n[alice ✓] x".into()),
         };
+        let lines = event_lines(&PeerEvent::Error(PeerError::Replaced));
+        assert!(
+            lines.iter().any(|l| l.contains("DISCONNECTED")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("/reconnect")), "{lines:?}");
+        let lines = event_lines(&PeerEvent::Error(PeerError::ReconnectFailed {
+            attempts: 10,
+        }));
+        assert!(
+            lines.iter().any(|l| l.contains("DISCONNECTED")),
+            "{lines:?}"
+        );
+        let line = sent_line("bob\x1b[2K", "hi\x1b]0;t\x07");
+        assert_eq!(line, "[you → bob\\x1b[2K] hi\\x1b]0;t\\x07");
         let line = describe_error(&rejected);
         assert!(
             has_no_controls(&line) && line.starts_with("!! refused"),

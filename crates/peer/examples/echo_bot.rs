@@ -7,12 +7,18 @@
 //! ```
 //!
 //! Its identity lives in `<data dir>/lattice/bots/<id>.identity` (0600), so it keeps its id
-//! across restarts (a verified id is bound to its identity key on the server).
+//! across restarts (a verified id is bound to its identity key on the server); the identity keys
+//! it pinned live next to it (`<id>.pins`, 0600), so a key swapped in after a restart is caught.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
-use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent, TlsOptions};
+use lattice_crypto::IdentityPublicKey;
+use lattice_peer::sanitize::Sanitized;
+use lattice_peer::{
+    FileKeyStore, KeyStore, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions,
+};
 use lattice_protocol::{ClientId, QuestionKind};
 
 /// Command-line flags.
@@ -37,6 +43,29 @@ struct Args {
     max_retry_delay: Option<u64>,
 }
 
+/// How long the bot waits, once replaced by another connection of its identity (close 4000),
+/// before it connects again. A bot should not stay silent because one close frame said so (on
+/// `ws://` anyone on the path can send it), but two instances of it must not take the id from each
+/// other once a second either: every five minutes is a nuisance at worst.
+pub const RETAKE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The bot's pinned keys: a [`FileKeyStore`] in which nobody is a contact. The bot answers
+/// everyone, so counting those it answered as contacts would fill the bounded store with
+/// contacts and then refuse every new sender; instead the oldest pin goes first.
+#[allow(dead_code)] // Unused when the tests include this file as a module.
+#[derive(Debug)]
+pub struct BotKeys(pub FileKeyStore);
+
+impl KeyStore for BotKeys {
+    fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
+        self.0.pinned(peer)
+    }
+
+    fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
+        self.0.pin(peer, key)
+    }
+}
+
 /// The reply to a message: the text quoted line by line.
 pub fn quote(text: &str) -> String {
     let quoted: Vec<String> = text.lines().map(|l| format!("> {l}")).collect();
@@ -56,7 +85,7 @@ pub async fn run(peer: MessagingPeer) {
                 let sender = if m.verified { "verified" } else { "unverified" };
                 tracing::info!(from = %m.from, sender, "echoing a message");
                 if let Err(e) = peer.send_message(&m.from, &quote(&m.text)).await {
-                    tracing::warn!(to = %m.from, error = %e, "cannot answer");
+                    tracing::warn!(to = %m.from, error = %Sanitized(&e), "cannot answer");
                 }
             }
             PeerEvent::ServerQuestion(q) => {
@@ -72,10 +101,22 @@ pub async fn run(peer: MessagingPeer) {
                     _ => format!("echo: {}", q.question.text).into(),
                 };
                 if let Err(e) = peer.respond_to_server(&q.question_id, answer) {
-                    tracing::warn!(error = %e, "cannot answer the server");
+                    tracing::warn!(error = %Sanitized(&e), "cannot answer the server");
                 }
             }
-            PeerEvent::Error(e) => tracing::warn!(error = %e, "peer error"),
+            PeerEvent::Error(PeerError::Replaced) => {
+                // The library stops after a 4000 close (two instances would take the id from each
+                // other forever); a bot is not meant to idle, so it takes the id back, slowly.
+                tracing::warn!(retry_in = ?RETAKE_AFTER, "replaced by another connection of this identity (close 4000); taking the id back later");
+                let p = peer.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETAKE_AFTER).await;
+                    if let Err(e) = p.connect().await {
+                        tracing::warn!(error = %Sanitized(&e), "cannot connect again");
+                    }
+                });
+            }
+            PeerEvent::Error(e) => tracing::warn!(error = %Sanitized(&e), "peer error"),
             PeerEvent::ConnectionState(s) => tracing::info!(state = ?s, "connection"),
             _ => {}
         }
@@ -105,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "created a new identity");
     }
     let mut config = PeerConfig::new(args.server, client_id, identity);
+    // Pins survive restarts, next to the identity file.
+    let pins = lattice_peer::identity_file::key_store_path(&path);
+    config.key_store = Arc::new(BotKeys(FileKeyStore::open(&pins)?));
     // A bot keeps trying, from the first connection on: it may be started before its server.
     config.reconnect.max_attempts = 0;
     config.retry_first_connect = true;

@@ -3,7 +3,9 @@
 //! [`run`] owns a socket from dial to close and never retries: it reads frames and hands them to
 //! the peer, writes the registration handshake (control lane) at once and the outbound queue only
 //! once registered, pings, and returns why it ended. [`supervise`] sits above it: dial → register →
-//! run → back off → again, resetting the backoff only after a registration succeeded, and
+//! run → back off → again, resetting the backoff only after a registered connection stayed up for
+//! [`defaults::BACKOFF_RESET_AFTER`] (a server that closes right after each registration still
+//! backs off and runs into the attempt limit), and
 //! publishing the [`ConnectionState`]. One ending is final: a connection the server closed because
 //! the same identity registered elsewhere ([`CLOSE_REPLACED`]) is not replaced, or two instances of
 //! one identity would take the id from each other forever.
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{ConnectionState, PeerEvent};
 use crate::peer::Inner;
+use crate::sanitize::Sanitized;
 use crate::transport::WsStream;
 use crate::{defaults, PeerError};
 
@@ -149,7 +152,8 @@ pub(crate) async fn run(
 }
 
 /// Dials once, registers and runs the connection. `Ok` if the connection registered (and has
-/// now ended), `Err` if it never got that far.
+/// now ended), `Err` if it never got that far. Resets `failures` if the registered connection
+/// lasted at least [`defaults::BACKOFF_RESET_AFTER`].
 async fn connect_once(
     inner: &Arc<Inner>,
     outbound: &mut mpsc::Receiver<String>,
@@ -183,7 +187,7 @@ async fn connect_once(
             Ok(registered) => {
                 inner.link_registered(epoch);
                 let _ = registered_tx.send(());
-                *failures = 0;
+                let registered_at = Instant::now();
                 tracing::info!(peer = %inner.config.client_id, epoch, verified = registered.verified, "registered");
                 inner.set_state(ConnectionState::Connected);
                 inner.dispatcher.emit(PeerEvent::Registered {
@@ -195,12 +199,18 @@ async fn connect_once(
                 }
                 inner.after_registration();
                 let end = conn.await;
+                // Only a connection that stayed up for a while proves the server healthy: one
+                // that is closed right after each registration keeps backing off and runs into
+                // the attempt limit.
+                if registered_at.elapsed() >= defaults::BACKOFF_RESET_AFTER {
+                    *failures = 0;
+                }
                 // The server puts every unacknowledged message back into the mailbox now and
                 // delivers it again after re-registration: the local copies are redundant.
                 if let Ok(mut held) = inner.held.lock() {
                     held.clear();
                 }
-                tracing::info!(peer = %inner.config.client_id, epoch, reason = %end, "connection ended");
+                tracing::info!(peer = %inner.config.client_id, epoch, reason = %Sanitized(&end), "connection ended");
                 Ok(end)
             }
             Err(e) => Err(e),
@@ -248,7 +258,7 @@ pub(crate) async fn supervise(
                 }
                 break;
             }
-            tracing::info!(peer = %inner.config.client_id, error = %e, "server not reachable yet");
+            tracing::info!(peer = %inner.config.client_id, error = %Sanitized(&e), "server not reachable yet");
         } else {
             match outcome {
                 Ok(EndReason::Cancelled) => break,
@@ -261,7 +271,7 @@ pub(crate) async fn supervise(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::info!(peer = %inner.config.client_id, error = %e, "reconnect attempt failed");
+                    tracing::info!(peer = %inner.config.client_id, error = %Sanitized(&e), "reconnect attempt failed");
                 }
             }
         }

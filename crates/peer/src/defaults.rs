@@ -39,6 +39,14 @@ pub const BACKOFF_FACTOR: f64 = 2.0;
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Consecutive failed attempts after which the peer gives up and reports `Disconnected`.
 pub const BACKOFF_MAX_ATTEMPTS: u32 = 10;
+/// How long a registered connection must stay up before the reconnect backoff starts over (attempt
+/// 1, the base delay). Registration alone proves little: a server (or anyone on a `ws://` path)
+/// that closes every connection right after it registered would otherwise get a reconnect about
+/// once a second forever, and the attempt limit would never apply. A minute is two keepalive
+/// rounds ([`PING_INTERVAL`]), and longer than the longest backoff delay.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+const _: () = assert!(BACKOFF_RESET_AFTER.as_secs() > BACKOFF_MAX.as_secs());
+
 /// Fraction of each delay that is randomised, so peers that lost the same server do not all
 /// reconnect in the same millisecond.
 pub const BACKOFF_JITTER: f64 = 0.2;
@@ -56,6 +64,20 @@ pub const CONTROL_QUEUE: usize = 8;
 /// dropped unacknowledged (the server keeps them and delivers them again later) and an error event
 /// is raised: reading the socket never blocks on a slow consumer.
 pub const RECEIVE_QUEUE: usize = 256;
+
+/// Senders whose messages are opened at once. Opening a message may wait for the sender's key (a
+/// request to the server, up to [`REQUEST_TIMEOUT`]), so messages of different senders are opened
+/// concurrently: a sender whose key is slow or never comes holds up only its own messages. Bounded,
+/// so a flood of senders costs at most this many key requests in flight; a sender waits for a free
+/// slot in turn (round-robin), and this many stalled senders at once still leave others a turn
+/// every [`REQUEST_TIMEOUT`].
+pub const RECEIVE_CONCURRENCY: usize = 16;
+
+/// Incoming messages of one sender waiting to be opened (besides the [`RECEIVE_QUEUE`] shared by
+/// all, which they have left). Beyond it that sender's messages are dropped unacknowledged (the
+/// server delivers them again later) and `Error(ReceiveQueueFull)` is raised: one sender cannot
+/// take the whole queue from the others.
+pub const RECEIVE_QUEUE_PER_SENDER: usize = 32;
 
 /// Incoming messages kept after a refusal that may pass (a key change waiting for the user, a
 /// sender key that could not be fetched), to be opened again as soon as it passes. They are not
@@ -151,9 +173,21 @@ pub const DISCOVER_MAX_PAGES: usize = 100;
 /// registered peer that messages us adds one; a key that fell out is fetched again.
 pub const KEY_CACHE: usize = 1024;
 
+/// Pinned identity keys a [`crate::MemoryKeyStore`] or [`crate::FileKeyStore`] holds (about 100
+/// bytes each, in memory and on disk). Bounded because every sender with a valid identity adds one;
+/// far more than the contacts of one person. When full, the oldest pin of a peer the user never
+/// talked to goes first; a contact's pin is never evicted.
+pub const KEY_STORE_MAX_PINS: usize = 4096;
+
 /// Sent messages remembered until their `message_ack` (or `error`) arrives, to turn a server error
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;
+
+/// Request ids remembered as sent by this client (about 100 bytes each), so that an `error` frame
+/// naming a request id this client never sent is ignored instead of shown as a server error about
+/// something the user did. Far more than are in flight at once; an error for a request older than
+/// this many others is ignored too.
+pub const ISSUED_REQUESTS: usize = 4096;
 
 /// Largest WebSocket message accepted from the server: exactly the largest frame a server ever
 /// sends ([`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`], a relayed message of the

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lattice_crypto::Identity;
 
@@ -65,7 +65,7 @@ pub fn save(path: &Path, identity: &Identity) -> Result<(), PeerError> {
         .map_err(|e| io_error(path, "cannot write", &e))
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -74,6 +74,12 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(dir)
+}
+
+/// Where the pinned keys of the identity at `identity_path` are kept ([`crate::FileKeyStore`]):
+/// next to it, with the extension `pins` (`alice.identity` → `alice.pins`).
+pub fn key_store_path(identity_path: &Path) -> PathBuf {
+    identity_path.with_extension("pins")
 }
 
 fn warn_if_readable_by_others(path: &Path) {

@@ -1,9 +1,22 @@
-//! Peer keys: the [`KeyStore`] trait that pins identity keys on first use (TOFU), its in-memory
-//! implementation [`MemoryKeyStore`], and [`PeerKey`], a peer's keys as fetched from the server.
+//! Peer keys: the [`KeyStore`] trait that pins identity keys on first use (TOFU), its
+//! implementations [`MemoryKeyStore`] (in memory) and [`FileKeyStore`] (a file next to the
+//! identity file, so pins survive restarts), and [`PeerKey`], a peer's keys as fetched from the
+//! server.
+//!
+//! Both stores are bounded ([`crate::defaults::KEY_STORE_MAX_PINS`]): every sender with a valid
+//! identity may add a pin. When full, a new pin evicts the pin made (or last replaced) longest ago
+//! among peers the user never talked to ([`KeyStore::mark_contact`]: the user sent them a message or
+//! accepted their key change); a contact's pin is never evicted. If every pin is a contact's, a new
+//! pin is refused ([`PeerError::KeyStore`]: a message from that sender is then refused as transient).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use base64::Engine as _;
 
 use lattice_crypto::{Fingerprint, IdentityPublicKey, KemPublicKey};
 use lattice_protocol::ClientId;
@@ -27,32 +40,299 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`PeerError::KeyStore`] if the storage fails.
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError>;
+
+    /// Records that the user talked to `peer` (sent it a message, or accepted its key change), so
+    /// that a bounded store never evicts its pin. Called for pinned peers only. The default does
+    /// nothing: right for a store that never evicts.
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the storage fails.
+    fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {
+        let _ = peer;
+        Ok(())
+    }
 }
 
-/// A [`KeyStore`] in memory: pins last as long as the process.
-#[derive(Debug, Default)]
+/// One pin.
+#[derive(Debug, Clone)]
+struct Pin {
+    key: IdentityPublicKey,
+    /// The user talked to this peer: never evicted.
+    contact: bool,
+    /// When it was pinned (or last re-pinned), in pin order: the eviction order.
+    seq: u64,
+}
+
+/// The pins of either store, bounded as described in the module docs.
+#[derive(Debug, Clone)]
+struct Pins {
+    capacity: usize,
+    seq: u64,
+    map: HashMap<ClientId, Pin>,
+}
+
+impl Pins {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            seq: 0,
+            map: HashMap::new(),
+        }
+    }
+
+    fn get(&self, peer: &ClientId) -> Option<IdentityPublicKey> {
+        self.map.get(peer).map(|p| p.key)
+    }
+
+    fn pin(&mut self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(p) = self.map.get_mut(peer) {
+            p.key = *key;
+            p.seq = seq;
+            return Ok(());
+        }
+        if self.map.len() >= self.capacity {
+            let victim = self
+                .map
+                .iter()
+                .filter(|(_, p)| !p.contact)
+                .min_by_key(|(_, p)| p.seq)
+                .map(|(id, _)| id.clone())
+                .ok_or_else(|| {
+                    PeerError::KeyStore(format!(
+                        "all {} pins are contacts'; not pinning another peer",
+                        self.capacity
+                    ))
+                })?;
+            self.map.remove(&victim);
+        }
+        self.map.insert(
+            peer.clone(),
+            Pin {
+                key: *key,
+                contact: false,
+                seq,
+            },
+        );
+        Ok(())
+    }
+
+    /// Marks `peer` a contact; whether that changed anything.
+    fn mark_contact(&mut self, peer: &ClientId) -> bool {
+        match self.map.get_mut(peer) {
+            Some(p) if !p.contact => {
+                p.contact = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn lock_error<T>(_: T) -> PeerError {
+    PeerError::KeyStore("lock poisoned".into())
+}
+
+/// A [`KeyStore`] in memory: pins last as long as the process. Bounded
+/// ([`crate::defaults::KEY_STORE_MAX_PINS`], contacts never evicted; see the module docs).
+#[derive(Debug)]
 pub struct MemoryKeyStore {
     // std Mutex: held only for a map lookup or insert, never across an await.
-    pins: Mutex<HashMap<ClientId, IdentityPublicKey>>,
+    pins: Mutex<Pins>,
+}
+
+impl Default for MemoryKeyStore {
+    fn default() -> Self {
+        Self::with_capacity(crate::defaults::KEY_STORE_MAX_PINS)
+    }
+}
+
+impl MemoryKeyStore {
+    /// A store of at most `capacity` pins (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            pins: Mutex::new(Pins::new(capacity)),
+        }
+    }
 }
 
 impl KeyStore for MemoryKeyStore {
     fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
-        let pins = self
-            .pins
-            .lock()
-            .map_err(|_| PeerError::KeyStore("lock poisoned".into()))?;
-        Ok(pins.get(peer).copied())
+        Ok(self.pins.lock().map_err(lock_error)?.get(peer))
     }
 
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
-        let mut pins = self
-            .pins
-            .lock()
-            .map_err(|_| PeerError::KeyStore("lock poisoned".into()))?;
-        pins.insert(peer.clone(), *key);
+        self.pins.lock().map_err(lock_error)?.pin(peer, key)
+    }
+
+    fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {
+        self.pins.lock().map_err(lock_error)?.mark_contact(peer);
         Ok(())
     }
+}
+
+/// The first line of a [`FileKeyStore`] file.
+const PINS_HEADER: &str = "# lattice pinned identity keys v1";
+
+/// A [`KeyStore`] in a file, so that pins survive restarts: a key change after a restart is caught
+/// exactly like one while running. `lattice-chat` and the echo bot keep it next to their identity
+/// file ([`crate::identity_file::key_store_path`]).
+///
+/// The file is small text, one pin a line (`<client id> <identity key, base64> contact|seen`,
+/// oldest pin first), readable only by its owner (0600, in a 0700 directory when created). Every
+/// change rewrites it atomically (a temporary file, synced, renamed over it), so a crash leaves
+/// the old or the new pins, never half of them. Bounded like [`MemoryKeyStore`].
+#[derive(Debug)]
+pub struct FileKeyStore {
+    path: PathBuf,
+    // std Mutex: held for a lookup, or for a change and the file write (milliseconds, never
+    // across an await).
+    pins: Mutex<Pins>,
+}
+
+impl FileKeyStore {
+    /// Opens the store at `path` (an absent file is an empty store, created on the first pin),
+    /// holding at most [`crate::defaults::KEY_STORE_MAX_PINS`] pins.
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the file cannot be read or is not a pin file (rather than start
+    /// with no pins and trust whatever key the server hands out next).
+    pub fn open(path: &Path) -> Result<Self, PeerError> {
+        Self::with_capacity(path, crate::defaults::KEY_STORE_MAX_PINS)
+    }
+
+    /// [`FileKeyStore::open`] with room for `capacity` pins (at least one). A file holding more
+    /// is kept whole; new pins then evict until it fits.
+    ///
+    /// # Errors
+    /// As [`FileKeyStore::open`].
+    pub fn with_capacity(path: &Path, capacity: usize) -> Result<Self, PeerError> {
+        let mut pins = Pins::new(capacity);
+        match fs::read_to_string(path) {
+            Ok(text) => parse_pins(&text, &mut pins)
+                .map_err(|e| PeerError::KeyStore(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(PeerError::KeyStore(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            pins: Mutex::new(pins),
+        })
+    }
+
+    /// Where the pins are kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies `change` to a copy of the pins, writes the copy, and only then keeps it: a failed
+    /// write changes nothing.
+    fn update(
+        &self,
+        change: impl FnOnce(&mut Pins) -> Result<bool, PeerError>,
+    ) -> Result<(), PeerError> {
+        let mut pins = self.pins.lock().map_err(lock_error)?;
+        let mut next = pins.clone();
+        if change(&mut next)? {
+            write_pins(&self.path, &next)?;
+            *pins = next;
+        }
+        Ok(())
+    }
+}
+
+impl KeyStore for FileKeyStore {
+    fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
+        Ok(self.pins.lock().map_err(lock_error)?.get(peer))
+    }
+
+    fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
+        self.update(|p| p.pin(peer, key).map(|()| true))
+    }
+
+    fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {
+        self.update(|p| Ok(p.mark_contact(peer)))
+    }
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn parse_pins(text: &str, pins: &mut Pins) -> Result<(), String> {
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, PINS_HEADER)) => {}
+        _ => return Err("not a pin file (bad first line)".into()),
+    }
+    for (n, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("line {} is not a pin", n + 1);
+        let mut parts = line.split(' ');
+        let (Some(id), Some(key), Some(mark), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let id = ClientId::new(id).map_err(|_| bad())?;
+        let key = B64.decode(key).map_err(|_| bad())?;
+        let key = IdentityPublicKey::from_bytes(&key).map_err(|_| bad())?;
+        let contact = match mark {
+            "contact" => true,
+            "seen" => false,
+            _ => return Err(bad()),
+        };
+        pins.seq += 1;
+        pins.map.insert(
+            id,
+            Pin {
+                key,
+                contact,
+                seq: pins.seq,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn write_pins(path: &Path, pins: &Pins) -> Result<(), PeerError> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        PeerError::KeyStore(format!("cannot {what} {}: {e}", p.display()))
+    };
+    let mut sorted: Vec<(&ClientId, &Pin)> = pins.map.iter().collect();
+    sorted.sort_by_key(|(_, p)| p.seq);
+    let mut text = String::with_capacity(64 + sorted.len() * 72);
+    text.push_str(PINS_HEADER);
+    text.push('\n');
+    for (id, p) in sorted {
+        let mark = if p.contact { "contact" } else { "seen" };
+        text.push_str(&format!("{id} {} {mark}\n", B64.encode(p.key.as_bytes())));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::identity_file::create_private_dir(dir).map_err(|e| io("create", dir, e))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(|e| io("create", &tmp, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", &tmp, e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| io("replace", path, e))
 }
 
 /// A peer's keys, as published by the server and checked by us.
@@ -258,6 +538,84 @@ mod tests {
         assert_eq!(store.pinned(&bob).unwrap(), Some(k1));
         store.pin(&bob, &k2).unwrap();
         assert_eq!(tofu(&store, &bob, &k2).unwrap(), Trust::Pinned);
+    }
+
+    fn ik(n: u8) -> IdentityPublicKey {
+        IdentityKeyPair::from_secret_bytes(&[n; 32]).public_key()
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_oldest_stranger_never_a_contact() {
+        let c = |s: &str| ClientId::new(s).unwrap();
+        let store = MemoryKeyStore::with_capacity(3);
+        store.pin(&c("bob"), &ik(1)).unwrap();
+        store.mark_contact(&c("bob")).unwrap();
+        store.pin(&c("s1"), &ik(2)).unwrap();
+        store.pin(&c("s2"), &ik(3)).unwrap();
+        // A flood of strangers: each evicts the oldest stranger, never bob.
+        for i in 0..50u8 {
+            store.pin(&c(&format!("f{i}")), &ik(10 + i)).unwrap();
+            assert_eq!(store.pinned(&c("bob")).unwrap(), Some(ik(1)));
+        }
+        assert_eq!(store.pinned(&c("s1")).unwrap(), None);
+        assert_eq!(store.pinned(&c("f48")).unwrap(), Some(ik(58)));
+        assert_eq!(store.pins.lock().unwrap().map.len(), 3);
+        // All contacts: a new pin is refused rather than evicting one.
+        store.mark_contact(&c("f48")).unwrap();
+        store.mark_contact(&c("f49")).unwrap();
+        assert!(matches!(
+            store.pin(&c("new"), &ik(99)),
+            Err(PeerError::KeyStore(_))
+        ));
+        // Re-pinning a known peer (an accepted key change) needs no room.
+        store.pin(&c("bob"), &ik(2)).unwrap();
+        assert_eq!(store.pinned(&c("bob")).unwrap(), Some(ik(2)));
+    }
+
+    #[test]
+    fn a_file_store_keeps_pins_and_contacts_across_a_reopen() {
+        let dir = tempfile_dir();
+        let path = dir.join("sub").join("alice.pins");
+        let c = |s: &str| ClientId::new(s).unwrap();
+        {
+            let store = FileKeyStore::with_capacity(&path, 2).unwrap();
+            assert_eq!(store.pinned(&c("bob")).unwrap(), None);
+            store.pin(&c("bob"), &ik(1)).unwrap();
+            store.mark_contact(&c("bob")).unwrap();
+            store.pin(&c("eve"), &ik(2)).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let store = FileKeyStore::with_capacity(&path, 2).unwrap();
+        assert_eq!(store.pinned(&c("bob")).unwrap(), Some(ik(1)));
+        assert_eq!(store.pinned(&c("eve")).unwrap(), Some(ik(2)));
+        // bob is still a contact after the reopen: the stranger goes.
+        store.pin(&c("mallory"), &ik(3)).unwrap();
+        let store = FileKeyStore::with_capacity(&path, 2).unwrap();
+        assert_eq!(store.pinned(&c("bob")).unwrap(), Some(ik(1)));
+        assert_eq!(store.pinned(&c("eve")).unwrap(), None);
+        assert_eq!(store.pinned(&c("mallory")).unwrap(), Some(ik(3)));
+        assert!(!path.with_extension("pins.tmp").exists());
+        // A damaged file is an error, not an empty store.
+        fs::write(&path, "garbage\n").unwrap();
+        assert!(matches!(
+            FileKeyStore::open(&path),
+            Err(PeerError::KeyStore(_))
+        ));
+        fs::write(&path, format!("{PINS_HEADER}\nbob notbase64 seen\n")).unwrap();
+        assert!(matches!(
+            FileKeyStore::open(&path),
+            Err(PeerError::KeyStore(_))
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("lattice-pins-{}", uuid::Uuid::new_v4()))
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,7 +40,8 @@
 //! - [`defaults`]: every limit and timeout, with its reason.
 //! - [`events`]: [`PeerEvent`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
 //!   [`HandlerHandle`], [`EventStream`] and the lag policy.
-//! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`PeerKey`].
+//! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`FileKeyStore`],
+//!   [`PeerKey`].
 //! - `pending`: request/response matching, [`WaitOptions`], [`ErrorAction`].
 //! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
 //! - `receive`: sealing outgoing and opening/checking incoming messages.
@@ -49,6 +50,7 @@
 //! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
 //! - [`identity_file`]: an identity kept in an owner-only file (0600).
+//! - [`sanitize`]: the one sanitiser for network text shown in a terminal or a log.
 //! - [`error`]: [`PeerError`], [`RejectReason`].
 
 #![forbid(unsafe_code)]
@@ -66,6 +68,7 @@ mod peer;
 mod pending;
 mod receive;
 pub mod replay;
+pub mod sanitize;
 mod transport;
 mod trust;
 
@@ -75,7 +78,7 @@ pub use events::{
     Algorithm, ConnectionState, EventStream, HandlerHandle, IncomingMessage, IncomingQuestion,
     PeerEvent,
 };
-pub use keys::{KeyStore, MemoryKeyStore, PeerKey};
+pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
 pub use peer::{MessagingPeer, SentMessage};
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};
 pub use replay::{MemoryReplayStore, ReplayStore};

@@ -25,6 +25,7 @@ use crate::held::{Held, Refusals, RetryPolicy};
 use crate::keys::{KeyCache, Keyless, PeerKey};
 use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
 use crate::replay::{MemoryReplayStore, ReplayGuard, ReplayStore};
+use crate::sanitize::Sanitized;
 use crate::transport::Dialer;
 use crate::{defaults, Algorithm, EventStream, PeerConfig, PeerError};
 
@@ -52,6 +53,13 @@ struct Link {
 struct Outstanding {
     order: VecDeque<RequestId>,
     map: HashMap<RequestId, (MessageId, ClientId)>,
+}
+
+/// Request ids sent recently (at most [`defaults::ISSUED_REQUESTS`], the oldest forgotten first).
+#[derive(Debug, Default)]
+struct Issued {
+    order: VecDeque<RequestId>,
+    set: std::collections::HashSet<RequestId>,
 }
 
 /// The supervisor task and its cancel token.
@@ -86,6 +94,9 @@ pub(crate) struct Inner {
     /// Woken when held messages become ready to be opened again.
     pub(crate) held_ready: tokio::sync::Notify,
     outstanding: Mutex<Outstanding>,
+    /// Request ids this client sent recently, so that an `error` naming one it never sent is not
+    /// shown as if it were about us.
+    issued: Mutex<Issued>,
     cancel: Mutex<Option<CancellationToken>>,
     // tokio Mutex: `connect`/`disconnect` hold it across the wait for the supervisor.
     running: tokio::sync::Mutex<Option<Running>>,
@@ -211,6 +222,7 @@ impl MessagingPeer {
             )),
             held_ready: tokio::sync::Notify::new(),
             outstanding: Mutex::new(Outstanding::default()),
+            issued: Mutex::new(Issued::default()),
             cancel: Mutex::new(None),
             running: tokio::sync::Mutex::new(None),
             discovered: AtomicBool::new(false),
@@ -332,7 +344,7 @@ impl MessagingPeer {
         if let Some(r) = running.take() {
             r.cancel.cancel();
             if let Err(e) = r.handle.await {
-                tracing::error!(peer = %self.inner.config.client_id, error = %e, "supervisor task failed");
+                tracing::error!(peer = %self.inner.config.client_id, error = %Sanitized(&e), "supervisor task failed");
             }
         }
     }
@@ -520,7 +532,7 @@ impl MessagingPeer {
         });
         self.inner.send_frame(
             Lane::Normal,
-            Frame::with_request_id(frame, Some(new_request_id())),
+            Frame::with_request_id(frame, Some(self.inner.issue())),
         )
     }
 
@@ -532,7 +544,7 @@ impl MessagingPeer {
         let frame = ClientFrame::DebugQuestion(Empty {});
         self.inner.send_frame(
             Lane::Normal,
-            Frame::with_request_id(frame, Some(new_request_id())),
+            Frame::with_request_id(frame, Some(self.inner.issue())),
         )
     }
 
@@ -762,10 +774,10 @@ impl Inner {
         if self.discovered.load(Ordering::Relaxed) {
             let frame = Frame::with_request_id(
                 ClientFrame::Discover(Default::default()),
-                Some(new_request_id()),
+                Some(self.issue()),
             );
             if let Err(e) = self.send_frame(Lane::Normal, frame) {
-                tracing::warn!(peer = %self.config.client_id, error = %e, "cannot renew the presence subscription");
+                tracing::warn!(peer = %self.config.client_id, error = %Sanitized(&e), "cannot renew the presence subscription");
             }
         }
     }
@@ -815,7 +827,12 @@ impl Inner {
         options: WaitOptions,
     ) -> Result<ServerFrame, PeerError> {
         let request_type = body.type_name();
-        let request_id = new_request_id();
+        // No connection and none coming (never connected, disconnected, replaced, or the backoff
+        // gave up): say so at once instead of queueing and timing out as "no answer".
+        if matches!(lane, Lane::Normal) && *self.state.borrow() == ConnectionState::Disconnected {
+            return Err(PeerError::NotConnected);
+        }
+        let request_id = self.issue();
         let epoch = match lane {
             Lane::Control(e) => Some(e),
             Lane::Normal => self.registered_epoch(),
@@ -934,7 +951,7 @@ impl Inner {
         let frame = match decode_server(text) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(peer = %self.config.client_id, error = %e, "undecodable frame from the server");
+                tracing::warn!(peer = %self.config.client_id, error = %Sanitized(&e), "undecodable frame from the server");
                 self.dispatcher
                     .emit(PeerEvent::Error(PeerError::Protocol(e.to_string())));
                 return;
@@ -983,6 +1000,11 @@ impl Inner {
                         target,
                         error: server_error(e),
                     }),
+                    // An error naming a request this client never sent is not about us: a
+                    // server must not pass it off as the answer to something the user did.
+                    None if request_id.as_ref().is_some_and(|r| !self.was_issued(r)) => {
+                        tracing::debug!(peer = %self.config.client_id, error_type = ?e.error_type, "error for a request this client never sent, ignored");
+                    }
                     None => self.dispatcher.emit(PeerEvent::Error(server_error(e))),
                 }
             }
@@ -992,6 +1014,31 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// A new request id, remembered as sent.
+    fn issue(&self) -> RequestId {
+        let rid = new_request_id();
+        self.record_issued(rid.clone());
+        rid
+    }
+
+    fn record_issued(&self, rid: RequestId) {
+        if let Ok(mut i) = self.issued.lock() {
+            if i.set.insert(rid.clone()) {
+                i.order.push_back(rid);
+            }
+            while i.order.len() > defaults::ISSUED_REQUESTS {
+                if let Some(old) = i.order.pop_front() {
+                    i.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn was_issued(&self, rid: &RequestId) -> bool {
+        // A poisoned lock: rather show an error than hide one.
+        self.issued.lock().map_or(true, |i| i.set.contains(rid))
     }
 
     fn take_outstanding(&self, rid: &RequestId) -> Option<(MessageId, ClientId)> {
@@ -1043,6 +1090,7 @@ impl Inner {
         let rid = RequestId::new(message_id.as_str())
             .map_err(|e| PeerError::InvalidArgument(e.to_string()))?;
         self.add_outstanding(rid.clone(), message_id.clone(), target.clone());
+        self.record_issued(rid.clone());
         if let Err(e) = self.send_frame(
             Lane::Normal,
             Frame::with_request_id(frame, Some(rid.clone())),
@@ -1051,6 +1099,13 @@ impl Inner {
             return Err(e);
         }
         tracing::debug!(peer = %self.config.client_id, to = %target, message_id = %message_id, algorithm = algorithm.as_str(), "message queued");
+        // The user talked to this peer: a bounded key store never evicts its pin now. The
+        // message is queued either way; a store that cannot record it is logged.
+        if key.identity.is_some() {
+            if let Err(e) = self.config.key_store.mark_contact(target) {
+                tracing::warn!(peer = %self.config.client_id, to = %target, error = %Sanitized(&e), "cannot mark a contact in the key store");
+            }
+        }
         Ok(SentMessage {
             message_id,
             algorithm,
@@ -1074,7 +1129,7 @@ impl Inner {
             from_id: Some(from.clone()),
         }));
         if let Err(e) = self.send_frame(Lane::Normal, frame) {
-            tracing::debug!(peer = %self.config.client_id, error = %e, "ack not sent");
+            tracing::debug!(peer = %self.config.client_id, error = %Sanitized(&e), "ack not sent");
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Incoming `message` frames go from the socket reader to [`worker`] through a bounded queue, so
 //! that looking up a sender's key (a request to the server) never stalls reading. The worker opens
-//! each message, checks it and either delivers it ([`PeerEvent::Message`]), drops it silently as a
-//! duplicate, or reports why not ([`PeerError::Rejected`]).
+//! each sender's messages in order, one at a time, and different senders' concurrently (bounded,
+//! round-robin: [`Fair`]), so a sender whose key is slow or never comes delays no one else. Each
+//! message is checked and either delivered ([`PeerEvent::Message`]), dropped silently as a
+//! duplicate, or reported ([`PeerError::Rejected`]).
 //!
 //! What is acknowledged (`ack`, after which the server deletes its copy): delivered messages,
 //! duplicates (an id already delivered: the server redelivers what was not acknowledged when a
@@ -19,6 +21,7 @@
 //! [`crate::defaults::TRANSIENT_GIVE_UP_AFTER`]: acknowledged and reported as
 //! [`RejectReason::GaveUp`], so that no message stays unacknowledged forever.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +29,7 @@ use base64::Engine as _;
 use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, SealedEnvelope};
 use lattice_protocol::{ClientId, Delivered, Envelope, ErrorType, InnerMessage, MessageId};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +38,9 @@ use crate::held::Verdict;
 use crate::keys::PeerKey;
 use crate::peer::{Inner, B64};
 use crate::replay::{freshness, Fresh};
+use crate::sanitize::Sanitized;
 use crate::trust::Recheck;
-use crate::{PeerConfig, PeerError, RejectReason};
+use crate::{defaults, PeerConfig, PeerError, RejectReason};
 
 /// The `kind` of a text message.
 const KIND_TEXT: &str = "text";
@@ -101,69 +106,183 @@ pub(crate) fn seal(
     ))
 }
 
-/// Processes incoming messages one at a time, in arrival order, until cancelled.
+/// Messages waiting to be opened, queued per sender: one sender's messages are opened one at a
+/// time in arrival order (its replay window and high-water mark see them in order), while
+/// different senders are served round-robin, up to [`defaults::RECEIVE_CONCURRENCY`] at once. A
+/// sender whose key the server is slow to give (or never gives) thus holds up only its own
+/// messages, and fills only its own queue ([`defaults::RECEIVE_QUEUE_PER_SENDER`]).
+#[derive(Debug, Default)]
+struct Fair {
+    queues: HashMap<ClientId, VecDeque<Delivered>>,
+    /// Senders with queued messages and none being opened, in turn order.
+    ready: VecDeque<ClientId>,
+    /// Senders with a message being opened.
+    running: HashSet<ClientId>,
+    /// Messages queued in all.
+    queued: usize,
+}
+
+impl Fair {
+    /// Queues `d` (at the front of its sender's queue if `first`: a released held message, older
+    /// than anything queued). `Err(d)` if its sender's queue is full.
+    fn push(&mut self, d: Delivered, first: bool) -> Result<(), Delivered> {
+        let from = d.from_id.clone();
+        let queue = self.queues.entry(from.clone()).or_default();
+        if queue.len() >= defaults::RECEIVE_QUEUE_PER_SENDER && !first {
+            return Err(d);
+        }
+        if first {
+            queue.push_front(d);
+        } else {
+            queue.push_back(d);
+        }
+        self.queued += 1;
+        if !self.running.contains(&from) && !self.ready.contains(&from) {
+            self.ready.push_back(from);
+        }
+        Ok(())
+    }
+
+    /// The next message to open, if a slot is free and someone waits: from the sender whose turn
+    /// it is.
+    fn next(&mut self) -> Option<Delivered> {
+        if self.running.len() >= defaults::RECEIVE_CONCURRENCY {
+            return None;
+        }
+        let from = self.ready.pop_front()?;
+        let d = self.queues.get_mut(&from).and_then(VecDeque::pop_front)?;
+        self.queued = self.queued.saturating_sub(1);
+        self.running.insert(from);
+        Some(d)
+    }
+
+    /// `from`'s message was opened: its next one (if any) waits for its turn behind the others.
+    fn done(&mut self, from: &ClientId) {
+        self.running.remove(from);
+        match self.queues.get(from) {
+            Some(q) if !q.is_empty() => self.ready.push_back(from.clone()),
+            _ => {
+                self.queues.remove(from);
+            }
+        }
+    }
+
+    /// Whether more may be read from the receive queue.
+    fn has_room(&self) -> bool {
+        self.queued < defaults::RECEIVE_QUEUE
+    }
+}
+
+/// Processes incoming messages until cancelled: each sender's in arrival order, different
+/// senders concurrently and fairly ([`Fair`]).
 pub(crate) async fn worker(
     inner: Arc<Inner>,
     mut received: mpsc::Receiver<Delivered>,
     cancel: CancellationToken,
 ) {
+    let mut fair = Fair::default();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Which sender each running task opens a message of.
+    let mut senders: HashMap<tokio::task::Id, ClientId> = HashMap::new();
+    let mut open_channel = true;
+    // Bounded: every turn either ends the loop, or handles one event (a message read or opened,
+    // a wake-up) of which there are finitely many per message.
     loop {
         // Released held messages first: they are older than anything still queued.
-        let ready = inner.held.lock().ok().and_then(|mut h| h.next_ready());
+        let mut released = Vec::new();
+        while let Some(d) = inner.held.lock().ok().and_then(|mut h| h.next_ready()) {
+            released.push(d);
+        }
+        // Each to the front of its sender's queue, so the last goes first: in reverse, to keep
+        // their order. Never refused: `first` bypasses the per-sender bound (held messages are
+        // bounded on their own).
+        for d in released.into_iter().rev() {
+            let _ = fair.push(d, true);
+        }
+        while let Some(d) = fair.next() {
+            let inner = Arc::clone(&inner);
+            let from = d.from_id.clone();
+            let task = running.spawn(async move { process(&inner, d).await });
+            senders.insert(task.id(), from);
+        }
+        if !open_channel && running.is_empty() {
+            break;
+        }
         let retry = inner.held.lock().ok().and_then(|h| h.next_retry());
-        let delivered = match ready {
-            Some(d) => d,
-            None => tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                () = inner.held_ready.notified() => continue,
-                () = sleep_until_some(retry) => {
-                    if let Ok(mut h) = inner.held.lock() {
-                        h.release_due(Instant::now());
-                    }
-                    continue;
-                }
-                d = received.recv() => match d {
-                    Some(d) => d,
-                    None => break,
-                },
-            },
-        };
-        let from = delivered.from_id.clone();
-        let message_id = delivered.message_id.clone();
-        let outcome = tokio::select! {
+        tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            o = open(&inner, &delivered) => o,
-        };
-        let ack = match outcome {
-            Ok(message) => {
-                tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
-                inner.dispatcher.emit(PeerEvent::Message(message));
-                // A held copy of this message is redundant now; whatever else was held back from
-                // this sender because its key could not be fetched can be opened now.
-                if let Ok(mut held) = inner.held.lock() {
-                    held.settle(&from, message_id.as_ref());
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        // A bug (a panic) while opening one message: that message is left
+                        // unacknowledged (the server delivers it again); the sender goes on.
+                        tracing::error!(peer = %inner.config.client_id, error = %e, "message processing failed");
+                        e.id()
+                    }
+                };
+                if let Some(from) = senders.remove(&id) {
+                    fair.done(&from);
                 }
-                if let (Some(id), Ok(mut r)) = (&message_id, inner.refusals.lock()) {
-                    r.forget(&from, id);
+            }
+            () = inner.held_ready.notified() => {}
+            () = sleep_until_some(retry) => {
+                if let Ok(mut h) = inner.held.lock() {
+                    h.release_due(Instant::now());
                 }
-                inner.release_held(&from);
-                true
             }
-            Err(RejectReason::Replay) => {
-                tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, "duplicate dropped");
-                true
-            }
-            Err(reason) => {
-                // Acknowledges (or holds) the message itself, before reporting it.
-                refused(&inner, delivered, reason);
-                false
-            }
-        };
-        if let (true, Some(id)) = (ack, &message_id) {
-            inner.ack(&from, id);
+            d = received.recv(), if open_channel && fair.has_room() => match d {
+                Some(d) => {
+                    if let Err(d) = fair.push(d, false) {
+                        // Only this sender's queue is full: drop it unacknowledged (the server
+                        // keeps it and delivers it again after a reconnect).
+                        tracing::warn!(peer = %inner.config.client_id, from = %d.from_id, "sender's receive queue full, message dropped unacknowledged");
+                        inner.dispatcher.emit(PeerEvent::Error(PeerError::ReceiveQueueFull {
+                            from: d.from_id,
+                        }));
+                    }
+                }
+                None => open_channel = false,
+            },
+            else => break,
         }
+    }
+    running.shutdown().await;
+}
+
+/// Opens one message, then delivers, acknowledges, holds or reports it.
+async fn process(inner: &Inner, delivered: Delivered) {
+    let from = delivered.from_id.clone();
+    let message_id = delivered.message_id.clone();
+    let outcome = open(inner, &delivered).await;
+    let ack = match outcome {
+        Ok(message) => {
+            tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
+            inner.dispatcher.emit(PeerEvent::Message(message));
+            // A held copy of this message is redundant now; whatever else was held back from
+            // this sender because its key could not be fetched can be opened now.
+            if let Ok(mut held) = inner.held.lock() {
+                held.settle(&from, message_id.as_ref());
+            }
+            if let (Some(id), Ok(mut r)) = (&message_id, inner.refusals.lock()) {
+                r.forget(&from, id);
+            }
+            inner.release_held(&from);
+            true
+        }
+        Err(RejectReason::Replay) => {
+            tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, "duplicate dropped");
+            true
+        }
+        Err(reason) => {
+            // Acknowledges (or holds) the message itself, before reporting it.
+            refused(inner, delivered, reason);
+            false
+        }
+    };
+    if let (true, Some(id)) = (ack, &message_id) {
+        inner.ack(&from, id);
     }
 }
 
@@ -217,14 +336,14 @@ fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
         inner.ack(&from, id);
     }
     if report {
-        tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, transient, "message refused");
+        tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), transient, "message refused");
         inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
             from,
             message_id,
             reason,
         }));
     } else {
-        tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, %reason, "message refused again, retried later");
+        tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), "message refused again, retried later");
     }
     // Held back, not lost: the server keeps an unacknowledged message, and a local copy is opened
     // again as soon as the reason passes (or its retry time comes).
@@ -412,5 +531,66 @@ fn check_unsigned_replay(
         Ok(())
     } else {
         Err(RejectReason::Replay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(from: &str, n: u64) -> Delivered {
+        Delivered {
+            message: serde_json::value::to_raw_value(&n).unwrap(),
+            from_id: ClientId::new(from).unwrap(),
+            timestamp: n,
+            message_id: None,
+        }
+    }
+
+    #[test]
+    fn senders_take_turns_and_each_keeps_its_order_and_bound() {
+        let mut fair = Fair::default();
+        for n in 0..3 {
+            fair.push(d("slow", n), false).unwrap();
+        }
+        fair.push(d("bob", 10), false).unwrap();
+        fair.push(d("carol", 20), false).unwrap();
+        // One message per sender at a time; slow's second waits for its first, not bob's.
+        let first: Vec<u64> = std::iter::from_fn(|| fair.next())
+            .map(|m| m.timestamp)
+            .collect();
+        assert_eq!(first, [0, 10, 20]);
+        fair.done(&ClientId::new("bob").unwrap());
+        assert!(fair.next().is_none(), "slow is still busy with its first");
+        fair.done(&ClientId::new("slow").unwrap());
+        assert_eq!(fair.next().map(|m| m.timestamp), Some(1));
+        // A released held message goes first in its sender's queue.
+        fair.push(d("slow", 99), true).unwrap();
+        fair.done(&ClientId::new("slow").unwrap());
+        assert_eq!(fair.next().map(|m| m.timestamp), Some(99));
+        // One sender's queue is bounded; another sender still gets in.
+        let mut refused = 0;
+        for n in 0..100 {
+            if fair.push(d("flood", n), false).is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 100 - defaults::RECEIVE_QUEUE_PER_SENDER);
+        assert!(fair.push(d("dave", 1), false).is_ok());
+    }
+
+    #[test]
+    fn at_most_receive_concurrency_senders_are_opened_at_once() {
+        let mut fair = Fair::default();
+        for i in 0..defaults::RECEIVE_CONCURRENCY + 3 {
+            fair.push(d(&format!("s{i}"), 0), false).unwrap();
+        }
+        let started = std::iter::from_fn(|| fair.next()).count();
+        assert_eq!(started, defaults::RECEIVE_CONCURRENCY);
+        fair.done(&ClientId::new("s0").unwrap());
+        assert!(
+            fair.next().is_some(),
+            "a freed slot goes to the next sender"
+        );
     }
 }

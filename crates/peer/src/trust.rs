@@ -112,6 +112,8 @@ impl Inner {
             });
         }
         self.config.key_store.pin(peer, &ik)?;
+        // Compared and accepted by the user: a contact, never evicted from a bounded store.
+        self.config.key_store.mark_contact(peer)?;
         if let Ok(mut c) = self.key_changes.lock() {
             c.remove(peer);
         }

@@ -247,25 +247,43 @@ async fn an_error_for_another_request_or_none_disturbs_no_waiter() {
     let mut events = peer.events();
     let waiting = discover(&peer, WaitOptions::default());
     let req = conn.expect("discover").await;
+    let mut not_ours = error_frame("PEER_NOT_FOUND", Some(&json!("not-ours")));
+    not_ours["payload"]["details"] = json!("not-ours");
+    conn.send(not_ours).await;
     conn.send(error_frame("PEER_NOT_FOUND", None)).await;
-    conn.send(error_frame("PEER_NOT_FOUND", Some(&json!("not-ours"))))
-        .await;
     conn.send(
         json!({"type": "discover", "payload": {"peers": ["fine"]}, "requestId": req["requestId"]}),
     )
     .await;
     assert_eq!(peers_of(&waiting.await.unwrap().unwrap()), ["fine"]);
-    // Both errors were reported as events.
-    for _ in 0..2 {
-        wait_for(&mut events, |e| match e {
+    // The error without a request id is reported; the one naming a request this client never
+    // sent is not (it came first, so it would have been reported first).
+    none_before(
+        &mut events,
+        |e| matches!(e, PeerEvent::Error(PeerError::Server { details, .. }) if details == "not-ours"),
+        |e| match e {
             PeerEvent::Error(PeerError::Server {
                 error_type: ErrorType::PeerNotFound,
                 ..
             }) => Some(()),
             _ => None,
-        })
+        },
+    )
+    .await;
+    // An error naming a request this client did send (a fire-and-forget answer) is reported.
+    peer.respond_to_server(&lattice_protocol::QuestionId::new("q").unwrap(), "x")
+        .unwrap();
+    let answer = conn.expect("peer_response").await;
+    conn.send(error_frame("UNKNOWN_QUESTION", Some(&answer["requestId"])))
         .await;
-    }
+    wait_for(&mut events, |e| match e {
+        PeerEvent::Error(PeerError::Server {
+            error_type: ErrorType::UnknownQuestion,
+            ..
+        }) => Some(()),
+        _ => None,
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -727,6 +745,73 @@ async fn a_changed_identity_key_is_caught_and_must_be_accepted() {
 /// server serves K1 does accepting fp(K1) pin it. A second change within the run is reported,
 /// never slipped in silently.
 #[tokio::test]
+async fn a_key_change_after_a_restart_is_caught_with_a_file_key_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("alice.pins");
+    let alice = new_identity();
+    let bob_old = new_identity();
+    let bob_new = new_identity();
+    let mut fake = FakeServer::start().await;
+    let url = fake.url.clone();
+    let config = |identity: Identity| {
+        let mut c = test_config(&url, "alice", identity);
+        c.key_store = Arc::new(lattice_peer::FileKeyStore::open(&pins).unwrap());
+        c
+    };
+    let bytes = alice.to_bytes();
+
+    // First run: bob's key is pinned on first use, and alice talks to him.
+    let (peer, mut conn) = connected(&mut fake, config(alice)).await;
+    fetch_key(&peer, &mut conn, "bob", &bob_old).await.unwrap();
+    peer.send_message(&id("bob"), "hi").await.unwrap();
+    peer.disconnect().await;
+    drop(peer);
+    let text = std::fs::read_to_string(&pins).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("bob ") && l.ends_with(" contact")),
+        "bob is kept as a contact: {text}"
+    );
+
+    // Restart: the server now hands out another key for bob.
+    let alice = Identity::from_bytes(&bytes).unwrap();
+    let (peer, mut conn) = connected(&mut fake, config(alice)).await;
+    let mut events = peer.events();
+    assert_eq!(
+        peer.peer_fingerprint(&id("bob")).unwrap(),
+        Some(fp(&bob_old)),
+        "the pin survived the restart"
+    );
+    assert!(matches!(
+        fetch_key(&peer, &mut conn, "bob", &bob_new).await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    let (old, new) = wait_for(&mut events, |e| match e {
+        PeerEvent::KeyChanged { peer, old, new } if peer.as_str() == "bob" => Some((old, new)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((old, new), (fp(&bob_old), fp(&bob_new)));
+    assert!(matches!(
+        peer.send_message(&id("bob"), "secret").await,
+        Err(PeerError::KeyChanged { .. })
+    ));
+    // Accepted only explicitly, and then kept across the next restart too.
+    accept(&peer, &mut conn, "bob", &fp(&bob_new), &bob_new)
+        .await
+        .unwrap();
+    drop(conn);
+    peer.disconnect().await;
+    let store = lattice_peer::FileKeyStore::open(&pins).unwrap();
+    assert_eq!(
+        lattice_peer::KeyStore::pinned(&store, &id("bob"))
+            .unwrap()
+            .map(|k| k.fingerprint()),
+        Some(fp(&bob_new))
+    );
+}
+
+#[tokio::test]
 async fn a_key_change_is_accepted_only_for_the_compared_fingerprint() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
     let bob_old = new_identity();
@@ -857,6 +942,59 @@ async fn while_disconnected_the_queue_is_bounded_and_the_backoff_gives_up() {
         peer.register_and_wait(Duration::from_millis(10)).await,
         Err(PeerError::NotConnected)
     ));
+    // A request while permanently disconnected says so, instead of timing out as "no answer".
+    assert!(matches!(
+        peer.request_public_key(&id("bob")).await,
+        Err(PeerError::NotConnected)
+    ));
+}
+
+#[tokio::test]
+async fn a_server_that_closes_right_after_each_registration_is_backed_off_and_given_up() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    cfg.reconnect.max_attempts = 3;
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    // Every connection registers fine and is closed at once: registration alone must not reset
+    // the backoff, so the attempts count up and the limit applies.
+    // (A frame queued while reconnecting is written only once the next connection registered:
+    // the server closes after reading it, so the peer saw each registration succeed.)
+    let q = lattice_protocol::QuestionId::new("q").unwrap();
+    conn.close(1000, "bye").await;
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            let mut c = fake.next_conn().await;
+            c.accept_registration().await;
+            c.expect("peer_response").await;
+            c.close(1000, "bye").await;
+        }
+        fake
+    });
+    let mut attempts = Vec::new();
+    let mut registered = 0;
+    let gave_up = wait_for(&mut events, |e| match e {
+        PeerEvent::ConnectionState(ConnectionState::Reconnecting { attempt }) => {
+            attempts.push(attempt);
+            peer.respond_to_server(&q, "x").unwrap();
+            None
+        }
+        PeerEvent::Registered { .. } => {
+            registered += 1;
+            None
+        }
+        PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => Some(attempts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(attempts, [1, 2, 3], "the backoff grew with every attempt");
+    assert_eq!(registered, 3, "each attempt did register");
+    assert_eq!(gave_up, 3);
+    wait_for(&mut events, |e| {
+        matches!(e, PeerEvent::ConnectionState(ConnectionState::Disconnected)).then_some(())
+    })
+    .await;
+    drop(server.await.unwrap());
 }
 
 // ---- replaced by another connection of the same identity (close 4000) ----
@@ -945,8 +1083,9 @@ async fn a_replaced_peer_can_connect_again_as_soon_as_it_is_disconnected() {
 // ---- which refused messages are acknowledged ----
 
 /// Sends an unsigned message from an original client (no pinned identity) and waits until it is
-/// delivered: a marker that everything sent before it has been processed. Returns the id of the
-/// next `ack` the peer sends, which must be the marker's if nothing before it was acked.
+/// delivered. Returns the id of the next `ack` the peer sends, which must be the marker's if
+/// nothing before it was acked. Senders are processed concurrently, so call it only once what was
+/// sent before has been reported (delivered or refused): then any ack of it would come first.
 async fn next_ack_after_marker(
     conn: &mut FakeConn,
     events: &mut lattice_peer::EventStream,
@@ -1713,4 +1852,52 @@ async fn discover_reads_every_page_and_stops_at_the_last() {
         "every page, without ourselves"
     );
     peer.disconnect().await;
+}
+
+#[tokio::test]
+async fn a_sender_whose_key_never_comes_does_not_hold_up_another_senders_messages() {
+    let mut fake = FakeServer::start().await;
+    let mut cfg = test_config(&fake.url, "alice", new_identity());
+    // The slow sender's key request would otherwise time out and let the queue move on: with a
+    // request timeout of an hour, only fair processing lets bob's message through meanwhile.
+    cfg.timeouts.request = Duration::from_secs(3600);
+    let alice_kem = cfg.identity.kem_public_key().clone();
+    let (peer, mut conn) = connected(&mut fake, cfg).await;
+    let mut events = peer.events();
+    let slow = new_identity();
+    let bob = new_identity();
+    let seal = |id: &'static str, signer: &Identity, mid: &str, text: &str| {
+        msg(v1_payload(
+            &Sender { id, signer },
+            "alice",
+            &alice_kem,
+            mid,
+            mid,
+            text,
+        ))
+    };
+
+    // "slow" writes first; the server never answers its key request.
+    conn.send(seal("slow", &slow, "s-1", "from slow")).await;
+    let slow_request = conn.expect("request_public_key").await;
+    assert_eq!(slow_request["payload"]["targetId"], "slow");
+    // bob writes next, and his message arrives while slow's key request is still unanswered.
+    conn.send(seal("bob", &bob, "b-1", "from bob")).await;
+    conn.serve_key("bob", &bob).await;
+    let text = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some((m.from.to_string(), m.text)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, ("bob".to_owned(), "from bob".to_owned()));
+
+    // Answered at last, slow's message opens too.
+    conn.send(json!({"type": "public_key_response", "payload": key_payload("slow", &slow), "requestId": slow_request["requestId"]}))
+        .await;
+    let text = wait_for(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some((m.from.to_string(), m.text)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, ("slow".to_owned(), "from slow".to_owned()));
 }
