@@ -93,7 +93,15 @@ async function submit(response, label = String(response)) {
     $("question-error").hidden = false;
     return;
   }
-  if (active !== q) return; // a next round already arrived and is shown
+  if (active !== q) {
+    // The next round arrived while the answer was on its way (the server asks it as soon as it
+    // has the answer): it is shown already; this round still belongs above it.
+    if (sameConversation(active, q)) {
+      transcript.push({ text: q.text, answer: label });
+      renderTranscript();
+    }
+    return;
+  }
   transcript.push({ text: q.text, answer: label });
   renderTranscript();
   $("question-text").textContent = "";
