@@ -110,6 +110,23 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Text from the network as a notification body: control and bidi characters made visible (the
+/// one sanitiser, `lattice_peer::sanitize`), and `& < >` escaped, since notification daemons
+/// read the body as markup (links, images) where they support it.
+fn notification_text(text: &str) -> String {
+    let visible = lattice_peer::sanitize::for_terminal(text);
+    let mut out = String::with_capacity(visible.len());
+    for c in visible.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the data consistent, so a poisoned lock is still usable.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -453,7 +470,7 @@ impl Messenger {
         self.publish_peers();
         self.publish_unread();
         if self.settings().notifications && !self.focused.load(Ordering::Relaxed) {
-            let first_line = text
+            let first_line: String = text
                 .lines()
                 .next()
                 .unwrap_or("")
@@ -467,7 +484,7 @@ impl Messenger {
             };
             self.ui.send(Update::Notify {
                 title,
-                body: first_line,
+                body: notification_text(&first_line),
             });
         }
     }
@@ -496,7 +513,7 @@ impl Messenger {
         if !self.focused.load(Ordering::Relaxed) {
             self.ui.send(Update::Notify {
                 title: "Question from the server".into(),
-                body: q.text.clone(),
+                body: notification_text(&q.text),
             });
         }
         self.ui.send(Update::Question(q));
@@ -724,11 +741,22 @@ mod tests {
         m.set_focused(false);
         m.receive("m2", "bob", "first line\nsecond line", 2, true);
         m.receive("m3", "mallory", "hi", 3, false);
+        m.receive(
+            "m5",
+            "mallory",
+            "<a href=\"x\">win</a> \u{1b}[2J\u{202e}gnp",
+            5,
+            false,
+        );
         assert_eq!(
             ui.notifications(),
             vec![
                 ("bob".to_owned(), "first line".to_owned()),
                 ("mallory (unverified sender)".to_owned(), "hi".to_owned()),
+                (
+                    "mallory (unverified sender)".to_owned(),
+                    "&lt;a href=\"x\"&gt;win&lt;/a&gt; \\x1b[2J\\u{202e}gnp".to_owned()
+                ),
             ]
         );
 
@@ -737,10 +765,10 @@ mod tests {
             ..Settings::default()
         });
         m.receive("m4", "bob", "quiet", 4, true);
-        assert_eq!(ui.notifications().len(), 2);
+        assert_eq!(ui.notifications().len(), 3);
         // A redelivered message is stored and announced once.
         m.receive("m2", "bob", "first line\nsecond line", 2, true);
-        assert_eq!(m.db().total_unread().unwrap(), 4);
+        assert_eq!(m.db().total_unread().unwrap(), 5);
     }
 
     #[test]
