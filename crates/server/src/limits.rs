@@ -75,13 +75,6 @@ pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Mailbox entries sent per batch when a peer comes online (the rest follow as the queue drains).
 pub const MAILBOX_BATCH: usize = 64;
 
-/// Delivered-but-unacknowledged messages remembered per session, so that a connection dropping
-/// before the recipient acknowledged them does not lose them (they go back to the mailbox). When a
-/// recipient has this many outstanding, further messages for it are stored in its mailbox (within
-/// the quota) instead of being sent live, so the window never overflows and nothing accepted is
-/// ever dropped from it.
-pub const INFLIGHT_WINDOW: usize = 512;
-
 /// Default cap on registrations held at once by one source address (an IPv6 address counts by its
 /// /64, what one subscriber usually gets). Enough for a household or an office behind NAT; with
 /// it, filling `discover` or the presence fan-out takes thousands of addresses, not one script.

@@ -6,7 +6,6 @@
 //! statement under a `std::sync::Mutex` (no `.await` while held), cheap enough to run on the async
 //! worker threads for the low-rate operations that use it (registration, offline delivery, acks).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,8 +66,8 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     fn put(&self, id: &ClientId, binding: &Binding) -> Result<(), StoreError>;
 }
 
-/// How much one recipient's mailbox may hold: stored messages plus reserved ones (live messages
-/// not acknowledged yet, which return to the mailbox if the connection drops).
+/// How much one recipient's mailbox may hold: every stored message, whether it waits for a
+/// connection or was sent on one and is not acknowledged yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     /// Messages.
@@ -120,6 +119,15 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
+/// What [`Mailbox::accept_live`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new row, owned by the connection: send it.
+    Stored,
+    /// The same (sender, id) is already stored (a resend): it is not sent again from here.
+    Duplicate,
+}
+
 /// A queued message: the complete `message` frame as it will be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailItem {
@@ -135,14 +143,14 @@ pub struct MailItem {
 /// Store-and-forward queue of sealed messages for offline verified peers. A message stays until the
 /// recipient acknowledges it or it expires.
 ///
-/// Every message the server accepts for a verified recipient is counted against that recipient's
-/// [`Quota`] from the moment it is accepted: either as a stored row ([`Mailbox::enqueue`]) or as a
-/// reservation for a live delivery ([`Mailbox::reserve`]) that is later released (acknowledged)
-/// or turned into a row ([`Mailbox::store_reserved`], when the connection drops). So the return
-/// of unacknowledged messages never needs room that was not counted, and never loses a message
-/// the sender was told was accepted.
+/// Every message the server accepts for a verified recipient is a row from the moment it is
+/// accepted, online recipient or not: either waiting for a connection, or *owned* by the live
+/// connection it was sent on ([`Mailbox::accept_live`], [`Mailbox::claim`]) until the recipient
+/// acknowledges it ([`Mailbox::remove`]) or the connection ends ([`Mailbox::disown_all`]). So
+/// the quota counts everything unacknowledged, and nothing the sender was told was accepted lives
+/// only in memory.
 pub trait Mailbox: Send + Sync + std::fmt::Debug {
-    /// Queues `item` for `recipient` if rows plus reservations stay within `quota`. Queuing the
+    /// Queues `item` for `recipient` if its rows stay within `quota`. Queuing the
     /// same (sender, id) again is a no-op (and succeeds even when full: it is stored).
     ///
     /// # Errors
@@ -154,30 +162,42 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
         quota: &Quota,
         ttl: Duration,
     ) -> Result<(), EnqueueError>;
-    /// Reserves room for a message of `bytes` from `sender` that is about to be delivered live.
+    /// Stores `item` for `recipient` within `quota`, like [`Mailbox::enqueue`], owned by the live
+    /// connection `conn` it is about to be sent on (so no drain sends it a second time). The row
+    /// is committed before this returns: from then on it survives a crash of the process.
     ///
     /// # Errors
-    /// [`EnqueueError::Full`] when rows plus reservations would exceed `quota`; storage failure.
-    fn reserve(
-        &self,
-        recipient: &ClientId,
-        sender: &ClientId,
-        bytes: u64,
-        quota: &Quota,
-    ) -> Result<(), EnqueueError>;
-    /// Gives back a reservation (the message was acknowledged, or never sent).
-    fn release(&self, recipient: &ClientId, sender: &ClientId, bytes: u64);
-    /// Stores a message that holds a reservation (made with `item.frame.len()` bytes) and gives
-    /// the reservation back; no quota check, the room was counted at acceptance.
-    ///
-    /// # Errors
-    /// Storage failure (the reservation is given back all the same).
-    fn store_reserved(
+    /// [`EnqueueError::Full`] naming the limit reached; storage failure.
+    fn accept_live(
         &self,
         recipient: &ClientId,
         item: &MailItem,
+        quota: &Quota,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+        conn: u64,
+    ) -> Result<Accepted, EnqueueError>;
+    /// Gives one row owned by `conn` back to the mailbox (it could not be sent on `conn`).
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError>;
+    /// Gives every row owned by `conn` back to the mailbox (the connection ended before the
+    /// recipient acknowledged them); returns how many.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn disown_all(&self, recipient: &ClientId, conn: u64) -> Result<usize, StoreError>;
+    /// Takes up to `limit` unexpired rows waiting for `recipient` (owned by no connection),
+    /// oldest first, and makes `conn` their owner.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn claim(
+        &self,
+        recipient: &ClientId,
+        conn: u64,
+        limit: usize,
+    ) -> Result<Vec<MailItem>, StoreError>;
     /// Up to `limit` unexpired entries for `recipient` after `after` (a cursor from an earlier call,
     /// 0 to start), oldest first, with their cursors.
     ///
@@ -215,49 +235,26 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
 /// SQLite implementation of [`Directory`] and [`Mailbox`], one file (or memory).
 #[derive(Debug)]
 pub struct SqliteStore {
-    // std Mutex: every use is one short synchronous statement, never held across `.await`. The
-    // reservations live under the same lock as the rows, so a quota check sees both at once.
+    // std Mutex: every use is one short synchronous statement, never held across `.await`.
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
     conn: Connection,
-    reserved: HashMap<ClientId, Usage>,
-}
-
-/// Messages and bytes counted against a recipient, in total and per sender.
-#[derive(Debug, Default)]
-struct Usage {
-    count: u64,
-    bytes: u64,
-    by_sender: HashMap<ClientId, (u64, u64)>,
 }
 
 /// Checks one more message of `bytes` from a sender against `quota`, given the recipient's stored
-/// rows (`rows`: total count and bytes, then the sender's) and its reservations.
-fn check_quota(
-    quota: &Quota,
-    rows: [u64; 4],
-    reserved: Option<&Usage>,
-    sender: &ClientId,
-    bytes: u64,
-) -> Result<(), Limit> {
-    let (r_count, r_bytes, (rs_count, rs_bytes)) = reserved.map_or((0, 0, (0, 0)), |u| {
-        (
-            u.count,
-            u.bytes,
-            u.by_sender.get(sender).copied().unwrap_or_default(),
-        )
-    });
+/// rows (`rows`: total count and bytes, then the sender's).
+fn check_quota(quota: &Quota, rows: [u64; 4], bytes: u64) -> Result<(), Limit> {
     let over = |used: u64, extra: u64, limit: u64| used.saturating_add(extra) > limit;
-    if over(rows[0] + r_count, 1, u64::from(quota.count)) {
+    if over(rows[0], 1, u64::from(quota.count)) {
         Err(Limit::Count)
-    } else if over(rows[1] + r_bytes, bytes, quota.bytes) {
+    } else if over(rows[1], bytes, quota.bytes) {
         Err(Limit::Bytes)
-    } else if over(rows[2] + rs_count, 1, u64::from(quota.sender_count)) {
+    } else if over(rows[2], 1, u64::from(quota.sender_count)) {
         Err(Limit::SenderCount)
-    } else if over(rows[3] + rs_bytes, bytes, quota.sender_bytes) {
+    } else if over(rows[3], bytes, quota.sender_bytes) {
         Err(Limit::SenderBytes)
     } else {
         Ok(())
@@ -286,30 +283,6 @@ fn row_usage(
             ])
         })?;
     Ok(row.map(|v| u64::try_from(v).unwrap_or(0)))
-}
-
-/// Gives back a reservation of `bytes` from `sender` for `recipient`.
-fn unreserve(
-    reserved: &mut HashMap<ClientId, Usage>,
-    recipient: &ClientId,
-    sender: &ClientId,
-    bytes: u64,
-) {
-    let Some(u) = reserved.get_mut(recipient) else {
-        return;
-    };
-    u.count = u.count.saturating_sub(1);
-    u.bytes = u.bytes.saturating_sub(bytes);
-    if let Some(s) = u.by_sender.get_mut(sender) {
-        s.0 = s.0.saturating_sub(1);
-        s.1 = s.1.saturating_sub(bytes);
-        if s.0 == 0 {
-            u.by_sender.remove(sender);
-        }
-    }
-    if u.count == 0 {
-        reserved.remove(recipient);
-    }
 }
 
 /// Creates `dir` (and missing parents) as 0700 and tightens an existing one to 0700.
@@ -373,6 +346,9 @@ CREATE TABLE IF NOT EXISTS mailbox (
     message_id TEXT NOT NULL,
     frame TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
+    -- The connection (server-local id) the row was sent on and that has not acknowledged it yet;
+    -- NULL when it waits for a connection. Every owner is cleared when the server starts.
+    live_conn INTEGER,
     UNIQUE (recipient, sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS mailbox_by_recipient ON mailbox (recipient, seq);
@@ -456,13 +432,34 @@ impl SqliteStore {
                 ))?;
             }
         }
+        if version < 2 {
+            // Version 1 had no owner column: every row waited for a connection, which NULL says.
+            let has_owner: bool = conn
+                .prepare("SELECT 1 FROM pragma_table_info('mailbox') WHERE name = 'live_conn'")?
+                .exists([])?;
+            let has_table: bool = conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mailbox'")?
+                .exists([])?;
+            if has_table && !has_owner {
+                conn.execute_batch("ALTER TABLE mailbox ADD COLUMN live_conn INTEGER;")?;
+            }
+        }
         conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", 1)?;
+        conn.pragma_update(None, "user_version", 2)?;
+        // No connection survives a restart: every message sent but not acknowledged before it
+        // waits for the recipient's next connection again.
+        let returned = conn.execute(
+            "UPDATE mailbox SET live_conn = NULL WHERE live_conn IS NOT NULL",
+            [],
+        )?;
+        if returned > 0 {
+            tracing::info!(
+                returned,
+                "unacknowledged messages from before the restart wait for their recipients"
+            );
+        }
         Ok(Self {
-            inner: Mutex::new(Inner {
-                conn,
-                reserved: HashMap::new(),
-            }),
+            inner: Mutex::new(Inner { conn }),
         })
     }
 
@@ -483,11 +480,6 @@ impl SqliteStore {
             .conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
-    }
-
-    /// Messages reserved (accepted live, not yet acknowledged) for `recipient`.
-    pub fn reserved(&self, recipient: &ClientId) -> u64 {
-        self.lock().reserved.get(recipient).map_or(0, |u| u.count)
     }
 }
 
@@ -536,33 +528,64 @@ fn insert(
     recipient: &ClientId,
     item: &MailItem,
     ttl: Duration,
+    owner: Option<u64>,
 ) -> Result<(), StoreError> {
     let expires = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms, live_conn)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         recipient.as_str(),
         item.sender.as_str(),
         item.message_id.as_str(),
         item.frame,
-        expires
+        expires,
+        owner.map(owner_value)
     ])?;
     Ok(())
 }
 
-impl Mailbox for SqliteStore {
-    fn enqueue(
+/// A connection id as SQLite stores it (ids count up from 1 and never reach `i64::MAX`).
+fn owner_value(conn: u64) -> i64 {
+    i64::try_from(conn).unwrap_or(i64::MAX)
+}
+
+/// A mailbox row as a [`MailItem`].
+fn mail_item_from_row(
+    recipient: &ClientId,
+    mid: String,
+    sender: String,
+    frame: String,
+) -> Result<MailItem, StoreError> {
+    let corrupt = || StoreError::Corrupt(recipient.to_string());
+    let message_id = MessageId::new(mid).map_err(|_| corrupt())?;
+    // Rows migrated from version 0 have no sender column value; the frame names it.
+    let sender = if sender.is_empty() {
+        "unknown".to_owned()
+    } else {
+        sender
+    };
+    let sender = ClientId::new(sender).map_err(|_| corrupt())?;
+    Ok(MailItem {
+        message_id,
+        sender,
+        frame,
+    })
+}
+
+impl SqliteStore {
+    /// Inserts `item` within `quota`, owned by `conn` if given, in one transaction.
+    fn insert_checked(
         &self,
         recipient: &ClientId,
         item: &MailItem,
         quota: &Quota,
         ttl: Duration,
-    ) -> Result<(), EnqueueError> {
+        conn: Option<u64>,
+    ) -> Result<Accepted, EnqueueError> {
         let mut inner = self.lock();
-        let Inner { conn, reserved } = &mut *inner;
-        let tx = conn.transaction().map_err(StoreError::from)?;
+        let tx = inner.conn.transaction().map_err(StoreError::from)?;
         let exists = tx
             .prepare_cached(
                 "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
@@ -577,59 +600,110 @@ impl Mailbox for SqliteStore {
             .map_err(StoreError::from)?;
         if exists {
             // A retry of a stored message: it is there, whatever the quota says now.
-            return Ok(());
+            return Ok(Accepted::Duplicate);
         }
         let rows = row_usage(&tx, recipient, &item.sender)?;
         let bytes = item.frame.len() as u64;
-        check_quota(quota, rows, reserved.get(recipient), &item.sender, bytes).map_err(
-            |limit| EnqueueError::Full {
-                recipient: recipient.clone(),
-                limit,
-            },
-        )?;
-        insert(&tx, recipient, item, ttl)?;
+        check_quota(quota, rows, bytes).map_err(|limit| EnqueueError::Full {
+            recipient: recipient.clone(),
+            limit,
+        })?;
+        insert(&tx, recipient, item, ttl, conn)?;
         tx.commit().map_err(StoreError::from)?;
-        Ok(())
+        Ok(Accepted::Stored)
     }
+}
 
-    fn reserve(
-        &self,
-        recipient: &ClientId,
-        sender: &ClientId,
-        bytes: u64,
-        quota: &Quota,
-    ) -> Result<(), EnqueueError> {
-        let mut inner = self.lock();
-        let rows = row_usage(&inner.conn, recipient, sender)?;
-        check_quota(quota, rows, inner.reserved.get(recipient), sender, bytes).map_err(
-            |limit| EnqueueError::Full {
-                recipient: recipient.clone(),
-                limit,
-            },
-        )?;
-        let u = inner.reserved.entry(recipient.clone()).or_default();
-        u.count += 1;
-        u.bytes += bytes;
-        let s = u.by_sender.entry(sender.clone()).or_default();
-        s.0 += 1;
-        s.1 += bytes;
-        Ok(())
-    }
-
-    fn release(&self, recipient: &ClientId, sender: &ClientId, bytes: u64) {
-        unreserve(&mut self.lock().reserved, recipient, sender, bytes);
-    }
-
-    fn store_reserved(
+impl Mailbox for SqliteStore {
+    fn enqueue(
         &self,
         recipient: &ClientId,
         item: &MailItem,
+        quota: &Quota,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), EnqueueError> {
+        self.insert_checked(recipient, item, quota, ttl, None)
+            .map(|_| ())
+    }
+
+    fn accept_live(
+        &self,
+        recipient: &ClientId,
+        item: &MailItem,
+        quota: &Quota,
+        ttl: Duration,
+        conn: u64,
+    ) -> Result<Accepted, EnqueueError> {
+        self.insert_checked(recipient, item, quota, ttl, Some(conn))
+    }
+
+    fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError> {
+        self.lock()
+            .conn
+            .prepare_cached(
+                "UPDATE mailbox SET live_conn = NULL
+                 WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3 AND live_conn = ?4",
+            )?
+            .execute(params![
+                recipient.as_str(),
+                item.sender.as_str(),
+                item.message_id.as_str(),
+                owner_value(conn)
+            ])?;
+        Ok(())
+    }
+
+    fn disown_all(&self, recipient: &ClientId, conn: u64) -> Result<usize, StoreError> {
+        Ok(self
+            .lock()
+            .conn
+            .prepare_cached(
+                "UPDATE mailbox SET live_conn = NULL WHERE recipient = ?1 AND live_conn = ?2",
+            )?
+            .execute(params![recipient.as_str(), owner_value(conn)])?)
+    }
+
+    fn claim(
+        &self,
+        recipient: &ClientId,
+        conn: u64,
+        limit: usize,
+    ) -> Result<Vec<MailItem>, StoreError> {
         let mut inner = self.lock();
-        let Inner { conn, reserved } = &mut *inner;
-        unreserve(reserved, recipient, &item.sender, item.frame.len() as u64);
-        insert(conn, recipient, item, ttl)
+        let tx = inner.conn.transaction()?;
+        let rows = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, message_id, sender, frame FROM mailbox
+                 WHERE recipient = ?1 AND live_conn IS NULL AND expires_ms > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    recipient.as_str(),
+                    now_ms(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        {
+            let mut own = tx.prepare_cached("UPDATE mailbox SET live_conn = ?2 WHERE seq = ?1")?;
+            for (seq, mid, sender, frame) in rows {
+                own.execute(params![seq, owner_value(conn)])?;
+                out.push(mail_item_from_row(recipient, mid, sender, frame)?);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     fn pending(
@@ -662,23 +736,7 @@ impl Mailbox for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (seq, mid, sender, frame) = row?;
-            let corrupt = || StoreError::Corrupt(recipient.to_string());
-            let message_id = MessageId::new(mid).map_err(|_| corrupt())?;
-            // Rows migrated from version 0 have no sender column value; the frame names it.
-            let sender = if sender.is_empty() {
-                "unknown".to_owned()
-            } else {
-                sender
-            };
-            let sender = ClientId::new(sender).map_err(|_| corrupt())?;
-            out.push((
-                seq,
-                MailItem {
-                    message_id,
-                    sender,
-                    frame,
-                },
-            ));
+            out.push((seq, mail_item_from_row(recipient, mid, sender, frame)?));
         }
         Ok(out)
     }
@@ -812,7 +870,7 @@ mod tests {
     }
 
     #[test]
-    fn reservations_count_against_the_quota_and_per_sender_limits_hold() {
+    fn live_rows_count_against_the_quota_and_per_sender_limits_hold() {
         let store = SqliteStore::in_memory().unwrap();
         let ttl = Duration::from_secs(60);
         let q = Quota {
@@ -821,31 +879,36 @@ mod tests {
             sender_count: 2,
             sender_bytes: 500,
         };
-        let (bob, mallory, alice) = (id("bob"), id("mallory"), id("alice"));
-        // two live messages from mallory reserve room; a third from mallory is refused
-        let frame = from("mallory", "x").frame;
-        let len = frame.len() as u64;
-        store.reserve(&bob, &mallory, len, &q).unwrap();
+        let bob = id("bob");
+        // two messages from mallory, one live on connection 7; a third from mallory is refused
+        assert_eq!(
+            store
+                .accept_live(&bob, &from("mallory", "x"), &q, ttl, 7)
+                .unwrap(),
+            Accepted::Stored
+        );
         store
             .enqueue(&bob, &from("mallory", "m1"), &q, ttl)
             .unwrap();
         assert!(matches!(
-            store.reserve(&bob, &mallory, len, &q),
+            store.accept_live(&bob, &from("mallory", "m2"), &q, ttl, 7),
             Err(EnqueueError::Full {
                 limit: Limit::SenderCount,
                 ..
             })
         ));
-        assert!(matches!(
-            store.enqueue(&bob, &from("mallory", "m2"), &q, ttl),
-            Err(EnqueueError::Full {
-                limit: Limit::SenderCount,
-                ..
-            })
-        ));
-        // alice still has room, up to the total count (1 reserved + 1 row + 2)
+        // a resend of a stored message is not stored (nor sent) twice
+        assert_eq!(
+            store
+                .accept_live(&bob, &from("mallory", "x"), &q, ttl, 7)
+                .unwrap(),
+            Accepted::Duplicate
+        );
+        // alice still has room, up to the total count
         store.enqueue(&bob, &from("alice", "a1"), &q, ttl).unwrap();
-        store.reserve(&bob, &alice, 10, &q).unwrap();
+        store
+            .accept_live(&bob, &from("alice", "a2"), &q, ttl, 7)
+            .unwrap();
         assert!(matches!(
             store.enqueue(&bob, &from("carol", "c1"), &q, ttl),
             Err(EnqueueError::Full {
@@ -853,14 +916,16 @@ mod tests {
                 ..
             })
         ));
-        // a reserved message goes in without a check, and frees its reservation
-        store
-            .store_reserved(&bob, &from("mallory", "x"), ttl)
-            .unwrap();
-        assert_eq!(store.reserved(&bob), 1);
-        store.release(&bob, &alice, 10);
-        assert_eq!(store.reserved(&bob), 0);
-        assert_eq!(store.count(&bob).unwrap(), 3);
+        // a drain on connection 7 takes only the rows no connection owns, and owns them
+        let claimed = store.claim(&bob, 7, 10).unwrap();
+        let ids: Vec<_> = claimed.iter().map(|i| i.message_id.as_str()).collect();
+        assert_eq!(ids, ["m1", "a1"]);
+        assert!(store.claim(&bob, 7, 10).unwrap().is_empty());
+        // one row given back is claimed again; the connection's end gives back the rest
+        store.disown(&bob, &from("alice", "a2"), 7).unwrap();
+        assert_eq!(store.claim(&bob, 8, 10).unwrap().len(), 1);
+        assert_eq!(store.disown_all(&bob, 7).unwrap(), 3);
+        assert_eq!(store.claim(&bob, 9, 10).unwrap().len(), 3);
         // bytes: a frame larger than the sender's share is refused
         let big = MailItem {
             frame: "x".repeat(600),
@@ -873,6 +938,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn rows_owned_by_connections_wait_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(60);
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.accept_live(&id("bob"), &item("m1"), &Quota::UNLIMITED, ttl, 3)
+                .unwrap();
+            assert!(s.claim(&id("bob"), 4, 10).unwrap().is_empty());
+            // no checkpoint, no clean close: as after kill -9 (the WAL holds the commit)
+            std::mem::forget(s);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let claimed = s.claim(&id("bob"), 1, 10).unwrap();
+        assert_eq!(claimed, vec![item("m1")]);
     }
 
     #[test]
