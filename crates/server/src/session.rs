@@ -522,6 +522,44 @@ impl Session {
         self.ip_slot
     }
 
+    /// Whether this connection may create a new binding (a verified id not in the directory):
+    /// the directory's cap (`--max-bindings`), then this address's allowance
+    /// (`--new-ids-per-ip`, loopback exempt unless `--limit-loopback`).
+    fn may_mint_id(&self) -> Result<(), (ErrorType, String)> {
+        let cfg = &self.state.config;
+        if cfg.max_bindings > 0 {
+            match self.state.directory.binding_count() {
+                Ok(n) if n >= cfg.max_bindings => {
+                    return Err((
+                        ErrorType::TooManyRegistrations,
+                        format!("The server's directory is full ({} ids); it accepts no new ids now, existing ids still register", cfg.max_bindings),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "directory count failed");
+                    return Err((
+                        ErrorType::InternalError,
+                        "The server could not read its directory; try again".into(),
+                    ));
+                }
+            }
+        }
+        let exempt = self.remote_ip.is_loopback() && !cfg.limit_loopback;
+        if !exempt
+            && !self
+                .state
+                .new_ids
+                .allow(self.remote_ip, cfg.new_ids_per_ip, Instant::now())
+        {
+            return Err((
+                ErrorType::RateLimited,
+                format!("This address created {} new ids in the last hour, the most the server allows; try again later (existing ids are not limited)", cfg.new_ids_per_ip),
+            ));
+        }
+        Ok(())
+    }
+
     fn release_ip_slot(&mut self) {
         if std::mem::take(&mut self.ip_slot) {
             self.state.addresses.release(self.remote_ip);
@@ -609,6 +647,13 @@ impl Session {
         // A verified registration of the same identity replaces a stale connection at once.
         let replace =
             |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        if proof.is_some() && binding.is_none() {
+            if let Err((error_type, details)) = self.may_mint_id() {
+                Metrics::inc(&self.state.metrics.new_ids_refused);
+                info!(ip = %self.remote_ip, %id, %error_type, "new id refused");
+                return self.error(error_type, details, rid);
+            }
+        }
         if !self.acquire_ip_slot() {
             let max = self.state.config.max_registrations_per_ip;
             info!(ip = %self.remote_ip, max, "registration refused: address limit");
@@ -641,7 +686,13 @@ impl Session {
                 kem_public_key: kem_key,
                 key_signature,
             };
-            if binding.as_ref() != Some(&new) {
+            if binding.as_ref() == Some(&new) {
+                // In use: its binding does not expire (`--binding-ttl`) while it keeps coming back.
+                let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
+                if let Err(e) = self.state.directory.touch(&id, now) {
+                    warn!(error = %e, "directory touch failed");
+                }
+            } else {
                 if let Err(e) = self.state.directory.put(&id, &new) {
                     warn!(error = %e, "directory write failed");
                     self.state.hub.release(&id, self.shared.conn_id);

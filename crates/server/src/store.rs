@@ -64,6 +64,27 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Storage failure.
     fn put(&self, id: &ClientId, binding: &Binding) -> Result<(), StoreError>;
+    /// Records that `id` registered now (its binding is in use).
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn touch(&self, id: &ClientId, now_ms: i64) -> Result<(), StoreError>;
+    /// Deletes up to `limit` bindings last used before `cutoff_ms` (unix milliseconds), except
+    /// those `keep` says are in use; returns how many were deleted.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn expire_unused(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+        keep: &dyn Fn(&ClientId) -> bool,
+    ) -> Result<usize, StoreError>;
+    /// Bindings in the directory.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn binding_count(&self) -> Result<u64, StoreError>;
 }
 
 /// How much one recipient's mailbox may hold: every stored message, whether it waits for a
@@ -353,6 +374,8 @@ CREATE TABLE IF NOT EXISTS mailbox (
 );
 CREATE INDEX IF NOT EXISTS mailbox_by_recipient ON mailbox (recipient, seq);
 CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox (expires_ms);
+-- bindings.updated_ms is when the id last registered (or changed keys): expiry looks it up
+CREATE INDEX IF NOT EXISTS bindings_by_use ON bindings (updated_ms);
 ";
 
 fn now_ms() -> i64 {
@@ -393,6 +416,16 @@ impl SqliteStore {
         let conn = Connection::open(&db)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::limits::WAL_AUTOCHECKPOINT_PAGES,
+        )?;
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(crate::limits::WAL_SIZE_LIMIT).unwrap_or(i64::MAX),
+        )?;
         let store = Self::init(conn)?;
         for file in database_files(&db) {
             tighten(&file, 0o600)?;
@@ -471,7 +504,8 @@ impl SqliteStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes the WAL back into the main file; called at shutdown.
+    /// Writes the WAL back into the main file and truncates it; called at shutdown and every
+    /// [`crate::limits::STORE_MAINTENANCE_EVERY`].
     ///
     /// # Errors
     /// SQLite failure.
@@ -518,6 +552,61 @@ impl Directory for SqliteStore {
                      key_signature = excluded.key_signature, updated_ms = excluded.updated_ms",
             )?
             .execute(params![id.as_str(), &b.identity_key[..], b.kem_public_key, b.key_signature, now_ms()])?;
+        Ok(())
+    }
+
+    fn touch(&self, id: &ClientId, now_ms: i64) -> Result<(), StoreError> {
+        self.touch_at(id, now_ms)
+    }
+
+    fn expire_unused(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+        keep: &dyn Fn(&ClientId) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction()?;
+        let ids: Vec<String> = tx
+            .prepare_cached(
+                "SELECT client_id FROM bindings WHERE updated_ms < ?1 ORDER BY updated_ms LIMIT ?2",
+            )?
+            .query_map(
+                params![cutoff_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        let mut deleted = 0;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM bindings WHERE client_id = ?1")?;
+            for id in ids {
+                // An id that does not parse cannot be registered; it goes too.
+                if ClientId::new(id.as_str()).is_ok_and(|c| keep(&c)) {
+                    continue;
+                }
+                deleted += del.execute([id.as_str()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    fn binding_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .lock()
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM bindings")?
+            .query_row([], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+impl SqliteStore {
+    fn touch_at(&self, id: &ClientId, now_ms: i64) -> Result<(), StoreError> {
+        self.lock()
+            .conn
+            .prepare_cached("UPDATE bindings SET updated_ms = ?2 WHERE client_id = ?1")?
+            .execute(params![id.as_str(), now_ms])?;
         Ok(())
     }
 }
@@ -978,6 +1067,84 @@ mod tests {
     #[test]
     fn in_memory_store_passes_the_suite() {
         suite(&SqliteStore::in_memory().unwrap());
+    }
+
+    #[test]
+    fn unused_bindings_expire_on_an_injected_clock_unless_in_use() {
+        let s = SqliteStore::in_memory().unwrap();
+        let b = Binding {
+            identity_key: [7; 32],
+            kem_public_key: vec![1; 4],
+            key_signature: vec![2; 64],
+        };
+        for n in ["old", "online", "recent"] {
+            s.put(&id(n), &b).unwrap();
+        }
+        // a synthetic clock far beyond the real one (put stamps the real time)
+        let day = 24 * 3600 * 1000_i64;
+        let t0 = 1_000_000 * day;
+        let ttl = 180 * day;
+        s.touch(&id("old"), t0).unwrap();
+        s.touch(&id("online"), t0).unwrap();
+        s.touch(&id("recent"), t0 + 100 * day).unwrap();
+        assert_eq!(
+            s.expire_unused(t0 + 179 * day - ttl, 10, &|_| false)
+                .unwrap(),
+            0
+        );
+        let in_use = |c: &ClientId| c.as_str() == "online";
+        assert_eq!(
+            s.expire_unused(t0 + 181 * day - ttl, 10, &in_use).unwrap(),
+            1
+        );
+        assert!(
+            s.get(&id("old")).unwrap().is_none(),
+            "unused for 181 days: gone"
+        );
+        assert!(s.get(&id("online")).unwrap().is_some(), "online: kept");
+        assert!(
+            s.get(&id("recent")).unwrap().is_some(),
+            "used 81 days ago: kept"
+        );
+        assert_eq!(s.binding_count().unwrap(), 2);
+        // registering again restarts the clock
+        s.touch(&id("recent"), t0 + 300 * day).unwrap();
+        assert_eq!(
+            s.expire_unused(t0 + 400 * day - ttl, 10, &|_| false)
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.binding_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_wal_stays_bounded_under_constant_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let wal = dir.path().join("lattice-server.sqlite3-wal");
+        let ttl = Duration::from_secs(60);
+        let big = "y".repeat(4000);
+        let mut largest = 0;
+        for round in 0..20 {
+            for i in 0..200 {
+                let item = MailItem {
+                    frame: big.clone(),
+                    ..from("s", &format!("m{round}-{i}"))
+                };
+                s.enqueue(&id("bob"), &item, &Quota::UNLIMITED, ttl)
+                    .unwrap();
+                s.remove(&id("bob"), Some(&id("s")), &item.message_id)
+                    .unwrap();
+            }
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        // over 32 MB of pages written through the WAL; autocheckpoint keeps the file small
+        assert!(
+            largest <= crate::limits::WAL_SIZE_LIMIT,
+            "WAL grew to {largest} bytes"
+        );
+        s.checkpoint().unwrap();
+        assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
     }
 
     #[test]
