@@ -19,6 +19,8 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
+mod soak;
+
 #[derive(Debug, Parser)]
 #[command(name = "lattice-loadgen", version)]
 struct Cli {
@@ -54,6 +56,10 @@ enum Cmd {
         #[arg(long)]
         base64_keys: bool,
     },
+    /// Soak and crash test: a spawned lattice-server on a data dir, churning, dropping and
+    /// stalling verified recipients, optional kill -9 and restart; accounts for every message and
+    /// fails if an acknowledged one is lost.
+    Soak(soak::SoakArgs),
     /// Start lattice-server and minimal-relay (pinned to core 0 with taskset) and measure both.
     Compare {
         /// Pair counts to run.
@@ -125,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                 let per = idle(&url, pid, conns, base64_keys).await?;
                 println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
             }
+            Cmd::Soak(args) => soak::soak(args).await?,
             Cmd::Compare {
                 pairs,
                 idle: idle_n,
