@@ -99,7 +99,12 @@ struct RecipientProcess(Child);
 
 impl RecipientProcess {
     fn start(url: &str, id: &str, identity: &Identity) -> RecipientProcess {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        Self::start_in(None, url, id, identity)
+    }
+
+    /// Started in network namespace `netns` when given.
+    fn start_in(netns: Option<&str>, url: &str, id: &str, identity: &Identity) -> RecipientProcess {
+        let mut child = in_netns(netns, &std::env::current_exe().unwrap())
             .args(["--exact", "recipient_child_process", "--nocapture"])
             .env(CHILD_URL, url)
             .env(CHILD_ID, id)
@@ -132,6 +137,18 @@ impl Drop for RecipientProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `program`, run inside network namespace `netns` (`ip netns exec`) when given.
+fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
@@ -227,6 +244,92 @@ async fn receive_all(
         }
     }
     (seen, dups)
+}
+
+/// What [`stalled_delivery`] saw.
+struct StallOutcome {
+    acked: HashSet<String>,
+    seen: HashSet<String>,
+    statuses: HashMap<String, usize>,
+    noticed: bool,
+}
+
+/// Sends `n` messages to `target`, whose connection has stalled, and collects every answer (no
+/// refusal is allowed); waits (bounded) for the server to close the stalled connection; then
+/// reconnects as `target` and receives what was acknowledged.
+async fn stalled_delivery(
+    url: &str,
+    target: &str,
+    identity: &Identity,
+    n: usize,
+    pad: usize,
+) -> StallOutcome {
+    let (mut alice, _) = register_unverified(url, "alice").await;
+    alice
+        .request(json!({"type":"discover","payload":{}}), "discover")
+        .await;
+    let mut acked = HashSet::new();
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    for i in 0..n {
+        alice.send(json!({"type":"message","payload":{"targetId":target,"message":padded("s", pad),"messageId":format!("s-{i}")}})).await;
+    }
+    let mut disconnected = false;
+    while acked.len() < n {
+        let v = alice.recv().await;
+        match v["type"].as_str() {
+            Some("message_ack") => {
+                let p = &v["payload"];
+                acked.insert(p["messageId"].as_str().unwrap().to_owned());
+                *statuses
+                    .entry(p["status"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+            Some("peer_disconnected") if v["payload"]["peerId"] == target => {
+                disconnected = true;
+            }
+            Some("error") => panic!("no message may be refused here: {v}"),
+            _ => {}
+        }
+    }
+    // the server notices the stalled peer (write timeout, or no pong within the idle timeout);
+    // a generous bound, not a timing assertion
+    let mut keepalive = tokio::time::interval(Duration::from_millis(500));
+    let noticed = tokio::time::timeout(Duration::from_secs(90), async {
+        while !disconnected {
+            // alice stays alive under the short idle timeout by sending something
+            let next = tokio::select! {
+                _ = keepalive.tick() => {
+                    alice.send(json!({"type":"discover","payload":{}})).await;
+                    continue;
+                }
+                next = alice.ws.next() => next,
+            };
+            let t = match next {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                other => {
+                    eprintln!("alice's connection ended: {other:?}");
+                    break;
+                }
+            };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            disconnected = v["type"] == "peer_disconnected" && v["payload"]["peerId"] == target;
+        }
+        disconnected
+    })
+    .await
+    .unwrap_or(false);
+    let seen = if noticed {
+        receive_all(url, target, identity, &acked).await.0
+    } else {
+        HashSet::new()
+    };
+    StallOutcome {
+        acked,
+        seen,
+        statuses,
+        noticed,
+    }
 }
 
 #[tokio::test]
@@ -336,72 +439,187 @@ async fn a_frozen_recipient_is_noticed_and_its_messages_are_kept() {
     let bob_id = new_identity();
     let bob = RecipientProcess::start(&url, "bob", &bob_id);
     bob.signal("-STOP");
-    let (mut alice, _) = register_unverified(&url, "alice").await;
-    alice
-        .request(json!({"type":"discover","payload":{}}), "discover")
-        .await;
-    let n = 600;
-    let mut acked = HashSet::new();
-    let mut statuses: HashMap<String, usize> = HashMap::new();
-    for i in 0..n {
-        alice.send(json!({"type":"message","payload":{"targetId":"bob","message":padded("s", STALL_PAD),"messageId":format!("s-{i}")}})).await;
-    }
-    let mut disconnected = false;
-    while acked.len() < n {
-        let v = alice.recv().await;
-        match v["type"].as_str() {
-            Some("message_ack") => {
-                let p = &v["payload"];
-                acked.insert(p["messageId"].as_str().unwrap().to_owned());
-                *statuses
-                    .entry(p["status"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-            Some("peer_disconnected") if v["payload"]["peerId"] == "bob" => disconnected = true,
-            Some("error") => panic!("no message may be refused here: {v}"),
-            _ => {}
-        }
-    }
-    eprintln!("statuses while bob was frozen: {statuses:?}");
-    // the server notices the frozen peer (write timeout, or no pong within the idle timeout);
-    // a generous bound, not a timing assertion
-    let mut keepalive = tokio::time::interval(Duration::from_millis(500));
-    let noticed = tokio::time::timeout(Duration::from_secs(90), async {
-        while !disconnected {
-            // alice stays alive under the short idle timeout by sending something
-            let next = tokio::select! {
-                _ = keepalive.tick() => {
-                    alice.send(json!({"type":"discover","payload":{}})).await;
-                    continue;
-                }
-                next = alice.ws.next() => next,
-            };
-            let t = match next {
-                Some(Ok(Message::Text(t))) => t,
-                Some(Ok(_)) => continue,
-                other => {
-                    eprintln!("alice's connection ended: {other:?}");
-                    break;
-                }
-            };
-            let v: Value = serde_json::from_str(&t).unwrap();
-            disconnected = v["type"] == "peer_disconnected" && v["payload"]["peerId"] == "bob";
-        }
-        disconnected
-    })
-    .await;
-    assert_eq!(
-        noticed,
-        Ok(true),
+    let out = stalled_delivery(&url, "bob", &bob_id, 600, STALL_PAD).await;
+    eprintln!("statuses while bob was frozen: {:?}", out.statuses);
+    assert!(
+        out.noticed,
         "the server closed the frozen connection; server log:\n{}",
         log_tail(&dir)
     );
-    drop(bob);
-    let (seen, _) = receive_all(&url, "bob", &bob_id, &acked).await;
-    let missing: Vec<_> = acked.difference(&seen).collect();
+    let missing: Vec<_> = out.acked.difference(&out.seen).collect();
     assert!(
         missing.is_empty(),
         "acknowledged but not delivered: {missing:?}"
     );
+    drop(bob);
     drop(server);
+}
+
+/// Two network namespaces joined by a veth pair, deleted (with everything in them) on drop. The
+/// addresses exist only inside the namespaces.
+struct Netns {
+    server: String,
+    client: String,
+}
+
+/// The server's address on the veth pair, and the client's.
+const NETNS_SERVER_ADDR: &str = "10.216.0.1";
+const NETNS_CLIENT_ADDR: &str = "10.216.0.2";
+/// The veth ends (names are per namespace).
+const VETH_SERVER: &str = "vs";
+const VETH_CLIENT: &str = "vc";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// None (with the reason) when namespaces cannot be made here (no iproute2, not root).
+    fn create() -> Result<Netns, String> {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let ns = Netns {
+            server: format!("lt16s-{tag}"),
+            client: format!("lt16c-{tag}"),
+        };
+        ip(&["netns", "add", &ns.server])?;
+        ip(&["netns", "add", &ns.client])?;
+        ip(&[
+            "link",
+            "add",
+            VETH_SERVER,
+            "netns",
+            &ns.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            VETH_CLIENT,
+            "netns",
+            &ns.client,
+        ])?;
+        for (n, dev, addr) in [
+            (&ns.server, VETH_SERVER, NETNS_SERVER_ADDR),
+            (&ns.client, VETH_CLIENT, NETNS_CLIENT_ADDR),
+        ] {
+            ip(&["-n", n, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+            ip(&["-n", n, "link", "set", dev, "up"])?;
+            ip(&["-n", n, "link", "set", "lo", "up"])?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.server]);
+        let _ = ip(&["netns", "del", &self.client]);
+    }
+}
+
+/// Environment of [`netns_driver_child_process`].
+const DRIVER_URL: &str = "LATTICE_NETNS_DRIVER_URL";
+const DRIVER_IDENTITY: &str = "LATTICE_NETNS_DRIVER_IDENTITY";
+
+/// Not a test on its own: run inside the server's namespace by
+/// `a_recipient_whose_network_goes_silent_is_noticed_and_keeps_its_messages`.
+#[tokio::test]
+async fn netns_driver_child_process() {
+    let (Ok(url), Ok(key)) = (std::env::var(DRIVER_URL), std::env::var(DRIVER_IDENTITY)) else {
+        return;
+    };
+    let identity = Identity::from_bytes(&B64.decode(key).unwrap()).unwrap();
+    let out = stalled_delivery(&url, "bob", &identity, 200, PAD).await;
+    assert!(out.noticed, "the server closed the silent connection");
+    let missing: Vec<_> = out.acked.difference(&out.seen).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not delivered: {missing:?}"
+    );
+    println!(
+        "DRIVER-OK acked={} received={} statuses={:?}",
+        out.acked.len(),
+        out.seen.len(),
+        out.statuses
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_whose_network_goes_silent_is_noticed_and_keeps_its_messages() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipped: cannot create network namespaces here ({why})");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+    // a fresh namespace: any port is free
+    let port = "3016";
+    let mut server = in_netns(
+        Some(&ns.server),
+        Path::new(env!("CARGO_BIN_EXE_lattice-server")),
+    )
+    .args(["--bind", "0.0.0.0", "--port", port, "--rate-limit", "0"])
+    .arg("--data-dir")
+    .arg(&dir)
+    .args(["--ping-interval", "1", "--idle-timeout", "3"])
+    .env("LATTICE_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    let mut listening = false;
+    for _ in 0..200 {
+        if log_tail(&dir).contains("lattice-server listening") {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !listening {
+        let _ = server.kill();
+        let _ = server.wait();
+        panic!("the server did not start:\n{}", log_tail(&dir));
+    }
+    let bob_id = new_identity();
+    let bob = RecipientProcess::start_in(
+        Some(&ns.client),
+        &format!("ws://{NETNS_SERVER_ADDR}:{port}"),
+        "bob",
+        &bob_id,
+    );
+    // the network goes silent: no FIN, no RST, nothing
+    ip(&["-n", &ns.client, "link", "set", VETH_CLIENT, "down"]).unwrap();
+    let driver = in_netns(Some(&ns.server), &std::env::current_exe().unwrap())
+        .args(["--exact", "netns_driver_child_process", "--nocapture"])
+        .env(DRIVER_URL, format!("ws://127.0.0.1:{port}"))
+        .env(DRIVER_IDENTITY, B64.encode(bob_id.to_bytes().as_slice()))
+        .output()
+        .unwrap();
+    drop(bob);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&driver.stdout);
+    let report = stdout.lines().find(|l| l.starts_with("DRIVER-OK"));
+    assert!(
+        driver.status.success() && report.is_some(),
+        "driver failed:\n{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&driver.stderr),
+        log_tail(&dir)
+    );
+    eprintln!("{}", report.unwrap_or_default());
 }
