@@ -413,7 +413,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
 }
 
 /// Connects and registers `id` verified with `identity`.
-async fn register_verified(
+pub(crate) async fn register_verified(
     url: &str,
     id: &str,
     identity: &lattice_crypto::Identity,
