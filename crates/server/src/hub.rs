@@ -22,7 +22,7 @@ pub enum Out {
     /// A `message` frame for this peer (for a verified peer, its mailbox row is owned by this
     /// connection until the peer acknowledges it).
     Deliver(Utf8Bytes),
-    /// Mail was spilled to this peer's mailbox: drain it.
+    /// Mail waits in this peer's mailbox: drain it.
     CheckMail,
     /// Send a WebSocket ping (the heartbeat).
     Ping,
@@ -41,7 +41,7 @@ pub struct SessionShared {
     pub kill: CancellationToken,
     /// Close code and reason set by whoever cancelled `kill` first.
     pub close_reason: OnceLock<(u16, &'static str)>,
-    /// Set when mail for this peer was spilled to the mailbox while it was online.
+    /// Set when mail for this peer was left in the mailbox while it was online.
     pub mail_waiting: AtomicBool,
     /// Set once the connection registered an id.
     pub registered: AtomicBool,

@@ -8,8 +8,9 @@
 //! ## Slow consumers (the written policy)
 //! Senders never wait on a recipient: routing uses `try_send` on the recipient's queue
 //! (`--outbound-queue`, 256 frames by default). When it is full:
-//! - a **verified** recipient's message goes to its durable mailbox (the sender's `message_ack` says
-//!   `queued`) and the recipient drains its mailbox once its queue empties;
+//! - a **verified** recipient's message, already committed to its durable mailbox, is left there
+//!   (the sender's `message_ack` says `queued`) and the recipient drains its mailbox once its queue
+//!   empties;
 //! - an **unverified** recipient (an original client, which has no mailbox) is not sent the message
 //!   and the sender gets `MAILBOX_FULL`; nothing is buffered beyond the queue.
 //!
@@ -63,7 +64,7 @@ use crate::hub::{ClaimError, Out, PeerEntry, SessionShared};
 use crate::limits::{INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES, WRITE_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::state::{unix_ms, ServerState};
-use crate::store::{Accepted, Binding, EnqueueError, Limit, MailItem};
+use crate::store::{Accepted, Binding, EnqueueError, Limit, LiveItem, MailItem};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -150,6 +151,11 @@ struct Session {
     invalid_since: Instant,
     /// Whether a mailbox drain is in progress.
     draining: bool,
+    /// Messages for online verified peers read in this batch: committed together (one
+    /// transaction, a group commit) before the batch's replies are written.
+    pending: Vec<PendingLive>,
+    /// Acknowledgements read in this batch, deleted together the same way.
+    pending_acks: Vec<(Option<ClientId>, MessageId)>,
     replies: Vec<Message>,
 }
 
@@ -184,6 +190,8 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         invalid_count: 0,
         invalid_since: now,
         draining: false,
+        pending: Vec::new(),
+        pending_acks: Vec::new(),
         replies: Vec::new(),
     };
     let span =
@@ -197,6 +205,15 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
     .await;
     state.sessions.remove(conn_id);
     state.open_connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// A message for an online verified peer waiting for the batch's group commit.
+struct PendingLive {
+    entry: Arc<PeerEntry>,
+    target: ClientId,
+    item: MailItem,
+    sender_mid: Option<MessageId>,
+    rid: Option<RequestId>,
 }
 
 enum Flow {
@@ -802,12 +819,19 @@ impl Session {
             lattice_protocol::fast::encode_delivered(envelope, &peer.id, timestamp, mid.as_ref());
         let status = match (live, mid) {
             (Some(entry), Some(mid)) if entry.verified => {
-                let item = MailItem {
-                    message_id: mid,
-                    sender: peer.id.clone(),
-                    frame,
-                };
-                self.deliver_verified(&entry, &target, item)
+                // Answered after the group commit at the end of this read batch.
+                self.pending.push(PendingLive {
+                    entry,
+                    target,
+                    item: MailItem {
+                        message_id: mid,
+                        sender: peer.id.clone(),
+                        frame,
+                    },
+                    sender_mid,
+                    rid,
+                });
+                return;
             }
             (Some(entry), mid) => match entry.session.tx.try_send(Out::Deliver(frame.into())) {
                 Ok(()) => {
@@ -824,12 +848,23 @@ impl Session {
             },
             (None, mid) => self.offline(&target, &peer.id, mid, frame),
         };
+        self.answer(&target, sender_mid.as_ref(), rid, status);
+    }
+
+    /// The sender's answer: `message_ack` (if it gave a `messageId`) or an `error`.
+    fn answer(
+        &mut self,
+        target: &ClientId,
+        sender_mid: Option<&MessageId>,
+        rid: Option<RequestId>,
+        status: Result<AckStatus, (ErrorType, String)>,
+    ) {
         match status {
             Ok(status) => {
-                if let Some(message_id) = &sender_mid {
+                if let Some(message_id) = sender_mid {
                     let ack = lattice_protocol::fast::encode_message_ack(
                         message_id,
-                        &target,
+                        target,
                         status,
                         rid.as_ref(),
                     );
@@ -840,33 +875,62 @@ impl Session {
         }
     }
 
-    /// A message for an online verified peer: committed to its mailbox within the quota and owned
-    /// by its connection, then sent live (`delivered`), or left to the mailbox drain when the
-    /// connection's queue is full or closing (`queued`). Refused with `MAILBOX_FULL` only when
-    /// there is no room, and then before the sender was told anything else.
-    fn deliver_verified(
-        &mut self,
+    /// The group commit of this read batch: the acknowledged rows are deleted in one
+    /// transaction, the messages for online verified peers inserted in another (each within its
+    /// recipient's quota), then those messages are routed and their senders answered. Runs
+    /// before every flush, so no `message_ack` is written before its message is committed.
+    fn commit_pending(&mut self) {
+        if !self.pending_acks.is_empty() {
+            let acks = std::mem::take(&mut self.pending_acks);
+            if let Some(peer) = &self.peer {
+                if let Err(e) = self.state.mailbox.remove_batch(&peer.id, &acks) {
+                    warn!(error = %e, count = acks.len(), "mailbox delete failed");
+                }
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let state = Arc::clone(&self.state);
+        let items: Vec<LiveItem<'_>> = pending
+            .iter()
+            .map(|p| LiveItem {
+                recipient: &p.target,
+                item: &p.item,
+                conn: p.entry.session.conn_id,
+            })
+            .collect();
+        let results = state.mailbox.accept_live_batch(
+            &items,
+            &state.config.mailbox_quota(),
+            state.config.mailbox_ttl,
+        );
+        drop(items);
+        for (p, r) in pending.into_iter().zip(results) {
+            let status = match r {
+                Ok(Accepted::Stored) => self.route_stored(&p.entry, &p.target, &p.item),
+                Ok(Accepted::Duplicate) => {
+                    // A resend of a stored message: on its way already (or waiting); not twice.
+                    debug!(target = %p.target, message_id = %p.item.message_id, "resend of a stored message");
+                    Ok(AckStatus::Queued)
+                }
+                Err(e) => Err(self.refusal(&p.target, e)),
+            };
+            self.answer(&p.target, p.sender_mid.as_ref(), p.rid, status);
+        }
+    }
+
+    /// Sends a committed message (its row owned by `entry`'s connection) through the
+    /// connection's queue: `delivered`; or, with the queue full or the connection ending, gives
+    /// the row back to the mailbox drain: `queued`.
+    fn route_stored(
+        &self,
         entry: &PeerEntry,
         target: &ClientId,
-        item: MailItem,
+        item: &MailItem,
     ) -> Result<AckStatus, (ErrorType, String)> {
-        let cfg = &self.state.config;
         let conn = entry.session.conn_id;
-        match self.state.mailbox.accept_live(
-            target,
-            &item,
-            &cfg.mailbox_quota(),
-            cfg.mailbox_ttl,
-            conn,
-        ) {
-            Ok(Accepted::Stored) => {}
-            Ok(Accepted::Duplicate) => {
-                // A resend of a stored message: it is on its way already (or waits); not twice.
-                debug!(%target, message_id = %item.message_id, "resend of a stored message");
-                return Ok(AckStatus::Queued);
-            }
-            Err(e) => return Err(self.refusal(target, e)),
-        }
         match entry
             .session
             .tx
@@ -879,7 +943,7 @@ impl Session {
             Err(_) => {
                 // Queue full, or the connection is ending: the row waits for a drain (this
                 // connection's, or the next one's).
-                if let Err(e) = self.state.mailbox.disown(target, &item, conn) {
+                if let Err(e) = self.state.mailbox.disown(target, item, conn) {
                     warn!(error = %e, %target, "could not return a message to the mailbox");
                 }
                 if let Some(current) = self.state.hub.get(target) {
@@ -1013,19 +1077,15 @@ impl Session {
     /// named by (sender, id): `fromId` when the ack carries it; without it, only an id that no
     /// other sender used is deleted (an ambiguous ack deletes nothing: at least once).
     fn on_ack(&mut self, peer: &PeerEntry, a: &Ack) {
-        if !peer.verified {
-            return;
-        }
-        if let Err(e) = self
-            .state
-            .mailbox
-            .remove(&peer.id, a.from_id.as_ref(), &a.message_id)
-        {
-            warn!(error = %e, message_id = %a.message_id, "mailbox delete failed");
+        if peer.verified {
+            // Deleted with the rest of this read batch's acks (`commit_pending`).
+            self.pending_acks
+                .push((a.from_id.clone(), a.message_id.clone()));
         }
     }
 
     async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
+        self.commit_pending();
         if self.replies.is_empty() {
             return Flow::Continue;
         }
@@ -1129,6 +1189,9 @@ impl Session {
             // connection replaced by the same identity keeps them for the new one.)
             self.state.questions.forget_demos(&peer.id);
         }
+        // What this connection read last: its acks are applied, its messages committed and routed
+        // (their senders' answers can no longer be written, which a sender treats as no answer).
+        self.commit_pending();
         if peer.verified {
             // Everything sent on this connection and not acknowledged, and everything still in
             // its queue, waits in the mailbox for the next connection.

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// A stored value is not what was written.
     #[error("corrupt record for {0}")]
     Corrupt(String),
+    /// A group commit failed (every message in it gets this).
+    #[error("group commit failed: {0}")]
+    Commit(String),
     /// The data directory or database file could not be made private.
     #[error("cannot restrict the permissions of {path}: {source}")]
     Permissions {
@@ -140,6 +143,17 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
+/// One message of [`Mailbox::accept_live_batch`]: for `recipient`, owned by connection `conn`.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveItem<'a> {
+    /// The recipient.
+    pub recipient: &'a ClientId,
+    /// The message.
+    pub item: &'a MailItem,
+    /// The live connection it is about to be sent on.
+    pub conn: u64,
+}
+
 /// What [`Mailbox::accept_live`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -197,6 +211,24 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
         ttl: Duration,
         conn: u64,
     ) -> Result<Accepted, EnqueueError>;
+    /// [`Mailbox::accept_live`] for several messages in one transaction (a group commit): one
+    /// result per item, in order. Each item is checked against the quota with the rows before it
+    /// counted. Nothing is committed, and every result is an error, if the commit fails.
+    fn accept_live_batch(
+        &self,
+        items: &[LiveItem<'_>],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<Result<Accepted, EnqueueError>>;
+    /// [`Mailbox::remove`] for several acknowledgements of `recipient` in one transaction.
+    ///
+    /// # Errors
+    /// Storage failure (nothing is removed).
+    fn remove_batch(
+        &self,
+        recipient: &ClientId,
+        acks: &[(Option<ClientId>, MessageId)],
+    ) -> Result<usize, StoreError>;
     /// Gives one row owned by `conn` back to the mailbox (it could not be sent on `conn`).
     ///
     /// # Errors
@@ -635,6 +667,29 @@ fn insert(
     Ok(())
 }
 
+/// Deletes an acknowledged row (see [`Mailbox::remove`]); returns how many.
+fn remove_in(
+    conn: &Connection,
+    recipient: &ClientId,
+    sender: Option<&ClientId>,
+    message_id: &MessageId,
+) -> Result<usize, StoreError> {
+    let n = match sender {
+            Some(sender) => conn
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
+                )?
+                .execute(params![recipient.as_str(), sender.as_str(), message_id.as_str()])?,
+            None => conn
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
+                     AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1",
+                )?
+                .execute(params![recipient.as_str(), message_id.as_str()])?,
+        };
+    Ok(n)
+}
+
 /// A connection id as SQLite stores it (ids count up from 1 and never reach `i64::MAX`).
 fn owner_value(conn: u64) -> i64 {
     i64::try_from(conn).unwrap_or(i64::MAX)
@@ -675,32 +730,45 @@ impl SqliteStore {
     ) -> Result<Accepted, EnqueueError> {
         let mut inner = self.lock();
         let tx = inner.conn.transaction().map_err(StoreError::from)?;
-        let exists = tx
-            .prepare_cached(
-                "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
-            )
-            .and_then(|mut s| {
-                s.exists(params![
-                    recipient.as_str(),
-                    item.sender.as_str(),
-                    item.message_id.as_str()
-                ])
-            })
-            .map_err(StoreError::from)?;
-        if exists {
-            // A retry of a stored message: it is there, whatever the quota says now.
-            return Ok(Accepted::Duplicate);
-        }
-        let rows = row_usage(&tx, recipient, &item.sender)?;
-        let bytes = item.frame.len() as u64;
-        check_quota(quota, rows, bytes).map_err(|limit| EnqueueError::Full {
-            recipient: recipient.clone(),
-            limit,
-        })?;
-        insert(&tx, recipient, item, ttl, conn)?;
+        let r = insert_checked_in(&tx, recipient, item, quota, ttl, conn)?;
         tx.commit().map_err(StoreError::from)?;
-        Ok(Accepted::Stored)
+        Ok(r)
     }
+}
+
+/// The quota check and insert of one message, inside the caller's transaction.
+fn insert_checked_in(
+    tx: &Connection,
+    recipient: &ClientId,
+    item: &MailItem,
+    quota: &Quota,
+    ttl: Duration,
+    conn: Option<u64>,
+) -> Result<Accepted, EnqueueError> {
+    let exists = tx
+        .prepare_cached(
+            "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
+        )
+        .and_then(|mut s| {
+            s.exists(params![
+                recipient.as_str(),
+                item.sender.as_str(),
+                item.message_id.as_str()
+            ])
+        })
+        .map_err(StoreError::from)?;
+    if exists {
+        // A retry of a stored message: it is there, whatever the quota says now.
+        return Ok(Accepted::Duplicate);
+    }
+    let rows = row_usage(tx, recipient, &item.sender)?;
+    let bytes = item.frame.len() as u64;
+    check_quota(quota, rows, bytes).map_err(|limit| EnqueueError::Full {
+        recipient: recipient.clone(),
+        limit,
+    })?;
+    insert(tx, recipient, item, ttl, conn)?;
+    Ok(Accepted::Stored)
 }
 
 impl Mailbox for SqliteStore {
@@ -724,6 +792,48 @@ impl Mailbox for SqliteStore {
         conn: u64,
     ) -> Result<Accepted, EnqueueError> {
         self.insert_checked(recipient, item, quota, ttl, Some(conn))
+    }
+
+    fn accept_live_batch(
+        &self,
+        items: &[LiveItem<'_>],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<Result<Accepted, EnqueueError>> {
+        let failed = |e: &rusqlite::Error| -> Vec<Result<Accepted, EnqueueError>> {
+            items
+                .iter()
+                .map(|_| Err(EnqueueError::Store(StoreError::Commit(e.to_string()))))
+                .collect()
+        };
+        let mut inner = self.lock();
+        let tx = match inner.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        let results: Vec<_> = items
+            .iter()
+            .map(|l| insert_checked_in(&tx, l.recipient, l.item, quota, ttl, Some(l.conn)))
+            .collect();
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => failed(&e),
+        }
+    }
+
+    fn remove_batch(
+        &self,
+        recipient: &ClientId,
+        acks: &[(Option<ClientId>, MessageId)],
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction()?;
+        let mut n = 0;
+        for (sender, mid) in acks {
+            n += remove_in(&tx, recipient, sender.as_ref(), mid)?;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError> {
@@ -837,22 +947,7 @@ impl Mailbox for SqliteStore {
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
         let inner = self.lock();
-        let n = match sender {
-            Some(sender) => inner
-                .conn
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
-                )?
-                .execute(params![recipient.as_str(), sender.as_str(), message_id.as_str()])?,
-            None => inner
-                .conn
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
-                     AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1",
-                )?
-                .execute(params![recipient.as_str(), message_id.as_str()])?,
-        };
-        Ok(n > 0)
+        Ok(remove_in(&inner.conn, recipient, sender, message_id)? > 0)
     }
 
     fn purge_expired(&self) -> Result<usize, StoreError> {
