@@ -27,7 +27,9 @@
 //! ## Nothing acknowledged is lost, and nothing is accepted without room
 //! A message for a verified recipient is committed to the SQLite mailbox *before* the sender hears
 //! its `message_ack`, online recipient or not, and counted against the recipient's quota (count,
-//! bytes, and this sender's share) in the same transaction. When there is no room the sender gets
+//! bytes, and this sender's share) in the same transaction. For online recipients the commit is
+//! grouped: the messages of one read batch share one transaction, run just before the batch's
+//! replies are written (`Session::commit_pending`). When there is no room the sender gets
 //! `MAILBOX_FULL` with its `requestId` and no `message_ack`, so it knows the message was not taken.
 //!
 //! For an online recipient the row is *owned* by its connection ([`crate::store::Mailbox::accept_live`])
