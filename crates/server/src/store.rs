@@ -322,19 +322,22 @@ fn row_usage(
 ) -> Result<[u64; 4], StoreError> {
     let row = conn
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(frame AS BLOB))), 0),
+            "SELECT COUNT(*), COALESCE(SUM(size), 0),
                     COALESCE(SUM(sender = ?2), 0),
-                    COALESCE(SUM(CASE WHEN sender = ?2 THEN LENGTH(CAST(frame AS BLOB)) ELSE 0 END), 0)
+                    COALESCE(SUM(CASE WHEN sender = ?2 THEN size ELSE 0 END), 0)
              FROM mailbox WHERE recipient = ?1 AND expires_ms > ?3",
         )?
-        .query_row(params![recipient.as_str(), sender.as_str(), now_ms()], |r| {
-            Ok([
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ])
-        })?;
+        .query_row(
+            params![recipient.as_str(), sender.as_str(), now_ms()],
+            |r| {
+                Ok([
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ])
+            },
+        )?;
     Ok(row.map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
@@ -402,6 +405,8 @@ CREATE TABLE IF NOT EXISTS mailbox (
     -- The connection (server-local id) the row was sent on and that has not acknowledged it yet;
     -- NULL when it waits for a connection. Every owner is cleared when the server starts.
     live_conn INTEGER,
+    -- The frame's length in bytes, so the quota check never reads the frames themselves.
+    size INTEGER NOT NULL DEFAULT 0,
     UNIQUE (recipient, sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS mailbox_by_recipient ON mailbox (recipient, seq);
@@ -497,20 +502,35 @@ impl SqliteStore {
                 ))?;
             }
         }
-        if version < 2 {
-            // Version 1 had no owner column: every row waited for a connection, which NULL says.
-            let has_owner: bool = conn
-                .prepare("SELECT 1 FROM pragma_table_info('mailbox') WHERE name = 'live_conn'")?
-                .exists([])?;
+        if version < 3 {
+            // Version 1 had no owner column (every row waited for a connection, which NULL
+            // says), version 2 no size column (filled in below).
             let has_table: bool = conn
                 .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mailbox'")?
                 .exists([])?;
-            if has_table && !has_owner {
+            let has_column = |name: &str| -> Result<bool, rusqlite::Error> {
+                conn.prepare("SELECT 1 FROM pragma_table_info('mailbox') WHERE name = ?1")?
+                    .exists([name])
+            };
+            if has_table && !has_column("live_conn")? {
                 conn.execute_batch("ALTER TABLE mailbox ADD COLUMN live_conn INTEGER;")?;
+            }
+            if has_table && !has_column("size")? {
+                conn.execute_batch(
+                    "ALTER TABLE mailbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0;",
+                )?;
             }
         }
         conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", 2)?;
+        if version < 3 {
+            // Rows from before version 3 (including those just migrated from version 0): a
+            // frame is never empty, so 0 means "not filled in yet".
+            conn.execute(
+                "UPDATE mailbox SET size = LENGTH(CAST(frame AS BLOB)) WHERE size = 0",
+                [],
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 3)?;
         // No connection survives a restart: every message sent but not acknowledged before it
         // waits for the recipient's next connection again.
         let returned = conn.execute(
@@ -653,8 +673,9 @@ fn insert(
 ) -> Result<(), StoreError> {
     let expires = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms, live_conn)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO mailbox
+             (recipient, sender, message_id, frame, expires_ms, live_conn, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         recipient.as_str(),
@@ -662,7 +683,8 @@ fn insert(
         item.message_id.as_str(),
         item.frame,
         expires,
-        owner.map(owner_value)
+        owner.map(owner_value),
+        i64::try_from(item.frame.len()).unwrap_or(i64::MAX)
     ])?;
     Ok(())
 }
@@ -1273,6 +1295,23 @@ mod tests {
         let items = s.pending(&id("bob"), 0, 10).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].1.frame, "old-frame");
+        // the migrated row counts its bytes against the quota
+        let tight = Quota {
+            bytes: "old-frame".len() as u64 + 5,
+            ..Quota::UNLIMITED
+        };
+        assert!(matches!(
+            s.enqueue(
+                &id("bob"),
+                &from("alice", "m2"),
+                &tight,
+                Duration::from_secs(60)
+            ),
+            Err(EnqueueError::Full {
+                limit: Limit::Bytes,
+                ..
+            })
+        ));
         s.enqueue(
             &id("bob"),
             &from("alice", "m1"),
