@@ -19,6 +19,8 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
+mod soak;
+
 #[derive(Debug, Parser)]
 #[command(name = "lattice-loadgen", version)]
 struct Cli {
@@ -54,6 +56,10 @@ enum Cmd {
         #[arg(long)]
         base64_keys: bool,
     },
+    /// Soak and crash test: a spawned lattice-server on a data dir, churning, dropping and
+    /// stalling verified recipients, optional kill -9 and restart; accounts for every message and
+    /// fails if an acknowledged one is lost.
+    Soak(soak::SoakArgs),
     /// Start lattice-server and minimal-relay (pinned to core 0 with taskset) and measure both.
     Compare {
         /// Pair counts to run.
@@ -81,6 +87,21 @@ struct Load {
     /// Plaintext bytes per message.
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Receivers register verified and acknowledge every message: the durable path, where each
+    /// message is committed to the server's SQLite mailbox before its `message_ack` and deleted
+    /// at the receiver's `ack` (run the server with `--data-dir` to measure it on disk).
+    #[arg(long)]
+    verified: bool,
+}
+
+/// Acks a verified receiver writes before one flush.
+const ACK_BATCH: u64 = 16;
+
+/// The string value of `"field":"…"` in a frame the server encoded (ids need no unescaping).
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(r#""{name}":""#);
+    let i = text.rfind(&key)? + key.len();
+    text[i..].split('"').next()
 }
 
 /// Most frames a sender writes with one flush.
@@ -125,6 +146,7 @@ fn main() -> anyhow::Result<()> {
                 let per = idle(&url, pid, conns, base64_keys).await?;
                 println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
             }
+            Cmd::Soak(args) => soak::soak(args).await?,
             Cmd::Compare {
                 pairs,
                 idle: idle_n,
@@ -240,7 +262,12 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
     for i in 0..pairs {
         let sender_id = format!("s{run_id}-{i}");
         let recv_id = format!("r{run_id}-{i}");
-        let receiver = connect_and_register(url, &recv_id, &key).await?;
+        let receiver = if load.verified {
+            let identity = lattice_crypto::Identity::generate(&mut rand::rngs::OsRng);
+            soak::register_verified(url, &recv_id, &identity).await?
+        } else {
+            connect_and_register(url, &recv_id, &key).await?
+        };
         let sender = connect_and_register(url, &sender_id, &key).await?;
         conns.push((recv_id, receiver, sender));
     }
@@ -254,9 +281,11 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
         {
             let (permits, hist, stop) =
                 (Arc::clone(&permits), Arc::clone(&hist), Arc::clone(&stop));
-            let (_sink, mut stream) = receiver.split();
+            let (mut sink, mut stream) = receiver.split();
+            let verified = load.verified;
             tasks.spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+                let mut unflushed = 0;
                 while let Ok(Some(Ok(msg))) =
                     tokio::time::timeout(Duration::from_secs(5), stream.next()).await
                 {
@@ -265,6 +294,21 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
                     // the last field of the envelope, so find it from the end instead of parsing
                     // 3 KB of JSON.
                     let Some(t) = sent_at(&text) else { continue };
+                    if verified {
+                        if let (Some(mid), Some(from)) =
+                            (field(&text, "messageId"), field(&text, "fromId"))
+                        {
+                            let ack = format!(
+                                r#"{{"type":"ack","payload":{{"messageId":"{mid}","fromId":"{from}"}}}}"#
+                            );
+                            let _ = sink.feed(Message::Text(ack.into())).await;
+                            unflushed += 1;
+                            if unflushed >= ACK_BATCH {
+                                unflushed = 0;
+                                let _ = sink.flush().await;
+                            }
+                        }
+                    }
                     permits.add_permits(1);
                     let now = start.elapsed().as_micros() as u64;
                     {

@@ -94,6 +94,22 @@ pub struct Config {
           default_value = "60")]
     pub idle_timeout: Duration,
 
+    /// Seconds after which the binding of a verified id that has not registered since is deleted
+    /// (the id becomes free); 0 keeps bindings forever. Default 180 days.
+    #[arg(long = "binding-ttl", env = "LATTICE_BINDING_TTL", value_parser = parse_secs,
+          default_value = "15552000")]
+    pub binding_ttl: Duration,
+
+    /// New verified ids one source address (IPv6: one /64) may create per hour (re-registering an
+    /// existing id does not count); 0 turns the limit off. Loopback is exempt unless
+    /// --limit-loopback.
+    #[arg(long, env = "LATTICE_NEW_IDS_PER_IP", default_value_t = limits::NEW_IDS_PER_IP)]
+    pub new_ids_per_ip: u32,
+
+    /// Most bindings (verified ids) in the directory; new ids past it are refused. 0: no cap.
+    #[arg(long, env = "LATTICE_MAX_BINDINGS", default_value_t = limits::MAX_BINDINGS)]
+    pub max_bindings: u64,
+
     /// Frames that may wait to be written to one connection.
     #[arg(long, env = "LATTICE_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
@@ -136,6 +152,9 @@ impl Default for Config {
             ping_interval: limits::PING_INTERVAL,
             idle_timeout: limits::IDLE_TIMEOUT,
             outbound_queue: limits::OUTBOUND_QUEUE,
+            binding_ttl: limits::BINDING_TTL,
+            new_ids_per_ip: limits::NEW_IDS_PER_IP,
+            max_bindings: limits::MAX_BINDINGS,
         }
     }
 }

@@ -6,11 +6,11 @@
 //! `docs/scaling.md`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use lattice_protocol::{ClientId, MessageId};
+use lattice_protocol::ClientId;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -19,27 +19,13 @@ use tokio_util::sync::CancellationToken;
 pub enum Out {
     /// A frame to write as is.
     Frame(Utf8Bytes),
-    /// A `message` frame for this peer; tracked until acknowledged when the peer is verified.
-    Deliver {
-        /// The encoded frame.
-        frame: Utf8Bytes,
-        /// Id and sender, for messages to verified peers (which may go back to the mailbox).
-        /// Boxed: the queue's slots stay small, which matters for idle connections.
-        meta: Option<Box<DeliverMeta>>,
-    },
-    /// Mail was spilled to this peer's mailbox: drain it.
+    /// A `message` frame for this peer (for a verified peer, its mailbox row is owned by this
+    /// connection until the peer acknowledges it).
+    Deliver(Utf8Bytes),
+    /// Mail waits in this peer's mailbox: drain it.
     CheckMail,
     /// Send a WebSocket ping (the heartbeat).
     Ping,
-}
-
-/// What the no-loss machinery needs to put a delivered message back into the mailbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliverMeta {
-    /// The message id.
-    pub message_id: MessageId,
-    /// The sender.
-    pub sender: ClientId,
 }
 
 /// The part of a session other tasks may touch.
@@ -55,7 +41,7 @@ pub struct SessionShared {
     pub kill: CancellationToken,
     /// Close code and reason set by whoever cancelled `kill` first.
     pub close_reason: OnceLock<(u16, &'static str)>,
-    /// Set when mail for this peer was spilled to the mailbox while it was online.
+    /// Set when mail for this peer was left in the mailbox while it was online.
     pub mail_waiting: AtomicBool,
     /// Set once the connection registered an id.
     pub registered: AtomicBool,
@@ -67,9 +53,6 @@ pub struct SessionShared {
     pub presence_backlog: Mutex<HashMap<ClientId, Utf8Bytes>>,
     /// Wakes the session when the presence lane has something.
     pub presence_ready: Notify,
-    /// Live messages accepted for this (verified) peer and not acknowledged yet: queued or in
-    /// flight. Bounded by `INFLIGHT_WINDOW` at acceptance.
-    pub outstanding: AtomicUsize,
 }
 
 impl SessionShared {
@@ -312,7 +295,6 @@ mod tests {
             opened_ms: 0,
             presence_backlog: Mutex::default(),
             presence_ready: Notify::new(),
-            outstanding: AtomicUsize::new(0),
         };
         (Arc::new(s), rx)
     }

@@ -180,6 +180,7 @@ fn build_state(
         tasks: TaskTracker::new(),
         addresses: state::AddressSlots::default(),
         admin_guard: http::AdminGuard::default(),
+        new_ids: state::NewIdLimiter::default(),
         config,
     }))
 }
@@ -228,6 +229,40 @@ async fn serve(
     served.map_err(ServerError::Io)
 }
 
+/// Once a minute: expired mail and unused bindings go, and the WAL is checkpointed and truncated
+/// so it stays small under constant load.
+fn store_maintenance(state: &ServerState) {
+    match crate::store::Mailbox::purge_expired(state.mailbox.as_ref()) {
+        Ok(0) => {}
+        Ok(n) => info!(expired = n, "expired mailbox entries removed"),
+        Err(e) => warn!(error = %e, "mailbox purge failed"),
+    }
+    let ttl = state.config.binding_ttl;
+    if !ttl.is_zero() {
+        let now = i64::try_from(state::unix_ms()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        // An id online now is in use, however long ago it registered.
+        let online = |id: &lattice_protocol::ClientId| state.hub.get(id).is_some();
+        match state
+            .directory
+            .expire_unused(cutoff, limits::BINDING_EXPIRY_BATCH, &online)
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                state
+                    .metrics
+                    .bindings_expired
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                info!(expired = n, "unused bindings removed");
+            }
+            Err(e) => warn!(error = %e, "binding expiry failed"),
+        }
+    }
+    if let Err(e) = state.store.checkpoint() {
+        warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
 /// Housekeeping: heartbeat pings, idle and registration timeouts, expiry of questions and mail.
 async fn sweep(state: Arc<ServerState>) {
     let mut tick = tokio::time::interval(limits::SWEEP_INTERVAL);
@@ -259,12 +294,10 @@ async fn sweep(state: Arc<ServerState>) {
             }
         }
         state.questions.expire();
-        if rounds % 12 == 0 {
-            match crate::store::Mailbox::purge_expired(state.mailbox.as_ref()) {
-                Ok(0) => {}
-                Ok(n) => info!(expired = n, "expired mailbox entries removed"),
-                Err(e) => warn!(error = %e, "mailbox purge failed"),
-            }
+        let every =
+            (limits::STORE_MAINTENANCE_EVERY.as_secs() / limits::SWEEP_INTERVAL.as_secs()).max(1);
+        if rounds % every == 0 {
+            store_maintenance(&state);
         }
     }
 }

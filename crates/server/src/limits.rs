@@ -75,12 +75,44 @@ pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Mailbox entries sent per batch when a peer comes online (the rest follow as the queue drains).
 pub const MAILBOX_BATCH: usize = 64;
 
-/// Delivered-but-unacknowledged messages remembered per session, so that a connection dropping
-/// before the recipient acknowledged them does not lose them (they go back to the mailbox). When a
-/// recipient has this many outstanding, further messages for it are stored in its mailbox (within
-/// the quota) instead of being sent live, so the window never overflows and nothing accepted is
-/// ever dropped from it.
-pub const INFLIGHT_WINDOW: usize = 512;
+/// Default time after which the binding of a verified id that has not registered since is deleted
+/// (`--binding-ttl`): 180 days. Long enough that a person who is away for a season keeps their id;
+/// short enough that churned and abandoned ids do not grow the directory forever. Its row is
+/// ~1.4 KB (the ML-KEM key dominates).
+pub const BINDING_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
+
+/// Default number of new verified ids one source address (IPv6: one /64) may mint per
+/// [`NEW_ID_WINDOW`] (`--new-ids-per-ip`). A person creates a handful of identities; a household
+/// or an office behind NAT some dozens in a day. Re-registering an existing id never counts.
+pub const NEW_IDS_PER_IP: u32 = 30;
+
+/// The window of [`NEW_IDS_PER_IP`]: the allowance refills evenly over an hour.
+pub const NEW_ID_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Source addresses whose new-id allowance is remembered at once (memory bound: ~64 bytes each).
+/// When full, entries whose allowance has refilled are forgotten; if none has, the limiter lets
+/// the registration through (the total cap below still bounds the disk).
+pub const NEW_ID_TRACKED_SOURCES: usize = 65_536;
+
+/// Default cap on bindings in the directory (`--max-bindings`): one million rows is ~1.4 GB of
+/// disk, the most a default server lets strangers take. Past it new ids are refused with
+/// `TOO_MANY_REGISTRATIONS`; existing ids keep working.
+pub const MAX_BINDINGS: u64 = 1_000_000;
+
+/// How often the sweeper checkpoints the WAL with TRUNCATE and expires unused bindings: every
+/// minute keeps the WAL file small under constant load without costing anything measurable.
+pub const STORE_MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+/// SQLite's `journal_size_limit`: after a checkpoint the WAL file is truncated to at most this, so
+/// a burst does not leave a large file behind.
+pub const WAL_SIZE_LIMIT: u64 = 8 * 1024 * 1024;
+
+/// SQLite's `wal_autocheckpoint`, in pages (4 KiB): a checkpoint runs whenever the WAL grows past
+/// ~4 MiB, SQLite's default, written out here so the bound is explicit.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
+
+/// Bindings expired per sweep at most (one short transaction each time; the rest next minute).
+pub const BINDING_EXPIRY_BATCH: usize = 1000;
 
 /// Default cap on registrations held at once by one source address (an IPv6 address counts by its
 /// /64, what one subscriber usually gets). Enough for a household or an office behind NAT; with

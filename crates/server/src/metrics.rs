@@ -27,6 +27,10 @@ pub struct Metrics {
     pub policy_closes: AtomicU64,
     /// Successful registrations.
     pub registrations: AtomicU64,
+    /// Registrations of new verified ids refused (per-address rate, or the directory cap).
+    pub new_ids_refused: AtomicU64,
+    /// Bindings deleted after `--binding-ttl` without a registration.
+    pub bindings_expired: AtomicU64,
 }
 
 impl Metrics {
@@ -38,7 +42,7 @@ impl Metrics {
     /// Renders all counters and the given gauges as Prometheus text.
     pub fn render(&self, connections: usize, registered: usize) -> String {
         let mut out = String::with_capacity(1024);
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "lattice_connections_total",
                 "Connections accepted.",
@@ -88,6 +92,16 @@ impl Metrics {
                 "lattice_registrations_total",
                 "Successful registrations.",
                 &self.registrations,
+            ),
+            (
+                "lattice_new_ids_refused_total",
+                "New verified ids refused (per-address rate or directory cap).",
+                &self.new_ids_refused,
+            ),
+            (
+                "lattice_bindings_expired_total",
+                "Bindings deleted after --binding-ttl unused.",
+                &self.bindings_expired,
             ),
         ];
         for (name, help, v) in counters {

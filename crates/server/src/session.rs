@@ -8,8 +8,9 @@
 //! ## Slow consumers (the written policy)
 //! Senders never wait on a recipient: routing uses `try_send` on the recipient's queue
 //! (`--outbound-queue`, 256 frames by default). When it is full:
-//! - a **verified** recipient's message goes to its durable mailbox (the sender's `message_ack` says
-//!   `queued`) and the recipient drains its mailbox once its queue empties;
+//! - a **verified** recipient's message, already committed to its durable mailbox, is left there
+//!   (the sender's `message_ack` says `queued`) and the recipient drains its mailbox once its queue
+//!   empties;
 //! - an **unverified** recipient (an original client, which has no mailbox) is not sent the message
 //!   and the sender gets `MAILBOX_FULL`; nothing is buffered beyond the queue.
 //!
@@ -23,21 +24,23 @@
 //! handled; none is dropped, none counts as invalid, and a connection is never closed for being
 //! fast. Other connections are not affected (each session is its own task).
 //!
-//! ## No accepted message is lost, and none is accepted without room
-//! A message for a verified recipient is counted against the recipient's mailbox quota (count,
-//! bytes, and this sender's share) *before* the sender is told it was accepted: stored in the
-//! mailbox, or, for a live delivery, as a reservation ([`crate::store::Mailbox::reserve`]). A
-//! recipient has at most [`INFLIGHT_WINDOW`] live messages outstanding; beyond that, messages go to
-//! its mailbox (within the quota). When there is no room the sender gets `MAILBOX_FULL` with its
-//! `requestId` and no `message_ack`, so it knows the message was not taken.
+//! ## Nothing acknowledged is lost, and nothing is accepted without room
+//! A message for a verified recipient is committed to the SQLite mailbox *before* the sender hears
+//! its `message_ack`, online recipient or not, and counted against the recipient's quota (count,
+//! bytes, and this sender's share) in the same transaction. For online recipients the commit is
+//! grouped: the messages of one read batch share one transaction, run just before the batch's
+//! replies are written (`Session::commit_pending`). When there is no room the sender gets
+//! `MAILBOX_FULL` with its `requestId` and no `message_ack`, so it knows the message was not taken.
 //!
-//! Live messages stay in the in-flight window until the recipient sends `ack`, which releases the
-//! reservation. When the connection ends for any reason (drop, idle, replacement, shutdown) every
-//! unacknowledged message, and whatever was still queued, is stored in the mailbox under its
-//! reservation (so this never needs room that was not counted) and delivered on the next
-//! registration. Delivery is therefore at least once; clients deduplicate by `messageId`.
+//! For an online recipient the row is *owned* by its connection ([`crate::store::Mailbox::accept_live`])
+//! and the frame goes out through the connection's queue at once (`delivered`); with the queue full
+//! it is left to the mailbox drain (`queued`). The recipient's `ack` deletes the row. When the
+//! connection ends for any reason (drop, stall, idle, replacement, shutdown) its rows are given
+//! back to the mailbox ([`crate::store::Mailbox::disown_all`]), and when the process dies, the
+//! next start gives back all of them. So a recipient that never acks holds at most its quota, and
+//! its senders then get `MAILBOX_FULL`: no window, nothing forgotten. Delivery is at least once;
+//! clients deduplicate by (sender, `messageId`). The contract is written in docs/protocol.md.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -59,13 +62,11 @@ use lattice_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument as _};
 
-use crate::hub::{ClaimError, DeliverMeta, Out, PeerEntry, SessionShared};
-use crate::limits::{
-    INFLIGHT_WINDOW, INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES, WRITE_TIMEOUT,
-};
+use crate::hub::{ClaimError, Out, PeerEntry, SessionShared};
+use crate::limits::{INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES, WRITE_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::state::{unix_ms, ServerState};
-use crate::store::{Binding, EnqueueError, Limit, MailItem};
+use crate::store::{Accepted, Binding, EnqueueError, Limit, LiveItem, MailItem};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -150,11 +151,13 @@ struct Session {
     ip_slot: bool,
     invalid_count: u32,
     invalid_since: Instant,
-    /// Live messages written but not acknowledged (verified peers only), oldest first.
-    inflight: VecDeque<(Box<DeliverMeta>, Utf8Bytes)>,
-    /// Mailbox cursor and whether a drain is in progress.
-    mail_cursor: i64,
+    /// Whether a mailbox drain is in progress.
     draining: bool,
+    /// Messages for online verified peers read in this batch: committed together (one
+    /// transaction, a group commit) before the batch's replies are written.
+    pending: Vec<PendingLive>,
+    /// Acknowledgements read in this batch, deleted together the same way.
+    pending_acks: Vec<(Option<ClientId>, MessageId)>,
     replies: Vec<Message>,
 }
 
@@ -174,7 +177,6 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         opened_ms: now_ms,
         presence_backlog: std::sync::Mutex::default(),
         presence_ready: tokio::sync::Notify::new(),
-        outstanding: std::sync::atomic::AtomicUsize::new(0),
     });
     state.sessions.insert(Arc::clone(&shared));
     let now = Instant::now();
@@ -189,9 +191,9 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         challenge: None,
         invalid_count: 0,
         invalid_since: now,
-        inflight: VecDeque::new(),
-        mail_cursor: 0,
         draining: false,
+        pending: Vec::new(),
+        pending_acks: Vec::new(),
         replies: Vec::new(),
     };
     let span =
@@ -205,6 +207,15 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
     .await;
     state.sessions.remove(conn_id);
     state.open_connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// A message for an online verified peer waiting for the batch's group commit.
+struct PendingLive {
+    entry: Arc<PeerEntry>,
+    target: ClientId,
+    item: MailItem,
+    sender_mid: Option<MessageId>,
+    rid: Option<RequestId>,
 }
 
 enum Flow {
@@ -530,6 +541,44 @@ impl Session {
         self.ip_slot
     }
 
+    /// Whether this connection may create a new binding (a verified id not in the directory):
+    /// the directory's cap (`--max-bindings`), then this address's allowance
+    /// (`--new-ids-per-ip`, loopback exempt unless `--limit-loopback`).
+    fn may_mint_id(&self) -> Result<(), (ErrorType, String)> {
+        let cfg = &self.state.config;
+        if cfg.max_bindings > 0 {
+            match self.state.directory.binding_count() {
+                Ok(n) if n >= cfg.max_bindings => {
+                    return Err((
+                        ErrorType::TooManyRegistrations,
+                        format!("The server's directory is full ({} ids); it accepts no new ids now, existing ids still register", cfg.max_bindings),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "directory count failed");
+                    return Err((
+                        ErrorType::InternalError,
+                        "The server could not read its directory; try again".into(),
+                    ));
+                }
+            }
+        }
+        let exempt = self.remote_ip.is_loopback() && !cfg.limit_loopback;
+        if !exempt
+            && !self
+                .state
+                .new_ids
+                .allow(self.remote_ip, cfg.new_ids_per_ip, Instant::now())
+        {
+            return Err((
+                ErrorType::RateLimited,
+                format!("This address created {} new ids in the last hour, the most the server allows; try again later (existing ids are not limited)", cfg.new_ids_per_ip),
+            ));
+        }
+        Ok(())
+    }
+
     fn release_ip_slot(&mut self) {
         if std::mem::take(&mut self.ip_slot) {
             self.state.addresses.release(self.remote_ip);
@@ -617,6 +666,13 @@ impl Session {
         // A verified registration of the same identity replaces a stale connection at once.
         let replace =
             |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        if proof.is_some() && binding.is_none() {
+            if let Err((error_type, details)) = self.may_mint_id() {
+                Metrics::inc(&self.state.metrics.new_ids_refused);
+                info!(ip = %self.remote_ip, %id, %error_type, "new id refused");
+                return self.error(error_type, details, rid);
+            }
+        }
         if !self.acquire_ip_slot() {
             let max = self.state.config.max_registrations_per_ip;
             info!(ip = %self.remote_ip, max, "registration refused: address limit");
@@ -649,7 +705,13 @@ impl Session {
                 kem_public_key: kem_key,
                 key_signature,
             };
-            if binding.as_ref() != Some(&new) {
+            if binding.as_ref() == Some(&new) {
+                // In use: its binding does not expire (`--binding-ttl`) while it keeps coming back.
+                let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
+                if let Err(e) = self.state.directory.touch(&id, now) {
+                    warn!(error = %e, "directory touch failed");
+                }
+            } else {
                 if let Err(e) = self.state.directory.put(&id, &new) {
                     warn!(error = %e, "directory write failed");
                     self.state.hub.release(&id, self.shared.conn_id);
@@ -678,7 +740,6 @@ impl Session {
         })));
         self.state.hub.broadcast_presence(&presence.into(), &id);
         if entry.verified {
-            self.mail_cursor = 0;
             self.draining = true;
         }
     }
@@ -760,17 +821,21 @@ impl Session {
             lattice_protocol::fast::encode_delivered(envelope, &peer.id, timestamp, mid.as_ref());
         let status = match (live, mid) {
             (Some(entry), Some(mid)) if entry.verified => {
-                let item = MailItem {
-                    message_id: mid,
-                    sender: peer.id.clone(),
-                    frame,
-                };
-                self.deliver_verified(&entry, &target, item)
+                // Answered after the group commit at the end of this read batch.
+                self.pending.push(PendingLive {
+                    entry,
+                    target,
+                    item: MailItem {
+                        message_id: mid,
+                        sender: peer.id.clone(),
+                        frame,
+                    },
+                    sender_mid,
+                    rid,
+                });
+                return;
             }
-            (Some(entry), mid) => match entry.session.tx.try_send(Out::Deliver {
-                frame: frame.into(),
-                meta: None,
-            }) {
+            (Some(entry), mid) => match entry.session.tx.try_send(Out::Deliver(frame.into())) {
                 Ok(()) => {
                     Metrics::inc(&self.state.metrics.messages_delivered);
                     Ok(AckStatus::Delivered)
@@ -785,12 +850,23 @@ impl Session {
             },
             (None, mid) => self.offline(&target, &peer.id, mid, frame),
         };
+        self.answer(&target, sender_mid.as_ref(), rid, status);
+    }
+
+    /// The sender's answer: `message_ack` (if it gave a `messageId`) or an `error`.
+    fn answer(
+        &mut self,
+        target: &ClientId,
+        sender_mid: Option<&MessageId>,
+        rid: Option<RequestId>,
+        status: Result<AckStatus, (ErrorType, String)>,
+    ) {
         match status {
             Ok(status) => {
-                if let Some(message_id) = &sender_mid {
+                if let Some(message_id) = sender_mid {
                     let ack = lattice_protocol::fast::encode_message_ack(
                         message_id,
-                        &target,
+                        target,
                         status,
                         rid.as_ref(),
                     );
@@ -801,82 +877,83 @@ impl Session {
         }
     }
 
-    /// A message for an online verified peer. Room is reserved in its mailbox quota first (the
-    /// message comes back there if the peer drops before acknowledging it); then it is sent live,
-    /// or stored in the mailbox when the peer already has [`INFLIGHT_WINDOW`] messages outstanding
-    /// or its queue is full. Refused with `MAILBOX_FULL` only when there is no room at all, and
-    /// then before the sender was told anything else.
-    fn deliver_verified(
-        &mut self,
+    /// The group commit of this read batch: the acknowledged rows are deleted in one
+    /// transaction, the messages for online verified peers inserted in another (each within its
+    /// recipient's quota), then those messages are routed and their senders answered. Runs
+    /// before every flush, so no `message_ack` is written before its message is committed.
+    fn commit_pending(&mut self) {
+        if !self.pending_acks.is_empty() {
+            let acks = std::mem::take(&mut self.pending_acks);
+            if let Some(peer) = &self.peer {
+                if let Err(e) = self.state.mailbox.remove_batch(&peer.id, &acks) {
+                    warn!(error = %e, count = acks.len(), "mailbox delete failed");
+                }
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let state = Arc::clone(&self.state);
+        let items: Vec<LiveItem<'_>> = pending
+            .iter()
+            .map(|p| LiveItem {
+                recipient: &p.target,
+                item: &p.item,
+                conn: p.entry.session.conn_id,
+            })
+            .collect();
+        let results = state.mailbox.accept_live_batch(
+            &items,
+            &state.config.mailbox_quota(),
+            state.config.mailbox_ttl,
+        );
+        drop(items);
+        for (p, r) in pending.into_iter().zip(results) {
+            let status = match r {
+                Ok(Accepted::Stored) => self.route_stored(&p.entry, &p.target, &p.item),
+                Ok(Accepted::Duplicate) => {
+                    // A resend of a stored message: on its way already (or waiting); not twice.
+                    debug!(target = %p.target, message_id = %p.item.message_id, "resend of a stored message");
+                    Ok(AckStatus::Queued)
+                }
+                Err(e) => Err(self.refusal(&p.target, e)),
+            };
+            self.answer(&p.target, p.sender_mid.as_ref(), p.rid, status);
+        }
+    }
+
+    /// Sends a committed message (its row owned by `entry`'s connection) through the
+    /// connection's queue: `delivered`; or, with the queue full or the connection ending, gives
+    /// the row back to the mailbox drain: `queued`.
+    fn route_stored(
+        &self,
         entry: &PeerEntry,
         target: &ClientId,
-        item: MailItem,
+        item: &MailItem,
     ) -> Result<AckStatus, (ErrorType, String)> {
-        let quota = self.state.config.mailbox_quota();
-        let bytes = item.frame.len() as u64;
-        if let Err(e) = self
-            .state
-            .mailbox
-            .reserve(target, &item.sender, bytes, &quota)
+        let conn = entry.session.conn_id;
+        match entry
+            .session
+            .tx
+            .try_send(Out::Deliver(item.frame.clone().into()))
         {
-            return Err(self.refusal(target, e));
-        }
-        let outstanding = &entry.session.outstanding;
-        if outstanding.fetch_add(1, Ordering::AcqRel) >= INFLIGHT_WINDOW {
-            outstanding.fetch_sub(1, Ordering::AcqRel);
-            debug!(%target, "in-flight window full: stored in the mailbox");
-            let r = self.store_reserved(target, &item);
-            entry.session.notify_mail();
-            return r;
-        }
-        let meta = Box::new(DeliverMeta {
-            message_id: item.message_id.clone(),
-            sender: item.sender.clone(),
-        });
-        match entry.session.tx.try_send(Out::Deliver {
-            frame: item.frame.into(),
-            meta: Some(meta),
-        }) {
             Ok(()) => {
                 Metrics::inc(&self.state.metrics.messages_delivered);
                 Ok(AckStatus::Delivered)
             }
-            Err(mpsc::error::TrySendError::Full(out) | mpsc::error::TrySendError::Closed(out)) => {
-                outstanding.fetch_sub(1, Ordering::AcqRel);
-                let Some(item) = mail_item(out) else {
-                    return Err((
-                        ErrorType::InternalError,
-                        "The server lost track of the message; send it again".into(),
-                    ));
-                };
-                let r = self.store_reserved(target, &item);
-                entry.session.notify_mail();
-                r
-            }
-        }
-    }
-
-    /// Stores a message that holds a reservation; the sender's answer.
-    fn store_reserved(
-        &self,
-        target: &ClientId,
-        item: &MailItem,
-    ) -> Result<AckStatus, (ErrorType, String)> {
-        match self
-            .state
-            .mailbox
-            .store_reserved(target, item, self.state.config.mailbox_ttl)
-        {
-            Ok(()) => {
+            Err(_) => {
+                // Queue full, or the connection is ending: the row waits for a drain (this
+                // connection's, or the next one's).
+                if let Err(e) = self.state.mailbox.disown(target, item, conn) {
+                    warn!(error = %e, %target, "could not return a message to the mailbox");
+                }
+                if let Some(current) = self.state.hub.get(target) {
+                    current.session.notify_mail();
+                }
+                debug!(%target, "recipient busy: left in the mailbox");
                 Metrics::inc(&self.state.metrics.messages_queued);
                 Ok(AckStatus::Queued)
-            }
-            Err(e) => {
-                warn!(error = %e, %target, "mailbox write failed");
-                Err((
-                    ErrorType::InternalError,
-                    "The server could not store the message; try again".into(),
-                ))
             }
         }
     }
@@ -998,40 +1075,19 @@ impl Session {
         }
     }
 
-    /// Forgets an acknowledged message. Message ids are the senders' choice, so the message is
+    /// Deletes an acknowledged message. Message ids are the senders' choice, so the message is
     /// named by (sender, id): `fromId` when the ack carries it; without it, only an id that no
-    /// other sender used is forgotten (an ambiguous ack forgets nothing: at least once).
+    /// other sender used is deleted (an ambiguous ack deletes nothing: at least once).
     fn on_ack(&mut self, peer: &PeerEntry, a: &Ack) {
-        let matches = |m: &DeliverMeta| {
-            m.message_id == a.message_id && a.from_id.as_ref().is_none_or(|f| *f == m.sender)
-        };
-        let mut found = self
-            .inflight
-            .iter()
-            .enumerate()
-            .filter(|(_, (m, _))| matches(m));
-        let pos = match (found.next(), found.next()) {
-            (Some((pos, _)), None) => Some(pos),
-            (Some((pos, _)), Some(_)) if a.from_id.is_some() => Some(pos),
-            _ => None,
-        };
-        if let Some((meta, frame)) = pos.and_then(|p| self.inflight.remove(p)) {
-            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-            self.state
-                .mailbox
-                .release(&peer.id, &meta.sender, frame.len() as u64);
-        } else if peer.verified {
-            if let Err(e) = self
-                .state
-                .mailbox
-                .remove(&peer.id, a.from_id.as_ref(), &a.message_id)
-            {
-                warn!(error = %e, "mailbox delete failed");
-            }
+        if peer.verified {
+            // Deleted with the rest of this read batch's acks (`commit_pending`).
+            self.pending_acks
+                .push((a.from_id.clone(), a.message_id.clone()));
         }
     }
 
     async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
+        self.commit_pending();
         if self.replies.is_empty() {
             return Flow::Continue;
         }
@@ -1067,22 +1123,7 @@ impl Session {
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(t) => self.replies.push(Message::Text(t)),
-                Out::Deliver { frame, meta } => {
-                    if let Some(meta) = meta {
-                        // Tracked before the write, so a failed write still spills it. The
-                        // window cannot overflow: acceptance stops at INFLIGHT_WINDOW
-                        // outstanding (`deliver_verified`). Should it ever, the oldest goes to
-                        // the mailbox under its reservation, never dropped.
-                        self.inflight.push_back((meta, frame.clone()));
-                        if self.inflight.len() > INFLIGHT_WINDOW {
-                            if let Some(oldest) = self.inflight.pop_front() {
-                                self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-                                self.keep_undelivered(&[oldest]);
-                            }
-                        }
-                    }
-                    self.replies.push(Message::Text(frame));
-                }
+                Out::Deliver(frame) => self.replies.push(Message::Text(frame)),
                 Out::CheckMail => {
                     if verified {
                         self.draining = true;
@@ -1118,19 +1159,14 @@ impl Session {
         match self
             .state
             .mailbox
-            .pending(&peer.id, self.mail_cursor, MAILBOX_BATCH)
+            .claim(&peer.id, self.shared.conn_id, MAILBOX_BATCH)
         {
             Ok(items) => {
-                debug!(
-                    count = items.len(),
-                    after = self.mail_cursor,
-                    "mailbox batch"
-                );
+                debug!(count = items.len(), "mailbox batch");
                 if items.len() < MAILBOX_BATCH {
                     self.draining = false;
                 }
-                for (seq, item) in items {
-                    self.mail_cursor = seq;
+                for item in items {
                     self.replies.push(Message::Text(item.frame.into()));
                 }
             }
@@ -1155,23 +1191,21 @@ impl Session {
             // connection replaced by the same identity keeps them for the new one.)
             self.state.questions.forget_demos(&peer.id);
         }
+        // What this connection read last: its acks are applied, its messages committed and routed
+        // (their senders' answers can no longer be written, which a sender treats as no answer).
+        self.commit_pending();
         if peer.verified {
-            let mut spill: Vec<(Box<DeliverMeta>, Utf8Bytes)> = self.inflight.drain(..).collect();
-            while let Ok(out) = self.rx.try_recv() {
-                if let Out::Deliver {
-                    frame,
-                    meta: Some(meta),
-                } = out
-                {
-                    spill.push((meta, frame));
+            // Everything sent on this connection and not acknowledged, and everything still in
+            // its queue, waits in the mailbox for the next connection.
+            match self.state.mailbox.disown_all(&peer.id, self.shared.conn_id) {
+                Ok(0) => {}
+                Ok(returned) => {
+                    debug!(returned, "unacknowledged messages returned to the mailbox");
+                    if let Some(current) = self.state.hub.get(&peer.id) {
+                        current.session.notify_mail();
+                    }
                 }
-            }
-            let kept = self.keep_undelivered(&spill);
-            if kept > 0 {
-                debug!(kept, "unacknowledged messages returned to the mailbox");
-                if let Some(current) = self.state.hub.get(&peer.id) {
-                    current.session.notify_mail();
-                }
+                Err(e) => warn!(error = %e, "could not return unacknowledged messages"),
             }
         }
         if released {
@@ -1184,52 +1218,9 @@ impl Session {
     }
 }
 
-impl Session {
-    /// Puts delivered-but-unacknowledged messages back into this peer's mailbox, under the
-    /// reservations made when they were accepted (so within the quota by construction). Returns
-    /// how many were kept.
-    fn keep_undelivered(&self, items: &[(Box<DeliverMeta>, Utf8Bytes)]) -> usize {
-        let Some(peer) = &self.peer else { return 0 };
-        let mut kept = 0;
-        for (meta, frame) in items {
-            let item = MailItem {
-                message_id: meta.message_id.clone(),
-                sender: meta.sender.clone(),
-                frame: frame.to_string(),
-            };
-            match self
-                .state
-                .mailbox
-                .store_reserved(&peer.id, &item, self.state.config.mailbox_ttl)
-            {
-                Ok(()) => kept += 1,
-                Err(e) => {
-                    warn!(error = %e, message_id = %item.message_id, "could not keep an undelivered message")
-                }
-            }
-        }
-        kept
-    }
-}
-
-/// The mailbox item of a delivery to a verified peer.
-fn mail_item(out: Out) -> Option<MailItem> {
-    match out {
-        Out::Deliver {
-            frame,
-            meta: Some(meta),
-        } => Some(MailItem {
-            message_id: meta.message_id,
-            sender: meta.sender,
-            frame: frame.to_string(),
-        }),
-        _ => None,
-    }
-}
-
 fn out_frame(out: Out) -> String {
     match out {
-        Out::Deliver { frame, .. } | Out::Frame(frame) => frame.to_string(),
+        Out::Deliver(frame) | Out::Frame(frame) => frame.to_string(),
         Out::CheckMail | Out::Ping => String::new(),
     }
 }

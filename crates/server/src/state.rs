@@ -48,6 +48,55 @@ pub struct ServerState {
     pub addresses: AddressSlots,
     /// Failed admin authentications per source address.
     pub admin_guard: crate::http::AdminGuard,
+    /// New verified ids minted per source address (`--new-ids-per-ip`).
+    pub new_ids: NewIdLimiter,
+}
+
+/// The allowance of new verified ids per source address (IPv6 grouped by its /64): a bucket of
+/// `per_window` that refills evenly over [`crate::limits::NEW_ID_WINDOW`]. Time is passed in, so
+/// tests run on a synthetic clock.
+#[derive(Debug, Default)]
+pub struct NewIdLimiter {
+    // std Mutex: one map update per new id; never held across an await.
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl NewIdLimiter {
+    /// Takes one new id's allowance for `ip` at `now`; false when none is left. `per_window` 0
+    /// means no limit.
+    pub fn allow(&self, ip: IpAddr, per_window: u32, now: Instant) -> bool {
+        use crate::limits::{NEW_ID_TRACKED_SOURCES, NEW_ID_WINDOW};
+        if per_window == 0 {
+            return true;
+        }
+        let cap = f64::from(per_window);
+        let rate = cap / NEW_ID_WINDOW.as_secs_f64();
+        let refilled = |tokens: f64, last: Instant| {
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(cap)
+        };
+        let key = address_group(ip);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !buckets.contains_key(&key) && buckets.len() >= NEW_ID_TRACKED_SOURCES {
+            buckets.retain(|_, (tokens, last)| refilled(*tokens, *last) < cap);
+            if buckets.len() >= NEW_ID_TRACKED_SOURCES {
+                // Memory bound reached with every entry still limited: let this one through
+                // (the directory cap still bounds the disk).
+                return true;
+            }
+        }
+        let (tokens, last) = buckets.entry(key).or_insert((cap, now));
+        *tokens = refilled(*tokens, *last);
+        *last = (*last).max(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Registrations held per source address (IPv6 grouped by its /64), for
@@ -119,4 +168,40 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The allowance on a synthetic clock (no sleeping, no timing assertions).
+    #[test]
+    fn new_ids_are_limited_per_address_and_refill_over_the_window() {
+        let l = NewIdLimiter::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let b_same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.allow(a, 3, t0));
+        }
+        assert!(
+            !l.allow(a, 3, t0),
+            "the fourth new id within the hour is refused"
+        );
+        assert!(l.allow(b, 3, t0), "another address has its own allowance");
+        assert!(l.allow(b_same_64, 3, t0));
+        assert!(l.allow(b, 3, t0));
+        assert!(!l.allow(b_same_64, 3, t0), "one /64 is one address");
+        // a third of the window gives one back, and never more than the allowance
+        assert!(l.allow(a, 3, t0 + Duration::from_secs(1200)));
+        assert!(!l.allow(a, 3, t0 + Duration::from_secs(1200)));
+        let later = t0 + Duration::from_secs(100 * 3600);
+        for _ in 0..3 {
+            assert!(l.allow(a, 3, later));
+        }
+        assert!(!l.allow(a, 3, later));
+        assert!(l.allow(a, 0, later), "0 turns the limit off");
+    }
 }

@@ -6,7 +6,6 @@
 //! statement under a `std::sync::Mutex` (no `.await` while held), cheap enough to run on the async
 //! worker threads for the low-rate operations that use it (registration, offline delivery, acks).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +30,9 @@ pub enum StoreError {
     /// A stored value is not what was written.
     #[error("corrupt record for {0}")]
     Corrupt(String),
+    /// A group commit failed (every message in it gets this).
+    #[error("group commit failed: {0}")]
+    Commit(String),
     /// The data directory or database file could not be made private.
     #[error("cannot restrict the permissions of {path}: {source}")]
     Permissions {
@@ -65,10 +67,31 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Storage failure.
     fn put(&self, id: &ClientId, binding: &Binding) -> Result<(), StoreError>;
+    /// Records that `id` registered now (its binding is in use).
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn touch(&self, id: &ClientId, now_ms: i64) -> Result<(), StoreError>;
+    /// Deletes up to `limit` bindings last used before `cutoff_ms` (unix milliseconds), except
+    /// those `keep` says are in use; returns how many were deleted.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn expire_unused(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+        keep: &dyn Fn(&ClientId) -> bool,
+    ) -> Result<usize, StoreError>;
+    /// Bindings in the directory.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn binding_count(&self) -> Result<u64, StoreError>;
 }
 
-/// How much one recipient's mailbox may hold: stored messages plus reserved ones (live messages
-/// not acknowledged yet, which return to the mailbox if the connection drops).
+/// How much one recipient's mailbox may hold: every stored message, whether it waits for a
+/// connection or was sent on one and is not acknowledged yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     /// Messages.
@@ -120,6 +143,26 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
+/// One message of [`Mailbox::accept_live_batch`]: for `recipient`, owned by connection `conn`.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveItem<'a> {
+    /// The recipient.
+    pub recipient: &'a ClientId,
+    /// The message.
+    pub item: &'a MailItem,
+    /// The live connection it is about to be sent on.
+    pub conn: u64,
+}
+
+/// What [`Mailbox::accept_live`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new row, owned by the connection: send it.
+    Stored,
+    /// The same (sender, id) is already stored (a resend): it is not sent again from here.
+    Duplicate,
+}
+
 /// A queued message: the complete `message` frame as it will be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailItem {
@@ -135,14 +178,14 @@ pub struct MailItem {
 /// Store-and-forward queue of sealed messages for offline verified peers. A message stays until the
 /// recipient acknowledges it or it expires.
 ///
-/// Every message the server accepts for a verified recipient is counted against that recipient's
-/// [`Quota`] from the moment it is accepted: either as a stored row ([`Mailbox::enqueue`]) or as a
-/// reservation for a live delivery ([`Mailbox::reserve`]) that is later released (acknowledged)
-/// or turned into a row ([`Mailbox::store_reserved`], when the connection drops). So the return
-/// of unacknowledged messages never needs room that was not counted, and never loses a message
-/// the sender was told was accepted.
+/// Every message the server accepts for a verified recipient is a row from the moment it is
+/// accepted, online recipient or not: either waiting for a connection, or *owned* by the live
+/// connection it was sent on ([`Mailbox::accept_live`], [`Mailbox::claim`]) until the recipient
+/// acknowledges it ([`Mailbox::remove`]) or the connection ends ([`Mailbox::disown_all`]). So
+/// the quota counts everything unacknowledged, and nothing the sender was told was accepted lives
+/// only in memory.
 pub trait Mailbox: Send + Sync + std::fmt::Debug {
-    /// Queues `item` for `recipient` if rows plus reservations stay within `quota`. Queuing the
+    /// Queues `item` for `recipient` if its rows stay within `quota`. Queuing the
     /// same (sender, id) again is a no-op (and succeeds even when full: it is stored).
     ///
     /// # Errors
@@ -154,30 +197,60 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
         quota: &Quota,
         ttl: Duration,
     ) -> Result<(), EnqueueError>;
-    /// Reserves room for a message of `bytes` from `sender` that is about to be delivered live.
+    /// Stores `item` for `recipient` within `quota`, like [`Mailbox::enqueue`], owned by the live
+    /// connection `conn` it is about to be sent on (so no drain sends it a second time). The row
+    /// is committed before this returns: from then on it survives a crash of the process.
     ///
     /// # Errors
-    /// [`EnqueueError::Full`] when rows plus reservations would exceed `quota`; storage failure.
-    fn reserve(
-        &self,
-        recipient: &ClientId,
-        sender: &ClientId,
-        bytes: u64,
-        quota: &Quota,
-    ) -> Result<(), EnqueueError>;
-    /// Gives back a reservation (the message was acknowledged, or never sent).
-    fn release(&self, recipient: &ClientId, sender: &ClientId, bytes: u64);
-    /// Stores a message that holds a reservation (made with `item.frame.len()` bytes) and gives
-    /// the reservation back; no quota check, the room was counted at acceptance.
-    ///
-    /// # Errors
-    /// Storage failure (the reservation is given back all the same).
-    fn store_reserved(
+    /// [`EnqueueError::Full`] naming the limit reached; storage failure.
+    fn accept_live(
         &self,
         recipient: &ClientId,
         item: &MailItem,
+        quota: &Quota,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+        conn: u64,
+    ) -> Result<Accepted, EnqueueError>;
+    /// [`Mailbox::accept_live`] for several messages in one transaction (a group commit): one
+    /// result per item, in order. Each item is checked against the quota with the rows before it
+    /// counted. Nothing is committed, and every result is an error, if the commit fails.
+    fn accept_live_batch(
+        &self,
+        items: &[LiveItem<'_>],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<Result<Accepted, EnqueueError>>;
+    /// [`Mailbox::remove`] for several acknowledgements of `recipient` in one transaction.
+    ///
+    /// # Errors
+    /// Storage failure (nothing is removed).
+    fn remove_batch(
+        &self,
+        recipient: &ClientId,
+        acks: &[(Option<ClientId>, MessageId)],
+    ) -> Result<usize, StoreError>;
+    /// Gives one row owned by `conn` back to the mailbox (it could not be sent on `conn`).
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError>;
+    /// Gives every row owned by `conn` back to the mailbox (the connection ended before the
+    /// recipient acknowledged them); returns how many.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn disown_all(&self, recipient: &ClientId, conn: u64) -> Result<usize, StoreError>;
+    /// Takes up to `limit` unexpired rows waiting for `recipient` (owned by no connection),
+    /// oldest first, and makes `conn` their owner.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn claim(
+        &self,
+        recipient: &ClientId,
+        conn: u64,
+        limit: usize,
+    ) -> Result<Vec<MailItem>, StoreError>;
     /// Up to `limit` unexpired entries for `recipient` after `after` (a cursor from an earlier call,
     /// 0 to start), oldest first, with their cursors.
     ///
@@ -215,49 +288,26 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
 /// SQLite implementation of [`Directory`] and [`Mailbox`], one file (or memory).
 #[derive(Debug)]
 pub struct SqliteStore {
-    // std Mutex: every use is one short synchronous statement, never held across `.await`. The
-    // reservations live under the same lock as the rows, so a quota check sees both at once.
+    // std Mutex: every use is one short synchronous statement, never held across `.await`.
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
     conn: Connection,
-    reserved: HashMap<ClientId, Usage>,
-}
-
-/// Messages and bytes counted against a recipient, in total and per sender.
-#[derive(Debug, Default)]
-struct Usage {
-    count: u64,
-    bytes: u64,
-    by_sender: HashMap<ClientId, (u64, u64)>,
 }
 
 /// Checks one more message of `bytes` from a sender against `quota`, given the recipient's stored
-/// rows (`rows`: total count and bytes, then the sender's) and its reservations.
-fn check_quota(
-    quota: &Quota,
-    rows: [u64; 4],
-    reserved: Option<&Usage>,
-    sender: &ClientId,
-    bytes: u64,
-) -> Result<(), Limit> {
-    let (r_count, r_bytes, (rs_count, rs_bytes)) = reserved.map_or((0, 0, (0, 0)), |u| {
-        (
-            u.count,
-            u.bytes,
-            u.by_sender.get(sender).copied().unwrap_or_default(),
-        )
-    });
+/// rows (`rows`: total count and bytes, then the sender's).
+fn check_quota(quota: &Quota, rows: [u64; 4], bytes: u64) -> Result<(), Limit> {
     let over = |used: u64, extra: u64, limit: u64| used.saturating_add(extra) > limit;
-    if over(rows[0] + r_count, 1, u64::from(quota.count)) {
+    if over(rows[0], 1, u64::from(quota.count)) {
         Err(Limit::Count)
-    } else if over(rows[1] + r_bytes, bytes, quota.bytes) {
+    } else if over(rows[1], bytes, quota.bytes) {
         Err(Limit::Bytes)
-    } else if over(rows[2] + rs_count, 1, u64::from(quota.sender_count)) {
+    } else if over(rows[2], 1, u64::from(quota.sender_count)) {
         Err(Limit::SenderCount)
-    } else if over(rows[3] + rs_bytes, bytes, quota.sender_bytes) {
+    } else if over(rows[3], bytes, quota.sender_bytes) {
         Err(Limit::SenderBytes)
     } else {
         Ok(())
@@ -272,44 +322,23 @@ fn row_usage(
 ) -> Result<[u64; 4], StoreError> {
     let row = conn
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(frame AS BLOB))), 0),
+            "SELECT COUNT(*), COALESCE(SUM(size), 0),
                     COALESCE(SUM(sender = ?2), 0),
-                    COALESCE(SUM(CASE WHEN sender = ?2 THEN LENGTH(CAST(frame AS BLOB)) ELSE 0 END), 0)
+                    COALESCE(SUM(CASE WHEN sender = ?2 THEN size ELSE 0 END), 0)
              FROM mailbox WHERE recipient = ?1 AND expires_ms > ?3",
         )?
-        .query_row(params![recipient.as_str(), sender.as_str(), now_ms()], |r| {
-            Ok([
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ])
-        })?;
+        .query_row(
+            params![recipient.as_str(), sender.as_str(), now_ms()],
+            |r| {
+                Ok([
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ])
+            },
+        )?;
     Ok(row.map(|v| u64::try_from(v).unwrap_or(0)))
-}
-
-/// Gives back a reservation of `bytes` from `sender` for `recipient`.
-fn unreserve(
-    reserved: &mut HashMap<ClientId, Usage>,
-    recipient: &ClientId,
-    sender: &ClientId,
-    bytes: u64,
-) {
-    let Some(u) = reserved.get_mut(recipient) else {
-        return;
-    };
-    u.count = u.count.saturating_sub(1);
-    u.bytes = u.bytes.saturating_sub(bytes);
-    if let Some(s) = u.by_sender.get_mut(sender) {
-        s.0 = s.0.saturating_sub(1);
-        s.1 = s.1.saturating_sub(bytes);
-        if s.0 == 0 {
-            u.by_sender.remove(sender);
-        }
-    }
-    if u.count == 0 {
-        reserved.remove(recipient);
-    }
 }
 
 /// Creates `dir` (and missing parents) as 0700 and tightens an existing one to 0700.
@@ -373,10 +402,17 @@ CREATE TABLE IF NOT EXISTS mailbox (
     message_id TEXT NOT NULL,
     frame TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
+    -- The connection (server-local id) the row was sent on and that has not acknowledged it yet;
+    -- NULL when it waits for a connection. Every owner is cleared when the server starts.
+    live_conn INTEGER,
+    -- The frame's length in bytes, so the quota check never reads the frames themselves.
+    size INTEGER NOT NULL DEFAULT 0,
     UNIQUE (recipient, sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS mailbox_by_recipient ON mailbox (recipient, seq);
 CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox (expires_ms);
+-- bindings.updated_ms is when the id last registered (or changed keys): expiry looks it up
+CREATE INDEX IF NOT EXISTS bindings_by_use ON bindings (updated_ms);
 ";
 
 fn now_ms() -> i64 {
@@ -417,6 +453,16 @@ impl SqliteStore {
         let conn = Connection::open(&db)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::limits::WAL_AUTOCHECKPOINT_PAGES,
+        )?;
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(crate::limits::WAL_SIZE_LIMIT).unwrap_or(i64::MAX),
+        )?;
         let store = Self::init(conn)?;
         for file in database_files(&db) {
             tighten(&file, 0o600)?;
@@ -456,13 +502,49 @@ impl SqliteStore {
                 ))?;
             }
         }
+        if version < 3 {
+            // Version 1 had no owner column (every row waited for a connection, which NULL
+            // says), version 2 no size column (filled in below).
+            let has_table: bool = conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mailbox'")?
+                .exists([])?;
+            let has_column = |name: &str| -> Result<bool, rusqlite::Error> {
+                conn.prepare("SELECT 1 FROM pragma_table_info('mailbox') WHERE name = ?1")?
+                    .exists([name])
+            };
+            if has_table && !has_column("live_conn")? {
+                conn.execute_batch("ALTER TABLE mailbox ADD COLUMN live_conn INTEGER;")?;
+            }
+            if has_table && !has_column("size")? {
+                conn.execute_batch(
+                    "ALTER TABLE mailbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0;",
+                )?;
+            }
+        }
         conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", 1)?;
+        if version < 3 {
+            // Rows from before version 3 (including those just migrated from version 0): a
+            // frame is never empty, so 0 means "not filled in yet".
+            conn.execute(
+                "UPDATE mailbox SET size = LENGTH(CAST(frame AS BLOB)) WHERE size = 0",
+                [],
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 3)?;
+        // No connection survives a restart: every message sent but not acknowledged before it
+        // waits for the recipient's next connection again.
+        let returned = conn.execute(
+            "UPDATE mailbox SET live_conn = NULL WHERE live_conn IS NOT NULL",
+            [],
+        )?;
+        if returned > 0 {
+            tracing::info!(
+                returned,
+                "unacknowledged messages from before the restart wait for their recipients"
+            );
+        }
         Ok(Self {
-            inner: Mutex::new(Inner {
-                conn,
-                reserved: HashMap::new(),
-            }),
+            inner: Mutex::new(Inner { conn }),
         })
     }
 
@@ -474,7 +556,8 @@ impl SqliteStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes the WAL back into the main file; called at shutdown.
+    /// Writes the WAL back into the main file and truncates it; called at shutdown and every
+    /// [`crate::limits::STORE_MAINTENANCE_EVERY`].
     ///
     /// # Errors
     /// SQLite failure.
@@ -483,11 +566,6 @@ impl SqliteStore {
             .conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
-    }
-
-    /// Messages reserved (accepted live, not yet acknowledged) for `recipient`.
-    pub fn reserved(&self, recipient: &ClientId) -> u64 {
-        self.lock().reserved.get(recipient).map_or(0, |u| u.count)
     }
 }
 
@@ -528,6 +606,61 @@ impl Directory for SqliteStore {
             .execute(params![id.as_str(), &b.identity_key[..], b.kem_public_key, b.key_signature, now_ms()])?;
         Ok(())
     }
+
+    fn touch(&self, id: &ClientId, now_ms: i64) -> Result<(), StoreError> {
+        self.touch_at(id, now_ms)
+    }
+
+    fn expire_unused(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+        keep: &dyn Fn(&ClientId) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction()?;
+        let ids: Vec<String> = tx
+            .prepare_cached(
+                "SELECT client_id FROM bindings WHERE updated_ms < ?1 ORDER BY updated_ms LIMIT ?2",
+            )?
+            .query_map(
+                params![cutoff_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        let mut deleted = 0;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM bindings WHERE client_id = ?1")?;
+            for id in ids {
+                // An id that does not parse cannot be registered; it goes too.
+                if ClientId::new(id.as_str()).is_ok_and(|c| keep(&c)) {
+                    continue;
+                }
+                deleted += del.execute([id.as_str()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    fn binding_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .lock()
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM bindings")?
+            .query_row([], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+impl SqliteStore {
+    fn touch_at(&self, id: &ClientId, now_ms: i64) -> Result<(), StoreError> {
+        self.lock()
+            .conn
+            .prepare_cached("UPDATE bindings SET updated_ms = ?2 WHERE client_id = ?1")?
+            .execute(params![id.as_str(), now_ms])?;
+        Ok(())
+    }
 }
 
 /// Inserts a row (a duplicate (recipient, sender, id) is ignored).
@@ -536,20 +669,128 @@ fn insert(
     recipient: &ClientId,
     item: &MailItem,
     ttl: Duration,
+    owner: Option<u64>,
 ) -> Result<(), StoreError> {
     let expires = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO mailbox (recipient, sender, message_id, frame, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO mailbox
+             (recipient, sender, message_id, frame, expires_ms, live_conn, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         recipient.as_str(),
         item.sender.as_str(),
         item.message_id.as_str(),
         item.frame,
-        expires
+        expires,
+        owner.map(owner_value),
+        i64::try_from(item.frame.len()).unwrap_or(i64::MAX)
     ])?;
     Ok(())
+}
+
+/// Deletes an acknowledged row (see [`Mailbox::remove`]); returns how many.
+fn remove_in(
+    conn: &Connection,
+    recipient: &ClientId,
+    sender: Option<&ClientId>,
+    message_id: &MessageId,
+) -> Result<usize, StoreError> {
+    let n = match sender {
+            Some(sender) => conn
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
+                )?
+                .execute(params![recipient.as_str(), sender.as_str(), message_id.as_str()])?,
+            None => conn
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
+                     AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1",
+                )?
+                .execute(params![recipient.as_str(), message_id.as_str()])?,
+        };
+    Ok(n)
+}
+
+/// A connection id as SQLite stores it (ids count up from 1 and never reach `i64::MAX`).
+fn owner_value(conn: u64) -> i64 {
+    i64::try_from(conn).unwrap_or(i64::MAX)
+}
+
+/// A mailbox row as a [`MailItem`].
+fn mail_item_from_row(
+    recipient: &ClientId,
+    mid: String,
+    sender: String,
+    frame: String,
+) -> Result<MailItem, StoreError> {
+    let corrupt = || StoreError::Corrupt(recipient.to_string());
+    let message_id = MessageId::new(mid).map_err(|_| corrupt())?;
+    // Rows migrated from version 0 have no sender column value; the frame names it.
+    let sender = if sender.is_empty() {
+        "unknown".to_owned()
+    } else {
+        sender
+    };
+    let sender = ClientId::new(sender).map_err(|_| corrupt())?;
+    Ok(MailItem {
+        message_id,
+        sender,
+        frame,
+    })
+}
+
+impl SqliteStore {
+    /// Inserts `item` within `quota`, owned by `conn` if given, in one transaction.
+    fn insert_checked(
+        &self,
+        recipient: &ClientId,
+        item: &MailItem,
+        quota: &Quota,
+        ttl: Duration,
+        conn: Option<u64>,
+    ) -> Result<Accepted, EnqueueError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction().map_err(StoreError::from)?;
+        let r = insert_checked_in(&tx, recipient, item, quota, ttl, conn)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(r)
+    }
+}
+
+/// The quota check and insert of one message, inside the caller's transaction.
+fn insert_checked_in(
+    tx: &Connection,
+    recipient: &ClientId,
+    item: &MailItem,
+    quota: &Quota,
+    ttl: Duration,
+    conn: Option<u64>,
+) -> Result<Accepted, EnqueueError> {
+    let exists = tx
+        .prepare_cached(
+            "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
+        )
+        .and_then(|mut s| {
+            s.exists(params![
+                recipient.as_str(),
+                item.sender.as_str(),
+                item.message_id.as_str()
+            ])
+        })
+        .map_err(StoreError::from)?;
+    if exists {
+        // A retry of a stored message: it is there, whatever the quota says now.
+        return Ok(Accepted::Duplicate);
+    }
+    let rows = row_usage(tx, recipient, &item.sender)?;
+    let bytes = item.frame.len() as u64;
+    check_quota(quota, rows, bytes).map_err(|limit| EnqueueError::Full {
+        recipient: recipient.clone(),
+        limit,
+    })?;
+    insert(tx, recipient, item, ttl, conn)?;
+    Ok(Accepted::Stored)
 }
 
 impl Mailbox for SqliteStore {
@@ -560,76 +801,130 @@ impl Mailbox for SqliteStore {
         quota: &Quota,
         ttl: Duration,
     ) -> Result<(), EnqueueError> {
-        let mut inner = self.lock();
-        let Inner { conn, reserved } = &mut *inner;
-        let tx = conn.transaction().map_err(StoreError::from)?;
-        let exists = tx
-            .prepare_cached(
-                "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
-            )
-            .and_then(|mut s| {
-                s.exists(params![
-                    recipient.as_str(),
-                    item.sender.as_str(),
-                    item.message_id.as_str()
-                ])
-            })
-            .map_err(StoreError::from)?;
-        if exists {
-            // A retry of a stored message: it is there, whatever the quota says now.
-            return Ok(());
-        }
-        let rows = row_usage(&tx, recipient, &item.sender)?;
-        let bytes = item.frame.len() as u64;
-        check_quota(quota, rows, reserved.get(recipient), &item.sender, bytes).map_err(
-            |limit| EnqueueError::Full {
-                recipient: recipient.clone(),
-                limit,
-            },
-        )?;
-        insert(&tx, recipient, item, ttl)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(())
+        self.insert_checked(recipient, item, quota, ttl, None)
+            .map(|_| ())
     }
 
-    fn reserve(
-        &self,
-        recipient: &ClientId,
-        sender: &ClientId,
-        bytes: u64,
-        quota: &Quota,
-    ) -> Result<(), EnqueueError> {
-        let mut inner = self.lock();
-        let rows = row_usage(&inner.conn, recipient, sender)?;
-        check_quota(quota, rows, inner.reserved.get(recipient), sender, bytes).map_err(
-            |limit| EnqueueError::Full {
-                recipient: recipient.clone(),
-                limit,
-            },
-        )?;
-        let u = inner.reserved.entry(recipient.clone()).or_default();
-        u.count += 1;
-        u.bytes += bytes;
-        let s = u.by_sender.entry(sender.clone()).or_default();
-        s.0 += 1;
-        s.1 += bytes;
-        Ok(())
-    }
-
-    fn release(&self, recipient: &ClientId, sender: &ClientId, bytes: u64) {
-        unreserve(&mut self.lock().reserved, recipient, sender, bytes);
-    }
-
-    fn store_reserved(
+    fn accept_live(
         &self,
         recipient: &ClientId,
         item: &MailItem,
+        quota: &Quota,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        conn: u64,
+    ) -> Result<Accepted, EnqueueError> {
+        self.insert_checked(recipient, item, quota, ttl, Some(conn))
+    }
+
+    fn accept_live_batch(
+        &self,
+        items: &[LiveItem<'_>],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<Result<Accepted, EnqueueError>> {
+        let failed = |e: &rusqlite::Error| -> Vec<Result<Accepted, EnqueueError>> {
+            items
+                .iter()
+                .map(|_| Err(EnqueueError::Store(StoreError::Commit(e.to_string()))))
+                .collect()
+        };
         let mut inner = self.lock();
-        let Inner { conn, reserved } = &mut *inner;
-        unreserve(reserved, recipient, &item.sender, item.frame.len() as u64);
-        insert(conn, recipient, item, ttl)
+        let tx = match inner.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        let results: Vec<_> = items
+            .iter()
+            .map(|l| insert_checked_in(&tx, l.recipient, l.item, quota, ttl, Some(l.conn)))
+            .collect();
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => failed(&e),
+        }
+    }
+
+    fn remove_batch(
+        &self,
+        recipient: &ClientId,
+        acks: &[(Option<ClientId>, MessageId)],
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction()?;
+        let mut n = 0;
+        for (sender, mid) in acks {
+            n += remove_in(&tx, recipient, sender.as_ref(), mid)?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError> {
+        self.lock()
+            .conn
+            .prepare_cached(
+                "UPDATE mailbox SET live_conn = NULL
+                 WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3 AND live_conn = ?4",
+            )?
+            .execute(params![
+                recipient.as_str(),
+                item.sender.as_str(),
+                item.message_id.as_str(),
+                owner_value(conn)
+            ])?;
+        Ok(())
+    }
+
+    fn disown_all(&self, recipient: &ClientId, conn: u64) -> Result<usize, StoreError> {
+        Ok(self
+            .lock()
+            .conn
+            .prepare_cached(
+                "UPDATE mailbox SET live_conn = NULL WHERE recipient = ?1 AND live_conn = ?2",
+            )?
+            .execute(params![recipient.as_str(), owner_value(conn)])?)
+    }
+
+    fn claim(
+        &self,
+        recipient: &ClientId,
+        conn: u64,
+        limit: usize,
+    ) -> Result<Vec<MailItem>, StoreError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction()?;
+        let rows = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, message_id, sender, frame FROM mailbox
+                 WHERE recipient = ?1 AND live_conn IS NULL AND expires_ms > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    recipient.as_str(),
+                    now_ms(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        {
+            let mut own = tx.prepare_cached("UPDATE mailbox SET live_conn = ?2 WHERE seq = ?1")?;
+            for (seq, mid, sender, frame) in rows {
+                own.execute(params![seq, owner_value(conn)])?;
+                out.push(mail_item_from_row(recipient, mid, sender, frame)?);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     fn pending(
@@ -662,23 +957,7 @@ impl Mailbox for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (seq, mid, sender, frame) = row?;
-            let corrupt = || StoreError::Corrupt(recipient.to_string());
-            let message_id = MessageId::new(mid).map_err(|_| corrupt())?;
-            // Rows migrated from version 0 have no sender column value; the frame names it.
-            let sender = if sender.is_empty() {
-                "unknown".to_owned()
-            } else {
-                sender
-            };
-            let sender = ClientId::new(sender).map_err(|_| corrupt())?;
-            out.push((
-                seq,
-                MailItem {
-                    message_id,
-                    sender,
-                    frame,
-                },
-            ));
+            out.push((seq, mail_item_from_row(recipient, mid, sender, frame)?));
         }
         Ok(out)
     }
@@ -690,22 +969,7 @@ impl Mailbox for SqliteStore {
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
         let inner = self.lock();
-        let n = match sender {
-            Some(sender) => inner
-                .conn
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
-                )?
-                .execute(params![recipient.as_str(), sender.as_str(), message_id.as_str()])?,
-            None => inner
-                .conn
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
-                     AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1",
-                )?
-                .execute(params![recipient.as_str(), message_id.as_str()])?,
-        };
-        Ok(n > 0)
+        Ok(remove_in(&inner.conn, recipient, sender, message_id)? > 0)
     }
 
     fn purge_expired(&self) -> Result<usize, StoreError> {
@@ -812,7 +1076,7 @@ mod tests {
     }
 
     #[test]
-    fn reservations_count_against_the_quota_and_per_sender_limits_hold() {
+    fn live_rows_count_against_the_quota_and_per_sender_limits_hold() {
         let store = SqliteStore::in_memory().unwrap();
         let ttl = Duration::from_secs(60);
         let q = Quota {
@@ -821,31 +1085,36 @@ mod tests {
             sender_count: 2,
             sender_bytes: 500,
         };
-        let (bob, mallory, alice) = (id("bob"), id("mallory"), id("alice"));
-        // two live messages from mallory reserve room; a third from mallory is refused
-        let frame = from("mallory", "x").frame;
-        let len = frame.len() as u64;
-        store.reserve(&bob, &mallory, len, &q).unwrap();
+        let bob = id("bob");
+        // two messages from mallory, one live on connection 7; a third from mallory is refused
+        assert_eq!(
+            store
+                .accept_live(&bob, &from("mallory", "x"), &q, ttl, 7)
+                .unwrap(),
+            Accepted::Stored
+        );
         store
             .enqueue(&bob, &from("mallory", "m1"), &q, ttl)
             .unwrap();
         assert!(matches!(
-            store.reserve(&bob, &mallory, len, &q),
+            store.accept_live(&bob, &from("mallory", "m2"), &q, ttl, 7),
             Err(EnqueueError::Full {
                 limit: Limit::SenderCount,
                 ..
             })
         ));
-        assert!(matches!(
-            store.enqueue(&bob, &from("mallory", "m2"), &q, ttl),
-            Err(EnqueueError::Full {
-                limit: Limit::SenderCount,
-                ..
-            })
-        ));
-        // alice still has room, up to the total count (1 reserved + 1 row + 2)
+        // a resend of a stored message is not stored (nor sent) twice
+        assert_eq!(
+            store
+                .accept_live(&bob, &from("mallory", "x"), &q, ttl, 7)
+                .unwrap(),
+            Accepted::Duplicate
+        );
+        // alice still has room, up to the total count
         store.enqueue(&bob, &from("alice", "a1"), &q, ttl).unwrap();
-        store.reserve(&bob, &alice, 10, &q).unwrap();
+        store
+            .accept_live(&bob, &from("alice", "a2"), &q, ttl, 7)
+            .unwrap();
         assert!(matches!(
             store.enqueue(&bob, &from("carol", "c1"), &q, ttl),
             Err(EnqueueError::Full {
@@ -853,14 +1122,16 @@ mod tests {
                 ..
             })
         ));
-        // a reserved message goes in without a check, and frees its reservation
-        store
-            .store_reserved(&bob, &from("mallory", "x"), ttl)
-            .unwrap();
-        assert_eq!(store.reserved(&bob), 1);
-        store.release(&bob, &alice, 10);
-        assert_eq!(store.reserved(&bob), 0);
-        assert_eq!(store.count(&bob).unwrap(), 3);
+        // a drain on connection 7 takes only the rows no connection owns, and owns them
+        let claimed = store.claim(&bob, 7, 10).unwrap();
+        let ids: Vec<_> = claimed.iter().map(|i| i.message_id.as_str()).collect();
+        assert_eq!(ids, ["m1", "a1"]);
+        assert!(store.claim(&bob, 7, 10).unwrap().is_empty());
+        // one row given back is claimed again; the connection's end gives back the rest
+        store.disown(&bob, &from("alice", "a2"), 7).unwrap();
+        assert_eq!(store.claim(&bob, 8, 10).unwrap().len(), 1);
+        assert_eq!(store.disown_all(&bob, 7).unwrap(), 3);
+        assert_eq!(store.claim(&bob, 9, 10).unwrap().len(), 3);
         // bytes: a frame larger than the sender's share is refused
         let big = MailItem {
             frame: "x".repeat(600),
@@ -873,6 +1144,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn rows_owned_by_connections_wait_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(60);
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.accept_live(&id("bob"), &item("m1"), &Quota::UNLIMITED, ttl, 3)
+                .unwrap();
+            assert!(s.claim(&id("bob"), 4, 10).unwrap().is_empty());
+            // no checkpoint, no clean close: as after kill -9 (the WAL holds the commit)
+            std::mem::forget(s);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let claimed = s.claim(&id("bob"), 1, 10).unwrap();
+        assert_eq!(claimed, vec![item("m1")]);
     }
 
     #[test]
@@ -896,6 +1184,84 @@ mod tests {
     #[test]
     fn in_memory_store_passes_the_suite() {
         suite(&SqliteStore::in_memory().unwrap());
+    }
+
+    #[test]
+    fn unused_bindings_expire_on_an_injected_clock_unless_in_use() {
+        let s = SqliteStore::in_memory().unwrap();
+        let b = Binding {
+            identity_key: [7; 32],
+            kem_public_key: vec![1; 4],
+            key_signature: vec![2; 64],
+        };
+        for n in ["old", "online", "recent"] {
+            s.put(&id(n), &b).unwrap();
+        }
+        // a synthetic clock far beyond the real one (put stamps the real time)
+        let day = 24 * 3600 * 1000_i64;
+        let t0 = 1_000_000 * day;
+        let ttl = 180 * day;
+        s.touch(&id("old"), t0).unwrap();
+        s.touch(&id("online"), t0).unwrap();
+        s.touch(&id("recent"), t0 + 100 * day).unwrap();
+        assert_eq!(
+            s.expire_unused(t0 + 179 * day - ttl, 10, &|_| false)
+                .unwrap(),
+            0
+        );
+        let in_use = |c: &ClientId| c.as_str() == "online";
+        assert_eq!(
+            s.expire_unused(t0 + 181 * day - ttl, 10, &in_use).unwrap(),
+            1
+        );
+        assert!(
+            s.get(&id("old")).unwrap().is_none(),
+            "unused for 181 days: gone"
+        );
+        assert!(s.get(&id("online")).unwrap().is_some(), "online: kept");
+        assert!(
+            s.get(&id("recent")).unwrap().is_some(),
+            "used 81 days ago: kept"
+        );
+        assert_eq!(s.binding_count().unwrap(), 2);
+        // registering again restarts the clock
+        s.touch(&id("recent"), t0 + 300 * day).unwrap();
+        assert_eq!(
+            s.expire_unused(t0 + 400 * day - ttl, 10, &|_| false)
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.binding_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_wal_stays_bounded_under_constant_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let wal = dir.path().join("lattice-server.sqlite3-wal");
+        let ttl = Duration::from_secs(60);
+        let big = "y".repeat(4000);
+        let mut largest = 0;
+        for round in 0..20 {
+            for i in 0..200 {
+                let item = MailItem {
+                    frame: big.clone(),
+                    ..from("s", &format!("m{round}-{i}"))
+                };
+                s.enqueue(&id("bob"), &item, &Quota::UNLIMITED, ttl)
+                    .unwrap();
+                s.remove(&id("bob"), Some(&id("s")), &item.message_id)
+                    .unwrap();
+            }
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        // over 32 MB of pages written through the WAL; autocheckpoint keeps the file small
+        assert!(
+            largest <= crate::limits::WAL_SIZE_LIMIT,
+            "WAL grew to {largest} bytes"
+        );
+        s.checkpoint().unwrap();
+        assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
     }
 
     #[test]
@@ -929,6 +1295,23 @@ mod tests {
         let items = s.pending(&id("bob"), 0, 10).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].1.frame, "old-frame");
+        // the migrated row counts its bytes against the quota
+        let tight = Quota {
+            bytes: "old-frame".len() as u64 + 5,
+            ..Quota::UNLIMITED
+        };
+        assert!(matches!(
+            s.enqueue(
+                &id("bob"),
+                &from("alice", "m2"),
+                &tight,
+                Duration::from_secs(60)
+            ),
+            Err(EnqueueError::Full {
+                limit: Limit::Bytes,
+                ..
+            })
+        ));
         s.enqueue(
             &id("bob"),
             &from("alice", "m1"),

@@ -109,6 +109,16 @@ impl Client {
     }
 
     /// The next `error` frame; returns its payload.
+    /// The next frame of one of `types`, skipping others.
+    pub async fn recv_any(&mut self, types: &[&str]) -> Value {
+        loop {
+            let v = self.recv().await;
+            if types.iter().any(|t| v["type"] == *t) {
+                return v;
+            }
+        }
+    }
+
     pub async fn recv_error(&mut self) -> Value {
         self.recv_type("error").await["payload"].clone()
     }

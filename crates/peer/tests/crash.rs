@@ -1,0 +1,197 @@
+//! The delivery contract seen by the application: `lattice-peer` peers against a real
+//! `lattice-server` process that is killed with SIGKILL in the middle of a stream and restarted
+//! on the same data dir. The sender resends what was not acknowledged, with the same message ids
+//! (what an app's durable outbox does); every message is shown to the recipient exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lattice_peer::PeerEvent;
+use lattice_protocol::MessageId;
+use support::*;
+
+/// The lattice-server binary of this build (built first if this test run did not build it).
+fn server_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("lattice-server");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "lattice-server", "--bin", "lattice-server"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "lattice-server builds");
+    }
+    bin
+}
+
+struct Server(Child);
+
+impl Server {
+    async fn start(bin: &Path, dir: &Path, port: u16) -> Server {
+        let child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--rate-limit", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("lattice-server did not listen on {port}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn after_kill_9_every_acknowledged_message_is_shown_once_and_resends_fill_the_rest() {
+    let bin = server_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let server = Server::start(&bin, &dir, port).await;
+
+    let alice = peer(&url, "alice");
+    let bob = peer(&url, "bob");
+    // handlers, not the (lossy when lagging) event stream: every event is counted
+    let shown: Arc<Mutex<HashMap<MessageId, u32>>> = Arc::default();
+    let acked: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
+    let registrations = Arc::new(Mutex::new(0_u32));
+    let _h1 = {
+        let shown = Arc::clone(&shown);
+        bob.on_event(move |e| {
+            if let PeerEvent::Message(m) = e {
+                if let Some(id) = &m.message_id {
+                    *shown.lock().unwrap().entry(id.clone()).or_default() += 1;
+                }
+            }
+        })
+    };
+    let _h2 = {
+        let (acked, registrations) = (Arc::clone(&acked), Arc::clone(&registrations));
+        alice.on_event(move |e| match e {
+            PeerEvent::MessageAck(a) => {
+                acked.lock().unwrap().insert(a.message_id.clone());
+            }
+            PeerEvent::Registered { .. } => *registrations.lock().unwrap() += 1,
+            _ => {}
+        })
+    };
+    bob.connect().await.unwrap();
+    alice.connect().await.unwrap();
+    alice.request_public_key(&id("bob")).await.unwrap();
+
+    let n = 300;
+    let ids: Vec<MessageId> = (0..n)
+        .map(|i| MessageId::new(format!("crash-{i}")).unwrap())
+        .collect();
+    for (i, mid) in ids.iter().enumerate() {
+        alice
+            .send_message_with_id(&id("bob"), &format!("message {i}"), mid.clone())
+            .await
+            .unwrap();
+        if i == n / 2 {
+            // wait (bounded) for some acknowledgements, then kill the server mid-stream
+            for _ in 0..200 {
+                if acked.lock().unwrap().len() >= n / 4 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
+    }
+    let registered_before = *registrations.lock().unwrap();
+    drop(server);
+    let acked_at_kill: HashSet<MessageId> = acked.lock().unwrap().clone();
+    assert!(
+        !acked_at_kill.is_empty(),
+        "some messages were acknowledged before the kill"
+    );
+
+    let _server = Server::start(&bin, &dir, port).await;
+    // both peers reconnect by themselves; alice's "outbox" resends everything not acknowledged,
+    // and sends the rest, all with their first ids
+    for _ in 0..400 {
+        if *registrations.lock().unwrap() > registered_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        *registrations.lock().unwrap() > registered_before,
+        "alice registered again"
+    );
+    for (i, mid) in ids.iter().enumerate() {
+        if !acked.lock().unwrap().contains(mid) {
+            alice
+                .send_message_with_id(&id("bob"), &format!("message {i}"), mid.clone())
+                .await
+                .unwrap();
+        }
+    }
+    // every message arrives (bounded wait), each shown once
+    let all: HashSet<MessageId> = ids.iter().cloned().collect();
+    for _ in 0..800 {
+        let done = {
+            let shown = shown.lock().unwrap();
+            all.iter().all(|m| shown.contains_key(m))
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let shown = shown.lock().unwrap().clone();
+    let lost: Vec<_> = acked_at_kill
+        .iter()
+        .filter(|m| !shown.contains_key(*m))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged before the kill, never shown: {lost:?}"
+    );
+    let missing: Vec<_> = all.iter().filter(|m| !shown.contains_key(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "resent and still not shown: {missing:?}"
+    );
+    let twice: Vec<_> = shown.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "shown more than once: {twice:?}");
+    eprintln!(
+        "{} acknowledged before kill -9, {} shown, each once",
+        acked_at_kill.len(),
+        shown.len()
+    );
+    alice.disconnect().await;
+    bob.disconnect().await;
+}
