@@ -74,10 +74,12 @@ pub const RECEIVE_QUEUE: usize = 256;
 pub const RECEIVE_CONCURRENCY: usize = 16;
 
 /// Incoming messages of one sender waiting to be opened (besides the [`RECEIVE_QUEUE`] shared by
-/// all, which they have left). Beyond it that sender's messages are dropped unacknowledged (the
-/// server delivers them again later) and `Error(ReceiveQueueFull)` is raised: one sender cannot
-/// take the whole queue from the others.
-pub const RECEIVE_QUEUE_PER_SENDER: usize = 32;
+/// all, which they have left). Beyond it that sender's messages are dropped unacknowledged and
+/// `Error(ReceiveQueueFull)` is raised. The whole queue: a dropped message comes back only after
+/// the next reconnect, so an honest sender's burst (a reconnecting peer's mailbox, a resent
+/// outbox, on a slow machine) must never be cut; fairness between senders comes from opening
+/// them round-robin ([`RECEIVE_CONCURRENCY`]), not from a smaller share.
+pub const RECEIVE_QUEUE_PER_SENDER: usize = RECEIVE_QUEUE;
 
 /// Incoming messages kept after a refusal that may pass (a key change waiting for the user, a
 /// sender key that could not be fetched), to be opened again as soon as it passes. They are not

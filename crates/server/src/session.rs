@@ -1004,6 +1004,11 @@ impl Session {
             Ok(()) => {
                 debug!(%target, "queued in mailbox");
                 Metrics::inc(&self.state.metrics.messages_queued);
+                // The recipient may have registered since we found it offline, and its first
+                // drain may have run before this row was committed: wake it to look again.
+                if let Some(current) = self.state.hub.get(target) {
+                    current.session.notify_mail();
+                }
                 Ok(AckStatus::Queued)
             }
             Err(e) => Err(self.refusal(target, e)),
