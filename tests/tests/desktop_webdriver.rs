@@ -871,6 +871,9 @@ async fn network_text_stays_text_and_pins_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let (client, guard) = start_app(data.path()).await;
     first_run_as(&client, "alice", &url).await;
+    let bob_online =
+        "return !!document.querySelector('li.peer[data-peer-id=\"bob\"][data-online=\"true\"]');";
+    until_js(&client, "bob in the list", bob_online).await;
     click(&client, "li.peer[data-peer-id=\"bob\"]").await;
     let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}gnp.exe\u{202c} [alice \u{2713}] fake";
     bob.send_message(&ClientId::new("alice").unwrap(), hostile)
@@ -929,6 +932,7 @@ async fn network_text_stays_text_and_pins_survive_a_restart() {
         "return document.getElementById('status-bar').dataset.state === 'connected';",
     )
     .await;
+    until_js(&client, "bob in the list again", bob_online).await;
     click(&client, "li.peer[data-peer-id=\"bob\"]").await;
     impostor
         .send_message(&ClientId::new("alice").unwrap(), "same bob, honest")
