@@ -251,6 +251,36 @@ async fn first_run_as(client: &Client, name: &str, url: &str) {
     click(client, "#setup-start").await;
 }
 
+/// A new identity registering as "bob": the real one, or an impostor once the server forgot bob.
+async fn connect_bob(url: &str) -> MessagingPeer {
+    let config = PeerConfig::new(
+        url,
+        ClientId::new("bob").unwrap(),
+        Identity::generate(&mut rand_core::OsRng),
+    );
+    let bob = MessagingPeer::new(config).unwrap();
+    bob.connect().await.expect("bob connects");
+    bob
+}
+
+/// Stops `server` and starts an empty in-memory one on the same port (which may take a moment
+/// to be free again): a server that forgot every binding.
+async fn restart_empty(server: lattice_server::ServerHandle) -> lattice_server::ServerHandle {
+    let port = server.local_addr().port();
+    server.shutdown().await;
+    for _ in 0..50 {
+        let config = lattice_server::Config {
+            port,
+            ..lattice_server::Config::for_tests()
+        };
+        if let Ok(server) = lattice_server::spawn(config).await {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot listen on port {port} again");
+}
+
 async fn dialog_shows(client: &Client, text: &str) {
     let script = format!(
         "const d = document.getElementById('question-dialog'); \
@@ -632,17 +662,7 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
         .expect("server");
     let port = server.local_addr().port();
     let url = server.url();
-    let connect_bob = |url: String| async move {
-        let config = PeerConfig::new(
-            url,
-            ClientId::new("bob").unwrap(),
-            Identity::generate(&mut rand_core::OsRng),
-        );
-        let bob = MessagingPeer::new(config).unwrap();
-        bob.connect().await.expect("bob connects");
-        bob
-    };
-    let bob = connect_bob(url.clone()).await;
+    let bob = connect_bob(&url).await;
 
     let data = tempfile::tempdir().unwrap();
     let (client, guard) = start_app(data.path()).await;
@@ -677,7 +697,7 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     })
     .await
     .expect("server again");
-    let impostor = connect_bob(url.clone()).await;
+    let impostor = connect_bob(&url).await;
     until_js(
         &client,
         "alice reconnected",
@@ -739,25 +759,10 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     // (what a malicious server would do to get its own key pinned). Accepting the number on
     // screen is refused with a reason, nothing is pinned, and the dialog then shows the key the
     // server presents now, saying that it changed; accepting that one pins it.
-    let restart = |server: lattice_server::ServerHandle| async move {
-        server.shutdown().await;
-        // The port may take a moment to be free again.
-        for _ in 0..50 {
-            let config = lattice_server::Config {
-                port,
-                ..lattice_server::Config::for_tests()
-            };
-            if let Ok(server) = lattice_server::spawn(config).await {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("cannot listen on port {port} again");
-    };
     let connected = "return document.getElementById('status-bar').dataset.state === 'connected';";
     impostor.disconnect().await;
-    let server = restart(server).await;
-    let second = connect_bob(url.clone()).await;
+    let server = restart_empty(server).await;
+    let second = connect_bob(&url).await;
     until_js(&client, "alice reconnected", connected).await;
     second
         .send_message(&ClientId::new("alice").unwrap(), "another new key")
@@ -788,8 +793,8 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     .await;
 
     second.disconnect().await;
-    let server = restart(server).await;
-    let third = connect_bob(url.clone()).await;
+    let server = restart_empty(server).await;
+    let third = connect_bob(&url).await;
     until_js(&client, "alice reconnected", connected).await;
     click(&client, "#verify-accept").await;
     until_js(
@@ -854,19 +859,8 @@ async fn network_text_stays_text_and_pins_survive_a_restart() {
     let server = lattice_server::spawn(lattice_server::Config::for_tests())
         .await
         .expect("server");
-    let port = server.local_addr().port();
     let url = server.url();
-    let connect_bob = |url: String| async move {
-        let config = PeerConfig::new(
-            url,
-            ClientId::new("bob").unwrap(),
-            Identity::generate(&mut rand_core::OsRng),
-        );
-        let bob = MessagingPeer::new(config).unwrap();
-        bob.connect().await.expect("bob connects");
-        bob
-    };
-    let bob = connect_bob(url.clone()).await;
+    let bob = connect_bob(&url).await;
 
     let data = tempfile::tempdir().unwrap();
     let (client, guard) = start_app(data.path()).await;
@@ -909,21 +903,8 @@ async fn network_text_stays_text_and_pins_survive_a_restart() {
 
     // The server forgets bob (an in-memory server restarted); someone else registers "bob".
     bob.disconnect().await;
-    server.shutdown().await;
-    let mut restarted = None;
-    for _ in 0..50 {
-        let config = lattice_server::Config {
-            port,
-            ..lattice_server::Config::for_tests()
-        };
-        if let Ok(s) = lattice_server::spawn(config).await {
-            restarted = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let server = restarted.expect("the server again on its port");
-    let impostor = connect_bob(url.clone()).await;
+    let server = restart_empty(server).await;
+    let impostor = connect_bob(&url).await;
 
     let (client, guard) = start_app(data.path()).await;
     until_js(
