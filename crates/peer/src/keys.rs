@@ -359,18 +359,16 @@ impl PeerKey {
     }
 }
 
-/// Peers' keys fetched from the server, for sending and checking, at most `capacity` of them: any
-/// registered peer that messages us adds one (an ML-KEM key is over a kilobyte), so the cache is
-/// bounded and forgets the entry stored longest ago. A forgotten key is simply fetched again; the
-/// pinned identity keys live in the [`KeyStore`], not here.
+/// A map of at most `capacity` peers that forgets the one first stored longest ago. The one
+/// mechanism behind [`KeyCache`] and [`Keyless`].
 #[derive(Debug)]
-pub(crate) struct KeyCache {
+pub(crate) struct BoundedMap<V> {
     capacity: usize,
     order: VecDeque<ClientId>,
-    map: HashMap<ClientId, PeerKey>,
+    map: HashMap<ClientId, V>,
 }
 
-impl KeyCache {
+impl<V> BoundedMap<V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
@@ -379,14 +377,18 @@ impl KeyCache {
         }
     }
 
-    pub(crate) fn get(&self, peer: &ClientId) -> Option<&PeerKey> {
+    pub(crate) fn get(&self, peer: &ClientId) -> Option<&V> {
         self.map.get(peer)
     }
 
-    pub(crate) fn insert(&mut self, key: PeerKey) {
-        let peer = key.peer_id.clone();
-        if self.map.insert(peer.clone(), key).is_some() {
-            return;
+    /// Stores `value` for `peer`. A peer stored before keeps its place in line unless `renew`,
+    /// which makes it the newest.
+    pub(crate) fn insert(&mut self, peer: ClientId, value: V, renew: bool) {
+        if self.map.insert(peer.clone(), value).is_some() {
+            if !renew {
+                return;
+            }
+            self.order.retain(|p| p != &peer);
         }
         self.order.push_back(peer);
         while self.order.len() > self.capacity {
@@ -409,6 +411,37 @@ impl KeyCache {
     }
 }
 
+/// Peers' keys fetched from the server, for sending and checking, at most `capacity` of them: any
+/// registered peer that messages us adds one (an ML-KEM key is over a kilobyte), so the cache is
+/// bounded and forgets the entry stored longest ago. A forgotten key is simply fetched again; the
+/// pinned identity keys live in the [`KeyStore`], not here.
+#[derive(Debug)]
+pub(crate) struct KeyCache(BoundedMap<PeerKey>);
+
+impl KeyCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self(BoundedMap::new(capacity))
+    }
+
+    pub(crate) fn get(&self, peer: &ClientId) -> Option<&PeerKey> {
+        self.0.get(peer)
+    }
+
+    pub(crate) fn insert(&mut self, key: PeerKey) {
+        // A re-fetched key replaces the old one in place: the cache is bounded, not an LRU.
+        self.0.insert(key.peer_id.clone(), key, false);
+    }
+
+    pub(crate) fn remove(&mut self, peer: &ClientId) {
+        self.0.remove(peer);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Senders found to have no identity key (the server answered `PEER_NOT_FOUND`, or presented
 /// them without one), remembered for `ttl` so that a flood of `lattice-v1` messages in such a
 /// sender's name costs one key request per `ttl`, not one per message. At most `capacity`
@@ -416,44 +449,31 @@ impl KeyCache {
 #[derive(Debug)]
 pub(crate) struct Keyless {
     ttl: std::time::Duration,
-    capacity: usize,
-    order: VecDeque<ClientId>,
-    map: HashMap<ClientId, tokio::time::Instant>,
+    found: BoundedMap<tokio::time::Instant>,
 }
 
 impl Keyless {
     pub(crate) fn new(ttl: std::time::Duration, capacity: usize) -> Self {
         Self {
             ttl,
-            capacity: capacity.max(1),
-            order: VecDeque::new(),
-            map: HashMap::new(),
+            found: BoundedMap::new(capacity),
         }
     }
 
     /// Whether `peer` was found keyless less than `ttl` before `now`.
     pub(crate) fn contains(&self, peer: &ClientId, now: tokio::time::Instant) -> bool {
-        self.map
+        self.found
             .get(peer)
             .is_some_and(|&found| now.saturating_duration_since(found) < self.ttl)
     }
 
     pub(crate) fn insert(&mut self, peer: &ClientId, now: tokio::time::Instant) {
-        if self.map.insert(peer.clone(), now).is_some() {
-            self.order.retain(|p| p != peer);
-        }
-        self.order.push_back(peer.clone());
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
+        // A new finding starts a new `ttl`, and is the newest.
+        self.found.insert(peer.clone(), now, true);
     }
 
     pub(crate) fn remove(&mut self, peer: &ClientId) {
-        if self.map.remove(peer).is_some() {
-            self.order.retain(|p| p != peer);
-        }
+        self.found.remove(peer);
     }
 }
 

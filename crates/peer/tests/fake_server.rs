@@ -1367,47 +1367,31 @@ async fn the_replay_window_of_a_pinned_sender_survives_a_flood_and_stale_message
 
     // Signed long ago (older than any mailbox keeps), or far in the future: refused and acked.
     let day = 24 * 3600 * 1000;
-    let old = v1_payload_at(
-        &b,
-        "alice",
-        &alice_kem,
-        "r-2",
-        "r-2",
-        "old",
-        now_ms() - 9 * day,
-    );
-    conn.send(msg(old)).await;
-    assert!(matches!(
-        expect_rejected(&mut events, "r-2").await,
-        RejectReason::TooOld { .. }
-    ));
-    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-2");
-    let ahead = v1_payload_at(
-        &b,
-        "alice",
-        &alice_kem,
-        "r-3",
-        "r-3",
-        "ahead",
-        now_ms() + day,
-    );
-    conn.send(msg(ahead)).await;
-    assert!(matches!(
-        expect_rejected(&mut events, "r-3").await,
-        RejectReason::FromTheFuture { .. }
-    ));
-    assert_eq!(conn.expect("ack").await["payload"]["messageId"], "r-3");
+    // `text` as `mid`, signed at `sent_at`.
+    let signed_at = |mid: &str, text: &str, sent_at| {
+        msg(v1_payload_at(
+            &b, "alice", &alice_kem, mid, mid, text, sent_at,
+        ))
+    };
+    for (mid, sent_at, too_old) in [
+        ("r-2", now_ms() - 9 * day, true),
+        ("r-3", now_ms() + day, false),
+    ] {
+        conn.send(signed_at(mid, "stale", sent_at)).await;
+        let reason = expect_rejected(&mut events, mid).await;
+        if too_old {
+            assert!(matches!(reason, RejectReason::TooOld { .. }), "{reason:?}");
+        } else {
+            assert!(
+                matches!(reason, RejectReason::FromTheFuture { .. }),
+                "{reason:?}"
+            );
+        }
+        assert_eq!(conn.expect("ack").await["payload"]["messageId"], mid);
+    }
     // A week-old message (it waited in the mailbox) is fine.
-    let week = v1_payload_at(
-        &b,
-        "alice",
-        &alice_kem,
-        "r-4",
-        "r-4",
-        "late",
-        now_ms() - 7 * day,
-    );
-    conn.send(msg(week)).await;
+    conn.send(signed_at("r-4", "late", now_ms() - 7 * day))
+        .await;
     let m = wait_for(&mut events, |e| match e {
         PeerEvent::Message(m) => Some(m),
         _ => None,

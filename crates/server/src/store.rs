@@ -718,6 +718,11 @@ fn owner_value(conn: u64) -> i64 {
 }
 
 /// A mailbox row as a [`MailItem`].
+/// `seq, message_id, sender, frame` of a mailbox row, as read (checked by [`mail_item_from_row`]).
+fn raw_mail_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
 fn mail_item_from_row(
     recipient: &ClientId,
     mid: String,
@@ -904,14 +909,7 @@ impl Mailbox for SqliteStore {
                     now_ms(),
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
+                raw_mail_row,
             )?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
@@ -945,14 +943,7 @@ impl Mailbox for SqliteStore {
                 now_ms(),
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
+            raw_mail_row,
         )?;
         let mut out = Vec::new();
         for row in rows {
