@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need on Debian/Ubuntu (idempotent; run as root or with
 # sudo available): system packages, the desktop app's WebKitGTK stack and WebDriver tools, and the
-# npm packages of the Node interop tests.
+# npm packages of the Node interop tests. iproute2 (`ip netns`) lets the silent-network test make its
+# own network namespaces; without it that one test says why it skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-for p in build-essential pkg-config util-linux git python3; do
+for p in build-essential pkg-config util-linux git python3 iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
