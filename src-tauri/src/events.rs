@@ -13,6 +13,7 @@ use lattice_protocol::ClientId;
 use tokio::sync::mpsc;
 
 use crate::contract::DeliveryStatus;
+use crate::storage::MessageRecord;
 use crate::views::{ConnectionView, Notice, QuestionView};
 
 /// Events queued between a session and the messenger's applier, at most.
@@ -34,19 +35,9 @@ pub enum SessionEvent {
         /// Online now.
         online: bool,
     },
-    /// A message arrived.
-    Received {
-        /// Its id (the sender's `messageId`).
-        message_id: String,
-        /// The sender.
-        from: ClientId,
-        /// The text.
-        text: String,
-        /// The server's timestamp, unix ms.
-        at_ms: i64,
-        /// Whether the sender was authenticated (signed).
-        authenticated: bool,
-    },
+    /// A message arrived and is stored already (the session stores it before the peer
+    /// acknowledges it; see `session::store_incoming`).
+    Received(MessageRecord),
     /// A question from the server.
     Question(QuestionView),
     /// One of our messages moved on (by local id).

@@ -22,7 +22,7 @@ use crate::contract::{DeliveryStatus, ErrorKind};
 use crate::events::{EventSink, SessionEvent};
 use crate::session::{Session, SessionConfig, SessionError};
 use crate::storage::settings::{ServerMode, Settings};
-use crate::storage::{self, Db, StorageError};
+use crate::storage::{self, Db, MessageRecord, StorageError};
 use crate::views::{
     Bootstrap, ConnectionView, Me, MessagePage, MessageView, Notice, PeerView, QuestionView,
 };
@@ -576,13 +576,7 @@ impl State {
             SessionEvent::PresenceCleared => self.clear_presence(),
             SessionEvent::Online(peers) => self.set_online(peers),
             SessionEvent::Presence { peer, online } => self.set_presence(peer, online),
-            SessionEvent::Received {
-                message_id,
-                from,
-                text,
-                at_ms,
-                authenticated,
-            } => self.receive(&message_id, &from, &text, at_ms, authenticated),
+            SessionEvent::Received(record) => self.received(record),
             SessionEvent::Question(q) => self.question(q),
             SessionEvent::Status { local_id, status } => self.advance(&local_id, status),
             SessionEvent::KeyChanged { peer, fingerprint } => {
@@ -673,43 +667,23 @@ impl State {
         }
     }
 
-    /// Stores an incoming message (deduplicated by id) and tells the page, the tray and, when
-    /// the window is not focused, the notification centre.
-    fn receive(
-        &self,
-        message_id: &str,
-        from: &ClientId,
-        text: &str,
-        at_ms: i64,
-        authenticated: bool,
-    ) {
-        let record =
-            match self
-                .db
-                .insert_incoming(message_id, from, text, at_ms, authenticated, false)
-            {
-                Ok(Some(record)) => record,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(from = %from, error = %e, "cannot store an incoming message");
-                    self.ui.send(Update::Notice(Notice::new(
-                        ErrorKind::Storage,
-                        format!("A message from {from} could not be saved: {e}"),
-                    )));
-                    return;
-                }
-            };
+    /// An incoming message was stored (by the session, before it was acknowledged): tells the
+    /// page, the tray and, when the window is not focused, the notification centre.
+    fn received(&self, record: MessageRecord) {
+        let from = record.peer_id.clone();
+        let authenticated = record.authenticated;
+        let first_line: String = record
+            .body
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect();
         self.ui.send(Update::Message(record.into()));
         self.publish_peers();
         self.publish_unread();
         if self.settings().notifications && !self.focused.load(Ordering::Relaxed) {
-            let first_line: String = text
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(120)
-                .collect();
             let title = if authenticated {
                 from.to_string()
             } else {
@@ -850,19 +824,26 @@ mod tests {
         ClientId::new(s).unwrap()
     }
 
-    fn received(
+    /// A message arriving as the session handles it: stored, then (unless a duplicate)
+    /// applied.
+    fn deliver(
+        m: &Messenger,
         message_id: &str,
         from: &str,
         text: &str,
         at_ms: i64,
         authenticated: bool,
-    ) -> SessionEvent {
-        SessionEvent::Received {
-            message_id: message_id.into(),
-            from: id(from),
-            text: text.into(),
+    ) {
+        let from = id(from);
+        let incoming = crate::session::Incoming {
+            message_id,
+            from: &from,
+            text,
             at_ms,
             authenticated,
+        };
+        if let Some(event) = crate::session::store_incoming(m.db(), &incoming) {
+            m.state.apply(event);
         }
     }
 
@@ -877,21 +858,20 @@ mod tests {
         let ui = Arc::new(Recorder::default());
         let (_dir, m) = open(&ui);
 
-        m.state
-            .apply(received("m1", "bob", "seen while focused", 1, true));
+        deliver(&m, "m1", "bob", "seen while focused", 1, true);
         assert!(ui.notifications().is_empty());
 
         m.set_focused(false);
-        m.state
-            .apply(received("m2", "bob", "first line\nsecond line", 2, true));
-        m.state.apply(received("m3", "mallory", "hi", 3, false));
-        m.state.apply(received(
+        deliver(&m, "m2", "bob", "first line\nsecond line", 2, true);
+        deliver(&m, "m3", "mallory", "hi", 3, false);
+        deliver(
+            &m,
             "m5",
             "mallory",
             "<a href=\"x\">win</a> \u{1b}[2J\u{202e}gnp",
             5,
             false,
-        ));
+        );
         assert_eq!(
             ui.notifications(),
             vec![
@@ -908,11 +888,10 @@ mod tests {
             notifications: false,
             ..Settings::default()
         });
-        m.state.apply(received("m4", "bob", "quiet", 4, true));
+        deliver(&m, "m4", "bob", "quiet", 4, true);
         assert_eq!(ui.notifications().len(), 3);
         // A redelivered message is stored and announced once.
-        m.state
-            .apply(received("m2", "bob", "first line\nsecond line", 2, true));
+        deliver(&m, "m2", "bob", "first line\nsecond line", 2, true);
         assert_eq!(m.db().total_unread().unwrap(), 5);
     }
 

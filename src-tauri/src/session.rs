@@ -16,7 +16,9 @@
 //! - **outbox**: [`Outbox::run`], which owns its own timing.
 //!
 //! Peer events arrive through one handler registered with [`MessagingPeer::on_event`]: handlers
-//! never lose events (an event *stream* may lag). It only translates them and queues them.
+//! never lose events (an event *stream* may lag). It translates them and queues them, with one
+//! write: an incoming message is stored first ([`store_incoming`]), since the peer acknowledges
+//! it to the server as soon as the handler returns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,8 @@ impl From<PeerError> for SessionError {
 /// What the handler and the tasks share.
 struct Ctx {
     peer: MessagingPeer,
+    /// Where incoming messages are stored before they are acknowledged.
+    db: Arc<Db>,
     backoff: Backoff,
     server_url: String,
     hosting: Option<String>,
@@ -198,7 +202,8 @@ impl Session {
                 .map_err(|e| SessionError::InvalidServer(Box::new(e)))?;
 
         let ctx = Arc::new(Ctx {
-            outbox: Arc::new(Outbox::new(peer.clone(), db, events.clone())),
+            outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
+            db,
             peer: peer.clone(),
             backoff,
             server_url,
@@ -350,17 +355,24 @@ impl Ctx {
                 self.refresh.notify_one();
                 self.outbox.wake();
             }
-            PeerEvent::Message(msg) => self.up(SessionEvent::Received {
-                message_id: msg
+            PeerEvent::Message(msg) => {
+                let message_id = msg
                     .message_id
                     .as_ref()
                     .map(|id| id.as_str().to_owned())
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                from: msg.from.clone(),
-                text: msg.text.clone(),
-                at_ms: i64::try_from(msg.server_timestamp).unwrap_or_else(|_| now_ms()),
-                authenticated: msg.verified,
-            }),
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let at_ms = i64::try_from(msg.server_timestamp).unwrap_or_else(|_| now_ms());
+                let incoming = Incoming {
+                    message_id: &message_id,
+                    from: &msg.from,
+                    text: &msg.text,
+                    at_ms,
+                    authenticated: msg.verified,
+                };
+                if let Some(event) = store_incoming(&self.db, &incoming) {
+                    self.up(event);
+                }
+            }
             PeerEvent::PeerConnected(id) => self.up(SessionEvent::Presence {
                 peer: id.clone(),
                 online: true,
@@ -478,6 +490,46 @@ impl Ctx {
     }
 }
 
+/// An incoming message, as the handler has it.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// Its id (the sender's `messageId`).
+    pub message_id: &'a str,
+    /// The sender.
+    pub from: &'a ClientId,
+    /// The text.
+    pub text: &'a str,
+    /// The server's timestamp, unix ms.
+    pub at_ms: i64,
+    /// Whether the sender was authenticated (signed).
+    pub authenticated: bool,
+}
+
+/// The one write on the event path: an incoming message is stored before the handler returns,
+/// because the peer acknowledges it to the server right after (and the server then forgets its
+/// copy). Returns what to tell the messenger: the stored message, nothing for a redelivered
+/// duplicate, or a notice when it could not be saved.
+pub fn store_incoming(db: &Db, m: &Incoming<'_>) -> Option<SessionEvent> {
+    match db.insert_incoming(
+        m.message_id,
+        m.from,
+        m.text,
+        m.at_ms,
+        m.authenticated,
+        false,
+    ) {
+        Ok(Some(record)) => Some(SessionEvent::Received(record)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(from = %m.from, error = %e, "cannot store an incoming message");
+            Some(SessionEvent::Notice(Notice::new(
+                ErrorKind::Storage,
+                format!("A message from {} could not be saved: {e}", m.from),
+            )))
+        }
+    }
+}
+
 /// The first connection: the peer dials until it registers (`retry_first_connect`), then its
 /// own supervisor keeps it connected; the indicator follows its states meanwhile. Only a
 /// permanent failure ends here, and its reason replaces the peer's last state on the indicator
@@ -556,8 +608,100 @@ async fn refresh_presence(ctx: &Ctx) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use lattice_peer::RejectReason;
+    use tokio::sync::mpsc;
+
     use super::*;
+
+    /// A context around a peer that is never connected: what its handler reports.
+    fn context() -> (Ctx, mpsc::Receiver<SessionEvent>) {
+        let config = PeerConfig::new(
+            "ws://127.0.0.1:9".to_owned(),
+            ClientId::new("alice").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let peer = MessagingPeer::new(config).unwrap();
+        let (events, rx) = EventSink::channel();
+        let db = Arc::new(Db::open_in_memory().unwrap());
+        let ctx = Ctx {
+            outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
+            db,
+            peer,
+            backoff: Backoff::default(),
+            server_url: "ws://127.0.0.1:9".into(),
+            hosting: None,
+            events,
+            refresh: Notify::new(),
+            refusal_notices: Mutex::new(NoticeLimiter::default()),
+        };
+        (ctx, rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<SessionEvent>) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn peer_events_go_up_as_session_events_and_a_refusal_flood_as_one_notice() {
+        let (ctx, mut rx) = context();
+        let bob = ClientId::new("bob").unwrap();
+        ctx.on_event(&PeerEvent::ConnectionState(PeerState::Reconnecting {
+            attempt: 2,
+        }));
+        ctx.on_event(&PeerEvent::PeerConnected(bob.clone()));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], SessionEvent::PresenceCleared);
+        match &events[1] {
+            SessionEvent::Connection(view) => {
+                assert_eq!(view.state, ConnectionState::Reconnecting);
+                let nominal = Backoff::default().nominal_delay(2).as_secs().max(1);
+                assert_eq!(view.retry_in_secs, Some(nominal));
+            }
+            other => panic!("expected the indicator, got {other:?}"),
+        }
+        assert_eq!(
+            events[2],
+            SessionEvent::Presence {
+                peer: bob,
+                online: true
+            }
+        );
+
+        let refused = |from: &str, reason: RejectReason| {
+            PeerEvent::Error(PeerError::Rejected {
+                from: ClientId::new(from).unwrap(),
+                message_id: None,
+                reason,
+            })
+        };
+        for _ in 0..100 {
+            ctx.on_event(&refused("mallory", RejectReason::BadSignature));
+        }
+        // A refusal for a key change is told by the key-change event instead.
+        ctx.on_event(&refused("trent", RejectReason::KeyChanged));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 1, "{events:?}");
+        match &events[0] {
+            SessionEvent::Notice(notice) => {
+                assert_eq!(notice.kind, ErrorKind::Peer);
+                assert_eq!(notice.code, Some(crate::contract::PeerErrorCode::Rejected));
+                assert!(notice.message.contains("mallory"), "{}", notice.message);
+            }
+            other => panic!("expected a notice, got {other:?}"),
+        }
+
+        ctx.on_event(&PeerEvent::ConnectionState(PeerState::Disconnected));
+        let events = drain(&mut rx);
+        assert_eq!(events[0], SessionEvent::PresenceCleared);
+        assert!(matches!(
+            &events[1],
+            SessionEvent::Connection(v) if v.state == ConnectionState::Offline
+                && v.detail.as_deref() == Some("disconnected")
+        ));
+    }
 
     #[test]
     fn refusal_notices_are_one_per_sender_per_interval_and_bounded() {
