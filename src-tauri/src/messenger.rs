@@ -39,6 +39,9 @@ pub const MAX_OPEN_QUESTIONS: usize = 32;
 /// Largest answer to a server question, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
 
+/// How long a stopped session's events may take to be applied before the applier is stopped.
+const APPLIER_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Why a service call failed. Converted to the page's `CommandError` at the IPC boundary (in
 /// `error`, above this module).
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +136,17 @@ struct Running {
 
 impl Running {
     /// Stops the session, then lets the applier drain what it reported (its channel closes
-    /// once the session's last sender is gone).
+    /// once the session's last sender is gone), for at most [`APPLIER_DRAIN`].
     async fn stop(self) {
         self.session.stop().await;
-        if let Err(e) = self.applier.await {
-            tracing::error!(error = %e, "the session event applier failed");
+        let mut applier = self.applier;
+        match tokio::time::timeout(APPLIER_DRAIN, &mut applier).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the session event applier failed"),
+            Err(_) => {
+                tracing::warn!("the session event applier did not drain in time; stopped");
+                applier.abort();
+            }
         }
     }
 }

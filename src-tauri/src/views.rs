@@ -225,3 +225,37 @@ impl Notice {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_are_one_line_and_bounded() {
+        assert_eq!(preview("hello"), "hello");
+        assert_eq!(preview("first\nsecond"), "first…");
+        let long = "x".repeat(PREVIEW_CHARS + 5);
+        assert_eq!(preview(&long).chars().count(), PREVIEW_CHARS + 1);
+    }
+
+    #[test]
+    fn views_carry_the_contract_names_on_the_wire() {
+        let json = serde_json::to_value(ConnectionView::offline(Some("down".into()))).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "state": "offline",
+                "retryInSecs": null,
+                "serverUrl": null,
+                "hosting": null,
+                "detail": "down"
+            })
+        );
+        let notice = serde_json::to_value(Notice::new(ErrorKind::KeyChanged, "changed")).unwrap();
+        assert_eq!(
+            notice,
+            serde_json::json!({"kind": "keyChanged", "message": "changed"})
+        );
+    }
+}
