@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the desktop app in its real webview:
 #   Xvfb (a private display) + tauri-driver (WebDriver proxy) + WebKitWebDriver + the app binary,
-#   driven from Rust with fantoccini (tests/tests/desktop_webdriver.rs).
+#   driven from Rust with fantoccini (tests/tests/desktop_webdriver/: one file per area, helpers in support/).
 # Screenshots of every step land in target/e2e-screenshots/.
 #
 # Usage: scripts/e2e-desktop.sh [TEST_NAME_FILTER]   (installs missing system deps first)

@@ -24,3 +24,8 @@ fi
 if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
   npm ci --prefix tests/node --no-audit --no-fund
 fi
+# The React and Vue examples of docs/ui-integration.md (src-tauri/tests/ui_integration.rs).
+if [ ! -d tests/ui-integration/node_modules ] \
+   || [ tests/ui-integration/package-lock.json -nt tests/ui-integration/node_modules ]; then
+  npm ci --prefix tests/ui-integration --no-audit --no-fund
+fi

@@ -1,13 +1,16 @@
-//! The commands the page may invoke. Each is a thin adapter: it takes camelCase arguments, calls
-//! the [`Messenger`], and returns a view or a [`CommandError`] (`{kind, message}`). The list is
+//! The commands the page may invoke. Each is a thin adapter: it takes camelCase arguments, parses
+//! ids once (a name from the page becomes a `ClientId` here, and only here), calls the
+//! [`Messenger`], and returns a view or a [`CommandError`] (`{kind, code?, message}`) converted
+//! from the service's own error. The list is
 //! also the app manifest in `build.rs`, from which the capability file grants exactly these.
 
 use std::sync::Arc;
 
 use tauri::{AppHandle, Runtime, State};
 
+use crate::clock;
 use crate::error::CommandError;
-use crate::messenger::{validate_client_id, validate_server_url, Messenger};
+use crate::messenger::{validate_client_id, validate_fingerprint, validate_server_url, Messenger};
 use crate::storage::settings::{self, ServerMode, SettingsPatch};
 use crate::views::{Bootstrap, MessagePage, MessageView};
 
@@ -19,11 +22,11 @@ type Shared<'a> = State<'a, Arc<Messenger>>;
 /// Everything needed to draw the window.
 #[tauri::command]
 pub async fn bootstrap(messenger: Shared<'_>) -> Result<Bootstrap, CommandError> {
-    if let Some(t) = crate::since_start() {
+    if let Some(t) = clock::since_start() {
         // The page's first call: its scripts are running. Logged for start-up measurements.
         tracing::info!(ms = t.as_millis() as u64, "page bootstrapping");
     }
-    messenger.bootstrap()
+    Ok(messenger.bootstrap()?)
 }
 
 /// First run: name, server choice; creates the identity, saves the settings, connects.
@@ -36,12 +39,13 @@ pub async fn complete_setup<R: Runtime>(
     server_mode: ServerMode,
     server_url: Option<String>,
 ) -> Result<Bootstrap, CommandError> {
-    let settings = messenger.complete_setup(&client_id, server_mode, server_url.as_deref())?;
+    let client_id = validate_client_id(&client_id)?;
+    let settings = messenger.complete_setup(client_id, server_mode, server_url.as_deref())?;
     settings::save(&app, messenger.data_dir(), &settings)?;
     if let Err(e) = messenger.restart_session().await {
-        messenger.notice(e.kind(), e.to_string());
+        messenger.notice(CommandError::from(e).notice());
     }
-    messenger.bootstrap()
+    Ok(messenger.bootstrap()?)
 }
 
 /// A page of history with `peerId`, oldest first: the latest `limit` messages, those before
@@ -55,16 +59,10 @@ pub async fn load_messages(
     after: Option<i64>,
     limit: Option<u32>,
 ) -> Result<MessagePage, CommandError> {
-    let page = messenger.load_messages(&peer_id, before, after, limit.unwrap_or(DEFAULT_PAGE))?;
-    if before.is_none() && after.is_none() && messenger.db().pinned_key(&peer_id)?.is_none() {
-        let _ = messenger
-            .with_session(|s| {
-                s.prefetch_key(&peer_id);
-                Ok(())
-            })
-            .await;
-    }
-    Ok(page)
+    let peer = validate_client_id(&peer_id)?;
+    Ok(messenger
+        .load_messages(&peer, before, after, limit.unwrap_or(DEFAULT_PAGE))
+        .await?)
 }
 
 /// Stores a message durably and sends it (now, or once connected).
@@ -74,13 +72,14 @@ pub async fn send_message(
     peer_id: String,
     text: String,
 ) -> Result<MessageView, CommandError> {
-    messenger.send_message(&peer_id, &text).await
+    let peer = validate_client_id(&peer_id)?;
+    Ok(messenger.send_message(&peer, &text).await?)
 }
 
 /// Clears the unread count of a conversation.
 #[tauri::command]
 pub async fn mark_read(messenger: Shared<'_>, peer_id: String) -> Result<(), CommandError> {
-    messenger.mark_read(&peer_id)
+    Ok(messenger.mark_read(&validate_client_id(&peer_id)?)?)
 }
 
 /// Answers a server question (text, a choice, or `true`/`false` for a confirm).
@@ -90,7 +89,7 @@ pub async fn answer_question(
     question_id: String,
     response: serde_json::Value,
 ) -> Result<(), CommandError> {
-    messenger.answer_question(&question_id, response).await
+    Ok(messenger.answer_question(&question_id, response).await?)
 }
 
 /// Dismisses a question without answering; the server lets it expire.
@@ -111,9 +110,11 @@ pub async fn update_settings<R: Runtime>(
     patch: SettingsPatch,
 ) -> Result<Bootstrap, CommandError> {
     let mut patch = patch;
-    if let Some(id) = &patch.client_id {
-        patch.client_id = Some(validate_client_id(id)?);
-    }
+    let client_id = patch
+        .client_id
+        .as_deref()
+        .map(validate_client_id)
+        .transpose()?;
     if let Some(url) = &patch.server_url {
         patch.server_url = Some(validate_server_url(url)?);
     }
@@ -124,15 +125,15 @@ pub async fn update_settings<R: Runtime>(
     }
     let reconnect = patch.touches_connection();
     let mut settings = messenger.settings();
-    patch.apply(&mut settings);
+    patch.apply(&mut settings, client_id);
     settings::save(&app, messenger.data_dir(), &settings)?;
     messenger.set_settings(settings);
     if reconnect {
         if let Err(e) = messenger.restart_session().await {
-            messenger.notice(e.kind(), e.to_string());
+            messenger.notice(CommandError::from(e).notice());
         }
     }
-    messenger.bootstrap()
+    Ok(messenger.bootstrap()?)
 }
 
 /// Accepts a contact's new identity key: the one whose safety number (`fingerprint`) the person
@@ -143,7 +144,9 @@ pub async fn accept_key_change(
     peer_id: String,
     fingerprint: String,
 ) -> Result<(), CommandError> {
-    messenger.accept_key_change(&peer_id, &fingerprint).await
+    let peer = validate_client_id(&peer_id)?;
+    let fingerprint = validate_fingerprint(&fingerprint)?;
+    Ok(messenger.accept_key_change(&peer, &fingerprint).await?)
 }
 
 /// Marks a contact verified or not, after comparing safety numbers.
@@ -153,17 +156,17 @@ pub async fn set_verified(
     peer_id: String,
     verified: bool,
 ) -> Result<(), CommandError> {
-    messenger.set_verified(&peer_id, verified)
+    Ok(messenger.set_verified(&validate_client_id(&peer_id)?, verified)?)
 }
 
 /// Reconnects now (the Retry button of the offline indicator).
 #[tauri::command]
 pub async fn reconnect(messenger: Shared<'_>) -> Result<(), CommandError> {
-    messenger.inner().restart_session().await
+    Ok(messenger.restart_session().await?)
 }
 
 /// Asks the server for its multi-round demo question.
 #[tauri::command]
 pub async fn demo_question(messenger: Shared<'_>) -> Result<(), CommandError> {
-    messenger.with_session(|s| s.demo_question()).await
+    Ok(messenger.demo_question().await?)
 }

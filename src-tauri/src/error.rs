@@ -1,10 +1,18 @@
-//! The one error type commands return. It serializes as `{"kind": "...", "message": "..."}` so
-//! the page can branch on `kind` and show `message` as is: a sentence, never raw JSON.
+//! The one error type commands return, converted from the services' own errors at the IPC
+//! boundary. It serializes as `{"kind": "...", "message": "..."}` — plus `"code"` for kind
+//! `peer` — so the page can branch on `kind` (and `code`) and show `message` as is: a
+//! sentence, never raw JSON.
 
+use lattice_peer::PeerError;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
+use crate::contract::{ErrorKind, PeerErrorCode};
+use crate::describe::{self, describe, NOT_CONNECTED};
+use crate::messenger::MessengerError;
+use crate::session::SessionError;
 use crate::storage::StorageError;
+use crate::views::Notice;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +27,13 @@ pub enum CommandError {
     #[error("Could not read or write the app's data: {0}")]
     Storage(#[from] StorageError),
     /// The server or the connection refused the request.
-    #[error("{0}")]
-    Peer(String),
+    #[error("{message}")]
+    Peer {
+        /// Why, for the page to branch on.
+        code: PeerErrorCode,
+        /// A sentence for people.
+        message: String,
+    },
     /// The embedded server could not start.
     #[error("Could not host a server: {0}")]
     Hosting(String),
@@ -33,26 +46,88 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    /// The stable, machine-readable name of the variant.
-    pub fn kind(&self) -> &'static str {
+    /// The stable, machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidInput(_) => "invalidInput",
-            Self::NotSetUp => "notSetUp",
-            Self::Storage(_) => "storage",
-            Self::Peer(_) => "peer",
-            Self::Hosting(_) => "hosting",
-            Self::UnknownQuestion => "unknownQuestion",
-            Self::Internal(_) => "internal",
+            Self::InvalidInput(_) => ErrorKind::InvalidInput,
+            Self::NotSetUp => ErrorKind::NotSetUp,
+            Self::Storage(_) => ErrorKind::Storage,
+            Self::Peer { .. } => ErrorKind::Peer,
+            Self::Hosting(_) => ErrorKind::Hosting,
+            Self::UnknownQuestion => ErrorKind::UnknownQuestion,
+            Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// For kind `peer`: why.
+    pub fn code(&self) -> Option<PeerErrorCode> {
+        match self {
+            Self::Peer { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The same error as a notice for the page.
+    pub fn notice(&self) -> Notice {
+        Notice {
+            kind: self.kind(),
+            code: self.code(),
+            message: self.to_string(),
         }
     }
 }
 
 impl Serialize for CommandError {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("CommandError", 2)?;
-        s.serialize_field("kind", self.kind())?;
+        let code = self.code();
+        let mut s = serializer.serialize_struct("CommandError", 2 + usize::from(code.is_some()))?;
+        s.serialize_field("kind", &self.kind())?;
+        if let Some(code) = code {
+            s.serialize_field("code", &code)?;
+        }
         s.serialize_field("message", &self.to_string())?;
         s.end()
+    }
+}
+
+impl From<PeerError> for CommandError {
+    fn from(e: PeerError) -> Self {
+        Self::Peer {
+            code: describe::code(&e),
+            message: describe(&e),
+        }
+    }
+}
+
+impl From<SessionError> for CommandError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Hosting(e) => Self::Hosting(e.0),
+            SessionError::InvalidServer(e) => Self::InvalidInput(describe(&e)),
+            SessionError::Peer(e) => (*e).into(),
+            SessionError::NotConnected => Self::Peer {
+                code: PeerErrorCode::NotConnected,
+                message: NOT_CONNECTED.into(),
+            },
+            e @ SessionError::Identity(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<MessengerError> for CommandError {
+    fn from(e: MessengerError) -> Self {
+        match e {
+            MessengerError::InvalidInput(message) => Self::InvalidInput(message),
+            MessengerError::NotSetUp => Self::NotSetUp,
+            MessengerError::Storage(e) => Self::Storage(e),
+            MessengerError::Offline(hint) => Self::Peer {
+                code: PeerErrorCode::NotConnected,
+                message: hint.into(),
+            },
+            MessengerError::Session(e) => e.into(),
+            MessengerError::UnknownQuestion => Self::UnknownQuestion,
+            MessengerError::Internal(message) => Self::Internal(message),
+        }
     }
 }
 
@@ -75,5 +150,21 @@ mod tests {
             json,
             serde_json::json!({"kind": "invalidInput", "message": "Type a message first."})
         );
+    }
+
+    #[test]
+    fn a_peer_error_keeps_its_code_next_to_the_kind() {
+        let json = serde_json::to_value(CommandError::from(PeerError::NotConnected)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "peer",
+                "code": "notConnected",
+                "message": "Not connected to the server right now."
+            })
+        );
+        let offline = CommandError::from(MessengerError::Offline("Connect first."));
+        assert_eq!(offline.code(), Some(PeerErrorCode::NotConnected));
+        assert_eq!(offline.notice().message, "Connect first.");
     }
 }

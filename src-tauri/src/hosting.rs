@@ -5,7 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use crate::error::CommandError;
+/// Why the embedded server could not start; the message is a sentence for people.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostingError(pub String);
 
 /// The embedded server while it runs.
 #[derive(Debug)]
@@ -18,11 +21,11 @@ impl Hosted {
     /// Starts the server on `port` (all interfaces), storing its data under `data_dir/server`.
     ///
     /// # Errors
-    /// [`CommandError::Hosting`] with a readable reason, e.g. when the port is taken.
-    pub async fn start(data_dir: &Path, port: u16) -> Result<Self, CommandError> {
+    /// [`HostingError`] with a readable reason, e.g. when the port is taken.
+    pub async fn start(data_dir: &Path, port: u16) -> Result<Self, HostingError> {
         let dir = data_dir.join("server");
         std::fs::create_dir_all(&dir)
-            .map_err(|e| CommandError::Hosting(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| HostingError(format!("cannot create {}: {e}", dir.display())))?;
         let config = lattice_server::Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port,
@@ -33,12 +36,12 @@ impl Hosted {
             lattice_server::ServerError::Bind { source, .. }
                 if source.kind() == std::io::ErrorKind::AddrInUse =>
             {
-                CommandError::Hosting(format!(
+                HostingError(format!(
                     "port {port} is already in use (is another Lattice or lattice-server running?). \
                      Pick another port, or connect to that server, in Settings → Server."
                 ))
             }
-            other => CommandError::Hosting(other.to_string()),
+            other => HostingError(other.to_string()),
         })?;
         let port = handle.local_addr().port();
         tracing::info!(port, "hosting lattice-server");
@@ -116,7 +119,7 @@ mod tests {
         let port = taken.local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         match Hosted::start(dir.path(), port).await {
-            Err(CommandError::Hosting(message)) => {
+            Err(HostingError(message)) => {
                 assert!(message.contains("already in use"), "{message}");
             }
             other => panic!("expected a hosting error, got {other:?}"),

@@ -8,9 +8,18 @@
 //! ## Module map
 //! - [`commands`]: the `#[tauri::command]`s the page may call (and nothing else is allowed:
 //!   see `capabilities/default.json`).
-//! - [`error`]: [`CommandError`], serialized as `{kind, message}`.
-//! - `messenger`: [`Messenger`], the app's services without Tauri; pushes [`Update`]s to a [`Ui`].
-//! - `session`: one connection's lifetime: the peer, the connect and outbox tasks, peer events.
+//! - [`error`]: [`CommandError`], serialized as `{kind, code?, message}`, converted from the
+//!   services' own errors at the IPC boundary.
+//! - `messenger`: [`Messenger`], the app's services without Tauri; applies what the session
+//!   reports and pushes [`Update`]s to a [`Ui`].
+//! - `session`: one connection's lifetime: the peer, its connect and presence tasks; translates
+//!   peer events into `events::SessionEvent`s, which go up on a bounded channel.
+//! - `events`: `SessionEvent` and its bounded channel (calls go down, events come up).
+//! - `outbox`: sends the durable outbox through the peer; owns its retry timing.
+//! - `describe`: peer errors as sentences and codes for people and the page.
+//! - [`contract`]: every event name, status and kind the page sees, as serde enums; also
+//!   rendered as `ui/js/contract.js`.
+//! - [`clock`]: wall time and time since start-up (below storage).
 //! - `hosting`: the embedded `lattice-server`.
 //! - `bridge`: the [`Ui`] of the real app: Tauri events, tray, notifications.
 //! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
@@ -22,12 +31,17 @@
 #![forbid(unsafe_code)]
 
 mod bridge;
+pub mod clock;
 pub mod commands;
+pub mod contract;
+mod describe;
 pub mod error;
+mod events;
 mod hosting;
 mod messenger;
 mod notify;
 mod options;
+mod outbox;
 mod session;
 pub mod storage;
 mod tray;
@@ -39,27 +53,17 @@ use std::time::Duration;
 use tauri::{Builder, Manager, RunEvent, Runtime, WindowEvent};
 
 pub use error::CommandError;
-pub use messenger::{Messenger, Ui, Update};
+pub use messenger::{Messenger, MessengerError, Ui, Update};
 pub use options::{Options, DATA_DIR_ENV};
 
-/// Label of the main window (also in `tauri.conf.json` and the capability file).
-pub const MAIN_WINDOW: &str = "main";
+pub use tray::MAIN_WINDOW;
 
 /// How long quitting waits for the session (and the hosted server) to close cleanly.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// When the process started (as far as we can tell: when `run` was entered), for the start-up
-/// time logged when the page first asks for its state.
-static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
-/// Time since start-up, if [`run`] recorded it.
-pub fn since_start() -> Option<Duration> {
-    STARTED.get().map(std::time::Instant::elapsed)
-}
-
 /// Runs the app: parses the options, builds it with [`build`] and enters the event loop.
 pub fn run() {
-    let _ = STARTED.set(std::time::Instant::now());
+    clock::mark_start();
     let options = Options::from_env_and_args();
     init_tracing(options.log_file.as_deref());
     match build(Builder::default(), options).build(tauri::generate_context!()) {
@@ -152,7 +156,7 @@ fn setup<R: Runtime>(
     // to start, so doing it here keeps the session's ownership simple (the Messenger holds it).
     if let Err(e) = tauri::async_runtime::block_on(messenger.restart_session()) {
         tracing::warn!(error = %e, "session not started");
-        messenger.notice(e.kind(), e.to_string());
+        messenger.notice(CommandError::from(e).notice());
     }
     let unread = messenger.db().total_unread().unwrap_or(0);
     messenger.ui().send(Update::Unread(unread));

@@ -1,21 +1,28 @@
 //! The app's services, without Tauri: identity, settings, storage, presence, open questions and
 //! the running [`Session`]. Commands call into a [`Messenger`]; what changes is pushed to the
-//! page through the [`Ui`] trait, which the Tauri side ([`crate::bridge`]) implements. Tests can
+//! page through the [`Ui`] trait, which the Tauri side (`bridge`, above this module) implements. Tests can
 //! drive a `Messenger` with a recording `Ui`.
+//!
+//! Calls go down, events come up: the messenger starts and calls the session; the session
+//! reports [`SessionEvent`]s on a bounded channel, and one task per session, owned here
+//! ([`Running`]), applies them to storage and the page ([`State::apply`]). The state that task
+//! uses ([`State`]) does not own the session, so nothing points back up.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use lattice_crypto::Identity;
+use lattice_crypto::{Fingerprint, Identity};
 use lattice_protocol::{ClientId, QuestionId};
+use tokio::sync::mpsc;
 
-use crate::error::CommandError;
-use crate::session::Session;
+use crate::clock::now_ms;
+use crate::contract::{DeliveryStatus, ErrorKind};
+use crate::events::{EventSink, SessionEvent};
+use crate::session::{Session, SessionConfig, SessionError};
 use crate::storage::settings::{ServerMode, Settings};
-use crate::storage::{self, Db, MessageStatus, StorageError};
+use crate::storage::{self, Db, MessageRecord, StorageError};
 use crate::views::{
     Bootstrap, ConnectionView, Me, MessagePage, MessageView, Notice, PeerView, QuestionView,
 };
@@ -31,6 +38,36 @@ pub const MAX_OPEN_QUESTIONS: usize = 32;
 
 /// Largest answer to a server question, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
+
+/// How long a stopped session's events may take to be applied before the applier is stopped.
+const APPLIER_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Why a service call failed. Converted to the page's `CommandError` at the IPC boundary (in
+/// `error`, above this module).
+#[derive(Debug, thiserror::Error)]
+pub enum MessengerError {
+    /// The input was not acceptable; the message says why.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// First run has not been completed.
+    #[error("Choose a name and a server first.")]
+    NotSetUp,
+    /// Something on disk failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// There is no session; the text says what to do.
+    #[error("{0}")]
+    Offline(&'static str),
+    /// The session could not start, or refused the request.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The question was already answered, expired or never existed.
+    #[error("That question is no longer open.")]
+    UnknownQuestion,
+    /// The app itself failed.
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// What the backend tells the page (and the tray, and the notification centre).
 #[derive(Debug, Clone)]
@@ -59,7 +96,7 @@ pub enum Update {
     },
 }
 
-/// Where updates go. Implementations must not block: they run on the peer's event path.
+/// Where updates go. Implementations must not block: they run on the applier task.
 pub trait Ui: Send + Sync + 'static {
     /// Delivers one update.
     fn send(&self, update: Update);
@@ -69,7 +106,7 @@ pub trait Ui: Send + Sync + 'static {
 #[derive(Debug, Default)]
 struct Live {
     /// Online peers (others), as the server reports them.
-    online: BTreeSet<String>,
+    online: BTreeSet<ClientId>,
     /// Questions asked and not yet answered or dismissed, oldest first; at most
     /// [`MAX_OPEN_QUESTIONS`].
     questions: VecDeque<QuestionView>,
@@ -77,8 +114,8 @@ struct Live {
     connection: Option<ConnectionView>,
 }
 
-/// The app's state and services. Shared as `Arc<Messenger>`.
-pub struct Messenger {
+/// The app's state, shared by the messenger and the task applying session events.
+pub struct State {
     data_dir: PathBuf,
     db: Arc<Db>,
     ui: Arc<dyn Ui>,
@@ -86,28 +123,48 @@ pub struct Messenger {
     settings: Mutex<Settings>,
     // std Mutex: a clone of the Arc is taken and the lock released at once.
     identity: Mutex<Option<Arc<Identity>>>,
-    // std Mutex: small maps, updated from the peer's event handler, never across an `.await`.
+    // std Mutex: small maps, never held across an `.await`.
     live: Mutex<Live>,
+    focused: AtomicBool,
+}
+
+/// A session and the task applying its events.
+struct Running {
+    session: Session,
+    applier: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the session, then lets the applier drain what it reported (its channel closes
+    /// once the session's last sender is gone), for at most [`APPLIER_DRAIN`].
+    async fn stop(self) {
+        self.session.stop().await;
+        let mut applier = self.applier;
+        match tokio::time::timeout(APPLIER_DRAIN, &mut applier).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the session event applier failed"),
+            Err(_) => {
+                tracing::warn!("the session event applier did not drain in time; stopped");
+                applier.abort();
+            }
+        }
+    }
+}
+
+/// The app's state and services. Shared as `Arc<Messenger>`.
+pub struct Messenger {
+    state: Arc<State>,
     // tokio Mutex: held across the `.await`s of starting and stopping a session, so that two
     // restarts never interleave.
-    session: tokio::sync::Mutex<Option<Session>>,
-    focused: AtomicBool,
+    session: tokio::sync::Mutex<Option<Running>>,
 }
 
 impl std::fmt::Debug for Messenger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Messenger")
-            .field("data_dir", &self.data_dir)
+            .field("data_dir", &self.state.data_dir)
             .finish_non_exhaustive()
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Text from the network as a notification body: control and bidi characters made visible (the
@@ -132,6 +189,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Said when a command needs the session and there is none.
+const NO_SESSION: &str = "Not connected to a server. Check Settings → Server.";
+
 impl Messenger {
     /// Opens the data directory (creating it), the database and, if present, the identity.
     ///
@@ -142,6 +202,347 @@ impl Messenger {
         settings: Settings,
         ui: Arc<dyn Ui>,
     ) -> Result<Self, StorageError> {
+        Ok(Self {
+            state: Arc::new(State::open(data_dir, settings, ui)?),
+            session: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.state.data_dir
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.state.db
+    }
+
+    /// Where updates go.
+    pub fn ui(&self) -> &Arc<dyn Ui> {
+        &self.state.ui
+    }
+
+    /// A copy of the current settings.
+    pub fn settings(&self) -> Settings {
+        self.state.settings()
+    }
+
+    /// Replaces the settings in memory (the caller persists them).
+    pub fn set_settings(&self, settings: Settings) {
+        *lock(&self.state.settings) = settings;
+    }
+
+    /// Records whether the main window has focus (notifications only when it has not).
+    pub fn set_focused(&self, focused: bool) {
+        self.state.focused.store(focused, Ordering::Relaxed);
+    }
+
+    /// Tells the person something.
+    pub fn notice(&self, notice: Notice) {
+        self.state.ui.send(Update::Notice(notice));
+    }
+
+    /// Everything the page needs to draw itself.
+    ///
+    /// # Errors
+    /// [`MessengerError::Storage`].
+    pub fn bootstrap(&self) -> Result<Bootstrap, MessengerError> {
+        let state = &self.state;
+        let settings = state.settings();
+        let (connection, questions) = {
+            let live = lock(&state.live);
+            (
+                live.connection
+                    .clone()
+                    .unwrap_or_else(|| ConnectionView::offline(None)),
+                live.questions.iter().cloned().collect(),
+            )
+        };
+        Ok(Bootstrap {
+            needs_setup: !settings.is_set_up() || state.identity().is_none(),
+            me: state.me(),
+            settings,
+            connection,
+            peers: state.peer_views()?,
+            questions,
+            data_dir: state.data_dir.display().to_string(),
+        })
+    }
+
+    /// First run: takes the choices (checked by the caller), creates the identity (or keeps an
+    /// existing one) and returns the new state. The caller persists the settings and starts
+    /// the session.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] with a readable reason; [`MessengerError::Storage`].
+    pub fn complete_setup(
+        &self,
+        client_id: ClientId,
+        server_mode: ServerMode,
+        server_url: Option<&str>,
+    ) -> Result<Settings, MessengerError> {
+        let mut settings = self.settings();
+        settings.client_id = Some(client_id);
+        settings.server_mode = server_mode;
+        if server_mode == ServerMode::Connect {
+            settings.server_url = validate_server_url(server_url.unwrap_or(""))?;
+        }
+        let Some((identity, created)) = storage::load_identity(&self.state.data_dir, true)? else {
+            return Err(MessengerError::Internal(
+                "the identity was not created".into(),
+            ));
+        };
+        if created {
+            tracing::info!("created a new identity");
+        }
+        *lock(&self.state.identity) = Some(Arc::new(identity));
+        self.set_settings(settings.clone());
+        Ok(settings)
+    }
+
+    /// Marks a conversation read.
+    ///
+    /// # Errors
+    /// [`MessengerError::Storage`].
+    pub fn mark_read(&self, peer: &ClientId) -> Result<(), MessengerError> {
+        self.state.db.mark_read(peer)?;
+        self.state.publish_peers();
+        self.state.publish_unread();
+        Ok(())
+    }
+
+    /// Marks a contact verified (fingerprints compared) or not.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] if no identity key is pinned for the peer.
+    pub fn set_verified(&self, peer: &ClientId, verified: bool) -> Result<(), MessengerError> {
+        if verified && self.state.db.pinned_key(peer)?.is_none() {
+            return Err(MessengerError::InvalidInput(format!(
+                "{peer} has no identity key to verify yet."
+            )));
+        }
+        self.state.db.set_user_verified(peer, verified)?;
+        self.state.publish_peers();
+        Ok(())
+    }
+
+    /// A page of history, oldest first: the latest messages, those before `before`, or — with
+    /// `after` — those after it. `has_more` tells whether more exist in that direction.
+    /// Opening a conversation (neither given) also fetches the peer's key if none is pinned.
+    ///
+    /// # Errors
+    /// [`MessengerError::Storage`].
+    pub async fn load_messages(
+        &self,
+        peer: &ClientId,
+        before: Option<i64>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<MessagePage, MessengerError> {
+        let db = &self.state.db;
+        let limit = limit.clamp(1, storage::db::MAX_PAGE);
+        // One extra row tells whether there is more.
+        let (records, has_more) = match after {
+            Some(after) => {
+                let mut records = db.page_after(peer, after, limit + 1)?;
+                let has_more = records.len() > limit as usize;
+                records.truncate(limit as usize);
+                (records, has_more)
+            }
+            None => {
+                let mut records = db.page(peer, before, limit + 1)?;
+                let has_more = records.len() > limit as usize;
+                if has_more {
+                    records.remove(0);
+                }
+                (records, has_more)
+            }
+        };
+        if before.is_none() && after.is_none() && db.pinned_key(peer)?.is_none() {
+            if let Some(running) = self.session.lock().await.as_ref() {
+                running.session.prefetch_key(peer);
+            }
+        }
+        Ok(MessagePage {
+            messages: records.into_iter().map(MessageView::from).collect(),
+            has_more,
+        })
+    }
+
+    /// Stores an outgoing message in history and the outbox (durable before this returns) and
+    /// wakes the session to send it.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for an empty or oversized text;
+    /// [`MessengerError::NotSetUp`]; [`MessengerError::Storage`].
+    pub async fn send_message(
+        &self,
+        peer: &ClientId,
+        text: &str,
+    ) -> Result<MessageView, MessengerError> {
+        if !self.settings().is_set_up() {
+            return Err(MessengerError::NotSetUp);
+        }
+        if text.trim().is_empty() {
+            return Err(MessengerError::InvalidInput("Type a message first.".into()));
+        }
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(MessengerError::InvalidInput(format!(
+                "That message is too long ({} KiB); the limit is {} KiB.",
+                text.len() / 1024,
+                MAX_MESSAGE_BYTES / 1024
+            )));
+        }
+        let local_id = uuid::Uuid::new_v4().to_string();
+        // The wire id is fixed now, so every resend (also after a restart) is the same message.
+        let wire_id = lattice_protocol::MessageId::new(uuid::Uuid::new_v4().to_string())
+            .map_err(|e| MessengerError::Internal(format!("message id: {e}")))?;
+        let record = self
+            .state
+            .db
+            .enqueue_outgoing(&local_id, &wire_id, peer, text, now_ms())?;
+        self.state.publish_peers();
+        if let Some(running) = self.session.lock().await.as_ref() {
+            running.session.wake_outbox();
+        }
+        Ok(record.into())
+    }
+
+    /// Removes a question from the open ones; false if it was not open.
+    pub fn close_question(&self, question_id: &str) -> bool {
+        self.state.close_question(question_id)
+    }
+
+    /// Starts (or restarts) the session with the current settings. Does nothing before first
+    /// run is complete.
+    ///
+    /// # Errors
+    /// [`MessengerError::Session`] when the embedded server cannot start or the server URL is
+    /// unusable.
+    pub async fn restart_session(&self) -> Result<(), MessengerError> {
+        let mut slot = self.session.lock().await;
+        if let Some(old) = slot.take() {
+            old.stop().await;
+        }
+        self.state.clear_presence();
+        let settings = self.settings();
+        let (Some(client_id), Some(identity)) = (settings.client_id.clone(), self.state.identity())
+        else {
+            return Ok(());
+        };
+        let (events, rx) = EventSink::channel();
+        let config = SessionConfig {
+            settings: &settings,
+            data_dir: &self.state.data_dir,
+            db: Arc::clone(&self.state.db),
+            client_id,
+            identity,
+        };
+        match Session::start(config, events).await {
+            Ok(session) => {
+                let applier = tokio::spawn(apply_events(Arc::clone(&self.state), rx));
+                *slot = Some(Running { session, applier });
+                Ok(())
+            }
+            Err(e) => {
+                self.state
+                    .set_connection(ConnectionView::offline(Some(e.to_string())));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stops the session (app exit).
+    pub async fn stop_session(&self) {
+        if let Some(running) = self.session.lock().await.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Asks the server for its demo conversation.
+    ///
+    /// # Errors
+    /// [`MessengerError::Offline`] without a session; [`MessengerError::Session`].
+    pub async fn demo_question(&self) -> Result<(), MessengerError> {
+        match self.session.lock().await.as_ref() {
+            Some(running) => Ok(running.session.demo_question()?),
+            None => Err(MessengerError::Offline(NO_SESSION)),
+        }
+    }
+
+    /// Accepts a contact's changed identity key, the one with `fingerprint` (what the person
+    /// compared), then lets blocked messages go.
+    ///
+    /// # Errors
+    /// [`MessengerError::Offline`] without a session; [`MessengerError::Session`] when the
+    /// change cannot be accepted.
+    pub async fn accept_key_change(
+        &self,
+        peer: &ClientId,
+        fingerprint: &Fingerprint,
+    ) -> Result<(), MessengerError> {
+        let session = self.session.lock().await;
+        let Some(running) = session.as_ref() else {
+            return Err(MessengerError::Offline(
+                "Connect to the server to accept a new key.",
+            ));
+        };
+        running.session.accept_key_change(peer, fingerprint).await?;
+        self.state.publish_peers();
+        Ok(())
+    }
+
+    /// Answers a server question.
+    ///
+    /// # Errors
+    /// [`MessengerError::UnknownQuestion`], [`MessengerError::InvalidInput`],
+    /// [`MessengerError::Offline`], [`MessengerError::Session`].
+    pub async fn answer_question(
+        &self,
+        question_id: &str,
+        response: serde_json::Value,
+    ) -> Result<(), MessengerError> {
+        let id = QuestionId::try_from(question_id).map_err(|_| MessengerError::UnknownQuestion)?;
+        match &response {
+            serde_json::Value::String(s) if s.len() <= MAX_ANSWER_BYTES => {}
+            serde_json::Value::Bool(_) => {}
+            serde_json::Value::String(_) => {
+                return Err(MessengerError::InvalidInput(
+                    "That answer is too long.".into(),
+                ))
+            }
+            _ => {
+                return Err(MessengerError::InvalidInput(
+                    "An answer is text or yes/no.".into(),
+                ))
+            }
+        }
+        if !lock(&self.state.live)
+            .questions
+            .iter()
+            .any(|q| q.question_id == question_id)
+        {
+            return Err(MessengerError::UnknownQuestion);
+        }
+        match self.session.lock().await.as_ref() {
+            Some(running) => running.session.respond(&id, response)?,
+            None => return Err(MessengerError::Offline(NO_SESSION)),
+        }
+        self.close_question(question_id);
+        Ok(())
+    }
+}
+
+/// Applies a session's events, in order, until the session is gone.
+async fn apply_events(state: Arc<State>, mut rx: mpsc::Receiver<SessionEvent>) {
+    while let Some(event) = rx.recv().await {
+        state.apply(event);
+    }
+}
+
+impl State {
+    fn open(data_dir: &Path, settings: Settings, ui: Arc<dyn Ui>) -> Result<Self, StorageError> {
         // Private at creation and again on every start (docs/security.md: 0600 in 0700).
         storage::create_private_dir(data_dir)?;
         storage::create_private_file(&data_dir.join(storage::DB_FILE))?;
@@ -157,118 +558,56 @@ impl Messenger {
             settings: Mutex::new(settings),
             identity: Mutex::new(identity.map(Arc::new)),
             live: Mutex::new(Live::default()),
-            session: tokio::sync::Mutex::new(None),
             focused: AtomicBool::new(true),
         })
     }
 
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// The database.
-    pub fn db(&self) -> &Arc<Db> {
-        &self.db
-    }
-
-    /// Where updates go.
-    pub fn ui(&self) -> &Arc<dyn Ui> {
-        &self.ui
-    }
-
-    /// A copy of the current settings.
-    pub fn settings(&self) -> Settings {
+    fn settings(&self) -> Settings {
         lock(&self.settings).clone()
     }
 
-    /// Replaces the settings in memory (the caller persists them).
-    pub fn set_settings(&self, settings: Settings) {
-        *lock(&self.settings) = settings;
-    }
-
-    /// Our identity, once created.
-    pub fn identity(&self) -> Option<Arc<Identity>> {
+    fn identity(&self) -> Option<Arc<Identity>> {
         lock(&self.identity).clone()
     }
 
-    /// Records whether the main window has focus (notifications only when it has not).
-    pub fn set_focused(&self, focused: bool) {
-        self.focused.store(focused, Ordering::Relaxed);
-    }
-
     fn me(&self) -> Option<Me> {
-        let settings = self.settings();
         let identity = self.identity()?;
         Some(Me {
-            client_id: settings.client_id?,
+            client_id: self.settings().client_id?,
             fingerprint: identity.identity_public_key().fingerprint().to_string(),
         })
     }
 
-    /// Everything the page needs to draw itself.
-    ///
-    /// # Errors
-    /// [`CommandError::Storage`].
-    pub fn bootstrap(&self) -> Result<Bootstrap, CommandError> {
-        let settings = self.settings();
-        let (connection, questions) = {
-            let live = lock(&self.live);
-            (
-                live.connection
-                    .clone()
-                    .unwrap_or_else(|| ConnectionView::offline(None)),
-                live.questions.iter().cloned().collect(),
-            )
-        };
-        Ok(Bootstrap {
-            needs_setup: !settings.is_set_up() || self.identity().is_none(),
-            me: self.me(),
-            settings,
-            connection,
-            peers: self.peer_views()?,
-            questions,
-            data_dir: self.data_dir.display().to_string(),
-        })
-    }
-
-    /// First run: validates the choices, creates the identity (or keeps an existing one) and
-    /// returns the new state. The caller persists the settings and starts the session.
-    ///
-    /// # Errors
-    /// [`CommandError::InvalidInput`] with a readable reason; [`CommandError::Storage`].
-    pub fn complete_setup(
-        &self,
-        client_id: &str,
-        server_mode: ServerMode,
-        server_url: Option<&str>,
-    ) -> Result<Settings, CommandError> {
-        let mut settings = self.settings();
-        settings.client_id = Some(validate_client_id(client_id)?);
-        settings.server_mode = server_mode;
-        if server_mode == ServerMode::Connect {
-            settings.server_url = validate_server_url(server_url.unwrap_or(""))?;
+    /// Applies one session event: storage first, then the page.
+    pub fn apply(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::Connection(view) => self.set_connection(view),
+            SessionEvent::PresenceCleared => self.clear_presence(),
+            SessionEvent::Online(peers) => self.set_online(peers),
+            SessionEvent::Presence { peer, online } => self.set_presence(peer, online),
+            SessionEvent::Received(record) => self.received(record),
+            SessionEvent::Question(q) => self.question(q),
+            SessionEvent::Status { local_id, status } => self.advance(&local_id, status),
+            SessionEvent::KeyChanged { peer, fingerprint } => {
+                if let Err(e) = self.db.set_key_change(&peer, &fingerprint) {
+                    tracing::warn!(peer = %peer, error = %e, "cannot record a key change");
+                }
+                self.publish_peers();
+                self.ui.send(Update::Notice(Notice::new(
+                    ErrorKind::KeyChanged,
+                    format!(
+                        "{peer}'s safety number changed. Nothing is sent to or accepted from the \
+                         new key until you accept it."
+                    ),
+                )));
+            }
+            SessionEvent::KeysFetched => self.publish_peers(),
+            SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
         }
-        let Some((identity, created)) = storage::load_identity(&self.data_dir, true)? else {
-            return Err(CommandError::Internal(
-                "the identity was not created".into(),
-            ));
-        };
-        if created {
-            tracing::info!("created a new identity");
-        }
-        *lock(&self.identity) = Some(Arc::new(identity));
-        self.set_settings(settings.clone());
-        Ok(settings)
     }
-
-    // ---------- peers ----------
 
     /// The peer list: contacts from disk joined with presence.
-    ///
-    /// # Errors
-    /// [`CommandError::Storage`].
-    pub fn peer_views(&self) -> Result<Vec<PeerView>, CommandError> {
+    fn peer_views(&self) -> Result<Vec<PeerView>, StorageError> {
         let online = lock(&self.live).online.clone();
         let me = self.settings().client_id;
         let mut views: Vec<PeerView> = self
@@ -286,8 +625,7 @@ impl Messenger {
         Ok(views)
     }
 
-    /// Sends the current peer list to the page.
-    pub fn publish_peers(&self) {
+    fn publish_peers(&self) {
         match self.peer_views() {
             Ok(peers) => self.ui.send(Update::Peers(peers)),
             Err(e) => tracing::warn!(error = %e, "cannot list peers"),
@@ -301,138 +639,36 @@ impl Messenger {
         }
     }
 
-    /// Replaces the set of online peers (after a discover).
-    pub fn set_online(&self, peers: impl IntoIterator<Item = String>) {
+    fn set_online(&self, peers: Vec<ClientId>) {
         let now = now_ms();
-        let peers: BTreeSet<String> = peers.into_iter().collect();
         for p in &peers {
             if let Err(e) = self.db.ensure_contact(p, now) {
-                tracing::warn!(error = %e, "cannot store contact");
+                tracing::warn!(peer = %p, error = %e, "cannot store contact");
             }
         }
-        lock(&self.live).online = peers;
+        lock(&self.live).online = peers.into_iter().collect();
         self.publish_peers();
     }
 
-    /// One peer came online or went offline.
-    pub fn set_presence(&self, peer: &str, online: bool) {
+    fn set_presence(&self, peer: ClientId, online: bool) {
         if online {
-            if let Err(e) = self.db.ensure_contact(peer, now_ms()) {
-                tracing::warn!(error = %e, "cannot store contact");
+            if let Err(e) = self.db.ensure_contact(&peer, now_ms()) {
+                tracing::warn!(peer = %peer, error = %e, "cannot store contact");
             }
-            lock(&self.live).online.insert(peer.to_owned());
+            lock(&self.live).online.insert(peer);
         } else {
-            lock(&self.live).online.remove(peer);
+            lock(&self.live).online.remove(&peer);
         }
         self.publish_peers();
     }
 
-    /// Forgets presence (the connection is gone: nobody is known to be online).
-    pub fn clear_presence(&self) {
+    fn clear_presence(&self) {
         lock(&self.live).online.clear();
         self.publish_peers();
     }
 
-    /// Marks a conversation read.
-    ///
-    /// # Errors
-    /// [`CommandError::Storage`].
-    pub fn mark_read(&self, peer: &str) -> Result<(), CommandError> {
-        self.db.mark_read(peer)?;
-        self.publish_peers();
-        self.publish_unread();
-        Ok(())
-    }
-
-    /// Marks a contact verified (fingerprints compared) or not.
-    ///
-    /// # Errors
-    /// [`CommandError::InvalidInput`] if no identity key is pinned for the peer.
-    pub fn set_verified(&self, peer: &str, verified: bool) -> Result<(), CommandError> {
-        if verified && self.db.pinned_key(peer)?.is_none() {
-            return Err(CommandError::InvalidInput(format!(
-                "{peer} has no identity key to verify yet."
-            )));
-        }
-        self.db.set_user_verified(peer, verified)?;
-        self.publish_peers();
-        Ok(())
-    }
-
-    // ---------- messages ----------
-
-    /// A page of history, oldest first: the latest messages, those before `before`, or — with
-    /// `after` — those after it. `has_more` tells whether more exist in that direction.
-    ///
-    /// # Errors
-    /// [`CommandError::Storage`].
-    pub fn load_messages(
-        &self,
-        peer: &str,
-        before: Option<i64>,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<MessagePage, CommandError> {
-        let limit = limit.clamp(1, storage::db::MAX_PAGE);
-        // One extra row tells whether there is more.
-        let (records, has_more) = match after {
-            Some(after) => {
-                let mut records = self.db.page_after(peer, after, limit + 1)?;
-                let has_more = records.len() > limit as usize;
-                records.truncate(limit as usize);
-                (records, has_more)
-            }
-            None => {
-                let mut records = self.db.page(peer, before, limit + 1)?;
-                let has_more = records.len() > limit as usize;
-                if has_more {
-                    records.remove(0);
-                }
-                (records, has_more)
-            }
-        };
-        Ok(MessagePage {
-            messages: records.into_iter().map(MessageView::from).collect(),
-            has_more,
-        })
-    }
-
-    /// Stores an outgoing message in history and the outbox (durable before this returns) and
-    /// wakes the session to send it.
-    ///
-    /// # Errors
-    /// [`CommandError::InvalidInput`] for an empty or oversized text or a bad peer id;
-    /// [`CommandError::NotSetUp`]; [`CommandError::Storage`].
-    pub async fn send_message(&self, peer: &str, text: &str) -> Result<MessageView, CommandError> {
-        if !self.settings().is_set_up() {
-            return Err(CommandError::NotSetUp);
-        }
-        let peer = validate_client_id(peer)?;
-        if text.trim().is_empty() {
-            return Err(CommandError::InvalidInput("Type a message first.".into()));
-        }
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(CommandError::InvalidInput(format!(
-                "That message is too long ({} KiB); the limit is {} KiB.",
-                text.len() / 1024,
-                MAX_MESSAGE_BYTES / 1024
-            )));
-        }
-        let local_id = uuid::Uuid::new_v4().to_string();
-        // The wire id is fixed now, so every resend (also after a restart) is the same message.
-        let wire_id = uuid::Uuid::new_v4().to_string();
-        let record = self
-            .db
-            .enqueue_outgoing(&local_id, &wire_id, &peer, text, now_ms())?;
-        self.publish_peers();
-        if let Some(session) = self.session.lock().await.as_ref() {
-            session.wake_outbox();
-        }
-        Ok(record.into())
-    }
-
-    /// Applies a delivery update to an outgoing message and tells the page.
-    pub fn advance(&self, local_id: &str, status: MessageStatus) {
+    /// Applies a delivery update to an outgoing message and tells the page what it is now.
+    fn advance(&self, local_id: &str, status: DeliveryStatus) {
         match self.db.advance_status(local_id, status) {
             Ok(Some(record)) => self.ui.send(Update::Message(record.into())),
             Ok(None) => {}
@@ -440,45 +676,25 @@ impl Messenger {
         }
     }
 
-    /// Stores an incoming message (deduplicated by id) and tells the page, the tray and, when
-    /// the window is not focused, the notification centre.
-    pub fn receive(
-        &self,
-        message_id: &str,
-        from: &str,
-        text: &str,
-        at_ms: i64,
-        authenticated: bool,
-    ) {
-        let record =
-            match self
-                .db
-                .insert_incoming(message_id, from, text, at_ms, authenticated, false)
-            {
-                Ok(Some(record)) => record,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot store an incoming message");
-                    self.notice(
-                        "storage",
-                        format!("A message from {from} could not be saved: {e}"),
-                    );
-                    return;
-                }
-            };
+    /// An incoming message was stored (by the session, before it was acknowledged): tells the
+    /// page, the tray and, when the window is not focused, the notification centre.
+    fn received(&self, record: MessageRecord) {
+        let from = record.peer_id.clone();
+        let authenticated = record.authenticated;
+        let first_line: String = record
+            .body
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect();
         self.ui.send(Update::Message(record.into()));
         self.publish_peers();
         self.publish_unread();
         if self.settings().notifications && !self.focused.load(Ordering::Relaxed) {
-            let first_line: String = text
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(120)
-                .collect();
             let title = if authenticated {
-                from.to_owned()
+                from.to_string()
             } else {
                 format!("{from} (unverified sender)")
             };
@@ -489,11 +705,9 @@ impl Messenger {
         }
     }
 
-    // ---------- questions, connection, notices ----------
-
     /// A question arrived. Unless the window has focus, a notification points to it too (a
     /// question expires on the server if nobody answers).
-    pub fn question(&self, q: QuestionView) {
+    fn question(&self, q: QuestionView) {
         let evicted = {
             let mut live = lock(&self.live);
             live.questions
@@ -519,16 +733,14 @@ impl Messenger {
         self.ui.send(Update::Question(q));
     }
 
-    /// Removes a question from the open ones; false if it was not open.
-    pub fn close_question(&self, question_id: &str) -> bool {
+    fn close_question(&self, question_id: &str) -> bool {
         let mut live = lock(&self.live);
         let before = live.questions.len();
         live.questions.retain(|q| q.question_id != question_id);
         live.questions.len() != before
     }
 
-    /// The connection state changed.
-    pub fn set_connection(&self, view: ConnectionView) {
+    fn set_connection(&self, view: ConnectionView) {
         let changed = {
             let mut live = lock(&self.live);
             let changed = live.connection.as_ref() != Some(&view);
@@ -539,153 +751,40 @@ impl Messenger {
             self.ui.send(Update::Connection(view));
         }
     }
-
-    /// Tells the person something.
-    pub fn notice(&self, kind: &str, message: String) {
-        self.ui.send(Update::Notice(Notice {
-            kind: kind.to_owned(),
-            message,
-        }));
-    }
-
-    // ---------- session ----------
-
-    /// Starts (or restarts) the session with the current settings. Does nothing before first
-    /// run is complete.
-    ///
-    /// # Errors
-    /// [`CommandError::Hosting`] when the embedded server cannot start;
-    /// [`CommandError::InvalidInput`] for an unusable server URL.
-    pub async fn restart_session(self: &Arc<Self>) -> Result<(), CommandError> {
-        let mut slot = self.session.lock().await;
-        if let Some(old) = slot.take() {
-            old.stop().await;
-        }
-        self.clear_presence();
-        let settings = self.settings();
-        let (Some(client_id), Some(identity)) = (settings.client_id.clone(), self.identity())
-        else {
-            return Ok(());
-        };
-        let client_id = ClientId::try_from(client_id.as_str())
-            .map_err(|e| CommandError::InvalidInput(format!("Your name is not valid: {e}")))?;
-        match Session::start(Arc::clone(self), &settings, client_id, identity).await {
-            Ok(session) => {
-                *slot = Some(session);
-                Ok(())
-            }
-            Err(e) => {
-                self.set_connection(ConnectionView::offline(Some(e.to_string())));
-                Err(e)
-            }
-        }
-    }
-
-    /// Stops the session (app exit).
-    pub async fn stop_session(&self) {
-        if let Some(session) = self.session.lock().await.take() {
-            session.stop().await;
-        }
-    }
-
-    /// Runs `f` with the running session, or fails with a readable error.
-    ///
-    /// # Errors
-    /// [`CommandError::Peer`] when there is no session.
-    pub async fn with_session<T>(
-        &self,
-        f: impl FnOnce(&Session) -> Result<T, CommandError>,
-    ) -> Result<T, CommandError> {
-        match self.session.lock().await.as_ref() {
-            Some(session) => f(session),
-            None => Err(CommandError::Peer(
-                "Not connected to a server. Check Settings → Server.".into(),
-            )),
-        }
-    }
-
-    /// Accepts a contact's changed identity key, the one with `fingerprint` (what the person
-    /// compared), then lets blocked messages go.
-    ///
-    /// # Errors
-    /// [`CommandError::Peer`] when there is no session or the change cannot be accepted.
-    pub async fn accept_key_change(
-        &self,
-        peer: &str,
-        fingerprint: &str,
-    ) -> Result<(), CommandError> {
-        let session = self.session.lock().await;
-        let Some(session) = session.as_ref() else {
-            return Err(CommandError::Peer(
-                "Connect to the server to accept a new key.".into(),
-            ));
-        };
-        session.accept_key_change(peer, fingerprint).await?;
-        session.wake_outbox();
-        self.publish_peers();
-        Ok(())
-    }
-
-    /// Answers a server question.
-    ///
-    /// # Errors
-    /// [`CommandError::UnknownQuestion`], [`CommandError::InvalidInput`], [`CommandError::Peer`].
-    pub async fn answer_question(
-        &self,
-        question_id: &str,
-        response: serde_json::Value,
-    ) -> Result<(), CommandError> {
-        let id = QuestionId::try_from(question_id).map_err(|_| CommandError::UnknownQuestion)?;
-        match &response {
-            serde_json::Value::String(s) if s.len() <= MAX_ANSWER_BYTES => {}
-            serde_json::Value::Bool(_) => {}
-            serde_json::Value::String(_) => {
-                return Err(CommandError::InvalidInput(
-                    "That answer is too long.".into(),
-                ))
-            }
-            _ => {
-                return Err(CommandError::InvalidInput(
-                    "An answer is text or yes/no.".into(),
-                ))
-            }
-        }
-        if !lock(&self.live)
-            .questions
-            .iter()
-            .any(|q| q.question_id == question_id)
-        {
-            return Err(CommandError::UnknownQuestion);
-        }
-        self.with_session(|s| s.respond(&id, response)).await?;
-        self.close_question(question_id);
-        Ok(())
-    }
 }
 
-/// Checks a client id against the protocol's rule, with a sentence for people.
+/// Checks a client id against the protocol's rule, with a sentence for people: the one place
+/// a name from the page becomes a [`ClientId`].
 ///
 /// # Errors
-/// [`CommandError::InvalidInput`].
-pub fn validate_client_id(id: &str) -> Result<String, CommandError> {
+/// [`MessengerError::InvalidInput`].
+pub fn validate_client_id(id: &str) -> Result<ClientId, MessengerError> {
     let id = id.trim();
     if id.is_empty() {
-        return Err(CommandError::InvalidInput("Choose a name first.".into()));
+        return Err(MessengerError::InvalidInput("Choose a name first.".into()));
     }
-    ClientId::try_from(id)
-        .map(|c| c.as_str().to_owned())
-        .map_err(|_| {
-            CommandError::InvalidInput(
-                "A name is 1–64 characters: letters, digits and . _ - @ (no spaces).".into(),
-            )
-        })
+    ClientId::try_from(id).map_err(|_| {
+        MessengerError::InvalidInput(
+            "A name is 1–64 characters: letters, digits and . _ - @ (no spaces).".into(),
+        )
+    })
+}
+
+/// Checks a safety number typed or compared by the person.
+///
+/// # Errors
+/// [`MessengerError::InvalidInput`].
+pub fn validate_fingerprint(fingerprint: &str) -> Result<Fingerprint, MessengerError> {
+    fingerprint
+        .parse()
+        .map_err(|_| MessengerError::InvalidInput(format!("{fingerprint} is not a safety number.")))
 }
 
 /// Checks a server URL: `ws://` or `wss://` with a host.
 ///
 /// # Errors
-/// [`CommandError::InvalidInput`].
-pub fn validate_server_url(url: &str) -> Result<String, CommandError> {
+/// [`MessengerError::InvalidInput`].
+pub fn validate_server_url(url: &str) -> Result<String, MessengerError> {
     let url = url.trim();
     let rest = url
         .strip_prefix("ws://")
@@ -696,7 +795,7 @@ pub fn validate_server_url(url: &str) -> Result<String, CommandError> {
         {
             Ok(url.to_owned())
         }
-        _ => Err(CommandError::InvalidInput(
+        _ => Err(MessengerError::InvalidInput(
             "Enter a server address like ws://192.168.1.20:3005 or wss://chat.example.org.".into(),
         )),
     }
@@ -706,6 +805,7 @@ pub fn validate_server_url(url: &str) -> Result<String, CommandError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::contract::{ConnectionState, QuestionKind};
 
     /// A [`Ui`] that keeps what it is sent.
     #[derive(Default)]
@@ -729,19 +829,52 @@ mod tests {
         }
     }
 
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap()
+    }
+
+    /// A message arriving as the session handles it: stored, then (unless a duplicate)
+    /// applied.
+    fn deliver(
+        m: &Messenger,
+        message_id: &str,
+        from: &str,
+        text: &str,
+        at_ms: i64,
+        authenticated: bool,
+    ) {
+        let from = id(from);
+        let incoming = crate::session::Incoming {
+            message_id,
+            from: &from,
+            text,
+            at_ms,
+            authenticated,
+        };
+        if let Some(event) = crate::session::store_incoming(m.db(), &incoming) {
+            m.state.apply(event);
+        }
+    }
+
+    fn open(ui: &Arc<Recorder>) -> (tempfile::TempDir, Messenger) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Messenger::open(dir.path(), Settings::default(), ui.clone()).unwrap();
+        (dir, m)
+    }
+
     #[test]
     fn notifies_only_when_unfocused_and_enabled_with_sender_and_first_line() {
-        let dir = tempfile::tempdir().unwrap();
         let ui = Arc::new(Recorder::default());
-        let m = Messenger::open(dir.path(), Settings::default(), ui.clone()).unwrap();
+        let (_dir, m) = open(&ui);
 
-        m.receive("m1", "bob", "seen while focused", 1, true);
+        deliver(&m, "m1", "bob", "seen while focused", 1, true);
         assert!(ui.notifications().is_empty());
 
         m.set_focused(false);
-        m.receive("m2", "bob", "first line\nsecond line", 2, true);
-        m.receive("m3", "mallory", "hi", 3, false);
-        m.receive(
+        deliver(&m, "m2", "bob", "first line\nsecond line", 2, true);
+        deliver(&m, "m3", "mallory", "hi", 3, false);
+        deliver(
+            &m,
             "m5",
             "mallory",
             "<a href=\"x\">win</a> \u{1b}[2J\u{202e}gnp",
@@ -764,32 +897,31 @@ mod tests {
             notifications: false,
             ..Settings::default()
         });
-        m.receive("m4", "bob", "quiet", 4, true);
+        deliver(&m, "m4", "bob", "quiet", 4, true);
         assert_eq!(ui.notifications().len(), 3);
         // A redelivered message is stored and announced once.
-        m.receive("m2", "bob", "first line\nsecond line", 2, true);
+        deliver(&m, "m2", "bob", "first line\nsecond line", 2, true);
         assert_eq!(m.db().total_unread().unwrap(), 5);
     }
 
     #[test]
     fn a_flood_of_questions_keeps_only_the_newest_open_and_closes_the_oldest_on_the_page() {
-        let dir = tempfile::tempdir().unwrap();
         let ui = Arc::new(Recorder::default());
-        let m = Messenger::open(dir.path(), Settings::default(), ui.clone()).unwrap();
+        let (_dir, m) = open(&ui);
         let q = |n: usize| QuestionView {
             question_id: format!("q{n}"),
             conversation_id: None,
             round: None,
             text: format!("question {n}"),
-            kind: "text",
+            kind: QuestionKind::Text,
             options: Vec::new(),
         };
         let flood = MAX_OPEN_QUESTIONS + 10;
         for n in 0..flood {
-            m.question(q(n));
+            m.state.apply(SessionEvent::Question(q(n)));
         }
         // The same id again replaces, it does not add.
-        m.question(q(flood - 1));
+        m.state.apply(SessionEvent::Question(q(flood - 1)));
         let open: Vec<String> = m
             .bootstrap()
             .unwrap()
@@ -814,14 +946,78 @@ mod tests {
         assert!(!m.close_question("q0"));
     }
 
+    #[tokio::test]
+    async fn applied_events_reach_storage_and_the_page_and_statuses_arrive_merged() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        m.set_settings(Settings {
+            client_id: Some(id("alice")),
+            ..Settings::default()
+        });
+        let sent = m.send_message(&id("bob"), "hello").await.unwrap();
+        assert_eq!(sent.status, DeliveryStatus::Pending);
+        let status = |status| SessionEvent::Status {
+            local_id: sent.id.clone(),
+            status,
+        };
+        // A delivery, then a late failure and a late "sent": the page only ever hears of
+        // statuses that moved the message forward, so it can keep the latest.
+        for event in [
+            status(DeliveryStatus::Delivered),
+            status(DeliveryStatus::Failed),
+            status(DeliveryStatus::Sent),
+        ] {
+            m.state.apply(event);
+        }
+        let statuses: Vec<DeliveryStatus> = lock(&ui.0)
+            .iter()
+            .filter_map(|u| match u {
+                Update::Message(v) if v.id == sent.id => Some(v.status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, [DeliveryStatus::Delivered]);
+
+        // Presence and the indicator.
+        m.state
+            .apply(SessionEvent::Online(vec![id("bob"), id("carol")]));
+        m.state.apply(SessionEvent::Presence {
+            peer: id("carol"),
+            online: false,
+        });
+        let online: Vec<String> = m
+            .bootstrap()
+            .unwrap()
+            .peers
+            .into_iter()
+            .filter(|p| p.online)
+            .map(|p| p.id.to_string())
+            .collect();
+        assert_eq!(online, ["bob"]);
+        let view = ConnectionView {
+            state: ConnectionState::Connected,
+            ..ConnectionView::offline(None)
+        };
+        m.state.apply(SessionEvent::Connection(view.clone()));
+        m.state.apply(SessionEvent::Connection(view));
+        let connections = lock(&ui.0)
+            .iter()
+            .filter(|u| matches!(u, Update::Connection(_)))
+            .count();
+        assert_eq!(connections, 1, "an unchanged indicator is not sent again");
+        m.state.apply(SessionEvent::PresenceCleared);
+        assert!(m.bootstrap().unwrap().peers.iter().all(|p| !p.online));
+    }
+
     #[test]
     fn names_and_urls_are_checked_with_readable_reasons() {
-        assert_eq!(validate_client_id(" alice ").unwrap(), "alice");
+        assert_eq!(validate_client_id(" alice ").unwrap().as_str(), "alice");
         assert!(validate_client_id("").is_err());
         assert!(validate_client_id("two words").is_err());
         assert!(validate_server_url("ws://10.0.0.2:3005").is_ok());
         assert!(validate_server_url("wss://chat.example.org/ws").is_ok());
         assert!(validate_server_url("http://x").is_err());
         assert!(validate_server_url("ws://").is_err());
+        assert!(validate_fingerprint("not a number").is_err());
     }
 }

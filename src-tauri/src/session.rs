@@ -1,40 +1,49 @@
 //! One session: a [`MessagingPeer`] connected to the chosen server (and, in host mode, the
 //! embedded server it connects to), from start to stop.
 //!
+//! Calls come down from the messenger; what happens goes up as [`SessionEvent`]s on the
+//! [`EventSink`] it was started with. The session holds no reference to the messenger.
+//!
 //! Tasks, all owned by the session's [`TaskTracker`] and stopped through its
 //! [`CancellationToken`] (the first, `biased` arm of every `select!`):
 //! - **connect**: awaits the first registration; the peer itself keeps dialling meanwhile
-//!   (`PeerConfig::retry_first_connect`, the same backoff it uses after a loss), and a permanent
-//!   refusal (name taken, bad URL) ends it with a readable reason.
-//! - **worker**: woken through a [`Notify`] (wake-ups coalesce, nothing queues up): refreshes
-//!   presence after each (re)registration, then sends what waits in the durable outbox, in order.
+//!   (`PeerConfig::retry_first_connect`, the same backoff it uses after a loss, shown through
+//!   its own `Reconnecting` states), and a permanent refusal (name taken, bad URL) ends it with
+//!   a readable reason. There is no other reconnect loop: the indicator follows the peer's
+//!   states only.
+//! - **presence**: after each (re)registration, asks who is online and fetches the keys of the
+//!   first few not pinned yet.
+//! - **outbox**: [`Outbox::run`], which owns its own timing.
 //!
 //! Peer events arrive through one handler registered with [`MessagingPeer::on_event`]: handlers
-//! never lose events (an event *stream* may lag), and it is short — a SQLite write and a message
-//! to the page — so it can run on the peer's tasks. Its slow follow-ups go to the worker.
+//! never lose events (an event *stream* may lag). It translates them and queues them, with one
+//! write: an incoming message is stored first ([`store_incoming`]), since the peer acknowledges
+//! it to the server as soon as the handler returns.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lattice_crypto::{Fingerprint, Identity};
 use lattice_peer::{
-    Backoff, ConnectionState, HandlerHandle, MessagingPeer, PeerConfig, PeerError, PeerEvent,
-    RejectReason,
+    Backoff, ConnectionState as PeerState, HandlerHandle, MessagingPeer, PeerConfig, PeerError,
+    PeerEvent,
 };
-use lattice_protocol::{AckStatus, ClientId, ErrorType, MessageId, QuestionId, QuestionKind};
+use lattice_protocol::{AckStatus, ClientId, QuestionId, QuestionKind as WireQuestionKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::CommandError;
-use crate::hosting::Hosted;
-use crate::messenger::{now_ms, Messenger};
+use crate::clock::now_ms;
+use crate::contract::{ConnectionState, DeliveryStatus, ErrorKind, QuestionKind};
+use crate::describe::{self, describe, describe_event};
+use crate::events::{EventSink, SessionEvent};
+use crate::hosting::{Hosted, HostingError};
+use crate::outbox::Outbox;
 use crate::storage::keystore::{DbKeyStore, DbReplayStore};
 use crate::storage::settings::{ServerMode, Settings};
-use crate::storage::MessageStatus;
-use crate::views::{ConnectionView, QuestionView};
+use crate::storage::Db;
+use crate::views::{ConnectionView, Notice, QuestionView};
 
 /// How long stopping waits for the peer to close before giving up on a clean close.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,28 +52,44 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// without asking a big server for every key it knows.
 const PREFETCH_KEYS: usize = 32;
 
-/// After a transient failure while still connected (a timeout, a full queue), the outbox is
-/// tried again after this long; a reconnect wakes it sooner.
-const OUTBOX_RETRY: Duration = Duration::from_secs(5);
+/// Why a session could not start or a request through it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The embedded server could not start.
+    #[error(transparent)]
+    Hosting(#[from] HostingError),
+    /// The peer refused the configuration (an unusable server URL).
+    #[error("{}", describe(.0))]
+    InvalidServer(Box<PeerError>),
+    /// The peer or the server refused the request.
+    #[error("{}", describe(.0))]
+    Peer(Box<PeerError>),
+    /// The request needs a connection and there is none.
+    #[error("{}", describe::NOT_CONNECTED)]
+    NotConnected,
+    /// The identity could not be handed to the peer.
+    #[error("identity: {0}")]
+    Identity(String),
+}
 
-/// Acks that arrived before their send returned (so before we knew their wire id); tiny and
-/// bounded because that race needs a round trip to lose.
-const EARLY_ACKS: usize = 64;
+impl From<PeerError> for SessionError {
+    fn from(e: PeerError) -> Self {
+        Self::Peer(Box::new(e))
+    }
+}
 
-/// What the handler, the worker and the session share.
+/// What the handler and the tasks share.
 struct Ctx {
-    messenger: Weak<Messenger>,
     peer: MessagingPeer,
+    /// Where incoming messages are stored before they are acknowledged.
+    db: Arc<Db>,
     backoff: Backoff,
     server_url: String,
     hosting: Option<String>,
-    /// True until the first registration: the connect task owns the indicator meanwhile.
-    connecting: AtomicBool,
-    /// Set on each (re)registration: the worker then refreshes presence.
-    refresh: AtomicBool,
-    wake: Notify,
-    // std Mutex: small maps touched by the handler and the worker, never across an `.await`.
-    flow: Mutex<Flow>,
+    events: EventSink,
+    outbox: Arc<Outbox<MessagingPeer>>,
+    /// Woken on each (re)registration: the presence task then asks who is online.
+    refresh: Notify,
     // std Mutex: a map lookup on the event path.
     refusal_notices: Mutex<NoticeLimiter>,
 }
@@ -100,18 +125,6 @@ impl NoticeLimiter {
     }
 }
 
-/// Outgoing messages in flight.
-#[derive(Default)]
-struct Flow {
-    /// Local ids handed to the peer by this session (the peer queues and resends them itself);
-    /// anything else in the outbox still has to be handed over.
-    handed: HashSet<String>,
-    /// Wire message id → local id, until the server's verdict.
-    wire_to_local: HashMap<String, String>,
-    /// Verdicts that arrived before the wire id was known.
-    early: HashMap<String, MessageStatus>,
-}
-
 /// A running session. Stop it with [`Session::stop`].
 pub struct Session {
     ctx: Arc<Ctx>,
@@ -129,21 +142,39 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// What a session is started with.
+#[derive(Debug)]
+pub struct SessionConfig<'a> {
+    /// Which server, and whether to host it.
+    pub settings: &'a Settings,
+    /// Where the hosted server keeps its data.
+    pub data_dir: &'a std::path::Path,
+    /// Pins and replay marks live here; the outbox is read from here.
+    pub db: Arc<Db>,
+    /// Our name.
+    pub client_id: ClientId,
+    /// Our identity.
+    pub identity: Arc<Identity>,
+}
+
 impl Session {
     /// Starts hosting (in host mode), builds the peer and starts connecting in the background.
+    /// Everything that happens from then on is sent to `events`.
     ///
     /// # Errors
-    /// [`CommandError::Hosting`] if the embedded server cannot start; [`CommandError::InvalidInput`]
-    /// if the peer rejects the server URL.
-    pub async fn start(
-        messenger: Arc<Messenger>,
-        settings: &Settings,
-        client_id: ClientId,
-        identity: Arc<Identity>,
-    ) -> Result<Self, CommandError> {
+    /// [`SessionError::Hosting`] if the embedded server cannot start;
+    /// [`SessionError::InvalidServer`] if the peer rejects the server URL.
+    pub async fn start(config: SessionConfig<'_>, events: EventSink) -> Result<Self, SessionError> {
+        let SessionConfig {
+            settings,
+            data_dir,
+            db,
+            client_id,
+            identity,
+        } = config;
         let (hosted, server_url, hosting) = match settings.server_mode {
             ServerMode::Host => {
-                let hosted = Hosted::start(messenger.data_dir(), settings.host_port).await?;
+                let hosted = Hosted::start(data_dir, settings.host_port).await?;
                 let url = hosted.local_url();
                 let shown = hosted.shown_address();
                 (Some(hosted), url, Some(shown))
@@ -159,30 +190,26 @@ impl Session {
         // PeerConfig::new takes an owned identity; a copy made through the file format is
         // replaced at once by the shared one, so only one copy of the secret stays alive.
         let copy = Identity::from_bytes(&identity.to_bytes())
-            .map_err(|e| CommandError::Internal(format!("identity: {e}")))?;
+            .map_err(|e| SessionError::Identity(e.to_string()))?;
         let mut config = PeerConfig::new(server_url.clone(), client_id, copy);
         config.identity = identity;
         config.reconnect = backoff.clone();
         config.retry_first_connect = true;
-        config.key_store = Arc::new(DbKeyStore::new(Arc::clone(messenger.db())));
+        config.key_store = Arc::new(DbKeyStore::new(Arc::clone(&db)));
         let peer =
             // Replay marks on disk: a signed message accepted before a restart stays a replay.
-            MessagingPeer::with_replay_store(
-                config,
-                Arc::new(DbReplayStore::new(Arc::clone(messenger.db()))),
-            )
-            .map_err(|e| CommandError::InvalidInput(describe(&e)))?;
+            MessagingPeer::with_replay_store(config, Arc::new(DbReplayStore::new(Arc::clone(&db))))
+                .map_err(|e| SessionError::InvalidServer(Box::new(e)))?;
 
         let ctx = Arc::new(Ctx {
-            messenger: Arc::downgrade(&messenger),
+            outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
+            db,
             peer: peer.clone(),
             backoff,
             server_url,
             hosting,
-            connecting: AtomicBool::new(true),
-            refresh: AtomicBool::new(false),
-            wake: Notify::new(),
-            flow: Mutex::new(Flow::default()),
+            events,
+            refresh: Notify::new(),
             refusal_notices: Mutex::new(NoticeLimiter::default()),
         });
         let handler = {
@@ -192,7 +219,12 @@ impl Session {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(connect_task(Arc::clone(&ctx), cancel.clone()));
-        tasks.spawn(worker_task(Arc::clone(&ctx), cancel.clone()));
+        tasks.spawn(presence_task(Arc::clone(&ctx), cancel.clone()));
+        {
+            let outbox = Arc::clone(&ctx.outbox);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { outbox.run(cancel).await });
+        }
         tasks.close();
         Ok(Self {
             ctx,
@@ -203,27 +235,25 @@ impl Session {
         })
     }
 
-    /// Wakes the worker to send what waits in the outbox.
+    /// Wakes the outbox to send what waits in it.
     pub fn wake_outbox(&self) {
-        self.ctx.wake.notify_one();
+        self.ctx.outbox.wake();
     }
 
     /// Fetches `peer`'s key in the background if none is pinned (so its fingerprint shows and a
     /// key change is noticed before anything is sent).
-    pub fn prefetch_key(&self, peer: &str) {
-        let Ok(id) = ClientId::try_from(peer) else {
-            return;
-        };
+    pub fn prefetch_key(&self, peer: &ClientId) {
         let ctx = Arc::clone(&self.ctx);
         let cancel = self.cancel.clone();
+        let peer = peer.clone();
         if !self.cancel.is_cancelled() {
             // A closed tracker still takes tasks; `stop` awaits them with the others.
             self.tasks.spawn(async move {
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => {}
-                    r = ctx.peer.request_public_key(&id) => if let Err(e) = r {
-                        tracing::debug!(peer = %id, error = %e, "key prefetch failed");
+                    r = ctx.peer.request_public_key(&peer) => if let Err(e) = r {
+                        tracing::debug!(peer = %peer, error = %e, "key prefetch failed");
                     },
                 }
             });
@@ -233,56 +263,41 @@ impl Session {
     /// Answers a server question.
     ///
     /// # Errors
-    /// [`CommandError::Peer`] with a readable reason.
+    /// [`SessionError::Peer`].
     pub fn respond(
         &self,
         id: &QuestionId,
         response: serde_json::Value,
-    ) -> Result<(), CommandError> {
-        self.ctx
-            .peer
-            .respond_to_server(id, response)
-            .map_err(|e| CommandError::Peer(describe(&e)))
+    ) -> Result<(), SessionError> {
+        Ok(self.ctx.peer.respond_to_server(id, response)?)
     }
 
     /// Asks the server for its demo conversation.
     ///
     /// # Errors
-    /// [`CommandError::Peer`] with a readable reason.
-    pub fn demo_question(&self) -> Result<(), CommandError> {
-        if self.ctx.peer.connection_state() != ConnectionState::Connected {
-            return Err(CommandError::Peer(
-                "Not connected to the server right now.".into(),
-            ));
+    /// [`SessionError::NotConnected`]; [`SessionError::Peer`].
+    pub fn demo_question(&self) -> Result<(), SessionError> {
+        if self.ctx.peer.connection_state() != PeerState::Connected {
+            return Err(SessionError::NotConnected);
         }
-        self.ctx
-            .peer
-            .debug_question()
-            .map_err(|e| CommandError::Peer(describe(&e)))
+        Ok(self.ctx.peer.debug_question()?)
     }
 
     /// Accepts a changed identity key of `peer`: pins the key the server presents now only if
     /// its fingerprint is `fingerprint`, the one the person compared (works after a restart
-    /// too: the key is fetched).
+    /// too: the key is fetched). Then lets the messages it blocked go.
     ///
     /// # Errors
-    /// [`CommandError::InvalidInput`] for a malformed fingerprint; [`CommandError::Peer`] with a
-    /// readable reason (including a key other than the one compared: nothing is pinned then).
+    /// [`SessionError::Peer`] (including a key other than the one compared: nothing is pinned
+    /// then).
     pub async fn accept_key_change(
         &self,
-        peer: &str,
-        fingerprint: &str,
-    ) -> Result<(), CommandError> {
-        let id = ClientId::try_from(peer)
-            .map_err(|_| CommandError::InvalidInput(format!("{peer} is not a valid name.")))?;
-        let fingerprint: Fingerprint = fingerprint.parse().map_err(|_| {
-            CommandError::InvalidInput(format!("{fingerprint} is not a safety number."))
-        })?;
-        self.ctx
-            .peer
-            .accept_key_change(&id, &fingerprint)
-            .await
-            .map_err(|e| CommandError::Peer(describe(&e)))
+        peer: &ClientId,
+        fingerprint: &Fingerprint,
+    ) -> Result<(), SessionError> {
+        self.ctx.peer.accept_key_change(peer, fingerprint).await?;
+        self.ctx.outbox.wake();
+        Ok(())
     }
 
     /// Disconnects, stops the tasks and the embedded server, and waits for all of it.
@@ -315,7 +330,7 @@ impl Drop for Session {
 impl Ctx {
     fn view(
         &self,
-        state: &'static str,
+        state: ConnectionState,
         retry_in: Option<Duration>,
         detail: Option<String>,
     ) -> ConnectionView {
@@ -328,214 +343,238 @@ impl Ctx {
         }
     }
 
-    /// The one peer event handler. Short: SQLite writes and updates to the page.
+    fn up(&self, event: SessionEvent) {
+        self.events.send_blocking(event);
+    }
+
+    /// The one peer event handler: translates and queues, nothing slow.
     fn on_event(&self, ev: &PeerEvent) {
-        let Some(m) = self.messenger.upgrade() else {
-            return;
-        };
         match ev {
-            PeerEvent::ConnectionState(state) => self.on_state(&m, *state),
+            PeerEvent::ConnectionState(state) => self.on_state(*state),
             PeerEvent::Registered { .. } => {
-                self.refresh.store(true, Ordering::Relaxed);
-                self.wake.notify_one();
+                self.refresh.notify_one();
+                self.outbox.wake();
             }
             PeerEvent::Message(msg) => {
-                let id = msg
+                let message_id = msg
                     .message_id
                     .as_ref()
                     .map(|id| id.as_str().to_owned())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                let at = i64::try_from(msg.server_timestamp).unwrap_or_else(|_| now_ms());
-                m.receive(&id, msg.from.as_str(), &msg.text, at, msg.verified);
+                let at_ms = i64::try_from(msg.server_timestamp).unwrap_or_else(|_| now_ms());
+                let incoming = Incoming {
+                    message_id: &message_id,
+                    from: &msg.from,
+                    text: &msg.text,
+                    at_ms,
+                    authenticated: msg.verified,
+                };
+                if let Some(event) = store_incoming(&self.db, &incoming) {
+                    self.up(event);
+                }
             }
-            PeerEvent::PeerConnected(id) => m.set_presence(id.as_str(), true),
-            PeerEvent::PeerDisconnected(id) => m.set_presence(id.as_str(), false),
-            PeerEvent::ServerQuestion(q) => m.question(QuestionView {
+            PeerEvent::PeerConnected(id) => self.up(SessionEvent::Presence {
+                peer: id.clone(),
+                online: true,
+            }),
+            PeerEvent::PeerDisconnected(id) => self.up(SessionEvent::Presence {
+                peer: id.clone(),
+                online: false,
+            }),
+            PeerEvent::ServerQuestion(q) => self.up(SessionEvent::Question(QuestionView {
                 question_id: q.question_id.as_str().to_owned(),
                 conversation_id: q.conversation_id.as_ref().map(|c| c.as_str().to_owned()),
                 round: q.round,
                 text: q.question.text.clone(),
                 kind: match q.question.kind {
-                    Some(QuestionKind::Choice) => "choice",
-                    Some(QuestionKind::Confirm) => "confirm",
-                    _ => "text",
+                    Some(WireQuestionKind::Choice) => QuestionKind::Choice,
+                    Some(WireQuestionKind::Confirm) => QuestionKind::Confirm,
+                    _ => QuestionKind::Text,
                 },
                 options: q.question.options.clone().unwrap_or_default(),
-            }),
+            })),
             PeerEvent::MessageAck(ack) => {
                 let status = match ack.status {
-                    AckStatus::Delivered => MessageStatus::Delivered,
-                    AckStatus::Queued => MessageStatus::Queued,
+                    AckStatus::Delivered => DeliveryStatus::Delivered,
+                    AckStatus::Queued => DeliveryStatus::Queued,
                 };
-                self.verdict(&m, ack.message_id.as_str(), status);
+                self.verdict(&ack.message_id, status);
             }
             PeerEvent::MessageFailed {
                 message_id,
                 target,
                 error,
             } => {
-                self.verdict(&m, message_id.as_str(), MessageStatus::Failed);
-                m.notice(
-                    "messageFailed",
-                    format!(
+                self.verdict(message_id, DeliveryStatus::Failed);
+                self.up(SessionEvent::Notice(Notice {
+                    kind: ErrorKind::MessageFailed,
+                    code: Some(describe::code(error)),
+                    message: format!(
                         "A message to {target} was not delivered: {}",
                         describe(error)
                     ),
-                );
+                }));
             }
-            PeerEvent::KeyChanged { peer, new, .. } => {
-                if let Err(e) = m.db().set_key_change(peer.as_str(), &new.to_string()) {
-                    tracing::warn!(error = %e, "cannot record a key change");
-                }
-                m.publish_peers();
-                m.notice(
-                    "keyChanged",
-                    format!(
-                        "{peer}'s safety number changed. Nothing is sent to or accepted from the \
-                         new key until you accept it."
-                    ),
-                );
-            }
+            PeerEvent::KeyChanged { peer, new, .. } => self.up(SessionEvent::KeyChanged {
+                peer: peer.clone(),
+                fingerprint: new.to_string(),
+            }),
             PeerEvent::Error(e) => {
                 if let PeerError::Rejected { from, .. } = e {
-                    if !lock(&self.refusal_notices)
-                        .allow(from.as_str(), tokio::time::Instant::now())
-                    {
+                    let allowed = self
+                        .refusal_notices
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .allow(from.as_str(), tokio::time::Instant::now());
+                    if !allowed {
                         tracing::debug!(from = %from, "refusal notice coalesced");
                         return;
                     }
                 }
-                if let Some(text) = describe_event_error(e) {
-                    m.notice("peer", text);
+                if let Some(text) = describe_event(e) {
+                    self.up(SessionEvent::Notice(Notice {
+                        kind: ErrorKind::Peer,
+                        code: Some(describe::code(e)),
+                        message: text,
+                    }));
                 }
             }
-            PeerEvent::Lagged { .. } => {}
             _ => {}
         }
     }
 
-    fn on_state(&self, m: &Messenger, state: ConnectionState) {
+    /// The indicator follows the peer's own states: it is the only reconnect loop.
+    fn on_state(&self, state: PeerState) {
         tracing::debug!(?state, "connection state");
         match state {
-            ConnectionState::Connected => {
-                self.connecting.store(false, Ordering::Relaxed);
-                m.set_connection(self.view("connected", None, None));
-                self.refresh.store(true, Ordering::Relaxed);
-                self.wake.notify_one();
+            PeerState::Connected => {
+                self.up(SessionEvent::Connection(self.view(
+                    ConnectionState::Connected,
+                    None,
+                    None,
+                )));
+                self.refresh.notify_one();
+                self.outbox.wake();
             }
-            ConnectionState::Reconnecting { attempt } => {
-                m.clear_presence();
-                m.set_connection(self.view(
-                    "reconnecting",
+            PeerState::Reconnecting { attempt } => {
+                self.up(SessionEvent::PresenceCleared);
+                self.up(SessionEvent::Connection(self.view(
+                    ConnectionState::Reconnecting,
                     Some(self.backoff.nominal_delay(attempt)),
                     None,
-                ));
+                )));
             }
-            // While the connect task dials, it owns the indicator.
-            ConnectionState::Connecting | ConnectionState::Disconnected
-                if self.connecting.load(Ordering::Relaxed) => {}
-            ConnectionState::Connecting => m.set_connection(self.view("connecting", None, None)),
-            ConnectionState::Disconnected => {
-                m.clear_presence();
-                m.set_connection(self.view("offline", None, Some("disconnected".into())));
+            PeerState::Connecting => {
+                self.up(SessionEvent::Connection(self.view(
+                    ConnectionState::Connecting,
+                    None,
+                    None,
+                )));
+            }
+            PeerState::Disconnected => {
+                self.up(SessionEvent::PresenceCleared);
+                self.up(SessionEvent::Connection(self.view(
+                    ConnectionState::Offline,
+                    None,
+                    Some("disconnected".into()),
+                )));
             }
         }
     }
 
     /// Applies the server's verdict on a message we sent, by wire id.
-    fn verdict(&self, m: &Messenger, wire_id: &str, status: MessageStatus) {
-        let local = {
-            let mut flow = lock(&self.flow);
-            match flow.wire_to_local.remove(wire_id) {
-                Some(local) => {
-                    flow.handed.remove(&local);
-                    Some(local)
-                }
-                None => {
-                    if flow.early.len() < EARLY_ACKS {
-                        flow.early.insert(wire_id.to_owned(), status);
-                    }
-                    None
-                }
-            }
-        };
-        if let Some(local) = local {
-            m.advance(&local, status);
+    fn verdict(&self, wire_id: &lattice_protocol::MessageId, status: DeliveryStatus) {
+        if let Some(local_id) = self.outbox.verdict(wire_id, status) {
+            self.up(SessionEvent::Status { local_id, status });
         }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the maps consistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// An incoming message, as the handler has it.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// Its id (the sender's `messageId`).
+    pub message_id: &'a str,
+    /// The sender.
+    pub from: &'a ClientId,
+    /// The text.
+    pub text: &'a str,
+    /// The server's timestamp, unix ms.
+    pub at_ms: i64,
+    /// Whether the sender was authenticated (signed).
+    pub authenticated: bool,
 }
 
-/// The first connection: the peer dials until it registers (`retry_first_connect`, with the
-/// same backoff as after a loss, shown through its `Reconnecting` states), then its own
-/// supervisor keeps it connected. Only a permanent failure ends here.
-async fn connect_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    if let Some(m) = ctx.messenger.upgrade() {
-        m.set_connection(ctx.view("connecting", None, None));
+/// The one write on the event path: an incoming message is stored before the handler returns,
+/// because the peer acknowledges it to the server right after (and the server then forgets its
+/// copy). Returns what to tell the messenger: the stored message, nothing for a redelivered
+/// duplicate, or a notice when it could not be saved.
+pub fn store_incoming(db: &Db, m: &Incoming<'_>) -> Option<SessionEvent> {
+    match db.insert_incoming(
+        m.message_id,
+        m.from,
+        m.text,
+        m.at_ms,
+        m.authenticated,
+        false,
+    ) {
+        Ok(Some(record)) => Some(SessionEvent::Received(record)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(from = %m.from, error = %e, "cannot store an incoming message");
+            Some(SessionEvent::Notice(Notice::new(
+                ErrorKind::Storage,
+                format!("A message from {} could not be saved: {e}", m.from),
+            )))
+        }
     }
+}
+
+/// The first connection: the peer dials until it registers (`retry_first_connect`), then its
+/// own supervisor keeps it connected; the indicator follows its states meanwhile. Only a
+/// permanent failure ends here, and its reason replaces the peer's last state on the indicator
+/// (the peer reports `Disconnected` before `connect` returns, so this comes after it).
+async fn connect_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => return,
         r = ctx.peer.connect() => r,
     };
-    let Some(m) = ctx.messenger.upgrade() else {
-        return;
-    };
     tracing::debug!(ok = result.is_ok(), "first connection finished");
-    ctx.connecting.store(false, Ordering::Relaxed);
-    match result {
-        Ok(()) => {
-            m.set_connection(ctx.view("connected", None, None));
-            ctx.refresh.store(true, Ordering::Relaxed);
-            ctx.wake.notify_one();
-        }
-        Err(e) => {
-            let text = describe(&e);
-            m.set_connection(ctx.view("offline", None, Some(text.clone())));
-            m.notice("connect", text);
-        }
+    if let Err(e) = result {
+        let text = describe(&e);
+        ctx.events
+            .send(SessionEvent::Connection(ctx.view(
+                ConnectionState::Offline,
+                None,
+                Some(text.clone()),
+            )))
+            .await;
+        ctx.events
+            .send(SessionEvent::Notice(Notice {
+                kind: ErrorKind::Connect,
+                code: Some(describe::code(&e)),
+                message: text,
+            }))
+            .await;
     }
 }
 
-/// Refreshes presence after registrations and drains the outbox, whenever woken (and again
-/// after [`OUTBOX_RETRY`] when a transient failure paused it).
-async fn worker_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    let mut retry_at: Option<tokio::time::Instant> = None;
+/// After each (re)registration: who is online, then the keys of those not pinned yet.
+async fn presence_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
     loop {
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            () = ctx.wake.notified() => {}
-            () = retry => {}
+            () = ctx.refresh.notified() => {}
         }
-        retry_at = None;
-        if ctx.peer.connection_state() != ConnectionState::Connected {
+        if ctx.peer.connection_state() != PeerState::Connected {
             continue;
         }
-        if ctx.refresh.swap(false, Ordering::Relaxed) {
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                () = refresh_presence(&ctx) => {}
-            }
-        }
-        let paused = tokio::select! {
+        tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            paused = flush_outbox(&ctx) => paused,
-        };
-        if paused {
-            retry_at = Some(tokio::time::Instant::now() + OUTBOX_RETRY);
+            () = refresh_presence(&ctx) => {}
         }
     }
 }
@@ -544,16 +583,12 @@ async fn refresh_presence(ctx: &Ctx) {
     let peers = match ctx.peer.discover_peers().await {
         Ok(peers) => peers,
         Err(e) => {
+            // The next (re)registration asks again.
             tracing::warn!(error = %e, "discover failed");
-            ctx.refresh.store(true, Ordering::Relaxed);
             return;
         }
     };
-    let Some(m) = ctx.messenger.upgrade() else {
-        return;
-    };
-    m.set_online(peers.iter().map(|p| p.as_str().to_owned()));
-    drop(m);
+    ctx.events.send(SessionEvent::Online(peers.clone())).await;
     // Fetch keys of the people online we have not pinned yet, so their fingerprints show.
     let mut fetched = 0;
     for p in peers {
@@ -568,176 +603,105 @@ async fn refresh_presence(ctx: &Ctx) {
         }
     }
     if fetched > 0 {
-        if let Some(m) = ctx.messenger.upgrade() {
-            m.publish_peers();
-        }
-    }
-}
-
-/// Hands every outbox entry not yet handed to the peer, oldest first. Stops at the first
-/// transient failure and returns `true` (paused: try again later); a permanent failure fails
-/// that message and goes on.
-async fn flush_outbox(ctx: &Ctx) -> bool {
-    let Some(m) = ctx.messenger.upgrade() else {
-        return false;
-    };
-    let entries = match m.db().outbox() {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the outbox");
-            return true;
-        }
-    };
-    drop(m);
-    for entry in entries {
-        if lock(&ctx.flow).handed.contains(&entry.message_id) {
-            continue;
-        }
-        let (Ok(target), Ok(wire_id)) = (
-            ClientId::try_from(entry.peer_id.as_str()),
-            MessageId::try_from(entry.wire_id.as_str()),
-        ) else {
-            if let Some(m) = ctx.messenger.upgrade() {
-                m.advance(&entry.message_id, MessageStatus::Failed);
-            }
-            continue;
-        };
-        // Always the id stored when the message was queued: if a previous run handed it to the
-        // server but died before the ack, the recipient drops this copy as a duplicate.
-        let result = ctx
-            .peer
-            .send_message_with_id(&target, &entry.body, wire_id)
-            .await;
-        let Some(m) = ctx.messenger.upgrade() else {
-            return false;
-        };
-        match result {
-            Ok(sent) => {
-                let early = {
-                    let mut flow = lock(&ctx.flow);
-                    flow.handed.insert(entry.message_id.clone());
-                    match flow.early.remove(sent.message_id.as_str()) {
-                        Some(status) => {
-                            flow.handed.remove(&entry.message_id);
-                            Some(status)
-                        }
-                        None => {
-                            flow.wire_to_local.insert(
-                                sent.message_id.as_str().to_owned(),
-                                entry.message_id.clone(),
-                            );
-                            None
-                        }
-                    }
-                };
-                if ctx.peer.connection_state() == ConnectionState::Connected {
-                    m.advance(&entry.message_id, MessageStatus::Sent);
-                }
-                if let Some(status) = early {
-                    m.advance(&entry.message_id, status);
-                }
-            }
-            Err(PeerError::KeyChanged { .. }) => {
-                // Blocked until the person accepts the new key; the banner says so.
-            }
-            Err(e) if is_transient(&e) => {
-                tracing::info!(error = %e, "outbox paused");
-                return true;
-            }
-            Err(e) => {
-                m.advance(&entry.message_id, MessageStatus::Failed);
-                m.notice(
-                    "messageFailed",
-                    format!("A message to {target} could not be sent: {}", describe(&e)),
-                );
-            }
-        }
-    }
-    false
-}
-
-/// Failures that a later connection may not have.
-fn is_transient(e: &PeerError) -> bool {
-    match e {
-        PeerError::NotConnected
-        | PeerError::ConnectionLost { .. }
-        | PeerError::Timeout { .. }
-        | PeerError::QueueFull { .. }
-        | PeerError::Connect { .. } => true,
-        PeerError::Server { error_type, .. } => matches!(
-            error_type,
-            ErrorType::InternalError | ErrorType::RateLimited | ErrorType::RegistrationRequired
-        ),
-        _ => false,
-    }
-}
-
-/// A sentence for people about a peer error.
-pub fn describe(e: &PeerError) -> String {
-    match e {
-        PeerError::Connect { url, .. } => format!("Cannot reach the server at {url}."),
-        PeerError::InvalidUrl { url, .. } => format!("{url} is not a valid server address."),
-        PeerError::NotConnected | PeerError::ConnectionLost { .. } => {
-            "Not connected to the server right now.".into()
-        }
-        PeerError::Timeout { .. } => "The server did not answer in time.".into(),
-        PeerError::QueueFull { .. } => {
-            "Too many messages are waiting to be sent; try again once reconnected.".into()
-        }
-        PeerError::MessageTooLarge { .. } => "That message is too large to send.".into(),
-        PeerError::KeyChanged { peer, .. } => format!(
-            "{peer}'s safety number changed; accept the new key before writing to them."
-        ),
-        PeerError::KeyMismatch { peer, .. } => format!(
-            "The server now presents another key for {peer} than the one you compared; nothing was \
-             accepted. Compare the new safety number first."
-        ),
-        PeerError::KeyDowngrade { peer } => format!(
-            "{peer} now appears without a signed identity; messages are refused to keep them authenticated."
-        ),
-        PeerError::Server {
-            error_type,
-            details,
-            ..
-        } => match error_type {
-            ErrorType::ClientIdTaken => {
-                "That name is already taken on this server. Choose another in Settings.".into()
-            }
-            ErrorType::PeerNotFound => "That person is not known to the server.".into(),
-            ErrorType::UnknownQuestion => "That question has expired.".into(),
-            ErrorType::RateLimited => "Too many requests like this one are open on the server; try again in a moment.".into(),
-            ErrorType::MailboxFull => {
-                "Their mailbox on the server is full; try again later.".into()
-            }
-            _ => details.clone(),
-        },
-        other => other.to_string(),
-    }
-}
-
-/// What to tell the person about an error event, if anything.
-fn describe_event_error(e: &PeerError) -> Option<String> {
-    match e {
-        // The key-change event already told the person, louder.
-        PeerError::Rejected {
-            reason: RejectReason::KeyChanged,
-            ..
-        } => None,
-        PeerError::Rejected { from, reason, .. } => Some(format!(
-            "A message from {from} was refused because it could not be verified ({reason})."
-        )),
-        PeerError::Server {
-            error_type: ErrorType::UnknownQuestion,
-            ..
-        } => Some("That question has expired.".into()),
-        PeerError::ReceiveQueueFull { .. } => None,
-        other => Some(describe(other)),
+        ctx.events.send(SessionEvent::KeysFetched).await;
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use lattice_peer::RejectReason;
+    use tokio::sync::mpsc;
+
     use super::*;
+
+    /// A context around a peer that is never connected: what its handler reports.
+    fn context() -> (Ctx, mpsc::Receiver<SessionEvent>) {
+        let config = PeerConfig::new(
+            "ws://127.0.0.1:9".to_owned(),
+            ClientId::new("alice").unwrap(),
+            Identity::generate(&mut rand_core::OsRng),
+        );
+        let peer = MessagingPeer::new(config).unwrap();
+        let (events, rx) = EventSink::channel();
+        let db = Arc::new(Db::open_in_memory().unwrap());
+        let ctx = Ctx {
+            outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
+            db,
+            peer,
+            backoff: Backoff::default(),
+            server_url: "ws://127.0.0.1:9".into(),
+            hosting: None,
+            events,
+            refresh: Notify::new(),
+            refusal_notices: Mutex::new(NoticeLimiter::default()),
+        };
+        (ctx, rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<SessionEvent>) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn peer_events_go_up_as_session_events_and_a_refusal_flood_as_one_notice() {
+        let (ctx, mut rx) = context();
+        let bob = ClientId::new("bob").unwrap();
+        ctx.on_event(&PeerEvent::ConnectionState(PeerState::Reconnecting {
+            attempt: 2,
+        }));
+        ctx.on_event(&PeerEvent::PeerConnected(bob.clone()));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], SessionEvent::PresenceCleared);
+        match &events[1] {
+            SessionEvent::Connection(view) => {
+                assert_eq!(view.state, ConnectionState::Reconnecting);
+                let nominal = Backoff::default().nominal_delay(2).as_secs().max(1);
+                assert_eq!(view.retry_in_secs, Some(nominal));
+            }
+            other => panic!("expected the indicator, got {other:?}"),
+        }
+        assert_eq!(
+            events[2],
+            SessionEvent::Presence {
+                peer: bob,
+                online: true
+            }
+        );
+
+        let refused = |from: &str, reason: RejectReason| {
+            PeerEvent::Error(PeerError::Rejected {
+                from: ClientId::new(from).unwrap(),
+                message_id: None,
+                reason,
+            })
+        };
+        for _ in 0..100 {
+            ctx.on_event(&refused("mallory", RejectReason::BadSignature));
+        }
+        // A refusal for a key change is told by the key-change event instead.
+        ctx.on_event(&refused("trent", RejectReason::KeyChanged));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 1, "{events:?}");
+        match &events[0] {
+            SessionEvent::Notice(notice) => {
+                assert_eq!(notice.kind, ErrorKind::Peer);
+                assert_eq!(notice.code, Some(crate::contract::PeerErrorCode::Rejected));
+                assert!(notice.message.contains("mallory"), "{}", notice.message);
+            }
+            other => panic!("expected a notice, got {other:?}"),
+        }
+
+        ctx.on_event(&PeerEvent::ConnectionState(PeerState::Disconnected));
+        let events = drain(&mut rx);
+        assert_eq!(events[0], SessionEvent::PresenceCleared);
+        assert!(matches!(
+            &events[1],
+            SessionEvent::Connection(v) if v.state == ConnectionState::Offline
+                && v.detail.as_deref() == Some("disconnected")
+        ));
+    }
 
     #[test]
     fn refusal_notices_are_one_per_sender_per_interval_and_bounded() {

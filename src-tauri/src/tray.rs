@@ -8,7 +8,8 @@ use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
 use tauri::{AppHandle, Manager, Runtime};
 
-use crate::MAIN_WINDOW;
+/// Label of the main window (also in `tauri.conf.json` and the capability file).
+pub const MAIN_WINDOW: &str = "main";
 
 const ICON: &[u8] = include_bytes!("../../icons/tray.png");
 const ICON_UNREAD: &[u8] = include_bytes!("../../icons/tray-unread.png");

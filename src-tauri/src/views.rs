@@ -1,27 +1,13 @@
-//! What crosses the IPC boundary: the shapes the page receives from commands and events.
-//! All fields are `camelCase` on the wire. Nothing here holds a secret.
+//! What crosses the IPC boundary: the shapes the page receives from commands and events
+//! (named in [`crate::contract::Event`]). All fields are `camelCase` on the wire; every status
+//! and kind is a [`crate::contract`] enum. Nothing here holds a secret.
 
+use lattice_protocol::ClientId;
 use serde::Serialize;
 
+use crate::contract::{ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind};
 use crate::storage::settings::Settings;
 use crate::storage::{MessageRecord, PeerRecord};
-
-/// Names of the events the backend emits to the page.
-pub mod events {
-    /// The whole peer list ([`super::PeerView`]s), after any change.
-    pub const PEER_LIST: &str = "peer-list";
-    /// A new or updated message ([`super::MessageView`]); the page upserts by `id`.
-    pub const MESSAGE: &str = "message";
-    /// A question from the server ([`super::QuestionView`]).
-    pub const SERVER_QUESTION: &str = "server-question";
-    /// A question is no longer open (the payload is its `questionId`): more arrived than the app
-    /// keeps open ([`crate::messenger::MAX_OPEN_QUESTIONS`]) and this was the oldest.
-    pub const QUESTION_CLOSED: &str = "question-closed";
-    /// The connection state ([`super::ConnectionView`]).
-    pub const CONNECTION_STATE: &str = "connection-state";
-    /// A readable problem to show ([`super::Notice`]).
-    pub const ERROR: &str = "error";
-}
 
 /// The first thing the page asks for: enough to draw the whole window.
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +34,7 @@ pub struct Bootstrap {
 #[serde(rename_all = "camelCase")]
 pub struct Me {
     /// Our client id.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// Full 60-digit fingerprint of our identity key, in groups of five.
     pub fingerprint: String,
 }
@@ -58,7 +44,7 @@ pub struct Me {
 #[serde(rename_all = "camelCase")]
 pub struct PeerView {
     /// The peer's client id.
-    pub id: String,
+    pub id: ClientId,
     /// Currently registered on the server.
     pub online: bool,
     /// Speaks `lattice-v1` with a signed identity; false for original (`ml-kem-aes`) clients.
@@ -131,15 +117,15 @@ pub struct MessageView {
     /// Position in history; the cursor for loading older messages.
     pub seq: i64,
     /// The other side of the conversation.
-    pub peer_id: String,
+    pub peer_id: ClientId,
     /// Ours or theirs.
     pub outgoing: bool,
     /// The text.
     pub body: String,
     /// Unix ms.
     pub at: i64,
-    /// `pending`, `sent`, `queued`, `delivered`, `received` or `failed`.
-    pub status: &'static str,
+    /// Where it is on its way: already merged (never older than a status sent before).
+    pub status: DeliveryStatus,
     /// For incoming messages: false when the sender is not authenticated (`ml-kem-aes`).
     pub authenticated: bool,
 }
@@ -153,7 +139,7 @@ impl From<MessageRecord> for MessageView {
             outgoing: r.outgoing,
             body: r.body,
             at: r.at,
-            status: r.status.as_str(),
+            status: r.status,
             authenticated: r.authenticated,
         }
     }
@@ -173,8 +159,8 @@ pub struct MessagePage {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionView {
-    /// `offline`, `connecting`, `connected` or `reconnecting`.
-    pub state: &'static str,
+    /// The indicator's state.
+    pub state: ConnectionState,
     /// While reconnecting: seconds until the next attempt.
     pub retry_in_secs: Option<u64>,
     /// The server we use.
@@ -189,7 +175,7 @@ impl ConnectionView {
     /// Not connected, and not trying.
     pub fn offline(detail: Option<String>) -> Self {
         Self {
-            state: "offline",
+            state: ConnectionState::Offline,
             retry_in_secs: None,
             server_url: None,
             hosting: None,
@@ -199,7 +185,7 @@ impl ConnectionView {
 }
 
 /// A question from the server, one round of a conversation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuestionView {
     /// The id to answer with.
@@ -210,18 +196,66 @@ pub struct QuestionView {
     pub round: Option<u32>,
     /// The question.
     pub text: String,
-    /// `text`, `choice` or `confirm`.
-    pub kind: &'static str,
+    /// How it is answered.
+    pub kind: QuestionKind,
     /// The choices, for `choice`.
     pub options: Vec<String>,
 }
 
 /// A readable problem for the page to show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notice {
-    /// A stable machine-readable kind, e.g. `peerNotFound`.
-    pub kind: String,
+    /// A stable machine-readable kind.
+    pub kind: ErrorKind,
+    /// For kind `peer`: why the server or the connection refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<PeerErrorCode>,
     /// A sentence for people.
     pub message: String,
+}
+
+impl Notice {
+    /// A notice without a peer error code.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_are_one_line_and_bounded() {
+        assert_eq!(preview("hello"), "hello");
+        assert_eq!(preview("first\nsecond"), "first…");
+        let long = "x".repeat(PREVIEW_CHARS + 5);
+        assert_eq!(preview(&long).chars().count(), PREVIEW_CHARS + 1);
+    }
+
+    #[test]
+    fn views_carry_the_contract_names_on_the_wire() {
+        let json = serde_json::to_value(ConnectionView::offline(Some("down".into()))).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "state": "offline",
+                "retryInSecs": null,
+                "serverUrl": null,
+                "hosting": null,
+                "detail": "down"
+            })
+        );
+        let notice = serde_json::to_value(Notice::new(ErrorKind::KeyChanged, "changed")).unwrap();
+        assert_eq!(
+            notice,
+            serde_json::json!({"kind": "keyChanged", "message": "changed"})
+        );
+    }
 }

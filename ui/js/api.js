@@ -1,16 +1,21 @@
 // The page's only door to the backend: every command and event goes through here.
-// Commands reject with {kind, message}; `message` is always a sentence fit to show.
+// Commands reject with {kind, code?, message}; `message` is always a sentence fit to show.
+// Event names, statuses and kinds come from contract.js, generated from the backend.
+
+import { ErrorKind, Event } from "./contract.js";
 
 const tauri = window.__TAURI__;
 
 function normalizeError(err) {
   if (err && typeof err === "object" && typeof err.message === "string") {
-    return { kind: err.kind || "internal", message: err.message };
+    const out = { kind: err.kind || ErrorKind.INTERNAL, message: err.message };
+    if (err.code) out.code = err.code;
+    return out;
   }
   if (typeof err === "string" && err.length > 0) {
-    return { kind: "internal", message: err };
+    return { kind: ErrorKind.INTERNAL, message: err };
   }
-  return { kind: "internal", message: "Something went wrong." };
+  return { kind: ErrorKind.INTERNAL, message: "Something went wrong." };
 }
 
 async function call(command, args) {
@@ -44,11 +49,5 @@ export const api = {
   demoQuestion: () => call("demo_question"),
 };
 
-export const events = {
-  PEER_LIST: "peer-list",
-  MESSAGE: "message",
-  SERVER_QUESTION: "server-question",
-  QUESTION_CLOSED: "question-closed",
-  CONNECTION_STATE: "connection-state",
-  ERROR: "error",
-};
+/** The backend's event names (`events.PEER_LIST`, ...). */
+export const events = Event;

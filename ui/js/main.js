@@ -1,6 +1,7 @@
 // Entry point: asks the backend for everything it needs to draw, then listens for changes.
 
 import { api, on, events } from "./api.js";
+import { ErrorKind } from "./contract.js";
 import { set, subscribe } from "./state.js";
 import { paintAvatar } from "./util.js";
 import { initPeerList, renderPeers } from "./views/peer-list.js";
@@ -82,4 +83,4 @@ function subscribeState() {
   subscribe("me", renderMe);
 }
 
-start().catch((err) => showNotice({ kind: "internal", message: String(err) }));
+start().catch((err) => showNotice({ kind: ErrorKind.INTERNAL, message: String(err) }));

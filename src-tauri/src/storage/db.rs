@@ -34,7 +34,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::StorageError;
+use lattice_protocol::{ClientId, MessageId};
+
+use super::error::StorageError;
+pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 4;
@@ -90,49 +93,6 @@ CREATE TABLE IF NOT EXISTS outbox(
 );
 ";
 
-/// Where a message is on its way. Stored as an integer whose order is the order of progress,
-/// so an update never moves a message backwards (an ack can overtake the send's own return).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageStatus {
-    /// Written, in the outbox, not yet handed to a connected peer.
-    Pending = 0,
-    /// Handed to the server.
-    Sent = 1,
-    /// The server stored it for a recipient who is offline.
-    Queued = 2,
-    /// The server delivered it to the recipient.
-    Delivered = 3,
-    /// An incoming message.
-    Received = 4,
-    /// The server refused it for good (unknown peer, too large, ...).
-    Failed = 5,
-}
-
-impl MessageStatus {
-    fn from_i64(v: i64) -> Self {
-        match v {
-            0 => Self::Pending,
-            1 => Self::Sent,
-            2 => Self::Queued,
-            3 => Self::Delivered,
-            4 => Self::Received,
-            _ => Self::Failed,
-        }
-    }
-
-    /// The name the UI uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Sent => "sent",
-            Self::Queued => "queued",
-            Self::Delivered => "delivered",
-            Self::Received => "received",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
@@ -141,7 +101,7 @@ pub struct MessageRecord {
     /// The protocol's `messageId`.
     pub message_id: String,
     /// The other side of the conversation.
-    pub peer_id: String,
+    pub peer_id: ClientId,
     /// Whether we wrote it.
     pub outgoing: bool,
     /// The text.
@@ -159,7 +119,7 @@ pub struct MessageRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerRecord {
     /// The peer's client id.
-    pub peer_id: String,
+    pub peer_id: ClientId,
     /// Messages received since the conversation was last read.
     pub unread: i64,
     /// The person compared fingerprints and marked this contact verified.
@@ -187,9 +147,9 @@ pub struct OutboxEntry {
     /// The message's id (also its row in `messages`).
     pub message_id: String,
     /// The `messageId` it is sent with, every time (see the module docs).
-    pub wire_id: String,
+    pub wire_id: MessageId,
     /// Recipient.
-    pub peer_id: String,
+    pub peer_id: ClientId,
     /// Text.
     pub body: String,
 }
@@ -315,10 +275,10 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn ensure_contact(&self, peer_id: &str, now_ms: i64) -> Result<(), StorageError> {
+    pub fn ensure_contact(&self, peer_id: &ClientId, now_ms: i64) -> Result<(), StorageError> {
         self.conn().execute(
             "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
-            params![peer_id, now_ms],
+            params![peer_id.as_str(), now_ms],
         )?;
         Ok(())
     }
@@ -327,10 +287,14 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn set_user_verified(&self, peer_id: &str, verified: bool) -> Result<(), StorageError> {
+    pub fn set_user_verified(
+        &self,
+        peer_id: &ClientId,
+        verified: bool,
+    ) -> Result<(), StorageError> {
         self.conn().execute(
             "UPDATE contacts SET user_verified = ?2 WHERE peer_id = ?1",
-            params![peer_id, verified],
+            params![peer_id.as_str(), verified],
         )?;
         Ok(())
     }
@@ -354,7 +318,7 @@ impl Db {
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(PeerRecord {
-                peer_id: r.get(0)?,
+                peer_id: client_id(r, 0)?,
                 unread: r.get(1)?,
                 user_verified: r.get(2)?,
                 authenticated: r.get(3)?,
@@ -373,8 +337,8 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StorageError> {
-        Ok(self.peers()?.into_iter().find(|p| p.peer_id == peer_id))
+    pub fn peer(&self, peer_id: &ClientId) -> Result<Option<PeerRecord>, StorageError> {
+        Ok(self.peers()?.into_iter().find(|p| &p.peer_id == peer_id))
     }
 
     /// Stores an outgoing message and puts it in the outbox, in one transaction. `wire_id` is the
@@ -385,8 +349,8 @@ impl Db {
     pub fn enqueue_outgoing(
         &self,
         message_id: &str,
-        wire_id: &str,
-        peer_id: &str,
+        wire_id: &MessageId,
+        peer_id: &ClientId,
         body: &str,
         now_ms: i64,
     ) -> Result<MessageRecord, StorageError> {
@@ -394,30 +358,30 @@ impl Db {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
-            params![peer_id, now_ms],
+            params![peer_id.as_str(), now_ms],
         )?;
         tx.execute(
             "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
              VALUES (?1, ?2, 1, ?3, ?4, ?5, 1)",
             params![
                 message_id,
-                peer_id,
+                peer_id.as_str(),
                 body,
                 now_ms,
-                MessageStatus::Pending as i64
+                MessageStatus::Pending.rank()
             ],
         )?;
         let seq = tx.last_insert_rowid();
         tx.execute(
             "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![message_id, peer_id, body, now_ms, wire_id],
+            params![message_id, peer_id.as_str(), body, now_ms, wire_id.as_str()],
         )?;
         tx.commit()?;
         Ok(MessageRecord {
             seq,
             message_id: message_id.to_owned(),
-            peer_id: peer_id.to_owned(),
+            peer_id: peer_id.clone(),
             outgoing: true,
             body: body.to_owned(),
             at: now_ms,
@@ -435,7 +399,7 @@ impl Db {
     pub fn insert_incoming(
         &self,
         message_id: &str,
-        peer_id: &str,
+        peer_id: &ClientId,
         body: &str,
         at_ms: i64,
         authenticated: bool,
@@ -445,7 +409,7 @@ impl Db {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
-            params![peer_id, at_ms],
+            params![peer_id.as_str(), at_ms],
         )?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO messages(message_id, peer_id, outgoing, body, at, status,
@@ -453,10 +417,10 @@ impl Db {
              VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
             params![
                 message_id,
-                peer_id,
+                peer_id.as_str(),
                 body,
                 at_ms,
-                MessageStatus::Received as i64,
+                MessageStatus::Received.rank(),
                 authenticated
             ],
         )?;
@@ -467,14 +431,14 @@ impl Db {
         if !read {
             tx.execute(
                 "UPDATE contacts SET unread = unread + 1 WHERE peer_id = ?1",
-                params![peer_id],
+                params![peer_id.as_str()],
             )?;
         }
         tx.commit()?;
         Ok(Some(MessageRecord {
             seq,
             message_id: message_id.to_owned(),
-            peer_id: peer_id.to_owned(),
+            peer_id: peer_id.clone(),
             outgoing: false,
             body: body.to_owned(),
             at: at_ms,
@@ -497,23 +461,17 @@ impl Db {
     ) -> Result<Option<MessageRecord>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let changed = match status {
-            MessageStatus::Failed => tx.execute(
-                "UPDATE messages SET status = ?2 WHERE message_id = ?1 AND outgoing = 1
-                 AND status IN (?3, ?4)",
-                params![
-                    message_id,
-                    status as i64,
-                    MessageStatus::Pending as i64,
-                    MessageStatus::Sent as i64
-                ],
-            )?,
-            _ => tx.execute(
-                "UPDATE messages SET status = ?2 WHERE message_id = ?1 AND outgoing = 1
-                 AND status < ?2",
-                params![message_id, status as i64],
-            )?,
-        };
+        // The statuses this one may replace, as a bit set over their ranks: the rule lives in
+        // `DeliveryStatus::may_replace` only.
+        let replaceable: i64 = MessageStatus::ALL
+            .iter()
+            .filter(|current| status.may_replace(**current))
+            .fold(0, |set, current| set | (1 << current.rank()));
+        let changed = tx.execute(
+            "UPDATE messages SET status = ?2 WHERE message_id = ?1 AND outgoing = 1
+             AND ((1 << status) & ?3) != 0",
+            params![message_id, status.rank(), replaceable],
+        )?;
         if matches!(
             status,
             MessageStatus::Queued | MessageStatus::Delivered | MessageStatus::Failed
@@ -571,9 +529,9 @@ impl Db {
         let rows = stmt.query_map([], |r| {
             Ok(OutboxEntry {
                 message_id: r.get(0)?,
-                peer_id: r.get(1)?,
+                peer_id: client_id(r, 1)?,
                 body: r.get(2)?,
-                wire_id: r.get(3)?,
+                wire_id: message_id(r, 3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -587,7 +545,7 @@ impl Db {
     /// [`StorageError::Sqlite`].
     pub fn page(
         &self,
-        peer_id: &str,
+        peer_id: &ClientId,
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
@@ -597,7 +555,11 @@ impl Db {
              FROM messages WHERE peer_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(
-            params![peer_id, before.unwrap_or(i64::MAX), limit.min(MAX_PAGE + 1)],
+            params![
+                peer_id.as_str(),
+                before.unwrap_or(i64::MAX),
+                limit.min(MAX_PAGE + 1)
+            ],
             row_to_message,
         )?;
         let mut page: Vec<MessageRecord> = rows.collect::<Result<_, _>>()?;
@@ -612,7 +574,7 @@ impl Db {
     /// [`StorageError::Sqlite`].
     pub fn page_after(
         &self,
-        peer_id: &str,
+        peer_id: &ClientId,
         after: i64,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
@@ -622,7 +584,7 @@ impl Db {
              FROM messages WHERE peer_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
         )?;
         let rows = stmt.query_map(
-            params![peer_id, after, limit.min(MAX_PAGE + 1)],
+            params![peer_id.as_str(), after, limit.min(MAX_PAGE + 1)],
             row_to_message,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -632,10 +594,10 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn mark_read(&self, peer_id: &str) -> Result<(), StorageError> {
+    pub fn mark_read(&self, peer_id: &ClientId) -> Result<(), StorageError> {
         self.conn().execute(
             "UPDATE contacts SET unread = 0 WHERE peer_id = ?1",
-            params![peer_id],
+            params![peer_id.as_str()],
         )?;
         Ok(())
     }
@@ -656,12 +618,12 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn replay_mark(&self, peer_id: &str) -> Result<Option<i64>, StorageError> {
+    pub fn replay_mark(&self, peer_id: &ClientId) -> Result<Option<i64>, StorageError> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT sent_at FROM replay_marks WHERE peer_id = ?1",
-                params![peer_id],
+                params![peer_id.as_str()],
                 |r| r.get(0),
             )
             .optional()?)
@@ -671,11 +633,11 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn raise_replay_mark(&self, peer_id: &str, sent_at: i64) -> Result<(), StorageError> {
+    pub fn raise_replay_mark(&self, peer_id: &ClientId, sent_at: i64) -> Result<(), StorageError> {
         self.conn().execute(
             "INSERT INTO replay_marks(peer_id, sent_at) VALUES (?1, ?2)
              ON CONFLICT(peer_id) DO UPDATE SET sent_at = MAX(sent_at, excluded.sent_at)",
-            params![peer_id, sent_at],
+            params![peer_id.as_str(), sent_at],
         )?;
         Ok(())
     }
@@ -686,12 +648,12 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn pinned_key(&self, peer_id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    pub fn pinned_key(&self, peer_id: &ClientId) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT identity_key FROM pinned_keys WHERE peer_id = ?1",
-                params![peer_id],
+                params![peer_id.as_str()],
                 |r| r.get(0),
             )
             .optional()?)
@@ -705,17 +667,17 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn pin_key(&self, peer_id: &str, key: &[u8], now_ms: i64) -> Result<(), StorageError> {
+    pub fn pin_key(&self, peer_id: &ClientId, key: &[u8], now_ms: i64) -> Result<(), StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
-            params![peer_id, now_ms],
+            params![peer_id.as_str(), now_ms],
         )?;
         let previous: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT identity_key FROM pinned_keys WHERE peer_id = ?1",
-                params![peer_id],
+                params![peer_id.as_str()],
                 |r| r.get(0),
             )
             .optional()?;
@@ -725,23 +687,23 @@ impl Db {
                 tx.execute(
                     "UPDATE pinned_keys SET identity_key = ?2, pinned_at = ?3,
                      pending_fingerprint = NULL WHERE peer_id = ?1",
-                    params![peer_id, key, now_ms],
+                    params![peer_id.as_str(), key, now_ms],
                 )?;
                 tx.execute(
                     "UPDATE contacts SET user_verified = 0 WHERE peer_id = ?1",
-                    params![peer_id],
+                    params![peer_id.as_str()],
                 )?;
             }
             None => {
                 tx.execute(
                     "INSERT INTO pinned_keys(peer_id, identity_key, pinned_at) VALUES (?1, ?2, ?3)",
-                    params![peer_id, key, now_ms],
+                    params![peer_id.as_str(), key, now_ms],
                 )?;
             }
         }
         tx.execute(
             "UPDATE contacts SET authenticated = 1 WHERE peer_id = ?1",
-            params![peer_id],
+            params![peer_id.as_str()],
         )?;
         tx.commit()?;
         Ok(())
@@ -752,10 +714,14 @@ impl Db {
     ///
     /// # Errors
     /// [`StorageError::Sqlite`].
-    pub fn set_key_change(&self, peer_id: &str, new_fingerprint: &str) -> Result<(), StorageError> {
+    pub fn set_key_change(
+        &self,
+        peer_id: &ClientId,
+        new_fingerprint: &str,
+    ) -> Result<(), StorageError> {
         self.conn().execute(
             "UPDATE pinned_keys SET pending_fingerprint = ?2 WHERE peer_id = ?1",
-            params![peer_id, new_fingerprint],
+            params![peer_id.as_str(), new_fingerprint],
         )?;
         Ok(())
     }
@@ -765,12 +731,28 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
         seq: r.get(0)?,
         message_id: r.get(1)?,
-        peer_id: r.get(2)?,
+        peer_id: client_id(r, 2)?,
         outgoing: r.get(3)?,
         body: r.get(4)?,
         at: r.get(5)?,
-        status: MessageStatus::from_i64(r.get(6)?),
+        status: MessageStatus::from_rank(r.get(6)?),
         authenticated: r.get(7)?,
+    })
+}
+
+/// An id column read as a [`ClientId`]: parsed once, here, where it leaves the database.
+fn client_id(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<ClientId> {
+    let text: String = r.get(column)?;
+    ClientId::try_from(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// An id column read as a [`MessageId`].
+fn message_id(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<MessageId> {
+    let text: String = r.get(column)?;
+    MessageId::try_from(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -779,10 +761,19 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
 mod tests {
     use super::*;
 
+    fn c(id: &str) -> ClientId {
+        ClientId::new(id).unwrap()
+    }
+
+    fn w(id: &str) -> MessageId {
+        MessageId::new(id).unwrap()
+    }
+
     #[test]
     fn outgoing_message_stays_in_outbox_until_the_server_takes_it() {
         let db = Db::open_in_memory().unwrap();
-        db.enqueue_outgoing("m1", "w1", "bob", "hi", 10).unwrap();
+        db.enqueue_outgoing("m1", &w("w1"), &c("bob"), "hi", 10)
+            .unwrap();
         assert_eq!(db.outbox().unwrap().len(), 1);
 
         let sent = db
@@ -817,26 +808,26 @@ mod tests {
     fn incoming_messages_are_deduplicated_and_counted_unread() {
         let db = Db::open_in_memory().unwrap();
         assert!(db
-            .insert_incoming("x", "bob", "one", 1, true, false)
+            .insert_incoming("x", &c("bob"), "one", 1, true, false)
             .unwrap()
             .is_some());
         assert!(db
-            .insert_incoming("x", "bob", "one", 1, true, false)
+            .insert_incoming("x", &c("bob"), "one", 1, true, false)
             .unwrap()
             .is_none());
-        db.insert_incoming("y", "bob", "two", 2, true, false)
+        db.insert_incoming("y", &c("bob"), "two", 2, true, false)
             .unwrap();
         assert_eq!(db.total_unread().unwrap(), 2);
         let peers = db.peers().unwrap();
         assert_eq!(peers[0].last_body.as_deref(), Some("two"));
         // Ids are the sender's: carol's "x" is not bob's "x".
         assert!(db
-            .insert_incoming("x", "carol", "carol's", 3, true, true)
+            .insert_incoming("x", &c("carol"), "carol's", 3, true, true)
             .unwrap()
             .is_some());
-        assert_eq!(db.page("carol", None, 10).unwrap()[0].body, "carol's");
-        assert_eq!(db.page("bob", None, 10).unwrap()[0].body, "one");
-        db.mark_read("bob").unwrap();
+        assert_eq!(db.page(&c("carol"), None, 10).unwrap()[0].body, "carol's");
+        assert_eq!(db.page(&c("bob"), None, 10).unwrap()[0].body, "one");
+        db.mark_read(&c("bob")).unwrap();
         assert_eq!(db.total_unread().unwrap(), 0);
     }
 
@@ -844,40 +835,43 @@ mod tests {
     fn pages_walk_back_through_a_conversation() {
         let db = Db::open_in_memory().unwrap();
         for i in 0..25 {
-            db.insert_incoming(&format!("m{i}"), "bob", &i.to_string(), i, true, true)
+            db.insert_incoming(&format!("m{i}"), &c("bob"), &i.to_string(), i, true, true)
                 .unwrap();
         }
-        db.insert_incoming("other", "carol", "x", 0, true, true)
+        db.insert_incoming("other", &c("carol"), "x", 0, true, true)
             .unwrap();
-        let last = db.page("bob", None, 10).unwrap();
+        let last = db.page(&c("bob"), None, 10).unwrap();
         assert_eq!(last.len(), 10);
         assert_eq!(last[0].body, "15");
         assert_eq!(last[9].body, "24");
-        let before = db.page("bob", Some(last[0].seq), 10).unwrap();
+        let before = db.page(&c("bob"), Some(last[0].seq), 10).unwrap();
         assert_eq!(before[9].body, "14");
-        let first = db.page("bob", Some(before[0].seq), 10).unwrap();
+        let first = db.page(&c("bob"), Some(before[0].seq), 10).unwrap();
         assert_eq!(first.len(), 5);
         assert_eq!(first[0].body, "0");
-        let forward = db.page_after("bob", first[4].seq, 3).unwrap();
+        let forward = db.page_after(&c("bob"), first[4].seq, 3).unwrap();
         let bodies: Vec<&str> = forward.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["5", "6", "7"]);
-        assert!(db.page_after("bob", last[9].seq, 10).unwrap().is_empty());
+        assert!(db
+            .page_after(&c("bob"), last[9].seq, 10)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn pinning_a_new_key_clears_the_change_and_the_verified_mark() {
         let db = Db::open_in_memory().unwrap();
-        db.pin_key("bob", b"k1", 0).unwrap();
-        assert_eq!(db.pinned_key("bob").unwrap().unwrap(), b"k1");
-        db.set_user_verified("bob", true).unwrap();
-        db.pin_key("bob", b"k1", 0).unwrap();
-        assert!(db.peer("bob").unwrap().unwrap().user_verified);
-        db.set_key_change("bob", "12345 ...").unwrap();
-        let bob = db.peer("bob").unwrap().unwrap();
+        db.pin_key(&c("bob"), b"k1", 0).unwrap();
+        assert_eq!(db.pinned_key(&c("bob")).unwrap().unwrap(), b"k1");
+        db.set_user_verified(&c("bob"), true).unwrap();
+        db.pin_key(&c("bob"), b"k1", 0).unwrap();
+        assert!(db.peer(&c("bob")).unwrap().unwrap().user_verified);
+        db.set_key_change(&c("bob"), "12345 ...").unwrap();
+        let bob = db.peer(&c("bob")).unwrap().unwrap();
         assert_eq!(bob.pending_fingerprint.as_deref(), Some("12345 ..."));
         assert!(bob.authenticated);
-        db.pin_key("bob", b"k2", 1).unwrap();
-        let bob = db.peer("bob").unwrap().unwrap();
+        db.pin_key(&c("bob"), b"k2", 1).unwrap();
+        let bob = db.peer(&c("bob")).unwrap().unwrap();
         assert_eq!(bob.identity_key.as_deref(), Some(&b"k2"[..]));
         assert!(bob.pending_fingerprint.is_none());
         assert!(!bob.user_verified, "a new key has not been compared");
@@ -889,13 +883,13 @@ mod tests {
         let path = dir.path().join("t.sqlite3");
         {
             let db = Db::open(&path).unwrap();
-            db.enqueue_outgoing("m1", "w1", "bob", "typed offline", 5)
+            db.enqueue_outgoing("m1", &w("w1"), &c("bob"), "typed offline", 5)
                 .unwrap();
         }
         let db = Db::open(&path).unwrap();
         assert_eq!(db.outbox().unwrap()[0].body, "typed offline");
-        assert_eq!(db.outbox().unwrap()[0].wire_id, "w1");
-        assert_eq!(db.page("bob", None, 50).unwrap().len(), 1);
+        assert_eq!(db.outbox().unwrap()[0].wire_id.as_str(), "w1");
+        assert_eq!(db.page(&c("bob"), None, 50).unwrap().len(), 1);
     }
 
     #[test]
@@ -935,13 +929,14 @@ mod tests {
             assert_eq!(outbox.len(), 1);
             assert_eq!(outbox[0].body, "old");
             assert!(lattice_protocol::MessageId::new(outbox[0].wire_id.as_str()).is_ok());
-            db.enqueue_outgoing("m2", "w2", "bob", "new", 2).unwrap();
+            db.enqueue_outgoing("m2", &w("w2"), &c("bob"), "new", 2)
+                .unwrap();
             outbox[0].wire_id.clone()
         };
         // Reopening keeps the ids: the migration ran once.
         let db = Db::open(&path).unwrap();
         // Version 4: the table was rebuilt with its indexes; its rows kept, ids now per sender.
-        assert_eq!(db.page("bob", None, 10).unwrap()[0].body, "old");
+        assert_eq!(db.page(&c("bob"), None, 10).unwrap()[0].body, "old");
         let indexes: i64 = db
             .conn()
             .query_row(
@@ -953,19 +948,19 @@ mod tests {
             .unwrap();
         assert_eq!(indexes, 2);
         assert!(db
-            .insert_incoming("m1", "carol", "same id, other sender", 3, true, true)
+            .insert_incoming("m1", &c("carol"), "same id, other sender", 3, true, true)
             .unwrap()
             .is_some());
         assert!(db
-            .insert_incoming("m1", "carol", "same id, other sender", 3, true, true)
+            .insert_incoming("m1", &c("carol"), "same id, other sender", 3, true, true)
             .unwrap()
             .is_none());
         let ids: Vec<String> = db
             .outbox()
             .unwrap()
             .into_iter()
-            .map(|e| e.wire_id)
+            .map(|e| e.wire_id.as_str().to_owned())
             .collect();
-        assert_eq!(ids, [wire_id, "w2".to_owned()]);
+        assert_eq!(ids, [wire_id.as_str().to_owned(), "w2".to_owned()]);
     }
 }

@@ -10,7 +10,7 @@ use lattice_peer::{KeyStore, PeerError};
 use lattice_protocol::ClientId;
 
 use super::Db;
-use crate::messenger::now_ms;
+use crate::clock::now_ms;
 
 /// Pinned identity keys in SQLite.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ impl KeyStore for DbKeyStore {
     fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
         let bytes = self
             .db
-            .pinned_key(peer.as_str())
+            .pinned_key(peer)
             .map_err(|e| PeerError::KeyStore(e.to_string()))?;
         bytes
             .map(|b| {
@@ -41,7 +41,7 @@ impl KeyStore for DbKeyStore {
 
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
         self.db
-            .pin_key(peer.as_str(), key.as_bytes(), now_ms())
+            .pin_key(peer, key.as_bytes(), now_ms())
             .map_err(|e| PeerError::KeyStore(e.to_string()))
     }
 }
@@ -63,7 +63,7 @@ impl ReplayStore for DbReplayStore {
     fn high_water_mark(&self, sender: &ClientId) -> Result<Option<u64>, PeerError> {
         let mark = self
             .db
-            .replay_mark(sender.as_str())
+            .replay_mark(sender)
             .map_err(|e| PeerError::KeyStore(e.to_string()))?;
         // Stored as SQLite's signed integer; a negative one was never written by us.
         Ok(mark.map(|m| u64::try_from(m).unwrap_or(0)))
@@ -72,7 +72,7 @@ impl ReplayStore for DbReplayStore {
     fn raise_high_water_mark(&self, sender: &ClientId, sent_at: u64) -> Result<(), PeerError> {
         let sent_at = i64::try_from(sent_at).unwrap_or(i64::MAX);
         self.db
-            .raise_replay_mark(sender.as_str(), sent_at)
+            .raise_replay_mark(sender, sent_at)
             .map_err(|e| PeerError::KeyStore(e.to_string()))
     }
 }
@@ -92,7 +92,7 @@ mod tests {
         let key = IdentityKeyPair::from_secret_bytes(&[7; 32]).public_key();
         store.pin(&bob, &key).unwrap();
         assert_eq!(store.pinned(&bob).unwrap(), Some(key));
-        assert!(db.peer("bob").unwrap().unwrap().authenticated);
+        assert!(db.peer(&bob).unwrap().unwrap().authenticated);
     }
 
     #[test]

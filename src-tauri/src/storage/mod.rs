@@ -12,12 +12,14 @@
 //! Nothing here knows about windows or events; the commands and the session call into it.
 
 pub mod db;
+mod error;
 pub mod keystore;
 pub mod settings;
 
 use std::path::PathBuf;
 
 pub use db::{Db, MessageRecord, MessageStatus, PeerRecord};
+pub use error::StorageError;
 
 /// File name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "lattice.sqlite3";
@@ -25,30 +27,6 @@ pub const DB_FILE: &str = "lattice.sqlite3";
 pub const IDENTITY_FILE: &str = "identity.key";
 /// File name of the settings store inside the data directory.
 pub const SETTINGS_FILE: &str = "settings.json";
-
-/// Why something could not be read from or written to disk.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The SQLite database failed.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A file could not be read or written.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done ("reading", "writing", ...).
-        action: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The identity file cannot be read or written, or is not a Lattice identity.
-    #[error("identity file: {0}")]
-    Identity(String),
-    /// The settings store failed.
-    #[error("settings: {0}")]
-    Settings(String),
-}
 
 /// Mode of the data directory: only the user may list or enter it.
 #[cfg(unix)]

@@ -4,6 +4,7 @@
 //! atomically and an older or partly hand-edited file still loads: missing fields take their
 //! defaults, unknown ones are ignored.
 
+use lattice_protocol::ClientId;
 use serde::{Deserialize, Serialize};
 use tauri::{Manager, Runtime};
 use tauri_plugin_store::StoreExt;
@@ -32,7 +33,7 @@ pub enum ServerMode {
 #[serde(rename_all = "camelCase", default)]
 pub struct Settings {
     /// The client id to register with; `None` until first run is done.
-    pub client_id: Option<String>,
+    pub client_id: Option<ClientId>,
     /// Host a server or connect to one.
     pub server_mode: ServerMode,
     /// The `ws://` / `wss://` URL to connect to in [`ServerMode::Connect`].
@@ -72,7 +73,8 @@ impl Settings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SettingsPatch {
-    /// New client id.
+    /// New client id, as typed: checked by the caller, who passes the [`ClientId`] to
+    /// [`SettingsPatch::apply`].
     pub client_id: Option<String>,
     /// New server mode.
     pub server_mode: Option<ServerMode>,
@@ -89,9 +91,9 @@ pub struct SettingsPatch {
 }
 
 impl SettingsPatch {
-    /// Applies the patch to `settings`.
-    pub fn apply(self, settings: &mut Settings) {
-        if let Some(v) = self.client_id {
+    /// Applies the patch to `settings`, with `client_id` the checked form of the patch's own.
+    pub fn apply(self, settings: &mut Settings, client_id: Option<ClientId>) {
+        if let Some(v) = client_id {
             settings.client_id = Some(v);
         }
         if let Some(v) = self.server_mode {

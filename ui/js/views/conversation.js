@@ -9,6 +9,7 @@
 // scrolls at the cost of a window, not of its whole history.
 
 import { api } from "../api.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind } from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { clearNotices, showNotice } from "./toasts.js";
@@ -28,20 +29,20 @@ const MAX_IN_DOM = 3 * OLDER_PAGE;
 const STICK_PX = 48;
 
 const STATUS = {
-  pending: { icon: "clock", label: "Waiting for a connection" },
-  sent: { icon: "check", label: "Sent" },
-  queued: { icon: "check", label: "Queued: delivered when they come online" },
-  delivered: { icon: "check2", label: "Delivered" },
-  failed: { icon: "alert", label: "Not delivered" },
+  [DeliveryStatus.PENDING]: { icon: "clock", label: "Waiting for a connection" },
+  [DeliveryStatus.SENT]: { icon: "check", label: "Sent" },
+  [DeliveryStatus.QUEUED]: { icon: "check", label: "Queued: delivered when they come online" },
+  [DeliveryStatus.DELIVERED]: { icon: "check2", label: "Delivered" },
+  [DeliveryStatus.FAILED]: { icon: "alert", label: "Not delivered" },
 };
 
-/** Progress order of delivery states (as in the backend): an update never moves a message back. */
-const RANK = { pending: 0, sent: 1, queued: 2, delivered: 3, received: 4, failed: 5 };
-
-/** Whether `next` is news compared with `shown` (the command's answer can arrive after events). */
+/**
+ * Whether `next` is news compared with `shown` (the command's answer can arrive after events).
+ * The backend sends statuses already merged (which may replace which is decided there only), so
+ * the later one in its order is the newer.
+ */
 function advances(shown, next) {
-  if (next === "failed") return shown === "pending" || shown === "sent";
-  return (RANK[next] ?? 0) > (RANK[shown] ?? 0);
+  return DELIVERY_STATUS_ORDER.indexOf(next) > DELIVERY_STATUS_ORDER.indexOf(shown);
 }
 
 let current = null; // peer id shown
@@ -71,11 +72,11 @@ function messageElement(m) {
 function fillMessage(li, m) {
   li.dataset.status = m.status;
   li.classList.toggle("unverified", !m.outgoing && !m.authenticated);
-  li.classList.toggle("failed", m.status === "failed");
+  li.classList.toggle("failed", m.status === DeliveryStatus.FAILED);
   const meta = h("span", { class: "meta" }, h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS.sent;
-    const svg = icon(s.icon, m.status === "delivered" ? "status-check2" : "status-icon");
+    const svg = icon(s.icon, m.status === DeliveryStatus.DELIVERED ? "status-check2" : "status-icon");
     meta.append(svg);
     meta.title = s.label;
   }
@@ -90,7 +91,7 @@ function fillMessage(li, m) {
     }, icon("alert"), "Unverified sender"));
   }
   parts.push(bubble);
-  if (m.outgoing && m.status === "failed") {
+  if (m.outgoing && m.status === DeliveryStatus.FAILED) {
     parts.push(h("span", { class: "msg-note danger" }, icon("alert"), "Not delivered"));
   }
   li.replaceChildren(...parts);
@@ -468,7 +469,7 @@ export function initConversation() {
       // The safety number shown for comparison; the backend pins only a key with exactly it.
       const peer = peerById(current);
       await api.acceptKeyChange(current, peer ? peer.pendingFingerprint : null);
-      clearNotices("keyChanged");
+      clearNotices(ErrorKind.KEY_CHANGED);
     } catch (err) {
       showNotice(err);
     }

@@ -3,6 +3,7 @@
 // queue. Dismissing tells the backend, and the server lets the question expire.
 
 import { api } from "../api.js";
+import { QuestionKind } from "../contract.js";
 import { h } from "../util.js";
 import { showNotice } from "./toasts.js";
 
@@ -30,10 +31,10 @@ function answerControls(q) {
   const answer = $("question-answer");
   const actions = $("question-actions");
   actions.replaceChildren();
-  if (q.kind === "choice" && q.options.length > 0) {
+  if (q.kind === QuestionKind.CHOICE && q.options.length > 0) {
     answer.replaceChildren(h("div", { class: "choices" },
       q.options.map((o) => h("button", { class: "button", type: "button", dataset: { answer: o }, onclick: () => submit(o) }, o))));
-  } else if (q.kind === "confirm") {
+  } else if (q.kind === QuestionKind.CONFIRM) {
     const yes = q.options[0] || "Yes";
     const no = q.options[1] || "No";
     // A confirm is answered with a boolean; the label only shows in the transcript.

@@ -1,17 +1,18 @@
 // The connection indicator at the bottom of the sidebar: connected / reconnecting in N s / offline.
 
 import { api } from "../api.js";
+import { ConnectionState } from "../contract.js";
 import { showNotice } from "./toasts.js";
 
 let countdown = null;
 
 function describe(c, secondsLeft) {
   switch (c.state) {
-    case "connected":
+    case ConnectionState.CONNECTED:
       return c.hosting ? "Connected · hosting a server" : `Connected to ${c.serverUrl || "server"}`;
-    case "connecting":
+    case ConnectionState.CONNECTING:
       return `Connecting to ${c.serverUrl || "server"}…`;
-    case "reconnecting":
+    case ConnectionState.RECONNECTING:
       return secondsLeft > 0 ? `Reconnecting in ${secondsLeft} s…` : "Reconnecting…";
     default:
       return c.detail ? `Offline — ${c.detail}` : "Offline";
@@ -31,11 +32,11 @@ export function renderConnection(c) {
   clearInterval(countdown);
   countdown = null;
   bar.dataset.state = c.state;
-  retry.hidden = c.state !== "offline";
+  retry.hidden = c.state !== ConnectionState.OFFLINE;
   text.title = c.serverUrl || "";
   let left = c.retryInSecs || 0;
   text.textContent = describe(c, left);
-  if (c.state === "reconnecting" && left > 0) {
+  if (c.state === ConnectionState.RECONNECTING && left > 0) {
     countdown = setInterval(() => {
       left -= 1;
       text.textContent = describe(c, left);

@@ -1,6 +1,7 @@
 // Comparing safety numbers with a contact, and marking the contact verified.
 
 import { api } from "../api.js";
+import { ErrorKind } from "../contract.js";
 import { state, peerById } from "../state.js";
 import { paintFingerprint } from "../util.js";
 import { clearNotices, showNotice } from "./toasts.js";
@@ -63,7 +64,7 @@ export function initVerify() {
     if (!peer || shown === null) return;
     try {
       await api.acceptKeyChange(peer.id, shown);
-      clearNotices("keyChanged");
+      clearNotices(ErrorKind.KEY_CHANGED);
       $("verify-dialog").close();
     } catch (err) {
       $("verify-changed").textContent = err.message;

@@ -1,0 +1,451 @@
+//! The durable outbox's sender: hands what waits in the `outbox` table to the peer, oldest
+//! first, and tracks it until the server's verdict. It owns its timing: it runs when woken
+//! (wake-ups coalesce, nothing queues up) and, after a transient failure while connected,
+//! again after [`OUTBOX_RETRY`]; a reconnect wakes it sooner.
+//!
+//! What it learns goes up as [`SessionEvent::Status`] (and a notice for a message refused for
+//! good); it writes nothing itself — the messenger's applier does.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lattice_peer::{ConnectionState, MessagingPeer, PeerError};
+use lattice_protocol::{ClientId, ErrorType, MessageId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::contract::{DeliveryStatus, ErrorKind};
+use crate::describe::{self, describe};
+use crate::events::{EventSink, SessionEvent};
+use crate::storage::Db;
+use crate::views::Notice;
+
+/// After a transient failure while still connected (a timeout, a full queue), the outbox is
+/// tried again after this long.
+pub const OUTBOX_RETRY: Duration = Duration::from_secs(5);
+
+/// Acks that arrived before their send returned (so before we knew their wire id); tiny and
+/// bounded because that race needs a round trip to lose.
+const EARLY_ACKS: usize = 64;
+
+/// What the outbox needs of a peer.
+pub trait Transport: Send + Sync + 'static {
+    /// Registered on the server right now.
+    fn connected(&self) -> bool;
+
+    /// Hands `text` to the server for `to`, always with `wire_id`; resolves to the wire id the
+    /// verdict will carry.
+    fn send(
+        &self,
+        to: &ClientId,
+        text: &str,
+        wire_id: MessageId,
+    ) -> impl Future<Output = Result<MessageId, PeerError>> + Send;
+}
+
+impl Transport for MessagingPeer {
+    fn connected(&self) -> bool {
+        self.connection_state() == ConnectionState::Connected
+    }
+
+    async fn send(
+        &self,
+        to: &ClientId,
+        text: &str,
+        wire_id: MessageId,
+    ) -> Result<MessageId, PeerError> {
+        self.send_message_with_id(to, text, wire_id)
+            .await
+            .map(|sent| sent.message_id)
+    }
+}
+
+/// What a failed send means for the message.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// A later connection may not have it: pause, try again later.
+    Retry,
+    /// Waits for the person (a changed key to accept); the banner says so.
+    Blocked,
+    /// Refused for good: the message fails.
+    Fail,
+}
+
+/// The one place that decides what a send error means for a queued message. What the library
+/// calls permanent ([`PeerError::is_permanent`]) fails; of the rest, what concerns the
+/// connection (or a busy server) is retried, and what concerns this message fails.
+fn classify(e: &PeerError) -> Failure {
+    if matches!(e, PeerError::KeyChanged { .. }) {
+        return Failure::Blocked;
+    }
+    if e.is_permanent() {
+        return Failure::Fail;
+    }
+    match e {
+        PeerError::NotConnected
+        | PeerError::ConnectionLost { .. }
+        | PeerError::Timeout { .. }
+        | PeerError::QueueFull { .. }
+        | PeerError::Connect { .. } => Failure::Retry,
+        PeerError::Server {
+            error_type:
+                ErrorType::InternalError | ErrorType::RateLimited | ErrorType::RegistrationRequired,
+            ..
+        } => Failure::Retry,
+        _ => Failure::Fail,
+    }
+}
+
+/// Outgoing messages in flight.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Local ids handed to the peer by this session (the peer queues and resends them itself);
+    /// anything else in the outbox still has to be handed over.
+    handed: HashSet<String>,
+    /// Wire message id → local id, until the server's verdict.
+    wire_to_local: HashMap<MessageId, String>,
+    /// Verdicts that arrived before the wire id was known.
+    early: HashMap<MessageId, DeliveryStatus>,
+}
+
+/// The outbox sender of one session.
+pub struct Outbox<T> {
+    transport: T,
+    db: Arc<Db>,
+    events: EventSink,
+    wake: Notify,
+    // std Mutex: small maps touched by the peer's event handler and the send loop, never
+    // across an `.await`.
+    flow: Mutex<Flow>,
+}
+
+impl<T> std::fmt::Debug for Outbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the maps consistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<T: Transport> Outbox<T> {
+    /// An outbox sending through `transport` what waits in `db`, reporting to `events`.
+    pub fn new(transport: T, db: Arc<Db>, events: EventSink) -> Self {
+        Self {
+            transport,
+            db,
+            events,
+            wake: Notify::new(),
+            flow: Mutex::new(Flow::default()),
+        }
+    }
+
+    /// Asks for a pass over the outbox (a new message, a reconnect, an accepted key).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The server's verdict on the message sent as `wire_id`: the local id it concerns, or
+    /// `None` when the send has not returned yet (the verdict is then applied when it does).
+    pub fn verdict(&self, wire_id: &MessageId, status: DeliveryStatus) -> Option<String> {
+        let mut flow = lock(&self.flow);
+        match flow.wire_to_local.remove(wire_id) {
+            Some(local) => {
+                flow.handed.remove(&local);
+                Some(local)
+            }
+            None => {
+                if flow.early.len() < EARLY_ACKS {
+                    flow.early.insert(wire_id.clone(), status);
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends whenever woken, and again [`OUTBOX_RETRY`] after a transient failure, until
+    /// `cancel`.
+    pub async fn run(&self, cancel: CancellationToken) {
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = retry => {}
+            }
+            retry_at = None;
+            if !self.transport.connected() {
+                continue;
+            }
+            let paused = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                paused = self.flush() => paused,
+            };
+            if paused {
+                retry_at = Some(tokio::time::Instant::now() + OUTBOX_RETRY);
+            }
+        }
+    }
+
+    async fn status(&self, local_id: &str, status: DeliveryStatus) {
+        self.events
+            .send(SessionEvent::Status {
+                local_id: local_id.to_owned(),
+                status,
+            })
+            .await;
+    }
+
+    /// Hands every entry not yet handed to the peer, oldest first. Stops at the first transient
+    /// failure and returns `true` (paused: try again later); a permanent failure fails that
+    /// message and goes on.
+    async fn flush(&self) -> bool {
+        let entries = match self.db.outbox() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return true;
+            }
+        };
+        for entry in entries {
+            if lock(&self.flow).handed.contains(&entry.message_id) {
+                continue;
+            }
+            // Always the id stored when the message was queued: if a previous run handed it to
+            // the server but died before the ack, the recipient drops this copy as a duplicate.
+            let result = self
+                .transport
+                .send(&entry.peer_id, &entry.body, entry.wire_id.clone())
+                .await;
+            let e = match result {
+                Ok(wire_id) => {
+                    let early = {
+                        let mut flow = lock(&self.flow);
+                        match flow.early.remove(&wire_id) {
+                            Some(status) => Some(status),
+                            None => {
+                                flow.handed.insert(entry.message_id.clone());
+                                flow.wire_to_local.insert(wire_id, entry.message_id.clone());
+                                None
+                            }
+                        }
+                    };
+                    if self.transport.connected() {
+                        self.status(&entry.message_id, DeliveryStatus::Sent).await;
+                    }
+                    if let Some(status) = early {
+                        self.status(&entry.message_id, status).await;
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match classify(&e) {
+                Failure::Blocked => {}
+                Failure::Retry => {
+                    tracing::info!(message = %entry.message_id, error = %e, "outbox paused");
+                    return true;
+                }
+                Failure::Fail => {
+                    self.status(&entry.message_id, DeliveryStatus::Failed).await;
+                    self.events
+                        .send(SessionEvent::Notice(Notice {
+                            kind: ErrorKind::MessageFailed,
+                            code: Some(describe::code(&e)),
+                            message: format!(
+                                "A message to {} could not be sent: {}",
+                                entry.peer_id,
+                                describe(&e)
+                            ),
+                        }))
+                        .await;
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::contract::PeerErrorCode;
+
+    /// A peer that answers each send from a script and counts the attempts.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<(), PeerError>>>,
+        attempts: Mutex<Vec<String>>,
+    }
+
+    impl Transport for Arc<Scripted> {
+        fn connected(&self) -> bool {
+            true
+        }
+
+        async fn send(
+            &self,
+            _to: &ClientId,
+            text: &str,
+            wire_id: MessageId,
+        ) -> Result<MessageId, PeerError> {
+            lock(&self.attempts).push(text.to_owned());
+            let answer = lock(&self.answers).pop_front().unwrap_or(Ok(()));
+            answer.map(|()| wire_id)
+        }
+    }
+
+    struct Fixture {
+        script: Arc<Scripted>,
+        outbox: Arc<Outbox<Arc<Scripted>>>,
+        events: mpsc::Receiver<SessionEvent>,
+        cancel: CancellationToken,
+    }
+
+    fn fixture(texts: &[&str], answers: Vec<Result<(), PeerError>>) -> Fixture {
+        let db = Arc::new(Db::open_in_memory().unwrap());
+        let bob = ClientId::new("bob").unwrap();
+        for (n, text) in texts.iter().enumerate() {
+            let wire = MessageId::new(format!("w{n}")).unwrap();
+            db.enqueue_outgoing(&format!("m{n}"), &wire, &bob, text, 1)
+                .unwrap();
+        }
+        let script = Arc::new(Scripted {
+            answers: Mutex::new(answers.into()),
+            ..Scripted::default()
+        });
+        let (sink, events) = EventSink::channel();
+        let outbox = Arc::new(Outbox::new(Arc::clone(&script), db, sink));
+        let cancel = CancellationToken::new();
+        {
+            let outbox = Arc::clone(&outbox);
+            let cancel = cancel.clone();
+            tokio::spawn(async move { outbox.run(cancel).await });
+        }
+        Fixture {
+            script,
+            outbox,
+            events,
+            cancel,
+        }
+    }
+
+    fn status(local: &str, status: DeliveryStatus) -> SessionEvent {
+        SessionEvent::Status {
+            local_id: local.into(),
+            status,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_failure_pauses_the_outbox_until_the_retry_interval() {
+        let timeout = PeerError::Timeout {
+            request: "message".into(),
+            expected: "message_ack".into(),
+            after: Duration::from_secs(10),
+            attempts: 1,
+        };
+        let mut f = fixture(&["hello"], vec![Err(timeout)]);
+        let start = tokio::time::Instant::now();
+        f.outbox.wake();
+        // Half the interval later, only the first attempt was made.
+        tokio::time::sleep(OUTBOX_RETRY / 2).await;
+        assert_eq!(lock(&f.script.attempts).len(), 1);
+        assert!(f.events.try_recv().is_err());
+        // The retry sends it.
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("m0", DeliveryStatus::Sent))
+        );
+        assert!(start.elapsed() >= OUTBOX_RETRY);
+        assert_eq!(lock(&f.script.attempts).len(), 2);
+        // Nothing more to do: no further attempts, however long we wait.
+        tokio::time::sleep(OUTBOX_RETRY * 3).await;
+        assert_eq!(lock(&f.script.attempts).len(), 2);
+        f.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_message_fails_with_a_notice_and_the_next_one_still_goes() {
+        let unknown = PeerError::Server {
+            error_type: ErrorType::PeerNotFound,
+            details: "no such client".into(),
+            request_id: None,
+        };
+        let mut f = fixture(&["to nobody", "second"], vec![Err(unknown)]);
+        f.outbox.wake();
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("m0", DeliveryStatus::Failed))
+        );
+        match f.events.recv().await {
+            Some(SessionEvent::Notice(notice)) => {
+                assert_eq!(notice.kind, ErrorKind::MessageFailed);
+                assert_eq!(notice.code, Some(PeerErrorCode::PeerNotFound));
+                assert!(notice.message.contains("bob"), "{}", notice.message);
+            }
+            other => panic!("expected a notice, got {other:?}"),
+        }
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("m1", DeliveryStatus::Sent))
+        );
+        // A verdict by wire id finds the local message; a second one for it finds nothing.
+        let wire = MessageId::new("w1").unwrap();
+        assert_eq!(
+            f.outbox
+                .verdict(&wire, DeliveryStatus::Delivered)
+                .as_deref(),
+            Some("m1")
+        );
+        f.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_that_overtakes_the_send_is_applied_when_the_send_returns() {
+        let mut f = fixture(&["fast"], Vec::new());
+        let wire = MessageId::new("w0").unwrap();
+        assert_eq!(f.outbox.verdict(&wire, DeliveryStatus::Delivered), None);
+        f.outbox.wake();
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("m0", DeliveryStatus::Sent))
+        );
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("m0", DeliveryStatus::Delivered))
+        );
+        f.cancel.cancel();
+    }
+
+    #[test]
+    fn send_errors_are_classified_once() {
+        assert_eq!(classify(&PeerError::NotConnected), Failure::Retry);
+        assert_eq!(classify(&PeerError::Replaced), Failure::Fail);
+        assert_eq!(
+            classify(&PeerError::Server {
+                error_type: ErrorType::RateLimited,
+                details: String::new(),
+                request_id: None,
+            }),
+            Failure::Retry
+        );
+    }
+}

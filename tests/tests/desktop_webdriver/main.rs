@@ -1,0 +1,24 @@
+//! The desktop app end to end, in its real webview (WebKitGTK), through WebDriver, split by
+//! area: `chat` (the scenario described next), `history` (a conversation of ten thousand messages),
+//! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
+//! restart) and `tray`; the helpers they share are in `support`.
+//!
+//! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
+//! *alice* on an empty data directory and goes through first run; the peer list shows bob;
+//! alice sends, bob receives the decrypted text; bob replies and alice's conversation shows it;
+//! the server asks alice a three-round question through the admin API and every round appears in
+//! the dialog and every answer reaches the server; the app restarts and the history is there.
+//! A screenshot of each step goes to `$E2E_SCREENSHOT_DIR` (default `target/e2e-screenshots`).
+//!
+//! Needs Xvfb, tauri-driver, WebKitWebDriver and the app binary, so it is `#[ignore]`d in plain
+//! `cargo test`; `scripts/e2e-desktop.sh` sets all of that up and runs it with `--ignored`.
+//! Every wait is bounded; no timing is asserted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chat;
+mod history;
+mod hostile_input;
+mod keys;
+mod support;
+mod tray;
