@@ -13,7 +13,7 @@ use openmls::prelude::{
     ProtocolMessage, ProtocolVersion, SenderRatchetConfiguration, StagedCommit, StagedWelcome,
     UnknownExtension, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
-use openmls::prelude::{GroupId as OmlsGroupId, Sender};
+use openmls::prelude::{GroupId as OmlsGroupId, RequiredCapabilitiesExtension, Sender};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_libcrux_crypto::CryptoProvider;
 use openmls_traits::types::SignatureScheme;
@@ -82,7 +82,10 @@ fn capabilities() -> Capabilities {
     Capabilities::new(
         Some(&[ProtocolVersion::Mls10]),
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
         None,
         Some(&[CredentialType::Basic]),
     )
@@ -105,10 +108,19 @@ fn name_extensions(name: &str) -> Result<Extensions<openmls::prelude::GroupConte
     if name.len() > MAX_GROUP_NAME_LEN {
         return Err(MlsError::GroupName("longer than MAX_GROUP_NAME_LEN bytes"));
     }
-    Extensions::single(Extension::Unknown(
-        GROUP_NAME_EXTENSION,
-        UnknownExtension(name.as_bytes().to_vec()),
-    ))
+    // The name extension must be required of every member for a later rename to be valid.
+    let required = RequiredCapabilitiesExtension::new(
+        &[ExtensionType::Unknown(GROUP_NAME_EXTENSION)],
+        &[],
+        &[CredentialType::Basic],
+    );
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(required),
+        Extension::Unknown(
+            GROUP_NAME_EXTENSION,
+            UnknownExtension(name.as_bytes().to_vec()),
+        ),
+    ])
     .map_err(|e| MlsError::op("group name extension", e))
 }
 
