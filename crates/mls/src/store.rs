@@ -88,15 +88,22 @@ pub(crate) struct ClientRow {
 }
 
 impl MlsStore {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`, in WAL mode with `synchronous=NORMAL`:
+    /// every committed operation survives a killed process; a power cut may lose the last few
+    /// (SQLite's documented trade-off), never leave a half-written epoch.
     ///
     /// # Errors
     /// [`MlsError::Store`] if the file cannot be opened or migrated.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, MlsError> {
-        Self::from_connection(Connection::open(path)?)
+        let conn = Connection::open(path)?;
+        let _mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::from_connection(conn)
     }
 
-    /// Uses an open connection (its database gains the MLS tables; other tables are untouched).
+    /// Uses an open connection (its database gains the MLS tables; other tables are untouched;
+    /// journal and sync settings stay the caller's).
     ///
     /// # Errors
     /// [`MlsError::Store`] if the tables cannot be created.
