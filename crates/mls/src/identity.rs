@@ -154,3 +154,57 @@ pub(crate) fn verify_binding(
         identity_key: c.identity_key,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rand_core::OsRng;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_binding_verifies_only_for_its_key_id_and_pin() {
+        let alice = IdentityKeyPair::generate(&mut OsRng);
+        let other = IdentityKeyPair::generate(&mut OsRng);
+        let mls_key = [7u8; 32];
+        let cred = make_credential(&alice, &id("alice"), &mls_key).unwrap();
+        let pin = alice.public_key();
+        let pins = move |c: &ClientId| (c.as_str() == "alice").then_some(pin);
+
+        let who = verify_binding(&cred, &mls_key, &pins).unwrap();
+        assert_eq!(who.client_id, id("alice"));
+        assert_eq!(who.identity_key, alice.public_key());
+        // Another MLS key under the same credential: the signature is over the key.
+        assert!(verify_binding(&cred, &[8u8; 32], &pins).is_err());
+        // A pin for another key, or none.
+        let wrong = move |_: &ClientId| Some(other.public_key());
+        assert!(verify_binding(&cred, &mls_key, &wrong).is_err());
+        assert!(verify_binding(&cred, &mls_key, &|_: &ClientId| None).is_err());
+    }
+
+    #[test]
+    fn malformed_credentials_are_errors_not_panics() {
+        let alice = IdentityKeyPair::generate(&mut OsRng);
+        let cred = make_credential(&alice, &id("alice"), &[7u8; 32]).unwrap();
+        let bytes = BasicCredential::try_from(cred).unwrap().identity().to_vec();
+        for cut in 0..bytes.len() {
+            let c: Credential = BasicCredential::new(bytes[..cut].to_vec()).into();
+            assert!(
+                claimed_identity(&c).is_err(),
+                "truncated at {cut} was accepted"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let c: Credential = BasicCredential::new(longer).into();
+        assert!(claimed_identity(&c).is_err());
+        let mut bad_len = bytes;
+        bad_len[0] = 0xff;
+        let c: Credential = BasicCredential::new(bad_len).into();
+        assert!(claimed_identity(&c).is_err());
+    }
+}
