@@ -8,8 +8,8 @@ use lattice_crypto::{lp, IdentityKeyPair};
 use lattice_mls::limits::{BINDING_LABEL, CIPHERSUITE, GROUP_NAME_EXTENSION};
 use lattice_mls::{GroupId, MlsError};
 use openmls::prelude::{
-    BasicCredential, Capabilities, CredentialWithKey, ExtensionType, KeyPackage,
-    LeafNodeParameters, MlsGroup, OpenMlsProvider, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage,
+    LeafNodeParameters, Lifetime, MlsGroup, OpenMlsProvider, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::types::SignatureScheme;
@@ -93,6 +93,37 @@ fn key_packages_not_bound_to_the_pinned_identity_are_refused() {
         .unwrap();
     let kp = bundle.key_package().tls_serialize_detached().unwrap();
     assert!(alice.c().validate_key_package(&kp, &pins).is_ok());
+
+    // Properly bound but expired (a lifetime in 1970): refused by MLS validation.
+    let honest = forged_credential("carol", &carol.identity, &carol.identity, &mls_key);
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities())
+        .key_package_lifetime(Lifetime::init(1, 2))
+        .build(CIPHERSUITE, &provider, &mls_key, honest)
+        .unwrap();
+    let kp = bundle.key_package().tls_serialize_detached().unwrap();
+    assert!(matches!(
+        alice.c().validate_key_package(&kp, &pins),
+        Err(MlsError::KeyPackage(_))
+    ));
+    // Properly bound but for the classical suite: refused as another suite.
+    let classical = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let honest = forged_credential("carol", &carol.identity, &carol.identity, &mls_key);
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(Capabilities::new(
+            None,
+            Some(&[classical]),
+            None,
+            None,
+            None,
+        ))
+        .build(classical, &provider, &mls_key, honest)
+        .unwrap();
+    let kp = bundle.key_package().tls_serialize_detached().unwrap();
+    assert!(matches!(
+        alice.c().validate_key_package(&kp, &pins),
+        Err(MlsError::Ciphersuite(0x0001))
+    ));
 
     // An id nobody pinned is refused; garbage does not parse.
     let mut stranger = Device::with_identity("stranger", IdentityKeyPair::generate(&mut OsRng));
