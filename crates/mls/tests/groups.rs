@@ -29,8 +29,19 @@ fn one_to_one_survives_a_reopen_of_both_stores() {
 
     // A self-update after the reopen heals and both follow it.
     let out = bob.c().self_update(&gid).unwrap();
-    commit_everywhere(&mut bob, &out, &mut [&mut alice], &pins);
+    assert_eq!(out.epoch, epoch);
+    assert_eq!(
+        bob.c().epoch(&gid).unwrap(),
+        epoch,
+        "a pending Commit is not applied yet"
+    );
+    let events = commit_everywhere(&mut bob, &out, &mut [&mut alice], &pins);
+    assert_eq!(
+        events[0].last(),
+        Some(&GroupEvent::EpochChanged { epoch: epoch + 1 })
+    );
     assert_eq!(alice.c().epoch(&gid).unwrap(), epoch + 1);
+    assert_eq!(bob.c().epoch(&gid).unwrap(), epoch + 1);
     send_and_check(&mut alice, &mut [&mut bob], &gid, &pins, "healed");
 }
 
