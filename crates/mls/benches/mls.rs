@@ -22,11 +22,21 @@ impl IdentityPins for Pins {
 }
 
 fn client(name: &str, pins: &mut Pins) -> (MlsClient, TempDir) {
+    client_on(name, pins, true)
+}
+
+/// A client on a WAL file (`file`) or on an in-memory SQLite database (to separate file I/O
+/// from the rest of the per-operation cost).
+fn client_on(name: &str, pins: &mut Pins, file: bool) -> (MlsClient, TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let identity = IdentityKeyPair::generate(&mut OsRng);
     let id = ClientId::new(name).unwrap();
     pins.0.insert(id.clone(), identity.public_key());
-    let store = MlsStore::open(dir.path().join("mls.sqlite3")).unwrap();
+    let store = if file {
+        MlsStore::open(dir.path().join("mls.sqlite3")).unwrap()
+    } else {
+        MlsStore::from_connection(rusqlite::Connection::open_in_memory().unwrap()).unwrap()
+    };
     (MlsClient::create(store, &identity, id).unwrap(), dir)
 }
 
@@ -36,9 +46,14 @@ fn key_package(of: &mut MlsClient, by: &MlsClient, pins: &Pins) -> ValidatedKeyP
 }
 
 fn messages(c: &mut Criterion) {
+    messages_on(c, "mls_1KiB_sqlite_file", true);
+    messages_on(c, "mls_1KiB_sqlite_memory", false);
+}
+
+fn messages_on(c: &mut Criterion, name: &str, file: bool) {
     let mut pins = Pins(HashMap::new());
-    let (mut alice, _a) = client("alice", &mut pins);
-    let (mut bob, _b) = client("bob", &mut pins);
+    let (mut alice, _a) = client_on("alice", &mut pins, file);
+    let (mut bob, _b) = client_on("bob", &mut pins, file);
     let gid = alice.create_group("bench").unwrap();
     let kp = key_package(&mut bob, &alice, &pins);
     let out = alice.add_members(&gid, &[kp]).unwrap();
@@ -49,7 +64,7 @@ fn messages(c: &mut Criterion) {
     bob.process(&sample, &pins).unwrap();
     eprintln!("size: 1 KiB application message = {} B", sample.len());
 
-    let mut g = c.benchmark_group("mls_1KiB_sqlite");
+    let mut g = c.benchmark_group(name);
     g.bench_function("encrypt", |b| {
         b.iter(|| black_box(alice.encrypt(&gid, &msg).unwrap()))
     });
