@@ -26,8 +26,8 @@ use crate::identity::{
 };
 use crate::limits::{
     CIPHERSUITE, GROUP_NAME_EXTENSION, KEY_PACKAGE_LIFETIME_SECS, MAXIMUM_FORWARD_DISTANCE,
-    MAX_GROUP_NAME_LEN, MAX_KEY_PACKAGE_BATCH, MAX_MESSAGE_LEN, MAX_PAST_EPOCHS, MAX_PLAINTEXT_LEN,
-    OUT_OF_ORDER_TOLERANCE,
+    MAX_GROUP_MEMBERS, MAX_GROUP_NAME_LEN, MAX_KEY_PACKAGE_BATCH, MAX_MESSAGE_LEN, MAX_PAST_EPOCHS,
+    MAX_PLAINTEXT_LEN, OUT_OF_ORDER_TOLERANCE,
 };
 use crate::store::{self, ClientRow, MlsStore, Provider};
 use crate::MlsError;
@@ -133,6 +133,16 @@ fn name_of(extensions: &Extensions<openmls::prelude::GroupContext>) -> String {
 
 fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
     msg.to_bytes().map_err(|e| MlsError::op("serialize", e))
+}
+
+fn check_group_size(got: usize) -> Result<(), MlsError> {
+    if got > MAX_GROUP_MEMBERS {
+        return Err(MlsError::GroupFull {
+            got,
+            max: MAX_GROUP_MEMBERS,
+        });
+    }
+    Ok(())
 }
 
 fn check_len(what: &'static str, got: usize, max: usize) -> Result<(), MlsError> {
@@ -494,6 +504,7 @@ impl MlsClient {
         key_packages: &[ValidatedKeyPackage],
     ) -> Result<OutgoingCommit, MlsError> {
         let kps: Vec<KeyPackage> = key_packages.iter().map(|k| k.key_package.clone()).collect();
+        check_group_size(self.group(gid)?.members().count() + kps.len())?;
         self.commit_op(gid, "add", |provider, signer, group| {
             let (commit, welcome, _) = group
                 .add_members(provider, signer, &kps)
@@ -674,6 +685,7 @@ impl MlsClient {
                 return Err(MlsError::Ciphersuite(u16::from(context.ciphersuite())));
             }
             let name = name_of(context.extensions());
+            check_group_size(staged.members().count())?;
             let own = staged.own_leaf_index();
             let mut members = Vec::new();
             for m in staged.members() {
@@ -801,6 +813,11 @@ impl MlsClient {
                     "external proposals are not accepted".into(),
                 )),
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    let removed_count = staged.remove_proposals().count();
+                    let added_count = staged.add_proposals().count();
+                    check_group_size(
+                        (group.members().count() + added_count).saturating_sub(removed_count),
+                    )?;
                     verify_commit_bindings(&staged, pins)?;
                     let mut events = commit_events(group, &staged)?;
                     let removed = staged.self_removed();

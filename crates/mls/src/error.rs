@@ -84,6 +84,14 @@ pub enum MlsError {
     /// A handshake message was refused by MLS validation.
     #[error("handshake message refused: {0}")]
     Handshake(String),
+    /// The group would exceed [`crate::limits::MAX_GROUP_MEMBERS`].
+    #[error("group would have {got} members, over the limit of {max}")]
+    GroupFull {
+        /// Members it would have.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The group name is invalid (too long).
     #[error("invalid group name: {0}")]
     GroupName(&'static str),

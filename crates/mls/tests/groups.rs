@@ -345,3 +345,32 @@ fn key_packages_come_in_bounded_batches_and_a_last_resort() {
     }
     assert_eq!(bob.c().groups().len(), 2);
 }
+
+#[test]
+fn a_group_is_bounded_at_max_group_members() {
+    use lattice_mls::limits::MAX_GROUP_MEMBERS;
+    let mut pins = Pins::default();
+    let mut alice = Device::new("alice", &mut pins);
+    let gid = alice.c().create_group("big").unwrap();
+    let mut others: Vec<Device> = (1..=MAX_GROUP_MEMBERS)
+        .map(|i| Device::new(&format!("m{i}"), &mut pins))
+        .collect();
+    let mut kps: Vec<_> = others
+        .iter_mut()
+        .map(|d| d.key_package_for(&mut alice, &pins))
+        .collect();
+    let one_too_many = kps.pop().unwrap();
+    // Filling the group to exactly the limit works...
+    let out = alice.c().add_members(&gid, &kps).unwrap();
+    alice.c().confirm_commit(&gid).unwrap();
+    assert_eq!(alice.c().members(&gid).unwrap().len(), MAX_GROUP_MEMBERS);
+    // ...and one more is refused before any Commit is made.
+    assert!(matches!(
+        alice.c().add_members(&gid, &[one_too_many]),
+        Err(MlsError::GroupFull { got, max }) if got == MAX_GROUP_MEMBERS + 1 && max == MAX_GROUP_MEMBERS
+    ));
+    assert!(!alice.c().has_pending_commit(&gid).unwrap());
+    // A member at the limit joins from the Welcome.
+    let (joined, _) = others[0].c().join(&out.welcome.unwrap(), &pins).unwrap();
+    assert_eq!(joined, gid);
+}
