@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lattice_crypto::{IdentityKeyPair, IdentityPublicKey};
 use lattice_mls::{GroupId, IdentityPins, MlsClient, MlsStore, ValidatedKeyPackage};
 use lattice_protocol::ClientId;
@@ -74,6 +74,29 @@ fn messages_on(c: &mut Criterion, name: &str, file: bool) {
         b.iter_batched(
             || bob.encrypt(&gid, &msg).unwrap(),
             |ct| black_box(alice.process(&ct, &pins).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    // A mailbox drain: BATCH messages opened in one transaction (time is per batch).
+    const BATCH: usize = 50;
+    let mut g = c.benchmark_group(format!("{name}_batch{BATCH}"));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("decrypt", |b| {
+        b.iter_batched(
+            || {
+                (0..BATCH)
+                    .map(|_| bob.encrypt(&gid, &msg).unwrap())
+                    .collect::<Vec<_>>()
+            },
+            |cts| {
+                let results = alice
+                    .process_batch(cts.iter().map(Vec::as_slice), &pins)
+                    .unwrap();
+                assert!(results.iter().all(Result::is_ok));
+                black_box(results)
+            },
             BatchSize::SmallInput,
         )
     });

@@ -284,19 +284,7 @@ impl MlsClient {
             Err(e) => {
                 drop(tx);
                 if let Some(gid) = group {
-                    let provider = Provider::new(&self.crypto, &self.store.conn);
-                    let storage = openmls_traits::OpenMlsProvider::storage(&provider);
-                    match MlsGroup::load(storage, &OmlsGroupId::from_slice(&gid.0)) {
-                        Ok(Some(g)) => {
-                            self.groups.insert(gid.clone(), g);
-                        }
-                        Ok(None) => {
-                            self.groups.remove(gid);
-                        }
-                        Err(load) => {
-                            tracing::error!(group = %gid, error = %load, "reload after a failed operation")
-                        }
-                    }
+                    reload_group(&self.crypto, &self.store.conn, &mut self.groups, gid);
                 }
                 Err(e)
             }
@@ -758,89 +746,165 @@ impl MlsClient {
         let (gid, protocol) = parse_protocol_message(message)?;
         let gid2 = gid.clone();
         self.transact(Some(&gid), move |provider, _, groups| {
-            let group = groups
-                .get_mut(&gid2)
-                .ok_or_else(|| MlsError::UnknownGroup(gid2.clone()))?;
-            let current = group.epoch().as_u64();
-            let got = protocol.epoch().as_u64();
-            let handshake = !matches!(protocol.content_type(), ContentType::Application);
-            if got > current {
-                return Err(MlsError::FutureEpoch { got, current });
-            }
-            if handshake {
-                if got < current {
-                    return Err(MlsError::StaleEpoch { got, current });
-                }
-                if group.pending_commit().is_some() {
-                    return Err(MlsError::PendingCommit(gid2.clone()));
-                }
-            }
-            let processed = group.process_message(provider, protocol).map_err(|e| {
-                if handshake {
-                    MlsError::Handshake(e.to_string())
-                } else {
-                    MlsError::Decrypt
-                }
-            })?;
-            let sender = processed.sender().clone();
-            let credential = processed.credential().clone();
-            match processed.into_content() {
-                ProcessedMessageContent::ApplicationMessage(m) => Ok(vec![GroupEvent::Application {
-                    sender: claimed_identity(&credential)?,
-                    bytes: m.into_bytes(),
-                }]),
-                ProcessedMessageContent::ProposalMessage(p) => {
-                    let event = match p.proposal() {
-                        Proposal::Remove(r)
-                            if matches!(sender, Sender::Member(i) if i == r.removed()) =>
-                        {
-                            GroupEvent::LeaveRequested {
-                                member: claimed_identity(&credential)?,
-                            }
-                        }
-                        _ => {
-                            return Err(MlsError::Handshake(
-                                "only leave requests are accepted as standalone proposals".into(),
-                            ))
-                        }
-                    };
-                    group
-                        .store_pending_proposal(openmls_traits::OpenMlsProvider::storage(provider), *p)
-                        .map_err(MlsError::Store)?;
-                    Ok(vec![event])
-                }
-                ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(MlsError::Handshake(
-                    "external proposals are not accepted".into(),
-                )),
-                ProcessedMessageContent::StagedCommitMessage(staged) => {
-                    let removed_count = staged.remove_proposals().count();
-                    let added_count = staged.add_proposals().count();
-                    check_group_size(
-                        (group.members().count() + added_count).saturating_sub(removed_count),
-                    )?;
-                    verify_commit_bindings(&staged, pins)?;
-                    let mut events = commit_events(group, &staged)?;
-                    let removed = staged.self_removed();
-                    group
-                        .merge_staged_commit(provider, *staged)
-                        .map_err(|e| MlsError::op("merge commit", e))?;
-                    if removed {
-                        group
-                            .delete(openmls_traits::OpenMlsProvider::storage(provider))
-                            .map_err(MlsError::Store)?;
-                        store::delete_group(tx_conn(provider), &gid2.0)?;
-                        groups.remove(&gid2);
-                        events.push(GroupEvent::Removed);
-                    } else {
-                        events.push(GroupEvent::EpochChanged {
-                            epoch: group.epoch().as_u64(),
-                        });
-                    }
-                    Ok(events)
-                }
-                _ => Err(MlsError::Handshake("unsupported message content".into())),
-            }
+            process_in(provider, groups, &gid2, protocol, pins)
         })
+    }
+
+    /// Processes a burst of messages (a mailbox drain) in **one** SQLite transaction, each in its
+    /// own savepoint: a message that fails leaves no trace and does not stop the others. The
+    /// file commit is paid once for the batch instead of once per message. Acknowledge the
+    /// messages to the mailbox only after this returns: a crash before the final commit loses
+    /// the whole batch's effects, and the messages must be delivered again.
+    ///
+    /// # Errors
+    /// The outer error is a store failure (nothing of the batch was kept); each message's own
+    /// outcome is in the returned vector, in order, as [`MlsClient::process`] would give it.
+    pub fn process_batch<'m>(
+        &mut self,
+        messages: impl IntoIterator<Item = &'m [u8]>,
+        pins: &dyn IdentityPins,
+    ) -> Result<Vec<Result<Vec<GroupEvent>, MlsError>>, MlsError> {
+        let mut tx = self.store.conn.unchecked_transaction()?;
+        let mut results = Vec::new();
+        for message in messages {
+            let (gid, protocol) = match parse_protocol_message(message) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let sp = tx.savepoint()?;
+            let outcome = {
+                let provider = Provider::new(&self.crypto, &sp);
+                process_in(&provider, &mut self.groups, &gid, protocol, pins)
+            };
+            match outcome {
+                Ok(events) => {
+                    sp.commit()?;
+                    results.push(Ok(events));
+                }
+                Err(e) => {
+                    drop(sp); // rolls the savepoint back
+                    reload_group(&self.crypto, &tx, &mut self.groups, &gid);
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+}
+
+/// Reloads `gid` from the store into `groups` (after a rollback, so memory matches the store).
+fn reload_group(
+    crypto: &CryptoProvider,
+    conn: &Connection,
+    groups: &mut BTreeMap<GroupId, MlsGroup>,
+    gid: &GroupId,
+) {
+    let provider = Provider::new(crypto, conn);
+    let storage = openmls_traits::OpenMlsProvider::storage(&provider);
+    match MlsGroup::load(storage, &OmlsGroupId::from_slice(&gid.0)) {
+        Ok(Some(g)) => {
+            groups.insert(gid.clone(), g);
+        }
+        Ok(None) => {
+            groups.remove(gid);
+        }
+        Err(load) => {
+            tracing::error!(group = %gid, error = %load, "reload after a failed operation")
+        }
+    }
+}
+
+/// The work of [`MlsClient::process`] inside an open transaction.
+fn process_in(
+    provider: &Provider<'_>,
+    groups: &mut BTreeMap<GroupId, MlsGroup>,
+    gid: &GroupId,
+    protocol: ProtocolMessage,
+    pins: &dyn IdentityPins,
+) -> Result<Vec<GroupEvent>, MlsError> {
+    let group = groups
+        .get_mut(gid)
+        .ok_or_else(|| MlsError::UnknownGroup(gid.clone()))?;
+    let current = group.epoch().as_u64();
+    let got = protocol.epoch().as_u64();
+    let handshake = !matches!(protocol.content_type(), ContentType::Application);
+    if got > current {
+        return Err(MlsError::FutureEpoch { got, current });
+    }
+    if handshake {
+        if got < current {
+            return Err(MlsError::StaleEpoch { got, current });
+        }
+        if group.pending_commit().is_some() {
+            return Err(MlsError::PendingCommit(gid.clone()));
+        }
+    }
+    let processed = group.process_message(provider, protocol).map_err(|e| {
+        if handshake {
+            MlsError::Handshake(e.to_string())
+        } else {
+            MlsError::Decrypt
+        }
+    })?;
+    let sender = processed.sender().clone();
+    let credential = processed.credential().clone();
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(m) => Ok(vec![GroupEvent::Application {
+            sender: claimed_identity(&credential)?,
+            bytes: m.into_bytes(),
+        }]),
+        ProcessedMessageContent::ProposalMessage(p) => {
+            let event = match p.proposal() {
+                Proposal::Remove(r) if matches!(sender, Sender::Member(i) if i == r.removed()) => {
+                    GroupEvent::LeaveRequested {
+                        member: claimed_identity(&credential)?,
+                    }
+                }
+                _ => {
+                    return Err(MlsError::Handshake(
+                        "only leave requests are accepted as standalone proposals".into(),
+                    ))
+                }
+            };
+            group
+                .store_pending_proposal(openmls_traits::OpenMlsProvider::storage(provider), *p)
+                .map_err(MlsError::Store)?;
+            Ok(vec![event])
+        }
+        ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(MlsError::Handshake(
+            "external proposals are not accepted".into(),
+        )),
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let removed_count = staged.remove_proposals().count();
+            let added_count = staged.add_proposals().count();
+            check_group_size(
+                (group.members().count() + added_count).saturating_sub(removed_count),
+            )?;
+            verify_commit_bindings(&staged, pins)?;
+            let mut events = commit_events(group, &staged)?;
+            let removed = staged.self_removed();
+            group
+                .merge_staged_commit(provider, *staged)
+                .map_err(|e| MlsError::op("merge commit", e))?;
+            if removed {
+                group
+                    .delete(openmls_traits::OpenMlsProvider::storage(provider))
+                    .map_err(MlsError::Store)?;
+                store::delete_group(tx_conn(provider), &gid.0)?;
+                groups.remove(gid);
+                events.push(GroupEvent::Removed);
+            } else {
+                events.push(GroupEvent::EpochChanged {
+                    epoch: group.epoch().as_u64(),
+                });
+            }
+            Ok(events)
+        }
+        _ => Err(MlsError::Handshake("unsupported message content".into())),
     }
 }
 

@@ -374,3 +374,39 @@ fn a_group_is_bounded_at_max_group_members() {
     let (joined, _) = others[0].c().join(&out.welcome.unwrap(), &pins).unwrap();
     assert_eq!(joined, gid);
 }
+
+#[test]
+fn a_mailbox_drain_in_one_batch_keeps_each_outcome() {
+    let mut pins = Pins::default();
+    let mut alice = Device::new("alice", &mut pins);
+    let mut bob = Device::new("bob", &mut pins);
+    let gid = make_group(&mut alice, &mut [&mut bob], &pins);
+
+    let m1 = alice.c().encrypt(&gid, b"one").unwrap();
+    let update = alice.c().self_update(&gid).unwrap();
+    alice.c().confirm_commit(&gid).unwrap();
+    let m2 = alice.c().encrypt(&gid, b"two").unwrap();
+    let mut tampered = m2.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let m3 = alice.c().encrypt(&gid, b"three").unwrap();
+
+    // Out of order (m2 before the Commit), a tampered copy, garbage: each refused on its own.
+    let batch: Vec<&[u8]> = vec![&m1, &m2, &update.commit, &tampered, b"junk", &m2, &m3];
+    let results = bob.c().process_batch(batch, &pins).unwrap();
+    assert_eq!(results.len(), 7);
+    assert_eq!(texts(results[0].as_ref().unwrap()), vec!["one"]);
+    assert!(matches!(results[1], Err(MlsError::FutureEpoch { .. })));
+    assert!(results[2].is_ok());
+    assert!(matches!(results[3], Err(MlsError::Decrypt)));
+    assert!(matches!(results[4], Err(MlsError::Malformed { .. })));
+    assert_eq!(texts(results[5].as_ref().unwrap()), vec!["two"]);
+    assert_eq!(texts(results[6].as_ref().unwrap()), vec!["three"]);
+
+    // The batch was written: after a reopen bob is in the new epoch and the keys are used up.
+    bob.reopen();
+    assert_eq!(bob.c().epoch(&gid).unwrap(), alice.c().epoch(&gid).unwrap());
+    let again = bob.c().process_batch([&m2[..], &m3[..]], &pins).unwrap();
+    assert!(again.iter().all(|r| matches!(r, Err(MlsError::Decrypt))));
+    send_and_check(&mut bob, &mut [&mut alice], &gid, &pins, "after the batch");
+}
