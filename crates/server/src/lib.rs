@@ -15,8 +15,10 @@
 //!
 //! ## Modules
 //! - [`config`]: [`Config`], from flags/env or code; [`limits`]: every bound with its reason.
-//! - [`http`]: one port for the WebSocket upgrade (any path), `/healthz`, `/metrics`, `/admin`.
-//! - [`session`]: one task per connection; the slow-consumer and no-loss policies are written there.
+//! - [`http`]: one port for the WebSocket upgrade (any path), `/healthz`, `/metrics`, `/admin`;
+//!   [`admin_guard`]: the backoff on failed admin logins.
+//! - [`session`]: one task per connection: the socket loop, over a socket-free core with one handler
+//!   per frame (`session::handlers`); the slow-consumer and no-loss policies are written there.
 //! - [`hub`]: who is online where, routing and presence ([`hub::Hub`], in-process [`hub::LocalHub`]).
 //! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite).
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin_guard;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -49,9 +52,9 @@ use tracing::{info, warn};
 
 use crate::hub::{LocalHub, Out};
 use crate::questions::Questions;
-use crate::session::close_code;
 use crate::state::ServerState;
 use crate::store::SqliteStore;
+use lattice_protocol::close_code;
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +182,7 @@ fn build_state(
         shutdown,
         tasks: TaskTracker::new(),
         addresses: state::AddressSlots::default(),
-        admin_guard: http::AdminGuard::default(),
+        admin_guard: admin_guard::AdminGuard::default(),
         new_ids: state::NewIdLimiter::default(),
         config,
     }))
