@@ -1,5 +1,5 @@
 //! The admin API's brake on guessing: failed authentications per source address, with a backoff
-//! that doubles. Shared state (in [`crate::state::ServerState`]), used by [`crate::http`].
+//! that doubles. Held in the server state and consulted by the admin API.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -87,6 +87,8 @@ const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// The socket loop's own state; everything about the protocol is in `core`.
 struct Session {
     core: Core,
+    /// The core's shared part, held here too so `select!` can borrow it beside `&mut self`.
+    shared: Arc<SessionShared>,
     rx: mpsc::Receiver<Out>,
     bucket: Option<TokenBucket>,
 }
@@ -104,7 +106,8 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
     state.sessions.insert(Arc::clone(&shared));
     let mut session = Session {
         bucket: TokenBucket::new(state.config.rate_limit, Instant::now()),
-        core: Core::new(Arc::clone(&state), shared, remote.ip()),
+        core: Core::new(Arc::clone(&state), Arc::clone(&shared), remote.ip()),
+        shared,
         rx,
     };
     let span =
@@ -149,12 +152,12 @@ impl Session {
                     Box::pin(tokio::time::sleep_until(t)).await;
                 }
             };
-            let shared = Arc::clone(self.core.shared());
             let draining = self.core.draining();
             let flow = tokio::select! {
                 biased;
-                () = shared.kill.cancelled() => {
-                    let (code, reason) = shared
+                () = self.shared.kill.cancelled() => {
+                    let (code, reason) = self
+                        .shared
                         .close_reason
                         .get()
                         .copied()
@@ -164,7 +167,7 @@ impl Session {
                 // The handlers are boxed so that an idle connection's task holds only this small
                 // select state, not the largest handler's: memory per idle connection is a target.
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
-                () = shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
+                () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
                 msg = ws.next(), if paused_until.is_none() => Box::pin(self.read(&mut ws, msg)).await,
                 () = resume, if paused_until.is_some() => Flow::Continue,
                 () = std::future::ready(()), if draining => Box::pin(self.drain_mailbox(&mut ws)).await,
@@ -308,12 +311,7 @@ impl Session {
                 next = self.rx.try_recv().ok();
             }
         }
-        if self
-            .core
-            .shared()
-            .mail_waiting
-            .swap(false, Ordering::AcqRel)
-        {
+        if self.shared.mail_waiting.swap(false, Ordering::AcqRel) {
             self.core.set_draining();
         }
         self.flush_replies(ws).await
@@ -321,7 +319,7 @@ impl Session {
 
     /// Writes the presence lane.
     async fn write_presence(&mut self, ws: &mut WebSocket) -> Flow {
-        for frame in self.core.shared().take_presence_backlog() {
+        for frame in self.shared.take_presence_backlog() {
             self.core.push(Message::Text(frame));
         }
         self.flush_replies(ws).await

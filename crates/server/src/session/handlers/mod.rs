@@ -99,6 +99,7 @@ impl Core {
         &self.state
     }
 
+    #[cfg(test)]
     pub(crate) fn shared(&self) -> &Arc<SessionShared> {
         &self.shared
     }
