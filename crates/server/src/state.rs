@@ -38,8 +38,8 @@ pub struct ServerState {
     pub open_connections: AtomicUsize,
     /// Connection id source.
     pub next_conn: AtomicU64,
-    /// Time base for `last_seen`.
-    pub started: Instant,
+    /// Time base for `last_seen` (tokio's clock, so timeouts can be tested on paused time).
+    pub started: tokio::time::Instant,
     /// Cancelled once, at shutdown.
     pub shutdown: CancellationToken,
     /// Owns every session task, so shutdown can wait for them.
