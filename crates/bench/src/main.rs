@@ -33,7 +33,7 @@ enum Cmd {
     /// Closed-loop throughput and latency against a running server.
     Throughput {
         /// Server URL.
-        #[arg(long, default_value = "ws://127.0.0.1:3005")]
+        #[arg(long, default_value = format!("ws://127.0.0.1:{}", lattice_protocol::limits::DEFAULT_PORT))]
         url: String,
         /// Sender→receiver pairs.
         #[arg(long, default_value_t = 10)]
@@ -44,7 +44,7 @@ enum Cmd {
     /// Server RSS per idle registered connection (the server must run on this machine).
     Idle {
         /// Server URL.
-        #[arg(long, default_value = "ws://127.0.0.1:3005")]
+        #[arg(long, default_value = format!("ws://127.0.0.1:{}", lattice_protocol::limits::DEFAULT_PORT))]
         url: String,
         /// The server's process id (for /proc/PID/status).
         #[arg(long)]

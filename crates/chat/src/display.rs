@@ -134,9 +134,10 @@ pub fn event_lines(event: &PeerEvent) -> Vec<String> {
             escape(target.as_str()),
             escape(&error.to_string())
         )],
-        PeerEvent::Error(PeerError::Replaced) => disconnected_lines(
-            "the server closed this session: this identity connected elsewhere (close code 4000); /reconnect takes it back",
-        ),
+        PeerEvent::Error(PeerError::Replaced) => disconnected_lines(&format!(
+            "the server closed this session: this identity connected elsewhere (close code {}); /reconnect takes it back",
+            lattice_protocol::close_code::REPLACED
+        )),
         PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => disconnected_lines(&format!(
             "gave up reconnecting after {attempts} attempts"
         )),

@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 )]
 struct Args {
     /// Signaling server URL (ws:// or wss://).
-    #[arg(long, env = "LATTICE_SERVER", default_value = "ws://127.0.0.1:3005")]
+    #[arg(long, env = "LATTICE_SERVER", default_value = format!("ws://127.0.0.1:{}", lattice_protocol::limits::DEFAULT_PORT))]
     server: String,
     /// Your client id (1-64 of A-Z a-z 0-9 . _ - @).
     #[arg(long, env = "LATTICE_ID")]

@@ -75,19 +75,21 @@ pub use statements::{
     verify_kem_key_signature,
 };
 
-/// Length of an ML-KEM-768 encapsulation (public) key, in bytes.
-pub const KEM_PUBLIC_KEY_LEN: usize = 1184;
+/// Length of the registration challenge nonce (`challenge` answer), in bytes (the protocol's
+/// `CHALLENGE_NONCE_LEN`).
+pub use lattice_protocol::limits::CHALLENGE_NONCE_LEN as REGISTRATION_NONCE_LEN;
+/// Length of an Ed25519 public (identity) key, in bytes (the protocol's `IDENTITY_KEY_LEN`).
+pub use lattice_protocol::limits::IDENTITY_KEY_LEN as IDENTITY_PUBLIC_KEY_LEN;
+/// Length of an ML-KEM-768 encapsulation (public) key, in bytes (a wire size: defined once in
+/// [`lattice_protocol::limits`]).
+pub use lattice_protocol::limits::KEM_PUBLIC_KEY_LEN;
+/// Length of an Ed25519 signature, in bytes.
+pub use lattice_protocol::limits::SIGNATURE_LEN;
 /// Length of an ML-KEM-768 ciphertext, in bytes.
 pub const KEM_CIPHERTEXT_LEN: usize = 1088;
 /// Length of an ML-KEM key-generation seed `d ‖ z` (FIPS 203 `KeyGen_internal`), in bytes.
 pub const KEM_SEED_LEN: usize = 64;
-/// Length of an Ed25519 public (identity) key, in bytes.
-pub const IDENTITY_PUBLIC_KEY_LEN: usize = 32;
-/// Length of an Ed25519 signature, in bytes.
-pub const SIGNATURE_LEN: usize = 64;
 /// Length of the AES-256-GCM nonce (IV) that starts `encrypted_data`, in bytes.
 pub const NONCE_LEN: usize = 12;
 /// Length of the AES-256-GCM tag that ends `encrypted_data`, in bytes.
 pub const TAG_LEN: usize = 16;
-/// Length of the registration challenge nonce (`challenge` answer), in bytes.
-pub const REGISTRATION_NONCE_LEN: usize = 32;

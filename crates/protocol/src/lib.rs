@@ -21,7 +21,9 @@
 //!
 //! ## Modules
 //! - [`ids`]: validated id newtypes ([`ClientId`], [`MessageId`], [`RequestId`], ...).
-//! - [`limits`]: every size limit of the protocol, with its reason.
+//! - [`limits`]: every size limit of the protocol, with its reason (key lengths included: the
+//!   crypto crate takes them from here).
+//! - [`close_code`]: the WebSocket close codes the server sends and clients act on.
 //! - [`frames`]: [`ClientFrame`] (client → server) and [`ServerFrame`] (server → client) and their payloads.
 //! - [`codec`]: [`decode_client`], [`decode_server`] and [`encode`]; one [`DecodeError`] that maps to
 //!   the protocol's `errorType`.
@@ -33,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod close_code;
 pub mod codec;
 pub mod envelope;
 pub mod error_type;

@@ -76,28 +76,28 @@ pub struct Config {
 
     /// Seconds an undelivered message is kept.
     #[arg(long = "mailbox-ttl", env = "LATTICE_MAILBOX_TTL", value_parser = parse_secs,
-          default_value = "604800")]
+          default_value = secs(limits::MAILBOX_TTL))]
     pub mailbox_ttl: Duration,
 
     /// Seconds a server question waits for its answer.
     #[arg(long = "question-timeout", env = "LATTICE_QUESTION_TIMEOUT", value_parser = parse_secs,
-          default_value = "300")]
+          default_value = secs(limits::QUESTION_TIMEOUT))]
     pub question_timeout: Duration,
 
     /// Seconds between pings to each connection.
     #[arg(long = "ping-interval", env = "LATTICE_PING_INTERVAL", value_parser = parse_secs,
-          default_value = "20")]
+          default_value = secs(limits::PING_INTERVAL))]
     pub ping_interval: Duration,
 
     /// Seconds of silence after which a connection is closed.
     #[arg(long = "idle-timeout", env = "LATTICE_IDLE_TIMEOUT", value_parser = parse_secs,
-          default_value = "60")]
+          default_value = secs(limits::IDLE_TIMEOUT))]
     pub idle_timeout: Duration,
 
     /// Seconds after which the binding of a verified id that has not registered since is deleted
     /// (the id becomes free); 0 keeps bindings forever. Default 180 days.
     #[arg(long = "binding-ttl", env = "LATTICE_BINDING_TTL", value_parser = parse_secs,
-          default_value = "15552000")]
+          default_value = secs(limits::BINDING_TTL))]
     pub binding_ttl: Duration,
 
     /// New verified ids one source address (IPv6: one /64) may create per hour (re-registering an
@@ -123,6 +123,12 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// A duration as the whole seconds its flag takes: clap's default for the duration flags comes
+/// from the constant in [`crate::limits`], never a second copy of the number.
+fn secs(d: Duration) -> String {
+    d.as_secs().to_string()
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

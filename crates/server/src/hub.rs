@@ -56,6 +56,23 @@ pub struct SessionShared {
 }
 
 impl SessionShared {
+    /// A new connection's shared part: `tx` is its outbound queue, `kill` its cancellation token
+    /// (a child of the server's shutdown), `now_ms` the server uptime when it opened.
+    pub fn new(conn_id: u64, tx: mpsc::Sender<Out>, kill: CancellationToken, now_ms: u64) -> Self {
+        Self {
+            conn_id,
+            tx,
+            last_seen: AtomicU64::new(now_ms),
+            kill,
+            close_reason: OnceLock::new(),
+            mail_waiting: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            opened_ms: now_ms,
+            presence_backlog: Mutex::default(),
+            presence_ready: Notify::new(),
+        }
+    }
+
     /// Asks the session to close with `code` and `reason`.
     pub fn close(&self, code: u16, reason: &'static str) {
         let _ = self.close_reason.set((code, reason));

@@ -15,16 +15,21 @@
 //!
 //! ## Modules
 //! - [`config`]: [`Config`], from flags/env or code; [`limits`]: every bound with its reason.
-//! - [`http`]: one port for the WebSocket upgrade (any path), `/healthz`, `/metrics`, `/admin`.
-//! - [`session`]: one task per connection; the slow-consumer and no-loss policies are written there.
+//! - [`http`]: one port for the WebSocket upgrade (any path), `/healthz`, `/metrics`, `/admin`;
+//!   [`admin_guard`]: the backoff on failed admin logins.
+//! - [`session`]: one task per connection: the socket loop, over a socket-free core with one handler
+//!   per frame (`session::handlers`); the slow-consumer and no-loss policies are written there.
 //! - [`hub`]: who is online where, routing and presence ([`hub::Hub`], in-process [`hub::LocalHub`]).
 //! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite).
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
 //! - [`metrics`]: counters for `/metrics`.
+//! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
+//!   expiry of questions, mail and unused bindings.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin_guard;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -34,12 +39,12 @@ pub mod questions;
 pub mod session;
 pub mod state;
 pub mod store;
+mod sweeper;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::time::Instant;
 
 pub use config::{Config, ConfigError};
 use tokio::net::TcpListener;
@@ -47,9 +52,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::hub::{LocalHub, Out};
+use crate::hub::LocalHub;
 use crate::questions::Questions;
-use crate::session::close_code;
 use crate::state::ServerState;
 use crate::store::SqliteStore;
 
@@ -175,11 +179,11 @@ fn build_state(
         sessions: hub::Sessions::default(),
         open_connections: AtomicUsize::new(0),
         next_conn: AtomicU64::new(1),
-        started: Instant::now(),
+        started: tokio::time::Instant::now(),
         shutdown,
         tasks: TaskTracker::new(),
         addresses: state::AddressSlots::default(),
-        admin_guard: http::AdminGuard::default(),
+        admin_guard: admin_guard::AdminGuard::default(),
         new_ids: state::NewIdLimiter::default(),
         config,
     }))
@@ -193,7 +197,7 @@ async fn serve(
     let token = state.shutdown.clone();
     let addr = listener.local_addr()?;
     info!(%addr, persistent = state.config.data_dir.is_some(), "lattice-server listening");
-    let sweeper = tokio::spawn(sweep(Arc::clone(&state)));
+    let sweeper = tokio::spawn(sweeper::sweep(Arc::clone(&state)));
     let app = http::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let stop = {
         let token = token.clone();
@@ -227,77 +231,4 @@ async fn serve(
     }
     info!("lattice-server stopped");
     served.map_err(ServerError::Io)
-}
-
-/// Once a minute: expired mail and unused bindings go, and the WAL is checkpointed and truncated
-/// so it stays small under constant load.
-fn store_maintenance(state: &ServerState) {
-    match crate::store::Mailbox::purge_expired(state.mailbox.as_ref()) {
-        Ok(0) => {}
-        Ok(n) => info!(expired = n, "expired mailbox entries removed"),
-        Err(e) => warn!(error = %e, "mailbox purge failed"),
-    }
-    let ttl = state.config.binding_ttl;
-    if !ttl.is_zero() {
-        let now = i64::try_from(state::unix_ms()).unwrap_or(i64::MAX);
-        let cutoff = now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        // An id online now is in use, however long ago it registered.
-        let online = |id: &lattice_protocol::ClientId| state.hub.get(id).is_some();
-        match state
-            .directory
-            .expire_unused(cutoff, limits::BINDING_EXPIRY_BATCH, &online)
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                state
-                    .metrics
-                    .bindings_expired
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                info!(expired = n, "unused bindings removed");
-            }
-            Err(e) => warn!(error = %e, "binding expiry failed"),
-        }
-    }
-    if let Err(e) = state.store.checkpoint() {
-        warn!(error = %e, "WAL checkpoint failed");
-    }
-}
-
-/// Housekeeping: heartbeat pings, idle and registration timeouts, expiry of questions and mail.
-async fn sweep(state: Arc<ServerState>) {
-    let mut tick = tokio::time::interval(limits::SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds: u64 = 0;
-    loop {
-        tokio::select! {
-            biased;
-            () = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        rounds += 1;
-        let now = state.uptime_ms();
-        let ping_ms = u64::try_from(state.config.ping_interval.as_millis()).unwrap_or(u64::MAX);
-        let idle_ms = u64::try_from(state.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
-        let register_ms = u64::try_from(limits::REGISTER_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
-        for s in state.sessions.all() {
-            let idle = now.saturating_sub(s.last_seen.load(std::sync::atomic::Ordering::Relaxed));
-            if idle >= idle_ms {
-                metrics::Metrics::inc(&state.metrics.policy_closes);
-                s.close(close_code::GOING_AWAY, "idle timeout");
-            } else if !s.registered.load(std::sync::atomic::Ordering::Acquire)
-                && now.saturating_sub(s.opened_ms) >= register_ms
-            {
-                metrics::Metrics::inc(&state.metrics.policy_closes);
-                s.close(close_code::REGISTER_TIMEOUT, "registration timeout");
-            } else if idle >= ping_ms {
-                let _ = s.tx.try_send(Out::Ping);
-            }
-        }
-        state.questions.expire();
-        let every =
-            (limits::STORE_MAINTENANCE_EVERY.as_secs() / limits::SWEEP_INTERVAL.as_secs()).max(1);
-        if rounds % every == 0 {
-            store_maintenance(&state);
-        }
-    }
 }

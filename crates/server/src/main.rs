@@ -66,19 +66,22 @@ struct AskArgs {
     #[arg(long)]
     conversation: Option<String>,
     /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = ASK_TIMEOUT_SECS)]
     timeout: u64,
     /// Base URL of the server's HTTP port.
     #[arg(
         long,
         env = "LATTICE_ADMIN_URL",
-        default_value = "http://127.0.0.1:3005"
+        default_value = format!("http://127.0.0.1:{}", lattice_protocol::limits::DEFAULT_PORT)
     )]
     url: String,
     /// Admin bearer token (the server's --admin-token).
     #[arg(long, env = "LATTICE_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
 }
+
+/// How long `ask` waits for an answer unless told: two minutes, a person at a keyboard.
+const ASK_TIMEOUT_SECS: u64 = 120;
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
     let base = dirs::data_dir().context("no user data directory; pass --data-dir")?;

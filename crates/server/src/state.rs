@@ -9,11 +9,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::hub::{Hub, Sessions};
 use crate::metrics::Metrics;
 use crate::questions::Questions;
 use crate::store::{Directory, Mailbox, SqliteStore};
-use crate::Config;
 
 /// Everything a session, the HTTP handlers and the sweeper share.
 #[derive(Debug)]
@@ -38,8 +38,8 @@ pub struct ServerState {
     pub open_connections: AtomicUsize,
     /// Connection id source.
     pub next_conn: AtomicU64,
-    /// Time base for `last_seen`.
-    pub started: Instant,
+    /// Time base for `last_seen` (tokio's clock, so timeouts can be tested on paused time).
+    pub started: tokio::time::Instant,
     /// Cancelled once, at shutdown.
     pub shutdown: CancellationToken,
     /// Owns every session task, so shutdown can wait for them.
@@ -47,7 +47,7 @@ pub struct ServerState {
     /// Registrations held per source address.
     pub addresses: AddressSlots,
     /// Failed admin authentications per source address.
-    pub admin_guard: crate::http::AdminGuard,
+    pub admin_guard: crate::admin_guard::AdminGuard,
     /// New verified ids minted per source address (`--new-ids-per-ip`).
     pub new_ids: NewIdLimiter,
 }

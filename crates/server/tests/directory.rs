@@ -6,7 +6,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use lattice_server::Config;
+use serde_json::json;
 use support::*;
 
 async fn new_ids_refused(server: &lattice_server::ServerHandle) -> u64 {
@@ -64,5 +67,46 @@ async fn the_directory_is_capped_with_a_typed_error() {
     assert_eq!(v["payload"]["errorType"], "TOO_MANY_REGISTRATIONS", "{v}");
     assert_eq!(new_ids_refused(&server).await, 1);
     drop(reconnect_verified(&url, "b", &b).await);
+    server.shutdown().await;
+}
+
+/// Attack: one address registers more ids than allowed. Asserts: the extra registration gets
+/// `TOO_MANY_REGISTRATIONS` with its `requestId`; once one of that address's connections closes,
+/// a registration succeeds again.
+#[tokio::test]
+async fn registrations_per_address_are_limited() {
+    let server = spawn_with(Config {
+        max_registrations_per_ip: 3,
+        limit_loopback: true,
+        ..Config::for_tests()
+    })
+    .await;
+    let url = server.url();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(register_unverified(&url, &format!("p{i}")).await.0);
+    }
+    let key = json!(kem_key(&new_identity()));
+    let mut extra = Client::connect(&url).await;
+    let mut frame = unverified_register("p3", &key);
+    frame["requestId"] = json!("reg-3");
+    extra.send(frame.clone()).await;
+    let e = extra.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "TOO_MANY_REGISTRATIONS", "{e}");
+    assert_eq!(e["requestId"], "reg-3");
+    // one slot freed (the server notices the close asynchronously: bounded retries)
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..100 {
+        extra.send(frame.clone()).await;
+        let v = extra.recv().await;
+        if v["type"] == "register" {
+            ok = true;
+            break;
+        }
+        assert_eq!(v["payload"]["errorType"], "TOO_MANY_REGISTRATIONS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a freed slot can be used again");
     server.shutdown().await;
 }

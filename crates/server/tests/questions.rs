@@ -164,3 +164,26 @@ async fn admin_api_errors() {
     assert_eq!(s, 404);
     server.shutdown().await;
 }
+
+/// Attack: a client opens demo conversations as fast as it can. Asserts: beyond
+/// `MAX_OPEN_DEMOS_PER_PEER` open at once it gets `RATE_LIMITED` with its `requestId`.
+#[tokio::test]
+async fn demo_conversations_are_bounded_per_peer() {
+    let server = spawn_server().await;
+    let (mut c, _) = register_unverified(&server.url(), "curious").await;
+    for i in 0..lattice_server::limits::MAX_OPEN_DEMOS_PER_PEER {
+        let q = c
+            .request(
+                json!({"type":"debug_question","payload":{},"requestId":format!("d{i}")}),
+                "server_question",
+            )
+            .await;
+        assert_eq!(q["requestId"], format!("d{i}"));
+    }
+    c.send(json!({"type":"debug_question","payload":{},"requestId":"one-too-many"}))
+        .await;
+    let e = c.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "RATE_LIMITED", "{e}");
+    assert_eq!(e["requestId"], "one-too-many");
+    server.shutdown().await;
+}

@@ -236,3 +236,24 @@ pub async fn admin_ask(base: &str, token: &str, peer: &str, body: Value) -> (u16
     let status = r.status().as_u16();
     (status, r.json().await.expect("admin JSON"))
 }
+
+/// A register frame for `id` with an already-encoded ML-KEM key (unverified, original style).
+pub fn unverified_register(id: &str, key: &Value) -> Value {
+    json!({"type":"register","payload":{"clientId":id,"publicKey":key,
+        "verification":{"algorithm":"ml-dsa","serializedPublicKey":"AA==","serializedMessage":"AA==","serializedSignedData":"AA=="}}})
+}
+
+/// Reads until a `message_ack` or `error` answering `rid`, skipping presence.
+pub async fn answer_to(c: &mut Client, rid: &str) -> Value {
+    loop {
+        let v = c.recv().await;
+        if v["requestId"] == rid {
+            return v;
+        }
+        let t = v["type"].as_str().unwrap_or_default();
+        assert!(
+            t == "peer_connected" || t == "peer_disconnected" || t == "message",
+            "unexpected {v}"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! WebSocket close codes the server sends and clients act on. The 1xxx codes are RFC 6455's; the
+//! 4xxx codes are Lattice's own (the range RFC 6455 leaves to applications). Defined once here so
+//! the server that sends a code and the peer that reacts to it cannot drift apart.
+
+/// Normal closure.
+pub const NORMAL: u16 = 1000;
+/// The server is shutting down, or the connection was idle too long.
+pub const GOING_AWAY: u16 = 1001;
+/// Too many invalid frames.
+pub const POLICY: u16 = 1008;
+/// A frame beyond the transport limit.
+pub const TOO_BIG: u16 = 1009;
+/// The peer did not read its frames in time.
+pub const TRY_AGAIN_LATER: u16 = 1013;
+/// The same identity registered on a newer connection. A client must not reconnect on its own
+/// after this code: two instances of one identity would otherwise replace each other forever.
+pub const REPLACED: u16 = 4000;
+/// The connection did not register in time.
+pub const REGISTER_TIMEOUT: u16 = 4008;

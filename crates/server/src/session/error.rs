@@ -1,0 +1,270 @@
+//! Why a frame was refused: one typed error per cause, each mapped to its wire `errorType` in
+//! [`HandlerError::error_type`] (the only place that mapping is written). The `Display` text is the
+//! `details` sentence of the `error` frame, so it says what was wrong and names the values.
+
+use lattice_protocol::limits::KEM_PUBLIC_KEY_LEN;
+use lattice_protocol::{ClientId, DecodeError, ErrorType, QuestionId};
+
+use crate::store::Limit;
+
+/// A frame the session refuses; the client gets an `error` frame with the frame's `requestId`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    /// The frame did not decode (bad JSON, shape, type or field); the codec chose the code.
+    #[error("{}", .0.details)]
+    Decode(DecodeError),
+    /// A binary WebSocket message.
+    #[error("Binary frames are not part of the protocol; send JSON text")]
+    Binary,
+    /// A frame that needs a registered connection, on one that is not.
+    #[error("Register before sending {0}")]
+    RegistrationRequired(&'static str),
+    /// A second `register` for another id on a registered connection.
+    #[error("This connection is already registered as {0}; one connection registers one id")]
+    AlreadyRegistered(ClientId),
+    /// `publicKey` has the right length but is not an ML-KEM-768 key.
+    #[error("publicKey is not a valid ML-KEM-768 public key (a coefficient is out of range)")]
+    KemKeyOutOfRange,
+    /// `publicKey` has the wrong length.
+    #[error(
+        "publicKey must be an ML-KEM-768 public key of {KEM_PUBLIC_KEY_LEN} bytes (got {0} bytes)"
+    )]
+    KemKeyLength(usize),
+    /// `publicKey` could not be read at all.
+    #[error("Invalid publicKey: {0}")]
+    KemKeyUnreadable(&'static str),
+    /// The registration proof does not hold.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// The id is online elsewhere or bound to another identity.
+    #[error("Client ID {0} is already taken")]
+    IdTaken(ClientId),
+    /// The directory could not be read.
+    #[error("The server could not read its directory; try again")]
+    DirectoryUnavailable,
+    /// The directory could not be written.
+    #[error("The server could not store the registration; try again")]
+    RegistrationNotStored,
+    /// The directory holds `--max-bindings` ids.
+    #[error("The server's directory is full ({0} ids); it accepts no new ids now, existing ids still register")]
+    DirectoryFull(u64),
+    /// This address minted its `--new-ids-per-ip` for the hour.
+    #[error("This address created {0} new ids in the last hour, the most the server allows; try again later (existing ids are not limited)")]
+    NewIdsExhausted(u32),
+    /// This address holds `--max-registrations-per-ip` registrations.
+    #[error(
+        "This address already holds {0} registrations, the most the server allows; close one first"
+    )]
+    AddressFull(usize),
+    /// The target is neither online nor a known verified identity.
+    #[error("Target peer {0} not found")]
+    PeerNotFound(ClientId),
+    /// `message` is not a JSON object.
+    #[error("message must be an envelope object")]
+    NotAnEnvelope,
+    /// An unverified recipient's queue is full (it has no mailbox).
+    #[error("Peer {0} is not reading its messages fast enough; the message was not delivered")]
+    RecipientBusy(ClientId),
+    /// The recipient's mailbox, or this sender's share of it, is full.
+    #[error("{}", mailbox_full(.target, *.limit, *.bound))]
+    MailboxFull {
+        /// The recipient.
+        target: ClientId,
+        /// Which quota.
+        limit: Limit,
+        /// That quota's value (messages or bytes).
+        bound: u64,
+    },
+    /// The mailbox could not be written.
+    #[error("The server could not store the message; try again")]
+    MailboxUnavailable,
+    /// A `peer_response` to a question that is not open.
+    #[error("Question {0} is unknown or has expired")]
+    UnknownQuestion(QuestionId),
+    /// A `peer_response` that does not fit its question.
+    #[error("{0}")]
+    InvalidAnswer(String),
+    /// Too many demo conversations open.
+    #[error("{0}")]
+    DemoRefused(String),
+}
+
+fn mailbox_full(target: &ClientId, limit: Limit, bound: u64) -> String {
+    match limit {
+        Limit::Count => format!(
+            "The mailbox of {target} is full ({bound} messages waiting); the message was not accepted"
+        ),
+        Limit::Bytes => format!(
+            "The mailbox of {target} is full ({bound} bytes waiting); the message was not accepted"
+        ),
+        Limit::SenderCount => format!(
+            "You have {bound} messages waiting for {target}, the most one sender may; the message was not accepted"
+        ),
+        Limit::SenderBytes => format!(
+            "Your messages waiting for {target} take {bound} bytes, the most one sender may; the message was not accepted"
+        ),
+    }
+}
+
+impl HandlerError {
+    /// The wire `errorType` of this error.
+    pub(crate) fn error_type(&self) -> ErrorType {
+        match self {
+            Self::Decode(e) => e.error_type,
+            Self::Binary | Self::AlreadyRegistered(_) | Self::NotAnEnvelope => {
+                ErrorType::InvalidMessage
+            }
+            Self::InvalidAnswer(_) => ErrorType::InvalidMessage,
+            Self::RegistrationRequired(_) => ErrorType::RegistrationRequired,
+            Self::KemKeyOutOfRange | Self::KemKeyLength(_) | Self::KemKeyUnreadable(_) => {
+                ErrorType::InvalidPublicKey
+            }
+            Self::Proof(_) => ErrorType::InvalidProof,
+            Self::IdTaken(_) => ErrorType::ClientIdTaken,
+            Self::DirectoryUnavailable | Self::RegistrationNotStored | Self::MailboxUnavailable => {
+                ErrorType::InternalError
+            }
+            Self::DirectoryFull(_) | Self::AddressFull(_) => ErrorType::TooManyRegistrations,
+            Self::NewIdsExhausted(_) | Self::DemoRefused(_) => ErrorType::RateLimited,
+            Self::PeerNotFound(_) => ErrorType::PeerNotFound,
+            Self::RecipientBusy(_) | Self::MailboxFull { .. } => ErrorType::MailboxFull,
+            Self::UnknownQuestion(_) => ErrorType::UnknownQuestion,
+        }
+    }
+
+    /// Whether the frame itself was malformed (counts toward `MAX_INVALID_FRAMES`); refusals of
+    /// well-formed frames never close a connection.
+    pub(crate) fn is_invalid_frame(&self) -> bool {
+        matches!(self, Self::Decode(_) | Self::Binary)
+    }
+}
+
+/// Why a verified registration's proof was refused (all `INVALID_PROOF`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProofError {
+    /// No `challenge` was asked for on this connection (or it was used).
+    #[error("Request a challenge before a verified registration")]
+    NoChallenge,
+    /// The challenge is older than `CHALLENGE_TTL_SECS`.
+    #[error("The challenge has expired; request a new one")]
+    ChallengeExpired,
+    /// A `verification` field is absent.
+    #[error("verification.{0} is missing")]
+    FieldMissing(&'static str),
+    /// A `verification` field is not base64.
+    #[error("verification.{0} is not valid base64")]
+    FieldNotBase64(&'static str),
+    /// `serializedPublicKey` is not an Ed25519 key.
+    #[error("verification.serializedPublicKey is not an Ed25519 key")]
+    NotEd25519,
+    /// The statement could not be built from this registration.
+    #[error("{0}")]
+    Statement(lattice_crypto::CryptoError),
+    /// The signed statement is not this registration's.
+    #[error("The signed statement does not match this registration and challenge")]
+    StatementMismatch,
+    /// The statement's signature is wrong.
+    #[error("The registration signature does not verify")]
+    BadSignature,
+    /// `keySignature` is absent.
+    #[error("keySignature is required with an ed25519 verification")]
+    KeySignatureMissing,
+    /// `keySignature` is not base64.
+    #[error("keySignature is not valid base64")]
+    KeySignatureNotBase64,
+    /// `keySignature` does not sign `publicKey` with the identity key.
+    #[error("keySignature does not verify against the identity key")]
+    KeySignatureInvalid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every refusal's wire code and sentence, as clients have always received them.
+    #[test]
+    fn each_refusal_maps_to_its_wire_code() {
+        let id = |s: &str| ClientId::new(s).unwrap_or_else(|e| panic!("{e}"));
+        let cases: Vec<(HandlerError, &str, &str)> = vec![
+            (HandlerError::Binary, "INVALID_MESSAGE", "Binary frames"),
+            (
+                HandlerError::RegistrationRequired("discover"),
+                "REGISTRATION_REQUIRED",
+                "Register before sending discover",
+            ),
+            (
+                HandlerError::KemKeyLength(3),
+                "INVALID_PUBLIC_KEY",
+                "(got 3 bytes)",
+            ),
+            (
+                ProofError::ChallengeExpired.into(),
+                "INVALID_PROOF",
+                "expired",
+            ),
+            (
+                HandlerError::IdTaken(id("bob")),
+                "CLIENT_ID_TAKEN",
+                "Client ID bob is already taken",
+            ),
+            (
+                HandlerError::DirectoryUnavailable,
+                "INTERNAL_ERROR",
+                "directory",
+            ),
+            (
+                HandlerError::DirectoryFull(5),
+                "TOO_MANY_REGISTRATIONS",
+                "(5 ids)",
+            ),
+            (
+                HandlerError::NewIdsExhausted(30),
+                "RATE_LIMITED",
+                "created 30 new ids",
+            ),
+            (
+                HandlerError::AddressFull(64),
+                "TOO_MANY_REGISTRATIONS",
+                "holds 64",
+            ),
+            (
+                HandlerError::PeerNotFound(id("bob")),
+                "PEER_NOT_FOUND",
+                "Target peer bob not found",
+            ),
+            (
+                HandlerError::RecipientBusy(id("bob")),
+                "MAILBOX_FULL",
+                "Peer bob is not reading",
+            ),
+            (
+                HandlerError::MailboxFull {
+                    target: id("bob"),
+                    limit: Limit::SenderCount,
+                    bound: 250,
+                },
+                "MAILBOX_FULL",
+                "You have 250 messages waiting for bob",
+            ),
+            (
+                HandlerError::MailboxUnavailable,
+                "INTERNAL_ERROR",
+                "could not store the message",
+            ),
+            (
+                HandlerError::InvalidAnswer("pick one".into()),
+                "INVALID_MESSAGE",
+                "pick one",
+            ),
+        ];
+        for (e, code, text) in cases {
+            assert_eq!(e.error_type().as_str(), code, "{e:?}");
+            assert!(e.to_string().contains(text), "{e}: {text}");
+            assert_eq!(
+                e.is_invalid_frame(),
+                matches!(e, HandlerError::Binary),
+                "{e:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! `challenge` and `register`: the ML-KEM key, the Ed25519 proof, the directory, the claim on the
+//! hub, the binding, the presence broadcast.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use lattice_crypto::{IdentityPublicKey, KemPublicKey};
+use lattice_protocol::close_code;
+use lattice_protocol::limits::{CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN};
+use lattice_protocol::{
+    encode, Challenge, Frame, PeerPresence, PublicKeyField, Register, Registered, ServerFrame,
+    Verification,
+};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::Core;
+use crate::hub::{ClaimError, PeerEntry};
+use crate::metrics::Metrics;
+use crate::session::error::{HandlerError, ProofError};
+use crate::state::unix_ms;
+use crate::store::Binding;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// What a verified registration proved: the identity key and its signature over the KEM key.
+type Proof = ([u8; 32], Vec<u8>);
+
+impl Core {
+    /// A fresh nonce for a verified registration; it replaces any earlier one.
+    pub(super) fn on_challenge(&mut self) -> ServerFrame {
+        let nonce: [u8; CHALLENGE_NONCE_LEN] = rand::random();
+        self.challenge = Some((nonce, Instant::now()));
+        ServerFrame::Challenge(Challenge {
+            nonce: B64.encode(nonce),
+        })
+    }
+
+    /// Checks a verified registration against this connection's challenge (which it uses up).
+    fn check_proof(
+        &mut self,
+        v: &Verification,
+        r: &Register,
+        kem_key: &[u8],
+    ) -> Result<Proof, ProofError> {
+        let (nonce, issued) = self.challenge.take().ok_or(ProofError::NoChallenge)?;
+        if issued.elapsed() > Duration::from_secs(CHALLENGE_TTL_SECS) {
+            return Err(ProofError::ChallengeExpired);
+        }
+        let field = |f: &Option<String>, name: &'static str| -> Result<Vec<u8>, ProofError> {
+            let s = f.as_deref().ok_or(ProofError::FieldMissing(name))?;
+            B64.decode(s).map_err(|_| ProofError::FieldNotBase64(name))
+        };
+        let ik_bytes = field(&v.serialized_public_key, "serializedPublicKey")?;
+        let ik = IdentityPublicKey::from_bytes(&ik_bytes).map_err(|_| ProofError::NotEd25519)?;
+        let statement =
+            lattice_crypto::registration_statement(&nonce, r.client_id.as_str(), kem_key)
+                .map_err(ProofError::Statement)?;
+        if field(&v.serialized_message, "serializedMessage")? != statement {
+            return Err(ProofError::StatementMismatch);
+        }
+        let sig = field(&v.serialized_signed_data, "serializedSignedData")?;
+        ik.verify(&statement, &sig)
+            .map_err(|_| ProofError::BadSignature)?;
+        let key_sig = B64
+            .decode(
+                r.key_signature
+                    .as_deref()
+                    .ok_or(ProofError::KeySignatureMissing)?,
+            )
+            .map_err(|_| ProofError::KeySignatureNotBase64)?;
+        lattice_crypto::verify_kem_key_signature(&ik, kem_key, &key_sig)
+            .map_err(|_| ProofError::KeySignatureInvalid)?;
+        Ok((*ik.as_bytes(), key_sig))
+    }
+
+    /// Takes one of this address's registration slots (`--max-registrations-per-ip`); true if
+    /// the limit allows this registration.
+    fn acquire_ip_slot(&mut self) -> bool {
+        let cfg = &self.state.config;
+        let exempt = self.remote_ip.is_loopback() && !cfg.limit_loopback;
+        if cfg.max_registrations_per_ip == 0 || exempt {
+            return true;
+        }
+        self.ip_slot = self
+            .state
+            .addresses
+            .acquire(self.remote_ip, cfg.max_registrations_per_ip);
+        self.ip_slot
+    }
+
+    pub(super) fn release_ip_slot(&mut self) {
+        if std::mem::take(&mut self.ip_slot) {
+            self.state.addresses.release(self.remote_ip);
+        }
+    }
+
+    /// Whether this connection may create a new binding (a verified id not in the directory):
+    /// the directory's cap (`--max-bindings`), then this address's allowance
+    /// (`--new-ids-per-ip`, loopback exempt unless `--limit-loopback`).
+    fn may_mint_id(&self) -> Result<(), HandlerError> {
+        let cfg = &self.state.config;
+        if cfg.max_bindings > 0 {
+            match self.state.directory.binding_count() {
+                Ok(n) if n >= cfg.max_bindings => {
+                    return Err(HandlerError::DirectoryFull(cfg.max_bindings));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "directory count failed");
+                    return Err(HandlerError::DirectoryUnavailable);
+                }
+            }
+        }
+        let exempt = self.remote_ip.is_loopback() && !cfg.limit_loopback;
+        // The limiter keeps std time; the address limit is not a session timer.
+        let now = std::time::Instant::now();
+        if !exempt
+            && !self
+                .state
+                .new_ids
+                .allow(self.remote_ip, cfg.new_ids_per_ip, now)
+        {
+            return Err(HandlerError::NewIdsExhausted(cfg.new_ids_per_ip));
+        }
+        Ok(())
+    }
+
+    /// The ML-KEM key of a `register`, checked as FIPS 203 requires.
+    fn kem_key(r: &Register) -> Result<Vec<u8>, HandlerError> {
+        match &r.public_key {
+            PublicKeyField::Bytes(b) if b.len() != KEM_PUBLIC_KEY_LEN => {
+                Err(HandlerError::KemKeyLength(b.len()))
+            }
+            PublicKeyField::Bytes(b) if KemPublicKey::from_bytes(b).is_err() => {
+                Err(HandlerError::KemKeyOutOfRange)
+            }
+            PublicKeyField::Bytes(b) => Ok(b.clone()),
+            PublicKeyField::Invalid(why) => Err(HandlerError::KemKeyUnreadable(why)),
+        }
+    }
+
+    pub(super) fn on_register(&mut self, r: Register) -> Result<Option<ServerFrame>, HandlerError> {
+        if let Some(peer) = &self.peer {
+            if peer.id != r.client_id {
+                return Err(HandlerError::AlreadyRegistered(peer.id.clone()));
+            }
+            // A retry of our own registration: answer it again rather than colliding with it.
+            return Ok(Some(ServerFrame::Registered(Registered {
+                success: true,
+                client_id: peer.id.clone(),
+                verified: peer.verified,
+            })));
+        }
+        let id = r.client_id.clone();
+        let kem_key = Self::kem_key(&r)?;
+        // Original clients send other algorithms (ml-dsa) or odd shapes: those register unverified.
+        let verification = match r.verification() {
+            Some(Ok(v)) if v.algorithm.eq_ignore_ascii_case("ed25519") => Some(v),
+            _ => None,
+        };
+        let proof = match verification {
+            Some(v) => Some(self.check_proof(&v, &r, &kem_key)?),
+            None => None,
+        };
+        let binding = self.state.directory.get(&id).map_err(|e| {
+            warn!(error = %e, "directory lookup failed");
+            HandlerError::DirectoryUnavailable
+        })?;
+        match (&binding, &proof) {
+            (Some(_), None) => return Err(HandlerError::IdTaken(id)),
+            (Some(b), Some((ik, _))) if &b.identity_key != ik => {
+                return Err(HandlerError::IdTaken(id))
+            }
+            _ => {}
+        }
+        let identity_key = proof.as_ref().map(|(ik, _)| *ik);
+        let entry = Arc::new(PeerEntry {
+            id: id.clone(),
+            session: Arc::clone(&self.shared),
+            verified: proof.is_some(),
+            public_key: kem_key.clone().into(),
+            identity_key,
+            key_signature: proof.as_ref().map(|(_, s)| s.clone().into()),
+            subscribed: AtomicBool::new(false),
+        });
+        // A verified registration of the same identity replaces a stale connection at once.
+        let replace =
+            |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        if proof.is_some() && binding.is_none() {
+            if let Err(e) = self.may_mint_id() {
+                Metrics::inc(&self.state.metrics.new_ids_refused);
+                info!(ip = %self.remote_ip, %id, error_type = %e.error_type(), "new id refused");
+                return Err(e);
+            }
+        }
+        if !self.acquire_ip_slot() {
+            let max = self.state.config.max_registrations_per_ip;
+            info!(ip = %self.remote_ip, max, "registration refused: address limit");
+            return Err(HandlerError::AddressFull(max));
+        }
+        let replaced = match self.state.hub.claim(Arc::clone(&entry), &replace) {
+            Ok(old) => old,
+            Err(ClaimError::Taken) => {
+                self.release_ip_slot();
+                return Err(HandlerError::IdTaken(id));
+            }
+        };
+        // The replaced connection (same identity) is closed before anything can fail, so a
+        // failure below never leaves it open but unreachable.
+        if let Some(old) = replaced {
+            if old.session.conn_id != self.shared.conn_id {
+                old.session.close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection of the same identity",
+                );
+            }
+        }
+        if let Some((ik, key_signature)) = proof {
+            let new = Binding {
+                identity_key: ik,
+                kem_public_key: kem_key,
+                key_signature,
+            };
+            if binding.as_ref() == Some(&new) {
+                // In use: its binding does not expire (`--binding-ttl`) while it keeps coming back.
+                let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
+                if let Err(e) = self.state.directory.touch(&id, now) {
+                    warn!(error = %e, "directory touch failed");
+                }
+            } else if let Err(e) = self.state.directory.put(&id, &new) {
+                warn!(error = %e, "directory write failed");
+                self.state.hub.release(&id, self.shared.conn_id);
+                self.release_ip_slot();
+                return Err(HandlerError::RegistrationNotStored);
+            }
+        }
+        tracing::Span::current().record("peer", tracing::field::display(&id));
+        info!(verified = entry.verified, "registered");
+        Metrics::inc(&self.state.metrics.registrations);
+        self.shared.registered.store(true, Ordering::Release);
+        self.peer = Some(Arc::clone(&entry));
+        let presence = encode(&Frame::new(ServerFrame::PeerConnected(PeerPresence {
+            peer_id: id.clone(),
+        })));
+        self.state.hub.broadcast_presence(&presence.into(), &id);
+        self.set_draining();
+        Ok(Some(ServerFrame::Registered(Registered {
+            success: true,
+            client_id: id,
+            verified: entry.verified,
+        })))
+    }
+}
