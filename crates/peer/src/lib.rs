@@ -56,6 +56,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_internals;
 pub mod config;
 mod connection;
 pub mod defaults;
@@ -63,14 +66,22 @@ pub mod error;
 pub mod events;
 mod held;
 pub mod identity_file;
+mod inbox;
 pub mod keys;
+mod link;
+mod outbox;
 mod peer;
 mod pending;
-mod receive;
 pub mod replay;
+mod requests;
+mod router;
 pub mod sanitize;
+mod sync;
+#[cfg(test)]
+mod testkit;
 mod transport;
 mod trust;
+mod wire;
 
 pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
 pub use error::{PeerError, RejectReason};
@@ -79,6 +90,7 @@ pub use events::{
     PeerEvent,
 };
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
-pub use peer::{MessagingPeer, SentMessage};
+pub use outbox::SentMessage;
+pub use peer::MessagingPeer;
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};
 pub use replay::{MemoryReplayStore, ReplayStore};
