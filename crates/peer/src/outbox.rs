@@ -26,11 +26,11 @@ use crate::trust::Trust;
 use crate::wire::{now_ms, B64, INNER_VERSION, KIND_TEXT};
 use crate::{defaults, PeerError};
 
-/// What [`MessagingPeer::send_message`] sent.
+/// What [`crate::MessagingPeer::send_message`] sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {
-    /// The message id; the matching [`PeerEvent::MessageAck`] or [`PeerEvent::MessageFailed`]
-    /// carries it.
+    /// The message id; the matching [`crate::PeerEvent::MessageAck`] or
+    /// [`crate::PeerEvent::MessageFailed`] carries it.
     pub message_id: MessageId,
     /// `LatticeV1` to a Lattice peer, `MlKemAes` (unauthenticated) to an original client.
     pub algorithm: Algorithm,
