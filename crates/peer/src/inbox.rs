@@ -44,6 +44,14 @@ use crate::trust::{Recheck, Trust};
 use crate::wire::{now_ms, B64, INNER_VERSION, KIND_TEXT};
 use crate::{defaults, PeerError, RejectReason};
 
+/// Messages refused for a reason that may pass, and how often each was refused.
+#[derive(Debug)]
+struct Backlog {
+    held: Held,
+    /// How often each held message was refused, to give up in the end.
+    refusals: Refusals,
+}
+
 /// The receiving side of messages. Shared (`Arc`) by the handle, the connection and the worker.
 #[derive(Debug)]
 pub(crate) struct Inbox {
@@ -52,12 +60,12 @@ pub(crate) struct Inbox {
     trust: Arc<Trust>,
     link: Arc<Link>,
     dispatcher: Arc<Dispatcher>,
-    // std Mutexes below: each guards a short update of one structure, never an await.
-    held: Mutex<Held>,
-    /// How often each held message was refused, to give up in the end.
-    refusals: Mutex<Refusals>,
+    /// Messages held back and their refusal tally. std Mutex: short updates, never an await.
+    backlog: Mutex<Backlog>,
     /// Woken when held messages become ready to be opened again.
     held_ready: Notify,
+    /// std Mutex, apart from `backlog` because its section writes through to the (possibly
+    /// durable) [`ReplayStore`]: held-message bookkeeping never waits for that write.
     replay: Mutex<ReplayGuard>,
     /// Durable high-water marks behind `replay`.
     replay_store: Arc<dyn ReplayStore>,
@@ -98,8 +106,10 @@ impl Inbox {
             trust,
             link,
             dispatcher,
-            held: Mutex::new(Held::new(defaults::HELD_MESSAGES)),
-            refusals: Mutex::new(Refusals::new(policy, defaults::TRANSIENT_REFUSALS_TRACKED)),
+            backlog: Mutex::new(Backlog {
+                held: Held::new(defaults::HELD_MESSAGES),
+                refusals: Refusals::new(policy, defaults::TRANSIENT_REFUSALS_TRACKED),
+            }),
             held_ready: Notify::new(),
             replay: Mutex::new(ReplayGuard::new(
                 defaults::REPLAY_WINDOW_PER_PEER,
@@ -115,7 +125,7 @@ impl Inbox {
 
     /// Queues the messages held back from `from` to be opened again.
     pub(crate) fn release_held(&self, from: &ClientId) {
-        let released = lock(&self.held).release(from);
+        let released = lock(&self.backlog).held.release(from);
         if released > 0 {
             tracing::debug!(peer = %self.client_id, from = %from, released, "held messages released");
             self.held_ready.notify_one();
@@ -125,7 +135,7 @@ impl Inbox {
     /// A connection ended: the server puts every unacknowledged message back into the mailbox
     /// and delivers it again after re-registration, so the local copies are redundant.
     pub(crate) fn connection_ended(&self) {
-        lock(&self.held).clear();
+        lock(&self.backlog).held.clear();
     }
 
     /// Opens and checks one message (the worker's step, without the delivery).
@@ -219,7 +229,7 @@ pub(crate) async fn worker(
     loop {
         // Released held messages first: they are older than anything still queued.
         let mut released = Vec::new();
-        while let Some(d) = lock(&inbox.held).next_ready() {
+        while let Some(d) = lock(&inbox.backlog).held.next_ready() {
             released.push(d);
         }
         // Each to the front of its sender's queue, so the last goes first: in reverse, to keep
@@ -237,7 +247,7 @@ pub(crate) async fn worker(
         if !open_channel && running.is_empty() {
             break;
         }
-        let retry = lock(&inbox.held).next_retry();
+        let retry = lock(&inbox.backlog).held.next_retry();
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
@@ -257,7 +267,7 @@ pub(crate) async fn worker(
             }
             () = inbox.held_ready.notified() => {}
             () = sleep_until_some(retry) => {
-                lock(&inbox.held).release_due(Instant::now());
+                lock(&inbox.backlog).held.release_due(Instant::now());
             }
             d = received.recv(), if open_channel && fair.has_room() => match d {
                 Some(d) => {
@@ -289,9 +299,9 @@ async fn process(inbox: &Inbox, delivered: Delivered) {
             inbox.dispatcher.emit(PeerEvent::Message(message));
             // A held copy of this message is redundant now; whatever else was held back from
             // this sender because its key could not be fetched can be opened now.
-            lock(&inbox.held).settle(&from, message_id.as_ref());
+            lock(&inbox.backlog).held.settle(&from, message_id.as_ref());
             if let Some(id) = &message_id {
-                lock(&inbox.refusals).forget(&from, id);
+                lock(&inbox.backlog).refusals.forget(&from, id);
             }
             inbox.release_held(&from);
             true
@@ -333,7 +343,9 @@ fn refused(inbox: &Inbox, delivered: Delivered, reason: RejectReason) {
     let mut report = true;
     let reason = match (&message_id, reason.is_retried()) {
         (Some(id), true) => {
-            let verdict = lock(&inbox.refusals).refused(&from, id, Instant::now());
+            let verdict = lock(&inbox.backlog)
+                .refusals
+                .refused(&from, id, Instant::now());
             match verdict {
                 Verdict::Retry { at, first } => {
                     retry_at = Some(at);
@@ -365,7 +377,7 @@ fn refused(inbox: &Inbox, delivered: Delivered, reason: RejectReason) {
     // Held back, not lost: the server keeps an unacknowledged message, and a local copy is opened
     // again as soon as the reason passes (or its retry time comes).
     if transient {
-        lock(&inbox.held).hold(delivered, retry_at);
+        lock(&inbox.backlog).held.hold(delivered, retry_at);
     }
 }
 
@@ -716,19 +728,19 @@ mod tests {
     async fn held_messages_are_dropped_when_the_connection_ends_and_released_per_sender() {
         let (alice, bob) = (Kit::new("alice"), Kit::new("bob"));
         let d = sealed(&alice, &bob, "x", now_ms());
-        lock(&bob.inbox.held).hold(d.clone(), None);
+        lock(&bob.inbox.backlog).held.hold(d.clone(), None);
         bob.inbox.release_held(&id("carol"));
         assert!(
-            lock(&bob.inbox.held).next_ready().is_none(),
+            lock(&bob.inbox.backlog).held.next_ready().is_none(),
             "only the named sender's"
         );
         bob.inbox.release_held(&alice.me);
-        assert!(lock(&bob.inbox.held).next_ready().is_some());
-        lock(&bob.inbox.held).hold(d, None);
+        assert!(lock(&bob.inbox.backlog).held.next_ready().is_some());
+        lock(&bob.inbox.backlog).held.hold(d, None);
         bob.inbox.connection_ended();
         bob.inbox.release_held(&alice.me);
         assert!(
-            lock(&bob.inbox.held).next_ready().is_none(),
+            lock(&bob.inbox.backlog).held.next_ready().is_none(),
             "the server redelivers instead"
         );
     }

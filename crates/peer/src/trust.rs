@@ -31,12 +31,20 @@ pub(crate) struct Trust {
     key_store: Arc<dyn KeyStore>,
     requests: Arc<Requests>,
     dispatcher: Arc<Dispatcher>,
-    // std Mutexes: each guards a map lookup or update, never held across an await.
-    keys: Mutex<KeyCache>,
+    /// std Mutex: each section is a map lookup or update, never held across an await (a key
+    /// fetch happens with it released).
+    known: Mutex<Known>,
+}
+
+/// What [`Trust`] remembers between calls.
+#[derive(Debug)]
+struct Known {
+    /// Checked keys, for sending.
+    keys: KeyCache,
     /// Senders recently found to have no identity key.
-    keyless: Mutex<Keyless>,
+    keyless: Keyless,
     /// Changed identity keys waiting for the user's acceptance.
-    key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
+    changes: HashMap<ClientId, IdentityPublicKey>,
 }
 
 impl Trust {
@@ -51,12 +59,14 @@ impl Trust {
             key_store,
             requests,
             dispatcher,
-            keys: Mutex::new(KeyCache::new(defaults::KEY_CACHE)),
-            keyless: Mutex::new(Keyless::new(
-                defaults::NO_IDENTITY_KEY_TTL,
-                defaults::NO_IDENTITY_KEY_CACHE,
-            )),
-            key_changes: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known {
+                keys: KeyCache::new(defaults::KEY_CACHE),
+                keyless: Keyless::new(
+                    defaults::NO_IDENTITY_KEY_TTL,
+                    defaults::NO_IDENTITY_KEY_CACHE,
+                ),
+                changes: HashMap::new(),
+            }),
         }
     }
 
@@ -66,16 +76,17 @@ impl Trust {
     }
 
     pub(crate) fn forget_key(&self, peer: &ClientId) {
-        lock(&self.keys).remove(peer);
-        lock(&self.keyless).remove(peer);
+        let mut known = lock(&self.known);
+        known.keys.remove(peer);
+        known.keyless.remove(peer);
     }
 
     pub(crate) fn cached_key(&self, peer: &ClientId) -> Option<PeerKey> {
-        lock(&self.keys).get(peer).cloned()
+        lock(&self.known).keys.get(peer).cloned()
     }
 
     pub(crate) fn pending_key_change(&self, peer: &ClientId) -> Option<IdentityPublicKey> {
-        lock(&self.key_changes).get(peer).copied()
+        lock(&self.known).changes.get(peer).copied()
     }
 
     /// `request_public_key`, then [`Trust::check_key`].
@@ -123,7 +134,7 @@ impl Trust {
                 }
             }
         }
-        lock(&self.keys).insert(key.clone());
+        lock(&self.known).keys.insert(key.clone());
         Ok(key)
     }
 
@@ -157,11 +168,11 @@ impl Trust {
         self.key_store.pin(peer, &ik)?;
         // Compared and accepted by the user: a contact, never evicted from a bounded store.
         self.key_store.mark_contact(peer)?;
-        lock(&self.key_changes).remove(peer);
         {
-            let mut k = lock(&self.keys);
-            k.remove(peer);
-            k.insert(key);
+            let mut known = lock(&self.known);
+            known.changes.remove(peer);
+            known.keys.remove(peer);
+            known.keys.insert(key);
         }
         tracing::info!(peer = %self.client_id, changed = %peer, "key change accepted");
         Ok(())
@@ -174,7 +185,7 @@ impl Trust {
         old: IdentityPublicKey,
         new: IdentityPublicKey,
     ) -> PeerError {
-        let first_time = lock(&self.key_changes).insert(peer.clone(), new) != Some(new);
+        let first_time = lock(&self.known).changes.insert(peer.clone(), new) != Some(new);
         self.forget_key(peer);
         if first_time {
             tracing::warn!(peer = %self.client_id, changed = %peer, "identity key changed");
@@ -204,7 +215,7 @@ impl Trust {
             return Ok(k);
         }
         let keyless = || PeerError::NoIdentityKey { peer: peer.clone() };
-        if lock(&self.keyless).contains(peer, Instant::now()) {
+        if lock(&self.known).keyless.contains(peer, Instant::now()) {
             return Err(keyless());
         }
         let found = match self.fetch_key(peer).await {
@@ -219,7 +230,7 @@ impl Trust {
             },
         ) = &found
         {
-            lock(&self.keyless).insert(peer, Instant::now());
+            lock(&self.known).keyless.insert(peer, Instant::now());
         }
         found
     }
