@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto soak bundle
+.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-peer soak bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -41,12 +41,17 @@ unit: deps
 	$(CARGO) test --workspace
 
 ## Benchmarks (numbers, never asserted): criterion for the crypto, the load generator for the server.
-bench: bench-crypto
+bench: bench-crypto bench-peer
 	$(CARGO) build --release -p lattice-server -p lattice-bench
 	taskset -c 1 target/release/lattice-loadgen compare --pairs 1,10,100,1000 --idle 10000
 
 bench-crypto:
 	$(CARGO) bench -p lattice-crypto
+
+## The client: seal+open of 1 KiB through the outbox and inbox, and 1,000 messages round trip
+## through a real in-process server (crates/peer/benches/peer.rs).
+bench-peer:
+	$(CARGO) bench -p lattice-peer --features bench
 
 ## The soak with kill -9s (docs/scaling.md): 10 minutes, 200 verified recipients, 3,000 messages/s;
 ## prints the account and fails if anything acknowledged was lost.

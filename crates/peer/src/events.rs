@@ -19,6 +19,8 @@ use lattice_crypto::Fingerprint;
 use lattice_protocol::{ClientId, ConversationId, MessageAck, MessageId, Question, QuestionId};
 use tokio::sync::broadcast;
 
+use crate::sync::lock;
+
 use crate::PeerError;
 
 /// The state of the connection to the server.
@@ -171,7 +173,7 @@ pub(crate) struct Dispatcher {
 
 impl fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.handlers.lock().map(|h| h.len()).unwrap_or(0);
+        let n = lock(&self.handlers).len();
         f.debug_struct("Dispatcher")
             .field("handlers", &n)
             .field("subscribers", &self.events.receiver_count())
@@ -191,9 +193,7 @@ impl Dispatcher {
 
     pub(crate) fn add(self: &Arc<Self>, f: Callback) -> HandlerHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut h) = self.handlers.lock() {
-            h.push((id, f));
-        }
+        lock(&self.handlers).push((id, f));
         HandlerHandle {
             id,
             dispatcher: Arc::downgrade(self),
@@ -201,23 +201,19 @@ impl Dispatcher {
     }
 
     fn remove(&self, id: u64) -> bool {
-        match self.handlers.lock() {
-            Ok(mut h) => {
-                let before = h.len();
-                h.retain(|(i, _)| *i != id);
-                h.len() != before
-            }
-            Err(_) => false,
-        }
+        let mut h = lock(&self.handlers);
+        let before = h.len();
+        h.retain(|(i, _)| *i != id);
+        h.len() != before
     }
 
     /// Calls every handler, then broadcasts. A panicking handler is logged and skipped: it must
     /// not take the connection down with it.
     pub(crate) fn emit(&self, event: PeerEvent) {
-        let handlers: Vec<Callback> = match self.handlers.lock() {
-            Ok(h) => h.iter().map(|(_, f)| Arc::clone(f)).collect(),
-            Err(_) => Vec::new(),
-        };
+        let handlers: Vec<Callback> = lock(&self.handlers)
+            .iter()
+            .map(|(_, f)| Arc::clone(f))
+            .collect();
         for f in handlers {
             if catch_unwind(AssertUnwindSafe(|| f(&event))).is_err() {
                 tracing::error!(
@@ -232,6 +228,15 @@ impl Dispatcher {
     pub(crate) fn subscribe(&self) -> EventStream {
         EventStream::new(self.events.subscribe())
     }
+}
+
+/// Records every event `dispatcher` emits, for unit tests.
+#[cfg(test)]
+pub(crate) fn record(dispatcher: &Arc<Dispatcher>) -> Arc<Mutex<Vec<PeerEvent>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let _ = dispatcher.add(Arc::new(move |ev: &PeerEvent| lock(&sink).push(ev.clone())));
+    seen
 }
 
 /// Removes a handler registered with one of the `on_*` methods.

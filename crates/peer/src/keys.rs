@@ -130,10 +130,6 @@ impl Pins {
     }
 }
 
-fn lock_error<T>(_: T) -> PeerError {
-    PeerError::KeyStore("lock poisoned".into())
-}
-
 /// A [`KeyStore`] in memory: pins last as long as the process. Bounded
 /// ([`crate::defaults::KEY_STORE_MAX_PINS`], contacts never evicted; see the module docs).
 #[derive(Debug)]
@@ -159,15 +155,15 @@ impl MemoryKeyStore {
 
 impl KeyStore for MemoryKeyStore {
     fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
-        Ok(self.pins.lock().map_err(lock_error)?.get(peer))
+        Ok(crate::sync::lock(&self.pins).get(peer))
     }
 
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
-        self.pins.lock().map_err(lock_error)?.pin(peer, key)
+        crate::sync::lock(&self.pins).pin(peer, key)
     }
 
     fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {
-        self.pins.lock().map_err(lock_error)?.mark_contact(peer);
+        crate::sync::lock(&self.pins).mark_contact(peer);
         Ok(())
     }
 }
@@ -237,7 +233,7 @@ impl FileKeyStore {
         &self,
         change: impl FnOnce(&mut Pins) -> Result<bool, PeerError>,
     ) -> Result<(), PeerError> {
-        let mut pins = self.pins.lock().map_err(lock_error)?;
+        let mut pins = crate::sync::lock(&self.pins);
         let mut next = pins.clone();
         if change(&mut next)? {
             write_pins(&self.path, &next)?;
@@ -249,7 +245,7 @@ impl FileKeyStore {
 
 impl KeyStore for FileKeyStore {
     fn pinned(&self, peer: &ClientId) -> Result<Option<IdentityPublicKey>, PeerError> {
-        Ok(self.pins.lock().map_err(lock_error)?.get(peer))
+        Ok(crate::sync::lock(&self.pins).get(peer))
     }
 
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {

@@ -27,27 +27,40 @@
 //! ```
 //!
 //! ## How it works
-//! One task owns the socket (the `connection` module); the handle is a cheap clone. Requests carry a
-//! `requestId` and are matched by it first, then by type and filter. A supervisor reconnects with
-//! exponential backoff, re-registers, and then flushes what was queued while disconnected; it stops
-//! instead when another connection of the same identity replaced ours ([`PeerError::Replaced`]).
-//! Incoming messages are opened and checked on a separate task, so a key lookup never stalls the
-//! socket; only messages that pass every check reach [`PeerEvent::Message`].
+//! Components that own their state, with calls going down and events coming up (the flow is
+//! drawn in `docs/architecture.md`; no module imports one that imports it back). The handle
+//! (`peer`) composes them and is a cheap clone. A supervisor (`connection`) dials, registers, runs
+//! one connection and backs off exponentially, then flushes what was queued while disconnected; it
+//! stops instead when another connection of the same identity replaced ours
+//! ([`PeerError::Replaced`]). Every incoming frame goes through the `router`: answers to
+//! `requests` (matched by `requestId` first, then by type and filter), messages to the `inbox`,
+//! verdicts on sent messages to the `outbox`. Incoming messages are opened and checked on a
+//! separate task, so a key lookup never stalls the socket; only messages that pass every check
+//! reach [`PeerEvent::Message`].
 //!
 //! ## Modules
-//! - `peer`: [`MessagingPeer`], the public handle, and the state its tasks share.
+//! - `peer`: [`MessagingPeer`], the public handle.
+//! - `connection`: one connection (reader, writer lanes) and the reconnect supervisor; never
+//!   imports the handle.
+//! - `router`: incoming frames to requests, inbox, outbox, trust and events.
+//! - `requests`: request ids, retries and timeouts over `pending`, the table of waiters
+//!   ([`WaitOptions`], [`ErrorAction`]).
+//! - `link`: the current socket's epoch, the control and normal lanes, the connection state,
+//!   acks, keepalive.
+//! - `outbox`: sealing outgoing messages; messages awaiting the server's verdict.
+//! - `inbox`: opening and checking incoming messages; held messages; the replay guard.
+//! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
+//! - `sync`: the one lock policy (a poisoned lock is recovered, never skipped). `wire`: base64,
+//!   fresh ids, answer errors.
 //! - [`config`]: [`PeerConfig`], [`Backoff`], [`Timeouts`], [`TlsOptions`].
 //! - [`defaults`]: every limit and timeout, with its reason.
 //! - [`events`]: [`PeerEvent`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
 //!   [`HandlerHandle`], [`EventStream`] and the lag policy.
 //! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`FileKeyStore`],
 //!   [`PeerKey`].
-//! - `pending`: request/response matching, [`WaitOptions`], [`ErrorAction`].
-//! - `connection`: one connection (reader, writer lanes, keepalive) and the reconnect supervisor.
-//! - `receive`: sealing outgoing and opening/checking incoming messages.
+//! - `held`: messages held back for a reason that may pass, and the refusal tally.
 //! - [`replay`]: replay detection, the freshness window on `sentAt`, the [`ReplayStore`] trait
 //!   (per-sender high-water marks) and [`MemoryReplayStore`].
-//! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
 //! - [`identity_file`]: an identity kept in an owner-only file (0600).
 //! - [`sanitize`]: the one sanitiser for network text shown in a terminal or a log.
@@ -56,6 +69,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_internals;
 pub mod config;
 mod connection;
 pub mod defaults;
@@ -63,14 +79,22 @@ pub mod error;
 pub mod events;
 mod held;
 pub mod identity_file;
+mod inbox;
 pub mod keys;
+mod link;
+mod outbox;
 mod peer;
 mod pending;
-mod receive;
 pub mod replay;
+mod requests;
+mod router;
 pub mod sanitize;
+mod sync;
+#[cfg(test)]
+mod testkit;
 mod transport;
 mod trust;
+mod wire;
 
 pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
 pub use error::{PeerError, RejectReason};
@@ -79,6 +103,7 @@ pub use events::{
     PeerEvent,
 };
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
-pub use peer::{MessagingPeer, SentMessage};
+pub use outbox::SentMessage;
+pub use peer::MessagingPeer;
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};
 pub use replay::{MemoryReplayStore, ReplayStore};

@@ -1,66 +1,37 @@
-//! [`MessagingPeer`]: the public handle, and `Inner`, the state its tasks share.
+//! [`MessagingPeer`]: the public handle. It composes the components (see the crate docs for the
+//! flow) and calls down into them; it holds no protocol state of its own, only the supervisor task
+//! it started.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use lattice_crypto::{registration_statement, Fingerprint, IdentityPublicKey};
-use lattice_protocol::limits::MAX_FRAME_BYTES;
+use lattice_crypto::Fingerprint;
 use lattice_protocol::{
-    decode_server, encode, ClientFrame, ClientId, Delivered, Empty, ErrorPayload, Frame,
-    FrameBody as _, MessageId, PeerResponse, PublicKeyField, QuestionId, Register, Registered,
-    RequestId, SendMessage, ServerFrame, Verification,
+    ClientFrame, ClientId, Empty, FrameBody as _, MessageId, PeerResponse, QuestionId, ServerFrame,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::{self, Policy, Session};
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
-use crate::held::{Held, Refusals, RetryPolicy};
-use crate::keys::{KeyCache, Keyless, PeerKey};
-use crate::pending::{ErrorAction, Pending, Reply, Routed, WaitOptions};
-use crate::replay::{MemoryReplayStore, ReplayGuard, ReplayStore};
+use crate::inbox::Inbox;
+use crate::keys::PeerKey;
+use crate::link::{Lane, Link};
+use crate::outbox::{Outbox, Sender, SentMessage};
+use crate::pending::WaitOptions;
+use crate::replay::{MemoryReplayStore, ReplayStore};
+use crate::requests::Requests;
+use crate::router::Router;
 use crate::sanitize::Sanitized;
+use crate::sync::lock;
 use crate::transport::Dialer;
-use crate::{defaults, Algorithm, EventStream, PeerConfig, PeerError};
-
-pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Which queue a frame goes out through.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Lane {
-    /// The registration handshake of connection `epoch`: written at once.
-    Control(u64),
-    /// Everything else: written once registered; queued while disconnected.
-    Normal,
-}
-
-/// The current connection, as far as senders need to know.
-#[derive(Debug, Default)]
-struct Link {
-    epoch: u64,
-    control: Option<mpsc::Sender<String>>,
-    registered: bool,
-}
-
-/// A message we sent and whose fate (ack or error) is not known yet.
-#[derive(Debug, Default)]
-struct Outstanding {
-    order: VecDeque<RequestId>,
-    map: HashMap<RequestId, (MessageId, ClientId)>,
-}
-
-/// Request ids sent recently (at most [`defaults::ISSUED_REQUESTS`], the oldest forgotten first).
-#[derive(Debug, Default)]
-struct Issued {
-    order: VecDeque<RequestId>,
-    set: std::collections::HashSet<RequestId>,
-}
+use crate::trust::Trust;
+use crate::wire::{new_message_id, unexpected};
+use crate::{defaults, EventStream, PeerConfig, PeerError};
 
 /// The supervisor task and its cancel token.
 #[derive(Debug)]
@@ -69,39 +40,21 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
-/// State shared by the handle and the tasks.
+/// What the handle's clones share: the components, and the supervisor it started.
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) config: PeerConfig,
-    pub(crate) dialer: Dialer,
-    pub(crate) dispatcher: Arc<Dispatcher>,
-    pending: Pending,
-    state: watch::Sender<ConnectionState>,
-    outbound_tx: mpsc::Sender<String>,
-    // std Mutexes below: each guards a short section (take/put, map lookups), never an await.
-    outbound_rx: Mutex<Option<mpsc::Receiver<String>>>,
-    link: Mutex<Link>,
-    pub(crate) keys: Mutex<KeyCache>,
-    /// Senders recently found to have no identity key.
-    pub(crate) keyless: Mutex<Keyless>,
-    pub(crate) key_changes: Mutex<HashMap<ClientId, IdentityPublicKey>>,
-    pub(crate) replay: Mutex<ReplayGuard>,
-    /// Durable high-water marks behind `replay`.
-    pub(crate) replay_store: Arc<dyn ReplayStore>,
-    pub(crate) held: Mutex<Held>,
-    /// How often each held message was refused, to give up in the end.
-    pub(crate) refusals: Mutex<Refusals>,
-    /// Woken when held messages become ready to be opened again.
-    pub(crate) held_ready: tokio::sync::Notify,
-    outstanding: Mutex<Outstanding>,
-    /// Request ids this client sent recently, so that an `error` naming one it never sent is not
-    /// shown as if it were about us.
-    issued: Mutex<Issued>,
+struct Shared {
+    config: PeerConfig,
+    dispatcher: Arc<Dispatcher>,
+    link: Arc<Link>,
+    requests: Arc<Requests>,
+    trust: Arc<Trust>,
+    outbox: Arc<Outbox>,
+    inbox: Arc<Inbox>,
+    session: Arc<Session>,
+    /// The running supervisor's token, for [`Owner`] (std Mutex: set or read, never an await).
     cancel: Mutex<Option<CancellationToken>>,
     // tokio Mutex: `connect`/`disconnect` hold it across the wait for the supervisor.
     running: tokio::sync::Mutex<Option<Running>>,
-    discovered: AtomicBool,
-    verified: AtomicBool,
 }
 
 /// Cancels the supervisor of a `connect` call dropped before the first registration.
@@ -116,16 +69,14 @@ impl Drop for AbandonOnDrop {
     }
 }
 
-/// Cancels the tasks when the last user handle is dropped (tasks hold `Inner`, never this).
+/// Cancels the tasks when the last user handle is dropped (tasks hold components, never this).
 #[derive(Debug)]
-struct Owner(Arc<Inner>);
+struct Owner(Arc<Shared>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if let Ok(c) = self.0.cancel.lock() {
-            if let Some(c) = c.as_ref() {
-                c.cancel();
-            }
+        if let Some(c) = lock(&self.0.cancel).as_ref() {
+            c.cancel();
         }
     }
 }
@@ -155,18 +106,8 @@ impl Drop for Owner {
 /// ```
 #[derive(Debug, Clone)]
 pub struct MessagingPeer {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     _owner: Arc<Owner>,
-}
-
-/// What [`MessagingPeer::send_message`] sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentMessage {
-    /// The message id; the matching [`PeerEvent::MessageAck`] or [`PeerEvent::MessageFailed`]
-    /// carries it.
-    pub message_id: MessageId,
-    /// `LatticeV1` to a Lattice peer, `MlKemAes` (unauthenticated) to an original client.
-    pub algorithm: Algorithm,
 }
 
 impl MessagingPeer {
@@ -190,44 +131,74 @@ impl MessagingPeer {
         replay_store: Arc<dyn ReplayStore>,
     ) -> Result<Self, PeerError> {
         let dialer = Dialer::new(&config.server_url, &config.tls)?;
-        let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue.max(1));
-        let (state, _) = watch::channel(ConnectionState::Disconnected);
-        let inner = Arc::new(Inner {
-            dialer,
-            dispatcher: Dispatcher::new(defaults::EVENT_CAPACITY),
-            pending: Pending::default(),
-            state,
-            outbound_tx,
-            outbound_rx: Mutex::new(Some(outbound_rx)),
-            link: Mutex::new(Link::default()),
-            keys: Mutex::new(KeyCache::new(defaults::KEY_CACHE)),
-            keyless: Mutex::new(Keyless::new(
-                defaults::NO_IDENTITY_KEY_TTL,
-                defaults::NO_IDENTITY_KEY_CACHE,
-            )),
-            key_changes: Mutex::new(HashMap::new()),
-            replay: Mutex::new(ReplayGuard::new(
-                defaults::REPLAY_WINDOW_PER_PEER,
-                (defaults::REPLAY_MAX_PEERS, defaults::REPLAY_MAX_IDS),
-                (
-                    defaults::REPLAY_MAX_UNSIGNED_PEERS,
-                    defaults::REPLAY_MAX_UNSIGNED_IDS,
-                ),
-            )),
+        let me = config.client_id.clone();
+        let dispatcher = Dispatcher::new(defaults::EVENT_CAPACITY);
+        let link = Arc::new(Link::new(
+            me.clone(),
+            config.outbound_queue,
+            Arc::clone(&dispatcher),
+        ));
+        let requests = Arc::new(Requests::new(
+            me.clone(),
+            config.timeouts.request,
+            Arc::clone(&link),
+        ));
+        let trust = Arc::new(Trust::new(
+            me.clone(),
+            Arc::clone(&config.key_store),
+            Arc::clone(&requests),
+            Arc::clone(&dispatcher),
+        ));
+        let outbox = Arc::new(Outbox::new(
+            Sender {
+                client_id: me.clone(),
+                identity: Arc::clone(&config.identity),
+            },
+            Arc::clone(&trust),
+            Arc::clone(&requests),
+            Arc::clone(&link),
+        ));
+        let inbox = Arc::new(Inbox::new(
+            me.clone(),
+            Arc::clone(&config.identity),
+            Arc::clone(&trust),
+            Arc::clone(&link),
+            Arc::clone(&dispatcher),
             replay_store,
-            held: Mutex::new(Held::new(defaults::HELD_MESSAGES)),
-            refusals: Mutex::new(Refusals::new(
-                RetryPolicy::from_defaults(),
-                defaults::TRANSIENT_REFUSALS_TRACKED,
-            )),
-            held_ready: tokio::sync::Notify::new(),
-            outstanding: Mutex::new(Outstanding::default()),
-            issued: Mutex::new(Issued::default()),
+        ));
+        let router = Router::new(
+            me.clone(),
+            Arc::clone(&dispatcher),
+            Arc::clone(&requests),
+            Arc::clone(&outbox),
+            Arc::clone(&trust),
+        );
+        let session = Arc::new(Session {
+            client_id: me,
+            identity: Arc::clone(&config.identity),
+            timeouts: config.timeouts.clone(),
+            policy: Policy {
+                backoff: config.reconnect.clone(),
+                retry_first_connect: config.retry_first_connect,
+            },
+            dialer,
+            dispatcher: Arc::clone(&dispatcher),
+            link: Arc::clone(&link),
+            requests: Arc::clone(&requests),
+            router,
+            inbox: Arc::clone(&inbox),
+        });
+        let inner = Arc::new(Shared {
+            config,
+            dispatcher,
+            link,
+            requests,
+            trust,
+            outbox,
+            inbox,
+            session,
             cancel: Mutex::new(None),
             running: tokio::sync::Mutex::new(None),
-            discovered: AtomicBool::new(false),
-            verified: AtomicBool::new(false),
-            config,
         });
         Ok(Self {
             _owner: Arc::new(Owner(Arc::clone(&inner))),
@@ -251,7 +222,7 @@ impl MessagingPeer {
 
     /// Whether the server verified our identity at the last registration.
     pub fn is_verified(&self) -> bool {
-        self.inner.verified.load(Ordering::Relaxed)
+        self.inner.link.is_verified()
     }
 
     /// Connects, registers (verified, with a fresh `challenge`) and resolves once registered. From
@@ -291,20 +262,16 @@ impl MessagingPeer {
         *running = None;
         let outbound = self
             .inner
-            .outbound_rx
-            .lock()
-            .ok()
-            .and_then(|mut o| o.take())
+            .link
+            .take_outbound()
             .ok_or(PeerError::AlreadyConnected)?;
         let cancel = CancellationToken::new();
-        if let Ok(mut c) = self.inner.cancel.lock() {
-            *c = Some(cancel.clone());
-        }
+        *lock(&self.inner.cancel) = Some(cancel.clone());
         // Published before the task runs, so a concurrent `connect` sees a live supervisor.
-        self.inner.set_state(ConnectionState::Connecting);
+        self.inner.link.set_state(ConnectionState::Connecting);
         let (first_tx, first_rx) = oneshot::channel();
-        let handle = tokio::spawn(crate::connection::supervise(
-            Arc::clone(&self.inner),
+        let handle = tokio::spawn(connection::supervise(
+            Arc::clone(&self.inner.session),
             outbound,
             cancel.clone(),
             first_tx,
@@ -351,12 +318,12 @@ impl MessagingPeer {
 
     /// The current connection state.
     pub fn connection_state(&self) -> ConnectionState {
-        *self.inner.state.borrow()
+        self.inner.link.state()
     }
 
     /// A receiver of the connection state, for code that awaits changes.
     pub fn watch_connection_state(&self) -> watch::Receiver<ConnectionState> {
-        self.inner.state.subscribe()
+        self.inner.link.watch_state()
     }
 
     /// Waits until the peer is registered on a live connection (at once if it is).
@@ -366,7 +333,7 @@ impl MessagingPeer {
     /// the reconnect policy gave up); [`PeerError::Timeout`] if registration does not happen
     /// within `timeout`.
     pub async fn register_and_wait(&self, timeout: Duration) -> Result<(), PeerError> {
-        let mut rx = self.inner.state.subscribe();
+        let mut rx = self.inner.link.watch_state();
         let deadline = defaults::deadline_after(timeout);
         loop {
             match *rx.borrow_and_update() {
@@ -397,12 +364,13 @@ impl MessagingPeer {
     /// this asks for the next page until the last one (at most
     /// [`defaults::DISCOVER_MAX_PAGES`] pages).
     pub async fn discover_peers(&self) -> Result<Vec<ClientId>, PeerError> {
-        self.inner.discovered.store(true, Ordering::Relaxed);
+        self.inner.requests.subscribe_presence();
         let mut peers = Vec::new();
         let mut cursor = None;
         for _ in 0..defaults::DISCOVER_MAX_PAGES {
             let frame = self
                 .inner
+                .requests
                 .request(
                     Lane::Normal,
                     ClientFrame::Discover(lattice_protocol::Discover {
@@ -437,7 +405,7 @@ impl MessagingPeer {
     /// [`PeerError::InvalidKeySignature`], [`PeerError::KeyChanged`] (also raised as
     /// [`PeerEvent::KeyChanged`]), [`PeerError::KeyDowngrade`], and the errors of requests.
     pub async fn request_public_key(&self, target: &ClientId) -> Result<PeerKey, PeerError> {
-        self.inner.fetch_key(target).await
+        self.inner.trust.fetch_key(target).await
     }
 
     /// The pinned identity fingerprint of `peer`, if one is pinned.
@@ -474,7 +442,9 @@ impl MessagingPeer {
         peer: &ClientId,
         fingerprint: &Fingerprint,
     ) -> Result<(), PeerError> {
-        self.inner.accept_key(peer, fingerprint).await
+        self.inner.trust.accept_key(peer, fingerprint).await?;
+        self.inner.inbox.release_held(peer);
+        Ok(())
     }
 
     /// Encrypts `text` for `target` and sends it: `lattice-v1` (signed) to a Lattice peer,
@@ -491,9 +461,7 @@ impl MessagingPeer {
         target: &ClientId,
         text: &str,
     ) -> Result<SentMessage, PeerError> {
-        self.inner
-            .send_message(target, text, new_message_id())
-            .await
+        self.inner.outbox.send(target, text, new_message_id()).await
     }
 
     /// [`MessagingPeer::send_message`] with a message id chosen by the caller, for a caller that
@@ -512,7 +480,7 @@ impl MessagingPeer {
         text: &str,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
-        self.inner.send_message(target, text, message_id).await
+        self.inner.outbox.send(target, text, message_id).await
     }
 
     /// Answers a server question (`response` is usually a string; a boolean for `confirm`).
@@ -530,10 +498,7 @@ impl MessagingPeer {
             question_id: question_id.clone(),
             response: response.into(),
         });
-        self.inner.send_frame(
-            Lane::Normal,
-            Frame::with_request_id(frame, Some(self.inner.issue())),
-        )
+        self.inner.requests.send(frame)
     }
 
     /// Asks the server to start its built-in multi-round demo conversation with us.
@@ -542,10 +507,7 @@ impl MessagingPeer {
     /// [`PeerError::QueueFull`].
     pub fn debug_question(&self) -> Result<(), PeerError> {
         let frame = ClientFrame::DebugQuestion(Empty {});
-        self.inner.send_frame(
-            Lane::Normal,
-            Frame::with_request_id(frame, Some(self.inner.issue())),
-        )
+        self.inner.requests.send(frame)
     }
 
     /// Sends `frame` and waits for an answer of type `expected_type` (a server frame type such as
@@ -585,6 +547,7 @@ impl MessagingPeer {
                 PeerError::InvalidArgument(format!("unknown server frame type {expected_type:?}"))
             })?;
         self.inner
+            .requests
             .request(Lane::Normal, frame, expected, options)
             .await
     }
@@ -679,457 +642,5 @@ impl MessagingPeer {
                 f(peer, old, new);
             }
         })
-    }
-}
-
-// A UUID is 36 printable ASCII characters, so it always passes the id rules: the expects below
-// cannot fire.
-#[allow(clippy::expect_used)]
-fn new_request_id() -> RequestId {
-    RequestId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid request id")
-}
-
-#[allow(clippy::expect_used)]
-pub(crate) fn new_message_id() -> MessageId {
-    MessageId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid message id")
-}
-
-pub(crate) fn unexpected(request: &str, got: &ServerFrame) -> PeerError {
-    PeerError::Protocol(format!(
-        "expected an answer to {request}, got {}",
-        got.type_name()
-    ))
-}
-
-fn server_error(e: ErrorPayload) -> PeerError {
-    PeerError::Server {
-        error_type: e.error_type,
-        details: e.details,
-        request_id: e.request_id,
-    }
-}
-
-impl Inner {
-    pub(crate) fn set_state(&self, state: ConnectionState) {
-        let changed = self.state.send_if_modified(|s| {
-            if *s == state {
-                false
-            } else {
-                *s = state;
-                true
-            }
-        });
-        if changed {
-            self.dispatcher.emit(PeerEvent::ConnectionState(state));
-        }
-    }
-
-    pub(crate) fn return_outbound(&self, rx: mpsc::Receiver<String>) {
-        if let Ok(mut o) = self.outbound_rx.lock() {
-            *o = Some(rx);
-        }
-    }
-
-    /// A new socket is open: returns its epoch.
-    pub(crate) fn link_opened(&self, control: mpsc::Sender<String>) -> u64 {
-        match self.link.lock() {
-            Ok(mut l) => {
-                l.epoch += 1;
-                l.control = Some(control);
-                l.registered = false;
-                l.epoch
-            }
-            Err(_) => 0,
-        }
-    }
-
-    pub(crate) fn link_registered(&self, epoch: u64) {
-        if let Ok(mut l) = self.link.lock() {
-            if l.epoch == epoch {
-                l.registered = true;
-            }
-        }
-        self.pending.adopt_queued(epoch);
-    }
-
-    pub(crate) fn link_closed(&self, epoch: u64) {
-        if let Ok(mut l) = self.link.lock() {
-            if l.epoch == epoch {
-                l.control = None;
-                l.registered = false;
-            }
-        }
-        self.pending.connection_lost(epoch);
-    }
-
-    fn registered_epoch(&self) -> Option<u64> {
-        self.link
-            .lock()
-            .ok()
-            .and_then(|l| l.registered.then_some(l.epoch))
-    }
-
-    /// After each registration: renew the presence subscription if the caller had discovered.
-    pub(crate) fn after_registration(&self) {
-        if self.discovered.load(Ordering::Relaxed) {
-            let frame = Frame::with_request_id(
-                ClientFrame::Discover(Default::default()),
-                Some(self.issue()),
-            );
-            if let Err(e) = self.send_frame(Lane::Normal, frame) {
-                tracing::warn!(peer = %self.config.client_id, error = %Sanitized(&e), "cannot renew the presence subscription");
-            }
-        }
-    }
-
-    /// Encodes and queues a frame.
-    pub(crate) fn send_frame(
-        &self,
-        lane: Lane,
-        frame: Frame<ClientFrame>,
-    ) -> Result<(), PeerError> {
-        let text = encode(&frame);
-        if text.len() > MAX_FRAME_BYTES {
-            return Err(PeerError::MessageTooLarge {
-                size: text.len(),
-                max: MAX_FRAME_BYTES,
-            });
-        }
-        self.send_text(lane, text)
-    }
-
-    fn send_text(&self, lane: Lane, text: String) -> Result<(), PeerError> {
-        match lane {
-            Lane::Normal => self.outbound_tx.try_send(text).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => PeerError::QueueFull {
-                    capacity: self.config.outbound_queue,
-                },
-                mpsc::error::TrySendError::Closed(_) => PeerError::NotConnected,
-            }),
-            Lane::Control(epoch) => {
-                let control = self
-                    .link
-                    .lock()
-                    .ok()
-                    .and_then(|l| (l.epoch == epoch).then(|| l.control.clone()).flatten())
-                    .ok_or(PeerError::NotConnected)?;
-                control.try_send(text).map_err(|_| PeerError::NotConnected)
-            }
-        }
-    }
-
-    /// Sends `body` and waits for its answer (see `send_to_server_and_wait`).
-    pub(crate) async fn request(
-        &self,
-        lane: Lane,
-        body: ClientFrame,
-        expected: &'static str,
-        options: WaitOptions,
-    ) -> Result<ServerFrame, PeerError> {
-        let request_type = body.type_name();
-        // No connection and none coming (never connected, disconnected, replaced, or the backoff
-        // gave up): say so at once instead of queueing and timing out as "no answer".
-        if matches!(lane, Lane::Normal) && *self.state.borrow() == ConnectionState::Disconnected {
-            return Err(PeerError::NotConnected);
-        }
-        let request_id = self.issue();
-        let epoch = match lane {
-            Lane::Control(e) => Some(e),
-            Lane::Normal => self.registered_epoch(),
-        };
-        let mut guard =
-            self.pending
-                .register(request_id.clone(), expected, options.filter.clone(), epoch);
-        let text = encode(&Frame::with_request_id(body, Some(request_id.clone())));
-        if text.len() > MAX_FRAME_BYTES {
-            return Err(PeerError::MessageTooLarge {
-                size: text.len(),
-                max: MAX_FRAME_BYTES,
-            });
-        }
-        let per_attempt = options.timeout.unwrap_or(self.config.timeouts.request);
-        let max_attempts = options.retry_count.saturating_add(1);
-        let mut attempts = 0;
-        'send: loop {
-            attempts += 1;
-            tracing::debug!(peer = %self.config.client_id, request = request_type, request_id = %request_id, attempts, "request");
-            self.send_text(lane, text.clone())?;
-            let deadline = defaults::deadline_after(per_attempt);
-            loop {
-                tokio::select! {
-                    reply = guard.rx.recv() => match reply {
-                        Some(Reply::Frame(f)) if f.type_name() == expected => return Ok(f),
-                        Some(Reply::Frame(f)) => return Err(unexpected(request_type, &f)),
-                        Some(Reply::Error(e)) => {
-                            let action = options.error_handler.as_ref().map_or(ErrorAction::Fail, |h| h(&e));
-                            match action {
-                                ErrorAction::Ignore => continue,
-                                ErrorAction::Retry if attempts < max_attempts => continue 'send,
-                                ErrorAction::Retry | ErrorAction::Fail => return Err(server_error(e)),
-                            }
-                        }
-                        Some(Reply::ConnectionLost) | None => {
-                            return Err(PeerError::ConnectionLost { request: request_type.into() });
-                        }
-                    },
-                    () = sleep_until(deadline) => {
-                        if attempts < max_attempts {
-                            continue 'send;
-                        }
-                        return Err(PeerError::Timeout {
-                            request: request_type.into(),
-                            expected: expected.into(),
-                            after: per_attempt,
-                            attempts,
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    /// The verified registration on connection `epoch`: `challenge`, then `register` with the
-    /// signed statement. Retries reuse the request id, so a slow success of an earlier attempt is
-    /// taken as the answer instead of colliding with the retry.
-    pub(crate) async fn register(&self, epoch: u64) -> Result<Registered, PeerError> {
-        let lane = Lane::Control(epoch);
-        let challenge = self
-            .request(
-                lane,
-                ClientFrame::Challenge(Empty {}),
-                "challenge",
-                WaitOptions::default(),
-            )
-            .await?;
-        let ServerFrame::Challenge(c) = challenge else {
-            return Err(unexpected("challenge", &challenge));
-        };
-        let nonce = B64
-            .decode(&c.nonce)
-            .map_err(|_| PeerError::Protocol("challenge nonce is not base64".into()))?;
-        let identity = &self.config.identity;
-        let kem_pk = identity.kem_public_key().as_bytes().to_vec();
-        let statement = registration_statement(&nonce, self.config.client_id.as_str(), &kem_pk)?;
-        let signature = identity.identity_key().sign(&statement);
-        let verification = Verification {
-            algorithm: "ed25519".into(),
-            serialized_public_key: Some(B64.encode(identity.identity_public_key().as_bytes())),
-            serialized_message: Some(B64.encode(&statement)),
-            serialized_signed_data: Some(B64.encode(signature)),
-        };
-        let verification = serde_json::value::to_raw_value(&verification)
-            .map_err(|e| PeerError::Protocol(e.to_string()))?;
-        let register = Register {
-            client_id: self.config.client_id.clone(),
-            public_key: PublicKeyField::Bytes(kem_pk),
-            verification: Some(verification),
-            key_signature: Some(B64.encode(identity.key_signature())),
-        };
-        let answer = self
-            .request(
-                lane,
-                ClientFrame::Register(register),
-                "register",
-                WaitOptions::default().retries(1),
-            )
-            .await?;
-        let ServerFrame::Registered(r) = answer else {
-            return Err(unexpected("register", &answer));
-        };
-        if r.client_id != self.config.client_id || !r.success {
-            return Err(PeerError::Protocol(format!(
-                "registration answered for {} (success: {})",
-                r.client_id, r.success
-            )));
-        }
-        self.verified.store(r.verified, Ordering::Relaxed);
-        Ok(r)
-    }
-
-    /// Decodes a frame from the server and routes it. Never fails: a bad frame is reported.
-    pub(crate) fn handle_incoming(&self, text: &str, received: &mpsc::Sender<Delivered>) {
-        let frame = match decode_server(text) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(peer = %self.config.client_id, error = %Sanitized(&e), "undecodable frame from the server");
-                self.dispatcher
-                    .emit(PeerEvent::Error(PeerError::Protocol(e.to_string())));
-                return;
-            }
-        };
-        let routed = self.pending.route(&frame);
-        let request_id = frame.request_id;
-        match frame.body {
-            ServerFrame::Message(d) => {
-                let from = d.from_id.clone();
-                if received.try_send(d).is_err() {
-                    tracing::warn!(peer = %self.config.client_id, from = %from, "receive queue full, message dropped unacknowledged");
-                    self.dispatcher
-                        .emit(PeerEvent::Error(PeerError::ReceiveQueueFull { from }));
-                }
-            }
-            ServerFrame::MessageAck(a) => {
-                if let Ok(rid) = RequestId::new(a.message_id.as_str()) {
-                    self.take_outstanding(&rid);
-                }
-                self.dispatcher.emit(PeerEvent::MessageAck(a));
-            }
-            ServerFrame::PeerConnected(p) => {
-                // A reconnecting original client comes back with a new KEM key.
-                self.forget_key(&p.peer_id);
-                self.dispatcher.emit(PeerEvent::PeerConnected(p.peer_id));
-            }
-            ServerFrame::PeerDisconnected(p) => {
-                self.forget_key(&p.peer_id);
-                self.dispatcher.emit(PeerEvent::PeerDisconnected(p.peer_id));
-            }
-            ServerFrame::ServerQuestion(q) => {
-                self.dispatcher
-                    .emit(PeerEvent::ServerQuestion(IncomingQuestion {
-                        question_id: q.question_id,
-                        question: q.question,
-                        conversation_id: q.conversation_id,
-                        round: q.round,
-                    }));
-            }
-            ServerFrame::Error(e) if routed == Routed::Unclaimed => {
-                let sent = request_id.as_ref().and_then(|r| self.take_outstanding(r));
-                match sent {
-                    Some((message_id, target)) => self.dispatcher.emit(PeerEvent::MessageFailed {
-                        message_id,
-                        target,
-                        error: server_error(e),
-                    }),
-                    // An error naming a request this client never sent is not about us: a
-                    // server must not pass it off as the answer to something the user did.
-                    None if request_id.as_ref().is_some_and(|r| !self.was_issued(r)) => {
-                        tracing::debug!(peer = %self.config.client_id, error_type = ?e.error_type, "error for a request this client never sent, ignored");
-                    }
-                    None => self.dispatcher.emit(PeerEvent::Error(server_error(e))),
-                }
-            }
-            other => {
-                if routed == Routed::Unclaimed {
-                    tracing::debug!(peer = %self.config.client_id, frame = other.type_name(), "unclaimed answer ignored");
-                }
-            }
-        }
-    }
-
-    /// A new request id, remembered as sent.
-    fn issue(&self) -> RequestId {
-        let rid = new_request_id();
-        self.record_issued(rid.clone());
-        rid
-    }
-
-    fn record_issued(&self, rid: RequestId) {
-        if let Ok(mut i) = self.issued.lock() {
-            if i.set.insert(rid.clone()) {
-                i.order.push_back(rid);
-            }
-            while i.order.len() > defaults::ISSUED_REQUESTS {
-                if let Some(old) = i.order.pop_front() {
-                    i.set.remove(&old);
-                }
-            }
-        }
-    }
-
-    fn was_issued(&self, rid: &RequestId) -> bool {
-        // A poisoned lock: rather show an error than hide one.
-        self.issued.lock().map_or(true, |i| i.set.contains(rid))
-    }
-
-    fn take_outstanding(&self, rid: &RequestId) -> Option<(MessageId, ClientId)> {
-        let mut o = self.outstanding.lock().ok()?;
-        let v = o.map.remove(rid)?;
-        o.order.retain(|r| r != rid);
-        Some(v)
-    }
-
-    fn add_outstanding(&self, rid: RequestId, message_id: MessageId, target: ClientId) {
-        if let Ok(mut o) = self.outstanding.lock() {
-            if o.order.len() >= defaults::OUTSTANDING_MESSAGES {
-                if let Some(old) = o.order.pop_front() {
-                    o.map.remove(&old);
-                }
-            }
-            o.order.push_back(rid.clone());
-            o.map.insert(rid, (message_id, target));
-        }
-    }
-
-    async fn send_message(
-        &self,
-        target: &ClientId,
-        text: &str,
-        message_id: MessageId,
-    ) -> Result<SentMessage, PeerError> {
-        if let Some(new) = self.pending_key_change(target) {
-            let old = self.config.key_store.pinned(target)?;
-            return Err(PeerError::KeyChanged {
-                peer: target.clone(),
-                old: old.map_or_else(|| new.fingerprint(), |o| o.fingerprint()),
-                new: new.fingerprint(),
-            });
-        }
-        let key = match self.cached_key(target) {
-            Some(k) => k,
-            None => self.fetch_key(target).await?,
-        };
-        let (envelope, algorithm) = crate::receive::seal(&self.config, &key, &message_id, text)?;
-        let message = serde_json::value::to_raw_value(&envelope)
-            .map_err(|e| PeerError::Protocol(e.to_string()))?;
-        let frame = ClientFrame::Message(SendMessage {
-            target_id: target.clone(),
-            message,
-            message_id: Some(message_id.clone()),
-        });
-        // The message id doubles as the request id, so an `error` names the message it refuses.
-        let rid = RequestId::new(message_id.as_str())
-            .map_err(|e| PeerError::InvalidArgument(e.to_string()))?;
-        self.add_outstanding(rid.clone(), message_id.clone(), target.clone());
-        self.record_issued(rid.clone());
-        if let Err(e) = self.send_frame(
-            Lane::Normal,
-            Frame::with_request_id(frame, Some(rid.clone())),
-        ) {
-            self.take_outstanding(&rid);
-            return Err(e);
-        }
-        tracing::debug!(peer = %self.config.client_id, to = %target, message_id = %message_id, algorithm = algorithm.as_str(), "message queued");
-        // The user talked to this peer: a bounded key store never evicts its pin now. The
-        // message is queued either way; a store that cannot record it is logged.
-        if key.identity.is_some() {
-            if let Err(e) = self.config.key_store.mark_contact(target) {
-                tracing::warn!(peer = %self.config.client_id, to = %target, error = %Sanitized(&e), "cannot mark a contact in the key store");
-            }
-        }
-        Ok(SentMessage {
-            message_id,
-            algorithm,
-        })
-    }
-
-    /// Queues the messages held back from `from` to be opened again.
-    pub(crate) fn release_held(&self, from: &ClientId) {
-        let released = self.held.lock().map_or(0, |mut h| h.release(from));
-        if released > 0 {
-            tracing::debug!(peer = %self.config.client_id, from = %from, released, "held messages released");
-            self.held_ready.notify_one();
-        }
-    }
-
-    /// Queues an `ack` for a processed message, naming its sender: ids are chosen by senders,
-    /// so only (sender, messageId) names one message in the server's mailbox.
-    pub(crate) fn ack(&self, from: &ClientId, message_id: &MessageId) {
-        let frame = Frame::new(ClientFrame::Ack(lattice_protocol::Ack {
-            message_id: message_id.clone(),
-            from_id: Some(from.clone()),
-        }));
-        if let Err(e) = self.send_frame(Lane::Normal, frame) {
-            tracing::debug!(peer = %self.config.client_id, error = %Sanitized(&e), "ack not sent");
-        }
     }
 }

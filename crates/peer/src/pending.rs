@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 
 use lattice_protocol::FrameBody as _;
 
+use crate::sync::lock;
+
 /// Accepts or refuses a candidate answer (for frames matched by type).
 pub type Filter = Arc<dyn Fn(&ServerFrame) -> bool + Send + Sync>;
 /// Decides what an `error` answer means for a request.
@@ -146,7 +148,7 @@ pub(crate) struct Pending {
 
 impl fmt::Debug for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.table.lock().map(|t| t.waiters.len()).unwrap_or(0);
+        let n = lock(&self.table).waiters.len();
         f.debug_struct("Pending").field("waiters", &n).finish()
     }
 }
@@ -185,21 +187,19 @@ impl Pending {
         epoch: Option<u64>,
     ) -> WaiterGuard {
         let (tx, rx) = mpsc::channel(REPLY_BUFFER);
-        let id = match self.table.lock() {
-            Ok(mut t) => {
-                t.next_id += 1;
-                let id = t.next_id;
-                t.waiters.push(Waiter {
-                    id,
-                    request_id,
-                    expected,
-                    filter,
-                    epoch,
-                    tx,
-                });
-                id
-            }
-            Err(_) => 0,
+        let id = {
+            let mut t = lock(&self.table);
+            t.next_id += 1;
+            let id = t.next_id;
+            t.waiters.push(Waiter {
+                id,
+                request_id,
+                expected,
+                filter,
+                epoch,
+                tx,
+            });
+            id
         };
         WaiterGuard {
             pending: self.clone(),
@@ -209,14 +209,13 @@ impl Pending {
     }
 
     fn remove(&self, id: u64, remember: bool) {
-        if let Ok(mut t) = self.table.lock() {
-            if let Some(pos) = t.waiters.iter().position(|w| w.id == id) {
-                let w = t.waiters.remove(pos);
-                if remember {
-                    t.recent_done.push_back(w.request_id);
-                    if t.recent_done.len() > RECENT_DONE {
-                        t.recent_done.pop_front();
-                    }
+        let mut t = lock(&self.table);
+        if let Some(pos) = t.waiters.iter().position(|w| w.id == id) {
+            let w = t.waiters.remove(pos);
+            if remember {
+                t.recent_done.push_back(w.request_id);
+                if t.recent_done.len() > RECENT_DONE {
+                    t.recent_done.pop_front();
                 }
             }
         }
@@ -224,9 +223,7 @@ impl Pending {
 
     /// Offers an incoming frame to the waiters.
     pub(crate) fn route(&self, frame: &Frame<ServerFrame>) -> Routed {
-        let Ok(mut t) = self.table.lock() else {
-            return Routed::Unclaimed;
-        };
+        let mut t = lock(&self.table);
         let ty = frame.body.type_name();
         if let Some(rid) = &frame.request_id {
             let Some(pos) = t.waiters.iter().position(|w| &w.request_id == rid) else {
@@ -274,30 +271,30 @@ impl Pending {
 
     /// Fails the waiters of connection `epoch`: their answers will never come.
     pub(crate) fn connection_lost(&self, epoch: u64) {
-        if let Ok(mut t) = self.table.lock() {
-            t.waiters.retain(|w| {
-                if w.epoch == Some(epoch) {
-                    let _ = w.tx.try_send(Reply::ConnectionLost);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        lock(&self.table).waiters.retain(|w| {
+            if w.epoch == Some(epoch) {
+                let _ = w.tx.try_send(Reply::ConnectionLost);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Requests queued during an outage go out on connection `epoch` now.
     pub(crate) fn adopt_queued(&self, epoch: u64) {
-        if let Ok(mut t) = self.table.lock() {
-            for w in t.waiters.iter_mut().filter(|w| w.epoch.is_none()) {
-                w.epoch = Some(epoch);
-            }
+        for w in lock(&self.table)
+            .waiters
+            .iter_mut()
+            .filter(|w| w.epoch.is_none())
+        {
+            w.epoch = Some(epoch);
         }
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.table.lock().map(|t| t.waiters.len()).unwrap_or(0)
+        lock(&self.table).waiters.len()
     }
 }
 

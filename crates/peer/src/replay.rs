@@ -87,9 +87,7 @@ impl MemoryReplayStore {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Marks>, PeerError> {
-        self.state
-            .lock()
-            .map_err(|_| PeerError::KeyStore("replay store lock poisoned".into()))
+        Ok(crate::sync::lock(&self.state))
     }
 }
 

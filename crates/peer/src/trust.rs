@@ -1,5 +1,13 @@
 //! Trust in peers' keys: fetching a peer's keys, checking its `keySignature`, pinning its identity
 //! key on first use and holding back a changed key until the caller accepts it.
+//!
+//! [`Trust`] owns the key cache, the memory of keyless senders and the pending key changes, and
+//! reaches the [`KeyStore`] (the pins). It asks the server through [`Requests`] and raises
+//! [`PeerEvent::KeyChanged`] upwards; it knows nothing of messages (the outbox and the inbox ask
+//! it), so accepting a key change here does not release held messages: the handle tells the inbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use lattice_crypto::{verify_kem_key_signature, Fingerprint, IdentityPublicKey, KemPublicKey};
@@ -8,33 +16,80 @@ use lattice_protocol::{
 };
 use tokio::time::Instant;
 
-use crate::events::PeerEvent;
-use crate::keys::{tofu, PeerKey, Trust};
-use crate::peer::{unexpected, Inner, Lane, B64};
-use crate::{PeerError, WaitOptions};
+use crate::events::{Dispatcher, PeerEvent};
+use crate::keys::{tofu, KeyCache, KeyStore, Keyless, PeerKey, Trust as Tofu};
+use crate::link::Lane;
+use crate::requests::Requests;
+use crate::sync::lock;
+use crate::wire::{unexpected, B64};
+use crate::{defaults, PeerError, WaitOptions};
 
-impl Inner {
+/// What this peer knows and believes about other peers' keys. Shared (`Arc`).
+#[derive(Debug)]
+pub(crate) struct Trust {
+    client_id: ClientId,
+    key_store: Arc<dyn KeyStore>,
+    requests: Arc<Requests>,
+    dispatcher: Arc<Dispatcher>,
+    /// std Mutex: each section is a map lookup or update, never held across an await (a key
+    /// fetch happens with it released).
+    known: Mutex<Known>,
+}
+
+/// What [`Trust`] remembers between calls.
+#[derive(Debug)]
+struct Known {
+    /// Checked keys, for sending.
+    keys: KeyCache,
+    /// Senders recently found to have no identity key.
+    keyless: Keyless,
+    /// Changed identity keys waiting for the user's acceptance.
+    changes: HashMap<ClientId, IdentityPublicKey>,
+}
+
+impl Trust {
+    pub(crate) fn new(
+        client_id: ClientId,
+        key_store: Arc<dyn KeyStore>,
+        requests: Arc<Requests>,
+        dispatcher: Arc<Dispatcher>,
+    ) -> Self {
+        Self {
+            client_id,
+            key_store,
+            requests,
+            dispatcher,
+            known: Mutex::new(Known {
+                keys: KeyCache::new(defaults::KEY_CACHE),
+                keyless: Keyless::new(
+                    defaults::NO_IDENTITY_KEY_TTL,
+                    defaults::NO_IDENTITY_KEY_CACHE,
+                ),
+                changes: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The store of pinned identity keys.
+    pub(crate) fn key_store(&self) -> &dyn KeyStore {
+        self.key_store.as_ref()
+    }
+
     pub(crate) fn forget_key(&self, peer: &ClientId) {
-        if let Ok(mut k) = self.keys.lock() {
-            k.remove(peer);
-        }
-        if let Ok(mut k) = self.keyless.lock() {
-            k.remove(peer);
-        }
+        let mut known = lock(&self.known);
+        known.keys.remove(peer);
+        known.keyless.remove(peer);
     }
 
     pub(crate) fn cached_key(&self, peer: &ClientId) -> Option<PeerKey> {
-        self.keys.lock().ok().and_then(|k| k.get(peer).cloned())
+        lock(&self.known).keys.get(peer).cloned()
     }
 
     pub(crate) fn pending_key_change(&self, peer: &ClientId) -> Option<IdentityPublicKey> {
-        self.key_changes
-            .lock()
-            .ok()
-            .and_then(|c| c.get(peer).copied())
+        lock(&self.known).changes.get(peer).copied()
     }
 
-    /// `request_public_key`, then [`Inner::check_key`].
+    /// `request_public_key`, then [`Trust::check_key`].
     pub(crate) async fn fetch_key(&self, target: &ClientId) -> Result<PeerKey, PeerError> {
         let resp = self.fetch_key_response(target).await?;
         self.check_key(resp)
@@ -49,6 +104,7 @@ impl Inner {
             target_id: target.clone(),
         });
         let answer = self
+            .requests
             .request(Lane::Normal, frame, "public_key_response", options)
             .await?;
         let ServerFrame::PublicKey(resp) = answer else {
@@ -68,25 +124,23 @@ impl Inner {
         let key = validate_key(resp)?;
         let peer = &key.peer_id;
         match &key.identity {
-            Some(ik) => match tofu(self.config.key_store.as_ref(), peer, ik)? {
-                Trust::FirstUse | Trust::Pinned => {}
-                Trust::Changed { old } => return Err(self.key_changed(peer, old, *ik)),
+            Some(ik) => match tofu(self.key_store.as_ref(), peer, ik)? {
+                Tofu::FirstUse | Tofu::Pinned => {}
+                Tofu::Changed { old } => return Err(self.key_changed(peer, old, *ik)),
             },
             None => {
-                if self.config.key_store.pinned(peer)?.is_some() {
+                if self.key_store.pinned(peer)?.is_some() {
                     return Err(PeerError::KeyDowngrade { peer: peer.clone() });
                 }
             }
         }
-        if let Ok(mut k) = self.keys.lock() {
-            k.insert(key.clone());
-        }
+        lock(&self.known).keys.insert(key.clone());
         Ok(key)
     }
 
     /// Pins the identity key the server presents for `peer` now, if and only if its fingerprint is
     /// `expected` (the one the user compared); then lets the messages held back for a key change
-    /// of `peer` open. Anything else pins nothing.
+    /// of `peer` open (the caller tells the inbox). Anything else pins nothing.
     pub(crate) async fn accept_key(
         &self,
         peer: &ClientId,
@@ -99,30 +153,28 @@ impl Inner {
         let actual = ik.fingerprint();
         if &actual != expected {
             // Not silent: a key other than the pinned one is reported as a key change of its own.
-            if let Some(old) = self.config.key_store.pinned(peer)? {
+            if let Some(old) = self.key_store.pinned(peer)? {
                 if old != ik {
                     let _ = self.key_changed(peer, old, ik);
                 }
             }
-            tracing::warn!(peer = %self.config.client_id, changed = %peer, "key change not accepted: the server presents another key than the one compared");
+            tracing::warn!(peer = %self.client_id, changed = %peer, "key change not accepted: the server presents another key than the one compared");
             return Err(PeerError::KeyMismatch {
                 peer: peer.clone(),
                 expected: Box::new(expected.clone()),
                 actual: Box::new(actual),
             });
         }
-        self.config.key_store.pin(peer, &ik)?;
+        self.key_store.pin(peer, &ik)?;
         // Compared and accepted by the user: a contact, never evicted from a bounded store.
-        self.config.key_store.mark_contact(peer)?;
-        if let Ok(mut c) = self.key_changes.lock() {
-            c.remove(peer);
+        self.key_store.mark_contact(peer)?;
+        {
+            let mut known = lock(&self.known);
+            known.changes.remove(peer);
+            known.keys.remove(peer);
+            known.keys.insert(key);
         }
-        if let Ok(mut k) = self.keys.lock() {
-            k.remove(peer);
-            k.insert(key);
-        }
-        tracing::info!(peer = %self.config.client_id, changed = %peer, "key change accepted");
-        self.release_held(peer);
+        tracing::info!(peer = %self.client_id, changed = %peer, "key change accepted");
         Ok(())
     }
 
@@ -133,14 +185,10 @@ impl Inner {
         old: IdentityPublicKey,
         new: IdentityPublicKey,
     ) -> PeerError {
-        let first_time = self
-            .key_changes
-            .lock()
-            .map(|mut c| c.insert(peer.clone(), new) != Some(new))
-            .unwrap_or(false);
+        let first_time = lock(&self.known).changes.insert(peer.clone(), new) != Some(new);
         self.forget_key(peer);
         if first_time {
-            tracing::warn!(peer = %self.config.client_id, changed = %peer, "identity key changed");
+            tracing::warn!(peer = %self.client_id, changed = %peer, "identity key changed");
             self.dispatcher.emit(PeerEvent::KeyChanged {
                 peer: peer.clone(),
                 old: old.fingerprint(),
@@ -158,20 +206,16 @@ impl Inner {
     ///
     /// # Errors
     /// [`PeerError::NoIdentityKey`] if the server presents `peer` without an identity key, and the
-    /// errors of [`Inner::fetch_key`] (`PEER_NOT_FOUND` among them).
+    /// errors of [`Trust::fetch_key`] (`PEER_NOT_FOUND` among them).
     pub(crate) async fn sender_identity(
         &self,
         peer: &ClientId,
     ) -> Result<IdentityPublicKey, PeerError> {
-        if let Some(k) = self.config.key_store.pinned(peer)? {
+        if let Some(k) = self.key_store.pinned(peer)? {
             return Ok(k);
         }
         let keyless = || PeerError::NoIdentityKey { peer: peer.clone() };
-        if self
-            .keyless
-            .lock()
-            .is_ok_and(|k| k.contains(peer, Instant::now()))
-        {
+        if lock(&self.known).keyless.contains(peer, Instant::now()) {
             return Err(keyless());
         }
         let found = match self.fetch_key(peer).await {
@@ -186,9 +230,7 @@ impl Inner {
             },
         ) = &found
         {
-            if let Ok(mut k) = self.keyless.lock() {
-                k.insert(peer, Instant::now());
-            }
+            lock(&self.known).keyless.insert(peer, Instant::now());
         }
         found
     }
@@ -204,7 +246,7 @@ impl Inner {
     }
 }
 
-/// What [`Inner::recheck_key`] found.
+/// What [`Trust::recheck_key`] found.
 #[derive(Debug)]
 pub(crate) enum Recheck {
     /// The server still publishes the pinned key.
@@ -249,4 +291,172 @@ fn validate_key(resp: PublicKeyResponse) -> Result<PeerKey, PeerError> {
         kem,
         identity,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lattice_protocol::ErrorType;
+
+    use super::*;
+    use crate::testkit::{id, identity, key_response, Kit};
+
+    fn fetch(kit: &Kit, peer: &str) -> tokio::task::JoinHandle<Result<PeerKey, PeerError>> {
+        let trust = Arc::clone(&kit.trust);
+        let peer = id(peer);
+        tokio::spawn(async move { trust.fetch_key(&peer).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_use_pins_and_caches_and_a_changed_key_is_held_back_and_reported_once() {
+        let mut kit = Kit::new("alice");
+        let bob = id("bob");
+        let old = identity();
+        let call = fetch(&kit, "bob");
+        kit.answer_key_request(key_response(&bob, &old, true)).await;
+        let key = call.await.unwrap().unwrap();
+        assert_eq!(key.identity, Some(old.identity_public_key()));
+        assert_eq!(
+            kit.store.pinned(&bob).unwrap(),
+            Some(old.identity_public_key())
+        );
+        assert!(kit.trust.cached_key(&bob).is_some());
+
+        let new = identity();
+        for round in 0..2 {
+            let call = fetch(&kit, "bob");
+            kit.answer_key_request(key_response(&bob, &new, true)).await;
+            assert!(matches!(
+                call.await.unwrap(),
+                Err(PeerError::KeyChanged { .. })
+            ));
+            let changes = kit
+                .take_events()
+                .into_iter()
+                .filter(|e| matches!(e, PeerEvent::KeyChanged { .. }))
+                .count();
+            assert_eq!(
+                changes,
+                usize::from(round == 0),
+                "reported once per new key"
+            );
+        }
+        assert_eq!(
+            kit.trust.pending_key_change(&bob),
+            Some(new.identity_public_key())
+        );
+        assert!(
+            kit.trust.cached_key(&bob).is_none(),
+            "a changed key is not used"
+        );
+        assert_eq!(
+            kit.store.pinned(&bob).unwrap(),
+            Some(old.identity_public_key())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_change_is_accepted_only_for_the_compared_fingerprint() {
+        let mut kit = Kit::new("alice");
+        let bob = id("bob");
+        let (old, new, other) = (identity(), identity(), identity());
+        kit.store.pin(&bob, &old.identity_public_key()).unwrap();
+        let _ = kit
+            .trust
+            .key_changed(&bob, old.identity_public_key(), new.identity_public_key());
+        let expected = new.identity_public_key().fingerprint();
+
+        // The server now shows yet another key: nothing is pinned.
+        let trust = Arc::clone(&kit.trust);
+        let (b, f) = (bob.clone(), expected.clone());
+        let call = tokio::spawn(async move { trust.accept_key(&b, &f).await });
+        kit.answer_key_request(key_response(&bob, &other, true))
+            .await;
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(PeerError::KeyMismatch { .. })
+        ));
+        assert_eq!(
+            kit.store.pinned(&bob).unwrap(),
+            Some(old.identity_public_key())
+        );
+
+        let trust = Arc::clone(&kit.trust);
+        let (b, f) = (bob.clone(), expected);
+        let call = tokio::spawn(async move { trust.accept_key(&b, &f).await });
+        kit.answer_key_request(key_response(&bob, &new, true)).await;
+        call.await.unwrap().unwrap();
+        assert_eq!(
+            kit.store.pinned(&bob).unwrap(),
+            Some(new.identity_public_key())
+        );
+        assert_eq!(kit.trust.pending_key_change(&bob), None);
+        assert!(kit.trust.cached_key(&bob).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_without_identity_key_is_remembered_for_a_while() {
+        let mut kit = Kit::new("alice");
+        let carol = id("carol");
+        let trust = Arc::clone(&kit.trust);
+        let c = carol.clone();
+        let call = tokio::spawn(async move { trust.sender_identity(&c).await });
+        let frame = kit.sent().await;
+        let err = ServerFrame::error(
+            ErrorType::PeerNotFound,
+            "no such peer",
+            std::time::SystemTime::now(),
+            frame.request_id.clone(),
+        );
+        kit.serve(err, frame.request_id);
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(PeerError::Server {
+                error_type: ErrorType::PeerNotFound,
+                ..
+            })
+        ));
+        // Asked again at once: answered from memory, nothing sent.
+        assert!(matches!(
+            kit.trust.sender_identity(&carol).await,
+            Err(PeerError::NoIdentityKey { .. })
+        ));
+        assert!(kit.try_sent().is_none());
+        // Once the memory expires the server is asked again.
+        tokio::time::advance(defaults::NO_IDENTITY_KEY_TTL + Duration::from_secs(1)).await;
+        let trust = Arc::clone(&kit.trust);
+        let c = carol.clone();
+        let call = tokio::spawn(async move { trust.sender_identity(&c).await });
+        kit.answer_key_request(key_response(&carol, &identity(), false))
+            .await;
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(PeerError::NoIdentityKey { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forged_signatures_and_downgrades_are_refused() {
+        let mut kit = Kit::new("alice");
+        let bob = id("bob");
+        let real = identity();
+        let mut forged = key_response(&bob, &real, true);
+        forged.key_signature = key_response(&bob, &identity(), true).key_signature;
+        let call = fetch(&kit, "bob");
+        kit.answer_key_request(forged).await;
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(PeerError::InvalidKeySignature { .. })
+        ));
+
+        kit.store.pin(&bob, &real.identity_public_key()).unwrap();
+        let call = fetch(&kit, "bob");
+        kit.answer_key_request(key_response(&bob, &real, false))
+            .await;
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(PeerError::KeyDowngrade { .. })
+        ));
+    }
 }

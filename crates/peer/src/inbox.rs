@@ -1,4 +1,6 @@
-//! Sealing outgoing messages and opening, checking and delivering incoming ones.
+//! The inbox: opening, checking and delivering incoming messages (sealing outgoing ones is the
+//! outbox's). It owns the messages held back, the refusal tally and the replay guard; it asks
+//! [`Trust`] for senders' keys, acknowledges through the [`Link`] and raises events upwards.
 //!
 //! Incoming `message` frames go from the socket reader to [`worker`] through a bounded queue, so
 //! that looking up a sender's key (a request to the server) never stalls reading. The worker opens
@@ -22,88 +24,125 @@
 //! [`RejectReason::GaveUp`], so that no message stays unacknowledged forever.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, SealedEnvelope};
+use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, Identity, SealedEnvelope};
 use lattice_protocol::{ClientId, Delivered, Envelope, ErrorType, InnerMessage, MessageId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Algorithm, IncomingMessage, PeerEvent};
-use crate::held::Verdict;
-use crate::keys::PeerKey;
-use crate::peer::{Inner, B64};
-use crate::replay::{freshness, Fresh};
+use crate::events::{Algorithm, Dispatcher, IncomingMessage, PeerEvent};
+use crate::held::{Held, Refusals, RetryPolicy, Verdict};
+use crate::link::Link;
+use crate::replay::{freshness, Fresh, ReplayGuard, ReplayStore};
 use crate::sanitize::Sanitized;
-use crate::trust::Recheck;
-use crate::{defaults, PeerConfig, PeerError, RejectReason};
+use crate::sync::lock;
+use crate::trust::{Recheck, Trust};
+use crate::wire::{now_ms, B64, INNER_VERSION, KIND_TEXT};
+use crate::{defaults, PeerError, RejectReason};
 
-/// The `kind` of a text message.
-const KIND_TEXT: &str = "text";
-/// The inner format version.
-const INNER_VERSION: u32 = 1;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Messages refused for a reason that may pass, and how often each was refused.
+#[derive(Debug)]
+struct Backlog {
+    held: Held,
+    /// How often each held message was refused, to give up in the end.
+    refusals: Refusals,
 }
 
-/// Seals `text` for `key`: `lattice-v1` with a signed inner message if the peer has an identity,
-/// `ml-kem-aes` otherwise.
-pub(crate) fn seal(
-    config: &PeerConfig,
-    key: &PeerKey,
-    message_id: &MessageId,
-    text: &str,
-) -> Result<(Envelope, Algorithm), PeerError> {
-    let mut rng = rand_core::OsRng;
-    if key.identity.is_none() {
-        let sealed = ml_kem_aes::seal(&mut rng, &key.kem, text.as_bytes())?;
-        return Ok((
-            Envelope::from_bytes(
-                ml_kem_aes::ALGORITHM,
-                &sealed.cipher_text,
-                &sealed.encrypted_data,
-            ),
-            Algorithm::MlKemAes,
-        ));
+/// The receiving side of messages. Shared (`Arc`) by the handle, the connection and the worker.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    client_id: ClientId,
+    identity: Arc<Identity>,
+    trust: Arc<Trust>,
+    link: Arc<Link>,
+    dispatcher: Arc<Dispatcher>,
+    /// Messages held back and their refusal tally. std Mutex: short updates, never an await.
+    backlog: Mutex<Backlog>,
+    /// Woken when held messages become ready to be opened again.
+    held_ready: Notify,
+    /// std Mutex, apart from `backlog` because its section writes through to the (possibly
+    /// durable) [`ReplayStore`]: held-message bookkeeping never waits for that write.
+    replay: Mutex<ReplayGuard>,
+    /// Durable high-water marks behind `replay`.
+    replay_store: Arc<dyn ReplayStore>,
+}
+
+impl Inbox {
+    pub(crate) fn new(
+        client_id: ClientId,
+        identity: Arc<Identity>,
+        trust: Arc<Trust>,
+        link: Arc<Link>,
+        dispatcher: Arc<Dispatcher>,
+        replay_store: Arc<dyn ReplayStore>,
+    ) -> Self {
+        Self::with_policy(
+            client_id,
+            identity,
+            trust,
+            link,
+            dispatcher,
+            replay_store,
+            RetryPolicy::from_defaults(),
+        )
     }
-    let me = config.client_id.as_str();
-    let them = key.peer_id.as_str();
-    let sent_at = now_ms();
-    let payload =
-        message_signature_payload(me, them, message_id.as_str(), sent_at, text.as_bytes())?;
-    let sig = config.identity.identity_key().sign(&payload);
-    let inner = InnerMessage {
-        v: INNER_VERSION,
-        kind: KIND_TEXT.into(),
-        message_id: message_id.clone(),
-        body: text.to_owned(),
-        sent_at,
-        sig: B64.encode(sig),
-    };
-    let plaintext = zeroize::Zeroizing::new(
-        serde_json::to_vec(&inner).map_err(|e| PeerError::Protocol(e.to_string()))?,
-    );
-    let ctx = lattice_v1::Context {
-        sender_id: me,
-        recipient_id: them,
-        message_id: message_id.as_str(),
-    };
-    let sealed = lattice_v1::seal(&mut rng, &key.kem, &ctx, &plaintext)?;
-    Ok((
-        Envelope::from_bytes(
-            lattice_v1::ALGORITHM,
-            &sealed.cipher_text,
-            &sealed.encrypted_data,
-        ),
-        Algorithm::LatticeV1,
-    ))
+
+    fn with_policy(
+        client_id: ClientId,
+        identity: Arc<Identity>,
+        trust: Arc<Trust>,
+        link: Arc<Link>,
+        dispatcher: Arc<Dispatcher>,
+        replay_store: Arc<dyn ReplayStore>,
+        policy: RetryPolicy,
+    ) -> Self {
+        Self {
+            client_id,
+            identity,
+            trust,
+            link,
+            dispatcher,
+            backlog: Mutex::new(Backlog {
+                held: Held::new(defaults::HELD_MESSAGES),
+                refusals: Refusals::new(policy, defaults::TRANSIENT_REFUSALS_TRACKED),
+            }),
+            held_ready: Notify::new(),
+            replay: Mutex::new(ReplayGuard::new(
+                defaults::REPLAY_WINDOW_PER_PEER,
+                (defaults::REPLAY_MAX_PEERS, defaults::REPLAY_MAX_IDS),
+                (
+                    defaults::REPLAY_MAX_UNSIGNED_PEERS,
+                    defaults::REPLAY_MAX_UNSIGNED_IDS,
+                ),
+            )),
+            replay_store,
+        }
+    }
+
+    /// Queues the messages held back from `from` to be opened again.
+    pub(crate) fn release_held(&self, from: &ClientId) {
+        let released = lock(&self.backlog).held.release(from);
+        if released > 0 {
+            tracing::debug!(peer = %self.client_id, from = %from, released, "held messages released");
+            self.held_ready.notify_one();
+        }
+    }
+
+    /// A connection ended: the server puts every unacknowledged message back into the mailbox
+    /// and delivers it again after re-registration, so the local copies are redundant.
+    pub(crate) fn connection_ended(&self) {
+        lock(&self.backlog).held.clear();
+    }
+
+    /// Opens and checks one message (the worker's step, without the delivery).
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) async fn open_one(&self, d: &Delivered) -> Result<IncomingMessage, RejectReason> {
+        open(self, d).await
+    }
 }
 
 /// Messages waiting to be opened, queued per sender: one sender's messages are opened one at a
@@ -176,7 +215,7 @@ impl Fair {
 /// Processes incoming messages until cancelled: each sender's in arrival order, different
 /// senders concurrently and fairly ([`Fair`]).
 pub(crate) async fn worker(
-    inner: Arc<Inner>,
+    inbox: Arc<Inbox>,
     mut received: mpsc::Receiver<Delivered>,
     cancel: CancellationToken,
 ) {
@@ -190,7 +229,7 @@ pub(crate) async fn worker(
     loop {
         // Released held messages first: they are older than anything still queued.
         let mut released = Vec::new();
-        while let Some(d) = inner.held.lock().ok().and_then(|mut h| h.next_ready()) {
+        while let Some(d) = lock(&inbox.backlog).held.next_ready() {
             released.push(d);
         }
         // Each to the front of its sender's queue, so the last goes first: in reverse, to keep
@@ -200,15 +239,15 @@ pub(crate) async fn worker(
             let _ = fair.push(d, true);
         }
         while let Some(d) = fair.next() {
-            let inner = Arc::clone(&inner);
+            let inbox = Arc::clone(&inbox);
             let from = d.from_id.clone();
-            let task = running.spawn(async move { process(&inner, d).await });
+            let task = running.spawn(async move { process(&inbox, d).await });
             senders.insert(task.id(), from);
         }
         if !open_channel && running.is_empty() {
             break;
         }
-        let retry = inner.held.lock().ok().and_then(|h| h.next_retry());
+        let retry = lock(&inbox.backlog).held.next_retry();
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
@@ -218,7 +257,7 @@ pub(crate) async fn worker(
                     Err(e) => {
                         // A bug (a panic) while opening one message: that message is left
                         // unacknowledged (the server delivers it again); the sender goes on.
-                        tracing::error!(peer = %inner.config.client_id, error = %e, "message processing failed");
+                        tracing::error!(peer = %inbox.client_id, error = %e, "message processing failed");
                         e.id()
                     }
                 };
@@ -226,19 +265,17 @@ pub(crate) async fn worker(
                     fair.done(&from);
                 }
             }
-            () = inner.held_ready.notified() => {}
+            () = inbox.held_ready.notified() => {}
             () = sleep_until_some(retry) => {
-                if let Ok(mut h) = inner.held.lock() {
-                    h.release_due(Instant::now());
-                }
+                lock(&inbox.backlog).held.release_due(Instant::now());
             }
             d = received.recv(), if open_channel && fair.has_room() => match d {
                 Some(d) => {
                     if let Err(d) = fair.push(d, false) {
                         // Only this sender's queue is full: drop it unacknowledged (the server
                         // keeps it and delivers it again after a reconnect).
-                        tracing::warn!(peer = %inner.config.client_id, from = %d.from_id, "sender's receive queue full, message dropped unacknowledged");
-                        inner.dispatcher.emit(PeerEvent::Error(PeerError::ReceiveQueueFull {
+                        tracing::warn!(peer = %inbox.client_id, from = %d.from_id, "sender's receive queue full, message dropped unacknowledged");
+                        inbox.dispatcher.emit(PeerEvent::Error(PeerError::ReceiveQueueFull {
                             from: d.from_id,
                         }));
                     }
@@ -252,37 +289,35 @@ pub(crate) async fn worker(
 }
 
 /// Opens one message, then delivers, acknowledges, holds or reports it.
-async fn process(inner: &Inner, delivered: Delivered) {
+async fn process(inbox: &Inbox, delivered: Delivered) {
     let from = delivered.from_id.clone();
     let message_id = delivered.message_id.clone();
-    let outcome = open(inner, &delivered).await;
+    let outcome = open(inbox, &delivered).await;
     let ack = match outcome {
         Ok(message) => {
-            tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
-            inner.dispatcher.emit(PeerEvent::Message(message));
+            tracing::debug!(peer = %inbox.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
+            inbox.dispatcher.emit(PeerEvent::Message(message));
             // A held copy of this message is redundant now; whatever else was held back from
             // this sender because its key could not be fetched can be opened now.
-            if let Ok(mut held) = inner.held.lock() {
-                held.settle(&from, message_id.as_ref());
+            lock(&inbox.backlog).held.settle(&from, message_id.as_ref());
+            if let Some(id) = &message_id {
+                lock(&inbox.backlog).refusals.forget(&from, id);
             }
-            if let (Some(id), Ok(mut r)) = (&message_id, inner.refusals.lock()) {
-                r.forget(&from, id);
-            }
-            inner.release_held(&from);
+            inbox.release_held(&from);
             true
         }
         Err(RejectReason::Replay) => {
-            tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, "duplicate dropped");
+            tracing::debug!(peer = %inbox.client_id, from = %from, message_id = ?message_id, "duplicate dropped");
             true
         }
         Err(reason) => {
             // Acknowledges (or holds) the message itself, before reporting it.
-            refused(inner, delivered, reason);
+            refused(inbox, delivered, reason);
             false
         }
     };
     if let (true, Some(id)) = (ack, &message_id) {
-        inner.ack(&from, id);
+        inbox.link.ack(&from, id);
     }
 }
 
@@ -301,30 +336,24 @@ async fn sleep_until_some(at: Option<Instant>) {
 /// accepts it. Any other transient refusal is held with a retry time, and given up (acknowledged,
 /// reported as [`RejectReason::GaveUp`]) once [`crate::held::Refusals`] says it was refused often
 /// enough for long enough.
-fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
+fn refused(inbox: &Inbox, delivered: Delivered, reason: RejectReason) {
     let from = delivered.from_id.clone();
     let message_id = delivered.message_id.clone();
     let mut retry_at = None;
     let mut report = true;
     let reason = match (&message_id, reason.is_retried()) {
         (Some(id), true) => {
-            let verdict = inner
+            let verdict = lock(&inbox.backlog)
                 .refusals
-                .lock()
-                .map(|mut r| r.refused(&from, id, Instant::now()));
+                .refused(&from, id, Instant::now());
             match verdict {
-                Ok(Verdict::Retry { at, first }) => {
+                Verdict::Retry { at, first } => {
                     retry_at = Some(at);
                     report = first;
                     reason
                 }
-                Ok(Verdict::GiveUp { attempts }) => RejectReason::GaveUp {
+                Verdict::GiveUp { attempts } => RejectReason::GaveUp {
                     attempts,
-                    last: reason.to_string(),
-                },
-                // A poisoned lock: never hold a message on a count we cannot keep.
-                Err(_) => RejectReason::GaveUp {
-                    attempts: 1,
                     last: reason.to_string(),
                 },
             }
@@ -333,30 +362,28 @@ fn refused(inner: &Inner, delivered: Delivered, reason: RejectReason) {
     };
     let transient = reason.is_transient();
     if let (false, Some(id)) = (transient, &message_id) {
-        inner.ack(&from, id);
+        inbox.link.ack(&from, id);
     }
     if report {
-        tracing::warn!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), transient, "message refused");
-        inner.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
+        tracing::warn!(peer = %inbox.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), transient, "message refused");
+        inbox.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
             from,
             message_id,
             reason,
         }));
     } else {
-        tracing::debug!(peer = %inner.config.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), "message refused again, retried later");
+        tracing::debug!(peer = %inbox.client_id, from = %from, message_id = ?message_id, reason = %Sanitized(&reason), "message refused again, retried later");
     }
     // Held back, not lost: the server keeps an unacknowledged message, and a local copy is opened
     // again as soon as the reason passes (or its retry time comes).
     if transient {
-        if let Ok(mut held) = inner.held.lock() {
-            held.hold(delivered, retry_at);
-        }
+        lock(&inbox.backlog).held.hold(delivered, retry_at);
     }
 }
 
 /// Opens and checks one message. `Err(RejectReason::Replay)` is a duplicate, dropped silently by
 /// the caller.
-async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectReason> {
+async fn open(inbox: &Inbox, d: &Delivered) -> Result<IncomingMessage, RejectReason> {
     let envelope: Envelope =
         serde_json::from_str(d.message.get()).map_err(|_| RejectReason::MalformedEnvelope)?;
     let (cipher_text, encrypted_data) = envelope
@@ -366,11 +393,11 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
         cipher_text,
         encrypted_data,
     };
-    let kem = inner.config.identity.kem();
+    let kem = inbox.identity.kem();
     match envelope.algorithm.as_str() {
         lattice_v1::ALGORITHM => {
             let outer_id = d.message_id.clone().ok_or(RejectReason::MissingMessageId)?;
-            let me = inner.config.client_id.as_str();
+            let me = inbox.client_id.as_str();
             let ctx = lattice_v1::Context {
                 sender_id: d.from_id.as_str(),
                 recipient_id: me,
@@ -389,10 +416,10 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
             // Only authenticated ids are recorded, and this one decrypted bound to the sender and
             // message id: a copy of a message already delivered. Checked before the key gates so
             // that a redelivered message signed with a key since replaced is not refused.
-            if already_seen(inner, &d.from_id, &outer_id) {
+            if already_seen(inbox, &d.from_id, &outer_id) {
                 return Err(RejectReason::Replay);
             }
-            if inner.pending_key_change(&d.from_id).is_some() {
+            if inbox.trust.pending_key_change(&d.from_id).is_some() {
                 return Err(RejectReason::KeyChanged);
             }
             let sig = B64
@@ -406,14 +433,15 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
                 msg.body.as_bytes(),
             )
             .map_err(|_| RejectReason::BadSignature)?;
-            let identity = inner
+            let identity = inbox
+                .trust
                 .sender_identity(&d.from_id)
                 .await
                 .map_err(sender_key_refusal)?;
             if identity.verify(&payload, &sig).is_err() {
                 // Perhaps the sender has a new key: ask, so a key change is reported as such. Only
                 // a confirmed pinned key makes this a forgery (final); unconfirmed, it may pass.
-                return Err(match inner.recheck_key(&d.from_id).await {
+                return Err(match inbox.trust.recheck_key(&d.from_id).await {
                     Recheck::Unchanged => RejectReason::BadSignature,
                     Recheck::Changed => RejectReason::KeyChanged,
                     Recheck::Failed(e) => match sender_key_refusal(e) {
@@ -428,7 +456,7 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
             // The signed time, checked once the signature is: a replay older than the window, or
             // a message dated ahead to stay fresh for longer, is refused for good.
             freshness(msg.sent_at, now_ms())?;
-            check_signed_replay(inner, &d.from_id, &outer_id, msg.sent_at)?;
+            check_signed_replay(inbox, &d.from_id, &outer_id, msg.sent_at)?;
             if msg.kind != KIND_TEXT {
                 return Err(RejectReason::UnsupportedKind(msg.kind));
             }
@@ -445,9 +473,9 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
         ml_kem_aes::ALGORITHM => {
             // A peer with a pinned identity always signs; an unsigned message in its name is a
             // downgrade (a forging server), refused.
-            let pinned = inner
-                .config
-                .key_store
+            let pinned = inbox
+                .trust
+                .key_store()
                 .pinned(&d.from_id)
                 .map_err(|e| RejectReason::SenderKeyUnavailable(e.to_string()))?;
             if pinned.is_some() {
@@ -456,7 +484,7 @@ async fn open(inner: &Inner, d: &Delivered) -> Result<IncomingMessage, RejectRea
             let plaintext = ml_kem_aes::open(kem, &sealed).map_err(|_| RejectReason::Decrypt)?;
             let text = String::from_utf8(plaintext.to_vec()).map_err(|_| RejectReason::NotUtf8)?;
             if let Some(id) = &d.message_id {
-                check_unsigned_replay(inner, &d.from_id, id)?;
+                check_unsigned_replay(inbox, &d.from_id, id)?;
             }
             Ok(IncomingMessage {
                 from: d.from_id.clone(),
@@ -490,43 +518,36 @@ fn sender_key_refusal(e: PeerError) -> RejectReason {
     }
 }
 
-fn already_seen(inner: &Inner, from: &ClientId, id: &MessageId) -> bool {
-    inner.replay.lock().is_ok_and(|r| r.seen_signed(from, id))
+fn already_seen(inbox: &Inbox, from: &ClientId, id: &MessageId) -> bool {
+    lock(&inbox.replay).seen_signed(from, id)
 }
 
 fn check_signed_replay(
-    inner: &Inner,
+    inbox: &Inbox,
     from: &ClientId,
     id: &MessageId,
     sent_at: u64,
 ) -> Result<(), RejectReason> {
-    let store = inner.replay_store.as_ref();
-    let fresh = inner
-        .replay
-        .lock()
-        .map_err(|_| RejectReason::ReplayStoreUnavailable("replay guard lock poisoned".into()))?
+    let store = inbox.replay_store.as_ref();
+    let fresh = lock(&inbox.replay)
         .record_signed(store, from, id, sent_at)
         .map_err(|e| RejectReason::ReplayStoreUnavailable(e.to_string()))?;
     match fresh {
         Fresh::New => Ok(()),
         Fresh::Duplicate => Err(RejectReason::Replay),
         Fresh::BelowMark => {
-            tracing::info!(peer = %inner.config.client_id, from = %from, message_id = %id, "signed message not newer than the sender's high-water mark, dropped as a duplicate");
+            tracing::info!(peer = %inbox.client_id, from = %from, message_id = %id, "signed message not newer than the sender's high-water mark, dropped as a duplicate");
             Err(RejectReason::Replay)
         }
     }
 }
 
 fn check_unsigned_replay(
-    inner: &Inner,
+    inbox: &Inbox,
     from: &ClientId,
     id: &MessageId,
 ) -> Result<(), RejectReason> {
-    let fresh = inner
-        .replay
-        .lock()
-        .map(|mut r| r.record_unsigned(from, id))
-        .unwrap_or(false);
+    let fresh = lock(&inbox.replay).record_unsigned(from, id);
     if fresh {
         Ok(())
     } else {
@@ -537,6 +558,192 @@ fn check_unsigned_replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::PeerKey;
+    use crate::outbox::{seal_at, Sender};
+    use crate::testkit::{id, key_response, Kit};
+    use crate::wire::new_message_id;
+    use lattice_protocol::ClientFrame;
+    use std::time::Duration;
+
+    /// A message `from` seals to `to`, signed at `sent_at`.
+    fn sealed(from: &Kit, to: &Kit, text: &str, sent_at: u64) -> Delivered {
+        let key = PeerKey {
+            peer_id: to.me.clone(),
+            kem: to.identity.kem_public_key().clone(),
+            identity: Some(to.identity.identity_public_key()),
+        };
+        let sender = Sender {
+            client_id: from.me.clone(),
+            identity: Arc::clone(&from.identity),
+        };
+        let message_id = new_message_id();
+        let (envelope, _) = seal_at(&sender, &key, &message_id, text, sent_at).unwrap();
+        Delivered {
+            message: serde_json::value::to_raw_value(&envelope).unwrap(),
+            from_id: from.me.clone(),
+            timestamp: sent_at,
+            message_id: Some(message_id),
+        }
+    }
+
+    fn pin(kit: &Kit, other: &Kit) {
+        use crate::KeyStore as _;
+        kit.store
+            .pin(&other.me, &other.identity.identity_public_key())
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_opens_once_and_its_copy_is_a_replay() {
+        let (alice, bob) = (Kit::new("alice"), Kit::new("bob"));
+        pin(&bob, &alice);
+        let d = sealed(&alice, &bob, "hello", now_ms());
+        let m = bob.inbox.open_one(&d).await.unwrap();
+        assert_eq!((m.text.as_str(), m.verified), ("hello", true));
+        assert!(matches!(
+            bob.inbox.open_one(&d).await,
+            Err(RejectReason::Replay)
+        ));
+        // Addressed to someone else: does not open for bob.
+        let carol = Kit::new("carol");
+        let other = sealed(&alice, &carol, "not yours", now_ms());
+        assert!(matches!(
+            bob.inbox.open_one(&other).await,
+            Err(RejectReason::Decrypt)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_or_future_dated_messages_are_refused_for_good() {
+        let (alice, bob) = (Kit::new("alice"), Kit::new("bob"));
+        pin(&bob, &alice);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap();
+        let old = now_ms() - ms(defaults::MAX_MESSAGE_AGE) - 60_000;
+        let ahead = now_ms() + ms(defaults::MAX_CLOCK_SKEW) + 60_000;
+        for sent_at in [old, ahead] {
+            let reason = bob
+                .inbox
+                .open_one(&sealed(&alice, &bob, "x", sent_at))
+                .await
+                .unwrap_err();
+            assert!(!reason.is_transient(), "{reason:?}");
+            assert!(!matches!(reason, RejectReason::Replay), "{reason:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_whose_key_cannot_be_had_is_held_unacknowledged_then_opened() {
+        let alice = Kit::new("alice");
+        let mut bob = Kit::new("bob");
+        let d = sealed(&alice, &bob, "late", now_ms());
+        let message_id = d.message_id.clone().unwrap();
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(worker(
+            Arc::clone(&bob.inbox),
+            bob.received_rx.take().unwrap(),
+            cancel.clone(),
+        ));
+        bob.received_tx.send(d).await.unwrap();
+        // The server never answers the first key request: refused (transient), held, not acked.
+        let first = bob.sent().await;
+        assert!(matches!(first.body, ClientFrame::RequestPublicKey(_)));
+        // Its retry time comes: asked again, answered, delivered, acknowledged.
+        bob.answer_key_request(key_response(&alice.me, &alice.identity, true))
+            .await;
+        let ack = bob.sent().await;
+        assert!(
+            matches!(&ack.body, ClientFrame::Ack(a) if a.message_id == message_id && a.from_id.as_ref() == Some(&alice.me)),
+            "{:?}",
+            ack.body
+        );
+        let events = bob.take_events();
+        let refused: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::Error(PeerError::Rejected { reason, .. }) => Some(reason.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].is_transient());
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, PeerEvent::Message(m) if m.text == "late")));
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_refused_too_often_for_too_long_is_given_up_and_acknowledged() {
+        let alice = Kit::new("alice");
+        let mut bob = Kit::new("bob");
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+            max_refusals: 2,
+            give_up_after: Duration::from_secs(5),
+        };
+        let inbox = Arc::new(Inbox::with_policy(
+            bob.me.clone(),
+            Arc::clone(&bob.identity),
+            Arc::clone(&bob.trust),
+            Arc::clone(&bob.link),
+            Arc::clone(&bob.dispatcher),
+            Arc::new(crate::MemoryReplayStore::default()),
+            policy,
+        ));
+        let d = sealed(&alice, &bob, "never", now_ms());
+        let message_id = d.message_id.clone().unwrap();
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(worker(
+            inbox,
+            bob.received_rx.take().unwrap(),
+            cancel.clone(),
+        ));
+        bob.received_tx.send(d).await.unwrap();
+        // Two key requests time out (the server never answers); then it is given up and acked.
+        for _ in 0..2 {
+            assert!(matches!(
+                bob.sent().await.body,
+                ClientFrame::RequestPublicKey(_)
+            ));
+        }
+        let ack = bob.sent().await;
+        assert!(matches!(&ack.body, ClientFrame::Ack(a) if a.message_id == message_id));
+        let gave_up = bob.take_events().into_iter().any(|e| {
+            matches!(
+                e,
+                PeerEvent::Error(PeerError::Rejected {
+                    reason: RejectReason::GaveUp { attempts: 2, .. },
+                    ..
+                })
+            )
+        });
+        assert!(gave_up);
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_messages_are_dropped_when_the_connection_ends_and_released_per_sender() {
+        let (alice, bob) = (Kit::new("alice"), Kit::new("bob"));
+        let d = sealed(&alice, &bob, "x", now_ms());
+        lock(&bob.inbox.backlog).held.hold(d.clone(), None);
+        bob.inbox.release_held(&id("carol"));
+        assert!(
+            lock(&bob.inbox.backlog).held.next_ready().is_none(),
+            "only the named sender's"
+        );
+        bob.inbox.release_held(&alice.me);
+        assert!(lock(&bob.inbox.backlog).held.next_ready().is_some());
+        lock(&bob.inbox.backlog).held.hold(d, None);
+        bob.inbox.connection_ended();
+        bob.inbox.release_held(&alice.me);
+        assert!(
+            lock(&bob.inbox.backlog).held.next_ready().is_none(),
+            "the server redelivers instead"
+        );
+    }
 
     fn d(from: &str, n: u64) -> Delivered {
         Delivered {

@@ -1,0 +1,96 @@
+//! Hooks for the criterion bench only (feature `bench`): not a public API.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use lattice_crypto::Identity;
+use lattice_protocol::{ClientId, Delivered};
+
+use crate::events::Dispatcher;
+use crate::inbox::Inbox;
+use crate::keys::PeerKey;
+use crate::link::Link;
+use crate::outbox::{seal, Sender};
+use crate::requests::Requests;
+use crate::trust::Trust;
+use crate::wire::new_message_id;
+use crate::{defaults, KeyStore as _, MemoryKeyStore, MemoryReplayStore};
+
+/// Alice's outbox seals to bob; bob's inbox opens and checks (alice's key pinned: no network).
+#[derive(Debug)]
+pub struct SealOpen {
+    alice: Sender,
+    bob_key: PeerKey,
+    bob: Inbox,
+}
+
+impl Default for SealOpen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SealOpen {
+    pub fn new() -> Self {
+        let alice_identity = Arc::new(Identity::generate(&mut rand_core::OsRng));
+        let bob_identity = Arc::new(Identity::generate(&mut rand_core::OsRng));
+        let alice_id = ClientId::new("alice").unwrap();
+        let bob_id = ClientId::new("bob").unwrap();
+        let store = Arc::new(MemoryKeyStore::default());
+        store
+            .pin(&alice_id, &alice_identity.identity_public_key())
+            .unwrap();
+        let bob_key = PeerKey {
+            peer_id: bob_id.clone(),
+            kem: bob_identity.kem_public_key().clone(),
+            identity: Some(bob_identity.identity_public_key()),
+        };
+        let dispatcher = Dispatcher::new(defaults::EVENT_CAPACITY);
+        let link = Arc::new(Link::new(bob_id.clone(), 1, Arc::clone(&dispatcher)));
+        let requests = Arc::new(Requests::new(
+            bob_id.clone(),
+            defaults::REQUEST_TIMEOUT,
+            Arc::clone(&link),
+        ));
+        let trust = Arc::new(Trust::new(
+            bob_id.clone(),
+            store,
+            requests,
+            Arc::clone(&dispatcher),
+        ));
+        let bob = Inbox::new(
+            bob_id,
+            bob_identity,
+            trust,
+            link,
+            dispatcher,
+            Arc::new(MemoryReplayStore::default()),
+        );
+        Self {
+            alice: Sender {
+                client_id: alice_id,
+                identity: alice_identity,
+            },
+            bob_key,
+            bob,
+        }
+    }
+
+    /// Seals `text` as alice and opens it as bob; returns the opened text.
+    pub async fn seal_open(&self, text: &str) -> Result<String, String> {
+        let id = new_message_id();
+        let (envelope, _) =
+            seal(&self.alice, &self.bob_key, &id, text).map_err(|e| e.to_string())?;
+        let d = Delivered {
+            message: serde_json::value::to_raw_value(&envelope).map_err(|e| e.to_string())?,
+            from_id: self.alice.client_id.clone(),
+            timestamp: 0,
+            message_id: Some(id),
+        };
+        self.bob
+            .open_one(&d)
+            .await
+            .map(|m| m.text)
+            .map_err(|e| e.to_string())
+    }
+}
