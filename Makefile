@@ -10,7 +10,7 @@ run:
 
 ## The terminal client against the local server (make run-chat ID=you).
 run-chat:
-	$(CARGO) run -p lattice-chat -- --server ws://127.0.0.1:3005 --id $(or $(ID),$(USER))
+	$(CARGO) run -p lattice-chat -- --id $(or $(ID),$(USER))
 
 ## Only the signaling server, on its defaults (0.0.0.0:3005, data under ~/.local/share/lattice).
 run-server:

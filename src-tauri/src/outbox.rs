@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lattice_peer::{ConnectionState, MessagingPeer, PeerError};
-use lattice_protocol::{ClientId, ErrorType, MessageId};
+use lattice_protocol::{ClientId, MessageId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -73,28 +73,16 @@ enum Failure {
     Fail,
 }
 
-/// The one place that decides what a send error means for a queued message. What the library
-/// calls permanent ([`PeerError::is_permanent`]) fails; of the rest, what concerns the
-/// connection (or a busy server) is retried, and what concerns this message fails.
+/// The one place that decides what a send error means for a queued message: a changed key blocks
+/// the conversation until the user decides; what the library calls transient
+/// ([`PeerError::is_transient`]) is retried; everything else fails.
 fn classify(e: &PeerError) -> Failure {
     if matches!(e, PeerError::KeyChanged { .. }) {
-        return Failure::Blocked;
-    }
-    if e.is_permanent() {
-        return Failure::Fail;
-    }
-    match e {
-        PeerError::NotConnected
-        | PeerError::ConnectionLost { .. }
-        | PeerError::Timeout { .. }
-        | PeerError::QueueFull { .. }
-        | PeerError::Connect { .. } => Failure::Retry,
-        PeerError::Server {
-            error_type:
-                ErrorType::InternalError | ErrorType::RateLimited | ErrorType::RegistrationRequired,
-            ..
-        } => Failure::Retry,
-        _ => Failure::Fail,
+        Failure::Blocked
+    } else if e.is_transient() {
+        Failure::Retry
+    } else {
+        Failure::Fail
     }
 }
 
@@ -284,6 +272,8 @@ mod tests {
     use std::collections::VecDeque;
 
     use tokio::sync::mpsc;
+
+    use lattice_protocol::ErrorType;
 
     use super::*;
     use crate::contract::PeerErrorCode;

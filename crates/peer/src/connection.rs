@@ -10,7 +10,7 @@
 //! backs off and runs into the attempt limit), and the [`ConnectionState`] is published on the
 //! [`Link`]. Whether a failed *first* connection is retried is the supervisor's [`Policy`]. One
 //! ending is final: a connection the server closed because the same identity registered
-//! elsewhere ([`CLOSE_REPLACED`]) is not replaced, or two instances of one identity would take the
+//! elsewhere ([`close_code::REPLACED`]) is not replaced, or two instances of one identity would take the
 //! id from each other forever.
 //!
 //! This module never imports the handle: the handle builds a [`Session`] of components and
@@ -23,6 +23,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use lattice_crypto::{registration_statement, Identity};
+use lattice_protocol::close_code;
 use lattice_protocol::{
     ClientFrame, ClientId, Delivered, Empty, PublicKeyField, Register, Registered, ServerFrame,
     Verification,
@@ -45,10 +46,6 @@ use crate::transport::{Dialer, WsStream};
 use crate::wire::{unexpected, B64};
 use crate::{defaults, PeerError, WaitOptions};
 
-/// The close code of a connection replaced by a newer verified registration of the same identity
-/// (the server's `close_code::REPLACED`, `docs/protocol.md`).
-pub(crate) const CLOSE_REPLACED: u16 = 4000;
-
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EndReason {
@@ -57,7 +54,7 @@ pub(crate) enum EndReason {
     /// The server closed the connection.
     Closed(String),
     /// The server closed the connection because another connection registered with our identity
-    /// (close code [`CLOSE_REPLACED`]). Final: not reconnected.
+    /// (close code [`close_code::REPLACED`]). Final: not reconnected.
     Replaced,
     /// No frame arrived within the pong timeout after a ping.
     PongTimeout,
@@ -181,7 +178,7 @@ async fn run(
                         tracing::warn!(peer = %session.client_id, "ignoring a binary frame from the server");
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        if frame.as_ref().is_some_and(|f| u16::from(f.code) == CLOSE_REPLACED) {
+                        if frame.as_ref().is_some_and(|f| u16::from(f.code) == close_code::REPLACED) {
                             return EndReason::Replaced;
                         }
                         let reason = frame.map_or_else(|| "no reason".to_owned(), |f| format!("{}: {}", f.code, f.reason));

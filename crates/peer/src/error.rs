@@ -212,6 +212,36 @@ impl PeerError {
             _ => false,
         }
     }
+
+    /// Whether the same request may succeed if it is sent again later, unchanged: the connection
+    /// is down or was lost, the request timed out, the local queue or the server is busy, or the
+    /// client is between registrations. What concerns the request itself (an unknown or invalid
+    /// recipient, a refused key, a full mailbox, an invalid message) and every
+    /// [`is_permanent`](Self::is_permanent) error is not transient. An app's outbox retries
+    /// exactly the transient errors.
+    ///
+    /// ```
+    /// use lattice_peer::PeerError;
+    /// assert!(PeerError::NotConnected.is_transient());
+    /// assert!(!PeerError::Replaced.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        if self.is_permanent() {
+            return false;
+        }
+        match self {
+            Self::NotConnected
+            | Self::ConnectionLost { .. }
+            | Self::Timeout { .. }
+            | Self::QueueFull { .. }
+            | Self::Connect { .. } => true,
+            Self::Server { error_type, .. } => matches!(
+                error_type,
+                ErrorType::InternalError | ErrorType::RateLimited | ErrorType::RegistrationRequired
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Why an incoming message was refused. Each is reported with [`PeerError::Rejected`] (except
@@ -352,5 +382,35 @@ mod tests {
     fn errors_stay_small() {
         // Every `Result<_, PeerError>` carries one; clippy's `result_large_err` starts at 128.
         assert!(std::mem::size_of::<PeerError>() < 128);
+    }
+
+    fn server(error_type: ErrorType) -> PeerError {
+        PeerError::Server {
+            error_type,
+            details: String::new(),
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_those_a_later_retry_can_cure() {
+        let lost = PeerError::ConnectionLost {
+            request: "send".into(),
+        };
+        for e in [
+            PeerError::NotConnected,
+            lost,
+            server(ErrorType::RateLimited),
+        ] {
+            assert!(e.is_transient(), "{e:?}");
+        }
+        for e in [
+            server(ErrorType::PeerNotFound),
+            server(ErrorType::MailboxFull),
+            server(ErrorType::InvalidMessage),
+            PeerError::Replaced,
+        ] {
+            assert!(!e.is_transient(), "{e:?}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use tauri_plugin_store::StoreExt;
 use super::{StorageError, SETTINGS_FILE};
 
 /// The port a hosted server listens on by default (the protocol's default port).
-pub const DEFAULT_HOST_PORT: u16 = 3005;
+pub const DEFAULT_HOST_PORT: u16 = lattice_protocol::limits::DEFAULT_PORT;
 
 /// The key of the one entry in the store.
 const KEY: &str = "settings";
