@@ -71,6 +71,10 @@ struct Ui {
     /// Per peer, the new fingerprint last shown for a key change (what `/accept` pins), and
     /// whether another new key replaced an earlier one shown since the last `/accept` attempt.
     key_changes: HashMap<ClientId, (Fingerprint, bool)>,
+    /// The peer said it will not reconnect on its own (replaced, or reconnecting gave up): set
+    /// when the banner is printed, before the peer publishes `Disconnected`, so a line typed
+    /// right after the banner is refused, never queued. Cleared once connected again.
+    stopped: bool,
 }
 
 // std Mutex: held for a field read or write, never across an await.
@@ -125,6 +129,16 @@ async fn print_events(peer: MessagingPeer, ui: Shared) {
             }
             PeerEvent::MessageAck(a) => {
                 tracing::debug!(message_id = %a.message_id, status = ?a.status, "ack");
+            }
+            PeerEvent::Error(PeerError::Replaced | PeerError::ReconnectFailed { .. }) => {
+                if let Ok(mut ui) = ui.lock() {
+                    ui.stopped = true;
+                }
+            }
+            PeerEvent::ConnectionState(ConnectionState::Connected) => {
+                if let Ok(mut ui) = ui.lock() {
+                    ui.stopped = false;
+                }
             }
             _ => {}
         }
@@ -222,7 +236,11 @@ async fn reconnect(peer: MessagingPeer) {
 
 /// Whether something sent now would leave: refuses (and says so) while the connection is given
 /// up, instead of queueing silently.
-fn can_send(peer: &MessagingPeer) -> bool {
+fn can_send(peer: &MessagingPeer, ui: &Shared) -> bool {
+    if ui.lock().is_ok_and(|u| u.stopped) {
+        println!("!! not sent: DISCONNECTED (type /reconnect)");
+        return false;
+    }
     match peer.connection_state() {
         ConnectionState::Connected => true,
         ConnectionState::Connecting | ConnectionState::Reconnecting { .. } => {
@@ -326,7 +344,7 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
         Command::Text(text) => {
             let current = ui.lock().ok().and_then(|u| u.current.clone());
             match current {
-                Some(_) if !can_send(peer) => {}
+                Some(_) if !can_send(peer, ui) => {}
                 Some(to) => match peer.send_message(&to, &text).await {
                     Ok(_) => println!("{}", display::sent_line(to.as_str(), &text)),
                     Err(e) => println!(
@@ -363,7 +381,7 @@ fn answer(
         .then(|| command::answer(q.question.kind, q.question.options.as_deref(), text))
         .flatten();
     match fits {
-        Some(_) if !can_send(peer) => {
+        Some(_) if !can_send(peer, ui) => {
             if let Ok(mut u) = ui.lock() {
                 u.questions.put_back(tag, q);
             }

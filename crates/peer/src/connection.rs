@@ -372,6 +372,9 @@ pub(crate) async fn keep_connected<A>(
                     // Reconnecting would take the id back from the other instance, which would
                     // then do the same: stop, tell the app, and wait for an explicit `connect`.
                     tracing::warn!(peer = %client_id, "replaced by another connection of this identity; not reconnecting");
+                    // Cancelled before the app hears it, so a `connect` made in answer to the
+                    // event waits for this supervisor to return instead of `AlreadyConnected`.
+                    cancel.cancel();
                     dispatcher.emit(PeerEvent::Error(PeerError::Replaced));
                     break;
                 }
@@ -391,6 +394,8 @@ pub(crate) async fn keep_connected<A>(
         failures += 1;
         let backoff = &policy.backoff;
         if !backoff.allows(failures) {
+            // As for `Replaced`: a `connect` in answer to the event must not see a live supervisor.
+            cancel.cancel();
             if backoff.enabled {
                 dispatcher.emit(PeerEvent::Error(PeerError::ReconnectFailed {
                     attempts: failures - 1,
@@ -515,6 +520,8 @@ mod tests {
         attempts: usize,
         states: Vec<ConnectionState>,
         errors: Vec<PeerError>,
+        /// For each error event: whether the supervisor's token was cancelled when it was raised.
+        cancelled_at_error: Vec<bool>,
         elapsed: Duration,
     }
 
@@ -550,6 +557,15 @@ mod tests {
         };
         let start = Instant::now();
         let cancel = CancellationToken::new();
+        let cancelled_at_error = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (seen, token) = (Arc::clone(&cancelled_at_error), cancel.clone());
+            let _ = dispatcher.add(Arc::new(move |ev: &PeerEvent| {
+                if matches!(ev, PeerEvent::Error(_)) {
+                    lock(&seen).push(token.is_cancelled());
+                }
+            }));
+        }
         keep_connected(
             &policy,
             &link,
@@ -570,11 +586,13 @@ mod tests {
             }
         }
         let attempts = *lock(&attempts);
+        let cancelled_at_error = lock(&cancelled_at_error).clone();
         Run {
             first: first_rx.await.unwrap_or(Err(PeerError::NotConnected)),
             attempts,
             states,
             errors,
+            cancelled_at_error,
             elapsed,
         }
     }
@@ -648,6 +666,7 @@ mod tests {
             run.errors.as_slice(),
             [PeerError::ReconnectFailed { attempts: 3 }]
         ));
+        assert_eq!(run.cancelled_at_error, [true]);
         assert_eq!(run.elapsed, Duration::from_secs(1 + 2 + 4));
         // A connection that stayed up long enough resets the count.
         let steps = vec![
@@ -676,5 +695,8 @@ mod tests {
         assert!(run.first.is_ok());
         assert_eq!(run.attempts, 1);
         assert!(matches!(run.errors.as_slice(), [PeerError::Replaced]));
+        // The app may answer the event with `connect`: the supervisor must already count as
+        // finishing then, not as live (`AlreadyConnected`).
+        assert_eq!(run.cancelled_at_error, [true]);
     }
 }
