@@ -252,8 +252,11 @@ impl Session {
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => {}
-                    r = ctx.peer.request_public_key(&peer) => if let Err(e) = r {
-                        tracing::debug!(peer = %peer, error = %e, "key prefetch failed");
+                    r = ctx.peer.request_public_key(&peer) => match r {
+                        // The open conversation shows the fingerprint now, not at the next
+                        // presence refresh.
+                        Ok(_) => ctx.events.send(SessionEvent::KeysFetched).await,
+                        Err(e) => tracing::debug!(peer = %peer, error = %e, "key prefetch failed"),
                     },
                 }
             });

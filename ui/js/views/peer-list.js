@@ -1,5 +1,7 @@
 // The sidebar's list of people: presence, verified badge, key-change and unverified marks,
-// latest message and unread count. Rebuilt on every `peer-list` event (the list is short).
+// latest message and unread count. Updated in place on every `peer-list` event: a row is one
+// element for as long as its peer is listed, and only rows whose content changed are redrawn, so a
+// click that straddles an update (press before, release after) still lands on its row.
 
 import { h, icon, paintAvatar, formatShort } from "../util.js";
 import { state } from "../state.js";
@@ -36,13 +38,44 @@ function row(peer) {
   }, avatar, h("div", { class: "peer-body" }, top, bottom));
 }
 
+/** Peer id → its row element and what it was drawn from. */
+const rows = new Map();
+
+/** The row of `peer`, reused (and redrawn only if its content changed) or new. */
+function rowFor(peer) {
+  const drawnFrom = JSON.stringify([peer, state.selected === peer.id]);
+  const known = rows.get(peer.id);
+  if (known && known.drawnFrom === drawnFrom) return known.li;
+  const fresh = row(peer);
+  if (!known) {
+    rows.set(peer.id, { li: fresh, drawnFrom });
+    return fresh;
+  }
+  // Same element (its click handler is bound to this peer id), new content and attributes.
+  known.li.className = fresh.className;
+  known.li.setAttribute("aria-selected", fresh.getAttribute("aria-selected"));
+  known.li.dataset.online = fresh.dataset.online;
+  known.li.replaceChildren(...fresh.childNodes);
+  known.drawnFrom = drawnFrom;
+  return known.li;
+}
+
 /** Draws the list from `state.peers`, filtered by the search box. */
 export function renderPeers() {
   const list = document.getElementById("peer-list");
   const empty = document.getElementById("peer-list-empty");
   const filter = document.getElementById("peer-filter").value.trim().toLowerCase();
   const peers = state.peers.filter((p) => !filter || p.id.toLowerCase().includes(filter));
-  list.replaceChildren(...peers.map(row));
+  const shown = new Set(peers.map((p) => p.id));
+  for (const id of rows.keys()) {
+    if (!shown.has(id)) rows.delete(id);
+  }
+  const wanted = peers.map(rowFor);
+  const current = list.children;
+  // Rows move only when the order changed (a move is a detach and an insert).
+  if (current.length !== wanted.length || wanted.some((li, i) => current[i] !== li)) {
+    list.replaceChildren(...wanted);
+  }
   empty.hidden = state.peers.length > 0;
 }
 
