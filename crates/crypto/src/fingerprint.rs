@@ -4,7 +4,7 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::IdentityPublicKey;
+use crate::IDENTITY_PUBLIC_KEY_LEN;
 
 /// Domain label hashed in front of the identity key.
 const LABEL: &[u8] = b"lattice/v1/fingerprint";
@@ -15,7 +15,7 @@ const CHUNK: usize = 5;
 /// Groups shown by [`Fingerprint::short`].
 const SHORT_GROUPS: usize = 4;
 
-/// The 60-digit fingerprint of an [`IdentityPublicKey`], shown as 12 groups of 5 digits.
+/// The 60-digit fingerprint of an [`IdentityPublicKey`](crate::IdentityPublicKey), shown as 12 groups of 5 digits.
 ///
 /// # Derivation
 /// ```text
@@ -40,15 +40,16 @@ const SHORT_GROUPS: usize = 4;
 pub struct Fingerprint([u32; GROUPS]);
 
 impl Fingerprint {
-    /// Computes the fingerprint of `key` (see the type's documentation for the derivation).
-    pub(crate) fn of(key: &IdentityPublicKey) -> Self {
+    /// Computes the fingerprint of the identity key `key` (see the type's documentation for the
+    /// derivation). Takes the key's bytes, so this module does not import the key's type.
+    pub(crate) fn of(key: &[u8; IDENTITY_PUBLIC_KEY_LEN]) -> Self {
         let h0 = Sha256::new()
             .chain_update(LABEL)
-            .chain_update(key.as_bytes())
+            .chain_update(key)
             .finalize();
         let h1 = Sha256::new()
             .chain_update(LABEL)
-            .chain_update(key.as_bytes())
+            .chain_update(key)
             .chain_update([0x01])
             .finalize();
         let mut bytes = [0u8; 64];

@@ -140,7 +140,7 @@ impl IdentityPublicKey {
 
     /// The 60-digit fingerprint (safety number) of this key.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(self)
+        Fingerprint::of(self.as_bytes())
     }
 }
 

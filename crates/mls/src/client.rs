@@ -20,7 +20,8 @@ use openmls_traits::types::SignatureScheme;
 use rusqlite::Connection;
 use tls_codec::{Deserialize as _, Serialize as _};
 
-use crate::events::{GroupEvent, GroupId, Member, OutgoingCommit};
+use crate::events::{GroupEvent, Member, OutgoingCommit};
+use crate::group_id::GroupId;
 use crate::identity::{
     claimed_identity, make_credential, verify_binding, IdentityPins, MemberIdentity,
 };

@@ -50,7 +50,7 @@ pub enum MlsError {
     KeyPackage(String),
     /// The group is not in this client's store.
     #[error("unknown group {0}")]
-    UnknownGroup(crate::GroupId),
+    UnknownGroup(crate::group_id::GroupId),
     /// No member of the group has this client id.
     #[error("{0} is not a member of the group")]
     NotAMember(ClientId),
@@ -74,10 +74,10 @@ pub enum MlsError {
     /// This client has a Commit of its own waiting for the delivery service's verdict: confirm
     /// or discard it before processing other handshake messages.
     #[error("group {0} has a pending commit: confirm or discard it first")]
-    PendingCommit(crate::GroupId),
+    PendingCommit(crate::group_id::GroupId),
     /// `confirm_commit` / `discard_commit` without a pending Commit.
     #[error("group {0} has no pending commit")]
-    NoPendingCommit(crate::GroupId),
+    NoPendingCommit(crate::group_id::GroupId),
     /// An application message did not open (tampered, wrong group, key already used or deleted).
     #[error("message could not be decrypted")]
     Decrypt,

@@ -14,7 +14,8 @@
 //!   Lattice identity keys, and its verification against the caller's pinned keys.
 //! - [`MlsStore`] (`store`): the SQLite store (openmls' tables plus ours), one transaction per
 //!   operation.
-//! - [`GroupId`], [`OutgoingCommit`], [`Member`], [`GroupEvent`] (`events`): values handed back.
+//! - [`GroupId`] (`group_id`): a group's id.
+//! - [`OutgoingCommit`], [`Member`], [`GroupEvent`] (`events`): values handed back.
 //! - [`MlsClient`], [`ValidatedKeyPackage`] (`client`): one device, its KeyPackages and groups.
 //!
 //! # Pending commits
@@ -27,12 +28,14 @@
 mod client;
 mod error;
 mod events;
+mod group_id;
 mod identity;
 pub mod limits;
 mod store;
 
 pub use client::{MlsClient, ValidatedKeyPackage};
 pub use error::MlsError;
-pub use events::{GroupEvent, GroupId, Member, OutgoingCommit};
+pub use events::{GroupEvent, Member, OutgoingCommit};
+pub use group_id::GroupId;
 pub use identity::{IdentityPins, MemberIdentity};
 pub use store::MlsStore;
