@@ -6,10 +6,9 @@
 
 use core::fmt;
 
-use ml_kem::kem::{Decapsulate, DecapsulationKey, EncapsulationKey};
 use ml_kem::{
-    Ciphertext, EncapsulateDeterministic, Encoded, EncodedSizeUser, KemCore, MlKem768,
-    MlKem768Params, B32,
+    Ciphertext, Decapsulate, DecapsulationKey768, EncapsulationKey768, KeyExport, MlKem768, Seed,
+    B32,
 };
 use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
@@ -18,11 +17,6 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::hex::HexPrefix;
 use crate::{CryptoError, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KEM_SEED_LEN};
 
-/// The ML-KEM modulus q.
-const Q: u16 = 3329;
-/// Bytes of the encoded vector t̂ at the start of an ML-KEM-768 public key (384·k, k = 3); the
-/// remaining 32 bytes are the matrix seed ρ.
-const T_HAT_LEN: usize = 384 * 3;
 /// How many bytes of a public key `Debug` shows.
 const DEBUG_PREFIX: usize = 4;
 
@@ -32,15 +26,17 @@ const DEBUG_PREFIX: usize = 4;
 #[derive(Clone)]
 pub struct KemPublicKey {
     bytes: Box<[u8; KEM_PUBLIC_KEY_LEN]>,
-    ek: Box<EncapsulationKey<MlKem768Params>>,
+    /// `ml-kem` keeps the key's polynomials on the heap (its `alloc` feature).
+    ek: EncapsulationKey768,
 }
 
 impl KemPublicKey {
     /// Parses a 1184-byte ML-KEM-768 encapsulation key.
     ///
     /// Runs the FIPS 203 §7.2 encapsulation key check: every 12-bit coefficient of t̂ must be
-    /// below q = 3329 (so that decoding then re-encoding gives the same bytes). The original
-    /// client's library refuses such keys as well, at encapsulation time.
+    /// below q = 3329 (so that decoding then re-encoding gives the same bytes); `ml-kem` runs it
+    /// when it parses the key. The original client's library refuses such keys as well, at
+    /// encapsulation time.
     ///
     /// # Errors
     /// [`CryptoError::InvalidLength`] if `b` is not 1184 bytes long, [`CryptoError::InvalidKey`]
@@ -66,16 +62,15 @@ impl KemPublicKey {
                 expected: KEM_PUBLIC_KEY_LEN,
                 got: b.len(),
             })?;
-        if !coefficients_in_range(&bytes[..T_HAT_LEN]) {
-            return Err(CryptoError::InvalidKey(
+        // With the length fixed above, the modulus check is the only way this can fail.
+        let ek = EncapsulationKey768::new(&bytes.into()).map_err(|_| {
+            CryptoError::InvalidKey(
                 "ML-KEM-768 public key has a coefficient >= q (FIPS 203 modulus check)",
-            ));
-        }
-        let encoded: Encoded<EncapsulationKey<MlKem768Params>> = bytes.into();
-        let ek = EncapsulationKey::from_bytes(&encoded);
+            )
+        })?;
         Ok(Self {
             bytes: Box::new(bytes),
-            ek: Box::new(ek),
+            ek,
         })
     }
 
@@ -91,15 +86,13 @@ impl KemPublicKey {
     pub(crate) fn encapsulate(
         &self,
         m: &[u8; 32],
-    ) -> Result<([u8; KEM_CIPHERTEXT_LEN], Zeroizing<[u8; 32]>), CryptoError> {
+    ) -> ([u8; KEM_CIPHERTEXT_LEN], Zeroizing<[u8; 32]>) {
         let mut m: B32 = (*m).into();
-        let result = self.ek.encapsulate_deterministic(&m);
+        let (ct, mut ss) = self.ek.encapsulate_deterministic(&m);
         m[..].zeroize();
-        let (ct, mut ss) =
-            result.map_err(|()| CryptoError::InvalidKey("ML-KEM encapsulation failed"))?;
-        let shared = Zeroizing::new(ss.0);
+        let shared = Zeroizing::new(ss.into());
         ss[..].zeroize();
-        Ok((ct.0, shared))
+        (ct.into(), shared)
     }
 }
 
@@ -125,17 +118,6 @@ impl fmt::Debug for KemPublicKey {
     }
 }
 
-/// FIPS 203 §7.2 modulus check on the encoded t̂: each 3 bytes pack two 12-bit little-endian
-/// coefficients, and each must be below q.
-fn coefficients_in_range(t_hat: &[u8]) -> bool {
-    t_hat.chunks_exact(3).all(|c| {
-        let (b0, b1, b2) = (u16::from(c[0]), u16::from(c[1]), u16::from(c[2]));
-        let lo = b0 | ((b1 & 0x0f) << 8);
-        let hi = (b1 >> 4) | (b2 << 4);
-        lo < Q && hi < Q
-    })
-}
-
 /// An ML-KEM-768 key pair: the 64-byte seed `d ‖ z`, the decapsulation key derived from it, and
 /// its public key.
 ///
@@ -143,13 +125,14 @@ fn coefficients_in_range(t_hat: &[u8]) -> bool {
 /// public key; equality compares seeds in constant time.
 pub struct KemKeyPair {
     seed: Box<Zeroizing<[u8; KEM_SEED_LEN]>>,
-    dk: Box<DecapsulationKey<MlKem768Params>>,
+    /// Zeroizes its secret parts (heap-allocated by `ml-kem`) on drop.
+    dk: DecapsulationKey768,
     public: KemPublicKey,
 }
 
 impl KemKeyPair {
     /// Generates a key pair from 64 bytes of the caller's RNG (`d` then `z`, the order
-    /// `ml-kem`'s own `generate` draws them in).
+    /// `ml-kem`'s own `generate_from_rng` draws them in).
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         let mut seed = Zeroizing::new([0u8; KEM_SEED_LEN]);
         rng.fill_bytes(&mut seed[..]);
@@ -161,20 +144,18 @@ impl KemKeyPair {
     /// Deterministic: the same seed always gives the same keys, which is how identity files
     /// store the KEM key and how the known-answer vector is checked.
     pub fn from_seed(seed: &[u8; KEM_SEED_LEN]) -> Self {
-        let mut d = B32::default();
-        let mut z = B32::default();
-        d.copy_from_slice(&seed[..32]);
-        z.copy_from_slice(&seed[32..]);
-        let (dk, ek) = MlKem768::generate_deterministic(&d, &z);
-        d[..].zeroize();
-        z[..].zeroize();
-        let bytes: [u8; KEM_PUBLIC_KEY_LEN] = ek.as_bytes().0;
+        let mut d_z = Seed::default();
+        d_z.copy_from_slice(&seed[..]);
+        let dk = DecapsulationKey768::from_seed(d_z);
+        d_z[..].zeroize();
+        let ek = dk.encapsulation_key().clone();
+        let bytes: [u8; KEM_PUBLIC_KEY_LEN] = ek.to_bytes().into();
         Self {
             seed: Box::new(Zeroizing::new(*seed)),
-            dk: Box::new(dk),
+            dk,
             public: KemPublicKey {
                 bytes: Box::new(bytes),
-                ek: Box::new(ek),
+                ek,
             },
         }
     }
@@ -196,19 +177,21 @@ impl KemKeyPair {
     /// is what fails.
     pub(crate) fn decapsulate(&self, ct: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let ct = Ciphertext::<MlKem768>::try_from(ct).map_err(|_| CryptoError::Decrypt)?;
-        let mut ss = self
-            .dk
-            .decapsulate(&ct)
-            .map_err(|()| CryptoError::Decrypt)?;
-        let shared = Zeroizing::new(ss.0);
+        let mut ss = self.dk.decapsulate(&ct);
+        let shared = Zeroizing::new(ss.into());
         ss[..].zeroize();
         Ok(shared)
     }
 
     /// The FIPS 203 decapsulation key (2400 bytes), for checking against other implementations.
+    ///
+    /// ml-kem 0.3 deprecates this expanded form as a storage format (we store the seed); it is
+    /// still the FIPS 203 encoding other implementations export.
     #[cfg(test)]
+    #[allow(deprecated)]
     pub(crate) fn decapsulation_key_bytes(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.dk.as_bytes().to_vec())
+        use ml_kem::ExpandedKeyEncoding as _;
+        Zeroizing::new(self.dk.to_expanded_bytes().to_vec())
     }
 }
 
@@ -302,7 +285,7 @@ mod tests {
     #[test]
     fn encapsulate_decapsulate_agree() {
         let pair = KemKeyPair::from_seed(&[3u8; 64]);
-        let (ct, ss) = pair.public_key().encapsulate(&[9u8; 32]).unwrap();
+        let (ct, ss) = pair.public_key().encapsulate(&[9u8; 32]);
         assert_eq!(*pair.decapsulate(&ct).unwrap(), *ss);
         assert_eq!(pair.decapsulate(&ct[1..]), Err(CryptoError::Decrypt));
     }

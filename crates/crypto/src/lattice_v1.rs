@@ -116,7 +116,7 @@ pub fn seal(
     rng.fill_bytes(&mut randomness[..]);
     let (m, nonce) = split_randomness(&randomness);
 
-    let (cipher_text, shared_secret) = recipient.encapsulate(&m)?;
+    let (cipher_text, shared_secret) = recipient.encapsulate(&m);
     let key = derive_key(&shared_secret, &info)
         .ok_or(CryptoError::InvalidKey("HKDF-SHA256 expand failed"))?;
     let encrypted_data = aead::seal(&key, &nonce, &aad, plaintext)?;

@@ -68,7 +68,7 @@ pub fn seal_deterministic(
     iv: &[u8; NONCE_LEN],
     plaintext: &[u8],
 ) -> Result<SealedEnvelope, CryptoError> {
-    let (cipher_text, shared_secret) = recipient.encapsulate(kem_randomness)?;
+    let (cipher_text, shared_secret) = recipient.encapsulate(kem_randomness);
     let encrypted_data = aead::seal(&shared_secret, iv, &[], plaintext)?;
     Ok(SealedEnvelope {
         cipher_text: cipher_text.to_vec(),
