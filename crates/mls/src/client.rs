@@ -464,12 +464,7 @@ impl MlsClient {
     ) -> Result<OutgoingCommit, MlsError> {
         let gid2 = gid.clone();
         let out = self.transact(Some(gid), move |provider, signer, groups| {
-            let group = groups
-                .get_mut(&gid2)
-                .ok_or_else(|| MlsError::UnknownGroup(gid2.clone()))?;
-            if group.pending_commit().is_some() {
-                return Err(MlsError::PendingCommit(gid2.clone()));
-            }
+            let group = idle_group_mut(groups, &gid2)?;
             let epoch = group.epoch().as_u64();
             let (commit, welcome) = f(provider, signer, group)?;
             Ok(OutgoingCommit {
@@ -585,12 +580,7 @@ impl MlsClient {
     pub fn leave(&mut self, gid: &GroupId) -> Result<Vec<u8>, MlsError> {
         let gid2 = gid.clone();
         self.transact(Some(gid), move |provider, signer, groups| {
-            let group = groups
-                .get_mut(&gid2)
-                .ok_or_else(|| MlsError::UnknownGroup(gid2.clone()))?;
-            if group.pending_commit().is_some() {
-                return Err(MlsError::PendingCommit(gid2.clone()));
-            }
+            let group = idle_group_mut(groups, &gid2)?;
             let proposal = group
                 .leave_group(provider, signer)
                 .map_err(|e| MlsError::op("leave", e))?;
@@ -606,9 +596,7 @@ impl MlsClient {
     pub fn confirm_commit(&mut self, gid: &GroupId) -> Result<Vec<GroupEvent>, MlsError> {
         let gid2 = gid.clone();
         let events = self.transact(Some(gid), move |provider, _, groups| {
-            let group = groups
-                .get_mut(&gid2)
-                .ok_or_else(|| MlsError::UnknownGroup(gid2.clone()))?;
+            let group = group_mut(groups, &gid2)?;
             let staged = group
                 .pending_commit()
                 .ok_or_else(|| MlsError::NoPendingCommit(gid2.clone()))?;
@@ -634,9 +622,7 @@ impl MlsClient {
     pub fn discard_commit(&mut self, gid: &GroupId) -> Result<(), MlsError> {
         let gid2 = gid.clone();
         self.transact(Some(gid), move |provider, _, groups| {
-            let group = groups
-                .get_mut(&gid2)
-                .ok_or_else(|| MlsError::UnknownGroup(gid2.clone()))?;
+            let group = group_mut(groups, &gid2)?;
             if group.pending_commit().is_none() {
                 return Err(MlsError::NoPendingCommit(gid2.clone()));
             }
@@ -705,12 +691,7 @@ impl MlsClient {
         check_len("plaintext", plaintext.len(), MAX_PLAINTEXT_LEN)?;
         let gid2 = gid.clone();
         self.transact(Some(gid), move |provider, signer, groups| {
-            let group = groups
-                .get_mut(&gid2)
-                .ok_or_else(|| MlsError::UnknownGroup(gid2.clone()))?;
-            if group.pending_commit().is_some() {
-                return Err(MlsError::PendingCommit(gid2.clone()));
-            }
+            let group = idle_group_mut(groups, &gid2)?;
             let msg = group
                 .create_message(provider, signer, plaintext)
                 .map_err(|e| MlsError::op("encrypt", e))?;
@@ -827,9 +808,7 @@ fn process_in(
     protocol: ProtocolMessage,
     pins: &dyn IdentityPins,
 ) -> Result<Vec<GroupEvent>, MlsError> {
-    let group = groups
-        .get_mut(gid)
-        .ok_or_else(|| MlsError::UnknownGroup(gid.clone()))?;
+    let group = group_mut(groups, gid)?;
     let current = group.epoch().as_u64();
     let got = protocol.epoch().as_u64();
     let handshake = !matches!(protocol.content_type(), ContentType::Application);
@@ -977,4 +956,27 @@ fn commit_events(group: &MlsGroup, staged: &StagedCommit) -> Result<Vec<GroupEve
         events.push(GroupEvent::Renamed { name: new_name });
     }
     Ok(events)
+}
+
+/// The group `gid` of this client.
+fn group_mut<'a>(
+    groups: &'a mut BTreeMap<GroupId, MlsGroup>,
+    gid: &GroupId,
+) -> Result<&'a mut MlsGroup, MlsError> {
+    groups
+        .get_mut(gid)
+        .ok_or_else(|| MlsError::UnknownGroup(gid.clone()))
+}
+
+/// The group `gid`, if no Commit of ours waits for the delivery service's verdict (a group with
+/// one takes no new Commit or message until `confirm_commit` or `discard_commit`).
+fn idle_group_mut<'a>(
+    groups: &'a mut BTreeMap<GroupId, MlsGroup>,
+    gid: &GroupId,
+) -> Result<&'a mut MlsGroup, MlsError> {
+    let group = group_mut(groups, gid)?;
+    if group.pending_commit().is_some() {
+        return Err(MlsError::PendingCommit(gid.clone()));
+    }
+    Ok(group)
 }
