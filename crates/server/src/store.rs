@@ -230,6 +230,17 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
         recipient: &ClientId,
         acks: &[(Option<ClientId>, MessageId)],
     ) -> Result<usize, StoreError>;
+    /// Several sessions' acknowledgements and messages in one transaction (the mailbox
+    /// writer's group commit): for each request in order, its acks are deleted (a failed delete
+    /// is logged and leaves the row: at least once), then its messages stored, each within the
+    /// quota with the rows before it counted. One result list per request. Nothing is
+    /// committed, and every message result is an error, if the commit fails.
+    fn commit_group(
+        &self,
+        requests: &[CommitRequest],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<CommitResults>;
     /// Gives one row owned by `conn` back to the mailbox (it could not be sent on `conn`).
     ///
     /// # Errors
@@ -285,6 +296,21 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// Storage failure.
     fn count(&self, recipient: &ClientId) -> Result<u32, StoreError>;
 }
+
+/// One session read batch's share of a group commit ([`Mailbox::commit_group`]).
+#[derive(Debug, Default)]
+pub struct CommitRequest {
+    /// The acknowledgements of a recipient (named first), deleted like [`Mailbox::remove`].
+    pub acks: Option<(ClientId, Vec<AckedId>)>,
+    /// Messages `(recipient, item, conn)` stored like [`Mailbox::accept_live`].
+    pub live: Vec<(ClientId, MailItem, u64)>,
+}
+
+/// An acknowledged message: its sender if the ack named it, and its id.
+pub type AckedId = (Option<ClientId>, MessageId);
+
+/// The results of one [`CommitRequest`]'s messages, in order.
+pub type CommitResults = Vec<Result<Accepted, EnqueueError>>;
 
 /// SQLite implementation of [`Directory`] and [`Mailbox`], one file (or memory).
 #[derive(Debug)]
@@ -1023,6 +1049,72 @@ impl Mailbox for SqliteStore {
         }
     }
 
+    fn commit_group(
+        &self,
+        requests: &[CommitRequest],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<CommitResults> {
+        let failed = |e: &rusqlite::Error| -> Vec<CommitResults> {
+            requests
+                .iter()
+                .map(|r| {
+                    r.live
+                        .iter()
+                        .map(|_| Err(EnqueueError::Store(StoreError::Commit(e.to_string()))))
+                        .collect()
+                })
+                .collect()
+        };
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let tx = match inner.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        let mut deleted = Vec::new();
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            if let Some((recipient, acks)) = &r.acks {
+                let mut rows = Vec::new();
+                for (sender, mid) in acks {
+                    if let Err(e) = remove_in(&tx, recipient, sender.as_ref(), mid, &mut rows) {
+                        tracing::warn!(error = %e, %recipient, "mailbox delete failed");
+                    }
+                }
+                deleted.push((recipient, rows));
+            }
+            let usage = &mut inner.usage;
+            results.push(
+                r.live
+                    .iter()
+                    .map(|(recipient, item, conn)| {
+                        insert_checked_in(&tx, usage, recipient, item, quota, ttl, Some(*conn))
+                    })
+                    .collect::<CommitResults>(),
+            );
+        }
+        match tx.commit() {
+            Ok(()) => {
+                for (recipient, rows) in deleted {
+                    inner.removed(recipient.as_str(), &rows);
+                }
+                let failed_store = results
+                    .iter()
+                    .flatten()
+                    .any(|r| matches!(r, Err(EnqueueError::Store(_))));
+                if failed_store {
+                    inner.recount();
+                }
+                results
+            }
+            Err(e) => {
+                inner.recount();
+                failed(&e)
+            }
+        }
+    }
+
     fn remove_batch(
         &self,
         recipient: &ClientId,
@@ -1329,6 +1421,55 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_group_commit_applies_each_request_in_order_within_the_quota() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ttl = Duration::from_secs(60);
+        let q = quota(2);
+        let bob = id("bob");
+        store.enqueue(&bob, &from("alice", "a1"), &q, ttl).unwrap();
+        let live = |m: &str, conn| (bob.clone(), from("carol", m), conn);
+        let requests = [
+            // carol's session: two messages for bob, the second over his quota of 2
+            CommitRequest {
+                acks: None,
+                live: vec![live("c1", 1), live("c2", 1)],
+            },
+            // bob's session acknowledges a1 and c1: room for carol's next
+            CommitRequest {
+                acks: Some((
+                    bob.clone(),
+                    vec![
+                        (Some(id("alice")), MessageId::new("a1").unwrap()),
+                        (None, MessageId::new("c1").unwrap()),
+                    ],
+                )),
+                live: Vec::new(),
+            },
+            CommitRequest {
+                acks: None,
+                live: vec![live("c3", 2), live("c3", 2)],
+            },
+        ];
+        let results = store.commit_group(&requests, &q, ttl);
+        assert_eq!(results.len(), 3);
+        assert!(matches!(results[0][0], Ok(Accepted::Stored)));
+        assert!(matches!(
+            results[0][1],
+            Err(EnqueueError::Full {
+                limit: Limit::Count,
+                ..
+            })
+        ));
+        assert!(results[1].is_empty());
+        assert!(matches!(results[2][0], Ok(Accepted::Stored)));
+        assert!(matches!(results[2][1], Ok(Accepted::Duplicate)));
+        // committed: only c3 is left, owned by connection 2
+        assert_eq!(store.count(&bob).unwrap(), 1);
+        assert!(store.claim(&bob, 9, 10).unwrap().is_empty());
+        assert_eq!(store.disown_all(&bob, 2).unwrap(), 1);
     }
 
     #[test]

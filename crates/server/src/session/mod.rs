@@ -264,7 +264,13 @@ impl Session {
     /// [`WRITE_TIMEOUT`]. The commit comes first so that no `message_ack` is written before its
     /// message is stored.
     async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
-        self.core.commit_pending();
+        if let Some(request) = self.core.take_commit() {
+            let writer = Arc::clone(&self.core.state().writer);
+            match writer.commit(request).await {
+                Ok(results) => self.core.finish_commit(results),
+                Err(request) => self.core.commit_here(request),
+            }
+        }
         let replies = self.core.take_replies();
         if replies.is_empty() {
             return Flow::Continue;
