@@ -62,3 +62,78 @@ impl Writer {
         answer.await.map_err(|_| CommitRequest::default())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use lattice_protocol::{ClientId, MessageId};
+
+    use super::*;
+    use crate::store::{Accepted, EnqueueError, MailItem, SqliteStore};
+
+    fn live(recipient: &str, sender: &str, m: &str) -> (ClientId, MailItem, u64) {
+        let item = MailItem {
+            message_id: MessageId::new(m).unwrap(),
+            sender: ClientId::new(sender).unwrap(),
+            frame: format!("{{\"m\":\"{m}\"}}"),
+        };
+        (ClientId::new(recipient).unwrap(), item, 1)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sessions_each_get_their_own_results_once_committed() {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let quota = Quota {
+            count: 30,
+            ..Quota::UNLIMITED
+        };
+        let writer =
+            Arc::new(Writer::spawn(store.clone(), quota, Duration::from_secs(60)).unwrap());
+        // 50 sessions, one message each for bob, whose quota takes 30: exactly 20 are refused,
+        // each session hears about its own message
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let writer = Arc::clone(&writer);
+                tokio::spawn(async move {
+                    let request = CommitRequest {
+                        acks: None,
+                        live: vec![live("bob", &format!("s{i}"), "m")],
+                    };
+                    writer.commit(request).await.unwrap()
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        let mut full = 0;
+        for t in tasks {
+            let results = t.await.unwrap();
+            assert_eq!(results.len(), 1);
+            match &results[0] {
+                Ok(Accepted::Stored) => stored += 1,
+                Err(EnqueueError::Full { .. }) => full += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((stored, full), (30, 20));
+        // durable before the answer: the rows are there
+        assert_eq!(store.count(&ClientId::new("bob").unwrap()).unwrap(), 30);
+        // acknowledgements go through the writer too
+        let acks = (0..50)
+            .map(|i| {
+                (
+                    Some(ClientId::new(format!("s{i}")).unwrap()),
+                    MessageId::new("m").unwrap(),
+                )
+            })
+            .collect();
+        let results = writer
+            .commit(CommitRequest {
+                acks: Some((ClientId::new("bob").unwrap(), acks)),
+                live: Vec::new(),
+            })
+            .await
+            .unwrap();
+        assert!(results.is_empty());
+        assert_eq!(store.count(&ClientId::new("bob").unwrap()).unwrap(), 0);
+    }
+}
