@@ -137,6 +137,13 @@ impl<T: Transport> Outbox<T> {
         self.wake.notify_one();
     }
 
+    /// After a reconnect: what was handed over without a verdict may have died with the old
+    /// connection (or with the server), and the peer does not resend it, so the next pass hands
+    /// it over again, with the same wire id (a copy that did arrive is dropped as a duplicate).
+    pub fn reconnected(&self) {
+        lock(&self.flow).handed.clear();
+    }
+
     /// The server's verdict on the message sent as `wire_id`: the local id it concerns, or
     /// `None` when the send has not returned yet (the verdict is then applied when it does).
     pub fn verdict(&self, wire_id: &MessageId, status: DeliveryStatus) -> Option<String> {

@@ -457,6 +457,7 @@ impl Ctx {
                     None,
                 )));
                 self.refresh.notify_one();
+                self.outbox.reconnected();
                 self.outbox.wake();
             }
             PeerState::Reconnecting { attempt } => {

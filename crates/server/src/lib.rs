@@ -40,6 +40,7 @@ pub mod session;
 pub mod state;
 pub mod store;
 mod sweeper;
+pub mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -169,7 +170,10 @@ fn build_state(
         None => SqliteStore::in_memory()?,
     });
     let questions = Questions::new(config.question_timeout);
+    let writer = writer::Writer::spawn(store.clone(), config.mailbox_quota(), config.mailbox_ttl)
+        .map_err(ServerError::Io)?;
     Ok(Arc::new(ServerState {
+        writer: Arc::new(writer),
         hub: Arc::new(LocalHub::default()),
         directory: store.clone(),
         mailbox: store.clone(),

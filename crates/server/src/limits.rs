@@ -111,6 +111,15 @@ pub const WAL_SIZE_LIMIT: u64 = 8 * 1024 * 1024;
 /// ~4 MiB, SQLite's default, written out here so the bound is explicit.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
 
+/// Commit requests waiting for the mailbox writer ([`crate::writer`]) at most; a session whose
+/// request finds the queue full waits (backpressure). Each session has at most one request in
+/// flight, so the queue fills only with more sessions committing at once than this.
+pub const WRITER_QUEUE: usize = 1024;
+
+/// Commit requests (one per session read batch) the mailbox writer puts in one transaction at
+/// most.
+pub const WRITER_GROUP: usize = 256;
+
 /// Bindings expired per sweep at most (one short transaction each time; the rest next minute).
 pub const BINDING_EXPIRY_BATCH: usize = 1000;
 

@@ -28,6 +28,8 @@ pub struct ServerState {
     pub mailbox: Arc<dyn Mailbox>,
     /// The SQLite store behind both (for checkpoints).
     pub store: Arc<SqliteStore>,
+    /// The group commit of every session's durable path.
+    pub writer: Arc<crate::writer::Writer>,
     /// Server questions.
     pub questions: Questions,
     /// Counters.

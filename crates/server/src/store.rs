@@ -6,6 +6,7 @@
 //! statement under a `std::sync::Mutex` (no `.await` while held), cheap enough to run on the async
 //! worker threads for the low-rate operations that use it (registration, offline delivery, acks).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -229,6 +230,17 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
         recipient: &ClientId,
         acks: &[(Option<ClientId>, MessageId)],
     ) -> Result<usize, StoreError>;
+    /// Several sessions' acknowledgements and messages in one transaction (the mailbox
+    /// writer's group commit): for each request in order, its acks are deleted (a failed delete
+    /// is logged and leaves the row: at least once), then its messages stored, each within the
+    /// quota with the rows before it counted. One result list per request. Nothing is
+    /// committed, and every message result is an error, if the commit fails.
+    fn commit_group(
+        &self,
+        requests: &[CommitRequest],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<CommitResults>;
     /// Gives one row owned by `conn` back to the mailbox (it could not be sent on `conn`).
     ///
     /// # Errors
@@ -285,6 +297,21 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     fn count(&self, recipient: &ClientId) -> Result<u32, StoreError>;
 }
 
+/// One session read batch's share of a group commit ([`Mailbox::commit_group`]).
+#[derive(Debug, Default)]
+pub struct CommitRequest {
+    /// The acknowledgements of a recipient (named first), deleted like [`Mailbox::remove`].
+    pub acks: Option<(ClientId, Vec<AckedId>)>,
+    /// Messages `(recipient, item, conn)` stored like [`Mailbox::accept_live`].
+    pub live: Vec<(ClientId, MailItem, u64)>,
+}
+
+/// An acknowledged message: its sender if the ack named it, and its id.
+pub type AckedId = (Option<ClientId>, MessageId);
+
+/// The results of one [`CommitRequest`]'s messages, in order.
+pub type CommitResults = Vec<Result<Accepted, EnqueueError>>;
+
 /// SQLite implementation of [`Directory`] and [`Mailbox`], one file (or memory).
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -295,6 +322,120 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     conn: Connection,
+    /// The mailbox's rows counted per recipient and sender, so the quota check of a new message
+    /// is a lookup instead of a scan of the recipient's rows. `None` while unknown (a failed
+    /// transaction whose recount failed too): every check then scans.
+    usage: Option<Usage>,
+}
+
+/// Rows and bytes stored per recipient, and per sender within it, as committed (expired rows
+/// count until they are purged, so the counts are an upper bound of what the quota counts: a
+/// message they admit is within the quota; one they would refuse is checked again by a scan).
+/// Entries go when their count reaches 0, so the map is bounded by the rows, which the quota
+/// bounds.
+#[derive(Debug, Default)]
+struct Usage {
+    recipients: HashMap<String, RecipientUsage>,
+}
+
+#[derive(Debug, Default)]
+struct RecipientUsage {
+    rows: u64,
+    bytes: u64,
+    /// Rows and bytes per sender.
+    senders: HashMap<String, (u64, u64)>,
+}
+
+impl Usage {
+    /// Counts every row of the table (at open, and after a failed transaction).
+    fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
+        let mut usage = Self::default();
+        let mut stmt = conn.prepare(
+            "SELECT recipient, sender, COUNT(*), COALESCE(SUM(size), 0) FROM mailbox
+             GROUP BY recipient, sender",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (recipient, sender, n, bytes) = row?;
+            let r = usage.recipients.entry(recipient).or_default();
+            let (n, bytes) = (to_u64(n), to_u64(bytes));
+            r.rows += n;
+            r.bytes += bytes;
+            let s = r.senders.entry(sender).or_default();
+            s.0 += n;
+            s.1 += bytes;
+        }
+        Ok(usage)
+    }
+
+    /// `[rows, bytes, rows from sender, bytes from sender]` stored for `recipient`.
+    fn of(&self, recipient: &str, sender: &str) -> [u64; 4] {
+        self.recipients.get(recipient).map_or([0; 4], |r| {
+            let (n, b) = r.senders.get(sender).copied().unwrap_or((0, 0));
+            [r.rows, r.bytes, n, b]
+        })
+    }
+
+    fn add(&mut self, recipient: &str, sender: &str, bytes: u64) {
+        let r = self.recipients.entry(recipient.to_owned()).or_default();
+        r.rows += 1;
+        r.bytes += bytes;
+        let s = r.senders.entry(sender.to_owned()).or_default();
+        s.0 += 1;
+        s.1 += bytes;
+    }
+
+    fn remove(&mut self, recipient: &str, sender: &str, bytes: u64) {
+        let Some(r) = self.recipients.get_mut(recipient) else {
+            return;
+        };
+        r.rows = r.rows.saturating_sub(1);
+        r.bytes = r.bytes.saturating_sub(bytes);
+        if let Some(s) = r.senders.get_mut(sender) {
+            s.0 = s.0.saturating_sub(1);
+            s.1 = s.1.saturating_sub(bytes);
+            if s.0 == 0 {
+                r.senders.remove(sender);
+            }
+        }
+        if r.rows == 0 {
+            self.recipients.remove(recipient);
+        }
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Inner {
+    /// After a transaction that did not commit: the counts may include its rolled-back changes,
+    /// so they are counted again from the table (or left unknown if that fails too).
+    fn recount(&mut self) {
+        self.usage = match Usage::load(&self.conn) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::warn!(error = %e, "mailbox recount failed: quota checks scan until the next one");
+                None
+            }
+        };
+    }
+
+    /// Applies the deleted rows (`sender`, `size`) of `recipient` to the counts.
+    fn removed(&mut self, recipient: &str, rows: &[(String, i64)]) {
+        if let Some(u) = &mut self.usage {
+            for (sender, size) in rows {
+                u.remove(recipient, sender, to_u64(*size));
+            }
+        }
+    }
 }
 
 /// Checks one more message of `bytes` from a sender against `quota`, given the recipient's stored
@@ -543,8 +684,9 @@ impl SqliteStore {
                 "unacknowledged messages from before the restart wait for their recipients"
             );
         }
+        let usage = Some(Usage::load(&conn)?);
         Ok(Self {
-            inner: Mutex::new(Inner { conn }),
+            inner: Mutex::new(Inner { conn, usage }),
         })
     }
 
@@ -663,53 +805,73 @@ impl SqliteStore {
     }
 }
 
-/// Inserts a row (a duplicate (recipient, sender, id) is ignored).
+/// Inserts a row; false if the same (recipient, sender, id) was there (nothing is inserted).
 fn insert(
     conn: &Connection,
     recipient: &ClientId,
     item: &MailItem,
     ttl: Duration,
     owner: Option<u64>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let expires = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO mailbox
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO mailbox
              (recipient, sender, message_id, frame, expires_ms, live_conn, size)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        recipient.as_str(),
-        item.sender.as_str(),
-        item.message_id.as_str(),
-        item.frame,
-        expires,
-        owner.map(owner_value),
-        i64::try_from(item.frame.len()).unwrap_or(i64::MAX)
-    ])?;
-    Ok(())
+        )?
+        .execute(params![
+            recipient.as_str(),
+            item.sender.as_str(),
+            item.message_id.as_str(),
+            item.frame,
+            expires,
+            owner.map(owner_value),
+            i64::try_from(item.frame.len()).unwrap_or(i64::MAX)
+        ])?;
+    Ok(n > 0)
 }
 
-/// Deletes an acknowledged row (see [`Mailbox::remove`]); returns how many.
+/// Deletes an acknowledged row (see [`Mailbox::remove`]); appends the deleted rows' (sender,
+/// size) to `deleted`.
 fn remove_in(
     conn: &Connection,
     recipient: &ClientId,
     sender: Option<&ClientId>,
     message_id: &MessageId,
-) -> Result<usize, StoreError> {
-    let n = match sender {
-            Some(sender) => conn
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
-                )?
-                .execute(params![recipient.as_str(), sender.as_str(), message_id.as_str()])?,
-            None => conn
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
-                     AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1",
-                )?
-                .execute(params![recipient.as_str(), message_id.as_str()])?,
-        };
-    Ok(n)
+    deleted: &mut Vec<(String, i64)>,
+) -> Result<(), StoreError> {
+    let sender_size = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    match sender {
+        Some(sender) => {
+            let mut stmt = conn.prepare_cached(
+                "DELETE FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3
+                 RETURNING sender, size",
+            )?;
+            let rows = stmt.query_map(
+                params![recipient.as_str(), sender.as_str(), message_id.as_str()],
+                sender_size,
+            )?;
+            for row in rows {
+                deleted.push(row?);
+            }
+        }
+        None => {
+            let mut stmt = conn.prepare_cached(
+                "DELETE FROM mailbox WHERE recipient = ?1 AND message_id = ?2
+                 AND (SELECT COUNT(*) FROM mailbox WHERE recipient = ?1 AND message_id = ?2) = 1
+                 RETURNING sender, size",
+            )?;
+            let rows = stmt.query_map(
+                params![recipient.as_str(), message_id.as_str()],
+                sender_size,
+            )?;
+            for row in rows {
+                deleted.push(row?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A connection id as SQLite stores it (ids count up from 1 and never reach `i64::MAX`).
@@ -756,22 +918,42 @@ impl SqliteStore {
         conn: Option<u64>,
     ) -> Result<Accepted, EnqueueError> {
         let mut inner = self.lock();
-        let tx = inner.conn.transaction().map_err(StoreError::from)?;
-        let r = insert_checked_in(&tx, recipient, item, quota, ttl, conn)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(r)
+        let inner = &mut *inner;
+        let result = (|| {
+            let tx = inner.conn.transaction().map_err(StoreError::from)?;
+            let r = insert_checked_in(&tx, &mut inner.usage, recipient, item, quota, ttl, conn)?;
+            tx.commit().map_err(StoreError::from)?;
+            Ok(r)
+        })();
+        if matches!(result, Err(EnqueueError::Store(_))) {
+            inner.recount();
+        }
+        result
     }
 }
 
-/// The quota check and insert of one message, inside the caller's transaction.
+/// The quota check and insert of one message, inside the caller's transaction; `usage` counts
+/// the insert (the caller recounts if the transaction does not commit).
 fn insert_checked_in(
     tx: &Connection,
+    usage: &mut Option<Usage>,
     recipient: &ClientId,
     item: &MailItem,
     quota: &Quota,
     ttl: Duration,
     conn: Option<u64>,
 ) -> Result<Accepted, EnqueueError> {
+    let bytes = item.frame.len() as u64;
+    if let Some(u) = usage {
+        // The usual case: the counts (an upper bound) admit it; a duplicate inserts nothing.
+        if check_quota(quota, u.of(recipient.as_str(), item.sender.as_str()), bytes).is_ok() {
+            if !insert(tx, recipient, item, ttl, conn)? {
+                return Ok(Accepted::Duplicate);
+            }
+            u.add(recipient.as_str(), item.sender.as_str(), bytes);
+            return Ok(Accepted::Stored);
+        }
+    }
     let exists = tx
         .prepare_cached(
             "SELECT 1 FROM mailbox WHERE recipient = ?1 AND sender = ?2 AND message_id = ?3",
@@ -788,13 +970,16 @@ fn insert_checked_in(
         // A retry of a stored message: it is there, whatever the quota says now.
         return Ok(Accepted::Duplicate);
     }
+    // Over the counts (or they are unknown): the exact check, which leaves expired rows out.
     let rows = row_usage(tx, recipient, &item.sender)?;
-    let bytes = item.frame.len() as u64;
     check_quota(quota, rows, bytes).map_err(|limit| EnqueueError::Full {
         recipient: recipient.clone(),
         limit,
     })?;
     insert(tx, recipient, item, ttl, conn)?;
+    if let Some(u) = usage {
+        u.add(recipient.as_str(), item.sender.as_str(), bytes);
+    }
     Ok(Accepted::Stored)
 }
 
@@ -834,17 +1019,99 @@ impl Mailbox for SqliteStore {
                 .collect()
         };
         let mut inner = self.lock();
+        let inner = &mut *inner;
         let tx = match inner.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => return failed(&e),
         };
         let results: Vec<_> = items
             .iter()
-            .map(|l| insert_checked_in(&tx, l.recipient, l.item, quota, ttl, Some(l.conn)))
+            .map(|l| {
+                let usage = &mut inner.usage;
+                insert_checked_in(&tx, usage, l.recipient, l.item, quota, ttl, Some(l.conn))
+            })
             .collect();
+        let failed_store = results
+            .iter()
+            .any(|r| matches!(r, Err(EnqueueError::Store(_))));
         match tx.commit() {
-            Ok(()) => results,
-            Err(e) => failed(&e),
+            Ok(()) => {
+                if failed_store {
+                    // An item's statement failed after others of the batch were counted.
+                    inner.recount();
+                }
+                results
+            }
+            Err(e) => {
+                inner.recount();
+                failed(&e)
+            }
+        }
+    }
+
+    fn commit_group(
+        &self,
+        requests: &[CommitRequest],
+        quota: &Quota,
+        ttl: Duration,
+    ) -> Vec<CommitResults> {
+        let failed = |e: &rusqlite::Error| -> Vec<CommitResults> {
+            requests
+                .iter()
+                .map(|r| {
+                    r.live
+                        .iter()
+                        .map(|_| Err(EnqueueError::Store(StoreError::Commit(e.to_string()))))
+                        .collect()
+                })
+                .collect()
+        };
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let tx = match inner.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        let mut deleted = Vec::new();
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            if let Some((recipient, acks)) = &r.acks {
+                let mut rows = Vec::new();
+                for (sender, mid) in acks {
+                    if let Err(e) = remove_in(&tx, recipient, sender.as_ref(), mid, &mut rows) {
+                        tracing::warn!(error = %e, %recipient, "mailbox delete failed");
+                    }
+                }
+                deleted.push((recipient, rows));
+            }
+            let usage = &mut inner.usage;
+            results.push(
+                r.live
+                    .iter()
+                    .map(|(recipient, item, conn)| {
+                        insert_checked_in(&tx, usage, recipient, item, quota, ttl, Some(*conn))
+                    })
+                    .collect::<CommitResults>(),
+            );
+        }
+        match tx.commit() {
+            Ok(()) => {
+                for (recipient, rows) in deleted {
+                    inner.removed(recipient.as_str(), &rows);
+                }
+                let failed_store = results
+                    .iter()
+                    .flatten()
+                    .any(|r| matches!(r, Err(EnqueueError::Store(_))));
+                if failed_store {
+                    inner.recount();
+                }
+                results
+            }
+            Err(e) => {
+                inner.recount();
+                failed(&e)
+            }
         }
     }
 
@@ -855,12 +1122,13 @@ impl Mailbox for SqliteStore {
     ) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let tx = inner.conn.transaction()?;
-        let mut n = 0;
+        let mut deleted = Vec::new();
         for (sender, mid) in acks {
-            n += remove_in(&tx, recipient, sender.as_ref(), mid)?;
+            remove_in(&tx, recipient, sender.as_ref(), mid, &mut deleted)?;
         }
         tx.commit()?;
-        Ok(n)
+        inner.removed(recipient.as_str(), &deleted);
+        Ok(deleted.len())
     }
 
     fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError> {
@@ -959,16 +1227,34 @@ impl Mailbox for SqliteStore {
         sender: Option<&ClientId>,
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
-        let inner = self.lock();
-        Ok(remove_in(&inner.conn, recipient, sender, message_id)? > 0)
+        let mut inner = self.lock();
+        let mut deleted = Vec::new();
+        remove_in(&inner.conn, recipient, sender, message_id, &mut deleted)?;
+        inner.removed(recipient.as_str(), &deleted);
+        Ok(!deleted.is_empty())
     }
 
     fn purge_expired(&self) -> Result<usize, StoreError> {
-        Ok(self
-            .lock()
-            .conn
-            .prepare_cached("DELETE FROM mailbox WHERE expires_ms <= ?1")?
-            .execute([now_ms()])?)
+        let mut inner = self.lock();
+        let deleted = {
+            let mut stmt = inner.conn.prepare_cached(
+                "DELETE FROM mailbox WHERE expires_ms <= ?1 RETURNING recipient, sender, size",
+            )?;
+            let rows = stmt.query_map([now_ms()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        if let Some(u) = &mut inner.usage {
+            for (recipient, sender, size) in &deleted {
+                u.remove(recipient, sender, to_u64(*size));
+            }
+        }
+        Ok(deleted.len())
     }
 
     fn count(&self, recipient: &ClientId) -> Result<u32, StoreError> {
@@ -1135,6 +1421,102 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_group_commit_applies_each_request_in_order_within_the_quota() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ttl = Duration::from_secs(60);
+        let q = quota(2);
+        let bob = id("bob");
+        store.enqueue(&bob, &from("alice", "a1"), &q, ttl).unwrap();
+        let live = |m: &str, conn| (bob.clone(), from("carol", m), conn);
+        let requests = [
+            // carol's session: two messages for bob, the second over his quota of 2
+            CommitRequest {
+                acks: None,
+                live: vec![live("c1", 1), live("c2", 1)],
+            },
+            // bob's session acknowledges a1 and c1: room for carol's next
+            CommitRequest {
+                acks: Some((
+                    bob.clone(),
+                    vec![
+                        (Some(id("alice")), MessageId::new("a1").unwrap()),
+                        (None, MessageId::new("c1").unwrap()),
+                    ],
+                )),
+                live: Vec::new(),
+            },
+            CommitRequest {
+                acks: None,
+                live: vec![live("c3", 2), live("c3", 2)],
+            },
+        ];
+        let results = store.commit_group(&requests, &q, ttl);
+        assert_eq!(results.len(), 3);
+        assert!(matches!(results[0][0], Ok(Accepted::Stored)));
+        assert!(matches!(
+            results[0][1],
+            Err(EnqueueError::Full {
+                limit: Limit::Count,
+                ..
+            })
+        ));
+        assert!(results[1].is_empty());
+        assert!(matches!(results[2][0], Ok(Accepted::Stored)));
+        assert!(matches!(results[2][1], Ok(Accepted::Duplicate)));
+        // committed: only c3 is left, owned by connection 2
+        assert_eq!(store.count(&bob).unwrap(), 1);
+        assert!(store.claim(&bob, 9, 10).unwrap().is_empty());
+        assert_eq!(store.disown_all(&bob, 2).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_quota_follows_acks_expiry_purges_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quota(2);
+        let bob = id("bob");
+        let full = |s: &SqliteStore, m: &str| {
+            matches!(
+                s.enqueue(&bob, &from("alice", m), &q, Duration::from_secs(60)),
+                Err(EnqueueError::Full { .. })
+            )
+        };
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.enqueue(&bob, &from("alice", "a1"), &q, Duration::from_secs(60))
+                .unwrap();
+            s.accept_live(&bob, &from("alice", "a2"), &q, Duration::from_secs(60), 3)
+                .unwrap();
+            assert!(full(&s, "a3"));
+            // an ack frees a place, in a batch or alone; acking twice frees nothing more
+            let acks = [(Some(id("alice")), MessageId::new("a1").unwrap())];
+            assert_eq!(s.remove_batch(&bob, &acks).unwrap(), 1);
+            assert_eq!(s.remove_batch(&bob, &acks).unwrap(), 0);
+            s.enqueue(&bob, &from("alice", "a3"), &q, Duration::from_secs(60))
+                .unwrap();
+            assert!(full(&s, "a4"));
+            assert!(s
+                .remove(&bob, None, &MessageId::new("a2").unwrap())
+                .unwrap());
+            // an expired row no longer counts, purged or not
+            s.enqueue(&bob, &from("alice", "old"), &q, Duration::ZERO)
+                .unwrap();
+            s.enqueue(&bob, &from("alice", "a4"), &q, Duration::from_secs(60))
+                .unwrap();
+            assert!(full(&s, "a5"));
+            assert_eq!(s.purge_expired().unwrap(), 1);
+            assert!(full(&s, "a5"));
+        }
+        // reopened: the stored rows still count
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(full(&s, "a5"));
+        s.remove(&bob, Some(&id("alice")), &MessageId::new("a3").unwrap())
+            .unwrap();
+        s.enqueue(&bob, &from("alice", "a5"), &q, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(s.count(&bob).unwrap(), 2);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/server_process.rs"]
+mod server_process;
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +20,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use lattice_crypto::Identity;
 use serde_json::{json, Value};
+use server_process::{log_tail, ServerProcess};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,67 +34,6 @@ const PAD: usize = 4000;
 /// Envelope padding in the stall test: 600 of these (~10 MB) are more than loopback socket
 /// buffers take (a few MB), so the server's writes to the frozen peer block.
 const STALL_PAD: usize = 16_000;
-
-/// A `lattice-server` child process on `dir`, killed (SIGKILL) when dropped.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServerProcess {
-    async fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
-        // A free port: bind, read, release (the server binds it right after).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.with_extension("log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice-server"))
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--rate-limit", "0", "--mailbox-sender-quota", "1000"])
-            .args(extra)
-            .env("LATTICE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("lattice-server starts");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return ServerProcess {
-                    child,
-                    url: format!("ws://127.0.0.1:{port}"),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("lattice-server did not listen on {port}");
-    }
-
-    /// SIGKILL: no shutdown, no checkpoint, no close frames.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The frozen recipient: this test binary run again as a plain verified client that reads its
 /// messages (never acking) until it is stopped.
@@ -171,13 +113,6 @@ async fn recipient_child_process() {
             break;
         }
     }
-}
-
-/// The end of a server process's log (for failure messages).
-fn log_tail(dir: &Path) -> String {
-    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn padded(tag: &str, pad: usize) -> Value {

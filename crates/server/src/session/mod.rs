@@ -8,7 +8,8 @@
 //! ```text
 //!  socket ──read batch (≤ READ_BATCH, paced)──▶ Core::on_ws_message ──▶ one handler per frame
 //!                                                     │ replies, pending messages/acks
-//!  socket ◀──feed…flush (WRITE_TIMEOUT)── take_replies ◀── Core::commit_pending (group commit)
+//!  socket ◀──feed…flush (WRITE_TIMEOUT)── take_replies ◀── Core::take_commit → mailbox writer
+//!                                                           (group commit) → Core::finish_commit
 //!  queue (Out) / presence lane / mailbox drain ──▶ Core::push / drain_batch ──▶ same flush
 //! ```
 //!
@@ -41,8 +42,9 @@
 //! A message for a verified recipient is committed to the SQLite mailbox *before* the sender hears
 //! its `message_ack`, online recipient or not, and counted against the recipient's quota (count,
 //! bytes, and this sender's share) in the same transaction. For online recipients the commit is
-//! grouped: the messages of one read batch share one transaction, run just before the batch's
-//! replies are written ([`handlers::Core::commit_pending`]). When there is no room the sender gets
+//! grouped: the messages of one read batch, with other sessions' batches, share one transaction
+//! of the mailbox writer ([`crate::writer`]), run before the batch's replies are written
+//! ([`handlers::Core::take_commit`], [`handlers::Core::finish_commit`]). When there is no room the sender gets
 //! `MAILBOX_FULL` with its `requestId` and no `message_ack`, so it knows the message was not taken.
 //!
 //! For an online recipient the row is *owned* by its connection ([`crate::store::Mailbox::accept_live`])
@@ -264,7 +266,13 @@ impl Session {
     /// [`WRITE_TIMEOUT`]. The commit comes first so that no `message_ack` is written before its
     /// message is stored.
     async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
-        self.core.commit_pending();
+        if let Some(request) = self.core.take_commit() {
+            let writer = Arc::clone(&self.core.state().writer);
+            match writer.commit(request).await {
+                Ok(results) => self.core.finish_commit(results),
+                Err(request) => self.core.commit_here(request),
+            }
+        }
         let replies = self.core.take_replies();
         if replies.is_empty() {
             return Flow::Continue;

@@ -125,8 +125,8 @@ impl Core {
     }
 
     /// The replies to write, after the batch's group commit: never call it without
-    /// [`Self::commit_pending`] first, or a `message_ack` could go out before its message is
-    /// stored.
+    /// [`Self::finish_commit`] (or [`Self::commit_pending`]) first, or a `message_ack` could go
+    /// out before its message is stored.
     pub(crate) fn take_replies(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.replies)
     }

@@ -1,7 +1,8 @@
 //! `message` and `ack`: the relay and the delivery contract's server side (docs/protocol.md, "the
 //! delivery contract"). A message for an online verified peer is held in [`Core::pending`] and
-//! committed with the rest of its read batch in one transaction ([`Core::commit_pending`]) before
-//! any reply of the batch is written, so no `message_ack` ever precedes its message's commit.
+//! committed with the rest of its read batch, in one transaction with other sessions' batches
+//! (the mailbox writer, [`crate::writer`]), before any reply of the batch is written, so no
+//! `message_ack` ever precedes its message's commit.
 
 use std::sync::Arc;
 
@@ -15,7 +16,9 @@ use crate::hub::{Out, PeerEntry};
 use crate::metrics::Metrics;
 use crate::session::error::HandlerError;
 use crate::state::unix_ms;
-use crate::store::{Accepted, EnqueueError, Limit, LiveItem, MailItem};
+use crate::store::{
+    Accepted, CommitRequest, CommitResults, EnqueueError, Limit, MailItem, StoreError,
+};
 
 /// A message for an online verified peer waiting for the batch's group commit.
 pub(super) struct PendingLive {
@@ -98,39 +101,37 @@ impl Core {
         }
     }
 
-    /// The group commit of this read batch: the acknowledged rows are deleted in one
-    /// transaction, the messages for online verified peers inserted in another (each within its
-    /// recipient's quota), then those messages are routed and their senders answered. Runs
-    /// before every flush, so no `message_ack` is written before its message is committed.
-    pub(crate) fn commit_pending(&mut self) {
-        if !self.pending_acks.is_empty() {
-            let acks = std::mem::take(&mut self.pending_acks);
-            if let Some(peer) = &self.peer {
-                if let Err(e) = self.state.mailbox.remove_batch(&peer.id, &acks) {
-                    warn!(error = %e, count = acks.len(), "mailbox delete failed");
-                }
-            }
+    /// This read batch's acknowledgements and messages for online verified peers, for the group
+    /// commit ([`crate::writer::Writer::commit`]); `None` if there are none. The messages stay
+    /// pending until [`Self::finish_commit`] routes them and answers their senders.
+    pub(crate) fn take_commit(&mut self) -> Option<CommitRequest> {
+        if self.pending.is_empty() && self.pending_acks.is_empty() {
+            return None;
         }
-        if self.pending.is_empty() {
-            return;
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let state = Arc::clone(&self.state);
-        let items: Vec<LiveItem<'_>> = pending
+        let acks = std::mem::take(&mut self.pending_acks);
+        let acks = match &self.peer {
+            Some(peer) if !acks.is_empty() => Some((peer.id.clone(), acks)),
+            _ => None,
+        };
+        let live = self
+            .pending
             .iter()
-            .map(|p| LiveItem {
-                recipient: &p.target,
-                item: &p.item,
-                conn: p.entry.session.conn_id,
-            })
+            .map(|p| (p.target.clone(), p.item.clone(), p.entry.session.conn_id))
             .collect();
-        let results = state.mailbox.accept_live_batch(
-            &items,
-            &state.config.mailbox_quota(),
-            state.config.mailbox_ttl,
-        );
-        drop(items);
-        for (p, r) in pending.into_iter().zip(results) {
+        Some(CommitRequest { acks, live })
+    }
+
+    /// After the group commit: routes the committed messages and answers their senders (a
+    /// missing result counts as a storage failure).
+    pub(crate) fn finish_commit(&mut self, results: CommitResults) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut results = results.into_iter();
+        for p in pending {
+            let r = results.next().unwrap_or_else(|| {
+                Err(EnqueueError::Store(StoreError::Commit(
+                    "no result from the group commit".into(),
+                )))
+            });
             let status = match r {
                 Ok(Accepted::Stored) => self.route_stored(&p.entry, &p.target, &p.item),
                 Ok(Accepted::Duplicate) => {
@@ -147,6 +148,33 @@ impl Core {
             };
             self.ack(&p.target, p.sender_mid.as_ref(), p.rid.as_ref(), status);
         }
+    }
+
+    /// The group commit of this read batch, here and now (the socket loop commits through the
+    /// mailbox writer instead, [`Self::take_commit`]): the acknowledged rows are deleted and the
+    /// messages for online verified peers inserted (each within its recipient's quota) in one
+    /// transaction, then those messages are routed and their senders answered. Runs before
+    /// every flush, so no `message_ack` is written before its message is committed.
+    pub(crate) fn commit_pending(&mut self) {
+        if let Some(request) = self.take_commit() {
+            self.commit_here(request);
+        }
+    }
+
+    /// Commits `request` on this thread and finishes it.
+    pub(crate) fn commit_here(&mut self, request: CommitRequest) {
+        let cfg = &self.state.config;
+        let results = self
+            .state
+            .mailbox
+            .commit_group(
+                std::slice::from_ref(&request),
+                &cfg.mailbox_quota(),
+                cfg.mailbox_ttl,
+            )
+            .pop()
+            .unwrap_or_default();
+        self.finish_commit(results);
     }
 
     /// Sends a committed message (its row owned by `entry`'s connection) through the
