@@ -4,81 +4,27 @@
 //! (what an app's durable outbox does); every message is shown to the recipient exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../server/tests/support/server_process.rs"]
+#[allow(dead_code)] // shared by several crates' crash tests; each uses a part
+mod server_process;
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lattice_peer::PeerEvent;
 use lattice_protocol::MessageId;
+use server_process::{free_port, ServerProcess};
 use support::*;
-
-/// The lattice-server binary of this build (built first if this test run did not build it).
-fn server_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("lattice-server");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "lattice-server", "--bin", "lattice-server"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "lattice-server builds");
-    }
-    bin
-}
-
-struct Server(Child);
-
-impl Server {
-    async fn start(bin: &Path, dir: &Path, port: u16) -> Server {
-        let child = Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--rate-limit", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Server(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("lattice-server did not listen on {port}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn after_kill_9_every_acknowledged_message_is_shown_once_and_resends_fill_the_rest() {
-    let bin = server_bin();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("ws://127.0.0.1:{port}");
-    let server = Server::start(&bin, &dir, port).await;
+    let port = free_port();
+    let server = ServerProcess::start_on(&dir, port, &[]).await;
+    let url = server.url.clone();
 
     let alice = peer(&url, "alice");
     let bob = peer(&url, "bob");
@@ -147,14 +93,14 @@ async fn after_kill_9_every_acknowledged_message_is_shown_once_and_resends_fill_
         }
     }
     let registered_before = *registrations.lock().unwrap();
-    drop(server);
+    server.kill9();
     let acked_at_kill: HashSet<MessageId> = acked.lock().unwrap().clone();
     assert!(
         !acked_at_kill.is_empty(),
         "some messages were acknowledged before the kill"
     );
 
-    let _server = Server::start(&bin, &dir, port).await;
+    let _server = ServerProcess::start_on(&dir, port, &[]).await;
     // both peers reconnect by themselves; alice's "outbox" resends everything not acknowledged,
     // and sends the rest, all with their first ids
     for _ in 0..400 {

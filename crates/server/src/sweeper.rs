@@ -80,7 +80,7 @@ pub(crate) async fn sweep(state: Arc<ServerState>) {
         state.questions.expire();
         let every =
             (limits::STORE_MAINTENANCE_EVERY.as_secs() / limits::SWEEP_INTERVAL.as_secs()).max(1);
-        if rounds % every == 0 {
+        if rounds.is_multiple_of(every) {
             store_maintenance(&state);
         }
     }
