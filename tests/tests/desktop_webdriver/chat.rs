@@ -122,7 +122,15 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     .await;
     shots.take(&client, "sent-and-delivered").await;
 
-    // Bob replies; alice's conversation shows it.
+    // Bob replies; alice's conversation shows it. The peer list's row for bob is updated in
+    // place (a click that straddles the update still lands): remember the element first.
+    client
+        .execute(
+            "window.__bobRow = document.querySelector('li.peer[data-peer-id=\"bob\"]'); return true;",
+            vec![],
+        )
+        .await
+        .expect("remember bob's row");
     let reply = "Hi alice — got it. Quantum-safe hello back!";
     bob.send_message(&ClientId::new("alice").unwrap(), reply)
         .await
@@ -133,6 +141,17 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
         serde_json::to_string(reply).unwrap()
     );
     until_js(&client, "bob's reply in the conversation", &script).await;
+    let script = format!(
+        "const row = document.querySelector('li.peer[data-peer-id=\"bob\"]'); \
+         return row === window.__bobRow && row.textContent.includes({});",
+        serde_json::to_string(&reply[..8]).unwrap()
+    );
+    until_js(
+        &client,
+        "bob's row, the same element, previews the reply",
+        &script,
+    )
+    .await;
     shots.take(&client, "reply-received").await;
 
     // Three rounds of questions through the admin API; the dialog shows each, the answers
