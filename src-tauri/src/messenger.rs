@@ -79,7 +79,7 @@ pub enum Update {
     /// A question from the server.
     Question(QuestionView),
     /// An open question was closed by the app (by id): the oldest, when more arrived than
-    /// [`MAX_OPEN_QUESTIONS`].
+    /// `MAX_OPEN_QUESTIONS`.
     QuestionClosed(String),
     /// The connection state changed.
     Connection(ConnectionView),

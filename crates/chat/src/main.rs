@@ -46,7 +46,7 @@ struct Args {
     /// Your client id (1-64 of A-Z a-z 0-9 . _ - @).
     #[arg(long, env = "LATTICE_ID")]
     id: String,
-    /// Identity file; created (0600) if missing. Default: <data dir>/lattice/<id>.identity.
+    /// Identity file; created (0600) if missing. Default: {data dir}/lattice/{id}.identity.
     #[arg(long, env = "LATTICE_IDENTITY_FILE")]
     identity_file: Option<PathBuf>,
     /// Extra CA certificate (PEM) to trust for wss://.
