@@ -55,6 +55,10 @@ enum Cmd {
         /// Send `publicKey` as base64 (accepted on input) instead of the original byte array.
         #[arg(long)]
         base64_keys: bool,
+        /// Seconds to hold the connections before reading the RSS (past the server's 20 s ping
+        /// interval to include what a heartbeat leaves behind).
+        #[arg(long, default_value_t = IDLE_SETTLE_SECS)]
+        settle: u64,
     },
     /// Soak and crash test: a spawned lattice-server on a data dir, churning, dropping and
     /// stalling verified recipients, optional kill -9 and restart; accounts for every message and
@@ -93,6 +97,9 @@ struct Load {
     #[arg(long)]
     verified: bool,
 }
+
+/// Seconds `idle` holds the connections before reading the server's RSS.
+const IDLE_SETTLE_SECS: u64 = 3;
 
 /// Acks a verified receiver writes before one flush.
 const ACK_BATCH: u64 = 16;
@@ -142,8 +149,9 @@ fn main() -> anyhow::Result<()> {
                 pid,
                 conns,
                 base64_keys,
+                settle,
             } => {
-                let per = idle(&url, pid, conns, base64_keys).await?;
+                let per = idle(&url, pid, conns, base64_keys, settle).await?;
                 println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
             }
             Cmd::Soak(args) => soak::soak(args).await?,
@@ -414,14 +422,20 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-async fn idle(url: &str, pid: u32, conns: usize, base64_keys: bool) -> anyhow::Result<f64> {
+async fn idle(
+    url: &str,
+    pid: u32,
+    conns: usize,
+    base64_keys: bool,
+    settle_secs: u64,
+) -> anyhow::Result<f64> {
     let key = public_key_json(base64_keys);
     let before = rss_kib(pid)?;
     let mut sockets = Vec::with_capacity(conns);
     for i in 0..conns {
         sockets.push(connect_and_register(url, &format!("idle-{i}"), &key).await?);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
     let after = rss_kib(pid)?;
     drop(sockets);
     Ok((after.saturating_sub(before)) as f64 / conns as f64)
@@ -550,6 +564,7 @@ async fn compare(
                 server.0.id(),
                 idle_n,
                 base64_keys,
+                IDLE_SETTLE_SECS,
             )
             .await?;
             let form = if base64_keys { "base64" } else { "byte-array" };

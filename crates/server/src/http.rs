@@ -249,7 +249,12 @@ async fn admin_ask(
     let conversation = asked.frame.conversation_id.clone();
     let round = asked.frame.round;
     let frame = encode(&Frame::new(ServerFrame::ServerQuestion(asked.frame)));
-    if peer.session.tx.try_send(Out::Frame(frame.into())).is_err() {
+    if peer
+        .session
+        .tx
+        .try_send(Out::Frame(Box::new(frame.into())))
+        .is_err()
+    {
         state.questions.cancel(&qid);
         return admin_error(
             StatusCode::SERVICE_UNAVAILABLE,

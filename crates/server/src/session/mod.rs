@@ -310,7 +310,7 @@ impl Session {
         let mut n = 0;
         while let Some(out) = next.take() {
             match out {
-                Out::Frame(t) | Out::Deliver(t) => self.core.push(Message::Text(t)),
+                Out::Frame(t) | Out::Deliver(t) => self.core.push(Message::Text(*t)),
                 Out::CheckMail => self.core.set_draining(),
                 Out::Ping => self.core.push(Message::Ping(Default::default())),
             }

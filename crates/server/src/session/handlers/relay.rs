@@ -69,7 +69,11 @@ impl Core {
                 });
                 return Ok(());
             }
-            (Some(entry), mid) => match entry.session.tx.try_send(Out::Deliver(frame.into())) {
+            (Some(entry), mid) => match entry
+                .session
+                .tx
+                .try_send(Out::Deliver(Box::new(frame.into())))
+            {
                 Ok(()) => {
                     Metrics::inc(&self.state.metrics.messages_delivered);
                     AckStatus::Delivered
@@ -185,7 +189,7 @@ impl Core {
         match entry
             .session
             .tx
-            .try_send(Out::Deliver(item.frame.clone().into()))
+            .try_send(Out::Deliver(Box::new(item.frame.clone().into())))
         {
             Ok(()) => {
                 Metrics::inc(&self.state.metrics.messages_delivered);
