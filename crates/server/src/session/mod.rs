@@ -1,7 +1,7 @@
 //! One WebSocket connection.
 //!
 //! A single task owns the socket (this module, the *socket loop*): it reads frames, hands each to
-//! the socket-free [`handlers::Core`], and writes both the core's replies and what other sessions
+//! the socket-free `handlers::Core`, and writes both the core's replies and what other sessions
 //! route to it through its bounded queue. Writes are batched (feed, then one flush) and bounded by
 //! [`WRITE_TIMEOUT`]; a peer that stops reading is closed instead of buffered.
 //!
@@ -14,10 +14,10 @@
 //! ```
 //!
 //! ## Modules
-//! - [`handlers`]: [`handlers::Core`], the connection's protocol state, and one handler per
+//! - `handlers`: `handlers::Core`, the connection's protocol state, and one handler per
 //!   client frame (register, discover, keys, relay, questions); no socket.
-//! - [`error`]: [`error::HandlerError`], every refusal, mapped to its wire `errorType` once.
-//! - [`pacing`]: [`pacing::TokenBucket`], the `--rate-limit` pacing.
+//! - `error`: `error::HandlerError`, every refusal, mapped to its wire `errorType` once.
+//! - `pacing`: `pacing::TokenBucket`, the `--rate-limit` pacing.
 //!
 //! ## Slow consumers (the written policy)
 //! Senders never wait on a recipient: routing uses `try_send` on the recipient's queue
@@ -44,7 +44,7 @@
 //! bytes, and this sender's share) in the same transaction. For online recipients the commit is
 //! grouped: the messages of one read batch, with other sessions' batches, share one transaction
 //! of the mailbox writer ([`crate::writer`]), run before the batch's replies are written
-//! ([`handlers::Core::take_commit`], [`handlers::Core::finish_commit`]). When there is no room the sender gets
+//! (`handlers::Core::take_commit`, `handlers::Core::finish_commit`). When there is no room the sender gets
 //! `MAILBOX_FULL` with its `requestId` and no `message_ack`, so it knows the message was not taken.
 //!
 //! For an online recipient the row is *owned* by its connection ([`crate::store::Mailbox::accept_live`])
