@@ -4,25 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 
-/// The lattice-server binary next to lattice-loadgen, built first if this test run did not.
-fn server_bin() -> PathBuf {
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_lattice-loadgen"));
-    let bin = loadgen.parent().unwrap().join("lattice-server");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "lattice-server", "--bin", "lattice-server"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "lattice-server builds");
-    }
-    assert!(bin.exists(), "{} exists", bin.display());
-    bin
-}
+#[path = "../../server/tests/support/server_process.rs"]
+#[allow(dead_code)] // shared by several crates' tests; this one needs only the binary
+mod server_process;
+
+use server_process::server_bin;
 
 #[test]
 fn a_short_soak_with_kills_loses_no_acknowledged_message() {

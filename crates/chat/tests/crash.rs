@@ -6,17 +6,20 @@
 //! what the server delivered before the kill and again after it is dropped by (sender, id).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../peer/tests/support/sender_log.rs"]
+mod sender_log;
 #[allow(dead_code)] // Shared with the server's crash tests, which use all of it.
 #[path = "../../server/tests/support/server_process.rs"]
 mod server_process;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lattice_peer::{MessagingPeer, PeerConfig, PeerEvent};
+use lattice_peer::{MessagingPeer, PeerConfig};
 use lattice_protocol::{ClientId, MessageId};
+use sender_log::record_sender;
 use server_process::{free_port, log_tail, ServerProcess};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -93,29 +96,7 @@ async fn after_kill_9_the_chat_shows_every_message_once() {
         lattice_crypto::Identity::generate(&mut rand_core::OsRng),
     ))
     .unwrap();
-    let acked: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
-    let registrations = Arc::new(Mutex::new(0_u32));
-    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
-    let _handler = {
-        let (acked, registrations, failed) = (
-            Arc::clone(&acked),
-            Arc::clone(&registrations),
-            Arc::clone(&failed),
-        );
-        alice.on_event(move |e| match e {
-            PeerEvent::MessageAck(a) => {
-                acked.lock().unwrap().insert(a.message_id.clone());
-            }
-            PeerEvent::Registered { .. } => *registrations.lock().unwrap() += 1,
-            PeerEvent::MessageFailed {
-                message_id, error, ..
-            } => failed
-                .lock()
-                .unwrap()
-                .push(format!("{message_id}: {error}")),
-            _ => {}
-        })
-    };
+    let (acked, registrations, failed) = record_sender(&alice);
     alice.connect().await.unwrap();
     let bob = ClientId::new("bob").unwrap();
     alice.request_public_key(&bob).await.unwrap();

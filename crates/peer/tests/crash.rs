@@ -16,6 +16,7 @@ use std::time::Duration;
 use lattice_peer::PeerEvent;
 use lattice_protocol::MessageId;
 use server_process::{free_port, ServerProcess};
+use support::sender_log::record_sender;
 use support::*;
 
 #[tokio::test]
@@ -30,9 +31,6 @@ async fn after_kill_9_every_acknowledged_message_is_shown_once_and_resends_fill_
     let bob = peer(&url, "bob");
     // handlers, not the (lossy when lagging) event stream: every event is counted
     let shown: Arc<Mutex<HashMap<MessageId, u32>>> = Arc::default();
-    let acked: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
-    let registrations = Arc::new(Mutex::new(0_u32));
-    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
     let _h1 = {
         let shown = Arc::clone(&shown);
         bob.on_event(move |e| {
@@ -43,28 +41,7 @@ async fn after_kill_9_every_acknowledged_message_is_shown_once_and_resends_fill_
             }
         })
     };
-    let _h2 = {
-        let (acked, registrations, failed) = (
-            Arc::clone(&acked),
-            Arc::clone(&registrations),
-            Arc::clone(&failed),
-        );
-        alice.on_event(move |e| match e {
-            PeerEvent::MessageAck(a) => {
-                acked.lock().unwrap().insert(a.message_id.clone());
-            }
-            PeerEvent::Registered { .. } => *registrations.lock().unwrap() += 1,
-            PeerEvent::MessageFailed {
-                message_id, error, ..
-            } => {
-                failed
-                    .lock()
-                    .unwrap()
-                    .push(format!("{message_id}: {error}"));
-            }
-            _ => {}
-        })
-    };
+    let (acked, registrations, failed) = record_sender(&alice);
     bob.connect().await.unwrap();
     alice.connect().await.unwrap();
     alice.request_public_key(&id("bob")).await.unwrap();

@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod scripted;
+pub mod sender_log;
 pub mod server;
 
 use std::time::Duration;
