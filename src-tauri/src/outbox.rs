@@ -149,10 +149,9 @@ impl<T: Transport> Outbox<T> {
     pub fn verdict(&self, wire_id: &MessageId, status: DeliveryStatus) -> Option<String> {
         let mut flow = lock(&self.flow);
         match flow.wire_to_local.remove(wire_id) {
-            Some(local) => {
-                flow.handed.remove(&local);
-                Some(local)
-            }
+            // Still `handed` until its outbox row is gone (the status is applied to the database
+            // by another task): a pass in between must not send it again.
+            Some(local) => Some(local),
             None => {
                 if flow.early.len() < EARLY_ACKS {
                     flow.early.insert(wire_id.clone(), status);
@@ -214,6 +213,13 @@ impl<T: Transport> Outbox<T> {
                 return true;
             }
         };
+        {
+            // What left the outbox (its verdict is in the database) needs no tracking.
+            let listed: HashSet<&str> = entries.iter().map(|e| e.message_id.as_str()).collect();
+            lock(&self.flow)
+                .handed
+                .retain(|id| listed.contains(id.as_str()));
+        }
         for entry in entries {
             if lock(&self.flow).handed.contains(&entry.message_id) {
                 continue;
@@ -228,10 +234,10 @@ impl<T: Transport> Outbox<T> {
                 Ok(wire_id) => {
                     let early = {
                         let mut flow = lock(&self.flow);
+                        flow.handed.insert(entry.message_id.clone());
                         match flow.early.remove(&wire_id) {
                             Some(status) => Some(status),
                             None => {
-                                flow.handed.insert(entry.message_id.clone());
                                 flow.wire_to_local.insert(wire_id, entry.message_id.clone());
                                 None
                             }
@@ -254,6 +260,7 @@ impl<T: Transport> Outbox<T> {
                     return true;
                 }
                 Failure::Fail => {
+                    lock(&self.flow).handed.insert(entry.message_id.clone());
                     self.status(&entry.message_id, DeliveryStatus::Failed).await;
                     self.events
                         .send(SessionEvent::Notice(Notice {
@@ -310,6 +317,7 @@ mod tests {
     }
 
     struct Fixture {
+        db: Arc<Db>,
         script: Arc<Scripted>,
         outbox: Arc<Outbox<Arc<Scripted>>>,
         events: mpsc::Receiver<SessionEvent>,
@@ -329,7 +337,7 @@ mod tests {
             ..Scripted::default()
         });
         let (sink, events) = EventSink::channel();
-        let outbox = Arc::new(Outbox::new(Arc::clone(&script), db, sink));
+        let outbox = Arc::new(Outbox::new(Arc::clone(&script), Arc::clone(&db), sink));
         let cancel = CancellationToken::new();
         {
             let outbox = Arc::clone(&outbox);
@@ -337,6 +345,7 @@ mod tests {
             tokio::spawn(async move { outbox.run(cancel).await });
         }
         Fixture {
+            db,
             script,
             outbox,
             events,
@@ -428,6 +437,52 @@ mod tests {
         assert_eq!(
             f.events.recv().await,
             Some(status("m0", DeliveryStatus::Delivered))
+        );
+        f.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_reconnect_what_has_no_verdict_is_handed_over_again_with_its_wire_id() {
+        let mut f = fixture(&["in flight", "acked"], Vec::new());
+        f.outbox.wake();
+        for local in ["m0", "m1"] {
+            assert_eq!(
+                f.events.recv().await,
+                Some(status(local, DeliveryStatus::Sent))
+            );
+        }
+        // m1 is acknowledged; m0's verdict never comes (it died with the connection).
+        let acked = MessageId::new("w1").unwrap();
+        assert_eq!(
+            f.outbox
+                .verdict(&acked, DeliveryStatus::Delivered)
+                .as_deref(),
+            Some("m1")
+        );
+        // Woken before the messenger applied m1's verdict to the database, then after: nothing
+        // is handed over twice.
+        f.outbox.wake();
+        tokio::time::sleep(OUTBOX_RETRY).await;
+        assert_eq!(lock(&f.script.attempts).len(), 2);
+        f.db.advance_status("m1", DeliveryStatus::Delivered)
+            .unwrap();
+        f.outbox.wake();
+        tokio::time::sleep(OUTBOX_RETRY).await;
+        assert_eq!(lock(&f.script.attempts).len(), 2);
+        // After a reconnect only m0 goes again, and a late ack for its wire id still finds it.
+        f.outbox.reconnected();
+        f.outbox.wake();
+        tokio::time::sleep(OUTBOX_RETRY).await;
+        assert_eq!(
+            *lock(&f.script.attempts),
+            ["in flight", "acked", "in flight"]
+        );
+        let resent = MessageId::new("w0").unwrap();
+        assert_eq!(
+            f.outbox
+                .verdict(&resent, DeliveryStatus::Delivered)
+                .as_deref(),
+            Some("m0")
         );
         f.cancel.cancel();
     }
