@@ -23,11 +23,7 @@ use support::*;
 #[tokio::test]
 async fn forged_replayed_tampered_and_downgraded_messages_never_reach_handlers() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let d = Arc::clone(&delivered);
-    peer.on_message(move |_| {
-        d.fetch_add(1, Ordering::SeqCst);
-    });
+    let delivered = count_messages(&peer);
     let bob = new_identity();
     let mallory = new_identity();
     let b = Sender {
@@ -371,11 +367,7 @@ async fn messages_from_a_sender_whose_key_cannot_exist_are_refused_for_good_and_
 #[tokio::test]
 async fn the_replay_window_of_a_pinned_sender_survives_a_flood_and_stale_messages_are_refused() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let d = Arc::clone(&delivered);
-    peer.on_message(move |_| {
-        d.fetch_add(1, Ordering::SeqCst);
-    });
+    let delivered = count_messages(&peer);
     let bob = new_identity();
     let b = Sender {
         id: "bob",
@@ -568,11 +560,7 @@ async fn a_message_held_for_an_unavailable_key_is_retried_on_its_own() {
 #[tokio::test]
 async fn a_duplicate_is_acked_and_dropped_silently() {
     let (_fake, peer, mut conn, mut events, alice_kem) = alice().await;
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let d = Arc::clone(&delivered);
-    peer.on_message(move |_| {
-        d.fetch_add(1, Ordering::SeqCst);
-    });
+    let delivered = count_messages(&peer);
     let bob = new_identity();
     let b = Sender {
         id: "bob",
@@ -826,4 +814,14 @@ async fn a_sender_whose_key_never_comes_does_not_hold_up_another_senders_message
     })
     .await;
     assert_eq!(text, ("slow".to_owned(), "from slow".to_owned()));
+}
+
+/// Counts the messages `peer` hands to its message handlers.
+fn count_messages(peer: &MessagingPeer) -> Arc<AtomicUsize> {
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&delivered);
+    peer.on_message(move |_| {
+        d.fetch_add(1, Ordering::SeqCst);
+    });
+    delivered
 }
