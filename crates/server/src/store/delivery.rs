@@ -668,4 +668,58 @@ mod tests {
         let (epoch, m) = store.group_state(&gid).unwrap().unwrap();
         assert_eq!((epoch, m), (1, members));
     }
+
+    #[test]
+    fn commits_are_checked_against_groups_per_id_welcomes_and_reused_ids() {
+        let store = SqliteStore::in_memory().unwrap();
+        for who in ["alice", "bob", "carol"] {
+            bind(&store, who);
+        }
+        let ttl = Duration::from_secs(60);
+        let q = Quota::UNLIMITED;
+        let pair: BTreeSet<ClientId> = [id("alice"), id("bob")].into();
+        let commit = |group: &'static str, mid: &'static str, epoch: u64, welcome: bool| {
+            let gid = GroupId::new(group).unwrap();
+            let mid = MessageId::new(mid).unwrap();
+            let pair = pair.clone();
+            move |store: &SqliteStore| {
+                store.group_commit(
+                    &CommitOp {
+                        group: &gid,
+                        sender: &id("alice"),
+                        epoch,
+                        message_id: &mid,
+                        members: &pair,
+                        commit_frame: "{}",
+                        welcome_frame: welcome.then_some("{\"w\":1}"),
+                        max_groups_per_id: 1,
+                    },
+                    &q,
+                    ttl,
+                )
+            }
+        };
+        // adding needs a Welcome, and a Welcome needs someone added
+        assert!(matches!(
+            commit("01", "a", 0, false)(&store),
+            Err(GroupError::WelcomeMissing)
+        ));
+        assert_eq!(commit("01", "a", 0, true)(&store).unwrap().epoch, 1);
+        assert!(matches!(
+            commit("01", "b", 1, true)(&store),
+            Err(GroupError::WelcomeUnexpected)
+        ));
+        // bob is in one group, the most this test allows: a second group cannot add him
+        assert!(matches!(
+            commit("02", "c", 0, true)(&store),
+            Err(GroupError::TooManyGroups { ref member, max: 1 }) if member.as_str() == "bob"
+        ));
+        // a new Commit reusing the id of one bob has not acknowledged would never reach him
+        assert!(matches!(
+            commit("01", "a", 1, false)(&store),
+            Err(GroupError::MessageIdReused)
+        ));
+        assert_eq!(commit("01", "d", 1, false)(&store).unwrap().epoch, 2);
+        assert_eq!(store.count(&id("bob")).unwrap(), 2);
+    }
 }

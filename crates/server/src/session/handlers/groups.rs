@@ -48,7 +48,7 @@ fn member_frame(
     data: String,
     sender: &ClientId,
     mid: &MessageId,
-) -> String {
+) -> Result<String, HandlerError> {
     let envelope = MlsEnvelope {
         algorithm: MLS_ALGORITHM.to_owned(),
         kind,
@@ -56,9 +56,16 @@ fn member_frame(
         epoch,
         data,
     };
-    // Serializing a struct of strings and integers cannot fail.
-    let json = serde_json::to_string(&envelope).unwrap_or_default();
-    lattice_protocol::fast::encode_delivered(&json, sender, unix_ms(), Some(mid))
+    let json = serde_json::to_string(&envelope).map_err(|e| {
+        warn!(error = %e, "could not encode an mls envelope");
+        HandlerError::StorageUnavailable
+    })?;
+    Ok(lattice_protocol::fast::encode_delivered(
+        &json,
+        sender,
+        unix_ms(),
+        Some(mid),
+    ))
 }
 
 /// An id for a group message sent without one (the members' `ack` needs one).
@@ -94,17 +101,20 @@ impl Core {
             c.commit,
             &peer.id,
             &c.message_id,
-        );
-        let welcome_frame = c.welcome.map(|w| {
-            member_frame(
-                MlsKind::Welcome,
-                &c.group_id,
-                Some(c.epoch.saturating_add(1)),
-                w,
-                &peer.id,
-                &c.message_id,
-            )
-        });
+        )?;
+        let welcome_frame = c
+            .welcome
+            .map(|w| {
+                member_frame(
+                    MlsKind::Welcome,
+                    &c.group_id,
+                    Some(c.epoch.saturating_add(1)),
+                    w,
+                    &peer.id,
+                    &c.message_id,
+                )
+            })
+            .transpose()?;
         let op = CommitOp {
             group: &c.group_id,
             sender: &peer.id,
@@ -147,7 +157,7 @@ impl Core {
             m.message,
             &peer.id,
             &mid,
-        );
+        )?;
         let cfg = &self.state.config;
         let recipients = self
             .state
