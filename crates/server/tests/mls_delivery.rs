@@ -280,8 +280,16 @@ async fn a_four_member_group_talks_every_way_and_heals() {
             assert_eq!(m[to].hear(&pins).await, (cid(names[from]), text.clone()));
         }
     }
-    // ben heals (self-update); everyone follows the Commit the server ordered
+    // ben heals (self-update); everyone follows the Commit the server ordered. Sent as an
+    // ordinary group message the real Commit is refused: it would skip the epoch check.
     let out = m[1].mls.self_update(&gid).unwrap();
+    let v = m[1]
+        .ask(
+            "group_message",
+            json!({"groupId": gid.to_string(), "message": B64.encode(&out.commit)}),
+        )
+        .await;
+    assert_eq!(v["payload"]["errorType"], "INVALID_MESSAGE", "{v}");
     m[1].commit(&out, &names, "ben-up-1").await;
     for i in [0, 2, 3] {
         let (kind, _) = m[i].pump(&pins).await;
@@ -427,9 +435,35 @@ async fn of_two_concurrent_commits_exactly_one_wins_and_the_group_converges() {
     assert_eq!(m[2].hear(&pins).await.1, "same group");
 }
 
-/// A payload of opaque bytes: the server never parses MLS, so its checks are tested with them.
+/// Opaque bytes (KeyPackages: the server checks only their size).
 fn blob(tag: &str) -> String {
     B64.encode(format!("mls-bytes-{tag}"))
+}
+
+const APPLICATION: u8 = 1;
+const COMMIT: u8 = 3;
+
+/// An MLS `PrivateMessage` as far as the server reads it: the clear header (version, wire format,
+/// group id, epoch, content type), then opaque bytes. The server never decrypts, so its checks are
+/// tested with these; the other tests use the real engine's messages.
+fn mls(group_hex: &str, epoch: u64, content_type: u8, tag: &str) -> String {
+    let group: Vec<u8> = (0..group_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&group_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut b = vec![0, 1, 0, 2, u8::try_from(group.len()).unwrap()];
+    b.extend_from_slice(&group);
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.push(content_type);
+    b.extend_from_slice(tag.as_bytes());
+    B64.encode(b)
+}
+
+/// A Welcome as far as the server reads it.
+fn welcome(tag: &str) -> String {
+    let mut b = vec![0, 1, 0, 3];
+    b.extend_from_slice(tag.as_bytes());
+    B64.encode(b)
 }
 
 #[tokio::test]
@@ -444,8 +478,8 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let created = alice
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 0, "commit": blob("c0"),
-            "welcome": blob("w0"), "members": ["alice", "bob"], "messageId": "m0"}),
+            json!({"groupId": g, "epoch": 0, "commit": mls(g, 0, COMMIT, "c0"),
+            "welcome": welcome("w0"), "members": ["alice", "bob"], "messageId": "m0"}),
         )
         .await;
     assert_eq!(created["payload"]["epoch"], 1, "{created}");
@@ -460,20 +494,23 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let v = mallory
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 1, "commit": blob("x"),
-            "members": ["alice", "bob", "mallory"], "welcome": blob("w"), "messageId": "x1"}),
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, COMMIT, "x"),
+            "members": ["alice", "bob", "mallory"], "welcome": welcome("w"), "messageId": "x1"}),
         )
         .await;
     err(&v, "NOT_A_MEMBER");
     let v = mallory
-        .ask("group_message", json!({"groupId": g, "message": blob("x")}))
+        .ask(
+            "group_message",
+            json!({"groupId": g, "message": mls(g, 1, APPLICATION, "x")}),
+        )
         .await;
     err(&v, "NOT_A_MEMBER");
     // someone else's unknown group at a later epoch is not created
     let v = mallory
         .ask(
             "group_commit",
-            json!({"groupId": "ff", "epoch": 3, "commit": blob("x"),
+            json!({"groupId": "ff", "epoch": 3, "commit": mls("ff", 3, COMMIT, "x"),
             "members": ["mallory"], "messageId": "x2"}),
         )
         .await;
@@ -483,7 +520,7 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let v = bob
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 0, "commit": blob("s"),
+            json!({"groupId": g, "epoch": 0, "commit": mls(g, 0, COMMIT, "s"),
             "members": ["alice", "bob"], "messageId": "s0"}),
         )
         .await;
@@ -492,7 +529,7 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let v = bob
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 7, "commit": blob("f"),
+            json!({"groupId": g, "epoch": 7, "commit": mls(g, 7, COMMIT, "f"),
             "members": ["alice", "bob"], "messageId": "f0"}),
         )
         .await;
@@ -502,8 +539,8 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let again = alice
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 0, "commit": blob("c0"),
-            "welcome": blob("w0"), "members": ["alice", "bob"], "messageId": "m0"}),
+            json!({"groupId": g, "epoch": 0, "commit": mls(g, 0, COMMIT, "c0"),
+            "welcome": welcome("w0"), "members": ["alice", "bob"], "messageId": "m0"}),
         )
         .await;
     assert_eq!(again["type"], "group_commit", "{again}");
@@ -528,15 +565,15 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let v = bob
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 1, "commit": blob("a"),
-            "members": ["alice", "bob", "carol"], "welcome": blob("w"), "messageId": "b2"}),
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, COMMIT, "a"),
+            "members": ["alice", "bob", "carol"], "welcome": welcome("w"), "messageId": "b2"}),
         )
         .await;
     err(&v, "PEER_NOT_FOUND");
     let v = bob
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 1, "commit": blob("a"),
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, COMMIT, "a"),
             "members": ["alice", "bob", "mallory"], "messageId": "b3"}),
         )
         .await;
@@ -547,11 +584,46 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let v = bob
         .ask(
             "group_commit",
-            json!({"groupId": g, "epoch": 1, "commit": blob("a"),
-            "members": many, "welcome": blob("w"), "messageId": "b4"}),
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, COMMIT, "a"),
+            "members": many, "welcome": welcome("w"), "messageId": "b4"}),
         )
         .await;
     err(&v, "QUOTA_EXCEEDED");
+    // the clear MLS framing must fit the frame: no Commit outside the epoch check, no message of
+    // another group or epoch, no Welcome that is not one
+    for (ty, payload) in [
+        (
+            "group_message",
+            json!({"groupId": g, "message": mls(g, 1, COMMIT, "sneak")}),
+        ),
+        (
+            "group_message",
+            json!({"groupId": g, "message": mls("ff", 1, APPLICATION, "other group")}),
+        ),
+        (
+            "group_commit",
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, APPLICATION, "not a commit"),
+                "members": ["alice", "bob"], "messageId": "h1"}),
+        ),
+        (
+            "group_commit",
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 0, COMMIT, "old"),
+                "members": ["alice", "bob"], "messageId": "h2"}),
+        ),
+        (
+            "group_commit",
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, COMMIT, "a"),
+                "welcome": mls(g, 1, APPLICATION, "w"), "members": ["alice", "bob", "mallory"],
+                "messageId": "h3"}),
+        ),
+        (
+            "group_message",
+            json!({"groupId": g, "message": blob("not mls")}),
+        ),
+    ] {
+        let v = bob.ask(ty, payload).await;
+        err(&v, "INVALID_MESSAGE");
+    }
     let huge = "A".repeat(lattice_protocol::limits::MAX_FRAME_BYTES);
     let v = bob
         .ask("group_message", json!({"groupId": g, "message": huge}))
@@ -562,14 +634,17 @@ async fn refusals_are_typed_name_the_request_and_keep_the_connection() {
     let ok = bob
         .ask(
             "group_message",
-            json!({"groupId": g, "message": blob("fine"), "messageId": "ok"}),
+            json!({"groupId": g, "message": mls(g, 1, APPLICATION, "fine"), "messageId": "ok"}),
         )
         .await;
     assert_eq!(ok["payload"]["recipients"], 1, "{ok}");
     let got = alice.ws.recv_type("message").await;
     assert_eq!(got["payload"]["messageId"], "ok", "{got}");
     assert_eq!(got["payload"]["message"]["kind"], "message");
-    assert_eq!(got["payload"]["message"]["data"], blob("fine"));
+    assert_eq!(
+        got["payload"]["message"]["data"],
+        mls(g, 1, APPLICATION, "fine")
+    );
 }
 
 #[tokio::test]
@@ -702,7 +777,7 @@ async fn fan_out_to_a_hundred_members_reaches_everyone_in_order() {
     sender
         .send(
             json!({"type":"group_commit","requestId":"c","payload":{"groupId":"abcd","epoch":0,
-            "commit": blob("c"), "welcome": blob("w"), "members": names, "messageId": "c0"}}),
+            "commit": mls("abcd", 0, COMMIT, "c"), "welcome": welcome("w"), "members": names, "messageId": "c0"}}),
         )
         .await;
     let a = sender.recv_type("group_commit").await;
@@ -724,7 +799,7 @@ async fn fan_out_to_a_hundred_members_reaches_everyone_in_order() {
     for i in 0..MESSAGES {
         sender
             .send(
-                json!({"type":"group_message","payload":{"groupId":"abcd","message": blob("x"),
+                json!({"type":"group_message","payload":{"groupId":"abcd","message": mls("abcd", 1, APPLICATION, "x"),
                 "messageId": format!("g{i:03}")}}),
             )
             .await;
@@ -742,7 +817,8 @@ async fn fan_out_to_a_hundred_members_reaches_everyone_in_order() {
     let ds = start.elapsed().as_secs_f64();
 
     // the reference: the same envelope as 99 one-to-one messages each
-    let envelope = json!({"algorithm":"mls","kind":"message","groupId":"abcd","data": blob("x")});
+    let envelope = json!({"algorithm":"mls","kind":"message","groupId":"abcd",
+        "data": mls("abcd", 1, APPLICATION, "x")});
     let start = Instant::now();
     let readers: Vec<_> = clients
         .into_iter()

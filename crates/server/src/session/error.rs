@@ -151,6 +151,10 @@ pub(crate) enum HandlerError {
         /// The group's epoch.
         current: u64,
     },
+    /// An MLS field whose clear framing does not fit the frame (another group, a Commit outside
+    /// `group_commit`, another epoch, not MLS at all).
+    #[error("{0}")]
+    MlsFraming(String),
     /// A Commit whose Welcome does not match its member list.
     #[error("{0}")]
     WelcomeMismatch(&'static str),
@@ -204,6 +208,7 @@ impl HandlerError {
             Self::VerificationRequired(_) => ErrorType::VerificationRequired,
             Self::StorageUnavailable => ErrorType::InternalError,
             Self::NotBase64(_)
+            | Self::MlsFraming(_)
             | Self::WelcomeMismatch(_)
             | Self::MessageIdReused(_)
             | Self::KeyPackageRefused(_) => ErrorType::InvalidMessage,

@@ -7,6 +7,10 @@
 //! epoch gets `STALE_EPOCH` / `FUTURE_EPOCH` with the current epoch, so of two concurrent Commits
 //! exactly one wins and the loser processes the winner and retries: the group cannot fork.
 //!
+//! The server reads no MLS content, only each message's clear framing (`header`): it must be a
+//! `PrivateMessage` of the frame's group, a Commit in `group_commit` (for the epoch the frame
+//! names) and never in `group_message`, so no Commit can bypass the epoch check.
+//!
 //! Each copy is an ordinary `message` frame whose envelope is an [`MlsEnvelope`], delivered by the
 //! mailbox drain (in the order stored, the order the epochs were won) and acknowledged with `ack`
 //! like any message. Group copies always go through the mailbox, never the live queue directly:
@@ -32,11 +36,60 @@ use crate::store::{CommitOp, GroupError};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// Checks that an MLS field is non-empty standard base64 (the server never reads the bytes).
-fn check_b64(field: &'static str, s: &str) -> Result<(), HandlerError> {
+mod header;
+
+/// Decodes an MLS field: non-empty standard base64.
+fn decode_b64(field: &'static str, s: &str) -> Result<Vec<u8>, HandlerError> {
     match B64.decode(s) {
-        Ok(b) if !b.is_empty() => Ok(()),
+        Ok(b) if !b.is_empty() => Ok(b),
         _ => Err(HandlerError::NotBase64(field)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks the clear header of `bytes` (the `field` of a frame for `group`): a `PrivateMessage`
+/// of that group, a Commit exactly when `commit` is true, made in `epoch` if given.
+fn check_private(
+    field: &'static str,
+    bytes: &[u8],
+    group: &GroupId,
+    commit: bool,
+    epoch: Option<u64>,
+) -> Result<(), HandlerError> {
+    let refuse = |why: String| Err(HandlerError::MlsFraming(format!("{field}: {why}")));
+    match header::parse(bytes) {
+        Some(header::Header::Private {
+            group_id,
+            epoch: got,
+            content_type,
+        }) => {
+            if hex(&group_id) != group.as_str() {
+                return refuse(format!(
+                    "the message is for group {}, not {group}",
+                    hex(&group_id)
+                ));
+            }
+            if commit != (content_type == header::COMMIT) {
+                return refuse(if commit {
+                    "not a Commit (other group messages go in group_message)".into()
+                } else {
+                    "a Commit must be sent with group_commit (it is ordered by epoch)".into()
+                });
+            }
+            match epoch {
+                Some(e) if e != got => refuse(format!(
+                    "the Commit was made in epoch {got}, the frame says {e}"
+                )),
+                _ => Ok(()),
+            }
+        }
+        Some(header::Header::Other(wire_format)) => refuse(format!(
+            "wire format {wire_format}; group messages are MLS PrivateMessages (2)"
+        )),
+        None => refuse("not an MLS 1.0 message".into()),
     }
 }
 
@@ -83,9 +136,15 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("group_commit"));
         }
-        check_b64("commit", &c.commit)?;
+        let commit = decode_b64("commit", &c.commit)?;
+        check_private("commit", &commit, &c.group_id, true, Some(c.epoch))?;
         if let Some(w) = &c.welcome {
-            check_b64("welcome", w)?;
+            let welcome = decode_b64("welcome", w)?;
+            if header::parse(&welcome) != Some(header::Header::Other(header::WELCOME)) {
+                return Err(HandlerError::MlsFraming(
+                    "welcome: not an MLS 1.0 Welcome".into(),
+                ));
+            }
         }
         let members: BTreeSet<ClientId> = c.members.iter().cloned().collect();
         if members.len() > MAX_GROUP_MEMBERS {
@@ -148,7 +207,8 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("group_message"));
         }
-        check_b64("message", &m.message)?;
+        let message = decode_b64("message", &m.message)?;
+        check_private("message", &message, &m.group_id, false, None)?;
         let mid = m.message_id.unwrap_or_else(server_message_id);
         let frame = member_frame(
             MlsKind::Message,
