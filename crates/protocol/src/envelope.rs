@@ -58,7 +58,7 @@ pub enum MlsKind {
 
 /// The envelope the delivery service puts in each `message` frame of a group:
 /// `{"algorithm":"mls","kind","groupId","epoch","data"}`. It travels like any envelope (mailbox,
-/// `ack`); the server builds it, and never reads `data`.
+/// `ack`); the server builds it around the sender's bytes, verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MlsEnvelope {

@@ -298,7 +298,8 @@ pub struct ErrorPayload {
 }
 
 // ---- MLS delivery service (ext) ----------------------------------------------------------------
-// The server stores and forwards MLS bytes; it never parses them. Byte fields are standard padded
+// The server stores and forwards MLS bytes; it reads only their clear framing (group, epoch, whether
+// a Commit), never their content. Byte fields are standard padded
 // base64. See docs/protocol.md, "MLS delivery service".
 
 /// `key_package_upload` *ext*: add one-time KeyPackages to the sender's stock and/or replace its

@@ -2,7 +2,7 @@
 //! KeyPackage directory (a stock of one-time KeyPackages and one last-resort KeyPackage per id)
 //! and, per group, its members and current epoch.
 //!
-//! The server never parses MLS: it checks sizes, ownership and membership, and orders Commits by
+//! The server never decrypts MLS: it checks sizes, ownership and membership, and orders Commits by
 //! epoch. A Commit is checked, its copies stored in the members' mailboxes and the group moved to
 //! the next epoch in **one transaction**: either all of it happens or none (so two Commits for one
 //! epoch can never both be stored, and a Commit is never half delivered).
