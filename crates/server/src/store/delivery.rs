@@ -459,6 +459,10 @@ fn commit_in(
         return Err(GroupError::FutureEpoch { current });
     }
     let added: Vec<&ClientId> = op.members.difference(&before).collect();
+    // Who joins a group now: the added members, and the creator of a new one (otherwise one id
+    // could create groups without end).
+    let creator = (row.is_none() && op.members.contains(op.sender)).then_some(op.sender);
+    let joining: Vec<&ClientId> = creator.into_iter().chain(added.iter().copied()).collect();
     match (added.is_empty(), op.welcome_frame) {
         (false, None) => return Err(GroupError::WelcomeMissing),
         (true, Some(_)) => return Err(GroupError::WelcomeUnexpected),
@@ -472,6 +476,8 @@ fn commit_in(
         if !known {
             return Err(GroupError::UnknownMember((*m).clone()));
         }
+    }
+    for m in &joining {
         let groups: i64 = tx
             .prepare_cached("SELECT COUNT(*) FROM mls_group_members WHERE client_id = ?1")?
             .query_row([m.as_str()], |r| r.get(0))?;
@@ -709,11 +715,33 @@ mod tests {
             commit("01", "b", 1, true)(&store),
             Err(GroupError::WelcomeUnexpected)
         ));
-        // bob is in one group, the most this test allows: a second group cannot add him
+        // alice and bob are in one group, the most this test allows: alice cannot create a
+        // second one (nor could anyone add bob to it)
         assert!(matches!(
             commit("02", "c", 0, true)(&store),
-            Err(GroupError::TooManyGroups { ref member, max: 1 }) if member.as_str() == "bob"
+            Err(GroupError::TooManyGroups { ref member, max: 1 }) if member.as_str() == "alice"
         ));
+        let solo: BTreeSet<ClientId> = [id("carol"), id("bob")].into();
+        let err = store
+            .group_commit(
+                &CommitOp {
+                    group: &GroupId::new("03").unwrap(),
+                    sender: &id("carol"),
+                    epoch: 0,
+                    message_id: &MessageId::new("e").unwrap(),
+                    members: &solo,
+                    commit_frame: "{}",
+                    welcome_frame: Some("{}"),
+                    max_groups_per_id: 1,
+                },
+                &q,
+                ttl,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, GroupError::TooManyGroups { ref member, .. } if member.as_str() == "bob"),
+            "{err:?}"
+        );
         // a new Commit reusing the id of one bob has not acknowledged would never reach him
         assert!(matches!(
             commit("01", "a", 1, false)(&store),
