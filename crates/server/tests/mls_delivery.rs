@@ -435,6 +435,99 @@ async fn of_two_concurrent_commits_exactly_one_wins_and_the_group_converges() {
     assert_eq!(m[2].hear(&pins).await.1, "same group");
 }
 
+#[tokio::test]
+async fn four_members_racing_for_three_epochs_never_fork() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut pins = Pins::new();
+    let names = ["ann", "ben", "cat", "dan"];
+    let mut m = Vec::new();
+    for n in names {
+        m.push(Member::new(&url, n, &mut pins).await);
+    }
+    let gid = make_group(&mut m, &pins).await;
+    for round in 0..3u64 {
+        let epoch = 1 + round;
+        // everyone commits in the same epoch, every frame on the wire before any answer
+        let mut rids = Vec::new();
+        for x in m.iter_mut() {
+            let out = x.mls.self_update(&gid).unwrap();
+            assert_eq!(out.epoch, epoch);
+            let rid = x.rid();
+            x.ws.send(json!({"type":"group_commit","requestId": rid,"payload":{
+                "groupId": gid.to_string(), "epoch": epoch, "commit": B64.encode(&out.commit),
+                "members": names, "messageId": format!("{rid}-c")}}))
+                .await;
+            rids.push(rid);
+        }
+        let mut winners = Vec::new();
+        for (i, x) in m.iter_mut().enumerate() {
+            let a = x.answer(&rids[i]).await;
+            if a["type"] == "group_commit" {
+                x.mls.confirm_commit(&gid).unwrap();
+                winners.push(i);
+            } else {
+                assert_eq!(a["payload"]["errorType"], "STALE_EPOCH", "{a}");
+                assert_eq!(a["payload"]["currentEpoch"], epoch + 1);
+                x.mls.discard_commit(&gid).unwrap();
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one Commit wins");
+        for (i, x) in m.iter_mut().enumerate() {
+            if i != winners[0] {
+                assert_eq!(x.pump(&pins).await.0, "commit");
+            }
+            assert_eq!(x.mls.epoch(&gid).unwrap(), epoch + 1, "{} converged", x.id);
+        }
+    }
+    m[3].say(&gid, "one group").await;
+    for x in m.iter_mut().take(3) {
+        assert_eq!(x.hear(&pins).await.1, "one group");
+    }
+}
+
+#[tokio::test]
+async fn a_member_who_leaves_is_out_at_the_server_too() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut pins = Pins::new();
+    let mut m = Vec::new();
+    for n in ["alice", "bob", "carol"] {
+        m.push(Member::new(&url, n, &mut pins).await);
+    }
+    let gid = make_group(&mut m, &pins).await;
+    // carol asks to leave (a proposal: an ordinary group message); alice commits it
+    let proposal = m[2].mls.leave(&gid).unwrap();
+    let a = m[2]
+        .ask(
+            "group_message",
+            json!({"groupId": gid.to_string(), "message": B64.encode(&proposal)}),
+        )
+        .await;
+    assert_eq!(a["payload"]["recipients"], 2, "{a}");
+    for i in [0, 1] {
+        let (_, ev) = m[i].pump(&pins).await;
+        assert!(matches!(ev[0], GroupEvent::LeaveRequested { .. }), "{ev:?}");
+    }
+    let out = m[0].mls.commit_pending_proposals(&gid).unwrap();
+    m[0].commit(&out, &["alice", "bob"], "carol-out").await;
+    assert_eq!(m[1].pump(&pins).await.0, "commit");
+    // carol got the Commit too and learns she is out
+    let (kind, ev) = m[2].pump(&pins).await;
+    assert_eq!(kind, "commit");
+    assert!(ev.contains(&GroupEvent::Removed), "{ev:?}");
+    // the server no longer takes anything from her for the group
+    let v = m[2]
+        .ask(
+            "group_message",
+            json!({"groupId": gid.to_string(), "message": mls(&gid.to_string(), 2, APPLICATION, "x")}),
+        )
+        .await;
+    assert_eq!(v["payload"]["errorType"], "NOT_A_MEMBER", "{v}");
+    m[1].say(&gid, "just us").await;
+    assert_eq!(m[0].hear(&pins).await.1, "just us");
+}
+
 /// Opaque bytes (KeyPackages: the server checks only their size).
 fn blob(tag: &str) -> String {
     B64.encode(format!("mls-bytes-{tag}"))
