@@ -785,6 +785,7 @@ impl Directory for SqliteStore {
                     continue;
                 }
                 deleted += del.execute([id.as_str()])?;
+                delivery::forget_id(&tx, &id)?;
             }
         }
         tx.commit()?;

@@ -417,6 +417,25 @@ impl SqliteStore {
     }
 }
 
+/// Deletes what the delivery service keeps for an id whose binding expired: its KeyPackages and
+/// its group memberships (groups left without members go too). A new owner of the id starts
+/// with none of them.
+pub(super) fn forget_id(tx: &Connection, id: &str) -> Result<(), StoreError> {
+    for sql in [
+        "DELETE FROM key_packages WHERE client_id = ?1",
+        "DELETE FROM last_resort_key_packages WHERE client_id = ?1",
+        "DELETE FROM mls_group_members WHERE client_id = ?1",
+    ] {
+        tx.prepare_cached(sql)?.execute([id])?;
+    }
+    tx.prepare_cached(
+        "DELETE FROM mls_groups WHERE NOT EXISTS
+             (SELECT 1 FROM mls_group_members m WHERE m.group_id = mls_groups.group_id)",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
 fn commit_in(
     tx: &Connection,
     usage: &mut Option<super::Usage>,
@@ -613,6 +632,50 @@ mod tests {
             Err(UploadError::StockFull { stock: 0, .. })
         ));
         assert_eq!(store.key_package_stock(&alice).unwrap().one_time, 0);
+    }
+
+    #[test]
+    fn an_expired_binding_takes_its_key_packages_and_memberships_along() {
+        let store = SqliteStore::in_memory().unwrap();
+        for who in ["alice", "bob"] {
+            bind(&store, who);
+        }
+        store
+            .upload_key_packages(&id("bob"), &[vec![1]], Some(&[2]))
+            .unwrap();
+        let gid = GroupId::new("0c").unwrap();
+        let pair: BTreeSet<ClientId> = [id("alice"), id("bob")].into();
+        store
+            .group_commit(
+                &CommitOp {
+                    group: &gid,
+                    sender: &id("alice"),
+                    epoch: 0,
+                    message_id: &MessageId::new("c").unwrap(),
+                    members: &pair,
+                    commit_frame: "{}",
+                    welcome_frame: Some("{}"),
+                    max_groups_per_id: 10,
+                },
+                &Quota::UNLIMITED,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        // every binding is older than a cutoff in the future; alice is kept (in use)
+        let n = store
+            .expire_unused(i64::MAX, 10, &|c: &ClientId| c.as_str() == "alice")
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(store.fetch_key_package(&id("bob")).unwrap().is_none());
+        let (_, members) = store.group_state(&gid).unwrap().unwrap();
+        assert_eq!(members, BTreeSet::from([id("alice")]));
+        store
+            .expire_unused(i64::MAX, 10, &|_: &ClientId| false)
+            .unwrap();
+        assert!(
+            store.group_state(&gid).unwrap().is_none(),
+            "an empty group goes"
+        );
     }
 
     #[test]
