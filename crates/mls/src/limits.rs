@@ -46,9 +46,7 @@ pub const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 /// owner uploads fresh stock well before.
 pub const KEY_PACKAGE_LIFETIME_SECS: u64 = 28 * 24 * 60 * 60;
 
-/// Most members (leaves) a group may have. A Welcome carries the ratchet tree (~1.5 KB per member
-/// with this suite) and a path Commit may encrypt to every leaf (~1.2 KB each), so at 128 members
-/// both stay near 200 KB of MLS bytes. Raise it together with the transport's frame cap (or once
-/// the tree travels separately). Enforced on adds this client makes, Commits it processes and
-/// Welcomes it joins.
-pub const MAX_GROUP_MEMBERS: usize = 128;
+/// Most members (leaves) a group may have; defined once in [`lattice_protocol::limits`] because
+/// the delivery service enforces it too. Enforced here on adds this client makes, Commits it
+/// processes and Welcomes it joins.
+pub use lattice_protocol::limits::MAX_GROUP_MEMBERS;

@@ -41,6 +41,41 @@ impl Envelope {
     }
 }
 
+/// The `algorithm` of an [`MlsEnvelope`].
+pub const MLS_ALGORITHM: &str = "mls";
+
+/// What an [`MlsEnvelope`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlsKind {
+    /// A Commit that won `epoch`: process it before anything of a later epoch.
+    Commit,
+    /// A Welcome into the group at `epoch`.
+    Welcome,
+    /// Any other MLS message of the group (application message or proposal).
+    Message,
+}
+
+/// The envelope the delivery service puts in each `message` frame of a group:
+/// `{"algorithm":"mls","kind","groupId","epoch","data"}`. It travels like any envelope (mailbox,
+/// `ack`); the server builds it around the sender's bytes, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MlsEnvelope {
+    /// Always [`MLS_ALGORITHM`].
+    pub algorithm: String,
+    /// What `data` is.
+    pub kind: MlsKind,
+    /// The group.
+    pub group_id: crate::GroupId,
+    /// For a Commit the epoch it was made in; for a Welcome the epoch it joins; absent for
+    /// other messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The MLS message, base64, as the sender gave it.
+    pub data: String,
+}
+
 /// The UTF-8 JSON plaintext inside a `lattice-v1` envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

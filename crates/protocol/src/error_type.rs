@@ -32,6 +32,20 @@ pub enum ErrorType {
     MailboxFull,
     /// *ext*: the source address already holds as many registrations as the server allows.
     TooManyRegistrations,
+    /// *ext*: an MLS Commit for an epoch the group has left behind (another member's Commit won);
+    /// the `error` carries the group's `currentEpoch`. Process the winner, then retry.
+    StaleEpoch,
+    /// *ext*: an MLS Commit for an epoch the group has not reached (a Commit was missed); the
+    /// `error` carries the group's `currentEpoch`.
+    FutureEpoch,
+    /// *ext*: the sender is not a member of the MLS group (or the group does not exist).
+    NotAMember,
+    /// *ext*: the id has no KeyPackage in the directory (no stock and no last resort).
+    NoKeyPackage,
+    /// *ext*: a per-id quota (KeyPackage stock, groups per id, group size) would be exceeded.
+    QuotaExceeded,
+    /// *ext*: the request needs a verified (identity-bound) registration.
+    VerificationRequired,
     /// A code this version does not know.
     #[serde(other)]
     Other,
@@ -53,6 +67,12 @@ impl ErrorType {
             Self::UnknownQuestion => "UNKNOWN_QUESTION",
             Self::MailboxFull => "MAILBOX_FULL",
             Self::TooManyRegistrations => "TOO_MANY_REGISTRATIONS",
+            Self::StaleEpoch => "STALE_EPOCH",
+            Self::FutureEpoch => "FUTURE_EPOCH",
+            Self::NotAMember => "NOT_A_MEMBER",
+            Self::NoKeyPackage => "NO_KEY_PACKAGE",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
+            Self::VerificationRequired => "VERIFICATION_REQUIRED",
             Self::Other => "OTHER",
         }
     }

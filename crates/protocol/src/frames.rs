@@ -9,7 +9,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{ClientId, ConversationId, MessageId, QuestionId, RequestId};
+use crate::ids::{ClientId, ConversationId, GroupId, MessageId, QuestionId, RequestId};
 use crate::public_key::PublicKeyField;
 use crate::ErrorType;
 
@@ -292,6 +292,131 @@ pub struct ErrorPayload {
     /// *ext*: the request this answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
+    /// *ext*: with `STALE_EPOCH` / `FUTURE_EPOCH`, the group's epoch at the server now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
+}
+
+// ---- MLS delivery service (ext) ----------------------------------------------------------------
+// The server stores and forwards MLS bytes; it reads only their clear framing (group, epoch, whether
+// a Commit), never their content. Byte fields are standard padded
+// base64. See docs/protocol.md, "MLS delivery service".
+
+/// `key_package_upload` *ext*: add one-time KeyPackages to the sender's stock and/or replace its
+/// last-resort KeyPackage. Verified ids only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPackageUpload {
+    /// One-time KeyPackages (each handed out once), at most
+    /// [`crate::limits::MAX_KEY_PACKAGE_UPLOAD`], each at most
+    /// [`crate::limits::MAX_KEY_PACKAGE_BYTES`] decoded.
+    #[serde(default)]
+    pub key_packages: Vec<String>,
+    /// A last-resort KeyPackage: handed out, never consumed, when the stock is empty. Replaces
+    /// the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resort: Option<String>,
+}
+
+/// `key_package_fetch` *ext*: take one KeyPackage of `clientId` (to add it to a group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPackageFetch {
+    /// Whose KeyPackage.
+    pub client_id: ClientId,
+}
+
+/// `group_commit` *ext*: an MLS Commit for `groupId` made in `epoch`, the Welcome for the members
+/// it adds, and the member list it results in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCommit {
+    /// The group. A group the server does not know is created by a Commit for epoch 0, whose
+    /// sender is then its only member before the Commit.
+    pub group_id: GroupId,
+    /// The epoch the Commit was made in; it must be the group's current epoch.
+    pub epoch: u64,
+    /// The Commit, for every member before it (removed members included) but the sender.
+    pub commit: String,
+    /// The Welcome, for the members the Commit adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome: Option<String>,
+    /// Every member after the Commit (the sender included unless it leaves), at most
+    /// [`crate::limits::MAX_GROUP_MEMBERS`].
+    pub members: Vec<ClientId>,
+    /// The sender's id for this Commit: resending the same Commit (same id) after a lost answer
+    /// is answered `group_commit` again instead of `STALE_EPOCH`.
+    pub message_id: MessageId,
+}
+
+/// `group_message` *ext*: an MLS message that is not a Commit (an application message or a
+/// proposal) for every other member of `groupId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMessage {
+    /// The group.
+    pub group_id: GroupId,
+    /// The MLS message.
+    pub message: String,
+    /// The sender's id for it (the server assigns one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+}
+
+/// `key_package_upload` answer *ext*: the sender's stock after the upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPackagesStored {
+    /// One-time KeyPackages in stock.
+    pub stock: u32,
+    /// Whether a last-resort KeyPackage is stored.
+    pub last_resort: bool,
+}
+
+/// `key_package_fetch` answer *ext*.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPackageFound {
+    /// Whose KeyPackage.
+    pub client_id: ClientId,
+    /// The KeyPackage, base64. The server checked only its size: validate it (signature,
+    /// suite, identity binding against the pinned key) before use.
+    pub key_package: String,
+    /// Whether it is the owner's last-resort KeyPackage (the stock was empty).
+    pub last_resort: bool,
+}
+
+/// `key_packages_low` *ext*: sent to an online owner when a fetch left its stock under
+/// [`crate::limits::KEY_PACKAGE_LOW_STOCK`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPackagesLow {
+    /// One-time KeyPackages left.
+    pub stock: u32,
+}
+
+/// `group_commit` answer *ext*: the Commit won its epoch and every copy is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCommitAccepted {
+    /// The group.
+    pub group_id: GroupId,
+    /// The group's epoch now (the Commit's epoch + 1): merge the pending Commit.
+    pub epoch: u64,
+    /// The Commit's `messageId`.
+    pub message_id: MessageId,
+}
+
+/// `group_message` answer *ext*: every copy is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMessageAccepted {
+    /// The group.
+    pub group_id: GroupId,
+    /// The message's id (the sender's, or the one the server assigned).
+    pub message_id: MessageId,
+    /// How many members it was stored for.
+    pub recipients: u32,
 }
 
 /// What a frame enum needs so [`crate::Frame`] can encode and decode it.
@@ -375,6 +500,14 @@ frame_enum! {
         DebugQuestion(Empty) = "debug_question",
         /// `ack` *ext*.
         Ack(Ack) = "ack",
+        /// `key_package_upload` *ext*.
+        KeyPackageUpload(KeyPackageUpload) = "key_package_upload",
+        /// `key_package_fetch` *ext*.
+        KeyPackageFetch(KeyPackageFetch) = "key_package_fetch",
+        /// `group_commit` *ext*.
+        GroupCommit(GroupCommit) = "group_commit",
+        /// `group_message` *ext*.
+        GroupMessage(GroupMessage) = "group_message",
     }
 }
 
@@ -401,6 +534,16 @@ frame_enum! {
         ServerQuestion(ServerQuestion) = "server_question",
         /// `error`.
         Error(ErrorPayload) = "error",
+        /// `key_package_upload` answer *ext*.
+        KeyPackagesStored(KeyPackagesStored) = "key_package_upload",
+        /// `key_package_fetch` answer *ext*.
+        KeyPackage(KeyPackageFound) = "key_package_fetch",
+        /// `key_packages_low` *ext*.
+        KeyPackagesLow(KeyPackagesLow) = "key_packages_low",
+        /// `group_commit` answer *ext*.
+        GroupCommitAccepted(GroupCommitAccepted) = "group_commit",
+        /// `group_message` answer *ext*.
+        GroupMessageAccepted(GroupMessageAccepted) = "group_message",
     }
 }
 
@@ -417,6 +560,7 @@ impl ServerFrame {
             details: details.into(),
             timestamp: crate::iso8601(at),
             request_id,
+            current_epoch: None,
         })
     }
 }

@@ -40,6 +40,10 @@ fn client_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')
 }
 
+fn hex_char(c: char) -> bool {
+    matches!(c, '0'..='9' | 'a'..='f')
+}
+
 fn token_char(c: char) -> bool {
     c.is_ascii_graphic()
 }
@@ -186,6 +190,20 @@ id_type!(
     "conversationId",
     token_char,
     "printable ASCII without spaces"
+);
+id_type!(
+    /// An MLS group id as the delivery service names it: the group's id bytes in lowercase hex
+    /// (1–64 characters), as `lattice-mls` displays a `GroupId`.
+    ///
+    /// ```
+    /// use lattice_protocol::GroupId;
+    /// assert!(GroupId::new("00ff3a").is_ok());
+    /// assert!(GroupId::new("00FF").is_err());
+    /// ```
+    GroupId,
+    "groupId",
+    hex_char,
+    "lowercase hex digits"
 );
 
 #[cfg(test)]

@@ -17,6 +17,10 @@
 //!   | -- message {targetId, message} -------> | -- message {message, fromId, timestamp} --> target
 //!   | <------------ server_question {...} --- |
 //!   | -- peer_response {questionId, ..} ----> |
+//!   | -- key_package_upload {keyPackages} --> |   (ext: the MLS delivery service)
+//!   | -- key_package_fetch {clientId} ------> |   -> one KeyPackage of clientId
+//!   | -- group_commit {groupId, epoch, ..} -> | -- message {mls commit/welcome} --> members
+//!   | -- group_message {groupId, message} --> | -- message {mls message} ---------> members
 //! ```
 //!
 //! ## Modules
@@ -27,7 +31,8 @@
 //! - [`frames`]: [`ClientFrame`] (client → server) and [`ServerFrame`] (server → client) and their payloads.
 //! - [`codec`]: [`decode_client`], [`decode_server`] and [`encode`]; one [`DecodeError`] that maps to
 //!   the protocol's `errorType`.
-//! - [`envelope`]: the sealed [`Envelope`] object and the `lattice-v1` inner plaintext.
+//! - [`envelope`]: the sealed [`Envelope`] object, the `lattice-v1` inner plaintext, and the
+//!   [`MlsEnvelope`] the delivery service wraps group messages in.
 //! - [`error_type`]: the [`ErrorType`] codes of `error` frames.
 //! - [`fast`]: the relay's hot path: `message` frames decoded without copying the envelope, and
 //!   `message`/`message_ack` encoded at their exact size.
@@ -47,9 +52,9 @@ mod public_key;
 mod time_fmt;
 
 pub use codec::{decode_client, decode_server, encode, DecodeError, Frame};
-pub use envelope::{Envelope, InnerMessage};
+pub use envelope::{Envelope, InnerMessage, MlsEnvelope, MlsKind, MLS_ALGORITHM};
 pub use error_type::ErrorType;
 pub use frames::*;
-pub use ids::{ClientId, ConversationId, IdError, MessageId, QuestionId, RequestId};
+pub use ids::{ClientId, ConversationId, GroupId, IdError, MessageId, QuestionId, RequestId};
 pub use public_key::PublicKeyField;
 pub use time_fmt::iso8601;

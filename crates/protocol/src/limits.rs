@@ -25,7 +25,8 @@ pub const MAX_DISCOVER_ANSWER_BYTES: usize = MAX_DISCOVER_PEERS * (MAX_ID_LEN + 
 const _: () = assert!(MAX_DISCOVER_ANSWER_BYTES <= MAX_FRAME_BYTES);
 const _: () = assert!(MAX_FRAME_BYTES < MAX_SERVER_FRAME_BYTES);
 
-/// Longest `clientId`, `messageId`, `requestId` or `conversationId`, in characters (all are ASCII).
+/// Longest `clientId`, `messageId`, `requestId`, `conversationId` or `groupId`, in characters (all
+/// are ASCII; a `groupId` of 64 hex characters is 32 bytes, twice what `lattice-mls` makes).
 pub const MAX_ID_LEN: usize = 64;
 
 /// Length of an ML-KEM-768 encapsulation key, the only `publicKey` the protocol carries.
@@ -52,3 +53,37 @@ pub const MAX_QUESTION_OPTIONS: usize = 16;
 
 /// Default TCP port, the original signaling server's.
 pub const DEFAULT_PORT: u16 = 3005;
+
+/// Most members (leaves) an MLS group may have: the engine (`lattice-mls`) refuses to grow a group
+/// past it and the server's delivery service refuses a Commit whose member list is longer. A
+/// Welcome carries the ratchet tree (~1.5–2.5 KB per member with the hybrid suite) and a path
+/// Commit may encrypt to every leaf, so at 128 members each is near 200–300 KB of MLS bytes.
+/// Raise it together with [`MAX_FRAME_BYTES`] (or once the tree travels separately).
+pub const MAX_GROUP_MEMBERS: usize = 128;
+
+/// Largest KeyPackage the directory stores, in bytes (decoded). One with the hybrid suite
+/// (X25519 + ML-KEM-768 init key, Ed25519 credential bound to the identity) is ~2.7 KB; 4 KiB
+/// leaves room for extensions without letting a client park arbitrary data.
+pub const MAX_KEY_PACKAGE_BYTES: usize = 4096;
+
+/// Most one-time KeyPackages in one `key_package_upload`. Chosen so that a full upload (plus the
+/// last-resort KeyPackage) at [`MAX_KEY_PACKAGE_BYTES`] each, in base64, fits one frame.
+pub const MAX_KEY_PACKAGE_UPLOAD: usize = 32;
+
+/// Most one-time KeyPackages the directory keeps per id (its stock): enough for a device to be
+/// added to many groups while offline, small enough that one id cannot fill the disk.
+pub const MAX_KEY_PACKAGE_STOCK: usize = 100;
+
+/// When a fetch leaves an id with fewer one-time KeyPackages than this, the owner (if online) gets
+/// a `key_packages_low` notice and should upload more; the last-resort KeyPackage covers the gap.
+pub const KEY_PACKAGE_LOW_STOCK: usize = 10;
+
+/// Bytes of a base64 string holding `n` bytes (padded).
+const fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+const _: () = assert!(
+    (MAX_KEY_PACKAGE_UPLOAD + 1) * (base64_len(MAX_KEY_PACKAGE_BYTES) + 3) + 1024
+        <= MAX_FRAME_BYTES
+);

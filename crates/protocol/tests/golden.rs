@@ -184,6 +184,41 @@ fn server_frames_encode_to_exact_shapes() {
             ),
             json!({"type":"error","payload":{"errorType":"CLIENT_ID_TAKEN","details":"Client ID alice is already taken","timestamp":"2023-11-14T22:13:20.123Z"}}),
         ),
+        (
+            ServerFrame::KeyPackagesStored(KeyPackagesStored {
+                stock: 32,
+                last_resort: true,
+            }),
+            json!({"type":"key_package_upload","payload":{"stock":32,"lastResort":true}}),
+        ),
+        (
+            ServerFrame::KeyPackage(KeyPackageFound {
+                client_id: id("bob"),
+                key_package: "AAEC".into(),
+                last_resort: false,
+            }),
+            json!({"type":"key_package_fetch","payload":{"clientId":"bob","keyPackage":"AAEC","lastResort":false}}),
+        ),
+        (
+            ServerFrame::KeyPackagesLow(KeyPackagesLow { stock: 3 }),
+            json!({"type":"key_packages_low","payload":{"stock":3}}),
+        ),
+        (
+            ServerFrame::GroupCommitAccepted(GroupCommitAccepted {
+                group_id: GroupId::new("0a1b").unwrap(),
+                epoch: 5,
+                message_id: MessageId::new("c-5").unwrap(),
+            }),
+            json!({"type":"group_commit","payload":{"groupId":"0a1b","epoch":5,"messageId":"c-5"}}),
+        ),
+        (
+            ServerFrame::GroupMessageAccepted(GroupMessageAccepted {
+                group_id: GroupId::new("0a1b").unwrap(),
+                message_id: MessageId::new("m-1").unwrap(),
+                recipients: 4,
+            }),
+            json!({"type":"group_message","payload":{"groupId":"0a1b","messageId":"m-1","recipients":4}}),
+        ),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (frame, want) in cases {
@@ -316,4 +351,67 @@ fn key_order_does_not_matter() {
     // a bad requestId after a good payload is still reported
     let e = decode_client(r#"{"type":"discover","payload":{},"requestId":""}"#).unwrap_err();
     assert!(e.details.contains("requestId"));
+}
+
+#[test]
+fn mls_delivery_frames_have_their_documented_shapes() {
+    let f = decode_client(
+        r#"{"type":"key_package_upload","payload":{"keyPackages":["AAEC"],"lastResort":"AwQF"},"requestId":"u1"}"#,
+    )
+    .unwrap();
+    let ClientFrame::KeyPackageUpload(u) = f.body else {
+        panic!("not key_package_upload")
+    };
+    assert_eq!(u.key_packages, ["AAEC"]);
+    assert_eq!(u.last_resort.as_deref(), Some("AwQF"));
+    // an empty upload only asks for the stock
+    let f = decode_client(r#"{"type":"key_package_upload","payload":{}}"#).unwrap();
+    assert!(matches!(f.body, ClientFrame::KeyPackageUpload(u) if u == KeyPackageUpload::default()));
+    let f = decode_client(r#"{"type":"key_package_fetch","payload":{"clientId":"bob"}}"#).unwrap();
+    assert!(matches!(f.body, ClientFrame::KeyPackageFetch(k) if k.client_id.as_str() == "bob"));
+    let f = decode_client(
+        r#"{"type":"group_commit","payload":{"groupId":"0a1b","epoch":3,"commit":"AAEC","welcome":"BBEC","members":["alice","bob"],"messageId":"c3"}}"#,
+    )
+    .unwrap();
+    let ClientFrame::GroupCommit(c) = f.body else {
+        panic!("not group_commit")
+    };
+    assert_eq!((c.group_id.as_str(), c.epoch), ("0a1b", 3));
+    assert_eq!(c.members, [id("alice"), id("bob")]);
+    let f =
+        decode_client(r#"{"type":"group_message","payload":{"groupId":"0a1b","message":"AAEC"}}"#)
+            .unwrap();
+    assert!(matches!(f.body, ClientFrame::GroupMessage(m) if m.message_id.is_none()));
+    // a group id is lowercase hex; a Commit names its epoch and message id
+    for bad in [
+        r#"{"type":"group_message","payload":{"groupId":"0A1B","message":"AAEC"}}"#,
+        r#"{"type":"group_commit","payload":{"groupId":"0a","commit":"AAEC","members":[],"messageId":"c"}}"#,
+        r#"{"type":"group_commit","payload":{"groupId":"0a","epoch":1,"commit":"AAEC","members":[]}}"#,
+    ] {
+        assert_eq!(
+            decode_client(bad).unwrap_err().error_type,
+            ErrorType::InvalidMessage,
+            "{bad}"
+        );
+    }
+    // the epoch refusal carries the current epoch
+    let mut e = ServerFrame::error(ErrorType::StaleEpoch, "stale", std::time::UNIX_EPOCH, None);
+    if let ServerFrame::Error(p) = &mut e {
+        p.current_epoch = Some(7);
+    }
+    let v = enc(&Frame::new(e));
+    assert_eq!(v["payload"]["errorType"], "STALE_EPOCH");
+    assert_eq!(v["payload"]["currentEpoch"], 7);
+    // the envelope members get
+    let env = MlsEnvelope {
+        algorithm: MLS_ALGORITHM.into(),
+        kind: MlsKind::Welcome,
+        group_id: GroupId::new("0a1b").unwrap(),
+        epoch: Some(4),
+        data: "AAEC".into(),
+    };
+    assert_eq!(
+        serde_json::to_value(&env).unwrap(),
+        json!({"algorithm":"mls","kind":"welcome","groupId":"0a1b","epoch":4,"data":"AAEC"})
+    );
 }

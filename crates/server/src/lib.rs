@@ -20,7 +20,8 @@
 //! - [`session`]: one task per connection: the socket loop, over a socket-free core with one handler
 //!   per frame (`session::handlers`); the slow-consumer and no-loss policies are written there.
 //! - [`hub`]: who is online where, routing and presence ([`hub::Hub`], in-process [`hub::LocalHub`]).
-//! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite).
+//! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite),
+//!   and the MLS delivery service's KeyPackages and groups on the same [`store::SqliteStore`].
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
 //! - [`metrics`]: counters for `/metrics`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,

@@ -180,3 +180,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Largest admin API request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// MLS groups one id may be a member of (the delivery service refuses a Commit that adds a member
+/// past it, or creates a group for a creator past it: `QUOTA_EXCEEDED`). With it the groups table
+/// is bounded by the directory: at most this many memberships per bound id. A person is in dozens of groups; 500 keeps one id's rows bounded
+/// and stops a stranger from adding it to groups without end. The group size itself is
+/// [`lattice_protocol::limits::MAX_GROUP_MEMBERS`].
+pub const MAX_GROUPS_PER_ID: u32 = 500;

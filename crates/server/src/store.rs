@@ -1,5 +1,7 @@
-//! Durable storage: the [`Directory`] of verified id bindings and the [`Mailbox`] of sealed messages
-//! for offline peers, behind traits so a Redis backend can stand beside the embedded SQLite one.
+//! Durable storage: the [`Directory`] of verified id bindings, the [`Mailbox`] of sealed messages
+//! for offline peers and the MLS delivery service's KeyPackages and groups (`delivery`, on
+//! [`SqliteStore`] itself), the first two behind traits so a Redis backend can stand beside the
+//! embedded SQLite one.
 //!
 //! SQLite runs in WAL mode with `synchronous = NORMAL`: a commit survives a process crash, and a
 //! power cut loses at most the last transactions since the last checkpoint. Each call is one short
@@ -13,6 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lattice_protocol::{ClientId, MessageId};
 use rusqlite::{params, Connection, OptionalExtension};
+
+mod delivery;
+pub use delivery::{CommitOp, CommitOutcome, FetchedKeyPackage, GroupError, Stock, UploadError};
 
 /// A storage failure. The server answers `INTERNAL_ERROR` and keeps the connection.
 #[derive(Debug, thiserror::Error)]
@@ -663,6 +668,7 @@ impl SqliteStore {
             }
         }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(delivery::SCHEMA)?;
         if version < 3 {
             // Rows from before version 3 (including those just migrated from version 0): a
             // frame is never empty, so 0 means "not filled in yet".
@@ -779,6 +785,7 @@ impl Directory for SqliteStore {
                     continue;
                 }
                 deleted += del.execute([id.as_str()])?;
+                delivery::forget_id(&tx, &id)?;
             }
         }
         tx.commit()?;

@@ -3,7 +3,7 @@
 //! `details` sentence of the `error` frame, so it says what was wrong and names the values.
 
 use lattice_protocol::limits::KEM_PUBLIC_KEY_LEN;
-use lattice_protocol::{ClientId, DecodeError, ErrorType, QuestionId};
+use lattice_protocol::{ClientId, DecodeError, ErrorType, GroupId, MessageId, QuestionId};
 
 use crate::store::Limit;
 
@@ -87,6 +87,82 @@ pub(crate) enum HandlerError {
     /// Too many demo conversations open.
     #[error("{0}")]
     DemoRefused(String),
+    /// The delivery service's tables could not be read or written.
+    #[error("The server could not read or write its storage; try again")]
+    StorageUnavailable,
+    /// An MLS delivery-service frame from an unverified registration.
+    #[error("{0} needs a verified registration (an identity-bound id)")]
+    VerificationRequired(&'static str),
+    /// A base64 field of an MLS frame does not decode, or is empty.
+    #[error("{0} is not valid non-empty base64")]
+    NotBase64(&'static str),
+    /// A KeyPackage upload with too many KeyPackages or one too large.
+    #[error("{0}")]
+    KeyPackageRefused(String),
+    /// The upload would take the stock past its quota.
+    #[error("Your KeyPackage stock holds {stock}; {adding} more would exceed the {max} allowed")]
+    KeyPackageStockFull {
+        /// Stored now.
+        stock: u32,
+        /// In the upload.
+        adding: usize,
+        /// The quota.
+        max: usize,
+    },
+    /// No KeyPackage for the id.
+    #[error("{0} has no KeyPackage on this server")]
+    NoKeyPackage(ClientId),
+    /// A group frame whose member list is too long.
+    #[error("A group has at most {max} members (the Commit lists {got})")]
+    GroupTooLarge {
+        /// Members listed.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An added member is in as many groups as allowed.
+    #[error("{member} is already in {max} groups, the most one id may")]
+    TooManyGroups {
+        /// The member.
+        member: ClientId,
+        /// The limit.
+        max: u32,
+    },
+    /// The sender is not a member of the group (or it does not exist).
+    #[error("You are not a member of group {0}")]
+    NotAMember(GroupId),
+    /// A Commit for an epoch the group left behind.
+    #[error("Group {group} is at epoch {current}; the Commit was made in epoch {got}: process the Commit that won, then retry")]
+    StaleEpoch {
+        /// The group.
+        group: GroupId,
+        /// The Commit's epoch.
+        got: u64,
+        /// The group's epoch.
+        current: u64,
+    },
+    /// A Commit for an epoch the group has not reached.
+    #[error("Group {group} is at epoch {current}; the Commit was made in epoch {got}, which it has not reached")]
+    FutureEpoch {
+        /// The group.
+        group: GroupId,
+        /// The Commit's epoch.
+        got: u64,
+        /// The group's epoch.
+        current: u64,
+    },
+    /// An MLS field whose clear framing does not fit the frame (another group, a Commit outside
+    /// `group_commit`, another epoch, not MLS at all).
+    #[error("{0}")]
+    MlsFraming(String),
+    /// A Commit whose Welcome does not match its member list.
+    #[error("{0}")]
+    WelcomeMismatch(&'static str),
+    /// A Commit's message id names another message still waiting for a member.
+    #[error(
+        "messageId {0} is already used by another message waiting for a member; use a fresh id"
+    )]
+    MessageIdReused(MessageId),
 }
 
 fn mailbox_full(target: &ClientId, limit: Limit, bound: u64) -> String {
@@ -129,6 +205,28 @@ impl HandlerError {
             Self::PeerNotFound(_) => ErrorType::PeerNotFound,
             Self::RecipientBusy(_) | Self::MailboxFull { .. } => ErrorType::MailboxFull,
             Self::UnknownQuestion(_) => ErrorType::UnknownQuestion,
+            Self::VerificationRequired(_) => ErrorType::VerificationRequired,
+            Self::StorageUnavailable => ErrorType::InternalError,
+            Self::NotBase64(_)
+            | Self::MlsFraming(_)
+            | Self::WelcomeMismatch(_)
+            | Self::MessageIdReused(_)
+            | Self::KeyPackageRefused(_) => ErrorType::InvalidMessage,
+            Self::KeyPackageStockFull { .. }
+            | Self::GroupTooLarge { .. }
+            | Self::TooManyGroups { .. } => ErrorType::QuotaExceeded,
+            Self::NoKeyPackage(_) => ErrorType::NoKeyPackage,
+            Self::NotAMember(_) => ErrorType::NotAMember,
+            Self::StaleEpoch { .. } => ErrorType::StaleEpoch,
+            Self::FutureEpoch { .. } => ErrorType::FutureEpoch,
+        }
+    }
+
+    /// The group's epoch, for the `error` frame's `currentEpoch` (epoch refusals only).
+    pub(crate) fn current_epoch(&self) -> Option<u64> {
+        match self {
+            Self::StaleEpoch { current, .. } | Self::FutureEpoch { current, .. } => Some(*current),
+            _ => None,
         }
     }
 
@@ -185,6 +283,7 @@ mod tests {
     #[test]
     fn each_refusal_maps_to_its_wire_code() {
         let id = |s: &str| ClientId::new(s).unwrap_or_else(|e| panic!("{e}"));
+        let gid = GroupId::new("0a1b").unwrap_or_else(|e| panic!("{e}"));
         let cases: Vec<(HandlerError, &str, &str)> = vec![
             (HandlerError::Binary, "INVALID_MESSAGE", "Binary frames"),
             (
@@ -256,6 +355,44 @@ mod tests {
                 "INVALID_MESSAGE",
                 "pick one",
             ),
+            (
+                HandlerError::VerificationRequired("key_package_upload"),
+                "VERIFICATION_REQUIRED",
+                "key_package_upload needs a verified registration",
+            ),
+            (
+                HandlerError::NoKeyPackage(id("bob")),
+                "NO_KEY_PACKAGE",
+                "bob has no KeyPackage",
+            ),
+            (
+                HandlerError::NotAMember(gid.clone()),
+                "NOT_A_MEMBER",
+                "not a member of group 0a1b",
+            ),
+            (
+                HandlerError::StaleEpoch {
+                    group: gid.clone(),
+                    got: 3,
+                    current: 4,
+                },
+                "STALE_EPOCH",
+                "is at epoch 4; the Commit was made in epoch 3",
+            ),
+            (
+                HandlerError::FutureEpoch {
+                    group: gid.clone(),
+                    got: 9,
+                    current: 4,
+                },
+                "FUTURE_EPOCH",
+                "made in epoch 9",
+            ),
+            (
+                HandlerError::GroupTooLarge { got: 129, max: 128 },
+                "QUOTA_EXCEEDED",
+                "at most 128 members",
+            ),
         ];
         for (e, code, text) in cases {
             assert_eq!(e.error_type().as_str(), code, "{e:?}");
@@ -263,6 +400,15 @@ mod tests {
             assert_eq!(
                 e.is_invalid_frame(),
                 matches!(e, HandlerError::Binary),
+                "{e:?}"
+            );
+            assert_eq!(
+                e.current_epoch(),
+                matches!(
+                    e,
+                    HandlerError::StaleEpoch { .. } | HandlerError::FutureEpoch { .. }
+                )
+                .then_some(4),
                 "{e:?}"
             );
         }

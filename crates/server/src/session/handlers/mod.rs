@@ -13,8 +13,13 @@
 //! - [`keys`]: the `request_public_key` frame.
 //! - [`relay`]: `message`, `ack` and the batch's group commit (the delivery contract).
 //! - [`questions`]: `peer_response` and `debug_question`.
+//! - [`key_packages`]: `key_package_upload` and `key_package_fetch`, the MLS KeyPackage directory.
+//! - [`groups`]: `group_commit` and `group_message`, the MLS delivery service's epoch check and
+//!   fan-out.
 
 mod discover;
+mod groups;
+mod key_packages;
 mod keys;
 mod questions;
 mod register;
@@ -192,6 +197,14 @@ impl Core {
                         self.on_ack(&peer, a);
                         Ok(None)
                     }
+                    ClientFrame::KeyPackageUpload(u) => {
+                        self.on_key_package_upload(&peer, u).map(Some)
+                    }
+                    ClientFrame::KeyPackageFetch(f) => {
+                        self.on_key_package_fetch(&peer, f).map(Some)
+                    }
+                    ClientFrame::GroupCommit(c) => self.on_group_commit(&peer, c).map(Some),
+                    ClientFrame::GroupMessage(m) => self.on_group_message(&peer, m).map(Some),
                     ClientFrame::Challenge(_) | ClientFrame::Register(_) => Ok(None),
                 },
             },
@@ -217,12 +230,15 @@ impl Core {
     fn refuse(&mut self, e: HandlerError, rid: Option<RequestId>) -> Option<Close> {
         Metrics::inc(&self.state.metrics.errors_sent);
         let invalid = e.is_invalid_frame();
-        let body = ServerFrame::error(
+        let mut body = ServerFrame::error(
             e.error_type(),
             e.to_string(),
             std::time::SystemTime::now(),
             rid.clone(),
         );
+        if let ServerFrame::Error(p) = &mut body {
+            p.current_epoch = e.current_epoch();
+        }
         self.reply(body, rid);
         if invalid {
             self.count_invalid()
