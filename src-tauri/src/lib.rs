@@ -88,6 +88,12 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
     builder
         .plugin(tauri_plugin_store::Builder::new().build())
         .plugin(tauri_plugin_notification::init())
+        // Links are opened by `open_link` only, after the page asked: no click handler of its own.
+        .plugin(
+            tauri_plugin_opener::Builder::new()
+                .open_js_links_on_click(false)
+                .build(),
+        )
         .invoke_handler(tauri::generate_handler![
             commands::bootstrap,
             commands::complete_setup,
@@ -101,6 +107,10 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::set_verified,
             commands::reconnect,
             commands::demo_question,
+            commands::search_messages,
+            commands::load_draft,
+            commands::save_draft,
+            commands::open_link,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

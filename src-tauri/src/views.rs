@@ -6,6 +6,7 @@ use lattice_protocol::ClientId;
 use serde::Serialize;
 
 use crate::contract::{ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind};
+use crate::storage::search::{SearchHit, SnippetPart};
 use crate::storage::settings::Settings;
 use crate::storage::{MessageRecord, PeerRecord};
 
@@ -224,6 +225,47 @@ impl Notice {
             message: message.into(),
         }
     }
+}
+
+/// One message found by a search.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchHitView {
+    /// The message id.
+    pub id: String,
+    /// Position in history: the message to jump to.
+    pub seq: i64,
+    /// The conversation.
+    pub peer_id: ClientId,
+    /// Ours or theirs.
+    pub outgoing: bool,
+    /// Unix ms.
+    pub at: i64,
+    /// The words around the matches; parts with `hit` are the matches. Text, never markup.
+    pub snippet: Vec<SnippetPart>,
+}
+
+impl From<SearchHit> for SearchHitView {
+    fn from(h: SearchHit) -> Self {
+        Self {
+            id: h.message_id,
+            seq: h.seq,
+            peer_id: h.peer_id,
+            outgoing: h.outgoing,
+            at: h.at,
+            snippet: h.snippet,
+        }
+    }
+}
+
+/// The answer to a search, newest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResults {
+    /// The matches.
+    pub hits: Vec<SearchHitView>,
+    /// Whether more messages match than were returned.
+    pub has_more: bool,
 }
 
 #[cfg(test)]
