@@ -79,7 +79,7 @@ async fn js(client: &fantoccini::Client, script: &str) -> Value {
 async fn search_drafts_shortcuts_links_and_accessibility() {
     let mut shots = Shots {
         dir: screenshot_dir(),
-        n: 70,
+        n: 90,
     };
     std::fs::create_dir_all(&shots.dir).unwrap();
     let server = lattice_server::spawn(lattice_server::Config::for_tests())
