@@ -32,6 +32,8 @@ pub const MAX_QUERY_TERMS: usize = 16;
 pub const MAX_RESULTS: u32 = 100;
 /// Words around a match in a snippet.
 const SNIPPET_TOKENS: i64 = 14;
+/// Longest snippet text, in characters: a "word" can be a whole 64 KiB message without spaces.
+pub const MAX_SNIPPET_CHARS: usize = 300;
 /// Marks the start and end of a match inside a snippet (private-use code points, turned into
 /// [`SnippetPart`]s here and never shown).
 const HIT_START: char = '\u{E000}';
@@ -176,8 +178,9 @@ pub struct SearchHit {
     pub snippet: Vec<SnippetPart>,
 }
 
-/// Splits a snippet with [`HIT_START`]/[`HIT_END`] marks into parts. A mark character that came
-/// from the message itself only changes what is highlighted, never what is shown as text.
+/// Splits a snippet with [`HIT_START`]/[`HIT_END`] marks into parts, at most
+/// [`MAX_SNIPPET_CHARS`] of text (then `…`). A mark character that came from the message itself
+/// only changes what is highlighted, never what is shown as text.
 fn split_snippet(marked: &str) -> Vec<SnippetPart> {
     let mut parts: Vec<SnippetPart> = Vec::new();
     let mut text = String::new();
@@ -190,7 +193,12 @@ fn split_snippet(marked: &str) -> Vec<SnippetPart> {
             });
         }
     };
+    let mut kept = 0;
     for c in marked.chars() {
+        if kept == MAX_SNIPPET_CHARS && c != HIT_START && c != HIT_END {
+            text.push('…');
+            break;
+        }
         match c {
             HIT_START => {
                 flush(&mut text, hit, &mut parts);
@@ -200,7 +208,10 @@ fn split_snippet(marked: &str) -> Vec<SnippetPart> {
                 flush(&mut text, hit, &mut parts);
                 hit = false;
             }
-            c => text.push(c),
+            c => {
+                text.push(c);
+                kept += 1;
+            }
         }
     }
     flush(&mut text, hit, &mut parts);
@@ -332,6 +343,19 @@ mod tests {
             .map(|p| p.text.as_str())
             .collect();
         assert_eq!(marked, ["noon"]);
+    }
+
+    #[test]
+    fn snippets_of_huge_words_are_bounded() {
+        let db = Db::open_in_memory().unwrap();
+        let body = format!("needle{}", "x".repeat(60_000));
+        db.insert_incoming("a", &c("bob"), &body, 1, true, true)
+            .unwrap();
+        let (hits, _) = db.search(&q("needle"), None, 10).unwrap();
+        let text: String = hits[0].snippet.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(text.chars().count(), MAX_SNIPPET_CHARS + 1);
+        assert!(text.ends_with('…'));
+        assert!(hits[0].snippet[0].hit, "the match is kept");
     }
 
     #[test]
