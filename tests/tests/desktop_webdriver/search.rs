@@ -310,6 +310,35 @@ async fn search_drafts_shortcuts_links_and_accessibility() {
     )
     .await;
 
+    // Ctrl+, opens the settings; Escape closes them; Ctrl+Shift+M comes back to the composer.
+    press(&client, "#composer-input", "\u{E009},").await;
+    until_js(
+        &client,
+        "the settings",
+        "return document.getElementById('settings-dialog').open;",
+    )
+    .await;
+    client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E00C}")
+        .await
+        .unwrap();
+    until_js(
+        &client,
+        "the settings to close",
+        "return !document.getElementById('settings-dialog').open;",
+    )
+    .await;
+    press(&client, "#conv-search", "\u{E009}\u{E008}m").await;
+    until_js(
+        &client,
+        "the composer focused by Ctrl+Shift+M",
+        "return document.activeElement === document.getElementById('composer-input');",
+    )
+    .await;
+
     // A message from bob is announced in the live region.
     bob.send_message(
         &lattice_protocol::ClientId::new("alice").unwrap(),
