@@ -1,7 +1,10 @@
 //! Full-text search over the local history, with SQLite FTS5.
 //!
-//! `messages_fts` is an *external-content* FTS5 table over `messages.body` (`content_rowid` is
-//! `seq`): it stores only the index, the text stays in `messages`. Three triggers keep it in
+//! `messages_fts` is an *external-content* FTS5 table over `messages.body` and `peer_id`
+//! (`content_rowid` is `seq`): it stores only the index, the text stays in `messages`. The
+//! conversation is indexed too so that a search in one conversation intersects two lists inside
+//! the index instead of looking up every match of a common word in the table (100,000 matches
+//! elsewhere took 80 ms that way); the words are always matched in `body` only. Three triggers keep it in
 //! step with every insert, delete and change of a body, whoever writes the row; a database made
 //! before schema version 5 gets the table, the triggers and a one-time `rebuild` of the index
 //! from its existing rows ([`migrate`]).
@@ -43,19 +46,22 @@ const HIT_END: char = '\u{E001}';
 const FTS_SCHEMA: &str = "
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body,
+    peer_id,
     content = 'messages',
     content_rowid = 'seq',
     tokenize = 'unicode61 remove_diacritics 2'
 );
 CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts(rowid, body) VALUES (new.seq, new.body);
+    INSERT INTO messages_fts(rowid, body, peer_id) VALUES (new.seq, new.body, new.peer_id);
 END;
 CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+    INSERT INTO messages_fts(messages_fts, rowid, body, peer_id)
+        VALUES ('delete', old.seq, old.body, old.peer_id);
 END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
-    INSERT INTO messages_fts(rowid, body) VALUES (new.seq, new.body);
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body, peer_id ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, body, peer_id)
+        VALUES ('delete', old.seq, old.body, old.peer_id);
+    INSERT INTO messages_fts(rowid, body, peer_id) VALUES (new.seq, new.body, new.peer_id);
 END;
 ";
 
@@ -231,6 +237,17 @@ impl Db {
         limit: u32,
     ) -> Result<(Vec<SearchHit>, bool), StorageError> {
         let limit = limit.clamp(1, MAX_RESULTS);
+        // The words in `body` only; the conversation, when given, also through the index (its id
+        // as a phrase of its tokens), and always exactly by the SQL condition.
+        let mut fts = format!("{{body}} : ({})", query.as_fts());
+        if let Some(peer) = peer {
+            if peer.as_str().chars().any(char::is_alphanumeric) {
+                fts.push_str(&format!(
+                    " AND {{peer_id}} : \"{}\"",
+                    peer.as_str().replace('"', "\"\"")
+                ));
+            }
+        }
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT m.seq, m.message_id, m.peer_id, m.outgoing, m.at,
@@ -241,7 +258,7 @@ impl Db {
         )?;
         let rows = stmt.query_map(
             params![
-                query.as_fts(),
+                fts,
                 peer.map(ClientId::as_str),
                 limit + 1,
                 HIT_START.to_string(),
@@ -320,6 +337,38 @@ mod tests {
         assert_eq!(db.search(&q("cafe"), None, 10).unwrap().0.len(), 1);
         assert_eq!(db.search(&q("quick fox"), None, 10).unwrap().0.len(), 1);
         assert!(db.search(&q("quick zebra"), None, 10).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn words_match_the_text_only_and_a_conversation_is_matched_exactly() {
+        let db = Db::open_in_memory().unwrap();
+        db.insert_incoming("a", &c("bob"), "hello there", 1, true, true)
+            .unwrap();
+        db.insert_incoming(
+            "b",
+            &c("bob.smith"),
+            "hello from the other bob",
+            2,
+            true,
+            true,
+        )
+        .unwrap();
+        db.insert_incoming("c", &c("..."), "hello dots", 3, true, true)
+            .unwrap();
+        // "bob" is a conversation, not a word of the first message.
+        let (hits, _) = db.search(&q("bob"), None, 10).unwrap();
+        let ids: Vec<&str> = hits.iter().map(|h| h.message_id.as_str()).collect();
+        assert_eq!(ids, ["b"]);
+        // bob.smith's id shares bob's token: only the exact conversation is returned.
+        let (hits, _) = db.search(&q("hello"), Some(&c("bob")), 10).unwrap();
+        let ids: Vec<&str> = hits.iter().map(|h| h.message_id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        let (hits, _) = db.search(&q("hello"), Some(&c("bob.smith")), 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        // An id without letters or digits has no tokens: found by the SQL condition alone.
+        let (hits, _) = db.search(&q("hello"), Some(&c("...")), 10).unwrap();
+        let ids: Vec<&str> = hits.iter().map(|h| h.message_id.as_str()).collect();
+        assert_eq!(ids, ["c"]);
     }
 
     #[test]
@@ -534,6 +583,11 @@ mod tests {
         for (label, text, peer) in [
             ("common word, all conversations", "quick", None),
             ("common word, one conversation", "quick", Some("peer7")),
+            (
+                "common word, a conversation without it",
+                "quick",
+                Some("nobody"),
+            ),
             ("rare word, all conversations", "rareword", None),
             ("prefix, all conversations", "nov", None),
             ("two words, one conversation", "alpha zulu", Some("peer3")),
