@@ -385,6 +385,23 @@ async fn search_drafts_shortcuts_links_and_accessibility() {
         "Tab reaches the peer list: {seen:?}"
     );
 
+    // The contact list by keyboard: Up moves from carol to bob (his message is the newest now),
+    // Enter opens him, ready to write.
+    press(
+        &client,
+        "li.peer[data-peer-id=\"carol\"]",
+        "\u{E013}\u{E007}",
+    )
+    .await;
+    until_js(
+        &client,
+        "bob opened from the keyboard",
+        "return document.getElementById('conv-name').firstChild?.textContent === 'bob' \
+         && document.activeElement === document.getElementById('composer-input');",
+    )
+    .await;
+    shots.take(&client, "contact-list-by-keyboard").await;
+
     // Restart: dave's draft is still there.
     client.close().await.expect("close");
     guard.disarm();
