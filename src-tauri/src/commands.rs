@@ -21,7 +21,7 @@ const DEFAULT_PAGE: u32 = 50;
 /// Search results per call when the page does not say.
 const DEFAULT_SEARCH_RESULTS: u32 = 50;
 /// Longest link the page may ask to open, in bytes.
-const MAX_LINK_BYTES: usize = 2048;
+pub const MAX_LINK_BYTES: usize = 2048;
 
 type Shared<'a> = State<'a, Arc<Messenger>>;
 

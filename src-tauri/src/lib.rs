@@ -7,7 +7,8 @@
 //!
 //! ## Module map
 //! - [`commands`]: the `#[tauri::command]`s the page may call (and nothing else is allowed:
-//!   see `capabilities/default.json`).
+//!   see `capabilities/default.json`; `open_link` hands web links to tauri-plugin-opener, whose
+//!   own commands the page is not granted).
 //! - [`error`]: [`CommandError`], serialized as `{kind, code?, message}`, converted from the
 //!   services' own errors at the IPC boundary.
 //! - `messenger`: [`Messenger`], the app's services without Tauri; applies what the session
@@ -23,7 +24,7 @@
 //! - `hosting`: the embedded `lattice-server`.
 //! - `bridge`: the [`Ui`] of the real app: Tauri events, tray, notifications.
 //! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
-//!   identity file.
+//!   full-text search index and drafts, the identity file.
 //! - `tray`, `notify`: the tray menu (unread count) and desktop notifications.
 //! - [`views`]: the camelCase shapes that cross to the page.
 //! - `options`: `--data-dir`, `--minimized`.

@@ -7,7 +7,7 @@
 //! elsewhere took 80 ms that way); the words are always matched in `body` only. Three triggers keep it in
 //! step with every insert, delete and change of a body, whoever writes the row; a database made
 //! before schema version 5 gets the table, the triggers and a one-time `rebuild` of the index
-//! from its existing rows ([`migrate`]).
+//! from its existing rows (`migrate`).
 //!
 //! What a person types is never handed to FTS5 as query syntax: [`SearchQuery::parse`] keeps the
 //! words (at most [`MAX_QUERY_TERMS`], the text at most [`MAX_QUERY_CHARS`]) and quotes each as
