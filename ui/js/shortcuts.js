@@ -10,7 +10,8 @@ export const SHORTCUTS = Object.freeze([
   { id: "previousConversation", keys: "Alt+ArrowUp", label: "Previous conversation" },
   { id: "nextConversation", keys: "Alt+ArrowDown", label: "Next conversation" },
   { id: "focusComposer", keys: "Ctrl+Shift+M", label: "Write a message (focus the composer)" },
-  { id: "markRead", keys: "Ctrl+Shift+U", label: "Mark this conversation read" },
+  // Not Ctrl+Shift+U: on Linux the input method takes it for typing a Unicode code point.
+  { id: "markRead", keys: "Ctrl+Shift+R", label: "Mark this conversation read" },
   { id: "settings", keys: "Ctrl+,", label: "Open settings" },
   { id: "help", keys: "Ctrl+/", label: "Show keyboard shortcuts" },
   { id: "send", keys: "Enter", label: "Send the message (in the composer)", native: true },
@@ -61,7 +62,8 @@ export function initShortcuts(actions, dialogOpen) {
     const hit = PARSED.find((m) => matches(m.match, e));
     if (!hit) return;
     if (dialogOpen() && hit.id !== "help") return;
-    e.preventDefault();
-    actions[hit.id]();
+    // An action that does not apply here (false: e.g. search on the first-run screen) leaves the
+    // key to the page.
+    if (actions[hit.id]() !== false) e.preventDefault();
   });
 }

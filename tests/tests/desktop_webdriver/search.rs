@@ -331,6 +331,15 @@ async fn search_drafts_shortcuts_links_and_accessibility() {
         "return !document.getElementById('settings-dialog').open;",
     )
     .await;
+    // Ctrl+Shift+R marks the conversation read and is not taken by the webview (no reload).
+    js(&client, "window.__stillHere = true; return true;").await;
+    press(&client, "#composer-input", "\u{E009}\u{E008}r").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        js(&client, "return window.__stillHere === true;").await,
+        Value::Bool(true),
+        "Ctrl+Shift+R must not reload the page"
+    );
     press(&client, "#conv-search", "\u{E009}\u{E008}m").await;
     until_js(
         &client,
