@@ -10,7 +10,6 @@ use tauri::{AppHandle, Runtime, State};
 
 use crate::clock;
 use crate::error::CommandError;
-use crate::messenger::MAX_MESSAGE_BYTES;
 use crate::messenger::{validate_client_id, validate_fingerprint, validate_server_url, Messenger};
 use crate::storage::search::SearchQuery;
 use crate::storage::settings::{self, ServerMode, SettingsPatch};
@@ -208,22 +207,15 @@ pub async fn load_draft(
     Ok(messenger.db().draft(&validate_client_id(&peer_id)?)?)
 }
 
-/// Keeps `text` as the unsent text of the conversation with `peerId` (empty removes it).
+/// Keeps `text` as the unsent text of the conversation with `peerId` (empty removes it); the
+/// peer list shows it.
 #[tauri::command]
 pub async fn save_draft(
     messenger: Shared<'_>,
     peer_id: String,
     text: String,
 ) -> Result<(), CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    if text.len() > MAX_MESSAGE_BYTES {
-        return Err(CommandError::InvalidInput(format!(
-            "That draft is too long to keep ({} KiB); the limit is {} KiB.",
-            text.len() / 1024,
-            MAX_MESSAGE_BYTES / 1024
-        )));
-    }
-    Ok(messenger.db().set_draft(&peer, &text, clock::now_ms())?)
+    Ok(messenger.save_draft(&validate_client_id(&peer_id)?, &text)?)
 }
 
 /// Opens a web link from a message in the system browser (the page asked the person first).

@@ -68,6 +68,8 @@ pub struct PeerView {
     pub last_at: Option<i64>,
     /// Whether the latest message is ours.
     pub last_outgoing: bool,
+    /// The first line of the unsent draft, if any (shown instead of the latest message).
+    pub draft: Option<String>,
 }
 
 impl PeerView {
@@ -86,6 +88,7 @@ impl PeerView {
             last_message: r.last_body.map(|b| preview(&b)),
             last_at: r.last_at,
             last_outgoing: r.last_outgoing,
+            draft: r.draft.as_deref().map(preview),
         }
     }
 }
@@ -100,7 +103,8 @@ pub fn fingerprint_of(key: &[u8]) -> Option<String> {
 /// Longest preview of a message in the peer list, in characters.
 const PREVIEW_CHARS: usize = 80;
 
-fn preview(body: &str) -> String {
+/// The first line of `body`, at most [`PREVIEW_CHARS`] characters, `…` when cut.
+pub(crate) fn preview(body: &str) -> String {
     let line = body.lines().next().unwrap_or("");
     let mut out: String = line.chars().take(PREVIEW_CHARS).collect();
     if line.chars().count() > PREVIEW_CHARS || body.lines().nth(1).is_some() {

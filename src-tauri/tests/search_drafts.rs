@@ -87,6 +87,7 @@ fn bad_searches_get_readable_errors_and_query_syntax_is_just_text() {
 #[test]
 fn drafts_are_kept_per_conversation_across_restarts() {
     let app = TestApp::set_up("alice", support::UNREACHABLE);
+    send(&app, "bob", "a first message makes bob a contact");
     app.invoke("save_draft", json!({"peerId": "bob", "text": "half a tho"}))
         .unwrap();
     app.invoke(
@@ -101,6 +102,16 @@ fn drafts_are_kept_per_conversation_across_restarts() {
         )
         .unwrap_err();
     assert_eq!(err["kind"], json!("invalidInput"));
+
+    let boot = app.invoke("bootstrap", json!({})).unwrap();
+    let bob = boot["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == json!("bob"))
+        .cloned()
+        .expect("bob in the peer list");
+    assert_eq!(bob["draft"], json!("half a tho"));
 
     let again = TestApp::in_dir(app.into_dir());
     assert_eq!(

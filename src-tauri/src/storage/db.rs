@@ -141,6 +141,8 @@ pub struct PeerRecord {
     pub last_outgoing: bool,
     /// Some incoming message from this peer was not signed (an original, `ml-kem-aes` client).
     pub sent_unsigned: bool,
+    /// The text typed into this conversation and not sent yet ([`super::drafts`]).
+    pub draft: Option<String>,
 }
 
 /// One entry of the outbox.
@@ -313,9 +315,11 @@ impl Db {
             "SELECT c.peer_id, c.unread, c.user_verified, c.authenticated,
                     k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing,
                     EXISTS(SELECT 1 FROM messages u WHERE u.peer_id = c.peer_id
-                           AND u.outgoing = 0 AND u.authenticated = 0)
+                           AND u.outgoing = 0 AND u.authenticated = 0),
+                    d.body
              FROM contacts c
              LEFT JOIN pinned_keys k ON k.peer_id = c.peer_id
+             LEFT JOIN drafts d ON d.peer_id = c.peer_id
              LEFT JOIN messages m ON m.seq =
                  (SELECT MAX(seq) FROM messages WHERE peer_id = c.peer_id)
              ORDER BY m.seq IS NULL, m.seq DESC, c.peer_id",
@@ -332,6 +336,7 @@ impl Db {
                 last_at: r.get(7)?,
                 last_outgoing: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
                 sent_unsigned: r.get(9)?,
+                draft: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

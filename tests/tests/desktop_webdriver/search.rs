@@ -276,10 +276,13 @@ async fn search_drafts_shortcuts_links_and_accessibility() {
     open_conversation(&client, "carol").await;
     until_js(
         &client,
-        "carol's empty composer",
-        "return document.getElementById('composer-input').value === '';",
+        "carol's empty composer, dave's draft in the list",
+        "return document.getElementById('composer-input').value === '' \
+         && document.querySelector('li.peer[data-peer-id=\"dave\"] .peer-preview').textContent \
+              === 'Draft: an unsent thought about the weekend';",
     )
     .await;
+    shots.take(&client, "draft-in-the-list").await;
     // Alt+Down: the next conversation in the list (carol's message is the newest, dave's next).
     press(&client, "#composer-input", "\u{E00A}\u{E015}").await;
     let back = format!(

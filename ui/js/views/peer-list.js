@@ -22,10 +22,13 @@ function row(peer) {
     peer.verified ? h("span", { class: "badge-verified", title: "Verified: you compared safety numbers" }, icon("shield")) : null,
     peer.lastAt ? h("span", { class: "peer-time", text: formatShort(peer.lastAt) }) : null);
 
-  // The last message in a <bdi>, so its bidi overrides cannot reorder the tags beside it.
-  const preview = peer.lastMessage
-    ? [peer.lastOutgoing ? "You: " : "", h("bdi", {}, peer.lastMessage)]
-    : [peer.online ? "Online" : "Offline"];
+  // The last message (or the unsent draft) in a <bdi>, so its bidi overrides cannot reorder the
+  // tags beside it.
+  const preview = peer.draft
+    ? [h("span", { class: "draft-tag" }, "Draft: "), h("bdi", {}, peer.draft)]
+    : peer.lastMessage
+      ? [peer.lastOutgoing ? "You: " : "", h("bdi", {}, peer.lastMessage)]
+      : [peer.online ? "Online" : "Offline"];
 
   const bottom = h("div", { class: "peer-bottom" },
     h("span", { class: `peer-preview${!peer.lastMessage && !peer.online ? " offline" : ""}` }, preview),
