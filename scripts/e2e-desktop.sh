@@ -22,7 +22,8 @@ rm -f "$SHOTS"/*.png "$SHOTS"/app.log
 
 if ! command -v Xvfb >/dev/null || ! command -v WebKitWebDriver >/dev/null \
    || ! command -v dbus-daemon >/dev/null \
-   || ! { command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ]; }; then
+   || ! { command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ]; } \
+   || [ ! -f node_modules/axe-core/axe.min.js ]; then
   bash scripts/install-desktop-deps.sh
 fi
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

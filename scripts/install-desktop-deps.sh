@@ -60,12 +60,14 @@ else
   echo "install-desktop-deps: tauri-driver present"
 fi
 
-# @tauri-apps/cli@2 for `make bundle` (.deb/.rpm), pinned in the root package-lock.json.
+# @tauri-apps/cli@2 for `make bundle` (.deb/.rpm) and axe-core for the WebDriver suite's
+# accessibility checks, pinned in the root package-lock.json.
 if [ -f package.json ]; then
-  if [ ! -x node_modules/.bin/tauri ]; then
-    echo "install-desktop-deps: npm ci (@tauri-apps/cli)"
+  if [ ! -x node_modules/.bin/tauri ] || [ ! -f node_modules/axe-core/axe.min.js ] \
+     || [ package-lock.json -nt node_modules ]; then
+    echo "install-desktop-deps: npm ci (@tauri-apps/cli, axe-core)"
     if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
   else
-    echo "install-desktop-deps: @tauri-apps/cli present"
+    echo "install-desktop-deps: @tauri-apps/cli and axe-core present"
   fi
 fi

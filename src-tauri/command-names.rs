@@ -14,4 +14,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "set_verified",
     "reconnect",
     "demo_question",
+    "search_messages",
+    "load_draft",
+    "save_draft",
+    "open_link",
 ];

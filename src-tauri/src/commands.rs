@@ -11,11 +11,16 @@ use tauri::{AppHandle, Runtime, State};
 use crate::clock;
 use crate::error::CommandError;
 use crate::messenger::{validate_client_id, validate_fingerprint, validate_server_url, Messenger};
+use crate::storage::search::SearchQuery;
 use crate::storage::settings::{self, ServerMode, SettingsPatch};
-use crate::views::{Bootstrap, MessagePage, MessageView};
+use crate::views::{Bootstrap, MessagePage, MessageView, SearchHitView, SearchResults};
 
 /// Messages per page when the page does not say.
 const DEFAULT_PAGE: u32 = 50;
+/// Search results per call when the page does not say.
+const DEFAULT_SEARCH_RESULTS: u32 = 50;
+/// Longest link the page may ask to open, in bytes.
+pub const MAX_LINK_BYTES: usize = 2048;
 
 type Shared<'a> = State<'a, Arc<Messenger>>;
 
@@ -169,4 +174,89 @@ pub async fn reconnect(messenger: Shared<'_>) -> Result<(), CommandError> {
 #[tauri::command]
 pub async fn demo_question(messenger: Shared<'_>) -> Result<(), CommandError> {
     Ok(messenger.demo_question().await?)
+}
+
+/// Searches the local history: the conversation with `peerId`, or all of them. Newest first;
+/// what the person typed is searched as words, never as query syntax.
+#[tauri::command]
+pub async fn search_messages(
+    messenger: Shared<'_>,
+    query: String,
+    peer_id: Option<String>,
+    limit: Option<u32>,
+) -> Result<SearchResults, CommandError> {
+    let peer = peer_id.as_deref().map(validate_client_id).transpose()?;
+    let query = SearchQuery::parse(&query)?;
+    let (hits, has_more) = messenger.db().search(
+        &query,
+        peer.as_ref(),
+        limit.unwrap_or(DEFAULT_SEARCH_RESULTS),
+    )?;
+    Ok(SearchResults {
+        hits: hits.into_iter().map(SearchHitView::from).collect(),
+        has_more,
+    })
+}
+
+/// The unsent text of the conversation with `peerId`, if any.
+#[tauri::command]
+pub async fn load_draft(
+    messenger: Shared<'_>,
+    peer_id: String,
+) -> Result<Option<String>, CommandError> {
+    Ok(messenger.db().draft(&validate_client_id(&peer_id)?)?)
+}
+
+/// Keeps `text` as the unsent text of the conversation with `peerId` (empty removes it); the
+/// peer list shows it.
+#[tauri::command]
+pub async fn save_draft(
+    messenger: Shared<'_>,
+    peer_id: String,
+    text: String,
+) -> Result<(), CommandError> {
+    Ok(messenger.save_draft(&validate_client_id(&peer_id)?, &text)?)
+}
+
+/// Opens a web link from a message in the system browser (the page asked the person first).
+/// Only `http` and `https` links are opened: never a file, a program or another scheme.
+#[tauri::command]
+pub async fn open_link<R: Runtime>(app: AppHandle<R>, url: String) -> Result<(), CommandError> {
+    let url = validate_link(&url)?;
+    use tauri_plugin_opener::OpenerExt as _;
+    app.opener()
+        .open_url(url, None::<&str>)
+        .map_err(|e| CommandError::Internal(format!("Could not open the link: {e}")))
+}
+
+/// A link the app may hand to the browser: `http(s)://` with a host, no spaces or control
+/// characters, at most [`MAX_LINK_BYTES`].
+///
+/// # Errors
+/// [`CommandError::InvalidInput`] saying why not.
+pub fn validate_link(url: &str) -> Result<String, CommandError> {
+    let refuse = |why: &str| {
+        Err(CommandError::InvalidInput(format!(
+            "Lattice does not open that link: {why}."
+        )))
+    };
+    if url.len() > MAX_LINK_BYTES {
+        return refuse("it is too long");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("it contains spaces or control characters");
+    }
+    let lower = url.to_ascii_lowercase();
+    let rest = match lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    {
+        Some(rest) => rest,
+        None => return refuse("only web links (http and https) are opened"),
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with('@') || host.starts_with(':') {
+        return refuse("it has no host");
+    }
+    Ok(url.to_owned())
 }

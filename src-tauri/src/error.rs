@@ -11,6 +11,7 @@ use crate::contract::{ErrorKind, PeerErrorCode};
 use crate::describe::{self, describe, NOT_CONNECTED};
 use crate::messenger::MessengerError;
 use crate::session::SessionError;
+use crate::storage::search::SearchError;
 use crate::storage::StorageError;
 use crate::views::Notice;
 
@@ -127,6 +128,15 @@ impl From<MessengerError> for CommandError {
             MessengerError::Session(e) => e.into(),
             MessengerError::UnknownQuestion => Self::UnknownQuestion,
             MessengerError::Internal(message) => Self::Internal(message),
+        }
+    }
+}
+
+impl From<SearchError> for CommandError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::InvalidQuery(message) => Self::InvalidInput(message),
+            SearchError::Storage(e) => Self::Storage(e),
         }
     }
 }

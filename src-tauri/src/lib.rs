@@ -7,7 +7,8 @@
 //!
 //! ## Module map
 //! - [`commands`]: the `#[tauri::command]`s the page may call (and nothing else is allowed:
-//!   see `capabilities/default.json`).
+//!   see `capabilities/default.json`; `open_link` hands web links to tauri-plugin-opener, whose
+//!   own commands the page is not granted).
 //! - [`error`]: [`CommandError`], serialized as `{kind, code?, message}`, converted from the
 //!   services' own errors at the IPC boundary.
 //! - `messenger`: [`Messenger`], the app's services without Tauri; applies what the session
@@ -23,7 +24,7 @@
 //! - `hosting`: the embedded `lattice-server`.
 //! - `bridge`: the [`Ui`] of the real app: Tauri events, tray, notifications.
 //! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
-//!   identity file.
+//!   full-text search index and drafts, the identity file.
 //! - `tray`, `notify`: the tray menu (unread count) and desktop notifications.
 //! - [`views`]: the camelCase shapes that cross to the page.
 //! - `options`: `--data-dir`, `--minimized`.
@@ -88,6 +89,12 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
     builder
         .plugin(tauri_plugin_store::Builder::new().build())
         .plugin(tauri_plugin_notification::init())
+        // Links are opened by `open_link` only, after the page asked: no click handler of its own.
+        .plugin(
+            tauri_plugin_opener::Builder::new()
+                .open_js_links_on_click(false)
+                .build(),
+        )
         .invoke_handler(tauri::generate_handler![
             commands::bootstrap,
             commands::complete_setup,
@@ -101,6 +108,10 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::set_verified,
             commands::reconnect,
             commands::demo_question,
+            commands::search_messages,
+            commands::load_draft,
+            commands::save_draft,
+            commands::open_link,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

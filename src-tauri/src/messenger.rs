@@ -24,7 +24,8 @@ use crate::session::{Session, SessionConfig, SessionError};
 use crate::storage::settings::{ServerMode, Settings};
 use crate::storage::{self, Db, MessageRecord, StorageError};
 use crate::views::{
-    Bootstrap, ConnectionView, Me, MessagePage, MessageView, Notice, PeerView, QuestionView,
+    preview, Bootstrap, ConnectionView, Me, MessagePage, MessageView, Notice, PeerView,
+    QuestionView,
 };
 
 /// Largest message text accepted from the composer, in bytes. The sealed frame must stay under
@@ -309,6 +310,31 @@ impl Messenger {
         self.state.db.mark_read(peer)?;
         self.state.publish_peers();
         self.state.publish_unread();
+        Ok(())
+    }
+
+    /// Keeps `text` as the draft of the conversation with `peer` (empty removes it); the peer
+    /// list is sent again when the draft's preview there changes.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for a text longer than a message may be;
+    /// [`MessengerError::Storage`].
+    pub fn save_draft(&self, peer: &ClientId, text: &str) -> Result<(), MessengerError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(MessengerError::InvalidInput(format!(
+                "That draft is too long to keep ({} KiB); the limit is {} KiB.",
+                text.len() / 1024,
+                MAX_MESSAGE_BYTES / 1024
+            )));
+        }
+        let db = &self.state.db;
+        let shown =
+            |draft: Option<String>| draft.filter(|d| !d.trim().is_empty()).map(|d| preview(&d));
+        let before = shown(db.draft(peer)?);
+        db.set_draft(peer, text, now_ms())?;
+        if before != shown(Some(text.to_owned())) {
+            self.state.publish_peers();
+        }
         Ok(())
     }
 

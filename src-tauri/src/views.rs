@@ -6,6 +6,7 @@ use lattice_protocol::ClientId;
 use serde::Serialize;
 
 use crate::contract::{ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind};
+use crate::storage::search::{SearchHit, SnippetPart};
 use crate::storage::settings::Settings;
 use crate::storage::{MessageRecord, PeerRecord};
 
@@ -67,6 +68,8 @@ pub struct PeerView {
     pub last_at: Option<i64>,
     /// Whether the latest message is ours.
     pub last_outgoing: bool,
+    /// The first line of the unsent draft, if any (shown instead of the latest message).
+    pub draft: Option<String>,
 }
 
 impl PeerView {
@@ -85,6 +88,7 @@ impl PeerView {
             last_message: r.last_body.map(|b| preview(&b)),
             last_at: r.last_at,
             last_outgoing: r.last_outgoing,
+            draft: r.draft.as_deref().map(preview),
         }
     }
 }
@@ -99,7 +103,8 @@ pub fn fingerprint_of(key: &[u8]) -> Option<String> {
 /// Longest preview of a message in the peer list, in characters.
 const PREVIEW_CHARS: usize = 80;
 
-fn preview(body: &str) -> String {
+/// The first line of `body`, at most [`PREVIEW_CHARS`] characters, `…` when cut.
+pub(crate) fn preview(body: &str) -> String {
     let line = body.lines().next().unwrap_or("");
     let mut out: String = line.chars().take(PREVIEW_CHARS).collect();
     if line.chars().count() > PREVIEW_CHARS || body.lines().nth(1).is_some() {
@@ -224,6 +229,47 @@ impl Notice {
             message: message.into(),
         }
     }
+}
+
+/// One message found by a search.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchHitView {
+    /// The message id.
+    pub id: String,
+    /// Position in history: the message to jump to.
+    pub seq: i64,
+    /// The conversation.
+    pub peer_id: ClientId,
+    /// Ours or theirs.
+    pub outgoing: bool,
+    /// Unix ms.
+    pub at: i64,
+    /// The words around the matches; parts with `hit` are the matches. Text, never markup.
+    pub snippet: Vec<SnippetPart>,
+}
+
+impl From<SearchHit> for SearchHitView {
+    fn from(h: SearchHit) -> Self {
+        Self {
+            id: h.message_id,
+            seq: h.seq,
+            peer_id: h.peer_id,
+            outgoing: h.outgoing,
+            at: h.at,
+            snippet: h.snippet,
+        }
+    }
+}
+
+/// The answer to a search, newest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResults {
+    /// The matches.
+    pub hits: Vec<SearchHitView>,
+    /// Whether more messages match than were returned.
+    pub has_more: bool,
 }
 
 #[cfg(test)]

@@ -5,19 +5,54 @@ import { ErrorKind } from "./contract.js";
 import { set, subscribe } from "./state.js";
 import { paintAvatar } from "./util.js";
 import { initPeerList, renderPeers } from "./views/peer-list.js";
-import { initConversation, openConversation, refreshConversationPeer, upsertMessage } from "./views/conversation.js";
+import {
+  currentPeer, focusComposer, initConversation, markCurrentRead, openConversation,
+  refreshConversationPeer, upsertMessage,
+} from "./views/conversation.js";
+import { announceMessage } from "./views/announcer.js";
+import { initHelp, toggleHelp } from "./views/help.js";
+import { initLinkDialog } from "./views/link-dialog.js";
+import { initSearch, openSearch } from "./views/search.js";
+import { initShortcuts } from "./shortcuts.js";
 import { initQuestionDialog, onQuestion, onQuestionClosed } from "./views/question-dialog.js";
-import { initSettings } from "./views/settings.js";
+import { initSettings, openSettings } from "./views/settings.js";
 import { initStatusBar, renderConnection } from "./views/status-bar.js";
 import { initVerify, refreshVerify } from "./views/verify.js";
 import { showFirstRun } from "./views/first-run.js";
 import { showNotice } from "./views/toasts.js";
 
-function select(peerId) {
+/** Opens the conversation with `peerId`, at the message `seq` if given (a search result). */
+function select(peerId, seq = null) {
   set("selected", peerId);
   renderPeers();
-  openConversation(peerId);
+  openConversation(peerId, seq);
 }
+
+/** Opens the conversation `step` rows below (or above) the open one in the peer list. */
+function selectNeighbour(step) {
+  const rows = Array.from(document.querySelectorAll("#peer-list li.peer"));
+  if (rows.length === 0) return;
+  const at = rows.findIndex((r) => r.dataset.peerId === currentPeer());
+  const next = at < 0 ? (step > 0 ? 0 : rows.length - 1) : Math.min(Math.max(at + step, 0), rows.length - 1);
+  const peerId = rows[next].dataset.peerId;
+  if (peerId !== currentPeer()) select(peerId);
+}
+
+function mainShown() {
+  return !document.getElementById("app").hidden;
+}
+
+/** What the keys of shortcuts.js do. */
+const SHORTCUT_ACTIONS = {
+  searchConversation: () => mainShown() && openSearch(currentPeer()),
+  searchAll: () => mainShown() && openSearch(null),
+  previousConversation: () => mainShown() && selectNeighbour(-1),
+  nextConversation: () => mainShown() && selectNeighbour(1),
+  focusComposer: () => mainShown() && focusComposer(),
+  markRead: () => mainShown() && markCurrentRead(),
+  settings: () => mainShown() && openSettings(),
+  help: () => mainShown() && toggleHelp(),
+};
 
 function renderMe(me) {
   if (!me) return;
@@ -45,13 +80,23 @@ async function start() {
   initSettings();
   initStatusBar();
   initVerify();
+  initSearch(select);
+  initHelp();
+  initLinkDialog();
+  document.getElementById("open-search").addEventListener("click", () => openSearch(null));
+  document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
+  document.getElementById("open-help").addEventListener("click", toggleHelp);
+  initShortcuts(SHORTCUT_ACTIONS, () => !!document.querySelector("dialog[open]"));
 
   subscribeState();
   // Events first, so nothing that happens during bootstrap is missed; the bootstrap answer
   // then replaces whatever arrived before it.
   await Promise.all([
     on(events.PEER_LIST, (peers) => set("peers", peers)),
-    on(events.MESSAGE, upsertMessage),
+    on(events.MESSAGE, (m) => {
+      upsertMessage(m);
+      announceMessage(m);
+    }),
     on(events.SERVER_QUESTION, onQuestion),
     on(events.QUESTION_CLOSED, onQuestionClosed),
     on(events.CONNECTION_STATE, (c) => set("connection", c)),

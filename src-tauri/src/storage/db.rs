@@ -4,7 +4,7 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 4):
+//! Schema (version 5):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
@@ -28,6 +28,8 @@
 //!   every resend, also after a restart, uses it, so a copy the server had already accepted
 //!   before a kill is dropped by the recipient's dedup instead of shown twice. Version 3 adds
 //!   the column to older files and gives their waiting rows a fresh id.
+//! - Version 5: `messages_fts`, the full-text index of the bodies, kept by triggers
+//!   ([`super::search`]), and `drafts(peer_id PK, body, updated_at)` ([`super::drafts`]).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -40,7 +42,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -139,6 +141,8 @@ pub struct PeerRecord {
     pub last_outgoing: bool,
     /// Some incoming message from this peer was not signed (an original, `ml-kem-aes` client).
     pub sent_unsigned: bool,
+    /// The text typed into this conversation and not sent yet ([`super::drafts`]).
+    pub draft: Option<String>,
 }
 
 /// One entry of the outbox.
@@ -196,6 +200,8 @@ impl Db {
                 Self::migrate_message_key_rows(&tx)?;
             }
             Self::migrate_wire_id(&tx)?;
+            super::search::migrate(&tx)?;
+            super::drafts::migrate(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -263,7 +269,7 @@ impl Db {
         Ok(())
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (every write is one
         // statement or one transaction), so a poisoned lock is safe to keep using.
         self.conn
@@ -309,9 +315,11 @@ impl Db {
             "SELECT c.peer_id, c.unread, c.user_verified, c.authenticated,
                     k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing,
                     EXISTS(SELECT 1 FROM messages u WHERE u.peer_id = c.peer_id
-                           AND u.outgoing = 0 AND u.authenticated = 0)
+                           AND u.outgoing = 0 AND u.authenticated = 0),
+                    d.body
              FROM contacts c
              LEFT JOIN pinned_keys k ON k.peer_id = c.peer_id
+             LEFT JOIN drafts d ON d.peer_id = c.peer_id
              LEFT JOIN messages m ON m.seq =
                  (SELECT MAX(seq) FROM messages WHERE peer_id = c.peer_id)
              ORDER BY m.seq IS NULL, m.seq DESC, c.peer_id",
@@ -328,6 +336,7 @@ impl Db {
                 last_at: r.get(7)?,
                 last_outgoing: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
                 sent_unsigned: r.get(9)?,
+                draft: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -5,6 +5,7 @@
 //!   tauri-plugin-store.
 //! - [`db`]: `lattice.sqlite3` (WAL): message history, contacts, pinned identity keys and the
 //!   durable outbox of messages not yet handed to the server.
+//!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts.
 //! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
 //!   `lattice_peer::identity_file` (the same format and rules as the terminal client's); see
 //!   [`load_identity`].
@@ -12,8 +13,10 @@
 //! Nothing here knows about windows or events; the commands and the session call into it.
 
 pub mod db;
+pub mod drafts;
 mod error;
 pub mod keystore;
+pub mod search;
 pub mod settings;
 
 use std::path::PathBuf;

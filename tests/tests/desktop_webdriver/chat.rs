@@ -70,6 +70,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     )
     .await;
     shots.take(&client, "identity-created").await;
+    assert_accessible(&client, "the new identity's fingerprint").await;
     click(&client, "#setup-start").await;
 
     // The peer list shows bob, online.
@@ -121,6 +122,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     )
     .await;
     shots.take(&client, "sent-and-delivered").await;
+    assert_accessible(&client, "a conversation with bob").await;
 
     // Bob replies; alice's conversation shows it. The peer list's row for bob is updated in
     // place (a click that straddles the update still lands): remember the element first.
@@ -161,6 +163,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     let pending = tokio::spawn(ask(http.clone(), admin_url.clone(), round1, None));
     dialog_shows(&client, "Which name should the release get?").await;
     shots.take(&client, "question-round-1").await;
+    assert_accessible(&client, "a server question (text)").await;
     type_into(&client, "#question-input", "Aurora").await;
     click(&client, "#question-send").await;
     let a1 = pending.await.unwrap();
@@ -187,6 +190,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     )
     .await;
     shots.take(&client, "question-round-2").await;
+    assert_accessible(&client, "a server question (choice)").await;
     click(&client, "#question-answer button[data-answer=\"Violet\"]").await;
     let a2 = pending.await.unwrap();
     assert_eq!(a2["response"], json!("Violet"));
@@ -207,6 +211,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     )
     .await;
     shots.take(&client, "question-round-3").await;
+    assert_accessible(&client, "a server question (confirm)").await;
     click(&client, "#question-answer button[data-answer=\"yes\"]").await;
     let a3 = pending.await.unwrap();
     assert_eq!(a3["response"], json!(true));
@@ -251,6 +256,7 @@ async fn alice_chats_with_bob_answers_the_server_and_keeps_her_history() {
     )
     .await;
     shots.take(&client, "settings").await;
+    assert_accessible(&client, "the settings dialog").await;
 
     client.close().await.expect("close the second session");
     guard.disarm();

@@ -82,6 +82,7 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
         .unwrap();
     assert_eq!(refused, json!(false), "nothing from the new key is shown");
     shots.take(&client, "key-changed").await;
+    assert_accessible(&client, "a changed safety number").await;
 
     // Compare first: the dialog shows the new key's safety number next to ours.
     click(&client, "#key-banner-compare").await;
@@ -93,6 +94,7 @@ async fn a_changed_identity_key_is_a_loud_warning_until_accepted() {
     )
     .await;
     shots.take(&client, "key-compare").await;
+    assert_accessible(&client, "the safety number dialog").await;
     click(&client, "#verify-close").await;
 
     click(&client, "#key-banner-accept").await;

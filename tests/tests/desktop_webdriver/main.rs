@@ -1,7 +1,8 @@
 //! The desktop app end to end, in its real webview (WebKitGTK), through WebDriver, split by
 //! area: `chat` (the scenario described next), `history` (a conversation of ten thousand messages),
 //! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
-//! restart) and `tray`; the helpers they share are in `support`.
+//! restart), `search` (search, drafts, shortcuts, links, accessibility checked with axe-core) and
+//! `tray`; the helpers they share are in `support`.
 //!
 //! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
 //! *alice* on an empty data directory and goes through first run; the peer list shows bob;
@@ -20,5 +21,6 @@ mod chat;
 mod history;
 mod hostile_input;
 mod keys;
+mod search;
 mod support;
 mod tray;

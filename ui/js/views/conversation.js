@@ -6,12 +6,18 @@
 // LOAD_MARGIN_PX of the view, keeping the scroll position. At most MAX_IN_DOM messages stay in
 // the page: scrolling far back drops the newest ones, and scrolling down again loads them back
 // (and drops the oldest). A conversation of any length opens in the time of one page and
-// scrolls at the cost of a window, not of its whole history.
+// scrolls at the cost of a window, not of its whole history. Opening at a message (a search
+// result) loads the window around it instead, and older and newer pages load from there.
+//
+// The composer's text is the conversation's draft: saved (debounced) as it changes and when
+// another conversation opens, restored when this one opens again, also after a restart.
 
 import { api } from "../api.js";
 import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind } from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
+import { messageText } from "../text.js";
+import { confirmLink } from "./link-dialog.js";
 import { clearNotices, showNotice } from "./toasts.js";
 import { openVerify } from "./verify.js";
 
@@ -27,6 +33,10 @@ const LOAD_MARGIN_PX = 600;
 const MAX_IN_DOM = 3 * OLDER_PAGE;
 /** How close to the bottom (px) counts as "at the bottom" for following new messages. */
 const STICK_PX = 48;
+/** A draft is saved this long (ms) after the last keystroke. */
+const DRAFT_SAVE_MS = 400;
+/** How long (ms) a message opened from a search stays highlighted. */
+const FOUND_HIGHLIGHT_MS = 4000;
 
 const STATUS = {
   [DeliveryStatus.PENDING]: { icon: "clock", label: "Waiting for a connection" },
@@ -55,6 +65,8 @@ let loading = false;
 const elements = new Map(); // message id -> <li>
 let firstPageShown = false;
 let arrivedEarly = []; // messages that arrived while the first page was loading
+let draftTimer = null;
+let draftPeer = null; // the conversation whose draft is in the composer
 
 const $ = (id) => document.getElementById(id);
 
@@ -63,6 +75,7 @@ const $ = (id) => document.getElementById(id);
 function messageElement(m) {
   const li = h("li", {
     class: `msg ${m.outgoing ? "out" : "in"}`,
+    tabindex: "-1",
     dataset: { id: m.id, seq: String(m.seq), at: String(m.at), day: String(dayKey(m.at)), status: m.status },
   });
   fillMessage(li, m);
@@ -80,9 +93,11 @@ function fillMessage(li, m) {
     meta.append(svg);
     meta.title = s.label;
   }
-  // <bdi>: a sender's bidi overrides (U+202E …) stay inside their own text and cannot reorder
-  // the time and delivery status after it.
-  const bubble = h("div", { class: "bubble" }, h("bdi", { class: "text" }, m.body), meta);
+  // <bdi dir=auto>: the text takes the direction of its first strong character (Arabic, Hebrew
+  // right to left), and a sender's bidi overrides (U+202E …) stay inside their own text and
+  // cannot reorder the time and delivery status after it. Web links become links that ask first.
+  const bubble = h("div", { class: "bubble" },
+    h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink)), meta);
   const parts = [];
   if (!m.outgoing && !m.authenticated) {
     parts.push(h("span", {
@@ -329,10 +344,15 @@ function updateSendButton() {
 
 // ---------- public ----------
 
-/** Opens the conversation with `peerId`: header, then the latest page of history. */
-export async function openConversation(peerId) {
+/**
+ * Opens the conversation with `peerId`: header, then the latest page of history — or, with
+ * `at` (a message's `seq`), the window around that message, scrolled to it and highlighted.
+ */
+export async function openConversation(peerId, at = null) {
   const peer = peerById(peerId);
   if (!peer) return;
+  const switching = current !== peerId;
+  if (switching) flushDraft();
   generation += 1;
   const gen = generation;
   current = peerId;
@@ -348,17 +368,33 @@ export async function openConversation(peerId) {
   renderHeader(peer);
   firstPageShown = false;
   arrivedEarly = [];
+  if (switching) restoreDraft(peerId, gen);
   try {
-    const page = await api.loadMessages(peerId, null, PAGE);
+    let messages;
+    if (at === null) {
+      const page = await api.loadMessages(peerId, null, PAGE);
+      messages = page.messages;
+      hasMore = page.hasMore;
+    } else {
+      // The message and what came before it, and what came after it.
+      const [older, newer] = await Promise.all([
+        api.loadMessages(peerId, at + 1, PAGE),
+        api.loadMessages(peerId, null, PAGE, at),
+      ]);
+      messages = older.messages.concat(newer.messages);
+      hasMore = older.hasMore;
+      hasNewer = newer.hasMore;
+    }
     if (gen !== generation) return;
-    $("message-list").replaceChildren(...buildItems(page.messages, null));
-    oldestSeq = page.messages.length ? page.messages[0].seq : null;
-    newestSeq = page.messages.length ? page.messages[page.messages.length - 1].seq : null;
-    hasMore = page.hasMore;
+    $("message-list").replaceChildren(...buildItems(messages, null));
+    oldestSeq = messages.length ? messages[0].seq : null;
+    newestSeq = messages.length ? messages[messages.length - 1].seq : null;
     firstPageShown = true;
     for (const m of arrivedEarly) upsertMessage(m);
     arrivedEarly = [];
-    scrollToBottom();
+    const target = at === null ? null : $("message-list").querySelector(`li.msg[data-seq="${Number(at)}"]`);
+    if (target) showFound(target);
+    else scrollToBottom();
     loading = false;
     maybeLoadOlder();
     if (peer.unread > 0 && document.hasFocus()) api.markRead(peerId).catch(showNotice);
@@ -366,7 +402,54 @@ export async function openConversation(peerId) {
     if (gen === generation) loading = false;
     showNotice(err);
   }
-  if (!$("composer-input").disabled) $("composer-input").focus();
+  if (at === null && gen === generation && !$("composer-input").disabled) $("composer-input").focus();
+}
+
+/** Scrolls a message found by a search into the middle of the view, marks it and focuses it. */
+function showFound(li) {
+  for (const old of $("message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("found");
+  li.focus({ preventScroll: true });
+  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
+}
+
+// ---------- drafts ----------
+
+/** Saves the composer's text as the draft of the conversation it belongs to, now. */
+function flushDraft() {
+  clearTimeout(draftTimer);
+  draftTimer = null;
+  if (draftPeer === null) return;
+  api.saveDraft(draftPeer, $("composer-input").value).catch(showNotice);
+}
+
+function scheduleDraftSave() {
+  clearTimeout(draftTimer);
+  draftTimer = setTimeout(flushDraft, DRAFT_SAVE_MS);
+}
+
+/** Puts the draft of `peerId` into the composer (empty if none). */
+async function restoreDraft(peerId, gen) {
+  const input = $("composer-input");
+  draftPeer = null;
+  input.value = "";
+  autosize();
+  updateSendButton();
+  let text = null;
+  try {
+    text = await api.loadDraft(peerId);
+  } catch (err) {
+    showNotice(err);
+  }
+  if (gen !== generation) return;
+  draftPeer = peerId;
+  // Something typed while the draft was on its way wins over it.
+  if (text && input.value.length === 0) {
+    input.value = text;
+    autosize();
+    updateSendButton();
+  }
 }
 
 /** The peer list changed: refresh the header of the open conversation. */
@@ -415,6 +498,17 @@ export function currentPeer() {
   return current;
 }
 
+/** Focuses the composer of the open conversation (a keyboard shortcut). */
+export function focusComposer() {
+  const input = $("composer-input");
+  if (current !== null && !input.disabled) input.focus();
+}
+
+/** Marks the open conversation read (a keyboard shortcut). */
+export function markCurrentRead() {
+  if (current !== null) api.markRead(current).catch(showNotice);
+}
+
 async function send() {
   const input = $("composer-input");
   const text = input.value;
@@ -425,6 +519,8 @@ async function send() {
   try {
     const message = await api.sendMessage(current, text);
     upsertMessage(message);
+    // Sent: the draft is gone (unless something new was typed meanwhile).
+    scheduleDraftSave();
   } catch (err) {
     // Nothing typed is lost: put it back.
     if (input.value.length === 0) input.value = text;
@@ -451,7 +547,10 @@ export function initConversation() {
   input.addEventListener("input", () => {
     autosize();
     updateSendButton();
+    scheduleDraftSave();
   });
+  // The window closing (or hiding to the tray) saves what is typed.
+  window.addEventListener("blur", () => { if (draftTimer !== null) flushDraft(); });
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     send();

@@ -2,6 +2,9 @@
 // latest message and unread count. Updated in place on every `peer-list` event: a row is one
 // element for as long as its peer is listed, and only rows whose content changed are redrawn, so a
 // click that straddles an update (press before, release after) still lands on its row.
+//
+// Keyboard: the list is one tab stop (the open conversation's row, or the first); Up and Down
+// move between rows, Home and End to the ends, Enter or Space opens the focused conversation.
 
 import { h, icon, paintAvatar, formatShort } from "../util.js";
 import { state } from "../state.js";
@@ -14,20 +17,26 @@ function row(peer) {
 
   const top = h("div", { class: "peer-top" },
     h("span", { class: "peer-name", text: peer.id }),
+    // What the dot and the colours say, for screen readers.
+    h("span", { class: "visually-hidden", text: peer.online ? ", online" : ", offline" }),
     peer.verified ? h("span", { class: "badge-verified", title: "Verified: you compared safety numbers" }, icon("shield")) : null,
     peer.lastAt ? h("span", { class: "peer-time", text: formatShort(peer.lastAt) }) : null);
 
-  // The last message in a <bdi>, so its bidi overrides cannot reorder the tags beside it.
-  const preview = peer.lastMessage
-    ? [peer.lastOutgoing ? "You: " : "", h("bdi", {}, peer.lastMessage)]
-    : [peer.online ? "Online" : "Offline"];
+  // The last message (or the unsent draft) in a <bdi>, so its bidi overrides cannot reorder the
+  // tags beside it.
+  const preview = peer.draft
+    ? [h("span", { class: "draft-tag" }, "Draft: "), h("bdi", {}, peer.draft)]
+    : peer.lastMessage
+      ? [peer.lastOutgoing ? "You: " : "", h("bdi", {}, peer.lastMessage)]
+      : [peer.online ? "Online" : "Offline"];
 
   const bottom = h("div", { class: "peer-bottom" },
     h("span", { class: `peer-preview${!peer.lastMessage && !peer.online ? " offline" : ""}` }, preview),
     peer.keyChanged ? h("span", { class: "tag danger", title: "This contact's safety number changed" }, icon("alert"), "Key changed") : null,
     !peer.keyChanged && peer.original
       ? h("span", { class: "tag warn", title: "An original client: its messages are not signed" }, "Unverified") : null,
-    peer.unread > 0 ? h("span", { class: "unread", text: peer.unread > 99 ? "99+" : String(peer.unread) }) : null);
+    peer.unread > 0 ? h("span", { class: "unread" }, peer.unread > 99 ? "99+" : String(peer.unread),
+      h("span", { class: "visually-hidden", text: " unread" })) : null);
 
   return h("li", {
     class: `peer${peer.unread > 0 ? " has-unread" : ""}`,
@@ -77,10 +86,35 @@ export function renderPeers() {
     list.replaceChildren(...wanted);
   }
   empty.hidden = state.peers.length > 0;
+  // One tab stop: the open conversation's row, else the first.
+  const stop = wanted.find((li) => li.getAttribute("aria-selected") === "true") || wanted[0];
+  for (const li of wanted) li.tabIndex = li === stop ? 0 : -1;
+}
+
+function onListKey(e) {
+  const rows = Array.from(document.querySelectorAll("#peer-list li.peer"));
+  const at = rows.indexOf(document.activeElement);
+  if (at < 0) return;
+  let next = null;
+  if (e.key === "ArrowDown" && !e.altKey) next = Math.min(at + 1, rows.length - 1);
+  else if (e.key === "ArrowUp" && !e.altKey) next = Math.max(at - 1, 0);
+  else if (e.key === "Home") next = 0;
+  else if (e.key === "End") next = rows.length - 1;
+  else if (e.key === "Enter" || e.key === " ") {
+    e.preventDefault();
+    onSelect(rows[at].dataset.peerId);
+    return;
+  }
+  if (next === null) return;
+  e.preventDefault();
+  for (const li of rows) li.tabIndex = -1;
+  rows[next].tabIndex = 0;
+  rows[next].focus();
 }
 
 /** Wires the search box; `select(peerId)` opens a conversation. */
 export function initPeerList(select) {
   onSelect = select;
   document.getElementById("peer-filter").addEventListener("input", renderPeers);
+  document.getElementById("peer-list").addEventListener("keydown", onListKey);
 }

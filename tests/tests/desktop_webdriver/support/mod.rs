@@ -314,3 +314,78 @@ pub(crate) async fn dialog_shows(client: &Client, text: &str) {
     );
     until_js(client, &format!("the question {text:?}"), &script).await;
 }
+
+/// The axe-core engine (npm `axe-core`, installed at the repository root by
+/// `scripts/install-desktop-deps.sh`).
+fn axe_source() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../node_modules/axe-core/axe.min.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run `npm ci` in the repository root (scripts/install-desktop-deps.sh)",
+            path.display()
+        )
+    })
+}
+
+/// Runs axe-core in the real webview on what the window shows now and fails on any serious or
+/// critical violation, listing each with the elements concerned. `screen` names it in the output.
+pub(crate) async fn assert_accessible(client: &Client, screen: &str) {
+    let loaded = client
+        .execute("return typeof window.axe === 'object';", vec![])
+        .await
+        .expect("look for axe");
+    if loaded != Value::Bool(true) {
+        client
+            .execute(&axe_source(), vec![])
+            .await
+            .expect("inject axe-core");
+    }
+    let result = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+               .then((r) => done({
+                 checked: r.passes.length + r.violations.length + r.incomplete.length,
+                 violations: r.violations.map((v) => ({
+                   id: v.id, impact: v.impact, help: v.help,
+                   nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ')),
+                 })),
+               }))
+               .catch((e) => done({ error: String(e) }));",
+            vec![],
+        )
+        .await
+        .expect("run axe-core");
+    assert!(
+        result["error"].is_null(),
+        "axe-core failed on {screen}: {result}"
+    );
+    let violations = result["violations"].as_array().cloned().unwrap_or_default();
+    for v in &violations {
+        println!(
+            "axe on {screen}: {} ({}) — {}: {}",
+            v["id"], v["impact"], v["help"], v["nodes"]
+        );
+    }
+    let serious: Vec<&Value> = violations
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .collect();
+    println!(
+        "axe on {screen}: {} rules applied, {} violations, {} serious or critical",
+        result["checked"],
+        violations.len(),
+        serious.len()
+    );
+    assert!(
+        serious.is_empty(),
+        "serious or critical accessibility violations on {screen}: {serious:#?}"
+    );
+}
+
+/// Sends WebDriver keys to the element `css` (modifiers such as `\u{E009}` Control stay down until
+/// the end of `keys`), so the page's keydown handlers see real key events.
+pub(crate) async fn press(client: &Client, css: &str, keys: &str) {
+    type_into(client, css, keys).await;
+}

@@ -1,0 +1,36 @@
+// The page's own pure modules: which parts of a message become links (ui/js/text.js), and the
+// one table of keyboard shortcuts (ui/js/shortcuts.js) that both the keys and the help use.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { splitLinks } from "../../ui/js/text.js";
+import { SHORTCUTS, keyLabels } from "../../ui/js/shortcuts.js";
+
+const links = (text) => splitLinks(text).filter((p) => typeof p !== "string").map((p) => p.url);
+
+test("web links become links, without the punctuation around them", () => {
+  assert.deepEqual(links("see https://example.com/a."), ["https://example.com/a"]);
+  assert.deepEqual(links("x https://a.b/c?d=1#e, y"), ["https://a.b/c?d=1#e"]);
+  assert.deepEqual(links("(see http://x.org/y)"), ["http://x.org/y"]);
+  assert.deepEqual(links("https://en.wikipedia.org/wiki/Foo_(bar)."), ["https://en.wikipedia.org/wiki/Foo_(bar)"]);
+  assert.deepEqual(links("مرحبا https://example.org/عربي"), ["https://example.org/عربي"]);
+});
+
+test("nothing but http and https is ever a link, and the text is kept whole", () => {
+  for (const text of ["javascript:alert(1)", "file:///etc/passwd", "http://", "ftp://x.org", "<a href=x>y</a>"]) {
+    assert.deepEqual(links(text), [], text);
+  }
+  const text = "a https://x.org/ b https://y.org c";
+  const joined = splitLinks(text).map((p) => (typeof p === "string" ? p : p.url)).join("");
+  assert.equal(joined, text);
+  assert.deepEqual(links(`https://x.org/${"a".repeat(5000)}`), [], "overlong links stay text");
+});
+
+test("every shortcut has a distinct key and a label for the help", () => {
+  const keys = SHORTCUTS.map((s) => s.keys);
+  assert.equal(new Set(keys).size, keys.length);
+  assert.equal(new Set(SHORTCUTS.map((s) => s.id)).size, SHORTCUTS.length);
+  for (const s of SHORTCUTS) assert.ok(s.label.length > 0, s.id);
+  assert.deepEqual(keyLabels("Ctrl+/"), ["Ctrl", "/"]);
+  assert.deepEqual(keyLabels("Alt+ArrowDown"), ["Alt", "↓"]);
+  assert.deepEqual(keyLabels("Ctrl+,"), ["Ctrl", ","]);
+});
