@@ -31,7 +31,7 @@ pub struct KnownMessage {
 
 /// The app's history, as the library asks it: implemented by an app that keeps its messages
 /// (the desktop and `lattice-chat` do, over SQLite) and passed with
-/// [`crate::MessagingPeer::with_stores`]. The library also remembers the messages of this run
+/// [`crate::PeerConfig::history`]. The library also remembers the messages of this run
 /// (sent and received, bounded by [`crate::defaults::RECENT_MESSAGES`]) and asks this only for
 /// the others. Methods are synchronous and expected to be quick, like [`crate::KeyStore`]'s.
 pub trait MessageLookup: Send + Sync + fmt::Debug {
