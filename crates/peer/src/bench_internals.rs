@@ -79,7 +79,7 @@ impl SealOpen {
         }
     }
 
-    /// Seals `text` as alice and opens it as bob; returns the opened text.
+    /// Seals `text` as alice (inner version 2) and opens it as bob; returns the opened text.
     pub async fn seal_open(&self, text: &str) -> Result<String, String> {
         let id = new_message_id();
         let (envelope, _) = seal_at(
@@ -90,6 +90,41 @@ impl SealOpen {
             now_ms(),
         )
         .map_err(|e| e.to_string())?;
+        self.open(envelope, id).await
+    }
+
+    /// The reference for [`SealOpen::seal_open`]: the same text as an inner version 1 message
+    /// (what Lattice peers sent before the content layer), sealed and opened the same way.
+    pub async fn seal_open_v1(&self, text: &str) -> Result<String, String> {
+        use base64::Engine as _;
+        let id = new_message_id();
+        let sent_at = now_ms();
+        let payload = lattice_crypto::message_signature_payload(
+            self.alice.client_id.as_str(),
+            self.bob_key.peer_id.as_str(),
+            id.as_str(),
+            sent_at,
+            text.as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        let inner = lattice_protocol::InnerMessage {
+            v: crate::wire::INNER_VERSION_1,
+            kind: crate::content::KIND_TEXT.to_owned(),
+            message_id: id.clone(),
+            body: text.to_owned(),
+            sent_at,
+            sig: crate::wire::B64.encode(self.alice.identity.identity_key().sign(&payload)),
+        };
+        let (envelope, _) = crate::outbox::seal_inner(&self.alice, &self.bob_key, &inner)
+            .map_err(|e| e.to_string())?;
+        self.open(envelope, id).await
+    }
+
+    async fn open(
+        &self,
+        envelope: lattice_protocol::Envelope,
+        id: lattice_protocol::MessageId,
+    ) -> Result<String, String> {
         let d = Delivered {
             message: serde_json::value::to_raw_value(&envelope).map_err(|e| e.to_string())?,
             from_id: self.alice.client_id.clone(),
