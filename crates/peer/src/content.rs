@@ -35,12 +35,12 @@ pub const MAX_KIND_BYTES: usize = 32;
 
 /// Kind names on the wire.
 pub(crate) const KIND_TEXT: &str = "text";
-const KIND_REPLY: &str = "reply";
-const KIND_EDIT: &str = "edit";
-const KIND_DELETE: &str = "delete";
-const KIND_REACTION: &str = "reaction";
-const KIND_RECEIPT: &str = "receipt";
-const KIND_TYPING: &str = "typing";
+pub(crate) const KIND_REPLY: &str = "reply";
+pub(crate) const KIND_EDIT: &str = "edit";
+pub(crate) const KIND_DELETE: &str = "delete";
+pub(crate) const KIND_REACTION: &str = "reaction";
+pub(crate) const KIND_RECEIPT: &str = "receipt";
+pub(crate) const KIND_TYPING: &str = "typing";
 
 /// Why a content cannot be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,6 +270,11 @@ fn is_kind_name(kind: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// The text shown for a message of a kind the app does not render: `[unsupported message: kind]`.
+pub fn unsupported_text(kind: &str) -> String {
+    format!("[unsupported message: {kind}]")
+}
+
 /// At most [`MAX_EXCERPT_BYTES`] of `text`, cut at a character boundary (with "…" when cut), for
 /// [`Content::Reply`].
 pub fn excerpt(text: &str) -> String {
@@ -465,7 +470,7 @@ impl Content {
     pub fn display_text(&self) -> Option<String> {
         match self {
             Self::Text(text) | Self::Reply { text, .. } => Some(text.clone()),
-            Self::Unsupported { kind } => Some(format!("[unsupported message: {kind}]")),
+            Self::Unsupported { kind } => Some(unsupported_text(kind)),
             _ => None,
         }
     }

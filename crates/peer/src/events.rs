@@ -19,7 +19,10 @@ use lattice_crypto::Fingerprint;
 use lattice_protocol::{ClientId, ConversationId, MessageAck, MessageId, Question, QuestionId};
 use tokio::sync::broadcast;
 
-use crate::content::{Content, MessageRef, ReactionAction};
+use crate::content::{
+    Content, MessageRef, ReactionAction, KIND_DELETE, KIND_EDIT, KIND_REACTION, KIND_RECEIPT,
+    KIND_TYPING,
+};
 use crate::sync::lock;
 
 use crate::PeerError;
@@ -174,6 +177,19 @@ pub enum Change {
         /// Started or stopped.
         started: bool,
     },
+}
+
+impl Change {
+    /// The wire kind of the content that carried the change (`edit`, `delete`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Edited { .. } => KIND_EDIT,
+            Self::Deleted { .. } => KIND_DELETE,
+            Self::Reaction { .. } => KIND_REACTION,
+            Self::Read { .. } => KIND_RECEIPT,
+            Self::Typing { .. } => KIND_TYPING,
+        }
+    }
 }
 
 /// A question from the server. Answer it with [`crate::MessagingPeer::respond_to_server`].
