@@ -105,7 +105,8 @@ pub enum ReactionAction {
     Remove,
 }
 
-/// What a message says. Texts (and an edit's text) are left out of `Debug`.
+/// What a message says. Texts (a reply's excerpt, an edit's text, a reaction) are left out of
+/// `Debug`, so that logging a content never logs what someone wrote.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Content {
@@ -187,7 +188,7 @@ impl fmt::Debug for Content {
             } => f
                 .debug_struct("Reaction")
                 .field("target", target)
-                .field("emoji", emoji)
+                .field("emoji", &text(emoji))
                 .field("action", action)
                 .finish(),
             Self::Receipt { read } => f.debug_struct("Receipt").field("read", read).finish(),

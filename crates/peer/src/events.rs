@@ -131,6 +131,10 @@ impl fmt::Debug for ContentUpdate {
                     text.len()
                 )
             }
+            // So is a reaction's emoji (it is something the user wrote).
+            Change::Reaction { target, action, .. } => {
+                format!("Reaction {{ target: {target:?}, action: {action:?} }}")
+            }
             other => format!("{other:?}"),
         };
         f.debug_struct("ContentUpdate")
