@@ -97,6 +97,10 @@ fn print_lines(lines: &[String]) {
     }
 }
 
+/// A typing notice signed longer ago than this (unix ms) is not shown: it waited in the server's
+/// mailbox while we were offline.
+const TYPING_NOTICE_MAX_AGE_MS: u64 = 30_000;
+
 /// Now, unix ms.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -176,6 +180,13 @@ fn content_lines(history: &History, me: &ClientId, event: &PeerEvent) -> Vec<Str
                 _ => m.text.clone(),
             };
             display::message_lines(n, m.from.as_str(), m.verified, &text)
+        }
+        // A typing notice the server kept while we were away is old news.
+        PeerEvent::Update(u)
+            if matches!(u.change, Change::Typing { .. })
+                && now_ms().saturating_sub(u.sent_at) > TYPING_NOTICE_MAX_AGE_MS =>
+        {
+            Vec::new()
         }
         PeerEvent::Update(u) => {
             let target = match &u.change {
@@ -835,4 +846,43 @@ async fn main() -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use lattice_peer::ContentUpdate;
+
+    #[test]
+    fn changes_are_shown_by_number_and_stale_typing_not_at_all() {
+        let history = History::in_memory().unwrap();
+        let (me, bob) = (
+            ClientId::new("alice").unwrap(),
+            ClientId::new("bob").unwrap(),
+        );
+        let id: MessageId = "b1".parse().unwrap();
+        history.add(&bob, &bob, &id, "hi", 1).unwrap();
+        let update = |change, sent_at| {
+            PeerEvent::Update(ContentUpdate {
+                from: bob.clone(),
+                message_id: "u".parse().unwrap(),
+                sent_at,
+                server_timestamp: sent_at,
+                change,
+            })
+        };
+        let deleted = update(Change::Deleted { target: id.clone() }, now_ms());
+        assert_eq!(
+            content_lines(&history, &me, &deleted),
+            ["-- bob deleted #1 for everyone"]
+        );
+        let typing = |at| update(Change::Typing { started: true }, at);
+        assert_eq!(
+            content_lines(&history, &me, &typing(now_ms())),
+            ["-- bob is typing …"]
+        );
+        let stale = now_ms() - TYPING_NOTICE_MAX_AGE_MS - 1_000;
+        assert!(content_lines(&history, &me, &typing(stale)).is_empty());
+    }
 }

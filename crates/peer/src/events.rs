@@ -176,7 +176,9 @@ pub enum Change {
         /// Our message ids.
         message_ids: Vec<MessageId>,
     },
-    /// The sender started (`true`) or stopped typing.
+    /// The sender started (`true`) or stopped typing. Like every message it may have waited in
+    /// the server's mailbox while we were offline: compare [`ContentUpdate::sent_at`] with the
+    /// clock before showing it.
     Typing {
         /// Started or stopped.
         started: bool,
