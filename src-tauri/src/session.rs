@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use lattice_crypto::{Fingerprint, Identity};
 use lattice_peer::{
-    Backoff, ConnectionState as PeerState, HandlerHandle, MessagingPeer, PeerConfig, PeerError,
-    PeerEvent,
+    Backoff, Change, ConnectionState as PeerState, HandlerHandle, MessagingPeer, PeerConfig,
+    PeerError, PeerEvent,
 };
 use lattice_protocol::{AckStatus, ClientId, QuestionId, QuestionKind as WireQuestionKind};
 use tokio::sync::Notify;
@@ -376,6 +376,23 @@ impl Ctx {
                     self.up(event);
                 }
             }
+            // Edits, deletes and reactions are not rendered yet: an "unsupported message" line,
+            // never dropped silently (receipts and typing notices are not messages).
+            PeerEvent::Update(u)
+                if !matches!(u.change, Change::Read { .. } | Change::Typing { .. }) =>
+            {
+                let text = lattice_peer::content::unsupported_text(u.change.kind());
+                let incoming = Incoming {
+                    message_id: u.message_id.as_str(),
+                    from: &u.from,
+                    text: &text,
+                    at_ms: i64::try_from(u.server_timestamp).unwrap_or_else(|_| now_ms()),
+                    authenticated: true,
+                };
+                if let Some(event) = store_incoming(&self.db, &incoming) {
+                    self.up(event);
+                }
+            }
             PeerEvent::PeerConnected(id) => self.up(SessionEvent::Presence {
                 peer: id.clone(),
                 online: true,
@@ -645,6 +662,38 @@ mod tests {
 
     fn drain(rx: &mut mpsc::Receiver<SessionEvent>) -> Vec<SessionEvent> {
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn content_the_desktop_does_not_render_yet_is_an_unsupported_message_line() {
+        use lattice_peer::ContentUpdate;
+        let (ctx, mut rx) = context();
+        let update = |id: &str, change| {
+            PeerEvent::Update(ContentUpdate {
+                from: ClientId::new("bob").unwrap(),
+                message_id: id.parse().unwrap(),
+                sent_at: 1,
+                server_timestamp: 1,
+                change,
+            })
+        };
+        ctx.on_event(&update(
+            "e1",
+            Change::Edited {
+                target: "m1".parse().unwrap(),
+                text: "new".into(),
+            },
+        ));
+        ctx.on_event(&update("t1", Change::Typing { started: true }));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 1, "typing is not a message: {events:?}");
+        match &events[0] {
+            SessionEvent::Received(record) => {
+                assert_eq!(record.body, "[unsupported message: edit]");
+                assert_eq!(record.message_id, "e1");
+            }
+            other => panic!("expected a message line, got {other:?}"),
+        }
     }
 
     #[tokio::test]

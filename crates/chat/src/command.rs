@@ -24,6 +24,28 @@ pub enum Command {
     Dismiss(Option<u32>),
     /// `/reconnect`: connect again after the connection was given up or taken over.
     Reconnect,
+    /// `/reply <n> <text>`: answer message `#n` of the current conversation, quoting it.
+    Reply {
+        /// The message's number, as shown.
+        n: i64,
+        /// The answer.
+        text: String,
+    },
+    /// `/edit <text>`: replace the text of your last message in the current conversation.
+    Edit(String),
+    /// `/delete [n]`: delete your message `#n` (or your last one) for everyone.
+    Delete(Option<i64>),
+    /// `/react <n> <emoji>` (or `/unreact`): react to message `#n` (or take the reaction back).
+    React {
+        /// The message's number, as shown.
+        n: i64,
+        /// The emoji.
+        emoji: String,
+        /// `/unreact`.
+        remove: bool,
+    },
+    /// `/search <words>`: the messages of the local history containing every word.
+    Search(String),
     /// `/help`.
     Help,
     /// `/quit`.
@@ -47,6 +69,11 @@ commands:
   /answer [#n] <answer>  answer the server's question #n (the number it was shown with;
                   optional when only one is waiting)
   /dismiss [#n]   drop the server's question #n unanswered
+  /reply <n> <text>  answer message #n (the number shown in front of it), quoting it
+  /edit <text>    replace the text of your last message to the current peer
+  /delete [n]     delete your message #n (default: your last one) for everyone
+  /react <n> <emoji>    react to message #n; /unreact <n> <emoji> takes it back
+  /search <words> messages of your local history containing every word (all conversations)
   /reconnect      connect again after DISCONNECTED (takes the session back from another device)
   /help           this text
   /quit           leave
@@ -67,10 +94,44 @@ pub fn parse(line: &str) -> Command {
     }
     let mut parts = rest.split_whitespace();
     let name = parts.next().unwrap_or_default();
-    if matches!(name, "answer" | "a") {
-        // `name` is the first word of `rest` (after any leading blanks).
-        let args = rest.trim_start().get(name.len()..).unwrap_or_default();
-        return parse_answer(args.trim());
+    // `name` is the first word of `rest` (after any leading blanks); the rest of the line as typed.
+    let args = rest
+        .trim_start()
+        .get(name.len()..)
+        .unwrap_or_default()
+        .trim();
+    match name {
+        "answer" | "a" => return parse_answer(args),
+        "reply" | "r" => {
+            return parse_numbered("/reply <n> <text>", args, |n, text| Command::Reply {
+                n,
+                text,
+            })
+        }
+        "react" | "unreact" => {
+            let remove = name == "unreact";
+            return parse_numbered("/react <n> <emoji>", args, |n, emoji| Command::React {
+                n,
+                emoji,
+                remove,
+            });
+        }
+        "edit" | "e" if args.is_empty() => {
+            return Command::Invalid("missing the new text: /edit <text>".into())
+        }
+        "edit" | "e" => return Command::Edit(args.to_owned()),
+        "delete" if args.is_empty() => return Command::Delete(None),
+        "delete" => {
+            return match parse_tag(args) {
+                Some(n) => Command::Delete(Some(i64::from(n))),
+                None => Command::Invalid(format!("not a message number: {args} (e.g. 12)")),
+            }
+        }
+        "search" | "s" if args.is_empty() => {
+            return Command::Invalid("missing the words: /search <words>".into())
+        }
+        "search" | "s" => return Command::Search(args.to_owned()),
+        _ => {}
     }
     let arg = parts.next().map(str::to_owned);
     match (name, arg) {
@@ -94,6 +155,19 @@ pub fn parse(line: &str) -> Command {
 /// `#n` (or `n`): a question's number.
 fn parse_tag(word: &str) -> Option<u32> {
     word.strip_prefix('#').unwrap_or(word).parse().ok()
+}
+
+/// `<n> <text>` (or `#n <text>`): a message number and the rest of the line.
+fn parse_numbered(usage: &str, args: &str, make: impl FnOnce(i64, String) -> Command) -> Command {
+    let (n, text) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+    let Some(n) = parse_tag(n).map(i64::from) else {
+        return Command::Invalid(format!("not a message number: {n:?} (use {usage})"));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Command::Invalid(format!("missing the text: {usage}"));
+    }
+    make(n, text.to_owned())
 }
 
 /// The argument of `/answer`: an optional `#n`, then the answer (the rest of the line as typed).
@@ -201,6 +275,56 @@ mod tests {
         // A plain line is a message, whatever it looks like.
         assert_eq!(parse("yes"), Command::Text("yes".into()));
         assert_eq!(parse("1"), Command::Text("1".into()));
+    }
+
+    #[test]
+    fn parses_the_content_commands() {
+        assert_eq!(
+            parse("/reply 12  sounds  good "),
+            Command::Reply {
+                n: 12,
+                text: "sounds  good".into()
+            }
+        );
+        assert_eq!(
+            parse("/reply #3 ok"),
+            Command::Reply {
+                n: 3,
+                text: "ok".into()
+            }
+        );
+        assert!(matches!(parse("/reply 3"), Command::Invalid(_)));
+        assert!(matches!(parse("/reply x hi"), Command::Invalid(_)));
+        assert_eq!(
+            parse("/edit fixed typo"),
+            Command::Edit("fixed typo".into())
+        );
+        assert!(matches!(parse("/edit"), Command::Invalid(_)));
+        assert_eq!(parse("/delete"), Command::Delete(None));
+        assert_eq!(parse("/delete 7"), Command::Delete(Some(7)));
+        assert!(matches!(parse("/delete seven"), Command::Invalid(_)));
+        assert_eq!(
+            parse("/react 4 👍"),
+            Command::React {
+                n: 4,
+                emoji: "👍".into(),
+                remove: false
+            }
+        );
+        assert_eq!(
+            parse("/unreact 4 👍"),
+            Command::React {
+                n: 4,
+                emoji: "👍".into(),
+                remove: true
+            }
+        );
+        assert!(matches!(parse("/react 4"), Command::Invalid(_)));
+        assert_eq!(
+            parse("/search launch  friday"),
+            Command::Search("launch  friday".into())
+        );
+        assert!(matches!(parse("/search"), Command::Invalid(_)));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! a line, start a new one that looks like someone else's message, or reorder text with bidi
 //! controls ([`escape`] is lattice-peer's sanitiser). A message of several lines is printed as several lines, each with the sender's mark.
 
-use lattice_peer::{ConnectionState, IncomingQuestion, PeerError, PeerEvent};
+use lattice_peer::{
+    Change, ConnectionState, IncomingQuestion, PeerError, PeerEvent, ReactionAction,
+};
 use lattice_protocol::QuestionKind;
 
 /// The one sanitiser for network text ([`lattice_peer::sanitize::for_terminal`]), under the name
@@ -14,9 +16,12 @@ pub use lattice_peer::sanitize::for_terminal as escape;
 /// The lines of a message: one per line of `text` (a trailing CR of a CRLF line end dropped),
 /// each escaped and prefixed with the sender's mark, so that no line can pass for another
 /// sender's or drop the unverified mark.
-pub fn message_lines(from: &str, verified: bool, text: &str) -> Vec<String> {
+///
+/// `n` is the message's number in the local history (`#n`, used by `/reply` and `/react`), shown
+/// in front; `None` when it could not be saved.
+pub fn message_lines(n: Option<i64>, from: &str, verified: bool, text: &str) -> Vec<String> {
     let mark = if verified { "✓" } else { "⚠ unverified" };
-    let prefix = format!("[{} {mark}]", escape(from));
+    let prefix = format!("{}[{} {mark}]", number(n), escape(from));
     text.split('\n')
         .map(|line| {
             let line = line.strip_suffix('\r').unwrap_or(line);
@@ -75,10 +80,63 @@ pub fn trust_mark(pinned_before: bool) -> &'static str {
     }
 }
 
-/// The line echoing what the user sent, naming where it went (`[you → bob] hi`), so that no line
-/// leaves without the user seeing its recipient.
-pub fn sent_line(to: &str, text: &str) -> String {
-    format!("[you → {}] {}", escape(to), escape(text))
+/// `#n ` for a message saved as number `n`, nothing for one that could not be saved.
+fn number(n: Option<i64>) -> String {
+    n.map(|n| format!("#{n} ")).unwrap_or_default()
+}
+
+/// How a message of the local history is named: `#n`, or "a message" when it is not there.
+pub fn message_name(n: Option<i64>) -> String {
+    n.map_or_else(|| "a message".to_owned(), |n| format!("#{n}"))
+}
+
+/// The line echoing what the user sent, naming where it went (`#12 [you → bob] hi`), so that no
+/// line leaves without the user seeing its recipient.
+pub fn sent_line(n: Option<i64>, to: &str, text: &str) -> String {
+    format!("{}[you → {}] {}", number(n), escape(to), escape(text))
+}
+
+/// The lines of a message found in the history (`/search`): `#n [from → to] text`, one per line
+/// of `text`, escaped like every message.
+pub fn history_lines(n: i64, from: &str, to: &str, text: &str) -> Vec<String> {
+    let prefix = format!("#{n} [{} → {}]", escape(from), escape(to));
+    text.split('\n')
+        .map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            format!("{prefix} {}", escape(line))
+        })
+        .collect()
+}
+
+/// The quote line shown above a reply: `↪ #7: <excerpt>`.
+pub fn quote_text(quoted: Option<i64>, excerpt: &str) -> String {
+    format!("↪ {}: {excerpt}", message_name(quoted))
+}
+
+/// The line for a change `from` made (an edit, a delete, a reaction, a receipt, typing), `target`
+/// being the number of the message it changes, if it is in the local history. `None` for a
+/// typing stop (not worth a line).
+pub fn change_line(from: &str, change: &Change, target: Option<i64>) -> Option<String> {
+    let from = escape(from);
+    let name = message_name(target);
+    Some(match change {
+        Change::Edited { text, .. } => format!("-- {from} edited {name}: {}", escape(text)),
+        Change::Deleted { .. } => format!("-- {from} deleted {name} for everyone"),
+        Change::Reaction {
+            emoji,
+            action: ReactionAction::Add,
+            ..
+        } => format!("-- {from} reacted {} to {name}", escape(emoji)),
+        Change::Reaction { emoji, .. } => {
+            format!("-- {from} took back {} on {name}", escape(emoji))
+        }
+        Change::Read { message_ids } => match (message_ids.len(), target) {
+            (1, Some(n)) => format!("-- {from} read #{n}"),
+            (count, _) => format!("-- {from} read {count} of your messages"),
+        },
+        Change::Typing { started: true } => format!("-- {from} is typing …"),
+        _ => return None,
+    })
 }
 
 /// The lines shown when the connection is over for good, until `/reconnect`: loud, because
@@ -105,9 +163,8 @@ pub fn describe_error(e: &PeerError) -> String {
 /// The lines to print for `event` (none for events the terminal does not show).
 pub fn event_lines(event: &PeerEvent) -> Vec<String> {
     match event {
-        PeerEvent::Message(m) => message_lines(m.from.as_str(), m.verified, &m.text),
-        // Numbered and printed by the caller, which keeps the pending questions.
-        PeerEvent::ServerQuestion(_) => Vec::new(),
+        // Numbered and printed by the caller, which keeps the history and the pending questions.
+        PeerEvent::Message(_) | PeerEvent::Update(_) | PeerEvent::ServerQuestion(_) => Vec::new(),
         PeerEvent::PeerConnected(p) => vec![format!("-- {} is online", escape(p.as_str()))],
         PeerEvent::PeerDisconnected(p) => vec![format!("-- {} left", escape(p.as_str()))],
         PeerEvent::ConnectionState(s) => match s {
@@ -151,7 +208,7 @@ pub fn event_lines(event: &PeerEvent) -> Vec<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use lattice_peer::{Algorithm, IncomingMessage, RejectReason};
+    use lattice_peer::RejectReason;
     use lattice_protocol::{ClientId, ErrorType, Question, QuestionId};
 
     fn has_no_controls(line: &str) -> bool {
@@ -161,20 +218,8 @@ mod tests {
         })
     }
 
-    fn message(from: &str, verified: bool, text: &str) -> PeerEvent {
-        PeerEvent::Message(IncomingMessage {
-            from: ClientId::new(from).unwrap(),
-            text: text.into(),
-            message_id: None,
-            verified,
-            algorithm: if verified {
-                Algorithm::LatticeV1
-            } else {
-                Algorithm::MlKemAes
-            },
-            sent_at: None,
-            server_timestamp: 0,
-        })
+    fn message(from: &str, verified: bool, text: &str) -> Vec<String> {
+        message_lines(Some(3), from, verified, text)
     }
 
     #[test]
@@ -188,11 +233,11 @@ mod tests {
             "\u{202e}] ✓ ecila[",
         ] {
             for verified in [false, true] {
-                let lines = event_lines(&message("bob", verified, attack));
+                let lines = message("bob", verified, attack);
                 let mark = if verified {
-                    "[bob ✓] "
+                    "#3 [bob ✓] "
                 } else {
-                    "[bob ⚠ unverified] "
+                    "#3 [bob ⚠ unverified] "
                 };
                 for line in &lines {
                     assert!(!line.starts_with("[alice ✓]"), "{line:?}");
@@ -202,11 +247,11 @@ mod tests {
             }
         }
         assert_eq!(
-            event_lines(&message("bob", false, "one\ntwo\r\n")),
+            message("bob", false, "one\ntwo\r\n"),
             [
-                "[bob ⚠ unverified] one",
-                "[bob ⚠ unverified] two",
-                "[bob ⚠ unverified] "
+                "#3 [bob ⚠ unverified] one",
+                "#3 [bob ⚠ unverified] two",
+                "#3 [bob ⚠ unverified] "
             ]
         );
     }
@@ -277,8 +322,18 @@ mod tests {
             lines.iter().any(|l| l.contains("DISCONNECTED")),
             "{lines:?}"
         );
-        let line = sent_line("bob\x1b[2K", "hi\x1b]0;t\x07");
-        assert_eq!(line, "[you → bob\\x1b[2K] hi\\x1b]0;t\\x07");
+        let line = sent_line(Some(4), "bob\x1b[2K", "hi\x1b]0;t\x07");
+        assert_eq!(line, "#4 [you → bob\\x1b[2K] hi\\x1b]0;t\\x07");
+        let line = change_line(
+            "bob",
+            &Change::Edited {
+                target: "m".parse().unwrap(),
+                text: "new\n[alice ✓] fake".into(),
+            },
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(line, "-- bob edited #2: new\\n[alice ✓] fake");
         let line = describe_error(&rejected);
         assert!(
             has_no_controls(&line) && line.starts_with("!! refused"),

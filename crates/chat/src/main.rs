@@ -2,8 +2,11 @@
 //!
 //! Connects with an id, lists peers, chats with one peer at a time, answers server questions
 //! interactively, and shows who is verified and each peer's fingerprint. The identity is kept in
-//! a file readable only by the user (0600), by default `<data dir>/lattice/<id>.identity`, and the
-//! pinned identity keys of peers next to it (`<id>.pins`, also 0600).
+//! a file readable only by the user (0600), by default `<data dir>/lattice/<id>.identity`, the
+//! pinned identity keys of peers next to it (`<id>.pins`, also 0600), and the message history in
+//! SQLite (`<id>.history`, also 0600): every message is numbered (`#n`) so that `/reply n`,
+//! `/react n` and `/delete n` can name it, `/edit` and `/delete` change your last message, and
+//! `/search` finds messages of every conversation (FTS5).
 //!
 //! ```text
 //! lattice-chat --server ws://127.0.0.1:3005 --id alice
@@ -11,6 +14,7 @@
 
 mod command;
 mod display;
+mod history;
 mod questions;
 
 use std::collections::HashMap;
@@ -23,11 +27,14 @@ use clap::Parser;
 use command::{Command, HELP};
 use display::escape;
 use futures_util::StreamExt as _;
+use history::History;
 use lattice_crypto::Fingerprint;
+use lattice_peer::content::excerpt;
 use lattice_peer::{
-    ConnectionState, FileKeyStore, MessagingPeer, PeerConfig, PeerError, PeerEvent, TlsOptions,
+    Change, ConnectionState, Content, FileKeyStore, MessageRef, MessagingPeer, PeerConfig,
+    PeerError, PeerEvent, ReactionAction, TlsOptions,
 };
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, MessageId};
 use questions::Questions;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::task::JoinHandle;
@@ -90,11 +97,146 @@ fn print_lines(lines: &[String]) {
     }
 }
 
+/// A typing notice signed longer ago than this (unix ms) is not shown: it waited in the server's
+/// mailbox while we were offline.
+const TYPING_NOTICE_MAX_AGE_MS: u64 = 30_000;
+
+/// Now, unix ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The id a message is stored under: its own, or (an original client's message without one) a
+/// local one.
+fn stored_id(id: Option<&MessageId>, at: u64) -> Option<MessageId> {
+    static LOCAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    id.cloned().or_else(|| {
+        let n = LOCAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MessageId::new(format!("local-{at}-{n}")).ok()
+    })
+}
+
+/// Saves what arrives in the history, on the peer's task before the message is acknowledged (so
+/// nothing acknowledged is lost): messages, edits, deletes and reactions. The printer shows them.
+fn store_event(history: &History, event: &PeerEvent) {
+    let result = match event {
+        PeerEvent::Message(m) => match stored_id(m.message_id.as_ref(), m.server_timestamp) {
+            Some(id) => history
+                .add(
+                    &m.from,
+                    &m.from,
+                    &id,
+                    &m.text,
+                    m.sent_at.unwrap_or(m.server_timestamp),
+                )
+                .map(drop),
+            None => Ok(()),
+        },
+        PeerEvent::Update(u) => match &u.change {
+            Change::Edited { target, text } => history
+                .edit(&u.from, &u.from, target, text, u.sent_at)
+                .map(drop),
+            Change::Deleted { target } => history.delete(&u.from, &u.from, target).map(drop),
+            Change::Reaction {
+                target,
+                emoji,
+                action,
+            } => history
+                .number(&u.from, &target.sender, &target.message_id)
+                .and_then(|n| match n {
+                    Some(n) => history.react(n, &u.from, emoji, *action == ReactionAction::Add),
+                    None => Ok(()),
+                }),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        println!(
+            "!! could not save to the history: {}",
+            escape(&e.to_string())
+        );
+    }
+}
+
+/// The lines for a message or a change that arrived, numbered as the history has them.
+fn content_lines(history: &History, me: &ClientId, event: &PeerEvent) -> Vec<String> {
+    match event {
+        PeerEvent::Message(m) => {
+            let n = m
+                .message_id
+                .as_ref()
+                .and_then(|id| history.number(&m.from, &m.from, id).ok().flatten());
+            let text = match &m.content {
+                Content::Reply { to, excerpt, text } => {
+                    let quoted = history
+                        .number(&m.from, &to.sender, &to.message_id)
+                        .ok()
+                        .flatten();
+                    format!("{}\n{text}", display::quote_text(quoted, excerpt))
+                }
+                _ => m.text.clone(),
+            };
+            display::message_lines(n, m.from.as_str(), m.verified, &text)
+        }
+        // A typing notice the server kept while we were away is old news.
+        PeerEvent::Update(u)
+            if matches!(u.change, Change::Typing { .. })
+                && now_ms().saturating_sub(u.sent_at) > TYPING_NOTICE_MAX_AGE_MS =>
+        {
+            Vec::new()
+        }
+        PeerEvent::Update(u) => {
+            let target = match &u.change {
+                Change::Edited { target, .. } | Change::Deleted { target } => {
+                    history.number(&u.from, &u.from, target).ok().flatten()
+                }
+                Change::Reaction { target, .. } => history
+                    .number(&u.from, &target.sender, &target.message_id)
+                    .ok()
+                    .flatten(),
+                Change::Read { message_ids } if message_ids.len() == 1 => message_ids
+                    .first()
+                    .and_then(|id| history.number(&u.from, me, id).ok().flatten()),
+                _ => None,
+            };
+            let counts = match (&u.change, target) {
+                (Change::Reaction { .. }, Some(n)) => reaction_counts(history, n),
+                _ => String::new(),
+            };
+            display::change_line(u.from.as_str(), &u.change, target)
+                .map(|line| format!("{line}{counts}"))
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// ` (👍 2, 🔥 1)`: the reactions on message `#n` now, or nothing.
+fn reaction_counts(history: &History, n: i64) -> String {
+    let counts = history.reactions(n).unwrap_or_default();
+    if counts.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = counts
+        .iter()
+        .map(|(emoji, count)| format!("{} {count}", escape(emoji)))
+        .collect();
+    format!(" ({})", list.join(", "))
+}
+
 /// Prints events until the stream ends; remembers what `/accept` and plain lines refer to.
-async fn print_events(peer: MessagingPeer, ui: Shared) {
+async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>) {
     let mut events = peer.events();
+    let me = peer.client_id().clone();
     while let Some(event) = events.next().await {
         match &event {
+            PeerEvent::Message(_) | PeerEvent::Update(_) => {
+                print_lines(&content_lines(&history, &me, &event));
+            }
             PeerEvent::ServerQuestion(q) => {
                 let added = ui.lock().ok().map(|mut ui| ui.questions.add(q.clone()));
                 if let Some(added) = added {
@@ -261,7 +403,200 @@ fn replace_task(slot: &mut Option<JoinHandle<()>>, task: JoinHandle<()>) {
     }
 }
 
-async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result<bool> {
+/// The peer plain lines and content commands go to, if one is picked and something sent now
+/// would leave (says why not otherwise).
+fn current_peer(peer: &MessagingPeer, ui: &Shared) -> Option<ClientId> {
+    let current = ui.lock().ok().and_then(|u| u.current.clone());
+    match current {
+        Some(_) if !can_send(peer, ui) => None,
+        Some(to) => Some(to),
+        None => {
+            println!("!! not sent: no peer picked (/peers, then /to <peer>)");
+            None
+        }
+    }
+}
+
+/// Message `#n` of the conversation with `to`, if it is one (says why not otherwise).
+fn message_in(history: &History, to: &ClientId, n: i64) -> anyhow::Result<Option<history::Row>> {
+    match history.get(n)? {
+        Some(row) if row.peer == *to && !row.deleted => Ok(Some(row)),
+        Some(row) if row.deleted => {
+            println!("!! #{n} was deleted");
+            Ok(None)
+        }
+        _ => {
+            println!(
+                "!! no message #{n} in the conversation with {}",
+                escape(to.as_str())
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Sends `content` to `to`; the message id, or `None` (and why) if it was not sent.
+async fn send(peer: &MessagingPeer, to: &ClientId, content: &Content) -> Option<MessageId> {
+    match peer.send_content(to, content).await {
+        Ok(sent) => Some(sent.message_id),
+        Err(e) => {
+            println!(
+                "!! not sent to {}: {}",
+                escape(to.as_str()),
+                escape(&e.to_string())
+            );
+            None
+        }
+    }
+}
+
+/// Sends a text or a reply and saves it; prints it with its number.
+async fn send_text(
+    peer: &MessagingPeer,
+    history: &History,
+    to: &ClientId,
+    content: &Content,
+    shown: &str,
+) -> anyhow::Result<()> {
+    let Some(text) = content.display_text() else {
+        return Ok(());
+    };
+    if let Some(id) = send(peer, to, content).await {
+        let n = history.add(to, peer.client_id(), &id, &text, now_ms())?;
+        println!("{}", display::sent_line(n, to.as_str(), shown));
+    }
+    Ok(())
+}
+
+/// `/reply`, `/edit`, `/delete`, `/react`, `/search`.
+async fn content_command(
+    peer: &MessagingPeer,
+    ui: &Shared,
+    history: &History,
+    command: Command,
+) -> anyhow::Result<()> {
+    let me = peer.client_id();
+    if let Command::Search(words) = command {
+        let rows = match history.search(&words) {
+            Ok(rows) => rows,
+            Err(history::HistoryError::Search(why)) => {
+                println!("!! {why}");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rows.is_empty() {
+            println!("-- no message contains that");
+        }
+        for row in rows {
+            let (from, to) = if row.sender == *me {
+                ("you", row.peer.as_str())
+            } else {
+                (row.sender.as_str(), "you")
+            };
+            let lines = display::history_lines(row.n, from, to, &row.text);
+            print_lines(&lines);
+        }
+        return Ok(());
+    }
+    let Some(to) = current_peer(peer, ui) else {
+        return Ok(());
+    };
+    match command {
+        Command::Reply { n, text } => {
+            let Some(row) = message_in(history, &to, n)? else {
+                return Ok(());
+            };
+            let content = Content::Reply {
+                to: MessageRef {
+                    sender: row.sender,
+                    message_id: row.message_id,
+                },
+                excerpt: excerpt(&row.text),
+                text: text.clone(),
+            };
+            send_text(peer, history, &to, &content, &format!("↪ #{n}: {text}")).await?;
+        }
+        Command::Edit(text) => {
+            let Some(row) = history.last_own(me, &to)? else {
+                println!(
+                    "!! you have sent nothing to {} to edit",
+                    escape(to.as_str())
+                );
+                return Ok(());
+            };
+            let content = Content::Edit {
+                target: row.message_id.clone(),
+                text: text.clone(),
+            };
+            if send(peer, &to, &content).await.is_some() {
+                history.edit(&to, me, &row.message_id, &text, now_ms())?;
+                println!("-- you edited #{}: {}", row.n, escape(&text));
+            }
+        }
+        Command::Delete(n) => {
+            let row = match n {
+                Some(n) => message_in(history, &to, n)?,
+                None => history.last_own(me, &to)?,
+            };
+            let Some(row) = row else {
+                if n.is_none() {
+                    println!(
+                        "!! you have sent nothing to {} to delete",
+                        escape(to.as_str())
+                    );
+                }
+                return Ok(());
+            };
+            if row.sender != *me {
+                println!("!! #{} is not yours: only its sender can delete it", row.n);
+                return Ok(());
+            }
+            let content = Content::Delete {
+                target: row.message_id.clone(),
+            };
+            if send(peer, &to, &content).await.is_some() {
+                history.delete(&to, me, &row.message_id)?;
+                println!("-- you deleted #{} for everyone", row.n);
+            }
+        }
+        Command::React { n, emoji, remove } => {
+            let Some(row) = message_in(history, &to, n)? else {
+                return Ok(());
+            };
+            let content = Content::Reaction {
+                target: MessageRef {
+                    sender: row.sender,
+                    message_id: row.message_id,
+                },
+                emoji: emoji.clone(),
+                action: if remove {
+                    ReactionAction::Remove
+                } else {
+                    ReactionAction::Add
+                },
+            };
+            if send(peer, &to, &content).await.is_some() {
+                history.react(n, me, &emoji, !remove)?;
+                let done = if remove { "took back" } else { "reacted" };
+                println!(
+                    "-- you {done} {} on #{n}{}",
+                    escape(&emoji),
+                    reaction_counts(history, n)
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn handle(
+    peer: &MessagingPeer,
+    ui: &Shared,
+    history: &History,
+    line: &str,
+) -> anyhow::Result<bool> {
     match command::parse(line) {
         Command::Empty => {}
         Command::Help => println!("{HELP}"),
@@ -342,20 +677,15 @@ async fn handle(peer: &MessagingPeer, ui: &Shared, line: &str) -> anyhow::Result
             }
         }
         Command::Text(text) => {
-            let current = ui.lock().ok().and_then(|u| u.current.clone());
-            match current {
-                Some(_) if !can_send(peer, ui) => {}
-                Some(to) => match peer.send_message(&to, &text).await {
-                    Ok(_) => println!("{}", display::sent_line(to.as_str(), &text)),
-                    Err(e) => println!(
-                        "!! not sent to {}: {}",
-                        escape(to.as_str()),
-                        escape(&e.to_string())
-                    ),
-                },
-                None => println!("!! not sent: no peer picked (/peers, then /to <peer>)"),
+            if let Some(to) = current_peer(peer, ui) {
+                send_text(peer, history, &to, &Content::Text(text.clone()), &text).await?;
             }
         }
+        command @ (Command::Reply { .. }
+        | Command::Edit(_)
+        | Command::Delete(_)
+        | Command::React { .. }
+        | Command::Search(_)) => content_command(peer, ui, history, command).await?,
     }
     Ok(true)
 }
@@ -388,7 +718,7 @@ fn answer(
         }
         Some(value) => {
             peer.respond_to_server(&q.question_id, value)?;
-            println!("{}", display::sent_line("server", text.trim()));
+            println!("{}", display::sent_line(None, "server", text.trim()));
         }
         None => {
             println!("!! that does not answer question #{tag}");
@@ -434,6 +764,14 @@ async fn main() -> anyhow::Result<()> {
     config.key_store = Arc::new(
         FileKeyStore::open(&pins).with_context(|| format!("cannot open {}", pins.display()))?,
     );
+    // The history, next to the identity; the peer checks edits, deletes, reactions and receipts
+    // that refer to older messages against it.
+    let history_path = path.with_extension("history");
+    let history = Arc::new(
+        History::open(&history_path)
+            .with_context(|| format!("cannot open {}", history_path.display()))?,
+    );
+    config.history = Arc::clone(&history) as _;
     // Wait for a server that is not up yet (with the reconnect backoff) instead of quitting.
     config.retry_first_connect = true;
     if let Some(ca) = args.ca_file {
@@ -445,7 +783,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let peer = MessagingPeer::new(config)?;
     let ui: Shared = Arc::default();
-    let printer = tokio::spawn(print_events(peer.clone(), Arc::clone(&ui)));
+    {
+        let history = Arc::clone(&history);
+        peer.on_event(move |event| store_event(&history, event));
+    }
+    let printer = tokio::spawn(print_events(
+        peer.clone(),
+        Arc::clone(&ui),
+        Arc::clone(&history),
+    ));
     println!("-- connecting to {} …", args.server);
     tokio::select! {
         // The error may carry the server's words: escaped like everything else it says.
@@ -473,7 +819,7 @@ async fn main() -> anyhow::Result<()> {
             r = tokio::signal::ctrl_c() => { r?; break; }
         };
         tokio::select! {
-            r = handle(&peer, &ui, &line) => match r {
+            r = handle(&peer, &ui, &history, &line) => match r {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => println!("!! {}", escape(&e.to_string())),
@@ -500,4 +846,43 @@ async fn main() -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use lattice_peer::ContentUpdate;
+
+    #[test]
+    fn changes_are_shown_by_number_and_stale_typing_not_at_all() {
+        let history = History::in_memory().unwrap();
+        let (me, bob) = (
+            ClientId::new("alice").unwrap(),
+            ClientId::new("bob").unwrap(),
+        );
+        let id: MessageId = "b1".parse().unwrap();
+        history.add(&bob, &bob, &id, "hi", 1).unwrap();
+        let update = |change, sent_at| {
+            PeerEvent::Update(ContentUpdate {
+                from: bob.clone(),
+                message_id: "u".parse().unwrap(),
+                sent_at,
+                server_timestamp: sent_at,
+                change,
+            })
+        };
+        let deleted = update(Change::Deleted { target: id.clone() }, now_ms());
+        assert_eq!(
+            content_lines(&history, &me, &deleted),
+            ["-- bob deleted #1 for everyone"]
+        );
+        let typing = |at| update(Change::Typing { started: true }, at);
+        assert_eq!(
+            content_lines(&history, &me, &typing(now_ms())),
+            ["-- bob is typing …"]
+        );
+        let stale = now_ms() - TYPING_NOTICE_MAX_AGE_MS - 1_000;
+        assert!(content_lines(&history, &me, &typing(stale)).is_empty());
+    }
 }

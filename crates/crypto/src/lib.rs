@@ -25,7 +25,8 @@
 //! - [`Fingerprint`] (`fingerprint`): the 60-digit safety number of an identity key.
 //! - [`Identity`] (`identity`): identity key + the KEM key it signs, and its file format.
 //! - [`lp`], [`kem_key_signature_message`], [`registration_statement`],
-//!   [`message_signature_payload`] (`statements`): the exact byte strings that get signed.
+//!   [`message_signature_payload`], [`content_signature_payload`] (`statements`): the exact byte
+//!   strings that get signed.
 //! - [`SealedEnvelope`] (`envelope`) and the two algorithms [`ml_kem_aes`] and [`lattice_v1`].
 //! - `aead` (private): AES-256-GCM over the `nonce ‖ ciphertext ‖ tag` layout both envelopes use.
 //!
@@ -71,8 +72,8 @@ pub use identity::Identity;
 pub use identity_key::{IdentityKeyPair, IdentityPublicKey};
 pub use kem::{KemKeyPair, KemPublicKey};
 pub use statements::{
-    kem_key_signature_message, lp, message_signature_payload, registration_statement,
-    verify_kem_key_signature,
+    content_signature_payload, kem_key_signature_message, lp, message_signature_payload,
+    registration_statement, verify_kem_key_signature, ContentStatement,
 };
 
 /// Length of the registration challenge nonce (`challenge` answer), in bytes (the protocol's

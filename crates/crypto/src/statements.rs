@@ -10,8 +10,10 @@ use crate::{CryptoError, IdentityPublicKey, REGISTRATION_NONCE_LEN};
 const KEM_KEY_LABEL: &[u8] = b"lattice/v1/kem-key";
 /// Label of the registration statement (`verification.serializedMessage`).
 const REGISTER_LABEL: &[u8] = b"lattice/v1/register";
-/// Label of the per-message signature (`sig` inside a `lattice-v1` plaintext).
+/// Label of the per-message signature (`sig` inside a version 1 `lattice-v1` plaintext).
 const MSG_LABEL: &[u8] = b"lattice/v1/msg";
+/// Label of the per-content signature (`sig` inside a version 2 `lattice-v1` plaintext).
+const CONTENT_LABEL: &[u8] = b"lattice/v2/content";
 
 /// Appends `lp(field)` = 2-byte big-endian length ‖ `field` to `out`.
 ///
@@ -132,6 +134,69 @@ pub fn message_signature_payload(
     Ok(out)
 }
 
+/// What a version 2 inner plaintext signs (the [`content_signature_payload`] fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentStatement<'a> {
+    /// The sender's `clientId`.
+    pub sender_id: &'a str,
+    /// The recipient's `clientId`.
+    pub recipient_id: &'a str,
+    /// The outer frame's `messageId`.
+    pub message_id: &'a str,
+    /// The sender's clock, unix ms.
+    pub sent_at_ms: u64,
+    /// The inner format version (`v`).
+    pub version: u32,
+    /// The content kind (`kind`).
+    pub kind: &'a str,
+    /// The content body (`body`, UTF-8).
+    pub body: &'a [u8],
+}
+
+/// The payload of a version 2 message signature, which covers the whole content:
+/// `"lattice/v2/content"` ‖ lp(senderId) ‖ lp(recipientId) ‖ lp(messageId) ‖ sentAt (u64 BE) ‖
+/// v (u32 BE) ‖ lp(kind) ‖ body.
+///
+/// Unlike [`message_signature_payload`] (version 1, which leaves `v` and `kind` unsigned), a
+/// change to the version or the kind breaks the signature.
+///
+/// # Errors
+/// [`CryptoError::FieldTooLong`] if an id or the kind is longer than 65535 bytes.
+///
+/// # Example
+/// ```
+/// use lattice_crypto::{content_signature_payload, ContentStatement};
+/// let s = ContentStatement {
+///     sender_id: "a", recipient_id: "b", message_id: "m", sent_at_ms: 1,
+///     version: 2, kind: "text", body: b"hi",
+/// };
+/// let p = content_signature_payload(&s)?;
+/// assert!(p.starts_with(b"lattice/v2/content"));
+/// assert!(p.ends_with(b"\x00\x00\x00\x02\x00\x04texthi"));
+/// # Ok::<(), lattice_crypto::CryptoError>(())
+/// ```
+pub fn content_signature_payload(s: &ContentStatement<'_>) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::with_capacity(
+        CONTENT_LABEL.len()
+            + 8
+            + s.sender_id.len()
+            + s.recipient_id.len()
+            + s.message_id.len()
+            + s.kind.len()
+            + 12
+            + s.body.len(),
+    );
+    out.extend_from_slice(CONTENT_LABEL);
+    lp_named(&mut out, s.sender_id.as_bytes(), "senderId")?;
+    lp_named(&mut out, s.recipient_id.as_bytes(), "recipientId")?;
+    lp_named(&mut out, s.message_id.as_bytes(), "messageId")?;
+    out.extend_from_slice(&s.sent_at_ms.to_be_bytes());
+    out.extend_from_slice(&s.version.to_be_bytes());
+    lp_named(&mut out, s.kind.as_bytes(), "kind")?;
+    out.extend_from_slice(s.body);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +221,7 @@ mod tests {
 
     #[test]
     fn labels_are_prefix_free() {
-        let labels = [KEM_KEY_LABEL, REGISTER_LABEL, MSG_LABEL];
+        let labels = [KEM_KEY_LABEL, REGISTER_LABEL, MSG_LABEL, CONTENT_LABEL];
         for a in labels {
             for b in labels {
                 if a != b {
@@ -179,5 +244,31 @@ mod tests {
             message_signature_payload("a", &long, "m", 0, b""),
             Err(CryptoError::FieldTooLong("recipientId"))
         );
+    }
+
+    #[test]
+    fn content_payload_covers_version_and_kind() {
+        let base = ContentStatement {
+            sender_id: "a",
+            recipient_id: "bc",
+            message_id: "m",
+            sent_at_ms: 7,
+            version: 2,
+            kind: "edit",
+            body: b"{}",
+        };
+        let p = content_signature_payload(&base).unwrap();
+        let mut expected = b"lattice/v2/content".to_vec();
+        expected.extend_from_slice(&[0, 1, b'a', 0, 2, b'b', b'c', 0, 1, b'm']);
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 2, 0, 4]);
+        expected.extend_from_slice(b"edit{}");
+        assert_eq!(p, expected);
+        let other_kind = ContentStatement {
+            kind: "text",
+            ..base
+        };
+        let other_version = ContentStatement { version: 3, ..base };
+        assert_ne!(content_signature_payload(&other_kind).unwrap(), p);
+        assert_ne!(content_signature_payload(&other_version).unwrap(), p);
     }
 }

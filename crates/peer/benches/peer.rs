@@ -1,5 +1,6 @@
 //! The client's hot paths: sealing and opening one 1 KiB message through the peer's own sending
-//! and receiving components (no network), and 1,000 messages round trip (alice → bob → alice)
+//! and receiving components (no network; inner version 2, with the version 1 it replaced as the
+//! reference in the same run), and 1,000 messages round trip (alice → bob → alice)
 //! through a real `lattice-server` started in-process on a loopback port.
 //!
 //! Run with `make bench` (or `cargo bench -p lattice-peer --features bench`).
@@ -36,6 +37,15 @@ fn seal_open(c: &mut Criterion) {
     group.bench_function("seal_open_1k", |b| {
         b.iter(|| {
             let out = rt.block_on(pair.seal_open(&text)).expect("seal and open");
+            assert_eq!(out.len(), text.len());
+        });
+    });
+    // The reference, in the same run: the inner version 1 that signed the body only.
+    group.bench_function("seal_open_1k_inner_v1", |b| {
+        b.iter(|| {
+            let out = rt
+                .block_on(pair.seal_open_v1(&text))
+                .expect("seal and open");
             assert_eq!(out.len(), text.len());
         });
     });

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use lattice_crypto::Identity;
 use lattice_protocol::{ClientId, Delivered};
 
+use crate::content::Content;
 use crate::events::Dispatcher;
+use crate::history::{History, NoHistory};
 use crate::inbox::Inbox;
 use crate::keys::PeerKey;
 use crate::link::Link;
-use crate::outbox::{seal, Sender};
+use crate::outbox::{seal_at, Sender};
 use crate::requests::Requests;
 use crate::trust::Trust;
-use crate::wire::new_message_id;
+use crate::wire::{new_message_id, now_ms};
 use crate::{defaults, KeyStore as _, MemoryKeyStore, MemoryReplayStore};
 
 /// Alice's outbox seals to bob; bob's inbox opens and checks (alice's key pinned: no network).
@@ -59,12 +61,13 @@ impl SealOpen {
             Arc::clone(&dispatcher),
         ));
         let bob = Inbox::new(
-            bob_id,
+            bob_id.clone(),
             bob_identity,
             trust,
             link,
             dispatcher,
             Arc::new(MemoryReplayStore::default()),
+            Arc::new(History::new(bob_id.clone(), Arc::new(NoHistory))),
         );
         Self {
             alice: Sender {
@@ -76,11 +79,52 @@ impl SealOpen {
         }
     }
 
-    /// Seals `text` as alice and opens it as bob; returns the opened text.
+    /// Seals `text` as alice (inner version 2) and opens it as bob; returns the opened text.
     pub async fn seal_open(&self, text: &str) -> Result<String, String> {
         let id = new_message_id();
-        let (envelope, _) =
-            seal(&self.alice, &self.bob_key, &id, text).map_err(|e| e.to_string())?;
+        let (envelope, _) = seal_at(
+            &self.alice,
+            &self.bob_key,
+            &id,
+            &Content::Text(text.to_owned()),
+            now_ms(),
+        )
+        .map_err(|e| e.to_string())?;
+        self.open(envelope, id).await
+    }
+
+    /// The reference for [`SealOpen::seal_open`]: the same text as an inner version 1 message
+    /// (what Lattice peers sent before the content layer), sealed and opened the same way.
+    pub async fn seal_open_v1(&self, text: &str) -> Result<String, String> {
+        use base64::Engine as _;
+        let id = new_message_id();
+        let sent_at = now_ms();
+        let payload = lattice_crypto::message_signature_payload(
+            self.alice.client_id.as_str(),
+            self.bob_key.peer_id.as_str(),
+            id.as_str(),
+            sent_at,
+            text.as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        let inner = lattice_protocol::InnerMessage {
+            v: crate::wire::INNER_VERSION_1,
+            kind: crate::content::KIND_TEXT.to_owned(),
+            message_id: id.clone(),
+            body: text.to_owned(),
+            sent_at,
+            sig: crate::wire::B64.encode(self.alice.identity.identity_key().sign(&payload)),
+        };
+        let (envelope, _) = crate::outbox::seal_inner(&self.alice, &self.bob_key, &inner)
+            .map_err(|e| e.to_string())?;
+        self.open(envelope, id).await
+    }
+
+    async fn open(
+        &self,
+        envelope: lattice_protocol::Envelope,
+        id: lattice_protocol::MessageId,
+    ) -> Result<String, String> {
         let d = Delivered {
             message: serde_json::value::to_raw_value(&envelope).map_err(|e| e.to_string())?,
             from_id: self.alice.client_id.clone(),
@@ -90,7 +134,7 @@ impl SealOpen {
         self.bob
             .open_one(&d)
             .await
-            .map(|m| m.text)
+            .map(|m| m.into_message().map(|m| m.text).unwrap_or_default())
             .map_err(|e| e.to_string())
     }
 }

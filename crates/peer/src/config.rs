@@ -9,6 +9,7 @@ use lattice_protocol::ClientId;
 use rand::Rng as _;
 
 use crate::defaults;
+use crate::history::{MessageLookup, NoHistory};
 use crate::keys::{KeyStore, MemoryKeyStore};
 
 /// Everything a [`crate::MessagingPeer`] needs.
@@ -49,6 +50,10 @@ pub struct PeerConfig {
     pub tls: TlsOptions,
     /// Where pinned identity keys live (TOFU). In memory by default; the desktop app persists it.
     pub key_store: Arc<dyn KeyStore>,
+    /// The app's message history, asked when an edit, a delete, a reaction or a receipt refers to
+    /// a message this run has not seen ([`crate::MessageLookup`]). Knows nothing by default
+    /// ([`crate::NoHistory`]): only this run's messages can then be edited, deleted or reacted to.
+    pub history: Arc<dyn MessageLookup>,
 }
 
 impl PeerConfig {
@@ -64,6 +69,7 @@ impl PeerConfig {
             outbound_queue: defaults::OUTBOUND_QUEUE,
             tls: TlsOptions::default(),
             key_store: Arc::new(MemoryKeyStore::default()),
+            history: Arc::new(NoHistory),
         }
     }
 }

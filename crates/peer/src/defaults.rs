@@ -185,6 +185,17 @@ pub const KEY_STORE_MAX_PINS: usize = 4096;
 /// into a [`crate::PeerEvent::MessageFailed`] naming the message.
 pub const OUTSTANDING_MESSAGES: usize = 4096;
 
+/// How long after sending a message its sender may still edit it or delete it for everyone (by
+/// the signed `sentAt` of the message and of the edit or delete). One window for both, like
+/// Signal's; an edit or a delete signed later is refused
+/// ([`crate::RejectReason::OutsideEditWindow`]).
+pub const EDIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Messages of this run (sent and received) the library remembers to check edits, deletes,
+/// reactions and receipts that refer to them (about 200 bytes each); older ones are looked up in
+/// the app's [`crate::MessageLookup`].
+pub const RECENT_MESSAGES: usize = 16_384;
+
 /// Request ids remembered as sent by this client (about 100 bytes each), so that an `error` frame
 /// naming a request id this client never sent is ignored instead of shown as a server error about
 /// something the user did. Far more than are in flight at once; an error for a request older than

@@ -6,6 +6,8 @@ use std::time::Duration;
 use lattice_crypto::{CryptoError, Fingerprint};
 use lattice_protocol::{ClientId, ErrorType, MessageId, RequestId};
 
+use crate::content::ContentError;
+
 /// Everything that can go wrong in `lattice-peer`.
 ///
 /// `Clone` so that one error can travel to every event subscriber.
@@ -163,6 +165,18 @@ pub enum PeerError {
     /// An argument was refused before anything was sent.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A content that breaks a bound of the content layer; nothing was sent.
+    #[error("invalid content: {0}")]
+    InvalidContent(#[from] ContentError),
+    /// `peer` is an original (`ml-kem-aes`) client, which gets plain text only: this kind
+    /// (a delete, a reaction, a receipt, typing) is not sent to it. Nothing was sent.
+    #[error("{peer} is an original client and gets plain text only: no {kind} sent")]
+    PlainTextOnly {
+        /// The peer.
+        peer: ClientId,
+        /// The content kind not sent.
+        kind: String,
+    },
     /// The reconnect policy gave up.
     #[error("gave up reconnecting after {attempts} attempt(s)")]
     ReconnectFailed {
@@ -342,6 +356,25 @@ pub enum RejectReason {
     /// and acknowledged. Kept so that existing `match`es still compile.
     #[error("replayed message id")]
     Replay,
+    /// The content of a version 2 message breaks a bound of the content layer or is malformed.
+    /// Final.
+    #[error("invalid content: {0}")]
+    InvalidContent(ContentError),
+    /// An edit or a delete of a message the sender did not send (one of ours). Final.
+    #[error("only the original sender may edit or delete a message")]
+    NotOriginalSender,
+    /// An edit, delete or reaction of a message that is not in this conversation's history, or a
+    /// receipt for a message we never sent to this peer. Final.
+    #[error("refers to a message that does not exist in this conversation")]
+    UnknownTarget,
+    /// An edit or a delete signed more than [`crate::defaults::EDIT_WINDOW`] after the message it
+    /// changes (or before it). Final.
+    #[error("edit or delete outside the edit window")]
+    OutsideEditWindow,
+    /// The app's [`crate::MessageLookup`] failed, so whether the message referred to exists
+    /// cannot be decided. Transient, like [`RejectReason::SenderKeyUnavailable`].
+    #[error("history unavailable: {0}")]
+    HistoryUnavailable(String),
 }
 
 impl RejectReason {
@@ -363,7 +396,10 @@ impl RejectReason {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::SenderKeyUnavailable(_) | Self::ReplayStoreUnavailable(_) | Self::KeyChanged
+            Self::SenderKeyUnavailable(_)
+                | Self::ReplayStoreUnavailable(_)
+                | Self::HistoryUnavailable(_)
+                | Self::KeyChanged
         )
     }
 

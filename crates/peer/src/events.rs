@@ -19,6 +19,10 @@ use lattice_crypto::Fingerprint;
 use lattice_protocol::{ClientId, ConversationId, MessageAck, MessageId, Question, QuestionId};
 use tokio::sync::broadcast;
 
+use crate::content::{
+    Content, MessageRef, ReactionAction, KIND_DELETE, KIND_EDIT, KIND_REACTION, KIND_RECEIPT,
+    KIND_TYPING,
+};
 use crate::sync::lock;
 
 use crate::PeerError;
@@ -64,8 +68,12 @@ impl Algorithm {
 pub struct IncomingMessage {
     /// The sender (for a verified message: proven by its signature; otherwise: as the server says).
     pub from: ClientId,
-    /// The text.
+    /// The text to show: the text of a text or a reply, and for a kind this version does not
+    /// know a short "unsupported message" notice ([`Content::display_text`]).
     pub text: String,
+    /// What the message says: [`Content::Text`], [`Content::Reply`] or
+    /// [`Content::Unsupported`] (the kinds that change other messages come as their own events).
+    pub content: Content,
     /// The sender's message id (always present for `lattice-v1`).
     pub message_id: Option<MessageId>,
     /// `true` when the sender's signature verified with its pinned identity key. UIs must show an
@@ -85,12 +93,108 @@ impl fmt::Debug for IncomingMessage {
         f.debug_struct("IncomingMessage")
             .field("from", &self.from)
             .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("content", &self.content)
             .field("message_id", &self.message_id)
             .field("verified", &self.verified)
             .field("algorithm", &self.algorithm)
             .field("sent_at", &self.sent_at)
             .field("server_timestamp", &self.server_timestamp)
             .finish()
+    }
+}
+
+/// A verified change to an earlier message, or a notice about the conversation, from `from`.
+/// Each passed the checks of the content layer: an edit or a delete comes from the original
+/// sender of a message that exists, within [`crate::defaults::EDIT_WINDOW`]; a reaction refers to
+/// a message of the conversation; a receipt names only messages we sent to `from`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContentUpdate {
+    /// The sender (proven by its signature).
+    pub from: ClientId,
+    /// The id of the message that carried the update.
+    pub message_id: MessageId,
+    /// The sender's clock when it sent the update (signed, unix ms).
+    pub sent_at: u64,
+    /// When the server accepted it (unix ms).
+    pub server_timestamp: u64,
+    /// What changed.
+    pub change: Change,
+}
+
+impl fmt::Debug for ContentUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let change = match &self.change {
+            // An edit's text stays out of logs.
+            Change::Edited { target, text } => {
+                format!(
+                    "Edited {{ target: {target:?}, text: <{} bytes> }}",
+                    text.len()
+                )
+            }
+            // So is a reaction's emoji (it is something the user wrote).
+            Change::Reaction { target, action, .. } => {
+                format!("Reaction {{ target: {target:?}, action: {action:?} }}")
+            }
+            other => format!("{other:?}"),
+        };
+        f.debug_struct("ContentUpdate")
+            .field("from", &self.from)
+            .field("message_id", &self.message_id)
+            .field("sent_at", &self.sent_at)
+            .field("change", &format_args!("{change}"))
+            .finish()
+    }
+}
+
+/// What a [`ContentUpdate`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// The sender's message `target` now reads `text` (keep the earlier text if you like).
+    Edited {
+        /// The sender's message.
+        target: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// The sender deleted its message `target` for everyone.
+    Deleted {
+        /// The sender's message.
+        target: MessageId,
+    },
+    /// The sender reacted to `target` (or took its reaction back).
+    Reaction {
+        /// The message reacted to (ours or the sender's).
+        target: MessageRef,
+        /// The emoji.
+        emoji: String,
+        /// Added or removed.
+        action: ReactionAction,
+    },
+    /// The sender read these messages of ours.
+    Read {
+        /// Our message ids.
+        message_ids: Vec<MessageId>,
+    },
+    /// The sender started (`true`) or stopped typing. Like every message it may have waited in
+    /// the server's mailbox while we were offline: compare [`ContentUpdate::sent_at`] with the
+    /// clock before showing it.
+    Typing {
+        /// Started or stopped.
+        started: bool,
+    },
+}
+
+impl Change {
+    /// The wire kind of the content that carried the change (`edit`, `delete`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Edited { .. } => KIND_EDIT,
+            Self::Deleted { .. } => KIND_DELETE,
+            Self::Reaction { .. } => KIND_REACTION,
+            Self::Read { .. } => KIND_RECEIPT,
+            Self::Typing { .. } => KIND_TYPING,
+        }
     }
 }
 
@@ -113,6 +217,9 @@ pub struct IncomingQuestion {
 pub enum PeerEvent {
     /// A message that decrypted and passed every check.
     Message(IncomingMessage),
+    /// An edit, a delete, a reaction, a read receipt or a typing notice that decrypted and passed
+    /// every check.
+    Update(ContentUpdate),
     /// Something went wrong outside any call: a refused incoming message
     /// ([`PeerError::Rejected`]), a server error for a request nobody waits for, a bad frame.
     Error(PeerError),

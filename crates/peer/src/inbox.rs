@@ -27,21 +27,26 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, Identity, SealedEnvelope};
+use lattice_crypto::{
+    content_signature_payload, lattice_v1, message_signature_payload, ml_kem_aes, ContentStatement,
+    Identity, SealedEnvelope,
+};
 use lattice_protocol::{ClientId, Delivered, Envelope, ErrorType, InnerMessage, MessageId};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Algorithm, Dispatcher, IncomingMessage, PeerEvent};
+use crate::content::{Content, CONTENT_VERSION, KIND_TEXT};
+use crate::events::{Algorithm, Change, ContentUpdate, Dispatcher, IncomingMessage, PeerEvent};
 use crate::held::{Held, Refusals, RetryPolicy, Verdict};
+use crate::history::History;
 use crate::link::Link;
 use crate::replay::{freshness, Fresh, ReplayGuard, ReplayStore};
 use crate::sanitize::Sanitized;
 use crate::sync::lock;
 use crate::trust::{Recheck, Trust};
-use crate::wire::{now_ms, B64, INNER_VERSION, KIND_TEXT};
+use crate::wire::{now_ms, B64, INNER_VERSION_1};
 use crate::{defaults, PeerError, RejectReason};
 
 /// Messages refused for a reason that may pass, and how often each was refused.
@@ -69,6 +74,40 @@ pub(crate) struct Inbox {
     replay: Mutex<ReplayGuard>,
     /// Durable high-water marks behind `replay`.
     replay_store: Arc<dyn ReplayStore>,
+    /// What edits, deletes, reactions and receipts are checked against.
+    history: Arc<History>,
+}
+
+/// A message that passed every check: a message to show, or an update to an earlier one.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    Message(IncomingMessage),
+    Update(ContentUpdate),
+}
+
+impl Opened {
+    fn into_event(self) -> PeerEvent {
+        match self {
+            Self::Message(m) => PeerEvent::Message(m),
+            Self::Update(u) => PeerEvent::Update(u),
+        }
+    }
+
+    fn verified(&self) -> bool {
+        match self {
+            Self::Message(m) => m.verified,
+            Self::Update(_) => true,
+        }
+    }
+
+    /// The message, if it is one.
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn into_message(self) -> Option<IncomingMessage> {
+        match self {
+            Self::Message(m) => Some(m),
+            Self::Update(_) => None,
+        }
+    }
 }
 
 impl Inbox {
@@ -79,6 +118,7 @@ impl Inbox {
         link: Arc<Link>,
         dispatcher: Arc<Dispatcher>,
         replay_store: Arc<dyn ReplayStore>,
+        history: Arc<History>,
     ) -> Self {
         Self::with_policy(
             client_id,
@@ -86,7 +126,7 @@ impl Inbox {
             trust,
             link,
             dispatcher,
-            replay_store,
+            (replay_store, history),
             RetryPolicy::from_defaults(),
         )
     }
@@ -97,7 +137,7 @@ impl Inbox {
         trust: Arc<Trust>,
         link: Arc<Link>,
         dispatcher: Arc<Dispatcher>,
-        replay_store: Arc<dyn ReplayStore>,
+        (replay_store, history): (Arc<dyn ReplayStore>, Arc<History>),
         policy: RetryPolicy,
     ) -> Self {
         Self {
@@ -120,6 +160,7 @@ impl Inbox {
                 ),
             )),
             replay_store,
+            history,
         }
     }
 
@@ -140,7 +181,7 @@ impl Inbox {
 
     /// Opens and checks one message (the worker's step, without the delivery).
     #[cfg(any(test, feature = "bench"))]
-    pub(crate) async fn open_one(&self, d: &Delivered) -> Result<IncomingMessage, RejectReason> {
+    pub(crate) async fn open_one(&self, d: &Delivered) -> Result<Opened, RejectReason> {
         open(self, d).await
     }
 }
@@ -294,9 +335,9 @@ async fn process(inbox: &Inbox, delivered: Delivered) {
     let message_id = delivered.message_id.clone();
     let outcome = open(inbox, &delivered).await;
     let ack = match outcome {
-        Ok(message) => {
-            tracing::debug!(peer = %inbox.client_id, from = %from, message_id = ?message_id, verified = message.verified, "message delivered");
-            inbox.dispatcher.emit(PeerEvent::Message(message));
+        Ok(opened) => {
+            tracing::debug!(peer = %inbox.client_id, from = %from, message_id = ?message_id, verified = opened.verified(), "message delivered");
+            inbox.dispatcher.emit(opened.into_event());
             // A held copy of this message is redundant now; whatever else was held back from
             // this sender because its key could not be fetched can be opened now.
             lock(&inbox.backlog).held.settle(&from, message_id.as_ref());
@@ -383,7 +424,7 @@ fn refused(inbox: &Inbox, delivered: Delivered, reason: RejectReason) {
 
 /// Opens and checks one message. `Err(RejectReason::Replay)` is a duplicate, dropped silently by
 /// the caller.
-async fn open(inbox: &Inbox, d: &Delivered) -> Result<IncomingMessage, RejectReason> {
+async fn open(inbox: &Inbox, d: &Delivered) -> Result<Opened, RejectReason> {
     let envelope: Envelope =
         serde_json::from_str(d.message.get()).map_err(|_| RejectReason::MalformedEnvelope)?;
     let (cipher_text, encrypted_data) = envelope
@@ -407,7 +448,7 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<IncomingMessage, RejectRea
                 lattice_v1::open(kem, &ctx, &sealed).map_err(|_| RejectReason::Decrypt)?;
             let msg: InnerMessage =
                 serde_json::from_slice(&plaintext).map_err(|_| RejectReason::MalformedPlaintext)?;
-            if msg.v != INNER_VERSION {
+            if msg.v != INNER_VERSION_1 && msg.v != CONTENT_VERSION {
                 return Err(RejectReason::MalformedPlaintext);
             }
             if msg.message_id != outer_id {
@@ -425,13 +466,26 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<IncomingMessage, RejectRea
             let sig = B64
                 .decode(&msg.sig)
                 .map_err(|_| RejectReason::BadSignature)?;
-            let payload = message_signature_payload(
-                d.from_id.as_str(),
-                me,
-                outer_id.as_str(),
-                msg.sent_at,
-                msg.body.as_bytes(),
-            )
+            // Version 1 signs the body only; version 2 the version, the kind and the body.
+            let payload = if msg.v == INNER_VERSION_1 {
+                message_signature_payload(
+                    d.from_id.as_str(),
+                    me,
+                    outer_id.as_str(),
+                    msg.sent_at,
+                    msg.body.as_bytes(),
+                )
+            } else {
+                content_signature_payload(&ContentStatement {
+                    sender_id: d.from_id.as_str(),
+                    recipient_id: me,
+                    message_id: outer_id.as_str(),
+                    sent_at_ms: msg.sent_at,
+                    version: msg.v,
+                    kind: &msg.kind,
+                    body: msg.body.as_bytes(),
+                })
+            }
             .map_err(|_| RejectReason::BadSignature)?;
             let identity = inbox
                 .trust
@@ -456,19 +510,23 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<IncomingMessage, RejectRea
             // The signed time, checked once the signature is: a replay older than the window, or
             // a message dated ahead to stay fresh for longer, is refused for good.
             freshness(msg.sent_at, now_ms())?;
+            let content = if msg.v == INNER_VERSION_1 {
+                // Version 1 carries text only (its kind is not signed).
+                if msg.kind != KIND_TEXT {
+                    return Err(RejectReason::UnsupportedKind(msg.kind));
+                }
+                Content::Text(msg.body)
+            } else {
+                Content::decode(&msg.kind, &msg.body).map_err(RejectReason::InvalidContent)?
+            };
+            // Checked before the replay guard records the id, and recorded after it: a message
+            // held back for a transient reason is checked again from scratch.
+            let record = inbox
+                .history
+                .check(&d.from_id, &outer_id, msg.sent_at, &content)?;
             check_signed_replay(inbox, &d.from_id, &outer_id, msg.sent_at)?;
-            if msg.kind != KIND_TEXT {
-                return Err(RejectReason::UnsupportedKind(msg.kind));
-            }
-            Ok(IncomingMessage {
-                from: d.from_id.clone(),
-                text: msg.body,
-                message_id: Some(outer_id),
-                verified: true,
-                algorithm: Algorithm::LatticeV1,
-                sent_at: Some(msg.sent_at),
-                server_timestamp: d.timestamp,
-            })
+            inbox.history.commit(record);
+            Ok(opened(d, outer_id, msg.sent_at, content))
         }
         ml_kem_aes::ALGORITHM => {
             // A peer with a pinned identity always signs; an unsigned message in its name is a
@@ -486,19 +544,58 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<IncomingMessage, RejectRea
             if let Some(id) = &d.message_id {
                 check_unsigned_replay(inbox, &d.from_id, id)?;
             }
-            Ok(IncomingMessage {
+            Ok(Opened::Message(IncomingMessage {
                 from: d.from_id.clone(),
+                content: Content::Text(text.clone()),
                 text,
                 message_id: d.message_id.clone(),
                 verified: false,
                 algorithm: Algorithm::MlKemAes,
                 sent_at: None,
                 server_timestamp: d.timestamp,
-            })
+            }))
         }
         other => Err(RejectReason::UnsupportedAlgorithm(
             other.chars().take(32).collect(),
         )),
+    }
+}
+
+/// A verified version 1 or 2 message that passed every check, as what it is to the app.
+fn opened(d: &Delivered, message_id: MessageId, sent_at: u64, content: Content) -> Opened {
+    let update = |change| {
+        Opened::Update(ContentUpdate {
+            from: d.from_id.clone(),
+            message_id: message_id.clone(),
+            sent_at,
+            server_timestamp: d.timestamp,
+            change,
+        })
+    };
+    match content {
+        Content::Edit { target, text } => update(Change::Edited { target, text }),
+        Content::Delete { target } => update(Change::Deleted { target }),
+        Content::Reaction {
+            target,
+            emoji,
+            action,
+        } => update(Change::Reaction {
+            target,
+            emoji,
+            action,
+        }),
+        Content::Receipt { read } => update(Change::Read { message_ids: read }),
+        Content::Typing { started } => update(Change::Typing { started }),
+        content => Opened::Message(IncomingMessage {
+            from: d.from_id.clone(),
+            text: content.display_text().unwrap_or_default(),
+            content,
+            message_id: Some(message_id.clone()),
+            verified: true,
+            algorithm: Algorithm::LatticeV1,
+            sent_at: Some(sent_at),
+            server_timestamp: d.timestamp,
+        }),
     }
 }
 
@@ -558,6 +655,7 @@ fn check_unsigned_replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::{ContentError, MessageRef, ReactionAction};
     use crate::keys::PeerKey;
     use crate::outbox::{seal_at, Sender};
     use crate::testkit::{id, key_response, Kit};
@@ -577,13 +675,352 @@ mod tests {
             identity: Arc::clone(&from.identity),
         };
         let message_id = new_message_id();
-        let (envelope, _) = seal_at(&sender, &key, &message_id, text, sent_at).unwrap();
+        let (envelope, _) = seal_at(
+            &sender,
+            &key,
+            &message_id,
+            &Content::Text(text.into()),
+            sent_at,
+        )
+        .unwrap();
         Delivered {
             message: serde_json::value::to_raw_value(&envelope).unwrap(),
             from_id: from.me.clone(),
             timestamp: sent_at,
             message_id: Some(message_id),
         }
+    }
+
+    /// A message `from` seals to `to` with `content`, signed at `sent_at`.
+    fn sealed_content(from: &Kit, to: &Kit, content: &Content, sent_at: u64) -> Delivered {
+        let message_id = new_message_id();
+        let (envelope, _) =
+            seal_at(&sender(from), &key_of(to), &message_id, content, sent_at).unwrap();
+        delivered(from, envelope, message_id, sent_at)
+    }
+
+    fn sender(kit: &Kit) -> Sender {
+        Sender {
+            client_id: kit.me.clone(),
+            identity: Arc::clone(&kit.identity),
+        }
+    }
+
+    fn key_of(kit: &Kit) -> PeerKey {
+        PeerKey {
+            peer_id: kit.me.clone(),
+            kem: kit.identity.kem_public_key().clone(),
+            identity: Some(kit.identity.identity_public_key()),
+        }
+    }
+
+    fn delivered(from: &Kit, envelope: Envelope, message_id: MessageId, sent_at: u64) -> Delivered {
+        Delivered {
+            message: serde_json::value::to_raw_value(&envelope).unwrap(),
+            from_id: from.me.clone(),
+            timestamp: sent_at,
+            message_id: Some(message_id),
+        }
+    }
+
+    /// An inner message signed by `from` for `to` as version `signed_v` says, then given the
+    /// fields `v` and `kind` (a forgery when they differ from what was signed), sealed.
+    fn forged(
+        from: &Kit,
+        to: &Kit,
+        signed: (u32, &str),
+        shown: (u32, &str),
+        body: &str,
+    ) -> Delivered {
+        let message_id = new_message_id();
+        let sent_at = now_ms();
+        let (me, them) = (from.me.as_str(), to.me.as_str());
+        let payload = if signed.0 == INNER_VERSION_1 {
+            message_signature_payload(me, them, message_id.as_str(), sent_at, body.as_bytes())
+        } else {
+            content_signature_payload(&ContentStatement {
+                sender_id: me,
+                recipient_id: them,
+                message_id: message_id.as_str(),
+                sent_at_ms: sent_at,
+                version: signed.0,
+                kind: signed.1,
+                body: body.as_bytes(),
+            })
+        }
+        .unwrap();
+        let inner = InnerMessage {
+            v: shown.0,
+            kind: shown.1.into(),
+            message_id: message_id.clone(),
+            body: body.into(),
+            sent_at,
+            sig: B64.encode(from.identity.identity_key().sign(&payload)),
+        };
+        let (envelope, _) = crate::outbox::seal_inner(&sender(from), &key_of(to), &inner).unwrap();
+        delivered(from, envelope, message_id, sent_at)
+    }
+
+    /// Opens `d` as `kit`, answering the one key request a failed signature makes.
+    async fn open_answering(
+        kit: &mut Kit,
+        d: &Delivered,
+        sender: &Kit,
+    ) -> Result<Opened, RejectReason> {
+        let inbox = Arc::clone(&kit.inbox);
+        let resp = key_response(&sender.me, &sender.identity, true);
+        let opening = inbox.open_one(d);
+        tokio::pin!(opening);
+        tokio::select! {
+            r = &mut opening => r,
+            () = kit.answer_key_request(resp) => opening.await,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_version_message_is_still_read_and_a_forged_kind_or_version_fails() {
+        let (alice, mut bob) = (Kit::new("alice"), Kit::new("bob"));
+        pin(&bob, &alice);
+        // Version 1 (kind and v unsigned), as older Lattice peers send it: still read as text.
+        let old = forged(
+            &alice,
+            &bob,
+            (1, "text"),
+            (1, "text"),
+            "from an older client",
+        );
+        let m = bob
+            .inbox
+            .open_one(&old)
+            .await
+            .unwrap()
+            .into_message()
+            .unwrap();
+        assert_eq!(m.content, Content::Text("from an older client".into()));
+        assert!(m.verified);
+        // Version 1 never carried other kinds: refused, not shown as text.
+        let v1_kind = forged(&alice, &bob, (1, "text"), (1, "edit"), "x");
+        assert!(matches!(
+            bob.inbox.open_one(&v1_kind).await,
+            Err(RejectReason::UnsupportedKind(_))
+        ));
+        // Version 2 signs v and kind: changing either breaks the signature.
+        let body = r#"{"target":"m1"}"#;
+        for shown in [(2, "edit"), (2, "poll"), (1, "delete"), (1, "text")] {
+            let d = forged(&alice, &bob, (2, "delete"), shown, body);
+            assert_eq!(
+                open_answering(&mut bob, &d, &alice).await.unwrap_err(),
+                RejectReason::BadSignature,
+                "{shown:?}"
+            );
+        }
+        // A version 1 signature passed off as version 2.
+        let d = forged(&alice, &bob, (1, "text"), (2, "text"), "hi");
+        assert_eq!(
+            open_answering(&mut bob, &d, &alice).await.unwrap_err(),
+            RejectReason::BadSignature
+        );
+        // An unknown version.
+        let d = forged(&alice, &bob, (3, "text"), (3, "text"), "hi");
+        assert_eq!(
+            bob.inbox.open_one(&d).await.unwrap_err(),
+            RejectReason::MalformedPlaintext
+        );
+        // A well-signed version 2 content that breaks a bound: a typed refusal.
+        let d = forged(&alice, &bob, (2, "delete"), (2, "delete"), "{}");
+        assert!(matches!(
+            bob.inbox.open_one(&d).await,
+            Err(RejectReason::InvalidContent(ContentError::Malformed {
+                kind: "delete"
+            }))
+        ));
+    }
+
+    fn update(o: Opened) -> Change {
+        match o {
+            Opened::Update(u) => u.change,
+            Opened::Message(m) => panic!("a message, not an update: {m:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_kind_opens_and_changes_are_checked_against_the_history() {
+        let (alice, bob) = (Kit::new("alice"), Kit::new("bob"));
+        pin(&bob, &alice);
+        bob.trust
+            .check_key(key_response(&alice.me, &alice.identity, true))
+            .unwrap();
+        // Bob's own message to alice, which she may react to, answer and acknowledge.
+        let ours = bob
+            .outbox
+            .send(
+                &alice.me,
+                &Content::Text("hello alice".into()),
+                new_message_id(),
+            )
+            .await
+            .unwrap()
+            .message_id;
+        let ours_ref = MessageRef {
+            sender: bob.me.clone(),
+            message_id: ours.clone(),
+        };
+        let t0 = now_ms();
+        let open = |c: Content, at: u64| {
+            let d = sealed_content(&alice, &bob, &c, at);
+            let inbox = Arc::clone(&bob.inbox);
+            async move { inbox.open_one(&d).await }
+        };
+        let first = sealed_content(&alice, &bob, &Content::Text("hi bob".into()), t0);
+        let theirs = first.message_id.clone().unwrap();
+        let m = bob
+            .inbox
+            .open_one(&first)
+            .await
+            .unwrap()
+            .into_message()
+            .unwrap();
+        assert_eq!(m.text, "hi bob");
+
+        let reply = Content::Reply {
+            to: ours_ref.clone(),
+            excerpt: "hello alice".into(),
+            text: "hi again".into(),
+        };
+        let m = open(reply.clone(), t0 + 1)
+            .await
+            .unwrap()
+            .into_message()
+            .unwrap();
+        assert_eq!((m.text.as_str(), &m.content), ("hi again", &reply));
+
+        let edit = |text: &str| Content::Edit {
+            target: theirs.clone(),
+            text: text.into(),
+        };
+        let d = sealed_content(&alice, &bob, &edit("hi Bob"), t0 + 2);
+        assert_eq!(
+            update(bob.inbox.open_one(&d).await.unwrap()),
+            Change::Edited {
+                target: theirs.clone(),
+                text: "hi Bob".into()
+            }
+        );
+        // The same edit again is a replay; an older edit sent later is ignored too.
+        assert_eq!(
+            bob.inbox.open_one(&d).await.unwrap_err(),
+            RejectReason::Replay
+        );
+        assert_eq!(
+            open(edit("stale"), t0 + 1).await.unwrap_err(),
+            RejectReason::Replay
+        );
+
+        let react = |target: MessageRef| Content::Reaction {
+            target,
+            emoji: "👍".into(),
+            action: ReactionAction::Add,
+        };
+        assert!(matches!(
+            update(open(react(ours_ref.clone()), t0 + 3).await.unwrap()),
+            Change::Reaction { .. }
+        ));
+        assert_eq!(
+            update(
+                open(
+                    Content::Receipt {
+                        read: vec![ours.clone()]
+                    },
+                    t0 + 4
+                )
+                .await
+                .unwrap()
+            ),
+            Change::Read {
+                message_ids: vec![ours.clone()]
+            }
+        );
+        assert_eq!(
+            update(
+                open(Content::Typing { started: true }, t0 + 5)
+                    .await
+                    .unwrap()
+            ),
+            Change::Typing { started: true }
+        );
+        // A kind this version does not know (sent by a newer client): shown as unsupported.
+        let newer = forged(&alice, &bob, (2, "poll"), (2, "poll"), "{}");
+        let m = bob
+            .inbox
+            .open_one(&newer)
+            .await
+            .unwrap()
+            .into_message()
+            .unwrap();
+        assert_eq!(
+            m.content,
+            Content::Unsupported {
+                kind: "poll".into()
+            }
+        );
+        assert_eq!(m.text, "[unsupported message: poll]");
+
+        // Attacks: an edit or a delete of bob's message, a reaction to a message that does not
+        // exist, a receipt for a message bob never sent. All final (acknowledged, reported).
+        let not_hers = Content::Edit {
+            target: ours.clone(),
+            text: "forged".into(),
+        };
+        for (content, reason) in [
+            (not_hers, RejectReason::NotOriginalSender),
+            (
+                Content::Delete {
+                    target: ours.clone(),
+                },
+                RejectReason::NotOriginalSender,
+            ),
+            (
+                react(MessageRef {
+                    sender: bob.me.clone(),
+                    message_id: new_message_id(),
+                }),
+                RejectReason::UnknownTarget,
+            ),
+            (
+                Content::Receipt {
+                    read: vec![theirs.clone()],
+                },
+                RejectReason::UnknownTarget,
+            ),
+            (
+                Content::Receipt {
+                    read: vec![new_message_id()],
+                },
+                RejectReason::UnknownTarget,
+            ),
+        ] {
+            let got = open(content, t0 + 6).await.unwrap_err();
+            assert_eq!(got, reason);
+            assert!(!got.is_transient());
+        }
+        // Deleted, then neither edited nor deleted again.
+        let delete = Content::Delete {
+            target: theirs.clone(),
+        };
+        assert_eq!(
+            update(open(delete.clone(), t0 + 7).await.unwrap()),
+            Change::Deleted {
+                target: theirs.clone()
+            }
+        );
+        assert_eq!(
+            open(delete, t0 + 8).await.unwrap_err(),
+            RejectReason::Replay
+        );
+        assert_eq!(
+            open(edit("late"), t0 + 9).await.unwrap_err(),
+            RejectReason::Replay
+        );
     }
 
     fn pin(kit: &Kit, other: &Kit) {
@@ -598,7 +1035,13 @@ mod tests {
         let (alice, bob) = (Kit::new("alice"), Kit::new("bob"));
         pin(&bob, &alice);
         let d = sealed(&alice, &bob, "hello", now_ms());
-        let m = bob.inbox.open_one(&d).await.unwrap();
+        let m = bob
+            .inbox
+            .open_one(&d)
+            .await
+            .unwrap()
+            .into_message()
+            .unwrap();
         assert_eq!((m.text.as_str(), m.verified), ("hello", true));
         assert!(matches!(
             bob.inbox.open_one(&d).await,
@@ -689,7 +1132,10 @@ mod tests {
             Arc::clone(&bob.trust),
             Arc::clone(&bob.link),
             Arc::clone(&bob.dispatcher),
-            Arc::new(crate::MemoryReplayStore::default()),
+            (
+                Arc::new(crate::MemoryReplayStore::default()),
+                Arc::new(History::new(bob.me.clone(), Arc::new(crate::NoHistory))),
+            ),
             policy,
         ));
         let d = sealed(&alice, &bob, "never", now_ms());

@@ -54,7 +54,11 @@
 //!   fresh ids, answer errors.
 //! - [`config`]: [`PeerConfig`], [`Backoff`], [`Timeouts`], [`TlsOptions`].
 //! - [`defaults`]: every limit and timeout, with its reason.
-//! - [`events`]: [`PeerEvent`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
+//! - [`content`]: [`Content`], the content layer (text, reply, edit, delete, reaction, receipt,
+//!   typing, unsupported), its codec and bounds.
+//! - [`history`]: checking edits, deletes, reactions and receipts against the messages they
+//!   refer to; the [`MessageLookup`] trait the app implements over its history.
+//! - [`events`]: [`PeerEvent`], [`ContentUpdate`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
 //!   [`HandlerHandle`], [`EventStream`] and the lag policy.
 //! - [`keys`]: the [`KeyStore`] trait (TOFU pinning), [`MemoryKeyStore`], [`FileKeyStore`],
 //!   [`PeerKey`].
@@ -74,10 +78,12 @@
 pub mod bench_internals;
 pub mod config;
 mod connection;
+pub mod content;
 pub mod defaults;
 pub mod error;
 pub mod events;
 mod held;
+pub mod history;
 pub mod identity_file;
 mod inbox;
 pub mod keys;
@@ -97,11 +103,13 @@ mod trust;
 mod wire;
 
 pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
+pub use content::{Content, ContentError, MessageRef, ReactionAction};
 pub use error::{PeerError, RejectReason};
 pub use events::{
-    Algorithm, ConnectionState, EventStream, HandlerHandle, IncomingMessage, IncomingQuestion,
-    PeerEvent,
+    Algorithm, Change, ConnectionState, ContentUpdate, EventStream, HandlerHandle, IncomingMessage,
+    IncomingQuestion, PeerEvent,
 };
+pub use history::{KnownMessage, MessageLookup, NoHistory};
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
 pub use outbox::SentMessage;
 pub use peer::MessagingPeer;

@@ -11,19 +11,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use lattice_crypto::{lattice_v1, message_signature_payload, ml_kem_aes, Identity};
+use lattice_crypto::{
+    content_signature_payload, lattice_v1, ml_kem_aes, ContentStatement, Identity,
+};
 use lattice_protocol::{
     ClientFrame, ClientId, Envelope, Frame, InnerMessage, MessageId, RequestId, SendMessage,
 };
 
+use crate::content::{Content, CONTENT_VERSION};
 use crate::events::Algorithm;
+use crate::history::History;
 use crate::keys::PeerKey;
 use crate::link::{Lane, Link};
 use crate::requests::Requests;
 use crate::sanitize::Sanitized;
 use crate::sync::lock;
 use crate::trust::Trust;
-use crate::wire::{now_ms, B64, INNER_VERSION, KIND_TEXT};
+use crate::wire::{now_ms, B64};
 use crate::{defaults, PeerError};
 
 /// What [`crate::MessagingPeer::send_message`] sent.
@@ -57,6 +61,7 @@ pub(crate) struct Outbox {
     trust: Arc<Trust>,
     requests: Arc<Requests>,
     link: Arc<Link>,
+    history: Arc<History>,
     /// std Mutex: an insert or a removal, never held across an await.
     outstanding: Mutex<Outstanding>,
 }
@@ -67,12 +72,14 @@ impl Outbox {
         trust: Arc<Trust>,
         requests: Arc<Requests>,
         link: Arc<Link>,
+        history: Arc<History>,
     ) -> Self {
         Self {
             sender,
             trust,
             requests,
             link,
+            history,
             outstanding: Mutex::new(Outstanding::default()),
         }
     }
@@ -99,9 +106,10 @@ impl Outbox {
     pub(crate) async fn send(
         &self,
         target: &ClientId,
-        text: &str,
+        content: &Content,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
+        content.validate()?;
         if let Some(new) = self.trust.pending_key_change(target) {
             let old = self.trust.key_store().pinned(target)?;
             return Err(PeerError::KeyChanged {
@@ -114,7 +122,8 @@ impl Outbox {
             Some(k) => k,
             None => self.trust.fetch_key(target).await?,
         };
-        let (envelope, algorithm) = seal(&self.sender, &key, &message_id, text)?;
+        let sent_at = now_ms();
+        let (envelope, algorithm) = seal_at(&self.sender, &key, &message_id, content, sent_at)?;
         let message = serde_json::value::to_raw_value(&envelope)
             .map_err(|e| PeerError::Protocol(e.to_string()))?;
         let frame = ClientFrame::Message(SendMessage {
@@ -134,7 +143,8 @@ impl Outbox {
             self.take(&rid);
             return Err(e);
         }
-        tracing::debug!(peer = %self.sender.client_id, to = %target, message_id = %message_id, algorithm = algorithm.as_str(), "message queued");
+        tracing::debug!(peer = %self.sender.client_id, to = %target, message_id = %message_id, algorithm = algorithm.as_str(), kind = content.kind(), "message queued");
+        self.history.sent(target, &message_id, content, sent_at);
         // The user talked to this peer: a bounded key store never evicts its pin now. The
         // message is queued either way; a store that cannot record it is logged.
         if key.identity.is_some() {
@@ -149,27 +159,26 @@ impl Outbox {
     }
 }
 
-/// Seals `text` for `key`: `lattice-v1` with a signed inner message if the peer has an identity,
-/// `ml-kem-aes` otherwise.
-pub(crate) fn seal(
-    sender: &Sender,
-    key: &PeerKey,
-    message_id: &MessageId,
-    text: &str,
-) -> Result<(Envelope, Algorithm), PeerError> {
-    seal_at(sender, key, message_id, text, now_ms())
-}
-
-/// [`seal`] with the signed send time `sent_at` (unix ms) given.
+/// Seals `content` for `key` with the signed send time `sent_at` (unix ms): a version 2
+/// `lattice-v1` inner message, signed over the whole content, if the peer has an identity key;
+/// `ml-kem-aes` with the plain text of the content otherwise
+/// ([`PeerError::PlainTextOnly`] for kinds an original client does not get).
 pub(crate) fn seal_at(
     sender: &Sender,
     key: &PeerKey,
     message_id: &MessageId,
-    text: &str,
+    content: &Content,
     sent_at: u64,
 ) -> Result<(Envelope, Algorithm), PeerError> {
     let mut rng = rand_core::OsRng;
     if key.identity.is_none() {
+        let text = content
+            .plain_text()
+            .ok_or_else(|| PeerError::PlainTextOnly {
+                peer: key.peer_id.clone(),
+                kind: content.kind().to_owned(),
+            })?;
+        let text = zeroize::Zeroizing::new(text);
         let sealed = ml_kem_aes::seal(&mut rng, &key.kem, text.as_bytes())?;
         return Ok((
             Envelope::from_bytes(
@@ -182,26 +191,44 @@ pub(crate) fn seal_at(
     }
     let me = sender.client_id.as_str();
     let them = key.peer_id.as_str();
-    let payload =
-        message_signature_payload(me, them, message_id.as_str(), sent_at, text.as_bytes())?;
-    let sig = sender.identity.identity_key().sign(&payload);
-    let inner = InnerMessage {
-        v: INNER_VERSION,
-        kind: KIND_TEXT.into(),
-        message_id: message_id.clone(),
-        body: text.to_owned(),
-        sent_at,
-        sig: B64.encode(sig),
-    };
-    let plaintext = zeroize::Zeroizing::new(
-        serde_json::to_vec(&inner).map_err(|e| PeerError::Protocol(e.to_string()))?,
-    );
-    let ctx = lattice_v1::Context {
+    let (kind, body) = content.encode()?;
+    let body = zeroize::Zeroizing::new(body);
+    let payload = content_signature_payload(&ContentStatement {
         sender_id: me,
         recipient_id: them,
         message_id: message_id.as_str(),
+        sent_at_ms: sent_at,
+        version: CONTENT_VERSION,
+        kind,
+        body: body.as_bytes(),
+    })?;
+    let sig = sender.identity.identity_key().sign(&payload);
+    let inner = InnerMessage {
+        v: CONTENT_VERSION,
+        kind: kind.to_owned(),
+        message_id: message_id.clone(),
+        body: body.to_string(),
+        sent_at,
+        sig: B64.encode(sig),
     };
-    let sealed = lattice_v1::seal(&mut rng, &key.kem, &ctx, &plaintext)?;
+    seal_inner(sender, key, &inner)
+}
+
+/// Seals an inner message (any version) with `lattice-v1`.
+pub(crate) fn seal_inner(
+    sender: &Sender,
+    key: &PeerKey,
+    inner: &InnerMessage,
+) -> Result<(Envelope, Algorithm), PeerError> {
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(inner).map_err(|e| PeerError::Protocol(e.to_string()))?,
+    );
+    let ctx = lattice_v1::Context {
+        sender_id: sender.client_id.as_str(),
+        recipient_id: key.peer_id.as_str(),
+        message_id: inner.message_id.as_str(),
+    };
+    let sealed = lattice_v1::seal(&mut rand_core::OsRng, &key.kem, &ctx, &plaintext)?;
     Ok((
         Envelope::from_bytes(
             lattice_v1::ALGORITHM,
@@ -222,6 +249,10 @@ mod tests {
     use crate::wire::new_message_id;
     use crate::KeyStore as _;
 
+    fn text(t: &str) -> Content {
+        Content::Text(t.into())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_sent_message_is_outstanding_until_its_ack_or_error() {
         let mut kit = Kit::new("alice");
@@ -229,7 +260,11 @@ mod tests {
         kit.trust
             .check_key(key_response(&bob, &identity(), true))
             .unwrap();
-        let sent = kit.outbox.send(&bob, "hi", new_message_id()).await.unwrap();
+        let sent = kit
+            .outbox
+            .send(&bob, &text("hi"), new_message_id())
+            .await
+            .unwrap();
         assert_eq!(sent.algorithm, Algorithm::LatticeV1);
         let frame = kit.try_sent().unwrap();
         let rid = frame.request_id.clone().unwrap();
@@ -252,7 +287,7 @@ mod tests {
 
         let failed = kit
             .outbox
-            .send(&bob, "again", new_message_id())
+            .send(&bob, &text("again"), new_message_id())
             .await
             .unwrap();
         let rid = kit.try_sent().unwrap().request_id.unwrap();
@@ -299,7 +334,7 @@ mod tests {
             .trust
             .key_changed(&bob, old.identity_public_key(), new.identity_public_key());
         assert!(matches!(
-            kit.outbox.send(&bob, "hi", new_message_id()).await,
+            kit.outbox.send(&bob, &text("hi"), new_message_id()).await,
             Err(PeerError::KeyChanged { .. })
         ));
         assert!(kit.try_sent().is_none());
@@ -311,7 +346,7 @@ mod tests {
             .unwrap();
         let mut last = Ok(());
         for _ in 0..=64 {
-            match kit.outbox.send(&carol, "hi", new_message_id()).await {
+            match kit.outbox.send(&carol, &text("hi"), new_message_id()).await {
                 Ok(sent) => assert_eq!(sent.algorithm, Algorithm::MlKemAes),
                 Err(e) => {
                     last = Err(e);

@@ -15,9 +15,11 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{self, Policy, Session};
+use crate::content::Content;
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
+use crate::history::History;
 use crate::inbox::Inbox;
 use crate::keys::PeerKey;
 use crate::link::{Lane, Link};
@@ -149,6 +151,7 @@ impl MessagingPeer {
             Arc::clone(&requests),
             Arc::clone(&dispatcher),
         ));
+        let history = Arc::new(History::new(me.clone(), Arc::clone(&config.history)));
         let outbox = Arc::new(Outbox::new(
             Sender {
                 client_id: me.clone(),
@@ -157,6 +160,7 @@ impl MessagingPeer {
             Arc::clone(&trust),
             Arc::clone(&requests),
             Arc::clone(&link),
+            Arc::clone(&history),
         ));
         let inbox = Arc::new(Inbox::new(
             me.clone(),
@@ -165,6 +169,7 @@ impl MessagingPeer {
             Arc::clone(&link),
             Arc::clone(&dispatcher),
             replay_store,
+            history,
         ));
         let router = Router::new(
             me.clone(),
@@ -461,7 +466,51 @@ impl MessagingPeer {
         target: &ClientId,
         text: &str,
     ) -> Result<SentMessage, PeerError> {
-        self.inner.outbox.send(target, text, new_message_id()).await
+        self.send_content(target, &Content::Text(text.to_owned()))
+            .await
+    }
+
+    /// Sends a [`Content`] (a text, a reply, an edit, a delete, a reaction, a read receipt, a
+    /// typing notice) to `target`, like [`MessagingPeer::send_message`]. To a Lattice peer it
+    /// goes as a version 2 `lattice-v1` message signed over the whole content; an original
+    /// (`ml-kem-aes`) client gets plain text only ([`Content::plain_text`]: a reply as quoted
+    /// text, an edit as a new text) and nothing at all for the other kinds.
+    ///
+    /// ```no_run
+    /// # async fn f(peer: lattice_peer::MessagingPeer, bob: lattice_protocol::ClientId) -> Result<(), lattice_peer::PeerError> {
+    /// use lattice_peer::Content;
+    /// let sent = peer.send_message(&bob, "helo").await?;
+    /// peer.send_content(&bob, &Content::Edit { target: sent.message_id, text: "hello".into() }).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::send_message`]; also [`PeerError::InvalidContent`] for a content that
+    /// breaks a bound (or [`Content::Unsupported`]), and [`PeerError::PlainTextOnly`] for a kind
+    /// an original client does not get.
+    pub async fn send_content(
+        &self,
+        target: &ClientId,
+        content: &Content,
+    ) -> Result<SentMessage, PeerError> {
+        self.inner
+            .outbox
+            .send(target, content, new_message_id())
+            .await
+    }
+
+    /// [`MessagingPeer::send_content`] with a message id chosen by the caller (see
+    /// [`MessagingPeer::send_message_with_id`]).
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::send_content`] and [`MessagingPeer::send_message_with_id`].
+    pub async fn send_content_with_id(
+        &self,
+        target: &ClientId,
+        content: &Content,
+        message_id: MessageId,
+    ) -> Result<SentMessage, PeerError> {
+        self.inner.outbox.send(target, content, message_id).await
     }
 
     /// [`MessagingPeer::send_message`] with a message id chosen by the caller, for a caller that
@@ -480,7 +529,10 @@ impl MessagingPeer {
         text: &str,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
-        self.inner.outbox.send(target, text, message_id).await
+        self.inner
+            .outbox
+            .send(target, &Content::Text(text.to_owned()), message_id)
+            .await
     }
 
     /// Answers a server question (`response` is usually a string; a boolean for `confirm`).

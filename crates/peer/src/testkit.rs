@@ -12,6 +12,7 @@ use lattice_protocol::{
 use tokio::sync::mpsc;
 
 use crate::events::{record, ConnectionState, Dispatcher, PeerEvent};
+use crate::history::{History, NoHistory};
 use crate::inbox::Inbox;
 use crate::link::Link;
 use crate::outbox::{Outbox, Sender};
@@ -92,6 +93,7 @@ impl Kit {
             Arc::clone(&requests),
             Arc::clone(&dispatcher),
         ));
+        let history = Arc::new(History::new(me.clone(), Arc::new(NoHistory)));
         let outbox = Arc::new(Outbox::new(
             Sender {
                 client_id: me.clone(),
@@ -100,6 +102,7 @@ impl Kit {
             Arc::clone(&trust),
             Arc::clone(&requests),
             Arc::clone(&link),
+            Arc::clone(&history),
         ));
         let inbox = Arc::new(Inbox::new(
             me.clone(),
@@ -108,6 +111,7 @@ impl Kit {
             Arc::clone(&link),
             Arc::clone(&dispatcher),
             Arc::new(MemoryReplayStore::default()),
+            history,
         ));
         let router = Router::new(
             me.clone(),

@@ -39,10 +39,9 @@ pub(crate) fn server_error(e: ErrorPayload) -> PeerError {
     }
 }
 
-/// The `kind` of a text message.
-pub(crate) const KIND_TEXT: &str = "text";
-/// The inner format version.
-pub(crate) const INNER_VERSION: u32 = 1;
+/// The first inner format version (text only, `kind` and `v` unsigned): still read, no longer
+/// sent. The current one is [`crate::content::CONTENT_VERSION`].
+pub(crate) const INNER_VERSION_1: u32 = 1;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

@@ -1,0 +1,315 @@
+//! `lattice-chat`'s content commands end to end: a real `lattice-server` process, the chat binary
+//! (bob) on pipes, and a `lattice-peer` peer (alice). Bob's `/reply`, `/edit`, `/react`,
+//! `/delete` reach alice as the right typed contents; alice's edit, reaction, receipt and typing
+//! are shown to bob by number; `/search` finds messages in bob's SQLite history, also after the
+//! chat is restarted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)] // Shared with the server's crash tests, which use all of it.
+#[path = "../../server/tests/support/server_process.rs"]
+mod server_process;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use lattice_peer::{
+    Change, Content, ContentUpdate, EventStream, MessageRef, MessagingPeer, PeerConfig, PeerEvent,
+    ReactionAction,
+};
+use lattice_protocol::{ClientId, MessageId};
+use server_process::ServerProcess;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::mpsc;
+
+/// Bound on waiting for one line or one event.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Chat {
+    _child: Child,
+    stdin: ChildStdin,
+    out: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Chat {
+    async fn start(url: &str, dir: &std::path::Path) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-chat"))
+            .args(["--server", url, "--id", "bob", "--identity-file"])
+            .arg(dir.join("bob.identity"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, out) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut chat = Self {
+            _child: child,
+            stdin,
+            out,
+            seen: Vec::new(),
+        };
+        chat.until("type /help for commands").await;
+        chat
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Reads output until a line containing `needle`; returns it.
+    async fn until(&mut self, needle: &str) -> String {
+        loop {
+            let line = tokio::time::timeout(WAIT, self.out.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no line with {needle:?}; saw {:#?}", self.seen))
+                .unwrap_or_else(|| panic!("output ended before {needle:?}; saw {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    async fn quit(mut self) {
+        self.type_line("/quit").await;
+        let _ = tokio::time::timeout(WAIT, self._child.wait()).await;
+    }
+}
+
+async fn next_event<T>(
+    events: &mut EventStream,
+    mut pick: impl FnMut(PeerEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let e = events.next().await.expect("event stream ended");
+            if let PeerEvent::Error(e) = &e {
+                panic!("unexpected error {e:?}");
+            }
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("no such event in time")
+}
+
+async fn next_update(events: &mut EventStream) -> ContentUpdate {
+    next_event(events, |e| match e {
+        PeerEvent::Update(u) => Some(u),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_edit_react_delete_and_search_from_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let mut chat = Chat::start(&server.url, tmp.path()).await;
+    let (alice_id, bob) = (
+        ClientId::new("alice").unwrap(),
+        ClientId::new("bob").unwrap(),
+    );
+    let alice = MessagingPeer::new(PeerConfig::new(
+        server.url.clone(),
+        alice_id.clone(),
+        lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+    ))
+    .unwrap();
+    let mut events = alice.events();
+    alice.connect().await.unwrap();
+
+    let first = alice
+        .send_message(&bob, "the launch is on Friday")
+        .await
+        .unwrap()
+        .message_id;
+    let line = chat.until("the launch is on Friday").await;
+    assert_eq!(line, "#1 [alice ✓] the launch is on Friday");
+    chat.type_line("/to alice").await;
+    chat.until("-- talking to alice").await;
+
+    // /reply 1: alice gets a reply quoting her message.
+    chat.type_line("/reply 1 sounds good").await;
+    assert_eq!(
+        chat.until("sounds good").await,
+        "#2 [you → alice] ↪ #1: sounds good"
+    );
+    let reply = next_event(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    let answer = reply.message_id.clone().unwrap();
+    assert_eq!(
+        reply.content,
+        Content::Reply {
+            to: MessageRef {
+                sender: alice_id.clone(),
+                message_id: first.clone()
+            },
+            excerpt: "the launch is on Friday".into(),
+            text: "sounds good".into(),
+        }
+    );
+
+    // Alice's receipt, typing, edit and reaction, shown by number.
+    alice
+        .send_content(
+            &bob,
+            &Content::Receipt {
+                read: vec![answer.clone()],
+            },
+        )
+        .await
+        .unwrap();
+    chat.until("-- alice read #2").await;
+    alice
+        .send_content(&bob, &Content::Typing { started: true })
+        .await
+        .unwrap();
+    chat.until("-- alice is typing").await;
+    alice
+        .send_content(
+            &bob,
+            &Content::Edit {
+                target: first.clone(),
+                text: "the launch moved to Monday".into(),
+            },
+        )
+        .await
+        .unwrap();
+    chat.until("-- alice edited #1: the launch moved to Monday")
+        .await;
+
+    // /edit: bob's last message; /react 1.
+    chat.type_line("/edit sounds great").await;
+    chat.until("-- you edited #2: sounds great").await;
+    assert_eq!(
+        next_update(&mut events).await.change,
+        Change::Edited {
+            target: answer.clone(),
+            text: "sounds great".into()
+        }
+    );
+    chat.type_line("/react 1 👍").await;
+    chat.until("-- you reacted 👍 on #1 (👍 1)").await;
+    assert_eq!(
+        next_update(&mut events).await.change,
+        Change::Reaction {
+            target: MessageRef {
+                sender: alice_id.clone(),
+                message_id: first.clone()
+            },
+            emoji: "👍".into(),
+            action: ReactionAction::Add,
+        }
+    );
+    alice
+        .send_content(
+            &bob,
+            &Content::Reaction {
+                target: MessageRef {
+                    sender: alice_id.clone(),
+                    message_id: first.clone(),
+                },
+                emoji: "🔥".into(),
+                action: ReactionAction::Add,
+            },
+        )
+        .await
+        .unwrap();
+    chat.until("-- alice reacted 🔥 to #1 (").await;
+
+    // /search over the local history: edits are found by their new text.
+    chat.type_line("/search MONDAY launch").await;
+    assert_eq!(
+        chat.until("#1 [").await,
+        "#1 [alice → you] the launch moved to Monday"
+    );
+    chat.type_line("/search friday").await;
+    chat.until("-- no message contains that").await;
+
+    // /delete: bob's last message, for everyone; then nothing of his is left to edit.
+    chat.type_line("/delete").await;
+    chat.until("-- you deleted #2 for everyone").await;
+    assert_eq!(
+        next_update(&mut events).await.change,
+        Change::Deleted {
+            target: answer.clone()
+        }
+    );
+    chat.type_line("/edit again").await;
+    chat.until("!! you have sent nothing to alice to edit")
+        .await;
+    chat.type_line("/reply 2 hello?").await;
+    chat.until("!! #2 was deleted").await;
+    chat.type_line("/react 99 👍").await;
+    chat.until("!! no message #99 in the conversation with alice")
+        .await;
+    chat.type_line("/search great").await;
+    chat.until("-- no message contains that").await;
+    chat.quit().await;
+
+    // The history survives a restart: the next run searches it, and numbers on from it.
+    let mut chat = Chat::start(&server.url, tmp.path()).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(tmp.path().join("bob.history"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the history is the user's only");
+    }
+    chat.type_line("/search launch").await;
+    assert_eq!(
+        chat.until("#1 [").await,
+        "#1 [alice → you] the launch moved to Monday"
+    );
+    let later: MessageId = alice
+        .send_message(&bob, "see you then")
+        .await
+        .unwrap()
+        .message_id;
+    assert!(!later.as_str().is_empty());
+    assert_eq!(
+        chat.until("see you then").await,
+        "#3 [alice ✓] see you then"
+    );
+    // An edit of a message of the earlier run is checked against the SQLite history (this run
+    // of the chat never saw the message itself).
+    alice
+        .send_content(
+            &bob,
+            &Content::Edit {
+                target: first.clone(),
+                text: "the launch moved to Tuesday".into(),
+            },
+        )
+        .await
+        .unwrap();
+    chat.until("-- alice edited #1: the launch moved to Tuesday")
+        .await;
+    chat.quit().await;
+    alice.disconnect().await;
+}

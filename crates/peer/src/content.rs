@@ -1,0 +1,645 @@
+//! The content layer: what a message says, independent of the envelope that carries it.
+//!
+//! [`Content`] is one of: text, a reply quoting an earlier message, an edit or a delete (for
+//! everyone) of one of the sender's own messages, a reaction, a read receipt, a typing notice, or a
+//! kind this version does not know ([`Content::Unsupported`], surfaced, never dropped silently).
+//! On the wire a content is a `kind` and a `body` ([`Content::encode`], [`Content::decode`]): the
+//! text itself for `text`, a small JSON object for the other kinds. The pair travels in the
+//! version 2 inner plaintext of `lattice-v1`, whose signature covers the version, the kind and the
+//! body (`docs/protocol.md`, *Content*); the encryption below it does not care which.
+//!
+//! Every field is bounded (the `MAX_*` constants here), and decoding checks the same bounds as
+//! encoding, so a malformed or oversized content is a typed [`ContentError`], never a panic.
+//!
+//! Whether an edit, a delete, a reaction or a receipt refers to a message that exists is checked
+//! on receipt against the history ([`crate::history`]).
+
+use std::fmt;
+
+use lattice_protocol::{ClientId, MessageId};
+use serde::{Deserialize, Serialize};
+
+/// The inner plaintext version whose signature covers the whole content (version and kind
+/// included). Version 1 (text only, `kind`/`v` unsigned) is still read.
+pub const CONTENT_VERSION: u32 = 2;
+/// Longest text (of a text, a reply or an edit), in UTF-8 bytes.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest quoted excerpt of a reply, in UTF-8 bytes ([`excerpt`] cuts to it).
+pub const MAX_EXCERPT_BYTES: usize = 256;
+/// Longest reaction, in UTF-8 bytes: one emoji (with its modifiers and joiners) or a short word.
+pub const MAX_REACTION_BYTES: usize = 32;
+/// Most message ids in one read receipt.
+pub const MAX_RECEIPT_IDS: usize = 256;
+/// Longest kind name, in bytes (`a-z`, `0-9`, `-`).
+pub const MAX_KIND_BYTES: usize = 32;
+
+/// Kind names on the wire.
+pub(crate) const KIND_TEXT: &str = "text";
+pub(crate) const KIND_REPLY: &str = "reply";
+pub(crate) const KIND_EDIT: &str = "edit";
+pub(crate) const KIND_DELETE: &str = "delete";
+pub(crate) const KIND_REACTION: &str = "reaction";
+pub(crate) const KIND_RECEIPT: &str = "receipt";
+pub(crate) const KIND_TYPING: &str = "typing";
+
+/// Why a content cannot be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// A field is longer than its bound.
+    #[error("{field} too long: {got} bytes, at most {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its bound.
+        max: usize,
+        /// Its length.
+        got: usize,
+    },
+    /// A field that must not be empty is.
+    #[error("{0} is empty")]
+    Empty(&'static str),
+    /// A list has more entries than its bound.
+    #[error("{field} has {got} entries, at most {max}")]
+    TooMany {
+        /// The field.
+        field: &'static str,
+        /// Its bound.
+        max: usize,
+        /// Its length.
+        got: usize,
+    },
+    /// A reaction with control characters or white space.
+    #[error("a reaction must be printable, without spaces or control characters")]
+    InvalidReaction,
+    /// A kind name that is not 1 to [`MAX_KIND_BYTES`] of `a-z`, `0-9`, `-`.
+    #[error("invalid kind name")]
+    InvalidKind,
+    /// The body does not have the shape its kind requires.
+    #[error("malformed {kind} body")]
+    Malformed {
+        /// The kind.
+        kind: &'static str,
+    },
+    /// [`Content::Unsupported`] only describes something received; it cannot be sent.
+    #[error("an unsupported content cannot be sent")]
+    Unsendable,
+}
+
+/// A message of a conversation, named by who sent it and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRef {
+    /// Who sent the message.
+    pub sender: ClientId,
+    /// Its id.
+    pub message_id: MessageId,
+}
+
+/// Adding or removing a reaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReactionAction {
+    /// The sender reacts.
+    Add,
+    /// The sender takes its reaction back.
+    Remove,
+}
+
+/// What a message says. Texts (a reply's excerpt, an edit's text, a reaction) are left out of
+/// `Debug`, so that logging a content never logs what someone wrote.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Content {
+    /// A text message.
+    Text(String),
+    /// A text answering an earlier message, quoted by a short excerpt.
+    Reply {
+        /// The message answered.
+        to: MessageRef,
+        /// A short excerpt of it (at most [`MAX_EXCERPT_BYTES`]), shown as the quote.
+        excerpt: String,
+        /// The answer.
+        text: String,
+    },
+    /// Replaces the text of one of the sender's own earlier messages.
+    Edit {
+        /// The sender's message being edited.
+        target: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// Deletes one of the sender's own earlier messages for everyone.
+    Delete {
+        /// The sender's message being deleted.
+        target: MessageId,
+    },
+    /// A reaction to a message of the conversation (the sender's or the recipient's).
+    Reaction {
+        /// The message reacted to.
+        target: MessageRef,
+        /// The emoji (or short word), at most [`MAX_REACTION_BYTES`].
+        emoji: String,
+        /// Added or removed.
+        action: ReactionAction,
+    },
+    /// The recipient's messages the sender has read.
+    Receipt {
+        /// Their ids (1 to [`MAX_RECEIPT_IDS`]).
+        read: Vec<MessageId>,
+    },
+    /// The sender started or stopped typing.
+    Typing {
+        /// `true`: started; `false`: stopped.
+        started: bool,
+    },
+    /// A kind this version does not know, received from a newer client: shown as "unsupported
+    /// message", never dropped silently. Cannot be sent.
+    Unsupported {
+        /// The kind's name, as sent (a valid kind name).
+        kind: String,
+    },
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = |t: &String| format!("<{} bytes>", t.len());
+        match self {
+            Self::Text(t) => f.debug_tuple("Text").field(&text(t)).finish(),
+            Self::Reply {
+                to,
+                excerpt,
+                text: t,
+            } => f
+                .debug_struct("Reply")
+                .field("to", to)
+                .field("excerpt", &text(excerpt))
+                .field("text", &text(t))
+                .finish(),
+            Self::Edit { target, text: t } => f
+                .debug_struct("Edit")
+                .field("target", target)
+                .field("text", &text(t))
+                .finish(),
+            Self::Delete { target } => f.debug_struct("Delete").field("target", target).finish(),
+            Self::Reaction {
+                target,
+                emoji,
+                action,
+            } => f
+                .debug_struct("Reaction")
+                .field("target", target)
+                .field("emoji", &text(emoji))
+                .field("action", action)
+                .finish(),
+            Self::Receipt { read } => f.debug_struct("Receipt").field("read", read).finish(),
+            Self::Typing { started } => f.debug_struct("Typing").field("started", started).finish(),
+            Self::Unsupported { kind } => {
+                f.debug_struct("Unsupported").field("kind", kind).finish()
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyBody {
+    to: MessageRef,
+    excerpt: String,
+    text: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EditBody {
+    target: MessageId,
+    text: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteBody {
+    target: MessageId,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReactionBody {
+    target: MessageRef,
+    emoji: String,
+    remove: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReceiptBody {
+    read: Vec<MessageId>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypingBody {
+    started: bool,
+}
+
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ContentError> {
+    if text.len() > max {
+        return Err(ContentError::TooLong {
+            field,
+            max,
+            got: text.len(),
+        });
+    }
+    Ok(())
+}
+
+fn check_reaction(emoji: &str) -> Result<(), ContentError> {
+    if emoji.is_empty() {
+        return Err(ContentError::Empty("reaction"));
+    }
+    check_text("reaction", emoji, MAX_REACTION_BYTES)?;
+    if emoji.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ContentError::InvalidReaction);
+    }
+    Ok(())
+}
+
+fn is_kind_name(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= MAX_KIND_BYTES
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The text shown for a message of a kind the app does not render: `[unsupported message: kind]`.
+pub fn unsupported_text(kind: &str) -> String {
+    format!("[unsupported message: {kind}]")
+}
+
+/// At most [`MAX_EXCERPT_BYTES`] of `text`, cut at a character boundary (with "…" when cut), for
+/// [`Content::Reply`].
+pub fn excerpt(text: &str) -> String {
+    if text.len() <= MAX_EXCERPT_BYTES {
+        return text.to_owned();
+    }
+    let ellipsis = "…";
+    let mut end = MAX_EXCERPT_BYTES - ellipsis.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &text[..end])
+}
+
+fn to_json<T: Serialize>(kind: &'static str, body: &T) -> Result<String, ContentError> {
+    serde_json::to_string(body).map_err(|_| ContentError::Malformed { kind })
+}
+
+fn from_json<'a, T: Deserialize<'a>>(kind: &'static str, body: &'a str) -> Result<T, ContentError> {
+    serde_json::from_str(body).map_err(|_| ContentError::Malformed { kind })
+}
+
+impl Content {
+    /// The wire kind name.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Text(_) => KIND_TEXT,
+            Self::Reply { .. } => KIND_REPLY,
+            Self::Edit { .. } => KIND_EDIT,
+            Self::Delete { .. } => KIND_DELETE,
+            Self::Reaction { .. } => KIND_REACTION,
+            Self::Receipt { .. } => KIND_RECEIPT,
+            Self::Typing { .. } => KIND_TYPING,
+            Self::Unsupported { kind } => kind,
+        }
+    }
+
+    /// Checks every bound.
+    ///
+    /// # Errors
+    /// The first bound broken, as a [`ContentError`].
+    pub fn validate(&self) -> Result<(), ContentError> {
+        match self {
+            Self::Text(text) => check_text("text", text, MAX_TEXT_BYTES),
+            Self::Reply { excerpt, text, .. } => {
+                check_text("excerpt", excerpt, MAX_EXCERPT_BYTES)?;
+                check_text("text", text, MAX_TEXT_BYTES)
+            }
+            Self::Edit { text, .. } => check_text("text", text, MAX_TEXT_BYTES),
+            Self::Delete { .. } | Self::Typing { .. } => Ok(()),
+            Self::Reaction { emoji, .. } => check_reaction(emoji),
+            Self::Receipt { read } => {
+                if read.is_empty() {
+                    return Err(ContentError::Empty("receipt"));
+                }
+                if read.len() > MAX_RECEIPT_IDS {
+                    return Err(ContentError::TooMany {
+                        field: "receipt",
+                        max: MAX_RECEIPT_IDS,
+                        got: read.len(),
+                    });
+                }
+                Ok(())
+            }
+            Self::Unsupported { kind } => {
+                if is_kind_name(kind) {
+                    Ok(())
+                } else {
+                    Err(ContentError::InvalidKind)
+                }
+            }
+        }
+    }
+
+    /// The `(kind, body)` pair that goes on the wire, after [`Content::validate`].
+    ///
+    /// # Errors
+    /// A bound broken, or [`ContentError::Unsendable`] for [`Content::Unsupported`].
+    pub fn encode(&self) -> Result<(&str, String), ContentError> {
+        self.validate()?;
+        let body = match self {
+            Self::Text(text) => text.clone(),
+            Self::Reply { to, excerpt, text } => to_json(
+                KIND_REPLY,
+                &ReplyBody {
+                    to: to.clone(),
+                    excerpt: excerpt.clone(),
+                    text: text.clone(),
+                },
+            )?,
+            Self::Edit { target, text } => to_json(
+                KIND_EDIT,
+                &EditBody {
+                    target: target.clone(),
+                    text: text.clone(),
+                },
+            )?,
+            Self::Delete { target } => to_json(
+                KIND_DELETE,
+                &DeleteBody {
+                    target: target.clone(),
+                },
+            )?,
+            Self::Reaction {
+                target,
+                emoji,
+                action,
+            } => to_json(
+                KIND_REACTION,
+                &ReactionBody {
+                    target: target.clone(),
+                    emoji: emoji.clone(),
+                    remove: *action == ReactionAction::Remove,
+                },
+            )?,
+            Self::Receipt { read } => to_json(KIND_RECEIPT, &ReceiptBody { read: read.clone() })?,
+            Self::Typing { started } => to_json(KIND_TYPING, &TypingBody { started: *started })?,
+            Self::Unsupported { .. } => return Err(ContentError::Unsendable),
+        };
+        Ok((self.kind(), body))
+    }
+
+    /// Reads a `(kind, body)` pair. A valid kind name this version does not know gives
+    /// [`Content::Unsupported`]; the bounds are checked as by [`Content::validate`].
+    ///
+    /// # Errors
+    /// [`ContentError::InvalidKind`] for a kind that is not a kind name,
+    /// [`ContentError::Malformed`] for a body without its kind's shape, or a bound broken.
+    pub fn decode(kind: &str, body: &str) -> Result<Self, ContentError> {
+        let content = match kind {
+            KIND_TEXT => Self::Text(body.to_owned()),
+            KIND_REPLY => {
+                let b: ReplyBody = from_json(KIND_REPLY, body)?;
+                Self::Reply {
+                    to: b.to,
+                    excerpt: b.excerpt,
+                    text: b.text,
+                }
+            }
+            KIND_EDIT => {
+                let b: EditBody = from_json(KIND_EDIT, body)?;
+                Self::Edit {
+                    target: b.target,
+                    text: b.text,
+                }
+            }
+            KIND_DELETE => {
+                let b: DeleteBody = from_json(KIND_DELETE, body)?;
+                Self::Delete { target: b.target }
+            }
+            KIND_REACTION => {
+                let b: ReactionBody = from_json(KIND_REACTION, body)?;
+                Self::Reaction {
+                    target: b.target,
+                    emoji: b.emoji,
+                    action: if b.remove {
+                        ReactionAction::Remove
+                    } else {
+                        ReactionAction::Add
+                    },
+                }
+            }
+            KIND_RECEIPT => {
+                let b: ReceiptBody = from_json(KIND_RECEIPT, body)?;
+                Self::Receipt { read: b.read }
+            }
+            KIND_TYPING => {
+                let b: TypingBody = from_json(KIND_TYPING, body)?;
+                Self::Typing { started: b.started }
+            }
+            other => Self::Unsupported {
+                kind: other.to_owned(),
+            },
+        };
+        content.validate()?;
+        Ok(content)
+    }
+
+    /// What an original (`ml-kem-aes`) client gets instead: plain text only. A reply becomes the
+    /// quote and the answer, an edit a new text marked as such; `None` for kinds that are not sent
+    /// to such clients at all (delete, reaction, receipt, typing).
+    pub fn plain_text(&self) -> Option<String> {
+        match self {
+            Self::Text(text) => Some(text.clone()),
+            Self::Reply { excerpt, text, .. } => Some(format!("> {excerpt}\n{text}")),
+            Self::Edit { text, .. } => Some(format!("(edited) {text}")),
+            _ => None,
+        }
+    }
+
+    /// The text to show for a message-like content: the text of a text or a reply, a notice for
+    /// an unsupported kind; `None` for the kinds that change other messages.
+    pub fn display_text(&self) -> Option<String> {
+        match self {
+            Self::Text(text) | Self::Reply { text, .. } => Some(text.clone()),
+            Self::Unsupported { kind } => Some(unsupported_text(kind)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mid(s: &str) -> MessageId {
+        MessageId::new(s).unwrap()
+    }
+
+    fn all() -> Vec<Content> {
+        let to = MessageRef {
+            sender: ClientId::new("alice").unwrap(),
+            message_id: mid("m1"),
+        };
+        vec![
+            Content::Text("hi".into()),
+            Content::Reply {
+                to: to.clone(),
+                excerpt: "earlier".into(),
+                text: "answer".into(),
+            },
+            Content::Edit {
+                target: mid("m1"),
+                text: "fixed".into(),
+            },
+            Content::Delete { target: mid("m1") },
+            Content::Reaction {
+                target: to,
+                emoji: "👍".into(),
+                action: ReactionAction::Remove,
+            },
+            Content::Receipt {
+                read: vec![mid("m1"), mid("m2")],
+            },
+            Content::Typing { started: true },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for c in all() {
+            let (kind, body) = c.encode().unwrap();
+            assert_eq!(Content::decode(kind, &body).unwrap(), c, "{kind}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_unsupported_and_bad_names_are_errors() {
+        assert_eq!(
+            Content::decode("poll", "{}").unwrap(),
+            Content::Unsupported {
+                kind: "poll".into()
+            }
+        );
+        for bad in ["", "Poll", "a b", &"x".repeat(MAX_KIND_BYTES + 1)] {
+            assert_eq!(Content::decode(bad, ""), Err(ContentError::InvalidKind));
+        }
+        assert_eq!(
+            Content::Unsupported {
+                kind: "poll".into()
+            }
+            .encode(),
+            Err(ContentError::Unsendable)
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_typed_errors() {
+        for kind in [
+            KIND_REPLY,
+            KIND_EDIT,
+            KIND_DELETE,
+            KIND_REACTION,
+            KIND_RECEIPT,
+            KIND_TYPING,
+        ] {
+            assert!(
+                matches!(
+                    Content::decode(kind, "not json"),
+                    Err(ContentError::Malformed { .. })
+                ),
+                "{kind}"
+            );
+        }
+        // An id that is not a message id.
+        assert!(matches!(
+            Content::decode(KIND_DELETE, r#"{"target":""}"#),
+            Err(ContentError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn every_field_is_bounded_both_ways() {
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        assert!(matches!(
+            Content::Text(long.clone()).encode(),
+            Err(ContentError::TooLong { field: "text", .. })
+        ));
+        assert!(matches!(
+            Content::decode(KIND_TEXT, &long),
+            Err(ContentError::TooLong { field: "text", .. })
+        ));
+        let edit = format!(r#"{{"target":"m","text":"{long}"}}"#);
+        assert!(matches!(
+            Content::decode(KIND_EDIT, &edit),
+            Err(ContentError::TooLong { .. })
+        ));
+        let reply = format!(
+            r#"{{"to":{{"sender":"a","messageId":"m"}},"excerpt":"{}","text":""}}"#,
+            "e".repeat(MAX_EXCERPT_BYTES + 1)
+        );
+        assert!(matches!(
+            Content::decode(KIND_REPLY, &reply),
+            Err(ContentError::TooLong {
+                field: "excerpt",
+                ..
+            })
+        ));
+        let ids: Vec<String> = (0..=MAX_RECEIPT_IDS).map(|n| format!("\"m{n}\"")).collect();
+        let receipt = format!(r#"{{"read":[{}]}}"#, ids.join(","));
+        assert!(matches!(
+            Content::decode(KIND_RECEIPT, &receipt),
+            Err(ContentError::TooMany { .. })
+        ));
+        assert_eq!(
+            Content::decode(KIND_RECEIPT, r#"{"read":[]}"#),
+            Err(ContentError::Empty("receipt"))
+        );
+        let reaction = |e: &str| {
+            format!(r#"{{"target":{{"sender":"a","messageId":"m"}},"emoji":"{e}","remove":false}}"#)
+        };
+        assert!(Content::decode(KIND_REACTION, &reaction("👍🏽")).is_ok());
+        assert_eq!(
+            Content::decode(KIND_REACTION, &reaction("")),
+            Err(ContentError::Empty("reaction"))
+        );
+        assert_eq!(
+            Content::decode(KIND_REACTION, &reaction("a b")),
+            Err(ContentError::InvalidReaction)
+        );
+        assert_eq!(
+            Content::decode(KIND_REACTION, &reaction("\\u0007")),
+            Err(ContentError::InvalidReaction)
+        );
+        assert!(matches!(
+            Content::decode(KIND_REACTION, &reaction(&"🙂".repeat(9))),
+            Err(ContentError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn excerpts_are_cut_at_a_character_boundary() {
+        assert_eq!(excerpt("short"), "short");
+        let cut = excerpt(&"é".repeat(MAX_EXCERPT_BYTES));
+        assert!(cut.len() <= MAX_EXCERPT_BYTES);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn original_clients_get_plain_text_only() {
+        let plain: Vec<Option<String>> = all().iter().map(Content::plain_text).collect();
+        assert_eq!(plain[0].as_deref(), Some("hi"));
+        assert_eq!(plain[1].as_deref(), Some("> earlier\nanswer"));
+        assert_eq!(plain[2].as_deref(), Some("(edited) fixed"));
+        assert!(plain[3..].iter().all(Option::is_none));
+    }
+}
