@@ -76,6 +76,7 @@ use crate::hub::{Out, SessionShared};
 use crate::limits::WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::state::ServerState;
+pub(crate) use handlers::reap_in_flight;
 use handlers::{Close, Core};
 use pacing::TokenBucket;
 
@@ -169,6 +170,7 @@ impl Session {
                 // The handlers are boxed so that an idle connection's task holds only this small
                 // select state, not the largest handler's: memory per idle connection is a target.
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
+                () = self.shared.answers.ready.notified() => Box::pin(self.write_answers(&mut ws)).await,
                 () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
                 msg = ws.next(), if paused_until.is_none() => Box::pin(self.read(&mut ws, msg)).await,
                 () = resume, if paused_until.is_some() => Flow::Continue,
@@ -321,6 +323,15 @@ impl Session {
         }
         if self.shared.mail_waiting.swap(false, Ordering::AcqRel) {
             self.core.set_draining();
+        }
+        self.flush_replies(ws).await
+    }
+
+    /// Writes the answer lane: `message_ack`s and errors for this connection's messages that
+    /// other sessions answered (a recipient's `ack`, a spill to the mailbox).
+    async fn write_answers(&mut self, ws: &mut WebSocket) -> Flow {
+        for frame in self.shared.answers.take() {
+            self.core.push(Message::Text(frame));
         }
         self.flush_replies(ws).await
     }
