@@ -25,8 +25,8 @@ use crate::inflight::{AnswerLane, InFlight};
 pub enum Out {
     /// A frame to write as is.
     Frame(Box<Utf8Bytes>),
-    /// A `message` frame for this peer (for a verified peer, its mailbox row is owned by this
-    /// connection until the peer acknowledges it).
+    /// A `message` frame for this peer (for a verified peer, held in this connection's in-flight
+    /// table, or its mailbox row owned by this connection, until the peer acknowledges it).
     Deliver(Box<Utf8Bytes>),
     /// Mail waits in this peer's mailbox: drain it.
     CheckMail,
