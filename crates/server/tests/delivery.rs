@@ -289,3 +289,42 @@ async fn past_the_in_flight_bound_messages_take_the_durable_path() {
     assert_eq!(again, got);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_commits_what_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |port| Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        port,
+        ..Config::for_tests()
+    };
+    let server = spawn_with(config(0)).await;
+    let port = server.local_addr().port();
+    let bob_id = new_identity();
+    let mut bob = register_verified(&server.url(), "bob", &bob_id).await;
+    let (mut alice, _) = register_unverified(&server.url(), "alice").await;
+    alice
+        .send(message("bob", "held", "r1", "at shutdown"))
+        .await;
+    assert_eq!(
+        bob.recv_type("message").await["payload"]["messageId"],
+        "held"
+    );
+    // held for bob's ack (3 s) when the server stops: it is committed on the way down
+    server.shutdown().await;
+    let mut server = None;
+    for _ in 0..100 {
+        if let Ok(s) = lattice_server::spawn(config(port)).await {
+            server = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = server.expect("the port binds again");
+    let mut bob = register_verified(&server.url(), "bob", &bob_id).await;
+    assert_eq!(
+        bob.recv_type("message").await["payload"]["messageId"],
+        "held"
+    );
+    server.shutdown().await;
+}
