@@ -274,9 +274,9 @@ impl Session {
         }
     }
 
-    /// The batch's group commit, then its replies in one write (feed, one flush), bounded by
-    /// [`WRITE_TIMEOUT`]. The commit comes first so that no `message_ack` is written before its
-    /// message is stored.
+    /// The batch's group commit, then its replies and the answer lane's frames in one write
+    /// (feed, one flush), bounded by [`WRITE_TIMEOUT`]. The commit comes first so that no
+    /// `message_ack` is written before its message is stored.
     async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
         if let Some(request) = self.core.take_commit() {
             let writer = Arc::clone(&self.core.state().writer);
@@ -284,6 +284,9 @@ impl Session {
                 Ok(results) => self.core.finish_commit(results),
                 Err(request) => self.core.commit_here(request),
             }
+        }
+        for frame in self.shared.answers.take() {
+            self.core.push(Message::Text(frame));
         }
         let replies = self.core.take_replies();
         if replies.is_empty() {
@@ -338,11 +341,10 @@ impl Session {
     }
 
     /// Writes the answer lane: `message_ack`s and errors for this connection's messages that
-    /// other sessions answered (a recipient's `ack`, a spill to the mailbox).
+    /// other sessions answered (a recipient's `ack`, a spill to the mailbox). Every flush takes
+    /// the lane too ([`Self::flush_replies`]), so a busy connection writes its answers with its
+    /// other frames and the lane is never starved by the queue.
     async fn write_answers(&mut self, ws: &mut WebSocket) -> Flow {
-        for frame in self.shared.answers.take() {
-            self.core.push(Message::Text(frame));
-        }
         self.flush_replies(ws).await
     }
 
