@@ -412,7 +412,7 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
                 // After the stop, the answers still owed (up to the server's ack wait) are read
                 // too, so every status is counted.
-                let linger = Duration::from_secs(8);
+                let linger = soak::ANSWER_LINGER;
                 let mut stopped_at: Option<Instant> = None;
                 while let Ok(Some(Ok(msg))) =
                     tokio::time::timeout(Duration::from_secs(5), stream.next()).await

@@ -34,7 +34,7 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping sender keeps reading answers: longer than the server's default ack wait
 /// (3 s) plus the reaper's period (0.75 s) and a commit.
-const ANSWER_LINGER: Duration = Duration::from_secs(5);
+pub(crate) const ANSWER_LINGER: Duration = Duration::from_secs(5);
 /// Sender pacing tick.
 const TICK: Duration = Duration::from_millis(10);
 /// Server heartbeat used by the soak (seconds): short, so stalled recipients are noticed within
