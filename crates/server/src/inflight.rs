@@ -191,15 +191,31 @@ pub enum Matched {
 #[derive(Debug, Default)]
 pub struct InFlight {
     // std Mutex: a map operation per message and per ack; never held across an await.
-    inner: Mutex<Table>,
+    inner: Mutex<Slot>,
+}
+
+/// The table exists only while something is held: an idle connection (most of them) pays for
+/// the flag and an empty pointer, not for a map.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Set when the connection ended: nothing more is held.
+    closed: bool,
+    table: Option<Box<Table>>,
+}
+
+impl Slot {
+    /// Frees the table once nothing is held.
+    fn release_if_empty(&mut self) {
+        if self.table.as_ref().is_some_and(|t| t.map.is_empty()) {
+            self.table = None;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Table {
-    /// Set when the connection ended: nothing more is held.
-    closed: bool,
     /// Held messages with the sequence number of their `order` entry.
-    map: HashMap<HeldKey, (u64, Instant, HeldMessage)>,
+    map: HashMap<HeldKey, (u64, HeldMessage)>,
     /// Deadlines in the order they were given (every deadline is "now + the ack wait", so this is
     /// also deadline order). Entries of messages already taken are skipped lazily and compacted
     /// away when they outnumber the live ones.
@@ -209,7 +225,7 @@ struct Table {
 
 impl Table {
     fn is_live(&self, seq: u64, key: &HeldKey) -> bool {
-        self.map.get(key).is_some_and(|(s, _, _)| *s == seq)
+        self.map.get(key).is_some_and(|(s, _)| *s == seq)
     }
 
     /// Drops stale entries at the front, and compacts when stale ones dominate.
@@ -223,13 +239,13 @@ impl Table {
         if self.order.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
             self.order
-                .retain(|(_, seq, key)| map.get(key).is_some_and(|(s, _, _)| s == seq));
+                .retain(|(_, seq, key)| map.get(key).is_some_and(|(s, _)| s == seq));
         }
     }
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -248,29 +264,38 @@ impl InFlight {
         cap: usize,
         deadline: Instant,
     ) -> Result<(), Box<HeldMessage>> {
-        let mut t = self.lock();
-        if t.closed || t.map.len() >= cap || t.map.contains_key(&key) {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(Box::new(msg));
+        }
+        let t = s.table.get_or_insert_with(Box::default);
+        if t.map.len() >= cap || t.map.contains_key(&key) {
             return Err(Box::new(msg));
         }
         t.seq += 1;
         let seq = t.seq;
         t.order.push_back((deadline, seq, key.clone()));
-        t.map.insert(key, (seq, deadline, msg));
+        t.map.insert(key, (seq, msg));
         Ok(())
     }
 
     /// Takes the message held under `key` (an `ack` with `fromId`).
     pub fn take(&self, key: &HeldKey) -> Option<HeldMessage> {
-        let mut t = self.lock();
-        let (_, _, msg) = t.map.remove(key)?;
+        let mut s = self.lock();
+        let t = s.table.as_mut()?;
+        let (_, msg) = t.map.remove(key)?;
         t.tidy();
+        s.release_if_empty();
         Some(msg)
     }
 
     /// Takes the one message held with id `mid`, whoever sent it (an `ack` without `fromId`);
     /// nothing when two senders' messages have that id.
     pub fn take_by_id(&self, mid: &MessageId) -> Matched {
-        let mut t = self.lock();
+        let mut s = self.lock();
+        let Some(t) = s.table.as_mut() else {
+            return Matched::Nothing;
+        };
         let mut found = t.map.keys().filter(|(_, m)| m == mid);
         let Some(key) = found.next().cloned() else {
             return Matched::Nothing;
@@ -278,16 +303,20 @@ impl InFlight {
         if found.next().is_some() {
             return Matched::Ambiguous;
         }
-        let Some((_, _, msg)) = t.map.remove(&key) else {
+        let Some((_, msg)) = t.map.remove(&key) else {
             return Matched::Nothing;
         };
         t.tidy();
+        s.release_if_empty();
         Matched::One(msg)
     }
 
     /// Takes every message whose deadline is at or before `now`.
     pub fn take_expired(&self, now: Instant) -> Vec<(HeldKey, HeldMessage)> {
-        let mut t = self.lock();
+        let mut s = self.lock();
+        let Some(t) = s.table.as_mut() else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         while let Some((deadline, seq, key)) = t.order.front() {
             if *deadline > now {
@@ -296,25 +325,29 @@ impl InFlight {
             let (seq, key) = (*seq, key.clone());
             t.order.pop_front();
             if t.is_live(seq, &key) {
-                if let Some((_, _, msg)) = t.map.remove(&key) {
+                if let Some((_, msg)) = t.map.remove(&key) {
                     out.push((key, msg));
                 }
             }
         }
+        s.release_if_empty();
         out
     }
 
     /// Marks the table closed (the connection ended) and takes everything held, oldest first:
     /// from now on [`Self::hold`] refuses.
     pub fn close(&self) -> Vec<(HeldKey, HeldMessage)> {
-        let mut t = self.lock();
-        t.closed = true;
+        let mut s = self.lock();
+        s.closed = true;
+        let Some(mut t) = s.table.take() else {
+            return Vec::new();
+        };
         // In the order they were sent, so the mailbox gives them back in that order.
         let order = std::mem::take(&mut t.order);
         let mut out = Vec::with_capacity(t.map.len());
         for (_, seq, key) in order {
             if t.is_live(seq, &key) {
-                if let Some((_, _, msg)) = t.map.remove(&key) {
+                if let Some((_, msg)) = t.map.remove(&key) {
                     out.push((key, msg));
                 }
             }
@@ -329,7 +362,7 @@ impl InFlight {
 
     /// Messages held now.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().table.as_ref().map_or(0, |t| t.map.len())
     }
 
     /// True when nothing is held.
@@ -484,9 +517,21 @@ mod tests {
             }
         }
         assert!(t.is_empty());
-        assert!(
-            t.lock().order.len() <= 64 + 2,
-            "the order queue is compacted"
-        );
+        assert!(t.lock().table.is_none(), "an empty table is freed");
+        // one message is never acked, so the table lives on and its deadline stays at the
+        // front; every other one is acked at once: the queue of deadlines is compacted instead of
+        // growing with every message that passed
+        t.hold(key("b", "stuck"), held(&budget, &to, "x"), 256, deadline)
+            .unwrap();
+        for i in 0..10_000u32 {
+            let k = key("b", &i.to_string());
+            t.hold(k.clone(), held(&budget, &to, "x"), 256, deadline)
+                .unwrap();
+            assert!(t.take(&k).is_some());
+        }
+        assert_eq!(t.len(), 1);
+        let s = t.lock();
+        let order = s.table.as_ref().map_or(0, |t| t.order.len());
+        assert!(order <= 2 + 64 + 1, "the order queue is compacted: {order}");
     }
 }
