@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-peer soak bundle
+.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-peer bench-delivery soak bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -47,6 +47,12 @@ bench: bench-crypto bench-peer
 
 bench-crypto:
 	$(CARGO) bench -p lattice-crypto
+
+## The delivery paths for verified recipients side by side (docs/performance.md): committed
+## before the answer (--ack-wait 0), end-to-end delivered, and the memory-only path.
+bench-delivery:
+	$(CARGO) build --release -p lattice-server -p lattice-bench
+	taskset -c 1 target/release/lattice-loadgen delivery --pairs 10,100 --rounds 2 --duration 6
 
 ## The client: seal+open of 1 KiB through the outbox and inbox, and 1,000 messages round trip
 ## through a real in-process server (crates/peer/benches/peer.rs).

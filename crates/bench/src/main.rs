@@ -64,6 +64,24 @@ enum Cmd {
     /// stalling verified recipients, optional kill -9 and restart; accounts for every message and
     /// fails if an acknowledged one is lost.
     Soak(soak::SoakArgs),
+    /// The delivery paths for verified recipients side by side, each on a fresh lattice-server
+    /// (pinned to core 0) on a fresh data dir: committed before the answer (`--ack-wait 0`),
+    /// end-to-end `delivered` (the default), and the memory-only path of unverified recipients;
+    /// rounds alternate. Reports throughput, receive and sender-answer latency, the answers'
+    /// statuses and the server's CPU per message.
+    Delivery {
+        /// Pair counts to run.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        pairs: Vec<usize>,
+        /// Rounds of the three paths.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[command(flatten)]
+        load: Load,
+        /// Directory holding the lattice-server binary (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// Start lattice-server and minimal-relay (pinned to core 0 with taskset) and measure both.
     Compare {
         /// Pair counts to run.
@@ -91,9 +109,10 @@ struct Load {
     /// Plaintext bytes per message.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Receivers register verified and acknowledge every message: the durable path, where each
-    /// message is committed to the server's SQLite mailbox before its `message_ack` and deleted
-    /// at the receiver's `ack` (run the server with `--data-dir` to measure it on disk).
+    /// Receivers register verified and acknowledge every message (as soon as nothing more is
+    /// buffered, or every 16): the delivery contract's path, where the sender's `message_ack`
+    /// follows the receiver's `ack` (or, with the server's `--ack-wait 0`, the message's commit
+    /// to the SQLite mailbox; run the server with `--data-dir` to measure it on disk).
     #[arg(long)]
     verified: bool,
 }
@@ -116,7 +135,17 @@ const SEND_BATCH: usize = 16;
 
 #[derive(Debug)]
 struct Report {
+    /// Messages received in the measured window.
     delivered: u64,
+    /// Messages received in the whole run (warm-up and drain included), for CPU per message.
+    received_all: u64,
+    /// Senders' `message_ack`s by status, and `error` frames, in the whole run.
+    acks_delivered: u64,
+    acks_queued: u64,
+    errors: u64,
+    /// Send → `message_ack` latency of messages sent in the measured window.
+    ack_p50_us: u64,
+    ack_p99_us: u64,
     secs: f64,
     p50_us: u64,
     p99_us: u64,
@@ -155,6 +184,12 @@ fn main() -> anyhow::Result<()> {
                 println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
             }
             Cmd::Soak(args) => soak::soak(args).await?,
+            Cmd::Delivery {
+                pairs,
+                rounds,
+                load,
+                bin_dir,
+            } => delivery(&pairs, rounds, load, bin_dir).await?,
             Cmd::Compare {
                 pairs,
                 idle: idle_n,
@@ -261,6 +296,12 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    let ack_hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let received_all = Arc::new(AtomicU64::new(0));
+    // delivered, queued, error
+    let answers = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let mut counts = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -291,12 +332,32 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
                 (Arc::clone(&permits), Arc::clone(&hist), Arc::clone(&stop));
             let (mut sink, mut stream) = receiver.split();
             let verified = load.verified;
+            let received_all = Arc::clone(&received_all);
             tasks.spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
                 let mut unflushed = 0;
-                while let Ok(Some(Ok(msg))) =
-                    tokio::time::timeout(Duration::from_secs(5), stream.next()).await
-                {
+                let mut buffered: Option<Message> = None;
+                loop {
+                    let msg = match buffered.take() {
+                        Some(m) => m,
+                        None => {
+                            // Nothing more is buffered: the acks go out now (a client acks what
+                            // it processed; it does not hold acks back waiting for more).
+                            if unflushed > 0 {
+                                unflushed = 0;
+                                let _ = sink.flush().await;
+                            }
+                            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+                            {
+                                Ok(Some(Ok(m))) => m,
+                                _ => break,
+                            }
+                        }
+                    };
+                    if let Some(Some(Ok(m))) = futures_util::FutureExt::now_or_never(stream.next())
+                    {
+                        buffered = Some(m);
+                    }
                     let Message::Text(text) = msg else { continue };
                     // Cheap on purpose (the generator must not be the bottleneck): the send time is
                     // the last field of the envelope, so find it from the end instead of parsing
@@ -318,6 +379,7 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
                         }
                     }
                     permits.add_permits(1);
+                    received_all.fetch_add(1, Ordering::Relaxed);
                     let now = start.elapsed().as_micros() as u64;
                     {
                         if t >= measure_from && now <= measure_to {
@@ -345,13 +407,43 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
                 (Arc::clone(&permits), Arc::clone(&stop), Arc::clone(&prefix));
             let (mut sink, mut stream) = sender.split();
             let stop_reader = Arc::clone(&stop);
+            let (ack_hist, answers) = (Arc::clone(&ack_hist), Arc::clone(&answers));
             tasks.spawn(async move {
-                while let Ok(Some(Ok(_))) =
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+                // After the stop, the answers still owed (up to the server's ack wait) are read
+                // too, so every status is counted.
+                let linger = soak::ANSWER_LINGER;
+                let mut stopped_at: Option<Instant> = None;
+                while let Ok(Some(Ok(msg))) =
                     tokio::time::timeout(Duration::from_secs(5), stream.next()).await
                 {
-                    if stop_reader.load(Ordering::Relaxed) {
-                        break;
+                    if let Message::Text(text) = &msg {
+                        let now = start.elapsed().as_micros() as u64;
+                        if text.contains(r#""type":"error""#) {
+                            answers[2].fetch_add(1, Ordering::Relaxed);
+                        } else if let Some(status) = field(text, "status") {
+                            let i = usize::from(status != "delivered");
+                            answers[i].fetch_add(1, Ordering::Relaxed);
+                            // The send time is the message id's last part.
+                            let sent = field(text, "messageId")
+                                .and_then(|m| m.rsplit('-').next())
+                                .and_then(|t| t.parse::<u64>().ok());
+                            if let (Some(t), Some(h)) = (sent, local.as_mut()) {
+                                if t >= measure_from && t <= measure_to {
+                                    let _ = h.record(now.saturating_sub(t).max(1));
+                                }
+                            }
+                        }
                     }
+                    if stop_reader.load(Ordering::Relaxed) {
+                        let at = *stopped_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() > linger {
+                            break;
+                        }
+                    }
+                }
+                if let Some(h) = local {
+                    let _ = ack_hist.lock().await.add(&h);
                 }
             });
             tasks.spawn(async move {
@@ -374,7 +466,7 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
                         seq += 1;
                         let t = start.elapsed().as_micros() as u64;
                         let frame = format!(
-                            r#"{{"type":"message","payload":{{"targetId":"{recv_id}","messageId":"{i}-{seq}","message":{prefix},"t":{t}}}}}}}"#
+                            r#"{{"type":"message","payload":{{"targetId":"{recv_id}","messageId":"{i}-{seq}-{t}","message":{prefix},"t":{t}}}}}}}"#
                         );
                         if sink.feed(Message::Text(frame.into())).await.is_err() {
                             break 'send;
@@ -393,7 +485,7 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
     ))
     .await;
     stop.store(true, Ordering::Relaxed);
-    let drain = tokio::time::timeout(Duration::from_secs(10), async {
+    let drain = tokio::time::timeout(Duration::from_secs(20), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -402,8 +494,15 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
     }
     let per_pair: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let h = hist.lock().await;
+    let ah = ack_hist.lock().await;
     Ok(Report {
         delivered: per_pair.iter().sum(),
+        received_all: received_all.load(Ordering::Relaxed),
+        acks_delivered: answers[0].load(Ordering::Relaxed),
+        acks_queued: answers[1].load(Ordering::Relaxed),
+        errors: answers[2].load(Ordering::Relaxed),
+        ack_p50_us: ah.value_at_quantile(0.50),
+        ack_p99_us: ah.value_at_quantile(0.99),
         secs: load.duration as f64,
         p50_us: h.value_at_quantile(0.50),
         p99_us: h.value_at_quantile(0.99),
@@ -514,6 +613,97 @@ async fn start_lattice(dir: &Path, max: usize) -> anyhow::Result<(Spawned, u16)>
     )?;
     wait_port(port).await?;
     Ok((s, port))
+}
+
+/// User + system CPU time of process `pid` so far, in microseconds (from `/proc/PID/stat`).
+fn cpu_us(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    // Clock ticks; 100 per second on Linux (USER_HZ).
+    Ok((utime + stime) * 10_000)
+}
+
+async fn delivery(
+    pairs: &[usize],
+    rounds: usize,
+    load: Load,
+    bin_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = match bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
+    println!(
+        "# {} B plaintext ml-kem-aes envelopes, {} in flight per sender, {} s per run; lattice-server on core 0{}, --data-dir on a fresh temp dir",
+        load.size,
+        load.inflight,
+        load.duration,
+        if which("taskset") { "" } else { " (taskset missing: not pinned)" }
+    );
+    println!("# path            pairs  msgs/s   recv p50/p99 us     answer p50/p99 us    delivered/queued/errors  server CPU us/msg");
+    let paths: [(&str, bool, &[&str]); 3] = [
+        ("durable-first", true, &["--ack-wait", "0"]),
+        ("end-to-end", true, &[]),
+        ("memory-only", false, &[]),
+    ];
+    for &n in pairs {
+        for _ in 0..rounds {
+            for (name, verified, extra) in paths {
+                let data = std::env::temp_dir()
+                    .join(format!("lattice-delivery-{:08x}", rand::random::<u32>()));
+                let port = free_port()?;
+                let (p, m) = (port.to_string(), (4 * n + 100).to_string());
+                let data_dir = data.to_string_lossy().into_owned();
+                let mut args = vec![
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &p,
+                    "--data-dir",
+                    &data_dir,
+                    "--rate-limit",
+                    "0",
+                    "--max-connections",
+                    &m,
+                    "--new-ids-per-ip",
+                    "0",
+                ];
+                args.extend_from_slice(extra);
+                let server = spawn_pinned(&dir.join("lattice-server"), &args)?;
+                wait_port(port).await?;
+                let pid = server.0.id();
+                let cpu_before = cpu_us(pid)?;
+                let load = Load {
+                    verified,
+                    ..load.clone()
+                };
+                let r = throughput(&format!("ws://127.0.0.1:{port}"), n, &load).await?;
+                let cpu = cpu_us(pid)?.saturating_sub(cpu_before);
+                drop(server);
+                let _ = std::fs::remove_dir_all(&data);
+                println!(
+                    "{name:<17} {n:<5} {:>8.0}  {:>8} / {:<8}  {:>8} / {:<8}  {:>8} / {} / {}  {:>8.1}",
+                    r.rate(),
+                    r.p50_us,
+                    r.p99_us,
+                    r.ack_p50_us,
+                    r.ack_p99_us,
+                    r.acks_delivered,
+                    r.acks_queued,
+                    r.errors,
+                    cpu as f64 / r.received_all.max(1) as f64
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn compare(

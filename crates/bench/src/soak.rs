@@ -32,6 +32,9 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// Bound on any single wait for a registration answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping sender keeps reading answers: longer than the server's default ack wait
+/// (3 s) plus the reaper's period (0.75 s) and a commit.
+pub(crate) const ANSWER_LINGER: Duration = Duration::from_secs(5);
 /// Sender pacing tick.
 const TICK: Duration = Duration::from_millis(10);
 /// Server heartbeat used by the soak (seconds): short, so stalled recipients are noticed within
@@ -95,6 +98,8 @@ struct Ledger {
     stalls: AtomicU64,
     kills: AtomicU64,
     reconnects: AtomicU64,
+    /// Senders that stopped (after reading the answers still owed to them).
+    senders_done: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -333,9 +338,16 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     }
     stop_send.store(true, Ordering::Relaxed);
 
-    // drain: every acknowledged message should arrive
+    // drain: every acknowledged message should arrive. First the senders finish reading their
+    // answers: a message held for a stalled recipient's ack is answered `queued` only after the
+    // server's ack wait, so it counts as acknowledged only then.
     let drain_start = Instant::now();
     let drain_end = drain_start + Duration::from_secs(args.drain);
+    while Instant::now() < drain_end
+        && ledger.senders_done.load(Ordering::Relaxed) < args.senders as u64
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     while Instant::now() < drain_end {
         let missing = {
             let acked = lock(&ledger.acked);
@@ -610,11 +622,13 @@ async fn sender(
                 break;
             }
         }
-        // let the last answers arrive before leaving (bounded)
+        // let the last answers arrive before leaving (bounded): a message held for an ack is
+        // answered within the server's ack wait (3 s) and a quarter of it, plus a commit
         if stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(ANSWER_LINGER).await;
             let _ = sink.close().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     }
+    ledger.senders_done.fetch_add(1, Ordering::Relaxed);
 }

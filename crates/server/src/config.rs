@@ -110,6 +110,14 @@ pub struct Config {
     #[arg(long, env = "LATTICE_MAX_BINDINGS", default_value_t = limits::MAX_BINDINGS)]
     pub max_bindings: u64,
 
+    /// Seconds a message sent live to an online verified recipient waits in memory for the
+    /// recipient's `ack` (the sender then hears `delivered`) before it is committed to the mailbox
+    /// (the sender hears `queued`). 0: commit every message before answering (`delivered` then
+    /// means "committed and handed to the connection"). At most 6.
+    #[arg(long = "ack-wait", env = "LATTICE_ACK_WAIT", value_parser = parse_secs,
+          default_value = secs(limits::ACK_WAIT))]
+    pub ack_wait: Duration,
+
     /// Frames that may wait to be written to one connection.
     #[arg(long, env = "LATTICE_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
@@ -158,6 +166,7 @@ impl Default for Config {
             ping_interval: limits::PING_INTERVAL,
             idle_timeout: limits::IDLE_TIMEOUT,
             outbound_queue: limits::OUTBOUND_QUEUE,
+            ack_wait: limits::ACK_WAIT,
             binding_ttl: limits::BINDING_TTL,
             new_ids_per_ip: limits::NEW_IDS_PER_IP,
             max_bindings: limits::MAX_BINDINGS,
@@ -266,6 +275,12 @@ impl Config {
                     limits::MIN_ADMIN_TOKEN_LEN
                 )));
             }
+        }
+        if self.ack_wait > limits::MAX_ACK_WAIT {
+            return Err(ConfigError(format!(
+                "--ack-wait must be at most {} s (below clients' request timeout)",
+                limits::MAX_ACK_WAIT.as_secs()
+            )));
         }
         if self.mailbox_quota == 0 {
             return Err(ConfigError("--mailbox-quota must be at least 1".into()));

@@ -14,6 +14,8 @@ use lattice_protocol::ClientId;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::inflight::{AnswerLane, InFlight};
+
 /// An item on a session's outbound queue.
 ///
 /// The frames are boxed so that an item is two words: tokio's channel allocates its first block
@@ -23,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Out {
     /// A frame to write as is.
     Frame(Box<Utf8Bytes>),
-    /// A `message` frame for this peer (for a verified peer, its mailbox row is owned by this
-    /// connection until the peer acknowledges it).
+    /// A `message` frame for this peer (for a verified peer, held in this connection's in-flight
+    /// table, or its mailbox row owned by this connection, until the peer acknowledges it).
     Deliver(Box<Utf8Bytes>),
     /// Mail waits in this peer's mailbox: drain it.
     CheckMail,
@@ -60,6 +62,12 @@ pub struct SessionShared {
     pub presence_backlog: Mutex<HashMap<ClientId, Utf8Bytes>>,
     /// Wakes the session when the presence lane has something.
     pub presence_ready: Notify,
+    /// Messages sent live to this (verified) peer and not acknowledged yet: their senders wait
+    /// for its `ack` ([`crate::inflight`]).
+    pub in_flight: InFlight,
+    /// The answer lane: `message_ack`s and errors for messages this connection sent that another
+    /// session answers (after the recipient's `ack`, or after a spill to the mailbox).
+    pub answers: Arc<AnswerLane>,
 }
 
 impl SessionShared {
@@ -77,6 +85,8 @@ impl SessionShared {
             opened_ms: now_ms,
             presence_backlog: Mutex::default(),
             presence_ready: Notify::new(),
+            in_flight: InFlight::default(),
+            answers: Arc::default(),
         }
     }
 
@@ -319,6 +329,8 @@ mod tests {
             opened_ms: 0,
             presence_backlog: Mutex::default(),
             presence_ready: Notify::new(),
+            in_flight: InFlight::default(),
+            answers: Arc::default(),
         };
         (Arc::new(s), rx)
     }

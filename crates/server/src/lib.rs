@@ -20,12 +20,15 @@
 //! - [`session`]: one task per connection: the socket loop, over a socket-free core with one handler
 //!   per frame (`session::handlers`); the slow-consumer and no-loss policies are written there.
 //! - [`hub`]: who is online where, routing and presence ([`hub::Hub`], in-process [`hub::LocalHub`]).
+//! - [`inflight`]: messages sent live to a verified recipient and held until its `ack` (the
+//!   end-to-end `delivered`), bounded per connection and in total.
 //! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite),
 //!   and the MLS delivery service's KeyPackages and groups on the same [`store::SqliteStore`].
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
 //! - [`metrics`]: counters for `/metrics`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
-//!   expiry of questions, mail and unused bindings.
+//!   expiry of questions, mail and unused bindings; and the in-flight reaper, which spills held
+//!   messages whose ack wait ran out to the mailbox.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -34,6 +37,7 @@ pub mod admin_guard;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod inflight;
 pub mod limits;
 pub mod metrics;
 pub mod questions;
@@ -190,6 +194,7 @@ fn build_state(
         addresses: state::AddressSlots::default(),
         admin_guard: admin_guard::AdminGuard::default(),
         new_ids: state::NewIdLimiter::default(),
+        in_flight_budget: Arc::new(inflight::Budget::new(limits::IN_FLIGHT_BYTES)),
         config,
     }))
 }
@@ -203,6 +208,7 @@ async fn serve(
     let addr = listener.local_addr()?;
     info!(%addr, persistent = state.config.data_dir.is_some(), "lattice-server listening");
     let sweeper = tokio::spawn(sweeper::sweep(Arc::clone(&state)));
+    let reaper = tokio::spawn(session::reap_in_flight(Arc::clone(&state)));
     let app = http::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let stop = {
         let token = token.clone();
@@ -231,6 +237,14 @@ async fn serve(
     }
     sweeper.abort();
     let _ = sweeper.await;
+    // It saw the cancelled token; a spill it started finishes (each closing session spilled its
+    // own held messages).
+    if tokio::time::timeout(limits::SHUTDOWN_GRACE, reaper)
+        .await
+        .is_err()
+    {
+        warn!("the in-flight reaper did not stop within the grace period");
+    }
     if let Err(e) = state.store.checkpoint() {
         warn!(error = %e, "checkpoint at shutdown failed");
     }

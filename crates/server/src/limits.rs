@@ -111,6 +111,34 @@ pub const WAL_SIZE_LIMIT: u64 = 8 * 1024 * 1024;
 /// ~4 MiB, SQLite's default, written out here so the bound is explicit.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
 
+/// Default time a message sent live to an online verified recipient is held in memory waiting for
+/// the recipient's `ack` before it is committed to the mailbox and its sender hears `queued`
+/// (`--ack-wait`; 0 commits every such message before answering, the path before end-to-end
+/// `delivered`). A client that is reading acks within milliseconds; a recipient that must first
+/// fetch a new sender's key takes a round trip more. 3 s plus the reaper's period
+/// ([`IN_FLIGHT_REAP_DIVISOR`]) and one group commit stays well below `lattice-peer`'s request
+/// timeout for a send (10 s), so a sender hears `queued` before it gives up and resends.
+pub const ACK_WAIT: Duration = Duration::from_secs(3);
+
+/// Longest `--ack-wait` accepted: below `lattice-peer`'s 10 s request timeout with room for the
+/// reaper's period and a commit.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(6);
+
+/// The in-flight reaper looks for held messages whose ack wait ran out this many times per ack
+/// wait (every 750 ms with the default), so a message waits at most 1.25 × `--ack-wait`.
+pub const IN_FLIGHT_REAP_DIVISOR: u32 = 4;
+
+/// Messages held for an `ack` per recipient connection, and answers one sender connection may be
+/// owed at once. Past either, a message takes the durable path (committed before its answer), so
+/// the bound costs speed, never a message. As many as the outbound queue: a recipient that keeps
+/// up never has more unacknowledged.
+pub const IN_FLIGHT_PER_CONNECTION: usize = OUTBOUND_QUEUE;
+
+/// Bytes of held frames in the whole process (the frames are shared with the recipients' queues,
+/// so this is memory those would hold anyway). 64 MiB is ~20,000 ordinary messages waiting for
+/// acks; past it messages take the durable path.
+pub const IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Commit requests waiting for the mailbox writer ([`crate::writer`]) at most; a session whose
 /// request finds the queue full waits (backpressure). Each session has at most one request in
 /// flight, so the queue fills only with more sessions committing at once than this.

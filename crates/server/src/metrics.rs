@@ -15,7 +15,8 @@ pub struct Metrics {
     pub frames_in: AtomicU64,
     /// Frames written.
     pub frames_out: AtomicU64,
-    /// `message` frames handed to a live session.
+    /// `message` frames answered `delivered`: acknowledged by their (verified) recipient, or
+    /// handed to a live session (unverified recipients, the durable fallback).
     pub messages_delivered: AtomicU64,
     /// `message` frames stored in a mailbox.
     pub messages_queued: AtomicU64,
@@ -65,7 +66,7 @@ impl Metrics {
             ),
             (
                 "lattice_messages_delivered_total",
-                "Messages handed to a live session.",
+                "Messages answered delivered (acknowledged by a verified recipient, or handed to a live session).",
                 &self.messages_delivered,
             ),
             (

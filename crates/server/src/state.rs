@@ -52,6 +52,8 @@ pub struct ServerState {
     pub admin_guard: crate::admin_guard::AdminGuard,
     /// New verified ids minted per source address (`--new-ids-per-ip`).
     pub new_ids: NewIdLimiter,
+    /// The bytes of every message held for an `ack` ([`crate::inflight`]).
+    pub in_flight_budget: Arc<crate::inflight::Budget>,
 }
 
 /// The allowance of new verified ids per source address (IPv6 grouped by its /64): a bucket of

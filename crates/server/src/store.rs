@@ -184,11 +184,12 @@ pub struct MailItem {
 /// Store-and-forward queue of sealed messages for offline verified peers. A message stays until the
 /// recipient acknowledges it or it expires.
 ///
-/// Every message the server accepts for a verified recipient is a row from the moment it is
-/// accepted, online recipient or not: either waiting for a connection, or *owned* by the live
-/// connection it was sent on ([`Mailbox::accept_live`], [`Mailbox::claim`]) until the recipient
-/// acknowledges it ([`Mailbox::remove`]) or the connection ends ([`Mailbox::disown_all`]). So
-/// the quota counts everything unacknowledged, and nothing the sender was told was accepted lives
+/// Every message the server answers `queued` for a verified recipient (and every one it answers
+/// `delivered` without the recipient's `ack`, see [`crate::inflight`]) is a row from before that
+/// answer: either waiting for a connection, or *owned* by the live connection it was sent on
+/// ([`Mailbox::accept_live`], [`Mailbox::claim`]) until the recipient acknowledges it
+/// ([`Mailbox::remove`]) or the connection ends ([`Mailbox::disown_all`]). So the quota counts
+/// everything committed and unacknowledged, and nothing the sender was told was accepted lives
 /// only in memory.
 pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// Queues `item` for `recipient` if its rows stay within `quota`. Queuing the

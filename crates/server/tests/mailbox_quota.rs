@@ -25,9 +25,11 @@ use support::*;
 /// that was acknowledged to a sender comes back, and nothing beyond the quota was kept.
 #[tokio::test]
 async fn a_flood_at_a_peer_that_never_acks_is_refused_per_sender_and_nothing_acked_is_lost() {
+    // a short ack wait: bob never acks, so each message is committed (or refused) after it
     let server = spawn_with(Config {
         mailbox_quota: 40,
         mailbox_sender_quota: 10,
+        ack_wait: std::time::Duration::from_millis(200),
         ..Config::for_tests()
     })
     .await;

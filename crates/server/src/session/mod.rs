@@ -22,14 +22,17 @@
 //! ## Slow consumers (the written policy)
 //! Senders never wait on a recipient: routing uses `try_send` on the recipient's queue
 //! (`--outbound-queue`, 256 frames by default). When it is full:
-//! - a **verified** recipient's message, already committed to its durable mailbox, is left there
-//!   (the sender's `message_ack` says `queued`) and the recipient drains its mailbox once its queue
+//! - a **verified** recipient's message is committed to its durable mailbox and left there (the
+//!   sender's `message_ack` says `queued`); the recipient drains its mailbox once its queue
 //!   empties;
 //! - an **unverified** recipient (an original client, which has no mailbox) is not sent the message
 //!   and the sender gets `MAILBOX_FULL`; nothing is buffered beyond the queue.
 //!
 //! Presence notices never use that queue: they have their own lane, coalesced to the latest state
 //! per peer ([`crate::hub::SessionShared::send_presence`]), so they can never take a message's place.
+//! Nor do the answers other sessions write for this connection's messages (a recipient's `ack`, a
+//! spill to the mailbox): they have the answer lane ([`crate::inflight::AnswerLane`]), bounded by
+//! the answers the connection may be owed.
 //!
 //! ## Fast senders are paced, not refused
 //! With `--rate-limit`, each connection has a token bucket (rate per second, burst twice that). A
@@ -39,22 +42,29 @@
 //! fast. Other connections are not affected (each session is its own task).
 //!
 //! ## Nothing acknowledged is lost, and nothing is accepted without room
-//! A message for a verified recipient is committed to the SQLite mailbox *before* the sender hears
-//! its `message_ack`, online recipient or not, and counted against the recipient's quota (count,
-//! bytes, and this sender's share) in the same transaction. For online recipients the commit is
-//! grouped: the messages of one read batch, with other sessions' batches, share one transaction
-//! of the mailbox writer ([`crate::writer`]), run before the batch's replies are written
-//! (`handlers::Core::take_commit`, `handlers::Core::finish_commit`). When there is no room the sender gets
-//! `MAILBOX_FULL` with its `requestId` and no `message_ack`, so it knows the message was not taken.
+//! A message with a `messageId` for an online verified recipient is sent at once and *held* in the
+//! recipient connection's in-flight table ([`crate::inflight`]) until the recipient's `ack`, which
+//! answers the sender `delivered` through the sender's answer lane: end to end, no disk. When the
+//! ack does not come within `--ack-wait`, the recipient's connection ends, or a bound is reached
+//! (held messages per connection, answers owed per sender, bytes in total), the message takes the
+//! durable path: it is committed to the SQLite mailbox *before* the sender hears its
+//! `message_ack`, and counted against the recipient's quota (count, bytes, and this sender's
+//! share) in the same transaction. The commit is grouped: the messages of one read batch, with
+//! other sessions' batches, share one transaction of the mailbox writer ([`crate::writer`]), run
+//! before the batch's replies are written (`handlers::Core::take_commit`,
+//! `handlers::Core::finish_commit`). When there is no room the sender gets `MAILBOX_FULL` with
+//! its `requestId` and no `message_ack`, so it knows the message was not taken.
 //!
-//! For an online recipient the row is *owned* by its connection ([`crate::store::Mailbox::accept_live`])
-//! and the frame goes out through the connection's queue at once (`delivered`); with the queue full
-//! it is left to the mailbox drain (`queued`). The recipient's `ack` deletes the row. When the
-//! connection ends for any reason (drop, stall, idle, replacement, shutdown) its rows are given
-//! back to the mailbox ([`crate::store::Mailbox::disown_all`]), and when the process dies, the
-//! next start gives back all of them. So a recipient that never acks holds at most its quota, and
-//! its senders then get `MAILBOX_FULL`: no window, nothing forgotten. Delivery is at least once;
-//! clients deduplicate by (sender, `messageId`). The contract is written in docs/protocol.md.
+//! A committed row for an online recipient is *owned* by its connection
+//! ([`crate::store::Mailbox::accept_live`]): the frame went (or goes) out through the
+//! connection's queue, so no drain sends it twice. The recipient's `ack` deletes the row. When
+//! the connection ends for any reason (drop, stall, idle, replacement, shutdown) what it holds is
+//! committed and its rows are given back to the mailbox
+//! ([`crate::store::Mailbox::disown_all`]), and when the process dies, the next start gives back
+//! all of them. So a recipient that never acks holds at most its quota (plus its in-flight
+//! table), and its senders then get `MAILBOX_FULL`: no window, nothing forgotten that a sender
+//! was told about. Delivery is at least once; clients deduplicate by (sender, `messageId`). The
+//! contract is written in docs/protocol.md.
 
 pub(crate) mod error;
 pub(crate) mod handlers;
@@ -76,6 +86,7 @@ use crate::hub::{Out, SessionShared};
 use crate::limits::WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::state::ServerState;
+pub(crate) use handlers::reap_in_flight;
 use handlers::{Close, Core};
 use pacing::TokenBucket;
 
@@ -169,6 +180,7 @@ impl Session {
                 // The handlers are boxed so that an idle connection's task holds only this small
                 // select state, not the largest handler's: memory per idle connection is a target.
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
+                () = self.shared.answers.ready.notified() => Box::pin(self.write_answers(&mut ws)).await,
                 () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,
                 msg = ws.next(), if paused_until.is_none() => Box::pin(self.read(&mut ws, msg)).await,
                 () = resume, if paused_until.is_some() => Flow::Continue,
@@ -262,9 +274,9 @@ impl Session {
         }
     }
 
-    /// The batch's group commit, then its replies in one write (feed, one flush), bounded by
-    /// [`WRITE_TIMEOUT`]. The commit comes first so that no `message_ack` is written before its
-    /// message is stored.
+    /// The batch's group commit, then its replies and the answer lane's frames in one write
+    /// (feed, one flush), bounded by [`WRITE_TIMEOUT`]. The commit comes first so that no
+    /// `message_ack` is written before its message is stored.
     async fn flush_replies(&mut self, ws: &mut WebSocket) -> Flow {
         if let Some(request) = self.core.take_commit() {
             let writer = Arc::clone(&self.core.state().writer);
@@ -272,6 +284,9 @@ impl Session {
                 Ok(results) => self.core.finish_commit(results),
                 Err(request) => self.core.commit_here(request),
             }
+        }
+        for frame in self.shared.answers.take() {
+            self.core.push(Message::Text(frame));
         }
         let replies = self.core.take_replies();
         if replies.is_empty() {
@@ -322,6 +337,14 @@ impl Session {
         if self.shared.mail_waiting.swap(false, Ordering::AcqRel) {
             self.core.set_draining();
         }
+        self.flush_replies(ws).await
+    }
+
+    /// Writes the answer lane: `message_ack`s and errors for this connection's messages that
+    /// other sessions answered (a recipient's `ack`, a spill to the mailbox). Every flush takes
+    /// the lane too ([`Self::flush_replies`]), so a busy connection writes its answers with its
+    /// other frames and the lane is never starved by the queue.
+    async fn write_answers(&mut self, ws: &mut WebSocket) -> Flow {
         self.flush_replies(ws).await
     }
 

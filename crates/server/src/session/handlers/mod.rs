@@ -46,6 +46,7 @@ use crate::hub::{PeerEntry, SessionShared};
 use crate::limits::{INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES};
 use crate::metrics::Metrics;
 use crate::state::ServerState;
+pub(crate) use relay::reap_in_flight;
 use relay::PendingLive;
 
 /// The connection must close with this code and reason.
@@ -230,16 +231,8 @@ impl Core {
     fn refuse(&mut self, e: HandlerError, rid: Option<RequestId>) -> Option<Close> {
         Metrics::inc(&self.state.metrics.errors_sent);
         let invalid = e.is_invalid_frame();
-        let mut body = ServerFrame::error(
-            e.error_type(),
-            e.to_string(),
-            std::time::SystemTime::now(),
-            rid.clone(),
-        );
-        if let ServerFrame::Error(p) = &mut body {
-            p.current_epoch = e.current_epoch();
-        }
-        self.reply(body, rid);
+        self.replies
+            .push(Message::Text(relay::error_frame(&e, rid).into()));
         if invalid {
             self.count_invalid()
         } else {
@@ -296,6 +289,9 @@ impl Core {
     /// After the socket is done: leave the hub, hand back undelivered mail, tell subscribers.
     pub(crate) fn finish(&mut self) {
         let Some(peer) = self.peer.clone() else {
+            // Nothing is held for a connection that never registered; closing the table makes
+            // sure nothing ever will be.
+            self.spill_all_held();
             return;
         };
         self.release_ip_slot();
@@ -308,6 +304,9 @@ impl Core {
         // What this connection read last: its acks are applied, its messages committed and routed
         // (their senders' answers can no longer be written, which a sender treats as no answer).
         self.commit_pending();
+        // What was sent on this connection and held for its ack is committed now (owned by this
+        // connection, like the rows above), so the `disown_all` below gives it all back.
+        self.spill_all_held();
         if peer.verified {
             // Everything sent on this connection and not acknowledged, and everything still in
             // its queue, waits in the mailbox for the next connection.

@@ -1,21 +1,33 @@
 //! `message` and `ack`: the relay and the delivery contract's server side (docs/protocol.md, "the
-//! delivery contract"). A message for an online verified peer is held in [`Core::pending`] and
-//! committed with the rest of its read batch, in one transaction with other sessions' batches
-//! (the mailbox writer, [`crate::writer`]), before any reply of the batch is written, so no
-//! `message_ack` ever precedes its message's commit.
+//! delivery contract").
+//!
+//! A message with a `messageId` for an online verified peer is sent at once and held in memory
+//! ([`crate::inflight`]) until the recipient's `ack`, which answers the sender `delivered` (end to
+//! end); no disk is touched. When the ack does not come within `--ack-wait`
+//! ([`reap_in_flight`]), the recipient's connection ends ([`Core::finish`]), or a bound on held
+//! messages is reached, the message takes the durable path: it is committed to the mailbox with
+//! the rest of its batch (the mailbox writer's group commit, [`crate::writer`]) and its sender
+//! hears `queued` only then, so no `message_ack` ever precedes its message's commit or its
+//! recipient's `ack`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::ws::Message;
-use lattice_protocol::{Ack, AckStatus, ClientId, MessageId, RequestId};
+use axum::extract::ws::{Message, Utf8Bytes};
+use lattice_protocol::{
+    encode, Ack, AckStatus, ClientId, Frame, MessageId, RequestId, ServerFrame,
+};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Core;
-use crate::hub::{Out, PeerEntry};
+use crate::hub::{Out, PeerEntry, SessionShared};
+use crate::inflight::{Answer, HeldKey, HeldMessage, Matched};
+use crate::limits::{IN_FLIGHT_PER_CONNECTION, IN_FLIGHT_REAP_DIVISOR};
 use crate::metrics::Metrics;
 use crate::session::error::HandlerError;
-use crate::state::unix_ms;
+use crate::state::{unix_ms, ServerState};
 use crate::store::{
     Accepted, CommitRequest, CommitResults, EnqueueError, Limit, MailItem, StoreError,
 };
@@ -55,7 +67,18 @@ impl Core {
             lattice_protocol::fast::encode_delivered(envelope, &peer.id, timestamp, mid.as_ref());
         let status = match (live, mid) {
             (Some(entry), Some(mid)) if entry.verified => {
-                // Answered after the group commit at the end of this read batch.
+                // End to end: sent now, answered at the recipient's ack (or after a spill).
+                let frame = match sender_mid.as_ref() {
+                    Some(smid) if !self.state.config.ack_wait.is_zero() => {
+                        match self.send_held(peer, &entry, &target, smid, frame, rid.as_ref()) {
+                            Ok(()) => return Ok(()),
+                            Err(frame) => frame,
+                        }
+                    }
+                    _ => frame,
+                };
+                // The durable path: answered after the group commit at the end of this read
+                // batch.
                 self.pending.push(PendingLive {
                     entry,
                     target,
@@ -89,6 +112,65 @@ impl Core {
         };
         self.ack(&target, sender_mid.as_ref(), rid.as_ref(), status);
         Ok(())
+    }
+
+    /// Sends `frame` to the online verified `entry` and holds it in its connection's in-flight
+    /// table until the recipient's `ack`. `Err` gives the frame back when it is not held (a bound
+    /// is reached, the same message is held already, the queue is full or the connection ended):
+    /// the caller then takes the durable path.
+    fn send_held(
+        &mut self,
+        peer: &PeerEntry,
+        entry: &PeerEntry,
+        target: &ClientId,
+        sender_mid: &MessageId,
+        frame: String,
+        rid: Option<&RequestId>,
+    ) -> Result<(), String> {
+        if !self.shared.answers.reserve(IN_FLIGHT_PER_CONNECTION) {
+            return Err(frame);
+        }
+        let Some(reservation) = self.state.in_flight_budget.reserve(frame.len()) else {
+            self.shared.answers.release();
+            return Err(frame);
+        };
+        let frame = Utf8Bytes::from(frame);
+        let key: HeldKey = (peer.id.clone(), sender_mid.clone());
+        let held = HeldMessage {
+            frame: frame.clone(),
+            answer: Answer {
+                to: Arc::clone(&self.shared.answers),
+                target: target.clone(),
+                message_id: sender_mid.clone(),
+                rid: rid.cloned(),
+            },
+            reservation,
+        };
+        let deadline = Instant::now() + self.state.config.ack_wait;
+        let sessions = &entry.session;
+        if sessions
+            .in_flight
+            .hold(key.clone(), held, IN_FLIGHT_PER_CONNECTION, deadline)
+            .is_err()
+        {
+            self.shared.answers.release();
+            return Err(frame.as_str().to_owned());
+        }
+        match sessions.tx.try_send(Out::Deliver(Box::new(frame))) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let frame = out_frame(e.into_inner());
+                match sessions.in_flight.take(&key) {
+                    Some(held) => {
+                        drop(held);
+                        self.shared.answers.release();
+                        Err(frame)
+                    }
+                    // The connection ended meanwhile and spilled it: its sender is answered.
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     /// The sender's `message_ack`, if it gave a `messageId` (original clients do not).
@@ -167,18 +249,25 @@ impl Core {
 
     /// Commits `request` on this thread and finishes it.
     pub(crate) fn commit_here(&mut self, request: CommitRequest) {
-        let cfg = &self.state.config;
-        let results = self
-            .state
-            .mailbox
-            .commit_group(
-                std::slice::from_ref(&request),
-                &cfg.mailbox_quota(),
-                cfg.mailbox_ttl,
-            )
-            .pop()
-            .unwrap_or_default();
+        let results = commit_now(&self.state, &request);
         self.finish_commit(results);
+    }
+
+    /// The connection ended: everything held for its peer's `ack` is committed to the mailbox
+    /// (owned by this connection, so the caller's `disown_all` gives it back for the next one)
+    /// and its senders hear `queued`. From now on nothing more is held for this connection.
+    pub(super) fn spill_all_held(&mut self) {
+        let held = self.shared.in_flight.close();
+        if held.is_empty() {
+            return;
+        }
+        debug!(
+            count = held.len(),
+            "connection ended: held messages go to the mailbox"
+        );
+        let request = spill_request(self.shared.conn_id, &held);
+        let results = commit_now(&self.state, &request);
+        answer_spilled(&self.state, held, results);
     }
 
     /// Sends a committed message (its row owned by `entry`'s connection) through the
@@ -264,38 +353,203 @@ impl Core {
 
     /// The sender's error for a message the mailbox cannot take.
     fn refusal(&self, target: &ClientId, e: EnqueueError) -> HandlerError {
-        match e {
-            EnqueueError::Full { limit, .. } => {
-                debug!(%target, ?limit, "mailbox full: message refused");
-                let quota = self.state.config.mailbox_quota();
-                let bound = match limit {
-                    Limit::Count => u64::from(quota.count),
-                    Limit::Bytes => quota.bytes,
-                    Limit::SenderCount => u64::from(quota.sender_count),
-                    Limit::SenderBytes => quota.sender_bytes,
-                };
-                HandlerError::MailboxFull {
-                    target: target.clone(),
-                    limit,
-                    bound,
-                }
-            }
-            EnqueueError::Store(e) => {
-                warn!(error = %e, %target, "mailbox write failed");
-                HandlerError::MailboxUnavailable
-            }
-        }
+        refusal(&self.state, target, e)
     }
 
-    /// Deletes an acknowledged message. Message ids are the senders' choice, so the message is
-    /// named by (sender, id): `fromId` when the ack carries it; without it, only an id that no
-    /// other sender used is deleted (an ambiguous ack deletes nothing: at least once).
+    /// The recipient processed a message. Message ids are the senders' choice, so the message
+    /// is named by (sender, id): `fromId` when the ack carries it; without it, only an id that no
+    /// other sender used (an ambiguous ack completes and deletes nothing: at least once).
+    ///
+    /// A message held on this connection is completed: its sender hears `delivered`, and nothing
+    /// touches the disk. Only this connection's own table is searched, so an `ack` can complete
+    /// only a message sent to the acking peer. Otherwise the ack deletes the mailbox row, with
+    /// the rest of this read batch's acks (`commit_pending`).
     pub(super) fn on_ack(&mut self, peer: &PeerEntry, a: Ack) {
-        if peer.verified {
-            // Deleted with the rest of this read batch's acks (`commit_pending`).
-            self.pending_acks.push((a.from_id, a.message_id));
+        if !peer.verified {
+            return;
+        }
+        let matched = match &a.from_id {
+            Some(from) => self
+                .shared
+                .in_flight
+                .take(&(from.clone(), a.message_id.clone()))
+                .map_or(Matched::Nothing, Matched::One),
+            None => self.shared.in_flight.take_by_id(&a.message_id),
+        };
+        match matched {
+            Matched::One(held) => {
+                Metrics::inc(&self.state.metrics.messages_delivered);
+                held.answer.ack(AckStatus::Delivered);
+            }
+            Matched::Ambiguous => {
+                debug!(message_id = %a.message_id, "ack without fromId matches several senders: ignored");
+            }
+            Matched::Nothing => self.pending_acks.push((a.from_id, a.message_id)),
         }
     }
+}
+
+/// Commits `request` on the calling thread (the mailbox writer is gone, or the caller cannot
+/// wait for it).
+fn commit_now(state: &ServerState, request: &CommitRequest) -> CommitResults {
+    let cfg = &state.config;
+    state
+        .mailbox
+        .commit_group(
+            std::slice::from_ref(request),
+            &cfg.mailbox_quota(),
+            cfg.mailbox_ttl,
+        )
+        .pop()
+        .unwrap_or_default()
+}
+
+/// The commit of held messages taken from connection `conn`: stored owned by that connection,
+/// which sent them already (its peer's `ack` deletes them; its end gives them back).
+fn spill_request(conn: u64, held: &[(HeldKey, HeldMessage)]) -> CommitRequest {
+    CommitRequest {
+        acks: None,
+        live: held
+            .iter()
+            .map(|((sender, mid), h)| {
+                let item = MailItem {
+                    message_id: mid.clone(),
+                    sender: sender.clone(),
+                    frame: h.frame.as_str().to_owned(),
+                };
+                (h.answer.target.clone(), item, conn)
+            })
+            .collect(),
+    }
+}
+
+/// Answers the senders of spilled messages from their commit's results: `queued` once stored
+/// (or already stored), the mailbox's refusal otherwise. A missing result counts as a storage
+/// failure.
+fn answer_spilled(state: &ServerState, held: Vec<(HeldKey, HeldMessage)>, results: CommitResults) {
+    let mut results = results.into_iter();
+    for (_, h) in held {
+        let r = results.next().unwrap_or_else(|| {
+            Err(EnqueueError::Store(StoreError::Commit(
+                "no result from the group commit".into(),
+            )))
+        });
+        match r {
+            Ok(Accepted::Stored | Accepted::Duplicate) => {
+                Metrics::inc(&state.metrics.messages_queued);
+                h.answer.ack(AckStatus::Queued);
+            }
+            Err(e) => {
+                let refused = refusal(state, &h.answer.target, e);
+                Metrics::inc(&state.metrics.errors_sent);
+                let rid = h.answer.rid.clone();
+                h.answer.send(error_frame(&refused, rid));
+            }
+        }
+    }
+}
+
+/// The `error` frame for `e`, answering the frame with `rid`.
+pub(super) fn error_frame(e: &HandlerError, rid: Option<RequestId>) -> String {
+    let mut body = ServerFrame::error(
+        e.error_type(),
+        e.to_string(),
+        std::time::SystemTime::now(),
+        rid.clone(),
+    );
+    if let ServerFrame::Error(p) = &mut body {
+        p.current_epoch = e.current_epoch();
+    }
+    encode(&Frame::with_request_id(body, rid))
+}
+
+/// The sender's error for a message the mailbox cannot take.
+fn refusal(state: &ServerState, target: &ClientId, e: EnqueueError) -> HandlerError {
+    match e {
+        EnqueueError::Full { limit, .. } => {
+            debug!(%target, ?limit, "mailbox full: message refused");
+            let quota = state.config.mailbox_quota();
+            let bound = match limit {
+                Limit::Count => u64::from(quota.count),
+                Limit::Bytes => quota.bytes,
+                Limit::SenderCount => u64::from(quota.sender_count),
+                Limit::SenderBytes => quota.sender_bytes,
+            };
+            HandlerError::MailboxFull {
+                target: target.clone(),
+                limit,
+                bound,
+            }
+        }
+        EnqueueError::Store(e) => {
+            warn!(error = %e, %target, "mailbox write failed");
+            HandlerError::MailboxUnavailable
+        }
+    }
+}
+
+/// The in-flight reaper, one task per server: every `--ack-wait` / [`IN_FLIGHT_REAP_DIVISOR`] it
+/// takes the held messages whose ack wait ran out from every connection, commits them to the
+/// mailbox (the mailbox writer's group commit) and answers their senders `queued`. It runs apart
+/// from the recipients' own tasks, so a recipient blocked in a stalled write (up to
+/// `WRITE_TIMEOUT`) does not delay its senders' answers. Ends at shutdown, after which each
+/// closing connection spills its own.
+pub(crate) async fn reap_in_flight(state: Arc<ServerState>) {
+    let wait = state.config.ack_wait;
+    if wait.is_zero() {
+        return;
+    }
+    let period = (wait / IN_FLIGHT_REAP_DIVISOR).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        for conn in state.sessions.all() {
+            let expired = conn.in_flight.take_expired(now);
+            if !expired.is_empty() {
+                spill_expired(&state, &conn, expired).await;
+            }
+        }
+    }
+}
+
+/// Commits messages whose ack wait ran out on `conn` and answers their senders.
+async fn spill_expired(
+    state: &ServerState,
+    conn: &SessionShared,
+    held: Vec<(HeldKey, HeldMessage)>,
+) {
+    debug!(
+        conn = conn.conn_id,
+        count = held.len(),
+        "no ack in time: held messages go to the mailbox"
+    );
+    let request = spill_request(conn.conn_id, &held);
+    let results = match state.writer.commit(request).await {
+        Ok(results) => results,
+        Err(request) => commit_now(state, &request),
+    };
+    if conn.in_flight.is_closed() {
+        // The connection ended while this commit ran, perhaps after it gave its rows back: give
+        // these back too, so they wait for the next connection.
+        if let Some((_, h)) = held.first() {
+            let recipient = &h.answer.target;
+            match state.mailbox.disown_all(recipient, conn.conn_id) {
+                Ok(_) => {
+                    if let Some(current) = state.hub.get(recipient) {
+                        current.session.notify_mail();
+                    }
+                }
+                Err(e) => warn!(error = %e, "could not return spilled messages"),
+            }
+        }
+    }
+    answer_spilled(state, held, results);
 }
 
 fn out_frame(out: Out) -> String {

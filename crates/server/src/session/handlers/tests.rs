@@ -483,11 +483,127 @@ fn a_message_that_cannot_be_relayed_is_refused_with_its_request_id() {
     assert_error(&r, "INVALID_MESSAGE", Some("r2"));
 }
 
-/// The delivery contract at the handler level: for an online verified recipient the sender's
-/// `message_ack` exists only after the batch's group commit, and the row is in the mailbox then.
+/// The sender's answer lane as JSON frames.
+fn answers(c: &Conn) -> Vec<Value> {
+    c.core
+        .shared()
+        .answers
+        .take()
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("JSON"))
+        .collect()
+}
+
+/// End-to-end `delivered` at the handler level: a message for an online verified recipient is
+/// sent at once and answered only at the recipient's `ack`, without a mailbox row; an ack from
+/// a third party completes nothing; what is unacknowledged when the recipient's connection ends
+/// is committed to the mailbox and its sender hears `queued`.
 #[test]
-fn the_ack_for_a_verified_recipient_waits_for_the_group_commit() {
+fn delivered_waits_for_the_recipients_ack_and_the_rest_is_spilled_when_it_leaves() {
     let state = server(Config::for_tests());
+    let bob_id = "bob".try_into().unwrap();
+    let mut alice = registered(&state, "alice");
+    let mut bob = registered_verified(&state, "bob", &new_identity());
+    let mut carol = registered_verified(&state, "carol", &new_identity());
+    assert!(alice.send(&message("bob", "m1", "r1")).is_empty());
+    assert!(alice.send(&message("bob", "m2", "r2")).is_empty());
+    assert!(answers(&alice).is_empty(), "no answer before the ack");
+    assert_eq!(bob.routed().len(), 2, "sent at once");
+    assert_eq!(
+        state.mailbox.count(&bob_id).unwrap(),
+        0,
+        "no disk on this path"
+    );
+    // carol acks bob's message in alice's name: nothing happens
+    assert!(carol
+        .send(&json!({"type":"ack","payload":{"messageId":"m1","fromId":"alice"}}))
+        .is_empty());
+    assert!(answers(&alice).is_empty(), "a forged ack completes nothing");
+    // bob acks m1
+    assert!(bob
+        .send(&json!({"type":"ack","payload":{"messageId":"m1","fromId":"alice"}}))
+        .is_empty());
+    let a = answers(&alice);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["type"], "message_ack");
+    assert_eq!(a[0]["requestId"], "r1");
+    assert_eq!(a[0]["payload"]["status"], "delivered");
+    assert_eq!(a[0]["payload"]["messageId"], "m1");
+    // a second ack of the same message answers nothing twice
+    bob.send(&json!({"type":"ack","payload":{"messageId":"m1","fromId":"alice"}}));
+    assert!(answers(&alice).is_empty());
+    // bob leaves with m2 unacknowledged: it is stored and alice hears `queued`
+    bob.core.finish();
+    let a = answers(&alice);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["requestId"], "r2");
+    assert_eq!(a[0]["payload"]["status"], "queued");
+    let stored = state.mailbox.claim(&bob_id, 999, 10).expect("mailbox");
+    let mids: Vec<&str> = stored.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(mids, ["m2"]);
+    assert_eq!(state.in_flight_budget.used(), 0, "every held byte is back");
+    assert_eq!(alice.core.shared().answers.awaiting(), 0, "no answer owed");
+}
+
+/// The bounds: a recipient connection holds at most `IN_FLIGHT_PER_CONNECTION` messages for an
+/// ack; the next takes the durable path (committed, answered at once). A resend of a held
+/// message, and an ack without `fromId` that two senders' messages match, are handled without
+/// answering anyone twice.
+#[test]
+fn past_the_in_flight_bound_messages_take_the_durable_path() {
+    use crate::limits::IN_FLIGHT_PER_CONNECTION;
+    let state = server(Config {
+        outbound_queue: IN_FLIGHT_PER_CONNECTION * 2,
+        ..Config::for_tests()
+    });
+    let bob_id = "bob".try_into().unwrap();
+    let mut alice = registered(&state, "alice");
+    let mut dave = registered(&state, "dave");
+    let mut bob = registered_verified(&state, "bob", &new_identity());
+    for i in 0..IN_FLIGHT_PER_CONNECTION {
+        let (mid, rid) = (format!("m{i}"), format!("r{i}"));
+        let replies = if i == 0 {
+            dave.send(&message("bob", &mid, &rid))
+        } else {
+            alice.send(&message("bob", &mid, &rid))
+        };
+        assert!(replies.is_empty(), "held: {replies:?}");
+    }
+    let over = alice.send(&message("bob", "over", "r-over"));
+    assert_eq!(over.len(), 1, "{over:?}");
+    assert_eq!(over[0]["requestId"], "r-over");
+    assert_eq!(over[0]["payload"]["status"], "delivered", "{over:?}");
+    assert_eq!(state.mailbox.count(&bob_id).unwrap(), 1, "committed first");
+    // alice resends a held message: not held twice; the durable path answers it
+    let again = alice.send(&message("bob", "m1", "r1-again"));
+    assert_eq!(again[0]["requestId"], "r1-again", "{again:?}");
+    assert_eq!(bob.routed().len(), IN_FLIGHT_PER_CONNECTION + 2);
+    // m0 (dave) and m0 would be ambiguous; make alice send another m0 after dave's is acked
+    bob.send(&json!({"type":"ack","payload":{"messageId":"m0","fromId":"dave"}}));
+    assert_eq!(answers(&dave)[0]["payload"]["status"], "delivered");
+    let mut erin = registered(&state, "erin");
+    assert!(erin.send(&message("bob", "m2", "e2")).is_empty());
+    // `m2` is held from alice and from erin: an ack without fromId completes neither
+    bob.send(&json!({"type":"ack","payload":{"messageId":"m2"}}));
+    assert!(answers(&alice).is_empty());
+    assert!(answers(&erin).is_empty());
+    // without ambiguity it completes the one held message
+    bob.send(&json!({"type":"ack","payload":{"messageId":"m3"}}));
+    let a = answers(&alice);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0]["requestId"], "r3");
+    assert_eq!(a[0]["payload"]["status"], "delivered");
+}
+
+/// With `--ack-wait 0` there is no end-to-end wait: for an online verified recipient the
+/// sender's `message_ack` exists only after the batch's group commit, and the row is in the
+/// mailbox then (the durable path every message takes when a bound is reached).
+#[test]
+fn without_an_ack_wait_the_ack_for_a_verified_recipient_waits_for_the_group_commit() {
+    let state = server(Config {
+        ack_wait: Duration::ZERO,
+        ..Config::for_tests()
+    });
     let mut alice = registered(&state, "alice");
     let mut bob = registered_verified(&state, "bob", &new_identity());
     assert_eq!(
@@ -593,4 +709,44 @@ fn an_answer_to_an_unknown_question_is_refused_and_demos_are_bounded() {
     }
     let r = alice.one(&json!({"type":"debug_question","requestId":"dq","payload":{}}));
     assert_error(&r, "RATE_LIMITED", Some("dq"));
+}
+
+/// The in-flight reaper on paused tokio time: an unacknowledged message is answered nothing
+/// before `--ack-wait`, and `queued` (committed to the mailbox) within the wait and one reaper
+/// period after it; an acknowledged one is never spilled.
+#[tokio::test(start_paused = true)]
+async fn the_reaper_spills_what_is_not_acked_within_the_wait() {
+    use crate::limits::{ACK_WAIT, IN_FLIGHT_REAP_DIVISOR};
+    let state = server(Config::for_tests());
+    let bob_id = "bob".try_into().unwrap();
+    let mut alice = registered(&state, "alice");
+    let mut bob = registered_verified(&state, "bob", &new_identity());
+    state.sessions.insert(Arc::clone(bob.core.shared()));
+    let reaper = tokio::spawn(super::reap_in_flight(Arc::clone(&state)));
+    let t0 = tokio::time::Instant::now();
+    assert!(alice.send(&message("bob", "late", "r1")).is_empty());
+    assert!(alice.send(&message("bob", "acked", "r2")).is_empty());
+    bob.send(&json!({"type":"ack","payload":{"messageId":"acked","fromId":"alice"}}));
+    assert_eq!(answers(&alice)[0]["requestId"], "r2");
+    tokio::time::sleep_until(t0 + ACK_WAIT - Duration::from_millis(1)).await;
+    assert!(answers(&alice).is_empty(), "nothing before the wait");
+    assert_eq!(state.mailbox.count(&bob_id).unwrap(), 0);
+    let period = ACK_WAIT / IN_FLIGHT_REAP_DIVISOR;
+    tokio::time::sleep_until(t0 + ACK_WAIT + period).await;
+    // the commit runs on the writer thread: wait for its answer (bounded, not timed)
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        got = answers(&alice);
+        if !got.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["requestId"], "r1");
+    assert_eq!(got[0]["payload"]["status"], "queued");
+    assert_eq!(state.mailbox.count(&bob_id).unwrap(), 1, "committed first");
+    state.shutdown.cancel();
+    reaper.await.expect("the reaper stops at shutdown");
 }
