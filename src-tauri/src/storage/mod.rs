@@ -12,9 +12,11 @@
 //!
 //! Nothing here knows about windows or events; the commands and the session call into it.
 
+pub mod backup;
 pub mod db;
 pub mod drafts;
 mod error;
+pub mod export;
 pub mod keystore;
 pub mod search;
 pub mod settings;
