@@ -18,7 +18,7 @@
 //! associated data of every chunk, so its KDF parameters cannot be changed either. Writing and
 //! reading hold one chunk (64 KiB) and one record at a time, never the whole history.
 //!
-//! The plaintext is JSON lines ([`Record`]): `begin`, `identity`, `settings`, then contacts,
+//! The plaintext is JSON lines (one `Record` each, tagged by `type`): `begin`, `identity`, `settings`, then contacts,
 //! pinned keys, replay marks, drafts, messages and outbox entries, then `end` with the number
 //! of records before it.
 //!
@@ -150,7 +150,7 @@ pub enum BackupError {
     Storage(#[from] StorageError),
 }
 
-/// An I/O error while writing a file whose path the caller fills in ([`write_new_file`]).
+/// An I/O error while writing a file whose path the caller fills in (`write_new_file`).
 impl From<std::io::Error> for BackupError {
     fn from(source: std::io::Error) -> Self {
         Self::Io {
