@@ -421,7 +421,8 @@ fn a_backup_never_replaces_a_file_and_needs_a_real_passphrase() {
         &mut rand_core::OsRng,
     )
     .unwrap_err();
-    assert!(matches!(err, BackupError::Io { .. }), "{err:?}");
+    assert!(matches!(err, BackupError::Exists(_)), "{err:?}");
+    assert!(err.to_string().contains("already a file"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 
     let short = Passphrase::for_backup("short pass".into()).unwrap_err();

@@ -135,6 +135,9 @@ pub enum BackupError {
     /// Restore onto a profile that already has an identity or history.
     #[error("This profile already has an identity or messages; a backup is restored only onto a fresh profile (start Lattice with a new, empty data directory).")]
     NotFresh,
+    /// The file to write exists already (a backup or export never replaces one).
+    #[error("There is already a file at {0}; choose another name.")]
+    Exists(PathBuf),
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
@@ -664,8 +667,8 @@ pub struct BackupCounts {
 /// is consistent even while messages arrive.
 ///
 /// # Errors
-/// [`BackupError::Io`] when `path` exists or cannot be written; [`BackupError::Storage`];
-/// [`BackupError::BadContents`] if the profile has no identity.
+/// [`BackupError::Exists`] when `path` exists; [`BackupError::Io`] when it cannot be written;
+/// [`BackupError::Storage`]; [`BackupError::BadContents`] if the profile has no identity.
 pub fn export(
     db: &Db,
     data_dir: &Path,
@@ -698,17 +701,14 @@ pub fn export(
 /// replace a file that exists).
 ///
 /// # Errors
-/// [`BackupError::Io`] when `path` exists or cannot be written; whatever `fill` returns.
+/// [`BackupError::Exists`] when `path` exists; [`BackupError::Io`] when it cannot be written;
+/// whatever `fill` returns.
 pub(super) fn write_new_file<T>(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T, BackupError>,
 ) -> Result<T, BackupError> {
     if path.exists() {
-        return Err(BackupError::Io {
-            action: "not replacing",
-            path: path.to_owned(),
-            source: std::io::ErrorKind::AlreadyExists.into(),
-        });
+        return Err(BackupError::Exists(path.to_owned()));
     }
     let partial = partial_path(path);
     let file = private_new_file(&partial)?;
@@ -717,7 +717,13 @@ pub(super) fn write_new_file<T>(
         let value = fill(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::hard_link(&partial, path).map_err(io_error("creating", path))?;
+        std::fs::hard_link(&partial, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                BackupError::Exists(path.to_owned())
+            } else {
+                io_error("creating", path)(e)
+            }
+        })?;
         Ok(value)
     })();
     let _ = std::fs::remove_file(&partial);
@@ -1184,5 +1190,67 @@ impl RestoreState {
         }
         self.records += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        lanes: 1,
+    };
+
+    /// A draft record whose JSON line (newline included) is exactly `len` bytes.
+    fn record_of_len(len: usize) -> Record {
+        let empty = |body: String| Record::Draft {
+            peer_id: "bob".into(),
+            body,
+            updated_at: 0,
+        };
+        let overhead = serde_json::to_vec(&empty(String::new())).unwrap().len() + 1;
+        empty("x".repeat(len - overhead))
+    }
+
+    /// Plaintexts that end just before, on and just after chunk boundaries (where the last
+    /// chunk is full, or one byte) round-trip, and every line comes back in order.
+    #[test]
+    fn streams_of_every_length_around_a_chunk_boundary_round_trip() {
+        let chunk = CHUNK_BYTES as usize;
+        for total in [
+            100,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            2 * chunk,
+            2 * chunk + 1,
+            3 * chunk - 7,
+        ] {
+            let pass = Passphrase::for_backup("a passphrase for tests".into()).unwrap();
+            let mut w = SealedWriter::new(Vec::new(), &pass, FAST, &mut rand_core::OsRng).unwrap();
+            // Lines of at most 1,000 bytes adding up to `total`.
+            let mut lens = Vec::new();
+            let mut left = total;
+            while left > 0 {
+                let len = if left > 1_100 { 1_000 } else { left };
+                lens.push(len);
+                left -= len;
+            }
+            for &len in &lens {
+                w.record(&record_of_len(len)).unwrap();
+            }
+            let file = w.finish().unwrap();
+            let chunks = (file.len() - HEADER_LEN).div_ceil(chunk + TAG_LEN);
+            assert_eq!(chunks, total.div_ceil(chunk), "total {total}");
+            let mut r = SealedReader::new(&file[..], &pass).unwrap();
+            let mut got = Vec::new();
+            while let Some(line) = r.next_line().unwrap() {
+                got.push(line.len() + 1);
+            }
+            assert_eq!(got, lens, "total {total}");
+        }
     }
 }
