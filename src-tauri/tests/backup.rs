@@ -611,3 +611,22 @@ fn measure_backup_and_restore_of_100_000_messages() {
         size as f64 / (1024.0 * 1024.0)
     );
 }
+
+#[test]
+fn two_restores_at_once_leave_one_whole_restore() {
+    let source = Profile::in_use(500);
+    let (_dir, file) = backup_of(&source);
+    let target = Profile::fresh();
+    let results: Vec<Result<backup::Restored, BackupError>> = std::thread::scope(|s| {
+        let a = s.spawn(|| target.restore(&file, PASS));
+        let b = s.spawn(|| target.restore(&file, PASS));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(BackupError::NotFresh))));
+    assert_eq!(target.snapshot(), source.snapshot());
+    assert_eq!(target.public_key(), source.public_key());
+}

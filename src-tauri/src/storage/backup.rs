@@ -948,16 +948,17 @@ pub struct Restored {
 /// # Errors
 /// [`BackupError::Storage`].
 pub fn is_fresh(db: &Db, data_dir: &Path) -> Result<bool, BackupError> {
-    if data_dir.join(IDENTITY_FILE).exists() {
-        return Ok(false);
-    }
-    let used: bool = db.conn().query_row(
+    Ok(!data_dir.join(IDENTITY_FILE).exists() && !has_data(&db.conn())?)
+}
+
+/// Whether the database holds any contact, message, pin or outbox entry.
+fn has_data(conn: &rusqlite::Connection) -> Result<bool, BackupError> {
+    Ok(conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM contacts) OR EXISTS(SELECT 1 FROM messages)
              OR EXISTS(SELECT 1 FROM pinned_keys) OR EXISTS(SELECT 1 FROM outbox)",
         [],
         |r| r.get(0),
-    )?;
-    Ok(!used)
+    )?)
 }
 
 /// Restores the backup at `path` into the fresh profile `data_dir`/`db` (see the module docs):
@@ -981,6 +982,10 @@ pub fn restore(
     let mut reader = SealedReader::new(file, passphrase)?;
     let mut conn = db.conn();
     let tx = conn.transaction()?;
+    // Again under the lock: another restore may have finished while the key was derived.
+    if has_data(&tx)? {
+        return Err(BackupError::NotFresh);
+    }
     let mut state = RestoreState::default();
     while let Some(line) = reader.next_line()? {
         if state.ended {
