@@ -18,4 +18,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "load_draft",
     "save_draft",
     "open_link",
+    "backup_folder",
+    "export_backup",
+    "restore_backup",
+    "export_conversation",
 ];

@@ -11,6 +11,8 @@ use tauri::{AppHandle, Runtime, State};
 use crate::clock;
 use crate::error::CommandError;
 use crate::messenger::{validate_client_id, validate_fingerprint, validate_server_url, Messenger};
+use crate::storage::backup::{self, BackupCounts, KdfParams, Passphrase};
+use crate::storage::export::{self, ExportFormat};
 use crate::storage::search::SearchQuery;
 use crate::storage::settings::{self, ServerMode, SettingsPatch};
 use crate::views::{Bootstrap, MessagePage, MessageView, SearchHitView, SearchResults};
@@ -19,6 +21,8 @@ use crate::views::{Bootstrap, MessagePage, MessageView, SearchHitView, SearchRes
 const DEFAULT_PAGE: u32 = 50;
 /// Search results per call when the page does not say.
 const DEFAULT_SEARCH_RESULTS: u32 = 50;
+/// Longest file path the page may give for a backup or an export, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest link the page may ask to open, in bytes.
 pub const MAX_LINK_BYTES: usize = 2048;
 
@@ -259,4 +263,146 @@ pub fn validate_link(url: &str) -> Result<String, CommandError> {
         return refuse("it has no host");
     }
     Ok(url.to_owned())
+}
+
+/// Where backups and exports are suggested: `LATTICE_BACKUP_DIR` if set (tests point it at a
+/// temporary folder), else the person's documents folder, else their home.
+#[tauri::command]
+pub async fn backup_folder<R: Runtime>(app: AppHandle<R>) -> Result<String, CommandError> {
+    use tauri::Manager as _;
+    let dir = std::env::var_os(BACKUP_DIR_ENV)
+        .map(std::path::PathBuf::from)
+        .or_else(|| app.path().document_dir().ok())
+        .or_else(|| app.path().home_dir().ok())
+        .ok_or_else(|| CommandError::Internal("No documents or home folder.".into()))?;
+    Ok(dir.display().to_string())
+}
+
+/// The environment variable that overrides [`backup_folder`].
+pub const BACKUP_DIR_ENV: &str = "LATTICE_BACKUP_DIR";
+
+/// What a backup or an export wrote.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSummary {
+    /// The file written.
+    pub path: String,
+    /// What it holds.
+    #[serde(flatten)]
+    pub counts: BackupCounts,
+}
+
+/// Writes a backup of this profile (identity, settings, contacts, pinned keys, history) to a
+/// new file at `path`, sealed with `passphrase` (at least 12 characters; the page asks twice).
+#[tauri::command]
+pub async fn export_backup(
+    messenger: Shared<'_>,
+    path: String,
+    passphrase: String,
+) -> Result<ExportSummary, CommandError> {
+    let passphrase = Passphrase::for_backup(passphrase)?;
+    let path = validate_file_path(&path)?;
+    let db = Arc::clone(messenger.db());
+    let dir = messenger.data_dir().to_owned();
+    let settings = messenger.settings();
+    let target = path.clone();
+    // Argon2 and the history take a while: off the async workers.
+    let counts = tauri::async_runtime::spawn_blocking(move || {
+        backup::export(
+            &db,
+            &dir,
+            &settings,
+            &target,
+            &passphrase,
+            KdfParams::RECOMMENDED,
+            &mut rand_core::OsRng,
+        )
+    })
+    .await
+    .map_err(|e| CommandError::Internal(format!("The backup stopped: {e}")))??;
+    tracing::info!(messages = counts.messages, "backup written");
+    Ok(ExportSummary {
+        path: path.display().to_string(),
+        counts,
+    })
+}
+
+/// Restores the backup at `path` onto this profile, which must be fresh (first run not done,
+/// no history); on any error nothing changes. Then connects as the restored identity.
+#[tauri::command]
+pub async fn restore_backup<R: Runtime>(
+    app: AppHandle<R>,
+    messenger: Shared<'_>,
+    path: String,
+    passphrase: String,
+) -> Result<Bootstrap, CommandError> {
+    let passphrase = Passphrase::for_restore(passphrase)?;
+    let path = validate_file_path(&path)?;
+    let db = Arc::clone(messenger.db());
+    let dir = messenger.data_dir().to_owned();
+    let restored = tauri::async_runtime::spawn_blocking(move || {
+        backup::restore(&db, &dir, &path, &passphrase)
+    })
+    .await
+    .map_err(|e| CommandError::Internal(format!("The restore stopped: {e}")))??;
+    settings::save(&app, messenger.data_dir(), &restored.settings)?;
+    messenger.adopt_restored(restored.identity, restored.settings);
+    if let Err(e) = messenger.restart_session().await {
+        messenger.notice(CommandError::from(e).notice());
+    }
+    Ok(messenger.bootstrap()?)
+}
+
+/// Writes the conversation with `peerId` to a new file at `path` as `html` or `json`.
+#[tauri::command]
+pub async fn export_conversation(
+    messenger: Shared<'_>,
+    peer_id: String,
+    path: String,
+    format: ExportFormat,
+) -> Result<ExportSummary, CommandError> {
+    let peer = validate_client_id(&peer_id)?;
+    let path = validate_file_path(&path)?;
+    let me = messenger
+        .settings()
+        .client_id
+        .map_or_else(|| "me".to_owned(), |id| id.as_str().to_owned());
+    let db = Arc::clone(messenger.db());
+    let target = path.clone();
+    let messages = tauri::async_runtime::spawn_blocking(move || {
+        export::export_conversation(&db, &me, &peer, format, &target, clock::now_ms())
+    })
+    .await
+    .map_err(|e| CommandError::Internal(format!("The export stopped: {e}")))??;
+    Ok(ExportSummary {
+        path: path.display().to_string(),
+        counts: BackupCounts {
+            messages,
+            ..BackupCounts::default()
+        },
+    })
+}
+
+/// A path the page gave for a backup or an export: absolute, at most [`MAX_PATH_BYTES`], no
+/// control characters.
+///
+/// # Errors
+/// [`CommandError::InvalidInput`] saying why not.
+pub fn validate_file_path(path: &str) -> Result<std::path::PathBuf, CommandError> {
+    let path = path.trim();
+    if path.is_empty() {
+        return Err(CommandError::InvalidInput("Choose a file first.".into()));
+    }
+    if path.len() > MAX_PATH_BYTES || path.chars().any(char::is_control) {
+        return Err(CommandError::InvalidInput(
+            "That file name is too long or has control characters.".into(),
+        ));
+    }
+    let path = std::path::PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(CommandError::InvalidInput(
+            "Give the full path of the file, starting from the top folder.".into(),
+        ));
+    }
+    Ok(path)
 }

@@ -11,6 +11,7 @@ use crate::contract::{ErrorKind, PeerErrorCode};
 use crate::describe::{self, describe, NOT_CONNECTED};
 use crate::messenger::MessengerError;
 use crate::session::SessionError;
+use crate::storage::backup::BackupError;
 use crate::storage::search::SearchError;
 use crate::storage::StorageError;
 use crate::views::Notice;
@@ -137,6 +138,16 @@ impl From<SearchError> for CommandError {
         match e {
             SearchError::InvalidQuery(message) => Self::InvalidInput(message),
             SearchError::Storage(e) => Self::Storage(e),
+        }
+    }
+}
+
+impl From<BackupError> for CommandError {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::Storage(e) => Self::Storage(e),
+            // Everything else is about the file or the passphrase the person chose: said as is.
+            e => Self::InvalidInput(e.to_string()),
         }
     }
 }

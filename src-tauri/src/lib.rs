@@ -24,7 +24,8 @@
 //! - `hosting`: the embedded `lattice-server`.
 //! - `bridge`: the [`Ui`] of the real app: Tauri events, tray, notifications.
 //! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
-//!   full-text search index and drafts, the identity file.
+//!   full-text search index and drafts, the identity file; passphrase-sealed backups and
+//!   their restore, and the export of one conversation.
 //! - `tray`, `notify`: the tray menu (unread count) and desktop notifications.
 //! - [`views`]: the camelCase shapes that cross to the page.
 //! - `options`: `--data-dir`, `--minimized`.
@@ -112,6 +113,10 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::load_draft,
             commands::save_draft,
             commands::open_link,
+            commands::backup_folder,
+            commands::export_backup,
+            commands::restore_backup,
+            commands::export_conversation,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

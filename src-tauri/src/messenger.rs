@@ -302,6 +302,16 @@ impl Messenger {
         Ok(settings)
     }
 
+    /// After a restore ([`storage::backup::restore`]) wrote the identity and the history: takes
+    /// the restored identity and settings (the caller saved them) and shows the restored
+    /// conversations. The caller starts the session.
+    pub fn adopt_restored(&self, identity: Identity, settings: Settings) {
+        *lock(&self.state.identity) = Some(Arc::new(identity));
+        self.set_settings(settings);
+        self.state.publish_peers();
+        self.state.publish_unread();
+    }
+
     /// Marks a conversation read.
     ///
     /// # Errors

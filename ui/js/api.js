@@ -54,6 +54,15 @@ export const api = {
   saveDraft: (peerId, text) => call("save_draft", { peerId, text }),
   /** Opens a web link in the system browser (ask the person first). */
   openLink: (url) => call("open_link", { url }),
+  /** The folder backups and exports are suggested in. */
+  backupFolder: () => call("backup_folder"),
+  /** Writes a passphrase-sealed backup of this profile to a new file at `path`. */
+  exportBackup: (path, passphrase) => call("export_backup", { path, passphrase }),
+  /** Restores a backup onto this fresh profile; returns the new bootstrap. */
+  restoreBackup: (path, passphrase) => call("restore_backup", { path, passphrase }),
+  /** Writes one conversation as "html" or "json" to a new file at `path`. */
+  exportConversation: (peerId, path, format) =>
+    call("export_conversation", { peerId, path, format }),
 };
 
 /** The backend's event names (`events.PEER_LIST`, ...). */

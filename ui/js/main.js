@@ -11,6 +11,7 @@ import {
 } from "./views/conversation.js";
 import { announceMessage } from "./views/announcer.js";
 import { initHelp, toggleHelp } from "./views/help.js";
+import { initBackup, openConversationExport } from "./views/backup.js";
 import { initLinkDialog } from "./views/link-dialog.js";
 import { initSearch, openSearch } from "./views/search.js";
 import { initShortcuts } from "./shortcuts.js";
@@ -83,6 +84,11 @@ async function start() {
   initSearch(select);
   initHelp();
   initLinkDialog();
+  initBackup();
+  document.getElementById("conv-export").addEventListener("click", () => {
+    const peer = currentPeer();
+    if (peer) openConversationExport(peer);
+  });
   document.getElementById("open-search").addEventListener("click", () => openSearch(null));
   document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
   document.getElementById("open-help").addEventListener("click", toggleHelp);

@@ -2,7 +2,8 @@
 //! area: `chat` (the scenario described next), `history` (a conversation of ten thousand messages),
 //! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
 //! restart), `search` (search, drafts, shortcuts, links, accessibility checked with axe-core) and
-//! `tray`; the helpers they share are in `support`.
+//! `tray`, `backup` (back up, restore on a fresh profile, export a conversation); the helpers
+//! they share are in `support`.
 //!
 //! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
 //! *alice* on an empty data directory and goes through first run; the peer list shows bob;
@@ -17,6 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backup;
 mod chat;
 mod history;
 mod hostile_input;

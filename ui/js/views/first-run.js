@@ -3,6 +3,7 @@
 import { api } from "../api.js";
 import { paintFingerprint } from "../util.js";
 import { showNotice } from "./toasts.js";
+import { openRestore } from "./backup.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -55,6 +56,13 @@ export function showFirstRun(boot, done) {
       button.disabled = false;
       button.textContent = "Create my identity";
     }
+  });
+
+  $("setup-restore").addEventListener("click", () => {
+    openRestore((restored) => {
+      $("welcome").hidden = true;
+      done(restored);
+    });
   });
 
   $("setup-start").addEventListener("click", async () => {

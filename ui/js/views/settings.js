@@ -4,6 +4,7 @@ import { api } from "../api.js";
 import { state, set } from "../state.js";
 import { paintFingerprint } from "../util.js";
 import { showNotice } from "./toasts.js";
+import { openBackup } from "./backup.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -76,6 +77,10 @@ export function initSettings() {
   $("settings-close").addEventListener("click", () => $("settings-dialog").close());
   $("settings-cancel").addEventListener("click", () => $("settings-dialog").close());
   for (const r of document.querySelectorAll('input[name="settingsServerMode"]')) r.addEventListener("change", syncModeFields);
+  $("settings-backup").addEventListener("click", () => {
+    $("settings-dialog").close();
+    openBackup(state.settings.clientId);
+  });
   $("settings-demo-question").addEventListener("click", async () => {
     try {
       await api.demoQuestion();

@@ -1,0 +1,632 @@
+//! Backups through the storage layer's public functions on real SQLite files: a round trip
+//! restores the identity, settings, contacts, pinned keys (with a pending key change), replay
+//! marks, drafts, outbox and history on a fresh profile; every kind of bad file — wrong
+//! passphrase, changed, cut, reordered or extended chunks, foreign magic, newer version,
+//! oversized or greedy header — is refused and changes nothing; a profile in use is refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lattice_crypto::IdentityKeyPair;
+use lattice_desktop::storage::backup::{
+    self, BackupError, KdfParams, Passphrase, CHUNK_BYTES, HEADER_LEN,
+};
+use lattice_desktop::storage::export::{export_conversation, ExportFormat};
+use lattice_desktop::storage::settings::{ServerMode, Settings};
+use lattice_desktop::storage::{self, Db, MessageStatus, DB_FILE, IDENTITY_FILE};
+use lattice_protocol::{ClientId, MessageId};
+
+/// Cheap Argon2 parameters so the tests stay quick; the real ones are measured in
+/// `measure_backup_and_restore_of_100_000_messages`.
+const FAST: KdfParams = KdfParams {
+    memory_kib: 256,
+    iterations: 1,
+    lanes: 1,
+};
+const PASS: &str = "correct horse battery staple";
+const SEALED_CHUNK: usize = CHUNK_BYTES as usize + 16;
+
+fn c(id: &str) -> ClientId {
+    ClientId::try_from(id).unwrap()
+}
+
+struct Profile {
+    dir: tempfile::TempDir,
+    db: Arc<Db>,
+}
+
+impl Profile {
+    fn fresh() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join(DB_FILE)).unwrap());
+        Self { dir, db }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A profile in use: an identity, two contacts with pinned keys (one verified, one with a
+    /// pending key change), an unsigned contact, `messages` messages, a draft, a replay mark
+    /// and a message waiting in the outbox.
+    fn in_use(messages: usize) -> Self {
+        let p = Self::fresh();
+        storage::load_identity(p.path(), true).unwrap();
+        let db = &p.db;
+        let bob_key = IdentityKeyPair::from_secret_bytes(&[7; 32]).public_key();
+        let carol_key = IdentityKeyPair::from_secret_bytes(&[9; 32]).public_key();
+        db.pin_key(&c("bob"), bob_key.as_bytes(), 1).unwrap();
+        db.set_user_verified(&c("bob"), true).unwrap();
+        db.pin_key(&c("carol"), carol_key.as_bytes(), 2).unwrap();
+        db.set_key_change(&c("carol"), "12345 67890 12345 67890")
+            .unwrap();
+        for i in 0..messages {
+            let peer = if i % 3 == 0 { "carol" } else { "bob" };
+            let body = format!("message {i} <b>&</b> שלום \u{1F600}\nline two");
+            if i % 2 == 0 {
+                db.insert_incoming(
+                    &format!("in-{i}"),
+                    &c(peer),
+                    &body,
+                    i as i64,
+                    true,
+                    i + 5 < messages,
+                )
+                .unwrap();
+            } else {
+                let id = format!("out-{i}");
+                let wire = MessageId::new(format!("wire-{i}")).unwrap();
+                db.enqueue_outgoing(&id, &wire, &c(peer), &body, i as i64)
+                    .unwrap();
+                db.advance_status(&id, MessageStatus::Delivered).unwrap();
+            }
+        }
+        db.insert_incoming(
+            "old-1",
+            &c("dave"),
+            "from an original client",
+            5,
+            false,
+            false,
+        )
+        .unwrap();
+        db.enqueue_outgoing(
+            "waiting",
+            &MessageId::new("wire-waiting").unwrap(),
+            &c("bob"),
+            "typed offline",
+            99,
+        )
+        .unwrap();
+        db.set_draft(&c("carol"), "half a thought", 100).unwrap();
+        db.raise_replay_mark(&c("bob"), 4242).unwrap();
+        p
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            client_id: Some(c("alice")),
+            server_mode: ServerMode::Connect,
+            server_url: "ws://192.0.2.1:9000".into(),
+            ..Settings::default()
+        }
+    }
+
+    fn export(&self, file: &Path) -> backup::BackupCounts {
+        backup::export(
+            &self.db,
+            self.path(),
+            &Self::settings(),
+            file,
+            &Passphrase::for_backup(PASS.into()).unwrap(),
+            FAST,
+            &mut rand_core::OsRng,
+        )
+        .unwrap()
+    }
+
+    fn restore(&self, file: &Path, pass: &str) -> Result<backup::Restored, BackupError> {
+        backup::restore(
+            &self.db,
+            self.path(),
+            file,
+            &Passphrase::for_restore(pass.into()).unwrap(),
+        )
+    }
+
+    /// Everything a person would see or the app relies on, to compare two profiles.
+    fn snapshot(&self) -> String {
+        let db = &self.db;
+        let mut out = format!("{:?}\n", db.peers().unwrap());
+        for peer in db.peers().unwrap() {
+            let mut after = 0;
+            loop {
+                let page = db.page_after(&peer.peer_id, after, 500).unwrap();
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                out.push_str(&format!("{page:?}\n"));
+            }
+            out.push_str(&format!(
+                "draft {:?} mark {:?}\n",
+                db.draft(&peer.peer_id).unwrap(),
+                db.replay_mark(&peer.peer_id).unwrap()
+            ));
+        }
+        out.push_str(&format!(
+            "{:?} {}\n",
+            db.outbox().unwrap(),
+            db.total_unread().unwrap()
+        ));
+        out
+    }
+
+    fn public_key(&self) -> Option<Vec<u8>> {
+        storage::load_identity(self.path(), false)
+            .unwrap()
+            .map(|(id, _)| id.identity_public_key().as_bytes().to_vec())
+    }
+
+    /// The profile is exactly as fresh as before: no identity, nothing in the database, and no
+    /// file other than the database's.
+    fn assert_untouched(&self) {
+        assert!(backup::is_fresh(&self.db, self.path()).unwrap());
+        let mut names: Vec<String> = std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(DB_FILE))
+            .collect();
+        names.sort();
+        assert!(names.is_empty(), "left behind: {names:?}");
+        assert_eq!(self.db.peers().unwrap().len(), 0);
+    }
+}
+
+fn backup_of(profile: &Profile) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alice.lattice-backup");
+    profile.export(&file);
+    (dir, file)
+}
+
+#[test]
+fn a_restore_on_a_fresh_profile_brings_back_identity_keys_settings_and_10_000_messages() {
+    let source = Profile::in_use(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alice.lattice-backup");
+    let counts = source.export(&file);
+    assert_eq!(counts.messages, 10_002);
+    assert_eq!(counts.contacts, 3);
+    assert_eq!(counts.pinned_keys, 2);
+
+    // Nothing readable in the file: no text, no id, no key.
+    let bytes = std::fs::read(&file).unwrap();
+    for needle in [&b"message 1"[..], b"carol", b"half a thought", b"LTID"] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let target = Profile::fresh();
+    let restored = target.restore(&file, PASS).unwrap();
+    assert_eq!(restored.counts, counts);
+    assert_eq!(restored.settings, Profile::settings());
+    assert_eq!(
+        restored.identity.identity_public_key().as_bytes().to_vec(),
+        source.public_key().unwrap()
+    );
+    assert_eq!(
+        target.public_key(),
+        source.public_key(),
+        "the identity file is in place"
+    );
+    assert_eq!(target.snapshot(), source.snapshot());
+    let carol = target.db.peer(&c("carol")).unwrap().unwrap();
+    assert_eq!(
+        carol.pending_fingerprint.as_deref(),
+        Some("12345 67890 12345 67890")
+    );
+    assert!(target.db.peer(&c("bob")).unwrap().unwrap().user_verified);
+    // The restored history is searchable (the index is kept by triggers).
+    let query = lattice_desktop::storage::search::SearchQuery::parse("9999").unwrap();
+    assert_eq!(target.db.search(&query, None, 10).unwrap().0.len(), 1);
+    // And the restored database keeps working: new messages go after the old ones.
+    let next = target
+        .db
+        .insert_incoming("new", &c("bob"), "after the restore", 20_000, true, false)
+        .unwrap()
+        .unwrap();
+    assert!(next.seq > 10_002);
+}
+
+#[test]
+fn a_wrong_passphrase_is_a_clear_error_and_changes_nothing() {
+    let (_dir, file) = backup_of(&Profile::in_use(50));
+    let target = Profile::fresh();
+    let err = target
+        .restore(&file, "correct horse battery stapler")
+        .unwrap_err();
+    assert!(matches!(err, BackupError::WrongPassphrase), "{err:?}");
+    assert!(err.to_string().contains("Wrong passphrase"), "{err}");
+    target.assert_untouched();
+    // The right one still works afterwards.
+    target.restore(&file, PASS).unwrap();
+}
+
+/// Restores `bytes` (a changed backup) onto a fresh profile: it must fail and change nothing.
+fn refused(bytes: &[u8]) -> BackupError {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("changed.lattice-backup");
+    std::fs::write(&file, bytes).unwrap();
+    let target = Profile::fresh();
+    let err = target.restore(&file, PASS).unwrap_err();
+    target.assert_untouched();
+    err
+}
+
+#[test]
+fn a_changed_cut_reordered_or_extended_file_is_refused_and_changes_nothing() {
+    let (_dir, file) = backup_of(&Profile::in_use(3_000));
+    let good = std::fs::read(&file).unwrap();
+    let chunks = (good.len() - HEADER_LEN).div_ceil(SEALED_CHUNK);
+    assert!(chunks >= 4, "the history spans several chunks ({chunks})");
+    let chunk_at = |i: usize| HEADER_LEN + i * SEALED_CHUNK;
+
+    // One bit changed inside the second chunk, and in the last tag.
+    let mut flipped = good.clone();
+    flipped[chunk_at(1) + 100] ^= 1;
+    assert!(matches!(
+        refused(&flipped),
+        BackupError::Damaged { chunk: 1 }
+    ));
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 0x80;
+    assert!(matches!(refused(&flipped), BackupError::Damaged { .. }));
+
+    // Cut: right after the header, on a chunk boundary (the cut-off chunk is not marked last),
+    // inside a chunk, and one byte short.
+    for cut in [HEADER_LEN, chunk_at(2), chunk_at(2) + 500, good.len() - 1] {
+        let err = refused(&good[..cut]);
+        assert!(
+            matches!(err, BackupError::Damaged { .. }),
+            "cut at {cut}: {err:?}"
+        );
+        assert!(err.to_string().contains("damaged or incomplete"), "{err}");
+    }
+    // Cut inside the header.
+    assert!(matches!(
+        refused(&good[..HEADER_LEN - 3]),
+        BackupError::BadHeader(_)
+    ));
+
+    // Two chunks swapped; a chunk repeated in place of another.
+    let mut swapped = good[..chunk_at(1)].to_vec();
+    swapped.extend_from_slice(&good[chunk_at(2)..chunk_at(3)]);
+    swapped.extend_from_slice(&good[chunk_at(1)..chunk_at(2)]);
+    swapped.extend_from_slice(&good[chunk_at(3)..]);
+    assert!(matches!(
+        refused(&swapped),
+        BackupError::Damaged { chunk: 1 }
+    ));
+    let mut repeated = good[..chunk_at(2)].to_vec();
+    repeated.extend_from_slice(&good[chunk_at(1)..chunk_at(2)]);
+    repeated.extend_from_slice(&good[chunk_at(3)..]);
+    assert!(matches!(
+        refused(&repeated),
+        BackupError::Damaged { chunk: 2 }
+    ));
+
+    // Bytes appended after the last chunk: it is no longer the last.
+    let mut extended = good.clone();
+    extended.extend_from_slice(&[0u8; 40]);
+    assert!(matches!(refused(&extended), BackupError::Damaged { .. }));
+
+    // The untouched file still restores.
+    Profile::fresh().restore(&file, PASS).unwrap();
+}
+
+#[test]
+fn a_foreign_newer_or_greedy_header_is_refused_before_any_key_is_derived() {
+    let (_dir, file) = backup_of(&Profile::in_use(10));
+    let good = std::fs::read(&file).unwrap();
+
+    let mut foreign = good.clone();
+    foreign[..8].copy_from_slice(b"SQLite f");
+    assert!(matches!(refused(&foreign), BackupError::NotABackup));
+    assert!(matches!(refused(b""), BackupError::NotABackup));
+    assert!(matches!(refused(b"LATT"), BackupError::NotABackup));
+
+    let mut newer = good.clone();
+    newer[8..10].copy_from_slice(&2u16.to_be_bytes());
+    let err = refused(&newer);
+    assert!(matches!(err, BackupError::UnsupportedVersion(2)), "{err:?}");
+
+    let mut oversized = good.clone();
+    oversized[10..12].copy_from_slice(&60_000u16.to_be_bytes());
+    let err = refused(&oversized);
+    assert!(
+        matches!(&err, BackupError::BadHeader(m) if m.contains("60000")),
+        "{err:?}"
+    );
+
+    // 4 TiB of Argon2 memory, or a billion passes: refused, not attempted.
+    let mut greedy = good.clone();
+    greedy[13..17].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(refused(&greedy), BackupError::BadHeader(_)));
+    let mut slow = good.clone();
+    slow[17..21].copy_from_slice(&1_000_000_000u32.to_be_bytes());
+    assert!(matches!(refused(&slow), BackupError::BadHeader(_)));
+    // Chunks of 4 GiB.
+    let mut huge_chunks = good.clone();
+    huge_chunks[HEADER_LEN - 11..HEADER_LEN - 7].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(refused(&huge_chunks), BackupError::BadHeader(_)));
+
+    // Parameters changed within bounds: authenticated as the chunks' associated data (and a
+    // different key), so the first chunk does not open.
+    let mut weaker = good.clone();
+    weaker[17..21].copy_from_slice(&2u32.to_be_bytes());
+    assert!(matches!(refused(&weaker), BackupError::WrongPassphrase));
+    let mut other_salt = good.clone();
+    other_salt[26] ^= 1;
+    assert!(matches!(refused(&other_salt), BackupError::WrongPassphrase));
+}
+
+#[test]
+fn a_profile_in_use_is_never_restored_over() {
+    let (_dir, file) = backup_of(&Profile::in_use(10));
+
+    // Someone else's profile, with an identity and history.
+    let other = Profile::in_use(3);
+    let before = (other.snapshot(), other.public_key());
+    let err = other.restore(&file, PASS).unwrap_err();
+    assert!(matches!(err, BackupError::NotFresh), "{err:?}");
+    assert!(err.to_string().contains("fresh profile"), "{err}");
+    assert_eq!((other.snapshot(), other.public_key()), before);
+
+    // An identity alone (first run done, nothing said yet) is also in use.
+    let new_identity = Profile::fresh();
+    storage::load_identity(new_identity.path(), true).unwrap();
+    let key = new_identity.public_key();
+    assert!(matches!(
+        new_identity.restore(&file, PASS),
+        Err(BackupError::NotFresh)
+    ));
+    assert_eq!(new_identity.public_key(), key);
+    assert!(!new_identity
+        .path()
+        .join(format!("{IDENTITY_FILE}.partial"))
+        .exists());
+}
+
+#[test]
+fn a_backup_never_replaces_a_file_and_needs_a_real_passphrase() {
+    let source = Profile::in_use(3);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exists");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = backup::export(
+        &source.db,
+        source.path(),
+        &Profile::settings(),
+        &file,
+        &Passphrase::for_backup(PASS.into()).unwrap(),
+        FAST,
+        &mut rand_core::OsRng,
+    )
+    .unwrap_err();
+    assert!(matches!(err, BackupError::Exists(_)), "{err:?}");
+    assert!(err.to_string().contains("already a file"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    let short = Passphrase::for_backup("short pass".into()).unwrap_err();
+    assert!(short.to_string().contains("at least 12"), "{short}");
+    assert!(Passphrase::for_backup("x".repeat(2000)).is_err());
+    assert!(Passphrase::for_restore(String::new()).is_err());
+    // Never printed.
+    let pass = Passphrase::for_backup(PASS.into()).unwrap();
+    assert!(!format!("{pass:?}").contains("horse"));
+
+    // No identity yet: nothing to back up, and no file left.
+    let empty = Profile::fresh();
+    let target = dir.path().join("empty.lattice-backup");
+    assert!(backup::export(
+        &empty.db,
+        empty.path(),
+        &Settings::default(),
+        &target,
+        &pass,
+        FAST,
+        &mut rand_core::OsRng
+    )
+    .is_err());
+    assert!(!target.exists());
+}
+
+#[test]
+fn one_conversation_exports_as_escaped_html_and_as_json() {
+    let source = Profile::in_use(1_200);
+    source
+        .db
+        .insert_incoming(
+            "xss",
+            &c("bob"),
+            "<script>alert('x')</script> \"q\" & مرحبا",
+            2_000,
+            true,
+            true,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let html_path = dir.path().join("bob.html");
+    let n = export_conversation(
+        &source.db,
+        "alice",
+        &c("bob"),
+        ExportFormat::Html,
+        &html_path,
+        0,
+    )
+    .unwrap();
+    assert!(n > 800, "{n}");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(!html.contains("<script>"));
+    assert!(
+        html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &quot;q&quot; &amp; مرحبا")
+    );
+    assert_eq!(html.matches("dir=\"auto\">").count() as u64, 2 * n);
+    assert!(
+        html.contains("default-src 'none'"),
+        "self-contained: nothing loads"
+    );
+    assert!(html.trim_end().ends_with("</html>"));
+
+    let json_path = dir.path().join("bob.json");
+    let m = export_conversation(
+        &source.db,
+        "alice",
+        &c("bob"),
+        ExportFormat::Json,
+        &json_path,
+        0,
+    )
+    .unwrap();
+    assert_eq!(m, n);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(json["format"], "lattice-conversation");
+    assert_eq!(json["peerId"], "bob");
+    let messages = json["messages"].as_array().unwrap();
+    assert_eq!(messages.len() as u64, n);
+    assert_eq!(
+        messages.last().unwrap()["body"],
+        "<script>alert('x')</script> \"q\" & مرحبا"
+    );
+    assert_eq!(messages[0]["status"], "delivered");
+
+    // Never over an existing file.
+    assert!(export_conversation(
+        &source.db,
+        "alice",
+        &c("bob"),
+        ExportFormat::Json,
+        &json_path,
+        0
+    )
+    .is_err());
+}
+
+/// `cargo test --release -p lattice-desktop --test backup -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement: run in release"]
+fn measure_backup_and_restore_of_100_000_messages() {
+    let started = std::time::Instant::now();
+    // The profile of `in_use`, with 100,000 more messages written in one transaction (one at a
+    // time through `Db` takes minutes in a debug build).
+    let source = Profile::in_use(0);
+    {
+        let mut conn = rusqlite::Connection::open(source.path().join(DB_FILE)).unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 2, 1)",
+            )
+            .unwrap();
+        for i in 0..100_000i64 {
+            let peer = ["bob", "carol", "dave"][(i % 3) as usize];
+            insert
+                .execute(rusqlite::params![
+                    format!("bulk-{i}"),
+                    peer,
+                    i % 2 == 0,
+                    format!(
+                        "message {i}: a sentence of about the length people write, with some words"
+                    ),
+                    i,
+                ])
+                .unwrap();
+        }
+        drop(insert);
+        tx.commit().unwrap();
+    }
+    println!("filling 100,000 messages took {:?}", started.elapsed());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.lattice-backup");
+    let pass = Passphrase::for_backup(PASS.into()).unwrap();
+
+    let kdf = std::time::Instant::now();
+    let tiny = dir.path().join("tiny.lattice-backup");
+    let empty = Profile::fresh();
+    storage::load_identity(empty.path(), true).unwrap();
+    backup::export(
+        &empty.db,
+        empty.path(),
+        &Profile::settings(),
+        &tiny,
+        &pass,
+        KdfParams::RECOMMENDED,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    println!(
+        "backup of an empty profile (Argon2id 64 MiB, t=3): {:?}",
+        kdf.elapsed()
+    );
+
+    let t = std::time::Instant::now();
+    backup::export(
+        &source.db,
+        source.path(),
+        &Profile::settings(),
+        &file,
+        &pass,
+        KdfParams::RECOMMENDED,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let backup_time = t.elapsed();
+    let size = std::fs::metadata(&file).unwrap().len();
+    let target = Profile::fresh();
+    let t = std::time::Instant::now();
+    let restored = backup::restore(
+        &target.db,
+        target.path(),
+        &file,
+        &Passphrase::for_restore(PASS.into()).unwrap(),
+    )
+    .unwrap();
+    let restore_time = t.elapsed();
+    assert_eq!(restored.counts.messages, 100_002);
+    assert_eq!(target.snapshot(), source.snapshot());
+    println!(
+        "100,000 messages: backup {backup_time:?}, restore {restore_time:?}, file {:.1} MiB",
+        size as f64 / (1024.0 * 1024.0)
+    );
+}
+
+#[test]
+fn two_restores_at_once_leave_one_whole_restore() {
+    let source = Profile::in_use(500);
+    let (_dir, file) = backup_of(&source);
+    let target = Profile::fresh();
+    let results: Vec<Result<backup::Restored, BackupError>> = std::thread::scope(|s| {
+        let a = s.spawn(|| target.restore(&file, PASS));
+        let b = s.spawn(|| target.restore(&file, PASS));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(BackupError::NotFresh))));
+    assert_eq!(target.snapshot(), source.snapshot());
+    assert_eq!(target.public_key(), source.public_key());
+}
