@@ -18,4 +18,9 @@ pub const COMMAND_NAMES: &[&str] = &[
     "load_draft",
     "save_draft",
     "open_link",
+    "edit_message",
+    "delete_message",
+    "react",
+    "message_versions",
+    "typing",
 ];

@@ -64,6 +64,10 @@ wire_enum! {
         ConnectionState = "connection-state",
         /// A readable problem to show (`Notice`).
         Error = "error",
+        /// A peer started or stopped typing ([`crate::views::TypingView`]).
+        Typing = "typing",
+        /// A message was deleted on this device ([`crate::views::RemovedView`]).
+        MessageRemoved = "message-removed",
     }
 }
 
@@ -84,6 +88,9 @@ wire_enum! {
         Received = "received",
         /// The server refused it for good (unknown peer, too large, ...).
         Failed = "failed",
+        /// The recipient read it (its read receipt arrived). Last, so the stored ranks of the
+        /// others stay as they were.
+        Read = "read",
     }
 }
 
@@ -108,6 +115,11 @@ impl DeliveryStatus {
     pub fn may_replace(self, current: Self) -> bool {
         match self {
             Self::Failed => matches!(current, Self::Pending | Self::Sent),
+            // A receipt may overtake the server's ack, never a failure.
+            Self::Read => matches!(
+                current,
+                Self::Pending | Self::Sent | Self::Queued | Self::Delivered
+            ),
             _ => self.rank() > current.rank(),
         }
     }
@@ -325,7 +337,8 @@ mod tests {
                 "queued",
                 "delivered",
                 "received",
-                "failed"
+                "failed",
+                "read"
             ]
         );
     }
@@ -345,6 +358,13 @@ mod tests {
         assert!(Failed.may_replace(Sent));
         assert!(!Failed.may_replace(Queued));
         assert!(!Failed.may_replace(Delivered));
+        // A read receipt may overtake the ack, but never revives a failure or marks an incoming
+        // message; nothing replaces it.
+        assert!(Read.may_replace(Sent));
+        assert!(Read.may_replace(Delivered));
+        assert!(!Read.may_replace(Failed));
+        assert!(!Read.may_replace(Received));
+        assert!(!Delivered.may_replace(Read));
         // Whatever chain of updates the backend applies, each status it stores is later in the
         // order than the one before: what lets the page keep the later of two.
         for a in DeliveryStatus::ALL {

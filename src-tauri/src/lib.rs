@@ -112,6 +112,11 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::load_draft,
             commands::save_draft,
             commands::open_link,
+            commands::edit_message,
+            commands::delete_message,
+            commands::react,
+            commands::message_versions,
+            commands::typing,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

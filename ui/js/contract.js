@@ -9,6 +9,8 @@ export const Event = Object.freeze({
   QUESTION_CLOSED: "question-closed",
   CONNECTION_STATE: "connection-state",
   ERROR: "error",
+  TYPING: "typing",
+  MESSAGE_REMOVED: "message-removed",
 });
 
 /** Delivery status of a message. */
@@ -19,13 +21,14 @@ export const DeliveryStatus = Object.freeze({
   DELIVERED: "delivered",
   RECEIVED: "received",
   FAILED: "failed",
+  READ: "read",
 });
 
 /**
  * Delivery statuses in the order of progress. The backend sends statuses already merged
  * (it never moves a message backwards), so the later of two is the newer.
  */
-export const DELIVERY_STATUS_ORDER = Object.freeze(["pending", "sent", "queued", "delivered", "received", "failed"]);
+export const DELIVERY_STATUS_ORDER = Object.freeze(["pending", "sent", "queued", "delivered", "received", "failed", "read"]);
 
 /** States of the connection indicator. */
 export const ConnectionState = Object.freeze({

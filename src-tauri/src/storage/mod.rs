@@ -5,13 +5,15 @@
 //!   tauri-plugin-store.
 //! - [`db`]: `lattice.sqlite3` (WAL): message history, contacts, pinned identity keys and the
 //!   durable outbox of messages not yet handed to the server.
-//!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts.
+//!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts,
+//!   [`content`] replies, edits, deletes, reactions and read receipts.
 //! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
 //!   `lattice_peer::identity_file` (the same format and rules as the terminal client's); see
 //!   [`load_identity`].
 //!
 //! Nothing here knows about windows or events; the commands and the session call into it.
 
+pub mod content;
 pub mod db;
 pub mod drafts;
 mod error;
