@@ -1359,6 +1359,7 @@ mod tests {
             ("bob", "b1")
         );
         assert_eq!(quoted.excerpt, "lunch?");
+        assert_eq!(quoted.seq, Some(theirs.seq));
         // Ours can be edited (earlier text kept); bob's cannot, nor deleted for everyone.
         let edited = m.edit_message(&bob, reply.seq, "yes!").await.unwrap();
         assert!(edited.edited);

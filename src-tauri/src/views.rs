@@ -158,6 +158,8 @@ pub struct ReplyView {
     pub message_id: String,
     /// The quote.
     pub excerpt: String,
+    /// Its `seq` here, when this device has it (the page jumps to it).
+    pub seq: Option<i64>,
 }
 
 /// One emoji given to a message, and by whom.
@@ -195,9 +197,10 @@ impl From<MessageRecord> for MessageView {
             edited: r.extra.edited_at.is_some(),
             deleted: r.extra.deleted,
             reply_to: r.extra.reply.map(|reply| ReplyView {
-                sender: reply.sender,
-                message_id: reply.message_id.as_str().to_owned(),
-                excerpt: reply.excerpt,
+                sender: reply.to.sender,
+                message_id: reply.to.message_id.as_str().to_owned(),
+                excerpt: reply.to.excerpt,
+                seq: reply.seq,
             }),
             reactions,
             rev: r.extra.rev,

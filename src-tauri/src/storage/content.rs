@@ -103,6 +103,15 @@ pub struct ReplyRef {
     pub excerpt: String,
 }
 
+/// The message a stored reply answers: what it quotes, and where it is here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReply {
+    /// As the reply names it.
+    pub to: ReplyRef,
+    /// Its `seq`, when this device has it (not deleted for me, not from before a restore).
+    pub seq: Option<i64>,
+}
+
 impl ReplyRef {
     /// The reply content answering this with `text`.
     ///
@@ -162,7 +171,7 @@ pub struct MessageExtra {
     /// Deleted for everyone: the body is gone, a tombstone stays.
     pub deleted: bool,
     /// The message it answers.
-    pub reply: Option<ReplyRef>,
+    pub reply: Option<StoredReply>,
     /// Bumped on every change of text, tombstone or reactions (the page replaces what it shows
     /// when this grows).
     pub rev: i64,
@@ -179,10 +188,13 @@ impl MessageExtra {
         // A reference that no longer parses (never written by this code) is dropped, not fatal.
         let reply = match (reply_sender, reply_id) {
             (Some(s), Some(id)) => match (ClientId::try_from(s), MessageId::try_from(id)) {
-                (Ok(sender), Ok(message_id)) => Some(ReplyRef {
-                    sender,
-                    message_id,
-                    excerpt: reply_excerpt.unwrap_or_default(),
+                (Ok(sender), Ok(message_id)) => Some(StoredReply {
+                    to: ReplyRef {
+                        sender,
+                        message_id,
+                        excerpt: reply_excerpt.unwrap_or_default(),
+                    },
+                    seq: r.get(start + 8)?,
                 }),
                 _ => None,
             },
@@ -676,6 +688,13 @@ mod tests {
         // Deleted: a tombstone, versions gone, and no edit after it.
         let gone = db.apply_delete(&bob, false, "b1").unwrap().unwrap();
         assert!(gone.extra.deleted);
+        db.delete_for_me(&bob, db.page(&bob, None, 10).unwrap()[1].seq)
+            .unwrap();
+        assert_eq!(
+            db.peer(&bob).unwrap().unwrap().last_body.as_deref(),
+            Some("This message was deleted"),
+            "the list previews the tombstone"
+        );
         assert_eq!(gone.body, "");
         assert!(db.versions(&bob, gone.seq).unwrap().is_empty());
         assert!(db.apply_delete(&bob, false, "b1").unwrap().is_none());
@@ -850,7 +869,10 @@ mod tests {
         let r = db
             .enqueue_message("a2", &w("wa2"), &bob, "yes?", Some(&reply), 3_000)
             .unwrap();
-        assert_eq!(r.extra.reply.as_ref(), Some(&reply));
+        let stored = r.extra.reply.unwrap();
+        assert_eq!(stored.to, reply);
+        let answered = db.page(&bob, None, 10).unwrap()[0].seq;
+        assert_eq!(stored.seq, Some(answered), "where the answered message is");
         db.enqueue_change(
             "c1",
             &w("wc1"),

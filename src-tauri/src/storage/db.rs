@@ -322,7 +322,9 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT c.peer_id, c.unread, c.user_verified, c.authenticated,
-                    k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing,
+                    k.identity_key, k.pending_fingerprint,
+                    CASE WHEN m.deleted THEN 'This message was deleted' ELSE m.body END,
+                    m.at, m.outgoing,
                     EXISTS(SELECT 1 FROM messages u WHERE u.peer_id = c.peer_id
                            AND u.outgoing = 0 AND u.authenticated = 0),
                     d.body
@@ -804,12 +806,16 @@ impl Db {
     }
 }
 
-/// The columns [`row_to_message`] reads, with the message's reactions folded into one column.
+/// The columns [`row_to_message`] reads, with the message's reactions folded into one column
+/// and the `seq` of the message a reply answers (when it is stored here).
 pub(super) const MESSAGE_SELECT: &str =
     "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated, wire_id,
             edited_at, deleted, reply_sender, reply_id, reply_excerpt, rev,
             (SELECT group_concat(r.reactor || char(31) || r.emoji, char(30))
-             FROM reactions r WHERE r.seq = messages.seq)
+             FROM reactions r WHERE r.seq = messages.seq),
+            (SELECT t.seq FROM messages t
+             WHERE t.peer_id = messages.peer_id AND t.wire_id = messages.reply_id
+               AND t.outgoing = (messages.reply_sender != messages.peer_id))
      FROM messages";
 
 pub(super) fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {

@@ -1,5 +1,6 @@
 //! The desktop app end to end, in its real webview (WebKitGTK), through WebDriver, split by
-//! area: `chat` (the scenario described next), `history` (a conversation of ten thousand messages),
+//! area: `chat` (the scenario described next), `content` (replies, edits, deletes, reactions,
+//! read receipts and typing, both ways), `history` (a conversation of ten thousand messages),
 //! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
 //! restart), `search` (search, drafts, shortcuts, links, accessibility checked with axe-core) and
 //! `tray`; the helpers they share are in `support`.
@@ -18,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chat;
+mod content;
 mod history;
 mod hostile_input;
 mod keys;
