@@ -120,7 +120,7 @@ pub struct MessageRecord {
     /// true for outgoing ones.
     pub authenticated: bool,
     /// What the content layer added (version 6): reply, edit, tombstone, reactions.
-    pub extra: super::content::MessageExtra,
+    pub extra: super::message::MessageExtra,
 }
 
 /// One row of the peer list, as far as the disk knows it (presence is added by the session).
@@ -388,7 +388,7 @@ impl Db {
         wire_id: &MessageId,
         peer_id: &ClientId,
         body: &str,
-        reply: Option<&super::content::ReplyRef>,
+        reply: Option<&super::message::ReplyRef>,
         now_ms: i64,
     ) -> Result<MessageRecord, StorageError> {
         let (kind, wire_body) = match reply {
@@ -454,7 +454,7 @@ impl Db {
         authenticated: bool,
         read: bool,
     ) -> Result<Option<MessageRecord>, StorageError> {
-        self.insert_received(&super::content::Received {
+        self.insert_received(&super::message::Received {
             message_id,
             peer_id,
             body,
@@ -472,7 +472,7 @@ impl Db {
     /// [`StorageError::Sqlite`].
     pub fn insert_received(
         &self,
-        m: &super::content::Received<'_>,
+        m: &super::message::Received<'_>,
     ) -> Result<Option<MessageRecord>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -828,7 +828,7 @@ pub(super) fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageR
         at: r.get(5)?,
         status: MessageStatus::from_rank(r.get(6)?),
         authenticated: r.get(7)?,
-        extra: super::content::MessageExtra::from_row(r, 8)?,
+        extra: super::message::MessageExtra::from_row(r, 8)?,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod db;
 pub mod drafts;
 mod error;
 pub mod keystore;
+pub mod message;
 pub mod search;
 pub mod settings;
 

@@ -78,6 +78,8 @@ export function openDelete(peerId, m) {
     : "This removes the message from this device only.";
   openDialog("Delete this message?", h("p", { class: "muted", text: note }),
     h("div", { class: "dialog-actions" }, ...buttons));
+  // Nothing is deleted by a stray Enter: the safe choice has the focus.
+  buttons[buttons.length - 1].focus();
 }
 
 /** The emoji picker for `m`: the usual set, or any one emoji typed in. */
