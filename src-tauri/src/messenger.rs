@@ -518,6 +518,7 @@ impl Messenger {
         }
         self.me_id()?;
         let target = self.own_changeable(peer, seq)?;
+        self.refuse_original(peer, "deleting for everyone")?;
         let wire = wire_id_of(&target)?;
         self.queue_change(
             peer,
@@ -552,6 +553,7 @@ impl Messenger {
                 "A deleted message takes no reactions.".into(),
             ));
         }
+        self.refuse_original(peer, "reactions")?;
         let wire = wire_id_of(&target)?;
         let mine = target
             .extra
@@ -678,6 +680,21 @@ impl Messenger {
             running
                 .session
                 .send_notice(peer, Content::Receipt { read: ids });
+        }
+        Ok(())
+    }
+
+    /// An original (`ml-kem-aes`) client gets plain text only: `what` cannot reach it.
+    fn refuse_original(&self, peer: &ClientId, what: &str) -> Result<(), MessengerError> {
+        let original = self
+            .state
+            .db
+            .peer(peer)?
+            .is_some_and(|p| p.sent_unsigned && p.identity_key.is_none());
+        if original {
+            return Err(MessengerError::InvalidInput(format!(
+                "{peer} uses an original client, which gets plain text only: {what} cannot reach them."
+            )));
         }
         Ok(())
     }
@@ -1408,6 +1425,19 @@ mod tests {
                 Some("delete")
             ]
         );
+        // An original client (unsigned, no pinned key) gets neither reactions nor deletes.
+        deliver(&m, "o1", "olga", "hello from an old client", 2, false);
+        let olga = id("olga");
+        let old = m
+            .load_messages(&olga, None, None, 10)
+            .await
+            .unwrap()
+            .messages[0]
+            .clone();
+        assert!(matches!(
+            m.react(&olga, old.seq, "👍").await,
+            Err(MessengerError::InvalidInput(text)) if text.contains("original client")
+        ));
         // Deleted for me: gone from this device, the page told.
         m.delete_message(&bob, theirs.seq, false).await.unwrap();
         assert!(m.db().message(&bob, theirs.seq).unwrap().is_none());

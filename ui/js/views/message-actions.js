@@ -5,7 +5,7 @@
 // (reply, edit).
 
 import { api } from "../api.js";
-import { state } from "../state.js";
+import { state, peerById } from "../state.js";
 import { h, icon, formatTime } from "../util.js";
 import { showNotice } from "./toasts.js";
 
@@ -29,6 +29,13 @@ export function changeable(m) {
 /** Whether `m` can be replied or reacted to. */
 export function referable(m) {
   return !m.deleted && !!m.wireId;
+}
+
+/** Whether the conversation's peer is an original client, which gets plain text only (a reply
+ * arrives as quoted text, an edit as a new text; reactions and deletes cannot reach it). */
+function plainTextOnly(peerId) {
+  const peer = peerById(peerId);
+  return !!(peer && peer.original);
 }
 
 function openDialog(title, ...content) {
@@ -56,7 +63,7 @@ async function run(action) {
 /** Asks how to delete `m`: for me, or (ours, recent) for everyone. */
 export function openDelete(peerId, m) {
   const buttons = [];
-  if (changeable(m)) {
+  if (changeable(m) && !plainTextOnly(peerId)) {
     buttons.push(h("button", {
       class: "button danger", type: "button", id: "delete-for-everyone",
       onclick: async () => {
@@ -73,7 +80,7 @@ export function openDelete(peerId, m) {
     },
   }, "Delete for me"));
   buttons.push(h("button", { class: "button ghost", type: "button", onclick: closeDialog }, "Cancel"));
-  const note = changeable(m)
+  const note = changeable(m) && !plainTextOnly(peerId)
     ? "Deleting for everyone leaves “This message was deleted” on both sides."
     : "This removes the message from this device only.";
   openDialog("Delete this message?", h("p", { class: "muted", text: note }),
@@ -155,7 +162,7 @@ export function actionBar(peerId, m, { reply, edit, upsert }) {
   const buttons = [];
   if (referable(m)) {
     buttons.push(button("reply", "Reply", () => reply(m)));
-    buttons.push(button("react", "React", () => openReact(peerId, m, upsert)));
+    if (!plainTextOnly(peerId)) buttons.push(button("react", "React", () => openReact(peerId, m, upsert)));
   }
   if (changeable(m)) buttons.push(button("edit", "Edit", () => edit(m)));
   buttons.push(button("delete", "Delete", () => openDelete(peerId, m)));
