@@ -6,7 +6,17 @@
 //! fails when the committed file is stale (run it with `LATTICE_WRITE_CONTRACT=1` to rewrite
 //! it). A leaf module: it imports nothing of the app, so storage may use it too.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+/// "Started typing" is sent to one peer at most this often while the person keeps typing: the
+/// page repeats it at this pace and the backend drops anything faster.
+pub const TYPING_RESEND: Duration = Duration::from_secs(3);
+
+/// How long after sending a message may be edited or deleted for everyone: the library's window
+/// (`lattice_peer::defaults::EDIT_WINDOW`), which checks it on receipt.
+pub const EDIT_WINDOW: Duration = lattice_peer::defaults::EDIT_WINDOW;
 
 /// Defines a wire enum: its variants with their wire names, `ALL` in declaration order (which
 /// is the order the page is given) and `as_str`.
@@ -290,6 +300,14 @@ pub fn javascript() -> String {
         "The `code` of an error of kind `peer`.",
         &PeerErrorCode::entries(),
     );
+    out.push_str(&format!(
+        "/** Messages can be edited or deleted for everyone this long after sending (ms). */\n\
+         export const EDIT_WINDOW_MS = {};\n\n\
+         /** \"Started typing\" is sent at most this often per conversation (ms). */\n\
+         export const TYPING_RESEND_MS = {};\n",
+        EDIT_WINDOW.as_millis(),
+        TYPING_RESEND.as_millis()
+    ));
     out.truncate(out.trim_end().len());
     out.push('\n');
     out

@@ -18,7 +18,7 @@ use lattice_protocol::{ClientId, QuestionId};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
-use crate::contract::{DeliveryStatus, ErrorKind};
+use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW, TYPING_RESEND};
 use crate::events::{EventSink, SessionEvent};
 use crate::session::{Session, SessionConfig, SessionError};
 use crate::storage::content::{ReplyRef, Target};
@@ -46,10 +46,6 @@ pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
 /// A typing notice older than this (by the sender's signed clock) waited in a mailbox and is not
 /// shown.
 pub const TYPING_STALE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// "Started typing" is sent to one peer at most this often while the person keeps typing (the
-/// page shows a notice for [`TYPING_STALE`] unless it is renewed).
-pub const TYPING_RESEND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Peers whose last typing notice time is remembered; past this the memory starts over.
 const TYPING_PEERS: usize = 256;
@@ -724,8 +720,7 @@ impl Messenger {
                 "That message was deleted.".into(),
             ));
         }
-        let window =
-            i64::try_from(lattice_peer::defaults::EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window = i64::try_from(EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
         if now_ms().saturating_sub(target.at) > window {
             return Err(MessengerError::InvalidInput(format!(
                 "Messages can be changed for {} hours after sending.",

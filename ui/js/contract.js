@@ -78,3 +78,9 @@ export const PeerErrorCode = Object.freeze({
   REJECTED: "rejected",
   OTHER: "other",
 });
+
+/** Messages can be edited or deleted for everyone this long after sending (ms). */
+export const EDIT_WINDOW_MS = 86400000;
+
+/** "Started typing" is sent at most this often per conversation (ms). */
+export const TYPING_RESEND_MS = 3000;

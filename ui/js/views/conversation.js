@@ -13,7 +13,9 @@
 // another conversation opens, restored when this one opens again, also after a restart.
 
 import { api } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind } from "../contract.js";
+import {
+  DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, TYPING_RESEND_MS,
+} from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
@@ -40,8 +42,6 @@ const STICK_PX = 48;
 const DRAFT_SAVE_MS = 400;
 /** How long (ms) a message opened from a search stays highlighted. */
 const FOUND_HIGHLIGHT_MS = 4000;
-/** "Started typing" is repeated this often (ms) while the person types (the backend throttles too). */
-const TYPING_REPEAT_MS = 3000;
 /** Typing counts as stopped this long (ms) after the last keystroke. */
 const TYPING_IDLE_MS = 5000;
 /** Someone's "is typing…" goes away this long (ms) after their last notice. */
@@ -693,7 +693,7 @@ function noteTyping() {
     stopTyping();
     return;
   }
-  if (Date.now() - typingSentAt > TYPING_REPEAT_MS) {
+  if (Date.now() - typingSentAt > TYPING_RESEND_MS) {
     typingSentAt = Date.now();
     api.typing(current, true).catch(() => {});
   }

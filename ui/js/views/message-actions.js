@@ -5,6 +5,7 @@
 // (reply, edit).
 
 import { api } from "../api.js";
+import { EDIT_WINDOW_MS } from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, formatTime } from "../util.js";
 import { showNotice } from "./toasts.js";
@@ -12,8 +13,6 @@ import { showNotice } from "./toasts.js";
 /** The reactions offered first; the picker also takes any one emoji typed in. */
 export const REACTIONS = Object.freeze(["👍", "❤️", "😂", "😮", "😢", "🙏"]);
 
-/** Messages can be changed for everyone this long after sending (the library's edit window). */
-const EDIT_WINDOW_MS = 24 * 3600 * 1000;
 
 const $ = (id) => document.getElementById(id);
 
