@@ -729,6 +729,50 @@ mod tests {
     }
 
     #[test]
+    fn a_version_5_file_gets_wire_ids_and_owes_no_receipts_for_old_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE contacts(peer_id TEXT PRIMARY KEY, first_seen INTEGER NOT NULL,
+                     unread INTEGER NOT NULL DEFAULT 0, user_verified INTEGER NOT NULL DEFAULT 0,
+                     authenticated INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE messages(seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     message_id TEXT NOT NULL, peer_id TEXT NOT NULL, outgoing INTEGER NOT NULL,
+                     body TEXT NOT NULL, at INTEGER NOT NULL, status INTEGER NOT NULL,
+                     authenticated INTEGER NOT NULL, UNIQUE(peer_id, outgoing, message_id));
+                 CREATE TABLE outbox(message_id TEXT PRIMARY KEY, peer_id TEXT NOT NULL,
+                     body TEXT NOT NULL, created_at INTEGER NOT NULL, wire_id TEXT);
+                 INSERT INTO contacts(peer_id, first_seen) VALUES ('bob', 1);
+                 INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
+                     VALUES ('in1', 'bob', 0, 'old news', 5, 4, 1),
+                            ('out1', 'bob', 1, 'waiting', 6, 0, 1),
+                            ('out0', 'bob', 1, 'long delivered', 4, 3, 1);
+                 INSERT INTO outbox VALUES ('out1', 'bob', 'waiting', 6, 'wire-out1');
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let bob = c("bob");
+        let page = db.page(&bob, None, 10).unwrap();
+        let wire: Vec<Option<&str>> = page.iter().map(|m| m.extra.wire_id.as_deref()).collect();
+        // Incoming: its own id; waiting: the outbox's; delivered long ago: unknown.
+        assert_eq!(wire, [Some("in1"), Some("wire-out1"), None]);
+        assert!(db.take_receipts_due(&bob, 10).unwrap().is_empty());
+        // The waiting one can be referred to, and is found by the library's lookup.
+        let history = DbHistory::new(Arc::new(db), c("alice"));
+        assert_eq!(
+            history
+                .find(&bob, &c("alice"), &w("wire-out1"))
+                .unwrap()
+                .map(|k| k.sent_at),
+            Some(6)
+        );
+    }
+
+    #[test]
     fn replies_and_changes_are_queued_with_their_kind() {
         let db = fixture();
         let bob = c("bob");
