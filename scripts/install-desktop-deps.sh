@@ -19,6 +19,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(
+  # Reactions are emoji: without a colour emoji font the WebDriver screenshots show boxes.
+  fonts-noto-color-emoji
   libwebkit2gtk-4.1-dev
   libgtk-3-dev
   libayatana-appindicator3-dev

@@ -22,4 +22,9 @@ pub const COMMAND_NAMES: &[&str] = &[
     "export_backup",
     "restore_backup",
     "export_conversation",
+    "edit_message",
+    "delete_message",
+    "react",
+    "message_versions",
+    "typing",
 ];

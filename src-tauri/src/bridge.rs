@@ -42,6 +42,8 @@ impl<R: Runtime> Ui for TauriUi<R> {
             Update::QuestionClosed(id) => self.emit(Event::QuestionClosed, id),
             Update::Connection(connection) => self.emit(Event::ConnectionState, connection),
             Update::Notice(notice) => self.emit(Event::Error, notice),
+            Update::Typing(typing) => self.emit(Event::Typing, typing),
+            Update::Removed(removed) => self.emit(Event::MessageRemoved, removed),
             Update::Unread(n) => tray::set_unread(&self.app, n),
             Update::Notify { title, body } => self.notify(title, body),
         }

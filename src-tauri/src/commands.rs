@@ -15,7 +15,9 @@ use crate::storage::backup::{self, BackupCounts, KdfParams, Passphrase};
 use crate::storage::export::{self, ExportFormat};
 use crate::storage::search::SearchQuery;
 use crate::storage::settings::{self, ServerMode, SettingsPatch};
-use crate::views::{Bootstrap, MessagePage, MessageView, SearchHitView, SearchResults};
+use crate::views::{
+    Bootstrap, MessagePage, MessageView, SearchHitView, SearchResults, VersionView,
+};
 
 /// Messages per page when the page does not say.
 const DEFAULT_PAGE: u32 = 50;
@@ -74,21 +76,85 @@ pub async fn load_messages(
         .await?)
 }
 
-/// Stores a message durably and sends it (now, or once connected).
+/// Stores a message durably and sends it (now, or once connected); with `replyTo` (a `seq`) it
+/// answers that message of the conversation.
 #[tauri::command]
 pub async fn send_message(
     messenger: Shared<'_>,
     peer_id: String,
     text: String,
+    reply_to: Option<i64>,
 ) -> Result<MessageView, CommandError> {
     let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.send_message(&peer, &text).await?)
+    Ok(messenger.send_message(&peer, &text, reply_to).await?)
 }
 
-/// Clears the unread count of a conversation.
+/// The conversation is shown: clears its unread count and sends the read receipts owed (when
+/// they are on).
 #[tauri::command]
 pub async fn mark_read(messenger: Shared<'_>, peer_id: String) -> Result<(), CommandError> {
-    Ok(messenger.mark_read(&validate_client_id(&peer_id)?)?)
+    Ok(messenger
+        .conversation_seen(&validate_client_id(&peer_id)?)
+        .await?)
+}
+
+/// Replaces the text of one of our messages (`seq`), here and for the peer.
+#[tauri::command]
+pub async fn edit_message(
+    messenger: Shared<'_>,
+    peer_id: String,
+    seq: i64,
+    text: String,
+) -> Result<MessageView, CommandError> {
+    let peer = validate_client_id(&peer_id)?;
+    Ok(messenger.edit_message(&peer, seq, &text).await?)
+}
+
+/// Deletes a message (`seq`) for everyone (ours only) or on this device.
+#[tauri::command]
+pub async fn delete_message(
+    messenger: Shared<'_>,
+    peer_id: String,
+    seq: i64,
+    for_everyone: bool,
+) -> Result<(), CommandError> {
+    let peer = validate_client_id(&peer_id)?;
+    Ok(messenger.delete_message(&peer, seq, for_everyone).await?)
+}
+
+/// Reacts to a message (`seq`) with `emoji`, or takes that reaction back.
+#[tauri::command]
+pub async fn react(
+    messenger: Shared<'_>,
+    peer_id: String,
+    seq: i64,
+    emoji: String,
+) -> Result<MessageView, CommandError> {
+    let peer = validate_client_id(&peer_id)?;
+    Ok(messenger.react(&peer, seq, &emoji).await?)
+}
+
+/// The earlier versions of an edited message, oldest first.
+#[tauri::command]
+pub async fn message_versions(
+    messenger: Shared<'_>,
+    peer_id: String,
+    seq: i64,
+) -> Result<Vec<VersionView>, CommandError> {
+    let peer = validate_client_id(&peer_id)?;
+    Ok(messenger.message_versions(&peer, seq)?)
+}
+
+/// The person started (`typing`) or stopped typing in the conversation.
+#[tauri::command]
+pub async fn typing(
+    messenger: Shared<'_>,
+    peer_id: String,
+    typing: bool,
+) -> Result<(), CommandError> {
+    let peer = validate_client_id(&peer_id)?;
+    messenger.typing(&peer, typing).await;
+    Ok(())
 }
 
 /// Answers a server question (text, a choice, or `true`/`false` for a confirm).

@@ -6,7 +6,17 @@
 //! fails when the committed file is stale (run it with `LATTICE_WRITE_CONTRACT=1` to rewrite
 //! it). A leaf module: it imports nothing of the app, so storage may use it too.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+/// "Started typing" is sent to one peer at most this often while the person keeps typing: the
+/// page repeats it at this pace and the backend drops anything faster.
+pub const TYPING_RESEND: Duration = Duration::from_secs(3);
+
+/// How long after sending a message may be edited or deleted for everyone: the library's window
+/// (`lattice_peer::defaults::EDIT_WINDOW`), which checks it on receipt.
+pub const EDIT_WINDOW: Duration = lattice_peer::defaults::EDIT_WINDOW;
 
 /// Defines a wire enum: its variants with their wire names, `ALL` in declaration order (which
 /// is the order the page is given) and `as_str`.
@@ -64,6 +74,10 @@ wire_enum! {
         ConnectionState = "connection-state",
         /// A readable problem to show (`Notice`).
         Error = "error",
+        /// A peer started or stopped typing ([`crate::views::TypingView`]).
+        Typing = "typing",
+        /// A message was deleted on this device ([`crate::views::RemovedView`]).
+        MessageRemoved = "message-removed",
     }
 }
 
@@ -84,6 +98,9 @@ wire_enum! {
         Received = "received",
         /// The server refused it for good (unknown peer, too large, ...).
         Failed = "failed",
+        /// The recipient read it (its read receipt arrived). Last, so the stored ranks of the
+        /// others stay as they were.
+        Read = "read",
     }
 }
 
@@ -108,6 +125,11 @@ impl DeliveryStatus {
     pub fn may_replace(self, current: Self) -> bool {
         match self {
             Self::Failed => matches!(current, Self::Pending | Self::Sent),
+            // A receipt may overtake the server's ack, never a failure.
+            Self::Read => matches!(
+                current,
+                Self::Pending | Self::Sent | Self::Queued | Self::Delivered
+            ),
             _ => self.rank() > current.rank(),
         }
     }
@@ -278,6 +300,14 @@ pub fn javascript() -> String {
         "The `code` of an error of kind `peer`.",
         &PeerErrorCode::entries(),
     );
+    out.push_str(&format!(
+        "/** Messages can be edited or deleted for everyone this long after sending (ms). */\n\
+         export const EDIT_WINDOW_MS = {};\n\n\
+         /** \"Started typing\" is sent at most this often per conversation (ms). */\n\
+         export const TYPING_RESEND_MS = {};\n",
+        EDIT_WINDOW.as_millis(),
+        TYPING_RESEND.as_millis()
+    ));
     out.truncate(out.trim_end().len());
     out.push('\n');
     out
@@ -325,7 +355,8 @@ mod tests {
                 "queued",
                 "delivered",
                 "received",
-                "failed"
+                "failed",
+                "read"
             ]
         );
     }
@@ -345,6 +376,13 @@ mod tests {
         assert!(Failed.may_replace(Sent));
         assert!(!Failed.may_replace(Queued));
         assert!(!Failed.may_replace(Delivered));
+        // A read receipt may overtake the ack, but never revives a failure or marks an incoming
+        // message; nothing replaces it.
+        assert!(Read.may_replace(Sent));
+        assert!(Read.may_replace(Delivered));
+        assert!(!Read.may_replace(Failed));
+        assert!(!Read.may_replace(Received));
+        assert!(!Delivered.may_replace(Read));
         // Whatever chain of updates the backend applies, each status it stores is later in the
         // order than the one before: what lets the page keep the later of two.
         for a in DeliveryStatus::ALL {

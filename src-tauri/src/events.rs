@@ -38,6 +38,19 @@ pub enum SessionEvent {
     /// A message arrived and is stored already (the session stores it before the peer
     /// acknowledges it; see `session::store_incoming`).
     Received(MessageRecord),
+    /// A stored message changed (edited, deleted for everyone, reacted to, read by the peer);
+    /// the change is stored already, like a received message.
+    Changed(MessageRecord),
+    /// A peer started or stopped typing to us.
+    Typing {
+        /// Who.
+        peer: ClientId,
+        /// Started (`true`) or stopped.
+        started: bool,
+        /// The peer's signed clock when it sent the notice (unix ms): a notice that waited in
+        /// the server's mailbox is stale.
+        sent_at: u64,
+    },
     /// A question from the server.
     Question(QuestionView),
     /// One of our messages moved on (by local id).

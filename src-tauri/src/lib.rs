@@ -117,6 +117,11 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::export_backup,
             commands::restore_backup,
             commands::export_conversation,
+            commands::edit_message,
+            commands::delete_message,
+            commands::react,
+            commands::message_versions,
+            commands::typing,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

@@ -18,15 +18,18 @@ use lattice_protocol::{ClientId, QuestionId};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
-use crate::contract::{DeliveryStatus, ErrorKind};
+use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW, TYPING_RESEND};
 use crate::events::{EventSink, SessionEvent};
 use crate::session::{Session, SessionConfig, SessionError};
+use crate::storage::content::{ReplyRef, Target};
 use crate::storage::settings::{ServerMode, Settings};
 use crate::storage::{self, Db, MessageRecord, StorageError};
 use crate::views::{
     preview, Bootstrap, ConnectionView, Me, MessagePage, MessageView, Notice, PeerView,
-    QuestionView,
+    QuestionView, RemovedView, TypingView, VersionView,
 };
+use lattice_peer::content::{MessageRef, ReactionAction, MAX_RECEIPT_IDS};
+use lattice_peer::Content;
 
 /// Largest message text accepted from the composer, in bytes. The sealed frame must stay under
 /// the protocol's 256 KiB frame limit after base64 and the envelope (≈ 4/3 growth + headers).
@@ -39,6 +42,13 @@ pub const MAX_OPEN_QUESTIONS: usize = 32;
 
 /// Largest answer to a server question, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
+
+/// A typing notice older than this (by the sender's signed clock) waited in a mailbox and is not
+/// shown.
+pub const TYPING_STALE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Peers whose last typing notice time is remembered; past this the memory starts over.
+const TYPING_PEERS: usize = 256;
 
 /// How long a stopped session's events may take to be applied before the applier is stopped.
 const APPLIER_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
@@ -86,6 +96,10 @@ pub enum Update {
     Connection(ConnectionView),
     /// Something to tell the person.
     Notice(Notice),
+    /// A peer started or stopped typing.
+    Typing(TypingView),
+    /// A message was deleted on this device only.
+    Removed(RemovedView),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -113,6 +127,8 @@ struct Live {
     questions: VecDeque<QuestionView>,
     /// The connection indicator.
     connection: Option<ConnectionView>,
+    /// When "started typing" was last sent to each peer (at most [`TYPING_PEERS`]).
+    typing_sent: std::collections::HashMap<ClientId, tokio::time::Instant>,
 }
 
 /// The app's state, shared by the messenger and the task applying session events.
@@ -401,48 +417,342 @@ impl Messenger {
             }
         }
         Ok(MessagePage {
-            messages: records.into_iter().map(MessageView::from).collect(),
+            messages: records.into_iter().map(|r| self.state.view(r)).collect(),
             has_more,
         })
     }
 
     /// Stores an outgoing message in history and the outbox (durable before this returns) and
-    /// wakes the session to send it.
+    /// wakes the session to send it. With `reply_to` (a `seq` of the conversation) it answers
+    /// that message, quoting it.
     ///
     /// # Errors
-    /// [`MessengerError::InvalidInput`] for an empty or oversized text;
-    /// [`MessengerError::NotSetUp`]; [`MessengerError::Storage`].
+    /// [`MessengerError::InvalidInput`] for an empty or oversized text, or a message that cannot
+    /// be replied to; [`MessengerError::NotSetUp`]; [`MessengerError::Storage`].
     pub async fn send_message(
         &self,
         peer: &ClientId,
         text: &str,
+        reply_to: Option<i64>,
     ) -> Result<MessageView, MessengerError> {
-        if !self.settings().is_set_up() {
-            return Err(MessengerError::NotSetUp);
-        }
-        if text.trim().is_empty() {
-            return Err(MessengerError::InvalidInput("Type a message first.".into()));
-        }
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(MessengerError::InvalidInput(format!(
-                "That message is too long ({} KiB); the limit is {} KiB.",
-                text.len() / 1024,
-                MAX_MESSAGE_BYTES / 1024
-            )));
-        }
+        let me = self.me_id()?;
+        check_text(text)?;
+        let reply = match reply_to {
+            Some(seq) => {
+                let target = self.target(peer, seq)?;
+                Some(ReplyRef {
+                    sender: if target.outgoing { me } else { peer.clone() },
+                    message_id: wire_id_of(&target)?,
+                    excerpt: lattice_peer::content::excerpt(&target.body),
+                })
+            }
+            None => None,
+        };
         let local_id = uuid::Uuid::new_v4().to_string();
         // The wire id is fixed now, so every resend (also after a restart) is the same message.
-        let wire_id = lattice_protocol::MessageId::new(uuid::Uuid::new_v4().to_string())
-            .map_err(|e| MessengerError::Internal(format!("message id: {e}")))?;
+        let wire_id = new_wire_id()?;
+        let record = self.state.db.enqueue_message(
+            &local_id,
+            &wire_id,
+            peer,
+            text,
+            reply.as_ref(),
+            now_ms(),
+        )?;
+        self.state.publish_peers();
+        self.wake_outbox().await;
+        Ok(record.into())
+    }
+
+    /// Replaces the text of one of our messages (within the edit window) here and, through the
+    /// outbox, for the peer; the earlier text is kept as a version.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for a message that is not ours, deleted, too old, or an
+    /// empty or oversized text; [`MessengerError::Storage`].
+    pub async fn edit_message(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+        text: &str,
+    ) -> Result<MessageView, MessengerError> {
+        self.me_id()?;
+        check_text(text)?;
+        let target = self.own_changeable(peer, seq)?;
+        if target.body == text {
+            return Ok(target.into());
+        }
+        let wire = wire_id_of(&target)?;
+        let now = now_ms().max(target.extra.edited_at.map_or(0, |t| t + 1));
+        let content = Content::Edit {
+            target: wire.clone(),
+            text: text.to_owned(),
+        };
+        self.queue_change(peer, &content)?;
         let record = self
             .state
             .db
-            .enqueue_outgoing(&local_id, &wire_id, peer, text, now_ms())?;
+            .apply_edit(peer, true, wire.as_str(), text, now)?
+            .ok_or_else(|| MessengerError::InvalidInput("That message cannot be edited.".into()))?;
         self.state.publish_peers();
+        self.wake_outbox().await;
+        Ok(record.into())
+    }
+
+    /// Deletes a message: for everyone (ours only, within the edit window: a tombstone stays on
+    /// both sides) or for me (any message, this device only).
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for an unknown message, or one that cannot be deleted
+    /// for everyone; [`MessengerError::Storage`].
+    pub async fn delete_message(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+        for_everyone: bool,
+    ) -> Result<(), MessengerError> {
+        if !for_everyone {
+            let target = self.target(peer, seq)?;
+            if self.state.db.delete_for_me(peer, seq)? {
+                self.state.ui.send(Update::Removed(RemovedView {
+                    peer_id: peer.clone(),
+                    id: target.message_id,
+                }));
+                self.state.publish_peers();
+            }
+            return Ok(());
+        }
+        self.me_id()?;
+        let target = self.own_changeable(peer, seq)?;
+        self.refuse_original(peer, "deleting for everyone")?;
+        let wire = wire_id_of(&target)?;
+        self.queue_change(
+            peer,
+            &Content::Delete {
+                target: wire.clone(),
+            },
+        )?;
+        if let Some(record) = self.state.db.apply_delete(peer, true, wire.as_str())? {
+            self.state.ui.send(Update::Message(record.into()));
+        }
+        self.state.publish_peers();
+        self.wake_outbox().await;
+        Ok(())
+    }
+
+    /// Reacts to a message with `emoji`, or takes our reaction back when it is already that
+    /// one (a toggle). One reaction per person per message: another emoji replaces ours.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for an unknown or deleted message or an emoji that is not
+    /// one; [`MessengerError::Storage`].
+    pub async fn react(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+        emoji: &str,
+    ) -> Result<MessageView, MessengerError> {
+        let me = self.me_id()?;
+        let target = self.target(peer, seq)?;
+        if target.extra.deleted {
+            return Err(MessengerError::InvalidInput(
+                "A deleted message takes no reactions.".into(),
+            ));
+        }
+        self.refuse_original(peer, "reactions")?;
+        let wire = wire_id_of(&target)?;
+        let mine = target
+            .extra
+            .reactions
+            .iter()
+            .any(|r| r.reactor == me.as_str() && r.emoji == emoji);
+        let action = if mine {
+            ReactionAction::Remove
+        } else {
+            ReactionAction::Add
+        };
+        let content = Content::Reaction {
+            target: MessageRef {
+                sender: if target.outgoing {
+                    me.clone()
+                } else {
+                    peer.clone()
+                },
+                message_id: wire.clone(),
+            },
+            emoji: emoji.to_owned(),
+            action,
+        };
+        content
+            .validate()
+            .map_err(|e| MessengerError::InvalidInput(format!("That is not a reaction: {e}.")))?;
+        self.queue_change(peer, &content)?;
+        let record = self
+            .state
+            .db
+            .set_reaction(
+                Target {
+                    peer,
+                    outgoing: target.outgoing,
+                    wire_id: wire.as_str(),
+                },
+                &me,
+                emoji,
+                !mine,
+                now_ms(),
+            )?
+            .unwrap_or(target);
+        self.wake_outbox().await;
+        Ok(record.into())
+    }
+
+    /// The earlier versions of an edited message, oldest first.
+    ///
+    /// # Errors
+    /// [`MessengerError::Storage`].
+    pub fn message_versions(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+    ) -> Result<Vec<VersionView>, MessengerError> {
+        Ok(self
+            .state
+            .db
+            .versions(peer, seq)?
+            .into_iter()
+            .map(|v| VersionView {
+                body: v.body,
+                replaced_at: v.replaced_at,
+            })
+            .collect())
+    }
+
+    /// The person is typing to `peer` (`started`) or stopped: sent when typing indicators are
+    /// on, "started" at most once per [`TYPING_RESEND`], never to an original client.
+    pub async fn typing(&self, peer: &ClientId, started: bool) {
+        if !self.settings().typing_indicators {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        {
+            let mut live = lock(&self.state.live);
+            if started {
+                if live
+                    .typing_sent
+                    .get(peer)
+                    .is_some_and(|at| now.duration_since(*at) < TYPING_RESEND)
+                {
+                    return;
+                }
+                if live.typing_sent.len() >= TYPING_PEERS {
+                    live.typing_sent.clear();
+                }
+                live.typing_sent.insert(peer.clone(), now);
+            } else if live.typing_sent.remove(peer).is_none() {
+                // "Stopped" only after a "started".
+                return;
+            }
+        }
+        if let Some(running) = self.session.lock().await.as_ref() {
+            running
+                .session
+                .send_notice(peer, Content::Typing { started });
+        }
+    }
+
+    /// The conversation with `peer` is shown: its messages are read. Sends read receipts for
+    /// what arrived since (when they are on and the session is connected; when they are off the
+    /// debt is forgiven, so turning them on later does not send old ones).
+    ///
+    /// # Errors
+    /// [`MessengerError::Storage`].
+    pub async fn conversation_seen(&self, peer: &ClientId) -> Result<(), MessengerError> {
+        self.mark_read(peer)?;
+        let db = &self.state.db;
+        if !self.settings().read_receipts {
+            db.forgo_receipts(peer)?;
+            return Ok(());
+        }
+        let slot = self.session.lock().await;
+        let Some(running) = slot.as_ref().filter(|r| r.session.is_connected()) else {
+            // Sent the next time the conversation is seen while connected.
+            return Ok(());
+        };
+        loop {
+            let ids = db.take_receipts_due(peer, MAX_RECEIPT_IDS)?;
+            if ids.is_empty() {
+                break;
+            }
+            running
+                .session
+                .send_notice(peer, Content::Receipt { read: ids });
+        }
+        Ok(())
+    }
+
+    /// An original (`ml-kem-aes`) client gets plain text only: `what` cannot reach it.
+    fn refuse_original(&self, peer: &ClientId, what: &str) -> Result<(), MessengerError> {
+        let original = self
+            .state
+            .db
+            .peer(peer)?
+            .is_some_and(|p| p.sent_unsigned && p.identity_key.is_none());
+        if original {
+            return Err(MessengerError::InvalidInput(format!(
+                "{peer} uses an original client, which gets plain text only: {what} cannot reach them."
+            )));
+        }
+        Ok(())
+    }
+
+    fn me_id(&self) -> Result<ClientId, MessengerError> {
+        self.settings().client_id.ok_or(MessengerError::NotSetUp)
+    }
+
+    /// A message of the conversation with `peer`, by `seq`.
+    fn target(&self, peer: &ClientId, seq: i64) -> Result<MessageRecord, MessengerError> {
+        self.state
+            .db
+            .message(peer, seq)?
+            .ok_or_else(|| MessengerError::InvalidInput("That message is gone.".into()))
+    }
+
+    /// One of our messages that may still be edited or deleted for everyone.
+    fn own_changeable(&self, peer: &ClientId, seq: i64) -> Result<MessageRecord, MessengerError> {
+        let target = self.target(peer, seq)?;
+        if !target.outgoing {
+            return Err(MessengerError::InvalidInput(
+                "Only your own messages can be changed for everyone.".into(),
+            ));
+        }
+        if target.extra.deleted {
+            return Err(MessengerError::InvalidInput(
+                "That message was deleted.".into(),
+            ));
+        }
+        let window = i64::try_from(EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        if now_ms().saturating_sub(target.at) > window {
+            return Err(MessengerError::InvalidInput(format!(
+                "Messages can be changed for {} hours after sending.",
+                window / 3_600_000
+            )));
+        }
+        Ok(target)
+    }
+
+    /// Queues `content` for `peer` in the outbox, durable before this returns.
+    fn queue_change(&self, peer: &ClientId, content: &Content) -> Result<(), MessengerError> {
+        let local_id = uuid::Uuid::new_v4().to_string();
+        self.state
+            .db
+            .enqueue_change(&local_id, &new_wire_id()?, peer, content, now_ms())?;
+        Ok(())
+    }
+
+    async fn wake_outbox(&self) {
         if let Some(running) = self.session.lock().await.as_ref() {
             running.session.wake_outbox();
         }
-        Ok(record.into())
     }
 
     /// Removes a question from the open ones; false if it was not open.
@@ -622,6 +932,25 @@ impl State {
             SessionEvent::Online(peers) => self.set_online(peers),
             SessionEvent::Presence { peer, online } => self.set_presence(peer, online),
             SessionEvent::Received(record) => self.received(record),
+            SessionEvent::Changed(record) => {
+                self.ui.send(Update::Message(self.view(record)));
+                self.publish_peers();
+            }
+            SessionEvent::Typing {
+                peer,
+                started,
+                sent_at,
+            } => {
+                let age = u64::try_from(now_ms()).unwrap_or(0).saturating_sub(sent_at);
+                if self.settings().typing_indicators
+                    && (!started || u128::from(age) < TYPING_STALE.as_millis())
+                {
+                    self.ui.send(Update::Typing(TypingView {
+                        peer_id: peer,
+                        typing: started,
+                    }));
+                }
+            }
             SessionEvent::Question(q) => self.question(q),
             SessionEvent::Status { local_id, status } => self.advance(&local_id, status),
             SessionEvent::KeyChanged { peer, fingerprint } => {
@@ -640,6 +969,16 @@ impl State {
             SessionEvent::KeysFetched => self.publish_peers(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
         }
+    }
+
+    /// A stored message as the page shows it: while read receipts are off, others' are not
+    /// shown either (like Signal): a read message shows as delivered.
+    fn view(&self, record: MessageRecord) -> MessageView {
+        let mut view = MessageView::from(record);
+        if view.status == DeliveryStatus::Read && !self.settings().read_receipts {
+            view.status = DeliveryStatus::Delivered;
+        }
+        view
     }
 
     /// The peer list: contacts from disk joined with presence.
@@ -789,6 +1128,40 @@ impl State {
     }
 }
 
+/// A message text from the composer: not empty, not longer than [`MAX_MESSAGE_BYTES`].
+fn check_text(text: &str) -> Result<(), MessengerError> {
+    if text.trim().is_empty() {
+        return Err(MessengerError::InvalidInput("Type a message first.".into()));
+    }
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(MessengerError::InvalidInput(format!(
+            "That message is too long ({} KiB); the limit is {} KiB.",
+            text.len() / 1024,
+            MAX_MESSAGE_BYTES / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// A fresh `messageId`.
+fn new_wire_id() -> Result<lattice_protocol::MessageId, MessengerError> {
+    lattice_protocol::MessageId::new(uuid::Uuid::new_v4().to_string())
+        .map_err(|e| MessengerError::Internal(format!("message id: {e}")))
+}
+
+/// The wire id of a stored message, which replies, edits, deletes and reactions name.
+fn wire_id_of(m: &MessageRecord) -> Result<lattice_protocol::MessageId, MessengerError> {
+    m.extra
+        .wire_id
+        .as_deref()
+        .and_then(|id| lattice_protocol::MessageId::new(id).ok())
+        .ok_or_else(|| {
+            MessengerError::InvalidInput(
+                "That message was sent by an older version and cannot be referred to.".into(),
+            )
+        })
+}
+
 /// Checks a client id against the protocol's rule, with a sentence for people: the one place
 /// a name from the page becomes a [`ClientId`].
 ///
@@ -885,7 +1258,9 @@ mod tests {
             from: &from,
             text,
             at_ms,
+            sent_at: None,
             authenticated,
+            reply: None,
         };
         if let Some(event) = crate::session::store_incoming(m.db(), &incoming) {
             m.state.apply(event);
@@ -983,6 +1358,143 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replies_edits_deletes_and_reactions_are_stored_queued_and_checked() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        m.set_settings(Settings {
+            client_id: Some(id("alice")),
+            ..Settings::default()
+        });
+        let bob = id("bob");
+        deliver(&m, "b1", "bob", "lunch?", 1, true);
+        let theirs = m
+            .load_messages(&bob, None, None, 10)
+            .await
+            .unwrap()
+            .messages[0]
+            .clone();
+        // A reply quotes bob's message by its wire id.
+        let reply = m.send_message(&bob, "yes", Some(theirs.seq)).await.unwrap();
+        let quoted = reply.reply_to.clone().unwrap();
+        assert_eq!(
+            (quoted.sender.as_str(), quoted.message_id.as_str()),
+            ("bob", "b1")
+        );
+        assert_eq!(quoted.excerpt, "lunch?");
+        assert_eq!(quoted.seq, Some(theirs.seq));
+        // Ours can be edited (earlier text kept); bob's cannot, nor deleted for everyone.
+        let edited = m.edit_message(&bob, reply.seq, "yes!").await.unwrap();
+        assert!(edited.edited);
+        assert_eq!(edited.body, "yes!");
+        let versions = m.message_versions(&bob, reply.seq).unwrap();
+        assert_eq!(versions[0].body, "yes");
+        assert!(matches!(
+            m.edit_message(&bob, theirs.seq, "mine").await,
+            Err(MessengerError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            m.delete_message(&bob, theirs.seq, true).await,
+            Err(MessengerError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            m.react(&bob, theirs.seq, "not one").await,
+            Err(MessengerError::InvalidInput(_))
+        ));
+        // A reaction toggles.
+        let liked = m.react(&bob, theirs.seq, "👍").await.unwrap();
+        assert_eq!(liked.reactions[0].reactors, ["alice"]);
+        let unliked = m.react(&bob, theirs.seq, "👍").await.unwrap();
+        assert!(unliked.reactions.is_empty());
+        // Deleted for everyone: a tombstone, and no more edits.
+        m.delete_message(&bob, reply.seq, true).await.unwrap();
+        assert!(matches!(
+            m.edit_message(&bob, reply.seq, "again").await,
+            Err(MessengerError::InvalidInput(_))
+        ));
+        // Everything waits in the outbox, in order, with its kind.
+        let kinds: Vec<Option<String>> = m
+            .db()
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        let kinds: Vec<Option<&str>> = kinds.iter().map(Option::as_deref).collect();
+        assert_eq!(
+            kinds,
+            [
+                Some("reply"),
+                Some("edit"),
+                Some("reaction"),
+                Some("reaction"),
+                Some("delete")
+            ]
+        );
+        // An original client (unsigned, no pinned key) gets neither reactions nor deletes.
+        deliver(&m, "o1", "olga", "hello from an old client", 2, false);
+        let olga = id("olga");
+        let old = m
+            .load_messages(&olga, None, None, 10)
+            .await
+            .unwrap()
+            .messages[0]
+            .clone();
+        assert!(matches!(
+            m.react(&olga, old.seq, "👍").await,
+            Err(MessengerError::InvalidInput(text)) if text.contains("original client")
+        ));
+        // Deleted for me: gone from this device, the page told.
+        m.delete_message(&bob, theirs.seq, false).await.unwrap();
+        assert!(m.db().message(&bob, theirs.seq).unwrap().is_none());
+        assert!(lock(&ui.0)
+            .iter()
+            .any(|u| matches!(u, Update::Removed(r) if r.id == "b1")));
+    }
+
+    #[tokio::test]
+    async fn with_read_receipts_off_others_are_not_shown_and_stale_typing_is_dropped() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        m.set_settings(Settings {
+            client_id: Some(id("alice")),
+            read_receipts: false,
+            ..Settings::default()
+        });
+        let bob = id("bob");
+        let sent = m.send_message(&bob, "hello", None).await.unwrap();
+        let read = m
+            .db()
+            .mark_read_by_peer(&bob, &[sent.wire_id.clone().unwrap().parse().unwrap()])
+            .unwrap();
+        m.state.apply(SessionEvent::Changed(read[0].clone()));
+        let page = m.load_messages(&bob, None, None, 10).await.unwrap();
+        assert_eq!(page.messages[0].status, DeliveryStatus::Delivered);
+        let shown: Vec<DeliveryStatus> = lock(&ui.0)
+            .iter()
+            .filter_map(|u| match u {
+                Update::Message(v) => Some(v.status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shown, [DeliveryStatus::Delivered]);
+
+        let now = u64::try_from(now_ms()).unwrap();
+        let stale = now - u64::try_from(TYPING_STALE.as_millis()).unwrap() - 1;
+        for sent_at in [stale, now] {
+            m.state.apply(SessionEvent::Typing {
+                peer: bob.clone(),
+                started: true,
+                sent_at,
+            });
+        }
+        let typing = lock(&ui.0)
+            .iter()
+            .filter(|u| matches!(u, Update::Typing(t) if t.typing))
+            .count();
+        assert_eq!(typing, 1, "only the fresh notice");
+    }
+
+    #[tokio::test]
     async fn applied_events_reach_storage_and_the_page_and_statuses_arrive_merged() {
         let ui = Arc::new(Recorder::default());
         let (_dir, m) = open(&ui);
@@ -990,7 +1502,7 @@ mod tests {
             client_id: Some(id("alice")),
             ..Settings::default()
         });
-        let sent = m.send_message(&id("bob"), "hello").await.unwrap();
+        let sent = m.send_message(&id("bob"), "hello", None).await.unwrap();
         assert_eq!(sent.status, DeliveryStatus::Pending);
         let status = |status| SessionEvent::Status {
             local_id: sent.id.clone(),

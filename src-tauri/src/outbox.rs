@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lattice_peer::{ConnectionState, MessagingPeer, PeerError};
+use lattice_peer::{ConnectionState, Content, MessagingPeer, PeerError};
 use lattice_protocol::{ClientId, MessageId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -35,12 +35,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Registered on the server right now.
     fn connected(&self) -> bool;
 
-    /// Hands `text` to the server for `to`, always with `wire_id`; resolves to the wire id the
-    /// verdict will carry.
+    /// Hands `content` to the server for `to`, always with `wire_id`; resolves to the wire id
+    /// the verdict will carry.
     fn send(
         &self,
         to: &ClientId,
-        text: &str,
+        content: &Content,
         wire_id: MessageId,
     ) -> impl Future<Output = Result<MessageId, PeerError>> + Send;
 }
@@ -53,10 +53,10 @@ impl Transport for MessagingPeer {
     async fn send(
         &self,
         to: &ClientId,
-        text: &str,
+        content: &Content,
         wire_id: MessageId,
     ) -> Result<MessageId, PeerError> {
-        self.send_message_with_id(to, text, wire_id)
+        self.send_content_with_id(to, content, wire_id)
             .await
             .map(|sent| sent.message_id)
     }
@@ -226,10 +226,20 @@ impl<T: Transport> Outbox<T> {
             }
             // Always the id stored when the message was queued: if a previous run handed it to
             // the server but died before the ack, the recipient drops this copy as a duplicate.
-            let result = self
-                .transport
-                .send(&entry.peer_id, &entry.body, entry.wire_id.clone())
-                .await;
+            // A text, or the stored wire form of a reply, an edit, a delete or a reaction (written
+            // by this app, so a row that no longer decodes fails rather than blocks the queue).
+            let result = match entry.kind.as_deref() {
+                None => Ok(Content::Text(entry.body.clone())),
+                Some(kind) => Content::decode(kind, &entry.body).map_err(PeerError::InvalidContent),
+            };
+            let result = match result {
+                Ok(content) => {
+                    self.transport
+                        .send(&entry.peer_id, &content, entry.wire_id.clone())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let e = match result {
                 Ok(wire_id) => {
                     let early = {
@@ -307,10 +317,10 @@ mod tests {
         async fn send(
             &self,
             _to: &ClientId,
-            text: &str,
+            content: &Content,
             wire_id: MessageId,
         ) -> Result<MessageId, PeerError> {
-            lock(&self.attempts).push(text.to_owned());
+            lock(&self.attempts).push(content.plain_text().unwrap_or_default());
             let answer = lock(&self.answers).pop_front().unwrap_or(Ok(()));
             answer.map(|()| wire_id)
         }

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use lattice_crypto::{Fingerprint, Identity};
 use lattice_peer::{
-    Backoff, Change, ConnectionState as PeerState, HandlerHandle, MessagingPeer, PeerConfig,
-    PeerError, PeerEvent,
+    Backoff, Change, ConnectionState as PeerState, Content, ContentUpdate, HandlerHandle,
+    MessagingPeer, PeerConfig, PeerError, PeerEvent, ReactionAction,
 };
 use lattice_protocol::{AckStatus, ClientId, QuestionId, QuestionKind as WireQuestionKind};
 use tokio::sync::Notify;
@@ -40,6 +40,7 @@ use crate::describe::{self, describe, describe_event};
 use crate::events::{EventSink, SessionEvent};
 use crate::hosting::{Hosted, HostingError};
 use crate::outbox::Outbox;
+use crate::storage::content::{DbHistory, Received, ReplyRef, Target};
 use crate::storage::keystore::{DbKeyStore, DbReplayStore};
 use crate::storage::settings::{ServerMode, Settings};
 use crate::storage::Db;
@@ -81,6 +82,8 @@ impl From<PeerError> for SessionError {
 /// What the handler and the tasks share.
 struct Ctx {
     peer: MessagingPeer,
+    /// Our client id (a reaction to our message names us as its sender).
+    me: ClientId,
     /// Where incoming messages are stored before they are acknowledged.
     db: Arc<Db>,
     backoff: Backoff,
@@ -191,7 +194,11 @@ impl Session {
         // replaced at once by the shared one, so only one copy of the secret stays alive.
         let copy = Identity::from_bytes(&identity.to_bytes())
             .map_err(|e| SessionError::Identity(e.to_string()))?;
+        let me = client_id.clone();
         let mut config = PeerConfig::new(server_url.clone(), client_id, copy);
+        // Edits, deletes, reactions and receipts of messages from earlier runs are checked
+        // against the stored history.
+        config.history = Arc::new(DbHistory::new(Arc::clone(&db), me.clone()));
         config.identity = identity;
         config.reconnect = backoff.clone();
         config.retry_first_connect = true;
@@ -205,6 +212,7 @@ impl Session {
             outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
             db,
             peer: peer.clone(),
+            me,
             backoff,
             server_url,
             hosting,
@@ -261,6 +269,36 @@ impl Session {
                 }
             });
         }
+    }
+
+    /// Registered on the server right now.
+    pub fn is_connected(&self) -> bool {
+        self.ctx.peer.connection_state() == PeerState::Connected
+    }
+
+    /// Sends a read receipt or a typing notice in the background: not queued in the outbox
+    /// (one lost with the connection is not worth resending), and to an original client, which
+    /// gets plain text only, not at all (the library refuses it; that is not an error here).
+    pub fn send_notice(&self, peer: &ClientId, content: Content) {
+        if self.cancel.is_cancelled() || self.ctx.peer.connection_state() != PeerState::Connected {
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let cancel = self.cancel.clone();
+        let peer = peer.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {}
+                r = ctx.peer.send_content(&peer, &content) => match r {
+                    Ok(_) => {}
+                    Err(PeerError::PlainTextOnly { .. }) => {
+                        tracing::debug!(peer = %peer, kind = content.kind(), "not sent to an original client");
+                    }
+                    Err(e) => tracing::debug!(peer = %peer, kind = content.kind(), error = %e, "notice not sent"),
+                },
+            }
+        });
     }
 
     /// Answers a server question.
@@ -365,31 +403,29 @@ impl Ctx {
                     .map(|id| id.as_str().to_owned())
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 let at_ms = i64::try_from(msg.server_timestamp).unwrap_or_else(|_| now_ms());
+                let reply = match &msg.content {
+                    Content::Reply { to, excerpt, .. } => Some(ReplyRef {
+                        sender: to.sender.clone(),
+                        message_id: to.message_id.clone(),
+                        excerpt: excerpt.clone(),
+                    }),
+                    _ => None,
+                };
                 let incoming = Incoming {
                     message_id: &message_id,
                     from: &msg.from,
                     text: &msg.text,
                     at_ms,
+                    sent_at: msg.sent_at.and_then(|t| i64::try_from(t).ok()),
                     authenticated: msg.verified,
+                    reply: reply.as_ref(),
                 };
                 if let Some(event) = store_incoming(&self.db, &incoming) {
                     self.up(event);
                 }
             }
-            // Edits, deletes and reactions are not rendered yet: an "unsupported message" line,
-            // never dropped silently (receipts and typing notices are not messages).
-            PeerEvent::Update(u)
-                if !matches!(u.change, Change::Read { .. } | Change::Typing { .. }) =>
-            {
-                let text = lattice_peer::content::unsupported_text(u.change.kind());
-                let incoming = Incoming {
-                    message_id: u.message_id.as_str(),
-                    from: &u.from,
-                    text: &text,
-                    at_ms: i64::try_from(u.server_timestamp).unwrap_or_else(|_| now_ms()),
-                    authenticated: true,
-                };
-                if let Some(event) = store_incoming(&self.db, &incoming) {
+            PeerEvent::Update(u) => {
+                for event in apply_update(&self.db, &self.me, u) {
                     self.up(event);
                 }
             }
@@ -522,8 +558,12 @@ pub struct Incoming<'a> {
     pub text: &'a str,
     /// The server's timestamp, unix ms.
     pub at_ms: i64,
+    /// The sender's signed clock, unix ms (signed messages only).
+    pub sent_at: Option<i64>,
     /// Whether the sender was authenticated (signed).
     pub authenticated: bool,
+    /// The message it answers, for a reply.
+    pub reply: Option<&'a ReplyRef>,
 }
 
 /// The one write on the event path: an incoming message is stored before the handler returns,
@@ -531,14 +571,16 @@ pub struct Incoming<'a> {
 /// copy). Returns what to tell the messenger: the stored message, nothing for a redelivered
 /// duplicate, or a notice when it could not be saved.
 pub fn store_incoming(db: &Db, m: &Incoming<'_>) -> Option<SessionEvent> {
-    match db.insert_incoming(
-        m.message_id,
-        m.from,
-        m.text,
-        m.at_ms,
-        m.authenticated,
-        false,
-    ) {
+    match db.insert_received(&Received {
+        message_id: m.message_id,
+        peer_id: m.from,
+        body: m.text,
+        at_ms: m.at_ms,
+        sent_at: m.sent_at,
+        authenticated: m.authenticated,
+        read: false,
+        reply: m.reply,
+    }) {
         Ok(Some(record)) => Some(SessionEvent::Received(record)),
         Ok(None) => None,
         Err(e) => {
@@ -547,6 +589,60 @@ pub fn store_incoming(db: &Db, m: &Incoming<'_>) -> Option<SessionEvent> {
                 ErrorKind::Storage,
                 format!("A message from {} could not be saved: {e}", m.from),
             )))
+        }
+    }
+}
+
+/// Applies a verified change from a peer to the stored history (on the event path, before the
+/// peer acknowledges it, like [`store_incoming`]) and returns what to tell the messenger: the
+/// changed messages, a typing notice, or a notice when it could not be saved. A change that
+/// finds nothing to change (a message deleted here, a replay) changes nothing.
+pub fn apply_update(db: &Db, me: &ClientId, u: &ContentUpdate) -> Vec<SessionEvent> {
+    let from = &u.from;
+    let at = i64::try_from(u.sent_at).unwrap_or(i64::MAX);
+    let changed = match &u.change {
+        Change::Edited { target, text } => db
+            .apply_edit(from, false, target.as_str(), text, at)
+            .map(|r| r.into_iter().collect()),
+        Change::Deleted { target } => db
+            .apply_delete(from, false, target.as_str())
+            .map(|r| r.into_iter().collect()),
+        Change::Reaction {
+            target,
+            emoji,
+            action,
+        } => db
+            .set_reaction(
+                Target {
+                    peer: from,
+                    outgoing: target.sender == *me,
+                    wire_id: target.message_id.as_str(),
+                },
+                from,
+                emoji,
+                *action == ReactionAction::Add,
+                at,
+            )
+            .map(|r| r.into_iter().collect()),
+        Change::Read { message_ids } => db.mark_read_by_peer(from, message_ids),
+        Change::Typing { started } => {
+            return vec![SessionEvent::Typing {
+                peer: from.clone(),
+                started: *started,
+                sent_at: u.sent_at,
+            }]
+        }
+        // A change this version does not know yet: the library only reports the ones above.
+        _ => Ok(Vec::new()),
+    };
+    match changed {
+        Ok(records) => records.into_iter().map(SessionEvent::Changed).collect(),
+        Err(e) => {
+            tracing::error!(from = %from, kind = u.change.kind(), error = %e, "cannot store a change");
+            vec![SessionEvent::Notice(Notice::new(
+                ErrorKind::Storage,
+                format!("A change from {from} could not be saved: {e}"),
+            ))]
         }
     }
 }
@@ -650,6 +746,7 @@ mod tests {
             outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
             db,
             peer,
+            me: ClientId::new("alice").unwrap(),
             backoff: Backoff::default(),
             server_url: "ws://127.0.0.1:9".into(),
             hosting: None,
@@ -665,35 +762,101 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn content_the_desktop_does_not_render_yet_is_an_unsupported_message_line() {
-        use lattice_peer::ContentUpdate;
+    async fn changes_from_the_peer_are_stored_and_go_up_and_typing_is_not_a_message() {
+        use lattice_peer::content::MessageRef;
         let (ctx, mut rx) = context();
-        let update = |id: &str, change| {
+        let bob = ClientId::new("bob").unwrap();
+        let update = |id: &str, sent_at, change| {
             PeerEvent::Update(ContentUpdate {
-                from: ClientId::new("bob").unwrap(),
+                from: bob.clone(),
                 message_id: id.parse().unwrap(),
-                sent_at: 1,
-                server_timestamp: 1,
+                sent_at,
+                server_timestamp: sent_at,
                 change,
             })
         };
+        let hello = Incoming {
+            message_id: "b1",
+            from: &bob,
+            text: "hello",
+            at_ms: 10,
+            sent_at: Some(10),
+            authenticated: true,
+            reply: None,
+        };
+        assert!(store_incoming(&ctx.db, &hello).is_some());
+        ctx.db
+            .enqueue_outgoing("a1", &"wa1".parse().unwrap(), &bob, "hi", 11)
+            .unwrap();
+        let edit = |target: &str, at| {
+            update(
+                "e1",
+                at,
+                Change::Edited {
+                    target: target.parse().unwrap(),
+                    text: "hello!".into(),
+                },
+            )
+        };
+        ctx.on_event(&edit("b1", 20));
+        // Replayed (the library normally stops it first; the storage holds too).
+        ctx.on_event(&edit("b1", 20));
+        // Bob cannot edit our message: his id space is his own.
+        ctx.on_event(&edit("wa1", 21));
         ctx.on_event(&update(
-            "e1",
-            Change::Edited {
-                target: "m1".parse().unwrap(),
-                text: "new".into(),
+            "r1",
+            22,
+            Change::Reaction {
+                target: MessageRef {
+                    sender: ClientId::new("alice").unwrap(),
+                    message_id: "wa1".parse().unwrap(),
+                },
+                emoji: "👍".into(),
+                action: ReactionAction::Add,
             },
         ));
-        ctx.on_event(&update("t1", Change::Typing { started: true }));
+        ctx.on_event(&update(
+            "x1",
+            23,
+            Change::Read {
+                message_ids: vec!["wa1".parse().unwrap()],
+            },
+        ));
+        ctx.on_event(&update("t1", 24, Change::Typing { started: true }));
+        ctx.on_event(&update(
+            "d1",
+            25,
+            Change::Deleted {
+                target: "b1".parse().unwrap(),
+            },
+        ));
         let events = drain(&mut rx);
-        assert_eq!(events.len(), 1, "typing is not a message: {events:?}");
-        match &events[0] {
-            SessionEvent::Received(record) => {
-                assert_eq!(record.body, "[unsupported message: edit]");
-                assert_eq!(record.message_id, "e1");
+        let changed: Vec<&crate::storage::MessageRecord> = events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::Changed(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(changed.len(), 4, "{events:?}");
+        assert_eq!(changed[0].body, "hello!");
+        assert_eq!(changed[1].extra.reactions[0].reactor, "bob");
+        assert_eq!(changed[2].status, DeliveryStatus::Read);
+        assert!(changed[3].extra.deleted);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            SessionEvent::Typing {
+                started: true,
+                sent_at: 24,
+                ..
             }
-            other => panic!("expected a message line, got {other:?}"),
-        }
+        )));
+        // Our message kept its text.
+        let ours = ctx.db.outgoing_message("a1").unwrap().unwrap();
+        assert_eq!(ours.body, "hi");
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Received(_))));
     }
 
     #[tokio::test]

@@ -133,10 +133,57 @@ pub struct MessageView {
     pub status: DeliveryStatus,
     /// For incoming messages: false when the sender is not authenticated (`ml-kem-aes`).
     pub authenticated: bool,
+    /// The `messageId` it travels with: what a reply quotes. `None` for ours sent by an older
+    /// version (it cannot be replied to, edited, deleted for everyone or reacted to).
+    pub wire_id: Option<String>,
+    /// Edited: earlier versions can be shown (`message_versions`).
+    pub edited: bool,
+    /// Deleted for everyone: shown as a tombstone, `body` is empty.
+    pub deleted: bool,
+    /// The message this one answers.
+    pub reply_to: Option<ReplyView>,
+    /// Reactions, one entry per emoji, in the order first given.
+    pub reactions: Vec<ReactionView>,
+    /// Grows with every edit, delete or reaction: the page replaces what it shows when it does.
+    pub rev: i64,
+}
+
+/// The message a reply answers, as quoted.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyView {
+    /// Its sender.
+    pub sender: ClientId,
+    /// Its wire id (the page finds it by this to jump to it).
+    pub message_id: String,
+    /// The quote.
+    pub excerpt: String,
+    /// Its `seq` here, when this device has it (the page jumps to it).
+    pub seq: Option<i64>,
+}
+
+/// One emoji given to a message, and by whom.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReactionView {
+    /// The emoji.
+    pub emoji: String,
+    /// Who gave it (client ids, ours included).
+    pub reactors: Vec<String>,
 }
 
 impl From<MessageRecord> for MessageView {
     fn from(r: MessageRecord) -> Self {
+        let mut reactions: Vec<ReactionView> = Vec::new();
+        for reaction in r.extra.reactions {
+            match reactions.iter_mut().find(|v| v.emoji == reaction.emoji) {
+                Some(v) => v.reactors.push(reaction.reactor),
+                None => reactions.push(ReactionView {
+                    emoji: reaction.emoji,
+                    reactors: vec![reaction.reactor],
+                }),
+            }
+        }
         Self {
             id: r.message_id,
             seq: r.seq,
@@ -146,8 +193,49 @@ impl From<MessageRecord> for MessageView {
             at: r.at,
             status: r.status,
             authenticated: r.authenticated,
+            wire_id: r.extra.wire_id,
+            edited: r.extra.edited_at.is_some(),
+            deleted: r.extra.deleted,
+            reply_to: r.extra.reply.map(|reply| ReplyView {
+                sender: reply.to.sender,
+                message_id: reply.to.message_id.as_str().to_owned(),
+                excerpt: reply.to.excerpt,
+                seq: reply.seq,
+            }),
+            reactions,
+            rev: r.extra.rev,
         }
     }
+}
+
+/// An earlier version of an edited message.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    /// Its text.
+    pub body: String,
+    /// When it was replaced, unix ms.
+    pub replaced_at: i64,
+}
+
+/// A peer started or stopped typing (event `typing`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingView {
+    /// Who.
+    pub peer_id: ClientId,
+    /// Typing now.
+    pub typing: bool,
+}
+
+/// A message was deleted on this device only (event `message-removed`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedView {
+    /// The conversation.
+    pub peer_id: ClientId,
+    /// The message's id (as in [`MessageView::id`]).
+    pub id: String,
 }
 
 /// A page of history, oldest first.

@@ -13,9 +13,11 @@ use lattice_crypto::IdentityKeyPair;
 use lattice_desktop::storage::backup::{
     self, BackupError, KdfParams, Passphrase, CHUNK_BYTES, HEADER_LEN,
 };
+use lattice_desktop::storage::content::Target;
 use lattice_desktop::storage::export::{export_conversation, ExportFormat};
 use lattice_desktop::storage::settings::{ServerMode, Settings};
 use lattice_desktop::storage::{self, Db, MessageStatus, DB_FILE, IDENTITY_FILE};
+use lattice_peer::content::Content;
 use lattice_protocol::{ClientId, MessageId};
 
 /// Cheap Argon2 parameters so the tests stay quick; the real ones are measured in
@@ -102,6 +104,38 @@ impl Profile {
         .unwrap();
         db.set_draft(&c("carol"), "half a thought", 100).unwrap();
         db.raise_replay_mark(&c("bob"), 4242).unwrap();
+        // The content layer's state: an edit (with its earlier version), a reaction, a
+        // delete and a queued edit of ours.
+        if messages > 4 {
+            db.apply_edit(&c("bob"), false, "in-2", "bob's new words", 1_000)
+                .unwrap()
+                .unwrap();
+            db.set_reaction(
+                Target {
+                    peer: &c("bob"),
+                    outgoing: false,
+                    wire_id: "in-2",
+                },
+                &c("alice"),
+                "\u{1F44D}",
+                true,
+                1_001,
+            )
+            .unwrap()
+            .unwrap();
+            db.apply_delete(&c("bob"), false, "in-4").unwrap().unwrap();
+            db.enqueue_change(
+                "edit-1",
+                &MessageId::new("wire-edit-1").unwrap(),
+                &c("bob"),
+                &Content::Edit {
+                    target: MessageId::new("wire-1").unwrap(),
+                    text: "fixed".into(),
+                },
+                1_002,
+            )
+            .unwrap();
+        }
         p
     }
 
@@ -147,6 +181,9 @@ impl Profile {
                 let Some(last) = page.last() else { break };
                 after = last.seq;
                 out.push_str(&format!("{page:?}\n"));
+                for m in &page {
+                    out.push_str(&format!("{:?}", db.versions(&peer.peer_id, m.seq).unwrap()));
+                }
             }
             out.push_str(&format!(
                 "draft {:?} mark {:?}\n",

@@ -38,7 +38,14 @@ export const api = {
   /** A page of history: the latest, those before `before`, or those after `after` (seqs). */
   loadMessages: (peerId, before, limit, after = null) =>
     call("load_messages", { peerId, before, after, limit }),
-  sendMessage: (peerId, text) => call("send_message", { peerId, text }),
+  /** Sends `text`; with `replyTo` (a `seq`) as a reply quoting that message. */
+  sendMessage: (peerId, text, replyTo = null) => call("send_message", { peerId, text, replyTo }),
+  editMessage: (peerId, seq, text) => call("edit_message", { peerId, seq, text }),
+  deleteMessage: (peerId, seq, forEveryone) => call("delete_message", { peerId, seq, forEveryone }),
+  /** Reacts with `emoji`, or takes that reaction back (a toggle). */
+  react: (peerId, seq, emoji) => call("react", { peerId, seq, emoji }),
+  messageVersions: (peerId, seq) => call("message_versions", { peerId, seq }),
+  typing: (peerId, typing) => call("typing", { peerId, typing }),
   markRead: (peerId) => call("mark_read", { peerId }),
   answerQuestion: (questionId, response) => call("answer_question", { questionId, response }),
   dismissQuestion: (questionId) => call("dismiss_question", { questionId }),

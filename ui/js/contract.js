@@ -9,6 +9,8 @@ export const Event = Object.freeze({
   QUESTION_CLOSED: "question-closed",
   CONNECTION_STATE: "connection-state",
   ERROR: "error",
+  TYPING: "typing",
+  MESSAGE_REMOVED: "message-removed",
 });
 
 /** Delivery status of a message. */
@@ -19,13 +21,14 @@ export const DeliveryStatus = Object.freeze({
   DELIVERED: "delivered",
   RECEIVED: "received",
   FAILED: "failed",
+  READ: "read",
 });
 
 /**
  * Delivery statuses in the order of progress. The backend sends statuses already merged
  * (it never moves a message backwards), so the later of two is the newer.
  */
-export const DELIVERY_STATUS_ORDER = Object.freeze(["pending", "sent", "queued", "delivered", "received", "failed"]);
+export const DELIVERY_STATUS_ORDER = Object.freeze(["pending", "sent", "queued", "delivered", "received", "failed", "read"]);
 
 /** States of the connection indicator. */
 export const ConnectionState = Object.freeze({
@@ -75,3 +78,9 @@ export const PeerErrorCode = Object.freeze({
   REJECTED: "rejected",
   OTHER: "other",
 });
+
+/** Messages can be edited or deleted for everyone this long after sending (ms). */
+export const EDIT_WINDOW_MS = 86400000;
+
+/** "Started typing" is sent at most this often per conversation (ms). */
+export const TYPING_RESEND_MS = 3000;

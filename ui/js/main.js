@@ -6,9 +6,10 @@ import { set, subscribe } from "./state.js";
 import { paintAvatar } from "./util.js";
 import { initPeerList, renderPeers } from "./views/peer-list.js";
 import {
-  currentPeer, focusComposer, initConversation, markCurrentRead, openConversation,
-  refreshConversationPeer, upsertMessage,
+  currentPeer, focusComposer, initConversation, markCurrentRead, messageShortcuts, onTyping,
+  openConversation, refreshConversationPeer, removeMessage, upsertMessage,
 } from "./views/conversation.js";
+import { initMessageActions } from "./views/message-actions.js";
 import { announceMessage } from "./views/announcer.js";
 import { initHelp, toggleHelp } from "./views/help.js";
 import { initBackup, openConversationExport } from "./views/backup.js";
@@ -53,6 +54,11 @@ const SHORTCUT_ACTIONS = {
   markRead: () => mainShown() && markCurrentRead(),
   settings: () => mainShown() && openSettings(),
   help: () => mainShown() && toggleHelp(),
+  focusMessages: () => mainShown() && messageShortcuts.focusMessages(),
+  reply: () => mainShown() && messageShortcuts.reply(),
+  edit: () => mainShown() && messageShortcuts.edit(),
+  react: () => mainShown() && messageShortcuts.react(),
+  deleteMessage: () => mainShown() && messageShortcuts.deleteMessage(),
 };
 
 function renderMe(me) {
@@ -89,6 +95,7 @@ async function start() {
     const peer = currentPeer();
     if (peer) openConversationExport(peer);
   });
+  initMessageActions();
   document.getElementById("open-search").addEventListener("click", () => openSearch(null));
   document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
   document.getElementById("open-help").addEventListener("click", toggleHelp);
@@ -107,6 +114,8 @@ async function start() {
     on(events.QUESTION_CLOSED, onQuestionClosed),
     on(events.CONNECTION_STATE, (c) => set("connection", c)),
     on(events.ERROR, showNotice),
+    on(events.TYPING, onTyping),
+    on(events.MESSAGE_REMOVED, removeMessage),
   ]);
 
   let boot;

@@ -12,10 +12,16 @@ export const SHORTCUTS = Object.freeze([
   { id: "focusComposer", keys: "Ctrl+Shift+M", label: "Write a message (focus the composer)" },
   // Not Ctrl+Shift+U: on Linux the input method takes it for typing a Unicode code point.
   { id: "markRead", keys: "Ctrl+Shift+R", label: "Mark this conversation read" },
+  { id: "focusMessages", keys: "Ctrl+Shift+L", label: "Go to the latest message (then ↑ ↓ move between messages)" },
+  { id: "reply", keys: "Alt+R", label: "Reply to the selected message (or the last one received)" },
+  { id: "edit", keys: "Alt+E", label: "Edit the selected message (or your last one)" },
+  { id: "react", keys: "Alt+A", label: "React to the selected message (or the last one received)" },
+  { id: "deleteMessage", keys: "Alt+D", label: "Delete the selected message (or your last one)" },
   { id: "settings", keys: "Ctrl+,", label: "Open settings" },
   { id: "help", keys: "Ctrl+/", label: "Show keyboard shortcuts" },
   { id: "send", keys: "Enter", label: "Send the message (in the composer)", native: true },
   { id: "newline", keys: "Shift+Enter", label: "New line (in the composer)", native: true },
+  { id: "editLast", keys: "ArrowUp", label: "Edit your last message (in an empty composer)", native: true },
   { id: "close", keys: "Escape", label: "Close a dialog or the search", native: true },
 ]);
 

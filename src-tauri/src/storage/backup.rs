@@ -625,7 +625,7 @@ enum Record {
         body: String,
         updated_at: i64,
     },
-    /// A `messages` row.
+    /// A `messages` row, with the content layer's columns (schema 6; absent in older backups).
     Message {
         seq: i64,
         message_id: String,
@@ -635,6 +635,37 @@ enum Record {
         at: i64,
         status: i64,
         authenticated: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wire_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent_at: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_at: Option<i64>,
+        #[serde(default)]
+        deleted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_sender: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_excerpt: Option<String>,
+        #[serde(default)]
+        rev: i64,
+        #[serde(default)]
+        receipt_sent: bool,
+    },
+    /// A `message_versions` row: an earlier text of an edited message.
+    MessageVersion {
+        seq: i64,
+        body: String,
+        replaced_at: i64,
+    },
+    /// A `reactions` row.
+    Reaction {
+        seq: i64,
+        reactor: String,
+        emoji: String,
+        at: i64,
     },
     /// An `outbox` row.
     Outbox {
@@ -643,6 +674,8 @@ enum Record {
         body: String,
         created_at: i64,
         wire_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
     },
     /// Last: how many records came before it.
     End { records: u64 },
@@ -852,7 +885,9 @@ fn write_records<W: Write>(
             )?;
         }
         let mut stmt = conn.prepare(
-            "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
+            "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated,
+                    wire_id, sent_at, edited_at, deleted, reply_sender, reply_id, reply_excerpt,
+                    rev, receipt_sent
              FROM messages ORDER BY seq",
         )?;
         let mut rows = stmt.query([])?;
@@ -869,11 +904,47 @@ fn write_records<W: Write>(
                     at: r.get(5)?,
                     status: r.get(6)?,
                     authenticated: r.get(7)?,
+                    wire_id: r.get(8)?,
+                    sent_at: r.get(9)?,
+                    edited_at: r.get(10)?,
+                    deleted: r.get(11)?,
+                    reply_sender: r.get(12)?,
+                    reply_id: r.get(13)?,
+                    reply_excerpt: r.get(14)?,
+                    rev: r.get(15)?,
+                    receipt_sent: r.get(16)?,
+                },
+            )?;
+        }
+        let mut stmt =
+            conn.prepare("SELECT seq, body, replaced_at FROM message_versions ORDER BY rowid")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            put(
+                w,
+                Record::MessageVersion {
+                    seq: r.get(0)?,
+                    body: r.get(1)?,
+                    replaced_at: r.get(2)?,
+                },
+            )?;
+        }
+        let mut stmt = conn.prepare("SELECT seq, reactor, emoji, at FROM reactions")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            put(
+                w,
+                Record::Reaction {
+                    seq: r.get(0)?,
+                    reactor: r.get(1)?,
+                    emoji: r.get(2)?,
+                    at: r.get(3)?,
                 },
             )?;
         }
         let mut stmt = conn.prepare(
-            "SELECT message_id, peer_id, body, created_at, wire_id FROM outbox WHERE wire_id IS NOT NULL",
+            "SELECT message_id, peer_id, body, created_at, wire_id, kind
+             FROM outbox WHERE wire_id IS NOT NULL ORDER BY rowid",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -885,6 +956,7 @@ fn write_records<W: Write>(
                     body: r.get(2)?,
                     created_at: r.get(3)?,
                     wire_id: r.get(4)?,
+                    kind: r.get(5)?,
                 },
             )?;
         }
@@ -1149,16 +1221,39 @@ impl RestoreState {
                 at,
                 status,
                 authenticated,
+                wire_id,
+                sent_at,
+                edited_at,
+                deleted,
+                reply_sender,
+                reply_id,
+                reply_excerpt,
+                rev,
+                receipt_sent,
             } => {
                 self.counts.messages += 1;
                 message_id(&id)?;
                 if !(0..MessageStatus::ALL.len() as i64).contains(&status) {
                     return bad("a message with an unknown status");
                 }
+                for id in wire_id.iter().chain(&reply_id) {
+                    message_id(id)?;
+                }
+                if let Some(sender) = &reply_sender {
+                    peer(sender)?;
+                }
+                if reply_excerpt
+                    .as_ref()
+                    .is_some_and(|e| e.len() > lattice_peer::content::MAX_EXCERPT_BYTES)
+                {
+                    return bad("a reply quote is too long");
+                }
                 tx.prepare_cached(
                     "INSERT INTO messages(seq, message_id, peer_id, outgoing, body, at, status,
-                                          authenticated)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                          authenticated, wire_id, sent_at, edited_at, deleted,
+                                          reply_sender, reply_id, reply_excerpt, rev, receipt_sent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                             ?16, ?17)",
                 )?
                 .execute(params![
                     seq,
@@ -1168,8 +1263,52 @@ impl RestoreState {
                     body,
                     at,
                     status,
-                    authenticated
+                    authenticated,
+                    wire_id,
+                    sent_at,
+                    edited_at,
+                    deleted,
+                    reply_sender,
+                    reply_id,
+                    reply_excerpt,
+                    rev.max(0),
+                    receipt_sent
                 ])?;
+            }
+            Record::MessageVersion {
+                seq,
+                body,
+                replaced_at,
+            } => {
+                let n = tx
+                    .prepare_cached(
+                        "INSERT INTO message_versions(seq, body, replaced_at)
+                         SELECT ?1, ?2, ?3 WHERE EXISTS(SELECT 1 FROM messages WHERE seq = ?1)",
+                    )?
+                    .execute(params![seq, body, replaced_at])?;
+                if n != 1 {
+                    return bad("an earlier version of a message that is not there");
+                }
+            }
+            Record::Reaction {
+                seq,
+                reactor,
+                emoji,
+                at,
+            } => {
+                peer(&reactor)?;
+                if emoji.is_empty() || emoji.len() > lattice_peer::content::MAX_REACTION_BYTES {
+                    return bad("a reaction of the wrong size");
+                }
+                let n = tx
+                    .prepare_cached(
+                        "INSERT INTO reactions(seq, reactor, emoji, at)
+                         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS(SELECT 1 FROM messages WHERE seq = ?1)",
+                    )?
+                    .execute(params![seq, reactor, emoji, at])?;
+                if n != 1 {
+                    return bad("a reaction to a message that is not there");
+                }
             }
             Record::Outbox {
                 message_id: id,
@@ -1177,13 +1316,27 @@ impl RestoreState {
                 body,
                 created_at,
                 wire_id,
+                kind,
             } => {
                 message_id(&id)?;
                 message_id(&wire_id)?;
+                if kind
+                    .as_ref()
+                    .is_some_and(|k| k.len() > lattice_peer::content::MAX_KIND_BYTES)
+                {
+                    return bad("an outbox entry of an unknown kind");
+                }
                 tx.execute(
-                    "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, peer(&peer_id)?.as_str(), body, created_at, wire_id],
+                    "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        id,
+                        peer(&peer_id)?.as_str(),
+                        body,
+                        created_at,
+                        wire_id,
+                        kind
+                    ],
                 )?;
             }
             Record::End { records } => {

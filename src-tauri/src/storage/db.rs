@@ -4,7 +4,7 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 5):
+//! Schema (version 6):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
@@ -30,6 +30,10 @@
 //!   the column to older files and gives their waiting rows a fresh id.
 //! - Version 5: `messages_fts`, the full-text index of the bodies, kept by triggers
 //!   ([`super::search`]), and `drafts(peer_id PK, body, updated_at)` ([`super::drafts`]).
+//! - Version 6: what the content layer changes ([`super::content`]): `messages` gains the wire
+//!   id and signed `sentAt`, the reply it answers, an edit time, a tombstone flag, a revision
+//!   counter and whether a read receipt went out; `message_versions` keeps earlier texts,
+//!   `reactions` one reaction per reactor per message, and `outbox.kind` the content kind.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -42,7 +46,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -115,6 +119,8 @@ pub struct MessageRecord {
     /// For incoming messages: whether the sender was authenticated (`lattice-v1`, signed). Always
     /// true for outgoing ones.
     pub authenticated: bool,
+    /// What the content layer added (version 6): reply, edit, tombstone, reactions.
+    pub extra: super::message::MessageExtra,
 }
 
 /// One row of the peer list, as far as the disk knows it (presence is added by the session).
@@ -154,8 +160,10 @@ pub struct OutboxEntry {
     pub wire_id: MessageId,
     /// Recipient.
     pub peer_id: ClientId,
-    /// Text.
+    /// The content's wire body (the text, for a text).
     pub body: String,
+    /// The content's wire kind; `None` for a text.
+    pub kind: Option<String>,
 }
 
 /// The database handle. Cheap to share behind an `Arc`.
@@ -202,6 +210,7 @@ impl Db {
             Self::migrate_wire_id(&tx)?;
             super::search::migrate(&tx)?;
             super::drafts::migrate(&tx)?;
+            super::content::migrate(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -313,7 +322,9 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT c.peer_id, c.unread, c.user_verified, c.authenticated,
-                    k.identity_key, k.pending_fingerprint, m.body, m.at, m.outgoing,
+                    k.identity_key, k.pending_fingerprint,
+                    CASE WHEN m.deleted THEN 'This message was deleted' ELSE m.body END,
+                    m.at, m.outgoing,
                     EXISTS(SELECT 1 FROM messages u WHERE u.peer_id = c.peer_id
                            AND u.outgoing = 0 AND u.authenticated = 0),
                     d.body
@@ -363,6 +374,31 @@ impl Db {
         body: &str,
         now_ms: i64,
     ) -> Result<MessageRecord, StorageError> {
+        self.enqueue_message(message_id, wire_id, peer_id, body, None, now_ms)
+    }
+
+    /// [`Db::enqueue_outgoing`] for a text or, with `reply`, a reply to an earlier message: the
+    /// outbox row then carries the reply's wire body.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`]; [`StorageError::Content`] if the reply cannot be encoded.
+    pub fn enqueue_message(
+        &self,
+        message_id: &str,
+        wire_id: &MessageId,
+        peer_id: &ClientId,
+        body: &str,
+        reply: Option<&super::message::ReplyRef>,
+        now_ms: i64,
+    ) -> Result<MessageRecord, StorageError> {
+        let (kind, wire_body) = match reply {
+            Some(r) => {
+                let content = r.content(body.to_owned())?;
+                let (kind, wire) = content.encode()?;
+                (Some(kind.to_owned()), wire)
+            }
+            None => (None, body.to_owned()),
+        };
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -370,33 +406,37 @@ impl Db {
             params![peer_id.as_str(), now_ms],
         )?;
         tx.execute(
-            "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated)
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, 1)",
+            "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated,
+                                  wire_id, sent_at, reply_sender, reply_id, reply_excerpt)
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, 1, ?6, ?4, ?7, ?8, ?9)",
             params![
                 message_id,
                 peer_id.as_str(),
                 body,
                 now_ms,
-                MessageStatus::Pending.rank()
+                MessageStatus::Pending.rank(),
+                wire_id.as_str(),
+                reply.map(|r| r.sender.as_str()),
+                reply.map(|r| r.message_id.as_str()),
+                reply.map(|r| r.excerpt.as_str()),
             ],
         )?;
         let seq = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![message_id, peer_id.as_str(), body, now_ms, wire_id.as_str()],
+            "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                message_id,
+                peer_id.as_str(),
+                wire_body,
+                now_ms,
+                wire_id.as_str(),
+                kind
+            ],
         )?;
+        let record = Self::message_by_seq(&tx, seq)?;
         tx.commit()?;
-        Ok(MessageRecord {
-            seq,
-            message_id: message_id.to_owned(),
-            peer_id: peer_id.clone(),
-            outgoing: true,
-            body: body.to_owned(),
-            at: now_ms,
-            status: MessageStatus::Pending,
-            authenticated: true,
-        })
+        record.ok_or(StorageError::Missing("the message just stored"))
     }
 
     /// Stores an incoming message and counts it unread unless `read` is set. Returns `None` if
@@ -414,46 +454,63 @@ impl Db {
         authenticated: bool,
         read: bool,
     ) -> Result<Option<MessageRecord>, StorageError> {
+        self.insert_received(&super::message::Received {
+            message_id,
+            peer_id,
+            body,
+            at_ms,
+            sent_at: None,
+            authenticated,
+            read,
+            reply: None,
+        })
+    }
+
+    /// [`Db::insert_incoming`] with the signed `sentAt` and the reply it answers, if any.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn insert_received(
+        &self,
+        m: &super::message::Received<'_>,
+    ) -> Result<Option<MessageRecord>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
-            params![peer_id.as_str(), at_ms],
+            params![m.peer_id.as_str(), m.at_ms],
         )?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO messages(message_id, peer_id, outgoing, body, at, status,
-                                            authenticated)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
+                                            authenticated, wire_id, sent_at, reply_sender,
+                                            reply_id, reply_excerpt)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?1, ?7, ?8, ?9, ?10)",
             params![
-                message_id,
-                peer_id.as_str(),
-                body,
-                at_ms,
+                m.message_id,
+                m.peer_id.as_str(),
+                m.body,
+                m.at_ms,
                 MessageStatus::Received.rank(),
-                authenticated
+                m.authenticated,
+                m.sent_at.unwrap_or(m.at_ms),
+                m.reply.map(|r| r.sender.as_str()),
+                m.reply.map(|r| r.message_id.as_str()),
+                m.reply.map(|r| r.excerpt.as_str()),
             ],
         )?;
         if inserted == 0 {
             return Ok(None);
         }
         let seq = tx.last_insert_rowid();
-        if !read {
+        if !m.read {
             tx.execute(
                 "UPDATE contacts SET unread = unread + 1 WHERE peer_id = ?1",
-                params![peer_id.as_str()],
+                params![m.peer_id.as_str()],
             )?;
         }
+        let record = Self::message_by_seq(&tx, seq)?;
         tx.commit()?;
-        Ok(Some(MessageRecord {
-            seq,
-            message_id: message_id.to_owned(),
-            peer_id: peer_id.clone(),
-            outgoing: false,
-            body: body.to_owned(),
-            at: at_ms,
-            status: MessageStatus::Received,
-            authenticated,
-        }))
+        Ok(record)
     }
 
     /// Moves an outgoing message forward to `status` (never backwards; `Failed` only replaces
@@ -505,9 +562,22 @@ impl Db {
     ) -> Result<Option<MessageRecord>, StorageError> {
         Ok(conn
             .query_row(
-                "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
-                 FROM messages WHERE message_id = ?1 AND outgoing = 1",
+                &format!("{MESSAGE_SELECT} WHERE message_id = ?1 AND outgoing = 1"),
                 params![message_id],
+                row_to_message,
+            )
+            .optional()?)
+    }
+
+    /// One message by its `seq`.
+    pub(super) fn message_by_seq(
+        conn: &Connection,
+        seq: i64,
+    ) -> Result<Option<MessageRecord>, StorageError> {
+        Ok(conn
+            .query_row(
+                &format!("{MESSAGE_SELECT} WHERE seq = ?1"),
+                params![seq],
                 row_to_message,
             )
             .optional()?)
@@ -531,9 +601,10 @@ impl Db {
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT o.message_id, o.peer_id, o.body, o.wire_id FROM outbox o
-             JOIN messages m ON m.message_id = o.message_id AND m.outgoing = 1
-             ORDER BY m.seq",
+            // Edits, deletes and reactions have no row in `messages`: the order is the outbox's
+            // own (an edit goes after the message it edits).
+            "SELECT o.message_id, o.peer_id, o.body, o.wire_id, o.kind FROM outbox o
+             ORDER BY o.rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(OutboxEntry {
@@ -541,6 +612,7 @@ impl Db {
                 peer_id: client_id(r, 1)?,
                 body: r.get(2)?,
                 wire_id: message_id(r, 3)?,
+                kind: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -559,10 +631,9 @@ impl Db {
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
-             FROM messages WHERE peer_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "{MESSAGE_SELECT} WHERE peer_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(
             params![
                 peer_id.as_str(),
@@ -588,10 +659,9 @@ impl Db {
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated
-             FROM messages WHERE peer_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "{MESSAGE_SELECT} WHERE peer_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(
             params![peer_id.as_str(), after, limit.min(MAX_PAGE + 1)],
             row_to_message,
@@ -736,7 +806,19 @@ impl Db {
     }
 }
 
-fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
+/// The columns [`row_to_message`] reads, with the message's reactions folded into one column
+/// and the `seq` of the message a reply answers (when it is stored here).
+pub(super) const MESSAGE_SELECT: &str =
+    "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated, wire_id,
+            edited_at, deleted, reply_sender, reply_id, reply_excerpt, rev,
+            (SELECT group_concat(r.reactor || char(31) || r.emoji, char(30))
+             FROM reactions r WHERE r.seq = messages.seq),
+            (SELECT t.seq FROM messages t
+             WHERE t.peer_id = messages.peer_id AND t.wire_id = messages.reply_id
+               AND t.outgoing = (messages.reply_sender != messages.peer_id))
+     FROM messages";
+
+pub(super) fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
         seq: r.get(0)?,
         message_id: r.get(1)?,
@@ -746,6 +828,7 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
         at: r.get(5)?,
         status: MessageStatus::from_rank(r.get(6)?),
         authenticated: r.get(7)?,
+        extra: super::message::MessageExtra::from_row(r, 8)?,
     })
 }
 

@@ -25,4 +25,10 @@ pub enum StorageError {
     /// The settings store failed.
     #[error("settings: {0}")]
     Settings(String),
+    /// A content (a reply, an edit, a reaction) breaks a bound of the content layer.
+    #[error("{0}")]
+    Content(#[from] lattice_peer::content::ContentError),
+    /// A row written in the same transaction could not be read back.
+    #[error("database error: {0} is missing")]
+    Missing(&'static str),
 }

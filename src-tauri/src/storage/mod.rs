@@ -5,7 +5,8 @@
 //!   tauri-plugin-store.
 //! - [`db`]: `lattice.sqlite3` (WAL): message history, contacts, pinned identity keys and the
 //!   durable outbox of messages not yet handed to the server.
-//!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts.
+//!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts,
+//!   [`content`] replies, edits, deletes, reactions and read receipts.
 //! - [`backup`]: all of the above sealed with a passphrase into one file, and its restore onto
 //!   a fresh profile; [`export`]: one conversation as HTML or JSON.
 //! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
@@ -15,11 +16,13 @@
 //! Nothing here knows about windows or events; the commands and the session call into it.
 
 pub mod backup;
+pub mod content;
 pub mod db;
 pub mod drafts;
 mod error;
 pub mod export;
 pub mod keystore;
+pub mod message;
 pub mod search;
 pub mod settings;
 

@@ -46,6 +46,10 @@ pub struct Settings {
     pub close_to_tray: bool,
     /// Start with the window hidden in the tray.
     pub start_minimized: bool,
+    /// Send read receipts; off also stops showing others' (like Signal).
+    pub read_receipts: bool,
+    /// Send and show typing indicators.
+    pub typing_indicators: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +62,8 @@ impl Default for Settings {
             notifications: true,
             close_to_tray: true,
             start_minimized: false,
+            read_receipts: true,
+            typing_indicators: true,
         }
     }
 }
@@ -88,6 +94,10 @@ pub struct SettingsPatch {
     pub close_to_tray: Option<bool>,
     /// Start minimized on/off.
     pub start_minimized: Option<bool>,
+    /// Read receipts on/off.
+    pub read_receipts: Option<bool>,
+    /// Typing indicators on/off.
+    pub typing_indicators: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -113,6 +123,12 @@ impl SettingsPatch {
         }
         if let Some(v) = self.start_minimized {
             settings.start_minimized = v;
+        }
+        if let Some(v) = self.read_receipts {
+            settings.read_receipts = v;
+        }
+        if let Some(v) = self.typing_indicators {
+            settings.typing_indicators = v;
         }
     }
 

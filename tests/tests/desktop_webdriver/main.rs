@@ -1,5 +1,6 @@
 //! The desktop app end to end, in its real webview (WebKitGTK), through WebDriver, split by
-//! area: `chat` (the scenario described next), `history` (a conversation of ten thousand messages),
+//! area: `chat` (the scenario described next), `content` (replies, edits, deletes, reactions,
+//! read receipts and typing, both ways), `history` (a conversation of ten thousand messages),
 //! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
 //! restart), `search` (search, drafts, shortcuts, links, accessibility checked with axe-core) and
 //! `tray`, `backup` (back up, restore on a fresh profile, export a conversation); the helpers
@@ -20,6 +21,7 @@
 
 mod backup;
 mod chat;
+mod content;
 mod history;
 mod hostile_input;
 mod keys;

@@ -7,9 +7,9 @@ import { peerById } from "../state.js";
 /** Longest part of a message read out, in characters. */
 const ANNOUNCE_CHARS = 140;
 
-/** Announces an incoming message. */
+/** Announces an incoming message (not a change to one: an edit, a reaction, a delete). */
 export function announceMessage(m) {
-  if (m.outgoing) return;
+  if (m.outgoing || (m.rev || 0) > 0) return;
   const peer = peerById(m.peerId);
   const who = peer ? peer.id : m.peerId;
   const text = m.body.length > ANNOUNCE_CHARS ? `${m.body.slice(0, ANNOUNCE_CHARS)}…` : m.body;

@@ -13,13 +13,18 @@
 // another conversation opens, restored when this one opens again, also after a restart.
 
 import { api } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind } from "../contract.js";
+import {
+  DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, TYPING_RESEND_MS,
+} from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { clearNotices, showNotice } from "./toasts.js";
 import { openVerify } from "./verify.js";
+import {
+  actionBar, changeable, openDelete, openReact, openVersions, reactionRow, referable,
+} from "./message-actions.js";
 
 /** The first page: one screen and a little more, so a conversation opens at once. */
 const PAGE = 50;
@@ -37,12 +42,17 @@ const STICK_PX = 48;
 const DRAFT_SAVE_MS = 400;
 /** How long (ms) a message opened from a search stays highlighted. */
 const FOUND_HIGHLIGHT_MS = 4000;
+/** Typing counts as stopped this long (ms) after the last keystroke. */
+const TYPING_IDLE_MS = 5000;
+/** Someone's "is typing…" goes away this long (ms) after their last notice. */
+const TYPING_SHOWN_MS = 6000;
 
 const STATUS = {
   [DeliveryStatus.PENDING]: { icon: "clock", label: "Waiting for a connection" },
   [DeliveryStatus.SENT]: { icon: "check", label: "Sent" },
   [DeliveryStatus.QUEUED]: { icon: "check", label: "Queued: delivered when they come online" },
   [DeliveryStatus.DELIVERED]: { icon: "check2", label: "Delivered" },
+  [DeliveryStatus.READ]: { icon: "check2", label: "Read" },
   [DeliveryStatus.FAILED]: { icon: "alert", label: "Not delivered" },
 };
 
@@ -67,6 +77,11 @@ let firstPageShown = false;
 let arrivedEarly = []; // messages that arrived while the first page was loading
 let draftTimer = null;
 let draftPeer = null; // the conversation whose draft is in the composer
+const shown = new Map(); // message id -> the message as last drawn
+let composing = null; // { kind: "reply" | "edit", m } while the composer replies or edits
+let typingSentAt = 0; // when "started typing" was last sent
+let typingIdle = null; // timer: typing stopped
+let typingShown = null; // timer: hides "… is typing"
 
 const $ = (id) => document.getElementById(id);
 
@@ -83,21 +98,36 @@ function messageElement(m) {
 }
 
 function fillMessage(li, m) {
+  shown.set(m.id, m);
   li.dataset.status = m.status;
+  li.dataset.rev = String(m.rev || 0);
+  li.dataset.wire = m.wireId || "";
   li.classList.toggle("unverified", !m.outgoing && !m.authenticated);
   li.classList.toggle("failed", m.status === DeliveryStatus.FAILED);
-  const meta = h("span", { class: "meta" }, h("time", { text: formatTime(m.at) }));
+  li.classList.toggle("deleted", !!m.deleted);
+  const meta = h("span", { class: "meta" });
+  if (m.edited && !m.deleted) {
+    meta.append(h("button", {
+      class: "edited", type: "button", tabindex: "-1", title: "Edited: show earlier versions",
+      "aria-label": "Edited: show earlier versions", onclick: () => openVersions(current, m),
+    }, "edited"));
+  }
+  meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS.sent;
-    const svg = icon(s.icon, m.status === DeliveryStatus.DELIVERED ? "status-check2" : "status-icon");
-    meta.append(svg);
+    const two = m.status === DeliveryStatus.DELIVERED || m.status === DeliveryStatus.READ;
+    const svg = icon(s.icon, two ? "status-check2" : "status-icon");
+    if (m.status === DeliveryStatus.READ) svg.classList.add("status-read");
+    meta.append(svg, h("span", { class: "visually-hidden", text: s.label }));
     meta.title = s.label;
   }
   // <bdi dir=auto>: the text takes the direction of its first strong character (Arabic, Hebrew
   // right to left), and a sender's bidi overrides (U+202E …) stay inside their own text and
   // cannot reorder the time and delivery status after it. Web links become links that ask first.
-  const bubble = h("div", { class: "bubble" },
-    h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink)), meta);
+  const text = m.deleted
+    ? h("span", { class: "text tombstone", text: "This message was deleted" })
+    : h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
+  const bubble = h("div", { class: "bubble" }, quote(m), text, meta);
   const parts = [];
   if (!m.outgoing && !m.authenticated) {
     parts.push(h("span", {
@@ -106,10 +136,42 @@ function fillMessage(li, m) {
     }, icon("alert"), "Unverified sender"));
   }
   parts.push(bubble);
+  const reactions = reactionRow(current, m, upsertMessage);
+  if (reactions) parts.push(reactions);
   if (m.outgoing && m.status === DeliveryStatus.FAILED) {
     parts.push(h("span", { class: "msg-note danger" }, icon("alert"), "Not delivered"));
   }
+  parts.push(actionBar(current, m, { reply: startReply, edit: startEdit, upsert: upsertMessage }));
   li.replaceChildren(...parts);
+  if (li.contains(document.activeElement) || document.activeElement === li) setActionsTabbable(li, true);
+}
+
+/** The quote above a reply: who and what it answers; activating it goes to that message. */
+function quote(m) {
+  if (!m.replyTo || m.deleted) return null;
+  const r = m.replyTo;
+  const who = r.sender === (state.me && state.me.clientId) ? "You" : r.sender;
+  // The name is the visible text, with what it is said first for screen readers.
+  return h("button", {
+    class: "quote", type: "button", tabindex: "-1", title: "Go to the quoted message",
+    onclick: () => jumpTo(r),
+  }, h("span", { class: "visually-hidden", text: "Quoted from " }),
+  h("span", { class: "quote-sender", text: who }),
+  h("span", { class: "visually-hidden", text: ": " }),
+  h("bdi", { class: "quote-text", dir: "auto", text: r.excerpt }));
+}
+
+/** Goes to the message a reply answers: in the window already, or the window around it. */
+function jumpTo(r) {
+  const li = $("message-list").querySelector(`li.msg[data-wire="${CSS.escape(r.messageId)}"]`);
+  if (li) showFound(li);
+  else if (r.seq !== null && r.seq !== undefined) openConversation(current, r.seq);
+  else showNotice({ kind: ErrorKind.INVALID_INPUT, message: "That message is no longer on this device." });
+}
+
+/** The action buttons (and quote, reactions) of a message join the tab order while it is selected. */
+function setActionsTabbable(li, on) {
+  for (const b of li.querySelectorAll("button")) b.tabIndex = on ? 0 : -1;
 }
 
 function daySeparator(at) {
@@ -227,6 +289,7 @@ function trimBottom(count) {
   const items = messageItems();
   for (let i = items.length - count; i < items.length; i++) {
     elements.delete(items[i].dataset.id);
+    shown.delete(items[i].dataset.id);
     items[i].remove();
   }
   const list = $("message-list");
@@ -247,6 +310,7 @@ function trimTop(count) {
   const items = messageItems();
   for (let i = 0; i < count && i < items.length; i++) {
     elements.delete(items[i].dataset.id);
+    shown.delete(items[i].dataset.id);
     items[i].remove();
   }
   while (list.firstElementChild && list.firstElementChild.classList.contains("day")
@@ -365,6 +429,12 @@ export async function openConversation(peerId, at = null) {
   $("pane-empty").hidden = true;
   $("conversation").hidden = false;
   $("message-list").replaceChildren();
+  shown.clear();
+  if (switching) {
+    stopTyping();
+    setComposing(null);
+    hideTyping();
+  }
   renderHeader(peer);
   firstPageShown = false;
   arrivedEarly = [];
@@ -469,7 +539,9 @@ export function upsertMessage(m) {
   }
   const existing = elements.get(m.id);
   if (existing) {
-    if (advances(existing.dataset.status, m.status)) fillMessage(existing, m);
+    if (advances(existing.dataset.status, m.status) || (m.rev || 0) > Number(existing.dataset.rev)) {
+      fillMessage(existing, m);
+    }
     return;
   }
   if (hasNewer) {
@@ -490,7 +562,149 @@ export function upsertMessage(m) {
   // A long live chat: keep the window, dropping the oldest (with some slack, not one by one).
   if (stick && messageItems().length > MAX_IN_DOM + PAGE) trimTop(messageItems().length - MAX_IN_DOM);
   if (stick) scrollToBottom();
+  if (!m.outgoing) hideTyping();
   if (!m.outgoing && document.hasFocus()) api.markRead(m.peerId).catch(showNotice);
+}
+
+/** A message was deleted on this device. */
+export function removeMessage(r) {
+  if (r.peerId !== current) return;
+  const li = elements.get(r.id);
+  if (!li) return;
+  const prev = li.previousElementSibling;
+  const next = li.nextElementSibling;
+  elements.delete(r.id);
+  shown.delete(r.id);
+  li.remove();
+  // A day left without messages loses its separator.
+  if (prev && prev.classList.contains("day") && (!next || next.classList.contains("day"))) prev.remove();
+  if (prev && prev.classList.contains("msg")) prev.classList.remove("cont-next");
+  if (next && next.classList.contains("msg")) {
+    next.classList.remove("cont");
+    if (prev && prev.classList.contains("msg")) link(prev, next);
+  }
+}
+
+/** Someone is typing (or stopped): "bob is typing…" under the messages, for a while. */
+export function onTyping(t) {
+  if (t.peerId !== current) return;
+  if (!t.typing) {
+    hideTyping();
+    return;
+  }
+  $("typing-indicator").textContent = `${t.peerId} is typing…`;
+  clearTimeout(typingShown);
+  typingShown = setTimeout(hideTyping, TYPING_SHOWN_MS);
+}
+
+function hideTyping() {
+  clearTimeout(typingShown);
+  typingShown = null;
+  $("typing-indicator").textContent = "";
+}
+
+// ---------- selecting a message, replying, editing ----------
+
+/** The message selected (focused), if any. */
+function selectedMessage() {
+  const li = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("#message-list li.msg") : null;
+  return li ? shown.get(li.dataset.id) : null;
+}
+
+/** The newest message in the window that `pick` accepts. */
+function lastMessage(pick) {
+  const items = messageItems();
+  for (let i = items.length - 1; i >= 0; i--) {
+    const m = shown.get(items[i].dataset.id);
+    if (m && pick(m)) return m;
+  }
+  return null;
+}
+
+function setComposing(next) {
+  composing = next;
+  const bar = $("composer-context");
+  bar.hidden = next === null;
+  if (next === null) return;
+  const m = next.m;
+  const who = m.outgoing ? "yourself" : m.peerId;
+  $("composer-context-title").textContent = next.kind === "edit" ? "Editing your message" : `Replying to ${who}`;
+  $("composer-context-excerpt").textContent = m.body;
+}
+
+function startReply(m) {
+  if (!m || !referable(m)) return false;
+  setComposing({ kind: "reply", m });
+  $("composer-input").focus();
+  return true;
+}
+
+function startEdit(m) {
+  if (!m || !changeable(m)) return false;
+  setComposing({ kind: "edit", m });
+  const input = $("composer-input");
+  input.value = m.body;
+  autosize();
+  updateSendButton();
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+  return true;
+}
+
+function cancelComposing() {
+  const wasEdit = composing && composing.kind === "edit";
+  setComposing(null);
+  if (wasEdit) {
+    $("composer-input").value = "";
+    autosize();
+    updateSendButton();
+  }
+}
+
+/** Keyboard shortcuts on the selected message (or the last fitting one). */
+export const messageShortcuts = {
+  focusMessages() {
+    const items = messageItems();
+    if (current === null || items.length === 0) return false;
+    items[items.length - 1].focus();
+    return true;
+  },
+  reply: () => current !== null && startReply(selectedMessage() || lastMessage((m) => !m.outgoing && referable(m))),
+  edit: () => current !== null && startEdit(selectedMessage() || lastMessage(changeable)),
+  react() {
+    const m = selectedMessage() || lastMessage((x) => !x.outgoing && referable(x));
+    if (current === null || !m || !referable(m)) return false;
+    openReact(current, m, upsertMessage);
+    return true;
+  },
+  deleteMessage() {
+    const m = selectedMessage() || lastMessage(changeable);
+    if (current === null || !m) return false;
+    openDelete(current, m);
+    return true;
+  },
+};
+
+function noteTyping() {
+  if (current === null) return;
+  clearTimeout(typingIdle);
+  if ($("composer-input").value.trim().length === 0) {
+    stopTyping();
+    return;
+  }
+  if (Date.now() - typingSentAt > TYPING_RESEND_MS) {
+    typingSentAt = Date.now();
+    api.typing(current, true).catch(() => {});
+  }
+  typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+function stopTyping() {
+  clearTimeout(typingIdle);
+  typingIdle = null;
+  if (typingSentAt !== 0 && current !== null) api.typing(current, false).catch(() => {});
+  typingSentAt = 0;
 }
 
 /** The peer currently open, or null. */
@@ -516,14 +730,20 @@ async function send() {
   input.value = "";
   autosize();
   updateSendButton();
+  stopTyping();
+  const mode = composing;
+  setComposing(null);
   try {
-    const message = await api.sendMessage(current, text);
+    const message = mode && mode.kind === "edit"
+      ? await api.editMessage(current, mode.m.seq, text)
+      : await api.sendMessage(current, text, mode && mode.kind === "reply" ? mode.m.seq : null);
     upsertMessage(message);
     // Sent: the draft is gone (unless something new was typed meanwhile).
     scheduleDraftSave();
   } catch (err) {
     // Nothing typed is lost: put it back.
     if (input.value.length === 0) input.value = text;
+    if (composing === null) setComposing(mode);
     autosize();
     updateSendButton();
     showNotice(err);
@@ -542,12 +762,51 @@ export function initConversation() {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       send();
+    } else if (e.key === "ArrowUp" && input.value.length === 0 && !e.altKey && !e.ctrlKey && !e.shiftKey) {
+      // Up in an empty composer edits your last message.
+      if (startEdit(lastMessage(changeable))) e.preventDefault();
+    } else if (e.key === "Escape" && composing !== null) {
+      e.preventDefault();
+      cancelComposing();
     }
   });
   input.addEventListener("input", () => {
     autosize();
     updateSendButton();
     scheduleDraftSave();
+    noteTyping();
+  });
+  $("composer-context-cancel").addEventListener("click", () => {
+    cancelComposing();
+    input.focus();
+  });
+
+  // Selecting messages: ↑ ↓ move between them; the selected one's buttons join the tab order.
+  const list = $("message-list");
+  list.addEventListener("keydown", (e) => {
+    const li = e.target.closest && e.target.closest("li.msg");
+    if (!li || e.target !== li || e.altKey || e.ctrlKey) return;
+    let next = null;
+    if (e.key === "ArrowUp") {
+      next = li.previousElementSibling;
+      while (next && !next.classList.contains("msg")) next = next.previousElementSibling;
+      if (!next) maybeLoadOlder();
+    } else if (e.key === "ArrowDown") {
+      next = li.nextElementSibling;
+      while (next && !next.classList.contains("msg")) next = next.nextElementSibling;
+    } else {
+      return;
+    }
+    e.preventDefault();
+    if (next) next.focus();
+  });
+  list.addEventListener("focusin", (e) => {
+    const li = e.target.closest && e.target.closest("li.msg");
+    if (li) setActionsTabbable(li, true);
+  });
+  list.addEventListener("focusout", (e) => {
+    const li = e.target.closest && e.target.closest("li.msg");
+    if (li && !li.contains(e.relatedTarget)) setActionsTabbable(li, false);
   });
   // The window closing (or hiding to the tray) saves what is typed.
   window.addEventListener("blur", () => { if (draftTimer !== null) flushDraft(); });

@@ -28,6 +28,8 @@ function fill() {
   $("settings-notifications").checked = s.notifications;
   $("settings-close-to-tray").checked = s.closeToTray;
   $("settings-start-minimized").checked = s.startMinimized;
+  $("settings-read-receipts").checked = s.readReceipts;
+  $("settings-typing-indicators").checked = s.typingIndicators;
   paintFingerprint($("settings-fingerprint"), state.me ? state.me.fingerprint : "");
   $("settings-data-dir").textContent = state.dataDir;
   $("settings-error").hidden = true;
@@ -50,7 +52,7 @@ async function save(e) {
   if (mode() === "host" && port !== s.hostPort) patch.hostPort = port;
   const url = $("settings-url").value.trim();
   if (mode() === "connect" && url !== s.serverUrl) patch.serverUrl = url;
-  for (const [key, id] of [["notifications", "settings-notifications"], ["closeToTray", "settings-close-to-tray"], ["startMinimized", "settings-start-minimized"]]) {
+  for (const [key, id] of [["notifications", "settings-notifications"], ["closeToTray", "settings-close-to-tray"], ["startMinimized", "settings-start-minimized"], ["readReceipts", "settings-read-receipts"], ["typingIndicators", "settings-typing-indicators"]]) {
     if ($(id).checked !== s[key]) patch[key] = $(id).checked;
   }
   if (Object.keys(patch).length === 0) {
