@@ -46,6 +46,9 @@ pub struct MemberIdentity {
     pub identity_key: IdentityPublicKey,
 }
 
+/// The refusal reason for a member whose id has no pinned key ([`MlsError::unpinned_id`]).
+pub(crate) const UNPINNED: &str = "no identity key is pinned for this id";
+
 /// The statement the identity key signs.
 fn binding_statement(client_id: &ClientId, mls_signature_key: &[u8]) -> Result<Vec<u8>, MlsError> {
     let mut out = BINDING_LABEL.to_vec();
@@ -141,7 +144,7 @@ pub(crate) fn verify_binding(
     let id = c.client_id.as_str();
     let pinned = pins
         .pinned_identity(&c.client_id)
-        .ok_or(refuse(id, "no identity key is pinned for this id"))?;
+        .ok_or(refuse(id, UNPINNED))?;
     if pinned != c.identity_key {
         return Err(refuse(id, "identity key differs from the pinned one"));
     }
