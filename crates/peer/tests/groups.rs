@@ -290,6 +290,7 @@ async fn an_offline_member_catches_up_welcome_epochs_and_messages_in_order() {
 
 #[tokio::test]
 async fn concurrent_commits_from_two_members_both_succeed_without_a_fork() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let server = spawn_server().await;
     let url = server.url();
     let (a, b, c) = (
