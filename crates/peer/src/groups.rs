@@ -455,11 +455,24 @@ impl Groups {
     async fn commit(
         &self,
         gid: &GroupId,
-        mut make: impl FnMut(&mut MlsClient) -> Result<(OutgoingCommit, Vec<ClientId>), MlsError>,
+        mut make: impl FnMut(&mut MlsClient) -> Result<OutgoingCommit, MlsError>,
     ) -> Result<(), PeerError> {
         for attempt in 1..=defaults::COMMIT_ATTEMPTS {
             let guard = self.op.lock().await;
-            let (out, members) = make(&mut lock(&self.mls)).map_err(|e| mls_error(e, Some(gid)))?;
+            let (out, members) = {
+                let mut mls = lock(&self.mls);
+                let out = make(&mut mls).map_err(|e| mls_error(e, Some(gid)))?;
+                // What the staged Commit really does (queued proposals included), for the
+                // server's fan-out list.
+                match mls.pending_commit_members(gid) {
+                    Ok(m) => (out, m),
+                    Err(e) => {
+                        drop(mls);
+                        self.discard(gid);
+                        return Err(mls_error(e, Some(gid)));
+                    }
+                }
+            };
             let frame = GroupCommit {
                 group_id: wire_group(gid)?,
                 epoch: out.epoch,
@@ -541,17 +554,6 @@ impl Groups {
         }
     }
 
-    fn member_ids(mls: &MlsClient, gid: &GroupId) -> Result<Vec<ClientId>, MlsError> {
-        let mut ids: Vec<ClientId> = mls
-            .members(gid)?
-            .into_iter()
-            .map(|m| m.identity.client_id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
-    }
-
     // ---- The API -------------------------------------------------------------------------
 
     /// Creates a group named `name` with `members` (each from a fetched, validated KeyPackage).
@@ -571,14 +573,7 @@ impl Groups {
                 .create_group(name)
                 .map_err(|e| mls_error(e, None))?
         };
-        let me = self.client_id.clone();
-        self.commit(&gid, |mls| {
-            let out = mls.add_members(&gid, &kps)?;
-            let mut after = vec![me.clone()];
-            after.extend(members.iter().cloned());
-            Ok((out, after))
-        })
-        .await?;
+        self.commit(&gid, |mls| mls.add_members(&gid, &kps)).await?;
         self.schedule_heal(&gid, Duration::ZERO);
         Ok(gid)
     }
@@ -616,14 +611,7 @@ impl Groups {
         for m in &members {
             kps.push(self.fetch_key_package(m).await?);
         }
-        self.commit(gid, |mls| {
-            let mut after = Self::member_ids(mls, gid)?;
-            after.extend(members.iter().cloned());
-            after.sort();
-            after.dedup();
-            Ok((mls.add_members(gid, &kps)?, after))
-        })
-        .await
+        self.commit(gid, |mls| mls.add_members(gid, &kps)).await
     }
 
     pub(crate) async fn remove(
@@ -632,30 +620,16 @@ impl Groups {
         members: &[ClientId],
     ) -> Result<(), PeerError> {
         let members = self.others(members)?;
-        self.commit(gid, |mls| {
-            let after = Self::member_ids(mls, gid)?
-                .into_iter()
-                .filter(|m| !members.contains(m))
-                .collect();
-            Ok((mls.remove_members(gid, &members)?, after))
-        })
-        .await
+        self.commit(gid, |mls| mls.remove_members(gid, &members))
+            .await
     }
 
     pub(crate) async fn rename(&self, gid: &GroupId, name: &str) -> Result<(), PeerError> {
-        self.commit(gid, |mls| {
-            let after = Self::member_ids(mls, gid)?;
-            Ok((mls.rename(gid, name)?, after))
-        })
-        .await
+        self.commit(gid, |mls| mls.rename(gid, name)).await
     }
 
     pub(crate) async fn self_update(&self, gid: &GroupId) -> Result<(), PeerError> {
-        self.commit(gid, |mls| {
-            let after = Self::member_ids(mls, gid)?;
-            Ok((mls.self_update(gid)?, after))
-        })
-        .await?;
+        self.commit(gid, |mls| mls.self_update(gid)).await?;
         self.schedule_heal(gid, Duration::ZERO);
         Ok(())
     }
@@ -1070,13 +1044,7 @@ impl Groups {
         let Some(me) = self.self_arc() else { return };
         tokio::spawn(async move {
             let r = me
-                .commit(&gid, |mls| {
-                    let after = Self::member_ids(mls, &gid)?
-                        .into_iter()
-                        .filter(|m| !leavers.contains(m))
-                        .collect();
-                    Ok((mls.commit_pending_proposals(&gid)?, after))
-                })
+                .commit(&gid, |mls| mls.commit_pending_proposals(&gid))
                 .await;
             if let Err(e) = r {
                 tracing::warn!(peer = %me.client_id, group = %gid, error = %Sanitized(&e), "committing a leave failed");

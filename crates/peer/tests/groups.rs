@@ -482,3 +482,49 @@ async fn group_calls_without_mls_state_say_groups_are_off() {
     ));
     assert!(matches!(p.groups_list(), Err(PeerError::GroupsDisabled)));
 }
+
+/// Per 1 KiB message through the peers and a real server, side by side in one run: a two-member
+/// MLS group (SQLite state, each message encrypted, stored, decrypted, its key deleted) against
+/// the same texts as `lattice-v1` 1:1 messages. Prints; asserts nothing about time.
+#[tokio::test]
+#[ignore = "measurement: prints timings"]
+async fn measure_group_messages_against_one_to_one() {
+    const N: usize = 200;
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, _ae) = a.online(&url).await;
+    let (_bob, mut be) = b.online(&url).await;
+    let g = alice.create_group("bench", &[id("bob")]).await.unwrap();
+    joined(&mut be).await;
+    let text = "x".repeat(1024);
+    for round in 1..=2 {
+        let t = Instant::now();
+        for _ in 0..N {
+            say(&alice, &g, &text).await;
+        }
+        let sent = t.elapsed();
+        for _ in 0..N {
+            next_group_message(&mut be).await;
+        }
+        let group = t.elapsed();
+        let t = Instant::now();
+        for _ in 0..N {
+            alice.send_message(&id("bob"), &text).await.unwrap();
+        }
+        for _ in 0..N {
+            wait_for(&mut be, |e| match e {
+                PeerEvent::Message(m) => Some(m),
+                _ => None,
+            })
+            .await;
+        }
+        let one = t.elapsed();
+        eprintln!(
+            "round {round}: {N} x 1 KiB — MLS group: send (encrypt + store + server answer) {:?}/msg, end to end {:?}/msg; lattice-v1 1:1 end to end {:?}/msg",
+            sent / u32::try_from(N).unwrap(),
+            group / u32::try_from(N).unwrap(),
+            one / u32::try_from(N).unwrap()
+        );
+    }
+}
