@@ -118,7 +118,7 @@ impl MlsError {
     /// that reason alone (the caller may fetch and pin its key, then try again).
     pub fn unpinned_id(&self) -> Option<&str> {
         match self {
-            Self::IdentityBinding { client_id, reason } if *reason == crate::identity::UNPINNED => {
+            Self::IdentityBinding { client_id, reason } if *reason == crate::limits::UNPINNED => {
                 Some(client_id)
             }
             _ => None,

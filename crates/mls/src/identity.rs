@@ -17,7 +17,7 @@ use lattice_crypto::{
 use lattice_protocol::ClientId;
 use openmls::prelude::{BasicCredential, Credential, CredentialType};
 
-use crate::limits::BINDING_LABEL;
+use crate::limits::{BINDING_LABEL, UNPINNED};
 use crate::MlsError;
 
 /// Where the caller's pinned identity keys come from (the peer's key store, the directory's
@@ -45,9 +45,6 @@ pub struct MemberIdentity {
     /// The member's Lattice identity key, as carried (and bound) by its credential.
     pub identity_key: IdentityPublicKey,
 }
-
-/// The refusal reason for a member whose id has no pinned key ([`MlsError::unpinned_id`]).
-pub(crate) const UNPINNED: &str = "no identity key is pinned for this id";
 
 /// The statement the identity key signs.
 fn binding_statement(client_id: &ClientId, mls_signature_key: &[u8]) -> Result<Vec<u8>, MlsError> {
