@@ -528,3 +528,78 @@ async fn measure_group_messages_against_one_to_one() {
         );
     }
 }
+
+/// bob's stock at the server, read with an empty upload.
+async fn stock(p: &MessagingPeer) -> u32 {
+    match p
+        .send_to_server_and_wait(
+            ClientFrame::KeyPackageUpload(KeyPackageUpload::default()),
+            "key_package_upload",
+            WaitOptions::default(),
+        )
+        .await
+        .unwrap()
+    {
+        lattice_protocol::ServerFrame::KeyPackagesStored(s) => s.stock,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_low_key_package_stock_is_topped_up_when_the_server_says_so() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, _ae) = a.online(&url).await;
+    let (bob, _be) = b.online(&url).await;
+    let full = stock(&bob).await;
+    assert_eq!(full, 32);
+    // Someone drains bob's stock below the low mark (10): the server tells bob, who uploads.
+    for _ in 0..25 {
+        alice
+            .send_to_server_and_wait(
+                ClientFrame::KeyPackageFetch(lattice_protocol::KeyPackageFetch {
+                    client_id: id("bob"),
+                }),
+                "key_package_fetch",
+                WaitOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + EVENT_WAIT;
+    while stock(&bob).await < full {
+        assert!(Instant::now() < deadline, "bob's stock was never topped up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn scheduled_self_updates_rotate_each_members_keys() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let mut config = test_config(&url, "alice", a.identity());
+    config.mls_state = Some(a.state());
+    // Short for the test (the default is 7 days); the schedule itself is unit-tested on paused
+    // time in `groups.rs`.
+    config.group_self_update = Duration::from_millis(300);
+    let alice = MessagingPeer::new(config).unwrap();
+    alice.connect().await.unwrap();
+    let (_bob, mut be) = b.online(&url).await;
+    let g = alice.create_group("heal", &[id("bob")]).await.unwrap();
+    joined(&mut be).await;
+    // alice's client rotates her leaf on its own, in a Commit bob follows.
+    let by = wait_for(&mut be, |e| match e {
+        PeerEvent::GroupChanged {
+            change: GroupChange::MemberUpdated(m),
+            ..
+        } => Some(m),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(by, id("alice"));
+    say(&alice, &g, "after healing").await;
+    assert_eq!(text(&next_group_message(&mut be).await).1, "after healing");
+}
