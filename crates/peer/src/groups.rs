@@ -1068,7 +1068,135 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::keys::KeyStore as _;
+    use crate::testkit::{id, identity, Kit};
+    use lattice_mls::ValidatedKeyPackage;
+
+    /// A delivered `mls` envelope from alice.
+    fn delivered(kind: MlsKind, g: &GroupId, data: &[u8], mid: &str) -> Delivered {
+        let env = MlsEnvelope {
+            algorithm: lattice_protocol::MLS_ALGORITHM.into(),
+            kind,
+            group_id: wire_group(g).unwrap(),
+            epoch: None,
+            data: B64.encode(data),
+        };
+        Delivered {
+            message: serde_json::value::to_raw_value(&env).unwrap(),
+            from_id: id("alice"),
+            timestamp: 1,
+            message_id: Some(MessageId::new(mid).unwrap()),
+        }
+    }
+
+    fn acked(kit: &mut Kit) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(f) = kit.try_sent() {
+            if let ClientFrame::Ack(a) = f.body {
+                out.push(a.message_id.to_string());
+            }
+        }
+        out
+    }
+
+    fn changes(kit: &Kit) -> Vec<String> {
+        std::mem::take(&mut *lock(&kit.events))
+            .into_iter()
+            .map(|e| match e {
+                PeerEvent::GroupChanged { change, .. } => format!("{change:?}"),
+                PeerEvent::Error(e) => format!("error: {e}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// bob's `Groups` fed by hand with what alice's engine (in the test) makes: a Commit
+    /// delivered again under another message id (what a replaying server can do) changes
+    /// nothing and is acknowledged; a Commit whose predecessor was dropped is reported.
+    #[tokio::test]
+    async fn a_replayed_commit_is_ignored_and_a_missing_one_is_reported() {
+        let mut kit = Kit::new("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let alice_identity = identity();
+        kit.store
+            .pin(&id("alice"), &alice_identity.identity_public_key())
+            .unwrap();
+        kit.store
+            .pin(&id("bob"), &kit.identity.identity_public_key())
+            .unwrap();
+        let bob = Groups::open(
+            &dir.path().join("bob.mls"),
+            &kit.identity,
+            id("bob"),
+            defaults::SELF_UPDATE_INTERVAL,
+            (
+                Arc::clone(&kit.trust),
+                Arc::clone(&kit.requests),
+                Arc::clone(&kit.link),
+                Arc::clone(&kit.dispatcher),
+            ),
+        )
+        .unwrap()
+        .into_arc();
+        let mut alice = MlsClient::create(
+            MlsStore::open(dir.path().join("alice.mls")).unwrap(),
+            alice_identity.identity_key(),
+            id("alice"),
+        )
+        .unwrap();
+        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
+        let (a_pin, b_pin) = (
+            alice_identity.identity_public_key(),
+            kit.identity.identity_public_key(),
+        );
+        let pins = move |c: &ClientId| match c.as_str() {
+            "alice" => Some(a_pin),
+            "bob" => Some(b_pin),
+            _ => None,
+        };
+        let kp: ValidatedKeyPackage = alice.validate_key_package(&kp, &pins).unwrap();
+        let g = alice.create_group("g").unwrap();
+        let add = alice.add_members(&g, &[kp]).unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Welcome, &g, &add.welcome.unwrap(), "w"))
+            .await;
+        assert_eq!(acked(&mut kit), ["w"]);
+        let c1 = alice.rename(&g, "one").unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Commit, &g, &c1.commit, "c1"))
+            .await;
+        assert_eq!(acked(&mut kit), ["c1"]);
+        let seen = changes(&kit);
+        assert!(
+            seen.iter().any(|c| c.contains("Renamed(\"one\")")),
+            "{seen:?}"
+        );
+        assert_eq!(lock(&bob.mls).epoch(&g).unwrap(), 2);
+
+        // The same Commit again, under a new message id: ignored, acknowledged, nothing moves.
+        bob.process(delivered(MlsKind::Commit, &g, &c1.commit, "c1-again"))
+            .await;
+        assert_eq!(acked(&mut kit), ["c1-again"]);
+        assert!(changes(&kit).is_empty());
+        assert_eq!(lock(&bob.mls).epoch(&g).unwrap(), 2);
+
+        // A Commit whose predecessor never came: refused loudly, the group stays where it was.
+        alice.rename(&g, "two").unwrap();
+        alice.confirm_commit(&g).unwrap();
+        let c3 = alice.rename(&g, "three").unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Commit, &g, &c3.commit, "c3"))
+            .await;
+        assert_eq!(acked(&mut kit), ["c3"]);
+        let seen = changes(&kit);
+        assert!(
+            matches!(seen.as_slice(), [e] if e.contains("error") && e.contains("Commit is missing")),
+            "{seen:?}"
+        );
+        assert_eq!(lock(&bob.mls).group_name(&g).unwrap(), "one");
+    }
 
     fn g(b: u8) -> GroupId {
         GroupId::from_bytes(&[b; 16])

@@ -418,7 +418,8 @@ async fn a_key_package_not_bound_to_the_pinned_identity_is_refused() {
 }
 
 #[tokio::test]
-async fn a_tampered_application_message_is_refused_and_reported_and_the_group_goes_on() {
+async fn a_tampered_or_replayed_application_message_is_refused_and_reported_and_the_group_goes_on()
+{
     let server = spawn_server().await;
     let url = server.url();
     let (a, m) = (Person::new("alice"), Person::new("mallory"));
@@ -445,7 +446,8 @@ async fn a_tampered_application_message_is_refused_and_reported_and_the_group_go
     drop(engine);
     let raw = m.plain(&url).await;
     let wire_group = lattice_protocol::GroupId::new(g.to_string()).unwrap();
-    for (mid, bytes) in [("m1", tampered), ("m2", good)] {
+    // m3: the same ciphertext as m2 again under another id (a replay the server cannot tell).
+    for (mid, bytes) in [("m1", tampered), ("m2", good.clone()), ("m3", good)] {
         raw.send_to_server_and_wait(
             ClientFrame::GroupMessage(GroupMessageFrame {
                 group_id: wire_group.clone(),
@@ -468,6 +470,13 @@ async fn a_tampered_application_message_is_refused_and_reported_and_the_group_go
     assert!(refused.1.contains("decrypt"), "{}", refused.1);
     let m2 = next_group_message(&mut ae).await;
     assert_eq!(m2.message_id.as_str(), "m2");
+    let replay = wait_for(&mut ae, |e| match e {
+        PeerEvent::GroupMessage(m) => panic!("delivered twice: {m:?}"),
+        PeerEvent::Error(PeerError::GroupRejected { reason, .. }) => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(replay.contains("decrypt"), "{replay}");
 }
 
 #[tokio::test]
