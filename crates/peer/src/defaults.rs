@@ -246,6 +246,15 @@ pub const COMMIT_ATTEMPTS: u32 = 5;
 /// resend of a Commit that won is answered as accepted again.
 pub const COMMIT_SEND_RETRIES: u32 = 2;
 
+/// How often a `group_commit` is sent again (each time with its own
+/// [`COMMIT_SEND_RETRIES`]) while the errors may pass (the connection is down, no answer): a
+/// Commit the server may have accepted is not given up quickly, since discarding an accepted
+/// Commit leaves this device an epoch behind for good.
+pub const COMMIT_SENDS: u32 = 5;
+
+/// Pause between those sends (the reconnect usually needs about this long).
+pub const COMMIT_RESEND_DELAY: Duration = Duration::from_secs(1);
+
 /// How long a Commit that lost its epoch waits for the winning Commit to arrive and be processed
 /// before it gives up.
 pub const COMMIT_CATCH_UP: Duration = Duration::from_secs(30);

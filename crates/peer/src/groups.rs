@@ -481,17 +481,7 @@ impl Groups {
                 members,
                 message_id: new_message_id(),
             };
-            // Retries resend the same frame (same `messageId`): a resend of a Commit that won is
-            // answered as accepted again.
-            let answer = self
-                .requests
-                .request(
-                    Lane::Normal,
-                    ClientFrame::GroupCommit(frame),
-                    "group_commit",
-                    WaitOptions::default().retries(defaults::COMMIT_SEND_RETRIES),
-                )
-                .await;
+            let answer = self.send_commit(frame).await;
             match answer {
                 Ok(ServerFrame::GroupCommitAccepted(_)) => {
                     let events = lock(&self.mls)
@@ -522,6 +512,34 @@ impl Groups {
             group: gid.to_string(),
             attempts: defaults::COMMIT_ATTEMPTS,
         })
+    }
+
+    /// Sends a Commit until the server rules on it. Every resend is the same frame (same
+    /// `messageId`), which the server answers as accepted again if the Commit won: so a lost
+    /// answer (a dropped connection, a timeout) is resent rather than given up, as long as the
+    /// error may pass, up to [`defaults::COMMIT_SENDS`] times [`defaults::COMMIT_SEND_RETRIES`]
+    /// + 1 attempts, [`defaults::COMMIT_RESEND_DELAY`] apart.
+    async fn send_commit(&self, frame: GroupCommit) -> Result<ServerFrame, PeerError> {
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let answer = self
+                .requests
+                .request(
+                    Lane::Normal,
+                    ClientFrame::GroupCommit(frame.clone()),
+                    "group_commit",
+                    WaitOptions::default().retries(defaults::COMMIT_SEND_RETRIES),
+                )
+                .await;
+            match answer {
+                Err(e) if e.is_transient() && sends < defaults::COMMIT_SENDS => {
+                    tracing::info!(peer = %self.client_id, error = %Sanitized(&e), sends, "commit not answered yet; resending it");
+                    tokio::time::sleep(defaults::COMMIT_RESEND_DELAY).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn discard(&self, gid: &GroupId) {
