@@ -55,8 +55,9 @@ pub struct PeerConfig {
     /// a message this run has not seen ([`crate::MessageLookup`]). Knows nothing by default
     /// ([`crate::NoHistory`]): only this run's messages can then be edited, deleted or reacted to.
     pub history: Arc<dyn MessageLookup>,
-    /// Where this device's MLS state lives (a SQLite file, created on first use). `None` (the
-    /// default): groups are off, and nothing else changes.
+    /// Where this device's MLS state lives (a SQLite file, created owner-only (0600) on first
+    /// use; it holds every group's secrets). `None` (the default): groups are off, and nothing
+    /// else changes.
     pub mls_state: Option<PathBuf>,
     /// How long after this device's last self-update in a group it makes the next one (healing).
     /// Default [`defaults::SELF_UPDATE_INTERVAL`].

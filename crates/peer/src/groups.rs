@@ -212,7 +212,8 @@ impl Groups {
     /// Opens (or creates) this device's MLS state at `path`.
     ///
     /// # Errors
-    /// [`PeerError::Group`] if the store cannot be opened, or holds another id's client.
+    /// [`PeerError::Io`] if the file cannot be created; [`PeerError::Group`] if the store cannot
+    /// be opened, or holds another id's client.
     pub(crate) fn open(
         path: &std::path::Path,
         identity: &Identity,
@@ -221,6 +222,20 @@ impl Groups {
         components: (Arc<Trust>, Arc<Requests>, Arc<Link>, Arc<Dispatcher>),
     ) -> Result<Self, PeerError> {
         let (trust, requests, link, dispatcher) = components;
+        // The file holds every group's secrets: owner-only from its creation (SQLite gives its
+        // -wal and -shm files the same permissions).
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        drop(
+            options
+                .open(path)
+                .map_err(|e| PeerError::Io(format!("{}: {e}", path.display())))?,
+        );
         let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
         let mls = match MlsClient::open(store) {
             Ok(m) => m,

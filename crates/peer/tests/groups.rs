@@ -143,6 +143,12 @@ async fn a_three_member_group_talks_renames_and_survives_a_restart() {
     let everyone = vec!["alice".to_owned(), "bob".into(), "carol".into()];
     assert_eq!(joined(&mut be).await, ("friends".into(), everyone.clone()));
     assert_eq!(joined(&mut ce).await, ("friends".into(), everyone.clone()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(a.state()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the MLS state is owner-only: {mode:o}");
+    }
     let info = alice.group_info(&g).unwrap();
     assert_eq!(info.name, "friends");
     assert_eq!(info.members.len(), 3);
