@@ -98,3 +98,53 @@ async fn bob_runs_a_group_from_the_terminal() {
     chat.until("!! no group 7").await;
     chat.quit().await;
 }
+
+/// bob's chat is killed (SIGKILL) while alice's group messages and Commits stream in, and started
+/// again on the same files: it resumes the group in the right epoch (it reads what comes after,
+/// and what it sends opens for alice). Every group message is acknowledged only after the
+/// engine stored its effects, so no Commit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_mid_stream_resumes_without_losing_an_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let (alice, mut ae) = member(&server.url, "alice", tmp.path()).await;
+    let mut chat = Chat::start(&server.url, tmp.path()).await;
+    chat.type_line("/group new crash alice").await;
+    chat.until("-- [crash] created with alice").await;
+    let group = match change(&mut ae, |c| matches!(c, GroupChange::Joined { .. })).await {
+        GroupChange::Joined { .. } => alice.groups_list().unwrap().remove(0),
+        _ => unreachable!(),
+    };
+    for i in 0..40 {
+        if i == 20 {
+            chat.kill9().await;
+            chat = Chat::start(&server.url, tmp.path()).await;
+        }
+        if i % 8 == 0 {
+            alice
+                .rename_group(&group, &format!("crash {i}"))
+                .await
+                .unwrap();
+        } else {
+            alice
+                .send_group_content(&group, &Content::Text(format!("m{i}")))
+                .await
+                .unwrap();
+        }
+    }
+    alice
+        .send_group_content(&group, &Content::Text("final".into()))
+        .await
+        .unwrap();
+    chat.until("alice: final").await;
+    chat.type_line("/g 1").await;
+    chat.until("-- talking in [crash 32]").await;
+    chat.type_line("bob is back").await;
+    let m = next_event(&mut ae, |e| match e {
+        PeerEvent::GroupMessage(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.content, Content::Text("bob is back".into()));
+    chat.quit().await;
+}

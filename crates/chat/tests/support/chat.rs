@@ -74,6 +74,12 @@ impl Chat {
         }
     }
 
+    /// Kills the process (SIGKILL): nothing is flushed or closed.
+    pub async fn kill9(mut self) {
+        self._child.start_kill().unwrap();
+        let _ = tokio::time::timeout(WAIT, self._child.wait()).await;
+    }
+
     pub async fn quit(mut self) {
         self.type_line("/quit").await;
         let _ = tokio::time::timeout(WAIT, self._child.wait()).await;
