@@ -46,6 +46,29 @@ pub enum Command {
     },
     /// `/search <words>`: the messages of the local history containing every word.
     Search(String),
+    /// `/group new <name> <id,id…>`: create a group with these members and talk in it.
+    GroupNew {
+        /// The group's name (may contain spaces).
+        name: String,
+        /// The members' ids.
+        members: Vec<String>,
+    },
+    /// `/group add <id,id…>`: add members to the current group.
+    GroupAdd(Vec<String>),
+    /// `/group remove <id,id…>`: remove members from the current group.
+    GroupRemove(Vec<String>),
+    /// `/group leave`: leave the current group.
+    GroupLeave,
+    /// `/group rename <name>`: rename the current group.
+    GroupRename(String),
+    /// `/group heal`: rotate your keys in the current group now (after a suspected compromise).
+    GroupHeal,
+    /// `/groups`: list your groups, numbered.
+    Groups,
+    /// `/g <n|name>`: talk in group `#n` (as listed by `/groups`) or the group of that name.
+    GroupPick(String),
+    /// `/members`: the current group's members with their fingerprints.
+    Members,
     /// `/help`.
     Help,
     /// `/quit`.
@@ -74,6 +97,11 @@ commands:
   /delete [n]     delete your message #n (default: your last one) for everyone
   /react <n> <emoji>    react to message #n; /unreact <n> <emoji> takes it back
   /search <words> messages of your local history containing every word (all conversations)
+  /group new <name> <id,id…>  create a group (end-to-end encrypted with MLS) and talk in it
+  /groups         list your groups (#n); /g <n|name> talks in one (plain lines go to it)
+  /members        the current group's members with their fingerprints
+  /group add <id,id…> | remove <id,id…> | rename <name> | leave   change the current group
+  /group heal     rotate your keys in the current group now (after a suspected compromise)
   /reconnect      connect again after DISCONNECTED (takes the session back from another device)
   /help           this text
   /quit           leave
@@ -131,6 +159,13 @@ pub fn parse(line: &str) -> Command {
             return Command::Invalid("missing the words: /search <words>".into())
         }
         "search" | "s" => return Command::Search(args.to_owned()),
+        "group" => return parse_group(args),
+        "groups" => return Command::Groups,
+        "members" => return Command::Members,
+        "g" if args.is_empty() => {
+            return Command::Invalid("missing the group: /g <n|name> (see /groups)".into())
+        }
+        "g" => return Command::GroupPick(args.to_owned()),
         _ => {}
     }
     let arg = parts.next().map(str::to_owned);
@@ -149,6 +184,40 @@ pub fn parse(line: &str) -> Command {
         ("help" | "h" | "?", _) => Command::Help,
         ("quit" | "q" | "exit", _) => Command::Quit,
         (other, _) => Command::Invalid(format!("unknown command or missing argument: /{other}")),
+    }
+}
+
+/// `a,b, c` as ids (empty parts dropped).
+fn id_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The arguments of `/group`.
+fn parse_group(args: &str) -> Command {
+    let (sub, rest) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+    let rest = rest.trim();
+    match (sub, rest.is_empty()) {
+        ("new", false) => match rest.rsplit_once(char::is_whitespace) {
+            // `name a, b` would name the group "name a," with b alone: the ids are one word.
+            Some((name, ids)) if !id_list(ids).is_empty() && !name.trim_end().ends_with(',') => Command::GroupNew {
+                name: name.trim().to_owned(),
+                members: id_list(ids),
+            },
+            _ => Command::Invalid("usage: /group new <name> <id,id…>".into()),
+        },
+        ("add", false) => Command::GroupAdd(id_list(rest)),
+        ("remove", false) => Command::GroupRemove(id_list(rest)),
+        ("rename", false) => Command::GroupRename(rest.to_owned()),
+        ("leave", true) => Command::GroupLeave,
+        ("heal", true) => Command::GroupHeal,
+        _ => Command::Invalid(
+            "usage: /group new <name> <id,id…> | add <id,…> | remove <id,…> | rename <name> | leave | heal"
+                .into(),
+        ),
     }
 }
 
@@ -227,6 +296,43 @@ pub fn answer(
 mod tests {
     use super::*;
     use lattice_protocol::QuestionKind;
+
+    #[test]
+    fn parses_the_group_commands() {
+        assert_eq!(
+            parse("/group new the team alice, carol"),
+            Command::Invalid("usage: /group new <name> <id,id…>".into()),
+            "the ids are one word"
+        );
+        assert_eq!(
+            parse("/group new the team alice,carol"),
+            Command::GroupNew {
+                name: "the team".into(),
+                members: vec!["alice".into(), "carol".into()]
+            }
+        );
+        assert_eq!(
+            parse("/group add dan,,erin"),
+            Command::GroupAdd(vec!["dan".into(), "erin".into()])
+        );
+        assert_eq!(
+            parse("/group remove dan"),
+            Command::GroupRemove(vec!["dan".into()])
+        );
+        assert_eq!(
+            parse("/group rename a b"),
+            Command::GroupRename("a b".into())
+        );
+        assert_eq!(parse("/group leave"), Command::GroupLeave);
+        assert_eq!(parse("/group heal"), Command::GroupHeal);
+        assert!(matches!(parse("/group leave now"), Command::Invalid(_)));
+        assert!(matches!(parse("/group"), Command::Invalid(_)));
+        assert!(matches!(parse("/group new x"), Command::Invalid(_)));
+        assert_eq!(parse("/groups"), Command::Groups);
+        assert_eq!(parse("/members"), Command::Members);
+        assert_eq!(parse("/g 2"), Command::GroupPick("2".into()));
+        assert!(matches!(parse("/g"), Command::Invalid(_)));
+    }
 
     #[test]
     fn parses_commands_and_text() {

@@ -6,7 +6,8 @@
 //! pinned identity keys of peers next to it (`<id>.pins`, also 0600), and the message history in
 //! SQLite (`<id>.history`, also 0600): every message is numbered (`#n`) so that `/reply n`,
 //! `/react n` and `/delete n` can name it, `/edit` and `/delete` change your last message, and
-//! `/search` finds messages of every conversation (FTS5).
+//! `/search` finds messages of every conversation (FTS5). Group chats (MLS, state in `<id>.mls`):
+//! `/group new <name> <id,id…>`, `/groups`, `/g <n>`, `/members`, `/group add|remove|rename|leave`.
 //!
 //! ```text
 //! lattice-chat --server ws://127.0.0.1:3005 --id alice
@@ -14,6 +15,7 @@
 
 mod command;
 mod display;
+mod groups;
 mod history;
 mod questions;
 
@@ -82,6 +84,8 @@ struct Ui {
     /// when the banner is printed, before the peer publishes `Disconnected`, so a line typed
     /// right after the banner is refused, never queued. Cleared once connected again.
     stopped: bool,
+    /// The group plain lines go to, when one is picked (`/g`, `/group new`); a `/to` clears it.
+    group: Option<lattice_peer::GroupId>,
 }
 
 // std Mutex: held for a field read or write, never across an await.
@@ -276,6 +280,9 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>) {
                 if let Ok(mut ui) = ui.lock() {
                     ui.stopped = true;
                 }
+            }
+            PeerEvent::GroupMessage(_) | PeerEvent::GroupChanged { .. } => {
+                print_lines(&groups::event_lines(&peer, &event));
             }
             PeerEvent::ConnectionState(ConnectionState::Connected) => {
                 if let Ok(mut ui) = ui.lock() {
@@ -597,7 +604,22 @@ async fn handle(
     history: &History,
     line: &str,
 ) -> anyhow::Result<bool> {
-    match command::parse(line) {
+    let command = command::parse(line);
+    let mut group = ui.lock().ok().and_then(|u| u.group.clone());
+    let before = group.clone();
+    let handled = groups::handle(peer, &mut group, &command).await;
+    if group != before {
+        if let Ok(mut u) = ui.lock() {
+            u.group = group.clone();
+            if group.is_some() {
+                u.current = None;
+            }
+        }
+    }
+    if handled? {
+        return Ok(true);
+    }
+    match command {
         Command::Empty => {}
         Command::Help => println!("{HELP}"),
         Command::Quit => return Ok(false),
@@ -634,6 +656,7 @@ async fn handle(
             let shared = Arc::clone(ui);
             if let Ok(mut u) = ui.lock() {
                 u.current = None;
+                u.group = None;
                 u.to_generation += 1;
                 let task =
                     tokio::spawn(pick_peer(peer.clone(), shared, p.clone(), u.to_generation));
@@ -676,6 +699,11 @@ async fn handle(
                 },
             }
         }
+        Command::Text(text) if group.is_some() => {
+            if let Some(g) = group.filter(|_| can_send(peer, ui)) {
+                groups::send_text(peer, &g, &text).await;
+            }
+        }
         Command::Text(text) => {
             if let Some(to) = current_peer(peer, ui) {
                 send_text(peer, history, &to, &Content::Text(text.clone()), &text).await?;
@@ -686,6 +714,16 @@ async fn handle(
         | Command::Delete(_)
         | Command::React { .. }
         | Command::Search(_)) => content_command(peer, ui, history, command).await?,
+        // Handled by `groups::handle` above.
+        Command::GroupNew { .. }
+        | Command::GroupAdd(_)
+        | Command::GroupRemove(_)
+        | Command::GroupLeave
+        | Command::GroupRename(_)
+        | Command::GroupHeal
+        | Command::Groups
+        | Command::GroupPick(_)
+        | Command::Members => {}
     }
     Ok(true)
 }
@@ -772,6 +810,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot open {}", history_path.display()))?,
     );
     config.history = Arc::clone(&history) as _;
+    // Groups (MLS): their state next to the identity.
+    config.mls_state = Some(path.with_extension("mls"));
     // Wait for a server that is not up yet (with the reconnect backoff) instead of quitting.
     config.retry_first_connect = true;
     if let Some(ca) = args.ca_file {

@@ -8,9 +8,7 @@
 #[allow(dead_code)] // Shared with the server's crash tests, which use all of it.
 #[path = "../../server/tests/support/server_process.rs"]
 mod server_process;
-
-use std::process::Stdio;
-use std::time::Duration;
+mod support;
 
 use lattice_peer::{
     Change, Content, ContentUpdate, EventStream, MessageRef, MessagingPeer, PeerConfig, PeerEvent,
@@ -18,99 +16,7 @@ use lattice_peer::{
 };
 use lattice_protocol::{ClientId, MessageId};
 use server_process::ServerProcess;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::{Child, ChildStdin};
-use tokio::sync::mpsc;
-
-/// Bound on waiting for one line or one event.
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Chat {
-    _child: Child,
-    stdin: ChildStdin,
-    out: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Chat {
-    async fn start(url: &str, dir: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-chat"))
-            .args(["--server", url, "--id", "bob", "--identity-file"])
-            .arg(dir.join("bob.identity"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, out) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut chat = Self {
-            _child: child,
-            stdin,
-            out,
-            seen: Vec::new(),
-        };
-        chat.until("type /help for commands").await;
-        chat
-    }
-
-    async fn type_line(&mut self, line: &str) {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-
-    /// Reads output until a line containing `needle`; returns it.
-    async fn until(&mut self, needle: &str) -> String {
-        loop {
-            let line = tokio::time::timeout(WAIT, self.out.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no line with {needle:?}; saw {:#?}", self.seen))
-                .unwrap_or_else(|| panic!("output ended before {needle:?}; saw {:#?}", self.seen));
-            self.seen.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    async fn quit(mut self) {
-        self.type_line("/quit").await;
-        let _ = tokio::time::timeout(WAIT, self._child.wait()).await;
-    }
-}
-
-async fn next_event<T>(
-    events: &mut EventStream,
-    mut pick: impl FnMut(PeerEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let e = events.next().await.expect("event stream ended");
-            if let PeerEvent::Error(e) = &e {
-                panic!("unexpected error {e:?}");
-            }
-            if let Some(t) = pick(e) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("no such event in time")
-}
+use support::chat::{next_event, Chat};
 
 async fn next_update(events: &mut EventStream) -> ContentUpdate {
     next_event(events, |e| match e {

@@ -451,6 +451,37 @@ impl MlsClient {
         Ok(self.group(gid)?.pending_commit().is_some())
     }
 
+    /// The ids of the members the group will have once this client's pending Commit is merged:
+    /// the current members minus those it removes, plus those it adds, read from the staged
+    /// Commit itself (it also commits queued proposals, such as a leave request). This is the
+    /// member list the delivery service is told with the Commit.
+    ///
+    /// # Errors
+    /// [`MlsError::UnknownGroup`], [`MlsError::NoPendingCommit`]; a malformed credential.
+    pub fn pending_commit_members(&self, gid: &GroupId) -> Result<Vec<ClientId>, MlsError> {
+        let group = self.group(gid)?;
+        let staged = group
+            .pending_commit()
+            .ok_or_else(|| MlsError::NoPendingCommit(gid.clone()))?;
+        let removed: Vec<u32> = staged
+            .remove_proposals()
+            .map(|p| p.remove_proposal().removed().u32())
+            .collect();
+        let mut ids = Vec::new();
+        for m in group.members() {
+            if !removed.contains(&m.index.u32()) {
+                ids.push(claimed_identity(&m.credential)?.client_id);
+            }
+        }
+        for a in staged.add_proposals() {
+            let leaf = a.add_proposal().key_package().leaf_node();
+            ids.push(claimed_identity(leaf.credential())?.client_id);
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// Runs a Commit-making operation on one group and packs its output.
     fn commit_op(
         &mut self,

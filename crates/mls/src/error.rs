@@ -114,6 +114,17 @@ impl MlsError {
         }
     }
 
+    /// The id whose identity key is not pinned yet, when this is the refusal of a member for
+    /// that reason alone (the caller may fetch and pin its key, then try again).
+    pub fn unpinned_id(&self) -> Option<&str> {
+        match self {
+            Self::IdentityBinding { client_id, reason } if *reason == crate::limits::UNPINNED => {
+                Some(client_id)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn malformed(what: &'static str, e: impl std::fmt::Display) -> Self {
         Self::Malformed {
             what,

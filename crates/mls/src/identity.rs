@@ -17,7 +17,7 @@ use lattice_crypto::{
 use lattice_protocol::ClientId;
 use openmls::prelude::{BasicCredential, Credential, CredentialType};
 
-use crate::limits::BINDING_LABEL;
+use crate::limits::{BINDING_LABEL, UNPINNED};
 use crate::MlsError;
 
 /// Where the caller's pinned identity keys come from (the peer's key store, the directory's
@@ -141,7 +141,7 @@ pub(crate) fn verify_binding(
     let id = c.client_id.as_str();
     let pinned = pins
         .pinned_identity(&c.client_id)
-        .ok_or(refuse(id, "no identity key is pinned for this id"))?;
+        .ok_or(refuse(id, UNPINNED))?;
     if pinned != c.identity_key {
         return Err(refuse(id, "identity key differs from the pinned one"));
     }

@@ -1,6 +1,7 @@
 //! [`PeerConfig`] and its parts: the reconnect [`Backoff`], the [`Timeouts`] and [`TlsOptions`].
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,13 @@ pub struct PeerConfig {
     /// a message this run has not seen ([`crate::MessageLookup`]). Knows nothing by default
     /// ([`crate::NoHistory`]): only this run's messages can then be edited, deleted or reacted to.
     pub history: Arc<dyn MessageLookup>,
+    /// Where this device's MLS state lives (a SQLite file, created owner-only (0600) on first
+    /// use; it holds every group's secrets). `None` (the default): groups are off, and nothing
+    /// else changes.
+    pub mls_state: Option<PathBuf>,
+    /// How long after this device's last self-update in a group it makes the next one (healing).
+    /// Default [`defaults::SELF_UPDATE_INTERVAL`].
+    pub group_self_update: Duration,
 }
 
 impl PeerConfig {
@@ -70,6 +78,8 @@ impl PeerConfig {
             tls: TlsOptions::default(),
             key_store: Arc::new(MemoryKeyStore::default()),
             history: Arc::new(NoHistory),
+            mls_state: None,
+            group_self_update: defaults::SELF_UPDATE_INTERVAL,
         }
     }
 }
@@ -85,6 +95,8 @@ impl fmt::Debug for PeerConfig {
             .field("timeouts", &self.timeouts)
             .field("outbound_queue", &self.outbound_queue)
             .field("tls", &self.tls)
+            .field("mls_state", &self.mls_state)
+            .field("group_self_update", &self.group_self_update)
             .finish_non_exhaustive()
     }
 }

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, Timeouts};
 use crate::events::{ConnectionState, Dispatcher, PeerEvent};
+use crate::groups::Groups;
 use crate::inbox::{self, Inbox};
 use crate::link::{Beat, Keepalive, Lane, Link};
 use crate::requests::Requests;
@@ -99,6 +100,9 @@ pub(crate) struct Session {
     pub(crate) requests: Arc<Requests>,
     pub(crate) router: Router,
     pub(crate) inbox: Arc<Inbox>,
+    /// Groups, when on: their worker runs beside the inbox's, and KeyPackages are topped up
+    /// after every verified registration.
+    pub(crate) groups: Option<Arc<Groups>>,
 }
 
 /// Where `connect` learns how the first connection went.
@@ -250,6 +254,9 @@ async fn connect_once(
                     let _ = tx.send(Ok(()));
                 }
                 session.requests.renew_presence();
+                if let (Some(g), true) = (&session.groups, registered.verified) {
+                    g.replenish_later();
+                }
                 let reason = conn.await;
                 // Only a connection that stayed up for a while proves the server healthy: one
                 // that is closed right after each registration keeps backing off and runs into
@@ -282,6 +289,10 @@ pub(crate) async fn supervise(
         received_rx,
         worker_cancel.clone(),
     ));
+    let group_worker = session
+        .groups
+        .as_ref()
+        .map(|g| tokio::spawn(Arc::clone(g).worker(worker_cancel.clone())));
     let mut carry = Carry {
         first: Some(first),
         outbound,
@@ -308,6 +319,9 @@ pub(crate) async fn supervise(
     .await;
     worker_cancel.cancel();
     let _ = worker.await;
+    if let Some(w) = group_worker {
+        let _ = w.await;
+    }
     session.link.return_outbound(carry.outbound);
     // Last: once `Disconnected` is published the supervisor is done, so a `connect` called right
     // away (from an event handler or subscriber) waits for this task instead of refusing.

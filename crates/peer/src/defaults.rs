@@ -215,3 +215,54 @@ const _: () = assert!(MAX_INCOMING_MESSAGE >= lattice_protocol::limits::MAX_SERV
 const _: () = assert!(
     lattice_protocol::limits::MAX_SERVER_FRAME_BYTES > lattice_protocol::limits::MAX_FRAME_BYTES
 );
+
+// ---- Groups (MLS) -----------------------------------------------------------------------------
+
+/// Incoming group (`mls`) messages waiting for the group worker. One worker processes them in
+/// the server's order; a full queue drops the newest unacknowledged (redelivered after a
+/// reconnect). Larger than [`RECEIVE_QUEUE`]: a mailbox drain of a busy group comes at once.
+pub const GROUP_RECEIVE_QUEUE: usize = 1024;
+
+/// (sender, message id) pairs of group messages remembered to drop redeliveries (about 100 bytes
+/// each). Delivery is at least once; MLS refuses to open one message twice, so a redelivered
+/// copy must be recognised before the engine sees it.
+pub const GROUP_SEEN_IDS: usize = 4096;
+
+/// The KeyPackage stock this device keeps at the server: topped up to this when it falls under
+/// [`lattice_protocol::limits::KEY_PACKAGE_LOW_STOCK`] (one upload, at most
+/// [`lattice_protocol::limits::MAX_KEY_PACKAGE_UPLOAD`]).
+pub const KEY_PACKAGE_STOCK_TARGET: usize = lattice_protocol::limits::MAX_KEY_PACKAGE_UPLOAD;
+
+/// How often one engine call may stop at a member whose key is not pinned yet (each time the key
+/// is fetched and pinned first): a Welcome of a full group names every member once.
+pub const GROUP_PIN_FETCHES: usize = lattice_protocol::limits::MAX_GROUP_MEMBERS + 1;
+
+/// How often a change (add, remove, rename, self-update) is made again after losing its epoch
+/// to another member's Commit (`STALE_EPOCH`) before giving up with
+/// [`crate::PeerError::CommitConflict`].
+pub const COMMIT_ATTEMPTS: u32 = 5;
+
+/// Resends of one `group_commit` frame (same `messageId`) when its answer does not come; a
+/// resend of a Commit that won is answered as accepted again.
+pub const COMMIT_SEND_RETRIES: u32 = 2;
+
+/// How often a `group_commit` is sent again (each time with its own
+/// [`COMMIT_SEND_RETRIES`]) while the errors may pass (the connection is down, no answer): a
+/// Commit the server may have accepted is not given up quickly, since discarding an accepted
+/// Commit leaves this device an epoch behind for good.
+pub const COMMIT_SENDS: u32 = 5;
+
+/// Pause between those sends (the reconnect usually needs about this long).
+pub const COMMIT_RESEND_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a Commit that lost its epoch waits for the winning Commit to arrive and be processed
+/// before it gives up.
+pub const COMMIT_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Default of [`crate::PeerConfig::group_self_update`]: each group gets a self-update Commit
+/// (fresh leaf keys: post-compromise healing) this long after this device's last one. A stolen
+/// state reads a group for at most this long (plus the time the device is offline).
+pub const SELF_UPDATE_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// When a scheduled self-update failed (offline, lost races), it is tried again after this.
+pub const SELF_UPDATE_RETRY: Duration = Duration::from_secs(600);

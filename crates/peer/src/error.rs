@@ -190,6 +190,49 @@ pub enum PeerError {
     /// [`crate::MessagingPeer::connect`] is called again. Tell the user.
     #[error("replaced by another connection of this identity")]
     Replaced,
+    /// Groups are off: [`crate::PeerConfig::mls_state`] is not set.
+    #[error("groups are off: no MLS state is configured (PeerConfig::mls_state)")]
+    GroupsDisabled,
+    /// A member's MLS credential (in its KeyPackage, a Welcome or a Commit) is not bound to the
+    /// identity key pinned for its id: an impostor, or a key change. Refused; tell the user as
+    /// loudly as a key change.
+    #[error("MLS credential of {peer} refused: {reason}")]
+    GroupIdentity {
+        /// The id the credential claims.
+        peer: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// This device is not in that group (never was, or was removed).
+    #[error("unknown group {0}")]
+    UnknownGroup(String),
+    /// An MLS operation on a group failed or was refused.
+    #[error("group {}: {reason}", group.as_deref().unwrap_or("-"))]
+    Group {
+        /// The group (hex id), when one is concerned.
+        group: Option<String>,
+        /// What failed.
+        reason: String,
+    },
+    /// Our Commit lost its epoch to other members' Commits too many times in a row.
+    #[error("group {group}: the change lost its epoch to other members {attempts} times")]
+    CommitConflict {
+        /// The group.
+        group: String,
+        /// How often it was made.
+        attempts: u32,
+    },
+    /// An incoming group message was refused (tampered, not decryptable, malformed, a sender
+    /// mismatch). Acknowledged: it can never be opened.
+    #[error("group message from {from} refused: {reason}")]
+    GroupRejected {
+        /// The group (hex id), when it could be read.
+        group: Option<String>,
+        /// The sender as the server names it.
+        from: ClientId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl PeerError {

@@ -211,6 +211,59 @@ pub struct IncomingQuestion {
     pub round: Option<u32>,
 }
 
+/// What changed in a group (the membership and name events of MLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupChange {
+    /// This device joined the group from a Welcome.
+    Joined {
+        /// The group's name.
+        name: String,
+        /// Everyone in it, this device included.
+        members: Vec<ClientId>,
+    },
+    /// Members were added.
+    MembersAdded(Vec<ClientId>),
+    /// A member was removed or left.
+    MemberRemoved(ClientId),
+    /// A member asked to leave (another member commits it).
+    LeaveRequested(ClientId),
+    /// A member rotated its keys (a self-update: healing).
+    MemberUpdated(ClientId),
+    /// The group was renamed.
+    Renamed(String),
+    /// The group moved to a new epoch.
+    EpochChanged(u64),
+    /// This device was removed from the group; its state for the group is gone.
+    Removed,
+}
+
+/// A message in a group that decrypted and passed every check.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// The group.
+    pub group: lattice_mls::GroupId,
+    /// The sender, as MLS authenticated it (its credential is bound to its pinned identity key).
+    pub from: ClientId,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// What it says ([`Content::Text`] or [`Content::Reply`]).
+    pub content: Content,
+    /// The sender's clock when it sent the message (unix ms; not checked).
+    pub sent_at: u64,
+}
+
+impl std::fmt::Debug for GroupMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMessage")
+            .field("group", &self.group)
+            .field("from", &self.from)
+            .field("message_id", &self.message_id)
+            .field("content", &self.content)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything a [`crate::MessagingPeer`] reports.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -260,6 +313,17 @@ pub enum PeerEvent {
         client_id: ClientId,
         /// Whether the server verified our identity.
         verified: bool,
+    },
+    /// A message in a group that decrypted and passed every check.
+    GroupMessage(GroupMessage),
+    /// A group's membership, name or epoch changed (or this device joined or was removed).
+    GroupChanged {
+        /// The group.
+        group: lattice_mls::GroupId,
+        /// Who made the change (the sender of the Commit, Welcome or proposal; us for our own).
+        by: Option<ClientId>,
+        /// What changed.
+        change: GroupChange,
     },
     /// This [`EventStream`] fell behind and missed `missed` events (handlers are not affected).
     Lagged {

@@ -49,6 +49,9 @@
 //!   acks, keepalive.
 //! - `outbox`: sealing outgoing messages; messages awaiting the server's verdict.
 //! - `inbox`: opening and checking incoming messages; held messages; the replay guard.
+//! - `groups`: MLS groups (RFC 9420 through `lattice-mls`) over the server's delivery service:
+//!   KeyPackages, create/invite/remove/leave/rename, group messages, ordered processing acked
+//!   after the state is stored, retries of Commits that lost their epoch, scheduled healing.
 //! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `sync`: the one lock policy (a poisoned lock is recovered, never skipped). `wire`: base64,
 //!   fresh ids, answer errors.
@@ -82,6 +85,7 @@ pub mod content;
 pub mod defaults;
 pub mod error;
 pub mod events;
+mod groups;
 mod held;
 pub mod history;
 pub mod identity_file;
@@ -106,11 +110,13 @@ pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
 pub use content::{Content, ContentError, MessageRef, ReactionAction};
 pub use error::{PeerError, RejectReason};
 pub use events::{
-    Algorithm, Change, ConnectionState, ContentUpdate, EventStream, HandlerHandle, IncomingMessage,
-    IncomingQuestion, PeerEvent,
+    Algorithm, Change, ConnectionState, ContentUpdate, EventStream, GroupChange, GroupMessage,
+    HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
+pub use groups::{GroupInfo, GroupMember};
 pub use history::{KnownMessage, MessageLookup, NoHistory};
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
+pub use lattice_mls::GroupId;
 pub use outbox::SentMessage;
 pub use peer::MessagingPeer;
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};

@@ -19,6 +19,7 @@ use crate::content::Content;
 use crate::events::{
     ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
 };
+use crate::groups::{GroupInfo, Groups};
 use crate::history::History;
 use crate::inbox::Inbox;
 use crate::keys::PeerKey;
@@ -52,6 +53,7 @@ struct Shared {
     trust: Arc<Trust>,
     outbox: Arc<Outbox>,
     inbox: Arc<Inbox>,
+    groups: Option<Arc<Groups>>,
     session: Arc<Session>,
     /// The running supervisor's token, for [`Owner`] (std Mutex: set or read, never an await).
     cancel: Mutex<Option<CancellationToken>>,
@@ -171,12 +173,31 @@ impl MessagingPeer {
             replay_store,
             history,
         ));
+        let groups = match &config.mls_state {
+            Some(path) => Some(
+                Groups::open(
+                    path,
+                    &config.identity,
+                    me.clone(),
+                    config.group_self_update,
+                    (
+                        Arc::clone(&trust),
+                        Arc::clone(&requests),
+                        Arc::clone(&link),
+                        Arc::clone(&dispatcher),
+                    ),
+                )?
+                .into_arc(),
+            ),
+            None => None,
+        };
         let router = Router::new(
             me.clone(),
             Arc::clone(&dispatcher),
             Arc::clone(&requests),
             Arc::clone(&outbox),
             Arc::clone(&trust),
+            groups.clone(),
         );
         let session = Arc::new(Session {
             client_id: me,
@@ -192,6 +213,7 @@ impl MessagingPeer {
             requests: Arc::clone(&requests),
             router,
             inbox: Arc::clone(&inbox),
+            groups: groups.clone(),
         });
         let inner = Arc::new(Shared {
             config,
@@ -201,6 +223,7 @@ impl MessagingPeer {
             trust,
             outbox,
             inbox,
+            groups,
             session,
             cancel: Mutex::new(None),
             running: tokio::sync::Mutex::new(None),
@@ -602,6 +625,136 @@ impl MessagingPeer {
             .requests
             .request(Lane::Normal, frame, expected, options)
             .await
+    }
+
+    fn groups(&self) -> Result<&Arc<Groups>, PeerError> {
+        self.inner.groups.as_ref().ok_or(PeerError::GroupsDisabled)
+    }
+
+    /// Whether groups are on ([`PeerConfig::mls_state`] is set).
+    pub fn groups_enabled(&self) -> bool {
+        self.inner.groups.is_some()
+    }
+
+    /// Makes sure our KeyPackage stock at the server is topped up (done after every verified
+    /// registration and on a low-stock notice anyway; waits for a top-up in progress). Returns
+    /// the stock.
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`]; the errors of requests; [`PeerError::Group`] if the engine
+    /// fails.
+    pub async fn publish_key_packages(&self) -> Result<u32, PeerError> {
+        self.groups()?.replenish().await
+    }
+
+    /// Creates a group named `name` with `members` (not counting us). For each member a
+    /// KeyPackage is fetched from the server and checked against the identity key pinned for
+    /// it (pinned on first use, with the `keySignature` check, like a 1:1 chat); a KeyPackage
+    /// whose credential is not bound to that key is refused. The members join from the Welcome
+    /// (online or on their next connection).
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`], [`PeerError::InvalidArgument`] (no members, too many),
+    /// [`PeerError::GroupIdentity`] (a credential not bound to the pinned key),
+    /// [`PeerError::KeyChanged`], [`PeerError::Server`] (`NO_KEY_PACKAGE`, `PEER_NOT_FOUND`,
+    /// quotas), [`PeerError::Group`].
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[ClientId],
+    ) -> Result<lattice_mls::GroupId, PeerError> {
+        self.groups()?.create(name, members).await
+    }
+
+    /// Adds `members` to `group` (as [`MessagingPeer::create_group`] does). If another member's
+    /// Commit wins the epoch first, the change is made again after it (bounded).
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::create_group`]; [`PeerError::UnknownGroup`];
+    /// [`PeerError::CommitConflict`].
+    pub async fn invite_to_group(
+        &self,
+        group: &lattice_mls::GroupId,
+        members: &[ClientId],
+    ) -> Result<(), PeerError> {
+        self.groups()?.invite(group, members).await
+    }
+
+    /// Removes `members` from `group`; the group's keys rotate with the Commit, so they cannot
+    /// read anything sent after it.
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::invite_to_group`].
+    pub async fn remove_from_group(
+        &self,
+        group: &lattice_mls::GroupId,
+        members: &[ClientId],
+    ) -> Result<(), PeerError> {
+        self.groups()?.remove(group, members).await
+    }
+
+    /// Asks to leave `group`. Another member commits it; this device learns it is out from
+    /// [`crate::GroupChange::Removed`].
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`], [`PeerError::UnknownGroup`], the errors of requests.
+    pub async fn leave_group(&self, group: &lattice_mls::GroupId) -> Result<(), PeerError> {
+        self.groups()?.leave(group).await
+    }
+
+    /// Renames `group` (an authenticated Commit; every member sees
+    /// [`crate::GroupChange::Renamed`]).
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::invite_to_group`]; [`PeerError::Group`] for a name over
+    /// `lattice_mls::limits::MAX_GROUP_NAME_LEN` bytes.
+    pub async fn rename_group(
+        &self,
+        group: &lattice_mls::GroupId,
+        name: &str,
+    ) -> Result<(), PeerError> {
+        self.groups()?.rename(group, name).await
+    }
+
+    /// Rotates this device's keys in `group` now (a self-update Commit), e.g. after a suspected
+    /// compromise: a copy of the state taken before cannot read what is sent after. Also done on
+    /// schedule ([`PeerConfig::group_self_update`]).
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::invite_to_group`].
+    pub async fn group_self_update(&self, group: &lattice_mls::GroupId) -> Result<(), PeerError> {
+        self.groups()?.self_update(group).await
+    }
+
+    /// Sends `content` ([`Content::Text`] or [`Content::Reply`]) to every member of `group`.
+    /// Returns the message id. Others get it as [`PeerEvent::GroupMessage`].
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`], [`PeerError::InvalidArgument`] for another kind,
+    /// [`PeerError::InvalidContent`], [`PeerError::UnknownGroup`], the errors of requests
+    /// (`NOT_A_MEMBER`, `MAILBOX_FULL`).
+    pub async fn send_group_content(
+        &self,
+        group: &lattice_mls::GroupId,
+        content: &Content,
+    ) -> Result<MessageId, PeerError> {
+        self.groups()?.send(group, content).await
+    }
+
+    /// The groups this device is in.
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`].
+    pub fn groups_list(&self) -> Result<Vec<lattice_mls::GroupId>, PeerError> {
+        Ok(self.groups()?.groups())
+    }
+
+    /// A group's name, epoch and members with each one's safety number (fingerprint).
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`], [`PeerError::UnknownGroup`].
+    pub fn group_info(&self, group: &lattice_mls::GroupId) -> Result<GroupInfo, PeerError> {
+        self.groups()?.info(group)
     }
 
     /// Subscribes to every event. See [`crate::events`] for the lag policy.

@@ -12,6 +12,7 @@ use lattice_protocol::{
 use tokio::sync::mpsc;
 
 use crate::events::{Dispatcher, IncomingQuestion, PeerEvent};
+use crate::groups::Groups;
 use crate::outbox::Outbox;
 use crate::pending::Routed;
 use crate::requests::Requests;
@@ -28,6 +29,8 @@ pub(crate) struct Router {
     requests: Arc<Requests>,
     outbox: Arc<Outbox>,
     trust: Arc<Trust>,
+    /// Group messages (`mls` envelopes) and KeyPackage notices go here, when groups are on.
+    groups: Option<Arc<Groups>>,
 }
 
 impl Router {
@@ -37,6 +40,7 @@ impl Router {
         requests: Arc<Requests>,
         outbox: Arc<Outbox>,
         trust: Arc<Trust>,
+        groups: Option<Arc<Groups>>,
     ) -> Self {
         Self {
             client_id,
@@ -44,6 +48,7 @@ impl Router {
             requests,
             outbox,
             trust,
+            groups,
         }
     }
 
@@ -62,6 +67,17 @@ impl Router {
         let routed = self.requests.route(&frame);
         let request_id = frame.request_id;
         match frame.body {
+            ServerFrame::Message(d) if self.groups.is_some() && is_mls(&d) => {
+                if let Some(g) = &self.groups {
+                    g.deliver(d);
+                }
+            }
+            ServerFrame::KeyPackagesLow(low) => {
+                tracing::info!(peer = %self.client_id, stock = low.stock, "KeyPackage stock low");
+                if let Some(g) = &self.groups {
+                    g.replenish_later();
+                }
+            }
             ServerFrame::Message(d) => {
                 let from = d.from_id.clone();
                 if received.try_send(d).is_err() {
@@ -120,6 +136,17 @@ impl Router {
             }
         }
     }
+}
+
+/// Whether a delivered message carries an `mls` envelope (for the group worker).
+fn is_mls(d: &Delivered) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Algo<'a> {
+        #[serde(borrow)]
+        algorithm: &'a str,
+    }
+    serde_json::from_str::<Algo<'_>>(d.message.get())
+        .is_ok_and(|a| a.algorithm == lattice_protocol::MLS_ALGORITHM)
 }
 
 #[cfg(test)]

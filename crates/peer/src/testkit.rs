@@ -119,6 +119,7 @@ impl Kit {
             Arc::clone(&requests),
             Arc::clone(&outbox),
             Arc::clone(&trust),
+            None,
         );
         let (received_tx, received_rx) = mpsc::channel(defaults::RECEIVE_QUEUE);
         Self {

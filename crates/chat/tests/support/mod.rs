@@ -1,0 +1,3 @@
+//! Helpers shared by the chat tests.
+
+pub mod chat;

@@ -1,0 +1,1276 @@
+//! Groups: MLS (RFC 9420, `lattice-mls`) wired to the server's delivery service. [`Groups`] owns
+//! this device's [`MlsClient`] (its SQLite state), the order of group operations and the healing
+//! schedule; it asks [`Trust`] for pinned identity keys, sends through [`Requests`], acknowledges
+//! through the [`Link`] and raises group events upwards. It is off (absent) when
+//! [`crate::PeerConfig::mls_state`] is not set.
+//!
+//! - **KeyPackages.** After each verified registration (and on `key_packages_low`) the stock at
+//!   the server is read and topped up to [`defaults::KEY_PACKAGE_STOCK_TARGET`], plus a
+//!   last-resort KeyPackage when there is none.
+//! - **Order.** One MLS change at a time ([`Groups::op`]): an incoming message is processed, or
+//!   one Commit of ours is in flight (made, sent, ruled on, then confirmed or discarded). Incoming
+//!   `mls` messages are processed by one worker in the order the server delivered them, and
+//!   acknowledged only after the engine has committed the new state to SQLite.
+//! - **Commits.** `group_commit`; on `STALE_EPOCH` the Commit is discarded, the worker processes
+//!   the winner, and the intent is made again in the new epoch, at most
+//!   [`defaults::COMMIT_ATTEMPTS`] times. `confirm_commit` only after the server accepted it.
+//! - **Identity.** Every member (KeyPackage, Welcome, Commit) must be bound to the identity key
+//!   pinned for its id in the [`crate::KeyStore`]; an id with no pin yet is fetched (TOFU, with
+//!   the `keySignature` check) and the operation tried again; a credential bound to another key
+//!   is refused loudly ([`PeerError::GroupIdentity`]).
+//! - **Healing.** Each group gets a self-update Commit every [`crate::PeerConfig::group_self_update`]
+//!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use lattice_crypto::{Fingerprint, Identity};
+use lattice_mls::{GroupEvent, GroupId, MlsClient, MlsError, MlsStore, OutgoingCommit};
+use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_UPLOAD};
+use lattice_protocol::{
+    ClientFrame, ClientId, Delivered, ErrorType, GroupCommit, GroupMessage as GroupMessageFrame,
+    KeyPackageFetch, KeyPackageUpload, MessageId, MlsEnvelope, MlsKind, ServerFrame,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::content::Content;
+use crate::events::{Dispatcher, GroupChange, GroupMessage, PeerEvent};
+use crate::link::{Lane, Link};
+use crate::requests::Requests;
+use crate::sanitize::Sanitized;
+use crate::sync::lock;
+use crate::trust::Trust;
+use crate::wire::{new_message_id, now_ms, unexpected, B64};
+use crate::{defaults, PeerError, WaitOptions};
+
+/// One member of a group, as shown in a member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The member's id.
+    pub client_id: ClientId,
+    /// The fingerprint (safety number) of the identity key its MLS credential is bound to.
+    pub fingerprint: Fingerprint,
+}
+
+/// A group this device is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group's id.
+    pub id: GroupId,
+    /// Its name (authenticated: part of the group context).
+    pub name: String,
+    /// Its members, this device included (one entry per id).
+    pub members: Vec<GroupMember>,
+    /// Its current epoch.
+    pub epoch: u64,
+}
+
+/// The plaintext of a group application message (JSON inside the MLS message).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Plaintext {
+    message_id: MessageId,
+    kind: String,
+    body: String,
+    sent_at: u64,
+}
+
+/// When each group is due for its next self-update. Pure bookkeeping over [`Instant`]s, so the
+/// schedule is tested on paused time.
+#[derive(Debug)]
+pub(crate) struct HealSchedule {
+    interval: Duration,
+    next: HashMap<GroupId, Instant>,
+}
+
+impl HealSchedule {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            next: HashMap::new(),
+        }
+    }
+
+    /// `group` last rotated its keys `ago` before now.
+    pub(crate) fn updated_ago(&mut self, group: GroupId, ago: Duration) {
+        let now = Instant::now();
+        let due = (now + self.interval).checked_sub(ago).unwrap_or(now);
+        self.next.insert(group, due);
+    }
+
+    /// `group` is due again at `at` (after a failed attempt).
+    pub(crate) fn retry_at(&mut self, group: GroupId, at: Instant) {
+        self.next.insert(group, at);
+    }
+
+    pub(crate) fn forget(&mut self, group: &GroupId) {
+        self.next.remove(group);
+    }
+
+    /// The earliest due time.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.next.values().min().copied()
+    }
+
+    /// The groups due at `now`.
+    pub(crate) fn due(&self, now: Instant) -> Vec<GroupId> {
+        let mut due: Vec<GroupId> = self
+            .next
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        due.sort();
+        due
+    }
+}
+
+/// Bounded memory of (sender, message id) pairs already processed: delivery is at least once.
+#[derive(Debug, Default)]
+struct Seen {
+    set: HashSet<(ClientId, MessageId)>,
+    order: VecDeque<(ClientId, MessageId)>,
+}
+
+impl Seen {
+    /// Records the pair; `false` if it was already there.
+    fn insert(&mut self, key: (ClientId, MessageId)) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        while self.order.len() > defaults::GROUP_SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The group component. Shared (`Arc`) by the handle, the router, the connection and its tasks.
+#[derive(Debug)]
+pub(crate) struct Groups {
+    client_id: ClientId,
+    /// The engine. std Mutex: each section is one synchronous engine call (SQLite), never held
+    /// across an await.
+    mls: Mutex<MlsClient>,
+    trust: Arc<Trust>,
+    requests: Arc<Requests>,
+    link: Arc<Link>,
+    dispatcher: Arc<Dispatcher>,
+    /// One MLS change at a time: an incoming message, or one Commit of ours from making it to
+    /// confirming or discarding it. tokio Mutex: held across the wait for the server's verdict.
+    op: tokio::sync::Mutex<()>,
+    /// Woken whenever a group's epoch moves (a Commit processed), for a Commit that lost its
+    /// epoch and waits for the winner.
+    epoch_moved: Notify,
+    /// One KeyPackage top-up at a time.
+    replenishing: tokio::sync::Mutex<()>,
+    /// Incoming `mls` messages, in the order the server delivered them.
+    queue_tx: mpsc::Sender<Delivered>,
+    /// Its receiving end, taken by the running worker and given back when it ends.
+    queue_rx: Mutex<Option<mpsc::Receiver<Delivered>>>,
+    seen: Mutex<Seen>,
+    heal: Mutex<HealSchedule>,
+    /// Woken when the heal schedule changed.
+    heal_changed: Notify,
+    /// Ourselves, for the tasks we spawn (set once by [`Groups::into_arc`]).
+    this: Mutex<Option<std::sync::Weak<Groups>>>,
+}
+
+/// The table where the time of each group's last self-update is kept (in the MLS database).
+const HEAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_group_heal (
+    group_id BLOB PRIMARY KEY, last_update_ms INTEGER NOT NULL)";
+
+/// An engine error as a [`PeerError`]: a refused identity binding loudly, the rest typed by kind.
+pub(crate) fn mls_error(e: MlsError, group: Option<&GroupId>) -> PeerError {
+    match e {
+        MlsError::IdentityBinding { client_id, reason } => PeerError::GroupIdentity {
+            peer: client_id,
+            reason: reason.to_owned(),
+        },
+        MlsError::UnknownGroup(g) => PeerError::UnknownGroup(g.to_string()),
+        e => PeerError::Group {
+            group: group.map(ToString::to_string),
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn wire_group(gid: &GroupId) -> Result<lattice_protocol::GroupId, PeerError> {
+    lattice_protocol::GroupId::new(gid.to_string())
+        .map_err(|e| PeerError::Protocol(format!("group id: {e}")))
+}
+
+impl Groups {
+    /// Opens (or creates) this device's MLS state at `path`.
+    ///
+    /// # Errors
+    /// [`PeerError::Io`] if the file cannot be created; [`PeerError::Group`] if the store cannot
+    /// be opened, or holds another id's client.
+    pub(crate) fn open(
+        path: &std::path::Path,
+        identity: &Identity,
+        client_id: ClientId,
+        self_update: Duration,
+        components: (Arc<Trust>, Arc<Requests>, Arc<Link>, Arc<Dispatcher>),
+    ) -> Result<Self, PeerError> {
+        let (trust, requests, link, dispatcher) = components;
+        // The file holds every group's secrets: owner-only from its creation (SQLite gives its
+        // -wal and -shm files the same permissions).
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        drop(
+            options
+                .open(path)
+                .map_err(|e| PeerError::Io(format!("{}: {e}", path.display())))?,
+        );
+        let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
+        let mls = match MlsClient::open(store) {
+            Ok(m) => m,
+            Err(MlsError::NoClient(_)) => {
+                let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
+                MlsClient::create(store, identity.identity_key(), client_id.clone())
+                    .map_err(|e| mls_error(e, None))?
+            }
+            Err(e) => return Err(mls_error(e, None)),
+        };
+        if mls.client_id() != &client_id {
+            return Err(PeerError::Group {
+                group: None,
+                reason: format!(
+                    "the MLS state at {} belongs to {}, not {client_id}",
+                    path.display(),
+                    mls.client_id()
+                ),
+            });
+        }
+        let mut heal = HealSchedule::new(self_update);
+        mls.connection()
+            .execute(HEAL_TABLE, [])
+            .map_err(|e| mls_error(e.into(), None))?;
+        let now = now_ms();
+        for g in mls.groups() {
+            let last: Option<i64> = mls
+                .connection()
+                .query_row(
+                    "SELECT last_update_ms FROM lattice_peer_group_heal WHERE group_id = ?1",
+                    [g.as_bytes()],
+                    |r| r.get(0),
+                )
+                .ok();
+            let ago = last.map_or(Duration::ZERO, |l| {
+                Duration::from_millis(now.saturating_sub(u64::try_from(l).unwrap_or(0)))
+            });
+            heal.updated_ago(g, ago);
+        }
+        let (queue_tx, queue_rx) = mpsc::channel(defaults::GROUP_RECEIVE_QUEUE);
+        Ok(Self {
+            client_id,
+            mls: Mutex::new(mls),
+            trust,
+            requests,
+            link,
+            dispatcher,
+            op: tokio::sync::Mutex::new(()),
+            epoch_moved: Notify::new(),
+            replenishing: tokio::sync::Mutex::new(()),
+            queue_tx,
+            queue_rx: Mutex::new(Some(queue_rx)),
+            seen: Mutex::new(Seen::default()),
+            heal: Mutex::new(heal),
+            heal_changed: Notify::new(),
+            this: Mutex::new(None),
+        })
+    }
+
+    /// Shares the component, remembering itself for the tasks it spawns.
+    pub(crate) fn into_arc(self) -> Arc<Self> {
+        let me = Arc::new(self);
+        *lock(&me.this) = Some(Arc::downgrade(&me));
+        me
+    }
+
+    // ---- KeyPackages ---------------------------------------------------------------------
+
+    /// Reads our KeyPackage stock at the server and tops it up to
+    /// [`defaults::KEY_PACKAGE_STOCK_TARGET`] when it is under
+    /// [`KEY_PACKAGE_LOW_STOCK`], with a last-resort KeyPackage when there is none. Returns the
+    /// stock after.
+    pub(crate) async fn replenish(&self) -> Result<u32, PeerError> {
+        let _one = self.replenishing.lock().await;
+        let answer = self
+            .requests
+            .request(
+                Lane::Normal,
+                ClientFrame::KeyPackageUpload(KeyPackageUpload::default()),
+                "key_package_upload",
+                WaitOptions::default(),
+            )
+            .await?;
+        let ServerFrame::KeyPackagesStored(stock) = answer else {
+            return Err(unexpected("key_package_upload", &answer));
+        };
+        let have = usize::try_from(stock.stock).unwrap_or(usize::MAX);
+        let count = if have < KEY_PACKAGE_LOW_STOCK {
+            defaults::KEY_PACKAGE_STOCK_TARGET
+                .saturating_sub(have)
+                .min(MAX_KEY_PACKAGE_UPLOAD)
+        } else {
+            0
+        };
+        if count == 0 && stock.last_resort {
+            return Ok(stock.stock);
+        }
+        let upload = {
+            let mut mls = lock(&self.mls);
+            let key_packages = mls
+                .key_packages(count)
+                .map_err(|e| mls_error(e, None))?
+                .iter()
+                .map(|k| B64.encode(k))
+                .collect();
+            let last_resort = if stock.last_resort {
+                None
+            } else {
+                Some(
+                    B64.encode(
+                        mls.last_resort_key_package()
+                            .map_err(|e| mls_error(e, None))?,
+                    ),
+                )
+            };
+            KeyPackageUpload {
+                key_packages,
+                last_resort,
+            }
+        };
+        let answer = self
+            .requests
+            .request(
+                Lane::Normal,
+                ClientFrame::KeyPackageUpload(upload),
+                "key_package_upload",
+                WaitOptions::default(),
+            )
+            .await?;
+        let ServerFrame::KeyPackagesStored(after) = answer else {
+            return Err(unexpected("key_package_upload", &answer));
+        };
+        tracing::info!(peer = %self.client_id, uploaded = count, stock = after.stock, "KeyPackages uploaded");
+        Ok(after.stock)
+    }
+
+    /// Runs [`Groups::replenish`] in the background, reporting a failure as an event.
+    pub(crate) fn replenish_later(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = me.replenish().await {
+                tracing::warn!(peer = %me.client_id, error = %Sanitized(&e), "KeyPackage upload failed");
+                me.dispatcher.emit(PeerEvent::Error(e));
+            }
+        });
+    }
+
+    /// Fetches a KeyPackage of `member` and validates it against the identity key pinned for
+    /// it (pinning it first, TOFU with the `keySignature` check, when none is).
+    async fn fetch_key_package(
+        &self,
+        member: &ClientId,
+    ) -> Result<lattice_mls::ValidatedKeyPackage, PeerError> {
+        if self.trust.key_store().pinned(member)?.is_none() {
+            self.trust.fetch_key(member).await?;
+        }
+        let m = member.clone();
+        let options = WaitOptions::default()
+            .filter(move |f| matches!(f, ServerFrame::KeyPackage(k) if k.client_id == m));
+        let answer = self
+            .requests
+            .request(
+                Lane::Normal,
+                ClientFrame::KeyPackageFetch(KeyPackageFetch {
+                    client_id: member.clone(),
+                }),
+                "key_package_fetch",
+                options,
+            )
+            .await?;
+        let ServerFrame::KeyPackage(found) = answer else {
+            return Err(unexpected("key_package_fetch", &answer));
+        };
+        let bytes = B64
+            .decode(&found.key_package)
+            .map_err(|_| PeerError::Protocol("KeyPackage is not base64".into()))?;
+        let pins = self.pins();
+        let validated = lock(&self.mls)
+            .validate_key_package(&bytes, &pins)
+            .map_err(|e| mls_error(e, None))?;
+        if &validated.identity().client_id != member {
+            return Err(PeerError::GroupIdentity {
+                peer: member.to_string(),
+                reason: format!(
+                    "the KeyPackage fetched for it belongs to {}",
+                    validated.identity().client_id
+                ),
+            });
+        }
+        Ok(validated)
+    }
+
+    /// The pins the engine checks members against: the key store's.
+    fn pins(&self) -> impl Fn(&ClientId) -> Option<lattice_crypto::IdentityPublicKey> + '_ {
+        move |id: &ClientId| self.trust.key_store().pinned(id).ok().flatten()
+    }
+
+    /// Runs an engine call that checks members against the pins; while it is refused only
+    /// because some member's id has no pinned key yet, fetches that key (TOFU) and tries again.
+    async fn with_pins<T>(
+        &self,
+        mut f: impl FnMut(&mut MlsClient, &dyn lattice_mls::IdentityPins) -> Result<T, MlsError>,
+    ) -> Result<Result<T, MlsError>, PeerError> {
+        for _ in 0..defaults::GROUP_PIN_FETCHES {
+            let r = {
+                let pins = self.pins();
+                let mut mls = lock(&self.mls);
+                f(&mut mls, &pins)
+            };
+            match r.as_ref().err().and_then(MlsError::unpinned_id) {
+                Some(id) => {
+                    let id = ClientId::new(id).map_err(|_| PeerError::GroupIdentity {
+                        peer: id.to_owned(),
+                        reason: "invalid client id in a credential".into(),
+                    })?;
+                    self.trust.fetch_key(&id).await?;
+                }
+                None => return Ok(r),
+            }
+        }
+        Err(PeerError::Group {
+            group: None,
+            reason: "too many members without a pinned key".into(),
+        })
+    }
+
+    // ---- Commits -------------------------------------------------------------------------
+
+    /// Makes a Commit with `make` and sends it; on `STALE_EPOCH` discards it, waits for the
+    /// winner to be processed and makes it again (at most [`defaults::COMMIT_ATTEMPTS`] times).
+    /// `make` returns the Commit and the member ids after it.
+    async fn commit(
+        &self,
+        gid: &GroupId,
+        mut make: impl FnMut(&mut MlsClient) -> Result<OutgoingCommit, MlsError>,
+    ) -> Result<(), PeerError> {
+        for attempt in 1..=defaults::COMMIT_ATTEMPTS {
+            let guard = self.op.lock().await;
+            let (out, members) = {
+                let mut mls = lock(&self.mls);
+                let out = make(&mut mls).map_err(|e| mls_error(e, Some(gid)))?;
+                // What the staged Commit really does (queued proposals included), for the
+                // server's fan-out list.
+                match mls.pending_commit_members(gid) {
+                    Ok(m) => (out, m),
+                    Err(e) => {
+                        drop(mls);
+                        self.discard(gid);
+                        return Err(mls_error(e, Some(gid)));
+                    }
+                }
+            };
+            let frame = GroupCommit {
+                group_id: wire_group(gid)?,
+                epoch: out.epoch,
+                commit: B64.encode(&out.commit),
+                welcome: out.welcome.as_ref().map(|w| B64.encode(w)),
+                members,
+                message_id: new_message_id(),
+            };
+            let answer = self.send_commit(frame).await;
+            match answer {
+                Ok(ServerFrame::GroupCommitAccepted(_)) => {
+                    let events = lock(&self.mls)
+                        .confirm_commit(gid)
+                        .map_err(|e| mls_error(e, Some(gid)))?;
+                    tracing::info!(peer = %self.client_id, group = %gid, epoch = out.epoch + 1, "commit accepted");
+                    self.epoch_moved.notify_waiters();
+                    self.emit_changes(gid, Some(&self.client_id.clone()), events);
+                    return Ok(());
+                }
+                Ok(other) => {
+                    self.discard(gid);
+                    return Err(unexpected("group_commit", &other));
+                }
+                Err(e) if e.error_type() == Some(ErrorType::StaleEpoch) => {
+                    self.discard(gid);
+                    drop(guard);
+                    tracing::info!(peer = %self.client_id, group = %gid, epoch = out.epoch, attempt, "commit lost its epoch; processing the winner");
+                    self.wait_epoch_after(gid, out.epoch).await?;
+                }
+                Err(e) => {
+                    self.discard(gid);
+                    return Err(e);
+                }
+            }
+        }
+        Err(PeerError::CommitConflict {
+            group: gid.to_string(),
+            attempts: defaults::COMMIT_ATTEMPTS,
+        })
+    }
+
+    /// Sends a Commit until the server rules on it. Every resend is the same frame (same
+    /// `messageId`), which the server answers as accepted again if the Commit won: so a lost
+    /// answer (a dropped connection, a timeout) is resent rather than given up, as long as the
+    /// error may pass, up to [`defaults::COMMIT_SENDS`] times [`defaults::COMMIT_SEND_RETRIES`]
+    /// + 1 attempts, [`defaults::COMMIT_RESEND_DELAY`] apart.
+    async fn send_commit(&self, frame: GroupCommit) -> Result<ServerFrame, PeerError> {
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let answer = self
+                .requests
+                .request(
+                    Lane::Normal,
+                    ClientFrame::GroupCommit(frame.clone()),
+                    "group_commit",
+                    WaitOptions::default().retries(defaults::COMMIT_SEND_RETRIES),
+                )
+                .await;
+            match answer {
+                Err(e) if e.is_transient() && sends < defaults::COMMIT_SENDS => {
+                    tracing::info!(peer = %self.client_id, error = %Sanitized(&e), sends, "commit not answered yet; resending it");
+                    tokio::time::sleep(defaults::COMMIT_RESEND_DELAY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn discard(&self, gid: &GroupId) {
+        if let Err(e) = lock(&self.mls).discard_commit(gid) {
+            tracing::warn!(peer = %self.client_id, group = %gid, error = %e, "discarding a commit failed");
+        }
+    }
+
+    /// Waits until `gid` is past `epoch` (the winning Commit was processed) or gone.
+    async fn wait_epoch_after(&self, gid: &GroupId, epoch: u64) -> Result<(), PeerError> {
+        let deadline = Instant::now() + defaults::COMMIT_CATCH_UP;
+        loop {
+            let moved = self.epoch_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            match lock(&self.mls).epoch(gid) {
+                Ok(e) if e > epoch => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(mls_error(e, Some(gid))),
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return Err(PeerError::Group {
+                    group: Some(gid.to_string()),
+                    reason: format!(
+                        "the Commit that won epoch {epoch} did not arrive within {:?}",
+                        defaults::COMMIT_CATCH_UP
+                    ),
+                });
+            }
+        }
+    }
+
+    // ---- The API -------------------------------------------------------------------------
+
+    /// Creates a group named `name` with `members` (each from a fetched, validated KeyPackage).
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        members: &[ClientId],
+    ) -> Result<GroupId, PeerError> {
+        let members = self.others(members)?;
+        let mut kps = Vec::with_capacity(members.len());
+        for m in &members {
+            kps.push(self.fetch_key_package(m).await?);
+        }
+        let gid = {
+            let _g = self.op.lock().await;
+            lock(&self.mls)
+                .create_group(name)
+                .map_err(|e| mls_error(e, None))?
+        };
+        self.commit(&gid, |mls| mls.add_members(&gid, &kps)).await?;
+        self.schedule_heal(&gid, Duration::ZERO);
+        Ok(gid)
+    }
+
+    /// `members` without us, without duplicates, and not empty.
+    fn others(&self, members: &[ClientId]) -> Result<Vec<ClientId>, PeerError> {
+        let mut out: Vec<ClientId> = members
+            .iter()
+            .filter(|m| **m != self.client_id)
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err(PeerError::InvalidArgument(
+                "name at least one member other than yourself".into(),
+            ));
+        }
+        if out.len() >= lattice_protocol::limits::MAX_GROUP_MEMBERS {
+            return Err(PeerError::InvalidArgument(format!(
+                "a group has at most {} members",
+                lattice_protocol::limits::MAX_GROUP_MEMBERS
+            )));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn invite(
+        &self,
+        gid: &GroupId,
+        members: &[ClientId],
+    ) -> Result<(), PeerError> {
+        let members = self.others(members)?;
+        let mut kps = Vec::with_capacity(members.len());
+        for m in &members {
+            kps.push(self.fetch_key_package(m).await?);
+        }
+        self.commit(gid, |mls| mls.add_members(gid, &kps)).await
+    }
+
+    pub(crate) async fn remove(
+        &self,
+        gid: &GroupId,
+        members: &[ClientId],
+    ) -> Result<(), PeerError> {
+        let members = self.others(members)?;
+        self.commit(gid, |mls| mls.remove_members(gid, &members))
+            .await
+    }
+
+    pub(crate) async fn rename(&self, gid: &GroupId, name: &str) -> Result<(), PeerError> {
+        self.commit(gid, |mls| mls.rename(gid, name)).await
+    }
+
+    pub(crate) async fn self_update(&self, gid: &GroupId) -> Result<(), PeerError> {
+        self.commit(gid, |mls| mls.self_update(gid)).await?;
+        self.schedule_heal(gid, Duration::ZERO);
+        Ok(())
+    }
+
+    /// Asks to leave: a Remove proposal of ourselves, which another member commits.
+    pub(crate) async fn leave(&self, gid: &GroupId) -> Result<(), PeerError> {
+        let proposal = {
+            let _g = self.op.lock().await;
+            lock(&self.mls)
+                .leave(gid)
+                .map_err(|e| mls_error(e, Some(gid)))?
+        };
+        self.send_group_frame(gid, proposal, new_message_id())
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends `content` (a text or a reply) to the group. Returns its message id.
+    pub(crate) async fn send(
+        &self,
+        gid: &GroupId,
+        content: &Content,
+    ) -> Result<MessageId, PeerError> {
+        if !matches!(content, Content::Text(_) | Content::Reply { .. }) {
+            return Err(PeerError::InvalidArgument(format!(
+                "groups carry texts and replies; {} is not supported in groups yet",
+                content.kind()
+            )));
+        }
+        let (kind, body) = content.encode()?;
+        let message_id = new_message_id();
+        let plaintext = serde_json::to_vec(&Plaintext {
+            message_id: message_id.clone(),
+            kind: kind.to_owned(),
+            body,
+            sent_at: now_ms(),
+        })
+        .map_err(|e| PeerError::Protocol(e.to_string()))?;
+        let sealed = {
+            let _g = self.op.lock().await;
+            lock(&self.mls)
+                .encrypt(gid, &plaintext)
+                .map_err(|e| mls_error(e, Some(gid)))?
+        };
+        self.send_group_frame(gid, sealed, message_id).await
+    }
+
+    async fn send_group_frame(
+        &self,
+        gid: &GroupId,
+        message: Vec<u8>,
+        message_id: MessageId,
+    ) -> Result<MessageId, PeerError> {
+        let frame = GroupMessageFrame {
+            group_id: wire_group(gid)?,
+            message: B64.encode(message),
+            message_id: Some(message_id.clone()),
+        };
+        let answer = self
+            .requests
+            .request(
+                Lane::Normal,
+                ClientFrame::GroupMessage(frame),
+                "group_message",
+                WaitOptions::default(),
+            )
+            .await?;
+        match answer {
+            ServerFrame::GroupMessageAccepted(_) => Ok(message_id),
+            other => Err(unexpected("group_message", &other)),
+        }
+    }
+
+    pub(crate) fn groups(&self) -> Vec<GroupId> {
+        lock(&self.mls).groups()
+    }
+
+    pub(crate) fn info(&self, gid: &GroupId) -> Result<GroupInfo, PeerError> {
+        let mls = lock(&self.mls);
+        let err = |e| mls_error(e, Some(gid));
+        let mut members: Vec<GroupMember> = mls
+            .members(gid)
+            .map_err(err)?
+            .into_iter()
+            .map(|m| GroupMember {
+                client_id: m.identity.client_id,
+                fingerprint: m.identity.identity_key.fingerprint(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        members.dedup_by(|a, b| a.client_id == b.client_id);
+        Ok(GroupInfo {
+            id: gid.clone(),
+            name: mls.group_name(gid).map_err(err)?,
+            epoch: mls.epoch(gid).map_err(err)?,
+            members,
+        })
+    }
+
+    // ---- Incoming ------------------------------------------------------------------------
+
+    /// Queues an incoming `mls` message for the worker. A full queue drops it unacknowledged
+    /// (the server delivers it again after a reconnect) and reports it.
+    pub(crate) fn deliver(&self, d: Delivered) {
+        if let Err(e) = self.queue_tx.try_send(d) {
+            let from = match e {
+                mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => {
+                    d.from_id
+                }
+            };
+            tracing::warn!(peer = %self.client_id, from = %from, "group receive queue full, message dropped unacknowledged");
+            self.dispatcher
+                .emit(PeerEvent::Error(PeerError::ReceiveQueueFull { from }));
+        }
+    }
+
+    /// Processes queued `mls` messages one at a time, in order, until cancelled; also runs the
+    /// healing schedule.
+    pub(crate) async fn worker(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut rx) = lock(&self.queue_rx).take() else {
+            return;
+        };
+        loop {
+            let next_heal = lock(&self.heal).next_due();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                d = rx.recv() => match d {
+                    Some(d) => self.process(d).await,
+                    None => break,
+                },
+                () = self.heal_changed.notified() => {}
+                () = sleep_until_some(next_heal) => self.heal_due(),
+            }
+        }
+        *lock(&self.queue_rx) = Some(rx);
+    }
+
+    /// Starts the self-updates that are due, each on its own task (a Commit that loses its
+    /// epoch waits for this worker to process the winner). Each is marked for a retry first, so
+    /// it is not started twice; a success reschedules it a full interval later.
+    fn heal_due(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due = lock(&self.heal).due(now);
+        for gid in due {
+            lock(&self.heal).retry_at(gid.clone(), now + defaults::SELF_UPDATE_RETRY);
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                match me.self_update(&gid).await {
+                    Ok(()) => {
+                        tracing::info!(peer = %me.client_id, group = %gid, "scheduled self-update done")
+                    }
+                    Err(PeerError::UnknownGroup(_)) => lock(&me.heal).forget(&gid),
+                    Err(e) => {
+                        tracing::warn!(peer = %me.client_id, group = %gid, error = %Sanitized(&e), "scheduled self-update failed; retried later");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Records that `gid` rotated its keys `ago` before now (persisted for restarts).
+    fn schedule_heal(&self, gid: &GroupId, ago: Duration) {
+        let at = now_ms().saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX));
+        let r = lock(&self.mls).connection().execute(
+            "INSERT INTO lattice_peer_group_heal (group_id, last_update_ms) VALUES (?1, ?2)
+             ON CONFLICT(group_id) DO UPDATE SET last_update_ms = excluded.last_update_ms",
+            rusqlite::params![gid.as_bytes(), i64::try_from(at).unwrap_or(i64::MAX)],
+        );
+        if let Err(e) = r {
+            tracing::warn!(peer = %self.client_id, group = %gid, error = %e, "heal time not stored");
+        }
+        lock(&self.heal).updated_ago(gid.clone(), ago);
+        self.heal_changed.notify_one();
+    }
+
+    async fn process(&self, d: Delivered) {
+        let from = d.from_id.clone();
+        let Some(message_id) = d.message_id.clone() else {
+            self.refuse(None, &from, "a group message without a message id");
+            return;
+        };
+        if !lock(&self.seen).insert((from.clone(), message_id.clone())) {
+            tracing::debug!(peer = %self.client_id, from = %from, message_id = %message_id, "duplicate group message dropped");
+            self.link.ack(&from, &message_id);
+            return;
+        }
+        let ack = {
+            let _g = self.op.lock().await;
+            self.open_message(&d).await
+        };
+        if ack {
+            self.link.ack(&from, &message_id);
+        } else {
+            // Not acknowledged: the server delivers it again; let it through then.
+            lock(&self.seen).set.remove(&(from, message_id));
+        }
+    }
+
+    fn refuse(&self, group: Option<&GroupId>, from: &ClientId, reason: &str) {
+        tracing::warn!(peer = %self.client_id, from = %from, group = ?group.map(ToString::to_string), reason, "group message refused");
+        self.dispatcher
+            .emit(PeerEvent::Error(PeerError::GroupRejected {
+                group: group.map(ToString::to_string),
+                from: from.clone(),
+                reason: reason.to_owned(),
+            }));
+    }
+
+    /// Opens one delivered `mls` message and raises its events. Returns whether to acknowledge
+    /// it (everything but a failure of our own store, which may pass).
+    async fn open_message(&self, d: &Delivered) -> bool {
+        let from = &d.from_id;
+        let Ok(env) = serde_json::from_str::<MlsEnvelope>(d.message.get()) else {
+            self.refuse(None, from, "malformed mls envelope");
+            return true;
+        };
+        let Ok(data) = B64.decode(&env.data) else {
+            self.refuse(None, from, "mls data is not base64");
+            return true;
+        };
+        // The group the MLS message itself names (not the envelope's claim); a Welcome names
+        // none until it is joined.
+        let gid = match env.kind {
+            MlsKind::Welcome => GroupId::from_bytes(&[]),
+            _ => match MlsClient::message_group(&data) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.refuse(None, from, &e.to_string());
+                    return true;
+                }
+            },
+        };
+        let outcome = match env.kind {
+            MlsKind::Welcome => {
+                self.with_pins(|mls, pins| mls.join(&data, pins).map(|(g, ev)| (g, vec![ev])))
+                    .await
+            }
+            MlsKind::Commit | MlsKind::Message => {
+                self.with_pins(|mls, pins| mls.process(&data, pins).map(|ev| (gid.clone(), ev)))
+                    .await
+            }
+        };
+        let result = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                // A key fetch for a member failed (the server is slow, or the key changed).
+                self.refuse(Some(&gid), from, &format!("a member's key: {e}"));
+                return !e.is_transient();
+            }
+        };
+        match result {
+            Ok((g, events)) => {
+                if env.kind != MlsKind::Message
+                    || events
+                        .iter()
+                        .any(|e| matches!(e, GroupEvent::EpochChanged { .. } | GroupEvent::Removed))
+                {
+                    self.epoch_moved.notify_waiters();
+                }
+                if env.kind == MlsKind::Welcome {
+                    self.schedule_heal(&g, Duration::ZERO);
+                }
+                self.handle_events(&g, from, d.message_id.as_ref(), events);
+                true
+            }
+            Err(MlsError::StaleEpoch { got, current }) => {
+                // A replayed handshake message (or one this device already processed before a
+                // restart): ignored.
+                tracing::debug!(peer = %self.client_id, group = %gid, got, current, "stale handshake message ignored");
+                true
+            }
+            Err(MlsError::UnknownGroup(_)) if env.kind != MlsKind::Welcome => {
+                tracing::debug!(peer = %self.client_id, group = %gid, "message for a group we are not in ignored");
+                true
+            }
+            Err(MlsError::Store(e)) => {
+                tracing::error!(peer = %self.client_id, group = %gid, error = %e, "MLS store failed; message kept at the server");
+                self.dispatcher
+                    .emit(PeerEvent::Error(mls_error(MlsError::Store(e), Some(&gid))));
+                false
+            }
+            Err(MlsError::IdentityBinding { client_id, reason }) => {
+                tracing::warn!(peer = %self.client_id, group = %gid, member = %client_id, reason, "member's identity binding refused");
+                self.dispatcher
+                    .emit(PeerEvent::Error(PeerError::GroupIdentity {
+                        peer: client_id,
+                        reason: reason.to_owned(),
+                    }));
+                true
+            }
+            Err(e) => {
+                self.refuse(Some(&gid), from, &e.to_string());
+                true
+            }
+        }
+    }
+
+    fn handle_events(
+        &self,
+        gid: &GroupId,
+        from: &ClientId,
+        message_id: Option<&MessageId>,
+        events: Vec<GroupEvent>,
+    ) {
+        let mut app = Vec::new();
+        let mut changes = Vec::new();
+        for e in events {
+            match e {
+                GroupEvent::Application { sender, bytes } => app.push((sender, bytes)),
+                other => changes.push(other),
+            }
+        }
+        for (sender, bytes) in app {
+            match self.read_application(gid, from, message_id, &sender.client_id, &bytes) {
+                Ok(m) => self.dispatcher.emit(PeerEvent::GroupMessage(m)),
+                Err(reason) => self.refuse(Some(gid), from, &reason),
+            }
+        }
+        let leavers: Vec<ClientId> = changes
+            .iter()
+            .filter_map(|c| match c {
+                GroupEvent::LeaveRequested { member } => Some(member.client_id.clone()),
+                _ => None,
+            })
+            .collect();
+        self.emit_changes(gid, Some(from), changes);
+        if !leavers.is_empty() {
+            self.commit_leave_later(gid.clone(), leavers);
+        }
+    }
+
+    fn read_application(
+        &self,
+        gid: &GroupId,
+        from: &ClientId,
+        message_id: Option<&MessageId>,
+        sender: &ClientId,
+        bytes: &[u8],
+    ) -> Result<GroupMessage, String> {
+        if sender != from {
+            return Err(format!("sent by {from} but signed by member {sender}"));
+        }
+        let p: Plaintext =
+            serde_json::from_slice(bytes).map_err(|_| "malformed group plaintext".to_owned())?;
+        if Some(&p.message_id) != message_id {
+            return Err("message id differs from the one inside".into());
+        }
+        let content = Content::decode(&p.kind, &p.body).map_err(|e| e.to_string())?;
+        if !matches!(content, Content::Text(_) | Content::Reply { .. }) {
+            return Err(format!("{} is not supported in groups", content.kind()));
+        }
+        Ok(GroupMessage {
+            group: gid.clone(),
+            from: sender.clone(),
+            message_id: p.message_id,
+            content,
+            sent_at: p.sent_at,
+        })
+    }
+
+    fn emit_changes(&self, gid: &GroupId, by: Option<&ClientId>, events: Vec<GroupEvent>) {
+        for e in events {
+            let change = match e {
+                GroupEvent::Joined { name, members } => GroupChange::Joined {
+                    name,
+                    members: members.into_iter().map(|m| m.client_id).collect(),
+                },
+                GroupEvent::MembersAdded { members } => {
+                    GroupChange::MembersAdded(members.into_iter().map(|m| m.client_id).collect())
+                }
+                GroupEvent::MemberRemoved { member } => {
+                    GroupChange::MemberRemoved(member.client_id)
+                }
+                GroupEvent::LeaveRequested { member } => {
+                    GroupChange::LeaveRequested(member.client_id)
+                }
+                GroupEvent::MemberUpdated { member } => {
+                    GroupChange::MemberUpdated(member.client_id)
+                }
+                GroupEvent::Renamed { name } => GroupChange::Renamed(name),
+                GroupEvent::EpochChanged { epoch } => GroupChange::EpochChanged(epoch),
+                GroupEvent::Removed => {
+                    lock(&self.heal).forget(gid);
+                    GroupChange::Removed
+                }
+                _ => continue,
+            };
+            self.dispatcher.emit(PeerEvent::GroupChanged {
+                group: gid.clone(),
+                by: by.cloned(),
+                change,
+            });
+        }
+    }
+
+    /// A member asked to leave: the remaining member with the lowest leaf index commits it
+    /// (one committer, so members do not race for it).
+    fn commit_leave_later(&self, gid: GroupId, leavers: Vec<ClientId>) {
+        let committer = {
+            let mls = lock(&self.mls);
+            mls.members(&gid).ok().and_then(|ms| {
+                ms.into_iter()
+                    .filter(|m| !leavers.contains(&m.identity.client_id))
+                    .min_by_key(|m| m.leaf_index)
+                    .map(|m| m.identity.client_id)
+            })
+        };
+        if committer.as_ref() != Some(&self.client_id) {
+            return;
+        }
+        let Some(me) = self.self_arc() else { return };
+        tokio::spawn(async move {
+            let r = me
+                .commit(&gid, |mls| mls.commit_pending_proposals(&gid))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(peer = %me.client_id, group = %gid, error = %Sanitized(&e), "committing a leave failed");
+                me.dispatcher.emit(PeerEvent::Error(e));
+            }
+        });
+    }
+
+    fn self_arc(&self) -> Option<Arc<Self>> {
+        lock(&self.this).as_ref().and_then(std::sync::Weak::upgrade)
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::keys::KeyStore as _;
+    use crate::testkit::{id, identity, Kit};
+    use lattice_mls::ValidatedKeyPackage;
+
+    /// A delivered `mls` envelope from alice.
+    fn delivered(kind: MlsKind, g: &GroupId, data: &[u8], mid: &str) -> Delivered {
+        let env = MlsEnvelope {
+            algorithm: lattice_protocol::MLS_ALGORITHM.into(),
+            kind,
+            group_id: wire_group(g).unwrap(),
+            epoch: None,
+            data: B64.encode(data),
+        };
+        Delivered {
+            message: serde_json::value::to_raw_value(&env).unwrap(),
+            from_id: id("alice"),
+            timestamp: 1,
+            message_id: Some(MessageId::new(mid).unwrap()),
+        }
+    }
+
+    fn acked(kit: &mut Kit) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(f) = kit.try_sent() {
+            if let ClientFrame::Ack(a) = f.body {
+                out.push(a.message_id.to_string());
+            }
+        }
+        out
+    }
+
+    fn changes(kit: &Kit) -> Vec<String> {
+        std::mem::take(&mut *lock(&kit.events))
+            .into_iter()
+            .map(|e| match e {
+                PeerEvent::GroupChanged { change, .. } => format!("{change:?}"),
+                PeerEvent::Error(e) => format!("error: {e}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// bob's `Groups` fed by hand with what alice's engine (in the test) makes: a Commit
+    /// delivered again under another message id (what a replaying server can do) changes
+    /// nothing and is acknowledged; a Commit whose predecessor was dropped is reported.
+    #[tokio::test]
+    async fn a_replayed_commit_is_ignored_and_a_missing_one_is_reported() {
+        let mut kit = Kit::new("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let alice_identity = identity();
+        kit.store
+            .pin(&id("alice"), &alice_identity.identity_public_key())
+            .unwrap();
+        kit.store
+            .pin(&id("bob"), &kit.identity.identity_public_key())
+            .unwrap();
+        let bob = Groups::open(
+            &dir.path().join("bob.mls"),
+            &kit.identity,
+            id("bob"),
+            defaults::SELF_UPDATE_INTERVAL,
+            (
+                Arc::clone(&kit.trust),
+                Arc::clone(&kit.requests),
+                Arc::clone(&kit.link),
+                Arc::clone(&kit.dispatcher),
+            ),
+        )
+        .unwrap()
+        .into_arc();
+        let mut alice = MlsClient::create(
+            MlsStore::open(dir.path().join("alice.mls")).unwrap(),
+            alice_identity.identity_key(),
+            id("alice"),
+        )
+        .unwrap();
+        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
+        let (a_pin, b_pin) = (
+            alice_identity.identity_public_key(),
+            kit.identity.identity_public_key(),
+        );
+        let pins = move |c: &ClientId| match c.as_str() {
+            "alice" => Some(a_pin),
+            "bob" => Some(b_pin),
+            _ => None,
+        };
+        let kp: ValidatedKeyPackage = alice.validate_key_package(&kp, &pins).unwrap();
+        let g = alice.create_group("g").unwrap();
+        let add = alice.add_members(&g, &[kp]).unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Welcome, &g, &add.welcome.unwrap(), "w"))
+            .await;
+        assert_eq!(acked(&mut kit), ["w"]);
+        let c1 = alice.rename(&g, "one").unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Commit, &g, &c1.commit, "c1"))
+            .await;
+        assert_eq!(acked(&mut kit), ["c1"]);
+        let seen = changes(&kit);
+        assert!(
+            seen.iter().any(|c| c.contains("Renamed(\"one\")")),
+            "{seen:?}"
+        );
+        assert_eq!(lock(&bob.mls).epoch(&g).unwrap(), 2);
+
+        // The same Commit again, under a new message id: ignored, acknowledged, nothing moves.
+        bob.process(delivered(MlsKind::Commit, &g, &c1.commit, "c1-again"))
+            .await;
+        assert_eq!(acked(&mut kit), ["c1-again"]);
+        assert!(changes(&kit).is_empty());
+        assert_eq!(lock(&bob.mls).epoch(&g).unwrap(), 2);
+
+        // A Commit whose predecessor never came: refused loudly, the group stays where it was.
+        alice.rename(&g, "two").unwrap();
+        alice.confirm_commit(&g).unwrap();
+        let c3 = alice.rename(&g, "three").unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Commit, &g, &c3.commit, "c3"))
+            .await;
+        assert_eq!(acked(&mut kit), ["c3"]);
+        let seen = changes(&kit);
+        assert!(
+            matches!(seen.as_slice(), [e] if e.contains("error") && e.contains("Commit is missing")),
+            "{seen:?}"
+        );
+        assert_eq!(lock(&bob.mls).group_name(&g).unwrap(), "one");
+    }
+
+    fn g(b: u8) -> GroupId {
+        GroupId::from_bytes(&[b; 16])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_is_due_for_healing_once_its_interval_has_passed() {
+        let day = Duration::from_secs(24 * 3600);
+        let mut s = HealSchedule::new(7 * day);
+        assert_eq!(s.next_due(), None);
+        s.updated_ago(g(1), Duration::ZERO);
+        // Rotated 6 days before a restart: due one day after it.
+        s.updated_ago(g(2), 6 * day);
+        tokio::time::advance(day - Duration::from_secs(1)).await;
+        assert!(s.due(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.due(Instant::now()), vec![g(2)]);
+        s.updated_ago(g(2), Duration::ZERO);
+        tokio::time::advance(6 * day).await;
+        assert_eq!(s.due(Instant::now()), vec![g(1)]);
+        s.retry_at(g(1), Instant::now() + Duration::from_secs(600));
+        assert!(s.due(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(s.due(Instant::now()), vec![g(1)]);
+        s.forget(&g(1));
+        // Long overdue (a device off for a month) is due at once, not in the past forever.
+        s.updated_ago(g(3), 30 * day);
+        assert_eq!(s.due(Instant::now()), vec![g(3)]);
+    }
+
+    #[test]
+    fn seen_ids_are_bounded() {
+        let mut s = Seen::default();
+        let a = ClientId::new("a").unwrap_or_else(|_| unreachable!());
+        let id = |n: usize| MessageId::new(format!("m{n}")).unwrap_or_else(|_| unreachable!());
+        assert!(s.insert((a.clone(), id(0))));
+        assert!(!s.insert((a.clone(), id(0))));
+        for n in 1..=defaults::GROUP_SEEN_IDS {
+            s.insert((a.clone(), id(n)));
+        }
+        assert_eq!(s.set.len(), defaults::GROUP_SEEN_IDS);
+        assert!(s.insert((a, id(0))), "the oldest was forgotten");
+    }
+}
