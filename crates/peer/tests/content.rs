@@ -12,7 +12,7 @@ use lattice_peer::{
     PeerError, PeerEvent, ReactionAction, RejectReason,
 };
 use lattice_protocol::{Envelope, MessageId};
-use serde_json::json;
+use support::raw::RawClient;
 use support::server::*;
 use support::*;
 
@@ -253,48 +253,19 @@ async fn edits_deletes_reactions_and_receipts_that_do_not_fit_the_history_are_re
 /// An original client: registers without an identity key and reads `ml-kem-aes` messages.
 struct Original {
     kem: KemKeyPair,
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    raw: RawClient,
 }
 
 impl Original {
     async fn register(url: &str, id: &str) -> Self {
-        use futures_util::SinkExt as _;
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let kem = KemKeyPair::generate(&mut rand_core::OsRng);
-        let mut c = Self { kem, ws };
-        let pk = c.kem.public_key().as_bytes().to_vec();
-        c.ws.send(tokio_tungstenite::tungstenite::Message::text(
-            json!({"type": "register", "payload": {"clientId": id, "publicKey": pk}}).to_string(),
-        ))
-        .await
-        .unwrap();
-        let r = c.recv_type("register").await;
-        assert_eq!(r["payload"]["verified"], false, "{r}");
-        c
-    }
-
-    async fn recv_type(&mut self, ty: &str) -> serde_json::Value {
-        use futures_util::StreamExt as _;
-        loop {
-            let msg = tokio::time::timeout(EVENT_WAIT, self.ws.next())
-                .await
-                .expect("no frame in time")
-                .expect("closed")
-                .expect("read error");
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == ty {
-                    return v;
-                }
-            }
-        }
+        let raw = RawClient::register_unverified(url, id, kem.public_key().as_bytes()).await;
+        Self { kem, raw }
     }
 
     /// The text of the next message it receives.
     async fn next_text(&mut self) -> String {
-        let m = self.recv_type("message").await;
+        let m = self.raw.recv_type("message").await;
         let envelope: Envelope = serde_json::from_value(m["payload"]["message"].clone()).unwrap();
         assert_eq!(envelope.algorithm, ml_kem_aes::ALGORITHM);
         let (cipher_text, encrypted_data) = envelope.to_bytes().unwrap();

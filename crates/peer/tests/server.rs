@@ -16,6 +16,7 @@ use lattice_crypto::{lattice_v1, message_signature_payload, KemPublicKey};
 use lattice_peer::{Algorithm, ConnectionState, MessagingPeer, PeerError, PeerEvent, TlsOptions};
 use lattice_protocol::{AckStatus, ErrorType, MessageId, QuestionKind};
 use serde_json::json;
+use support::raw::RawClient;
 use support::server::*;
 use support::*;
 use tokio::sync::mpsc;
@@ -574,41 +575,14 @@ async fn retry_first_connect_gives_up_on_a_permanent_refusal_and_when_the_backof
 /// A raw client that registers unverified (no identity key), as an original client does, and
 /// then sends whatever it likes.
 struct Unverified {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    raw: RawClient,
 }
 
 impl Unverified {
     async fn register(url: &str, id: &str) -> Self {
-        use futures_util::SinkExt as _;
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut c = Self { ws };
         let kem = new_identity().kem_public_key().as_bytes().to_vec();
-        c.ws.send(tokio_tungstenite::tungstenite::Message::text(
-            json!({"type": "register", "payload": {"clientId": id, "publicKey": kem}}).to_string(),
-        ))
-        .await
-        .unwrap();
-        let r = c.recv_type("register").await;
-        assert_eq!(r["payload"]["verified"], false, "{r}");
-        c
-    }
-
-    async fn recv_type(&mut self, ty: &str) -> serde_json::Value {
-        use futures_util::StreamExt as _;
-        loop {
-            let msg = tokio::time::timeout(EVENT_WAIT, self.ws.next())
-                .await
-                .expect("no frame in time")
-                .expect("closed")
-                .expect("read error");
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == ty {
-                    return v;
-                }
-            }
+        Self {
+            raw: RawClient::register_unverified(url, id, &kem).await,
         }
     }
 
@@ -616,7 +590,6 @@ impl Unverified {
     /// id anyway), signed by a throwaway key; waits for the server's `message_ack`.
     async fn send_v1(&mut self, from: &str, to: &str, to_kem: &KemPublicKey, mid: &str) {
         use base64::Engine as _;
-        use futures_util::SinkExt as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let signer = new_identity();
         let sent_at = u64::try_from(
@@ -647,13 +620,8 @@ impl Unverified {
             "messageId": mid,
             "message": {"algorithm": "lattice-v1", "serializedCipherText": b64.encode(&sealed.cipher_text), "serializedEncryptedData": b64.encode(&sealed.encrypted_data)},
         }});
-        self.ws
-            .send(tokio_tungstenite::tungstenite::Message::text(
-                frame.to_string(),
-            ))
-            .await
-            .unwrap();
-        let ack = self.recv_type("message_ack").await;
+        self.raw.send(frame).await;
+        let ack = self.raw.recv_type("message_ack").await;
         assert_eq!(ack["payload"]["messageId"], mid, "{ack}");
     }
 }
