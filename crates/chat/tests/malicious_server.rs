@@ -6,81 +6,12 @@
 #[allow(dead_code)] // Shared with lattice-peer's tests, which use all of it.
 #[path = "../../peer/tests/support/fake.rs"]
 mod fake;
-
-use std::process::Stdio;
-use std::time::Duration;
+mod support;
 
 use fake::{error_frame, FakeConn, FakeServer};
 use lattice_crypto::Identity;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::{Child, ChildStdin};
-use tokio::sync::mpsc;
-
-/// Bound on waiting for one line of output.
-const LINE_WAIT: Duration = Duration::from_secs(15);
-
-struct Chat {
-    child: Child,
-    stdin: ChildStdin,
-    out: mpsc::UnboundedReceiver<String>,
-    /// Everything printed so far.
-    seen: Vec<String>,
-}
-
-impl Chat {
-    async fn start(url: &str, dir: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-chat"))
-            .args(["--server", url, "--id", "alice", "--identity-file"])
-            .arg(dir.join("alice.identity"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, out) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            out,
-            seen: Vec::new(),
-        }
-    }
-
-    async fn type_line(&mut self, line: &str) {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-
-    /// Reads output until a line containing `needle`; returns it.
-    async fn until(&mut self, needle: &str) -> String {
-        loop {
-            let line = tokio::time::timeout(LINE_WAIT, self.out.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no line with {needle:?}; saw {:#?}", self.seen))
-                .unwrap_or_else(|| panic!("output ended before {needle:?}; saw {:#?}", self.seen));
-            self.seen.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-}
+use support::chat::Chat;
 
 fn question(id: &str, text: &str, kind: &str, options: Option<Vec<&str>>) -> serde_json::Value {
     let mut q = json!({"text": text, "kind": kind});
@@ -106,7 +37,7 @@ async fn next_sent(conn: &mut FakeConn) -> serde_json::Value {
 async fn a_malicious_server_cannot_capture_lines_misaddress_them_or_silence_the_chat() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = FakeServer::start().await;
-    let mut chat = Chat::start(&server.url, dir.path()).await;
+    let mut chat = Chat::spawn(&server.url, dir.path(), "alice");
     let mut conn = server.next_conn().await;
     conn.accept_registration().await;
     chat.until("type /help for commands").await;
@@ -189,16 +120,9 @@ async fn a_malicious_server_cannot_capture_lines_misaddress_them_or_silence_the_
     assert_eq!(next["type"], "debug_question", "{next}");
 
     // Finding 6: /quit leaves at once, even with nothing more on stdin.
-    chat.type_line("/quit").await;
-    let status = tokio::time::timeout(LINE_WAIT, chat.child.wait())
-        .await
-        .expect("lattice-chat did not exit")
-        .unwrap();
+    let (status, seen) = chat.quit_with_output().await;
     assert!(status.success(), "{status:?}");
-    while let Some(line) = chat.out.recv().await {
-        chat.seen.push(line);
-    }
-    for line in &chat.seen {
+    for line in &seen {
         assert!(!line.contains('\x1b'), "raw escape printed: {line:?}");
     }
     drop(conn);

@@ -20,10 +20,19 @@ pub struct Chat {
 }
 
 impl Chat {
+    /// Starts `bob` (identity in `dir`) and waits for the prompt.
     pub async fn start(url: &str, dir: &std::path::Path) -> Self {
+        let mut chat = Self::spawn(url, dir, "bob");
+        chat.until("type /help for commands").await;
+        chat
+    }
+
+    /// Starts the chat as `id` (identity file `<id>.identity` in `dir`) without waiting for
+    /// anything: a scripted server has to answer the registration first.
+    pub fn spawn(url: &str, dir: &std::path::Path, id: &str) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-chat"))
-            .args(["--server", url, "--id", "bob", "--identity-file"])
-            .arg(dir.join("bob.identity"))
+            .args(["--server", url, "--id", id, "--identity-file"])
+            .arg(dir.join(format!("{id}.identity")))
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -42,14 +51,12 @@ impl Chat {
                 }
             }
         });
-        let mut chat = Self {
+        Self {
             _child: child,
             stdin,
             out,
             seen: Vec::new(),
-        };
-        chat.until("type /help for commands").await;
-        chat
+        }
     }
 
     pub async fn type_line(&mut self, line: &str) {
@@ -78,6 +85,20 @@ impl Chat {
     pub async fn kill9(mut self) {
         self._child.start_kill().unwrap();
         let _ = tokio::time::timeout(WAIT, self._child.wait()).await;
+    }
+
+    /// Types `/quit` and waits for the process to exit; returns its status and everything it
+    /// printed.
+    pub async fn quit_with_output(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        self.type_line("/quit").await;
+        let status = tokio::time::timeout(WAIT, self._child.wait())
+            .await
+            .expect("lattice-chat did not exit")
+            .unwrap();
+        while let Some(line) = self.out.recv().await {
+            self.seen.push(line);
+        }
+        (status, self.seen)
     }
 
     pub async fn quit(mut self) {
