@@ -21,9 +21,15 @@ pub struct Chat {
 
 impl Chat {
     pub async fn start(url: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(url, dir, &[]).await
+    }
+
+    /// [`Chat::start`] with extra flags.
+    pub async fn start_with(url: &str, dir: &std::path::Path, flags: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-chat"))
             .args(["--server", url, "--id", "bob", "--identity-file"])
             .arg(dir.join("bob.identity"))
+            .args(flags)
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
