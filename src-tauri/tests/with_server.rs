@@ -194,8 +194,12 @@ fn a_read_receipt_owed_while_offline_goes_out_by_itself_after_the_reconnect() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
+    // On disk, like a real server: it remembers bob across the restart and keeps the receipt in
+    // his mailbox if alice is back before him.
+    let server_data = tempfile::tempdir().unwrap();
     let config = || lattice_server::Config {
         port,
+        data_dir: Some(server_data.path().to_owned()),
         ..lattice_server::Config::for_tests()
     };
     let server = rt.block_on(lattice_server::spawn(config())).unwrap();
