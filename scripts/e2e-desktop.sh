@@ -46,14 +46,17 @@ free_port() {
 
 XVFB_PID=""
 DRIVER_PID=""
+DRIVER2_PID=""
 BUS_PID=""
 cleanup() {
   # SIGTERM, not SIGKILL: tauri-driver then stops WebKitWebDriver, which would otherwise keep
   # its port.
-  if [ -n "$DRIVER_PID" ] && kill -0 "$DRIVER_PID" 2>/dev/null; then
-    kill -TERM "$DRIVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
+  for pid in "$DRIVER_PID" "$DRIVER2_PID"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  done
   if [ -n "$BUS_PID" ] && kill -0 "$BUS_PID" 2>/dev/null; then
     kill -TERM "$BUS_PID" 2>/dev/null || true
   fi
@@ -93,14 +96,23 @@ NATIVE_PORT=$(free_port)
 export NO_AT_BRIDGE=1
 tauri-driver --port "$DRIVER_PORT" --native-port "$NATIVE_PORT" >"$LOGS/tauri-driver.log" 2>&1 &
 DRIVER_PID=$!
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$DRIVER_PORT") 2>/dev/null; then break; fi
-  sleep 0.1
+# A second driver for a second instance of the app (tauri-driver serves one session at a time):
+# the two-app test runs alice's and bob's apps side by side.
+DRIVER2_PORT=$(free_port)
+NATIVE2_PORT=$(free_port)
+tauri-driver --port "$DRIVER2_PORT" --native-port "$NATIVE2_PORT" >"$LOGS/tauri-driver-2.log" 2>&1 &
+DRIVER2_PID=$!
+for port in "$DRIVER_PORT" "$DRIVER2_PORT"; do
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
 done
-echo "e2e-desktop: tauri-driver on port $DRIVER_PORT"
+echo "e2e-desktop: tauri-driver on ports $DRIVER_PORT and $DRIVER2_PORT"
 
 export LATTICE_DESKTOP_BIN="$APP_BIN"
 export TAURI_DRIVER_URL="http://127.0.0.1:$DRIVER_PORT"
+export TAURI_DRIVER_URL_2="http://127.0.0.1:$DRIVER2_PORT"
 export E2E_SCREENSHOT_DIR="$SHOTS"
 cargo test -p lattice-e2e --test desktop_webdriver -- --ignored --nocapture --test-threads=1 "$@"
 echo "e2e-desktop: screenshots in $SHOTS"

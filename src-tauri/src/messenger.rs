@@ -660,32 +660,33 @@ impl Messenger {
         }
     }
 
-    /// The conversation with `peer` is shown: its messages are read. Sends read receipts for
-    /// what arrived since (when they are on and the session is connected; when they are off the
-    /// debt is forgiven, so turning them on later does not send old ones).
+    /// The conversation with `peer` is shown: its messages are read. Queues read receipts for
+    /// what arrived since in the outbox (when they are on; when they are off the debt is
+    /// forgiven, so turning them on later does not send old ones). Queued, they are never lost:
+    /// the outbox sends them when connected, again after a reconnect, until the server answers.
     ///
     /// # Errors
     /// [`MessengerError::Storage`].
     pub async fn conversation_seen(&self, peer: &ClientId) -> Result<(), MessengerError> {
         self.mark_read(peer)?;
         let db = &self.state.db;
-        if !self.settings().read_receipts {
+        // An original (`ml-kem-aes`) client gets no receipts.
+        if !self.settings().read_receipts || self.refuse_original(peer, "receipts").is_err() {
             db.forgo_receipts(peer)?;
             return Ok(());
         }
-        let slot = self.session.lock().await;
-        let Some(running) = slot.as_ref().filter(|r| r.session.is_connected()) else {
-            // Sent the next time the conversation is seen while connected.
-            return Ok(());
-        };
+        let mut queued = false;
         loop {
-            let ids = db.take_receipts_due(peer, MAX_RECEIPT_IDS)?;
-            if ids.is_empty() {
+            let local_id = uuid::Uuid::new_v4().to_string();
+            let handled =
+                db.queue_receipts_due(peer, MAX_RECEIPT_IDS, &local_id, &new_wire_id()?, now_ms())?;
+            if handled == 0 {
                 break;
             }
-            running
-                .session
-                .send_notice(peer, Content::Receipt { read: ids });
+            queued = true;
+        }
+        if queued {
+            self.wake_outbox().await;
         }
         Ok(())
     }

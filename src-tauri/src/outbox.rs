@@ -232,6 +232,9 @@ impl<T: Transport> Outbox<T> {
                 None => Ok(Content::Text(entry.body.clone())),
                 Some(kind) => Content::decode(kind, &entry.body).map_err(PeerError::InvalidContent),
             };
+            // A read receipt refused for good (an original client gets none) is dropped
+            // quietly: nobody asked for it, so nobody is told.
+            let receipt = matches!(result, Ok(Content::Receipt { .. }));
             let result = match result {
                 Ok(content) => {
                     self.transport
@@ -272,6 +275,10 @@ impl<T: Transport> Outbox<T> {
                 Failure::Fail => {
                     lock(&self.flow).handed.insert(entry.message_id.clone());
                     self.status(&entry.message_id, DeliveryStatus::Failed).await;
+                    if receipt {
+                        tracing::debug!(peer = %entry.peer_id, error = %e, "read receipt not sent");
+                        continue;
+                    }
                     self.events
                         .send(SessionEvent::Notice(Notice {
                             kind: ErrorKind::MessageFailed,
@@ -493,6 +500,65 @@ mod tests {
                 .verdict(&resent, DeliveryStatus::Delivered)
                 .as_deref(),
             Some("m0")
+        );
+        f.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_receipt_without_a_verdict_goes_again_after_a_reconnect() {
+        let mut f = fixture(&[], Vec::new());
+        let bob = ClientId::new("bob").unwrap();
+        f.db.insert_incoming("b1", &bob, "hello", 1, true, false)
+            .unwrap();
+        let wire = MessageId::new("wr").unwrap();
+        assert_eq!(f.db.queue_receipts_due(&bob, 8, "r0", &wire, 2).unwrap(), 1);
+        f.outbox.wake();
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("r0", DeliveryStatus::Sent))
+        );
+        // Its verdict died with the connection: the receipt is still in the outbox and goes
+        // again, with the same wire id, after the reconnect.
+        f.outbox.reconnected();
+        f.outbox.wake();
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("r0", DeliveryStatus::Sent))
+        );
+        assert_eq!(lock(&f.script.attempts).len(), 2);
+        assert_eq!(
+            f.outbox
+                .verdict(&wire, DeliveryStatus::Delivered)
+                .as_deref(),
+            Some("r0")
+        );
+        f.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_receipt_refused_for_good_is_dropped_without_a_notice() {
+        let bob = ClientId::new("bob").unwrap();
+        let original = PeerError::PlainTextOnly {
+            peer: bob.clone(),
+            kind: "receipt".into(),
+        };
+        let mut f = fixture(&[], vec![Err(original)]);
+        f.db.insert_incoming("b1", &bob, "hello", 1, true, false)
+            .unwrap();
+        let wire = MessageId::new("wr").unwrap();
+        f.db.queue_receipts_due(&bob, 8, "r0", &wire, 2).unwrap();
+        f.db.enqueue_outgoing("m1", &MessageId::new("w1").unwrap(), &bob, "next", 3)
+            .unwrap();
+        f.outbox.wake();
+        // The receipt fails (the applier then takes it out of the outbox) and no notice
+        // follows: the next event is the message after it.
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("r0", DeliveryStatus::Failed))
+        );
+        assert_eq!(
+            f.events.recv().await,
+            Some(status("m1", DeliveryStatus::Sent))
         );
         f.cancel.cancel();
     }

@@ -271,13 +271,9 @@ impl Session {
         }
     }
 
-    /// Registered on the server right now.
-    pub fn is_connected(&self) -> bool {
-        self.ctx.peer.connection_state() == PeerState::Connected
-    }
-
-    /// Sends a read receipt or a typing notice in the background: not queued in the outbox
-    /// (one lost with the connection is not worth resending), and to an original client, which
+    /// Sends a typing notice in the background: not queued in the outbox (one lost with the
+    /// connection is stale by the time it could go again; read receipts go through the
+    /// outbox), and to an original client, which
     /// gets plain text only, not at all (the library refuses it; that is not an error here).
     pub fn send_notice(&self, peer: &ClientId, content: Content) {
         if self.cancel.is_cancelled() || self.ctx.peer.connection_state() != PeerState::Connected {

@@ -6,7 +6,7 @@
 mod support;
 
 use lattice_desktop::storage::db::Db;
-use lattice_peer::PeerEvent;
+use lattice_peer::{Change, PeerEvent};
 use lattice_protocol::ClientId;
 use serde_json::json;
 use support::{eventually, TestApp, WAIT};
@@ -170,6 +170,96 @@ fn a_message_written_offline_goes_out_when_the_server_comes_up_even_after_a_rest
     );
     let id = sent["id"].clone();
     until_delivered(&app, &id);
+
+    drop(app.into_dir());
+    rt.block_on(async {
+        bob.disconnect().await;
+        server.shutdown().await;
+    });
+}
+
+/// Waits until the app shows the connection as `state`.
+fn until_connection(app: &TestApp, state: &str) {
+    eventually(
+        &format!("the connection {state}"),
+        || app.invoke("bootstrap", json!({})).unwrap(),
+        |b| b["connection"]["state"] == json!(state),
+    );
+}
+
+#[test]
+fn a_read_receipt_owed_while_offline_goes_out_by_itself_after_the_reconnect() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    // On disk, like a real server: it remembers bob across the restart and keeps the receipt in
+    // his mailbox if alice is back before him.
+    let server_data = tempfile::tempdir().unwrap();
+    let config = || lattice_server::Config {
+        port,
+        data_dir: Some(server_data.path().to_owned()),
+        ..lattice_server::Config::for_tests()
+    };
+    let server = rt.block_on(lattice_server::spawn(config())).unwrap();
+    let url = server.url();
+    let bob = rt.block_on(support::connect_peer(&url, "bob"));
+    let mut bob_events = bob.events();
+    let app = TestApp::set_up("alice", &url);
+    until_connection(&app, "connected");
+
+    let sent = rt
+        .block_on(bob.send_message(&ClientId::new("alice").unwrap(), "read me later"))
+        .unwrap();
+    eventually(
+        "bob's message",
+        || {
+            app.invoke("load_messages", json!({"peerId": "bob"}))
+                .unwrap()
+        },
+        |page| page["messages"].as_array().unwrap().len() == 1,
+    );
+
+    // The server goes down; alice reads the conversation while offline.
+    rt.block_on(server.shutdown());
+    eventually(
+        "alice offline",
+        || app.invoke("bootstrap", json!({})).unwrap(),
+        |b| b["connection"]["state"] != json!("connected"),
+    );
+    app.invoke("mark_read", json!({"peerId": "bob"})).unwrap();
+
+    // It comes back: nobody reads anything again, yet bob learns that alice read his message.
+    let server = rt.block_on(lattice_server::spawn(config())).unwrap();
+    let read = rt.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(PeerEvent::Update(u)) = bob_events.next().await {
+                    if let Change::Read { message_ids } = u.change {
+                        break message_ids;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("bob gets the receipt after the reconnect")
+    });
+    assert_eq!(read, [sent.message_id]);
+    // The server answered, so the receipt left alice's outbox: it is not sent a second time.
+    eventually(
+        "the outbox empty",
+        || {
+            let db = Db::open(&app.dir().join(lattice_desktop::storage::DB_FILE)).unwrap();
+            json!(db.outbox().unwrap().len())
+        },
+        |n| *n == json!(0),
+    );
+    // Seen again: nothing more is owed (queueing is part of the command).
+    app.invoke("mark_read", json!({"peerId": "bob"})).unwrap();
+    let db = Db::open(&app.dir().join(lattice_desktop::storage::DB_FILE)).unwrap();
+    assert!(db.outbox().unwrap().is_empty(), "a receipt is queued once");
+    drop(db);
 
     drop(app.into_dir());
     rt.block_on(async {

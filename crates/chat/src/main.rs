@@ -61,6 +61,10 @@ struct Args {
     /// Extra CA certificate (PEM) to trust for wss://.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Send no read receipts for the messages printed, and show none of others' (like the
+    /// desktop's setting).
+    #[arg(long)]
+    no_read_receipts: bool,
 }
 
 /// What the input loop and the event printer share.
@@ -232,13 +236,36 @@ fn reaction_counts(history: &History, n: i64) -> String {
     format!(" ({})", list.join(", "))
 }
 
-/// Prints events until the stream ends; remembers what `/accept` and plain lines refer to.
-async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>) {
+/// Tells the sender of `m`, once it is printed, that it was read: only a signed message of a
+/// Lattice peer (an original client gets no receipts). A receipt is a courtesy: one that cannot
+/// be sent is logged, not retried.
+async fn send_receipt(peer: &MessagingPeer, m: &lattice_peer::IncomingMessage) {
+    let Some(id) = m.message_id.clone().filter(|_| m.verified) else {
+        return;
+    };
+    let receipt = Content::Receipt { read: vec![id] };
+    match peer.send_content(&m.from, &receipt).await {
+        Ok(_) | Err(PeerError::PlainTextOnly { .. }) => {}
+        Err(e) => tracing::debug!(peer = %m.from, error = %e, "read receipt not sent"),
+    }
+}
+
+/// Prints events until the stream ends; remembers what `/accept` and plain lines refer to. With
+/// `read_receipts` a receipt goes out for each message printed and others' are shown; without,
+/// neither.
+async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, read_receipts: bool) {
     let mut events = peer.events();
     let me = peer.client_id().clone();
     while let Some(event) = events.next().await {
         match &event {
-            PeerEvent::Message(_) | PeerEvent::Update(_) => {
+            PeerEvent::Update(u) if !read_receipts && matches!(u.change, Change::Read { .. }) => {}
+            PeerEvent::Message(m) => {
+                print_lines(&content_lines(&history, &me, &event));
+                if read_receipts {
+                    send_receipt(&peer, m).await;
+                }
+            }
+            PeerEvent::Update(_) => {
                 print_lines(&content_lines(&history, &me, &event));
             }
             PeerEvent::ServerQuestion(q) => {
@@ -831,6 +858,7 @@ async fn main() -> anyhow::Result<()> {
         peer.clone(),
         Arc::clone(&ui),
         Arc::clone(&history),
+        !args.no_read_receipts,
     ));
     println!("-- connecting to {} …", args.server);
     tokio::select! {

@@ -1,8 +1,9 @@
 //! `lattice-chat`'s content commands end to end: a real `lattice-server` process, the chat binary
 //! (bob) on pipes, and a `lattice-peer` peer (alice). Bob's `/reply`, `/edit`, `/react`,
 //! `/delete` reach alice as the right typed contents; alice's edit, reaction, receipt and typing
-//! are shown to bob by number; `/search` finds messages in bob's SQLite history, also after the
-//! chat is restarted.
+//! are shown to bob by number; bob's receipts for what he was shown reach alice (none with
+//! `--no-read-receipts`, which also hides hers); `/search` finds messages in bob's SQLite
+//! history, also after the chat is restarted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[allow(dead_code)] // Shared with the server's crash tests, which use all of it.
@@ -51,6 +52,13 @@ async fn reply_edit_react_delete_and_search_from_the_terminal() {
         .message_id;
     let line = chat.until("the launch is on Friday").await;
     assert_eq!(line, "#1 [alice ✓] the launch is on Friday");
+    // Printed, so read: alice gets bob's receipt for it.
+    assert_eq!(
+        next_update(&mut events).await.change,
+        Change::Read {
+            message_ids: vec![first.clone()]
+        }
+    );
     chat.type_line("/to alice").await;
     chat.until("-- talking to alice").await;
 
@@ -216,6 +224,61 @@ async fn reply_edit_react_delete_and_search_from_the_terminal() {
         .unwrap();
     chat.until("-- alice edited #1: the launch moved to Tuesday")
         .await;
+    chat.quit().await;
+    alice.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_read_receipts_off_none_are_sent_and_none_are_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let mut chat = Chat::start_with(&server.url, tmp.path(), &["--no-read-receipts"]).await;
+    let bob = ClientId::new("bob").unwrap();
+    let alice = MessagingPeer::new(PeerConfig::new(
+        server.url.clone(),
+        ClientId::new("alice").unwrap(),
+        lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+    ))
+    .unwrap();
+    let mut events = alice.events();
+    alice.connect().await.unwrap();
+
+    alice.send_message(&bob, "are you there?").await.unwrap();
+    assert_eq!(
+        chat.until("are you there?").await,
+        "#1 [alice ✓] are you there?"
+    );
+    // Bob answers after the message was printed: what alice gets from him is the answer, with
+    // no receipt before it (a receipt is sent as the message is printed, before the answer).
+    chat.type_line("/to alice").await;
+    chat.until("-- talking to alice").await;
+    chat.type_line("yes").await;
+    let answer = next_event(&mut events, |e| match e {
+        PeerEvent::Update(u) => panic!("bob sent {:?} with receipts off", u.change),
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answer.text, "yes");
+
+    // Alice's receipt for it is not shown; her next message (after it, on the same connection,
+    // so printed after it would have been) is.
+    alice
+        .send_content(
+            &bob,
+            &Content::Receipt {
+                read: vec![answer.message_id.clone().unwrap()],
+            },
+        )
+        .await
+        .unwrap();
+    alice.send_message(&bob, "good").await.unwrap();
+    chat.until("good").await;
+    assert!(
+        !chat.seen.iter().any(|l| l.contains("alice read")),
+        "{:#?}",
+        chat.seen
+    );
     chat.quit().await;
     alice.disconnect().await;
 }

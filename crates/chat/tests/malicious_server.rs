@@ -37,7 +37,7 @@ async fn next_sent(conn: &mut FakeConn) -> serde_json::Value {
 async fn a_malicious_server_cannot_capture_lines_misaddress_them_or_silence_the_chat() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = FakeServer::start().await;
-    let mut chat = Chat::spawn(&server.url, dir.path(), "alice");
+    let mut chat = Chat::spawn(&server.url, dir.path(), "alice", &[]);
     let mut conn = server.next_conn().await;
     conn.accept_registration().await;
     chat.until("type /help for commands").await;

@@ -371,17 +371,23 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Incoming signed messages of the conversation with `peer` no receipt was sent for, up to
-    /// `limit`, oldest first, as wire ids; they are marked as handled at once (a receipt is a
-    /// courtesy: one lost with a dropped connection is not sent again).
+    /// Queues one read receipt for up to `limit` incoming messages of the conversation with
+    /// `peer` that none was queued for yet, oldest first, in the outbox under `local_id` and
+    /// `wire_id`: marking them and queueing the receipt is one transaction, so what is owed is
+    /// either still owed or waiting in the outbox, which keeps it (across dropped connections
+    /// and restarts) until the server's verdict. Unsigned messages get no receipt (they are
+    /// only marked). Returns how many messages were handled; 0 when nothing was owed.
     ///
     /// # Errors
-    /// [`StorageError::Sqlite`].
-    pub fn take_receipts_due(
+    /// [`StorageError::Content`] if the receipt breaks a bound; [`StorageError::Sqlite`].
+    pub fn queue_receipts_due(
         &self,
         peer: &ClientId,
         limit: usize,
-    ) -> Result<Vec<MessageId>, StorageError> {
+        local_id: &str,
+        wire_id: &MessageId,
+        now_ms: i64,
+    ) -> Result<usize, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let due: Vec<(i64, Option<String>, bool)> = {
@@ -402,12 +408,29 @@ impl Db {
                 params![seq],
             )?;
         }
-        tx.commit()?;
-        Ok(due
-            .into_iter()
+        let read: Vec<MessageId> = due
+            .iter()
             .filter(|(_, _, signed)| *signed)
-            .filter_map(|(_, id, _)| id.and_then(|id| MessageId::try_from(id).ok()))
-            .collect())
+            .filter_map(|(_, id, _)| id.clone().and_then(|id| MessageId::try_from(id).ok()))
+            .collect();
+        if !read.is_empty() {
+            let receipt = Content::Receipt { read };
+            let (kind, body) = receipt.encode()?;
+            tx.execute(
+                "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    local_id,
+                    peer.as_str(),
+                    body,
+                    now_ms,
+                    wire_id.as_str(),
+                    kind
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(due.len())
     }
 
     /// Marks every receipt owed in the conversation with `peer` as handled without sending it
@@ -667,18 +690,86 @@ mod tests {
             .unwrap()
             .is_empty());
 
-        assert_eq!(db.take_receipts_due(&bob, 10).unwrap(), vec![w("b1")]);
-        assert!(db.take_receipts_due(&bob, 10).unwrap().is_empty());
+        // What is owed goes into the outbox with the marking, once.
+        let receipts = |db: &Db| -> Vec<Content> {
+            db.outbox()
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| Some(Content::decode(e.kind.as_deref()?, &e.body).unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            db.queue_receipts_due(&bob, 10, "r1", &w("wr1"), 7).unwrap(),
+            1
+        );
+        assert_eq!(
+            receipts(&db),
+            [Content::Receipt {
+                read: vec![w("b1")]
+            }]
+        );
+        assert_eq!(
+            db.queue_receipts_due(&bob, 10, "r2", &w("wr2"), 7).unwrap(),
+            0
+        );
         db.insert_incoming("b2", &bob, "unsigned", 9, false, false)
             .unwrap();
-        assert!(
-            db.take_receipts_due(&bob, 10).unwrap().is_empty(),
+        assert_eq!(
+            db.queue_receipts_due(&bob, 10, "r3", &w("wr3"), 8).unwrap(),
+            1,
+            "handled"
+        );
+        assert_eq!(
+            receipts(&db).len(),
+            1,
             "an unsigned message gets no receipt"
         );
+        // The receipt leaves the outbox only with the server's verdict.
+        db.advance_status("r1", MessageStatus::Sent).unwrap();
+        assert_eq!(receipts(&db).len(), 1, "handed over is not answered");
+        db.advance_status("r1", MessageStatus::Delivered).unwrap();
+        assert!(receipts(&db).is_empty());
         db.insert_incoming("b3", &bob, "later", 9, true, false)
             .unwrap();
         db.forgo_receipts(&bob).unwrap();
-        assert!(db.take_receipts_due(&bob, 10).unwrap().is_empty());
+        assert_eq!(
+            db.queue_receipts_due(&bob, 10, "r4", &w("wr4"), 9).unwrap(),
+            0
+        );
+        assert!(receipts(&db).is_empty());
+    }
+
+    #[test]
+    fn receipts_are_queued_in_chunks_of_the_limit() {
+        let db = fixture();
+        let bob = c("bob");
+        for n in 0..5 {
+            db.insert_incoming(&format!("n{n}"), &bob, "hi", 10 + n, true, false)
+                .unwrap();
+        }
+        let mut handled = Vec::new();
+        for n in 0.. {
+            let got = db
+                .queue_receipts_due(&bob, 2, &format!("r{n}"), &w(&format!("wr{n}")), 20)
+                .unwrap();
+            if got == 0 {
+                break;
+            }
+            handled.push(got);
+        }
+        // b1 of the fixture and the five new ones.
+        assert_eq!(handled, [2, 2, 2]);
+        let ids: Vec<usize> = db
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| Some(Content::decode(e.kind.as_deref()?, &e.body).unwrap()))
+            .map(|content| match content {
+                Content::Receipt { read } => read.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [2, 2, 2]);
     }
 
     #[test]
@@ -760,7 +851,10 @@ mod tests {
         let wire: Vec<Option<&str>> = page.iter().map(|m| m.extra.wire_id.as_deref()).collect();
         // Incoming: its own id; waiting: the outbox's; delivered long ago: unknown.
         assert_eq!(wire, [Some("in1"), Some("wire-out1"), None]);
-        assert!(db.take_receipts_due(&bob, 10).unwrap().is_empty());
+        assert_eq!(
+            db.queue_receipts_due(&bob, 10, "r", &w("wr"), 1).unwrap(),
+            0
+        );
         // The waiting one can be referred to, and is found by the library's lookup.
         let history = DbHistory::new(Arc::new(db), c("alice"));
         assert_eq!(

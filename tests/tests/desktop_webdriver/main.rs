@@ -3,7 +3,9 @@
 //! read receipts and typing, both ways), `history` (a conversation of ten thousand messages),
 //! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
 //! restart), `search` (search, drafts, shortcuts, links, accessibility checked with axe-core) and
-//! `tray`, `backup` (back up, restore on a fresh profile, export a conversation); the helpers
+//! `tray`, `backup` (back up, restore on a fresh profile, export a conversation), `two_apps`
+//! (alice's and bob's apps side by side, through two tauri-drivers: read receipts and typing,
+//! and the read-receipts setting stopping both directions); the helpers
 //! they share are in `support`.
 //!
 //! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
@@ -28,3 +30,4 @@ mod keys;
 mod search;
 mod support;
 mod tray;
+mod two_apps;

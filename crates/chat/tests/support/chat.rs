@@ -22,17 +22,23 @@ pub struct Chat {
 impl Chat {
     /// Starts `bob` (identity in `dir`) and waits for the prompt.
     pub async fn start(url: &str, dir: &std::path::Path) -> Self {
-        let mut chat = Self::spawn(url, dir, "bob");
+        Self::start_with(url, dir, &[]).await
+    }
+
+    /// [`Chat::start`] with extra flags.
+    pub async fn start_with(url: &str, dir: &std::path::Path, flags: &[&str]) -> Self {
+        let mut chat = Self::spawn(url, dir, "bob", flags);
         chat.until("type /help for commands").await;
         chat
     }
 
-    /// Starts the chat as `id` (identity file `<id>.identity` in `dir`) without waiting for
-    /// anything: a scripted server has to answer the registration first.
-    pub fn spawn(url: &str, dir: &std::path::Path, id: &str) -> Self {
+    /// Starts the chat as `id` (identity file `<id>.identity` in `dir`) with extra `flags`,
+    /// without waiting for anything: a scripted server has to answer the registration first.
+    pub fn spawn(url: &str, dir: &std::path::Path, id: &str, flags: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-chat"))
             .args(["--server", url, "--id", id, "--identity-file"])
             .arg(dir.join(format!("{id}.identity")))
+            .args(flags)
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -15,15 +15,17 @@ pub fn server_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join("lattice-server");
-    if !bin.exists() {
+    // Built (or found up to date) once per test process: a binary left by an older build
+    // would not know the frames this tree's tests send.
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
+        Command::new(cargo)
             .args(["build", "-p", "lattice-server", "--bin", "lattice-server"])
             .status()
-            .unwrap()
-            .success();
-        assert!(ok, "lattice-server builds");
-    }
+            .is_ok_and(|s| s.success())
+    });
+    assert!(ok, "lattice-server builds");
     bin
 }
 

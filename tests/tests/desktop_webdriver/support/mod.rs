@@ -107,6 +107,16 @@ impl Shots {
 }
 
 pub(crate) async fn start_app(data_dir: &std::path::Path) -> (Client, SessionGuard) {
+    start_app_on(&env("TAURI_DRIVER_URL"), data_dir, "app.log").await
+}
+
+/// [`start_app`] through the tauri-driver at `driver` (one session per driver: a second
+/// instance of the app needs a second driver), logging to `log` in the screenshot directory.
+pub(crate) async fn start_app_on(
+    driver: &str,
+    data_dir: &std::path::Path,
+    log: &str,
+) -> (Client, SessionGuard) {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "tauri:options".into(),
@@ -114,7 +124,7 @@ pub(crate) async fn start_app(data_dir: &std::path::Path) -> (Client, SessionGua
             "application": env("LATTICE_DESKTOP_BIN"),
             "args": [
                 "--data-dir", data_dir.display().to_string(),
-                "--log-file", screenshot_dir().join("app.log").display().to_string(),
+                "--log-file", screenshot_dir().join(log).display().to_string(),
             ],
         }),
     );
@@ -123,11 +133,11 @@ pub(crate) async fn start_app(data_dir: &std::path::Path) -> (Client, SessionGua
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let client = ClientBuilder::new(connector)
         .capabilities(caps)
-        .connect(&env("TAURI_DRIVER_URL"))
+        .connect(driver)
         .await
         .expect("a WebDriver session with the app");
     let guard = SessionGuard {
-        driver: env("TAURI_DRIVER_URL"),
+        driver: driver.to_owned(),
         id: client.session_id().await.expect("session id"),
     };
     until_js(
