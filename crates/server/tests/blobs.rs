@@ -232,7 +232,7 @@ async fn wrong_forged_or_missing_capabilities_and_tokens_are_refused() {
     let server = spawn_with(persistent(dir.path())).await;
     let url = server.url();
     let http = Http::new(&server);
-    let (_alice, token) = token_for(&url, "alice").await;
+    let (mut alice, token) = token_for(&url, "alice").await;
     let (_bob, bob_token) = token_for(&url, "bob").await;
 
     // an unverified registration gets no token
@@ -252,7 +252,17 @@ async fn wrong_forged_or_missing_capabilities_and_tokens_are_refused() {
         assert_eq!(s, 401, "{v}");
         assert_eq!(v["errorType"], "UNAUTHORIZED");
     }
-    // a token survives until replaced: asking again invalidates the first
+    // asking again replaces the token: the first one stops working
+    let v = alice
+        .request(
+            json!({"type":"blob_token","requestId":"bt2","payload":{}}),
+            "blob_token",
+        )
+        .await;
+    let token2 = v["payload"]["token"].as_str().unwrap().to_owned();
+    let (s, _) = http.create(&token, create_body("alice", 10, 10)).await;
+    assert_eq!(s, 401, "a replaced token is refused");
+    let token = token2;
     let t = create_ok(&http, &token, "alice", 100, 100).await;
     let data = pattern(100, 1);
 

@@ -509,7 +509,9 @@ impl BlobStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Gates of senders without a running upload are dropped, so the map stays small.
-        gates.retain(|_, g| g.available_permits() < BLOB_UPLOADS_PER_SENDER);
+        gates.retain(|_, g| {
+            Arc::strong_count(g) > 1 || g.available_permits() < BLOB_UPLOADS_PER_SENDER
+        });
         Arc::clone(
             gates
                 .entry(sender.clone())
@@ -602,5 +604,73 @@ impl BlobStore {
             .transfers_expired
             .fetch_add(expired.len() as u64, Ordering::Relaxed);
         expired.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> BlobStore {
+        BlobStore::open(
+            dir,
+            BlobLimits {
+                total: u64::MAX,
+                per_sender: u64::MAX,
+                max_file: u64::MAX,
+                ttl: Duration::from_secs(60),
+            },
+        )
+        .expect("open")
+    }
+
+    /// The per-sender upload gate: a sender with its uploads all running waits for a slot, while
+    /// another sender is not slowed at all; a finished upload lets the waiting one in.
+    #[tokio::test]
+    async fn one_sender_over_its_concurrent_uploads_waits_and_others_do_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(dir.path());
+        let alice = ClientId::new("alice").expect("id");
+        let bob = ClientId::new("bob").expect("id");
+        let mut held = Vec::new();
+        for _ in 0..BLOB_UPLOADS_PER_SENDER {
+            held.push(
+                store
+                    .upload_gate(&alice)
+                    .try_acquire_owned()
+                    .expect("a free slot"),
+            );
+        }
+        let gate = store.upload_gate(&alice);
+        assert!(gate.clone().try_acquire_owned().is_err(), "alice waits");
+        assert!(
+            store.upload_gate(&bob).try_acquire_owned().is_ok(),
+            "bob does not"
+        );
+        let waiting = tokio::spawn(async move { gate.acquire_owned().await.is_ok() });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        held.pop();
+        assert!(
+            waiting.await.expect("task"),
+            "a finished upload frees a slot"
+        );
+    }
+
+    /// Ids that are not exactly 32 lowercase hex digits never reach a path.
+    #[test]
+    fn only_hex_ids_are_valid() {
+        assert!(valid_id(&"0123456789abcdef".repeat(2)));
+        for bad in [
+            "",
+            "..",
+            "../../etc/passwd",
+            &"A".repeat(32),
+            &"0".repeat(31),
+            &"0".repeat(33),
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert!(!valid_id(&format!("{}/..", "0".repeat(29))));
     }
 }
