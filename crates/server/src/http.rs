@@ -36,7 +36,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/peers", get(admin_peers))
         .route("/admin/peers/{id}/questions", post(admin_ask))
-        .merge(crate::blobs::routes())
+        .merge(crate::blob_http::routes())
         .fallback(upgrade)
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(state)

@@ -25,7 +25,8 @@
 //! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite),
 //!   and the MLS delivery service's KeyPackages and groups on the same [`store::SqliteStore`].
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
-//! - [`blobs`]: the encrypted, chunked blob store (files) under `DATA_DIR/blobs/`, over HTTP.
+//! - [`blobs`]: the encrypted, chunked blob store (files) under `DATA_DIR/blobs/`; `blob_http`:
+//!   its HTTP endpoints.
 //! - [`metrics`]: counters for `/metrics`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
 //!   expiry of questions, mail and unused bindings; and the in-flight reaper, which spills held
@@ -35,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod admin_guard;
+mod blob_http;
 pub mod blobs;
 pub mod config;
 pub mod http;

@@ -1,5 +1,5 @@
 //! The blob store: encrypted files in chunks, on disk under `DATA_DIR/blobs/`, served over HTTP on
-//! the server's one port ([`routes`]). The server only ever sees ciphertext: clients seal each chunk
+//! the server's one port (`blob_http`). The server only ever sees ciphertext: clients seal each chunk
 //! before upload (issue 11), so it learns sizes, chunk counts, timing and which verified id created
 //! a transfer, nothing else.
 //!
@@ -14,11 +14,10 @@
 //! Disk layout: `blobs/<id>/meta.json` (sizes, sender, expiry, the two capabilities) and
 //! `blobs/<id>/<index>` per chunk. A restart reloads every transfer from its `meta.json`.
 
-mod http;
 mod store;
 mod tokens;
 
-pub use http::routes;
+pub(crate) use store::ChunkSlot;
 pub use store::{BlobLimits, BlobStats, BlobStore, CreateRequest, Created, Status, Uploaded};
 pub use tokens::Tokens;
 

@@ -19,12 +19,12 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// A new random token for `id`, valid for `ttl` (replaces its previous one).
-    pub fn issue(&self, id: &ClientId, ttl: Duration) -> String {
+    /// A new random token for `id`, valid for `ttl` from `now_ms` (Unix milliseconds; replaces
+    /// its previous one).
+    pub fn issue(&self, id: &ClientId, ttl: Duration, now_ms: u64) -> String {
         let bytes: [u8; BLOB_SECRET_BYTES] = rand::random();
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let expires = crate::state::unix_ms()
-            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let expires = now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         if let Ok(mut live) = self.live.lock() {
             live.insert(id.clone(), (token.clone(), expires));
         }

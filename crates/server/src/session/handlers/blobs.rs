@@ -19,7 +19,10 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("blob_token"));
         }
-        let token = self.state.blob_tokens.issue(&peer.id, BLOB_TOKEN_TTL);
+        let token = self
+            .state
+            .blob_tokens
+            .issue(&peer.id, BLOB_TOKEN_TTL, crate::state::unix_ms());
         Ok(ServerFrame::BlobToken(BlobToken {
             token,
             expires_in_ms: u64::try_from(BLOB_TOKEN_TTL.as_millis()).unwrap_or(u64::MAX),

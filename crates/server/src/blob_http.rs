@@ -1,4 +1,4 @@
-//! The blob store's HTTP endpoints (docs/protocol.md, "Blob store"):
+//! The blob store's ([`crate::blobs`]) HTTP endpoints (docs/protocol.md, "Blob store"):
 //!
 //! - `POST /blobs` (`Authorization: Bearer BLOB_TOKEN`, JSON [`CreateRequest`]) → [`Created`]
 //! - `GET /blobs/{id}` (either capability) → [`Status`]
@@ -23,8 +23,7 @@ use lattice_protocol::limits::MAX_BLOB_CHUNK_BYTES;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use super::store::ChunkSlot;
-use super::{BlobError, BlobStore, CreateRequest};
+use crate::blobs::{BlobError, BlobStore, ChunkSlot, CreateRequest, Uploaded};
 use crate::limits::MAX_BLOB_CREATE_BODY;
 use crate::state::ServerState;
 
@@ -209,7 +208,7 @@ async fn upload(
     let index = parse_index(&index)?;
     let cap = bearer(&headers).ok_or(BlobError::Forbidden)?;
     let Some(slot) = store.begin_upload(&id, cap, index)? else {
-        return Ok(Json(super::Uploaded {
+        return Ok(Json(Uploaded {
             index,
             already_present: true,
             complete: store.status(&id, cap)?.complete,
