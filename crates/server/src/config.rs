@@ -19,7 +19,8 @@ pub struct Config {
     #[arg(long, env = "LATTICE_PORT", default_value_t = lattice_protocol::limits::DEFAULT_PORT)]
     pub port: u16,
 
-    /// Directory for the SQLite database (directory of identities and the offline mailbox).
+    /// Directory for the SQLite database (directory of identities and the offline mailbox) and
+    /// the blob store (`blobs/`).
     /// Without it, and with `--in-memory`, nothing survives a restart.
     #[arg(long, env = "LATTICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

@@ -634,6 +634,47 @@ async fn measure_256_mib_in_1_mib_chunks() {
     }
     let down = start.elapsed();
     let mib = count as f64;
+
+    // References in the same run: the same bytes over one raw loopback TCP connection, and
+    // written to the same disk as 1 MiB files each synced and renamed (what the store does).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sink = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf).await.unwrap() {
+                0 => break n,
+                k => n += k as u64,
+            }
+        }
+    });
+    let start = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..count {
+        tcp.write_all(&body).await.unwrap();
+    }
+    drop(tcp);
+    assert_eq!(sink.await.unwrap(), count * chunk);
+    let raw_tcp = start.elapsed();
+    let disk_dir = tempfile::tempdir_in(dir.path()).unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..count {
+        use std::io::Write as _;
+        let tmp = disk_dir.path().join(format!("{i}.part"));
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(&body).unwrap();
+        f.sync_all().unwrap();
+        std::fs::rename(&tmp, disk_dir.path().join(i.to_string())).unwrap();
+    }
+    let raw_disk = start.elapsed();
+    println!(
+        "references: raw loopback TCP {:.1} MiB/s, disk (1 MiB files synced + renamed) {:.1} MiB/s",
+        mib / raw_tcp.as_secs_f64(),
+        mib / raw_disk.as_secs_f64()
+    );
     println!(
         "256 MiB in 1 MiB chunks, sequential: upload {:.1} MiB/s ({:.2} s), download {:.1} MiB/s ({:.2} s)",
         mib / up.as_secs_f64(),
