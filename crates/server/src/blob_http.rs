@@ -124,6 +124,10 @@ async fn download(
     let index = parse_index(&index)?;
     let cap = bearer(&headers).ok_or(BlobError::Forbidden)?;
     let path = store.chunk_path(&id, cap, index)?;
+    let _slot = Arc::clone(&store.downloads_total)
+        .acquire_owned()
+        .await
+        .map_err(|_| BlobError::Io(std::io::Error::other("download gate closed")))?;
     // One chunk (at most MAX_BLOB_CHUNK_BYTES) is read at a time, never a whole file.
     let bytes = blocking(move || match std::fs::read(&path) {
         Ok(b) => Ok(b),
@@ -231,6 +235,10 @@ async fn upload(
     // One sender's uploads beyond the gate wait here: only that sender slows down.
     let gate = store.upload_gate(&slot.sender);
     let _permit = gate
+        .acquire_owned()
+        .await
+        .map_err(|_| BlobError::Io(std::io::Error::other("upload gate closed")))?;
+    let _slot = Arc::clone(&store.uploads_total)
         .acquire_owned()
         .await
         .map_err(|_| BlobError::Io(std::io::Error::other("upload gate closed")))?;

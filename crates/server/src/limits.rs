@@ -242,3 +242,11 @@ pub const BLOB_ID_BYTES: usize = 16;
 
 /// Largest JSON body of `POST /blobs`.
 pub const MAX_BLOB_CREATE_BODY: usize = 4 * 1024;
+
+/// Chunk uploads running at once on the whole server (each holds up to a 1 MiB write batch);
+/// more wait their turn.
+pub const BLOB_UPLOADS_TOTAL: usize = 64;
+
+/// Chunk downloads running at once on the whole server (each holds one chunk, at most 8 MiB, in
+/// memory); more wait their turn.
+pub const BLOB_DOWNLOADS_TOTAL: usize = 32;

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::BlobError;
 use crate::limits::{
-    BLOB_ID_BYTES, BLOB_SECRET_BYTES, BLOB_TRANSFERS_PER_SENDER, BLOB_UPLOADS_PER_SENDER,
+    BLOB_DOWNLOADS_TOTAL, BLOB_ID_BYTES, BLOB_SECRET_BYTES, BLOB_TRANSFERS_PER_SENDER,
+    BLOB_UPLOADS_PER_SENDER, BLOB_UPLOADS_TOTAL,
 };
 
 /// The store's bounds.
@@ -243,6 +244,10 @@ pub struct BlobStore {
     limits: BlobLimits,
     index: Mutex<Index>,
     uploads: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
+    /// Uploads running on the whole server ([`BLOB_UPLOADS_TOTAL`]).
+    pub(crate) uploads_total: Arc<Semaphore>,
+    /// Downloads running on the whole server ([`BLOB_DOWNLOADS_TOTAL`]).
+    pub(crate) downloads_total: Arc<Semaphore>,
     /// Counters for `/metrics`.
     pub stats: BlobStats,
 }
@@ -325,6 +330,8 @@ impl BlobStore {
             limits,
             index: Mutex::new(index),
             uploads: Mutex::default(),
+            uploads_total: Arc::new(Semaphore::new(BLOB_UPLOADS_TOTAL)),
+            downloads_total: Arc::new(Semaphore::new(BLOB_DOWNLOADS_TOTAL)),
             stats: BlobStats::default(),
         })
     }
