@@ -24,7 +24,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::blobs::{BlobError, BlobStore, ChunkSlot, CreateRequest, Uploaded};
-use crate::limits::MAX_BLOB_CREATE_BODY;
+use crate::limits::{BLOB_BODY_IDLE, MAX_BLOB_CREATE_BODY};
 use crate::state::ServerState;
 
 /// Bytes gathered from the request body before one write to the temporary file.
@@ -173,11 +173,11 @@ async fn write_chunk(slot: &ChunkSlot, body: Body) -> Result<(), BlobError> {
         }
     };
     loop {
-        let next = stream.next().await;
+        let next = tokio::time::timeout(BLOB_BODY_IDLE, stream.next()).await;
         let data = match next {
-            Some(Ok(d)) => d,
-            Some(Err(_)) => return Err(BlobError::Truncated),
-            None => break,
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(_))) | Err(_) => return Err(BlobError::Truncated),
+            Ok(None) => break,
         };
         received = received.saturating_add(data.len() as u64);
         if received > slot.expected {

@@ -250,3 +250,7 @@ pub const BLOB_UPLOADS_TOTAL: usize = 64;
 /// Chunk downloads running at once on the whole server (each holds one chunk, at most 8 MiB, in
 /// memory); more wait their turn.
 pub const BLOB_DOWNLOADS_TOTAL: usize = 32;
+
+/// A chunk upload whose body sends nothing for this long is cut off (`TRUNCATED`), so a stalled
+/// client cannot hold an upload slot.
+pub const BLOB_BODY_IDLE: Duration = Duration::from_secs(30);

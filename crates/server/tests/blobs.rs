@@ -485,6 +485,53 @@ async fn a_truncated_upload_stores_nothing_and_the_chunk_can_be_sent_again() {
     assert_eq!(http.get(&t.id, &t.down, 0).await, (200, data));
 }
 
+/// A client that starts an upload and then sends nothing is cut off after the idle bound
+/// (`TRUNCATED`, on tokio's paused clock) instead of holding its upload slot; nothing is stored.
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_and_stores_nothing() {
+    use tokio::io::AsyncReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_with(persistent(dir.path())).await;
+    let http = Http::new(&server);
+    let (_a, a) = token_for(&server.url(), "alice").await;
+    let chunk = 128 * KIB;
+    let t = create_ok(&http, &a, "alice", chunk, chunk).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /blobs/{}/chunks/0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {chunk}\r\n\r\n",
+        t.id, t.up
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[7u8; 1000]).await.unwrap();
+    tcp.flush().await.unwrap();
+    // from here the clock only moves when everything waits: the server's idle bound fires
+    tokio::time::pause();
+    let read = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains('}') {
+            let n = tcp.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        answer
+    };
+    // a bound well past the server's 30 s, so a server that waits forever fails the test
+    let answer = tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("the server cut the stalled upload off");
+    tokio::time::resume();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"TRUNCATED\""), "{answer}");
+    let (_, st) = http.status(&t.id, &t.down).await;
+    assert_eq!(st["present"], json!([]));
+}
+
 /// Eight clients upload the same chunk at once: every one succeeds, the chunk is stored (and
 /// counted) once, and it reads back intact.
 #[tokio::test]
