@@ -373,6 +373,17 @@ pub struct KeyPackagesStored {
     pub last_resort: bool,
 }
 
+/// `blob_token` answer *ext*: a short-lived bearer token that lets this verified id create
+/// transfers in the server's blob store over HTTP (`POST /blobs`, see docs/protocol.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobToken {
+    /// The token (random, base64url); sent as `Authorization: Bearer TOKEN`.
+    pub token: String,
+    /// Milliseconds it stays valid.
+    pub expires_in_ms: u64,
+}
+
 /// `key_package_fetch` answer *ext*.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -508,6 +519,8 @@ frame_enum! {
         GroupCommit(GroupCommit) = "group_commit",
         /// `group_message` *ext*.
         GroupMessage(GroupMessage) = "group_message",
+        /// `blob_token` *ext*: ask for a token to create blob transfers.
+        BlobToken(Empty) = "blob_token",
     }
 }
 
@@ -544,6 +557,8 @@ frame_enum! {
         GroupCommitAccepted(GroupCommitAccepted) = "group_commit",
         /// `group_message` answer *ext*.
         GroupMessageAccepted(GroupMessageAccepted) = "group_message",
+        /// `blob_token` answer *ext*.
+        BlobToken(BlobToken) = "blob_token",
     }
 }
 

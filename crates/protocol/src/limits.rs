@@ -87,3 +87,14 @@ const _: () = assert!(
     (MAX_KEY_PACKAGE_UPLOAD + 1) * (base64_len(MAX_KEY_PACKAGE_BYTES) + 3) + 1024
         <= MAX_FRAME_BYTES
 );
+
+/// Largest chunk of a blob transfer, in bytes (ciphertext). Clients pick their chunk size up to
+/// this (1 MiB is a good default); the server holds at most one chunk's read buffer per upload.
+pub const MAX_BLOB_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Smallest chunk size of a blob transfer with more than one chunk, in bytes: bounds the chunk
+/// count (a 2 GiB file has at most 32 768 chunks).
+pub const MIN_BLOB_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// Default largest blob transfer (one file), in bytes: 2 GiB.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 2 * 1024 * 1024 * 1024;

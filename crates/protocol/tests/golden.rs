@@ -219,6 +219,13 @@ fn server_frames_encode_to_exact_shapes() {
             }),
             json!({"type":"group_message","payload":{"groupId":"0a1b","messageId":"m-1","recipients":4}}),
         ),
+        (
+            ServerFrame::BlobToken(BlobToken {
+                token: "dG9rZW4".into(),
+                expires_in_ms: 300_000,
+            }),
+            json!({"type":"blob_token","payload":{"token":"dG9rZW4","expiresInMs":300000}}),
+        ),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (frame, want) in cases {
@@ -382,6 +389,8 @@ fn mls_delivery_frames_have_their_documented_shapes() {
         decode_client(r#"{"type":"group_message","payload":{"groupId":"0a1b","message":"AAEC"}}"#)
             .unwrap();
     assert!(matches!(f.body, ClientFrame::GroupMessage(m) if m.message_id.is_none()));
+    let f = decode_client(r#"{"type":"blob_token","requestId":"b1","payload":{}}"#).unwrap();
+    assert!(matches!(f.body, ClientFrame::BlobToken(_)));
     // a group id is lowercase hex; a Commit names its epoch and message id
     for bad in [
         r#"{"type":"group_message","payload":{"groupId":"0A1B","message":"AAEC"}}"#,

@@ -19,7 +19,8 @@ pub struct Config {
     #[arg(long, env = "LATTICE_PORT", default_value_t = lattice_protocol::limits::DEFAULT_PORT)]
     pub port: u16,
 
-    /// Directory for the SQLite database (directory of identities and the offline mailbox).
+    /// Directory for the SQLite database (directory of identities and the offline mailbox) and
+    /// the blob store (`blobs/`).
     /// Without it, and with `--in-memory`, nothing survives a restart.
     #[arg(long, env = "LATTICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -118,6 +119,24 @@ pub struct Config {
           default_value = secs(limits::ACK_WAIT))]
     pub ack_wait: Duration,
 
+    /// Bytes the blob store may hold in total (declared sizes of live transfers).
+    #[arg(long, env = "LATTICE_BLOB_QUOTA", default_value_t = limits::BLOB_QUOTA)]
+    pub blob_quota: u64,
+
+    /// Bytes one sender's live blob transfers may hold.
+    #[arg(long, env = "LATTICE_BLOB_SENDER_QUOTA", default_value_t = limits::BLOB_SENDER_QUOTA)]
+    pub blob_sender_quota: u64,
+
+    /// Largest blob transfer (one file), in bytes.
+    #[arg(long, env = "LATTICE_BLOB_MAX_FILE",
+          default_value_t = lattice_protocol::limits::DEFAULT_MAX_BLOB_BYTES)]
+    pub blob_max_file: u64,
+
+    /// Seconds a blob transfer is kept; then its bytes are deleted.
+    #[arg(long = "blob-ttl", env = "LATTICE_BLOB_TTL", value_parser = parse_secs,
+          default_value = secs(limits::BLOB_TTL))]
+    pub blob_ttl: Duration,
+
     /// Frames that may wait to be written to one connection.
     #[arg(long, env = "LATTICE_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
@@ -170,6 +189,10 @@ impl Default for Config {
             binding_ttl: limits::BINDING_TTL,
             new_ids_per_ip: limits::NEW_IDS_PER_IP,
             max_bindings: limits::MAX_BINDINGS,
+            blob_quota: limits::BLOB_QUOTA,
+            blob_sender_quota: limits::BLOB_SENDER_QUOTA,
+            blob_max_file: lattice_protocol::limits::DEFAULT_MAX_BLOB_BYTES,
+            blob_ttl: limits::BLOB_TTL,
         }
     }
 }
@@ -289,6 +312,9 @@ impl Config {
             return Err(ConfigError(
                 "--mailbox-sender-quota must be at least 1".into(),
             ));
+        }
+        if self.blob_ttl.is_zero() {
+            return Err(ConfigError("--blob-ttl must be above 0".into()));
         }
         let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES as u64;
         if self.mailbox_quota().sender_bytes < largest {

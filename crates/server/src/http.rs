@@ -36,6 +36,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/peers", get(admin_peers))
         .route("/admin/peers/{id}/questions", post(admin_ask))
+        .merge(crate::blob_http::routes())
         .fallback(upgrade)
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(state)
@@ -118,7 +119,8 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
 async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.sessions.len(), state.hub.len()),
+        state.metrics.render(state.sessions.len(), state.hub.len())
+            + &crate::metrics::render_blobs(state.blobs.as_deref()),
     )
 }
 

@@ -25,6 +25,8 @@
 //! - [`store`]: durable [`store::Directory`] of identity bindings and [`store::Mailbox`] (SQLite),
 //!   and the MLS delivery service's KeyPackages and groups on the same [`store::SqliteStore`].
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
+//! - [`blobs`]: the encrypted, chunked blob store (files) under `DATA_DIR/blobs/`; `blob_http`:
+//!   its HTTP endpoints.
 //! - [`metrics`]: counters for `/metrics`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
 //!   expiry of questions, mail and unused bindings; and the in-flight reaper, which spills held
@@ -34,6 +36,8 @@
 #![deny(missing_docs)]
 
 pub mod admin_guard;
+mod blob_http;
+pub mod blobs;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -72,6 +76,9 @@ pub enum ServerError {
     /// Storage could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The blob store could not be opened.
+    #[error("cannot open the blob store: {0}")]
+    Blobs(#[from] blobs::BlobError),
     /// The listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -174,6 +181,18 @@ fn build_state(
         Some(dir) => SqliteStore::open(dir)?,
         None => SqliteStore::in_memory()?,
     });
+    let blobs = match &config.data_dir {
+        Some(dir) => Some(Arc::new(blobs::BlobStore::open(
+            &dir.join("blobs"),
+            blobs::BlobLimits {
+                total: config.blob_quota,
+                per_sender: config.blob_sender_quota,
+                max_file: config.blob_max_file,
+                ttl: config.blob_ttl,
+            },
+        )?)),
+        None => None,
+    };
     let questions = Questions::new(config.question_timeout);
     let writer = writer::Writer::spawn(store.clone(), config.mailbox_quota(), config.mailbox_ttl)
         .map_err(ServerError::Io)?;
@@ -195,6 +214,8 @@ fn build_state(
         admin_guard: admin_guard::AdminGuard::default(),
         new_ids: state::NewIdLimiter::default(),
         in_flight_budget: Arc::new(inflight::Budget::new(limits::IN_FLIGHT_BYTES)),
+        blobs,
+        blob_tokens: blobs::Tokens::default(),
         config,
     }))
 }

@@ -215,3 +215,42 @@ pub const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// and stops a stranger from adding it to groups without end. The group size itself is
 /// [`lattice_protocol::limits::MAX_GROUP_MEMBERS`].
 pub const MAX_GROUPS_PER_ID: u32 = 500;
+
+/// Default total bytes the blob store reserves for all transfers (declared sizes): 50 GiB.
+pub const BLOB_QUOTA: u64 = 50 * 1024 * 1024 * 1024;
+
+/// Default bytes one sender's live transfers may reserve: 5 GiB.
+pub const BLOB_SENDER_QUOTA: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Default lifetime of a blob transfer; its bytes are deleted after it: 7 days.
+pub const BLOB_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Live transfers one sender may hold (bounds their count even when they are empty).
+pub const BLOB_TRANSFERS_PER_SENDER: usize = 256;
+
+/// Chunk uploads one sender may run at once; more wait their turn (only that sender slows down).
+pub const BLOB_UPLOADS_PER_SENDER: usize = 4;
+
+/// How long a `blob_token` stays valid.
+pub const BLOB_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Random bytes in a blob token, a transfer id and a capability.
+pub const BLOB_SECRET_BYTES: usize = 32;
+
+/// Random bytes in a transfer id (hex in URLs).
+pub const BLOB_ID_BYTES: usize = 16;
+
+/// Largest JSON body of `POST /blobs`.
+pub const MAX_BLOB_CREATE_BODY: usize = 4 * 1024;
+
+/// Chunk uploads running at once on the whole server (each holds up to a 1 MiB write batch);
+/// more wait their turn.
+pub const BLOB_UPLOADS_TOTAL: usize = 64;
+
+/// Chunk downloads running at once on the whole server (each holds one chunk, at most 8 MiB, in
+/// memory); more wait their turn.
+pub const BLOB_DOWNLOADS_TOTAL: usize = 32;
+
+/// A chunk upload whose body sends nothing for this long is cut off (`TRUNCATED`), so a stalled
+/// client cannot hold an upload slot.
+pub const BLOB_BODY_IDLE: Duration = Duration::from_secs(30);

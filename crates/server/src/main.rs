@@ -38,7 +38,8 @@ enum Command {
 struct ServeArgs {
     #[command(flatten)]
     config: Config,
-    /// Keep everything in memory: nothing survives a restart (ignores --data-dir).
+    /// Keep everything in memory: nothing survives a restart (ignores --data-dir); the blob
+    /// store (files) is off.
     #[arg(long, env = "LATTICE_IN_MEMORY")]
     in_memory: bool,
 }

@@ -117,3 +117,43 @@ impl Metrics {
         out
     }
 }
+
+/// The blob store's counters and gauges (nothing without a store).
+pub fn render_blobs(blobs: Option<&crate::blobs::BlobStore>) -> String {
+    let Some(b) = blobs else {
+        return String::new();
+    };
+    let mut out = String::with_capacity(1024);
+    let counters: [(&str, &str, &AtomicU64); 4] = [
+        (
+            "lattice_blob_bytes_in_total",
+            "Blob chunk bytes accepted.",
+            &b.stats.bytes_in,
+        ),
+        (
+            "lattice_blob_bytes_out_total",
+            "Blob chunk bytes served.",
+            &b.stats.bytes_out,
+        ),
+        (
+            "lattice_blob_transfers_created_total",
+            "Blob transfers created.",
+            &b.stats.transfers_created,
+        ),
+        (
+            "lattice_blob_transfers_expired_total",
+            "Blob transfers deleted by expiry.",
+            &b.stats.transfers_expired,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP lattice_blob_stored_bytes Blob chunk bytes on disk.\n# TYPE lattice_blob_stored_bytes gauge\nlattice_blob_stored_bytes {}", b.stored_bytes());
+    let _ = writeln!(out, "# HELP lattice_blob_transfers Live blob transfers.\n# TYPE lattice_blob_transfers gauge\nlattice_blob_transfers {}", b.transfer_count());
+    out
+}

@@ -54,6 +54,10 @@ pub struct ServerState {
     pub new_ids: NewIdLimiter,
     /// The bytes of every message held for an `ack` ([`crate::inflight`]).
     pub in_flight_budget: Arc<crate::inflight::Budget>,
+    /// The blob store (`None` without `--data-dir`: blobs are off).
+    pub blobs: Option<Arc<crate::blobs::BlobStore>>,
+    /// Live blob tokens (`blob_token` frames).
+    pub blob_tokens: crate::blobs::Tokens,
 }
 
 /// The allowance of new verified ids per source address (IPv6 grouped by its /64): a bucket of

@@ -47,6 +47,18 @@ fn store_maintenance(state: &ServerState) {
     }
 }
 
+/// Blob transfers past `--blob-ttl` lose their bytes; expired blob tokens go.
+fn expire_blobs(state: &ServerState) {
+    let now = state::unix_ms();
+    state.blob_tokens.purge(now);
+    if let Some(blobs) = &state.blobs {
+        let n = blobs.purge_expired(now);
+        if n > 0 {
+            info!(expired = n, "expired blob transfers removed");
+        }
+    }
+}
+
 /// Housekeeping: heartbeat pings, idle and registration timeouts, expiry of questions and mail.
 pub(crate) async fn sweep(state: Arc<ServerState>) {
     let mut tick = tokio::time::interval(limits::SWEEP_INTERVAL);
@@ -78,6 +90,7 @@ pub(crate) async fn sweep(state: Arc<ServerState>) {
             }
         }
         state.questions.expire();
+        expire_blobs(&state);
         let every =
             (limits::STORE_MAINTENANCE_EVERY.as_secs() / limits::SWEEP_INTERVAL.as_secs()).max(1);
         if rounds.is_multiple_of(every) {

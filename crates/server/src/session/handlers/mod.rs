@@ -14,9 +14,11 @@
 //! - [`relay`]: `message`, `ack` and the batch's group commit (the delivery contract).
 //! - [`questions`]: `peer_response` and `debug_question`.
 //! - [`key_packages`]: `key_package_upload` and `key_package_fetch`, the MLS KeyPackage directory.
+//! - [`blobs`]: `blob_token`, the token a verified id shows to create blob transfers over HTTP.
 //! - [`groups`]: `group_commit` and `group_message`, the MLS delivery service's epoch check and
 //!   fan-out.
 
+mod blobs;
 mod discover;
 mod groups;
 mod key_packages;
@@ -206,6 +208,7 @@ impl Core {
                     }
                     ClientFrame::GroupCommit(c) => self.on_group_commit(&peer, c).map(Some),
                     ClientFrame::GroupMessage(m) => self.on_group_message(&peer, m).map(Some),
+                    ClientFrame::BlobToken(_) => self.on_blob_token(&peer).map(Some),
                     ClientFrame::Challenge(_) | ClientFrame::Register(_) => Ok(None),
                 },
             },
