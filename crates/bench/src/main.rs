@@ -627,19 +627,24 @@ fn cpu_us(pid: u32) -> anyhow::Result<u64> {
     Ok((utime + stime) * 10_000)
 }
 
+/// Where the servers to compare are: `bin_dir`, or next to this binary.
+fn binary_dir(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
+        Some(d) => Ok(d),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf()),
+    }
+}
+
 async fn delivery(
     pairs: &[usize],
     rounds: usize,
     load: Load,
     bin_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let dir = match bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary directory")?
-            .to_path_buf(),
-    };
+    let dir = binary_dir(bin_dir)?;
     println!(
         "# {} B plaintext ml-kem-aes envelopes, {} in flight per sender, {} s per run; lattice-server on core 0{}, --data-dir on a fresh temp dir",
         load.size,
@@ -712,13 +717,7 @@ async fn compare(
     load: Load,
     bin_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let dir = match bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary directory")?
-            .to_path_buf(),
-    };
+    let dir = binary_dir(bin_dir)?;
     println!(
         "# {} B plaintext ml-kem-aes envelopes, {} in flight per sender, {} s per run; servers on core 0{}",
         load.size,

@@ -19,7 +19,7 @@ use lattice_peer::{KnownMessage, MessageLookup, PeerError};
 use lattice_protocol::{ClientId, MessageId};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::db::{Db, MessageRecord, MessageStatus};
+use super::db::{insert_outbox, Db, MessageRecord, MessageStatus};
 use super::error::StorageError;
 pub use super::message::{MessageExtra, Reaction, Received, ReplyRef, StoredReply};
 
@@ -416,18 +416,7 @@ impl Db {
         if !read.is_empty() {
             let receipt = Content::Receipt { read };
             let (kind, body) = receipt.encode()?;
-            tx.execute(
-                "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    local_id,
-                    peer.as_str(),
-                    body,
-                    now_ms,
-                    wire_id.as_str(),
-                    kind
-                ],
-            )?;
+            insert_outbox(&tx, local_id, peer, &body, now_ms, wire_id, Some(kind))?;
         }
         tx.commit()?;
         Ok(due.len())
@@ -461,19 +450,15 @@ impl Db {
         now_ms: i64,
     ) -> Result<(), StorageError> {
         let (kind, body) = content.encode()?;
-        self.conn().execute(
-            "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                local_id,
-                peer.as_str(),
-                body,
-                now_ms,
-                wire_id.as_str(),
-                kind
-            ],
-        )?;
-        Ok(())
+        insert_outbox(
+            &self.conn(),
+            local_id,
+            peer,
+            &body,
+            now_ms,
+            wire_id,
+            Some(kind),
+        )
     }
 }
 

@@ -422,17 +422,14 @@ impl Db {
             ],
         )?;
         let seq = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                message_id,
-                peer_id.as_str(),
-                wire_body,
-                now_ms,
-                wire_id.as_str(),
-                kind
-            ],
+        insert_outbox(
+            &tx,
+            message_id,
+            peer_id,
+            &wire_body,
+            now_ms,
+            wire_id,
+            kind.as_deref(),
         )?;
         let record = Self::message_by_seq(&tx, seq)?;
         tx.commit()?;
@@ -846,6 +843,32 @@ fn message_id(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<MessageI
     MessageId::try_from(text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
     })
+}
+
+/// One outbox row: `local_id` (the history's id), its conversation, the wire body of its content
+/// and its kind (`None` for a plain text), in the order of the rowid it gets.
+pub(super) fn insert_outbox(
+    conn: &Connection,
+    local_id: &str,
+    peer: &ClientId,
+    body: &str,
+    now_ms: i64,
+    wire_id: &MessageId,
+    kind: Option<&str>,
+) -> Result<(), StorageError> {
+    conn.execute(
+        "INSERT INTO outbox(message_id, peer_id, body, created_at, wire_id, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            local_id,
+            peer.as_str(),
+            body,
+            now_ms,
+            wire_id.as_str(),
+            kind
+        ],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
