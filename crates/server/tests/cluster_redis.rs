@@ -15,7 +15,7 @@ use std::time::Duration;
 use lattice_protocol::{ClientId, MessageId};
 use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::directory::{Bound, RedisDirectory};
-use lattice_server::cluster::mailbox::{RedisEnqueueError, RedisMailbox};
+use lattice_server::cluster::mailbox::{consumer, RedisEnqueueError, RedisMailbox};
 use lattice_server::cluster::presence::{Claim, Holder, Presence};
 use lattice_server::cluster::{connect, ClusterError, NodeId, RedisUrl};
 use lattice_server::store::{Accepted, Binding, Limit, MailItem, Quota};
@@ -606,4 +606,134 @@ async fn the_binding_cap_holds_across_nodes_and_unused_bindings_expire() {
     assert!(a.get(&kept).await.unwrap().is_some());
     assert_eq!(a.get(&first).await.unwrap(), None);
     assert_eq!(a.get(&id("never-bound")).await.unwrap(), None);
+}
+
+fn ids(items: &[(String, MailItem)]) -> Vec<String> {
+    items
+        .iter()
+        .map(|(_, m)| m.message_id.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn mail_handed_to_a_connection_on_a_killed_node_goes_to_the_next_connection_elsewhere() {
+    let redis = RedisProcess::start().await;
+    let a = RedisMailbox::new(connect(&url(&redis)).await.unwrap());
+    let b = RedisMailbox::new(connect(&url(&redis)).await.unwrap());
+    let (na, nb) = (NodeId::random(), NodeId::random());
+    let bob = id("bob");
+    for i in 0..5 {
+        a.enqueue(
+            &bob,
+            &mail("alice", &format!("m{i}"), "{}"),
+            &Quota::UNLIMITED,
+        )
+        .await
+        .unwrap();
+    }
+    // Bob's connection 1 on node A is handed three and acknowledges one; then node A dies.
+    let c1 = consumer(&na, 1);
+    let first = a.claim(&bob, &c1, 3).await.unwrap();
+    assert_eq!(ids(&first), ["m0", "m1", "m2"]);
+    assert!(a
+        .remove(&bob, &id("alice"), &MessageId::new("m0").unwrap())
+        .await
+        .unwrap());
+    // Nothing handed out is handed out again to a plain claim.
+    let c9 = consumer(&na, 9);
+    assert_eq!(ids(&a.claim(&bob, &c9, 1).await.unwrap()), ["m3"]);
+    // Bob comes back on node B: everything handed out and not acknowledged is his again, then
+    // what nobody was handed.
+    let c2 = consumer(&nb, 2);
+    let (again, next) = b.take_over(&bob, &c2, None, 100).await.unwrap();
+    assert_eq!(ids(&again), ["m1", "m2", "m3"]);
+    assert_eq!(next, None);
+    assert_eq!(ids(&b.claim(&bob, &c2, 100).await.unwrap()), ["m4"]);
+    assert!(b.claim(&bob, &c2, 100).await.unwrap().is_empty());
+    for m in ["m1", "m2", "m3", "m4"] {
+        assert!(b
+            .remove(&bob, &id("alice"), &MessageId::new(m).unwrap())
+            .await
+            .unwrap());
+    }
+    assert_eq!(b.count(&bob).await.unwrap(), 0);
+    let (none, _) = a
+        .take_over(&bob, &consumer(&na, 3), None, 100)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "acknowledged mail is never sent again");
+    // The consumers left with nothing pending were deleted by the completed take-over.
+    let mut raw = connect(&url(&redis)).await.unwrap();
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("lattice:mbox:{bob}")
+        .arg("lattice")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        consumers.len() <= 1,
+        "at most the taking connection is left, not the {} before",
+        consumers.len()
+    );
+    // Taking over in pages.
+    for i in 0..5 {
+        a.enqueue(
+            &bob,
+            &mail("alice", &format!("p{i}"), "{}"),
+            &Quota::UNLIMITED,
+        )
+        .await
+        .unwrap();
+    }
+    a.claim(&bob, &c1, 5).await.unwrap();
+    let (page, next) = b.take_over(&bob, &c2, None, 2).await.unwrap();
+    assert_eq!(ids(&page), ["p0", "p1"]);
+    let next = next.expect("more to take over");
+    let (rest, _) = b.take_over(&bob, &c2, Some(&next), 10).await.unwrap();
+    assert_eq!(ids(&rest), ["p2", "p3", "p4"]);
+}
+
+#[tokio::test]
+async fn racing_claims_from_two_nodes_never_hand_out_one_entry_twice() {
+    let redis = RedisProcess::start().await;
+    let a = RedisMailbox::new(connect(&url(&redis)).await.unwrap());
+    let b = RedisMailbox::new(connect(&url(&redis)).await.unwrap());
+    let bob = id("bob");
+    for i in 0..200 {
+        a.enqueue(
+            &bob,
+            &mail("alice", &format!("m{i:03}"), "{}"),
+            &Quota::UNLIMITED,
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (n, mbox) in [a, b].into_iter().enumerate() {
+        let bob = bob.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = consumer(&NodeId::random(), u64::try_from(n).unwrap());
+            let mut got = Vec::new();
+            loop {
+                let batch = mbox.claim(&bob, &me, 7).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(ids(&batch));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        (n, all.len()),
+        (200, 200),
+        "each entry handed out exactly once"
+    );
 }

@@ -4,6 +4,15 @@
 //! and `lattice:mbox:{bob}:use`, the counters the quota ([`Quota`]) is checked against: messages
 //! and bytes, in total and per sender (a sender's counters are deleted when they reach zero).
 //!
+//! **Ownership across nodes.** The stream has one consumer group (`lattice`); each connection that
+//! drains a mailbox is a consumer (`node:conn`). [`RedisMailbox::claim`] hands a connection the
+//! entries never handed to anyone (`XREADGROUP >`): they stay *pending* for it until the
+//! recipient's `ack` removes them. One id has one live holder, so when a new connection of the
+//! recipient registers, on any node, every entry still pending for an earlier connection (it was
+//! closed, replaced, or its node was killed) is unacknowledged: [`RedisMailbox::take_over`] moves
+//! them to the new connection (`XAUTOCLAIM`), to be sent again; the recipient drops duplicates by
+//! `messageId`. Nothing is lost with the node, and no node has to give anything back.
+//!
 //! Enqueue, removal and expiry are each one Lua script, so a quota check and the write it allows
 //! are one atomic step whichever node runs them; the three keys share the recipient's hash tag.
 //! An enqueue answers only after Redis executed it: with AOF `appendfsync everysec` a crash of
@@ -11,10 +20,10 @@
 
 use lattice_protocol::{ClientId, MessageId};
 use redis::aio::ConnectionManager;
-use redis::streams::StreamRangeReply;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use redis::Script;
 
-use super::{id_key, ClusterError};
+use super::{id_key, ClusterError, NodeId};
 use crate::store::{Accepted, Limit, MailItem, Quota};
 
 /// Removes one entry and gives its size back to the counters. Lua, shared by the scripts below.
@@ -27,6 +36,7 @@ local function drop(eid, fields)
     elseif fields[i] == 'f' then size = string.len(fields[i + 1])
     elseif fields[i] == 'k' then key = fields[i + 1] end
   end
+  redis.pcall('XACK', KEYS[1], 'lattice', eid)
   redis.call('XDEL', KEYS[1], eid)
   redis.call('HDEL', KEYS[2], key)
   redis.call('HINCRBY', KEYS[3], 'n', -1)
@@ -85,6 +95,36 @@ for _, e in ipairs(es) do drop(e[1], e[2]) end
 return #es
 ";
 
+/// Creates the consumer group with the stream if missing (an existing one is an error we ignore).
+const ENSURE_GROUP: &str = "redis.pcall('XGROUP', 'CREATE', KEYS[1], 'lattice', '0', 'MKSTREAM')\n";
+
+/// KEYS: stream. ARGV: consumer, count. Entries never handed out before, now pending for the
+/// consumer.
+const CLAIM: &str = "
+local r = redis.call('XREADGROUP', 'GROUP', 'lattice', ARGV[1], 'COUNT', tonumber(ARGV[2]), 'STREAMS', KEYS[1], '>')
+if not r then return {} end
+return r[1][2]
+";
+
+/// KEYS: stream. ARGV: consumer, start, count. Moves up to `count` pending entries (of any
+/// consumer) to this one; once the scan is complete, deletes the consumers left with nothing
+/// pending, so their number stays bounded. Returns XAUTOCLAIM's reply.
+const TAKE_OVER: &str = "
+local r = redis.call('XAUTOCLAIM', KEYS[1], 'lattice', ARGV[1], 0, ARGV[2], 'COUNT', tonumber(ARGV[3]))
+if r[1] == '0-0' then
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], 'lattice')) do
+    local name, pending = nil, 0
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = c[i + 1] end
+    end
+    if name and name ~= ARGV[1] and pending == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'lattice', name)
+    end
+  end
+end
+return r
+";
+
 /// A mailbox entry's position in its stream: what a drain continues after.
 pub type Cursor = String;
 
@@ -95,6 +135,8 @@ pub struct RedisMailbox {
     enqueue: Script,
     remove: Script,
     expire: Script,
+    claim: Script,
+    take_over: Script,
 }
 
 impl std::fmt::Debug for RedisMailbox {
@@ -120,6 +162,30 @@ fn keys(recipient: &ClientId) -> [String; 3] {
     [format!("{stream}:ids"), format!("{stream}:use"), stream]
 }
 
+/// The consumer name of connection `conn` of `node`.
+pub fn consumer(node: &NodeId, conn: u64) -> String {
+    format!("{node}:{conn}")
+}
+
+/// A stream entry as a mail item.
+fn entry(e: StreamId) -> Result<(Cursor, MailItem), ClusterError> {
+    let field = |name: &str| -> Result<String, ClusterError> {
+        e.get::<String>(name)
+            .ok_or(ClusterError::Reply("a mailbox entry without its fields"))
+    };
+    let key = field("k")?;
+    let (sender, mid) = key
+        .split_once(' ')
+        .ok_or(ClusterError::Reply("a mailbox entry with a bad key"))?;
+    let item = MailItem {
+        message_id: MessageId::new(mid)
+            .map_err(|_| ClusterError::Reply("an invalid message id"))?,
+        sender: ClientId::new(sender).map_err(|_| ClusterError::Reply("an invalid sender"))?,
+        frame: field("f")?,
+    };
+    Ok((e.id, item))
+}
+
 /// The dedup key of a message: (sender, id). Neither can contain a space.
 fn dedup_key(sender: &ClientId, id: &MessageId) -> String {
     format!("{sender} {id}")
@@ -133,6 +199,8 @@ impl RedisMailbox {
             enqueue: Script::new(ENQUEUE),
             remove: Script::new(&format!("{DROP_FN}{REMOVE}")),
             expire: Script::new(&format!("{DROP_FN}{EXPIRE}")),
+            claim: Script::new(&format!("{ENSURE_GROUP}{CLAIM}")),
+            take_over: Script::new(&format!("{ENSURE_GROUP}{TAKE_OVER}")),
         }
     }
 
@@ -195,28 +263,60 @@ impl RedisMailbox {
             .arg(limit)
             .query_async(&mut self.conn.clone())
             .await?;
-        reply
-            .ids
+        reply.ids.into_iter().map(entry).collect()
+    }
+
+    /// Up to `limit` entries of `recipient`'s mailbox that no connection was handed yet, oldest
+    /// first; they are pending for `consumer` (one connection: [`consumer`]) until acknowledged.
+    ///
+    /// # Errors
+    /// Redis failing, or an entry that is not one of ours.
+    pub async fn claim(
+        &self,
+        recipient: &ClientId,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
+        let [_, _, stream] = keys(recipient);
+        let reply: StreamRangeReply = self
+            .claim
+            .key(stream)
+            .arg(consumer)
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        reply.ids.into_iter().map(entry).collect()
+    }
+
+    /// Moves every entry of `recipient`'s mailbox handed to an earlier connection and not
+    /// acknowledged to `consumer`, and returns them to be sent again (at most `limit` per call
+    /// from `start`, `None` first; the second value is where to continue, `None` when done).
+    ///
+    /// # Errors
+    /// Redis failing, or an entry that is not one of ours.
+    pub async fn take_over(
+        &self,
+        recipient: &ClientId,
+        consumer: &str,
+        start: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(Cursor, MailItem)>, Option<Cursor>), ClusterError> {
+        let [_, _, stream] = keys(recipient);
+        let reply: StreamAutoClaimReply = self
+            .take_over
+            .key(stream)
+            .arg(consumer)
+            .arg(start.unwrap_or("0-0"))
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let next = (reply.next_stream_id != "0-0").then_some(reply.next_stream_id);
+        let items = reply
+            .claimed
             .into_iter()
-            .map(|e| {
-                let field = |name: &str| -> Result<String, ClusterError> {
-                    e.get::<String>(name)
-                        .ok_or(ClusterError::Reply("a mailbox entry without its fields"))
-                };
-                let key = field("k")?;
-                let (sender, mid) = key
-                    .split_once(' ')
-                    .ok_or(ClusterError::Reply("a mailbox entry with a bad key"))?;
-                let item = MailItem {
-                    message_id: MessageId::new(mid)
-                        .map_err(|_| ClusterError::Reply("an invalid message id"))?,
-                    sender: ClientId::new(sender)
-                        .map_err(|_| ClusterError::Reply("an invalid sender"))?,
-                    frame: field("f")?,
-                };
-                Ok((e.id, item))
-            })
-            .collect()
+            .map(entry)
+            .collect::<Result<_, _>>()?;
+        Ok((items, next))
     }
 
     /// Removes the message (`sender`, `id`) from `recipient`'s mailbox (its `ack`); true if it
