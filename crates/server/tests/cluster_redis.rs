@@ -17,6 +17,7 @@ use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::directory::{Bound, RedisDirectory};
 use lattice_server::cluster::mailbox::{consumer, RedisEnqueueError, RedisMailbox};
 use lattice_server::cluster::presence::{Claim, Holder, Presence};
+use lattice_server::cluster::stats::RedisStats;
 use lattice_server::cluster::{connect, ClusterError, NodeId, RedisUrl};
 use lattice_server::store::{Accepted, Binding, Limit, MailItem, Quota};
 use redis_process::RedisProcess;
@@ -274,6 +275,13 @@ async fn node_channels_carry_payloads_both_ways_and_presence_to_every_node() {
     let bytes: Vec<u8> = (0..=255).collect();
     b.publish_to(&na, &bytes).await.unwrap();
     assert_eq!(next(&mut a_rx).await, Inbound::Node(bytes));
+    // What /metrics shows for each node.
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(count(&a.stats().published), 3);
+    assert_eq!(count(&a.stats().received), 3);
+    assert_eq!(count(&b.stats().published), 2);
+    assert_eq!(count(&b.stats().received), 2);
+    assert_eq!(count(&a.stats().dropped), 0);
     stop.cancel();
 }
 
@@ -464,8 +472,9 @@ async fn accepted_mail_survives_a_redis_crash() {
 #[tokio::test]
 async fn redis_down_gives_a_clear_error_and_the_same_handles_work_once_it_is_back() {
     let mut redis = RedisProcess::start().await;
-    let p = node(&redis).await;
-    let mbox = RedisMailbox::new(connect(&url(&redis)).await.unwrap());
+    let stats = std::sync::Arc::new(RedisStats::default());
+    let p = node(&redis).await.with_stats(stats.clone());
+    let mbox = RedisMailbox::new(connect(&url(&redis)).await.unwrap()).with_stats(stats.clone());
     p.claim(&id("before"), 1, None).await.unwrap();
     redis.kill9();
     let refused = tokio::time::timeout(WAIT, p.claim(&id("during"), 2, None))
@@ -482,6 +491,16 @@ async fn redis_down_gives_a_clear_error_and_the_same_handles_work_once_it_is_bac
     .await
     .expect("a bounded wait");
     assert!(matches!(refused, Err(RedisEnqueueError::Redis(_))));
+    let mut metrics = String::new();
+    stats.render(&mut metrics);
+    assert!(
+        metrics.contains("lattice_redis_errors_total 2\n"),
+        "both failures counted:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("lattice_redis_latency_seconds_count 3\n"),
+        "{metrics}"
+    );
     redis.restart().await;
     let mut back = false;
     for _ in 0..50 {

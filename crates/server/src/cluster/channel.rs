@@ -10,9 +10,9 @@
 //!
 //! The subscription is on a RESP3 connection that reconnects by itself and subscribes again; the
 //! inbound queue is bounded ([`INBOUND_QUEUE`]): when the node cannot keep up, further publishes
-//! are dropped and counted ([`Channels::dropped`]), never buffered without bound.
+//! are dropped and counted ([`RedisStats::dropped`]), never buffered without bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::stats::{RedisStats, Timed as _};
 use super::{manager_config, ClusterError, NodeId, RedisUrl, KEY_PREFIX};
 
 /// Publishes waiting for this node's session tasks; more are dropped (and counted).
@@ -61,7 +62,7 @@ pub fn presence_channel() -> String {
 pub struct Channels {
     conn: ConnectionManager,
     node: NodeId,
-    dropped: Arc<AtomicU64>,
+    stats: Arc<RedisStats>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -84,6 +85,19 @@ impl Channels {
         node: NodeId,
         stop: CancellationToken,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
+        Self::open_with_stats(url, node, stop, Arc::default()).await
+    }
+
+    /// [`Self::open`], counting into `stats` (shared by a node's components).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn open_with_stats(
+        url: &RedisUrl,
+        node: NodeId,
+        stop: CancellationToken,
+        stats: Arc<RedisStats>,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
         let info = url.as_str().into_connection_info()?;
         let settings = info
             .redis_settings()
@@ -91,17 +105,17 @@ impl Channels {
             .set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(Notify::new());
         let my_channel = node_channel(&node);
         // Called by the client library for every push, without waiting: converted and offered
         // to the bounded queue here, so nothing queues up unbounded in between.
         let sender = {
-            let (tx, dropped, lost, node) =
-                (tx.clone(), dropped.clone(), lost.clone(), node.clone());
+            let (tx, stats, lost, node) = (tx.clone(), stats.clone(), lost.clone(), node.clone());
             move |push: PushInfo| -> Result<(), ()> {
                 let inbound = match push.kind {
-                    PushKind::Message => match message(&push) {
+                    PushKind::Message => match message(&push).inspect(|_| {
+                        stats.received.fetch_add(1, Ordering::Relaxed);
+                    }) {
                         Some((channel, payload)) if channel == my_channel => Inbound::Node(payload),
                         Some((_, payload)) => Inbound::Presence(payload),
                         None => return Ok(()),
@@ -113,7 +127,7 @@ impl Channels {
                     _ => return Ok(()),
                 };
                 if tx.try_send(inbound).is_err() {
-                    let n = dropped.fetch_add(1, Ordering::Relaxed);
+                    let n = stats.dropped.fetch_add(1, Ordering::Relaxed);
                     if n.is_power_of_two() {
                         warn!(%node, dropped = n + 1, "inbound cluster queue full: publish dropped");
                     }
@@ -128,11 +142,7 @@ impl Channels {
         let mut conn = client.get_connection_manager_with_config(config).await?;
         conn.subscribe(&[node_channel(&node), presence_channel()])
             .await?;
-        let channels = Self {
-            conn,
-            node,
-            dropped,
-        };
+        let channels = Self { conn, node, stats };
         tokio::spawn(channels.clone().watch(lost, tx, stop));
         Ok((channels, rx))
     }
@@ -143,10 +153,12 @@ impl Channels {
     /// # Errors
     /// Redis unreachable.
     pub async fn publish_to(&self, node: &NodeId, payload: &[u8]) -> Result<u64, ClusterError> {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(redis::cmd("PUBLISH")
             .arg(node_channel(node))
             .arg(payload)
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?)
     }
 
@@ -155,10 +167,12 @@ impl Channels {
     /// # Errors
     /// Redis unreachable.
     pub async fn publish_presence(&self, payload: &[u8]) -> Result<u64, ClusterError> {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(redis::cmd("PUBLISH")
             .arg(presence_channel())
             .arg(payload)
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?)
     }
 
@@ -167,9 +181,9 @@ impl Channels {
         &self.node
     }
 
-    /// Publishes dropped because this node's inbound queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// The counters this node's channels add to.
+    pub fn stats(&self) -> &Arc<RedisStats> {
+        &self.stats
     }
 
     /// After each disconnection, pings (with backoff) until the connection manager has
@@ -198,8 +212,10 @@ impl Channels {
     async fn resubscribe(&self, stop: &CancellationToken) -> bool {
         let mut delay = RECONNECT_MIN_DELAY;
         loop {
-            let ping: Result<String, _> =
-                redis::cmd("PING").query_async(&mut self.conn.clone()).await;
+            let ping: Result<String, _> = redis::cmd("PING")
+                .query_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await;
             if ping.is_ok() {
                 return true;
             }

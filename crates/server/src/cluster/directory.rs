@@ -9,9 +9,12 @@
 //! change the identity key.
 
 use lattice_protocol::ClientId;
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::stats::{RedisStats, Timed as _};
 use super::{id_key, ClusterError, KEY_PREFIX};
 use crate::store::Binding;
 
@@ -59,6 +62,7 @@ pub enum Bound {
 #[derive(Clone)]
 pub struct RedisDirectory {
     conn: ConnectionManager,
+    stats: Arc<RedisStats>,
     bind: Script,
     forget: Script,
 }
@@ -78,9 +82,18 @@ impl RedisDirectory {
     pub fn new(conn: ConnectionManager) -> Self {
         Self {
             conn,
+            stats: Arc::default(),
             bind: Script::new(BIND),
             forget: Script::new(FORGET),
         }
+    }
+
+    /// Records this component's Redis round trips and errors in `stats` (shared by a node's
+    /// components, rendered on `/metrics`).
+    #[must_use]
+    pub fn with_stats(mut self, stats: Arc<RedisStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// The binding of `id`, if any.
@@ -95,6 +108,7 @@ impl RedisDirectory {
             .arg("kem")
             .arg("ksig")
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         match (ik, kem, ksig) {
             (Some(ik), Some(kem_public_key), Some(key_signature)) => Ok(Some(Binding {
@@ -131,6 +145,7 @@ impl RedisDirectory {
             .arg(id.as_str())
             .arg(now_ms)
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         match code {
             0 => Ok(Bound::Taken),
@@ -152,6 +167,7 @@ impl RedisDirectory {
             .arg(now_ms)
             .arg(id.as_str())
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         Ok(())
     }
@@ -175,6 +191,7 @@ impl RedisDirectory {
             .arg(0)
             .arg(limit)
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         let mut deleted = 0;
         for raw in ids {
@@ -190,6 +207,7 @@ impl RedisDirectory {
                 .arg(raw.as_str())
                 .arg(cutoff_ms)
                 .invoke_async(&mut self.conn.clone())
+                .timed(&self.stats)
                 .await?;
             deleted += usize::from(n == 1);
         }
@@ -204,6 +222,7 @@ impl RedisDirectory {
         Ok(redis::cmd("ZCARD")
             .arg(bindings_key())
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?)
     }
 }

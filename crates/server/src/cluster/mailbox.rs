@@ -19,10 +19,13 @@
 //! Redis itself may lose the last second, as docs/deployment.md says (`always` loses nothing).
 
 use lattice_protocol::{ClientId, MessageId};
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use redis::Script;
 
+use super::stats::{RedisStats, Timed as _};
 use super::{id_key, ClusterError, NodeId};
 use crate::store::{Accepted, Limit, MailItem, Quota};
 
@@ -132,6 +135,7 @@ pub type Cursor = String;
 #[derive(Clone)]
 pub struct RedisMailbox {
     conn: ConnectionManager,
+    stats: Arc<RedisStats>,
     enqueue: Script,
     remove: Script,
     expire: Script,
@@ -196,12 +200,21 @@ impl RedisMailbox {
     pub fn new(conn: ConnectionManager) -> Self {
         Self {
             conn,
+            stats: Arc::default(),
             enqueue: Script::new(ENQUEUE),
             remove: Script::new(&format!("{DROP_FN}{REMOVE}")),
             expire: Script::new(&format!("{DROP_FN}{EXPIRE}")),
             claim: Script::new(&format!("{ENSURE_GROUP}{CLAIM}")),
             take_over: Script::new(&format!("{ENSURE_GROUP}{TAKE_OVER}")),
         }
+    }
+
+    /// Records this component's Redis round trips and errors in `stats` (shared by a node's
+    /// components, rendered on `/metrics`).
+    #[must_use]
+    pub fn with_stats(mut self, stats: Arc<RedisStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Stores `item` for `recipient` within `quota`. Storing the same (sender, id) again, from
@@ -229,6 +242,7 @@ impl RedisMailbox {
             .arg(quota.sender_count)
             .arg(quota.sender_bytes)
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await
             .map_err(ClusterError::from)?;
         match (code, detail.as_str()) {
@@ -262,6 +276,7 @@ impl RedisMailbox {
             .arg("COUNT")
             .arg(limit)
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         reply.ids.into_iter().map(entry).collect()
     }
@@ -284,6 +299,7 @@ impl RedisMailbox {
             .arg(consumer)
             .arg(limit)
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         reply.ids.into_iter().map(entry).collect()
     }
@@ -309,6 +325,7 @@ impl RedisMailbox {
             .arg(start.unwrap_or("0-0"))
             .arg(limit)
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         let next = (reply.next_stream_id != "0-0").then_some(reply.next_stream_id);
         let items = reply
@@ -338,6 +355,7 @@ impl RedisMailbox {
             .key(usage)
             .arg(dedup_key(sender, id))
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         Ok(removed == 1)
     }
@@ -361,6 +379,7 @@ impl RedisMailbox {
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(batch)
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         Ok(n)
     }
@@ -374,6 +393,7 @@ impl RedisMailbox {
         Ok(redis::cmd("XLEN")
             .arg(stream)
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?)
     }
 }

@@ -12,6 +12,8 @@
 //! - [`mailbox`]: a Redis stream per verified recipient, with deduplication by
 //!   (sender, `messageId`) and the same quotas as the SQLite mailbox, written atomically by one
 //!   script.
+//! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
+//!   channel traffic), shared by a node's components.
 //!
 //! **Not wired into `lattice-server` yet**: the server still runs on one node (SQLite, in-process
 //! hub) and has no `--redis` flag. The session handlers are synchronous calls on the hub and the
@@ -26,6 +28,7 @@ pub mod channel;
 pub mod directory;
 pub mod mailbox;
 pub mod presence;
+pub mod stats;
 
 use std::time::Duration;
 

@@ -10,11 +10,14 @@
 //! replaced holder is returned, so the caller can tell that node to close it with 4000). Expiry
 //! times come from Redis's own clock (`TIME`), never a node's.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use lattice_protocol::ClientId;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::stats::{RedisStats, Timed as _};
 use super::{id_key, ClusterError, NodeId, KEY_PREFIX};
 
 /// How long an id stays held without a refresh: a node that dies stops refreshing, and its ids
@@ -134,6 +137,7 @@ pub enum Claim {
 #[derive(Clone)]
 pub struct Presence {
     conn: ConnectionManager,
+    stats: Arc<RedisStats>,
     node: NodeId,
     ttl_ms: u64,
     claim: Script,
@@ -169,6 +173,7 @@ impl Presence {
     pub fn with_ttl(conn: ConnectionManager, node: NodeId, ttl: std::time::Duration) -> Self {
         Self {
             conn,
+            stats: Arc::default(),
             node,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
             claim: Script::new(CLAIM),
@@ -176,6 +181,13 @@ impl Presence {
             refresh: Script::new(REFRESH),
             page: Script::new(PAGE),
         }
+    }
+
+    /// Records the round trips and errors in `stats` (shared by a node's components).
+    #[must_use]
+    pub fn with_stats(mut self, stats: Arc<RedisStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// This node.
@@ -206,6 +218,7 @@ impl Presence {
             .arg(self.ttl_ms)
             .arg(id.as_str())
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         let holder = || -> Result<Holder, ClusterError> {
             Ok(Holder {
@@ -239,6 +252,7 @@ impl Presence {
             .arg(conn)
             .arg(id.as_str())
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         Ok(released == 1)
     }
@@ -264,7 +278,10 @@ impl Presence {
                     .arg(id.as_str())
                     .arg(ik.map(|k| B64.encode(k)).unwrap_or_default());
             }
-            let positions: Vec<usize> = inv.invoke_async(&mut self.conn.clone()).await?;
+            let positions: Vec<usize> = inv
+                .invoke_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await?;
             for p in positions {
                 let (id, _, _) = p
                     .checked_sub(1)
@@ -286,6 +303,7 @@ impl Presence {
             .arg("node")
             .arg("conn")
             .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         match (node, conn) {
             (Some(node), Some(conn)) => Ok(Some(Holder {
@@ -317,6 +335,7 @@ impl Presence {
             .arg(limit.saturating_add(1))
             .arg(TRIM_BATCH)
             .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
             .await?;
         let mut ids = raw
             .into_iter()
