@@ -17,8 +17,13 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-  if [[ " ${need[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
-    $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+  if [[ " ${need[*]} " == *" redis-server "* ]]; then
+    if command -v systemctl >/dev/null 2>&1; then
+      $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null 2>&1; then
+      $SUDO service redis-server stop >/dev/null 2>&1 || true
+    fi
   fi
 fi
 
