@@ -756,3 +756,64 @@ async fn racing_claims_from_two_nodes_never_hand_out_one_entry_twice() {
         "each entry handed out exactly once"
     );
 }
+
+#[tokio::test]
+async fn rediss_trusts_the_ca_it_is_given_and_refuses_an_unknown_one() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let certs = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let path = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("server.pem"), leaf.pem()).unwrap();
+    std::fs::write(path("server.key"), leaf_key.serialize_pem()).unwrap();
+    let tls_port = redis_process::free_port().to_string();
+    let _redis = RedisProcess::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.pem"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ])
+    .await;
+    let url = RedisUrl::parse(&format!("rediss://127.0.0.1:{tls_port}")).unwrap();
+    assert!(url.tls());
+    let trusted = url.clone().with_root_ca(ca_cert.pem().into_bytes());
+    let p = Presence::new(connect(&trusted).await.unwrap(), NodeId::random());
+    assert_eq!(
+        p.claim(&id("alice"), 1, None).await.unwrap(),
+        Claim::Won { replaced: None }
+    );
+    let stop = CancellationToken::new();
+    let nb = NodeId::random();
+    let (a, _a_rx) = Channels::open(&trusted, NodeId::random(), stop.clone())
+        .await
+        .unwrap();
+    let (_b, mut b_rx) = Channels::open(&trusted, nb.clone(), stop.clone())
+        .await
+        .unwrap();
+    assert_eq!(a.publish_to(&nb, b"over tls").await.unwrap(), 1);
+    assert_eq!(next(&mut b_rx).await, Inbound::Node(b"over tls".to_vec()));
+    stop.cancel();
+    // The system's roots do not know this CA: no connection.
+    let refused = tokio::time::timeout(WAIT, connect(&url))
+        .await
+        .expect("a bounded wait");
+    assert!(
+        matches!(&refused, Err(ClusterError::Redis(e)) if e.to_string().contains("UnknownIssuer")),
+        "refused for its certificate: {refused:?}"
+    );
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind};
+use redis::{ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -98,12 +98,13 @@ impl Channels {
         stop: CancellationToken,
         stats: Arc<RedisStats>,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
-        let info = url.as_str().into_connection_info()?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = url.client(|info| {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            info.set_redis_settings(settings)
+        })?;
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let lost = Arc::new(Notify::new());
         let my_channel = node_channel(&node);

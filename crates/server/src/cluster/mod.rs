@@ -61,9 +61,11 @@ pub enum ClusterError {
 }
 
 /// A validated Redis URL: `redis://` or `rediss://` (TLS through rustls), with optional
-/// user, password and database (`redis://:pw@host:6379/0`).
+/// user, password and database (`redis://:pw@host:6379/0`). A `rediss://` server's certificate
+/// is checked against the system's roots, or only against the CA given with
+/// [`RedisUrl::with_root_ca`] (a private CA, as Redis deployments often use).
 #[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(String);
+pub struct RedisUrl(String, Option<Vec<u8>>);
 
 impl RedisUrl {
     /// Checks `s`.
@@ -78,16 +80,44 @@ impl RedisUrl {
             ));
         }
         redis::Client::open(s).map_err(|e| ClusterError::Url(e.to_string()))?;
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.to_owned(), None))
+    }
+
+    /// Trusts only the CA certificate(s) in `pem` for `rediss://`.
+    #[must_use]
+    pub fn with_root_ca(mut self, pem: Vec<u8>) -> Self {
+        self.1 = Some(pem);
+        self
+    }
+
+    /// A client for this URL with `settings` (the connection info parsed from it, adjusted).
+    fn client(
+        &self,
+        adjust: impl FnOnce(redis::ConnectionInfo) -> redis::ConnectionInfo,
+    ) -> Result<redis::Client, ClusterError> {
+        use redis::IntoConnectionInfo as _;
+        if self.tls() {
+            // redis-rs builds its rustls configuration on the process's default provider, and
+            // the dependency graph enables more than one, so none is chosen by itself. Ring, as
+            // everywhere else in Lattice; an error only means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let info = adjust(self.0.as_str().into_connection_info()?);
+        Ok(match &self.1 {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        })
     }
 
     /// Whether the connection uses TLS.
     pub fn tls(&self) -> bool {
         self.0.starts_with("rediss://")
-    }
-
-    fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -130,7 +160,7 @@ impl std::fmt::Display for NodeId {
 /// A connection to Redis that reconnects by itself (requests made while it is down fail after
 /// [`REDIS_RESPONSE_TIMEOUT`] with [`ClusterError::Redis`]; the next one tries again).
 pub async fn connect(url: &RedisUrl) -> Result<ConnectionManager, ClusterError> {
-    let client = redis::Client::open(url.as_str())?;
+    let client = url.client(|info| info)?;
     Ok(client
         .get_connection_manager_with_config(manager_config())
         .await?)
