@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use lattice_protocol::{ClientId, MessageId};
 use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::mailbox::RedisMailbox;
-use lattice_server::cluster::presence::Presence;
+use lattice_server::cluster::presence::{PeerKeys, Presence};
 use lattice_server::cluster::{connect, NodeId, RedisUrl};
 use lattice_server::hub::{Hub as _, LocalHub, PeerEntry, SessionShared};
 use lattice_server::store::{MailItem, Mailbox as _, Quota, SqliteStore};
@@ -230,12 +230,18 @@ async fn main() {
         .await,
     );
     let presence = Presence::new(conn.clone(), NodeId::random());
+    let verified = PeerKeys {
+        public_key: vec![0; 1184],
+        identity_key: Some([1; 32]),
+        key_signature: Some(vec![2; 64]),
+    };
+    let verified = &verified;
     rows.push(
         sequential("claim + release: Redis scripts", Some(&conn), 2, |i| {
             let presence = presence.clone();
             async move {
                 let id = ClientId::new(format!("p{i}")).unwrap();
-                presence.claim(&id, i, Some(&[1; 32])).await.unwrap();
+                presence.claim(&id, i, verified).await.unwrap();
                 assert!(presence.release(&id, i).await.unwrap());
             }
         })

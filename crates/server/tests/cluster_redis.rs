@@ -16,7 +16,7 @@ use lattice_protocol::{ClientId, MessageId};
 use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::directory::{Bound, RedisDirectory};
 use lattice_server::cluster::mailbox::{consumer, RedisEnqueueError, RedisMailbox};
-use lattice_server::cluster::presence::{Claim, Holder, Presence};
+use lattice_server::cluster::presence::{Claim, Holder, PeerKeys, Presence, Refreshed};
 use lattice_server::cluster::stats::RedisStats;
 use lattice_server::cluster::{connect, ClusterError, NodeId, RedisUrl};
 use lattice_server::store::{Accepted, Binding, Limit, MailItem, Quota};
@@ -29,6 +29,15 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn id(s: &str) -> ClientId {
     ClientId::new(s).unwrap()
+}
+
+/// The keys of a registration: a verified one when `ik` is given.
+fn keys(ik: Option<[u8; 32]>) -> PeerKeys {
+    PeerKeys {
+        public_key: vec![ik.map_or(0, |k| k[0]); 1184],
+        identity_key: ik,
+        key_signature: ik.map(|k| vec![k[0] ^ 0x5a; 64]),
+    }
 }
 
 fn url(r: &RedisProcess) -> RedisUrl {
@@ -70,7 +79,7 @@ async fn exactly_one_of_racing_claims_from_three_nodes_wins() {
                 (
                     p.node().clone(),
                     i,
-                    p.claim(&who, i, ik.as_ref()).await.unwrap(),
+                    p.claim(&who, i, &keys(ik)).await.unwrap(),
                 )
             }));
         }
@@ -102,12 +111,12 @@ async fn a_verified_owner_reclaims_its_id_from_a_connection_on_another_node() {
     let alice = id("alice");
     let ik = [7u8; 32];
     assert_eq!(
-        a.claim(&alice, 1, Some(&ik)).await.unwrap(),
+        a.claim(&alice, 1, &keys(Some(ik))).await.unwrap(),
         Claim::Won { replaced: None }
     );
     // The same connection claiming again (a retry) keeps it.
     assert_eq!(
-        a.claim(&alice, 1, Some(&ik)).await.unwrap(),
+        a.claim(&alice, 1, &keys(Some(ik))).await.unwrap(),
         Claim::Won { replaced: None }
     );
     let a_holds = Holder {
@@ -115,7 +124,7 @@ async fn a_verified_owner_reclaims_its_id_from_a_connection_on_another_node() {
         conn: 1,
     };
     assert_eq!(
-        b.claim(&alice, 9, Some(&ik)).await.unwrap(),
+        b.claim(&alice, 9, &keys(Some(ik))).await.unwrap(),
         Claim::Won {
             replaced: Some(a_holds)
         },
@@ -127,11 +136,11 @@ async fn a_verified_owner_reclaims_its_id_from_a_connection_on_another_node() {
     };
     // Another identity, or an unverified claim, cannot take it.
     assert_eq!(
-        c.claim(&alice, 3, Some(&[8u8; 32])).await.unwrap(),
+        c.claim(&alice, 3, &keys(Some([8u8; 32]))).await.unwrap(),
         Claim::Taken(b_holds.clone())
     );
     assert_eq!(
-        c.claim(&alice, 4, None).await.unwrap(),
+        c.claim(&alice, 4, &keys(None)).await.unwrap(),
         Claim::Taken(b_holds.clone())
     );
     // The replaced connection's release (when node A closes it) frees nothing.
@@ -139,17 +148,24 @@ async fn a_verified_owner_reclaims_its_id_from_a_connection_on_another_node() {
     assert_eq!(a.holder(&alice).await.unwrap(), Some(b_holds));
     // Its refresh reports the id lost, so node A closes a session it did not close yet.
     assert_eq!(
-        a.refresh(&[(alice.clone(), 1, Some(ik))]).await.unwrap(),
-        std::slice::from_ref(&alice)
+        a.refresh(&[(alice.clone(), 1)]).await.unwrap(),
+        Refreshed {
+            taken: vec![alice.clone()],
+            gone: vec![]
+        }
     );
+    // Any node answers a key request for alice from her presence, the current holder's keys.
+    let (holder, shown) = c.keys(&alice).await.unwrap().expect("online");
+    assert_eq!(holder.node, *b.node());
+    assert_eq!(shown, keys(Some(ik)));
     // An unverified holder is never replaced, not even by a verified claim.
     let bob = id("bob");
     assert!(matches!(
-        a.claim(&bob, 5, None).await.unwrap(),
+        a.claim(&bob, 5, &keys(None)).await.unwrap(),
         Claim::Won { replaced: None }
     ));
     assert!(matches!(
-        b.claim(&bob, 6, Some(&ik)).await.unwrap(),
+        b.claim(&bob, 6, &keys(Some(ik))).await.unwrap(),
         Claim::Taken(_)
     ));
 }
@@ -159,8 +175,12 @@ async fn discover_pages_ids_of_every_node_and_release_frees_only_the_holders_own
     let redis = RedisProcess::start().await;
     let (a, b) = (node(&redis).await, node(&redis).await);
     for i in 0..5 {
-        a.claim(&id(&format!("a{i}")), i, None).await.unwrap();
-        b.claim(&id(&format!("b{i}")), i, None).await.unwrap();
+        a.claim(&id(&format!("a{i}")), i, &keys(None))
+            .await
+            .unwrap();
+        b.claim(&id(&format!("b{i}")), i, &keys(None))
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -194,14 +214,14 @@ async fn discover_pages_ids_of_every_node_and_release_frees_only_the_holders_own
 }
 
 #[tokio::test]
-async fn a_dead_nodes_ids_expire_within_one_ttl_and_a_refresh_restores_a_lost_key() {
+async fn a_dead_nodes_ids_expire_within_one_ttl_and_a_lost_key_is_claimed_again() {
     let redis = RedisProcess::start().await;
     let conn = connect(&url(&redis)).await.unwrap();
     // Node A "dies": it claimed with a short TTL and never refreshes.
     let a = Presence::with_ttl(conn.clone(), NodeId::random(), Duration::from_millis(300));
     let b = node(&redis).await;
-    a.claim(&id("ghost"), 1, None).await.unwrap();
-    b.claim(&id("live"), 1, None).await.unwrap();
+    a.claim(&id("ghost"), 1, &keys(None)).await.unwrap();
+    b.claim(&id("live"), 1, &keys(None)).await.unwrap();
     let (page, _) = b.online_page(None, 10).await.unwrap();
     assert_eq!(page, [id("ghost"), id("live")]);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -217,22 +237,36 @@ async fn a_dead_nodes_ids_expire_within_one_ttl_and_a_refresh_restores_a_lost_ke
     );
     // The id is free for anyone now.
     assert!(matches!(
-        b.claim(&id("ghost"), 2, None).await.unwrap(),
+        b.claim(&id("ghost"), 2, &keys(None)).await.unwrap(),
         Claim::Won { replaced: None }
     ));
-    // A key lost without anyone else claiming it (Redis restarted without it) is restored by
-    // the holder's next refresh.
+    // An unverified peer's key is there for key requests from any node too.
+    let (_, shown) = a.keys(&id("live")).await.unwrap().expect("online");
+    assert_eq!(shown, keys(None));
+    assert_eq!(a.keys(&id("nobody")).await.unwrap(), None);
+    // A key lost without anyone else claiming it (Redis restarted without it) is reported by
+    // the holder's next refresh, and claimed again.
     let mut raw = conn.clone();
     let _: () = redis::cmd("DEL")
         .arg("lattice:peer:{live}")
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(b
-        .refresh(&[(id("live"), 1, None)])
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        b.refresh(&[(id("live"), 1)]).await.unwrap(),
+        Refreshed {
+            taken: vec![],
+            gone: vec![id("live")]
+        }
+    );
+    assert_eq!(
+        b.claim(&id("live"), 1, &keys(None)).await.unwrap(),
+        Claim::Won { replaced: None }
+    );
+    assert_eq!(
+        b.refresh(&[(id("live"), 1)]).await.unwrap(),
+        Refreshed::default()
+    );
     assert_eq!(
         a.holder(&id("live")).await.unwrap(),
         Some(Holder {
@@ -475,9 +509,9 @@ async fn redis_down_gives_a_clear_error_and_the_same_handles_work_once_it_is_bac
     let stats = std::sync::Arc::new(RedisStats::default());
     let p = node(&redis).await.with_stats(stats.clone());
     let mbox = RedisMailbox::new(connect(&url(&redis)).await.unwrap()).with_stats(stats.clone());
-    p.claim(&id("before"), 1, None).await.unwrap();
+    p.claim(&id("before"), 1, &keys(None)).await.unwrap();
     redis.kill9();
-    let refused = tokio::time::timeout(WAIT, p.claim(&id("during"), 2, None))
+    let refused = tokio::time::timeout(WAIT, p.claim(&id("during"), 2, &keys(None)))
         .await
         .expect("a bounded wait, not a hang");
     assert!(
@@ -504,7 +538,7 @@ async fn redis_down_gives_a_clear_error_and_the_same_handles_work_once_it_is_bac
     redis.restart().await;
     let mut back = false;
     for _ in 0..50 {
-        if p.claim(&id("after"), 3, None).await.is_ok() {
+        if p.claim(&id("after"), 3, &keys(None)).await.is_ok() {
             back = true;
             break;
         }
@@ -794,7 +828,7 @@ async fn rediss_trusts_the_ca_it_is_given_and_refuses_an_unknown_one() {
     let trusted = url.clone().with_root_ca(ca_cert.pem().into_bytes());
     let p = Presence::new(connect(&trusted).await.unwrap(), NodeId::random());
     assert_eq!(
-        p.claim(&id("alice"), 1, None).await.unwrap(),
+        p.claim(&id("alice"), 1, &keys(None)).await.unwrap(),
         Claim::Won { replaced: None }
     );
     let stop = CancellationToken::new();

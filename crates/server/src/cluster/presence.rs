@@ -40,7 +40,8 @@ macro_rules! now_ms {
     };
 }
 
-/// KEYS: peer key, online, online:exp. ARGV: node, conn, ik (base64 or ''), ttl ms, id.
+/// KEYS: peer key, online, online:exp. ARGV: node, conn, ik (base64 or ''), ttl ms, id, kem,
+/// ksig ('' for none).
 /// Returns {0, node, conn} when taken, {1, '', ''} when won, {2, node, conn} when won by replacing.
 const CLAIM: &str = concat!(
     "local cur = redis.call('HMGET', KEYS[1], 'node', 'conn', 'ik')\n",
@@ -55,7 +56,7 @@ const CLAIM: &str = concat!(
     "  end\n",
     "end\n",
     now_ms!(),
-    "redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'ik', ARGV[3])\n",
+    "redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'ik', ARGV[3], 'kem', ARGV[6], 'ksig', ARGV[7])\n",
     "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n",
     "redis.call('ZADD', KEYS[2], 0, ARGV[5])\n",
     "redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[5])\n",
@@ -75,28 +76,27 @@ end
 return 0
 ";
 
-/// KEYS: online, online:exp, then one peer key per id. ARGV: node, ttl ms, then (conn, id, ik) per
-/// id. Extends each key this node's connection still holds; recreates a key that is gone (Redis
-/// restarted without it, or it expired during a pause) since nobody else holds it; returns the
-/// 1-based positions of the ids another connection holds now.
+/// KEYS: online, online:exp, then one peer key per id. ARGV: node, ttl ms, then (conn, id) per
+/// id. Extends each key this node's connection still holds. Returns the 1-based positions of the
+/// ids another connection holds now, and the negated positions of those whose key is gone (Redis
+/// restarted without it, or it expired during a pause): the node claims those again.
 const REFRESH: &str = concat!(
     now_ms!(),
-    "local lost = {}\n",
+    "local out = {}\n",
     "for i = 3, #KEYS do\n",
-    "  local j = (i - 3) * 3 + 3\n",
+    "  local j = (i - 3) * 2 + 3\n",
     "  local cur = redis.call('HMGET', KEYS[i], 'node', 'conn')\n",
     "  if not cur[1] then\n",
-    "    redis.call('HSET', KEYS[i], 'node', ARGV[1], 'conn', ARGV[j], 'ik', ARGV[j + 2])\n",
-    "  end\n",
-    "  if (not cur[1]) or (cur[1] == ARGV[1] and cur[2] == ARGV[j]) then\n",
+    "    out[#out + 1] = -(i - 2)\n",
+    "  elseif cur[1] == ARGV[1] and cur[2] == ARGV[j] then\n",
     "    redis.call('PEXPIRE', KEYS[i], ARGV[2])\n",
     "    redis.call('ZADD', KEYS[1], 0, ARGV[j + 1])\n",
     "    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[j + 1])\n",
     "  else\n",
-    "    lost[#lost + 1] = i - 2\n",
+    "    out[#out + 1] = i - 2\n",
     "  end\n",
     "end\n",
-    "return lost\n",
+    "return out\n",
 );
 
 /// KEYS: online, online:exp. ARGV: lex start ('-' or '(id'), count, trim batch. Trims expired ids,
@@ -118,6 +118,27 @@ pub struct Holder {
     pub node: NodeId,
     /// The connection's id on that node.
     pub conn: u64,
+}
+
+/// The keys a registration showed, kept with its presence so any node can answer
+/// `request_public_key` for a peer online on another node (unverified peers have no binding).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerKeys {
+    /// ML-KEM public key.
+    pub public_key: Vec<u8>,
+    /// Ed25519 identity key (verified peers).
+    pub identity_key: Option<[u8; 32]>,
+    /// The identity's signature over `public_key` (verified peers).
+    pub key_signature: Option<Vec<u8>>,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Refreshed {
+    /// Ids another connection holds now: their sessions here are stale and should close.
+    pub taken: Vec<ClientId>,
+    /// Ids whose key is gone: claim them again (with their keys).
+    pub gone: Vec<ClientId>,
 }
 
 /// What a claim did.
@@ -196,7 +217,8 @@ impl Presence {
     }
 
     /// Makes connection `conn` of this node the holder of `id`. A holder on another connection
-    /// is replaced only by a verified claim with the same `identity_key`.
+    /// is replaced only by a verified claim with the same identity key. `keys` are kept for
+    /// [`Presence::keys`].
     ///
     /// # Errors
     /// Redis unreachable or failing.
@@ -204,9 +226,9 @@ impl Presence {
         &self,
         id: &ClientId,
         conn: u64,
-        identity_key: Option<&[u8; 32]>,
+        keys: &PeerKeys,
     ) -> Result<Claim, ClusterError> {
-        let ik = identity_key.map(|k| B64.encode(k)).unwrap_or_default();
+        let ik = keys.identity_key.map(|k| B64.encode(k)).unwrap_or_default();
         let (code, node, holder_conn): (i64, String, String) = self
             .claim
             .key(id_key("peer", id))
@@ -217,6 +239,8 @@ impl Presence {
             .arg(ik)
             .arg(self.ttl_ms)
             .arg(id.as_str())
+            .arg(&keys.public_key[..])
+            .arg(keys.key_signature.as_deref().unwrap_or_default())
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
@@ -257,40 +281,86 @@ impl Presence {
         Ok(released == 1)
     }
 
-    /// Extends the ids this node holds, `(id, conn, identity key)` each, in batches of
-    /// [`REFRESH_BATCH`]. Returns the ids another connection holds now (their sessions here are
-    /// stale and should close).
+    /// Extends the ids this node holds, `(id, conn)` each, in batches of [`REFRESH_BATCH`].
     ///
     /// # Errors
     /// Redis unreachable or failing (ids of the batches before the failure were refreshed).
-    pub async fn refresh(
-        &self,
-        held: &[(ClientId, u64, Option<[u8; 32]>)],
-    ) -> Result<Vec<ClientId>, ClusterError> {
-        let mut lost = Vec::new();
+    pub async fn refresh(&self, held: &[(ClientId, u64)]) -> Result<Refreshed, ClusterError> {
+        let mut out = Refreshed::default();
         for batch in held.chunks(REFRESH_BATCH) {
             let mut inv = self.refresh.prepare_invoke();
             inv.key(online_key()).key(online_exp_key());
             inv.arg(self.node.as_str()).arg(self.ttl_ms);
-            for (id, conn, ik) in batch {
+            for (id, conn) in batch {
                 inv.key(id_key("peer", id));
-                inv.arg(*conn)
-                    .arg(id.as_str())
-                    .arg(ik.map(|k| B64.encode(k)).unwrap_or_default());
+                inv.arg(*conn).arg(id.as_str());
             }
-            let positions: Vec<usize> = inv
+            let positions: Vec<i64> = inv
                 .invoke_async(&mut self.conn.clone())
                 .timed(&self.stats)
                 .await?;
             for p in positions {
-                let (id, _, _) = p
-                    .checked_sub(1)
+                let (id, _) = usize::try_from(p.unsigned_abs())
+                    .ok()
+                    .and_then(|p| p.checked_sub(1))
                     .and_then(|i| batch.get(i))
                     .ok_or(ClusterError::Reply("a refresh position out of range"))?;
-                lost.push(id.clone());
+                if p > 0 {
+                    out.taken.push(id.clone());
+                } else {
+                    out.gone.push(id.clone());
+                }
             }
         }
-        Ok(lost)
+        Ok(out)
+    }
+
+    /// The holder of `id` and the keys it registered with, if `id` is online on any node.
+    ///
+    /// # Errors
+    /// Redis unreachable or failing.
+    pub async fn keys(&self, id: &ClientId) -> Result<Option<(Holder, PeerKeys)>, ClusterError> {
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let (node, conn, ik, kem, ksig): Row = redis::cmd("HMGET")
+            .arg(id_key("peer", id))
+            .arg("node")
+            .arg("conn")
+            .arg("ik")
+            .arg("kem")
+            .arg("ksig")
+            .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        let (Some(node), Some(conn), Some(public_key)) = (node, conn, kem) else {
+            return Ok(None);
+        };
+        let identity_key = match ik.as_deref() {
+            None | Some("") => None,
+            Some(b64) => Some(
+                B64.decode(b64)
+                    .ok()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .ok_or(ClusterError::Reply("an identity key that is not 32 bytes"))?,
+            ),
+        };
+        let holder = Holder {
+            node: NodeId::from_redis(node),
+            conn: conn
+                .parse()
+                .map_err(|_| ClusterError::Reply("a connection id that is not a number"))?,
+        };
+        let keys = PeerKeys {
+            public_key,
+            identity_key,
+            key_signature: ksig.filter(|s| !s.is_empty()),
+        };
+        Ok(Some((holder, keys)))
     }
 
     /// The connection holding `id`, if any.
