@@ -652,12 +652,35 @@ async fn the_binding_cap_holds_across_nodes_and_unused_bindings_expire() {
     let (_, kept) = bound[2].clone();
     b.touch(&touched, 9000).await.unwrap();
     b.touch(&id("never-bound"), 9000).await.unwrap();
+    // The first one has mail, which goes with its binding.
+    let mbox = RedisMailbox::new(connect(&url(&redis)).await.unwrap());
+    mbox.enqueue(&first, &mail("s", "1", "{}"), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    mbox.enqueue(&touched, &mail("s", "1", "{}"), &Quota::UNLIMITED)
+        .await
+        .unwrap();
     let keep = |c: &ClientId| *c == kept;
     assert_eq!(a.expire_unused(5000, 100, &keep).await.unwrap(), 3);
     assert_eq!(a.binding_count().await.unwrap(), 2);
     assert!(a.get(&touched).await.unwrap().is_some());
     assert!(a.get(&kept).await.unwrap().is_some());
     assert_eq!(a.get(&first).await.unwrap(), None);
+    assert_eq!(mbox.count(&first).await.unwrap(), 0);
+    assert_eq!(
+        mbox.count(&touched).await.unwrap(),
+        1,
+        "a kept id keeps its mail"
+    );
+    let mut raw = connect(&url(&redis)).await.unwrap();
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(format!("lattice:mbox:{{{first}}}"))
+        .arg(format!("lattice:mbox:{{{first}}}:ids"))
+        .arg(format!("lattice:mbox:{{{first}}}:use"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no key of the forgotten id's mailbox is left");
     assert_eq!(a.get(&id("never-bound")).await.unwrap(), None);
 }
 

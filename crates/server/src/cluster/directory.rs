@@ -33,12 +33,13 @@ if cur then return 3 end
 return 1
 ";
 
-/// KEYS: bind, bindings. ARGV: id, cutoff ms. Deletes the binding if it is still unused since
+/// KEYS: bind, bindings, then the id's mailbox keys (stream, ids, use). ARGV: id, cutoff ms.
+/// Deletes the binding, and the mailbox that only a bound id has, if it is still unused since
 /// before the cutoff (a registration may have touched it since it was listed); 1 if deleted.
 const FORGET: &str = "
 local used = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if used and tonumber(used) < tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 1
 end
@@ -173,7 +174,9 @@ impl RedisDirectory {
     }
 
     /// Deletes up to `limit` bindings last used before `cutoff_ms`, except those `keep` says are
-    /// in use; how many were deleted.
+    /// in use, with their mailboxes (only a bound id has one; it would have expired by then with
+    /// `--binding-ttl` above `--mailbox-ttl`, and this also removes the empty stream); how many
+    /// were deleted.
     ///
     /// # Errors
     /// Redis failing.
@@ -199,11 +202,16 @@ impl RedisDirectory {
             if parsed.as_ref().is_ok_and(keep) {
                 continue;
             }
+            // The same keys as `id_key` gives, for an id that may no longer parse.
             let bind_key = format!("{KEY_PREFIX}:bind:{{{raw}}}");
+            let mbox = format!("{KEY_PREFIX}:mbox:{{{raw}}}");
             let n: i64 = self
                 .forget
                 .key(bind_key)
                 .key(bindings_key())
+                .key(&mbox)
+                .key(format!("{mbox}:ids"))
+                .key(format!("{mbox}:use"))
                 .arg(raw.as_str())
                 .arg(cutoff_ms)
                 .invoke_async(&mut self.conn.clone())
