@@ -11,7 +11,9 @@
 //!   cap applied by one script, so two nodes binding one id at once cannot both win.
 //! - [`mailbox`]: a Redis stream per verified recipient, with deduplication by
 //!   (sender, `messageId`) and the same quotas as the SQLite mailbox, written atomically by one
-//!   script.
+//!   script; a consumer group makes each entry owned by the connection it was handed to until
+//!   its `ack`, and lets the recipient's next connection, on any node, take over what a closed or
+//!   killed one never acknowledged.
 //! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
 //!   channel traffic), shared by a node's components.
 //!
