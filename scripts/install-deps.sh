@@ -2,19 +2,29 @@
 # Installs everything the build and the tests need on Debian/Ubuntu (idempotent; run as root or with
 # sudo available): system packages, the desktop app's WebKitGTK stack and WebDriver tools, and the
 # npm packages of the Node interop tests. iproute2 (`ip netns`) lets the silent-network test make its
-# own network namespaces; without it that one test says why it skipped.
+# own network namespaces; without it that one test says why it skipped. redis-server (Debian's 7.x)
+# is for the tests of the Redis-backed server parts: they start their own on a free port, so the
+# system service the package installs is stopped and disabled again when this script installed it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-for p in build-essential pkg-config util-linux git python3 iproute2; do
+for p in build-essential pkg-config util-linux git python3 iproute2 redis-server; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  if [[ " ${need[*]} " == *" redis-server "* ]]; then
+    if command -v systemctl >/dev/null 2>&1; then
+      $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null 2>&1; then
+      $SUDO service redis-server stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 if [ -x scripts/install-desktop-deps.sh ] && [ -d src-tauri ]; then

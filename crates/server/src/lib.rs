@@ -27,6 +27,8 @@
 //! - [`questions`]: server-initiated multi-round conversations (demo and admin API).
 //! - [`blobs`]: the encrypted, chunked blob store (files) under `DATA_DIR/blobs/`; `blob_http`:
 //!   its HTTP endpoints.
+//! - [`cluster`]: the shared state of several nodes on Redis (presence claims, node channels,
+//!   mailbox streams); not wired into the server yet (`docs/scaling.md`).
 //! - [`metrics`]: counters for `/metrics`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
 //!   expiry of questions, mail and unused bindings; and the in-flight reaper, which spills held
@@ -38,6 +40,7 @@
 pub mod admin_guard;
 mod blob_http;
 pub mod blobs;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod hub;

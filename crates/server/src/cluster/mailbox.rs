@@ -1,0 +1,399 @@
+//! The mailboxes of verified peers in Redis: `lattice:mbox:{bob}`, a stream of complete `message`
+//! frames (the entry id is the drain cursor, like SQLite's `seq`); `lattice:mbox:{bob}:ids`, a hash
+//! from (sender, `messageId`) to entry id, for deduplication across nodes and removal on `ack`;
+//! and `lattice:mbox:{bob}:use`, the counters the quota ([`Quota`]) is checked against: messages
+//! and bytes, in total and per sender (a sender's counters are deleted when they reach zero).
+//!
+//! **Ownership across nodes.** The stream has one consumer group (`lattice`); each connection that
+//! drains a mailbox is a consumer (`node:conn`). [`RedisMailbox::claim`] hands a connection the
+//! entries never handed to anyone (`XREADGROUP >`): they stay *pending* for it until the
+//! recipient's `ack` removes them. One id has one live holder, so when a new connection of the
+//! recipient registers, on any node, every entry still pending for an earlier connection (it was
+//! closed, replaced, or its node was killed) is unacknowledged: [`RedisMailbox::take_over`] moves
+//! them to the new connection (`XAUTOCLAIM`), to be sent again; the recipient drops duplicates by
+//! `messageId`. Nothing is lost with the node, and no node has to give anything back.
+//!
+//! Enqueue, removal and expiry are each one Lua script, so a quota check and the write it allows
+//! are one atomic step whichever node runs them; the three keys share the recipient's hash tag.
+//! An enqueue answers only after Redis executed it: with AOF `appendfsync everysec` a crash of
+//! Redis itself may lose the last second, as docs/deployment.md says (`always` loses nothing).
+
+use lattice_protocol::{ClientId, MessageId};
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
+use redis::Script;
+
+use super::stats::{RedisStats, Timed as _};
+use super::{id_key, ClusterError, NodeId};
+use crate::store::{Accepted, Limit, MailItem, Quota};
+
+/// Removes one entry and gives its size back to the counters. Lua, shared by the scripts below.
+/// `fields` is the entry's flat field list.
+const DROP_FN: &str = "
+local function drop(eid, fields)
+  local sender, size, key = '', 0, ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 's' then sender = fields[i + 1]
+    elseif fields[i] == 'f' then size = string.len(fields[i + 1])
+    elseif fields[i] == 'k' then key = fields[i + 1] end
+  end
+  redis.pcall('XACK', KEYS[1], 'lattice', eid)
+  redis.call('XDEL', KEYS[1], eid)
+  redis.call('HDEL', KEYS[2], key)
+  redis.call('HINCRBY', KEYS[3], 'n', -1)
+  redis.call('HINCRBY', KEYS[3], 'b', -size)
+  if redis.call('HINCRBY', KEYS[3], 'n:' .. sender, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], 'n:' .. sender, 'b:' .. sender)
+  else
+    redis.call('HINCRBY', KEYS[3], 'b:' .. sender, -size)
+  end
+end
+";
+
+/// KEYS: stream, ids, use. ARGV: dedup key, sender, frame, count, bytes, sender count, sender
+/// bytes. Returns {1, entry id} stored, {2, entry id} already stored, {0, limit} refused
+/// (1 count, 2 bytes, 3 sender count, 4 sender bytes).
+const ENQUEUE: &str = "
+local have = redis.call('HGET', KEYS[2], ARGV[1])
+if have then return {2, have} end
+local size = string.len(ARGV[3])
+local u = redis.call('HMGET', KEYS[3], 'n', 'b', 'n:' .. ARGV[2], 'b:' .. ARGV[2])
+if tonumber(u[1] or '0') + 1 > tonumber(ARGV[4]) then return {0, '1'} end
+if tonumber(u[2] or '0') + size > tonumber(ARGV[5]) then return {0, '2'} end
+if tonumber(u[3] or '0') + 1 > tonumber(ARGV[6]) then return {0, '3'} end
+if tonumber(u[4] or '0') + size > tonumber(ARGV[7]) then return {0, '4'} end
+local eid = redis.call('XADD', KEYS[1], '*', 's', ARGV[2], 'k', ARGV[1], 'f', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], eid)
+redis.call('HINCRBY', KEYS[3], 'n', 1)
+redis.call('HINCRBY', KEYS[3], 'b', size)
+redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[2], 1)
+redis.call('HINCRBY', KEYS[3], 'b:' .. ARGV[2], size)
+return {1, eid}
+";
+
+/// KEYS: stream, ids, use. ARGV: dedup key. Returns 1 if removed.
+const REMOVE: &str = "
+local eid = redis.call('HGET', KEYS[2], ARGV[1])
+if not eid then return 0 end
+local e = redis.call('XRANGE', KEYS[1], eid, eid)
+if #e == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 0
+end
+drop(eid, e[1][2])
+return 1
+";
+
+/// KEYS: stream, ids, use. ARGV: max age ms, batch. Removes up to `batch` entries older than the
+/// age on Redis's clock; returns how many.
+const EXPIRE: &str = "
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cutoff = now - tonumber(ARGV[1])
+if cutoff < 0 then return 0 end
+local es = redis.call('XRANGE', KEYS[1], '-', tostring(cutoff), 'COUNT', tonumber(ARGV[2]))
+for _, e in ipairs(es) do drop(e[1], e[2]) end
+return #es
+";
+
+/// Creates the consumer group with the stream if missing (an existing one is an error we ignore).
+const ENSURE_GROUP: &str = "redis.pcall('XGROUP', 'CREATE', KEYS[1], 'lattice', '0', 'MKSTREAM')\n";
+
+/// KEYS: stream. ARGV: consumer, count. Entries never handed out before, now pending for the
+/// consumer.
+const CLAIM: &str = "
+local r = redis.call('XREADGROUP', 'GROUP', 'lattice', ARGV[1], 'COUNT', tonumber(ARGV[2]), 'STREAMS', KEYS[1], '>')
+if not r then return {} end
+return r[1][2]
+";
+
+/// KEYS: stream. ARGV: consumer, start, count. Moves up to `count` pending entries (of any
+/// consumer) to this one; once the scan is complete, deletes the consumers left with nothing
+/// pending, so their number stays bounded. Returns XAUTOCLAIM's reply.
+const TAKE_OVER: &str = "
+local r = redis.call('XAUTOCLAIM', KEYS[1], 'lattice', ARGV[1], 0, ARGV[2], 'COUNT', tonumber(ARGV[3]))
+if r[1] == '0-0' then
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], 'lattice')) do
+    local name, pending = nil, 0
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = c[i + 1] end
+    end
+    if name and name ~= ARGV[1] and pending == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'lattice', name)
+    end
+  end
+end
+return r
+";
+
+/// A mailbox entry's position in its stream: what a drain continues after.
+pub type Cursor = String;
+
+/// The mailboxes, as seen from one node.
+#[derive(Clone)]
+pub struct RedisMailbox {
+    conn: ConnectionManager,
+    stats: Arc<RedisStats>,
+    enqueue: Script,
+    remove: Script,
+    expire: Script,
+    claim: Script,
+    take_over: Script,
+}
+
+impl std::fmt::Debug for RedisMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisMailbox").finish_non_exhaustive()
+    }
+}
+
+/// Why a message was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisEnqueueError {
+    /// A limit of the recipient's quota is used up.
+    #[error("mailbox full ({0:?})")]
+    Full(Limit),
+    /// Redis failed: the message is not stored.
+    #[error(transparent)]
+    Redis(#[from] ClusterError),
+}
+
+/// `[ids, use, stream]` of `recipient`'s mailbox.
+fn keys(recipient: &ClientId) -> [String; 3] {
+    let stream = id_key("mbox", recipient);
+    [format!("{stream}:ids"), format!("{stream}:use"), stream]
+}
+
+/// The consumer name of connection `conn` of `node`.
+pub fn consumer(node: &NodeId, conn: u64) -> String {
+    format!("{node}:{conn}")
+}
+
+/// A stream entry as a mail item.
+fn entry(e: StreamId) -> Result<(Cursor, MailItem), ClusterError> {
+    let field = |name: &str| -> Result<String, ClusterError> {
+        e.get::<String>(name)
+            .ok_or(ClusterError::Reply("a mailbox entry without its fields"))
+    };
+    let key = field("k")?;
+    let (sender, mid) = key
+        .split_once(' ')
+        .ok_or(ClusterError::Reply("a mailbox entry with a bad key"))?;
+    let item = MailItem {
+        message_id: MessageId::new(mid)
+            .map_err(|_| ClusterError::Reply("an invalid message id"))?,
+        sender: ClientId::new(sender).map_err(|_| ClusterError::Reply("an invalid sender"))?,
+        frame: field("f")?,
+    };
+    Ok((e.id, item))
+}
+
+/// The dedup key of a message: (sender, id). Neither can contain a space.
+fn dedup_key(sender: &ClientId, id: &MessageId) -> String {
+    format!("{sender} {id}")
+}
+
+impl RedisMailbox {
+    /// The mailboxes on `conn`.
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            stats: Arc::default(),
+            enqueue: Script::new(ENQUEUE),
+            remove: Script::new(&format!("{DROP_FN}{REMOVE}")),
+            expire: Script::new(&format!("{DROP_FN}{EXPIRE}")),
+            claim: Script::new(&format!("{ENSURE_GROUP}{CLAIM}")),
+            take_over: Script::new(&format!("{ENSURE_GROUP}{TAKE_OVER}")),
+        }
+    }
+
+    /// Records this component's Redis round trips and errors in `stats` (shared by a node's
+    /// components, rendered on `/metrics`).
+    #[must_use]
+    pub fn with_stats(mut self, stats: Arc<RedisStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Stores `item` for `recipient` within `quota`. Storing the same (sender, id) again, from
+    /// any node, is a no-op answered [`Accepted::Duplicate`] (even when full: it is stored).
+    ///
+    /// # Errors
+    /// [`RedisEnqueueError::Full`] naming the limit; Redis failing (then nothing was stored).
+    pub async fn enqueue(
+        &self,
+        recipient: &ClientId,
+        item: &MailItem,
+        quota: &Quota,
+    ) -> Result<(Accepted, Cursor), RedisEnqueueError> {
+        let [ids, usage, stream] = keys(recipient);
+        let (code, detail): (i64, String) = self
+            .enqueue
+            .key(stream)
+            .key(ids)
+            .key(usage)
+            .arg(dedup_key(&item.sender, &item.message_id))
+            .arg(item.sender.as_str())
+            .arg(item.frame.as_str())
+            .arg(quota.count)
+            .arg(quota.bytes)
+            .arg(quota.sender_count)
+            .arg(quota.sender_bytes)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await
+            .map_err(ClusterError::from)?;
+        match (code, detail.as_str()) {
+            (1, _) => Ok((Accepted::Stored, detail)),
+            (2, _) => Ok((Accepted::Duplicate, detail)),
+            (0, "1") => Err(RedisEnqueueError::Full(Limit::Count)),
+            (0, "2") => Err(RedisEnqueueError::Full(Limit::Bytes)),
+            (0, "3") => Err(RedisEnqueueError::Full(Limit::SenderCount)),
+            (0, "4") => Err(RedisEnqueueError::Full(Limit::SenderBytes)),
+            _ => Err(ClusterError::Reply("an unknown enqueue result").into()),
+        }
+    }
+
+    /// Up to `limit` messages for `recipient` after `after` (from the oldest if `None`), oldest
+    /// first, each with its cursor.
+    ///
+    /// # Errors
+    /// Redis failing, or an entry that is not one of ours.
+    pub async fn pending(
+        &self,
+        recipient: &ClientId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
+        let [_, _, stream] = keys(recipient);
+        let start = after.map_or_else(|| "-".to_owned(), |c| format!("({c}"));
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        reply.ids.into_iter().map(entry).collect()
+    }
+
+    /// Up to `limit` entries of `recipient`'s mailbox that no connection was handed yet, oldest
+    /// first; they are pending for `consumer` (one connection: [`consumer`]) until acknowledged.
+    ///
+    /// # Errors
+    /// Redis failing, or an entry that is not one of ours.
+    pub async fn claim(
+        &self,
+        recipient: &ClientId,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
+        let [_, _, stream] = keys(recipient);
+        let reply: StreamRangeReply = self
+            .claim
+            .key(stream)
+            .arg(consumer)
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        reply.ids.into_iter().map(entry).collect()
+    }
+
+    /// Moves every entry of `recipient`'s mailbox handed to an earlier connection and not
+    /// acknowledged to `consumer`, and returns them to be sent again (at most `limit` per call
+    /// from `start`, `None` first; the second value is where to continue, `None` when done).
+    ///
+    /// # Errors
+    /// Redis failing, or an entry that is not one of ours.
+    pub async fn take_over(
+        &self,
+        recipient: &ClientId,
+        consumer: &str,
+        start: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(Cursor, MailItem)>, Option<Cursor>), ClusterError> {
+        let [_, _, stream] = keys(recipient);
+        let reply: StreamAutoClaimReply = self
+            .take_over
+            .key(stream)
+            .arg(consumer)
+            .arg(start.unwrap_or("0-0"))
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        let next = (reply.next_stream_id != "0-0").then_some(reply.next_stream_id);
+        let items = reply
+            .claimed
+            .into_iter()
+            .map(entry)
+            .collect::<Result<_, _>>()?;
+        Ok((items, next))
+    }
+
+    /// Removes the message (`sender`, `id`) from `recipient`'s mailbox (its `ack`); true if it
+    /// was there.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn remove(
+        &self,
+        recipient: &ClientId,
+        sender: &ClientId,
+        id: &MessageId,
+    ) -> Result<bool, ClusterError> {
+        let [ids, usage, stream] = keys(recipient);
+        let removed: i64 = self
+            .remove
+            .key(stream)
+            .key(ids)
+            .key(usage)
+            .arg(dedup_key(sender, id))
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Removes up to `batch` messages older than `ttl` from `recipient`'s mailbox; how many.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn expire(
+        &self,
+        recipient: &ClientId,
+        ttl: std::time::Duration,
+        batch: usize,
+    ) -> Result<usize, ClusterError> {
+        let [ids, usage, stream] = keys(recipient);
+        let n: usize = self
+            .expire
+            .key(stream)
+            .key(ids)
+            .key(usage)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(batch)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        Ok(n)
+    }
+
+    /// Messages waiting for `recipient`.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn count(&self, recipient: &ClientId) -> Result<u64, ClusterError> {
+        let [_, _, stream] = keys(recipient);
+        Ok(redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?)
+    }
+}
