@@ -52,13 +52,17 @@
 //! - `groups`: MLS groups (RFC 9420 through `lattice-mls`) over the server's delivery service:
 //!   KeyPackages, create/invite/remove/leave/rename, group messages, ordered processing acked
 //!   after the state is stored, retries of Commits that lost their epoch, scheduled healing.
+//! - `files`: file transfers ([`MessagingPeer::send_file`], [`MessagingPeer::download_file`],
+//!   pause/resume/cancel, [`PeerEvent::Transfer`]): chunks sealed with
+//!   `lattice_crypto::file_chunk`, the server's blob store over HTTP, journals in
+//!   [`PeerConfig::transfers_dir`] from which transfers resume after a restart.
 //! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `sync`: the one lock policy (a poisoned lock is recovered, never skipped). `wire`: base64,
 //!   fresh ids, answer errors.
 //! - [`config`]: [`PeerConfig`], [`Backoff`], [`Timeouts`], [`TlsOptions`].
 //! - [`defaults`]: every limit and timeout, with its reason.
 //! - [`content`]: [`Content`], the content layer (text, reply, edit, delete, reaction, receipt,
-//!   typing, unsupported), its codec and bounds.
+//!   typing, file, unsupported), its codec and bounds.
 //! - [`history`]: checking edits, deletes, reactions and receipts against the messages they
 //!   refer to; the [`MessageLookup`] trait the app implements over its history.
 //! - [`events`]: [`PeerEvent`], [`ContentUpdate`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],
@@ -85,6 +89,7 @@ pub mod content;
 pub mod defaults;
 pub mod error;
 pub mod events;
+mod files;
 mod groups;
 mod held;
 pub mod history;
@@ -107,12 +112,14 @@ mod trust;
 mod wire;
 
 pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
-pub use content::{Content, ContentError, MessageRef, ReactionAction};
-pub use error::{PeerError, RejectReason};
+pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, Thumbnail};
+pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{
     Algorithm, Change, ConnectionState, ContentUpdate, EventStream, GroupChange, GroupMessage,
-    HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
+    HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent, TransferDirection, TransferId,
+    TransferProgress, TransferState,
 };
+pub use files::FileMeta;
 pub use groups::{GroupInfo, GroupMember};
 pub use history::{KnownMessage, MessageLookup, NoHistory};
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
