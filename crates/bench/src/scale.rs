@@ -87,10 +87,10 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// First local port the generator binds explicitly. Binding port 0 makes the kernel search the
-/// ephemeral range for a free port, which slows down as it fills (with 19,000 connections the
-/// generator, not the server, became the limit of the registration rate); an explicit port is
-/// one look-up. A port taken by someone else falls back to the kernel's choice.
+/// First local port the generator binds explicitly. Binding port 0 before `connect` makes the
+/// kernel search the ephemeral range for a port free on every address (it does not know the
+/// destination yet), a search that grows as the range fills; an explicit port is one look-up.
+/// A port taken by someone else falls back to the kernel's choice.
 const PORT_BASE: u32 = 10_000;
 
 /// Binds a socket to `source`:`port` (or any port if that one is taken) and connects it.
