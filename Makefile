@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-peer bench-delivery bench-files soak bundle
+.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-peer bench-delivery bench-files bench-scale soak bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -43,7 +43,7 @@ unit: deps
 ## Benchmarks (numbers, never asserted): criterion for the crypto, the load generator for the server.
 bench: bench-crypto bench-peer
 	$(CARGO) build --release -p lattice-server -p lattice-bench
-	taskset -c 1 target/release/lattice-loadgen compare --pairs 1,10,100,1000 --idle 10000
+	taskset -c 1 target/release/lattice-loadgen compare --pairs 1,10,100,1000 --idle 10000 --tls-pairs 100
 
 bench-crypto:
 	$(CARGO) bench -p lattice-crypto
@@ -59,6 +59,14 @@ bench-delivery:
 bench-files:
 	$(CARGO) build --release -p lattice-server -p lattice-bench
 	target/release/lattice-loadgen files --mib 1024 --resume-mib 256
+
+## One node, many connections (docs/scaling.md): server RSS and kernel memory per idle connection,
+## message latency while all are connected, and a full reconnect storm, at 10,000 and 19,000
+## connections (19,000 needs `ulimit -n` of at least 19,064).
+bench-scale:
+	$(CARGO) build --release -p lattice-server -p lattice-bench
+	taskset -c 1 target/release/lattice-loadgen scale --conns 10000
+	taskset -c 1 target/release/lattice-loadgen scale --conns 19000
 
 ## The client: seal+open of 1 KiB through the outbox and inbox, and 1,000 messages round trip
 ## through a real in-process server (crates/peer/benches/peer.rs).

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
 mod files;
+mod scale;
 mod soak;
 
 #[derive(Debug, Parser)]
@@ -65,6 +66,10 @@ enum Cmd {
     /// stalling verified recipients, optional kill -9 and restart; accounts for every message and
     /// fails if an acknowledged one is lost.
     Soak(soak::SoakArgs),
+    /// One server, many connections: opens and holds N registered connections (over several
+    /// loopback source addresses), reports the server's RSS per connection, the latency of
+    /// messages through a sample of them, and the registration rate of a full reconnect storm.
+    Scale(scale::ScaleArgs),
     /// The delivery paths for verified recipients side by side, each on a fresh lattice-server
     /// (pinned to core 0) on a fresh data dir: committed before the answer (`--ack-wait 0`),
     /// end-to-end `delivered` (the default), and the memory-only path of unverified recipients;
@@ -98,6 +103,10 @@ enum Cmd {
         /// Idle connections for the memory measurement (0 skips it).
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
+        /// Also run lattice-server with native TLS (a throwaway CA) beside the same server
+        /// without, at these pair counts: the cost of TLS.
+        #[arg(long, value_delimiter = ',')]
+        tls_pairs: Vec<usize>,
         #[command(flatten)]
         load: Load,
         /// Directory holding the lattice-server and minimal-relay binaries (default: next to this one).
@@ -203,6 +212,7 @@ fn main() -> anyhow::Result<()> {
                 println!("idle: {conns} registered connections, {per:.1} KiB of server RSS each");
             }
             Cmd::Soak(args) => soak::soak(args).await?,
+            Cmd::Scale(args) => scale::scale(args).await?,
             Cmd::Delivery {
                 pairs,
                 rounds,
@@ -212,10 +222,11 @@ fn main() -> anyhow::Result<()> {
             Cmd::Compare {
                 pairs,
                 idle: idle_n,
+                tls_pairs,
                 load,
                 bin_dir,
             } => {
-                compare(&pairs, idle_n, load, bin_dir).await?;
+                compare(&pairs, idle_n, &tls_pairs, load, bin_dir).await?;
             }
             Cmd::Files(_) | Cmd::FilesPeer(_) => {}
         }
@@ -271,11 +282,29 @@ fn public_key_json(base64: bool) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The settings of the `scale` generator's connections: a small read buffer, since it holds tens
+/// of thousands of them (tungstenite's default is 128 KiB each).
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
+/// The client TLS settings for `wss://` URLs: set once by `compare --tls-pairs` to trust its
+/// throwaway CA.
+static TLS_CLIENT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
 async fn connect_and_register(url: &str, id: &str, key_json: &str) -> anyhow::Result<Ws> {
+    let connector = TLS_CLIENT
+        .get()
+        .map(|c| tokio_tungstenite::Connector::Rustls(Arc::clone(c)));
     // Nagle off: the generator must not add 40 ms stalls of its own to the closed loop.
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
         .await
         .with_context(|| format!("connect {url}"))?;
+    register(ws, id, key_json).await
+}
+
+/// Registers `id` with the key `key_json` on a connected socket.
+async fn register(mut ws: Ws, id: &str, key_json: &str) -> anyhow::Result<Ws> {
     let reg =
         format!(r#"{{"type":"register","payload":{{"clientId":"{id}","publicKey":{key_json}}}}}"#);
     ws.send(Message::Text(reg.into())).await?;
@@ -615,24 +644,56 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 async fn start_lattice(dir: &Path, max: usize) -> anyhow::Result<(Spawned, u16)> {
+    start_lattice_with(dir, max, &[]).await
+}
+
+async fn start_lattice_with(
+    dir: &Path,
+    max: usize,
+    extra: &[&str],
+) -> anyhow::Result<(Spawned, u16)> {
     let port = free_port()?;
     let (p, m) = (port.to_string(), max.to_string());
-    let s = spawn_pinned(
-        &dir.join("lattice-server"),
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--in-memory",
-            "--rate-limit",
-            "0",
-            "--max-connections",
-            &m,
-        ],
-    )?;
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--in-memory",
+        "--rate-limit",
+        "0",
+        "--max-connections",
+        &m,
+    ];
+    args.extend_from_slice(extra);
+    let s = spawn_pinned(&dir.join("lattice-server"), &args)?;
     wait_port(port).await?;
     Ok((s, port))
+}
+
+/// A throwaway CA and a `localhost` certificate it signed, written to `dir` as `cert.pem` and
+/// `key.pem`; the client settings that trust the CA.
+fn throwaway_tls(dir: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    std::fs::write(dir.join("cert.pem"), leaf.pem())?;
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// User + system CPU time of process `pid` so far, in microseconds (from `/proc/PID/stat`).
@@ -734,6 +795,7 @@ async fn delivery(
 async fn compare(
     pairs: &[usize],
     idle_n: usize,
+    tls_pairs: &[usize],
     load: Load,
     bin_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -764,6 +826,34 @@ async fn compare(
             100.0 * ours.rate() / base.rate().max(1.0),
             ours.p99_us as f64 / ours.p50_us.max(1) as f64
         );
+    }
+    if !tls_pairs.is_empty() {
+        let certs = std::env::temp_dir().join(format!("lattice-tls-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&certs)?;
+        let client = throwaway_tls(&certs)?;
+        let _ = TLS_CLIENT.set(client);
+        let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
+        let tls_args = [
+            "--tls-cert",
+            cert.to_str().context("temp path")?,
+            "--tls-key",
+            key.to_str().context("temp path")?,
+        ];
+        for &n in tls_pairs {
+            let (server, port) = start_lattice(&dir, 4 * n + 100).await?;
+            let plain = throughput(&format!("ws://127.0.0.1:{port}"), n, &load).await?;
+            drop(server);
+            let (server, port) = start_lattice_with(&dir, 4 * n + 100, &tls_args).await?;
+            let tls = throughput(&format!("wss://localhost:{port}"), n, &load).await?;
+            drop(server);
+            print_report("lattice (ws)", n, &plain);
+            print_report("lattice (wss)", n, &tls);
+            println!(
+                "tls pairs={n}: wss at {:.1} % of ws",
+                100.0 * tls.rate() / plain.rate().max(1.0)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&certs);
     }
     if idle_n > 0 {
         for base64_keys in [false, true] {

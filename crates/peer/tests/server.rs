@@ -1,6 +1,7 @@
 //! The client against a real `lattice-server` on loopback: messaging between two and three peers,
 //! discovery, keys, presence, server questions (handlers, multi-round, debug_question and the admin
-//! API), reconnection with a queued message, wss through a TLS proxy, and the echo bot.
+//! API), reconnection with a queued message, wss through a TLS proxy and with the server's native
+//! TLS (its certificate reloaded on SIGHUP), and the echo bot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -335,6 +336,139 @@ async fn wss_through_a_tls_proxy_with_an_extra_ca() {
     }
     secure.disconnect().await;
     plain.disconnect().await;
+}
+
+/// A CA and a `localhost` certificate it signed, as PEM: (CA, certificate, key).
+fn ca_and_leaf() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+fn trusting(url: &str, name: &str, ca_pem: &str) -> MessagingPeer {
+    let mut config = test_config(url, name, new_identity());
+    config.tls = TlsOptions {
+        extra_ca_pem: Some(ca_pem.to_owned()),
+    };
+    MessagingPeer::new(config).unwrap()
+}
+
+#[tokio::test]
+async fn native_tls_with_an_extra_ca_and_a_reload_on_sighup_that_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca1, leaf1, key1) = ca_and_leaf();
+    std::fs::write(&cert, &leaf1).unwrap();
+    std::fs::write(&key, &key1).unwrap();
+    let mut config = lattice_server::Config::for_tests();
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key.clone());
+    let server = lattice_server::spawn(config).await.unwrap();
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+
+    let alice = trusting(&url, "alice", &ca1);
+    alice.connect().await.unwrap();
+    let bob = trusting(&url, "bob", &ca1);
+    bob.connect().await.unwrap();
+    let mut bob_events = bob.events();
+    let mut alice_events = alice.events();
+    alice
+        .send_message(&id("bob"), "over native tls")
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut bob_events).await.text, "over native tls");
+    // plain WebSocket on the TLS port is refused, and so is an untrusted certificate
+    assert!(online_result(
+        &format!("ws://127.0.0.1:{}", server.local_addr().port()),
+        "plain"
+    )
+    .await
+    .is_err());
+    let (ca2, leaf2, key2) = ca_and_leaf();
+    assert!(matches!(
+        trusting(&url, "carol", &ca2).connect().await,
+        Err(PeerError::Connect { .. })
+    ));
+
+    // A broken pair on SIGHUP: logged, the old certificate stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hangup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dave = trusting(&url, "dave", &ca1);
+    dave.connect().await.unwrap();
+    dave.disconnect().await;
+
+    // The new pair on SIGHUP: new connections get it, open ones are kept.
+    std::fs::write(&cert, &leaf2).unwrap();
+    std::fs::write(&key, &key2).unwrap();
+    hangup();
+    let carol = trusting(&url, "carol", &ca2);
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if carol.connect().await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the new certificate is served after SIGHUP");
+    assert!(matches!(
+        trusting(&url, "erin", &ca1).connect().await,
+        Err(PeerError::Connect { .. })
+    ));
+    // alice and bob never lost their connections: no state change, and messages still flow
+    bob.send_message(&id("alice"), "still here").await.unwrap();
+    let got = none_before(
+        &mut alice_events,
+        |e| matches!(e, PeerEvent::ConnectionState(_)),
+        |e| match e {
+            PeerEvent::Message(m) => Some(m.text.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(got, "still here");
+    assert_eq!(alice.connection_state(), ConnectionState::Connected);
+    carol
+        .send_message(&id("bob"), "from the new cert")
+        .await
+        .unwrap();
+    let got = none_before(
+        &mut bob_events,
+        |e| matches!(e, PeerEvent::ConnectionState(_)),
+        |e| match e {
+            PeerEvent::Message(m) => Some(m.text.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(got, "from the new cert");
+    for p in [alice, bob, carol] {
+        p.disconnect().await;
+    }
+    server.shutdown().await;
+}
+
+/// Sends SIGHUP to this test process (the in-process server reloads its certificate).
+fn hangup() {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn online_result(url: &str, name: &str) -> Result<(), PeerError> {
+    peer(url, name).connect().await
 }
 
 #[tokio::test]

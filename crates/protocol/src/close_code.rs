@@ -6,6 +6,10 @@
 pub const NORMAL: u16 = 1000;
 /// The server is shutting down, or the connection was idle too long.
 pub const GOING_AWAY: u16 = 1001;
+/// The peer broke the WebSocket protocol (RFC 6455), e.g. an unmasked or fragmented control frame.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// A text message that is not UTF-8.
+pub const INVALID_DATA: u16 = 1007;
 /// Too many invalid frames.
 pub const POLICY: u16 = 1008;
 /// A frame beyond the transport limit.

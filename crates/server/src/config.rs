@@ -140,6 +140,15 @@ pub struct Config {
     /// Frames that may wait to be written to one connection.
     #[arg(long, env = "LATTICE_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
+
+    /// Serve TLS (`wss://`, `https://`) with this PEM certificate chain, leaf first (with
+    /// --tls-key). Both files are read again on SIGHUP; open connections are kept.
+    #[arg(long, env = "LATTICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LATTICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Creates `path` with `contents`, readable by the owner only (never overwrites).
@@ -193,6 +202,8 @@ impl Default for Config {
             blob_sender_quota: limits::BLOB_SENDER_QUOTA,
             blob_max_file: lattice_protocol::limits::DEFAULT_MAX_BLOB_BYTES,
             blob_ttl: limits::BLOB_TTL,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -312,6 +323,9 @@ impl Config {
             return Err(ConfigError(
                 "--mailbox-sender-quota must be at least 1".into(),
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError("--tls-cert and --tls-key go together".into()));
         }
         if self.blob_ttl.is_zero() {
             return Err(ConfigError("--blob-ttl must be above 0".into()));

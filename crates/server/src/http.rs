@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lattice_protocol::limits::MAX_FRAME_BYTES;
 use lattice_protocol::{encode, ClientId, ConversationId, Frame, Question, ServerFrame};
 use serde::Deserialize;
 use serde_json::json;
@@ -21,13 +19,12 @@ use subtle::ConstantTimeEq as _;
 use tracing::{info, warn};
 
 use crate::hub::Out;
-use crate::limits::{
-    MAX_ADMIN_BODY, MAX_ASK_TIMEOUT, MAX_TRANSPORT_MESSAGE, READ_BUFFER, WRITE_BUFFER,
-};
+use crate::limits::{MAX_ADMIN_BODY, MAX_ASK_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::questions::AskError;
 use crate::session;
 use crate::state::ServerState;
+use crate::ws::{Upgrade, UpgradeRejection};
 
 /// Builds the router.
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -59,7 +56,7 @@ async fn upgrade(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, UpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
         return (
@@ -94,18 +91,18 @@ async fn upgrade(
     }
     Metrics::inc(&state.metrics.connections_total);
     let tasks = state.tasks.clone();
-    ws.max_message_size(MAX_TRANSPORT_MESSAGE)
-        .max_frame_size(MAX_TRANSPORT_MESSAGE)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_FRAME_BYTES * 4)
-        .on_failed_upgrade({
-            let state = Arc::clone(&state);
-            move |_| {
+    ws.accept(move |socket| async move {
+        match socket {
+            Some(socket) => {
+                tasks
+                    .track_future(session::run(state, socket, remote))
+                    .await
+            }
+            None => {
                 state.open_connections.fetch_sub(1, Ordering::AcqRel);
             }
-        })
-        .on_upgrade(move |socket| tasks.track_future(session::run(state, socket, remote)))
+        }
+    })
 }
 
 async fn healthz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {

@@ -17,6 +17,7 @@
 //! - [`config`]: [`Config`], from flags/env or code; [`limits`]: every bound with its reason.
 //! - [`http`]: one port for the WebSocket upgrade (any path), `/healthz`, `/metrics`, `/admin`;
 //!   [`admin_guard`]: the backoff on failed admin logins.
+//! - [`ws`]: the WebSocket upgrade and frame codec, over buffers a connection lets go when idle.
 //! - [`session`]: one task per connection: the socket loop, over a socket-free core with one handler
 //!   per frame (`session::handlers`); the slow-consumer and no-loss policies are written there.
 //! - [`hub`]: who is online where, routing and presence ([`hub::Hub`], in-process [`hub::LocalHub`]).
@@ -30,6 +31,7 @@
 //! - [`cluster`]: the shared state of several nodes on Redis (presence claims, node channels,
 //!   mailbox streams); not wired into the server yet (`docs/scaling.md`).
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`tls`]: native TLS from `--tls-cert`/`--tls-key`, reloaded on `SIGHUP`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
 //!   expiry of questions, mail and unused bindings; and the in-flight reaper, which spills held
 //!   messages whose ack wait ran out to the mailbox.
@@ -52,7 +54,9 @@ pub mod session;
 pub mod state;
 pub mod store;
 mod sweeper;
+pub mod tls;
 pub mod writer;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -90,6 +94,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Serving failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -149,9 +156,10 @@ pub async fn spawn(mut config: Config) -> Result<ServerHandle, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })?;
     let addr = listener.local_addr()?;
     let token = CancellationToken::new();
+    let tls = load_tls(&config)?;
     let state = build_state(config, token.clone())?;
     let shutdown = token.clone().cancelled_owned();
-    let task = tokio::spawn(serve(listener, state, shutdown));
+    let task = tokio::spawn(serve(listener, tls, state, shutdown));
     Ok(ServerHandle {
         addr,
         token,
@@ -172,8 +180,18 @@ pub async fn run(
     let mut config = config;
     config.load_admin_token()?;
     config.validate()?;
+    let tls = load_tls(&config)?;
     let state = build_state(config, CancellationToken::new())?;
-    serve(listener, state, shutdown).await
+    serve(listener, tls, state, shutdown).await
+}
+
+/// Native TLS if the configuration asks for it (loaded before serving, so a bad certificate stops
+/// the start).
+fn load_tls(config: &Config) -> Result<Option<tls::Tls>, ServerError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(tls::Tls::load(cert, key)?)),
+        _ => Ok(None),
+    }
 }
 
 fn build_state(
@@ -225,12 +243,13 @@ fn build_state(
 
 async fn serve(
     listener: TcpListener,
+    tls: Option<tls::Tls>,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let token = state.shutdown.clone();
     let addr = listener.local_addr()?;
-    info!(%addr, persistent = state.config.data_dir.is_some(), "lattice-server listening");
+    info!(%addr, persistent = state.config.data_dir.is_some(), tls = tls.is_some(), "lattice-server listening");
     let sweeper = tokio::spawn(sweeper::sweep(Arc::clone(&state)));
     let reaper = tokio::spawn(session::reap_in_flight(Arc::clone(&state)));
     let app = http::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
@@ -243,9 +262,20 @@ async fn serve(
             }
         }
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await;
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(tls) => {
+            // tap_io: axum gives the connection's address to `ConnectInfo` for a tapped listener
+            let listener = axum::serve::ListenerExt::tap_io(tls.listen(listener)?, |_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     // axum does not wait for upgraded WebSockets: sessions are tracked here. Each sees the
     // cancelled token, sends its close frame and hands undelivered mail back to the mailbox.
     token.cancel();

@@ -13,17 +13,30 @@ pub const OUTBOUND_QUEUE: usize = 256;
 /// closes the connection (1009) without buffering the rest.
 pub const MAX_TRANSPORT_MESSAGE: usize = 1024 * 1024;
 
-/// tungstenite's read buffer per connection. Its default (128 KiB) dominates the memory of an idle
-/// connection; frames larger than this are still read, in several reads.
-pub const READ_BUFFER: usize = 4 * 1024;
+/// Bytes a connection reads from its socket at a time (more when one frame needs more). The read
+/// buffer exists only while there is something to read: it is let go whenever the socket has
+/// nothing more to give, so an idle connection holds none (`ws`). Smaller reads cost throughput:
+/// with 2 KiB or 1 KiB every ~3 KB message frame takes two or three reads (docs/scaling.md).
+pub const READ_CHUNK: usize = 4 * 1024;
 
-/// Bytes of frames tungstenite gathers before it writes them to the socket (a flush writes the
-/// rest). With 0 every frame costs a `sendto`, and a relay spends most of its time in the kernel;
-/// batching replies and queued deliveries into one write is where the throughput comes from. The
-/// buffer keeps the capacity of the largest batch written, so this is also what an active
-/// connection may hold; an idle one that never received a burst holds only its largest frame.
+/// Bytes of frames gathered before they are written to the socket (a flush writes the rest).
+/// Writing every frame on its own costs a `sendto` each, and a relay then spends most of its time
+/// in the kernel; batching replies and queued deliveries into one write is where the throughput
+/// comes from. The buffer is let go once flushed, so an idle connection holds none.
 /// 8 KiB (about three forwarded messages per write) measured as fast as 16 KiB.
 pub const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Most bytes waiting to be written on one connection before a frame is refused: the batch
+/// ([`WRITE_BUFFER`]) plus the largest frames. A flush empties it; a peer that does not read is
+/// closed by [`WRITE_TIMEOUT`] long before this could be reached twice.
+pub const MAX_WRITE_BUFFER: usize = lattice_protocol::limits::MAX_FRAME_BYTES * 4;
+
+/// TLS handshakes in progress at once (`--tls-cert`); more connections wait in the listen backlog.
+pub const MAX_TLS_HANDSHAKES: usize = 256;
+
+/// A TLS handshake that takes longer than this is dropped: a socket that sends nothing must not
+/// hold a handshake slot.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A socket write that takes longer than this means the peer stopped reading: close it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -27,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of the enum does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve clients (the default when no subcommand is given).
     Serve(ServeArgs),

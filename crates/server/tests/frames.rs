@@ -232,6 +232,54 @@ async fn oversized_frames_get_an_error_and_the_connection_lives() {
 }
 
 #[tokio::test]
+async fn websocket_protocol_violations_close_with_their_code_and_the_server_lives_on() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = spawn_server().await;
+    let url = server.url();
+    // a text message that is not UTF-8: 1007
+    let (mut c, _) = register_unverified(&url, "utf8").await;
+    let bad = Frame::message(vec![b'{', 0xC3, 0x28], OpCode::Data(Data::Text), true);
+    let _ = futures_util::SinkExt::send(&mut c.ws, Message::Frame(bad)).await;
+    let close = c.recv_close().await.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1007);
+    assert_eq!(close.reason.as_str(), "text message is not valid UTF-8");
+    // a fragmented control frame: 1002, with what was wrong
+    let (mut c, _) = register_unverified(&url, "fragmented-ping").await;
+    let mut ping = Frame::ping(vec![1, 2, 3]);
+    ping.header_mut().is_final = false;
+    let _ = futures_util::SinkExt::send(&mut c.ws, Message::Frame(ping)).await;
+    let close = c.recv_close().await.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1002);
+    assert_eq!(close.reason.as_str(), "fragmented control frame");
+    // a message in fragments is reassembled and handled like any other
+    let (mut c, _) = register_unverified(&url, "fragments").await;
+    let text = br#"{"type":"discover","payload":{},"requestId":"in-parts"}"#;
+    let (head, tail) = text.split_at(10);
+    let first = Frame::message(head.to_vec(), OpCode::Data(Data::Text), false);
+    let rest = Frame::message(tail.to_vec(), OpCode::Data(Data::Continue), true);
+    futures_util::SinkExt::send(&mut c.ws, Message::Frame(first))
+        .await
+        .unwrap();
+    futures_util::SinkExt::send(&mut c.ws, Message::Frame(rest))
+        .await
+        .unwrap();
+    let d = c.recv_type("discover").await;
+    assert_eq!(d["requestId"], "in-parts");
+    // the server lives on
+    let (mut after, _) = register_unverified(&url, "after").await;
+    let d = after
+        .request(json!({"type":"discover","payload":{}}), "discover")
+        .await;
+    assert!(d["payload"]["peers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("after")));
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn http_endpoints() {
     let server = spawn_server().await;
     let base = server.admin_url();

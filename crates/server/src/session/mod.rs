@@ -75,7 +75,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use lattice_protocol::close_code;
 use tokio::sync::mpsc;
@@ -86,6 +86,7 @@ use crate::hub::{Out, SessionShared};
 use crate::limits::WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::state::ServerState;
+use crate::ws::{Socket as WebSocket, WsError};
 pub(crate) use handlers::reap_in_flight;
 use handlers::{Close, Core};
 use pacing::TokenBucket;
@@ -216,11 +217,7 @@ impl Session {
     }
 
     /// Handles one read result plus whatever else is already buffered, then flushes replies.
-    async fn read(
-        &mut self,
-        ws: &mut WebSocket,
-        first: Option<Result<Message, axum::Error>>,
-    ) -> Flow {
+    async fn read(&mut self, ws: &mut WebSocket, first: Option<Result<Message, WsError>>) -> Flow {
         let mut next = first;
         let mut handled = 0;
         loop {
@@ -257,21 +254,18 @@ impl Session {
         self.flush_replies(ws).await
     }
 
-    fn transport_error(&mut self, e: axum::Error) -> Flow {
-        let inner = e.into_inner();
-        match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
-                Metrics::inc(&self.core.state().metrics.policy_closes);
-                Flow::Close(Close {
-                    code: close_code::TOO_BIG,
-                    reason: "frame exceeds the transport limit",
-                })
+    fn transport_error(&mut self, e: WsError) -> Flow {
+        let (code, reason) = match e {
+            WsError::TooBig { .. } => (close_code::TOO_BIG, "frame exceeds the transport limit"),
+            WsError::Protocol(what) => (close_code::PROTOCOL_ERROR, what),
+            WsError::InvalidUtf8 => (close_code::INVALID_DATA, "text message is not valid UTF-8"),
+            other => {
+                debug!(error = %other, "transport error");
+                return Flow::Gone;
             }
-            _ => {
-                debug!(error = %inner, "transport error");
-                Flow::Gone
-            }
-        }
+        };
+        Metrics::inc(&self.core.state().metrics.policy_closes);
+        Flow::Close(Close { code, reason })
     }
 
     /// The batch's group commit, then its replies and the answer lane's frames in one write
