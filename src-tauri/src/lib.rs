@@ -26,6 +26,7 @@
 //! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
 //!   full-text search index and drafts, the identity file; passphrase-sealed backups and
 //!   their restore, and the export of one conversation.
+//! - [`thumbnail`]: a file's type and an image's bounded preview, made before sending.
 //! - `tray`, `notify`: the tray menu (unread count) and desktop notifications.
 //! - [`views`]: the camelCase shapes that cross to the page.
 //! - `options`: `--data-dir`, `--minimized`.
@@ -46,6 +47,7 @@ mod options;
 mod outbox;
 mod session;
 pub mod storage;
+pub mod thumbnail;
 mod tray;
 pub mod views;
 
