@@ -80,6 +80,11 @@ wire_enum! {
         MessageRemoved = "message-removed",
         /// A file transfer moved on ([`crate::views::TransferView`]): progress or a new state.
         Transfer = "transfer",
+        /// Files are dragged over the window (`true`) or left it (`false`).
+        DropHover = "drop-hover",
+        /// Files were dropped on the window: the page asks to send them to the open
+        /// conversation (`send_dropped`); the payload is how many.
+        FilesDropped = "files-dropped",
     }
 }
 
@@ -115,9 +120,10 @@ impl TransferState {
             .unwrap_or(Self::Failed)
     }
 
-    /// A state no transfer leaves by itself.
+    /// A state a transfer never leaves (a failed one may be resumed; a cancelled file is
+    /// downloaded again as a new transfer).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+        matches!(self, Self::Completed | Self::Cancelled)
     }
 }
 

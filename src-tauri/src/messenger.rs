@@ -8,6 +8,10 @@
 //! ([`Running`]), applies them to storage and the page ([`State::apply`]). The state that task
 //! uses ([`State`]) does not own the session, so nothing points back up.
 
+mod files;
+
+pub use files::{TransferAction, MAX_INLINE_FILE_BYTES};
+
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +104,12 @@ pub enum Update {
     Typing(TypingView),
     /// A message was deleted on this device only.
     Removed(RemovedView),
+    /// A file transfer moved on.
+    Transfer(crate::views::TransferView),
+    /// Files are dragged over the window (`true`) or left it.
+    DropHover(bool),
+    /// Files were dropped on the window (how many); the page asks to send them.
+    FilesDropped(usize),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -143,6 +153,10 @@ pub struct State {
     // std Mutex: small maps, never held across an `.await`.
     live: Mutex<Live>,
     focused: AtomicBool,
+    /// The auto-download limit the session reads (kept equal to the settings').
+    auto_download: crate::session::AutoDownload,
+    // std Mutex: taken and replaced whole, never held across an `.await`.
+    dropped: Mutex<files::Dropped>,
 }
 
 /// A session and the task applying its events.
@@ -247,6 +261,7 @@ impl Messenger {
 
     /// Replaces the settings in memory (the caller persists them).
     pub fn set_settings(&self, settings: Settings) {
+        self.state.auto_download.set(settings.auto_download_bytes);
         *lock(&self.state.settings) = settings;
     }
 
@@ -785,6 +800,7 @@ impl Messenger {
             db: Arc::clone(&self.state.db),
             client_id,
             identity,
+            auto_download: self.state.auto_download.clone(),
         };
         match Session::start(config, events).await {
             Ok(session) => {
@@ -898,7 +914,10 @@ impl State {
         private.push(data_dir.join(storage::SETTINGS_FILE));
         storage::restrict_files(&private)?;
         let identity = storage::load_identity(data_dir, false)?.map(|(identity, _)| identity);
+        let auto_download = crate::session::AutoDownload::new(settings.auto_download_bytes);
         Ok(Self {
+            auto_download,
+            dropped: Mutex::new(files::Dropped::default()),
             data_dir: data_dir.to_owned(),
             db: Arc::new(db),
             ui,
@@ -968,6 +987,7 @@ impl State {
                 )));
             }
             SessionEvent::KeysFetched => self.publish_peers(),
+            SessionEvent::Transfer(progress) => self.transfer(&progress),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
         }
     }
@@ -1057,14 +1077,20 @@ impl State {
     fn received(&self, record: MessageRecord) {
         let from = record.peer_id.clone();
         let authenticated = record.authenticated;
-        let first_line: String = record
-            .body
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(120)
-            .collect();
+        let first_line: String = match &record.extra.attachment {
+            // The file's name stays out of the notification centre, like a message's text
+            // beyond its first line.
+            Some(file) if file.is_image() => "sent you a photo".into(),
+            Some(_) => "sent you a file".into(),
+            None => record
+                .body
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(120)
+                .collect(),
+        };
         self.ui.send(Update::Message(record.into()));
         self.publish_peers();
         self.publish_unread();

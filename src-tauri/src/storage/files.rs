@@ -20,8 +20,11 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::db::Db;
+use lattice_protocol::ClientId;
+
+use super::db::{Db, MessageRecord, MessageStatus};
 use super::error::StorageError;
+use super::message::Received;
 pub use crate::contract::TransferState;
 
 /// Longest file name kept, in bytes (longer names are cut at a character boundary).
@@ -261,6 +264,8 @@ pub(super) fn insert(
 pub struct TransferRow {
     /// The message's `seq`.
     pub seq: i64,
+    /// The message's local id (what the page knows it by).
+    pub message_id: String,
     /// Its conversation.
     pub peer_id: String,
     /// Ours (an upload) or theirs (a download).
@@ -268,6 +273,74 @@ pub struct TransferRow {
 }
 
 impl Db {
+    /// Stores one of our file messages: the message (its body the file's name, `wire_id` the
+    /// id the library sends it with) and its file, in one transaction. No outbox row: the
+    /// library sends the file message itself once the upload is done.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`]; [`StorageError::Invalid`] for an offer out of bounds.
+    pub fn insert_outgoing_file(
+        &self,
+        local_id: &str,
+        wire_id: Option<&str>,
+        peer_id: &ClientId,
+        file: &NewAttachment,
+        now_ms: i64,
+    ) -> Result<MessageRecord, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO contacts(peer_id, first_seen) VALUES (?1, ?2)",
+            params![peer_id.as_str(), now_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO messages(message_id, peer_id, outgoing, body, at, status, authenticated,
+                                  wire_id, sent_at)
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, 1, ?6, ?4)",
+            params![
+                local_id,
+                peer_id.as_str(),
+                truncate_bytes(&file.name, MAX_NAME_BYTES),
+                now_ms,
+                MessageStatus::Pending.rank(),
+                wire_id,
+            ],
+        )?;
+        let seq = tx.last_insert_rowid();
+        insert(&tx, seq, file)?;
+        let record = Db::message_by_seq(&tx, seq)?.ok_or(StorageError::Missing("a file message"))?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// Stores an incoming file message and its file in one transaction (the session does this
+    /// before the library acknowledges the message). `None` for a redelivered duplicate.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`]; [`StorageError::Invalid`] for an offer out of bounds (then
+    /// nothing is stored).
+    pub fn insert_received_file(
+        &self,
+        message: &Received<'_>,
+        file: &NewAttachment,
+    ) -> Result<Option<MessageRecord>, StorageError> {
+        if file
+            .offer
+            .as_ref()
+            .is_some_and(|o| o.len() > MAX_OFFER_BYTES)
+        {
+            return Err(StorageError::Invalid(format!(
+                "a file offer longer than {MAX_OFFER_BYTES} bytes"
+            )));
+        }
+        let Some(record) = self.insert_received(message)? else {
+            return Ok(None);
+        };
+        let conn = self.conn();
+        insert(&conn, record.seq, file)?;
+        Ok(Db::message_by_seq(&conn, record.seq)?)
+    }
+
     /// Attaches `file` to the stored message `seq` (an outgoing file message just queued, or an
     /// incoming one just stored).
     ///
@@ -353,17 +426,18 @@ impl Db {
         let tx = conn.transaction()?;
         let row = tx
             .query_row(
-                "SELECT a.seq, m.peer_id, m.outgoing, a.state FROM attachments a
+                "SELECT a.seq, m.message_id, m.peer_id, m.outgoing, a.state FROM attachments a
                  JOIN messages m ON m.seq = a.seq WHERE a.transfer_id = ?1",
                 params![transfer_id],
                 |r| {
                     Ok((
                         TransferRow {
                             seq: r.get(0)?,
-                            peer_id: r.get(1)?,
-                            outgoing: r.get(2)?,
+                            message_id: r.get(1)?,
+                            peer_id: r.get(2)?,
+                            outgoing: r.get(3)?,
                         },
-                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
                     ))
                 },
             )
@@ -404,8 +478,6 @@ impl Db {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::storage::message::Received;
-    use lattice_protocol::ClientId;
 
     fn c(id: &str) -> ClientId {
         ClientId::try_from(id).unwrap()
