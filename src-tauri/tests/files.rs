@@ -102,7 +102,7 @@ async fn next_offer(events: &mut lattice_peer::EventStream) -> (MessageId, FileO
 
 /// Waits until bob's transfer `id` completes.
 async fn bob_completes(events: &mut lattice_peer::EventStream, id: &lattice_peer::TransferId) {
-    tokio::time::timeout(2 * WAIT, async {
+    tokio::time::timeout(BIG_WAIT, async {
         loop {
             match events.next().await {
                 Some(PeerEvent::Transfer(p)) if &p.id == id => match p.state {
@@ -119,20 +119,32 @@ async fn bob_completes(events: &mut lattice_peer::EventStream, id: &lattice_peer
     .expect("bob's transfer completes");
 }
 
-/// Alice's view of the last message from bob, once `ok` accepts it.
+/// How long a big transfer may take on a loaded machine (a debug build, other builds running).
+const BIG_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Alice's view of the last message from bob, once `ok` accepts it (within [`BIG_WAIT`]: the
+/// big files take a while; nothing here measures time).
 fn alice_sees(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let page = eventually(
-        what,
-        || app.invoke("load_messages", json!({"peerId": "bob"})).unwrap(),
-        |page| {
-            page["messages"]
-                .as_array()
-                .unwrap()
-                .last()
-                .is_some_and(&ok)
-        },
-    );
-    page["messages"].as_array().unwrap().last().unwrap().clone()
+    let deadline = std::time::Instant::now() + BIG_WAIT;
+    loop {
+        let page = app
+            .invoke("load_messages", json!({"peerId": "bob"}))
+            .unwrap();
+        let last = page["messages"].as_array().unwrap().last().cloned();
+        if let Some(last) = &last {
+            if ok(last) {
+                return last.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            last.map_or(Value::Null, |m| json!({"body": m["body"], "file": {
+                "state": m["file"]["state"], "done": m["file"]["done"], "error": m["file"]["error"]
+            }}))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -179,7 +191,10 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
         .unwrap_err();
     assert_eq!(bad["kind"], json!("invalidInput"), "{bad}");
     let bad = app
-        .invoke("update_settings", json!({"patch": {"downloadsFolder": "relative/dir"}}))
+        .invoke(
+            "update_settings",
+            json!({"patch": {"downloadsFolder": "relative/dir"}}),
+        )
         .unwrap_err();
     assert_eq!(bad["kind"], json!("invalidInput"), "{bad}");
 
@@ -199,14 +214,20 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
     let thumb = offer.thumbnail.clone().expect("a preview made by alice");
     assert_eq!((thumb.width, thumb.height), (320, 213));
     let dest = bob_dir.path().join("got.png");
-    let id = bob
-        .download_file(&alice_id, &message_id, &offer, &dest)
-        .unwrap();
+    let id = {
+        // download_file starts a task: it needs the runtime's context.
+        let _runtime = rt.enter();
+        bob.download_file(&alice_id, &message_id, &offer, &dest)
+            .unwrap()
+    };
     rt.block_on(bob_completes(&mut bob_events, &id));
     assert_eq!(std::fs::read(&dest).unwrap(), picture);
     let mine = eventually(
         "alice's upload completed",
-        || app.invoke("load_messages", json!({"peerId": "bob"})).unwrap(),
+        || {
+            app.invoke("load_messages", json!({"peerId": "bob"}))
+                .unwrap()
+        },
         |page| {
             page["messages"].as_array().unwrap().iter().any(|m| {
                 m["id"] == sent["id"]
@@ -240,7 +261,10 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
     let again = app
         .invoke("save_file", json!({"peerId": "bob", "seq": seq}))
         .unwrap();
-    assert!(again.as_str().unwrap().ends_with("report (1).bin"), "{again}");
+    assert!(
+        again.as_str().unwrap().ends_with("report (1).bin"),
+        "{again}"
+    );
     assert_eq!(std::fs::read(saved.as_str().unwrap()).unwrap(), report);
     // Found by name.
     let hits = app
@@ -250,8 +274,11 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
 
     // Over the limit, a file waits for Download; quitting mid-download, it finishes after the
     // restart.
-    app.invoke("update_settings", json!({"patch": {"autoDownloadBytes": 1000}}))
-        .unwrap();
+    app.invoke(
+        "update_settings",
+        json!({"patch": {"autoDownloadBytes": 1000}}),
+    )
+    .unwrap();
     let big = random_bytes(40 * 1024 * 1024 + 5);
     let big_path = bob_dir.path().join("video.bin");
     std::fs::write(&big_path, &big).unwrap();

@@ -12,6 +12,8 @@ export const Event = Object.freeze({
   TYPING: "typing",
   MESSAGE_REMOVED: "message-removed",
   TRANSFER: "transfer",
+  DROP_HOVER: "drop-hover",
+  FILES_DROPPED: "files-dropped",
 });
 
 /** Delivery status of a message. */

@@ -83,11 +83,12 @@ fn check_name(name: &str) -> Result<String, MessengerError> {
         || name.len() > MAX_NAME_BYTES
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
     if bad {
         return Err(MessengerError::InvalidInput(
-            "That file name cannot be used: give one of at most 255 bytes without slashes."
-                .into(),
+            "That file name cannot be used: give one of at most 255 bytes without slashes.".into(),
         ));
     }
     Ok(name.to_owned())
@@ -161,7 +162,7 @@ impl State {
             }
         };
         self.ui.send(Update::Transfer(TransferView {
-            peer_id: row.peer_id,
+            peer_id: row.peer_id.clone(),
             message_id: row.message_id.clone(),
             state,
             done: progress.done,
@@ -259,7 +260,11 @@ impl Messenger {
     /// # Errors
     /// [`MessengerError::InvalidInput`] for an original client, a folder or an unreadable file;
     /// [`MessengerError::Offline`] without a session; the library's refusals.
-    pub async fn send_file(&self, peer: &ClientId, path: &Path) -> Result<MessageView, MessengerError> {
+    pub async fn send_file(
+        &self,
+        peer: &ClientId,
+        path: &Path,
+    ) -> Result<MessageView, MessengerError> {
         self.me_id()?;
         self.refuse_original(peer, "files")?;
         let meta = std::fs::metadata(path).map_err(io_error("That file cannot be read"))?;
@@ -374,7 +379,11 @@ impl Messenger {
     /// # Errors
     /// [`MessengerError::InvalidInput`] for a message without a file to download;
     /// [`MessengerError::Offline`]; the library's refusals.
-    pub async fn download_file(&self, peer: &ClientId, seq: i64) -> Result<MessageView, MessengerError> {
+    pub async fn download_file(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+    ) -> Result<MessageView, MessengerError> {
         let record = self.target(peer, seq)?;
         let file = attachment_of(&record)?;
         if record.outgoing {
@@ -454,7 +463,11 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] when it is not (or no longer) on this device.
-    pub fn local_file(&self, peer: &ClientId, seq: i64) -> Result<(PathBuf, Attachment), MessengerError> {
+    pub fn local_file(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+    ) -> Result<(PathBuf, Attachment), MessengerError> {
         let record = self.target(peer, seq)?;
         let file = attachment_of(&record)?;
         let ready = record.outgoing || file.state == TransferState::Completed;
@@ -471,13 +484,20 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] when the file is not here or cannot be copied.
-    pub async fn save_file(&self, peer: &ClientId, seq: i64, dir: &Path) -> Result<PathBuf, MessengerError> {
+    pub async fn save_file(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+        dir: &Path,
+    ) -> Result<PathBuf, MessengerError> {
         let (src, file) = self.local_file(peer, seq)?;
         let dir = dir.to_owned();
         let name = check_name(&file.name).unwrap_or_else(|_| "file".into());
         tokio::task::spawn_blocking(move || -> Result<PathBuf, MessengerError> {
-            std::fs::create_dir_all(&dir).map_err(io_error("The downloads folder cannot be made"))?;
-            let (dest, out) = create_unique(&dir, &name).map_err(io_error("The file cannot be saved"))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(io_error("The downloads folder cannot be made"))?;
+            let (dest, out) =
+                create_unique(&dir, &name).map_err(io_error("The file cannot be saved"))?;
             copy_new(&src, &dest, out).map_err(io_error("The file cannot be saved"))?;
             Ok(dest)
         })
@@ -490,7 +510,12 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] when the file is not here or cannot be copied.
-    pub async fn save_file_to(&self, peer: &ClientId, seq: i64, dest: &Path) -> Result<PathBuf, MessengerError> {
+    pub async fn save_file_to(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+        dest: &Path,
+    ) -> Result<PathBuf, MessengerError> {
         let (src, _) = self.local_file(peer, seq)?;
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || -> Result<PathBuf, MessengerError> {
@@ -527,7 +552,11 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] for a file that is no picture, not here or too large.
-    pub async fn picture_bytes(&self, peer: &ClientId, seq: i64) -> Result<Vec<u8>, MessengerError> {
+    pub async fn picture_bytes(
+        &self,
+        peer: &ClientId,
+        seq: i64,
+    ) -> Result<Vec<u8>, MessengerError> {
         let (path, file) = self.local_file(peer, seq)?;
         if !file.is_image() {
             return Err(MessengerError::InvalidInput(

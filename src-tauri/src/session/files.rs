@@ -115,10 +115,7 @@ impl Session {
         offer: &FileOffer,
         dest: &Path,
     ) -> Result<TransferId, SessionError> {
-        Ok(self
-            .ctx
-            .peer
-            .download_file(from, message_id, offer, dest)?)
+        Ok(self.ctx.peer.download_file(from, message_id, offer, dest)?)
     }
 
     /// Pauses a transfer.
@@ -148,11 +145,6 @@ impl Session {
     /// Where transfer `id` is now, if the library still lists it.
     pub fn transfer(&self, id: &TransferId) -> Option<TransferProgress> {
         self.ctx.peer.transfers().into_iter().find(|p| &p.id == id)
-    }
-
-    /// Every transfer the library lists (unfinished ones, then the last finished).
-    pub fn transfers(&self) -> Vec<TransferProgress> {
-        self.ctx.peer.transfers()
     }
 }
 

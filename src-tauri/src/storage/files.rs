@@ -308,7 +308,8 @@ impl Db {
         )?;
         let seq = tx.last_insert_rowid();
         insert(&tx, seq, file)?;
-        let record = Db::message_by_seq(&tx, seq)?.ok_or(StorageError::Missing("a file message"))?;
+        let record =
+            Db::message_by_seq(&tx, seq)?.ok_or(StorageError::Missing("a file message"))?;
         tx.commit()?;
         Ok(record)
     }
@@ -338,7 +339,7 @@ impl Db {
         };
         let conn = self.conn();
         insert(&conn, record.seq, file)?;
-        Ok(Db::message_by_seq(&conn, record.seq)?)
+        Db::message_by_seq(&conn, record.seq)
     }
 
     /// Attaches `file` to the stored message `seq` (an outgoing file message just queued, or an

@@ -176,9 +176,7 @@ impl SettingsPatch {
                 return Err("That downloads folder path is too long.".into());
             }
             if !folder.is_empty() && !std::path::Path::new(folder).is_absolute() {
-                return Err(
-                    "The downloads folder must be a full path (starting with /).".into(),
-                );
+                return Err("The downloads folder must be a full path (starting with /).".into());
             }
         }
         Ok(())

@@ -50,7 +50,9 @@ async fn bob_downloads(
             match events.next().await {
                 Some(PeerEvent::Transfer(p)) if p.id == transfer => match p.state {
                     lattice_peer::TransferState::Completed => break,
-                    lattice_peer::TransferState::Failed(reason) => panic!("bob's download: {reason}"),
+                    lattice_peer::TransferState::Failed(reason) => {
+                        panic!("bob's download: {reason}")
+                    }
                     _ => {}
                 },
                 Some(_) => {}
@@ -155,11 +157,26 @@ async fn pictures_and_files_go_both_ways_with_previews_progress_and_a_restart() 
     let pasted = bytes_of(&pasted);
     let (id, offer) = next_offer(&mut bob_events).await;
     assert_eq!(offer.name, "sunset.png");
-    let thumb = offer.thumbnail.clone().expect("a preview made on alice's side");
+    let thumb = offer
+        .thumbnail
+        .clone()
+        .expect("a preview made on alice's side");
     assert_eq!((thumb.width, thumb.height), (320, 200));
-    let got = bob_downloads(&bob, &mut bob_events, &id, &offer, &bob_dir.path().join("sunset.png")).await;
+    let got = bob_downloads(
+        &bob,
+        &mut bob_events,
+        &id,
+        &offer,
+        &bob_dir.path().join("sunset.png"),
+    )
+    .await;
     assert_eq!(got, pasted, "bob has the pasted picture byte for byte");
-    until_js(&client, "the sent picture completed", &file_state_is("sunset.png", "completed")).await;
+    until_js(
+        &client,
+        "the sent picture completed",
+        &file_state_is("sunset.png", "completed"),
+    )
+    .await;
     shots.take(&client, "file-picture-sent").await;
     assert_accessible(&client, "a sent picture").await;
 
@@ -181,9 +198,21 @@ async fn pictures_and_files_go_both_ways_with_previews_progress_and_a_restart() 
     let dropped = bytes_of(&dropped);
     let (id, offer) = next_offer(&mut bob_events).await;
     assert_eq!(offer.name, "notes.txt");
-    let got = bob_downloads(&bob, &mut bob_events, &id, &offer, &bob_dir.path().join("notes.txt")).await;
+    let got = bob_downloads(
+        &bob,
+        &mut bob_events,
+        &id,
+        &offer,
+        &bob_dir.path().join("notes.txt"),
+    )
+    .await;
     assert_eq!(got, dropped);
-    until_js(&client, "the dropped file completed", &file_state_is("notes.txt", "completed")).await;
+    until_js(
+        &client,
+        "the dropped file completed",
+        &file_state_is("notes.txt", "completed"),
+    )
+    .await;
     shots.take(&client, "file-card-sent").await;
 
     // Bob sends the picture back with its preview: alice sees the preview, it downloads by
@@ -200,7 +229,12 @@ async fn pictures_and_files_go_both_ways_with_previews_progress_and_a_restart() 
     )
     .await
     .expect("bob sends a picture");
-    until_js(&client, "bob's picture downloaded", &file_state_is("from bob.png", "completed")).await;
+    until_js(
+        &client,
+        "bob's picture downloaded",
+        &file_state_is("from bob.png", "completed"),
+    )
+    .await;
     shots.take(&client, "file-picture-received").await;
     assert_accessible(&client, "a received picture").await;
     client
@@ -223,16 +257,23 @@ async fn pictures_and_files_go_both_ways_with_previews_progress_and_a_restart() 
     let saved = downloads.path().join("from bob.png");
     let deadline = tokio::time::Instant::now() + WAIT;
     while std::fs::read(&saved).ok().as_deref() != Some(&pasted[..]) {
-        assert!(tokio::time::Instant::now() < deadline, "the picture saved byte for byte");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the picture saved byte for byte"
+        );
         tokio::time::sleep(POLL).await;
     }
     click(&client, "#viewer-close").await;
 
     // A 50 MB file shows its progress and arrives.
-    let big: Vec<u8> = (0..50_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..50_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let big_path = bob_dir.path().join("dataset.bin");
     std::fs::write(&big_path, &big).unwrap();
-    bob.send_file(&alice, &big_path, FileMeta::default()).await.unwrap();
+    bob.send_file(&alice, &big_path, FileMeta::default())
+        .await
+        .unwrap();
     until_js(
         &client,
         "the progress bar",
@@ -242,19 +283,36 @@ async fn pictures_and_files_go_both_ways_with_previews_progress_and_a_restart() 
     .await;
     shots.take(&client, "file-progress").await;
     assert_accessible(&client, "a transfer in progress").await;
-    until_js(&client, "the 50 MB file arrived", &file_state_is("dataset.bin", "completed")).await;
+    until_js(
+        &client,
+        "the 50 MB file arrived",
+        &file_state_is("dataset.bin", "completed"),
+    )
+    .await;
     shots.take(&client, "file-arrived").await;
 
     // Another is cut by quitting the app mid-transfer; after the restart it finishes by itself.
     let second = bob_dir.path().join("second.bin");
     std::fs::write(&second, &big).unwrap();
-    bob.send_file(&alice, &second, FileMeta::default()).await.unwrap();
-    until_js(&client, "the second download running", &file_state_is("second.bin", "running")).await;
+    bob.send_file(&alice, &second, FileMeta::default())
+        .await
+        .unwrap();
+    until_js(
+        &client,
+        "the second download running",
+        &file_state_is("second.bin", "running"),
+    )
+    .await;
     client.close().await.expect("the app quits");
     guard.disarm();
     let (client, guard) = start_app(data.path()).await;
     open_conversation(&client, "bob").await;
-    until_js(&client, "the second file finished after the restart", &file_state_is("second.bin", "completed")).await;
+    until_js(
+        &client,
+        "the second file finished after the restart",
+        &file_state_is("second.bin", "completed"),
+    )
+    .await;
     shots.take(&client, "file-after-restart").await;
     let saved = client
         .execute(
