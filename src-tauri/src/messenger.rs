@@ -1300,6 +1300,144 @@ mod tests {
         (dir, m)
     }
 
+    /// A file message arriving as the session stores it, then applied.
+    fn deliver_file(m: &Messenger, message_id: &str, name: &str, mime: &str) -> i64 {
+        let bob = id("bob");
+        let record = m
+            .db()
+            .insert_received_file(
+                &storage::message::Received {
+                    message_id,
+                    peer_id: &bob,
+                    body: name,
+                    at_ms: 1,
+                    sent_at: Some(1),
+                    authenticated: true,
+                    read: false,
+                    reply: None,
+                },
+                &storage::files::NewAttachment {
+                    name: name.into(),
+                    size: 10,
+                    mime: mime.into(),
+                    thumbnail: None,
+                    offer: None,
+                    local_path: None,
+                    transfer_id: None,
+                    state: storage::files::TransferState::Offered,
+                },
+            )
+            .unwrap()
+            .unwrap();
+        let seq = record.seq;
+        m.state.apply(SessionEvent::Received(record));
+        seq
+    }
+
+    #[test]
+    fn a_file_is_announced_as_a_photo_or_a_file_without_its_name() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        m.set_focused(false);
+        deliver_file(&m, "f1", "secret plans.jpg", "image/jpeg");
+        deliver_file(&m, "f2", "secret plans.pdf", "application/pdf");
+        assert_eq!(
+            ui.notifications(),
+            vec![
+                ("bob".to_owned(), "sent you a photo".to_owned()),
+                ("bob".to_owned(), "sent you a file".to_owned()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn files_to_an_original_client_are_refused_before_anything_is_sent() {
+        let ui = Arc::new(Recorder::default());
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            client_id: Some(id("alice")),
+            ..Settings::default()
+        };
+        let m = Messenger::open(dir.path(), settings, ui.clone()).unwrap();
+        // dave sent an unsigned (ml-kem-aes) message and has no pinned key.
+        deliver(&m, "o1", "dave", "hello from an old client", 1, false);
+        let err = m
+            .send_file_bytes(&id("dave"), "photo.png", vec![1, 2, 3])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, MessengerError::InvalidInput(text) if text.contains("original client")),
+            "{err}"
+        );
+        assert!(!dir.path().join("outgoing").exists(), "nothing was kept");
+        // Too large, or a name with a slash: refused before anything is written.
+        let err = m
+            .send_file_bytes(&id("bob"), "a/b.png", vec![1])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)));
+        let err = m
+            .send_file_bytes(&id("bob"), "big.bin", vec![0; MAX_INLINE_FILE_BYTES + 1])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)));
+    }
+
+    #[test]
+    fn transfer_reports_move_the_bar_and_a_finished_download_redraws_the_message() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        let seq = deliver_file(&m, "f1", "report.pdf", "application/pdf");
+        let transfer = "0123456789abcdef0123456789abcdef";
+        m.db()
+            .start_transfer(seq, transfer, "/tmp/report.pdf")
+            .unwrap();
+        let report = |state, done| lattice_peer::TransferProgress {
+            id: lattice_peer::TransferId::parse(transfer).unwrap(),
+            direction: lattice_peer::TransferDirection::Download,
+            peer: id("bob"),
+            message_id: None,
+            name: "report.pdf".into(),
+            done,
+            total: 10,
+            state,
+        };
+        lock(&ui.0).clear();
+        m.state.apply(SessionEvent::Transfer(report(
+            lattice_peer::TransferState::Running,
+            4,
+        )));
+        m.state.apply(SessionEvent::Transfer(report(
+            lattice_peer::TransferState::Completed,
+            10,
+        )));
+        let updates = lock(&ui.0);
+        let bars: Vec<(storage::files::TransferState, u64)> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Transfer(t) => Some((t.state, t.done)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bars,
+            vec![
+                (storage::files::TransferState::Running, 4),
+                (storage::files::TransferState::Completed, 10)
+            ]
+        );
+        assert!(updates.iter().any(|u| matches!(u,
+            Update::Message(v) if v.file.as_ref().is_some_and(|f| f.state == storage::files::TransferState::Completed)
+        )));
+        drop(updates);
+        // A report for a transfer this history does not know changes nothing and says nothing.
+        lock(&ui.0).clear();
+        let mut other = report(lattice_peer::TransferState::Running, 1);
+        other.id = lattice_peer::TransferId::parse("ffffffffffffffffffffffffffffffff").unwrap();
+        m.state.apply(SessionEvent::Transfer(other));
+        assert!(lock(&ui.0).is_empty());
+    }
+
     #[test]
     fn notifies_only_when_unfocused_and_enabled_with_sender_and_first_line() {
         let ui = Arc::new(Recorder::default());

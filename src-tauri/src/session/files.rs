@@ -164,7 +164,12 @@ impl Ctx {
             size: offer.size,
             mime: offer.mime.clone(),
             thumbnail: offer.thumbnail.as_ref().map(thumbnail_from_offer),
-            offer: serde_json::to_string(offer).ok(),
+            // The preview is kept in its own columns: the stored offer is what a download needs.
+            offer: serde_json::to_string(&FileOffer {
+                thumbnail: None,
+                ..offer.clone()
+            })
+            .ok(),
             local_path: None,
             transfer_id: None,
             state: TransferState::Offered,

@@ -6,7 +6,7 @@
 //! - `seq` is the message's row in `messages` (deleting the message deletes the row);
 //! - `name`, `size`, `mime` and the thumbnail are what the sender declared (bounded by
 //!   [`MAX_NAME_BYTES`], [`MAX_MIME_BYTES`], [`MAX_THUMBNAIL_BYTES`]);
-//! - `offer` is the library's file offer as it travels in the message (the file key, digest
+//! - `offer` is the library's file offer as it travels in the message, without its preview (the file key, digest
 //!   and download capability): what a download needs to start or restart. It is as secret as
 //!   the history it sits in, and is never logged;
 //! - `local_path` is where the bytes are on this device: the file sent, or the file received

@@ -74,10 +74,14 @@ async function saveAs(peer, m) {
   if (path) showNotice({ kind: "info", message: `Saved to ${path}` });
 }
 
-/** A file button: `text` shown, `label` (naming the file) for screen readers and the tooltip. */
-function button(text, label, iconName, onclick, cls = "") {
+/**
+ * A file button: `text` shown, and for screen readers the same words followed by the file's
+ * name (so the name they hear starts with what is seen); `hint` adds a tooltip.
+ */
+function button(text, name, iconName, onclick, cls = "", hint = "") {
+  const label = `${text} ${name}`;
   return h("button", {
-    class: `file-action ${cls}`.trim(), type: "button", tabindex: "-1", title: label,
+    class: `file-action ${cls}`.trim(), type: "button", tabindex: "-1", title: hint || label,
     "aria-label": label, onclick,
   }, icon(iconName), h("span", { class: "file-action-text", text }));
 }
@@ -93,11 +97,11 @@ function progress(peer, m) {
   }, h("div", { class: "file-progress-fill", style: `width: ${percent(f)}%` }));
   const controls = [];
   if (RUNNING.has(f.state)) {
-    controls.push(button("Pause", `Pause ${f.name}`, "pause", () => act(api.controlTransfer(peer, m.seq, "pause"))));
+    controls.push(button("Pause", f.name, "pause", () => act(api.controlTransfer(peer, m.seq, "pause"))));
   } else if (f.state === TransferState.PAUSED) {
-    controls.push(button("Resume", `Resume ${f.name}`, "play", () => act(api.controlTransfer(peer, m.seq, "resume"))));
+    controls.push(button("Resume", f.name, "play", () => act(api.controlTransfer(peer, m.seq, "resume"))));
   }
-  controls.push(button("Cancel", `Cancel ${f.name}`, "close", () => act(api.controlTransfer(peer, m.seq, "cancel")), "danger"));
+  controls.push(button("Cancel", f.name, "close", () => act(api.controlTransfer(peer, m.seq, "cancel")), "danger"));
   return h("div", { class: "file-transfer" }, bar, h("div", { class: "file-controls" }, ...controls));
 }
 
@@ -106,14 +110,14 @@ function actions(peer, m, openViewer) {
   const f = m.file;
   const out = [];
   if (f.local && f.state === TransferState.COMPLETED) {
-    if (f.image) out.push(button("View", `View ${f.name}`, "search", () => openViewer(peer, m)));
-    out.push(button("Save", `Save ${f.name} to the downloads folder`, "download", () => save(peer, m)));
-    out.push(button("Save as…", `Save ${f.name} as…`, "file", () => saveAs(peer, m)));
-    out.push(button("Open", `Open ${f.name}`, "open", () => act(api.openFile(peer, m.seq))));
+    if (f.image) out.push(button("View", f.name, "search", () => openViewer(peer, m)));
+    out.push(button("Save", f.name, "download", () => save(peer, m), "", `Save ${f.name} to the downloads folder`));
+    out.push(button("Save as…", f.name, "file", () => saveAs(peer, m)));
+    out.push(button("Open", f.name, "open", () => act(api.openFile(peer, m.seq))));
   } else if (!m.outgoing && [TransferState.OFFERED, TransferState.CANCELLED].includes(f.state)) {
-    out.push(button(`Download (${formatSize(f.size)})`, `Download ${f.name} (${formatSize(f.size)})`, "download", () => act(api.downloadFile(peer, m.seq)), "primary"));
+    out.push(button("Download", f.name, "download", () => act(api.downloadFile(peer, m.seq)), "primary", `Download ${f.name} (${formatSize(f.size)})`));
   } else if (f.state === TransferState.FAILED) {
-    out.push(button("Try again", `Try ${f.name} again`, "play", () => act(
+    out.push(button("Try again", f.name, "play", () => act(
       m.outgoing ? api.controlTransfer(peer, m.seq, "resume") : api.downloadFile(peer, m.seq),
     )));
   }
