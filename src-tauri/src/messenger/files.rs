@@ -208,7 +208,10 @@ impl Messenger {
     /// # Errors
     /// [`MessengerError::InvalidInput`] when there is nothing dropped; the errors of
     /// [`Messenger::send_file`] when no file could be sent.
-    pub async fn send_dropped(&self, peer: &ClientId) -> Result<Vec<MessageView>, MessengerError> {
+    pub async fn send_dropped(
+        &self,
+        peer: &ClientId,
+    ) -> Result<(Vec<MessageView>, Vec<MessengerError>), MessengerError> {
         let dropped = std::mem::take(&mut *lock(&self.state.dropped));
         let fresh = dropped.at.is_some_and(|at| at.elapsed() < DROPPED_TTL);
         if !fresh || dropped.paths.is_empty() {
@@ -219,7 +222,8 @@ impl Messenger {
         self.send_files(peer, dropped.paths).await
     }
 
-    /// Sends each of `paths` to `peer`; the views of those sent. Fails only when none was.
+    /// Sends each of `paths` to `peer`: the views of those sent, and why the others were not
+    /// (the caller tells the person). Fails only when none was sent.
     ///
     /// # Errors
     /// The first error, when no file could be sent.
@@ -227,30 +231,22 @@ impl Messenger {
         &self,
         peer: &ClientId,
         paths: Vec<PathBuf>,
-    ) -> Result<Vec<MessageView>, MessengerError> {
+    ) -> Result<(Vec<MessageView>, Vec<MessengerError>), MessengerError> {
         let mut sent = Vec::new();
-        let mut first_error = None;
+        let mut failed = Vec::new();
         for path in paths.into_iter().take(MAX_DROPPED_FILES) {
             match self.send_file(peer, &path).await {
                 Ok(view) => sent.push(view),
                 Err(e) => {
                     tracing::warn!(peer = %peer, error = %e, "a file was not sent");
-                    if sent.is_empty() && first_error.is_none() {
-                        first_error = Some(e);
-                    } else {
-                        self.notice(crate::error::CommandError::from(e).notice());
-                    }
+                    failed.push(e);
                 }
             }
         }
-        match first_error {
-            Some(e) if sent.is_empty() => Err(e),
-            Some(e) => {
-                self.notice(crate::error::CommandError::from(e).notice());
-                Ok(sent)
-            }
-            None => Ok(sent),
+        if sent.is_empty() && !failed.is_empty() {
+            return Err(failed.remove(0));
         }
+        Ok((sent, failed))
     }
 
     /// Sends the file at `path` to `peer`: its type from its first bytes, a preview for a
