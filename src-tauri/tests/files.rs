@@ -350,6 +350,22 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
         .invoke("save_file", json!({"peerId": "bob", "seq": done["seq"]}))
         .unwrap();
     assert_eq!(std::fs::read(saved.as_str().unwrap()).unwrap(), big);
+    // Deleting the message on this device removes the app's copy of its file.
+    let kept = std::fs::read_dir(app.dir().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-video.bin"))
+        .expect("the download in files/");
+    app.invoke(
+        "delete_message",
+        json!({"peerId": "bob", "seq": done["seq"], "forEveryone": false}),
+    )
+    .unwrap();
+    assert!(!kept.exists(), "{} removed", kept.display());
+    assert!(
+        std::path::Path::new(saved.as_str().unwrap()).exists(),
+        "the saved copy is the person's"
+    );
     // The pasted picture is still shown after the restart, with its preview.
     let page = app
         .invoke("load_messages", json!({"peerId": "bob"}))

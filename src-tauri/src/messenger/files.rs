@@ -454,6 +454,42 @@ impl Messenger {
         Ok(())
     }
 
+    /// Before a file message is deleted on this device: stops its transfer (a download would
+    /// otherwise finish into a file nothing shows) and removes the app's own copy — a download
+    /// under `files/` or a pasted file under `outgoing/`, never a file the person sent from
+    /// elsewhere on the disk. Failures are logged: the message is deleted anyway.
+    pub(super) async fn forget_file(&self, record: &MessageRecord) {
+        let Some(file) = &record.extra.attachment else {
+            return;
+        };
+        if !file.state.is_final() {
+            if let Some(id) = file
+                .transfer_id
+                .as_deref()
+                .and_then(|id| TransferId::parse(id).ok())
+            {
+                if let Some(running) = self.session.lock().await.as_ref() {
+                    if let Err(e) = running.session.cancel_transfer(&id).await {
+                        tracing::debug!(transfer = %id, error = %e, "no transfer to stop");
+                    }
+                }
+            }
+        }
+        let Some(path) = file.local_path.as_deref().map(PathBuf::from) else {
+            return;
+        };
+        let ours = [crate::session::FILES_DIR, OUTGOING_DIR]
+            .iter()
+            .any(|dir| path.starts_with(self.state.data_dir.join(dir)));
+        if ours {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(seq = record.seq, error = %e, "cannot remove a file"),
+            }
+        }
+    }
+
     /// Where the bytes of message `seq`'s file are here: sent from here, or downloaded
     /// completely.
     ///
