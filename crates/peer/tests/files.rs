@@ -170,11 +170,12 @@ async fn names_types_and_thumbnails_travel_and_are_bounded() {
     let src = dir.path().join("x.bin");
     std::fs::write(&src, b"\x89PNG not really").unwrap();
 
+    // The largest thumbnail allowed still fits in one message.
     let thumb = lattice_peer::Thumbnail {
         mime: "image/png".into(),
         width: 16,
         height: 9,
-        bytes: vec![7; 300],
+        bytes: pattern(lattice_peer::content::MAX_THUMBNAIL_BYTES as u64, 5),
     };
     let meta = FileMeta {
         name: Some("holiday.png".into()),

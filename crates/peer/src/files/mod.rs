@@ -642,13 +642,13 @@ impl Files {
             }
         };
         drop(permit);
-        let stop = {
-            let mut t = lock(&self.table);
-            t.live
-                .get_mut(id)
-                .and_then(|e| e.run.take())
-                .and_then(|r| r.stop)
-        };
+        // The run stays registered until its end is recorded, so a `resume` meanwhile is a
+        // no-op rather than a second task.
+        let stop = lock(&self.table)
+            .live
+            .get(id)
+            .and_then(|e| e.run.as_ref())
+            .and_then(|r| r.stop);
         if stop.is_none() && self.shutdown.is_cancelled() {
             // The peer is going away: the journal stays as it is, and the transfer resumes at
             // the next start.
@@ -682,7 +682,7 @@ impl Files {
                         tracing::warn!(peer = %self.me, transfer = %id, error = %e, "cannot record a pause");
                     }
                 }
-                self.state(id, TransferState::Paused);
+                self.settle(id, TransferState::Paused).await;
             }
             (Err(Some(e)), None) => {
                 tracing::warn!(peer = %self.me, transfer = %id, error = %e, "transfer failed");
@@ -696,7 +696,34 @@ impl Files {
                         self.progress(id, 0);
                     }
                 }
-                self.state(id, TransferState::Failed(e.to_string()));
+                self.settle(id, TransferState::Failed(e.to_string())).await;
+            }
+        }
+    }
+
+    /// Ends the task of transfer `id` in `state`, in one step (so a pause, resume or cancel
+    /// sees either the running task or the final state); a cancel that came while the task was
+    /// ending is carried out instead.
+    async fn settle(&self, id: &str, state: TransferState) {
+        let outcome = {
+            let mut t = lock(&self.table);
+            let Some(e) = t.live.get_mut(id) else {
+                return;
+            };
+            let stop = e.run.take().and_then(|r| r.stop);
+            if stop == Some(Stop::Cancel) {
+                None
+            } else {
+                Some(set_state(e, state))
+            }
+        };
+        match outcome {
+            Some(p) => self.dispatcher.emit(PeerEvent::Transfer(p)),
+            None => {
+                if let Some(h) = self.header(id) {
+                    self.clean_up(&h).await;
+                }
+                self.finish(id, TransferState::Cancelled);
             }
         }
     }
