@@ -930,15 +930,16 @@ impl Files {
             acks.clear();
         }
         {
-            let f = tokio::fs::OpenOptions::new()
+            // Synchronous on purpose (a create and a sparse resize, both immediate): with
+            // `tokio::fs` the create runs on a blocking thread that a cancel cannot stop, so it
+            // could make the `.part` again after the cancel's clean-up removed it.
+            let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&part)
-                .await
                 .map_err(|e| io_err(&part, "cannot create", &e))?;
             f.set_len(h.size)
-                .await
                 .map_err(|e| io_err(&part, "cannot size", &e))?;
         }
         self.progress(&h.id, done_bytes(&h, &acks));
