@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{self, Policy, Session};
 use crate::content::Content;
 use crate::events::{
-    ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
+    Algorithm, ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion,
+    PeerEvent,
 };
 use crate::groups::{GroupInfo, Groups};
 use crate::history::History;
@@ -171,7 +172,7 @@ impl MessagingPeer {
             Arc::clone(&link),
             Arc::clone(&dispatcher),
             replay_store,
-            history,
+            Arc::clone(&history),
         ));
         let groups = match &config.mls_state {
             Some(path) => Some(
@@ -185,6 +186,7 @@ impl MessagingPeer {
                         Arc::clone(&requests),
                         Arc::clone(&link),
                         Arc::clone(&dispatcher),
+                        Arc::clone(&history),
                     ),
                 )?
                 .into_arc(),
@@ -516,10 +518,23 @@ impl MessagingPeer {
         target: &ClientId,
         content: &Content,
     ) -> Result<SentMessage, PeerError> {
-        self.inner
-            .outbox
-            .send(target, content, new_message_id())
-            .await
+        self.send_any(target, content, new_message_id()).await
+    }
+
+    /// Sends over MLS to a peer that speaks it (setting the 1:1 conversation up on first
+    /// contact), in an older envelope to any other.
+    async fn send_any(
+        &self,
+        target: &ClientId,
+        content: &Content,
+        message_id: MessageId,
+    ) -> Result<SentMessage, PeerError> {
+        if let Some(g) = &self.inner.groups {
+            if let Some(sent) = g.send_direct(target, content, message_id.clone()).await? {
+                return Ok(sent);
+            }
+        }
+        self.inner.outbox.send(target, content, message_id).await
     }
 
     /// [`MessagingPeer::send_content`] with a message id chosen by the caller (see
@@ -533,7 +548,7 @@ impl MessagingPeer {
         content: &Content,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
-        self.inner.outbox.send(target, content, message_id).await
+        self.send_any(target, content, message_id).await
     }
 
     /// [`MessagingPeer::send_message`] with a message id chosen by the caller, for a caller that
@@ -552,9 +567,7 @@ impl MessagingPeer {
         text: &str,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
-        self.inner
-            .outbox
-            .send(target, &Content::Text(text.to_owned()), message_id)
+        self.send_any(target, &Content::Text(text.to_owned()), message_id)
             .await
     }
 
@@ -741,7 +754,20 @@ impl MessagingPeer {
         self.groups()?.send(group, content).await
     }
 
-    /// The groups this device is in.
+    /// The envelope messages to `peer` go in now: [`Algorithm::Mls`] when it is pinned as
+    /// speaking MLS (a 1:1 MLS conversation exists or will be set up on the next message, and
+    /// nothing older is accepted from it), otherwise `None`: the next message asks the server
+    /// for its KeyPackage when groups are on, and falls back to `lattice-v1` (or `ml-kem-aes`
+    /// for an original client) when it has none.
+    pub fn conversation_envelope(&self, peer: &ClientId) -> Option<Algorithm> {
+        self.inner
+            .groups
+            .as_ref()
+            .filter(|g| g.speaks_mls(peer))
+            .map(|_| Algorithm::Mls)
+    }
+
+    /// The groups this device is in (1:1 MLS conversations are not listed).
     ///
     /// # Errors
     /// [`PeerError::GroupsDisabled`].
