@@ -322,3 +322,122 @@ async fn a_lattice_v1_message_from_a_peer_that_speaks_mls_is_refused() {
     assert_eq!(sent.algorithm, Algorithm::Mls);
     assert_eq!(text_of(&next_message(&mut be).await), "still mls");
 }
+
+/// mallory is alice's real 1:1 MLS peer and turns hostile: a tampered MLS message is refused
+/// and reported, the next good one still arrives as an ordinary 1:1 message, and the same good
+/// ciphertext again under a new message id (a replay the server cannot tell) does not open twice.
+#[tokio::test]
+async fn a_tampered_or_replayed_one_to_one_mls_message_is_refused_and_the_conversation_goes_on() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, m) = (Person::new("alice"), Person::new("mallory"));
+    let (alice, mut ae) = a.online(&url).await;
+    {
+        let (mallory, mut me) = m.online(&url).await;
+        alice.send_message(&id("mallory"), "hi").await.unwrap();
+        assert_eq!(next_message(&mut me).await.algorithm, Algorithm::Mls);
+        mallory.disconnect().await;
+    }
+    let rows = m.direct_rows();
+    assert_eq!(rows.len(), 1);
+    let g = lattice_peer::GroupId::from_bytes(&rows[0].0);
+    // mallory's own state, read by the test (she is the peer: her messages are real).
+    let mut engine =
+        lattice_mls::MlsClient::open(lattice_mls::MlsStore::open(m.state()).unwrap()).unwrap();
+    let plaintext = |mid: &str, t: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "messageId": mid, "kind": "text", "body": t, "sentAt": 1
+        }))
+        .unwrap()
+    };
+    let mut tampered = engine.encrypt(&g, &plaintext("m1", "evil")).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let good = engine.encrypt(&g, &plaintext("m2", "fine")).unwrap();
+    drop(engine);
+    let (raw, _re) = m.older(&url).await;
+    let wire_group = lattice_protocol::GroupId::new(g.to_string()).unwrap();
+    for (mid, bytes) in [("m1", tampered), ("m2", good.clone()), ("m3", good)] {
+        raw.send_to_server_and_wait(
+            lattice_protocol::ClientFrame::GroupMessage(lattice_protocol::GroupMessage {
+                group_id: wire_group.clone(),
+                message: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+                message_id: Some(lattice_protocol::MessageId::new(mid).unwrap()),
+            }),
+            "group_message",
+            lattice_peer::WaitOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let refused = |e: PeerEvent| match e {
+        PeerEvent::Message(m) if text_of(&m) != "fine" => panic!("delivered: {m:?}"),
+        PeerEvent::Error(PeerError::GroupRejected { from, reason, .. }) => Some((from, reason)),
+        _ => None,
+    };
+    let (from, reason) = wait_for(&mut ae, refused).await;
+    assert_eq!(from, id("mallory"));
+    assert!(reason.contains("decrypt"), "{reason}");
+    let m2 = next_message(&mut ae).await;
+    assert_eq!((text_of(&m2), m2.algorithm), ("fine", Algorithm::Mls));
+    let replay = wait_for(&mut ae, |e| match e {
+        PeerEvent::Message(m) => panic!("delivered twice: {m:?}"),
+        PeerEvent::Error(PeerError::GroupRejected { reason, .. }) => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(replay.contains("decrypt"), "{replay}");
+}
+
+/// alice has pinned bob as speaking MLS. Then her 1:1 conversation with him is gone (deleted
+/// from her state) and a server shows bob without any KeyPackage (bob on a client without MLS):
+/// the send fails with `MlsRequired` and nothing at all reaches bob — no `lattice-v1` fallback.
+#[tokio::test]
+async fn a_pinned_mls_peer_is_never_sent_an_older_envelope_when_its_key_packages_vanish() {
+    let (a, b, c) = (
+        Person::new("alice"),
+        Person::new("bob"),
+        Person::new("carol"),
+    );
+    {
+        let server = spawn_server().await;
+        let url = server.url();
+        let (alice, _ae) = a.online(&url).await;
+        let (_bob, mut be) = b.online(&url).await;
+        alice.send_message(&id("bob"), "over mls").await.unwrap();
+        assert_eq!(next_message(&mut be).await.algorithm, Algorithm::Mls);
+    }
+    let conn = rusqlite::Connection::open(a.state()).unwrap();
+    assert_eq!(
+        conn.execute("DELETE FROM lattice_peer_direct", []).unwrap(),
+        1
+    );
+    drop(conn);
+
+    let server = spawn_server().await;
+    let url = server.url();
+    let (alice, _ae) = a.online(&url).await;
+    let (_bob, mut be) = b.older(&url).await;
+    let (carol, _ce) = c.older(&url).await;
+    let err = alice
+        .send_message(&id("bob"), "must not leave")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PeerError::MlsRequired { peer, .. } if peer.as_str() == "bob"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("nothing was sent"), "{err}");
+    // carol's message, sent after alice's attempt, is the first thing bob gets.
+    carol.send_message(&id("bob"), "marker").await.unwrap();
+    let first = none_before(
+        &mut be,
+        |e| matches!(e, PeerEvent::Message(m) if m.from.as_str() == "alice"),
+        |e| match e {
+            PeerEvent::Message(m) if m.from.as_str() == "carol" => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(text_of(&first), "marker");
+}

@@ -224,6 +224,69 @@ async fn a_three_member_group_talks_renames_and_survives_a_restart() {
     );
 }
 
+/// Five members, then every one of them restarts (a new process on its state file): the group
+/// comes back from SQLite everywhere, each member's message reaches the four others, and a
+/// self-update after the restart moves everyone to the same next epoch.
+#[tokio::test]
+async fn a_five_member_group_survives_a_restart_of_every_member() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let people = ["alice", "bob", "carol", "dave", "erin"].map(Person::new);
+    let mut online = Vec::new();
+    for p in &people {
+        online.push(p.online(&url).await);
+    }
+    let others: Vec<_> = people[1..].iter().map(|p| id(p.name)).collect();
+    let g = online[0].0.create_group("five", &others).await.unwrap();
+    for (_, e) in &mut online[1..] {
+        assert_eq!(joined(e).await.1.len(), 5);
+    }
+    let epoch = online[0].0.group_info(&g).unwrap().epoch;
+
+    for (p, _) in &online {
+        p.disconnect().await;
+    }
+    drop(online);
+    let mut online = Vec::new();
+    for p in &people {
+        online.push(p.online(&url).await);
+    }
+    for (i, p) in people.iter().enumerate() {
+        let (peer, _) = &online[i];
+        assert_eq!(peer.groups_list().unwrap(), vec![g.clone()], "{}", p.name);
+        assert_eq!(peer.group_info(&g).unwrap().epoch, epoch);
+        say(peer, &g, &format!("from {}", p.name)).await;
+    }
+    for (i, (_, e)) in online.iter_mut().enumerate() {
+        let mut heard = Vec::new();
+        for _ in 0..4 {
+            heard.push(text(&next_group_message(e).await).1.to_owned());
+        }
+        let expected: Vec<String> = people
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("from {}", p.name))
+            .collect();
+        assert_eq!(
+            heard, expected,
+            "{} hears everyone in order",
+            people[i].name
+        );
+    }
+    online[3].0.group_self_update(&g).await.unwrap();
+    for (peer, _) in &online {
+        at_epoch(peer, &g, epoch + 1).await;
+    }
+    say(&online[4].0, &g, "after healing").await;
+    for (_, e) in &mut online[..4] {
+        assert_eq!(
+            text(&next_group_message(e).await),
+            ("erin", "after healing")
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_offline_member_catches_up_welcome_epochs_and_messages_in_order() {
     let server = spawn_server().await;
