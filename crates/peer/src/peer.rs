@@ -496,7 +496,12 @@ impl MessagingPeer {
     }
 
     /// Sends a [`Content`] (a text, a reply, an edit, a delete, a reaction, a read receipt, a
-    /// typing notice) to `target`, like [`MessagingPeer::send_message`]. To a Lattice peer it
+    /// typing notice) to `target`, like [`MessagingPeer::send_message`]. With groups on
+    /// ([`PeerConfig::mls_state`]) and a peer that speaks MLS it goes in the 1:1 MLS
+    /// conversation (set up on the first message, see [`MessagingPeer::conversation_envelope`]);
+    /// it then returns once the server accepted it ([`crate::Algorithm::Mls`], no
+    /// [`PeerEvent::MessageAck`] follows), and fails with [`PeerError::MlsRequired`] rather than
+    /// fall back to an older envelope for a peer pinned as MLS-capable. To another Lattice peer it
     /// goes as a version 2 `lattice-v1` message signed over the whole content; an original
     /// (`ml-kem-aes`) client gets plain text only ([`Content::plain_text`]: a reply as quoted
     /// text, an edit as a new text) and nothing at all for the other kinds.

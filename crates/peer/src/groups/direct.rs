@@ -180,6 +180,39 @@ impl Groups {
                 None => return Ok(None),
             },
         };
+        match self.send_in(&gid, target, content, &message_id).await {
+            // The server no longer has us in that group (the peer left it, the server lost it):
+            // it is no conversation any more; set a new one up, once.
+            Err(PeerError::Server {
+                error_type: ErrorType::NotAMember,
+                ..
+            }) => {
+                tracing::info!(peer = %self.client_id, with = %target, group = %gid, "1:1 MLS group gone at the server; setting up a new one");
+                self.unregister_direct(&gid);
+                let Some(gid) = self.open_direct(target).await? else {
+                    return Err(PeerError::MlsRequired {
+                        peer: target.clone(),
+                        reason: "its 1:1 group is gone and no new one could be set up".into(),
+                    });
+                };
+                self.send_in(&gid, target, content, &message_id).await?;
+            }
+            other => other?,
+        }
+        Ok(Some(SentMessage {
+            message_id,
+            algorithm: Algorithm::Mls,
+        }))
+    }
+
+    /// Seals `content` in direct group `gid` and sends it, waiting for the server's answer.
+    async fn send_in(
+        &self,
+        gid: &GroupId,
+        target: &ClientId,
+        content: &Content,
+        message_id: &MessageId,
+    ) -> Result<(), PeerError> {
         let (kind, body) = content.encode()?;
         let sent_at = now_ms();
         let plaintext = zeroize::Zeroizing::new(
@@ -194,17 +227,14 @@ impl Groups {
         let sealed = {
             let _g = self.op.lock().await;
             lock(&self.mls)
-                .encrypt(&gid, &plaintext)
-                .map_err(|e| mls_error(e, Some(&gid)))?
+                .encrypt(gid, &plaintext)
+                .map_err(|e| mls_error(e, Some(gid)))?
         };
-        self.send_group_frame(&gid, sealed, message_id.clone())
+        self.send_group_frame(gid, sealed, message_id.clone())
             .await?;
         tracing::debug!(peer = %self.client_id, to = %target, message_id = %message_id, kind = content.kind(), "1:1 MLS message sent");
-        self.history.sent(target, &message_id, content, sent_at);
-        Ok(Some(SentMessage {
-            message_id,
-            algorithm: Algorithm::Mls,
-        }))
+        self.history.sent(target, message_id, content, sent_at);
+        Ok(())
     }
 
     /// Sets up the 1:1 conversation with `target` from one of its KeyPackages. `Ok(None)` when
