@@ -463,7 +463,191 @@ impl Groups {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use base64::Engine as _;
+    use lattice_mls::{MlsClient, MlsStore};
+    use lattice_protocol::{MlsEnvelope, MlsKind};
+
     use super::*;
+    use crate::defaults;
+    use crate::keys::KeyStore as _;
+    use crate::testkit::{id, identity, Kit};
+    use crate::wire::B64;
+
+    /// A delivered `mls` envelope from `from`.
+    fn delivered(from: &str, kind: MlsKind, g: &GroupId, data: &[u8], mid: &str) -> Delivered {
+        let env = MlsEnvelope {
+            algorithm: lattice_protocol::MLS_ALGORITHM.into(),
+            kind,
+            group_id: lattice_protocol::GroupId::new(g.to_string()).unwrap(),
+            epoch: None,
+            data: B64.encode(data),
+        };
+        Delivered {
+            message: serde_json::value::to_raw_value(&env).unwrap(),
+            from_id: id(from),
+            timestamp: 1,
+            message_id: Some(MessageId::new(mid).unwrap()),
+        }
+    }
+
+    fn events(kit: &Kit) -> Vec<PeerEvent> {
+        std::mem::take(&mut *lock(&kit.events))
+    }
+
+    /// bob's `Groups`, fed by hand with what alice's engine (in the test) makes: only a Welcome
+    /// into a `lattice/direct/v1` group holding exactly bob and the Welcome's sender is a 1:1
+    /// conversation; its messages come up as 1:1 messages and its changes stay quiet; a group
+    /// of that name with a third member, or relabelled by the server as from someone else, is
+    /// an ordinary group (and reported); a 1:1 group that gains a member is one no more.
+    #[tokio::test]
+    async fn only_a_welcome_from_the_other_member_of_a_two_member_direct_group_is_a_conversation() {
+        let kit = Kit::new("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let (alice_identity, carol_identity) = (identity(), identity());
+        for (who, ident) in [
+            ("alice", &alice_identity),
+            ("carol", &carol_identity),
+            ("bob", &kit.identity),
+        ] {
+            kit.store
+                .pin(&id(who), &ident.identity_public_key())
+                .unwrap();
+        }
+        let history = Arc::new(crate::history::History::new(
+            id("bob"),
+            Arc::new(crate::history::NoHistory),
+        ));
+        let bob = Groups::open(
+            &dir.path().join("bob.mls"),
+            &kit.identity,
+            id("bob"),
+            defaults::SELF_UPDATE_INTERVAL,
+            (
+                Arc::clone(&kit.trust),
+                Arc::clone(&kit.requests),
+                Arc::clone(&kit.link),
+                Arc::clone(&kit.dispatcher),
+                history,
+            ),
+        )
+        .unwrap()
+        .into_arc();
+        let engine = |name: &str, ident: &lattice_crypto::Identity| {
+            MlsClient::create(
+                MlsStore::open(dir.path().join(format!("{name}.mls"))).unwrap(),
+                ident.identity_key(),
+                id(name),
+            )
+            .unwrap()
+        };
+        let mut alice = engine("alice", &alice_identity);
+        let mut carol = engine("carol", &carol_identity);
+        let keys = [
+            ("alice", alice_identity.identity_public_key()),
+            ("bob", kit.identity.identity_public_key()),
+            ("carol", carol_identity.identity_public_key()),
+        ];
+        let pins = move |c: &ClientId| keys.iter().find(|(n, _)| *n == c.as_str()).map(|(_, k)| *k);
+
+        // 1. alice's 1:1 group with bob, Welcome from alice: the conversation.
+        let bob_kp = |bob: &Groups| lock(&bob.mls).key_packages(1).unwrap().remove(0);
+        let g1 = alice.create_group(DIRECT_GROUP_NAME).unwrap();
+        let kp = alice.validate_key_package(&bob_kp(&bob), &pins).unwrap();
+        let add = alice.add_members(&g1, &[kp]).unwrap();
+        alice.confirm_commit(&g1).unwrap();
+        bob.process(delivered(
+            "alice",
+            MlsKind::Welcome,
+            &g1,
+            &add.welcome.unwrap(),
+            "w1",
+        ))
+        .await;
+        assert_eq!(bob.direct_peer(&g1), Some(id("alice")));
+        assert_eq!(bob.direct_group(&id("alice")), Some(g1.clone()));
+        assert!(bob.speaks_mls(&id("alice")));
+        assert!(bob.groups().is_empty(), "not listed as a group");
+        let seen = events(&kit);
+        assert!(
+            seen.is_empty(),
+            "a 1:1 conversation raises no group events: {seen:?}"
+        );
+        let text = serde_json::to_vec(&serde_json::json!({
+            "messageId": "m1", "kind": "text", "body": "hello", "sentAt": 5
+        }))
+        .unwrap();
+        let sealed = alice.encrypt(&g1, &text).unwrap();
+        bob.process(delivered("alice", MlsKind::Message, &g1, &sealed, "m1"))
+            .await;
+        match events(&kit).as_slice() {
+            [PeerEvent::Message(m)] => {
+                assert_eq!((m.from.as_str(), m.text.as_str()), ("alice", "hello"));
+                assert_eq!(m.algorithm, Algorithm::Mls);
+                assert_eq!(m.sent_at, Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // 2. The same kind of group, but the server says carol sent the Welcome: not a 1:1
+        //    conversation with anyone; kept as a group and reported.
+        let g2 = alice.create_group(DIRECT_GROUP_NAME).unwrap();
+        let kp = alice.validate_key_package(&bob_kp(&bob), &pins).unwrap();
+        let add = alice.add_members(&g2, &[kp]).unwrap();
+        alice.confirm_commit(&g2).unwrap();
+        bob.process(delivered(
+            "carol",
+            MlsKind::Welcome,
+            &g2,
+            &add.welcome.unwrap(),
+            "w2",
+        ))
+        .await;
+        assert_eq!(bob.direct_peer(&g2), None);
+        assert!(bob.groups().contains(&g2));
+        assert!(
+            events(&kit)
+                .iter()
+                .any(|e| matches!(e, PeerEvent::Error(PeerError::GroupRejected { reason, .. }) if reason.contains("exactly its two members"))),
+        );
+
+        // 3. A group of that name with a third member: an ordinary group.
+        let g3 = alice.create_group(DIRECT_GROUP_NAME).unwrap();
+        let kps = [
+            alice.validate_key_package(&bob_kp(&bob), &pins).unwrap(),
+            alice
+                .validate_key_package(&carol.key_packages(1).unwrap().remove(0), &pins)
+                .unwrap(),
+        ];
+        let add = alice.add_members(&g3, &kps).unwrap();
+        alice.confirm_commit(&g3).unwrap();
+        bob.process(delivered(
+            "alice",
+            MlsKind::Welcome,
+            &g3,
+            &add.welcome.unwrap(),
+            "w3",
+        ))
+        .await;
+        assert_eq!(bob.direct_peer(&g3), None);
+        assert_eq!(bob.direct_group(&id("alice")), Some(g1.clone()));
+        events(&kit);
+
+        // 4. The real conversation gains carol: it is one no more, and shows as a group.
+        let kp = alice
+            .validate_key_package(&carol.key_packages(1).unwrap().remove(0), &pins)
+            .unwrap();
+        let add = alice.add_members(&g1, &[kp]).unwrap();
+        alice.confirm_commit(&g1).unwrap();
+        bob.process(delivered("alice", MlsKind::Commit, &g1, &add.commit, "c1"))
+            .await;
+        assert_eq!(bob.direct_peer(&g1), None);
+        assert_eq!(bob.direct_group(&id("alice")), None);
+        assert!(bob.groups().contains(&g1));
+        assert!(bob.speaks_mls(&id("alice")), "the pin stays");
+    }
 
     fn peer(s: &str) -> ClientId {
         ClientId::new(s).unwrap_or_else(|_| unreachable!())
