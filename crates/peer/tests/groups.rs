@@ -562,20 +562,37 @@ async fn group_calls_without_mls_state_say_groups_are_off() {
 }
 
 /// Per 1 KiB message through the peers and a real server, side by side in one run: a two-member
-/// MLS group (SQLite state, each message encrypted, stored, decrypted, its key deleted) against
-/// the same texts as `lattice-v1` 1:1 messages. Prints; asserts nothing about time.
+/// MLS group (SQLite state, each message encrypted, stored, decrypted, its key deleted), the
+/// same texts as 1:1 messages over MLS (`send_message` between two MLS clients), and as
+/// `lattice-v1` 1:1 messages (to carol, a client without MLS). Prints; asserts nothing about time.
 #[tokio::test]
 #[ignore = "measurement: prints timings"]
 async fn measure_group_messages_against_one_to_one() {
     const N: usize = 200;
     let server = spawn_server().await;
     let url = server.url();
-    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (a, b, c) = (
+        Person::new("alice"),
+        Person::new("bob"),
+        Person::new("carol"),
+    );
     let (alice, _ae) = a.online(&url).await;
     let (_bob, mut be) = b.online(&url).await;
+    let carol = c.plain(&url).await;
+    let mut ce = carol.events();
     let g = alice.create_group("bench", &[id("bob")]).await.unwrap();
     joined(&mut be).await;
     let text = "x".repeat(1024);
+    let per = |d: Duration| d / u32::try_from(N).unwrap();
+    async fn drain(events: &mut EventStream, n: usize) {
+        for _ in 0..n {
+            wait_for(events, |e| match e {
+                PeerEvent::Message(m) => Some(m),
+                _ => None,
+            })
+            .await;
+        }
+    }
     for round in 1..=2 {
         let t = Instant::now();
         for _ in 0..N {
@@ -588,21 +605,24 @@ async fn measure_group_messages_against_one_to_one() {
         let group = t.elapsed();
         let t = Instant::now();
         for _ in 0..N {
-            alice.send_message(&id("bob"), &text).await.unwrap();
+            let s = alice.send_message(&id("bob"), &text).await.unwrap();
+            assert_eq!(s.algorithm, lattice_peer::Algorithm::Mls);
         }
+        drain(&mut be, N).await;
+        let direct = t.elapsed();
+        let t = Instant::now();
         for _ in 0..N {
-            wait_for(&mut be, |e| match e {
-                PeerEvent::Message(m) => Some(m),
-                _ => None,
-            })
-            .await;
+            let s = alice.send_message(&id("carol"), &text).await.unwrap();
+            assert_eq!(s.algorithm, lattice_peer::Algorithm::LatticeV1);
         }
+        drain(&mut ce, N).await;
         let one = t.elapsed();
         eprintln!(
-            "round {round}: {N} x 1 KiB — MLS group: send (encrypt + store + server answer) {:?}/msg, end to end {:?}/msg; lattice-v1 1:1 end to end {:?}/msg",
-            sent / u32::try_from(N).unwrap(),
-            group / u32::try_from(N).unwrap(),
-            one / u32::try_from(N).unwrap()
+            "round {round}: {N} x 1 KiB — MLS group: send (encrypt + store + server answer) {:?}/msg, end to end {:?}/msg; 1:1 over MLS end to end {:?}/msg; lattice-v1 1:1 end to end {:?}/msg",
+            per(sent),
+            per(group),
+            per(direct),
+            per(one)
         );
     }
 }
