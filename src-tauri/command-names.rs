@@ -27,4 +27,13 @@ pub const COMMAND_NAMES: &[&str] = &[
     "react",
     "message_versions",
     "typing",
+    "attach_file",
+    "send_dropped",
+    "send_file_bytes",
+    "download_file",
+    "control_transfer",
+    "save_file",
+    "save_file_as",
+    "open_file",
+    "file_bytes",
 ];

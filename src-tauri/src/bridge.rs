@@ -44,6 +44,9 @@ impl<R: Runtime> Ui for TauriUi<R> {
             Update::Notice(notice) => self.emit(Event::Error, notice),
             Update::Typing(typing) => self.emit(Event::Typing, typing),
             Update::Removed(removed) => self.emit(Event::MessageRemoved, removed),
+            Update::Transfer(transfer) => self.emit(Event::Transfer, transfer),
+            Update::DropHover(hovering) => self.emit(Event::DropHover, hovering),
+            Update::FilesDropped(count) => self.emit(Event::FilesDropped, count),
             Update::Unread(n) => tray::set_unread(&self.app, n),
             Update::Notify { title, body } => self.notify(title, body),
         }

@@ -4,6 +4,8 @@
 //! from the service's own error. The list is
 //! also the app manifest in `build.rs`, from which the capability file grants exactly these.
 
+pub mod files;
+
 use std::sync::Arc;
 
 use tauri::{AppHandle, Runtime, State};
@@ -198,6 +200,7 @@ pub async fn update_settings<R: Runtime>(
             "Choose a port between 1 and 65535.".into(),
         ));
     }
+    patch.check().map_err(CommandError::InvalidInput)?;
     let reconnect = patch.touches_connection();
     let mut settings = messenger.settings();
     patch.apply(&mut settings, client_id);

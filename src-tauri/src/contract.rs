@@ -78,6 +78,52 @@ wire_enum! {
         Typing = "typing",
         /// A message was deleted on this device ([`crate::views::RemovedView`]).
         MessageRemoved = "message-removed",
+        /// A file transfer moved on ([`crate::views::TransferView`]): progress or a new state.
+        Transfer = "transfer",
+        /// Files are dragged over the window (`true`) or left it (`false`).
+        DropHover = "drop-hover",
+        /// Files were dropped on the window: the page asks to send them to the open
+        /// conversation (`send_dropped`); the payload is how many.
+        FilesDropped = "files-dropped",
+    }
+}
+
+wire_enum! {
+    /// Where a file attached to a message is. Stored as its wire name
+    /// ([`crate::storage::files`]).
+    pub enum TransferState {
+        /// An incoming file nobody started to download yet (bigger than the auto-download
+        /// limit, or offered while auto-download is off).
+        Offered = "offered",
+        /// Waiting for its turn.
+        Queued = "queued",
+        /// Moving bytes.
+        Running = "running",
+        /// Paused by the person; resumes on request.
+        Paused = "paused",
+        /// Every byte is there (sent, or received and checked).
+        Completed = "completed",
+        /// Stopped by an error (the reason is kept beside it).
+        Failed = "failed",
+        /// Cancelled by the person.
+        Cancelled = "cancelled",
+    }
+}
+
+impl TransferState {
+    /// The state stored as `wire`; an unknown name reads as `Failed`.
+    pub fn from_wire(wire: &str) -> Self {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|s| s.as_str() == wire)
+            .unwrap_or(Self::Failed)
+    }
+
+    /// A state a transfer never leaves (a failed one may be resumed; a cancelled file is
+    /// downloaded again as a new transfer).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
     }
 }
 
@@ -278,6 +324,12 @@ pub fn javascript() -> String {
     ));
     js_object(
         &mut out,
+        "TransferState",
+        "Where a file attached to a message is.",
+        &TransferState::entries(),
+    );
+    js_object(
+        &mut out,
         "ConnectionState",
         "States of the connection indicator.",
         &ConnectionState::entries(),
@@ -335,6 +387,11 @@ mod tests {
         round_trips(Event::ALL, Event::as_str);
         round_trips(DeliveryStatus::ALL, DeliveryStatus::as_str);
         round_trips(ConnectionState::ALL, ConnectionState::as_str);
+        round_trips(TransferState::ALL, TransferState::as_str);
+        for state in TransferState::ALL {
+            assert_eq!(TransferState::from_wire(state.as_str()), *state);
+        }
+        assert_eq!(TransferState::from_wire("lost"), TransferState::Failed);
         round_trips(QuestionKind::ALL, QuestionKind::as_str);
         round_trips(ErrorKind::ALL, ErrorKind::as_str);
         round_trips(PeerErrorCode::ALL, PeerErrorCode::as_str);

@@ -112,6 +112,7 @@ impl From<SessionError> for CommandError {
                 message: NOT_CONNECTED.into(),
             },
             e @ SessionError::Identity(_) => Self::Internal(e.to_string()),
+            SessionError::Storage(e) => Self::Storage(e),
         }
     }
 }

@@ -69,6 +69,8 @@ pub enum SessionEvent {
     },
     /// Keys were fetched: the peer list's fingerprints changed.
     KeysFetched,
+    /// A file transfer moved on (progress, or a new state).
+    Transfer(lattice_peer::TransferProgress),
     /// Something to tell the person.
     Notice(Notice),
 }

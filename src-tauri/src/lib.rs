@@ -26,6 +26,7 @@
 //! - [`storage`]: settings (tauri-plugin-store), SQLite history/contacts/pins/outbox, the
 //!   full-text search index and drafts, the identity file; passphrase-sealed backups and
 //!   their restore, and the export of one conversation.
+//! - [`thumbnail`]: a file's type and an image's bounded preview, made before sending.
 //! - `tray`, `notify`: the tray menu (unread count) and desktop notifications.
 //! - [`views`]: the camelCase shapes that cross to the page.
 //! - `options`: `--data-dir`, `--minimized`.
@@ -46,6 +47,7 @@ mod options;
 mod outbox;
 mod session;
 pub mod storage;
+pub mod thumbnail;
 mod tray;
 pub mod views;
 
@@ -96,6 +98,9 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
                 .open_js_links_on_click(false)
                 .build(),
         )
+        // File dialogs are opened by Attach and Save as… in the backend; the page is granted
+        // none of this plugin's commands.
+        .plugin(tauri_plugin_dialog::init())
         .invoke_handler(tauri::generate_handler![
             commands::bootstrap,
             commands::complete_setup,
@@ -122,6 +127,15 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::react,
             commands::message_versions,
             commands::typing,
+            commands::files::attach_file,
+            commands::files::send_dropped,
+            commands::files::send_file_bytes,
+            commands::files::download_file,
+            commands::files::control_transfer,
+            commands::files::save_file,
+            commands::files::save_file_as,
+            commands::files::open_file,
+            commands::files::file_bytes,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;
@@ -191,6 +205,13 @@ fn on_window_event<R: Runtime>(window: &tauri::Window<R>, event: &WindowEvent) {
     };
     match event {
         WindowEvent::Focused(focused) => messenger.set_focused(*focused),
+        // Files dragged from the desktop: the window gives their paths to the backend only.
+        WindowEvent::DragDrop(tauri::DragDropEvent::Enter { .. }) => messenger.drop_hover(true),
+        WindowEvent::DragDrop(tauri::DragDropEvent::Leave) => messenger.drop_hover(false),
+        WindowEvent::DragDrop(tauri::DragDropEvent::Drop { paths, .. }) => {
+            messenger.drop_hover(false);
+            messenger.set_dropped(paths.clone());
+        }
         WindowEvent::CloseRequested { api, .. }
             if window.label() == MAIN_WINDOW
                 && messenger.settings().close_to_tray

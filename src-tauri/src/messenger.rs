@@ -8,6 +8,10 @@
 //! ([`Running`]), applies them to storage and the page ([`State::apply`]). The state that task
 //! uses ([`State`]) does not own the session, so nothing points back up.
 
+mod files;
+
+pub use files::{TransferAction, MAX_INLINE_FILE_BYTES};
+
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +104,12 @@ pub enum Update {
     Typing(TypingView),
     /// A message was deleted on this device only.
     Removed(RemovedView),
+    /// A file transfer moved on.
+    Transfer(crate::views::TransferView),
+    /// Files are dragged over the window (`true`) or left it.
+    DropHover(bool),
+    /// Files were dropped on the window (how many); the page asks to send them.
+    FilesDropped(usize),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -143,6 +153,10 @@ pub struct State {
     // std Mutex: small maps, never held across an `.await`.
     live: Mutex<Live>,
     focused: AtomicBool,
+    /// The auto-download limit the session reads (kept equal to the settings').
+    auto_download: crate::session::AutoDownload,
+    // std Mutex: taken and replaced whole, never held across an `.await`.
+    dropped: Mutex<files::Dropped>,
 }
 
 /// A session and the task applying its events.
@@ -247,6 +261,7 @@ impl Messenger {
 
     /// Replaces the settings in memory (the caller persists them).
     pub fn set_settings(&self, settings: Settings) {
+        self.state.auto_download.set(settings.auto_download_bytes);
         *lock(&self.state.settings) = settings;
     }
 
@@ -785,6 +800,7 @@ impl Messenger {
             db: Arc::clone(&self.state.db),
             client_id,
             identity,
+            auto_download: self.state.auto_download.clone(),
         };
         match Session::start(config, events).await {
             Ok(session) => {
@@ -898,7 +914,10 @@ impl State {
         private.push(data_dir.join(storage::SETTINGS_FILE));
         storage::restrict_files(&private)?;
         let identity = storage::load_identity(data_dir, false)?.map(|(identity, _)| identity);
+        let auto_download = crate::session::AutoDownload::new(settings.auto_download_bytes);
         Ok(Self {
+            auto_download,
+            dropped: Mutex::new(files::Dropped::default()),
             data_dir: data_dir.to_owned(),
             db: Arc::new(db),
             ui,
@@ -968,6 +987,7 @@ impl State {
                 )));
             }
             SessionEvent::KeysFetched => self.publish_peers(),
+            SessionEvent::Transfer(progress) => self.transfer(&progress),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
         }
     }
@@ -1057,14 +1077,20 @@ impl State {
     fn received(&self, record: MessageRecord) {
         let from = record.peer_id.clone();
         let authenticated = record.authenticated;
-        let first_line: String = record
-            .body
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(120)
-            .collect();
+        let first_line: String = match &record.extra.attachment {
+            // The file's name stays out of the notification centre, like a message's text
+            // beyond its first line.
+            Some(file) if file.is_image() => "sent you a photo".into(),
+            Some(_) => "sent you a file".into(),
+            None => record
+                .body
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(120)
+                .collect(),
+        };
         self.ui.send(Update::Message(record.into()));
         self.publish_peers();
         self.publish_unread();
@@ -1272,6 +1298,144 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Messenger::open(dir.path(), Settings::default(), ui.clone()).unwrap();
         (dir, m)
+    }
+
+    /// A file message arriving as the session stores it, then applied.
+    fn deliver_file(m: &Messenger, message_id: &str, name: &str, mime: &str) -> i64 {
+        let bob = id("bob");
+        let record = m
+            .db()
+            .insert_received_file(
+                &storage::message::Received {
+                    message_id,
+                    peer_id: &bob,
+                    body: name,
+                    at_ms: 1,
+                    sent_at: Some(1),
+                    authenticated: true,
+                    read: false,
+                    reply: None,
+                },
+                &storage::files::NewAttachment {
+                    name: name.into(),
+                    size: 10,
+                    mime: mime.into(),
+                    thumbnail: None,
+                    offer: None,
+                    local_path: None,
+                    transfer_id: None,
+                    state: storage::files::TransferState::Offered,
+                },
+            )
+            .unwrap()
+            .unwrap();
+        let seq = record.seq;
+        m.state.apply(SessionEvent::Received(record));
+        seq
+    }
+
+    #[test]
+    fn a_file_is_announced_as_a_photo_or_a_file_without_its_name() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        m.set_focused(false);
+        deliver_file(&m, "f1", "secret plans.jpg", "image/jpeg");
+        deliver_file(&m, "f2", "secret plans.pdf", "application/pdf");
+        assert_eq!(
+            ui.notifications(),
+            vec![
+                ("bob".to_owned(), "sent you a photo".to_owned()),
+                ("bob".to_owned(), "sent you a file".to_owned()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn files_to_an_original_client_are_refused_before_anything_is_sent() {
+        let ui = Arc::new(Recorder::default());
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            client_id: Some(id("alice")),
+            ..Settings::default()
+        };
+        let m = Messenger::open(dir.path(), settings, ui.clone()).unwrap();
+        // dave sent an unsigned (ml-kem-aes) message and has no pinned key.
+        deliver(&m, "o1", "dave", "hello from an old client", 1, false);
+        let err = m
+            .send_file_bytes(&id("dave"), "photo.png", vec![1, 2, 3])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, MessengerError::InvalidInput(text) if text.contains("original client")),
+            "{err}"
+        );
+        assert!(!dir.path().join("outgoing").exists(), "nothing was kept");
+        // Too large, or a name with a slash: refused before anything is written.
+        let err = m
+            .send_file_bytes(&id("bob"), "a/b.png", vec![1])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)));
+        let err = m
+            .send_file_bytes(&id("bob"), "big.bin", vec![0; MAX_INLINE_FILE_BYTES + 1])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)));
+    }
+
+    #[test]
+    fn transfer_reports_move_the_bar_and_a_finished_download_redraws_the_message() {
+        let ui = Arc::new(Recorder::default());
+        let (_dir, m) = open(&ui);
+        let seq = deliver_file(&m, "f1", "report.pdf", "application/pdf");
+        let transfer = "0123456789abcdef0123456789abcdef";
+        m.db()
+            .start_transfer(seq, transfer, "/tmp/report.pdf")
+            .unwrap();
+        let report = |state, done| lattice_peer::TransferProgress {
+            id: lattice_peer::TransferId::parse(transfer).unwrap(),
+            direction: lattice_peer::TransferDirection::Download,
+            peer: id("bob"),
+            message_id: None,
+            name: "report.pdf".into(),
+            done,
+            total: 10,
+            state,
+        };
+        lock(&ui.0).clear();
+        m.state.apply(SessionEvent::Transfer(report(
+            lattice_peer::TransferState::Running,
+            4,
+        )));
+        m.state.apply(SessionEvent::Transfer(report(
+            lattice_peer::TransferState::Completed,
+            10,
+        )));
+        let updates = lock(&ui.0);
+        let bars: Vec<(storage::files::TransferState, u64)> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Transfer(t) => Some((t.state, t.done)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bars,
+            vec![
+                (storage::files::TransferState::Running, 4),
+                (storage::files::TransferState::Completed, 10)
+            ]
+        );
+        assert!(updates.iter().any(|u| matches!(u,
+            Update::Message(v) if v.file.as_ref().is_some_and(|f| f.state == storage::files::TransferState::Completed)
+        )));
+        drop(updates);
+        // A report for a transfer this history does not know changes nothing and says nothing.
+        lock(&ui.0).clear();
+        let mut other = report(lattice_peer::TransferState::Running, 1);
+        other.id = lattice_peer::TransferId::parse("ffffffffffffffffffffffffffffffff").unwrap();
+        m.state.apply(SessionEvent::Transfer(other));
+        assert!(lock(&ui.0).is_empty());
     }
 
     #[test]

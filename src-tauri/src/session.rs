@@ -20,6 +20,10 @@
 //! write: an incoming message is stored first ([`store_incoming`]), since the peer acknowledges
 //! it to the server as soon as the handler returns.
 
+mod files;
+
+pub use files::{download_path, thumbnail_for_offer, AutoDownload, FILES_DIR, TRANSFERS_DIR};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,6 +75,9 @@ pub enum SessionError {
     /// The identity could not be handed to the peer.
     #[error("identity: {0}")]
     Identity(String),
+    /// A folder the session needs (the transfers' journals, received files) cannot be made.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 impl From<PeerError> for SessionError {
@@ -93,6 +100,10 @@ struct Ctx {
     outbox: Arc<Outbox<MessagingPeer>>,
     /// Woken on each (re)registration: the presence task then asks who is online.
     refresh: Notify,
+    /// The data directory (received files go to its [`FILES_DIR`]).
+    data_dir: std::path::PathBuf,
+    /// Incoming files up to this size are downloaded at once.
+    auto_download: AutoDownload,
     // std Mutex: a map lookup on the event path.
     refusal_notices: Mutex<NoticeLimiter>,
 }
@@ -158,6 +169,8 @@ pub struct SessionConfig<'a> {
     pub client_id: ClientId,
     /// Our identity.
     pub identity: Arc<Identity>,
+    /// The auto-download limit (the messenger changes it with the settings).
+    pub auto_download: AutoDownload,
 }
 
 impl Session {
@@ -174,6 +187,7 @@ impl Session {
             db,
             client_id,
             identity,
+            auto_download,
         } = config;
         let (hosted, server_url, hosting) = match settings.server_mode {
             ServerMode::Host => {
@@ -203,6 +217,13 @@ impl Session {
         config.reconnect = backoff.clone();
         config.retry_first_connect = true;
         config.key_store = Arc::new(DbKeyStore::new(Arc::clone(&db)));
+        // Transfers are journaled here and resume by themselves on the next start.
+        let transfers = data_dir.join(TRANSFERS_DIR);
+        let received = data_dir.join(FILES_DIR);
+        for dir in [&transfers, &received] {
+            crate::storage::create_private_dir(dir)?;
+        }
+        config.transfers_dir = Some(transfers);
         let peer =
             // Replay marks on disk: a signed message accepted before a restart stays a replay.
             MessagingPeer::with_replay_store(config, Arc::new(DbReplayStore::new(Arc::clone(&db))))
@@ -219,6 +240,8 @@ impl Session {
             events,
             refresh: Notify::new(),
             refusal_notices: Mutex::new(NoticeLimiter::default()),
+            data_dir: data_dir.to_owned(),
+            auto_download,
         });
         let handler = {
             let ctx = Arc::clone(&ctx);
@@ -392,6 +415,12 @@ impl Ctx {
                 self.refresh.notify_one();
                 self.outbox.wake();
             }
+            PeerEvent::Message(msg) if matches!(msg.content, Content::File(_)) => {
+                if let Content::File(offer) = &msg.content {
+                    self.on_file_message(msg, offer);
+                }
+            }
+            PeerEvent::Transfer(progress) => self.up(SessionEvent::Transfer(progress.clone())),
             PeerEvent::Message(msg) => {
                 let message_id = msg
                     .message_id
@@ -749,6 +778,8 @@ mod tests {
             events,
             refresh: Notify::new(),
             refusal_notices: Mutex::new(NoticeLimiter::default()),
+            data_dir: std::env::temp_dir(),
+            auto_download: AutoDownload::new(0),
         };
         (ctx, rx)
     }

@@ -5,7 +5,10 @@
 use lattice_protocol::ClientId;
 use serde::Serialize;
 
-use crate::contract::{ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind};
+use crate::contract::{
+    ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind, TransferState,
+};
+use crate::storage::files::Attachment;
 use crate::storage::search::{SearchHit, SnippetPart};
 use crate::storage::settings::Settings;
 use crate::storage::{MessageRecord, PeerRecord};
@@ -146,6 +149,89 @@ pub struct MessageView {
     pub reactions: Vec<ReactionView>,
     /// Grows with every edit, delete or reaction: the page replaces what it shows when it does.
     pub rev: i64,
+    /// The file it carries, for a file message.
+    pub file: Option<Box<FileView>>,
+}
+
+/// A file attached to a message, as the conversation shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView {
+    /// File name (text: the page never puts it in HTML).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: String,
+    /// An image the app previews (and opens in its viewer once downloaded).
+    pub image: bool,
+    /// The sender's preview as a `data:` URL, when there is one.
+    pub thumbnail: Option<String>,
+    /// The preview's size in pixels (the page reserves the space before it loads).
+    pub thumbnail_width: Option<u32>,
+    /// See `thumbnail_width`.
+    pub thumbnail_height: Option<u32>,
+    /// The bytes are on this device (sent from it, or downloaded completely).
+    pub local: bool,
+    /// Where it stands.
+    pub state: TransferState,
+    /// Bytes moved so far.
+    pub done: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+impl From<Attachment> for FileView {
+    fn from(a: Attachment) -> Self {
+        use base64::Engine as _;
+        let local = a.local_path.is_some()
+            && (a.state == TransferState::Completed || a.transfer_id.is_none());
+        let image = a.is_image();
+        let (thumbnail, thumbnail_width, thumbnail_height) = match a.thumbnail {
+            Some(t) if crate::storage::files::is_previewable(&t.mime) => (
+                Some(format!(
+                    "data:{};base64,{}",
+                    t.mime,
+                    base64::engine::general_purpose::STANDARD.encode(&t.bytes)
+                )),
+                Some(t.width),
+                Some(t.height),
+            ),
+            _ => (None, None, None),
+        };
+        Self {
+            name: a.name,
+            size: a.size,
+            mime: a.mime,
+            image,
+            thumbnail,
+            thumbnail_width,
+            thumbnail_height,
+            local,
+            state: a.state,
+            done: a.done,
+            error: a.error,
+        }
+    }
+}
+
+/// Progress of one file transfer, for [`crate::contract::Event::Transfer`]: the page moves the
+/// bar of the message `messageId` in the conversation with `peerId`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferView {
+    /// The conversation.
+    pub peer_id: String,
+    /// The message carrying the file (its local id).
+    pub message_id: String,
+    /// Where it stands.
+    pub state: TransferState,
+    /// Bytes moved so far.
+    pub done: u64,
+    /// All the bytes.
+    pub total: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 /// The message a reply answers, as quoted.
@@ -204,6 +290,7 @@ impl From<MessageRecord> for MessageView {
             }),
             reactions,
             rev: r.extra.rev,
+            file: r.extra.attachment.map(|a| Box::new(FileView::from(a))),
         }
     }
 }

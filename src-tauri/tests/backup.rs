@@ -15,6 +15,7 @@ use lattice_desktop::storage::backup::{
 };
 use lattice_desktop::storage::content::Target;
 use lattice_desktop::storage::export::{export_conversation, ExportFormat};
+use lattice_desktop::storage::files::{NewAttachment, Thumbnail, TransferState};
 use lattice_desktop::storage::settings::{ServerMode, Settings};
 use lattice_desktop::storage::{self, Db, MessageStatus, DB_FILE, IDENTITY_FILE};
 use lattice_peer::content::Content;
@@ -135,6 +136,57 @@ impl Profile {
                 1_002,
             )
             .unwrap();
+            // Files (schema 7): one received and not downloaded, with a preview; one sent and
+            // finished.
+            let photo = db
+                .insert_incoming("file-in", &c("bob"), "beach <1>.jpg", 1_003, true, true)
+                .unwrap()
+                .unwrap();
+            db.attach_file(
+                photo.seq,
+                &NewAttachment {
+                    name: "beach <1>.jpg".into(),
+                    size: 2_000_000,
+                    mime: "image/jpeg".into(),
+                    thumbnail: Some(Thumbnail {
+                        mime: "image/jpeg".into(),
+                        width: 320,
+                        height: 200,
+                        bytes: vec![0xff, 0xd8, 1, 2, 3, 0xff, 0xd9],
+                    }),
+                    offer: Some("{\"offer\":1}".into()),
+                    local_path: None,
+                    transfer_id: None,
+                    state: TransferState::Offered,
+                },
+            )
+            .unwrap();
+            let sent = db
+                .enqueue_outgoing(
+                    "file-out",
+                    &MessageId::new("wire-file-out").unwrap(),
+                    &c("bob"),
+                    "report.pdf",
+                    1_004,
+                )
+                .unwrap();
+            db.attach_file(
+                sent.seq,
+                &NewAttachment {
+                    name: "report.pdf".into(),
+                    size: 10_000,
+                    mime: "application/pdf".into(),
+                    thumbnail: None,
+                    offer: None,
+                    local_path: Some("/home/alice/report.pdf".into()),
+                    transfer_id: Some("t-sent".into()),
+                    state: TransferState::Queued,
+                },
+            )
+            .unwrap();
+            db.update_transfer("t-sent", TransferState::Completed, 10_000, None)
+                .unwrap()
+                .unwrap();
         }
         p
     }
@@ -233,7 +285,7 @@ fn a_restore_on_a_fresh_profile_brings_back_identity_keys_settings_and_10_000_me
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("alice.lattice-backup");
     let counts = source.export(&file);
-    assert_eq!(counts.messages, 10_002);
+    assert_eq!(counts.messages, 10_004);
     assert_eq!(counts.contacts, 3);
     assert_eq!(counts.pinned_keys, 2);
 
@@ -280,7 +332,59 @@ fn a_restore_on_a_fresh_profile_brings_back_identity_keys_settings_and_10_000_me
         .insert_incoming("new", &c("bob"), "after the restore", 20_000, true, false)
         .unwrap()
         .unwrap();
-    assert!(next.seq > 10_002);
+    assert!(next.seq > 10_004);
+    // Files come back with their preview and offer (their bytes were never in the backup),
+    // and are found by name.
+    let query = lattice_desktop::storage::search::SearchQuery::parse("beach").unwrap();
+    let (hits, _) = target.db.search(&query, None, 10).unwrap();
+    let photo = target.db.attachment(hits[0].seq).unwrap().unwrap();
+    assert_eq!(photo.state, TransferState::Offered);
+    assert_eq!(photo.thumbnail.unwrap().width, 320);
+    assert_eq!(
+        target.db.file_offer(hits[0].seq).unwrap().as_deref(),
+        Some("{\"offer\":1}")
+    );
+}
+
+#[test]
+fn a_transfer_under_way_when_the_backup_was_made_is_failed_after_the_restore() {
+    let source = Profile::in_use(10);
+    let m = source
+        .db
+        .insert_incoming("file-2", &c("bob"), "movie.mkv", 2_000, true, true)
+        .unwrap()
+        .unwrap();
+    source
+        .db
+        .attach_file(
+            m.seq,
+            &NewAttachment {
+                name: "movie.mkv".into(),
+                size: 1 << 30,
+                mime: "video/x-matroska".into(),
+                thumbnail: None,
+                offer: Some("{}".into()),
+                local_path: Some("/data/files/movie.mkv".into()),
+                transfer_id: Some("t-running".into()),
+                state: TransferState::Queued,
+            },
+        )
+        .unwrap();
+    source
+        .db
+        .update_transfer("t-running", TransferState::Running, 1 << 20, None)
+        .unwrap();
+    let (_dir, file) = backup_of(&source);
+    let target = Profile::fresh();
+    target.restore(&file, PASS).unwrap();
+    let movie = target.db.attachment(m.seq).unwrap().unwrap();
+    assert_eq!(movie.state, TransferState::Failed);
+    assert_eq!(movie.transfer_id, None);
+    assert_eq!(movie.done, 1 << 20);
+    assert_eq!(
+        movie.error.as_deref(),
+        Some(lattice_desktop::storage::files::INTERRUPTED_BY_RESTORE)
+    );
 }
 
 #[test]
@@ -547,6 +651,15 @@ fn one_conversation_exports_as_escaped_html_and_as_json() {
         "<script>alert('x')</script> \"q\" & مرحبا"
     );
     assert_eq!(messages[0]["status"], "delivered");
+    let file = messages
+        .iter()
+        .find(|m| m["body"] == "beach <1>.jpg")
+        .unwrap();
+    assert_eq!(file["file"]["size"], 2_000_000);
+    assert_eq!(file["file"]["mime"], "image/jpeg");
+    assert!(html.contains(
+        "File: beach &lt;1&gt;.jpg (2000000 bytes, image/jpeg); the file itself is not part of the export"
+    ));
 
     // Never over an existing file.
     assert!(export_conversation(
@@ -641,7 +754,7 @@ fn measure_backup_and_restore_of_100_000_messages() {
     )
     .unwrap();
     let restore_time = t.elapsed();
-    assert_eq!(restored.counts.messages, 100_002);
+    assert_eq!(restored.counts.messages, 100_004);
     assert_eq!(target.snapshot(), source.snapshot());
     println!(
         "100,000 messages: backup {backup_time:?}, restore {restore_time:?}, file {:.1} MiB",

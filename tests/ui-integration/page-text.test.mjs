@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { splitLinks } from "../../ui/js/text.js";
 import { SHORTCUTS, keyLabels } from "../../ui/js/shortcuts.js";
+import { formatSize } from "../../ui/js/util.js";
 
 const links = (text) => splitLinks(text).filter((p) => typeof p !== "string").map((p) => p.url);
 
@@ -33,4 +34,14 @@ test("every shortcut has a distinct key and a label for the help", () => {
   assert.deepEqual(keyLabels("Ctrl+/"), ["Ctrl", "/"]);
   assert.deepEqual(keyLabels("Alt+ArrowDown"), ["Alt", "↓"]);
   assert.deepEqual(keyLabels("Ctrl+,"), ["Ctrl", ","]);
+});
+
+test("file sizes read like the file manager's (decimal units)", () => {
+  assert.equal(formatSize(0), "0 bytes");
+  assert.equal(formatSize(999), "999 bytes");
+  assert.equal(formatSize(1000), "1.0 KB");
+  assert.equal(formatSize(1_234_567), "1.2 MB");
+  assert.equal(formatSize(50_000_000), "50.0 MB");
+  assert.equal(formatSize(123_456_789), "123 MB");
+  assert.equal(formatSize(2 * 1024 ** 3), "2.1 GB");
 });

@@ -26,6 +26,15 @@ async function call(command, args) {
   }
 }
 
+/** Invokes `command` with raw bytes as its body and small text arguments as headers. */
+async function callWithBytes(command, bytes, headers) {
+  try {
+    return await tauri.core.invoke(command, bytes, { headers });
+  } catch (err) {
+    throw normalizeError(err);
+  }
+}
+
 /** Subscribes to a backend event; returns a function that unsubscribes. */
 export async function on(event, handler) {
   return tauri.event.listen(event, (e) => handler(e.payload));
@@ -70,6 +79,27 @@ export const api = {
   /** Writes one conversation as "html" or "json" to a new file at `path`. */
   exportConversation: (peerId, path, format) =>
     call("export_conversation", { peerId, path, format }),
+  /** Asks for files in the system's open dialog and sends them; resolves to the new messages. */
+  attachFile: (peerId) => call("attach_file", { peerId }),
+  /** Sends the files just dropped on the window (the backend has their paths). */
+  sendDropped: (peerId) => call("send_dropped", { peerId }),
+  /** Sends a file the page holds as bytes (a pasted image, a file dropped into the page). */
+  sendFileBytes: (peerId, name, bytes) => callWithBytes("send_file_bytes", bytes, {
+    "x-lattice-peer": encodeURIComponent(peerId),
+    "x-lattice-name": encodeURIComponent(name),
+  }),
+  /** Starts downloading the file of message `seq`. */
+  downloadFile: (peerId, seq) => call("download_file", { peerId, seq }),
+  /** Pauses, resumes or cancels the transfer of message `seq`'s file. */
+  controlTransfer: (peerId, seq, action) => call("control_transfer", { peerId, seq, action }),
+  /** Copies a file to the downloads folder; resolves to where it went. */
+  saveFile: (peerId, seq) => call("save_file", { peerId, seq }),
+  /** Copies a file where the system's save dialog says; resolves to the path or null. */
+  saveFileAs: (peerId, seq) => call("save_file_as", { peerId, seq }),
+  /** Opens a file with the system's app for its type. */
+  openFile: (peerId, seq) => call("open_file", { peerId, seq }),
+  /** The bytes of a downloaded picture (an ArrayBuffer), for the viewer. */
+  fileBytes: (peerId, seq) => call("file_bytes", { peerId, seq }),
 };
 
 /** The backend's event names (`events.PEER_LIST`, ...). */

@@ -11,6 +11,9 @@ export const Event = Object.freeze({
   ERROR: "error",
   TYPING: "typing",
   MESSAGE_REMOVED: "message-removed",
+  TRANSFER: "transfer",
+  DROP_HOVER: "drop-hover",
+  FILES_DROPPED: "files-dropped",
 });
 
 /** Delivery status of a message. */
@@ -29,6 +32,17 @@ export const DeliveryStatus = Object.freeze({
  * (it never moves a message backwards), so the later of two is the newer.
  */
 export const DELIVERY_STATUS_ORDER = Object.freeze(["pending", "sent", "queued", "delivered", "received", "failed", "read"]);
+
+/** Where a file attached to a message is. */
+export const TransferState = Object.freeze({
+  OFFERED: "offered",
+  QUEUED: "queued",
+  RUNNING: "running",
+  PAUSED: "paused",
+  COMPLETED: "completed",
+  FAILED: "failed",
+  CANCELLED: "cancelled",
+});
 
 /** States of the connection indicator. */
 export const ConnectionState = Object.freeze({

@@ -6,9 +6,10 @@ import { set, subscribe } from "./state.js";
 import { paintAvatar } from "./util.js";
 import { initPeerList, renderPeers } from "./views/peer-list.js";
 import {
-  currentPeer, focusComposer, initConversation, markCurrentRead, messageShortcuts, onTyping,
-  openConversation, refreshConversationPeer, removeMessage, upsertMessage,
+  currentPeer, focusComposer, initConversation, markCurrentRead, messageShortcuts, onTransfer,
+  onTyping, openConversation, refreshConversationPeer, removeMessage, upsertMessage,
 } from "./views/conversation.js";
+import { initFiles } from "./views/files.js";
 import { initMessageActions } from "./views/message-actions.js";
 import { announceMessage } from "./views/announcer.js";
 import { initHelp, toggleHelp } from "./views/help.js";
@@ -45,7 +46,10 @@ function mainShown() {
 }
 
 /** What the keys of shortcuts.js do. */
+let attachAction = () => false;
+
 const SHORTCUT_ACTIONS = {
+  attach: () => mainShown() && currentPeer() !== null && (attachAction(), true),
   searchConversation: () => mainShown() && openSearch(currentPeer()),
   searchAll: () => mainShown() && openSearch(null),
   previousConversation: () => mainShown() && selectNeighbour(-1),
@@ -96,6 +100,7 @@ async function start() {
     if (peer) openConversationExport(peer);
   });
   initMessageActions();
+  attachAction = initFiles(currentPeer, upsertMessage);
   document.getElementById("open-search").addEventListener("click", () => openSearch(null));
   document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
   document.getElementById("open-help").addEventListener("click", toggleHelp);
@@ -116,6 +121,7 @@ async function start() {
     on(events.ERROR, showNotice),
     on(events.TYPING, onTyping),
     on(events.MESSAGE_REMOVED, removeMessage),
+    on(events.TRANSFER, onTransfer),
   ]);
 
   let boot;

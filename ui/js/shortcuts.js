@@ -11,6 +11,7 @@ export const SHORTCUTS = Object.freeze([
   { id: "nextConversation", keys: "Alt+ArrowDown", label: "Next conversation" },
   { id: "focusComposer", keys: "Ctrl+Shift+M", label: "Write a message (focus the composer)" },
   // Not Ctrl+Shift+U: on Linux the input method takes it for typing a Unicode code point.
+  { id: "attach", keys: "Ctrl+Shift+A", label: "Attach a file to this conversation" },
   { id: "markRead", keys: "Ctrl+Shift+R", label: "Mark this conversation read" },
   { id: "focusMessages", keys: "Ctrl+Shift+L", label: "Go to the latest message (then ↑ ↓ move between messages)" },
   { id: "reply", keys: "Alt+R", label: "Reply to the selected message (or the last one received)" },

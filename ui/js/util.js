@@ -98,3 +98,17 @@ export function fingerprintGroups(fingerprint) {
 export function paintFingerprint(el, fingerprint) {
   el.replaceChildren(...fingerprintGroups(fingerprint).map((g) => h("span", { text: g })));
 }
+
+const UNITS = ["bytes", "KB", "MB", "GB", "TB"];
+
+/** 1234567 → "1.2 MB" (decimal units, like the system's file manager). */
+export function formatSize(n) {
+  let value = Number(n) || 0;
+  let unit = 0;
+  while (value >= 1000 && unit < UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  const shown = unit === 0 || value >= 100 ? Math.round(value) : value.toFixed(1);
+  return `${shown} ${UNITS[unit]}`;
+}

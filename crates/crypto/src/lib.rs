@@ -28,6 +28,8 @@
 //!   [`message_signature_payload`], [`content_signature_payload`] (`statements`): the exact byte
 //!   strings that get signed.
 //! - [`SealedEnvelope`] (`envelope`) and the two algorithms [`ml_kem_aes`] and [`lattice_v1`].
+//! - [`file_chunk`]: chunked file encryption (a key per file, chunks bound to the file, their
+//!   index and the last-chunk flag; the digest of the whole ciphertext).
 //! - `aead` (private): AES-256-GCM over the `nonce ‖ ciphertext ‖ tag` layout both envelopes use.
 //!
 //! # Secrets
@@ -56,6 +58,7 @@
 mod aead;
 mod envelope;
 mod error;
+pub mod file_chunk;
 mod fingerprint;
 mod hex;
 mod identity;

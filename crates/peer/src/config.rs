@@ -62,6 +62,11 @@ pub struct PeerConfig {
     /// How long after this device's last self-update in a group it makes the next one (healing).
     /// Default [`defaults::SELF_UPDATE_INTERVAL`].
     pub group_self_update: Duration,
+    /// Where file transfers keep their journals (one small file per unfinished transfer, created
+    /// owner-only: it holds the file's key), so that they resume after a restart by themselves.
+    /// `None` (the default): file transfers are off ([`crate::PeerError::FilesDisabled`]);
+    /// receiving file messages works either way.
+    pub transfers_dir: Option<PathBuf>,
 }
 
 impl PeerConfig {
@@ -80,6 +85,7 @@ impl PeerConfig {
             history: Arc::new(NoHistory),
             mls_state: None,
             group_self_update: defaults::SELF_UPDATE_INTERVAL,
+            transfers_dir: None,
         }
     }
 }
@@ -97,6 +103,7 @@ impl fmt::Debug for PeerConfig {
             .field("tls", &self.tls)
             .field("mls_state", &self.mls_state)
             .field("group_self_update", &self.group_self_update)
+            .field("transfers_dir", &self.transfers_dir)
             .finish_non_exhaustive()
     }
 }

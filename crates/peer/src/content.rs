@@ -41,6 +41,20 @@ pub(crate) const KIND_DELETE: &str = "delete";
 pub(crate) const KIND_REACTION: &str = "reaction";
 pub(crate) const KIND_RECEIPT: &str = "receipt";
 pub(crate) const KIND_TYPING: &str = "typing";
+pub(crate) const KIND_FILE: &str = "file";
+
+/// Longest file name in a [`FileOffer`], in UTF-8 bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+/// Longest MIME type in a [`FileOffer`] or a [`Thumbnail`], in bytes.
+pub const MAX_MIME_BYTES: usize = 127;
+/// Largest thumbnail, in bytes (the image itself; base64 on the wire). Keeps a file message well
+/// under the frame limit.
+pub const MAX_THUMBNAIL_BYTES: usize = 64 * 1024;
+/// Largest thumbnail side, in pixels.
+pub const MAX_THUMBNAIL_SIDE: u32 = 1024;
+/// Largest file a [`FileOffer`] may announce, in bytes (servers default to 2 GiB; this only
+/// bounds what a receiver is asked to accept).
+pub const MAX_FILE_BYTES: u64 = 1 << 40;
 
 /// Why a content cannot be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +166,10 @@ pub enum Content {
         /// `true`: started; `false`: stopped.
         started: bool,
     },
+    /// A file: what it is, and how to fetch and decrypt it from the server's blob store. Sent by
+    /// [`crate::MessagingPeer::send_file`] once the upload is complete; fetched with
+    /// [`crate::MessagingPeer::download_file`].
+    File(FileOffer),
     /// A kind this version does not know, received from a newer client: shown as "unsupported
     /// message", never dropped silently. Cannot be sent.
     Unsupported {
@@ -193,6 +211,7 @@ impl fmt::Debug for Content {
                 .finish(),
             Self::Receipt { read } => f.debug_struct("Receipt").field("read", read).finish(),
             Self::Typing { started } => f.debug_struct("Typing").field("started", started).finish(),
+            Self::File(offer) => f.debug_tuple("File").field(offer).finish(),
             Self::Unsupported { kind } => {
                 f.debug_struct("Unsupported").field("kind", kind).finish()
             }
@@ -239,6 +258,187 @@ struct ReceiptBody {
 #[serde(rename_all = "camelCase")]
 struct TypingBody {
     started: bool,
+}
+
+/// A small preview image made by the sender (e.g. a JPEG of at most 320 px), shown before the
+/// file is downloaded.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thumbnail {
+    /// Its MIME type (`image/jpeg`, `image/png`, `image/webp`).
+    pub mime: String,
+    /// Width in pixels (1 to [`MAX_THUMBNAIL_SIDE`]).
+    pub width: u32,
+    /// Height in pixels (1 to [`MAX_THUMBNAIL_SIDE`]).
+    pub height: u32,
+    /// The image (at most [`MAX_THUMBNAIL_BYTES`]); base64 on the wire.
+    #[serde(with = "b64")]
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Thumbnail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Thumbnail")
+            .field("mime", &self.mime)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .finish()
+    }
+}
+
+/// A file in a message (`kind: "file"`): its name, size and type, an optional thumbnail, and
+/// everything needed to download and decrypt it (docs/protocol.md, *Files*). The key and the
+/// download capability are secrets: the offer travels only end-to-end encrypted, and `Debug`
+/// leaves them (and the name) out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileOffer {
+    /// The file's name as the sender gave it (no path: no `/`, `\\` or control characters).
+    pub name: String,
+    /// Its size in bytes (plaintext).
+    pub size: u64,
+    /// Its MIME type (`application/octet-stream` when unknown).
+    pub mime: String,
+    /// A preview image, if the sender made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<Thumbnail>,
+    /// The transfer id in the server's blob store (32 lowercase hex digits).
+    pub blob_id: String,
+    /// The download capability for that transfer (base64url).
+    pub capability: String,
+    /// The file key (32 bytes, base64).
+    pub key: String,
+    /// The file id bound into every chunk (16 bytes, hex).
+    pub file_id: String,
+    /// SHA-256 over the SHA-256 of each sealed chunk, in order (32 bytes, hex):
+    /// [`lattice_crypto::file_chunk::FileDigest`].
+    pub digest: String,
+    /// Plaintext bytes per chunk (every chunk but the last; each is sealed with
+    /// [`lattice_crypto::file_chunk::CHUNK_OVERHEAD`] more bytes).
+    pub chunk_size: u64,
+    /// Number of chunks: `ceil(size / chunkSize)`, 1 for an empty file.
+    pub chunk_count: u64,
+}
+
+impl fmt::Debug for FileOffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileOffer")
+            .field("name", &format_args!("<{} bytes>", self.name.len()))
+            .field("size", &self.size)
+            .field("mime", &self.mime)
+            .field("thumbnail", &self.thumbnail)
+            .field("blob_id", &self.blob_id)
+            .field("chunk_size", &self.chunk_size)
+            .field("chunk_count", &self.chunk_count)
+            .finish_non_exhaustive()
+    }
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        B64.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The number of chunks of a `size`-byte file cut into `chunk_size`-byte chunks (1 when empty).
+pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    if size == 0 || chunk_size == 0 {
+        1
+    } else {
+        size.div_ceil(chunk_size)
+    }
+}
+
+/// Whether `name` is usable as a file name on every platform we ship: not empty, not `.` or
+/// `..`, no path separator, no control character.
+pub fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+fn is_mime(mime: &str) -> bool {
+    mime.len() <= MAX_MIME_BYTES
+        && mime
+            .split_once('/')
+            .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty())
+        && mime.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn is_hex(s: &str, bytes: usize) -> bool {
+    s.len() == 2 * bytes
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl FileOffer {
+    /// Checks every field: a safe name, a MIME type, sizes that agree with each other, ids,
+    /// key and digest of the right form, a bounded thumbnail.
+    ///
+    /// # Errors
+    /// [`ContentError::Malformed`] (kind `file`) or [`ContentError::TooLong`].
+    pub fn validate(&self) -> Result<(), ContentError> {
+        let bad = Err(ContentError::Malformed { kind: KIND_FILE });
+        check_text("file name", &self.name, MAX_FILE_NAME_BYTES)?;
+        if !is_safe_file_name(&self.name) || !is_mime(&self.mime) {
+            return bad;
+        }
+        let max_chunk = lattice_protocol::limits::MAX_BLOB_CHUNK_BYTES
+            - lattice_crypto::file_chunk::CHUNK_OVERHEAD as u64;
+        if self.size > MAX_FILE_BYTES
+            || self.chunk_size == 0
+            || self.chunk_size > max_chunk
+            || self.chunk_count != chunk_count(self.size, self.chunk_size)
+        {
+            return bad;
+        }
+        let key_ok = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &self.key)
+            .is_ok_and(|k| k.len() == lattice_crypto::file_chunk::FILE_KEY_LEN);
+        if !key_ok
+            || !is_hex(&self.blob_id, 16)
+            || !is_hex(&self.file_id, lattice_crypto::file_chunk::FILE_ID_LEN)
+            || !is_hex(&self.digest, lattice_crypto::file_chunk::DIGEST_LEN)
+            || self.capability.is_empty()
+            || self.capability.len() > 128
+            || !self
+                .capability
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad;
+        }
+        if let Some(t) = &self.thumbnail {
+            if t.bytes.len() > MAX_THUMBNAIL_BYTES {
+                return Err(ContentError::TooLong {
+                    field: "thumbnail",
+                    max: MAX_THUMBNAIL_BYTES,
+                    got: t.bytes.len(),
+                });
+            }
+            if !is_mime(&t.mime)
+                || !t.mime.starts_with("image/")
+                || !(1..=MAX_THUMBNAIL_SIDE).contains(&t.width)
+                || !(1..=MAX_THUMBNAIL_SIDE).contains(&t.height)
+            {
+                return bad;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ContentError> {
@@ -309,6 +509,7 @@ impl Content {
             Self::Reaction { .. } => KIND_REACTION,
             Self::Receipt { .. } => KIND_RECEIPT,
             Self::Typing { .. } => KIND_TYPING,
+            Self::File(_) => KIND_FILE,
             Self::Unsupported { kind } => kind,
         }
     }
@@ -326,6 +527,7 @@ impl Content {
             }
             Self::Edit { text, .. } => check_text("text", text, MAX_TEXT_BYTES),
             Self::Delete { .. } | Self::Typing { .. } => Ok(()),
+            Self::File(offer) => offer.validate(),
             Self::Reaction { emoji, .. } => check_reaction(emoji),
             Self::Receipt { read } => {
                 if read.is_empty() {
@@ -393,6 +595,7 @@ impl Content {
             )?,
             Self::Receipt { read } => to_json(KIND_RECEIPT, &ReceiptBody { read: read.clone() })?,
             Self::Typing { started } => to_json(KIND_TYPING, &TypingBody { started: *started })?,
+            Self::File(offer) => to_json(KIND_FILE, offer)?,
             Self::Unsupported { .. } => return Err(ContentError::Unsendable),
         };
         Ok((self.kind(), body))
@@ -446,6 +649,7 @@ impl Content {
                 let b: TypingBody = from_json(KIND_TYPING, body)?;
                 Self::Typing { started: b.started }
             }
+            KIND_FILE => Self::File(from_json(KIND_FILE, body)?),
             other => Self::Unsupported {
                 kind: other.to_owned(),
             },
@@ -456,7 +660,7 @@ impl Content {
 
     /// What an original (`ml-kem-aes`) client gets instead: plain text only. A reply becomes the
     /// quote and the answer, an edit a new text marked as such; `None` for kinds that are not sent
-    /// to such clients at all (delete, reaction, receipt, typing).
+    /// to such clients at all (delete, reaction, receipt, typing, file).
     pub fn plain_text(&self) -> Option<String> {
         match self {
             Self::Text(text) => Some(text.clone()),
@@ -471,6 +675,7 @@ impl Content {
     pub fn display_text(&self) -> Option<String> {
         match self {
             Self::Text(text) | Self::Reply { text, .. } => Some(text.clone()),
+            Self::File(offer) => Some(format!("[file] {}", offer.name)),
             Self::Unsupported { kind } => Some(unsupported_text(kind)),
             _ => None,
         }
@@ -545,6 +750,7 @@ mod tests {
     #[test]
     fn malformed_bodies_are_typed_errors() {
         for kind in [
+            KIND_FILE,
             KIND_REPLY,
             KIND_EDIT,
             KIND_DELETE,
@@ -624,6 +830,86 @@ mod tests {
             Content::decode(KIND_REACTION, &reaction(&"🙂".repeat(9))),
             Err(ContentError::TooLong { .. })
         ));
+    }
+
+    fn offer() -> FileOffer {
+        FileOffer {
+            name: "photo.jpg".into(),
+            size: 3 * 1024 * 1024 + 1,
+            mime: "image/jpeg".into(),
+            thumbnail: Some(Thumbnail {
+                mime: "image/jpeg".into(),
+                width: 320,
+                height: 240,
+                bytes: vec![1, 2, 3],
+            }),
+            blob_id: "0123456789abcdef0123456789abcdef".into(),
+            capability: "Zk3_-abc".into(),
+            key: "A".repeat(43) + "=",
+            file_id: "00".repeat(16),
+            digest: "ff".repeat(32),
+            chunk_size: 1024 * 1024,
+            chunk_count: 4,
+        }
+    }
+
+    #[test]
+    fn a_file_offer_round_trips_and_every_field_is_checked() {
+        let c = Content::File(offer());
+        let (kind, body) = c.encode().unwrap();
+        assert_eq!(kind, "file");
+        assert_eq!(Content::decode(kind, &body).unwrap(), c);
+        assert_eq!(c.plain_text(), None);
+        assert_eq!(c.display_text().as_deref(), Some("[file] photo.jpg"));
+        // Secrets stay out of Debug.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("Zk3") && !debug.contains("AAAA") && !debug.contains("photo"));
+
+        let bad: Vec<Box<dyn Fn(&mut FileOffer)>> = vec![
+            Box::new(|o| o.name = "../x".into()),
+            Box::new(|o| o.name = "a/b".into()),
+            Box::new(|o| o.name = "a\\b".into()),
+            Box::new(|o| o.name = "..".into()),
+            Box::new(|o| o.name = String::new()),
+            Box::new(|o| o.name = "x\u{1b}[2J".into()),
+            Box::new(|o| o.name = "n".repeat(MAX_FILE_NAME_BYTES + 1)),
+            Box::new(|o| o.mime = "jpeg".into()),
+            Box::new(|o| o.chunk_count = 3),
+            Box::new(|o| o.chunk_size = 0),
+            Box::new(|o| o.chunk_size = lattice_protocol::limits::MAX_BLOB_CHUNK_BYTES),
+            Box::new(|o| o.size = MAX_FILE_BYTES + 1),
+            Box::new(|o| o.key = "short".into()),
+            Box::new(|o| o.blob_id = "../../etc".into()),
+            Box::new(|o| o.file_id = "zz".repeat(16)),
+            Box::new(|o| o.digest = "FF".repeat(32)),
+            Box::new(|o| o.capability = "a b".into()),
+            Box::new(|o| {
+                if let Some(t) = &mut o.thumbnail {
+                    t.bytes = vec![0; MAX_THUMBNAIL_BYTES + 1];
+                }
+            }),
+            Box::new(|o| {
+                if let Some(t) = &mut o.thumbnail {
+                    t.width = 0;
+                }
+            }),
+            Box::new(|o| {
+                if let Some(t) = &mut o.thumbnail {
+                    t.mime = "text/html".into();
+                }
+            }),
+        ];
+        for (n, spoil) in bad.iter().enumerate() {
+            let mut o = offer();
+            spoil(&mut o);
+            let body = serde_json::to_string(&o).unwrap();
+            assert!(Content::decode(KIND_FILE, &body).is_err(), "case {n}");
+            assert!(Content::File(o).encode().is_err(), "case {n}");
+        }
+        let mut empty = offer();
+        empty.size = 0;
+        empty.chunk_count = 1;
+        assert!(Content::File(empty).validate().is_ok());
     }
 
     #[test]

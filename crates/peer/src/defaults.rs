@@ -266,3 +266,48 @@ pub const SELF_UPDATE_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// When a scheduled self-update failed (offline, lost races), it is tried again after this.
 pub const SELF_UPDATE_RETRY: Duration = Duration::from_secs(600);
+
+/// Plaintext bytes per chunk of a file sent with [`crate::MessagingPeer::send_file`]. 1 MiB: few
+/// requests per file, and little memory per chunk in flight.
+pub const FILE_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Chunks of one transfer in flight at once (uploads and downloads). The server lets one sender
+/// run 4 chunk uploads at once; a transfer holds at most this many chunks in memory (twice: the
+/// plaintext and the sealed chunk).
+pub const FILE_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Transfers running at once; more wait their turn ([`crate::TransferState::Queued`]).
+pub const RUNNING_TRANSFERS: usize = 3;
+
+/// Unfinished transfers (those with a journal) a peer keeps; more are refused.
+pub const MAX_TRANSFERS: usize = 256;
+
+/// Finished transfers (completed, failed, cancelled) still listed by
+/// [`crate::MessagingPeer::transfers`]; the oldest are forgotten first.
+pub const FINISHED_TRANSFERS_LISTED: usize = 64;
+
+/// Shortest interval between two [`crate::PeerEvent::Transfer`] events of one transfer while
+/// bytes move (state changes are always reported): at most 10 a second.
+pub const TRANSFER_EVENT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Retries of a transfer after errors that may pass (the network, the server busy), each after a
+/// backoff from [`TRANSFER_RETRY_BASE`] doubling up to [`TRANSFER_RETRY_MAX`]; the count starts
+/// again whenever a chunk gets through. Then the transfer fails (and can be resumed).
+pub const TRANSFER_RETRIES: u32 = 8;
+
+/// First delay before retrying a transfer.
+pub const TRANSFER_RETRY_BASE: Duration = Duration::from_millis(500);
+
+/// Longest delay before retrying a transfer.
+pub const TRANSFER_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Time for one blob HTTP request (one chunk up or down, or a small JSON call), connection
+/// included.
+pub const BLOB_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Time to open the HTTP connection to the blob store.
+pub const BLOB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest JSON answer read from the blob store (the listing of a transfer's present chunks
+/// included: at most 32 768 indices).
+pub const MAX_BLOB_JSON_BYTES: usize = 512 * 1024;

@@ -233,6 +233,42 @@ pub enum PeerError {
         /// Why.
         reason: String,
     },
+    /// File transfers are off: [`crate::PeerConfig::transfers_dir`] is not set.
+    #[error("file transfers are off: no transfers directory is configured")]
+    FilesDisabled,
+    /// The recipient is an original client (`ml-kem-aes`), which cannot receive files. Nothing
+    /// was uploaded.
+    #[error("{peer} uses an original client that cannot receive files")]
+    FilesUnsupported {
+        /// The recipient.
+        peer: ClientId,
+    },
+    /// The server's blob store refused a request (docs/protocol.md, *Blob store*).
+    #[error("the blob store refused: {error_type} (HTTP {status}): {message}")]
+    Blob {
+        /// The HTTP status.
+        status: u16,
+        /// The server's `errorType` (`FILE_TOO_LARGE`, `SENDER_QUOTA_EXCEEDED`,
+        /// `TRANSFER_NOT_FOUND`, ...).
+        error_type: String,
+        /// The server's readable message.
+        message: String,
+    },
+    /// The blob store could not be reached, or the request broke off.
+    #[error("blob store unreachable: {0}")]
+    Http(String),
+    /// A downloaded file failed a check: nothing is written at the destination.
+    #[error("file refused: {0}")]
+    FileRejected(FileRejection),
+    /// No transfer with this id.
+    #[error("unknown transfer {0}")]
+    UnknownTransfer(String),
+    /// Too many unfinished transfers ([`crate::defaults::MAX_TRANSFERS`]).
+    #[error("too many unfinished transfers (at most {max})")]
+    TooManyTransfers {
+        /// The bound.
+        max: usize,
+    },
     /// `peer` is known to speak MLS (pinned durably, see `docs/security.md`, downgrade rule),
     /// but no MLS conversation with it can be set up now (no KeyPackage at the server, a refused
     /// Welcome, ...). Nothing was sent: Lattice never falls back to an older envelope for it.
@@ -243,6 +279,38 @@ pub enum PeerError {
         /// Why the MLS conversation could not be had.
         reason: String,
     },
+}
+
+/// Why a downloaded (or uploaded) file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileRejection {
+    /// A chunk does not open with the file's key as this chunk of this file: changed, moved,
+    /// duplicated, cut short, or taken from another file.
+    #[error("chunk {index} does not authenticate")]
+    ChunkRefused {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// A chunk has another length than its index requires.
+    #[error("chunk {index} is {got} bytes, expected {expected}")]
+    ChunkLength {
+        /// The chunk's index.
+        index: u64,
+        /// The length it must have.
+        expected: u64,
+        /// The length it had.
+        got: u64,
+    },
+    /// The chunks authenticate but are not the ciphertext the sender uploaded.
+    #[error("the file's digest does not match the one in the message")]
+    DigestMismatch,
+    /// The file message is not well formed.
+    #[error("malformed file message: {0}")]
+    InvalidOffer(String),
+    /// The file being sent changed (size or time) since the transfer started.
+    #[error("the file changed since the transfer started")]
+    SourceChanged,
 }
 
 impl PeerError {
@@ -306,6 +374,16 @@ impl PeerError {
                 error_type,
                 ErrorType::InternalError | ErrorType::RateLimited | ErrorType::RegistrationRequired
             ),
+            Self::Http(_) => true,
+            // The body broke off, a storage hiccup, a gateway in between: may pass. Quotas, a
+            // disabled store, a full disk and everything about the request itself do not.
+            Self::Blob {
+                status, error_type, ..
+            } => {
+                error_type == "TRUNCATED"
+                    || error_type == "INTERNAL_ERROR"
+                    || matches!(status, 408 | 502 | 504)
+            }
             _ => false,
         }
     }

@@ -67,6 +67,99 @@ impl Algorithm {
     }
 }
 
+/// A file transfer's id: stable across restarts (it names the transfer's journal).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferId(pub(crate) String);
+
+impl TransferId {
+    /// The id as text (32 lowercase hex digits).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses an id given as text (e.g. kept by the app).
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidArgument`] unless it is 32 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<Self, PeerError> {
+        if s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(PeerError::InvalidArgument(format!(
+                "a transfer id is 32 lowercase hex digits, got {} characters",
+                s.len()
+            )))
+        }
+    }
+}
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which way a file goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferDirection {
+    /// We send it (upload to the blob store, then the file message).
+    Upload,
+    /// We fetch it (download from the blob store into the path the app chose).
+    Download,
+}
+
+/// Where a transfer is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TransferState {
+    /// Waiting for its turn (a bounded number of transfers run at once) or for the connection.
+    Queued,
+    /// Moving bytes.
+    Running,
+    /// Paused by the app; [`crate::MessagingPeer::resume_transfer`] continues it (also after a
+    /// restart).
+    Paused,
+    /// Done: an upload's message is sent; a download is verified and in place.
+    Completed,
+    /// Stopped for the readable reason given. A failure that may pass (the network stayed down
+    /// through every retry) keeps the transfer's journal: `resume_transfer` tries again.
+    Failed(String),
+    /// Cancelled by the app; nothing of it is left (the blob is deleted, the partial file removed).
+    Cancelled,
+}
+
+impl TransferState {
+    /// Whether the transfer is over for good (completed or cancelled).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+}
+
+/// A transfer's progress, as [`PeerEvent::Transfer`] reports it and
+/// [`crate::MessagingPeer::transfers`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferProgress {
+    /// The transfer.
+    pub id: TransferId,
+    /// Upload or download.
+    pub direction: TransferDirection,
+    /// The recipient of an upload, the sender of a download.
+    pub peer: ClientId,
+    /// The file message: the id it is (or will be) sent with for an upload; the id of the
+    /// message that carried the file for a download.
+    pub message_id: Option<MessageId>,
+    /// The file's name.
+    pub name: String,
+    /// Plaintext bytes done (acknowledged by the server, or verified and written).
+    pub done: u64,
+    /// The file's size.
+    pub total: u64,
+    /// Where it is.
+    pub state: TransferState,
+}
+
 /// A decrypted message that passed every check.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IncomingMessage {
@@ -329,6 +422,9 @@ pub enum PeerEvent {
         /// What changed.
         change: GroupChange,
     },
+    /// A file transfer moved on: at most [`crate::defaults::TRANSFER_EVENT_INTERVAL`] apart per
+    /// transfer while bytes move, and on every change of state.
+    Transfer(TransferProgress),
     /// This [`EventStream`] fell behind and missed `missed` events (handlers are not affected).
     Lagged {
         /// How many events were lost.

@@ -155,7 +155,10 @@ impl History {
 
     /// A message we sent to `peer` (a text or a reply: something others may refer to).
     pub(crate) fn sent(&self, peer: &ClientId, id: &MessageId, content: &Content, sent_at: u64) {
-        if matches!(content, Content::Text(_) | Content::Reply { .. }) {
+        if matches!(
+            content,
+            Content::Text(_) | Content::Reply { .. } | Content::File(_)
+        ) {
             lock(&self.recent).put(
                 peer,
                 &self.me,
@@ -209,7 +212,7 @@ impl History {
             })
         };
         Ok(match content {
-            Content::Text(_) | Content::Reply { .. } => record(
+            Content::Text(_) | Content::Reply { .. } | Content::File(_) => record(
                 id,
                 KnownMessage {
                     sent_at,

@@ -81,14 +81,15 @@ pub(crate) struct Inbox {
 /// A message that passed every check: a message to show, or an update to an earlier one.
 #[derive(Debug)]
 pub(crate) enum Opened {
-    Message(IncomingMessage),
+    /// Boxed: a message (a file offer in it) is much larger than an update.
+    Message(Box<IncomingMessage>),
     Update(ContentUpdate),
 }
 
 impl Opened {
     pub(crate) fn into_event(self) -> PeerEvent {
         match self {
-            Self::Message(m) => PeerEvent::Message(m),
+            Self::Message(m) => PeerEvent::Message(*m),
             Self::Update(u) => PeerEvent::Update(u),
         }
     }
@@ -104,7 +105,7 @@ impl Opened {
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn into_message(self) -> Option<IncomingMessage> {
         match self {
-            Self::Message(m) => Some(m),
+            Self::Message(m) => Some(*m),
             Self::Update(_) => None,
         }
     }
@@ -551,7 +552,7 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<Opened, RejectReason> {
             if let Some(id) = &d.message_id {
                 check_unsigned_replay(inbox, &d.from_id, id)?;
             }
-            Ok(Opened::Message(IncomingMessage {
+            Ok(Opened::Message(Box::new(IncomingMessage {
                 from: d.from_id.clone(),
                 content: Content::Text(text.clone()),
                 text,
@@ -560,7 +561,7 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<Opened, RejectReason> {
                 algorithm: Algorithm::MlKemAes,
                 sent_at: None,
                 server_timestamp: d.timestamp,
-            }))
+            })))
         }
         other => Err(RejectReason::UnsupportedAlgorithm(
             other.chars().take(32).collect(),
@@ -601,7 +602,7 @@ pub(crate) fn opened(
         }),
         Content::Receipt { read } => update(Change::Read { message_ids: read }),
         Content::Typing { started } => update(Change::Typing { started }),
-        content => Opened::Message(IncomingMessage {
+        content => Opened::Message(Box::new(IncomingMessage {
             from: from.clone(),
             text: content.display_text().unwrap_or_default(),
             content,
@@ -610,7 +611,7 @@ pub(crate) fn opened(
             algorithm,
             sent_at: Some(sent_at),
             server_timestamp,
-        }),
+        })),
     }
 }
 

@@ -85,6 +85,7 @@ pub mod content;
 pub mod defaults;
 pub mod error;
 pub mod events;
+mod files;
 mod groups;
 mod held;
 pub mod history;
@@ -107,12 +108,14 @@ mod trust;
 mod wire;
 
 pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
-pub use content::{Content, ContentError, MessageRef, ReactionAction};
-pub use error::{PeerError, RejectReason};
+pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, Thumbnail};
+pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{
     Algorithm, Change, ConnectionState, ContentUpdate, EventStream, GroupChange, GroupMessage,
-    HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
+    HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent, TransferDirection, TransferId,
+    TransferProgress, TransferState,
 };
+pub use files::FileMeta;
 pub use groups::{GroupInfo, GroupMember};
 pub use history::{KnownMessage, MessageLookup, NoHistory};
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};

@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{self, Policy, Session};
 use crate::content::Content;
+use crate::content::FileOffer;
 use crate::events::{
     Algorithm, ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion,
-    PeerEvent,
+    PeerEvent, TransferId, TransferProgress,
 };
+use crate::files::{FileMeta, Files};
 use crate::groups::{GroupInfo, Groups};
 use crate::history::History;
 use crate::inbox::Inbox;
@@ -55,6 +57,7 @@ struct Shared {
     outbox: Arc<Outbox>,
     inbox: Arc<Inbox>,
     groups: Option<Arc<Groups>>,
+    files: Arc<Files>,
     session: Arc<Session>,
     /// The running supervisor's token, for [`Owner`] (std Mutex: set or read, never an await).
     cancel: Mutex<Option<CancellationToken>>,
@@ -193,6 +196,18 @@ impl MessagingPeer {
             ),
             None => None,
         };
+        let files = Files::new(
+            me.clone(),
+            config.transfers_dir.as_deref(),
+            &config.server_url,
+            dialer.tls(),
+            (
+                Arc::clone(&requests),
+                Arc::clone(&trust),
+                Arc::clone(&outbox),
+                Arc::clone(&dispatcher),
+            ),
+        )?;
         let router = Router::new(
             me.clone(),
             Arc::clone(&dispatcher),
@@ -226,6 +241,7 @@ impl MessagingPeer {
             outbox,
             inbox,
             groups,
+            files,
             session,
             cancel: Mutex::new(None),
             running: tokio::sync::Mutex::new(None),
@@ -317,6 +333,7 @@ impl MessagingPeer {
         match first_rx.await {
             Ok(Ok(())) => {
                 abandon.0 = None;
+                self.inner.files.start_resumed();
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -643,6 +660,104 @@ impl MessagingPeer {
             .requests
             .request(Lane::Normal, frame, expected, options)
             .await
+    }
+
+    /// Sends the file at `path` to `to`: seals it chunk by chunk with a fresh key, uploads the
+    /// chunks to the server's blob store (a few at a time; never the whole file in memory), and
+    /// once every chunk is stored sends a [`Content::File`] message carrying the key, the
+    /// digest and the download capability, end-to-end encrypted like any message. Returns at
+    /// once with the transfer's id; progress comes as [`PeerEvent::Transfer`]. The transfer
+    /// survives a network cut (bounded retries) and a restart (it resumes by itself from its
+    /// journal in [`PeerConfig::transfers_dir`], sending no acknowledged chunk twice).
+    ///
+    /// `meta` overrides the name (default: the path's file name), the MIME type (default:
+    /// guessed from the name) and adds a thumbnail.
+    ///
+    /// ```no_run
+    /// # async fn f(peer: lattice_peer::MessagingPeer, bob: lattice_protocol::ClientId) -> Result<(), lattice_peer::PeerError> {
+    /// use lattice_peer::{FileMeta, PeerEvent, TransferState};
+    /// let mut events = peer.events();
+    /// let id = peer.send_file(&bob, std::path::Path::new("photo.jpg"), FileMeta::default()).await?;
+    /// while let Some(event) = events.next().await {
+    ///     if let PeerEvent::Transfer(p) = event {
+    ///         if p.id == id {
+    ///             println!("{} / {} bytes", p.done, p.total);
+    ///             if p.state == TransferState::Completed { break; }
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PeerError::FilesDisabled`] without a transfers directory;
+    /// [`PeerError::FilesUnsupported`] for an original (`ml-kem-aes`) client, before anything is
+    /// uploaded; the errors of [`MessagingPeer::request_public_key`]; [`PeerError::Io`] if the
+    /// file cannot be read; [`PeerError::InvalidContent`] for a name, type or thumbnail that
+    /// breaks a bound; [`PeerError::TooManyTransfers`]. What goes wrong later (quota, too large,
+    /// the network for good) ends the transfer as [`crate::TransferState::Failed`].
+    pub async fn send_file(
+        &self,
+        to: &ClientId,
+        path: &std::path::Path,
+        meta: FileMeta,
+    ) -> Result<TransferId, PeerError> {
+        self.inner.files.send_file(to, path, meta).await
+    }
+
+    /// Downloads the file of message `message_id` from `from` (its [`Content::File`] offer) to
+    /// `dest`: chunks go to `DEST.part`, each checked to be that chunk of that file, then the
+    /// digest of the whole file; only then is it renamed to `dest`. A file that fails a check
+    /// leaves nothing at `dest` and ends as [`crate::TransferState::Failed`] (the reason is a
+    /// [`crate::FileRejection`]). Asking again for a download in progress returns its id; asking
+    /// again for a paused or failed one starts it over with the offer and `dest` given.
+    ///
+    /// # Errors
+    /// [`PeerError::FilesDisabled`]; [`PeerError::InvalidContent`] for a malformed offer;
+    /// [`PeerError::InvalidArgument`] if `dest` is not a path in an existing directory;
+    /// [`PeerError::Io`]; [`PeerError::TooManyTransfers`].
+    pub fn download_file(
+        &self,
+        from: &ClientId,
+        message_id: &MessageId,
+        offer: &FileOffer,
+        dest: &std::path::Path,
+    ) -> Result<TransferId, PeerError> {
+        self.inner
+            .files
+            .download_file(from, message_id, offer, dest)
+    }
+
+    /// Pauses a transfer (it stays paused across restarts until resumed).
+    ///
+    /// # Errors
+    /// [`PeerError::UnknownTransfer`] (also for a finished one); [`PeerError::Io`] if the pause
+    /// cannot be recorded.
+    pub fn pause_transfer(&self, id: &TransferId) -> Result<(), PeerError> {
+        self.inner.files.pause(id)
+    }
+
+    /// Resumes a paused or failed transfer where it stopped.
+    ///
+    /// # Errors
+    /// As [`MessagingPeer::pause_transfer`].
+    pub fn resume_transfer(&self, id: &TransferId) -> Result<(), PeerError> {
+        self.inner.files.resume(id)
+    }
+
+    /// Cancels a transfer: an upload's blob is deleted from the server, a download's partial
+    /// file is removed, and the transfer ends as [`crate::TransferState::Cancelled`].
+    ///
+    /// # Errors
+    /// [`PeerError::UnknownTransfer`] (also for a finished one).
+    pub async fn cancel_transfer(&self, id: &TransferId) -> Result<(), PeerError> {
+        self.inner.files.cancel(id).await
+    }
+
+    /// The unfinished transfers (also those resumed from a previous run), then the last
+    /// finished ones ([`defaults::FINISHED_TRANSFERS_LISTED`]).
+    pub fn transfers(&self) -> Vec<TransferProgress> {
+        self.inner.files.list()
     }
 
     fn groups(&self) -> Result<&Arc<Groups>, PeerError> {

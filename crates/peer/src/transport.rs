@@ -50,6 +50,11 @@ impl Dialer {
         })
     }
 
+    /// The TLS configuration for `wss://` (shared with the blob store's HTTPS client).
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     pub(crate) fn url(&self) -> &str {
         &self.url
     }

@@ -19,8 +19,13 @@
 //! reading hold one chunk (64 KiB) and one record at a time, never the whole history.
 //!
 //! The plaintext is JSON lines (one `Record` each, tagged by `type`): `begin`, `identity`, `settings`, then contacts,
-//! pinned keys, replay marks, drafts, messages and outbox entries, then `end` with the number
-//! of records before it.
+//! pinned keys, replay marks, drafts, messages, the files attached to messages and outbox
+//! entries, then `end` with the number of records before it.
+//!
+//! A file record ([`super::files`], schema 7) holds what the conversation shows and what a
+//! download needs (name, size, type, preview, the sender's offer), never the file's bytes:
+//! after a restore an incoming file is downloaded again while the server still keeps it, and
+//! a transfer that was under way is shown as failed.
 //!
 //! ## Restore
 //! Only onto a fresh profile: no identity file and an empty database (a restore never merges
@@ -667,6 +672,26 @@ enum Record {
         emoji: String,
         at: i64,
     },
+    /// An `attachments` row (schema 7; the thumbnail hex). The file's bytes are not in the
+    /// backup.
+    Attachment {
+        seq: i64,
+        name: String,
+        size: u64,
+        mime: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thumbnail: Option<BackupThumbnail>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local_path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer_id: Option<String>,
+        state: super::files::TransferState,
+        done: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// An `outbox` row.
     Outbox {
         message_id: String,
@@ -679,6 +704,17 @@ enum Record {
     },
     /// Last: how many records came before it.
     End { records: u64 },
+}
+
+/// A thumbnail in a backup record.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BackupThumbnail {
+    mime: String,
+    width: u32,
+    height: u32,
+    /// Hex.
+    bytes: String,
 }
 
 /// What a backup holds, counted.
@@ -939,6 +975,44 @@ fn write_records<W: Write>(
                     reactor: r.get(1)?,
                     emoji: r.get(2)?,
                     at: r.get(3)?,
+                },
+            )?;
+        }
+        let mut stmt = conn.prepare(
+            "SELECT seq, name, size, mime, thumb_mime, thumb_width, thumb_height, thumb, offer,
+                    local_path, transfer_id, state, done, error
+             FROM attachments ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let thumb_mime: Option<String> = r.get(4)?;
+            let thumb_width: Option<u32> = r.get(5)?;
+            let thumb_height: Option<u32> = r.get(6)?;
+            let thumb: Option<Vec<u8>> = r.get(7)?;
+            let thumbnail = match (thumb_mime, thumb_width, thumb_height, thumb) {
+                (Some(mime), Some(width), Some(height), Some(bytes)) => Some(BackupThumbnail {
+                    mime,
+                    width,
+                    height,
+                    bytes: hex::encode(bytes),
+                }),
+                _ => None,
+            };
+            let state: String = r.get(11)?;
+            put(
+                w,
+                Record::Attachment {
+                    seq: r.get(0)?,
+                    name: r.get(1)?,
+                    size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    mime: r.get(3)?,
+                    thumbnail,
+                    offer: r.get(8)?,
+                    local_path: r.get(9)?,
+                    transfer_id: r.get(10)?,
+                    state: super::files::TransferState::from_wire(&state),
+                    done: u64::try_from(r.get::<_, i64>(12)?).unwrap_or(0),
+                    error: r.get(13)?,
                 },
             )?;
         }
@@ -1309,6 +1383,74 @@ impl RestoreState {
                 if n != 1 {
                     return bad("a reaction to a message that is not there");
                 }
+            }
+            Record::Attachment {
+                seq,
+                name,
+                size,
+                mime,
+                thumbnail,
+                offer,
+                local_path,
+                transfer_id,
+                state,
+                done,
+                error,
+            } => {
+                let exists = tx
+                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE seq = ?1)")?
+                    .query_row(params![seq], |r| r.get::<_, bool>(0))?;
+                if !exists {
+                    return bad("a file of a message that is not there");
+                }
+                let thumbnail = match thumbnail {
+                    Some(t) => Some(super::files::Thumbnail {
+                        mime: t.mime,
+                        width: t.width,
+                        height: t.height,
+                        bytes: hex::decode(&t.bytes).map_err(|_| {
+                            BackupError::BadContents("a file preview is not hex".into())
+                        })?,
+                    }),
+                    None => None,
+                };
+                // The library's state of an unfinished transfer is not in the backup: it
+                // cannot go on, and says so.
+                let (state, transfer_id, error) = if state.is_final() {
+                    (state, transfer_id, error)
+                } else if state == super::files::TransferState::Offered {
+                    (state, None, None)
+                } else {
+                    (
+                        super::files::TransferState::Failed,
+                        None,
+                        Some(super::files::INTERRUPTED_BY_RESTORE.to_owned()),
+                    )
+                };
+                super::files::insert(
+                    tx,
+                    seq,
+                    &super::files::NewAttachment {
+                        name,
+                        size,
+                        mime,
+                        thumbnail,
+                        offer,
+                        local_path,
+                        transfer_id,
+                        state,
+                    },
+                )
+                .map_err(|e| BackupError::BadContents(format!("a file: {e}")))?;
+                tx.prepare_cached("UPDATE attachments SET done = ?2, error = ?3 WHERE seq = ?1")?
+                    .execute(params![
+                        seq,
+                        i64::try_from(done.min(size)).unwrap_or(i64::MAX),
+                        error.as_deref().map(|e| super::files::truncate_bytes(
+                            e,
+                            super::files::MAX_ERROR_BYTES
+                        ))
+                    ])?;
             }
             Record::Outbox {
                 message_id: id,

@@ -4,7 +4,7 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 6):
+//! Schema (version 7):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
@@ -34,6 +34,7 @@
 //!   id and signed `sentAt`, the reply it answers, an edit time, a tombstone flag, a revision
 //!   counter and whether a read receipt went out; `message_versions` keeps earlier texts,
 //!   `reactions` one reaction per reactor per message, and `outbox.kind` the content kind.
+//! - Version 7: `attachments`, the file of a file message ([`super::files`]).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -46,7 +47,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -211,6 +212,7 @@ impl Db {
             super::search::migrate(&tx)?;
             super::drafts::migrate(&tx)?;
             super::content::migrate(&tx)?;
+            super::files::migrate(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -803,17 +805,21 @@ impl Db {
     }
 }
 
-/// The columns [`row_to_message`] reads, with the message's reactions folded into one column
-/// and the `seq` of the message a reply answers (when it is stored here).
-pub(super) const MESSAGE_SELECT: &str =
+/// The columns [`row_to_message`] reads, with the message's reactions folded into one column,
+/// the `seq` of the message a reply answers (when it is stored here) and its attachment's
+/// columns (`super::files::attachment_columns!`, `NULL` for a message without a file). The
+/// join is `USING (seq)`, so the conditions callers append may name `seq` unqualified.
+pub(super) const MESSAGE_SELECT: &str = concat!(
     "SELECT seq, message_id, peer_id, outgoing, body, at, status, authenticated, wire_id,
             edited_at, deleted, reply_sender, reply_id, reply_excerpt, rev,
             (SELECT group_concat(r.reactor || char(31) || r.emoji, char(30))
              FROM reactions r WHERE r.seq = messages.seq),
             (SELECT t.seq FROM messages t
              WHERE t.peer_id = messages.peer_id AND t.wire_id = messages.reply_id
-               AND t.outgoing = (messages.reply_sender != messages.peer_id))
-     FROM messages";
+               AND t.outgoing = (messages.reply_sender != messages.peer_id)), ",
+    super::files::attachment_columns!(),
+    " FROM messages LEFT JOIN attachments a USING (seq)"
+);
 
 pub(super) fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {

@@ -28,6 +28,9 @@ pub enum StorageError {
     /// A content (a reply, an edit, a reaction) breaks a bound of the content layer.
     #[error("{0}")]
     Content(#[from] lattice_peer::content::ContentError),
+    /// A value from outside (a peer's file offer, a backup) breaks a bound of the storage.
+    #[error("{0}")]
+    Invalid(String),
     /// A row written in the same transaction could not be read back.
     #[error("database error: {0} is missing")]
     Missing(&'static str),

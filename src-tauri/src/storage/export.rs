@@ -6,7 +6,8 @@
 //! `dir="auto"` so right-to-left text reads correctly. The JSON is
 //! `{"format": "lattice-conversation", "version": 1, "peerId", "exportedAt", "messages": [...]}`
 //! with each message's `messageId`, `outgoing`, `body`, `at` (unix ms), `status` and
-//! `authenticated`.
+//! `authenticated`, and for a file message its `file`: `{name, size, mime}`. The file's bytes
+//! are never part of an export (nor of a backup): the HTML says so next to each file.
 
 use std::io::Write;
 use std::path::Path;
@@ -63,18 +64,27 @@ pub fn export_conversation(
                         if count > 0 {
                             out.write_all(b",")?;
                         }
-                        serde_json::to_writer(
-                            &mut *out,
-                            &serde_json::json!({
-                                "messageId": m.message_id,
-                                "outgoing": m.outgoing,
-                                "body": m.body,
-                                "at": m.at,
-                                "status": m.status,
-                                "authenticated": m.authenticated,
-                            }),
-                        )
-                        .map_err(std::io::Error::from)?;
+                        let mut record = serde_json::json!({
+                            "messageId": m.message_id,
+                            "outgoing": m.outgoing,
+                            "body": m.body,
+                            "at": m.at,
+                            "status": m.status,
+                            "authenticated": m.authenticated,
+                        });
+                        if let (Some(file), Some(fields)) =
+                            (&m.extra.attachment, record.as_object_mut())
+                        {
+                            fields.insert(
+                                "file".into(),
+                                serde_json::json!({
+                                    "name": file.name,
+                                    "size": file.size,
+                                    "mime": file.mime,
+                                }),
+                            );
+                        }
+                        serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)?;
                     }
                 }
                 count += 1;
@@ -154,12 +164,20 @@ fn html_message(
     } else {
         ""
     };
+    let body = match &m.extra.attachment {
+        Some(file) => format!(
+            "File: {} ({} bytes, {}); the file itself is not part of the export",
+            escape_html(&file.name),
+            file.size,
+            escape_html(&file.mime)
+        ),
+        None => escape_html(&m.body),
+    };
     writeln!(
         out,
         "<li class=\"{class}\"><div class=\"meta\"><b dir=\"auto\">{}</b> · {}{unsigned}</div>\
-<div class=\"body\" dir=\"auto\">{}</div></li>",
+<div class=\"body\" dir=\"auto\">{body}</div></li>",
         escape_html(who),
         escape_html(&utc(m.at)),
-        escape_html(&m.body)
     )
 }

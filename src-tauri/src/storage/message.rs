@@ -1,6 +1,7 @@
 //! The shapes of what the content layer adds to a stored message (schema version 6): the reply
-//! it answers, its edit time, tombstone, revision and reactions. A leaf of the storage: `db`
-//! reads and writes them, [`super::content`] changes them; neither is imported here.
+//! it answers, its edit time, tombstone, revision and reactions, and (version 7) its file. A
+//! leaf of the storage apart from [`super::files`]' row reader: `db` reads and writes them,
+//! [`super::content`] changes them; neither is imported here.
 
 use lattice_peer::content::{excerpt, Content, ContentError, MessageRef};
 use lattice_protocol::{ClientId, MessageId};
@@ -90,6 +91,8 @@ pub struct MessageExtra {
     pub rev: i64,
     /// Its reactions, one per reactor.
     pub reactions: Vec<Reaction>,
+    /// The file it carries, for a file message (version 7).
+    pub attachment: Option<super::files::Attachment>,
 }
 
 impl MessageExtra {
@@ -132,6 +135,7 @@ impl MessageExtra {
             reply,
             rev: r.get(start + 6)?,
             reactions,
+            attachment: super::files::Attachment::from_row(r, start + 9)?,
         })
     }
 }

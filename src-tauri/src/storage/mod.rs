@@ -6,7 +6,8 @@
 //! - [`db`]: `lattice.sqlite3` (WAL): message history, contacts, pinned identity keys and the
 //!   durable outbox of messages not yet handed to the server.
 //!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts,
-//!   [`content`] replies, edits, deletes, reactions and read receipts.
+//!   [`content`] replies, edits, deletes, reactions and read receipts, [`files`] the files
+//!   attached to messages (their records, previews and transfer state; never their bytes).
 //! - [`backup`]: all of the above sealed with a passphrase into one file, and its restore onto
 //!   a fresh profile; [`export`]: one conversation as HTML or JSON.
 //! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
@@ -21,6 +22,7 @@ pub mod db;
 pub mod drafts;
 mod error;
 pub mod export;
+pub mod files;
 pub mod keystore;
 pub mod message;
 pub mod search;

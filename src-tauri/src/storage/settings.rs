@@ -14,6 +14,13 @@ use super::{StorageError, SETTINGS_FILE};
 /// The port a hosted server listens on by default (the protocol's default port).
 pub const DEFAULT_HOST_PORT: u16 = lattice_protocol::limits::DEFAULT_PORT;
 
+/// Incoming files up to this size download by themselves by default (bigger ones on a click).
+pub const DEFAULT_AUTO_DOWNLOAD_BYTES: u64 = 100 * 1000 * 1000;
+/// The largest auto-download limit that can be set (the server's default per-file limit).
+pub const MAX_AUTO_DOWNLOAD_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Longest downloads folder accepted, in bytes.
+pub const MAX_FOLDER_BYTES: usize = 4096;
+
 /// The key of the one entry in the store.
 const KEY: &str = "settings";
 
@@ -50,6 +57,10 @@ pub struct Settings {
     pub read_receipts: bool,
     /// Send and show typing indicators.
     pub typing_indicators: bool,
+    /// Incoming files up to this many bytes download by themselves (0: none do).
+    pub auto_download_bytes: u64,
+    /// Where *Save* puts a file; `None`: the user's Downloads folder.
+    pub downloads_folder: Option<String>,
 }
 
 impl Default for Settings {
@@ -64,6 +75,8 @@ impl Default for Settings {
             start_minimized: false,
             read_receipts: true,
             typing_indicators: true,
+            auto_download_bytes: DEFAULT_AUTO_DOWNLOAD_BYTES,
+            downloads_folder: None,
         }
     }
 }
@@ -98,6 +111,11 @@ pub struct SettingsPatch {
     pub read_receipts: Option<bool>,
     /// Typing indicators on/off.
     pub typing_indicators: Option<bool>,
+    /// New auto-download limit in bytes (at most [`MAX_AUTO_DOWNLOAD_BYTES`]; checked by the
+    /// caller through [`SettingsPatch::check`]).
+    pub auto_download_bytes: Option<u64>,
+    /// New downloads folder: an absolute path; empty goes back to the user's Downloads.
+    pub downloads_folder: Option<String>,
 }
 
 impl SettingsPatch {
@@ -130,6 +148,38 @@ impl SettingsPatch {
         if let Some(v) = self.typing_indicators {
             settings.typing_indicators = v;
         }
+        if let Some(v) = self.auto_download_bytes {
+            settings.auto_download_bytes = v.min(MAX_AUTO_DOWNLOAD_BYTES);
+        }
+        if let Some(v) = self.downloads_folder {
+            let v = v.trim();
+            settings.downloads_folder = (!v.is_empty()).then(|| v.to_owned());
+        }
+    }
+
+    /// Checks the file settings of the patch: a readable sentence for what is wrong.
+    ///
+    /// # Errors
+    /// The reason, fit to show.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .auto_download_bytes
+            .is_some_and(|v| v > MAX_AUTO_DOWNLOAD_BYTES)
+        {
+            return Err(format!(
+                "Files download by themselves up to {} MB at most.",
+                MAX_AUTO_DOWNLOAD_BYTES / 1_000_000
+            ));
+        }
+        if let Some(folder) = self.downloads_folder.as_deref().map(str::trim) {
+            if folder.len() > MAX_FOLDER_BYTES {
+                return Err("That downloads folder path is too long.".into());
+            }
+            if !folder.is_empty() && !std::path::Path::new(folder).is_absolute() {
+                return Err("The downloads folder must be a full path (starting with /).".into());
+            }
+        }
+        Ok(())
     }
 
     /// Whether the patch changes how the app connects (so the session must restart).

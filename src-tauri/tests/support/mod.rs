@@ -96,6 +96,11 @@ impl TestApp {
         app
     }
 
+    /// The webview commands are invoked through.
+    pub fn webview(&self) -> &WebviewWindow<MockRuntime> {
+        &self.webview
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().unwrap().path()

@@ -24,6 +24,7 @@
 mod backup;
 mod chat;
 mod content;
+mod files;
 mod history;
 mod hostile_input;
 mod keys;

@@ -14,12 +14,13 @@
 
 import { api } from "../api.js";
 import {
-  DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, TYPING_RESEND_MS,
+  DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, TransferState, TYPING_RESEND_MS,
 } from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
+import { fileBlock, updateProgress } from "./files.js";
 import { clearNotices, showNotice } from "./toasts.js";
 import { openVerify } from "./verify.js";
 import {
@@ -124,10 +125,11 @@ function fillMessage(li, m) {
   // <bdi dir=auto>: the text takes the direction of its first strong character (Arabic, Hebrew
   // right to left), and a sender's bidi overrides (U+202E …) stay inside their own text and
   // cannot reorder the time and delivery status after it. Web links become links that ask first.
-  const text = m.deleted
-    ? h("span", { class: "text tombstone", text: "This message was deleted" })
-    : h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
-  const bubble = h("div", { class: "bubble" }, quote(m), text, meta);
+  let text;
+  if (m.deleted) text = h("span", { class: "text tombstone", text: "This message was deleted" });
+  else if (m.file) text = fileBlock(current, m);
+  else text = h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
+  const bubble = h("div", { class: m.file && !m.deleted ? "bubble has-file" : "bubble" }, quote(m), text, meta);
   const parts = [];
   if (!m.outgoing && !m.authenticated) {
     parts.push(h("span", {
@@ -539,7 +541,10 @@ export function upsertMessage(m) {
   }
   const existing = elements.get(m.id);
   if (existing) {
-    if (advances(existing.dataset.status, m.status) || (m.rev || 0) > Number(existing.dataset.rev)) {
+    const before = shown.get(m.id);
+    const fileMoved = m.file && before && before.file
+      && (before.file.state !== m.file.state || before.file.local !== m.file.local);
+    if (advances(existing.dataset.status, m.status) || (m.rev || 0) > Number(existing.dataset.rev) || fileMoved) {
       fillMessage(existing, m);
     }
     return;
@@ -564,6 +569,21 @@ export function upsertMessage(m) {
   if (stick) scrollToBottom();
   if (!m.outgoing) hideTyping();
   if (!m.outgoing && document.hasFocus()) api.markRead(m.peerId).catch(showNotice);
+}
+
+/** A file transfer moved on: the bar moves in place; a new state redraws the message. */
+export function onTransfer(t) {
+  if (t.peerId !== current) return;
+  const li = elements.get(t.messageId);
+  const m = shown.get(t.messageId);
+  if (!li || !m || !m.file) return;
+  const file = {
+    ...m.file, state: t.state, done: t.done, error: t.error,
+    local: m.file.local || (!m.outgoing && t.state === TransferState.COMPLETED),
+  };
+  const next = { ...m, file };
+  shown.set(m.id, next);
+  if (!updateProgress(li, next)) fillMessage(li, next);
 }
 
 /** A message was deleted on this device. */

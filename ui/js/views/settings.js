@@ -30,6 +30,8 @@ function fill() {
   $("settings-start-minimized").checked = s.startMinimized;
   $("settings-read-receipts").checked = s.readReceipts;
   $("settings-typing-indicators").checked = s.typingIndicators;
+  $("settings-auto-download").value = String(Math.round(s.autoDownloadBytes / 1e6));
+  $("settings-downloads-folder").value = s.downloadsFolder || "";
   paintFingerprint($("settings-fingerprint"), state.me ? state.me.fingerprint : "");
   $("settings-data-dir").textContent = state.dataDir;
   $("settings-error").hidden = true;
@@ -55,6 +57,12 @@ async function save(e) {
   for (const [key, id] of [["notifications", "settings-notifications"], ["closeToTray", "settings-close-to-tray"], ["startMinimized", "settings-start-minimized"], ["readReceipts", "settings-read-receipts"], ["typingIndicators", "settings-typing-indicators"]]) {
     if ($(id).checked !== s[key]) patch[key] = $(id).checked;
   }
+  const autoMb = Number($("settings-auto-download").value);
+  if (Number.isFinite(autoMb) && autoMb >= 0 && Math.round(autoMb * 1e6) !== s.autoDownloadBytes) {
+    patch.autoDownloadBytes = Math.round(autoMb * 1e6);
+  }
+  const folder = $("settings-downloads-folder").value.trim();
+  if (folder !== (s.downloadsFolder || "")) patch.downloadsFolder = folder;
   if (Object.keys(patch).length === 0) {
     $("settings-dialog").close();
     return;

@@ -1,0 +1,300 @@
+//! A transfer's journal: what a transfer needs to resume after a restart, in
+//! [`crate::PeerConfig::transfers_dir`].
+//!
+//! Two owner-only files per unfinished transfer, named by its id:
+//! - `ID.json`, the header ([`Header`]): direction, peer, message id, path, the file's name, size
+//!   and type, the key, the file id, the blob and its capabilities, whether it is paused. Small,
+//!   rewritten whole (a temporary file synced and renamed over it) when it changes, which is
+//!   rarely: when the blob is created, when the transfer is paused or resumed.
+//! - `ID.acks`, one line `INDEX HASH` per chunk acknowledged (an upload: the server stored it; a
+//!   download: it opened and was written), appended as each chunk is done. A line cut short by a
+//!   crash is ignored (that chunk is simply done again).
+//!
+//! Both are deleted when the transfer completes or is cancelled.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use lattice_crypto::file_chunk::DIGEST_LEN;
+use lattice_protocol::{ClientId, MessageId};
+use serde::{Deserialize, Serialize};
+
+use crate::content::Thumbnail;
+use crate::events::{TransferDirection, TransferId};
+use crate::PeerError;
+
+/// The journal format version.
+const JOURNAL_VERSION: u32 = 1;
+/// Largest header read back, in bytes (a thumbnail in base64 and a long path fit easily).
+const MAX_HEADER_BYTES: u64 = 256 * 1024;
+/// Largest acknowledgement log read back, in bytes (one line per chunk, about 80 bytes each).
+const MAX_ACKS_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The blob a transfer uses.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BlobRef {
+    pub(crate) blob_id: String,
+    /// Only the sender holds it.
+    pub(crate) upload_capability: Option<String>,
+    pub(crate) download_capability: String,
+}
+
+/// What a transfer needs to resume.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Header {
+    pub(crate) v: u32,
+    pub(crate) id: String,
+    pub(crate) upload: bool,
+    pub(crate) peer: ClientId,
+    pub(crate) message_id: MessageId,
+    /// The file sent (upload) or the destination (download; the partial file is `PATH.part`).
+    pub(crate) path: PathBuf,
+    pub(crate) paused: bool,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) mime: String,
+    #[serde(default)]
+    pub(crate) thumbnail: Option<Thumbnail>,
+    /// Base64 (a secret: the file is owner-only).
+    pub(crate) key: String,
+    /// Hex.
+    pub(crate) file_id: String,
+    pub(crate) chunk_size: u64,
+    pub(crate) chunk_count: u64,
+    /// `None` until the sender created it.
+    pub(crate) blob: Option<BlobRef>,
+    /// Hex; the digest a download must match (from the file message).
+    #[serde(default)]
+    pub(crate) digest: Option<String>,
+    /// The source's modification time (unix ms) when an upload started: a file changed since is
+    /// not sent half old, half new.
+    #[serde(default)]
+    pub(crate) source_modified_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key, the capabilities and the name stay out of logs.
+        f.debug_struct("Header")
+            .field("id", &self.id)
+            .field("upload", &self.upload)
+            .field("peer", &self.peer)
+            .field("message_id", &self.message_id)
+            .field("paused", &self.paused)
+            .field("size", &self.size)
+            .field("chunk_count", &self.chunk_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Header {
+    pub(crate) fn transfer_id(&self) -> TransferId {
+        TransferId(self.id.clone())
+    }
+
+    pub(crate) fn direction(&self) -> TransferDirection {
+        if self.upload {
+            TransferDirection::Upload
+        } else {
+            TransferDirection::Download
+        }
+    }
+
+    /// A new header (version set).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: &TransferId,
+        upload: bool,
+        peer: ClientId,
+        message_id: MessageId,
+        path: PathBuf,
+        meta: (String, u64, String, Option<Thumbnail>),
+        key: String,
+        file_id: String,
+        chunking: (u64, u64),
+    ) -> Self {
+        let (name, size, mime, thumbnail) = meta;
+        Self {
+            v: JOURNAL_VERSION,
+            id: id.0.clone(),
+            upload,
+            peer,
+            message_id,
+            path,
+            paused: false,
+            name,
+            size,
+            mime,
+            thumbnail,
+            key,
+            file_id,
+            chunk_size: chunking.0,
+            chunk_count: chunking.1,
+            blob: None,
+            digest: None,
+            source_modified_ms: None,
+        }
+    }
+}
+
+/// The journal directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Journal {
+    dir: PathBuf,
+}
+
+fn io(path: &Path, what: &str, e: &std::io::Error) -> PeerError {
+    PeerError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+fn private_options() -> fs::OpenOptions {
+    let mut o = fs::OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    o
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, PeerError> {
+    use std::io::Read as _;
+    let file = fs::File::open(path).map_err(|e| io(path, "cannot open", &e))?;
+    let mut out = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| io(path, "cannot read", &e))?;
+    if out.len() as u64 > max {
+        return Err(PeerError::Io(format!("{} is too large", path.display())));
+    }
+    Ok(out)
+}
+
+impl Journal {
+    /// Opens (creating, owner-only) the directory.
+    pub(crate) fn open(dir: &Path) -> Result<Self, PeerError> {
+        crate::identity_file::create_private_dir(dir).map_err(|e| io(dir, "cannot create", &e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn header_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn acks_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.acks"))
+    }
+
+    /// Writes the header: a temporary file, synced, renamed into place.
+    pub(crate) fn write_header(&self, h: &Header) -> Result<(), PeerError> {
+        let path = self.header_path(&h.id);
+        let tmp = self.dir.join(format!("{}.json.tmp", h.id));
+        let bytes = serde_json::to_vec(h).map_err(|e| PeerError::Protocol(e.to_string()))?;
+        let mut f = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, "cannot create", &e))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io(&tmp, "cannot write", &e))?;
+        fs::rename(&tmp, &path).map_err(|e| io(&path, "cannot replace", &e))
+    }
+
+    /// Appends that chunk `index` is done, with the SHA-256 of its sealed bytes.
+    pub(crate) fn ack(
+        &self,
+        id: &str,
+        index: u64,
+        hash: &[u8; DIGEST_LEN],
+    ) -> Result<(), PeerError> {
+        let path = self.acks_path(id);
+        let mut f = private_options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, "cannot open", &e))?;
+        f.write_all(format!("{index} {}\n", hex::encode(hash)).as_bytes())
+            .map_err(|e| io(&path, "cannot append to", &e))
+    }
+
+    /// Forgets every acknowledgement (a download whose chunks turned out wrong starts over).
+    pub(crate) fn clear_acks(&self, id: &str) -> Result<(), PeerError> {
+        remove_if_there(&self.acks_path(id))
+    }
+
+    /// The chunks acknowledged, with their hashes. Lines that do not parse (a crash mid-append)
+    /// or name a chunk out of range are skipped.
+    pub(crate) fn acks(
+        &self,
+        id: &str,
+        chunk_count: u64,
+    ) -> Result<BTreeMap<u64, [u8; DIGEST_LEN]>, PeerError> {
+        let path = self.acks_path(id);
+        let bytes = match read_bounded(&path, MAX_ACKS_BYTES) {
+            Ok(b) => b,
+            Err(_) if !path.exists() => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = BTreeMap::new();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Some((index, hash)) = line.split_once(' ') else {
+                continue;
+            };
+            let (Ok(index), Ok(hash)) = (index.parse::<u64>(), hex::decode(hash)) else {
+                continue;
+            };
+            if let (true, Ok(hash)) = (index < chunk_count, <[u8; DIGEST_LEN]>::try_from(hash)) {
+                out.insert(index, hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a transfer's journal.
+    pub(crate) fn remove(&self, id: &str) -> Result<(), PeerError> {
+        remove_if_there(&self.header_path(id))?;
+        remove_if_there(&self.acks_path(id))
+    }
+
+    /// Every journal in the directory. One that cannot be read is logged and skipped (left in
+    /// place for a person to look at).
+    pub(crate) fn load_all(&self) -> Result<Vec<Header>, PeerError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| io(&self.dir, "cannot list", &e))?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let header = read_bounded(&path, MAX_HEADER_BYTES).and_then(|b| {
+                serde_json::from_slice::<Header>(&b).map_err(|e| PeerError::Io(e.to_string()))
+            });
+            match header {
+                Ok(h) if h.v == JOURNAL_VERSION && TransferId::parse(&h.id).is_ok() => out.push(h),
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "skipping a transfer journal of another version")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable transfer journal")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn remove_if_there(path: &Path) -> Result<(), PeerError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path, "cannot delete", &e)),
+    }
+}
