@@ -139,6 +139,28 @@ impl NoticeLimiter {
     }
 }
 
+/// Which envelope messages to each peer go in, asked without the session's lock (a cheap
+/// handle on the peer; see [`Session::envelopes`]).
+#[derive(Clone)]
+pub struct Envelopes(MessagingPeer);
+
+impl std::fmt::Debug for Envelopes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelopes").finish_non_exhaustive()
+    }
+}
+
+impl Envelopes {
+    /// Whether messages to `peer` go over MLS (forward secret, post-compromise secure): it is
+    /// pinned as speaking MLS, and nothing older is sent to or accepted from it.
+    pub fn speaks_mls(&self, peer: &ClientId) -> bool {
+        matches!(
+            self.0.conversation_envelope(peer),
+            Some(lattice_peer::Algorithm::Mls)
+        )
+    }
+}
+
 /// A running session. Stop it with [`Session::stop`].
 pub struct Session {
     ctx: Arc<Ctx>,
@@ -224,6 +246,14 @@ impl Session {
             crate::storage::create_private_dir(dir)?;
         }
         config.transfers_dir = Some(transfers);
+        // MLS on: 1:1 chats with another MLS-capable client move to a two-member MLS group by
+        // themselves, and groups work. The state is its own SQLite file next to the history
+        // (docs/mls.md, *Desktop*): both are WAL, but the MLS store's read-then-write
+        // transactions on a second connection to the history's file could fail with
+        // SQLITE_BUSY_SNAPSHOT (which no busy timeout waits out) whenever the app writes a
+        // message at the same moment, and the group secrets stay out of reach of anything that
+        // reads the history (backups, exports, search).
+        config.mls_state = Some(data_dir.join(crate::storage::MLS_STATE_FILE));
         let peer =
             // Replay marks on disk: a signed message accepted before a restart stays a replay.
             MessagingPeer::with_replay_store(config, Arc::new(DbReplayStore::new(Arc::clone(&db))))
@@ -264,6 +294,11 @@ impl Session {
             handler,
             hosted,
         })
+    }
+
+    /// A handle that tells which envelope messages to each peer go in.
+    pub fn envelopes(&self) -> Envelopes {
+        Envelopes(self.ctx.peer.clone())
     }
 
     /// Wakes the outbox to send what waits in it.
