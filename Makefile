@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-mls bench-peer bench-delivery soak bundle
+.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-mls bench-peer bench-delivery bench-files soak bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -58,6 +58,12 @@ bench-mls:
 bench-delivery:
 	$(CARGO) build --release -p lattice-server -p lattice-bench
 	taskset -c 1 target/release/lattice-loadgen delivery --pairs 10,100 --rounds 2 --duration 6
+
+## Files (issue 11): a 1 GiB file sender disk -> server -> receiver disk against one raw WebSocket
+## carrying the same bytes, seal/open CPU per MiB, peak RSS of each process, resume after kill -9.
+bench-files:
+	$(CARGO) build --release -p lattice-server -p lattice-bench
+	target/release/lattice-loadgen files --mib 1024 --resume-mib 256
 
 ## The client: seal+open of 1 KiB through the outbox and inbox, and 1,000 messages round trip
 ## through a real in-process server (crates/peer/benches/peer.rs).

@@ -532,6 +532,8 @@ impl Messenger {
     ) -> Result<(), MessengerError> {
         if !for_everyone {
             let target = self.target(peer, seq)?;
+            // A file goes with its message: its transfer stops, the app's copy is removed.
+            self.forget_file(&target).await;
             if self.state.db.delete_for_me(peer, seq)? {
                 self.state.ui.send(Update::Removed(RemovedView {
                     peer_id: peer.clone(),

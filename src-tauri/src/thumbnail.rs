@@ -15,8 +15,11 @@ use std::path::Path;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 pub use crate::storage::files::is_previewable;
-use crate::storage::files::{Thumbnail, MAX_THUMBNAIL_BYTES, MAX_THUMBNAIL_SIDE};
+use crate::storage::files::{Thumbnail, MAX_THUMBNAIL_BYTES};
 
+/// The longest side of the previews made here, in pixels: what the conversation shows (a
+/// sharper one would cost bytes in every file message for nothing).
+pub const PREVIEW_SIDE: u32 = 320;
 /// Largest image file a preview is made of, in bytes (bigger images are sent as a card).
 pub const MAX_SOURCE_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest width or height of an image a preview is made of, in pixels.
@@ -86,15 +89,15 @@ fn limits() -> Limits {
     limits
 }
 
-/// Scales `image` to fit [`MAX_THUMBNAIL_SIDE`] and encodes it within
+/// Scales `image` to fit [`PREVIEW_SIDE`] and encodes it within
 /// [`MAX_THUMBNAIL_BYTES`]: PNG when it has transparency and fits, else JPEG at the best
 /// quality that fits, halving the size when none does.
 fn make(image: &DynamicImage) -> Option<Thumbnail> {
     // `thumbnail` also enlarges: a small image is kept at its size.
-    let mut small = if image.width() <= MAX_THUMBNAIL_SIDE && image.height() <= MAX_THUMBNAIL_SIDE {
+    let mut small = if image.width() <= PREVIEW_SIDE && image.height() <= PREVIEW_SIDE {
         image.clone()
     } else {
-        image.thumbnail(MAX_THUMBNAIL_SIDE, MAX_THUMBNAIL_SIDE)
+        image.thumbnail(PREVIEW_SIDE, PREVIEW_SIDE)
     };
     if small.color().has_alpha() {
         let mut png = Vec::new();
@@ -174,7 +177,7 @@ mod tests {
             assert!(is_previewable(&mime_of(&bytes)), "{format:?}");
             let thumb = thumbnail_of_bytes(&bytes).expect("a preview");
             assert!(thumb.is_within_bounds(), "{format:?}");
-            assert_eq!(thumb.width, MAX_THUMBNAIL_SIDE, "{format:?}");
+            assert_eq!(thumb.width, PREVIEW_SIDE, "{format:?}");
             assert_eq!(thumb.height, 180, "{format:?}");
             // The preview is itself an image that decodes.
             let decoded = image::load_from_memory(&thumb.bytes).unwrap();

@@ -6,6 +6,7 @@
 //!   copies it byte for byte into the downloads folder, never over a file;
 //! - over the auto-download limit a file waits for *Download*; a download paused part-way
 //!   stays paused across a restart of the app and then finishes where it stopped;
+//! - files dropped on the window are sent once, a folder among them refused;
 //! - bad input (a name with a slash, no bytes, an unknown message) gets a readable error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -236,7 +237,39 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
             })
         },
     );
-    assert!(mine["messages"].as_array().unwrap().len() == 1);
+    assert_eq!(mine["messages"].as_array().unwrap().len(), 1);
+
+    // Files dropped on the window (the window gives their paths to the backend): the page asks
+    // to send them; the paths are used once; a folder is refused with a notice, not sent.
+    let nothing = app
+        .invoke("send_dropped", json!({"peerId": "bob"}))
+        .unwrap_err();
+    assert_eq!(nothing["kind"], json!("invalidInput"), "{nothing}");
+    let drop_dir = tempfile::tempdir().unwrap();
+    let notes = random_bytes(70_000);
+    std::fs::write(drop_dir.path().join("notes.txt"), &notes).unwrap();
+    app.messenger().set_dropped(vec![
+        drop_dir.path().join("notes.txt"),
+        drop_dir.path().to_owned(),
+    ]);
+    let sent = app
+        .invoke("send_dropped", json!({"peerId": "bob"}))
+        .unwrap();
+    assert_eq!(sent.as_array().unwrap().len(), 1, "{sent}");
+    let (message_id, offer) = rt.block_on(next_offer(&mut bob_events));
+    assert_eq!(offer.name, "notes.txt");
+    let dest = bob_dir.path().join("notes.txt");
+    let id = {
+        let _runtime = rt.enter();
+        bob.download_file(&alice_id, &message_id, &offer, &dest)
+            .unwrap()
+    };
+    rt.block_on(bob_completes(&mut bob_events, &id));
+    assert_eq!(std::fs::read(&dest).unwrap(), notes);
+    let again = app
+        .invoke("send_dropped", json!({"peerId": "bob"}))
+        .unwrap_err();
+    assert_eq!(again["kind"], json!("invalidInput"), "used once: {again}");
 
     // Bob sends a file: alice's app downloads it by itself; Save copies it byte for byte.
     let report = random_bytes(3 * 1024 * 1024 + 17);
@@ -317,6 +350,22 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
         .invoke("save_file", json!({"peerId": "bob", "seq": done["seq"]}))
         .unwrap();
     assert_eq!(std::fs::read(saved.as_str().unwrap()).unwrap(), big);
+    // Deleting the message on this device removes the app's copy of its file.
+    let kept = std::fs::read_dir(app.dir().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-video.bin"))
+        .expect("the download in files/");
+    app.invoke(
+        "delete_message",
+        json!({"peerId": "bob", "seq": done["seq"], "forEveryone": false}),
+    )
+    .unwrap();
+    assert!(!kept.exists(), "{} removed", kept.display());
+    assert!(
+        std::path::Path::new(saved.as_str().unwrap()).exists(),
+        "the saved copy is the person's"
+    );
     // The pasted picture is still shown after the restart, with its preview.
     let page = app
         .invoke("load_messages", json!({"peerId": "bob"}))

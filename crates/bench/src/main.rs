@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
+mod files;
 mod soak;
 
 #[derive(Debug, Parser)]
@@ -82,6 +83,13 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Files end to end (sender disk -> lattice-server's blob store -> receiver disk) against one
+    /// raw WebSocket carrying the same bytes; seal/open CPU per MiB; peak RSS of the sender, the
+    /// server and the receiver; time to resume after a SIGKILL of the sender.
+    Files(files::FilesArgs),
+    /// One side of `files` (started by it).
+    #[command(hide = true)]
+    FilesPeer(files::PeerArgs),
     /// Start lattice-server and minimal-relay (pinned to core 0 with taskset) and measure both.
     Compare {
         /// Pair counts to run.
@@ -162,6 +170,17 @@ impl Report {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Files move through several tasks at once (chunks in flight, disk, crypto): a runtime with
+    // worker threads, like an app's.
+    match cli.command {
+        Cmd::Files(args) => {
+            return tokio::runtime::Runtime::new()?.block_on(files::files(args));
+        }
+        Cmd::FilesPeer(args) => {
+            return tokio::runtime::Runtime::new()?.block_on(files::run_peer(args));
+        }
+        _ => {}
+    }
     // Single-threaded on purpose: the generator is pinned to one core, and one thread avoids
     // measuring our own cross-thread wake-ups.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -198,6 +217,7 @@ fn main() -> anyhow::Result<()> {
             } => {
                 compare(&pairs, idle_n, load, bin_dir).await?;
             }
+            Cmd::Files(_) | Cmd::FilesPeer(_) => {}
         }
         Ok(())
     })

@@ -71,6 +71,18 @@ pub enum Command {
     Members,
     /// `/info`: the current conversation and the envelope its messages travel in.
     Info,
+    /// `/send <path>`: send a file to the current peer (encrypted, resumable).
+    SendFile(String),
+    /// `/get <n> [path]`: save the file of message `#n` (default: its name, in the current
+    /// directory).
+    GetFile {
+        /// The message's number, as shown.
+        n: i64,
+        /// Where to save it.
+        path: Option<String>,
+    },
+    /// `/transfers`: the file transfers and how far they are.
+    Transfers,
     /// `/help`.
     Help,
     /// `/quit`.
@@ -99,6 +111,9 @@ commands:
   /edit <text>    replace the text of your last message to the current peer
   /delete [n]     delete your message #n (default: your last one) for everyone
   /react <n> <emoji>    react to message #n; /unreact <n> <emoji> takes it back
+  /send <path>    send a file to the current peer (end-to-end encrypted; resumes after a restart)
+  /get <n> [path] save the file of message #n (default: its name, in the current directory)
+  /transfers      the file transfers and how far they are
   /search <words> messages of your local history containing every word (all conversations)
   /group new <name> <id,id…>  create a group (end-to-end encrypted with MLS) and talk in it
   /groups         list your groups (#n); /g <n|name> talks in one (plain lines go to it)
@@ -162,6 +177,24 @@ pub fn parse(line: &str) -> Command {
             return Command::Invalid("missing the words: /search <words>".into())
         }
         "search" | "s" => return Command::Search(args.to_owned()),
+        "send" if args.is_empty() => {
+            return Command::Invalid("missing the file: /send <path>".into())
+        }
+        "send" => return Command::SendFile(args.to_owned()),
+        "get" => {
+            let (n, path) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+            let Some(n) = parse_tag(n).map(i64::from) else {
+                return Command::Invalid(format!(
+                    "not a message number: {n:?} (use /get <n> [path])"
+                ));
+            };
+            let path = path.trim();
+            return Command::GetFile {
+                n,
+                path: (!path.is_empty()).then(|| path.to_owned()),
+            };
+        }
+        "transfers" => return Command::Transfers,
         "group" => return parse_group(args),
         "groups" => return Command::Groups,
         "members" => return Command::Members,
@@ -300,6 +333,26 @@ pub fn answer(
 mod tests {
     use super::*;
     use lattice_protocol::QuestionKind;
+
+    #[test]
+    fn parses_the_file_commands() {
+        assert_eq!(
+            parse("/send  my photo.jpg "),
+            Command::SendFile("my photo.jpg".into())
+        );
+        assert!(matches!(parse("/send"), Command::Invalid(_)));
+        assert_eq!(parse("/get 3"), Command::GetFile { n: 3, path: None });
+        assert_eq!(
+            parse("/get #3 /tmp/a b.pdf"),
+            Command::GetFile {
+                n: 3,
+                path: Some("/tmp/a b.pdf".into())
+            }
+        );
+        assert!(matches!(parse("/get x"), Command::Invalid(_)));
+        assert!(matches!(parse("/get"), Command::Invalid(_)));
+        assert_eq!(parse("/transfers"), Command::Transfers);
+    }
 
     #[test]
     fn parses_the_group_commands() {

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS reactions (
     emoji   TEXT NOT NULL,
     PRIMARY KEY (n, reactor, emoji)
 );
+CREATE TABLE IF NOT EXISTS files (
+    n     INTEGER PRIMARY KEY REFERENCES messages (n),
+    offer TEXT NOT NULL
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5 (
     text, content = 'messages', content_rowid = 'n'
 );
@@ -279,9 +283,34 @@ impl History {
                 [n],
             )?;
             tx.execute("DELETE FROM reactions WHERE n = ?1", [n])?;
+            tx.execute("DELETE FROM files WHERE n = ?1", [n])?;
             tx.commit()?;
         }
         Ok(n)
+    }
+
+    /// Keeps the file offer (JSON: name, size, type, key, where to fetch it) of message `#n`.
+    /// The key is a secret: the history file is owner-only.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn set_file(&self, n: i64, offer_json: &str) -> Result<(), HistoryError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO files (n, offer) VALUES (?1, ?2)",
+            params![n, offer_json],
+        )?;
+        Ok(())
+    }
+
+    /// The file offer of message `#n`, if it carries one.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn file(&self, n: i64) -> Result<Option<String>, HistoryError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT offer FROM files WHERE n = ?1", [n], |r| r.get(0))
+            .optional()?)
     }
 
     /// Adds (or removes) `reactor`'s `emoji` on message `#n`.

@@ -8,6 +8,9 @@
 //! `/react n` and `/delete n` can name it, `/edit` and `/delete` change your last message, and
 //! `/search` finds messages of every conversation (FTS5). Group chats (MLS, state in `<id>.mls`):
 //! `/group new <name> <id,id…>`, `/groups`, `/g <n>`, `/members`, `/group add|remove|rename|leave`.
+//! Files: `/send <path>` and `/get <n> [path]` with a progress bar, end-to-end encrypted through
+//! the server's blob store; unfinished transfers (journals in `<id>.transfers/`) resume by
+//! themselves after a restart.
 //!
 //! ```text
 //! lattice-chat --server ws://127.0.0.1:3005 --id alice
@@ -15,6 +18,7 @@
 
 mod command;
 mod display;
+mod files;
 mod groups;
 mod history;
 mod questions;
@@ -98,11 +102,13 @@ type Shared = Arc<Mutex<Ui>>;
 /// Prints `lines` together (no other output between them).
 fn print_lines(lines: &[String]) {
     use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    for line in lines {
-        // Nothing sensible to do if the terminal is gone.
-        let _ = writeln!(out, "{line}");
-    }
+    files::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        for line in lines {
+            // Nothing sensible to do if the terminal is gone.
+            let _ = writeln!(out, "{line}");
+        }
+    });
 }
 
 /// A typing notice signed longer ago than this (unix ms) is not shown: it waited in the server's
@@ -139,7 +145,14 @@ fn store_event(history: &History, event: &PeerEvent) {
                     &m.text,
                     m.sent_at.unwrap_or(m.server_timestamp),
                 )
-                .map(drop),
+                .and_then(|n| match (n, &m.content) {
+                    // The offer (with its key) is kept for `/get`, also after a restart.
+                    (Some(n), Content::File(offer)) => match serde_json::to_string(offer) {
+                        Ok(json) => history.set_file(n, &json),
+                        Err(_) => Ok(()),
+                    },
+                    _ => Ok(()),
+                }),
             None => Ok(()),
         },
         PeerEvent::Update(u) => match &u.change {
@@ -178,6 +191,7 @@ fn content_lines(history: &History, me: &ClientId, event: &PeerEvent) -> Vec<Str
                 .as_ref()
                 .and_then(|id| history.number(&m.from, &m.from, id).ok().flatten());
             let text = match &m.content {
+                Content::File(offer) => files::incoming_text(n, offer),
                 Content::Reply { to, excerpt, text } => {
                     let quoted = history
                         .number(&m.from, &to.sender, &to.message_id)
@@ -299,6 +313,9 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, re
                     }
                     ui.key_changes.insert(peer.clone(), (new.clone(), replaced));
                 }
+            }
+            PeerEvent::Transfer(p) => {
+                print_lines(&files::on_transfer(p, &me, &history, now_ms()));
             }
             PeerEvent::MessageAck(a) => {
                 tracing::debug!(message_id = %a.message_id, status = ?a.status, "ack");
@@ -781,6 +798,15 @@ async fn handle(
                 send_text(peer, history, &to, &Content::Text(text.clone()), &text).await?;
             }
         }
+        Command::SendFile(path) => {
+            if group.is_some() {
+                println!("!! files go to one peer: pick one with /to (groups get no files yet)");
+            } else if let Some(to) = current_peer(peer, ui) {
+                files::send(peer, &to, &path).await;
+            }
+        }
+        Command::GetFile { n, path } => files::get(peer, history, n, path.as_deref())?,
+        Command::Transfers => files::list(peer),
         command @ (Command::Reply { .. }
         | Command::Edit(_)
         | Command::Delete(_)
@@ -882,6 +908,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot open {}", history_path.display()))?,
     );
     config.history = Arc::clone(&history) as _;
+    // File transfers: their journals next to the identity (unfinished ones resume by themselves).
+    config.transfers_dir = Some(path.with_extension("transfers"));
     // Groups (MLS): their state next to the identity.
     config.mls_state = Some(path.with_extension("mls"));
     // Wait for a server that is not up yet (with the reconnect backoff) instead of quitting.

@@ -865,7 +865,8 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("Zk3") && !debug.contains("AAAA") && !debug.contains("photo"));
 
-        let bad: Vec<Box<dyn Fn(&mut FileOffer)>> = vec![
+        type Spoil = Box<dyn Fn(&mut FileOffer)>;
+        let bad: Vec<Spoil> = vec![
             Box::new(|o| o.name = "../x".into()),
             Box::new(|o| o.name = "a/b".into()),
             Box::new(|o| o.name = "a\\b".into()),

@@ -52,13 +52,17 @@
 //! - `groups`: MLS groups (RFC 9420 through `lattice-mls`) over the server's delivery service:
 //!   KeyPackages, create/invite/remove/leave/rename, group messages, ordered processing acked
 //!   after the state is stored, retries of Commits that lost their epoch, scheduled healing.
+//! - `files`: file transfers ([`MessagingPeer::send_file`], [`MessagingPeer::download_file`],
+//!   pause/resume/cancel, [`PeerEvent::Transfer`]): chunks sealed with
+//!   `lattice_crypto::file_chunk`, the server's blob store over HTTP, journals in
+//!   [`PeerConfig::transfers_dir`] from which transfers resume after a restart.
 //! - `trust`: fetching peer keys, `keySignature` checks, TOFU and held-back key changes.
 //! - `sync`: the one lock policy (a poisoned lock is recovered, never skipped). `wire`: base64,
 //!   fresh ids, answer errors.
 //! - [`config`]: [`PeerConfig`], [`Backoff`], [`Timeouts`], [`TlsOptions`].
 //! - [`defaults`]: every limit and timeout, with its reason.
 //! - [`content`]: [`Content`], the content layer (text, reply, edit, delete, reaction, receipt,
-//!   typing, unsupported), its codec and bounds.
+//!   typing, file, unsupported), its codec and bounds.
 //! - [`history`]: checking edits, deletes, reactions and receipts against the messages they
 //!   refer to; the [`MessageLookup`] trait the app implements over its history.
 //! - [`events`]: [`PeerEvent`], [`ContentUpdate`], [`ConnectionState`], [`IncomingMessage`], [`IncomingQuestion`],

@@ -86,6 +86,7 @@ impl Drop for Owner {
         if let Some(c) = lock(&self.0.cancel).as_ref() {
             c.cancel();
         }
+        self.0.files.shut_down();
     }
 }
 

@@ -170,11 +170,12 @@ async fn names_types_and_thumbnails_travel_and_are_bounded() {
     let src = dir.path().join("x.bin");
     std::fs::write(&src, b"\x89PNG not really").unwrap();
 
+    // The largest thumbnail allowed still fits in one message.
     let thumb = lattice_peer::Thumbnail {
         mime: "image/png".into(),
         width: 16,
         height: 9,
-        bytes: vec![7; 300],
+        bytes: pattern(lattice_peer::content::MAX_THUMBNAIL_BYTES as u64, 5),
     };
     let meta = FileMeta {
         name: Some("holiday.png".into()),
@@ -466,4 +467,87 @@ fn collect_blob_ids(p: &Path, out: &mut std::collections::BTreeSet<String>) {
             collect_blob_ids(&path, out);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_retried_and_a_new_peer_resumes_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = support::server::spawn_server_at(0, Some(data.clone())).await;
+    let port = server.local_addr().port();
+    let url = server.url();
+    let identity_path = dir.path().join("alice.identity");
+    let alice_config = || {
+        let (identity, _) = lattice_peer::identity_file::load_or_create(&identity_path).unwrap();
+        config(&url, "alice", identity, dir.path())
+    };
+    let alice = MessagingPeer::new(alice_config()).unwrap();
+    let mut alice_events = alice.events();
+    alice.connect().await.unwrap();
+    let (bob, mut bob_events) = online(&url, "bob", dir.path()).await;
+    let (b, a) = (id("bob"), id("alice"));
+    let size = 16 * FILE_CHUNK_BYTES + 3;
+
+    // The server goes away mid-upload and comes back on the same port and data: the upload is
+    // retried with backoff and completes.
+    let src1 = dir.path().join("one");
+    std::fs::write(&src1, pattern(size, 1)).unwrap();
+    let up = alice
+        .send_file(&b, &src1, FileMeta::default())
+        .await
+        .unwrap();
+    started(&mut alice_events, &up).await;
+    server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = support::server::spawn_server_at(port, Some(data.clone())).await;
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+    let (m1, o1, _) = next_file(&mut bob_events).await;
+
+    // Alice goes away mid-upload (every handle dropped: the tasks stop where they are); a new
+    // peer with the same identity and transfers directory resumes it once connected.
+    let src2 = dir.path().join("two");
+    std::fs::write(&src2, pattern(size, 2)).unwrap();
+    let up = alice
+        .send_file(&b, &src2, FileMeta::default())
+        .await
+        .unwrap();
+    started(&mut alice_events, &up).await;
+    drop(alice_events);
+    alice.disconnect().await;
+    drop(alice);
+    let alice = MessagingPeer::new(alice_config()).unwrap();
+    let listed = alice.transfers();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, up);
+    assert_eq!(listed[0].state, TransferState::Queued);
+    let mut alice_events = alice.events();
+    alice.connect().await.unwrap();
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+    let (m2, o2, _) = next_file(&mut bob_events).await;
+
+    for (m, o, seed) in [(m1, o1, 1u8), (m2, o2, 2)] {
+        let dest = dir.path().join(format!("got-{seed}"));
+        let down = bob.download_file(&a, &m, &o, &dest).unwrap();
+        assert_eq!(
+            finished(&mut bob_events, &down).await.state,
+            TransferState::Completed
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), pattern(size, seed));
+    }
+    server.shutdown().await;
+}
+
+/// Waits until transfer `id` has moved some bytes.
+async fn started(events: &mut EventStream, id: &TransferId) {
+    wait_for(events, |e| match e {
+        PeerEvent::Transfer(p) if &p.id == id && p.done > 0 => Some(()),
+        _ => None,
+    })
+    .await;
 }

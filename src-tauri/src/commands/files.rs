@@ -15,7 +15,7 @@ use tauri_plugin_opener::OpenerExt;
 
 use super::Shared;
 use crate::error::CommandError;
-use crate::messenger::{validate_client_id, TransferAction, MAX_INLINE_FILE_BYTES};
+use crate::messenger::{validate_client_id, Messenger, TransferAction, MAX_INLINE_FILE_BYTES};
 use crate::views::MessageView;
 
 /// Header of `send_file_bytes` naming the conversation (percent-encoded).
@@ -24,6 +24,17 @@ pub const PEER_HEADER: &str = "x-lattice-peer";
 pub const NAME_HEADER: &str = "x-lattice-name";
 /// Longest header value read, in bytes (a name of 255 bytes percent-encodes to at most 765).
 const MAX_HEADER_BYTES: usize = 1024;
+
+/// The files sent; why the others were not goes to the page as notices.
+fn told(
+    messenger: &Messenger,
+    (sent, failed): (Vec<MessageView>, Vec<crate::messenger::MessengerError>),
+) -> Vec<MessageView> {
+    for e in failed {
+        messenger.notice(CommandError::from(e).notice());
+    }
+    sent
+}
 
 /// Opens the system's dialog to choose files and sends them to `peerId`; the messages of those
 /// sent (none when the dialog was cancelled).
@@ -52,7 +63,7 @@ pub async fn attach_file<R: Runtime>(
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(messenger.send_files(&peer, paths).await?)
+    Ok(told(&messenger, messenger.send_files(&peer, paths).await?))
 }
 
 /// Sends the files just dropped on the window to `peerId`.
@@ -62,7 +73,7 @@ pub async fn send_dropped(
     peer_id: String,
 ) -> Result<Vec<MessageView>, CommandError> {
     let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.send_dropped(&peer).await?)
+    Ok(told(&messenger, messenger.send_dropped(&peer).await?))
 }
 
 fn header(request: &Request<'_>, name: &str) -> Result<String, CommandError> {

@@ -208,7 +208,10 @@ impl Messenger {
     /// # Errors
     /// [`MessengerError::InvalidInput`] when there is nothing dropped; the errors of
     /// [`Messenger::send_file`] when no file could be sent.
-    pub async fn send_dropped(&self, peer: &ClientId) -> Result<Vec<MessageView>, MessengerError> {
+    pub async fn send_dropped(
+        &self,
+        peer: &ClientId,
+    ) -> Result<(Vec<MessageView>, Vec<MessengerError>), MessengerError> {
         let dropped = std::mem::take(&mut *lock(&self.state.dropped));
         let fresh = dropped.at.is_some_and(|at| at.elapsed() < DROPPED_TTL);
         if !fresh || dropped.paths.is_empty() {
@@ -219,7 +222,8 @@ impl Messenger {
         self.send_files(peer, dropped.paths).await
     }
 
-    /// Sends each of `paths` to `peer`; the views of those sent. Fails only when none was.
+    /// Sends each of `paths` to `peer`: the views of those sent, and why the others were not
+    /// (the caller tells the person). Fails only when none was sent.
     ///
     /// # Errors
     /// The first error, when no file could be sent.
@@ -227,30 +231,22 @@ impl Messenger {
         &self,
         peer: &ClientId,
         paths: Vec<PathBuf>,
-    ) -> Result<Vec<MessageView>, MessengerError> {
+    ) -> Result<(Vec<MessageView>, Vec<MessengerError>), MessengerError> {
         let mut sent = Vec::new();
-        let mut first_error = None;
+        let mut failed = Vec::new();
         for path in paths.into_iter().take(MAX_DROPPED_FILES) {
             match self.send_file(peer, &path).await {
                 Ok(view) => sent.push(view),
                 Err(e) => {
                     tracing::warn!(peer = %peer, error = %e, "a file was not sent");
-                    if sent.is_empty() && first_error.is_none() {
-                        first_error = Some(e);
-                    } else {
-                        self.notice(crate::error::CommandError::from(e).notice());
-                    }
+                    failed.push(e);
                 }
             }
         }
-        match first_error {
-            Some(e) if sent.is_empty() => Err(e),
-            Some(e) => {
-                self.notice(crate::error::CommandError::from(e).notice());
-                Ok(sent)
-            }
-            None => Ok(sent),
+        if sent.is_empty() && !failed.is_empty() {
+            return Err(failed.remove(0));
         }
+        Ok((sent, failed))
     }
 
     /// Sends the file at `path` to `peer`: its type from its first bytes, a preview for a
@@ -456,6 +452,42 @@ impl Messenger {
             self.state.transfer(&progress);
         }
         Ok(())
+    }
+
+    /// Before a file message is deleted on this device: stops its transfer (a download would
+    /// otherwise finish into a file nothing shows) and removes the app's own copy — a download
+    /// under `files/` or a pasted file under `outgoing/`, never a file the person sent from
+    /// elsewhere on the disk. Failures are logged: the message is deleted anyway.
+    pub(super) async fn forget_file(&self, record: &MessageRecord) {
+        let Some(file) = &record.extra.attachment else {
+            return;
+        };
+        if !file.state.is_final() {
+            if let Some(id) = file
+                .transfer_id
+                .as_deref()
+                .and_then(|id| TransferId::parse(id).ok())
+            {
+                if let Some(running) = self.session.lock().await.as_ref() {
+                    if let Err(e) = running.session.cancel_transfer(&id).await {
+                        tracing::debug!(transfer = %id, error = %e, "no transfer to stop");
+                    }
+                }
+            }
+        }
+        let Some(path) = file.local_path.as_deref().map(PathBuf::from) else {
+            return;
+        };
+        let ours = [crate::session::FILES_DIR, OUTGOING_DIR]
+            .iter()
+            .any(|dir| path.starts_with(self.state.data_dir.join(dir)));
+        if ours {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(seq = record.seq, error = %e, "cannot remove a file"),
+            }
+        }
     }
 
     /// Where the bytes of message `seq`'s file are here: sent from here, or downloaded

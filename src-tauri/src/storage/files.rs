@@ -31,11 +31,12 @@ pub use crate::contract::TransferState;
 pub const MAX_NAME_BYTES: usize = 255;
 /// Longest MIME type kept, in bytes.
 pub const MAX_MIME_BYTES: usize = 127;
-/// Largest thumbnail kept, in bytes: the sender makes them smaller ([`crate::thumbnail`]);
-/// a bigger one from someone else is dropped, the file is still shown as a card.
-pub const MAX_THUMBNAIL_BYTES: usize = 64 * 1024;
-/// Largest thumbnail side, in pixels.
-pub const MAX_THUMBNAIL_SIDE: u32 = 320;
+/// Largest thumbnail kept, in bytes: the library's bound on what a file message may carry (a
+/// bigger one, which the library would have refused, is dropped and the file shown as a card).
+pub const MAX_THUMBNAIL_BYTES: usize = lattice_peer::content::MAX_THUMBNAIL_BYTES;
+/// Largest thumbnail side kept, in pixels: the library's bound (this app makes smaller ones,
+/// [`crate::thumbnail::PREVIEW_SIDE`]; other clients may send up to this).
+pub const MAX_THUMBNAIL_SIDE: u32 = lattice_peer::content::MAX_THUMBNAIL_SIDE;
 /// The image types this app previews (and shows in its viewer).
 pub const PREVIEWABLE: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 

@@ -3,7 +3,8 @@
 //! read receipts and typing, both ways), `history` (a conversation of ten thousand messages),
 //! `keys` (a changed identity key), `hostile_input` (network text stays text; pins survive a
 //! restart), `search` (search, drafts, shortcuts, links, accessibility checked with axe-core) and
-//! `tray`, `backup` (back up, restore on a fresh profile, export a conversation), `two_apps`
+//! `tray`, `files` (paste and drop a picture and a file, previews, the viewer, Save, a 50 MB
+//! transfer's progress bar, a restart mid-transfer), `backup` (back up, restore on a fresh profile, export a conversation), `two_apps`
 //! (alice's and bob's apps side by side, through two tauri-drivers: read receipts and typing,
 //! and the read-receipts setting stopping both directions); the helpers
 //! they share are in `support`.

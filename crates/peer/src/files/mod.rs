@@ -24,7 +24,9 @@ use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use base64::Engine as _;
 use lattice_crypto::file_chunk::{
@@ -107,6 +109,9 @@ pub(crate) struct Files {
     /// std Mutex: never held across an await.
     table: Mutex<Table>,
     resumed: AtomicBool,
+    /// Cancelled when the last handle of the peer goes: every transfer task stops where it is,
+    /// its journal untouched (it resumes at the next start).
+    shutdown: CancellationToken,
 }
 
 /// The parts of the peer the file component uses.
@@ -215,11 +220,17 @@ impl Files {
             slots: Arc::new(Semaphore::new(defaults::RUNNING_TRANSFERS)),
             table: Mutex::new(table),
             resumed: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
         }))
     }
 
     fn journal(&self) -> Result<&Journal, PeerError> {
         self.journal.as_ref().ok_or(PeerError::FilesDisabled)
+    }
+
+    /// Stops every transfer task (the peer is going away); journals stay as they are.
+    pub(crate) fn shut_down(&self) {
+        self.shutdown.cancel();
     }
 
     /// Starts the unfinished transfers found at start (once; paused ones stay paused).
@@ -556,10 +567,7 @@ impl Files {
         };
         e.progress.done = done;
         let now = Instant::now();
-        let due = e
-            .last_emit
-            .is_none_or(|at| now.duration_since(at) >= defaults::TRANSFER_EVENT_INTERVAL);
-        if due || done == e.progress.total {
+        if report_due(e.last_emit, now) || done == e.progress.total {
             e.last_emit = Some(now);
             let p = e.progress.clone();
             drop(t);
@@ -573,7 +581,10 @@ impl Files {
 
     /// Starts the task of transfer `id` (if it has none).
     fn spawn(self: &Arc<Self>, id: &str) {
-        let cancel = CancellationToken::new();
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let cancel = self.shutdown.child_token();
         {
             let mut t = lock(&self.table);
             let Some(e) = t.live.get_mut(id) else {
@@ -631,13 +642,18 @@ impl Files {
             }
         };
         drop(permit);
-        let stop = {
-            let mut t = lock(&self.table);
-            t.live
-                .get_mut(id)
-                .and_then(|e| e.run.take())
-                .and_then(|r| r.stop)
-        };
+        // The run stays registered until its end is recorded, so a `resume` meanwhile is a
+        // no-op rather than a second task.
+        let stop = lock(&self.table)
+            .live
+            .get(id)
+            .and_then(|e| e.run.as_ref())
+            .and_then(|r| r.stop);
+        if stop.is_none() && self.shutdown.is_cancelled() {
+            // The peer is going away: the journal stays as it is, and the transfer resumes at
+            // the next start.
+            return;
+        }
         match (result, stop) {
             (_, Some(Stop::Cancel)) => {
                 if let Some(h) = self.header(id) {
@@ -666,7 +682,7 @@ impl Files {
                         tracing::warn!(peer = %self.me, transfer = %id, error = %e, "cannot record a pause");
                     }
                 }
-                self.state(id, TransferState::Paused);
+                self.settle(id, TransferState::Paused).await;
             }
             (Err(Some(e)), None) => {
                 tracing::warn!(peer = %self.me, transfer = %id, error = %e, "transfer failed");
@@ -680,7 +696,34 @@ impl Files {
                         self.progress(id, 0);
                     }
                 }
-                self.state(id, TransferState::Failed(e.to_string()));
+                self.settle(id, TransferState::Failed(e.to_string())).await;
+            }
+        }
+    }
+
+    /// Ends the task of transfer `id` in `state`, in one step (so a pause, resume or cancel
+    /// sees either the running task or the final state); a cancel that came while the task was
+    /// ending is carried out instead.
+    async fn settle(&self, id: &str, state: TransferState) {
+        let outcome = {
+            let mut t = lock(&self.table);
+            let Some(e) = t.live.get_mut(id) else {
+                return;
+            };
+            let stop = e.run.take().and_then(|r| r.stop);
+            if stop == Some(Stop::Cancel) {
+                None
+            } else {
+                Some(set_state(e, state))
+            }
+        };
+        match outcome {
+            Some(p) => self.dispatcher.emit(PeerEvent::Transfer(p)),
+            None => {
+                if let Some(h) = self.header(id) {
+                    self.clean_up(&h).await;
+                }
+                self.finish(id, TransferState::Cancelled);
             }
         }
     }
@@ -966,6 +1009,12 @@ fn set_state(e: &mut Entry, state: TransferState) -> TransferProgress {
     e.progress.clone()
 }
 
+/// Whether a progress report is due at `now`, the last one having gone at `last`: at most one
+/// per [`defaults::TRANSFER_EVENT_INTERVAL`].
+fn report_due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|at| now.duration_since(at) >= defaults::TRANSFER_EVENT_INTERVAL)
+}
+
 /// The delay before retry `attempt` (1-based).
 fn backoff(attempt: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
@@ -1023,6 +1072,24 @@ mod tests {
             let total: u64 = (0..n).map(|i| plain_len(size, chunk, n, i)).sum();
             assert_eq!(total, size, "{size}/{chunk}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_reports_are_at_most_ten_a_second() {
+        let start = Instant::now();
+        assert!(report_due(None, start));
+        let mut last = start;
+        let mut reports = 0;
+        // A report offered every millisecond for one second.
+        for _ in 0..1000 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            let now = Instant::now();
+            if report_due(Some(last), now) {
+                reports += 1;
+                last = now;
+            }
+        }
+        assert_eq!(reports, 10);
     }
 
     #[test]
