@@ -546,7 +546,18 @@ impl Ctx {
                     AckStatus::Delivered => DeliveryStatus::Delivered,
                     AckStatus::Queued => DeliveryStatus::Queued,
                 };
-                self.verdict(&ack.message_id, status);
+                // A file message is sent by the library itself, not through the outbox.
+                match self
+                    .db
+                    .outgoing_file_by_wire(&ack.target_id, ack.message_id.as_str())
+                {
+                    Ok(Some(local_id)) => self.up(SessionEvent::Status { local_id, status }),
+                    Ok(None) => self.verdict(&ack.message_id, status),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up a file message");
+                        self.verdict(&ack.message_id, status);
+                    }
+                }
             }
             PeerEvent::MessageFailed {
                 message_id,

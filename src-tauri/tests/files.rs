@@ -5,7 +5,8 @@
 //! - bob sends a file: alice's app downloads it by itself, shows it across a restart, and *Save*
 //!   copies it byte for byte into the downloads folder, never over a file;
 //! - over the auto-download limit a file waits for *Download*; a download paused part-way
-//!   stays paused across a restart of the app and then finishes where it stopped;
+//!   stays paused across a restart of the app and then finishes where it stopped; a cancelled
+//!   one leaves nothing behind; deleting a file message removes the app's copy;
 //! - files dropped on the window are sent once, a folder among them refused;
 //! - bad input (a name with a slash, no bytes, an unknown message) gets a readable error.
 
@@ -231,9 +232,10 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
         },
         |page| {
             page["messages"].as_array().unwrap().iter().any(|m| {
+                // The server's acknowledgement of the file message moves its ticks too.
                 m["id"] == sent["id"]
                     && m["file"]["state"] == json!("completed")
-                    && m["status"] != json!("pending")
+                    && m["status"] == json!("delivered")
             })
         },
     );
@@ -350,6 +352,32 @@ fn files_go_both_ways_with_previews_progress_save_and_a_restart() {
         .invoke("save_file", json!({"peerId": "bob", "seq": done["seq"]}))
         .unwrap();
     assert_eq!(std::fs::read(saved.as_str().unwrap()).unwrap(), big);
+    // A download cancelled part-way leaves nothing behind and can be started again.
+    rt.block_on(bob.send_file(&alice_id, &big_path, FileMeta::default()))
+        .unwrap();
+    let offered = alice_sees(&app, "the second big file offered", |m| {
+        m["file"]["state"] == json!("offered") && m["seq"] != done["seq"]
+    });
+    app.invoke(
+        "download_file",
+        json!({"peerId": "bob", "seq": offered["seq"]}),
+    )
+    .unwrap();
+    app.invoke(
+        "control_transfer",
+        json!({"peerId": "bob", "seq": offered["seq"], "action": "cancel"}),
+    )
+    .unwrap();
+    alice_sees(&app, "the download cancelled", |m| {
+        m["file"]["state"] == json!("cancelled")
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(app.dir().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{}-", offered["seq"])))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // Deleting the message on this device removes the app's copy of its file.
     let kept = std::fs::read_dir(app.dir().join("files"))
         .unwrap()

@@ -256,7 +256,7 @@ async fn without_a_transfers_directory_files_are_off() {
 }
 
 #[tokio::test]
-async fn a_file_over_the_servers_limit_fails_with_a_typed_error() {
+async fn a_file_over_the_servers_limits_fails_with_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let server = lattice_server::spawn(Config {
         data_dir: Some(dir.path().join("server")),
@@ -279,6 +279,33 @@ async fn a_file_over_the_servers_limit_fails_with_a_typed_error() {
         panic!("expected a failure, got {:?}", p.state);
     };
     assert!(reason.contains("FILE_TOO_LARGE"), "{reason}");
+    // Nothing to retry: the transfer keeps its journal for an explicit resume, and stays failed.
+    assert!(matches!(
+        alice.transfers()[0].state,
+        TransferState::Failed(_)
+    ));
+    server.shutdown().await;
+
+    // Over the sender's quota: the same, with the server's other error type.
+    let server = lattice_server::spawn(Config {
+        data_dir: Some(dir.path().join("server2")),
+        blob_sender_quota: 1000,
+        ..Config::for_tests()
+    })
+    .await
+    .unwrap();
+    let url = server.url();
+    let (alice, mut alice_events) = online(&url, "alice", &dir.path().join("2")).await;
+    let (_bob, _bob_events) = online(&url, "bob", &dir.path().join("2")).await;
+    let up = alice
+        .send_file(&id("bob"), &src, FileMeta::default())
+        .await
+        .unwrap();
+    let p = finished(&mut alice_events, &up).await;
+    let TransferState::Failed(reason) = p.state else {
+        panic!("expected a failure, got {:?}", p.state);
+    };
+    assert!(reason.contains("SENDER_QUOTA_EXCEEDED"), "{reason}");
     server.shutdown().await;
 }
 

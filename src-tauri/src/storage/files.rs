@@ -343,6 +343,27 @@ impl Db {
         Db::message_by_seq(&conn, record.seq)
     }
 
+    /// The local id of our file message to `peer` sent with `wire_id`, if there is one (its
+    /// server acknowledgement moves its ticks: the library, not the outbox, sent it).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn outgoing_file_by_wire(
+        &self,
+        peer: &ClientId,
+        wire_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT m.message_id FROM messages m JOIN attachments a ON a.seq = m.seq
+                 WHERE m.peer_id = ?1 AND m.outgoing = 1 AND m.wire_id = ?2",
+                params![peer.as_str(), wire_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Attaches `file` to the stored message `seq` (an outgoing file message just queued, or an
     /// incoming one just stored).
     ///
