@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-peer bench-delivery bench-files bench-scale soak bundle
+.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-mls bench-peer bench-delivery bench-files bench-scale soak bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -47,6 +47,11 @@ bench: bench-crypto bench-peer
 
 bench-crypto:
 	$(CARGO) bench -p lattice-crypto
+
+## MLS (docs/security.md): 1 KiB encrypt/decrypt with SQLite state beside lattice-v1 sign+seal /
+## open+verify in one run; add/remove time and Commit/Welcome bytes at 2, 10 and 100 members.
+bench-mls:
+	$(CARGO) bench -p lattice-mls --bench mls -- --warm-up-time 1 --measurement-time 3
 
 ## The delivery paths for verified recipients side by side (docs/performance.md): committed
 ## before the answer (--ack-wait 0), end-to-end delivered, and the memory-only path.

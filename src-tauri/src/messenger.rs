@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW, TYPING_RESEND};
 use crate::events::{EventSink, SessionEvent};
-use crate::session::{Session, SessionConfig, SessionError};
+use crate::session::{Envelopes, Session, SessionConfig, SessionError};
 use crate::storage::content::{ReplyRef, Target};
 use crate::storage::settings::{ServerMode, Settings};
 use crate::storage::{self, Db, MessageRecord, StorageError};
@@ -139,6 +139,10 @@ struct Live {
     connection: Option<ConnectionView>,
     /// When "started typing" was last sent to each peer (at most [`TYPING_PEERS`]).
     typing_sent: std::collections::HashMap<ClientId, tokio::time::Instant>,
+    /// Which envelope messages to each peer go in, while a session runs.
+    envelopes: Option<Envelopes>,
+    /// The peers last shown as speaking MLS (to publish the list again when one moves over).
+    mls_shown: BTreeSet<ClientId>,
 }
 
 /// The app's state, shared by the messenger and the task applying session events.
@@ -789,6 +793,7 @@ impl Messenger {
         if let Some(old) = slot.take() {
             old.stop().await;
         }
+        lock(&self.state.live).envelopes = None;
         self.state.clear_presence();
         let settings = self.settings();
         let (Some(client_id), Some(identity)) = (settings.client_id.clone(), self.state.identity())
@@ -806,6 +811,7 @@ impl Messenger {
         };
         match Session::start(config, events).await {
             Ok(session) => {
+                lock(&self.state.live).envelopes = Some(session.envelopes());
                 let applier = tokio::spawn(apply_events(Arc::clone(&self.state), rx));
                 *slot = Some(Running { session, applier });
                 Ok(())
@@ -823,6 +829,7 @@ impl Messenger {
         if let Some(running) = self.session.lock().await.take() {
             running.stop().await;
         }
+        lock(&self.state.live).envelopes = None;
     }
 
     /// Asks the server for its demo conversation.
@@ -914,6 +921,7 @@ impl State {
         let db = Db::open(&data_dir.join(storage::DB_FILE))?;
         let mut private = storage::db_files(data_dir);
         private.push(data_dir.join(storage::SETTINGS_FILE));
+        private.extend(storage::mls_state_files(data_dir));
         storage::restrict_files(&private)?;
         let identity = storage::load_identity(data_dir, false)?.map(|(identity, _)| identity);
         let auto_download = crate::session::AutoDownload::new(settings.auto_download_bytes);
@@ -1006,7 +1014,11 @@ impl State {
 
     /// The peer list: contacts from disk joined with presence.
     fn peer_views(&self) -> Result<Vec<PeerView>, StorageError> {
-        let online = lock(&self.live).online.clone();
+        let (online, envelopes) = {
+            let live = lock(&self.live);
+            (live.online.clone(), live.envelopes.clone())
+        };
+        let speaks_mls = |peer: &ClientId| envelopes.as_ref().is_some_and(|e| e.speaks_mls(peer));
         let me = self.settings().client_id;
         let mut views: Vec<PeerView> = self
             .db
@@ -1015,8 +1027,14 @@ impl State {
             .filter(|r| Some(&r.peer_id) != me.as_ref())
             .map(|r| {
                 let is_online = online.contains(&r.peer_id);
-                PeerView::from_record(r, is_online)
+                let mls = speaks_mls(&r.peer_id);
+                PeerView::from_record(r, is_online, mls)
             })
+            .collect();
+        lock(&self.live).mls_shown = views
+            .iter()
+            .filter(|p| p.mls)
+            .map(|p| p.id.clone())
             .collect();
         // Conversations first (most recent first, as stored), then online people, then the rest.
         views.sort_by_key(|p| (p.last_at.is_none(), !p.online && p.last_at.is_none()));
@@ -1068,7 +1086,20 @@ impl State {
     /// Applies a delivery update to an outgoing message and tells the page what it is now.
     fn advance(&self, local_id: &str, status: DeliveryStatus) {
         match self.db.advance_status(local_id, status) {
-            Ok(Some(record)) => self.ui.send(Update::Message(record.into())),
+            Ok(Some(record)) => {
+                // The first message to a peer may have moved the conversation to MLS.
+                let moved = {
+                    let live = lock(&self.live);
+                    live.envelopes
+                        .as_ref()
+                        .is_some_and(|e| e.speaks_mls(&record.peer_id))
+                        != live.mls_shown.contains(&record.peer_id)
+                };
+                self.ui.send(Update::Message(record.into()));
+                if moved {
+                    self.publish_peers();
+                }
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot update a message's status"),
         }

@@ -59,6 +59,9 @@ pub struct PeerView {
     pub original: bool,
     /// The peer's identity key changed and the change was not accepted yet.
     pub key_changed: bool,
+    /// Messages to and from this peer go over MLS (forward secret, post-compromise secure,
+    /// post-quantum key agreement): it is pinned as speaking MLS (docs/mls.md).
+    pub mls: bool,
     /// Fingerprint of the pinned identity key.
     pub fingerprint: Option<String>,
     /// Fingerprint of the new, not yet accepted key.
@@ -77,8 +80,9 @@ pub struct PeerView {
 
 impl PeerView {
     /// Joins what the disk knows with presence.
-    pub fn from_record(r: PeerRecord, online: bool) -> Self {
+    pub fn from_record(r: PeerRecord, online: bool, mls: bool) -> Self {
         Self {
+            mls,
             fingerprint: r.identity_key.as_deref().and_then(fingerprint_of),
             key_changed: r.pending_fingerprint.is_some(),
             original: r.sent_unsigned && r.identity_key.is_none(),

@@ -69,6 +69,8 @@ pub enum Command {
     GroupPick(String),
     /// `/members`: the current group's members with their fingerprints.
     Members,
+    /// `/info`: the current conversation and the envelope its messages travel in.
+    Info,
     /// `/send <path>`: send a file to the current peer (encrypted, resumable).
     SendFile(String),
     /// `/get <n> [path]`: save the file of message `#n` (default: its name, in the current
@@ -99,6 +101,7 @@ commands:
   /peers          list online peers (✓ = verified identity)
   /to <peer>      talk to <peer>; plain lines are sent to it
   /fp [peer]      show your fingerprint, or <peer>'s, to compare out of band
+  /info           the current conversation and its envelope (mls, lattice-v1, ml-kem-aes)
   /accept <peer>  trust <peer>'s new key with the fingerprint shown as \"now:\" (compare it first!)
   /ask            start the server's demo conversation
   /answer [#n] <answer>  answer the server's question #n (the number it was shown with;
@@ -204,6 +207,7 @@ pub fn parse(line: &str) -> Command {
     let arg = parts.next().map(str::to_owned);
     match (name, arg) {
         ("peers" | "p", _) => Command::Peers,
+        ("info" | "i", _) => Command::Info,
         ("to" | "t", Some(p)) => Command::To(p),
         ("fp", p) => Command::Fingerprint(p),
         ("accept", Some(p)) => Command::Accept(p),
@@ -390,6 +394,7 @@ mod tests {
     #[test]
     fn parses_commands_and_text() {
         assert_eq!(parse("/peers"), Command::Peers);
+        assert_eq!(parse("/info"), Command::Info);
         assert_eq!(parse("/to bob"), Command::To("bob".into()));
         assert_eq!(
             parse("/to"),

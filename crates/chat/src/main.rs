@@ -468,6 +468,41 @@ fn current_peer(peer: &MessagingPeer, ui: &Shared) -> Option<ClientId> {
     }
 }
 
+/// `/info`: the current conversation and the envelope its messages travel in.
+fn info(peer: &MessagingPeer, ui: &Shared, group: Option<&lattice_peer::GroupId>) {
+    if let Some(g) = group {
+        match peer.group_info(g) {
+            Ok(i) => println!(
+                "-- group [{}], epoch {}, {} members; envelope mls (MLS group: forward secrecy, post-compromise security)",
+                escape(&i.name),
+                i.epoch,
+                i.members.len()
+            ),
+            Err(e) => println!("!! {}", escape(&e.to_string())),
+        }
+        return;
+    }
+    let Some(p) = ui.lock().ok().and_then(|u| u.current.clone()) else {
+        println!("-- no conversation picked (/to <peer> or /g <group>)");
+        return;
+    };
+    let name = escape(p.as_str());
+    let line = match (
+        peer.conversation_envelope(&p),
+        peer.peer_fingerprint(&p).ok().flatten(),
+    ) {
+        (Some(lattice_peer::Algorithm::Mls), _) => format!(
+            "envelope mls: a 1:1 MLS conversation (forward secrecy, post-compromise security); older envelopes from {name} are refused"
+        ),
+        (_, Some(_)) if peer.groups_enabled() => format!(
+            "envelope lattice-v1 (signed, sealed to {name}'s long-term key); the next message moves to MLS if {name} supports it"
+        ),
+        (_, Some(_)) => "envelope lattice-v1 (signed, sealed to the long-term key)".to_owned(),
+        (_, None) => "envelope ml-kem-aes: an original client, unauthenticated".to_owned(),
+    };
+    println!("-- talking to {name}: {line}");
+}
+
 /// Message `#n` of the conversation with `to`, if it is one (says why not otherwise).
 fn message_in(history: &History, to: &ClientId, n: i64) -> anyhow::Result<Option<history::Row>> {
     match history.get(n)? {
@@ -488,8 +523,17 @@ fn message_in(history: &History, to: &ClientId, n: i64) -> anyhow::Result<Option
 
 /// Sends `content` to `to`; the message id, or `None` (and why) if it was not sent.
 async fn send(peer: &MessagingPeer, to: &ClientId, content: &Content) -> Option<MessageId> {
+    let before = peer.conversation_envelope(to);
     match peer.send_content(to, content).await {
-        Ok(sent) => Some(sent.message_id),
+        Ok(sent) => {
+            if before.is_none() && sent.algorithm == lattice_peer::Algorithm::Mls {
+                println!(
+                    "-- {}: end-to-end encrypted with MLS from now on (forward secrecy; older envelopes from it are refused)",
+                    escape(to.as_str())
+                );
+            }
+            Some(sent.message_id)
+        }
         Err(e) => {
             println!(
                 "!! not sent to {}: {}",
@@ -674,6 +718,7 @@ async fn handle(
                 replace_task(&mut u.peers_task, task);
             }
         }
+        Command::Info => info(peer, ui, group.as_ref()),
         Command::Reconnect => {
             if peer.connection_state() == ConnectionState::Connected {
                 println!("-- already connected");

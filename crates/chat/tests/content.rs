@@ -282,3 +282,81 @@ async fn with_read_receipts_off_none_are_sent_and_none_are_shown() {
     chat.quit().await;
     alice.disconnect().await;
 }
+
+/// Both sides have MLS state (the chat always has): the 1:1 conversation moves to MLS by itself,
+/// `/info` says so, and the content commands ride inside it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_moves_to_mls_by_itself_and_info_shows_the_envelope() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let mut chat = Chat::start(&server.url, tmp.path()).await;
+    let (alice_id, bob) = (
+        ClientId::new("alice").unwrap(),
+        ClientId::new("bob").unwrap(),
+    );
+    let mut config = PeerConfig::new(
+        server.url.clone(),
+        alice_id.clone(),
+        lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+    );
+    config.mls_state = Some(tmp.path().join("alice-mls.sqlite3"));
+    let alice = MessagingPeer::new(config).unwrap();
+    let mut events = alice.events();
+    alice.connect().await.unwrap();
+    // The chat uploads its KeyPackages right after registering: wait until the server has them
+    // (a probe consumes one of bob's 32).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let probe = alice
+            .send_to_server_and_wait(
+                lattice_protocol::ClientFrame::KeyPackageFetch(lattice_protocol::KeyPackageFetch {
+                    client_id: bob.clone(),
+                }),
+                "key_package_fetch",
+                lattice_peer::WaitOptions::default(),
+            )
+            .await;
+        if probe.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never published KeyPackages"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let sent = alice.send_message(&bob, "over mls").await.unwrap();
+    assert_eq!(sent.algorithm, lattice_peer::Algorithm::Mls);
+    assert_eq!(chat.until("over mls").await, "#1 [alice ✓] over mls");
+    chat.type_line("/to alice").await;
+    chat.until("-- talking to alice").await;
+    chat.type_line("/info").await;
+    let info = chat.until("-- talking to alice:").await;
+    assert!(info.contains("envelope mls"), "{info}");
+
+    chat.type_line("/reply 1 ok").await;
+    chat.until("ok").await;
+    let reply = next_event(&mut events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reply.algorithm, lattice_peer::Algorithm::Mls);
+    assert!(matches!(reply.content, Content::Reply { ref text, .. } if text == "ok"));
+    chat.type_line("/edit ok!").await;
+    let edit = next_event(&mut events, |e| match e {
+        PeerEvent::Update(u) if matches!(u.change, Change::Edited { .. }) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        edit.change,
+        Change::Edited {
+            target: reply.message_id.clone().unwrap(),
+            text: "ok!".into()
+        }
+    );
+    chat.quit().await;
+    alice.disconnect().await;
+}

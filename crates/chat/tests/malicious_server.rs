@@ -27,6 +27,13 @@ async fn next_sent(conn: &mut FakeConn) -> serde_json::Value {
         let v = conn.recv().await;
         // Acks, and the KeyPackage top-up the client sends by itself after each verified
         // registration (groups are on in the chat; this fake server leaves it unanswered).
+        if v["type"] == "key_package_fetch" {
+            // The chat tries MLS first for a 1:1 conversation: bob is an older client, with no
+            // KeyPackage, so lattice-v1 it is.
+            conn.send(error_frame("NO_KEY_PACKAGE", Some(&v["requestId"])))
+                .await;
+            continue;
+        }
         if v["type"] != "ack" && v["type"] != "key_package_upload" {
             return v;
         }

@@ -1,6 +1,8 @@
 //! Costs of the MLS engine with SQLite-backed state (each operation one transaction on a WAL
-//! file in a temp dir): encrypt/decrypt of a 1 KiB message, and add/remove time at 2, 10 and
-//! 100 members, with the Commit and Welcome sizes printed alongside.
+//! file in a temp dir): encrypt/decrypt of a 1 KiB message, side by side in the same run with
+//! today's 1:1 envelope (`lattice-v1` seal + Ed25519 signature, open + verify) as the reference,
+//! and add/remove time at 2, 10 and 100 members, with the Commit and Welcome sizes printed
+//! alongside. `make bench-mls`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -45,7 +47,39 @@ fn key_package(of: &mut MlsClient, by: &MlsClient, pins: &Pins) -> ValidatedKeyP
     by.validate_key_package(&kp, pins).unwrap()
 }
 
+/// The reference: a `lattice-v1` 1:1 message as `lattice-peer` makes it (sign, seal) and
+/// reads it (open, verify), without the JSON around it.
+fn lattice_v1_reference(c: &mut Criterion) {
+    use lattice_crypto::lattice_v1::{self, Context};
+    let ctx = Context {
+        sender_id: "alice",
+        recipient_id: "bob",
+        message_id: "01J9Z3K8Q4W6X2Y7V5T0R1S3N8",
+    };
+    let alice = IdentityKeyPair::generate(&mut OsRng);
+    let bob = lattice_crypto::KemKeyPair::generate(&mut OsRng);
+    let message = vec![0x61_u8; 1024];
+    let sealed = lattice_v1::seal(&mut OsRng, bob.public_key(), &ctx, &message).unwrap();
+    let sig = alice.sign(&message);
+    let mut g = c.benchmark_group("lattice_v1_1KiB_reference");
+    g.throughput(Throughput::Bytes(1024));
+    g.bench_function("sign+seal", |b| {
+        b.iter(|| {
+            black_box(alice.sign(black_box(&message)));
+            lattice_v1::seal(&mut OsRng, bob.public_key(), &ctx, black_box(&message)).unwrap()
+        })
+    });
+    g.bench_function("open+verify", |b| {
+        b.iter(|| {
+            let plain = lattice_v1::open(&bob, &ctx, black_box(&sealed)).unwrap();
+            alice.public_key().verify(&plain, &sig).unwrap();
+        })
+    });
+    g.finish();
+}
+
 fn messages(c: &mut Criterion) {
+    lattice_v1_reference(c);
     messages_on(c, "mls_1KiB_sqlite_file", true);
     messages_on(c, "mls_1KiB_sqlite_memory", false);
 }

@@ -269,6 +269,16 @@ pub enum PeerError {
         /// The bound.
         max: usize,
     },
+    /// `peer` is known to speak MLS (pinned durably, see `docs/security.md`, downgrade rule),
+    /// but no MLS conversation with it can be set up now (no KeyPackage at the server, a refused
+    /// Welcome, ...). Nothing was sent: Lattice never falls back to an older envelope for it.
+    #[error("{peer} speaks MLS but no MLS conversation can be set up now ({reason}); nothing was sent in an older envelope")]
+    MlsRequired {
+        /// The peer.
+        peer: ClientId,
+        /// Why the MLS conversation could not be had.
+        reason: String,
+    },
 }
 
 /// Why a downloaded (or uploaded) file was refused.
@@ -470,6 +480,14 @@ pub enum RejectReason {
     /// identity key: a downgrade, refused.
     #[error("unauthenticated message from a peer with a pinned identity key")]
     Downgrade,
+    /// A message in an older envelope (`lattice-v1` or `ml-kem-aes`) from a peer known to speak
+    /// MLS (pinned durably): a downgrade, refused for good whatever its signature (see
+    /// `docs/security.md`, downgrade rule).
+    #[error("{algorithm} message from a peer that speaks MLS: downgrade refused")]
+    MlsDowngrade {
+        /// The envelope algorithm it came in (at most 32 characters of it).
+        algorithm: String,
+    },
     /// A message id already received from this sender (or, for a signed message whose sender's
     /// window was forgotten, a `sentAt` not newer than its high-water mark, see
     /// [`crate::ReplayStore`]). Not reported any more: a duplicate is what the server sends when

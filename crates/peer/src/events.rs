@@ -51,6 +51,9 @@ pub enum Algorithm {
     LatticeV1,
     /// `ml-kem-aes`: the original clients' envelope; authenticates nobody.
     MlKemAes,
+    /// `mls`: a 1:1 conversation as a two-member MLS group (forward secrecy, post-compromise
+    /// security); the sender is authenticated by its MLS credential, bound to its identity key.
+    Mls,
 }
 
 impl Algorithm {
@@ -59,6 +62,7 @@ impl Algorithm {
         match self {
             Self::LatticeV1 => lattice_crypto::lattice_v1::ALGORITHM,
             Self::MlKemAes => lattice_crypto::ml_kem_aes::ALGORITHM,
+            Self::Mls => lattice_protocol::MLS_ALGORITHM,
         }
     }
 }

@@ -18,6 +18,8 @@
 //!   pinned for its id in the [`crate::KeyStore`]; an id with no pin yet is fetched (TOFU, with
 //!   the `keySignature` check) and the operation tried again; a credential bound to another key
 //!   is refused loudly ([`PeerError::GroupIdentity`]).
+//! - **1:1 conversations** over MLS live in [`direct`]: two-member groups marked by their name,
+//!   hidden from the group list, whose messages come up as ordinary 1:1 messages.
 //! - **Healing.** Each group gets a self-update Commit every [`crate::PeerConfig::group_self_update`]
 //!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
 
@@ -38,8 +40,14 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod direct;
+
+use direct::DirectBook;
+pub(crate) use direct::DIRECT_GROUP_NAME;
+
 use crate::content::Content;
 use crate::events::{Dispatcher, GroupChange, GroupMessage, PeerEvent};
+use crate::history::History;
 use crate::link::{Lane, Link};
 use crate::requests::Requests;
 use crate::sanitize::Sanitized;
@@ -164,6 +172,14 @@ pub(crate) struct Groups {
     requests: Arc<Requests>,
     link: Arc<Link>,
     dispatcher: Arc<Dispatcher>,
+    /// What 1:1 messages over MLS are checked against (edits, deletes, receipts).
+    history: Arc<History>,
+    /// The 1:1 conversations and MLS-capable peers ([`direct`]). std Mutex: short lookups and
+    /// updates, never held across an await.
+    direct: Mutex<DirectBook>,
+    /// One 1:1 conversation set-up at a time. tokio Mutex: held across the KeyPackage fetch and
+    /// the Commit.
+    direct_setup: tokio::sync::Mutex<()>,
     /// One MLS change at a time: an incoming message, or one Commit of ours from making it to
     /// confirming or discarding it. tokio Mutex: held across the wait for the server's verdict.
     op: tokio::sync::Mutex<()>,
@@ -183,6 +199,15 @@ pub(crate) struct Groups {
     /// Ourselves, for the tasks we spawn (set once by [`Groups::into_arc`]).
     this: Mutex<Option<std::sync::Weak<Groups>>>,
 }
+
+/// The components [`Groups`] talks to: trust, requests, the link, events and the history.
+pub(crate) type Components = (
+    Arc<Trust>,
+    Arc<Requests>,
+    Arc<Link>,
+    Arc<Dispatcher>,
+    Arc<History>,
+);
 
 /// The table where the time of each group's last self-update is kept (in the MLS database).
 const HEAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_group_heal (
@@ -219,9 +244,9 @@ impl Groups {
         identity: &Identity,
         client_id: ClientId,
         self_update: Duration,
-        components: (Arc<Trust>, Arc<Requests>, Arc<Link>, Arc<Dispatcher>),
+        components: Components,
     ) -> Result<Self, PeerError> {
-        let (trust, requests, link, dispatcher) = components;
+        let (trust, requests, link, dispatcher, history) = components;
         // The file holds every group's secrets: owner-only from its creation (SQLite gives its
         // -wal and -shm files the same permissions).
         let mut options = std::fs::OpenOptions::new();
@@ -275,6 +300,8 @@ impl Groups {
             });
             heal.updated_ago(g, ago);
         }
+        let direct = DirectBook::load(mls.connection(), &mls.groups())
+            .map_err(|e| mls_error(e.into(), None))?;
         let (queue_tx, queue_rx) = mpsc::channel(defaults::GROUP_RECEIVE_QUEUE);
         Ok(Self {
             client_id,
@@ -283,6 +310,9 @@ impl Groups {
             requests,
             link,
             dispatcher,
+            history,
+            direct: Mutex::new(direct),
+            direct_setup: tokio::sync::Mutex::new(()),
             op: tokio::sync::Mutex::new(()),
             epoch_moved: Notify::new(),
             replenishing: tokio::sync::Mutex::new(()),
@@ -595,6 +625,11 @@ impl Groups {
         name: &str,
         members: &[ClientId],
     ) -> Result<GroupId, PeerError> {
+        if name == DIRECT_GROUP_NAME {
+            return Err(PeerError::InvalidArgument(format!(
+                "{DIRECT_GROUP_NAME:?} is reserved for 1:1 conversations"
+            )));
+        }
         let members = self.others(members)?;
         let mut kps = Vec::with_capacity(members.len());
         for m in &members {
@@ -634,11 +669,22 @@ impl Groups {
         Ok(out)
     }
 
+    /// Refuses a membership or name change of a 1:1 conversation.
+    fn not_direct(&self, gid: &GroupId) -> Result<(), PeerError> {
+        match self.direct_peer(gid) {
+            Some(peer) => Err(PeerError::InvalidArgument(format!(
+                "this is the 1:1 conversation with {peer}; make a group instead"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) async fn invite(
         &self,
         gid: &GroupId,
         members: &[ClientId],
     ) -> Result<(), PeerError> {
+        self.not_direct(gid)?;
         let members = self.others(members)?;
         let mut kps = Vec::with_capacity(members.len());
         for m in &members {
@@ -652,12 +698,19 @@ impl Groups {
         gid: &GroupId,
         members: &[ClientId],
     ) -> Result<(), PeerError> {
+        self.not_direct(gid)?;
         let members = self.others(members)?;
         self.commit(gid, |mls| mls.remove_members(gid, &members))
             .await
     }
 
     pub(crate) async fn rename(&self, gid: &GroupId, name: &str) -> Result<(), PeerError> {
+        self.not_direct(gid)?;
+        if name == DIRECT_GROUP_NAME {
+            return Err(PeerError::InvalidArgument(format!(
+                "{DIRECT_GROUP_NAME:?} is reserved for 1:1 conversations"
+            )));
+        }
         self.commit(gid, |mls| mls.rename(gid, name)).await
     }
 
@@ -736,8 +789,12 @@ impl Groups {
         }
     }
 
+    /// The groups this device is in, 1:1 conversations left out.
     pub(crate) fn groups(&self) -> Vec<GroupId> {
-        lock(&self.mls).groups()
+        let all = lock(&self.mls).groups();
+        all.into_iter()
+            .filter(|g| self.direct_peer(g).is_none())
+            .collect()
     }
 
     pub(crate) fn info(&self, gid: &GroupId) -> Result<GroupInfo, PeerError> {
@@ -926,7 +983,7 @@ impl Groups {
                 if env.kind == MlsKind::Welcome {
                     self.schedule_heal(&g, Duration::ZERO);
                 }
-                self.handle_events(&g, from, d.message_id.as_ref(), events);
+                self.handle_events(&g, from, d.message_id.as_ref(), d.timestamp, events);
                 true
             }
             Err(MlsError::StaleEpoch { got, current }) => {
@@ -966,8 +1023,10 @@ impl Groups {
         gid: &GroupId,
         from: &ClientId,
         message_id: Option<&MessageId>,
+        timestamp: u64,
         events: Vec<GroupEvent>,
     ) {
+        let direct_peer = self.track_direct(gid, from, &events);
         let mut app = Vec::new();
         let mut changes = Vec::new();
         for e in events {
@@ -977,6 +1036,14 @@ impl Groups {
             }
         }
         for (sender, bytes) in app {
+            if let Some(peer) = &direct_peer {
+                if sender.client_id != *from {
+                    self.refuse(Some(gid), from, "sent by one member but signed by another");
+                } else {
+                    self.read_direct(peer, from, message_id, timestamp, &bytes);
+                }
+                continue;
+            }
             match self.read_application(gid, from, message_id, &sender.client_id, &bytes) {
                 Ok(m) => self.dispatcher.emit(PeerEvent::GroupMessage(m)),
                 Err(reason) => self.refuse(Some(gid), from, &reason),
@@ -1025,6 +1092,10 @@ impl Groups {
     }
 
     fn emit_changes(&self, gid: &GroupId, by: Option<&ClientId>, events: Vec<GroupEvent>) {
+        if self.direct_peer(gid).is_some() {
+            // A 1:1 conversation's epochs and key rotations are not the app's concern.
+            return;
+        }
         for e in events {
             let change = match e {
                 GroupEvent::Joined { name, members } => GroupChange::Joined {
@@ -1169,6 +1240,10 @@ mod tests {
                 Arc::clone(&kit.requests),
                 Arc::clone(&kit.link),
                 Arc::clone(&kit.dispatcher),
+                Arc::new(crate::history::History::new(
+                    id("bob"),
+                    Arc::new(crate::history::NoHistory),
+                )),
             ),
         )
         .unwrap()

@@ -87,7 +87,7 @@ pub(crate) enum Opened {
 }
 
 impl Opened {
-    fn into_event(self) -> PeerEvent {
+    pub(crate) fn into_event(self) -> PeerEvent {
         match self {
             Self::Message(m) => PeerEvent::Message(*m),
             Self::Update(u) => PeerEvent::Update(u),
@@ -527,7 +527,14 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<Opened, RejectReason> {
                 .check(&d.from_id, &outer_id, msg.sent_at, &content)?;
             check_signed_replay(inbox, &d.from_id, &outer_id, msg.sent_at)?;
             inbox.history.commit(record);
-            Ok(opened(d, outer_id, msg.sent_at, content))
+            Ok(opened(
+                &d.from_id,
+                d.timestamp,
+                outer_id,
+                msg.sent_at,
+                content,
+                Algorithm::LatticeV1,
+            ))
         }
         ml_kem_aes::ALGORITHM => {
             // A peer with a pinned identity always signs; an unsigned message in its name is a
@@ -562,14 +569,22 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<Opened, RejectReason> {
     }
 }
 
-/// A verified version 1 or 2 message that passed every check, as what it is to the app.
-fn opened(d: &Delivered, message_id: MessageId, sent_at: u64, content: Content) -> Opened {
+/// A verified message (`lattice-v1` version 1 or 2, or a 1:1 MLS message) that passed every
+/// check, as what it is to the app.
+pub(crate) fn opened(
+    from: &ClientId,
+    server_timestamp: u64,
+    message_id: MessageId,
+    sent_at: u64,
+    content: Content,
+    algorithm: Algorithm,
+) -> Opened {
     let update = |change| {
         Opened::Update(ContentUpdate {
-            from: d.from_id.clone(),
+            from: from.clone(),
             message_id: message_id.clone(),
             sent_at,
-            server_timestamp: d.timestamp,
+            server_timestamp,
             change,
         })
     };
@@ -588,14 +603,14 @@ fn opened(d: &Delivered, message_id: MessageId, sent_at: u64, content: Content) 
         Content::Receipt { read } => update(Change::Read { message_ids: read }),
         Content::Typing { started } => update(Change::Typing { started }),
         content => Opened::Message(Box::new(IncomingMessage {
-            from: d.from_id.clone(),
+            from: from.clone(),
             text: content.display_text().unwrap_or_default(),
             content,
             message_id: Some(message_id.clone()),
             verified: true,
-            algorithm: Algorithm::LatticeV1,
+            algorithm,
             sent_at: Some(sent_at),
-            server_timestamp: d.timestamp,
+            server_timestamp,
         })),
     }
 }

@@ -18,8 +18,8 @@ use crate::connection::{self, Policy, Session};
 use crate::content::Content;
 use crate::content::FileOffer;
 use crate::events::{
-    ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
-    TransferId, TransferProgress,
+    Algorithm, ConnectionState, Dispatcher, HandlerHandle, IncomingMessage, IncomingQuestion,
+    PeerEvent, TransferId, TransferProgress,
 };
 use crate::files::{FileMeta, Files};
 use crate::groups::{GroupInfo, Groups};
@@ -176,7 +176,7 @@ impl MessagingPeer {
             Arc::clone(&link),
             Arc::clone(&dispatcher),
             replay_store,
-            history,
+            Arc::clone(&history),
         ));
         let groups = match &config.mls_state {
             Some(path) => Some(
@@ -190,6 +190,7 @@ impl MessagingPeer {
                         Arc::clone(&requests),
                         Arc::clone(&link),
                         Arc::clone(&dispatcher),
+                        Arc::clone(&history),
                     ),
                 )?
                 .into_arc(),
@@ -513,7 +514,12 @@ impl MessagingPeer {
     }
 
     /// Sends a [`Content`] (a text, a reply, an edit, a delete, a reaction, a read receipt, a
-    /// typing notice) to `target`, like [`MessagingPeer::send_message`]. To a Lattice peer it
+    /// typing notice) to `target`, like [`MessagingPeer::send_message`]. With groups on
+    /// ([`PeerConfig::mls_state`]) and a peer that speaks MLS it goes in the 1:1 MLS
+    /// conversation (set up on the first message, see [`MessagingPeer::conversation_envelope`]);
+    /// it then returns once the server accepted it ([`crate::Algorithm::Mls`], no
+    /// [`PeerEvent::MessageAck`] follows), and fails with [`PeerError::MlsRequired`] rather than
+    /// fall back to an older envelope for a peer pinned as MLS-capable. To another Lattice peer it
     /// goes as a version 2 `lattice-v1` message signed over the whole content; an original
     /// (`ml-kem-aes`) client gets plain text only ([`Content::plain_text`]: a reply as quoted
     /// text, an edit as a new text) and nothing at all for the other kinds.
@@ -535,10 +541,23 @@ impl MessagingPeer {
         target: &ClientId,
         content: &Content,
     ) -> Result<SentMessage, PeerError> {
-        self.inner
-            .outbox
-            .send(target, content, new_message_id())
-            .await
+        self.send_any(target, content, new_message_id()).await
+    }
+
+    /// Sends over MLS to a peer that speaks it (setting the 1:1 conversation up on first
+    /// contact), in an older envelope to any other.
+    async fn send_any(
+        &self,
+        target: &ClientId,
+        content: &Content,
+        message_id: MessageId,
+    ) -> Result<SentMessage, PeerError> {
+        if let Some(g) = &self.inner.groups {
+            if let Some(sent) = g.send_direct(target, content, message_id.clone()).await? {
+                return Ok(sent);
+            }
+        }
+        self.inner.outbox.send(target, content, message_id).await
     }
 
     /// [`MessagingPeer::send_content`] with a message id chosen by the caller (see
@@ -552,7 +571,7 @@ impl MessagingPeer {
         content: &Content,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
-        self.inner.outbox.send(target, content, message_id).await
+        self.send_any(target, content, message_id).await
     }
 
     /// [`MessagingPeer::send_message`] with a message id chosen by the caller, for a caller that
@@ -571,9 +590,7 @@ impl MessagingPeer {
         text: &str,
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
-        self.inner
-            .outbox
-            .send(target, &Content::Text(text.to_owned()), message_id)
+        self.send_any(target, &Content::Text(text.to_owned()), message_id)
             .await
     }
 
@@ -858,7 +875,20 @@ impl MessagingPeer {
         self.groups()?.send(group, content).await
     }
 
-    /// The groups this device is in.
+    /// The envelope messages to `peer` go in now: [`Algorithm::Mls`] when it is pinned as
+    /// speaking MLS (a 1:1 MLS conversation exists or will be set up on the next message, and
+    /// nothing older is accepted from it), otherwise `None`: the next message asks the server
+    /// for its KeyPackage when groups are on, and falls back to `lattice-v1` (or `ml-kem-aes`
+    /// for an original client) when it has none.
+    pub fn conversation_envelope(&self, peer: &ClientId) -> Option<Algorithm> {
+        self.inner
+            .groups
+            .as_ref()
+            .filter(|g| g.speaks_mls(peer))
+            .map(|_| Algorithm::Mls)
+    }
+
+    /// The groups this device is in (1:1 MLS conversations are not listed).
     ///
     /// # Errors
     /// [`PeerError::GroupsDisabled`].

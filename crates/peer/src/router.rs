@@ -67,6 +67,11 @@ impl Router {
         let routed = self.requests.route(&frame);
         let request_id = frame.request_id;
         match frame.body {
+            ServerFrame::Message(d)
+                if self
+                    .groups
+                    .as_ref()
+                    .is_some_and(|g| g.refuses_downgrade(&d)) => {}
             ServerFrame::Message(d) if self.groups.is_some() && is_mls(&d) => {
                 if let Some(g) = &self.groups {
                     g.deliver(d);

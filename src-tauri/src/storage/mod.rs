@@ -35,6 +35,10 @@ pub use error::StorageError;
 
 /// File name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "lattice.sqlite3";
+/// File name of this device's MLS state inside the data directory (every MLS conversation's
+/// secrets; created owner-only by `lattice-peer`, kept apart from [`DB_FILE`]: docs/mls.md,
+/// *Desktop*).
+pub const MLS_STATE_FILE: &str = "mls.sqlite3";
 /// File name of the identity secret inside the data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
 /// File name of the settings store inside the data directory.
@@ -130,9 +134,18 @@ fn restrict(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
 
 /// The database file and the files SQLite keeps next to it.
 pub fn db_files(data_dir: &std::path::Path) -> Vec<PathBuf> {
+    sqlite_files(data_dir, DB_FILE)
+}
+
+/// The MLS state's files (the database and its `-wal`/`-shm`).
+pub fn mls_state_files(data_dir: &std::path::Path) -> Vec<PathBuf> {
+    sqlite_files(data_dir, MLS_STATE_FILE)
+}
+
+fn sqlite_files(data_dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
     ["", "-wal", "-shm"]
         .iter()
-        .map(|suffix| data_dir.join(format!("{DB_FILE}{suffix}")))
+        .map(|suffix| data_dir.join(format!("{name}{suffix}")))
         .collect()
 }
 

@@ -1,7 +1,8 @@
 //! Two instances of the app, alice's and bob's (two tauri-driver sessions, two data
 //! directories, one server): alice types and bob's app shows "alice is typing…"; bob reads and
 //! alice's message shows as read; with read receipts off in bob's app, bob's reading sends none
-//! and alice's reading is not shown to him, while typing still goes both ways. Screenshots of
+//! and alice's reading is not shown to him, while typing still goes both ways. The chat moves
+//! to MLS by itself (both headers show the tag). Screenshots of
 //! both windows; each checked with axe-core.
 
 use fantoccini::Client;
@@ -106,6 +107,16 @@ async fn two_apps_read_receipts_and_typing_and_the_setting_stops_both_directions
     // Bob reads it: alice's app shows it read.
     mark_read(&bob).await;
     until_status(&alice, "Are you coming tonight?", "read").await;
+    // Two desktops: the chat moved to MLS by itself, and both headers say so.
+    for (client, who) in [(&alice, "alice"), (&bob, "bob")] {
+        until_js(
+            client,
+            &format!("{who}'s header shows MLS"),
+            "const t = document.getElementById('conv-envelope'); \
+             return t !== null && t.textContent.includes('MLS');",
+        )
+        .await;
+    }
     shots.take(&alice, "two-apps-alice-sees-read").await;
     assert_accessible(&alice, "alice's window, her message read").await;
 

@@ -377,6 +377,14 @@ function renderHeader(peer) {
   if (peer.verified) {
     name.append(h("span", { class: "badge-verified", title: "Verified: you compared safety numbers" }, icon("shield")));
   }
+  if (peer.mls) {
+    // The envelope: MLS (docs/mls.md). Original clients keep their "Unverified" banner below.
+    name.append(h("span", {
+      class: "tag mls",
+      id: "conv-envelope",
+      title: "MLS: end-to-end encrypted with post-quantum key agreement, forward secrecy and post-compromise security",
+    }, "MLS · post-quantum, forward secret"));
+  }
   const sub = $("conv-sub");
   const parts = [peer.online ? "Online" : "Offline"];
   if (peer.verified) parts.push("Verified");
