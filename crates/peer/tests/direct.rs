@@ -7,71 +7,26 @@ mod support;
 
 use std::time::Instant;
 
-use lattice_crypto::Identity;
 use lattice_peer::{
-    Algorithm, Change, Content, EventStream, IncomingMessage, MessageRef, MessagingPeer, PeerError,
-    PeerEvent, RejectReason,
+    Algorithm, Change, Content, EventStream, IncomingMessage, MessageRef, PeerError, PeerEvent,
+    RejectReason,
 };
+use support::person::Person;
 use support::server::*;
 use support::*;
-use tempfile::TempDir;
 
-/// One person: an identity kept for restarts and an MLS state file.
-struct Person {
-    name: &'static str,
-    identity: Vec<u8>,
-    dir: TempDir,
-}
-
-impl Person {
-    fn new(name: &'static str) -> Self {
-        Self {
-            name,
-            identity: new_identity().to_bytes().to_vec(),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn identity(&self) -> Identity {
-        Identity::from_bytes(&self.identity).unwrap()
-    }
-
-    fn state(&self) -> std::path::PathBuf {
-        self.dir.path().join("mls.sqlite3")
-    }
-
-    /// Connects with MLS on and waits until its KeyPackages are at the server.
-    async fn online(&self, url: &str) -> (MessagingPeer, EventStream) {
-        let mut config = test_config(url, self.name, self.identity());
-        config.mls_state = Some(self.state());
-        let p = MessagingPeer::new(config).unwrap();
-        let events = p.events();
-        p.connect().await.unwrap();
-        assert!(p.publish_key_packages().await.unwrap() > 0);
-        (p, events)
-    }
-
-    /// Connects without MLS state: an older Lattice client (or another device) of this identity.
-    async fn older(&self, url: &str) -> (MessagingPeer, EventStream) {
-        let p = MessagingPeer::new(test_config(url, self.name, self.identity())).unwrap();
-        let events = p.events();
-        p.connect().await.unwrap();
-        (p, events)
-    }
-
-    /// The direct conversations recorded in its MLS state: (group id, peer), sorted.
-    fn direct_rows(&self) -> Vec<(Vec<u8>, String)> {
-        let conn = rusqlite::Connection::open(self.state()).unwrap();
-        let mut q = conn
-            .prepare("SELECT group_id, peer FROM lattice_peer_direct ORDER BY group_id")
-            .unwrap();
-        let rows = q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        rows
-    }
+/// The direct conversations recorded in `p`'s MLS state: (group id, peer), sorted.
+fn direct_rows(p: &Person) -> Vec<(Vec<u8>, String)> {
+    let conn = rusqlite::Connection::open(p.state()).unwrap();
+    let mut q = conn
+        .prepare("SELECT group_id, peer FROM lattice_peer_direct ORDER BY group_id")
+        .unwrap();
+    let rows = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    rows
 }
 
 /// The next 1:1 message; any error or group event fails the test (a 1:1 conversation raises
@@ -188,10 +143,10 @@ async fn the_first_message_to_an_offline_peer_goes_over_mls_and_survives_restart
     assert_eq!(again.algorithm, Algorithm::Mls);
     let m = next_message(&mut be).await;
     assert_eq!(text_of(&m), "again");
-    assert_eq!(a.direct_rows().len(), 1);
+    assert_eq!(direct_rows(&a).len(), 1);
     assert_eq!(
-        a.direct_rows(),
-        b.direct_rows()
+        direct_rows(&a),
+        direct_rows(&b)
             .into_iter()
             .map(|(g, _)| (g, "bob".into()))
             .collect::<Vec<_>>()
@@ -223,7 +178,7 @@ async fn both_sides_starting_at_once_converge_on_one_conversation() {
     // Whatever raced, both know the same direct groups and so pick the same one (the smallest
     // id): the next messages flow both ways in it.
     let groups =
-        |p: &Person| -> Vec<Vec<u8>> { p.direct_rows().into_iter().map(|(g, _)| g).collect() };
+        |p: &Person| -> Vec<Vec<u8>> { direct_rows(p).into_iter().map(|(g, _)| g).collect() };
     assert_eq!(groups(&a), groups(&b));
     assert!(matches!(groups(&a).len(), 1 | 2), "{:?}", groups(&a));
     eprintln!("direct groups after the race: {}", groups(&a).len());
@@ -249,7 +204,7 @@ async fn an_older_lattice_client_still_talks_lattice_v1_both_ways() {
     let url = server.url();
     let (a, b) = (Person::new("alice"), Person::new("bob"));
     let (alice, mut ae) = a.online(&url).await;
-    let (bob, mut be) = b.older(&url).await;
+    let (bob, mut be) = b.without_mls(&url).await;
 
     let sent = alice
         .send_message(&id("bob"), "to an older client")
@@ -287,7 +242,7 @@ async fn a_lattice_v1_message_from_a_peer_that_speaks_mls_is_refused() {
     drop((bob, be));
 
     for round in 0..2 {
-        let (old, _oe) = b.older(&url).await;
+        let (old, _oe) = b.without_mls(&url).await;
         let sent = old.send_message(&id("alice"), "downgraded").await.unwrap();
         assert_eq!(sent.algorithm, Algorithm::LatticeV1);
         let (reason, message_id) = wait_for(&mut ae, |e| match e {
@@ -338,7 +293,7 @@ async fn a_tampered_or_replayed_one_to_one_mls_message_is_refused_and_the_conver
         assert_eq!(next_message(&mut me).await.algorithm, Algorithm::Mls);
         mallory.disconnect().await;
     }
-    let rows = m.direct_rows();
+    let rows = direct_rows(&m);
     assert_eq!(rows.len(), 1);
     let g = lattice_peer::GroupId::from_bytes(&rows[0].0);
     // mallory's own state, read by the test (she is the peer: her messages are real).
@@ -355,7 +310,7 @@ async fn a_tampered_or_replayed_one_to_one_mls_message_is_refused_and_the_conver
     tampered[last] ^= 1;
     let good = engine.encrypt(&g, &plaintext("m2", "fine")).unwrap();
     drop(engine);
-    let (raw, _re) = m.older(&url).await;
+    let (raw, _re) = m.without_mls(&url).await;
     let wire_group = lattice_protocol::GroupId::new(g.to_string()).unwrap();
     for (mid, bytes) in [("m1", tampered), ("m2", good.clone()), ("m3", good)] {
         raw.send_to_server_and_wait(
@@ -417,8 +372,8 @@ async fn a_pinned_mls_peer_is_never_sent_an_older_envelope_when_its_key_packages
     let server = spawn_server().await;
     let url = server.url();
     let (alice, _ae) = a.online(&url).await;
-    let (_bob, mut be) = b.older(&url).await;
-    let (carol, _ce) = c.older(&url).await;
+    let (_bob, mut be) = b.without_mls(&url).await;
+    let (carol, _ce) = c.without_mls(&url).await;
     let err = alice
         .send_message(&id("bob"), "must not leave")
         .await

@@ -9,61 +9,17 @@ mod support;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use lattice_crypto::Identity;
 use lattice_mls::{MlsClient, MlsStore};
 use lattice_peer::{
     Content, EventStream, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerError, PeerEvent,
     WaitOptions,
 };
 use lattice_protocol::{ClientFrame, GroupMessage as GroupMessageFrame, KeyPackageUpload};
+use support::person::Person;
 use support::server::*;
 use support::*;
-use tempfile::TempDir;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// One person: an identity kept for restarts and an MLS state file.
-struct Person {
-    name: &'static str,
-    identity: Vec<u8>,
-    dir: TempDir,
-}
-
-impl Person {
-    fn new(name: &'static str) -> Self {
-        Self {
-            name,
-            identity: new_identity().to_bytes().to_vec(),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn identity(&self) -> Identity {
-        Identity::from_bytes(&self.identity).unwrap()
-    }
-
-    fn state(&self) -> std::path::PathBuf {
-        self.dir.path().join("mls.sqlite3")
-    }
-
-    /// Connects with groups on and waits until its KeyPackages are at the server.
-    async fn online(&self, url: &str) -> (MessagingPeer, EventStream) {
-        let mut config = test_config(url, self.name, self.identity());
-        config.mls_state = Some(self.state());
-        let p = MessagingPeer::new(config).unwrap();
-        let events = p.events();
-        p.connect().await.unwrap();
-        assert!(p.publish_key_packages().await.unwrap() > 0);
-        (p, events)
-    }
-
-    /// Connects with groups off (a raw device of this identity).
-    async fn plain(&self, url: &str) -> MessagingPeer {
-        let p = MessagingPeer::new(test_config(url, self.name, self.identity())).unwrap();
-        p.connect().await.unwrap();
-        p
-    }
-}
 
 async fn next_group_message(events: &mut EventStream) -> GroupMessage {
     wait_for(events, |e| match e {
@@ -456,7 +412,7 @@ async fn a_key_package_not_bound_to_the_pinned_identity_is_refused() {
     let b = Person::new("bob");
     let (alice, _ae) = a.online(&url).await;
     // The real bob is registered (groups off, so he uploads nothing himself) ...
-    let bob = b.plain(&url).await;
+    let (bob, _bob_events) = b.without_mls(&url).await;
     // ... and a KeyPackage claiming "bob" but made with another identity key reaches the
     // directory (a compromised upload path, or a server swapping KeyPackages).
     let dir = tempfile::tempdir().unwrap();
@@ -513,7 +469,7 @@ async fn a_tampered_or_replayed_application_message_is_refused_and_reported_and_
     tampered[last] ^= 1;
     let good = engine.encrypt(&g, &plaintext("m2", "fine")).unwrap();
     drop(engine);
-    let raw = m.plain(&url).await;
+    let (raw, _raw_events) = m.without_mls(&url).await;
     let wire_group = lattice_protocol::GroupId::new(g.to_string()).unwrap();
     // m3: the same ciphertext as m2 again under another id (a replay the server cannot tell).
     for (mid, bytes) in [("m1", tampered), ("m2", good.clone()), ("m3", good)] {
@@ -578,7 +534,7 @@ async fn measure_group_messages_against_one_to_one() {
     );
     let (alice, _ae) = a.online(&url).await;
     let (_bob, mut be) = b.online(&url).await;
-    let carol = c.plain(&url).await;
+    let (carol, _carol_events) = c.without_mls(&url).await;
     let mut ce = carol.events();
     let g = alice.create_group("bench", &[id("bob")]).await.unwrap();
     joined(&mut be).await;

@@ -340,18 +340,8 @@ async fn wss_through_a_tls_proxy_with_an_extra_ca() {
 
 /// A CA and a `localhost` certificate it signed, as PEM: (CA, certificate, key).
 fn ca_and_leaf() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+    let c = TestCertificates::new();
+    (c.ca_pem, c.leaf_pem, c.key_pem)
 }
 
 fn trusting(url: &str, name: &str, ca_pem: &str) -> MessagingPeer {

@@ -130,6 +130,21 @@ fn plain_len(size: u64, chunk_size: u64, count: u64, index: u64) -> u64 {
     }
 }
 
+/// The digest of the whole ciphertext from the recorded hash of every chunk, in order.
+fn whole_digest(
+    h: &Header,
+    acks: &BTreeMap<u64, [u8; DIGEST_LEN]>,
+) -> Result<[u8; DIGEST_LEN], PeerError> {
+    let mut digest = FileDigest::new();
+    for i in 0..h.chunk_count {
+        let hash = acks
+            .get(&i)
+            .ok_or_else(|| PeerError::Protocol(format!("chunk {i} not acknowledged")))?;
+        digest.push(hash);
+    }
+    Ok(digest.finish())
+}
+
 fn done_bytes(h: &Header, acks: &BTreeMap<u64, [u8; DIGEST_LEN]>) -> u64 {
     acks.keys()
         .map(|&i| plain_len(h.size, h.chunk_size, h.chunk_count, i))
@@ -863,13 +878,7 @@ impl Files {
             acks.insert(i, hash);
             self.progress(&h.id, done_bytes(&h, &acks));
         }
-        let mut digest = FileDigest::new();
-        for i in 0..h.chunk_count {
-            let hash = acks
-                .get(&i)
-                .ok_or_else(|| PeerError::Protocol(format!("chunk {i} not acknowledged")))?;
-            digest.push(hash);
-        }
+        let digest = whole_digest(&h, &acks)?;
         let offer = FileOffer {
             name: h.name.clone(),
             size: h.size,
@@ -879,7 +888,7 @@ impl Files {
             capability: blob.download_capability.clone(),
             key: h.key.clone(),
             file_id: h.file_id.clone(),
-            digest: hex::encode(digest.finish()),
+            digest: hex::encode(digest),
             chunk_size: h.chunk_size,
             chunk_count: h.chunk_count,
         };
@@ -979,14 +988,8 @@ impl Files {
             acks.insert(i, hash);
             self.progress(&h.id, done_bytes(&h, &acks));
         }
-        let mut digest = FileDigest::new();
-        for i in 0..h.chunk_count {
-            let hash = acks
-                .get(&i)
-                .ok_or_else(|| PeerError::Protocol(format!("chunk {i} not acknowledged")))?;
-            digest.push(hash);
-        }
-        if h.digest.as_deref() != Some(hex::encode(digest.finish()).as_str()) {
+        let digest = whole_digest(&h, &acks)?;
+        if h.digest.as_deref() != Some(hex::encode(digest).as_str()) {
             return Err(PeerError::FileRejected(FileRejection::DigestMismatch));
         }
         let f = tokio::fs::OpenOptions::new()

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod person;
 pub mod raw;
 pub mod scripted;
 pub mod sender_log;

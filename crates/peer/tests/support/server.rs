@@ -96,28 +96,52 @@ impl Drop for TlsProxy {
     }
 }
 
-impl TlsProxy {
-    pub async fn start(backend: SocketAddr) -> Self {
+/// A throwaway CA and a `localhost` certificate it signed.
+pub struct TestCertificates {
+    /// The CA's certificate (PEM), for the peer's extra-CA option.
+    pub ca_pem: String,
+    /// The `localhost` certificate, PEM and DER.
+    pub leaf_pem: String,
+    pub leaf_der: Vec<u8>,
+    /// Its private key (PKCS#8), PEM and DER.
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+impl TestCertificates {
+    pub fn new() -> Self {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(vec!["localhost".to_owned()])
             .unwrap()
             .signed_by(&leaf_key, &issuer)
             .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            leaf_pem: leaf.pem(),
+            leaf_der: leaf.der().to_vec(),
+            key_pem: leaf_key.serialize_pem(),
+            key_der: leaf_key.serialize_der(),
+        }
+    }
+}
 
+impl TlsProxy {
+    pub async fn start(backend: SocketAddr) -> Self {
+        let certs = TestCertificates::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key: rustls::pki_types::PrivateKeyDer<'static> =
-            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into();
+            rustls::pki_types::PrivatePkcs8KeyDer::from(certs.key_der).into();
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(vec![leaf.der().clone()], key)
+            .with_single_cert(vec![certs.leaf_der.into()], key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -139,7 +163,7 @@ impl TlsProxy {
         });
         Self {
             url: format!("wss://localhost:{port}"),
-            ca_pem: ca_cert.pem(),
+            ca_pem: certs.ca_pem,
             task,
         }
     }
