@@ -70,7 +70,15 @@ impl ServerProcess {
             .stderr(log)
             .spawn()
             .expect("lattice-server starts");
-        for _ in 0..200 {
+        // Up to 30 s: a debug build on a loaded 2-core machine can take seconds to open its
+        // database; a server that exits (a port taken meanwhile, a bad flag) fails at once.
+        for _ in 0..600 {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "lattice-server exited ({status}) before listening on {port}:\n{}",
+                    log_tail(dir)
+                );
+            }
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
@@ -84,7 +92,10 @@ impl ServerProcess {
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("lattice-server did not listen on {port}");
+        panic!(
+            "lattice-server did not listen on {port} within 30 s:\n{}",
+            log_tail(dir)
+        );
     }
 
     /// SIGKILL: no shutdown, no checkpoint, no close frames.
