@@ -743,6 +743,22 @@ impl Files {
         }
     }
 
+    /// Records a finished chunk task of transfer `h` (upload or download): its hash in the
+    /// journal and in `acks`, then the progress.
+    fn record_chunk(
+        &self,
+        journal: &Journal,
+        h: &Header,
+        acks: &mut BTreeMap<u64, [u8; DIGEST_LEN]>,
+        done: Result<Result<(u64, [u8; DIGEST_LEN]), PeerError>, tokio::task::JoinError>,
+    ) -> Result<(), PeerError> {
+        let (i, hash) = done.map_err(|e| PeerError::Io(format!("chunk task: {e}")))??;
+        journal.ack(&h.id, i, &hash)?;
+        acks.insert(i, hash);
+        self.progress(&h.id, done_bytes(h, acks));
+        Ok(())
+    }
+
     async fn run_once(&self, id: &str) -> Result<(), PeerError> {
         let header = self
             .header(id)
@@ -873,10 +889,7 @@ impl Files {
             let Some(done) = tasks.join_next().await else {
                 break;
             };
-            let (i, hash) = done.map_err(|e| PeerError::Io(format!("chunk task: {e}")))??;
-            journal.ack(&h.id, i, &hash)?;
-            acks.insert(i, hash);
-            self.progress(&h.id, done_bytes(&h, &acks));
+            self.record_chunk(journal, &h, &mut acks, done)?;
         }
         let digest = whole_digest(&h, &acks)?;
         let offer = FileOffer {
@@ -983,10 +996,7 @@ impl Files {
             let Some(done) = tasks.join_next().await else {
                 break;
             };
-            let (i, hash) = done.map_err(|e| PeerError::Io(format!("chunk task: {e}")))??;
-            journal.ack(&h.id, i, &hash)?;
-            acks.insert(i, hash);
-            self.progress(&h.id, done_bytes(&h, &acks));
+            self.record_chunk(journal, &h, &mut acks, done)?;
         }
         let digest = whole_digest(&h, &acks)?;
         if h.digest.as_deref() != Some(hex::encode(digest).as_str()) {
