@@ -23,7 +23,7 @@
 //! - **Healing.** Each group gets a self-update Commit every [`crate::PeerConfig::group_self_update`]
 //!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,29 +138,6 @@ impl HealSchedule {
     }
 }
 
-/// Bounded memory of (sender, message id) pairs already processed: delivery is at least once.
-#[derive(Debug, Default)]
-struct Seen {
-    set: HashSet<(ClientId, MessageId)>,
-    order: VecDeque<(ClientId, MessageId)>,
-}
-
-impl Seen {
-    /// Records the pair; `false` if it was already there.
-    fn insert(&mut self, key: (ClientId, MessageId)) -> bool {
-        if !self.set.insert(key.clone()) {
-            return false;
-        }
-        self.order.push_back(key);
-        while self.order.len() > defaults::GROUP_SEEN_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 /// The group component. Shared (`Arc`) by the handle, the router, the connection and its tasks.
 #[derive(Debug)]
 pub(crate) struct Groups {
@@ -192,7 +169,12 @@ pub(crate) struct Groups {
     queue_tx: mpsc::Sender<Delivered>,
     /// Its receiving end, taken by the running worker and given back when it ends.
     queue_rx: Mutex<Option<mpsc::Receiver<Delivered>>>,
-    seen: Mutex<Seen>,
+    /// Message ids of 1:1 MLS messages read and not yet confirmed to their senders, per peer
+    /// ([`direct`]'s delivery receipts). std Mutex: short pushes and takes.
+    delivered: Mutex<HashMap<ClientId, Vec<MessageId>>>,
+    /// Peers with whom a lost 1:1 conversation was set up again, and when ([`direct`]), so an
+    /// unreadable burst sets up one conversation, not one per message.
+    restarted: Mutex<HashMap<ClientId, Instant>>,
     heal: Mutex<HealSchedule>,
     /// Woken when the heal schedule changed.
     heal_changed: Notify,
@@ -318,7 +300,8 @@ impl Groups {
             replenishing: tokio::sync::Mutex::new(()),
             queue_tx,
             queue_rx: Mutex::new(Some(queue_rx)),
-            seen: Mutex::new(Seen::default()),
+            delivered: Mutex::new(HashMap::new()),
+            restarted: Mutex::new(HashMap::new()),
             heal: Mutex::new(heal),
             heal_changed: Notify::new(),
             this: Mutex::new(None),
@@ -848,7 +831,16 @@ impl Groups {
                 biased;
                 () = cancel.cancelled() => break,
                 d = rx.recv() => match d {
-                    Some(d) => self.process(d).await,
+                    Some(d) => {
+                        self.process(d).await;
+                        // Delivery receipts go once a burst is read (one per peer, not one
+                        // per message), or when one is full.
+                        if rx.is_empty() {
+                            self.flush_delivered(false);
+                        } else {
+                            self.flush_delivered(true);
+                        }
+                    }
                     None => break,
                 },
                 () = self.heal_changed.notified() => {}
@@ -873,6 +865,14 @@ impl Groups {
                         tracing::info!(peer = %me.client_id, group = %gid, "scheduled self-update done")
                     }
                     Err(PeerError::UnknownGroup(_)) => lock(&me.heal).forget(&gid),
+                    Err(e)
+                        if e.error_type() == Some(ErrorType::NotAMember)
+                            && me.direct_peer(&gid).is_some() =>
+                    {
+                        // The server no longer has this 1:1 conversation: the next message sets
+                        // up a new one.
+                        me.retire_direct(&gid);
+                    }
                     Err(e) => {
                         tracing::warn!(peer = %me.client_id, group = %gid, error = %Sanitized(&e), "scheduled self-update failed; retried later");
                     }
@@ -902,20 +902,13 @@ impl Groups {
             self.refuse(None, &from, "a group message without a message id");
             return;
         };
-        if !lock(&self.seen).insert((from.clone(), message_id.clone())) {
-            tracing::debug!(peer = %self.client_id, from = %from, message_id = %message_id, "duplicate group message dropped");
-            self.link.ack(&from, &message_id);
-            return;
-        }
         let ack = {
             let _g = self.op.lock().await;
-            self.open_message(&d).await
+            self.open_message(&d, &message_id).await
         };
+        // Not acknowledged (our store failed): the server delivers it again.
         if ack {
             self.link.ack(&from, &message_id);
-        } else {
-            // Not acknowledged: the server delivers it again; let it through then.
-            lock(&self.seen).set.remove(&(from, message_id));
         }
     }
 
@@ -931,8 +924,9 @@ impl Groups {
 
     /// Opens one delivered `mls` message and raises its events. Returns whether to acknowledge
     /// it (everything but a failure of our own store, which may pass).
-    async fn open_message(&self, d: &Delivered) -> bool {
+    async fn open_message(&self, d: &Delivered, message_id: &MessageId) -> bool {
         let from = &d.from_id;
+        let delivery = (from.as_str(), message_id.as_str());
         let Ok(env) = serde_json::from_str::<MlsEnvelope>(d.message.get()) else {
             self.refuse(None, from, "malformed mls envelope");
             return true;
@@ -955,12 +949,18 @@ impl Groups {
         };
         let outcome = match env.kind {
             MlsKind::Welcome => {
-                self.with_pins(|mls, pins| mls.join(&data, pins).map(|(g, ev)| (g, vec![ev])))
-                    .await
+                self.with_pins(|mls, pins| {
+                    mls.join_once(delivery.0, delivery.1, &data, pins)
+                        .map(|(g, ev)| (g, vec![ev]))
+                })
+                .await
             }
             MlsKind::Commit | MlsKind::Message => {
-                self.with_pins(|mls, pins| mls.process(&data, pins).map(|ev| (gid.clone(), ev)))
-                    .await
+                self.with_pins(|mls, pins| {
+                    mls.process_once(delivery.0, delivery.1, &data, pins)
+                        .map(|ev| (gid.clone(), ev))
+                })
+                .await
             }
         };
         let result = match outcome {
@@ -986,6 +986,12 @@ impl Groups {
                 self.handle_events(&g, from, d.message_id.as_ref(), d.timestamp, events);
                 true
             }
+            Err(MlsError::Duplicate { .. }) => {
+                // Delivery is at least once (a crash between processing and `ack`), and the
+                // engine remembers what it processed, durably: acknowledged again, nothing more.
+                tracing::debug!(peer = %self.client_id, from = %from, message_id = %message_id, "duplicate group message dropped");
+                true
+            }
             Err(MlsError::StaleEpoch { got, current }) => {
                 // A replayed handshake message (or one this device already processed before a
                 // restart): ignored.
@@ -993,7 +999,8 @@ impl Groups {
                 true
             }
             Err(MlsError::UnknownGroup(_)) if env.kind != MlsKind::Welcome => {
-                tracing::debug!(peer = %self.client_id, group = %gid, "message for a group we are not in ignored");
+                tracing::debug!(peer = %self.client_id, group = %gid, "message for a group we are not in");
+                self.lost_conversation(from, message_id);
                 true
             }
             Err(MlsError::Store(e)) => {
@@ -1333,19 +1340,5 @@ mod tests {
         // Long overdue (a device off for a month) is due at once, not in the past forever.
         s.updated_ago(g(3), 30 * day);
         assert_eq!(s.due(Instant::now()), vec![g(3)]);
-    }
-
-    #[test]
-    fn seen_ids_are_bounded() {
-        let mut s = Seen::default();
-        let a = ClientId::new("a").unwrap_or_else(|_| unreachable!());
-        let id = |n: usize| MessageId::new(format!("m{n}")).unwrap_or_else(|_| unreachable!());
-        assert!(s.insert((a.clone(), id(0))));
-        assert!(!s.insert((a.clone(), id(0))));
-        for n in 1..=defaults::GROUP_SEEN_IDS {
-            s.insert((a.clone(), id(n)));
-        }
-        assert_eq!(s.set.len(), defaults::GROUP_SEEN_IDS);
-        assert!(s.insert((a, id(0))), "the oldest was forgotten");
     }
 }

@@ -662,3 +662,73 @@ async fn scheduled_self_updates_rotate_each_members_keys() {
     say(&alice, &g, "after healing").await;
     assert_eq!(text(&next_group_message(&mut be).await).1, "after healing");
 }
+
+/// A group message bob read comes again after his restart under the same (sender, message id):
+/// what the server does after a crash between bob's processing and his `ack`, or what a
+/// replaying server can do. bob's client remembers it durably: the copy is dropped and
+/// acknowledged with no event and no error (not "cannot decrypt"), and the group goes on.
+#[tokio::test]
+async fn a_group_message_delivered_again_after_a_restart_is_dropped() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let g = {
+        let (alice, _ae) = a.online(&url).await;
+        let (_bob, mut be) = b.online(&url).await;
+        let g = alice.create_group("once", &[id("bob")]).await.unwrap();
+        joined(&mut be).await;
+        alice.disconnect().await;
+        g
+    };
+    // alice's own state, read by the test (she is a member: her messages are real).
+    let mut engine = MlsClient::open(MlsStore::open(a.state()).unwrap()).unwrap();
+    let plaintext = |mid: &str, t: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "messageId": mid, "kind": "text", "body": t, "sentAt": 1
+        }))
+        .unwrap()
+    };
+    let once = engine.encrypt(&g, &plaintext("m1", "once")).unwrap();
+    let marker = engine.encrypt(&g, &plaintext("m2", "marker")).unwrap();
+    drop(engine);
+    let (raw, _raw_events) = a.without_mls(&url).await;
+    let wire_group = lattice_protocol::GroupId::new(g.to_string()).unwrap();
+    let send = |mid: &'static str, bytes: Vec<u8>| {
+        let frame = ClientFrame::GroupMessage(GroupMessageFrame {
+            group_id: wire_group.clone(),
+            message: B64.encode(bytes),
+            message_id: Some(lattice_protocol::MessageId::new(mid).unwrap()),
+        });
+        let raw = &raw;
+        async move {
+            raw.send_to_server_and_wait(frame, "group_message", WaitOptions::default())
+                .await
+                .unwrap();
+        }
+    };
+
+    let (bob, mut be) = b.online(&url).await;
+    send("m1", once.clone()).await;
+    assert_eq!(text(&next_group_message(&mut be).await), ("alice", "once"));
+    // A round trip after it: the server has read bob's `ack` (sent before it on one
+    // connection), so m1 no longer waits for him and its id may come again.
+    bob.publish_key_packages().await.unwrap();
+    drop((bob, be));
+
+    let (_bob, mut be) = b.online(&url).await;
+    send("m1", once).await;
+    send("m2", marker).await;
+    let m = none_before(
+        &mut be,
+        |e| {
+            matches!(e, PeerEvent::GroupMessage(_) | PeerEvent::Error(_))
+                && !matches!(e, PeerEvent::GroupMessage(m) if m.message_id.as_str() == "m2")
+        },
+        |e| match e {
+            PeerEvent::GroupMessage(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(text(&m), ("alice", "marker"));
+}
