@@ -703,6 +703,40 @@ impl Groups {
         Ok(())
     }
 
+    /// A self-update in every group and 1:1 conversation of this device, one after the other
+    /// (after a suspected compromise of the device: a copy of its state taken before reads
+    /// nothing sent after). Returns how many rotated. A group that could not rotate now is due
+    /// again after [`defaults::SELF_UPDATE_RETRY`]; the first error is returned after all were
+    /// tried.
+    pub(crate) async fn heal_all(&self) -> Result<usize, PeerError> {
+        let all = lock(&self.mls).groups();
+        let mut healed = 0;
+        let mut first_error = None;
+        for gid in &all {
+            match self.self_update(gid).await {
+                Ok(()) => healed += 1,
+                Err(e) => {
+                    tracing::warn!(peer = %self.client_id, group = %gid, error = %Sanitized(&e), "self-update after a suspected compromise failed; retried later");
+                    lock(&self.heal)
+                        .retry_at(gid.clone(), Instant::now() + defaults::SELF_UPDATE_RETRY);
+                    self.heal_changed.notify_one();
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(healed),
+            Some(e) => Err(PeerError::Group {
+                group: None,
+                reason: format!(
+                    "{healed} of {} groups rotated their keys; the others are retried in {:?}: {e}",
+                    all.len(),
+                    defaults::SELF_UPDATE_RETRY
+                ),
+            }),
+        }
+    }
+
     /// Asks to leave: a Remove proposal of ourselves, which another member commits.
     pub(crate) async fn leave(&self, gid: &GroupId) -> Result<(), PeerError> {
         let proposal = {

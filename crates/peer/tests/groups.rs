@@ -732,3 +732,50 @@ async fn a_group_message_delivered_again_after_a_restart_is_dropped() {
     .await;
     assert_eq!(text(&m), ("alice", "marker"));
 }
+
+/// After a suspected compromise one call rotates this device's keys in every group **and** in
+/// its 1:1 MLS conversations (which the group list hides): each is a Commit the peer follows,
+/// and messages after it flow.
+#[tokio::test]
+async fn healing_after_a_suspected_compromise_rotates_every_group_and_one_to_one() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, _ae) = a.online(&url).await;
+    let (bob, mut be) = b.online(&url).await;
+    let g = alice.create_group("g", &[id("bob")]).await.unwrap();
+    joined(&mut be).await;
+    alice.send_message(&id("bob"), "1:1").await.unwrap();
+    wait_for(&mut be, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await;
+    let epoch = alice.group_info(&g).unwrap().epoch;
+
+    assert_eq!(alice.heal_all_groups().await.unwrap(), 2);
+    assert_eq!(alice.group_info(&g).unwrap().epoch, epoch + 1);
+    let by = next_change(&mut be, |c| matches!(c, GroupChange::MemberUpdated(_))).await;
+    assert_eq!(by, GroupChange::MemberUpdated(id("alice")));
+    say(&alice, &g, "after healing").await;
+    assert_eq!(text(&next_group_message(&mut be).await).1, "after healing");
+    alice.send_message(&id("bob"), "1:1 after").await.unwrap();
+    let m = wait_for(&mut be, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.text, "1:1 after");
+    drop((bob, be));
+
+    // bob's state: the 1:1 group moved on too (created at 0, add → 1, alice's update → 2).
+    let conn = rusqlite::Connection::open(b.state()).unwrap();
+    let direct: Vec<u8> = conn
+        .query_row("SELECT group_id FROM lattice_peer_direct", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    let engine = MlsClient::open(MlsStore::open(b.state()).unwrap()).unwrap();
+    assert_eq!(engine.epoch(&GroupId::from_bytes(&direct)).unwrap(), 2);
+}
