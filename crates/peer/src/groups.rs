@@ -174,7 +174,7 @@ pub(crate) struct Groups {
     delivered: Mutex<HashMap<ClientId, Vec<MessageId>>>,
     /// Peers with whom a lost 1:1 conversation was set up again, and when ([`direct`]), so an
     /// unreadable burst sets up one conversation, not one per message.
-    restarted: Mutex<HashMap<ClientId, Instant>>,
+    restarted: Mutex<direct::RecentPeers>,
     heal: Mutex<HealSchedule>,
     /// Woken when the heal schedule changed.
     heal_changed: Notify,
@@ -301,7 +301,7 @@ impl Groups {
             queue_tx,
             queue_rx: Mutex::new(Some(queue_rx)),
             delivered: Mutex::new(HashMap::new()),
-            restarted: Mutex::new(HashMap::new()),
+            restarted: Mutex::new(direct::RecentPeers::default()),
             heal: Mutex::new(heal),
             heal_changed: Notify::new(),
             this: Mutex::new(None),

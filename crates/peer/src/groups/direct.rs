@@ -75,6 +75,39 @@ const DIRECT_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS lattice_peer_mls_peers (
         peer TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);";
 
+/// Peers remembered for [`NO_MLS_RECHECK`] (at most [`NO_MLS_REMEMBERED`]; past it the oldest is
+/// forgotten): peers without KeyPackages, peers whose lost conversation was set up again.
+#[derive(Debug, Default)]
+pub(crate) struct RecentPeers {
+    at: HashMap<ClientId, Instant>,
+}
+
+impl RecentPeers {
+    /// Whether `peer` was remembered less than [`NO_MLS_RECHECK`] before `now`.
+    pub(crate) fn contains(&self, peer: &ClientId, now: Instant) -> bool {
+        self.at
+            .get(peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < NO_MLS_RECHECK)
+    }
+
+    /// Remembers `peer` as of `now`.
+    pub(crate) fn remember(&mut self, peer: &ClientId, now: Instant) {
+        self.at
+            .retain(|_, at| now.saturating_duration_since(*at) < NO_MLS_RECHECK);
+        if self.at.len() >= NO_MLS_REMEMBERED {
+            if let Some(oldest) = self
+                .at
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| p.clone())
+            {
+                self.at.remove(&oldest);
+            }
+        }
+        self.at.insert(peer.clone(), now);
+    }
+}
+
 /// What this device knows about 1:1 MLS conversations: mirrors the two tables, plus the
 /// short-lived memory of peers without KeyPackages.
 #[derive(Debug, Default)]
@@ -84,7 +117,7 @@ pub(crate) struct DirectBook {
     /// Peers pinned as MLS-capable.
     capable: HashSet<ClientId>,
     /// Peers that had no KeyPackage, and when that was learnt.
-    without: HashMap<ClientId, Instant>,
+    without: RecentPeers,
 }
 
 impl DirectBook {
@@ -127,25 +160,11 @@ impl DirectBook {
     }
 
     fn recently_without(&self, peer: &ClientId, now: Instant) -> bool {
-        self.without
-            .get(peer)
-            .is_some_and(|at| now.saturating_duration_since(*at) < NO_MLS_RECHECK)
+        self.without.contains(peer, now)
     }
 
     fn remember_without(&mut self, peer: &ClientId, now: Instant) {
-        self.without
-            .retain(|_, at| now.saturating_duration_since(*at) < NO_MLS_RECHECK);
-        if self.without.len() >= NO_MLS_REMEMBERED {
-            if let Some(oldest) = self
-                .without
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(p, _)| p.clone())
-            {
-                self.without.remove(&oldest);
-            }
-        }
-        self.without.insert(peer.clone(), now);
+        self.without.remember(peer, now);
     }
 }
 
@@ -417,11 +436,10 @@ impl Groups {
         let now = Instant::now();
         {
             let mut restarted = lock(&self.restarted);
-            restarted.retain(|_, at| now.saturating_duration_since(*at) < NO_MLS_RECHECK);
-            if restarted.contains_key(from) || restarted.len() >= NO_MLS_REMEMBERED {
+            if restarted.contains(from, now) {
                 return;
             }
-            restarted.insert(from.clone(), now);
+            restarted.remember(from, now);
         }
         tracing::warn!(peer = %self.client_id, from = %from, message_id = %message_id, "unreadable message in a conversation this device no longer has; setting a new one up");
         self.dispatcher.emit(PeerEvent::ConversationNotice {
@@ -795,6 +813,68 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            lock(&bob.delivered).get(&id("alice")).cloned(),
+            Some(vec![MessageId::new("m1").unwrap()]),
+            "a delivery receipt for m1 waits for the end of the burst"
+        );
+
+        // 1b. alice's delivery receipt for two of bob's messages: MessageAck delivered for each,
+        //     nothing else; an empty or oversized one is refused.
+        let receipt = |mid: &str, ids: Vec<String>| {
+            serde_json::to_vec(&serde_json::json!({
+                "messageId": mid, "kind": DELIVERED_KIND,
+                "body": serde_json::json!({ "delivered": ids }).to_string(), "sentAt": 6
+            }))
+            .unwrap()
+        };
+        let sealed = alice
+            .encrypt(&g1, &receipt("r1", vec!["b1".into(), "b2".into()]))
+            .unwrap();
+        bob.process(delivered("alice", MlsKind::Message, &g1, &sealed, "r1"))
+            .await;
+        let acks: Vec<(String, String, AckStatus)> = events(&kit)
+            .into_iter()
+            .map(|e| match e {
+                PeerEvent::MessageAck(a) => {
+                    (a.message_id.to_string(), a.target_id.to_string(), a.status)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            acks,
+            [
+                ("b1".into(), "alice".into(), AckStatus::Delivered),
+                ("b2".into(), "alice".into(), AckStatus::Delivered)
+            ]
+        );
+        for (mid, ids) in [
+            ("r2", vec![]),
+            (
+                "r3",
+                (0..=MAX_RECEIPT_IDS).map(|n| format!("b{n}")).collect(),
+            ),
+        ] {
+            let sealed = alice.encrypt(&g1, &receipt(mid, ids)).unwrap();
+            bob.process(delivered("alice", MlsKind::Message, &g1, &sealed, mid))
+                .await;
+            assert!(
+                matches!(
+                    events(&kit).as_slice(),
+                    [PeerEvent::Error(PeerError::Rejected {
+                        reason: RejectReason::MalformedPlaintext,
+                        ..
+                    })]
+                ),
+                "{mid}"
+            );
+        }
+        assert_eq!(
+            lock(&bob.delivered).get(&id("alice")).map(Vec::len),
+            Some(1),
+            "receipts get no receipt"
+        );
 
         // 2. The same kind of group, but the server says carol sent the Welcome: not a 1:1
         //    conversation with anyone; kept as a group and reported.
@@ -883,6 +963,6 @@ mod tests {
         for n in 0..=NO_MLS_REMEMBERED {
             book.remember_without(&peer(&format!("p{n}")), Instant::now());
         }
-        assert_eq!(book.without.len(), NO_MLS_REMEMBERED);
+        assert_eq!(book.without.at.len(), NO_MLS_REMEMBERED);
     }
 }
