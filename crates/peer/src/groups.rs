@@ -1347,6 +1347,83 @@ mod tests {
         assert_eq!(lock(&bob.mls).group_name(&g).unwrap(), "one");
     }
 
+    /// The worker runs the heal schedule on tokio time: bob's group (joined from alice's
+    /// Welcome) gets no self-update before its interval has passed, and gets one (a
+    /// `group_commit` for it) once it has. Paused time: a week passes in no time.
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_sends_a_self_update_when_the_interval_has_passed_and_not_before() {
+        let day = Duration::from_secs(24 * 3600);
+        let mut kit = Kit::new("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let alice_identity = identity();
+        kit.store
+            .pin(&id("alice"), &alice_identity.identity_public_key())
+            .unwrap();
+        kit.store
+            .pin(&id("bob"), &kit.identity.identity_public_key())
+            .unwrap();
+        let bob = Groups::open(
+            &dir.path().join("bob.mls"),
+            &kit.identity,
+            id("bob"),
+            7 * day,
+            (
+                Arc::clone(&kit.trust),
+                Arc::clone(&kit.requests),
+                Arc::clone(&kit.link),
+                Arc::clone(&kit.dispatcher),
+                Arc::new(crate::history::History::new(
+                    id("bob"),
+                    Arc::new(crate::history::NoHistory),
+                )),
+            ),
+        )
+        .unwrap()
+        .into_arc();
+        let mut alice = MlsClient::create(
+            MlsStore::open(dir.path().join("alice.mls")).unwrap(),
+            alice_identity.identity_key(),
+            id("alice"),
+        )
+        .unwrap();
+        let (a_pin, b_pin) = (
+            alice_identity.identity_public_key(),
+            kit.identity.identity_public_key(),
+        );
+        let pins = move |c: &ClientId| match c.as_str() {
+            "alice" => Some(a_pin),
+            "bob" => Some(b_pin),
+            _ => None,
+        };
+        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
+        let kp = alice.validate_key_package(&kp, &pins).unwrap();
+        let g = alice.create_group("g").unwrap();
+        let add = alice.add_members(&g, &[kp]).unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Welcome, &g, &add.welcome.unwrap(), "w"))
+            .await;
+        assert_eq!(acked(&mut kit), ["w"]);
+
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(Arc::clone(&bob).worker(cancel.clone()));
+        let commits = |kit: &mut Kit| {
+            let mut out = Vec::new();
+            while let Some(f) = kit.try_sent() {
+                if let ClientFrame::GroupCommit(c) = f.body {
+                    out.push(c.group_id.to_string());
+                }
+            }
+            out
+        };
+        tokio::time::sleep(7 * day - Duration::from_secs(60)).await;
+        assert!(commits(&mut kit).is_empty(), "rotated too early");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let sent = commits(&mut kit);
+        assert!(sent.contains(&g.to_string()), "{sent:?}");
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
     fn g(b: u8) -> GroupId {
         GroupId::from_bytes(&[b; 16])
     }
