@@ -10,7 +10,9 @@
 //! - **Order.** One MLS change at a time ([`Groups::op`]): an incoming message is processed, or
 //!   one Commit of ours is in flight (made, sent, ruled on, then confirmed or discarded). Incoming
 //!   `mls` messages are processed by one worker in the order the server delivered them, and
-//!   acknowledged only after the engine has committed the new state to SQLite.
+//!   acknowledged only after the engine has committed the new state to SQLite, together with
+//!   the (sender, message id) of the delivery ([`MlsClient::process_once`]): a redelivery, even
+//!   after a restart, is acknowledged and dropped.
 //! - **Commits.** `group_commit`; on `STALE_EPOCH` the Commit is discarded, the worker processes
 //!   the winner, and the intent is made again in the new epoch, at most
 //!   [`defaults::COMMIT_ATTEMPTS`] times. `confirm_commit` only after the server accepted it.
@@ -869,11 +871,7 @@ impl Groups {
                         self.process(d).await;
                         // Delivery receipts go once a burst is read (one per peer, not one
                         // per message), or when one is full.
-                        if rx.is_empty() {
-                            self.flush_delivered(false);
-                        } else {
-                            self.flush_delivered(true);
-                        }
+                        self.flush_delivered(!rx.is_empty());
                     }
                     None => break,
                 },

@@ -19,6 +19,15 @@
 //!   A peer with no KeyPackage at the server (`NO_KEY_PACKAGE`) and no pin is an older Lattice
 //!   client: it gets `lattice-v1`, and that answer is remembered for
 //!   [`NO_MLS_RECHECK`] so each message does not ask again.
+//! - **Delivery states.** A send raises [`PeerEvent::MessageAck`] `queued` once the server
+//!   stored it, and `delivered` when the peer's delivery receipt ([`DELIVERED_KIND`]) says its
+//!   client read it; receipts go once per burst of reads.
+//! - **Recovery.** A group the server no longer has us in (`NOT_A_MEMBER`) is retired and the
+//!   conversation set up again for the message being sent. A device that lost its MLS state
+//!   sets a conversation up again with whoever writes to it in a group it does not have
+//!   ([`Groups::lost_conversation`]); the other side retires the conversation whose leaf for the
+//!   peer is another MLS client ([`Groups::supersede_direct`]). Both tell the user
+//!   ([`PeerEvent::ConversationNotice`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
