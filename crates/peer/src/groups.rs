@@ -32,7 +32,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use lattice_crypto::{Fingerprint, Identity};
 use lattice_mls::{GroupEvent, GroupId, MlsClient, MlsError, MlsStore, OutgoingCommit};
-use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_UPLOAD};
+use lattice_protocol::limits::{
+    KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
+};
 use lattice_protocol::{
     ClientFrame, ClientId, Delivered, ErrorType, GroupCommit, GroupMessage as GroupMessageFrame,
     KeyPackageFetch, KeyPackageUpload, MessageId, MlsEnvelope, MlsKind, ServerFrame,
@@ -197,6 +199,13 @@ pub(crate) type Components = (
 const HEAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_group_heal (
     group_id BLOB PRIMARY KEY, last_update_ms INTEGER NOT NULL)";
 
+/// A row here means this MLS client was created fresh and has not yet cleared the KeyPackages
+/// the server may still hold for this id from an earlier MLS state (a restored backup without
+/// it, a reinstall): their private keys are gone, so a Welcome made from one could never be
+/// joined. Deleted once cleared ([`Groups::replenish`]).
+const STOCK_RESET_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_stock_reset (
+    only_row INTEGER PRIMARY KEY CHECK (only_row = 1))";
+
 /// An engine error as a [`PeerError`]: a refused identity binding loudly, the rest typed by kind.
 pub(crate) fn mls_error(e: MlsError, group: Option<&GroupId>) -> PeerError {
     match e {
@@ -246,12 +255,13 @@ impl Groups {
                 .map_err(|e| PeerError::Io(format!("{}: {e}", path.display())))?,
         );
         let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
-        let mls = match MlsClient::open(store) {
-            Ok(m) => m,
+        let (mls, fresh) = match MlsClient::open(store) {
+            Ok(m) => (m, false),
             Err(MlsError::NoClient(_)) => {
                 let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
-                MlsClient::create(store, identity.identity_key(), client_id.clone())
-                    .map_err(|e| mls_error(e, None))?
+                let m = MlsClient::create(store, identity.identity_key(), client_id.clone())
+                    .map_err(|e| mls_error(e, None))?;
+                (m, true)
             }
             Err(e) => return Err(mls_error(e, None)),
         };
@@ -269,6 +279,17 @@ impl Groups {
         mls.connection()
             .execute(HEAL_TABLE, [])
             .map_err(|e| mls_error(e.into(), None))?;
+        mls.connection()
+            .execute(STOCK_RESET_TABLE, [])
+            .map_err(|e| mls_error(e.into(), None))?;
+        if fresh {
+            mls.connection()
+                .execute(
+                    "INSERT OR IGNORE INTO lattice_peer_stock_reset (only_row) VALUES (1)",
+                    [],
+                )
+                .map_err(|e| mls_error(e.into(), None))?;
+        }
         let now = now_ms();
         for g in mls.groups() {
             let last: Option<i64> = mls
@@ -325,6 +346,10 @@ impl Groups {
     /// stock after.
     pub(crate) async fn replenish(&self) -> Result<u32, PeerError> {
         let _one = self.replenishing.lock().await;
+        let reset = self.stock_reset_pending()?;
+        if reset {
+            self.clear_stale_stock().await?;
+        }
         let answer = self
             .requests
             .request(
@@ -345,7 +370,7 @@ impl Groups {
         } else {
             0
         };
-        if count == 0 && stock.last_resort {
+        if count == 0 && stock.last_resort && !reset {
             return Ok(stock.stock);
         }
         let upload = {
@@ -356,7 +381,8 @@ impl Groups {
                 .iter()
                 .map(|k| B64.encode(k))
                 .collect();
-            let last_resort = if stock.last_resort {
+            // After a reset the stored last resort is the lost state's: replaced.
+            let last_resort = if stock.last_resort && !reset {
                 None
             } else {
                 Some(
@@ -384,7 +410,57 @@ impl Groups {
             return Err(unexpected("key_package_upload", &answer));
         };
         tracing::info!(peer = %self.client_id, uploaded = count, stock = after.stock, "KeyPackages uploaded");
+        if reset {
+            lock(&self.mls)
+                .connection()
+                .execute("DELETE FROM lattice_peer_stock_reset", [])
+                .map_err(|e| mls_error(e.into(), None))?;
+        }
         Ok(after.stock)
+    }
+
+    fn stock_reset_pending(&self) -> Result<bool, PeerError> {
+        let n: i64 = lock(&self.mls)
+            .connection()
+            .query_row("SELECT COUNT(*) FROM lattice_peer_stock_reset", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| mls_error(e.into(), None))?;
+        Ok(n > 0)
+    }
+
+    /// A fresh MLS client takes (and so deletes) every one-time KeyPackage the server still
+    /// holds for its id: they belong to a lost MLS state. Bounded by the server's stock limit;
+    /// stops at the last resort (the stock is empty) or `NO_KEY_PACKAGE`.
+    async fn clear_stale_stock(&self) -> Result<(), PeerError> {
+        let mut cleared = 0usize;
+        for _ in 0..=MAX_KEY_PACKAGE_STOCK {
+            let me = self.client_id.clone();
+            let options = WaitOptions::default()
+                .filter(move |f| matches!(f, ServerFrame::KeyPackage(k) if k.client_id == me));
+            let answer = self
+                .requests
+                .request(
+                    Lane::Normal,
+                    ClientFrame::KeyPackageFetch(KeyPackageFetch {
+                        client_id: self.client_id.clone(),
+                    }),
+                    "key_package_fetch",
+                    options,
+                )
+                .await;
+            match answer {
+                Ok(ServerFrame::KeyPackage(k)) if !k.last_resort => cleared += 1,
+                Ok(ServerFrame::KeyPackage(_)) => break,
+                Ok(other) => return Err(unexpected("key_package_fetch", &other)),
+                Err(e) if e.error_type() == Some(ErrorType::NoKeyPackage) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if cleared > 0 {
+            tracing::warn!(peer = %self.client_id, cleared, "KeyPackages of a lost MLS state cleared from the server");
+        }
+        Ok(())
     }
 
     /// Runs [`Groups::replenish`] in the background, reporting a failure as an event.

@@ -779,3 +779,42 @@ async fn healing_after_a_suspected_compromise_rotates_every_group_and_one_to_one
     let engine = MlsClient::open(MlsStore::open(b.state()).unwrap()).unwrap();
     assert_eq!(engine.epoch(&GroupId::from_bytes(&direct)).unwrap(), 2);
 }
+
+/// bob's MLS state is lost (a restored backup without it, a reinstall) while the server still
+/// holds KeyPackages of his old state, whose private keys are gone. His fresh client takes them
+/// off the server before publishing its own, so alice's invitation uses a KeyPackage bob can
+/// join with, and the group works.
+#[tokio::test]
+async fn a_device_that_lost_its_mls_state_is_invited_from_its_new_key_packages() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, _ae) = a.online(&url).await;
+    let before = {
+        let (bob, _be) = b.online(&url).await;
+        stock(&bob).await
+    };
+    assert!(before > 1, "the old state's stock is at the server");
+    b.lose_mls_state();
+    let (bob, mut be) = b.online(&url).await;
+
+    let g = alice
+        .create_group("after restore", &[id("bob")])
+        .await
+        .unwrap();
+    let (name, members) = joined(&mut be).await;
+    assert_eq!(
+        (name.as_str(), members),
+        (
+            "after restore",
+            vec!["alice".to_string(), "bob".to_string()]
+        )
+    );
+    say(&alice, &g, "can you read this?").await;
+    assert_eq!(
+        text(&next_group_message(&mut be).await),
+        ("alice", "can you read this?")
+    );
+    say(&bob, &g, "yes").await;
+    drop(bob);
+}
