@@ -63,6 +63,9 @@ pub enum Command {
     GroupRename(String),
     /// `/group heal`: rotate your keys in the current group now (after a suspected compromise).
     GroupHeal,
+    /// `/group heal all`: rotate your keys in every group and 1:1 conversation now (after a
+    /// suspected compromise of this device).
+    HealAll,
     /// `/groups`: list your groups, numbered.
     Groups,
     /// `/g <n|name>`: talk in group `#n` (as listed by `/groups`) or the group of that name.
@@ -120,6 +123,7 @@ commands:
   /members        the current group's members with their fingerprints
   /group add <id,id…> | remove <id,id…> | rename <name> | leave   change the current group
   /group heal     rotate your keys in the current group now (after a suspected compromise)
+  /group heal all rotate your keys in every group and 1:1 conversation now
   /reconnect      connect again after DISCONNECTED (takes the session back from another device)
   /help           this text
   /quit           leave
@@ -251,8 +255,9 @@ fn parse_group(args: &str) -> Command {
         ("rename", false) => Command::GroupRename(rest.to_owned()),
         ("leave", true) => Command::GroupLeave,
         ("heal", true) => Command::GroupHeal,
+        ("heal", false) if rest == "all" => Command::HealAll,
         _ => Command::Invalid(
-            "usage: /group new <name> <id,id…> | add <id,…> | remove <id,…> | rename <name> | leave | heal"
+            "usage: /group new <name> <id,id…> | add <id,…> | remove <id,…> | rename <name> | leave | heal [all]"
                 .into(),
         ),
     }
@@ -382,6 +387,8 @@ mod tests {
         );
         assert_eq!(parse("/group leave"), Command::GroupLeave);
         assert_eq!(parse("/group heal"), Command::GroupHeal);
+        assert_eq!(parse("/group heal all"), Command::HealAll);
+        assert!(matches!(parse("/group heal some"), Command::Invalid(_)));
         assert!(matches!(parse("/group leave now"), Command::Invalid(_)));
         assert!(matches!(parse("/group"), Command::Invalid(_)));
         assert!(matches!(parse("/group new x"), Command::Invalid(_)));

@@ -5,7 +5,8 @@
 //! controls ([`escape`] is lattice-peer's sanitiser). A message of several lines is printed as several lines, each with the sender's mark.
 
 use lattice_peer::{
-    Change, ConnectionState, IncomingQuestion, PeerError, PeerEvent, ReactionAction,
+    Change, ConnectionState, ConversationNotice, IncomingQuestion, PeerError, PeerEvent,
+    ReactionAction,
 };
 use lattice_protocol::QuestionKind;
 
@@ -200,6 +201,18 @@ pub fn event_lines(event: &PeerEvent) -> Vec<String> {
         )),
         PeerEvent::Error(e) => vec![describe_error(e)],
         PeerEvent::Lagged { missed } => vec![format!("!! {missed} events were not shown")],
+        PeerEvent::ConversationNotice { peer, notice } => {
+            let peer = escape(peer.as_str());
+            match notice {
+                ConversationNotice::Unreadable { .. } => vec![format!(
+                    "-- a message from {peer} could not be read: this device lost the encrypted conversation (restored backup, reinstall); a new one is set up, ask {peer} to send it again"
+                )],
+                ConversationNotice::PeerStartedOver => vec![format!(
+                    "-- {peer} started over on a new install or a restored backup: the conversation continues encrypted anew; what you sent just before may not have reached {peer}"
+                )],
+                _ => Vec::new(),
+            }
+        }
         _ => Vec::new(),
     }
 }
@@ -339,5 +352,24 @@ mod tests {
             has_no_controls(&line) && line.starts_with("!! refused"),
             "{line:?}"
         );
+    }
+
+    #[test]
+    fn a_lost_or_restarted_conversation_shows_a_system_line() {
+        let bob = ClientId::new("bob").unwrap();
+        for notice in [
+            ConversationNotice::Unreadable { message_id: None },
+            ConversationNotice::PeerStartedOver,
+        ] {
+            let lines = event_lines(&PeerEvent::ConversationNotice {
+                peer: bob.clone(),
+                notice,
+            });
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(
+                lines[0].starts_with("-- ") && lines[0].contains("bob"),
+                "{lines:?}"
+            );
+        }
     }
 }

@@ -150,6 +150,10 @@ pub async fn handle(
             peer.group_self_update(&g).await?;
             println!("-- your keys in [{}] are fresh", escape(&name_of(peer, &g)));
         }
+        Command::HealAll => {
+            let n = peer.heal_all_groups().await?;
+            println!("-- your keys are fresh in {n} groups and 1:1 conversations");
+        }
         Command::Groups => {
             let groups = peer.groups_list()?;
             if groups.is_empty() {

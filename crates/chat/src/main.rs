@@ -819,6 +819,7 @@ async fn handle(
         | Command::GroupLeave
         | Command::GroupRename(_)
         | Command::GroupHeal
+        | Command::HealAll
         | Command::Groups
         | Command::GroupPick(_)
         | Command::Members => {}

@@ -427,6 +427,22 @@ impl MlsClient {
             .collect()
     }
 
+    /// The MLS signature key of each member's leaf, by id (one entry per leaf). A member whose
+    /// key differs between two groups is a different MLS client (device or installation) of
+    /// that id.
+    ///
+    /// # Errors
+    /// [`MlsError::UnknownGroup`]; a member credential that does not parse.
+    pub fn member_signature_keys(
+        &self,
+        gid: &GroupId,
+    ) -> Result<Vec<(ClientId, Vec<u8>)>, MlsError> {
+        self.group(gid)?
+            .members()
+            .map(|m| Ok((claimed_identity(&m.credential)?.client_id, m.signature_key)))
+            .collect()
+    }
+
     /// The group's name.
     ///
     /// # Errors
@@ -677,6 +693,31 @@ impl MlsClient {
         welcome: &[u8],
         pins: &dyn IdentityPins,
     ) -> Result<(GroupId, GroupEvent), MlsError> {
+        self.join_delivered(welcome, pins, None)
+    }
+
+    /// [`MlsClient::join`] for the delivery `(sender, message_id)`, recorded durably in the same
+    /// transaction: the same delivery again (a redelivery after a crash, a replay) is
+    /// [`MlsError::Duplicate`] and changes nothing.
+    ///
+    /// # Errors
+    /// [`MlsError::Duplicate`], and those of [`MlsClient::join`].
+    pub fn join_once(
+        &mut self,
+        sender: &str,
+        message_id: &str,
+        welcome: &[u8],
+        pins: &dyn IdentityPins,
+    ) -> Result<(GroupId, GroupEvent), MlsError> {
+        self.join_delivered(welcome, pins, Some((sender, message_id)))
+    }
+
+    fn join_delivered(
+        &mut self,
+        welcome: &[u8],
+        pins: &dyn IdentityPins,
+        delivery: Option<(&str, &str)>,
+    ) -> Result<(GroupId, GroupEvent), MlsError> {
         check_len("welcome", welcome.len(), MAX_MESSAGE_LEN)?;
         let msg = MlsMessageIn::tls_deserialize_exact(welcome)
             .map_err(|e| MlsError::malformed("welcome", e))?;
@@ -684,6 +725,7 @@ impl MlsClient {
             return Err(MlsError::malformed("welcome", "not a Welcome message"));
         };
         let (gid, event) = self.transact(None, |provider, _, groups| {
+            record_once(provider, delivery)?;
             let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
                 .map_err(|e| MlsError::Handshake(e.to_string()))?;
             let context = staged.group_context();
@@ -756,11 +798,60 @@ impl MlsClient {
         message: &[u8],
         pins: &dyn IdentityPins,
     ) -> Result<Vec<GroupEvent>, MlsError> {
+        self.process_delivered(message, pins, None)
+    }
+
+    /// [`MlsClient::process`] for the delivery `(sender, message_id)`, recorded durably in the
+    /// same transaction as the new group state: the same delivery again (the delivery service
+    /// redelivers what was not acknowledged, e.g. after a crash between processing and `ack`;
+    /// or a replay) is [`MlsError::Duplicate`] and changes nothing, across restarts. The last
+    /// [`crate::limits::MAX_REMEMBERED_DELIVERIES`] deliveries are remembered. A message that
+    /// fails is not recorded (its transaction rolls back).
+    ///
+    /// # Errors
+    /// [`MlsError::Duplicate`], and those of [`MlsClient::process`].
+    pub fn process_once(
+        &mut self,
+        sender: &str,
+        message_id: &str,
+        message: &[u8],
+        pins: &dyn IdentityPins,
+    ) -> Result<Vec<GroupEvent>, MlsError> {
+        self.process_delivered(message, pins, Some((sender, message_id)))
+    }
+
+    fn process_delivered(
+        &mut self,
+        message: &[u8],
+        pins: &dyn IdentityPins,
+        delivery: Option<(&str, &str)>,
+    ) -> Result<Vec<GroupEvent>, MlsError> {
         let (gid, protocol) = parse_protocol_message(message)?;
         let gid2 = gid.clone();
         self.transact(Some(&gid), move |provider, _, groups| {
+            record_once(provider, delivery)?;
             process_in(provider, groups, &gid2, protocol, pins)
         })
+    }
+
+    /// Deletes this client's state of group `gid` locally (its tree and secrets), without
+    /// telling anyone: for a group that can no longer be used, such as a 1:1 conversation whose
+    /// peer started over with a new MLS client. The delivery service still lists this client.
+    ///
+    /// # Errors
+    /// [`MlsError::UnknownGroup`]; a store failure.
+    pub fn forget_group(&mut self, gid: &GroupId) -> Result<(), MlsError> {
+        let gid2 = gid.clone();
+        self.transact(Some(gid), move |provider, _, groups| {
+            group_mut(groups, &gid2)?
+                .delete(openmls_traits::OpenMlsProvider::storage(provider))
+                .map_err(MlsError::Store)?;
+            store::delete_group(tx_conn(provider), &gid2.0)?;
+            groups.remove(&gid2);
+            Ok(())
+        })?;
+        tracing::info!(group = %gid, "MLS group forgotten locally");
+        Ok(())
     }
 
     /// Processes a burst of messages (a mailbox drain) in **one** SQLite transaction, each in its
@@ -916,6 +1007,22 @@ fn process_in(
             Ok(events)
         }
         _ => Err(MlsError::Handshake("unsupported message content".into())),
+    }
+}
+
+/// Records `delivery` (sender, message id) in the open transaction: [`MlsError::Duplicate`] if
+/// it was recorded before.
+fn record_once(provider: &Provider<'_>, delivery: Option<(&str, &str)>) -> Result<(), MlsError> {
+    let Some((sender, message_id)) = delivery else {
+        return Ok(());
+    };
+    if store::record_delivery(tx_conn(provider), sender, message_id)? {
+        Ok(())
+    } else {
+        Err(MlsError::Duplicate {
+            sender: sender.to_owned(),
+            message_id: message_id.to_owned(),
+        })
     }
 }
 

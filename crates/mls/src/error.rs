@@ -13,6 +13,15 @@ pub enum MlsError {
     /// The SQLite store failed.
     #[error("MLS store: {0}")]
     Store(#[from] rusqlite::Error),
+    /// This delivery (sender and message id) was processed already: a redelivery or a replay.
+    /// Nothing was done; acknowledge it again.
+    #[error("message {message_id} from {sender} was processed already")]
+    Duplicate {
+        /// The sender the delivery service named.
+        sender: String,
+        /// Its message id.
+        message_id: String,
+    },
     /// The store was never initialised with a client, or holds a different client.
     #[error("MLS store has no client: {0}")]
     NoClient(&'static str),

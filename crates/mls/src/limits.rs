@@ -46,6 +46,12 @@ pub const OUT_OF_ORDER_TOLERANCE: u32 = 5;
 /// How far ahead of the last seen generation a message may be (bounds ratchet work per message).
 pub const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 
+/// Deliveries remembered by [`crate::MlsClient::process_once`] / [`crate::MlsClient::join_once`]
+/// (the oldest are forgotten past it). The delivery service redelivers a message only until it
+/// is acknowledged, and a client acknowledges right after processing, so a redelivery (a crash
+/// between the two) comes within the last few dozen; 10,000 rows (~1 MB) leave a wide margin.
+pub const MAX_REMEMBERED_DELIVERIES: usize = 10_000;
+
 /// Lifetime of a KeyPackage, in seconds (28 days): the directory refuses expired ones, and the
 /// owner uploads fresh stock well before.
 pub const KEY_PACKAGE_LIFETIME_SECS: u64 = 28 * 24 * 60 * 60;

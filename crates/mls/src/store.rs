@@ -120,6 +120,11 @@ impl MlsStore {
              );
              CREATE TABLE IF NOT EXISTS lattice_mls_groups (
                  group_id BLOB PRIMARY KEY
+             );
+             CREATE TABLE IF NOT EXISTS lattice_mls_delivered (
+                 sender TEXT NOT NULL,
+                 message_id TEXT NOT NULL,
+                 PRIMARY KEY (sender, message_id)
              );",
         )?;
         Ok(Self { conn })
@@ -179,4 +184,27 @@ pub(crate) fn delete_group(conn: &Connection, group_id: &[u8]) -> Result<(), Mls
         [group_id],
     )?;
     Ok(())
+}
+
+/// Records a delivery (in the caller's open transaction) and keeps only the last
+/// [`crate::limits::MAX_REMEMBERED_DELIVERIES`]. `Ok(false)` if it was recorded already.
+pub(crate) fn record_delivery(
+    conn: &Connection,
+    sender: &str,
+    message_id: &str,
+) -> Result<bool, MlsError> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO lattice_mls_delivered (sender, message_id) VALUES (?1, ?2)",
+        [sender, message_id],
+    )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let keep = i64::try_from(crate::limits::MAX_REMEMBERED_DELIVERIES).unwrap_or(i64::MAX);
+    conn.execute(
+        "DELETE FROM lattice_mls_delivered
+         WHERE rowid <= (SELECT MAX(rowid) FROM lattice_mls_delivered) - ?1",
+        [keep],
+    )?;
+    Ok(true)
 }

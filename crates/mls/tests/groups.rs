@@ -410,3 +410,88 @@ fn a_mailbox_drain_in_one_batch_keeps_each_outcome() {
     assert!(again.iter().all(|r| matches!(r, Err(MlsError::Decrypt))));
     send_and_check(&mut bob, &mut [&mut alice], &gid, &pins, "after the batch");
 }
+
+/// A delivery (sender, message id) processed with `process_once` / `join_once` is remembered in
+/// the store, in the same transaction as its effect: the same delivery after a reopen is
+/// `Duplicate` and changes nothing, a new delivery of the same bytes is what MLS itself refuses,
+/// and a delivery that failed is not remembered (it may be tried again).
+#[test]
+fn a_delivery_processed_once_is_refused_again_after_a_reopen() {
+    let mut pins = Pins::default();
+    let mut alice = Device::new("alice", &mut pins);
+    let mut bob = Device::new("bob", &mut pins);
+    let gid = alice.c().create_group("g").unwrap();
+    let kp = bob.key_package_for(&mut alice, &pins);
+    let out = alice.c().add_members(&gid, &[kp]).unwrap();
+    alice.c().confirm_commit(&gid).unwrap();
+    let welcome = out.welcome.unwrap();
+    let (joined, _) = bob.c().join_once("alice", "w1", &welcome, &pins).unwrap();
+    assert_eq!(joined, gid);
+
+    let ct = alice.c().encrypt(&gid, b"once").unwrap();
+    // A failure is not remembered: garbage under a message id, then the real bytes under it.
+    let mut bad = ct.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        bob.c().process_once("alice", "m1", &bad, &pins),
+        Err(MlsError::Decrypt)
+    ));
+    let events = bob.c().process_once("alice", "m1", &ct, &pins).unwrap();
+    assert_eq!(texts(&events), ["once"]);
+
+    bob.reopen();
+    let epoch = bob.c().epoch(&gid).unwrap();
+    assert!(matches!(
+        bob.c().process_once("alice", "m1", &ct, &pins),
+        Err(MlsError::Duplicate { sender, message_id }) if sender == "alice" && message_id == "m1"
+    ));
+    assert!(matches!(
+        bob.c().join_once("alice", "w1", &welcome, &pins),
+        Err(MlsError::Duplicate { .. })
+    ));
+    // Another sender may use the same message id.
+    let ct2 = alice.c().encrypt(&gid, b"other").unwrap();
+    assert_eq!(
+        texts(&bob.c().process_once("carol", "m1", &ct2, &pins).unwrap()),
+        ["other"]
+    );
+    assert_eq!(bob.c().epoch(&gid).unwrap(), epoch);
+    send_and_check(&mut alice, &mut [&mut bob], &gid, &pins, "goes on");
+}
+
+/// `forget_group` deletes a group's state locally and durably; `member_signature_keys` tells two
+/// MLS clients of one id apart (a reinstall makes a new signature key).
+#[test]
+fn a_forgotten_group_is_gone_after_a_reopen_and_a_new_client_has_a_new_leaf_key() {
+    let mut pins = Pins::default();
+    let mut alice = Device::new("alice", &mut pins);
+    let mut bob = Device::new("bob", &mut pins);
+    let g1 = make_group(&mut alice, &mut [&mut bob], &pins);
+    let bob_key = |d: &mut Device, g| {
+        d.c()
+            .member_signature_keys(g)
+            .unwrap()
+            .into_iter()
+            .find(|(c, _)| c.as_str() == "bob")
+            .unwrap()
+            .1
+    };
+    let old = bob_key(&mut alice, &g1);
+    assert_eq!(bob_key(&mut bob, &g1), old);
+
+    // bob again, as a new MLS client of the same identity (his state was lost).
+    let same = lattice_crypto::IdentityKeyPair::from_secret_bytes(&bob.identity.secret_bytes());
+    let mut bob2 = Device::with_identity("bob", same);
+    let g2 = make_group(&mut alice, &mut [&mut bob2], &pins);
+    assert_ne!(bob_key(&mut alice, &g2), old);
+
+    alice.c().forget_group(&g1).unwrap();
+    assert!(matches!(
+        alice.c().epoch(&g1),
+        Err(MlsError::UnknownGroup(_))
+    ));
+    alice.reopen();
+    assert_eq!(alice.c().groups(), vec![g2.clone()]);
+    send_and_check(&mut alice, &mut [&mut bob2], &g2, &pins, "new leaf");
+}

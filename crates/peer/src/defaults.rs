@@ -223,11 +223,6 @@ const _: () = assert!(
 /// reconnect). Larger than [`RECEIVE_QUEUE`]: a mailbox drain of a busy group comes at once.
 pub const GROUP_RECEIVE_QUEUE: usize = 1024;
 
-/// (sender, message id) pairs of group messages remembered to drop redeliveries (about 100 bytes
-/// each). Delivery is at least once; MLS refuses to open one message twice, so a redelivered
-/// copy must be recognised before the engine sees it.
-pub const GROUP_SEEN_IDS: usize = 4096;
-
 /// The KeyPackage stock this device keeps at the server: topped up to this when it falls under
 /// [`lattice_protocol::limits::KEY_PACKAGE_LOW_STOCK`] (one upload, at most
 /// [`lattice_protocol::limits::MAX_KEY_PACKAGE_UPLOAD`]).

@@ -335,6 +335,24 @@ pub enum GroupChange {
     Removed,
 }
 
+/// Something the user should see about a 1:1 conversation over MLS (a system line, not an
+/// error of the app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConversationNotice {
+    /// A message from the peer could not be read: it came in an MLS conversation this device
+    /// no longer has (its MLS state was lost: a restored backup, a reinstall). A new
+    /// conversation is set up with the peer; only the peer can send the message again.
+    Unreadable {
+        /// The message's id, as the server named it.
+        message_id: Option<MessageId>,
+    },
+    /// The peer started over with a new MLS state (a restored backup, a reinstall, the same
+    /// identity on a new install): the conversation moved to a new MLS group, and what was sent
+    /// to its old state after the loss may not have been read.
+    PeerStartedOver,
+}
+
 /// A message in a group that decrypted and passed every check.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GroupMessage {
@@ -421,6 +439,13 @@ pub enum PeerEvent {
         by: Option<ClientId>,
         /// What changed.
         change: GroupChange,
+    },
+    /// A notice about the 1:1 conversation with `peer` (see [`ConversationNotice`]).
+    ConversationNotice {
+        /// The peer.
+        peer: ClientId,
+        /// What happened.
+        notice: ConversationNotice,
     },
     /// A file transfer moved on: at most [`crate::defaults::TRANSFER_EVENT_INTERVAL`] apart per
     /// transfer while bytes move, and on every change of state.

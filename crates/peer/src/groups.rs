@@ -10,7 +10,9 @@
 //! - **Order.** One MLS change at a time ([`Groups::op`]): an incoming message is processed, or
 //!   one Commit of ours is in flight (made, sent, ruled on, then confirmed or discarded). Incoming
 //!   `mls` messages are processed by one worker in the order the server delivered them, and
-//!   acknowledged only after the engine has committed the new state to SQLite.
+//!   acknowledged only after the engine has committed the new state to SQLite, together with
+//!   the (sender, message id) of the delivery ([`MlsClient::process_once`]): a redelivery, even
+//!   after a restart, is acknowledged and dropped.
 //! - **Commits.** `group_commit`; on `STALE_EPOCH` the Commit is discarded, the worker processes
 //!   the winner, and the intent is made again in the new epoch, at most
 //!   [`defaults::COMMIT_ATTEMPTS`] times. `confirm_commit` only after the server accepted it.
@@ -23,14 +25,16 @@
 //! - **Healing.** Each group gets a self-update Commit every [`crate::PeerConfig::group_self_update`]
 //!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use lattice_crypto::{Fingerprint, Identity};
 use lattice_mls::{GroupEvent, GroupId, MlsClient, MlsError, MlsStore, OutgoingCommit};
-use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_UPLOAD};
+use lattice_protocol::limits::{
+    KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
+};
 use lattice_protocol::{
     ClientFrame, ClientId, Delivered, ErrorType, GroupCommit, GroupMessage as GroupMessageFrame,
     KeyPackageFetch, KeyPackageUpload, MessageId, MlsEnvelope, MlsKind, ServerFrame,
@@ -138,29 +142,6 @@ impl HealSchedule {
     }
 }
 
-/// Bounded memory of (sender, message id) pairs already processed: delivery is at least once.
-#[derive(Debug, Default)]
-struct Seen {
-    set: HashSet<(ClientId, MessageId)>,
-    order: VecDeque<(ClientId, MessageId)>,
-}
-
-impl Seen {
-    /// Records the pair; `false` if it was already there.
-    fn insert(&mut self, key: (ClientId, MessageId)) -> bool {
-        if !self.set.insert(key.clone()) {
-            return false;
-        }
-        self.order.push_back(key);
-        while self.order.len() > defaults::GROUP_SEEN_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 /// The group component. Shared (`Arc`) by the handle, the router, the connection and its tasks.
 #[derive(Debug)]
 pub(crate) struct Groups {
@@ -192,7 +173,12 @@ pub(crate) struct Groups {
     queue_tx: mpsc::Sender<Delivered>,
     /// Its receiving end, taken by the running worker and given back when it ends.
     queue_rx: Mutex<Option<mpsc::Receiver<Delivered>>>,
-    seen: Mutex<Seen>,
+    /// Message ids of 1:1 MLS messages read and not yet confirmed to their senders, per peer
+    /// ([`direct`]'s delivery receipts). std Mutex: short pushes and takes.
+    delivered: Mutex<HashMap<ClientId, Vec<MessageId>>>,
+    /// Peers with whom a lost 1:1 conversation was set up again, and when ([`direct`]), so an
+    /// unreadable burst sets up one conversation, not one per message.
+    restarted: Mutex<direct::RecentPeers>,
     heal: Mutex<HealSchedule>,
     /// Woken when the heal schedule changed.
     heal_changed: Notify,
@@ -212,6 +198,13 @@ pub(crate) type Components = (
 /// The table where the time of each group's last self-update is kept (in the MLS database).
 const HEAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_group_heal (
     group_id BLOB PRIMARY KEY, last_update_ms INTEGER NOT NULL)";
+
+/// A row here means this MLS client was created fresh and has not yet cleared the KeyPackages
+/// the server may still hold for this id from an earlier MLS state (a restored backup without
+/// it, a reinstall): their private keys are gone, so a Welcome made from one could never be
+/// joined. Deleted once cleared ([`Groups::replenish`]).
+const STOCK_RESET_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_stock_reset (
+    only_row INTEGER PRIMARY KEY CHECK (only_row = 1))";
 
 /// An engine error as a [`PeerError`]: a refused identity binding loudly, the rest typed by kind.
 pub(crate) fn mls_error(e: MlsError, group: Option<&GroupId>) -> PeerError {
@@ -262,12 +255,13 @@ impl Groups {
                 .map_err(|e| PeerError::Io(format!("{}: {e}", path.display())))?,
         );
         let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
-        let mls = match MlsClient::open(store) {
-            Ok(m) => m,
+        let (mls, fresh) = match MlsClient::open(store) {
+            Ok(m) => (m, false),
             Err(MlsError::NoClient(_)) => {
                 let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
-                MlsClient::create(store, identity.identity_key(), client_id.clone())
-                    .map_err(|e| mls_error(e, None))?
+                let m = MlsClient::create(store, identity.identity_key(), client_id.clone())
+                    .map_err(|e| mls_error(e, None))?;
+                (m, true)
             }
             Err(e) => return Err(mls_error(e, None)),
         };
@@ -285,6 +279,17 @@ impl Groups {
         mls.connection()
             .execute(HEAL_TABLE, [])
             .map_err(|e| mls_error(e.into(), None))?;
+        mls.connection()
+            .execute(STOCK_RESET_TABLE, [])
+            .map_err(|e| mls_error(e.into(), None))?;
+        if fresh {
+            mls.connection()
+                .execute(
+                    "INSERT OR IGNORE INTO lattice_peer_stock_reset (only_row) VALUES (1)",
+                    [],
+                )
+                .map_err(|e| mls_error(e.into(), None))?;
+        }
         let now = now_ms();
         for g in mls.groups() {
             let last: Option<i64> = mls
@@ -318,7 +323,8 @@ impl Groups {
             replenishing: tokio::sync::Mutex::new(()),
             queue_tx,
             queue_rx: Mutex::new(Some(queue_rx)),
-            seen: Mutex::new(Seen::default()),
+            delivered: Mutex::new(HashMap::new()),
+            restarted: Mutex::new(direct::RecentPeers::default()),
             heal: Mutex::new(heal),
             heal_changed: Notify::new(),
             this: Mutex::new(None),
@@ -340,6 +346,10 @@ impl Groups {
     /// stock after.
     pub(crate) async fn replenish(&self) -> Result<u32, PeerError> {
         let _one = self.replenishing.lock().await;
+        let reset = self.stock_reset_pending()?;
+        if reset {
+            self.clear_stale_stock().await?;
+        }
         let answer = self
             .requests
             .request(
@@ -360,7 +370,7 @@ impl Groups {
         } else {
             0
         };
-        if count == 0 && stock.last_resort {
+        if count == 0 && stock.last_resort && !reset {
             return Ok(stock.stock);
         }
         let upload = {
@@ -371,7 +381,8 @@ impl Groups {
                 .iter()
                 .map(|k| B64.encode(k))
                 .collect();
-            let last_resort = if stock.last_resort {
+            // After a reset the stored last resort is the lost state's: replaced.
+            let last_resort = if stock.last_resort && !reset {
                 None
             } else {
                 Some(
@@ -399,7 +410,57 @@ impl Groups {
             return Err(unexpected("key_package_upload", &answer));
         };
         tracing::info!(peer = %self.client_id, uploaded = count, stock = after.stock, "KeyPackages uploaded");
+        if reset {
+            lock(&self.mls)
+                .connection()
+                .execute("DELETE FROM lattice_peer_stock_reset", [])
+                .map_err(|e| mls_error(e.into(), None))?;
+        }
         Ok(after.stock)
+    }
+
+    fn stock_reset_pending(&self) -> Result<bool, PeerError> {
+        let n: i64 = lock(&self.mls)
+            .connection()
+            .query_row("SELECT COUNT(*) FROM lattice_peer_stock_reset", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| mls_error(e.into(), None))?;
+        Ok(n > 0)
+    }
+
+    /// A fresh MLS client takes (and so deletes) every one-time KeyPackage the server still
+    /// holds for its id: they belong to a lost MLS state. Bounded by the server's stock limit;
+    /// stops at the last resort (the stock is empty) or `NO_KEY_PACKAGE`.
+    async fn clear_stale_stock(&self) -> Result<(), PeerError> {
+        let mut cleared = 0usize;
+        for _ in 0..=MAX_KEY_PACKAGE_STOCK {
+            let me = self.client_id.clone();
+            let options = WaitOptions::default()
+                .filter(move |f| matches!(f, ServerFrame::KeyPackage(k) if k.client_id == me));
+            let answer = self
+                .requests
+                .request(
+                    Lane::Normal,
+                    ClientFrame::KeyPackageFetch(KeyPackageFetch {
+                        client_id: self.client_id.clone(),
+                    }),
+                    "key_package_fetch",
+                    options,
+                )
+                .await;
+            match answer {
+                Ok(ServerFrame::KeyPackage(k)) if !k.last_resort => cleared += 1,
+                Ok(ServerFrame::KeyPackage(_)) => break,
+                Ok(other) => return Err(unexpected("key_package_fetch", &other)),
+                Err(e) if e.error_type() == Some(ErrorType::NoKeyPackage) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if cleared > 0 {
+            tracing::warn!(peer = %self.client_id, cleared, "KeyPackages of a lost MLS state cleared from the server");
+        }
+        Ok(())
     }
 
     /// Runs [`Groups::replenish`] in the background, reporting a failure as an event.
@@ -720,6 +781,40 @@ impl Groups {
         Ok(())
     }
 
+    /// A self-update in every group and 1:1 conversation of this device, one after the other
+    /// (after a suspected compromise of the device: a copy of its state taken before reads
+    /// nothing sent after). Returns how many rotated. A group that could not rotate now is due
+    /// again after [`defaults::SELF_UPDATE_RETRY`]; the first error is returned after all were
+    /// tried.
+    pub(crate) async fn heal_all(&self) -> Result<usize, PeerError> {
+        let all = lock(&self.mls).groups();
+        let mut healed = 0;
+        let mut first_error = None;
+        for gid in &all {
+            match self.self_update(gid).await {
+                Ok(()) => healed += 1,
+                Err(e) => {
+                    tracing::warn!(peer = %self.client_id, group = %gid, error = %Sanitized(&e), "self-update after a suspected compromise failed; retried later");
+                    lock(&self.heal)
+                        .retry_at(gid.clone(), Instant::now() + defaults::SELF_UPDATE_RETRY);
+                    self.heal_changed.notify_one();
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(healed),
+            Some(e) => Err(PeerError::Group {
+                group: None,
+                reason: format!(
+                    "{healed} of {} groups rotated their keys; the others are retried in {:?}: {e}",
+                    all.len(),
+                    defaults::SELF_UPDATE_RETRY
+                ),
+            }),
+        }
+    }
+
     /// Asks to leave: a Remove proposal of ourselves, which another member commits.
     pub(crate) async fn leave(&self, gid: &GroupId) -> Result<(), PeerError> {
         let proposal = {
@@ -848,7 +943,12 @@ impl Groups {
                 biased;
                 () = cancel.cancelled() => break,
                 d = rx.recv() => match d {
-                    Some(d) => self.process(d).await,
+                    Some(d) => {
+                        self.process(d).await;
+                        // Delivery receipts go once a burst is read (one per peer, not one
+                        // per message), or when one is full.
+                        self.flush_delivered(!rx.is_empty());
+                    }
                     None => break,
                 },
                 () = self.heal_changed.notified() => {}
@@ -873,6 +973,14 @@ impl Groups {
                         tracing::info!(peer = %me.client_id, group = %gid, "scheduled self-update done")
                     }
                     Err(PeerError::UnknownGroup(_)) => lock(&me.heal).forget(&gid),
+                    Err(e)
+                        if e.error_type() == Some(ErrorType::NotAMember)
+                            && me.direct_peer(&gid).is_some() =>
+                    {
+                        // The server no longer has this 1:1 conversation: the next message sets
+                        // up a new one.
+                        me.retire_direct(&gid);
+                    }
                     Err(e) => {
                         tracing::warn!(peer = %me.client_id, group = %gid, error = %Sanitized(&e), "scheduled self-update failed; retried later");
                     }
@@ -902,20 +1010,13 @@ impl Groups {
             self.refuse(None, &from, "a group message without a message id");
             return;
         };
-        if !lock(&self.seen).insert((from.clone(), message_id.clone())) {
-            tracing::debug!(peer = %self.client_id, from = %from, message_id = %message_id, "duplicate group message dropped");
-            self.link.ack(&from, &message_id);
-            return;
-        }
         let ack = {
             let _g = self.op.lock().await;
-            self.open_message(&d).await
+            self.open_message(&d, &message_id).await
         };
+        // Not acknowledged (our store failed): the server delivers it again.
         if ack {
             self.link.ack(&from, &message_id);
-        } else {
-            // Not acknowledged: the server delivers it again; let it through then.
-            lock(&self.seen).set.remove(&(from, message_id));
         }
     }
 
@@ -931,8 +1032,9 @@ impl Groups {
 
     /// Opens one delivered `mls` message and raises its events. Returns whether to acknowledge
     /// it (everything but a failure of our own store, which may pass).
-    async fn open_message(&self, d: &Delivered) -> bool {
+    async fn open_message(&self, d: &Delivered, message_id: &MessageId) -> bool {
         let from = &d.from_id;
+        let delivery = (from.as_str(), message_id.as_str());
         let Ok(env) = serde_json::from_str::<MlsEnvelope>(d.message.get()) else {
             self.refuse(None, from, "malformed mls envelope");
             return true;
@@ -955,12 +1057,18 @@ impl Groups {
         };
         let outcome = match env.kind {
             MlsKind::Welcome => {
-                self.with_pins(|mls, pins| mls.join(&data, pins).map(|(g, ev)| (g, vec![ev])))
-                    .await
+                self.with_pins(|mls, pins| {
+                    mls.join_once(delivery.0, delivery.1, &data, pins)
+                        .map(|(g, ev)| (g, vec![ev]))
+                })
+                .await
             }
             MlsKind::Commit | MlsKind::Message => {
-                self.with_pins(|mls, pins| mls.process(&data, pins).map(|ev| (gid.clone(), ev)))
-                    .await
+                self.with_pins(|mls, pins| {
+                    mls.process_once(delivery.0, delivery.1, &data, pins)
+                        .map(|ev| (gid.clone(), ev))
+                })
+                .await
             }
         };
         let result = match outcome {
@@ -986,6 +1094,12 @@ impl Groups {
                 self.handle_events(&g, from, d.message_id.as_ref(), d.timestamp, events);
                 true
             }
+            Err(MlsError::Duplicate { .. }) => {
+                // Delivery is at least once (a crash between processing and `ack`), and the
+                // engine remembers what it processed, durably: acknowledged again, nothing more.
+                tracing::debug!(peer = %self.client_id, from = %from, message_id = %message_id, "duplicate group message dropped");
+                true
+            }
             Err(MlsError::StaleEpoch { got, current }) => {
                 // A replayed handshake message (or one this device already processed before a
                 // restart): ignored.
@@ -993,7 +1107,8 @@ impl Groups {
                 true
             }
             Err(MlsError::UnknownGroup(_)) if env.kind != MlsKind::Welcome => {
-                tracing::debug!(peer = %self.client_id, group = %gid, "message for a group we are not in ignored");
+                tracing::debug!(peer = %self.client_id, group = %gid, "message for a group we are not in");
+                self.lost_conversation(from, message_id);
                 true
             }
             Err(MlsError::Store(e)) => {
@@ -1306,6 +1421,83 @@ mod tests {
         assert_eq!(lock(&bob.mls).group_name(&g).unwrap(), "one");
     }
 
+    /// The worker runs the heal schedule on tokio time: bob's group (joined from alice's
+    /// Welcome) gets no self-update before its interval has passed, and gets one (a
+    /// `group_commit` for it) once it has. Paused time: a week passes in no time.
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_sends_a_self_update_when_the_interval_has_passed_and_not_before() {
+        let day = Duration::from_secs(24 * 3600);
+        let mut kit = Kit::new("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let alice_identity = identity();
+        kit.store
+            .pin(&id("alice"), &alice_identity.identity_public_key())
+            .unwrap();
+        kit.store
+            .pin(&id("bob"), &kit.identity.identity_public_key())
+            .unwrap();
+        let bob = Groups::open(
+            &dir.path().join("bob.mls"),
+            &kit.identity,
+            id("bob"),
+            7 * day,
+            (
+                Arc::clone(&kit.trust),
+                Arc::clone(&kit.requests),
+                Arc::clone(&kit.link),
+                Arc::clone(&kit.dispatcher),
+                Arc::new(crate::history::History::new(
+                    id("bob"),
+                    Arc::new(crate::history::NoHistory),
+                )),
+            ),
+        )
+        .unwrap()
+        .into_arc();
+        let mut alice = MlsClient::create(
+            MlsStore::open(dir.path().join("alice.mls")).unwrap(),
+            alice_identity.identity_key(),
+            id("alice"),
+        )
+        .unwrap();
+        let (a_pin, b_pin) = (
+            alice_identity.identity_public_key(),
+            kit.identity.identity_public_key(),
+        );
+        let pins = move |c: &ClientId| match c.as_str() {
+            "alice" => Some(a_pin),
+            "bob" => Some(b_pin),
+            _ => None,
+        };
+        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
+        let kp = alice.validate_key_package(&kp, &pins).unwrap();
+        let g = alice.create_group("g").unwrap();
+        let add = alice.add_members(&g, &[kp]).unwrap();
+        alice.confirm_commit(&g).unwrap();
+        bob.process(delivered(MlsKind::Welcome, &g, &add.welcome.unwrap(), "w"))
+            .await;
+        assert_eq!(acked(&mut kit), ["w"]);
+
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(Arc::clone(&bob).worker(cancel.clone()));
+        let commits = |kit: &mut Kit| {
+            let mut out = Vec::new();
+            while let Some(f) = kit.try_sent() {
+                if let ClientFrame::GroupCommit(c) = f.body {
+                    out.push(c.group_id.to_string());
+                }
+            }
+            out
+        };
+        tokio::time::sleep(7 * day - Duration::from_secs(60)).await;
+        assert!(commits(&mut kit).is_empty(), "rotated too early");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let sent = commits(&mut kit);
+        assert!(sent.contains(&g.to_string()), "{sent:?}");
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
     fn g(b: u8) -> GroupId {
         GroupId::from_bytes(&[b; 16])
     }
@@ -1333,19 +1525,5 @@ mod tests {
         // Long overdue (a device off for a month) is due at once, not in the past forever.
         s.updated_ago(g(3), 30 * day);
         assert_eq!(s.due(Instant::now()), vec![g(3)]);
-    }
-
-    #[test]
-    fn seen_ids_are_bounded() {
-        let mut s = Seen::default();
-        let a = ClientId::new("a").unwrap_or_else(|_| unreachable!());
-        let id = |n: usize| MessageId::new(format!("m{n}")).unwrap_or_else(|_| unreachable!());
-        assert!(s.insert((a.clone(), id(0))));
-        assert!(!s.insert((a.clone(), id(0))));
-        for n in 1..=defaults::GROUP_SEEN_IDS {
-            s.insert((a.clone(), id(n)));
-        }
-        assert_eq!(s.set.len(), defaults::GROUP_SEEN_IDS);
-        assert!(s.insert((a, id(0))), "the oldest was forgotten");
     }
 }

@@ -115,9 +115,9 @@ pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
 pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, Thumbnail};
 pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{
-    Algorithm, Change, ConnectionState, ContentUpdate, EventStream, GroupChange, GroupMessage,
-    HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent, TransferDirection, TransferId,
-    TransferProgress, TransferState,
+    Algorithm, Change, ConnectionState, ContentUpdate, ConversationNotice, EventStream,
+    GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
+    TransferDirection, TransferId, TransferProgress, TransferState,
 };
 pub use files::FileMeta;
 pub use groups::{GroupInfo, GroupMember};

@@ -860,6 +860,19 @@ impl MessagingPeer {
         self.groups()?.self_update(group).await
     }
 
+    /// Rotates this device's keys in **every** group and 1:1 MLS conversation now (a
+    /// self-update Commit in each, one after the other): what to do after a suspected compromise
+    /// of the device (it was lost and found, malware was removed, its files were copied), since
+    /// 1:1 conversations are not listed as groups. Returns how many rotated.
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`]; [`PeerError::Group`] naming how many rotated when some
+    /// could not (offline, lost races): those are tried again after
+    /// [`crate::defaults::SELF_UPDATE_RETRY`].
+    pub async fn heal_all_groups(&self) -> Result<usize, PeerError> {
+        self.groups()?.heal_all().await
+    }
+
     /// Sends `content` ([`Content::Text`] or [`Content::Reply`]) to every member of `group`.
     /// Returns the message id. Others get it as [`PeerEvent::GroupMessage`].
     ///

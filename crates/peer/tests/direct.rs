@@ -8,9 +8,10 @@ mod support;
 use std::time::Instant;
 
 use lattice_peer::{
-    Algorithm, Change, Content, EventStream, IncomingMessage, MessageRef, PeerError, PeerEvent,
-    RejectReason,
+    Algorithm, Change, Content, ConversationNotice, EventStream, IncomingMessage, MessageRef,
+    PeerError, PeerEvent, RejectReason,
 };
+use lattice_protocol::{AckStatus, MessageAck, MessageId};
 use support::person::Person;
 use support::server::*;
 use support::*;
@@ -395,4 +396,223 @@ async fn a_pinned_mls_peer_is_never_sent_an_older_envelope_when_its_key_packages
     )
     .await;
     assert_eq!(text_of(&first), "marker");
+}
+
+/// The next `MessageAck` for `message_id`; any error fails the test.
+async fn ack_of(events: &mut EventStream, message_id: &MessageId) -> MessageAck {
+    wait_for(events, |e| match e {
+        PeerEvent::MessageAck(a) if a.message_id == *message_id => Some(a),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits until `message_id` is acknowledged as delivered (its `queued` ack may come first).
+async fn delivered(events: &mut EventStream, message_id: &MessageId) {
+    while ack_of(events, message_id).await.status != AckStatus::Delivered {}
+}
+
+/// A 1:1 MLS send raises the same delivery states as a `lattice-v1` one: `queued` once the
+/// server stored it for the peer (offline here), then `delivered` when the peer's client read
+/// it (its delivery receipt, inside the conversation); both ways.
+#[tokio::test]
+async fn a_one_to_one_mls_send_is_queued_then_delivered_once_the_peer_read_it() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, mut ae) = a.online(&url).await;
+    {
+        let (bob, _) = b.online(&url).await;
+        bob.disconnect().await;
+    }
+    let sent = alice
+        .send_message(&id("bob"), "while you were away")
+        .await
+        .unwrap();
+    assert_eq!(sent.algorithm, Algorithm::Mls);
+    let ack = ack_of(&mut ae, &sent.message_id).await;
+    assert_eq!(
+        (ack.status, ack.target_id.as_str()),
+        (AckStatus::Queued, "bob")
+    );
+
+    let (bob, mut be) = b.online(&url).await;
+    assert_eq!(text_of(&next_message(&mut be).await), "while you were away");
+    let ack = ack_of(&mut ae, &sent.message_id).await;
+    assert_eq!(
+        (ack.status, ack.target_id.as_str()),
+        (AckStatus::Delivered, "bob")
+    );
+
+    let back = bob.send_message(&id("alice"), "back").await.unwrap();
+    assert_eq!(back.algorithm, Algorithm::Mls);
+    assert_eq!(
+        ack_of(&mut be, &back.message_id).await.status,
+        AckStatus::Queued
+    );
+    assert_eq!(text_of(&next_message(&mut ae).await), "back");
+    let ack = ack_of(&mut be, &back.message_id).await;
+    assert_eq!(
+        (ack.status, ack.target_id.as_str()),
+        (AckStatus::Delivered, "alice")
+    );
+}
+
+/// The server lost the 1:1 group (restored from an older backup): alice's next message is
+/// answered `NOT_A_MEMBER`, the conversation is set up again from a fresh KeyPackage of bob's,
+/// and that very message (same id) arrives once, over MLS; replies and later messages flow
+/// both ways; no stale group shows up in either group list.
+#[tokio::test]
+async fn a_one_to_one_group_the_server_lost_is_set_up_again_without_losing_the_message() {
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let before = {
+        let server = spawn_server().await;
+        let url = server.url();
+        let (alice, _ae) = a.online(&url).await;
+        let (_bob, mut be) = b.online(&url).await;
+        alice.send_message(&id("bob"), "first").await.unwrap();
+        assert_eq!(text_of(&next_message(&mut be).await), "first");
+        direct_rows(&a)
+    };
+    assert_eq!(before.len(), 1);
+
+    // A server that knows no group any more; same identities.
+    let server = spawn_server().await;
+    let url = server.url();
+    let (alice, mut ae) = a.online(&url).await;
+    let (bob, mut be) = b.online(&url).await;
+    let sent = alice
+        .send_message(&id("bob"), "after the loss")
+        .await
+        .unwrap();
+    assert_eq!(sent.algorithm, Algorithm::Mls);
+    let m = next_message(&mut be).await;
+    assert_eq!(
+        (text_of(&m), m.algorithm, m.message_id.as_ref()),
+        ("after the loss", Algorithm::Mls, Some(&sent.message_id))
+    );
+    assert!(
+        !direct_rows(&a).contains(&before[0]),
+        "the lost group is retired"
+    );
+
+    let reply = bob.send_message(&id("alice"), "reply").await.unwrap();
+    assert_eq!(reply.algorithm, Algorithm::Mls);
+    let m = next_message(&mut ae).await;
+    assert_eq!((text_of(&m), m.algorithm), ("reply", Algorithm::Mls));
+    for n in 0..2 {
+        alice
+            .send_message(&id("bob"), &format!("a{n}"))
+            .await
+            .unwrap();
+        bob.send_message(&id("alice"), &format!("b{n}"))
+            .await
+            .unwrap();
+        // The next message is the next one sent: nothing arrived twice.
+        assert_eq!(text_of(&next_message(&mut be).await), format!("a{n}"));
+        assert_eq!(text_of(&next_message(&mut ae).await), format!("b{n}"));
+    }
+    assert!(alice.groups_list().unwrap().is_empty());
+    assert!(bob.groups_list().unwrap().is_empty());
+}
+
+/// The notice `who` gets about `peer`'s conversation.
+async fn notice(events: &mut EventStream, peer: &str) -> ConversationNotice {
+    wait_for(events, |e| match e {
+        PeerEvent::ConversationNotice { peer: p, notice } if p.as_str() == peer => Some(notice),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await
+}
+
+/// bob's MLS state is gone (a restored backup without it, a reinstall with the same identity):
+/// a real restart with the state file deleted, twice. When bob writes first, alice's client
+/// moves to the conversation bob's new client set up and says so; when alice writes first, her
+/// message lands in a group bob no longer has: bob is told (with its id), sets a new
+/// conversation up by himself, and alice is told. Afterwards messages flow both ways over MLS,
+/// no stale group is listed, and alice still refuses `lattice-v1` from bob.
+#[tokio::test]
+async fn a_peer_that_lost_its_mls_state_gets_its_conversation_back_with_a_notice() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, mut ae) = a.online(&url).await;
+    {
+        let (bob, mut be) = b.online(&url).await;
+        alice.send_message(&id("bob"), "before").await.unwrap();
+        assert_eq!(text_of(&next_message(&mut be).await), "before");
+        let sent = bob.send_message(&id("alice"), "before too").await.unwrap();
+        assert_eq!(text_of(&next_message(&mut ae).await), "before too");
+        // alice's receipt read: nothing of the old conversation waits for bob.
+        delivered(&mut be, &sent.message_id).await;
+    }
+
+    // 1. bob comes back without MLS state and writes first.
+    b.lose_mls_state();
+    let (bob, mut be) = b.online(&url).await;
+    let sent = bob.send_message(&id("alice"), "I am back").await.unwrap();
+    assert_eq!(sent.algorithm, Algorithm::Mls);
+    assert_eq!(
+        notice(&mut ae, "bob").await,
+        ConversationNotice::PeerStartedOver
+    );
+    let m = next_message(&mut ae).await;
+    assert_eq!((text_of(&m), m.algorithm), ("I am back", Algorithm::Mls));
+    delivered(&mut be, &sent.message_id).await;
+    alice
+        .send_message(&id("bob"), "welcome back")
+        .await
+        .unwrap();
+    assert_eq!(text_of(&next_message(&mut be).await), "welcome back");
+    assert_eq!(direct_rows(&a).len(), 1, "the old conversation is retired");
+    drop((bob, be));
+
+    // 2. Again, and this time alice writes first, into the group bob lost.
+    b.lose_mls_state();
+    let (bob, mut be) = b.online(&url).await;
+    let lost = alice
+        .send_message(&id("bob"), "into the void")
+        .await
+        .unwrap();
+    assert_eq!(
+        notice(&mut be, "alice").await,
+        ConversationNotice::Unreadable {
+            message_id: Some(lost.message_id.clone())
+        }
+    );
+    assert_eq!(
+        notice(&mut ae, "bob").await,
+        ConversationNotice::PeerStartedOver
+    );
+    alice.send_message(&id("bob"), "again").await.unwrap();
+    let m = next_message(&mut be).await;
+    assert_eq!((text_of(&m), m.algorithm), ("again", Algorithm::Mls));
+    bob.send_message(&id("alice"), "got it").await.unwrap();
+    let m = next_message(&mut ae).await;
+    assert_eq!((text_of(&m), m.algorithm), ("got it", Algorithm::Mls));
+    assert!(alice.groups_list().unwrap().is_empty());
+    assert!(bob.groups_list().unwrap().is_empty());
+    assert_eq!(direct_rows(&a).len(), 1);
+    drop((bob, be));
+
+    // The downgrade pin holds through all of it.
+    let (old, _oe) = b.without_mls(&url).await;
+    let sent = old.send_message(&id("alice"), "downgraded").await.unwrap();
+    assert_eq!(sent.algorithm, Algorithm::LatticeV1);
+    let reason = wait_for(&mut ae, |e| match e {
+        PeerEvent::Error(PeerError::Rejected { from, reason, .. }) if from.as_str() == "bob" => {
+            Some(reason)
+        }
+        PeerEvent::Message(m) => panic!("a downgraded message was delivered: {m:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        RejectReason::MlsDowngrade {
+            algorithm: "lattice-v1".into()
+        }
+    );
 }

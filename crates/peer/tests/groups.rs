@@ -662,3 +662,159 @@ async fn scheduled_self_updates_rotate_each_members_keys() {
     say(&alice, &g, "after healing").await;
     assert_eq!(text(&next_group_message(&mut be).await).1, "after healing");
 }
+
+/// A group message bob read comes again after his restart under the same (sender, message id):
+/// what the server does after a crash between bob's processing and his `ack`, or what a
+/// replaying server can do. bob's client remembers it durably: the copy is dropped and
+/// acknowledged with no event and no error (not "cannot decrypt"), and the group goes on.
+#[tokio::test]
+async fn a_group_message_delivered_again_after_a_restart_is_dropped() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let g = {
+        let (alice, _ae) = a.online(&url).await;
+        let (_bob, mut be) = b.online(&url).await;
+        let g = alice.create_group("once", &[id("bob")]).await.unwrap();
+        joined(&mut be).await;
+        alice.disconnect().await;
+        g
+    };
+    // alice's own state, read by the test (she is a member: her messages are real).
+    let mut engine = MlsClient::open(MlsStore::open(a.state()).unwrap()).unwrap();
+    let plaintext = |mid: &str, t: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "messageId": mid, "kind": "text", "body": t, "sentAt": 1
+        }))
+        .unwrap()
+    };
+    let once = engine.encrypt(&g, &plaintext("m1", "once")).unwrap();
+    let marker = engine.encrypt(&g, &plaintext("m2", "marker")).unwrap();
+    drop(engine);
+    let (raw, _raw_events) = a.without_mls(&url).await;
+    let wire_group = lattice_protocol::GroupId::new(g.to_string()).unwrap();
+    let send = |mid: &'static str, bytes: Vec<u8>| {
+        let frame = ClientFrame::GroupMessage(GroupMessageFrame {
+            group_id: wire_group.clone(),
+            message: B64.encode(bytes),
+            message_id: Some(lattice_protocol::MessageId::new(mid).unwrap()),
+        });
+        let raw = &raw;
+        async move {
+            raw.send_to_server_and_wait(frame, "group_message", WaitOptions::default())
+                .await
+                .unwrap();
+        }
+    };
+
+    let (bob, mut be) = b.online(&url).await;
+    send("m1", once.clone()).await;
+    assert_eq!(text(&next_group_message(&mut be).await), ("alice", "once"));
+    // A round trip after it: the server has read bob's `ack` (sent before it on one
+    // connection), so m1 no longer waits for him and its id may come again.
+    bob.publish_key_packages().await.unwrap();
+    drop((bob, be));
+
+    let (_bob, mut be) = b.online(&url).await;
+    send("m1", once).await;
+    send("m2", marker).await;
+    let m = none_before(
+        &mut be,
+        |e| {
+            matches!(e, PeerEvent::GroupMessage(_) | PeerEvent::Error(_))
+                && !matches!(e, PeerEvent::GroupMessage(m) if m.message_id.as_str() == "m2")
+        },
+        |e| match e {
+            PeerEvent::GroupMessage(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(text(&m), ("alice", "marker"));
+}
+
+/// After a suspected compromise one call rotates this device's keys in every group **and** in
+/// its 1:1 MLS conversations (which the group list hides): each is a Commit the peer follows,
+/// and messages after it flow.
+#[tokio::test]
+async fn healing_after_a_suspected_compromise_rotates_every_group_and_one_to_one() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, _ae) = a.online(&url).await;
+    let (bob, mut be) = b.online(&url).await;
+    let g = alice.create_group("g", &[id("bob")]).await.unwrap();
+    joined(&mut be).await;
+    alice.send_message(&id("bob"), "1:1").await.unwrap();
+    wait_for(&mut be, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await;
+    let epoch = alice.group_info(&g).unwrap().epoch;
+
+    assert_eq!(alice.heal_all_groups().await.unwrap(), 2);
+    assert_eq!(alice.group_info(&g).unwrap().epoch, epoch + 1);
+    let by = next_change(&mut be, |c| matches!(c, GroupChange::MemberUpdated(_))).await;
+    assert_eq!(by, GroupChange::MemberUpdated(id("alice")));
+    say(&alice, &g, "after healing").await;
+    assert_eq!(text(&next_group_message(&mut be).await).1, "after healing");
+    alice.send_message(&id("bob"), "1:1 after").await.unwrap();
+    let m = wait_for(&mut be, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.text, "1:1 after");
+    drop((bob, be));
+
+    // bob's state: the 1:1 group moved on too (created at 0, add → 1, alice's update → 2).
+    let conn = rusqlite::Connection::open(b.state()).unwrap();
+    let direct: Vec<u8> = conn
+        .query_row("SELECT group_id FROM lattice_peer_direct", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    let engine = MlsClient::open(MlsStore::open(b.state()).unwrap()).unwrap();
+    assert_eq!(engine.epoch(&GroupId::from_bytes(&direct)).unwrap(), 2);
+}
+
+/// bob's MLS state is lost (a restored backup without it, a reinstall) while the server still
+/// holds KeyPackages of his old state, whose private keys are gone. His fresh client takes them
+/// off the server before publishing its own, so alice's invitation uses a KeyPackage bob can
+/// join with, and the group works.
+#[tokio::test]
+async fn a_device_that_lost_its_mls_state_is_invited_from_its_new_key_packages() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, _ae) = a.online(&url).await;
+    let before = {
+        let (bob, _be) = b.online(&url).await;
+        stock(&bob).await
+    };
+    assert!(before > 1, "the old state's stock is at the server");
+    b.lose_mls_state();
+    let (bob, mut be) = b.online(&url).await;
+
+    let g = alice
+        .create_group("after restore", &[id("bob")])
+        .await
+        .unwrap();
+    let (name, members) = joined(&mut be).await;
+    assert_eq!(
+        (name.as_str(), members),
+        (
+            "after restore",
+            vec!["alice".to_string(), "bob".to_string()]
+        )
+    );
+    say(&alice, &g, "can you read this?").await;
+    assert_eq!(
+        text(&next_group_message(&mut be).await),
+        ("alice", "can you read this?")
+    );
+    say(&bob, &g, "yes").await;
+    drop(bob);
+}

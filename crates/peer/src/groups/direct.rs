@@ -19,22 +19,32 @@
 //!   A peer with no KeyPackage at the server (`NO_KEY_PACKAGE`) and no pin is an older Lattice
 //!   client: it gets `lattice-v1`, and that answer is remembered for
 //!   [`NO_MLS_RECHECK`] so each message does not ask again.
+//! - **Delivery states.** A send raises [`PeerEvent::MessageAck`] `queued` once the server
+//!   stored it, and `delivered` when the peer's delivery receipt ([`DELIVERED_KIND`]) says its
+//!   client read it; receipts go once per burst of reads.
+//! - **Recovery.** A group the server no longer has us in (`NOT_A_MEMBER`) is retired and the
+//!   conversation set up again for the message being sent. A device that lost its MLS state
+//!   sets a conversation up again with whoever writes to it in a group it does not have
+//!   ([`Groups::lost_conversation`]); the other side retires the conversation whose leaf for the
+//!   peer is another MLS client ([`Groups::supersede_direct`]). Both tell the user
+//!   ([`PeerEvent::ConversationNotice`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use lattice_mls::{GroupEvent, GroupId};
-use lattice_protocol::{ClientId, Delivered, ErrorType, MessageId};
-use serde::Deserialize;
+use lattice_protocol::{AckStatus, ClientId, Delivered, ErrorType, MessageAck, MessageId};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{mls_error, Groups, Plaintext};
-use crate::content::Content;
-use crate::events::{Algorithm, PeerEvent};
+use crate::content::{Content, MAX_RECEIPT_IDS};
+use crate::events::{Algorithm, ConversationNotice, PeerEvent};
 use crate::inbox::opened;
 use crate::outbox::SentMessage;
+use crate::sanitize::Sanitized;
 use crate::sync::lock;
-use crate::wire::now_ms;
+use crate::wire::{new_message_id, now_ms};
 use crate::{PeerError, RejectReason};
 
 /// The authenticated group name that marks a two-member group as a 1:1 conversation. Reserved:
@@ -49,12 +59,63 @@ pub(crate) const NO_MLS_RECHECK: Duration = Duration::from_secs(10 * 60);
 /// Most peers remembered as having no KeyPackage (the oldest answer is forgotten past it).
 pub(crate) const NO_MLS_REMEMBERED: usize = 1024;
 
+/// The plaintext `kind` of a delivery receipt inside a 1:1 MLS conversation: the reader's
+/// client confirms that it processed these messages, which the sender raises as
+/// [`PeerEvent::MessageAck`] `delivered` (the server cannot: MLS copies go through the mailbox,
+/// whose answer is `queued`). Not a [`Content`]: only this layer knows it, and no app sees it.
+pub(crate) const DELIVERED_KIND: &str = "delivered";
+
+/// Most peers with delivery receipts waiting for the end of a burst; past it they all go at
+/// once (so the wait list stays bounded while messages keep coming).
+pub(crate) const PENDING_RECEIPT_PEERS: usize = 64;
+
+/// The body of a [`DELIVERED_KIND`] plaintext.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveredBody {
+    /// 1 to [`MAX_RECEIPT_IDS`] message ids of the receipt's recipient.
+    delivered: Vec<MessageId>,
+}
+
 /// The tables of direct conversations and MLS-capable peers (in the MLS database).
 const DIRECT_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS lattice_peer_direct (
         group_id BLOB PRIMARY KEY, peer TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS lattice_peer_mls_peers (
         peer TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);";
+
+/// Peers remembered for [`NO_MLS_RECHECK`] (at most [`NO_MLS_REMEMBERED`]; past it the oldest is
+/// forgotten): peers without KeyPackages, peers whose lost conversation was set up again.
+#[derive(Debug, Default)]
+pub(crate) struct RecentPeers {
+    at: HashMap<ClientId, Instant>,
+}
+
+impl RecentPeers {
+    /// Whether `peer` was remembered less than [`NO_MLS_RECHECK`] before `now`.
+    pub(crate) fn contains(&self, peer: &ClientId, now: Instant) -> bool {
+        self.at
+            .get(peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < NO_MLS_RECHECK)
+    }
+
+    /// Remembers `peer` as of `now`.
+    pub(crate) fn remember(&mut self, peer: &ClientId, now: Instant) {
+        self.at
+            .retain(|_, at| now.saturating_duration_since(*at) < NO_MLS_RECHECK);
+        if self.at.len() >= NO_MLS_REMEMBERED {
+            if let Some(oldest) = self
+                .at
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| p.clone())
+            {
+                self.at.remove(&oldest);
+            }
+        }
+        self.at.insert(peer.clone(), now);
+    }
+}
 
 /// What this device knows about 1:1 MLS conversations: mirrors the two tables, plus the
 /// short-lived memory of peers without KeyPackages.
@@ -65,7 +126,7 @@ pub(crate) struct DirectBook {
     /// Peers pinned as MLS-capable.
     capable: HashSet<ClientId>,
     /// Peers that had no KeyPackage, and when that was learnt.
-    without: HashMap<ClientId, Instant>,
+    without: RecentPeers,
 }
 
 impl DirectBook {
@@ -108,25 +169,11 @@ impl DirectBook {
     }
 
     fn recently_without(&self, peer: &ClientId, now: Instant) -> bool {
-        self.without
-            .get(peer)
-            .is_some_and(|at| now.saturating_duration_since(*at) < NO_MLS_RECHECK)
+        self.without.contains(peer, now)
     }
 
     fn remember_without(&mut self, peer: &ClientId, now: Instant) {
-        self.without
-            .retain(|_, at| now.saturating_duration_since(*at) < NO_MLS_RECHECK);
-        if self.without.len() >= NO_MLS_REMEMBERED {
-            if let Some(oldest) = self
-                .without
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(p, _)| p.clone())
-            {
-                self.without.remove(&oldest);
-            }
-        }
-        self.without.insert(peer.clone(), now);
+        self.without.remember(peer, now);
     }
 }
 
@@ -188,7 +235,7 @@ impl Groups {
                 ..
             }) => {
                 tracing::info!(peer = %self.client_id, with = %target, group = %gid, "1:1 MLS group gone at the server; setting up a new one");
-                self.unregister_direct(&gid);
+                self.retire_direct(&gid);
                 let Some(gid) = self.open_direct(target).await? else {
                     return Err(PeerError::MlsRequired {
                         peer: target.clone(),
@@ -199,6 +246,13 @@ impl Groups {
             }
             other => other?,
         }
+        // Stored at the server for the peer: `queued`, as the relay says of a `lattice-v1`
+        // message in a mailbox; its client's delivery receipt makes it `delivered`.
+        self.dispatcher.emit(PeerEvent::MessageAck(MessageAck {
+            message_id: message_id.clone(),
+            target_id: target.clone(),
+            status: AckStatus::Queued,
+        }));
         Ok(Some(SentMessage {
             message_id,
             algorithm: Algorithm::Mls,
@@ -332,6 +386,165 @@ impl Groups {
         }
     }
 
+    /// Stops using direct group `gid` for good: out of the book, and its state deleted
+    /// locally (so it is not listed as a group, nor healed); the server may still list us.
+    pub(super) fn retire_direct(&self, gid: &GroupId) {
+        self.unregister_direct(gid);
+        lock(&self.heal).forget(gid);
+        if let Err(e) = lock(&self.mls).forget_group(gid) {
+            tracing::warn!(peer = %self.client_id, group = %gid, error = %e, "retired 1:1 group not deleted");
+        }
+    }
+
+    /// Direct group `joined` with `peer` was just joined: any other direct group with `peer`
+    /// whose leaf for `peer` is another MLS client (another signature key) belongs to an MLS
+    /// state `peer` no longer has (it restored a backup, reinstalled, reset): retired, and the
+    /// user told. A second group of the *same* client is the two-sides-at-once race, kept.
+    fn supersede_direct(&self, joined: &GroupId, peer: &ClientId) {
+        let old: Vec<GroupId> = {
+            let mls = lock(&self.mls);
+            let key_of = |g: &GroupId| {
+                mls.member_signature_keys(g)
+                    .ok()
+                    .and_then(|ms| ms.into_iter().find(|(c, _)| c == peer).map(|(_, key)| key))
+            };
+            let Some(current) = key_of(joined) else {
+                return;
+            };
+            let book = lock(&self.direct);
+            book.groups
+                .iter()
+                .filter(|(g, p)| *p == peer && *g != joined)
+                .filter(|(g, _)| key_of(g).is_some_and(|k| k != current))
+                .map(|(g, _)| g.clone())
+                .collect()
+        };
+        if old.is_empty() {
+            return;
+        }
+        for g in &old {
+            tracing::info!(peer = %self.client_id, with = %peer, group = %g, "1:1 peer started over with a new MLS client; old conversation retired");
+            self.retire_direct(g);
+        }
+        self.dispatcher.emit(PeerEvent::ConversationNotice {
+            peer: peer.clone(),
+            notice: ConversationNotice::PeerStartedOver,
+        });
+    }
+
+    /// A message from `from` in a group this device does not have. When it is not (any more)
+    /// in a 1:1 conversation with `from`, its MLS state was probably lost (a restored backup, a
+    /// reinstall): the user is told, and a new conversation is set up with `from` in the
+    /// background so that `from`'s next messages are readable (its client moves to the new
+    /// group on the Welcome, [`Groups::supersede_direct`]). At most once per peer per
+    /// [`NO_MLS_RECHECK`], for at most [`NO_MLS_REMEMBERED`] peers.
+    pub(super) fn lost_conversation(&self, from: &ClientId, message_id: &MessageId) {
+        if *from == self.client_id || self.direct_group(from).is_some() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut restarted = lock(&self.restarted);
+            if restarted.contains(from, now) {
+                return;
+            }
+            restarted.remember(from, now);
+        }
+        tracing::warn!(peer = %self.client_id, from = %from, message_id = %message_id, "unreadable message in a conversation this device no longer has; setting a new one up");
+        self.dispatcher.emit(PeerEvent::ConversationNotice {
+            peer: from.clone(),
+            notice: ConversationNotice::Unreadable {
+                message_id: Some(message_id.clone()),
+            },
+        });
+        let Some(me) = self.self_arc() else { return };
+        let peer = from.clone();
+        tokio::spawn(async move {
+            match me.open_direct(&peer).await {
+                Ok(Some(g)) => {
+                    tracing::info!(peer = %me.client_id, with = %peer, group = %g, "lost 1:1 conversation set up again");
+                }
+                Ok(None) => {
+                    tracing::info!(peer = %me.client_id, with = %peer, "lost 1:1 conversation: the peer has no KeyPackage");
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %me.client_id, with = %peer, error = %Sanitized(&e), "lost 1:1 conversation not set up again");
+                    me.dispatcher.emit(PeerEvent::Error(e));
+                }
+            }
+        });
+    }
+
+    /// Notes that the 1:1 message `message_id` from `peer` was read, for the next delivery
+    /// receipt to it.
+    fn note_delivered(&self, peer: &ClientId, message_id: MessageId) {
+        lock(&self.delivered)
+            .entry(peer.clone())
+            .or_default()
+            .push(message_id);
+    }
+
+    /// Sends the pending delivery receipts (only the full ones with `only_full`), each in the
+    /// background: a receipt that fails is logged and not sent again (delivery states are a
+    /// courtesy; the message itself was read).
+    pub(super) fn flush_delivered(&self, only_full: bool) {
+        let due: Vec<(ClientId, Vec<MessageId>)> = {
+            let mut pending = lock(&self.delivered);
+            let only_full = only_full && pending.len() <= PENDING_RECEIPT_PEERS;
+            let peers: Vec<ClientId> = pending
+                .iter()
+                .filter(|(_, ids)| !only_full || ids.len() >= MAX_RECEIPT_IDS)
+                .map(|(p, _)| p.clone())
+                .collect();
+            peers
+                .into_iter()
+                .filter_map(|p| pending.remove(&p).map(|ids| (p, ids)))
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let Some(me) = self.self_arc() else { return };
+        tokio::spawn(async move {
+            for (peer, ids) in due {
+                for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                    if let Err(e) = me.send_delivered(&peer, chunk).await {
+                        tracing::info!(peer = %me.client_id, to = %peer, error = %Sanitized(&e), "delivery receipt not sent");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Sends one delivery receipt for `ids` to `peer` in the conversation with it.
+    async fn send_delivered(&self, peer: &ClientId, ids: &[MessageId]) -> Result<(), PeerError> {
+        let Some(gid) = self.direct_group(peer) else {
+            return Ok(());
+        };
+        let body = serde_json::to_string(&DeliveredBody {
+            delivered: ids.to_vec(),
+        })
+        .map_err(|e| PeerError::Protocol(e.to_string()))?;
+        let message_id = new_message_id();
+        let plaintext = zeroize::Zeroizing::new(
+            serde_json::to_vec(&Plaintext {
+                message_id: message_id.clone(),
+                kind: DELIVERED_KIND.to_owned(),
+                body,
+                sent_at: now_ms(),
+            })
+            .map_err(|e| PeerError::Protocol(e.to_string()))?,
+        );
+        let sealed = {
+            let _g = self.op.lock().await;
+            lock(&self.mls)
+                .encrypt(&gid, &plaintext)
+                .map_err(|e| mls_error(e, Some(&gid)))?
+        };
+        self.send_group_frame(&gid, sealed, message_id).await?;
+        Ok(())
+    }
+
     /// Keeps the direct-conversation book in step with a group's events: a Welcome into a
     /// direct group from its peer adopts it; a direct group whose membership changed (a member
     /// added, the peer removed or leaving, us removed) is one no more. Returns the group's peer
@@ -355,6 +568,7 @@ impl Groups {
                 if members.len() == 2 && others.as_slice() == [from] {
                     self.register_direct(gid, from);
                     tracing::info!(peer = %self.client_id, with = %from, group = %gid, "joined a 1:1 MLS conversation");
+                    self.supersede_direct(gid, from);
                 } else {
                     self.refuse(
                         Some(gid),
@@ -412,6 +626,21 @@ impl Groups {
             refused(RejectReason::MessageIdMismatch);
             return;
         }
+        if p.kind == DELIVERED_KIND {
+            match serde_json::from_str::<DeliveredBody>(&p.body) {
+                Ok(b) if !b.delivered.is_empty() && b.delivered.len() <= MAX_RECEIPT_IDS => {
+                    for id in b.delivered {
+                        self.dispatcher.emit(PeerEvent::MessageAck(MessageAck {
+                            message_id: id,
+                            target_id: from.clone(),
+                            status: AckStatus::Delivered,
+                        }));
+                    }
+                }
+                _ => refused(RejectReason::MalformedPlaintext),
+            }
+            return;
+        }
         let content = match Content::decode(&p.kind, &p.body) {
             Ok(c) => c,
             Err(e) => return refused(RejectReason::InvalidContent(e)),
@@ -422,6 +651,9 @@ impl Groups {
             Ok(record) => self.history.commit(record),
             Err(RejectReason::Replay) => return,
             Err(reason) => return refused(reason),
+        }
+        if !matches!(content, Content::Receipt { .. } | Content::Typing { .. }) {
+            self.note_delivered(from, p.message_id.clone());
         }
         let event = opened(
             from,
@@ -590,6 +822,68 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            lock(&bob.delivered).get(&id("alice")).cloned(),
+            Some(vec![MessageId::new("m1").unwrap()]),
+            "a delivery receipt for m1 waits for the end of the burst"
+        );
+
+        // 1b. alice's delivery receipt for two of bob's messages: MessageAck delivered for each,
+        //     nothing else; an empty or oversized one is refused.
+        let receipt = |mid: &str, ids: Vec<String>| {
+            serde_json::to_vec(&serde_json::json!({
+                "messageId": mid, "kind": DELIVERED_KIND,
+                "body": serde_json::json!({ "delivered": ids }).to_string(), "sentAt": 6
+            }))
+            .unwrap()
+        };
+        let sealed = alice
+            .encrypt(&g1, &receipt("r1", vec!["b1".into(), "b2".into()]))
+            .unwrap();
+        bob.process(delivered("alice", MlsKind::Message, &g1, &sealed, "r1"))
+            .await;
+        let acks: Vec<(String, String, AckStatus)> = events(&kit)
+            .into_iter()
+            .map(|e| match e {
+                PeerEvent::MessageAck(a) => {
+                    (a.message_id.to_string(), a.target_id.to_string(), a.status)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            acks,
+            [
+                ("b1".into(), "alice".into(), AckStatus::Delivered),
+                ("b2".into(), "alice".into(), AckStatus::Delivered)
+            ]
+        );
+        for (mid, ids) in [
+            ("r2", vec![]),
+            (
+                "r3",
+                (0..=MAX_RECEIPT_IDS).map(|n| format!("b{n}")).collect(),
+            ),
+        ] {
+            let sealed = alice.encrypt(&g1, &receipt(mid, ids)).unwrap();
+            bob.process(delivered("alice", MlsKind::Message, &g1, &sealed, mid))
+                .await;
+            assert!(
+                matches!(
+                    events(&kit).as_slice(),
+                    [PeerEvent::Error(PeerError::Rejected {
+                        reason: RejectReason::MalformedPlaintext,
+                        ..
+                    })]
+                ),
+                "{mid}"
+            );
+        }
+        assert_eq!(
+            lock(&bob.delivered).get(&id("alice")).map(Vec::len),
+            Some(1),
+            "receipts get no receipt"
+        );
 
         // 2. The same kind of group, but the server says carol sent the Welcome: not a 1:1
         //    conversation with anyone; kept as a group and reported.
@@ -678,6 +972,6 @@ mod tests {
         for n in 0..=NO_MLS_REMEMBERED {
             book.remember_without(&peer(&format!("p{n}")), Instant::now());
         }
-        assert_eq!(book.without.len(), NO_MLS_REMEMBERED);
+        assert_eq!(book.without.at.len(), NO_MLS_REMEMBERED);
     }
 }

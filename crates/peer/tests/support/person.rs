@@ -31,6 +31,20 @@ impl Person {
         self.dir.path().join("mls.sqlite3")
     }
 
+    /// Deletes its MLS state (the file and its WAL companions), as a restored backup without
+    /// it or a reinstall with the same identity leaves it. Call it while it is offline.
+    pub fn lose_mls_state(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.state().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("{}: {e}", std::path::Path::new(&p).display()),
+            }
+        }
+    }
+
     /// Connects with MLS on and waits until its KeyPackages are at the server.
     pub async fn online(&self, url: &str) -> (MessagingPeer, EventStream) {
         let mut config = test_config(url, self.name, self.identity());
