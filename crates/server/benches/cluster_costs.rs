@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[allow(dead_code)]
 #[path = "../tests/support/redis_process.rs"]
 mod redis_process;
 
