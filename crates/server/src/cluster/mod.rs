@@ -14,6 +14,7 @@
 //!   script; a consumer group makes each entry owned by the connection it was handed to until
 //!   its `ack`, and lets the recipient's next connection, on any node, take over what a closed or
 //!   killed one never acknowledged.
+//! - [`key_packages`]: the MLS KeyPackage directory (a stock per id, fetched one at a time).
 //! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
 //!   channel traffic), shared by a node's components.
 //!
@@ -33,6 +34,7 @@
 pub mod channel;
 mod conn;
 pub mod directory;
+pub mod key_packages;
 pub mod mailbox;
 pub mod presence;
 pub mod stats;
