@@ -9,11 +9,15 @@
 #[path = "support/redis_process.rs"]
 mod redis_process;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK};
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, GroupId, MessageId};
+use lattice_server::cluster::directory::RedisDirectory;
+use lattice_server::cluster::groups::{RedisGroupError, RedisGroups};
 use lattice_server::cluster::key_packages::{RedisKeyPackages, RedisUploadError};
+use lattice_server::cluster::mailbox::RedisMailbox;
+use lattice_server::store::{Binding, CommitOp, GroupError, Limit, Quota};
 use redis_process::Backend;
 
 fn id(s: &str) -> ClientId {
@@ -138,3 +142,344 @@ async fn racing_uploads_never_pass_the_stock_bound(redis: &Backend) {
 }
 
 both!(racing_uploads_never_pass_the_stock_bound);
+
+/// Three nodes of the delivery service, with the members' bindings in the directory.
+async fn delivery(redis: &Backend, members: &[&str]) -> (Vec<RedisGroups>, RedisMailbox) {
+    let directory = RedisDirectory::new(redis.conn().await);
+    for (i, m) in members.iter().enumerate() {
+        let ik = u8::try_from(i + 1).unwrap();
+        let b = Binding {
+            identity_key: [ik; 32],
+            kem_public_key: vec![ik; 1184],
+            key_signature: vec![ik; 64],
+        };
+        directory.bind(&id(m), &b, 0, 1000).await.unwrap();
+    }
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let conn = redis.conn().await;
+        nodes.push(RedisGroups::new(
+            conn.clone(),
+            RedisMailbox::new(conn.clone()),
+            RedisDirectory::new(conn),
+        ));
+    }
+    (nodes, RedisMailbox::new(redis.conn().await))
+}
+
+fn set(ids: &[&str]) -> BTreeSet<ClientId> {
+    ids.iter().map(|s| id(s)).collect()
+}
+
+/// The frames in `who`'s mailbox, oldest first.
+async fn frames(mbox: &RedisMailbox, who: &str) -> Vec<String> {
+    mbox.pending(&id(who), None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.frame)
+        .collect()
+}
+
+struct Commit {
+    sender: ClientId,
+    epoch: u64,
+    message_id: MessageId,
+    members: BTreeSet<ClientId>,
+    frame: String,
+    welcome: Option<String>,
+}
+
+impl Commit {
+    fn new(sender: &str, epoch: u64, members: &[&str], welcome: bool) -> Self {
+        Self {
+            sender: id(sender),
+            epoch,
+            message_id: MessageId::new(format!("c-{sender}-{epoch}")).unwrap(),
+            members: set(members),
+            frame: format!("commit {sender} {epoch}"),
+            welcome: welcome.then(|| format!("welcome {sender} {epoch}")),
+        }
+    }
+
+    fn op<'a>(&'a self, group: &'a GroupId) -> CommitOp<'a> {
+        CommitOp {
+            group,
+            sender: &self.sender,
+            epoch: self.epoch,
+            message_id: &self.message_id,
+            members: &self.members,
+            commit_frame: &self.frame,
+            welcome_frame: self.welcome.as_deref(),
+            max_groups_per_id: 10,
+        }
+    }
+}
+
+async fn exactly_one_of_racing_commits_wins_each_epoch_and_members_see_epoch_order(
+    redis: &Backend,
+) {
+    let who = ["alice", "bob", "carol"];
+    let (nodes, mbox) = delivery(redis, &who).await;
+    let group = GroupId::new("00c0ffee").unwrap();
+    let create = Commit::new("alice", 0, &who, true);
+    let out = nodes[0]
+        .commit(&create.op(&group), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(out.epoch, 1);
+    assert_eq!(
+        out.recipients,
+        [id("bob"), id("carol")],
+        "the Welcome to each added"
+    );
+    // Ten epochs; in each, all three members commit at once, each from its own node.
+    let mut winners = Vec::new();
+    for epoch in 1..=10u64 {
+        let mut tasks = Vec::new();
+        for (i, sender) in who.iter().enumerate() {
+            let node = nodes[i].clone();
+            let group = group.clone();
+            let c = Commit::new(sender, epoch, &who, false);
+            tasks.push(tokio::spawn(async move {
+                let r = node.commit(&c.op(&group), &Quota::UNLIMITED).await;
+                (c.sender.clone(), r)
+            }));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                (sender, Ok(out)) => {
+                    assert_eq!(out.epoch, epoch + 1);
+                    won.push(sender);
+                }
+                (_, Err(RedisGroupError::Refused(GroupError::StaleEpoch { current }))) => {
+                    assert_eq!(current, epoch + 1, "refused as stale by the winner's epoch");
+                }
+                (_, Err(e)) => panic!("epoch {epoch}: {e}"),
+            }
+        }
+        assert_eq!(
+            won.len(),
+            1,
+            "epoch {epoch}: exactly one Commit wins: {won:?}"
+        );
+        winners.push(won.remove(0));
+    }
+    assert_eq!(
+        nodes[2].state(&group).await.unwrap(),
+        Some((11, set(&who))),
+        "eleven Commits, no fork"
+    );
+    // Each member holds the winners' Commits, each once, in epoch order (its own excepted).
+    for member in who {
+        let want: Vec<String> = winners
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.as_str() != member)
+            .map(|(e, w)| format!("commit {w} {}", e + 1))
+            .collect();
+        let got: Vec<String> = frames(&mbox, member)
+            .await
+            .into_iter()
+            .filter(|f| f.starts_with("commit"))
+            .collect();
+        assert_eq!(got, want, "{member}");
+    }
+    // The winner of the last epoch resending (its answer was lost) is told it was accepted,
+    // and nothing is stored again.
+    let last = winners.last().unwrap().as_str().to_owned();
+    let resend = Commit::new(&last, 10, &who, false);
+    let before = frames(&mbox, "alice").await.len() + frames(&mbox, "bob").await.len();
+    let out = nodes[1]
+        .commit(&resend.op(&group), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!((out.epoch, out.recipients.len()), (11, 0));
+    let after = frames(&mbox, "alice").await.len() + frames(&mbox, "bob").await.len();
+    assert_eq!(before, after);
+}
+
+both!(exactly_one_of_racing_commits_wins_each_epoch_and_members_see_epoch_order);
+
+async fn commits_are_refused_by_the_rules_of_the_sqlite_path_and_store_nothing(redis: &Backend) {
+    let (nodes, mbox) = delivery(redis, &["alice", "bob", "carol", "dave"]).await;
+    let group = GroupId::new("0abc").unwrap();
+    let refused = |r: Result<_, RedisGroupError>| match r {
+        Err(RedisGroupError::Refused(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let n = &nodes[0];
+    // Not a group yet: only an epoch-0 Commit makes it.
+    let c = Commit::new("alice", 3, &["alice"], false);
+    assert!(matches!(
+        refused(n.commit(&c.op(&group), &Quota::UNLIMITED).await),
+        GroupError::NotAMember
+    ));
+    // Adding without a Welcome, or a Welcome adding nobody.
+    let mut c = Commit::new("alice", 0, &["alice", "bob"], false);
+    assert!(matches!(
+        refused(n.commit(&c.op(&group), &Quota::UNLIMITED).await),
+        GroupError::WelcomeMissing
+    ));
+    c.members = set(&["alice"]);
+    c.welcome = Some("w".into());
+    assert!(matches!(
+        refused(n.commit(&c.op(&group), &Quota::UNLIMITED).await),
+        GroupError::WelcomeUnexpected
+    ));
+    // Adding an id with no binding.
+    let c = Commit::new("alice", 0, &["alice", "mallory"], true);
+    assert!(matches!(
+        refused(n.commit(&c.op(&group), &Quota::UNLIMITED).await),
+        GroupError::UnknownMember(m) if m == id("mallory")
+    ));
+    // A mailbox with no room: refused whole, the group not created.
+    let tight = Quota {
+        count: 1,
+        ..Quota::UNLIMITED
+    };
+    mbox.enqueue(
+        &id("bob"),
+        &lattice_server::store::MailItem {
+            message_id: MessageId::new("x").unwrap(),
+            sender: id("carol"),
+            frame: "x".into(),
+        },
+        &Quota::UNLIMITED,
+    )
+    .await
+    .unwrap();
+    let c = Commit::new("alice", 0, &["alice", "bob", "carol"], true);
+    assert!(matches!(
+        refused(n.commit(&c.op(&group), &tight).await),
+        GroupError::MailboxFull { recipient, limit: Limit::Count } if recipient == id("bob")
+    ));
+    assert_eq!(n.state(&group).await.unwrap(), None);
+    assert_eq!(frames(&mbox, "carol").await.len(), 0, "nothing stored");
+    // Made now; then the epoch rules, from other nodes.
+    n.commit(&c.op(&group), &Quota::UNLIMITED).await.unwrap();
+    let stale = Commit::new("bob", 0, &["alice", "bob", "carol"], false);
+    assert!(matches!(
+        refused(nodes[1].commit(&stale.op(&group), &Quota::UNLIMITED).await),
+        GroupError::StaleEpoch { current: 1 }
+    ));
+    let future = Commit::new("bob", 2, &["alice", "bob", "carol"], false);
+    assert!(matches!(
+        refused(nodes[1].commit(&future.op(&group), &Quota::UNLIMITED).await),
+        GroupError::FutureEpoch { current: 1 }
+    ));
+    let outsider = Commit::new("dave", 1, &["alice", "dave"], true);
+    assert!(matches!(
+        refused(
+            nodes[2]
+                .commit(&outsider.op(&group), &Quota::UNLIMITED)
+                .await
+        ),
+        GroupError::NotAMember
+    ));
+    // The group cap of an added member.
+    let mut capped = Commit::new("bob", 1, &["alice", "bob", "carol", "dave"], true);
+    let op = CommitOp {
+        max_groups_per_id: 0,
+        ..capped.op(&group)
+    };
+    assert!(matches!(
+        refused(nodes[1].commit(&op, &Quota::UNLIMITED).await),
+        GroupError::TooManyGroups { member, max: 0 } if member == id("dave")
+    ));
+    // Removing carol and adding dave: carol learns she is out, dave gets the Welcome.
+    capped.members = set(&["alice", "bob", "dave"]);
+    let out = nodes[1]
+        .commit(&capped.op(&group), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(out.epoch, 2);
+    assert_eq!(out.recipients, [id("alice"), id("carol"), id("dave")]);
+    assert_eq!(frames(&mbox, "dave").await, ["welcome bob 1"]);
+    assert_eq!(nodes[2].group_count(&id("carol")).await.unwrap(), 0);
+    assert_eq!(nodes[2].group_count(&id("dave")).await.unwrap(), 1);
+    // A group message goes to every member but its sender, after the Commits.
+    let to = nodes[2]
+        .send(
+            &group,
+            &id("dave"),
+            &MessageId::new("hello").unwrap(),
+            "app dave",
+            &Quota::UNLIMITED,
+        )
+        .await
+        .unwrap();
+    assert_eq!(to, [id("alice"), id("bob")]);
+    assert_eq!(frames(&mbox, "alice").await.last().unwrap(), "app dave");
+    assert!(matches!(
+        nodes[0]
+            .send(
+                &group,
+                &id("carol"),
+                &MessageId::new("late").unwrap(),
+                "app carol",
+                &Quota::UNLIMITED,
+            )
+            .await,
+        Err(RedisGroupError::Refused(GroupError::NotAMember))
+    ));
+}
+
+both!(commits_are_refused_by_the_rules_of_the_sqlite_path_and_store_nothing);
+
+async fn a_commit_accepted_by_a_node_that_stops_halfway_is_finished_by_another(redis: &Backend) {
+    let others: Vec<String> = (0..60).map(|i| format!("m{i:02}")).collect();
+    let mut all: Vec<&str> = others.iter().map(String::as_str).collect();
+    all.push("alice");
+    let (nodes, mbox) = delivery(redis, &all).await;
+    let group = GroupId::new("0dead0").unwrap();
+    let create = Commit::new("alice", 0, &["alice"], false);
+    nodes[0]
+        .commit(&create.op(&group), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    // Each epoch: node 0 accepts alice's Commit and is stopped (its task aborted, as a killed
+    // node stops) as soon as the Commit is accepted, somewhere in its fan-out to 60 members;
+    // node 2 finishes what node 0 left.
+    let mut stopped_halfway = 0;
+    let rounds = 12u64;
+    for epoch in 1..=rounds {
+        let c = Commit::new("alice", epoch, &all, epoch == 1);
+        let (node, g) = (nodes[0].clone(), group.clone());
+        let task = tokio::spawn(async move { node.commit(&c.op(&g), &Quota::UNLIMITED).await });
+        let mut accepted = false;
+        for _ in 0..10_000 {
+            if nodes[1].has_pending(&group).await.unwrap() || task.is_finished() {
+                accepted = true;
+                break;
+            }
+        }
+        assert!(accepted, "epoch {epoch}: the Commit is accepted");
+        task.abort();
+        let _ = task.await;
+        if nodes[1].has_pending(&group).await.unwrap() {
+            stopped_halfway += 1;
+        }
+        nodes[2].finish_pending(&group).await.unwrap();
+        assert!(!nodes[1].has_pending(&group).await.unwrap());
+        assert_eq!(
+            nodes[1].state(&group).await.unwrap().map(|(e, _)| e),
+            Some(epoch + 1)
+        );
+    }
+    assert!(
+        stopped_halfway > 0,
+        "at least one node was stopped before its fan-out finished"
+    );
+    // Every member has every Commit of alice once, in epoch order, whatever node stored it.
+    let want: Vec<String> = std::iter::once("welcome alice 1".to_owned())
+        .chain((2..=rounds).map(|e| format!("commit alice {e}")))
+        .collect();
+    for m in &others {
+        assert_eq!(frames(&mbox, m).await, want, "{m}");
+        assert_eq!(nodes[0].group_count(&id(m)).await.unwrap(), 1);
+    }
+}
+
+both!(a_commit_accepted_by_a_node_that_stops_halfway_is_finished_by_another);

@@ -14,6 +14,8 @@
 //!   script; a consumer group makes each entry owned by the connection it was handed to until
 //!   its `ack`, and lets the recipient's next connection, on any node, take over what a closed or
 //!   killed one never acknowledged.
+//! - [`groups`]: the MLS delivery service's epoch check (one Commit per epoch across nodes) and
+//!   ordered fan-out of Commits into the members' mailboxes.
 //! - [`key_packages`]: the MLS KeyPackage directory (a stock per id, fetched one at a time).
 //! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
 //!   channel traffic), shared by a node's components.
@@ -34,6 +36,7 @@
 pub mod channel;
 mod conn;
 pub mod directory;
+pub mod groups;
 pub mod key_packages;
 pub mod mailbox;
 pub mod presence;
