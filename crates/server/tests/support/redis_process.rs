@@ -216,9 +216,8 @@ impl RedisCluster {
 
     /// The index of the master that serves `key`'s slot now.
     pub async fn master_of(&self, key: &str) -> usize {
-        let slot = cli(self.port(0), &["CLUSTER", "KEYSLOT", key]).await;
-        let slot: u16 = slot.trim().parse().expect("a slot number");
-        let shards = cli(self.port(0), &["CLUSTER", "SLOTS"]).await;
+        let slot = self.slot_of(key).await;
+        let shards = self.ask(&["CLUSTER", "SLOTS"]).await;
         // Lines: start, end, ip, port, id, (replica ip, port, id)...
         let lines: Vec<&str> = shards.lines().map(str::trim).collect();
         let mut i = 0;
@@ -243,11 +242,22 @@ impl RedisCluster {
 
     /// The slot of `key`.
     pub async fn slot_of(&self, key: &str) -> u16 {
-        cli(self.port(0), &["CLUSTER", "KEYSLOT", key])
+        self.ask(&["CLUSTER", "KEYSLOT", key])
             .await
             .trim()
             .parse()
             .expect("a slot number")
+    }
+
+    /// The answer of the first node that answers (some may be killed).
+    async fn ask(&self, args: &[&str]) -> String {
+        for n in &self.nodes {
+            let out = cli(n.port, args).await;
+            if !out.trim().is_empty() {
+                return out;
+            }
+        }
+        panic!("no cluster node answers {args:?}");
     }
 
     /// Node `i`'s cluster node id.
