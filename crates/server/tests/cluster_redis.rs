@@ -883,3 +883,114 @@ async fn rediss_trusts_the_ca_it_is_given_and_refuses_an_unknown_one() {
         "refused for its certificate: {refused:?}"
     );
 }
+
+async fn a_question_asked_on_one_node_is_answered_once_on_any_and_the_cap_holds_across_nodes(
+    redis: &Backend,
+) {
+    use lattice_protocol::{ConversationId, Question, QuestionId};
+    use lattice_server::cluster::questions::{RedisAskError, RedisQuestions};
+
+    let (na, nb, nc) = (NodeId::random(), NodeId::random(), NodeId::random());
+    let a = RedisQuestions::new(redis.conn().await, na.clone());
+    let b = RedisQuestions::new(redis.conn().await, nb);
+    let c = RedisQuestions::new(redis.conn().await, nc);
+    let alice = id("alice");
+    let conv = ConversationId::new("conv-1").unwrap();
+    let q = Question::choice("Which?", vec!["x".into(), "y".into()]);
+    let minute = Duration::from_secs(60);
+    let qid = |n: usize| QuestionId::new(format!("q-{n}")).unwrap();
+    assert_eq!(
+        a.register(&alice, &qid(0), &conv, &q, minute, minute)
+            .await
+            .unwrap(),
+        1
+    );
+    // The peer's node sees what was asked (to check the answer's shape) and by whom.
+    let seen = b.get(&alice, &qid(0)).await.unwrap().expect("open");
+    assert_eq!((seen.asking_node(), seen.round), (na.clone(), 1));
+    assert_eq!(seen.question, q);
+    assert_eq!(
+        b.get(&bob(), &qid(0)).await.unwrap(),
+        None,
+        "asked of alice only"
+    );
+    // Two nodes take the answer at once: exactly one gets it.
+    let first = qid(0);
+    let (tb, tc) = tokio::join!(b.take(&alice, &first), c.take(&alice, &first));
+    let taken: Vec<_> = [tb.unwrap(), tc.unwrap()].into_iter().flatten().collect();
+    assert_eq!(taken.len(), 1, "one answer, once");
+    assert_eq!(taken[0].conversation, conv);
+    assert_eq!(
+        b.take(&alice, &qid(0)).await.unwrap(),
+        None,
+        "answered already"
+    );
+    // Rounds count on, whichever node asks next in the conversation.
+    assert_eq!(
+        c.register(&alice, &qid(1), &conv, &q, minute, minute)
+            .await
+            .unwrap(),
+        2
+    );
+    // A conversation of alice is not bob's.
+    assert!(matches!(
+        b.register(&bob(), &qid(2), &conv, &q, minute, minute).await,
+        Err(RedisAskError::ForeignConversation(_))
+    ));
+    // The cap of pending questions per peer holds for questions racing from three nodes.
+    let cap = lattice_server::limits::MAX_PENDING_QUESTIONS_PER_PEER;
+    let mut tasks = Vec::new();
+    for n in 0..cap + 10 {
+        let node = [&a, &b, &c][n % 3].clone();
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let conv = ConversationId::new(format!("c{n}")).unwrap();
+            node.register(
+                &bob(),
+                &QuestionId::new(format!("b-{n}")).unwrap(),
+                &conv,
+                &q,
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            )
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(1) => ok += 1,
+            Err(RedisAskError::TooMany(who)) => assert_eq!(who, bob()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ok, cap, "exactly the cap, across nodes");
+    // An expired question cannot be answered, and frees its place.
+    let carol = id("carol");
+    let short = Duration::from_millis(200);
+    a.register(
+        &carol,
+        &qid(9),
+        &ConversationId::new("c-x").unwrap(),
+        &q,
+        short,
+        minute,
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.get(&carol, &qid(9)).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the question expires"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.take(&carol, &qid(9)).await.unwrap(), None);
+}
+
+fn bob() -> ClientId {
+    id("bob")
+}
+
+both!(a_question_asked_on_one_node_is_answered_once_on_any_and_the_cap_holds_across_nodes);

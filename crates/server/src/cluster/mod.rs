@@ -17,6 +17,8 @@
 //! - [`groups`]: the MLS delivery service's epoch check (one Commit per epoch across nodes) and
 //!   ordered fan-out of Commits into the members' mailboxes.
 //! - [`key_packages`]: the MLS KeyPackage directory (a stock per id, fetched one at a time).
+//! - [`questions`]: the shared records of pending server questions (asked on one node, answered
+//!   on the peer's), with the per-peer cap.
 //! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
 //!   channel traffic), shared by a node's components.
 //!
@@ -40,6 +42,7 @@ pub mod groups;
 pub mod key_packages;
 pub mod mailbox;
 pub mod presence;
+pub mod questions;
 pub mod stats;
 
 use std::time::Duration;
