@@ -483,3 +483,35 @@ async fn a_commit_accepted_by_a_node_that_stops_halfway_is_finished_by_another(r
 }
 
 both!(a_commit_accepted_by_a_node_that_stops_halfway_is_finished_by_another);
+
+async fn an_expired_member_leaves_its_groups_and_an_empty_group_goes(redis: &Backend) {
+    let (nodes, _) = delivery(redis, &["alice", "bob"]).await;
+    let group = GroupId::new("0b0b").unwrap();
+    let c = Commit::new("alice", 0, &["alice", "bob"], true);
+    nodes[0]
+        .commit(&c.op(&group), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(nodes[1].forget_member(&id("bob")).await.unwrap(), 1);
+    assert_eq!(
+        nodes[2].state(&group).await.unwrap(),
+        Some((1, set(&["alice"])))
+    );
+    assert_eq!(nodes[2].group_count(&id("bob")).await.unwrap(), 0);
+    // A Commit of the group now goes to alice's remaining members only: bob is out.
+    let next = Commit::new("alice", 1, &["alice"], false);
+    let out = nodes[2]
+        .commit(&next.op(&group), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    assert!(out.recipients.is_empty());
+    assert_eq!(nodes[0].forget_member(&id("alice")).await.unwrap(), 1);
+    assert_eq!(
+        nodes[1].state(&group).await.unwrap(),
+        None,
+        "nobody left: gone"
+    );
+    assert_eq!(nodes[1].forget_member(&id("alice")).await.unwrap(), 0);
+}
+
+both!(an_expired_member_leaves_its_groups_and_an_empty_group_goes);

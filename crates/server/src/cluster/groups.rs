@@ -75,6 +75,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// KEYS: group, members. ARGV: an id. Removes the id from the group, and the group if nobody is
+/// left in it; 1 if the group went.
+const LEAVE: &str = "
+redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('SCARD', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
 /// Why the delivery service refused a group operation on Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisGroupError {
@@ -134,6 +145,7 @@ pub struct RedisGroups {
     directory: RedisDirectory,
     accept: Script,
     settle: Script,
+    leave: Script,
 }
 
 impl std::fmt::Debug for RedisGroups {
@@ -157,6 +169,7 @@ impl RedisGroups {
             directory,
             accept: Script::new(ACCEPT),
             settle: Script::new(SETTLE),
+            leave: Script::new(LEAVE),
         }
     }
 
@@ -531,6 +544,43 @@ impl RedisGroups {
             }
         }
         Ok(recipients)
+    }
+
+    /// Removes `id` from every group it is in, deleting groups left without members (its binding
+    /// expired: a new owner of the id starts with none, as `forget_id` does on SQLite); how many
+    /// groups it left.
+    ///
+    /// # Errors
+    /// Redis failing (the groups before the failure were left; calling again finishes).
+    pub async fn forget_member(&self, id: &ClientId) -> Result<usize, ClusterError> {
+        let mine = id_key("groups", id);
+        let groups: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&mine)
+            .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        for g in &groups {
+            // A name that is not a group id was never written by us: nothing to leave.
+            let Ok(group) = GroupId::new(g.as_str()) else {
+                continue;
+            };
+            let [g_key, members, _] = keys(&group);
+            let _: i64 = self
+                .leave
+                .key(g_key)
+                .key(members)
+                .arg(id.as_str())
+                .invoke_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await?;
+            let _: i64 = redis::cmd("SREM")
+                .arg(&mine)
+                .arg(g)
+                .query_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await?;
+        }
+        Ok(groups.len())
     }
 
     /// The groups `id` is a member of (a group's members learn of it as its Commits finish).
