@@ -50,6 +50,11 @@ impl RedisProcess {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// SIGKILL: no shutdown, no final fsync. What AOF `everysec` had written survives.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
