@@ -994,3 +994,44 @@ fn bob() -> ClientId {
 }
 
 both!(a_question_asked_on_one_node_is_answered_once_on_any_and_the_cap_holds_across_nodes);
+
+async fn expiry_keeps_a_binding_used_after_it_was_listed_as_unused(redis: &Backend) {
+    let d = RedisDirectory::new(redis.conn().await);
+    let mbox = RedisMailbox::new(redis.conn().await);
+    let carol = id("carol");
+    d.bind(&carol, &binding(3, 1), 0, 1000).await.unwrap();
+    mbox.enqueue(&carol, &mail("s", "1", "{}"), &Quota::UNLIMITED)
+        .await
+        .unwrap();
+    // A registration uses the binding at 9000 while expiry already listed it as last used at
+    // 1000: the state between expiry's two steps (unlist, then delete), made here by hand.
+    d.touch(&carol, 9000).await.unwrap();
+    let mut raw = redis.conn().await;
+    let _: i64 = redis::cmd("ZADD")
+        .arg("lattice:bindings")
+        .arg(1000)
+        .arg("carol")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(d.expire_unused(5000, 100, &|_| false).await.unwrap(), 0);
+    assert!(
+        d.get(&carol).await.unwrap().is_some(),
+        "the used binding stays"
+    );
+    assert_eq!(mbox.count(&carol).await.unwrap(), 1, "with its mail");
+    assert_eq!(d.binding_count().await.unwrap(), 1, "listed again");
+    let used: Option<i64> = redis::cmd("ZSCORE")
+        .arg("lattice:bindings")
+        .arg("carol")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(used, Some(9000), "with its last use");
+    // Unused since: the next expiry takes it.
+    assert_eq!(d.expire_unused(10_000, 100, &|_| false).await.unwrap(), 1);
+    assert_eq!(d.get(&carol).await.unwrap(), None);
+    assert_eq!(mbox.count(&carol).await.unwrap(), 0);
+}
+
+both!(expiry_keeps_a_binding_used_after_it_was_listed_as_unused);
