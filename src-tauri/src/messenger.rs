@@ -9,8 +9,10 @@
 //! uses ([`State`]) does not own the session, so nothing points back up.
 
 mod files;
+mod groups;
 
 pub use files::{TransferAction, MAX_INLINE_FILE_BYTES};
+pub use groups::MAX_GROUP_INVITE;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -110,6 +112,10 @@ pub enum Update {
     DropHover(bool),
     /// Files were dropped on the window (how many); the page asks to send them.
     FilesDropped(usize),
+    /// The list of group conversations changed.
+    Groups(Vec<crate::views::GroupView>),
+    /// A line of a group's history was added or changed.
+    GroupMessage(crate::views::GroupMessageView),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -143,6 +149,8 @@ struct Live {
     envelopes: Option<Envelopes>,
     /// The peers last shown as speaking MLS (to publish the list again when one moves over).
     mls_shown: BTreeSet<ClientId>,
+    /// The group calls of the running session.
+    groups: Option<crate::session::Groups>,
 }
 
 /// The app's state, shared by the messenger and the task applying session events.
@@ -301,6 +309,7 @@ impl Messenger {
             settings,
             connection,
             peers: state.peer_views()?,
+            groups: state.group_views()?,
             questions,
             data_dir: state.data_dir.display().to_string(),
         })
@@ -344,6 +353,7 @@ impl Messenger {
         *lock(&self.state.identity) = Some(Arc::new(identity));
         self.set_settings(settings);
         self.state.publish_peers();
+        self.state.publish_groups();
         self.state.publish_unread();
     }
 
@@ -793,7 +803,11 @@ impl Messenger {
         if let Some(old) = slot.take() {
             old.stop().await;
         }
-        lock(&self.state.live).envelopes = None;
+        {
+            let mut live = lock(&self.state.live);
+            live.envelopes = None;
+            live.groups = None;
+        }
         self.state.clear_presence();
         let settings = self.settings();
         let (Some(client_id), Some(identity)) = (settings.client_id.clone(), self.state.identity())
@@ -811,7 +825,11 @@ impl Messenger {
         };
         match Session::start(config, events).await {
             Ok(session) => {
-                lock(&self.state.live).envelopes = Some(session.envelopes());
+                {
+                    let mut live = lock(&self.state.live);
+                    live.envelopes = Some(session.envelopes());
+                    live.groups = Some(session.groups());
+                }
                 let applier = tokio::spawn(apply_events(Arc::clone(&self.state), rx));
                 *slot = Some(Running { session, applier });
                 Ok(())
@@ -829,7 +847,9 @@ impl Messenger {
         if let Some(running) = self.session.lock().await.take() {
             running.stop().await;
         }
-        lock(&self.state.live).envelopes = None;
+        let mut live = lock(&self.state.live);
+        live.envelopes = None;
+        live.groups = None;
     }
 
     /// Asks the server for its demo conversation.
@@ -998,6 +1018,8 @@ impl State {
             }
             SessionEvent::KeysFetched => self.publish_peers(),
             SessionEvent::Transfer(progress) => self.transfer(&progress),
+            SessionEvent::GroupLine(line) => self.group_line(line),
+            SessionEvent::GroupsChanged => self.publish_groups(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
         }
     }
