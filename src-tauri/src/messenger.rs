@@ -1406,6 +1406,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_group_with_an_original_client_or_nobody_is_refused_readably_and_lines_notify() {
+        let ui = Arc::new(Recorder::default());
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            client_id: Some(id("alice")),
+            ..Settings::default()
+        };
+        let m = Messenger::open(dir.path(), settings, ui.clone()).unwrap();
+        // dave sent an unsigned (ml-kem-aes) message and has no pinned key.
+        deliver(&m, "o1", "dave", "hello from an old client", 1, false);
+        let err = m
+            .create_group("Climbing", &[id("bob"), id("dave")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, MessengerError::InvalidInput(t) if t.contains("dave") && t.contains("original")),
+            "{err}"
+        );
+        let err = m.create_group("Alone", &[id("alice")]).await.unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)), "{err}");
+        let err = m.create_group(" ", &[id("bob")]).await.unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)), "{err}");
+        // Fine input, but no session: said so, nothing stored.
+        let err = m.create_group("Climbing", &[id("bob")]).await.unwrap_err();
+        assert!(matches!(err, MessengerError::Offline(_)), "{err}");
+        assert!(m.db().groups().unwrap().is_empty());
+
+        // A group message from bob while the window is not focused: a notification with the
+        // sender and the group, the first line only; a system line notifies nothing.
+        m.db().ensure_group("ab01", "Climbing", 1).unwrap();
+        m.set_focused(false);
+        let bob = id("bob");
+        for (kind, body) in [
+            (
+                crate::storage::groups::GroupLineKind::System,
+                "bob renamed the group",
+            ),
+            (
+                crate::storage::groups::GroupLineKind::Message,
+                "first line\nsecond <b>line</b>",
+            ),
+        ] {
+            let line = crate::storage::groups::NewGroupLine {
+                group_id: "ab01",
+                kind,
+                sender: Some(&bob),
+                message_id: body,
+                outgoing: false,
+                body,
+                at: 2,
+                status: DeliveryStatus::Received,
+            };
+            let stored = m.db().insert_group_line(&line).unwrap().unwrap();
+            m.state.apply(SessionEvent::GroupLine(stored));
+        }
+        assert_eq!(
+            ui.notifications(),
+            vec![("bob in Climbing".to_owned(), "first line".to_owned())]
+        );
+        assert_eq!(m.db().total_unread().unwrap(), 2, "dave's and bob's");
+        m.mark_group_read("ab01").unwrap();
+        assert_eq!(m.db().total_unread().unwrap(), 1);
+        // The page may name only a known group, in lowercase hex.
+        assert!(m.send_group_message("AB01", "x").is_err());
+        assert!(m.send_group_message("cd02", "x").is_err());
+        let pending = m.send_group_message("ab01", "hello").unwrap();
+        assert_eq!(pending.status, DeliveryStatus::Pending);
+        assert_eq!(
+            m.db().group_outbox(10).unwrap().len(),
+            1,
+            "waits for a connection"
+        );
+    }
+
+    #[tokio::test]
     async fn files_to_an_original_client_are_refused_before_anything_is_sent() {
         let ui = Arc::new(Recorder::default());
         let dir = tempfile::tempdir().unwrap();
