@@ -1067,6 +1067,7 @@ mod tests {
         ctx.on_event(&changed(&bob, GroupChange::MemberRemoved(carol.clone())));
         ctx.on_event(&changed(&bob, GroupChange::MemberUpdated(bob.clone())));
         ctx.on_event(&changed(&bob, GroupChange::EpochChanged(4)));
+        ctx.on_event(&changed(&bob, GroupChange::MemberRemoved(alice.clone())));
         ctx.on_event(&changed(&bob, GroupChange::Removed));
 
         let events = drain(&mut rx);

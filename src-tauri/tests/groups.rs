@@ -335,6 +335,41 @@ fn a_group_made_in_the_app_talks_three_ways_renames_and_locks_a_removed_member_o
     );
     assert_eq!(group_row(&app, &key)["name"], json!("Bob's plans"));
 
+    // carol is invited back: she joins again from the Welcome.
+    app.invoke(
+        "invite_to_group",
+        json!({"groupId": gid, "members": ["carol"]}),
+    )
+    .unwrap();
+    until_line(&app, &gid, "You added carol", true);
+    let (again, _) = joined(&mut carol_events);
+    assert_eq!(again, carol_gid);
+
+    // alice leaves bob's group: bob commits it, the conversation says so and takes no more.
+    app.invoke("leave_group", json!({"groupId": key})).unwrap();
+    until_line(&app, &key, "You left the group", true);
+    assert_eq!(group_row(&app, &key)["left"], json!(true));
+    let refused = app
+        .invoke(
+            "send_group_message",
+            json!({"groupId": key, "text": "still here?"}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+    let details = app
+        .invoke("group_details", json!({"groupId": key}))
+        .unwrap();
+    assert!(details["members"].as_array().unwrap().is_empty());
+    let (_, left) = rt.block_on(next_group(&mut bob_events, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::MemberRemoved(m),
+            ..
+        } if *group == bobs => Some((group.clone(), m.clone())),
+        _ => None,
+    }));
+    assert_eq!(left, alice_id);
+
     // A restart keeps the groups, their history and their MLS state.
     let dir = app.into_dir();
     let app = TestApp::in_dir(dir);

@@ -289,6 +289,8 @@ impl Ctx {
                     Some(format!("{} added {}", who(by), names(&added)))
                 }
             }
+            // Our own removal: the `Removed` that comes with it says it.
+            GroupChange::MemberRemoved(member) if member == me => None,
             GroupChange::MemberRemoved(member) => {
                 if leaving(member) || by == Some(member) {
                     Some(format!("{member} left the group"))

@@ -430,13 +430,18 @@ function renderPanel(details) {
   panelGroup = details.group.id;
   $("group-dialog-title").textContent = `${details.group.name}: members`;
   $("group-rename-input").value = details.group.name;
-  const out = details.group.left || details.members.length === 0;
+  const left = details.group.left;
+  // Not left, yet no members: the app is offline (the list comes from the group's MLS state
+  // through the running session).
+  const out = left || details.members.length === 0;
   $("group-rename-form").hidden = out;
   $("group-invite-field").hidden = out;
   $("group-leave").hidden = out;
-  $("group-members-intro").textContent = out
+  $("group-members-intro").textContent = left
     ? "You are no longer in this group: there is no member list."
-    : "Compare a member's safety number with what their app shows for themselves.";
+    : out
+      ? "Connect to the server to see the members and change the group."
+      : "Compare a member's safety number with what their app shows for themselves.";
   $("group-member-list").replaceChildren(...details.members.map((m) => {
     const avatar = h("span", { class: "avatar small" });
     paintAvatar(avatar, m.id, false);
