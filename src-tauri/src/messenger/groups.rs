@@ -15,29 +15,21 @@ use super::{lock, notification_text, Messenger, MessengerError, State, Update};
 use crate::clock::now_ms;
 use crate::contract::DeliveryStatus;
 use crate::session::{group_key, parse_key, Groups};
-use crate::storage::groups::{GroupLine, GroupLineKind, NewGroupLine};
+use crate::storage::groups::{is_group_key, GroupLine, GroupLineKind, NewGroupLine};
 use crate::storage::{self, StorageError};
 use crate::views::{GroupDetailsView, GroupMemberView, GroupMessageView, GroupPage, GroupView};
 
 /// Most members one *New group* or *Invite* names: the group's cap, less ourselves.
 pub const MAX_GROUP_INVITE: usize = lattice_protocol::limits::MAX_GROUP_MEMBERS - 1;
-/// Longest group id the page may name, in bytes (MLS group ids made here are 16 to 32).
-const MAX_GROUP_ID_BYTES: usize = 64;
 /// Said when a group change needs the session and there is none.
 const GROUP_OFFLINE: &str = "Connect to the server to change a group.";
 
-/// A group id from the page: lowercase hex of at most [`MAX_GROUP_ID_BYTES`].
+/// A group id from the page: lowercase hex, as stored ([`is_group_key`]).
 ///
 /// # Errors
 /// [`MessengerError::InvalidInput`].
 pub fn parse_group_id(id: &str) -> Result<String, MessengerError> {
-    let ok = !id.is_empty()
-        && id.len() <= 2 * MAX_GROUP_ID_BYTES
-        && id.len().is_multiple_of(2)
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
+    if is_group_key(id) {
         Ok(id.to_owned())
     } else {
         Err(MessengerError::InvalidInput("That is not a group.".into()))
@@ -400,7 +392,7 @@ mod tests {
             "AB01",
             "abc",
             "zz",
-            &"a".repeat(2 * MAX_GROUP_ID_BYTES + 2),
+            &"a".repeat(2 * crate::storage::groups::MAX_GROUP_ID_BYTES + 2),
         ] {
             assert!(parse_group_id(bad).is_err(), "{bad:?}");
         }

@@ -46,6 +46,19 @@ CREATE INDEX IF NOT EXISTS group_outbox ON group_messages(seq)
     WHERE outgoing = 1 AND status = 0;
 ";
 
+/// Longest group id kept, in bytes (MLS group ids made by `lattice-mls` are 16 to 32).
+pub const MAX_GROUP_ID_BYTES: usize = 64;
+
+/// Whether `key` is a group id as stored: lowercase hex of 1 to [`MAX_GROUP_ID_BYTES`] bytes.
+pub fn is_group_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 2 * MAX_GROUP_ID_BYTES
+        && key.len().is_multiple_of(2)
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Schema version 8: creates the group tables (idempotent).
 ///
 /// # Errors
@@ -66,14 +79,16 @@ pub enum GroupLineKind {
 }
 
 impl GroupLineKind {
-    fn to_db(self) -> i64 {
+    /// The stored integer.
+    pub fn to_db(self) -> i64 {
         match self {
             Self::Message => 0,
             Self::System => 1,
         }
     }
 
-    fn from_db(v: i64) -> Self {
+    /// The kind stored as `v` (anything but 1 reads as a message).
+    pub fn from_db(v: i64) -> Self {
         if v == 1 {
             Self::System
         } else {
