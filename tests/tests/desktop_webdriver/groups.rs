@@ -210,8 +210,8 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
     shots.take(&client, "group-conversation").await;
     assert_accessible(&client, "a group conversation").await;
 
-    // The member panel: names and safety numbers; rename from it.
-    click(&client, "#group-members-button").await;
+    // The member panel (Ctrl+Shift+G): names and safety numbers; rename from it.
+    press(&client, "#group-input", "\u{E009}\u{E008}g").await;
     until_js(
         &client,
         "the member panel",
