@@ -36,4 +36,13 @@ pub const COMMAND_NAMES: &[&str] = &[
     "save_file_as",
     "open_file",
     "file_bytes",
+    "create_group",
+    "load_group_messages",
+    "send_group_message",
+    "mark_group_read",
+    "group_details",
+    "invite_to_group",
+    "remove_from_group",
+    "rename_group",
+    "leave_group",
 ];

@@ -47,6 +47,8 @@ impl<R: Runtime> Ui for TauriUi<R> {
             Update::Transfer(transfer) => self.emit(Event::Transfer, transfer),
             Update::DropHover(hovering) => self.emit(Event::DropHover, hovering),
             Update::FilesDropped(count) => self.emit(Event::FilesDropped, count),
+            Update::Groups(groups) => self.emit(Event::GroupList, groups),
+            Update::GroupMessage(line) => self.emit(Event::GroupMessage, line),
             Update::Unread(n) => tray::set_unread(&self.app, n),
             Update::Notify { title, body } => self.notify(title, body),
         }

@@ -5,6 +5,7 @@
 //! also the app manifest in `build.rs`, from which the capability file grants exactly these.
 
 pub mod files;
+pub mod groups;
 
 use std::sync::Arc;
 

@@ -85,6 +85,11 @@ wire_enum! {
         /// Files were dropped on the window: the page asks to send them to the open
         /// conversation (`send_dropped`); the payload is how many.
         FilesDropped = "files-dropped",
+        /// The whole list of group conversations (`GroupView[]`), after any change.
+        GroupList = "group-list",
+        /// A new or updated line of a group's history (`GroupMessageView`); the page upserts
+        /// by `id`.
+        GroupMessage = "group-message",
     }
 }
 
@@ -267,6 +272,9 @@ wire_enum! {
         MailboxFull = "mailboxFull",
         /// A message from someone could not be verified.
         Rejected = "rejected",
+        /// A person picked for a group has no group keys at the server (their app cannot join
+        /// groups yet).
+        NoKeyPackage = "noKeyPackage",
         /// Anything else.
         Other = "other",
     }

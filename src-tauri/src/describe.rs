@@ -41,8 +41,23 @@ pub fn describe(e: &PeerError) -> String {
             ErrorType::MailboxFull => {
                 "Their mailbox on the server is full; try again later.".into()
             }
+            ErrorType::NoKeyPackage => format!(
+                "{details}: they cannot join a group until their app publishes group keys (an \
+                 original or older client cannot; a current one does when it connects)."
+            ),
+            ErrorType::NotAMember => "You are not a member of that group any more.".into(),
             _ => details.clone(),
         },
+        PeerError::GroupsDisabled => "Groups are off in this app.".into(),
+        PeerError::UnknownGroup(_) => "You are not in that group any more.".into(),
+        PeerError::GroupIdentity { peer, .. } => format!(
+            "{peer}'s group key is not signed by the safety number pinned for them; refused. \
+             Compare safety numbers with {peer}."
+        ),
+        PeerError::CommitConflict { .. } => {
+            "Other members changed the group at the same moment; try again.".into()
+        }
+        PeerError::Group { reason, .. } => format!("The group change failed: {reason}."),
         other => other.to_string(),
     }
 }
@@ -91,6 +106,7 @@ pub fn code(e: &PeerError) -> PeerErrorCode {
             ErrorType::UnknownQuestion => PeerErrorCode::UnknownQuestion,
             ErrorType::RateLimited => PeerErrorCode::RateLimited,
             ErrorType::MailboxFull => PeerErrorCode::MailboxFull,
+            ErrorType::NoKeyPackage => PeerErrorCode::NoKeyPackage,
             _ => PeerErrorCode::Other,
         },
         _ => PeerErrorCode::Other,

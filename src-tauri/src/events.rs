@@ -71,6 +71,11 @@ pub enum SessionEvent {
     KeysFetched,
     /// A file transfer moved on (progress, or a new state).
     Transfer(lattice_peer::TransferProgress),
+    /// A line of a group's history was stored (a message, a system line) or one of ours moved
+    /// on (sent, failed).
+    GroupLine(crate::storage::groups::GroupLine),
+    /// A group was added, renamed, or left: the group list changed.
+    GroupsChanged,
     /// Something to tell the person.
     Notice(Notice),
 }

@@ -136,6 +136,15 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::files::save_file_as,
             commands::files::open_file,
             commands::files::file_bytes,
+            commands::groups::create_group,
+            commands::groups::load_group_messages,
+            commands::groups::send_group_message,
+            commands::groups::mark_group_read,
+            commands::groups::group_details,
+            commands::groups::invite_to_group,
+            commands::groups::remove_from_group,
+            commands::groups::rename_group,
+            commands::groups::leave_group,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

@@ -9,8 +9,10 @@
 //! uses ([`State`]) does not own the session, so nothing points back up.
 
 mod files;
+mod groups;
 
 pub use files::{TransferAction, MAX_INLINE_FILE_BYTES};
+pub use groups::MAX_GROUP_INVITE;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -110,6 +112,10 @@ pub enum Update {
     DropHover(bool),
     /// Files were dropped on the window (how many); the page asks to send them.
     FilesDropped(usize),
+    /// The list of group conversations changed.
+    Groups(Vec<crate::views::GroupView>),
+    /// A line of a group's history was added or changed.
+    GroupMessage(crate::views::GroupMessageView),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -143,6 +149,8 @@ struct Live {
     envelopes: Option<Envelopes>,
     /// The peers last shown as speaking MLS (to publish the list again when one moves over).
     mls_shown: BTreeSet<ClientId>,
+    /// The group calls of the running session.
+    groups: Option<crate::session::Groups>,
 }
 
 /// The app's state, shared by the messenger and the task applying session events.
@@ -301,6 +309,7 @@ impl Messenger {
             settings,
             connection,
             peers: state.peer_views()?,
+            groups: state.group_views()?,
             questions,
             data_dir: state.data_dir.display().to_string(),
         })
@@ -344,6 +353,7 @@ impl Messenger {
         *lock(&self.state.identity) = Some(Arc::new(identity));
         self.set_settings(settings);
         self.state.publish_peers();
+        self.state.publish_groups();
         self.state.publish_unread();
     }
 
@@ -793,7 +803,11 @@ impl Messenger {
         if let Some(old) = slot.take() {
             old.stop().await;
         }
-        lock(&self.state.live).envelopes = None;
+        {
+            let mut live = lock(&self.state.live);
+            live.envelopes = None;
+            live.groups = None;
+        }
         self.state.clear_presence();
         let settings = self.settings();
         let (Some(client_id), Some(identity)) = (settings.client_id.clone(), self.state.identity())
@@ -811,7 +825,11 @@ impl Messenger {
         };
         match Session::start(config, events).await {
             Ok(session) => {
-                lock(&self.state.live).envelopes = Some(session.envelopes());
+                {
+                    let mut live = lock(&self.state.live);
+                    live.envelopes = Some(session.envelopes());
+                    live.groups = Some(session.groups());
+                }
                 let applier = tokio::spawn(apply_events(Arc::clone(&self.state), rx));
                 *slot = Some(Running { session, applier });
                 Ok(())
@@ -829,7 +847,9 @@ impl Messenger {
         if let Some(running) = self.session.lock().await.take() {
             running.stop().await;
         }
-        lock(&self.state.live).envelopes = None;
+        let mut live = lock(&self.state.live);
+        live.envelopes = None;
+        live.groups = None;
     }
 
     /// Asks the server for its demo conversation.
@@ -998,6 +1018,8 @@ impl State {
             }
             SessionEvent::KeysFetched => self.publish_peers(),
             SessionEvent::Transfer(progress) => self.transfer(&progress),
+            SessionEvent::GroupLine(line) => self.group_line(line),
+            SessionEvent::GroupsChanged => self.publish_groups(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
         }
     }
@@ -1380,6 +1402,81 @@ mod tests {
                 ("bob".to_owned(), "sent you a photo".to_owned()),
                 ("bob".to_owned(), "sent you a file".to_owned()),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_with_an_original_client_or_nobody_is_refused_readably_and_lines_notify() {
+        let ui = Arc::new(Recorder::default());
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            client_id: Some(id("alice")),
+            ..Settings::default()
+        };
+        let m = Messenger::open(dir.path(), settings, ui.clone()).unwrap();
+        // dave sent an unsigned (ml-kem-aes) message and has no pinned key.
+        deliver(&m, "o1", "dave", "hello from an old client", 1, false);
+        let err = m
+            .create_group("Climbing", &[id("bob"), id("dave")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, MessengerError::InvalidInput(t) if t.contains("dave") && t.contains("original")),
+            "{err}"
+        );
+        let err = m.create_group("Alone", &[id("alice")]).await.unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)), "{err}");
+        let err = m.create_group(" ", &[id("bob")]).await.unwrap_err();
+        assert!(matches!(err, MessengerError::InvalidInput(_)), "{err}");
+        // Fine input, but no session: said so, nothing stored.
+        let err = m.create_group("Climbing", &[id("bob")]).await.unwrap_err();
+        assert!(matches!(err, MessengerError::Offline(_)), "{err}");
+        assert!(m.db().groups().unwrap().is_empty());
+
+        // A group message from bob while the window is not focused: a notification with the
+        // sender and the group, the first line only; a system line notifies nothing.
+        m.db().ensure_group("ab01", "Climbing", 1).unwrap();
+        m.set_focused(false);
+        let bob = id("bob");
+        for (kind, body) in [
+            (
+                crate::storage::groups::GroupLineKind::System,
+                "bob renamed the group",
+            ),
+            (
+                crate::storage::groups::GroupLineKind::Message,
+                "first line\nsecond <b>line</b>",
+            ),
+        ] {
+            let line = crate::storage::groups::NewGroupLine {
+                group_id: "ab01",
+                kind,
+                sender: Some(&bob),
+                message_id: body,
+                outgoing: false,
+                body,
+                at: 2,
+                status: DeliveryStatus::Received,
+            };
+            let stored = m.db().insert_group_line(&line).unwrap().unwrap();
+            m.state.apply(SessionEvent::GroupLine(stored));
+        }
+        assert_eq!(
+            ui.notifications(),
+            vec![("bob in Climbing".to_owned(), "first line".to_owned())]
+        );
+        assert_eq!(m.db().total_unread().unwrap(), 2, "dave's and bob's");
+        m.mark_group_read("ab01").unwrap();
+        assert_eq!(m.db().total_unread().unwrap(), 1);
+        // The page may name only a known group, in lowercase hex.
+        assert!(m.send_group_message("AB01", "x").is_err());
+        assert!(m.send_group_message("cd02", "x").is_err());
+        let pending = m.send_group_message("ab01", "hello").unwrap();
+        assert_eq!(pending.status, DeliveryStatus::Pending);
+        assert_eq!(
+            m.db().group_outbox(10).unwrap().len(),
+            1,
+            "waits for a connection"
         );
     }
 

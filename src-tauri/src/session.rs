@@ -21,8 +21,10 @@
 //! it to the server as soon as the handler returns.
 
 mod files;
+mod groups;
 
 pub use files::{download_path, thumbnail_for_offer, AutoDownload, FILES_DIR, TRANSFERS_DIR};
+pub use groups::{group_key, parse_key, Groups};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,8 +32,8 @@ use std::time::Duration;
 
 use lattice_crypto::{Fingerprint, Identity};
 use lattice_peer::{
-    Backoff, Change, ConnectionState as PeerState, Content, ContentUpdate, GroupChange,
-    HandlerHandle, MessagingPeer, PeerConfig, PeerError, PeerEvent, ReactionAction,
+    Backoff, Change, ConnectionState as PeerState, Content, ContentUpdate, HandlerHandle,
+    MessagingPeer, PeerConfig, PeerError, PeerEvent, ReactionAction,
 };
 use lattice_protocol::{AckStatus, ClientId, QuestionId, QuestionKind as WireQuestionKind};
 use tokio::sync::Notify;
@@ -106,6 +108,10 @@ struct Ctx {
     auto_download: AutoDownload,
     // std Mutex: a map lookup on the event path.
     refusal_notices: Mutex<NoticeLimiter>,
+    // std Mutex: a set lookup on the event path.
+    leaving: Mutex<groups::Leaving>,
+    /// Wakes the group outbox.
+    group_wake: Arc<Notify>,
 }
 
 /// A refused message is worth telling the person about, but a flood of them (any registered
@@ -270,6 +276,8 @@ impl Session {
             events,
             refresh: Notify::new(),
             refusal_notices: Mutex::new(NoticeLimiter::default()),
+            leaving: Mutex::new(groups::Leaving::default()),
+            group_wake: Arc::new(Notify::new()),
             data_dir: data_dir.to_owned(),
             auto_download,
         });
@@ -286,6 +294,11 @@ impl Session {
             let cancel = cancel.clone();
             tasks.spawn(async move { outbox.run(cancel).await });
         }
+        tasks.spawn(groups::group_outbox_task(
+            Arc::clone(&ctx),
+            Arc::clone(&ctx.group_wake),
+            cancel.clone(),
+        ));
         tasks.close();
         Ok(Self {
             ctx,
@@ -299,6 +312,12 @@ impl Session {
     /// A handle that tells which envelope messages to each peer go in.
     pub fn envelopes(&self) -> Envelopes {
         Envelopes(self.ctx.peer.clone())
+    }
+
+    /// A handle on the group calls (create, invite, remove, rename, leave, members) and the
+    /// group outbox.
+    pub fn groups(&self) -> Groups {
+        Groups::new(Arc::clone(&self.ctx))
     }
 
     /// Wakes the outbox to send what waits in it.
@@ -442,39 +461,12 @@ impl Ctx {
         self.events.send_blocking(event);
     }
 
-    /// The one peer event handler: translates and queues, nothing slow.
-    /// Groups are not shown by the app yet (docs/mls.md, *Desktop*): the person is told that
-    /// a group was joined or written in rather than left unaware, at most once per group per
-    /// [`REFUSAL_NOTICE_INTERVAL`] (the refusal limiter, keyed by group).
-    fn group_not_shown(
-        &self,
-        group: &lattice_peer::GroupId,
-        by: Option<&ClientId>,
-        joined: Option<&String>,
-    ) {
-        let allowed = self
-            .refusal_notices
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .allow(&format!("group:{group}"), tokio::time::Instant::now());
-        if !allowed {
-            tracing::debug!(group = %group, "group notice coalesced");
-            return;
-        }
-        let who = by.map_or_else(|| "Someone".to_owned(), ToString::to_string);
-        let what = match joined {
-            Some(name) => format!("{who} added you to the group \u{201c}{name}\u{201d}."),
-            None => format!("{who} wrote in a group you are in."),
-        };
-        self.up(SessionEvent::Notice(Notice {
-            kind: ErrorKind::Peer,
-            code: None,
-            message: format!(
-                "{what} Group chats are not shown in this version of the desktop app yet."
-            ),
-        }));
+    /// Sends from a task, waiting for room.
+    async fn up_async(&self, event: SessionEvent) {
+        self.events.send(event).await;
     }
 
+    /// The one peer event handler: translates and queues, nothing slow.
     fn on_event(&self, ev: &PeerEvent) {
         match ev {
             PeerEvent::ConnectionState(state) => self.on_state(*state),
@@ -574,16 +566,17 @@ impl Ctx {
                     ),
                 }));
             }
-            PeerEvent::KeyChanged { peer, new, .. } => self.up(SessionEvent::KeyChanged {
-                peer: peer.clone(),
-                fingerprint: new.to_string(),
-            }),
-            PeerEvent::GroupChanged {
-                group,
-                by,
-                change: GroupChange::Joined { name, .. },
-            } => self.group_not_shown(group, by.as_ref(), Some(name)),
-            PeerEvent::GroupMessage(m) => self.group_not_shown(&m.group, Some(&m.from), None),
+            PeerEvent::KeyChanged { peer, new, .. } => {
+                self.up(SessionEvent::KeyChanged {
+                    peer: peer.clone(),
+                    fingerprint: new.to_string(),
+                });
+                self.group_key_changed(peer);
+            }
+            PeerEvent::GroupChanged { group, by, change } => {
+                self.on_group_changed(group, by.as_ref(), change);
+            }
+            PeerEvent::GroupMessage(m) => self.on_group_message(m),
             PeerEvent::Error(e) => {
                 if let PeerError::Rejected { from, .. } = e {
                     let allowed = self
@@ -621,6 +614,7 @@ impl Ctx {
                 self.refresh.notify_one();
                 self.outbox.reconnected();
                 self.outbox.wake();
+                self.group_wake.notify_one();
             }
             PeerState::Reconnecting { attempt } => {
                 self.up(SessionEvent::PresenceCleared);
@@ -836,7 +830,7 @@ async fn refresh_presence(ctx: &Ctx) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use lattice_peer::RejectReason;
+    use lattice_peer::{GroupChange, RejectReason};
     use lattice_protocol::MessageId;
     use tokio::sync::mpsc;
 
@@ -863,6 +857,8 @@ mod tests {
             events,
             refresh: Notify::new(),
             refusal_notices: Mutex::new(NoticeLimiter::default()),
+            leaving: Mutex::new(groups::Leaving::default()),
+            group_wake: Arc::new(Notify::new()),
             data_dir: std::env::temp_dir(),
             auto_download: AutoDownload::new(0),
         };
@@ -1031,52 +1027,76 @@ mod tests {
         ));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_group_joined_or_written_in_is_told_once_per_group_not_dropped_silently() {
+    #[tokio::test]
+    async fn group_events_are_stored_before_the_ack_with_system_lines_and_go_up() {
+        use crate::storage::groups::GroupLineKind;
         let (ctx, mut rx) = context();
         let bob = ClientId::new("bob").unwrap();
+        let carol = ClientId::new("carol").unwrap();
+        let alice = ClientId::new("alice").unwrap();
         let group = lattice_peer::GroupId::from_bytes(&[7; 16]);
-        ctx.on_event(&PeerEvent::GroupChanged {
+        let key = group_key(&group);
+        let changed = |by: &ClientId, change| PeerEvent::GroupChanged {
             group: group.clone(),
-            by: Some(bob.clone()),
-            change: GroupChange::Joined {
+            by: Some(by.clone()),
+            change,
+        };
+        ctx.on_event(&changed(
+            &bob,
+            GroupChange::Joined {
                 name: "Climbing".into(),
-                members: vec![bob.clone(), ClientId::new("alice").unwrap()],
+                members: vec![bob.clone(), alice.clone()],
             },
-        });
+        ));
         let message = PeerEvent::GroupMessage(lattice_peer::GroupMessage {
             group: group.clone(),
             from: bob.clone(),
             message_id: MessageId::new("m-1").unwrap(),
             content: Content::Text("hi all".into()),
-            sent_at: 0,
+            sent_at: 5,
         });
-        for _ in 0..50 {
-            ctx.on_event(&message);
-        }
-        let events = drain(&mut rx);
-        assert_eq!(events.len(), 1, "{events:?}");
-        match &events[0] {
-            SessionEvent::Notice(n) => {
-                assert!(
-                    n.message.contains("bob added you to the group"),
-                    "{}",
-                    n.message
-                );
-                assert!(n.message.contains("Climbing"), "{}", n.message);
-                assert!(!n.message.contains("hi all"), "never the plaintext");
-            }
-            other => panic!("expected a notice, got {other:?}"),
-        }
-        // Later, a message in it is told again (once).
-        tokio::time::advance(REFUSAL_NOTICE_INTERVAL).await;
+        // Redelivered after a reconnect: stored once.
         ctx.on_event(&message);
         ctx.on_event(&message);
+        ctx.on_event(&changed(
+            &bob,
+            GroupChange::MembersAdded(vec![carol.clone()]),
+        ));
+        ctx.on_event(&changed(&bob, GroupChange::Renamed("Crag".into())));
+        ctx.on_event(&changed(&carol, GroupChange::LeaveRequested(carol.clone())));
+        ctx.on_event(&changed(&bob, GroupChange::MemberRemoved(carol.clone())));
+        ctx.on_event(&changed(&bob, GroupChange::MemberUpdated(bob.clone())));
+        ctx.on_event(&changed(&bob, GroupChange::EpochChanged(4)));
+        ctx.on_event(&changed(&bob, GroupChange::MemberRemoved(alice.clone())));
+        ctx.on_event(&changed(&bob, GroupChange::Removed));
+
         let events = drain(&mut rx);
-        assert_eq!(events.len(), 1, "{events:?}");
-        assert!(
-            matches!(&events[0], SessionEvent::Notice(n) if n.message.contains("bob wrote in a group"))
+        let lines: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::GroupLine(l) => Some((l.kind, l.sender.clone(), l.body.clone())),
+                _ => None,
+            })
+            .collect();
+        let sys = |who: &str, text: &str| (GroupLineKind::System, who.to_owned(), text.to_owned());
+        assert_eq!(
+            lines,
+            vec![
+                sys("bob", "bob added you to the group"),
+                (GroupLineKind::Message, "bob".into(), "hi all".into()),
+                sys("bob", "bob added carol"),
+                sys("bob", "bob renamed the group to \u{201c}Crag\u{201d}"),
+                sys("bob", "carol left the group"),
+                sys("bob", "bob removed you from the group"),
+            ]
         );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::GroupsChanged)));
+        let stored = ctx.db.group(&key).unwrap().unwrap();
+        assert_eq!(stored.name, "Crag");
+        assert!(stored.left);
+        assert_eq!(stored.unread, 1);
     }
 
     #[test]

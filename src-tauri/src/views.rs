@@ -9,6 +9,7 @@ use crate::contract::{
     ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind, TransferState,
 };
 use crate::storage::files::Attachment;
+use crate::storage::groups::{GroupLine, GroupLineKind, GroupRecord};
 use crate::storage::search::{SearchHit, SnippetPart};
 use crate::storage::settings::Settings;
 use crate::storage::{MessageRecord, PeerRecord};
@@ -27,6 +28,8 @@ pub struct Bootstrap {
     pub connection: ConnectionView,
     /// The peer list.
     pub peers: Vec<PeerView>,
+    /// The group conversations, most recent first.
+    pub groups: Vec<GroupView>,
     /// Questions the server asked that are still open.
     pub questions: Vec<QuestionView>,
     /// Where the data lives (shown in settings, useful for troubleshooting).
@@ -483,4 +486,115 @@ mod tests {
             serde_json::json!({"kind": "keyChanged", "message": "changed"})
         );
     }
+}
+
+/// One group conversation in the list beside the 1:1 chats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupView {
+    /// The MLS group id, lowercase hex (the page's handle on it).
+    pub id: String,
+    /// The group's name.
+    pub name: String,
+    /// Unread messages.
+    pub unread: i64,
+    /// This device left or was removed: the history stays, nothing can be sent.
+    pub left: bool,
+    /// Latest line (a message's first line, or a system line).
+    pub last_message: Option<String>,
+    /// Who wrote the latest message (`None` for a system line or our own).
+    pub last_sender: Option<String>,
+    /// Whether the latest line is ours.
+    pub last_outgoing: bool,
+    /// Latest activity, unix ms.
+    pub last_at: Option<i64>,
+}
+
+impl From<GroupRecord> for GroupView {
+    fn from(g: GroupRecord) -> Self {
+        Self {
+            id: g.group_id,
+            name: g.name,
+            unread: g.unread,
+            left: g.left,
+            last_message: g.last_body.map(|b| preview(&b)),
+            last_sender: g.last_sender.filter(|s| !s.is_empty() && !g.last_outgoing),
+            last_outgoing: g.last_outgoing,
+            last_at: g.last_at,
+        }
+    }
+}
+
+/// One line of a group's history: a message with its sender, or a system line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMessageView {
+    /// A stable id for the page (`g<seq>`).
+    pub id: String,
+    /// Position in the history; the paging cursor.
+    pub seq: i64,
+    /// The group (hex id).
+    pub group_id: String,
+    /// A system line (a join, a leave, a removal, a rename, a key change), not a message.
+    pub system: bool,
+    /// The member who wrote it or made the change; empty when nobody is named.
+    pub sender: String,
+    /// Whether we wrote it.
+    pub outgoing: bool,
+    /// The text.
+    pub body: String,
+    /// Unix ms.
+    pub at: i64,
+    /// Delivery state: `pending` until the server took it, then `sent`; `failed` if refused.
+    pub status: DeliveryStatus,
+}
+
+impl From<GroupLine> for GroupMessageView {
+    fn from(l: GroupLine) -> Self {
+        Self {
+            id: format!("g{}", l.seq),
+            seq: l.seq,
+            group_id: l.group_id,
+            system: l.kind == GroupLineKind::System,
+            sender: l.sender,
+            outgoing: l.outgoing,
+            body: l.body,
+            at: l.at,
+            status: l.status,
+        }
+    }
+}
+
+/// A page of a group's history, oldest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupPage {
+    /// The lines.
+    pub messages: Vec<GroupMessageView>,
+    /// Older lines exist before these.
+    pub has_more: bool,
+}
+
+/// One member in a group's member panel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMemberView {
+    /// The member's id.
+    pub id: ClientId,
+    /// The safety number of the identity key its MLS credential is bound to.
+    pub fingerprint: String,
+    /// This is us.
+    pub me: bool,
+}
+
+/// A group's member panel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDetailsView {
+    /// The group as the list shows it.
+    pub group: GroupView,
+    /// Its members, us included, by id (empty once this device is out of it).
+    pub members: Vec<GroupMemberView>,
+    /// Its current MLS epoch (moves with every membership or key change).
+    pub epoch: u64,
 }

@@ -388,6 +388,96 @@ fn a_transfer_under_way_when_the_backup_was_made_is_failed_after_the_restore() {
 }
 
 #[test]
+fn group_history_is_restored_readable_and_left_with_what_waited_failed() {
+    use lattice_desktop::storage::groups::{GroupLineKind, NewGroupLine};
+    let source = Profile::in_use(5);
+    let (alice, bob) = (c("alice"), c("bob"));
+    source.db.ensure_group("ab01", "Climbing", 1_000).unwrap();
+    let line = |kind, sender, id, outgoing, body, status| NewGroupLine {
+        group_id: "ab01",
+        kind,
+        sender,
+        message_id: id,
+        outgoing,
+        body,
+        at: 1_500,
+        status,
+    };
+    for l in [
+        line(
+            GroupLineKind::System,
+            Some(&bob),
+            "s1",
+            false,
+            "bob added you to the group",
+            MessageStatus::Received,
+        ),
+        line(
+            GroupLineKind::Message,
+            Some(&bob),
+            "b1",
+            false,
+            "hello group",
+            MessageStatus::Received,
+        ),
+        line(
+            GroupLineKind::Message,
+            Some(&alice),
+            "a1",
+            true,
+            "sent before",
+            MessageStatus::Pending,
+        ),
+        line(
+            GroupLineKind::Message,
+            Some(&alice),
+            "a2",
+            true,
+            "still waiting",
+            MessageStatus::Pending,
+        ),
+    ] {
+        source.db.insert_group_line(&l).unwrap().unwrap();
+    }
+    let sent = source.db.group_page("ab01", None, 10).unwrap()[2].seq;
+    source
+        .db
+        .advance_group_status(sent, MessageStatus::Sent)
+        .unwrap();
+    let (_dir, file) = backup_of(&source);
+
+    let target = Profile::fresh();
+    target.restore(&file, PASS).unwrap();
+    let groups = target.db.groups().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].name, "Climbing");
+    assert!(
+        groups[0].left,
+        "the restored profile is in no group: its keys were not backed up"
+    );
+    assert_eq!(groups[0].unread, 1);
+    let lines = target.db.group_page("ab01", None, 10).unwrap();
+    let shown: Vec<(&str, &str, MessageStatus)> = lines
+        .iter()
+        .map(|l| (l.sender.as_str(), l.body.as_str(), l.status))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("bob", "bob added you to the group", MessageStatus::Received),
+            ("bob", "hello group", MessageStatus::Received),
+            ("alice", "sent before", MessageStatus::Sent),
+            ("alice", "still waiting", MessageStatus::Failed),
+        ]
+    );
+    assert_eq!(lines[0].kind, GroupLineKind::System);
+    assert!(
+        target.db.group_outbox(10).unwrap().is_empty(),
+        "nothing is sent from a left group"
+    );
+}
+
+#[test]
 fn a_wrong_passphrase_is_a_clear_error_and_changes_nothing() {
     let (_dir, file) = backup_of(&Profile::in_use(50));
     let target = Profile::fresh();

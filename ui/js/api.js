@@ -100,6 +100,18 @@ export const api = {
   openFile: (peerId, seq) => call("open_file", { peerId, seq }),
   /** The bytes of a downloaded picture (an ArrayBuffer), for the viewer. */
   fileBytes: (peerId, seq) => call("file_bytes", { peerId, seq }),
+  /** Creates a group named `name` with `members` (client ids); resolves to its GroupView. */
+  createGroup: (name, members) => call("create_group", { name, members }),
+  /** A page of a group's history: the latest, or those before `before` (a seq). */
+  loadGroupMessages: (groupId, before, limit) => call("load_group_messages", { groupId, before, limit }),
+  sendGroupMessage: (groupId, text) => call("send_group_message", { groupId, text }),
+  markGroupRead: (groupId) => call("mark_group_read", { groupId }),
+  /** The member panel: the group, its members with safety numbers, its epoch. */
+  groupDetails: (groupId) => call("group_details", { groupId }),
+  inviteToGroup: (groupId, members) => call("invite_to_group", { groupId, members }),
+  removeFromGroup: (groupId, member) => call("remove_from_group", { groupId, member }),
+  renameGroup: (groupId, name) => call("rename_group", { groupId, name }),
+  leaveGroup: (groupId) => call("leave_group", { groupId }),
 };
 
 /** The backend's event names (`events.PEER_LIST`, ...). */

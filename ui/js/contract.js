@@ -14,6 +14,8 @@ export const Event = Object.freeze({
   TRANSFER: "transfer",
   DROP_HOVER: "drop-hover",
   FILES_DROPPED: "files-dropped",
+  GROUP_LIST: "group-list",
+  GROUP_MESSAGE: "group-message",
 });
 
 /** Delivery status of a message. */
@@ -90,6 +92,7 @@ export const PeerErrorCode = Object.freeze({
   RATE_LIMITED: "rateLimited",
   MAILBOX_FULL: "mailboxFull",
   REJECTED: "rejected",
+  NO_KEY_PACKAGE: "noKeyPackage",
   OTHER: "other",
 });
 

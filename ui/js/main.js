@@ -2,14 +2,18 @@
 
 import { api, on, events } from "./api.js";
 import { ErrorKind } from "./contract.js";
-import { set, subscribe } from "./state.js";
+import { set, state, subscribe } from "./state.js";
 import { paintAvatar } from "./util.js";
 import { initPeerList, renderPeers } from "./views/peer-list.js";
 import {
-  currentPeer, focusComposer, initConversation, markCurrentRead, messageShortcuts, onTransfer,
+  closeConversation, currentPeer, focusComposer, initConversation, markCurrentRead, messageShortcuts, onTransfer,
   onTyping, openConversation, refreshConversationPeer, removeMessage, upsertMessage,
 } from "./views/conversation.js";
 import { initFiles } from "./views/files.js";
+import {
+  closeGroup, currentGroup, focusGroupComposer, groupOfKey, initGroups, markGroupRead, openGroup,
+  openMembers, openNewGroup, refreshGroup, refuseGroupAttach, upsertGroupLine,
+} from "./views/groups.js";
 import { initMessageActions } from "./views/message-actions.js";
 import { announceMessage } from "./views/announcer.js";
 import { initHelp, toggleHelp } from "./views/help.js";
@@ -24,21 +28,32 @@ import { initVerify, refreshVerify } from "./views/verify.js";
 import { showFirstRun } from "./views/first-run.js";
 import { showNotice } from "./views/toasts.js";
 
-/** Opens the conversation with `peerId`, at the message `seq` if given (a search result). */
+/**
+ * Opens the conversation with `peerId` (at the message `seq` if given: a search result), or the
+ * group whose sidebar key (`group:<id>`) it is.
+ */
 function select(peerId, seq = null) {
   set("selected", peerId);
   renderPeers();
-  openConversation(peerId, seq);
+  const group = groupOfKey(peerId);
+  if (group !== null) {
+    closeConversation();
+    openGroup(group);
+  } else {
+    closeGroup();
+    openConversation(peerId, seq);
+  }
 }
 
 /** Opens the conversation `step` rows below (or above) the open one in the peer list. */
 function selectNeighbour(step) {
   const rows = Array.from(document.querySelectorAll("#peer-list li.peer"));
   if (rows.length === 0) return;
-  const at = rows.findIndex((r) => r.dataset.peerId === currentPeer());
+  const open = state.selected;
+  const at = rows.findIndex((r) => r.dataset.peerId === open);
   const next = at < 0 ? (step > 0 ? 0 : rows.length - 1) : Math.min(Math.max(at + step, 0), rows.length - 1);
   const peerId = rows[next].dataset.peerId;
-  if (peerId !== currentPeer()) select(peerId);
+  if (peerId !== open) select(peerId);
 }
 
 function mainShown() {
@@ -49,13 +64,16 @@ function mainShown() {
 let attachAction = () => false;
 
 const SHORTCUT_ACTIONS = {
-  attach: () => mainShown() && currentPeer() !== null && (attachAction(), true),
+  attach: () => mainShown() && (currentGroup() !== null ? refuseGroupAttach()
+    : currentPeer() !== null && (attachAction(), true)),
   searchConversation: () => mainShown() && openSearch(currentPeer()),
   searchAll: () => mainShown() && openSearch(null),
   previousConversation: () => mainShown() && selectNeighbour(-1),
   nextConversation: () => mainShown() && selectNeighbour(1),
-  focusComposer: () => mainShown() && focusComposer(),
-  markRead: () => mainShown() && markCurrentRead(),
+  focusComposer: () => mainShown() && (currentGroup() !== null ? focusGroupComposer() : focusComposer()),
+  markRead: () => mainShown() && (currentGroup() !== null ? markGroupRead() : markCurrentRead()),
+  newGroup: () => mainShown() && openNewGroup(),
+  groupMembers: () => mainShown() && openMembers(),
   settings: () => mainShown() && openSettings(),
   help: () => mainShown() && toggleHelp(),
   focusMessages: () => mainShown() && messageShortcuts.focusMessages(),
@@ -79,6 +97,7 @@ function showApp(boot) {
   set("dataDir", boot.dataDir);
   set("connection", boot.connection);
   set("peers", boot.peers);
+  set("groups", boot.groups || []);
   document.getElementById("welcome").hidden = true;
   document.getElementById("app").hidden = false;
   for (const q of boot.questions) onQuestion(q);
@@ -87,6 +106,7 @@ function showApp(boot) {
 async function start() {
   initPeerList(select);
   initConversation();
+  initGroups(select);
   initQuestionDialog();
   initSettings();
   initStatusBar();
@@ -100,7 +120,7 @@ async function start() {
     if (peer) openConversationExport(peer);
   });
   initMessageActions();
-  attachAction = initFiles(currentPeer, upsertMessage);
+  attachAction = initFiles(currentPeer, upsertMessage, () => currentGroup() !== null && refuseGroupAttach());
   document.getElementById("open-search").addEventListener("click", () => openSearch(null));
   document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
   document.getElementById("open-help").addEventListener("click", toggleHelp);
@@ -122,6 +142,8 @@ async function start() {
     on(events.TYPING, onTyping),
     on(events.MESSAGE_REMOVED, removeMessage),
     on(events.TRANSFER, onTransfer),
+    on(events.GROUP_LIST, (groups) => set("groups", groups)),
+    on(events.GROUP_MESSAGE, upsertGroupLine),
   ]);
 
   let boot;
@@ -144,6 +166,10 @@ function subscribeState() {
     renderPeers();
     refreshConversationPeer();
     refreshVerify();
+  });
+  subscribe("groups", () => {
+    renderPeers();
+    refreshGroup();
   });
   subscribe("connection", renderConnection);
   subscribe("me", renderMe);

@@ -13,6 +13,8 @@ export const SHORTCUTS = Object.freeze([
   // Not Ctrl+Shift+U: on Linux the input method takes it for typing a Unicode code point.
   { id: "attach", keys: "Ctrl+Shift+A", label: "Attach a file to this conversation" },
   { id: "markRead", keys: "Ctrl+Shift+R", label: "Mark this conversation read" },
+  { id: "newGroup", keys: "Ctrl+Shift+N", label: "New group" },
+  { id: "groupMembers", keys: "Ctrl+Shift+G", label: "Members of this group (safety numbers, invite, rename, leave)" },
   { id: "focusMessages", keys: "Ctrl+Shift+L", label: "Go to the latest message (then ↑ ↓ move between messages)" },
   { id: "reply", keys: "Alt+R", label: "Reply to the selected message (or the last one received)" },
   { id: "edit", keys: "Alt+E", label: "Edit the selected message (or your last one)" },

@@ -5,7 +5,8 @@ export const state = {
   me: null, //          {clientId, fingerprint}
   settings: null, //    see Settings in src-tauri/src/storage/settings.rs
   peers: [], //         PeerView[], in the backend's order
-  selected: null, //    peer id of the open conversation
+  groups: [], //        GroupView[], most recent first
+  selected: null, //    peer id of the open conversation, or `group:<id>` for a group
   connection: null, //  ConnectionView
   dataDir: "",
 };

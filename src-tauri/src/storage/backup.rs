@@ -20,7 +20,12 @@
 //!
 //! The plaintext is JSON lines (one `Record` each, tagged by `type`): `begin`, `identity`, `settings`, then contacts,
 //! pinned keys, replay marks, drafts, messages, the files attached to messages and outbox
-//! entries, then `end` with the number of records before it.
+//! entries, the group conversations and their history (schema 8), then `end` with the number
+//! of records before it.
+//!
+//! Groups are restored as *left*: their MLS keys (`mls.sqlite3`) are never in a backup, so a
+//! restored profile is a new MLS client in no group. Their history stays readable; our group
+//! messages that were still waiting are marked failed.
 //!
 //! A file record ([`super::files`], schema 7) holds what the conversation shows and what a
 //! download needs (name, size, type, preview, the sender's offer), never the file's bytes:
@@ -702,6 +707,26 @@ enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kind: Option<String>,
     },
+    /// A `groups` row (schema 8). Restored as left: the group's MLS keys are not in backups,
+    /// so the restored profile is in no group; its history stays readable.
+    Group {
+        group_id: String,
+        name: String,
+        unread: i64,
+        created_at: i64,
+    },
+    /// A `group_messages` row (schema 8): a message with its sender, or a system line.
+    GroupMessage {
+        seq: i64,
+        group_id: String,
+        kind: i64,
+        sender: String,
+        message_id: String,
+        outgoing: bool,
+        body: String,
+        at: i64,
+        status: i64,
+    },
     /// Last: how many records came before it.
     End { records: u64 },
 }
@@ -1031,6 +1056,40 @@ fn write_records<W: Write>(
                     created_at: r.get(3)?,
                     wire_id: r.get(4)?,
                     kind: r.get(5)?,
+                },
+            )?;
+        }
+        let mut stmt = conn.prepare("SELECT group_id, name, unread, created_at FROM groups")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            put(
+                w,
+                Record::Group {
+                    group_id: r.get(0)?,
+                    name: r.get(1)?,
+                    unread: r.get(2)?,
+                    created_at: r.get(3)?,
+                },
+            )?;
+        }
+        let mut stmt = conn.prepare(
+            "SELECT seq, group_id, kind, sender, message_id, outgoing, body, at, status
+             FROM group_messages ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            put(
+                w,
+                Record::GroupMessage {
+                    seq: r.get(0)?,
+                    group_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    sender: r.get(3)?,
+                    message_id: r.get(4)?,
+                    outgoing: r.get(5)?,
+                    body: r.get(6)?,
+                    at: r.get(7)?,
+                    status: r.get(8)?,
                 },
             )?;
         }
@@ -1480,6 +1539,68 @@ impl RestoreState {
                         kind
                     ],
                 )?;
+            }
+            Record::Group {
+                group_id,
+                name,
+                unread,
+                created_at,
+            } => {
+                if !super::groups::is_group_key(&group_id) {
+                    return bad("a group id that is not one");
+                }
+                if name.len() > lattice_mls::limits::MAX_GROUP_NAME_LEN {
+                    return bad("a group name is too long");
+                }
+                // Left: the group's keys are not in the backup, so this profile is in no group.
+                tx.execute(
+                    "INSERT INTO groups(group_id, name, unread, created_at, left)
+                     VALUES (?1, ?2, ?3, ?4, 1)",
+                    params![group_id, name, unread.max(0), created_at],
+                )?;
+            }
+            Record::GroupMessage {
+                seq,
+                group_id,
+                kind,
+                sender,
+                message_id: id,
+                outgoing,
+                body,
+                at,
+                status,
+            } => {
+                if !(0..MessageStatus::ALL.len() as i64).contains(&status)
+                    || !(0..=1).contains(&kind)
+                {
+                    return bad("a group message of an unknown kind or status");
+                }
+                if !sender.is_empty() {
+                    peer(&sender)?;
+                }
+                if id.is_empty() || id.len() > 256 {
+                    return bad("a group message id that is not one");
+                }
+                let known = tx
+                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM groups WHERE group_id = ?1)")?
+                    .query_row(params![group_id], |r| r.get::<_, bool>(0))?;
+                if !known {
+                    return bad("a group message of a group that is not there");
+                }
+                // Ours still waiting can never go now (not a member any more): failed.
+                let status = if outgoing && status == MessageStatus::Pending.rank() {
+                    MessageStatus::Failed.rank()
+                } else {
+                    status
+                };
+                tx.prepare_cached(
+                    "INSERT INTO group_messages(seq, group_id, kind, sender, message_id, outgoing,
+                                                body, at, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    seq, group_id, kind, sender, id, outgoing, body, at, status
+                ])?;
             }
             Record::End { records } => {
                 if records != self.records {

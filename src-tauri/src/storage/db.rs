@@ -4,7 +4,7 @@
 //! short (indexed lookups, single-row writes, one page of history), so the lock is never held
 //! across an `.await` and a blocking mutex is the right tool.
 //!
-//! Schema (version 7):
+//! Schema (version 8):
 //! - `contacts(peer_id PK, first_seen, unread, user_verified, authenticated)` — everyone we have
 //!   talked to or seen online. `authenticated` is set once the peer was seen with a signed
 //!   identity (a `lattice-v1` peer); `user_verified` once the person compared fingerprints.
@@ -35,6 +35,7 @@
 //!   counter and whether a read receipt went out; `message_versions` keeps earlier texts,
 //!   `reactions` one reaction per reactor per message, and `outbox.kind` the content kind.
 //! - Version 7: `attachments`, the file of a file message ([`super::files`]).
+//! - Version 8: `groups` and `group_messages`, the group conversations ([`super::groups`]).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -47,7 +48,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -213,6 +214,7 @@ impl Db {
             super::drafts::migrate(&tx)?;
             super::content::migrate(&tx)?;
             super::files::migrate(&tx)?;
+            super::groups::migrate(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -685,11 +687,12 @@ impl Db {
     /// # Errors
     /// [`StorageError::Sqlite`].
     pub fn total_unread(&self) -> Result<i64, StorageError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(SUM(unread), 0) FROM contacts", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn().query_row(
+            "SELECT (SELECT COALESCE(SUM(unread), 0) FROM contacts)
+                      + (SELECT COALESCE(SUM(unread), 0) FROM groups)",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// The replay high-water mark of `peer_id`: the newest `sentAt` accepted from it.

@@ -7,7 +7,8 @@
 //!   durable outbox of messages not yet handed to the server.
 //!   [`search`] adds the full-text index of the history, [`drafts`] the unsent texts,
 //!   [`content`] replies, edits, deletes, reactions and read receipts, [`files`] the files
-//!   attached to messages (their records, previews and transfer state; never their bytes).
+//!   attached to messages (their records, previews and transfer state; never their bytes),
+//!   [`groups`] the group conversations and their history (schema 8).
 //! - [`backup`]: all of the above sealed with a passphrase into one file, and its restore onto
 //!   a fresh profile; [`export`]: one conversation as HTML or JSON.
 //! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
@@ -23,6 +24,7 @@ pub mod drafts;
 mod error;
 pub mod export;
 pub mod files;
+pub mod groups;
 pub mod keystore;
 pub mod message;
 pub mod search;

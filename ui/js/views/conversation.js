@@ -740,6 +740,20 @@ export function currentPeer() {
   return current;
 }
 
+/** Hides the 1:1 conversation (a group opens instead): its draft is kept, typing stops. */
+export function closeConversation() {
+  if (current === null) return;
+  flushDraft();
+  stopTyping();
+  setComposing(null);
+  hideTyping();
+  generation += 1;
+  current = null;
+  elements.clear();
+  shown.clear();
+  $("conversation").hidden = true;
+}
+
 /** Focuses the composer of the open conversation (a keyboard shortcut). */
 export function focusComposer() {
   const input = $("composer-input");

@@ -237,9 +237,10 @@ async function sendBlobs(peer, files, upsert) {
 
 /**
  * Wires Attach, paste, drop and the viewer. `current()` is the open conversation (or null);
- * `upsert(m)` shows a new or changed message.
+ * `upsert(m)` shows a new or changed message; `elsewhere()` answers a drop when no 1:1 chat is
+ * open (a group refuses it) and returns whether it did.
  */
-export function initFiles(current, upsert) {
+export function initFiles(current, upsert, elsewhere = () => false) {
   const attach = async () => {
     const peer = current();
     if (peer === null) return false;
@@ -286,7 +287,9 @@ export function initFiles(current, upsert) {
     overlay.hidden = true;
     const peer = current();
     if (peer === null) {
-      showNotice({ kind: "invalidInput", message: "Open a conversation first, then drop the files on it." });
+      if (!elsewhere()) {
+        showNotice({ kind: "invalidInput", message: "Open a conversation first, then drop the files on it." });
+      }
       return;
     }
     const sent = await act(api.sendDropped(peer));

@@ -1,5 +1,6 @@
-// The sidebar's list of people: presence, verified badge, key-change and unverified marks,
-// latest message and unread count. Updated in place on every `peer-list` event: a row is one
+// The sidebar's list of conversations: people (presence, verified badge, key-change and
+// unverified marks) and groups (views/groups.js), each with its latest message and unread count;
+// conversations with messages first, most recent first. Updated in place on every `peer-list` event: a row is one
 // element for as long as its peer is listed, and only rows whose content changed are redrawn, so a
 // click that straddles an update (press before, release after) still lands on its row.
 //
@@ -8,6 +9,7 @@
 
 import { h, icon, paintAvatar, formatShort } from "../util.js";
 import { state } from "../state.js";
+import { groupKey, paintGroupAvatar } from "./groups.js";
 
 let onSelect = () => {};
 
@@ -47,17 +49,57 @@ function row(peer) {
   }, avatar, h("div", { class: "peer-body" }, top, bottom));
 }
 
-/** Peer id → its row element and what it was drawn from. */
+function groupRow(group) {
+  const key = groupKey(group.id);
+  const avatar = h("span", { class: "avatar" });
+  paintGroupAvatar(avatar, group);
+  const top = h("div", { class: "peer-top" },
+    h("span", { class: "peer-name" }, h("bdi", {}, group.name)),
+    h("span", { class: "visually-hidden", text: ", group" }),
+    group.lastAt ? h("span", { class: "peer-time", text: formatShort(group.lastAt) }) : null);
+  const who = group.lastOutgoing ? "You: " : group.lastSender ? `${group.lastSender}: ` : "";
+  const preview = group.lastMessage ? [who, h("bdi", {}, group.lastMessage)] : ["No messages yet"];
+  const bottom = h("div", { class: "peer-bottom" },
+    h("span", { class: "peer-preview" }, preview),
+    group.left ? h("span", { class: "tag", title: "You are no longer in this group" }, "Left") : null,
+    group.unread > 0 ? h("span", { class: "unread" }, group.unread > 99 ? "99+" : String(group.unread),
+      h("span", { class: "visually-hidden", text: " unread" })) : null);
+  return h("li", {
+    class: `peer group-row${group.unread > 0 ? " has-unread" : ""}`,
+    role: "option",
+    "aria-selected": String(state.selected === key),
+    dataset: { peerId: key, online: "false" },
+    onclick: () => onSelect(key),
+  }, avatar, h("div", { class: "peer-body" }, top, bottom));
+}
+
+/** The list's entries: groups and people, those with messages first (most recent first). */
+function entries(filter) {
+  const match = (name) => !filter || name.toLowerCase().includes(filter);
+  const groups = (state.groups || []).filter((g) => match(g.name))
+    .map((g) => ({ key: groupKey(g.id), at: g.lastAt, item: g, draw: groupRow }));
+  const peers = state.peers.filter((p) => match(p.id))
+    .map((p) => ({ key: p.id, at: p.lastAt, item: p, draw: row }));
+  // Both lists come sorted; a stable merge by latest activity keeps each one's own order.
+  const talked = (e) => e.at !== null && e.at !== undefined;
+  const out = [];
+  const a = groups.filter(talked);
+  const b = peers.filter(talked);
+  while (a.length && b.length) out.push(a[0].at >= b[0].at ? a.shift() : b.shift());
+  return out.concat(a, b, groups.filter((e) => !talked(e)), peers.filter((e) => !talked(e)));
+}
+
+/** Row key (a peer id, or `group:<id>`) → its row element and what it was drawn from. */
 const rows = new Map();
 
-/** The row of `peer`, reused (and redrawn only if its content changed) or new. */
-function rowFor(peer) {
-  const drawnFrom = JSON.stringify([peer, state.selected === peer.id]);
-  const known = rows.get(peer.id);
+/** The row of an entry, reused (and redrawn only if its content changed) or new. */
+function rowFor(entry) {
+  const drawnFrom = JSON.stringify([entry.item, state.selected === entry.key]);
+  const known = rows.get(entry.key);
   if (known && known.drawnFrom === drawnFrom) return known.li;
-  const fresh = row(peer);
+  const fresh = entry.draw(entry.item);
   if (!known) {
-    rows.set(peer.id, { li: fresh, drawnFrom });
+    rows.set(entry.key, { li: fresh, drawnFrom });
     return fresh;
   }
   // Same element (its click handler is bound to this peer id), new content and attributes.
@@ -74,18 +116,18 @@ export function renderPeers() {
   const list = document.getElementById("peer-list");
   const empty = document.getElementById("peer-list-empty");
   const filter = document.getElementById("peer-filter").value.trim().toLowerCase();
-  const peers = state.peers.filter((p) => !filter || p.id.toLowerCase().includes(filter));
-  const shown = new Set(peers.map((p) => p.id));
+  const listed = entries(filter);
+  const shown = new Set(listed.map((e) => e.key));
   for (const id of rows.keys()) {
     if (!shown.has(id)) rows.delete(id);
   }
-  const wanted = peers.map(rowFor);
+  const wanted = listed.map(rowFor);
   const current = list.children;
   // Rows move only when the order changed (a move is a detach and an insert).
   if (current.length !== wanted.length || wanted.some((li, i) => current[i] !== li)) {
     list.replaceChildren(...wanted);
   }
-  empty.hidden = state.peers.length > 0;
+  empty.hidden = state.peers.length > 0 || (state.groups || []).length > 0;
   // One tab stop: the open conversation's row, else the first.
   const stop = wanted.find((li) => li.getAttribute("aria-selected") === "true") || wanted[0];
   for (const li of wanted) li.tabIndex = li === stop ? 0 : -1;

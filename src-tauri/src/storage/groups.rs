@@ -1,0 +1,549 @@
+//! Group conversations (schema version 8): each MLS group this device is or was in, and its
+//! history. The group's secrets are not here (they live in the MLS state file, docs/mls.md,
+//! *Desktop*); this is what the person sees.
+//!
+//! - `groups(group_id PK, name, unread, created_at, left)`: `group_id` is the MLS group id in
+//!   lowercase hex; `name` the name the group context carries (authenticated); `left` is set
+//!   once this device is out of it (it left or was removed): its history stays readable and it
+//!   takes no more messages.
+//! - `group_messages(seq PK, group_id, kind, sender, message_id, outgoing, body, at, status)`,
+//!   unique on `(group_id, sender, message_id)`: `kind` is a message or a system line (a join,
+//!   a leave, a removal, a rename, a key change). An incoming message is a duplicate only of one
+//!   from the same sender in the same group (a sender chooses its ids). Our own messages are
+//!   keyed by a local id and wait as `pending` until the server takes them: the rows with
+//!   `outgoing = 1 AND status = pending` are the group outbox, sent oldest first.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use lattice_protocol::ClientId;
+
+use super::db::Db;
+use super::error::StorageError;
+use crate::contract::DeliveryStatus;
+
+const GROUPS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS groups(
+    group_id   TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    unread     INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    left       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS group_messages(
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id   TEXT NOT NULL,
+    kind       INTEGER NOT NULL,
+    sender     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    outgoing   INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    at         INTEGER NOT NULL,
+    status     INTEGER NOT NULL,
+    UNIQUE(group_id, sender, message_id)
+);
+CREATE INDEX IF NOT EXISTS group_messages_by_group ON group_messages(group_id, seq);
+CREATE INDEX IF NOT EXISTS group_outbox ON group_messages(seq)
+    WHERE outgoing = 1 AND status = 0;
+";
+
+/// Longest group id kept, in bytes (MLS group ids made by `lattice-mls` are 16 to 32).
+pub const MAX_GROUP_ID_BYTES: usize = 64;
+
+/// Whether `key` is a group id as stored: lowercase hex of 1 to [`MAX_GROUP_ID_BYTES`] bytes.
+pub fn is_group_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 2 * MAX_GROUP_ID_BYTES
+        && key.len().is_multiple_of(2)
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Schema version 8: creates the group tables (idempotent).
+///
+/// # Errors
+/// [`StorageError::Sqlite`].
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch(GROUPS_SCHEMA)?;
+    Ok(())
+}
+
+/// What a row of a group's history is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupLineKind {
+    /// A message a member wrote.
+    Message,
+    /// A line the app writes: someone joined, left, was removed, renamed the group, a key
+    /// changed.
+    System,
+}
+
+impl GroupLineKind {
+    /// The stored integer.
+    pub fn to_db(self) -> i64 {
+        match self {
+            Self::Message => 0,
+            Self::System => 1,
+        }
+    }
+
+    /// The kind stored as `v` (anything but 1 reads as a message).
+    pub fn from_db(v: i64) -> Self {
+        if v == 1 {
+            Self::System
+        } else {
+            Self::Message
+        }
+    }
+}
+
+/// One group this device is or was in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// The MLS group id, lowercase hex.
+    pub group_id: String,
+    /// Its name.
+    pub name: String,
+    /// Messages received since it was last read.
+    pub unread: i64,
+    /// This device left or was removed.
+    pub left: bool,
+    /// The latest line (message or system line), if any.
+    pub last_body: Option<String>,
+    /// Who wrote the latest message (empty for a system line).
+    pub last_sender: Option<String>,
+    /// Whether the latest line is ours.
+    pub last_outgoing: bool,
+    /// When (unix ms), or when the group was first seen.
+    pub last_at: Option<i64>,
+}
+
+/// One line of a group's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLine {
+    /// Position in the database; orders the history and is the paging cursor.
+    pub seq: i64,
+    /// The group (hex id).
+    pub group_id: String,
+    /// A message or a system line.
+    pub kind: GroupLineKind,
+    /// Who wrote it (a member id), or who made the change; empty when nobody is named.
+    pub sender: String,
+    /// The sender's message id (ours: a local id).
+    pub message_id: String,
+    /// Whether we wrote it.
+    pub outgoing: bool,
+    /// The text.
+    pub body: String,
+    /// Unix ms: when we wrote it, or the server's timestamp.
+    pub at: i64,
+    /// Delivery state (incoming and system lines: `received`).
+    pub status: DeliveryStatus,
+}
+
+/// A line to add to a group's history.
+#[derive(Debug, Clone, Copy)]
+pub struct NewGroupLine<'a> {
+    /// The group (hex id).
+    pub group_id: &'a str,
+    /// A message or a system line.
+    pub kind: GroupLineKind,
+    /// The member who wrote it or made the change, if any.
+    pub sender: Option<&'a ClientId>,
+    /// Its id: the sender's message id, or a fresh local one.
+    pub message_id: &'a str,
+    /// Whether we wrote it.
+    pub outgoing: bool,
+    /// The text.
+    pub body: &'a str,
+    /// Unix ms.
+    pub at: i64,
+    /// Delivery state.
+    pub status: DeliveryStatus,
+}
+
+const LINE_COLUMNS: &str = "seq, group_id, kind, sender, message_id, outgoing, body, at, status";
+
+fn row_to_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupLine> {
+    Ok(GroupLine {
+        seq: r.get(0)?,
+        group_id: r.get(1)?,
+        kind: GroupLineKind::from_db(r.get(2)?),
+        sender: r.get(3)?,
+        message_id: r.get(4)?,
+        outgoing: r.get::<_, i64>(5)? != 0,
+        body: r.get(6)?,
+        at: r.get(7)?,
+        status: DeliveryStatus::from_rank(r.get(8)?),
+    })
+}
+
+impl Db {
+    /// Makes sure `group_id` is a known group named `name` (the name is kept if it is known
+    /// already; [`Db::rename_group`] changes it). Returns whether it was new.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn ensure_group(
+        &self,
+        group_id: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO groups(group_id, name, created_at) VALUES (?1, ?2, ?3)",
+            params![group_id, name, now_ms],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Whether `group_id` is a known group.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_known(&self, group_id: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM groups WHERE group_id = ?1")?
+            .exists(params![group_id])?)
+    }
+
+    /// Renames a group (a rename Commit was applied).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn rename_group(&self, group_id: &str, name: &str) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE groups SET name = ?2 WHERE group_id = ?1",
+            params![group_id, name],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a group as left (or rejoined: `false`, when a Welcome to it arrives again).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn set_group_left(&self, group_id: &str, left: bool) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE groups SET left = ?2 WHERE group_id = ?1",
+            params![group_id, left],
+        )?;
+        Ok(())
+    }
+
+    /// Every group, most recent activity first.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn groups(&self) -> Result<Vec<GroupRecord>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT g.group_id, g.name, g.unread, g.left, m.body, m.sender, m.outgoing,
+                    COALESCE(m.at, g.created_at), m.kind
+             FROM groups g
+             LEFT JOIN group_messages m ON m.seq =
+                 (SELECT MAX(seq) FROM group_messages WHERE group_id = g.group_id)
+             ORDER BY COALESCE(m.at, g.created_at) DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let system = r.get::<_, Option<i64>>(8)? == Some(GroupLineKind::System.to_db());
+            let sender: Option<String> = r.get(5)?;
+            Ok(GroupRecord {
+                group_id: r.get(0)?,
+                name: r.get(1)?,
+                unread: r.get(2)?,
+                left: r.get::<_, i64>(3)? != 0,
+                last_body: r.get(4)?,
+                last_sender: if system { None } else { sender },
+                last_outgoing: r.get::<_, Option<i64>>(6)?.unwrap_or(0) != 0,
+                last_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One group, if known.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group(&self, group_id: &str) -> Result<Option<GroupRecord>, StorageError> {
+        Ok(self.groups()?.into_iter().find(|g| g.group_id == group_id))
+    }
+
+    /// Adds a line to a group's history: a received message counts as unread. Returns the
+    /// stored line, or `None` for an incoming message already stored (redelivered).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn insert_group_line(
+        &self,
+        line: &NewGroupLine<'_>,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let sender = line.sender.map_or("", ClientId::as_str);
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO group_messages(group_id, kind, sender, message_id, outgoing,
+                                                  body, at, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                line.group_id,
+                line.kind.to_db(),
+                sender,
+                line.message_id,
+                line.outgoing,
+                line.body,
+                line.at,
+                line.status.rank()
+            ],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let seq = tx.last_insert_rowid();
+        if line.kind == GroupLineKind::Message && !line.outgoing {
+            tx.execute(
+                "UPDATE groups SET unread = unread + 1 WHERE group_id = ?1",
+                params![line.group_id],
+            )?;
+        }
+        let stored = tx.query_row(
+            &format!("SELECT {LINE_COLUMNS} FROM group_messages WHERE seq = ?1"),
+            params![seq],
+            row_to_line,
+        )?;
+        tx.commit()?;
+        Ok(Some(stored))
+    }
+
+    /// A page of a group's history, oldest first: the latest `limit` lines, or those before
+    /// `before` (a `seq`).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_page(
+        &self,
+        group_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<GroupLine>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {LINE_COLUMNS} FROM group_messages
+             WHERE group_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        ))?;
+        let mut lines: Vec<GroupLine> = stmt
+            .query_map(
+                params![group_id, before.unwrap_or(i64::MAX), limit],
+                row_to_line,
+            )?
+            .collect::<Result<_, _>>()?;
+        lines.reverse();
+        Ok(lines)
+    }
+
+    /// Clears a group's unread count.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn mark_group_read(&self, group_id: &str) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE groups SET unread = 0 WHERE group_id = ?1",
+            params![group_id],
+        )?;
+        Ok(())
+    }
+
+    /// Our group messages the server has not taken yet, oldest first (at most `limit`).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_outbox(&self, limit: u32) -> Result<Vec<GroupLine>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {LINE_COLUMNS} FROM group_messages
+             WHERE outgoing = 1 AND status = ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let lines = stmt
+            .query_map(params![DeliveryStatus::Pending.rank(), limit], row_to_line)?
+            .collect::<Result<_, _>>()?;
+        Ok(lines)
+    }
+
+    /// Moves one of our group messages on (only forwards, by
+    /// [`DeliveryStatus::may_replace`]); the line as it is now, or `None` if nothing changed.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn advance_group_status(
+        &self,
+        seq: i64,
+        status: DeliveryStatus,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let line = tx
+            .query_row(
+                &format!(
+                    "SELECT {LINE_COLUMNS} FROM group_messages WHERE seq = ?1 AND outgoing = 1"
+                ),
+                params![seq],
+                row_to_line,
+            )
+            .optional()?;
+        let Some(mut line) = line else {
+            return Ok(None);
+        };
+        if !status.may_replace(line.status) {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE group_messages SET status = ?2 WHERE seq = ?1",
+            params![seq, status.rank()],
+        )?;
+        tx.commit()?;
+        line.status = status;
+        Ok(Some(line))
+    }
+
+    /// Unread messages in every group.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn total_group_unread(&self) -> Result<i64, StorageError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(SUM(unread), 0) FROM groups", [], |r| {
+                r.get(0)
+            })?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(
+        g: &'a str,
+        sender: Option<&'a ClientId>,
+        id: &'a str,
+        body: &'a str,
+    ) -> NewGroupLine<'a> {
+        NewGroupLine {
+            group_id: g,
+            kind: GroupLineKind::Message,
+            sender,
+            message_id: id,
+            outgoing: false,
+            body,
+            at: 10,
+            status: DeliveryStatus::Received,
+        }
+    }
+
+    #[test]
+    fn group_lines_are_deduplicated_per_sender_counted_unread_and_paged() {
+        let db = Db::open_in_memory().unwrap();
+        let bob = ClientId::new("bob").unwrap();
+        let carol = ClientId::new("carol").unwrap();
+        assert!(db.ensure_group("aa", "Climbing", 1).unwrap());
+        assert!(!db.ensure_group("aa", "Other name", 2).unwrap());
+        assert!(db
+            .insert_group_line(&line("aa", Some(&bob), "m1", "hi"))
+            .unwrap()
+            .is_some());
+        // Redelivered: not stored twice, not counted twice.
+        assert!(db
+            .insert_group_line(&line("aa", Some(&bob), "m1", "hi"))
+            .unwrap()
+            .is_none());
+        // Another sender may use the same id.
+        assert!(db
+            .insert_group_line(&line("aa", Some(&carol), "m1", "hey"))
+            .unwrap()
+            .is_some());
+        let system = NewGroupLine {
+            kind: GroupLineKind::System,
+            ..line("aa", Some(&bob), "s1", "bob renamed the group")
+        };
+        db.insert_group_line(&system).unwrap();
+        let g = db.group("aa").unwrap().unwrap();
+        assert_eq!(g.name, "Climbing");
+        assert_eq!(g.unread, 2, "system lines are not unread messages");
+        assert_eq!(g.last_sender, None, "the latest line is a system line");
+        assert_eq!(db.total_group_unread().unwrap(), 2);
+        db.mark_group_read("aa").unwrap();
+        assert_eq!(db.total_group_unread().unwrap(), 0);
+        let page = db.group_page("aa", None, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[1].kind, GroupLineKind::System);
+        let older = db.group_page("aa", Some(page[0].seq), 10).unwrap();
+        assert_eq!(older.len(), 1);
+        assert_eq!(older[0].body, "hi");
+    }
+
+    #[test]
+    fn our_group_messages_wait_in_the_outbox_until_the_server_takes_them() {
+        let db = Db::open_in_memory().unwrap();
+        let me = ClientId::new("alice").unwrap();
+        db.ensure_group("bb", "Team", 1).unwrap();
+        let ours = NewGroupLine {
+            outgoing: true,
+            status: DeliveryStatus::Pending,
+            ..line("bb", Some(&me), "local-1", "hello team")
+        };
+        let stored = db.insert_group_line(&ours).unwrap().unwrap();
+        assert_eq!(db.group("bb").unwrap().unwrap().unread, 0);
+        assert_eq!(db.group_outbox(10).unwrap(), vec![stored.clone()]);
+        let sent = db
+            .advance_group_status(stored.seq, DeliveryStatus::Sent)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent.status, DeliveryStatus::Sent);
+        assert!(db.group_outbox(10).unwrap().is_empty());
+        // Never backwards.
+        assert!(db
+            .advance_group_status(stored.seq, DeliveryStatus::Pending)
+            .unwrap()
+            .is_none());
+        assert!(db.group_outbox(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_7_file_gains_the_group_tables_and_keeps_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lattice.sqlite3");
+        let bob = ClientId::new("bob").unwrap();
+        {
+            let db = Db::open(&path).unwrap();
+            db.insert_incoming("m1", &bob, "from before", 5, true, false)
+                .unwrap();
+        }
+        // Make it what version 7 left on disk: no group tables.
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DROP TABLE group_messages; DROP TABLE groups; PRAGMA user_version = 7;",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let version: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 8);
+        assert_eq!(db.page(&bob, None, 10).unwrap()[0].body, "from before");
+        assert!(db.groups().unwrap().is_empty());
+        db.ensure_group("cc", "New", 1).unwrap();
+        let line = line("cc", Some(&bob), "g1", "works");
+        assert!(db.insert_group_line(&line).unwrap().is_some());
+        assert_eq!(
+            db.total_unread().unwrap(),
+            2,
+            "1:1 and group unread together"
+        );
+    }
+}

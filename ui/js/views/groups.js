@@ -1,0 +1,580 @@
+// Groups: the New group dialog, a group's conversation (messages with their senders, system
+// lines for joins, leaves, removals, renames and key changes) and its member panel (names and
+// safety numbers, invite, remove, rename, leave).
+//
+// The group list comes from the backend (`group-list`, in `state.groups`); the sidebar draws it
+// beside the 1:1 chats (peer-list.js). A group's row and selection use the key `group:<id>`.
+// State flows one way: this view asks the backend and redraws from what it answers and from
+// the `group-message` events; it keeps only what is on screen.
+
+import { api } from "../api.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus } from "../contract.js";
+import { state } from "../state.js";
+import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
+import { messageText } from "../text.js";
+import { confirmLink } from "./link-dialog.js";
+import { announce } from "./announcer.js";
+import { showNotice } from "./toasts.js";
+
+/** Lines per page of a group's history. */
+const PAGE = 50;
+/** Older lines load when the top of the list comes this close (px) to the view. */
+const LOAD_MARGIN_PX = 400;
+/** How close to the bottom (px) counts as "at the bottom" for following new lines. */
+const STICK_PX = 48;
+/** Longest part of a message read out to screen readers, in characters. */
+const ANNOUNCE_CHARS = 140;
+/** The one sentence of the attach refusal: files do not go to groups yet. */
+export const NO_FILES_IN_GROUPS =
+  "Files cannot be sent to a group yet; send them to each person in a 1:1 chat.";
+
+const KEY_PREFIX = "group:";
+
+const STATUS = {
+  [DeliveryStatus.PENDING]: { icon: "clock", label: "Waiting for a connection" },
+  [DeliveryStatus.SENT]: { icon: "check", label: "Sent to the group" },
+  [DeliveryStatus.FAILED]: { icon: "alert", label: "Not sent" },
+};
+
+let current = null; // group id shown
+let generation = 0;
+let oldestSeq = null;
+let hasMore = false;
+let loading = false;
+const elements = new Map(); // line id -> <li>
+let onSelect = () => {};
+
+const $ = (id) => document.getElementById(id);
+
+/** The sidebar key of group `id`. */
+export function groupKey(id) {
+  return `${KEY_PREFIX}${id}`;
+}
+
+/** The group id of a sidebar key, or null for a 1:1 chat's. */
+export function groupOfKey(key) {
+  return typeof key === "string" && key.startsWith(KEY_PREFIX) ? key.slice(KEY_PREFIX.length) : null;
+}
+
+/** The group with this id, if listed. */
+export function groupById(id) {
+  return (state.groups || []).find((g) => g.id === id) || null;
+}
+
+/** The open group's id, or null. */
+export function currentGroup() {
+  return current;
+}
+
+/** Paints a group's avatar: its initial on a stable colour, with a small group mark. */
+export function paintGroupAvatar(el, group) {
+  el.replaceChildren();
+  paintAvatar(el, group.name, false);
+  el.classList.add("group");
+  el.append(h("span", { class: "group-mark" }, icon("users")));
+}
+
+// ---------- the conversation ----------
+
+function lineElement(m) {
+  if (m.system) {
+    return h("li", { class: "system-line", dataset: { id: m.id, seq: String(m.seq), day: String(dayKey(m.at)) } },
+      h("bdi", { dir: "auto" }, m.body), h("time", { text: ` · ${formatTime(m.at)}` }));
+  }
+  const li = h("li", {
+    class: `msg ${m.outgoing ? "out" : "in"}`,
+    tabindex: "-1",
+    dataset: { id: m.id, seq: String(m.seq), day: String(dayKey(m.at)), sender: m.sender, status: m.status },
+  });
+  fillLine(li, m);
+  return li;
+}
+
+function fillLine(li, m) {
+  li.dataset.status = m.status;
+  li.classList.toggle("failed", m.status === DeliveryStatus.FAILED);
+  const meta = h("span", { class: "meta" }, h("time", { text: formatTime(m.at) }));
+  if (m.outgoing) {
+    const s = STATUS[m.status] || STATUS[DeliveryStatus.SENT];
+    meta.append(icon(s.icon, "status-icon"), h("span", { class: "visually-hidden", text: s.label }));
+    meta.title = s.label;
+  }
+  let sender = null;
+  if (!m.outgoing) {
+    sender = h("span", { class: "msg-sender" }, m.sender);
+    // Through the CSSOM: the page's CSP allows no inline style attributes.
+    sender.style.setProperty("--sender", senderColor(m.sender));
+  }
+  const bubble = h("div", { class: "bubble" }, h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink)), meta);
+  li.replaceChildren(...[sender, bubble].filter(Boolean));
+  li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${m.body}`);
+}
+
+/** Colours for senders' names (`--sender-0` … in app.css, readable in both modes). */
+const SENDER_COLORS = 8;
+
+/** A sender's name colour, stable per name. */
+function senderColor(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return `var(--sender-${hash % SENDER_COLORS})`;
+}
+
+/** Day separators and the "continued" look of consecutive lines from one sender. */
+function withDays(lines, prevDay) {
+  const out = [];
+  let day = prevDay;
+  let prev = null;
+  for (const m of lines) {
+    const d = dayKey(m.at);
+    if (d !== day) {
+      out.push(h("li", { class: "day", dataset: { day: String(d) } }, formatDay(m.at)));
+      day = d;
+      prev = null;
+    }
+    const li = lineElement(m);
+    if (prev && !m.system && !prev.system && prev.sender === m.sender && prev.outgoing === m.outgoing) {
+      li.classList.add("cont");
+      const sender = li.querySelector(".msg-sender");
+      if (sender) sender.remove();
+    }
+    elements.set(m.id, li);
+    out.push(li);
+    prev = m;
+  }
+  return out;
+}
+
+function lastDay() {
+  const items = $("group-message-list").querySelectorAll("li[data-day]");
+  const last = items[items.length - 1];
+  return last ? Number(last.dataset.day) : null;
+}
+
+function atBottom() {
+  const box = $("group-messages");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+}
+
+function scrollToBottom() {
+  const box = $("group-messages");
+  box.scrollTop = box.scrollHeight;
+}
+
+function renderHeader(group) {
+  paintGroupAvatar($("group-avatar"), group);
+  $("group-name").textContent = group.name;
+  $("group-left-banner").hidden = !group.left;
+  $("group-input").disabled = group.left;
+  $("group-attach").disabled = group.left;
+  $("group-input").placeholder = group.left ? "You are no longer in this group" : `Message ${group.name}`;
+  $("group-members-button").disabled = false;
+  updateSend();
+}
+
+async function renderSub(gen) {
+  const sub = $("group-sub");
+  try {
+    const details = await api.groupDetails(current);
+    if (gen !== generation) return;
+    const n = details.members.length;
+    sub.textContent = n > 0 ? `${n} members: ${details.members.map((m) => (m.me ? "you" : m.id)).join(", ")}` : "Not a member";
+  } catch (err) {
+    if (gen === generation) sub.textContent = "";
+  }
+}
+
+function updateSend() {
+  const input = $("group-input");
+  $("group-send").disabled = input.disabled || input.value.trim().length === 0;
+}
+
+/** Opens group `id`'s conversation. */
+export async function openGroup(id) {
+  const group = groupById(id);
+  if (!group) return;
+  generation += 1;
+  const gen = generation;
+  current = id;
+  elements.clear();
+  oldestSeq = null;
+  hasMore = false;
+  $("pane-empty").hidden = true;
+  $("conversation").hidden = true;
+  $("group-conversation").hidden = false;
+  $("group-message-list").replaceChildren();
+  renderHeader(group);
+  renderSub(gen);
+  loading = true;
+  try {
+    const page = await api.loadGroupMessages(id, null, PAGE);
+    if (gen !== generation) return;
+    $("group-message-list").replaceChildren(...withDays(page.messages, null));
+    oldestSeq = page.messages.length ? page.messages[0].seq : null;
+    hasMore = page.hasMore;
+    scrollToBottom();
+    if (group.unread > 0) api.markGroupRead(id).catch(showNotice);
+  } catch (err) {
+    showNotice(err);
+  } finally {
+    if (gen === generation) loading = false;
+  }
+}
+
+/** Hides the group conversation (a 1:1 chat opens instead). */
+export function closeGroup() {
+  if (current === null) return;
+  generation += 1;
+  current = null;
+  elements.clear();
+  $("group-conversation").hidden = true;
+}
+
+async function loadOlder() {
+  if (loading || !hasMore || current === null || oldestSeq === null) return;
+  loading = true;
+  const gen = generation;
+  const box = $("group-messages");
+  $("group-history-top").classList.add("loading");
+  try {
+    const page = await api.loadGroupMessages(current, oldestSeq, PAGE);
+    if (gen !== generation) return;
+    const before = box.scrollHeight;
+    const list = $("group-message-list");
+    // Rebuilt with the older page in front, so day separators stay right.
+    const firstDay = page.messages.length ? dayKey(page.messages[page.messages.length - 1].at) : null;
+    const head = list.firstElementChild;
+    if (head && head.classList.contains("day") && Number(head.dataset.day) === firstDay) head.remove();
+    list.prepend(...withDays(page.messages, null));
+    oldestSeq = page.messages.length ? page.messages[0].seq : oldestSeq;
+    hasMore = page.hasMore;
+    box.scrollTop += box.scrollHeight - before;
+  } catch (err) {
+    showNotice(err);
+  } finally {
+    $("group-history-top").classList.remove("loading");
+    if (gen === generation) loading = false;
+  }
+}
+
+/** A new or changed line (an event, or our own send's answer). */
+export function upsertGroupLine(m) {
+  if (!m.outgoing && !m.system) announceLine(m);
+  if (m.groupId !== current) return;
+  const existing = elements.get(m.id);
+  if (existing) {
+    // The send's answer (pending) can arrive after the event that it was sent: keep the later
+    // state in the contract's order (the backend only moves a message forwards).
+    const later = DELIVERY_STATUS_ORDER.indexOf(m.status) > DELIVERY_STATUS_ORDER.indexOf(existing.dataset.status);
+    if (!m.system && later) fillLine(existing, m);
+    return;
+  }
+  const stick = atBottom() || m.outgoing;
+  const list = $("group-message-list");
+  const last = list.lastElementChild;
+  const items = withDays([m], lastDay());
+  const li = items[items.length - 1];
+  if (last && last.classList.contains("msg") && li.classList.contains("msg")
+    && last.dataset.sender === m.sender && last.classList.contains("out") === m.outgoing && items.length === 1) {
+    li.classList.add("cont");
+    const sender = li.querySelector(".msg-sender");
+    if (sender) sender.remove();
+  }
+  list.append(...items);
+  if (stick) scrollToBottom();
+  if (!m.outgoing && !m.system && document.hasFocus()) api.markGroupRead(current).catch(showNotice);
+}
+
+function announceLine(m) {
+  const group = groupById(m.groupId);
+  const where = group ? ` in ${group.name}` : "";
+  const text = m.body.length > ANNOUNCE_CHARS ? `${m.body.slice(0, ANNOUNCE_CHARS)}…` : m.body;
+  announce(`New message from ${m.sender}${where}: ${text}`);
+}
+
+/** The group list changed: the open group's header follows (a rename, leaving). */
+export function refreshGroup() {
+  if (current === null) return;
+  const group = groupById(current);
+  if (group) renderHeader(group);
+  renderSub(generation);
+}
+
+async function send() {
+  const input = $("group-input");
+  const text = input.value;
+  if (current === null || text.trim().length === 0) return;
+  input.value = "";
+  autosize();
+  updateSend();
+  try {
+    upsertGroupLine(await api.sendGroupMessage(current, text));
+  } catch (err) {
+    // Nothing typed is lost: put it back.
+    if (input.value.length === 0) input.value = text;
+    autosize();
+    updateSend();
+    showNotice(err);
+  }
+}
+
+function autosize() {
+  const input = $("group-input");
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight + 2, 168)}px`;
+}
+
+/** The attach action in a group: refused, readably (the one place of that refusal). */
+export function refuseGroupAttach() {
+  showNotice({ kind: "invalidInput", message: NO_FILES_IN_GROUPS });
+  return true;
+}
+
+/** Focuses the group composer (a keyboard shortcut). */
+export function focusGroupComposer() {
+  const input = $("group-input");
+  if (current !== null && !input.disabled) input.focus();
+}
+
+/** Marks the open group read (a keyboard shortcut). */
+export function markGroupRead() {
+  if (current !== null) api.markGroupRead(current).catch(showNotice);
+}
+
+// ---------- picking people ----------
+
+/** Checkboxes for the known people who are not in `exclude`; original clients are shown but
+ * cannot be picked, with the reason beside them. */
+function pickList(listId, exclude, emptyText) {
+  const me = state.me ? state.me.clientId : null;
+  const people = state.peers.filter((p) => p.id !== me && !exclude.has(p.id));
+  const list = $(listId);
+  if (people.length === 0) {
+    list.replaceChildren(h("li", { class: "muted small pick-empty" }, emptyText));
+    return 0;
+  }
+  list.replaceChildren(...people.map((p) => {
+    const avatar = h("span", { class: "avatar small" });
+    paintAvatar(avatar, p.id, p.online);
+    const reason = p.original ? "original client: cannot join groups" : null;
+    return h("li", {},
+      h("label", { class: `pick${reason ? " disabled" : ""}` },
+        h("input", { type: "checkbox", value: p.id, disabled: !!reason, "aria-describedby": reason ? `${listId}-why-${p.id}` : null }),
+        avatar,
+        h("span", { class: "pick-name" }, p.id),
+        reason ? h("span", { class: "tag warn", id: `${listId}-why-${p.id}` }, reason) : null));
+  }));
+  return people.filter((p) => !p.original).length;
+}
+
+function picked(listId) {
+  return Array.from($(listId).querySelectorAll("input[type=checkbox]:checked")).map((i) => i.value);
+}
+
+function showError(id, err) {
+  const el = $(id);
+  el.textContent = err ? err.message : "";
+  el.hidden = !err;
+}
+
+// ---------- New group ----------
+
+/** Opens the New group dialog. */
+export function openNewGroup() {
+  const dialog = $("new-group-dialog");
+  if (dialog.open) return true;
+  $("new-group-name").value = "";
+  $("new-group-status").textContent = "";
+  showError("new-group-error", null);
+  pickList("new-group-people", new Set(),
+    "Nobody else is known yet: people show up once they connect to your server.");
+  $("new-group-submit").disabled = false;
+  dialog.showModal();
+  $("new-group-name").focus();
+  return true;
+}
+
+async function createGroup(e) {
+  e.preventDefault();
+  const name = $("new-group-name").value.trim();
+  const members = picked("new-group-people");
+  if (!name) {
+    showError("new-group-error", { message: "Give the group a name." });
+    $("new-group-name").focus();
+    return;
+  }
+  if (members.length === 0) {
+    showError("new-group-error", { message: "Pick at least one person." });
+    return;
+  }
+  showError("new-group-error", null);
+  $("new-group-submit").disabled = true;
+  $("new-group-status").textContent = "Creating the group: fetching each person's group keys…";
+  try {
+    const group = await api.createGroup(name, members);
+    $("new-group-dialog").close();
+    onSelect(groupKey(group.id));
+  } catch (err) {
+    $("new-group-status").textContent = "";
+    showError("new-group-error", err);
+  } finally {
+    $("new-group-submit").disabled = false;
+  }
+}
+
+// ---------- the member panel ----------
+
+let panelGroup = null;
+
+function renderPanel(details) {
+  panelGroup = details.group.id;
+  $("group-dialog-title").textContent = `${details.group.name}: members`;
+  $("group-rename-input").value = details.group.name;
+  const left = details.group.left;
+  // Not left, yet no members: the app is offline (the list comes from the group's MLS state
+  // through the running session).
+  const out = left || details.members.length === 0;
+  $("group-rename-form").hidden = out;
+  $("group-invite-field").hidden = out;
+  $("group-leave").hidden = out;
+  $("group-members-intro").textContent = left
+    ? "You are no longer in this group: there is no member list."
+    : out
+      ? "Connect to the server to see the members and change the group."
+      : "Compare a member's safety number with what their app shows for themselves.";
+  $("group-member-list").replaceChildren(...details.members.map((m) => {
+    const avatar = h("span", { class: "avatar small" });
+    paintAvatar(avatar, m.id, false);
+    return h("li", { class: "member" },
+      avatar,
+      h("div", { class: "member-text" },
+        h("span", { class: "member-name" }, m.me ? `${m.id} (you)` : m.id),
+        h("span", { class: "member-fingerprint", "aria-label": `Safety number of ${m.id}: ${m.fingerprint}` }, m.fingerprint)),
+      m.me ? null : h("button", {
+        class: "button small ghost", type: "button", "aria-label": `Remove ${m.id} from the group`,
+        onclick: () => removeMember(m.id),
+      }, "Remove"));
+  }));
+  const invitable = pickList("group-invite-people", new Set(details.members.map((m) => m.id)),
+    "Everyone you know is in this group already.");
+  $("group-invite-submit").hidden = invitable === 0;
+}
+
+/** Opens the open group's member panel. */
+export async function openMembers() {
+  if (current === null) return false;
+  resetLeave();
+  showError("group-dialog-error", null);
+  $("group-dialog-status").textContent = "";
+  try {
+    renderPanel(await api.groupDetails(current));
+  } catch (err) {
+    showNotice(err);
+    return true;
+  }
+  const dialog = $("group-dialog");
+  if (!dialog.open) dialog.showModal();
+  return true;
+}
+
+async function change(what, call) {
+  showError("group-dialog-error", null);
+  $("group-dialog-status").textContent = what;
+  try {
+    const details = await call();
+    $("group-dialog-status").textContent = "";
+    if (details) renderPanel(details);
+    refreshGroup();
+    return true;
+  } catch (err) {
+    $("group-dialog-status").textContent = "";
+    showError("group-dialog-error", err);
+    return false;
+  }
+}
+
+function removeMember(id) {
+  if (!panelGroup) return;
+  change(`Removing ${id}…`, () => api.removeFromGroup(panelGroup, id));
+}
+
+/** Leaving takes two clicks: the first asks, in the panel itself. */
+let leaveAsked = false;
+
+function resetLeave() {
+  leaveAsked = false;
+  $("group-leave").textContent = "Leave group";
+}
+
+async function leave() {
+  if (!panelGroup) return;
+  const group = groupById(panelGroup);
+  const name = group ? group.name : "this group";
+  if (!leaveAsked) {
+    leaveAsked = true;
+    $("group-leave").textContent = "Yes, leave";
+    $("group-dialog-status").textContent = `Leave ${name}? You will not read what is written there afterwards. Click again to leave.`;
+    return;
+  }
+  resetLeave();
+  if (await change("Leaving…", () => api.leaveGroup(panelGroup).then(() => null))) {
+    $("group-dialog").close();
+    showNotice({ kind: "info", message: `You asked to leave ${name}; another member confirms it.` });
+  }
+}
+
+/** Wires the dialogs and the group composer; `select(key)` opens a conversation. */
+export function initGroups(select) {
+  onSelect = select;
+  $("open-new-group").addEventListener("click", openNewGroup);
+  $("new-group-form").addEventListener("submit", createGroup);
+  for (const id of ["new-group-close", "new-group-cancel"]) {
+    $(id).addEventListener("click", () => $("new-group-dialog").close());
+  }
+  $("group-members-button").addEventListener("click", openMembers);
+  for (const id of ["group-dialog-close", "group-dialog-done"]) {
+    $(id).addEventListener("click", () => $("group-dialog").close());
+  }
+  $("group-rename-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!panelGroup) return;
+    change("Renaming…", () => api.renameGroup(panelGroup, $("group-rename-input").value));
+  });
+  $("group-invite-submit").addEventListener("click", () => {
+    const members = picked("group-invite-people");
+    if (!panelGroup) return;
+    if (members.length === 0) {
+      showError("group-dialog-error", { message: "Pick someone to invite." });
+      return;
+    }
+    change(`Inviting ${members.join(", ")}…`, () => api.inviteToGroup(panelGroup, members));
+  });
+  $("group-leave").addEventListener("click", leave);
+
+  const input = $("group-input");
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+  input.addEventListener("input", () => {
+    autosize();
+    updateSend();
+  });
+  input.addEventListener("paste", (e) => {
+    const files = (e.clipboardData && e.clipboardData.files) || [];
+    if (files.length > 0) {
+      e.preventDefault();
+      refuseGroupAttach();
+    }
+  });
+  $("group-composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    send();
+  });
+  $("group-attach").addEventListener("click", refuseGroupAttach);
+  $("group-messages").addEventListener("scroll", () => {
+    if ($("group-messages").scrollTop < LOAD_MARGIN_PX) loadOlder();
+  });
+}
