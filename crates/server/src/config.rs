@@ -149,6 +149,17 @@ pub struct Config {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "LATTICE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Run as one node of several that share their state in Redis (`redis://host:6379` or
+    /// `rediss://` for TLS, with optional `user:password@` and `/db`): who is online where, the
+    /// routing between nodes, the directory of verified ids and the mailboxes live there, so any
+    /// node serves any peer (docs/scaling.md). Without it the server is one node on SQLite.
+    #[arg(long, env = "LATTICE_REDIS", hide_env_values = true, value_parser = parse_redis)]
+    pub redis: Option<crate::cluster::RedisUrl>,
+}
+
+fn parse_redis(s: &str) -> Result<crate::cluster::RedisUrl, String> {
+    crate::cluster::RedisUrl::parse(s).map_err(|e| e.to_string())
 }
 
 /// Creates `path` with `contents`, readable by the owner only (never overwrites).
@@ -204,6 +215,7 @@ impl Default for Config {
             blob_ttl: limits::BLOB_TTL,
             tls_cert: None,
             tls_key: None,
+            redis: None,
         }
     }
 }

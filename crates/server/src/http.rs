@@ -105,19 +105,42 @@ async fn upgrade(
     })
 }
 
-async fn healthz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+/// 200 with the counts; 503 on a node of several whose Redis does not answer (it accepts no
+/// registrations then, so a load balancer should send new connections elsewhere).
+async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
+    if let Some(node) = &state.node {
+        if !node.healthy().await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "redis unreachable",
+                    "node": node.id.to_string(),
+                    "connections": state.sessions.len(),
+                    "registered": state.hub.len(),
+                })),
+            )
+                .into_response();
+        }
+    }
     Json(json!({
         "status": "ok",
+        "node": state.node.as_ref().map(|n| n.id.to_string()),
         "connections": state.sessions.len(),
         "registered": state.hub.len(),
     }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(state.sessions.len(), state.hub.len())
-            + &crate::metrics::render_blobs(state.blobs.as_deref()),
+            + &crate::metrics::render_blobs(state.blobs.as_deref())
+            + &state.node.as_ref().map_or_else(String::new, |node| {
+                let mut out = String::new();
+                node.stats.render(&mut out);
+                out
+            }),
     )
 }
 
