@@ -217,6 +217,7 @@ async fn start_state(
         Arc::clone(&node),
         Arc::clone(&hub),
         inbound,
+        http::answer_forwarded_asks(Arc::clone(&state)),
         shutdown.clone(),
     ));
     state

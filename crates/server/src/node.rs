@@ -9,6 +9,8 @@
 //!   reclaimed its id elsewhere;
 //! - [`PresenceMsg`], the join/leave notice every node turns into `peer_connected` /
 //!   `peer_disconnected` for its own subscribed sessions;
+//! - admin questions for a peer on another node ([`Node::ask_remote`]): the question goes to the
+//!   peer's node, which asks it as its own admin API would and sends the answer back;
 //! - [`run_inbound`], the loop that hands what arrives to the local sessions, and
 //!   [`run_refresh`], which keeps this node's presence keys alive and closes sessions whose id
 //!   another connection took.
@@ -17,14 +19,15 @@
 //! verified peer is in its mailbox stream before its sender is answered, presence expires within
 //! [`PRESENCE_TTL`](crate::cluster::presence::PRESENCE_TTL) when refreshes stop.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use lattice_protocol::{close_code, encode, ClientId, Frame, PeerPresence, ServerFrame};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -63,6 +66,59 @@ pub enum NodeMsg {
         /// The replaced connection.
         conn: u64,
     },
+    /// An admin question for `peer`, which this node holds, asked on node `from` (the body of
+    /// `POST /admin/peers/{peer}/questions`); answered with [`NodeMsg::Answer`].
+    Ask {
+        /// The asking node's number for it.
+        ask: u64,
+        /// The asking node.
+        from: String,
+        /// The peer asked.
+        peer: ClientId,
+        /// The admin request.
+        request: serde_json::Value,
+    },
+    /// What the peer's node's admin API answered to [`NodeMsg::Ask`] `ask`.
+    Answer {
+        /// The asking node's number.
+        ask: u64,
+        /// The HTTP status.
+        status: u16,
+        /// The JSON body.
+        body: serde_json::Value,
+    },
+}
+
+/// Admin questions this node may wait on at once for peers on other nodes; more get 503.
+pub const MAX_REMOTE_ASKS: usize = 256;
+
+/// An admin question from another node, for a peer this node holds.
+#[derive(Debug)]
+pub struct IncomingAsk {
+    /// The asking node's number for it.
+    pub ask: u64,
+    /// The asking node (where the answer goes).
+    pub from: NodeId,
+    /// The peer asked.
+    pub peer: ClientId,
+    /// The admin request body.
+    pub request: serde_json::Value,
+}
+
+/// What handles [`IncomingAsk`]s (the admin API, given by the server when it starts the node).
+pub type AskHandler = Arc<dyn Fn(IncomingAsk) + Send + Sync>;
+
+/// The outcome of [`Node::ask_remote`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum RemoteAnswer {
+    /// The peer's node answered with this status and body.
+    Answered(u16, serde_json::Value),
+    /// No answer within the wait.
+    NoAnswer,
+    /// The peer's node is not listening (it died; the peer's presence expires).
+    NodeGone,
+    /// [`MAX_REMOTE_ASKS`] are waiting already.
+    Busy,
 }
 
 /// A presence notice on the presence channel.
@@ -90,6 +146,19 @@ pub struct Node {
     /// The cross-node counters (`/metrics`).
     pub stats: Arc<RedisStats>,
     conn: ConnectionManager,
+    /// Admin questions waiting for another node's answer, by number.
+    // std Mutex: map inserts and removals; never held across an await.
+    asks: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
+    next_ask: AtomicU64,
+}
+
+/// Removes a waiting ask on every exit path.
+struct AskSlot<'a>(&'a Node, u64);
+
+impl Drop for AskSlot<'_> {
+    fn drop(&mut self) {
+        self.0.lock_asks().remove(&self.1);
+    }
 }
 
 impl Node {
@@ -116,6 +185,8 @@ impl Node {
             stats,
             conn,
             id,
+            asks: Mutex::default(),
+            next_ask: AtomicU64::new(1),
         };
         info!(node = %node.id, "joined the cluster");
         Ok((node, inbound))
@@ -168,6 +239,63 @@ impl Node {
         }
     }
 
+    /// Asks `peer`, held by `node`, the admin question `request`; waits up to `wait` for the
+    /// status and body that node's admin API answers.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn ask_remote(
+        &self,
+        node: &NodeId,
+        peer: &ClientId,
+        request: serde_json::Value,
+        wait: std::time::Duration,
+    ) -> Result<RemoteAnswer, ClusterError> {
+        let ask = self.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut asks = self.lock_asks();
+            if asks.len() >= MAX_REMOTE_ASKS {
+                return Ok(RemoteAnswer::Busy);
+            }
+            asks.insert(ask, tx);
+        }
+        let _slot = AskSlot(self, ask);
+        let msg = NodeMsg::Ask {
+            ask,
+            from: self.id.to_string(),
+            peer: peer.clone(),
+            request,
+        };
+        if !self.publish(node, &msg).await? {
+            return Ok(RemoteAnswer::NodeGone);
+        }
+        Ok(match tokio::time::timeout(wait, rx).await {
+            Ok(Ok((status, body))) => RemoteAnswer::Answered(status, body),
+            Ok(Err(_)) | Err(_) => RemoteAnswer::NoAnswer,
+        })
+    }
+
+    /// Sends the answer to [`IncomingAsk`] `ask` back to its node.
+    pub async fn answer_remote(&self, ask: &IncomingAsk, status: u16, body: serde_json::Value) {
+        let msg = NodeMsg::Answer {
+            ask: ask.ask,
+            status,
+            body,
+        };
+        if let Err(e) = self.publish(&ask.from, &msg).await {
+            warn!(error = %e, peer = %ask.peer, "admin answer not published");
+        }
+    }
+
+    fn lock_asks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>> {
+        self.asks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether Redis answers (for `/healthz`).
     pub async fn healthy(&self) -> bool {
         let ping: Result<String, redis::RedisError> = redis::cmd("PING")
@@ -208,6 +336,7 @@ pub async fn run_inbound(
     node: Arc<Node>,
     hub: Arc<dyn Hub>,
     mut inbound: mpsc::Receiver<Inbound>,
+    on_ask: AskHandler,
     stop: CancellationToken,
 ) {
     loop {
@@ -219,6 +348,22 @@ pub async fn run_inbound(
         let Some(item) = item else { return };
         match item {
             Inbound::Node(payload) => match serde_json::from_slice::<NodeMsg>(&payload) {
+                Ok(NodeMsg::Ask {
+                    ask,
+                    from,
+                    peer,
+                    request,
+                }) => on_ask(IncomingAsk {
+                    ask,
+                    from: NodeId::from(from),
+                    peer,
+                    request,
+                }),
+                Ok(NodeMsg::Answer { ask, status, body }) => {
+                    if let Some(waiting) = node.lock_asks().remove(&ask) {
+                        let _ = waiting.send((status, body));
+                    }
+                }
                 Ok(msg) => deliver(hub.as_ref(), msg),
                 Err(e) => warn!(node = %node.id, error = %e, "unreadable node message"),
             },
@@ -267,6 +412,7 @@ fn deliver(hub: &dyn Hub, msg: NodeMsg) {
                 );
             }
         }
+        NodeMsg::Ask { .. } | NodeMsg::Answer { .. } => {}
     }
 }
 

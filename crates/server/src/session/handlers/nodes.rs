@@ -187,7 +187,7 @@ impl Core {
             return;
         };
         match node.mailbox.remove(&peer.id, &from, &message_id).await {
-            Ok(true) => Metrics::inc(&self.state.metrics.messages_delivered),
+            Ok(true) => {}
             Ok(false) => debug!(%message_id, "ack of a message not in the mailbox"),
             Err(e) => warn!(error = %e, %message_id, "mailbox removal failed: it comes again"),
         }
