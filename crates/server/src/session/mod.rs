@@ -130,7 +130,9 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         debug!("connected");
         session.serve(socket).await;
         session.rx.close();
-        session.core.finish().await;
+        // Boxed: the connection's task would otherwise be as large as this future for its whole
+        // life (memory per idle connection).
+        Box::pin(session.core.finish()).await;
     }
     .instrument(span)
     .await;

@@ -203,28 +203,39 @@ impl Core {
         let mut rid = frame.request_id;
         let answer = match frame.body {
             ClientFrame::Challenge(_) => Ok(Some(self.on_challenge())),
-            ClientFrame::Register(r) => self.on_register(r).await,
+            // The rarer handlers are boxed: their futures (the registration's is the largest) would
+            // otherwise make every read batch's future, boxed per batch, as large as theirs.
+            ClientFrame::Register(r) => Box::pin(self.on_register(r)).await,
             other => match self.peer.clone() {
                 None => Err(HandlerError::RegistrationRequired(other.type_name())),
                 Some(_) if self.state.node.is_some() && single_node_only(&other) => {
                     Err(HandlerError::SingleNodeOnly(other.type_name()))
                 }
                 Some(peer) => match other {
-                    ClientFrame::Discover(d) => self.on_discover(&peer, &d).await.map(Some),
+                    ClientFrame::Discover(d) => {
+                        Box::pin(self.on_discover(&peer, &d)).await.map(Some)
+                    }
                     ClientFrame::RequestPublicKey(r) => {
-                        self.on_request_public_key(r).await.map(Some)
+                        Box::pin(self.on_request_public_key(r)).await.map(Some)
                     }
                     ClientFrame::Message(m) => self
                         .on_message(&peer, m.target_id, m.message.get(), m.message_id, &mut rid)
                         .await
                         .map(|()| None),
-                    ClientFrame::PeerResponse(r) => self.on_peer_response(&peer, &r).await,
+                    ClientFrame::PeerResponse(r) => {
+                        Box::pin(self.on_peer_response(&peer, &r)).await
+                    }
                     ClientFrame::DebugQuestion(_) => self.on_debug_question(&peer).map(Some),
                     ClientFrame::Ack(a) => {
                         match self.state.node.clone() {
                             Some(node) if peer.verified => {
-                                self.on_ack_cluster(&node, &peer, a.from_id, a.message_id)
-                                    .await;
+                                Box::pin(self.on_ack_cluster(
+                                    &node,
+                                    &peer,
+                                    a.from_id,
+                                    a.message_id,
+                                ))
+                                .await;
                             }
                             Some(_) => {}
                             None => self.on_ack(&peer, a),
@@ -232,13 +243,21 @@ impl Core {
                         Ok(None)
                     }
                     ClientFrame::KeyPackageUpload(u) => {
-                        self.on_key_package_upload(&peer, u).await.map(Some)
+                        Box::pin(self.on_key_package_upload(&peer, u))
+                            .await
+                            .map(Some)
                     }
                     ClientFrame::KeyPackageFetch(f) => {
-                        self.on_key_package_fetch(&peer, f).await.map(Some)
+                        Box::pin(self.on_key_package_fetch(&peer, f))
+                            .await
+                            .map(Some)
                     }
-                    ClientFrame::GroupCommit(c) => self.on_group_commit(&peer, c).await.map(Some),
-                    ClientFrame::GroupMessage(m) => self.on_group_message(&peer, m).await.map(Some),
+                    ClientFrame::GroupCommit(c) => {
+                        Box::pin(self.on_group_commit(&peer, c)).await.map(Some)
+                    }
+                    ClientFrame::GroupMessage(m) => {
+                        Box::pin(self.on_group_message(&peer, m)).await.map(Some)
+                    }
                     ClientFrame::BlobToken(_) => self.on_blob_token(&peer).map(Some),
                     ClientFrame::Challenge(_) | ClientFrame::Register(_) => Ok(None),
                 },
@@ -315,7 +334,7 @@ impl Core {
             return;
         };
         if let Some(node) = self.state.node.clone() {
-            self.drain_cluster(&node, &peer).await;
+            Box::pin(self.drain_cluster(&node, &peer)).await;
             return;
         }
         match self

@@ -54,9 +54,16 @@ impl Core {
         rid: &mut Option<RequestId>,
     ) -> Result<(), HandlerError> {
         if let Some(node) = self.state.node.clone() {
-            return self
-                .on_message_cluster(&node, peer, target, envelope, sender_mid, rid.as_ref())
-                .await;
+            // Boxed: the single-node path's future stays as small as it was.
+            return Box::pin(self.on_message_cluster(
+                &node,
+                peer,
+                target,
+                envelope,
+                sender_mid,
+                rid.as_ref(),
+            ))
+            .await;
         }
         if !envelope.starts_with('{') {
             return Err(HandlerError::NotAnEnvelope);
@@ -110,10 +117,12 @@ impl Core {
                     return Err(HandlerError::RecipientBusy(target))
                 }
                 Err(mpsc::error::TrySendError::Closed(out)) => {
-                    self.offline(&target, &peer.id, mid, out_frame(out)).await?
+                    Box::pin(self.offline(&target, &peer.id, mid, out_frame(out))).await?
                 }
             },
-            (None, mid) => self.offline(&target, &peer.id, mid, frame).await?,
+            // Boxed (the recipient is offline: the rarer path), so the live path's future, made
+            // for every read batch, stays small.
+            (None, mid) => Box::pin(self.offline(&target, &peer.id, mid, frame)).await?,
         };
         self.ack(&target, sender_mid.as_ref(), rid.as_ref(), status);
         Ok(())
