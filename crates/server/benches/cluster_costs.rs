@@ -5,6 +5,8 @@
 //! - a mailbox message stored then acknowledged: `SqliteStore` (`enqueue` + `remove`, WAL on a
 //!   temp dir) against the Redis stream (`enqueue` + `remove`);
 //! - an id claimed then released: `LocalHub` against the Redis claim and release scripts;
+//! - each Redis row twice: on one Redis and on a 3-master Redis Cluster started beside it
+//!   (`redis-cli --cluster create`), side by side in the same run;
 //! - a payload published to another node's channel until that node has it (Redis pub/sub);
 //! - Redis commands per operation (`total_commands_processed` before and after: the commands a
 //!   script runs count too, so this is Redis's work; the round trips per operation are fixed by
@@ -15,7 +17,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[allow(dead_code)]
 #[path = "../tests/support/redis_process.rs"]
 mod redis_process;
 
@@ -28,7 +29,7 @@ use lattice_protocol::{ClientId, MessageId};
 use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::mailbox::RedisMailbox;
 use lattice_server::cluster::presence::{PeerKeys, Presence};
-use lattice_server::cluster::{connect, NodeId, RedisUrl};
+use lattice_server::cluster::{connect, NodeId, RedisConn, RedisUrl};
 use lattice_server::hub::{Hub as _, LocalHub, PeerEntry, SessionShared};
 use lattice_server::store::{MailItem, Mailbox as _, Quota, SqliteStore};
 use redis::aio::ConnectionManager;
@@ -40,7 +41,7 @@ const CONCURRENCY: u64 = 64;
 const FRAME_BYTES: usize = 2_900;
 
 struct Row {
-    name: &'static str,
+    name: String,
     hist: Histogram<u64>,
     per_s: f64,
     redis_cmds: Option<f64>,
@@ -88,23 +89,44 @@ fn item(i: u64) -> MailItem {
     }
 }
 
-async fn commands(conn: &ConnectionManager) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn.clone())
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+/// Direct connections to every Redis server (each master of a cluster), to read the commands
+/// they processed.
+struct Servers(Vec<ConnectionManager>);
+
+impl Servers {
+    async fn open(ports: impl IntoIterator<Item = u16>) -> Self {
+        let mut conns = Vec::new();
+        for port in ports {
+            let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+            conns.push(connect(&url).await.unwrap());
+        }
+        Self(conns)
+    }
+}
+
+/// Commands processed by every server so far, less the `INFO`s that read them.
+async fn commands(servers: &Servers) -> u64 {
+    let mut total = 0;
+    for conn in &servers.0 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap();
+    }
+    total
 }
 
 /// Runs `op` `OPS` times in sequence; the Redis commands it caused per operation (less the
-/// `INFO` that reads the counter).
+/// `INFO`s that read the counters).
 async fn sequential<F, Fut>(
-    name: &'static str,
-    redis: Option<&ConnectionManager>,
+    name: impl Into<String>,
+    redis: Option<&Servers>,
     round_trips: u32,
     mut op: F,
 ) -> Row
@@ -125,11 +147,11 @@ where
     }
     let per_s = OPS as f64 / start.elapsed().as_secs_f64();
     let redis_cmds = match redis {
-        Some(c) => Some((commands(c).await - before - 1) as f64 / OPS as f64),
+        Some(c) => Some((commands(c).await - before - c.0.len() as u64) as f64 / OPS as f64),
         None => None,
     };
     Row {
-        name,
+        name: name.into(),
         hist: h,
         per_s,
         redis_cmds,
@@ -139,14 +161,11 @@ where
 
 #[tokio::main]
 async fn main() {
-    let redis = redis_process::RedisProcess::start().await;
-    let url = RedisUrl::parse(&redis.url()).unwrap();
-    let conn = connect(&url).await.unwrap();
     let quota = Quota::UNLIMITED;
     let bob = ClientId::new("bob").unwrap();
     let mut rows = Vec::new();
 
-    // The mailbox: stored, then acknowledged.
+    // The single-node parts the Redis ones replace.
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(dir.path()).unwrap();
     let ttl = Duration::from_secs(3600);
@@ -159,22 +178,75 @@ async fn main() {
         })
         .await,
     );
-    let mbox = RedisMailbox::new(conn.clone());
+    let hub = LocalHub::default();
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let session = Arc::new(SessionShared::new(1, tx, CancellationToken::new(), 0));
+    let key: Arc<[u8]> = vec![0u8; 1184].into();
     rows.push(
-        sequential("mailbox store + ack: Redis stream", Some(&conn), 2, |i| {
-            let mbox = mbox.clone();
-            let bob = bob.clone();
-            async move {
-                let m = item(i);
-                mbox.enqueue(&bob, &m, &quota).await.unwrap();
-                assert!(mbox.remove(&bob, &m.sender, &m.message_id).await.unwrap());
-            }
+        sequential("claim + release: LocalHub (single node)", None, 0, |i| {
+            let id = ClientId::new(format!("p{i}")).unwrap();
+            let entry = Arc::new(PeerEntry {
+                id: id.clone(),
+                session: Arc::clone(&session),
+                verified: false,
+                public_key: Arc::clone(&key),
+                identity_key: None,
+                key_signature: None,
+                subscribed: AtomicBool::new(false),
+            });
+            hub.claim(entry, &|_| false).unwrap();
+            assert!(hub.release(&id, 1));
+            std::future::ready(())
         })
         .await,
     );
-    // Many callers on one connection: what one node gets out of Redis.
+
+    // The same Redis operations on one Redis and on a 3-master Redis Cluster, in this run.
+    let single = redis_process::RedisProcess::start().await;
+    let servers = Servers::open([single.port()]).await;
+    let url = RedisUrl::parse(&single.url()).unwrap();
+    redis_rows(&mut rows, "Redis", &url, &servers).await;
+    let cluster = redis_process::RedisCluster::start(3, 0).await;
+    let servers = Servers::open((0..3).map(|i| cluster.port(i))).await;
+    let url = RedisUrl::parse(&cluster.url()).unwrap();
+    redis_rows(&mut rows, "Cluster", &url, &servers).await;
+
+    println!(
+        "\n{OPS} operations each, {FRAME_BYTES}-byte frames, redis-server on 127.0.0.1 (AOF \
+         everysec); Cluster: 3 masters, no replicas, on the same machine\n"
+    );
+    print(&rows);
+}
+
+/// The Redis rows, on the Redis `url` names (`label` starts each row's name).
+async fn redis_rows(rows: &mut Vec<Row>, label: &str, url: &RedisUrl, servers: &Servers) {
+    let conn = RedisConn::open(url).await.unwrap();
+    let quota = Quota::UNLIMITED;
+    let bob = ClientId::new("bob").unwrap();
+
+    // The mailbox: stored, then acknowledged.
+    let mbox = RedisMailbox::new(conn.clone());
+    rows.push(
+        sequential(
+            format!("mailbox store + ack: {label} stream"),
+            Some(servers),
+            2,
+            |i| {
+                let mbox = mbox.clone();
+                let bob = bob.clone();
+                async move {
+                    let m = item(i);
+                    mbox.enqueue(&bob, &m, &quota).await.unwrap();
+                    assert!(mbox.remove(&bob, &m.sender, &m.message_id).await.unwrap());
+                }
+            },
+        )
+        .await,
+    );
+    // Many callers on one connection: what one node gets out of Redis (recipients spread over
+    // the cluster's slots).
     {
-        let before = commands(&conn).await;
+        let before = commands(servers).await;
         let start = Instant::now();
         let mut tasks = Vec::new();
         for t in 0..CONCURRENCY {
@@ -198,37 +270,17 @@ async fn main() {
         }
         let n = (OPS / CONCURRENCY) * CONCURRENCY;
         rows.push(Row {
-            name: "mailbox store + ack: Redis, 64 callers",
+            name: format!("mailbox store + ack: {label}, 64 callers"),
             per_s: n as f64 / start.elapsed().as_secs_f64(),
-            redis_cmds: Some((commands(&conn).await - before - 1) as f64 / n as f64),
+            redis_cmds: Some(
+                (commands(servers).await - before - servers.0.len() as u64) as f64 / n as f64,
+            ),
             round_trips: 2,
             hist: h,
         });
     }
 
-    // Presence: claimed, then released.
-    let hub = LocalHub::default();
-    let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let session = Arc::new(SessionShared::new(1, tx, CancellationToken::new(), 0));
-    let key: Arc<[u8]> = vec![0u8; 1184].into();
-    rows.push(
-        sequential("claim + release: LocalHub (single node)", None, 0, |i| {
-            let id = ClientId::new(format!("p{i}")).unwrap();
-            let entry = Arc::new(PeerEntry {
-                id: id.clone(),
-                session: Arc::clone(&session),
-                verified: false,
-                public_key: Arc::clone(&key),
-                identity_key: None,
-                key_signature: None,
-                subscribed: AtomicBool::new(false),
-            });
-            hub.claim(entry, &|_| false).unwrap();
-            assert!(hub.release(&id, 1));
-            std::future::ready(())
-        })
-        .await,
-    );
+    // Presence: claimed, then released (each: the holder key, then the online index).
     let presence = Presence::new(conn.clone(), NodeId::random());
     let verified = PeerKeys {
         public_key: vec![0; 1184],
@@ -237,32 +289,35 @@ async fn main() {
     };
     let verified = &verified;
     rows.push(
-        sequential("claim + release: Redis scripts", Some(&conn), 2, |i| {
-            let presence = presence.clone();
-            async move {
-                let id = ClientId::new(format!("p{i}")).unwrap();
-                presence.claim(&id, i, verified).await.unwrap();
-                assert!(presence.release(&id, i).await.unwrap());
-            }
-        })
+        sequential(
+            format!("claim + release: {label} scripts"),
+            Some(servers),
+            4,
+            |i| {
+                let presence = presence.clone();
+                async move {
+                    let id = ClientId::new(format!("p{i}")).unwrap();
+                    presence.claim(&id, i, verified).await.unwrap();
+                    assert!(presence.release(&id, i).await.unwrap());
+                }
+            },
+        )
         .await,
     );
 
-    // A frame to another node, until that node has it.
+    // A frame to another node, until that node has it (sharded pub/sub on the cluster).
     let stop = CancellationToken::new();
-    let (a, _a_rx) = Channels::open(&url, NodeId::random(), stop.clone())
+    let (a, _a_rx) = Channels::open(url, NodeId::random(), stop.clone())
         .await
         .unwrap();
     let nb = NodeId::random();
-    let (_b, b_rx) = Channels::open(&url, nb.clone(), stop.clone())
-        .await
-        .unwrap();
+    let (_b, b_rx) = Channels::open(url, nb.clone(), stop.clone()).await.unwrap();
     let b_rx = tokio::sync::Mutex::new(b_rx);
     let payload = item(0).frame.into_bytes();
     rows.push(
         sequential(
-            "publish to another node until received",
-            Some(&conn),
+            format!("publish to another node until received: {label}"),
+            Some(servers),
             1,
             |_| {
                 let (a, nb, payload, b_rx) = (&a, &nb, &payload, &b_rx);
@@ -276,9 +331,4 @@ async fn main() {
         .await,
     );
     stop.cancel();
-
-    println!(
-        "\n{OPS} operations each, {FRAME_BYTES}-byte frames, redis-server on 127.0.0.1 (AOF everysec)\n"
-    );
-    print(&rows);
 }

@@ -11,19 +11,27 @@
 //! The subscription is on a RESP3 connection that reconnects by itself and subscribes again; the
 //! inbound queue is bounded ([`INBOUND_QUEUE`]): when the node cannot keep up, further publishes
 //! are dropped and counted ([`RedisStats::dropped`]), never buffered without bound.
+//!
+//! **On a Redis Cluster** the channels are sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7): each
+//! channel lives on the shard that owns its name's slot, so a publish to a node's channel goes to
+//! that one shard instead of being broadcast over the cluster bus to every shard. The subscription
+//! follows its slot: after a failover, a lost shard connection or a resharding (the shard then
+//! unsubscribes us with a `sunsubscribe` push) the node hears [`Inbound::Disconnected`],
+//! subscribes again where the slot lives now (retrying with backoff), then hears
+//! [`Inbound::Reconnected`]. On one Redis the plain `SUBSCRIBE`/`PUBLISH` are used (any Redis
+//! version).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::stats::{RedisStats, Timed as _};
-use super::{manager_config, ClusterError, NodeId, RedisUrl, KEY_PREFIX};
+use super::{manager_config, ClusterError, NodeId, RedisConn, RedisUrl, KEY_PREFIX};
 
 /// Publishes waiting for this node's session tasks; more are dropped (and counted).
 pub const INBOUND_QUEUE: usize = 4096;
@@ -60,7 +68,7 @@ pub fn presence_channel() -> String {
 /// This node's subscriptions and its publishing side.
 #[derive(Clone)]
 pub struct Channels {
-    conn: ConnectionManager,
+    conn: RedisConn,
     node: NodeId,
     stats: Arc<RedisStats>,
 }
@@ -98,23 +106,17 @@ impl Channels {
         stop: CancellationToken,
         stats: Arc<RedisStats>,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
-        let client = url.client(|info| {
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            info.set_redis_settings(settings)
-        })?;
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let lost = Arc::new(Notify::new());
         let my_channel = node_channel(&node);
+        let presence = presence_channel();
         // Called by the client library for every push, without waiting: converted and offered
         // to the bounded queue here, so nothing queues up unbounded in between.
         let sender = {
             let (tx, stats, lost, node) = (tx.clone(), stats.clone(), lost.clone(), node.clone());
             move |push: PushInfo| -> Result<(), ()> {
                 let inbound = match push.kind {
-                    PushKind::Message => match message(&push).inspect(|_| {
+                    PushKind::Message | PushKind::SMessage => match message(&push).inspect(|_| {
                         stats.received.fetch_add(1, Ordering::Relaxed);
                     }) {
                         Some((channel, payload)) if channel == my_channel => Inbound::Node(payload),
@@ -122,6 +124,16 @@ impl Channels {
                         None => return Ok(()),
                     },
                     PushKind::Disconnection => {
+                        lost.notify_one();
+                        Inbound::Disconnected
+                    }
+                    // Only a shard unsubscribes us (its slot moved away): subscribe again.
+                    PushKind::SUnsubscribe
+                        if push.data.first().is_some_and(|c| {
+                            redis::from_redis_value_ref::<String>(c)
+                                .is_ok_and(|c| c == my_channel || c == presence)
+                        }) =>
+                    {
                         lost.notify_one();
                         Inbound::Disconnected
                     }
@@ -137,12 +149,31 @@ impl Channels {
                 Ok(())
             }
         };
-        let config = manager_config()
-            .set_push_sender(sender)
-            .set_automatic_resubscription();
-        let mut conn = client.get_connection_manager_with_config(config).await?;
-        conn.subscribe(&[node_channel(&node), presence_channel()])
-            .await?;
+        let conn = if url.is_cluster() {
+            let client =
+                url.cluster_client(|b| b.use_protocol(ProtocolVersion::RESP3).push_sender(sender))?;
+            let mut conn = client.get_async_connection().await?;
+            // One channel per call: the two names are in different slots.
+            for channel in [node_channel(&node), presence_channel()] {
+                conn.ssubscribe(channel).await?;
+            }
+            RedisConn::Cluster(conn)
+        } else {
+            let client = url.client(|info| {
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                info.set_redis_settings(settings)
+            })?;
+            let config = manager_config()
+                .set_push_sender(sender)
+                .set_automatic_resubscription();
+            let mut conn = client.get_connection_manager_with_config(config).await?;
+            conn.subscribe(&[node_channel(&node), presence_channel()])
+                .await?;
+            RedisConn::Single(conn)
+        };
         let channels = Self { conn, node, stats };
         tokio::spawn(channels.clone().watch(lost, tx, stop));
         Ok((channels, rx))
@@ -155,7 +186,7 @@ impl Channels {
     /// Redis unreachable.
     pub async fn publish_to(&self, node: &NodeId, payload: &[u8]) -> Result<u64, ClusterError> {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(redis::cmd("PUBLISH")
+        Ok(redis::cmd(self.publish_command())
             .arg(node_channel(node))
             .arg(payload)
             .query_async(&mut self.conn.clone())
@@ -169,12 +200,21 @@ impl Channels {
     /// Redis unreachable.
     pub async fn publish_presence(&self, payload: &[u8]) -> Result<u64, ClusterError> {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(redis::cmd("PUBLISH")
+        Ok(redis::cmd(self.publish_command())
             .arg(presence_channel())
             .arg(payload)
             .query_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?)
+    }
+
+    /// `SPUBLISH` on a cluster (to the channel's shard only), `PUBLISH` on one Redis.
+    fn publish_command(&self) -> &'static str {
+        if self.conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// This node.
@@ -208,16 +248,36 @@ impl Channels {
         }
     }
 
-    /// Pings until the connection is back (the connection manager subscribes again as part of
-    /// reconnecting). False if stopped first.
+    /// Waits until the subscription is back, retrying with backoff: on one Redis, pings until the
+    /// connection is back (the connection manager subscribes again as part of reconnecting); on a
+    /// cluster, subscribes each channel again on the shard that owns its slot now (subscribing
+    /// to a channel twice is harmless). False if stopped first.
     async fn resubscribe(&self, stop: &CancellationToken) -> bool {
         let mut delay = RECONNECT_MIN_DELAY;
         loop {
-            let ping: Result<String, _> = redis::cmd("PING")
-                .query_async(&mut self.conn.clone())
-                .timed(&self.stats)
-                .await;
-            if ping.is_ok() {
+            let back = match &self.conn {
+                RedisConn::Single(conn) => {
+                    let ping: Result<String, _> = redis::cmd("PING")
+                        .query_async(&mut conn.clone())
+                        .timed(&self.stats)
+                        .await;
+                    ping.is_ok()
+                }
+                RedisConn::Cluster(conn) => {
+                    let mut all = true;
+                    for channel in [node_channel(&self.node), presence_channel()] {
+                        let mut conn = conn.clone();
+                        let done = self.stats.timed(conn.ssubscribe(channel)).await;
+                        if let Err(e) = done {
+                            debug!(node = %self.node, error = %e, "subscribing again failed");
+                            all = false;
+                            break;
+                        }
+                    }
+                    all
+                }
+            };
+            if back {
                 return true;
             }
             tokio::select! {

@@ -1,49 +1,76 @@
-//! The directory of verified ids in Redis: `lattice:bind:{alice}`, a hash `{ik, kem, ksig}`, and
+//! The directory of verified ids in Redis: `lattice:bind:{alice}`, a hash `{ik, kem, ksig, used}`, and
 //! `lattice:bindings`, every bound id scored by its last use (unix ms), for the count the
 //! `--max-bindings` cap is checked against and for the expiry of unused bindings.
 //!
-//! [`RedisDirectory::bind`] is one Lua script that applies the binding rules atomically, so two
+//! [`RedisDirectory::bind`] applies the binding rules in one Lua script on the id's key, so two
 //! nodes racing to bind one new id with different identity keys cannot both succeed (the SQLite
-//! directory relies on its caller's check, which one process serializes): create if absent (and
-//! the cap allows), update the KEM key and its signature only under the same identity key, never
-//! change the identity key.
+//! directory relies on its caller's check, which one process serializes): create if absent,
+//! update the KEM key and its signature only under the same identity key, never change the
+//! identity key.
+//!
+//! **The cap** is checked and a seat reserved in one script on `lattice:bindings` before the
+//! binding is written (the two keys are in different Redis Cluster slots, so no script touches
+//! both): of nodes racing for the last seat exactly one gets it. A seat reserved for an id whose
+//! binding then fails to be written (Redis failed in between) counts until unused bindings
+//! expire; one reserved by a node that lost the race for the id stands for the winner's binding.
+//! The bind hash keeps its own last use (`used`), so expiry, which first unlists an id and then
+//! deletes its keys, deletes nothing that a registration touched in between.
 
 use lattice_protocol::ClientId;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::stats::{RedisStats, Timed as _};
-use super::{id_key, ClusterError, KEY_PREFIX};
+use super::{id_key, ClusterError, RedisConn, KEY_PREFIX};
 use crate::store::Binding;
 
-/// KEYS: bind, bindings. ARGV: ik, kem, ksig, cap (0: none), id, now ms.
-/// Returns 0 taken by another identity key, 1 created, 2 refused by the cap, 3 updated.
+/// KEYS: bindings. ARGV: id, now ms, cap (0: none). Returns 1 if the id is listed already
+/// (untouched), 2 if the cap is reached, 0 if a seat was reserved (listed as used now).
+const RESERVE: &str = "
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+local cap = tonumber(ARGV[3])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 2 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
+return 0
+";
+
+/// KEYS: bind. ARGV: ik, kem, ksig, now ms.
+/// Returns 0 taken by another identity key, 1 created, 3 updated.
 const BIND: &str = "
 local cur = redis.call('HGET', KEYS[1], 'ik')
 if cur and cur ~= ARGV[1] then return 0 end
-if not cur then
-  local cap = tonumber(ARGV[4])
-  if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return 2 end
-end
-redis.call('HSET', KEYS[1], 'ik', ARGV[1], 'kem', ARGV[2], 'ksig', ARGV[3])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[5])
+redis.call('HSET', KEYS[1], 'ik', ARGV[1], 'kem', ARGV[2], 'ksig', ARGV[3], 'used', ARGV[4])
 if cur then return 3 end
 return 1
 ";
 
-/// KEYS: bind, bindings, then the id's mailbox keys (stream, ids, use). ARGV: id, cutoff ms.
-/// Deletes the binding, and the mailbox that only a bound id has, if it is still unused since
-/// before the cutoff (a registration may have touched it since it was listed); 1 if deleted.
-const FORGET: &str = "
-local used = redis.call('ZSCORE', KEYS[2], ARGV[1])
+/// KEYS: bind. ARGV: now ms. Records a use of an existing binding.
+const TOUCH: &str = "
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used', ARGV[1]) end
+return 0
+";
+
+/// KEYS: bindings. ARGV: id, cutoff ms. Unlists the id if it is still unused since before the
+/// cutoff; 1 if unlisted.
+const UNLIST: &str = "
+local used = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if used and tonumber(used) < tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
-  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
   return 1
 end
 return 0
+";
+
+/// KEYS: bind, then the id's mailbox keys (stream, ids, use) and KeyPackage keys (one-time,
+/// last resort). ARGV: cutoff ms. Deletes the binding, and the mailbox and KeyPackages that only
+/// a bound id has, unless the binding was used since the cutoff. Returns {1, ''} if deleted,
+/// {0, last use} if not (to be listed again).
+const FORGET: &str = "
+local used = redis.call('HGET', KEYS[1], 'used')
+if used and tonumber(used) >= tonumber(ARGV[1]) then return {0, used} end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return {1, ''}
 ";
 
 /// What [`RedisDirectory::bind`] did.
@@ -62,9 +89,12 @@ pub enum Bound {
 /// The directory, as seen from one node.
 #[derive(Clone)]
 pub struct RedisDirectory {
-    conn: ConnectionManager,
+    conn: RedisConn,
     stats: Arc<RedisStats>,
+    reserve: Script,
     bind: Script,
+    touch: Script,
+    unlist: Script,
     forget: Script,
 }
 
@@ -80,11 +110,14 @@ fn bindings_key() -> String {
 
 impl RedisDirectory {
     /// The directory on `conn`.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: impl Into<RedisConn>) -> Self {
         Self {
-            conn,
+            conn: conn.into(),
             stats: Arc::default(),
+            reserve: Script::new(RESERVE),
             bind: Script::new(BIND),
+            touch: Script::new(TOUCH),
+            unlist: Script::new(UNLIST),
             forget: Script::new(FORGET),
         }
     }
@@ -135,26 +168,45 @@ impl RedisDirectory {
         cap: u64,
         now_ms: i64,
     ) -> Result<Bound, ClusterError> {
+        let listed: i64 = self
+            .reserve
+            .key(bindings_key())
+            .arg(id.as_str())
+            .arg(now_ms)
+            .arg(cap)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        if listed == 2 {
+            return Ok(Bound::Full);
+        }
         let code: i64 = self
             .bind
             .key(id_key("bind", id))
-            .key(bindings_key())
             .arg(&b.identity_key[..])
             .arg(&b.kem_public_key[..])
             .arg(&b.key_signature[..])
-            .arg(cap)
-            .arg(id.as_str())
             .arg(now_ms)
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
-        match code {
-            0 => Ok(Bound::Taken),
-            1 => Ok(Bound::Created),
-            2 => Ok(Bound::Full),
-            3 => Ok(Bound::Updated),
-            _ => Err(ClusterError::Reply("an unknown bind result")),
+        let bound = match code {
+            0 => return Ok(Bound::Taken),
+            1 => Bound::Created,
+            3 => Bound::Updated,
+            _ => return Err(ClusterError::Reply("an unknown bind result")),
+        };
+        if listed == 1 {
+            // Listed before: record this use (and list it again if expiry unlisted it since).
+            let _: i64 = redis::cmd("ZADD")
+                .arg(bindings_key())
+                .arg(now_ms)
+                .arg(id.as_str())
+                .query_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await?;
         }
+        Ok(bound)
     }
 
     /// Records that `id` registered at `now_ms` (only an existing binding).
@@ -170,11 +222,18 @@ impl RedisDirectory {
             .query_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
+        let _: i64 = self
+            .touch
+            .key(id_key("bind", id))
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
         Ok(())
     }
 
     /// Deletes up to `limit` bindings last used before `cutoff_ms`, except those `keep` says are
-    /// in use, with their mailboxes (only a bound id has one; it would have expired by then with
+    /// in use, with their KeyPackages and mailboxes (only a bound id has one; it would have expired by then with
     /// `--binding-ttl` above `--mailbox-ttl`, and this also removes the empty stream); how many
     /// were deleted.
     ///
@@ -205,19 +264,41 @@ impl RedisDirectory {
             // The same keys as `id_key` gives, for an id that may no longer parse.
             let bind_key = format!("{KEY_PREFIX}:bind:{{{raw}}}");
             let mbox = format!("{KEY_PREFIX}:mbox:{{{raw}}}");
-            let n: i64 = self
-                .forget
-                .key(bind_key)
+            let unlisted: i64 = self
+                .unlist
                 .key(bindings_key())
-                .key(&mbox)
-                .key(format!("{mbox}:ids"))
-                .key(format!("{mbox}:use"))
                 .arg(raw.as_str())
                 .arg(cutoff_ms)
                 .invoke_async(&mut self.conn.clone())
                 .timed(&self.stats)
                 .await?;
-            deleted += usize::from(n == 1);
+            if unlisted != 1 {
+                continue;
+            }
+            let (gone, used): (i64, String) = self
+                .forget
+                .key(bind_key)
+                .key(&mbox)
+                .key(format!("{mbox}:ids"))
+                .key(format!("{mbox}:use"))
+                .key(format!("{KEY_PREFIX}:kp:{{{raw}}}"))
+                .key(format!("{KEY_PREFIX}:kp:{{{raw}}}:lr"))
+                .arg(cutoff_ms)
+                .invoke_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await?;
+            if gone == 1 {
+                deleted += 1;
+            } else {
+                // Used since it was listed: list it again, with that use.
+                let _: i64 = redis::cmd("ZADD")
+                    .arg(bindings_key())
+                    .arg(used)
+                    .arg(raw.as_str())
+                    .query_async(&mut self.conn.clone())
+                    .timed(&self.stats)
+                    .await?;
+            }
         }
         Ok(deleted)
     }

@@ -21,12 +21,11 @@
 use lattice_protocol::{ClientId, MessageId};
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use redis::Script;
 
 use super::stats::{RedisStats, Timed as _};
-use super::{id_key, ClusterError, NodeId};
+use super::{id_key, ClusterError, NodeId, RedisConn};
 use crate::store::{Accepted, Limit, MailItem, Quota};
 
 /// Removes one entry and gives its size back to the counters. Lua, shared by the scripts below.
@@ -71,6 +70,20 @@ redis.call('HINCRBY', KEYS[3], 'b', size)
 redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[2], 1)
 redis.call('HINCRBY', KEYS[3], 'b:' .. ARGV[2], size)
 return {1, eid}
+";
+
+/// KEYS: ids, use. ARGV: dedup key, sender, size, count, bytes, sender count, sender bytes.
+/// Writes nothing. Returns 0 if a message of that size fits, 1..4 the limit it would pass (as
+/// ENQUEUE), 5 if the dedup key names a message already waiting.
+const ROOM: &str = "
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 5 end
+local size = tonumber(ARGV[3])
+local u = redis.call('HMGET', KEYS[2], 'n', 'b', 'n:' .. ARGV[2], 'b:' .. ARGV[2])
+if tonumber(u[1] or '0') + 1 > tonumber(ARGV[4]) then return 1 end
+if tonumber(u[2] or '0') + size > tonumber(ARGV[5]) then return 2 end
+if tonumber(u[3] or '0') + 1 > tonumber(ARGV[6]) then return 3 end
+if tonumber(u[4] or '0') + size > tonumber(ARGV[7]) then return 4 end
+return 0
 ";
 
 /// KEYS: stream, ids, use. ARGV: dedup key. Returns 1 if removed.
@@ -128,15 +141,27 @@ end
 return r
 ";
 
+/// Whether a message would be stored now ([`RedisMailbox::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// It fits the quota.
+    Free,
+    /// It would pass this limit.
+    Full(Limit),
+    /// Its (sender, `messageId`) names a message already waiting (storing it would be a no-op).
+    Waiting,
+}
+
 /// A mailbox entry's position in its stream: what a drain continues after.
 pub type Cursor = String;
 
 /// The mailboxes, as seen from one node.
 #[derive(Clone)]
 pub struct RedisMailbox {
-    conn: ConnectionManager,
+    conn: RedisConn,
     stats: Arc<RedisStats>,
     enqueue: Script,
+    room: Script,
     remove: Script,
     expire: Script,
     claim: Script,
@@ -197,11 +222,12 @@ fn dedup_key(sender: &ClientId, id: &MessageId) -> String {
 
 impl RedisMailbox {
     /// The mailboxes on `conn`.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: impl Into<RedisConn>) -> Self {
         Self {
-            conn,
+            conn: conn.into(),
             stats: Arc::default(),
             enqueue: Script::new(ENQUEUE),
+            room: Script::new(ROOM),
             remove: Script::new(&format!("{DROP_FN}{REMOVE}")),
             expire: Script::new(&format!("{DROP_FN}{EXPIRE}")),
             claim: Script::new(&format!("{ENSURE_GROUP}{CLAIM}")),
@@ -253,6 +279,43 @@ impl RedisMailbox {
             (0, "3") => Err(RedisEnqueueError::Full(Limit::SenderCount)),
             (0, "4") => Err(RedisEnqueueError::Full(Limit::SenderBytes)),
             _ => Err(ClusterError::Reply("an unknown enqueue result").into()),
+        }
+    }
+
+    /// Whether `item` would be stored for `recipient` within `quota` now, writing nothing (the
+    /// delivery service checks every copy of a Commit before it accepts it).
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn room(
+        &self,
+        recipient: &ClientId,
+        item: &MailItem,
+        quota: &Quota,
+    ) -> Result<Room, ClusterError> {
+        let [ids, usage, _] = keys(recipient);
+        let code: i64 = self
+            .room
+            .key(ids)
+            .key(usage)
+            .arg(dedup_key(&item.sender, &item.message_id))
+            .arg(item.sender.as_str())
+            .arg(item.frame.len())
+            .arg(quota.count)
+            .arg(quota.bytes)
+            .arg(quota.sender_count)
+            .arg(quota.sender_bytes)
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        match code {
+            0 => Ok(Room::Free),
+            1 => Ok(Room::Full(Limit::Count)),
+            2 => Ok(Room::Full(Limit::Bytes)),
+            3 => Ok(Room::Full(Limit::SenderCount)),
+            4 => Ok(Room::Full(Limit::SenderBytes)),
+            5 => Ok(Room::Waiting),
+            _ => Err(ClusterError::Reply("an unknown room result")),
         }
     }
 

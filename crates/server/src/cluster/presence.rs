@@ -1,24 +1,32 @@
 //! Who holds which id, across every node: `lattice:peer:{id}`, a hash `{node, conn, ik}` with a
 //! TTL ([`PRESENCE_TTL`]) that the holding node refreshes ([`Presence::refresh`]); plus the sorted
-//! sets `lattice:online` (every holder's id, for `discover` pages in id order) and
-//! `lattice:online:exp` (the same ids scored by the expiry of their key, so the ids of a dead
-//! node drop out of `discover` within one TTL).
+//! sets `lattice:{online}` (every holder's id, for `discover` pages in id order) and
+//! `lattice:{online}:exp` (the same ids scored by the expiry of their key, so the ids of a dead
+//! node drop out of `discover` within one TTL). The two sets share a hash tag, so in a Redis
+//! Cluster they live in one slot.
 //!
-//! [`Presence::claim`] is one Lua script, so check and set are one atomic step on Redis: of any
-//! number of claims for one id racing from any number of nodes exactly one wins, and a verified
-//! registration replaces another connection only when it proves the same identity key (the
-//! replaced holder is returned, so the caller can tell that node to close it with 4000). Expiry
-//! times come from Redis's own clock (`TIME`), never a node's.
+//! [`Presence::claim`] is one Lua script on the id's own key, so check and set are one atomic
+//! step on Redis: of any number of claims for one id racing from any number of nodes exactly one
+//! wins, and a verified registration replaces another connection only when it proves the same
+//! identity key (the replaced holder is returned, so the caller can tell that node to close it
+//! with 4000). Expiry times come from Redis's own clock (`TIME`), never a node's.
+//!
+//! **The online sets are an index, updated right after** the claim, release or refresh (a
+//! second script, on the sets' slot): no script touches keys of two slots, so the same code runs
+//! on one Redis and on a cluster. The holder key is the truth; the index can lag it only when a
+//! release and a claim of one id on two nodes interleave (the id may then miss from `discover`
+//! until its holder's next refresh, at most [`PRESENCE_REFRESH`]), or when a node dies between
+//! the two steps (its ids expire from the index within one TTL, as they would anyway).
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use lattice_protocol::ClientId;
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::Slot;
 use redis::Script;
 
 use super::stats::{RedisStats, Timed as _};
-use super::{id_key, ClusterError, NodeId, KEY_PREFIX};
+use super::{id_key, ClusterError, NodeId, RedisConn, KEY_PREFIX};
 
 /// How long an id stays held without a refresh: a node that dies stops refreshing, and its ids
 /// are free (and gone from `discover`) at most this long after.
@@ -40,8 +48,7 @@ macro_rules! now_ms {
     };
 }
 
-/// KEYS: peer key, online, online:exp. ARGV: node, conn, ik (base64 or ''), ttl ms, id, kem,
-/// ksig ('' for none).
+/// KEYS: peer key. ARGV: node, conn, ik (base64 or ''), ttl ms, id, kem, ksig ('' for none).
 /// Returns {0, node, conn} when taken, {1, '', ''} when won, {2, node, conn} when won by replacing.
 const CLAIM: &str = concat!(
     "local cur = redis.call('HMGET', KEYS[1], 'node', 'conn', 'ik')\n",
@@ -55,49 +62,58 @@ const CLAIM: &str = concat!(
     "    return {0, cur[1], cur[2]}\n",
     "  end\n",
     "end\n",
-    now_ms!(),
     "redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'ik', ARGV[3], 'kem', ARGV[6], 'ksig', ARGV[7])\n",
     "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n",
-    "redis.call('ZADD', KEYS[2], 0, ARGV[5])\n",
-    "redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[5])\n",
     "if code == 2 then return {2, cur[1], cur[2]} end\n",
     "return {1, '', ''}\n",
 );
 
-/// KEYS: peer key, online, online:exp. ARGV: node, conn, id. Returns 1 if released.
+/// KEYS: peer key. ARGV: node, conn. Returns 1 if released.
 const RELEASE: &str = "
 local cur = redis.call('HMGET', KEYS[1], 'node', 'conn')
 if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
   return 1
 end
 return 0
 ";
 
-/// KEYS: online, online:exp, then one peer key per id. ARGV: node, ttl ms, then (conn, id) per
-/// id. Extends each key this node's connection still holds. Returns the 1-based positions of the
-/// ids another connection holds now, and the negated positions of those whose key is gone (Redis
-/// restarted without it, or it expired during a pause): the node claims those again.
-const REFRESH: &str = concat!(
+/// KEYS: peer keys (of one slot). ARGV: node, ttl ms, then the conn of each id. Extends each key
+/// this node's connection still holds. Returns the 1-based positions of the ids another
+/// connection holds now, and the negated positions of those whose key is gone (Redis restarted
+/// without it, or it expired during a pause): the node claims those again.
+const REFRESH: &str = "
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.call('HMGET', KEYS[i], 'node', 'conn')
+  if not cur[1] then
+    out[#out + 1] = -i
+  elseif cur[1] == ARGV[1] and cur[2] == ARGV[i + 2] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  else
+    out[#out + 1] = i
+  end
+end
+return out
+";
+
+/// KEYS: online, online:exp. ARGV: ttl ms, then ids. Lists the ids as online until the TTL from
+/// now.
+const INDEX: &str = concat!(
     now_ms!(),
-    "local out = {}\n",
-    "for i = 3, #KEYS do\n",
-    "  local j = (i - 3) * 2 + 3\n",
-    "  local cur = redis.call('HMGET', KEYS[i], 'node', 'conn')\n",
-    "  if not cur[1] then\n",
-    "    out[#out + 1] = -(i - 2)\n",
-    "  elseif cur[1] == ARGV[1] and cur[2] == ARGV[j] then\n",
-    "    redis.call('PEXPIRE', KEYS[i], ARGV[2])\n",
-    "    redis.call('ZADD', KEYS[1], 0, ARGV[j + 1])\n",
-    "    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[j + 1])\n",
-    "  else\n",
-    "    out[#out + 1] = i - 2\n",
-    "  end\n",
+    "local exp = now + tonumber(ARGV[1])\n",
+    "for i = 2, #ARGV do\n",
+    "  redis.call('ZADD', KEYS[1], 0, ARGV[i])\n",
+    "  redis.call('ZADD', KEYS[2], exp, ARGV[i])\n",
     "end\n",
-    "return out\n",
+    "return #ARGV - 1\n",
 );
+
+/// KEYS: online, online:exp. ARGV: an id. Drops it from both.
+const UNINDEX: &str = "
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('ZREM', KEYS[2], ARGV[1])
+";
 
 /// KEYS: online, online:exp. ARGV: lex start ('-' or '(id'), count, trim batch. Trims expired ids,
 /// then returns up to `count` ids in order.
@@ -110,6 +126,9 @@ const PAGE: &str = concat!(
     "end\n",
     "return redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))\n",
 );
+
+/// Held ids whose keys share a slot (all of them on one Redis), refreshed by one script.
+type SlotGroup<'a> = (Option<Slot>, Vec<&'a (ClientId, u64)>);
 
 /// The connection holding an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,13 +176,15 @@ pub enum Claim {
 /// A node's view of presence in Redis.
 #[derive(Clone)]
 pub struct Presence {
-    conn: ConnectionManager,
+    conn: RedisConn,
     stats: Arc<RedisStats>,
     node: NodeId,
     ttl_ms: u64,
     claim: Script,
     release: Script,
     refresh: Script,
+    index: Script,
+    unindex: Script,
     page: Script,
 }
 
@@ -177,29 +198,31 @@ impl std::fmt::Debug for Presence {
 }
 
 fn online_key() -> String {
-    format!("{KEY_PREFIX}:online")
+    format!("{KEY_PREFIX}:{{online}}")
 }
 
 fn online_exp_key() -> String {
-    format!("{KEY_PREFIX}:online:exp")
+    format!("{KEY_PREFIX}:{{online}}:exp")
 }
 
 impl Presence {
     /// Presence for `node` on `conn`, ids held for [`PRESENCE_TTL`] after each claim or refresh.
-    pub fn new(conn: ConnectionManager, node: NodeId) -> Self {
+    pub fn new(conn: impl Into<RedisConn>, node: NodeId) -> Self {
         Self::with_ttl(conn, node, PRESENCE_TTL)
     }
 
     /// The same with another TTL (tests of expiry).
-    pub fn with_ttl(conn: ConnectionManager, node: NodeId, ttl: std::time::Duration) -> Self {
+    pub fn with_ttl(conn: impl Into<RedisConn>, node: NodeId, ttl: std::time::Duration) -> Self {
         Self {
-            conn,
+            conn: conn.into(),
             stats: Arc::default(),
             node,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             refresh: Script::new(REFRESH),
+            index: Script::new(INDEX),
+            unindex: Script::new(UNINDEX),
             page: Script::new(PAGE),
         }
     }
@@ -232,8 +255,6 @@ impl Presence {
         let (code, node, holder_conn): (i64, String, String) = self
             .claim
             .key(id_key("peer", id))
-            .key(online_key())
-            .key(online_exp_key())
             .arg(self.node.as_str())
             .arg(conn)
             .arg(ik)
@@ -252,14 +273,33 @@ impl Presence {
                     .map_err(|_| ClusterError::Reply("a connection id that is not a number"))?,
             })
         };
-        match code {
-            0 => Ok(Claim::Taken(holder()?)),
-            1 => Ok(Claim::Won { replaced: None }),
-            2 => Ok(Claim::Won {
+        let claim = match code {
+            0 => return Ok(Claim::Taken(holder()?)),
+            1 => Claim::Won { replaced: None },
+            2 => Claim::Won {
                 replaced: Some(holder()?),
-            }),
-            _ => Err(ClusterError::Reply("an unknown claim result")),
+            },
+            _ => return Err(ClusterError::Reply("an unknown claim result")),
+        };
+        self.index(&[id]).await?;
+        Ok(claim)
+    }
+
+    /// Lists `ids` in the online sets until one TTL from now.
+    async fn index(&self, ids: &[&ClientId]) -> Result<(), ClusterError> {
+        if ids.is_empty() {
+            return Ok(());
         }
+        let mut inv = self.index.prepare_invoke();
+        inv.key(online_key()).key(online_exp_key()).arg(self.ttl_ms);
+        for id in ids {
+            inv.arg(id.as_str());
+        }
+        let _: i64 = inv
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        Ok(())
     }
 
     /// Frees `id` if connection `conn` of this node still holds it; true if it did.
@@ -270,14 +310,21 @@ impl Presence {
         let released: i64 = self
             .release
             .key(id_key("peer", id))
-            .key(online_key())
-            .key(online_exp_key())
             .arg(self.node.as_str())
             .arg(conn)
-            .arg(id.as_str())
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
+        if released == 1 {
+            let _: i64 = self
+                .unindex
+                .key(online_key())
+                .key(online_exp_key())
+                .arg(id.as_str())
+                .invoke_async(&mut self.conn.clone())
+                .timed(&self.stats)
+                .await?;
+        }
         Ok(released == 1)
     }
 
@@ -288,31 +335,70 @@ impl Presence {
     pub async fn refresh(&self, held: &[(ClientId, u64)]) -> Result<Refreshed, ClusterError> {
         let mut out = Refreshed::default();
         for batch in held.chunks(REFRESH_BATCH) {
-            let mut inv = self.refresh.prepare_invoke();
-            inv.key(online_key()).key(online_exp_key());
-            inv.arg(self.node.as_str()).arg(self.ttl_ms);
-            for (id, conn) in batch {
-                inv.key(id_key("peer", id));
-                inv.arg(*conn).arg(id.as_str());
-            }
-            let positions: Vec<i64> = inv
-                .invoke_async(&mut self.conn.clone())
-                .timed(&self.stats)
-                .await?;
-            for p in positions {
-                let (id, _) = usize::try_from(p.unsigned_abs())
-                    .ok()
-                    .and_then(|p| p.checked_sub(1))
-                    .and_then(|i| batch.get(i))
-                    .ok_or(ClusterError::Reply("a refresh position out of range"))?;
-                if p > 0 {
-                    out.taken.push(id.clone());
-                } else {
-                    out.gone.push(id.clone());
+            // One script per slot (one for everything on one Redis), run concurrently.
+            let mut groups: Vec<SlotGroup<'_>> = Vec::new();
+            for entry in batch {
+                let group = self.conn.script_group(&id_key("peer", &entry.0));
+                match groups.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, members)) => members.push(entry),
+                    None => groups.push((group, vec![entry])),
                 }
             }
+            let calls = groups
+                .iter()
+                .map(|(_, members)| self.refresh_group(members));
+            let mut extended: Vec<&ClientId> = Vec::with_capacity(batch.len());
+            for (result, (_, members)) in futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .zip(&groups)
+            {
+                let (taken, gone) = result?;
+                for (i, (id, _)) in members.iter().enumerate() {
+                    if taken.contains(&i) {
+                        out.taken.push(id.clone());
+                    } else if gone.contains(&i) {
+                        out.gone.push(id.clone());
+                    } else {
+                        extended.push(id);
+                    }
+                }
+            }
+            self.index(&extended).await?;
         }
         Ok(out)
+    }
+
+    /// Refreshes `members` (keys of one slot): the positions taken by another connection, and
+    /// those whose key is gone.
+    async fn refresh_group(
+        &self,
+        members: &[&(ClientId, u64)],
+    ) -> Result<(Vec<usize>, Vec<usize>), ClusterError> {
+        let mut inv = self.refresh.prepare_invoke();
+        inv.arg(self.node.as_str()).arg(self.ttl_ms);
+        for (id, conn) in members {
+            inv.key(id_key("peer", id));
+            inv.arg(*conn);
+        }
+        let positions: Vec<i64> = inv
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        let (mut taken, mut gone) = (Vec::new(), Vec::new());
+        for p in positions {
+            let i = usize::try_from(p.unsigned_abs())
+                .ok()
+                .and_then(|p| p.checked_sub(1))
+                .filter(|i| *i < members.len())
+                .ok_or(ClusterError::Reply("a refresh position out of range"))?;
+            if p > 0 {
+                taken.push(i);
+            } else {
+                gone.push(i);
+            }
+        }
+        Ok((taken, gone))
     }
 
     /// The holder of `id` and the keys it registered with, if `id` is online on any node.
