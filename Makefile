@@ -1,7 +1,7 @@
 # Lattice: the two commands the README opens with are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run run-chat run-server test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-mls bench-peer bench-delivery bench-files bench-scale soak bundle
+.PHONY: run run-chat run-server run-cluster test lint unit e2e-desktop smoke-run deps bench bench-crypto bench-mls bench-peer bench-delivery bench-files bench-scale soak bundle
 
 ## Run the messenger on its embedded defaults: the desktop app hosting its own server on :3005,
 ## with the echo bot connected to it.
@@ -15,6 +15,11 @@ run-chat:
 ## Only the signaling server, on its defaults (0.0.0.0:3005, data under ~/.local/share/lattice).
 run-server:
 	$(CARGO) run --release -p lattice-server
+
+## Three server nodes sharing their state in Redis, behind haproxy on :3005 (docs/scaling.md):
+## point two desktop apps or `make run-chat` at ws://127.0.0.1:3005.
+run-cluster:
+	CARGO=$(CARGO) bash scripts/run-cluster.sh
 
 ## Every test: formatting, lints, unit/integration/doc tests, Node interop, desktop end-to-end,
 ## and the smoke test of `make run` from a fresh clone. Installs what it needs first (deps).

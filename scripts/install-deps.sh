@@ -5,26 +5,30 @@
 # own network namespaces; without it that one test says why it skipped. redis-server (Debian's 7.x)
 # is for the tests of the Redis-backed server parts: they start their own on a free port, so the
 # system service the package installs is stopped and disabled again when this script installed it.
+# haproxy (Debian's) is the load balancer of `make run-cluster` (scripts/run-cluster.sh runs its own;
+# the system service is stopped and disabled the same way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-for p in build-essential pkg-config util-linux git python3 iproute2 redis-server; do
+for p in build-essential pkg-config util-linux git python3 iproute2 redis-server haproxy; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-  if [[ " ${need[*]} " == *" redis-server "* ]]; then
-    if command -v systemctl >/dev/null 2>&1; then
-      $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+  for svc in redis-server haproxy; do
+    if [[ " ${need[*]} " == *" $svc "* ]]; then
+      if command -v systemctl >/dev/null 2>&1; then
+        $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+      fi
+      if command -v service >/dev/null 2>&1; then
+        $SUDO service "$svc" stop >/dev/null 2>&1 || true
+      fi
     fi
-    if command -v service >/dev/null 2>&1; then
-      $SUDO service redis-server stop >/dev/null 2>&1 || true
-    fi
-  fi
+  done
 fi
 
 if [ -x scripts/install-desktop-deps.sh ] && [ -d src-tauri ]; then

@@ -32,14 +32,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Closed-loop throughput and latency against a running server.
+    /// Closed-loop throughput and latency against a running server, or several nodes of one
+    /// (`--url A,B,C`: pair i's receiver on node i mod N, its sender on the same node, or with
+    /// `--cross` on the next one).
     Throughput {
-        /// Server URL.
-        #[arg(long, default_value = format!("ws://127.0.0.1:{}", lattice_protocol::limits::DEFAULT_PORT))]
-        url: String,
+        /// Server URL(s), comma-separated for the nodes of a server on Redis.
+        #[arg(long, value_delimiter = ',', default_value = format!("ws://127.0.0.1:{}", lattice_protocol::limits::DEFAULT_PORT))]
+        url: Vec<String>,
         /// Sender→receiver pairs.
         #[arg(long, default_value_t = 10)]
         pairs: usize,
+        /// With several URLs: each sender on another node than its receiver.
+        #[arg(long)]
+        cross: bool,
         #[command(flatten)]
         load: Load,
     },
@@ -197,9 +202,20 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Throughput { url, pairs, load } => {
-                let r = throughput(&url, pairs, &load).await?;
-                print_report("server", pairs, &r);
+            Cmd::Throughput {
+                url,
+                pairs,
+                cross,
+                load,
+            } => {
+                let r = throughput_on(&url, cross, pairs, &load).await?;
+                let name = match (url.len(), cross) {
+                    (1, _) => "server",
+                    (_, false) => "same-node",
+                    (_, true) => "cross-node",
+                };
+                print_report(name, pairs, &r);
+                print_answers(&r);
             }
             Cmd::Idle {
                 url,
@@ -243,6 +259,20 @@ fn print_report(name: &str, pairs: usize, r: &Report) {
         r.p999_us,
         r.min_pair,
         r.max_pair
+    );
+}
+
+/// The senders' answers: statuses, errors, and send → `message_ack` latency.
+fn print_answers(r: &Report) {
+    println!(
+        "{:<15} answers delivered/queued/errors={}/{}/{}  answer p50={:>7} us  p99={:>7} us  received={}",
+        "",
+        r.acks_delivered,
+        r.acks_queued,
+        r.errors,
+        r.ack_p50_us,
+        r.ack_p99_us,
+        r.received_all
     );
 }
 
@@ -335,6 +365,19 @@ fn sent_at(text: &str) -> Option<u64> {
 }
 
 async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Report> {
+    throughput_on(&[url.to_owned()], false, pairs, load).await
+}
+
+/// [`throughput`] over the nodes at `urls`: pair i's receiver on node i mod N, its sender on the
+/// same node, or on the next one with `cross`.
+async fn throughput_on(
+    urls: &[String],
+    cross: bool,
+    pairs: usize,
+    load: &Load,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(!urls.is_empty(), "no server URL");
+    let node = |i: usize| urls[i % urls.len()].as_str();
     let prefix = Arc::new(envelope_prefix(load.size)?);
     let key = public_key_json(false);
     let run_id: u32 = rand::random();
@@ -360,13 +403,14 @@ async fn throughput(url: &str, pairs: usize, load: &Load) -> anyhow::Result<Repo
     for i in 0..pairs {
         let sender_id = format!("s{run_id}-{i}");
         let recv_id = format!("r{run_id}-{i}");
+        let (recv_url, send_url) = (node(i), node(i + usize::from(cross)));
         let receiver = if load.verified {
             let identity = lattice_crypto::Identity::generate(&mut rand::rngs::OsRng);
-            soak::register_verified(url, &recv_id, &identity).await?
+            soak::register_verified(recv_url, &recv_id, &identity).await?
         } else {
-            connect_and_register(url, &recv_id, &key).await?
+            connect_and_register(recv_url, &recv_id, &key).await?
         };
-        let sender = connect_and_register(url, &sender_id, &key).await?;
+        let sender = connect_and_register(send_url, &sender_id, &key).await?;
         conns.push((recv_id, receiver, sender));
     }
     let start = Instant::now();

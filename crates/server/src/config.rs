@@ -149,6 +149,17 @@ pub struct Config {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "LATTICE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Run as one node of several that share their state in Redis (`redis://host:6379` or
+    /// `rediss://` for TLS, with optional `user:password@` and `/db`): who is online where, the
+    /// routing between nodes, the directory of verified ids and the mailboxes live there, so any
+    /// node serves any peer (docs/scaling.md). Without it the server is one node on SQLite.
+    #[arg(long, env = "LATTICE_REDIS", hide_env_values = true, value_parser = parse_redis)]
+    pub redis: Option<crate::cluster::RedisUrl>,
+}
+
+fn parse_redis(s: &str) -> Result<crate::cluster::RedisUrl, String> {
+    crate::cluster::RedisUrl::parse(s).map_err(|e| e.to_string())
 }
 
 /// Creates `path` with `contents`, readable by the owner only (never overwrites).
@@ -204,6 +215,7 @@ impl Default for Config {
             blob_ttl: limits::BLOB_TTL,
             tls_cert: None,
             tls_key: None,
+            redis: None,
         }
     }
 }
@@ -330,6 +342,17 @@ impl Config {
         if self.blob_ttl.is_zero() {
             return Err(ConfigError("--blob-ttl must be above 0".into()));
         }
+        if self
+            .redis
+            .as_ref()
+            .is_some_and(crate::cluster::RedisUrl::is_cluster)
+        {
+            return Err(ConfigError(
+                "--redis: a Redis Cluster URL (redis+cluster://) is not supported by the server \
+                 yet; give one Redis (redis:// or rediss://), a primary with replicas is fine"
+                    .into(),
+            ));
+        }
         let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES as u64;
         if self.mailbox_quota().sender_bytes < largest {
             return Err(ConfigError(format!(
@@ -337,5 +360,23 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_cluster_url_is_refused_until_the_server_supports_it() {
+        let with = |url: &str| Config {
+            redis: Some(crate::cluster::RedisUrl::parse(url).unwrap()),
+            ..Config::for_tests()
+        };
+        assert!(with("redis://127.0.0.1:6379").validate().is_ok());
+        let e = with("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("Redis Cluster"), "{e}");
     }
 }

@@ -105,19 +105,42 @@ async fn upgrade(
     })
 }
 
-async fn healthz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+/// 200 with the counts; 503 on a node of several whose Redis does not answer (it accepts no
+/// registrations then, so a load balancer should send new connections elsewhere).
+async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
+    if let Some(node) = &state.node {
+        if !node.healthy().await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "redis unreachable",
+                    "node": node.id.to_string(),
+                    "connections": state.sessions.len(),
+                    "registered": state.hub.len(),
+                })),
+            )
+                .into_response();
+        }
+    }
     Json(json!({
         "status": "ok",
+        "node": state.node.as_ref().map(|n| n.id.to_string()),
         "connections": state.sessions.len(),
         "registered": state.hub.len(),
     }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(state.sessions.len(), state.hub.len())
-            + &crate::metrics::render_blobs(state.blobs.as_deref()),
+            + &crate::metrics::render_blobs(state.blobs.as_deref())
+            + &state.node.as_ref().map_or_else(String::new, |node| {
+                let mut out = String::new();
+                node.stats.render(&mut out);
+                out
+            }),
     )
 }
 
@@ -218,32 +241,127 @@ async fn admin_ask(
             )
         }
     };
-    let timeout = req
-        .timeout_ms
+    if state.hub.get(&peer_id).is_none() {
+        if let Some(node) = &state.node {
+            // Not here: on a node of several the peer may be on another node, which asks.
+            let raw = serde_json::from_slice(&body).unwrap_or_default();
+            return ask_elsewhere(node, &peer_id, raw, ask_timeout(&state, &req)).await;
+        }
+    }
+    let (status, answer) = ask_here(&state, &peer_id, req).await;
+    (status, Json(answer)).into_response()
+}
+
+/// How long an admin question waits (its `timeoutMs`, or `--question-timeout`; at most
+/// [`MAX_ASK_TIMEOUT`]).
+fn ask_timeout(state: &ServerState, req: &AskRequest) -> Duration {
+    req.timeout_ms
         .map_or(state.config.question_timeout, Duration::from_millis)
-        .min(MAX_ASK_TIMEOUT);
-    let Some(peer) = state.hub.get(&peer_id) else {
-        return admin_error(
+        .min(MAX_ASK_TIMEOUT)
+}
+
+/// How much longer the asking node waits than the question itself, so the peer's node's own
+/// timeout answer (504) arrives first.
+const REMOTE_ASK_MARGIN: Duration = Duration::from_secs(2);
+
+/// Asks `peer_id`, online on another node, through that node (which asks as [`ask_here`] does).
+async fn ask_elsewhere(
+    node: &crate::node::Node,
+    peer_id: &ClientId,
+    request: serde_json::Value,
+    timeout: Duration,
+) -> Response {
+    use crate::node::RemoteAnswer;
+    let holder = match node.presence.holder(peer_id).await {
+        Ok(Some(h)) if h.node != node.id => h,
+        Ok(_) => {
+            return admin_error(
+                StatusCode::NOT_FOUND,
+                format!("peer {peer_id} is not online"),
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "presence lookup failed");
+            return admin_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unreachable");
+        }
+    };
+    match node
+        .ask_remote(&holder.node, peer_id, request, timeout + REMOTE_ASK_MARGIN)
+        .await
+    {
+        Ok(RemoteAnswer::Answered(status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Json(body),
+        )
+            .into_response(),
+        Ok(RemoteAnswer::NoAnswer) => admin_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("no answer from the node of {peer_id}"),
+        ),
+        Ok(RemoteAnswer::NodeGone) => admin_error(
+            StatusCode::NOT_FOUND,
+            format!("peer {peer_id} is not online"),
+        ),
+        Ok(RemoteAnswer::Busy) => admin_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many admin questions wait for other nodes; retry later",
+        ),
+        Err(e) => {
+            warn!(error = %e, "admin question not forwarded");
+            admin_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unreachable")
+        }
+    }
+}
+
+/// Answers admin questions other nodes forward for peers this node holds: each is asked here
+/// (in a task the server's shutdown waits for) and its answer published back.
+pub(crate) fn answer_forwarded_asks(state: Arc<ServerState>) -> crate::node::AskHandler {
+    Arc::new(move |ask| {
+        let state = Arc::clone(&state);
+        state.tasks.clone().spawn(async move {
+            let Some(node) = state.node.clone() else {
+                return;
+            };
+            let (status, body) = match serde_json::from_value::<AskRequest>(ask.request.clone()) {
+                Ok(req) => ask_here(&state, &ask.peer, req).await,
+                Err(e) => (
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("invalid request body: {e}") }),
+                ),
+            };
+            node.answer_remote(&ask, status.as_u16(), body).await;
+        });
+    })
+}
+
+/// Asks `peer_id`, a session of this node, and waits for its answer: the status and JSON body
+/// of `POST /admin/peers/{peer}/questions`.
+async fn ask_here(
+    state: &ServerState,
+    peer_id: &ClientId,
+    req: AskRequest,
+) -> (StatusCode, serde_json::Value) {
+    let error = |status: StatusCode, message: String| (status, json!({ "error": message }));
+    let timeout = ask_timeout(state, &req);
+    let Some(peer) = state.hub.get(peer_id) else {
+        return error(
             StatusCode::NOT_FOUND,
             format!("peer {peer_id} is not online"),
         );
     };
-    let asked =
-        match state
-            .questions
-            .ask(&peer_id, req.question, req.conversation_id, Some(timeout))
-        {
-            Ok(a) => a,
-            Err(e @ AskError::BadQuestion(_)) => {
-                return admin_error(StatusCode::BAD_REQUEST, e.to_string())
-            }
-            Err(e @ AskError::ForeignConversation(_)) => {
-                return admin_error(StatusCode::CONFLICT, e.to_string())
-            }
-            Err(e @ (AskError::TooMany(_) | AskError::TooManyDemos(_))) => {
-                return admin_error(StatusCode::TOO_MANY_REQUESTS, e.to_string())
-            }
-        };
+    let asked = match state
+        .questions
+        .ask(peer_id, req.question, req.conversation_id, Some(timeout))
+    {
+        Ok(a) => a,
+        Err(e @ AskError::BadQuestion(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ AskError::ForeignConversation(_)) => {
+            return error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e @ (AskError::TooMany(_) | AskError::TooManyDemos(_))) => {
+            return error(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+    };
     let qid = asked.frame.question_id.clone();
     let conversation = asked.frame.conversation_id.clone();
     let round = asked.frame.round;
@@ -255,29 +373,34 @@ async fn admin_ask(
         .is_err()
     {
         state.questions.cancel(&qid);
-        return admin_error(
+        return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("peer {peer_id} is not reading its connection"),
         );
     }
     info!(peer = %peer_id, question = %qid, "admin question sent");
     let Some(rx) = asked.answer else {
-        return admin_error(StatusCode::INTERNAL_SERVER_ERROR, "no answer channel");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no answer channel".to_owned(),
+        );
     };
     match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Ok(answer)) => match serde_json::to_value(answer) {
+            Ok(v) => (StatusCode::OK, v),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
         Ok(Err(_)) | Err(_) => {
             state.questions.cancel(&qid);
             (
                 StatusCode::GATEWAY_TIMEOUT,
-                Json(json!({
+                json!({
                     "error": format!("no answer from {peer_id} within {} ms", timeout.as_millis()),
                     "questionId": qid,
                     "conversationId": conversation,
                     "round": round,
-                })),
+                }),
             )
-                .into_response()
         }
     }
 }

@@ -29,7 +29,9 @@
 //! - [`blobs`]: the encrypted, chunked blob store (files) under `DATA_DIR/blobs/`; `blob_http`:
 //!   its HTTP endpoints.
 //! - [`cluster`]: the shared state of several nodes on Redis (presence claims, node channels,
-//!   mailbox streams); not wired into the server yet (`docs/scaling.md`).
+//!   mailbox streams, directory); [`node`]: this server as one of those nodes (`--redis`), the
+//!   messages nodes send each other and the loops that hand them to local sessions
+//!   (`docs/scaling.md`).
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`tls`]: native TLS from `--tls-cert`/`--tls-key`, reloaded on `SIGHUP`.
 //! - `sweeper`: housekeeping every few seconds: heartbeat pings, idle and registration timeouts,
@@ -49,6 +51,7 @@ pub mod hub;
 pub mod inflight;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod questions;
 pub mod session;
 pub mod state;
@@ -100,6 +103,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// `--redis` was given and Redis cannot be reached (a node needs it to start).
+    #[error("cannot join the cluster on Redis: {0}")]
+    Redis(#[from] cluster::ClusterError),
 }
 
 /// A server running in the background. Dropping it stops the server (without waiting);
@@ -157,7 +163,7 @@ pub async fn spawn(mut config: Config) -> Result<ServerHandle, ServerError> {
     let addr = listener.local_addr()?;
     let token = CancellationToken::new();
     let tls = load_tls(&config)?;
-    let state = build_state(config, token.clone())?;
+    let state = start_state(config, token.clone()).await?;
     let shutdown = token.clone().cancelled_owned();
     let task = tokio::spawn(serve(listener, tls, state, shutdown));
     Ok(ServerHandle {
@@ -181,7 +187,7 @@ pub async fn run(
     config.load_admin_token()?;
     config.validate()?;
     let tls = load_tls(&config)?;
-    let state = build_state(config, CancellationToken::new())?;
+    let state = start_state(config, CancellationToken::new()).await?;
     serve(listener, tls, state, shutdown).await
 }
 
@@ -194,9 +200,43 @@ fn load_tls(config: &Config) -> Result<Option<tls::Tls>, ServerError> {
     }
 }
 
+/// The state, and with `--redis` this node joined to the cluster with its loops running (they
+/// end with `shutdown`, and shutdown waits for them with the sessions).
+async fn start_state(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Arc<ServerState>, ServerError> {
+    let Some(url) = config.redis.clone() else {
+        return build_state(config, shutdown);
+    };
+    let (node, inbound) = node::Node::connect(&url, shutdown.clone()).await?;
+    let node = Arc::new(node);
+    let state = build_state_with(config, shutdown.clone(), Some(Arc::clone(&node)))?;
+    let hub = Arc::clone(&state.hub);
+    state.tasks.spawn(node::run_inbound(
+        Arc::clone(&node),
+        Arc::clone(&hub),
+        inbound,
+        http::answer_forwarded_asks(Arc::clone(&state)),
+        shutdown.clone(),
+    ));
+    state
+        .tasks
+        .spawn(node::run_refresh(node, hub, shutdown.clone()));
+    Ok(state)
+}
+
 fn build_state(
     config: Config,
     shutdown: CancellationToken,
+) -> Result<Arc<ServerState>, ServerError> {
+    build_state_with(config, shutdown, None)
+}
+
+fn build_state_with(
+    config: Config,
+    shutdown: CancellationToken,
+    node: Option<Arc<node::Node>>,
 ) -> Result<Arc<ServerState>, ServerError> {
     let store = Arc::new(match &config.data_dir {
         Some(dir) => SqliteStore::open(dir)?,
@@ -237,6 +277,7 @@ fn build_state(
         in_flight_budget: Arc::new(inflight::Budget::new(limits::IN_FLIGHT_BYTES)),
         blobs,
         blob_tokens: blobs::Tokens::default(),
+        node,
         config,
     }))
 }
@@ -249,7 +290,8 @@ async fn serve(
 ) -> Result<(), ServerError> {
     let token = state.shutdown.clone();
     let addr = listener.local_addr()?;
-    info!(%addr, persistent = state.config.data_dir.is_some(), tls = tls.is_some(), "lattice-server listening");
+    info!(%addr, persistent = state.config.data_dir.is_some(), tls = tls.is_some(),
+        node = state.node.as_ref().map(|n| n.id.to_string()), "lattice-server listening");
     let sweeper = tokio::spawn(sweeper::sweep(Arc::clone(&state)));
     let reaper = tokio::spawn(session::reap_in_flight(Arc::clone(&state)));
     let app = http::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();

@@ -58,6 +58,8 @@ pub struct ServerState {
     pub blobs: Option<Arc<crate::blobs::BlobStore>>,
     /// Live blob tokens (`blob_token` frames).
     pub blob_tokens: crate::blobs::Tokens,
+    /// This server as a node of several on Redis (`--redis`); `None` for a single node.
+    pub node: Option<Arc<crate::node::Node>>,
 }
 
 /// The allowance of new verified ids per source address (IPv6 grouped by its /64): a bucket of

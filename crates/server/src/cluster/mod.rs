@@ -22,10 +22,9 @@
 //! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
 //!   channel traffic), shared by a node's components.
 //!
-//! **Not wired into `lattice-server` yet**: the server still runs on one node (SQLite, in-process
-//! hub) and has no `--redis` flag. The session handlers are synchronous calls on the hub and the
-//! stores; this module is the asynchronous Redis side they will call once they await (see
-//! `docs/scaling.md`, "Status").
+//! The server uses them with `--redis` ([`crate::node`] holds one of each per node; the session
+//! handlers call them where a single node calls the in-process hub and SQLite; see
+//! `docs/scaling.md`, "Several nodes on Redis").
 //!
 //!
 //! **One Redis or a Redis Cluster** ([`RedisUrl`]: `redis://` or `redis+cluster://seed,seed`;
@@ -266,6 +265,13 @@ impl NodeId {
 impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl From<String> for NodeId {
+    /// A node id as another node sent it (the reply address of a message on a node channel).
+    fn from(s: String) -> Self {
+        Self(s)
     }
 }
 

@@ -78,6 +78,12 @@ pub(crate) enum HandlerError {
     /// The mailbox could not be written.
     #[error("The server could not store the message; try again")]
     MailboxUnavailable,
+    /// The state the nodes share (Redis, `--redis`) could not be reached.
+    #[error("The server could not reach the state its nodes share; try again")]
+    ClusterUnavailable,
+    /// A frame a server running as several nodes (`--redis`) does not serve yet.
+    #[error("{0} is not available on this server yet: it runs as several nodes (MLS groups, KeyPackages and blobs need a single-node server for now)")]
+    SingleNodeOnly(&'static str),
     /// A `peer_response` to a question that is not open.
     #[error("Question {0} is unknown or has expired")]
     UnknownQuestion(QuestionId),
@@ -197,9 +203,10 @@ impl HandlerError {
             }
             Self::Proof(_) => ErrorType::InvalidProof,
             Self::IdTaken(_) => ErrorType::ClientIdTaken,
-            Self::DirectoryUnavailable | Self::RegistrationNotStored | Self::MailboxUnavailable => {
-                ErrorType::InternalError
-            }
+            Self::DirectoryUnavailable
+            | Self::RegistrationNotStored
+            | Self::MailboxUnavailable
+            | Self::ClusterUnavailable => ErrorType::InternalError,
             Self::DirectoryFull(_) | Self::AddressFull(_) => ErrorType::TooManyRegistrations,
             Self::NewIdsExhausted(_) | Self::DemoRefused(_) => ErrorType::RateLimited,
             Self::PeerNotFound(_) => ErrorType::PeerNotFound,
@@ -207,7 +214,8 @@ impl HandlerError {
             Self::UnknownQuestion(_) => ErrorType::UnknownQuestion,
             Self::VerificationRequired(_) => ErrorType::VerificationRequired,
             Self::StorageUnavailable => ErrorType::InternalError,
-            Self::NotBase64(_)
+            Self::SingleNodeOnly(_)
+            | Self::NotBase64(_)
             | Self::MlsFraming(_)
             | Self::WelcomeMismatch(_)
             | Self::MessageIdReused(_)

@@ -130,7 +130,9 @@ pub async fn run(state: Arc<ServerState>, socket: WebSocket, remote: SocketAddr)
         debug!("connected");
         session.serve(socket).await;
         session.rx.close();
-        session.core.finish();
+        // Boxed: the connection's task would otherwise be as large as this future for its whole
+        // life (memory per idle connection).
+        Box::pin(session.core.finish()).await;
     }
     .instrument(span)
     .await;
@@ -228,7 +230,7 @@ impl Session {
                 None => return Flow::Gone,
                 Some(Err(e)) => return self.transport_error(e),
                 Some(Ok(msg)) => {
-                    if let Some(close) = self.core.on_ws_message(msg) {
+                    if let Some(close) = self.core.on_ws_message(msg).await {
                         let _ = self.flush_replies(ws).await;
                         return Flow::Close(close);
                     }
@@ -352,7 +354,7 @@ impl Session {
 
     /// Sends the next batch of mailbox entries, once the live queue is quiet.
     async fn drain_mailbox(&mut self, ws: &mut WebSocket) -> Flow {
-        self.core.drain_batch();
+        self.core.drain_batch().await;
         self.flush_replies(ws).await
     }
 }

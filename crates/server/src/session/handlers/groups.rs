@@ -128,7 +128,7 @@ fn server_message_id() -> MessageId {
 }
 
 impl Core {
-    pub(super) fn on_group_commit(
+    pub(super) async fn on_group_commit(
         &mut self,
         peer: &PeerEntry,
         c: GroupCommit,
@@ -199,7 +199,7 @@ impl Core {
         }))
     }
 
-    pub(super) fn on_group_message(
+    pub(super) async fn on_group_message(
         &mut self,
         peer: &PeerEntry,
         m: GroupMessage,

@@ -37,7 +37,7 @@ fn key_package(field: &'static str, b64: &str) -> Result<Vec<u8>, HandlerError> 
 }
 
 impl Core {
-    pub(super) fn on_key_package_upload(
+    pub(super) async fn on_key_package_upload(
         &mut self,
         peer: &PeerEntry,
         u: KeyPackageUpload,
@@ -87,7 +87,7 @@ impl Core {
         }))
     }
 
-    pub(super) fn on_key_package_fetch(
+    pub(super) async fn on_key_package_fetch(
         &mut self,
         peer: &PeerEntry,
         f: KeyPackageFetch,

@@ -11,30 +11,38 @@ use crate::session::error::HandlerError;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 impl Core {
-    pub(super) fn on_request_public_key(
+    pub(super) async fn on_request_public_key(
         &mut self,
         r: RequestPublicKey,
     ) -> Result<ServerFrame, HandlerError> {
-        let body = if let Some(e) = self.state.hub.get(&r.target_id) {
+        let online = match (self.state.hub.get(&r.target_id), &self.state.node) {
+            (Some(e), _) => Some(crate::node::peer_keys(&e)),
+            // Online on another node: the keys it registered there.
+            (None, Some(node)) => match node.presence.keys(&r.target_id).await {
+                Ok(found) => found.map(|(_, keys)| keys),
+                Err(e) => {
+                    warn!(error = %e, "presence lookup failed");
+                    return Err(HandlerError::ClusterUnavailable);
+                }
+            },
+            (None, None) => None,
+        };
+        let body = if let Some(k) = online {
             PublicKeyResponse {
                 peer_id: r.target_id,
-                public_key: e.public_key.to_vec().into(),
-                identity_key: e.identity_key.map(|k| B64.encode(k)),
-                key_signature: e.key_signature.as_ref().map(|s| B64.encode(s)),
+                public_key: k.public_key.into(),
+                identity_key: k.identity_key.map(|k| B64.encode(k)),
+                key_signature: k.key_signature.as_ref().map(|s| B64.encode(s)),
             }
         } else {
-            match self.state.directory.get(&r.target_id) {
-                Ok(Some(b)) => PublicKeyResponse {
+            match self.binding_of(&r.target_id).await? {
+                Some(b) => PublicKeyResponse {
                     peer_id: r.target_id,
                     public_key: b.kem_public_key.into(),
                     identity_key: Some(B64.encode(b.identity_key)),
                     key_signature: Some(B64.encode(b.key_signature)),
                 },
-                Ok(None) => return Err(HandlerError::PeerNotFound(r.target_id)),
-                Err(e) => {
-                    warn!(error = %e, "directory lookup failed");
-                    return Err(HandlerError::DirectoryUnavailable);
-                }
+                None => return Err(HandlerError::PeerNotFound(r.target_id)),
             }
         };
         Ok(ServerFrame::PublicKey(body))

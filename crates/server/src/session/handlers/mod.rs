@@ -23,6 +23,7 @@ mod discover;
 mod groups;
 mod key_packages;
 mod keys;
+mod nodes;
 mod questions;
 mod register;
 mod relay;
@@ -50,6 +51,18 @@ use crate::metrics::Metrics;
 use crate::state::ServerState;
 pub(crate) use relay::reap_in_flight;
 use relay::PendingLive;
+
+/// Frames a node of several does not serve yet (their state is in this node's SQLite only).
+fn single_node_only(frame: &ClientFrame) -> bool {
+    matches!(
+        frame,
+        ClientFrame::KeyPackageUpload(_)
+            | ClientFrame::KeyPackageFetch(_)
+            | ClientFrame::GroupCommit(_)
+            | ClientFrame::GroupMessage(_)
+            | ClientFrame::BlobToken(_)
+    )
+}
 
 /// The connection must close with this code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +92,9 @@ pub(crate) struct Core {
     /// Acknowledgements read in this batch, deleted together the same way.
     pending_acks: Vec<(Option<ClientId>, MessageId)>,
     replies: Vec<Message>,
+    /// On a node of several: the drain first takes over what earlier connections of this peer
+    /// were handed and did not acknowledge, from this stream cursor (`Some(None)`: the start).
+    take_over: Option<Option<String>>,
 }
 
 impl Core {
@@ -100,6 +116,7 @@ impl Core {
             pending: Vec::new(),
             pending_acks: Vec::new(),
             replies: Vec::new(),
+            take_over: None,
         }
     }
 
@@ -140,14 +157,14 @@ impl Core {
     }
 
     /// One WebSocket message read from the peer. `Some` when the connection must close.
-    pub(crate) fn on_ws_message(&mut self, msg: Message) -> Option<Close> {
+    pub(crate) async fn on_ws_message(&mut self, msg: Message) -> Option<Close> {
         self.shared
             .last_seen
             .store(self.state.uptime_ms(), Ordering::Relaxed);
         match msg {
             Message::Text(text) => {
                 Metrics::inc(&self.state.metrics.frames_in);
-                self.on_text(&text)
+                self.on_text(&text).await
             }
             Message::Binary(_) => {
                 Metrics::inc(&self.state.metrics.frames_in);
@@ -163,14 +180,15 @@ impl Core {
     }
 
     /// Routes one text frame to its handler. `Some` when the connection must close.
-    pub(crate) fn on_text(&mut self, text: &str) -> Option<Close> {
+    pub(crate) async fn on_text(&mut self, text: &str) -> Option<Close> {
         // Hot path: a `message` frame from a registered peer, envelope borrowed from `text`.
         if let Some(peer) = &self.peer {
             if let Some(m) = lattice_protocol::fast::decode_message_ref(text) {
                 let peer = Arc::clone(peer);
                 let mut rid = m.request_id;
-                let done =
-                    self.on_message(&peer, m.target_id, m.message.get(), m.message_id, &mut rid);
+                let done = self
+                    .on_message(&peer, m.target_id, m.message.get(), m.message_id, &mut rid)
+                    .await;
                 return done.err().and_then(|e| self.refuse(e, rid));
             }
         }
@@ -185,29 +203,61 @@ impl Core {
         let mut rid = frame.request_id;
         let answer = match frame.body {
             ClientFrame::Challenge(_) => Ok(Some(self.on_challenge())),
-            ClientFrame::Register(r) => self.on_register(r),
+            // The rarer handlers are boxed: their futures (the registration's is the largest) would
+            // otherwise make every read batch's future, boxed per batch, as large as theirs.
+            ClientFrame::Register(r) => Box::pin(self.on_register(r)).await,
             other => match self.peer.clone() {
                 None => Err(HandlerError::RegistrationRequired(other.type_name())),
+                Some(_) if self.state.node.is_some() && single_node_only(&other) => {
+                    Err(HandlerError::SingleNodeOnly(other.type_name()))
+                }
                 Some(peer) => match other {
-                    ClientFrame::Discover(d) => Ok(Some(self.on_discover(&peer, &d))),
-                    ClientFrame::RequestPublicKey(r) => self.on_request_public_key(r).map(Some),
+                    ClientFrame::Discover(d) => {
+                        Box::pin(self.on_discover(&peer, &d)).await.map(Some)
+                    }
+                    ClientFrame::RequestPublicKey(r) => {
+                        Box::pin(self.on_request_public_key(r)).await.map(Some)
+                    }
                     ClientFrame::Message(m) => self
                         .on_message(&peer, m.target_id, m.message.get(), m.message_id, &mut rid)
+                        .await
                         .map(|()| None),
-                    ClientFrame::PeerResponse(r) => self.on_peer_response(&peer, &r),
+                    ClientFrame::PeerResponse(r) => {
+                        Box::pin(self.on_peer_response(&peer, &r)).await
+                    }
                     ClientFrame::DebugQuestion(_) => self.on_debug_question(&peer).map(Some),
                     ClientFrame::Ack(a) => {
-                        self.on_ack(&peer, a);
+                        match self.state.node.clone() {
+                            Some(node) if peer.verified => {
+                                Box::pin(self.on_ack_cluster(
+                                    &node,
+                                    &peer,
+                                    a.from_id,
+                                    a.message_id,
+                                ))
+                                .await;
+                            }
+                            Some(_) => {}
+                            None => self.on_ack(&peer, a),
+                        }
                         Ok(None)
                     }
                     ClientFrame::KeyPackageUpload(u) => {
-                        self.on_key_package_upload(&peer, u).map(Some)
+                        Box::pin(self.on_key_package_upload(&peer, u))
+                            .await
+                            .map(Some)
                     }
                     ClientFrame::KeyPackageFetch(f) => {
-                        self.on_key_package_fetch(&peer, f).map(Some)
+                        Box::pin(self.on_key_package_fetch(&peer, f))
+                            .await
+                            .map(Some)
                     }
-                    ClientFrame::GroupCommit(c) => self.on_group_commit(&peer, c).map(Some),
-                    ClientFrame::GroupMessage(m) => self.on_group_message(&peer, m).map(Some),
+                    ClientFrame::GroupCommit(c) => {
+                        Box::pin(self.on_group_commit(&peer, c)).await.map(Some)
+                    }
+                    ClientFrame::GroupMessage(m) => {
+                        Box::pin(self.on_group_message(&peer, m)).await.map(Some)
+                    }
                     ClientFrame::BlobToken(_) => self.on_blob_token(&peer).map(Some),
                     ClientFrame::Challenge(_) | ClientFrame::Register(_) => Ok(None),
                 },
@@ -221,6 +271,21 @@ impl Core {
             Ok(None) => None,
             Err(e) => self.refuse(e, rid),
         }
+    }
+
+    /// The binding of `id`, from the directory this server uses.
+    async fn binding_of(
+        &self,
+        id: &ClientId,
+    ) -> Result<Option<crate::store::Binding>, HandlerError> {
+        let found = match &self.state.node {
+            Some(node) => node.directory.get(id).await.map_err(|e| e.to_string()),
+            None => self.state.directory.get(id).map_err(|e| e.to_string()),
+        };
+        found.map_err(|e| {
+            warn!(error = %e, "directory lookup failed");
+            HandlerError::DirectoryUnavailable
+        })
     }
 
     fn reply(&mut self, body: ServerFrame, rid: Option<RequestId>) {
@@ -263,11 +328,15 @@ impl Core {
 
     /// Adds the next batch of mailbox entries to the replies, once the live queue is quiet; the
     /// drain ends with a short batch.
-    pub(crate) fn drain_batch(&mut self) {
+    pub(crate) async fn drain_batch(&mut self) {
         let Some(peer) = self.peer.clone() else {
             self.draining = false;
             return;
         };
+        if let Some(node) = self.state.node.clone() {
+            Box::pin(self.drain_cluster(&node, &peer)).await;
+            return;
+        }
         match self
             .state
             .mailbox
@@ -290,7 +359,7 @@ impl Core {
     }
 
     /// After the socket is done: leave the hub, hand back undelivered mail, tell subscribers.
-    pub(crate) fn finish(&mut self) {
+    pub(crate) async fn finish(&mut self) {
         let Some(peer) = self.peer.clone() else {
             // Nothing is held for a connection that never registered; closing the table makes
             // sure nothing ever will be.
@@ -299,6 +368,22 @@ impl Core {
         };
         self.release_ip_slot();
         let released = self.state.hub.release(&peer.id, self.shared.conn_id);
+        if let Some(node) = self.state.node.clone() {
+            // Nothing is held or pending on this path: what this connection was handed and did
+            // not acknowledge stays in the stream for the peer's next connection, on any node.
+            if released {
+                self.state.questions.forget_demos(&peer.id);
+            }
+            match node.presence.release(&peer.id, self.shared.conn_id).await {
+                Ok(true) => {
+                    node.announce(&peer.id, false).await;
+                    info!("disconnected");
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "presence release failed: it expires"),
+            }
+            return;
+        }
         if released {
             // Nobody holds the id any more: its demo conversations can never be answered. (A
             // connection replaced by the same identity keeps them for the new one.)

@@ -10,7 +10,7 @@ use crate::session::error::HandlerError;
 impl Core {
     /// Records an answer; a multi-round conversation's next question comes back with no
     /// `requestId` (it is the server's, not an answer to the client's request).
-    pub(super) fn on_peer_response(
+    pub(super) async fn on_peer_response(
         &mut self,
         peer: &PeerEntry,
         r: &PeerResponse,

@@ -17,8 +17,11 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Core;
+use crate::cluster::directory::Bound;
+use crate::cluster::presence::Claim;
 use crate::hub::{ClaimError, PeerEntry};
 use crate::metrics::Metrics;
+use crate::node::NodeMsg;
 use crate::session::error::{HandlerError, ProofError};
 use crate::state::unix_ms;
 use crate::store::Binding;
@@ -29,6 +32,90 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 type Proof = ([u8; 32], Vec<u8>);
 
 impl Core {
+    /// On a node of several: claims the id in Redis, where one script decides among every
+    /// node's registrations (one live holder per id). A connection of the same identity on
+    /// another node is told to close (4000).
+    async fn claim_cluster(&self, entry: &PeerEntry) -> Result<(), HandlerError> {
+        let Some(node) = &self.state.node else {
+            return Ok(());
+        };
+        let keys = crate::node::peer_keys(entry);
+        match node
+            .presence
+            .claim(&entry.id, self.shared.conn_id, &keys)
+            .await
+        {
+            Ok(Claim::Won { replaced }) => {
+                if let Some(old) = replaced.filter(|old| old.node != node.id) {
+                    let close = NodeMsg::Close {
+                        to: entry.id.clone(),
+                        conn: old.conn,
+                    };
+                    match node.publish(&old.node, &close).await {
+                        Ok(_) => {}
+                        // Its node then sees the id taken at its next refresh.
+                        Err(e) => warn!(error = %e, "close notice not published"),
+                    }
+                }
+                Ok(())
+            }
+            Ok(Claim::Taken(_)) => Err(HandlerError::IdTaken(entry.id.clone())),
+            Err(e) => {
+                warn!(error = %e, "presence claim failed");
+                Err(HandlerError::ClusterUnavailable)
+            }
+        }
+    }
+
+    /// Undoes [`Self::claim_cluster`] after a later step failed.
+    async fn release_cluster(&self, id: &lattice_protocol::ClientId) {
+        if let Some(node) = &self.state.node {
+            if let Err(e) = node.presence.release(id, self.shared.conn_id).await {
+                warn!(error = %e, "presence release failed: it expires");
+            }
+        }
+    }
+
+    /// On a node of several: binds (or updates, or marks in use) the verified id in Redis, where
+    /// one script applies the binding rules and `--max-bindings` for every node at once.
+    async fn bind_cluster(
+        &self,
+        id: &lattice_protocol::ClientId,
+        binding: &Binding,
+    ) -> Result<(), HandlerError> {
+        let Some(node) = &self.state.node else {
+            return Ok(());
+        };
+        let cfg = &self.state.config;
+        let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
+        match node
+            .directory
+            .bind(id, binding, cfg.max_bindings, now)
+            .await
+        {
+            Ok(Bound::Created | Bound::Updated) => Ok(()),
+            // Another identity bound it between our lookup and now (on another node).
+            Ok(Bound::Taken) => Err(HandlerError::IdTaken(id.clone())),
+            Ok(Bound::Full) => Err(HandlerError::DirectoryFull(cfg.max_bindings)),
+            Err(e) => {
+                warn!(error = %e, "directory write failed");
+                Err(HandlerError::RegistrationNotStored)
+            }
+        }
+    }
+
+    /// Mail older than `--mailbox-ttl` goes before a verified peer's drain (on a node of several
+    /// the streams expire when their owner comes back; the quota bounds them meanwhile).
+    async fn expire_mail(&self, node: &crate::node::Node, id: &lattice_protocol::ClientId) {
+        let cfg = &self.state.config;
+        let batch = usize::try_from(cfg.mailbox_quota).unwrap_or(usize::MAX);
+        match node.mailbox.expire(id, cfg.mailbox_ttl, batch).await {
+            Ok(0) => {}
+            Ok(n) => info!(expired = n, "expired mailbox entries removed"),
+            Err(e) => warn!(error = %e, "mailbox expiry failed"),
+        }
+    }
+
     /// A fresh nonce for a verified registration; it replaces any earlier one.
     pub(super) fn on_challenge(&mut self) -> ServerFrame {
         let nonce: [u8; CHALLENGE_NONCE_LEN] = rand::random();
@@ -100,10 +187,22 @@ impl Core {
     /// Whether this connection may create a new binding (a verified id not in the directory):
     /// the directory's cap (`--max-bindings`), then this address's allowance
     /// (`--new-ids-per-ip`, loopback exempt unless `--limit-loopback`).
-    fn may_mint_id(&self) -> Result<(), HandlerError> {
+    async fn may_mint_id(&self) -> Result<(), HandlerError> {
         let cfg = &self.state.config;
         if cfg.max_bindings > 0 {
-            match self.state.directory.binding_count() {
+            let count = match &self.state.node {
+                Some(node) => node
+                    .directory
+                    .binding_count()
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .state
+                    .directory
+                    .binding_count()
+                    .map_err(|e| e.to_string()),
+            };
+            match count {
                 Ok(n) if n >= cfg.max_bindings => {
                     return Err(HandlerError::DirectoryFull(cfg.max_bindings));
                 }
@@ -142,7 +241,10 @@ impl Core {
         }
     }
 
-    pub(super) fn on_register(&mut self, r: Register) -> Result<Option<ServerFrame>, HandlerError> {
+    pub(super) async fn on_register(
+        &mut self,
+        r: Register,
+    ) -> Result<Option<ServerFrame>, HandlerError> {
         if let Some(peer) = &self.peer {
             if peer.id != r.client_id {
                 return Err(HandlerError::AlreadyRegistered(peer.id.clone()));
@@ -165,10 +267,7 @@ impl Core {
             Some(v) => Some(self.check_proof(&v, &r, &kem_key)?),
             None => None,
         };
-        let binding = self.state.directory.get(&id).map_err(|e| {
-            warn!(error = %e, "directory lookup failed");
-            HandlerError::DirectoryUnavailable
-        })?;
+        let binding = self.binding_of(&id).await?;
         match (&binding, &proof) {
             (Some(_), None) => return Err(HandlerError::IdTaken(id)),
             (Some(b), Some((ik, _))) if &b.identity_key != ik => {
@@ -186,11 +285,14 @@ impl Core {
             key_signature: proof.as_ref().map(|(_, s)| s.clone().into()),
             subscribed: AtomicBool::new(false),
         });
-        // A verified registration of the same identity replaces a stale connection at once.
-        let replace =
-            |existing: &PeerEntry| identity_key.is_some() && existing.identity_key == identity_key;
+        // A verified registration of the same identity replaces a stale connection at once. On
+        // a node of several, Redis decided already (below): a local holder it let go is stale.
+        let authority = self.state.node.is_some();
+        let replace = |existing: &PeerEntry| {
+            authority || (identity_key.is_some() && existing.identity_key == identity_key)
+        };
         if proof.is_some() && binding.is_none() {
-            if let Err(e) = self.may_mint_id() {
+            if let Err(e) = self.may_mint_id().await {
                 Metrics::inc(&self.state.metrics.new_ids_refused);
                 info!(ip = %self.remote_ip, %id, error_type = %e.error_type(), "new id refused");
                 return Err(e);
@@ -201,9 +303,14 @@ impl Core {
             info!(ip = %self.remote_ip, max, "registration refused: address limit");
             return Err(HandlerError::AddressFull(max));
         }
+        if let Err(e) = self.claim_cluster(&entry).await {
+            self.release_ip_slot();
+            return Err(e);
+        }
         let replaced = match self.state.hub.claim(Arc::clone(&entry), &replace) {
             Ok(old) => old,
             Err(ClaimError::Taken) => {
+                self.release_cluster(&id).await;
                 self.release_ip_slot();
                 return Err(HandlerError::IdTaken(id));
             }
@@ -224,7 +331,15 @@ impl Core {
                 kem_public_key: kem_key,
                 key_signature,
             };
-            if binding.as_ref() == Some(&new) {
+            if let Err(e) = self.bind_cluster(&id, &new).await {
+                self.state.hub.release(&id, self.shared.conn_id);
+                self.release_cluster(&id).await;
+                self.release_ip_slot();
+                return Err(e);
+            }
+            if self.state.node.is_some() {
+                // Bound in Redis above.
+            } else if binding.as_ref() == Some(&new) {
                 // In use: its binding does not expire (`--binding-ttl`) while it keeps coming back.
                 let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
                 if let Err(e) = self.state.directory.touch(&id, now) {
@@ -242,10 +357,24 @@ impl Core {
         Metrics::inc(&self.state.metrics.registrations);
         self.shared.registered.store(true, Ordering::Release);
         self.peer = Some(Arc::clone(&entry));
-        let presence = encode(&Frame::new(ServerFrame::PeerConnected(PeerPresence {
-            peer_id: id.clone(),
-        })));
-        self.state.hub.broadcast_presence(&presence.into(), &id);
+        match self.state.node.clone() {
+            Some(node) => {
+                if entry.verified {
+                    self.expire_mail(&node, &id).await;
+                    // The drain starts with what earlier connections were handed and did not
+                    // acknowledge, on any node.
+                    self.take_over = Some(None);
+                }
+                // Every node (this one too) tells its subscribers.
+                node.announce(&id, true).await;
+            }
+            None => {
+                let presence = encode(&Frame::new(ServerFrame::PeerConnected(PeerPresence {
+                    peer_id: id.clone(),
+                })));
+                self.state.hub.broadcast_presence(&presence.into(), &id);
+            }
+        }
         self.set_draining();
         Ok(Some(ServerFrame::Registered(Registered {
             success: true,

@@ -45,7 +45,7 @@ impl Core {
     /// Relays one `message`. The answer (`message_ack` when the sender gave a `messageId`) is
     /// pushed now, or, for an online verified recipient, after the group commit; in that case the
     /// `requestId` is taken from `rid` and travels with the pending message.
-    pub(super) fn on_message(
+    pub(super) async fn on_message(
         &mut self,
         peer: &PeerEntry,
         target: ClientId,
@@ -53,6 +53,18 @@ impl Core {
         sender_mid: Option<MessageId>,
         rid: &mut Option<RequestId>,
     ) -> Result<(), HandlerError> {
+        if let Some(node) = self.state.node.clone() {
+            // Boxed: the single-node path's future stays as small as it was.
+            return Box::pin(self.on_message_cluster(
+                &node,
+                peer,
+                target,
+                envelope,
+                sender_mid,
+                rid.as_ref(),
+            ))
+            .await;
+        }
         if !envelope.starts_with('{') {
             return Err(HandlerError::NotAnEnvelope);
         }
@@ -105,10 +117,12 @@ impl Core {
                     return Err(HandlerError::RecipientBusy(target))
                 }
                 Err(mpsc::error::TrySendError::Closed(out)) => {
-                    self.offline(&target, &peer.id, mid, out_frame(out))?
+                    Box::pin(self.offline(&target, &peer.id, mid, out_frame(out))).await?
                 }
             },
-            (None, mid) => self.offline(&target, &peer.id, mid, frame)?,
+            // Boxed (the recipient is offline: the rarer path), so the live path's future, made
+            // for every read batch, stays small.
+            (None, mid) => Box::pin(self.offline(&target, &peer.id, mid, frame)).await?,
         };
         self.ack(&target, sender_mid.as_ref(), rid.as_ref(), status);
         Ok(())
@@ -174,7 +188,7 @@ impl Core {
     }
 
     /// The sender's `message_ack`, if it gave a `messageId` (original clients do not).
-    fn ack(
+    pub(super) fn ack(
         &mut self,
         target: &ClientId,
         sender_mid: Option<&MessageId>,
@@ -301,24 +315,20 @@ impl Core {
     }
 
     /// Queues for a peer that is not online, if it is a known verified identity.
-    fn offline(
+    async fn offline(
         &mut self,
         target: &ClientId,
         sender: &ClientId,
         mid: Option<MessageId>,
         frame: String,
     ) -> Result<AckStatus, HandlerError> {
-        match self.state.directory.get(target) {
-            Ok(Some(_)) => self.enqueue(target, sender, mid, frame),
-            Ok(None) => Err(HandlerError::PeerNotFound(target.clone())),
-            Err(e) => {
-                warn!(error = %e, "directory lookup failed");
-                Err(HandlerError::DirectoryUnavailable)
-            }
+        match self.binding_of(target).await? {
+            Some(_) => self.enqueue(target, sender, mid, frame).await,
+            None => Err(HandlerError::PeerNotFound(target.clone())),
         }
     }
 
-    fn enqueue(
+    async fn enqueue(
         &mut self,
         target: &ClientId,
         sender: &ClientId,
@@ -464,7 +474,7 @@ pub(super) fn error_frame(e: &HandlerError, rid: Option<RequestId>) -> String {
 }
 
 /// The sender's error for a message the mailbox cannot take.
-fn refusal(state: &ServerState, target: &ClientId, e: EnqueueError) -> HandlerError {
+pub(super) fn refusal(state: &ServerState, target: &ClientId, e: EnqueueError) -> HandlerError {
     match e {
         EnqueueError::Full { limit, .. } => {
             debug!(%target, ?limit, "mailbox full: message refused");
@@ -559,7 +569,7 @@ fn out_frame(out: Out) -> String {
     }
 }
 
-fn server_message_id() -> MessageId {
+pub(super) fn server_message_id() -> MessageId {
     let id = format!("srv-{}", uuid::Uuid::new_v4());
     MessageId::new(id).unwrap_or_else(|e| unreachable!("a UUID is a valid message id: {e}"))
 }

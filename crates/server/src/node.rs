@@ -1,0 +1,483 @@
+//! This server as one node of several sharing their state in Redis (`--redis`; the design is in
+//! `docs/scaling.md`). [`Node`] holds the node's Redis components ([`crate::cluster`]): presence
+//! (one live holder per id across every node), the node channels, the directory and the mailbox
+//! streams. The session handlers call them where a single node calls the in-process hub and the
+//! SQLite store; this module adds what ties them to the node's own sessions:
+//!
+//! - [`NodeMsg`], what one node publishes on another's channel: a frame for an (unverified) peer
+//!   it holds, "check mail" for a verified one, "close this connection" when a verified owner
+//!   reclaimed its id elsewhere;
+//! - [`PresenceMsg`], the join/leave notice every node turns into `peer_connected` /
+//!   `peer_disconnected` for its own subscribed sessions;
+//! - admin questions for a peer on another node ([`Node::ask_remote`]): the question goes to the
+//!   peer's node, which asks it as its own admin API would and sends the answer back;
+//! - [`run_inbound`], the loop that hands what arrives to the local sessions, and
+//!   [`run_refresh`], which keeps this node's presence keys alive and closes sessions whose id
+//!   another connection took.
+//!
+//! The node never keeps anything that matters across its death: every accepted message for a
+//! verified peer is in its mailbox stream before its sender is answered, presence expires within
+//! [`PRESENCE_TTL`](crate::cluster::presence::PRESENCE_TTL) when refreshes stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use lattice_protocol::{close_code, encode, ClientId, Frame, PeerPresence, ServerFrame};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cluster::channel::{Channels, Inbound};
+use crate::cluster::directory::RedisDirectory;
+use crate::cluster::mailbox::{consumer, RedisMailbox};
+use crate::cluster::presence::{Claim, PeerKeys, Presence, PRESENCE_REFRESH};
+use crate::cluster::stats::{RedisStats, Timed as _};
+use crate::cluster::{connect, ClusterError, NodeId, RedisUrl};
+use crate::hub::{Hub, Out, PeerEntry};
+
+/// What one node publishes on another node's channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum NodeMsg {
+    /// A `message` frame for an unverified peer held by connection `conn` (unverified peers have
+    /// no mailbox: at most once, as on one node).
+    Route {
+        /// The recipient.
+        to: ClientId,
+        /// Its connection on the receiving node.
+        conn: u64,
+        /// The frame, written as is.
+        frame: String,
+    },
+    /// Mail waits in `to`'s mailbox stream: its session drains it.
+    Mail {
+        /// The recipient.
+        to: ClientId,
+    },
+    /// Close connection `conn` holding `to` with 4000: the same verified identity registered on
+    /// another node.
+    Close {
+        /// The id.
+        to: ClientId,
+        /// The replaced connection.
+        conn: u64,
+    },
+    /// An admin question for `peer`, which this node holds, asked on node `from` (the body of
+    /// `POST /admin/peers/{peer}/questions`); answered with [`NodeMsg::Answer`].
+    Ask {
+        /// The asking node's number for it.
+        ask: u64,
+        /// The asking node.
+        from: String,
+        /// The peer asked.
+        peer: ClientId,
+        /// The admin request.
+        request: serde_json::Value,
+    },
+    /// What the peer's node's admin API answered to [`NodeMsg::Ask`] `ask`.
+    Answer {
+        /// The asking node's number.
+        ask: u64,
+        /// The HTTP status.
+        status: u16,
+        /// The JSON body.
+        body: serde_json::Value,
+    },
+}
+
+/// Admin questions this node may wait on at once for peers on other nodes; more get 503.
+pub const MAX_REMOTE_ASKS: usize = 256;
+
+/// An admin question from another node, for a peer this node holds.
+#[derive(Debug)]
+pub struct IncomingAsk {
+    /// The asking node's number for it.
+    pub ask: u64,
+    /// The asking node (where the answer goes).
+    pub from: NodeId,
+    /// The peer asked.
+    pub peer: ClientId,
+    /// The admin request body.
+    pub request: serde_json::Value,
+}
+
+/// What handles [`IncomingAsk`]s (the admin API, given by the server when it starts the node).
+pub type AskHandler = Arc<dyn Fn(IncomingAsk) + Send + Sync>;
+
+/// The outcome of [`Node::ask_remote`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum RemoteAnswer {
+    /// The peer's node answered with this status and body.
+    Answered(u16, serde_json::Value),
+    /// No answer within the wait.
+    NoAnswer,
+    /// The peer's node is not listening (it died; the peer's presence expires).
+    NodeGone,
+    /// [`MAX_REMOTE_ASKS`] are waiting already.
+    Busy,
+}
+
+/// A presence notice on the presence channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceMsg {
+    /// Who.
+    pub id: ClientId,
+    /// Joined (true) or left.
+    pub online: bool,
+}
+
+/// This node's Redis components, shared by its sessions.
+#[derive(Debug)]
+pub struct Node {
+    /// This node's name in Redis.
+    pub id: NodeId,
+    /// Who holds which id, on every node.
+    pub presence: Presence,
+    /// The node channels.
+    pub channels: Channels,
+    /// Bindings of verified ids.
+    pub directory: RedisDirectory,
+    /// Mailbox streams of verified ids.
+    pub mailbox: RedisMailbox,
+    /// The cross-node counters (`/metrics`).
+    pub stats: Arc<RedisStats>,
+    conn: ConnectionManager,
+    /// Admin questions waiting for another node's answer, by number.
+    // std Mutex: map inserts and removals; never held across an await.
+    asks: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
+    next_ask: AtomicU64,
+}
+
+/// Removes a waiting ask on every exit path.
+struct AskSlot<'a>(&'a Node, u64);
+
+impl Drop for AskSlot<'_> {
+    fn drop(&mut self) {
+        self.0.lock_asks().remove(&self.1);
+    }
+}
+
+impl Node {
+    /// Connects to `url` as a new node (a fresh random id) and subscribes to its channels; the
+    /// subscription watcher stops with `stop`. Returns the node and what arrives for it (for
+    /// [`run_inbound`]).
+    ///
+    /// # Errors
+    /// Redis unreachable or refusing.
+    pub async fn connect(
+        url: &RedisUrl,
+        stop: CancellationToken,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
+        let stats = Arc::new(RedisStats::default());
+        let id = NodeId::random();
+        let conn = connect(url).await?;
+        let (channels, inbound) =
+            Channels::open_with_stats(url, id.clone(), stop, Arc::clone(&stats)).await?;
+        let node = Self {
+            presence: Presence::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
+            directory: RedisDirectory::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            mailbox: RedisMailbox::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            channels,
+            stats,
+            conn,
+            id,
+            asks: Mutex::default(),
+            next_ask: AtomicU64::new(1),
+        };
+        info!(node = %node.id, "joined the cluster");
+        Ok((node, inbound))
+    }
+
+    /// The mailbox consumer of connection `conn` of this node.
+    pub fn consumer(&self, conn: u64) -> String {
+        consumer(&self.id, conn)
+    }
+
+    /// Publishes `msg` on `node`'s channel; false when no node is listening there (it died).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn publish(&self, node: &NodeId, msg: &NodeMsg) -> Result<bool, ClusterError> {
+        let payload = serde_json::to_vec(msg).map_err(|_| ClusterError::Reply("unencodable"))?;
+        Ok(self.channels.publish_to(node, &payload).await? > 0)
+    }
+
+    /// Tells every node (this one included) that `id` joined or left.
+    pub async fn announce(&self, id: &ClientId, online: bool) {
+        let msg = PresenceMsg {
+            id: id.clone(),
+            online,
+        };
+        let Ok(payload) = serde_json::to_vec(&msg) else {
+            return;
+        };
+        if let Err(e) = self.channels.publish_presence(&payload).await {
+            warn!(error = %e, peer = %id, "presence notice not published");
+        }
+    }
+
+    /// Tells the holder of `id` that mail waits: the local session directly, another node over
+    /// its channel. Nothing to do when `id` is offline (it drains at its next registration).
+    pub async fn notify_mail(&self, hub: &dyn Hub, id: &ClientId) {
+        if let Some(local) = hub.get(id) {
+            local.session.notify_mail();
+            return;
+        }
+        match self.presence.holder(id).await {
+            Ok(Some(holder)) if holder.node != self.id => {
+                let msg = NodeMsg::Mail { to: id.clone() };
+                if let Err(e) = self.publish(&holder.node, &msg).await {
+                    warn!(error = %e, peer = %id, "mail notice not published");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, peer = %id, "presence lookup failed"),
+        }
+    }
+
+    /// Asks `peer`, held by `node`, the admin question `request`; waits up to `wait` for the
+    /// status and body that node's admin API answers.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn ask_remote(
+        &self,
+        node: &NodeId,
+        peer: &ClientId,
+        request: serde_json::Value,
+        wait: std::time::Duration,
+    ) -> Result<RemoteAnswer, ClusterError> {
+        let ask = self.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut asks = self.lock_asks();
+            if asks.len() >= MAX_REMOTE_ASKS {
+                return Ok(RemoteAnswer::Busy);
+            }
+            asks.insert(ask, tx);
+        }
+        let _slot = AskSlot(self, ask);
+        let msg = NodeMsg::Ask {
+            ask,
+            from: self.id.to_string(),
+            peer: peer.clone(),
+            request,
+        };
+        if !self.publish(node, &msg).await? {
+            return Ok(RemoteAnswer::NodeGone);
+        }
+        Ok(match tokio::time::timeout(wait, rx).await {
+            Ok(Ok((status, body))) => RemoteAnswer::Answered(status, body),
+            Ok(Err(_)) | Err(_) => RemoteAnswer::NoAnswer,
+        })
+    }
+
+    /// Sends the answer to [`IncomingAsk`] `ask` back to its node.
+    pub async fn answer_remote(&self, ask: &IncomingAsk, status: u16, body: serde_json::Value) {
+        let msg = NodeMsg::Answer {
+            ask: ask.ask,
+            status,
+            body,
+        };
+        if let Err(e) = self.publish(&ask.from, &msg).await {
+            warn!(error = %e, peer = %ask.peer, "admin answer not published");
+        }
+    }
+
+    fn lock_asks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>> {
+        self.asks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether Redis answers (for `/healthz`).
+    pub async fn healthy(&self) -> bool {
+        let ping: Result<String, redis::RedisError> = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await;
+        ping.is_ok()
+    }
+}
+
+/// The keys `entry` registered with, as presence keeps them.
+pub fn peer_keys(entry: &PeerEntry) -> PeerKeys {
+    PeerKeys {
+        public_key: entry.public_key.to_vec(),
+        identity_key: entry.identity_key,
+        key_signature: entry.key_signature.as_ref().map(|s| s.to_vec()),
+    }
+}
+
+fn presence_frame(msg: &PresenceMsg) -> Utf8Bytes {
+    let presence = PeerPresence {
+        peer_id: msg.id.clone(),
+    };
+    let body = if msg.online {
+        ServerFrame::PeerConnected(presence)
+    } else {
+        ServerFrame::PeerDisconnected(presence)
+    };
+    encode(&Frame::new(body)).into()
+}
+
+/// Hands what arrives for this node to its sessions until `stop`: routed frames to their
+/// connection's queue (a full queue drops an unverified peer's frame, as on one node), mail
+/// notices to the recipient's session, closes to the replaced connection, presence notices to
+/// the subscribed sessions. After Redis comes back, every local session checks its mail (the
+/// notices published meanwhile are lost).
+pub async fn run_inbound(
+    node: Arc<Node>,
+    hub: Arc<dyn Hub>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    on_ask: AskHandler,
+    stop: CancellationToken,
+) {
+    loop {
+        let item = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            item = inbound.recv() => item,
+        };
+        let Some(item) = item else { return };
+        match item {
+            Inbound::Node(payload) => match serde_json::from_slice::<NodeMsg>(&payload) {
+                Ok(NodeMsg::Ask {
+                    ask,
+                    from,
+                    peer,
+                    request,
+                }) => on_ask(IncomingAsk {
+                    ask,
+                    from: NodeId::from(from),
+                    peer,
+                    request,
+                }),
+                Ok(NodeMsg::Answer { ask, status, body }) => {
+                    if let Some(waiting) = node.lock_asks().remove(&ask) {
+                        let _ = waiting.send((status, body));
+                    }
+                }
+                Ok(msg) => deliver(hub.as_ref(), msg),
+                Err(e) => warn!(node = %node.id, error = %e, "unreadable node message"),
+            },
+            Inbound::Presence(payload) => match serde_json::from_slice::<PresenceMsg>(&payload) {
+                Ok(msg) => hub.broadcast_presence(&presence_frame(&msg), &msg.id),
+                Err(e) => warn!(node = %node.id, error = %e, "unreadable presence notice"),
+            },
+            Inbound::Disconnected => warn!(node = %node.id, "lost the Redis subscription"),
+            Inbound::Reconnected => {
+                info!(node = %node.id, "Redis subscription restored: sessions check their mail");
+                for id in hub.online() {
+                    if let Some(e) = hub.get(&id).filter(|e| e.verified) {
+                        e.session.notify_mail();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deliver(hub: &dyn Hub, msg: NodeMsg) {
+    match msg {
+        NodeMsg::Route { to, conn, frame } => {
+            let Some(e) = hub.get(&to).filter(|e| e.session.conn_id == conn) else {
+                debug!(peer = %to, "routed frame for a connection that is gone");
+                return;
+            };
+            if e.session
+                .tx
+                .try_send(Out::Deliver(Box::new(frame.into())))
+                .is_err()
+            {
+                debug!(peer = %to, "routed frame dropped: the recipient's queue is full");
+            }
+        }
+        NodeMsg::Mail { to } => {
+            if let Some(e) = hub.get(&to) {
+                e.session.notify_mail();
+            }
+        }
+        NodeMsg::Close { to, conn } => {
+            if let Some(e) = hub.get(&to).filter(|e| e.session.conn_id == conn) {
+                e.session.close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection of the same identity",
+                );
+            }
+        }
+        NodeMsg::Ask { .. } | NodeMsg::Answer { .. } => {}
+    }
+}
+
+/// Every [`PRESENCE_REFRESH`] until `stop`: extends the presence keys of this node's sessions,
+/// closes (4000) the sessions whose id another connection holds now, and claims again the ids
+/// whose key is gone (Redis restarted without it).
+pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let held: Vec<(ClientId, u64)> = hub
+            .online()
+            .into_iter()
+            .filter_map(|id| hub.get(&id).map(|e| (id, e.session.conn_id)))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        let refreshed = match node.presence.refresh(&held).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(node = %node.id, error = %e, "presence refresh failed");
+                continue;
+            }
+        };
+        for id in refreshed.taken {
+            if let Some(e) = hub.get(&id) {
+                info!(peer = %id, "id taken by another connection: closing");
+                e.session.close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection of the same identity",
+                );
+            }
+        }
+        for id in refreshed.gone {
+            let Some(e) = hub.get(&id) else { continue };
+            match node
+                .presence
+                .claim(&id, e.session.conn_id, &peer_keys(&e))
+                .await
+            {
+                Ok(Claim::Won { .. }) => {
+                    debug!(peer = %id, "presence claimed again");
+                    if e.verified {
+                        e.session.notify_mail();
+                    }
+                }
+                Ok(Claim::Taken(_)) => e.session.close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection of the same identity",
+                ),
+                Err(err) => warn!(peer = %id, error = %err, "presence claim failed"),
+            }
+        }
+        debug!(
+            node = %node.id,
+            held = held.len(),
+            published = node.stats.published.load(Ordering::Relaxed),
+            "presence refreshed"
+        );
+    }
+}
