@@ -1130,6 +1130,9 @@ impl State {
     /// An incoming message was stored (by the session, before it was acknowledged): tells the
     /// page, the tray and, when the window is not focused, the notification centre.
     fn received(&self, record: MessageRecord) {
+        // Whether to notify is decided as the message arrives, before the page hears of it: the
+        // focus and the setting at that moment, not whatever they are by the time it is shown.
+        let notify = self.settings().notifications && !self.focused.load(Ordering::Relaxed);
         let from = record.peer_id.clone();
         let authenticated = record.authenticated;
         let first_line: String = match &record.extra.attachment {
@@ -1149,7 +1152,7 @@ impl State {
         self.ui.send(Update::Message(record.into()));
         self.publish_peers();
         self.publish_unread();
-        if self.settings().notifications && !self.focused.load(Ordering::Relaxed) {
+        if notify {
             let title = if authenticated {
                 from.to_string()
             } else {
