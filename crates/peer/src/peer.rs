@@ -208,6 +208,7 @@ impl MessagingPeer {
                 Arc::clone(&outbox),
                 Arc::clone(&dispatcher),
             ),
+            groups.clone(),
         )?;
         let router = Router::new(
             me.clone(),

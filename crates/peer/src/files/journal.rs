@@ -11,6 +11,10 @@
 //!   crash is ignored (that chunk is simply done again).
 //!
 //! Both are deleted when the transfer completes or is cancelled.
+//!
+//! And `digests/`: the digest of a file whose `file-digest` message came before its download
+//! started (one small file per file message, at most [`MAX_STORED_DIGESTS`], the oldest dropped),
+//! so that a download started later completes without it being sent again.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,6 +35,9 @@ const JOURNAL_VERSION: u32 = 1;
 const MAX_HEADER_BYTES: u64 = 256 * 1024;
 /// Largest acknowledgement log read back, in bytes (one line per chunk, about 80 bytes each).
 const MAX_ACKS_BYTES: u64 = 16 * 1024 * 1024;
+/// Digests kept for downloads not started yet; past it the oldest goes (a download of that file
+/// then waits for a digest that does not come again, and fails with a readable reason).
+pub(crate) const MAX_STORED_DIGESTS: usize = 1024;
 
 /// The blob a transfer uses.
 #[derive(Clone, Serialize, Deserialize)]
@@ -74,6 +81,13 @@ pub(crate) struct Header {
     /// not sent half old, half new.
     #[serde(default)]
     pub(crate) source_modified_ms: Option<u64>,
+    /// An upload: the id of the `file-digest` message that follows the offer. `None` in a
+    /// journal of the previous version, which sends one complete offer at the end.
+    #[serde(default)]
+    pub(crate) digest_message_id: Option<MessageId>,
+    /// An upload: the offer (without the digest) was accepted by the server.
+    #[serde(default)]
+    pub(crate) offer_sent: bool,
 }
 
 impl std::fmt::Debug for Header {
@@ -137,6 +151,8 @@ impl Header {
             blob: None,
             digest: None,
             source_modified_ms: None,
+            digest_message_id: None,
+            offer_sent: false,
         }
     }
 }
@@ -256,6 +272,70 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+
+    fn digest_path(&self, from: &ClientId, message: &MessageId) -> PathBuf {
+        let mut key = Vec::new();
+        key.extend_from_slice(from.as_str().as_bytes());
+        key.push(0);
+        key.extend_from_slice(message.as_str().as_bytes());
+        let name = hex::encode(lattice_crypto::file_chunk::chunk_hash(&key));
+        self.dir
+            .join("digests")
+            .join(format!("{}.digest", &name[..32]))
+    }
+
+    /// Keeps the digest of `from`'s file message `message` for a download not started yet
+    /// (bounded: [`MAX_STORED_DIGESTS`], the oldest dropped).
+    pub(crate) fn store_digest(
+        &self,
+        from: &ClientId,
+        message: &MessageId,
+        digest: &str,
+    ) -> Result<(), PeerError> {
+        let dir = self.dir.join("digests");
+        crate::identity_file::create_private_dir(&dir)
+            .map_err(|e| io(&dir, "cannot create", &e))?;
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&dir)
+            .map_err(|e| io(&dir, "cannot list", &e))?
+            .flatten()
+            .map(|e| {
+                let at = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (at, e.path())
+            })
+            .collect();
+        if kept.len() >= MAX_STORED_DIGESTS {
+            kept.sort();
+            for (_, old) in kept.iter().take(kept.len() + 1 - MAX_STORED_DIGESTS) {
+                remove_if_there(old)?;
+            }
+        }
+        let path = self.digest_path(from, message);
+        let mut f = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io(&path, "cannot create", &e))?;
+        f.write_all(digest.as_bytes())
+            .map_err(|e| io(&path, "cannot write", &e))
+    }
+
+    /// The digest kept for `from`'s file message `message`, if any (a file cut short by a crash
+    /// reads as none).
+    pub(crate) fn stored_digest(&self, from: &ClientId, message: &MessageId) -> Option<String> {
+        let bytes = read_bounded(&self.digest_path(from, message), 2 * DIGEST_LEN as u64).ok()?;
+        let s = String::from_utf8(bytes).ok()?;
+        (s.len() == 2 * DIGEST_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then_some(s)
+    }
+
+    /// Forgets the digest kept for `from`'s file message `message`.
+    pub(crate) fn forget_digest(&self, from: &ClientId, message: &MessageId) {
+        let _ = remove_if_there(&self.digest_path(from, message));
     }
 
     /// Deletes a transfer's journal.
