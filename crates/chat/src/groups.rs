@@ -31,6 +31,11 @@ fn names(list: &[ClientId]) -> String {
 /// The lines for a group event (empty for other events).
 pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
     match event {
+        // The digest of a group file is for the library (a download of it completes with it).
+        PeerEvent::GroupMessage(GroupMessage {
+            content: Content::FileDigest { .. },
+            ..
+        }) => Vec::new(),
         PeerEvent::GroupMessage(GroupMessage {
             group,
             from,
@@ -41,6 +46,12 @@ pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
             let prefix = match content {
                 Content::Reply { excerpt, .. } => format!("(re: {}) ", escape(excerpt)),
                 _ => String::new(),
+            };
+            let text = match content {
+                Content::File(_) => {
+                    format!("{text} (files in groups cannot be saved from the terminal yet)")
+                }
+                _ => text,
             };
             vec![format!(
                 "[{}] {}: {prefix}{}",

@@ -703,3 +703,108 @@ async fn a_download_runs_behind_the_upload_and_completes_only_with_the_senders_d
     );
     server.shutdown().await;
 }
+
+/// The next file offer in group `g`: its sender, message id and offer.
+async fn next_group_file(
+    events: &mut EventStream,
+    g: &lattice_peer::GroupId,
+) -> (lattice_protocol::ClientId, MessageId, FileOffer) {
+    wait_for(events, |e| match e {
+        PeerEvent::GroupMessage(m) if m.group == *g => match m.content {
+            Content::File(offer) => Some((m.from, m.message_id, offer)),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await
+}
+
+/// A file sent into a three-member MLS group: the offer and the digest are group messages, both
+/// other members download it byte for byte, and the first one's copy does not delete the blob
+/// under the other (a group's blob is not one-recipient).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_into_a_three_member_group_is_downloaded_by_every_member() {
+    use support::person::Person;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("server")).await;
+    let url = server.url();
+    let online_mls = |p: &Person| {
+        let mut c = config(&url, p.name, p.identity(), dir.path());
+        c.mls_state = Some(p.state());
+        async move {
+            let peer = MessagingPeer::new(c).unwrap();
+            let events = peer.events();
+            peer.connect().await.unwrap();
+            assert!(peer.publish_key_packages().await.unwrap() > 0);
+            (peer, events)
+        }
+    };
+    let (a, b, c) = (
+        Person::new("alice"),
+        Person::new("bob"),
+        Person::new("carol"),
+    );
+    let (alice, mut alice_events) = online_mls(&a).await;
+    let (bob, mut bob_events) = online_mls(&b).await;
+    let (carol, mut carol_events) = online_mls(&c).await;
+    let g = alice
+        .create_group("photos", &[id("bob"), id("carol")])
+        .await
+        .unwrap();
+    for events in [&mut bob_events, &mut carol_events] {
+        wait_for(events, |e| match e {
+            PeerEvent::GroupChanged {
+                group,
+                change: lattice_peer::GroupChange::Joined { .. },
+                ..
+            } if group == g => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+
+    let bytes = pattern(2 * FILE_CHUNK_BYTES + 99, 77);
+    let src = dir.path().join("album.zip");
+    std::fs::write(&src, &bytes).unwrap();
+    let up = alice
+        .send_group_file(&g, &src, FileMeta::default())
+        .await
+        .unwrap();
+    let (from_b, mid_b, offer_b) = next_group_file(&mut bob_events, &g).await;
+    let (from_c, mid_c, offer_c) = next_group_file(&mut carol_events, &g).await;
+    assert_eq!((from_b.as_str(), from_c.as_str()), ("alice", "alice"));
+    assert_eq!(offer_b, offer_c);
+    assert_eq!(offer_b.name, "album.zip");
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+
+    let dest_b = dir.path().join("bob-album.zip");
+    let down = bob
+        .download_file(&from_b, &mid_b, &offer_b, &dest_b)
+        .unwrap();
+    assert_eq!(
+        finished(&mut bob_events, &down).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(std::fs::read(&dest_b).unwrap(), bytes);
+    assert!(
+        dir.path()
+            .join("server")
+            .join("blobs")
+            .join(&offer_b.blob_id)
+            .exists(),
+        "one member's copy does not delete the group's blob"
+    );
+    let dest_c = dir.path().join("carol-album.zip");
+    let down = carol
+        .download_file(&from_c, &mid_c, &offer_c, &dest_c)
+        .unwrap();
+    assert_eq!(
+        finished(&mut carol_events, &down).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(std::fs::read(&dest_c).unwrap(), bytes);
+    server.shutdown().await;
+}

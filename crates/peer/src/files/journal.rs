@@ -88,6 +88,10 @@ pub(crate) struct Header {
     /// An upload: the offer (without the digest) was accepted by the server.
     #[serde(default)]
     pub(crate) offer_sent: bool,
+    /// An upload into a group (its id in hex): the messages go to the group, and the blob is not
+    /// deleted on receipt (every member downloads it; expiry is the bound).
+    #[serde(default)]
+    pub(crate) group: Option<String>,
 }
 
 impl std::fmt::Debug for Header {
@@ -153,6 +157,7 @@ impl Header {
             source_modified_ms: None,
             digest_message_id: None,
             offer_sent: false,
+            group: None,
         }
     }
 }

@@ -252,12 +252,20 @@ impl Files {
         // component weakly, so the two do not keep each other alive.
         let weak = Arc::downgrade(&files);
         let _ = files.dispatcher.add(Arc::new(move |ev: &PeerEvent| {
-            if let PeerEvent::Update(u) = ev {
-                if let Change::FileDigest { target, digest } = &u.change {
-                    if let Some(files) = weak.upgrade() {
-                        files.on_digest(&u.from, target, digest);
-                    }
-                }
+            let (from, target, digest) = match ev {
+                PeerEvent::Update(u) => match &u.change {
+                    Change::FileDigest { target, digest } => (&u.from, target, digest),
+                    _ => return,
+                },
+                // A group's file: the digest is a group message of the sender's.
+                PeerEvent::GroupMessage(m) => match &m.content {
+                    Content::FileDigest { target, digest } => (&m.from, target, digest),
+                    _ => return,
+                },
+                _ => return,
+            };
+            if let Some(files) = weak.upgrade() {
+                files.on_digest(from, target, digest);
             }
         }));
         Ok(files)
@@ -384,6 +392,34 @@ impl Files {
         if key.identity.is_none() {
             return Err(PeerError::FilesUnsupported { peer: to.clone() });
         }
+        self.start_upload(to.clone(), None, path, meta).await
+    }
+
+    /// Starts sending `path` into MLS group `group` (see
+    /// [`crate::MessagingPeer::send_group_file`]).
+    pub(crate) async fn send_group_file(
+        self: &Arc<Self>,
+        group: &lattice_mls::GroupId,
+        path: &Path,
+        meta: FileMeta,
+    ) -> Result<TransferId, PeerError> {
+        self.journal()?;
+        let groups = self.groups.as_ref().ok_or(PeerError::GroupsDisabled)?;
+        // Refuses an unknown group before anything is uploaded.
+        groups.info(group)?;
+        let me = self.me.clone();
+        self.start_upload(me, Some(hex::encode(group.as_bytes())), path, meta)
+            .await
+    }
+
+    /// Journals and starts an upload of `path` to `to` (or, with `group`, into that group).
+    async fn start_upload(
+        self: &Arc<Self>,
+        to: ClientId,
+        group: Option<String>,
+        path: &Path,
+        meta: FileMeta,
+    ) -> Result<TransferId, PeerError> {
         let md = tokio::fs::metadata(path)
             .await
             .map_err(|e| io_err(path, "cannot read", &e))?;
@@ -449,6 +485,7 @@ impl Files {
         );
         header.source_modified_ms = modified_ms(&md);
         header.digest_message_id = Some(crate::wire::new_message_id());
+        header.group = group;
         self.insert(header)?;
         self.spawn(id.as_str());
         Ok(id)
@@ -882,7 +919,8 @@ impl Files {
                         // The transfer id, journalled before this request: a crash before the
                         // answer is journalled finds the same blob again, never an orphan.
                         &h.id,
-                        true,
+                        // One recipient may delete it once received; a group's stays for all.
+                        h.group.is_none(),
                     )
                     .await?;
                 let b = BlobRef {
@@ -1039,6 +1077,19 @@ impl Files {
         content: Content,
         message_id: MessageId,
     ) -> Result<(), PeerError> {
+        if let Some(group) = &h.group {
+            let groups = self.groups.as_ref().ok_or(PeerError::GroupsDisabled)?;
+            let gid = hex::decode(group)
+                .map(|b| lattice_mls::GroupId::from_bytes(&b))
+                .map_err(|_| {
+                    PeerError::Protocol("a transfer journal with a bad group id".into())
+                })?;
+            // The answer is awaited by the send itself.
+            return groups
+                .send_with_id(&gid, &content, message_id)
+                .await
+                .map(drop);
+        }
         if let Some(g) = &self.groups {
             // Over MLS the answer is awaited by the send itself.
             if g.send_direct(&h.peer, &content, message_id.clone())
