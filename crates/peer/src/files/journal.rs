@@ -13,7 +13,8 @@
 //! Both are deleted when the transfer completes or is cancelled.
 //!
 //! And `digests/`: the digest of a file whose `file-digest` message came before its download
-//! started (one small file per file message, at most [`MAX_STORED_DIGESTS`], the oldest dropped),
+//! started (one small file per file message, at most [`MAX_STORED_DIGESTS`] and
+//! [`MAX_STORED_DIGESTS_PER_PEER`] from one sender, the oldest dropped),
 //! so that a download started later completes without it being sent again.
 
 use std::collections::BTreeMap;
@@ -38,6 +39,9 @@ const MAX_ACKS_BYTES: u64 = 16 * 1024 * 1024;
 /// Digests kept for downloads not started yet; past it the oldest goes (a download of that file
 /// then waits for a digest that does not come again, and fails with a readable reason).
 pub(crate) const MAX_STORED_DIGESTS: usize = 1024;
+/// Digests kept from one sender: a peer sending `file-digest` messages for files nobody
+/// downloads pushes out only its own, never another sender's.
+pub(crate) const MAX_STORED_DIGESTS_PER_PEER: usize = 64;
 
 /// The blob a transfer uses.
 #[derive(Clone, Serialize, Deserialize)]
@@ -279,6 +283,7 @@ impl Journal {
         Ok(out)
     }
 
+    /// `digests/SENDER-MESSAGE.digest`, both parts hashes (ids never reach a path as they are).
     fn digest_path(&self, from: &ClientId, message: &MessageId) -> PathBuf {
         let mut key = Vec::new();
         key.extend_from_slice(from.as_str().as_bytes());
@@ -287,7 +292,7 @@ impl Journal {
         let name = hex::encode(lattice_crypto::file_chunk::chunk_hash(&key));
         self.dir
             .join("digests")
-            .join(format!("{}.digest", &name[..32]))
+            .join(format!("{}-{}.digest", digest_sender(from), &name[..32]))
     }
 
     /// Keeps the digest of `from`'s file message `message` for a download not started yet
@@ -312,8 +317,23 @@ impl Journal {
                 (at, e.path())
             })
             .collect();
-        if kept.len() >= MAX_STORED_DIGESTS {
-            kept.sort();
+        kept.sort();
+        let prefix = format!("{}-", digest_sender(from));
+        let own: Vec<&PathBuf> = kept
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect();
+        // This sender's oldest first; anyone's only when the directory is full anyway.
+        if own.len() >= MAX_STORED_DIGESTS_PER_PEER {
+            for old in own.iter().take(own.len() + 1 - MAX_STORED_DIGESTS_PER_PEER) {
+                remove_if_there(old)?;
+            }
+        } else if kept.len() >= MAX_STORED_DIGESTS {
             for (_, old) in kept.iter().take(kept.len() + 1 - MAX_STORED_DIGESTS) {
                 remove_if_there(old)?;
             }
@@ -376,10 +396,55 @@ impl Journal {
     }
 }
 
+/// The sender part of a stored digest's name.
+fn digest_sender(from: &ClientId) -> String {
+    hex::encode(&lattice_crypto::file_chunk::chunk_hash(from.as_str().as_bytes())[..8])
+}
+
 pub(crate) fn remove_if_there(path: &Path) -> Result<(), PeerError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(path, "cannot delete", &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn mid(n: usize) -> MessageId {
+        MessageId::new(format!("m{n}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Digests for downloads not started yet are kept and read back; a sender storing more than
+    /// its share pushes out only its own, never another sender's.
+    #[test]
+    fn stored_digests_are_bounded_per_sender() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let j = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let good = "ab".repeat(DIGEST_LEN);
+        j.store_digest(&id("alice"), &mid(0), &good)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.stored_digest(&id("alice"), &mid(0)), Some(good.clone()));
+        assert_eq!(j.stored_digest(&id("carol"), &mid(0)), None, "per sender");
+        for n in 0..MAX_STORED_DIGESTS_PER_PEER + 10 {
+            j.store_digest(&id("carol"), &mid(n), &"cd".repeat(DIGEST_LEN))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let carols = (0..MAX_STORED_DIGESTS_PER_PEER + 10)
+            .filter(|&n| j.stored_digest(&id("carol"), &mid(n)).is_some())
+            .count();
+        assert_eq!(carols, MAX_STORED_DIGESTS_PER_PEER);
+        assert_eq!(j.stored_digest(&id("alice"), &mid(0)), Some(good));
+        j.forget_digest(&id("alice"), &mid(0));
+        assert_eq!(j.stored_digest(&id("alice"), &mid(0)), None);
+        // A file cut short (a crash mid-write) reads as none.
+        std::fs::write(j.digest_path(&id("bob"), &mid(1)), "ab").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.stored_digest(&id("bob"), &mid(1)), None);
     }
 }
