@@ -10,7 +10,7 @@ use crate::command::Command;
 use crate::display::escape;
 
 /// The group's name for display (its id when it is gone).
-fn name_of(peer: &MessagingPeer, g: &GroupId) -> String {
+pub fn name_of(peer: &MessagingPeer, g: &GroupId) -> String {
     peer.group_info(g)
         .map_or_else(|_| g.to_string(), |i| i.name)
 }
@@ -47,12 +47,7 @@ pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
                 Content::Reply { excerpt, .. } => format!("(re: {}) ", escape(excerpt)),
                 _ => String::new(),
             };
-            let text = match content {
-                Content::File(_) => {
-                    format!("{text} (files in groups cannot be saved from the terminal yet)")
-                }
-                _ => text,
-            };
+
             vec![format!(
                 "[{}] {}: {prefix}{}",
                 escape(&name_of(peer, group)),

@@ -232,3 +232,87 @@ async fn a_sender_killed_as_its_blob_is_created_leaves_no_orphan_and_the_blob_go
     alice.quit().await;
     bob.quit().await;
 }
+
+/// Files in a group from the terminal: bob (`lattice-chat`) creates a group with alice and
+/// carol (`lattice-peer` peers), `/send`s a file into it, and alice downloads it byte for byte;
+/// alice sends one into the group, bob sees it numbered and `/get g1`s it, verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_file_goes_both_ways_from_the_terminal() {
+    use lattice_peer::{Content, FileMeta, MessagingPeer, PeerConfig, PeerEvent, TransferState};
+    use support::chat::next_event;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let url = server.url.clone();
+    let dir = tmp.path();
+    let member = |name: &str| {
+        let mut config = PeerConfig::new(
+            url.clone(),
+            lattice_protocol::ClientId::new(name).unwrap(),
+            lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+        );
+        config.mls_state = Some(dir.join(format!("{name}.mls")));
+        config.transfers_dir = Some(dir.join(format!("{name}-peer.transfers")));
+        async move {
+            let p = MessagingPeer::new(config).unwrap();
+            let events = p.events();
+            p.connect().await.unwrap();
+            p.publish_key_packages().await.unwrap();
+            (p, events)
+        }
+    };
+    let (alice, mut ae) = member("alice").await;
+    let (_carol, _ce) = member("carol").await;
+    let mut bob = start(&url, dir, "bob").await;
+    bob.type_line("/group new pics alice,carol").await;
+    bob.until("-- [pics] created with alice, carol").await;
+    let g = next_event(&mut ae, |e| match e {
+        PeerEvent::GroupChanged { group, .. } => Some(group),
+        _ => None,
+    })
+    .await;
+
+    let bytes = pattern(2 * FILE_CHUNK_BYTES + 5, 21);
+    let src = dir.join("holiday.mp4");
+    std::fs::write(&src, &bytes).unwrap();
+    bob.type_line(&format!("/send {}", src.display())).await;
+    bob.until("-- sending").await;
+    let (from, mid, offer) = next_event(&mut ae, |e| match e {
+        PeerEvent::GroupMessage(m) => match m.content {
+            Content::File(offer) => Some((m.from, m.message_id, offer)),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(from.as_str(), "bob");
+    let dest = dir.join("alice-holiday.mp4");
+    let down = alice.download_file(&from, &mid, &offer, &dest).unwrap();
+    let state = next_event(&mut ae, |e| match e {
+        PeerEvent::Transfer(p) if p.id == down && p.state.is_final() => Some(p.state),
+        _ => None,
+    })
+    .await;
+    assert_eq!(state, TransferState::Completed);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    bob.until("sent to the group").await;
+
+    let notes = pattern(FILE_CHUNK_BYTES / 2, 5);
+    let src = dir.join("notes.txt");
+    std::fs::write(&src, &notes).unwrap();
+    alice
+        .send_group_file(&g, &src, FileMeta::default())
+        .await
+        .unwrap();
+    let line = bob.until("/get g1").await;
+    assert!(
+        line.contains("[pics] alice") && line.contains("notes.txt"),
+        "{line}"
+    );
+    let saved = dir.join("bob-notes.txt");
+    bob.type_line(&format!("/get g1 {}", saved.display())).await;
+    bob.until("-- saved notes.txt from alice").await;
+    assert_eq!(std::fs::read(&saved).unwrap(), notes);
+    bob.type_line("/get g9").await;
+    bob.until("g9 is not a group file").await;
+    bob.quit().await;
+}
