@@ -280,16 +280,19 @@ impl Files {
         let Some(journal) = self.journal.as_ref() else {
             return;
         };
+        // Kept in any case (until a download of that file completes; the first one only): a
+        // download started later, or one that replaces a failed one, finds it there.
+        if journal.stored_digest(from, target).is_none() {
+            if let Err(e) = journal.store_digest(from, target, digest) {
+                tracing::warn!(peer = %self.me, from = %from, message_id = %target, error = %e, "cannot keep a file digest");
+            }
+        }
         let mut t = lock(&self.table);
         let found = t
             .live
             .values_mut()
             .find(|e| !e.header.upload && e.header.peer == *from && e.header.message_id == *target);
         let Some(e) = found else {
-            drop(t);
-            if let Err(e) = journal.store_digest(from, target, digest) {
-                tracing::warn!(peer = %self.me, from = %from, message_id = %target, error = %e, "cannot keep a file digest");
-            }
             return;
         };
         if e.header.digest.is_some() {
