@@ -78,8 +78,9 @@ async fn peer(args: &PeerArgs, id: &str) -> anyhow::Result<MessagingPeer> {
 }
 
 /// One side: prints `ready`, then `done START_MS END_MS PEAK_RSS_KIB` once its transfer
-/// completed (the sender: `send_file` called → upload and message done; the receiver: the file
-/// message arrived → verified file in place).
+/// completed (the sender: `send_file` called → every chunk stored and the digest message
+/// acknowledged; the receiver: the file message arrived, which is as the upload starts → the
+/// verified file in place). The receiver starts at once, so its download runs behind the upload.
 pub async fn run_peer(args: PeerArgs) -> anyhow::Result<()> {
     let (me, other) = if args.role == "send" {
         ("alice", "bob")
@@ -325,15 +326,15 @@ async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<(
     let total = (r_end - s_start) as f64 / 1000.0;
     let mib = args.mib as f64;
     println!(
-        "upload   (seal + PUT, message sent):  {:>8.1} MiB/s  ({up:.2} s)",
+        "upload   (offer, seal + PUT, digest message acknowledged): {:>8.1} MiB/s  ({up:.2} s)",
         mib / up
     );
     println!(
-        "download (GET + open + write, digest): {:>8.1} MiB/s  ({down:.2} s)",
+        "download (from the offer: GET behind the upload, open, write, digest, rename): {:>8.1} MiB/s  ({down:.2} s)",
         mib / down
     );
     println!(
-        "end to end (upload then download):     {:>8.1} MiB/s  ({total:.2} s) = {:.0} % of the raw WebSocket; each leg alone: {:.0} % / {:.0} %",
+        "end to end (send_file called -> the receiver's file complete and verified): {:>8.1} MiB/s  ({total:.2} s) = {:.0} % of the raw WebSocket; upload {:.0} %, download {:.0} %",
         mib / total,
         100.0 * (mib / total) / raw,
         100.0 * (mib / up) / raw,

@@ -84,6 +84,13 @@ pub enum Command {
         /// Where to save it.
         path: Option<String>,
     },
+    /// `/get g<n> [path]`: save group file `g<n>` (as numbered when it was shown).
+    GetGroupFile {
+        /// Its number, as shown (`g3` → 3).
+        n: u64,
+        /// Where to save it.
+        path: Option<String>,
+    },
     /// `/transfers`: the file transfers and how far they are.
     Transfers,
     /// `/help`.
@@ -114,8 +121,9 @@ commands:
   /edit <text>    replace the text of your last message to the current peer
   /delete [n]     delete your message #n (default: your last one) for everyone
   /react <n> <emoji>    react to message #n; /unreact <n> <emoji> takes it back
-  /send <path>    send a file to the current peer (end-to-end encrypted; resumes after a restart)
+  /send <path>    send a file to the current peer or group (end-to-end encrypted; resumes after a restart)
   /get <n> [path] save the file of message #n (default: its name, in the current directory)
+  /get g<n> [path] save group file g<n> (as numbered when it was shown)
   /transfers      the file transfers and how far they are
   /search <words> messages of your local history containing every word (all conversations)
   /group new <name> <id,id…>  create a group (end-to-end encrypted with MLS) and talk in it
@@ -187,6 +195,18 @@ pub fn parse(line: &str) -> Command {
         "send" => return Command::SendFile(args.to_owned()),
         "get" => {
             let (n, path) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+            if let Some(g) = n.strip_prefix('g') {
+                let Ok(n) = g.parse::<u64>() else {
+                    return Command::Invalid(format!(
+                        "not a group file number: {n:?} (use /get g<n> [path])"
+                    ));
+                };
+                let path = path.trim();
+                return Command::GetGroupFile {
+                    n,
+                    path: (!path.is_empty()).then(|| path.to_owned()),
+                };
+            }
             let Some(n) = parse_tag(n).map(i64::from) else {
                 return Command::Invalid(format!(
                     "not a message number: {n:?} (use /get <n> [path])"
@@ -355,6 +375,14 @@ mod tests {
             }
         );
         assert!(matches!(parse("/get x"), Command::Invalid(_)));
+        assert_eq!(
+            parse("/get g2 /tmp/x"),
+            Command::GetGroupFile {
+                n: 2,
+                path: Some("/tmp/x".into())
+            }
+        );
+        assert!(matches!(parse("/get gx"), Command::Invalid(_)));
         assert!(matches!(parse("/get"), Command::Invalid(_)));
         assert_eq!(parse("/transfers"), Command::Transfers);
     }

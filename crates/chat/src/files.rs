@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
+use lattice_peer::GroupId;
 use lattice_peer::{
     FileMeta, FileOffer, MessagingPeer, TransferDirection, TransferId, TransferProgress,
     TransferState,
 };
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, MessageId};
 
 use crate::display::escape;
 use crate::history::History;
@@ -74,6 +75,36 @@ pub async fn send(peer: &MessagingPeer, to: &ClientId, path: &str) {
     }
 }
 
+/// `/send PATH` into group `g`: every member can save it.
+pub async fn send_group(peer: &MessagingPeer, g: &GroupId, name: &str, path: &str) {
+    let path = Path::new(path);
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match peer.send_group_file(g, path, FileMeta::default()).await {
+        Ok(id) => println!(
+            "-- sending {} ({}) to [{}] (transfer {})",
+            escape(&path.display().to_string()),
+            HumanBytes(size),
+            escape(name),
+            short(&id)
+        ),
+        Err(e) => println!(
+            "!! not sent to [{}]: {}",
+            escape(name),
+            escape(&e.to_string())
+        ),
+    }
+}
+
+/// The line for group file `g<n>` offered by `from` in group `group`.
+pub fn group_file_line(group: &str, from: &ClientId, offer: &FileOffer, n: u64) -> String {
+    format!(
+        "[{}] {}: {} — /get g{n} [path] to save it",
+        escape(group),
+        escape(from.as_str()),
+        escape(&describe(offer))
+    )
+}
+
 /// `/get N [PATH]`.
 pub fn get(
     peer: &MessagingPeer,
@@ -92,6 +123,39 @@ pub fn get(
             return Ok(());
         }
     };
+    save(
+        peer,
+        (&row.sender, &row.message_id, &offer),
+        &format!("#{n}"),
+        &format!("/get {n} <path>"),
+        path,
+    )
+}
+
+/// `/get g<N> [PATH]`: group file `label` (`g<N>`), from `from`'s group message `message_id`.
+pub fn get_group(
+    peer: &MessagingPeer,
+    (from, message_id, offer): (&ClientId, &MessageId, &FileOffer),
+    label: &str,
+    path: Option<&str>,
+) -> anyhow::Result<()> {
+    save(
+        peer,
+        (from, message_id, offer),
+        label,
+        &format!("/get {label} <path>"),
+        path,
+    )
+}
+
+/// Starts saving `offer` (of `from`'s message `message_id`) to `path` or its name.
+fn save(
+    peer: &MessagingPeer,
+    (from, message_id, offer): (&ClientId, &MessageId, &FileOffer),
+    label: &str,
+    again: &str,
+    path: Option<&str>,
+) -> anyhow::Result<()> {
     // The name was checked on receipt: no path in it.
     let dest = match path {
         Some(p) => PathBuf::from(p),
@@ -99,16 +163,16 @@ pub fn get(
     };
     if dest.exists() {
         println!(
-            "!! {} exists: give another path (/get {n} <path>)",
+            "!! {} exists: give another path ({again})",
             escape(&dest.display().to_string())
         );
         return Ok(());
     }
-    match peer.download_file(&row.sender, &row.message_id, &offer, &dest) {
+    match peer.download_file(from, message_id, offer, &dest) {
         Ok(id) => {
             println!(
                 "-- saving {} to {} (transfer {})",
-                escape(&describe(&offer)),
+                escape(&describe(offer)),
                 escape(&dest.display().to_string()),
                 short(&id)
             );
@@ -116,7 +180,7 @@ pub fn get(
                 d.insert(id, dest);
             }
         }
-        Err(e) => println!("!! cannot save #{n}: {}", escape(&e.to_string())),
+        Err(e) => println!("!! cannot save {label}: {}", escape(&e.to_string())),
     }
     Ok(())
 }
@@ -206,6 +270,13 @@ pub fn on_transfer(
     let dest = b.dests.lock().ok().and_then(|mut d| d.remove(&p.id));
     let (name, who) = (escape(&p.name), escape(p.peer.as_str()));
     match (&p.state, p.direction) {
+        // A group's file (the library names us as its peer): not a 1:1 message to keep.
+        (TransferState::Completed, TransferDirection::Upload) if p.peer == *me => {
+            vec![format!(
+                "-- 📎 {name} ({}) sent to the group",
+                HumanBytes(p.total)
+            )]
+        }
         (TransferState::Completed, TransferDirection::Upload) => {
             let n = p.message_id.as_ref().and_then(|id| {
                 history

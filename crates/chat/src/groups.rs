@@ -10,7 +10,7 @@ use crate::command::Command;
 use crate::display::escape;
 
 /// The group's name for display (its id when it is gone).
-fn name_of(peer: &MessagingPeer, g: &GroupId) -> String {
+pub fn name_of(peer: &MessagingPeer, g: &GroupId) -> String {
     peer.group_info(g)
         .map_or_else(|_| g.to_string(), |i| i.name)
 }
@@ -31,6 +31,11 @@ fn names(list: &[ClientId]) -> String {
 /// The lines for a group event (empty for other events).
 pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
     match event {
+        // The digest of a group file is for the library (a download of it completes with it).
+        PeerEvent::GroupMessage(GroupMessage {
+            content: Content::FileDigest { .. },
+            ..
+        }) => Vec::new(),
         PeerEvent::GroupMessage(GroupMessage {
             group,
             from,
@@ -42,6 +47,7 @@ pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
                 Content::Reply { excerpt, .. } => format!("(re: {}) ", escape(excerpt)),
                 _ => String::new(),
             };
+
             vec![format!(
                 "[{}] {}: {prefix}{}",
                 escape(&name_of(peer, group)),

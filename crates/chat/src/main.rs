@@ -94,7 +94,20 @@ struct Ui {
     stopped: bool,
     /// The group plain lines go to, when one is picked (`/g`, `/group new`); a `/to` clears it.
     group: Option<lattice_peer::GroupId>,
+    /// Group files shown this run, for `/get g<n>`: the last [`GROUP_FILES_KEPT`], numbered.
+    group_files: std::collections::VecDeque<(
+        u64,
+        ClientId,
+        lattice_protocol::MessageId,
+        lattice_peer::FileOffer,
+    )>,
+    /// The number of the next group file shown.
+    group_files_shown: u64,
 }
+
+/// Group files kept for `/get g<n>` (they are not in the history; a download started survives a
+/// restart through the library's journal).
+const GROUP_FILES_KEPT: usize = 256;
 
 // std Mutex: held for a field read or write, never across an await.
 type Shared = Arc<Mutex<Ui>>;
@@ -323,6 +336,28 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, re
             PeerEvent::Error(PeerError::Replaced | PeerError::ReconnectFailed { .. }) => {
                 if let Ok(mut ui) = ui.lock() {
                     ui.stopped = true;
+                }
+            }
+            PeerEvent::GroupMessage(lattice_peer::GroupMessage {
+                group,
+                from,
+                message_id,
+                content: Content::File(offer),
+                ..
+            }) => {
+                let n = ui.lock().ok().map(|mut u| {
+                    u.group_files_shown += 1;
+                    let n = u.group_files_shown;
+                    if u.group_files.len() >= GROUP_FILES_KEPT {
+                        u.group_files.pop_front();
+                    }
+                    u.group_files
+                        .push_back((n, from.clone(), message_id.clone(), offer.clone()));
+                    n
+                });
+                if let Some(n) = n {
+                    let name = groups::name_of(&peer, group);
+                    print_lines(&[files::group_file_line(&name, from, offer, n)]);
                 }
             }
             PeerEvent::GroupMessage(_) | PeerEvent::GroupChanged { .. } => {
@@ -799,13 +834,34 @@ async fn handle(
             }
         }
         Command::SendFile(path) => {
-            if group.is_some() {
-                println!("!! files go to one peer: pick one with /to (groups get no files yet)");
+            if let Some(g) = &group {
+                if can_send(peer, ui) {
+                    files::send_group(peer, g, &groups::name_of(peer, g), &path).await;
+                }
             } else if let Some(to) = current_peer(peer, ui) {
                 files::send(peer, &to, &path).await;
             }
         }
         Command::GetFile { n, path } => files::get(peer, history, n, path.as_deref())?,
+        Command::GetGroupFile { n, path } => {
+            let found = ui.lock().ok().and_then(|u| {
+                u.group_files
+                    .iter()
+                    .find(|(k, ..)| *k == n)
+                    .map(|(_, from, id, offer)| (from.clone(), id.clone(), offer.clone()))
+            });
+            match found {
+                Some((from, id, offer)) => {
+                    files::get_group(
+                        peer,
+                        (&from, &id, &offer),
+                        &format!("g{n}"),
+                        path.as_deref(),
+                    )?;
+                }
+                None => println!("!! g{n} is not a group file shown in this run"),
+            }
+        }
         Command::Transfers => files::list(peer),
         command @ (Command::Reply { .. }
         | Command::Edit(_)

@@ -67,6 +67,11 @@ async fn until_acked(dir: &Path, n: usize) -> usize {
 
 /// `lattice_blob_bytes_in_total` from the server's `/metrics`.
 async fn bytes_in(url: &str) -> u64 {
+    metric(url, "lattice_blob_bytes_in_total").await
+}
+
+/// One counter or gauge from the server's `/metrics`.
+async fn metric(url: &str, name: &str) -> u64 {
     let http = url.replacen("ws://", "http://", 1);
     let text = reqwest::get(format!("{http}/metrics"))
         .await
@@ -75,9 +80,9 @@ async fn bytes_in(url: &str) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("lattice_blob_bytes_in_total "))
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no blob byte counter in {text}"))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 async fn start(url: &str, dir: &Path, id: &str) -> Chat {
@@ -169,5 +174,145 @@ async fn a_file_survives_killing_the_sender_and_the_receiver_mid_transfer() {
     bob.type_line(&format!("/get {n} {}", dest.display())).await;
     bob.until("exists: give another path").await;
     alice.quit().await;
+    bob.quit().await;
+}
+
+/// The sender is killed (SIGKILL) the moment the server has created its blob, which may be
+/// before it journalled the server's answer; restarted, it finds the same blob again (the
+/// create is idempotent by the transfer id, journalled before it), so no orphan blob is left
+/// and nothing is reserved twice. Once bob has his verified copy, the blob is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_as_its_blob_is_created_leaves_no_orphan_and_the_blob_goes_once_received() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let url = server.url.clone();
+    let dir = tmp.path();
+    let mut bob = start(&url, dir, "bob").await;
+    let mut alice = start(&url, dir, "alice").await;
+    alice.type_line("/to bob").await;
+    alice.until("talking to bob").await;
+
+    let size = 6 * FILE_CHUNK_BYTES + 5;
+    let src = dir.join("report.pdf");
+    let bytes = pattern(size, 9);
+    std::fs::write(&src, &bytes).unwrap();
+    alice.type_line(&format!("/send {}", src.display())).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&url, "lattice_blob_transfers_created_total").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no blob created");
+    }
+    alice.kill9().await;
+
+    let mut alice = start(&url, dir, "alice").await;
+    let sent = alice.until(") sent").await;
+    assert!(sent.contains("report.pdf"), "{sent}");
+    assert_eq!(
+        metric(&url, "lattice_blob_transfers_created_total").await,
+        1,
+        "the restarted sender used the blob it had created"
+    );
+    assert_eq!(metric(&url, "lattice_blob_transfers").await, 1, "no orphan");
+
+    let line = bob.until("/get").await;
+    let n: i64 = line
+        .strip_prefix('#')
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {line}"));
+    let dest = dir.join("saved.pdf");
+    bob.type_line(&format!("/get {n} {}", dest.display())).await;
+    bob.until("-- saved report.pdf from alice").await;
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert_eq!(
+        metric(&url, "lattice_blob_transfers").await,
+        0,
+        "the one recipient deleted the blob once its copy was verified"
+    );
+    assert_eq!(metric(&url, "lattice_blob_stored_bytes").await, 0);
+    alice.quit().await;
+    bob.quit().await;
+}
+
+/// Files in a group from the terminal: bob (`lattice-chat`) creates a group with alice and
+/// carol (`lattice-peer` peers), `/send`s a file into it, and alice downloads it byte for byte;
+/// alice sends one into the group, bob sees it numbered and `/get g1`s it, verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_file_goes_both_ways_from_the_terminal() {
+    use lattice_peer::{Content, FileMeta, MessagingPeer, PeerConfig, PeerEvent, TransferState};
+    use support::chat::next_event;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let url = server.url.clone();
+    let dir = tmp.path();
+    let member = |name: &str| {
+        let mut config = PeerConfig::new(
+            url.clone(),
+            lattice_protocol::ClientId::new(name).unwrap(),
+            lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+        );
+        config.mls_state = Some(dir.join(format!("{name}.mls")));
+        config.transfers_dir = Some(dir.join(format!("{name}-peer.transfers")));
+        async move {
+            let p = MessagingPeer::new(config).unwrap();
+            let events = p.events();
+            p.connect().await.unwrap();
+            p.publish_key_packages().await.unwrap();
+            (p, events)
+        }
+    };
+    let (alice, mut ae) = member("alice").await;
+    let (_carol, _ce) = member("carol").await;
+    let mut bob = start(&url, dir, "bob").await;
+    bob.type_line("/group new pics alice,carol").await;
+    bob.until("-- [pics] created with alice, carol").await;
+    let g = next_event(&mut ae, |e| match e {
+        PeerEvent::GroupChanged { group, .. } => Some(group),
+        _ => None,
+    })
+    .await;
+
+    let bytes = pattern(2 * FILE_CHUNK_BYTES + 5, 21);
+    let src = dir.join("holiday.mp4");
+    std::fs::write(&src, &bytes).unwrap();
+    bob.type_line(&format!("/send {}", src.display())).await;
+    bob.until("-- sending").await;
+    let (from, mid, offer) = next_event(&mut ae, |e| match e {
+        PeerEvent::GroupMessage(m) => match m.content {
+            Content::File(offer) => Some((m.from, m.message_id, offer)),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(from.as_str(), "bob");
+    let dest = dir.join("alice-holiday.mp4");
+    let down = alice.download_file(&from, &mid, &offer, &dest).unwrap();
+    let state = next_event(&mut ae, |e| match e {
+        PeerEvent::Transfer(p) if p.id == down && p.state.is_final() => Some(p.state),
+        _ => None,
+    })
+    .await;
+    assert_eq!(state, TransferState::Completed);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    bob.until("sent to the group").await;
+
+    let notes = pattern(FILE_CHUNK_BYTES / 2, 5);
+    let src = dir.join("notes.txt");
+    std::fs::write(&src, &notes).unwrap();
+    alice
+        .send_group_file(&g, &src, FileMeta::default())
+        .await
+        .unwrap();
+    let line = bob.until("/get g1").await;
+    assert!(
+        line.contains("[pics] alice") && line.contains("notes.txt"),
+        "{line}"
+    );
+    let saved = dir.join("bob-notes.txt");
+    bob.type_line(&format!("/get g1 {}", saved.display())).await;
+    bob.until("-- saved notes.txt from alice").await;
+    assert_eq!(std::fs::read(&saved).unwrap(), notes);
+    bob.type_line("/get g9").await;
+    bob.until("g9 is not a group file").await;
     bob.quit().await;
 }

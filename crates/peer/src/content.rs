@@ -42,6 +42,7 @@ pub(crate) const KIND_REACTION: &str = "reaction";
 pub(crate) const KIND_RECEIPT: &str = "receipt";
 pub(crate) const KIND_TYPING: &str = "typing";
 pub(crate) const KIND_FILE: &str = "file";
+pub(crate) const KIND_FILE_DIGEST: &str = "file-digest";
 
 /// Longest file name in a [`FileOffer`], in UTF-8 bytes.
 pub const MAX_FILE_NAME_BYTES: usize = 255;
@@ -167,9 +168,19 @@ pub enum Content {
         started: bool,
     },
     /// A file: what it is, and how to fetch and decrypt it from the server's blob store. Sent by
-    /// [`crate::MessagingPeer::send_file`] once the upload is complete; fetched with
+    /// [`crate::MessagingPeer::send_file`] as the upload starts (without its digest: the
+    /// recipient may download while the sender uploads); fetched with
     /// [`crate::MessagingPeer::download_file`].
     File(FileOffer),
+    /// The digest of the whole ciphertext of the sender's file message `target`, sent once its
+    /// upload is complete. The library applies it to the download of that file (which completes
+    /// only with it); apps see it as [`crate::Change::FileDigest`] and need not do anything.
+    FileDigest {
+        /// The sender's `file` message.
+        target: MessageId,
+        /// 64 lowercase hex digits ([`FileOffer::digest`]).
+        digest: String,
+    },
     /// A kind this version does not know, received from a newer client: shown as "unsupported
     /// message", never dropped silently. Cannot be sent.
     Unsupported {
@@ -212,6 +223,10 @@ impl fmt::Debug for Content {
             Self::Receipt { read } => f.debug_struct("Receipt").field("read", read).finish(),
             Self::Typing { started } => f.debug_struct("Typing").field("started", started).finish(),
             Self::File(offer) => f.debug_tuple("File").field(offer).finish(),
+            Self::FileDigest { target, .. } => f
+                .debug_struct("FileDigest")
+                .field("target", target)
+                .finish_non_exhaustive(),
             Self::Unsupported { kind } => {
                 f.debug_struct("Unsupported").field("kind", kind).finish()
             }
@@ -258,6 +273,13 @@ struct ReceiptBody {
 #[serde(rename_all = "camelCase")]
 struct TypingBody {
     started: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileDigestBody {
+    target: MessageId,
+    digest: String,
 }
 
 /// A small preview image made by the sender (e.g. a JPEG of at most 320 px), shown before the
@@ -312,8 +334,11 @@ pub struct FileOffer {
     /// The file id bound into every chunk (16 bytes, hex).
     pub file_id: String,
     /// SHA-256 over the SHA-256 of each sealed chunk, in order (32 bytes, hex):
-    /// [`lattice_crypto::file_chunk::FileDigest`].
-    pub digest: String,
+    /// [`lattice_crypto::file_chunk::FileDigest`]. `None` in an offer sent as the upload starts:
+    /// the digest follows in a [`Content::FileDigest`] message, and a download completes only
+    /// once it has it and it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// Plaintext bytes per chunk (every chunk but the last; each is sealed with
     /// [`lattice_crypto::file_chunk::CHUNK_OVERHEAD`] more bytes).
     pub chunk_size: u64,
@@ -411,7 +436,10 @@ impl FileOffer {
         if !key_ok
             || !is_hex(&self.blob_id, 16)
             || !is_hex(&self.file_id, lattice_crypto::file_chunk::FILE_ID_LEN)
-            || !is_hex(&self.digest, lattice_crypto::file_chunk::DIGEST_LEN)
+            || !self
+                .digest
+                .as_deref()
+                .is_none_or(|d| is_hex(d, lattice_crypto::file_chunk::DIGEST_LEN))
             || self.capability.is_empty()
             || self.capability.len() > 128
             || !self
@@ -510,6 +538,7 @@ impl Content {
             Self::Receipt { .. } => KIND_RECEIPT,
             Self::Typing { .. } => KIND_TYPING,
             Self::File(_) => KIND_FILE,
+            Self::FileDigest { .. } => KIND_FILE_DIGEST,
             Self::Unsupported { kind } => kind,
         }
     }
@@ -528,6 +557,15 @@ impl Content {
             Self::Edit { text, .. } => check_text("text", text, MAX_TEXT_BYTES),
             Self::Delete { .. } | Self::Typing { .. } => Ok(()),
             Self::File(offer) => offer.validate(),
+            Self::FileDigest { digest, .. } => {
+                if is_hex(digest, lattice_crypto::file_chunk::DIGEST_LEN) {
+                    Ok(())
+                } else {
+                    Err(ContentError::Malformed {
+                        kind: KIND_FILE_DIGEST,
+                    })
+                }
+            }
             Self::Reaction { emoji, .. } => check_reaction(emoji),
             Self::Receipt { read } => {
                 if read.is_empty() {
@@ -596,6 +634,13 @@ impl Content {
             Self::Receipt { read } => to_json(KIND_RECEIPT, &ReceiptBody { read: read.clone() })?,
             Self::Typing { started } => to_json(KIND_TYPING, &TypingBody { started: *started })?,
             Self::File(offer) => to_json(KIND_FILE, offer)?,
+            Self::FileDigest { target, digest } => to_json(
+                KIND_FILE_DIGEST,
+                &FileDigestBody {
+                    target: target.clone(),
+                    digest: digest.clone(),
+                },
+            )?,
             Self::Unsupported { .. } => return Err(ContentError::Unsendable),
         };
         Ok((self.kind(), body))
@@ -650,6 +695,13 @@ impl Content {
                 Self::Typing { started: b.started }
             }
             KIND_FILE => Self::File(from_json(KIND_FILE, body)?),
+            KIND_FILE_DIGEST => {
+                let b: FileDigestBody = from_json(KIND_FILE_DIGEST, body)?;
+                Self::FileDigest {
+                    target: b.target,
+                    digest: b.digest,
+                }
+            }
             other => Self::Unsupported {
                 kind: other.to_owned(),
             },
@@ -716,6 +768,10 @@ mod tests {
                 read: vec![mid("m1"), mid("m2")],
             },
             Content::Typing { started: true },
+            Content::FileDigest {
+                target: mid("m1"),
+                digest: "0a".repeat(32),
+            },
         ]
     }
 
@@ -847,7 +903,7 @@ mod tests {
             capability: "Zk3_-abc".into(),
             key: "A".repeat(43) + "=",
             file_id: "00".repeat(16),
-            digest: "ff".repeat(32),
+            digest: Some("ff".repeat(32)),
             chunk_size: 1024 * 1024,
             chunk_count: 4,
         }
@@ -882,7 +938,8 @@ mod tests {
             Box::new(|o| o.key = "short".into()),
             Box::new(|o| o.blob_id = "../../etc".into()),
             Box::new(|o| o.file_id = "zz".repeat(16)),
-            Box::new(|o| o.digest = "FF".repeat(32)),
+            Box::new(|o| o.digest = Some("FF".repeat(32))),
+            Box::new(|o| o.digest = Some(String::new())),
             Box::new(|o| o.capability = "a b".into()),
             Box::new(|o| {
                 if let Some(t) = &mut o.thumbnail {
@@ -911,6 +968,20 @@ mod tests {
         empty.size = 0;
         empty.chunk_count = 1;
         assert!(Content::File(empty).validate().is_ok());
+        // An offer sent as the upload starts has no digest yet (and none goes on the wire).
+        let mut early = offer();
+        early.digest = None;
+        let (_, body) = Content::File(early.clone()).encode().unwrap();
+        assert!(!body.contains("digest"), "{body}");
+        assert_eq!(
+            Content::decode(KIND_FILE, &body).unwrap(),
+            Content::File(early)
+        );
+        let bad = Content::FileDigest {
+            target: mid("m1"),
+            digest: "FF".repeat(32),
+        };
+        assert!(bad.encode().is_err());
     }
 
     #[test]

@@ -296,6 +296,12 @@ pub const TRANSFER_RETRY_BASE: Duration = Duration::from_millis(500);
 /// Longest delay before retrying a transfer.
 pub const TRANSFER_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long a download whose chunks are all in waits for the sender's `file-digest` message
+/// (sent once the sender's upload completes, so it lags the last chunk by one message) before
+/// the attempt counts as failed and is retried ([`TRANSFER_RETRIES`]); a digest arriving after
+/// the transfer failed finishes it anyway.
+pub const FILE_DIGEST_WAIT: Duration = Duration::from_secs(60);
+
 /// Time for one blob HTTP request (one chunk up or down, or a small JSON call), connection
 /// included.
 pub const BLOB_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -382,6 +382,8 @@ impl PeerError {
             } => {
                 error_type == "TRUNCATED"
                     || error_type == "INTERNAL_ERROR"
+                    // A chunk the sender has not uploaded yet (a download behind the upload).
+                    || error_type == "CHUNK_MISSING"
                     || matches!(status, 408 | 502 | 504)
             }
             _ => false,

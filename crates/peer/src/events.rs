@@ -20,8 +20,8 @@ use lattice_protocol::{ClientId, ConversationId, MessageAck, MessageId, Question
 use tokio::sync::broadcast;
 
 use crate::content::{
-    Content, MessageRef, ReactionAction, KIND_DELETE, KIND_EDIT, KIND_REACTION, KIND_RECEIPT,
-    KIND_TYPING,
+    Content, MessageRef, ReactionAction, KIND_DELETE, KIND_EDIT, KIND_FILE_DIGEST, KIND_REACTION,
+    KIND_RECEIPT, KIND_TYPING,
 };
 use crate::sync::lock;
 
@@ -280,6 +280,15 @@ pub enum Change {
         /// Started or stopped.
         started: bool,
     },
+    /// The digest of the sender's file `target`, which follows the file message once the
+    /// upload is complete. The library has applied it already (a download of that file waiting
+    /// for it completes); an app needs to do nothing with it.
+    FileDigest {
+        /// The sender's `file` message.
+        target: MessageId,
+        /// 64 lowercase hex digits.
+        digest: String,
+    },
 }
 
 impl Change {
@@ -291,6 +300,7 @@ impl Change {
             Self::Reaction { .. } => KIND_REACTION,
             Self::Read { .. } => KIND_RECEIPT,
             Self::Typing { .. } => KIND_TYPING,
+            Self::FileDigest { .. } => KIND_FILE_DIGEST,
         }
     }
 }

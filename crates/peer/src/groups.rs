@@ -840,8 +840,19 @@ impl Groups {
                 content.kind()
             )));
         }
+        self.send_with_id(gid, content, new_message_id()).await
+    }
+
+    /// Sends `content` to `gid` with the id `message_id`: the file component's offer and
+    /// digest ([`Content::File`], [`Content::FileDigest`]), whose ids are fixed when the
+    /// transfer starts so that a resend after a crash is the same message.
+    pub(crate) async fn send_with_id(
+        &self,
+        gid: &GroupId,
+        content: &Content,
+        message_id: MessageId,
+    ) -> Result<MessageId, PeerError> {
         let (kind, body) = content.encode()?;
-        let message_id = new_message_id();
         let plaintext = serde_json::to_vec(&Plaintext {
             message_id: message_id.clone(),
             kind: kind.to_owned(),
@@ -1194,7 +1205,13 @@ impl Groups {
             return Err("message id differs from the one inside".into());
         }
         let content = Content::decode(&p.kind, &p.body).map_err(|e| e.to_string())?;
-        if !matches!(content, Content::Text(_) | Content::Reply { .. }) {
+        if !matches!(
+            content,
+            Content::Text(_)
+                | Content::Reply { .. }
+                | Content::File(_)
+                | Content::FileDigest { .. }
+        ) {
             return Err(format!("{} is not supported in groups", content.kind()));
         }
         Ok(GroupMessage {

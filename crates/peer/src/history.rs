@@ -256,7 +256,11 @@ impl History {
                 }
                 None
             }
-            Content::Typing { .. } | Content::Unsupported { .. } => None,
+            // A file digest changes no message: the file component applies it only to a download
+            // of that sender's file message.
+            Content::Typing { .. } | Content::Unsupported { .. } | Content::FileDigest { .. } => {
+                None
+            }
         })
     }
 

@@ -602,6 +602,7 @@ pub(crate) fn opened(
         }),
         Content::Receipt { read } => update(Change::Read { message_ids: read }),
         Content::Typing { started } => update(Change::Typing { started }),
+        Content::FileDigest { target, digest } => update(Change::FileDigest { target, digest }),
         content => Opened::Message(Box::new(IncomingMessage {
             from: from.clone(),
             text: content.display_text().unwrap_or_default(),

@@ -208,6 +208,7 @@ impl MessagingPeer {
                 Arc::clone(&outbox),
                 Arc::clone(&dispatcher),
             ),
+            groups.clone(),
         )?;
         let router = Router::new(
             me.clone(),
@@ -704,6 +705,24 @@ impl MessagingPeer {
         meta: FileMeta,
     ) -> Result<TransferId, PeerError> {
         self.inner.files.send_file(to, path, meta).await
+    }
+
+    /// Sends the file at `path` into MLS group `group`: as [`MessagingPeer::send_file`], with the
+    /// offer and the digest as group messages ([`PeerEvent::GroupMessage`] with
+    /// [`Content::File`], then [`Content::FileDigest`]), so every member can download it with
+    /// [`MessagingPeer::download_file`] (`from` the sender, the group message's id). The blob is
+    /// not deleted when one member has it: it stays until the server's expiry.
+    ///
+    /// # Errors
+    /// [`PeerError::FilesDisabled`]; [`PeerError::GroupsDisabled`];
+    /// [`PeerError::UnknownGroup`]; otherwise as [`MessagingPeer::send_file`].
+    pub async fn send_group_file(
+        &self,
+        group: &lattice_mls::GroupId,
+        path: &std::path::Path,
+        meta: FileMeta,
+    ) -> Result<TransferId, PeerError> {
+        self.inner.files.send_group_file(group, path, meta).await
     }
 
     /// Downloads the file of message `message_id` from `from` (its [`Content::File`] offer) to

@@ -125,6 +125,10 @@ async fn files_of_every_size_class_round_trip_byte_for_byte() {
 
         let (message_id, offer, verified) = next_file(&mut bob_events).await;
         assert!(verified);
+        assert_eq!(
+            offer.digest, None,
+            "the offer goes out as the upload starts"
+        );
         assert_eq!(offer.name, format!("src-{n}.bin"));
         assert_eq!(offer.size, size);
         assert_eq!(offer.mime, "application/octet-stream");
@@ -140,6 +144,15 @@ async fn files_of_every_size_class_round_trip_byte_for_byte() {
         );
         assert_eq!(std::fs::read(&dest).unwrap(), bytes, "{size} bytes");
         assert!(!part(&dest).exists());
+        // The one recipient has its verified copy: the blob is gone from the server's disk.
+        assert!(
+            !dir.path()
+                .join("server")
+                .join("blobs")
+                .join(&offer.blob_id)
+                .exists(),
+            "the blob of {size} bytes is deleted once received"
+        );
     }
     // Finished transfers are listed; no journal is left behind.
     assert!(alice
@@ -358,7 +371,7 @@ async fn a_chunk_swapped_on_the_server_is_refused_and_nothing_lands_at_the_desti
     // A message whose digest does not match the chunks: refused at the end, nothing in place.
     let (m2, o2, _) = &offers[1];
     let mut wrong = o2.clone();
-    wrong.digest = "ab".repeat(32);
+    wrong.digest = Some("ab".repeat(32));
     let dest = dir.path().join("d2");
     let down = bob.download_file(&a, m2, &wrong, &dest).unwrap();
     let p = finished(&mut bob_events, &down).await;
@@ -577,4 +590,221 @@ async fn started(events: &mut EventStream, id: &TransferId) {
         _ => None,
     })
     .await;
+}
+
+/// The transfer state of `id` once it is `Paused` or final.
+async fn settled(events: &mut EventStream, id: &TransferId) -> TransferState {
+    wait_for(events, |e| match e {
+        PeerEvent::Transfer(p)
+            if &p.id == id
+                && matches!(
+                    p.state,
+                    TransferState::Paused | TransferState::Completed | TransferState::Failed(_)
+                ) =>
+        {
+            Some(p.state)
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// The offer goes out as the upload starts, without the digest; the recipient downloads behind
+/// the upload and completes only with the digest from the sender itself: a `file-digest` for
+/// the same message from anyone else is ignored, nothing is at the destination before the real
+/// one came, and a digest that arrived before the download started is kept for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_runs_behind_the_upload_and_completes_only_with_the_senders_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("server")).await;
+    let url = server.url();
+    let (alice, mut alice_events) = online(&url, "alice", dir.path()).await;
+    let (bob, mut bob_events) = online(&url, "bob", dir.path()).await;
+    let (carol, _carol_events) = online(&url, "carol", dir.path()).await;
+    let (a, b) = (id("alice"), id("bob"));
+
+    let size = 16 * FILE_CHUNK_BYTES + 3;
+    let bytes = pattern(size, 42);
+    let src = dir.path().join("big.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let up = alice
+        .send_file(&b, &src, FileMeta::default())
+        .await
+        .unwrap();
+    let (message_id, offer, _) = next_file(&mut bob_events).await;
+    assert_eq!(offer.digest, None);
+    // Alice stops right after her offer (if her upload is not over already): her digest
+    // cannot come before she goes on.
+    let paused = alice.pause_transfer(&up).is_ok()
+        && settled(&mut alice_events, &up).await == TransferState::Paused;
+
+    // Carol, who has the message id, forges a digest for alice's file.
+    carol
+        .send_content(
+            &b,
+            &Content::FileDigest {
+                target: message_id.clone(),
+                digest: "ab".repeat(32),
+            },
+        )
+        .await
+        .unwrap();
+    wait_for(&mut bob_events, |e| match e {
+        PeerEvent::Update(u) if u.from == id("carol") => Some(()),
+        _ => None,
+    })
+    .await;
+    let dest = dir.path().join("big-got.bin");
+    let down = bob.download_file(&a, &message_id, &offer, &dest).unwrap();
+    if paused {
+        // Bob fetches what is there and waits; nothing lands at the destination meanwhile.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!dest.exists(), "no file before the sender's digest");
+        alice.resume_transfer(&up).unwrap();
+    }
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+    let got = finished(&mut bob_events, &down).await;
+    assert_eq!(
+        got.state,
+        TransferState::Completed,
+        "carol's digest was ignored"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    // A digest that arrives before the download starts is kept for it.
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, pattern(FILE_CHUNK_BYTES + 1, 9)).unwrap();
+    let up = alice
+        .send_file(&b, &small, FileMeta::default())
+        .await
+        .unwrap();
+    let (message_id, offer, _) = next_file(&mut bob_events).await;
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+    wait_for(&mut bob_events, |e| match e {
+        PeerEvent::Update(u) if u.from == a => Some(()),
+        _ => None,
+    })
+    .await;
+    let dest = dir.path().join("small-got.bin");
+    let down = bob.download_file(&a, &message_id, &offer, &dest).unwrap();
+    assert_eq!(
+        finished(&mut bob_events, &down).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        pattern(FILE_CHUNK_BYTES + 1, 9)
+    );
+    server.shutdown().await;
+}
+
+/// The next file offer in group `g`: its sender, message id and offer.
+async fn next_group_file(
+    events: &mut EventStream,
+    g: &lattice_peer::GroupId,
+) -> (lattice_protocol::ClientId, MessageId, FileOffer) {
+    wait_for(events, |e| match e {
+        PeerEvent::GroupMessage(m) if m.group == *g => match m.content {
+            Content::File(offer) => Some((m.from, m.message_id, offer)),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await
+}
+
+/// A file sent into a three-member MLS group: the offer and the digest are group messages, both
+/// other members download it byte for byte, and the first one's copy does not delete the blob
+/// under the other (a group's blob is not one-recipient).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_into_a_three_member_group_is_downloaded_by_every_member() {
+    use support::person::Person;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("server")).await;
+    let url = server.url();
+    let online_mls = |p: &Person| {
+        let mut c = config(&url, p.name, p.identity(), dir.path());
+        c.mls_state = Some(p.state());
+        async move {
+            let peer = MessagingPeer::new(c).unwrap();
+            let events = peer.events();
+            peer.connect().await.unwrap();
+            assert!(peer.publish_key_packages().await.unwrap() > 0);
+            (peer, events)
+        }
+    };
+    let (a, b, c) = (
+        Person::new("alice"),
+        Person::new("bob"),
+        Person::new("carol"),
+    );
+    let (alice, mut alice_events) = online_mls(&a).await;
+    let (bob, mut bob_events) = online_mls(&b).await;
+    let (carol, mut carol_events) = online_mls(&c).await;
+    let g = alice
+        .create_group("photos", &[id("bob"), id("carol")])
+        .await
+        .unwrap();
+    for events in [&mut bob_events, &mut carol_events] {
+        wait_for(events, |e| match e {
+            PeerEvent::GroupChanged {
+                group,
+                change: lattice_peer::GroupChange::Joined { .. },
+                ..
+            } if group == g => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+
+    let bytes = pattern(2 * FILE_CHUNK_BYTES + 99, 77);
+    let src = dir.path().join("album.zip");
+    std::fs::write(&src, &bytes).unwrap();
+    let up = alice
+        .send_group_file(&g, &src, FileMeta::default())
+        .await
+        .unwrap();
+    let (from_b, mid_b, offer_b) = next_group_file(&mut bob_events, &g).await;
+    let (from_c, mid_c, offer_c) = next_group_file(&mut carol_events, &g).await;
+    assert_eq!((from_b.as_str(), from_c.as_str()), ("alice", "alice"));
+    assert_eq!(offer_b, offer_c);
+    assert_eq!(offer_b.name, "album.zip");
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+
+    let dest_b = dir.path().join("bob-album.zip");
+    let down = bob
+        .download_file(&from_b, &mid_b, &offer_b, &dest_b)
+        .unwrap();
+    assert_eq!(
+        finished(&mut bob_events, &down).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(std::fs::read(&dest_b).unwrap(), bytes);
+    assert!(
+        dir.path()
+            .join("server")
+            .join("blobs")
+            .join(&offer_b.blob_id)
+            .exists(),
+        "one member's copy does not delete the group's blob"
+    );
+    let dest_c = dir.path().join("carol-album.zip");
+    let down = carol
+        .download_file(&from_c, &mid_c, &offer_c, &dest_c)
+        .unwrap();
+    assert_eq!(
+        finished(&mut carol_events, &down).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(std::fs::read(&dest_c).unwrap(), bytes);
+    server.shutdown().await;
 }

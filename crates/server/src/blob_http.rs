@@ -1,10 +1,13 @@
 //! The blob store's ([`crate::blobs`]) HTTP endpoints (docs/protocol.md, "Blob store"):
 //!
 //! - `POST /blobs` (`Authorization: Bearer BLOB_TOKEN`, JSON [`CreateRequest`]) → [`Created`]
+//!   (`201`; `200` for a repeat with the same `clientRef`)
 //! - `GET /blobs/{id}` (either capability) → [`Status`]
-//! - `DELETE /blobs/{id}` (upload capability)
+//! - `DELETE /blobs/{id}` (upload capability; the download capability of a one-recipient
+//!   transfer)
 //! - `PUT /blobs/{id}/chunks/{index}` (upload capability, the chunk's bytes) → [`Uploaded`]
-//! - `GET /blobs/{id}/chunks/{index}` (either capability) → the chunk's bytes
+//! - `GET /blobs/{id}/chunks/{index}` (either capability) → the chunk's bytes, waiting (bounded:
+//!   `BLOB_CHUNK_WAIT`) for one not uploaded yet
 //!
 //! Every refusal is a [`BlobError`]: its HTTP status and `{"errorType": ..., "error": ...}`.
 
@@ -24,7 +27,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::blobs::{BlobError, BlobStore, ChunkSlot, CreateRequest, Uploaded};
-use crate::limits::{BLOB_BODY_IDLE, MAX_BLOB_CREATE_BODY};
+use crate::limits::{BLOB_BODY_IDLE, BLOB_CHUNK_WAIT, MAX_BLOB_CREATE_BODY};
 use crate::state::ServerState;
 
 /// Bytes gathered from the request body before one write to the temporary file.
@@ -91,7 +94,12 @@ async fn create(
         return Err(BlobError::Unauthorized);
     }
     let created = blocking(move || store.create(&req, now)).await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    let status = if created.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(created)).into_response())
 }
 
 async fn status(
@@ -123,7 +131,10 @@ async fn download(
     let store = store(&state)?;
     let index = parse_index(&index)?;
     let cap = bearer(&headers).ok_or(BlobError::Forbidden)?;
-    let path = store.chunk_path(&id, cap, index)?;
+    // A chunk not there yet is waited for (bounded) before a download slot is taken.
+    let path = store
+        .wait_for_chunk(&id, cap, index, BLOB_CHUNK_WAIT)
+        .await?;
     let _slot = Arc::clone(&store.downloads_total)
         .acquire_owned()
         .await

@@ -267,3 +267,15 @@ pub const BLOB_DOWNLOADS_TOTAL: usize = 32;
 /// A chunk upload whose body sends nothing for this long is cut off (`TRUNCATED`), so a stalled
 /// client cannot hold an upload slot.
 pub const BLOB_BODY_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a download of a chunk that is not uploaded yet waits for it (the recipient of a
+/// pipelined file fetches chunks while the sender is still uploading them); then it is answered
+/// `CHUNK_MISSING` and the client asks again. Well under the clients' request timeout.
+pub const BLOB_CHUNK_WAIT: Duration = Duration::from_secs(15);
+
+/// Downloads waiting for a chunk at once on the whole server; past it a download of a missing
+/// chunk is answered `CHUNK_MISSING` at once (the client backs off and asks again).
+pub const BLOB_CHUNK_WAITERS: usize = 256;
+
+/// Longest `clientRef` of `POST /blobs` (the sender's idempotency key; `A-Z a-z 0-9 - _`).
+pub const MAX_BLOB_CLIENT_REF: usize = 64;

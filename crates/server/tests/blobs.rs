@@ -10,7 +10,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use lattice_server::blobs::{BlobLimits, BlobStore};
+use lattice_protocol::ClientId;
+use lattice_server::blobs::{BlobError, BlobLimits, BlobStore, CreateRequest};
 use lattice_server::{Config, ServerHandle};
 use serde_json::{json, Value};
 use support::*;
@@ -639,6 +640,175 @@ async fn a_restart_keeps_transfers_and_expiry_deletes_their_bytes() {
     assert!(!dir.path().join("blobs").join(&t.id).exists());
     assert!(!dir.path().join("blobs").join(&partial.id).exists());
     assert_eq!(store.stored_bytes(), 0);
+}
+
+/// A pipelined file's recipient asks for a chunk the sender is still uploading: the download
+/// waits for it and gets exactly its bytes, instead of a `CHUNK_MISSING` the client must poll on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_of_a_chunk_being_uploaded_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_with(persistent(dir.path())).await;
+    let http = Http::new(&server);
+    let (_a, a) = token_for(&server.url(), "alice").await;
+    let chunk = 64 * KIB;
+    let data = pattern(2 * chunk, 21);
+    let t = create_ok(&http, &a, "alice", data.len() as u64, chunk).await;
+    let waiting = {
+        let (base, id, down) = (http.base.clone(), t.id.clone(), t.down.clone());
+        tokio::spawn(async move {
+            let http = Http {
+                base,
+                client: reqwest::Client::new(),
+            };
+            http.get(&id, &down, 1).await
+        })
+    };
+    // Ordering only (the GET is sent first), no timing asserted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, _) = http.put(&t.id, &t.up, "1", chunk_of(&data, chunk, 1)).await;
+    assert_eq!(s, 200);
+    let (s, bytes) = waiting.await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(bytes, chunk_of(&data, chunk, 1));
+    // An index past the end is refused at once, never waited for.
+    let (s, _) = http.get(&t.id, &t.down, 2).await;
+    assert_eq!(s, 404);
+}
+
+fn open_store(dir: &Path) -> BlobStore {
+    BlobStore::open(
+        dir,
+        BlobLimits {
+            total: u64::MAX,
+            per_sender: u64::MAX,
+            max_file: u64::MAX,
+            ttl: Duration::from_secs(60),
+        },
+    )
+    .unwrap()
+}
+
+fn request(sender: &str, size: u64, chunk: u64, client_ref: Option<&str>) -> CreateRequest {
+    CreateRequest {
+        sender_id: ClientId::new(sender).unwrap(),
+        size,
+        chunk_size: chunk,
+        chunk_count: size.div_ceil(chunk).max(1),
+        client_ref: client_ref.map(str::to_owned),
+        one_recipient: false,
+    }
+}
+
+/// The wait for a missing chunk is bounded (`CHUNK_MISSING` after it, on paused time), and a
+/// transfer deleted meanwhile ends the wait at once with `TRANSFER_NOT_FOUND`.
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_missing_chunk_is_bounded_and_ends_when_the_transfer_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open_store(dir.path()));
+    let t = store
+        .create(&request("alice", 2 * 64 * KIB, 64 * KIB, None), 1)
+        .unwrap();
+    let wait = Duration::from_secs(15);
+    let r = store
+        .wait_for_chunk(&t.transfer_id, &t.download_capability, 0, wait)
+        .await;
+    assert!(matches!(r, Err(BlobError::ChunkMissing(0))), "{r:?}");
+    let waiting = {
+        let (store, t) = (std::sync::Arc::clone(&store), t.clone());
+        tokio::spawn(async move {
+            store
+                .wait_for_chunk(&t.transfer_id, &t.download_capability, 1, wait)
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    store.delete(&t.transfer_id, &t.upload_capability).unwrap();
+    let r = waiting.await.unwrap();
+    assert!(matches!(r, Err(BlobError::NotFound)), "{r:?}");
+}
+
+/// A create repeated with its `clientRef` (the sender crashed before it journalled the answer)
+/// gets the same transfer and reserves nothing twice; the same key with other sizes is refused;
+/// another sender's key is its own.
+#[tokio::test]
+async fn a_create_repeated_with_its_client_ref_returns_the_same_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_with(persistent(dir.path())).await;
+    let http = Http::new(&server);
+    let (_a, a) = token_for(&server.url(), "alice").await;
+    let (_b, b) = token_for(&server.url(), "bob").await;
+    let body = |sender: &str, size: u64| {
+        let mut v = create_body(sender, size, 64 * KIB);
+        v["clientRef"] = json!("ref-1_A");
+        v
+    };
+    let (s1, first) = http.create(&a, body("alice", 100 * KIB)).await;
+    assert_eq!(s1, 201, "{first}");
+    let (s2, again) = http.create(&a, body("alice", 100 * KIB)).await;
+    assert_eq!(s2, 200, "{again}");
+    assert_eq!(first, again, "the same transfer and capabilities");
+    assert_eq!(http.metric("lattice_blob_transfers").await, 1);
+    let (s, v) = http.create(&a, body("alice", 200 * KIB)).await;
+    assert_eq!((s, v["errorType"].as_str()), (400, Some("INVALID_REQUEST")));
+    let (s, other) = http.create(&b, body("bob", 100 * KIB)).await;
+    assert_eq!(s, 201);
+    assert_ne!(other["transferId"], first["transferId"]);
+    for bad in ["", "a/b", &"x".repeat(65)] {
+        let mut v = create_body("alice", 10, 10);
+        v["clientRef"] = json!(bad);
+        let (s, _) = http.create(&a, v).await;
+        assert_eq!(s, 400, "{bad:?}");
+    }
+    // After a delete the key is free again (a new transfer).
+    let id = first["transferId"].as_str().unwrap();
+    let up = first["uploadCapability"].as_str().unwrap();
+    assert_eq!(http.delete(id, up).await, 204);
+    let (s, _) = http.create(&a, body("alice", 100 * KIB)).await;
+    assert_eq!(s, 201);
+    server.shutdown().await;
+    // The key survives a restart (it is in meta.json).
+    let store = open_store(&dir.path().join("blobs"));
+    let again = store
+        .create(&request("alice", 100 * KIB, 64 * KIB, Some("ref-1_A")), 1)
+        .unwrap();
+    assert!(!again.new);
+    assert_eq!(store.transfer_count(), 2);
+}
+
+/// The download capability deletes a one-recipient transfer (the recipient, once its copy is
+/// verified) and nothing else: not a group's transfer, where every member holds it.
+#[tokio::test]
+async fn only_a_one_recipient_transfer_is_deleted_by_its_download_capability() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_with(persistent(dir.path())).await;
+    let http = Http::new(&server);
+    let (_a, a) = token_for(&server.url(), "alice").await;
+    let group = create_ok(&http, &a, "alice", 10, 10).await;
+    assert_eq!(http.delete(&group.id, &group.down).await, 403);
+    let mut body = create_body("alice", 10, 10);
+    body["oneRecipient"] = json!(true);
+    let (s, v) = http.create(&a, body).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["transferId"].as_str().unwrap();
+    let down = v["downloadCapability"].as_str().unwrap();
+    let (s, _) = http
+        .put(
+            id,
+            v["uploadCapability"].as_str().unwrap(),
+            "0",
+            vec![5; 10],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(http.delete(id, "forged").await, 403);
+    assert_eq!(http.delete(id, down).await, 204);
+    assert!(
+        !dir.path().join("blobs").join(id).exists(),
+        "the bytes are gone"
+    );
+    assert_eq!(http.metric("lattice_blob_stored_bytes").await, 0);
+    let (s, _) = http.status(&group.id, &group.down).await;
+    assert_eq!(s, 200, "the group's transfer is still there");
 }
 
 /// A server without a data directory keeps no files and says so with a typed error.

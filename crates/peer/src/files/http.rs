@@ -24,6 +24,8 @@ struct CreateBody<'a> {
     size: u64,
     chunk_size: u64,
     chunk_count: u64,
+    client_ref: &'a str,
+    one_recipient: bool,
 }
 
 /// `POST /blobs` answer.
@@ -154,7 +156,11 @@ impl BlobClient {
             .map_err(|e| PeerError::Protocol(format!("blob store answer: {e}")))
     }
 
-    /// `POST /blobs` with the sender's blob token.
+    /// `POST /blobs` with the sender's blob token. `client_ref` (journalled before this call)
+    /// makes it idempotent: asked again after a crash that lost the answer, the server returns
+    /// the same transfer rather than a second one. `one_recipient`: the recipient's download
+    /// capability may delete it once its copy is verified.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn create(
         &self,
         token: &str,
@@ -162,6 +168,8 @@ impl BlobClient {
         size: u64,
         chunk_size: u64,
         chunk_count: u64,
+        client_ref: &str,
+        one_recipient: bool,
     ) -> Result<Created, PeerError> {
         let r = self
             .http
@@ -172,6 +180,8 @@ impl BlobClient {
                 size,
                 chunk_size,
                 chunk_count,
+                client_ref,
+                one_recipient,
             })
             .send()
             .await
@@ -245,7 +255,8 @@ impl BlobClient {
         Self::json(Self::check(r).await?).await
     }
 
-    /// `DELETE /blobs/{id}` with the upload capability.
+    /// `DELETE /blobs/{id}` with the upload capability (or, for a one-recipient transfer, the
+    /// download capability).
     pub(crate) async fn delete(&self, blob: &str, capability: &str) -> Result<(), PeerError> {
         let r = self
             .http

@@ -11,6 +11,11 @@
 //!   crash is ignored (that chunk is simply done again).
 //!
 //! Both are deleted when the transfer completes or is cancelled.
+//!
+//! And `digests/`: the digest of a file whose `file-digest` message came before its download
+//! started (one small file per file message, at most [`MAX_STORED_DIGESTS`] and
+//! [`MAX_STORED_DIGESTS_PER_PEER`] from one sender, the oldest dropped),
+//! so that a download started later completes without it being sent again.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,6 +36,12 @@ const JOURNAL_VERSION: u32 = 1;
 const MAX_HEADER_BYTES: u64 = 256 * 1024;
 /// Largest acknowledgement log read back, in bytes (one line per chunk, about 80 bytes each).
 const MAX_ACKS_BYTES: u64 = 16 * 1024 * 1024;
+/// Digests kept for downloads not started yet; past it the oldest goes (a download of that file
+/// then waits for a digest that does not come again, and fails with a readable reason).
+pub(crate) const MAX_STORED_DIGESTS: usize = 1024;
+/// Digests kept from one sender: a peer sending `file-digest` messages for files nobody
+/// downloads pushes out only its own, never another sender's.
+pub(crate) const MAX_STORED_DIGESTS_PER_PEER: usize = 64;
 
 /// The blob a transfer uses.
 #[derive(Clone, Serialize, Deserialize)]
@@ -74,6 +85,17 @@ pub(crate) struct Header {
     /// not sent half old, half new.
     #[serde(default)]
     pub(crate) source_modified_ms: Option<u64>,
+    /// An upload: the id of the `file-digest` message that follows the offer. `None` in a
+    /// journal of the previous version, which sends one complete offer at the end.
+    #[serde(default)]
+    pub(crate) digest_message_id: Option<MessageId>,
+    /// An upload: the offer (without the digest) was accepted by the server.
+    #[serde(default)]
+    pub(crate) offer_sent: bool,
+    /// An upload into a group (its id in hex): the messages go to the group, and the blob is not
+    /// deleted on receipt (every member downloads it; expiry is the bound).
+    #[serde(default)]
+    pub(crate) group: Option<String>,
 }
 
 impl std::fmt::Debug for Header {
@@ -137,6 +159,9 @@ impl Header {
             blob: None,
             digest: None,
             source_modified_ms: None,
+            digest_message_id: None,
+            offer_sent: false,
+            group: None,
         }
     }
 }
@@ -258,6 +283,86 @@ impl Journal {
         Ok(out)
     }
 
+    /// `digests/SENDER-MESSAGE.digest`, both parts hashes (ids never reach a path as they are).
+    fn digest_path(&self, from: &ClientId, message: &MessageId) -> PathBuf {
+        let mut key = Vec::new();
+        key.extend_from_slice(from.as_str().as_bytes());
+        key.push(0);
+        key.extend_from_slice(message.as_str().as_bytes());
+        let name = hex::encode(lattice_crypto::file_chunk::chunk_hash(&key));
+        self.dir
+            .join("digests")
+            .join(format!("{}-{}.digest", digest_sender(from), &name[..32]))
+    }
+
+    /// Keeps the digest of `from`'s file message `message` for a download not started yet
+    /// (bounded: [`MAX_STORED_DIGESTS`], the oldest dropped).
+    pub(crate) fn store_digest(
+        &self,
+        from: &ClientId,
+        message: &MessageId,
+        digest: &str,
+    ) -> Result<(), PeerError> {
+        let dir = self.dir.join("digests");
+        crate::identity_file::create_private_dir(&dir)
+            .map_err(|e| io(&dir, "cannot create", &e))?;
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&dir)
+            .map_err(|e| io(&dir, "cannot list", &e))?
+            .flatten()
+            .map(|e| {
+                let at = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (at, e.path())
+            })
+            .collect();
+        kept.sort();
+        let prefix = format!("{}-", digest_sender(from));
+        let own: Vec<&PathBuf> = kept
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect();
+        // This sender's oldest first; anyone's only when the directory is full anyway.
+        if own.len() >= MAX_STORED_DIGESTS_PER_PEER {
+            for old in own.iter().take(own.len() + 1 - MAX_STORED_DIGESTS_PER_PEER) {
+                remove_if_there(old)?;
+            }
+        } else if kept.len() >= MAX_STORED_DIGESTS {
+            for (_, old) in kept.iter().take(kept.len() + 1 - MAX_STORED_DIGESTS) {
+                remove_if_there(old)?;
+            }
+        }
+        let path = self.digest_path(from, message);
+        let mut f = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io(&path, "cannot create", &e))?;
+        f.write_all(digest.as_bytes())
+            .map_err(|e| io(&path, "cannot write", &e))
+    }
+
+    /// The digest kept for `from`'s file message `message`, if any (a file cut short by a crash
+    /// reads as none).
+    pub(crate) fn stored_digest(&self, from: &ClientId, message: &MessageId) -> Option<String> {
+        let bytes = read_bounded(&self.digest_path(from, message), 2 * DIGEST_LEN as u64).ok()?;
+        let s = String::from_utf8(bytes).ok()?;
+        (s.len() == 2 * DIGEST_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then_some(s)
+    }
+
+    /// Forgets the digest kept for `from`'s file message `message`.
+    pub(crate) fn forget_digest(&self, from: &ClientId, message: &MessageId) {
+        let _ = remove_if_there(&self.digest_path(from, message));
+    }
+
     /// Deletes a transfer's journal.
     pub(crate) fn remove(&self, id: &str) -> Result<(), PeerError> {
         remove_if_there(&self.header_path(id))?;
@@ -291,10 +396,55 @@ impl Journal {
     }
 }
 
+/// The sender part of a stored digest's name.
+fn digest_sender(from: &ClientId) -> String {
+    hex::encode(&lattice_crypto::file_chunk::chunk_hash(from.as_str().as_bytes())[..8])
+}
+
 pub(crate) fn remove_if_there(path: &Path) -> Result<(), PeerError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(path, "cannot delete", &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn mid(n: usize) -> MessageId {
+        MessageId::new(format!("m{n}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Digests for downloads not started yet are kept and read back; a sender storing more than
+    /// its share pushes out only its own, never another sender's.
+    #[test]
+    fn stored_digests_are_bounded_per_sender() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let j = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let good = "ab".repeat(DIGEST_LEN);
+        j.store_digest(&id("alice"), &mid(0), &good)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.stored_digest(&id("alice"), &mid(0)), Some(good.clone()));
+        assert_eq!(j.stored_digest(&id("carol"), &mid(0)), None, "per sender");
+        for n in 0..MAX_STORED_DIGESTS_PER_PEER + 10 {
+            j.store_digest(&id("carol"), &mid(n), &"cd".repeat(DIGEST_LEN))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let carols = (0..MAX_STORED_DIGESTS_PER_PEER + 10)
+            .filter(|&n| j.stored_digest(&id("carol"), &mid(n)).is_some())
+            .count();
+        assert_eq!(carols, MAX_STORED_DIGESTS_PER_PEER);
+        assert_eq!(j.stored_digest(&id("alice"), &mid(0)), Some(good));
+        j.forget_digest(&id("alice"), &mid(0));
+        assert_eq!(j.stored_digest(&id("alice"), &mid(0)), None);
+        // A file cut short (a crash mid-write) reads as none.
+        std::fs::write(j.digest_path(&id("bob"), &mid(1)), "ab").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.stored_digest(&id("bob"), &mid(1)), None);
     }
 }

@@ -2,13 +2,16 @@
 //! pause, resume (after a restart too), cancel, with progress events.
 //!
 //! A file goes as ciphertext through the server's blob store (docs/protocol.md, *Blob store* and
-//! *Files*): the sender picks a random key and file id, seals every chunk
-//! ([`lattice_crypto::file_chunk`]), uploads the chunks (a few in flight; never the whole file in
-//! memory), and once every chunk is stored sends a [`Content::File`] message ([`FileOffer`]:
-//! name, size, type, thumbnail, key, blob id, download capability, digest) through the ordinary
-//! end-to-end encrypted path. The receiver downloads the chunks into `DEST.part`, opens each one
-//! (it must be that chunk of that file), checks the digest of the whole ciphertext, and only then
-//! renames the file into place.
+//! *Files*): the sender picks a random key and file id, creates the blob, sends a
+//! [`Content::File`] message ([`FileOffer`]: name, size, type, thumbnail, key, blob id, download
+//! capability; no digest yet) through the ordinary end-to-end encrypted path, then seals every
+//! chunk ([`lattice_crypto::file_chunk`]) and uploads it (a few in flight; never the whole file
+//! in memory), and once every chunk is stored sends the digest of the whole ciphertext in a
+//! [`Content::FileDigest`] message. The receiver may start at once: the server holds a request
+//! for a chunk not uploaded yet until it arrives (bounded), so the download runs right behind
+//! the upload. It writes the chunks into `DEST.part`, opens each one (it must be that chunk of
+//! that file), and when all are in waits for the digest, checks it, and only then renames the
+//! file into place and deletes the blob (it was the one recipient).
 //!
 //! Each unfinished transfer has a journal ([`journal`]) in [`crate::PeerConfig::transfers_dir`]:
 //! on start, the peer resumes them by itself (once connected); an upload asks the server which
@@ -33,14 +36,13 @@ use lattice_crypto::file_chunk::{
     self, FileDigest, FileKey, CHUNK_OVERHEAD, DIGEST_LEN, FILE_ID_LEN,
 };
 use lattice_protocol::{ClientFrame, ClientId, Empty, MessageId, ServerFrame};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::{chunk_count, Content, FileOffer, Thumbnail};
 use crate::error::FileRejection;
-use crate::events::{Dispatcher, PeerEvent, TransferId, TransferProgress, TransferState};
+use crate::events::{Change, Dispatcher, PeerEvent, TransferId, TransferProgress, TransferState};
 use crate::link::Lane;
 use crate::outbox::Outbox;
 use crate::pending::WaitOptions;
@@ -104,11 +106,17 @@ pub(crate) struct Files {
     requests: Arc<Requests>,
     trust: Arc<Trust>,
     outbox: Arc<Outbox>,
+    /// The MLS engine when groups are on: a file's messages go over the 1:1 MLS conversation
+    /// when there is one, like every other message (an older envelope would be refused as a
+    /// downgrade by a peer pinned as speaking MLS).
+    groups: Option<Arc<crate::groups::Groups>>,
     dispatcher: Arc<Dispatcher>,
     slots: Arc<Semaphore>,
     /// std Mutex: never held across an await.
     table: Mutex<Table>,
     resumed: AtomicBool,
+    /// Woken when a `file-digest` message updates a download's header.
+    digest_arrived: Notify,
     /// Cancelled when the last handle of the peer goes: every transfer task stops where it is,
     /// its journal untouched (it resumes at the next start).
     shutdown: CancellationToken,
@@ -193,6 +201,7 @@ impl Files {
         server_url: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
         (requests, trust, outbox, dispatcher): Parts,
+        groups: Option<Arc<crate::groups::Groups>>,
     ) -> Result<Arc<Self>, PeerError> {
         let journal = dir.map(Journal::open).transpose()?;
         let mut table = Table::default();
@@ -224,19 +233,83 @@ impl Files {
                 );
             }
         }
-        Ok(Arc::new(Self {
+        let files = Arc::new(Self {
             me,
             journal,
             blobs: BlobClient::new(server_url, tls)?,
             requests,
             trust,
             outbox,
+            groups,
             dispatcher,
             slots: Arc::new(Semaphore::new(defaults::RUNNING_TRANSFERS)),
             table: Mutex::new(table),
             resumed: AtomicBool::new(false),
+            digest_arrived: Notify::new(),
             shutdown: CancellationToken::new(),
-        }))
+        });
+        // A handler, not the (lossy when lagging) event stream: no digest is missed. It holds the
+        // component weakly, so the two do not keep each other alive.
+        let weak = Arc::downgrade(&files);
+        let _ = files.dispatcher.add(Arc::new(move |ev: &PeerEvent| {
+            let (from, target, digest) = match ev {
+                PeerEvent::Update(u) => match &u.change {
+                    Change::FileDigest { target, digest } => (&u.from, target, digest),
+                    _ => return,
+                },
+                // A group's file: the digest is a group message of the sender's.
+                PeerEvent::GroupMessage(m) => match &m.content {
+                    Content::FileDigest { target, digest } => (&m.from, target, digest),
+                    _ => return,
+                },
+                _ => return,
+            };
+            if let Some(files) = weak.upgrade() {
+                files.on_digest(from, target, digest);
+            }
+        }));
+        Ok(files)
+    }
+
+    /// The digest of `from`'s file message `target` arrived (a verified `file-digest`): it goes
+    /// into the header of the download of that file (a running one waiting for it completes; one
+    /// that gave up waiting starts again), or is kept for a download not started yet. Only the
+    /// first digest counts: a second one, or one for a download whose offer carried a digest,
+    /// changes nothing.
+    fn on_digest(self: &Arc<Self>, from: &ClientId, target: &MessageId, digest: &str) {
+        let Some(journal) = self.journal.as_ref() else {
+            return;
+        };
+        // Kept in any case (until a download of that file completes; the first one only): a
+        // download started later, or one that replaces a failed one, finds it there.
+        if journal.stored_digest(from, target).is_none() {
+            if let Err(e) = journal.store_digest(from, target, digest) {
+                tracing::warn!(peer = %self.me, from = %from, message_id = %target, error = %e, "cannot keep a file digest");
+            }
+        }
+        let mut t = lock(&self.table);
+        let found = t
+            .live
+            .values_mut()
+            .find(|e| !e.header.upload && e.header.peer == *from && e.header.message_id == *target);
+        let Some(e) = found else {
+            return;
+        };
+        if e.header.digest.is_some() {
+            return;
+        }
+        e.header.digest = Some(digest.to_owned());
+        if let Err(err) = journal.write_header(&e.header) {
+            tracing::warn!(peer = %self.me, transfer = %e.header.id, error = %err, "cannot record a file digest");
+        }
+        let idle = e.run.is_none() && !e.header.paused;
+        let id = e.header.id.clone();
+        drop(t);
+        self.digest_arrived.notify_waiters();
+        if idle {
+            tracing::info!(peer = %self.me, transfer = %id, "the digest arrived: finishing the download");
+            self.spawn(&id);
+        }
     }
 
     fn journal(&self) -> Result<&Journal, PeerError> {
@@ -322,6 +395,34 @@ impl Files {
         if key.identity.is_none() {
             return Err(PeerError::FilesUnsupported { peer: to.clone() });
         }
+        self.start_upload(to.clone(), None, path, meta).await
+    }
+
+    /// Starts sending `path` into MLS group `group` (see
+    /// [`crate::MessagingPeer::send_group_file`]).
+    pub(crate) async fn send_group_file(
+        self: &Arc<Self>,
+        group: &lattice_mls::GroupId,
+        path: &Path,
+        meta: FileMeta,
+    ) -> Result<TransferId, PeerError> {
+        self.journal()?;
+        let groups = self.groups.as_ref().ok_or(PeerError::GroupsDisabled)?;
+        // Refuses an unknown group before anything is uploaded.
+        groups.info(group)?;
+        let me = self.me.clone();
+        self.start_upload(me, Some(hex::encode(group.as_bytes())), path, meta)
+            .await
+    }
+
+    /// Journals and starts an upload of `path` to `to` (or, with `group`, into that group).
+    async fn start_upload(
+        self: &Arc<Self>,
+        to: ClientId,
+        group: Option<String>,
+        path: &Path,
+        meta: FileMeta,
+    ) -> Result<TransferId, PeerError> {
         let md = tokio::fs::metadata(path)
             .await
             .map_err(|e| io_err(path, "cannot read", &e))?;
@@ -367,7 +468,7 @@ impl Files {
             capability: "pending".into(),
             key: B64.encode(file_key.as_bytes()),
             file_id: hex::encode(file_id),
-            digest: "0".repeat(2 * DIGEST_LEN),
+            digest: None,
             chunk_size,
             chunk_count: count,
         };
@@ -386,6 +487,8 @@ impl Files {
             (chunk_size, count),
         );
         header.source_modified_ms = modified_ms(&md);
+        header.digest_message_id = Some(crate::wire::new_message_id());
+        header.group = group;
         self.insert(header)?;
         self.spawn(id.as_str());
         Ok(id)
@@ -450,7 +553,12 @@ impl Files {
             upload_capability: None,
             download_capability: offer.capability.clone(),
         });
-        header.digest = Some(offer.digest.clone());
+        // The offer's digest, else one that came already (an offer sent as the upload started
+        // has none: it follows in a `file-digest` message, applied by `on_digest`).
+        header.digest = offer
+            .digest
+            .clone()
+            .or_else(|| self.journal().ok()?.stored_digest(from, message_id));
         self.insert(header)?;
         self.spawn(id.as_str());
         Ok(id)
@@ -811,6 +919,11 @@ impl Files {
                             sealed_len(h.size)
                         },
                         h.chunk_count,
+                        // The transfer id, journalled before this request: a crash before the
+                        // answer is journalled finds the same blob again, never an orphan.
+                        &h.id,
+                        // One recipient may delete it once received; a group's stays for all.
+                        h.group.is_none(),
                     )
                     .await?;
                 let b = BlobRef {
@@ -830,7 +943,23 @@ impl Files {
             .upload_capability
             .clone()
             .ok_or_else(|| PeerError::Protocol("an upload without its capability".into()))?;
+        if h.digest_message_id.is_some() && !h.offer_sent {
+            // The offer goes first, so that the recipient downloads while the chunks go up.
+            let offer = self.offer(&h, &blob, None);
+            self.send_and_wait(&h, Content::File(offer), h.message_id.clone())
+                .await?;
+            h.offer_sent = true;
+            journal.write_header(&h)?;
+            if let Some(e) = lock(&self.table).live.get_mut(&h.id) {
+                e.header.offer_sent = true;
+            }
+        }
         let mut acks = journal.acks(&h.id, h.chunk_count)?;
+        if acks.len() as u64 == h.chunk_count {
+            // Every chunk is stored; only the message is left. The blob may be gone already
+            // (the recipient deletes it once its copy is verified), so it is not asked about.
+            return self.finish_upload(&h, &blob, &acks).await;
+        }
         // What the server has: a chunk stored before a crash but not yet journalled is fetched
         // back to learn its hash (its nonce was random), never uploaded again.
         let listing = self.blobs.list(&blob.blob_id, &cap).await?;
@@ -871,17 +1000,22 @@ impl Files {
                 let (size, chunk_size, count) = (h.size, h.chunk_size, h.chunk_count);
                 tasks.spawn(async move {
                     let len = plain_len(size, chunk_size, count, i);
-                    let plain = read_chunk(&path, i * chunk_size, len).await?;
-                    let sealed = file_chunk::seal_chunk(
-                        &mut rand_core::OsRng,
-                        &key,
-                        &file_id,
-                        i,
-                        i + 1 == count,
-                        &plain,
-                    )?;
-                    drop(plain);
-                    let hash = file_chunk::chunk_hash(&sealed);
+                    // Read, seal and hash on the blocking pool, in one go: the disk and the CPU
+                    // work stay off the async threads that drive the HTTP requests.
+                    let (sealed, hash) = blocking(move || {
+                        let plain = read_chunk(&path, i * chunk_size, len)?;
+                        let sealed = file_chunk::seal_chunk(
+                            &mut rand_core::OsRng,
+                            &key,
+                            &file_id,
+                            i,
+                            i + 1 == count,
+                            &plain,
+                        )?;
+                        let hash = file_chunk::chunk_hash(&sealed);
+                        Ok((sealed, hash))
+                    })
+                    .await?;
                     blobs.put_chunk(&blob_id, &cap, i, sealed).await?;
                     Ok::<_, PeerError>((i, hash))
                 });
@@ -891,8 +1025,37 @@ impl Files {
             };
             self.record_chunk(journal, &h, &mut acks, done)?;
         }
-        let digest = whole_digest(&h, &acks)?;
-        let offer = FileOffer {
+        self.finish_upload(&h, &blob, &acks).await
+    }
+
+    /// Sends the digest of an upload whose every chunk is stored: a `file-digest` message after
+    /// the offer, or (a journal of the previous version) the whole offer with it.
+    async fn finish_upload(
+        &self,
+        h: &Header,
+        blob: &BlobRef,
+        acks: &BTreeMap<u64, [u8; DIGEST_LEN]>,
+    ) -> Result<(), PeerError> {
+        let digest = hex::encode(whole_digest(h, acks)?);
+        match (&h.digest_message_id, h.offer_sent) {
+            (Some(id), true) => {
+                let content = Content::FileDigest {
+                    target: h.message_id.clone(),
+                    digest,
+                };
+                self.send_and_wait(h, content, id.clone()).await
+            }
+            _ => {
+                let offer = self.offer(h, blob, Some(digest));
+                self.send_and_wait(h, Content::File(offer), h.message_id.clone())
+                    .await
+            }
+        }
+    }
+
+    /// The offer of upload `h` in blob `blob`.
+    fn offer(&self, h: &Header, blob: &BlobRef, digest: Option<String>) -> FileOffer {
+        FileOffer {
             name: h.name.clone(),
             size: h.size,
             mime: h.mime.clone(),
@@ -901,28 +1064,57 @@ impl Files {
             capability: blob.download_capability.clone(),
             key: h.key.clone(),
             file_id: h.file_id.clone(),
-            digest: hex::encode(digest),
+            digest,
             chunk_size: h.chunk_size,
             chunk_count: h.chunk_count,
-        };
-        self.send_offer(&h, offer).await
+        }
     }
 
-    /// Sends the file message and waits for the server's verdict, so that the journal goes only
-    /// once the message is accepted. Sent again after a crash with the same message id: the
-    /// recipient drops the duplicate.
-    async fn send_offer(&self, h: &Header, offer: FileOffer) -> Result<(), PeerError> {
+    /// Sends a message of transfer `h` (the offer, the digest) with the id fixed when the
+    /// transfer started, and waits for the server's verdict, so that the journal moves on only
+    /// once the message is accepted. Sent again after a crash with the same id: the recipient
+    /// drops the duplicate.
+    async fn send_and_wait(
+        &self,
+        h: &Header,
+        content: Content,
+        message_id: MessageId,
+    ) -> Result<(), PeerError> {
+        if let Some(group) = &h.group {
+            let groups = self.groups.as_ref().ok_or(PeerError::GroupsDisabled)?;
+            let gid = hex::decode(group)
+                .map(|b| lattice_mls::GroupId::from_bytes(&b))
+                .map_err(|_| {
+                    PeerError::Protocol("a transfer journal with a bad group id".into())
+                })?;
+            // The answer is awaited by the send itself.
+            return groups
+                .send_with_id(&gid, &content, message_id)
+                .await
+                .map(drop);
+        }
+        if let Some(g) = &self.groups {
+            // Over MLS the answer is awaited by the send itself.
+            if g.send_direct(&h.peer, &content, message_id.clone())
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
         let mut events = self.dispatcher.subscribe();
         self.outbox
-            .send(&h.peer, &Content::File(offer), h.message_id.clone())
+            .send(&h.peer, &content, message_id.clone())
             .await?;
         let wait = async {
             while let Some(ev) = events.next().await {
                 match ev {
-                    PeerEvent::MessageAck(a) if a.message_id == h.message_id => return Ok(()),
+                    PeerEvent::MessageAck(a) if a.message_id == message_id => return Ok(()),
                     PeerEvent::MessageFailed {
-                        message_id, error, ..
-                    } if message_id == h.message_id => return Err(error),
+                        message_id: failed,
+                        error,
+                        ..
+                    } if failed == message_id => return Err(error),
                     _ => {}
                 }
             }
@@ -983,14 +1175,21 @@ impl Files {
                     let sealed = blobs
                         .get_chunk(&blob.blob_id, &blob.download_capability, i, sealed_len(len))
                         .await?;
-                    let hash = file_chunk::chunk_hash(&sealed);
-                    let plain = file_chunk::open_chunk(&key, &file_id, i, i + 1 == count, &sealed)
-                        .map_err(|_| {
-                            PeerError::FileRejected(FileRejection::ChunkRefused { index: i })
-                        })?;
-                    drop(sealed);
-                    write_chunk(&part, i * chunk_size, &plain).await?;
-                    Ok::<_, PeerError>((i, hash))
+                    // Hash, open and write on the blocking pool (as the upload seals).
+                    blocking(move || {
+                        let hash = file_chunk::chunk_hash(&sealed);
+                        let plain =
+                            file_chunk::open_chunk(&key, &file_id, i, i + 1 == count, &sealed)
+                                .map_err(|_| {
+                                    PeerError::FileRejected(FileRejection::ChunkRefused {
+                                        index: i,
+                                    })
+                                })?;
+                        drop(sealed);
+                        write_chunk(&part, i * chunk_size, &plain)?;
+                        Ok((i, hash))
+                    })
+                    .await
                 });
             }
             let Some(done) = tasks.join_next().await else {
@@ -999,7 +1198,8 @@ impl Files {
             self.record_chunk(journal, &h, &mut acks, done)?;
         }
         let digest = whole_digest(&h, &acks)?;
-        if h.digest.as_deref() != Some(hex::encode(digest).as_str()) {
+        let expected = self.await_digest(&h.id).await?;
+        if expected != hex::encode(digest) {
             return Err(PeerError::FileRejected(FileRejection::DigestMismatch));
         }
         let f = tokio::fs::OpenOptions::new()
@@ -1013,7 +1213,48 @@ impl Files {
         drop(f);
         tokio::fs::rename(&part, &h.path)
             .await
-            .map_err(|e| io_err(&h.path, "cannot move the file to", &e))
+            .map_err(|e| io_err(&h.path, "cannot move the file to", &e))?;
+        // The one recipient has its verified copy: the blob is not needed any more. Best
+        // effort: expiry deletes it anyway (and a server of the previous version refuses).
+        if let Err(e) = self
+            .blobs
+            .delete(&blob.blob_id, &blob.download_capability)
+            .await
+        {
+            tracing::info!(peer = %self.me, transfer = %h.id, error = %e, "cannot delete a received file's blob (it expires by itself)");
+        }
+        journal.forget_digest(&h.peer, &h.message_id);
+        Ok(())
+    }
+
+    /// The digest download `id` must match: from its offer, or from the sender's `file-digest`
+    /// message, waited for up to [`defaults::FILE_DIGEST_WAIT`] (then a transient error: the
+    /// transfer retries, then fails, and the digest arriving later finishes it).
+    async fn await_digest(&self, id: &str) -> Result<String, PeerError> {
+        loop {
+            let notified = self.digest_arrived.notified();
+            tokio::pin!(notified);
+            // Registered before the look, so a digest arriving in between wakes us.
+            notified.as_mut().enable();
+            let known = lock(&self.table)
+                .live
+                .get(id)
+                .and_then(|e| e.header.digest.clone());
+            if let Some(d) = known {
+                return Ok(d);
+            }
+            if tokio::time::timeout(defaults::FILE_DIGEST_WAIT, notified)
+                .await
+                .is_err()
+            {
+                return Err(PeerError::Timeout {
+                    request: "file download".into(),
+                    expected: "the sender's file-digest message".into(),
+                    after: defaults::FILE_DIGEST_WAIT,
+                    attempts: 1,
+                });
+            }
+        }
     }
 }
 
@@ -1037,17 +1278,24 @@ fn backoff(attempt: u32) -> Duration {
         .min(defaults::TRANSFER_RETRY_MAX)
 }
 
-/// Reads `len` bytes at `offset` of `path`.
-async fn read_chunk(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, PeerError> {
-    let mut f = tokio::fs::File::open(path)
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PeerError> + Send + 'static,
+) -> Result<T, PeerError> {
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| io_err(path, "cannot open", &e))?;
+        .map_err(|e| PeerError::Io(format!("chunk task: {e}")))?
+}
+
+/// Reads `len` bytes at `offset` of `path` (blocking).
+fn read_chunk(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, PeerError> {
+    use std::io::{Read as _, Seek as _};
+    let mut f = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", &e))?;
     f.seek(SeekFrom::Start(offset))
-        .await
         .map_err(|e| io_err(path, "cannot seek in", &e))?;
     let mut buf =
         vec![0u8; usize::try_from(len).map_err(|_| PeerError::Io("chunk too large".into()))?];
-    f.read_exact(&mut buf).await.map_err(|e| {
+    f.read_exact(&mut buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             PeerError::FileRejected(FileRejection::SourceChanged)
         } else {
@@ -1057,21 +1305,17 @@ async fn read_chunk(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, PeerE
     Ok(buf)
 }
 
-/// Writes `bytes` at `offset` of `path` (which exists).
-async fn write_chunk(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), PeerError> {
-    let mut f = tokio::fs::OpenOptions::new()
+/// Writes `bytes` at `offset` of `path` (blocking; the file must exist: a partial file removed
+/// by a cancel is not made again).
+fn write_chunk(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), PeerError> {
+    use std::io::{Seek as _, Write as _};
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .await
         .map_err(|e| io_err(path, "cannot open", &e))?;
     f.seek(SeekFrom::Start(offset))
-        .await
         .map_err(|e| io_err(path, "cannot seek in", &e))?;
     f.write_all(bytes)
-        .await
-        .map_err(|e| io_err(path, "cannot write", &e))?;
-    f.flush()
-        .await
         .map_err(|e| io_err(path, "cannot write", &e))
 }
 

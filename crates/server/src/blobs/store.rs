@@ -14,13 +14,13 @@ use lattice_protocol::limits::{MAX_BLOB_CHUNK_BYTES, MIN_BLOB_CHUNK_BYTES};
 use lattice_protocol::ClientId;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
 use super::BlobError;
 use crate::limits::{
-    BLOB_DOWNLOADS_TOTAL, BLOB_ID_BYTES, BLOB_SECRET_BYTES, BLOB_TRANSFERS_PER_SENDER,
-    BLOB_UPLOADS_PER_SENDER, BLOB_UPLOADS_TOTAL,
+    BLOB_CHUNK_WAITERS, BLOB_DOWNLOADS_TOTAL, BLOB_ID_BYTES, BLOB_SECRET_BYTES,
+    BLOB_TRANSFERS_PER_SENDER, BLOB_UPLOADS_PER_SENDER, BLOB_UPLOADS_TOTAL, MAX_BLOB_CLIENT_REF,
 };
 
 /// The store's bounds.
@@ -48,6 +48,16 @@ pub struct CreateRequest {
     pub chunk_size: u64,
     /// Number of chunks: `ceil(size / chunkSize)`, at least 1.
     pub chunk_count: u64,
+    /// The sender's idempotency key (1–64 of `A-Z a-z 0-9 - _`), chosen and journalled before
+    /// the request: asking again with the same key (after a crash that lost the answer) returns
+    /// the same transfer instead of leaving an orphan.
+    #[serde(default)]
+    pub client_ref: Option<String>,
+    /// The file has one recipient: its download capability may delete the transfer too (the
+    /// recipient does once its copy is verified). Off for a group's file, where every member
+    /// holds the download capability and expiry is the bound.
+    #[serde(default)]
+    pub one_recipient: bool,
 }
 
 /// Answer of `POST /blobs`.
@@ -62,6 +72,10 @@ pub struct Created {
     pub download_capability: String,
     /// When the bytes are deleted (Unix milliseconds).
     pub expires_at_ms: u64,
+    /// `false` when a `clientRef` found the transfer made by an earlier request (HTTP 200
+    /// instead of 201).
+    #[serde(skip)]
+    pub new: bool,
 }
 
 /// Answer of `GET /blobs/{id}`.
@@ -122,6 +136,10 @@ struct Meta {
     expires_ms: u64,
     upload_capability: String,
     download_capability: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_ref: Option<String>,
+    #[serde(default)]
+    one_recipient: bool,
 }
 
 impl Meta {
@@ -140,6 +158,19 @@ struct Transfer {
     meta: Meta,
     present: Vec<bool>,
     missing: u64,
+    /// Woken when a chunk arrives or the transfer goes: downloads waiting for a chunk.
+    arrived: Arc<Notify>,
+}
+
+impl Transfer {
+    fn new(meta: Meta, present: Vec<bool>, missing: u64) -> Self {
+        Self {
+            meta,
+            present,
+            missing,
+            arrived: Arc::new(Notify::new()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +179,8 @@ struct Index {
     reserved: u64,
     stored: u64,
     senders: HashMap<ClientId, (u64, usize)>,
+    /// `(sender, clientRef)` → transfer id.
+    refs: HashMap<(ClientId, String), String>,
 }
 
 impl Index {
@@ -156,11 +189,20 @@ impl Index {
         let s = self.senders.entry(t.meta.sender.clone()).or_default();
         s.0 = s.0.saturating_add(t.meta.size);
         s.1 += 1;
+        if let Some(r) = &t.meta.client_ref {
+            self.refs
+                .insert((t.meta.sender.clone(), r.clone()), t.meta.id.clone());
+        }
         self.transfers.insert(t.meta.id.clone(), t);
     }
 
     fn remove(&mut self, id: &str) -> Option<Transfer> {
         let t = self.transfers.remove(id)?;
+        // Downloads waiting for a chunk of it learn at once that it is gone.
+        t.arrived.notify_waiters();
+        if let Some(r) = &t.meta.client_ref {
+            self.refs.remove(&(t.meta.sender.clone(), r.clone()));
+        }
         self.reserved = self.reserved.saturating_sub(t.meta.size);
         let stored: u64 = (0..t.meta.chunk_count)
             .filter(|&i| t.present.get(to_usize(i)).copied().unwrap_or(false))
@@ -226,6 +268,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub(crate) enum Access {
     Upload,
     Download,
+    /// The upload capability, or the download capability of a one-recipient transfer.
+    Delete,
 }
 
 /// A chunk upload admitted by [`BlobStore::begin_upload`]: where to write and how much.
@@ -248,6 +292,8 @@ pub struct BlobStore {
     pub(crate) uploads_total: Arc<Semaphore>,
     /// Downloads running on the whole server ([`BLOB_DOWNLOADS_TOTAL`]).
     pub(crate) downloads_total: Arc<Semaphore>,
+    /// Downloads waiting for a chunk not uploaded yet ([`BLOB_CHUNK_WAITERS`]).
+    chunk_waiters: Arc<Semaphore>,
     /// Counters for `/metrics`.
     pub stats: BlobStats,
 }
@@ -314,11 +360,7 @@ impl BlobStore {
                 }
             }
             index.stored += stored;
-            index.insert(Transfer {
-                meta,
-                present,
-                missing,
-            });
+            index.insert(Transfer::new(meta, present, missing));
         }
         info!(
             transfers = index.transfers.len(),
@@ -332,6 +374,7 @@ impl BlobStore {
             uploads: Mutex::default(),
             uploads_total: Arc::new(Semaphore::new(BLOB_UPLOADS_TOTAL)),
             downloads_total: Arc::new(Semaphore::new(BLOB_DOWNLOADS_TOTAL)),
+            chunk_waiters: Arc::new(Semaphore::new(BLOB_CHUNK_WAITERS)),
             stats: BlobStats::default(),
         })
     }
@@ -381,6 +424,17 @@ impl BlobStore {
                 "chunkSize must be at least {MIN_BLOB_CHUNK_BYTES} bytes when there is more than one chunk"
             )));
         }
+        if let Some(r) = &req.client_ref {
+            let ok = !r.is_empty()
+                && r.len() <= MAX_BLOB_CLIENT_REF
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(BlobError::Invalid(format!(
+                    "clientRef must be 1 to {MAX_BLOB_CLIENT_REF} of A-Z a-z 0-9 - _"
+                )));
+            }
+        }
         let id = to_hex(&rand::random::<[u8; BLOB_ID_BYTES]>());
         let meta = Meta {
             id: id.clone(),
@@ -393,9 +447,33 @@ impl BlobStore {
                 .saturating_add(u64::try_from(self.limits.ttl.as_millis()).unwrap_or(u64::MAX)),
             upload_capability: random_secret(),
             download_capability: random_secret(),
+            client_ref: req.client_ref.clone(),
+            one_recipient: req.one_recipient,
         };
         {
             let mut index = self.lock();
+            if let Some(r) = &req.client_ref {
+                let known = index.refs.get(&(req.sender_id.clone(), r.clone())).cloned();
+                if let Some(t) = known.and_then(|id| index.transfers.get(&id)) {
+                    let m = &t.meta;
+                    if (m.size, m.chunk_size, m.chunk_count, m.one_recipient)
+                        != (req.size, req.chunk_size, count, req.one_recipient)
+                    {
+                        return Err(BlobError::Invalid(
+                            "this clientRef names another transfer of different sizes".into(),
+                        ));
+                    }
+                    // A repeat of a create whose answer was lost: the same transfer, nothing
+                    // new reserved.
+                    return Ok(Created {
+                        transfer_id: m.id.clone(),
+                        upload_capability: m.upload_capability.clone(),
+                        download_capability: m.download_capability.clone(),
+                        expires_at_ms: m.expires_ms,
+                        new: false,
+                    });
+                }
+            }
             let (sender_bytes, sender_count) = index
                 .senders
                 .get(&req.sender_id)
@@ -415,11 +493,11 @@ impl BlobStore {
                 });
             }
             // Reserved now, so racing creates cannot overshoot; undone below if the disk fails.
-            index.insert(Transfer {
-                meta: meta.clone(),
-                present: vec![false; to_usize(count)],
-                missing: count,
-            });
+            index.insert(Transfer::new(
+                meta.clone(),
+                vec![false; to_usize(count)],
+                count,
+            ));
         }
         let dir = self.root.join(&id);
         let written = fs::create_dir(&dir)
@@ -437,11 +515,13 @@ impl BlobStore {
             upload_capability: meta.upload_capability,
             download_capability: meta.download_capability,
             expires_at_ms: meta.expires_ms,
+            new: true,
         })
     }
 
     /// Looks `id` up and checks `capability` (constant time) for `access`: the upload capability
-    /// opens everything, the download capability only reading.
+    /// opens everything, the download capability reading (and deleting a one-recipient
+    /// transfer).
     fn authorize<'a>(
         index: &'a mut Index,
         id: &str,
@@ -457,6 +537,7 @@ impl BlobStore {
         match access {
             Access::Upload if upload => Ok(t),
             Access::Download if upload || download => Ok(t),
+            Access::Delete if upload || (download && t.meta.one_recipient) => Ok(t),
             _ => Err(BlobError::Forbidden),
         }
     }
@@ -552,6 +633,7 @@ impl BlobStore {
             }
         }
         let complete = t.missing == 0;
+        t.arrived.notify_waiters();
         if !already_present {
             idx.stored = idx.stored.saturating_add(slot.expected);
         }
@@ -562,28 +644,76 @@ impl BlobStore {
         })
     }
 
-    /// The path of a present chunk, after the capability check.
-    pub(crate) fn chunk_path(
+    /// The path of a present chunk, after the capability check; `Err(arrived)` while it is
+    /// missing (a chunk index past the end is refused at once).
+    fn chunk_or_waiter(
         &self,
         id: &str,
         capability: &str,
         index: u64,
-    ) -> Result<PathBuf, BlobError> {
+    ) -> Result<Result<PathBuf, Arc<Notify>>, BlobError> {
         let mut idx = self.lock();
         let t = Self::authorize(&mut idx, id, capability, Access::Download)?;
-        if !t.present.get(to_usize(index)).copied().unwrap_or(false) {
+        if index >= t.meta.chunk_count {
             return Err(BlobError::ChunkMissing(index));
         }
-        Ok(self.root.join(id).join(index.to_string()))
+        if !t.present.get(to_usize(index)).copied().unwrap_or(false) {
+            return Ok(Err(Arc::clone(&t.arrived)));
+        }
+        Ok(Ok(self.root.join(id).join(index.to_string())))
     }
 
-    /// Deletes a transfer and its bytes (upload capability).
+    /// The path of chunk `index`, after the capability check. A chunk not uploaded yet is
+    /// waited for up to `wait` (the sender may be uploading it right now: a pipelined file's
+    /// recipient downloads behind the upload); then, or when [`BLOB_CHUNK_WAITERS`] downloads
+    /// wait already, it is [`BlobError::ChunkMissing`]. A transfer deleted or expired meanwhile
+    /// ends the wait with [`BlobError::NotFound`].
+    ///
+    /// # Errors
+    /// Unknown transfer, wrong capability, or the chunk still missing.
+    pub async fn wait_for_chunk(
+        &self,
+        id: &str,
+        capability: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<PathBuf, BlobError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut permit = None;
+        loop {
+            let arrived = match self.chunk_or_waiter(id, capability, index)? {
+                Ok(path) => return Ok(path),
+                Err(arrived) => arrived,
+            };
+            if permit.is_none() {
+                match Arc::clone(&self.chunk_waiters).try_acquire_owned() {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => return Err(BlobError::ChunkMissing(index)),
+                }
+            }
+            let notified = arrived.notified();
+            tokio::pin!(notified);
+            // Registered before the second look, so an upload finishing in between wakes us.
+            notified.as_mut().enable();
+            match self.chunk_or_waiter(id, capability, index)? {
+                Ok(path) => return Ok(path),
+                Err(_) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(BlobError::ChunkMissing(index));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes a transfer and its bytes (the upload capability; the download capability too for
+    /// a one-recipient transfer, whose recipient deletes it once its copy is verified).
     ///
     /// # Errors
     /// Unknown transfer or wrong capability.
     pub fn delete(&self, id: &str, capability: &str) -> Result<(), BlobError> {
         let mut idx = self.lock();
-        Self::authorize(&mut idx, id, capability, Access::Upload)?;
+        Self::authorize(&mut idx, id, capability, Access::Delete)?;
         idx.remove(id);
         // Removed under the lock so that no upload renames into it meanwhile.
         let _ = fs::remove_dir_all(self.root.join(id));
