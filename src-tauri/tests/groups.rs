@@ -22,6 +22,7 @@ async fn mls_peer(url: &str, name: &str, dir: &std::path::Path) -> MessagingPeer
         lattice_crypto::Identity::generate(&mut rand_core::OsRng),
     );
     config.mls_state = Some(dir.join("mls.sqlite3"));
+    config.transfers_dir = Some(dir.join("transfers"));
     let peer = MessagingPeer::new(config).unwrap();
     peer.connect().await.unwrap();
     assert!(peer.publish_key_packages().await.unwrap() > 0);
@@ -122,9 +123,11 @@ fn group_row(app: &TestApp, group: &str) -> Value {
 #[test]
 fn a_group_made_in_the_app_talks_three_ways_renames_and_locks_a_removed_member_out() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt
-        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
-        .unwrap();
+    // A data directory, so the server keeps the blob of the file bob sends to the group.
+    let server_dir = tempfile::tempdir().unwrap();
+    let mut config = lattice_server::Config::for_tests();
+    config.data_dir = Some(server_dir.path().to_owned());
+    let server = rt.block_on(lattice_server::spawn(config)).unwrap();
     let url = server.url();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bob = rt.block_on(mls_peer(&url, "bob", dirs.0.path()));
@@ -233,8 +236,24 @@ fn a_group_made_in_the_app_talks_three_ways_renames_and_locks_a_removed_member_o
     assert_eq!((from.as_str(), text.as_str()), ("bob", "from bob"));
     let (from, text) = rt.block_on(next_text(&mut bob_events));
     assert_eq!((from.as_str(), text.as_str()), ("carol", "from carol"));
+
+    // A file bob sends to the group (lattice-chat can) reads as a line from him with its name
+    // and size, and says the app cannot save it yet: never silence.
+    let file = dirs.0.path().join("notes.txt");
+    std::fs::write(&file, b"ten bytes!").unwrap();
+    rt.block_on(bob.send_group_file(&bob_gid, &file, lattice_peer::FileMeta::default()))
+        .unwrap();
+    assert_eq!(
+        until_line(
+            &app,
+            &gid,
+            "Sent a file, notes.txt (1 KB). Files in groups cannot be saved in this app yet.",
+            false
+        )["sender"],
+        json!("bob")
+    );
     let row = group_row(&app, &gid);
-    assert_eq!(row["unread"], json!(2), "{row}");
+    assert_eq!(row["unread"], json!(3), "{row}");
     app.invoke("mark_group_read", json!({"groupId": gid}))
         .unwrap();
     assert_eq!(group_row(&app, &gid)["unread"], json!(0));
