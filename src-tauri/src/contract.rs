@@ -235,6 +235,9 @@ wire_enum! {
         KeyChanged = "keyChanged",
         /// A notice: the first connection failed for good.
         Connect = "connect",
+        /// A notice: the encrypted conversation with a contact was set up again (a message
+        /// could not be read on this device, or the contact started over with a new install).
+        ConversationRestarted = "conversationRestarted",
     }
 }
 

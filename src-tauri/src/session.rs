@@ -577,6 +577,12 @@ impl Ctx {
                 self.on_group_changed(group, by.as_ref(), change);
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
+            PeerEvent::ConversationNotice { peer, notice } => {
+                self.up(SessionEvent::Notice(Notice::new(
+                    ErrorKind::ConversationRestarted,
+                    conversation_notice_text(peer, notice),
+                )));
+            }
             PeerEvent::Error(e) => {
                 if let PeerError::Rejected { from, .. } = e {
                     let allowed = self
@@ -827,6 +833,22 @@ async fn refresh_presence(ctx: &Ctx) {
     }
 }
 
+/// What the app says when the library set a 1:1 conversation up again.
+fn conversation_notice_text(peer: &ClientId, notice: &lattice_peer::ConversationNotice) -> String {
+    match notice {
+        lattice_peer::ConversationNotice::Unreadable { .. } => format!(
+            "A message from {peer} could not be read: this device no longer has the encrypted \
+             conversation it was sent in (a restored backup or a reinstall). The conversation \
+             was set up again; ask {peer} to send it once more."
+        ),
+        lattice_peer::ConversationNotice::PeerStartedOver => format!(
+            "{peer} started over (a new install or a restored backup): the encrypted \
+             conversation was set up again, and what you sent just before may not have been read."
+        ),
+        _ => format!("The encrypted conversation with {peer} was set up again."),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -965,6 +987,32 @@ mod tests {
         assert!(!events
             .iter()
             .any(|e| matches!(e, SessionEvent::Received(_))));
+    }
+
+    #[tokio::test]
+    async fn a_conversation_set_up_again_is_a_notice_naming_the_contact() {
+        let (ctx, mut rx) = context();
+        let bob = ClientId::new("bob").unwrap();
+        ctx.on_event(&PeerEvent::ConversationNotice {
+            peer: bob.clone(),
+            notice: lattice_peer::ConversationNotice::Unreadable { message_id: None },
+        });
+        ctx.on_event(&PeerEvent::ConversationNotice {
+            peer: bob,
+            notice: lattice_peer::ConversationNotice::PeerStartedOver,
+        });
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 2, "{events:?}");
+        for (event, words) in events.iter().zip(["could not be read", "started over"]) {
+            match event {
+                SessionEvent::Notice(n) => {
+                    assert_eq!(n.kind, ErrorKind::ConversationRestarted);
+                    assert!(n.message.contains("bob"), "{}", n.message);
+                    assert!(n.message.contains(words), "{}", n.message);
+                }
+                other => panic!("expected a notice, got {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -73,6 +73,7 @@ export const ErrorKind = Object.freeze({
   MESSAGE_FAILED: "messageFailed",
   KEY_CHANGED: "keyChanged",
   CONNECT: "connect",
+  CONVERSATION_RESTARTED: "conversationRestarted",
 });
 
 /** The `code` of an error of kind `peer`. */
