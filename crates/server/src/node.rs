@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use lattice_protocol::{close_code, encode, ClientId, Frame, PeerPresence, ServerFrame};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +35,7 @@ use crate::cluster::directory::RedisDirectory;
 use crate::cluster::mailbox::{consumer, RedisMailbox};
 use crate::cluster::presence::{Claim, PeerKeys, Presence, PRESENCE_REFRESH};
 use crate::cluster::stats::{RedisStats, Timed as _};
-use crate::cluster::{connect, ClusterError, NodeId, RedisUrl};
+use crate::cluster::{ClusterError, NodeId, RedisConn, RedisUrl};
 use crate::hub::{Hub, Out, PeerEntry};
 
 /// What one node publishes on another node's channel.
@@ -145,7 +144,7 @@ pub struct Node {
     pub mailbox: RedisMailbox,
     /// The cross-node counters (`/metrics`).
     pub stats: Arc<RedisStats>,
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Admin questions waiting for another node's answer, by number.
     // std Mutex: map inserts and removals; never held across an await.
     asks: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
@@ -162,7 +161,8 @@ impl Drop for AskSlot<'_> {
 }
 
 impl Node {
-    /// Connects to `url` as a new node (a fresh random id) and subscribes to its channels; the
+    /// Connects to `url` (one Redis, or a Redis Cluster through its seeds: [`RedisConn::open`])
+    /// as a new node (a fresh random id) and subscribes to its channels; the
     /// subscription watcher stops with `stop`. Returns the node and what arrives for it (for
     /// [`run_inbound`]).
     ///
@@ -174,7 +174,7 @@ impl Node {
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
         let stats = Arc::new(RedisStats::default());
         let id = NodeId::random();
-        let conn = connect(url).await?;
+        let conn = RedisConn::open(url).await?;
         let (channels, inbound) =
             Channels::open_with_stats(url, id.clone(), stop, Arc::clone(&stats)).await?;
         let node = Self {
