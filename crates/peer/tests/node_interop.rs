@@ -5,8 +5,8 @@
 //! peer on the other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Shared with the server's Redis tests (it allows its own dead code); this one only starts it.
 #[path = "../../server/tests/support/redis_process.rs"]
-#[allow(dead_code)] // shared with the server's Redis tests; this one only starts it
 mod redis_process;
 #[path = "../../server/tests/support/server_process.rs"]
 #[allow(dead_code)] // shared by several crates' tests; each uses a part

@@ -342,17 +342,6 @@ impl Config {
         if self.blob_ttl.is_zero() {
             return Err(ConfigError("--blob-ttl must be above 0".into()));
         }
-        if self
-            .redis
-            .as_ref()
-            .is_some_and(crate::cluster::RedisUrl::is_cluster)
-        {
-            return Err(ConfigError(
-                "--redis: a Redis Cluster URL (redis+cluster://) is not supported by the server \
-                 yet; give one Redis (redis:// or rediss://), a primary with replicas is fine"
-                    .into(),
-            ));
-        }
         let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES as u64;
         if self.mailbox_quota().sender_bytes < largest {
             return Err(ConfigError(format!(
@@ -368,15 +357,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_redis_cluster_url_is_refused_until_the_server_supports_it() {
+    fn one_redis_and_a_redis_cluster_url_are_both_accepted() {
         let with = |url: &str| Config {
             redis: Some(crate::cluster::RedisUrl::parse(url).unwrap()),
             ..Config::for_tests()
         };
         assert!(with("redis://127.0.0.1:6379").validate().is_ok());
-        let e = with("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+        assert!(with("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
             .validate()
-            .unwrap_err();
-        assert!(e.to_string().contains("Redis Cluster"), "{e}");
+            .is_ok());
     }
 }

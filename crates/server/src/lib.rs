@@ -41,6 +41,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The unit tests include the integration tests' `redis-server` harness, which names the crate.
+#[cfg(test)]
+extern crate self as lattice_server;
+
 pub mod admin_guard;
 mod blob_http;
 pub mod blobs;

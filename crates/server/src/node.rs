@@ -1,12 +1,13 @@
 //! This server as one node of several sharing their state in Redis (`--redis`; the design is in
 //! `docs/scaling.md`). [`Node`] holds the node's Redis components ([`crate::cluster`]): presence
-//! (one live holder per id across every node), the node channels, the directory and the mailbox
-//! streams. The session handlers call them where a single node calls the in-process hub and the
-//! SQLite store; this module adds what ties them to the node's own sessions:
+//! (one live holder per id across every node), the node channels, the directory, the mailbox
+//! streams, and the MLS KeyPackage directory and groups. The session handlers call them where a
+//! single node calls the in-process hub and the SQLite store; this module adds what ties them to
+//! the node's own sessions:
 //!
 //! - [`NodeMsg`], what one node publishes on another's channel: a frame for an (unverified) peer
-//!   it holds, "check mail" for a verified one, "close this connection" when a verified owner
-//!   reclaimed its id elsewhere;
+//!   it holds, "check mail" for a verified one, a server notice (`key_packages_low`), "close
+//!   this connection" when a verified owner reclaimed its id elsewhere;
 //! - [`PresenceMsg`], the join/leave notice every node turns into `peer_connected` /
 //!   `peer_disconnected` for its own subscribed sessions;
 //! - admin questions for a peer on another node ([`Node::ask_remote`]): the question goes to the
@@ -25,7 +26,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use lattice_protocol::{close_code, encode, ClientId, Frame, PeerPresence, ServerFrame};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -33,10 +33,12 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::channel::{Channels, Inbound};
 use crate::cluster::directory::RedisDirectory;
+use crate::cluster::groups::RedisGroups;
+use crate::cluster::key_packages::RedisKeyPackages;
 use crate::cluster::mailbox::{consumer, RedisMailbox};
 use crate::cluster::presence::{Claim, PeerKeys, Presence, PRESENCE_REFRESH};
 use crate::cluster::stats::{RedisStats, Timed as _};
-use crate::cluster::{connect, ClusterError, NodeId, RedisUrl};
+use crate::cluster::{ClusterError, NodeId, RedisConn, RedisUrl};
 use crate::hub::{Hub, Out, PeerEntry};
 
 /// What one node publishes on another node's channel.
@@ -57,6 +59,16 @@ pub enum NodeMsg {
     Mail {
         /// The recipient.
         to: ClientId,
+    },
+    /// A server notice (not a message: nothing to acknowledge, dropped with a full queue) for
+    /// connection `conn` holding `to`, such as `key_packages_low`.
+    Notice {
+        /// The recipient.
+        to: ClientId,
+        /// Its connection on the receiving node.
+        conn: u64,
+        /// The frame, written as is.
+        frame: String,
     },
     /// Close connection `conn` holding `to` with 4000: the same verified identity registered on
     /// another node.
@@ -143,9 +155,13 @@ pub struct Node {
     pub directory: RedisDirectory,
     /// Mailbox streams of verified ids.
     pub mailbox: RedisMailbox,
+    /// The MLS KeyPackage directory.
+    pub key_packages: RedisKeyPackages,
+    /// The MLS delivery service's groups (epoch check and fan-out into the mailbox streams).
+    pub groups: RedisGroups,
     /// The cross-node counters (`/metrics`).
     pub stats: Arc<RedisStats>,
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Admin questions waiting for another node's answer, by number.
     // std Mutex: map inserts and removals; never held across an await.
     asks: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
@@ -162,7 +178,8 @@ impl Drop for AskSlot<'_> {
 }
 
 impl Node {
-    /// Connects to `url` as a new node (a fresh random id) and subscribes to its channels; the
+    /// Connects to `url` (one Redis, or a Redis Cluster through its seeds: [`RedisConn::open`])
+    /// as a new node (a fresh random id) and subscribes to its channels; the
     /// subscription watcher stops with `stop`. Returns the node and what arrives for it (for
     /// [`run_inbound`]).
     ///
@@ -174,13 +191,18 @@ impl Node {
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
         let stats = Arc::new(RedisStats::default());
         let id = NodeId::random();
-        let conn = connect(url).await?;
+        let conn = RedisConn::open(url).await?;
         let (channels, inbound) =
             Channels::open_with_stats(url, id.clone(), stop, Arc::clone(&stats)).await?;
+        let directory = RedisDirectory::new(conn.clone()).with_stats(Arc::clone(&stats));
+        let mailbox = RedisMailbox::new(conn.clone()).with_stats(Arc::clone(&stats));
         let node = Self {
             presence: Presence::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
-            directory: RedisDirectory::new(conn.clone()).with_stats(Arc::clone(&stats)),
-            mailbox: RedisMailbox::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            key_packages: RedisKeyPackages::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            groups: RedisGroups::new(conn.clone(), mailbox.clone(), directory.clone())
+                .with_stats(Arc::clone(&stats)),
+            directory,
+            mailbox,
             channels,
             stats,
             conn,
@@ -232,6 +254,37 @@ impl Node {
                 let msg = NodeMsg::Mail { to: id.clone() };
                 if let Err(e) = self.publish(&holder.node, &msg).await {
                     warn!(error = %e, peer = %id, "mail notice not published");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, peer = %id, "presence lookup failed"),
+        }
+    }
+
+    /// Sends `frame`, a server notice, to the connection holding `id`: the local session's
+    /// queue directly (dropped if full), another node over its channel; nothing when `id` is
+    /// offline. Best effort, as on one node.
+    pub async fn notify(&self, hub: &dyn Hub, id: &ClientId, frame: Utf8Bytes) {
+        if let Some(local) = hub.get(id) {
+            if local
+                .session
+                .tx
+                .try_send(Out::Frame(Box::new(frame)))
+                .is_err()
+            {
+                debug!(peer = %id, "notice dropped: the recipient's queue is full");
+            }
+            return;
+        }
+        match self.presence.holder(id).await {
+            Ok(Some(holder)) if holder.node != self.id => {
+                let msg = NodeMsg::Notice {
+                    to: id.clone(),
+                    conn: holder.conn,
+                    frame: frame.as_str().to_owned(),
+                };
+                if let Err(e) = self.publish(&holder.node, &msg).await {
+                    warn!(error = %e, peer = %id, "notice not published");
                 }
             }
             Ok(_) => {}
@@ -397,6 +450,18 @@ fn deliver(hub: &dyn Hub, msg: NodeMsg) {
                 .is_err()
             {
                 debug!(peer = %to, "routed frame dropped: the recipient's queue is full");
+            }
+        }
+        NodeMsg::Notice { to, conn, frame } => {
+            let Some(e) = hub.get(&to).filter(|e| e.session.conn_id == conn) else {
+                return;
+            };
+            if e.session
+                .tx
+                .try_send(Out::Frame(Box::new(frame.into())))
+                .is_err()
+            {
+                debug!(peer = %to, "notice dropped: the recipient's queue is full");
             }
         }
         NodeMsg::Mail { to } => {

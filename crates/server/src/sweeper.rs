@@ -1,5 +1,6 @@
 //! Housekeeping, one task per server: heartbeat pings, idle and registration timeouts, expiry of
-//! questions and mail and unused bindings, WAL checkpoints. Its clock is tokio's (the server's
+//! questions and mail and unused bindings (in SQLite, or in Redis on a node of several), WAL
+//! checkpoints. Its clock is tokio's (the server's
 //! uptime is a `tokio::time::Instant`), so the timeouts are unit-tested on paused time.
 
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use tracing::{info, warn};
 use crate::hub::Out;
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::state::{self, ServerState};
 
 /// Once a minute: expired mail and unused bindings go, and the WAL is checkpointed and truncated
@@ -21,10 +23,8 @@ fn store_maintenance(state: &ServerState) {
         Ok(n) => info!(expired = n, "expired mailbox entries removed"),
         Err(e) => warn!(error = %e, "mailbox purge failed"),
     }
-    let ttl = state.config.binding_ttl;
-    if !ttl.is_zero() {
-        let now = i64::try_from(state::unix_ms()).unwrap_or(i64::MAX);
-        let cutoff = now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    // On a node of several the bindings are in Redis ([`expire_bindings_on_redis`]).
+    if let (Some(cutoff), None) = (binding_cutoff(state), &state.node) {
         // An id online now is in use, however long ago it registered.
         let online = |id: &lattice_protocol::ClientId| state.hub.get(id).is_some();
         match state
@@ -45,6 +45,53 @@ fn store_maintenance(state: &ServerState) {
     if let Err(e) = state.store.checkpoint() {
         warn!(error = %e, "WAL checkpoint failed");
     }
+}
+
+/// Bindings last used before this (unix ms) expire; `None` with `--binding-ttl 0` (never).
+fn binding_cutoff(state: &ServerState) -> Option<i64> {
+    let ttl = state.config.binding_ttl;
+    if ttl.is_zero() {
+        return None;
+    }
+    let now = i64::try_from(state::unix_ms()).unwrap_or(i64::MAX);
+    Some(now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
+}
+
+/// On a node of several: up to [`limits::BINDING_EXPIRY_BATCH`] bindings unused for
+/// `--binding-ttl` go from Redis (with their mailboxes and KeyPackages; an id online on any node
+/// is in use and stays), and each expired id leaves its groups, so a later owner of the id
+/// starts with none (as on one node). Any node may run it, at the same time as others: each
+/// binding is deleted by one script that checks its last use and presence again. How many went.
+pub(crate) async fn expire_bindings_on_redis(state: &ServerState, node: &Node) -> usize {
+    let Some(cutoff) = binding_cutoff(state) else {
+        return 0;
+    };
+    let online = |id: &lattice_protocol::ClientId| state.hub.get(id).is_some();
+    let expired = match node
+        .directory
+        .expire_unused_ids(cutoff, limits::BINDING_EXPIRY_BATCH, &online)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            warn!(error = %e, "binding expiry failed");
+            return 0;
+        }
+    };
+    for id in &expired {
+        if let Err(e) = node.groups.forget_member(id).await {
+            // The id's next registration by a new owner forgets them (register.rs).
+            warn!(error = %e, peer = %id, "expired id's groups not forgotten");
+        }
+    }
+    if !expired.is_empty() {
+        state
+            .metrics
+            .bindings_expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        info!(expired = expired.len(), "unused bindings removed");
+    }
+    expired.len()
 }
 
 /// Blob transfers past `--blob-ttl` lose their bytes; expired blob tokens go.
@@ -95,9 +142,18 @@ pub(crate) async fn sweep(state: Arc<ServerState>) {
             (limits::STORE_MAINTENANCE_EVERY.as_secs() / limits::SWEEP_INTERVAL.as_secs()).max(1);
         if rounds.is_multiple_of(every) {
             store_maintenance(&state);
+            if let Some(node) = &state.node {
+                // Bounded: a batch, each command within the Redis response timeout.
+                expire_bindings_on_redis(&state, node).await;
+            }
         }
     }
 }
+
+// The integration tests' `redis-server` harness (a real process on a free port, killed on drop).
+#[cfg(test)]
+#[path = "../tests/support/redis_process.rs"]
+mod redis_process;
 
 #[cfg(test)]
 mod tests {
@@ -190,5 +246,129 @@ mod tests {
 
         state.shutdown.cancel();
         sweeper.await.expect("the sweeper stops at shutdown");
+    }
+
+    /// A node of several on a real `redis-server`: unused bindings expire from Redis with their
+    /// group memberships; one online on a node (its presence key lives) and one used since the
+    /// cutoff stay (a short `--binding-ttl` stands in for months; real time, not paused, since
+    /// the node talks to a real process).
+    #[tokio::test]
+    async fn on_redis_unused_bindings_expire_and_their_ids_leave_their_groups() {
+        use std::collections::BTreeSet;
+        use std::time::Duration;
+
+        use lattice_protocol::{ClientId, GroupId, MessageId};
+
+        use crate::cluster::presence::{Claim, PeerKeys};
+        use crate::store::{Binding, CommitOp, Quota};
+
+        let redis = super::redis_process::RedisProcess::start().await;
+        let shutdown = CancellationToken::new();
+        let config = Config {
+            redis: Some(crate::cluster::RedisUrl::parse(&redis.url()).expect("url")),
+            binding_ttl: Duration::from_millis(300),
+            ..Config::for_tests()
+        };
+        let state = crate::start_state(config, shutdown.clone())
+            .await
+            .expect("node");
+        let node = state.node.clone().expect("a node");
+        let id = |s: &str| ClientId::new(s).expect("id");
+        let binding = |n: u8| Binding {
+            identity_key: [n; 32],
+            kem_public_key: vec![n; 8],
+            key_signature: vec![n; 4],
+        };
+        let now = || i64::try_from(crate::state::unix_ms()).expect("ms");
+        for (n, who) in ["alice", "bob", "carol"].iter().enumerate() {
+            let n = u8::try_from(n).expect("small");
+            node.directory
+                .bind(&id(who), &binding(n), 0, now())
+                .await
+                .expect("bound");
+        }
+        // alice and bob are in a group; carol is online on some node
+        let members: BTreeSet<ClientId> = [id("alice"), id("bob")].into();
+        let group = GroupId::new("0c0c").expect("group id");
+        let mid = MessageId::new("create").expect("mid");
+        let op = CommitOp {
+            group: &group,
+            sender: &id("alice"),
+            epoch: 0,
+            message_id: &mid,
+            members: &members,
+            commit_frame: "{}",
+            welcome_frame: Some("{}"),
+            max_groups_per_id: 10,
+        };
+        node.groups
+            .commit(&op, &Quota::UNLIMITED)
+            .await
+            .expect("group made");
+        assert_eq!(node.groups.group_count(&id("bob")).await.expect("count"), 1);
+        let keys = PeerKeys {
+            public_key: vec![2; 8],
+            identity_key: Some([2; 32]),
+            key_signature: Some(vec![2; 4]),
+        };
+        assert!(matches!(
+            node.presence.claim(&id("carol"), 7, &keys).await,
+            Ok(Claim::Won { .. })
+        ));
+
+        // nothing is old enough yet
+        assert_eq!(super::expire_bindings_on_redis(&state, &node).await, 0);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // alice registers again: used since the cutoff
+        node.directory
+            .touch(&id("alice"), now())
+            .await
+            .expect("touch");
+        assert_eq!(super::expire_bindings_on_redis(&state, &node).await, 1);
+        assert!(node.directory.get(&id("bob")).await.expect("get").is_none());
+        assert!(node
+            .directory
+            .get(&id("alice"))
+            .await
+            .expect("get")
+            .is_some());
+        assert!(node
+            .directory
+            .get(&id("carol"))
+            .await
+            .expect("get")
+            .is_some());
+        // bob left the group, alice is still in it
+        assert_eq!(node.groups.group_count(&id("bob")).await.expect("count"), 0);
+        assert_eq!(
+            node.groups
+                .state(&group)
+                .await
+                .expect("state")
+                .map(|(_, m)| m),
+            Some([id("alice")].into())
+        );
+        assert_eq!(state.metrics.bindings_expired.load(Ordering::Relaxed), 1);
+        // carol, once offline, expires at the next pass after her last use
+        assert!(node
+            .presence
+            .release(&id("carol"), 7)
+            .await
+            .expect("release"));
+        assert_eq!(
+            super::expire_bindings_on_redis(&state, &node).await,
+            0,
+            "she was in use just now"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(super::expire_bindings_on_redis(&state, &node).await, 2);
+        assert!(node
+            .directory
+            .get(&id("carol"))
+            .await
+            .expect("get")
+            .is_none());
+
+        shutdown.cancel();
     }
 }

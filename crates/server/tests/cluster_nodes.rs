@@ -19,19 +19,23 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use base64::Engine as _;
-use redis_process::RedisProcess;
+use redis_process::{RedisCluster, RedisProcess};
 use serde_json::{json, Value};
 use server_process::ServerProcess;
 use support::*;
 
 /// `n` nodes on `redis`, each on its own data dir under `dir`.
 async fn nodes(redis: &RedisProcess, dir: &tempfile::TempDir, n: usize) -> Vec<ServerProcess> {
-    let url = redis.url();
+    nodes_on(&redis.url(), dir, n).await
+}
+
+/// `n` nodes on the Redis (or Redis Cluster) at `url`, each on its own data dir under `dir`.
+async fn nodes_on(url: &str, dir: &tempfile::TempDir, n: usize) -> Vec<ServerProcess> {
     let mut out = Vec::new();
     for i in 0..n {
         let data = dir.path().join(format!("node{i}"));
         std::fs::create_dir_all(&data).unwrap();
-        out.push(ServerProcess::start(&data, &["--redis", &url]).await);
+        out.push(ServerProcess::start(&data, &["--redis", url]).await);
     }
     out
 }
@@ -445,4 +449,58 @@ async fn an_admin_question_reaches_a_peer_on_another_node_and_its_answer_comes_b
     .await;
     assert_eq!(s, 404);
     drop(peer.await.unwrap());
+}
+
+#[tokio::test]
+async fn three_nodes_on_a_redis_cluster_relay_both_ways_and_deliver_mail_on_another_node() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = nodes_on(&cluster.url(), &dir, 3).await;
+    let (alice_id, bob_id, carol_id) = (new_identity(), new_identity(), new_identity());
+    let mut alice = register_verified(&n[0].url, "alice", &alice_id).await;
+    let mut bob = register_verified(&n[1].url, "bob", &bob_id).await;
+    // carol binds her id, then goes offline
+    drop(register_verified(&n[2].url, "carol", &carol_id).await);
+
+    let d = bob
+        .request(
+            json!({"type":"discover","requestId":"d1","payload":{}}),
+            "discover",
+        )
+        .await;
+    let peers = d["payload"]["peers"].as_array().unwrap();
+    assert!(peers.contains(&json!("alice")), "{d}");
+
+    // messages both ways across nodes
+    alice.send(message("bob", "m1", "r1", "hi bob")).await;
+    assert_eq!(answer(&mut alice, "r1").await["type"], "message_ack");
+    let m = bob.recv_any(&["message"]).await;
+    assert_eq!(m["payload"]["fromId"], "alice");
+    assert_eq!(m["payload"]["message"], envelope("hi bob"));
+    bob.send(ack("m1", "alice")).await;
+    bob.send(message("alice", "m2", "r2", "hi alice")).await;
+    assert_eq!(answer(&mut bob, "r2").await["type"], "message_ack");
+    let m = alice.recv_any(&["message"]).await;
+    assert_eq!(m["payload"]["fromId"], "bob");
+    assert_eq!(m["payload"]["message"], envelope("hi alice"));
+    alice.send(ack("m2", "bob")).await;
+
+    // mail for offline carol waits in the cluster, and reaches her on another node
+    for i in 0..3 {
+        let rid = format!("c{i}");
+        alice
+            .send(message("carol", &format!("cm{i}"), &rid, "offline"))
+            .await;
+        let a = answer(&mut alice, &rid).await;
+        assert_eq!(a["payload"]["status"], "queued", "{a}");
+    }
+    let mut carol = reconnect_verified(&n[1].url, "carol", &carol_id).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = carol.recv_any(&["message"]).await;
+        assert_eq!(m["payload"]["fromId"], "alice");
+        got.push(m["payload"]["messageId"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["cm0", "cm1", "cm2"]);
 }

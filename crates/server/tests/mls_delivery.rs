@@ -2,8 +2,16 @@
 //! connections to a real server (127.0.0.1:0, SQLite): KeyPackage directory, groups set up
 //! entirely through the server, an offline member catching up after a restart, concurrent
 //! Commits, and the refusals (typed errors with the `requestId`, the connection living on).
+//! The same delivery service on several `lattice-server --redis` processes (on one Redis and on
+//! a 3-master Redis Cluster): members on different nodes make a group and talk, Commits racing
+//! from different nodes never fork it, and the KeyPackage directory is one for every node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/redis_process.rs"]
+mod redis_process;
+#[allow(dead_code)]
+#[path = "support/server_process.rs"]
+mod server_process;
 mod support;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -940,4 +948,189 @@ async fn fan_out_to_a_hundred_members_reaches_everyone_in_order() {
         MESSAGES as f64 / ds,
         copies as f64 / relay,
     );
+}
+
+/// `n` `lattice-server --redis url` processes, each on its own data dir under `dir`.
+async fn redis_nodes(url: &str, dir: &TempDir, n: usize) -> Vec<server_process::ServerProcess> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let data = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        out.push(server_process::ServerProcess::start(&data, &["--redis", url]).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn members_on_three_nodes_of_a_redis_cluster_make_a_group_talk_and_heal() {
+    let cluster = redis_process::RedisCluster::start(3, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = redis_nodes(&cluster.url(), &dir, 3).await;
+    let mut pins = Pins::new();
+    let names = ["ann", "ben", "cat"];
+    let mut m = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        m.push(Member::new(&nodes[i].url, n, &mut pins).await);
+    }
+    // KeyPackages uploaded on one node are fetched on another; Welcomes cross nodes
+    let gid = make_group(&mut m, &pins).await;
+    for from in 0..m.len() {
+        let text = format!("hello from {}", names[from]);
+        m[from].say(&gid, &text).await;
+        for to in (0..m.len()).filter(|&i| i != from) {
+            assert_eq!(m[to].hear(&pins).await, (cid(names[from]), text.clone()));
+        }
+    }
+    // a Commit from the node in the middle reaches the members on the other two
+    let out = m[1].mls.self_update(&gid).unwrap();
+    m[1].commit(&out, &names, "ben-up-1").await;
+    for i in [0, 2] {
+        assert_eq!(m[i].pump(&pins).await.0, "commit");
+        assert_eq!(m[i].mls.epoch(&gid).unwrap(), 2);
+    }
+    // a resend of the Commit that won is answered as accepted again, and stores nothing
+    let again = m[1].send_commit(&out, &names, "ben-up-1").await;
+    assert_eq!(again["type"], "group_commit", "{again}");
+    assert_eq!(again["payload"]["epoch"], 2);
+    m[2].say(&gid, "after the update").await;
+    for i in [0, 1] {
+        assert_eq!(m[i].hear(&pins).await.1, "after the update");
+    }
+}
+
+#[tokio::test]
+async fn commits_racing_from_different_nodes_never_fork_the_group() {
+    let redis = redis_process::RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = redis_nodes(&redis.url(), &dir, 3).await;
+    let mut pins = Pins::new();
+    let names = ["ann", "ben", "cat"];
+    let mut m = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        m.push(Member::new(&nodes[i].url, n, &mut pins).await);
+    }
+    let gid = make_group(&mut m, &pins).await;
+    for round in 0..3u64 {
+        let epoch = 1 + round;
+        // everyone, each on its own node, commits in the same epoch before any answer
+        let mut rids = Vec::new();
+        for x in m.iter_mut() {
+            let out = x.mls.self_update(&gid).unwrap();
+            assert_eq!(out.epoch, epoch);
+            let rid = x.rid();
+            x.ws.send(json!({"type":"group_commit","requestId": rid,"payload":{
+                "groupId": gid.to_string(), "epoch": epoch, "commit": B64.encode(&out.commit),
+                "members": names, "messageId": format!("{rid}-c")}}))
+                .await;
+            rids.push(rid);
+        }
+        let mut winners = Vec::new();
+        for (i, x) in m.iter_mut().enumerate() {
+            let a = x.answer(&rids[i]).await;
+            if a["type"] == "group_commit" {
+                x.mls.confirm_commit(&gid).unwrap();
+                winners.push(i);
+            } else {
+                assert_eq!(a["payload"]["errorType"], "STALE_EPOCH", "{a}");
+                assert_eq!(a["payload"]["currentEpoch"], epoch + 1);
+                x.mls.discard_commit(&gid).unwrap();
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one Commit wins");
+        for (i, x) in m.iter_mut().enumerate() {
+            if i != winners[0] {
+                assert_eq!(x.pump(&pins).await.0, "commit");
+            }
+            assert_eq!(x.mls.epoch(&gid).unwrap(), epoch + 1, "{} converged", x.id);
+        }
+    }
+    m[0].say(&gid, "one group").await;
+    for i in [1, 2] {
+        assert_eq!(m[i].hear(&pins).await.1, "one group");
+    }
+}
+
+#[tokio::test]
+async fn the_key_package_directory_and_its_refusals_are_the_same_on_every_node() {
+    let redis = redis_process::RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = redis_nodes(&redis.url(), &dir, 2).await;
+    let mut pins = Pins::new();
+    let mut ann = Member::new(&nodes[0].url, "ann", &mut pins).await;
+    let mut ben = Member::new(&nodes[1].url, "ben", &mut pins).await;
+
+    // nothing uploaded yet: a typed refusal naming the request, on the other node
+    let e = ben
+        .ask("key_package_fetch", json!({"clientId": "ann"}))
+        .await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["payload"]["errorType"], "NO_KEY_PACKAGE", "{e}");
+
+    // an unverified peer may not take part
+    let (mut eve, _) = register_unverified(&nodes[1].url, "eve").await;
+    eve.send(
+        json!({"type":"key_package_upload","requestId":"u1","payload":{"keyPackages":[blob("k")]}}),
+    )
+    .await;
+    let e = eve.recv_type("error").await;
+    assert_eq!(e["requestId"], "u1");
+    assert_eq!(e["payload"]["errorType"], "VERIFICATION_REQUIRED", "{e}");
+
+    // ann's stock, uploaded on node 0, is taken one by one on node 1; each one once
+    let a = ann.upload(2).await;
+    assert_eq!(a["payload"]["stock"], 2, "{a}");
+    assert_eq!(a["payload"]["lastResort"], true, "{a}");
+    let mut seen = HashSet::new();
+    for _ in 0..2 {
+        let f = ben
+            .ask("key_package_fetch", json!({"clientId": "ann"}))
+            .await;
+        assert_eq!(f["payload"]["lastResort"], false, "{f}");
+        assert!(seen.insert(f["payload"]["keyPackage"].as_str().unwrap().to_owned()));
+        // the owner, on the other node, hears that its stock runs low
+        let low = loop {
+            let v = ann.ws.recv().await;
+            if v["type"] == "key_packages_low" {
+                break v;
+            }
+        };
+        assert!(low["payload"]["stock"].as_u64().unwrap() < 2, "{low}");
+    }
+    // then the last-resort one, which stays
+    for _ in 0..2 {
+        let f = ben
+            .ask("key_package_fetch", json!({"clientId": "ann"}))
+            .await;
+        assert_eq!(f["payload"]["lastResort"], true, "{f}");
+    }
+    // the stock cap holds across nodes: a full stock refuses the whole next upload
+    let max = lattice_protocol::limits::MAX_KEY_PACKAGE_STOCK;
+    let upload = lattice_protocol::limits::MAX_KEY_PACKAGE_UPLOAD;
+    let mut stored = 0;
+    while stored + upload <= max {
+        let kps: Vec<String> = (0..upload)
+            .map(|i| blob(&format!("{stored}-{i}")))
+            .collect();
+        let a = ann
+            .ask("key_package_upload", json!({"keyPackages": kps}))
+            .await;
+        assert_eq!(a["type"], "key_package_upload", "{a}");
+        stored += upload;
+        assert_eq!(a["payload"]["stock"], stored, "{a}");
+    }
+    let kps: Vec<String> = (0..=max - stored).map(|i| blob(&format!("x{i}"))).collect();
+    let e = ann
+        .ask("key_package_upload", json!({"keyPackages": kps}))
+        .await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["payload"]["errorType"], "QUOTA_EXCEEDED", "{e}");
+    // nothing of it was stored: the next fetch, on the other node, says so
+    let f = ben
+        .ask("key_package_fetch", json!({"clientId": "ann"}))
+        .await;
+    assert_eq!(f["type"], "key_package_fetch", "{f}");
+    let a = ann
+        .ask("key_package_upload", json!({"keyPackages": []}))
+        .await;
+    assert_eq!(a["payload"]["stock"], stored - 1, "{a}");
 }

@@ -63,10 +63,16 @@ return 0
 ";
 
 /// KEYS: bind, then the id's mailbox keys (stream, ids, use) and KeyPackage keys (one-time,
-/// last resort). ARGV: cutoff ms. Deletes the binding, and the mailbox and KeyPackages that only
-/// a bound id has, unless the binding was used since the cutoff. Returns {1, ''} if deleted,
-/// {0, last use} if not (to be listed again).
+/// last resort), then its presence key. ARGV: cutoff ms. Deletes the binding, and the mailbox and
+/// KeyPackages that only a bound id has, unless the binding was used since the cutoff or the id
+/// is online on some node (its presence key lives: in use now, however long ago it registered).
+/// Returns {1, ''} if deleted, {0, last use} if not (to be listed again; an online id as used
+/// now, by Redis's clock).
 const FORGET: &str = "
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  local t = redis.call('TIME')
+  return {0, tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
+end
 local used = redis.call('HGET', KEYS[1], 'used')
 if used and tonumber(used) >= tonumber(ARGV[1]) then return {0, used} end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
@@ -233,9 +239,9 @@ impl RedisDirectory {
     }
 
     /// Deletes up to `limit` bindings last used before `cutoff_ms`, except those `keep` says are
-    /// in use, with their KeyPackages and mailboxes (only a bound id has one; it would have expired by then with
-    /// `--binding-ttl` above `--mailbox-ttl`, and this also removes the empty stream); how many
-    /// were deleted.
+    /// in use and those online on any node, with their KeyPackages and mailboxes (only a bound id
+    /// has one; it would have expired by then with `--binding-ttl` above `--mailbox-ttl`, and this
+    /// also removes the empty stream); how many were deleted.
     ///
     /// # Errors
     /// Redis failing.
@@ -245,6 +251,35 @@ impl RedisDirectory {
         limit: usize,
         keep: &(dyn Fn(&ClientId) -> bool + Sync),
     ) -> Result<usize, ClusterError> {
+        Ok(self.expire(cutoff_ms, limit, keep).await?.len())
+    }
+
+    /// [`Self::expire_unused`], returning the ids whose bindings were deleted (for what else the
+    /// server forgets of them: their group memberships, [`super::groups::RedisGroups::forget_member`]).
+    /// An id that no longer parses is deleted and counted by [`Self::expire_unused`] only.
+    ///
+    /// # Errors
+    /// Redis failing (the bindings deleted before the failure stay deleted).
+    pub async fn expire_unused_ids(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+        keep: &(dyn Fn(&ClientId) -> bool + Sync),
+    ) -> Result<Vec<ClientId>, ClusterError> {
+        Ok(self
+            .expire(cutoff_ms, limit, keep)
+            .await?
+            .into_iter()
+            .filter_map(|raw| ClientId::new(raw).ok())
+            .collect())
+    }
+
+    async fn expire(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+        keep: &(dyn Fn(&ClientId) -> bool + Sync),
+    ) -> Result<Vec<String>, ClusterError> {
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(bindings_key())
             .arg("-inf")
@@ -255,7 +290,7 @@ impl RedisDirectory {
             .query_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
-        let mut deleted = 0;
+        let mut deleted = Vec::new();
         for raw in ids {
             let parsed = ClientId::new(raw.as_str());
             if parsed.as_ref().is_ok_and(keep) {
@@ -283,12 +318,13 @@ impl RedisDirectory {
                 .key(format!("{mbox}:use"))
                 .key(format!("{KEY_PREFIX}:kp:{{{raw}}}"))
                 .key(format!("{KEY_PREFIX}:kp:{{{raw}}}:lr"))
+                .key(format!("{KEY_PREFIX}:peer:{{{raw}}}"))
                 .arg(cutoff_ms)
                 .invoke_async(&mut self.conn.clone())
                 .timed(&self.stats)
                 .await?;
             if gone == 1 {
-                deleted += 1;
+                deleted.push(raw);
             } else {
                 // Used since it was listed: list it again, with that use.
                 let _: i64 = redis::cmd("ZADD")

@@ -82,7 +82,7 @@ pub(crate) enum HandlerError {
     #[error("The server could not reach the state its nodes share; try again")]
     ClusterUnavailable,
     /// A frame a server running as several nodes (`--redis`) does not serve yet.
-    #[error("{0} is not available on this server yet: it runs as several nodes (MLS groups, KeyPackages and blobs need a single-node server for now)")]
+    #[error("{0} is not available on this server yet: it runs as several nodes (file transfers need a single-node server for now)")]
     SingleNodeOnly(&'static str),
     /// A `peer_response` to a question that is not open.
     #[error("Question {0} is unknown or has expired")]

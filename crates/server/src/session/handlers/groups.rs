@@ -15,6 +15,10 @@
 //! mailbox drain (in the order stored, the order the epochs were won) and acknowledged with `ack`
 //! like any message. Group copies always go through the mailbox, never the live queue directly:
 //! that keeps one order per member across Commits and messages.
+//!
+//! On a node of several (`--redis`) the same checks and answers come from
+//! [`crate::cluster::groups::RedisGroups`] (one Commit per epoch across every node, copies in the
+//! members' mailbox streams), and each recipient's node is told to drain.
 
 use std::collections::BTreeSet;
 
@@ -27,9 +31,11 @@ use lattice_protocol::{
 use tracing::{debug, warn};
 
 use super::Core;
+use crate::cluster::groups::RedisGroupError;
 use crate::hub::PeerEntry;
 use crate::limits::MAX_GROUPS_PER_ID;
 use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::session::error::HandlerError;
 use crate::state::unix_ms;
 use crate::store::{CommitOp, GroupError};
@@ -185,13 +191,27 @@ impl Core {
             max_groups_per_id: MAX_GROUPS_PER_ID,
         };
         let cfg = &self.state.config;
-        let outcome = self
-            .state
-            .store
-            .group_commit(&op, &cfg.mailbox_quota(), cfg.mailbox_ttl)
-            .map_err(|e| self.group_refusal(&c.group_id, c.epoch, &c.message_id, e))?;
+        let outcome = match self.state.node.clone() {
+            Some(node) => {
+                let outcome = node
+                    .groups
+                    .commit(&op, &cfg.mailbox_quota())
+                    .await
+                    .map_err(|e| self.redis_refusal(&c.group_id, c.epoch, &c.message_id, e))?;
+                self.wake_cluster(&node, &outcome.recipients).await;
+                outcome
+            }
+            None => {
+                let outcome = self
+                    .state
+                    .store
+                    .group_commit(&op, &cfg.mailbox_quota(), cfg.mailbox_ttl)
+                    .map_err(|e| self.group_refusal(&c.group_id, c.epoch, &c.message_id, e))?;
+                self.wake(&outcome.recipients);
+                outcome
+            }
+        };
         debug!(group = %c.group_id, epoch = outcome.epoch, copies = outcome.recipients.len(), "commit accepted");
-        self.wake(&outcome.recipients);
         Ok(ServerFrame::GroupCommitAccepted(GroupCommitAccepted {
             group_id: c.group_id,
             epoch: outcome.epoch,
@@ -219,19 +239,33 @@ impl Core {
             &mid,
         )?;
         let cfg = &self.state.config;
-        let recipients = self
-            .state
-            .store
-            .group_send(
-                &m.group_id,
-                &peer.id,
-                &mid,
-                &frame,
-                &cfg.mailbox_quota(),
-                cfg.mailbox_ttl,
-            )
-            .map_err(|e| self.group_refusal(&m.group_id, 0, &mid, e))?;
-        self.wake(&recipients);
+        let recipients = match self.state.node.clone() {
+            Some(node) => {
+                let recipients = node
+                    .groups
+                    .send(&m.group_id, &peer.id, &mid, &frame, &cfg.mailbox_quota())
+                    .await
+                    .map_err(|e| self.redis_refusal(&m.group_id, 0, &mid, e))?;
+                self.wake_cluster(&node, &recipients).await;
+                recipients
+            }
+            None => {
+                let recipients = self
+                    .state
+                    .store
+                    .group_send(
+                        &m.group_id,
+                        &peer.id,
+                        &mid,
+                        &frame,
+                        &cfg.mailbox_quota(),
+                        cfg.mailbox_ttl,
+                    )
+                    .map_err(|e| self.group_refusal(&m.group_id, 0, &mid, e))?;
+                self.wake(&recipients);
+                recipients
+            }
+        };
         Ok(ServerFrame::GroupMessageAccepted(GroupMessageAccepted {
             group_id: m.group_id,
             message_id: mid,
@@ -245,6 +279,33 @@ impl Core {
             Metrics::inc(&self.state.metrics.messages_queued);
             if let Some(entry) = self.state.hub.get(r) {
                 entry.session.notify_mail();
+            }
+        }
+    }
+
+    /// On several nodes: wakes every recipient's drain, on whichever node holds it (its copy is
+    /// in its mailbox stream).
+    async fn wake_cluster(&self, node: &Node, recipients: &[ClientId]) {
+        for r in recipients {
+            Metrics::inc(&self.state.metrics.messages_queued);
+            node.notify_mail(self.state.hub.as_ref(), r).await;
+        }
+    }
+
+    /// The answer to a group operation Redis refused or failed: the same refusals as on SQLite,
+    /// `INTERNAL_ERROR` when Redis fails.
+    fn redis_refusal(
+        &self,
+        group: &GroupId,
+        got: u64,
+        mid: &MessageId,
+        e: RedisGroupError,
+    ) -> HandlerError {
+        match e {
+            RedisGroupError::Refused(e) => self.group_refusal(group, got, mid, e),
+            RedisGroupError::Redis(e) => {
+                warn!(error = %e, %group, "group delivery failed");
+                HandlerError::ClusterUnavailable
             }
         }
     }

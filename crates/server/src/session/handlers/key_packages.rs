@@ -2,10 +2,13 @@
 //! (identity-bound) ids take part. The server checks sizes, counts and ownership (an id uploads
 //! only its own stock); it cannot check what a KeyPackage says (its credential, its signature):
 //! the client that fetches one validates it against the identity key it pinned for the id.
+//! On a node of several (`--redis`) the directory is [`crate::cluster::key_packages::RedisKeyPackages`]
+//! (the same checks and answers; the low-stock notice reaches an owner on any node).
 
+use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use lattice_protocol::limits::{
-    KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
+    MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
 };
 use lattice_protocol::{
     encode, ClientId, Frame, KeyPackageFetch, KeyPackageFound, KeyPackageUpload, KeyPackagesLow,
@@ -14,9 +17,10 @@ use lattice_protocol::{
 use tracing::{debug, warn};
 
 use super::Core;
+use crate::cluster::key_packages::RedisUploadError;
 use crate::hub::{Out, PeerEntry};
 use crate::session::error::HandlerError;
-use crate::store::UploadError;
+use crate::store::{Stock, UploadError};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -61,21 +65,26 @@ impl Core {
             .as_deref()
             .map(|k| key_package("lastResort", k))
             .transpose()?;
-        let stock = self
-            .state
-            .store
-            .upload_key_packages(&peer.id, &one_time, last_resort.as_deref())
-            .map_err(|e| match e {
-                UploadError::StockFull { stock, adding } => HandlerError::KeyPackageStockFull {
-                    stock,
-                    adding,
-                    max: MAX_KEY_PACKAGE_STOCK,
-                },
-                UploadError::Store(e) => {
-                    warn!(error = %e, "key package upload failed");
-                    HandlerError::StorageUnavailable
-                }
-            })?;
+        let stock = match self.state.node.clone() {
+            Some(node) => node
+                .key_packages
+                .upload(&peer.id, &one_time, last_resort.as_deref())
+                .await
+                .map_err(|e| match e {
+                    RedisUploadError::StockFull { stock, adding } => {
+                        HandlerError::KeyPackageStockFull {
+                            stock,
+                            adding,
+                            max: MAX_KEY_PACKAGE_STOCK,
+                        }
+                    }
+                    RedisUploadError::Redis(e) => {
+                        warn!(error = %e, "key package upload failed");
+                        HandlerError::ClusterUnavailable
+                    }
+                })?,
+            None => self.upload_sqlite(peer, &one_time, last_resort.as_deref())?,
+        };
         debug!(
             added = one_time.len(),
             stock = stock.one_time,
@@ -87,6 +96,28 @@ impl Core {
         }))
     }
 
+    fn upload_sqlite(
+        &self,
+        peer: &PeerEntry,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<Stock, HandlerError> {
+        self.state
+            .store
+            .upload_key_packages(&peer.id, one_time, last_resort)
+            .map_err(|e| match e {
+                UploadError::StockFull { stock, adding } => HandlerError::KeyPackageStockFull {
+                    stock,
+                    adding,
+                    max: MAX_KEY_PACKAGE_STOCK,
+                },
+                UploadError::Store(e) => {
+                    warn!(error = %e, "key package upload failed");
+                    HandlerError::StorageUnavailable
+                }
+            })
+    }
+
     pub(super) async fn on_key_package_fetch(
         &mut self,
         peer: &PeerEntry,
@@ -95,17 +126,36 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("key_package_fetch"));
         }
-        let fetched = match self.state.store.fetch_key_package(&f.client_id) {
-            Ok(Some(k)) => k,
-            Ok(None) => return Err(HandlerError::NoKeyPackage(f.client_id)),
-            Err(e) => {
+        let node = self.state.node.clone();
+        let found = match &node {
+            Some(node) => node.key_packages.fetch(&f.client_id).await.map_err(|e| {
                 warn!(error = %e, "key package fetch failed");
-                return Err(HandlerError::StorageUnavailable);
-            }
+                HandlerError::ClusterUnavailable
+            }),
+            None => self
+                .state
+                .store
+                .fetch_key_package(&f.client_id)
+                .map_err(|e| {
+                    warn!(error = %e, "key package fetch failed");
+                    HandlerError::StorageUnavailable
+                }),
+        };
+        let Some(fetched) = found? else {
+            return Err(HandlerError::NoKeyPackage(f.client_id));
         };
         debug!(owner = %f.client_id, last_resort = fetched.last_resort, stock = fetched.stock_left, "key package fetched");
-        if usize::try_from(fetched.stock_left).unwrap_or(usize::MAX) < KEY_PACKAGE_LOW_STOCK {
-            self.notify_low_stock(&f.client_id, fetched.stock_left);
+        if fetched.low_stock() {
+            let frame = encode(&Frame::new(ServerFrame::KeyPackagesLow(KeyPackagesLow {
+                stock: fetched.stock_left,
+            })));
+            match &node {
+                Some(node) => {
+                    node.notify(self.state.hub.as_ref(), &f.client_id, frame.into())
+                        .await;
+                }
+                None => self.notify_low_stock(&f.client_id, frame.into()),
+            }
         }
         Ok(ServerFrame::KeyPackage(KeyPackageFound {
             client_id: f.client_id,
@@ -116,17 +166,15 @@ impl Core {
 
     /// Tells an online owner its stock runs low. Best effort through its bounded queue: with the
     /// queue full the notice is dropped (the owner learns its stock from every upload answer).
-    fn notify_low_stock(&self, owner: &ClientId, stock: u32) {
+    /// (On several nodes, [`crate::node::Node::notify`] reaches an owner on any node.)
+    fn notify_low_stock(&self, owner: &ClientId, frame: Utf8Bytes) {
         let Some(entry) = self.state.hub.get(owner) else {
             return;
         };
-        let frame = encode(&Frame::new(ServerFrame::KeyPackagesLow(KeyPackagesLow {
-            stock,
-        })));
         if entry
             .session
             .tx
-            .try_send(Out::Frame(Box::new(frame.into())))
+            .try_send(Out::Frame(Box::new(frame)))
             .is_err()
         {
             debug!(%owner, "low-stock notice dropped: queue full");

@@ -54,14 +54,7 @@ use relay::PendingLive;
 
 /// Frames a node of several does not serve yet (their state is in this node's SQLite only).
 fn single_node_only(frame: &ClientFrame) -> bool {
-    matches!(
-        frame,
-        ClientFrame::KeyPackageUpload(_)
-            | ClientFrame::KeyPackageFetch(_)
-            | ClientFrame::GroupCommit(_)
-            | ClientFrame::GroupMessage(_)
-            | ClientFrame::BlobToken(_)
-    )
+    matches!(frame, ClientFrame::BlobToken(_))
 }
 
 /// The connection must close with this code and reason.

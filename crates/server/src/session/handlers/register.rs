@@ -93,7 +93,15 @@ impl Core {
             .bind(id, binding, cfg.max_bindings, now)
             .await
         {
-            Ok(Bound::Created | Bound::Updated) => Ok(()),
+            Ok(Bound::Created) => {
+                // A new owner starts in no group. The sweeper made an expired id leave its groups
+                // already; this covers a sweeper that failed halfway (Redis went away).
+                if let Err(e) = node.groups.forget_member(id).await {
+                    warn!(error = %e, "stale group memberships not checked");
+                }
+                Ok(())
+            }
+            Ok(Bound::Updated) => Ok(()),
             // Another identity bound it between our lookup and now (on another node).
             Ok(Bound::Taken) => Err(HandlerError::IdTaken(id.clone())),
             Ok(Bound::Full) => Err(HandlerError::DirectoryFull(cfg.max_bindings)),
