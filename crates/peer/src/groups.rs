@@ -1308,7 +1308,6 @@ mod tests {
     use super::*;
     use crate::keys::KeyStore as _;
     use crate::testkit::{id, identity, Kit};
-    use lattice_mls::ValidatedKeyPackage;
 
     /// A delivered `mls` envelope from alice.
     fn delivered(kind: MlsKind, g: &GroupId, data: &[u8], mid: &str) -> Delivered {
@@ -1351,10 +1350,13 @@ mod tests {
     /// bob's `Groups` fed by hand with what alice's engine (in the test) makes: a Commit
     /// delivered again under another message id (what a replaying server can do) changes
     /// nothing and is acknowledged; a Commit whose predecessor was dropped is reported.
-    #[tokio::test]
-    async fn a_replayed_commit_is_ignored_and_a_missing_one_is_reported() {
-        let mut kit = Kit::new("bob");
-        let dir = tempfile::tempdir().unwrap();
+    /// bob's `Groups` (self-updates every `interval`) in a group "g" that alice's engine (in
+    /// the test) made and added him to: his Welcome delivered and acknowledged.
+    async fn bob_in_alices_group(
+        kit: &mut Kit,
+        dir: &std::path::Path,
+        interval: Duration,
+    ) -> (Arc<Groups>, MlsClient, lattice_mls::GroupId) {
         let alice_identity = identity();
         kit.store
             .pin(&id("alice"), &alice_identity.identity_public_key())
@@ -1363,10 +1365,10 @@ mod tests {
             .pin(&id("bob"), &kit.identity.identity_public_key())
             .unwrap();
         let bob = Groups::open(
-            &dir.path().join("bob.mls"),
+            &dir.join("bob.mls"),
             &kit.identity,
             id("bob"),
-            defaults::SELF_UPDATE_INTERVAL,
+            interval,
             (
                 Arc::clone(&kit.trust),
                 Arc::clone(&kit.requests),
@@ -1381,12 +1383,11 @@ mod tests {
         .unwrap()
         .into_arc();
         let mut alice = MlsClient::create(
-            MlsStore::open(dir.path().join("alice.mls")).unwrap(),
+            MlsStore::open(dir.join("alice.mls")).unwrap(),
             alice_identity.identity_key(),
             id("alice"),
         )
         .unwrap();
-        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
         let (a_pin, b_pin) = (
             alice_identity.identity_public_key(),
             kit.identity.identity_public_key(),
@@ -1396,13 +1397,23 @@ mod tests {
             "bob" => Some(b_pin),
             _ => None,
         };
-        let kp: ValidatedKeyPackage = alice.validate_key_package(&kp, &pins).unwrap();
+        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
+        let kp = alice.validate_key_package(&kp, &pins).unwrap();
         let g = alice.create_group("g").unwrap();
         let add = alice.add_members(&g, &[kp]).unwrap();
         alice.confirm_commit(&g).unwrap();
         bob.process(delivered(MlsKind::Welcome, &g, &add.welcome.unwrap(), "w"))
             .await;
-        assert_eq!(acked(&mut kit), ["w"]);
+        assert_eq!(acked(kit), ["w"]);
+        (bob, alice, g)
+    }
+
+    #[tokio::test]
+    async fn a_replayed_commit_is_ignored_and_a_missing_one_is_reported() {
+        let mut kit = Kit::new("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let (bob, mut alice, g) =
+            bob_in_alices_group(&mut kit, dir.path(), defaults::SELF_UPDATE_INTERVAL).await;
         let c1 = alice.rename(&g, "one").unwrap();
         alice.confirm_commit(&g).unwrap();
         bob.process(delivered(MlsKind::Commit, &g, &c1.commit, "c1"))
@@ -1446,54 +1457,7 @@ mod tests {
         let day = Duration::from_secs(24 * 3600);
         let mut kit = Kit::new("bob");
         let dir = tempfile::tempdir().unwrap();
-        let alice_identity = identity();
-        kit.store
-            .pin(&id("alice"), &alice_identity.identity_public_key())
-            .unwrap();
-        kit.store
-            .pin(&id("bob"), &kit.identity.identity_public_key())
-            .unwrap();
-        let bob = Groups::open(
-            &dir.path().join("bob.mls"),
-            &kit.identity,
-            id("bob"),
-            7 * day,
-            (
-                Arc::clone(&kit.trust),
-                Arc::clone(&kit.requests),
-                Arc::clone(&kit.link),
-                Arc::clone(&kit.dispatcher),
-                Arc::new(crate::history::History::new(
-                    id("bob"),
-                    Arc::new(crate::history::NoHistory),
-                )),
-            ),
-        )
-        .unwrap()
-        .into_arc();
-        let mut alice = MlsClient::create(
-            MlsStore::open(dir.path().join("alice.mls")).unwrap(),
-            alice_identity.identity_key(),
-            id("alice"),
-        )
-        .unwrap();
-        let (a_pin, b_pin) = (
-            alice_identity.identity_public_key(),
-            kit.identity.identity_public_key(),
-        );
-        let pins = move |c: &ClientId| match c.as_str() {
-            "alice" => Some(a_pin),
-            "bob" => Some(b_pin),
-            _ => None,
-        };
-        let kp = lock(&bob.mls).key_packages(1).unwrap().remove(0);
-        let kp = alice.validate_key_package(&kp, &pins).unwrap();
-        let g = alice.create_group("g").unwrap();
-        let add = alice.add_members(&g, &[kp]).unwrap();
-        alice.confirm_commit(&g).unwrap();
-        bob.process(delivered(MlsKind::Welcome, &g, &add.welcome.unwrap(), "w"))
-            .await;
-        assert_eq!(acked(&mut kit), ["w"]);
+        let (bob, _alice, g) = bob_in_alices_group(&mut kit, dir.path(), 7 * day).await;
 
         let cancel = CancellationToken::new();
         let worker = tokio::spawn(Arc::clone(&bob).worker(cancel.clone()));
