@@ -12,7 +12,7 @@ mod support;
 use lattice_peer::{Content, EventStream, GroupChange, GroupId, MessagingPeer, PeerEvent};
 use lattice_protocol::ClientId;
 use serde_json::{json, Value};
-use support::{eventually, TestApp, WAIT};
+use support::{eventually, until_online, TestApp, WAIT};
 
 /// A headless peer with MLS state in `dir`, connected, its KeyPackages at the server.
 async fn mls_peer(url: &str, name: &str, dir: &std::path::Path) -> MessagingPeer {
@@ -57,23 +57,6 @@ async fn next_text(events: &mut EventStream) -> (ClientId, String) {
         _ => None,
     })
     .await
-}
-
-fn until_online(app: &TestApp, ids: &[&str]) {
-    eventually(
-        "connected, the peers online",
-        || app.invoke("bootstrap", json!({})).unwrap(),
-        |b| {
-            b["connection"]["state"] == json!("connected")
-                && ids.iter().all(|id| {
-                    b["peers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|p| p["id"] == json!(id) && p["online"] == json!(true))
-                })
-        },
-    );
 }
 
 fn lines(app: &TestApp, group: &str) -> Vec<Value> {

@@ -12,7 +12,7 @@ use lattice_desktop::storage::MLS_STATE_FILE;
 use lattice_peer::{Algorithm, EventStream, IncomingMessage, MessagingPeer, PeerEvent};
 use lattice_protocol::ClientId;
 use serde_json::{json, Value};
-use support::{eventually, TestApp, WAIT};
+use support::{eventually, until_online, TestApp, WAIT};
 
 /// The next decrypted message a headless peer receives.
 async fn next_message(events: &mut EventStream) -> IncomingMessage {
@@ -50,23 +50,6 @@ fn peer_row(app: &TestApp, id: &str) -> Value {
         .find(|p| p["id"] == json!(id))
         .cloned()
         .unwrap_or(Value::Null)
-}
-
-fn until_online(app: &TestApp, ids: &[&str]) {
-    eventually(
-        "connected, the peers online",
-        || app.invoke("bootstrap", json!({})).unwrap(),
-        |b| {
-            b["connection"]["state"] == json!("connected")
-                && ids.iter().all(|id| {
-                    b["peers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|p| p["id"] == json!(id) && p["online"] == json!(true))
-                })
-        },
-    );
 }
 
 /// Waits until alice's conversation with `peer` holds an incoming message `text`.

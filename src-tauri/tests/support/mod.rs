@@ -140,3 +140,21 @@ impl TestApp {
         .map(|body| body.deserialize::<Value>().unwrap())
     }
 }
+
+/// Waits until the app is connected and sees every one of `ids` online.
+pub fn until_online(app: &TestApp, ids: &[&str]) {
+    eventually(
+        "connected, the peers online",
+        || app.invoke("bootstrap", json!({})).unwrap(),
+        |b| {
+            b["connection"]["state"] == json!("connected")
+                && ids.iter().all(|id| {
+                    b["peers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["id"] == json!(id) && p["online"] == json!(true))
+                })
+        },
+    );
+}
