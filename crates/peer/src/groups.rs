@@ -176,6 +176,10 @@ pub(crate) struct Groups {
     /// Message ids of 1:1 MLS messages read and not yet confirmed to their senders, per peer
     /// ([`direct`]'s delivery receipts). std Mutex: short pushes and takes.
     delivered: Mutex<HashMap<ClientId, Vec<MessageId>>>,
+    /// Our 1:1 MLS sends waiting for the server's answer, and whether the peer's delivery
+    /// receipt for one already came ([`direct`]): its `delivered` then follows our `queued`
+    /// instead of overtaking it. One entry per send in flight. std Mutex: short updates.
+    sending: Mutex<HashMap<(ClientId, MessageId), bool>>,
     /// Peers with whom a lost 1:1 conversation was set up again, and when ([`direct`]), so an
     /// unreadable burst sets up one conversation, not one per message.
     restarted: Mutex<direct::RecentPeers>,
@@ -324,6 +328,7 @@ impl Groups {
             queue_tx,
             queue_rx: Mutex::new(Some(queue_rx)),
             delivered: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashMap::new()),
             restarted: Mutex::new(direct::RecentPeers::default()),
             heal: Mutex::new(heal),
             heal_changed: Notify::new(),

@@ -30,6 +30,7 @@
 //!   ([`PeerEvent::ConversationNotice`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use lattice_mls::{GroupEvent, GroupId};
@@ -114,6 +115,45 @@ impl RecentPeers {
             }
         }
         self.at.insert(peer.clone(), now);
+    }
+}
+
+/// A 1:1 MLS send waiting for the server's answer, in `Groups::sending`; removed when it ends,
+/// however it ends (an error, or the send's future dropped), so the map holds only sends in
+/// flight.
+struct InFlight<'a> {
+    sending: &'a Mutex<HashMap<(ClientId, MessageId), bool>>,
+    key: Option<(ClientId, MessageId)>,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(
+        sending: &'a Mutex<HashMap<(ClientId, MessageId), bool>>,
+        peer: &ClientId,
+        message_id: &MessageId,
+    ) -> Self {
+        let key = (peer.clone(), message_id.clone());
+        lock(sending).insert(key.clone(), false);
+        Self {
+            sending,
+            key: Some(key),
+        }
+    }
+
+    /// Ends it: whether the peer's delivery receipt came meanwhile.
+    fn finish(mut self) -> bool {
+        self.key
+            .take()
+            .and_then(|k| lock(self.sending).remove(&k))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            lock(self.sending).remove(&k);
+        }
     }
 }
 
@@ -227,6 +267,7 @@ impl Groups {
                 None => return Ok(None),
             },
         };
+        let in_flight = InFlight::start(&self.sending, target, &message_id);
         match self.send_in(&gid, target, content, &message_id).await {
             // The server no longer has us in that group (the peer left it, the server lost it):
             // it is no conversation any more; set a new one up, once.
@@ -246,13 +287,20 @@ impl Groups {
             }
             other => other?,
         }
+        let read_already = in_flight.finish();
         // Stored at the server for the peer: `queued`, as the relay says of a `lattice-v1`
-        // message in a mailbox; its client's delivery receipt makes it `delivered`.
-        self.dispatcher.emit(PeerEvent::MessageAck(MessageAck {
-            message_id: message_id.clone(),
-            target_id: target.clone(),
-            status: AckStatus::Queued,
-        }));
+        // message in a mailbox; its client's delivery receipt makes it `delivered`. A receipt
+        // that came while we waited for the server's answer is told now, after `queued`.
+        for status in [AckStatus::Queued, AckStatus::Delivered]
+            .into_iter()
+            .take(if read_already { 2 } else { 1 })
+        {
+            self.dispatcher.emit(PeerEvent::MessageAck(MessageAck {
+                message_id: message_id.clone(),
+                target_id: target.clone(),
+                status,
+            }));
+        }
         Ok(Some(SentMessage {
             message_id,
             algorithm: Algorithm::Mls,
@@ -630,6 +678,13 @@ impl Groups {
             match serde_json::from_str::<DeliveredBody>(&p.body) {
                 Ok(b) if !b.delivered.is_empty() && b.delivered.len() <= MAX_RECEIPT_IDS => {
                     for id in b.delivered {
+                        // Still waiting for the server's answer to that send: its `queued`
+                        // comes first, then this (see `send_direct`).
+                        if let Some(read) = lock(&self.sending).get_mut(&(from.clone(), id.clone()))
+                        {
+                            *read = true;
+                            continue;
+                        }
                         self.dispatcher.emit(PeerEvent::MessageAck(MessageAck {
                             message_id: id,
                             target_id: from.clone(),
