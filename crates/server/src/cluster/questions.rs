@@ -243,16 +243,7 @@ impl RedisQuestions {
         peer: &ClientId,
         id: &QuestionId,
     ) -> Result<Option<QuestionRecord>, ClusterError> {
-        let [records, exp] = keys(peer);
-        let rec: Option<(String, u32)> = self
-            .peek
-            .key(records)
-            .key(exp)
-            .arg(id.as_str())
-            .invoke_async(&mut self.conn.clone())
-            .timed(&self.stats)
-            .await?;
-        rec.map(|(r, round)| parse(&r, round)).transpose()
+        self.record(&self.peek, peer, id).await
     }
 
     /// Takes `peer`'s answer to question `id`: its record if the question was open (then it is
@@ -265,9 +256,18 @@ impl RedisQuestions {
         peer: &ClientId,
         id: &QuestionId,
     ) -> Result<Option<QuestionRecord>, ClusterError> {
+        self.record(&self.take, peer, id).await
+    }
+
+    /// Runs `script` (peek or take) on `peer`'s question `id` and parses what it returns.
+    async fn record(
+        &self,
+        script: &Script,
+        peer: &ClientId,
+        id: &QuestionId,
+    ) -> Result<Option<QuestionRecord>, ClusterError> {
         let [records, exp] = keys(peer);
-        let rec: Option<(String, u32)> = self
-            .take
+        let rec: Option<(String, u32)> = script
             .key(records)
             .key(exp)
             .arg(id.as_str())
