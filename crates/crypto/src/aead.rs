@@ -40,6 +40,58 @@ pub(crate) fn seal(
     Ok(out)
 }
 
+/// As [`seal`], in place: `buf` holds [`NONCE_LEN`] bytes of room (any value) and then the
+/// plaintext; it becomes `nonce ‖ ciphertext ‖ tag` (the tag appended: capacity for [`TAG_LEN`]
+/// more bytes saves a reallocation). No second buffer, no copy of the plaintext.
+///
+/// # Errors
+/// [`CryptoError::InvalidLength`] if `buf` is shorter than the room for the nonce;
+/// [`CryptoError::FieldTooLong`] as [`seal`].
+pub(crate) fn seal_in_place(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    let Some((room, plaintext)) = buf.split_at_mut_checked(NONCE_LEN) else {
+        return Err(CryptoError::InvalidLength {
+            what: "room for the nonce",
+            expected: NONCE_LEN,
+            got: buf.len(),
+        });
+    };
+    room.copy_from_slice(nonce);
+    let tag = cipher(key)
+        .encrypt_inout_detached(&Nonce::<Aes256Gcm>::from(*nonce), aad, plaintext.into())
+        .map_err(|_| CryptoError::FieldTooLong("plaintext"))?;
+    buf.extend_from_slice(&tag);
+    Ok(())
+}
+
+/// As [`open`], in place: decrypts the ciphertext of `nonce ‖ ciphertext ‖ tag` where it lies and
+/// returns it, a slice of `data`. The tag is checked before anything is decrypted, so `data` is
+/// unchanged when it does not verify.
+///
+/// # Errors
+/// [`CryptoError::Decrypt`] for a short input or a tag that does not verify.
+pub(crate) fn open_in_place<'a>(
+    key: &[u8; 32],
+    aad: &[u8],
+    data: &'a mut [u8],
+) -> Result<&'a [u8], CryptoError> {
+    if data.len() < NONCE_LEN + TAG_LEN {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce, rest) = data.split_at_mut(NONCE_LEN);
+    let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let nonce = Nonce::<Aes256Gcm>::try_from(&*nonce).map_err(|_| CryptoError::Decrypt)?;
+    let tag = Tag::<Aes256Gcm>::try_from(&*tag).map_err(|_| CryptoError::Decrypt)?;
+    cipher(key)
+        .decrypt_inout_detached(&nonce, aad, (&mut *ciphertext).into(), &tag)
+        .map_err(|_| CryptoError::Decrypt)?;
+    Ok(ciphertext)
+}
+
 /// Opens `nonce ‖ ciphertext ‖ tag`. The tag is checked (in constant time, by `aes-gcm`) before
 /// anything is decrypted.
 ///

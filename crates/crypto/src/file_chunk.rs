@@ -146,6 +146,48 @@ pub fn open_chunk(
     aead::open(&key.0, &aad(file_id, index, last), sealed)
 }
 
+/// Bytes of room a buffer for [`seal_chunk_in_place`] starts with, before the plaintext (where
+/// the nonce goes).
+pub const CHUNK_HEADROOM: usize = NONCE_LEN;
+
+/// As [`seal_chunk`], in place, for large chunks: `buf` is [`CHUNK_HEADROOM`] bytes (any value)
+/// followed by the plaintext, and becomes the sealed chunk `nonce ‖ ciphertext ‖ tag` (the tag
+/// appended: capacity for [`CHUNK_OVERHEAD`] bytes more than the plaintext saves a
+/// reallocation). The same bytes as [`seal_chunk`] would give with the same nonce, without its
+/// second buffer and copy of the plaintext.
+///
+/// # Errors
+/// [`CryptoError::InvalidLength`] if `buf` is shorter than [`CHUNK_HEADROOM`];
+/// [`CryptoError::FieldTooLong`] as [`seal_chunk`].
+pub fn seal_chunk_in_place(
+    rng: &mut impl CryptoRngCore,
+    key: &FileKey,
+    file_id: &[u8; FILE_ID_LEN],
+    index: u64,
+    last: bool,
+    buf: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    aead::seal_in_place(&key.0, &nonce, &aad(file_id, index, last), buf)
+}
+
+/// As [`open_chunk`], in place: decrypts the chunk where it lies and returns the plaintext, a
+/// slice of `sealed` (which then holds plaintext: wipe it when that matters). The tag is checked
+/// first, so `sealed` is unchanged when the chunk does not open.
+///
+/// # Errors
+/// [`CryptoError::Decrypt`] (no detail), as [`open_chunk`].
+pub fn open_chunk_in_place<'a>(
+    key: &FileKey,
+    file_id: &[u8; FILE_ID_LEN],
+    index: u64,
+    last: bool,
+    sealed: &'a mut [u8],
+) -> Result<&'a [u8], CryptoError> {
+    aead::open_in_place(&key.0, &aad(file_id, index, last), sealed)
+}
+
 /// SHA-256 of one sealed chunk, as it is stored on the server.
 pub fn chunk_hash(sealed: &[u8]) -> [u8; DIGEST_LEN] {
     Sha256::digest(sealed).into()
@@ -182,6 +224,39 @@ mod tests {
 
     const A: [u8; FILE_ID_LEN] = [1; FILE_ID_LEN];
     const B: [u8; FILE_ID_LEN] = [2; FILE_ID_LEN];
+
+    /// In place and not are the same format: each opens the other's chunk; a chunk that does not
+    /// open is left as it was; a buffer without room for the nonce is refused.
+    #[test]
+    fn in_place_sealing_and_opening_match_the_copying_ones() {
+        let key = FileKey::generate(&mut OsRng);
+        let plain: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0xEE; CHUNK_HEADROOM];
+        buf.extend_from_slice(&plain);
+        seal_chunk_in_place(&mut OsRng, &key, &A, 4, true, &mut buf).unwrap();
+        assert_eq!(buf.len(), plain.len() + CHUNK_OVERHEAD);
+        assert_eq!(
+            open_chunk(&key, &A, 4, true, &buf).unwrap().as_slice(),
+            plain
+        );
+
+        let mut sealed = seal_chunk(&mut OsRng, &key, &A, 4, false, &plain).unwrap();
+        let before = sealed.clone();
+        assert!(open_chunk_in_place(&key, &A, 4, true, &mut sealed).is_err());
+        assert!(open_chunk_in_place(&key, &B, 4, false, &mut sealed).is_err());
+        assert_eq!(sealed, before, "a refused chunk is not touched");
+        assert_eq!(
+            open_chunk_in_place(&key, &A, 4, false, &mut sealed).unwrap(),
+            plain.as_slice()
+        );
+        assert!(open_chunk_in_place(&key, &A, 0, true, &mut [0u8; 27]).is_err());
+
+        let mut short = vec![0u8; CHUNK_HEADROOM - 1];
+        assert!(matches!(
+            seal_chunk_in_place(&mut OsRng, &key, &A, 0, true, &mut short),
+            Err(CryptoError::InvalidLength { .. })
+        ));
+    }
 
     /// A three-chunk file, sealed.
     fn sealed(key: &FileKey, id: &[u8; FILE_ID_LEN]) -> Vec<Vec<u8>> {

@@ -67,6 +67,17 @@ pub struct PeerConfig {
     /// `None` (the default): file transfers are off ([`crate::PeerError::FilesDisabled`]);
     /// receiving file messages works either way.
     pub transfers_dir: Option<PathBuf>,
+    /// Plaintext bytes per chunk of the files this peer sends: from
+    /// [`lattice_protocol::limits::MIN_BLOB_CHUNK_BYTES`] (64 KiB) to
+    /// [`lattice_protocol::limits::MAX_BLOB_CHUNK_BYTES`] less the 28 bytes of a sealed chunk's
+    /// nonce and tag (8 MiB − 28); [`crate::MessagingPeer::new`] refuses others. A transfer holds
+    /// about twice this times [`PeerConfig::file_chunks_in_flight`] in memory. Default
+    /// [`defaults::FILE_CHUNK_BYTES`] (docs/performance.md, *Files*, has the measurements).
+    pub file_chunk_bytes: u64,
+    /// Chunks of one transfer (upload or download) in flight at once, 1 to
+    /// [`defaults::MAX_FILE_CHUNKS_IN_FLIGHT`]. The server runs at most 4 uploads of one sender
+    /// at once: more wait there. Default [`defaults::FILE_CHUNKS_IN_FLIGHT`].
+    pub file_chunks_in_flight: usize,
 }
 
 impl PeerConfig {
@@ -86,6 +97,8 @@ impl PeerConfig {
             mls_state: None,
             group_self_update: defaults::SELF_UPDATE_INTERVAL,
             transfers_dir: None,
+            file_chunk_bytes: defaults::FILE_CHUNK_BYTES,
+            file_chunks_in_flight: defaults::FILE_CHUNKS_IN_FLIGHT,
         }
     }
 }
@@ -104,6 +117,8 @@ impl fmt::Debug for PeerConfig {
             .field("mls_state", &self.mls_state)
             .field("group_self_update", &self.group_self_update)
             .field("transfers_dir", &self.transfers_dir)
+            .field("file_chunk_bytes", &self.file_chunk_bytes)
+            .field("file_chunks_in_flight", &self.file_chunks_in_flight)
             .finish_non_exhaustive()
     }
 }

@@ -271,6 +271,11 @@ pub const FILE_CHUNK_BYTES: u64 = 1024 * 1024;
 /// plaintext and the sealed chunk).
 pub const FILE_CHUNKS_IN_FLIGHT: usize = 4;
 
+/// Most chunks of one transfer a [`crate::PeerConfig`] may put in flight
+/// ([`crate::PeerConfig::file_chunks_in_flight`]): bounds a transfer's memory at about
+/// `2 × 16 × 8 MiB` with the largest chunks.
+pub const MAX_FILE_CHUNKS_IN_FLIGHT: usize = 16;
+
 /// Transfers running at once; more wait their turn ([`crate::TransferState::Queued`]).
 pub const RUNNING_TRANSFERS: usize = 3;
 

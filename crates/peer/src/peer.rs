@@ -124,7 +124,8 @@ impl MessagingPeer {
     ///
     /// # Errors
     /// [`PeerError::InvalidUrl`] for a URL that is not `ws://` or `wss://`, [`PeerError::Tls`] if
-    /// the TLS configuration cannot be built.
+    /// the TLS configuration cannot be built, [`PeerError::InvalidArgument`] for a
+    /// [`PeerConfig::file_chunk_bytes`] or [`PeerConfig::file_chunks_in_flight`] out of bounds.
     pub fn new(config: PeerConfig) -> Result<Self, PeerError> {
         Self::with_replay_store(config, Arc::new(MemoryReplayStore::default()))
     }
@@ -209,6 +210,7 @@ impl MessagingPeer {
                 Arc::clone(&dispatcher),
             ),
             groups.clone(),
+            (config.file_chunk_bytes, config.file_chunks_in_flight),
         )?;
         let router = Router::new(
             me.clone(),

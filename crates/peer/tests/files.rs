@@ -166,6 +166,73 @@ async fn files_of_every_size_class_round_trip_byte_for_byte() {
     server.shutdown().await;
 }
 
+/// `PeerConfig::file_chunk_bytes` and `file_chunks_in_flight`: a sender with the smallest chunks
+/// the blob store takes and one chunk in flight, and a receiver with the most in flight, move a
+/// file of many chunks byte for byte (the offer carries the sender's chunk size); values outside
+/// the protocol's bounds are refused when the peer is made.
+#[tokio::test]
+async fn the_chunk_size_and_window_are_configurable_within_the_protocols_bounds() {
+    use lattice_peer::defaults::MAX_FILE_CHUNKS_IN_FLIGHT;
+    use lattice_protocol::limits::{MAX_BLOB_CHUNK_BYTES, MIN_BLOB_CHUNK_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("server")).await;
+    let url = server.url();
+    for (chunk, window) in [
+        (MIN_BLOB_CHUNK_BYTES - 1, 4),
+        (MAX_BLOB_CHUNK_BYTES - 27, 4),
+        (FILE_CHUNK_BYTES, 0),
+        (FILE_CHUNK_BYTES, MAX_FILE_CHUNKS_IN_FLIGHT + 1),
+    ] {
+        let mut c = config(&url, "carol", new_identity(), dir.path());
+        c.file_chunk_bytes = chunk;
+        c.file_chunks_in_flight = window;
+        assert!(
+            matches!(MessagingPeer::new(c), Err(PeerError::InvalidArgument(_))),
+            "{chunk} bytes, {window} in flight"
+        );
+    }
+
+    let mut c = config(&url, "alice", new_identity(), dir.path());
+    c.file_chunk_bytes = MIN_BLOB_CHUNK_BYTES;
+    c.file_chunks_in_flight = 1;
+    let alice = MessagingPeer::new(c).unwrap();
+    let mut alice_events = alice.events();
+    alice.connect().await.unwrap();
+    let mut c = config(&url, "bob", new_identity(), dir.path());
+    c.file_chunks_in_flight = MAX_FILE_CHUNKS_IN_FLIGHT;
+    let bob = MessagingPeer::new(c).unwrap();
+    let mut bob_events = bob.events();
+    bob.connect().await.unwrap();
+
+    let size = 20 * MIN_BLOB_CHUNK_BYTES + 3;
+    let bytes = pattern(size, 42);
+    let src = dir.path().join("small-chunks.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let up = alice
+        .send_file(&id("bob"), &src, FileMeta::default())
+        .await
+        .unwrap();
+    let (message_id, offer, _) = next_file(&mut bob_events).await;
+    assert_eq!(
+        (offer.chunk_size, offer.chunk_count),
+        (MIN_BLOB_CHUNK_BYTES, 21)
+    );
+    let dest = dir.path().join("small-chunks-received.bin");
+    let down = bob
+        .download_file(&id("alice"), &message_id, &offer, &dest)
+        .unwrap();
+    assert_eq!(
+        finished(&mut alice_events, &up).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(
+        finished(&mut bob_events, &down).await.state,
+        TransferState::Completed
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    server.shutdown().await;
+}
+
 fn part(dest: &Path) -> PathBuf {
     let mut s = dest.as_os_str().to_owned();
     s.push(".part");

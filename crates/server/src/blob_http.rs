@@ -33,6 +33,10 @@ use crate::state::ServerState;
 /// Bytes gathered from the request body before one write to the temporary file.
 const WRITE_BATCH: usize = 1024 * 1024;
 
+/// Pieces of the request body gathered before one write (a body that trickles in small pieces
+/// is written more often rather than held as many small buffers).
+const WRITE_PIECES: usize = 256;
+
 impl IntoResponse for BlobError {
     fn into_response(self) -> Response {
         if let Self::Io(e) = &self {
@@ -153,64 +157,73 @@ async fn download(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-/// Streams the body into `slot.temp` in batches on the blocking pool, then syncs it. The
-/// temporary file is removed on every failure.
+/// Streams the body into `slot.temp` and syncs it. The body's pieces are gathered as they came
+/// (not copied) up to [`WRITE_BATCH`] bytes or [`WRITE_PIECES`] pieces and written in one trip to
+/// the blocking pool; the file is created with the first batch and synced with the last, so a
+/// chunk of up to [`WRITE_BATCH`] bytes costs one trip. The caller removes the temporary file on
+/// every failure.
 async fn write_chunk(slot: &ChunkSlot, body: Body) -> Result<(), BlobError> {
-    let temp = slot.temp.clone();
-    let mut file = Some(
-        blocking(move || {
-            let mut o = std::fs::OpenOptions::new();
-            o.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-            o.open(&temp).map_err(BlobError::io)
-        })
-        .await?,
-    );
+    let mut file: Option<std::fs::File> = None;
     let mut stream = body.into_data_stream();
     let mut received: u64 = 0;
-    let mut batch: Vec<u8> = Vec::new();
-    let flush = |file: &mut Option<std::fs::File>, batch: Vec<u8>| {
-        let f = file.take();
-        async move {
-            let Some(mut f) = f else {
-                return Err(BlobError::Io(std::io::Error::other("chunk file lost")));
-            };
-            blocking(move || {
-                f.write_all(&batch).map_err(BlobError::io)?;
-                Ok(f)
-            })
-            .await
-        }
-    };
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
     loop {
         let next = tokio::time::timeout(BLOB_BODY_IDLE, stream.next()).await;
         let data = match next {
-            Ok(Some(Ok(d))) => d,
+            Ok(Some(Ok(d))) => Some(d),
             Ok(Some(Err(_))) | Err(_) => return Err(BlobError::Truncated),
-            Ok(None) => break,
+            Ok(None) => None,
         };
-        received = received.saturating_add(data.len() as u64);
-        if received > slot.expected {
+        let last = data.is_none();
+        if let Some(d) = data {
+            received = received.saturating_add(d.len() as u64);
+            if received > slot.expected {
+                return Err(BlobError::ChunkSize {
+                    index: 0,
+                    expected: slot.expected,
+                });
+            }
+            batched += d.len();
+            batch.push(d);
+            if batched < WRITE_BATCH && batch.len() < WRITE_PIECES {
+                continue;
+            }
+        } else if received != slot.expected {
             return Err(BlobError::ChunkSize {
                 index: 0,
                 expected: slot.expected,
             });
         }
-        batch.extend_from_slice(&data);
-        if batch.len() >= WRITE_BATCH {
-            let b = std::mem::take(&mut batch);
-            file = Some(flush(&mut file, b).await?);
+        let pieces = std::mem::take(&mut batch);
+        batched = 0;
+        let (open, temp) = (file.take(), slot.temp.clone());
+        let written = blocking(move || {
+            let mut f = match open {
+                Some(f) => f,
+                None => {
+                    let mut o = std::fs::OpenOptions::new();
+                    o.write(true).create_new(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                    o.open(&temp).map_err(BlobError::io)?
+                }
+            };
+            for piece in &pieces {
+                f.write_all(piece).map_err(BlobError::io)?;
+            }
+            if last {
+                // Durable before the answer: an acknowledged chunk is on disk.
+                f.sync_all().map_err(BlobError::io)?;
+            }
+            Ok(f)
+        })
+        .await?;
+        if last {
+            return Ok(());
         }
+        file = Some(written);
     }
-    if received != slot.expected {
-        return Err(BlobError::ChunkSize {
-            index: 0,
-            expected: slot.expected,
-        });
-    }
-    let f = flush(&mut file, batch).await?;
-    blocking(move || f.sync_all().map_err(BlobError::io)).await
 }
 
 async fn upload(

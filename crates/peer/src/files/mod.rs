@@ -35,10 +35,12 @@ use base64::Engine as _;
 use lattice_crypto::file_chunk::{
     self, FileDigest, FileKey, CHUNK_OVERHEAD, DIGEST_LEN, FILE_ID_LEN,
 };
+use lattice_protocol::limits::{MAX_BLOB_CHUNK_BYTES, MIN_BLOB_CHUNK_BYTES};
 use lattice_protocol::{ClientFrame, ClientId, Empty, MessageId, ServerFrame};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 use crate::content::{chunk_count, Content, FileOffer, Thumbnail};
 use crate::error::FileRejection;
@@ -111,6 +113,10 @@ pub(crate) struct Files {
     /// downgrade by a peer pinned as speaking MLS).
     groups: Option<Arc<crate::groups::Groups>>,
     dispatcher: Arc<Dispatcher>,
+    /// Plaintext bytes per chunk of an upload ([`crate::PeerConfig::file_chunk_bytes`]).
+    chunk_bytes: u64,
+    /// Chunks of one transfer in flight ([`crate::PeerConfig::file_chunks_in_flight`]).
+    in_flight: usize,
     slots: Arc<Semaphore>,
     /// std Mutex: never held across an await.
     table: Mutex<Table>,
@@ -202,7 +208,22 @@ impl Files {
         tls: Option<Arc<rustls::ClientConfig>>,
         (requests, trust, outbox, dispatcher): Parts,
         groups: Option<Arc<crate::groups::Groups>>,
+        (chunk_bytes, in_flight): (u64, usize),
     ) -> Result<Arc<Self>, PeerError> {
+        let chunks = MIN_BLOB_CHUNK_BYTES..=MAX_BLOB_CHUNK_BYTES - CHUNK_OVERHEAD as u64;
+        if !chunks.contains(&chunk_bytes) {
+            return Err(PeerError::InvalidArgument(format!(
+                "file_chunk_bytes {chunk_bytes} is outside {}..={}",
+                chunks.start(),
+                chunks.end()
+            )));
+        }
+        if !(1..=defaults::MAX_FILE_CHUNKS_IN_FLIGHT).contains(&in_flight) {
+            return Err(PeerError::InvalidArgument(format!(
+                "file_chunks_in_flight {in_flight} is outside 1..={}",
+                defaults::MAX_FILE_CHUNKS_IN_FLIGHT
+            )));
+        }
         let journal = dir.map(Journal::open).transpose()?;
         let mut table = Table::default();
         if let Some(j) = &journal {
@@ -242,6 +263,8 @@ impl Files {
             outbox,
             groups,
             dispatcher,
+            chunk_bytes,
+            in_flight,
             slots: Arc::new(Semaphore::new(defaults::RUNNING_TRANSFERS)),
             table: Mutex::new(table),
             resumed: AtomicBool::new(false),
@@ -452,7 +475,7 @@ impl Files {
                 .to_owned()
         });
         let size = md.len();
-        let chunk_size = defaults::FILE_CHUNK_BYTES;
+        let chunk_size = self.chunk_bytes;
         let count = chunk_count(size, chunk_size);
         let file_key = FileKey::generate(&mut rand_core::OsRng);
         let mut file_id = [0u8; FILE_ID_LEN];
@@ -993,7 +1016,7 @@ impl Files {
         let mut tasks = JoinSet::new();
         let mut next = todo.into_iter();
         loop {
-            while tasks.len() < defaults::FILE_CHUNKS_IN_FLIGHT {
+            while tasks.len() < self.in_flight {
                 let Some(i) = next.next() else { break };
                 let (blobs, key, path) = (self.blobs.clone(), Arc::clone(&key), h.path.clone());
                 let (blob_id, cap) = (blob.blob_id.clone(), cap.clone());
@@ -1002,18 +1025,19 @@ impl Files {
                     let len = plain_len(size, chunk_size, count, i);
                     // Read, seal and hash on the blocking pool, in one go: the disk and the CPU
                     // work stay off the async threads that drive the HTTP requests.
+                    // One buffer per chunk: read after room for the nonce, sealed in place.
                     let (sealed, hash) = blocking(move || {
-                        let plain = read_chunk(&path, i * chunk_size, len)?;
-                        let sealed = file_chunk::seal_chunk(
+                        let mut buf = read_chunk(&path, i * chunk_size, len)?;
+                        file_chunk::seal_chunk_in_place(
                             &mut rand_core::OsRng,
                             &key,
                             &file_id,
                             i,
                             i + 1 == count,
-                            &plain,
+                            &mut buf,
                         )?;
-                        let hash = file_chunk::chunk_hash(&sealed);
-                        Ok((sealed, hash))
+                        let hash = file_chunk::chunk_hash(&buf);
+                        Ok((buf, hash))
                     })
                     .await?;
                     blobs.put_chunk(&blob_id, &cap, i, sealed).await?;
@@ -1165,7 +1189,7 @@ impl Files {
         let mut tasks = JoinSet::new();
         let mut next = todo.into_iter();
         loop {
-            while tasks.len() < defaults::FILE_CHUNKS_IN_FLIGHT {
+            while tasks.len() < self.in_flight {
                 let Some(i) = next.next() else { break };
                 let (blobs, key, part) = (self.blobs.clone(), Arc::clone(&key), part.clone());
                 let blob = blob.clone();
@@ -1178,15 +1202,20 @@ impl Files {
                     // Hash, open and write on the blocking pool (as the upload seals).
                     blocking(move || {
                         let hash = file_chunk::chunk_hash(&sealed);
-                        let plain =
-                            file_chunk::open_chunk(&key, &file_id, i, i + 1 == count, &sealed)
-                                .map_err(|_| {
-                                    PeerError::FileRejected(FileRejection::ChunkRefused {
-                                        index: i,
-                                    })
-                                })?;
-                        drop(sealed);
-                        write_chunk(&part, i * chunk_size, &plain)?;
+                        // Opened where it lies (no second buffer); wiped on drop like any
+                        // plaintext.
+                        let mut sealed = Zeroizing::new(sealed);
+                        let plain = file_chunk::open_chunk_in_place(
+                            &key,
+                            &file_id,
+                            i,
+                            i + 1 == count,
+                            &mut sealed,
+                        )
+                        .map_err(|_| {
+                            PeerError::FileRejected(FileRejection::ChunkRefused { index: i })
+                        })?;
+                        write_chunk(&part, i * chunk_size, plain)?;
                         Ok((i, hash))
                     })
                     .await
@@ -1287,21 +1316,24 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| PeerError::Io(format!("chunk task: {e}")))?
 }
 
-/// Reads `len` bytes at `offset` of `path` (blocking).
+/// Reads `len` bytes at `offset` of `path` (blocking) into a new buffer after
+/// [`file_chunk::CHUNK_HEADROOM`] bytes of room, with the capacity of the sealed chunk: ready to
+/// be sealed in place.
 fn read_chunk(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, PeerError> {
     use std::io::{Read as _, Seek as _};
     let mut f = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", &e))?;
     f.seek(SeekFrom::Start(offset))
         .map_err(|e| io_err(path, "cannot seek in", &e))?;
-    let mut buf =
-        vec![0u8; usize::try_from(len).map_err(|_| PeerError::Io("chunk too large".into()))?];
-    f.read_exact(&mut buf).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            PeerError::FileRejected(FileRejection::SourceChanged)
-        } else {
-            io_err(path, "cannot read", &e)
-        }
-    })?;
+    let want = usize::try_from(len).map_err(|_| PeerError::Io("chunk too large".into()))?;
+    let mut buf = Vec::with_capacity(want + CHUNK_OVERHEAD);
+    buf.resize(file_chunk::CHUNK_HEADROOM, 0);
+    // Read into the spare capacity (nothing zeroed first); a file shorter than it was changed.
+    f.take(len)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_err(path, "cannot read", &e))?;
+    if buf.len() != file_chunk::CHUNK_HEADROOM + want {
+        return Err(PeerError::FileRejected(FileRejection::SourceChanged));
+    }
     Ok(buf)
 }
 
