@@ -147,8 +147,6 @@ struct Live {
     typing_sent: std::collections::HashMap<ClientId, tokio::time::Instant>,
     /// Which envelope messages to each peer go in, while a session runs.
     envelopes: Option<Envelopes>,
-    /// The peers last shown as speaking MLS (to publish the list again when one moves over).
-    mls_shown: BTreeSet<ClientId>,
     /// The group calls of the running session.
     groups: Option<crate::session::Groups>,
 }
@@ -1016,7 +1014,8 @@ impl State {
                     ),
                 )));
             }
-            SessionEvent::KeysFetched => self.publish_peers(),
+            // The conversation header's MLS mark comes from the peer list.
+            SessionEvent::KeysFetched | SessionEvent::MovedToMls(_) => self.publish_peers(),
             SessionEvent::Transfer(progress) => self.transfer(&progress),
             SessionEvent::GroupLine(line) => self.group_line(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
@@ -1052,11 +1051,6 @@ impl State {
                 let mls = speaks_mls(&r.peer_id);
                 PeerView::from_record(r, is_online, mls)
             })
-            .collect();
-        lock(&self.live).mls_shown = views
-            .iter()
-            .filter(|p| p.mls)
-            .map(|p| p.id.clone())
             .collect();
         // Conversations first (most recent first, as stored), then online people, then the rest.
         views.sort_by_key(|p| (p.last_at.is_none(), !p.online && p.last_at.is_none()));
@@ -1108,20 +1102,7 @@ impl State {
     /// Applies a delivery update to an outgoing message and tells the page what it is now.
     fn advance(&self, local_id: &str, status: DeliveryStatus) {
         match self.db.advance_status(local_id, status) {
-            Ok(Some(record)) => {
-                // The first message to a peer may have moved the conversation to MLS.
-                let moved = {
-                    let live = lock(&self.live);
-                    live.envelopes
-                        .as_ref()
-                        .is_some_and(|e| e.speaks_mls(&record.peer_id))
-                        != live.mls_shown.contains(&record.peer_id)
-                };
-                self.ui.send(Update::Message(record.into()));
-                if moved {
-                    self.publish_peers();
-                }
-            }
+            Ok(Some(record)) => self.ui.send(Update::Message(record.into())),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot update a message's status"),
         }
