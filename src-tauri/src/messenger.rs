@@ -11,8 +11,8 @@
 mod files;
 mod groups;
 
-pub use files::{TransferAction, MAX_INLINE_FILE_BYTES};
-pub use groups::MAX_GROUP_INVITE;
+pub use files::{Conversation, FileMessageView, TransferAction, MAX_INLINE_FILE_BYTES};
+pub use groups::{parse_group_id, MAX_GROUP_INVITE};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -1476,7 +1476,7 @@ mod tests {
         // dave sent an unsigned (ml-kem-aes) message and has no pinned key.
         deliver(&m, "o1", "dave", "hello from an old client", 1, false);
         let err = m
-            .send_file_bytes(&id("dave"), "photo.png", vec![1, 2, 3])
+            .send_file_bytes(&Conversation::Peer(id("dave")), "photo.png", vec![1, 2, 3])
             .await
             .unwrap_err();
         assert!(
@@ -1486,12 +1486,16 @@ mod tests {
         assert!(!dir.path().join("outgoing").exists(), "nothing was kept");
         // Too large, or a name with a slash: refused before anything is written.
         let err = m
-            .send_file_bytes(&id("bob"), "a/b.png", vec![1])
+            .send_file_bytes(&Conversation::Peer(id("bob")), "a/b.png", vec![1])
             .await
             .unwrap_err();
         assert!(matches!(err, MessengerError::InvalidInput(_)));
         let err = m
-            .send_file_bytes(&id("bob"), "big.bin", vec![0; MAX_INLINE_FILE_BYTES + 1])
+            .send_file_bytes(
+                &Conversation::Peer(id("bob")),
+                "big.bin",
+                vec![0; MAX_INLINE_FILE_BYTES + 1],
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, MessengerError::InvalidInput(_)));

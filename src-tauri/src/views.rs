@@ -161,7 +161,7 @@ pub struct MessageView {
 }
 
 /// A file attached to a message, as the conversation shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FileView {
     /// File name (text: the page never puts it in HTML).
@@ -545,8 +545,11 @@ pub struct GroupMessageView {
     pub body: String,
     /// Unix ms.
     pub at: i64,
-    /// Delivery state: `pending` until the server took it, then `sent`; `failed` if refused.
+    /// Delivery state: `pending` until the server took it (for a file: until its upload is
+    /// done and its message went out), then `sent`; `failed` if refused.
     pub status: DeliveryStatus,
+    /// The file of a file message (its `body` is the file's name), as in a 1:1 chat.
+    pub file: Option<Box<FileView>>,
 }
 
 impl From<GroupLine> for GroupMessageView {
@@ -561,6 +564,7 @@ impl From<GroupLine> for GroupMessageView {
             body: l.body,
             at: l.at,
             status: l.status,
+            file: l.attachment.map(|a| Box::new(FileView::from(a))),
         }
     }
 }

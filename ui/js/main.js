@@ -12,7 +12,7 @@ import {
 import { initFiles } from "./views/files.js";
 import {
   closeGroup, currentGroup, focusGroupComposer, groupOfKey, initGroups, markGroupRead, openGroup,
-  openMembers, openNewGroup, refreshGroup, refuseGroupAttach, upsertGroupLine,
+  attachToGroup, dropOnGroup, openMembers, openNewGroup, refreshGroup, upsertGroupLine,
 } from "./views/groups.js";
 import { initMessageActions } from "./views/message-actions.js";
 import { announceMessage } from "./views/announcer.js";
@@ -64,7 +64,7 @@ function mainShown() {
 let attachAction = () => false;
 
 const SHORTCUT_ACTIONS = {
-  attach: () => mainShown() && (currentGroup() !== null ? refuseGroupAttach()
+  attach: () => mainShown() && (currentGroup() !== null ? (attachToGroup(), true)
     : currentPeer() !== null && (attachAction(), true)),
   searchConversation: () => mainShown() && openSearch(currentPeer()),
   searchAll: () => mainShown() && openSearch(null),
@@ -120,7 +120,7 @@ async function start() {
     if (peer) openConversationExport(peer);
   });
   initMessageActions();
-  attachAction = initFiles(currentPeer, upsertMessage, () => currentGroup() !== null && refuseGroupAttach());
+  attachAction = initFiles(currentPeer, upsertMessage, dropOnGroup);
   document.getElementById("open-search").addEventListener("click", () => openSearch(null));
   document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
   document.getElementById("open-help").addEventListener("click", toggleHelp);

@@ -1,6 +1,7 @@
-// Groups: the New group dialog, a group's conversation (messages with their senders, system
-// lines for joins, leaves, removals, renames and key changes) and its member panel (names and
-// safety numbers, invite, remove, rename, leave).
+// Groups: the New group dialog, a group's conversation (messages with their senders, files
+// with their previews, progress and actions as in a 1:1 chat, system lines for joins, leaves,
+// removals, renames and key changes) and its member panel (names and safety numbers, invite,
+// remove, rename, leave).
 //
 // The group list comes from the backend (`group-list`, in `state.groups`); the sidebar draws it
 // beside the 1:1 chats (peer-list.js). A group's row and selection use the key `group:<id>`.
@@ -14,6 +15,7 @@ import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js"
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { announce } from "./announcer.js";
+import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 
 /** Lines per page of a group's history. */
@@ -24,9 +26,6 @@ const LOAD_MARGIN_PX = 400;
 const STICK_PX = 48;
 /** Longest part of a message read out to screen readers, in characters. */
 const ANNOUNCE_CHARS = 140;
-/** The one sentence of the attach refusal: files do not go to groups yet. */
-export const NO_FILES_IN_GROUPS =
-  "Files cannot be sent to a group yet; send them to each person in a 1:1 chat.";
 
 const KEY_PREFIX = "group:";
 
@@ -105,9 +104,15 @@ function fillLine(li, m) {
     // Through the CSSOM: the page's CSP allows no inline style attributes.
     sender.style.setProperty("--sender", senderColor(m.sender));
   }
-  const bubble = h("div", { class: "bubble" }, h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink)), meta);
+  // A file message shows its file (the body is its name); the page's file commands name the
+  // group as the chat.
+  const content = m.file
+    ? fileBlock({ groupId: m.groupId }, m)
+    : h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
+  const bubble = h("div", { class: `bubble${m.file ? " has-file" : ""}` }, content, meta);
   li.replaceChildren(...[sender, bubble].filter(Boolean));
-  li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${m.body}`);
+  const what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
+  li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${what}`);
 }
 
 /** Colours for senders' names (`--sender-0` … in app.css, readable in both modes). */
@@ -266,7 +271,13 @@ export function upsertGroupLine(m) {
     // The send's answer (pending) can arrive after the event that it was sent: keep the later
     // state in the contract's order (the backend only moves a message forwards).
     const later = DELIVERY_STATUS_ORDER.indexOf(m.status) > DELIVERY_STATUS_ORDER.indexOf(existing.dataset.status);
-    if (!m.system && later) fillLine(existing, m);
+    if (m.system) return;
+    if (later) {
+      fillLine(existing, m);
+    } else if (m.file && m.status === existing.dataset.status && !updateProgress(existing, m)) {
+      // A file's transfer moved on: the bar moves in place; a new state redraws the line.
+      fillLine(existing, m);
+    }
     return;
   }
   const stick = atBottom() || m.outgoing;
@@ -285,9 +296,19 @@ export function upsertGroupLine(m) {
   if (!m.outgoing && !m.system && document.hasFocus()) api.markGroupRead(current).catch(showNotice);
 }
 
+/** Lines announced already (a file's line comes again with each step of its download). */
+const announced = new Set();
+
 function announceLine(m) {
+  if (announced.has(m.id)) return;
+  if (announced.size > 1000) announced.clear();
+  announced.add(m.id);
   const group = groupById(m.groupId);
   const where = group ? ` in ${group.name}` : "";
+  if (m.file) {
+    announce(`${m.sender} sent a ${m.file.image ? "picture" : "file"}${where}: ${m.body}`);
+    return;
+  }
   const text = m.body.length > ANNOUNCE_CHARS ? `${m.body.slice(0, ANNOUNCE_CHARS)}…` : m.body;
   announce(`New message from ${m.sender}${where}: ${text}`);
 }
@@ -324,9 +345,25 @@ function autosize() {
   input.style.height = `${Math.min(input.scrollHeight + 2, 168)}px`;
 }
 
-/** The attach action in a group: refused, readably (the one place of that refusal). */
-export function refuseGroupAttach() {
-  showNotice({ kind: "invalidInput", message: NO_FILES_IN_GROUPS });
+/** Attach in the open group: the system's dialog, then the files go to the group. */
+export async function attachToGroup() {
+  if (current === null || $("group-attach").disabled) return true;
+  try {
+    const sent = await api.attachFile({ groupId: current });
+    for (const m of sent || []) upsertGroupLine(m);
+  } catch (err) {
+    showNotice(err);
+  }
+  return true;
+}
+
+/** Files dropped on the window while a group is open go to it; false when none is open. */
+export function dropOnGroup() {
+  if (current === null) return false;
+  const group = current;
+  api.sendDropped({ groupId: group })
+    .then((sent) => { for (const m of sent || []) upsertGroupLine(m); })
+    .catch(showNotice);
   return true;
 }
 
@@ -562,18 +599,19 @@ export function initGroups(select) {
     autosize();
     updateSend();
   });
+  // A picture (or any file) pasted into the group composer goes to the group.
   input.addEventListener("paste", (e) => {
-    const files = (e.clipboardData && e.clipboardData.files) || [];
-    if (files.length > 0) {
+    const files = Array.from((e.clipboardData && e.clipboardData.files) || []);
+    if (files.length > 0 && current !== null) {
       e.preventDefault();
-      refuseGroupAttach();
+      sendBlobs({ groupId: current }, files, upsertGroupLine);
     }
   });
   $("group-composer").addEventListener("submit", (e) => {
     e.preventDefault();
     send();
   });
-  $("group-attach").addEventListener("click", refuseGroupAttach);
+  $("group-attach").addEventListener("click", attachToGroup);
   $("group-messages").addEventListener("scroll", () => {
     if ($("group-messages").scrollTop < LOAD_MARGIN_PX) loadOlder();
   });
