@@ -81,7 +81,7 @@ async fn until_group_line(client: &fantoccini::Client, text: &str, sender: Optio
         ),
         Some(who) => format!(
             "return Array.from(document.querySelectorAll('#group-message-list li.msg')) \
-               .some(li => li.dataset.sender === {} && li.querySelector('.text').textContent === {text_js});",
+               .some(li => li.dataset.sender === {} && li.querySelector('.text')?.textContent === {text_js});",
             serde_json::to_string(who).unwrap()
         ),
     };
