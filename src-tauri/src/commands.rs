@@ -423,15 +423,37 @@ pub async fn restore_backup<R: Runtime>(
     Ok(messenger.bootstrap()?)
 }
 
-/// Writes the conversation with `peerId` to a new file at `path` as `html` or `json`.
+/// Writes the conversation with `peerId` (or the history of the group `groupId`: exactly one
+/// of the two) to a new file at `path` as `html` or `json`.
 #[tauri::command]
 pub async fn export_conversation(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     path: String,
     format: ExportFormat,
 ) -> Result<ExportSummary, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
+    enum Exported {
+        Chat(lattice_protocol::ClientId),
+        Group { key: String, name: String },
+    }
+    let conversation = match (peer_id, group_id) {
+        (Some(peer), None) => Exported::Chat(validate_client_id(&peer)?),
+        (None, Some(group)) => {
+            let key = crate::messenger::parse_group_id(&group)?;
+            let name = messenger
+                .db()
+                .group(&key)?
+                .ok_or_else(|| CommandError::InvalidInput("That group is not known here.".into()))?
+                .name;
+            Exported::Group { key, name }
+        }
+        _ => {
+            return Err(CommandError::InvalidInput(
+                "Name either a person or a group.".into(),
+            ))
+        }
+    };
     let path = validate_file_path(&path)?;
     let me = messenger
         .settings()
@@ -439,8 +461,13 @@ pub async fn export_conversation(
         .map_or_else(|| "me".to_owned(), |id| id.as_str().to_owned());
     let db = Arc::clone(messenger.db());
     let target = path.clone();
-    let messages = tauri::async_runtime::spawn_blocking(move || {
-        export::export_conversation(&db, &me, &peer, format, &target, clock::now_ms())
+    let messages = tauri::async_runtime::spawn_blocking(move || match conversation {
+        Exported::Chat(peer) => {
+            export::export_conversation(&db, &me, &peer, format, &target, clock::now_ms())
+        }
+        Exported::Group { key, name } => {
+            export::export_group(&db, &me, &key, &name, format, &target, clock::now_ms())
+        }
     })
     .await
     .map_err(|e| CommandError::Internal(format!("The export stopped: {e}")))??;

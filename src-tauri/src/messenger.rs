@@ -1449,6 +1449,47 @@ mod tests {
             ui.notifications(),
             vec![("bob in Climbing".to_owned(), "first line".to_owned())]
         );
+        // A photo in the group: said as such, its name kept out of the notification centre.
+        let photo = crate::storage::groups::NewGroupLine {
+            group_id: "ab01",
+            kind: crate::storage::groups::GroupLineKind::Message,
+            sender: Some(&bob),
+            message_id: "photo-1",
+            outgoing: false,
+            body: "secret plans.png",
+            at: 3,
+            status: DeliveryStatus::Received,
+        };
+        let file = crate::storage::files::NewAttachment {
+            name: "secret plans.png".into(),
+            size: 1_000,
+            mime: "image/png".into(),
+            thumbnail: None,
+            offer: None,
+            local_path: None,
+            transfer_id: None,
+            state: crate::storage::files::TransferState::Offered,
+        };
+        let stored = m.db().insert_group_file(&photo, &file).unwrap().unwrap();
+        m.state.apply(SessionEvent::GroupLine(stored));
+        assert_eq!(
+            ui.notifications().last().cloned(),
+            Some(("bob in Climbing".to_owned(), "sent a photo".to_owned()))
+        );
+        m.mark_group_read("ab01").unwrap();
+        assert_eq!(m.db().total_unread().unwrap(), 1, "dave's");
+        let second = crate::storage::groups::NewGroupLine {
+            group_id: "ab01",
+            kind: crate::storage::groups::GroupLineKind::Message,
+            sender: Some(&bob),
+            message_id: "again",
+            outgoing: false,
+            body: "again",
+            at: 4,
+            status: DeliveryStatus::Received,
+        };
+        let stored = m.db().insert_group_line(&second).unwrap().unwrap();
+        m.state.apply(SessionEvent::GroupLine(stored));
         assert_eq!(m.db().total_unread().unwrap(), 2, "dave's and bob's");
         m.mark_group_read("ab01").unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1);

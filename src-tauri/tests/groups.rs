@@ -713,6 +713,34 @@ fn files_go_both_ways_in_a_group_are_saved_and_survive_a_restart() {
         .unwrap();
     assert_eq!(ours["status"], json!("sent"));
 
+    // The group's history exports as JSON through the command, files named without their bytes.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("climbing.json");
+    let summary = app
+        .invoke(
+            "export_conversation",
+            json!({"groupId": gid, "path": path.to_str().unwrap(), "format": "json"}),
+        )
+        .unwrap();
+    assert_eq!(summary["messages"], json!(after.len()), "{summary}");
+    let exported: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(exported["name"], json!("Climbing"));
+    let video = exported["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["body"] == json!("video.bin"))
+        .unwrap();
+    assert_eq!(video["sender"], json!("carol"));
+    assert_eq!(video["file"]["size"], json!(200_000));
+    let unknown = app
+        .invoke(
+            "export_conversation",
+            json!({"groupId": "abcd", "path": out.path().join("x.json").to_str().unwrap(), "format": "json"}),
+        )
+        .unwrap_err();
+    assert_eq!(unknown["kind"], json!("invalidInput"), "{unknown}");
+
     drop(app.into_dir());
     rt.block_on(async {
         bob.disconnect().await;

@@ -85,6 +85,9 @@ export const api = {
   /** Writes one conversation as "html" or "json" to a new file at `path`. */
   exportConversation: (peerId, path, format) =>
     call("export_conversation", { peerId, path, format }),
+  /** Writes a group's history as "html" or "json" to a new file at `path`. */
+  exportGroup: (groupId, path, format) =>
+    call("export_conversation", { groupId, path, format }),
   // The file commands name their conversation as a chat: a peer id (a 1:1 chat) or
   // `{ groupId }` (a group); see `chatArgs`.
   /** Asks for files in the system's open dialog and sends them; resolves to the new messages. */

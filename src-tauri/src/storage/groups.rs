@@ -397,6 +397,31 @@ impl Db {
         Ok(lines)
     }
 
+    /// A page of a group's history after `after` (a `seq`), oldest first: what an export
+    /// reads page by page.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_page_after(
+        &self,
+        group_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<GroupLine>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {LINE_COLUMNS} FROM {LINE_FROM}
+             WHERE group_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+        ))?;
+        let lines = stmt
+            .query_map(
+                params![group_id, after, limit.min(super::db::MAX_PAGE + 1)],
+                row_to_line,
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(lines)
+    }
+
     /// Clears a group's unread count.
     ///
     /// # Errors

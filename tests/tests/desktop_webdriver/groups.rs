@@ -276,6 +276,33 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
     .await;
     shots.take(&client, "group-files").await;
     assert_accessible(&client, "a group conversation with files").await;
+
+    // Export from the group's header: its history as a readable page, senders and files named.
+    let export_dir = tempfile::tempdir().unwrap();
+    let export_file = export_dir.path().join("climbing.html");
+    click(&client, "#group-export").await;
+    until_js(
+        &client,
+        "the group export dialog",
+        "return document.getElementById('backup-dialog').open \
+           && document.getElementById('backup-intro').textContent.includes('the group Climbing') \
+           && document.getElementById('backup-path').value.length > 0;",
+    )
+    .await;
+    fill(&client, "#backup-path", export_file.to_str().unwrap()).await;
+    click(&client, "#backup-submit").await;
+    until_js(
+        &client,
+        "the group export to finish",
+        "return document.getElementById('backup-status').textContent.startsWith('Exported ');",
+    )
+    .await;
+    shots.take(&client, "group-exported").await;
+    assert_accessible(&client, "the group export dialog").await;
+    click(&client, "#backup-cancel").await;
+    let html = std::fs::read_to_string(&export_file).expect("the exported page");
+    assert!(html.contains("the group Climbing") && html.contains("<b dir=\"auto\">bob</b>"));
+    assert!(html.contains("File: route-notes.txt (38 bytes"));
     shots.take(&client, "group-conversation").await;
     assert_accessible(&client, "a group conversation").await;
 

@@ -15,6 +15,7 @@ import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js"
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { announce } from "./announcer.js";
+import { openGroupExport } from "./backup.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 
@@ -569,6 +570,10 @@ export function initGroups(select) {
     $(id).addEventListener("click", () => $("new-group-dialog").close());
   }
   $("group-members-button").addEventListener("click", openMembers);
+  $("group-export").addEventListener("click", () => {
+    const group = current === null ? null : groupById(current);
+    if (group) openGroupExport(group.id, group.name);
+  });
   for (const id of ["group-dialog-close", "group-dialog-done"]) {
     $(id).addEventListener("click", () => $("group-dialog").close());
   }
