@@ -250,26 +250,51 @@ pub async fn demo_question(messenger: Shared<'_>) -> Result<(), CommandError> {
     Ok(messenger.demo_question().await?)
 }
 
-/// Searches the local history: the conversation with `peerId`, or all of them. Newest first;
-/// what the person typed is searched as words, never as query syntax.
+/// Searches the local history: the conversation with `peerId`, the group `groupId`, or all of
+/// them, groups included. Newest first; what the person typed is searched as words, never as
+/// query syntax.
 #[tauri::command]
 pub async fn search_messages(
     messenger: Shared<'_>,
     query: String,
     peer_id: Option<String>,
+    group_id: Option<String>,
     limit: Option<u32>,
 ) -> Result<SearchResults, CommandError> {
     let peer = peer_id.as_deref().map(validate_client_id).transpose()?;
+    let group = group_id
+        .as_deref()
+        .map(crate::messenger::parse_group_id)
+        .transpose()?;
     let query = SearchQuery::parse(&query)?;
-    let (hits, has_more) = messenger.db().search(
-        &query,
-        peer.as_ref(),
-        limit.unwrap_or(DEFAULT_SEARCH_RESULTS),
-    )?;
-    Ok(SearchResults {
-        hits: hits.into_iter().map(SearchHitView::from).collect(),
-        has_more,
-    })
+    let limit = limit.unwrap_or(DEFAULT_SEARCH_RESULTS);
+    let db = messenger.db();
+    let (mut hits, mut has_more) = match (&peer, &group) {
+        (Some(_), Some(_)) => {
+            return Err(CommandError::InvalidInput(
+                "Search one conversation or all of them, not a person and a group.".into(),
+            ))
+        }
+        (_, Some(_)) => (Vec::new(), false),
+        _ => {
+            let (hits, more) = db.search(&query, peer.as_ref(), limit)?;
+            (hits.into_iter().map(SearchHitView::from).collect(), more)
+        }
+    };
+    if peer.is_none() {
+        let (found, more) = db.search_groups(&query, group.as_deref(), limit)?;
+        hits.extend(found.into_iter().filter_map(SearchHitView::from_group));
+        has_more |= more;
+        // Both lists are newest first and as long as the limit at most: the newest of both.
+        hits.sort_by_key(|h| std::cmp::Reverse(h.at));
+        let limit =
+            usize::try_from(limit.clamp(1, crate::storage::search::MAX_RESULTS)).unwrap_or(1);
+        if hits.len() > limit {
+            hits.truncate(limit);
+            has_more = true;
+        }
+    }
+    Ok(SearchResults { hits, has_more })
 }
 
 /// The unsent text of the conversation with `peerId`, if any.

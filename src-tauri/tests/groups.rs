@@ -222,6 +222,47 @@ fn a_group_made_in_the_app_talks_three_ways_renames_and_locks_a_removed_member_o
     let (from, text) = rt.block_on(next_text(&mut bob_events));
     assert_eq!((from.as_str(), text.as_str()), ("carol", "from carol"));
 
+    // Search finds group messages: in all conversations (with the group named) or in the group.
+    let found = app
+        .invoke("search_messages", json!({"query": "carol"}))
+        .unwrap();
+    let hit = found["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["groupId"] == json!(gid))
+        .cloned()
+        .expect("the group's message is found");
+    assert_eq!(hit["peerId"], json!("carol"), "{hit}");
+    assert_eq!(hit["groupName"], json!("Climbing"));
+    assert_eq!(
+        hit["seq"],
+        until_line(&app, &gid, "from carol", false)["seq"]
+    );
+    let scoped = app
+        .invoke(
+            "search_messages",
+            json!({"query": "climbers", "groupId": gid}),
+        )
+        .unwrap();
+    let scoped = scoped["hits"].as_array().unwrap();
+    assert_eq!(scoped.len(), 1, "{scoped:?}");
+    assert_eq!(scoped[0]["outgoing"], json!(true));
+    let in_bob = app
+        .invoke(
+            "search_messages",
+            json!({"query": "climbers", "peerId": "bob"}),
+        )
+        .unwrap();
+    assert_eq!(in_bob["hits"], json!([]), "a 1:1 search leaves groups out");
+    let both = app
+        .invoke(
+            "search_messages",
+            json!({"query": "x", "peerId": "bob", "groupId": gid}),
+        )
+        .unwrap_err();
+    assert_eq!(both["kind"], json!("invalidInput"), "{both}");
+
     // A file bob sends to the group is a line from him with the file (its name the body).
     let file = dirs.0.path().join("notes.txt");
     std::fs::write(&file, b"ten bytes!").unwrap();

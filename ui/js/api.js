@@ -69,9 +69,10 @@ export const api = {
   setVerified: (peerId, verified) => call("set_verified", { peerId, verified }),
   reconnect: () => call("reconnect"),
   demoQuestion: () => call("demo_question"),
-  /** Searches the local history: one conversation (`peerId`) or all (`null`); newest first. */
-  searchMessages: (query, peerId = null, limit = null) =>
-    call("search_messages", { query, peerId, limit }),
+  /** Searches the local history: one conversation (`peerId`, or `{ groupId }` for a group) or
+   * all (`null`, groups included); newest first. */
+  searchMessages: (query, chat = null, limit = null) =>
+    call("search_messages", { query, ...(chat === null ? {} : chatArgs(chat)), limit }),
   loadDraft: (peerId) => call("load_draft", { peerId }),
   saveDraft: (peerId, text) => call("save_draft", { peerId, text }),
   /** Opens a web link in the system browser (ask the person first). */

@@ -11,7 +11,7 @@ import {
 } from "./views/conversation.js";
 import { initFiles } from "./views/files.js";
 import {
-  closeGroup, currentGroup, focusGroupComposer, groupOfKey, initGroups, markGroupRead, openGroup,
+  closeGroup, currentGroup, focusGroupComposer, groupById, groupOfKey, initGroups, markGroupRead, openGroup,
   attachToGroup, dropOnGroup, openMembers, openNewGroup, refreshGroup, upsertGroupLine,
 } from "./views/groups.js";
 import { initMessageActions } from "./views/message-actions.js";
@@ -38,7 +38,7 @@ function select(peerId, seq = null) {
   const group = groupOfKey(peerId);
   if (group !== null) {
     closeConversation();
-    openGroup(group);
+    openGroup(group, seq);
   } else {
     closeGroup();
     openConversation(peerId, seq);
@@ -66,7 +66,9 @@ let attachAction = () => false;
 const SHORTCUT_ACTIONS = {
   attach: () => mainShown() && (currentGroup() !== null ? (attachToGroup(), true)
     : currentPeer() !== null && (attachAction(), true)),
-  searchConversation: () => mainShown() && openSearch(currentPeer()),
+  searchConversation: () => mainShown() && openSearch(currentGroup() !== null
+    ? { groupId: currentGroup(), name: (groupById(currentGroup()) || { name: "this group" }).name }
+    : currentPeer()),
   searchAll: () => mainShown() && openSearch(null),
   previousConversation: () => mainShown() && selectNeighbour(-1),
   nextConversation: () => mainShown() && selectNeighbour(1),

@@ -70,6 +70,8 @@ pub fn is_group_key(key: &str) -> bool {
 /// [`StorageError::Sqlite`].
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StorageError> {
     conn.execute_batch(GROUPS_SCHEMA)?;
+    // Version 9: the groups' full-text index.
+    super::search::migrate_groups(conn)?;
     Ok(())
 }
 
@@ -653,8 +655,12 @@ mod tests {
         // What version 8 left on disk: no group files.
         {
             let conn = rusqlite::Connection::open(&path).unwrap();
-            conn.execute_batch("DROP TABLE group_attachments; PRAGMA user_version = 8;")
-                .unwrap();
+            conn.execute_batch(
+                "DROP TABLE group_attachments; DROP TRIGGER group_messages_fts_insert;
+                 DROP TRIGGER group_messages_fts_delete; DROP TRIGGER group_messages_fts_update;
+                 DROP TABLE group_messages_fts; PRAGMA user_version = 8;",
+            )
+            .unwrap();
         }
         let db = Db::open(&path).unwrap();
         let version: i64 = db
@@ -665,6 +671,11 @@ mod tests {
         let old = db.group_page("dd", None, 10).unwrap();
         assert_eq!(old[0].body, "from before");
         assert_eq!(old[0].attachment, None);
+        // The history from before is in the new search index.
+        let query = crate::storage::search::SearchQuery::parse("before").unwrap();
+        let (hits, _) = db.search_groups(&query, None, 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].seq, old[0].seq);
 
         // Ours: pending while it uploads, yet not in the outbox (the library sends it).
         let ours = NewGroupLine {

@@ -2,8 +2,9 @@
 //! peers with MLS state) from the New group dialog, messages flow three ways with the senders'
 //! names, a rename from the member panel shows a system line, carol is removed and can no
 //! longer read what follows (checked on her side), files go both ways in the group (alice
-//! pastes a picture, bob downloads it; bob's file shows as a card alice saves), and axe-core
-//! passes on each new screen.
+//! pastes a picture, bob downloads it; bob's file shows as a card alice saves; a drop on the
+//! group sends), search finds a group message and opens the group at it, the group's history
+//! exports, and axe-core passes on each new screen.
 
 use std::time::Duration;
 
@@ -202,6 +203,36 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
     .await;
     assert_eq!(row, json!("Climbing"));
 
+    // Ctrl+K finds group messages too, named by sender and group; Enter opens the group at it.
+    press(&client, "#group-input", "\u{E009}k").await;
+    until_js(
+        &client,
+        "the search dialog",
+        "return document.getElementById('search-dialog').open;",
+    )
+    .await;
+    type_into(&client, "#search-input", "carol").await;
+    until_js(
+        &client,
+        "carol's group message found",
+        "const hits = document.querySelectorAll('#search-results li.search-hit'); \
+         return hits.length === 1 \
+           && hits[0].querySelector('.search-hit-who').textContent === 'carol in Climbing' \
+           && hits[0].querySelector('mark')?.textContent === 'carol';",
+    )
+    .await;
+    shots.take(&client, "group-search").await;
+    assert_accessible(&client, "a search with a group's message").await;
+    press(&client, "#search-input", "\u{E007}").await;
+    until_js(
+        &client,
+        "the group opened at carol's message",
+        "const m = document.querySelector('#group-message-list li.msg.found'); \
+         return !!m && !document.getElementById('search-dialog').open \
+           && m.dataset.sender === 'carol';",
+    )
+    .await;
+
     // alice pastes a picture into the group composer: it goes to the group, bob downloads it
     // byte for byte, and alice's line shows the preview, sent.
     let pasted = client
@@ -276,6 +307,54 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
     .await;
     shots.take(&client, "group-files").await;
     assert_accessible(&client, "a group conversation with files").await;
+
+    // Files dragged over the group show where they go; dropped, they are sent to the group.
+    client
+        .execute(
+            "const dt = new DataTransfer();
+             dt.items.add(new File([new TextEncoder().encode('meet at 8')], 'plan.txt', { type: 'text/plain' }));
+             window.__groupDrop = dt;
+             document.getElementById('group-conversation')
+               .dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));",
+            vec![],
+        )
+        .await
+        .expect("a dragover event");
+    until_js(
+        &client,
+        "the group's drop overlay",
+        "return !document.getElementById('group-drop-overlay').hidden;",
+    )
+    .await;
+    shots.take(&client, "group-drop").await;
+    client
+        .execute(
+            "document.getElementById('group-conversation')
+               .dispatchEvent(new DragEvent('drop', { dataTransfer: window.__groupDrop, bubbles: true, cancelable: true }));",
+            vec![],
+        )
+        .await
+        .expect("a drop event");
+    let (_, offer) = next_event(&mut carol_events, |e| match e {
+        PeerEvent::GroupMessage(m) => match &m.content {
+            Content::File(offer) if offer.name == "plan.txt" => {
+                Some((m.message_id.clone(), offer.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer.size, 9);
+    until_js(
+        &client,
+        "the dropped file sent, the overlay gone",
+        "const li = Array.from(document.querySelectorAll('#group-message-list li.msg.out')) \
+           .find(l => l.querySelector('.file-name')?.textContent === 'plan.txt'); \
+         return !!li && li.dataset.status === 'sent' \
+           && document.getElementById('group-drop-overlay').hidden;",
+    )
+    .await;
 
     // Export from the group's header: its history as a readable page, senders and files named.
     let export_dir = tempfile::tempdir().unwrap();

@@ -8,19 +8,22 @@
 // State flows one way: this view asks the backend and redraws from what it answers and from
 // the `group-message` events; it keeps only what is on screen.
 
-import { api } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus } from "../contract.js";
+import { api, on } from "../api.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus, Event } from "../contract.js";
 import { state } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { announce } from "./announcer.js";
 import { openGroupExport } from "./backup.js";
+import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 
 /** Lines per page of a group's history. */
 const PAGE = 50;
+/** Older pages loaded at most to reach a line opened from a search (beyond: the oldest shown). */
+const MAX_FIND_PAGES = 200;
 /** Older lines load when the top of the list comes this close (px) to the view. */
 const LOAD_MARGIN_PX = 400;
 /** How close to the bottom (px) counts as "at the bottom" for following new lines. */
@@ -195,8 +198,9 @@ function updateSend() {
   $("group-send").disabled = input.disabled || input.value.trim().length === 0;
 }
 
-/** Opens group `id`'s conversation. */
-export async function openGroup(id) {
+/** Opens group `id`'s conversation; with `at` (a line's `seq`, from a search) scrolled to that
+ * line and marked. */
+export async function openGroup(id, at = null) {
   const group = groupById(id);
   if (!group) return;
   generation += 1;
@@ -225,6 +229,22 @@ export async function openGroup(id) {
   } finally {
     if (gen === generation) loading = false;
   }
+  if (at !== null && gen === generation) await showLine(at, gen);
+}
+
+/** Loads older pages until line `seq` is shown (bounded), then scrolls to it and marks it. */
+async function showLine(seq, gen) {
+  const find = () => $("group-message-list").querySelector(`li.msg[data-seq="${Number(seq)}"]`);
+  for (let n = 0; !find() && hasMore && n < MAX_FIND_PAGES && gen === generation; n += 1) {
+    await loadOlder();
+  }
+  const li = find();
+  if (!li || gen !== generation) return;
+  for (const old of $("group-message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("found");
+  li.focus({ preventScroll: true });
+  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
 }
 
 /** Hides the group conversation (a 1:1 chat opens instead). */
@@ -360,6 +380,7 @@ export async function attachToGroup() {
 
 /** Files dropped on the window while a group is open go to it; false when none is open. */
 export function dropOnGroup() {
+  $("group-drop-overlay").hidden = true;
   if (current === null) return false;
   const group = current;
   api.sendDropped({ groupId: group })
@@ -617,6 +638,30 @@ export function initGroups(select) {
     send();
   });
   $("group-attach").addEventListener("click", attachToGroup);
+
+  // Files dragged over the open group: from the desktop (the window reports the hover; the drop
+  // comes as files-dropped, see dropOnGroup) or from the page itself (sent as bytes).
+  const overlay = $("group-drop-overlay");
+  const open = () => current !== null && !$("group-attach").disabled;
+  on(Event.DROP_HOVER, (hovering) => {
+    overlay.hidden = !(hovering && open());
+  });
+  const box = $("group-conversation");
+  const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+  box.addEventListener("dragover", (e) => {
+    if (!hasFiles(e) || !open()) return;
+    e.preventDefault();
+    overlay.hidden = false;
+  });
+  box.addEventListener("dragleave", (e) => {
+    if (e.target === overlay || !box.contains(e.relatedTarget)) overlay.hidden = true;
+  });
+  box.addEventListener("drop", (e) => {
+    overlay.hidden = true;
+    if (!hasFiles(e) || !open()) return;
+    e.preventDefault();
+    sendBlobs({ groupId: current }, Array.from(e.dataTransfer.files), upsertGroupLine);
+  });
   $("group-messages").addEventListener("scroll", () => {
     if ($("group-messages").scrollTop < LOAD_MARGIN_PX) loadOlder();
   });
