@@ -250,26 +250,51 @@ pub async fn demo_question(messenger: Shared<'_>) -> Result<(), CommandError> {
     Ok(messenger.demo_question().await?)
 }
 
-/// Searches the local history: the conversation with `peerId`, or all of them. Newest first;
-/// what the person typed is searched as words, never as query syntax.
+/// Searches the local history: the conversation with `peerId`, the group `groupId`, or all of
+/// them, groups included. Newest first; what the person typed is searched as words, never as
+/// query syntax.
 #[tauri::command]
 pub async fn search_messages(
     messenger: Shared<'_>,
     query: String,
     peer_id: Option<String>,
+    group_id: Option<String>,
     limit: Option<u32>,
 ) -> Result<SearchResults, CommandError> {
     let peer = peer_id.as_deref().map(validate_client_id).transpose()?;
+    let group = group_id
+        .as_deref()
+        .map(crate::messenger::parse_group_id)
+        .transpose()?;
     let query = SearchQuery::parse(&query)?;
-    let (hits, has_more) = messenger.db().search(
-        &query,
-        peer.as_ref(),
-        limit.unwrap_or(DEFAULT_SEARCH_RESULTS),
-    )?;
-    Ok(SearchResults {
-        hits: hits.into_iter().map(SearchHitView::from).collect(),
-        has_more,
-    })
+    let limit = limit.unwrap_or(DEFAULT_SEARCH_RESULTS);
+    let db = messenger.db();
+    let (mut hits, mut has_more) = match (&peer, &group) {
+        (Some(_), Some(_)) => {
+            return Err(CommandError::InvalidInput(
+                "Search one conversation or all of them, not a person and a group.".into(),
+            ))
+        }
+        (_, Some(_)) => (Vec::new(), false),
+        _ => {
+            let (hits, more) = db.search(&query, peer.as_ref(), limit)?;
+            (hits.into_iter().map(SearchHitView::from).collect(), more)
+        }
+    };
+    if peer.is_none() {
+        let (found, more) = db.search_groups(&query, group.as_deref(), limit)?;
+        hits.extend(found.into_iter().filter_map(SearchHitView::from_group));
+        has_more |= more;
+        // Both lists are newest first and as long as the limit at most: the newest of both.
+        hits.sort_by_key(|h| std::cmp::Reverse(h.at));
+        let limit =
+            usize::try_from(limit.clamp(1, crate::storage::search::MAX_RESULTS)).unwrap_or(1);
+        if hits.len() > limit {
+            hits.truncate(limit);
+            has_more = true;
+        }
+    }
+    Ok(SearchResults { hits, has_more })
 }
 
 /// The unsent text of the conversation with `peerId`, if any.
@@ -423,15 +448,37 @@ pub async fn restore_backup<R: Runtime>(
     Ok(messenger.bootstrap()?)
 }
 
-/// Writes the conversation with `peerId` to a new file at `path` as `html` or `json`.
+/// Writes the conversation with `peerId` (or the history of the group `groupId`: exactly one
+/// of the two) to a new file at `path` as `html` or `json`.
 #[tauri::command]
 pub async fn export_conversation(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     path: String,
     format: ExportFormat,
 ) -> Result<ExportSummary, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
+    enum Exported {
+        Chat(lattice_protocol::ClientId),
+        Group { key: String, name: String },
+    }
+    let conversation = match (peer_id, group_id) {
+        (Some(peer), None) => Exported::Chat(validate_client_id(&peer)?),
+        (None, Some(group)) => {
+            let key = crate::messenger::parse_group_id(&group)?;
+            let name = messenger
+                .db()
+                .group(&key)?
+                .ok_or_else(|| CommandError::InvalidInput("That group is not known here.".into()))?
+                .name;
+            Exported::Group { key, name }
+        }
+        _ => {
+            return Err(CommandError::InvalidInput(
+                "Name either a person or a group.".into(),
+            ))
+        }
+    };
     let path = validate_file_path(&path)?;
     let me = messenger
         .settings()
@@ -439,8 +486,13 @@ pub async fn export_conversation(
         .map_or_else(|| "me".to_owned(), |id| id.as_str().to_owned());
     let db = Arc::clone(messenger.db());
     let target = path.clone();
-    let messages = tauri::async_runtime::spawn_blocking(move || {
-        export::export_conversation(&db, &me, &peer, format, &target, clock::now_ms())
+    let messages = tauri::async_runtime::spawn_blocking(move || match conversation {
+        Exported::Chat(peer) => {
+            export::export_conversation(&db, &me, &peer, format, &target, clock::now_ms())
+        }
+        Exported::Group { key, name } => {
+            export::export_group(&db, &me, &key, &name, format, &target, clock::now_ms())
+        }
     })
     .await
     .map_err(|e| CommandError::Internal(format!("The export stopped: {e}")))??;

@@ -69,6 +69,9 @@ pub enum SessionEvent {
     },
     /// Keys were fetched: the peer list's fingerprints changed.
     KeysFetched,
+    /// Messages with this peer go over MLS from now on (the library set the 1:1 conversation up,
+    /// whatever message, receipt or typing notice did it): the peer list's mark changed.
+    MovedToMls(ClientId),
     /// A file transfer moved on (progress, or a new state).
     Transfer(lattice_peer::TransferProgress),
     /// A line of a group's history was stored (a message, a system line) or one of ours moved

@@ -11,8 +11,8 @@
 mod files;
 mod groups;
 
-pub use files::{TransferAction, MAX_INLINE_FILE_BYTES};
-pub use groups::MAX_GROUP_INVITE;
+pub use files::{Conversation, FileMessageView, TransferAction, MAX_INLINE_FILE_BYTES};
+pub use groups::{parse_group_id, MAX_GROUP_INVITE};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -147,8 +147,6 @@ struct Live {
     typing_sent: std::collections::HashMap<ClientId, tokio::time::Instant>,
     /// Which envelope messages to each peer go in, while a session runs.
     envelopes: Option<Envelopes>,
-    /// The peers last shown as speaking MLS (to publish the list again when one moves over).
-    mls_shown: BTreeSet<ClientId>,
     /// The group calls of the running session.
     groups: Option<crate::session::Groups>,
 }
@@ -1016,7 +1014,8 @@ impl State {
                     ),
                 )));
             }
-            SessionEvent::KeysFetched => self.publish_peers(),
+            // The conversation header's MLS mark comes from the peer list.
+            SessionEvent::KeysFetched | SessionEvent::MovedToMls(_) => self.publish_peers(),
             SessionEvent::Transfer(progress) => self.transfer(&progress),
             SessionEvent::GroupLine(line) => self.group_line(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
@@ -1052,11 +1051,6 @@ impl State {
                 let mls = speaks_mls(&r.peer_id);
                 PeerView::from_record(r, is_online, mls)
             })
-            .collect();
-        lock(&self.live).mls_shown = views
-            .iter()
-            .filter(|p| p.mls)
-            .map(|p| p.id.clone())
             .collect();
         // Conversations first (most recent first, as stored), then online people, then the rest.
         views.sort_by_key(|p| (p.last_at.is_none(), !p.online && p.last_at.is_none()));
@@ -1108,20 +1102,7 @@ impl State {
     /// Applies a delivery update to an outgoing message and tells the page what it is now.
     fn advance(&self, local_id: &str, status: DeliveryStatus) {
         match self.db.advance_status(local_id, status) {
-            Ok(Some(record)) => {
-                // The first message to a peer may have moved the conversation to MLS.
-                let moved = {
-                    let live = lock(&self.live);
-                    live.envelopes
-                        .as_ref()
-                        .is_some_and(|e| e.speaks_mls(&record.peer_id))
-                        != live.mls_shown.contains(&record.peer_id)
-                };
-                self.ui.send(Update::Message(record.into()));
-                if moved {
-                    self.publish_peers();
-                }
-            }
+            Ok(Some(record)) => self.ui.send(Update::Message(record.into())),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot update a message's status"),
         }
@@ -1468,6 +1449,47 @@ mod tests {
             ui.notifications(),
             vec![("bob in Climbing".to_owned(), "first line".to_owned())]
         );
+        // A photo in the group: said as such, its name kept out of the notification centre.
+        let photo = crate::storage::groups::NewGroupLine {
+            group_id: "ab01",
+            kind: crate::storage::groups::GroupLineKind::Message,
+            sender: Some(&bob),
+            message_id: "photo-1",
+            outgoing: false,
+            body: "secret plans.png",
+            at: 3,
+            status: DeliveryStatus::Received,
+        };
+        let file = crate::storage::files::NewAttachment {
+            name: "secret plans.png".into(),
+            size: 1_000,
+            mime: "image/png".into(),
+            thumbnail: None,
+            offer: None,
+            local_path: None,
+            transfer_id: None,
+            state: crate::storage::files::TransferState::Offered,
+        };
+        let stored = m.db().insert_group_file(&photo, &file).unwrap().unwrap();
+        m.state.apply(SessionEvent::GroupLine(stored));
+        assert_eq!(
+            ui.notifications().last().cloned(),
+            Some(("bob in Climbing".to_owned(), "sent a photo".to_owned()))
+        );
+        m.mark_group_read("ab01").unwrap();
+        assert_eq!(m.db().total_unread().unwrap(), 1, "dave's");
+        let second = crate::storage::groups::NewGroupLine {
+            group_id: "ab01",
+            kind: crate::storage::groups::GroupLineKind::Message,
+            sender: Some(&bob),
+            message_id: "again",
+            outgoing: false,
+            body: "again",
+            at: 4,
+            status: DeliveryStatus::Received,
+        };
+        let stored = m.db().insert_group_line(&second).unwrap().unwrap();
+        m.state.apply(SessionEvent::GroupLine(stored));
         assert_eq!(m.db().total_unread().unwrap(), 2, "dave's and bob's");
         m.mark_group_read("ab01").unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1);
@@ -1495,7 +1517,7 @@ mod tests {
         // dave sent an unsigned (ml-kem-aes) message and has no pinned key.
         deliver(&m, "o1", "dave", "hello from an old client", 1, false);
         let err = m
-            .send_file_bytes(&id("dave"), "photo.png", vec![1, 2, 3])
+            .send_file_bytes(&Conversation::Peer(id("dave")), "photo.png", vec![1, 2, 3])
             .await
             .unwrap_err();
         assert!(
@@ -1505,12 +1527,16 @@ mod tests {
         assert!(!dir.path().join("outgoing").exists(), "nothing was kept");
         // Too large, or a name with a slash: refused before anything is written.
         let err = m
-            .send_file_bytes(&id("bob"), "a/b.png", vec![1])
+            .send_file_bytes(&Conversation::Peer(id("bob")), "a/b.png", vec![1])
             .await
             .unwrap_err();
         assert!(matches!(err, MessengerError::InvalidInput(_)));
         let err = m
-            .send_file_bytes(&id("bob"), "big.bin", vec![0; MAX_INLINE_FILE_BYTES + 1])
+            .send_file_bytes(
+                &Conversation::Peer(id("bob")),
+                "big.bin",
+                vec![0; MAX_INLINE_FILE_BYTES + 1],
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, MessengerError::InvalidInput(_)));

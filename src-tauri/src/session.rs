@@ -577,6 +577,7 @@ impl Ctx {
                 self.on_group_changed(group, by.as_ref(), change);
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
+            PeerEvent::MovedToMls { peer } => self.up(SessionEvent::MovedToMls(peer.clone())),
             PeerEvent::ConversationNotice { peer, notice } => {
                 self.up(SessionEvent::Notice(Notice::new(
                     ErrorKind::ConversationRestarted,

@@ -10,7 +10,7 @@ use crate::contract::{
 };
 use crate::storage::files::Attachment;
 use crate::storage::groups::{GroupLine, GroupLineKind, GroupRecord};
-use crate::storage::search::{SearchHit, SnippetPart};
+use crate::storage::search::{GroupSearchHit, SearchHit, SnippetPart};
 use crate::storage::settings::Settings;
 use crate::storage::{MessageRecord, PeerRecord};
 
@@ -161,7 +161,7 @@ pub struct MessageView {
 }
 
 /// A file attached to a message, as the conversation shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FileView {
     /// File name (text: the page never puts it in HTML).
@@ -429,6 +429,11 @@ pub struct SearchHitView {
     pub at: i64,
     /// The words around the matches; parts with `hit` are the matches. Text, never markup.
     pub snippet: Vec<SnippetPart>,
+    /// For a group's message: the group (hex id; `seq` is then its line), and `peerId` is
+    /// the sender.
+    pub group_id: Option<String>,
+    /// For a group's message: the group's name.
+    pub group_name: Option<String>,
 }
 
 impl From<SearchHit> for SearchHitView {
@@ -440,7 +445,25 @@ impl From<SearchHit> for SearchHitView {
             outgoing: h.outgoing,
             at: h.at,
             snippet: h.snippet,
+            group_id: None,
+            group_name: None,
         }
+    }
+}
+
+impl SearchHitView {
+    /// A group's message as a hit; `None` when its stored sender is no client id.
+    pub fn from_group(h: GroupSearchHit) -> Option<Self> {
+        Some(Self {
+            id: h.message_id,
+            seq: h.seq,
+            peer_id: ClientId::try_from(h.sender.as_str()).ok()?,
+            outgoing: h.outgoing,
+            at: h.at,
+            snippet: h.snippet,
+            group_id: Some(h.group_id),
+            group_name: Some(h.group_name),
+        })
     }
 }
 
@@ -545,8 +568,11 @@ pub struct GroupMessageView {
     pub body: String,
     /// Unix ms.
     pub at: i64,
-    /// Delivery state: `pending` until the server took it, then `sent`; `failed` if refused.
+    /// Delivery state: `pending` until the server took it (for a file: until its upload is
+    /// done and its message went out), then `sent`; `failed` if refused.
     pub status: DeliveryStatus,
+    /// The file of a file message (its `body` is the file's name), as in a 1:1 chat.
+    pub file: Option<Box<FileView>>,
 }
 
 impl From<GroupLine> for GroupMessageView {
@@ -561,6 +587,7 @@ impl From<GroupLine> for GroupMessageView {
             body: l.body,
             at: l.at,
             status: l.status,
+            file: l.attachment.map(|a| Box::new(FileView::from(a))),
         }
     }
 }

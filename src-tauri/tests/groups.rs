@@ -3,7 +3,9 @@
 //! with bob and carol, messages flow three ways with their senders, a rename and a removal show
 //! as system lines, and carol, removed, can no longer read what follows (checked on her side).
 //! A person whose app cannot join groups is refused with a sentence naming them; a group
-//! another client adds the app to appears by itself, and the group survives a restart.
+//! another client adds the app to appears by itself, and the group survives a restart. Files
+//! go both ways in a group (each member downloads the app's file; the members' files download
+//! by themselves or on *Download*, are saved, and survive a restart).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -220,21 +222,55 @@ fn a_group_made_in_the_app_talks_three_ways_renames_and_locks_a_removed_member_o
     let (from, text) = rt.block_on(next_text(&mut bob_events));
     assert_eq!((from.as_str(), text.as_str()), ("carol", "from carol"));
 
-    // A file bob sends to the group (lattice-chat can) reads as a line from him with its name
-    // and size, and says the app cannot save it yet: never silence.
+    // Search finds group messages: in all conversations (with the group named) or in the group.
+    let found = app
+        .invoke("search_messages", json!({"query": "carol"}))
+        .unwrap();
+    let hit = found["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["groupId"] == json!(gid))
+        .cloned()
+        .expect("the group's message is found");
+    assert_eq!(hit["peerId"], json!("carol"), "{hit}");
+    assert_eq!(hit["groupName"], json!("Climbing"));
+    assert_eq!(
+        hit["seq"],
+        until_line(&app, &gid, "from carol", false)["seq"]
+    );
+    let scoped = app
+        .invoke(
+            "search_messages",
+            json!({"query": "climbers", "groupId": gid}),
+        )
+        .unwrap();
+    let scoped = scoped["hits"].as_array().unwrap();
+    assert_eq!(scoped.len(), 1, "{scoped:?}");
+    assert_eq!(scoped[0]["outgoing"], json!(true));
+    let in_bob = app
+        .invoke(
+            "search_messages",
+            json!({"query": "climbers", "peerId": "bob"}),
+        )
+        .unwrap();
+    assert_eq!(in_bob["hits"], json!([]), "a 1:1 search leaves groups out");
+    let both = app
+        .invoke(
+            "search_messages",
+            json!({"query": "x", "peerId": "bob", "groupId": gid}),
+        )
+        .unwrap_err();
+    assert_eq!(both["kind"], json!("invalidInput"), "{both}");
+
+    // A file bob sends to the group is a line from him with the file (its name the body).
     let file = dirs.0.path().join("notes.txt");
     std::fs::write(&file, b"ten bytes!").unwrap();
     rt.block_on(bob.send_group_file(&bob_gid, &file, lattice_peer::FileMeta::default()))
         .unwrap();
-    assert_eq!(
-        until_line(
-            &app,
-            &gid,
-            "Sent a file, notes.txt (1 KB). Files in groups cannot be saved in this app yet.",
-            false
-        )["sender"],
-        json!("bob")
-    );
+    let line = until_line(&app, &gid, "notes.txt", false);
+    assert_eq!(line["sender"], json!("bob"));
+    assert_eq!(line["file"]["name"], json!("notes.txt"), "{line}");
     let row = group_row(&app, &gid);
     assert_eq!(row["unread"], json!(3), "{row}");
     app.invoke("mark_group_read", json!({"groupId": gid}))
@@ -461,4 +497,295 @@ fn a_group_message_written_offline_waits_and_goes_once_connected() {
         )
         .unwrap_err();
     assert_eq!(unknown["kind"], json!("invalidInput"), "{unknown}");
+}
+
+/// `send_file_bytes` as the page calls it for a group: the bytes as the body, the group and the
+/// name in headers.
+fn paste_to_group(app: &TestApp, group: &str, name: &str, bytes: Vec<u8>) -> Result<Value, Value> {
+    use tauri::ipc::{CallbackFn, InvokeBody};
+    use tauri::test::{get_ipc_response, INVOKE_KEY};
+    let mut headers = tauri::http::HeaderMap::new();
+    headers.insert("x-lattice-group", group.parse().unwrap());
+    headers.insert("x-lattice-name", name.parse().unwrap());
+    get_ipc_response(
+        app.webview(),
+        tauri::webview::InvokeRequest {
+            cmd: "send_file_bytes".into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: "tauri://localhost".parse().unwrap(),
+            body: InvokeBody::Raw(bytes),
+            headers,
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|body| body.deserialize::<Value>().unwrap())
+}
+
+/// The next file offer a headless member reads in a group, with its message id.
+async fn next_group_offer(
+    events: &mut EventStream,
+) -> (lattice_protocol::MessageId, lattice_peer::FileOffer) {
+    next_group(events, |e| match e {
+        PeerEvent::GroupMessage(m) => match &m.content {
+            Content::File(offer) => Some((m.message_id.clone(), offer.clone())),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await
+}
+
+/// A headless member downloads `offer` from `from` and waits until it is complete; the bytes.
+async fn fetch(
+    peer: &MessagingPeer,
+    events: &mut EventStream,
+    from: &ClientId,
+    (message_id, offer): &(lattice_protocol::MessageId, lattice_peer::FileOffer),
+    dest: &std::path::Path,
+) -> Vec<u8> {
+    let id = peer.download_file(from, message_id, offer, dest).unwrap();
+    next_group(events, |e| match e {
+        PeerEvent::Transfer(p) if p.id == id => match &p.state {
+            lattice_peer::TransferState::Completed => Some(()),
+            lattice_peer::TransferState::Failed(reason) => panic!("download failed: {reason}"),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    std::fs::read(dest).unwrap()
+}
+
+/// The line `seq` of the group once `ok` accepts it.
+fn until_seq(
+    app: &TestApp,
+    group: &str,
+    seq: &Value,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(
+        what,
+        || {
+            lines(app, group)
+                .into_iter()
+                .find(|l| l["seq"] == *seq)
+                .unwrap_or(Value::Null)
+        },
+        |l| !l.is_null() && ok(l),
+    )
+}
+
+#[test]
+fn files_go_both_ways_in_a_group_are_saved_and_survive_a_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let mut config = lattice_server::Config::for_tests();
+    config.data_dir = Some(server_dir.path().to_owned());
+    let server = rt.block_on(lattice_server::spawn(config)).unwrap();
+    let url = server.url();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bob = rt.block_on(mls_peer(&url, "bob", dirs.0.path()));
+    let carol = rt.block_on(mls_peer(&url, "carol", dirs.1.path()));
+    let (mut bob_events, mut carol_events) = (bob.events(), carol.events());
+    let alice_id = ClientId::new("alice").unwrap();
+    let app = TestApp::set_up("alice", &url);
+    until_online(&app, &["bob", "carol"]);
+    let downloads = tempfile::tempdir().unwrap();
+    app.invoke(
+        "update_settings",
+        json!({"patch": {"downloadsFolder": downloads.path().to_str().unwrap()}}),
+    )
+    .unwrap();
+    let gid = app
+        .invoke(
+            "create_group",
+            json!({"name": "Climbing", "members": ["bob", "carol"]}),
+        )
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let joined = |events: &mut EventStream| {
+        rt.block_on(next_group(events, |e| match e {
+            PeerEvent::GroupChanged {
+                group,
+                change: GroupChange::Joined { .. },
+                ..
+            } => Some(group.clone()),
+            _ => None,
+        }))
+    };
+    let bob_gid = joined(&mut bob_events);
+    let carol_gid = joined(&mut carol_events);
+
+    // alice drops a file on the window with the group open: it goes to the group, its line
+    // waits as pending until the upload is done and the file message went out.
+    let drop_dir = tempfile::tempdir().unwrap();
+    let topo: Vec<u8> = (0..90_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(drop_dir.path().join("topo.pdf"), &topo).unwrap();
+    app.messenger()
+        .set_dropped(vec![drop_dir.path().join("topo.pdf")]);
+    let sent = app.invoke("send_dropped", json!({"groupId": gid})).unwrap();
+    let sent = sent.as_array().unwrap()[0].clone();
+    assert_eq!(sent["groupId"], json!(gid), "{sent}");
+    assert_eq!(sent["outgoing"], json!(true));
+    assert_eq!(sent["body"], json!("topo.pdf"));
+    assert_eq!(sent["file"]["name"], json!("topo.pdf"));
+    until_seq(&app, &gid, &sent["seq"], "alice's file sent", |l| {
+        l["status"] == json!("sent") && l["file"]["state"] == json!("completed")
+    });
+    // Each member downloads it, byte for byte.
+    for (peer, events, dir) in [
+        (&bob, &mut bob_events, &dirs.0),
+        (&carol, &mut carol_events, &dirs.1),
+    ] {
+        let offer = rt.block_on(next_group_offer(events));
+        assert_eq!(offer.1.name, "topo.pdf");
+        let got = rt.block_on(fetch(
+            peer,
+            events,
+            &alice_id,
+            &offer,
+            &dir.path().join("topo.pdf"),
+        ));
+        assert_eq!(got, topo);
+    }
+
+    // A picture pasted into the group composer goes the same way.
+    let pasted = paste_to_group(&app, &gid, "crag.bin", vec![7; 3_000]).unwrap();
+    assert_eq!(pasted["groupId"], json!(gid), "{pasted}");
+    let offer = rt.block_on(next_group_offer(&mut bob_events));
+    assert_eq!(offer.1.name, "crag.bin");
+    assert_eq!(
+        rt.block_on(fetch(
+            &bob,
+            &mut bob_events,
+            &alice_id,
+            &offer,
+            &dirs.0.path().join("crag.bin")
+        )),
+        vec![7; 3_000]
+    );
+
+    // bob's file downloads by itself (under the auto-download limit) and is saved.
+    let notes = dirs.0.path().join("notes.txt");
+    std::fs::write(&notes, b"bring the long rope").unwrap();
+    rt.block_on(bob.send_group_file(&bob_gid, &notes, lattice_peer::FileMeta::default()))
+        .unwrap();
+    let line = until_line(&app, &gid, "notes.txt", false);
+    assert_eq!(line["sender"], json!("bob"));
+    let line = until_seq(&app, &gid, &line["seq"], "bob's file downloaded", |l| {
+        l["file"]["state"] == json!("completed") && l["file"]["local"] == json!(true)
+    });
+    let saved = app
+        .invoke("save_file", json!({"groupId": gid, "seq": line["seq"]}))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(saved.as_str().unwrap()).unwrap(),
+        b"bring the long rope"
+    );
+
+    // Over the limit, carol's file waits for Download.
+    app.invoke(
+        "update_settings",
+        json!({"patch": {"autoDownloadBytes": 1000}}),
+    )
+    .unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let big_path = dirs.1.path().join("video.bin");
+    std::fs::write(&big_path, &big).unwrap();
+    rt.block_on(carol.send_group_file(&carol_gid, &big_path, lattice_peer::FileMeta::default()))
+        .unwrap();
+    let offered = until_line(&app, &gid, "video.bin", false);
+    assert_eq!(offered["file"]["state"], json!("offered"), "{offered}");
+    assert_eq!(offered["file"]["local"], json!(false));
+    // Refused readably: a message that is no file, both a person and a group, neither.
+    let both = app
+        .invoke(
+            "download_file",
+            json!({"groupId": gid, "peerId": "carol", "seq": offered["seq"]}),
+        )
+        .unwrap_err();
+    assert_eq!(both["kind"], json!("invalidInput"), "{both}");
+    let neither = app
+        .invoke("download_file", json!({"seq": offered["seq"]}))
+        .unwrap_err();
+    assert_eq!(neither["kind"], json!("invalidInput"), "{neither}");
+    let first = lines(&app, &gid)[0].clone();
+    let no_file = app
+        .invoke(
+            "download_file",
+            json!({"groupId": gid, "seq": first["seq"]}),
+        )
+        .unwrap_err();
+    assert_eq!(no_file["kind"], json!("invalidInput"), "{no_file}");
+    app.invoke(
+        "download_file",
+        json!({"groupId": gid, "seq": offered["seq"]}),
+    )
+    .unwrap();
+    until_seq(
+        &app,
+        &gid,
+        &offered["seq"],
+        "carol's file downloaded",
+        |l| l["file"]["state"] == json!("completed"),
+    );
+
+    // After a restart every file is still there, still saveable.
+    let data = app.into_dir();
+    let app = TestApp::in_dir(data);
+    let after = lines(&app, &gid);
+    let video = after
+        .iter()
+        .find(|l| l["body"] == json!("video.bin"))
+        .unwrap();
+    assert_eq!(video["file"]["state"], json!("completed"), "{video}");
+    assert_eq!(video["file"]["local"], json!(true));
+    let saved = app
+        .invoke("save_file", json!({"groupId": gid, "seq": video["seq"]}))
+        .unwrap();
+    assert_eq!(std::fs::read(saved.as_str().unwrap()).unwrap(), big);
+    let ours = after
+        .iter()
+        .find(|l| l["body"] == json!("topo.pdf"))
+        .unwrap();
+    assert_eq!(ours["status"], json!("sent"));
+
+    // The group's history exports as JSON through the command, files named without their bytes.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("climbing.json");
+    let summary = app
+        .invoke(
+            "export_conversation",
+            json!({"groupId": gid, "path": path.to_str().unwrap(), "format": "json"}),
+        )
+        .unwrap();
+    assert_eq!(summary["messages"], json!(after.len()), "{summary}");
+    let exported: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(exported["name"], json!("Climbing"));
+    let video = exported["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["body"] == json!("video.bin"))
+        .unwrap();
+    assert_eq!(video["sender"], json!("carol"));
+    assert_eq!(video["file"]["size"], json!(200_000));
+    let unknown = app
+        .invoke(
+            "export_conversation",
+            json!({"groupId": "abcd", "path": out.path().join("x.json").to_str().unwrap(), "format": "json"}),
+        )
+        .unwrap_err();
+    assert_eq!(unknown["kind"], json!("invalidInput"), "{unknown}");
+
+    drop(app.into_dir());
+    rt.block_on(async {
+        bob.disconnect().await;
+        carol.disconnect().await;
+        server.shutdown().await;
+    });
 }

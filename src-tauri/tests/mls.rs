@@ -1,5 +1,6 @@
 //! MLS in the desktop app, against a real `lattice-server` (port 0): a 1:1 chat with a headless
-//! MLS-capable peer moves to MLS by itself, the peer list says so, the state lives in the data
+//! MLS-capable peer moves to MLS by itself, the peer list says so (also to the page when a
+//! typing notice alone set the chat up, no message), the state lives in the data
 //! directory (owner-only, narrowed again on every start), and a stopped app resumes the conversation without losing an epoch (a message
 //! that waited in the mailbox while it was down, then messages both ways). A peer without MLS
 //! keeps `lattice-v1`.
@@ -13,6 +14,7 @@ use lattice_peer::{Algorithm, EventStream, IncomingMessage, MessagingPeer, PeerE
 use lattice_protocol::ClientId;
 use serde_json::{json, Value};
 use support::{eventually, until_online, TestApp, WAIT};
+use tauri::{Listener as _, Manager as _};
 
 /// The next decrypted message a headless peer receives.
 async fn next_message(events: &mut EventStream) -> IncomingMessage {
@@ -185,6 +187,89 @@ fn a_chat_with_an_mls_peer_moves_to_mls_and_survives_a_restart() {
     rt.block_on(async {
         bob.disconnect().await;
         carol.disconnect().await;
+        server.shutdown().await;
+    });
+}
+
+/// alice's app sets the chat with bob (headless, MLS) up by a typing notice: no message, so no
+/// status of one moves, only the library's `MovedToMls` says it. The page is still told at once
+/// that bob speaks MLS (its peer list, which draws the header's mark), and bob gets the notice
+/// over MLS.
+#[test]
+fn the_page_learns_the_mls_mark_when_a_typing_notice_set_the_chat_up() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(mls_peer(&url, "bob", bob_dir.path()));
+    let mut bob_events = bob.events();
+
+    let app = TestApp::set_up("alice", &url);
+    until_online(&app, &["bob"]);
+    // The background key fetch of people online is done (its peer list is published).
+    eventually(
+        "bob's key fetched",
+        || peer_row(&app, "bob"),
+        |row| row["fingerprint"].is_string(),
+    );
+    assert_eq!(peer_row(&app, "bob")["mls"], json!(false));
+    let (page_tx, page_rx) = std::sync::mpsc::channel::<String>();
+    app.webview().app_handle().listen_any(
+        lattice_desktop::contract::Event::PeerList.as_str(),
+        move |event| {
+            let _ = page_tx.send(event.payload().to_owned());
+        },
+    );
+
+    app.invoke("typing", json!({"peerId": "bob", "typing": true}))
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let payload = page_rx
+            .recv_timeout(left)
+            .expect("the page is told that bob speaks MLS");
+        let peers: Value = serde_json::from_str(&payload).unwrap();
+        let bob_row = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == json!("bob"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if bob_row["mls"] == json!(true) {
+            break;
+        }
+    }
+    // bob got the notice, over MLS.
+    let started = rt.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(PeerEvent::Update(u)) = bob_events.next().await {
+                    if matches!(u.change, lattice_peer::Change::Typing { started: true }) {
+                        break u.from;
+                    }
+                }
+            }
+        })
+        .await
+    });
+    assert_eq!(started.expect("bob sees alice typing").as_str(), "alice");
+    assert_eq!(
+        bob.conversation_envelope(&ClientId::new("alice").unwrap()),
+        Some(Algorithm::Mls)
+    );
+    // No message was stored: the mark came from the conversation's set-up alone.
+    let page = app
+        .invoke("load_messages", json!({"peerId": "bob"}))
+        .unwrap();
+    assert_eq!(page["messages"], json!([]));
+
+    drop(app.into_dir());
+    rt.block_on(async {
+        bob.disconnect().await;
         server.shutdown().await;
     });
 }

@@ -35,6 +35,12 @@ async function callWithBytes(command, bytes, headers) {
   }
 }
 
+/** The arguments naming a file's conversation: `{ peerId }` for a peer id, `{ groupId }` for a
+ * group (given as `{ groupId }`). */
+function chatArgs(chat) {
+  return typeof chat === "string" ? { peerId: chat } : { groupId: chat.groupId };
+}
+
 /** Subscribes to a backend event; returns a function that unsubscribes. */
 export async function on(event, handler) {
   return tauri.event.listen(event, (e) => handler(e.payload));
@@ -63,9 +69,10 @@ export const api = {
   setVerified: (peerId, verified) => call("set_verified", { peerId, verified }),
   reconnect: () => call("reconnect"),
   demoQuestion: () => call("demo_question"),
-  /** Searches the local history: one conversation (`peerId`) or all (`null`); newest first. */
-  searchMessages: (query, peerId = null, limit = null) =>
-    call("search_messages", { query, peerId, limit }),
+  /** Searches the local history: one conversation (`peerId`, or `{ groupId }` for a group) or
+   * all (`null`, groups included); newest first. */
+  searchMessages: (query, chat = null, limit = null) =>
+    call("search_messages", { query, ...(chat === null ? {} : chatArgs(chat)), limit }),
   loadDraft: (peerId) => call("load_draft", { peerId }),
   saveDraft: (peerId, text) => call("save_draft", { peerId, text }),
   /** Opens a web link in the system browser (ask the person first). */
@@ -79,27 +86,34 @@ export const api = {
   /** Writes one conversation as "html" or "json" to a new file at `path`. */
   exportConversation: (peerId, path, format) =>
     call("export_conversation", { peerId, path, format }),
+  /** Writes a group's history as "html" or "json" to a new file at `path`. */
+  exportGroup: (groupId, path, format) =>
+    call("export_conversation", { groupId, path, format }),
+  // The file commands name their conversation as a chat: a peer id (a 1:1 chat) or
+  // `{ groupId }` (a group); see `chatArgs`.
   /** Asks for files in the system's open dialog and sends them; resolves to the new messages. */
-  attachFile: (peerId) => call("attach_file", { peerId }),
+  attachFile: (chat) => call("attach_file", chatArgs(chat)),
   /** Sends the files just dropped on the window (the backend has their paths). */
-  sendDropped: (peerId) => call("send_dropped", { peerId }),
+  sendDropped: (chat) => call("send_dropped", chatArgs(chat)),
   /** Sends a file the page holds as bytes (a pasted image, a file dropped into the page). */
-  sendFileBytes: (peerId, name, bytes) => callWithBytes("send_file_bytes", bytes, {
-    "x-lattice-peer": encodeURIComponent(peerId),
+  sendFileBytes: (chat, name, bytes) => callWithBytes("send_file_bytes", bytes, {
+    ...(typeof chat === "string"
+      ? { "x-lattice-peer": encodeURIComponent(chat) }
+      : { "x-lattice-group": encodeURIComponent(chat.groupId) }),
     "x-lattice-name": encodeURIComponent(name),
   }),
   /** Starts downloading the file of message `seq`. */
-  downloadFile: (peerId, seq) => call("download_file", { peerId, seq }),
+  downloadFile: (chat, seq) => call("download_file", { ...chatArgs(chat), seq }),
   /** Pauses, resumes or cancels the transfer of message `seq`'s file. */
-  controlTransfer: (peerId, seq, action) => call("control_transfer", { peerId, seq, action }),
+  controlTransfer: (chat, seq, action) => call("control_transfer", { ...chatArgs(chat), seq, action }),
   /** Copies a file to the downloads folder; resolves to where it went. */
-  saveFile: (peerId, seq) => call("save_file", { peerId, seq }),
+  saveFile: (chat, seq) => call("save_file", { ...chatArgs(chat), seq }),
   /** Copies a file where the system's save dialog says; resolves to the path or null. */
-  saveFileAs: (peerId, seq) => call("save_file_as", { peerId, seq }),
+  saveFileAs: (chat, seq) => call("save_file_as", { ...chatArgs(chat), seq }),
   /** Opens a file with the system's app for its type. */
-  openFile: (peerId, seq) => call("open_file", { peerId, seq }),
-  /** The bytes of a downloaded picture (an ArrayBuffer), for the viewer. */
-  fileBytes: (peerId, seq) => call("file_bytes", { peerId, seq }),
+  openFile: (chat, seq) => call("open_file", { ...chatArgs(chat), seq }),
+  /** A picture's bytes, for the viewer. */
+  fileBytes: (chat, seq) => call("file_bytes", { ...chatArgs(chat), seq }),
   /** Creates a group named `name` with `members` (client ids); resolves to its GroupView. */
   createGroup: (name, members) => call("create_group", { name, members }),
   /** A page of a group's history: the latest, or those before `before` (a seq). */

@@ -11,8 +11,8 @@ import {
 } from "./views/conversation.js";
 import { initFiles } from "./views/files.js";
 import {
-  closeGroup, currentGroup, focusGroupComposer, groupOfKey, initGroups, markGroupRead, openGroup,
-  openMembers, openNewGroup, refreshGroup, refuseGroupAttach, upsertGroupLine,
+  closeGroup, currentGroup, focusGroupComposer, groupById, groupOfKey, initGroups, markGroupRead, openGroup,
+  attachToGroup, dropOnGroup, openMembers, openNewGroup, refreshGroup, upsertGroupLine,
 } from "./views/groups.js";
 import { initMessageActions } from "./views/message-actions.js";
 import { announceMessage } from "./views/announcer.js";
@@ -38,7 +38,7 @@ function select(peerId, seq = null) {
   const group = groupOfKey(peerId);
   if (group !== null) {
     closeConversation();
-    openGroup(group);
+    openGroup(group, seq);
   } else {
     closeGroup();
     openConversation(peerId, seq);
@@ -64,9 +64,11 @@ function mainShown() {
 let attachAction = () => false;
 
 const SHORTCUT_ACTIONS = {
-  attach: () => mainShown() && (currentGroup() !== null ? refuseGroupAttach()
+  attach: () => mainShown() && (currentGroup() !== null ? (attachToGroup(), true)
     : currentPeer() !== null && (attachAction(), true)),
-  searchConversation: () => mainShown() && openSearch(currentPeer()),
+  searchConversation: () => mainShown() && openSearch(currentGroup() !== null
+    ? { groupId: currentGroup(), name: (groupById(currentGroup()) || { name: "this group" }).name }
+    : currentPeer()),
   searchAll: () => mainShown() && openSearch(null),
   previousConversation: () => mainShown() && selectNeighbour(-1),
   nextConversation: () => mainShown() && selectNeighbour(1),
@@ -120,7 +122,7 @@ async function start() {
     if (peer) openConversationExport(peer);
   });
   initMessageActions();
-  attachAction = initFiles(currentPeer, upsertMessage, () => currentGroup() !== null && refuseGroupAttach());
+  attachAction = initFiles(currentPeer, upsertMessage, dropOnGroup);
   document.getElementById("open-search").addEventListener("click", () => openSearch(null));
   document.getElementById("conv-search").addEventListener("click", () => openSearch(currentPeer()));
   document.getElementById("open-help").addEventListener("click", toggleHelp);

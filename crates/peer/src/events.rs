@@ -450,6 +450,15 @@ pub enum PeerEvent {
         /// What changed.
         change: GroupChange,
     },
+    /// Messages with `peer` go over MLS from now on: it was just pinned as speaking MLS (we set
+    /// the 1:1 conversation up from its KeyPackage, or joined the one it set up from its
+    /// Welcome), so [`crate::MessagingPeer::conversation_envelope`] now says
+    /// [`Algorithm::Mls`]. Raised once per peer, whatever set the conversation up (a message, a
+    /// receipt, a typing notice): an app showing the envelope refreshes it on this.
+    MovedToMls {
+        /// The peer.
+        peer: ClientId,
+    },
     /// A notice about the 1:1 conversation with `peer` (see [`ConversationNotice`]).
     ConversationNotice {
         /// The peer.

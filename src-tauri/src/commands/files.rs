@@ -4,7 +4,8 @@
 //! type, through tauri-plugin-opener's Rust side: the page is granted none of its commands) and
 //! the viewer's bytes.
 //!
-//! The page names conversations and messages, never a path on disk.
+//! The page names conversations (`peerId` for a 1:1 chat, or `groupId` for a group) and
+//! messages, never a path on disk.
 
 use std::path::PathBuf;
 
@@ -15,40 +16,63 @@ use tauri_plugin_opener::OpenerExt;
 
 use super::Shared;
 use crate::error::CommandError;
-use crate::messenger::{validate_client_id, Messenger, TransferAction, MAX_INLINE_FILE_BYTES};
-use crate::views::MessageView;
+use crate::messenger::{
+    parse_group_id, validate_client_id, Conversation, FileMessageView, Messenger, TransferAction,
+    MAX_INLINE_FILE_BYTES,
+};
 
-/// Header of `send_file_bytes` naming the conversation (percent-encoded).
+/// Header of `send_file_bytes` naming the 1:1 conversation (percent-encoded).
 pub const PEER_HEADER: &str = "x-lattice-peer";
+/// Header of `send_file_bytes` naming the group instead (its hex id).
+pub const GROUP_HEADER: &str = "x-lattice-group";
 /// Header of `send_file_bytes` naming the file (percent-encoded).
 pub const NAME_HEADER: &str = "x-lattice-name";
 /// Longest header value read, in bytes (a name of 255 bytes percent-encodes to at most 765).
 const MAX_HEADER_BYTES: usize = 1024;
 
+/// The conversation the page named: exactly one of a peer and a group.
+fn conversation(
+    peer_id: Option<&str>,
+    group_id: Option<&str>,
+) -> Result<Conversation, CommandError> {
+    match (peer_id, group_id) {
+        (Some(peer), None) => Ok(Conversation::Peer(validate_client_id(peer)?)),
+        (None, Some(group)) => Ok(Conversation::Group(parse_group_id(group)?)),
+        _ => Err(CommandError::InvalidInput(
+            "Name either a person or a group.".into(),
+        )),
+    }
+}
+
 /// The files sent; why the others were not goes to the page as notices.
 fn told(
     messenger: &Messenger,
-    (sent, failed): (Vec<MessageView>, Vec<crate::messenger::MessengerError>),
-) -> Vec<MessageView> {
+    (sent, failed): (Vec<FileMessageView>, Vec<crate::messenger::MessengerError>),
+) -> Vec<FileMessageView> {
     for e in failed {
         messenger.notice(CommandError::from(e).notice());
     }
     sent
 }
 
-/// Opens the system's dialog to choose files and sends them to `peerId`; the messages of those
-/// sent (none when the dialog was cancelled).
+/// Opens the system's dialog to choose files and sends them to `peerId` (or `groupId`); the
+/// messages of those sent (none when the dialog was cancelled).
 #[tauri::command]
 pub async fn attach_file<R: Runtime>(
     app: AppHandle<R>,
     messenger: Shared<'_>,
-    peer_id: String,
-) -> Result<Vec<MessageView>, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
+    peer_id: Option<String>,
+    group_id: Option<String>,
+) -> Result<Vec<FileMessageView>, CommandError> {
+    let to = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    let title = match &to {
+        Conversation::Peer(peer) => format!("Send files to {peer}"),
+        Conversation::Group(_) => "Send files to the group".to_owned(),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     app.dialog()
         .file()
-        .set_title(format!("Send files to {peer}"))
+        .set_title(title)
         .pick_files(move |chosen| {
             let _ = tx.send(chosen);
         });
@@ -63,17 +87,18 @@ pub async fn attach_file<R: Runtime>(
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(told(&messenger, messenger.send_files(&peer, paths).await?))
+    Ok(told(&messenger, messenger.send_files(&to, paths).await?))
 }
 
-/// Sends the files just dropped on the window to `peerId`.
+/// Sends the files just dropped on the window to `peerId` (or `groupId`).
 #[tauri::command]
 pub async fn send_dropped(
     messenger: Shared<'_>,
-    peer_id: String,
-) -> Result<Vec<MessageView>, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(told(&messenger, messenger.send_dropped(&peer).await?))
+    peer_id: Option<String>,
+    group_id: Option<String>,
+) -> Result<Vec<FileMessageView>, CommandError> {
+    let to = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    Ok(told(&messenger, messenger.send_dropped(&to).await?))
 }
 
 fn header(request: &Request<'_>, name: &str) -> Result<String, CommandError> {
@@ -90,13 +115,16 @@ fn header(request: &Request<'_>, name: &str) -> Result<String, CommandError> {
 }
 
 /// Sends the request's body (raw bytes: a pasted picture, a file dropped into the page) as a
-/// file named by the `x-lattice-name` header to the conversation of `x-lattice-peer`.
+/// file named by the `x-lattice-name` header to the conversation of `x-lattice-peer` (or the
+/// group of `x-lattice-group`).
 #[tauri::command]
 pub async fn send_file_bytes(
     messenger: Shared<'_>,
     request: Request<'_>,
-) -> Result<MessageView, CommandError> {
-    let peer = validate_client_id(&header(&request, PEER_HEADER)?)?;
+) -> Result<FileMessageView, CommandError> {
+    let peer = header(&request, PEER_HEADER).ok();
+    let group = header(&request, GROUP_HEADER).ok();
+    let to = conversation(peer.as_deref(), group.as_deref())?;
     let name = header(&request, NAME_HEADER)?;
     let InvokeBody::Raw(bytes) = request.body() else {
         return Err(CommandError::InvalidInput(
@@ -109,32 +137,33 @@ pub async fn send_file_bytes(
             MAX_INLINE_FILE_BYTES / 1_000_000
         )));
     }
-    Ok(messenger
-        .send_file_bytes(&peer, &name, bytes.clone())
-        .await?)
+    Ok(messenger.send_file_bytes(&to, &name, bytes.clone()).await?)
 }
 
-/// Starts downloading the file of message `seq` of the conversation with `peerId`.
+/// Starts downloading the file of message `seq` of the conversation with `peerId` (or of the
+/// group `groupId`).
 #[tauri::command]
 pub async fn download_file(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
-) -> Result<MessageView, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.download_file(&peer, seq).await?)
+) -> Result<FileMessageView, CommandError> {
+    let conv = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    Ok(messenger.download_file(&conv, seq).await?)
 }
 
 /// Pauses, resumes or cancels the transfer of message `seq`'s file.
 #[tauri::command]
 pub async fn control_transfer(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
     action: TransferAction,
 ) -> Result<(), CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.control_transfer(&peer, seq, action).await?)
+    let conv = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    Ok(messenger.control_transfer(&conv, seq, action).await?)
 }
 
 /// Copies message `seq`'s file into the downloads folder (Settings, else the user's
@@ -143,10 +172,11 @@ pub async fn control_transfer(
 pub async fn save_file<R: Runtime>(
     app: AppHandle<R>,
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
 ) -> Result<String, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
+    let conv = conversation(peer_id.as_deref(), group_id.as_deref())?;
     let dir = match messenger.settings().downloads_folder {
         Some(folder) => PathBuf::from(folder),
         None => app.path().download_dir().map_err(|e| {
@@ -155,7 +185,7 @@ pub async fn save_file<R: Runtime>(
             ))
         })?,
     };
-    let saved = messenger.save_file(&peer, seq, &dir).await?;
+    let saved = messenger.save_file(&conv, seq, &dir).await?;
     Ok(saved.display().to_string())
 }
 
@@ -165,11 +195,12 @@ pub async fn save_file<R: Runtime>(
 pub async fn save_file_as<R: Runtime>(
     app: AppHandle<R>,
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
 ) -> Result<Option<String>, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    let (_, file) = messenger.local_file(&peer, seq)?;
+    let conv = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    let (_, file) = messenger.local_file(&conv, seq)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut dialog = app.dialog().file().set_file_name(file.name);
     if let Ok(dir) = app.path().download_dir() {
@@ -184,7 +215,7 @@ pub async fn save_file_as<R: Runtime>(
     let Some(dest) = chosen.and_then(|p| p.into_path().ok()) else {
         return Ok(None);
     };
-    let saved = messenger.save_file_to(&peer, seq, &dest).await?;
+    let saved = messenger.save_file_to(&conv, seq, &dest).await?;
     Ok(Some(saved.display().to_string()))
 }
 
@@ -193,11 +224,12 @@ pub async fn save_file_as<R: Runtime>(
 pub async fn open_file<R: Runtime>(
     app: AppHandle<R>,
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
 ) -> Result<(), CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    let path = messenger.file_to_open(&peer, seq)?;
+    let conv = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    let path = messenger.file_to_open(&conv, seq)?;
     app.opener()
         .open_path(path.to_string_lossy(), None::<&str>)
         .map_err(|e| CommandError::Internal(format!("The file could not be opened: {e}")))
@@ -207,9 +239,10 @@ pub async fn open_file<R: Runtime>(
 #[tauri::command]
 pub async fn file_bytes(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
 ) -> Result<Response, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(Response::new(messenger.picture_bytes(&peer, seq).await?))
+    let conv = conversation(peer_id.as_deref(), group_id.as_deref())?;
+    Ok(Response::new(messenger.picture_bytes(&conv, seq).await?))
 }

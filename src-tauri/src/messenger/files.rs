@@ -13,16 +13,17 @@ use std::time::Duration;
 
 use lattice_peer::{FileMeta, FileOffer, TransferId, TransferProgress};
 use lattice_protocol::{ClientId, MessageId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{lock, Messenger, MessengerError, State, Update, NO_SESSION};
 use crate::clock::now_ms;
 use crate::contract::DeliveryStatus;
 use crate::session::{download_path, thumbnail_for_offer};
-use crate::storage::files::{Attachment, NewAttachment, TransferState, MAX_NAME_BYTES};
-use crate::storage::MessageRecord;
+use crate::storage::files::{Attachment, FileHome, NewAttachment, TransferState, MAX_NAME_BYTES};
+use crate::storage::groups::{GroupLineKind, NewGroupLine};
+use crate::storage::{MessageRecord, StorageError};
 use crate::thumbnail;
-use crate::views::{MessageView, TransferView};
+use crate::views::{GroupMessageView, MessageView, TransferView};
 
 /// Largest file the page may hand over as bytes (a pasted picture, a file dropped into the
 /// page): bigger ones are sent by path (Attach, or a drop on the window).
@@ -42,6 +43,37 @@ const RUN_ON_OPEN: &[&str] = &[
     "desktop", "sh", "bash", "run", "bin", "appimage", "exe", "msi", "bat", "cmd", "com", "ps1",
     "jar", "py", "pl", "rb", "command", "app", "deb", "rpm", "scr", "vbs", "js",
 ];
+
+/// The conversation a file belongs to: a 1:1 chat, or a group (its hex id, checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conversation {
+    /// The chat with this peer.
+    Peer(ClientId),
+    /// The group with this id.
+    Group(String),
+}
+
+/// A message with a file as the page shows it: a 1:1 message or a group line (the page tells
+/// them apart by `groupId`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum FileMessageView {
+    /// A 1:1 message.
+    Chat(MessageView),
+    /// A line of a group.
+    Group(GroupMessageView),
+}
+
+/// A stored message with a file, wherever it is.
+struct FileRow {
+    home: FileHome,
+    outgoing: bool,
+    /// Who sent it (the peer of a 1:1 chat, the member in a group).
+    from: ClientId,
+    /// The sender's message id (for a download).
+    message_id: String,
+    file: Attachment,
+}
 
 /// What to do with a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -161,6 +193,25 @@ impl State {
                 return;
             }
         };
+        if let Some(group) = &row.group_id {
+            // A group's line is drawn again with its file as it is now; an upload that completed
+            // means its message went out.
+            let line = if row.outgoing && state == TransferState::Completed {
+                self.db.advance_group_status(row.seq, DeliveryStatus::Sent)
+            } else {
+                Ok(None)
+            }
+            .and_then(|advanced| match advanced {
+                Some(line) => Ok(Some(line)),
+                None => self.db.group_line(group, row.seq),
+            });
+            match line {
+                Ok(Some(line)) => self.ui.send(Update::GroupMessage(line.into())),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(seq = row.seq, error = %e, "cannot read a group line"),
+            }
+            return;
+        }
         self.ui.send(Update::Transfer(TransferView {
             peer_id: row.peer_id.clone(),
             message_id: row.message_id.clone(),
@@ -203,15 +254,15 @@ impl Messenger {
         self.state.ui.send(Update::DropHover(hovering));
     }
 
-    /// Sends the files of the last drop (if it is recent) to `peer`.
+    /// Sends the files of the last drop (if it is recent) to `to`.
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] when there is nothing dropped; the errors of
     /// [`Messenger::send_file`] when no file could be sent.
     pub async fn send_dropped(
         &self,
-        peer: &ClientId,
-    ) -> Result<(Vec<MessageView>, Vec<MessengerError>), MessengerError> {
+        to: &Conversation,
+    ) -> Result<(Vec<FileMessageView>, Vec<MessengerError>), MessengerError> {
         let dropped = std::mem::take(&mut *lock(&self.state.dropped));
         let fresh = dropped.at.is_some_and(|at| at.elapsed() < DROPPED_TTL);
         if !fresh || dropped.paths.is_empty() {
@@ -219,26 +270,26 @@ impl Messenger {
                 "Drop the files on the conversation again.".into(),
             ));
         }
-        self.send_files(peer, dropped.paths).await
+        self.send_files(to, dropped.paths).await
     }
 
-    /// Sends each of `paths` to `peer`: the views of those sent, and why the others were not
+    /// Sends each of `paths` to `to`: the views of those sent, and why the others were not
     /// (the caller tells the person). Fails only when none was sent.
     ///
     /// # Errors
     /// The first error, when no file could be sent.
     pub async fn send_files(
         &self,
-        peer: &ClientId,
+        to: &Conversation,
         paths: Vec<PathBuf>,
-    ) -> Result<(Vec<MessageView>, Vec<MessengerError>), MessengerError> {
+    ) -> Result<(Vec<FileMessageView>, Vec<MessengerError>), MessengerError> {
         let mut sent = Vec::new();
         let mut failed = Vec::new();
         for path in paths.into_iter().take(MAX_DROPPED_FILES) {
-            match self.send_file(peer, &path).await {
+            match self.send_file(to, &path).await {
                 Ok(view) => sent.push(view),
                 Err(e) => {
-                    tracing::warn!(peer = %peer, error = %e, "a file was not sent");
+                    tracing::warn!(error = %e, "a file was not sent");
                     failed.push(e);
                 }
             }
@@ -249,20 +300,43 @@ impl Messenger {
         Ok((sent, failed))
     }
 
-    /// Sends the file at `path` to `peer`: its type from its first bytes, a preview for a
-    /// picture, then the library uploads it and sends the file message. Refused before anything
-    /// is uploaded for an original client.
+    /// A group to send a file to: known, and this device still in it.
+    fn sendable_group(
+        &self,
+        group: &str,
+    ) -> Result<(String, lattice_peer::GroupId), MessengerError> {
+        let key = self.known_group(group)?;
+        if self.state.db.group(&key)?.is_some_and(|g| g.left) {
+            return Err(MessengerError::InvalidInput(
+                "You are no longer in this group.".into(),
+            ));
+        }
+        let gid = crate::session::parse_key(&key)
+            .ok_or_else(|| MessengerError::InvalidInput("That is not a group.".into()))?;
+        Ok((key, gid))
+    }
+
+    /// Sends the file at `path` to `to` (a peer, or every member of a group): its type from its
+    /// first bytes, a preview for a picture, then the library uploads it and sends the file
+    /// message. Refused before anything is uploaded for an original client or a group this
+    /// device left.
     ///
     /// # Errors
-    /// [`MessengerError::InvalidInput`] for an original client, a folder or an unreadable file;
-    /// [`MessengerError::Offline`] without a session; the library's refusals.
+    /// [`MessengerError::InvalidInput`] for an original client, a group left, a folder or an
+    /// unreadable file; [`MessengerError::Offline`] without a session; the library's refusals.
     pub async fn send_file(
         &self,
-        peer: &ClientId,
+        to: &Conversation,
         path: &Path,
-    ) -> Result<MessageView, MessengerError> {
-        self.me_id()?;
-        self.refuse_original(peer, "files")?;
+    ) -> Result<FileMessageView, MessengerError> {
+        let me = self.me_id()?;
+        let group = match to {
+            Conversation::Peer(peer) => {
+                self.refuse_original(peer, "files")?;
+                None
+            }
+            Conversation::Group(group) => Some(self.sendable_group(group)?),
+        };
         let meta = std::fs::metadata(path).map_err(io_error("That file cannot be read"))?;
         if !meta.is_file() {
             return Err(MessengerError::InvalidInput(
@@ -293,36 +367,80 @@ impl Messenger {
             .as_ref()
             .ok_or(MessengerError::Offline(NO_SESSION))?
             .session;
-        let id = session.send_file(peer, path, file_meta).await?;
+        let id = match (&group, to) {
+            (Some((_, gid)), _) => session.send_group_file(gid, path, file_meta).await?,
+            (None, Conversation::Peer(peer)) => session.send_file(peer, path, file_meta).await?,
+            (None, Conversation::Group(_)) => {
+                return Err(MessengerError::Internal("a group without its id".into()))
+            }
+        };
         let progress = session.transfer(&id);
         drop(guard);
-        let wire_id = progress
-            .as_ref()
-            .and_then(|p| p.message_id.as_ref())
-            .map(|id| id.as_str().to_owned());
-        let record = self.state.db.insert_outgoing_file(
-            &uuid::Uuid::new_v4().to_string(),
-            wire_id.as_deref(),
-            peer,
-            &NewAttachment {
-                name,
-                size: meta.len(),
-                mime,
-                thumbnail: thumb,
-                offer: None,
-                local_path: Some(path.to_string_lossy().into_owned()),
-                transfer_id: Some(id.as_str().to_owned()),
-                state: TransferState::Queued,
-            },
-            now_ms(),
-        )?;
-        tracing::info!(peer = %peer, transfer = %id, seq = record.seq, "sending a file");
-        // Reports that came before the row existed were skipped: catch up.
-        if let Some(progress) = progress {
-            self.state.transfer(&progress);
-        }
-        self.state.publish_peers();
-        Ok(self.state.view(record))
+        let file = NewAttachment {
+            name: name.clone(),
+            size: meta.len(),
+            mime,
+            thumbnail: thumb,
+            offer: None,
+            local_path: Some(path.to_string_lossy().into_owned()),
+            transfer_id: Some(id.as_str().to_owned()),
+            state: TransferState::Queued,
+        };
+        let local_id = uuid::Uuid::new_v4().to_string();
+        let view = match (&group, to) {
+            (Some((key, _)), _) => {
+                let line = self
+                    .state
+                    .db
+                    .insert_group_file(
+                        &NewGroupLine {
+                            group_id: key,
+                            kind: GroupLineKind::Message,
+                            sender: Some(&me),
+                            message_id: &local_id,
+                            outgoing: true,
+                            body: &name,
+                            at: now_ms(),
+                            status: DeliveryStatus::Pending,
+                        },
+                        &file,
+                    )?
+                    .ok_or(MessengerError::Storage(StorageError::Missing(
+                        "group file message",
+                    )))?;
+                tracing::info!(group = %key, transfer = %id, seq = line.seq, "sending a file to a group");
+                // Reports that came before the row existed were skipped: catch up.
+                if let Some(progress) = progress {
+                    self.state.transfer(&progress);
+                }
+                self.state.publish_groups();
+                let line = self.state.db.group_line(key, line.seq)?.unwrap_or(line);
+                FileMessageView::Group(line.into())
+            }
+            (None, Conversation::Peer(peer)) => {
+                let wire_id = progress
+                    .as_ref()
+                    .and_then(|p| p.message_id.as_ref())
+                    .map(|id| id.as_str().to_owned());
+                let record = self.state.db.insert_outgoing_file(
+                    &local_id,
+                    wire_id.as_deref(),
+                    peer,
+                    &file,
+                    now_ms(),
+                )?;
+                tracing::info!(peer = %peer, transfer = %id, seq = record.seq, "sending a file");
+                if let Some(progress) = progress {
+                    self.state.transfer(&progress);
+                }
+                self.state.publish_peers();
+                FileMessageView::Chat(self.state.view(record))
+            }
+            (None, Conversation::Group(_)) => {
+                return Err(MessengerError::Internal("a group without its id".into()))
+            }
+        };
+        Ok(view)
     }
 
     /// Sends `bytes` as a file named `name` (a pasted picture, a file dropped into the page):
@@ -333,10 +451,10 @@ impl Messenger {
     /// of [`Messenger::send_file`].
     pub async fn send_file_bytes(
         &self,
-        peer: &ClientId,
+        to: &Conversation,
         name: &str,
         bytes: Vec<u8>,
-    ) -> Result<MessageView, MessengerError> {
+    ) -> Result<FileMessageView, MessengerError> {
         let name = check_name(name)?;
         if bytes.len() > MAX_INLINE_FILE_BYTES {
             return Err(MessengerError::InvalidInput(format!(
@@ -346,7 +464,12 @@ impl Messenger {
             )));
         }
         self.me_id()?;
-        self.refuse_original(peer, "files")?;
+        match to {
+            Conversation::Peer(peer) => self.refuse_original(peer, "files")?,
+            Conversation::Group(group) => {
+                self.sendable_group(group)?;
+            }
+        }
         let dir = self
             .state
             .data_dir
@@ -367,55 +490,107 @@ impl Messenger {
         })
         .await
         .map_err(|e| MessengerError::Internal(format!("keeping the file stopped: {e}")))??;
-        self.send_file(peer, &path).await
+        self.send_file(to, &path).await
     }
 
-    /// Starts (or restarts) downloading the file of message `seq` from `peer`.
+    /// The message `seq` of `conv` and its file, or a readable refusal.
+    fn file_row(&self, conv: &Conversation, seq: i64) -> Result<FileRow, MessengerError> {
+        match conv {
+            Conversation::Peer(peer) => {
+                let record = self.target(peer, seq)?;
+                let file = attachment_of(&record)?;
+                Ok(FileRow {
+                    home: FileHome::Chat,
+                    outgoing: record.outgoing,
+                    from: peer.clone(),
+                    message_id: record.message_id,
+                    file,
+                })
+            }
+            Conversation::Group(group) => {
+                let key = self.known_group(group)?;
+                let line =
+                    self.state.db.group_line(&key, seq)?.ok_or_else(|| {
+                        MessengerError::InvalidInput("That message is gone.".into())
+                    })?;
+                let file = line.attachment.ok_or_else(|| {
+                    MessengerError::InvalidInput("That message has no file.".into())
+                })?;
+                let from = ClientId::try_from(line.sender.as_str())
+                    .map_err(|e| MessengerError::Internal(format!("a stored sender: {e}")))?;
+                Ok(FileRow {
+                    home: FileHome::Group,
+                    outgoing: line.outgoing,
+                    from,
+                    message_id: line.message_id,
+                    file,
+                })
+            }
+        }
+    }
+
+    /// Message `seq` of `conv` as the page shows it now.
+    fn file_view(&self, conv: &Conversation, seq: i64) -> Result<FileMessageView, MessengerError> {
+        Ok(match conv {
+            Conversation::Peer(peer) => {
+                FileMessageView::Chat(self.state.view(self.target(peer, seq)?))
+            }
+            Conversation::Group(group) => {
+                let key = self.known_group(group)?;
+                let line =
+                    self.state.db.group_line(&key, seq)?.ok_or_else(|| {
+                        MessengerError::InvalidInput("That message is gone.".into())
+                    })?;
+                FileMessageView::Group(line.into())
+            }
+        })
+    }
+
+    /// Starts (or restarts) downloading the file of message `seq` of `conv`.
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] for a message without a file to download;
     /// [`MessengerError::Offline`]; the library's refusals.
     pub async fn download_file(
         &self,
-        peer: &ClientId,
+        conv: &Conversation,
         seq: i64,
-    ) -> Result<MessageView, MessengerError> {
-        let record = self.target(peer, seq)?;
-        let file = attachment_of(&record)?;
-        if record.outgoing {
+    ) -> Result<FileMessageView, MessengerError> {
+        let row = self.file_row(conv, seq)?;
+        if row.outgoing {
             return Err(MessengerError::InvalidInput(
                 "That file was sent from here; there is nothing to download.".into(),
             ));
         }
-        if file.state == TransferState::Completed && file.local_path.is_some() {
-            return Ok(self.state.view(record));
+        if row.file.state == TransferState::Completed && row.file.local_path.is_some() {
+            return self.file_view(conv, seq);
         }
         let offer: FileOffer = self
             .state
             .db
-            .file_offer(seq)?
+            .file_offer_in(row.home, seq)?
             .and_then(|json| serde_json::from_str(&json).ok())
             .ok_or_else(|| {
                 MessengerError::InvalidInput("This file can no longer be downloaded.".into())
             })?;
-        let message_id = MessageId::try_from(record.message_id.as_str())
+        let message_id = MessageId::try_from(row.message_id.as_str())
             .map_err(|e| MessengerError::Internal(format!("a stored message id: {e}")))?;
-        let dest = download_path(&self.state.data_dir, seq, &file.name);
+        let dest = download_path(&self.state.data_dir, row.home, seq, &row.file.name);
         let guard = self.session.lock().await;
         let session = &guard
             .as_ref()
             .ok_or(MessengerError::Offline(NO_SESSION))?
             .session;
-        let id = session.download_file(peer, &message_id, &offer, &dest)?;
+        let id = session.download_file(&row.from, &message_id, &offer, &dest)?;
         let progress = session.transfer(&id);
         drop(guard);
         self.state
             .db
-            .start_transfer(seq, id.as_str(), &dest.to_string_lossy())?;
+            .start_transfer_in(row.home, seq, id.as_str(), &dest.to_string_lossy())?;
         if let Some(progress) = progress {
             self.state.transfer(&progress);
         }
-        Ok(self.state.view(self.target(peer, seq)?))
+        self.file_view(conv, seq)
     }
 
     /// Pauses, resumes or cancels the transfer of message `seq`'s file.
@@ -425,12 +600,11 @@ impl Messenger {
     /// [`MessengerError::Offline`]; the library's refusals (a finished transfer).
     pub async fn control_transfer(
         &self,
-        peer: &ClientId,
+        conv: &Conversation,
         seq: i64,
         action: TransferAction,
     ) -> Result<(), MessengerError> {
-        let record = self.target(peer, seq)?;
-        let file = attachment_of(&record)?;
+        let file = self.file_row(conv, seq)?.file;
         let id = file
             .transfer_id
             .as_deref()
@@ -497,12 +671,12 @@ impl Messenger {
     /// [`MessengerError::InvalidInput`] when it is not (or no longer) on this device.
     pub fn local_file(
         &self,
-        peer: &ClientId,
+        conv: &Conversation,
         seq: i64,
     ) -> Result<(PathBuf, Attachment), MessengerError> {
-        let record = self.target(peer, seq)?;
-        let file = attachment_of(&record)?;
-        let ready = record.outgoing || file.state == TransferState::Completed;
+        let row = self.file_row(conv, seq)?;
+        let file = row.file;
+        let ready = row.outgoing || file.state == TransferState::Completed;
         match file.local_path.as_deref().map(PathBuf::from) {
             Some(path) if ready && path.is_file() => Ok((path, file)),
             _ => Err(MessengerError::InvalidInput(
@@ -518,11 +692,11 @@ impl Messenger {
     /// [`MessengerError::InvalidInput`] when the file is not here or cannot be copied.
     pub async fn save_file(
         &self,
-        peer: &ClientId,
+        conv: &Conversation,
         seq: i64,
         dir: &Path,
     ) -> Result<PathBuf, MessengerError> {
-        let (src, file) = self.local_file(peer, seq)?;
+        let (src, file) = self.local_file(conv, seq)?;
         let dir = dir.to_owned();
         let name = check_name(&file.name).unwrap_or_else(|_| "file".into());
         tokio::task::spawn_blocking(move || -> Result<PathBuf, MessengerError> {
@@ -544,11 +718,11 @@ impl Messenger {
     /// [`MessengerError::InvalidInput`] when the file is not here or cannot be copied.
     pub async fn save_file_to(
         &self,
-        peer: &ClientId,
+        conv: &Conversation,
         seq: i64,
         dest: &Path,
     ) -> Result<PathBuf, MessengerError> {
-        let (src, _) = self.local_file(peer, seq)?;
+        let (src, _) = self.local_file(conv, seq)?;
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || -> Result<PathBuf, MessengerError> {
             if src == dest {
@@ -565,8 +739,8 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`] when it is not here or would be run.
-    pub fn file_to_open(&self, peer: &ClientId, seq: i64) -> Result<PathBuf, MessengerError> {
-        let (path, _) = self.local_file(peer, seq)?;
+    pub fn file_to_open(&self, conv: &Conversation, seq: i64) -> Result<PathBuf, MessengerError> {
+        let (path, _) = self.local_file(conv, seq)?;
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -586,10 +760,10 @@ impl Messenger {
     /// [`MessengerError::InvalidInput`] for a file that is no picture, not here or too large.
     pub async fn picture_bytes(
         &self,
-        peer: &ClientId,
+        conv: &Conversation,
         seq: i64,
     ) -> Result<Vec<u8>, MessengerError> {
-        let (path, file) = self.local_file(peer, seq)?;
+        let (path, file) = self.local_file(conv, seq)?;
         if !file.is_image() {
             return Err(MessengerError::InvalidInput(
                 "Only pictures open in the viewer; use Open.".into(),

@@ -69,7 +69,7 @@ impl Messenger {
     }
 
     /// A known group's key, or a readable refusal.
-    fn known_group(&self, group: &str) -> Result<String, MessengerError> {
+    pub(super) fn known_group(&self, group: &str) -> Result<String, MessengerError> {
         let key = parse_group_id(group)?;
         if self.state.db.group_known(&key)? {
             Ok(key)
@@ -347,19 +347,24 @@ impl State {
 
     /// A line the session stored (or one of ours moved on): to the page, the list, and for a
     /// message from someone else the tray and, unfocused, the notification centre (sender and
-    /// group as the title, the first line as the body: the 1:1 rule).
+    /// group as the title, the first line as the body: the 1:1 rule; for a file, "sent a
+    /// photo" or "sent a file", its name kept out of the notification centre).
     pub(super) fn group_line(&self, line: GroupLine) {
         let incoming = line.kind == GroupLineKind::Message && !line.outgoing;
         let group = line.group_id.clone();
         let sender = line.sender.clone();
-        let first_line: String = line
-            .body
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(120)
-            .collect();
+        let first_line: String = match &line.attachment {
+            Some(file) if file.is_image() => "sent a photo".into(),
+            Some(_) => "sent a file".into(),
+            None => line
+                .body
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(120)
+                .collect(),
+        };
         self.ui.send(Update::GroupMessage(line.into()));
         self.publish_groups();
         if !incoming {

@@ -217,16 +217,15 @@ impl Ctx {
     /// A message in a group, stored before the library acknowledges it.
     pub(super) fn on_group_message(&self, m: &GroupMessage) {
         let (key, _) = self.known_group(&m.group, None);
-        let file_line;
+        // The sender's clock, but never in the future of ours (it is not checked).
+        let at = i64::try_from(m.sent_at)
+            .ok()
+            .filter(|t| *t > 0)
+            .map_or_else(now_ms, |t| t.min(now_ms()));
         let text = match &m.content {
             Content::Text(t) => t.as_str(),
             Content::Reply { text, .. } => text.as_str(),
-            // Files in groups are not in the app yet: the member still learns one came (and
-            // can fetch it with lattice-chat) rather than nothing at all.
-            Content::File(offer) => {
-                file_line = group_file_line(&offer.name, offer.size);
-                file_line.as_str()
-            }
+            Content::File(offer) => return self.on_group_file(&key, m, offer, at),
             // A group file's digest follows its offer; the library keeps it for the download.
             Content::FileDigest { .. } => return,
             other => {
@@ -234,11 +233,6 @@ impl Ctx {
                 return;
             }
         };
-        // The sender's clock, but never in the future of ours (it is not checked).
-        let at = i64::try_from(m.sent_at)
-            .ok()
-            .filter(|t| *t > 0)
-            .map_or_else(now_ms, |t| t.min(now_ms()));
         self.store_group_line(&NewGroupLine {
             group_id: &key,
             kind: GroupLineKind::Message,
@@ -458,30 +452,10 @@ pub fn parse_key(key: &str) -> Option<GroupId> {
     hex::decode(key).ok().map(|b| GroupId::from_bytes(&b))
 }
 
-/// The line a file sent to a group reads as, until the app can save group files.
-fn group_file_line(name: &str, size: u64) -> String {
-    const MIB: u64 = 1024 * 1024;
-    let size = if size >= MIB {
-        format!("{:.1} MB", size as f64 / MIB as f64)
-    } else {
-        format!("{} KB", size.div_ceil(1024))
-    };
-    format!("Sent a file, {name} ({size}). Files in groups cannot be saved in this app yet.")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_group_file_reads_as_a_line_with_its_name_and_size() {
-        assert_eq!(
-            group_file_line("notes.txt", 10),
-            "Sent a file, notes.txt (1 KB). Files in groups cannot be saved in this app yet."
-        );
-        assert!(group_file_line("clip.mp4", 5 * 1024 * 1024 + 1).contains("(5.0 MB)"));
-    }
 
     #[test]
     fn names_read_as_a_sentence() {

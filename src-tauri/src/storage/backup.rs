@@ -1488,6 +1488,7 @@ impl RestoreState {
                 };
                 super::files::insert(
                     tx,
+                    super::files::FileHome::Chat,
                     seq,
                     &super::files::NewAttachment {
                         name,

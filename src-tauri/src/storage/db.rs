@@ -36,6 +36,7 @@
 //!   `reactions` one reaction per reactor per message, and `outbox.kind` the content kind.
 //! - Version 7: `attachments`, the file of a file message ([`super::files`]).
 //! - Version 8: `groups` and `group_messages`, the group conversations ([`super::groups`]).
+//! - Version 9: `group_attachments`, the file of a group file message ([`super::files`]).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -48,7 +49,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).

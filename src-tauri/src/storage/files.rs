@@ -17,6 +17,11 @@
 //!
 //! The message's `body` is the file's name, so the full-text index ([`super::search`]) finds
 //! files by name and the peer list shows it as the latest message.
+//!
+//! Schema version 9 adds `group_attachments`, the same columns for the files of group
+//! conversations, keyed by `group_messages.seq` ([`FileHome::Group`]): a group file is a group
+//! line whose `body` is the file's name. Transfer ids are the library's random ids, unique
+//! across both tables.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -77,10 +82,51 @@ CREATE TRIGGER IF NOT EXISTS messages_files_delete AFTER DELETE ON messages BEGI
 END;
 ";
 
-/// Schema version 7: the table above.
+const GROUP_FILES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS group_attachments(
+    seq          INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    mime         TEXT NOT NULL,
+    thumb_mime   TEXT,
+    thumb_width  INTEGER,
+    thumb_height INTEGER,
+    thumb        BLOB,
+    offer        TEXT,
+    local_path   TEXT,
+    transfer_id  TEXT,
+    state        TEXT NOT NULL,
+    done         INTEGER NOT NULL DEFAULT 0,
+    error        TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS group_attachments_by_transfer
+    ON group_attachments(transfer_id) WHERE transfer_id IS NOT NULL;
+";
+
+/// Schema version 7: the table above; version 9: its twin for group files.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StorageError> {
     conn.execute_batch(FILES_SCHEMA)?;
+    conn.execute_batch(GROUP_FILES_SCHEMA)?;
     Ok(())
+}
+
+/// Which history a file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileHome {
+    /// A 1:1 message (`attachments`, keyed by `messages.seq`).
+    Chat,
+    /// A group line (`group_attachments`, keyed by `group_messages.seq`).
+    Group,
+}
+
+impl FileHome {
+    /// Its table (a constant: never text from outside in a statement).
+    fn table(self) -> &'static str {
+        match self {
+            Self::Chat => "attachments",
+            Self::Group => "group_attachments",
+        }
+    }
 }
 
 /// A small preview of an image, made by the sender.
@@ -225,6 +271,7 @@ fn size_i64(size: u64) -> i64 {
 /// dropped, an offer too long is refused.
 pub(super) fn insert(
     conn: &Connection,
+    home: FileHome,
     seq: i64,
     file: &NewAttachment,
 ) -> Result<(), StorageError> {
@@ -238,11 +285,12 @@ pub(super) fn insert(
         )));
     }
     let thumbnail = file.thumbnail.as_ref().filter(|t| t.is_within_bounds());
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO attachments(seq, name, size, mime, thumb_mime, thumb_width,
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO {}(seq, name, size, mime, thumb_mime, thumb_width,
              thumb_height, thumb, offer, local_path, transfer_id, state, done, error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, NULL)",
-    )?
+        home.table()
+    ))?
     .execute(params![
         seq,
         truncate_bytes(&file.name, MAX_NAME_BYTES),
@@ -263,14 +311,16 @@ pub(super) fn insert(
 /// The attachment of a message and the conversation it belongs to, found by its transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRow {
-    /// The message's `seq`.
+    /// The message's `seq` (in `messages`, or in `group_messages` for a group file).
     pub seq: i64,
     /// The message's local id (what the page knows it by).
     pub message_id: String,
-    /// Its conversation.
+    /// Its conversation; for a group file, its sender.
     pub peer_id: String,
     /// Ours (an upload) or theirs (a download).
     pub outgoing: bool,
+    /// The group (hex id), for a group file.
+    pub group_id: Option<String>,
 }
 
 impl Db {
@@ -308,7 +358,7 @@ impl Db {
             ],
         )?;
         let seq = tx.last_insert_rowid();
-        insert(&tx, seq, file)?;
+        insert(&tx, FileHome::Chat, seq, file)?;
         let record =
             Db::message_by_seq(&tx, seq)?.ok_or(StorageError::Missing("a file message"))?;
         tx.commit()?;
@@ -339,7 +389,7 @@ impl Db {
             return Ok(None);
         };
         let conn = self.conn();
-        insert(&conn, record.seq, file)?;
+        insert(&conn, FileHome::Chat, record.seq, file)?;
         Db::message_by_seq(&conn, record.seq)
     }
 
@@ -370,7 +420,7 @@ impl Db {
     /// # Errors
     /// [`StorageError::Sqlite`]; [`StorageError::Invalid`] for an offer out of bounds.
     pub fn attach_file(&self, seq: i64, file: &NewAttachment) -> Result<(), StorageError> {
-        insert(&self.conn(), seq, file)
+        insert(&self.conn(), FileHome::Chat, seq, file)
     }
 
     /// The attachment of message `seq`, if it has one.
@@ -378,13 +428,28 @@ impl Db {
     /// # Errors
     /// [`StorageError::Sqlite`].
     pub fn attachment(&self, seq: i64) -> Result<Option<Attachment>, StorageError> {
+        self.attachment_in(FileHome::Chat, seq)
+    }
+
+    /// The attachment of line `seq` of `home`, if it has one.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn attachment_in(
+        &self,
+        home: FileHome,
+        seq: i64,
+    ) -> Result<Option<Attachment>, StorageError> {
         let conn = self.conn();
         let found = conn
             .query_row(
-                concat!(
-                    "SELECT ",
-                    attachment_columns!(),
-                    " FROM attachments a WHERE a.seq = ?1"
+                &format!(
+                    concat!(
+                        "SELECT ",
+                        attachment_columns!(),
+                        " FROM {} a WHERE a.seq = ?1"
+                    ),
+                    home.table()
                 ),
                 params![seq],
                 |r| Attachment::from_row(r, 0),
@@ -398,10 +463,18 @@ impl Db {
     /// # Errors
     /// [`StorageError::Sqlite`].
     pub fn file_offer(&self, seq: i64) -> Result<Option<String>, StorageError> {
+        self.file_offer_in(FileHome::Chat, seq)
+    }
+
+    /// The stored offer of line `seq` of `home`.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn file_offer_in(&self, home: FileHome, seq: i64) -> Result<Option<String>, StorageError> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT offer FROM attachments WHERE seq = ?1",
+                &format!("SELECT offer FROM {} WHERE seq = ?1", home.table()),
                 params![seq],
                 |r| r.get::<_, Option<String>>(0),
             )
@@ -420,10 +493,27 @@ impl Db {
         transfer_id: &str,
         local_path: &str,
     ) -> Result<(), StorageError> {
+        self.start_transfer_in(FileHome::Chat, seq, transfer_id, local_path)
+    }
+
+    /// [`Db::start_transfer`] for line `seq` of `home`.
+    ///
+    /// # Errors
+    /// As [`Db::start_transfer`].
+    pub fn start_transfer_in(
+        &self,
+        home: FileHome,
+        seq: i64,
+        transfer_id: &str,
+        local_path: &str,
+    ) -> Result<(), StorageError> {
         let n = self.conn().execute(
-            "UPDATE attachments SET transfer_id = ?2, local_path = ?3, state = ?4, done = 0,
-                 error = NULL
-             WHERE seq = ?1",
+            &format!(
+                "UPDATE {} SET transfer_id = ?2, local_path = ?3, state = ?4, done = 0,
+                     error = NULL
+                 WHERE seq = ?1",
+                home.table()
+            ),
             params![seq, transfer_id, local_path, TransferState::Queued.as_str()],
         )?;
         if n == 0 {
@@ -447,30 +537,49 @@ impl Db {
     ) -> Result<Option<TransferRow>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let row = tx
-            .query_row(
-                "SELECT a.seq, m.message_id, m.peer_id, m.outgoing, a.state FROM attachments a
-                 JOIN messages m ON m.seq = a.seq WHERE a.transfer_id = ?1",
-                params![transfer_id],
-                |r| {
-                    Ok((
-                        TransferRow {
-                            seq: r.get(0)?,
-                            message_id: r.get(1)?,
-                            peer_id: r.get(2)?,
-                            outgoing: r.get(3)?,
-                        },
-                        r.get::<_, String>(4)?,
-                    ))
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok((
+                TransferRow {
+                    seq: r.get(0)?,
+                    message_id: r.get(1)?,
+                    peer_id: r.get(2)?,
+                    outgoing: r.get(3)?,
+                    group_id: r.get(5)?,
                 },
+                r.get::<_, String>(4)?,
+            ))
+        };
+        let chat = tx
+            .query_row(
+                "SELECT a.seq, m.message_id, m.peer_id, m.outgoing, a.state, NULL
+                 FROM attachments a JOIN messages m ON m.seq = a.seq WHERE a.transfer_id = ?1",
+                params![transfer_id],
+                read,
             )
-            .optional()?;
-        let Some((row, current)) = row else {
+            .optional()?
+            .map(|row| (FileHome::Chat, row));
+        let found = match chat {
+            Some(found) => Some(found),
+            None => tx
+                .query_row(
+                    "SELECT a.seq, m.message_id, m.sender, m.outgoing, a.state, m.group_id
+                     FROM group_attachments a JOIN group_messages m ON m.seq = a.seq
+                     WHERE a.transfer_id = ?1",
+                    params![transfer_id],
+                    read,
+                )
+                .optional()?
+                .map(|row| (FileHome::Group, row)),
+        };
+        let Some((home, (row, current))) = found else {
             return Ok(None);
         };
         if !TransferState::from_wire(&current).is_final() {
             tx.execute(
-                "UPDATE attachments SET state = ?2, done = ?3, error = ?4 WHERE seq = ?1",
+                &format!(
+                    "UPDATE {} SET state = ?2, done = ?3, error = ?4 WHERE seq = ?1",
+                    home.table()
+                ),
                 params![
                     row.seq,
                     state.as_str(),

@@ -12,6 +12,9 @@
 //!   from the same sender in the same group (a sender chooses its ids). Our own messages are
 //!   keyed by a local id and wait as `pending` until the server takes them: the rows with
 //!   `outgoing = 1 AND status = pending` are the group outbox, sent oldest first.
+//! - A group file (schema 9) is a message line whose `body` is the file's name, with a
+//!   `group_attachments` row ([`super::files`]); our own waits as `pending` until its upload
+//!   is done, but is not in the outbox: the library sends the file message itself.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -19,6 +22,7 @@ use lattice_protocol::ClientId;
 
 use super::db::Db;
 use super::error::StorageError;
+use super::files::{attachment_columns, Attachment, FileHome, NewAttachment};
 use crate::contract::DeliveryStatus;
 
 const GROUPS_SCHEMA: &str = "
@@ -59,12 +63,15 @@ pub fn is_group_key(key: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Schema version 8: creates the group tables (idempotent).
+/// Schema version 8: creates the group tables (idempotent; their files' table is version 9's,
+/// in [`super::files`]).
 ///
 /// # Errors
 /// [`StorageError::Sqlite`].
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StorageError> {
     conn.execute_batch(GROUPS_SCHEMA)?;
+    // Version 9: the groups' full-text index.
+    super::search::migrate_groups(conn)?;
     Ok(())
 }
 
@@ -139,6 +146,8 @@ pub struct GroupLine {
     pub at: i64,
     /// Delivery state (incoming and system lines: `received`).
     pub status: DeliveryStatus,
+    /// The file, for a file message.
+    pub attachment: Option<Attachment>,
 }
 
 /// A line to add to a group's history.
@@ -162,10 +171,17 @@ pub struct NewGroupLine<'a> {
     pub status: DeliveryStatus,
 }
 
-const LINE_COLUMNS: &str = "seq, group_id, kind, sender, message_id, outgoing, body, at, status";
+/// A line's columns, its file's after them, over [`LINE_FROM`].
+const LINE_COLUMNS: &str = concat!(
+    "seq, group_id, kind, sender, message_id, outgoing, body, at, status, ",
+    attachment_columns!()
+);
+/// The lines with their files.
+const LINE_FROM: &str = "group_messages LEFT JOIN group_attachments a USING (seq)";
 
 fn row_to_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupLine> {
     Ok(GroupLine {
+        attachment: Attachment::from_row(r, 9)?,
         seq: r.get(0)?,
         group_id: r.get(1)?,
         kind: GroupLineKind::from_db(r.get(2)?),
@@ -280,6 +296,43 @@ impl Db {
         &self,
         line: &NewGroupLine<'_>,
     ) -> Result<Option<GroupLine>, StorageError> {
+        self.insert_group_line_with(line, None)
+    }
+
+    /// Adds a file message to a group's history: the line (its body the file's name) and its
+    /// file in one transaction. `None` for an incoming one already stored.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`]; [`StorageError::Invalid`] for an offer out of bounds (then
+    /// nothing is stored).
+    pub fn insert_group_file(
+        &self,
+        line: &NewGroupLine<'_>,
+        file: &NewAttachment,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        self.insert_group_line_with(line, Some(file))
+    }
+
+    /// The line of `group_id` with `seq`, if there is one.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_line(&self, group_id: &str, seq: i64) -> Result<Option<GroupLine>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {LINE_COLUMNS} FROM {LINE_FROM} WHERE seq = ?1 AND group_id = ?2"),
+                params![seq, group_id],
+                row_to_line,
+            )
+            .optional()?)
+    }
+
+    fn insert_group_line_with(
+        &self,
+        line: &NewGroupLine<'_>,
+        file: Option<&NewAttachment>,
+    ) -> Result<Option<GroupLine>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let sender = line.sender.map_or("", ClientId::as_str);
@@ -302,6 +355,9 @@ impl Db {
             return Ok(None);
         }
         let seq = tx.last_insert_rowid();
+        if let Some(file) = file {
+            super::files::insert(&tx, FileHome::Group, seq, file)?;
+        }
         if line.kind == GroupLineKind::Message && !line.outgoing {
             tx.execute(
                 "UPDATE groups SET unread = unread + 1 WHERE group_id = ?1",
@@ -309,7 +365,7 @@ impl Db {
             )?;
         }
         let stored = tx.query_row(
-            &format!("SELECT {LINE_COLUMNS} FROM group_messages WHERE seq = ?1"),
+            &format!("SELECT {LINE_COLUMNS} FROM {LINE_FROM} WHERE seq = ?1"),
             params![seq],
             row_to_line,
         )?;
@@ -330,7 +386,7 @@ impl Db {
     ) -> Result<Vec<GroupLine>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {LINE_COLUMNS} FROM group_messages
+            "SELECT {LINE_COLUMNS} FROM {LINE_FROM}
              WHERE group_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
         ))?;
         let mut lines: Vec<GroupLine> = stmt
@@ -340,6 +396,31 @@ impl Db {
             )?
             .collect::<Result<_, _>>()?;
         lines.reverse();
+        Ok(lines)
+    }
+
+    /// A page of a group's history after `after` (a `seq`), oldest first: what an export
+    /// reads page by page.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_page_after(
+        &self,
+        group_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<GroupLine>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {LINE_COLUMNS} FROM {LINE_FROM}
+             WHERE group_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+        ))?;
+        let lines = stmt
+            .query_map(
+                params![group_id, after, limit.min(super::db::MAX_PAGE + 1)],
+                row_to_line,
+            )?
+            .collect::<Result<_, _>>()?;
         Ok(lines)
     }
 
@@ -362,8 +443,8 @@ impl Db {
     pub fn group_outbox(&self, limit: u32) -> Result<Vec<GroupLine>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {LINE_COLUMNS} FROM group_messages
-             WHERE outgoing = 1 AND status = ?1 ORDER BY seq LIMIT ?2"
+            "SELECT {LINE_COLUMNS} FROM {LINE_FROM}
+             WHERE outgoing = 1 AND status = ?1 AND a.seq IS NULL ORDER BY seq LIMIT ?2"
         ))?;
         let lines = stmt
             .query_map(params![DeliveryStatus::Pending.rank(), limit], row_to_line)?
@@ -385,9 +466,7 @@ impl Db {
         let tx = conn.transaction()?;
         let line = tx
             .query_row(
-                &format!(
-                    "SELECT {LINE_COLUMNS} FROM group_messages WHERE seq = ?1 AND outgoing = 1"
-                ),
+                &format!("SELECT {LINE_COLUMNS} FROM {LINE_FROM} WHERE seq = ?1 AND outgoing = 1"),
                 params![seq],
                 row_to_line,
             )
@@ -534,7 +613,7 @@ mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 8);
+        assert_eq!(version, 9);
         assert_eq!(db.page(&bob, None, 10).unwrap()[0].body, "from before");
         assert!(db.groups().unwrap().is_empty());
         db.ensure_group("cc", "New", 1).unwrap();
@@ -545,5 +624,131 @@ mod tests {
             2,
             "1:1 and group unread together"
         );
+    }
+
+    fn a_file(transfer: Option<&str>) -> NewAttachment {
+        NewAttachment {
+            name: "topo.pdf".into(),
+            size: 90_000,
+            mime: "application/pdf".into(),
+            thumbnail: None,
+            offer: Some("{\"key\":\"secret\"}".into()),
+            local_path: None,
+            transfer_id: transfer.map(str::to_owned),
+            state: crate::storage::files::TransferState::Queued,
+        }
+    }
+
+    #[test]
+    fn a_version_8_file_gains_group_files_whose_transfers_move_and_stay_out_of_the_outbox() {
+        use crate::storage::files::TransferState;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lattice.sqlite3");
+        let bob = ClientId::new("bob").unwrap();
+        let me = ClientId::new("alice").unwrap();
+        {
+            let db = Db::open(&path).unwrap();
+            db.ensure_group("dd", "Climbing", 1).unwrap();
+            db.insert_group_line(&line("dd", Some(&bob), "m1", "from before"))
+                .unwrap();
+        }
+        // What version 8 left on disk: no group files.
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DROP TABLE group_attachments; DROP TRIGGER group_messages_fts_insert;
+                 DROP TRIGGER group_messages_fts_delete; DROP TRIGGER group_messages_fts_update;
+                 DROP TABLE group_messages_fts; PRAGMA user_version = 8;",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let version: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 9);
+        let old = db.group_page("dd", None, 10).unwrap();
+        assert_eq!(old[0].body, "from before");
+        assert_eq!(old[0].attachment, None);
+        // The history from before is in the new search index.
+        let query = crate::storage::search::SearchQuery::parse("before").unwrap();
+        let (hits, _) = db.search_groups(&query, None, 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].seq, old[0].seq);
+
+        // Ours: pending while it uploads, yet not in the outbox (the library sends it).
+        let ours = NewGroupLine {
+            outgoing: true,
+            status: DeliveryStatus::Pending,
+            ..line("dd", Some(&me), "local-f", "topo.pdf")
+        };
+        let stored = db
+            .insert_group_file(&ours, &a_file(Some("t-up")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.attachment.as_ref().unwrap().name, "topo.pdf");
+        assert!(db.group_outbox(10).unwrap().is_empty());
+        let row = db
+            .update_transfer("t-up", TransferState::Running, 500, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.seq, row.group_id.as_deref(), row.outgoing),
+            (stored.seq, Some("dd"), true)
+        );
+        let now = db.group_line("dd", stored.seq).unwrap().unwrap();
+        let file = now.attachment.unwrap();
+        assert_eq!((file.state, file.done), (TransferState::Running, 500));
+        assert_eq!(db.group_line("other", stored.seq).unwrap(), None);
+
+        // Theirs: offered, counted unread, not stored twice, its offer kept for a download.
+        let theirs = line("dd", Some(&bob), "m2", "video.bin");
+        let mut offered = a_file(None);
+        offered.state = TransferState::Offered;
+        let got = db.insert_group_file(&theirs, &offered).unwrap().unwrap();
+        assert!(db.insert_group_file(&theirs, &offered).unwrap().is_none());
+        assert_eq!(db.group("dd").unwrap().unwrap().unread, 2);
+        assert_eq!(
+            db.file_offer_in(FileHome::Group, got.seq)
+                .unwrap()
+                .as_deref(),
+            Some("{\"key\":\"secret\"}")
+        );
+        // Group and 1:1 seqs are counted apart: the 1:1 table knows nothing of it.
+        assert_eq!(db.file_offer(got.seq).unwrap(), None);
+        db.start_transfer_in(
+            FileHome::Group,
+            got.seq,
+            "t-down",
+            "/data/files/g2-video.bin",
+        )
+        .unwrap();
+        db.update_transfer("t-down", TransferState::Completed, 90_000, None)
+            .unwrap();
+        let done = db.attachment_in(FileHome::Group, got.seq).unwrap().unwrap();
+        assert_eq!(done.state, TransferState::Completed);
+        assert_eq!(done.local_path.as_deref(), Some("/data/files/g2-video.bin"));
+        // A late report cannot take a finished transfer back.
+        db.update_transfer("t-down", TransferState::Running, 1, None)
+            .unwrap();
+        assert_eq!(
+            db.attachment_in(FileHome::Group, got.seq)
+                .unwrap()
+                .unwrap()
+                .state,
+            TransferState::Completed
+        );
+        // An offer over the bound stores nothing.
+        let mut huge = a_file(None);
+        huge.offer = Some("o".repeat(crate::storage::files::MAX_OFFER_BYTES + 1));
+        assert!(db
+            .insert_group_file(&line("dd", Some(&bob), "m3", "huge"), &huge)
+            .is_err());
+        assert!(db
+            .group_page("dd", None, 50)
+            .unwrap()
+            .iter()
+            .all(|l| l.body != "huge"));
     }
 }

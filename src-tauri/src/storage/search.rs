@@ -87,6 +87,77 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The index of the groups' messages (schema 9): the same design over `group_messages`, its
+/// `body` and `group_id`; system lines are indexed too but never returned.
+const GROUP_FTS_SCHEMA: &str = "
+CREATE VIRTUAL TABLE IF NOT EXISTS group_messages_fts USING fts5(
+    body,
+    group_id,
+    content = 'group_messages',
+    content_rowid = 'seq',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS group_messages_fts_insert AFTER INSERT ON group_messages BEGIN
+    INSERT INTO group_messages_fts(rowid, body, group_id)
+        VALUES (new.seq, new.body, new.group_id);
+END;
+CREATE TRIGGER IF NOT EXISTS group_messages_fts_delete AFTER DELETE ON group_messages BEGIN
+    INSERT INTO group_messages_fts(group_messages_fts, rowid, body, group_id)
+        VALUES ('delete', old.seq, old.body, old.group_id);
+END;
+CREATE TRIGGER IF NOT EXISTS group_messages_fts_update
+    AFTER UPDATE OF body, group_id ON group_messages BEGIN
+    INSERT INTO group_messages_fts(group_messages_fts, rowid, body, group_id)
+        VALUES ('delete', old.seq, old.body, old.group_id);
+    INSERT INTO group_messages_fts(rowid, body, group_id)
+        VALUES (new.seq, new.body, new.group_id);
+END;
+";
+
+/// Schema version 9, search half: the groups' index and its triggers, filled from the lines
+/// already stored when it is new. Runs after `group_messages` exists.
+///
+/// # Errors
+/// [`StorageError::Sqlite`].
+pub(crate) fn migrate_groups(conn: &Connection) -> Result<(), StorageError> {
+    let existed = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'group_messages_fts'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    conn.execute_batch(GROUP_FTS_SCHEMA)?;
+    if !existed {
+        conn.execute_batch(
+            "INSERT INTO group_messages_fts(group_messages_fts) VALUES ('rebuild');",
+        )?;
+    }
+    Ok(())
+}
+
+/// One group message that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSearchHit {
+    /// Position in the group's history (the line to jump to).
+    pub seq: i64,
+    /// The message's id.
+    pub message_id: String,
+    /// The group (hex id).
+    pub group_id: String,
+    /// The group's name.
+    pub group_name: String,
+    /// Who wrote it.
+    pub sender: String,
+    /// Whether we wrote it.
+    pub outgoing: bool,
+    /// Unix ms.
+    pub at: i64,
+    /// The words around the matches, matches marked.
+    pub snippet: Vec<SnippetPart>,
+}
+
 /// Why a search was not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -286,6 +357,60 @@ impl Db {
             },
         )?;
         let mut hits: Vec<SearchHit> = rows.collect::<Result<_, _>>()?;
+        let more = hits.len() > limit as usize;
+        hits.truncate(limit as usize);
+        Ok((hits, more))
+    }
+
+    /// Searches the groups' messages (system lines never match): in `group` only, or in every
+    /// group. Newest first; at most `limit` (clamped to [`MAX_RESULTS`]) hits and whether more
+    /// matched.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn search_groups(
+        &self,
+        query: &SearchQuery,
+        group: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<GroupSearchHit>, bool), StorageError> {
+        let limit = limit.clamp(1, MAX_RESULTS);
+        let fts = format!("{{body}} : ({})", query.as_fts());
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.seq, m.message_id, m.group_id, g.name, m.sender, m.outgoing, m.at,
+                    snippet(group_messages_fts, 0, ?4, ?5, '…', ?6)
+             FROM group_messages_fts
+             JOIN group_messages m ON m.seq = group_messages_fts.rowid
+             JOIN groups g ON g.group_id = m.group_id
+             WHERE group_messages_fts MATCH ?1 AND m.kind = 0
+               AND (?2 IS NULL OR m.group_id = ?2)
+             ORDER BY group_messages_fts.rowid DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                fts,
+                group,
+                limit + 1,
+                HIT_START.to_string(),
+                HIT_END.to_string(),
+                SNIPPET_TOKENS
+            ],
+            |r| {
+                let snippet: String = r.get(7)?;
+                Ok(GroupSearchHit {
+                    seq: r.get(0)?,
+                    message_id: r.get(1)?,
+                    group_id: r.get(2)?,
+                    group_name: r.get(3)?,
+                    sender: r.get(4)?,
+                    outgoing: r.get(5)?,
+                    at: r.get(6)?,
+                    snippet: split_snippet(&snippet),
+                })
+            },
+        )?;
+        let mut hits: Vec<GroupSearchHit> = rows.collect::<Result<_, _>>()?;
         let more = hits.len() > limit as usize;
         hits.truncate(limit as usize);
         Ok((hits, more))
@@ -611,5 +736,56 @@ mod tests {
                 times[runs - 1]
             );
         }
+    }
+
+    #[test]
+    fn group_messages_are_found_in_one_group_or_all_and_system_lines_never() {
+        use crate::contract::DeliveryStatus;
+        use crate::storage::groups::{GroupLineKind, NewGroupLine};
+        let db = Db::open_in_memory().unwrap();
+        db.ensure_group("aa", "Climbing", 1).unwrap();
+        db.ensure_group("bb", "Work", 1).unwrap();
+        let bob = c("bob");
+        for (g, kind, id, body, at) in [
+            ("aa", GroupLineKind::Message, "m1", "the quick crag", 1),
+            ("bb", GroupLineKind::Message, "m2", "quick standup", 2),
+            (
+                "aa",
+                GroupLineKind::System,
+                "s1",
+                "bob renamed the group to quick",
+                3,
+            ),
+        ] {
+            db.insert_group_line(&NewGroupLine {
+                group_id: g,
+                kind,
+                sender: Some(&bob),
+                message_id: id,
+                outgoing: false,
+                body,
+                at,
+                status: DeliveryStatus::Received,
+            })
+            .unwrap();
+        }
+        let (all, more) = db.search_groups(&q("quic"), None, 10).unwrap();
+        assert!(!more);
+        let ids: Vec<&str> = all.iter().map(|h| h.message_id.as_str()).collect();
+        assert_eq!(ids, ["m2", "m1"], "newest first, no system line");
+        assert_eq!(all[1].group_name, "Climbing");
+        assert_eq!(all[1].sender, "bob");
+        assert!(all[1].snippet.iter().any(|p| p.hit && p.text == "quick"));
+        let (one, _) = db.search_groups(&q("quick"), Some("aa"), 10).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].group_id, "aa");
+        let (limited, more) = db.search_groups(&q("quick"), None, 1).unwrap();
+        assert_eq!((limited.len(), more), (1, true));
+        // Hostile query syntax is searched as text.
+        assert!(db
+            .search_groups(&q("NEAR( body: \"*"), None, 10)
+            .unwrap()
+            .0
+            .is_empty());
     }
 }

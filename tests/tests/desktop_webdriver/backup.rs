@@ -23,18 +23,6 @@ async fn text_of(client: &fantoccini::Client, id: &str) -> String {
         .to_owned()
 }
 
-/// Replaces the value of the input `css` with `text`, typed as keys.
-async fn fill(client: &fantoccini::Client, css: &str, text: &str) {
-    client
-        .execute(
-            &format!("document.querySelector({}).value = '';", json!(css)),
-            vec![],
-        )
-        .await
-        .expect("clear the field");
-    type_into(client, css, text).await;
-}
-
 async fn fingerprints(client: &fantoccini::Client) -> (String, String) {
     click(client, "#conv-verify").await;
     until_js(

@@ -1,8 +1,10 @@
 //! Groups in the real webview: alice (the app) creates a group with bob and carol (headless
 //! peers with MLS state) from the New group dialog, messages flow three ways with the senders'
 //! names, a rename from the member panel shows a system line, carol is removed and can no
-//! longer read what follows (checked on her side), attaching a file in a group is refused with
-//! a sentence, and axe-core passes on each new screen.
+//! longer read what follows (checked on her side), files go both ways in the group (alice
+//! pastes a picture, bob downloads it; bob's file shows as a card alice saves; a drop on the
+//! group sends), search finds a group message and opens the group at it, the group's history
+//! exports, and axe-core passes on each new screen.
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ async fn mls_peer(url: &str, name: &str, dir: &std::path::Path) -> MessagingPeer
         lattice_crypto::Identity::generate(&mut rand_core::OsRng),
     );
     config.mls_state = Some(dir.join("mls.sqlite3"));
+    config.transfers_dir = Some(dir.join("transfers"));
     let peer = MessagingPeer::new(config).unwrap();
     peer.connect().await.expect("connects");
     assert!(peer.publish_key_packages().await.expect("KeyPackages") > 0);
@@ -79,7 +82,7 @@ async fn until_group_line(client: &fantoccini::Client, text: &str, sender: Optio
         ),
         Some(who) => format!(
             "return Array.from(document.querySelectorAll('#group-message-list li.msg')) \
-               .some(li => li.dataset.sender === {} && li.querySelector('.text').textContent === {text_js});",
+               .some(li => li.dataset.sender === {} && li.querySelector('.text')?.textContent === {text_js});",
             serde_json::to_string(who).unwrap()
         ),
     };
@@ -93,9 +96,11 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
         dir: screenshot_dir(),
         n: 120,
     };
-    let server = lattice_server::spawn(lattice_server::Config::for_tests())
-        .await
-        .expect("server");
+    // A data directory, so the server keeps the blobs of the files sent to the group.
+    let server_dir = tempfile::tempdir().unwrap();
+    let mut config = lattice_server::Config::for_tests();
+    config.data_dir = Some(server_dir.path().to_owned());
+    let server = lattice_server::spawn(config).await.expect("server");
     let url = server.url();
     let (bob_dir, carol_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bob = mls_peer(&url, "bob", bob_dir.path()).await;
@@ -198,15 +203,185 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
     .await;
     assert_eq!(row, json!("Climbing"));
 
-    // Attaching in a group is refused with a sentence.
-    click(&client, "#group-attach").await;
+    // Ctrl+K finds group messages too, named by sender and group; Enter opens the group at it.
+    press(&client, "#group-input", "\u{E009}k").await;
     until_js(
         &client,
-        "the attach refusal",
-        "return Array.from(document.querySelectorAll('#toasts .toast')) \
-           .some(t => t.textContent.includes('Files cannot be sent to a group yet'));",
+        "the search dialog",
+        "return document.getElementById('search-dialog').open;",
     )
     .await;
+    type_into(&client, "#search-input", "carol").await;
+    until_js(
+        &client,
+        "carol's group message found",
+        "const hits = document.querySelectorAll('#search-results li.search-hit'); \
+         return hits.length === 1 \
+           && hits[0].querySelector('.search-hit-who').textContent === 'carol in Climbing' \
+           && hits[0].querySelector('mark')?.textContent === 'carol';",
+    )
+    .await;
+    shots.take(&client, "group-search").await;
+    assert_accessible(&client, "a search with a group's message").await;
+    press(&client, "#search-input", "\u{E007}").await;
+    until_js(
+        &client,
+        "the group opened at carol's message",
+        "const m = document.querySelector('#group-message-list li.msg.found'); \
+         return !!m && !document.getElementById('search-dialog').open \
+           && m.dataset.sender === 'carol';",
+    )
+    .await;
+
+    // alice pastes a picture into the group composer: it goes to the group, bob downloads it
+    // byte for byte, and alice's line shows the preview, sent.
+    let pasted = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const c = document.createElement('canvas'); c.width = 480; c.height = 320;
+             const g = c.getContext('2d');
+             const grad = g.createLinearGradient(0, 0, 480, 320);
+             grad.addColorStop(0, '#1f8a5b'); grad.addColorStop(1, '#2c6bed');
+             g.fillStyle = grad; g.fillRect(0, 0, 480, 320);
+             g.fillStyle = '#fff'; g.font = 'bold 48px sans-serif'; g.fillText('The crag', 120, 175);
+             c.toBlob(async (blob) => {
+               const bytes = new Uint8Array(await blob.arrayBuffer());
+               const dt = new DataTransfer();
+               dt.items.add(new File([bytes], 'crag.png', { type: 'image/png' }));
+               const ev = new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true });
+               document.getElementById('group-input').dispatchEvent(ev);
+               done(Array.from(bytes));
+             }, 'image/png');",
+            vec![],
+        )
+        .await
+        .expect("a paste event");
+    let pasted: Vec<u8> = pasted
+        .as_array()
+        .expect("bytes")
+        .iter()
+        .map(|b| u8::try_from(b.as_u64().unwrap()).unwrap())
+        .collect();
+    let (message_id, offer) = next_event(&mut bob_events, |e| match e {
+        PeerEvent::GroupMessage(m) => match &m.content {
+            Content::File(offer) => Some((m.message_id.clone(), offer.clone())),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer.name, "crag.png");
+    assert!(offer.thumbnail.is_some(), "a preview made on alice's side");
+    let dest = bob_dir.path().join("crag.png");
+    let transfer = bob
+        .download_file(&ClientId::new("alice").unwrap(), &message_id, &offer, &dest)
+        .expect("bob's download starts");
+    next_event(&mut bob_events, |e| match e {
+        PeerEvent::Transfer(p) if p.id == transfer => match &p.state {
+            lattice_peer::TransferState::Completed => Some(()),
+            lattice_peer::TransferState::Failed(reason) => panic!("bob's download: {reason}"),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(std::fs::read(&dest).unwrap(), pasted, "bob has the picture");
+    until_js(
+        &client,
+        "alice's picture sent, with its preview",
+        "const li = Array.from(document.querySelectorAll('#group-message-list li.msg.out'))            .find(l => l.querySelector('.file-name')?.textContent === 'crag.png');          return !!li && li.dataset.status === 'sent'            && li.querySelector('.file')?.dataset.state === 'completed'            && !!li.querySelector('img.file-thumb');",
+    )
+    .await;
+
+    // bob sends a file: alice's app shows it as a card from him, downloaded, with Save.
+    let notes = bob_dir.path().join("route-notes.txt");
+    std::fs::write(&notes, b"Pitch 2: traverse left under the roof.").unwrap();
+    bob.send_group_file(&bob_gid, &notes, lattice_peer::FileMeta::default())
+        .await
+        .unwrap();
+    until_js(
+        &client,
+        "bob's file downloaded, with Save",
+        "const li = Array.from(document.querySelectorAll('#group-message-list li.msg.in'))            .find(l => l.querySelector('.file-name')?.textContent === 'route-notes.txt');          return !!li && li.dataset.sender === 'bob'            && li.querySelector('.file')?.dataset.state === 'completed'            && Array.from(li.querySelectorAll('.file-action-text')).some(t => t.textContent === 'Save');",
+    )
+    .await;
+    shots.take(&client, "group-files").await;
+    assert_accessible(&client, "a group conversation with files").await;
+
+    // Files dragged over the group show where they go; dropped, they are sent to the group.
+    client
+        .execute(
+            "const dt = new DataTransfer();
+             dt.items.add(new File([new TextEncoder().encode('meet at 8')], 'plan.txt', { type: 'text/plain' }));
+             window.__groupDrop = dt;
+             document.getElementById('group-conversation')
+               .dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));",
+            vec![],
+        )
+        .await
+        .expect("a dragover event");
+    until_js(
+        &client,
+        "the group's drop overlay",
+        "return !document.getElementById('group-drop-overlay').hidden;",
+    )
+    .await;
+    shots.take(&client, "group-drop").await;
+    client
+        .execute(
+            "document.getElementById('group-conversation')
+               .dispatchEvent(new DragEvent('drop', { dataTransfer: window.__groupDrop, bubbles: true, cancelable: true }));",
+            vec![],
+        )
+        .await
+        .expect("a drop event");
+    let (_, offer) = next_event(&mut carol_events, |e| match e {
+        PeerEvent::GroupMessage(m) => match &m.content {
+            Content::File(offer) if offer.name == "plan.txt" => {
+                Some((m.message_id.clone(), offer.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer.size, 9);
+    until_js(
+        &client,
+        "the dropped file sent, the overlay gone",
+        "const li = Array.from(document.querySelectorAll('#group-message-list li.msg.out')) \
+           .find(l => l.querySelector('.file-name')?.textContent === 'plan.txt'); \
+         return !!li && li.dataset.status === 'sent' \
+           && document.getElementById('group-drop-overlay').hidden;",
+    )
+    .await;
+
+    // Export from the group's header: its history as a readable page, senders and files named.
+    let export_dir = tempfile::tempdir().unwrap();
+    let export_file = export_dir.path().join("climbing.html");
+    click(&client, "#group-export").await;
+    until_js(
+        &client,
+        "the group export dialog",
+        "return document.getElementById('backup-dialog').open \
+           && document.getElementById('backup-intro').textContent.includes('the group Climbing') \
+           && document.getElementById('backup-path').value.length > 0;",
+    )
+    .await;
+    fill(&client, "#backup-path", export_file.to_str().unwrap()).await;
+    click(&client, "#backup-submit").await;
+    until_js(
+        &client,
+        "the group export to finish",
+        "return document.getElementById('backup-status').textContent.startsWith('Exported ');",
+    )
+    .await;
+    shots.take(&client, "group-exported").await;
+    assert_accessible(&client, "the group export dialog").await;
+    click(&client, "#backup-cancel").await;
+    let html = std::fs::read_to_string(&export_file).expect("the exported page");
+    assert!(html.contains("the group Climbing") && html.contains("<b dir=\"auto\">bob</b>"));
+    assert!(html.contains("File: route-notes.txt (38 bytes"));
     shots.take(&client, "group-conversation").await;
     assert_accessible(&client, "a group conversation").await;
 

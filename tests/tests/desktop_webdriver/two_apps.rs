@@ -107,10 +107,11 @@ async fn two_apps_read_receipts_and_typing_and_the_setting_stops_both_directions
     // Bob reads it: alice's app shows it read.
     mark_read(&bob).await;
     until_status(&alice, "Are you coming tonight?", "read").await;
-    // Two desktops: the chat moved to MLS by itself, and alice's header says so (bob's is
-    // checked once he has sent a message: his app refreshes the mark on a message's status,
-    // not yet when only a receipt of his set the conversation up).
+    // Two desktops: the chat moved to MLS by itself, and both headers say so, bob's too
+    // although he has sent no message yet (whatever set the conversation up, a message, his
+    // receipt or a typing notice, the library says so and his app redraws the mark).
     until_mls_header(&alice, "alice").await;
+    until_mls_header(&bob, "bob").await;
     shots.take(&alice, "two-apps-alice-sees-read").await;
     assert_accessible(&alice, "alice's window, her message read").await;
 
@@ -121,7 +122,6 @@ async fn two_apps_read_receipts_and_typing_and_the_setting_stops_both_directions
     until_incoming(&alice, "Yes, at eight").await;
     mark_read(&alice).await;
     until_status(&bob, "Yes, at eight", "read").await;
-    until_mls_header(&bob, "bob").await;
     shots.take(&bob, "two-apps-bob-sees-read").await;
 
     // Bob turns read receipts off in his settings.

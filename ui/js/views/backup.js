@@ -13,7 +13,7 @@ const $ = (id) => document.getElementById(id);
 /** Must match storage::backup::MIN_PASSPHRASE_CHARS. */
 const MIN_PASSPHRASE_CHARS = 12;
 
-let task = null; // { kind: "backup" | "restore" | "conversation", peerId?, done? }
+let task = null; // { kind: "backup" | "restore" | "conversation", peerId? | groupId? and name?, done? }
 let busy = false;
 
 function today() {
@@ -75,7 +75,7 @@ async function open(next) {
   const text = TEXT[task.kind];
   $("backup-title").textContent = text.title;
   $("backup-intro").textContent = task.kind === "conversation"
-    ? `Save the conversation with ${task.peerId} as a readable web page or as data. The file is not encrypted.`
+    ? `Save ${task.groupId ? `the history of the group ${task.name}` : `the conversation with ${task.peerId}`} as a readable web page or as data. The file is not encrypted.`
     : text.intro;
   $("backup-submit").textContent = text.submit;
   $("backup-passphrase-hint").textContent = text.hint;
@@ -93,7 +93,8 @@ async function open(next) {
     const me = task.clientId || "lattice";
     $("backup-path").value = await suggest(`lattice-${me}-${today()}.lattice-backup`);
   } else if (task.kind === "conversation") {
-    $("backup-path").value = await suggest(`lattice-${task.peerId}-${today()}.${format()}`);
+    const who = task.groupId ? `group-${task.name.replace(/[^\p{L}\p{N}_-]+/gu, "-")}` : task.peerId;
+    $("backup-path").value = await suggest(`lattice-${who}-${today()}.${format()}`);
   } else {
     $("backup-path").value = await suggest("");
   }
@@ -113,6 +114,11 @@ export function openRestore(done) {
 /** Opens the dialog to export the conversation with `peerId`. */
 export function openConversationExport(peerId) {
   return open({ kind: "conversation", peerId });
+}
+
+/** Opens the dialog to export the history of group `groupId`, named `name`. */
+export function openGroupExport(groupId, name) {
+  return open({ kind: "conversation", groupId, name });
 }
 
 async function submit(e) {
@@ -157,7 +163,9 @@ async function submit(e) {
       $("backup-dialog").close();
       if (current.done) current.done(boot);
     } else {
-      const r = await api.exportConversation(current.peerId, path, format());
+      const r = current.groupId
+        ? await api.exportGroup(current.groupId, path, format())
+        : await api.exportConversation(current.peerId, path, format());
       $("backup-status").textContent = `Exported ${r.messages} messages to ${r.path}.`;
       $("backup-cancel").textContent = "Close";
       $("backup-cancel").focus();

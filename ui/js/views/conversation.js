@@ -42,7 +42,7 @@ const STICK_PX = 48;
 /** A draft is saved this long (ms) after the last keystroke. */
 const DRAFT_SAVE_MS = 400;
 /** How long (ms) a message opened from a search stays highlighted. */
-const FOUND_HIGHLIGHT_MS = 4000;
+export const FOUND_HIGHLIGHT_MS = 4000;
 /** Typing counts as stopped this long (ms) after the last keystroke. */
 const TYPING_IDLE_MS = 5000;
 /** Someone's "is typing…" goes away this long (ms) after their last notice. */

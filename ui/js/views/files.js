@@ -2,6 +2,9 @@
 // bar with pause / resume / cancel, Save / Save as… / Open, the full-size viewer, and sending by
 // the Attach button, by pasting a picture and by dropping files.
 //
+// A conversation is named as a "chat": a peer id for a 1:1 chat, `{ groupId }` for a group
+// (api.js turns either into the command's arguments).
+//
 // The page never names a path on disk: Attach opens the system's dialog in the backend, files
 // dropped on the window reach the backend as paths from the window itself, and pasted (or
 // page-dropped) files are handed over as bytes, at most MAX_INLINE_BYTES.
@@ -132,7 +135,9 @@ export function fileBlock(peer, m, openViewer = openPicture) {
   const f = m.file;
   const busy = RUNNING.has(f.state) || f.state === TransferState.PAUSED;
   const parts = [];
-  const contact = peerById(peer);
+  // In a group, the member who sent it (MLS proved who; whether you compared their safety
+  // number is the contact's own mark).
+  const contact = peerById(typeof peer === "string" ? peer : m.sender);
   if (f.thumbnail) {
     const ready = f.local && f.state === TransferState.COMPLETED;
     const label = ready ? `View the picture ${f.name}` : `Picture ${f.name}, ${stateText(m)}`;
@@ -218,8 +223,8 @@ function closeViewer() {
 
 // ---------- sending ----------
 
-/** Sends files the page holds (pasted or dropped into the page) to `peer`. */
-async function sendBlobs(peer, files, upsert) {
+/** Sends files the page holds (pasted or dropped into the page) to chat `peer`. */
+export async function sendBlobs(peer, files, upsert) {
   for (const file of files) {
     if (file.size > MAX_INLINE_BYTES) {
       showNotice({

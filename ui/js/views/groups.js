@@ -1,32 +1,35 @@
-// Groups: the New group dialog, a group's conversation (messages with their senders, system
-// lines for joins, leaves, removals, renames and key changes) and its member panel (names and
-// safety numbers, invite, remove, rename, leave).
+// Groups: the New group dialog, a group's conversation (messages with their senders, files
+// with their previews, progress and actions as in a 1:1 chat, system lines for joins, leaves,
+// removals, renames and key changes) and its member panel (names and safety numbers, invite,
+// remove, rename, leave).
 //
 // The group list comes from the backend (`group-list`, in `state.groups`); the sidebar draws it
 // beside the 1:1 chats (peer-list.js). A group's row and selection use the key `group:<id>`.
 // State flows one way: this view asks the backend and redraws from what it answers and from
 // the `group-message` events; it keeps only what is on screen.
 
-import { api } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus } from "../contract.js";
+import { api, on } from "../api.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus, Event } from "../contract.js";
 import { state } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { announce } from "./announcer.js";
+import { openGroupExport } from "./backup.js";
+import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
+import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 
 /** Lines per page of a group's history. */
 const PAGE = 50;
+/** Older pages loaded at most to reach a line opened from a search (beyond: the oldest shown). */
+const MAX_FIND_PAGES = 200;
 /** Older lines load when the top of the list comes this close (px) to the view. */
 const LOAD_MARGIN_PX = 400;
 /** How close to the bottom (px) counts as "at the bottom" for following new lines. */
 const STICK_PX = 48;
 /** Longest part of a message read out to screen readers, in characters. */
 const ANNOUNCE_CHARS = 140;
-/** The one sentence of the attach refusal: files do not go to groups yet. */
-export const NO_FILES_IN_GROUPS =
-  "Files cannot be sent to a group yet; send them to each person in a 1:1 chat.";
 
 const KEY_PREFIX = "group:";
 
@@ -105,9 +108,15 @@ function fillLine(li, m) {
     // Through the CSSOM: the page's CSP allows no inline style attributes.
     sender.style.setProperty("--sender", senderColor(m.sender));
   }
-  const bubble = h("div", { class: "bubble" }, h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink)), meta);
+  // A file message shows its file (the body is its name); the page's file commands name the
+  // group as the chat.
+  const content = m.file
+    ? fileBlock({ groupId: m.groupId }, m)
+    : h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
+  const bubble = h("div", { class: `bubble${m.file ? " has-file" : ""}` }, content, meta);
   li.replaceChildren(...[sender, bubble].filter(Boolean));
-  li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${m.body}`);
+  const what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
+  li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${what}`);
 }
 
 /** Colours for senders' names (`--sender-0` … in app.css, readable in both modes). */
@@ -189,8 +198,9 @@ function updateSend() {
   $("group-send").disabled = input.disabled || input.value.trim().length === 0;
 }
 
-/** Opens group `id`'s conversation. */
-export async function openGroup(id) {
+/** Opens group `id`'s conversation; with `at` (a line's `seq`, from a search) scrolled to that
+ * line and marked. */
+export async function openGroup(id, at = null) {
   const group = groupById(id);
   if (!group) return;
   generation += 1;
@@ -219,6 +229,22 @@ export async function openGroup(id) {
   } finally {
     if (gen === generation) loading = false;
   }
+  if (at !== null && gen === generation) await showLine(at, gen);
+}
+
+/** Loads older pages until line `seq` is shown (bounded), then scrolls to it and marks it. */
+async function showLine(seq, gen) {
+  const find = () => $("group-message-list").querySelector(`li.msg[data-seq="${Number(seq)}"]`);
+  for (let n = 0; !find() && hasMore && n < MAX_FIND_PAGES && gen === generation; n += 1) {
+    await loadOlder();
+  }
+  const li = find();
+  if (!li || gen !== generation) return;
+  for (const old of $("group-message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("found");
+  li.focus({ preventScroll: true });
+  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
 }
 
 /** Hides the group conversation (a 1:1 chat opens instead). */
@@ -266,7 +292,13 @@ export function upsertGroupLine(m) {
     // The send's answer (pending) can arrive after the event that it was sent: keep the later
     // state in the contract's order (the backend only moves a message forwards).
     const later = DELIVERY_STATUS_ORDER.indexOf(m.status) > DELIVERY_STATUS_ORDER.indexOf(existing.dataset.status);
-    if (!m.system && later) fillLine(existing, m);
+    if (m.system) return;
+    if (later) {
+      fillLine(existing, m);
+    } else if (m.file && m.status === existing.dataset.status && !updateProgress(existing, m)) {
+      // A file's transfer moved on: the bar moves in place; a new state redraws the line.
+      fillLine(existing, m);
+    }
     return;
   }
   const stick = atBottom() || m.outgoing;
@@ -285,9 +317,19 @@ export function upsertGroupLine(m) {
   if (!m.outgoing && !m.system && document.hasFocus()) api.markGroupRead(current).catch(showNotice);
 }
 
+/** Lines announced already (a file's line comes again with each step of its download). */
+const announced = new Set();
+
 function announceLine(m) {
+  if (announced.has(m.id)) return;
+  if (announced.size > 1000) announced.clear();
+  announced.add(m.id);
   const group = groupById(m.groupId);
   const where = group ? ` in ${group.name}` : "";
+  if (m.file) {
+    announce(`${m.sender} sent a ${m.file.image ? "picture" : "file"}${where}: ${m.body}`);
+    return;
+  }
   const text = m.body.length > ANNOUNCE_CHARS ? `${m.body.slice(0, ANNOUNCE_CHARS)}…` : m.body;
   announce(`New message from ${m.sender}${where}: ${text}`);
 }
@@ -324,9 +366,26 @@ function autosize() {
   input.style.height = `${Math.min(input.scrollHeight + 2, 168)}px`;
 }
 
-/** The attach action in a group: refused, readably (the one place of that refusal). */
-export function refuseGroupAttach() {
-  showNotice({ kind: "invalidInput", message: NO_FILES_IN_GROUPS });
+/** Attach in the open group: the system's dialog, then the files go to the group. */
+export async function attachToGroup() {
+  if (current === null || $("group-attach").disabled) return true;
+  try {
+    const sent = await api.attachFile({ groupId: current });
+    for (const m of sent || []) upsertGroupLine(m);
+  } catch (err) {
+    showNotice(err);
+  }
+  return true;
+}
+
+/** Files dropped on the window while a group is open go to it; false when none is open. */
+export function dropOnGroup() {
+  $("group-drop-overlay").hidden = true;
+  if (current === null) return false;
+  const group = current;
+  api.sendDropped({ groupId: group })
+    .then((sent) => { for (const m of sent || []) upsertGroupLine(m); })
+    .catch(showNotice);
   return true;
 }
 
@@ -532,6 +591,10 @@ export function initGroups(select) {
     $(id).addEventListener("click", () => $("new-group-dialog").close());
   }
   $("group-members-button").addEventListener("click", openMembers);
+  $("group-export").addEventListener("click", () => {
+    const group = current === null ? null : groupById(current);
+    if (group) openGroupExport(group.id, group.name);
+  });
   for (const id of ["group-dialog-close", "group-dialog-done"]) {
     $(id).addEventListener("click", () => $("group-dialog").close());
   }
@@ -562,18 +625,43 @@ export function initGroups(select) {
     autosize();
     updateSend();
   });
+  // A picture (or any file) pasted into the group composer goes to the group.
   input.addEventListener("paste", (e) => {
-    const files = (e.clipboardData && e.clipboardData.files) || [];
-    if (files.length > 0) {
+    const files = Array.from((e.clipboardData && e.clipboardData.files) || []);
+    if (files.length > 0 && current !== null) {
       e.preventDefault();
-      refuseGroupAttach();
+      sendBlobs({ groupId: current }, files, upsertGroupLine);
     }
   });
   $("group-composer").addEventListener("submit", (e) => {
     e.preventDefault();
     send();
   });
-  $("group-attach").addEventListener("click", refuseGroupAttach);
+  $("group-attach").addEventListener("click", attachToGroup);
+
+  // Files dragged over the open group: from the desktop (the window reports the hover; the drop
+  // comes as files-dropped, see dropOnGroup) or from the page itself (sent as bytes).
+  const overlay = $("group-drop-overlay");
+  const open = () => current !== null && !$("group-attach").disabled;
+  on(Event.DROP_HOVER, (hovering) => {
+    overlay.hidden = !(hovering && open());
+  });
+  const box = $("group-conversation");
+  const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+  box.addEventListener("dragover", (e) => {
+    if (!hasFiles(e) || !open()) return;
+    e.preventDefault();
+    overlay.hidden = false;
+  });
+  box.addEventListener("dragleave", (e) => {
+    if (e.target === overlay || !box.contains(e.relatedTarget)) overlay.hidden = true;
+  });
+  box.addEventListener("drop", (e) => {
+    overlay.hidden = true;
+    if (!hasFiles(e) || !open()) return;
+    e.preventDefault();
+    sendBlobs({ groupId: current }, Array.from(e.dataTransfer.files), upsertGroupLine);
+  });
   $("group-messages").addEventListener("scroll", () => {
     if ($("group-messages").scrollTop < LOAD_MARGIN_PX) loadOlder();
   });

@@ -6,6 +6,7 @@
 import { api } from "../api.js";
 import { ErrorKind } from "../contract.js";
 import { h, formatShort } from "../util.js";
+import { groupKey } from "./groups.js";
 import { showNotice } from "./toasts.js";
 
 /** Wait after the last keystroke before searching (ms). */
@@ -22,13 +23,15 @@ let timer = null;
 
 const $ = (id) => document.getElementById(id);
 
-/** Opens the search: in the conversation with `peerId`, or in all when it is null. */
+/** Opens the search: in the conversation with `peerId` (or the group `{ groupId, name }`), or
+ * in all when it is null. */
 export function openSearch(peerId) {
   const dialog = $("search-dialog");
   scopePeer = peerId;
   const inConversation = $("search-scope-conversation");
   inConversation.disabled = peerId === null;
-  $("search-scope-peer").textContent = peerId === null ? "This conversation" : `With ${peerId}`;
+  $("search-scope-peer").textContent = peerId === null ? "This conversation"
+    : typeof peerId === "string" ? `With ${peerId}` : `In ${peerId.name}`;
   inConversation.checked = peerId !== null;
   $("search-scope-all").checked = peerId === null;
   if (!dialog.open) dialog.showModal();
@@ -50,6 +53,12 @@ function renderSnippet(parts) {
   return parts.map((p) => (p.hit ? h("mark", {}, p.text) : p.text));
 }
 
+/** Who wrote a hit, and where: "You to bob", "bob", "bob in Climbing". */
+function who(hit) {
+  if (hit.groupId) return `${hit.outgoing ? "You" : hit.peerId} in ${hit.groupName}`;
+  return hit.outgoing ? `You to ${hit.peerId}` : hit.peerId;
+}
+
 function render() {
   const list = $("search-results");
   list.replaceChildren(...hits.map((hit, i) => h("li", {
@@ -57,12 +66,12 @@ function render() {
     class: "search-hit",
     role: "option",
     "aria-selected": String(i === active),
-    dataset: { peerId: hit.peerId, seq: String(hit.seq) },
+    dataset: { peerId: hit.peerId, seq: String(hit.seq), groupId: hit.groupId || "" },
     onmousedown: (e) => e.preventDefault(), // keep the focus in the input
     onclick: () => open(i),
   },
   h("div", { class: "search-hit-top" },
-    h("span", { class: "search-hit-who", text: hit.outgoing ? `You to ${hit.peerId}` : hit.peerId }),
+    h("span", { class: "search-hit-who", text: who(hit) }),
     h("time", { class: "search-hit-time", text: formatShort(hit.at) })),
   h("bdi", { class: "search-hit-text", dir: "auto" }, renderSnippet(hit.snippet)))));
   const input = $("search-input");
@@ -94,7 +103,8 @@ async function run() {
     hits = found.hits;
     active = hits.length ? 0 : -1;
     render();
-    const where = scope() === null ? "in all conversations" : `with ${scope()}`;
+    const where = scope() === null ? "in all conversations"
+      : typeof scope() === "string" ? `with ${scope()}` : `in ${scope().name}`;
     setStatus(hits.length === 0
       ? `No messages ${where} match.`
       : `${hits.length}${found.hasMore ? "+" : ""} message${hits.length === 1 ? "" : "s"} ${where}. Up and Down choose, Enter opens.`);
@@ -113,7 +123,7 @@ function open(i) {
   const hit = hits[i];
   if (!hit) return;
   $("search-dialog").close();
-  onOpen(hit.peerId, hit.seq);
+  onOpen(hit.groupId ? groupKey(hit.groupId) : hit.peerId, hit.seq);
 }
 
 function move(delta) {

@@ -409,6 +409,8 @@ impl Groups {
         if let Err(e) = r {
             tracing::warn!(peer = %self.client_id, with = %peer, error = %e, "MLS pin not stored");
         }
+        self.dispatcher
+            .emit(PeerEvent::MovedToMls { peer: peer.clone() });
     }
 
     fn register_direct(&self, gid: &GroupId, peer: &ClientId) {
@@ -859,8 +861,8 @@ mod tests {
         assert!(bob.groups().is_empty(), "not listed as a group");
         let seen = events(&kit);
         assert!(
-            seen.is_empty(),
-            "a 1:1 conversation raises no group events: {seen:?}"
+            matches!(seen.as_slice(), [PeerEvent::MovedToMls { peer }] if peer.as_str() == "alice"),
+            "a 1:1 conversation raises no group events, only that it is MLS now: {seen:?}"
         );
         let text = serde_json::to_vec(&serde_json::json!({
             "messageId": "m1", "kind": "text", "body": "hello", "sentAt": 5

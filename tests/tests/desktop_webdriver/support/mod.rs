@@ -190,6 +190,18 @@ pub(crate) async fn open_conversation(client: &Client, peer: &str) {
     }
 }
 
+/// Replaces the value of the input `css` with `text`, typed as keys.
+pub(crate) async fn fill(client: &Client, css: &str, text: &str) {
+    client
+        .execute(
+            &format!("document.querySelector({}).value = '';", json!(css)),
+            vec![],
+        )
+        .await
+        .expect("clear the field");
+    type_into(client, css, text).await;
+}
+
 pub(crate) async fn type_into(client: &Client, css: &str, text: &str) {
     client
         .find(Locator::Css(css))
