@@ -30,6 +30,8 @@
 //! - [`SealedEnvelope`] (`envelope`) and the two algorithms [`ml_kem_aes`] and [`lattice_v1`].
 //! - [`file_chunk`]: chunked file encryption (a key per file, chunks bound to the file, their
 //!   index and the last-chunk flag; the digest of the whole ciphertext).
+//! - [`device_link`]: linking a new device by a one-time short code (SPAKE2, key
+//!   confirmation, the sealed bundle).
 //! - `aead` (private): AES-256-GCM over the `nonce ‖ ciphertext ‖ tag` layout both envelopes use.
 //!
 //! # Secrets
@@ -56,6 +58,7 @@
 #![deny(missing_docs)]
 
 mod aead;
+pub mod device_link;
 mod envelope;
 mod error;
 pub mod file_chunk;
