@@ -78,7 +78,8 @@ pub use identity::Identity;
 pub use identity_key::{IdentityKeyPair, IdentityPublicKey};
 pub use kem::{KemKeyPair, KemPublicKey};
 pub use statements::{
-    content_signature_payload, kem_key_signature_message, lp, message_signature_payload,
+    content_signature_payload, device_certificate_message, device_list_message,
+    device_registration_statement, kem_key_signature_message, lp, message_signature_payload,
     registration_statement, verify_kem_key_signature, ContentStatement,
 };
 

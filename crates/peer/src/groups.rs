@@ -449,6 +449,7 @@ impl Groups {
                     Lane::Normal,
                     ClientFrame::KeyPackageFetch(KeyPackageFetch {
                         client_id: self.client_id.clone(),
+                        all_devices: false,
                     }),
                     "key_package_fetch",
                     options,
@@ -497,6 +498,7 @@ impl Groups {
                 Lane::Normal,
                 ClientFrame::KeyPackageFetch(KeyPackageFetch {
                     client_id: member.clone(),
+                    all_devices: false,
                 }),
                 "key_package_fetch",
                 options,
@@ -591,6 +593,7 @@ impl Groups {
                 welcome: out.welcome.as_ref().map(|w| B64.encode(w)),
                 members,
                 message_id: new_message_id(),
+                leaves: None,
             };
             let answer = self.send_commit(frame).await;
             match answer {

@@ -42,6 +42,7 @@ pub(crate) fn key_response(
         public_key: PublicKeyField::Bytes(identity.kem_public_key().as_bytes().to_vec()),
         identity_key: signed.then(|| b64.encode(identity.identity_public_key().as_bytes())),
         key_signature: signed.then(|| b64.encode(identity.key_signature())),
+        device_list: None,
     }
 }
 

@@ -33,6 +33,7 @@ impl Core {
                 public_key: k.public_key.into(),
                 identity_key: k.identity_key.map(|k| B64.encode(k)),
                 key_signature: k.key_signature.as_ref().map(|s| B64.encode(s)),
+                device_list: None,
             }
         } else {
             match self.binding_of(&r.target_id).await? {
@@ -41,6 +42,7 @@ impl Core {
                     public_key: b.kem_public_key.into(),
                     identity_key: Some(B64.encode(b.identity_key)),
                     key_signature: Some(B64.encode(b.key_signature)),
+                    device_list: None,
                 },
                 None => return Err(HandlerError::PeerNotFound(r.target_id)),
             }
