@@ -460,6 +460,19 @@ pub enum PeerEvent {
     /// A file transfer moved on: at most [`crate::defaults::TRANSFER_EVENT_INTERVAL`] apart per
     /// transfer while bytes move, and on every change of state.
     Transfer(TransferProgress),
+    /// A contact's signed device list changed: devices of `peer` were added (it linked a new
+    /// device: "bob added a device") or removed. Shown to the user like a key change is; the
+    /// new devices' MLS leaves are accepted because the list is signed by `peer`'s pinned key.
+    DevicesChanged {
+        /// The contact.
+        peer: ClientId,
+        /// Devices now on its list that were not.
+        added: Vec<lattice_protocol::DeviceId>,
+        /// Devices no longer on it.
+        removed: Vec<lattice_protocol::DeviceId>,
+    },
+    /// Device linking moved on (see [`crate::LinkEvent`]).
+    Link(crate::linking::LinkEvent),
     /// This [`EventStream`] fell behind and missed `missed` events (handlers are not affected).
     Lagged {
         /// How many events were lost.
