@@ -119,15 +119,15 @@ pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, 
 pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{
     Algorithm, Change, ConnectionState, ContentUpdate, ConversationNotice, EventStream,
-    GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
-    TransferDirection, TransferId, TransferProgress, TransferState,
+    GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion, LinkEvent,
+    LinkFailure, PeerEvent, TransferDirection, TransferId, TransferProgress, TransferState,
 };
 pub use files::FileMeta;
 pub use groups::{GroupInfo, GroupMember};
 pub use history::{KnownMessage, MessageLookup, NoHistory};
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
 pub use lattice_mls::GroupId;
-pub use linking::{LinkEvent, LinkFailure, LinkedDevice, LINK_ALGORITHM};
+pub use linking::{LinkedDevice, LINK_ALGORITHM};
 pub use outbox::SentMessage;
 pub use peer::MessagingPeer;
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};

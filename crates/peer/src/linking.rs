@@ -36,7 +36,7 @@ use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::events::{Dispatcher, PeerEvent};
+use crate::events::{Dispatcher, LinkEvent, LinkFailure, PeerEvent};
 use crate::keys::KeyStore;
 use crate::link::{Lane, Link};
 use crate::requests::Requests;
@@ -110,63 +110,6 @@ struct Bundle {
 struct Contact {
     client_id: ClientId,
     identity_key: String,
-}
-
-/// Why a linking run ended without a linked device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LinkFailure {
-    /// Key confirmation failed: the code typed was not the one shown, or a message was replayed
-    /// or tampered with. The code is spent.
-    WrongCode,
-    /// The user of the first device refused the new device.
-    Refused,
-    /// The run outlived [`defaults::LINK_CODE_TTL`].
-    Expired,
-    /// The other side sent something that is not a well-formed step of this run.
-    Malformed,
-}
-
-/// Linking progress, reported as [`PeerEvent::Link`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum LinkEvent {
-    /// First device: a new device asks to join this id; ask the user for the code it shows.
-    Request {
-        /// The new device's throwaway relay id.
-        relay_id: ClientId,
-        /// The device id it chose.
-        device_id: DeviceId,
-    },
-    /// First device: the code was right; show `fingerprint` (the new device's key) and ask the
-    /// user to compare it with the one the new device shows, then [`Linking::approve`].
-    AwaitingApproval {
-        /// The new device's relay id.
-        relay_id: ClientId,
-        /// Its device id.
-        device_id: DeviceId,
-        /// Safety number of its device key.
-        fingerprint: Fingerprint,
-    },
-    /// First device: the bundle was sent and the new device list published.
-    Approved {
-        /// The device now on the list.
-        device_id: DeviceId,
-    },
-    /// New device: the bundle arrived and opened; take it with [`Linking::take_linked`].
-    Linked {
-        /// The id this device now belongs to.
-        client_id: ClientId,
-        /// This device's id.
-        device_id: DeviceId,
-    },
-    /// Either side: the run ended without linking.
-    Failed {
-        /// The other side (the id joined, or the relay id).
-        with: ClientId,
-        /// Why.
-        reason: LinkFailure,
-    },
 }
 
 /// What a linked device needs to act as a device of its id, from the bundle.
