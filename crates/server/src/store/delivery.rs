@@ -1059,4 +1059,70 @@ mod tests {
         assert_eq!(commit("01", "d", 1, false)(&store).unwrap().epoch, 2);
         assert_eq!(store.count(&mb("bob")).unwrap(), 2);
     }
+
+    #[test]
+    fn a_version_3_database_is_migrated_to_devices_without_losing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The version 3 schema (before devices), as that build wrote it.
+            let conn = Connection::open(dir.path().join("lattice-server.sqlite3")).unwrap();
+            conn.execute_batch(&format!(
+                "{}
+                 CREATE TABLE key_packages (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     client_id TEXT NOT NULL, data BLOB NOT NULL);
+                 CREATE INDEX key_packages_by_owner ON key_packages (client_id, seq);
+                 CREATE TABLE last_resort_key_packages (client_id TEXT PRIMARY KEY,
+                     data BLOB NOT NULL);
+                 CREATE TABLE mls_groups (group_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL,
+                     last_sender TEXT, last_message_id TEXT);
+                 CREATE TABLE mls_group_members (group_id TEXT NOT NULL,
+                     client_id TEXT NOT NULL, PRIMARY KEY (group_id, client_id));
+                 CREATE INDEX mls_group_members_by_id ON mls_group_members (client_id);
+                 INSERT INTO key_packages (client_id, data) VALUES ('alice', x'01');
+                 INSERT INTO last_resort_key_packages (client_id, data) VALUES ('alice', x'09');
+                 INSERT INTO mls_groups VALUES ('0a', 3, 'alice', 'm');
+                 INSERT INTO mls_group_members VALUES ('0a', 'alice'), ('0a', 'bob');
+                 INSERT INTO mailbox (recipient, sender, message_id, frame, expires_ms, size)
+                     VALUES ('bob', 'alice', 'old', '{{}}', 9223372036854775807, 2);
+                 PRAGMA user_version = 3;",
+                super::super::SCHEMA
+            ))
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let version: i64 = store
+            .lock()
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, super::super::SCHEMA_VERSION);
+        // The KeyPackages became the primary device's: the one-time one, then the last resort.
+        let alice = id("alice");
+        assert_eq!(fetch_one(&store, &alice).unwrap().unwrap().data, vec![1]);
+        let lr = fetch_one(&store, &alice).unwrap().unwrap();
+        assert_eq!((lr.data, lr.last_resort), (vec![9], true));
+        // Mail kept for the primary device (the id's own mailbox key).
+        assert_eq!(store.count(&mb("bob")).unwrap(), 1);
+        // The members became their primary devices' leaves: alice's primary reaches bob's.
+        let sender = Leaf {
+            client_id: alice.clone(),
+            device_id: DeviceId::primary(),
+        };
+        let got = store
+            .group_send(
+                &GroupId::new("0a").unwrap(),
+                &sender,
+                &MessageId::new("m2").unwrap(),
+                "{}",
+                &Quota::UNLIMITED,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(got, vec![mb("bob")]);
+        assert_eq!(store.count(&mb("bob")).unwrap(), 2);
+        // and opening it again changes nothing
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.count(&mb("bob")).unwrap(), 2);
+    }
 }

@@ -169,6 +169,11 @@ impl Core {
                     max: MAX_GROUP_MEMBERS,
                 });
             }
+            // A node of several routes by id (every id has only its primary device there): a
+            // linked device's leaf would never get its copies, so it is refused, not ignored.
+            if self.state.node.is_some() && leaves.iter().any(|l| !l.device_id.is_primary()) {
+                return Err(HandlerError::DevicesNotSupported);
+            }
         }
         let commit_frame = member_frame(
             MlsKind::Commit,
