@@ -203,6 +203,16 @@ async fn the_right_code_and_approval_link_a_device_that_then_gets_the_ids_mail()
         .map(|d| d.device_id.to_string())
         .collect();
     assert_eq!(listed, ["laptop"]);
+    // A contact learns it with alice's keys: "alice added a device".
+    let mut bob_events = bob.events();
+    bob.request_public_key(alice.client_id()).await.unwrap();
+    let (peer, added) = wait_for(&mut bob_events, |e| match e {
+        PeerEvent::DevicesChanged { peer, added, .. } => Some((peer, added)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&peer, alice.client_id());
+    assert_eq!(added, [DeviceId::new("laptop").unwrap()]);
 
     // The bundle is all the new device needs to be accepted as alice's "laptop"; bob's message
     // to alice then reaches it as well as alice's first device.
