@@ -93,6 +93,22 @@ pub enum Command {
     },
     /// `/transfers`: the file transfers and how far they are.
     Transfers,
+    /// `/link <id> <device>` (on the new device): start linking it to `id` as `device`; shows
+    /// the code.
+    LinkStart {
+        /// The id to join.
+        id: String,
+        /// This device's name.
+        device: String,
+    },
+    /// `/link <code>` (on a device of the id): the code the new device shows.
+    LinkCode(String),
+    /// `/approve` (true) or `/refuse` (false): answer the new device whose fingerprint was shown.
+    LinkApprove(bool),
+    /// `/devices`: this id's devices.
+    Devices,
+    /// `/device remove <device>`: take a device off this id's device list.
+    DeviceRemove(String),
     /// `/help`.
     Help,
     /// `/quit`.
@@ -132,6 +148,10 @@ commands:
   /group add <id,id…> | remove <id,id…> | rename <name> | leave   change the current group
   /group heal     rotate your keys in the current group now (after a suspected compromise)
   /group heal all rotate your keys in every group and 1:1 conversation now
+  /link <id> <device>  (new device) link it to <id> as <device>: shows a code and a fingerprint
+  /link <code>    (a device of the id) enter the code the new device shows; then compare the
+                  fingerprint and /approve (or /refuse). History before linking is not shared
+  /devices        this id's devices; /device remove <device> takes one off the list
   /reconnect      connect again after DISCONNECTED (takes the session back from another device)
   /help           this text
   /quit           leave
@@ -219,6 +239,26 @@ pub fn parse(line: &str) -> Command {
             };
         }
         "transfers" => return Command::Transfers,
+        "link" => {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            return match words.as_slice() {
+                [code] => Command::LinkCode((*code).to_owned()),
+                [id, device] => Command::LinkStart {
+                    id: (*id).to_owned(),
+                    device: (*device).to_owned(),
+                },
+                _ => Command::Invalid("usage: /link <id> <device> | /link <code>".into()),
+            };
+        }
+        "approve" => return Command::LinkApprove(true),
+        "refuse" => return Command::LinkApprove(false),
+        "devices" => return Command::Devices,
+        "device" => {
+            return match args.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["remove", d] => Command::DeviceRemove((*d).to_owned()),
+                _ => Command::Invalid("usage: /device remove <device>".into()),
+            }
+        }
         "group" => return parse_group(args),
         "groups" => return Command::Groups,
         "members" => return Command::Members,
@@ -358,6 +398,31 @@ pub fn answer(
 mod tests {
     use super::*;
     use lattice_protocol::QuestionKind;
+
+    #[test]
+    fn parses_the_device_commands() {
+        assert_eq!(
+            parse("/link alice laptop"),
+            Command::LinkStart {
+                id: "alice".into(),
+                device: "laptop".into()
+            }
+        );
+        assert_eq!(
+            parse("/link AB12-CD34"),
+            Command::LinkCode("AB12-CD34".into())
+        );
+        assert!(matches!(parse("/link"), Command::Invalid(_)));
+        assert!(matches!(parse("/link a b c"), Command::Invalid(_)));
+        assert_eq!(parse("/approve"), Command::LinkApprove(true));
+        assert_eq!(parse("/refuse"), Command::LinkApprove(false));
+        assert_eq!(parse("/devices"), Command::Devices);
+        assert_eq!(
+            parse("/device remove laptop"),
+            Command::DeviceRemove("laptop".into())
+        );
+        assert!(matches!(parse("/device laptop"), Command::Invalid(_)));
+    }
 
     #[test]
     fn parses_the_file_commands() {

@@ -17,6 +17,7 @@
 //! ```
 
 mod command;
+mod devices;
 mod display;
 mod files;
 mod groups;
@@ -103,6 +104,8 @@ struct Ui {
     )>,
     /// The number of the next group file shown.
     group_files_shown: u64,
+    /// The new device whose fingerprint was shown last (what `/approve` answers).
+    link_awaiting: Option<ClientId>,
 }
 
 /// Group files kept for `/get g<n>` (they are not in the history; a download started survives a
@@ -363,6 +366,15 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, re
             PeerEvent::GroupMessage(_) | PeerEvent::GroupChanged { .. } => {
                 print_lines(&groups::event_lines(&peer, &event));
             }
+            PeerEvent::Link(link) => {
+                if let lattice_peer::LinkEvent::AwaitingApproval { relay_id, .. } = link {
+                    if let Ok(mut ui) = ui.lock() {
+                        ui.link_awaiting = Some(relay_id.clone());
+                    }
+                }
+                print_lines(&devices::event_lines(&event));
+            }
+            PeerEvent::DevicesChanged { .. } => print_lines(&devices::event_lines(&event)),
             PeerEvent::ConnectionState(ConnectionState::Connected) => {
                 if let Ok(mut ui) = ui.lock() {
                     ui.stopped = false;
@@ -742,6 +754,13 @@ async fn handle(
     if handled? {
         return Ok(true);
     }
+    let awaiting = match &command {
+        Command::LinkApprove(_) => ui.lock().ok().and_then(|mut u| u.link_awaiting.take()),
+        _ => None,
+    };
+    if devices::handle(peer, &command, awaiting).await? {
+        return Ok(true);
+    }
     match command {
         Command::Empty => {}
         Command::Help => println!("{HELP}"),
@@ -879,6 +898,12 @@ async fn handle(
         | Command::Groups
         | Command::GroupPick(_)
         | Command::Members => {}
+        // Handled by `devices::handle` above.
+        Command::LinkStart { .. }
+        | Command::LinkCode(_)
+        | Command::LinkApprove(_)
+        | Command::Devices
+        | Command::DeviceRemove(_) => {}
     }
     Ok(true)
 }

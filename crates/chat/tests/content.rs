@@ -311,6 +311,7 @@ async fn one_to_one_moves_to_mls_by_itself_and_info_shows_the_envelope() {
             .send_to_server_and_wait(
                 lattice_protocol::ClientFrame::KeyPackageFetch(lattice_protocol::KeyPackageFetch {
                     client_id: bob.clone(),
+                    all_devices: false,
                 }),
                 "key_package_fetch",
                 lattice_peer::WaitOptions::default(),

@@ -34,4 +34,11 @@ pub enum CryptoError {
     /// Bytes that are not a version-1 Lattice identity file.
     #[error("not a Lattice identity file (expected magic \"LTID\", version 1, 101 bytes)")]
     InvalidIdentityFile,
+    /// A device-linking code that is not 8 Crockford base32 characters.
+    #[error("not a linking code (8 characters, 0-9 and A-Z without I, L, O, U)")]
+    InvalidLinkCode,
+    /// Device linking: the other side's key confirmation did not verify (a wrong code, a message
+    /// from another run, a changed context, or a malformed PAKE message). No detail, on purpose.
+    #[error("device linking failed: key confirmation did not verify")]
+    LinkConfirmation,
 }

@@ -30,6 +30,8 @@
 //! - [`SealedEnvelope`] (`envelope`) and the two algorithms [`ml_kem_aes`] and [`lattice_v1`].
 //! - [`file_chunk`]: chunked file encryption (a key per file, chunks bound to the file, their
 //!   index and the last-chunk flag; the digest of the whole ciphertext).
+//! - [`device_link`]: linking a new device by a one-time short code (SPAKE2, key
+//!   confirmation, the sealed bundle).
 //! - `aead` (private): AES-256-GCM over the `nonce ‖ ciphertext ‖ tag` layout both envelopes use.
 //!
 //! # Secrets
@@ -56,6 +58,7 @@
 #![deny(missing_docs)]
 
 mod aead;
+pub mod device_link;
 mod envelope;
 mod error;
 pub mod file_chunk;
@@ -75,7 +78,8 @@ pub use identity::Identity;
 pub use identity_key::{IdentityKeyPair, IdentityPublicKey};
 pub use kem::{KemKeyPair, KemPublicKey};
 pub use statements::{
-    content_signature_payload, kem_key_signature_message, lp, message_signature_payload,
+    content_signature_payload, device_certificate_message, device_list_message,
+    device_registration_statement, kem_key_signature_message, lp, message_signature_payload,
     registration_statement, verify_kem_key_signature, ContentStatement,
 };
 

@@ -10,6 +10,12 @@ use crate::{CryptoError, IdentityPublicKey, REGISTRATION_NONCE_LEN};
 const KEM_KEY_LABEL: &[u8] = b"lattice/v1/kem-key";
 /// Label of the registration statement (`verification.serializedMessage`).
 const REGISTER_LABEL: &[u8] = b"lattice/v1/register";
+/// Label of a device certificate (the identity key vouching for a device key).
+const DEVICE_LABEL: &[u8] = b"lattice-device-v1";
+/// Label of a signed device list.
+const DEVICE_LIST_LABEL: &[u8] = b"lattice-device-list-v1";
+/// Label of a linked device's registration statement (signed by the device key).
+const DEVICE_REGISTER_LABEL: &[u8] = b"lattice-device-register-v1";
 /// Label of the per-message signature (`sig` inside a version 1 `lattice-v1` plaintext).
 const MSG_LABEL: &[u8] = b"lattice/v1/msg";
 /// Label of the per-content signature (`sig` inside a version 2 `lattice-v1` plaintext).
@@ -100,6 +106,85 @@ pub fn registration_statement(
     out.extend_from_slice(REGISTER_LABEL);
     out.extend_from_slice(nonce);
     lp_named(&mut out, client_id.as_bytes(), "clientId")?;
+    out.extend_from_slice(kem_public_key);
+    Ok(out)
+}
+
+/// The bytes a device certificate signs: `"lattice-device-v1"` ‖ lp(clientId) ‖ lp(deviceId) ‖
+/// deviceKey (32 bytes). The identity key of `client_id` signs it when it links the device.
+///
+/// # Errors
+/// [`CryptoError::FieldTooLong`] if an id is longer than 65535 bytes.
+pub fn device_certificate_message(
+    client_id: &str,
+    device_id: &str,
+    device_key: &[u8; crate::IDENTITY_PUBLIC_KEY_LEN],
+) -> Result<Vec<u8>, CryptoError> {
+    let mut out =
+        Vec::with_capacity(DEVICE_LABEL.len() + 4 + client_id.len() + device_id.len() + 32);
+    out.extend_from_slice(DEVICE_LABEL);
+    lp_named(&mut out, client_id.as_bytes(), "clientId")?;
+    lp_named(&mut out, device_id.as_bytes(), "deviceId")?;
+    out.extend_from_slice(device_key);
+    Ok(out)
+}
+
+/// The bytes a device list signature signs: `"lattice-device-list-v1"` ‖ lp(clientId) ‖ counter
+/// (u64 BE) ‖ count (u8) ‖ for each device in order: lp(deviceId) ‖ deviceKey (32 bytes).
+///
+/// # Errors
+/// [`CryptoError::FieldTooLong`] if an id is longer than 65535 bytes or there are more than 255
+/// devices.
+pub fn device_list_message(
+    client_id: &str,
+    counter: u64,
+    devices: &[(&str, [u8; crate::IDENTITY_PUBLIC_KEY_LEN])],
+) -> Result<Vec<u8>, CryptoError> {
+    let count = u8::try_from(devices.len()).map_err(|_| CryptoError::FieldTooLong("devices"))?;
+    let mut out =
+        Vec::with_capacity(DEVICE_LIST_LABEL.len() + 11 + client_id.len() + 66 * devices.len());
+    out.extend_from_slice(DEVICE_LIST_LABEL);
+    lp_named(&mut out, client_id.as_bytes(), "clientId")?;
+    out.extend_from_slice(&counter.to_be_bytes());
+    out.push(count);
+    for (device_id, key) in devices {
+        lp_named(&mut out, device_id.as_bytes(), "deviceId")?;
+        out.extend_from_slice(key);
+    }
+    Ok(out)
+}
+
+/// A linked device's registration statement, signed by its **device key**:
+/// `"lattice-device-register-v1"` ‖ nonce (32 bytes) ‖ lp(clientId) ‖ lp(deviceId) ‖ publicKey.
+///
+/// # Errors
+/// [`CryptoError::InvalidLength`] if `nonce` is not 32 bytes, [`CryptoError::FieldTooLong`] if an
+/// id is longer than 65535 bytes.
+pub fn device_registration_statement(
+    nonce: &[u8],
+    client_id: &str,
+    device_id: &str,
+    kem_public_key: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    if nonce.len() != REGISTRATION_NONCE_LEN {
+        return Err(CryptoError::InvalidLength {
+            what: "registration nonce",
+            expected: REGISTRATION_NONCE_LEN,
+            got: nonce.len(),
+        });
+    }
+    let mut out = Vec::with_capacity(
+        DEVICE_REGISTER_LABEL.len()
+            + nonce.len()
+            + 4
+            + client_id.len()
+            + device_id.len()
+            + kem_public_key.len(),
+    );
+    out.extend_from_slice(DEVICE_REGISTER_LABEL);
+    out.extend_from_slice(nonce);
+    lp_named(&mut out, client_id.as_bytes(), "clientId")?;
+    lp_named(&mut out, device_id.as_bytes(), "deviceId")?;
     out.extend_from_slice(kem_public_key);
     Ok(out)
 }

@@ -10,14 +10,24 @@
 //!
 //! Credential wire format (the `identity` of an MLS basic credential):
 //! `u16 BE len ‖ client id (UTF-8) ‖ identity key (32) ‖ binding signature (64)`.
+//!
+//! **Linked devices** (docs/mls.md, *Multi-device*) hold no identity key: their chain is identity
+//! key → device key → MLS signature key. Their credential inserts a device part before the
+//! binding signature, `u8 len ‖ device id ‖ device key (32) ‖ certificate (64)`, where the
+//! certificate is the identity key's signature over `lattice_crypto::device_certificate_message`
+//! and the binding signature is the *device key's*, over
+//! `lattice/v1/mls-device-credential ‖ lp(client id) ‖ lp(device id) ‖ lp(K)`. A verifier also
+//! asks [`IdentityPins::device_listed`]: a device that is not on the id's signed device list is
+//! refused like an unbound credential, so a server cannot add a device (it cannot sign a list).
 
 use lattice_crypto::{
-    lp, IdentityKeyPair, IdentityPublicKey, IDENTITY_PUBLIC_KEY_LEN, SIGNATURE_LEN,
+    device_certificate_message, lp, IdentityKeyPair, IdentityPublicKey, IDENTITY_PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
 };
 use lattice_protocol::ClientId;
 use openmls::prelude::{BasicCredential, Credential, CredentialType};
 
-use crate::limits::{BINDING_LABEL, UNPINNED};
+use crate::limits::{BINDING_LABEL, DEVICE_BINDING_LABEL, UNPINNED};
 use crate::MlsError;
 
 /// Where the caller's pinned identity keys come from (the peer's key store, the directory's
@@ -26,6 +36,19 @@ pub trait IdentityPins {
     /// The identity key pinned for `client_id`, or `None` if the id is unknown (which refuses
     /// the member: an unknown id is not trusted by default).
     fn pinned_identity(&self, client_id: &ClientId) -> Option<IdentityPublicKey>;
+
+    /// Whether `device_id` with `device_key` is on the signed device list of `client_id` (the
+    /// list checked against the id's pinned identity key by the caller). The default knows no
+    /// list, so it refuses every linked device: trusting a device takes a signed list.
+    fn device_listed(
+        &self,
+        client_id: &ClientId,
+        device_id: &str,
+        device_key: &IdentityPublicKey,
+    ) -> bool {
+        let _ = (client_id, device_id, device_key);
+        false
+    }
 }
 
 impl<F> IdentityPins for F
@@ -44,6 +67,20 @@ pub struct MemberIdentity {
     pub client_id: ClientId,
     /// The member's Lattice identity key, as carried (and bound) by its credential.
     pub identity_key: IdentityPublicKey,
+    /// The linked device this leaf belongs to; `None` for the id's primary device (the one
+    /// holding the identity key).
+    pub device_id: Option<String>,
+}
+
+/// A linked device's part of a credential: what the identity key certified.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceCredential<'a> {
+    /// The device id (1–64 characters, as `lattice_protocol::DeviceId`).
+    pub device_id: &'a str,
+    /// The device key pair (its secret signs the MLS signature key).
+    pub device_key: &'a IdentityKeyPair,
+    /// The identity key's signature over the device certificate statement.
+    pub certificate: &'a [u8; SIGNATURE_LEN],
 }
 
 /// The statement the identity key signs.
@@ -52,6 +89,56 @@ fn binding_statement(client_id: &ClientId, mls_signature_key: &[u8]) -> Result<V
     lp(&mut out, client_id.as_str().as_bytes()).map_err(|e| MlsError::op("binding", e))?;
     lp(&mut out, mls_signature_key).map_err(|e| MlsError::op("binding", e))?;
     Ok(out)
+}
+
+fn device_binding_statement(
+    client_id: &ClientId,
+    device_id: &str,
+    mls_signature_key: &[u8],
+) -> Result<Vec<u8>, MlsError> {
+    let mut out = DEVICE_BINDING_LABEL.to_vec();
+    lp(&mut out, client_id.as_str().as_bytes()).map_err(|e| MlsError::op("binding", e))?;
+    lp(&mut out, device_id.as_bytes()).map_err(|e| MlsError::op("binding", e))?;
+    lp(&mut out, mls_signature_key).map_err(|e| MlsError::op("binding", e))?;
+    Ok(out)
+}
+
+/// Builds the credential of linked device `device` of `client_id` (whose identity key is
+/// `identity_key`) for the MLS signature key `mls_signature_key`: the chain identity key →
+/// device key (the certificate) → MLS key (the device key's signature).
+///
+/// # Errors
+/// [`MlsError::Operation`] if an id is too long for its encoding.
+pub fn make_device_credential(
+    identity_key: &IdentityPublicKey,
+    client_id: &ClientId,
+    device: &DeviceCredential<'_>,
+    mls_signature_key: &[u8],
+) -> Result<Credential, MlsError> {
+    let statement = device_binding_statement(client_id, device.device_id, mls_signature_key)?;
+    let signature = device.device_key.sign(&statement);
+    let id = client_id.as_str().as_bytes();
+    let id_len = u16::try_from(id.len()).map_err(|_| MlsError::op("credential", "id too long"))?;
+    let dev = device.device_id.as_bytes();
+    let dev_len =
+        u8::try_from(dev.len()).map_err(|_| MlsError::op("credential", "device id too long"))?;
+    let mut bytes = Vec::with_capacity(
+        2 + id.len()
+            + IDENTITY_PUBLIC_KEY_LEN
+            + 1
+            + dev.len()
+            + IDENTITY_PUBLIC_KEY_LEN
+            + 2 * SIGNATURE_LEN,
+    );
+    bytes.extend_from_slice(&id_len.to_be_bytes());
+    bytes.extend_from_slice(id);
+    bytes.extend_from_slice(identity_key.as_bytes());
+    bytes.push(dev_len);
+    bytes.extend_from_slice(dev);
+    bytes.extend_from_slice(device.device_key.public_key().as_bytes());
+    bytes.extend_from_slice(device.certificate);
+    bytes.extend_from_slice(&signature);
+    Ok(BasicCredential::new(bytes).into())
 }
 
 /// Builds the credential of `client_id` for the MLS signature key `mls_signature_key`.
@@ -76,7 +163,15 @@ pub(crate) fn make_credential(
 struct Claimed {
     client_id: ClientId,
     identity_key: IdentityPublicKey,
+    device: Option<ClaimedDevice>,
     signature: [u8; SIGNATURE_LEN],
+}
+
+/// A linked device's part of a credential, before any check.
+struct ClaimedDevice {
+    device_id: String,
+    device_key: IdentityPublicKey,
+    certificate: [u8; SIGNATURE_LEN],
 }
 
 fn refuse(client_id: &str, reason: &'static str) -> MlsError {
@@ -97,21 +192,48 @@ fn parse(credential: &Credential) -> Result<Claimed, MlsError> {
         .split_at_checked(2)
         .ok_or(refuse("?", "credential truncated"))?;
     let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-    if rest.len() != len + IDENTITY_PUBLIC_KEY_LEN + SIGNATURE_LEN {
+    if rest.len() < len + IDENTITY_PUBLIC_KEY_LEN + SIGNATURE_LEN {
         return Err(refuse("?", "credential has the wrong length"));
     }
     let (id, rest) = rest.split_at(len);
-    let (key, sig) = rest.split_at(IDENTITY_PUBLIC_KEY_LEN);
+    let (key, rest) = rest.split_at(IDENTITY_PUBLIC_KEY_LEN);
     let id = std::str::from_utf8(id).map_err(|_| refuse("?", "client id is not UTF-8"))?;
     let client_id = ClientId::new(id).map_err(|_| refuse(id, "invalid client id"))?;
     let identity_key =
         IdentityPublicKey::from_bytes(key).map_err(|_| refuse(id, "invalid identity key"))?;
+    let (device, sig) = if rest.len() == SIGNATURE_LEN {
+        (None, rest)
+    } else {
+        let wrong = || refuse(id, "credential has the wrong length");
+        let (dlen, rest) = rest.split_first().ok_or_else(wrong)?;
+        let dlen = usize::from(*dlen);
+        if dlen == 0 || rest.len() != dlen + IDENTITY_PUBLIC_KEY_LEN + 2 * SIGNATURE_LEN {
+            return Err(wrong());
+        }
+        let (dev, rest) = rest.split_at(dlen);
+        let (dkey, rest) = rest.split_at(IDENTITY_PUBLIC_KEY_LEN);
+        let (cert, sig) = rest.split_at(SIGNATURE_LEN);
+        let device_id = std::str::from_utf8(dev)
+            .ok()
+            .filter(|d| lattice_protocol::DeviceId::new(*d).is_ok_and(|d| !d.is_primary()))
+            .ok_or(refuse(id, "invalid device id"))?;
+        (
+            Some(ClaimedDevice {
+                device_id: device_id.to_owned(),
+                device_key: IdentityPublicKey::from_bytes(dkey)
+                    .map_err(|_| refuse(id, "invalid device key"))?,
+                certificate: cert.try_into().map_err(|_| wrong())?,
+            }),
+            sig,
+        )
+    };
     let signature: [u8; SIGNATURE_LEN] = sig
         .try_into()
         .map_err(|_| refuse(id, "credential has the wrong length"))?;
     Ok(Claimed {
         client_id,
         identity_key,
+        device,
         signature,
     })
 }
@@ -123,6 +245,7 @@ pub(crate) fn claimed_identity(credential: &Credential) -> Result<MemberIdentity
     Ok(MemberIdentity {
         client_id: c.client_id,
         identity_key: c.identity_key,
+        device_id: c.device.map(|d| d.device_id),
     })
 }
 
@@ -145,13 +268,35 @@ pub(crate) fn verify_binding(
     if pinned != c.identity_key {
         return Err(refuse(id, "identity key differs from the pinned one"));
     }
-    let statement = binding_statement(&c.client_id, mls_signature_key)?;
-    c.identity_key
-        .verify(&statement, &c.signature)
-        .map_err(|_| refuse(id, "binding signature does not verify"))?;
+    let device_id = match &c.device {
+        None => {
+            let statement = binding_statement(&c.client_id, mls_signature_key)?;
+            c.identity_key
+                .verify(&statement, &c.signature)
+                .map_err(|_| refuse(id, "binding signature does not verify"))?;
+            None
+        }
+        Some(d) => {
+            let cert = device_certificate_message(id, &d.device_id, d.device_key.as_bytes())
+                .map_err(|e| MlsError::op("binding", e))?;
+            c.identity_key
+                .verify(&cert, &d.certificate)
+                .map_err(|_| refuse(id, "device certificate does not verify"))?;
+            if !pins.device_listed(&c.client_id, &d.device_id, &d.device_key) {
+                return Err(refuse(id, "device is not on the id's signed device list"));
+            }
+            let statement =
+                device_binding_statement(&c.client_id, &d.device_id, mls_signature_key)?;
+            d.device_key
+                .verify(&statement, &c.signature)
+                .map_err(|_| refuse(id, "binding signature does not verify"))?;
+            Some(d.device_id.clone())
+        }
+    };
     Ok(MemberIdentity {
         client_id: c.client_id,
         identity_key: c.identity_key,
+        device_id,
     })
 }
 
@@ -184,6 +329,131 @@ mod tests {
         let wrong = move |_: &ClientId| Some(other.public_key());
         assert!(verify_binding(&cred, &mls_key, &wrong).is_err());
         assert!(verify_binding(&cred, &mls_key, &|_: &ClientId| None).is_err());
+    }
+
+    /// Pins for alice whose device list names `listed` (device id, key).
+    struct ListPins {
+        identity: IdentityPublicKey,
+        listed: Vec<(String, IdentityPublicKey)>,
+    }
+
+    impl IdentityPins for ListPins {
+        fn pinned_identity(&self, c: &ClientId) -> Option<IdentityPublicKey> {
+            (c.as_str() == "alice").then_some(self.identity)
+        }
+        fn device_listed(&self, c: &ClientId, d: &str, k: &IdentityPublicKey) -> bool {
+            c.as_str() == "alice" && self.listed.iter().any(|(id, key)| id == d && key == k)
+        }
+    }
+
+    fn certify(identity: &IdentityKeyPair, device: &str, key: &IdentityKeyPair) -> [u8; 64] {
+        identity.sign(
+            &device_certificate_message("alice", device, key.public_key().as_bytes()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_device_credential_verifies_through_the_chain_and_the_device_list_only() {
+        let alice = IdentityKeyPair::generate(&mut OsRng);
+        let laptop = IdentityKeyPair::generate(&mut OsRng);
+        let cert = certify(&alice, "laptop", &laptop);
+        let mls_key = [7u8; 32];
+        let dev = DeviceCredential {
+            device_id: "laptop",
+            device_key: &laptop,
+            certificate: &cert,
+        };
+        let cred =
+            make_device_credential(&alice.public_key(), &id("alice"), &dev, &mls_key).unwrap();
+        let listed = ListPins {
+            identity: alice.public_key(),
+            listed: vec![("laptop".into(), laptop.public_key())],
+        };
+        let who = verify_binding(&cred, &mls_key, &listed).unwrap();
+        assert_eq!(who.device_id.as_deref(), Some("laptop"));
+        assert_eq!(
+            claimed_identity(&cred).unwrap().device_id.as_deref(),
+            Some("laptop")
+        );
+        // Signed by the device key over this MLS key only.
+        assert!(verify_binding(&cred, &[8u8; 32], &listed).is_err());
+        // A device the server added alone: certified or not, it is not on the signed list.
+        let unlisted = ListPins {
+            identity: alice.public_key(),
+            listed: Vec::new(),
+        };
+        let err = verify_binding(&cred, &mls_key, &unlisted).unwrap_err();
+        assert!(err.to_string().contains("device list"), "{err}");
+        // The default pins know no device list: refused too.
+        let pin = alice.public_key();
+        let closure = move |c: &ClientId| (c.as_str() == "alice").then_some(pin);
+        assert!(verify_binding(&cred, &mls_key, &closure).is_err());
+        // A device certified by another identity key (a server-made "device" of alice).
+        let mallory = IdentityKeyPair::generate(&mut OsRng);
+        let forged_cert = certify(&mallory, "laptop", &laptop);
+        let forged = DeviceCredential {
+            certificate: &forged_cert,
+            ..dev
+        };
+        let cred =
+            make_device_credential(&alice.public_key(), &id("alice"), &forged, &mls_key).unwrap();
+        let err = verify_binding(&cred, &mls_key, &listed).unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+        // Listed under another key: refused.
+        let other = ListPins {
+            identity: alice.public_key(),
+            listed: vec![("laptop".into(), mallory.public_key())],
+        };
+        let cred =
+            make_device_credential(&alice.public_key(), &id("alice"), &dev, &mls_key).unwrap();
+        assert!(verify_binding(&cred, &mls_key, &other).is_err());
+        // The primary form still verifies, with no device.
+        let primary = make_credential(&alice, &id("alice"), &mls_key).unwrap();
+        assert_eq!(
+            verify_binding(&primary, &mls_key, &listed)
+                .unwrap()
+                .device_id,
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_device_credentials_are_errors_not_panics() {
+        let alice = IdentityKeyPair::generate(&mut OsRng);
+        let laptop = IdentityKeyPair::generate(&mut OsRng);
+        let cert = certify(&alice, "laptop", &laptop);
+        let dev = DeviceCredential {
+            device_id: "laptop",
+            device_key: &laptop,
+            certificate: &cert,
+        };
+        let cred =
+            make_device_credential(&alice.public_key(), &id("alice"), &dev, &[7u8; 32]).unwrap();
+        let bytes = BasicCredential::try_from(cred).unwrap().identity().to_vec();
+        for cut in 0..bytes.len() {
+            let c: Credential = BasicCredential::new(bytes[..cut].to_vec()).into();
+            // A cut that happens to leave a well-formed primary credential still fails its
+            // signature, never panics.
+            let _ = claimed_identity(&c);
+        }
+        let dev_at = 2 + 5 + 32;
+        for (at, value) in [(dev_at, 0u8), (dev_at, 0xff), (dev_at + 1, b'/')] {
+            let mut b = bytes.clone();
+            b[at] = value;
+            let c: Credential = BasicCredential::new(b).into();
+            assert!(claimed_identity(&c).is_err(), "byte {at} = {value}");
+        }
+        let primary = make_device_credential(
+            &alice.public_key(),
+            &id("alice"),
+            &DeviceCredential {
+                device_id: "primary",
+                ..dev
+            },
+            &[7u8; 32],
+        )
+        .unwrap();
+        assert!(claimed_identity(&primary).is_err(), "primary is reserved");
     }
 
     #[test]

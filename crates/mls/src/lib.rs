@@ -37,5 +37,5 @@ pub use client::{MlsClient, ValidatedKeyPackage};
 pub use error::MlsError;
 pub use events::{GroupEvent, Member, OutgoingCommit};
 pub use group_id::GroupId;
-pub use identity::{IdentityPins, MemberIdentity};
+pub use identity::{make_device_credential, DeviceCredential, IdentityPins, MemberIdentity};
 pub use store::MlsStore;

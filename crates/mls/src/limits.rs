@@ -12,6 +12,10 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128G
 /// `label ‖ lp(client id) ‖ lp(MLS signature public key)`.
 pub const BINDING_LABEL: &[u8] = b"lattice/v1/mls-credential";
 
+/// Domain label of a linked device's binding: its device key signs
+/// `label ‖ lp(client id) ‖ lp(device id) ‖ lp(MLS signature public key)`.
+pub const DEVICE_BINDING_LABEL: &[u8] = b"lattice/v1/mls-device-credential";
+
 /// The refusal reason of a member whose id has no pinned identity key
 /// ([`crate::MlsError::unpinned_id`]): the caller may fetch and pin the key, then try again.
 pub(crate) const UNPINNED: &str = "no identity key is pinned for this id";

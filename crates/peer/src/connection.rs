@@ -465,6 +465,7 @@ async fn register(session: &Session, epoch: u64) -> Result<Registered, PeerError
         public_key: PublicKeyField::Bytes(kem_pk),
         verification: Some(verification),
         key_signature: Some(B64.encode(identity.key_signature())),
+        device: None,
     };
     let answer = session
         .requests

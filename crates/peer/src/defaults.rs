@@ -317,3 +317,18 @@ pub const BLOB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JSON answer read from the blob store (the listing of a transfer's present chunks
 /// included: at most 32 768 indices).
 pub const MAX_BLOB_JSON_BYTES: usize = 512 * 1024;
+
+/// How long a device-linking code (and its run) is valid: long enough to walk to the other
+/// device and type 8 characters, short enough that a code seen over a shoulder goes stale.
+pub const LINK_CODE_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Linking requests ("a new device asks to join") a first device keeps while waiting for the
+/// user to type a code; the oldest is dropped past it, so a stranger flooding hellos fills a
+/// small table, never memory.
+pub const MAX_PENDING_LINK_REQUESTS: usize = 4;
+
+/// Contacts' pinned keys handed to a newly linked device (contacts first, then the most recent
+/// pins): the sealed bundle travels in one `message` frame (256 KiB, base64 inside), and a pin
+/// takes at most ~140 bytes of JSON, so 1,000 of them (~140 KB, ~190 KB once sealed and encoded)
+/// always fit with the certificate and a full device list.
+pub const MAX_LINK_CONTACTS: usize = 1000;

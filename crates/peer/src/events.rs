@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use futures_util::{Stream, StreamExt as _};
 use lattice_crypto::Fingerprint;
-use lattice_protocol::{ClientId, ConversationId, MessageAck, MessageId, Question, QuestionId};
+use lattice_protocol::{
+    ClientId, ConversationId, DeviceId, MessageAck, MessageId, Question, QuestionId,
+};
 use tokio::sync::broadcast;
 
 use crate::content::{
@@ -469,10 +471,80 @@ pub enum PeerEvent {
     /// A file transfer moved on: at most [`crate::defaults::TRANSFER_EVENT_INTERVAL`] apart per
     /// transfer while bytes move, and on every change of state.
     Transfer(TransferProgress),
+    /// A contact's signed device list changed: devices of `peer` were added (it linked a new
+    /// device: "bob added a device") or removed. Shown to the user like a key change is; the
+    /// new devices' MLS leaves are accepted because the list is signed by `peer`'s pinned key.
+    DevicesChanged {
+        /// The contact.
+        peer: ClientId,
+        /// Devices now on its list that were not.
+        added: Vec<lattice_protocol::DeviceId>,
+        /// Devices no longer on it.
+        removed: Vec<lattice_protocol::DeviceId>,
+    },
+    /// Device linking moved on (see [`crate::LinkEvent`]).
+    Link(LinkEvent),
     /// This [`EventStream`] fell behind and missed `missed` events (handlers are not affected).
     Lagged {
         /// How many events were lost.
         missed: u64,
+    },
+}
+
+/// Why a linking run ended without a linked device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkFailure {
+    /// Key confirmation failed: the code typed was not the one shown, or a message was replayed
+    /// or tampered with. The code is spent.
+    WrongCode,
+    /// The user of the first device refused the new device.
+    Refused,
+    /// The run outlived [`crate::defaults::LINK_CODE_TTL`].
+    Expired,
+    /// The other side sent something that is not a well-formed step of this run.
+    Malformed,
+}
+
+/// Linking progress, reported as [`PeerEvent::Link`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LinkEvent {
+    /// First device: a new device asks to join this id; ask the user for the code it shows.
+    Request {
+        /// The new device's throwaway relay id.
+        relay_id: ClientId,
+        /// The device id it chose.
+        device_id: DeviceId,
+    },
+    /// First device: the code was right; show `fingerprint` (the new device's key) and ask the
+    /// user to compare it with the one the new device shows, then [`crate::MessagingPeer::approve_link`].
+    AwaitingApproval {
+        /// The new device's relay id.
+        relay_id: ClientId,
+        /// Its device id.
+        device_id: DeviceId,
+        /// Safety number of its device key.
+        fingerprint: Fingerprint,
+    },
+    /// First device: the bundle was sent and the new device list published.
+    Approved {
+        /// The device now on the list.
+        device_id: DeviceId,
+    },
+    /// New device: the bundle arrived and opened; take it with [`crate::MessagingPeer::take_linked_device`].
+    Linked {
+        /// The id this device now belongs to.
+        client_id: ClientId,
+        /// This device's id.
+        device_id: DeviceId,
+    },
+    /// Either side: the run ended without linking.
+    Failed {
+        /// The other side (the id joined, or the relay id).
+        with: ClientId,
+        /// Why.
+        reason: LinkFailure,
     },
 }
 

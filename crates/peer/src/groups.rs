@@ -449,6 +449,7 @@ impl Groups {
                     Lane::Normal,
                     ClientFrame::KeyPackageFetch(KeyPackageFetch {
                         client_id: self.client_id.clone(),
+                        all_devices: false,
                     }),
                     "key_package_fetch",
                     options,
@@ -497,6 +498,7 @@ impl Groups {
                 Lane::Normal,
                 ClientFrame::KeyPackageFetch(KeyPackageFetch {
                     client_id: member.clone(),
+                    all_devices: false,
                 }),
                 "key_package_fetch",
                 options,
@@ -524,9 +526,10 @@ impl Groups {
         Ok(validated)
     }
 
-    /// The pins the engine checks members against: the key store's.
-    fn pins(&self) -> impl Fn(&ClientId) -> Option<lattice_crypto::IdentityPublicKey> + '_ {
-        move |id: &ClientId| self.trust.key_store().pinned(id).ok().flatten()
+    /// The pins the engine checks members against: the key store's, and the device lists
+    /// [`Trust`] verified under them.
+    fn pins(&self) -> TrustPins<'_> {
+        TrustPins(&self.trust)
     }
 
     /// Runs an engine call that checks members against the pins; while it is refused only
@@ -591,6 +594,7 @@ impl Groups {
                 welcome: out.welcome.as_ref().map(|w| B64.encode(w)),
                 members,
                 message_id: new_message_id(),
+                leaves: None,
             };
             let answer = self.send_commit(frame).await;
             match answer {
@@ -1296,6 +1300,25 @@ impl Groups {
 
     fn self_arc(&self) -> Option<Arc<Self>> {
         lock(&self.this).as_ref().and_then(std::sync::Weak::upgrade)
+    }
+}
+
+/// [`lattice_mls::IdentityPins`] over [`Trust`]: pinned identity keys, and device lists checked
+/// under them (a linked device's leaf is refused unless its id's signed list names it).
+struct TrustPins<'a>(&'a Trust);
+
+impl lattice_mls::IdentityPins for TrustPins<'_> {
+    fn pinned_identity(&self, client_id: &ClientId) -> Option<lattice_crypto::IdentityPublicKey> {
+        self.0.key_store().pinned(client_id).ok().flatten()
+    }
+
+    fn device_listed(
+        &self,
+        client_id: &ClientId,
+        device_id: &str,
+        device_key: &lattice_crypto::IdentityPublicKey,
+    ) -> bool {
+        self.0.device_listed(client_id, device_id, device_key)
     }
 }
 

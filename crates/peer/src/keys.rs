@@ -51,6 +51,15 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
         let _ = peer;
         Ok(())
     }
+
+    /// Every pin, contacts first, to hand over to a newly linked device of this id (so its first
+    /// message to a contact is no new trust on first use). The default has none to give.
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the storage fails.
+    fn pins(&self) -> Result<Vec<(ClientId, IdentityPublicKey)>, PeerError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One pin.
@@ -118,6 +127,13 @@ impl Pins {
         Ok(())
     }
 
+    /// Every pin, contacts first, then the most recently pinned.
+    fn all(&self) -> Vec<(ClientId, IdentityPublicKey)> {
+        let mut v: Vec<_> = self.map.iter().collect();
+        v.sort_by_key(|(_, p)| (!p.contact, std::cmp::Reverse(p.seq)));
+        v.into_iter().map(|(id, p)| (id.clone(), p.key)).collect()
+    }
+
     /// Marks `peer` a contact; whether that changed anything.
     fn mark_contact(&mut self, peer: &ClientId) -> bool {
         match self.map.get_mut(peer) {
@@ -160,6 +176,10 @@ impl KeyStore for MemoryKeyStore {
 
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
         crate::sync::lock(&self.pins).pin(peer, key)
+    }
+
+    fn pins(&self) -> Result<Vec<(ClientId, IdentityPublicKey)>, PeerError> {
+        Ok(crate::sync::lock(&self.pins).all())
     }
 
     fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {
@@ -250,6 +270,10 @@ impl KeyStore for FileKeyStore {
 
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
         self.update(|p| p.pin(peer, key).map(|()| true))
+    }
+
+    fn pins(&self) -> Result<Vec<(ClientId, IdentityPublicKey)>, PeerError> {
+        Ok(crate::sync::lock(&self.pins).all())
     }
 
     fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {

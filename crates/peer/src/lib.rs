@@ -47,6 +47,8 @@
 //!   ([`WaitOptions`], [`ErrorAction`]).
 //! - `link`: the current socket's epoch, the control and normal lanes, the connection state,
 //!   acks, keepalive.
+//! - `linking`: linking a new device to an id by a short code ([`MessagingPeer::start_linking`],
+//!   [`MessagingPeer::enter_link_code`], [`MessagingPeer::approve_link`], [`LinkEvent`]).
 //! - `outbox`: sealing outgoing messages; messages awaiting the server's verdict.
 //! - `inbox`: opening and checking incoming messages; held messages; the replay guard.
 //! - `groups`: MLS groups (RFC 9420 through `lattice-mls`) over the server's delivery service:
@@ -97,6 +99,7 @@ pub mod identity_file;
 mod inbox;
 pub mod keys;
 mod link;
+mod linking;
 mod outbox;
 mod peer;
 mod pending;
@@ -116,14 +119,15 @@ pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, 
 pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{
     Algorithm, Change, ConnectionState, ContentUpdate, ConversationNotice, EventStream,
-    GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion, PeerEvent,
-    TransferDirection, TransferId, TransferProgress, TransferState,
+    GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion, LinkEvent,
+    LinkFailure, PeerEvent, TransferDirection, TransferId, TransferProgress, TransferState,
 };
 pub use files::FileMeta;
 pub use groups::{GroupInfo, GroupMember};
 pub use history::{KnownMessage, MessageLookup, NoHistory};
 pub use keys::{FileKeyStore, KeyStore, MemoryKeyStore, PeerKey};
 pub use lattice_mls::GroupId;
+pub use linking::{LinkedDevice, LINK_ALGORITHM};
 pub use outbox::SentMessage;
 pub use peer::MessagingPeer;
 pub use pending::{ErrorAction, ErrorHandler, Filter, WaitOptions};

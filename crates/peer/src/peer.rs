@@ -27,6 +27,7 @@ use crate::history::History;
 use crate::inbox::Inbox;
 use crate::keys::PeerKey;
 use crate::link::{Lane, Link};
+use crate::linking::{LinkedDevice, Linking};
 use crate::outbox::{Outbox, Sender, SentMessage};
 use crate::pending::WaitOptions;
 use crate::replay::{MemoryReplayStore, ReplayStore};
@@ -58,6 +59,7 @@ struct Shared {
     inbox: Arc<Inbox>,
     groups: Option<Arc<Groups>>,
     files: Arc<Files>,
+    linking: Arc<Linking>,
     session: Arc<Session>,
     /// The running supervisor's token, for [`Owner`] (std Mutex: set or read, never an await).
     cancel: Mutex<Option<CancellationToken>>,
@@ -212,6 +214,14 @@ impl MessagingPeer {
             groups.clone(),
             (config.file_chunk_bytes, config.file_chunks_in_flight),
         )?;
+        let linking = Arc::new(Linking::new(
+            me.clone(),
+            Arc::clone(&config.identity),
+            Arc::clone(&link),
+            Arc::clone(&requests),
+            Arc::clone(&dispatcher),
+            Arc::clone(&trust),
+        ));
         let router = Router::new(
             me.clone(),
             Arc::clone(&dispatcher),
@@ -219,6 +229,7 @@ impl MessagingPeer {
             Arc::clone(&outbox),
             Arc::clone(&trust),
             groups.clone(),
+            Arc::clone(&linking),
         );
         let session = Arc::new(Session {
             client_id: me,
@@ -246,6 +257,7 @@ impl MessagingPeer {
             inbox,
             groups,
             files,
+            linking,
             session,
             cancel: Mutex::new(None),
             running: tokio::sync::Mutex::new(None),
@@ -254,6 +266,82 @@ impl MessagingPeer {
             _owner: Arc::new(Owner(Arc::clone(&inner))),
             inner,
         })
+    }
+
+    /// **New device**: starts linking this device to `target` as device `device_id`, and returns
+    /// the one-time code to show the user (8 characters, valid
+    /// [`defaults::LINK_CODE_TTL`], one attempt). This peer runs as a throwaway id while linking;
+    /// progress comes as [`PeerEvent::Link`], ending in [`crate::LinkEvent::Linked`] (then
+    /// [`MessagingPeer::take_linked_device`]) or [`crate::LinkEvent::Failed`]. Show
+    /// [`MessagingPeer::linking_fingerprint`] too: the first device asks its user to compare it.
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidArgument`] for the reserved device id `primary`; the errors of
+    /// sending a message.
+    pub fn start_linking(
+        &self,
+        target: &ClientId,
+        device_id: lattice_protocol::DeviceId,
+    ) -> Result<String, PeerError> {
+        let code = self.inner.linking.start(target, device_id)?;
+        Ok(code.display()?.to_string())
+    }
+
+    /// **New device**: the fingerprint of the device key of the linking under way.
+    pub fn linking_fingerprint(&self) -> Option<Fingerprint> {
+        self.inner.linking.own_device_fingerprint()
+    }
+
+    /// **New device**: what the first device handed over, once [`crate::LinkEvent::Linked`] was
+    /// raised (taken: a second call returns `None`).
+    pub fn take_linked_device(&self) -> Option<LinkedDevice> {
+        self.inner.linking.take_linked()
+    }
+
+    /// **First device**: the code the user typed, for the newest new device that asked
+    /// ([`crate::LinkEvent::Request`]). Returns that device's relay id. Key confirmation follows
+    /// by itself and ends in [`crate::LinkEvent::AwaitingApproval`] (the code was right) or
+    /// [`crate::LinkEvent::Failed`] (it was not; the code is spent).
+    ///
+    /// # Errors
+    /// [`PeerError::Crypto`] for text that is not a code; [`PeerError::InvalidArgument`] when no
+    /// new device waits for one.
+    pub fn enter_link_code(&self, code: &str) -> Result<ClientId, PeerError> {
+        self.inner.linking.enter_code(code)
+    }
+
+    /// **First device**: the user compared the new device's fingerprint
+    /// ([`crate::LinkEvent::AwaitingApproval`]) and approves it (or refuses: `approve` false).
+    /// Approving signs the device's certificate and a device list naming it, publishes the list
+    /// and sends the sealed bundle. This approval is required: the PAKE alone never links.
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidArgument`] if `relay` awaits no approval, the run expired, or the id
+    /// already has the most devices; the errors of the requests to the server.
+    pub async fn approve_link(&self, relay: &ClientId, approve: bool) -> Result<(), PeerError> {
+        self.inner.linking.approve(relay, approve).await
+    }
+
+    /// The linked devices of this id, as its signed device list names them (checked against our
+    /// identity key; the primary device is implicit).
+    ///
+    /// # Errors
+    /// Those of `request_public_key`; [`PeerError::Protocol`] for a list not signed by our key.
+    pub async fn devices(&self) -> Result<Vec<lattice_protocol::DeviceEntry>, PeerError> {
+        self.inner.linking.devices().await
+    }
+
+    /// **First device**: removes `device` from this id's device list: the server closes its
+    /// connection and deletes its mailbox. (Its MLS leaves are removed by a Commit of a device
+    /// of the id; see docs/mls.md.)
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidArgument`] if it is not on the list; the errors of the requests.
+    pub async fn remove_device(
+        &self,
+        device: &lattice_protocol::DeviceId,
+    ) -> Result<(), PeerError> {
+        self.inner.linking.remove_device(device).await
     }
 
     /// Our id.

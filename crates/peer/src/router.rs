@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::events::{Dispatcher, IncomingQuestion, PeerEvent};
 use crate::groups::Groups;
+use crate::linking::{is_link, Linking};
 use crate::outbox::Outbox;
 use crate::pending::Routed;
 use crate::requests::Requests;
@@ -31,6 +32,8 @@ pub(crate) struct Router {
     trust: Arc<Trust>,
     /// Group messages (`mls` envelopes) and KeyPackage notices go here, when groups are on.
     groups: Option<Arc<Groups>>,
+    /// Device-linking envelopes go here.
+    linking: Arc<Linking>,
 }
 
 impl Router {
@@ -41,6 +44,7 @@ impl Router {
         outbox: Arc<Outbox>,
         trust: Arc<Trust>,
         groups: Option<Arc<Groups>>,
+        linking: Arc<Linking>,
     ) -> Self {
         Self {
             client_id,
@@ -49,6 +53,7 @@ impl Router {
             outbox,
             trust,
             groups,
+            linking,
         }
     }
 
@@ -67,6 +72,8 @@ impl Router {
         let routed = self.requests.route(&frame);
         let request_id = frame.request_id;
         match frame.body {
+            // Linking is not a conversation: no downgrade rule applies to it.
+            ServerFrame::Message(d) if is_link(&d) => self.linking.deliver(d),
             ServerFrame::Message(d)
                 if self
                     .groups

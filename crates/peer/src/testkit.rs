@@ -15,6 +15,7 @@ use crate::events::{record, ConnectionState, Dispatcher, PeerEvent};
 use crate::history::{History, NoHistory};
 use crate::inbox::Inbox;
 use crate::link::Link;
+use crate::linking::Linking;
 use crate::outbox::{Outbox, Sender};
 use crate::requests::Requests;
 use crate::router::Router;
@@ -42,6 +43,7 @@ pub(crate) fn key_response(
         public_key: PublicKeyField::Bytes(identity.kem_public_key().as_bytes().to_vec()),
         identity_key: signed.then(|| b64.encode(identity.identity_public_key().as_bytes())),
         key_signature: signed.then(|| b64.encode(identity.key_signature())),
+        device_list: None,
     }
 }
 
@@ -56,6 +58,7 @@ pub(crate) struct Kit {
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) router: Router,
+    pub(crate) linking: Arc<Linking>,
     pub(crate) store: Arc<MemoryKeyStore>,
     /// The normal lane, as the server would read it.
     pub(crate) wire: mpsc::Receiver<String>,
@@ -113,6 +116,14 @@ impl Kit {
             Arc::new(MemoryReplayStore::default()),
             history,
         ));
+        let linking = Arc::new(Linking::new(
+            me.clone(),
+            Arc::clone(&identity),
+            Arc::clone(&link),
+            Arc::clone(&requests),
+            Arc::clone(&dispatcher),
+            Arc::clone(&trust),
+        ));
         let router = Router::new(
             me.clone(),
             Arc::clone(&dispatcher),
@@ -120,6 +131,7 @@ impl Kit {
             Arc::clone(&outbox),
             Arc::clone(&trust),
             None,
+            Arc::clone(&linking),
         );
         let (received_tx, received_rx) = mpsc::channel(defaults::RECEIVE_QUEUE);
         Self {
@@ -132,6 +144,7 @@ impl Kit {
             outbox,
             inbox,
             router,
+            linking,
             store,
             wire,
             received_tx,

@@ -10,14 +10,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use lattice_crypto::{verify_kem_key_signature, Fingerprint, IdentityPublicKey, KemPublicKey};
+use lattice_crypto::{
+    device_list_message, verify_kem_key_signature, Fingerprint, IdentityPublicKey, KemPublicKey,
+};
 use lattice_protocol::{
-    ClientFrame, ClientId, ErrorType, PublicKeyResponse, RequestPublicKey, ServerFrame,
+    ClientFrame, ClientId, DeviceId, ErrorType, PublicKeyResponse, RequestPublicKey, ServerFrame,
+    SignedDeviceList,
 };
 use tokio::time::Instant;
 
 use crate::events::{Dispatcher, PeerEvent};
-use crate::keys::{tofu, KeyCache, KeyStore, Keyless, PeerKey, Trust as Tofu};
+use crate::keys::{tofu, BoundedMap, KeyCache, KeyStore, Keyless, PeerKey, Trust as Tofu};
 use crate::link::Lane;
 use crate::requests::Requests;
 use crate::sync::lock;
@@ -45,6 +48,63 @@ struct Known {
     keyless: Keyless,
     /// Changed identity keys waiting for the user's acceptance.
     changes: HashMap<ClientId, IdentityPublicKey>,
+    /// Peers' signed device lists, verified under their pinned identity key: what every MLS
+    /// leaf of a linked device is checked against. Only a higher counter replaces one.
+    devices: BoundedMap<DeviceList>,
+}
+
+/// A peer's verified device list.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceList {
+    pub(crate) counter: u64,
+    pub(crate) devices: Vec<(DeviceId, IdentityPublicKey)>,
+}
+
+/// Checks a signed device list under `identity` (the id's identity key) and decodes it.
+///
+/// # Errors
+/// [`PeerError::InvalidPeerKey`] for a malformed entry or a signature that does not verify.
+pub(crate) fn verify_device_list(
+    client_id: &ClientId,
+    identity: &IdentityPublicKey,
+    list: &SignedDeviceList,
+) -> Result<DeviceList, PeerError> {
+    let invalid = |reason: &str| PeerError::InvalidPeerKey {
+        peer: client_id.clone(),
+        reason: format!("device list: {reason}"),
+    };
+    if list.devices.len() >= lattice_protocol::limits::MAX_DEVICES_PER_ID {
+        return Err(invalid("too many devices"));
+    }
+    let mut devices = Vec::with_capacity(list.devices.len());
+    for d in &list.devices {
+        let key = B64
+            .decode(&d.device_key)
+            .ok()
+            .and_then(|k| IdentityPublicKey::from_bytes(&k).ok())
+            .ok_or_else(|| invalid("a device key is not an Ed25519 key"))?;
+        if d.device_id.is_primary() || devices.iter().any(|(id, _)| id == &d.device_id) {
+            return Err(invalid("a reserved or repeated device id"));
+        }
+        devices.push((d.device_id.clone(), key));
+    }
+    let entries: Vec<(&str, [u8; 32])> = devices
+        .iter()
+        .map(|(id, k)| (id.as_str(), *k.as_bytes()))
+        .collect();
+    let sig = B64
+        .decode(&list.signature)
+        .map_err(|_| invalid("the signature is not base64"))?;
+    identity
+        .verify(
+            &device_list_message(client_id.as_str(), list.counter, &entries)?,
+            &sig,
+        )
+        .map_err(|_| invalid("not signed by the id's identity key"))?;
+    Ok(DeviceList {
+        counter: list.counter,
+        devices,
+    })
 }
 
 impl Trust {
@@ -66,6 +126,7 @@ impl Trust {
                     defaults::NO_IDENTITY_KEY_CACHE,
                 ),
                 changes: HashMap::new(),
+                devices: BoundedMap::new(defaults::KEY_CACHE),
             }),
         }
     }
@@ -96,7 +157,10 @@ impl Trust {
     }
 
     /// `request_public_key`: the server's answer for `target`, not checked yet.
-    async fn fetch_key_response(&self, target: &ClientId) -> Result<PublicKeyResponse, PeerError> {
+    pub(crate) async fn fetch_key_response(
+        &self,
+        target: &ClientId,
+    ) -> Result<PublicKeyResponse, PeerError> {
         let t = target.clone();
         let options = WaitOptions::default()
             .filter(move |f| matches!(f, ServerFrame::PublicKey(k) if k.peer_id == t));
@@ -120,7 +184,8 @@ impl Trust {
     }
 
     /// Checks a `public_key_response`: the KEM key, the `keySignature`, TOFU. Caches the result.
-    pub(crate) fn check_key(&self, resp: PublicKeyResponse) -> Result<PeerKey, PeerError> {
+    pub(crate) fn check_key(&self, mut resp: PublicKeyResponse) -> Result<PeerKey, PeerError> {
+        let list = resp.device_list.take();
         let key = validate_key(resp)?;
         let peer = &key.peer_id;
         match &key.identity {
@@ -134,8 +199,66 @@ impl Trust {
                 }
             }
         }
+        if let (Some(list), Some(ik)) = (list, &key.identity) {
+            self.record_devices(&key.peer_id, ik, &list)?;
+        }
         lock(&self.known).keys.insert(key.clone());
         Ok(key)
+    }
+
+    /// Keeps a peer's device list (verified under its pinned identity key) if it is newer than
+    /// the one known, and tells the user about devices added and removed ("bob added a device").
+    fn record_devices(
+        &self,
+        peer: &ClientId,
+        identity: &IdentityPublicKey,
+        list: &SignedDeviceList,
+    ) -> Result<(), PeerError> {
+        let list = verify_device_list(peer, identity, list)?;
+        let previous = {
+            let mut known = lock(&self.known);
+            let previous = known.devices.get(peer).cloned();
+            if previous.as_ref().is_some_and(|p| p.counter >= list.counter) {
+                return Ok(());
+            }
+            known.devices.insert(peer.clone(), list.clone(), true);
+            previous
+        };
+        let before = previous.map(|p| p.devices).unwrap_or_default();
+        let added: Vec<DeviceId> = list
+            .devices
+            .iter()
+            .filter(|d| !before.contains(d))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let removed: Vec<DeviceId> = before
+            .iter()
+            .filter(|d| !list.devices.contains(d))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if peer != &self.client_id && (!added.is_empty() || !removed.is_empty()) {
+            tracing::info!(peer = %self.client_id, of = %peer, added = added.len(), removed = removed.len(), "a contact's devices changed");
+            self.dispatcher.emit(PeerEvent::DevicesChanged {
+                peer: peer.clone(),
+                added,
+                removed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `device` with `key` is on `peer`'s verified device list as last seen.
+    pub(crate) fn device_listed(
+        &self,
+        peer: &ClientId,
+        device: &str,
+        key: &IdentityPublicKey,
+    ) -> bool {
+        lock(&self.known).devices.get(peer).is_some_and(|l| {
+            l.devices
+                .iter()
+                .any(|(id, k)| id.as_str() == device && k == key)
+        })
     }
 
     /// Pins the identity key the server presents for `peer` now, if and only if its fingerprint is
@@ -458,5 +581,77 @@ mod tests {
             call.await.unwrap(),
             Err(PeerError::KeyDowngrade { .. })
         ));
+    }
+
+    fn signed_list(
+        who: &ClientId,
+        signer: &lattice_crypto::IdentityKeyPair,
+        counter: u64,
+        devices: &[(&str, &lattice_crypto::IdentityKeyPair)],
+    ) -> SignedDeviceList {
+        let entries: Vec<(&str, [u8; 32])> = devices
+            .iter()
+            .map(|(d, k)| (*d, *k.public_key().as_bytes()))
+            .collect();
+        let sig = signer.sign(&device_list_message(who.as_str(), counter, &entries).unwrap());
+        SignedDeviceList {
+            counter,
+            devices: devices
+                .iter()
+                .map(|(d, k)| lattice_protocol::DeviceEntry {
+                    device_id: DeviceId::new(*d).unwrap(),
+                    device_key: B64.encode(k.public_key().as_bytes()),
+                })
+                .collect(),
+            signature: B64.encode(sig),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn device_lists_are_kept_only_when_signed_by_the_pinned_key_and_newer() {
+        let kit = Kit::new("alice");
+        let bob = id("bob");
+        let bob_identity = identity();
+        let laptop = lattice_crypto::IdentityKeyPair::generate(&mut rand_core::OsRng);
+        let phone = lattice_crypto::IdentityKeyPair::generate(&mut rand_core::OsRng);
+        let with = |list: SignedDeviceList| PublicKeyResponse {
+            device_list: Some(list),
+            ..key_response(&bob, &bob_identity, true)
+        };
+        let ik = bob_identity.identity_key();
+        kit.trust
+            .check_key(with(signed_list(&bob, ik, 1, &[("laptop", &laptop)])))
+            .unwrap();
+        assert!(kit
+            .trust
+            .device_listed(&bob, "laptop", &laptop.public_key()));
+        assert!(!kit.trust.device_listed(&bob, "laptop", &phone.public_key()));
+        assert!(matches!(kit.take_events().as_slice(),
+            [PeerEvent::DevicesChanged { peer, added, removed }]
+                if *peer == bob && added.len() == 1 && removed.is_empty()));
+        // A list the server made up (signed by another key) is refused and changes nothing.
+        let mallory = lattice_crypto::IdentityKeyPair::generate(&mut rand_core::OsRng);
+        let forged = signed_list(&bob, &mallory, 9, &[("laptop", &laptop), ("evil", &phone)]);
+        assert!(matches!(
+            kit.trust.check_key(with(forged)),
+            Err(PeerError::InvalidPeerKey { .. })
+        ));
+        assert!(!kit.trust.device_listed(&bob, "evil", &phone.public_key()));
+        // An older list (a replay) is ignored; a newer one replaces it and says what changed.
+        kit.trust
+            .check_key(with(signed_list(&bob, ik, 0, &[("evil", &phone)])))
+            .unwrap();
+        assert!(!kit.trust.device_listed(&bob, "evil", &phone.public_key()));
+        assert!(kit.take_events().is_empty());
+        kit.trust
+            .check_key(with(signed_list(&bob, ik, 2, &[("phone", &phone)])))
+            .unwrap();
+        assert!(kit.trust.device_listed(&bob, "phone", &phone.public_key()));
+        assert!(!kit
+            .trust
+            .device_listed(&bob, "laptop", &laptop.public_key()));
+        assert!(matches!(kit.take_events().as_slice(),
+            [PeerEvent::DevicesChanged { added, removed, .. }]
+                if added[0].as_str() == "phone" && removed[0].as_str() == "laptop"));
     }
 }

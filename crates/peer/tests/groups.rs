@@ -614,6 +614,7 @@ async fn a_low_key_package_stock_is_topped_up_when_the_server_says_so() {
             .send_to_server_and_wait(
                 ClientFrame::KeyPackageFetch(lattice_protocol::KeyPackageFetch {
                     client_id: id("bob"),
+                    all_devices: false,
                 }),
                 "key_package_fetch",
                 WaitOptions::default(),

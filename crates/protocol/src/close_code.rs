@@ -19,5 +19,8 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 /// The same identity registered on a newer connection. A client must not reconnect on its own
 /// after this code: two instances of one identity would otherwise replace each other forever.
 pub const REPLACED: u16 = 4000;
+/// *ext*: the device was removed from its id's signed device list; it must not reconnect as
+/// that device.
+pub const DEVICE_REMOVED: u16 = 4001;
 /// The connection did not register in time.
 pub const REGISTER_TIMEOUT: u16 = 4008;

@@ -46,6 +46,19 @@ pub enum ErrorType {
     QuotaExceeded,
     /// *ext*: the request needs a verified (identity-bound) registration.
     VerificationRequired,
+    /// *ext*: a `register` names a device that is not on the id's current signed device list
+    /// (or the id has none), or a group Commit names such a device as a leaf.
+    UnknownDevice,
+    /// *ext*: a device certificate or a device list signature does not verify under the id's
+    /// identity key.
+    InvalidDeviceCertificate,
+    /// *ext*: a device list names more than `MAX_DEVICES_PER_ID - 1` linked devices.
+    TooManyDevices,
+    /// *ext*: a device list whose counter is not higher than the stored list's (a replay, or an
+    /// older list).
+    StaleDeviceList,
+    /// *ext*: this server cannot serve linked devices (a node of several on Redis, for now).
+    DevicesNotSupported,
     /// A code this version does not know.
     #[serde(other)]
     Other,
@@ -73,6 +86,11 @@ impl ErrorType {
             Self::NoKeyPackage => "NO_KEY_PACKAGE",
             Self::QuotaExceeded => "QUOTA_EXCEEDED",
             Self::VerificationRequired => "VERIFICATION_REQUIRED",
+            Self::UnknownDevice => "UNKNOWN_DEVICE",
+            Self::InvalidDeviceCertificate => "INVALID_DEVICE_CERTIFICATE",
+            Self::TooManyDevices => "TOO_MANY_DEVICES",
+            Self::StaleDeviceList => "STALE_DEVICE_LIST",
+            Self::DevicesNotSupported => "DEVICES_NOT_SUPPORTED",
             Self::Other => "OTHER",
         }
     }

@@ -9,7 +9,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{ClientId, ConversationId, GroupId, MessageId, QuestionId, RequestId};
+use crate::ids::{ClientId, ConversationId, DeviceId, GroupId, MessageId, QuestionId, RequestId};
 use crate::public_key::PublicKeyField;
 use crate::ErrorType;
 
@@ -32,6 +32,95 @@ pub struct Register {
     /// *ext*: base64 Ed25519 signature by the identity key over `"lattice/v1/kem-key" ‖ publicKey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_signature: Option<String>,
+    /// *ext*: register as a linked device of `clientId` (absent: the id's implicit primary
+    /// device, exactly as before devices existed). See docs/protocol.md, "Devices".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DevicePart>,
+}
+
+/// *ext*: the device part of a `register`. The registration's `verification` then carries the
+/// identity key in `serializedPublicKey`, the *device* registration statement in
+/// `serializedMessage` and the **device key's** signature over it in `serializedSignedData`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePart {
+    /// The device, chosen by it; never [`crate::PRIMARY_DEVICE`].
+    pub device_id: DeviceId,
+    /// Base64 Ed25519 device key (32 bytes).
+    pub device_key: String,
+    /// Base64 signature of the identity key over `"lattice-device-v1" ‖ lp(clientId) ‖
+    /// lp(deviceId) ‖ deviceKey` (64 bytes).
+    pub certificate: String,
+    /// A signed device list to store before the device is checked against the id's list (how
+    /// a newly linked device brings the list that names it). An exact copy of the stored list is
+    /// ignored; an older or different one of the same counter is `STALE_DEVICE_LIST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_list: Option<SignedDeviceList>,
+}
+
+/// *ext*: an id's device list, signed by its identity key over `"lattice-device-list-v1" ‖
+/// lp(clientId) ‖ counter (u64 BE) ‖ count (u8) ‖ (lp(deviceId) ‖ deviceKey)…`, entries in the
+/// order given. The implicit primary device is never listed: it always exists (its key is the
+/// identity key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedDeviceList {
+    /// Grows with every new list; the server keeps only a higher one.
+    pub counter: u64,
+    /// The linked devices, at most [`crate::limits::MAX_DEVICES_PER_ID`] − 1, ids distinct.
+    pub devices: Vec<DeviceEntry>,
+    /// Base64 Ed25519 signature by the identity key (64 bytes).
+    pub signature: String,
+}
+
+/// *ext*: one linked device of a [`SignedDeviceList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceEntry {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Base64 Ed25519 device key (32 bytes).
+    pub device_key: String,
+}
+
+/// *ext*: `device_list_upload`: replace the sender's id's device list by a newer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceListUpload {
+    /// The new list; its counter must be higher than the stored one's.
+    pub device_list: SignedDeviceList,
+}
+
+/// *ext*: `device_list_upload` answer: the list is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceListStored {
+    /// The stored list's counter.
+    pub counter: u64,
+    /// Linked devices on it (the primary not counted).
+    pub devices: u32,
+}
+
+/// *ext*: one MLS leaf as the delivery service routes to it: a device of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leaf {
+    /// The member.
+    pub client_id: ClientId,
+    /// Its device ([`crate::PRIMARY_DEVICE`] for the implicit one).
+    pub device_id: DeviceId,
+}
+
+/// *ext*: one device's KeyPackage in a `key_package_fetch` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceKeyPackage {
+    /// The device it belongs to.
+    pub device_id: DeviceId,
+    /// The KeyPackage, base64.
+    pub key_package: String,
+    /// Whether it is that device's last-resort KeyPackage.
+    pub last_resort: bool,
 }
 
 impl Register {
@@ -124,6 +213,9 @@ pub struct Registered {
     /// *ext*: whether the registration proved an identity key.
     #[serde(default)]
     pub verified: bool,
+    /// *ext*: the device registered, when the `register` had a device part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
 }
 
 /// `challenge` answer.
@@ -161,6 +253,10 @@ pub struct PublicKeyResponse {
     /// *ext*: base64 signature of the identity key over the KEM key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_signature: Option<String>,
+    /// *ext*: the peer's current signed device list, when it has one: check every MLS leaf of
+    /// the peer against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_list: Option<SignedDeviceList>,
 }
 
 /// `message` delivered to a recipient.
@@ -324,6 +420,10 @@ pub struct KeyPackageUpload {
 pub struct KeyPackageFetch {
     /// Whose KeyPackage.
     pub client_id: ClientId,
+    /// *ext*: take one KeyPackage of **every** device of `clientId` (answered in `devices`).
+    /// Without it (older clients), only the primary device's, as before devices existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_devices: bool,
 }
 
 /// `group_commit` *ext*: an MLS Commit for `groupId` made in `epoch`, the Welcome for the members
@@ -347,6 +447,11 @@ pub struct GroupCommit {
     /// The sender's id for this Commit: resending the same Commit (same id) after a lost answer
     /// is answered `group_commit` again instead of `STALE_EPOCH`.
     pub message_id: MessageId,
+    /// *ext*: every leaf (member device) after the Commit, at most
+    /// [`crate::limits::MAX_GROUP_MEMBERS`]. Absent (older clients): members that stay keep their
+    /// leaves, added members get their primary device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<Vec<Leaf>>,
 }
 
 /// `group_message` *ext*: an MLS message that is not a Commit (an application message or a
@@ -395,6 +500,10 @@ pub struct KeyPackageFound {
     pub key_package: String,
     /// Whether it is the owner's last-resort KeyPackage (the stock was empty).
     pub last_resort: bool,
+    /// *ext*: with `allDevices`, one KeyPackage per device that has one (the top-level fields
+    /// repeat the first entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceKeyPackage>>,
 }
 
 /// `key_packages_low` *ext*: sent to an online owner when a fetch left its stock under
@@ -521,6 +630,8 @@ frame_enum! {
         GroupMessage(GroupMessage) = "group_message",
         /// `blob_token` *ext*: ask for a token to create blob transfers.
         BlobToken(Empty) = "blob_token",
+        /// `device_list_upload` *ext*.
+        DeviceListUpload(DeviceListUpload) = "device_list_upload",
     }
 }
 
@@ -559,6 +670,8 @@ frame_enum! {
         GroupMessageAccepted(GroupMessageAccepted) = "group_message",
         /// `blob_token` answer *ext*.
         BlobToken(BlobToken) = "blob_token",
+        /// `device_list_upload` answer *ext*.
+        DeviceListStored(DeviceListStored) = "device_list_upload",
     }
 }
 

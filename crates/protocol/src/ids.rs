@@ -40,6 +40,10 @@ fn client_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')
 }
 
+fn device_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
+}
+
 fn hex_char(c: char) -> bool {
     matches!(c, '0'..='9' | 'a'..='f')
 }
@@ -206,6 +210,39 @@ id_type!(
     "lowercase hex digits"
 );
 
+id_type!(
+    /// *ext*: a device of an id, chosen by the device: 1–64 characters of `A–Z a–z 0–9 _ -`.
+    /// [`PRIMARY_DEVICE`] names the implicit device of a `register` without a device part and may
+    /// not be chosen (see docs/protocol.md, "Devices").
+    ///
+    /// ```
+    /// use lattice_protocol::DeviceId;
+    /// assert!(DeviceId::new("laptop-2").is_ok());
+    /// assert!(DeviceId::new("a/b").is_err());
+    /// ```
+    DeviceId,
+    "deviceId",
+    device_id_char,
+    "A-Z a-z 0-9 _ -"
+);
+
+/// The device id of a connection whose `register` has no device part (original clients and
+/// Lattice clients without linked devices): the id's implicit primary device, whose key is the
+/// identity key itself. Reserved: a device part or a device list naming it is refused.
+pub const PRIMARY_DEVICE: &str = "primary";
+
+impl DeviceId {
+    /// The implicit primary device ([`PRIMARY_DEVICE`]).
+    pub fn primary() -> Self {
+        Self(PRIMARY_DEVICE.to_owned())
+    }
+
+    /// Whether this is the implicit primary device.
+    pub fn is_primary(&self) -> bool {
+        self.0 == PRIMARY_DEVICE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +260,15 @@ mod tests {
         assert!(matches!(ClientId::new("a b"), Err(IdError::BadChar { .. })));
         assert!(matches!(ClientId::new("é"), Err(IdError::BadChar { .. })));
         assert!(matches!(ClientId::new("a/b"), Err(IdError::BadChar { .. })));
+    }
+
+    #[test]
+    fn device_id_rules() {
+        assert!(DeviceId::new("phone_1-B").is_ok());
+        assert!(DeviceId::new("x".repeat(65)).is_err());
+        assert!(DeviceId::new("a.b").is_err());
+        assert!(DeviceId::primary().is_primary());
+        assert!(!DeviceId::new("phone").unwrap().is_primary());
     }
 
     #[test]

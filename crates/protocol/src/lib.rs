@@ -55,6 +55,9 @@ pub use codec::{decode_client, decode_server, encode, DecodeError, Frame};
 pub use envelope::{Envelope, InnerMessage, MlsEnvelope, MlsKind, MLS_ALGORITHM};
 pub use error_type::ErrorType;
 pub use frames::*;
-pub use ids::{ClientId, ConversationId, GroupId, IdError, MessageId, QuestionId, RequestId};
+pub use ids::{
+    ClientId, ConversationId, DeviceId, GroupId, IdError, MessageId, QuestionId, RequestId,
+    PRIMARY_DEVICE,
+};
 pub use public_key::PublicKeyField;
 pub use time_fmt::iso8601;

@@ -61,6 +61,12 @@ pub const DEFAULT_PORT: u16 = 3005;
 /// Raise it together with [`MAX_FRAME_BYTES`] (or once the tree travels separately).
 pub const MAX_GROUP_MEMBERS: usize = 128;
 
+/// *ext*: most devices one id may have, its implicit primary device included: a signed device
+/// list names at most `MAX_DEVICES_PER_ID - 1` linked devices (`TOO_MANY_DEVICES`). Every
+/// message to the id is stored once per device and every group fan-out reaches each device, so
+/// this bounds what one id multiplies; eight covers a phone, a few computers and a tablet.
+pub const MAX_DEVICES_PER_ID: usize = 8;
+
 /// Largest KeyPackage the directory stores, in bytes (decoded). One with the hybrid suite
 /// (X25519 + ML-KEM-768 init key, Ed25519 credential bound to the identity) is ~2.7 KB; 4 KiB
 /// leaves room for extensions without letting a client park arbitrary data.

@@ -97,8 +97,25 @@ fn server_frames_encode_to_exact_shapes() {
                 success: true,
                 client_id: id("alice"),
                 verified: true,
+                device_id: None,
             }),
             json!({"type":"register","payload":{"success":true,"clientId":"alice","verified":true}}),
+        ),
+        (
+            ServerFrame::Registered(Registered {
+                success: true,
+                client_id: id("alice"),
+                verified: true,
+                device_id: Some(lattice_protocol::DeviceId::new("phone").unwrap()),
+            }),
+            json!({"type":"register","payload":{"success":true,"clientId":"alice","verified":true,"deviceId":"phone"}}),
+        ),
+        (
+            ServerFrame::DeviceListStored(lattice_protocol::DeviceListStored {
+                counter: 4,
+                devices: 1,
+            }),
+            json!({"type":"device_list_upload","payload":{"counter":4,"devices":1}}),
         ),
         (
             ServerFrame::Challenge(Challenge {
@@ -127,6 +144,7 @@ fn server_frames_encode_to_exact_shapes() {
                 public_key: vec![1, 2, 3].into(),
                 identity_key: None,
                 key_signature: None,
+                device_list: None,
             }),
             json!({"type":"public_key_response","payload":{"peerId":"bob","publicKey":[1,2,3]}}),
         ),
@@ -136,6 +154,7 @@ fn server_frames_encode_to_exact_shapes() {
                 public_key: vec![9].into(),
                 identity_key: Some("SUQ=".into()),
                 key_signature: Some("U0lH".into()),
+                device_list: None,
             }),
             json!({"type":"public_key_response","payload":{"peerId":"bob","publicKey":[9],"identityKey":"SUQ=","keySignature":"U0lH"}}),
         ),
@@ -196,6 +215,7 @@ fn server_frames_encode_to_exact_shapes() {
                 client_id: id("bob"),
                 key_package: "AAEC".into(),
                 last_resort: false,
+                devices: None,
             }),
             json!({"type":"key_package_fetch","payload":{"clientId":"bob","keyPackage":"AAEC","lastResort":false}}),
         ),
@@ -423,4 +443,48 @@ fn mls_delivery_frames_have_their_documented_shapes() {
         serde_json::to_value(&env).unwrap(),
         json!({"algorithm":"mls","kind":"welcome","groupId":"0a1b","epoch":4,"data":"AAEC"})
     );
+}
+
+#[test]
+fn device_frames_decode_from_the_documented_shapes() {
+    let text = r#"{"type":"register","requestId":"r-2","payload":{"clientId":"alice","publicKey":"AAEC",
+        "keySignature":"U0lH","device":{"deviceId":"phone","deviceKey":"REVW","certificate":"Q0VSVA==",
+        "deviceList":{"counter":3,"devices":[{"deviceId":"phone","deviceKey":"REVW"}],"signature":"U0lH"}},
+        "verification":{"algorithm":"ed25519"}}}"#;
+    let f = decode_client(text).unwrap();
+    let ClientFrame::Register(r) = f.body else {
+        panic!("not a register: {:?}", f.body)
+    };
+    let device = r.device.expect("device part");
+    assert_eq!(device.device_id.as_str(), "phone");
+    let list = device.device_list.expect("device list");
+    assert_eq!(list.counter, 3);
+    assert_eq!(list.devices[0].device_id.as_str(), "phone");
+
+    // A register without the device part is today's registration.
+    let plain =
+        decode_client(r#"{"type":"register","payload":{"clientId":"alice","publicKey":"AAEC"}}"#)
+            .unwrap();
+    let ClientFrame::Register(r) = plain.body else {
+        panic!("not a register")
+    };
+    assert!(r.device.is_none());
+
+    let up = decode_client(
+        r#"{"type":"device_list_upload","payload":{"deviceList":{"counter":4,"devices":[],"signature":"U0lH"}}}"#,
+    )
+    .unwrap();
+    assert!(matches!(up.body, ClientFrame::DeviceListUpload(u) if u.device_list.counter == 4));
+
+    let fetch = decode_client(
+        r#"{"type":"key_package_fetch","payload":{"clientId":"bob","allDevices":true}}"#,
+    )
+    .unwrap();
+    assert!(matches!(fetch.body, ClientFrame::KeyPackageFetch(k) if k.all_devices));
+
+    // A device id outside the charset is a shape error, not a panic.
+    assert!(decode_client(
+        r#"{"type":"register","payload":{"clientId":"a","publicKey":"AAEC","device":{"deviceId":"a/b","deviceKey":"","certificate":""}}}"#
+    )
+    .is_err());
 }

@@ -44,6 +44,7 @@ proptest! {
             public_key: key.clone().into(),
             identity_key: None,
             key_signature: None,
+            device_list: None,
         }));
         match decode_server(&encode(&f)).unwrap().body {
             ServerFrame::PublicKey(p) => prop_assert_eq!(p.public_key.bytes().unwrap(), key.as_slice()),

@@ -172,8 +172,11 @@ async fn main() {
     rows.push(
         sequential("mailbox store + ack: SQLite (single node)", None, 0, |i| {
             let m = item(i);
-            sqlite.enqueue(&bob, &m, &quota, ttl).unwrap();
-            assert!(sqlite.remove(&bob, Some(&m.sender), &m.message_id).unwrap());
+            let mailbox = lattice_server::store::MailboxKey::primary(&bob);
+            sqlite.enqueue(&mailbox, &m, &quota, ttl).unwrap();
+            assert!(sqlite
+                .remove(&mailbox, Some(&m.sender), &m.message_id)
+                .unwrap());
             std::future::ready(())
         })
         .await,
@@ -187,6 +190,7 @@ async fn main() {
             let id = ClientId::new(format!("p{i}")).unwrap();
             let entry = Arc::new(PeerEntry {
                 id: id.clone(),
+                device: lattice_protocol::DeviceId::primary(),
                 session: Arc::clone(&session),
                 verified: false,
                 public_key: Arc::clone(&key),
@@ -195,7 +199,7 @@ async fn main() {
                 subscribed: AtomicBool::new(false),
             });
             hub.claim(entry, &|_| false).unwrap();
-            assert!(hub.release(&id, 1));
+            assert_eq!(hub.release(&id, 1), Some(true));
             std::future::ready(())
         })
         .await,

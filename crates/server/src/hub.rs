@@ -1,5 +1,6 @@
-//! Who is online where. The [`Hub`] maps each registered id to the session that holds it and routes
-//! frames to that session's bounded outbound queue; it also fans presence out.
+//! Who is online where. The [`Hub`] maps each registered (id, device) to the session that holds it
+//! and routes frames to that session's bounded outbound queue; it also fans presence out. An id is
+//! online while any of its devices is (docs/protocol.md, "Devices").
 //!
 //! [`LocalHub`] keeps everything in this process. A Redis hub for several nodes implements the same
 //! trait: it keeps a local map for its own sessions and forwards misses over Redis pub/sub (see
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, DeviceId};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +132,8 @@ impl SessionShared {
 pub struct PeerEntry {
     /// Its id.
     pub id: ClientId,
+    /// Its device ([`DeviceId::primary`] for a `register` without a device part).
+    pub device: DeviceId,
     /// Its connection.
     pub session: Arc<SessionShared>,
     /// Whether it proved an identity key.
@@ -145,6 +148,22 @@ pub struct PeerEntry {
     pub subscribed: AtomicBool,
 }
 
+impl PeerEntry {
+    /// The mailbox this connection drains and acknowledges.
+    pub fn mailbox_key(&self) -> crate::store::MailboxKey {
+        crate::store::MailboxKey::new(&self.id, &self.device)
+    }
+}
+
+/// What a successful claim changed.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The entry of the same (id, device) it replaced, for the caller to close.
+    pub replaced: Option<Arc<PeerEntry>>,
+    /// Whether the id was offline before (no device of it was online): presence changes.
+    pub first: bool,
+}
+
 /// Why a claim failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimError {
@@ -154,9 +173,12 @@ pub enum ClaimError {
 
 /// Routing and presence. All methods are synchronous and short: they run on the hot path.
 pub trait Hub: Send + Sync + std::fmt::Debug {
-    /// Makes `entry` the holder of its id. An existing holder on another connection is replaced
-    /// only when `replace(existing)` says so; the replaced entry is returned so the caller can close
-    /// it. Check and insert are one atomic step: two racing claims never both win.
+    /// Makes `entry` the holder of its (id, device). An existing holder of the id on another
+    /// connection is replaced only when `replace(existing)` says so (it is asked about the holder
+    /// of the same device, or, for a device the id does not have online yet, about any holder of
+    /// the id: an unverified holder is never joined by a device); the replaced entry is returned
+    /// so the caller can close it. Check and insert are one atomic step: two racing claims never
+    /// both win.
     ///
     /// # Errors
     /// [`ClaimError::Taken`] when another connection holds the id and may not be replaced.
@@ -164,11 +186,16 @@ pub trait Hub: Send + Sync + std::fmt::Debug {
         &self,
         entry: Arc<PeerEntry>,
         replace: &dyn Fn(&PeerEntry) -> bool,
-    ) -> Result<Option<Arc<PeerEntry>>, ClaimError>;
-    /// Removes `id` if `conn_id` still holds it; true if it did.
-    fn release(&self, id: &ClientId, conn_id: u64) -> bool;
-    /// The holder of `id`.
+    ) -> Result<Claimed, ClaimError>;
+    /// Removes `id`'s device held by `conn_id`, if that connection still holds it. `Some(last)`
+    /// if it did, `last` true when no device of the id is online any more.
+    fn release(&self, id: &ClientId, conn_id: u64) -> Option<bool>;
+    /// A holder of `id`: its primary device if online, else any of its devices.
     fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>>;
+    /// The holder of `id`'s `device`.
+    fn device(&self, id: &ClientId, device: &DeviceId) -> Option<Arc<PeerEntry>>;
+    /// Every online device of `id`.
+    fn devices(&self, id: &ClientId) -> Vec<Arc<PeerEntry>>;
     /// Every online id, sorted.
     fn online(&self) -> Vec<ClientId>;
     /// Up to `limit` online ids after `after` (all if `None`), sorted; true if more follow.
@@ -176,7 +203,7 @@ pub trait Hub: Send + Sync + std::fmt::Debug {
     /// Sends `frame`, a presence notice about `about`, to every subscribed peer but `about`
     /// itself. Never blocks: a full queue coalesces it (see [`SessionShared::send_presence`]).
     fn broadcast_presence(&self, frame: &Utf8Bytes, about: &ClientId);
-    /// Number of registered peers.
+    /// Number of registered (online) ids.
     fn len(&self) -> usize;
     /// True when nobody is registered.
     fn is_empty(&self) -> bool {
@@ -188,17 +215,20 @@ pub trait Hub: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub struct LocalHub {
     // std RwLock: lookups (every routed message) vastly outnumber claims and releases, and no
-    // section awaits.
-    peers: RwLock<HashMap<ClientId, Arc<PeerEntry>>>,
+    // section awaits. Each id's devices: at most `MAX_DEVICES_PER_ID` entries (one per device,
+    // and only devices on the id's signed list register), so a scan is cheap.
+    peers: RwLock<HashMap<ClientId, Vec<Arc<PeerEntry>>>>,
 }
 
+type PeerMap = HashMap<ClientId, Vec<Arc<PeerEntry>>>;
+
 impl LocalHub {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ClientId, Arc<PeerEntry>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, PeerMap> {
         self.peers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ClientId, Arc<PeerEntry>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, PeerMap> {
         self.peers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -210,30 +240,66 @@ impl Hub for LocalHub {
         &self,
         entry: Arc<PeerEntry>,
         replace: &dyn Fn(&PeerEntry) -> bool,
-    ) -> Result<Option<Arc<PeerEntry>>, ClaimError> {
+    ) -> Result<Claimed, ClaimError> {
         let mut peers = self.write();
-        if let Some(existing) = peers.get(&entry.id) {
-            if existing.session.conn_id != entry.session.conn_id && !replace(existing) {
-                return Err(ClaimError::Taken);
+        let devices = peers.entry(entry.id.clone()).or_default();
+        let first = devices.is_empty();
+        let same = devices.iter().position(|e| e.device == entry.device);
+        let replaced = match same {
+            Some(i) => {
+                let existing = &devices[i];
+                if existing.session.conn_id != entry.session.conn_id && !replace(existing) {
+                    return Err(ClaimError::Taken);
+                }
+                Some(std::mem::replace(&mut devices[i], entry))
             }
-        }
-        let old = peers.insert(entry.id.clone(), entry);
-        Ok(old)
+            None => {
+                // Another device joins only an identity the same check would let replace: an
+                // unverified holder (or another identity) keeps the id to itself.
+                if let Some(other) = devices.first() {
+                    if !replace(other) {
+                        return Err(ClaimError::Taken);
+                    }
+                }
+                devices.push(entry);
+                None
+            }
+        };
+        Ok(Claimed { replaced, first })
     }
 
-    fn release(&self, id: &ClientId, conn_id: u64) -> bool {
+    fn release(&self, id: &ClientId, conn_id: u64) -> Option<bool> {
         let mut peers = self.write();
-        match peers.get(id) {
-            Some(e) if e.session.conn_id == conn_id => {
-                peers.remove(id);
-                true
-            }
-            _ => false,
+        let devices = peers.get_mut(id)?;
+        let i = devices.iter().position(|e| e.session.conn_id == conn_id)?;
+        devices.swap_remove(i);
+        let last = devices.is_empty();
+        if last {
+            peers.remove(id);
         }
+        Some(last)
     }
 
     fn get(&self, id: &ClientId) -> Option<Arc<PeerEntry>> {
-        self.read().get(id).cloned()
+        let peers = self.read();
+        let devices = peers.get(id)?;
+        devices
+            .iter()
+            .find(|e| e.device.is_primary())
+            .or_else(|| devices.first())
+            .cloned()
+    }
+
+    fn device(&self, id: &ClientId, device: &DeviceId) -> Option<Arc<PeerEntry>> {
+        self.read()
+            .get(id)?
+            .iter()
+            .find(|e| &e.device == device)
+            .cloned()
+    }
+
+    fn devices(&self, id: &ClientId) -> Vec<Arc<PeerEntry>> {
+        self.read().get(id).cloned().unwrap_or_default()
     }
 
     fn online(&self) -> Vec<ClientId> {
@@ -264,6 +330,7 @@ impl Hub for LocalHub {
         let targets: Vec<Arc<PeerEntry>> = self
             .read()
             .values()
+            .flatten()
             .filter(|e| e.subscribed.load(Ordering::Acquire) && &e.id != about)
             .cloned()
             .collect();

@@ -13,11 +13,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lattice_protocol::{ClientId, MessageId};
+use lattice_protocol::{ClientId, DeviceId, MessageId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod delivery;
+mod devices;
 pub use delivery::{CommitOp, CommitOutcome, FetchedKeyPackage, GroupError, Stock, UploadError};
+pub use devices::{listed_key, DeviceListError};
 
 /// A storage failure. The server answers `INTERNAL_ERROR` and keeps the connection.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,58 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Whose mailbox: one per (id, device) (docs/protocol.md, "Devices"). Stored as the `recipient`
+/// column: the id itself for its primary device (so mail stored before devices existed is the
+/// primary's), `id/device` for a linked device (`/` is in neither charset, so no two keys meet).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MailboxKey {
+    id: ClientId,
+    device: DeviceId,
+    key: String,
+}
+
+impl MailboxKey {
+    /// The mailbox of `id`'s `device`.
+    pub fn new(id: &ClientId, device: &DeviceId) -> Self {
+        let key = if device.is_primary() {
+            id.as_str().to_owned()
+        } else {
+            format!("{id}/{device}")
+        };
+        Self {
+            id: id.clone(),
+            device: device.clone(),
+            key,
+        }
+    }
+
+    /// The mailbox of `id`'s primary device (every id's only one before devices).
+    pub fn primary(id: &ClientId) -> Self {
+        Self::new(id, &DeviceId::primary())
+    }
+
+    /// The id whose mailbox it is.
+    pub fn id(&self) -> &ClientId {
+        &self.id
+    }
+
+    /// The device whose mailbox it is.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The `recipient` column's value.
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+}
+
+impl std::fmt::Display for MailboxKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key)
+    }
 }
 
 /// A durable binding of a client id to a Lattice identity.
@@ -153,7 +207,7 @@ pub enum EnqueueError {
 #[derive(Debug, Clone, Copy)]
 pub struct LiveItem<'a> {
     /// The recipient.
-    pub recipient: &'a ClientId,
+    pub recipient: &'a MailboxKey,
     /// The message.
     pub item: &'a MailItem,
     /// The live connection it is about to be sent on.
@@ -199,7 +253,7 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// [`EnqueueError::Full`] naming the limit reached; storage failure.
     fn enqueue(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         item: &MailItem,
         quota: &Quota,
         ttl: Duration,
@@ -212,7 +266,7 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// [`EnqueueError::Full`] naming the limit reached; storage failure.
     fn accept_live(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         item: &MailItem,
         quota: &Quota,
         ttl: Duration,
@@ -233,7 +287,7 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// Storage failure (nothing is removed).
     fn remove_batch(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         acks: &[(Option<ClientId>, MessageId)],
     ) -> Result<usize, StoreError>;
     /// Several sessions' acknowledgements and messages in one transaction (the mailbox
@@ -251,13 +305,13 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// Storage failure.
-    fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError>;
+    fn disown(&self, recipient: &MailboxKey, item: &MailItem, conn: u64) -> Result<(), StoreError>;
     /// Gives every row owned by `conn` back to the mailbox (the connection ended before the
     /// recipient acknowledged them); returns how many.
     ///
     /// # Errors
     /// Storage failure.
-    fn disown_all(&self, recipient: &ClientId, conn: u64) -> Result<usize, StoreError>;
+    fn disown_all(&self, recipient: &MailboxKey, conn: u64) -> Result<usize, StoreError>;
     /// Takes up to `limit` unexpired rows waiting for `recipient` (owned by no connection),
     /// oldest first, and makes `conn` their owner.
     ///
@@ -265,7 +319,7 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// Storage failure.
     fn claim(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         conn: u64,
         limit: usize,
     ) -> Result<Vec<MailItem>, StoreError>;
@@ -276,7 +330,7 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// Storage failure.
     fn pending(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, MailItem)>, StoreError>;
@@ -287,7 +341,7 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     /// Storage failure.
     fn remove(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         sender: Option<&ClientId>,
         message_id: &MessageId,
     ) -> Result<bool, StoreError>;
@@ -300,16 +354,16 @@ pub trait Mailbox: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// Storage failure.
-    fn count(&self, recipient: &ClientId) -> Result<u32, StoreError>;
+    fn count(&self, recipient: &MailboxKey) -> Result<u32, StoreError>;
 }
 
 /// One session read batch's share of a group commit ([`Mailbox::commit_group`]).
 #[derive(Debug, Default)]
 pub struct CommitRequest {
     /// The acknowledgements of a recipient (named first), deleted like [`Mailbox::remove`].
-    pub acks: Option<(ClientId, Vec<AckedId>)>,
+    pub acks: Option<(MailboxKey, Vec<AckedId>)>,
     /// Messages `(recipient, item, conn)` stored like [`Mailbox::accept_live`].
-    pub live: Vec<(ClientId, MailItem, u64)>,
+    pub live: Vec<(MailboxKey, MailItem, u64)>,
 }
 
 /// An acknowledged message: its sender if the ack named it, and its id.
@@ -323,6 +377,10 @@ pub type CommitResults = Vec<Result<Accepted, EnqueueError>>;
 pub struct SqliteStore {
     // std Mutex: every use is one short synchronous statement, never held across `.await`.
     inner: Mutex<Inner>,
+    /// Every device of each id that has linked devices (the primary first), as its stored list
+    /// says: the relay asks for every message, so it is kept apart from `inner` (no wait behind a
+    /// mailbox commit). std RwLock: lookups only, no awaits; written after each list's commit.
+    linked: std::sync::RwLock<HashMap<ClientId, Vec<DeviceId>>>,
 }
 
 #[derive(Debug)]
@@ -464,7 +522,7 @@ fn check_quota(quota: &Quota, rows: [u64; 4], bytes: u64) -> Result<(), Limit> {
 /// Stored messages for `recipient`: count and bytes, then those from `sender`.
 fn row_usage(
     conn: &Connection,
-    recipient: &ClientId,
+    recipient: &MailboxKey,
     sender: &ClientId,
 ) -> Result<[u64; 4], StoreError> {
     let row = conn
@@ -533,6 +591,10 @@ fn database_files(db: &Path) -> [std::path::PathBuf; 3] {
     };
     [db.to_path_buf(), with("-wal"), with("-shm")]
 }
+
+/// The schema version this build writes (`PRAGMA user_version`): 4 added devices (KeyPackages,
+/// last-resort KeyPackages and group leaves per device, and the device lists).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bindings (
@@ -668,8 +730,13 @@ impl SqliteStore {
                 )?;
             }
         }
+        if version < 4 {
+            // Version 3 kept KeyPackages and group members per id only (no devices).
+            delivery::migrate_to_v4(&conn)?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(delivery::SCHEMA)?;
+        conn.execute_batch(devices::SCHEMA)?;
         if version < 3 {
             // Rows from before version 3 (including those just migrated from version 0): a
             // frame is never empty, so 0 means "not filled in yet".
@@ -678,7 +745,7 @@ impl SqliteStore {
                 [],
             )?;
         }
-        conn.pragma_update(None, "user_version", 3)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         // No connection survives a restart: every message sent but not acknowledged before it
         // waits for the recipient's next connection again.
         let returned = conn.execute(
@@ -693,6 +760,7 @@ impl SqliteStore {
         }
         let usage = Some(Usage::load(&conn)?);
         Ok(Self {
+            linked: std::sync::RwLock::new(devices::load_linked(&conn)?),
             inner: Mutex::new(Inner { conn, usage }),
         })
     }
@@ -778,6 +846,7 @@ impl Directory for SqliteStore {
             )?
             .collect::<Result<_, _>>()?;
         let mut deleted = 0;
+        let mut forgotten = Vec::new();
         {
             let mut del = tx.prepare_cached("DELETE FROM bindings WHERE client_id = ?1")?;
             for id in ids {
@@ -787,9 +856,17 @@ impl Directory for SqliteStore {
                 }
                 deleted += del.execute([id.as_str()])?;
                 delivery::forget_id(&tx, &id)?;
+                devices::forget_id(&tx, &id)?;
+                forgotten.push(id);
             }
         }
         tx.commit()?;
+        drop(inner);
+        for id in forgotten {
+            if let Ok(id) = ClientId::new(id) {
+                self.set_linked(&id, None);
+            }
+        }
         Ok(deleted)
     }
 
@@ -816,7 +893,7 @@ impl SqliteStore {
 /// Inserts a row; false if the same (recipient, sender, id) was there (nothing is inserted).
 fn insert(
     conn: &Connection,
-    recipient: &ClientId,
+    recipient: &MailboxKey,
     item: &MailItem,
     ttl: Duration,
     owner: Option<u64>,
@@ -844,7 +921,7 @@ fn insert(
 /// size) to `deleted`.
 fn remove_in(
     conn: &Connection,
-    recipient: &ClientId,
+    recipient: &MailboxKey,
     sender: Option<&ClientId>,
     message_id: &MessageId,
     deleted: &mut Vec<(String, i64)>,
@@ -894,7 +971,7 @@ fn raw_mail_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String,
 }
 
 fn mail_item_from_row(
-    recipient: &ClientId,
+    recipient: &MailboxKey,
     mid: String,
     sender: String,
     frame: String,
@@ -919,7 +996,7 @@ impl SqliteStore {
     /// Inserts `item` within `quota`, owned by `conn` if given, in one transaction.
     fn insert_checked(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         item: &MailItem,
         quota: &Quota,
         ttl: Duration,
@@ -945,7 +1022,7 @@ impl SqliteStore {
 fn insert_checked_in(
     tx: &Connection,
     usage: &mut Option<Usage>,
-    recipient: &ClientId,
+    recipient: &MailboxKey,
     item: &MailItem,
     quota: &Quota,
     ttl: Duration,
@@ -981,7 +1058,7 @@ fn insert_checked_in(
     // Over the counts (or they are unknown): the exact check, which leaves expired rows out.
     let rows = row_usage(tx, recipient, &item.sender)?;
     check_quota(quota, rows, bytes).map_err(|limit| EnqueueError::Full {
-        recipient: recipient.clone(),
+        recipient: recipient.id().clone(),
         limit,
     })?;
     insert(tx, recipient, item, ttl, conn)?;
@@ -994,7 +1071,7 @@ fn insert_checked_in(
 impl Mailbox for SqliteStore {
     fn enqueue(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         item: &MailItem,
         quota: &Quota,
         ttl: Duration,
@@ -1005,7 +1082,7 @@ impl Mailbox for SqliteStore {
 
     fn accept_live(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         item: &MailItem,
         quota: &Quota,
         ttl: Duration,
@@ -1125,7 +1202,7 @@ impl Mailbox for SqliteStore {
 
     fn remove_batch(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         acks: &[(Option<ClientId>, MessageId)],
     ) -> Result<usize, StoreError> {
         let mut inner = self.lock();
@@ -1139,7 +1216,7 @@ impl Mailbox for SqliteStore {
         Ok(deleted.len())
     }
 
-    fn disown(&self, recipient: &ClientId, item: &MailItem, conn: u64) -> Result<(), StoreError> {
+    fn disown(&self, recipient: &MailboxKey, item: &MailItem, conn: u64) -> Result<(), StoreError> {
         self.lock()
             .conn
             .prepare_cached(
@@ -1155,7 +1232,7 @@ impl Mailbox for SqliteStore {
         Ok(())
     }
 
-    fn disown_all(&self, recipient: &ClientId, conn: u64) -> Result<usize, StoreError> {
+    fn disown_all(&self, recipient: &MailboxKey, conn: u64) -> Result<usize, StoreError> {
         Ok(self
             .lock()
             .conn
@@ -1167,7 +1244,7 @@ impl Mailbox for SqliteStore {
 
     fn claim(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         conn: u64,
         limit: usize,
     ) -> Result<Vec<MailItem>, StoreError> {
@@ -1203,7 +1280,7 @@ impl Mailbox for SqliteStore {
 
     fn pending(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, MailItem)>, StoreError> {
@@ -1231,7 +1308,7 @@ impl Mailbox for SqliteStore {
 
     fn remove(
         &self,
-        recipient: &ClientId,
+        recipient: &MailboxKey,
         sender: Option<&ClientId>,
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
@@ -1265,7 +1342,7 @@ impl Mailbox for SqliteStore {
         Ok(deleted.len())
     }
 
-    fn count(&self, recipient: &ClientId) -> Result<u32, StoreError> {
+    fn count(&self, recipient: &MailboxKey) -> Result<u32, StoreError> {
         Ok(self
             .lock()
             .conn
@@ -1282,6 +1359,10 @@ mod tests {
 
     fn id(s: &str) -> ClientId {
         ClientId::new(s).unwrap()
+    }
+
+    fn mb(s: &str) -> MailboxKey {
+        MailboxKey::primary(&id(s))
     }
     fn item(m: &str) -> MailItem {
         from("s", m)
@@ -1320,20 +1401,20 @@ mod tests {
         // mailbox: order, dedup, quota, cursor, remove
         let ttl = Duration::from_secs(60);
         for m in ["m1", "m2", "m3"] {
-            store.enqueue(&id("a"), &item(m), &quota(3), ttl).unwrap();
+            store.enqueue(&mb("a"), &item(m), &quota(3), ttl).unwrap();
         }
         store
-            .enqueue(&id("a"), &item("m1"), &quota(3), ttl)
+            .enqueue(&mb("a"), &item("m1"), &quota(3), ttl)
             .unwrap(); // duplicate id: no-op
-        assert_eq!(store.count(&id("a")).unwrap(), 3);
+        assert_eq!(store.count(&mb("a")).unwrap(), 3);
         assert!(matches!(
-            store.enqueue(&id("a"), &item("m4"), &quota(3), ttl),
+            store.enqueue(&mb("a"), &item("m4"), &quota(3), ttl),
             Err(EnqueueError::Full {
                 limit: Limit::Count,
                 ..
             })
         ));
-        let first = store.pending(&id("a"), 0, 2).unwrap();
+        let first = store.pending(&mb("a"), 0, 2).unwrap();
         assert_eq!(
             first
                 .iter()
@@ -1341,22 +1422,22 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["m1", "m2"]
         );
-        let rest = store.pending(&id("a"), first[1].0, 10).unwrap();
+        let rest = store.pending(&mb("a"), first[1].0, 10).unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1, item("m3"));
         assert!(store
-            .remove(&id("a"), Some(&id("s")), &MessageId::new("m2").unwrap())
+            .remove(&mb("a"), Some(&id("s")), &MessageId::new("m2").unwrap())
             .unwrap());
         assert!(!store
-            .remove(&id("a"), Some(&id("s")), &MessageId::new("m2").unwrap())
+            .remove(&mb("a"), Some(&id("s")), &MessageId::new("m2").unwrap())
             .unwrap());
-        assert_eq!(store.count(&id("b")).unwrap(), 0);
+        assert_eq!(store.count(&mb("b")).unwrap(), 0);
 
         // expiry
         store
-            .enqueue(&id("c"), &item("x"), &quota(10), Duration::ZERO)
+            .enqueue(&mb("c"), &item("x"), &quota(10), Duration::ZERO)
             .unwrap();
-        assert_eq!(store.pending(&id("c"), 0, 10).unwrap().len(), 0);
+        assert_eq!(store.pending(&mb("c"), 0, 10).unwrap().len(), 0);
         assert!(store.purge_expired().unwrap() >= 1);
     }
 
@@ -1370,7 +1451,7 @@ mod tests {
             sender_count: 2,
             sender_bytes: 500,
         };
-        let bob = id("bob");
+        let bob = mb("bob");
         // two messages from mallory, one live on connection 7; a third from mallory is refused
         assert_eq!(
             store
@@ -1423,7 +1504,7 @@ mod tests {
             ..from("dave", "big")
         };
         assert!(matches!(
-            store.enqueue(&id("erin"), &big, &q, ttl),
+            store.enqueue(&mb("erin"), &big, &q, ttl),
             Err(EnqueueError::Full {
                 limit: Limit::SenderBytes,
                 ..
@@ -1436,7 +1517,7 @@ mod tests {
         let store = SqliteStore::in_memory().unwrap();
         let ttl = Duration::from_secs(60);
         let q = quota(2);
-        let bob = id("bob");
+        let bob = mb("bob");
         store.enqueue(&bob, &from("alice", "a1"), &q, ttl).unwrap();
         let live = |m: &str, conn| (bob.clone(), from("carol", m), conn);
         let requests = [
@@ -1484,7 +1565,7 @@ mod tests {
     fn the_quota_follows_acks_expiry_purges_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let q = quota(2);
-        let bob = id("bob");
+        let bob = mb("bob");
         let full = |s: &SqliteStore, m: &str| {
             matches!(
                 s.enqueue(&bob, &from("alice", m), &q, Duration::from_secs(60)),
@@ -1533,14 +1614,14 @@ mod tests {
         let ttl = Duration::from_secs(60);
         {
             let s = SqliteStore::open(dir.path()).unwrap();
-            s.accept_live(&id("bob"), &item("m1"), &Quota::UNLIMITED, ttl, 3)
+            s.accept_live(&mb("bob"), &item("m1"), &Quota::UNLIMITED, ttl, 3)
                 .unwrap();
-            assert!(s.claim(&id("bob"), 4, 10).unwrap().is_empty());
+            assert!(s.claim(&mb("bob"), 4, 10).unwrap().is_empty());
             // no checkpoint, no clean close: as after kill -9 (the WAL holds the commit)
             std::mem::forget(s);
         }
         let s = SqliteStore::open(dir.path()).unwrap();
-        let claimed = s.claim(&id("bob"), 1, 10).unwrap();
+        let claimed = s.claim(&mb("bob"), 1, 10).unwrap();
         assert_eq!(claimed, vec![item("m1")]);
     }
 
@@ -1548,7 +1629,7 @@ mod tests {
     fn acks_without_a_sender_remove_only_unambiguous_ids() {
         let store = SqliteStore::in_memory().unwrap();
         let ttl = Duration::from_secs(60);
-        let bob = id("bob");
+        let bob = mb("bob");
         let mid = MessageId::new("same").unwrap();
         store
             .enqueue(&bob, &from("alice", "same"), &Quota::UNLIMITED, ttl)
@@ -1629,9 +1710,9 @@ mod tests {
                     frame: big.clone(),
                     ..from("s", &format!("m{round}-{i}"))
                 };
-                s.enqueue(&id("bob"), &item, &Quota::UNLIMITED, ttl)
+                s.enqueue(&mb("bob"), &item, &Quota::UNLIMITED, ttl)
                     .unwrap();
-                s.remove(&id("bob"), Some(&id("s")), &item.message_id)
+                s.remove(&mb("bob"), Some(&id("s")), &item.message_id)
                     .unwrap();
             }
             largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
@@ -1655,7 +1736,7 @@ mod tests {
         }
         let s = SqliteStore::open(dir.path()).unwrap();
         assert!(s.get(&id("a")).unwrap().is_some());
-        assert_eq!(s.count(&id("a")).unwrap(), 2);
+        assert_eq!(s.count(&mb("a")).unwrap(), 2);
     }
 
     #[test]
@@ -1673,7 +1754,7 @@ mod tests {
             .unwrap();
         }
         let s = SqliteStore::open(dir.path()).unwrap();
-        let items = s.pending(&id("bob"), 0, 10).unwrap();
+        let items = s.pending(&mb("bob"), 0, 10).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].1.frame, "old-frame");
         // the migrated row counts its bytes against the quota
@@ -1683,7 +1764,7 @@ mod tests {
         };
         assert!(matches!(
             s.enqueue(
-                &id("bob"),
+                &mb("bob"),
                 &from("alice", "m2"),
                 &tight,
                 Duration::from_secs(60)
@@ -1694,12 +1775,12 @@ mod tests {
             })
         ));
         s.enqueue(
-            &id("bob"),
+            &mb("bob"),
             &from("alice", "m1"),
             &quota(10),
             Duration::from_secs(60),
         )
         .unwrap();
-        assert_eq!(s.count(&id("bob")).unwrap(), 2);
+        assert_eq!(s.count(&mb("bob")).unwrap(), 2);
     }
 }

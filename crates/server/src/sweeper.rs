@@ -294,9 +294,11 @@ mod tests {
         let op = CommitOp {
             group: &group,
             sender: &id("alice"),
+            sender_device: &lattice_protocol::DeviceId::primary(),
             epoch: 0,
             message_id: &mid,
             members: &members,
+            leaves: None,
             commit_frame: "{}",
             welcome_frame: Some("{}"),
             max_groups_per_id: 10,

@@ -71,13 +71,17 @@ mod tests {
     use super::*;
     use crate::store::{Accepted, EnqueueError, MailItem, SqliteStore};
 
-    fn live(recipient: &str, sender: &str, m: &str) -> (ClientId, MailItem, u64) {
+    fn live(recipient: &str, sender: &str, m: &str) -> (crate::store::MailboxKey, MailItem, u64) {
         let item = MailItem {
             message_id: MessageId::new(m).unwrap(),
             sender: ClientId::new(sender).unwrap(),
             frame: format!("{{\"m\":\"{m}\"}}"),
         };
-        (ClientId::new(recipient).unwrap(), item, 1)
+        (
+            crate::store::MailboxKey::primary(&ClientId::new(recipient).unwrap()),
+            item,
+            1,
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +120,14 @@ mod tests {
         }
         assert_eq!((stored, full), (30, 20));
         // durable before the answer: the rows are there
-        assert_eq!(store.count(&ClientId::new("bob").unwrap()).unwrap(), 30);
+        assert_eq!(
+            store
+                .count(&crate::store::MailboxKey::primary(
+                    &ClientId::new("bob").unwrap()
+                ))
+                .unwrap(),
+            30
+        );
         // acknowledgements go through the writer too
         let acks = (0..50)
             .map(|i| {
@@ -128,12 +139,22 @@ mod tests {
             .collect();
         let results = writer
             .commit(CommitRequest {
-                acks: Some((ClientId::new("bob").unwrap(), acks)),
+                acks: Some((
+                    crate::store::MailboxKey::primary(&ClientId::new("bob").unwrap()),
+                    acks,
+                )),
                 live: Vec::new(),
             })
             .await
             .unwrap();
         assert!(results.is_empty());
-        assert_eq!(store.count(&ClientId::new("bob").unwrap()).unwrap(), 0);
+        assert_eq!(
+            store
+                .count(&crate::store::MailboxKey::primary(
+                    &ClientId::new("bob").unwrap()
+                ))
+                .unwrap(),
+            0
+        );
     }
 }

@@ -12,7 +12,7 @@ mod redis_process;
 use std::collections::{BTreeSet, HashSet};
 
 use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK};
-use lattice_protocol::{ClientId, GroupId, MessageId};
+use lattice_protocol::{ClientId, DeviceId, GroupId, MessageId};
 use lattice_server::cluster::directory::RedisDirectory;
 use lattice_server::cluster::groups::{RedisGroupError, RedisGroups};
 use lattice_server::cluster::key_packages::{RedisKeyPackages, RedisUploadError};
@@ -183,6 +183,7 @@ async fn frames(mbox: &RedisMailbox, who: &str) -> Vec<String> {
 
 struct Commit {
     sender: ClientId,
+    device: DeviceId,
     epoch: u64,
     message_id: MessageId,
     members: BTreeSet<ClientId>,
@@ -194,6 +195,7 @@ impl Commit {
     fn new(sender: &str, epoch: u64, members: &[&str], welcome: bool) -> Self {
         Self {
             sender: id(sender),
+            device: DeviceId::primary(),
             epoch,
             message_id: MessageId::new(format!("c-{sender}-{epoch}")).unwrap(),
             members: set(members),
@@ -206,9 +208,11 @@ impl Commit {
         CommitOp {
             group,
             sender: &self.sender,
+            sender_device: &self.device,
             epoch: self.epoch,
             message_id: &self.message_id,
             members: &self.members,
+            leaves: None,
             commit_frame: &self.frame,
             welcome_frame: self.welcome.as_deref(),
             max_groups_per_id: 10,

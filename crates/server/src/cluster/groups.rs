@@ -258,6 +258,7 @@ impl RedisGroups {
                         return Ok(CommitOutcome {
                             epoch: current,
                             recipients: Vec::new(),
+                            copies: Vec::new(),
                         });
                     }
                     (current, read.members)
@@ -300,7 +301,11 @@ impl RedisGroups {
                         .into_iter()
                         .chain(pending.to_welcome)
                         .collect();
-                    return Ok(CommitOutcome { epoch, recipients });
+                    return Ok(CommitOutcome {
+                        epoch,
+                        recipients,
+                        copies: Vec::new(),
+                    });
                 }
                 // Another node moved the group, or has a fan-out pending: read again.
                 3 | 4 => {}

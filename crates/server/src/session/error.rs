@@ -169,6 +169,41 @@ pub(crate) enum HandlerError {
         "messageId {0} is already used by another message waiting for a member; use a fresh id"
     )]
     MessageIdReused(MessageId),
+    /// A device `register` (or a Commit's leaf) for a device not on the id's current list.
+    #[error("{0}")]
+    UnknownDevice(String),
+    /// A device certificate or device list signature that does not verify.
+    #[error("{0}")]
+    BadDeviceCertificate(&'static str),
+    /// A device list with too many linked devices.
+    #[error("A device list names at most {max} linked devices (the primary device makes {total}); this one names {got}")]
+    TooManyDevices {
+        /// Linked devices listed.
+        got: usize,
+        /// The most a list may name.
+        max: usize,
+        /// Devices per id, the primary included.
+        total: usize,
+    },
+    /// A device list whose counter is not above the stored one's.
+    #[error("The device list of {id} is at counter {stored}; a list with counter {got} is a replay or older: sign a list with a higher counter")]
+    StaleDeviceList {
+        /// The id.
+        id: ClientId,
+        /// The uploaded counter.
+        got: u64,
+        /// The stored counter.
+        stored: u64,
+    },
+    /// A Commit whose leaves do not fit its member list.
+    #[error("{0}")]
+    LeavesMismatch(String),
+    /// A device list or device part whose shape breaks the rules (reserved id, duplicates, keys).
+    #[error("{0}")]
+    BadDeviceList(String),
+    /// Linked devices on a server that cannot serve them (several nodes on Redis).
+    #[error("Linked devices are not available on this server yet: it runs as several nodes on Redis, where only the primary device (a register without a device part) is served")]
+    DevicesNotSupported,
 }
 
 fn mailbox_full(target: &ClientId, limit: Limit, bound: u64) -> String {
@@ -227,6 +262,12 @@ impl HandlerError {
             Self::NotAMember(_) => ErrorType::NotAMember,
             Self::StaleEpoch { .. } => ErrorType::StaleEpoch,
             Self::FutureEpoch { .. } => ErrorType::FutureEpoch,
+            Self::UnknownDevice(_) => ErrorType::UnknownDevice,
+            Self::BadDeviceCertificate(_) => ErrorType::InvalidDeviceCertificate,
+            Self::TooManyDevices { .. } => ErrorType::TooManyDevices,
+            Self::StaleDeviceList { .. } => ErrorType::StaleDeviceList,
+            Self::BadDeviceList(_) | Self::LeavesMismatch(_) => ErrorType::InvalidMessage,
+            Self::DevicesNotSupported => ErrorType::DevicesNotSupported,
         }
     }
 
@@ -281,6 +322,12 @@ pub(crate) enum ProofError {
     /// `keySignature` does not sign `publicKey` with the identity key.
     #[error("keySignature does not verify against the identity key")]
     KeySignatureInvalid,
+    /// A device part without an `ed25519` verification.
+    #[error("A device registers with an ed25519 verification signed by its device key")]
+    DeviceUnverified,
+    /// A device registering another KEM key than its id's bound one.
+    #[error("A device registers with its id's bound publicKey and keySignature")]
+    DeviceKemKey,
 }
 
 #[cfg(test)]

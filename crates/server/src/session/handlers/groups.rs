@@ -1,6 +1,7 @@
 //! `group_commit` and `group_message`: the MLS delivery service's ordered fan-out.
 //!
-//! Per group the server keeps its members and current epoch ([`crate::store::SqliteStore::group_commit`]).
+//! Per group the server keeps its members, their leaves (the member devices, docs/protocol.md
+//! "Devices": copies go to every leaf but the sending device) and current epoch ([`crate::store::SqliteStore::group_commit`]).
 //! A Commit from a member for the current epoch wins it: every copy (the Commit for the members
 //! before it, the Welcome for those it adds) is committed to the members' mailboxes and the epoch
 //! advances in one transaction, before the sender hears `group_commit`. A Commit for another
@@ -25,7 +26,7 @@ use std::collections::BTreeSet;
 use base64::Engine as _;
 use lattice_protocol::limits::MAX_GROUP_MEMBERS;
 use lattice_protocol::{
-    ClientId, GroupCommit, GroupCommitAccepted, GroupId, GroupMessage, GroupMessageAccepted,
+    ClientId, GroupCommit, GroupCommitAccepted, GroupId, GroupMessage, GroupMessageAccepted, Leaf,
     MessageId, MlsEnvelope, MlsKind, ServerFrame, MLS_ALGORITHM,
 };
 use tracing::{debug, warn};
@@ -38,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::session::error::HandlerError;
 use crate::state::unix_ms;
-use crate::store::{CommitOp, GroupError};
+use crate::store::{CommitOp, GroupError, MailboxKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -159,6 +160,21 @@ impl Core {
                 max: MAX_GROUP_MEMBERS,
             });
         }
+        // Each leaf is an MLS member: the same bound holds for them.
+        let leaves: Option<BTreeSet<Leaf>> = c.leaves.map(|l| l.into_iter().collect());
+        if let Some(leaves) = &leaves {
+            if leaves.len() > MAX_GROUP_MEMBERS {
+                return Err(HandlerError::GroupTooLarge {
+                    got: leaves.len(),
+                    max: MAX_GROUP_MEMBERS,
+                });
+            }
+            // A node of several routes by id (every id has only its primary device there): a
+            // linked device's leaf would never get its copies, so it is refused, not ignored.
+            if self.state.node.is_some() && leaves.iter().any(|l| !l.device_id.is_primary()) {
+                return Err(HandlerError::DevicesNotSupported);
+            }
+        }
         let commit_frame = member_frame(
             MlsKind::Commit,
             &c.group_id,
@@ -183,9 +199,11 @@ impl Core {
         let op = CommitOp {
             group: &c.group_id,
             sender: &peer.id,
+            sender_device: &peer.device,
             epoch: c.epoch,
             message_id: &c.message_id,
             members: &members,
+            leaves: leaves.as_ref(),
             commit_frame: &commit_frame,
             welcome_frame: welcome_frame.as_deref(),
             max_groups_per_id: MAX_GROUPS_PER_ID,
@@ -207,7 +225,7 @@ impl Core {
                     .store
                     .group_commit(&op, &cfg.mailbox_quota(), cfg.mailbox_ttl)
                     .map_err(|e| self.group_refusal(&c.group_id, c.epoch, &c.message_id, e))?;
-                self.wake(&outcome.recipients);
+                self.wake(&outcome.copies);
                 outcome
             }
         };
@@ -247,7 +265,7 @@ impl Core {
                     .await
                     .map_err(|e| self.redis_refusal(&m.group_id, 0, &mid, e))?;
                 self.wake_cluster(&node, &recipients).await;
-                recipients
+                recipients.len()
             }
             None => {
                 let recipients = self
@@ -255,7 +273,10 @@ impl Core {
                     .store
                     .group_send(
                         &m.group_id,
-                        &peer.id,
+                        &Leaf {
+                            client_id: peer.id.clone(),
+                            device_id: peer.device.clone(),
+                        },
                         &mid,
                         &frame,
                         &cfg.mailbox_quota(),
@@ -263,21 +284,21 @@ impl Core {
                     )
                     .map_err(|e| self.group_refusal(&m.group_id, 0, &mid, e))?;
                 self.wake(&recipients);
-                recipients
+                recipients.len()
             }
         };
         Ok(ServerFrame::GroupMessageAccepted(GroupMessageAccepted {
             group_id: m.group_id,
             message_id: mid,
-            recipients: u32::try_from(recipients.len()).unwrap_or(u32::MAX),
+            recipients: u32::try_from(recipients).unwrap_or(u32::MAX),
         }))
     }
 
-    /// Wakes every online recipient's mailbox drain (its copy is committed).
-    fn wake(&self, recipients: &[ClientId]) {
+    /// Wakes every online recipient device's mailbox drain (its copy is committed).
+    fn wake(&self, recipients: &[MailboxKey]) {
         for r in recipients {
             Metrics::inc(&self.state.metrics.messages_queued);
-            if let Some(entry) = self.state.hub.get(r) {
+            if let Some(entry) = self.state.hub.device(r.id(), r.device()) {
                 entry.session.notify_mail();
             }
         }
@@ -340,6 +361,13 @@ impl Core {
                 "The Commit carries a welcome but its member list adds nobody",
             ),
             GroupError::MessageIdReused => HandlerError::MessageIdReused(mid.clone()),
+            GroupError::UnknownDevice(leaf) => HandlerError::UnknownDevice(format!(
+                "{} has no device {} (not on its device list)",
+                leaf.client_id, leaf.device_id
+            )),
+            GroupError::LeavesMismatch(why) => {
+                HandlerError::LeavesMismatch(format!("leaves: {why}"))
+            }
             GroupError::MailboxFull { recipient, limit } => HandlerError::MailboxFull {
                 target: recipient,
                 limit,

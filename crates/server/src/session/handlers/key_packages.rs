@@ -11,8 +11,8 @@ use lattice_protocol::limits::{
     MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
 };
 use lattice_protocol::{
-    encode, ClientId, Frame, KeyPackageFetch, KeyPackageFound, KeyPackageUpload, KeyPackagesLow,
-    KeyPackagesStored, ServerFrame,
+    encode, ClientId, DeviceId, DeviceKeyPackage, Frame, KeyPackageFetch, KeyPackageFound,
+    KeyPackageUpload, KeyPackagesLow, KeyPackagesStored, ServerFrame,
 };
 use tracing::{debug, warn};
 
@@ -104,7 +104,7 @@ impl Core {
     ) -> Result<Stock, HandlerError> {
         self.state
             .store
-            .upload_key_packages(&peer.id, one_time, last_resort)
+            .upload_key_packages(&peer.id, &peer.device, one_time, last_resort)
             .map_err(|e| match e {
                 UploadError::StockFull { stock, adding } => HandlerError::KeyPackageStockFull {
                     stock,
@@ -127,48 +127,82 @@ impl Core {
             return Err(HandlerError::VerificationRequired("key_package_fetch"));
         }
         let node = self.state.node.clone();
+        // Older clients (no `allDevices`) get the primary device's, as before devices existed.
+        let devices = if f.all_devices && node.is_none() {
+            self.state.store.devices_of(&f.client_id).map_err(|e| {
+                warn!(error = %e, "device list read failed");
+                HandlerError::StorageUnavailable
+            })?
+        } else {
+            vec![DeviceId::primary()]
+        };
         let found = match &node {
-            Some(node) => node.key_packages.fetch(&f.client_id).await.map_err(|e| {
-                warn!(error = %e, "key package fetch failed");
-                HandlerError::ClusterUnavailable
-            }),
+            Some(node) => node
+                .key_packages
+                .fetch(&f.client_id)
+                .await
+                .map(|found| {
+                    found
+                        .map(|k| vec![(DeviceId::primary(), k)])
+                        .unwrap_or_default()
+                })
+                .map_err(|e| {
+                    warn!(error = %e, "key package fetch failed");
+                    HandlerError::ClusterUnavailable
+                }),
             None => self
                 .state
                 .store
-                .fetch_key_package(&f.client_id)
+                .fetch_key_packages(&f.client_id, &devices)
                 .map_err(|e| {
                     warn!(error = %e, "key package fetch failed");
                     HandlerError::StorageUnavailable
                 }),
         };
-        let Some(fetched) = found? else {
+        let fetched = found?;
+        let Some((_, first)) = fetched.first() else {
             return Err(HandlerError::NoKeyPackage(f.client_id));
         };
-        debug!(owner = %f.client_id, last_resort = fetched.last_resort, stock = fetched.stock_left, "key package fetched");
-        if fetched.low_stock() {
+        let (key_package, last_resort) = (B64.encode(&first.data), first.last_resort);
+        for (device, k) in &fetched {
+            debug!(owner = %f.client_id, %device, last_resort = k.last_resort, stock = k.stock_left, "key package fetched");
+            if !k.low_stock() {
+                continue;
+            }
             let frame = encode(&Frame::new(ServerFrame::KeyPackagesLow(KeyPackagesLow {
-                stock: fetched.stock_left,
+                stock: k.stock_left,
             })));
             match &node {
                 Some(node) => {
                     node.notify(self.state.hub.as_ref(), &f.client_id, frame.into())
                         .await;
                 }
-                None => self.notify_low_stock(&f.client_id, frame.into()),
+                None => self.notify_low_stock(&f.client_id, device, frame.into()),
             }
         }
+        let devices = f.all_devices.then(|| {
+            fetched
+                .iter()
+                .map(|(device, k)| DeviceKeyPackage {
+                    device_id: device.clone(),
+                    key_package: B64.encode(&k.data),
+                    last_resort: k.last_resort,
+                })
+                .collect()
+        });
         Ok(ServerFrame::KeyPackage(KeyPackageFound {
             client_id: f.client_id,
-            key_package: B64.encode(&fetched.data),
-            last_resort: fetched.last_resort,
+            key_package,
+            last_resort,
+            devices,
         }))
     }
 
     /// Tells an online owner its stock runs low. Best effort through its bounded queue: with the
     /// queue full the notice is dropped (the owner learns its stock from every upload answer).
     /// (On several nodes, [`crate::node::Node::notify`] reaches an owner on any node.)
-    fn notify_low_stock(&self, owner: &ClientId, frame: Utf8Bytes) {
-        let Some(entry) = self.state.hub.get(owner) else {
+    fn notify_low_stock(&self, owner: &ClientId, device: &DeviceId, frame: Utf8Bytes) {
+        let Some(entry) = self.state.hub.device(owner, device) else {
             return;
         };
         if entry

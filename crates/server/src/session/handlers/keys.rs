@@ -27,12 +27,22 @@ impl Core {
             },
             (None, None) => None,
         };
+        // Contacts check every MLS leaf of the id against its signed list (single node only: a
+        // node of several serves no devices yet).
+        let device_list = match &self.state.node {
+            Some(_) => None,
+            None => self.state.store.device_list(&r.target_id).map_err(|e| {
+                warn!(error = %e, "device list read failed");
+                HandlerError::StorageUnavailable
+            })?,
+        };
         let body = if let Some(k) = online {
             PublicKeyResponse {
                 peer_id: r.target_id,
                 public_key: k.public_key.into(),
                 identity_key: k.identity_key.map(|k| B64.encode(k)),
                 key_signature: k.key_signature.as_ref().map(|s| B64.encode(s)),
+                device_list,
             }
         } else {
             match self.binding_of(&r.target_id).await? {
@@ -41,6 +51,7 @@ impl Core {
                     public_key: b.kem_public_key.into(),
                     identity_key: Some(B64.encode(b.identity_key)),
                     key_signature: Some(B64.encode(b.key_signature)),
+                    device_list,
                 },
                 None => return Err(HandlerError::PeerNotFound(r.target_id)),
             }

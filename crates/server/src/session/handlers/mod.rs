@@ -14,11 +14,14 @@
 //! - [`relay`]: `message`, `ack` and the batch's group commit (the delivery contract).
 //! - [`questions`]: `peer_response` and `debug_question`.
 //! - [`key_packages`]: `key_package_upload` and `key_package_fetch`, the MLS KeyPackage directory.
+//! - [`devices`]: `device_list_upload` and the checks of a device `register` (the signed device
+//!   list, device certificates).
 //! - [`blobs`]: `blob_token`, the token a verified id shows to create blob transfers over HTTP.
 //! - [`groups`]: `group_commit` and `group_message`, the MLS delivery service's epoch check and
 //!   fan-out.
 
 mod blobs;
+mod devices;
 mod discover;
 mod groups;
 mod key_packages;
@@ -88,6 +91,8 @@ pub(crate) struct Core {
     /// On a node of several: the drain first takes over what earlier connections of this peer
     /// were handed and did not acknowledge, from this stream cursor (`Some(None)`: the start).
     take_over: Option<Option<String>>,
+    /// Close after this frame's answer is written (a device that removed itself).
+    close_after: Option<Close>,
 }
 
 impl Core {
@@ -110,6 +115,7 @@ impl Core {
             pending_acks: Vec::new(),
             replies: Vec::new(),
             take_over: None,
+            close_after: None,
         }
     }
 
@@ -252,6 +258,9 @@ impl Core {
                         Box::pin(self.on_group_message(&peer, m)).await.map(Some)
                     }
                     ClientFrame::BlobToken(_) => self.on_blob_token(&peer).map(Some),
+                    ClientFrame::DeviceListUpload(u) => {
+                        self.on_device_list_upload(&peer, u).map(Some)
+                    }
                     ClientFrame::Challenge(_) | ClientFrame::Register(_) => Ok(None),
                 },
             },
@@ -259,7 +268,7 @@ impl Core {
         match answer {
             Ok(Some(body)) => {
                 self.reply(body, rid);
-                None
+                self.close_after.take()
             }
             Ok(None) => None,
             Err(e) => self.refuse(e, rid),
@@ -333,7 +342,7 @@ impl Core {
         match self
             .state
             .mailbox
-            .claim(&peer.id, self.shared.conn_id, MAILBOX_BATCH)
+            .claim(&peer.mailbox_key(), self.shared.conn_id, MAILBOX_BATCH)
         {
             Ok(items) => {
                 debug!(count = items.len(), "mailbox batch");
@@ -360,7 +369,9 @@ impl Core {
             return;
         };
         self.release_ip_slot();
-        let released = self.state.hub.release(&peer.id, self.shared.conn_id);
+        // `Some(true)`: this was the id's last online device (presence changes).
+        let release = self.state.hub.release(&peer.id, self.shared.conn_id);
+        let released = release == Some(true);
         if let Some(node) = self.state.node.clone() {
             // Nothing is held or pending on this path: what this connection was handed and did
             // not acknowledge stays in the stream for the peer's next connection, on any node.
@@ -391,11 +402,15 @@ impl Core {
         if peer.verified {
             // Everything sent on this connection and not acknowledged, and everything still in
             // its queue, waits in the mailbox for the next connection.
-            match self.state.mailbox.disown_all(&peer.id, self.shared.conn_id) {
+            match self
+                .state
+                .mailbox
+                .disown_all(&peer.mailbox_key(), self.shared.conn_id)
+            {
                 Ok(0) => {}
                 Ok(returned) => {
                     debug!(returned, "unacknowledged messages returned to the mailbox");
-                    if let Some(current) = self.state.hub.get(&peer.id) {
+                    if let Some(current) = self.state.hub.device(&peer.id, &peer.device) {
                         current.session.notify_mail();
                     }
                 }

@@ -10,13 +10,13 @@ use lattice_crypto::{IdentityPublicKey, KemPublicKey};
 use lattice_protocol::close_code;
 use lattice_protocol::limits::{CHALLENGE_NONCE_LEN, CHALLENGE_TTL_SECS, KEM_PUBLIC_KEY_LEN};
 use lattice_protocol::{
-    encode, Challenge, Frame, PeerPresence, PublicKeyField, Register, Registered, ServerFrame,
-    Verification,
+    encode, Challenge, DeviceId, Frame, PeerPresence, PublicKeyField, Register, Registered,
+    ServerFrame, Verification,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::Core;
+use super::{devices, Core};
 use crate::cluster::directory::Bound;
 use crate::cluster::presence::Claim;
 use crate::hub::{ClaimError, PeerEntry};
@@ -254,7 +254,8 @@ impl Core {
         r: Register,
     ) -> Result<Option<ServerFrame>, HandlerError> {
         if let Some(peer) = &self.peer {
-            if peer.id != r.client_id {
+            let device = r.device.as_ref().map(|d| &d.device_id);
+            if peer.id != r.client_id || device.unwrap_or(&DeviceId::primary()) != &peer.device {
                 return Err(HandlerError::AlreadyRegistered(peer.id.clone()));
             }
             // A retry of our own registration: answer it again rather than colliding with it.
@@ -262,6 +263,7 @@ impl Core {
                 success: true,
                 client_id: peer.id.clone(),
                 verified: peer.verified,
+                device_id: device.cloned(),
             })));
         }
         let id = r.client_id.clone();
@@ -271,11 +273,143 @@ impl Core {
             Some(Ok(v)) if v.algorithm.eq_ignore_ascii_case("ed25519") => Some(v),
             _ => None,
         };
+        if let Some(part) = &r.device {
+            let device = part.device_id.clone();
+            let binding = self.binding_of(&id).await?;
+            let v = verification.ok_or(ProofError::DeviceUnverified)?;
+            let proof = self.check_device_proof(&v, &r, &kem_key, binding.as_ref())?;
+            return self
+                .register_checked(r, kem_key, Some(proof), binding, device)
+                .await;
+        }
         let proof = match verification {
             Some(v) => Some(self.check_proof(&v, &r, &kem_key)?),
             None => None,
         };
         let binding = self.binding_of(&id).await?;
+        self.register_checked(r, kem_key, proof, binding, DeviceId::primary())
+            .await
+    }
+
+    /// The checks of a device `register` (docs/protocol.md, "Devices"), in the documented order:
+    /// the challenge, the id's binding and identity key, the certificate, an attached device
+    /// list, the device on the current list with this key, then the device key's signature over
+    /// the device statement and `keySignature` over the bound KEM key.
+    fn check_device_proof(
+        &mut self,
+        v: &Verification,
+        r: &Register,
+        kem_key: &[u8],
+        binding: Option<&Binding>,
+    ) -> Result<Proof, HandlerError> {
+        let Some(part) = &r.device else {
+            return Err(ProofError::DeviceUnverified.into());
+        };
+        if self.state.node.is_some() {
+            return Err(HandlerError::DevicesNotSupported);
+        }
+        if part.device_id.is_primary() {
+            return Err(HandlerError::BadDeviceList(format!(
+                "deviceId {} is reserved for the implicit primary device (a register without a device part)",
+                part.device_id
+            )));
+        }
+        let (nonce, issued) = self.challenge.take().ok_or(ProofError::NoChallenge)?;
+        if issued.elapsed() > Duration::from_secs(CHALLENGE_TTL_SECS) {
+            return Err(ProofError::ChallengeExpired.into());
+        }
+        let field = |f: &Option<String>, name: &'static str| -> Result<Vec<u8>, ProofError> {
+            let s = f.as_deref().ok_or(ProofError::FieldMissing(name))?;
+            B64.decode(s).map_err(|_| ProofError::FieldNotBase64(name))
+        };
+        let id = &r.client_id;
+        let Some(binding) = binding else {
+            return Err(HandlerError::UnknownDevice(format!(
+                "{id} has no device list: its primary device has not registered it"
+            )));
+        };
+        let ik_bytes = field(&v.serialized_public_key, "serializedPublicKey")?;
+        let ik = IdentityPublicKey::from_bytes(&ik_bytes).map_err(|_| ProofError::NotEd25519)?;
+        if ik.as_bytes() != &binding.identity_key {
+            return Err(HandlerError::IdTaken(id.clone()));
+        }
+        let dk = devices::device_key(&part.device_key)?;
+        let cert_msg = lattice_crypto::device_certificate_message(
+            id.as_str(),
+            part.device_id.as_str(),
+            dk.as_bytes(),
+        )
+        .map_err(ProofError::Statement)?;
+        let cert = B64.decode(&part.certificate).map_err(|_| {
+            HandlerError::BadDeviceCertificate("The device certificate is not valid base64")
+        })?;
+        ik.verify(&cert_msg, &cert).map_err(|_| {
+            HandlerError::BadDeviceCertificate(
+                "The device certificate does not verify under the id's identity key",
+            )
+        })?;
+        let stored = self.state.store.device_list(id).map_err(|e| {
+            warn!(error = %e, "device list read failed");
+            HandlerError::StorageUnavailable
+        })?;
+        let current = match &part.device_list {
+            // A copy of the stored list (a retried first registration) changes nothing.
+            Some(list) if stored.as_ref() != Some(list) => {
+                // Not registered yet: no device of this connection can be removed.
+                self.store_device_list(id, &ik, list, None)?;
+                Some(list.clone())
+            }
+            _ => stored,
+        };
+        let listed = current
+            .as_ref()
+            .and_then(|l| crate::store::listed_key(l, &part.device_id));
+        if listed != Some(*dk.as_bytes()) {
+            return Err(HandlerError::UnknownDevice(format!(
+                "Device {} of {id} is not on its device list with this key; the primary device must list it first",
+                part.device_id
+            )));
+        }
+        let statement = lattice_crypto::device_registration_statement(
+            &nonce,
+            id.as_str(),
+            part.device_id.as_str(),
+            kem_key,
+        )
+        .map_err(ProofError::Statement)?;
+        if field(&v.serialized_message, "serializedMessage")? != statement {
+            return Err(ProofError::StatementMismatch.into());
+        }
+        let sig = field(&v.serialized_signed_data, "serializedSignedData")?;
+        dk.verify(&statement, &sig)
+            .map_err(|_| ProofError::BadSignature)?;
+        if kem_key != binding.kem_public_key.as_slice() {
+            return Err(ProofError::DeviceKemKey.into());
+        }
+        let key_sig = B64
+            .decode(
+                r.key_signature
+                    .as_deref()
+                    .ok_or(ProofError::KeySignatureMissing)?,
+            )
+            .map_err(|_| ProofError::KeySignatureNotBase64)?;
+        lattice_crypto::verify_kem_key_signature(&ik, kem_key, &key_sig)
+            .map_err(|_| ProofError::KeySignatureInvalid)?;
+        Ok((*ik.as_bytes(), key_sig))
+    }
+
+    /// A registration whose proof (if any) holds: the binding rules, the claim on the hub, the
+    /// binding, presence.
+    async fn register_checked(
+        &mut self,
+        r: Register,
+        kem_key: Vec<u8>,
+        proof: Option<Proof>,
+        binding: Option<Binding>,
+        device: DeviceId,
+    ) -> Result<Option<ServerFrame>, HandlerError> {
+        let id = r.client_id.clone();
+        let is_device = !device.is_primary();
         match (&binding, &proof) {
             (Some(_), None) => return Err(HandlerError::IdTaken(id)),
             (Some(b), Some((ik, _))) if &b.identity_key != ik => {
@@ -286,6 +420,7 @@ impl Core {
         let identity_key = proof.as_ref().map(|(ik, _)| *ik);
         let entry = Arc::new(PeerEntry {
             id: id.clone(),
+            device: device.clone(),
             session: Arc::clone(&self.shared),
             verified: proof.is_some(),
             public_key: kem_key.clone().into(),
@@ -315,8 +450,8 @@ impl Core {
             self.release_ip_slot();
             return Err(e);
         }
-        let replaced = match self.state.hub.claim(Arc::clone(&entry), &replace) {
-            Ok(old) => old,
+        let claimed = match self.state.hub.claim(Arc::clone(&entry), &replace) {
+            Ok(claimed) => claimed,
             Err(ClaimError::Taken) => {
                 self.release_cluster(&id).await;
                 self.release_ip_slot();
@@ -325,7 +460,7 @@ impl Core {
         };
         // The replaced connection (same identity) is closed before anything can fail, so a
         // failure below never leaves it open but unreachable.
-        if let Some(old) = replaced {
+        if let Some(old) = claimed.replaced {
             if old.session.conn_id != self.shared.conn_id {
                 old.session.close(
                     close_code::REPLACED,
@@ -347,7 +482,8 @@ impl Core {
             }
             if self.state.node.is_some() {
                 // Bound in Redis above.
-            } else if binding.as_ref() == Some(&new) {
+            } else if is_device || binding.as_ref() == Some(&new) {
+                // (A device never changes its id's binding: it proved the bound keys.)
                 // In use: its binding does not expire (`--binding-ttl`) while it keeps coming back.
                 let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
                 if let Err(e) = self.state.directory.touch(&id, now) {
@@ -361,7 +497,7 @@ impl Core {
             }
         }
         tracing::Span::current().record("peer", tracing::field::display(&id));
-        info!(verified = entry.verified, "registered");
+        info!(verified = entry.verified, %device, "registered");
         Metrics::inc(&self.state.metrics.registrations);
         self.shared.registered.store(true, Ordering::Release);
         self.peer = Some(Arc::clone(&entry));
@@ -376,18 +512,21 @@ impl Core {
                 // Every node (this one too) tells its subscribers.
                 node.announce(&id, true).await;
             }
-            None => {
+            // Presence is per id: only its first online device makes it appear.
+            None if claimed.first => {
                 let presence = encode(&Frame::new(ServerFrame::PeerConnected(PeerPresence {
                     peer_id: id.clone(),
                 })));
                 self.state.hub.broadcast_presence(&presence.into(), &id);
             }
+            None => {}
         }
         self.set_draining();
         Ok(Some(ServerFrame::Registered(Registered {
             success: true,
             client_id: id,
             verified: entry.verified,
+            device_id: is_device.then_some(device),
         })))
     }
 }

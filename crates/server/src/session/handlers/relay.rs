@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use lattice_protocol::{
-    encode, Ack, AckStatus, ClientId, Frame, MessageId, RequestId, ServerFrame,
+    encode, Ack, AckStatus, ClientId, DeviceId, Frame, MessageId, RequestId, ServerFrame,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::session::error::HandlerError;
 use crate::state::{unix_ms, ServerState};
 use crate::store::{
-    Accepted, CommitRequest, CommitResults, EnqueueError, Limit, MailItem, StoreError,
+    Accepted, CommitRequest, CommitResults, EnqueueError, Limit, MailItem, MailboxKey, StoreError,
 };
 
 /// A message for an online verified peer waiting for the batch's group commit.
@@ -68,8 +68,16 @@ impl Core {
         if !envelope.starts_with('{') {
             return Err(HandlerError::NotAnEnvelope);
         }
+        if let Some(devices) = self.state.store.linked_devices(&target) {
+            // Boxed like the offline path: the rarer one.
+            return Box::pin(
+                self.relay_to_devices(peer, &target, envelope, sender_mid, rid, devices),
+            )
+            .await;
+        }
         let timestamp = unix_ms();
-        let live = self.state.hub.get(&target);
+        // An id without linked devices has only its primary device.
+        let live = self.state.hub.device(&target, &DeviceId::primary());
         // Messages that may end up in a mailbox need an id for the recipient's ack.
         let mid = sender_mid.clone().or_else(|| {
             let durable = live.as_ref().is_none_or(|e| e.verified);
@@ -125,6 +133,44 @@ impl Core {
             (None, mid) => Box::pin(self.offline(&target, &peer.id, mid, frame)).await?,
         };
         self.ack(&target, sender_mid.as_ref(), rid.as_ref(), status);
+        Ok(())
+    }
+
+    /// A message for an id with linked devices (docs/protocol.md, "Devices"): committed to the
+    /// mailbox of every device of the id in one transaction (all or nothing), then each online
+    /// device is told to drain; the sender hears `queued`. End-to-end `delivered` comes from the
+    /// receipt inside the MLS conversation.
+    async fn relay_to_devices(
+        &mut self,
+        peer: &PeerEntry,
+        target: &ClientId,
+        envelope: &str,
+        sender_mid: Option<MessageId>,
+        rid: &mut Option<RequestId>,
+        devices: Vec<DeviceId>,
+    ) -> Result<(), HandlerError> {
+        let mid = sender_mid.clone().unwrap_or_else(server_message_id);
+        let frame =
+            lattice_protocol::fast::encode_delivered(envelope, &peer.id, unix_ms(), Some(&mid));
+        let keys: Vec<MailboxKey> = devices.iter().map(|d| MailboxKey::new(target, d)).collect();
+        let item = MailItem {
+            message_id: mid,
+            sender: peer.id.clone(),
+            frame,
+        };
+        let cfg = &self.state.config;
+        self.state
+            .store
+            .enqueue_all(&keys, &item, &cfg.mailbox_quota(), cfg.mailbox_ttl)
+            .map_err(|e| self.refusal(target, e))?;
+        Metrics::inc(&self.state.metrics.messages_queued);
+        for device in &devices {
+            if let Some(entry) = self.state.hub.device(target, device) {
+                entry.session.notify_mail();
+            }
+        }
+        debug!(%target, devices = devices.len(), "queued for every device");
+        self.ack(target, sender_mid.as_ref(), rid.as_ref(), AckStatus::Queued);
         Ok(())
     }
 
@@ -210,13 +256,19 @@ impl Core {
         }
         let acks = std::mem::take(&mut self.pending_acks);
         let acks = match &self.peer {
-            Some(peer) if !acks.is_empty() => Some((peer.id.clone(), acks)),
+            Some(peer) if !acks.is_empty() => Some((peer.mailbox_key(), acks)),
             _ => None,
         };
         let live = self
             .pending
             .iter()
-            .map(|p| (p.target.clone(), p.item.clone(), p.entry.session.conn_id))
+            .map(|p| {
+                (
+                    p.entry.mailbox_key(),
+                    p.item.clone(),
+                    p.entry.session.conn_id,
+                )
+            })
             .collect();
         Some(CommitRequest { acks, live })
     }
@@ -301,10 +353,10 @@ impl Core {
             Err(_) => {
                 // Queue full, or the connection is ending: the row waits for a drain (this
                 // connection's, or the next one's).
-                if let Err(e) = self.state.mailbox.disown(target, item, conn) {
+                if let Err(e) = self.state.mailbox.disown(&entry.mailbox_key(), item, conn) {
                     warn!(error = %e, %target, "could not return a message to the mailbox");
                 }
-                if let Some(current) = self.state.hub.get(target) {
+                if let Some(current) = self.state.hub.device(target, &entry.device) {
                     current.session.notify_mail();
                 }
                 debug!(%target, "recipient busy: left in the mailbox");
@@ -338,7 +390,7 @@ impl Core {
         let message_id = mid.unwrap_or_else(server_message_id);
         let cfg = &self.state.config;
         match self.state.mailbox.enqueue(
-            target,
+            &MailboxKey::primary(target),
             &MailItem {
                 message_id,
                 sender: sender.clone(),
@@ -352,7 +404,7 @@ impl Core {
                 Metrics::inc(&self.state.metrics.messages_queued);
                 // The recipient may have registered since we found it offline, and its first
                 // drain may have run before this row was committed: wake it to look again.
-                if let Some(current) = self.state.hub.get(target) {
+                if let Some(current) = self.state.hub.device(target, &DeviceId::primary()) {
                     current.session.notify_mail();
                 }
                 Ok(AckStatus::Queued)
@@ -427,7 +479,8 @@ fn spill_request(conn: u64, held: &[(HeldKey, HeldMessage)]) -> CommitRequest {
                     sender: sender.clone(),
                     frame: h.frame.as_str().to_owned(),
                 };
-                (h.answer.target.clone(), item, conn)
+                // Held messages go to ids without linked devices: their primary device.
+                (MailboxKey::primary(&h.answer.target), item, conn)
             })
             .collect(),
     }
@@ -549,9 +602,12 @@ async fn spill_expired(
         // these back too, so they wait for the next connection.
         if let Some((_, h)) = held.first() {
             let recipient = &h.answer.target;
-            match state.mailbox.disown_all(recipient, conn.conn_id) {
+            match state
+                .mailbox
+                .disown_all(&MailboxKey::primary(recipient), conn.conn_id)
+            {
                 Ok(_) => {
-                    if let Some(current) = state.hub.get(recipient) {
+                    if let Some(current) = state.hub.device(recipient, &DeviceId::primary()) {
                         current.session.notify_mail();
                     }
                 }

@@ -514,7 +514,7 @@ fn answers(c: &Conn) -> Vec<Value> {
 #[test]
 fn delivered_waits_for_the_recipients_ack_and_the_rest_is_spilled_when_it_leaves() {
     let state = server(Config::for_tests());
-    let bob_id = "bob".try_into().unwrap();
+    let bob_id = crate::store::MailboxKey::primary(&"bob".try_into().unwrap());
     let mut alice = registered(&state, "alice");
     let mut bob = registered_verified(&state, "bob", &new_identity());
     let mut carol = registered_verified(&state, "carol", &new_identity());
@@ -569,7 +569,7 @@ fn past_the_in_flight_bound_messages_take_the_durable_path() {
         outbound_queue: IN_FLIGHT_PER_CONNECTION * 2,
         ..Config::for_tests()
     });
-    let bob_id = "bob".try_into().unwrap();
+    let bob_id = crate::store::MailboxKey::primary(&"bob".try_into().unwrap());
     let mut alice = registered(&state, "alice");
     let mut dave = registered(&state, "dave");
     let mut bob = registered_verified(&state, "bob", &new_identity());
@@ -648,7 +648,7 @@ fn without_an_ack_wait_the_ack_for_a_verified_recipient_waits_for_the_group_comm
     assert_eq!(bob.routed().len(), 2);
     // bob drops without acking: both come back from the mailbox on his next connection
     now(bob.core.finish());
-    let bob_id = "bob".try_into().unwrap();
+    let bob_id = crate::store::MailboxKey::primary(&"bob".try_into().unwrap());
     let stored = state.mailbox.claim(&bob_id, 999, 10).expect("mailbox");
     assert_eq!(stored.len(), 2);
 }
@@ -731,7 +731,7 @@ fn an_answer_to_an_unknown_question_is_refused_and_demos_are_bounded() {
 async fn the_reaper_spills_what_is_not_acked_within_the_wait() {
     use crate::limits::{ACK_WAIT, IN_FLIGHT_REAP_DIVISOR};
     let state = server(Config::for_tests());
-    let bob_id = "bob".try_into().unwrap();
+    let bob_id = crate::store::MailboxKey::primary(&"bob".try_into().unwrap());
     let mut alice = registered(&state, "alice");
     let mut bob = registered_verified(&state, "bob", &new_identity());
     state.sessions.insert(Arc::clone(bob.core.shared()));
