@@ -132,9 +132,10 @@ pub struct Config {
           default_value_t = lattice_protocol::limits::DEFAULT_MAX_BLOB_BYTES)]
     pub blob_max_file: u64,
 
-    /// Directory of the blob store (files) instead of `DATA_DIR/blobs`. With `--redis`, every
-    /// node must name the same directory on storage they all mount (NFS or a shared volume:
-    /// docs/deployment.md); a node whose directory is not the others' refuses to start.
+    /// Directory of the blob store (files) instead of `DATA_DIR/blobs`. With `--redis`, files are
+    /// served only with it, and every node must name the same directory on storage they all
+    /// mount (NFS or a shared volume: docs/deployment.md); a node whose directory is not the
+    /// others' refuses to start.
     #[arg(long, env = "LATTICE_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
 

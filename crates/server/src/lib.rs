@@ -249,13 +249,14 @@ fn blob_limits(config: &Config) -> blobs::BlobLimits {
 
 /// On a node of several: the blob store on the shared directory with its records in Redis, and
 /// the blob tokens in Redis (on a connection of its own, so file traffic does not queue behind
-/// messages); `None` when the node keeps no files (no `--blob-dir` nor `--data-dir`).
+/// messages); `None` (files off) without `--blob-dir`: `DATA_DIR/blobs` is this node's alone,
+/// where the other nodes could not read what it stores.
 async fn shared_blobs(
     config: &Config,
     url: &cluster::RedisUrl,
     node: &node::Node,
 ) -> Result<Option<(Arc<blobs::Blobs>, blobs::Tokens)>, ServerError> {
-    let Some(root) = config.blob_root() else {
+    let Some(root) = config.blob_dir.clone() else {
         return Ok(None);
     };
     let redis = cluster::blobs::RedisBlobs::new(cluster::RedisConn::open(url).await?)
@@ -277,15 +278,16 @@ fn build_state_with(
         Some(dir) => SqliteStore::open(dir)?,
         None => SqliteStore::in_memory()?,
     });
+    let single = node.is_none();
     let (blobs, blob_tokens) = match (shared_blobs, config.blob_root()) {
         (Some((blobs, tokens)), _) => (Some(blobs), tokens),
-        (None, Some(root)) => (
+        (None, Some(root)) if single => (
             Some(Arc::new(blobs::Blobs::Local(Arc::new(
                 blobs::BlobStore::open(&root, blob_limits(&config))?,
             )))),
             blobs::Tokens::default(),
         ),
-        (None, None) => (None, blobs::Tokens::default()),
+        (None, _) => (None, blobs::Tokens::default()),
     };
     let questions = Questions::new(config.question_timeout);
     let writer = writer::Writer::spawn(store.clone(), config.mailbox_quota(), config.mailbox_ttl)

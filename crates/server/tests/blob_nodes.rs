@@ -542,3 +542,20 @@ async fn a_node_whose_blob_dir_is_not_the_others_refuses_to_start() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("not shared"), "{err}");
 }
+
+/// A node of several without `--blob-dir` keeps no files (its data dir is its own): blob
+/// requests get the typed `BLOBS_DISABLED`, and the node serves everything else.
+#[tokio::test]
+async fn a_node_of_several_without_a_blob_dir_keeps_no_files() {
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServerProcess::start(dir.path(), &["--redis", &redis.url()]).await;
+    let (_alice, token) = token_for(&node.url, "alice").await;
+    let (s, v) = create(&base(&node), &token, create_body("alice", 10, 10)).await;
+    assert_eq!(
+        (s, v["errorType"].as_str()),
+        (503, Some("BLOBS_DISABLED")),
+        "{v}"
+    );
+    assert!(!dir.path().join("blobs").exists());
+}

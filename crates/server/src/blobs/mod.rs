@@ -206,8 +206,8 @@ impl Blobs {
 /// Why a blob request was refused. Each maps to an HTTP status and a typed `errorType`.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    /// Blobs need `--data-dir`.
-    #[error("this server keeps no files (it runs without --data-dir)")]
+    /// Blobs need `--data-dir` (one node) or `--blob-dir` (a node of several).
+    #[error("this server keeps no files (it runs without --data-dir, or as several nodes without a shared --blob-dir)")]
     Disabled,
     /// No token, a wrong or expired one, or one for another id.
     #[error("missing, wrong or expired blob token (ask for one with a blob_token frame)")]
