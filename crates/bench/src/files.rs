@@ -1,7 +1,9 @@
 //! `lattice-loadgen files`: a file end to end (the sender's disk → lattice-server's blob store →
 //! the receiver's disk) against one raw loopback WebSocket carrying the same bytes with no
 //! crypto, side by side in one run; seal and open CPU per MiB; peak RSS of the sender, the server
-//! and the receiver (each its own process); time to resume after a SIGKILL of the sender.
+//! and the receiver (each its own process); time to resume after a SIGKILL of the sender. With
+//! `--two-nodes`, the same file again through two `lattice-server --redis` nodes sharing one
+//! `--blob-dir` (uploaded through A, downloaded through B), side by side with the one-node run.
 //!
 //! The sender and the receiver are this binary again (`files-peer`), each a `lattice-peer`
 //! `MessagingPeer` with its own transfers directory, so each one's peak RSS is its own.
@@ -34,6 +36,11 @@ pub struct FilesArgs {
     /// Directory holding the lattice-server binary (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Also send the file through two `lattice-server --redis` nodes sharing one `--blob-dir`
+    /// (the sender on node A, the receiver on node B), on a `redis-server` this run starts,
+    /// right after the single-node run.
+    #[arg(long)]
+    two_nodes: bool,
 }
 
 /// `files-peer` arguments (one side of the transfer, started by `files`).
@@ -269,27 +276,160 @@ pub async fn files(args: FilesArgs) -> anyhow::Result<()> {
 }
 
 async fn start_server(bins: &Path, work: &Path) -> anyhow::Result<(Spawned, String)> {
+    start_node(bins, &work.join("server"), &[]).await
+}
+
+/// A `lattice-server` on `data` (pinned to core 0) with `extra` flags, and its URL.
+async fn start_node(bins: &Path, data: &Path, extra: &[&str]) -> anyhow::Result<(Spawned, String)> {
     let port = free_port()?;
     let p = port.to_string();
-    let data = work.join("server");
     let data = data.to_string_lossy().into_owned();
-    let server = spawn_pinned(
-        &bins.join("lattice-server"),
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--data-dir",
-            &data,
-            "--rate-limit",
-            "0",
-            "--new-ids-per-ip",
-            "0",
-        ],
-    )?;
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--data-dir",
+        &data,
+        "--rate-limit",
+        "0",
+        "--new-ids-per-ip",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let server = spawn_pinned(&bins.join("lattice-server"), &args)?;
     wait_port(port).await?;
     Ok((server, format!("ws://127.0.0.1:{port}")))
+}
+
+/// What one end-to-end run measured.
+struct Run {
+    up: f64,
+    down: f64,
+    total: f64,
+    rss: (u64, Vec<u64>, u64),
+}
+
+/// Sends `src` from a sender on `send_url` to a receiver on `recv_url` (each its own process
+/// in `work`), checks the size received, and reads the peak RSS of the `servers`.
+async fn run_once(
+    src: &Path,
+    work: &Path,
+    send_url: &str,
+    recv_url: &str,
+    servers: &[&Spawned],
+    bytes: u64,
+) -> anyhow::Result<Run> {
+    let dest = work.join("received.bin");
+    std::fs::create_dir_all(work.join("alice"))?;
+    std::fs::create_dir_all(work.join("bob"))?;
+    let (_recv, rout) = spawn_side("recv", recv_url, &work.join("bob"), &dest)?;
+    let (_, rout) = line(rout, "ready").await?;
+    let (_send, sout) = spawn_side("send", send_url, &work.join("alice"), src)?;
+    let (s_done, _) = line(sout, "done").await?;
+    let (r_done, _) = line(rout, "done").await?;
+    let (s_start, s_end, s_rss) = parse_done(&s_done)?;
+    let (r_start, r_end, r_rss) = parse_done(&r_done)?;
+    let server_rss = servers
+        .iter()
+        .map(|s| peak_rss_kib(&s.0.id().to_string()))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    if std::fs::metadata(&dest)?.len() != bytes {
+        bail!("the received file has the wrong size");
+    }
+    std::fs::remove_file(&dest)?;
+    Ok(Run {
+        up: (s_end - s_start) as f64 / 1000.0,
+        down: (r_end - r_start) as f64 / 1000.0,
+        total: (r_end - s_start) as f64 / 1000.0,
+        rss: (s_rss, server_rss, r_rss),
+    })
+}
+
+/// A `redis-server` on a free port in `dir` (no persistence: a measurement), and its URL.
+async fn start_redis(dir: &Path) -> anyhow::Result<(Spawned, String)> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("redis-server runs (scripts/install-deps.sh installs it)")?;
+    let redis = Spawned(child);
+    wait_port(port).await?;
+    Ok((redis, format!("redis://127.0.0.1:{port}")))
+}
+
+/// The same file through two nodes on Redis sharing one blob directory: uploaded through A,
+/// downloaded through B.
+async fn two_nodes(
+    args: &FilesArgs,
+    bins: &Path,
+    work: &Path,
+    src: &Path,
+    raw: f64,
+) -> anyhow::Result<()> {
+    let work = work.join("two-nodes");
+    let (_redis, url) = start_redis(&work.join("redis")).await?;
+    let shared = work.join("shared-blobs").to_string_lossy().into_owned();
+    let flags = ["--redis", &url, "--blob-dir", &shared];
+    let (a, url_a) = start_node(bins, &work.join("a"), &flags).await?;
+    let (b, url_b) = start_node(bins, &work.join("b"), &flags).await?;
+    let run = run_once(src, &work, &url_a, &url_b, &[&a, &b], args.mib * MIB).await?;
+    report(
+        "two nodes on Redis (both on core 0), sender on A, receiver on B, one shared --blob-dir",
+        args.mib,
+        &run,
+        raw,
+    );
+    Ok(())
+}
+
+fn report(label: &str, mib: u64, run: &Run, raw: f64) {
+    let mib = mib as f64;
+    let Run {
+        up,
+        down,
+        total,
+        rss,
+    } = run;
+    println!("## {label}");
+    println!(
+        "upload   (offer, seal + PUT, digest message acknowledged): {:>8.1} MiB/s  ({up:.2} s)",
+        mib / up
+    );
+    println!(
+        "download (from the offer: GET behind the upload, open, write, digest, rename): {:>8.1} MiB/s  ({down:.2} s)",
+        mib / down
+    );
+    println!(
+        "end to end (send_file called -> the receiver's file complete and verified): {:>8.1} MiB/s  ({total:.2} s) = {:.0} % of the raw WebSocket; upload {:.0} %, download {:.0} %",
+        mib / total,
+        100.0 * (mib / total) / raw,
+        100.0 * (mib / up) / raw,
+        100.0 * (mib / down) / raw,
+    );
+    let servers: Vec<String> = rss
+        .1
+        .iter()
+        .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+        .collect();
+    println!(
+        "peak RSS: sender {:.1} MiB, server(s) {}, receiver {:.1} MiB",
+        rss.0 as f64 / 1024.0,
+        servers.join(" + "),
+        rss.2 as f64 / 1024.0
+    );
 }
 
 async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<()> {
@@ -306,49 +446,14 @@ async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<(
     println!("raw WebSocket (no crypto, 1 MiB messages): {raw:>8.1} MiB/s");
 
     let (server, url) = start_server(bins, work).await?;
-    let spid = server.0.id().to_string();
-    let dest = work.join("received.bin");
-    std::fs::create_dir_all(work.join("alice"))?;
-    std::fs::create_dir_all(work.join("bob"))?;
-    let (_recv, rout) = spawn_side("recv", &url, &work.join("bob"), &dest)?;
-    let (_, rout) = line(rout, "ready").await?;
-    let (_send, sout) = spawn_side("send", &url, &work.join("alice"), &src)?;
-    let (s_done, _) = line(sout, "done").await?;
-    let (r_done, _) = line(rout, "done").await?;
-    let (s_start, s_end, s_rss) = parse_done(&s_done)?;
-    let (r_start, r_end, r_rss) = parse_done(&r_done)?;
-    let server_rss = peak_rss_kib(&spid)?;
-    if std::fs::metadata(&dest)?.len() != args.mib * MIB {
-        bail!("the received file has the wrong size");
+    let run = run_once(&src, work, &url, &url, &[&server], args.mib * MIB).await?;
+    report("one node (--data-dir)", args.mib, &run, raw);
+    drop(server);
+    if args.two_nodes {
+        two_nodes(args, bins, work, &src, raw).await?;
     }
-    let up = (s_end - s_start) as f64 / 1000.0;
-    let down = (r_end - r_start) as f64 / 1000.0;
-    let total = (r_end - s_start) as f64 / 1000.0;
-    let mib = args.mib as f64;
-    println!(
-        "upload   (offer, seal + PUT, digest message acknowledged): {:>8.1} MiB/s  ({up:.2} s)",
-        mib / up
-    );
-    println!(
-        "download (from the offer: GET behind the upload, open, write, digest, rename): {:>8.1} MiB/s  ({down:.2} s)",
-        mib / down
-    );
-    println!(
-        "end to end (send_file called -> the receiver's file complete and verified): {:>8.1} MiB/s  ({total:.2} s) = {:.0} % of the raw WebSocket; upload {:.0} %, download {:.0} %",
-        mib / total,
-        100.0 * (mib / total) / raw,
-        100.0 * (mib / up) / raw,
-        100.0 * (mib / down) / raw,
-    );
-    println!(
-        "peak RSS: sender {:.1} MiB, server {:.1} MiB, receiver {:.1} MiB",
-        s_rss as f64 / 1024.0,
-        server_rss as f64 / 1024.0,
-        r_rss as f64 / 1024.0
-    );
     let (seal, open) = seal_open_cpu(256)?;
     println!("CPU per MiB (1 MiB chunks, one thread): seal {seal:.0} us, open {open:.0} us");
-    drop(server);
 
     if args.resume_mib > 0 {
         resume(args, bins, work).await?;
