@@ -21,6 +21,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lattice_protocol::ClientId;
+use lattice_server::blobs::{BlobLimits, CreateRequest, SharedStore};
+use lattice_server::cluster::blobs::{DropClaim, RedisBlobs};
+use lattice_server::cluster::{RedisConn, RedisUrl};
 use redis_process::{Backend, RedisProcess};
 use serde_json::{json, Value};
 use server_process::ServerProcess;
@@ -558,4 +562,72 @@ async fn a_node_of_several_without_a_blob_dir_keeps_no_files() {
         "{v}"
     );
     assert!(!dir.path().join("blobs").exists());
+}
+
+/// A node claimed a transfer's deletion and died before removing the bytes (its claim is made
+/// here directly, with a short lease): a sweep while the lease runs leaves the bytes to the
+/// claimer (nothing deleted twice); once it has ended, another node's sweep removes them and
+/// finishes the deletion (nothing missed). The transfer's records went with the claim.
+#[tokio::test]
+async fn a_deletion_left_by_a_killed_node_is_finished_by_another_after_its_lease() {
+    let redis = RedisProcess::start().await;
+    let url = RedisUrl::parse(&redis.url()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let limits = BlobLimits {
+        total: u64::MAX,
+        per_sender: u64::MAX,
+        max_file: u64::MAX,
+        ttl: Duration::from_secs(3600),
+    };
+    let records = RedisBlobs::new(RedisConn::open(&url).await.unwrap());
+    let survivor = SharedStore::open(dir.path(), limits, records.clone())
+        .await
+        .unwrap();
+    let created = survivor
+        .create(&CreateRequest {
+            sender_id: ClientId::new("alice").unwrap(),
+            size: 1,
+            chunk_size: 1,
+            chunk_count: 1,
+            client_ref: None,
+            one_recipient: false,
+        })
+        .await
+        .unwrap();
+    let id = created.transfer_id.clone();
+    let bytes = dir.path().join(&id).join("0");
+    std::fs::write(&bytes, b"x").unwrap();
+
+    // the node that dies: it claims the deletion and never removes anything
+    let lease = Duration::from_millis(300);
+    assert_eq!(
+        records.claim_drop(&id, lease).await.unwrap(),
+        DropClaim::Dropped
+    );
+    assert!(matches!(
+        survivor.status(&id, &created.upload_capability).await,
+        Err(lattice_server::blobs::BlobError::NotFound)
+    ));
+    assert_eq!(survivor.purge_expired().await, 0);
+    assert!(bytes.exists(), "the claimer's lease still runs");
+
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert_eq!(
+        survivor.purge_expired().await,
+        0,
+        "not an expiry of its own"
+    );
+    assert!(
+        !dir.path().join(&id).exists(),
+        "the survivor removed the bytes"
+    );
+    assert!(
+        records.due(16).await.unwrap().is_empty(),
+        "nothing left to do"
+    );
+    assert_eq!(
+        records.claim_drop(&id, lease).await.unwrap(),
+        DropClaim::NotMine,
+        "deleted once"
+    );
 }
