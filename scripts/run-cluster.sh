@@ -5,6 +5,8 @@
 #
 #   redis-server   127.0.0.1:${REDIS_PORT:-6390}  AOF everysec, in a temp dir
 #   lattice-server 127.0.0.1:3011, :3012, :3013   --redis redis://127.0.0.1:6390
+#                                                 --blob-dir $work/blobs (files: one directory
+#                                                 every node uses, as a shared mount would be)
 #   haproxy        0.0.0.0:${PORT:-3005}          TCP, round robin, health-checked on /healthz
 #
 # Ctrl-C stops everything and removes the temp dir. Kill one node (its pid is printed) to watch
@@ -51,6 +53,7 @@ for p in "${NODE_PORTS[@]}"; do
   mkdir -p "$work/node-$p"
   LATTICE_LOG=${LATTICE_LOG:-info} "$server" --bind 127.0.0.1 --port "$p" \
     --data-dir "$work/node-$p" --redis "redis://127.0.0.1:$REDIS_PORT" \
+    --blob-dir "$work/blobs" \
     >"$work/node-$p.log" 2>&1 &
   pids+=($!)
   echo "node on :$p (pid $!), log $work/node-$p.log"

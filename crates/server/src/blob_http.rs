@@ -26,7 +26,7 @@ use lattice_protocol::limits::MAX_BLOB_CHUNK_BYTES;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::blobs::{BlobError, BlobStore, ChunkSlot, CreateRequest, Uploaded};
+use crate::blobs::{BlobError, Blobs, ChunkSlot, CreateRequest, Uploaded};
 use crate::limits::{BLOB_BODY_IDLE, BLOB_CHUNK_WAIT, MAX_BLOB_CREATE_BODY};
 use crate::state::ServerState;
 
@@ -59,7 +59,7 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .layer(DefaultBodyLimit::max(MAX_BLOB_CREATE_BODY))
 }
 
-fn store(state: &ServerState) -> Result<Arc<BlobStore>, BlobError> {
+fn store(state: &ServerState) -> Result<Arc<Blobs>, BlobError> {
     state.blobs.clone().ok_or(BlobError::Disabled)
 }
 
@@ -94,10 +94,10 @@ async fn create(
         .map_err(|e| BlobError::Invalid(format!("invalid body: {e}")))?;
     let token = bearer(&headers).ok_or(BlobError::Unauthorized)?;
     let now = crate::state::unix_ms();
-    if !state.blob_tokens.check(&req.sender_id, token, now) {
+    if !state.blob_tokens.check(&req.sender_id, token, now).await? {
         return Err(BlobError::Unauthorized);
     }
-    let created = blocking(move || store.create(&req, now)).await?;
+    let created = store.create(req, now).await?;
     let status = if created.new {
         StatusCode::CREATED
     } else {
@@ -113,7 +113,7 @@ async fn status(
 ) -> Result<Response, BlobError> {
     let store = store(&state)?;
     let cap = bearer(&headers).ok_or(BlobError::Forbidden)?;
-    Ok(Json(store.status(&id, cap)?).into_response())
+    Ok(Json(store.status(&id, cap).await?).into_response())
 }
 
 async fn delete(
@@ -123,7 +123,7 @@ async fn delete(
 ) -> Result<Response, BlobError> {
     let store = store(&state)?;
     let cap = bearer(&headers).ok_or(BlobError::Forbidden)?.to_owned();
-    blocking(move || store.delete(&id, &cap)).await?;
+    store.delete(id, cap).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -139,7 +139,8 @@ async fn download(
     let path = store
         .wait_for_chunk(&id, cap, index, BLOB_CHUNK_WAIT)
         .await?;
-    let _slot = Arc::clone(&store.downloads_total)
+    let _slot = store
+        .downloads_total()
         .acquire_owned()
         .await
         .map_err(|_| BlobError::Io(std::io::Error::other("download gate closed")))?;
@@ -151,7 +152,7 @@ async fn download(
     })
     .await?;
     store
-        .stats
+        .stats()
         .bytes_out
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -235,11 +236,11 @@ async fn upload(
     let store = store(&state)?;
     let index = parse_index(&index)?;
     let cap = bearer(&headers).ok_or(BlobError::Forbidden)?;
-    let Some(slot) = store.begin_upload(&id, cap, index)? else {
+    let Some(slot) = store.begin_upload(&id, cap, index).await? else {
         return Ok(Json(Uploaded {
             index,
             already_present: true,
-            complete: store.status(&id, cap)?.complete,
+            complete: store.status(&id, cap).await?.complete,
         })
         .into_response());
     };
@@ -262,7 +263,8 @@ async fn upload(
         .acquire_owned()
         .await
         .map_err(|_| BlobError::Io(std::io::Error::other("upload gate closed")))?;
-    let _slot = Arc::clone(&store.uploads_total)
+    let _slot = store
+        .uploads_total()
         .acquire_owned()
         .await
         .map_err(|_| BlobError::Io(std::io::Error::other("upload gate closed")))?;
@@ -276,11 +278,10 @@ async fn upload(
         });
     }
     let expected = slot.expected;
-    let done = {
-        let store = Arc::clone(&store);
-        let id = id.clone();
-        blocking(move || store.finish_upload(&id, index, &slot)).await?
-    };
-    store.stats.bytes_in.fetch_add(expected, Ordering::Relaxed);
+    let done = store.finish_upload(id, index, slot).await?;
+    store
+        .stats()
+        .bytes_in
+        .fetch_add(expected, Ordering::Relaxed);
     Ok(Json(done).into_response())
 }

@@ -20,7 +20,7 @@ pub struct Config {
     pub port: u16,
 
     /// Directory for the SQLite database (directory of identities and the offline mailbox) and
-    /// the blob store (`blobs/`).
+    /// the blob store (`blobs/`, unless `--blob-dir` names another).
     /// Without it, and with `--in-memory`, nothing survives a restart.
     #[arg(long, env = "LATTICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -132,6 +132,13 @@ pub struct Config {
           default_value_t = lattice_protocol::limits::DEFAULT_MAX_BLOB_BYTES)]
     pub blob_max_file: u64,
 
+    /// Directory of the blob store (files) instead of `DATA_DIR/blobs`. With `--redis`, files are
+    /// served only with it, and every node must name the same directory on storage they all
+    /// mount (NFS or a shared volume: docs/deployment.md); a node whose directory is not the
+    /// others' refuses to start.
+    #[arg(long, env = "LATTICE_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
+
     /// Seconds a blob transfer is kept; then its bytes are deleted.
     #[arg(long = "blob-ttl", env = "LATTICE_BLOB_TTL", value_parser = parse_secs,
           default_value = secs(limits::BLOB_TTL))]
@@ -213,10 +220,21 @@ impl Default for Config {
             blob_sender_quota: limits::BLOB_SENDER_QUOTA,
             blob_max_file: lattice_protocol::limits::DEFAULT_MAX_BLOB_BYTES,
             blob_ttl: limits::BLOB_TTL,
+            blob_dir: None,
             tls_cert: None,
             tls_key: None,
             redis: None,
         }
+    }
+}
+
+impl Config {
+    /// Where the blob store keeps its files: `--blob-dir`, else `DATA_DIR/blobs`; none (blobs
+    /// off) without either.
+    pub fn blob_root(&self) -> Option<PathBuf> {
+        self.blob_dir
+            .clone()
+            .or_else(|| self.data_dir.as_ref().map(|d| d.join("blobs")))
     }
 }
 

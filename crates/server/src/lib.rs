@@ -215,7 +215,8 @@ async fn start_state(
     };
     let (node, inbound) = node::Node::connect(&url, shutdown.clone()).await?;
     let node = Arc::new(node);
-    let state = build_state_with(config, shutdown.clone(), Some(Arc::clone(&node)))?;
+    let blobs = shared_blobs(&config, &url, &node).await?;
+    let state = build_state_with(config, shutdown.clone(), Some(Arc::clone(&node)), blobs)?;
     let hub = Arc::clone(&state.hub);
     state.tasks.spawn(node::run_inbound(
         Arc::clone(&node),
@@ -234,29 +235,59 @@ fn build_state(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<Arc<ServerState>, ServerError> {
-    build_state_with(config, shutdown, None)
+    build_state_with(config, shutdown, None, None)
+}
+
+fn blob_limits(config: &Config) -> blobs::BlobLimits {
+    blobs::BlobLimits {
+        total: config.blob_quota,
+        per_sender: config.blob_sender_quota,
+        max_file: config.blob_max_file,
+        ttl: config.blob_ttl,
+    }
+}
+
+/// On a node of several: the blob store on the shared directory with its records in Redis, and
+/// the blob tokens in Redis (on a connection of its own, so file traffic does not queue behind
+/// messages); `None` (files off) without `--blob-dir`: `DATA_DIR/blobs` is this node's alone,
+/// where the other nodes could not read what it stores.
+async fn shared_blobs(
+    config: &Config,
+    url: &cluster::RedisUrl,
+    node: &node::Node,
+) -> Result<Option<(Arc<blobs::Blobs>, blobs::Tokens)>, ServerError> {
+    let Some(root) = config.blob_dir.clone() else {
+        return Ok(None);
+    };
+    let redis = cluster::blobs::RedisBlobs::new(cluster::RedisConn::open(url).await?)
+        .with_stats(Arc::clone(&node.stats));
+    let store = blobs::SharedStore::open(&root, blob_limits(config), redis.clone()).await?;
+    Ok(Some((
+        Arc::new(blobs::Blobs::Shared(Arc::new(store))),
+        blobs::Tokens::shared(redis),
+    )))
 }
 
 fn build_state_with(
     config: Config,
     shutdown: CancellationToken,
     node: Option<Arc<node::Node>>,
+    shared_blobs: Option<(Arc<blobs::Blobs>, blobs::Tokens)>,
 ) -> Result<Arc<ServerState>, ServerError> {
     let store = Arc::new(match &config.data_dir {
         Some(dir) => SqliteStore::open(dir)?,
         None => SqliteStore::in_memory()?,
     });
-    let blobs = match &config.data_dir {
-        Some(dir) => Some(Arc::new(blobs::BlobStore::open(
-            &dir.join("blobs"),
-            blobs::BlobLimits {
-                total: config.blob_quota,
-                per_sender: config.blob_sender_quota,
-                max_file: config.blob_max_file,
-                ttl: config.blob_ttl,
-            },
-        )?)),
-        None => None,
+    let single = node.is_none();
+    let (blobs, blob_tokens) = match (shared_blobs, config.blob_root()) {
+        (Some((blobs, tokens)), _) => (Some(blobs), tokens),
+        (None, Some(root)) if single => (
+            Some(Arc::new(blobs::Blobs::Local(Arc::new(
+                blobs::BlobStore::open(&root, blob_limits(&config))?,
+            )))),
+            blobs::Tokens::default(),
+        ),
+        (None, _) => (None, blobs::Tokens::default()),
     };
     let questions = Questions::new(config.question_timeout);
     let writer = writer::Writer::spawn(store.clone(), config.mailbox_quota(), config.mailbox_ttl)
@@ -280,7 +311,7 @@ fn build_state_with(
         new_ids: state::NewIdLimiter::default(),
         in_flight_budget: Arc::new(inflight::Budget::new(limits::IN_FLIGHT_BYTES)),
         blobs,
-        blob_tokens: blobs::Tokens::default(),
+        blob_tokens,
         node,
         config,
     }))

@@ -279,3 +279,16 @@ pub const BLOB_CHUNK_WAITERS: usize = 256;
 
 /// Longest `clientRef` of `POST /blobs` (the sender's idempotency key; `A-Z a-z 0-9 - _`).
 pub const MAX_BLOB_CLIENT_REF: usize = 64;
+
+/// On a node of several, how often a download waiting for a chunk looks in Redis whether it
+/// landed through another node (one that lands through this node wakes it at once). With at most
+/// [`BLOB_CHUNK_WAITERS`] waiting, a node makes at most 1,024 such small reads a second.
+pub const BLOB_REMOTE_POLL: Duration = Duration::from_millis(250);
+
+/// On a node of several, how long the node that claimed a transfer's deletion has to remove its
+/// bytes; a node killed before it finished leaves the claim, which another node's sweeper takes
+/// over once this has passed.
+pub const BLOB_DELETE_LEASE: Duration = Duration::from_secs(300);
+
+/// Expired transfers (and unfinished deletions) one sweep of a node of several claims at most.
+pub const BLOB_EXPIRY_BATCH: usize = 256;

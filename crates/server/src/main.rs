@@ -127,6 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = args.config;
     if args.in_memory {
         config.data_dir = None;
+        config.blob_dir = None;
     } else if config.data_dir.is_none() {
         config.data_dir = Some(default_data_dir()?);
     }

@@ -119,7 +119,7 @@ impl Metrics {
 }
 
 /// The blob store's counters and gauges (nothing without a store).
-pub fn render_blobs(blobs: Option<&crate::blobs::BlobStore>) -> String {
+pub fn render_blobs(blobs: Option<&crate::blobs::Blobs>) -> String {
     let Some(b) = blobs else {
         return String::new();
     };
@@ -128,22 +128,22 @@ pub fn render_blobs(blobs: Option<&crate::blobs::BlobStore>) -> String {
         (
             "lattice_blob_bytes_in_total",
             "Blob chunk bytes accepted.",
-            &b.stats.bytes_in,
+            &b.stats().bytes_in,
         ),
         (
             "lattice_blob_bytes_out_total",
             "Blob chunk bytes served.",
-            &b.stats.bytes_out,
+            &b.stats().bytes_out,
         ),
         (
             "lattice_blob_transfers_created_total",
             "Blob transfers created.",
-            &b.stats.transfers_created,
+            &b.stats().transfers_created,
         ),
         (
             "lattice_blob_transfers_expired_total",
             "Blob transfers deleted by expiry.",
-            &b.stats.transfers_expired,
+            &b.stats().transfers_expired,
         ),
     ];
     for (name, help, v) in counters {

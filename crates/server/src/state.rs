@@ -55,7 +55,7 @@ pub struct ServerState {
     /// The bytes of every message held for an `ack` ([`crate::inflight`]).
     pub in_flight_budget: Arc<crate::inflight::Budget>,
     /// The blob store (`None` without `--data-dir`: blobs are off).
-    pub blobs: Option<Arc<crate::blobs::BlobStore>>,
+    pub blobs: Option<Arc<crate::blobs::Blobs>>,
     /// Live blob tokens (`blob_token` frames).
     pub blob_tokens: crate::blobs::Tokens,
     /// This server as a node of several on Redis (`--redis`); `None` for a single node.

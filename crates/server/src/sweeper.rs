@@ -94,12 +94,13 @@ pub(crate) async fn expire_bindings_on_redis(state: &ServerState, node: &Node) -
     expired.len()
 }
 
-/// Blob transfers past `--blob-ttl` lose their bytes; expired blob tokens go.
-fn expire_blobs(state: &ServerState) {
+/// Blob transfers past `--blob-ttl` lose their bytes; expired blob tokens go. On a node of
+/// several every node's sweeper claims expired transfers in Redis, each one by one node.
+async fn expire_blobs(state: &ServerState) {
     let now = state::unix_ms();
     state.blob_tokens.purge(now);
     if let Some(blobs) = &state.blobs {
-        let n = blobs.purge_expired(now);
+        let n = blobs.purge_expired(now).await;
         if n > 0 {
             info!(expired = n, "expired blob transfers removed");
         }
@@ -137,7 +138,7 @@ pub(crate) async fn sweep(state: Arc<ServerState>) {
             }
         }
         state.questions.expire();
-        expire_blobs(&state);
+        expire_blobs(&state).await;
         let every =
             (limits::STORE_MAINTENANCE_EVERY.as_secs() / limits::SWEEP_INTERVAL.as_secs()).max(1);
         if rounds.is_multiple_of(every) {

@@ -144,12 +144,16 @@ struct Meta {
 
 impl Meta {
     fn expected_len(&self, index: u64) -> u64 {
-        if index + 1 < self.chunk_count {
-            self.chunk_size
-        } else {
-            self.size
-                .saturating_sub(self.chunk_size.saturating_mul(self.chunk_count - 1))
-        }
+        expected_len(self.size, self.chunk_size, self.chunk_count, index)
+    }
+}
+
+/// The length chunk `index` must have: `chunk_size`, but the last one holds the rest.
+pub(crate) fn expected_len(size: u64, chunk_size: u64, chunk_count: u64, index: u64) -> u64 {
+    if index.saturating_add(1) < chunk_count {
+        chunk_size
+    } else {
+        size.saturating_sub(chunk_size.saturating_mul(chunk_count.saturating_sub(1)))
     }
 }
 
@@ -224,13 +228,72 @@ fn to_usize(i: u64) -> usize {
     usize::try_from(i).unwrap_or(usize::MAX)
 }
 
+/// Checks a create request's sizes against the protocol's chunk bounds and `max_file`; its
+/// chunk count. The same checks on one node and on several.
+pub(crate) fn check_request(req: &CreateRequest, max_file: u64) -> Result<u64, BlobError> {
+    if req.chunk_size == 0 || req.chunk_size > MAX_BLOB_CHUNK_BYTES {
+        return Err(BlobError::Invalid(format!(
+            "chunkSize must be 1 to {MAX_BLOB_CHUNK_BYTES} bytes"
+        )));
+    }
+    if req.size > max_file {
+        return Err(BlobError::FileTooLarge {
+            size: req.size,
+            limit: max_file,
+        });
+    }
+    let count = req.size.div_ceil(req.chunk_size).max(1);
+    if req.chunk_count != count {
+        return Err(BlobError::Invalid(format!(
+            "chunkCount must be {count} for size {} and chunkSize {}",
+            req.size, req.chunk_size
+        )));
+    }
+    if count > 1 && req.chunk_size < MIN_BLOB_CHUNK_BYTES {
+        return Err(BlobError::Invalid(format!(
+            "chunkSize must be at least {MIN_BLOB_CHUNK_BYTES} bytes when there is more than one chunk"
+        )));
+    }
+    if let Some(r) = &req.client_ref {
+        let ok = !r.is_empty()
+            && r.len() <= MAX_BLOB_CLIENT_REF
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(BlobError::Invalid(format!(
+                "clientRef must be 1 to {MAX_BLOB_CLIENT_REF} of A-Z a-z 0-9 - _"
+            )));
+        }
+    }
+    Ok(count)
+}
+
+/// The upload gate of `sender` in `gates` (at most [`BLOB_UPLOADS_PER_SENDER`] chunk uploads at
+/// once; per node on a node of several).
+pub(crate) fn upload_gate(
+    gates: &Mutex<HashMap<ClientId, Arc<Semaphore>>>,
+    sender: &ClientId,
+) -> Arc<Semaphore> {
+    let mut gates = gates
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Gates of senders without a running upload are dropped, so the map stays small.
+    gates
+        .retain(|_, g| Arc::strong_count(g) > 1 || g.available_permits() < BLOB_UPLOADS_PER_SENDER);
+    Arc::clone(
+        gates
+            .entry(sender.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(BLOB_UPLOADS_PER_SENDER))),
+    )
+}
+
 /// Whether `id` has the shape of a transfer id (lowercase hex of [`BLOB_ID_BYTES`] bytes): nothing
 /// else ever reaches a path.
 pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == BLOB_ID_BYTES * 2 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()
@@ -240,13 +303,13 @@ fn to_hex(bytes: &[u8]) -> String {
         })
 }
 
-fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     use base64::Engine as _;
     let bytes: [u8; BLOB_SECRET_BYTES] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
+pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
@@ -401,40 +464,7 @@ impl BlobStore {
     /// # Errors
     /// A malformed request, a limit, or storage.
     pub fn create(&self, req: &CreateRequest, now_ms: u64) -> Result<Created, BlobError> {
-        if req.chunk_size == 0 || req.chunk_size > MAX_BLOB_CHUNK_BYTES {
-            return Err(BlobError::Invalid(format!(
-                "chunkSize must be 1 to {MAX_BLOB_CHUNK_BYTES} bytes"
-            )));
-        }
-        if req.size > self.limits.max_file {
-            return Err(BlobError::FileTooLarge {
-                size: req.size,
-                limit: self.limits.max_file,
-            });
-        }
-        let count = req.size.div_ceil(req.chunk_size).max(1);
-        if req.chunk_count != count {
-            return Err(BlobError::Invalid(format!(
-                "chunkCount must be {count} for size {} and chunkSize {}",
-                req.size, req.chunk_size
-            )));
-        }
-        if count > 1 && req.chunk_size < MIN_BLOB_CHUNK_BYTES {
-            return Err(BlobError::Invalid(format!(
-                "chunkSize must be at least {MIN_BLOB_CHUNK_BYTES} bytes when there is more than one chunk"
-            )));
-        }
-        if let Some(r) = &req.client_ref {
-            let ok = !r.is_empty()
-                && r.len() <= MAX_BLOB_CLIENT_REF
-                && r.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
-                return Err(BlobError::Invalid(format!(
-                    "clientRef must be 1 to {MAX_BLOB_CLIENT_REF} of A-Z a-z 0-9 - _"
-                )));
-            }
-        }
+        let count = check_request(req, self.limits.max_file)?;
         let id = to_hex(&rand::random::<[u8; BLOB_ID_BYTES]>());
         let meta = Meta {
             id: id.clone(),
@@ -592,19 +622,7 @@ impl BlobStore {
 
     /// The upload gate of `sender`: at most [`BLOB_UPLOADS_PER_SENDER`] chunk uploads at once.
     pub(crate) fn upload_gate(&self, sender: &ClientId) -> Arc<Semaphore> {
-        let mut gates = self
-            .uploads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Gates of senders without a running upload are dropped, so the map stays small.
-        gates.retain(|_, g| {
-            Arc::strong_count(g) > 1 || g.available_permits() < BLOB_UPLOADS_PER_SENDER
-        });
-        Arc::clone(
-            gates
-                .entry(sender.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(BLOB_UPLOADS_PER_SENDER))),
-        )
+        upload_gate(&self.uploads, sender)
     }
 
     /// Moves a fully written, synced temporary chunk into place and records it.

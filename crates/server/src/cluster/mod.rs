@@ -19,6 +19,9 @@
 //! - [`key_packages`]: the MLS KeyPackage directory (a stock per id, fetched one at a time).
 //! - [`questions`]: the shared records of pending server questions (asked on one node, answered
 //!   on the peer's), with the per-peer cap.
+//! - [`blobs`]: the blob store's shared records (transfers, chunks present, quotas, `clientRef`s,
+//!   expiry, deletions claimed by one node, blob tokens); the bytes stay on a directory every
+//!   node mounts, never in Redis.
 //! - [`stats`]: the cross-node counters for `/metrics` (round-trip latency histogram, errors,
 //!   channel traffic), shared by a node's components.
 //!
@@ -34,6 +37,7 @@
 //! two (an id's key and an index) is two steps, ordered so that the id's key is the truth (each
 //! component's documentation says how). Node channels are sharded pub/sub on a cluster.
 
+pub mod blobs;
 pub mod channel;
 mod conn;
 pub mod directory;

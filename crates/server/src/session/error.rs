@@ -81,9 +81,6 @@ pub(crate) enum HandlerError {
     /// The state the nodes share (Redis, `--redis`) could not be reached.
     #[error("The server could not reach the state its nodes share; try again")]
     ClusterUnavailable,
-    /// A frame a server running as several nodes (`--redis`) does not serve yet.
-    #[error("{0} is not available on this server yet: it runs as several nodes (file transfers need a single-node server for now)")]
-    SingleNodeOnly(&'static str),
     /// A `peer_response` to a question that is not open.
     #[error("Question {0} is unknown or has expired")]
     UnknownQuestion(QuestionId),
@@ -249,8 +246,7 @@ impl HandlerError {
             Self::UnknownQuestion(_) => ErrorType::UnknownQuestion,
             Self::VerificationRequired(_) => ErrorType::VerificationRequired,
             Self::StorageUnavailable => ErrorType::InternalError,
-            Self::SingleNodeOnly(_)
-            | Self::NotBase64(_)
+            Self::NotBase64(_)
             | Self::MlsFraming(_)
             | Self::WelcomeMismatch(_)
             | Self::MessageIdReused(_)

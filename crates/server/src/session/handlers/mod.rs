@@ -55,11 +55,6 @@ use crate::state::ServerState;
 pub(crate) use relay::reap_in_flight;
 use relay::PendingLive;
 
-/// Frames a node of several does not serve yet (their state is in this node's SQLite only).
-fn single_node_only(frame: &ClientFrame) -> bool {
-    matches!(frame, ClientFrame::BlobToken(_))
-}
-
 /// The connection must close with this code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Close {
@@ -207,9 +202,6 @@ impl Core {
             ClientFrame::Register(r) => Box::pin(self.on_register(r)).await,
             other => match self.peer.clone() {
                 None => Err(HandlerError::RegistrationRequired(other.type_name())),
-                Some(_) if self.state.node.is_some() && single_node_only(&other) => {
-                    Err(HandlerError::SingleNodeOnly(other.type_name()))
-                }
                 Some(peer) => match other {
                     ClientFrame::Discover(d) => {
                         Box::pin(self.on_discover(&peer, &d)).await.map(Some)
@@ -257,7 +249,7 @@ impl Core {
                     ClientFrame::GroupMessage(m) => {
                         Box::pin(self.on_group_message(&peer, m)).await.map(Some)
                     }
-                    ClientFrame::BlobToken(_) => self.on_blob_token(&peer).map(Some),
+                    ClientFrame::BlobToken(_) => self.on_blob_token(&peer).await.map(Some),
                     ClientFrame::DeviceListUpload(u) => {
                         self.on_device_list_upload(&peer, u).map(Some)
                     }
