@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lattice_protocol::limits::MAX_DISCOVER_PEERS;
 use lattice_protocol::{encode, ClientId, ConversationId, Frame, Question, ServerFrame};
 use serde::Deserialize;
 use serde_json::json;
@@ -190,22 +192,81 @@ fn authorize(state: &ServerState, headers: &HeaderMap, ip: IpAddr) -> Result<(),
     }
 }
 
+/// Query of `GET /admin/peers`: the page after `cursor` (the last id of the previous page).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersQuery {
+    #[serde(default)]
+    cursor: Option<ClientId>,
+}
+
+/// `GET /admin/peers`: the online peers, up to [`MAX_DISCOVER_PEERS`] a page in id order, with
+/// `more` and the `cursor` of the next page as `discover` pages. On a node of several the list is
+/// every node's (the online index in Redis), each peer with its node; Redis unreachable: 503.
 async fn admin_peers(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    query: Result<Query<PeersQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, remote.ip()) {
         return *r;
     }
-    let peers: Vec<_> = state
-        .hub
-        .online()
-        .into_iter()
-        .filter_map(|id| state.hub.get(&id))
-        .map(|e| json!({ "clientId": e.id, "verified": e.verified }))
-        .collect();
-    Json(json!({ "peers": peers })).into_response()
+    let Ok(Query(query)) = query else {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is cursor, a client id",
+        );
+    };
+    let after = query.cursor.as_ref();
+    let (peers, more, last) = match &state.node {
+        None => {
+            let (ids, more) = state.hub.online_page(after, MAX_DISCOVER_PEERS);
+            let peers: Vec<_> = ids
+                .iter()
+                .filter_map(|id| state.hub.get(id))
+                .map(|e| json!({ "clientId": e.id, "verified": e.verified }))
+                .collect();
+            (peers, more, ids.last().cloned())
+        }
+        Some(node) => match cluster_peers(&state, node, after).await {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(error = %e, "admin peer list failed");
+                return admin_error(StatusCode::SERVICE_UNAVAILABLE, "redis unreachable");
+            }
+        },
+    };
+    let cursor = if more { last } else { None };
+    Json(json!({ "peers": peers, "more": more, "cursor": cursor })).into_response()
+}
+
+/// A page of every node's online peers: the ids from the online index, each one's node and
+/// whether it is verified from its presence record (the page's lookups go out together, one
+/// pipelined batch on the node's Redis connection); an id whose record expired meanwhile is left
+/// out.
+async fn cluster_peers(
+    state: &ServerState,
+    node: &crate::node::Node,
+    after: Option<&ClientId>,
+) -> Result<(Vec<serde_json::Value>, bool, Option<ClientId>), crate::cluster::ClusterError> {
+    let (ids, more) = node.presence.online_page(after, MAX_DISCOVER_PEERS).await?;
+    let records = futures_util::future::join_all(ids.iter().map(|id| async {
+        match state.hub.get(id) {
+            Some(e) => Ok(Some((node.id.to_string(), e.verified))),
+            None => node.presence.keys(id).await.map(|found| {
+                found.map(|(holder, keys)| (holder.node.to_string(), keys.identity_key.is_some()))
+            }),
+        }
+    }))
+    .await;
+    let mut peers = Vec::with_capacity(ids.len());
+    for (id, record) in ids.iter().zip(records) {
+        if let Some((on, verified)) = record? {
+            peers.push(json!({ "clientId": id, "verified": verified, "node": on }));
+        }
+    }
+    Ok((peers, more, ids.last().cloned()))
 }
 
 /// Body of `POST /admin/peers/{id}/questions`.

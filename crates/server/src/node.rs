@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use lattice_protocol::{close_code, encode, ClientId, Frame, PeerPresence, ServerFrame};
+use lattice_protocol::{
+    close_code, encode, AckStatus, ClientId, Frame, MessageId, PeerPresence, ServerFrame,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,10 +38,12 @@ use crate::cluster::directory::RedisDirectory;
 use crate::cluster::groups::RedisGroups;
 use crate::cluster::key_packages::RedisKeyPackages;
 use crate::cluster::mailbox::{consumer, RedisMailbox};
-use crate::cluster::presence::{Claim, PeerKeys, Presence, PRESENCE_REFRESH};
+use crate::cluster::presence::{Claim, PeerKeys, Presence};
 use crate::cluster::stats::{RedisStats, Timed as _};
 use crate::cluster::{ClusterError, NodeId, RedisConn, RedisUrl};
 use crate::hub::{Hub, Out, PeerEntry};
+use crate::inflight::Awaiting;
+use crate::limits::{AWAITING_PER_NODE, IN_FLIGHT_REAP_DIVISOR};
 
 /// What one node publishes on another node's channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +93,16 @@ pub enum NodeMsg {
         peer: ClientId,
         /// The admin request.
         request: serde_json::Value,
+    },
+    /// `to` acknowledged `from`'s message `mid` (removed from its mailbox stream): `from`'s node
+    /// answers the sender `delivered` if it still owes that answer ([`crate::inflight::Awaiting`]).
+    Acked {
+        /// The sender, held by the receiving node.
+        from: ClientId,
+        /// The recipient that acknowledged.
+        to: ClientId,
+        /// The sender's `messageId`.
+        mid: MessageId,
     },
     /// What the peer's node's admin API answered to [`NodeMsg::Ask`] `ask`.
     Answer {
@@ -161,6 +175,9 @@ pub struct Node {
     pub groups: RedisGroups,
     /// The cross-node counters (`/metrics`).
     pub stats: Arc<RedisStats>,
+    /// Answers owed to this node's senders until their recipients acknowledge (end-to-end
+    /// `delivered` across nodes).
+    pub awaiting: Awaiting,
     conn: RedisConn,
     /// Admin questions waiting for another node's answer, by number.
     // std Mutex: map inserts and removals; never held across an await.
@@ -187,6 +204,7 @@ impl Node {
     /// Redis unreachable or refusing.
     pub async fn connect(
         url: &RedisUrl,
+        presence_ttl: std::time::Duration,
         stop: CancellationToken,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
         let stats = Arc::new(RedisStats::default());
@@ -197,7 +215,8 @@ impl Node {
         let directory = RedisDirectory::new(conn.clone()).with_stats(Arc::clone(&stats));
         let mailbox = RedisMailbox::new(conn.clone()).with_stats(Arc::clone(&stats));
         let node = Self {
-            presence: Presence::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
+            presence: Presence::with_ttl(conn.clone(), id.clone(), presence_ttl)
+                .with_stats(Arc::clone(&stats)),
             key_packages: RedisKeyPackages::new(conn.clone()).with_stats(Arc::clone(&stats)),
             groups: RedisGroups::new(conn.clone(), mailbox.clone(), directory.clone())
                 .with_stats(Arc::clone(&stats)),
@@ -205,6 +224,7 @@ impl Node {
             mailbox,
             channels,
             stats,
+            awaiting: Awaiting::new(AWAITING_PER_NODE),
             conn,
             id,
             asks: Mutex::default(),
@@ -289,6 +309,36 @@ impl Node {
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, peer = %id, "presence lookup failed"),
+        }
+    }
+
+    /// `to` acknowledged `from`'s message `mid` (removed from its mailbox stream): answers the
+    /// sender `delivered` here if this node owes the answer, else tells the sender's node (looked
+    /// up in presence). Nothing when the sender is offline, its node died (nobody listens) or it
+    /// moved since it sent (its new node owes nothing): it heard, or hears at the end of the wait,
+    /// `queued`, which a sender treats as durable already.
+    pub async fn acked(&self, hub: &dyn Hub, from: &ClientId, to: &ClientId, mid: &MessageId) {
+        let key = (from.clone(), to.clone(), mid.clone());
+        if let Some(answer) = self.awaiting.take(&key) {
+            answer.ack(AckStatus::Delivered);
+            return;
+        }
+        if hub.get(from).is_some() {
+            return;
+        }
+        match self.presence.holder(from).await {
+            Ok(Some(holder)) if holder.node != self.id => {
+                let msg = NodeMsg::Acked {
+                    from: from.clone(),
+                    to: to.clone(),
+                    mid: mid.clone(),
+                };
+                if let Err(e) = self.publish(&holder.node, &msg).await {
+                    debug!(error = %e, peer = %from, "ack notice not published");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, peer = %from, "presence lookup for an ack failed"),
         }
     }
 
@@ -412,6 +462,11 @@ pub async fn run_inbound(
                     peer,
                     request,
                 }),
+                Ok(NodeMsg::Acked { from, to, mid }) => {
+                    if let Some(answer) = node.awaiting.take(&(from, to, mid)) {
+                        answer.ack(AckStatus::Delivered);
+                    }
+                }
                 Ok(NodeMsg::Answer { ask, status, body }) => {
                     if let Some(waiting) = node.lock_asks().remove(&ask) {
                         let _ = waiting.send((status, body));
@@ -477,15 +532,15 @@ fn deliver(hub: &dyn Hub, msg: NodeMsg) {
                 );
             }
         }
-        NodeMsg::Ask { .. } | NodeMsg::Answer { .. } => {}
+        NodeMsg::Ask { .. } | NodeMsg::Answer { .. } | NodeMsg::Acked { .. } => {}
     }
 }
 
-/// Every [`PRESENCE_REFRESH`] until `stop`: extends the presence keys of this node's sessions,
+/// Every [`Presence::refresh_period`] until `stop`: extends the presence keys of this node's sessions,
 /// closes (4000) the sessions whose id another connection holds now, and claims again the ids
 /// whose key is gone (Redis restarted without it).
 pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+    let mut tick = tokio::time::interval(node.presence.refresh_period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -544,5 +599,31 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
             published = node.stats.published.load(Ordering::Relaxed),
             "presence refreshed"
         );
+    }
+}
+
+/// Every `wait` / [`IN_FLIGHT_REAP_DIVISOR`] until `stop`: the senders whose recipient did not
+/// acknowledge within `wait` hear `queued` (their messages are in Redis since before they were
+/// listed). With a zero `wait` nothing is ever listed, and this returns at once.
+pub async fn run_awaiting(node: Arc<Node>, wait: std::time::Duration, stop: CancellationToken) {
+    if wait.is_zero() {
+        return;
+    }
+    let period = (wait / IN_FLIGHT_REAP_DIVISOR).max(std::time::Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let expired = node.awaiting.take_expired(tokio::time::Instant::now());
+        if !expired.is_empty() {
+            debug!(node = %node.id, count = expired.len(), "no ack in time: answered queued");
+        }
+        for answer in expired {
+            answer.ack(AckStatus::Queued);
+        }
     }
 }

@@ -88,6 +88,9 @@ pub(crate) struct Core {
     /// On a node of several: the drain first takes over what earlier connections of this peer
     /// were handed and did not acknowledge, from this stream cursor (`Some(None)`: the start).
     take_over: Option<Option<String>>,
+    /// On a node of several: who sent what the drain handed this connection, so an `ack`
+    /// without `fromId` can name its entry (allocated at the first drain).
+    handed: Option<Box<nodes::Handed>>,
 }
 
 impl Core {
@@ -110,6 +113,7 @@ impl Core {
             pending_acks: Vec::new(),
             replies: Vec::new(),
             take_over: None,
+            handed: None,
         }
     }
 
