@@ -221,7 +221,6 @@ async fn start_state(
         Arc::clone(&node),
         Arc::clone(&hub),
         inbound,
-        http::answer_forwarded_asks(Arc::clone(&state)),
         shutdown.clone(),
     ));
     state.tasks.spawn(node::run_awaiting(

@@ -460,6 +460,82 @@ async fn an_admin_question_reaches_a_peer_on_another_node_and_its_answer_comes_b
     drop(peer.await.unwrap());
 }
 
+/// The question registry is in Redis: a multi-round admin conversation goes on after its peer
+/// reconnects to another node (the round counts on, the conversation stays the peer's), and a
+/// question sent before a move is answered after it, on the new node, reaching the caller on
+/// the asking node; an answer that does not fit is refused with the question left open; an
+/// answered question is gone on every node; another peer cannot take the conversation (409).
+#[tokio::test]
+async fn an_admin_conversation_survives_its_peer_moving_to_other_nodes() {
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = lattice_server::config::TEST_ADMIN_TOKEN;
+    let mut n = Vec::new();
+    for i in 0..3 {
+        let data = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        n.push(
+            ServerProcess::start(&data, &["--redis", &redis.url(), "--admin-token", token]).await,
+        );
+    }
+    let ask = |body: Value| {
+        let base = http(&n[0].url);
+        tokio::spawn(async move { admin_ask(&base, token, "ops", body).await })
+    };
+    let respond = |q: &Value, response: Value| json!({"type":"peer_response","requestId":"pr","payload":{"questionId":q["payload"]["questionId"],"response":response}});
+    let ops_id = new_identity();
+    let mut ops = register_verified(&n[1].url, "ops", &ops_id).await;
+    let asked = ask(json!({"question":{"text":"Colour?"}}));
+    let q1 = ops.recv_type("server_question").await;
+    assert_eq!(q1["payload"]["round"], 1, "{q1}");
+    ops.send(respond(&q1, json!("blue"))).await;
+    let (s, a1) = asked.await.unwrap();
+    assert_eq!(s, 200, "{a1}");
+    assert_eq!(
+        (a1["response"].clone(), a1["round"].clone()),
+        (json!("blue"), json!(1))
+    );
+    let conv = a1["conversationId"].clone();
+
+    // ops moves to node 2 between rounds: round 2 of the same conversation reaches it there
+    drop(ops);
+    let mut ops = reconnect_verified(&n[2].url, "ops", &ops_id).await;
+    let asked = ask(json!({"question":{"text":"Sure?","kind":"confirm"},"conversationId":conv}));
+    let q2 = ops.recv_type("server_question").await;
+    assert_eq!(q2["payload"]["round"], 2, "{q2}");
+    assert_eq!(q2["payload"]["conversationId"], conv);
+    // and moves again before answering: it answers on node 1
+    drop(ops);
+    let mut ops = reconnect_verified(&n[1].url, "ops", &ops_id).await;
+    ops.send(respond(&q2, json!("perhaps"))).await;
+    let e = ops.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "INVALID_MESSAGE", "{e}");
+    assert_eq!(e["requestId"], "pr");
+    ops.send(respond(&q2, json!(true))).await;
+    let (s, a2) = asked.await.unwrap();
+    assert_eq!(s, 200, "{a2}");
+    assert_eq!(
+        (a2["response"].clone(), a2["round"].clone()),
+        (json!(true), json!(2))
+    );
+    assert_eq!(a2["conversationId"], conv);
+    // answered: gone everywhere
+    ops.send(respond(&q2, json!(false))).await;
+    let e = ops.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "UNKNOWN_QUESTION", "{e}");
+
+    // the conversation stays ops's
+    let (_eve, _) = register_unverified(&n[2].url, "eve").await;
+    let (s, e) = admin_ask(
+        &http(&n[0].url),
+        token,
+        "eve",
+        json!({"question":{"text":"Mine now?"},"conversationId":conv}),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+}
+
 /// `GET /admin/peers` on any node lists every node's online peers (from the online index in
 /// Redis), each with its node and whether it is verified, in id order, paged by `cursor` as
 /// `discover` is; a bad query is a 400; a peer that left is gone from every node's list.

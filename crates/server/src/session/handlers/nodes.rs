@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use lattice_protocol::{AckStatus, ClientId, MessageId, RequestId};
+use lattice_protocol::{AckStatus, ClientId, MessageId, PeerResponse, RequestId, ServerFrame};
 use tracing::{debug, warn};
 
 use super::relay::{refusal, server_message_id};
@@ -24,6 +24,7 @@ use crate::inflight::{Answer, AwaitKey};
 use crate::limits::{IN_FLIGHT_PER_CONNECTION, MAILBOX_BATCH};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeMsg};
+use crate::questions::{normalise, Answer as QuestionAnswer};
 use crate::session::error::HandlerError;
 use crate::state::unix_ms;
 use crate::store::{Accepted, EnqueueError, MailItem};
@@ -318,6 +319,47 @@ impl Core {
                 self.draining = false;
             }
         }
+    }
+
+    /// `peer_response` to an admin question on a node of several: the record is in Redis,
+    /// registered by the asking node, whichever node the peer was on then. An answer that does
+    /// not fit is refused and the question stays open; a fitting one takes the record (of nodes
+    /// racing, one) and goes to the asking node's waiting caller.
+    pub(super) async fn on_peer_response_cluster(
+        &mut self,
+        node: &Node,
+        peer: &PeerEntry,
+        r: &PeerResponse,
+    ) -> Result<Option<ServerFrame>, HandlerError> {
+        let unknown = || HandlerError::UnknownQuestion(r.question_id.clone());
+        let unavailable = |e: crate::cluster::ClusterError| {
+            warn!(error = %e, question = %r.question_id, "question record not read");
+            HandlerError::ClusterUnavailable
+        };
+        let record = node
+            .questions
+            .get(&peer.id, &r.question_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(unknown)?;
+        let response =
+            normalise(&record.question, &r.response).map_err(HandlerError::InvalidAnswer)?;
+        let taken = node
+            .questions
+            .take(&peer.id, &r.question_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(unknown)?;
+        let answer = QuestionAnswer {
+            question_id: r.question_id.clone(),
+            conversation_id: taken.conversation.clone(),
+            round: taken.round,
+            response,
+        };
+        let body = serde_json::to_value(&answer).map_err(|_| HandlerError::ClusterUnavailable)?;
+        node.answered(&taken.asking_node(), r.question_id.clone(), body)
+            .await;
+        Ok(None)
     }
 }
 
