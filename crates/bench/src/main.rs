@@ -442,7 +442,7 @@ async fn throughput_on(
             let (permits, hist, stop) =
                 (Arc::clone(&permits), Arc::clone(&hist), Arc::clone(&stop));
             let (mut sink, mut stream) = receiver.split();
-            let verified = load.verified;
+            let (verified, inflight) = (load.verified, load.inflight);
             let received_all = Arc::clone(&received_all);
             tasks.spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
@@ -500,8 +500,11 @@ async fn throughput_on(
                             }
                         }
                     }
+                    // Leave once everything in flight arrived (a message refused on the way never
+                    // gives its permit back: the read timeout ends the wait then). Leaving earlier
+                    // made the messages still on their way fail with PEER_NOT_FOUND.
                     if stop.load(Ordering::Relaxed)
-                        && permits.available_permits() >= 1
+                        && permits.available_permits() >= inflight
                         && now > measure_to
                     {
                         break;
