@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
+mod failover;
 mod files;
 mod scale;
 mod soak;
@@ -75,6 +76,9 @@ enum Cmd {
     /// loopback source addresses), reports the server's RSS per connection, the latency of
     /// messages through a sample of them, and the registration rate of a full reconnect storm.
     Scale(scale::ScaleArgs),
+    /// Several nodes on Redis: connections spread over them, the first node SIGKILLed, its
+    /// peers moved to the survivors; the time until all are registered again and receiving.
+    Failover(failover::FailoverArgs),
     /// The delivery paths for verified recipients side by side, each on a fresh lattice-server
     /// (pinned to core 0) on a fresh data dir: committed before the answer (`--ack-wait 0`),
     /// end-to-end `delivered` (the default), and the memory-only path of unverified recipients;
@@ -165,6 +169,9 @@ struct Report {
     acks_delivered: u64,
     acks_queued: u64,
     errors: u64,
+    /// The `error` frames by `errorType`, and when each type was first and last seen (seconds
+    /// from the start; the measured window is 1 s to 1 s + `--duration`).
+    error_types: std::collections::BTreeMap<String, (u64, f64, f64)>,
     /// Send → `message_ack` latency of messages sent in the measured window.
     ack_p50_us: u64,
     ack_p99_us: u64,
@@ -229,6 +236,7 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Soak(args) => soak::soak(args).await?,
             Cmd::Scale(args) => scale::scale(args).await?,
+            Cmd::Failover(args) => failover::failover(args).await?,
             Cmd::Delivery {
                 pairs,
                 rounds,
@@ -274,6 +282,12 @@ fn print_answers(r: &Report) {
         r.ack_p99_us,
         r.received_all
     );
+    for (kind, (n, first, last)) in &r.error_types {
+        println!(
+            "{:<15} errors {kind}: {n} (first at {first:.2} s, last at {last:.2} s)",
+            ""
+        );
+    }
 }
 
 /// A sealed 1 KiB message, as JSON text without its closing brace (the generator appends a send
@@ -394,6 +408,10 @@ async fn throughput_on(
     let received_all = Arc::new(AtomicU64::new(0));
     // delivered, queued, error
     let answers = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let error_types = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        (u64, f64, f64),
+    >::new()));
     let mut counts = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -424,7 +442,7 @@ async fn throughput_on(
             let (permits, hist, stop) =
                 (Arc::clone(&permits), Arc::clone(&hist), Arc::clone(&stop));
             let (mut sink, mut stream) = receiver.split();
-            let verified = load.verified;
+            let (verified, inflight) = (load.verified, load.inflight);
             let received_all = Arc::clone(&received_all);
             tasks.spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
@@ -482,8 +500,11 @@ async fn throughput_on(
                             }
                         }
                     }
+                    // Leave once everything in flight arrived (a message refused on the way never
+                    // gives its permit back: the read timeout ends the wait then). Leaving earlier
+                    // made the messages still on their way fail with PEER_NOT_FOUND.
                     if stop.load(Ordering::Relaxed)
-                        && permits.available_permits() >= 1
+                        && permits.available_permits() >= inflight
                         && now > measure_to
                     {
                         break;
@@ -501,6 +522,7 @@ async fn throughput_on(
             let (mut sink, mut stream) = sender.split();
             let stop_reader = Arc::clone(&stop);
             let (ack_hist, answers) = (Arc::clone(&ack_hist), Arc::clone(&answers));
+            let error_types = Arc::clone(&error_types);
             tasks.spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
                 // After the stop, the answers still owed (up to the server's ack wait) are read
@@ -514,6 +536,14 @@ async fn throughput_on(
                         let now = start.elapsed().as_micros() as u64;
                         if text.contains(r#""type":"error""#) {
                             answers[2].fetch_add(1, Ordering::Relaxed);
+                            let kind = field(text, "errorType").unwrap_or("?").to_owned();
+                            let at = now as f64 / 1e6;
+                            let mut types = error_types
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let e = types.entry(kind).or_insert((0, at, at));
+                            e.0 += 1;
+                            e.2 = at;
                         } else if let Some(status) = field(text, "status") {
                             let i = usize::from(status != "delivered");
                             answers[i].fetch_add(1, Ordering::Relaxed);
@@ -586,6 +616,11 @@ async fn throughput_on(
         tasks.abort_all();
     }
     let per_pair: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let error_types = std::mem::take(
+        &mut *error_types
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let h = hist.lock().await;
     let ah = ack_hist.lock().await;
     Ok(Report {
@@ -594,6 +629,7 @@ async fn throughput_on(
         acks_delivered: answers[0].load(Ordering::Relaxed),
         acks_queued: answers[1].load(Ordering::Relaxed),
         errors: answers[2].load(Ordering::Relaxed),
+        error_types,
         ack_p50_us: ah.value_at_quantile(0.50),
         ack_p99_us: ah.value_at_quantile(0.99),
         secs: load.duration as f64,

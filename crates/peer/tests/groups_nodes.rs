@@ -1,6 +1,7 @@
 //! MLS groups between real peers (the public `MessagingPeer` API, real SQLite state) each on a
 //! different node of a `lattice-server --redis` cluster on a real `redis-server`: the KeyPackage
-//! directory, the Welcomes, the Commits and the group messages all cross nodes.
+//! directory, the Welcomes, the Commits and the group messages all cross nodes; and a 1:1
+//! `lattice-v1` message's end-to-end `delivered` across nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../server/tests/support/redis_process.rs"]
@@ -8,8 +9,9 @@ mod redis_process;
 mod support;
 
 use lattice_peer::{
-    Content, EventStream, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerEvent,
+    Algorithm, Content, EventStream, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerEvent,
 };
+use lattice_protocol::{AckStatus, MessageId};
 use lattice_server::{Config, ServerHandle};
 use support::person::Person;
 use support::*;
@@ -107,4 +109,54 @@ async fn three_peers_on_three_nodes_make_a_group_and_talk_every_way() {
         assert_eq!(next_text(e).await, ("carol".into(), "from node 2".into()));
     }
     assert_eq!(bob.group_info(&g).unwrap().name, "best friends");
+}
+
+/// The server's first answer to `message_id`.
+async fn first_ack(events: &mut EventStream, message_id: &MessageId) -> AckStatus {
+    wait_for(events, |e| match e {
+        PeerEvent::MessageAck(a) if a.message_id == *message_id => Some(a.status),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await
+}
+
+/// The text of the next 1:1 message.
+async fn next_direct(events: &mut EventStream) -> String {
+    let m = wait_for(events, |e| match e {
+        PeerEvent::Message(m) => Some(m),
+        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
+        _ => None,
+    })
+    .await;
+    match m.content {
+        Content::Text(t) => t,
+        other => panic!("not a text: {other:?}"),
+    }
+}
+
+/// Two peers on two nodes: a `lattice-v1` message's sender hears `delivered` (its only answer)
+/// once the recipient's client acknowledged it on the other node, both ways, as on one node.
+#[tokio::test]
+async fn a_message_to_a_peer_on_another_node_is_answered_delivered_after_its_ack() {
+    let redis = redis_process::RedisProcess::start().await;
+    let nodes = [node(&redis.url()).await, node(&redis.url()).await];
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, mut ae) = a.without_mls(&nodes[0].url()).await;
+    let (bob, mut be) = b.without_mls(&nodes[1].url()).await;
+
+    let sent = alice.send_message(&id("bob"), "across").await.unwrap();
+    assert_eq!(sent.algorithm, Algorithm::LatticeV1);
+    assert_eq!(next_direct(&mut be).await, "across");
+    assert_eq!(
+        first_ack(&mut ae, &sent.message_id).await,
+        AckStatus::Delivered
+    );
+
+    let back = bob.send_message(&id("alice"), "and back").await.unwrap();
+    assert_eq!(next_direct(&mut ae).await, "and back");
+    assert_eq!(
+        first_ack(&mut be, &back.message_id).await,
+        AckStatus::Delivered
+    );
 }

@@ -163,6 +163,13 @@ pub struct Config {
     /// node serves any peer (docs/scaling.md). Without it the server is one node on SQLite.
     #[arg(long, env = "LATTICE_REDIS", hide_env_values = true, value_parser = parse_redis)]
     pub redis: Option<crate::cluster::RedisUrl>,
+
+    /// With --redis: seconds an id stays held in Redis after its node's last refresh (three per
+    /// TTL). When a node dies its peers' ids are free, and gone from `discover`, at most this
+    /// long after; shorter means more refresh traffic. At least 3.
+    #[arg(long = "presence-ttl", env = "LATTICE_PRESENCE_TTL", value_parser = parse_secs,
+          default_value = secs(crate::cluster::presence::PRESENCE_TTL))]
+    pub presence_ttl: Duration,
 }
 
 fn parse_redis(s: &str) -> Result<crate::cluster::RedisUrl, String> {
@@ -224,6 +231,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             redis: None,
+            presence_ttl: crate::cluster::presence::PRESENCE_TTL,
         }
     }
 }
@@ -344,6 +352,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "--ack-wait must be at most {} s (below clients' request timeout)",
                 limits::MAX_ACK_WAIT.as_secs()
+            )));
+        }
+        if self.presence_ttl < crate::cluster::presence::MIN_PRESENCE_TTL {
+            return Err(ConfigError(format!(
+                "--presence-ttl must be at least {} s (a refresh a second)",
+                crate::cluster::presence::MIN_PRESENCE_TTL.as_secs()
             )));
         }
         if self.mailbox_quota == 0 {

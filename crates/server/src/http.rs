@@ -7,12 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lattice_protocol::{encode, ClientId, ConversationId, Frame, Question, ServerFrame};
+use lattice_protocol::limits::MAX_DISCOVER_PEERS;
+use lattice_protocol::{
+    encode, ClientId, ConversationId, Frame, Question, QuestionId, ServerFrame, ServerQuestion,
+};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
@@ -21,7 +25,7 @@ use tracing::{info, warn};
 use crate::hub::Out;
 use crate::limits::{MAX_ADMIN_BODY, MAX_ASK_TIMEOUT};
 use crate::metrics::Metrics;
-use crate::questions::AskError;
+use crate::questions::{validate_question, AskError};
 use crate::session;
 use crate::state::ServerState;
 use crate::ws::{Upgrade, UpgradeRejection};
@@ -190,22 +194,81 @@ fn authorize(state: &ServerState, headers: &HeaderMap, ip: IpAddr) -> Result<(),
     }
 }
 
+/// Query of `GET /admin/peers`: the page after `cursor` (the last id of the previous page).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersQuery {
+    #[serde(default)]
+    cursor: Option<ClientId>,
+}
+
+/// `GET /admin/peers`: the online peers, up to [`MAX_DISCOVER_PEERS`] a page in id order, with
+/// `more` and the `cursor` of the next page as `discover` pages. On a node of several the list is
+/// every node's (the online index in Redis), each peer with its node; Redis unreachable: 503.
 async fn admin_peers(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    query: Result<Query<PeersQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, remote.ip()) {
         return *r;
     }
-    let peers: Vec<_> = state
-        .hub
-        .online()
-        .into_iter()
-        .filter_map(|id| state.hub.get(&id))
-        .map(|e| json!({ "clientId": e.id, "verified": e.verified }))
-        .collect();
-    Json(json!({ "peers": peers })).into_response()
+    let Ok(Query(query)) = query else {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is cursor, a client id",
+        );
+    };
+    let after = query.cursor.as_ref();
+    let (peers, more, last) = match &state.node {
+        None => {
+            let (ids, more) = state.hub.online_page(after, MAX_DISCOVER_PEERS);
+            let peers: Vec<_> = ids
+                .iter()
+                .filter_map(|id| state.hub.get(id))
+                .map(|e| json!({ "clientId": e.id, "verified": e.verified }))
+                .collect();
+            (peers, more, ids.last().cloned())
+        }
+        Some(node) => match cluster_peers(&state, node, after).await {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(error = %e, "admin peer list failed");
+                return admin_error(StatusCode::SERVICE_UNAVAILABLE, "redis unreachable");
+            }
+        },
+    };
+    let cursor = if more { last } else { None };
+    Json(json!({ "peers": peers, "more": more, "cursor": cursor })).into_response()
+}
+
+/// A page of every node's online peers: the ids from the online index, each one's node and
+/// whether it is verified from its presence record (the page's lookups go out together, one
+/// pipelined batch on the node's Redis connection); an id whose record expired meanwhile is left
+/// out.
+async fn cluster_peers(
+    state: &ServerState,
+    node: &crate::node::Node,
+    after: Option<&ClientId>,
+) -> Result<(Vec<serde_json::Value>, bool, Option<ClientId>), crate::cluster::ClusterError> {
+    let (ids, more) = node.presence.online_page(after, MAX_DISCOVER_PEERS).await?;
+    let records = futures_util::future::join_all(ids.iter().map(|id| async {
+        match state.hub.get(id) {
+            Some(e) => Ok(Some((node.id.to_string(), e.verified))),
+            None => node.presence.keys(id).await.map(|found| {
+                found.map(|(holder, keys)| (holder.node.to_string(), keys.identity_key.is_some()))
+            }),
+        }
+    }))
+    .await;
+    let mut peers = Vec::with_capacity(ids.len());
+    for (id, record) in ids.iter().zip(records) {
+        if let Some((on, verified)) = record? {
+            peers.push(json!({ "clientId": id, "verified": verified, "node": on }));
+        }
+    }
+    Ok((peers, more, ids.last().cloned()))
 }
 
 /// Body of `POST /admin/peers/{id}/questions`.
@@ -241,14 +304,11 @@ async fn admin_ask(
             )
         }
     };
-    if state.hub.get(&peer_id).is_none() {
-        if let Some(node) = &state.node {
-            // Not here: on a node of several the peer may be on another node, which asks.
-            let raw = serde_json::from_slice(&body).unwrap_or_default();
-            return ask_elsewhere(node, &peer_id, raw, ask_timeout(&state, &req)).await;
-        }
-    }
-    let (status, answer) = ask_here(&state, &peer_id, req).await;
+    let (status, answer) = match &state.node {
+        // On a node of several the question registry is in Redis, wherever the peer is.
+        Some(node) => ask_cluster(&state, node, &peer_id, req).await,
+        None => ask_here(&state, &peer_id, req).await,
+    };
     (status, Json(answer)).into_response()
 }
 
@@ -260,79 +320,145 @@ fn ask_timeout(state: &ServerState, req: &AskRequest) -> Duration {
         .min(MAX_ASK_TIMEOUT)
 }
 
-/// How much longer the asking node waits than the question itself, so the peer's node's own
-/// timeout answer (504) arrives first.
-const REMOTE_ASK_MARGIN: Duration = Duration::from_secs(2);
-
-/// Asks `peer_id`, online on another node, through that node (which asks as [`ask_here`] does).
-async fn ask_elsewhere(
+/// Asks `peer_id` on a node of several and waits for its answer, wherever the peer is or goes:
+/// the question is registered in Redis ([`crate::cluster::questions::RedisQuestions`]: the
+/// conversation's owner and round, the per-peer cap), sent to the peer's connection (here, or
+/// over its node's channel), and answered through whichever node the peer answers on
+/// ([`crate::node::Node::answered`]). The statuses and bodies are [`ask_here`]'s.
+async fn ask_cluster(
+    state: &ServerState,
     node: &crate::node::Node,
     peer_id: &ClientId,
-    request: serde_json::Value,
-    timeout: Duration,
-) -> Response {
-    use crate::node::RemoteAnswer;
-    let holder = match node.presence.holder(peer_id).await {
-        Ok(Some(h)) if h.node != node.id => h,
-        Ok(_) => {
-            return admin_error(
-                StatusCode::NOT_FOUND,
-                format!("peer {peer_id} is not online"),
-            )
-        }
-        Err(e) => {
-            warn!(error = %e, "presence lookup failed");
-            return admin_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unreachable");
-        }
-    };
-    match node
-        .ask_remote(&holder.node, peer_id, request, timeout + REMOTE_ASK_MARGIN)
-        .await
-    {
-        Ok(RemoteAnswer::Answered(status, body)) => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            Json(body),
-        )
-            .into_response(),
-        Ok(RemoteAnswer::NoAnswer) => admin_error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("no answer from the node of {peer_id}"),
-        ),
-        Ok(RemoteAnswer::NodeGone) => admin_error(
+    req: AskRequest,
+) -> (StatusCode, serde_json::Value) {
+    use crate::cluster::questions::RedisAskError;
+    let error = |status: StatusCode, message: String| (status, json!({ "error": message }));
+    if let Err(e) = validate_question(&req.question) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let timeout = ask_timeout(state, &req);
+    let not_online = || {
+        error(
             StatusCode::NOT_FOUND,
             format!("peer {peer_id} is not online"),
-        ),
-        Ok(RemoteAnswer::Busy) => admin_error(
+        )
+    };
+    let unreachable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis is unreachable".to_owned(),
+        )
+    };
+    let local = state.hub.get(peer_id);
+    let holder = match &local {
+        Some(_) => None,
+        None => match node.presence.holder(peer_id).await {
+            Ok(Some(h)) => Some(h),
+            Ok(None) => return not_online(),
+            Err(e) => {
+                warn!(error = %e, "presence lookup failed");
+                return unreachable();
+            }
+        },
+    };
+    let (Ok(qid), Ok(new_conversation)) = (
+        QuestionId::new(uuid::Uuid::new_v4().to_string()),
+        ConversationId::new(uuid::Uuid::new_v4().to_string()),
+    ) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "no id".to_owned());
+    };
+    let conversation = req.conversation_id.unwrap_or(new_conversation);
+    let Some(mut wait) = node.await_answer(&qid) else {
+        return error(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many admin questions wait for other nodes; retry later",
-        ),
-        Err(e) => {
-            warn!(error = %e, "admin question not forwarded");
-            admin_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unreachable")
+            "too many admin questions wait on this node; retry later".to_owned(),
+        );
+    };
+    let round = match node
+        .questions
+        .register(
+            peer_id,
+            &qid,
+            &conversation,
+            &req.question,
+            timeout,
+            state.questions.conversation_lifetime(),
+        )
+        .await
+    {
+        Ok(round) => round,
+        Err(e @ RedisAskError::TooMany(_)) => {
+            return error(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        Err(e @ RedisAskError::ForeignConversation(_)) => {
+            return error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(RedisAskError::Redis(e)) => {
+            warn!(error = %e, "question not registered");
+            return unreachable();
+        }
+    };
+    let frame = encode(&Frame::new(ServerFrame::ServerQuestion(ServerQuestion {
+        question_id: qid.clone(),
+        question: req.question,
+        conversation_id: Some(conversation.clone()),
+        round: Some(round),
+    })));
+    let sent = match (local, holder) {
+        (Some(e), _) => e
+            .session
+            .tx
+            .try_send(Out::Frame(Box::new(frame.into())))
+            .is_ok(),
+        (None, Some(h)) => {
+            let msg = crate::node::NodeMsg::Notice {
+                to: peer_id.clone(),
+                conn: h.conn,
+                frame,
+            };
+            node.publish(&h.node, &msg).await.unwrap_or(false)
+        }
+        (None, None) => false,
+    };
+    if !sent {
+        if let Err(e) = node.questions.take(peer_id, &qid).await {
+            warn!(error = %e, question = %qid, "unsent question left to expire");
+        }
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("peer {peer_id} is not reading its connection"),
+        );
+    }
+    info!(peer = %peer_id, question = %qid, round, "admin question sent");
+    match wait.answer(timeout).await {
+        Some(body) => (StatusCode::OK, body),
+        None => {
+            // Taken back, so a late answer is refused; one racing this may still have won.
+            match node.questions.take(peer_id, &qid).await {
+                Ok(None) => {
+                    if let Some(body) = wait.answer(REMOTE_ANSWER_GRACE).await {
+                        return (StatusCode::OK, body);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(e) => warn!(error = %e, question = %qid, "question left to expire"),
+            }
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({
+                    "error": format!("no answer from {peer_id} within {} ms", timeout.as_millis()),
+                    "questionId": qid,
+                    "conversationId": conversation,
+                    "round": round,
+                }),
+            )
         }
     }
 }
 
-/// Answers admin questions other nodes forward for peers this node holds: each is asked here
-/// (in a task the server's shutdown waits for) and its answer published back.
-pub(crate) fn answer_forwarded_asks(state: Arc<ServerState>) -> crate::node::AskHandler {
-    Arc::new(move |ask| {
-        let state = Arc::clone(&state);
-        state.tasks.clone().spawn(async move {
-            let Some(node) = state.node.clone() else {
-                return;
-            };
-            let (status, body) = match serde_json::from_value::<AskRequest>(ask.request.clone()) {
-                Ok(req) => ask_here(&state, &ask.peer, req).await,
-                Err(e) => (
-                    StatusCode::BAD_REQUEST,
-                    json!({ "error": format!("invalid request body: {e}") }),
-                ),
-            };
-            node.answer_remote(&ask, status.as_u16(), body).await;
-        });
-    })
-}
+/// How long an admin caller whose wait ran out still waits for an answer another node took just
+/// before (it is on its way over the channel).
+const REMOTE_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// Asks `peer_id`, a session of this node, and waits for its answer: the status and JSON body
 /// of `POST /admin/peers/{peer}/questions`.

@@ -9,12 +9,17 @@
 //!   sender hears `queued` (or the mailbox's refusal);
 //! - the sender itself, when the recipient's queue refused the frame: it takes the durable path.
 //!
+//! On a node of several the message itself is in Redis before it is sent, so only its answer
+//! waits: [`Awaiting`], one table per node, answered `delivered` when the recipient's node tells
+//! this one of the `ack`, `queued` when the wait runs out.
+//!
 //! Memory is bounded three ways: held messages per recipient connection and answers owed per
 //! sender connection ([`crate::limits::IN_FLIGHT_PER_CONNECTION`]), and the bytes of all held
 //! frames in the process ([`Budget`], [`crate::limits::IN_FLIGHT_BYTES`]). A message that finds
 //! any of them used up takes the durable path instead, as before this table existed.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -200,7 +205,7 @@ pub struct InFlight {
 struct Slot {
     /// Set when the connection ended: nothing more is held.
     closed: bool,
-    table: Option<Box<Table>>,
+    table: Option<Box<Table<HeldKey, HeldMessage>>>,
 }
 
 impl Slot {
@@ -212,20 +217,83 @@ impl Slot {
     }
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    /// Held messages with the sequence number of their `order` entry.
-    map: HashMap<HeldKey, (u64, HeldMessage)>,
-    /// Deadlines in the order they were given (every deadline is "now + the ack wait", so this is
-    /// also deadline order). Entries of messages already taken are skipped lazily and compacted
-    /// away when they outnumber the live ones.
-    order: VecDeque<(Instant, u64, HeldKey)>,
+/// Entries with a deadline each, every deadline "now + one wait" so that insertion order is also
+/// deadline order: [`InFlight`]'s held messages and [`Awaiting`]'s owed answers.
+#[derive(Debug)]
+struct Table<K, V> {
+    /// Entries with the sequence number of their `order` entry.
+    map: HashMap<K, (u64, V)>,
+    /// Deadlines in the order they were given. Entries already taken are skipped lazily and
+    /// compacted away when they outnumber the live ones.
+    order: VecDeque<(Instant, u64, K)>,
     seq: u64,
 }
 
-impl Table {
-    fn is_live(&self, seq: u64, key: &HeldKey) -> bool {
+impl<K, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> Table<K, V> {
+    fn is_live(&self, seq: u64, key: &K) -> bool {
         self.map.get(key).is_some_and(|(s, _)| *s == seq)
+    }
+
+    /// Adds `value` under `key` until `deadline`; gives it back when `cap` entries are there or
+    /// `key` is taken.
+    fn insert(&mut self, key: K, value: V, cap: usize, deadline: Instant) -> Result<(), V> {
+        if self.map.len() >= cap || self.map.contains_key(&key) {
+            return Err(value);
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        self.order.push_back((deadline, seq, key.clone()));
+        self.map.insert(key, (seq, value));
+        Ok(())
+    }
+
+    /// Takes the entry under `key`.
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let (_, value) = self.map.remove(key)?;
+        self.tidy();
+        Some(value)
+    }
+
+    /// Takes every entry whose deadline is at or before `now`, oldest first.
+    fn take_expired(&mut self, now: Instant) -> Vec<(K, V)> {
+        let mut out = Vec::new();
+        while let Some((deadline, seq, key)) = self.order.front() {
+            if *deadline > now {
+                break;
+            }
+            let (seq, key) = (*seq, key.clone());
+            self.order.pop_front();
+            if self.is_live(seq, &key) {
+                if let Some((_, value)) = self.map.remove(&key) {
+                    out.push((key, value));
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes every entry, oldest first.
+    fn take_all(&mut self) -> Vec<(K, V)> {
+        let order = std::mem::take(&mut self.order);
+        let mut out = Vec::with_capacity(self.map.len());
+        for (_, seq, key) in order {
+            if self.is_live(seq, &key) {
+                if let Some((_, value)) = self.map.remove(&key) {
+                    out.push((key, value));
+                }
+            }
+        }
+        out
     }
 
     /// Drops stale entries at the front, and compacts when stale ones dominate.
@@ -269,22 +337,13 @@ impl InFlight {
             return Err(Box::new(msg));
         }
         let t = s.table.get_or_insert_with(Box::default);
-        if t.map.len() >= cap || t.map.contains_key(&key) {
-            return Err(Box::new(msg));
-        }
-        t.seq += 1;
-        let seq = t.seq;
-        t.order.push_back((deadline, seq, key.clone()));
-        t.map.insert(key, (seq, msg));
-        Ok(())
+        t.insert(key, msg, cap, deadline).map_err(Box::new)
     }
 
     /// Takes the message held under `key` (an `ack` with `fromId`).
     pub fn take(&self, key: &HeldKey) -> Option<HeldMessage> {
         let mut s = self.lock();
-        let t = s.table.as_mut()?;
-        let (_, msg) = t.map.remove(key)?;
-        t.tidy();
+        let msg = s.table.as_mut()?.remove(key)?;
         s.release_if_empty();
         Some(msg)
     }
@@ -303,10 +362,9 @@ impl InFlight {
         if found.next().is_some() {
             return Matched::Ambiguous;
         }
-        let Some((_, msg)) = t.map.remove(&key) else {
+        let Some(msg) = t.remove(&key) else {
             return Matched::Nothing;
         };
-        t.tidy();
         s.release_if_empty();
         Matched::One(msg)
     }
@@ -317,19 +375,7 @@ impl InFlight {
         let Some(t) = s.table.as_mut() else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        while let Some((deadline, seq, key)) = t.order.front() {
-            if *deadline > now {
-                break;
-            }
-            let (seq, key) = (*seq, key.clone());
-            t.order.pop_front();
-            if t.is_live(seq, &key) {
-                if let Some((_, msg)) = t.map.remove(&key) {
-                    out.push((key, msg));
-                }
-            }
-        }
+        let out = t.take_expired(now);
         s.release_if_empty();
         out
     }
@@ -339,20 +385,8 @@ impl InFlight {
     pub fn close(&self) -> Vec<(HeldKey, HeldMessage)> {
         let mut s = self.lock();
         s.closed = true;
-        let Some(mut t) = s.table.take() else {
-            return Vec::new();
-        };
         // In the order they were sent, so the mailbox gives them back in that order.
-        let order = std::mem::take(&mut t.order);
-        let mut out = Vec::with_capacity(t.map.len());
-        for (_, seq, key) in order {
-            if t.is_live(seq, &key) {
-                if let Some((_, msg)) = t.map.remove(&key) {
-                    out.push((key, msg));
-                }
-            }
-        }
-        out
+        s.table.take().map_or_else(Vec::new, |mut t| t.take_all())
     }
 
     /// Whether the connection ended.
@@ -366,6 +400,71 @@ impl InFlight {
     }
 
     /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An owed answer's name on a node of several: (sender, recipient, `messageId`).
+pub type AwaitKey = (ClientId, ClientId, MessageId);
+
+/// Answers owed to this node's senders for messages stored in an online verified recipient's
+/// mailbox stream on a node of several ([`crate::node`]): the message is in Redis before it is
+/// listed here, and the sender hears `delivered` when the recipient's `ack` (on whichever node it
+/// is connected to) reaches this node ([`Awaiting::take`]), or `queued` once the ack wait runs
+/// out ([`Awaiting::take_expired`]): exactly one answer, as on one node. Bounded by `cap`
+/// entries for the whole node; past it a sender hears `queued` at once.
+#[derive(Debug)]
+pub struct Awaiting {
+    // std Mutex: a map operation per message and per ack; never held across an await.
+    inner: Mutex<Table<AwaitKey, Answer>>,
+    cap: usize,
+}
+
+impl Awaiting {
+    /// An empty table of at most `cap` owed answers.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            inner: Mutex::new(Table::default()),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table<AwaitKey, Answer>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Owes `answer` under `key` until `deadline`.
+    ///
+    /// # Errors
+    /// The answer, when the table is full or the same key is owed already (a resend while the
+    /// first waits): the caller answers it now.
+    pub fn wait(&self, key: AwaitKey, answer: Answer, deadline: Instant) -> Result<(), Answer> {
+        self.lock().insert(key, answer, self.cap, deadline)
+    }
+
+    /// Takes the answer owed under `key` (the recipient acknowledged, or the caller gives up).
+    pub fn take(&self, key: &AwaitKey) -> Option<Answer> {
+        self.lock().remove(key)
+    }
+
+    /// Takes every answer whose deadline is at or before `now`.
+    pub fn take_expired(&self, now: Instant) -> Vec<Answer> {
+        self.lock()
+            .take_expired(now)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect()
+    }
+
+    /// Answers owed now.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// True when no answer is owed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -533,5 +632,89 @@ mod tests {
         let s = t.lock();
         let order = s.table.as_ref().map_or(0, |t| t.order.len());
         assert!(order <= 2 + 64 + 1, "the order queue is compacted: {order}");
+    }
+
+    fn await_key(sender: &str, recipient: &str, mid: &str) -> AwaitKey {
+        (
+            ClientId::new(sender).unwrap(),
+            ClientId::new(recipient).unwrap(),
+            MessageId::new(mid).unwrap(),
+        )
+    }
+
+    fn answer_for(to: &Arc<AnswerLane>, mid: &str) -> Answer {
+        assert!(to.reserve(IN_FLIGHT_CAP_FOR_TESTS));
+        Answer {
+            to: Arc::clone(to),
+            target: ClientId::new("bob").unwrap(),
+            message_id: MessageId::new(mid).unwrap(),
+            rid: None,
+        }
+    }
+
+    const IN_FLIGHT_CAP_FOR_TESTS: usize = 16;
+
+    /// Owed answers on paused tokio time: the node-wide cap and a duplicate key refuse, an ack
+    /// takes its answer once, the rest come out when their wait runs out and not before, and
+    /// every answer pushed reaches the sender's lane.
+    #[tokio::test(start_paused = true)]
+    async fn owed_answers_leave_by_ack_or_expiry_within_the_cap() {
+        let lane = sender();
+        let t = Awaiting::new(2);
+        let wait = Duration::from_secs(3);
+        t.wait(
+            await_key("a", "bob", "1"),
+            answer_for(&lane, "1"),
+            Instant::now() + wait,
+        )
+        .unwrap();
+        assert!(
+            t.wait(
+                await_key("a", "bob", "1"),
+                answer_for(&lane, "1"),
+                Instant::now() + wait
+            )
+            .is_err(),
+            "a resend while the first waits"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        t.wait(
+            await_key("a", "carol", "1"),
+            answer_for(&lane, "1"),
+            Instant::now() + wait,
+        )
+        .unwrap();
+        assert!(
+            t.wait(
+                await_key("c", "bob", "2"),
+                answer_for(&lane, "2"),
+                Instant::now() + wait
+            )
+            .is_err(),
+            "the cap"
+        );
+        assert_eq!(t.len(), 2);
+
+        // bob acks: delivered, once
+        t.take(&await_key("a", "bob", "1"))
+            .unwrap()
+            .ack(AckStatus::Delivered);
+        assert!(t.take(&await_key("a", "bob", "1")).is_none());
+        let frames = lane.take();
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].as_str().contains("delivered"), "{}", frames[0]);
+
+        // carol's was given a second after the start: it runs out `wait` after that
+        tokio::time::advance(wait - Duration::from_millis(1)).await;
+        assert!(t.take_expired(Instant::now()).is_empty(), "not yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let expired = t.take_expired(Instant::now());
+        assert_eq!(expired.len(), 1);
+        for a in expired {
+            a.ack(AckStatus::Queued);
+        }
+        assert!(t.is_empty());
+        let frames = lane.take();
+        assert!(frames[0].as_str().contains("queued"), "{}", frames[0]);
     }
 }

@@ -213,7 +213,7 @@ async fn start_state(
     let Some(url) = config.redis.clone() else {
         return build_state(config, shutdown);
     };
-    let (node, inbound) = node::Node::connect(&url, shutdown.clone()).await?;
+    let (node, inbound) = node::Node::connect(&url, config.presence_ttl, shutdown.clone()).await?;
     let node = Arc::new(node);
     let blobs = shared_blobs(&config, &url, &node).await?;
     let state = build_state_with(config, shutdown.clone(), Some(Arc::clone(&node)), blobs)?;
@@ -222,7 +222,11 @@ async fn start_state(
         Arc::clone(&node),
         Arc::clone(&hub),
         inbound,
-        http::answer_forwarded_asks(Arc::clone(&state)),
+        shutdown.clone(),
+    ));
+    state.tasks.spawn(node::run_awaiting(
+        Arc::clone(&node),
+        state.config.ack_wait,
         shutdown.clone(),
     ));
     state

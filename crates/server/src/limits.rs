@@ -152,6 +152,13 @@ pub const IN_FLIGHT_PER_CONNECTION: usize = OUTBOUND_QUEUE;
 /// acks; past it messages take the durable path.
 pub const IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Answers a node of several may owe its senders at once for messages stored for an online
+/// verified recipient and not acknowledged yet ([`crate::inflight::Awaiting`]; the frames are in
+/// Redis, an entry is ~200 bytes, so ~13 MiB at most). Past it a sender hears `queued` at once,
+/// as it did before end-to-end `delivered` across nodes: the bound costs the early answer, never a
+/// message.
+pub const AWAITING_PER_NODE: usize = 65_536;
+
 /// Commit requests waiting for the mailbox writer ([`crate::writer`]) at most; a session whose
 /// request finds the queue full waits (backpressure). Each session has at most one request in
 /// flight, so the queue fills only with more sessions committing at once than this.

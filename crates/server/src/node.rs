@@ -10,8 +10,12 @@
 //!   this connection" when a verified owner reclaimed its id elsewhere;
 //! - [`PresenceMsg`], the join/leave notice every node turns into `peer_connected` /
 //!   `peer_disconnected` for its own subscribed sessions;
-//! - admin questions for a peer on another node ([`Node::ask_remote`]): the question goes to the
-//!   peer's node, which asks it as its own admin API would and sends the answer back;
+//! - admin questions ([`Node::questions`], the question registry on Redis): the asking node
+//!   registers the question (the conversation's owner and round, the per-peer cap), sends it to
+//!   the peer's connection on whichever node holds it and waits ([`Node::await_answer`]); the
+//!   node where the peer answers, whichever it is by then, takes the record and sends the answer
+//!   to the asking node ([`Node::answered`], [`NodeMsg::Answered`]), so a conversation, and a
+//!   question waiting for its answer, survive the peer reconnecting to another node;
 //! - [`run_inbound`], the loop that hands what arrives to the local sessions, and
 //!   [`run_refresh`], which keeps this node's presence keys alive and closes sessions whose id
 //!   another connection took.
@@ -21,11 +25,14 @@
 //! [`PRESENCE_TTL`](crate::cluster::presence::PRESENCE_TTL) when refreshes stop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use lattice_protocol::{close_code, encode, ClientId, Frame, PeerPresence, ServerFrame};
+use lattice_protocol::{
+    close_code, encode, AckStatus, ClientId, Frame, MessageId, PeerPresence, QuestionId,
+    ServerFrame,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,10 +43,13 @@ use crate::cluster::directory::RedisDirectory;
 use crate::cluster::groups::RedisGroups;
 use crate::cluster::key_packages::RedisKeyPackages;
 use crate::cluster::mailbox::{consumer, RedisMailbox};
-use crate::cluster::presence::{Claim, PeerKeys, Presence, PRESENCE_REFRESH};
+use crate::cluster::presence::{Claim, PeerKeys, Presence};
+use crate::cluster::questions::RedisQuestions;
 use crate::cluster::stats::{RedisStats, Timed as _};
 use crate::cluster::{ClusterError, NodeId, RedisConn, RedisUrl};
 use crate::hub::{Hub, Out, PeerEntry};
+use crate::inflight::Awaiting;
+use crate::limits::{AWAITING_PER_NODE, IN_FLIGHT_REAP_DIVISOR};
 
 /// What one node publishes on another node's channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,60 +88,28 @@ pub enum NodeMsg {
         /// The replaced connection.
         conn: u64,
     },
-    /// An admin question for `peer`, which this node holds, asked on node `from` (the body of
-    /// `POST /admin/peers/{peer}/questions`); answered with [`NodeMsg::Answer`].
-    Ask {
-        /// The asking node's number for it.
-        ask: u64,
-        /// The asking node.
-        from: String,
-        /// The peer asked.
-        peer: ClientId,
-        /// The admin request.
-        request: serde_json::Value,
+    /// `to` acknowledged `from`'s message `mid` (removed from its mailbox stream): `from`'s node
+    /// answers the sender `delivered` if it still owes that answer ([`crate::inflight::Awaiting`]).
+    Acked {
+        /// The sender, held by the receiving node.
+        from: ClientId,
+        /// The recipient that acknowledged.
+        to: ClientId,
+        /// The sender's `messageId`.
+        mid: MessageId,
     },
-    /// What the peer's node's admin API answered to [`NodeMsg::Ask`] `ask`.
-    Answer {
-        /// The asking node's number.
-        ask: u64,
-        /// The HTTP status.
-        status: u16,
-        /// The JSON body.
+    /// The answer to admin question `question`, asked on the receiving node (a
+    /// [`crate::questions::Answer`], the body its admin caller gets).
+    Answered {
+        /// The question.
+        question: QuestionId,
+        /// The answer.
         body: serde_json::Value,
     },
 }
 
-/// Admin questions this node may wait on at once for peers on other nodes; more get 503.
-pub const MAX_REMOTE_ASKS: usize = 256;
-
-/// An admin question from another node, for a peer this node holds.
-#[derive(Debug)]
-pub struct IncomingAsk {
-    /// The asking node's number for it.
-    pub ask: u64,
-    /// The asking node (where the answer goes).
-    pub from: NodeId,
-    /// The peer asked.
-    pub peer: ClientId,
-    /// The admin request body.
-    pub request: serde_json::Value,
-}
-
-/// What handles [`IncomingAsk`]s (the admin API, given by the server when it starts the node).
-pub type AskHandler = Arc<dyn Fn(IncomingAsk) + Send + Sync>;
-
-/// The outcome of [`Node::ask_remote`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum RemoteAnswer {
-    /// The peer's node answered with this status and body.
-    Answered(u16, serde_json::Value),
-    /// No answer within the wait.
-    NoAnswer,
-    /// The peer's node is not listening (it died; the peer's presence expires).
-    NodeGone,
-    /// [`MAX_REMOTE_ASKS`] are waiting already.
-    Busy,
-}
+/// Admin questions this node's callers may wait on at once; more get 429.
+pub const MAX_ADMIN_WAITS: usize = 256;
 
 /// A presence notice on the presence channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,19 +139,36 @@ pub struct Node {
     pub groups: RedisGroups,
     /// The cross-node counters (`/metrics`).
     pub stats: Arc<RedisStats>,
+    /// Answers owed to this node's senders until their recipients acknowledge (end-to-end
+    /// `delivered` across nodes).
+    pub awaiting: Awaiting,
     conn: RedisConn,
-    /// Admin questions waiting for another node's answer, by number.
+    /// The question registry's shared records (admin questions).
+    pub questions: RedisQuestions,
+    /// Admin questions this node's callers wait on, by question.
     // std Mutex: map inserts and removals; never held across an await.
-    asks: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
-    next_ask: AtomicU64,
+    waits: Mutex<HashMap<QuestionId, oneshot::Sender<serde_json::Value>>>,
 }
 
-/// Removes a waiting ask on every exit path.
-struct AskSlot<'a>(&'a Node, u64);
+/// An admin caller's wait for an answer ([`Node::await_answer`]): removed from the node's table
+/// on every exit path.
+#[derive(Debug)]
+pub struct AnswerWait<'a> {
+    node: &'a Node,
+    question: QuestionId,
+    rx: oneshot::Receiver<serde_json::Value>,
+}
 
-impl Drop for AskSlot<'_> {
+impl AnswerWait<'_> {
+    /// The answer, if it comes within `wait`.
+    pub async fn answer(&mut self, wait: std::time::Duration) -> Option<serde_json::Value> {
+        tokio::time::timeout(wait, &mut self.rx).await.ok()?.ok()
+    }
+}
+
+impl Drop for AnswerWait<'_> {
     fn drop(&mut self) {
-        self.0.lock_asks().remove(&self.1);
+        self.node.lock_waits().remove(&self.question);
     }
 }
 
@@ -187,6 +182,7 @@ impl Node {
     /// Redis unreachable or refusing.
     pub async fn connect(
         url: &RedisUrl,
+        presence_ttl: std::time::Duration,
         stop: CancellationToken,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), ClusterError> {
         let stats = Arc::new(RedisStats::default());
@@ -197,18 +193,20 @@ impl Node {
         let directory = RedisDirectory::new(conn.clone()).with_stats(Arc::clone(&stats));
         let mailbox = RedisMailbox::new(conn.clone()).with_stats(Arc::clone(&stats));
         let node = Self {
-            presence: Presence::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
+            presence: Presence::with_ttl(conn.clone(), id.clone(), presence_ttl)
+                .with_stats(Arc::clone(&stats)),
             key_packages: RedisKeyPackages::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            questions: RedisQuestions::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
             groups: RedisGroups::new(conn.clone(), mailbox.clone(), directory.clone())
                 .with_stats(Arc::clone(&stats)),
             directory,
             mailbox,
             channels,
             stats,
+            awaiting: Awaiting::new(AWAITING_PER_NODE),
             conn,
             id,
-            asks: Mutex::default(),
-            next_ask: AtomicU64::new(1),
+            waits: Mutex::default(),
         };
         info!(node = %node.id, "joined the cluster");
         Ok((node, inbound))
@@ -292,64 +290,83 @@ impl Node {
         }
     }
 
-    /// Asks `peer`, held by `node`, the admin question `request`; waits up to `wait` for the
-    /// status and body that node's admin API answers.
-    ///
-    /// # Errors
-    /// Redis unreachable.
-    pub async fn ask_remote(
-        &self,
-        node: &NodeId,
-        peer: &ClientId,
-        request: serde_json::Value,
-        wait: std::time::Duration,
-    ) -> Result<RemoteAnswer, ClusterError> {
-        let ask = self.next_ask.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut asks = self.lock_asks();
-            if asks.len() >= MAX_REMOTE_ASKS {
-                return Ok(RemoteAnswer::Busy);
+    /// `to` acknowledged `from`'s message `mid` (removed from its mailbox stream): answers the
+    /// sender `delivered` here if this node owes the answer, else tells the sender's node (looked
+    /// up in presence). Nothing when the sender is offline, its node died (nobody listens) or it
+    /// moved since it sent (its new node owes nothing): it heard, or hears at the end of the wait,
+    /// `queued`, which a sender treats as durable already.
+    pub async fn acked(&self, hub: &dyn Hub, from: &ClientId, to: &ClientId, mid: &MessageId) {
+        let key = (from.clone(), to.clone(), mid.clone());
+        if let Some(answer) = self.awaiting.take(&key) {
+            answer.ack(AckStatus::Delivered);
+            return;
+        }
+        if hub.get(from).is_some() {
+            return;
+        }
+        match self.presence.holder(from).await {
+            Ok(Some(holder)) if holder.node != self.id => {
+                let msg = NodeMsg::Acked {
+                    from: from.clone(),
+                    to: to.clone(),
+                    mid: mid.clone(),
+                };
+                if let Err(e) = self.publish(&holder.node, &msg).await {
+                    debug!(error = %e, peer = %from, "ack notice not published");
+                }
             }
-            asks.insert(ask, tx);
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, peer = %from, "presence lookup for an ack failed"),
         }
-        let _slot = AskSlot(self, ask);
-        let msg = NodeMsg::Ask {
-            ask,
-            from: self.id.to_string(),
-            peer: peer.clone(),
-            request,
-        };
-        if !self.publish(node, &msg).await? {
-            return Ok(RemoteAnswer::NodeGone);
+    }
+
+    /// Starts waiting for the answer to admin question `question` (before it is sent); `None`
+    /// when [`MAX_ADMIN_WAITS`] callers wait already.
+    pub fn await_answer(&self, question: &QuestionId) -> Option<AnswerWait<'_>> {
+        let (tx, rx) = oneshot::channel();
+        let mut waits = self.lock_waits();
+        if waits.len() >= MAX_ADMIN_WAITS {
+            return None;
         }
-        Ok(match tokio::time::timeout(wait, rx).await {
-            Ok(Ok((status, body))) => RemoteAnswer::Answered(status, body),
-            Ok(Err(_)) | Err(_) => RemoteAnswer::NoAnswer,
+        waits.insert(question.clone(), tx);
+        Some(AnswerWait {
+            node: self,
+            question: question.clone(),
+            rx,
         })
     }
 
-    /// Sends the answer to [`IncomingAsk`] `ask` back to its node.
-    pub async fn answer_remote(&self, ask: &IncomingAsk, status: u16, body: serde_json::Value) {
-        let msg = NodeMsg::Answer {
-            ask: ask.ask,
-            status,
-            body,
-        };
-        if let Err(e) = self.publish(&ask.from, &msg).await {
-            warn!(error = %e, peer = %ask.peer, "admin answer not published");
+    /// The peer answered admin question `question` (its record taken from Redis), asked on node
+    /// `asked_by`: the caller waiting here gets `body`, or the asking node is sent it. Nothing
+    /// when the caller gave up or its node died (its admin caller is gone with it).
+    pub async fn answered(&self, asked_by: &NodeId, question: QuestionId, body: serde_json::Value) {
+        if asked_by == &self.id {
+            self.resolve(&question, body);
+            return;
+        }
+        let msg = NodeMsg::Answered { question, body };
+        match self.publish(asked_by, &msg).await {
+            Ok(true) => {}
+            Ok(false) => debug!(node = %asked_by, "the asking node is gone: answer dropped"),
+            Err(e) => warn!(error = %e, "admin answer not published"),
         }
     }
 
-    fn lock_asks(
+    fn resolve(&self, question: &QuestionId, body: serde_json::Value) {
+        if let Some(waiting) = self.lock_waits().remove(question) {
+            let _ = waiting.send(body);
+        }
+    }
+
+    fn lock_waits(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>> {
-        self.asks
+    ) -> std::sync::MutexGuard<'_, HashMap<QuestionId, oneshot::Sender<serde_json::Value>>> {
+        self.waits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether Redis answers (for `/healthz`).
+    /// Whether Redis answers (for `/healthz`).    /// Whether Redis answers (for `/healthz`).
     pub async fn healthy(&self) -> bool {
         let ping: Result<String, redis::RedisError> = redis::cmd("PING")
             .query_async(&mut self.conn.clone())
@@ -389,7 +406,6 @@ pub async fn run_inbound(
     node: Arc<Node>,
     hub: Arc<dyn Hub>,
     mut inbound: mpsc::Receiver<Inbound>,
-    on_ask: AskHandler,
     stop: CancellationToken,
 ) {
     loop {
@@ -401,22 +417,12 @@ pub async fn run_inbound(
         let Some(item) = item else { return };
         match item {
             Inbound::Node(payload) => match serde_json::from_slice::<NodeMsg>(&payload) {
-                Ok(NodeMsg::Ask {
-                    ask,
-                    from,
-                    peer,
-                    request,
-                }) => on_ask(IncomingAsk {
-                    ask,
-                    from: NodeId::from(from),
-                    peer,
-                    request,
-                }),
-                Ok(NodeMsg::Answer { ask, status, body }) => {
-                    if let Some(waiting) = node.lock_asks().remove(&ask) {
-                        let _ = waiting.send((status, body));
+                Ok(NodeMsg::Acked { from, to, mid }) => {
+                    if let Some(answer) = node.awaiting.take(&(from, to, mid)) {
+                        answer.ack(AckStatus::Delivered);
                     }
                 }
+                Ok(NodeMsg::Answered { question, body }) => node.resolve(&question, body),
                 Ok(msg) => deliver(hub.as_ref(), msg),
                 Err(e) => warn!(node = %node.id, error = %e, "unreadable node message"),
             },
@@ -477,15 +483,15 @@ fn deliver(hub: &dyn Hub, msg: NodeMsg) {
                 );
             }
         }
-        NodeMsg::Ask { .. } | NodeMsg::Answer { .. } => {}
+        NodeMsg::Answered { .. } | NodeMsg::Acked { .. } => {}
     }
 }
 
-/// Every [`PRESENCE_REFRESH`] until `stop`: extends the presence keys of this node's sessions,
+/// Every [`Presence::refresh_period`] until `stop`: extends the presence keys of this node's sessions,
 /// closes (4000) the sessions whose id another connection holds now, and claims again the ids
 /// whose key is gone (Redis restarted without it).
 pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+    let mut tick = tokio::time::interval(node.presence.refresh_period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -544,5 +550,31 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
             published = node.stats.published.load(Ordering::Relaxed),
             "presence refreshed"
         );
+    }
+}
+
+/// Every `wait` / [`IN_FLIGHT_REAP_DIVISOR`] until `stop`: the senders whose recipient did not
+/// acknowledge within `wait` hear `queued` (their messages are in Redis since before they were
+/// listed). With a zero `wait` nothing is ever listed, and this returns at once.
+pub async fn run_awaiting(node: Arc<Node>, wait: std::time::Duration, stop: CancellationToken) {
+    if wait.is_zero() {
+        return;
+    }
+    let period = (wait / IN_FLIGHT_REAP_DIVISOR).max(std::time::Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let expired = node.awaiting.take_expired(tokio::time::Instant::now());
+        if !expired.is_empty() {
+            debug!(node = %node.id, count = expired.len(), "no ack in time: answered queued");
+        }
+        for answer in expired {
+            answer.ack(AckStatus::Queued);
+        }
     }
 }

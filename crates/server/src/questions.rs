@@ -153,8 +153,11 @@ pub fn validate_question(q: &Question) -> Result<(), AskError> {
     }
 }
 
-/// Normalises `response` for `q`.
-fn normalise(q: &Question, response: &Value) -> Result<Value, String> {
+/// Normalises `response` for `q` (the question stays open when it does not fit).
+///
+/// # Errors
+/// Why the answer does not fit, for the peer.
+pub fn normalise(q: &Question, response: &Value) -> Result<Value, String> {
     match q.kind {
         Some(QuestionKind::Confirm) => match response {
             Value::Bool(b) => Ok(Value::Bool(*b)),
@@ -392,11 +395,17 @@ impl Questions {
             .values()
             .map(|p| p.conversation.clone())
             .collect();
-        let keep_for = self.timeout.max(Duration::from_secs(60)) * 2;
+        let keep_for = self.conversation_lifetime();
         inner
             .conversations
             .retain(|id, c| live.contains(id) || now.duration_since(c.last_activity) < keep_for);
         expired
+    }
+
+    /// How long an idle conversation is kept (its owner and round): twice the question timeout,
+    /// at least two minutes.
+    pub fn conversation_lifetime(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(60)) * 2
     }
 
     /// Questions waiting for an answer.

@@ -101,21 +101,26 @@ async fn peers_on_different_nodes_discover_each_other_exchange_keys_and_messages
     );
     assert_eq!(k["payload"]["publicKey"], json!(kem_key(&bob_id)));
 
-    // verified recipient on another node: stored, then delivered; both ways
+    // verified recipient on another node: stored, then handed over; its sender hears
+    // `delivered` once the recipient acknowledged, end to end as on one node; both ways
     alice.send(message("bob", "m1", "r1", "hi bob")).await;
-    let a = answer(&mut alice, "r1").await;
-    assert_eq!(a["type"], "message_ack", "{a}");
-    assert_eq!(a["payload"]["status"], "queued");
     let m = bob.recv_any(&["message"]).await;
     assert_eq!(m["payload"]["fromId"], "alice");
     assert_eq!(m["payload"]["messageId"], "m1");
     assert_eq!(m["payload"]["message"], envelope("hi bob"));
     bob.send(ack("m1", "alice")).await;
+    let a = answer(&mut alice, "r1").await;
+    assert_eq!(a["type"], "message_ack", "{a}");
+    assert_eq!(a["payload"]["status"], "delivered", "{a}");
+    assert_eq!(a["payload"]["messageId"], "m1", "{a}");
     bob.send(message("alice", "m2", "r2", "hi alice")).await;
-    assert_eq!(answer(&mut bob, "r2").await["type"], "message_ack");
     let m = alice.recv_any(&["message"]).await;
     assert_eq!(m["payload"]["fromId"], "bob");
     alice.send(ack("m2", "bob")).await;
+    assert_eq!(
+        answer(&mut bob, "r2").await["payload"]["status"],
+        "delivered"
+    );
 
     // an unverified (original) recipient on another node gets the frame over its node's channel
     alice.send(message("carol", "m3", "r3", "hi carol")).await;
@@ -125,10 +130,14 @@ async fn peers_on_different_nodes_discover_each_other_exchange_keys_and_messages
     assert_eq!(m["payload"]["fromId"], "alice");
     // and writes back to a verified peer on another node
     carol.send(message("alice", "m4", "r4", "hi back")).await;
-    assert_eq!(answer(&mut carol, "r4").await["type"], "message_ack");
     assert_eq!(
         alice.recv_any(&["message"]).await["payload"]["fromId"],
         "carol"
+    );
+    alice.send(ack("m4", "carol")).await;
+    assert_eq!(
+        answer(&mut carol, "r4").await["payload"]["status"],
+        "delivered"
     );
 
     // an unknown target is refused with the request's id, as on one node
@@ -321,14 +330,14 @@ async fn without_redis_registrations_get_internal_error_and_healthz_503_then_it_
     let (mut alice, _) = register_unverified(&n[1].url, "alice").await;
     alice.send(message("bob", "m0", "r0", "before")).await;
     assert_eq!(
-        answer(&mut alice, "r0").await["payload"]["status"],
-        "queued"
-    );
-    assert_eq!(
         bob.recv_any(&["message"]).await["payload"]["messageId"],
         "m0"
     );
     bob.send(ack("m0", "alice")).await;
+    assert_eq!(
+        answer(&mut alice, "r0").await["payload"]["status"],
+        "delivered"
+    );
 
     redis.kill9();
     let health = reqwest::get(format!("{}/healthz", http(&n[0].url)))
@@ -442,6 +451,165 @@ async fn an_admin_question_reaches_a_peer_on_another_node_and_its_answer_comes_b
     drop(peer.await.unwrap());
 }
 
+/// The question registry is in Redis: a multi-round admin conversation goes on after its peer
+/// reconnects to another node (the round counts on, the conversation stays the peer's), and a
+/// question sent before a move is answered after it, on the new node, reaching the caller on
+/// the asking node; an answer that does not fit is refused with the question left open; an
+/// answered question is gone on every node; another peer cannot take the conversation (409).
+#[tokio::test]
+async fn an_admin_conversation_survives_its_peer_moving_to_other_nodes() {
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = lattice_server::config::TEST_ADMIN_TOKEN;
+    let mut n = Vec::new();
+    for i in 0..3 {
+        let data = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        n.push(
+            ServerProcess::start(&data, &["--redis", &redis.url(), "--admin-token", token]).await,
+        );
+    }
+    let ask = |body: Value| {
+        let base = http(&n[0].url);
+        tokio::spawn(async move { admin_ask(&base, token, "ops", body).await })
+    };
+    let respond = |q: &Value, response: Value| json!({"type":"peer_response","requestId":"pr","payload":{"questionId":q["payload"]["questionId"],"response":response}});
+    let ops_id = new_identity();
+    let mut ops = register_verified(&n[1].url, "ops", &ops_id).await;
+    let asked = ask(json!({"question":{"text":"Colour?"}}));
+    let q1 = ops.recv_type("server_question").await;
+    assert_eq!(q1["payload"]["round"], 1, "{q1}");
+    ops.send(respond(&q1, json!("blue"))).await;
+    let (s, a1) = asked.await.unwrap();
+    assert_eq!(s, 200, "{a1}");
+    assert_eq!(
+        (a1["response"].clone(), a1["round"].clone()),
+        (json!("blue"), json!(1))
+    );
+    let conv = a1["conversationId"].clone();
+
+    // ops moves to node 2 between rounds: round 2 of the same conversation reaches it there
+    drop(ops);
+    let mut ops = reconnect_verified(&n[2].url, "ops", &ops_id).await;
+    let asked = ask(json!({"question":{"text":"Sure?","kind":"confirm"},"conversationId":conv}));
+    let q2 = ops.recv_type("server_question").await;
+    assert_eq!(q2["payload"]["round"], 2, "{q2}");
+    assert_eq!(q2["payload"]["conversationId"], conv);
+    // and moves again before answering: it answers on node 1
+    drop(ops);
+    let mut ops = reconnect_verified(&n[1].url, "ops", &ops_id).await;
+    ops.send(respond(&q2, json!("perhaps"))).await;
+    let e = ops.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "INVALID_MESSAGE", "{e}");
+    assert_eq!(e["requestId"], "pr");
+    ops.send(respond(&q2, json!(true))).await;
+    let (s, a2) = asked.await.unwrap();
+    assert_eq!(s, 200, "{a2}");
+    assert_eq!(
+        (a2["response"].clone(), a2["round"].clone()),
+        (json!(true), json!(2))
+    );
+    assert_eq!(a2["conversationId"], conv);
+    // answered: gone everywhere
+    ops.send(respond(&q2, json!(false))).await;
+    let e = ops.recv_type("error").await;
+    assert_eq!(e["payload"]["errorType"], "UNKNOWN_QUESTION", "{e}");
+
+    // the conversation stays ops's
+    let (_eve, _) = register_unverified(&n[2].url, "eve").await;
+    let (s, e) = admin_ask(
+        &http(&n[0].url),
+        token,
+        "eve",
+        json!({"question":{"text":"Mine now?"},"conversationId":conv}),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+}
+
+/// `GET /admin/peers` on any node lists every node's online peers (from the online index in
+/// Redis), each with its node and whether it is verified, in id order, paged by `cursor` as
+/// `discover` is; a bad query is a 400; a peer that left is gone from every node's list.
+#[tokio::test]
+async fn the_admin_peer_list_shows_every_nodes_peers() {
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = lattice_server::config::TEST_ADMIN_TOKEN;
+    let mut n = Vec::new();
+    for i in 0..2 {
+        let data = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        n.push(
+            ServerProcess::start(&data, &["--redis", &redis.url(), "--admin-token", token]).await,
+        );
+    }
+    let _alice = register_verified(&n[0].url, "alice", &new_identity()).await;
+    let (bob, _) = register_unverified(&n[1].url, "bob").await;
+    let _carol = register_verified(&n[1].url, "carol", &new_identity()).await;
+    let list = |base: String, query: &'static str| async move {
+        let r = reqwest::Client::new()
+            .get(format!("{base}/admin/peers{query}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let node_of = |base: String| async move {
+        let h: Value = reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        h["node"].clone()
+    };
+    let (n0, n1) = (
+        node_of(http(&n[0].url)).await,
+        node_of(http(&n[1].url)).await,
+    );
+    assert_ne!(n0, n1);
+    for node in &n {
+        let (s, l) = list(http(&node.url), "").await;
+        assert_eq!(s, 200, "{l}");
+        assert_eq!(
+            l["peers"],
+            json!([
+                {"clientId":"alice","verified":true,"node":n0},
+                {"clientId":"bob","verified":false,"node":n1},
+                {"clientId":"carol","verified":true,"node":n1},
+            ]),
+            "{l}"
+        );
+        assert_eq!(l["more"], false);
+        assert_eq!(l["cursor"], Value::Null);
+    }
+    let (s, l) = list(http(&n[0].url), "?cursor=alice").await;
+    assert_eq!(s, 200, "{l}");
+    let ids: Vec<&str> = l["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["clientId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["bob", "carol"]);
+    let (s, e) = list(http(&n[0].url), "?cursor=not%20an%20id&x=1").await;
+    assert_eq!(s, 400, "{e}");
+    // bob leaves node 1: node 0's list no longer has him
+    drop(bob);
+    let mut tries = 0;
+    loop {
+        let (_, l) = list(http(&n[0].url), "").await;
+        if l["peers"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 100, "bob still listed: {l}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn three_nodes_on_a_redis_cluster_relay_both_ways_and_deliver_mail_on_another_node() {
     let cluster = RedisCluster::start(3, 0).await;
@@ -494,4 +662,176 @@ async fn three_nodes_on_a_redis_cluster_relay_both_ways_and_deliver_mail_on_anot
     }
     got.sort();
     assert_eq!(got, ["cm0", "cm1", "cm2"]);
+}
+
+/// End-to-end `delivered` across nodes, its bounds and its failure cases: a recipient that does
+/// not acknowledge within the ack wait leaves its sender with `queued` (the message is stored);
+/// a sender that moved to another node before the recipient's `ack` gets no stray answer on its
+/// new connection and its node stays well; a recipient whose node died (its presence not expired
+/// yet) leaves its sender with `queued` at once.
+#[tokio::test]
+async fn delivered_across_nodes_falls_back_to_queued_when_no_ack_can_come() {
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = nodes(&redis, &dir, 3).await;
+    let (alice_id, bob_id) = (new_identity(), new_identity());
+    let mut alice = register_verified(&n[0].url, "alice", &alice_id).await;
+    let mut bob = register_verified(&n[1].url, "bob", &bob_id).await;
+
+    // bob reads and does not acknowledge: queued at the end of the ack wait
+    alice.send(message("bob", "m1", "r1", "unacked")).await;
+    assert_eq!(
+        bob.recv_any(&["message"]).await["payload"]["messageId"],
+        "m1"
+    );
+    let a = answer(&mut alice, "r1").await;
+    assert_eq!(a["payload"]["status"], "queued", "{a}");
+    // ... and a later ack of it answers nothing more
+    bob.send(ack("m1", "alice")).await;
+
+    // alice moves to node 2 before bob acknowledges m2: her new connection hears nothing of it
+    alice.send(message("bob", "m2", "r2", "moving")).await;
+    assert_eq!(
+        bob.recv_any(&["message"]).await["payload"]["messageId"],
+        "m2"
+    );
+    drop(alice);
+    let mut alice = reconnect_verified(&n[2].url, "alice", &alice_id).await;
+    bob.send(ack("m2", "alice")).await;
+    alice
+        .send(message("bob", "m3", "r3", "after the move"))
+        .await;
+    assert_eq!(
+        bob.recv_any(&["message"]).await["payload"]["messageId"],
+        "m3"
+    );
+    bob.send(ack("m3", "alice")).await;
+    let a = alice.recv_any(&["message_ack", "error"]).await;
+    assert_eq!(a["requestId"], "r3", "no answer for m2 came first: {a}");
+    assert_eq!(a["payload"]["status"], "delivered", "{a}");
+
+    // bob's node dies: until his presence expires a message for him is stored and answered
+    // `queued` at once (no node listens for the notice)
+    n.remove(1).kill9();
+    drop(bob);
+    alice
+        .send(message("bob", "m4", "r4", "to a dead node"))
+        .await;
+    let a = answer(&mut alice, "r4").await;
+    assert_eq!(a["payload"]["status"], "queued", "{a}");
+    let mut bob = reconnect_verified(&n[0].url, "bob", &bob_id).await;
+    let mut got = HashSet::new();
+    while !got.contains("m4") {
+        let m = bob.recv_any(&["message"]).await;
+        got.insert(m["payload"]["messageId"].as_str().unwrap().to_owned());
+    }
+}
+
+/// An `ack` without `fromId` on a node of several removes the one message of that id it was
+/// handed, as on one node (and its sender hears `delivered`); an id two senders used removes
+/// nothing (at least once): on the recipient's next connection, on another node, exactly the
+/// ambiguous ones come again.
+#[tokio::test]
+async fn an_ack_without_from_id_removes_its_one_message_across_nodes() {
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = nodes(&redis, &dir, 3).await;
+    let bob_id = new_identity();
+    let mut bob = register_verified(&n[1].url, "bob", &bob_id).await;
+    let (mut alice, _) = register_unverified(&n[0].url, "alice").await;
+    let (mut carol, _) = register_unverified(&n[2].url, "carol").await;
+    alice.send(message("bob", "x1", "a1", "from alice")).await;
+    carol.send(message("bob", "x1", "c1", "from carol")).await;
+    carol.send(message("bob", "x2", "c2", "only carol")).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = bob.recv_any(&["message"]).await;
+        got.push(format!(
+            "{}:{}",
+            m["payload"]["fromId"].as_str().unwrap(),
+            m["payload"]["messageId"].as_str().unwrap()
+        ));
+    }
+    got.sort();
+    assert_eq!(got, ["alice:x1", "carol:x1", "carol:x2"]);
+    for mid in ["x2", "x1"] {
+        bob.send(json!({"type":"ack","payload":{"messageId":mid}}))
+            .await;
+    }
+    let a = answer(&mut carol, "c2").await;
+    assert_eq!(a["payload"]["status"], "delivered", "{a}");
+    // x1 names two senders' messages: neither is removed (queued once the wait ends)
+    assert_eq!(
+        answer(&mut alice, "a1").await["payload"]["status"],
+        "queued"
+    );
+    assert_eq!(
+        answer(&mut carol, "c1").await["payload"]["status"],
+        "queued"
+    );
+    drop(bob);
+    let mut bob = reconnect_verified(&n[0].url, "bob", &bob_id).await;
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        let m = bob.recv_any(&["message"]).await;
+        again.push(m["payload"]["fromId"].as_str().unwrap().to_owned());
+        assert_eq!(m["payload"]["messageId"], "x1", "{m}");
+    }
+    again.sort();
+    assert_eq!(again, ["alice", "carol"]);
+    let d = bob
+        .request(
+            json!({"type":"discover","requestId":"end","payload":{}}),
+            "discover",
+        )
+        .await;
+    assert_eq!(d["requestId"], "end", "x2 did not come again");
+}
+
+/// A node SIGKILLed stops refreshing its peers' presence: seen from another node they are gone
+/// from `discover` and their ids free within one presence TTL (3 s here, `--presence-ttl`), so
+/// an unverified peer of the dead node takes its id again on a surviving node.
+#[tokio::test]
+async fn a_killed_nodes_presence_expires_within_one_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
+    let redis = RedisProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Vec::new();
+    for i in 0..2 {
+        let data = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        n.push(
+            ServerProcess::start(&data, &["--redis", &redis.url(), "--presence-ttl", "3"]).await,
+        );
+    }
+    let (_bob, _) = register_unverified(&n[1].url, "bob").await;
+    let _carol = register_verified(&n[1].url, "carol", &new_identity()).await;
+    let (mut alice, _) = register_unverified(&n[0].url, "alice").await;
+    // live peers stay across several TTLs: the refreshes keep them
+    tokio::time::sleep(TTL * 2).await;
+    let discover = |c: &'static str| json!({"type":"discover","requestId":c,"payload":{}});
+    let d = alice.request(discover("d0"), "discover").await;
+    assert_eq!(
+        d["payload"]["peers"],
+        json!(["alice", "bob", "carol"]),
+        "{d}"
+    );
+
+    n.remove(1).kill9();
+    let killed = std::time::Instant::now();
+    // gone within one TTL (polled; the bound allows the poll and a loaded machine)
+    loop {
+        let d = alice.request(discover("d"), "discover").await;
+        if d["payload"]["peers"] == json!(["alice"]) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < TTL * 3,
+            "still listed {:?} after the kill: {d}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // bob's id is free on the surviving node
+    let (_bob, _) = register_unverified(&n[0].url, "bob").await;
 }

@@ -31,9 +31,14 @@ use super::{id_key, ClusterError, NodeId, RedisConn, KEY_PREFIX};
 /// How long an id stays held without a refresh: a node that dies stops refreshing, and its ids
 /// are free (and gone from `discover`) at most this long after.
 pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-/// How often a node refreshes its ids: three refreshes per TTL, so one late or failed refresh
-/// does not drop a live peer.
-pub const PRESENCE_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+/// Refreshes per TTL: three, so one late or failed refresh does not drop a live peer.
+pub const REFRESHES_PER_TTL: u32 = 3;
+/// How often a node refreshes its ids with the default TTL.
+pub const PRESENCE_REFRESH: std::time::Duration =
+    std::time::Duration::from_secs(PRESENCE_TTL.as_secs() / REFRESHES_PER_TTL as u64);
+/// Shortest TTL a node accepts (`--presence-ttl`): a refresh a second.
+pub const MIN_PRESENCE_TTL: std::time::Duration =
+    std::time::Duration::from_secs(REFRESHES_PER_TTL as u64);
 /// Ids refreshed per script call (one round trip each), so one call never blocks Redis long.
 pub const REFRESH_BATCH: usize = 500;
 /// Expired ids trimmed from the online sets per `discover` page (the rest on the next pages).
@@ -225,6 +230,11 @@ impl Presence {
             unindex: Script::new(UNINDEX),
             page: Script::new(PAGE),
         }
+    }
+
+    /// How often the holding node must refresh its ids: [`REFRESHES_PER_TTL`] times per TTL.
+    pub fn refresh_period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ttl_ms) / REFRESHES_PER_TTL
     }
 
     /// Records the round trips and errors in `stats` (shared by a node's components).

@@ -88,6 +88,9 @@ pub(crate) struct Core {
     take_over: Option<Option<String>>,
     /// Close after this frame's answer is written (a device that removed itself).
     close_after: Option<Close>,
+    /// On a node of several: who sent what the drain handed this connection, so an `ack`
+    /// without `fromId` can name its entry (allocated at the first drain).
+    handed: Option<Box<nodes::Handed>>,
 }
 
 impl Core {
@@ -111,6 +114,7 @@ impl Core {
             replies: Vec::new(),
             take_over: None,
             close_after: None,
+            handed: None,
         }
     }
 

@@ -10,7 +10,9 @@
 //!   acknowledge (its node may have died), then what nobody was handed; `ack` removes.
 //! - `discover`, `request_public_key`: the ids and keys of every node.
 
-use lattice_protocol::{AckStatus, ClientId, MessageId, RequestId};
+use std::collections::{HashMap, VecDeque};
+
+use lattice_protocol::{AckStatus, ClientId, MessageId, PeerResponse, RequestId, ServerFrame};
 use tracing::{debug, warn};
 
 use super::relay::{refusal, server_message_id};
@@ -18,9 +20,11 @@ use super::Core;
 use crate::cluster::mailbox::RedisEnqueueError;
 use crate::cluster::presence::PeerKeys;
 use crate::hub::{Out, PeerEntry};
-use crate::limits::MAILBOX_BATCH;
+use crate::inflight::{Answer, AwaitKey};
+use crate::limits::{IN_FLIGHT_PER_CONNECTION, MAILBOX_BATCH};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeMsg};
+use crate::questions::{normalise, Answer as QuestionAnswer};
 use crate::session::error::HandlerError;
 use crate::state::unix_ms;
 use crate::store::{Accepted, EnqueueError, MailItem};
@@ -95,12 +99,13 @@ impl Core {
             frame,
         };
         let quota = self.state.config.mailbox_quota();
-        match node.mailbox.enqueue(&target, &item, &quota).await {
+        let accepted = match node.mailbox.enqueue(&target, &item, &quota).await {
             Ok((accepted, _)) => {
                 if accepted == Accepted::Duplicate {
                     debug!(%target, message_id = %item.message_id, "resend of a stored message");
                 }
                 Metrics::inc(&self.state.metrics.messages_queued);
+                accepted
             }
             Err(RedisEnqueueError::Full(limit)) => {
                 return Err(refusal(
@@ -116,20 +121,88 @@ impl Core {
                 warn!(error = %e, %target, "mailbox write failed");
                 return Err(HandlerError::ClusterUnavailable);
             }
-        }
-        // Stored: the sender may hear `queued` whatever happens to the notice.
-        match whereabouts {
-            Whereabouts::Here(e) => e.session.notify_mail(),
+        };
+        // Stored: the sender may hear `queued` whatever happens to the notice. For an online
+        // recipient it hears `delivered` instead if the recipient acknowledges within the ack
+        // wait (listed before the recipient is told, so its ack finds the entry).
+        let owed = match (&whereabouts, sender_mid.as_ref()) {
+            (Whereabouts::Here(_) | Whereabouts::There(..), Some(smid))
+                if accepted == Accepted::Stored =>
+            {
+                self.owe_answer(node, peer, &target, smid, rid)
+            }
+            _ => None,
+        };
+        let told = match whereabouts {
+            Whereabouts::Here(e) => {
+                e.session.notify_mail();
+                true
+            }
             Whereabouts::There(holder, _) => {
                 let msg = NodeMsg::Mail { to: target.clone() };
-                if let Err(e) = node.publish(&holder.node, &msg).await {
-                    warn!(error = %e, %target, "mail notice not published");
+                match node.publish(&holder.node, &msg).await {
+                    Ok(listening) => listening,
+                    Err(e) => {
+                        warn!(error = %e, %target, "mail notice not published");
+                        false
+                    }
                 }
             }
-            Whereabouts::Offline => {}
+            Whereabouts::Offline => false,
+        };
+        let answer_now = match owed {
+            None => true,
+            Some(_) if told => false,
+            // Its node is gone (its presence not expired yet): no ack will come soon, so the
+            // sender hears `queued` now, unless the answer was given meanwhile.
+            Some(key) => match node.awaiting.take(&key) {
+                Some(unsent) => {
+                    drop(unsent);
+                    self.shared.answers.release();
+                    true
+                }
+                None => false,
+            },
+        };
+        if answer_now {
+            self.ack(&target, sender_mid.as_ref(), rid, AckStatus::Queued);
         }
-        self.ack(&target, sender_mid.as_ref(), rid, AckStatus::Queued);
         Ok(())
+    }
+
+    /// Lists the answer to `peer`'s stored message `mid` for `target` as owed until `target`'s
+    /// ack or the ack wait's end ([`crate::inflight::Awaiting`]), under the returned key; `None`
+    /// when it is to be answered `queued` now (`--ack-wait 0`, this connection is owed its cap of
+    /// answers, the node its cap, or the same message waits already).
+    fn owe_answer(
+        &mut self,
+        node: &Node,
+        peer: &PeerEntry,
+        target: &ClientId,
+        mid: &MessageId,
+        rid: Option<&RequestId>,
+    ) -> Option<AwaitKey> {
+        let wait = self.state.config.ack_wait;
+        if wait.is_zero() || !self.shared.answers.reserve(IN_FLIGHT_PER_CONNECTION) {
+            return None;
+        }
+        let answer = Answer {
+            to: std::sync::Arc::clone(&self.shared.answers),
+            target: target.clone(),
+            message_id: mid.clone(),
+            rid: rid.cloned(),
+        };
+        let key = (peer.id.clone(), target.clone(), mid.clone());
+        match node
+            .awaiting
+            .wait(key.clone(), answer, tokio::time::Instant::now() + wait)
+        {
+            Ok(()) => Some(key),
+            Err(_) => {
+                self.shared.answers.release();
+                None
+            }
+        }
     }
 
     /// An unverified recipient's frame to its connection, here or on its node.
@@ -172,9 +245,11 @@ impl Core {
         }
     }
 
-    /// `ack` on a node of several: removes the message from the recipient's stream. An ack
-    /// without `fromId` cannot name the message there (ids are the senders' choice): the message
-    /// stays and comes again on the next connection (at least once).
+    /// `ack` on a node of several: removes the message from the recipient's stream and tells its
+    /// sender's node ([`Node::acked`]). Without `fromId` the message is named by what this
+    /// connection's drain handed it ([`Handed`]), as on one node: an id that one sender used;
+    /// an id of several senders' messages, or one handed too long ago, removes nothing (the
+    /// message comes again on the next connection: at least once).
     pub(super) async fn on_ack_cluster(
         &mut self,
         node: &Node,
@@ -182,12 +257,19 @@ impl Core {
         from: Option<ClientId>,
         message_id: MessageId,
     ) {
-        let Some(from) = from else {
-            debug!(%message_id, "ack without fromId on a node of several: kept");
+        let handed = self
+            .handed
+            .as_mut()
+            .map(|h| h.acked(from.as_ref(), &message_id));
+        let Some(from) = from.or(handed.flatten()) else {
+            debug!(%message_id, "ack without fromId names no single handed message: kept");
             return;
         };
         match node.mailbox.remove(&peer.id, &from, &message_id).await {
-            Ok(true) => {}
+            Ok(true) => {
+                node.acked(self.state.hub.as_ref(), &from, &peer.id, &message_id)
+                    .await;
+            }
             Ok(false) => debug!(%message_id, "ack of a message not in the mailbox"),
             Err(e) => warn!(error = %e, %message_id, "mailbox removal failed: it comes again"),
         }
@@ -225,7 +307,9 @@ impl Core {
         match items {
             Ok(items) => {
                 debug!(count = items.len(), "mailbox batch");
+                let handed = self.handed.get_or_insert_with(Box::default);
                 for (_, item) in items {
+                    handed.hand(&item.sender, &item.message_id);
                     self.replies
                         .push(axum::extract::ws::Message::Text(item.frame.into()));
                 }
@@ -235,5 +319,135 @@ impl Core {
                 self.draining = false;
             }
         }
+    }
+
+    /// `peer_response` to an admin question on a node of several: the record is in Redis,
+    /// registered by the asking node, whichever node the peer was on then. An answer that does
+    /// not fit is refused and the question stays open; a fitting one takes the record (of nodes
+    /// racing, one) and goes to the asking node's waiting caller.
+    pub(super) async fn on_peer_response_cluster(
+        &mut self,
+        node: &Node,
+        peer: &PeerEntry,
+        r: &PeerResponse,
+    ) -> Result<Option<ServerFrame>, HandlerError> {
+        let unknown = || HandlerError::UnknownQuestion(r.question_id.clone());
+        let unavailable = |e: crate::cluster::ClusterError| {
+            warn!(error = %e, question = %r.question_id, "question record not read");
+            HandlerError::ClusterUnavailable
+        };
+        let record = node
+            .questions
+            .get(&peer.id, &r.question_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(unknown)?;
+        let response =
+            normalise(&record.question, &r.response).map_err(HandlerError::InvalidAnswer)?;
+        let taken = node
+            .questions
+            .take(&peer.id, &r.question_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(unknown)?;
+        let answer = QuestionAnswer {
+            question_id: r.question_id.clone(),
+            conversation_id: taken.conversation.clone(),
+            round: taken.round,
+            response,
+        };
+        let body = serde_json::to_value(&answer).map_err(|_| HandlerError::ClusterUnavailable)?;
+        node.answered(&taken.asking_node(), r.question_id.clone(), body)
+            .await;
+        Ok(None)
+    }
+}
+
+/// The senders of the messages a connection's drain handed it and it has not acknowledged, by
+/// message id (ids are the senders' choice, so one id may name several senders' messages): the
+/// Redis mailbox names an entry by (sender, id), and an `ack` without `fromId` gives only the id.
+/// Bounded by [`IN_FLIGHT_PER_CONNECTION`] ids, oldest forgotten first (an ack for a forgotten
+/// one removes nothing: the message comes again, at least once).
+#[derive(Debug, Default)]
+pub(crate) struct Handed {
+    /// The one sender of an id, or `None` when several senders' messages have it.
+    senders: HashMap<MessageId, Option<ClientId>>,
+    /// Ids in the order they were handed (a re-handed id is listed again; stale ones are skipped).
+    order: VecDeque<MessageId>,
+}
+
+impl Handed {
+    /// Notes that `sender`'s message `mid` was handed.
+    fn hand(&mut self, sender: &ClientId, mid: &MessageId) {
+        match self.senders.get_mut(mid) {
+            Some(known) => {
+                if known.as_ref() != Some(sender) {
+                    *known = None;
+                }
+            }
+            None => {
+                self.senders.insert(mid.clone(), Some(sender.clone()));
+                self.order.push_back(mid.clone());
+            }
+        }
+        while self.senders.len() > IN_FLIGHT_PER_CONNECTION {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.senders.remove(&oldest);
+        }
+        if self.order.len() > 2 * self.senders.len() + 64 {
+            let senders = &self.senders;
+            self.order.retain(|m| senders.contains_key(m));
+        }
+    }
+
+    /// An ack of `mid` (from `from` if the ack named it): the one sender of `mid` when the ack
+    /// did not name one and only one sender's message has that id. The id is forgotten unless
+    /// it stays ambiguous.
+    fn acked(&mut self, from: Option<&ClientId>, mid: &MessageId) -> Option<ClientId> {
+        // unknown, or several senders' (those stay until forgotten)
+        let one = self.senders.get(mid)?.as_ref()?;
+        if from.is_some_and(|f| f != one) {
+            return None;
+        }
+        self.senders.remove(mid).flatten()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap()
+    }
+
+    fn mid(s: &str) -> MessageId {
+        MessageId::new(s).unwrap()
+    }
+
+    /// An ack without `fromId` names the one sender of a handed id; an id two senders used names
+    /// nobody; an acked id is forgotten; the table keeps at most its bound, oldest out first.
+    #[test]
+    fn handed_ids_name_their_one_sender_within_the_bound() {
+        let mut h = Handed::default();
+        h.hand(&id("alice"), &mid("1"));
+        h.hand(&id("alice"), &mid("2"));
+        h.hand(&id("carol"), &mid("2"));
+        assert_eq!(h.acked(None, &mid("1")), Some(id("alice")));
+        assert_eq!(h.acked(None, &mid("1")), None, "forgotten once acked");
+        assert_eq!(h.acked(None, &mid("2")), None, "ambiguous");
+        assert_eq!(h.acked(Some(&id("alice")), &mid("2")), None);
+        assert_eq!(h.acked(None, &mid("9")), None, "never handed");
+
+        let mut h = Handed::default();
+        for i in 0..=IN_FLIGHT_PER_CONNECTION {
+            h.hand(&id("alice"), &mid(&i.to_string()));
+        }
+        assert_eq!(h.acked(None, &mid("0")), None, "the oldest was forgotten");
+        assert_eq!(h.acked(None, &mid("1")), Some(id("alice")));
+        assert!(h.order.len() <= 2 * h.senders.len() + 65);
     }
 }

@@ -25,7 +25,11 @@ impl Core {
                 Ok(None)
             }
             Ok(None) => Ok(None),
-            Err(AnswerError::Unknown(q)) => Err(HandlerError::UnknownQuestion(q)),
+            // On a node of several an admin question is in Redis, asked from any node.
+            Err(AnswerError::Unknown(q)) => match self.state.node.clone() {
+                Some(node) => Box::pin(self.on_peer_response_cluster(&node, peer, r)).await,
+                None => Err(HandlerError::UnknownQuestion(q)),
+            },
             Err(AnswerError::Invalid(details)) => Err(HandlerError::InvalidAnswer(details)),
         }
     }
