@@ -402,6 +402,55 @@ mod tests {
         (Arc::new(s), rx)
     }
 
+    fn entry(conn: u64, id: &str, device: &str, identity: Option<[u8; 32]>) -> Arc<PeerEntry> {
+        let (tx, _rx) = mpsc::channel(1);
+        Arc::new(PeerEntry {
+            id: ClientId::new(id).unwrap(),
+            device: DeviceId::new(device).unwrap(),
+            session: Arc::new(SessionShared::new(conn, tx, CancellationToken::new(), 0)),
+            verified: identity.is_some(),
+            public_key: Arc::from(Vec::new()),
+            identity_key: identity,
+            key_signature: None,
+            subscribed: AtomicBool::new(false),
+        })
+    }
+
+    #[test]
+    fn devices_of_one_id_are_held_side_by_side_and_replaced_one_by_one() {
+        let hub = LocalHub::default();
+        let same = |id: Option<[u8; 32]>| move |e: &PeerEntry| e.identity_key == id;
+        let ik = Some([7; 32]);
+        let alice = ClientId::new("alice").unwrap();
+        let c = hub
+            .claim(entry(1, "alice", "primary", ik), &same(ik))
+            .unwrap();
+        assert!(c.first && c.replaced.is_none());
+        let c = hub
+            .claim(entry(2, "alice", "phone", ik), &same(ik))
+            .unwrap();
+        assert!(!c.first && c.replaced.is_none(), "a second device joins");
+        // the same device again replaces only itself
+        let c = hub
+            .claim(entry(3, "alice", "phone", ik), &same(ik))
+            .unwrap();
+        assert_eq!(c.replaced.map(|e| e.session.conn_id), Some(2));
+        assert_eq!(hub.devices(&alice).len(), 2);
+        assert_eq!(hub.len(), 1, "one online id");
+        // another identity joins as no device
+        let other = Some([8; 32]);
+        assert!(hub
+            .claim(entry(4, "alice", "tablet", other), &same(other))
+            .is_err());
+        // the primary is preferred; the id stays online until its last device leaves
+        assert_eq!(hub.get(&alice).unwrap().session.conn_id, 1);
+        assert_eq!(hub.release(&alice, 2), None, "replaced: no longer held");
+        assert_eq!(hub.release(&alice, 1), Some(false));
+        assert_eq!(hub.get(&alice).unwrap().session.conn_id, 3);
+        assert_eq!(hub.release(&alice, 3), Some(true));
+        assert!(hub.get(&alice).is_none() && hub.is_empty());
+    }
+
     #[test]
     fn presence_never_takes_a_queue_slot_and_keeps_the_latest_per_peer() {
         let (s, mut rx) = session(1);

@@ -159,6 +159,18 @@ async fn next_message(c: &mut Client) -> Value {
     c.recv_any(&["message"]).await["payload"].clone()
 }
 
+/// Sends `v` and reads its answer of type `ty` (or an error), skipping deliveries.
+trait Ask {
+    async fn ask(&mut self, v: Value, ty: &str) -> Value;
+}
+
+impl Ask for Client {
+    async fn ask(&mut self, v: Value, ty: &str) -> Value {
+        self.send(v).await;
+        self.recv_any(&[ty, "error"]).await
+    }
+}
+
 /// The server still answers this connection.
 async fn alive(c: &mut Client) {
     c.request(json!({"type":"discover","payload":{}}), "discover")
@@ -753,5 +765,68 @@ async fn nodes_on_redis_refuse_linked_devices_with_a_typed_error_and_serve_the_p
     let mut bob = register_verified(&nodes[1].url, "bob", &new_identity()).await;
     bob.send(message("alice", "m1")).await;
     assert_eq!(next_message(&mut primary).await["messageId"], "m1");
+    alive(&mut primary).await;
+}
+
+#[tokio::test]
+async fn a_removed_devices_leaf_gets_no_copies_and_does_not_block_commits() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let alice = new_identity();
+    let phone = Device::new("phone");
+    let mut primary = alice_with(&url, &alice, &[&phone]).await;
+    let _phone_c = device(&url, &alice, "alice", &phone).await;
+    let mut bob = register_verified(&url, "bob", &new_identity()).await;
+    let g = "00dd";
+    let leaves = json!([
+        leaf("alice", "primary"),
+        leaf("alice", "phone"),
+        leaf("bob", "primary")
+    ]);
+    let c = primary
+        .request(
+            json!({"type":"group_commit","requestId":"c0","payload":{"groupId": g, "epoch": 0,
+                "commit": mls(g, 0, COMMIT, "c0"), "welcome": welcome("w0"),
+                "members": ["alice", "bob"], "messageId": "c0", "leaves": leaves}}),
+            "group_commit",
+        )
+        .await;
+    assert_eq!(c["payload"]["epoch"], 1, "{c}");
+    let v = upload_list(&mut primary, signed_list(&alice, "alice", 2, &[]), "l2").await;
+    assert_eq!(v["type"], "device_list_upload", "{v}");
+    // bob's Commit still names the phone's leaf (alice has not removed it in MLS yet): accepted.
+    let c = bob
+        .ask(
+            json!({"type":"group_commit","requestId":"c1","payload":{"groupId": g, "epoch": 1,
+                "commit": mls(g, 1, COMMIT, "c1"), "members": ["alice", "bob"], "messageId": "c1",
+                "leaves": leaves}}),
+            "group_commit",
+        )
+        .await;
+    assert_eq!(c["payload"]["epoch"], 2, "{c}");
+    // Copies skip the removed device: a message from bob reaches alice's primary only.
+    let sent = bob
+        .ask(
+            json!({"type":"group_message","requestId":"g1","payload":{"groupId": g,
+                "message": mls(g, 2, APPLICATION, "hi"), "messageId": "g1"}}),
+            "group_message",
+        )
+        .await;
+    assert_eq!(sent["payload"]["recipients"], 1, "{sent}");
+}
+
+#[tokio::test]
+async fn a_device_that_removes_itself_gets_the_answer_then_4001() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let alice = new_identity();
+    let phone = Device::new("phone");
+    let mut primary = alice_with(&url, &alice, &[&phone]).await;
+    let mut phone_c = device(&url, &alice, "alice", &phone).await;
+    let v = upload_list(&mut phone_c, signed_list(&alice, "alice", 2, &[]), "bye").await;
+    assert_eq!(v["payload"], json!({"counter": 2, "devices": 0}), "{v}");
+    assert_eq!(v["requestId"], "bye");
+    let close = phone_c.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), close_code::DEVICE_REMOVED);
     alive(&mut primary).await;
 }

@@ -1,8 +1,8 @@
 //! The signed device list of each id (docs/protocol.md, "Devices"), beside the mailbox in the same
 //! SQLite file. The server keeps the list exactly as the identity key signed it (checked by the
 //! session before it gets here) and only ever a higher counter; it cannot make one. A device the
-//! new list leaves out loses its mailbox, its KeyPackages and its group leaves in the same
-//! transaction.
+//! new list leaves out loses its mailbox and its KeyPackages in the same transaction; its group
+//! leaves stay (they are MLS members until a Commit removes them) but get no more copies.
 
 use base64::Engine as _;
 use lattice_protocol::{ClientId, DeviceId, SignedDeviceList};
@@ -171,7 +171,8 @@ impl SqliteStore {
 
     /// Stores `list` (already verified under `id`'s identity key) if its counter is higher than
     /// the stored one's; in the same transaction every device it leaves out (or lists with
-    /// another key) loses its mailbox rows, KeyPackages and group leaves. Returns those devices.
+    /// another key) loses its mailbox rows and KeyPackages (its group leaves stay until a Commit
+    /// drops them; fan-out skips them). Returns those devices.
     ///
     /// # Errors
     /// [`DeviceListError::Stale`] (nothing changes); storage failure.
@@ -218,7 +219,6 @@ impl SqliteStore {
             for sql in [
                 "DELETE FROM key_packages WHERE client_id = ?1 AND device_id = ?2",
                 "DELETE FROM last_resort_key_packages WHERE client_id = ?1 AND device_id = ?2",
-                "DELETE FROM mls_group_leaves WHERE client_id = ?1 AND device_id = ?2",
             ] {
                 tx.prepare_cached(sql)?
                     .execute([id.as_str(), device.as_str()])?;
