@@ -5,7 +5,10 @@
 //! receiver disk over raw WebSockets with no crypto (the disk-bound reference: what the disk and
 //! the copies alone allow). Also: the CPU and peak RSS of the sender, the server and the receiver
 //! (each its own process); chunk sizes and windows side by side (`--chunk-kib`, `--in-flight`);
-//! the chunk crypto's CPU per MiB; the time to resume after a SIGKILL of the sender.
+//! the chunk crypto's CPU per MiB; the time to resume after a SIGKILL of the sender. With
+//! `--two-nodes`, each lattice run again through two `lattice-server --redis` nodes sharing one
+//! `--blob-dir` (uploaded through A, downloaded through B, on a `redis-server` the run starts),
+//! side by side with the one-node run.
 //!
 //! The sender and the receiver are this binary again (`files-peer`), each a `lattice-peer`
 //! `MessagingPeer` with its own transfers directory, so each one's peak RSS and CPU are its own.
@@ -50,6 +53,11 @@ pub struct FilesArgs {
     /// Directory holding the lattice-server binary (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Also run lattice through two `lattice-server --redis` nodes sharing one `--blob-dir`
+    /// (the sender on node A, the receiver on node B), on a `redis-server` each such run
+    /// starts, right after the one-node run of the same chunk size and window.
+    #[arg(long)]
+    two_nodes: bool,
 }
 
 /// `files-peer` arguments (one side of the transfer, started by `files`).
@@ -495,27 +503,54 @@ pub async fn files(args: FilesArgs) -> anyhow::Result<()> {
 }
 
 async fn start_server(bins: &Path, work: &Path) -> anyhow::Result<(Spawned, String)> {
+    start_node(bins, &work.join("server"), &[]).await
+}
+
+/// A `lattice-server` on `data` (pinned to core 0) with `extra` flags, and its URL.
+async fn start_node(bins: &Path, data: &Path, extra: &[&str]) -> anyhow::Result<(Spawned, String)> {
     let port = free_port()?;
     let p = port.to_string();
-    let data = work.join("server");
     let data = data.to_string_lossy().into_owned();
-    let server = spawn_pinned(
-        &bins.join("lattice-server"),
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--data-dir",
-            &data,
-            "--rate-limit",
-            "0",
-            "--new-ids-per-ip",
-            "0",
-        ],
-    )?;
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--data-dir",
+        &data,
+        "--rate-limit",
+        "0",
+        "--new-ids-per-ip",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let server = spawn_pinned(&bins.join("lattice-server"), &args)?;
     wait_port(port).await?;
     Ok((server, format!("ws://127.0.0.1:{port}")))
+}
+
+/// A `redis-server` on a free port in `dir` (no persistence: a measurement), and its URL.
+async fn start_redis(dir: &Path) -> anyhow::Result<(Spawned, String)> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("redis-server runs (scripts/install-deps.sh installs it)")?;
+    let redis = Spawned(child);
+    wait_port(port).await?;
+    Ok((redis, format!("redis://127.0.0.1:{port}")))
 }
 
 fn load_average() -> String {
@@ -524,55 +559,140 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// The servers of a lattice run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nodes {
+    /// One `lattice-server` on its `--data-dir`; the sender and the receiver on it.
+    One,
+    /// Two `lattice-server --redis` nodes on a fresh `redis-server`, sharing one `--blob-dir`;
+    /// the sender on node A, the receiver on node B.
+    Two,
+}
+
 /// What one lattice run measured.
 struct LatticeRun {
     /// Seconds: upload, download, end to end.
     secs: [f64; 3],
-    /// Peak RSS in KiB of the sender, the server, the receiver.
-    rss: [u64; 3],
-    /// CPU seconds (user + system) of the sender, the server, the receiver over the run.
-    cpu: [f64; 3],
+    /// Peak RSS in KiB of the sender, the receiver.
+    rss: [u64; 2],
+    /// CPU seconds (user + system) of the sender, the receiver over the run.
+    cpu: [f64; 2],
+    /// Peak RSS in KiB and CPU seconds over the run of each server: the one, or A then B.
+    servers: Vec<(u64, f64)>,
 }
 
-/// One run of `lattice-server` and two `lattice-peer` processes.
+/// One run of `lattice-server` (one node, or two on Redis) and two `lattice-peer` processes.
 async fn lattice_run(
     bins: &Path,
     work: &Path,
     src: &Path,
     bytes: u64,
     tuning: Tuning,
+    nodes: Nodes,
 ) -> anyhow::Result<LatticeRun> {
     let work = work.join("lattice");
     std::fs::create_dir_all(work.join("alice"))?;
     std::fs::create_dir_all(work.join("bob"))?;
-    let (server, url) = start_server(bins, &work).await?;
-    let spid = server.0.id().to_string();
+    // A fresh Redis each run: the ids and their keys of an earlier run are not there.
+    let (redis, servers, send_url, recv_url) = match nodes {
+        Nodes::One => {
+            let (server, url) = start_server(bins, &work).await?;
+            (None, vec![server], url.clone(), url)
+        }
+        Nodes::Two => {
+            let (redis, url) = start_redis(&work.join("redis")).await?;
+            let shared = work.join("shared-blobs").to_string_lossy().into_owned();
+            let flags = ["--redis", &url, "--blob-dir", &shared];
+            let (a, url_a) = start_node(bins, &work.join("a"), &flags).await?;
+            let (b, url_b) = start_node(bins, &work.join("b"), &flags).await?;
+            (Some(redis), vec![a, b], url_a, url_b)
+        }
+    };
     let dest = work.join("received.bin");
-    let (_recv, rout) = spawn_side("recv", &url, &work.join("bob"), &dest, tuning)?;
+    let (_recv, rout) = spawn_side("recv", &recv_url, &work.join("bob"), &dest, tuning)?;
     let (_, rout) = line(rout, "ready").await?;
-    let (_send, sout) = spawn_side("send", &url, &work.join("alice"), src, tuning)?;
+    let (_send, sout) = spawn_side("send", &send_url, &work.join("alice"), src, tuning)?;
     let (s_done, _) = line(sout, "done").await?;
     let (r_done, _) = line(rout, "done").await?;
     let (s_start, s_end, s_rss, s_cpu) = parse_done(&s_done)?;
     let (r_start, r_end, r_rss, r_cpu) = parse_done(&r_done)?;
-    let server_rss = peak_rss_kib(&spid)?;
-    let server_cpu = crate::cpu_us(server.0.id())?;
+    let cpu = |us: u64| us as f64 / 1e6;
+    let server_use = servers
+        .iter()
+        .map(|s| {
+            Ok((
+                peak_rss_kib(&s.0.id().to_string())?,
+                cpu(crate::cpu_us(s.0.id())?),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<(u64, f64)>>>()?;
     if std::fs::metadata(&dest)?.len() != bytes {
         bail!("the received file has the wrong size");
     }
-    drop(server);
+    drop(servers);
+    drop(redis);
     std::fs::remove_dir_all(&work)?;
     let secs = |a: u128, b: u128| b.saturating_sub(a) as f64 / 1000.0;
-    let cpu = |us: u64| us as f64 / 1e6;
     Ok(LatticeRun {
         secs: [
             secs(s_start, s_end),
             secs(r_start, r_end),
             secs(s_start, r_end),
         ],
-        rss: [s_rss, server_rss, r_rss],
-        cpu: [cpu(s_cpu), cpu(server_cpu), cpu(r_cpu)],
+        rss: [s_rss, r_rss],
+        cpu: [cpu(s_cpu), cpu(r_cpu)],
+        servers: server_use,
     })
+}
+
+/// Prints one lattice run against the memory-only (`raw`) and the disk-bound (`disk`) references,
+/// in MiB/s.
+fn print_lattice_run(
+    run: &LatticeRun,
+    nodes: Nodes,
+    tuning: Tuning,
+    mib: f64,
+    raw: f64,
+    disk: f64,
+) {
+    let LatticeRun {
+        secs: [up, down, total],
+        rss: [s_rss, r_rss],
+        cpu: [s_cpu, r_cpu],
+        servers,
+    } = run;
+    let (label, server) = match nodes {
+        Nodes::One => ("lattice", "server"),
+        Nodes::Two => (
+            "lattice on two nodes (Redis, one shared --blob-dir; sender on A, receiver on B)",
+            "servers A + B",
+        ),
+    };
+    println!(
+        "  {label}, {} KiB chunks, {} in flight: {:>7.1} MiB/s end to end ({total:.2} s: send_file called -> the receiver's file complete, verified and in place) = {:.0} % of memory-only, {:.0} % of disk-bound",
+        tuning.0 / 1024,
+        tuning.1,
+        mib / total,
+        100.0 * (mib / total) / raw,
+        100.0 * (mib / total) / disk,
+    );
+    println!(
+        "    legs: upload {:.1} MiB/s ({up:.2} s: offer, seal, PUT, digest message acknowledged); download {:.1} MiB/s ({down:.2} s from the offer: GET behind the upload, open, write, digest, sync, rename)",
+        mib / up,
+        mib / down,
+    );
+    let join = |f: &dyn Fn(&(u64, f64)) -> String| -> String {
+        servers.iter().map(f).collect::<Vec<_>>().join(" + ")
+    };
+    let server_cpu: f64 = servers.iter().map(|s| s.1).sum();
+    println!(
+        "    peak RSS: sender {:.1} MiB, {server} {} MiB, receiver {:.1} MiB; CPU: sender {s_cpu:.2} s, {server} {} s, receiver {r_cpu:.2} s, together {:.2} s",
+        *s_rss as f64 / 1024.0,
+        join(&|s| format!("{:.1}", s.0 as f64 / 1024.0)),
+        *r_rss as f64 / 1024.0,
+        join(&|s| format!("{:.2}", s.1)),
+        s_cpu + server_cpu + r_cpu,
+    );
 }
 
 async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<()> {
@@ -581,11 +701,16 @@ async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<(
     let bytes = args.mib * MIB;
     let mib = args.mib as f64;
     println!(
-        "# {} MiB file end to end on loopback in {}: sender disk -> lattice-server (--data-dir, blob store) -> receiver disk; lattice-server on core 0{}; {} round(s), each: the two references then lattice",
+        "# {} MiB file end to end on loopback in {}: sender disk -> lattice-server (--data-dir, blob store) -> receiver disk; lattice-server on core 0{}; {} round(s), each: the two references then lattice{}",
         args.mib,
         work.display(),
         if crate::which("taskset") { "" } else { " (taskset missing: not pinned)" },
         args.rounds,
+        if args.two_nodes {
+            " on one node, then on two nodes (lattice-server --redis on a fresh redis-server, both on core 0, one shared --blob-dir: uploaded through A, downloaded through B)"
+        } else {
+            ""
+        },
     );
     println!("#  memory-only: one raw WebSocket, the same bytes from memory in 1 MiB messages, no crypto");
     println!("#  disk-bound:  the same file, sender disk -> a store syncing every chunk before its ack -> receiver disk (synced), raw WebSockets, no crypto, pipelined");
@@ -595,6 +720,11 @@ async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<(
         .flat_map(|&k| args.in_flight.iter().map(move |&n| (k * 1024, n)))
         .collect();
     let first = *tunings.first().context("no chunk size or window")?;
+    let nodes: &[Nodes] = if args.two_nodes {
+        &[Nodes::One, Nodes::Two]
+    } else {
+        &[Nodes::One]
+    };
     for round in 1..=args.rounds {
         let load = load_average();
         let t = cpu_self_us()?;
@@ -612,31 +742,10 @@ async fn measure(args: &FilesArgs, bins: &Path, work: &Path) -> anyhow::Result<(
             first.1
         );
         for &tuning in &tunings {
-            let LatticeRun {
-                secs: [up, down, total],
-                rss: [s_rss, server_rss, r_rss],
-                cpu: [s_cpu, server_cpu, r_cpu],
-            } = lattice_run(bins, work, &src, bytes, tuning).await?;
-            println!(
-                "  lattice, {} KiB chunks, {} in flight: {:>7.1} MiB/s end to end ({total:.2} s: send_file called -> the receiver's file complete, verified and in place) = {:.0} % of memory-only, {:.0} % of disk-bound",
-                tuning.0 / 1024,
-                tuning.1,
-                mib / total,
-                100.0 * (mib / total) / raw,
-                100.0 * (mib / total) / disk,
-            );
-            println!(
-                "    legs: upload {:.1} MiB/s ({up:.2} s: offer, seal, PUT, digest message acknowledged); download {:.1} MiB/s ({down:.2} s from the offer: GET behind the upload, open, write, digest, sync, rename)",
-                mib / up,
-                mib / down,
-            );
-            println!(
-                "    peak RSS: sender {:.1} MiB, server {:.1} MiB, receiver {:.1} MiB; CPU: sender {s_cpu:.2} s, server {server_cpu:.2} s, receiver {r_cpu:.2} s, together {:.2} s",
-                s_rss as f64 / 1024.0,
-                server_rss as f64 / 1024.0,
-                r_rss as f64 / 1024.0,
-                s_cpu + server_cpu + r_cpu,
-            );
+            for &nodes in nodes {
+                let run = lattice_run(bins, work, &src, bytes, tuning, nodes).await?;
+                print_lattice_run(&run, nodes, tuning, mib, raw, disk);
+            }
         }
     }
     let [seal, seal_in_place, hash, open, open_in_place, copy] = chunk_crypto_cpu(512)?;
