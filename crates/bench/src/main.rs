@@ -97,9 +97,10 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
-    /// Files end to end (sender disk -> lattice-server's blob store -> receiver disk) against one
-    /// raw WebSocket carrying the same bytes; seal/open CPU per MiB; peak RSS of the sender, the
-    /// server and the receiver; time to resume after a SIGKILL of the sender.
+    /// Files end to end (sender disk -> lattice-server's blob store -> receiver disk) side by side
+    /// with a memory-only raw WebSocket and a disk-bound reference (no crypto); with
+    /// `--two-nodes`, also through two `--redis` nodes sharing one `--blob-dir`. Seal/open CPU per
+    /// MiB; CPU and peak RSS of sender, server(s) and receiver; time to resume after a SIGKILL.
     Files(files::FilesArgs),
     /// One side of `files` (started by it).
     #[command(hide = true)]
