@@ -67,33 +67,24 @@ pub fn export_conversation(
             for m in &page {
                 match format {
                     ExportFormat::Html => html_message(out, me, peer, m)?,
-                    ExportFormat::Json => {
-                        if count > 0 {
-                            out.write_all(b",")?;
-                        }
-                        let mut record = serde_json::json!({
+                    ExportFormat::Json => json_record(
+                        out,
+                        count,
+                        serde_json::json!({
                             "messageId": m.message_id,
                             "outgoing": m.outgoing,
                             "body": m.body,
                             "at": m.at,
                             "status": m.status,
                             "authenticated": m.authenticated,
-                        });
-                        if let (Some(file), Some(fields)) =
-                            (&m.extra.attachment, record.as_object_mut())
-                        {
-                            fields.insert("file".into(), file_json(file));
-                        }
-                        serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)?;
-                    }
+                        }),
+                        m.extra.attachment.as_ref(),
+                    )?,
                 }
                 count += 1;
             }
         }
-        match format {
-            ExportFormat::Html => out.write_all(b"</ol>\n</main>\n</body>\n</html>\n")?,
-            ExportFormat::Json => out.write_all(b"]}\n")?,
-        }
+        export_end(out, format)?;
         Ok(count)
     })
 }
@@ -131,11 +122,10 @@ pub fn export_group(
             for l in &page {
                 match format {
                     ExportFormat::Html => html_group_line(out, me, l)?,
-                    ExportFormat::Json => {
-                        if count > 0 {
-                            out.write_all(b",")?;
-                        }
-                        let mut record = serde_json::json!({
+                    ExportFormat::Json => json_record(
+                        out,
+                        count,
+                        serde_json::json!({
                             "messageId": l.message_id,
                             "sender": l.sender,
                             "outgoing": l.outgoing,
@@ -143,23 +133,40 @@ pub fn export_group(
                             "body": l.body,
                             "at": l.at,
                             "status": l.status,
-                        });
-                        if let (Some(file), Some(fields)) = (&l.attachment, record.as_object_mut())
-                        {
-                            fields.insert("file".into(), file_json(file));
-                        }
-                        serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)?;
-                    }
+                        }),
+                        l.attachment.as_ref(),
+                    )?,
                 }
                 count += 1;
             }
         }
-        match format {
-            ExportFormat::Html => out.write_all(b"</ol>\n</main>\n</body>\n</html>\n")?,
-            ExportFormat::Json => out.write_all(b"]}\n")?,
-        }
+        export_end(out, format)?;
         Ok(count)
     })
+}
+
+/// One JSON record of an export, after a comma unless it is the first, with its file if any.
+fn json_record(
+    out: &mut impl Write,
+    count: u64,
+    mut record: serde_json::Value,
+    file: Option<&Attachment>,
+) -> std::io::Result<()> {
+    if count > 0 {
+        out.write_all(b",")?;
+    }
+    if let (Some(file), Some(fields)) = (file, record.as_object_mut()) {
+        fields.insert("file".into(), file_json(file));
+    }
+    serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)
+}
+
+/// Closes what the export's head opened.
+fn export_end(out: &mut impl Write, format: ExportFormat) -> std::io::Result<()> {
+    match format {
+        ExportFormat::Html => out.write_all(b"</ol>\n</main>\n</body>\n</html>\n"),
+        ExportFormat::Json => out.write_all(b"]}\n"),
+    }
 }
 
 /// What an export says of a file: never its bytes.
