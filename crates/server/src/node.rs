@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::channel::{Channels, Inbound};
+use crate::cluster::devices::RedisDevices;
 use crate::cluster::directory::RedisDirectory;
 use crate::cluster::groups::RedisGroups;
 use crate::cluster::key_packages::RedisKeyPackages;
@@ -135,6 +136,8 @@ pub struct Node {
     pub mailbox: RedisMailbox,
     /// The MLS KeyPackage directory.
     pub key_packages: RedisKeyPackages,
+    /// The signed device lists.
+    pub devices: RedisDevices,
     /// The MLS delivery service's groups (epoch check and fan-out into the mailbox streams).
     pub groups: RedisGroups,
     /// The cross-node counters (`/metrics`).
@@ -196,6 +199,7 @@ impl Node {
             presence: Presence::with_ttl(conn.clone(), id.clone(), presence_ttl)
                 .with_stats(Arc::clone(&stats)),
             key_packages: RedisKeyPackages::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            devices: RedisDevices::new(conn.clone()).with_stats(Arc::clone(&stats)),
             questions: RedisQuestions::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
             groups: RedisGroups::new(conn.clone(), mailbox.clone(), directory.clone())
                 .with_stats(Arc::clone(&stats)),

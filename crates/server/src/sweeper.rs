@@ -83,6 +83,10 @@ pub(crate) async fn expire_bindings_on_redis(state: &ServerState, node: &Node) -
             // The id's next registration by a new owner forgets them (register.rs).
             warn!(error = %e, peer = %id, "expired id's groups not forgotten");
         }
+        if let Err(e) = node.devices.forget(id).await {
+            // The id's next registration by a new owner forgets it (register.rs).
+            warn!(error = %e, peer = %id, "expired id's device list not forgotten");
+        }
     }
     if !expired.is_empty() {
         state

@@ -14,6 +14,10 @@
 //!   script; a consumer group makes each entry owned by the connection it was handed to until
 //!   its `ack`, and lets the recipient's next connection, on any node, take over what a closed or
 //!   killed one never acknowledged.
+//! - [`devices`]: the signed device list of each id, kept only for a strictly higher counter
+//!   (a compare-and-set script), deleting a removed device's mailbox stream and KeyPackages in
+//!   the same script; [`mailbox`] and [`key_packages`] key a linked device's stream and stock by
+//!   (id, device) under the id's hash tag.
 //! - [`groups`]: the MLS delivery service's epoch check (one Commit per epoch across nodes) and
 //!   ordered fan-out of Commits into the members' mailboxes.
 //! - [`key_packages`]: the MLS KeyPackage directory (a stock per id, fetched one at a time).
@@ -40,6 +44,7 @@
 pub mod blobs;
 pub mod channel;
 mod conn;
+pub mod devices;
 pub mod directory;
 pub mod groups;
 pub mod key_packages;

@@ -99,6 +99,9 @@ impl Core {
                 if let Err(e) = node.groups.forget_member(id).await {
                     warn!(error = %e, "stale group memberships not checked");
                 }
+                if let Err(e) = node.devices.forget(id).await {
+                    warn!(error = %e, "stale device list not checked");
+                }
                 Ok(())
             }
             Ok(Bound::Updated) => Ok(()),
