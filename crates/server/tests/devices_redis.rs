@@ -345,14 +345,46 @@ async fn a_message_to_every_device_is_stored_all_or_nothing_naming_the_first_ful
             .unwrap(),
         Accepted::Duplicate
     );
-    // The per-sender bound is per device too.
-    let one_each = Quota {
-        sender_count: 1,
-        ..quota
-    };
+    // Each device acknowledges its own copy (through any node); the others keep theirs, and
+    // the freed room lets the refused message in everywhere.
+    let bob = id("bob");
+    let m1 = MessageId::new("m-1").unwrap();
+    assert!(b
+        .mailbox
+        .remove_device(&alice, &dev("phone"), &bob, &m1)
+        .await
+        .unwrap());
+    assert!(!a
+        .mailbox
+        .remove_device(&alice, &dev("phone"), &bob, &m1)
+        .await
+        .unwrap());
+    for (d, n) in [
+        (DeviceId::primary(), 1),
+        (dev("laptop"), 1),
+        (dev("phone"), 1),
+    ] {
+        assert_eq!(a.mailbox.device_count(&alice, &d).await.unwrap(), n, "{d}");
+    }
+    assert_eq!(
+        a.mailbox
+            .enqueue_all(&alice, &devices, &mail("bob", "m-3"), &quota)
+            .await
+            .unwrap(),
+        Accepted::Stored
+    );
+    for (d, n) in [
+        (DeviceId::primary(), 2),
+        (dev("laptop"), 2),
+        (dev("phone"), 2),
+    ] {
+        assert_eq!(a.mailbox.device_count(&alice, &d).await.unwrap(), n, "{d}");
+    }
+    // The per-sender bound (2 from bob) is per device too, with room left in total.
+    let room_for_ten = Quota { count: 10, ..quota };
     match a
         .mailbox
-        .enqueue_all(&alice, &devices[..2], &mail("bob", "m-4"), &one_each)
+        .enqueue_all(&alice, &devices[..2], &mail("bob", "m-4"), &room_for_ten)
         .await
     {
         Err(RedisEnqueueAllError::Full { device, limit }) => {
@@ -378,7 +410,7 @@ async fn a_message_to_every_device_is_stored_all_or_nothing_naming_the_first_ful
             .device_count(&alice, &dev("laptop"))
             .await
             .unwrap(),
-        1
+        2
     );
 }
 

@@ -538,13 +538,29 @@ impl RedisMailbox {
         sender: &ClientId,
         id: &MessageId,
     ) -> Result<bool, ClusterError> {
-        let [ids, usage, stream] = keys(recipient);
+        self.remove_device(recipient, &DeviceId::primary(), sender, id)
+            .await
+    }
+
+    /// Removes the message (`sender`, `mid`) from the mailbox of `id`'s `device` (that device's
+    /// `ack`: each device acknowledges its own copy); true if it was there.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn remove_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        sender: &ClientId,
+        mid: &MessageId,
+    ) -> Result<bool, ClusterError> {
+        let [ids, usage, stream] = device_keys(id, device);
         let removed: i64 = self
             .remove
             .key(stream)
             .key(ids)
             .key(usage)
-            .arg(dedup_key(sender, id))
+            .arg(dedup_key(sender, mid))
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
