@@ -200,7 +200,9 @@ impl RedisDevices {
 
     /// Deletes `id`'s device list with every linked device's mailbox and KeyPackages (an
     /// expired id: a later owner starts with none). The primary's keys are the binding
-    /// sweeper's. True if there was a list.
+    /// sweeper's. True if there was a list. Called for an id whose binding is gone (the sweeper,
+    /// or a new owner's first registration), so no upload of its owner races the read and the
+    /// delete (a list is only stored for a bound, verified id).
     ///
     /// # Errors
     /// Redis failing, or a stored list that does not parse.
