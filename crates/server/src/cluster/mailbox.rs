@@ -483,7 +483,22 @@ impl RedisMailbox {
         consumer: &str,
         limit: usize,
     ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
-        let [_, _, stream] = keys(recipient);
+        self.claim_device(recipient, &DeviceId::primary(), consumer, limit)
+            .await
+    }
+
+    /// [`Self::claim`] on the mailbox of `id`'s `device` (each device drains its own).
+    ///
+    /// # Errors
+    /// As [`Self::claim`].
+    pub async fn claim_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
+        let [_, _, stream] = device_keys(id, device);
         let reply: StreamRangeReply = self
             .claim
             .key(stream)
@@ -508,7 +523,24 @@ impl RedisMailbox {
         start: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(Cursor, MailItem)>, Option<Cursor>), ClusterError> {
-        let [_, _, stream] = keys(recipient);
+        self.take_over_device(recipient, &DeviceId::primary(), consumer, start, limit)
+            .await
+    }
+
+    /// [`Self::take_over`] on the mailbox of `id`'s `device`: what an earlier connection of that
+    /// device, on any node, was handed and did not acknowledge.
+    ///
+    /// # Errors
+    /// As [`Self::take_over`].
+    pub async fn take_over_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        consumer: &str,
+        start: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(Cursor, MailItem)>, Option<Cursor>), ClusterError> {
+        let [_, _, stream] = device_keys(id, device);
         let reply: StreamAutoClaimReply = self
             .take_over
             .key(stream)
@@ -577,7 +609,22 @@ impl RedisMailbox {
         ttl: std::time::Duration,
         batch: usize,
     ) -> Result<usize, ClusterError> {
-        let [ids, usage, stream] = keys(recipient);
+        self.expire_device(recipient, &DeviceId::primary(), ttl, batch)
+            .await
+    }
+
+    /// [`Self::expire`] on the mailbox of `id`'s `device`.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn expire_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        ttl: std::time::Duration,
+        batch: usize,
+    ) -> Result<usize, ClusterError> {
+        let [ids, usage, stream] = device_keys(id, device);
         let n: usize = self
             .expire
             .key(stream)
