@@ -6,8 +6,9 @@
 //! the node's own sessions:
 //!
 //! - [`NodeMsg`], what one node publishes on another's channel: a frame for an (unverified) peer
-//!   it holds, "check mail" for a verified one, a server notice (`key_packages_low`), "close
-//!   this connection" when a verified owner reclaimed its id elsewhere;
+//!   it holds, "check mail" for a verified one (each of its devices here looks), a server notice
+//!   (`key_packages_low`), "close this connection" when a verified owner reclaimed its device
+//!   elsewhere (4000), "close this device" when a list stored elsewhere removed it (4001);
 //! - [`PresenceMsg`], the join/leave notice every node turns into `peer_connected` /
 //!   `peer_disconnected` for its own subscribed sessions;
 //! - admin questions ([`Node::questions`], the question registry on Redis): the asking node

@@ -100,6 +100,18 @@ async fn each_device_on_its_node_gets_and_acks_its_own_copy(urls: &[String]) {
             (Some("bob"), Some("m1"))
         );
     }
+    // The contact on a third node learns the list with the keys.
+    let k = bob
+        .request(
+            json!({"type":"request_public_key","payload":{"targetId":"alice"}}),
+            "public_key_response",
+        )
+        .await;
+    assert_eq!(k["payload"]["deviceList"]["counter"], 1, "{k}");
+    assert_eq!(
+        k["payload"]["deviceList"]["devices"][0]["deviceId"],
+        "phone"
+    );
     phone_c.send(ack("m1", "bob")).await;
     alive(&mut phone_c).await;
     // Both move to the other node: the phone's copy is gone (acked), the primary's comes again.

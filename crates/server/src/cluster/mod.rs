@@ -3,8 +3,9 @@
 //!
 //! Each part is a component that owns its keys and scripts, and answers through typed results:
 //!
-//! - [`presence`]: who holds which id, on which node and connection: keys with a TTL and an atomic
-//!   Lua claim (one live holder per id across every node), the sorted set `discover` pages.
+//! - [`presence`]: who holds which id's devices, on which node and connection: keys with a TTL
+//!   and an atomic Lua claim (one live holder per (id, device) across every node, the devices of
+//!   one id only for its identity), the sorted set `discover` pages.
 //! - [`channel`]: a pub/sub channel per node (routed frames, "check mail", closes) and one for
 //!   presence notices, resubscribed after Redis comes back.
 //! - [`directory`]: the bindings of verified ids, with the binding rules and the `--max-bindings`

@@ -3,11 +3,13 @@
 //!
 //! - `message`: a verified recipient, online on any node or offline, gets the message through
 //!   its mailbox stream: stored (within the same quotas, deduplicated by (sender, `messageId`)
-//!   across nodes) *before* the sender hears `queued`, then its node is told to drain. An
-//!   unverified (original) recipient has no mailbox: its frame goes to its node's channel, at
-//!   most once, as a full queue drops it on one node.
-//! - the drain: first everything an earlier connection of the peer was handed and did not
-//!   acknowledge (its node may have died), then what nobody was handed; `ack` removes.
+//!   across nodes) *before* the sender hears `queued`, then its node is told to drain; a
+//!   recipient with linked devices gets it in every device's stream (all or nothing), and every
+//!   node holding one of its devices is told. An unverified (original) recipient has no mailbox:
+//!   its frame goes to its node's channel, at most once, as a full queue drops it on one node.
+//! - the drain, per device: first everything an earlier connection of the device was handed and
+//!   did not acknowledge (its node may have died), then what nobody was handed; `ack` removes
+//!   the device's own copy.
 //! - `discover`, `request_public_key`: the ids and keys of every node.
 
 use std::collections::{HashMap, VecDeque};
