@@ -49,10 +49,9 @@ use crate::cluster::presence::{Claim, Holder, PeerKeys, Presence};
 use crate::cluster::questions::RedisQuestions;
 use crate::cluster::stats::{RedisStats, Timed as _};
 use crate::cluster::{ClusterError, NodeId, RedisConn, RedisUrl};
-use crate::hub::{Hub, Out, PeerEntry};
+use crate::hub::{Hub, Out, PeerEntry, DEVICE_REMOVED_REASON};
 use crate::inflight::Awaiting;
 use crate::limits::{AWAITING_PER_NODE, IN_FLIGHT_REAP_DIVISOR};
-use crate::session::DEVICE_REMOVED_REASON;
 
 /// What one node publishes on another node's channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

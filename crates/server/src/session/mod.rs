@@ -87,7 +87,7 @@ use crate::limits::WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::state::ServerState;
 use crate::ws::{Socket as WebSocket, WsError};
-pub(crate) use handlers::{reap_in_flight, DEVICE_REMOVED_REASON};
+pub(crate) use handlers::reap_in_flight;
 use handlers::{Close, Core};
 use pacing::TokenBucket;
 

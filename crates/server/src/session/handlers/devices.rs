@@ -16,14 +16,11 @@ use tracing::{info, warn};
 
 use super::{Close, Core};
 use crate::cluster::devices::RedisDeviceListError;
-use crate::hub::PeerEntry;
+use crate::hub::{PeerEntry, DEVICE_REMOVED_REASON};
 use crate::session::error::HandlerError;
 use crate::store::DeviceListError;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// The close reason of a device a new list left out.
-pub(crate) const DEVICE_REMOVED_REASON: &str = "device removed from the id's device list";
 
 /// A base64 Ed25519 public key of a device, decoded and checked (a valid point, not small order).
 pub(super) fn device_key(b64: &str) -> Result<IdentityPublicKey, HandlerError> {

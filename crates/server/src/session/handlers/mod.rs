@@ -53,7 +53,6 @@ use crate::hub::{PeerEntry, SessionShared};
 use crate::limits::{INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES};
 use crate::metrics::Metrics;
 use crate::state::ServerState;
-pub(crate) use devices::DEVICE_REMOVED_REASON;
 pub(crate) use relay::reap_in_flight;
 use relay::PendingLive;
 
