@@ -7,8 +7,8 @@
 //! - a message to an id with its primary device only, and with 1 and 3 linked devices, stored
 //!   in every device's mailbox then acknowledged by each device: `SqliteStore::enqueue_all` (one
 //!   transaction) + one `remove` per device, against `RedisMailbox::enqueue_all` (one script) +
-//!   one `remove_device` per device (the storage cost of linked devices; the Redis path's
-//!   handlers do not serve devices yet);
+//!   one `remove_device` per device (the storage cost of linked devices; end to end through
+//!   the handlers: `benches/devices_fanout.rs`);
 //! - an id claimed then released: `LocalHub` against the Redis claim and release scripts;
 //! - each Redis row twice: on one Redis and on a 3-master Redis Cluster started beside it
 //!   (`redis-cli --cluster create`), side by side in the same run;
