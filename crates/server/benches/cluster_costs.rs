@@ -4,6 +4,11 @@
 //!
 //! - a mailbox message stored then acknowledged: `SqliteStore` (`enqueue` + `remove`, WAL on a
 //!   temp dir) against the Redis stream (`enqueue` + `remove`);
+//! - a message to an id with its primary device only, and with 1 and 3 linked devices, stored
+//!   in every device's mailbox then acknowledged by each device: `SqliteStore::enqueue_all` (one
+//!   transaction) + one `remove` per device, against `RedisMailbox::enqueue_all` (one script) +
+//!   one `remove_device` per device (the storage cost of linked devices; end to end through
+//!   the handlers: `benches/devices_fanout.rs`);
 //! - an id claimed then released: `LocalHub` against the Redis claim and release scripts;
 //! - each Redis row twice: on one Redis and on a 3-master Redis Cluster started beside it
 //!   (`redis-cli --cluster create`), side by side in the same run;
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use lattice_protocol::{ClientId, MessageId};
+use lattice_protocol::{ClientId, DeviceId, MessageId};
 use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::mailbox::RedisMailbox;
 use lattice_server::cluster::presence::{PeerKeys, Presence};
@@ -39,6 +44,15 @@ const OPS: u64 = 5_000;
 const CONCURRENCY: u64 = 64;
 /// A typical sealed 1:1 message frame (the loadgen's size).
 const FRAME_BYTES: usize = 2_900;
+/// The rows of a message to every device of an id: linked devices beside the primary.
+const LINKED: [usize; 3] = [0, 1, 3];
+
+/// The primary device and `linked` linked ones.
+fn devices(linked: usize) -> Vec<DeviceId> {
+    std::iter::once(DeviceId::primary())
+        .chain((0..linked).map(|i| DeviceId::new(format!("d{i}")).unwrap()))
+        .collect()
+}
 
 struct Row {
     name: String,
@@ -181,6 +195,28 @@ async fn main() {
         })
         .await,
     );
+    for linked in LINKED {
+        let keys: Vec<_> = devices(linked)
+            .iter()
+            .map(|d| lattice_server::store::MailboxKey::new(&bob, d))
+            .collect();
+        rows.push(
+            sequential(
+                format!("to primary + {linked} linked, each acks: SQLite"),
+                None,
+                0,
+                |i| {
+                    let m = item(i);
+                    sqlite.enqueue_all(&keys, &m, &quota, ttl).unwrap();
+                    for key in &keys {
+                        assert!(sqlite.remove(key, Some(&m.sender), &m.message_id).unwrap());
+                    }
+                    std::future::ready(())
+                },
+            )
+            .await,
+        );
+    }
     let hub = LocalHub::default();
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let session = Arc::new(SessionShared::new(1, tx, CancellationToken::new(), 0));
@@ -247,6 +283,32 @@ async fn redis_rows(rows: &mut Vec<Row>, label: &str, url: &RedisUrl, servers: &
         )
         .await,
     );
+    // A message to every device of an id, then each device's ack.
+    for linked in LINKED {
+        let devs = devices(linked);
+        let trips = 1 + u32::try_from(devs.len()).unwrap();
+        rows.push(
+            sequential(
+                format!("to primary + {linked} linked, each acks: {label}"),
+                Some(servers),
+                trips,
+                |i| {
+                    let (mbox, bob, devs) = (mbox.clone(), bob.clone(), devs.clone());
+                    async move {
+                        let m = item(i);
+                        mbox.enqueue_all(&bob, &devs, &m, &quota).await.unwrap();
+                        for d in &devs {
+                            assert!(mbox
+                                .remove_device(&bob, d, &m.sender, &m.message_id)
+                                .await
+                                .unwrap());
+                        }
+                    }
+                },
+            )
+            .await,
+        );
+    }
     // Many callers on one connection: what one node gets out of Redis (recipients spread over
     // the cluster's slots).
     {

@@ -1,15 +1,20 @@
 //! What a message to an id with linked devices costs, side by side with the same message to an
 //! id whose primary device is its only one, in one run on one machine (`cargo bench -p
-//! lattice-server --bench devices_fanout`): a real server (127.0.0.1:0, SQLite WAL on a temp dir),
-//! real WebSocket clients, 1 KiB-class envelopes (~2.9 KB frames).
+//! lattice-server --bench devices_fanout`; the Redis rows need `redis-server`): real servers
+//! (127.0.0.1:0, in this process), real WebSocket clients, 1 KiB-class envelopes (~2.9 KB
+//! frames).
 //!
 //! Closed loop, one message in flight: bob sends, and the message counts once **every** device of
-//! alice has received it and sent its `ack`. Rows: alice with only her primary device (the held,
-//! end-to-end path: no disk), then with 1 and 3 linked devices (stored once per device in one
-//! transaction, each device drains and acks its copy). Prints p50/p99 per message and messages/s.
+//! alice has received it and sent its `ack`. Rows: alice with only her primary device, then with
+//! 1 and 3 linked devices (stored once per device, each device drains and acks its copy); each
+//! on one node (SQLite WAL on a temp dir: the reference), on two `--redis` nodes with bob and
+//! alice's devices on the same node, and with bob on one node and alice's devices on the other
+//! (a fresh `redis-server` per row, AOF `everysec`). Prints p50/p99 per message and messages/s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "../tests/support/redis_process.rs"]
+mod redis_process;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -66,13 +71,40 @@ async fn register_device(
     c
 }
 
+/// Where a row's servers run.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// One node on SQLite.
+    Single,
+    /// Two nodes on one Redis; bob and alice's devices on the same node.
+    RedisSame,
+    /// Two nodes on one Redis; bob on one, alice's devices on the other.
+    RedisCross,
+}
+
 /// One row: alice with `linked` linked devices; per-message latencies until every device acked.
-async fn row(linked: usize) -> (Histogram<u64>, f64) {
+async fn row(setup: Setup, linked: usize) -> (Histogram<u64>, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lattice_server::Config::for_tests();
-    config.data_dir = Some(dir.path().to_path_buf());
-    let server = lattice_server::spawn(config).await.unwrap();
-    let url = server.url();
+    let redis = match setup {
+        Setup::Single => None,
+        Setup::RedisSame | Setup::RedisCross => Some(redis_process::RedisProcess::start().await),
+    };
+    let mut servers = Vec::new();
+    for i in 0..if redis.is_some() { 2 } else { 1 } {
+        let mut config = lattice_server::Config::for_tests();
+        let data = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        config.data_dir = Some(data);
+        config.redis = redis
+            .as_ref()
+            .map(|r| lattice_server::cluster::RedisUrl::parse(&r.url()).unwrap());
+        servers.push(lattice_server::spawn(config).await.unwrap());
+    }
+    let bob_url = servers[0].url();
+    let url = match setup {
+        Setup::Single | Setup::RedisSame => servers[0].url(),
+        Setup::RedisCross => servers[1].url(),
+    };
     let alice = new_identity();
     let mut devices = vec![register_verified(&url, "alice", &alice).await];
     if linked > 0 {
@@ -94,7 +126,7 @@ async fn row(linked: usize) -> (Histogram<u64>, f64) {
             devices.push(register_device(&url, &alice, name, key).await);
         }
     }
-    let mut bob = register_verified(&url, "bob", &new_identity()).await;
+    let mut bob = register_verified(&bob_url, "bob", &new_identity()).await;
     let body = "x".repeat(ENVELOPE_BYTES);
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let start = Instant::now();
@@ -125,20 +157,27 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!(
-            "{:<44} {:>10} {:>10} {:>10}",
+            "{:<70} {:>10} {:>10} {:>10}",
             "message bob -> alice, until every device acked", "p50 µs", "p99 µs", "msgs/s"
         );
-        for (name, linked) in [
-            ("primary only (held, end to end; reference)", 0),
-            ("primary + 1 linked device (stored x2)", 1),
-            ("primary + 3 linked devices (stored x4)", 3),
+        for (place, setup) in [
+            ("one node, SQLite (reference)", Setup::Single),
+            ("2 Redis nodes, same node", Setup::RedisSame),
+            ("2 Redis nodes, cross node", Setup::RedisCross),
         ] {
-            let (h, per_s) = row(linked).await;
-            println!(
-                "{name:<44} {:>10} {:>10} {per_s:>10.0}",
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99)
-            );
+            for (name, linked) in [
+                ("primary only", 0),
+                ("primary + 1 linked device (stored x2)", 1),
+                ("primary + 3 linked devices (stored x4)", 3),
+            ] {
+                let (h, per_s) = row(setup, linked).await;
+                let name = format!("{place}: {name}");
+                println!(
+                    "{name:<70} {:>10} {:>10} {per_s:>10.0}",
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99)
+                );
+            }
         }
     });
 }

@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::inflight::{AnswerLane, InFlight};
 
+/// The close reason (with `close_code::DEVICE_REMOVED`) of a device a new device list left out,
+/// on whichever node holds it.
+pub const DEVICE_REMOVED_REASON: &str = "device removed from the id's device list";
+
 /// An item on a session's outbound queue.
 ///
 /// The frames are boxed so that an item is two words: tokio's channel allocates its first block

@@ -6,8 +6,9 @@
 //! the node's own sessions:
 //!
 //! - [`NodeMsg`], what one node publishes on another's channel: a frame for an (unverified) peer
-//!   it holds, "check mail" for a verified one, a server notice (`key_packages_low`), "close
-//!   this connection" when a verified owner reclaimed its id elsewhere;
+//!   it holds, "check mail" for a verified one (each of its devices here looks), a server notice
+//!   (`key_packages_low`), "close this connection" when a verified owner reclaimed its device
+//!   elsewhere (4000), "close this device" when a list stored elsewhere removed it (4001);
 //! - [`PresenceMsg`], the join/leave notice every node turns into `peer_connected` /
 //!   `peer_disconnected` for its own subscribed sessions;
 //! - admin questions ([`Node::questions`], the question registry on Redis): the asking node
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use lattice_protocol::{
-    close_code, encode, AckStatus, ClientId, Frame, MessageId, PeerPresence, QuestionId,
+    close_code, encode, AckStatus, ClientId, DeviceId, Frame, MessageId, PeerPresence, QuestionId,
     ServerFrame,
 };
 use serde::{Deserialize, Serialize};
@@ -39,15 +40,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::channel::{Channels, Inbound};
+use crate::cluster::devices::RedisDevices;
 use crate::cluster::directory::RedisDirectory;
 use crate::cluster::groups::RedisGroups;
 use crate::cluster::key_packages::RedisKeyPackages;
 use crate::cluster::mailbox::{consumer, RedisMailbox};
-use crate::cluster::presence::{Claim, PeerKeys, Presence};
+use crate::cluster::presence::{Claim, Holder, PeerKeys, Presence};
 use crate::cluster::questions::RedisQuestions;
 use crate::cluster::stats::{RedisStats, Timed as _};
 use crate::cluster::{ClusterError, NodeId, RedisConn, RedisUrl};
-use crate::hub::{Hub, Out, PeerEntry};
+use crate::hub::{Hub, Out, PeerEntry, DEVICE_REMOVED_REASON};
 use crate::inflight::Awaiting;
 use crate::limits::{AWAITING_PER_NODE, IN_FLIGHT_REAP_DIVISOR};
 
@@ -65,7 +67,8 @@ pub enum NodeMsg {
         /// The frame, written as is.
         frame: String,
     },
-    /// Mail waits in `to`'s mailbox stream: its session drains it.
+    /// Mail waits in `to`'s mailbox streams: its sessions here (each device drains its own)
+    /// look.
     Mail {
         /// The recipient.
         to: ClientId,
@@ -80,13 +83,21 @@ pub enum NodeMsg {
         /// The frame, written as is.
         frame: String,
     },
-    /// Close connection `conn` holding `to` with 4000: the same verified identity registered on
-    /// another node.
+    /// Close connection `conn` holding `to` (one of its devices) with 4000: the same verified
+    /// identity registered that device on another node.
     Close {
         /// The id.
         to: ClientId,
         /// The replaced connection.
         conn: u64,
+    },
+    /// Close the connection holding `to`'s `device` with 4001: a new device list (stored on
+    /// another node) removed the device.
+    DeviceRemoved {
+        /// The id.
+        to: ClientId,
+        /// The removed device.
+        device: DeviceId,
     },
     /// `to` acknowledged `from`'s message `mid` (removed from its mailbox stream): `from`'s node
     /// answers the sender `delivered` if it still owes that answer ([`crate::inflight::Awaiting`]).
@@ -135,6 +146,8 @@ pub struct Node {
     pub mailbox: RedisMailbox,
     /// The MLS KeyPackage directory.
     pub key_packages: RedisKeyPackages,
+    /// The signed device lists.
+    pub devices: RedisDevices,
     /// The MLS delivery service's groups (epoch check and fan-out into the mailbox streams).
     pub groups: RedisGroups,
     /// The cross-node counters (`/metrics`).
@@ -196,6 +209,7 @@ impl Node {
             presence: Presence::with_ttl(conn.clone(), id.clone(), presence_ttl)
                 .with_stats(Arc::clone(&stats)),
             key_packages: RedisKeyPackages::new(conn.clone()).with_stats(Arc::clone(&stats)),
+            devices: RedisDevices::new(conn.clone()).with_stats(Arc::clone(&stats)),
             questions: RedisQuestions::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
             groups: RedisGroups::new(conn.clone(), mailbox.clone(), directory.clone())
                 .with_stats(Arc::clone(&stats)),
@@ -240,83 +254,158 @@ impl Node {
         }
     }
 
-    /// Tells the holder of `id` that mail waits: the local session directly, another node over
-    /// its channel. Nothing to do when `id` is offline (it drains at its next registration).
+    /// Tells `id`'s primary device that mail waits in its stream (group copies go to primary
+    /// devices' streams on several nodes): the local session directly, another node over its
+    /// channel. Nothing to do when it is offline (it drains at its next registration).
     pub async fn notify_mail(&self, hub: &dyn Hub, id: &ClientId) {
-        if let Some(local) = hub.get(id) {
+        if let Some(local) = hub.device(id, &DeviceId::primary()) {
             local.session.notify_mail();
             return;
         }
-        match self.presence.holder(id).await {
-            Ok(Some(holder)) if holder.node != self.id => {
-                let msg = NodeMsg::Mail { to: id.clone() };
-                if let Err(e) = self.publish(&holder.node, &msg).await {
-                    warn!(error = %e, peer = %id, "mail notice not published");
-                }
+        match self.presence.live(id).await {
+            Ok(Some((holders, _))) => {
+                let primary: Vec<_> = holders
+                    .into_iter()
+                    .filter(|(d, _)| d.is_primary())
+                    .collect();
+                self.mail_to_nodes(id, &primary).await;
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => warn!(error = %e, peer = %id, "presence lookup failed"),
         }
     }
 
-    /// Sends `frame`, a server notice, to the connection holding `id`: the local session's
-    /// queue directly (dropped if full), another node over its channel; nothing when `id` is
-    /// offline. Best effort, as on one node.
-    pub async fn notify(&self, hub: &dyn Hub, id: &ClientId, frame: Utf8Bytes) {
-        if let Some(local) = hub.get(id) {
+    /// Publishes [`NodeMsg::Mail`] for `id` once to every node but this one among `holders`;
+    /// true if every one of them was listening.
+    pub async fn mail_to_nodes(&self, id: &ClientId, holders: &[(DeviceId, Holder)]) -> bool {
+        let mut all = true;
+        let mut told: Vec<&NodeId> = Vec::new();
+        for (_, holder) in holders {
+            if holder.node == self.id || told.contains(&&holder.node) {
+                continue;
+            }
+            told.push(&holder.node);
+            let msg = NodeMsg::Mail { to: id.clone() };
+            match self.publish(&holder.node, &msg).await {
+                Ok(listening) => all &= listening,
+                Err(e) => {
+                    warn!(error = %e, peer = %id, "mail notice not published");
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+
+    /// Closes (4001) the connection holding `id`'s removed `device`: here directly, on another
+    /// node through [`NodeMsg::DeviceRemoved`]. Nothing when the device is offline.
+    pub async fn close_removed(&self, hub: &dyn Hub, id: &ClientId, device: &DeviceId) {
+        if let Some(local) = hub.device(id, device) {
+            local
+                .session
+                .close(close_code::DEVICE_REMOVED, DEVICE_REMOVED_REASON);
+            return;
+        }
+        let holders = match self.presence.live(id).await {
+            Ok(found) => found.map(|(h, _)| h).unwrap_or_default(),
+            Err(e) => {
+                // Its node sees the device gone from the list when it registers again; until
+                // then the session stays (its mailbox and KeyPackages are gone already).
+                warn!(error = %e, peer = %id, %device, "presence lookup for a removed device failed");
+                return;
+            }
+        };
+        for (d, holder) in holders {
+            if &d != device || holder.node == self.id {
+                continue;
+            }
+            let msg = NodeMsg::DeviceRemoved {
+                to: id.clone(),
+                device: device.clone(),
+            };
+            if let Err(e) = self.publish(&holder.node, &msg).await {
+                warn!(error = %e, peer = %id, %device, "device removal notice not published");
+            }
+        }
+    }
+
+    /// Sends `frame`, a server notice, to the connection holding `id`'s `device`: the local
+    /// session's queue directly (dropped if full), another node over its channel; nothing when
+    /// the device is offline. Best effort, as on one node.
+    pub async fn notify_device(
+        &self,
+        hub: &dyn Hub,
+        id: &ClientId,
+        device: &DeviceId,
+        frame: Utf8Bytes,
+    ) {
+        if let Some(local) = hub.device(id, device) {
             if local
                 .session
                 .tx
                 .try_send(Out::Frame(Box::new(frame)))
                 .is_err()
             {
-                debug!(peer = %id, "notice dropped: the recipient's queue is full");
+                debug!(peer = %id, %device, "notice dropped: the recipient's queue is full");
             }
             return;
         }
-        match self.presence.holder(id).await {
-            Ok(Some(holder)) if holder.node != self.id => {
-                let msg = NodeMsg::Notice {
-                    to: id.clone(),
-                    conn: holder.conn,
-                    frame: frame.as_str().to_owned(),
-                };
-                if let Err(e) = self.publish(&holder.node, &msg).await {
-                    warn!(error = %e, peer = %id, "notice not published");
-                }
+        let holders = match self.presence.live(id).await {
+            Ok(found) => found.map(|(h, _)| h).unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, peer = %id, "presence lookup failed");
+                return;
             }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, peer = %id, "presence lookup failed"),
+        };
+        let Some((_, holder)) = holders
+            .into_iter()
+            .find(|(d, h)| d == device && h.node != self.id)
+        else {
+            return;
+        };
+        let msg = NodeMsg::Notice {
+            to: id.clone(),
+            conn: holder.conn,
+            frame: frame.as_str().to_owned(),
+        };
+        if let Err(e) = self.publish(&holder.node, &msg).await {
+            warn!(error = %e, peer = %id, "notice not published");
         }
     }
 
     /// `to` acknowledged `from`'s message `mid` (removed from its mailbox stream): answers the
     /// sender `delivered` here if this node owes the answer, else tells the sender's node (looked
-    /// up in presence). Nothing when the sender is offline, its node died (nobody listens) or it
+    /// up in presence: every node holding a device of the sender). Nothing when the sender is offline, its node died (nobody listens) or it
     /// moved since it sent (its new node owes nothing): it heard, or hears at the end of the wait,
     /// `queued`, which a sender treats as durable already.
-    pub async fn acked(&self, hub: &dyn Hub, from: &ClientId, to: &ClientId, mid: &MessageId) {
+    pub async fn acked(&self, from: &ClientId, to: &ClientId, mid: &MessageId) {
         let key = (from.clone(), to.clone(), mid.clone());
         if let Some(answer) = self.awaiting.take(&key) {
             answer.ack(AckStatus::Delivered);
             return;
         }
-        if hub.get(from).is_some() {
-            return;
-        }
-        match self.presence.holder(from).await {
-            Ok(Some(holder)) if holder.node != self.id => {
-                let msg = NodeMsg::Acked {
-                    from: from.clone(),
-                    to: to.clone(),
-                    mid: mid.clone(),
-                };
-                if let Err(e) = self.publish(&holder.node, &msg).await {
-                    debug!(error = %e, peer = %from, "ack notice not published");
-                }
+        // The sending device's node owes the answer: any node holding a device of the sender.
+        let holders = match self.presence.live(from).await {
+            Ok(found) => found.map(|(h, _)| h).unwrap_or_default(),
+            Err(e) => {
+                debug!(error = %e, peer = %from, "presence lookup for an ack failed");
+                return;
             }
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, peer = %from, "presence lookup for an ack failed"),
+        };
+        let mut told: Vec<&NodeId> = Vec::new();
+        for (_, holder) in &holders {
+            if holder.node == self.id || told.contains(&&holder.node) {
+                continue;
+            }
+            told.push(&holder.node);
+            let msg = NodeMsg::Acked {
+                from: from.clone(),
+                to: to.clone(),
+                mid: mid.clone(),
+            };
+            if let Err(e) = self.publish(&holder.node, &msg).await {
+                debug!(error = %e, peer = %from, "ack notice not published");
+            }
         }
     }
 
@@ -434,7 +523,7 @@ pub async fn run_inbound(
             Inbound::Reconnected => {
                 info!(node = %node.id, "Redis subscription restored: sessions check their mail");
                 for id in hub.online() {
-                    if let Some(e) = hub.get(&id).filter(|e| e.verified) {
+                    for e in hub.devices(&id).into_iter().filter(|e| e.verified) {
                         e.session.notify_mail();
                     }
                 }
@@ -443,10 +532,17 @@ pub async fn run_inbound(
     }
 }
 
+/// The local session of `to` on connection `conn` (any of its devices).
+fn local_conn(hub: &dyn Hub, to: &ClientId, conn: u64) -> Option<Arc<PeerEntry>> {
+    hub.devices(to)
+        .into_iter()
+        .find(|e| e.session.conn_id == conn)
+}
+
 fn deliver(hub: &dyn Hub, msg: NodeMsg) {
     match msg {
         NodeMsg::Route { to, conn, frame } => {
-            let Some(e) = hub.get(&to).filter(|e| e.session.conn_id == conn) else {
+            let Some(e) = local_conn(hub, &to, conn) else {
                 debug!(peer = %to, "routed frame for a connection that is gone");
                 return;
             };
@@ -459,7 +555,7 @@ fn deliver(hub: &dyn Hub, msg: NodeMsg) {
             }
         }
         NodeMsg::Notice { to, conn, frame } => {
-            let Some(e) = hub.get(&to).filter(|e| e.session.conn_id == conn) else {
+            let Some(e) = local_conn(hub, &to, conn) else {
                 return;
             };
             if e.session
@@ -471,16 +567,23 @@ fn deliver(hub: &dyn Hub, msg: NodeMsg) {
             }
         }
         NodeMsg::Mail { to } => {
-            if let Some(e) = hub.get(&to) {
+            for e in hub.devices(&to) {
                 e.session.notify_mail();
             }
         }
         NodeMsg::Close { to, conn } => {
-            if let Some(e) = hub.get(&to).filter(|e| e.session.conn_id == conn) {
+            if let Some(e) = local_conn(hub, &to, conn) {
                 e.session.close(
                     close_code::REPLACED,
                     "replaced by a newer connection of the same identity",
                 );
+            }
+        }
+        NodeMsg::DeviceRemoved { to, device } => {
+            if let Some(e) = hub.device(&to, &device) {
+                info!(peer = %to, %device, "device removed from its list: closing");
+                e.session
+                    .close(close_code::DEVICE_REMOVED, DEVICE_REMOVED_REASON);
             }
         }
         NodeMsg::Answered { .. } | NodeMsg::Acked { .. } => {}
@@ -500,48 +603,51 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let held: Vec<(ClientId, u64)> = hub
+        let held: Vec<(ClientId, DeviceId, u64)> = hub
             .online()
             .into_iter()
-            .filter_map(|id| hub.get(&id).map(|e| (id, e.session.conn_id)))
+            .flat_map(|id| hub.devices(&id))
+            .map(|e| (e.id.clone(), e.device.clone(), e.session.conn_id))
             .collect();
         if held.is_empty() {
             continue;
         }
-        let refreshed = match node.presence.refresh(&held).await {
+        let refreshed = match node.presence.refresh_devices(&held).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(node = %node.id, error = %e, "presence refresh failed");
                 continue;
             }
         };
-        for id in refreshed.taken {
-            if let Some(e) = hub.get(&id) {
-                info!(peer = %id, "id taken by another connection: closing");
+        for (id, device) in refreshed.taken {
+            if let Some(e) = hub.device(&id, &device) {
+                info!(peer = %id, %device, "device taken by another connection: closing");
                 e.session.close(
                     close_code::REPLACED,
                     "replaced by a newer connection of the same identity",
                 );
             }
         }
-        for id in refreshed.gone {
-            let Some(e) = hub.get(&id) else { continue };
+        for (id, device) in refreshed.gone {
+            let Some(e) = hub.device(&id, &device) else {
+                continue;
+            };
             match node
                 .presence
-                .claim(&id, e.session.conn_id, &peer_keys(&e))
+                .claim_device(&id, &device, e.session.conn_id, &peer_keys(&e))
                 .await
             {
-                Ok(Claim::Won { .. }) => {
-                    debug!(peer = %id, "presence claimed again");
+                Ok((Claim::Won { .. }, _)) => {
+                    debug!(peer = %id, %device, "presence claimed again");
                     if e.verified {
                         e.session.notify_mail();
                     }
                 }
-                Ok(Claim::Taken(_)) => e.session.close(
+                Ok((Claim::Taken(_), _)) => e.session.close(
                     close_code::REPLACED,
                     "replaced by a newer connection of the same identity",
                 ),
-                Err(err) => warn!(peer = %id, error = %err, "presence claim failed"),
+                Err(err) => warn!(peer = %id, %device, error = %err, "presence claim failed"),
             }
         }
         debug!(

@@ -83,6 +83,10 @@ pub(crate) async fn expire_bindings_on_redis(state: &ServerState, node: &Node) -
             // The id's next registration by a new owner forgets them (register.rs).
             warn!(error = %e, peer = %id, "expired id's groups not forgotten");
         }
+        if let Err(e) = node.devices.forget(id).await {
+            // The id's next registration by a new owner forgets it (register.rs).
+            warn!(error = %e, peer = %id, "expired id's device list not forgotten");
+        }
     }
     if !expired.is_empty() {
         state
@@ -254,7 +258,8 @@ mod tests {
     /// cutoff stay (a short `--binding-ttl` stands in for months; real time, not paused, since
     /// the node talks to a real process).
     #[tokio::test]
-    async fn on_redis_unused_bindings_expire_and_their_ids_leave_their_groups() {
+    async fn on_redis_unused_bindings_expire_and_their_ids_leave_their_groups_and_forget_their_devices(
+    ) {
         use std::collections::BTreeSet;
         use std::time::Duration;
 
@@ -309,6 +314,36 @@ mod tests {
             .await
             .expect("group made");
         assert_eq!(node.groups.group_count(&id("bob")).await.expect("count"), 1);
+        // alice and bob have a linked device with mail waiting for it
+        let laptop = lattice_protocol::DeviceId::new("laptop").expect("device id");
+        for who in ["alice", "bob"] {
+            let list = lattice_protocol::SignedDeviceList {
+                counter: 1,
+                devices: vec![lattice_protocol::DeviceEntry {
+                    device_id: laptop.clone(),
+                    device_key: "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into(),
+                }],
+                signature: String::new(),
+            };
+            node.devices
+                .put_list(&id(who), &list)
+                .await
+                .expect("list stored");
+            let mail = crate::store::MailItem {
+                message_id: MessageId::new("m-1").expect("mid"),
+                sender: id("carol"),
+                frame: "{}".into(),
+            };
+            node.mailbox
+                .enqueue_all(
+                    &id(who),
+                    &[lattice_protocol::DeviceId::primary(), laptop.clone()],
+                    &mail,
+                    &Quota::UNLIMITED,
+                )
+                .await
+                .expect("mail stored");
+        }
         let keys = PeerKeys {
             public_key: vec![2; 8],
             identity_key: Some([2; 32]),
@@ -350,6 +385,28 @@ mod tests {
                 .expect("state")
                 .map(|(_, m)| m),
             Some([id("alice")].into())
+        );
+        // bob's device list and his laptop's mail are gone with him; alice keeps hers
+        assert!(node.devices.list(&id("bob")).await.expect("list").is_none());
+        assert_eq!(
+            node.mailbox
+                .device_count(&id("bob"), &laptop)
+                .await
+                .expect("count"),
+            0
+        );
+        assert!(node
+            .devices
+            .list(&id("alice"))
+            .await
+            .expect("list")
+            .is_some());
+        assert_eq!(
+            node.mailbox
+                .device_count(&id("alice"), &laptop)
+                .await
+                .expect("count"),
+            1
         );
         assert_eq!(state.metrics.bindings_expired.load(Ordering::Relaxed), 1);
         // carol, once offline, expires at the next pass after her last use

@@ -16,11 +16,13 @@ mod redis_process;
 
 use std::time::Duration;
 
-use lattice_protocol::{ClientId, MessageId};
+use lattice_protocol::{ClientId, DeviceId, MessageId};
 use lattice_server::cluster::channel::{Channels, Inbound};
 use lattice_server::cluster::directory::{Bound, RedisDirectory};
 use lattice_server::cluster::mailbox::{consumer, RedisEnqueueError, RedisMailbox};
-use lattice_server::cluster::presence::{Claim, Holder, PeerKeys, Presence, Refreshed};
+use lattice_server::cluster::presence::{
+    Claim, DevicesRefreshed, Holder, PeerKeys, Presence, Refreshed, Released,
+};
 use lattice_server::cluster::stats::RedisStats;
 use lattice_server::cluster::{connect, ClusterError, NodeId, RedisUrl};
 use lattice_server::store::{Accepted, Binding, Limit, MailItem, Quota};
@@ -107,6 +109,165 @@ async fn exactly_one_of_racing_claims_from_three_nodes_wins(redis: &Backend) {
 }
 
 both!(exactly_one_of_racing_claims_from_three_nodes_wins);
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+/// Linked devices in presence: each device of an id has its own holder across nodes; a device
+/// joins the id, or replaces its own older connection, only with the id's identity key; the
+/// claim says whether it was the id's first live device (of devices racing from three nodes
+/// onto an offline id exactly one is first), the release whether it was the last (the id then
+/// leaves `discover`); a dead node's device expires on its own while the id's other devices stay.
+async fn devices_of_one_id_are_held_one_by_one_across_nodes(redis: &Backend) {
+    let (a, b, c) = (node(redis).await, node(redis).await, node(redis).await);
+    let alice = id("alice");
+    let ik = Some([7u8; 32]);
+    let holds = |p: &Presence, conn| Holder {
+        node: p.node().clone(),
+        conn,
+    };
+    let (claim, first) = a
+        .claim_device(&alice, &DeviceId::primary(), 1, &keys(ik))
+        .await
+        .unwrap();
+    assert_eq!((claim, first), (Claim::Won { replaced: None }, true));
+    let (claim, first) = b
+        .claim_device(&alice, &dev("phone"), 2, &keys(ik))
+        .await
+        .unwrap();
+    assert_eq!((claim, first), (Claim::Won { replaced: None }, false));
+    // Another identity, or an unverified claim, neither joins nor replaces.
+    for other in [Some([8u8; 32]), None] {
+        for device in ["phone", "tablet"] {
+            let (claim, _) = c
+                .claim_device(&alice, &dev(device), 3, &keys(other))
+                .await
+                .unwrap();
+            assert!(matches!(claim, Claim::Taken(_)), "{device}: {claim:?}");
+        }
+    }
+    // The same identity replaces only the phone's connection.
+    let (claim, first) = c
+        .claim_device(&alice, &dev("phone"), 3, &keys(ik))
+        .await
+        .unwrap();
+    assert_eq!(
+        (claim, first),
+        (
+            Claim::Won {
+                replaced: Some(holds(&b, 2))
+            },
+            false
+        )
+    );
+    let (devices, shown) = b.live(&alice).await.unwrap().expect("online");
+    assert_eq!(
+        devices,
+        [
+            (DeviceId::primary(), holds(&a, 1)),
+            (dev("phone"), holds(&c, 3))
+        ]
+    );
+    assert_eq!(shown, keys(ik));
+    // The replaced connection releases nothing; the phone leaving keeps alice online.
+    assert_eq!(
+        b.release_device(&alice, &dev("phone"), 2).await.unwrap(),
+        Released::NotHeld
+    );
+    assert_eq!(
+        c.release_device(&alice, &dev("phone"), 3).await.unwrap(),
+        Released::Released { last: false }
+    );
+    assert_eq!(
+        a.online_page(None, 10).await.unwrap().0,
+        std::slice::from_ref(&alice)
+    );
+    assert_eq!(
+        a.release_device(&alice, &DeviceId::primary(), 1)
+            .await
+            .unwrap(),
+        Released::Released { last: true }
+    );
+    assert!(a.online_page(None, 10).await.unwrap().0.is_empty());
+    assert_eq!(a.live(&alice).await.unwrap(), None);
+
+    // Eight devices of carol racing from three nodes onto an offline id: exactly one is first.
+    let nodes = [a.clone(), b.clone(), c.clone()];
+    let carol = id("carol");
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let p = nodes[usize::try_from(i % 3).unwrap()].clone();
+        let carol = carol.clone();
+        let device = if i == 0 {
+            DeviceId::primary()
+        } else {
+            dev(&format!("d{i}"))
+        };
+        tasks.push(tokio::spawn(async move {
+            p.claim_device(&carol, &device, i, &keys(Some([9; 32])))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut firsts = 0;
+    for t in tasks {
+        let (claim, first) = t.await.unwrap();
+        assert_eq!(claim, Claim::Won { replaced: None });
+        firsts += usize::from(first);
+    }
+    assert_eq!(firsts, 1, "one first device");
+    assert_eq!(a.live(&carol).await.unwrap().unwrap().0.len(), 8);
+
+    // A node that dies (a short TTL, never refreshed) loses its device alone.
+    let dying = Presence::with_ttl(
+        redis.conn().await,
+        NodeId::random(),
+        Duration::from_millis(300),
+    );
+    let dave = id("dave");
+    let dik = Some([4u8; 32]);
+    a.claim_device(&dave, &DeviceId::primary(), 1, &keys(dik))
+        .await
+        .unwrap();
+    dying
+        .claim_device(&dave, &dev("phone"), 1, &keys(dik))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.live(&dave).await.unwrap().unwrap().0.len() == 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the phone expires");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        a.live(&dave).await.unwrap().unwrap().0,
+        [(DeviceId::primary(), holds(&a, 1))]
+    );
+    // Its next connection, anywhere, replaces nobody; the dead one's refresh finds it taken.
+    let (claim, first) = b
+        .claim_device(&dave, &dev("phone"), 5, &keys(dik))
+        .await
+        .unwrap();
+    assert_eq!((claim, first), (Claim::Won { replaced: None }, false));
+    assert_eq!(
+        dying
+            .refresh_devices(&[(dave.clone(), dev("phone"), 1)])
+            .await
+            .unwrap(),
+        DevicesRefreshed {
+            taken: vec![(dave.clone(), dev("phone"))],
+            gone: vec![]
+        }
+    );
+    assert_eq!(
+        a.refresh_devices(&[(dave.clone(), DeviceId::primary(), 1)])
+            .await
+            .unwrap(),
+        DevicesRefreshed::default()
+    );
+}
+
+both!(devices_of_one_id_are_held_one_by_one_across_nodes);
 
 async fn a_verified_owner_reclaims_its_id_from_a_connection_on_another_node(redis: &Backend) {
     let (a, b, c) = (node(redis).await, node(redis).await, node(redis).await);

@@ -5,189 +5,16 @@
 //! device, one KeyPackage per device, and group fan-out to the sender's other devices.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis_process.rs"]
-mod redis_process;
-#[allow(dead_code)]
-#[path = "support/server_process.rs"]
-mod server_process;
+#[path = "support/devices.rs"]
+mod devices_kit;
 mod support;
 
 use base64::Engine as _;
-use lattice_crypto::{Identity, IdentityKeyPair};
+use devices_kit::*;
+use lattice_crypto::Identity;
 use lattice_protocol::close_code;
-use serde_json::{json, Value};
-use support::{
-    challenge, envelope, kem_key, new_identity, register_verified, spawn_server, Client, Next, B64,
-};
-
-/// A linked device: its id and Ed25519 key.
-struct Device {
-    name: &'static str,
-    key: IdentityKeyPair,
-}
-
-impl Device {
-    fn new(name: &'static str) -> Device {
-        Device {
-            name,
-            key: IdentityKeyPair::generate(&mut rand::rngs::OsRng),
-        }
-    }
-
-    fn entry(&self) -> Value {
-        json!({"deviceId": self.name, "deviceKey": B64.encode(self.key.public_key().as_bytes())})
-    }
-}
-
-/// The device list of `id` with `devices`, signed by `signer` (the id's identity key, or a
-/// forger's).
-fn signed_list(signer: &Identity, id: &str, counter: u64, devices: &[&Device]) -> Value {
-    let entries: Vec<(&str, [u8; 32])> = devices
-        .iter()
-        .map(|d| (d.name, *d.key.public_key().as_bytes()))
-        .collect();
-    let message = lattice_crypto::device_list_message(id, counter, &entries).unwrap();
-    json!({
-        "counter": counter,
-        "devices": devices.iter().map(|d| d.entry()).collect::<Vec<_>>(),
-        "signature": B64.encode(signer.identity_key().sign(&message)),
-    })
-}
-
-/// The certificate of `device` for `id`, signed by `signer`.
-fn certificate(signer: &Identity, id: &str, device: &Device) -> String {
-    let message = lattice_crypto::device_certificate_message(
-        id,
-        device.name,
-        device.key.public_key().as_bytes(),
-    )
-    .unwrap();
-    B64.encode(signer.identity_key().sign(&message))
-}
-
-/// A device `register` frame answering `nonce`, the statement signed by the device key.
-fn device_register(
-    identity: &Identity,
-    id: &str,
-    device: &Device,
-    cert: String,
-    list: Option<Value>,
-    nonce: &[u8],
-) -> Value {
-    let kem = kem_key(identity);
-    let statement =
-        lattice_crypto::device_registration_statement(nonce, id, device.name, &kem).unwrap();
-    let mut part = json!({
-        "deviceId": device.name,
-        "deviceKey": B64.encode(device.key.public_key().as_bytes()),
-        "certificate": cert,
-    });
-    if let Some(list) = list {
-        part["deviceList"] = list;
-    }
-    json!({"type":"register","requestId":"reg","payload":{
-        "clientId": id,
-        "publicKey": kem,
-        "keySignature": B64.encode(identity.key_signature()),
-        "device": part,
-        "verification": {
-            "algorithm": "ed25519",
-            "serializedPublicKey": B64.encode(identity.identity_public_key().as_bytes()),
-            "serializedMessage": B64.encode(&statement),
-            "serializedSignedData": B64.encode(device.key.sign(&statement)),
-        }
-    }})
-}
-
-/// Connects `device` of `id` with a certificate by `identity`; the client and the answer.
-async fn try_device(
-    url: &str,
-    identity: &Identity,
-    id: &str,
-    device: &Device,
-    list: Option<Value>,
-) -> (Client, Value) {
-    let cert = certificate(identity, id, device);
-    try_device_with(url, identity, id, device, cert, list).await
-}
-
-async fn try_device_with(
-    url: &str,
-    identity: &Identity,
-    id: &str,
-    device: &Device,
-    cert: String,
-    list: Option<Value>,
-) -> (Client, Value) {
-    let mut c = Client::connect(url).await;
-    let nonce = challenge(&mut c).await;
-    c.send(device_register(identity, id, device, cert, list, &nonce))
-        .await;
-    let v = c.recv_any(&["register", "error"]).await;
-    (c, v)
-}
-
-async fn device(url: &str, identity: &Identity, id: &str, device: &Device) -> Client {
-    let (c, v) = try_device(url, identity, id, device, None).await;
-    assert_eq!(
-        v["payload"],
-        json!({"success": true, "clientId": id, "verified": true, "deviceId": device.name}),
-        "{v}"
-    );
-    c
-}
-
-async fn upload_list(c: &mut Client, list: Value, rid: &str) -> Value {
-    c.send(json!({"type":"device_list_upload","requestId": rid,"payload":{"deviceList": list}}))
-        .await;
-    c.recv_any(&["device_list_upload", "error"]).await
-}
-
-fn assert_error(v: &Value, code: &str, rid: &str) {
-    assert_eq!(v["type"], "error", "{v}");
-    assert_eq!(v["payload"]["errorType"], code, "{v}");
-    assert_eq!(v["requestId"], rid, "{v}");
-    assert_eq!(v["payload"]["requestId"], rid, "{v}");
-}
-
-fn message(target: &str, mid: &str) -> Value {
-    json!({"type":"message","requestId": mid,"payload":{"targetId": target,"messageId": mid,"message": envelope(mid)}})
-}
-
-/// The next delivered `message` (skipping presence and answers).
-async fn next_message(c: &mut Client) -> Value {
-    c.recv_any(&["message"]).await["payload"].clone()
-}
-
-/// Sends `v` and reads its answer of type `ty` (or an error), skipping deliveries.
-trait Ask {
-    async fn ask(&mut self, v: Value, ty: &str) -> Value;
-}
-
-impl Ask for Client {
-    async fn ask(&mut self, v: Value, ty: &str) -> Value {
-        self.send(v).await;
-        self.recv_any(&[ty, "error"]).await
-    }
-}
-
-/// The server still answers this connection.
-async fn alive(c: &mut Client) {
-    c.request(json!({"type":"discover","payload":{}}), "discover")
-        .await;
-}
-
-/// alice's primary device online, with `devices` on her list (counter 1).
-async fn alice_with(url: &str, alice: &Identity, devices: &[&Device]) -> Client {
-    let mut primary = register_verified(url, "alice", alice).await;
-    let v = upload_list(&mut primary, signed_list(alice, "alice", 1, devices), "l1").await;
-    assert_eq!(
-        v["payload"],
-        json!({"counter": 1, "devices": devices.len()}),
-        "{v}"
-    );
-    primary
-}
+use serde_json::json;
+use support::{challenge, new_identity, register_verified, spawn_server, Client, Next, B64};
 
 #[tokio::test]
 async fn two_devices_of_one_id_are_online_at_once_and_both_receive_a_message() {
@@ -551,42 +378,6 @@ async fn key_package_fetch_returns_one_per_device_and_older_clients_get_the_prim
     );
 }
 
-/// An MLS `PrivateMessage` as far as the server reads it (see `mls_delivery.rs`).
-fn mls(group_hex: &str, epoch: u64, content_type: u8, tag: &str) -> String {
-    let group: Vec<u8> = (0..group_hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&group_hex[i..i + 2], 16).unwrap())
-        .collect();
-    let mut b = vec![0, 1, 0, 2, u8::try_from(group.len()).unwrap()];
-    b.extend_from_slice(&group);
-    b.extend_from_slice(&epoch.to_be_bytes());
-    b.push(content_type);
-    b.extend_from_slice(tag.as_bytes());
-    B64.encode(b)
-}
-
-fn welcome(tag: &str) -> String {
-    let mut b = vec![0, 1, 0, 3];
-    b.extend_from_slice(tag.as_bytes());
-    B64.encode(b)
-}
-
-const APPLICATION: u8 = 1;
-const COMMIT: u8 = 3;
-
-fn leaf(id: &str, device: &str) -> Value {
-    json!({"clientId": id, "deviceId": device})
-}
-
-/// The `mls` envelope of the next delivered message.
-async fn next_mls(c: &mut Client) -> (String, Value) {
-    let m = next_message(c).await;
-    (
-        m["fromId"].as_str().unwrap().to_owned(),
-        m["message"].clone(),
-    )
-}
-
 #[tokio::test]
 async fn group_fan_out_reaches_the_senders_other_device_and_not_the_sender() {
     let server = spawn_server().await;
@@ -717,55 +508,6 @@ async fn a_device_part_without_a_verification_is_refused_and_primary_is_reserved
     let fake = Device::new("primary");
     let (_c, v) = try_device(&url, &alice, "alice", &fake, None).await;
     assert_error(&v, "INVALID_MESSAGE", "reg");
-}
-
-#[tokio::test]
-async fn nodes_on_redis_refuse_linked_devices_with_a_typed_error_and_serve_the_primary() {
-    let redis = redis_process::RedisProcess::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let data = dir.path().join(format!("node{i}"));
-        std::fs::create_dir_all(&data).unwrap();
-        nodes.push(server_process::ServerProcess::start(&data, &["--redis", &redis.url()]).await);
-    }
-    let alice = new_identity();
-    let phone = Device::new("phone");
-    let mut primary = register_verified(&nodes[0].url, "alice", &alice).await;
-    let v = upload_list(
-        &mut primary,
-        signed_list(&alice, "alice", 1, &[&phone]),
-        "l1",
-    )
-    .await;
-    assert_error(&v, "DEVICES_NOT_SUPPORTED", "l1");
-    // The phone on the other node, even bringing its list.
-    let list = signed_list(&alice, "alice", 1, &[&phone]);
-    let (_c, v) = try_device(&nodes[1].url, &alice, "alice", &phone, Some(list)).await;
-    assert_error(&v, "DEVICES_NOT_SUPPORTED", "reg");
-    assert!(
-        v["payload"]["details"]
-            .as_str()
-            .unwrap()
-            .contains("several nodes"),
-        "{v}"
-    );
-    // A Commit naming a linked device's leaf is refused, not half served.
-    let g = "00cc";
-    let v = primary
-        .request(
-            json!({"type":"group_commit","requestId":"c0","payload":{"groupId": g, "epoch": 0,
-                "commit": mls(g, 0, COMMIT, "c0"), "members": ["alice"], "messageId": "c0",
-                "leaves": [leaf("alice","primary"), leaf("alice","phone")]}}),
-            "error",
-        )
-        .await;
-    assert_error(&v, "DEVICES_NOT_SUPPORTED", "c0");
-    // The primary device is served as before: a message from bob on the other node arrives.
-    let mut bob = register_verified(&nodes[1].url, "bob", &new_identity()).await;
-    bob.send(message("alice", "m1")).await;
-    assert_eq!(next_message(&mut primary).await["messageId"], "m1");
-    alive(&mut primary).await;
 }
 
 #[tokio::test]

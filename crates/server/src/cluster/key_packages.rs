@@ -20,8 +20,9 @@
 
 use std::sync::Arc;
 
+use lattice_protocol::limits::MAX_DEVICES_PER_ID;
 use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK};
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, DeviceId};
 use redis::Script;
 
 use super::stats::{RedisStats, Timed as _};
@@ -49,6 +50,23 @@ if lr then return {lr, 1, 0} end
 return false
 ";
 
+/// KEYS: (one-time list, last resort) of each device of one owner. For each device, in order,
+/// FETCH's step: returns {KeyPackage or '', 1 last resort / 0 one-time / -1 none, left} per
+/// device.
+const FETCH_ALL: &str = "
+local out = {}
+for i = 1, #KEYS, 2 do
+  local kp = redis.call('LPOP', KEYS[i])
+  if kp then
+    out[#out + 1] = {kp, 0, redis.call('LLEN', KEYS[i])}
+  else
+    local lr = redis.call('GET', KEYS[i + 1])
+    if lr then out[#out + 1] = {lr, 1, 0} else out[#out + 1] = {'', -1, 0} end
+  end
+end
+return out
+";
+
 /// Why an upload was refused (nothing of it is stored).
 #[derive(Debug, thiserror::Error)]
 pub enum RedisUploadError {
@@ -65,9 +83,19 @@ pub enum RedisUploadError {
     Redis(#[from] ClusterError),
 }
 
-/// `[one-time list, last resort]` of `owner`.
+/// `[one-time list, last resort]` of `owner` (its primary device's).
 pub(super) fn keys(owner: &ClientId) -> [String; 2] {
-    let list = id_key("kp", owner);
+    device_keys(owner, &DeviceId::primary())
+}
+
+/// `[one-time list, last resort]` of `owner`'s `device`: `lattice:kp:{alice}` and its `:lr` for
+/// the primary device (every id's stock before devices), `lattice:kp:{alice}:d:laptop` and its
+/// `:lr` for a linked device. One hash tag, so one script reaches every device's stock.
+pub(super) fn device_keys(owner: &ClientId, device: &DeviceId) -> [String; 2] {
+    let mut list = id_key("kp", owner);
+    if !device.is_primary() {
+        list = format!("{list}:d:{device}");
+    }
     let lr = format!("{list}:lr");
     [list, lr]
 }
@@ -79,6 +107,7 @@ pub struct RedisKeyPackages {
     stats: Arc<RedisStats>,
     upload: Script,
     fetch: Script,
+    fetch_all: Script,
 }
 
 impl std::fmt::Debug for RedisKeyPackages {
@@ -106,6 +135,7 @@ impl RedisKeyPackages {
             stats: Arc::default(),
             upload: Script::new(UPLOAD),
             fetch: Script::new(FETCH),
+            fetch_all: Script::new(FETCH_ALL),
         }
     }
 
@@ -128,7 +158,23 @@ impl RedisKeyPackages {
         one_time: &[Vec<u8>],
         last_resort: Option<&[u8]>,
     ) -> Result<Stock, RedisUploadError> {
-        let [list, lr] = keys(owner);
+        self.upload_device(owner, &DeviceId::primary(), one_time, last_resort)
+            .await
+    }
+
+    /// [`Self::upload`] to the stock of `owner`'s `device` (each device has its own, within
+    /// [`MAX_KEY_PACKAGE_STOCK`]).
+    ///
+    /// # Errors
+    /// As [`Self::upload`].
+    pub async fn upload_device(
+        &self,
+        owner: &ClientId,
+        device: &DeviceId,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<Stock, RedisUploadError> {
+        let [list, lr] = device_keys(owner, device);
         let mut inv = self.upload.prepare_invoke();
         inv.key(list)
             .key(lr)
@@ -178,12 +224,68 @@ impl RedisKeyPackages {
         }))
     }
 
+    /// One KeyPackage of every one of `devices` of `owner` (`key_package_fetch` with
+    /// `allDevices`), each taken as [`Self::fetch`] takes one, all in one script: the answer is
+    /// one consistent cut across nodes. In the order of `devices`; `None` for a device with
+    /// neither a one-time nor a last-resort KeyPackage. At most [`MAX_DEVICES_PER_ID`] devices
+    /// are read (the rest are answered `None`: an id never has more).
+    ///
+    /// # Errors
+    /// Redis failing (nothing was taken).
+    pub async fn fetch_all(
+        &self,
+        owner: &ClientId,
+        devices: &[DeviceId],
+    ) -> Result<Vec<(DeviceId, Option<FetchedKeyPackage>)>, ClusterError> {
+        let devices = devices.get(..MAX_DEVICES_PER_ID).unwrap_or(devices);
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.fetch_all.prepare_invoke();
+        for device in devices {
+            let [list, lr] = device_keys(owner, device);
+            inv.key(list).key(lr);
+        }
+        let reply: Vec<(Vec<u8>, i64, i64)> = inv
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await?;
+        if reply.len() != devices.len() {
+            return Err(ClusterError::Reply("a KeyPackage fetch of another length"));
+        }
+        let out = devices
+            .iter()
+            .zip(reply)
+            .map(|(device, (data, kind, left))| {
+                let fetched = (kind >= 0).then(|| FetchedKeyPackage {
+                    data,
+                    last_resort: kind == 1,
+                    stock_left: to_u32(left),
+                });
+                (device.clone(), fetched)
+            })
+            .collect();
+        Ok(out)
+    }
+
     /// `owner`'s stock.
     ///
     /// # Errors
     /// Redis failing.
     pub async fn stock(&self, owner: &ClientId) -> Result<Stock, ClusterError> {
-        let [list, lr] = keys(owner);
+        self.device_stock(owner, &DeviceId::primary()).await
+    }
+
+    /// The stock of `owner`'s `device`.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn device_stock(
+        &self,
+        owner: &ClientId,
+        device: &DeviceId,
+    ) -> Result<Stock, ClusterError> {
+        let [list, lr] = device_keys(owner, device);
         // Both keys share the owner's slot, so one pipeline reaches one shard.
         let (one_time, has_lr): (i64, i64) = redis::pipe()
             .cmd("LLEN")

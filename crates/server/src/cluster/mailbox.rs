@@ -18,7 +18,8 @@
 //! An enqueue answers only after Redis executed it: with AOF `appendfsync everysec` a crash of
 //! Redis itself may lose the last second, as docs/deployment.md says (`always` loses nothing).
 
-use lattice_protocol::{ClientId, MessageId};
+use lattice_protocol::limits::MAX_DEVICES_PER_ID;
+use lattice_protocol::{ClientId, DeviceId, MessageId};
 use std::sync::Arc;
 
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
@@ -70,6 +71,37 @@ redis.call('HINCRBY', KEYS[3], 'b', size)
 redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[2], 1)
 redis.call('HINCRBY', KEYS[3], 'b:' .. ARGV[2], size)
 return {1, eid}
+";
+
+/// KEYS: (stream, ids, use) of each device's mailbox of one id, in order. ARGV: as ENQUEUE.
+/// Checks every mailbox first and writes only if every one has room: all or nothing. A mailbox
+/// that already holds the (sender, id) is left as it is. Returns {1, stored} when at least one
+/// copy was written, {2, 0} when every mailbox already had it, {0, n, limit} when the n-th
+/// (1-based) mailbox would pass the limit (numbered as ENQUEUE's).
+const ENQUEUE_ALL: &str = "
+local size = string.len(ARGV[3])
+local todo = {}
+for i = 1, #KEYS, 3 do
+  if redis.call('HEXISTS', KEYS[i + 1], ARGV[1]) == 0 then
+    local u = redis.call('HMGET', KEYS[i + 2], 'n', 'b', 'n:' .. ARGV[2], 'b:' .. ARGV[2])
+    local n = (i + 2) / 3
+    if tonumber(u[1] or '0') + 1 > tonumber(ARGV[4]) then return {0, n, 1} end
+    if tonumber(u[2] or '0') + size > tonumber(ARGV[5]) then return {0, n, 2} end
+    if tonumber(u[3] or '0') + 1 > tonumber(ARGV[6]) then return {0, n, 3} end
+    if tonumber(u[4] or '0') + size > tonumber(ARGV[7]) then return {0, n, 4} end
+    todo[#todo + 1] = i
+  end
+end
+if #todo == 0 then return {2, 0} end
+for _, i in ipairs(todo) do
+  local eid = redis.call('XADD', KEYS[i], '*', 's', ARGV[2], 'k', ARGV[1], 'f', ARGV[3])
+  redis.call('HSET', KEYS[i + 1], ARGV[1], eid)
+  redis.call('HINCRBY', KEYS[i + 2], 'n', 1)
+  redis.call('HINCRBY', KEYS[i + 2], 'b', size)
+  redis.call('HINCRBY', KEYS[i + 2], 'n:' .. ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[i + 2], 'b:' .. ARGV[2], size)
+end
+return {1, #todo}
 ";
 
 /// KEYS: ids, use. ARGV: dedup key, sender, size, count, bytes, sender count, sender bytes.
@@ -161,6 +193,7 @@ pub struct RedisMailbox {
     conn: RedisConn,
     stats: Arc<RedisStats>,
     enqueue: Script,
+    enqueue_all: Script,
     room: Script,
     remove: Script,
     expire: Script,
@@ -185,9 +218,39 @@ pub enum RedisEnqueueError {
     Redis(#[from] ClusterError),
 }
 
-/// `[ids, use, stream]` of `recipient`'s mailbox.
+/// Why a message for every device of an id was not stored (none of its copies is).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisEnqueueAllError {
+    /// The mailbox of `device` would pass `limit` (the first full one, in the order given).
+    #[error("mailbox of device {device} full ({limit:?})")]
+    Full {
+        /// The device whose mailbox is full.
+        device: DeviceId,
+        /// The limit it would pass.
+        limit: Limit,
+    },
+    /// More devices than an id can have ([`MAX_DEVICES_PER_ID`]), none, or one named twice.
+    #[error("{0} devices: an id has 1 to {MAX_DEVICES_PER_ID} distinct ones")]
+    Devices(usize),
+    /// Redis failed: nothing is stored.
+    #[error(transparent)]
+    Redis(#[from] ClusterError),
+}
+
+/// `[ids, use, stream]` of `recipient`'s mailbox (its primary device's).
 fn keys(recipient: &ClientId) -> [String; 3] {
-    let stream = id_key("mbox", recipient);
+    device_keys(recipient, &DeviceId::primary())
+}
+
+/// `[ids, use, stream]` of the mailbox of `id`'s `device`: `lattice:mbox:{alice}` (and its
+/// `:ids`, `:use`) for the primary device, the mailbox every id had before devices, and
+/// `lattice:mbox:{alice}:d:laptop` (`:ids`, `:use`) for a linked device. One hash tag, so every
+/// device's mailbox of one id is in one Redis Cluster slot and one script can write them all.
+pub(super) fn device_keys(id: &ClientId, device: &DeviceId) -> [String; 3] {
+    let mut stream = id_key("mbox", id);
+    if !device.is_primary() {
+        stream = format!("{stream}:d:{device}");
+    }
     [format!("{stream}:ids"), format!("{stream}:use"), stream]
 }
 
@@ -227,6 +290,7 @@ impl RedisMailbox {
             conn: conn.into(),
             stats: Arc::default(),
             enqueue: Script::new(ENQUEUE),
+            enqueue_all: Script::new(ENQUEUE_ALL),
             room: Script::new(ROOM),
             remove: Script::new(&format!("{DROP_FN}{REMOVE}")),
             expire: Script::new(&format!("{DROP_FN}{EXPIRE}")),
@@ -278,6 +342,70 @@ impl RedisMailbox {
             (0, "2") => Err(RedisEnqueueError::Full(Limit::Bytes)),
             (0, "3") => Err(RedisEnqueueError::Full(Limit::SenderCount)),
             (0, "4") => Err(RedisEnqueueError::Full(Limit::SenderBytes)),
+            _ => Err(ClusterError::Reply("an unknown enqueue result").into()),
+        }
+    }
+
+    /// Stores `item` in the mailbox of every one of `devices` of `id` within `quota` (each
+    /// mailbox's own), in one script: all or nothing, as the SQLite path's
+    /// `SqliteStore::enqueue_all`. A mailbox already holding the (sender, id) keeps it and counts
+    /// as stored; [`Accepted::Duplicate`] when every one did.
+    ///
+    /// # Errors
+    /// [`RedisEnqueueAllError::Full`] naming the first device (in the order of `devices`) whose
+    /// mailbox would pass a limit (nothing is stored); [`RedisEnqueueAllError::Devices`] for no
+    /// device or more than [`MAX_DEVICES_PER_ID`]; Redis failing (nothing is stored).
+    pub async fn enqueue_all(
+        &self,
+        id: &ClientId,
+        devices: &[DeviceId],
+        item: &MailItem,
+        quota: &Quota,
+    ) -> Result<Accepted, RedisEnqueueAllError> {
+        let distinct = devices
+            .iter()
+            .enumerate()
+            .all(|(i, d)| !devices[..i].contains(d));
+        if devices.is_empty() || devices.len() > MAX_DEVICES_PER_ID || !distinct {
+            return Err(RedisEnqueueAllError::Devices(devices.len()));
+        }
+        let mut inv = self.enqueue_all.prepare_invoke();
+        for device in devices {
+            let [ids, usage, stream] = device_keys(id, device);
+            inv.key(stream).key(ids).key(usage);
+        }
+        inv.arg(dedup_key(&item.sender, &item.message_id))
+            .arg(item.sender.as_str())
+            .arg(item.frame.as_str())
+            .arg(quota.count)
+            .arg(quota.bytes)
+            .arg(quota.sender_count)
+            .arg(quota.sender_bytes);
+        let reply: Vec<i64> = inv
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await
+            .map_err(ClusterError::from)?;
+        match reply.as_slice() {
+            [1, _] => Ok(Accepted::Stored),
+            [2, _] => Ok(Accepted::Duplicate),
+            [0, n, limit] => {
+                let device = usize::try_from(*n)
+                    .ok()
+                    .and_then(|n| devices.get(n.checked_sub(1)?))
+                    .ok_or(ClusterError::Reply("an enqueue naming no device"))?;
+                let limit = match limit {
+                    1 => Limit::Count,
+                    2 => Limit::Bytes,
+                    3 => Limit::SenderCount,
+                    4 => Limit::SenderBytes,
+                    _ => return Err(ClusterError::Reply("an unknown enqueue limit").into()),
+                };
+                Err(RedisEnqueueAllError::Full {
+                    device: device.clone(),
+                    limit,
+                })
+            }
             _ => Err(ClusterError::Reply("an unknown enqueue result").into()),
         }
     }
@@ -355,7 +483,22 @@ impl RedisMailbox {
         consumer: &str,
         limit: usize,
     ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
-        let [_, _, stream] = keys(recipient);
+        self.claim_device(recipient, &DeviceId::primary(), consumer, limit)
+            .await
+    }
+
+    /// [`Self::claim`] on the mailbox of `id`'s `device` (each device drains its own).
+    ///
+    /// # Errors
+    /// As [`Self::claim`].
+    pub async fn claim_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, MailItem)>, ClusterError> {
+        let [_, _, stream] = device_keys(id, device);
         let reply: StreamRangeReply = self
             .claim
             .key(stream)
@@ -380,7 +523,24 @@ impl RedisMailbox {
         start: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(Cursor, MailItem)>, Option<Cursor>), ClusterError> {
-        let [_, _, stream] = keys(recipient);
+        self.take_over_device(recipient, &DeviceId::primary(), consumer, start, limit)
+            .await
+    }
+
+    /// [`Self::take_over`] on the mailbox of `id`'s `device`: what an earlier connection of that
+    /// device, on any node, was handed and did not acknowledge.
+    ///
+    /// # Errors
+    /// As [`Self::take_over`].
+    pub async fn take_over_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        consumer: &str,
+        start: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(Cursor, MailItem)>, Option<Cursor>), ClusterError> {
+        let [_, _, stream] = device_keys(id, device);
         let reply: StreamAutoClaimReply = self
             .take_over
             .key(stream)
@@ -410,13 +570,29 @@ impl RedisMailbox {
         sender: &ClientId,
         id: &MessageId,
     ) -> Result<bool, ClusterError> {
-        let [ids, usage, stream] = keys(recipient);
+        self.remove_device(recipient, &DeviceId::primary(), sender, id)
+            .await
+    }
+
+    /// Removes the message (`sender`, `mid`) from the mailbox of `id`'s `device` (that device's
+    /// `ack`: each device acknowledges its own copy); true if it was there.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn remove_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        sender: &ClientId,
+        mid: &MessageId,
+    ) -> Result<bool, ClusterError> {
+        let [ids, usage, stream] = device_keys(id, device);
         let removed: i64 = self
             .remove
             .key(stream)
             .key(ids)
             .key(usage)
-            .arg(dedup_key(sender, id))
+            .arg(dedup_key(sender, mid))
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
@@ -433,7 +609,22 @@ impl RedisMailbox {
         ttl: std::time::Duration,
         batch: usize,
     ) -> Result<usize, ClusterError> {
-        let [ids, usage, stream] = keys(recipient);
+        self.expire_device(recipient, &DeviceId::primary(), ttl, batch)
+            .await
+    }
+
+    /// [`Self::expire`] on the mailbox of `id`'s `device`.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn expire_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        ttl: std::time::Duration,
+        batch: usize,
+    ) -> Result<usize, ClusterError> {
+        let [ids, usage, stream] = device_keys(id, device);
         let n: usize = self
             .expire
             .key(stream)
@@ -452,7 +643,19 @@ impl RedisMailbox {
     /// # Errors
     /// Redis failing.
     pub async fn count(&self, recipient: &ClientId) -> Result<u64, ClusterError> {
-        let [_, _, stream] = keys(recipient);
+        self.device_count(recipient, &DeviceId::primary()).await
+    }
+
+    /// Messages waiting for `id`'s `device`.
+    ///
+    /// # Errors
+    /// Redis failing.
+    pub async fn device_count(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+    ) -> Result<u64, ClusterError> {
+        let [_, _, stream] = device_keys(id, device);
         Ok(redis::cmd("XLEN")
             .arg(stream)
             .query_async(&mut self.conn.clone())

@@ -3,8 +3,9 @@
 //!
 //! Each part is a component that owns its keys and scripts, and answers through typed results:
 //!
-//! - [`presence`]: who holds which id, on which node and connection: keys with a TTL and an atomic
-//!   Lua claim (one live holder per id across every node), the sorted set `discover` pages.
+//! - [`presence`]: who holds which id's devices, on which node and connection: keys with a TTL
+//!   and an atomic Lua claim (one live holder per (id, device) across every node, the devices of
+//!   one id only for its identity), the sorted set `discover` pages.
 //! - [`channel`]: a pub/sub channel per node (routed frames, "check mail", closes) and one for
 //!   presence notices, resubscribed after Redis comes back.
 //! - [`directory`]: the bindings of verified ids, with the binding rules and the `--max-bindings`
@@ -14,6 +15,10 @@
 //!   script; a consumer group makes each entry owned by the connection it was handed to until
 //!   its `ack`, and lets the recipient's next connection, on any node, take over what a closed or
 //!   killed one never acknowledged.
+//! - [`devices`]: the signed device list of each id, kept only for a strictly higher counter
+//!   (a compare-and-set script), deleting a removed device's mailbox stream and KeyPackages in
+//!   the same script; [`mailbox`] and [`key_packages`] key a linked device's stream and stock by
+//!   (id, device) under the id's hash tag.
 //! - [`groups`]: the MLS delivery service's epoch check (one Commit per epoch across nodes) and
 //!   ordered fan-out of Commits into the members' mailboxes.
 //! - [`key_packages`]: the MLS KeyPackage directory (a stock per id, fetched one at a time).
@@ -40,6 +45,7 @@
 pub mod blobs;
 pub mod channel;
 mod conn;
+pub mod devices;
 pub mod directory;
 pub mod groups;
 pub mod key_packages;

@@ -1,14 +1,23 @@
-//! Who holds which id, across every node: `lattice:peer:{id}`, a hash `{node, conn, ik}` with a
-//! TTL ([`PRESENCE_TTL`]) that the holding node refreshes ([`Presence::refresh`]); plus the sorted
-//! sets `lattice:{online}` (every holder's id, for `discover` pages in id order) and
-//! `lattice:{online}:exp` (the same ids scored by the expiry of their key, so the ids of a dead
-//! node drop out of `discover` within one TTL). The two sets share a hash tag, so in a Redis
-//! Cluster they live in one slot.
+//! Who holds which id, across every node: `lattice:peer:{id}`, a hash of the id's keys (`ik`,
+//! `kem`, `ksig`: the same for every device of a verified id, which registers with its bound
+//! keys) and one field per online device, `d:<device>` = `"<node> <conn> <expiry ms>"`, whose
+//! expiry the holding node refreshes ([`Presence::refresh_devices`], within [`PRESENCE_TTL`]);
+//! the key itself expires with its last device. Plus the sorted sets `lattice:{online}` (every
+//! online id, for `discover` pages in id order) and `lattice:{online}:exp` (the same ids scored
+//! by the expiry of their key, so the ids of a dead node drop out of `discover` within one TTL).
+//! The two sets share a hash tag, so in a Redis Cluster they live in one slot.
 //!
-//! [`Presence::claim`] is one Lua script on the id's own key, so check and set are one atomic
-//! step on Redis: of any number of claims for one id racing from any number of nodes exactly one
-//! wins, and a verified registration replaces another connection only when it proves the same
-//! identity key (the replaced holder is returned, so the caller can tell that node to close it
+//! **An id is online while any of its devices is** (docs/protocol.md, "Devices"): a claim
+//! reports whether it was the id's first live device ([`Presence::claim_device`]), a release
+//! whether it was the last ([`Presence::release_device`]), so the nodes announce
+//! `peer_connected` and `peer_disconnected` once per id. A device field past its expiry (its node
+//! died) counts as absent and is deleted by the next script that reads it.
+//!
+//! [`Presence::claim_device`] is one Lua script on the id's own key, so check and set are one
+//! atomic step on Redis: of any number of claims for one (id, device) racing from any number of
+//! nodes exactly one wins; a verified registration replaces another connection of the device, or
+//! joins the id's other devices, only when it proves the same identity key (an unverified holder
+//! is never joined) (the replaced holder is returned, so the caller can tell that node to close it
 //! with 4000). Expiry times come from Redis's own clock (`TIME`), never a node's.
 //!
 //! **The online sets are an index, updated right after** the claim, release or refresh (a
@@ -21,7 +30,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, DeviceId};
 use redis::cluster_routing::Slot;
 use redis::Script;
 
@@ -53,54 +62,118 @@ macro_rules! now_ms {
     };
 }
 
-/// KEYS: peer key. ARGV: node, conn, ik (base64 or ''), ttl ms, id, kem, ksig ('' for none).
-/// Returns {0, node, conn} when taken, {1, '', ''} when won, {2, node, conn} when won by replacing.
+// Lua: the live device fields of the hash in `all` (an HGETALL reply), deleting expired ones
+// from KEYS[k]: calls `each(field, node, conn, exp)` for every live one.
+macro_rules! live_devices {
+    () => {
+        "local function live(k, all, each)\n  for i = 1, #all, 2 do\n    local f = all[i]\n    if string.sub(f, 1, 2) == 'd:' then\n      local n, c, e = string.match(all[i + 1], '^(%S+) (%S+) (%S+)$')\n      e = tonumber(e) or 0\n      if e <= now then redis.call('HDEL', KEYS[k], f) else each(f, n, c, e) end\n    end\n  end\nend\n"
+    };
+}
+
+/// KEYS: peer key. ARGV: node, conn, ik (base64 or ''), ttl ms, id, kem, ksig ('' for none),
+/// device. Returns {0, node, conn, 0} when taken, {1, '', '', first} when won, {2, node, conn,
+/// first} when won by replacing; `first` is 1 when no other device of the id is online.
 const CLAIM: &str = concat!(
-    "local cur = redis.call('HMGET', KEYS[1], 'node', 'conn', 'ik')\n",
+    now_ms!(),
+    live_devices!(),
+    "local me = 'd:' .. ARGV[8]\n",
+    "local all = redis.call('HGETALL', KEYS[1])\n",
+    "local ik = nil\n",
+    "for i = 1, #all, 2 do if all[i] == 'ik' then ik = all[i + 1] end end\n",
+    "local mine, other, maxexp = nil, nil, 0\n",
+    "live(1, all, function(f, n, c, e)\n",
+    "  if f == me then mine = {n, c} else\n",
+    "    other = other or {n, c}\n",
+    "    if e > maxexp then maxexp = e end\n",
+    "  end\n",
+    "end)\n",
     "local code = 1\n",
-    "if cur[1] then\n",
-    "  if cur[1] == ARGV[1] and cur[2] == ARGV[2] then\n",
+    "local cur = mine or other\n",
+    "if cur then\n",
+    "  local same = ARGV[3] ~= '' and ik == ARGV[3]\n",
+    "  if mine and mine[1] == ARGV[1] and mine[2] == ARGV[2] then\n",
     "    code = 1\n",
-    "  elseif ARGV[3] ~= '' and cur[3] == ARGV[3] then\n",
+    "  elseif same and mine then\n",
     "    code = 2\n",
-    "  else\n",
-    "    return {0, cur[1], cur[2]}\n",
+    "  elseif not same then\n",
+    "    return {0, cur[1], cur[2], 0}\n",
     "  end\n",
     "end\n",
-    "redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'ik', ARGV[3], 'kem', ARGV[6], 'ksig', ARGV[7])\n",
-    "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n",
-    "if code == 2 then return {2, cur[1], cur[2]} end\n",
-    "return {1, '', ''}\n",
+    "local exp = now + tonumber(ARGV[4])\n",
+    "redis.call('HSET', KEYS[1], 'ik', ARGV[3], 'kem', ARGV[6], 'ksig', ARGV[7], me, ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. exp)\n",
+    "if exp > maxexp then maxexp = exp end\n",
+    "redis.call('PEXPIREAT', KEYS[1], maxexp)\n",
+    "local first = other and 0 or 1\n",
+    "if code == 2 then return {2, mine[1], mine[2], first} end\n",
+    "return {1, '', '', first}\n",
 );
 
-/// KEYS: peer key. ARGV: node, conn. Returns 1 if released.
-const RELEASE: &str = "
-local cur = redis.call('HMGET', KEYS[1], 'node', 'conn')
-if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-";
+/// KEYS: peer key. ARGV: node, conn, device. Returns 0 if that connection does not hold the
+/// device, 1 if released and another device of the id is online, 2 if released and none is
+/// (the key is deleted).
+const RELEASE: &str = concat!(
+    now_ms!(),
+    live_devices!(),
+    "local me = 'd:' .. ARGV[3]\n",
+    "local v = redis.call('HGET', KEYS[1], me)\n",
+    "if not v then return 0 end\n",
+    "local n, c = string.match(v, '^(%S+) (%S+) ')\n",
+    "if n ~= ARGV[1] or c ~= ARGV[2] then return 0 end\n",
+    "redis.call('HDEL', KEYS[1], me)\n",
+    "local maxexp = 0\n",
+    "live(1, redis.call('HGETALL', KEYS[1]), function(f, n, c, e)\n",
+    "  if e > maxexp then maxexp = e end\n",
+    "end)\n",
+    "if maxexp == 0 then redis.call('DEL', KEYS[1]) return 2 end\n",
+    "redis.call('PEXPIREAT', KEYS[1], maxexp)\n",
+    "return 1\n",
+);
 
-/// KEYS: peer keys (of one slot). ARGV: node, ttl ms, then the conn of each id. Extends each key
-/// this node's connection still holds. Returns the 1-based positions of the ids another
-/// connection holds now, and the negated positions of those whose key is gone (Redis restarted
-/// without it, or it expired during a pause): the node claims those again.
-const REFRESH: &str = "
-local out = {}
-for i = 1, #KEYS do
-  local cur = redis.call('HMGET', KEYS[i], 'node', 'conn')
-  if not cur[1] then
-    out[#out + 1] = -i
-  elseif cur[1] == ARGV[1] and cur[2] == ARGV[i + 2] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  else
-    out[#out + 1] = i
-  end
-end
-return out
-";
+/// KEYS: peer keys (of one slot). ARGV: node, ttl ms, then the conn and the device of each key.
+/// Extends each device this node's connection still holds. Returns the 1-based positions of the
+/// devices another connection holds now, and the negated positions of those whose field is gone
+/// or expired (Redis restarted without it, or it expired during a pause): the node claims those
+/// again.
+const REFRESH: &str = concat!(
+    now_ms!(),
+    "local out = {}\n",
+    "local ttl = tonumber(ARGV[2])\n",
+    "for i = 1, #KEYS do\n",
+    "  local f = 'd:' .. ARGV[2 * i + 2]\n",
+    "  local v = redis.call('HGET', KEYS[i], f)\n",
+    "  local n, c, e = nil, nil, 0\n",
+    "  if v then n, c, e = string.match(v, '^(%S+) (%S+) (%S+)$') end\n",
+    "  if not v then\n",
+    "    out[#out + 1] = -i\n",
+    "  elseif n == ARGV[1] and c == ARGV[2 * i + 1] then\n",
+    "    redis.call('HSET', KEYS[i], f, n .. ' ' .. c .. ' ' .. (now + ttl))\n",
+    "    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end\n",
+    "  elseif (tonumber(e) or 0) <= now then\n",
+    "    out[#out + 1] = -i\n",
+    "  else\n",
+    "    out[#out + 1] = i\n",
+    "  end\n",
+    "end\n",
+    "return out\n",
+);
+
+/// KEYS: peer key. Returns {ik, kem, ksig, then device, node, conn of each live device}, or {}
+/// when no device of the id is online.
+const LIVE: &str = concat!(
+    now_ms!(),
+    live_devices!(),
+    "local all = redis.call('HGETALL', KEYS[1])\n",
+    "local h = {}\n",
+    "for i = 1, #all, 2 do h[all[i]] = all[i + 1] end\n",
+    "local out = {h['ik'] or '', h['kem'] or '', h['ksig'] or ''}\n",
+    "live(1, all, function(f, n, c, e)\n",
+    "  out[#out + 1] = string.sub(f, 3)\n",
+    "  out[#out + 1] = n\n",
+    "  out[#out + 1] = c\n",
+    "end)\n",
+    "if #out == 3 then return {} end\n",
+    "return out\n",
+);
 
 /// KEYS: online, online:exp. ARGV: ttl ms, then ids. Lists the ids as online until the TTL from
 /// now.
@@ -133,7 +206,7 @@ const PAGE: &str = concat!(
 );
 
 /// Held ids whose keys share a slot (all of them on one Redis), refreshed by one script.
-type SlotGroup<'a> = (Option<Slot>, Vec<&'a (ClientId, u64)>);
+type SlotGroup<'a> = (Option<Slot>, Vec<&'a (ClientId, DeviceId, u64)>);
 
 /// The connection holding an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +238,27 @@ pub struct Refreshed {
     pub gone: Vec<ClientId>,
 }
 
+/// What a refresh of devices found ([`Presence::refresh_devices`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DevicesRefreshed {
+    /// Devices another connection holds now: their sessions here are stale and should close.
+    pub taken: Vec<(ClientId, DeviceId)>,
+    /// Devices whose field is gone: claim them again (with their keys).
+    pub gone: Vec<(ClientId, DeviceId)>,
+}
+
+/// What a release did ([`Presence::release_device`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The connection did not hold the device (replaced, or expired and claimed elsewhere).
+    NotHeld,
+    /// Released; `last` when no device of the id is online any more (presence changes).
+    Released {
+        /// No other device of the id is online.
+        last: bool,
+    },
+}
+
 /// What a claim did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -178,6 +272,15 @@ pub enum Claim {
     Taken(Holder),
 }
 
+fn parse_holder(node: String, conn: &str) -> Result<Holder, ClusterError> {
+    Ok(Holder {
+        node: NodeId::from_redis(node),
+        conn: conn
+            .parse()
+            .map_err(|_| ClusterError::Reply("a connection id that is not a number"))?,
+    })
+}
+
 /// A node's view of presence in Redis.
 #[derive(Clone)]
 pub struct Presence {
@@ -188,6 +291,7 @@ pub struct Presence {
     claim: Script,
     release: Script,
     refresh: Script,
+    live: Script,
     index: Script,
     unindex: Script,
     page: Script,
@@ -226,6 +330,7 @@ impl Presence {
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             refresh: Script::new(REFRESH),
+            live: Script::new(LIVE),
             index: Script::new(INDEX),
             unindex: Script::new(UNINDEX),
             page: Script::new(PAGE),
@@ -249,9 +354,8 @@ impl Presence {
         &self.node
     }
 
-    /// Makes connection `conn` of this node the holder of `id`. A holder on another connection
-    /// is replaced only by a verified claim with the same identity key. `keys` are kept for
-    /// [`Presence::keys`].
+    /// Makes connection `conn` of this node the holder of `id`'s primary device
+    /// ([`Self::claim_device`]).
     ///
     /// # Errors
     /// Redis unreachable or failing.
@@ -261,8 +365,29 @@ impl Presence {
         conn: u64,
         keys: &PeerKeys,
     ) -> Result<Claim, ClusterError> {
+        Ok(self
+            .claim_device(id, &DeviceId::primary(), conn, keys)
+            .await?
+            .0)
+    }
+
+    /// Makes connection `conn` of this node the holder of `id`'s `device`. A holder of the
+    /// device on another connection is replaced, and another online device of the id is joined,
+    /// only by a verified claim with the same identity key. `keys` are kept for
+    /// [`Presence::keys`]. The flag is true when no other device of the id was online (the id
+    /// comes online: `peer_connected`).
+    ///
+    /// # Errors
+    /// Redis unreachable or failing.
+    pub async fn claim_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        conn: u64,
+        keys: &PeerKeys,
+    ) -> Result<(Claim, bool), ClusterError> {
         let ik = keys.identity_key.map(|k| B64.encode(k)).unwrap_or_default();
-        let (code, node, holder_conn): (i64, String, String) = self
+        let (code, node, holder_conn, first): (i64, String, String, i64) = self
             .claim
             .key(id_key("peer", id))
             .arg(self.node.as_str())
@@ -272,19 +397,14 @@ impl Presence {
             .arg(id.as_str())
             .arg(&keys.public_key[..])
             .arg(keys.key_signature.as_deref().unwrap_or_default())
+            .arg(device.as_str())
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
-        let holder = || -> Result<Holder, ClusterError> {
-            Ok(Holder {
-                node: NodeId::from_redis(node.clone()),
-                conn: holder_conn
-                    .parse()
-                    .map_err(|_| ClusterError::Reply("a connection id that is not a number"))?,
-            })
-        };
+        let holder =
+            || -> Result<Holder, ClusterError> { parse_holder(node.clone(), &holder_conn) };
         let claim = match code {
-            0 => return Ok(Claim::Taken(holder()?)),
+            0 => return Ok((Claim::Taken(holder()?), false)),
             1 => Claim::Won { replaced: None },
             2 => Claim::Won {
                 replaced: Some(holder()?),
@@ -292,7 +412,7 @@ impl Presence {
             _ => return Err(ClusterError::Reply("an unknown claim result")),
         };
         self.index(&[id]).await?;
-        Ok(claim)
+        Ok((claim, first == 1))
     }
 
     /// Lists `ids` in the online sets until one TTL from now.
@@ -312,20 +432,36 @@ impl Presence {
         Ok(())
     }
 
-    /// Frees `id` if connection `conn` of this node still holds it; true if it did.
+    /// Frees `id`'s primary device if connection `conn` of this node still holds it; true if
+    /// it did ([`Self::release_device`]).
     ///
     /// # Errors
     /// Redis unreachable or failing.
     pub async fn release(&self, id: &ClientId, conn: u64) -> Result<bool, ClusterError> {
-        let released: i64 = self
+        Ok(self.release_device(id, &DeviceId::primary(), conn).await? != Released::NotHeld)
+    }
+
+    /// Frees `id`'s `device` if connection `conn` of this node still holds it; the id leaves the
+    /// online sets with its last device.
+    ///
+    /// # Errors
+    /// Redis unreachable or failing.
+    pub async fn release_device(
+        &self,
+        id: &ClientId,
+        device: &DeviceId,
+        conn: u64,
+    ) -> Result<Released, ClusterError> {
+        let code: i64 = self
             .release
             .key(id_key("peer", id))
             .arg(self.node.as_str())
             .arg(conn)
+            .arg(device.as_str())
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
-        if released == 1 {
+        if code == 2 {
             let _: i64 = self
                 .unindex
                 .key(online_key())
@@ -335,15 +471,40 @@ impl Presence {
                 .timed(&self.stats)
                 .await?;
         }
-        Ok(released == 1)
+        Ok(match code {
+            0 => Released::NotHeld,
+            1 => Released::Released { last: false },
+            _ => Released::Released { last: true },
+        })
     }
 
-    /// Extends the ids this node holds, `(id, conn)` each, in batches of [`REFRESH_BATCH`].
+    /// Extends the primary devices this node holds, `(id, conn)` each
+    /// ([`Self::refresh_devices`]).
     ///
     /// # Errors
-    /// Redis unreachable or failing (ids of the batches before the failure were refreshed).
+    /// As [`Self::refresh_devices`].
     pub async fn refresh(&self, held: &[(ClientId, u64)]) -> Result<Refreshed, ClusterError> {
-        let mut out = Refreshed::default();
+        let held: Vec<(ClientId, DeviceId, u64)> = held
+            .iter()
+            .map(|(id, conn)| (id.clone(), DeviceId::primary(), *conn))
+            .collect();
+        let r = self.refresh_devices(&held).await?;
+        Ok(Refreshed {
+            taken: r.taken.into_iter().map(|(id, _)| id).collect(),
+            gone: r.gone.into_iter().map(|(id, _)| id).collect(),
+        })
+    }
+
+    /// Extends the devices this node holds, `(id, device, conn)` each, in batches of
+    /// [`REFRESH_BATCH`].
+    ///
+    /// # Errors
+    /// Redis unreachable or failing (devices of the batches before the failure were refreshed).
+    pub async fn refresh_devices(
+        &self,
+        held: &[(ClientId, DeviceId, u64)],
+    ) -> Result<DevicesRefreshed, ClusterError> {
+        let mut out = DevicesRefreshed::default();
         for batch in held.chunks(REFRESH_BATCH) {
             // One script per slot (one for everything on one Redis), run concurrently.
             let mut groups: Vec<SlotGroup<'_>> = Vec::new();
@@ -358,17 +519,18 @@ impl Presence {
                 .iter()
                 .map(|(_, members)| self.refresh_group(members));
             let mut extended: Vec<&ClientId> = Vec::with_capacity(batch.len());
+            // (An id with several devices here is listed once per device: ZADD is idempotent.)
             for (result, (_, members)) in futures_util::future::join_all(calls)
                 .await
                 .into_iter()
                 .zip(&groups)
             {
                 let (taken, gone) = result?;
-                for (i, (id, _)) in members.iter().enumerate() {
+                for (i, (id, device, _)) in members.iter().enumerate() {
                     if taken.contains(&i) {
-                        out.taken.push(id.clone());
+                        out.taken.push((id.clone(), device.clone()));
                     } else if gone.contains(&i) {
-                        out.gone.push(id.clone());
+                        out.gone.push((id.clone(), device.clone()));
                     } else {
                         extended.push(id);
                     }
@@ -383,13 +545,13 @@ impl Presence {
     /// those whose key is gone.
     async fn refresh_group(
         &self,
-        members: &[&(ClientId, u64)],
+        members: &[&(ClientId, DeviceId, u64)],
     ) -> Result<(Vec<usize>, Vec<usize>), ClusterError> {
         let mut inv = self.refresh.prepare_invoke();
         inv.arg(self.node.as_str()).arg(self.ttl_ms);
-        for (id, conn) in members {
+        for (id, device, conn) in members {
             inv.key(id_key("peer", id));
-            inv.arg(*conn);
+            inv.arg(*conn).arg(device.as_str());
         }
         let positions: Vec<i64> = inv
             .invoke_async(&mut self.conn.clone())
@@ -411,75 +573,74 @@ impl Presence {
         Ok((taken, gone))
     }
 
-    /// The holder of `id` and the keys it registered with, if `id` is online on any node.
+    /// Every online device of `id` with its holder (the primary first if online), and the keys
+    /// the id registered with; `None` when no device of `id` is online on any node.
     ///
     /// # Errors
     /// Redis unreachable or failing.
-    pub async fn keys(&self, id: &ClientId) -> Result<Option<(Holder, PeerKeys)>, ClusterError> {
-        type Row = (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        );
-        let (node, conn, ik, kem, ksig): Row = redis::cmd("HMGET")
-            .arg(id_key("peer", id))
-            .arg("node")
-            .arg("conn")
-            .arg("ik")
-            .arg("kem")
-            .arg("ksig")
-            .query_async(&mut self.conn.clone())
+    pub async fn live(
+        &self,
+        id: &ClientId,
+    ) -> Result<Option<(Vec<(DeviceId, Holder)>, PeerKeys)>, ClusterError> {
+        let raw: Vec<Vec<u8>> = self
+            .live
+            .key(id_key("peer", id))
+            .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
-        let (Some(node), Some(conn), Some(public_key)) = (node, conn, kem) else {
+        let [ik, kem, ksig, devices @ ..] = raw.as_slice() else {
             return Ok(None);
         };
-        let identity_key = match ik.as_deref() {
-            None | Some("") => None,
-            Some(b64) => Some(
+        let text = |b: &[u8]| -> Result<String, ClusterError> {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| ClusterError::Reply("a presence field that is not text"))
+        };
+        let identity_key = match ik.as_slice() {
+            [] => None,
+            b64 => Some(
                 B64.decode(b64)
                     .ok()
                     .and_then(|k| <[u8; 32]>::try_from(k).ok())
                     .ok_or(ClusterError::Reply("an identity key that is not 32 bytes"))?,
             ),
         };
-        let holder = Holder {
-            node: NodeId::from_redis(node),
-            conn: conn
-                .parse()
-                .map_err(|_| ClusterError::Reply("a connection id that is not a number"))?,
-        };
+        let mut holders = Vec::with_capacity(devices.len() / 3);
+        for d in devices.chunks(3) {
+            let [device, node, conn] = d else {
+                return Err(ClusterError::Reply("a presence reply of the wrong length"));
+            };
+            let device = DeviceId::new(text(device)?)
+                .map_err(|_| ClusterError::Reply("an invalid device id"))?;
+            holders.push((device, parse_holder(text(node)?, &text(conn)?)?));
+        }
+        if let Some(i) = holders.iter().position(|(d, _)| d.is_primary()) {
+            holders.swap(0, i);
+        }
         let keys = PeerKeys {
-            public_key,
+            public_key: kem.clone(),
             identity_key,
-            key_signature: ksig.filter(|s| !s.is_empty()),
+            key_signature: Some(ksig.clone()).filter(|s| !s.is_empty()),
         };
-        Ok(Some((holder, keys)))
+        Ok(Some((holders, keys)))
     }
 
-    /// The connection holding `id`, if any.
+    /// A holder of `id` (its primary device if online, else any) and the keys it registered
+    /// with, if `id` is online on any node.
+    ///
+    /// # Errors
+    /// Redis unreachable or failing.
+    pub async fn keys(&self, id: &ClientId) -> Result<Option<(Holder, PeerKeys)>, ClusterError> {
+        Ok(self.live(id).await?.and_then(|(holders, keys)| {
+            holders.into_iter().next().map(|(_, holder)| (holder, keys))
+        }))
+    }
+
+    /// The connection holding `id` (its primary device if online, else any), if any.
     ///
     /// # Errors
     /// Redis unreachable or failing.
     pub async fn holder(&self, id: &ClientId) -> Result<Option<Holder>, ClusterError> {
-        let (node, conn): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(id_key("peer", id))
-            .arg("node")
-            .arg("conn")
-            .query_async(&mut self.conn.clone())
-            .timed(&self.stats)
-            .await?;
-        match (node, conn) {
-            (Some(node), Some(conn)) => Ok(Some(Holder {
-                node: NodeId::from_redis(node),
-                conn: conn
-                    .parse()
-                    .map_err(|_| ClusterError::Reply("a connection id that is not a number"))?,
-            })),
-            _ => Ok(None),
-        }
+        Ok(self.keys(id).await?.map(|(holder, _)| holder))
     }
 
     /// Up to `limit` online ids after `after` (from the start if `None`), in id order, across

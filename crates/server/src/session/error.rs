@@ -198,8 +198,8 @@ pub(crate) enum HandlerError {
     /// A device list or device part whose shape breaks the rules (reserved id, duplicates, keys).
     #[error("{0}")]
     BadDeviceList(String),
-    /// Linked devices on a server that cannot serve them (several nodes on Redis).
-    #[error("Linked devices are not available on this server yet: it runs as several nodes on Redis, where only the primary device (a register without a device part) is served")]
+    /// What a server cannot serve to linked devices yet (MLS groups on several nodes on Redis).
+    #[error("MLS groups are not available to linked devices on this server yet: it runs as several nodes on Redis, where only primary devices are group members (leaves)")]
     DevicesNotSupported,
 }
 

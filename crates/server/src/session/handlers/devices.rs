@@ -1,7 +1,9 @@
 //! `device_list_upload` and the checks of a device `register` (docs/protocol.md, "Devices"): the
 //! identity key's signature over a device list and over a device's certificate, the list's bounds
 //! and counter, and what a new list removes (the removed devices' connections close with 4001).
-//! Single node only for now: on a node of several (`--redis`) both are `DEVICES_NOT_SUPPORTED`.
+//! On a node of several (`--redis`) the list is [`crate::cluster::devices::RedisDevices`]' record
+//! (the same checks and answers), and a removed device is closed on whichever node holds it
+//! ([`crate::node::Node::close_removed`]).
 
 use base64::Engine as _;
 use lattice_crypto::IdentityPublicKey;
@@ -13,14 +15,12 @@ use lattice_protocol::{
 use tracing::{info, warn};
 
 use super::{Close, Core};
-use crate::hub::PeerEntry;
+use crate::cluster::devices::RedisDeviceListError;
+use crate::hub::{PeerEntry, DEVICE_REMOVED_REASON};
 use crate::session::error::HandlerError;
 use crate::store::DeviceListError;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// The close reason of a device a new list left out.
-pub(super) const DEVICE_REMOVED_REASON: &str = "device removed from the id's device list";
 
 /// A base64 Ed25519 public key of a device, decoded and checked (a valid point, not small order).
 pub(super) fn device_key(b64: &str) -> Result<IdentityPublicKey, HandlerError> {
@@ -79,10 +79,27 @@ pub(super) fn check_device_list(
 }
 
 impl Core {
+    /// The stored device list of `id`, from the store this server uses.
+    pub(super) async fn device_list(
+        &self,
+        id: &ClientId,
+    ) -> Result<Option<SignedDeviceList>, HandlerError> {
+        match &self.state.node {
+            Some(node) => node.devices.list(id).await.map_err(|e| {
+                warn!(error = %e, "device list read failed");
+                HandlerError::ClusterUnavailable
+            }),
+            None => self.state.store.device_list(id).map_err(|e| {
+                warn!(error = %e, "device list read failed");
+                HandlerError::StorageUnavailable
+            }),
+        }
+    }
+
     /// Verifies and stores a new device list of `id` (bound to `identity`) and closes the
-    /// connections of the devices it removes. The list must have a higher counter than the
-    /// stored one; true if it removed the device `me`.
-    pub(super) fn store_device_list(
+    /// connections of the devices it removes (on any node). The list must have a higher counter
+    /// than the stored one; true if it removed the device `me`.
+    pub(super) async fn store_device_list(
         &mut self,
         id: &ClientId,
         identity: &IdentityPublicKey,
@@ -90,21 +107,31 @@ impl Core {
         me: Option<&DeviceId>,
     ) -> Result<bool, HandlerError> {
         check_device_list(id, identity, list)?;
-        let removed = self
-            .state
-            .store
-            .put_device_list(id, list)
-            .map_err(|e| match e {
-                DeviceListError::Stale { stored } => HandlerError::StaleDeviceList {
-                    id: id.clone(),
-                    got: list.counter,
-                    stored,
-                },
-                DeviceListError::Store(e) => {
+        let stale = |stored| HandlerError::StaleDeviceList {
+            id: id.clone(),
+            got: list.counter,
+            stored,
+        };
+        let removed = match &self.state.node {
+            Some(node) => node.devices.put_list(id, list).await.map_err(|e| match e {
+                RedisDeviceListError::Stale { stored } => stale(stored),
+                RedisDeviceListError::Contended | RedisDeviceListError::Redis(_) => {
                     warn!(error = %e, "device list write failed");
-                    HandlerError::StorageUnavailable
+                    HandlerError::ClusterUnavailable
                 }
-            })?;
+            })?,
+            None => self
+                .state
+                .store
+                .put_device_list(id, list)
+                .map_err(|e| match e {
+                    DeviceListError::Stale { stored } => stale(stored),
+                    DeviceListError::Store(e) => {
+                        warn!(error = %e, "device list write failed");
+                        HandlerError::StorageUnavailable
+                    }
+                })?,
+        };
         info!(
             counter = list.counter,
             devices = list.devices.len(),
@@ -117,16 +144,24 @@ impl Core {
                 removed_me = true;
                 continue;
             }
-            if let Some(entry) = self.state.hub.device(id, device) {
-                entry
-                    .session
-                    .close(close_code::DEVICE_REMOVED, DEVICE_REMOVED_REASON);
+            match &self.state.node {
+                Some(node) => {
+                    node.close_removed(self.state.hub.as_ref(), id, device)
+                        .await;
+                }
+                None => {
+                    if let Some(entry) = self.state.hub.device(id, device) {
+                        entry
+                            .session
+                            .close(close_code::DEVICE_REMOVED, DEVICE_REMOVED_REASON);
+                    }
+                }
             }
         }
         Ok(removed_me)
     }
 
-    pub(super) fn on_device_list_upload(
+    pub(super) async fn on_device_list_upload(
         &mut self,
         peer: &PeerEntry,
         u: DeviceListUpload,
@@ -134,16 +169,16 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("device_list_upload"));
         }
-        if self.state.node.is_some() {
-            return Err(HandlerError::DevicesNotSupported);
-        }
         let identity = peer
             .identity_key
             .as_ref()
             .and_then(|k| IdentityPublicKey::from_bytes(k).ok())
             .ok_or(HandlerError::VerificationRequired("device_list_upload"))?;
         let list = u.device_list;
-        if self.store_device_list(&peer.id, &identity, &list, Some(&peer.device))? {
+        if self
+            .store_device_list(&peer.id, &identity, &list, Some(&peer.device))
+            .await?
+        {
             // The answer goes out first; then this device leaves.
             self.close_after = Some(Close {
                 code: close_code::DEVICE_REMOVED,

@@ -143,6 +143,11 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("group_commit"));
         }
+        // A node of several fans groups out to primary devices only (for now): a linked device
+        // is no leaf there, so its group frames are refused, not half served.
+        if self.state.node.is_some() && !peer.device.is_primary() {
+            return Err(HandlerError::DevicesNotSupported);
+        }
         let commit = decode_b64("commit", &c.commit)?;
         check_private("commit", &commit, &c.group_id, true, Some(c.epoch))?;
         if let Some(w) = &c.welcome {
@@ -169,8 +174,8 @@ impl Core {
                     max: MAX_GROUP_MEMBERS,
                 });
             }
-            // A node of several routes by id (every id has only its primary device there): a
-            // linked device's leaf would never get its copies, so it is refused, not ignored.
+            // A node of several fans groups out to primary devices only (for now): a linked
+            // device's leaf would never get its copies, so it is refused, not ignored.
             if self.state.node.is_some() && leaves.iter().any(|l| !l.device_id.is_primary()) {
                 return Err(HandlerError::DevicesNotSupported);
             }
@@ -244,6 +249,11 @@ impl Core {
     ) -> Result<ServerFrame, HandlerError> {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("group_message"));
+        }
+        // A node of several fans groups out to primary devices only (for now): a linked device
+        // is no leaf there, so its group frames are refused, not half served.
+        if self.state.node.is_some() && !peer.device.is_primary() {
+            return Err(HandlerError::DevicesNotSupported);
         }
         let message = decode_b64("message", &m.message)?;
         check_private("message", &message, &m.group_id, false, None)?;

@@ -3,7 +3,8 @@
 //! only its own stock); it cannot check what a KeyPackage says (its credential, its signature):
 //! the client that fetches one validates it against the identity key it pinned for the id.
 //! On a node of several (`--redis`) the directory is [`crate::cluster::key_packages::RedisKeyPackages`]
-//! (the same checks and answers; the low-stock notice reaches an owner on any node).
+//! (the same checks and answers, a stock per (id, device); the low-stock notice reaches the
+//! device on any node).
 
 use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
@@ -68,7 +69,7 @@ impl Core {
         let stock = match self.state.node.clone() {
             Some(node) => node
                 .key_packages
-                .upload(&peer.id, &one_time, last_resort.as_deref())
+                .upload_device(&peer.id, &peer.device, &one_time, last_resort.as_deref())
                 .await
                 .map_err(|e| match e {
                     RedisUploadError::StockFull { stock, adding } => {
@@ -128,23 +129,29 @@ impl Core {
         }
         let node = self.state.node.clone();
         // Older clients (no `allDevices`) get the primary device's, as before devices existed.
-        let devices = if f.all_devices && node.is_none() {
-            self.state.store.devices_of(&f.client_id).map_err(|e| {
+        let devices = match (&node, f.all_devices) {
+            (_, false) => vec![DeviceId::primary()],
+            (Some(node), true) => node.devices.devices_of(&f.client_id).await.map_err(|e| {
+                warn!(error = %e, "device list read failed");
+                HandlerError::ClusterUnavailable
+            })?,
+            (None, true) => self.state.store.devices_of(&f.client_id).map_err(|e| {
                 warn!(error = %e, "device list read failed");
                 HandlerError::StorageUnavailable
-            })?
-        } else {
-            vec![DeviceId::primary()]
+            })?,
         };
         let found = match &node {
+            // One script takes one of every device's (a consistent cut across nodes); devices
+            // with none are left out, as on one node.
             Some(node) => node
                 .key_packages
-                .fetch(&f.client_id)
+                .fetch_all(&f.client_id, &devices)
                 .await
                 .map(|found| {
                     found
-                        .map(|k| vec![(DeviceId::primary(), k)])
-                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(device, k)| Some((device, k?)))
+                        .collect::<Vec<_>>()
                 })
                 .map_err(|e| {
                     warn!(error = %e, "key package fetch failed");
@@ -174,7 +181,7 @@ impl Core {
             })));
             match &node {
                 Some(node) => {
-                    node.notify(self.state.hub.as_ref(), &f.client_id, frame.into())
+                    node.notify_device(self.state.hub.as_ref(), &f.client_id, device, frame.into())
                         .await;
                 }
                 None => self.notify_low_stock(&f.client_id, device, frame.into()),
@@ -200,7 +207,7 @@ impl Core {
 
     /// Tells an online owner its stock runs low. Best effort through its bounded queue: with the
     /// queue full the notice is dropped (the owner learns its stock from every upload answer).
-    /// (On several nodes, [`crate::node::Node::notify`] reaches an owner on any node.)
+    /// (On several nodes, [`crate::node::Node::notify_device`] reaches the device on any node.)
     fn notify_low_stock(&self, owner: &ClientId, device: &DeviceId, frame: Utf8Bytes) {
         let Some(entry) = self.state.hub.device(owner, device) else {
             return;

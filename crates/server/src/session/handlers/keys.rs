@@ -27,15 +27,8 @@ impl Core {
             },
             (None, None) => None,
         };
-        // Contacts check every MLS leaf of the id against its signed list (single node only: a
-        // node of several serves no devices yet).
-        let device_list = match &self.state.node {
-            Some(_) => None,
-            None => self.state.store.device_list(&r.target_id).map_err(|e| {
-                warn!(error = %e, "device list read failed");
-                HandlerError::StorageUnavailable
-            })?,
-        };
+        // Contacts check every MLS leaf of the id against its signed list.
+        let device_list = self.device_list(&r.target_id).await?;
         let body = if let Some(k) = online {
             PublicKeyResponse {
                 peer_id: r.target_id,

@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::error::HandlerError;
+use crate::cluster::presence::Released;
 use crate::hub::{PeerEntry, SessionShared};
 use crate::limits::{INVALID_WINDOW, MAILBOX_BATCH, MAX_INVALID_FRAMES};
 use crate::metrics::Metrics;
@@ -255,7 +256,9 @@ impl Core {
                     }
                     ClientFrame::BlobToken(_) => self.on_blob_token(&peer).await.map(Some),
                     ClientFrame::DeviceListUpload(u) => {
-                        self.on_device_list_upload(&peer, u).map(Some)
+                        Box::pin(self.on_device_list_upload(&peer, u))
+                            .await
+                            .map(Some)
                     }
                     ClientFrame::Challenge(_) | ClientFrame::Register(_) => Ok(None),
                 },
@@ -374,12 +377,17 @@ impl Core {
             if released {
                 self.state.questions.forget_demos(&peer.id);
             }
-            match node.presence.release(&peer.id, self.shared.conn_id).await {
-                Ok(true) => {
+            match node
+                .presence
+                .release_device(&peer.id, &peer.device, self.shared.conn_id)
+                .await
+            {
+                // Presence is per id: only its last online device anywhere makes it leave.
+                Ok(Released::Released { last: true }) => {
                     node.announce(&peer.id, false).await;
                     info!("disconnected");
                 }
-                Ok(false) => {}
+                Ok(_) => {}
                 Err(e) => warn!(error = %e, "presence release failed: it expires"),
             }
             return;

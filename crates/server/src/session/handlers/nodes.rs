@@ -3,22 +3,26 @@
 //!
 //! - `message`: a verified recipient, online on any node or offline, gets the message through
 //!   its mailbox stream: stored (within the same quotas, deduplicated by (sender, `messageId`)
-//!   across nodes) *before* the sender hears `queued`, then its node is told to drain. An
-//!   unverified (original) recipient has no mailbox: its frame goes to its node's channel, at
-//!   most once, as a full queue drops it on one node.
-//! - the drain: first everything an earlier connection of the peer was handed and did not
-//!   acknowledge (its node may have died), then what nobody was handed; `ack` removes.
+//!   across nodes) *before* the sender hears `queued`, then its node is told to drain; a
+//!   recipient with linked devices gets it in every device's stream (all or nothing), and every
+//!   node holding one of its devices is told. An unverified (original) recipient has no mailbox:
+//!   its frame goes to its node's channel, at most once, as a full queue drops it on one node.
+//! - the drain, per device: first everything an earlier connection of the device was handed and
+//!   did not acknowledge (its node may have died), then what nobody was handed; `ack` removes
+//!   the device's own copy.
 //! - `discover`, `request_public_key`: the ids and keys of every node.
 
 use std::collections::{HashMap, VecDeque};
 
-use lattice_protocol::{AckStatus, ClientId, MessageId, PeerResponse, RequestId, ServerFrame};
+use lattice_protocol::{
+    AckStatus, ClientId, DeviceId, MessageId, PeerResponse, RequestId, ServerFrame,
+};
 use tracing::{debug, warn};
 
 use super::relay::{refusal, server_message_id};
 use super::Core;
-use crate::cluster::mailbox::RedisEnqueueError;
-use crate::cluster::presence::PeerKeys;
+use crate::cluster::mailbox::{RedisEnqueueAllError, RedisEnqueueError};
+use crate::cluster::presence::{Holder, PeerKeys};
 use crate::hub::{Out, PeerEntry};
 use crate::inflight::{Answer, AwaitKey};
 use crate::limits::{IN_FLIGHT_PER_CONNECTION, MAILBOX_BATCH};
@@ -33,8 +37,9 @@ use crate::store::{Accepted, EnqueueError, MailItem};
 enum Whereabouts {
     /// On this node.
     Here(std::sync::Arc<PeerEntry>),
-    /// On another node, with the keys it registered (verified if it has an identity key).
-    There(crate::cluster::presence::Holder, PeerKeys),
+    /// On other nodes: every online device with its holder (the primary first if online), and
+    /// the keys the id registered with (verified if it has an identity key).
+    There(Vec<(DeviceId, Holder)>, PeerKeys),
     /// Nowhere.
     Offline,
 }
@@ -54,10 +59,12 @@ impl Core {
             return Err(HandlerError::NotAnEnvelope);
         }
         let timestamp = unix_ms();
-        let whereabouts = match self.state.hub.get(&target) {
+        // The primary device: an id without linked devices has only that one (and a linked
+        // device still closing here must not take its notice).
+        let whereabouts = match self.state.hub.device(&target, &DeviceId::primary()) {
             Some(e) => Whereabouts::Here(e),
-            None => match node.presence.keys(&target).await {
-                Ok(Some((holder, keys))) => Whereabouts::There(holder, keys),
+            None => match node.presence.live(&target).await {
+                Ok(Some((holders, keys))) => Whereabouts::There(holders, keys),
                 Ok(None) => Whereabouts::Offline,
                 Err(e) => {
                     warn!(error = %e, %target, "presence lookup failed");
@@ -98,6 +105,16 @@ impl Core {
             sender: peer.id.clone(),
             frame,
         };
+        let devices = node.devices.devices_of(&target).await.map_err(|e| {
+            warn!(error = %e, %target, "device list read failed");
+            HandlerError::ClusterUnavailable
+        })?;
+        if devices.len() > 1 {
+            return self
+                .relay_to_devices_cluster(node, whereabouts, &target, &devices, &item)
+                .await
+                .map(|()| self.ack(&target, sender_mid.as_ref(), rid, AckStatus::Queued));
+        }
         let quota = self.state.config.mailbox_quota();
         let accepted = match node.mailbox.enqueue(&target, &item, &quota).await {
             Ok((accepted, _)) => {
@@ -138,16 +155,7 @@ impl Core {
                 e.session.notify_mail();
                 true
             }
-            Whereabouts::There(holder, _) => {
-                let msg = NodeMsg::Mail { to: target.clone() };
-                match node.publish(&holder.node, &msg).await {
-                    Ok(listening) => listening,
-                    Err(e) => {
-                        warn!(error = %e, %target, "mail notice not published");
-                        false
-                    }
-                }
-            }
+            Whereabouts::There(holders, _) => node.mail_to_nodes(&target, &holders).await,
             Whereabouts::Offline => false,
         };
         let answer_now = match owed {
@@ -167,6 +175,70 @@ impl Core {
         if answer_now {
             self.ack(&target, sender_mid.as_ref(), rid, AckStatus::Queued);
         }
+        Ok(())
+    }
+
+    /// A message for a verified id with linked devices (docs/protocol.md, "Devices"): stored in
+    /// the mailbox stream of every device of the id in one script (all or nothing), then each
+    /// online device's node is told to drain (one notice per node); the sender hears `queued`
+    /// (end-to-end `delivered` comes from the receipt inside the MLS conversation, as on one
+    /// node).
+    async fn relay_to_devices_cluster(
+        &mut self,
+        node: &Node,
+        whereabouts: Whereabouts,
+        target: &ClientId,
+        devices: &[DeviceId],
+        item: &MailItem,
+    ) -> Result<(), HandlerError> {
+        let quota = self.state.config.mailbox_quota();
+        match node
+            .mailbox
+            .enqueue_all(target, devices, item, &quota)
+            .await
+        {
+            Ok(accepted) => {
+                if accepted == Accepted::Duplicate {
+                    debug!(%target, message_id = %item.message_id, "resend of a stored message");
+                }
+            }
+            Err(RedisEnqueueAllError::Full { device, limit }) => {
+                debug!(%target, %device, "a device's mailbox is full: refused for every device");
+                return Err(refusal(
+                    &self.state,
+                    target,
+                    EnqueueError::Full {
+                        recipient: target.clone(),
+                        limit,
+                    },
+                ));
+            }
+            Err(e) => {
+                warn!(error = %e, %target, "mailbox write failed");
+                return Err(HandlerError::ClusterUnavailable);
+            }
+        }
+        Metrics::inc(&self.state.metrics.messages_queued);
+        // Stored: from here on the sender hears `queued` whatever happens to the notices.
+        for local in self.state.hub.devices(target) {
+            local.session.notify_mail();
+        }
+        let holders = match whereabouts {
+            Whereabouts::There(holders, _) => Some(holders),
+            // Some devices here; others may be on other nodes.
+            Whereabouts::Here(_) => match node.presence.live(target).await {
+                Ok(found) => found.map(|(h, _)| h),
+                Err(e) => {
+                    warn!(error = %e, %target, "presence lookup failed: devices drain when they return");
+                    None
+                }
+            },
+            Whereabouts::Offline => None,
+        };
+        if let Some(holders) = holders {
+            node.mail_to_nodes(target, &holders).await;
+        }
+        debug!(%target, devices = devices.len(), "queued for every device");
         Ok(())
     }
 
@@ -225,7 +297,10 @@ impl Core {
                     }
                 }
             }
-            Whereabouts::There(holder, _) => {
+            Whereabouts::There(holders, _) => {
+                let Some((_, holder)) = holders.into_iter().next() else {
+                    return Err(HandlerError::PeerNotFound(target.clone()));
+                };
                 let msg = NodeMsg::Route {
                     to: target.clone(),
                     conn: holder.conn,
@@ -265,11 +340,17 @@ impl Core {
             debug!(%message_id, "ack without fromId names no single handed message: kept");
             return;
         };
-        match node.mailbox.remove(&peer.id, &from, &message_id).await {
-            Ok(true) => {
-                node.acked(self.state.hub.as_ref(), &from, &peer.id, &message_id)
-                    .await;
+        match node
+            .mailbox
+            .remove_device(&peer.id, &peer.device, &from, &message_id)
+            .await
+        {
+            // Each device acknowledges its own copy. Only a message to an id without linked
+            // devices (its primary's) may have a sender waiting for `delivered`.
+            Ok(true) if peer.device.is_primary() => {
+                node.acked(&from, &peer.id, &message_id).await;
             }
+            Ok(true) => {}
             Ok(false) => debug!(%message_id, "ack of a message not in the mailbox"),
             Err(e) => warn!(error = %e, %message_id, "mailbox removal failed: it comes again"),
         }
@@ -283,7 +364,13 @@ impl Core {
             Some(start) => {
                 match node
                     .mailbox
-                    .take_over(&peer.id, &consumer, start.as_deref(), MAILBOX_BATCH)
+                    .take_over_device(
+                        &peer.id,
+                        &peer.device,
+                        &consumer,
+                        start.as_deref(),
+                        MAILBOX_BATCH,
+                    )
                     .await
                 {
                     Ok((items, next)) => {
@@ -296,7 +383,7 @@ impl Core {
             }
             None => node
                 .mailbox
-                .claim(&peer.id, &consumer, MAILBOX_BATCH)
+                .claim_device(&peer.id, &peer.device, &consumer, MAILBOX_BATCH)
                 .await
                 .inspect(|items| {
                     if items.len() < MAILBOX_BATCH {

@@ -32,20 +32,22 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 type Proof = ([u8; 32], Vec<u8>);
 
 impl Core {
-    /// On a node of several: claims the id in Redis, where one script decides among every
-    /// node's registrations (one live holder per id). A connection of the same identity on
-    /// another node is told to close (4000).
-    async fn claim_cluster(&self, entry: &PeerEntry) -> Result<(), HandlerError> {
+    /// On a node of several: claims the (id, device) in Redis, where one script decides among
+    /// every node's registrations (one live holder per device, devices of one id only for its
+    /// verified identity). A connection of the same identity and device on another node is told
+    /// to close (4000). True when no other device of the id was online anywhere (the id comes
+    /// online); false on a single node.
+    async fn claim_cluster(&self, entry: &PeerEntry) -> Result<bool, HandlerError> {
         let Some(node) = &self.state.node else {
-            return Ok(());
+            return Ok(false);
         };
         let keys = crate::node::peer_keys(entry);
         match node
             .presence
-            .claim(&entry.id, self.shared.conn_id, &keys)
+            .claim_device(&entry.id, &entry.device, self.shared.conn_id, &keys)
             .await
         {
-            Ok(Claim::Won { replaced }) => {
+            Ok((Claim::Won { replaced }, first)) => {
                 if let Some(old) = replaced.filter(|old| old.node != node.id) {
                     let close = NodeMsg::Close {
                         to: entry.id.clone(),
@@ -53,13 +55,13 @@ impl Core {
                     };
                     match node.publish(&old.node, &close).await {
                         Ok(_) => {}
-                        // Its node then sees the id taken at its next refresh.
+                        // Its node then sees the device taken at its next refresh.
                         Err(e) => warn!(error = %e, "close notice not published"),
                     }
                 }
-                Ok(())
+                Ok(first)
             }
-            Ok(Claim::Taken(_)) => Err(HandlerError::IdTaken(entry.id.clone())),
+            Ok((Claim::Taken(_), _)) => Err(HandlerError::IdTaken(entry.id.clone())),
             Err(e) => {
                 warn!(error = %e, "presence claim failed");
                 Err(HandlerError::ClusterUnavailable)
@@ -68,9 +70,13 @@ impl Core {
     }
 
     /// Undoes [`Self::claim_cluster`] after a later step failed.
-    async fn release_cluster(&self, id: &lattice_protocol::ClientId) {
+    async fn release_cluster(&self, id: &lattice_protocol::ClientId, device: &DeviceId) {
         if let Some(node) = &self.state.node {
-            if let Err(e) = node.presence.release(id, self.shared.conn_id).await {
+            if let Err(e) = node
+                .presence
+                .release_device(id, device, self.shared.conn_id)
+                .await
+            {
                 warn!(error = %e, "presence release failed: it expires");
             }
         }
@@ -99,6 +105,9 @@ impl Core {
                 if let Err(e) = node.groups.forget_member(id).await {
                     warn!(error = %e, "stale group memberships not checked");
                 }
+                if let Err(e) = node.devices.forget(id).await {
+                    warn!(error = %e, "stale device list not checked");
+                }
                 Ok(())
             }
             Ok(Bound::Updated) => Ok(()),
@@ -114,10 +123,19 @@ impl Core {
 
     /// Mail older than `--mailbox-ttl` goes before a verified peer's drain (on a node of several
     /// the streams expire when their owner comes back; the quota bounds them meanwhile).
-    async fn expire_mail(&self, node: &crate::node::Node, id: &lattice_protocol::ClientId) {
+    async fn expire_mail(
+        &self,
+        node: &crate::node::Node,
+        id: &lattice_protocol::ClientId,
+        device: &DeviceId,
+    ) {
         let cfg = &self.state.config;
         let batch = usize::try_from(cfg.mailbox_quota).unwrap_or(usize::MAX);
-        match node.mailbox.expire(id, cfg.mailbox_ttl, batch).await {
+        match node
+            .mailbox
+            .expire_device(id, device, cfg.mailbox_ttl, batch)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "expired mailbox entries removed"),
             Err(e) => warn!(error = %e, "mailbox expiry failed"),
@@ -277,7 +295,9 @@ impl Core {
             let device = part.device_id.clone();
             let binding = self.binding_of(&id).await?;
             let v = verification.ok_or(ProofError::DeviceUnverified)?;
-            let proof = self.check_device_proof(&v, &r, &kem_key, binding.as_ref())?;
+            let proof = self
+                .check_device_proof(&v, &r, &kem_key, binding.as_ref())
+                .await?;
             return self
                 .register_checked(r, kem_key, Some(proof), binding, device)
                 .await;
@@ -295,7 +315,7 @@ impl Core {
     /// the challenge, the id's binding and identity key, the certificate, an attached device
     /// list, the device on the current list with this key, then the device key's signature over
     /// the device statement and `keySignature` over the bound KEM key.
-    fn check_device_proof(
+    async fn check_device_proof(
         &mut self,
         v: &Verification,
         r: &Register,
@@ -305,9 +325,6 @@ impl Core {
         let Some(part) = &r.device else {
             return Err(ProofError::DeviceUnverified.into());
         };
-        if self.state.node.is_some() {
-            return Err(HandlerError::DevicesNotSupported);
-        }
         if part.device_id.is_primary() {
             return Err(HandlerError::BadDeviceList(format!(
                 "deviceId {} is reserved for the implicit primary device (a register without a device part)",
@@ -348,15 +365,12 @@ impl Core {
                 "The device certificate does not verify under the id's identity key",
             )
         })?;
-        let stored = self.state.store.device_list(id).map_err(|e| {
-            warn!(error = %e, "device list read failed");
-            HandlerError::StorageUnavailable
-        })?;
+        let stored = self.device_list(id).await?;
         let current = match &part.device_list {
             // A copy of the stored list (a retried first registration) changes nothing.
             Some(list) if stored.as_ref() != Some(list) => {
                 // Not registered yet: no device of this connection can be removed.
-                self.store_device_list(id, &ik, list, None)?;
+                self.store_device_list(id, &ik, list, None).await?;
                 Some(list.clone())
             }
             _ => stored,
@@ -446,14 +460,17 @@ impl Core {
             info!(ip = %self.remote_ip, max, "registration refused: address limit");
             return Err(HandlerError::AddressFull(max));
         }
-        if let Err(e) = self.claim_cluster(&entry).await {
-            self.release_ip_slot();
-            return Err(e);
-        }
+        let first_anywhere = match self.claim_cluster(&entry).await {
+            Ok(first) => first,
+            Err(e) => {
+                self.release_ip_slot();
+                return Err(e);
+            }
+        };
         let claimed = match self.state.hub.claim(Arc::clone(&entry), &replace) {
             Ok(claimed) => claimed,
             Err(ClaimError::Taken) => {
-                self.release_cluster(&id).await;
+                self.release_cluster(&id, &device).await;
                 self.release_ip_slot();
                 return Err(HandlerError::IdTaken(id));
             }
@@ -476,7 +493,7 @@ impl Core {
             };
             if let Err(e) = self.bind_cluster(&id, &new).await {
                 self.state.hub.release(&id, self.shared.conn_id);
-                self.release_cluster(&id).await;
+                self.release_cluster(&id, &device).await;
                 self.release_ip_slot();
                 return Err(e);
             }
@@ -504,13 +521,16 @@ impl Core {
         match self.state.node.clone() {
             Some(node) => {
                 if entry.verified {
-                    self.expire_mail(&node, &id).await;
-                    // The drain starts with what earlier connections were handed and did not
-                    // acknowledge, on any node.
+                    self.expire_mail(&node, &id, &device).await;
+                    // The drain starts with what earlier connections of this device were handed
+                    // and did not acknowledge, on any node.
                     self.take_over = Some(None);
                 }
+                // Presence is per id: only its first online device anywhere makes it appear.
                 // Every node (this one too) tells its subscribers.
-                node.announce(&id, true).await;
+                if first_anywhere {
+                    node.announce(&id, true).await;
+                }
             }
             // Presence is per id: only its first online device makes it appear.
             None if claimed.first => {
