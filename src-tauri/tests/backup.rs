@@ -609,6 +609,129 @@ fn a_foreign_newer_or_greedy_header_is_refused_before_any_key_is_derived() {
     assert!(matches!(refused(&other_salt), BackupError::WrongPassphrase));
 }
 
+/// Group files come back as 1:1 files do: their records, names, previews and offers (what a
+/// download needs, as for 1:1 files), each on its own line even where a 1:1 message has the
+/// same `seq`; a transfer under way fails with the reason.
+#[test]
+fn group_files_are_restored_with_their_records_and_names() {
+    use lattice_desktop::storage::files::{FileHome, INTERRUPTED_BY_RESTORE};
+    use lattice_desktop::storage::groups::{GroupLineKind, NewGroupLine};
+    let source = Profile::in_use(3);
+    let carol = c("carol");
+    source.db.ensure_group("ab01", "Climbing", 1_000).unwrap();
+    let line = |id, body| NewGroupLine {
+        group_id: "ab01",
+        kind: GroupLineKind::Message,
+        sender: Some(&carol),
+        message_id: id,
+        outgoing: false,
+        body,
+        at: 1_500,
+        status: MessageStatus::Received,
+    };
+    let file = |name: &str, offer: &str, thumbnail| NewAttachment {
+        name: name.into(),
+        size: 4_096,
+        mime: "image/png".into(),
+        thumbnail,
+        offer: Some(offer.into()),
+        local_path: None,
+        transfer_id: None,
+        state: TransferState::Offered,
+    };
+    let topo = source
+        .db
+        .insert_group_file(
+            &line("g1", "topo.png"),
+            &file(
+                "topo.png",
+                "{\"group\":1}",
+                Some(Thumbnail {
+                    mime: "image/png".into(),
+                    width: 64,
+                    height: 48,
+                    bytes: vec![0x89, 0x50, 0x4e, 0x47],
+                }),
+            ),
+        )
+        .unwrap()
+        .unwrap();
+    let route = source
+        .db
+        .insert_group_file(&line("g2", "route.png"), &file("route.png", "{}", None))
+        .unwrap()
+        .unwrap();
+    source
+        .db
+        .start_transfer_in(
+            FileHome::Group,
+            route.seq,
+            "t-route",
+            "/data/files/route.png",
+        )
+        .unwrap();
+    source
+        .db
+        .update_transfer("t-route", TransferState::Running, 1_024, None)
+        .unwrap();
+    // A 1:1 file on the message with the same `seq` as the first group file (each history
+    // counts from 1, and the profile's first messages came before the group).
+    let twin_seq = topo.seq;
+    assert!(source
+        .db
+        .page(&c("carol"), None, 100)
+        .unwrap()
+        .iter()
+        .any(|m| m.seq == twin_seq));
+    source
+        .db
+        .attach_file(twin_seq, &file("bob.png", "{\"chat\":1}", None))
+        .unwrap();
+    let (_dir, backup_file) = backup_of(&source);
+
+    let target = Profile::fresh();
+    target.restore(&backup_file, PASS).unwrap();
+    let lines = target.db.group_page("ab01", None, 10).unwrap();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l.attachment.as_ref().unwrap().name.as_str())
+        .collect();
+    assert_eq!(names, ["topo.png", "route.png"]);
+    let restored = target
+        .db
+        .attachment_in(FileHome::Group, topo.seq)
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.state, TransferState::Offered);
+    assert_eq!(restored.thumbnail.unwrap().width, 64);
+    assert_eq!(
+        target
+            .db
+            .file_offer_in(FileHome::Group, topo.seq)
+            .unwrap()
+            .as_deref(),
+        Some("{\"group\":1}")
+    );
+    let interrupted = target
+        .db
+        .attachment_in(FileHome::Group, route.seq)
+        .unwrap()
+        .unwrap();
+    assert_eq!(interrupted.state, TransferState::Failed);
+    assert_eq!(interrupted.transfer_id, None);
+    assert_eq!(interrupted.done, 1_024);
+    assert_eq!(interrupted.error.as_deref(), Some(INTERRUPTED_BY_RESTORE));
+    // The 1:1 file with the same `seq` is still the 1:1 message's.
+    assert_eq!(
+        target.db.attachment(twin_seq).unwrap().unwrap().name,
+        "bob.png"
+    );
+    assert_eq!(
+        target.db.file_offer(twin_seq).unwrap().as_deref(),
+        Some("{\"chat\":1}")
+    );
+}
+
 #[test]
 fn a_profile_in_use_is_never_restored_over() {
     let (_dir, file) = backup_of(&Profile::in_use(10));

@@ -443,6 +443,16 @@ pub enum PeerEvent {
     },
     /// A message in a group that decrypted and passed every check.
     GroupMessage(GroupMessage),
+    /// An edit, a delete or a reaction in a group that decrypted and passed every check of the
+    /// group's history: an edit or a delete comes from the member who wrote the message (as MLS
+    /// authenticated it), within [`crate::defaults::EDIT_WINDOW`], once; a reaction refers to a
+    /// message of this group. `update.from` is the member MLS authenticated.
+    GroupUpdate {
+        /// The group.
+        group: lattice_mls::GroupId,
+        /// What changed, as for [`PeerEvent::Update`] in a 1:1 conversation.
+        update: ContentUpdate,
+    },
     /// A group's membership, name or epoch changed (or this device joined or was removed).
     GroupChanged {
         /// The group.

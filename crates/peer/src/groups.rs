@@ -50,15 +50,15 @@ use direct::DirectBook;
 pub(crate) use direct::DIRECT_GROUP_NAME;
 
 use crate::content::Content;
-use crate::events::{Dispatcher, GroupChange, GroupMessage, PeerEvent};
-use crate::history::History;
+use crate::events::{Change, ContentUpdate, Dispatcher, GroupChange, GroupMessage, PeerEvent};
+use crate::history::{History, Reply};
 use crate::link::{Lane, Link};
 use crate::requests::Requests;
 use crate::sanitize::Sanitized;
 use crate::sync::lock;
 use crate::trust::Trust;
 use crate::wire::{new_message_id, now_ms, unexpected, B64};
-use crate::{defaults, PeerError, WaitOptions};
+use crate::{defaults, PeerError, RejectReason, WaitOptions};
 
 /// One member of a group, as shown in a member list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -837,15 +837,18 @@ impl Groups {
             .map(|_| ())
     }
 
-    /// Sends `content` (a text or a reply) to the group. Returns its message id.
+    /// Sends `content` to the group: a text, a reply, or an edit, a delete or a reaction of a
+    /// message of the group. Returns its message id.
     pub(crate) async fn send(
         &self,
         gid: &GroupId,
         content: &Content,
     ) -> Result<MessageId, PeerError> {
-        if !matches!(content, Content::Text(_) | Content::Reply { .. }) {
+        if !is_group_content(content)
+            || matches!(content, Content::File(_) | Content::FileDigest { .. })
+        {
             return Err(PeerError::InvalidArgument(format!(
-                "groups carry texts and replies; {} is not supported in groups yet",
+                "groups carry texts, replies, edits, deletes and reactions; {} is not supported in groups yet",
                 content.kind()
             )));
         }
@@ -862,11 +865,12 @@ impl Groups {
         message_id: MessageId,
     ) -> Result<MessageId, PeerError> {
         let (kind, body) = content.encode()?;
+        let sent_at = now_ms();
         let plaintext = serde_json::to_vec(&Plaintext {
             message_id: message_id.clone(),
             kind: kind.to_owned(),
             body,
-            sent_at: now_ms(),
+            sent_at,
         })
         .map_err(|e| PeerError::Protocol(e.to_string()))?;
         let sealed = {
@@ -875,7 +879,10 @@ impl Groups {
                 .encrypt(gid, &plaintext)
                 .map_err(|e| mls_error(e, Some(gid)))?
         };
-        self.send_group_frame(gid, sealed, message_id).await
+        let id = self.send_group_frame(gid, sealed, message_id).await?;
+        // Others may now refer to it (a reply, a reaction), and we to it (an edit).
+        self.history.sent_in_group(gid, &id, content, sent_at);
+        Ok(id)
     }
 
     async fn send_group_frame(
@@ -1179,8 +1186,10 @@ impl Groups {
                 }
                 continue;
             }
-            match self.read_application(gid, from, message_id, &sender.client_id, &bytes) {
-                Ok(m) => self.dispatcher.emit(PeerEvent::GroupMessage(m)),
+            match self.read_application(gid, from, message_id, timestamp, &sender.client_id, &bytes)
+            {
+                Ok(Some(event)) => self.dispatcher.emit(event),
+                Ok(None) => {}
                 Err(reason) => self.refuse(Some(gid), from, &reason),
             }
         }
@@ -1197,14 +1206,19 @@ impl Groups {
         }
     }
 
+    /// Reads one application message of `gid` from its member `sender` (as MLS authenticated
+    /// it) and checks it against the group's history: the event to raise, `None` for a replay
+    /// (an edit or a delete already applied: ignored), or why it is refused. The author of a
+    /// message, an edit or a reaction is always `sender`; nothing in the plaintext names it.
     fn read_application(
         &self,
         gid: &GroupId,
         from: &ClientId,
         message_id: Option<&MessageId>,
+        timestamp: u64,
         sender: &ClientId,
         bytes: &[u8],
-    ) -> Result<GroupMessage, String> {
+    ) -> Result<Option<PeerEvent>, String> {
         if sender != from {
             return Err(format!("sent by {from} but signed by member {sender}"));
         }
@@ -1213,23 +1227,66 @@ impl Groups {
         if Some(&p.message_id) != message_id {
             return Err("message id differs from the one inside".into());
         }
-        let content = Content::decode(&p.kind, &p.body).map_err(|e| e.to_string())?;
-        if !matches!(
-            content,
-            Content::Text(_)
-                | Content::Reply { .. }
-                | Content::File(_)
-                | Content::FileDigest { .. }
-        ) {
+        let mut content = Content::decode(&p.kind, &p.body).map_err(|e| e.to_string())?;
+        if !is_group_content(&content) {
             return Err(format!("{} is not supported in groups", content.kind()));
         }
-        Ok(GroupMessage {
+        // The MLS message is consumed (its key deleted): a check that may pass later cannot be
+        // retried, so every refusal here is final.
+        let (record, reply) = match self.history.check_group(
+            gid,
+            sender,
+            &p.message_id,
+            p.sent_at,
+            &content,
+        ) {
+            Ok(r) => r,
+            Err(RejectReason::Replay) => {
+                tracing::debug!(peer = %self.client_id, group = %gid, from = %sender, message_id = %p.message_id, "replayed group edit or delete ignored");
+                return Ok(None);
+            }
+            Err(reason) => return Err(reason.to_string()),
+        };
+        self.history.commit(record);
+        if reply == Reply::Unknown {
+            // A quote of a message that is not this group's (or one from before we joined):
+            // the answer is kept, the quote is not shown.
+            if let Content::Reply { text, .. } = content {
+                content = Content::Text(text);
+            }
+        }
+        let update = |change| PeerEvent::GroupUpdate {
             group: gid.clone(),
-            from: sender.clone(),
-            message_id: p.message_id,
-            content,
-            sent_at: p.sent_at,
-        })
+            update: ContentUpdate {
+                from: sender.clone(),
+                message_id: p.message_id.clone(),
+                sent_at: p.sent_at,
+                server_timestamp: timestamp,
+                change,
+            },
+        };
+        Ok(Some(match content {
+            Content::Edit { target, text } => update(Change::Edited { target, text }),
+            Content::Delete { target } => update(Change::Deleted { target }),
+            Content::Reaction {
+                target,
+                emoji,
+                action,
+            } => update(Change::Reaction {
+                target,
+                emoji,
+                action,
+            }),
+            // Texts, replies, files and file digests (the file component reads a group file's
+            // digest as a group message).
+            content => PeerEvent::GroupMessage(GroupMessage {
+                group: gid.clone(),
+                from: sender.clone(),
+                message_id: p.message_id,
+                content,
+                sent_at: p.sent_at,
+            }),
+        }))
     }
 
     fn emit_changes(&self, gid: &GroupId, by: Option<&ClientId>, events: Vec<GroupEvent>) {
@@ -1323,6 +1380,21 @@ impl lattice_mls::IdentityPins for TrustPins<'_> {
 }
 
 /// Sleeps until `at`, or forever without one.
+/// Whether groups carry `content`: texts, replies, files and their digests, and edits,
+/// deletes and reactions of a group's messages. Not yet: read receipts and typing notices.
+fn is_group_content(content: &Content) -> bool {
+    matches!(
+        content,
+        Content::Text(_)
+            | Content::Reply { .. }
+            | Content::Edit { .. }
+            | Content::Delete { .. }
+            | Content::Reaction { .. }
+            | Content::File(_)
+            | Content::FileDigest { .. }
+    )
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

@@ -982,11 +982,15 @@ impl MessagingPeer {
         self.groups()?.heal_all().await
     }
 
-    /// Sends `content` ([`Content::Text`] or [`Content::Reply`]) to every member of `group`.
-    /// Returns the message id. Others get it as [`PeerEvent::GroupMessage`].
+    /// Sends `content` to every member of `group`: a [`Content::Text`] or a [`Content::Reply`]
+    /// (others get it as [`PeerEvent::GroupMessage`]), or a [`Content::Edit`] or a
+    /// [`Content::Delete`] of one of our messages of the group, or a [`Content::Reaction`] to
+    /// any message of the group (others get it as [`PeerEvent::GroupUpdate`] once it passed the
+    /// checks of the group's history, as 1:1). Returns the message id.
     ///
     /// # Errors
-    /// [`PeerError::GroupsDisabled`], [`PeerError::InvalidArgument`] for another kind,
+    /// [`PeerError::GroupsDisabled`], [`PeerError::InvalidArgument`] for another kind (read
+    /// receipts, typing notices and files, which go with [`MessagingPeer::send_group_file`]),
     /// [`PeerError::InvalidContent`], [`PeerError::UnknownGroup`], the errors of requests
     /// (`NOT_A_MEMBER`, `MAILBOX_FULL`).
     pub async fn send_group_content(

@@ -677,9 +677,12 @@ enum Record {
         emoji: String,
         at: i64,
     },
-    /// An `attachments` row (schema 7; the thumbnail hex). The file's bytes are not in the
-    /// backup.
+    /// An `attachments` row (schema 7; the thumbnail hex): of the 1:1 message `seq`, or with
+    /// `group` (schema 9; absent in older backups) of the group line `seq`, written after the
+    /// group lines. The file's bytes are not in the backup.
     Attachment {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        group: bool,
         seq: i64,
         name: String,
         size: u64,
@@ -1003,44 +1006,7 @@ fn write_records<W: Write>(
                 },
             )?;
         }
-        let mut stmt = conn.prepare(
-            "SELECT seq, name, size, mime, thumb_mime, thumb_width, thumb_height, thumb, offer,
-                    local_path, transfer_id, state, done, error
-             FROM attachments ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let thumb_mime: Option<String> = r.get(4)?;
-            let thumb_width: Option<u32> = r.get(5)?;
-            let thumb_height: Option<u32> = r.get(6)?;
-            let thumb: Option<Vec<u8>> = r.get(7)?;
-            let thumbnail = match (thumb_mime, thumb_width, thumb_height, thumb) {
-                (Some(mime), Some(width), Some(height), Some(bytes)) => Some(BackupThumbnail {
-                    mime,
-                    width,
-                    height,
-                    bytes: hex::encode(bytes),
-                }),
-                _ => None,
-            };
-            let state: String = r.get(11)?;
-            put(
-                w,
-                Record::Attachment {
-                    seq: r.get(0)?,
-                    name: r.get(1)?,
-                    size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                    mime: r.get(3)?,
-                    thumbnail,
-                    offer: r.get(8)?,
-                    local_path: r.get(9)?,
-                    transfer_id: r.get(10)?,
-                    state: super::files::TransferState::from_wire(&state),
-                    done: u64::try_from(r.get::<_, i64>(12)?).unwrap_or(0),
-                    error: r.get(13)?,
-                },
-            )?;
-        }
+        put_attachments(conn, super::files::FileHome::Chat, &mut |r| put(w, r))?;
         let mut stmt = conn.prepare(
             "SELECT message_id, peer_id, body, created_at, wire_id, kind
              FROM outbox WHERE wire_id IS NOT NULL ORDER BY rowid",
@@ -1093,6 +1059,8 @@ fn write_records<W: Write>(
                 },
             )?;
         }
+        // After the group lines they belong to.
+        put_attachments(conn, super::files::FileHome::Group, &mut |r| put(w, r))?;
         Ok(())
     })?;
     // The identity record was written outside `put`.
@@ -1100,6 +1068,51 @@ fn write_records<W: Write>(
         records: records + 1,
     })?;
     Ok(counts)
+}
+
+/// Writes the `attachments` rows of `home`, in `seq` order.
+fn put_attachments(
+    conn: &rusqlite::Connection,
+    home: super::files::FileHome,
+    put: &mut impl FnMut(Record) -> Result<(), BackupError>,
+) -> Result<(), BackupError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, name, size, mime, thumb_mime, thumb_width, thumb_height, thumb, offer,
+                local_path, transfer_id, state, done, error
+         FROM attachments WHERE home = ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![home.code()])?;
+    while let Some(r) = rows.next()? {
+        let thumb_mime: Option<String> = r.get(4)?;
+        let thumb_width: Option<u32> = r.get(5)?;
+        let thumb_height: Option<u32> = r.get(6)?;
+        let thumb: Option<Vec<u8>> = r.get(7)?;
+        let thumbnail = match (thumb_mime, thumb_width, thumb_height, thumb) {
+            (Some(mime), Some(width), Some(height), Some(bytes)) => Some(BackupThumbnail {
+                mime,
+                width,
+                height,
+                bytes: hex::encode(bytes),
+            }),
+            _ => None,
+        };
+        let state: String = r.get(11)?;
+        put(Record::Attachment {
+            group: home == super::files::FileHome::Group,
+            seq: r.get(0)?,
+            name: r.get(1)?,
+            size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            mime: r.get(3)?,
+            thumbnail,
+            offer: r.get(8)?,
+            local_path: r.get(9)?,
+            transfer_id: r.get(10)?,
+            state: super::files::TransferState::from_wire(&state),
+            done: u64::try_from(r.get::<_, i64>(12)?).unwrap_or(0),
+            error: r.get(13)?,
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs `f` over one consistent snapshot of the database: a read transaction on a second,
@@ -1444,6 +1457,7 @@ impl RestoreState {
                 }
             }
             Record::Attachment {
+                group,
                 seq,
                 name,
                 size,
@@ -1456,8 +1470,19 @@ impl RestoreState {
                 done,
                 error,
             } => {
+                let (home, line) = if group {
+                    (
+                        super::files::FileHome::Group,
+                        "SELECT EXISTS(SELECT 1 FROM group_messages WHERE seq = ?1)",
+                    )
+                } else {
+                    (
+                        super::files::FileHome::Chat,
+                        "SELECT EXISTS(SELECT 1 FROM messages WHERE seq = ?1)",
+                    )
+                };
                 let exists = tx
-                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE seq = ?1)")?
+                    .prepare_cached(line)?
                     .query_row(params![seq], |r| r.get::<_, bool>(0))?;
                 if !exists {
                     return bad("a file of a message that is not there");
@@ -1488,7 +1513,7 @@ impl RestoreState {
                 };
                 super::files::insert(
                     tx,
-                    super::files::FileHome::Chat,
+                    home,
                     seq,
                     &super::files::NewAttachment {
                         name,
@@ -1502,15 +1527,17 @@ impl RestoreState {
                     },
                 )
                 .map_err(|e| BackupError::BadContents(format!("a file: {e}")))?;
-                tx.prepare_cached("UPDATE attachments SET done = ?2, error = ?3 WHERE seq = ?1")?
-                    .execute(params![
-                        seq,
-                        i64::try_from(done.min(size)).unwrap_or(i64::MAX),
-                        error.as_deref().map(|e| super::files::truncate_bytes(
-                            e,
-                            super::files::MAX_ERROR_BYTES
-                        ))
-                    ])?;
+                tx.prepare_cached(
+                    "UPDATE attachments SET done = ?2, error = ?3 WHERE home = ?4 AND seq = ?1",
+                )?
+                .execute(params![
+                    seq,
+                    i64::try_from(done.min(size)).unwrap_or(i64::MAX),
+                    error
+                        .as_deref()
+                        .map(|e| super::files::truncate_bytes(e, super::files::MAX_ERROR_BYTES)),
+                    home.code()
+                ])?;
             }
             Record::Outbox {
                 message_id: id,

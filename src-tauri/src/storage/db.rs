@@ -37,6 +37,8 @@
 //! - Version 7: `attachments`, the file of a file message ([`super::files`]).
 //! - Version 8: `groups` and `group_messages`, the group conversations ([`super::groups`]).
 //! - Version 9: `group_attachments`, the file of a group file message ([`super::files`]).
+//! - Version 10: one `attachments` table for the files of both, keyed by `(home, seq)`; a
+//!   version 9 file has its `group_attachments` rows moved in ([`super::files`]).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -49,7 +51,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -214,8 +216,9 @@ impl Db {
             super::search::migrate(&tx)?;
             super::drafts::migrate(&tx)?;
             super::content::migrate(&tx)?;
-            super::files::migrate(&tx)?;
             super::groups::migrate(&tx)?;
+            // After the groups: the files' table has a trigger on `group_messages`.
+            super::files::migrate(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -822,7 +825,9 @@ pub(super) const MESSAGE_SELECT: &str = concat!(
              WHERE t.peer_id = messages.peer_id AND t.wire_id = messages.reply_id
                AND t.outgoing = (messages.reply_sender != messages.peer_id)), ",
     super::files::attachment_columns!(),
-    " FROM messages LEFT JOIN attachments a USING (seq)"
+    " FROM messages LEFT JOIN ",
+    super::files::chat_attachments!(),
+    " a USING (seq)"
 );
 
 pub(super) fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {

@@ -18,10 +18,13 @@
 //! The message's `body` is the file's name, so the full-text index ([`super::search`]) finds
 //! files by name and the peer list shows it as the latest message.
 //!
-//! Schema version 9 adds `group_attachments`, the same columns for the files of group
-//! conversations, keyed by `group_messages.seq` ([`FileHome::Group`]): a group file is a group
-//! line whose `body` is the file's name. Transfer ids are the library's random ids, unique
-//! across both tables.
+//! Group conversations have files too (schema version 9): a group file is a group line whose
+//! `body` is the file's name. Since schema version 10 both live in this one table, keyed by
+//! `(home, seq)`: `home` says which history `seq` is a row of ([`FileHome`]: 0 for `messages`,
+//! 1 for `group_messages`), so one code path stores, reads and moves every file. Version 9 kept
+//! the group files in a twin table, `group_attachments`; opening such a file moves its rows here
+//! (and the 1:1 rows to `home = 0`). Transfer ids are the library's random ids, unique across
+//! both homes.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -60,7 +63,8 @@ pub const INTERRUPTED_BY_RESTORE: &str =
 
 const FILES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS attachments(
-    seq          INTEGER PRIMARY KEY,
+    home         INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
     name         TEXT NOT NULL,
     size         INTEGER NOT NULL,
     mime         TEXT NOT NULL,
@@ -73,58 +77,113 @@ CREATE TABLE IF NOT EXISTS attachments(
     transfer_id  TEXT,
     state        TEXT NOT NULL,
     done         INTEGER NOT NULL DEFAULT 0,
-    error        TEXT
+    error        TEXT,
+    PRIMARY KEY(home, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS attachments_by_transfer ON attachments(transfer_id)
     WHERE transfer_id IS NOT NULL;
 CREATE TRIGGER IF NOT EXISTS messages_files_delete AFTER DELETE ON messages BEGIN
+    DELETE FROM attachments WHERE home = 0 AND seq = old.seq;
+END;
+CREATE TRIGGER IF NOT EXISTS group_messages_files_delete AFTER DELETE ON group_messages BEGIN
+    DELETE FROM attachments WHERE home = 1 AND seq = old.seq;
+END;
+";
+
+/// The table as schema versions 7 to 9 made it (1:1 files only; version 9 had a twin of it,
+/// `group_attachments`, for group files), for the migration tests.
+#[cfg(test)]
+pub(crate) const V9_ATTACHMENTS: &str = "
+CREATE TABLE attachments(
+    seq INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, mime TEXT NOT NULL,
+    thumb_mime TEXT, thumb_width INTEGER, thumb_height INTEGER, thumb BLOB, offer TEXT,
+    local_path TEXT, transfer_id TEXT, state TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE UNIQUE INDEX attachments_by_transfer ON attachments(transfer_id)
+    WHERE transfer_id IS NOT NULL;
+CREATE TRIGGER messages_files_delete AFTER DELETE ON messages BEGIN
     DELETE FROM attachments WHERE seq = old.seq;
 END;
 ";
 
-const GROUP_FILES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS group_attachments(
-    seq          INTEGER PRIMARY KEY,
-    name         TEXT NOT NULL,
-    size         INTEGER NOT NULL,
-    mime         TEXT NOT NULL,
-    thumb_mime   TEXT,
-    thumb_width  INTEGER,
-    thumb_height INTEGER,
-    thumb        BLOB,
-    offer        TEXT,
-    local_path   TEXT,
-    transfer_id  TEXT,
-    state        TEXT NOT NULL,
-    done         INTEGER NOT NULL DEFAULT 0,
-    error        TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS group_attachments_by_transfer
-    ON group_attachments(transfer_id) WHERE transfer_id IS NOT NULL;
-";
+/// The columns every layout of the table has, in order (what a migration moves).
+const MOVED_COLUMNS: &str = "seq, name, size, mime, thumb_mime, thumb_width, thumb_height, \
+     thumb, offer, local_path, transfer_id, state, done, error";
 
-/// Schema version 7: the table above; version 9: its twin for group files.
+/// The 1:1 files as a table with `seq` to join `USING (seq)` with `messages` (so a query may
+/// name `seq` unqualified): a macro, so the queries are built at compile time.
+macro_rules! chat_attachments {
+    () => {
+        "(SELECT * FROM attachments WHERE home = 0)"
+    };
+}
+pub(super) use chat_attachments;
+
+/// The group files, to join `USING (seq)` with `group_messages`.
+macro_rules! group_attachments {
+    () => {
+        "(SELECT * FROM attachments WHERE home = 1)"
+    };
+}
+pub(super) use group_attachments;
+
+fn table_exists(conn: &Connection, table: &str) -> Result<bool, StorageError> {
+    Ok(conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists(params![table])?)
+}
+
+/// Schema version 7 made the table (1:1 files only), version 9 a twin `group_attachments` for
+/// group files; version 10 has one table for both. A file of version 7 to 9 has its rows moved
+/// into the new layout (SQLite cannot change a primary key in place), in the caller's
+/// transaction.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    let old_layout = table_exists(conn, "attachments")?
+        && !conn
+            .prepare("SELECT 1 FROM pragma_table_info('attachments') WHERE name = 'home'")?
+            .exists([])?;
+    if old_layout {
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS messages_files_delete;
+             DROP INDEX IF EXISTS attachments_by_transfer;
+             ALTER TABLE attachments RENAME TO attachments_v9;",
+        )?;
+    }
     conn.execute_batch(FILES_SCHEMA)?;
-    conn.execute_batch(GROUP_FILES_SCHEMA)?;
+    for (old, home) in [
+        ("attachments_v9", FileHome::Chat),
+        ("group_attachments", FileHome::Group),
+    ] {
+        if table_exists(conn, old)? {
+            conn.execute(
+                &format!(
+                    "INSERT INTO attachments(home, {MOVED_COLUMNS})
+                     SELECT ?1, {MOVED_COLUMNS} FROM {old}"
+                ),
+                params![home.code()],
+            )?;
+            conn.execute_batch(&format!("DROP TABLE {old}"))?;
+        }
+    }
     Ok(())
 }
 
 /// Which history a file belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileHome {
-    /// A 1:1 message (`attachments`, keyed by `messages.seq`).
+    /// A 1:1 message (`home = 0`, keyed by `messages.seq`).
     Chat,
-    /// A group line (`group_attachments`, keyed by `group_messages.seq`).
+    /// A group line (`home = 1`, keyed by `group_messages.seq`).
     Group,
 }
 
 impl FileHome {
-    /// Its table (a constant: never text from outside in a statement).
-    fn table(self) -> &'static str {
+    /// Its `home` value.
+    pub(super) fn code(self) -> i64 {
         match self {
-            Self::Chat => "attachments",
-            Self::Group => "group_attachments",
+            Self::Chat => 0,
+            Self::Group => 1,
         }
     }
 }
@@ -285,12 +344,11 @@ pub(super) fn insert(
         )));
     }
     let thumbnail = file.thumbnail.as_ref().filter(|t| t.is_within_bounds());
-    conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO {}(seq, name, size, mime, thumb_mime, thumb_width,
-             thumb_height, thumb, offer, local_path, transfer_id, state, done, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, NULL)",
-        home.table()
-    ))?
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO attachments(home, seq, name, size, mime, thumb_mime,
+             thumb_width, thumb_height, thumb, offer, local_path, transfer_id, state, done, error)
+         VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, NULL)",
+    )?
     .execute(params![
         seq,
         truncate_bytes(&file.name, MAX_NAME_BYTES),
@@ -304,6 +362,7 @@ pub(super) fn insert(
         file.local_path,
         file.transfer_id,
         file.state.as_str(),
+        home.code(),
     ])?;
     Ok(())
 }
@@ -406,7 +465,7 @@ impl Db {
         Ok(self
             .conn()
             .query_row(
-                "SELECT m.message_id FROM messages m JOIN attachments a ON a.seq = m.seq
+                "SELECT m.message_id FROM messages m JOIN attachments a ON a.home = 0 AND a.seq = m.seq
                  WHERE m.peer_id = ?1 AND m.outgoing = 1 AND m.wire_id = ?2",
                 params![peer.as_str(), wire_id],
                 |r| r.get(0),
@@ -443,15 +502,12 @@ impl Db {
         let conn = self.conn();
         let found = conn
             .query_row(
-                &format!(
-                    concat!(
-                        "SELECT ",
-                        attachment_columns!(),
-                        " FROM {} a WHERE a.seq = ?1"
-                    ),
-                    home.table()
+                concat!(
+                    "SELECT ",
+                    attachment_columns!(),
+                    " FROM attachments a WHERE a.home = ?2 AND a.seq = ?1"
                 ),
-                params![seq],
+                params![seq, home.code()],
                 |r| Attachment::from_row(r, 0),
             )
             .optional()?;
@@ -474,8 +530,8 @@ impl Db {
         Ok(self
             .conn()
             .query_row(
-                &format!("SELECT offer FROM {} WHERE seq = ?1", home.table()),
-                params![seq],
+                "SELECT offer FROM attachments WHERE home = ?2 AND seq = ?1",
+                params![seq, home.code()],
                 |r| r.get::<_, Option<String>>(0),
             )
             .optional()?
@@ -508,13 +564,16 @@ impl Db {
         local_path: &str,
     ) -> Result<(), StorageError> {
         let n = self.conn().execute(
-            &format!(
-                "UPDATE {} SET transfer_id = ?2, local_path = ?3, state = ?4, done = 0,
-                     error = NULL
-                 WHERE seq = ?1",
-                home.table()
-            ),
-            params![seq, transfer_id, local_path, TransferState::Queued.as_str()],
+            "UPDATE attachments SET transfer_id = ?2, local_path = ?3, state = ?4, done = 0,
+                 error = NULL
+             WHERE home = ?5 AND seq = ?1",
+            params![
+                seq,
+                transfer_id,
+                local_path,
+                TransferState::Queued.as_str(),
+                home.code()
+            ],
         )?;
         if n == 0 {
             return Err(StorageError::Invalid(format!("message {seq} has no file")));
@@ -552,7 +611,8 @@ impl Db {
         let chat = tx
             .query_row(
                 "SELECT a.seq, m.message_id, m.peer_id, m.outgoing, a.state, NULL
-                 FROM attachments a JOIN messages m ON m.seq = a.seq WHERE a.transfer_id = ?1",
+                 FROM attachments a JOIN messages m ON m.seq = a.seq
+                 WHERE a.home = 0 AND a.transfer_id = ?1",
                 params![transfer_id],
                 read,
             )
@@ -563,8 +623,8 @@ impl Db {
             None => tx
                 .query_row(
                     "SELECT a.seq, m.message_id, m.sender, m.outgoing, a.state, m.group_id
-                     FROM group_attachments a JOIN group_messages m ON m.seq = a.seq
-                     WHERE a.transfer_id = ?1",
+                     FROM attachments a JOIN group_messages m ON m.seq = a.seq
+                     WHERE a.home = 1 AND a.transfer_id = ?1",
                     params![transfer_id],
                     read,
                 )
@@ -576,15 +636,14 @@ impl Db {
         };
         if !TransferState::from_wire(&current).is_final() {
             tx.execute(
-                &format!(
-                    "UPDATE {} SET state = ?2, done = ?3, error = ?4 WHERE seq = ?1",
-                    home.table()
-                ),
+                "UPDATE attachments SET state = ?2, done = ?3, error = ?4
+                 WHERE home = ?5 AND seq = ?1",
                 params![
                     row.seq,
                     state.as_str(),
                     size_i64(done),
-                    error.map(|e| truncate_bytes(e, MAX_ERROR_BYTES))
+                    error.map(|e| truncate_bytes(e, MAX_ERROR_BYTES)),
+                    home.code()
                 ],
             )?;
         }
@@ -599,7 +658,7 @@ impl Db {
     /// [`StorageError::Sqlite`].
     pub fn set_local_path(&self, seq: i64, local_path: &str) -> Result<(), StorageError> {
         self.conn().execute(
-            "UPDATE attachments SET local_path = ?2 WHERE seq = ?1",
+            "UPDATE attachments SET local_path = ?2 WHERE home = 0 AND seq = ?1",
             params![seq, local_path],
         )?;
         Ok(())
@@ -755,5 +814,125 @@ mod tests {
         db.attach_file(seq, &photo()).unwrap();
         db.delete_for_me(&c("bob"), seq).unwrap();
         assert_eq!(db.attachment(seq).unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_9_file_has_its_files_of_both_kinds_moved_into_one_table() {
+        use crate::contract::DeliveryStatus;
+        use crate::storage::groups::{GroupLineKind, NewGroupLine};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let (chat_seq, group_seq);
+        {
+            let db = Db::open(&path).unwrap();
+            chat_seq = received(&db, "m-1", "holiday photo.jpg");
+            db.ensure_group("ab01", "Climbing", 1).unwrap();
+            group_seq = db
+                .insert_group_line(&NewGroupLine {
+                    group_id: "ab01",
+                    kind: GroupLineKind::Message,
+                    sender: Some(&c("carol")),
+                    message_id: "g-1",
+                    outgoing: false,
+                    body: "topo.pdf",
+                    at: 2_000,
+                    status: DeliveryStatus::Received,
+                })
+                .unwrap()
+                .unwrap()
+                .seq;
+        }
+        // The same `seq` in both histories (each counts from 1): what version 9 could not mix
+        // up, and the merged table must not either.
+        assert_eq!(chat_seq, group_seq);
+        {
+            // What version 9 left on disk: two tables, with real rows.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "DROP TRIGGER messages_files_delete; DROP TRIGGER group_messages_files_delete;
+                 DROP TABLE attachments; {V9_ATTACHMENTS}
+                 CREATE TABLE group_attachments(
+                     seq INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL,
+                     mime TEXT NOT NULL, thumb_mime TEXT, thumb_width INTEGER,
+                     thumb_height INTEGER, thumb BLOB, offer TEXT, local_path TEXT,
+                     transfer_id TEXT, state TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+                     error TEXT);
+                 INSERT INTO attachments(seq, name, size, mime, thumb_mime, thumb_width,
+                     thumb_height, thumb, offer, state)
+                     VALUES ({chat_seq}, 'holiday photo.jpg', 123456, 'image/jpeg',
+                             'image/jpeg', 320, 240, x'ffd8ffd9', '{{\"key\":\"chat\"}}',
+                             'offered');
+                 INSERT INTO group_attachments(seq, name, size, mime, offer, local_path,
+                     transfer_id, state, done)
+                     VALUES ({group_seq}, 'topo.pdf', 9000, 'application/pdf',
+                             '{{\"key\":\"group\"}}', '/data/files/g1-topo.pdf', 't-g',
+                             'running', 100);
+                 PRAGMA user_version = 9;"
+            ))
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let version: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 10);
+        let twin: bool = db
+            .conn()
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'group_attachments'")
+            .unwrap()
+            .exists([])
+            .unwrap();
+        assert!(!twin, "the twin table is gone");
+        // Each file is still its own message's.
+        let photo = db.attachment(chat_seq).unwrap().unwrap();
+        assert_eq!(photo.name, "holiday photo.jpg");
+        assert_eq!(photo.thumbnail.unwrap().width, 320);
+        assert_eq!(
+            db.file_offer(chat_seq).unwrap().as_deref(),
+            Some("{\"key\":\"chat\"}")
+        );
+        let topo = db
+            .attachment_in(FileHome::Group, group_seq)
+            .unwrap()
+            .unwrap();
+        assert_eq!((topo.name.as_str(), topo.done), ("topo.pdf", 100));
+        assert_eq!(
+            db.file_offer_in(FileHome::Group, group_seq)
+                .unwrap()
+                .as_deref(),
+            Some("{\"key\":\"group\"}")
+        );
+        let page = db.page(&c("bob"), None, 10).unwrap();
+        assert_eq!(
+            page[0].extra.attachment.as_ref().unwrap().name,
+            "holiday photo.jpg"
+        );
+        let lines = db.group_page("ab01", None, 10).unwrap();
+        assert_eq!(lines[0].attachment.as_ref().unwrap().name, "topo.pdf");
+        // The moved group transfer goes on through the one code path.
+        let row = db
+            .update_transfer("t-g", TransferState::Completed, 9000, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.group_id.as_deref(), Some("ab01"));
+        assert_eq!(
+            db.attachment_in(FileHome::Group, group_seq)
+                .unwrap()
+                .unwrap()
+                .state,
+            TransferState::Completed
+        );
+        assert_eq!(
+            db.attachment(chat_seq).unwrap().unwrap().state,
+            TransferState::Offered
+        );
+        // Deleting the 1:1 message takes only its own file.
+        db.delete_for_me(&c("bob"), chat_seq).unwrap();
+        assert_eq!(db.attachment(chat_seq).unwrap(), None);
+        assert!(db
+            .attachment_in(FileHome::Group, group_seq)
+            .unwrap()
+            .is_some());
     }
 }

@@ -12,8 +12,8 @@
 //!   from the same sender in the same group (a sender chooses its ids). Our own messages are
 //!   keyed by a local id and wait as `pending` until the server takes them: the rows with
 //!   `outgoing = 1 AND status = pending` are the group outbox, sent oldest first.
-//! - A group file (schema 9) is a message line whose `body` is the file's name, with a
-//!   `group_attachments` row ([`super::files`]); our own waits as `pending` until its upload
+//! - A group file (schema 9) is a message line whose `body` is the file's name, with an
+//!   `attachments` row of `home = 1` ([`super::files`]); our own waits as `pending` until its upload
 //!   is done, but is not in the outbox: the library sends the file message itself.
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -22,7 +22,7 @@ use lattice_protocol::ClientId;
 
 use super::db::Db;
 use super::error::StorageError;
-use super::files::{attachment_columns, Attachment, FileHome, NewAttachment};
+use super::files::{attachment_columns, group_attachments, Attachment, FileHome, NewAttachment};
 use crate::contract::DeliveryStatus;
 
 const GROUPS_SCHEMA: &str = "
@@ -177,7 +177,11 @@ const LINE_COLUMNS: &str = concat!(
     attachment_columns!()
 );
 /// The lines with their files.
-const LINE_FROM: &str = "group_messages LEFT JOIN group_attachments a USING (seq)";
+const LINE_FROM: &str = concat!(
+    "group_messages LEFT JOIN ",
+    group_attachments!(),
+    " a USING (seq)"
+);
 
 fn row_to_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupLine> {
     Ok(GroupLine {
@@ -613,7 +617,7 @@ mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 9);
+        assert_eq!(version, 10);
         assert_eq!(db.page(&bob, None, 10).unwrap()[0].body, "from before");
         assert!(db.groups().unwrap().is_empty());
         db.ensure_group("cc", "New", 1).unwrap();
@@ -655,11 +659,14 @@ mod tests {
         // What version 8 left on disk: no group files.
         {
             let conn = rusqlite::Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "DROP TABLE group_attachments; DROP TRIGGER group_messages_fts_insert;
+            conn.execute_batch(&format!(
+                "DROP TRIGGER messages_files_delete; DROP TRIGGER group_messages_files_delete;
+                 DROP TABLE attachments; {}
+                 DROP TRIGGER group_messages_fts_insert;
                  DROP TRIGGER group_messages_fts_delete; DROP TRIGGER group_messages_fts_update;
                  DROP TABLE group_messages_fts; PRAGMA user_version = 8;",
-            )
+                crate::storage::files::V9_ATTACHMENTS
+            ))
             .unwrap();
         }
         let db = Db::open(&path).unwrap();
@@ -667,7 +674,7 @@ mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 9);
+        assert_eq!(version, 10);
         let old = db.group_page("dd", None, 10).unwrap();
         assert_eq!(old[0].body, "from before");
         assert_eq!(old[0].attachment, None);
