@@ -203,17 +203,19 @@ pub const RECENT_MESSAGES: usize = 16_384;
 pub const ISSUED_REQUESTS: usize = 4096;
 
 /// Largest WebSocket message accepted from the server: exactly the largest frame a server ever
-/// sends ([`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`], a relayed message of the
-/// protocol's frame limit plus the fields the server adds around it). Derived from it, so the
-/// two cannot drift apart: a larger server frame would make the client fail the read and
-/// reconnect in a loop.
+/// sends ([`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`]: a delivered MLS Commit or
+/// Welcome of a big group, up to a `group_commit`'s cap plus the fields the server adds around
+/// it). Derived from it, so the two cannot drift apart: a larger server frame would make the
+/// client fail the read and reconnect in a loop. tungstenite takes it as a bound only: its read
+/// buffer grows to the message being read, it is not allocated up front.
 pub const MAX_INCOMING_MESSAGE: usize = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES;
 
 // The read limit holds every frame a server may send, and every frame a client may send (a peer's
 // message grows on the way through the server, never shrinks).
 const _: () = assert!(MAX_INCOMING_MESSAGE >= lattice_protocol::limits::MAX_SERVER_FRAME_BYTES);
 const _: () = assert!(
-    lattice_protocol::limits::MAX_SERVER_FRAME_BYTES > lattice_protocol::limits::MAX_FRAME_BYTES
+    lattice_protocol::limits::MAX_SERVER_FRAME_BYTES
+        > lattice_protocol::limits::MAX_GROUP_COMMIT_FRAME_BYTES
 );
 
 // ---- Groups (MLS) -----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lattice_protocol::limits::MAX_FRAME_BYTES;
-use lattice_protocol::{encode, Ack, ClientFrame, ClientId, Frame, MessageId};
+use lattice_protocol::limits::max_client_frame_bytes;
+use lattice_protocol::{encode, Ack, ClientFrame, ClientId, Frame, FrameBody as _, MessageId};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
@@ -159,8 +159,9 @@ impl Link {
         lane: Lane,
         frame: Frame<ClientFrame>,
     ) -> Result<(), PeerError> {
+        let frame_type = frame.body.type_name();
         let text = encode(&frame);
-        check_size(&text)?;
+        check_size(&text, frame_type)?;
         self.send_text(lane, text)
     }
 
@@ -201,12 +202,14 @@ impl Link {
     }
 }
 
-/// Refuses a frame the server would refuse for its size.
-pub(crate) fn check_size(text: &str) -> Result<(), PeerError> {
-    if text.len() > MAX_FRAME_BYTES {
+/// Refuses a frame the server would refuse for its size: the limit of its type
+/// ([`max_client_frame_bytes`]: the ordinary cap, or the larger one of `group_commit`).
+pub(crate) fn check_size(text: &str, frame_type: &str) -> Result<(), PeerError> {
+    let max = max_client_frame_bytes(frame_type);
+    if text.len() > max {
         return Err(PeerError::MessageTooLarge {
             size: text.len(),
-            max: MAX_FRAME_BYTES,
+            max,
         });
     }
     Ok(())
@@ -267,6 +270,7 @@ impl Keepalive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lattice_protocol::limits::MAX_FRAME_BYTES;
 
     fn link(capacity: usize) -> Link {
         Link::new(
@@ -341,8 +345,15 @@ mod tests {
             "{text}"
         );
         assert!(matches!(
-            check_size(&"x".repeat(MAX_FRAME_BYTES + 1)),
+            check_size(&"x".repeat(MAX_FRAME_BYTES + 1), "message"),
             Err(PeerError::MessageTooLarge { .. })
+        ));
+        // a group_commit (a big group's Commit + Welcome) has its own, larger cap
+        let max = lattice_protocol::limits::MAX_GROUP_COMMIT_FRAME_BYTES;
+        assert!(check_size(&"x".repeat(MAX_FRAME_BYTES + 1), "group_commit").is_ok());
+        assert!(matches!(
+            check_size(&"x".repeat(max + 1), "group_commit"),
+            Err(PeerError::MessageTooLarge { max: m, .. }) if m == max
         ));
     }
 

@@ -146,8 +146,9 @@ impl Requests {
         let mut guard =
             self.pending
                 .register(request_id.clone(), expected, options.filter.clone(), epoch);
+        let frame_type = body.type_name();
         let text = encode(&Frame::with_request_id(body, Some(request_id.clone())));
-        check_size(&text)?;
+        check_size(&text, frame_type)?;
         let per_attempt = options.timeout.unwrap_or(self.timeout);
         let max_attempts = options.retry_count.saturating_add(1);
         let mut attempts = 0;

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::frames::{ClientFrame, FrameBody, ServerFrame};
 use crate::ids::RequestId;
-use crate::limits::MAX_FRAME_BYTES;
+use crate::limits::{MAX_FRAME_BYTES, MAX_SERVER_FRAME_BYTES};
 use crate::ErrorType;
 
 /// A frame with its optional top-level `requestId`.
@@ -186,42 +186,50 @@ impl<'de, T: FrameBody> serde::de::DeserializeSeed<'de> for PayloadSeed<'_, T> {
     }
 }
 
-fn decode<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
-    if text.len() <= MAX_FRAME_BYTES {
-        if let Ok(FastFrame(Some(frame))) = serde_json::from_str::<FastFrame<T>>(text) {
-            return Ok(frame);
+fn decode<T: FrameBody>(
+    text: &str,
+    limit: impl Fn(&str) -> usize,
+) -> Result<Frame<T>, DecodeError> {
+    if text.len() > MAX_FRAME_BYTES {
+        // Past the ordinary cap only a frame type allowed more may pass (`group_commit` from a
+        // client); its type is read without keeping anything else of the frame.
+        let head = oversized_head(text);
+        let allowed = head.ty.as_deref().map_or(MAX_FRAME_BYTES, &limit);
+        if text.len() > allowed {
+            return Err(DecodeError {
+                error_type: ErrorType::MessageTooLarge,
+                details: format!(
+                    "Frame of {} bytes exceeds the limit of {allowed} bytes",
+                    text.len()
+                ),
+                request_id: head.request_id,
+                frame_type: None,
+            });
         }
+    }
+    if let Ok(FastFrame(Some(frame))) = serde_json::from_str::<FastFrame<T>>(text) {
+        return Ok(frame);
     }
     decode_slow(text)
 }
 
-/// The `requestId` of a frame too large to decode, so its error still names the request. The
-/// text is bounded by the transport (the server reads at most 1 MiB); only `requestId` is kept,
-/// everything else is skipped without being stored.
-fn oversized_request_id(text: &str) -> Option<RequestId> {
-    #[derive(Deserialize)]
-    struct OnlyRequestId {
-        #[serde(rename = "requestId", default)]
-        request_id: Option<RequestId>,
-    }
-    serde_json::from_str::<OnlyRequestId>(text)
-        .ok()
-        .and_then(|f| f.request_id)
+/// The `type` and `requestId` of a frame larger than [`MAX_FRAME_BYTES`]: its type decides its
+/// limit, and an error still names the request. The text is bounded by the transport (the server
+/// reads at most `MAX_GROUP_COMMIT_FRAME_BYTES` plus a margin); everything else is skipped
+/// without being stored.
+#[derive(Default, Deserialize)]
+struct OversizedHead {
+    #[serde(rename = "type", default)]
+    ty: Option<String>,
+    #[serde(rename = "requestId", default)]
+    request_id: Option<RequestId>,
+}
+
+fn oversized_head(text: &str) -> OversizedHead {
+    serde_json::from_str::<OversizedHead>(text).unwrap_or_default()
 }
 
 fn decode_slow<T: FrameBody>(text: &str) -> Result<Frame<T>, DecodeError> {
-    if text.len() > MAX_FRAME_BYTES {
-        return Err(DecodeError {
-            error_type: ErrorType::MessageTooLarge,
-            details: format!(
-                "Frame of {} bytes exceeds the limit of {} bytes",
-                text.len(),
-                MAX_FRAME_BYTES
-            ),
-            request_id: oversized_request_id(text),
-            frame_type: None,
-        });
-    }
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             DecodeError::invalid("A frame must be a JSON object with a type and a payload")
@@ -286,7 +294,9 @@ fn truncate(s: &str, max: usize) -> String {
 /// Decodes a frame sent by a client.
 ///
 /// # Errors
-/// [`DecodeError`] with `MESSAGE_TOO_LARGE` for frames over [`MAX_FRAME_BYTES`] and
+/// [`DecodeError`] with `MESSAGE_TOO_LARGE` for frames over their type's limit
+/// ([`crate::limits::max_client_frame_bytes`]: [`MAX_FRAME_BYTES`], or
+/// [`crate::limits::MAX_GROUP_COMMIT_FRAME_BYTES`] for `group_commit`) and
 /// `INVALID_MESSAGE` for bad JSON, a missing `type` or `payload`, an unknown type or a payload of the
 /// wrong shape.
 ///
@@ -298,13 +308,14 @@ fn truncate(s: &str, max: usize) -> String {
 /// assert!(decode_client("{").is_err());
 /// ```
 pub fn decode_client(text: &str) -> Result<Frame<ClientFrame>, DecodeError> {
-    decode(text)
+    decode(text, crate::limits::max_client_frame_bytes)
 }
 
 /// Decodes a frame sent by the server.
 ///
 /// # Errors
-/// As [`decode_client`].
+/// As [`decode_client`], with one limit for every type: [`MAX_SERVER_FRAME_BYTES`] (a delivered
+/// MLS Commit or Welcome is the largest server frame).
 pub fn decode_server(text: &str) -> Result<Frame<ServerFrame>, DecodeError> {
-    decode(text)
+    decode(text, |_| MAX_SERVER_FRAME_BYTES)
 }

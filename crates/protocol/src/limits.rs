@@ -5,11 +5,50 @@
 /// wire; 256 KiB leaves room for long texts while keeping a hostile frame cheap to refuse.
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
+/// Largest `group_commit` frame, in bytes: the one client frame allowed past [`MAX_FRAME_BYTES`].
+/// It carries an MLS Commit and the Welcome of the members it adds, both base64. Grown one add at
+/// a time to [`MAX_GROUP_MEMBERS`], the add that makes 128 members is a 160,500-byte Commit and a
+/// 196,898-byte Welcome (`lattice-mls`, measured: docs/mls.md), so a ~480 KB frame; a tree whose
+/// parent nodes are all filled makes the Welcome up to ~350 KB (~680 KB frame). 1 MiB holds both
+/// with room, and stays a bound: the server reads such a frame only within its in-flight budget
+/// for large frames (`lattice-server`'s `limits::LARGE_FRAME_BUDGET`). Original clients never
+/// send it.
+pub const MAX_GROUP_COMMIT_FRAME_BYTES: usize = 1024 * 1024;
+
 /// Largest frame the server ever sends, in bytes, and so the least a client must be willing to read.
 /// A delivered `message` is the sender's frame (at most [`MAX_FRAME_BYTES`]) re-wrapped with the
-/// server-set `fromId`, `timestamp` and `messageId`; 16 KiB of headroom covers that with room to
-/// spare. Every other server frame is far smaller (see [`MAX_DISCOVER_ANSWER_BYTES`]).
-pub const MAX_SERVER_FRAME_BYTES: usize = MAX_FRAME_BYTES + 16 * 1024;
+/// server-set `fromId`, `timestamp` and `messageId`; a delivered Commit or Welcome is one field of
+/// a `group_commit` (at most [`MAX_GROUP_COMMIT_FRAME_BYTES`]) in an `mls` envelope. 16 KiB of
+/// headroom covers the fields around either with room to spare. Every other server frame is far
+/// smaller (see [`MAX_DISCOVER_ANSWER_BYTES`]). Only `mls` deliveries go past
+/// [`MAX_SERVER_FRAME_BYTES_NON_MLS`], so an original client, which takes part in no group, never
+/// gets one.
+pub const MAX_SERVER_FRAME_BYTES: usize = MAX_GROUP_COMMIT_FRAME_BYTES + 16 * 1024;
+
+/// Largest frame the server sends to a client outside MLS groups: a relayed message of
+/// [`MAX_FRAME_BYTES`] with the server's fields around it.
+pub const MAX_SERVER_FRAME_BYTES_NON_MLS: usize = MAX_FRAME_BYTES + 16 * 1024;
+
+/// The largest client frame of type `frame_type` (its wire name): [`MAX_GROUP_COMMIT_FRAME_BYTES`]
+/// for `group_commit`, [`MAX_FRAME_BYTES`] for every other. The server refuses a larger frame with
+/// `MESSAGE_TOO_LARGE`; a client checks before sending.
+///
+/// ```
+/// use lattice_protocol::limits::{max_client_frame_bytes, MAX_FRAME_BYTES, MAX_GROUP_COMMIT_FRAME_BYTES};
+/// assert_eq!(max_client_frame_bytes("group_commit"), MAX_GROUP_COMMIT_FRAME_BYTES);
+/// assert_eq!(max_client_frame_bytes("message"), MAX_FRAME_BYTES);
+/// ```
+#[must_use]
+pub fn max_client_frame_bytes(frame_type: &str) -> usize {
+    if frame_type == GROUP_COMMIT_TYPE {
+        MAX_GROUP_COMMIT_FRAME_BYTES
+    } else {
+        MAX_FRAME_BYTES
+    }
+}
+
+/// The wire name of the frame allowed up to [`MAX_GROUP_COMMIT_FRAME_BYTES`].
+const GROUP_COMMIT_TYPE: &str = "group_commit";
 
 /// Most ids in one `discover` answer. More online peers are paged (`more` / `cursor`). 1000 ids of
 /// the longest length make a 68 KiB frame: a fraction of the frame limit however many peers
@@ -23,7 +62,10 @@ pub const MAX_DISCOVER_PEERS: usize = 1000;
 pub const MAX_DISCOVER_ANSWER_BYTES: usize = MAX_DISCOVER_PEERS * (MAX_ID_LEN + 3) + 1024;
 
 const _: () = assert!(MAX_DISCOVER_ANSWER_BYTES <= MAX_FRAME_BYTES);
-const _: () = assert!(MAX_FRAME_BYTES < MAX_SERVER_FRAME_BYTES);
+const _: () = assert!(MAX_FRAME_BYTES < MAX_SERVER_FRAME_BYTES_NON_MLS);
+const _: () = assert!(MAX_SERVER_FRAME_BYTES_NON_MLS <= MAX_SERVER_FRAME_BYTES);
+const _: () = assert!(MAX_FRAME_BYTES < MAX_GROUP_COMMIT_FRAME_BYTES);
+const _: () = assert!(MAX_GROUP_COMMIT_FRAME_BYTES < MAX_SERVER_FRAME_BYTES);
 
 /// Longest `clientId`, `messageId`, `requestId`, `conversationId` or `groupId`, in characters (all
 /// are ASCII; a `groupId` of 64 hex characters is 32 bytes, twice what `lattice-mls` makes).
@@ -56,9 +98,9 @@ pub const DEFAULT_PORT: u16 = 3005;
 
 /// Most members (leaves) an MLS group may have: the engine (`lattice-mls`) refuses to grow a group
 /// past it and the server's delivery service refuses a Commit whose member list is longer. A
-/// Welcome carries the ratchet tree (~1.5–2.5 KB per member with the hybrid suite) and a path
-/// Commit may encrypt to every leaf, so at 128 members each is near 200–300 KB of MLS bytes.
-/// Raise it together with [`MAX_FRAME_BYTES`] (or once the tree travels separately).
+/// Welcome carries the ratchet tree (~1.5–2.7 KB per member with the hybrid suite) and a path
+/// Commit may encrypt to every leaf, so at 128 members each is near 160–350 KB of MLS bytes: the
+/// reason for [`MAX_GROUP_COMMIT_FRAME_BYTES`]. Raise it together with that cap.
 pub const MAX_GROUP_MEMBERS: usize = 128;
 
 /// *ext*: most devices one id may have, its implicit primary device included: a signed device

@@ -324,6 +324,53 @@ fn decode_errors_are_typed_and_keep_request_id() {
     assert_eq!(e.request_id.unwrap().as_str(), "r-big");
 }
 
+/// `group_commit` may be larger than the ordinary frame cap, up to its own; no other frame may,
+/// whatever it claims, and the error names the request either way.
+#[test]
+fn group_commit_frames_have_their_own_larger_limit() {
+    let commit = |pad: usize, ty: &str| {
+        let head = format!(
+            r#"{{"type":"{ty}","requestId":"c1","payload":{{"groupId":"{}","epoch":3,"members":["a"],"messageId":"m","commit":""#,
+            "ab".repeat(16)
+        );
+        format!("{head}{}\"}}}}", "A".repeat(pad))
+    };
+    // Between the two caps: a group_commit decodes...
+    let ok = commit(limits::MAX_FRAME_BYTES + 1000, "group_commit");
+    assert!(ok.len() > limits::MAX_FRAME_BYTES && ok.len() < limits::MAX_GROUP_COMMIT_FRAME_BYTES);
+    let f = decode_client(&ok).unwrap();
+    assert_eq!(f.body.type_name(), "group_commit");
+    assert_eq!(f.request_id.unwrap().as_str(), "c1");
+    // ...any other type of that size is too large (group_message carries the same fields).
+    let e = decode_client(&commit(limits::MAX_FRAME_BYTES + 1000, "group_message")).unwrap_err();
+    assert_eq!(e.error_type, ErrorType::MessageTooLarge);
+    assert_eq!(e.request_id.unwrap().as_str(), "c1");
+    // Past its own cap a group_commit is too large too.
+    let e = decode_client(&commit(
+        limits::MAX_GROUP_COMMIT_FRAME_BYTES,
+        "group_commit",
+    ))
+    .unwrap_err();
+    assert_eq!(e.error_type, ErrorType::MessageTooLarge);
+    assert!(
+        e.details
+            .contains(&limits::MAX_GROUP_COMMIT_FRAME_BYTES.to_string()),
+        "{}",
+        e.details
+    );
+    assert_eq!(e.request_id.unwrap().as_str(), "c1");
+    // A server frame (a delivered Welcome) up to the server's largest decodes on the client.
+    let delivered = format!(
+        r#"{{"type":"message","payload":{{"fromId":"a","timestamp":1,"message":{{"algorithm":"mls","data":"{}"}}}}}}"#,
+        "A".repeat(limits::MAX_GROUP_COMMIT_FRAME_BYTES)
+    );
+    assert!(delivered.len() <= limits::MAX_SERVER_FRAME_BYTES);
+    assert_eq!(
+        decode_server(&delivered).unwrap().body.type_name(),
+        "message"
+    );
+}
+
 #[test]
 fn unknown_fields_are_ignored() {
     let f = decode_client(r#"{"type":"discover","payload":{"future":1},"extra":true}"#).unwrap();

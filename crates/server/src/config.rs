@@ -374,7 +374,10 @@ impl Config {
         if self.blob_ttl.is_zero() {
             return Err(ConfigError("--blob-ttl must be above 0".into()));
         }
-        let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES as u64;
+        // One largest ordinary message. A Commit or Welcome of a big group may be larger (up to
+        // `MAX_SERVER_FRAME_BYTES`); the default share (4 MiB) holds it, and a mailbox set below
+        // it refuses that Commit with `MAILBOX_FULL` rather than the server refusing to start.
+        let largest = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES_NON_MLS as u64;
         if self.mailbox_quota().sender_bytes < largest {
             return Err(ConfigError(format!(
                 "--mailbox-bytes must leave each sender room for one largest message ({largest} bytes)"

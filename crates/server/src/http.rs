@@ -95,7 +95,8 @@ async fn upgrade(
     }
     Metrics::inc(&state.metrics.connections_total);
     let tasks = state.tasks.clone();
-    ws.accept(move |socket| async move {
+    let budget = state.large_messages.clone();
+    ws.accept(budget, move |socket| async move {
         match socket {
             Some(socket) => {
                 tasks

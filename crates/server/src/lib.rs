@@ -314,6 +314,7 @@ fn build_state_with(
         admin_guard: admin_guard::AdminGuard::default(),
         new_ids: state::NewIdLimiter::default(),
         in_flight_budget: Arc::new(inflight::Budget::new(limits::IN_FLIGHT_BYTES)),
+        large_messages: ws::LargeMessages::new(limits::LARGE_MESSAGES_IN_FLIGHT),
         blobs,
         blob_tokens,
         node,

@@ -8,10 +8,23 @@ use std::time::Duration;
 /// (see `session`), not by buffering more.
 pub const OUTBOUND_QUEUE: usize = 256;
 
-/// Largest WebSocket message the transport reads at all. Frames between the protocol limit
-/// (256 KiB) and this get an `error` frame and the connection lives on; beyond it the transport
-/// closes the connection (1009) without buffering the rest.
-pub const MAX_TRANSPORT_MESSAGE: usize = 1024 * 1024;
+/// Largest WebSocket message the transport reads at all: the largest frame the protocol allows
+/// (a `group_commit`, [`lattice_protocol::limits::MAX_GROUP_COMMIT_FRAME_BYTES`]) plus 256 KiB, so
+/// a frame somewhat over its type's limit still gets an `error` frame naming its `requestId`
+/// and the connection lives on; beyond it the transport closes the connection (1009) without
+/// buffering the rest. Any message over the ordinary cap is read only within
+/// [`LARGE_MESSAGES_IN_FLIGHT`].
+pub const MAX_TRANSPORT_MESSAGE: usize =
+    lattice_protocol::limits::MAX_GROUP_COMMIT_FRAME_BYTES + 256 * 1024;
+
+/// Messages over the ordinary frame cap (256 KiB; in practice `group_commit` frames of big MLS
+/// groups) read at once on the whole server, at most one per connection. Each holds up to
+/// [`MAX_TRANSPORT_MESSAGE`] (1.25 MiB) while it is read and handled, plus the copies its
+/// handler makes (the decoded Commit and Welcome, the frames stored for the members: about three
+/// times the frame), so 32 bound that memory near 160 MiB however many connections send them. A
+/// connection that finds none free is not read until one is (backpressure on it alone); growing a
+/// group is one such frame per add, so 32 is far more than honest clients use at once.
+pub const LARGE_MESSAGES_IN_FLIGHT: usize = 32;
 
 /// Bytes a connection reads from its socket at a time (more when one frame needs more). The read
 /// buffer exists only while there is something to read: it is let go whenever the socket has
@@ -27,9 +40,11 @@ pub const READ_CHUNK: usize = 4 * 1024;
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Most bytes waiting to be written on one connection before a frame is refused: the batch
-/// ([`WRITE_BUFFER`]) plus the largest frames. A flush empties it; a peer that does not read is
-/// closed by [`WRITE_TIMEOUT`] long before this could be reached twice.
-pub const MAX_WRITE_BUFFER: usize = lattice_protocol::limits::MAX_FRAME_BYTES * 4;
+/// ([`WRITE_BUFFER`]) plus the largest frames (a delivered Commit or Welcome of a big group is up
+/// to [`lattice_protocol::limits::MAX_SERVER_FRAME_BYTES`]). A flush empties it; a peer that does
+/// not read is closed by [`WRITE_TIMEOUT`] long before this could be reached twice. It is a
+/// bound, not an allocation: the buffer grows to what is queued and is let go once flushed.
+pub const MAX_WRITE_BUFFER: usize = lattice_protocol::limits::MAX_SERVER_FRAME_BYTES * 2;
 
 /// TLS handshakes in progress at once (`--tls-cert`); more connections wait in the listen backlog.
 pub const MAX_TLS_HANDSHAKES: usize = 256;

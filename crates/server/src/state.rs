@@ -54,6 +54,8 @@ pub struct ServerState {
     pub new_ids: NewIdLimiter,
     /// The bytes of every message held for an `ack` ([`crate::inflight`]).
     pub in_flight_budget: Arc<crate::inflight::Budget>,
+    /// Large messages (a big group's `group_commit`) being read at once ([`crate::ws`]).
+    pub large_messages: crate::ws::LargeMessages,
     /// The blob store (`None` without `--data-dir`: blobs are off).
     pub blobs: Option<Arc<crate::blobs::Blobs>>,
     /// Live blob tokens (`blob_token` frames).

@@ -17,9 +17,19 @@
 //! [`MAX_TRANSPORT_MESSAGE`] is refused when its header arrives ([`WsError::TooBig`]), without
 //! buffering it, and the rest of it is skipped so the closing handshake can still be read; what
 //! waits to be written is bounded by [`MAX_WRITE_BUFFER`].
+//!
+//! **Large messages** (over [`LARGE_MESSAGE`], the ordinary frame cap: in practice a
+//! `group_commit` of a big MLS group) are read only with a slot of the server's
+//! [`LargeMessages`] budget ([`LARGE_MESSAGES_IN_FLIGHT`] at once): one per connection at a time,
+//! taken when the message's header shows its size and given back when the session asks for the
+//! next message (it has handled this one). Without a free slot the socket is not read further:
+//! the sender's TCP window closes and only it waits (backpressure on the offender), while its
+//! own small frames already read and every other connection go on. An idle connection holds no
+//! slot and no buffer.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -30,8 +40,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-use crate::limits::{MAX_TRANSPORT_MESSAGE, MAX_WRITE_BUFFER, READ_CHUNK, WRITE_BUFFER};
+use crate::limits::{
+    LARGE_MESSAGES_IN_FLIGHT, MAX_TRANSPORT_MESSAGE, MAX_WRITE_BUFFER, READ_CHUNK, WRITE_BUFFER,
+};
 
 /// Largest payload of a control frame (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -198,6 +211,52 @@ pub struct WsStream<S> {
     /// After a protocol violation: what arrives is read and dropped (never parsed) until the
     /// peer closes, so our close frame is not lost to a reset caused by unread input.
     discard: bool,
+    /// The server's budget of large messages being read.
+    budget: LargeMessages,
+    /// This connection's slot of it, or the wait for one (boxed: absent on nearly every turn).
+    large: Option<Box<LargeSlot>>,
+}
+
+/// Messages above this many bytes need a slot of [`LargeMessages`]: the ordinary frame cap, so
+/// every frame but a big `group_commit` is read as before.
+pub const LARGE_MESSAGE: usize = lattice_protocol::limits::MAX_FRAME_BYTES;
+
+type Acquire =
+    Pin<Box<dyn std::future::Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A connection's claim on the large-message budget.
+enum LargeSlot {
+    /// Waiting for a free slot: the socket is not read meanwhile.
+    Waiting(Acquire),
+    /// Reading (or handing out) one large message.
+    Held {
+        _permit: OwnedSemaphorePermit,
+        /// The message was handed to the session: the slot goes back on the next read.
+        handed_out: bool,
+    },
+}
+
+/// The server-wide bound on large messages being read at once (each at most
+/// [`MAX_TRANSPORT_MESSAGE`] bytes): a cheap `Clone`, one per server.
+#[derive(Clone, Debug)]
+pub struct LargeMessages(Arc<Semaphore>);
+
+impl LargeMessages {
+    /// A budget of `slots` large messages at once.
+    pub fn new(slots: usize) -> Self {
+        Self(Arc::new(Semaphore::new(slots)))
+    }
+
+    /// Slots free now (for tests and metrics).
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+impl Default for LargeMessages {
+    fn default() -> Self {
+        Self::new(LARGE_MESSAGES_IN_FLIGHT)
+    }
 }
 
 impl<S> std::fmt::Debug for WsStream<S> {
@@ -211,9 +270,12 @@ impl<S> std::fmt::Debug for WsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
-    /// A WebSocket over an upgraded connection (the handshake is done).
-    pub fn new(io: S) -> Self {
+    /// A WebSocket over an upgraded connection (the handshake is done), reading large messages
+    /// within `budget`.
+    pub fn new(io: S, budget: LargeMessages) -> Self {
         Self {
+            budget,
+            large: None,
             io,
             rbuf: BytesMut::new(),
             skip: 0,
@@ -230,6 +292,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     /// Bytes of buffer capacity the connection holds now (read + write), for tests and metrics.
     pub fn buffered_capacity(&self) -> usize {
         self.rbuf.capacity() + self.wbuf.capacity()
+    }
+
+    /// Takes (or waits for) a slot of the large-message budget for the message being read;
+    /// `Ready(Ok)` once this connection holds one. `Err`: the budget was closed.
+    fn poll_large_slot(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), AcquireError>> {
+        loop {
+            match self.large.as_deref_mut() {
+                Some(LargeSlot::Held { .. }) => return Poll::Ready(Ok(())),
+                Some(LargeSlot::Waiting(acquire)) => {
+                    let permit = ready!(acquire.as_mut().poll(cx))?;
+                    self.large = Some(Box::new(LargeSlot::Held {
+                        _permit: permit,
+                        handed_out: false,
+                    }));
+                }
+                None => {
+                    let acquire: Acquire = Box::pin(Arc::clone(&self.budget.0).acquire_owned());
+                    self.large = Some(Box::new(LargeSlot::Waiting(acquire)));
+                }
+            }
+        }
+    }
+
+    /// Whether this connection holds a slot of the large-message budget (tests).
+    pub fn holds_large_slot(&self) -> bool {
+        matches!(self.large.as_deref(), Some(LargeSlot::Held { .. }))
     }
 
     /// Writes what is buffered; `Ready(Ok)` once all of it is in the socket. The buffer is then
@@ -385,6 +473,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsStream<S> {
                 Poll::Pending => {}
             }
         }
+        // The session asks for the next message: the large one handed out before is handled.
+        if matches!(
+            this.large.as_deref(),
+            Some(LargeSlot::Held {
+                handed_out: true,
+                ..
+            })
+        ) {
+            this.large = None;
+        }
         loop {
             if this.read_done || (this.close_received && this.skip == 0) {
                 return Poll::Ready(None);
@@ -393,7 +491,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsStream<S> {
                 this.rbuf.clear();
             } else {
                 match this.parse() {
-                    Ok(Some(m)) => return Poll::Ready(Some(Ok(m))),
+                    Ok(Some(m)) => {
+                        if let Some(LargeSlot::Held { handed_out, .. }) = this.large.as_deref_mut()
+                        {
+                            *handed_out = true;
+                        }
+                        return Poll::Ready(Some(Ok(m)));
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         // Too big: skipped, and the stream goes on. Anything else: nothing after
@@ -407,12 +511,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsStream<S> {
                 }
             }
             // Room for what the current frame still needs, at least READ_CHUNK.
-            let missing = match parse_header(&this.rbuf) {
+            let (missing, message) = match parse_header(&this.rbuf) {
                 Ok(Some(h)) if this.skip == 0 && !this.discard => {
-                    (h.len + h.payload as usize).saturating_sub(this.rbuf.len())
+                    let so_far = this.partial.as_ref().map_or(0, |p| p.data.len());
+                    (
+                        (h.len + h.payload as usize).saturating_sub(this.rbuf.len()),
+                        so_far + h.payload as usize,
+                    )
                 }
-                _ => MAX_HEADER,
+                _ => (
+                    MAX_HEADER,
+                    this.partial.as_ref().map_or(0, |p| p.data.len()),
+                ),
             };
+            // A large message is read only with a slot of the server's budget.
+            if message > LARGE_MESSAGE && ready!(this.poll_large_slot(cx)).is_err() {
+                this.read_done = true;
+                return Poll::Ready(None);
+            }
             if this.rbuf.capacity() - this.rbuf.len() < missing.min(READ_CHUNK) {
                 this.rbuf.reserve(missing.max(READ_CHUNK));
             }
@@ -587,7 +703,7 @@ pub type Socket = WsStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 impl Upgrade {
     /// Answers `101 Switching Protocols` and, once the client has it, hands the socket to
     /// `on_socket` (or `None` if the upgrade failed) on a new task.
-    pub fn accept<F, Fut>(self, on_socket: F) -> Response
+    pub fn accept<F, Fut>(self, budget: LargeMessages, on_socket: F) -> Response
     where
         F: FnOnce(Option<Socket>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -599,7 +715,7 @@ impl Upgrade {
             let socket = on_upgrade
                 .await
                 .ok()
-                .map(|io| WsStream::new(hyper_util::rt::TokioIo::new(io)));
+                .map(|io| WsStream::new(hyper_util::rt::TokioIo::new(io), budget));
             on_socket(socket).await;
         });
         (
@@ -643,7 +759,7 @@ mod tests {
 
     fn pair() -> (WsStream<DuplexStream>, DuplexStream) {
         let (a, b) = tokio::io::duplex(1 << 20);
-        (WsStream::new(a), b)
+        (WsStream::new(a, LargeMessages::default()), b)
     }
 
     async fn read_frame(client: &mut DuplexStream) -> (u8, Vec<u8>) {
@@ -658,6 +774,57 @@ mod tests {
         let mut p = vec![0; len];
         client.read_exact(&mut p).await.unwrap();
         (h[0], p)
+    }
+
+    /// Two connections share a budget of one large message: the second one's large message is
+    /// not read while the first holds the slot (its small frame before it is), and is read as
+    /// soon as the first asks for its next message. Counted, never timed.
+    #[tokio::test]
+    async fn large_messages_wait_for_a_slot_of_the_shared_budget() {
+        use futures_util::FutureExt as _;
+        let budget = LargeMessages::new(1);
+        let (a_io, mut a_client) = tokio::io::duplex(1 << 21);
+        let (b_io, mut b_client) = tokio::io::duplex(1 << 21);
+        let mut a = WsStream::new(a_io, budget.clone());
+        let mut b = WsStream::new(b_io, budget.clone());
+        let big = "g".repeat(LARGE_MESSAGE + 1);
+        a_client
+            .write_all(&client_frame(true, OP_TEXT, big.as_bytes()))
+            .await
+            .unwrap();
+        let mut b_bytes = client_frame(true, OP_TEXT, b"small");
+        b_bytes.extend(client_frame(true, OP_TEXT, big.as_bytes()));
+        b_client.write_all(&b_bytes).await.unwrap();
+
+        assert_eq!(
+            a.next().await.unwrap().unwrap(),
+            Message::Text(big.clone().into())
+        );
+        assert!(a.holds_large_slot());
+        assert_eq!(budget.available(), 0);
+        // b reads its small frame; its large one waits, however often it is polled
+        assert_eq!(
+            b.next().await.unwrap().unwrap(),
+            Message::Text("small".into())
+        );
+        for _ in 0..3 {
+            assert!(b.next().now_or_never().is_none());
+        }
+        assert!(!b.holds_large_slot());
+        // a asks for more (it handled its message): the slot goes to b
+        assert!(a.next().now_or_never().is_none());
+        assert!(!a.holds_large_slot());
+        assert_eq!(b.next().await.unwrap().unwrap(), Message::Text(big.into()));
+        assert!(b.holds_large_slot());
+        assert!(b.next().now_or_never().is_none());
+        assert_eq!(budget.available(), 1);
+        // ordinary frames never take a slot
+        a_client
+            .write_all(&client_frame(true, OP_TEXT, &vec![b'x'; LARGE_MESSAGE]))
+            .await
+            .unwrap();
+        assert!(matches!(a.next().await, Some(Ok(Message::Text(_)))));
+        assert!(!a.holds_large_slot());
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use lattice_crypto::{Identity, IdentityPublicKey};
 use lattice_mls::{GroupEvent, GroupId, MlsClient, MlsStore, OutgoingCommit};
 use lattice_protocol::ClientId;
+use lattice_server::ServerHandle;
 use serde_json::{json, Value};
 use support::{
     new_identity, reconnect_verified, register_unverified, register_verified, spawn_server,
@@ -1133,4 +1134,319 @@ async fn the_key_package_directory_and_its_refusals_are_the_same_on_every_node()
         .ask("key_package_upload", json!({"keyPackages": []}))
         .await;
     assert_eq!(a["payload"]["stock"], stored - 1, "{a}");
+}
+
+/// Acknowledges every copy `c` gets without processing it: a member of a big group that costs
+/// the test nothing but its socket (its leaf is real, from its uploaded KeyPackage). It waits as
+/// long as it takes (an add of a big group in a debug build on a loaded machine may take longer
+/// than [`support::WAIT`]); it ends when the connection does.
+async fn acknowledge_everything(mut c: Client) {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    while let Some(Ok(msg)) = c.ws.next().await {
+        let Message::Text(t) = msg else { continue };
+        let m: Value = serde_json::from_str(&t).unwrap();
+        if m["type"] == "message" {
+            let p = &m["payload"];
+            c.send(
+                json!({"type":"ack","payload":{"messageId": p["messageId"], "fromId": p["fromId"]}}),
+            )
+            .await;
+        }
+    }
+}
+
+/// Grows a group **one add at a time** to `target` members through a real server: alice fetches
+/// each newcomer's real KeyPackage, adds it and sends the Commit + Welcome in one `group_commit`
+/// (past the ordinary 256 KiB cap from ~65 members on); every earlier member gets each Commit
+/// (the cheap ones acknowledge it without processing). The last newcomer joins from its Welcome
+/// (delivered past the ordinary cap too) and reads alice's message. Prints the add time (engine +
+/// server round trip) and the sizes at 2/10/50/100/128 members: a measurement, not asserted.
+async fn grow_one_add_at_a_time(target: usize) -> (Member, Member, GroupId, Pins, ServerHandle) {
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut pins = Pins::new();
+    let mut alice = Member::new(&url, "alice", &mut pins).await;
+    let gid = alice.mls.create_group("big").unwrap();
+    let mut names = vec!["alice".to_owned()];
+    let mut cheap = tokio::task::JoinSet::new();
+    let mut last = None;
+    let mut largest_frame = 0;
+    for n in 2..=target {
+        let name = format!("m{n}");
+        let mut m = Member::new(&url, &name, &mut pins).await;
+        m.upload(1).await;
+        let kp = alice.fetch(&name, &pins).await;
+        names.push(name);
+        let t = Instant::now();
+        let out = alice.mls.add_members(&gid, &[kp]).unwrap();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        alice.commit(&out, &refs, &format!("add-{n}")).await;
+        let took = t.elapsed();
+        let welcome = out.welcome.as_ref().map_or(0, Vec::len);
+        // base64 of both plus the JSON around them (ids, the member list)
+        let frame = (out.commit.len() + welcome).div_ceil(3) * 4 + 20 * n + 200;
+        largest_frame = largest_frame.max(frame);
+        if [2, 10, 50, 100, 128].contains(&n) {
+            println!(
+                "add to {n} members: {took:?} (engine + server), Commit {} B, Welcome {welcome} B, group_commit frame ~{frame} B",
+                out.commit.len()
+            );
+        }
+        if n == target {
+            last = Some(m);
+        } else {
+            cheap.spawn(acknowledge_everything(m.ws));
+        }
+    }
+    assert!(
+        target < 70 || largest_frame > lattice_protocol::limits::MAX_FRAME_BYTES,
+        "the test must cross the ordinary cap ({largest_frame} B)"
+    );
+    let mut last = last.unwrap();
+    let (kind, ev) = last.pump(&pins).await;
+    assert_eq!(kind, "welcome");
+    assert!(
+        matches!(&ev[0], GroupEvent::Joined { members, .. } if members.len() == target),
+        "{:?}",
+        ev.first()
+            .map(|e| format!("{e:?}").chars().take(200).collect::<String>())
+    );
+    alice.say(&gid, "welcome, last one").await;
+    assert_eq!(
+        last.hear(&pins).await,
+        (cid("alice"), "welcome, last one".to_owned())
+    );
+    cheap.abort_all();
+    (alice, last, gid, pins, server)
+}
+
+/// CI variant of the 128-member growth (which takes minutes in a debug build): 100 members,
+/// every add one at a time through the server, the adds past ~65 members carried by frames
+/// larger than the ordinary cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_grown_one_add_at_a_time_to_a_hundred_members_works_end_to_end() {
+    let (_alice, _last, _gid, _pins, server) = grow_one_add_at_a_time(100).await;
+    server.shutdown().await;
+}
+
+/// The engine's cap, `MAX_GROUP_MEMBERS` = 128, reached one add at a time through the server;
+/// the 129th add is refused by the engine (`GroupFull`) and, for a Commit whose member list
+/// says 129, by the server (`QUOTA_EXCEEDED` naming the request; the group goes on).
+/// Minutes in a debug build: `cargo test -p lattice-server --test mls_delivery -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes minutes in a debug build; the 100-member variant runs in CI"]
+async fn a_group_grows_one_add_at_a_time_to_128_members_and_refuses_the_129th() {
+    use lattice_protocol::limits::MAX_GROUP_MEMBERS;
+    let (mut alice, mut last, gid, mut pins, server) =
+        grow_one_add_at_a_time(MAX_GROUP_MEMBERS).await;
+    let url = server.url();
+    let mut extra = Member::new(&url, "one-too-many", &mut pins).await;
+    extra.upload(1).await;
+    let kp = alice.fetch("one-too-many", &pins).await;
+    assert!(matches!(
+        alice.mls.add_members(&gid, &[kp]),
+        Err(lattice_mls::MlsError::GroupFull { got, max }) if got == MAX_GROUP_MEMBERS + 1 && max == MAX_GROUP_MEMBERS
+    ));
+    // A client that says 129 anyway: its Commit is refused with a typed error.
+    let update = alice.mls.self_update(&gid).unwrap();
+    let mut names: Vec<String> = alice
+        .mls
+        .members(&gid)
+        .unwrap()
+        .iter()
+        .map(|m| m.identity.client_id.to_string())
+        .collect();
+    names.push("one-too-many".into());
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let v = alice.send_commit(&update, &refs, "too-many").await;
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["payload"]["errorType"], "QUOTA_EXCEEDED", "{v}");
+    assert_eq!(v["payload"]["requestId"], v["requestId"], "{v}");
+    alice.mls.discard_commit(&gid).unwrap();
+    // the group and the connection go on
+    alice.say(&gid, "still 128").await;
+    assert_eq!(last.hear(&pins).await.1, "still 128");
+    server.shutdown().await;
+}
+
+/// Only `group_commit` may pass the ordinary 256 KiB cap, and only up to its own: one between
+/// the caps is taken and its Welcome delivered whole (a server frame past the ordinary cap); one
+/// over its cap, and a non-MLS frame (or a `group_message`) between the caps, are refused with
+/// `MESSAGE_TOO_LARGE` naming the request, and the connection goes on.
+#[tokio::test]
+async fn only_group_commit_frames_pass_the_ordinary_cap_and_only_up_to_their_own() {
+    use lattice_protocol::limits::{MAX_FRAME_BYTES, MAX_GROUP_COMMIT_FRAME_BYTES};
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut pins = Pins::new();
+    let mut alice = Member::new(&url, "alice", &mut pins).await;
+    let mut bob = Member::new(&url, "bob", &mut pins).await;
+    let g = "00aa11cc";
+    let too_large = |v: &Value| {
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["payload"]["errorType"], "MESSAGE_TOO_LARGE", "{v}");
+        assert!(v["requestId"].is_string(), "{v}");
+        assert_eq!(v["payload"]["requestId"], v["requestId"], "{v}");
+    };
+    // between the caps: taken (the server reads only the clear headers)
+    let pad = "p".repeat(MAX_FRAME_BYTES / 2);
+    let big_welcome = welcome(&pad);
+    let v = alice
+        .ask(
+            "group_commit",
+            json!({"groupId": g, "epoch": 0, "commit": mls(g, 0, COMMIT, &pad),
+            "welcome": big_welcome, "members": ["alice", "bob"], "messageId": "big"}),
+        )
+        .await;
+    assert_eq!(v["type"], "group_commit", "{}", v["payload"]);
+    let w = bob.ws.recv_type("message").await;
+    assert_eq!(w["payload"]["message"]["kind"], "welcome");
+    assert_eq!(
+        w["payload"]["message"]["data"].as_str(),
+        Some(big_welcome.as_str())
+    );
+
+    // over the group_commit cap
+    let over = mls(
+        g,
+        1,
+        COMMIT,
+        &"o".repeat(MAX_GROUP_COMMIT_FRAME_BYTES * 3 / 4),
+    );
+    let v = alice
+        .ask(
+            "group_commit",
+            json!({"groupId": g, "epoch": 1, "commit": over, "members": ["alice", "bob"],
+            "messageId": "over"}),
+        )
+        .await;
+    too_large(&v);
+    // a non-MLS frame and a group_message between the caps
+    let fill = "A".repeat(MAX_FRAME_BYTES + 10_000);
+    let v = bob
+        .ask(
+            "message",
+            json!({"targetId": "alice", "messageId": "m-big",
+            "message": {"algorithm": "lattice-v1", "serializedCipherText": fill}}),
+        )
+        .await;
+    too_large(&v);
+    let v = bob
+        .ask(
+            "group_message",
+            json!({"groupId": g, "message": mls(g, 1, APPLICATION, &fill)}),
+        )
+        .await;
+    too_large(&v);
+
+    // the connections go on, and the group is at epoch 1 (nothing refused counted)
+    let ok = alice
+        .ask(
+            "group_commit",
+            json!({"groupId": g, "epoch": 1, "commit": mls(g, 1, COMMIT, "c1"),
+            "members": ["alice", "bob"], "messageId": "c1"}),
+        )
+        .await;
+    assert_eq!(ok["payload"]["epoch"], 2, "{ok}");
+    let c = bob.ws.recv_type("message").await;
+    assert_eq!(c["payload"]["messageId"], "c1", "{c}");
+    server.shutdown().await;
+}
+
+/// A flood of maximum-size `group_commit` frames from one connection (a member of no group, so
+/// each is refused): every one is answered with its typed error and `requestId`, while two other
+/// connections exchange their messages, all of them delivered and acknowledged. Counted, never
+/// timed. (The server reads each large frame within its large-message budget, one per
+/// connection at a time: the unit test in `ws` counts the waiting.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_maximum_size_commits_is_answered_and_no_one_else_loses_anything() {
+    use lattice_protocol::limits::MAX_GROUP_COMMIT_FRAME_BYTES;
+    const FLOOD: usize = 24;
+    const MESSAGES: usize = 100;
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut pins = Pins::new();
+    let mut alice = Member::new(&url, "alice", &mut pins).await;
+    let mut mallory = Member::new(&url, "mallory", &mut pins).await;
+    let g = "00aa11dd";
+    let created = alice
+        .ask(
+            "group_commit",
+            json!({"groupId": g, "epoch": 0, "commit": mls(g, 0, COMMIT, "c0"),
+            "members": ["alice"], "messageId": "c0"}),
+        )
+        .await;
+    assert_eq!(created["payload"]["epoch"], 1, "{created}");
+    // the largest frame the cap allows
+    let head = json!({"type": "group_commit", "requestId": "f-00", "payload": {"groupId": g,
+        "epoch": 1, "members": ["alice", "mallory"], "messageId": "f", "commit": ""}})
+    .to_string();
+    let room = (MAX_GROUP_COMMIT_FRAME_BYTES - head.len() - 64) / 4 * 3;
+    let commit = mls(g, 1, COMMIT, &"f".repeat(room - 40));
+    let flood: Vec<String> = (0..FLOOD)
+        .map(|i| {
+            let f = json!({"type": "group_commit", "requestId": format!("f-{i:02}"),
+                "payload": {"groupId": g, "epoch": 1, "members": ["alice", "mallory"],
+                "messageId": format!("f{i}"), "commit": commit}})
+            .to_string();
+            assert!(
+                f.len() <= MAX_GROUP_COMMIT_FRAME_BYTES
+                    && f.len() > MAX_GROUP_COMMIT_FRAME_BYTES - 4096
+            );
+            f
+        })
+        .collect();
+    let bad = tokio::spawn(async move {
+        for f in &flood {
+            mallory.ws.send_text(f).await;
+        }
+        let mut answered = Vec::new();
+        while answered.len() < FLOOD {
+            let v = mallory.ws.recv().await;
+            if v["type"] == "error" {
+                assert_eq!(v["payload"]["errorType"], "NOT_A_MEMBER", "{v}");
+                answered.push(v["requestId"].as_str().unwrap().to_owned());
+            }
+        }
+        answered
+    });
+    let carol_id = new_identity();
+    let dave_id = new_identity();
+    let mut carol = register_verified(&url, "carol", &carol_id).await;
+    let dave = register_verified(&url, "dave", &dave_id).await;
+    let reader = tokio::spawn(read_deliveries(dave, MESSAGES));
+    let mut acks = 0;
+    for i in 0..MESSAGES {
+        carol
+            .send(
+                json!({"type": "message", "requestId": format!("c{i}"), "payload": {
+                "targetId": "dave", "messageId": format!("c{i}"),
+                "message": support::envelope(&format!("hello {i}"))}}),
+            )
+            .await;
+        let v = carol.recv_any(&["message_ack", "error"]).await;
+        assert_eq!(v["type"], "message_ack", "{v}");
+        acks += 1;
+    }
+    let (_dave, seen) = reader.await.unwrap();
+    assert_eq!(acks, MESSAGES);
+    assert_eq!(
+        seen,
+        (0..MESSAGES).map(|i| format!("c{i}")).collect::<Vec<_>>()
+    );
+    let answered = bad.await.unwrap();
+    assert_eq!(
+        answered,
+        (0..FLOOD).map(|i| format!("f-{i:02}")).collect::<Vec<_>>()
+    );
+    // nothing of the flood reached alice, and her connection is fine
+    let v = alice
+        .ask(
+            "group_message",
+            json!({"groupId": g, "message": mls(g, 1, APPLICATION, "x")}),
+        )
+        .await;
+    assert_eq!(v["payload"]["recipients"], 0, "{v}");
+    server.shutdown().await;
 }
