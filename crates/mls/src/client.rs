@@ -164,13 +164,42 @@ impl MlsClient {
         identity: &IdentityKeyPair,
         client_id: ClientId,
     ) -> Result<Self, MlsError> {
+        let id = client_id.clone();
+        Self::create_with(store, client_id, |key| make_credential(identity, &id, key))
+    }
+
+    /// Makes a new client in an empty store for **linked device** `device` of `client_id`, whose
+    /// identity key is `identity_key` (docs/mls.md, *Multi-device*): a fresh MLS signature key,
+    /// bound by the chain identity key → device key (`device.certificate`) → MLS key (the
+    /// device key's signature, [`crate::make_device_credential`]). Verifiers accept its leaves
+    /// only while the id's signed device list names the device.
+    ///
+    /// # Errors
+    /// [`MlsError::NoClient`] if the store already holds a client; store or key errors.
+    pub fn create_device(
+        store: MlsStore,
+        identity_key: &lattice_crypto::IdentityPublicKey,
+        client_id: ClientId,
+        device: &crate::DeviceCredential<'_>,
+    ) -> Result<Self, MlsError> {
+        let id = client_id.clone();
+        Self::create_with(store, client_id, |key| {
+            crate::make_device_credential(identity_key, &id, device, key)
+        })
+    }
+
+    fn create_with(
+        store: MlsStore,
+        client_id: ClientId,
+        make: impl FnOnce(&[u8]) -> Result<Credential, MlsError>,
+    ) -> Result<Self, MlsError> {
         if store.client_row()?.is_some() {
             return Err(MlsError::NoClient("the store already holds a client"));
         }
         let crypto = CryptoProvider::new().map_err(|e| MlsError::op("crypto provider", e))?;
         let signer = SignatureKeyPair::new(SignatureScheme::ED25519)
             .map_err(|e| MlsError::op("signature key", e))?;
-        let credential = make_credential(identity, &client_id, signer.public())?;
+        let credential = make(signer.public())?;
         let identity_bytes = BasicCredential::try_from(credential.clone())
             .map_err(|e| MlsError::op("credential", e))?
             .identity()
@@ -244,6 +273,15 @@ impl MlsClient {
     /// This client's Lattice id.
     pub fn client_id(&self) -> &ClientId {
         &self.client_id
+    }
+
+    /// Who this client is, as its own credential says: its id, the identity key it is bound to,
+    /// and its device (`None` for the id's primary device).
+    ///
+    /// # Errors
+    /// [`MlsError::IdentityBinding`] if the stored credential is malformed.
+    pub fn own_identity(&self) -> Result<MemberIdentity, MlsError> {
+        claimed_identity(&self.credential.credential)
     }
 
     /// The groups this client is in.
@@ -443,6 +481,21 @@ impl MlsClient {
             .collect()
     }
 
+    /// Each leaf's identity (id and device) and MLS signature key: a leaf of the same
+    /// (id, device) with another key is another MLS client of that device (it started over).
+    ///
+    /// # Errors
+    /// [`MlsError::UnknownGroup`]; a member credential that does not parse.
+    pub fn member_leaf_keys(
+        &self,
+        gid: &GroupId,
+    ) -> Result<Vec<(MemberIdentity, Vec<u8>)>, MlsError> {
+        self.group(gid)?
+            .members()
+            .map(|m| Ok((claimed_identity(&m.credential)?, m.signature_key)))
+            .collect()
+    }
+
     /// The group's name.
     ///
     /// # Errors
@@ -475,6 +528,22 @@ impl MlsClient {
     /// # Errors
     /// [`MlsError::UnknownGroup`], [`MlsError::NoPendingCommit`]; a malformed credential.
     pub fn pending_commit_members(&self, gid: &GroupId) -> Result<Vec<ClientId>, MlsError> {
+        let mut ids: Vec<ClientId> = self
+            .pending_commit_leaves(gid)?
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// The leaves the group will have once this client's pending Commit is merged, one per
+    /// member device (an id's primary device has `device_id` `None`), sorted by id then device:
+    /// what the delivery service is told as `leaves`, so that fan-out reaches every device.
+    ///
+    /// # Errors
+    /// As [`MlsClient::pending_commit_members`].
+    pub fn pending_commit_leaves(&self, gid: &GroupId) -> Result<Vec<MemberIdentity>, MlsError> {
         let group = self.group(gid)?;
         let staged = group
             .pending_commit()
@@ -483,19 +552,21 @@ impl MlsClient {
             .remove_proposals()
             .map(|p| p.remove_proposal().removed().u32())
             .collect();
-        let mut ids = Vec::new();
+        let mut leaves = Vec::new();
         for m in group.members() {
             if !removed.contains(&m.index.u32()) {
-                ids.push(claimed_identity(&m.credential)?.client_id);
+                leaves.push(claimed_identity(&m.credential)?);
             }
         }
         for a in staged.add_proposals() {
             let leaf = a.add_proposal().key_package().leaf_node();
-            ids.push(claimed_identity(leaf.credential())?.client_id);
+            leaves.push(claimed_identity(leaf.credential())?);
         }
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
+        leaves.sort_by(|a, b| {
+            (a.client_id.as_str(), &a.device_id).cmp(&(b.client_id.as_str(), &b.device_id))
+        });
+        leaves.dedup_by(|a, b| a.client_id == b.client_id && a.device_id == b.device_id);
+        Ok(leaves)
     }
 
     /// Runs a Commit-making operation on one group and packs its output.
