@@ -246,6 +246,15 @@ impl MlsClient {
         &self.client_id
     }
 
+    /// Who this client is in its groups, as its credential says: its id, the identity key it is
+    /// bound to and, for a linked device, its device id.
+    ///
+    /// # Errors
+    /// A credential that does not parse (cannot happen for one this engine made).
+    pub fn own_identity(&self) -> Result<MemberIdentity, MlsError> {
+        claimed_identity(&self.credential.credential)
+    }
+
     /// The groups this client is in.
     pub fn groups(&self) -> Vec<GroupId> {
         self.groups.keys().cloned().collect()
@@ -498,6 +507,36 @@ impl MlsClient {
         Ok(ids)
     }
 
+    /// Every leaf the group will have once this client's pending Commit is merged, in leaf
+    /// order: who each one is and which device (the delivery service's `leaves`, which routes
+    /// to each device of a member). Read from the staged Commit, as
+    /// [`MlsClient::pending_commit_members`].
+    ///
+    /// # Errors
+    /// [`MlsError::UnknownGroup`], [`MlsError::NoPendingCommit`]; a malformed credential.
+    pub fn pending_commit_leaves(&self, gid: &GroupId) -> Result<Vec<MemberIdentity>, MlsError> {
+        let group = self.group(gid)?;
+        let staged = group
+            .pending_commit()
+            .ok_or_else(|| MlsError::NoPendingCommit(gid.clone()))?;
+        let removed: Vec<u32> = staged
+            .remove_proposals()
+            .map(|p| p.remove_proposal().removed().u32())
+            .collect();
+        let mut leaves = Vec::new();
+        for m in group.members() {
+            if !removed.contains(&m.index.u32()) {
+                leaves.push(claimed_identity(&m.credential)?);
+            }
+        }
+        for a in staged.add_proposals() {
+            leaves.push(claimed_identity(
+                a.add_proposal().key_package().leaf_node().credential(),
+            )?);
+        }
+        Ok(leaves)
+    }
+
     /// Runs a Commit-making operation on one group and packs its output.
     fn commit_op(
         &mut self,
@@ -571,6 +610,40 @@ impl MlsClient {
             let (commit, welcome, _) = group
                 .remove_members(provider, signer, &leaves)
                 .map_err(|e| MlsError::op("remove members", e))?;
+            Ok((commit, welcome))
+        })
+    }
+
+    /// Removes single leaves (one device of a member, not all of them): a linked device dropped
+    /// from its id's device list.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidLeaf`] for no leaf, a leaf that is not in the group or this
+    /// client's own; [`MlsError::PendingCommit`]; MLS errors.
+    pub fn remove_leaves(
+        &mut self,
+        gid: &GroupId,
+        leaf_indices: &[u32],
+    ) -> Result<OutgoingCommit, MlsError> {
+        let group = self.group(gid)?;
+        let own = group.own_leaf_index().u32();
+        if leaf_indices.is_empty() {
+            return Err(MlsError::InvalidLeaf("no leaf to remove"));
+        }
+        let mut leaves = Vec::with_capacity(leaf_indices.len());
+        for &i in leaf_indices {
+            if i == own {
+                return Err(MlsError::InvalidLeaf("a client cannot remove its own leaf"));
+            }
+            if group.member(LeafNodeIndex::new(i)).is_none() {
+                return Err(MlsError::InvalidLeaf("no such leaf in the group"));
+            }
+            leaves.push(LeafNodeIndex::new(i));
+        }
+        self.commit_op(gid, "remove leaves", |provider, signer, group| {
+            let (commit, welcome, _) = group
+                .remove_members(provider, signer, &leaves)
+                .map_err(|e| MlsError::op("remove leaves", e))?;
             Ok((commit, welcome))
         })
     }

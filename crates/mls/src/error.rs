@@ -84,6 +84,10 @@ pub enum MlsError {
     /// or discard it before processing other handshake messages.
     #[error("group {0} has a pending commit: confirm or discard it first")]
     PendingCommit(crate::group_id::GroupId),
+    /// A leaf to remove that is not in the group, or is this client's own
+    /// ([`crate::MlsClient::remove_leaves`]).
+    #[error("invalid leaf: {0}")]
+    InvalidLeaf(&'static str),
     /// `confirm_commit` / `discard_commit` without a pending Commit.
     #[error("group {0} has no pending commit")]
     NoPendingCommit(crate::group_id::GroupId),
@@ -128,6 +132,18 @@ impl MlsError {
     pub fn unpinned_id(&self) -> Option<&str> {
         match self {
             Self::IdentityBinding { client_id, reason } if *reason == crate::limits::UNPINNED => {
+                Some(client_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// The id whose linked device is not on the id's device list as the caller's pins know it,
+    /// when this is the refusal of a member for that reason alone (the caller may fetch the id's
+    /// current signed list, then try again; a device still missing from it stays refused).
+    pub fn unlisted_id(&self) -> Option<&str> {
+        match self {
+            Self::IdentityBinding { client_id, reason } if *reason == crate::limits::UNLISTED => {
                 Some(client_id)
             }
             _ => None,

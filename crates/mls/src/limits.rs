@@ -20,6 +20,10 @@ pub const DEVICE_BINDING_LABEL: &[u8] = b"lattice/v1/mls-device-credential";
 /// ([`crate::MlsError::unpinned_id`]): the caller may fetch and pin the key, then try again.
 pub(crate) const UNPINNED: &str = "no identity key is pinned for this id";
 
+/// The refusal reason of a linked device missing from its id's device list as the caller knows
+/// it ([`crate::MlsError::unlisted_id`]: the caller may fetch a newer list and try again).
+pub(crate) const UNLISTED: &str = "device is not on the id's signed device list";
+
 /// Private-use extension type carrying the group's display name in the group context, so a
 /// Welcome brings the name along and a rename is an ordinary, authenticated Commit.
 pub const GROUP_NAME_EXTENSION: u16 = 0xF1A7;
