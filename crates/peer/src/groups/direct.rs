@@ -610,15 +610,24 @@ impl Groups {
                 if name != DIRECT_GROUP_NAME {
                     continue;
                 }
-                let others: Vec<&ClientId> = members
+                // Distinct ids: each id may have several leaves (its linked devices).
+                let mut others: Vec<&ClientId> = members
                     .iter()
                     .map(|m| &m.client_id)
                     .filter(|c| **c != self.client_id)
                     .collect();
-                if members.len() == 2 && others.as_slice() == [from] {
-                    self.register_direct(gid, from);
-                    tracing::info!(peer = %self.client_id, with = %from, group = %gid, "joined a 1:1 MLS conversation");
-                    self.supersede_direct(gid, from);
+                others.sort();
+                others.dedup();
+                // Made by the peer, or by another device of ours adding this one to our
+                // conversation with the peer (docs/mls.md, Multi-device).
+                let peer = match others.as_slice() {
+                    [peer] if *peer == from || *from == self.client_id => Some((*peer).clone()),
+                    _ => None,
+                };
+                if let Some(peer) = peer {
+                    self.register_direct(gid, &peer);
+                    tracing::info!(peer = %self.client_id, with = %peer, group = %gid, "joined a 1:1 MLS conversation");
+                    self.supersede_direct(gid, &peer);
                 } else {
                     self.refuse(
                         Some(gid),
@@ -629,14 +638,16 @@ impl Groups {
             }
         }
         let peer = self.direct_peer(gid)?;
-        let broken = events.iter().any(|e| {
-            matches!(
-                e,
-                GroupEvent::MembersAdded { .. }
-                    | GroupEvent::MemberRemoved { .. }
-                    | GroupEvent::LeaveRequested { .. }
-                    | GroupEvent::Removed
-            )
+        // A linked device of either id joining or leaving keeps the conversation (still exactly
+        // the two ids); anyone else, or a primary leaf leaving, ends it.
+        let ours = |m: &lattice_mls::MemberIdentity| {
+            (m.client_id == self.client_id || m.client_id == peer) && m.device_id.is_some()
+        };
+        let broken = events.iter().any(|e| match e {
+            GroupEvent::MembersAdded { members } => !members.iter().all(ours),
+            GroupEvent::MemberRemoved { member } => !ours(member),
+            GroupEvent::LeaveRequested { .. } | GroupEvent::Removed => true,
+            _ => false,
         });
         if broken {
             tracing::info!(peer = %self.client_id, with = %peer, group = %gid, "1:1 MLS conversation's membership changed; no longer used");
