@@ -539,6 +539,85 @@ mod tests {
         assert_eq!(plan(&me, &members, &HashMap::new()), Plan::default());
     }
 
+    fn signed(
+        by: &IdentityKeyPair,
+        counter: u64,
+        devices: &[(&str, &IdentityKeyPair)],
+    ) -> lattice_protocol::SignedDeviceList {
+        let entries: Vec<(&str, [u8; 32])> = devices
+            .iter()
+            .map(|(d, k)| (*d, *k.public_key().as_bytes()))
+            .collect();
+        let sig =
+            by.sign(&lattice_crypto::device_list_message("alice", counter, &entries).unwrap());
+        lattice_protocol::SignedDeviceList {
+            counter,
+            devices: devices
+                .iter()
+                .map(|(d, k)| lattice_protocol::DeviceEntry {
+                    device_id: DeviceId::new(*d).unwrap(),
+                    device_key: B64.encode(k.public_key().as_bytes()),
+                })
+                .collect(),
+            signature: B64.encode(sig),
+        }
+    }
+
+    /// Adversarial: after alice removed her laptop (list 3), a server serving the older list 2
+    /// that still names it, or a list it signed itself naming the laptop and a device of its
+    /// own, changes nothing: the plan neither adds the laptop back nor adds the invented
+    /// device, and a laptop leaf still there is planned for removal.
+    #[tokio::test]
+    async fn an_older_or_forged_list_never_brings_a_device_in() {
+        let kit = crate::testkit::Kit::new("alice");
+        let ik = kit.identity.identity_key();
+        let alice = id("alice");
+        let laptop = IdentityKeyPair::generate(&mut OsRng);
+        let evil = IdentityKeyPair::generate(&mut OsRng);
+        let server_key = IdentityKeyPair::generate(&mut OsRng);
+        let me = member("alice", None, 0, ik).identity;
+        let pk = ik.public_key();
+        kit.trust
+            .record_devices(&alice, &pk, &signed(ik, 2, &[("laptop", &laptop)]))
+            .unwrap();
+        kit.trust
+            .record_devices(&alice, &pk, &signed(ik, 3, &[]))
+            .unwrap();
+        // The older list again: not taken.
+        kit.trust
+            .record_devices(&alice, &pk, &signed(ik, 2, &[("laptop", &laptop)]))
+            .unwrap();
+        // A newer list the server made: refused.
+        assert!(kit
+            .trust
+            .record_devices(
+                &alice,
+                &pk,
+                &signed(&server_key, 9, &[("laptop", &laptop), ("evil", &evil)])
+            )
+            .is_err());
+        let known = kit.trust.known_devices(&alice).unwrap();
+        assert_eq!((known.counter, known.devices.len()), (3, 0));
+        assert!(!kit.trust.device_listed(&alice, "evil", &evil.public_key()));
+        assert!(!kit
+            .trust
+            .device_listed(&alice, "laptop", &laptop.public_key()));
+        let lists = HashMap::from([(alice.clone(), known)]);
+        let p = plan(&me, &[member("alice", None, 0, ik)], &lists);
+        assert_eq!(p, Plan::default());
+        let p = plan(
+            &me,
+            &[
+                member("alice", None, 0, ik),
+                member("alice", Some("laptop"), 1, ik),
+            ],
+            &lists,
+        );
+        assert!(p.add.is_empty());
+        assert_eq!(p.remove.len(), 1);
+        assert_eq!(p.remove[0].device_id, "laptop");
+    }
+
     /// A device with no KeyPackage is tried again after 2, 4, 8 … seconds (capped), never
     /// before, and not after its attempts are spent until a trigger resets it; the audit comes
     /// round every interval. Paused time.
