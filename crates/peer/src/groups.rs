@@ -789,6 +789,10 @@ impl Groups {
         };
         self.commit(&gid, |mls| mls.add_members(&gid, &kps)).await?;
         self.schedule_heal(&gid, Duration::ZERO);
+        // Our other devices join it too.
+        if let Some(me) = self.self_arc() {
+            me.sync_devices_later();
+        }
         Ok(gid)
     }
 
@@ -1189,6 +1193,10 @@ impl Groups {
                 }
                 if env.kind == MlsKind::Welcome {
                     self.schedule_heal(&g, Duration::ZERO);
+                    // A group joined without some of our devices gets them.
+                    if let Some(me) = self.self_arc() {
+                        me.sync_devices_later();
+                    }
                 }
                 self.handle_events(&g, from, d.message_id.as_ref(), d.timestamp, events);
                 true

@@ -14,7 +14,8 @@
 //!   while the id's primary is offline. Only on the strength of a signed list newer than the
 //!   one that admitted the leaf: an id with no verified list loses nothing, an older list the
 //!   server serves is ignored.
-//! - **Adds** each device of our own list that has no leaf, from a KeyPackage fetched with
+//! - **Adds** each device of our own list that has no leaf (and, seen from a linked device, the
+//!   id's primary), from a KeyPackage fetched with
 //!   `allDevices` for our own id (validated: bound to our identity key through its
 //!   certificate, on our list with that key). If another device of the id added it first, the
 //!   plan made again finds nothing to do. The new device gets its Welcome through its own
@@ -38,7 +39,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use lattice_mls::{Member, MemberIdentity, MlsClient, MlsError, OutgoingCommit};
-use lattice_protocol::{ClientFrame, ClientId, ErrorType, KeyPackageFetch, ServerFrame};
+use lattice_protocol::{
+    ClientFrame, ClientId, ErrorType, KeyPackageFetch, ServerFrame, PRIMARY_DEVICE,
+};
 use tokio::time::Instant;
 
 use super::{mls_error, Groups};
@@ -89,17 +92,20 @@ pub(crate) fn plan(
             })
         })
         .collect();
+    // Our devices: the listed ones, and the primary (never listed, always there) when we are a
+    // linked device.
     let add = lists
         .get(&me.client_id)
         .map(|own| {
+            let primary = me.device_id.is_some().then_some(PRIMARY_DEVICE);
             own.devices
                 .iter()
                 .map(|(d, _)| d.as_str())
+                .chain(primary)
                 .filter(|d| me.device_id.as_deref() != Some(*d))
                 .filter(|d| {
                     !members.iter().any(|m| {
-                        m.identity.client_id == me.client_id
-                            && m.identity.device_id.as_deref() == Some(*d)
+                        m.identity.client_id == me.client_id && leaf_device(&m.identity) == *d
                     })
                 })
                 .map(str::to_owned)
@@ -182,6 +188,11 @@ impl DeviceSchedule {
     pub(crate) fn audit_due(&self, now: Instant) -> bool {
         self.next_audit <= now
     }
+}
+
+/// The device id of a leaf, the primary's included.
+fn leaf_device(m: &MemberIdentity) -> &str {
+    m.device_id.as_deref().unwrap_or(PRIMARY_DEVICE)
 }
 
 /// The ids with linked-device leaves in `members`, ours left out.
@@ -370,7 +381,7 @@ impl Groups {
             match validated {
                 Ok(v)
                     if v.identity().client_id == self.me.client_id
-                        && v.identity().device_id.as_deref() == Some(d.as_str()) =>
+                        && leaf_device(v.identity()) == d.as_str() =>
                 {
                     lock(&self.device_schedule).found(d);
                     kps.push(v);
@@ -440,11 +451,7 @@ impl Groups {
             Err(e) if e.error_type() == Some(ErrorType::NoKeyPackage) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mine = self
-            .me
-            .device_id
-            .as_deref()
-            .unwrap_or(lattice_protocol::PRIMARY_DEVICE);
+        let mine = leaf_device(&self.me);
         found
             .devices
             .unwrap_or_default()
@@ -533,6 +540,9 @@ mod tests {
         lists.insert(id("alice"), list(4, &["laptop", "phone"]));
         let p = plan(&laptop, &members, &lists);
         assert_eq!(p.add, ["phone"]);
+        // A group the laptop is in without alice's primary: the primary is added too.
+        let p = plan(&laptop, &members[1..], &lists);
+        assert_eq!(p.add, ["phone", "primary"]);
         assert!(p.remove.iter().all(|u| u.device_id != "laptop"));
 
         // No lists known: nothing at all.
