@@ -138,9 +138,9 @@ impl MlsError {
         }
     }
 
-    /// The id whose linked device is not on the id's device list as the caller's pins know it,
-    /// when this is the refusal of a member for that reason alone (the caller may fetch the id's
-    /// current signed list, then try again; a device still missing from it stays refused).
+    /// The id of a linked device refused only because it is not on its id's device list as
+    /// the pins know it: fetching the id's newest list may let it in (see
+    /// [`MlsError::unpinned_id`]).
     pub fn unlisted_id(&self) -> Option<&str> {
         match self {
             Self::IdentityBinding { client_id, reason } if *reason == crate::limits::UNLISTED => {
