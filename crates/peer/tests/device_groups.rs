@@ -356,3 +356,92 @@ async fn a_device_removed_while_the_primary_is_offline_is_removed_by_a_contact()
         ],
     );
 }
+
+/// Measurement, not a check (`cargo test -p lattice-peer --test device_groups -- --ignored
+/// --nocapture`): the time from alice's approval to her new laptop being in all of N = 1, 5, 20
+/// three-member groups (debug build, real server on loopback), and the size of the Commit and
+/// Welcome that add a device leaf to such a group.
+#[tokio::test]
+#[ignore = "measurement: run by hand"]
+async fn measure_time_from_approval_to_the_laptop_in_n_groups() {
+    for n in [1usize, 5, 20] {
+        let server = spawn_server().await;
+        let url = server.url();
+        let (a, b, c) = (
+            Person::new("alice"),
+            Person::new("bob"),
+            Person::new("carol"),
+        );
+        let (alice, _ae) = a.online(&url).await;
+        let (_bob, _be) = b.online(&url).await;
+        let (_carol, _ce) = c.online(&url).await;
+        for i in 0..n {
+            alice
+                .create_group(&format!("g{i}"), &[id("bob"), id("carol")])
+                .await
+                .unwrap();
+        }
+        let approved = Instant::now();
+        let linked = link_device(&url, &alice, "laptop").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (laptop, mut le) = laptop_online(&url, linked, &dir.path().join("laptop.mls")).await;
+        let online = approved.elapsed();
+        for _ in 0..n {
+            wait_for(&mut le, |e| match e {
+                PeerEvent::GroupChanged {
+                    change: GroupChange::Joined { .. },
+                    ..
+                } => Some(()),
+                _ => None,
+            })
+            .await;
+        }
+        eprintln!(
+            "N = {n:2}: laptop online {online:?} after approval, in all {n} groups {:?} after approval",
+            approved.elapsed()
+        );
+        laptop.disconnect().await;
+    }
+
+    // The bytes: alice adds a second client of her id to a group with bob and carol.
+    use lattice_mls::{IdentityPins, MlsClient, MlsStore};
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<lattice_crypto::IdentityKeyPair> = (0..3)
+        .map(|_| lattice_crypto::IdentityKeyPair::generate(&mut rand_core::OsRng))
+        .collect();
+    let names = ["alice", "bob", "carol"];
+    let keys: Vec<_> = ids.iter().map(|k| k.public_key()).collect();
+    let pins = move |c: &ClientId| names.iter().position(|n| *n == c.as_str()).map(|i| keys[i]);
+    let client = |name: &str, k: &lattice_crypto::IdentityKeyPair, file: &str| {
+        MlsClient::create(MlsStore::open(dir.path().join(file)).unwrap(), k, id(name)).unwrap()
+    };
+    let mut alice = client("alice", &ids[0], "a");
+    let mut bob = client("bob", &ids[1], "b");
+    let mut carol = client("carol", &ids[2], "c");
+    let secret = ids[0].secret_bytes();
+    let mut laptop = client(
+        "alice",
+        &lattice_crypto::IdentityKeyPair::from_secret_bytes(&secret),
+        "l",
+    );
+    let g = alice.create_group("g").unwrap();
+    let kps: Vec<_> = [&mut bob, &mut carol]
+        .into_iter()
+        .map(|m| {
+            let kp = m.key_packages(1).unwrap().remove(0);
+            alice
+                .validate_key_package(&kp, &pins as &dyn IdentityPins)
+                .unwrap()
+        })
+        .collect();
+    alice.add_members(&g, &kps).unwrap();
+    alice.confirm_commit(&g).unwrap();
+    let kp = laptop.key_packages(1).unwrap().remove(0);
+    let kp = alice.validate_key_package(&kp, &pins).unwrap();
+    let out = alice.add_members(&g, &[kp]).unwrap();
+    eprintln!(
+        "adding a device leaf to a 3-member group: Commit {} bytes, Welcome {} bytes",
+        out.commit.len(),
+        out.welcome.map_or(0, |w| w.len())
+    );
+}
