@@ -646,6 +646,40 @@ impl MlsClient {
         })
     }
 
+    /// Removes single leaves (one device of a member, not all of them): a linked device dropped
+    /// from its id's device list.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidLeaf`] for no leaf, a leaf that is not in the group or this
+    /// client's own; [`MlsError::PendingCommit`]; MLS errors.
+    pub fn remove_leaves(
+        &mut self,
+        gid: &GroupId,
+        leaf_indices: &[u32],
+    ) -> Result<OutgoingCommit, MlsError> {
+        let group = self.group(gid)?;
+        let own = group.own_leaf_index().u32();
+        if leaf_indices.is_empty() {
+            return Err(MlsError::InvalidLeaf("no leaf to remove"));
+        }
+        let mut leaves = Vec::with_capacity(leaf_indices.len());
+        for &i in leaf_indices {
+            if i == own {
+                return Err(MlsError::InvalidLeaf("a client cannot remove its own leaf"));
+            }
+            if group.member(LeafNodeIndex::new(i)).is_none() {
+                return Err(MlsError::InvalidLeaf("no such leaf in the group"));
+            }
+            leaves.push(LeafNodeIndex::new(i));
+        }
+        self.commit_op(gid, "remove leaves", |provider, signer, group| {
+            let (commit, welcome, _) = group
+                .remove_members(provider, signer, &leaves)
+                .map_err(|e| MlsError::op("remove leaves", e))?;
+            Ok((commit, welcome))
+        })
+    }
+
     /// Replaces this client's leaf (fresh HPKE key, fresh path secrets): the healing step of
     /// post-compromise security. Also commits any queued proposals (such as a leave request).
     ///

@@ -84,6 +84,10 @@ pub enum MlsError {
     /// or discard it before processing other handshake messages.
     #[error("group {0} has a pending commit: confirm or discard it first")]
     PendingCommit(crate::group_id::GroupId),
+    /// A leaf to remove that is not in the group, or is this client's own
+    /// ([`crate::MlsClient::remove_leaves`]).
+    #[error("invalid leaf: {0}")]
+    InvalidLeaf(&'static str),
     /// `confirm_commit` / `discard_commit` without a pending Commit.
     #[error("group {0} has no pending commit")]
     NoPendingCommit(crate::group_id::GroupId),

@@ -495,3 +495,63 @@ fn a_forgotten_group_is_gone_after_a_reopen_and_a_new_client_has_a_new_leaf_key(
     assert_eq!(alice.c().groups(), vec![g2.clone()]);
     send_and_check(&mut alice, &mut [&mut bob2], &g2, &pins, "new leaf");
 }
+
+/// One device of a member removed by its leaf (what a removed linked device gets): the
+/// member's other leaf stays and reads, the removed one is out and its state from before
+/// cannot open what is sent after; the Commit's leaf list names the leaves that stay. A client
+/// cannot remove its own leaf this way, nor a leaf that is not there.
+#[test]
+fn one_leaf_of_a_member_is_removed_and_the_others_stay() {
+    let mut pins = Pins::default();
+    let mut alice = Device::new("alice", &mut pins);
+    let secret = alice.identity.secret_bytes();
+    let mut laptop = Device::with_identity(
+        "alice",
+        lattice_crypto::IdentityKeyPair::from_secret_bytes(&secret),
+    );
+    let mut bob = Device::new("bob", &mut pins);
+    let gid = make_group(&mut alice, &mut [&mut laptop, &mut bob], &pins);
+    assert_eq!(alice.c().members(&gid).unwrap().len(), 3);
+    let own = alice
+        .c()
+        .members(&gid)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.leaf_index)
+        .min()
+        .unwrap();
+    let laptop_leaf = laptop.c().members(&gid).unwrap()[1].leaf_index;
+    assert!(matches!(
+        alice.c().remove_leaves(&gid, &[own]),
+        Err(MlsError::InvalidLeaf(_))
+    ));
+    assert!(matches!(
+        alice.c().remove_leaves(&gid, &[77]),
+        Err(MlsError::InvalidLeaf(_))
+    ));
+    assert!(matches!(
+        alice.c().remove_leaves(&gid, &[]),
+        Err(MlsError::InvalidLeaf(_))
+    ));
+
+    let before = laptop.snapshot();
+    let out = alice.c().remove_leaves(&gid, &[laptop_leaf]).unwrap();
+    let leaves = alice.c().pending_commit_leaves(&gid).unwrap();
+    let ids: Vec<&str> = leaves.iter().map(|l| l.client_id.as_str()).collect();
+    assert_eq!(ids, ["alice", "bob"]);
+    let events = commit_everywhere(&mut alice, &out, &mut [&mut bob], &pins);
+    assert!(events[0].iter().any(
+        |e| matches!(e, GroupEvent::MemberRemoved { member } if member.client_id == cid("alice"))
+    ));
+    assert_eq!(
+        laptop.c().process(&out.commit, &pins).unwrap().last(),
+        Some(&GroupEvent::Removed)
+    );
+    let ct = bob.c().encrypt(&gid, b"after the laptop").unwrap();
+    assert_eq!(
+        texts(&alice.c().process(&ct, &pins).unwrap()),
+        vec!["after the laptop"]
+    );
+    assert!(support::open_snapshot(&before).process(&ct, &pins).is_err());
+    assert_eq!(alice.c().members(&gid).unwrap().len(), 2);
+}

@@ -276,6 +276,8 @@ async fn connect_once(
                 session.requests.renew_presence();
                 if let (Some(g), true) = (&session.groups, registered.verified) {
                     g.replenish_later();
+                    // Our devices and our contacts' may have changed while we were away.
+                    g.devices_changed();
                 }
                 let reason = conn.await;
                 // Only a connection that stayed up for a while proves the server healthy: one

@@ -264,6 +264,29 @@ pub const SELF_UPDATE_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// When a scheduled self-update failed (offline, lost races), it is tried again after this.
 pub const SELF_UPDATE_RETRY: Duration = Duration::from_secs(600);
 
+/// A device of our id with no KeyPackage at the server yet (linked, not registered since) is
+/// tried again after this, doubling each time up to [`DEVICE_KEY_PACKAGE_RETRY_MAX`]: a new
+/// device usually registers within seconds of its approval.
+pub const DEVICE_KEY_PACKAGE_RETRY: Duration = Duration::from_secs(2);
+
+/// The longest wait between two tries of a device with no KeyPackage.
+pub const DEVICE_KEY_PACKAGE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Tries of a device with no KeyPackage before waiting for the next trigger (a registration, a
+/// list change, the audit): 10 tries span about 13 minutes with the delays above.
+pub const DEVICE_KEY_PACKAGE_ATTEMPTS: u32 = 10;
+
+/// Every this long the groups check every id's device list again, so a contact's removed
+/// device loses its leaves even when nothing else brings the new list (docs/mls.md).
+pub const DEVICE_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Commits one device reconciliation pass makes at most (adds and removals); the rest is a new
+/// pass, so a device in many groups does not hold the op order for long at a time.
+pub const DEVICE_SYNC_COMMITS: usize = 32;
+
+/// Device lists one pass fetches at most (one per id with linked-device leaves in our groups).
+pub const DEVICE_SYNC_LIST_FETCHES: usize = 64;
+
 /// Plaintext bytes per chunk of a file sent with [`crate::MessagingPeer::send_file`]. 1 MiB: few
 /// requests per file, and little memory per chunk in flight.
 pub const FILE_CHUNK_BYTES: u64 = 1024 * 1024;

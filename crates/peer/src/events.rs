@@ -335,6 +335,20 @@ pub enum GroupChange {
     MembersAdded(Vec<ClientId>),
     /// A member was removed or left.
     MemberRemoved(ClientId),
+    /// A new device of a member joined (a device the member linked: "alice's laptop joined").
+    DeviceAdded {
+        /// The member.
+        member: ClientId,
+        /// Its device.
+        device: lattice_protocol::DeviceId,
+    },
+    /// A device of a member was removed (its id dropped it from its signed device list).
+    DeviceRemoved {
+        /// The member.
+        member: ClientId,
+        /// Its device.
+        device: lattice_protocol::DeviceId,
+    },
     /// A member asked to leave (another member commits it).
     LeaveRequested(ClientId),
     /// A member rotated its keys (a self-update: healing).

@@ -26,24 +26,29 @@
 //!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use lattice_crypto::Fingerprint;
-use lattice_mls::{GroupEvent, GroupId, MlsClient, MlsError, MlsStore, OutgoingCommit};
+use lattice_mls::{
+    GroupEvent, GroupId, MemberIdentity, MlsClient, MlsError, MlsStore, OutgoingCommit,
+};
 use lattice_protocol::limits::{
     KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
 };
 use lattice_protocol::{
-    ClientFrame, ClientId, Delivered, ErrorType, GroupCommit, GroupMessage as GroupMessageFrame,
-    KeyPackageFetch, KeyPackageUpload, MessageId, MlsEnvelope, MlsKind, ServerFrame,
+    ClientFrame, ClientId, Delivered, DeviceId, ErrorType, GroupCommit,
+    GroupMessage as GroupMessageFrame, KeyPackageFetch, KeyPackageUpload, MessageId, MlsEnvelope,
+    MlsKind, ServerFrame,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod devices;
 mod direct;
 
 use direct::DirectBook;
@@ -149,6 +154,8 @@ impl HealSchedule {
 #[derive(Debug)]
 pub(crate) struct Groups {
     client_id: ClientId,
+    /// This device as its MLS credential names it (id, identity key, device id).
+    me: MemberIdentity,
     /// The engine. std Mutex: each section is one synchronous engine call (SQLite), never held
     /// across an await.
     mls: Mutex<MlsClient>,
@@ -187,8 +194,15 @@ pub(crate) struct Groups {
     /// unreadable burst sets up one conversation, not one per message.
     restarted: Mutex<direct::RecentPeers>,
     heal: Mutex<HealSchedule>,
-    /// Woken when the heal schedule changed.
+    /// Woken when the heal schedule (or the device schedule) changed.
     heal_changed: Notify,
+    /// Retries of own devices without KeyPackages and the audit ([`devices`]). std Mutex:
+    /// short updates.
+    device_schedule: Mutex<devices::DeviceSchedule>,
+    /// One device reconciliation pass at a time. tokio Mutex: held across its Commits.
+    device_pass: tokio::sync::Mutex<()>,
+    /// A pass is asked for and has not started yet (so triggers coalesce).
+    device_pass_wanted: AtomicBool,
     /// Ourselves, for the tasks we spawn (set once by [`Groups::into_arc`]).
     this: Mutex<Option<std::sync::Weak<Groups>>>,
 }
@@ -375,6 +389,7 @@ impl Groups {
         let (queue_tx, queue_rx) = mpsc::channel(defaults::GROUP_RECEIVE_QUEUE);
         Ok(Self {
             client_id,
+            me: own,
             mls: Mutex::new(mls),
             trust,
             requests,
@@ -393,6 +408,9 @@ impl Groups {
             restarted: Mutex::new(direct::RecentPeers::default()),
             heal: Mutex::new(heal),
             heal_changed: Notify::new(),
+            device_schedule: Mutex::new(devices::DeviceSchedule::new()),
+            device_pass: tokio::sync::Mutex::new(()),
+            device_pass_wanted: AtomicBool::new(false),
             this: Mutex::new(None),
         })
     }
@@ -615,7 +633,10 @@ impl Groups {
     /// The pins the engine checks members against: the key store's, and the device lists
     /// [`Trust`] verified under them.
     fn pins(&self) -> TrustPins<'_> {
-        TrustPins(&self.trust)
+        TrustPins {
+            trust: &self.trust,
+            me: &self.me,
+        }
     }
 
     /// Runs an engine call that checks members against the pins; while it is refused only
@@ -627,32 +648,33 @@ impl Groups {
         &self,
         mut f: impl FnMut(&mut MlsClient, &dyn lattice_mls::IdentityPins) -> Result<T, MlsError>,
     ) -> Result<Result<T, MlsError>, PeerError> {
-        let mut relisted: Vec<String> = Vec::new();
+        // Ids whose device list was fetched for a leaf it did not name: once each, so a device
+        // still missing from the newest signed list stays refused.
+        let mut lists_fetched: Vec<ClientId> = Vec::new();
         for _ in 0..defaults::GROUP_PIN_FETCHES {
             let r = {
                 let pins = self.pins();
                 let mut mls = lock(&self.mls);
                 f(&mut mls, &pins)
             };
-            let unknown = match r.as_ref().err() {
-                Some(e) => e.unpinned_id().or_else(|| {
-                    e.unlisted_id()
-                        .filter(|id| !relisted.iter().any(|r| r == id))
-                }),
-                None => None,
+            let err = r.as_ref().err();
+            let unpinned = err.and_then(MlsError::unpinned_id);
+            let unlisted = err.and_then(MlsError::unlisted_id);
+            let Some(raw) = unpinned.or(unlisted) else {
+                return Ok(r);
             };
-            if let Some(id) = r.as_ref().err().and_then(MlsError::unlisted_id) {
-                relisted.push(id.to_owned());
-            }
-            match unknown {
-                Some(id) => {
-                    let id = ClientId::new(id).map_err(|_| PeerError::GroupIdentity {
-                        peer: id.to_owned(),
-                        reason: "invalid client id in a credential".into(),
-                    })?;
-                    self.trust.fetch_key(&id).await?;
-                }
-                None => return Ok(r),
+            let id = ClientId::new(raw).map_err(|_| PeerError::GroupIdentity {
+                peer: raw.to_owned(),
+                reason: "invalid client id in a credential".into(),
+            })?;
+            if unpinned.is_some() {
+                self.trust.fetch_key(&id).await?;
+            } else if lists_fetched.contains(&id) {
+                return Ok(r);
+            } else {
+                let own = (id == self.me.client_id).then_some(&self.me.identity_key);
+                self.trust.refresh_devices(&id, own).await?;
+                lists_fetched.push(id);
             }
         }
         Err(PeerError::Group {
@@ -671,11 +693,26 @@ impl Groups {
         gid: &GroupId,
         mut make: impl FnMut(&mut MlsClient) -> Result<OutgoingCommit, MlsError>,
     ) -> Result<(), PeerError> {
+        self.commit_if(gid, |mls| make(mls).map(Some))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Groups::commit`] for an intent that may have become moot: `make` returns `None` when
+    /// there is nothing to commit in the group as it is now (after a lost epoch, the winner may
+    /// have done it). Returns whether a Commit was accepted.
+    async fn commit_if(
+        &self,
+        gid: &GroupId,
+        mut make: impl FnMut(&mut MlsClient) -> Result<Option<OutgoingCommit>, MlsError>,
+    ) -> Result<bool, PeerError> {
         for attempt in 1..=defaults::COMMIT_ATTEMPTS {
             let guard = self.op.lock().await;
             let (out, members, leaves) = {
                 let mut mls = lock(&self.mls);
-                let out = make(&mut mls).map_err(|e| mls_error(e, Some(gid)))?;
+                let Some(out) = make(&mut mls).map_err(|e| mls_error(e, Some(gid)))? else {
+                    return Ok(false);
+                };
                 // What the staged Commit really does (queued proposals included), for the
                 // server's fan-out list.
                 match mls
@@ -709,7 +746,7 @@ impl Groups {
                     tracing::info!(peer = %self.client_id, group = %gid, epoch = out.epoch + 1, "commit accepted");
                     self.epoch_moved.notify_waiters();
                     self.emit_changes(gid, Some(&self.client_id.clone()), events);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Ok(other) => {
                     self.discard(gid);
@@ -817,6 +854,10 @@ impl Groups {
         };
         self.commit(&gid, |mls| mls.add_members(&gid, &kps)).await?;
         self.schedule_heal(&gid, Duration::ZERO);
+        // Our other devices join it too.
+        if let Some(me) = self.self_arc() {
+            me.sync_devices_later();
+        }
         Ok(gid)
     }
 
@@ -1070,6 +1111,7 @@ impl Groups {
         };
         loop {
             let next_heal = lock(&self.heal).next_due();
+            let next_device = self.device_due();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -1084,6 +1126,8 @@ impl Groups {
                 },
                 () = self.heal_changed.notified() => {}
                 () = sleep_until_some(next_heal) => self.heal_due(),
+                () = self.trust.devices_changed().notified() => self.devices_changed(),
+                () = tokio::time::sleep_until(next_device) => self.device_timer(),
             }
         }
         *lock(&self.queue_rx) = Some(rx);
@@ -1221,6 +1265,10 @@ impl Groups {
                 }
                 if env.kind == MlsKind::Welcome {
                     self.schedule_heal(&g, Duration::ZERO);
+                    // A group joined without some of our devices gets them.
+                    if let Some(me) = self.self_arc() {
+                        me.sync_devices_later();
+                    }
                 }
                 self.handle_events(&g, from, d.message_id.as_ref(), d.timestamp, events);
                 true
@@ -1415,7 +1463,32 @@ impl Groups {
                     name,
                     members: ids_of(members),
                 },
-                GroupEvent::MembersAdded { members } => GroupChange::MembersAdded(ids_of(members)),
+                GroupEvent::MembersAdded { members } => {
+                    // A new device of a member already in the group is its own line ("alice's
+                    // laptop joined"); an id joining with several devices is one member.
+                    let (devices, primaries): (Vec<_>, Vec<_>) =
+                        members.into_iter().partition(|m| m.device_id.is_some());
+                    let ids = ids_of(primaries);
+                    let mut joined_ids = ids.clone();
+                    for d in devices {
+                        if ids.contains(&d.client_id) {
+                            continue;
+                        }
+                        if self.has_other_leaf(gid, &d) {
+                            self.emit_device(gid, by, d, true);
+                        } else if !joined_ids.contains(&d.client_id) {
+                            joined_ids.push(d.client_id);
+                        }
+                    }
+                    if joined_ids.is_empty() {
+                        continue;
+                    }
+                    GroupChange::MembersAdded(joined_ids)
+                }
+                GroupEvent::MemberRemoved { member } if member.device_id.is_some() => {
+                    self.emit_device(gid, by, member, false);
+                    continue;
+                }
                 GroupEvent::MemberRemoved { member } => {
                     GroupChange::MemberRemoved(member.client_id)
                 }
@@ -1439,6 +1512,34 @@ impl Groups {
                 change,
             });
         }
+    }
+
+    /// A device of a member joined or left a group (a 1:1 conversation's devices included).
+    /// Whether `who`'s id has another leaf in `gid` (so `who` is a further device of a member).
+    fn has_other_leaf(&self, gid: &GroupId, who: &MemberIdentity) -> bool {
+        lock(&self.mls).members(gid).is_ok_and(|ms| {
+            ms.iter().any(|m| {
+                m.identity.client_id == who.client_id && m.identity.device_id != who.device_id
+            })
+        })
+    }
+
+    fn emit_device(&self, gid: &GroupId, by: Option<&ClientId>, who: MemberIdentity, joined: bool) {
+        let Some(device) = who.device_id.and_then(|d| DeviceId::new(d).ok()) else {
+            return;
+        };
+        tracing::info!(peer = %self.client_id, group = %gid, member = %who.client_id, device = %device, joined, "a member's device joined or left");
+        let member = who.client_id;
+        let change = if joined {
+            GroupChange::DeviceAdded { member, device }
+        } else {
+            GroupChange::DeviceRemoved { member, device }
+        };
+        self.dispatcher.emit(PeerEvent::GroupChanged {
+            group: gid.clone(),
+            by: by.cloned(),
+            change,
+        });
     }
 
     /// A member asked to leave: the remaining member with the lowest leaf index commits it
@@ -1486,11 +1587,19 @@ fn ids_of(members: Vec<lattice_mls::MemberIdentity>) -> Vec<ClientId> {
 
 /// [`lattice_mls::IdentityPins`] over [`Trust`]: pinned identity keys, and device lists checked
 /// under them (a linked device's leaf is refused unless its id's signed list names it).
-struct TrustPins<'a>(&'a Trust);
+/// Our own id is answered with our own identity key (from our credential), never a key the
+/// server presents.
+struct TrustPins<'a> {
+    trust: &'a Trust,
+    me: &'a MemberIdentity,
+}
 
 impl lattice_mls::IdentityPins for TrustPins<'_> {
     fn pinned_identity(&self, client_id: &ClientId) -> Option<lattice_crypto::IdentityPublicKey> {
-        self.0.key_store().pinned(client_id).ok().flatten()
+        if client_id == &self.me.client_id {
+            return Some(self.me.identity_key);
+        }
+        self.trust.key_store().pinned(client_id).ok().flatten()
     }
 
     fn device_listed(
@@ -1499,7 +1608,7 @@ impl lattice_mls::IdentityPins for TrustPins<'_> {
         device_id: &str,
         device_key: &lattice_crypto::IdentityPublicKey,
     ) -> bool {
-        self.0.device_listed(client_id, device_id, device_key)
+        self.trust.device_listed(client_id, device_id, device_key)
     }
 }
 

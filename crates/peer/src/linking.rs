@@ -636,6 +636,14 @@ impl Linking {
                 crate::WaitOptions::default(),
             )
             .await?;
+        // Taken as our own current list at once: the groups add (or remove) the device's
+        // leaves from it, and a list the server serves later is used only if it is newer.
+        if let Err(e) = self
+            .trust
+            .record_devices(&self.client_id, &self.identity_key, &list)
+        {
+            tracing::warn!(peer = %self.client_id, error = %Sanitized(&e), "own device list not taken");
+        }
         Ok(())
     }
 

@@ -1038,6 +1038,19 @@ impl MessagingPeer {
             .map(|_| Algorithm::Mls)
     }
 
+    /// Reconciles the devices in every group and 1:1 conversation now (it also runs by itself
+    /// after each registration, when a device list changes and every
+    /// [`crate::defaults::DEVICE_AUDIT_INTERVAL`]): each device on this id's signed device list
+    /// gets a leaf, and a leaf of a device that its id's current signed list no longer names is
+    /// removed, whoever's it is (docs/mls.md, *Multi-device*). Returns how many Commits it made.
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`]; the errors of the requests; the first error of a group
+    /// (the others were still tried).
+    pub async fn sync_devices(&self) -> Result<usize, PeerError> {
+        self.groups()?.sync_devices().await
+    }
+
     /// The groups this device is in (1:1 MLS conversations are not listed).
     ///
     /// # Errors

@@ -37,6 +37,9 @@ pub(crate) struct Trust {
     /// std Mutex: each section is a map lookup or update, never held across an await (a key
     /// fetch happens with it released).
     known: Mutex<Known>,
+    /// Woken when a newer signed device list was taken for any id, ours included: the groups
+    /// reconcile their leaves with it (`groups::devices`).
+    devices_changed: tokio::sync::Notify,
 }
 
 /// What [`Trust`] remembers between calls.
@@ -128,7 +131,45 @@ impl Trust {
                 changes: HashMap::new(),
                 devices: BoundedMap::new(defaults::KEY_CACHE),
             }),
+            devices_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Woken (one waiter, the permit kept) whenever a newer device list of some id is taken.
+    pub(crate) fn devices_changed(&self) -> &tokio::sync::Notify {
+        &self.devices_changed
+    }
+
+    /// `peer`'s device list as last verified (the highest counter seen), if any.
+    pub(crate) fn known_devices(&self, peer: &ClientId) -> Option<DeviceList> {
+        lock(&self.known).devices.get(peer).cloned()
+    }
+
+    /// Asks the server for `peer`'s current device list and takes it if it verifies under the
+    /// id's identity key (`own_identity` for our own id, which is not pinned as a contact; the
+    /// pinned key otherwise, with the TOFU rules of [`Trust::check_key`]) and is newer than the
+    /// one known. Returns the list known after: never an older or unsigned one.
+    ///
+    /// # Errors
+    /// Those of `request_public_key` and [`Trust::check_key`]; [`PeerError::InvalidPeerKey`]
+    /// for a list that does not verify.
+    pub(crate) async fn refresh_devices(
+        &self,
+        peer: &ClientId,
+        own_identity: Option<&IdentityPublicKey>,
+    ) -> Result<Option<DeviceList>, PeerError> {
+        match own_identity {
+            Some(ik) => {
+                let resp = self.fetch_key_response(peer).await?;
+                if let Some(list) = &resp.device_list {
+                    self.record_devices(peer, ik, list)?;
+                }
+            }
+            None => {
+                self.fetch_key(peer).await?;
+            }
+        }
+        Ok(self.known_devices(peer))
     }
 
     /// The store of pinned identity keys.
@@ -225,6 +266,7 @@ impl Trust {
             known.devices.insert(peer.clone(), list.clone(), true);
             previous
         };
+        self.devices_changed.notify_one();
         let before = previous.map(|p| p.devices).unwrap_or_default();
         let added: Vec<DeviceId> = list
             .devices

@@ -328,6 +328,20 @@ impl Ctx {
                     Some(format!("{} removed you from the group", who(by)))
                 }
             }
+            // A member's linked device joined or was removed (docs/mls.md, Multi-device): said,
+            // since a new device reads what follows.
+            GroupChange::DeviceAdded { member, device } if member == me => Some(format!(
+                "Your device \u{201c}{device}\u{201d} joined the group"
+            )),
+            GroupChange::DeviceAdded { member, device } => Some(format!(
+                "{member}\u{2019}s device \u{201c}{device}\u{201d} joined the group"
+            )),
+            GroupChange::DeviceRemoved { member, device } if member == me => Some(format!(
+                "Your device \u{201c}{device}\u{201d} was removed from the group"
+            )),
+            GroupChange::DeviceRemoved { member, device } => Some(format!(
+                "{member}\u{2019}s device \u{201c}{device}\u{201d} was removed from the group"
+            )),
             // Routine key rotation (healing) and epochs are not the person's concern.
             GroupChange::MemberUpdated(member) => {
                 tracing::debug!(group = %key, member = %member, "member rotated its keys");

@@ -392,6 +392,10 @@ impl Groups {
             return Err(required(e));
         }
         self.schedule_heal(&gid, Duration::ZERO);
+        // Our other devices join the conversation too.
+        if let Some(me) = self.self_arc() {
+            me.sync_devices_later();
+        }
         tracing::info!(peer = %self.client_id, with = %target, group = %gid, "1:1 MLS conversation set up");
         Ok(Some(gid))
     }
