@@ -248,7 +248,7 @@ impl Session {
         // Edits, deletes, reactions and receipts of messages from earlier runs are checked
         // against the stored history.
         config.history = Arc::new(DbHistory::new(Arc::clone(&db), me.clone()));
-        config.identity = identity;
+        config.credentials = lattice_peer::Credentials::Primary(identity);
         config.reconnect = backoff.clone();
         config.retry_first_connect = true;
         config.key_store = Arc::new(DbKeyStore::new(Arc::clone(&db)));

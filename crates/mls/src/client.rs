@@ -164,13 +164,42 @@ impl MlsClient {
         identity: &IdentityKeyPair,
         client_id: ClientId,
     ) -> Result<Self, MlsError> {
+        let id = client_id.clone();
+        Self::create_with(store, client_id, |key| make_credential(identity, &id, key))
+    }
+
+    /// Makes a new client in an empty store for **linked device** `device` of `client_id`, whose
+    /// identity key is `identity_key` (docs/mls.md, *Multi-device*): a fresh MLS signature key,
+    /// bound by the chain identity key → device key (`device.certificate`) → MLS key (the
+    /// device key's signature, [`crate::make_device_credential`]). Verifiers accept its leaves
+    /// only while the id's signed device list names the device.
+    ///
+    /// # Errors
+    /// [`MlsError::NoClient`] if the store already holds a client; store or key errors.
+    pub fn create_device(
+        store: MlsStore,
+        identity_key: &lattice_crypto::IdentityPublicKey,
+        client_id: ClientId,
+        device: &crate::DeviceCredential<'_>,
+    ) -> Result<Self, MlsError> {
+        let id = client_id.clone();
+        Self::create_with(store, client_id, |key| {
+            crate::make_device_credential(identity_key, &id, device, key)
+        })
+    }
+
+    fn create_with(
+        store: MlsStore,
+        client_id: ClientId,
+        make: impl FnOnce(&[u8]) -> Result<Credential, MlsError>,
+    ) -> Result<Self, MlsError> {
         if store.client_row()?.is_some() {
             return Err(MlsError::NoClient("the store already holds a client"));
         }
         let crypto = CryptoProvider::new().map_err(|e| MlsError::op("crypto provider", e))?;
         let signer = SignatureKeyPair::new(SignatureScheme::ED25519)
             .map_err(|e| MlsError::op("signature key", e))?;
-        let credential = make_credential(identity, &client_id, signer.public())?;
+        let credential = make(signer.public())?;
         let identity_bytes = BasicCredential::try_from(credential.clone())
             .map_err(|e| MlsError::op("credential", e))?
             .identity()
@@ -244,6 +273,15 @@ impl MlsClient {
     /// This client's Lattice id.
     pub fn client_id(&self) -> &ClientId {
         &self.client_id
+    }
+
+    /// Who this client is, as its own credential says: its id, the identity key it is bound to,
+    /// and its device (`None` for the id's primary device).
+    ///
+    /// # Errors
+    /// [`MlsError::IdentityBinding`] if the stored credential is malformed.
+    pub fn own_identity(&self) -> Result<MemberIdentity, MlsError> {
+        claimed_identity(&self.credential.credential)
     }
 
     /// The groups this client is in.

@@ -134,6 +134,18 @@ impl MlsError {
         }
     }
 
+    /// The id of a linked device refused only because it is not on its id's device list as
+    /// the pins know it: fetching the id's newest list may let it in (see
+    /// [`MlsError::unpinned_id`]).
+    pub fn unlisted_id(&self) -> Option<&str> {
+        match self {
+            Self::IdentityBinding { client_id, reason } if *reason == crate::limits::UNLISTED => {
+                Some(client_id)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn malformed(what: &'static str, e: impl std::fmt::Display) -> Self {
         Self::Malformed {
             what,

@@ -27,7 +27,7 @@ use lattice_crypto::{
 use lattice_protocol::ClientId;
 use openmls::prelude::{BasicCredential, Credential, CredentialType};
 
-use crate::limits::{BINDING_LABEL, DEVICE_BINDING_LABEL, UNPINNED};
+use crate::limits::{BINDING_LABEL, DEVICE_BINDING_LABEL, UNLISTED, UNPINNED};
 use crate::MlsError;
 
 /// Where the caller's pinned identity keys come from (the peer's key store, the directory's
@@ -283,7 +283,7 @@ pub(crate) fn verify_binding(
                 .verify(&cert, &d.certificate)
                 .map_err(|_| refuse(id, "device certificate does not verify"))?;
             if !pins.device_listed(&c.client_id, &d.device_id, &d.device_key) {
-                return Err(refuse(id, "device is not on the id's signed device list"));
+                return Err(refuse(id, UNLISTED));
             }
             let statement =
                 device_binding_statement(&c.client_id, &d.device_id, mls_signature_key)?;

@@ -20,6 +20,11 @@ pub const DEVICE_BINDING_LABEL: &[u8] = b"lattice/v1/mls-device-credential";
 /// ([`crate::MlsError::unpinned_id`]): the caller may fetch and pin the key, then try again.
 pub(crate) const UNPINNED: &str = "no identity key is pinned for this id";
 
+/// The refusal reason of a linked device that is not on its id's device list as the caller knows
+/// it ([`crate::MlsError::unlisted_id`]): the caller may fetch the id's newest list (a device
+/// linked since), then try again once.
+pub(crate) const UNLISTED: &str = "device is not on the id's signed device list";
+
 /// Private-use extension type carrying the group's display name in the group context, so a
 /// Welcome brings the name along and a rename is an ordinary, authenticated Commit.
 pub const GROUP_NAME_EXTENSION: u16 = 0xF1A7;

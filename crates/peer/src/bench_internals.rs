@@ -62,7 +62,7 @@ impl SealOpen {
         ));
         let bob = Inbox::new(
             bob_id.clone(),
-            bob_identity,
+            Some(bob_identity),
             trust,
             link,
             dispatcher,
@@ -72,7 +72,7 @@ impl SealOpen {
         Self {
             alice: Sender {
                 client_id: alice_id,
-                identity: alice_identity,
+                identity: Some(alice_identity),
             },
             bob_key,
             bob,

@@ -5,15 +5,60 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_crypto::Identity;
+use lattice_crypto::{Identity, IdentityPublicKey};
 use lattice_protocol::ClientId;
 use rand::Rng as _;
 
 use crate::defaults;
 use crate::history::{MessageLookup, NoHistory};
 use crate::keys::{KeyStore, MemoryKeyStore};
+use crate::linking::LinkedDevice;
+
+/// What this peer proves who it is with: the id's [`Identity`] (its primary device, or a
+/// throwaway id while linking), or a [`LinkedDevice`] of the id (docs/mls.md, *Multi-device*).
+///
+/// A linked device holds its own device key, the certificate the identity key signed over it and
+/// the id's signed device list, never the identity key nor the long-term ML-KEM key. So it
+/// registers as a device of the id, speaks MLS only (its MLS credential is chained identity key
+/// → device key → MLS key) and cannot link or remove devices
+/// ([`crate::PeerError::MlsOnlyDevice`], [`crate::PeerError::PrimaryOnly`]).
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// The identity itself: the Ed25519 identity key and the ML-KEM key it signs.
+    Primary(Arc<Identity>),
+    /// A linked device of the id (from the linking bundle, or [`crate::device_file::load`]).
+    Device(Arc<LinkedDevice>),
+}
+
+impl Credentials {
+    /// The id's identity key (for a linked device, the one its certificate chains to).
+    pub fn identity_public_key(&self) -> IdentityPublicKey {
+        match self {
+            Self::Primary(i) => i.identity_public_key(),
+            Self::Device(d) => d.identity_key,
+        }
+    }
+
+    /// The identity, when this peer holds it.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        match self {
+            Self::Primary(i) => Some(i),
+            Self::Device(_) => None,
+        }
+    }
+
+    /// The linked device, when this peer is one.
+    pub fn device(&self) -> Option<&Arc<LinkedDevice>> {
+        match self {
+            Self::Primary(_) => None,
+            Self::Device(d) => Some(d),
+        }
+    }
+}
 
 /// Everything a [`crate::MessagingPeer`] needs.
+///
+/// The id's own device (it holds the [`Identity`]):
 ///
 /// ```
 /// use lattice_crypto::Identity;
@@ -25,14 +70,29 @@ use crate::keys::{KeyStore, MemoryKeyStore};
 /// config.reconnect = Backoff { max_attempts: 3, ..Backoff::default() };
 /// # Ok::<(), lattice_protocol::IdError>(())
 /// ```
+///
+/// A linked device of the id, restarted from the file it saved after linking
+/// ([`crate::device_file`]); it needs MLS state, since MLS is all it speaks:
+///
+/// ```no_run
+/// use lattice_peer::{device_file, PeerConfig};
+/// use lattice_protocol::ClientId;
+///
+/// let alice = ClientId::new("alice")?;
+/// let linked = device_file::load("/tmp/alice-laptop.device".as_ref(), &alice)?;
+/// let mut config = PeerConfig::for_device("ws://127.0.0.1:3005", linked);
+/// config.mls_state = Some("/tmp/alice-laptop.mls".into());
+/// assert!(config.credentials.device().is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct PeerConfig {
     /// `ws://host:port[/path]` or `wss://...`.
     pub server_url: String,
     /// The id to register.
     pub client_id: ClientId,
-    /// Our identity: the Ed25519 identity key and the ML-KEM key it signs.
-    pub identity: Arc<Identity>,
+    /// Who we are: the identity, or a linked device of the id ([`Credentials`]).
+    pub credentials: Credentials,
     /// The reconnect policy.
     pub reconnect: Backoff,
     /// Whether [`crate::MessagingPeer::connect`] keeps dialling when the *first* connection fails
@@ -83,10 +143,29 @@ pub struct PeerConfig {
 impl PeerConfig {
     /// A configuration with every default: in-memory key store, the default backoff and timeouts.
     pub fn new(server_url: impl Into<String>, client_id: ClientId, identity: Identity) -> Self {
+        Self::with_credentials(
+            server_url,
+            client_id,
+            Credentials::Primary(Arc::new(identity)),
+        )
+    }
+
+    /// A configuration for linked device `linked` of its id, with every default (set
+    /// [`PeerConfig::mls_state`]: a linked device speaks MLS only). Its id is `linked.client_id`.
+    pub fn for_device(server_url: impl Into<String>, linked: LinkedDevice) -> Self {
+        let client_id = linked.client_id.clone();
+        Self::with_credentials(server_url, client_id, Credentials::Device(Arc::new(linked)))
+    }
+
+    fn with_credentials(
+        server_url: impl Into<String>,
+        client_id: ClientId,
+        credentials: Credentials,
+    ) -> Self {
         Self {
             server_url: server_url.into(),
             client_id,
-            identity: Arc::new(identity),
+            credentials,
             reconnect: Backoff::default(),
             retry_first_connect: false,
             timeouts: Timeouts::default(),
@@ -109,6 +188,10 @@ impl fmt::Debug for PeerConfig {
         f.debug_struct("PeerConfig")
             .field("server_url", &self.server_url)
             .field("client_id", &self.client_id)
+            .field(
+                "device",
+                &self.credentials.device().map(|d| d.device_id.clone()),
+            )
             .field("reconnect", &self.reconnect)
             .field("retry_first_connect", &self.retry_first_connect)
             .field("timeouts", &self.timeouts)

@@ -11,7 +11,15 @@
 //! [`Link`]. Whether a failed *first* connection is retried is the supervisor's [`Policy`]. One
 //! ending is final: a connection the server closed because the same identity registered
 //! elsewhere ([`close_code::REPLACED`]) is not replaced, or two instances of one identity would take the
-//! id from each other forever.
+//! id from each other forever; nor is a linked device the server cut off because its id removed it
+//! ([`close_code::DEVICE_REMOVED`]).
+//!
+//! A linked device registers with the device part of `register` (docs/protocol.md, *Devices*):
+//! its device id, device key and certificate, the challenge signed by the **device key**
+//! ([`lattice_crypto::device_registration_statement`]), the id's bound ML-KEM key and
+//! `keySignature` from the bundle, and its signed device list until one registration carried it
+//! (the server keeps only a newer list: an older one, after the primary signed another, is
+//! `STALE_DEVICE_LIST`, and the registration is made again without it).
 //!
 //! This module never imports the handle: the handle builds a [`Session`] of components and
 //! spawns [`supervise`]; events go up through the dispatcher and the link's state.
@@ -22,11 +30,13 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use lattice_crypto::{registration_statement, Identity};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lattice_crypto::{device_registration_statement, registration_statement};
 use lattice_protocol::close_code;
 use lattice_protocol::{
-    ClientFrame, ClientId, Delivered, Empty, PublicKeyField, Register, Registered, ServerFrame,
-    Verification,
+    ClientFrame, ClientId, Delivered, DevicePart, Empty, ErrorType, PublicKeyField, Register,
+    Registered, ServerFrame, Verification,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
@@ -35,7 +45,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backoff, Timeouts};
+use crate::config::{Backoff, Credentials, Timeouts};
 use crate::events::{ConnectionState, Dispatcher, PeerEvent};
 use crate::groups::Groups;
 use crate::inbox::{self, Inbox};
@@ -57,6 +67,9 @@ pub(crate) enum EndReason {
     /// The server closed the connection because another connection registered with our identity
     /// (close code [`close_code::REPLACED`]). Final: not reconnected.
     Replaced,
+    /// The server closed this linked device's connection because its id removed it from the
+    /// device list (close code [`close_code::DEVICE_REMOVED`]). Final: not reconnected.
+    DeviceRemoved,
     /// No frame arrived within the pong timeout after a ping.
     PongTimeout,
     /// Reading failed.
@@ -71,6 +84,7 @@ impl std::fmt::Display for EndReason {
             Self::Cancelled => f.write_str("disconnected by the caller"),
             Self::Closed(r) => write!(f, "closed by the server ({r})"),
             Self::Replaced => f.write_str("replaced by another connection of this identity"),
+            Self::DeviceRemoved => f.write_str("this device was removed from its id"),
             Self::PongTimeout => f.write_str("no answer to a keepalive ping"),
             Self::Read(e) => write!(f, "read failed: {e}"),
             Self::Write(e) => write!(f, "write failed: {e}"),
@@ -91,7 +105,10 @@ pub(crate) struct Policy {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) client_id: ClientId,
-    pub(crate) identity: Arc<Identity>,
+    pub(crate) credentials: Credentials,
+    /// A linked device's signed device list went with a registration the server accepted (or
+    /// it had a newer one): later registrations leave it out.
+    pub(crate) device_list_sent: AtomicBool,
     pub(crate) timeouts: Timeouts,
     pub(crate) policy: Policy,
     pub(crate) dialer: Dialer,
@@ -182,8 +199,10 @@ async fn run(
                         tracing::warn!(peer = %session.client_id, "ignoring a binary frame from the server");
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        if frame.as_ref().is_some_and(|f| u16::from(f.code) == close_code::REPLACED) {
-                            return EndReason::Replaced;
+                        match frame.as_ref().map(|f| u16::from(f.code)) {
+                            Some(close_code::REPLACED) => return EndReason::Replaced,
+                            Some(close_code::DEVICE_REMOVED) => return EndReason::DeviceRemoved,
+                            _ => {}
                         }
                         let reason = frame.map_or_else(|| "no reason".to_owned(), |f| format!("{}: {}", f.code, f.reason));
                         return EndReason::Closed(reason);
@@ -233,6 +252,7 @@ async fn connect_once(
         end = &mut conn => Err(match end {
             // Replaced while (re-)registering: another instance holds the id now.
             EndReason::Replaced => PeerError::Replaced,
+            EndReason::DeviceRemoved => PeerError::DeviceRemoved,
             end => PeerError::Connect {
                 url: session.dialer.url().to_owned(),
                 reason: format!("connection ended during registration: {end}"),
@@ -379,6 +399,18 @@ pub(crate) async fn keep_connected<A>(
                     ..
                 }) => break,
                 Ok(Ended {
+                    reason: EndReason::DeviceRemoved,
+                    ..
+                })
+                | Err(PeerError::DeviceRemoved) => {
+                    // The id removed this device: the server has dropped its mailbox and will
+                    // refuse it from now on. Final, told to the app as for `Replaced`.
+                    tracing::warn!(peer = %client_id, "this device was removed from its id; not reconnecting");
+                    cancel.cancel();
+                    dispatcher.emit(PeerEvent::Error(PeerError::DeviceRemoved));
+                    break;
+                }
+                Ok(Ended {
                     reason: EndReason::Replaced,
                     ..
                 })
@@ -431,7 +463,32 @@ pub(crate) async fn keep_connected<A>(
 /// The verified registration on connection `epoch`: `challenge`, then `register` with the
 /// signed statement. Retries reuse the request id, so a slow success of an earlier attempt is
 /// taken as the answer instead of colliding with the retry.
+///
+/// A linked device whose device list the server already holds a newer one of
+/// (`STALE_DEVICE_LIST`) registers again without it; one the server does not know as a device
+/// of its id (`UNKNOWN_DEVICE`: removed while it was offline) gets [`PeerError::DeviceRemoved`].
 async fn register(session: &Session, epoch: u64) -> Result<Registered, PeerError> {
+    match register_once(session, epoch).await {
+        Err(PeerError::Server {
+            error_type: ErrorType::StaleDeviceList,
+            ..
+        }) if session.credentials.device().is_some()
+            && !session.device_list_sent.swap(true, Ordering::Relaxed) =>
+        {
+            register_once(session, epoch).await
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
+        PeerError::Server {
+            error_type: ErrorType::UnknownDevice,
+            ..
+        } if session.credentials.device().is_some() => PeerError::DeviceRemoved,
+        e => e,
+    })
+}
+
+async fn register_once(session: &Session, epoch: u64) -> Result<Registered, PeerError> {
     let lane = Lane::Control(epoch);
     let challenge = session
         .requests
@@ -448,13 +505,46 @@ async fn register(session: &Session, epoch: u64) -> Result<Registered, PeerError
     let nonce = B64
         .decode(&c.nonce)
         .map_err(|_| PeerError::Protocol("challenge nonce is not base64".into()))?;
-    let identity = &session.identity;
-    let kem_pk = identity.kem_public_key().as_bytes().to_vec();
-    let statement = registration_statement(&nonce, session.client_id.as_str(), &kem_pk)?;
-    let signature = identity.identity_key().sign(&statement);
+    let id = session.client_id.as_str();
+    let (kem_pk, statement, signature, key_signature, device) = match &session.credentials {
+        Credentials::Primary(identity) => {
+            let kem_pk = identity.kem_public_key().as_bytes().to_vec();
+            let statement = registration_statement(&nonce, id, &kem_pk)?;
+            let signature = identity.identity_key().sign(&statement);
+            (
+                kem_pk,
+                statement,
+                signature,
+                identity.key_signature().to_vec(),
+                None,
+            )
+        }
+        Credentials::Device(d) => {
+            let kem_pk = d.kem_public_key.clone();
+            let statement =
+                device_registration_statement(&nonce, id, d.device_id.as_str(), &kem_pk)?;
+            let signature = d.device_key.sign(&statement);
+            let with_list = !session.device_list_sent.load(Ordering::Relaxed);
+            let part = DevicePart {
+                device_id: d.device_id.clone(),
+                device_key: B64.encode(d.device_key.public_key().as_bytes()),
+                certificate: B64.encode(d.certificate),
+                device_list: with_list.then(|| d.device_list.clone()),
+            };
+            (
+                kem_pk,
+                statement,
+                signature,
+                d.key_signature.clone(),
+                Some(part),
+            )
+        }
+    };
     let verification = Verification {
         algorithm: "ed25519".into(),
-        serialized_public_key: Some(B64.encode(identity.identity_public_key().as_bytes())),
+        serialized_public_key: Some(
+            B64.encode(session.credentials.identity_public_key().as_bytes()),
+        ),
         serialized_message: Some(B64.encode(&statement)),
         serialized_signed_data: Some(B64.encode(signature)),
     };
@@ -464,8 +554,8 @@ async fn register(session: &Session, epoch: u64) -> Result<Registered, PeerError
         client_id: session.client_id.clone(),
         public_key: PublicKeyField::Bytes(kem_pk),
         verification: Some(verification),
-        key_signature: Some(B64.encode(identity.key_signature())),
-        device: None,
+        key_signature: Some(B64.encode(key_signature)),
+        device,
     };
     let answer = session
         .requests
@@ -485,6 +575,7 @@ async fn register(session: &Session, epoch: u64) -> Result<Registered, PeerError
             r.client_id, r.success
         )));
     }
+    session.device_list_sent.store(true, Ordering::Relaxed);
     Ok(r)
 }
 

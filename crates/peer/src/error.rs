@@ -190,6 +190,36 @@ pub enum PeerError {
     /// [`crate::MessagingPeer::connect`] is called again. Tell the user.
     #[error("replaced by another connection of this identity")]
     Replaced,
+    /// This linked device was removed from its id's device list and the server closed its
+    /// connection (close code 4001, `DEVICE_REMOVED`; its mailbox is gone). Final: the peer
+    /// does not reconnect and goes to [`crate::ConnectionState::Disconnected`]; only linking
+    /// again makes it a device of the id.
+    #[error("this device was removed from its id")]
+    DeviceRemoved,
+    /// A linked device speaks MLS only (docs/mls.md, *Multi-device*): it holds neither the id's
+    /// long-term ML-KEM key nor its identity key, so it cannot send `lattice-v1` or
+    /// `ml-kem-aes`, and `peer` has no MLS conversation with this id.
+    #[error("this device speaks MLS only and {peer} has no MLS; send from your primary device")]
+    MlsOnlyDevice {
+        /// The contact.
+        peer: ClientId,
+    },
+    /// What was asked is done only by a device holding the identity key (the id's primary
+    /// device, or a throwaway id while linking): `what` names it.
+    #[error("{what} needs the identity key: do it on the primary device")]
+    PrimaryOnly {
+        /// The operation.
+        what: &'static str,
+    },
+    /// A linked device's file ([`crate::device_file`]) is unusable: not a device file, of
+    /// another version, tampered with (its chain does not verify), or for another id.
+    #[error("device file {path}: {reason}")]
+    DeviceFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Groups are off: [`crate::PeerConfig::mls_state`] is not set.
     #[error("groups are off: no MLS state is configured (PeerConfig::mls_state)")]
     GroupsDisabled,
@@ -336,7 +366,7 @@ impl PeerError {
     /// ```
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::InvalidUrl { .. } | Self::Tls(_) | Self::Replaced => true,
+            Self::InvalidUrl { .. } | Self::Tls(_) | Self::Replaced | Self::DeviceRemoved => true,
             Self::Server { error_type, .. } => matches!(
                 error_type,
                 ErrorType::ClientIdTaken
@@ -405,6 +435,11 @@ pub enum RejectReason {
     /// An envelope algorithm this client does not speak.
     #[error("unsupported algorithm {0:?}")]
     UnsupportedAlgorithm(String),
+    /// A `lattice-v1` or `ml-kem-aes` message to a linked device, which speaks MLS only (it
+    /// cannot open them: the id's long-term ML-KEM key stays on the primary device, which got
+    /// its own copy). Final: acknowledged and dropped.
+    #[error("{0} message to a device that speaks MLS only (the primary device reads it)")]
+    MlsOnlyDevice(String),
     /// A `lattice-v1` message without the outer `messageId` it is bound to.
     #[error("lattice-v1 message without messageId")]
     MissingMessageId,

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use lattice_crypto::{Fingerprint, Identity};
+use lattice_crypto::Fingerprint;
 use lattice_mls::{GroupEvent, GroupId, MlsClient, MlsError, MlsStore, OutgoingCommit};
 use lattice_protocol::limits::{
     KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGE_UPLOAD,
@@ -238,7 +238,7 @@ impl Groups {
     /// be opened, or holds another id's client.
     pub(crate) fn open(
         path: &std::path::Path,
-        identity: &Identity,
+        credentials: &crate::config::Credentials,
         client_id: ClientId,
         self_update: Duration,
         components: Components,
@@ -263,8 +263,22 @@ impl Groups {
             Ok(m) => (m, false),
             Err(MlsError::NoClient(_)) => {
                 let store = MlsStore::open(path).map_err(|e| mls_error(e, None))?;
-                let m = MlsClient::create(store, identity.identity_key(), client_id.clone())
-                    .map_err(|e| mls_error(e, None))?;
+                let m = match credentials {
+                    crate::config::Credentials::Primary(identity) => {
+                        MlsClient::create(store, identity.identity_key(), client_id.clone())
+                    }
+                    crate::config::Credentials::Device(d) => MlsClient::create_device(
+                        store,
+                        &d.identity_key,
+                        client_id.clone(),
+                        &lattice_mls::DeviceCredential {
+                            device_id: d.device_id.as_str(),
+                            device_key: &d.device_key,
+                            certificate: &d.certificate,
+                        },
+                    ),
+                }
+                .map_err(|e| mls_error(e, None))?;
                 (m, true)
             }
             Err(e) => return Err(mls_error(e, None)),
@@ -276,6 +290,21 @@ impl Groups {
                     "the MLS state at {} belongs to {}, not {client_id}",
                     path.display(),
                     mls.client_id()
+                ),
+            });
+        }
+        // The same id on another device (or the primary's state opened by a linked device, or
+        // the reverse) is not ours either: its credential names another device or key.
+        let own = mls.own_identity().map_err(|e| mls_error(e, None))?;
+        let device = credentials
+            .device()
+            .map(|d| d.device_id.as_str().to_owned());
+        if own.identity_key != credentials.identity_public_key() || own.device_id != device {
+            return Err(PeerError::Group {
+                group: None,
+                reason: format!(
+                    "the MLS state at {} belongs to another device of {client_id}",
+                    path.display()
                 ),
             });
         }
@@ -534,17 +563,31 @@ impl Groups {
 
     /// Runs an engine call that checks members against the pins; while it is refused only
     /// because some member's id has no pinned key yet, fetches that key (TOFU) and tries again.
+    /// A linked device not on its id's list as we know it fetches the id's key once too (the
+    /// answer carries the newest signed list: a device linked since); refused again, it stays
+    /// refused.
     async fn with_pins<T>(
         &self,
         mut f: impl FnMut(&mut MlsClient, &dyn lattice_mls::IdentityPins) -> Result<T, MlsError>,
     ) -> Result<Result<T, MlsError>, PeerError> {
+        let mut relisted: Vec<String> = Vec::new();
         for _ in 0..defaults::GROUP_PIN_FETCHES {
             let r = {
                 let pins = self.pins();
                 let mut mls = lock(&self.mls);
                 f(&mut mls, &pins)
             };
-            match r.as_ref().err().and_then(MlsError::unpinned_id) {
+            let unknown = match r.as_ref().err() {
+                Some(e) => e.unpinned_id().or_else(|| {
+                    e.unlisted_id()
+                        .filter(|id| !relisted.iter().any(|r| r == id))
+                }),
+                None => None,
+            };
+            if let Some(id) = r.as_ref().err().and_then(MlsError::unlisted_id) {
+                relisted.push(id.to_owned());
+            }
+            match unknown {
                 Some(id) => {
                     let id = ClientId::new(id).map_err(|_| PeerError::GroupIdentity {
                         peer: id.to_owned(),
@@ -1394,7 +1437,7 @@ mod tests {
             .unwrap();
         let bob = Groups::open(
             &dir.join("bob.mls"),
-            &kit.identity,
+            &crate::config::Credentials::Primary(Arc::clone(&kit.identity)),
             id("bob"),
             interval,
             (

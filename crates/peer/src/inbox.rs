@@ -61,7 +61,9 @@ struct Backlog {
 #[derive(Debug)]
 pub(crate) struct Inbox {
     client_id: ClientId,
-    identity: Arc<Identity>,
+    /// `None` on a linked device: it has no long-term ML-KEM key, so `lattice-v1` and
+    /// `ml-kem-aes` mail is refused ([`RejectReason::MlsOnlyDevice`]).
+    identity: Option<Arc<Identity>>,
     trust: Arc<Trust>,
     link: Arc<Link>,
     dispatcher: Arc<Dispatcher>,
@@ -114,7 +116,7 @@ impl Opened {
 impl Inbox {
     pub(crate) fn new(
         client_id: ClientId,
-        identity: Arc<Identity>,
+        identity: Option<Arc<Identity>>,
         trust: Arc<Trust>,
         link: Arc<Link>,
         dispatcher: Arc<Dispatcher>,
@@ -134,7 +136,7 @@ impl Inbox {
 
     fn with_policy(
         client_id: ClientId,
-        identity: Arc<Identity>,
+        identity: Option<Arc<Identity>>,
         trust: Arc<Trust>,
         link: Arc<Link>,
         dispatcher: Arc<Dispatcher>,
@@ -435,7 +437,11 @@ async fn open(inbox: &Inbox, d: &Delivered) -> Result<Opened, RejectReason> {
         cipher_text,
         encrypted_data,
     };
-    let kem = inbox.identity.kem();
+    let Some(identity) = &inbox.identity else {
+        // A linked device: nothing but MLS reaches this far on it (MLS goes to the groups).
+        return Err(RejectReason::MlsOnlyDevice(envelope.algorithm));
+    };
+    let kem = identity.kem();
     match envelope.algorithm.as_str() {
         lattice_v1::ALGORITHM => {
             let outer_id = d.message_id.clone().ok_or(RejectReason::MissingMessageId)?;
@@ -689,7 +695,7 @@ mod tests {
         };
         let sender = Sender {
             client_id: from.me.clone(),
-            identity: Arc::clone(&from.identity),
+            identity: Some(Arc::clone(&from.identity)),
         };
         let message_id = new_message_id();
         let (envelope, _) = seal_at(
@@ -719,7 +725,7 @@ mod tests {
     fn sender(kit: &Kit) -> Sender {
         Sender {
             client_id: kit.me.clone(),
-            identity: Arc::clone(&kit.identity),
+            identity: Some(Arc::clone(&kit.identity)),
         }
     }
 
@@ -1145,7 +1151,7 @@ mod tests {
         };
         let inbox = Arc::new(Inbox::with_policy(
             bob.me.clone(),
-            Arc::clone(&bob.identity),
+            Some(Arc::clone(&bob.identity)),
             Arc::clone(&bob.trust),
             Arc::clone(&bob.link),
             Arc::clone(&bob.dispatcher),

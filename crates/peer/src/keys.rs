@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use base64::Engine as _;
 
 use lattice_crypto::{Fingerprint, IdentityPublicKey, KemPublicKey};
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, SignedDeviceList};
 
 use crate::PeerError;
 
@@ -59,6 +59,27 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// [`PeerError::KeyStore`] if the storage fails.
     fn pins(&self) -> Result<Vec<(ClientId, IdentityPublicKey)>, PeerError> {
         Ok(Vec::new())
+    }
+
+    /// The last device list of our own id that this device (the one holding the identity key)
+    /// signed and published. Kept so that the next list is never based on an older one a
+    /// server might serve (which could still name a removed device), across restarts too.
+    /// The default keeps none (then only this run's list is remembered, in memory).
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the storage fails.
+    fn own_device_list(&self) -> Result<Option<SignedDeviceList>, PeerError> {
+        Ok(None)
+    }
+
+    /// Keeps `list` as [`KeyStore::own_device_list`] (called after it was published). The
+    /// default keeps nothing.
+    ///
+    /// # Errors
+    /// [`PeerError::KeyStore`] if the storage fails.
+    fn keep_own_device_list(&self, list: &SignedDeviceList) -> Result<(), PeerError> {
+        let _ = list;
+        Ok(())
     }
 }
 
@@ -152,6 +173,8 @@ impl Pins {
 pub struct MemoryKeyStore {
     // std Mutex: held only for a map lookup or insert, never across an await.
     pins: Mutex<Pins>,
+    // std Mutex: a clone in or out.
+    own_list: Mutex<Option<SignedDeviceList>>,
 }
 
 impl Default for MemoryKeyStore {
@@ -165,6 +188,7 @@ impl MemoryKeyStore {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             pins: Mutex::new(Pins::new(capacity)),
+            own_list: Mutex::new(None),
         }
     }
 }
@@ -186,6 +210,15 @@ impl KeyStore for MemoryKeyStore {
         crate::sync::lock(&self.pins).mark_contact(peer);
         Ok(())
     }
+
+    fn own_device_list(&self) -> Result<Option<SignedDeviceList>, PeerError> {
+        Ok(crate::sync::lock(&self.own_list).clone())
+    }
+
+    fn keep_own_device_list(&self, list: &SignedDeviceList) -> Result<(), PeerError> {
+        *crate::sync::lock(&self.own_list) = Some(list.clone());
+        Ok(())
+    }
 }
 
 /// The first line of a [`FileKeyStore`] file.
@@ -199,12 +232,24 @@ const PINS_HEADER: &str = "# lattice pinned identity keys v1";
 /// oldest pin first), readable only by its owner (0600, in a 0700 directory when created). Every
 /// change rewrites it atomically (a temporary file, synced, renamed over it), so a crash leaves
 /// the old or the new pins, never half of them. Bounded like [`MemoryKeyStore`].
+///
+/// The last device list this id's primary device signed ([`KeyStore::own_device_list`]) is kept
+/// beside it, in `<path>.devicelist` (JSON, written the same way).
 #[derive(Debug)]
 pub struct FileKeyStore {
     path: PathBuf,
     // std Mutex: held for a lookup, or for a change and the file write (milliseconds, never
     // across an await).
     pins: Mutex<Pins>,
+    // std Mutex: as `pins`.
+    own_list: Mutex<Option<SignedDeviceList>>,
+}
+
+/// Where a [`FileKeyStore`] at `path` keeps our own last signed device list.
+fn own_list_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".devicelist");
+    PathBuf::from(p)
 }
 
 impl FileKeyStore {
@@ -236,9 +281,23 @@ impl FileKeyStore {
                 )))
             }
         }
+        let list_path = own_list_path(path);
+        let own_list = match fs::read(&list_path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                PeerError::KeyStore(format!("{}: not a device list: {e}", list_path.display()))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(PeerError::KeyStore(format!(
+                    "cannot read {}: {e}",
+                    list_path.display()
+                )))
+            }
+        };
         Ok(Self {
             path: path.to_owned(),
             pins: Mutex::new(pins),
+            own_list: Mutex::new(own_list),
         })
     }
 
@@ -278,6 +337,18 @@ impl KeyStore for FileKeyStore {
 
     fn mark_contact(&self, peer: &ClientId) -> Result<(), PeerError> {
         self.update(|p| Ok(p.mark_contact(peer)))
+    }
+
+    fn own_device_list(&self) -> Result<Option<SignedDeviceList>, PeerError> {
+        Ok(crate::sync::lock(&self.own_list).clone())
+    }
+
+    fn keep_own_device_list(&self, list: &SignedDeviceList) -> Result<(), PeerError> {
+        let mut own = crate::sync::lock(&self.own_list);
+        let text = serde_json::to_vec(list).map_err(|e| PeerError::KeyStore(e.to_string()))?;
+        write_atomically(&own_list_path(&self.path), &text)?;
+        *own = Some(list.clone());
+        Ok(())
     }
 }
 
@@ -322,9 +393,6 @@ fn parse_pins(text: &str, pins: &mut Pins) -> Result<(), String> {
 }
 
 fn write_pins(path: &Path, pins: &Pins) -> Result<(), PeerError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        PeerError::KeyStore(format!("cannot {what} {}: {e}", p.display()))
-    };
     let mut sorted: Vec<(&ClientId, &Pin)> = pins.map.iter().collect();
     sorted.sort_by_key(|(_, p)| p.seq);
     let mut text = String::with_capacity(64 + sorted.len() * 72);
@@ -334,6 +402,14 @@ fn write_pins(path: &Path, pins: &Pins) -> Result<(), PeerError> {
         let mark = if p.contact { "contact" } else { "seen" };
         text.push_str(&format!("{id} {} {mark}\n", B64.encode(p.key.as_bytes())));
     }
+    write_atomically(path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` owner-only through a synced temporary file renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PeerError> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        PeerError::KeyStore(format!("cannot {what} {}: {e}", p.display()))
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::identity_file::create_private_dir(dir).map_err(|e| io("create", dir, e))?;
     }
@@ -348,7 +424,7 @@ fn write_pins(path: &Path, pins: &Pins) -> Result<(), PeerError> {
         options.mode(0o600);
     }
     let mut file = options.open(&tmp).map_err(|e| io("create", &tmp, e))?;
-    file.write_all(text.as_bytes())
+    file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write", &tmp, e))?;
     drop(file);

@@ -76,6 +76,7 @@
 //!   (per-sender high-water marks) and [`MemoryReplayStore`].
 //! - `transport`: URL checks, rustls (platform roots plus an optional extra CA), dialling.
 //! - [`identity_file`]: an identity kept in an owner-only file (0600).
+//! - [`device_file`]: a linked device kept in an owner-only file (0600), checked on loading.
 //! - [`sanitize`]: the one sanitiser for network text shown in a terminal or a log.
 //! - [`error`]: [`PeerError`], [`RejectReason`].
 
@@ -89,6 +90,7 @@ pub mod config;
 mod connection;
 pub mod content;
 pub mod defaults;
+pub mod device_file;
 pub mod error;
 pub mod events;
 mod files;
@@ -114,7 +116,7 @@ mod transport;
 mod trust;
 mod wire;
 
-pub use config::{Backoff, PeerConfig, Timeouts, TlsOptions};
+pub use config::{Backoff, Credentials, PeerConfig, Timeouts, TlsOptions};
 pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, Thumbnail};
 pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{

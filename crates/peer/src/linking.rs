@@ -145,6 +145,40 @@ impl std::fmt::Debug for LinkedDevice {
 }
 
 impl LinkedDevice {
+    /// Checks the chain this device's standing rests on: the certificate is the identity key's
+    /// signature over *this* device key, the device list is signed by the same key and names
+    /// this device with this key, and the `keySignature` binds the ML-KEM key to it.
+    pub(crate) fn verify(&self) -> Result<(), &'static str> {
+        if self.device_id.is_primary() {
+            return Err("\"primary\" is not a linked device");
+        }
+        let public = self.device_key.public_key();
+        let statement = device_certificate_message(
+            self.client_id.as_str(),
+            self.device_id.as_str(),
+            public.as_bytes(),
+        )
+        .map_err(|_| "the device id cannot be certified")?;
+        self.identity_key
+            .verify(&statement, &self.certificate)
+            .map_err(|_| "the certificate does not verify under the identity key")?;
+        verify_list(&self.client_id, &self.identity_key, &self.device_list)
+            .map_err(|_| "the device list is not signed by the identity key")?;
+        let listed = self.device_list.devices.iter().any(|d| {
+            d.device_id == self.device_id && decode::<32>(&d.device_key) == Some(*public.as_bytes())
+        });
+        if !listed {
+            return Err("the device list does not name this device with its key");
+        }
+        lattice_crypto::verify_kem_key_signature(
+            &self.identity_key,
+            &self.kem_public_key,
+            &self.key_signature,
+        )
+        .map_err(|_| "the ML-KEM key is not bound to the identity key")?;
+        Ok(())
+    }
+
     /// Pins the contacts' identity keys in `store` (keys already pinned are left alone).
     ///
     /// # Errors
@@ -196,14 +230,18 @@ struct State {
     linked: Option<LinkedDevice>,
     /// The last device list this device signed and published: only a device holding the
     /// identity key signs lists, so a server serving an older one (which might still name a
-    /// removed device) is not taken as the base of the next list. Kept for this run only.
+    /// removed device) is not taken as the base of the next list. Also kept in the key store
+    /// ([`KeyStore::own_device_list`]), so that this holds across restarts.
     last_list: Option<SignedDeviceList>,
 }
 
 /// Both sides of device linking. Shared (`Arc`) by the handle and the router.
 pub(crate) struct Linking {
     client_id: ClientId,
-    identity: Arc<Identity>,
+    /// `None` on a linked device: it cannot certify devices nor sign lists, and does not link.
+    identity: Option<Arc<Identity>>,
+    /// The id's identity key (what device lists are checked against).
+    identity_key: IdentityPublicKey,
     link: Arc<Link>,
     requests: Arc<Requests>,
     dispatcher: Arc<Dispatcher>,
@@ -240,7 +278,7 @@ fn decode<const N: usize>(s: &str) -> Option<[u8; N]> {
 impl Linking {
     pub(crate) fn new(
         client_id: ClientId,
-        identity: Arc<Identity>,
+        credentials: &crate::config::Credentials,
         link: Arc<Link>,
         requests: Arc<Requests>,
         dispatcher: Arc<Dispatcher>,
@@ -248,13 +286,21 @@ impl Linking {
     ) -> Self {
         Self {
             client_id,
-            identity,
+            identity: credentials.identity().cloned(),
+            identity_key: credentials.identity_public_key(),
             link,
             requests,
             dispatcher,
             trust,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The identity, or [`PeerError::PrimaryOnly`] on a linked device.
+    fn identity(&self, what: &'static str) -> Result<&Arc<Identity>, PeerError> {
+        self.identity
+            .as_ref()
+            .ok_or(PeerError::PrimaryOnly { what })
     }
 
     fn send(
@@ -302,6 +348,7 @@ impl Linking {
         target: &ClientId,
         device_id: DeviceId,
     ) -> Result<LinkCode, PeerError> {
+        self.identity("linking (a new device links from a throwaway id)")?;
         if device_id.is_primary() {
             return Err(PeerError::InvalidArgument(
                 "\"primary\" is reserved for the device holding the identity key".into(),
@@ -358,6 +405,7 @@ impl Linking {
 
     /// First device: the code the user typed, for the newest request still waiting for one.
     pub(crate) fn enter_code(&self, code: &str) -> Result<ClientId, PeerError> {
+        self.identity("approving a new device")?;
         let code = LinkCode::parse(code)?;
         let now = Instant::now();
         let mut st = lock(&self.state);
@@ -410,6 +458,7 @@ impl Linking {
 
     /// First device: the user compared the fingerprint and approves (or refuses) `relay`.
     pub(crate) async fn approve(&self, relay: &ClientId, approve: bool) -> Result<(), PeerError> {
+        self.identity("approving a new device")?;
         let req = {
             let mut st = lock(&self.state);
             let now = Instant::now();
@@ -463,7 +512,8 @@ impl Linking {
 
     /// The certificate, the new device list and the pins.
     async fn make_bundle(&self, req: &Request) -> Result<(Bundle, SignedDeviceList), PeerError> {
-        let ik = self.identity.identity_key();
+        let identity = self.identity("approving a new device")?;
+        let ik = identity.identity_key();
         let key = req.device_key.as_bytes();
         let certificate = ik.sign(&device_certificate_message(
             self.client_id.as_str(),
@@ -507,8 +557,8 @@ impl Linking {
                 certificate: B64.encode(certificate),
                 device_list: list.clone(),
                 identity_key: B64.encode(ik.public_key().as_bytes()),
-                kem_public_key: B64.encode(self.identity.kem_public_key().as_bytes()),
-                key_signature: B64.encode(self.identity.key_signature()),
+                kem_public_key: B64.encode(identity.kem_public_key().as_bytes()),
+                key_signature: B64.encode(identity.key_signature()),
                 contacts,
             },
             list,
@@ -529,11 +579,14 @@ impl Linking {
                     .ok_or_else(|| PeerError::Protocol("a device key is not 32 bytes".into()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let signature = self.identity.identity_key().sign(&device_list_message(
-            self.client_id.as_str(),
-            counter,
-            &entries,
-        )?);
+        let signature =
+            self.identity("signing a device list")?
+                .identity_key()
+                .sign(&device_list_message(
+                    self.client_id.as_str(),
+                    counter,
+                    &entries,
+                )?);
         Ok(SignedDeviceList {
             counter,
             devices,
@@ -541,27 +594,37 @@ impl Linking {
         })
     }
 
-    /// The id's current device list as the server serves it, checked against our identity key
-    /// (the server cannot forge one; a list that does not verify is an error, never a base).
+    /// The id's current device list: the newer of the one the server serves and the last one
+    /// this device signed (this run's, or the key store's from an earlier run), each checked
+    /// against our identity key (the server cannot forge one; a list that does not verify is an
+    /// error, never a base).
     async fn current_device_list(&self) -> Result<Option<SignedDeviceList>, PeerError> {
         let resp = self.trust.fetch_key_response(&self.client_id).await?;
         let served = match resp.device_list {
             Some(list) => {
-                verify_list(&self.client_id, &self.identity.identity_public_key(), &list)?;
+                verify_list(&self.client_id, &self.identity_key, &list)?;
                 Some(list)
             }
             None => None,
         };
-        let local = lock(&self.state).last_list.clone();
-        Ok(match (served, local) {
-            (Some(s), Some(l)) if l.counter >= s.counter => Some(l),
-            (Some(s), _) => Some(s),
-            (None, l) => l,
-        })
+        let run = lock(&self.state).last_list.clone();
+        let kept = self
+            .trust
+            .key_store()
+            .own_device_list()?
+            .filter(|l| verify_list(&self.client_id, &self.identity_key, l).is_ok());
+        Ok([served, run, kept]
+            .into_iter()
+            .flatten()
+            .max_by_key(|l| l.counter))
     }
 
     /// Publishes a device list (`device_list_upload`).
     async fn publish_list(&self, list: SignedDeviceList) -> Result<(), PeerError> {
+        // Kept before it is published: a list kept but never published is still a sound base
+        // (its successor has a higher counter than anything the server holds).
+        self.trust.key_store().keep_own_device_list(&list)?;
+        lock(&self.state).last_list = Some(list.clone());
         let frame = ClientFrame::DeviceListUpload(lattice_protocol::DeviceListUpload {
             device_list: list.clone(),
         });
@@ -573,13 +636,13 @@ impl Linking {
                 crate::WaitOptions::default(),
             )
             .await?;
-        lock(&self.state).last_list = Some(list);
         Ok(())
     }
 
     /// First device: removes `device` from the id's device list (the server closes its
     /// connection and drops its mailbox; its MLS leaves stay until a Remove commit).
     pub(crate) async fn remove_device(&self, device: &DeviceId) -> Result<(), PeerError> {
+        self.identity("removing a device")?;
         let Some(current) = self.current_device_list().await? else {
             return Err(PeerError::InvalidArgument(format!(
                 "{device} is not a device of this id"
@@ -652,7 +715,11 @@ impl Linking {
         pake: &str,
     ) {
         // Only the device holding the identity key can certify; a hello for another id, a
-        // reserved device id, or a malformed key is dropped.
+        // reserved device id, or a malformed key is dropped (and every hello on a linked device).
+        if self.identity.is_none() {
+            tracing::debug!(peer = %self.client_id, from = %from, "linking hello on a linked device dropped");
+            return;
+        }
         let key = decode::<32>(device_key).and_then(|k| IdentityPublicKey::from_bytes(&k).ok());
         let hello = decode::<PAKE_MESSAGE_LEN>(pake);
         let (Some(device_key), Some(hello)) = (key, hello) else {
@@ -870,17 +937,8 @@ fn linked_from(b: Bundle, r: &NewRun) -> Option<LinkedDevice> {
         return None;
     }
     let identity_key = IdentityPublicKey::from_bytes(&decode::<32>(&b.identity_key)?).ok()?;
-    let public = r.device_key.public_key();
     let certificate = decode::<{ lattice_crypto::SIGNATURE_LEN }>(&b.certificate)?;
-    let statement =
-        device_certificate_message(r.target.as_str(), r.device_id.as_str(), public.as_bytes())
-            .ok()?;
-    identity_key.verify(&statement, &certificate).ok()?;
-    verify_list(&r.target, &identity_key, &b.device_list).ok()?;
-    let listed = b.device_list.devices.iter().any(|d| {
-        d.device_id == r.device_id && decode::<32>(&d.device_key) == Some(*public.as_bytes())
-    });
-    if !listed || b.contacts.len() > defaults::MAX_LINK_CONTACTS {
+    if b.contacts.len() > defaults::MAX_LINK_CONTACTS {
         return None;
     }
     let contacts = b
@@ -892,7 +950,7 @@ fn linked_from(b: Bundle, r: &NewRun) -> Option<LinkedDevice> {
                 .map(|k| (c.client_id.clone(), k))
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(LinkedDevice {
+    let linked = LinkedDevice {
         client_id: b.client_id,
         device_id: b.device_id,
         device_key: IdentityKeyPair::from_secret_bytes(&r.device_key.secret_bytes()),
@@ -902,7 +960,9 @@ fn linked_from(b: Bundle, r: &NewRun) -> Option<LinkedDevice> {
         kem_public_key: B64.decode(&b.kem_public_key).ok()?,
         key_signature: B64.decode(&b.key_signature).ok()?,
         contacts,
-    })
+    };
+    linked.verify().ok()?;
+    Some(linked)
 }
 
 #[cfg(test)]

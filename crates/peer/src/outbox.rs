@@ -40,11 +40,11 @@ pub struct SentMessage {
     pub algorithm: Algorithm,
 }
 
-/// Who seals: our id and identity.
+/// Who seals: our id and identity (`None` on a linked device, which speaks MLS only).
 #[derive(Debug, Clone)]
 pub(crate) struct Sender {
     pub(crate) client_id: ClientId,
-    pub(crate) identity: Arc<Identity>,
+    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 /// A message we sent and whose fate (ack or error) is not known yet.
@@ -110,6 +110,11 @@ impl Outbox {
         message_id: MessageId,
     ) -> Result<SentMessage, PeerError> {
         content.validate()?;
+        if self.sender.identity.is_none() {
+            return Err(PeerError::MlsOnlyDevice {
+                peer: target.clone(),
+            });
+        }
         if let Some(new) = self.trust.pending_key_change(target) {
             let old = self.trust.key_store().pinned(target)?;
             return Err(PeerError::KeyChanged {
@@ -171,6 +176,11 @@ pub(crate) fn seal_at(
     sent_at: u64,
 ) -> Result<(Envelope, Algorithm), PeerError> {
     let mut rng = rand_core::OsRng;
+    let Some(identity) = &sender.identity else {
+        return Err(PeerError::MlsOnlyDevice {
+            peer: key.peer_id.clone(),
+        });
+    };
     if key.identity.is_none() {
         let text = content
             .plain_text()
@@ -202,7 +212,7 @@ pub(crate) fn seal_at(
         kind,
         body: body.as_bytes(),
     })?;
-    let sig = sender.identity.identity_key().sign(&payload);
+    let sig = identity.identity_key().sign(&payload);
     let inner = InnerMessage {
         v: CONTENT_VERSION,
         kind: kind.to_owned(),

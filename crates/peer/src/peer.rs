@@ -162,10 +162,33 @@ impl MessagingPeer {
             Arc::clone(&dispatcher),
         ));
         let history = Arc::new(History::new(me.clone(), Arc::clone(&config.history)));
+        if let Some(device) = config.credentials.device() {
+            if config.mls_state.is_none() {
+                return Err(PeerError::InvalidArgument(
+                    "a linked device speaks MLS only: set PeerConfig::mls_state".into(),
+                ));
+            }
+            // Its own id's identity key is pinned from the bundle, and its own device list is
+            // known, so it validates the leaves of its id's other devices.
+            let own = config.key_store.pinned(&me)?;
+            if own.is_some_and(|k| k != device.identity_key) {
+                return Err(PeerError::KeyChanged {
+                    peer: me.clone(),
+                    old: own.map_or_else(|| device.identity_key.fingerprint(), |k| k.fingerprint()),
+                    new: device.identity_key.fingerprint(),
+                });
+            }
+            config.key_store.pin(&me, &device.identity_key)?;
+            trust.record_devices(&me, &device.identity_key, &device.device_list)?;
+        } else if let Some(list) = config.key_store.own_device_list()? {
+            // The primary's own list as it last signed it (a list that does not verify under
+            // our key is ignored: it is not ours).
+            let _ = trust.record_devices(&me, &config.credentials.identity_public_key(), &list);
+        }
         let outbox = Arc::new(Outbox::new(
             Sender {
                 client_id: me.clone(),
-                identity: Arc::clone(&config.identity),
+                identity: config.credentials.identity().cloned(),
             },
             Arc::clone(&trust),
             Arc::clone(&requests),
@@ -174,7 +197,7 @@ impl MessagingPeer {
         ));
         let inbox = Arc::new(Inbox::new(
             me.clone(),
-            Arc::clone(&config.identity),
+            config.credentials.identity().cloned(),
             Arc::clone(&trust),
             Arc::clone(&link),
             Arc::clone(&dispatcher),
@@ -185,7 +208,7 @@ impl MessagingPeer {
             Some(path) => Some(
                 Groups::open(
                     path,
-                    &config.identity,
+                    &config.credentials,
                     me.clone(),
                     config.group_self_update,
                     (
@@ -216,7 +239,7 @@ impl MessagingPeer {
         )?;
         let linking = Arc::new(Linking::new(
             me.clone(),
-            Arc::clone(&config.identity),
+            &config.credentials,
             Arc::clone(&link),
             Arc::clone(&requests),
             Arc::clone(&dispatcher),
@@ -233,7 +256,8 @@ impl MessagingPeer {
         );
         let session = Arc::new(Session {
             client_id: me,
-            identity: Arc::clone(&config.identity),
+            credentials: config.credentials.clone(),
+            device_list_sent: std::sync::atomic::AtomicBool::new(false),
             timeouts: config.timeouts.clone(),
             policy: Policy {
                 backoff: config.reconnect.clone(),
@@ -353,7 +377,7 @@ impl MessagingPeer {
     pub fn fingerprint(&self) -> Fingerprint {
         self.inner
             .config
-            .identity
+            .credentials
             .identity_public_key()
             .fingerprint()
     }

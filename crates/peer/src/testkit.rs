@@ -100,7 +100,7 @@ impl Kit {
         let outbox = Arc::new(Outbox::new(
             Sender {
                 client_id: me.clone(),
-                identity: Arc::clone(&identity),
+                identity: Some(Arc::clone(&identity)),
             },
             Arc::clone(&trust),
             Arc::clone(&requests),
@@ -109,7 +109,7 @@ impl Kit {
         ));
         let inbox = Arc::new(Inbox::new(
             me.clone(),
-            Arc::clone(&identity),
+            Some(Arc::clone(&identity)),
             Arc::clone(&trust),
             Arc::clone(&link),
             Arc::clone(&dispatcher),
@@ -118,7 +118,7 @@ impl Kit {
         ));
         let linking = Arc::new(Linking::new(
             me.clone(),
-            Arc::clone(&identity),
+            &crate::config::Credentials::Primary(Arc::clone(&identity)),
             Arc::clone(&link),
             Arc::clone(&requests),
             Arc::clone(&dispatcher),

@@ -208,7 +208,8 @@ impl Trust {
 
     /// Keeps a peer's device list (verified under its pinned identity key) if it is newer than
     /// the one known, and tells the user about devices added and removed ("bob added a device").
-    fn record_devices(
+    /// Also how this peer learns its own id's list (linking, a linked device's file).
+    pub(crate) fn record_devices(
         &self,
         peer: &ClientId,
         identity: &IdentityPublicKey,

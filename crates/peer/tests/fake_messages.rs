@@ -447,7 +447,12 @@ async fn the_replay_window_of_a_pinned_sender_survives_a_flood_and_stale_message
 async fn a_replay_store_refuses_replays_across_a_restart() {
     let mut fake = FakeServer::start().await;
     let cfg = test_config(&fake.url, "alice", new_identity());
-    let alice_kem = cfg.identity.kem_public_key().clone();
+    let alice_kem = cfg
+        .credentials
+        .identity()
+        .expect("a primary")
+        .kem_public_key()
+        .clone();
     let store = Arc::new(MemoryReplayStore::default());
     let start = |cfg: PeerConfig| {
         let peer = MessagingPeer::with_replay_store(cfg, store.clone()).unwrap();
@@ -775,7 +780,12 @@ async fn a_sender_whose_key_never_comes_does_not_hold_up_another_senders_message
     // The slow sender's key request would otherwise time out and let the queue move on: with a
     // request timeout of an hour, only fair processing lets bob's message through meanwhile.
     cfg.timeouts.request = Duration::from_secs(3600);
-    let alice_kem = cfg.identity.kem_public_key().clone();
+    let alice_kem = cfg
+        .credentials
+        .identity()
+        .expect("a primary")
+        .kem_public_key()
+        .clone();
     let (peer, mut conn) = connected(&mut fake, cfg).await;
     let mut events = peer.events();
     let slow = new_identity();

@@ -760,7 +760,12 @@ async fn messages_from_a_sender_without_an_identity_key_are_acked_and_gone() {
     let server = spawn_server().await;
     let url = server.url();
     let alice_config = test_config(&url, "alice", new_identity());
-    let alice_kem = alice_config.identity.kem_public_key().clone();
+    let alice_kem = alice_config
+        .credentials
+        .identity()
+        .expect("a primary")
+        .kem_public_key()
+        .clone();
     let alice = MessagingPeer::new(alice_config.clone()).unwrap();
     let mut alice_events = alice.events();
     alice.connect().await.unwrap();

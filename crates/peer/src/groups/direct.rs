@@ -811,7 +811,7 @@ mod tests {
         ));
         let bob = Groups::open(
             &dir.path().join("bob.mls"),
-            &kit.identity,
+            &crate::config::Credentials::Primary(std::sync::Arc::clone(&kit.identity)),
             id("bob"),
             defaults::SELF_UPDATE_INTERVAL,
             (

@@ -23,7 +23,21 @@ pub fn id(s: &str) -> ClientId {
 
 /// A config with short timeouts and a fast backoff, for tests.
 pub fn test_config(url: &str, client_id: &str, identity: Identity) -> PeerConfig {
-    let mut c = PeerConfig::new(url, id(client_id), identity);
+    quick(PeerConfig::new(url, id(client_id), identity))
+}
+
+/// A linked device's config (MLS state at `mls_state`) with the timeouts of [`test_config`].
+pub fn device_config(
+    url: &str,
+    linked: lattice_peer::LinkedDevice,
+    mls_state: &std::path::Path,
+) -> PeerConfig {
+    let mut c = quick(PeerConfig::for_device(url, linked));
+    c.mls_state = Some(mls_state.to_owned());
+    c
+}
+
+fn quick(mut c: PeerConfig) -> PeerConfig {
     c.reconnect = Backoff {
         base: Duration::from_millis(50),
         factor: 2.0,

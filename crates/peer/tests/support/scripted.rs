@@ -36,7 +36,12 @@ pub async fn alice() -> (
 ) {
     let mut fake = FakeServer::start().await;
     let cfg = test_config(&fake.url, "alice", new_identity());
-    let kem = cfg.identity.kem_public_key().clone();
+    let kem = cfg
+        .credentials
+        .identity()
+        .expect("a primary")
+        .kem_public_key()
+        .clone();
     let (peer, conn) = connected(&mut fake, cfg).await;
     let events = peer.events();
     (fake, peer, conn, events, kem)
