@@ -204,13 +204,20 @@ async fn the_app_links_approves_lists_and_removes_a_new_device() {
     )
     .await;
     assert_eq!(listed, json!(key_fp));
-    client
-        .execute(
-            "document.getElementById('settings-devices-title').scrollIntoView({block: 'start'});",
-            vec![],
-        )
-        .await
-        .unwrap();
+    // Scrolled to the Devices section (again on each poll: the dialog's focus may scroll back).
+    until_js(
+        &client,
+        "the Devices section in view",
+        "const title = document.getElementById('settings-devices-title'); \
+         let box = title.parentElement; \
+         while (box && box.scrollHeight <= box.clientHeight) box = box.parentElement; \
+         if (!box) return true; \
+         const off = title.getBoundingClientRect().top - box.getBoundingClientRect().top; \
+         if (off > 40 && off < 200) return true; \
+         box.scrollTop += off - 120; \
+         return false;",
+    )
+    .await;
     shots.take(&client, "devices-list").await;
     assert_accessible(&client, "Settings with a linked device").await;
 

@@ -139,9 +139,10 @@ async function answer(approve) {
   const request = awaiting;
   if (!request) return;
   for (const id of ["device-link-submit", "device-link-refuse"]) $(id).disabled = true;
+  // Answered now: closing the dialog (the `approved` event does) must not refuse it again.
+  awaiting = null;
   try {
     await api.answerLink(request.relayId, approve);
-    awaiting = null;
     if (!approve) {
       $("device-link-dialog").close();
       showNotice({ kind: "info", message: `${request.deviceId} was refused; nothing was linked.` });
@@ -221,6 +222,8 @@ function onLink(view) {
         break;
       }
       showCodeStep();
+      // That request is spent: the new device starts again and asks anew.
+      $("device-link-waiting").textContent = "";
       setError("device-link-error", view.message);
       $("device-link-code").value = "";
       $("device-link-code").focus();
