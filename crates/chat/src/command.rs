@@ -148,7 +148,8 @@ commands:
   /group add <id,id…> | remove <id,id…> | rename <name> | leave   change the current group
   /group heal     rotate your keys in the current group now (after a suspected compromise)
   /group heal all rotate your keys in every group and 1:1 conversation now
-  /link <id> <device>  (new device) link it to <id> as <device>: shows a code and a fingerprint
+  /link <id> <device>  (new device) link it to <id> as <device>: shows a code and a fingerprint;
+                  once linked it is saved (--device-file) and runs as that device (MLS only)
   /link <code>    (a device of the id) enter the code the new device shows; then compare the
                   fingerprint and /approve (or /refuse). History before linking is not shared
   /devices        this id's devices; /device remove <device> takes one off the list

@@ -3,7 +3,9 @@
 //! *Multi-device*): the new device shows a code, the first device's user types it, compares the
 //! new device's fingerprint and approves.
 
-use lattice_peer::{LinkEvent, LinkFailure, MessagingPeer, PeerEvent};
+use std::path::PathBuf;
+
+use lattice_peer::{FileKeyStore, LinkEvent, LinkFailure, MessagingPeer, PeerEvent};
 use lattice_protocol::{ClientId, DeviceId};
 
 use crate::command::Command;
@@ -61,6 +63,50 @@ pub async fn handle(
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// This device was just linked: saves it to `target` (`--device-file`, or
+/// `{data dir}/lattice/{id}.{device}.device`) with the contacts' pins next to it, and says how to
+/// run as it. Returns the lines to print.
+pub fn save_linked(peer: &MessagingPeer, target: Option<PathBuf>) -> Vec<String> {
+    let Some(linked) = peer.take_linked_device() else {
+        return Vec::new();
+    };
+    let path = match target.or_else(|| {
+        dirs::data_dir().map(|d| {
+            d.join("lattice")
+                .join(format!("{}.{}.device", linked.client_id, linked.device_id))
+        })
+    }) {
+        Some(p) => p,
+        None => {
+            return vec![
+                "!! no data directory on this system; start with --device-file to keep this device"
+                    .into(),
+            ]
+        }
+    };
+    let saved = lattice_peer::device_file::save(&path, &linked).and_then(|()| {
+        let pins = FileKeyStore::open(&lattice_peer::identity_file::key_store_path(&path))?;
+        linked.import_pins(&pins)
+    });
+    match saved {
+        Ok(pinned) => vec![
+            format!(
+                "-- saved this device to {} ({pinned} contact keys pinned)",
+                escape(&path.display().to_string())
+            ),
+            format!(
+                "-- from now on run: lattice-chat --id {} --device-file {}",
+                escape(linked.client_id.as_str()),
+                escape(&path.display().to_string())
+            ),
+        ],
+        Err(e) => vec![format!(
+            "!! this device is linked but could not be saved: {}",
+            escape(&e.to_string())
+        )],
+    }
 }
 
 /// The lines for a linking event (empty for other events).

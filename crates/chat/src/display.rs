@@ -196,11 +196,31 @@ pub fn event_lines(event: &PeerEvent) -> Vec<String> {
             "the server closed this session: this identity connected elsewhere (close code {}); /reconnect takes it back",
             lattice_protocol::close_code::REPLACED
         )),
+        PeerEvent::Error(PeerError::DeviceRemoved) => disconnected_lines(&format!(
+            "this device was removed from its id (close code {}); link it again to use it",
+            lattice_protocol::close_code::DEVICE_REMOVED
+        )),
         PeerEvent::Error(PeerError::ReconnectFailed { attempts }) => disconnected_lines(&format!(
             "gave up reconnecting after {attempts} attempts"
         )),
         PeerEvent::Error(e) => vec![describe_error(e)],
         PeerEvent::Lagged { missed } => vec![format!("!! {missed} events were not shown")],
+        // Sent by another device of this id: ours, shown as outgoing with where it came from.
+        PeerEvent::OwnMessage(m) => {
+            let Some(text) = m.content.display_text() else {
+                return Vec::new();
+            };
+            let to = match &m.conversation {
+                lattice_peer::Conversation::Direct(peer) => peer.to_string(),
+                lattice_peer::Conversation::Group(g) => format!("group {g}"),
+            };
+            vec![format!(
+                "[you on {} → {}] {}",
+                escape(m.device.as_deref().unwrap_or("primary")),
+                escape(&to),
+                escape(&text)
+            )]
+        }
         PeerEvent::ConversationNotice { peer, notice } => {
             let peer = escape(peer.as_str());
             match notice {

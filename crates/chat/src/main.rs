@@ -63,6 +63,12 @@ struct Args {
     /// Identity file; created (0600) if missing. Default: {data dir}/lattice/{id}.identity.
     #[arg(long, env = "LATTICE_IDENTITY_FILE")]
     identity_file: Option<PathBuf>,
+    /// Linked-device file. If it exists, run as that linked device of --id (MLS only; its
+    /// pins, history and MLS state sit next to it) instead of with the identity file. If it does
+    /// not, a successful `/link <id> <device>` saves the new device there (default:
+    /// {data dir}/lattice/{id}.{device}.device); start again with --id <id> --device-file <it>.
+    #[arg(long, env = "LATTICE_DEVICE_FILE")]
+    device_file: Option<PathBuf>,
     /// Extra CA certificate (PEM) to trust for wss://.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -106,6 +112,8 @@ struct Ui {
     group_files_shown: u64,
     /// The new device whose fingerprint was shown last (what `/approve` answers).
     link_awaiting: Option<ClientId>,
+    /// Where a device linked by `/link <id> <device>` is saved (`--device-file`), if given.
+    device_file: Option<PathBuf>,
 }
 
 /// Group files kept for `/get g<n>` (they are not in the history; a download started survives a
@@ -336,7 +344,9 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, re
             PeerEvent::MessageAck(a) => {
                 tracing::debug!(message_id = %a.message_id, status = ?a.status, "ack");
             }
-            PeerEvent::Error(PeerError::Replaced | PeerError::ReconnectFailed { .. }) => {
+            PeerEvent::Error(
+                PeerError::Replaced | PeerError::ReconnectFailed { .. } | PeerError::DeviceRemoved,
+            ) => {
                 if let Ok(mut ui) = ui.lock() {
                     ui.stopped = true;
                 }
@@ -373,6 +383,10 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, re
                     }
                 }
                 print_lines(&devices::event_lines(&event));
+                if let lattice_peer::LinkEvent::Linked { .. } = link {
+                    let target = ui.lock().ok().and_then(|u| u.device_file.clone());
+                    print_lines(&devices::save_linked(&peer, target));
+                }
             }
             PeerEvent::DevicesChanged { .. } => print_lines(&devices::event_lines(&event)),
             PeerEvent::ConnectionState(ConnectionState::Connected) => {
@@ -971,11 +985,37 @@ async fn main() -> anyhow::Result<()> {
         Some(p) => p,
         None => default_identity_path(&id)?,
     };
-    let (identity, created) = lattice_peer::identity_file::load_or_create(&path)?;
-    if created {
-        println!("-- created a new identity in {}", path.display());
-    }
-    let mut config = PeerConfig::new(args.server.clone(), id.clone(), identity);
+    let linked = match &args.device_file {
+        Some(file) if file.exists() => Some(
+            lattice_peer::device_file::load(file, &id)
+                .with_context(|| format!("cannot use {}", file.display()))?,
+        ),
+        _ => None,
+    };
+    // A linked device keeps its files next to its device file; the id's own device next to
+    // its identity file.
+    let (mut config, path) = match (linked, &args.device_file) {
+        (Some(linked), Some(file)) => {
+            println!(
+                "-- running as device {:?} of {id} (MLS only)",
+                escape(linked.device_id.as_str())
+            );
+            (
+                PeerConfig::for_device(args.server.clone(), linked),
+                file.clone(),
+            )
+        }
+        _ => {
+            let (identity, created) = lattice_peer::identity_file::load_or_create(&path)?;
+            if created {
+                println!("-- created a new identity in {}", path.display());
+            }
+            (
+                PeerConfig::new(args.server.clone(), id.clone(), identity),
+                path,
+            )
+        }
+    };
     // Pins survive restarts, next to the identity: a key the server swaps in after a restart is
     // caught like one swapped in while running.
     let pins = lattice_peer::identity_file::key_store_path(&path);
@@ -1005,6 +1045,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let peer = MessagingPeer::new(config)?;
     let ui: Shared = Arc::default();
+    if let Ok(mut u) = ui.lock() {
+        u.device_file = args.device_file.clone();
+    }
     {
         let history = Arc::clone(&history);
         peer.on_event(move |event| store_event(&history, event));

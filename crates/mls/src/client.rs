@@ -481,6 +481,21 @@ impl MlsClient {
             .collect()
     }
 
+    /// Each leaf's identity (id and device) and MLS signature key: a leaf of the same
+    /// (id, device) with another key is another MLS client of that device (it started over).
+    ///
+    /// # Errors
+    /// [`MlsError::UnknownGroup`]; a member credential that does not parse.
+    pub fn member_leaf_keys(
+        &self,
+        gid: &GroupId,
+    ) -> Result<Vec<(MemberIdentity, Vec<u8>)>, MlsError> {
+        self.group(gid)?
+            .members()
+            .map(|m| Ok((claimed_identity(&m.credential)?, m.signature_key)))
+            .collect()
+    }
+
     /// The group's name.
     ///
     /// # Errors
@@ -513,6 +528,22 @@ impl MlsClient {
     /// # Errors
     /// [`MlsError::UnknownGroup`], [`MlsError::NoPendingCommit`]; a malformed credential.
     pub fn pending_commit_members(&self, gid: &GroupId) -> Result<Vec<ClientId>, MlsError> {
+        let mut ids: Vec<ClientId> = self
+            .pending_commit_leaves(gid)?
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// The leaves the group will have once this client's pending Commit is merged, one per
+    /// member device (an id's primary device has `device_id` `None`), sorted by id then device:
+    /// what the delivery service is told as `leaves`, so that fan-out reaches every device.
+    ///
+    /// # Errors
+    /// As [`MlsClient::pending_commit_members`].
+    pub fn pending_commit_leaves(&self, gid: &GroupId) -> Result<Vec<MemberIdentity>, MlsError> {
         let group = self.group(gid)?;
         let staged = group
             .pending_commit()
@@ -521,19 +552,21 @@ impl MlsClient {
             .remove_proposals()
             .map(|p| p.remove_proposal().removed().u32())
             .collect();
-        let mut ids = Vec::new();
+        let mut leaves = Vec::new();
         for m in group.members() {
             if !removed.contains(&m.index.u32()) {
-                ids.push(claimed_identity(&m.credential)?.client_id);
+                leaves.push(claimed_identity(&m.credential)?);
             }
         }
         for a in staged.add_proposals() {
             let leaf = a.add_proposal().key_package().leaf_node();
-            ids.push(claimed_identity(leaf.credential())?.client_id);
+            leaves.push(claimed_identity(leaf.credential())?);
         }
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
+        leaves.sort_by(|a, b| {
+            (a.client_id.as_str(), &a.device_id).cmp(&(b.client_id.as_str(), &b.device_id))
+        });
+        leaves.dedup_by(|a, b| a.client_id == b.client_id && a.device_id == b.device_id);
+        Ok(leaves)
     }
 
     /// Runs a Commit-making operation on one group and packs its output.

@@ -391,6 +391,45 @@ impl std::fmt::Debug for GroupMessage {
     }
 }
 
+/// A conversation: a 1:1 with a peer, or a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conversation {
+    /// The 1:1 conversation with this peer.
+    Direct(ClientId),
+    /// This group.
+    Group(lattice_mls::GroupId),
+}
+
+/// A message **this id** sent from another of its devices (docs/mls.md, *Multi-device*): every
+/// device of an id is a member of its 1:1 conversations and groups, so each reads what the others
+/// send. Show it as outgoing, with where it was sent from ("sent from laptop").
+#[derive(Clone, PartialEq, Eq)]
+pub struct OwnMessage {
+    /// Where it was sent.
+    pub conversation: Conversation,
+    /// The device that sent it: `None` for the id's primary device, else a linked device's id
+    /// (as its MLS credential, checked against the id's signed device list, names it).
+    pub device: Option<String>,
+    /// The sending device's message id.
+    pub message_id: MessageId,
+    /// What it says ([`Content::Text`], [`Content::Reply`], [`Content::File`], …).
+    pub content: Content,
+    /// The sending device's clock when it sent it (unix ms; not checked).
+    pub sent_at: u64,
+}
+
+impl std::fmt::Debug for OwnMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The content stays out of logs.
+        f.debug_struct("OwnMessage")
+            .field("conversation", &self.conversation)
+            .field("device", &self.device)
+            .field("message_id", &self.message_id)
+            .field("kind", &self.content.kind())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything a [`crate::MessagingPeer`] reports.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -484,6 +523,9 @@ pub enum PeerEvent {
     },
     /// Device linking moved on (see [`crate::LinkEvent`]).
     Link(LinkEvent),
+    /// A message this id sent from another of its devices, in a 1:1 conversation or a group
+    /// (see [`OwnMessage`]): an outgoing message, never one from a peer.
+    OwnMessage(OwnMessage),
     /// This [`EventStream`] fell behind and missed `missed` events (handlers are not affected).
     Lagged {
         /// How many events were lost.

@@ -50,7 +50,7 @@ use direct::DirectBook;
 pub(crate) use direct::DIRECT_GROUP_NAME;
 
 use crate::content::Content;
-use crate::events::{Dispatcher, GroupChange, GroupMessage, PeerEvent};
+use crate::events::{Conversation, Dispatcher, GroupChange, GroupMessage, OwnMessage, PeerEvent};
 use crate::history::History;
 use crate::link::{Lane, Link};
 use crate::requests::Requests;
@@ -228,6 +228,35 @@ pub(crate) fn mls_error(e: MlsError, group: Option<&GroupId>) -> PeerError {
 fn wire_group(gid: &GroupId) -> Result<lattice_protocol::GroupId, PeerError> {
     lattice_protocol::GroupId::new(gid.to_string())
         .map_err(|e| PeerError::Protocol(format!("group id: {e}")))
+}
+
+/// The member ids and, when any leaf is a linked device, the (id, device) leaves a Commit's
+/// `group_commit` names (sorted by id, as [`MlsClient::pending_commit_leaves`] gives them).
+/// Without linked devices `leaves` is left out: the server then gives every member its primary
+/// leaf, exactly as before devices existed.
+fn wire_leaves(
+    leaves: Vec<lattice_mls::MemberIdentity>,
+) -> Result<(Vec<ClientId>, Option<Vec<lattice_protocol::Leaf>>), PeerError> {
+    let mut members: Vec<ClientId> = leaves.iter().map(|l| l.client_id.clone()).collect();
+    members.dedup();
+    if leaves.iter().all(|l| l.device_id.is_none()) {
+        return Ok((members, None));
+    }
+    let wire = leaves
+        .into_iter()
+        .map(|l| {
+            let device_id = match l.device_id {
+                Some(d) => lattice_protocol::DeviceId::new(d)
+                    .map_err(|e| PeerError::Protocol(format!("a leaf's device id: {e}")))?,
+                None => lattice_protocol::DeviceId::primary(),
+            };
+            Ok(lattice_protocol::Leaf {
+                client_id: l.client_id,
+                device_id,
+            })
+        })
+        .collect::<Result<Vec<_>, PeerError>>()?;
+    Ok((members, Some(wire)))
 }
 
 impl Groups {
@@ -509,12 +538,17 @@ impl Groups {
         });
     }
 
-    /// Fetches a KeyPackage of `member` and validates it against the identity key pinned for
-    /// it (pinning it first, TOFU with the `keySignature` check, when none is).
-    async fn fetch_key_package(
+    /// Fetches one KeyPackage of **every device** of `member` (`key_package_fetch` with
+    /// `allDevices`; at most [`lattice_protocol::limits::MAX_DEVICES_PER_ID`]) and validates
+    /// each against the identity key pinned for it (pinning it first, TOFU with the
+    /// `keySignature` check, when none is) and, for a linked device, against the id's signed
+    /// device list (fetched again once for a device linked since). Each must be the device the
+    /// server says it is. A device without KeyPackages is not in the answer (it is added once it
+    /// has some, by a device of its id).
+    async fn fetch_key_packages(
         &self,
         member: &ClientId,
-    ) -> Result<lattice_mls::ValidatedKeyPackage, PeerError> {
+    ) -> Result<Vec<lattice_mls::ValidatedKeyPackage>, PeerError> {
         if self.trust.key_store().pinned(member)?.is_none() {
             self.trust.fetch_key(member).await?;
         }
@@ -527,7 +561,7 @@ impl Groups {
                 Lane::Normal,
                 ClientFrame::KeyPackageFetch(KeyPackageFetch {
                     client_id: member.clone(),
-                    all_devices: false,
+                    all_devices: true,
                 }),
                 "key_package_fetch",
                 options,
@@ -536,23 +570,43 @@ impl Groups {
         let ServerFrame::KeyPackage(found) = answer else {
             return Err(unexpected("key_package_fetch", &answer));
         };
-        let bytes = B64
-            .decode(&found.key_package)
-            .map_err(|_| PeerError::Protocol("KeyPackage is not base64".into()))?;
-        let pins = self.pins();
-        let validated = lock(&self.mls)
-            .validate_key_package(&bytes, &pins)
-            .map_err(|e| mls_error(e, None))?;
-        if &validated.identity().client_id != member {
-            return Err(PeerError::GroupIdentity {
-                peer: member.to_string(),
-                reason: format!(
-                    "the KeyPackage fetched for it belongs to {}",
-                    validated.identity().client_id
-                ),
-            });
+        let entries: Vec<(lattice_protocol::DeviceId, String)> = match found.devices {
+            Some(devices) if !devices.is_empty() => devices
+                .into_iter()
+                .map(|d| (d.device_id, d.key_package))
+                .collect(),
+            _ => vec![(lattice_protocol::DeviceId::primary(), found.key_package)],
+        };
+        if entries.len() > lattice_protocol::limits::MAX_DEVICES_PER_ID {
+            return Err(PeerError::Protocol(format!(
+                "{} KeyPackages for the devices of {member}, more than an id may have",
+                entries.len()
+            )));
         }
-        Ok(validated)
+        let mut out = Vec::with_capacity(entries.len());
+        for (device, kp) in entries {
+            let bytes = B64
+                .decode(&kp)
+                .map_err(|_| PeerError::Protocol("KeyPackage is not base64".into()))?;
+            let validated = self
+                .with_pins(|mls, pins| mls.validate_key_package(&bytes, pins))
+                .await?
+                .map_err(|e| mls_error(e, None))?;
+            let who = validated.identity();
+            let claimed = (!device.is_primary()).then(|| device.as_str());
+            if &who.client_id != member || who.device_id.as_deref() != claimed {
+                return Err(PeerError::GroupIdentity {
+                    peer: member.to_string(),
+                    reason: format!(
+                        "the KeyPackage fetched for its device {device} belongs to {} ({})",
+                        who.client_id,
+                        who.device_id.as_deref().unwrap_or("primary")
+                    ),
+                });
+            }
+            out.push(validated);
+        }
+        Ok(out)
     }
 
     /// The pins the engine checks members against: the key store's, and the device lists
@@ -616,17 +670,21 @@ impl Groups {
     ) -> Result<(), PeerError> {
         for attempt in 1..=defaults::COMMIT_ATTEMPTS {
             let guard = self.op.lock().await;
-            let (out, members) = {
+            let (out, members, leaves) = {
                 let mut mls = lock(&self.mls);
                 let out = make(&mut mls).map_err(|e| mls_error(e, Some(gid)))?;
                 // What the staged Commit really does (queued proposals included), for the
                 // server's fan-out list.
-                match mls.pending_commit_members(gid) {
-                    Ok(m) => (out, m),
+                match mls
+                    .pending_commit_leaves(gid)
+                    .map_err(|e| mls_error(e, Some(gid)))
+                    .and_then(wire_leaves)
+                {
+                    Ok((m, l)) => (out, m, l),
                     Err(e) => {
                         drop(mls);
                         self.discard(gid);
-                        return Err(mls_error(e, Some(gid)));
+                        return Err(e);
                     }
                 }
             };
@@ -637,7 +695,7 @@ impl Groups {
                 welcome: out.welcome.as_ref().map(|w| B64.encode(w)),
                 members,
                 message_id: new_message_id(),
-                leaves: None,
+                leaves,
             };
             let answer = self.send_commit(frame).await;
             match answer {
@@ -746,7 +804,7 @@ impl Groups {
         let members = self.others(members)?;
         let mut kps = Vec::with_capacity(members.len());
         for m in &members {
-            kps.push(self.fetch_key_package(m).await?);
+            kps.extend(self.fetch_key_packages(m).await?);
         }
         let gid = {
             let _g = self.op.lock().await;
@@ -801,7 +859,7 @@ impl Groups {
         let members = self.others(members)?;
         let mut kps = Vec::with_capacity(members.len());
         for m in &members {
-            kps.push(self.fetch_key_package(m).await?);
+            kps.extend(self.fetch_key_packages(m).await?);
         }
         self.commit(gid, |mls| mls.add_members(gid, &kps)).await
     }
@@ -1218,11 +1276,21 @@ impl Groups {
                 if sender.client_id != *from {
                     self.refuse(Some(gid), from, "sent by one member but signed by another");
                 } else {
-                    self.read_direct(peer, from, message_id, timestamp, &bytes);
+                    self.read_direct(peer, &sender, message_id, timestamp, &bytes);
                 }
                 continue;
             }
             match self.read_application(gid, from, message_id, &sender.client_id, &bytes) {
+                // Another device of this id wrote it: ours, shown as outgoing.
+                Ok(m) if m.from == self.client_id => {
+                    self.dispatcher.emit(PeerEvent::OwnMessage(OwnMessage {
+                        conversation: Conversation::Group(m.group),
+                        device: sender.device_id,
+                        message_id: m.message_id,
+                        content: m.content,
+                        sent_at: m.sent_at,
+                    }));
+                }
                 Ok(m) => self.dispatcher.emit(PeerEvent::GroupMessage(m)),
                 Err(reason) => self.refuse(Some(gid), from, &reason),
             }
@@ -1282,13 +1350,12 @@ impl Groups {
         }
         for e in events {
             let change = match e {
+                // One entry per id: the devices of an id are one member to the user.
                 GroupEvent::Joined { name, members } => GroupChange::Joined {
                     name,
-                    members: members.into_iter().map(|m| m.client_id).collect(),
+                    members: ids_of(members),
                 },
-                GroupEvent::MembersAdded { members } => {
-                    GroupChange::MembersAdded(members.into_iter().map(|m| m.client_id).collect())
-                }
+                GroupEvent::MembersAdded { members } => GroupChange::MembersAdded(ids_of(members)),
                 GroupEvent::MemberRemoved { member } => {
                     GroupChange::MemberRemoved(member.client_id)
                 }
@@ -1346,6 +1413,17 @@ impl Groups {
     }
 }
 
+/// The distinct ids of `members`, in their first order.
+fn ids_of(members: Vec<lattice_mls::MemberIdentity>) -> Vec<ClientId> {
+    let mut out: Vec<ClientId> = Vec::with_capacity(members.len());
+    for m in members {
+        if !out.contains(&m.client_id) {
+            out.push(m.client_id);
+        }
+    }
+    out
+}
+
 /// [`lattice_mls::IdentityPins`] over [`Trust`]: pinned identity keys, and device lists checked
 /// under them (a linked device's leaf is refused unless its id's signed list names it).
 struct TrustPins<'a>(&'a Trust);
@@ -1379,6 +1457,42 @@ mod tests {
     use super::*;
     use crate::keys::KeyStore as _;
     use crate::testkit::{id, identity, Kit};
+
+    #[test]
+    fn leaves_are_named_only_once_a_linked_device_is_among_them() {
+        let key = identity().identity_public_key();
+        let leaf = |c: &str, d: Option<&str>| lattice_mls::MemberIdentity {
+            client_id: id(c),
+            identity_key: key,
+            device_id: d.map(str::to_owned),
+        };
+        let (members, leaves) = wire_leaves(vec![leaf("alice", None), leaf("bob", None)]).unwrap();
+        assert_eq!(members, [id("alice"), id("bob")]);
+        assert!(
+            leaves.is_none(),
+            "primaries only: as before devices existed"
+        );
+        let (members, leaves) = wire_leaves(vec![
+            leaf("alice", None),
+            leaf("alice", Some("laptop")),
+            leaf("bob", None),
+        ])
+        .unwrap();
+        assert_eq!(members, [id("alice"), id("bob")], "one entry per id");
+        let named: Vec<(String, String)> = leaves
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.client_id.to_string(), l.device_id.to_string()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("alice".into(), "primary".into()),
+                ("alice".into(), "laptop".into()),
+                ("bob".into(), "primary".into())
+            ]
+        );
+    }
 
     /// A delivered `mls` envelope from alice.
     fn delivered(kind: MlsKind, g: &GroupId, data: &[u8], mid: &str) -> Delivered {

@@ -120,9 +120,10 @@ pub use config::{Backoff, Credentials, PeerConfig, Timeouts, TlsOptions};
 pub use content::{Content, ContentError, FileOffer, MessageRef, ReactionAction, Thumbnail};
 pub use error::{FileRejection, PeerError, RejectReason};
 pub use events::{
-    Algorithm, Change, ConnectionState, ContentUpdate, ConversationNotice, EventStream,
-    GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion, LinkEvent,
-    LinkFailure, PeerEvent, TransferDirection, TransferId, TransferProgress, TransferState,
+    Algorithm, Change, ConnectionState, ContentUpdate, Conversation, ConversationNotice,
+    EventStream, GroupChange, GroupMessage, HandlerHandle, IncomingMessage, IncomingQuestion,
+    LinkEvent, LinkFailure, OwnMessage, PeerEvent, TransferDirection, TransferId, TransferProgress,
+    TransferState,
 };
 pub use files::FileMeta;
 pub use groups::{GroupInfo, GroupMember};

@@ -377,3 +377,116 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// alice's laptop, linked through the real flow and restarted from its file, online with its
+/// KeyPackages at the server. Its files live in `dir`.
+async fn online_laptop(url: &str, alice: &MessagingPeer, dir: &Path) -> MessagingPeer {
+    let linked = link_device(url, alice, "laptop").await;
+    let pins = FileKeyStore::open(&dir.join("laptop.pins")).unwrap();
+    linked.import_pins(&pins).unwrap();
+    device_file::save(&dir.join("laptop.device"), &linked).unwrap();
+    let laptop = laptop_from(url, dir).unwrap();
+    laptop.connect().await.unwrap();
+    assert!(laptop.publish_key_packages().await.unwrap() > 0);
+    laptop
+}
+
+async fn text_from(events: &mut EventStream) -> (lattice_protocol::ClientId, String) {
+    wait_for(events, |e| match e {
+        PeerEvent::Message(m) => Some((m.from, m.text)),
+        _ => None,
+    })
+    .await
+}
+
+async fn own_message(events: &mut EventStream) -> lattice_peer::OwnMessage {
+    wait_for(events, |e| match e {
+        PeerEvent::OwnMessage(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_contact_reaches_every_device_of_an_id_and_the_laptop_writes_as_its_id() {
+    use lattice_peer::{Algorithm, Conversation};
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, mut alice_events) = a.online(&url).await;
+    let (bob, mut bob_events) = b.online(&url).await;
+    alice.request_public_key(&id("bob")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let laptop = online_laptop(&url, &alice, dir.path()).await;
+    let mut laptop_events = laptop.events();
+
+    // bob starts a 1:1 with alice: one MLS conversation with both of her devices, each reads it.
+    let sent = bob.send_message(&id("alice"), "hello both").await.unwrap();
+    assert_eq!(sent.algorithm, Algorithm::Mls);
+    assert_eq!(
+        text_from(&mut alice_events).await,
+        (id("bob"), "hello both".to_owned())
+    );
+    assert_eq!(
+        text_from(&mut laptop_events).await,
+        (id("bob"), "hello both".to_owned())
+    );
+    assert_eq!(
+        laptop.conversation_envelope(&id("bob")),
+        Some(Algorithm::Mls)
+    );
+
+    // The laptop answers in it: bob reads alice; alice's primary sees her own message, sent
+    // from the laptop, and never as a message from anyone.
+    laptop
+        .send_message(&id("bob"), "from my laptop")
+        .await
+        .unwrap();
+    assert_eq!(
+        text_from(&mut bob_events).await,
+        (id("alice"), "from my laptop".to_owned())
+    );
+    let own = own_message(&mut alice_events).await;
+    assert_eq!(own.conversation, Conversation::Direct(id("bob")));
+    assert_eq!(own.device.as_deref(), Some("laptop"));
+    assert_eq!(own.content, Content::Text("from my laptop".into()));
+    // And the primary's answer reaches the laptop as alice's own, from the primary.
+    alice
+        .send_message(&id("bob"), "and from my phone")
+        .await
+        .unwrap();
+    assert_eq!(
+        text_from(&mut bob_events).await,
+        (id("alice"), "and from my phone".to_owned())
+    );
+    let own = own_message(&mut laptop_events).await;
+    assert_eq!(own.conversation, Conversation::Direct(id("bob")));
+    assert_eq!(own.device, None);
+
+    // bob invites alice to a group: both of her devices join and read it.
+    let group = bob.create_group("trip", &[id("alice")]).await.unwrap();
+    bob.send_group_content(&group, &Content::Text("plans".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        group_text(&mut alice_events).await,
+        (id("bob"), "plans".to_owned())
+    );
+    assert_eq!(
+        group_text(&mut laptop_events).await,
+        (id("bob"), "plans".to_owned())
+    );
+    let members = bob.group_info(&group).unwrap().members;
+    assert_eq!(members.len(), 2, "one entry per id: {members:?}");
+    laptop
+        .send_group_content(&group, &Content::Text("count me in".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        group_text(&mut bob_events).await,
+        (id("alice"), "count me in".to_owned())
+    );
+    let own = own_message(&mut alice_events).await;
+    assert_eq!(own.conversation, Conversation::Group(group));
+    assert_eq!(own.device.as_deref(), Some("laptop"));
+}

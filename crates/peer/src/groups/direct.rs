@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use super::{mls_error, Groups, Plaintext};
 use crate::content::{Content, MAX_RECEIPT_IDS};
-use crate::events::{Algorithm, ConversationNotice, PeerEvent};
+use crate::events::{Algorithm, Conversation, ConversationNotice, OwnMessage, PeerEvent};
 use crate::inbox::opened;
 use crate::outbox::SentMessage;
 use crate::sanitize::Sanitized;
@@ -365,8 +365,8 @@ impl Groups {
                 return Ok(None);
             }
         }
-        let kp = match self.fetch_key_package(target).await {
-            Ok(kp) => kp,
+        let kps = match self.fetch_key_packages(target).await {
+            Ok(kps) => kps,
             Err(e) if capable => return Err(required(e)),
             Err(PeerError::Server {
                 error_type: ErrorType::NoKeyPackage,
@@ -387,7 +387,6 @@ impl Groups {
         };
         // Registered before the Commit, so its events stay out of the group events.
         self.register_direct(&gid, target);
-        let kps = [kp];
         if let Err(e) = self.commit(&gid, |mls| mls.add_members(&gid, &kps)).await {
             self.unregister_direct(&gid);
             return Err(required(e));
@@ -447,25 +446,34 @@ impl Groups {
     }
 
     /// Direct group `joined` with `peer` was just joined: any other direct group with `peer`
-    /// whose leaf for `peer` is another MLS client (another signature key) belongs to an MLS
-    /// state `peer` no longer has (it restored a backup, reinstalled, reset): retired, and the
-    /// user told. A second group of the *same* client is the two-sides-at-once race, kept.
+    /// where a device of `peer` has a leaf of another MLS client (the same (id, device), another
+    /// signature key) belongs to an MLS state that device no longer has (it restored a backup,
+    /// reinstalled, reset): retired, and the user told. Another *device* of `peer` (a leaf for a
+    /// device the other group does not have) is not that; nor is a second group of the same
+    /// clients (the two-sides-at-once race, kept).
     fn supersede_direct(&self, joined: &GroupId, peer: &ClientId) {
         let old: Vec<GroupId> = {
             let mls = lock(&self.mls);
-            let key_of = |g: &GroupId| {
-                mls.member_signature_keys(g)
-                    .ok()
-                    .and_then(|ms| ms.into_iter().find(|(c, _)| c == peer).map(|(_, key)| key))
+            let leaves_of = |g: &GroupId| {
+                mls.member_leaf_keys(g).ok().map(|ls| {
+                    ls.into_iter()
+                        .filter(|(m, _)| &m.client_id == peer)
+                        .map(|(m, key)| (m.device_id, key))
+                        .collect::<Vec<_>>()
+                })
             };
-            let Some(current) = key_of(joined) else {
+            let Some(current) = leaves_of(joined) else {
                 return;
+            };
+            let started_over = |old: &[(Option<String>, Vec<u8>)]| {
+                old.iter()
+                    .any(|(device, key)| current.iter().any(|(d, k)| d == device && k != key))
             };
             let book = lock(&self.direct);
             book.groups
                 .iter()
                 .filter(|(g, p)| *p == peer && *g != joined)
-                .filter(|(g, _)| key_of(g).is_some_and(|k| k != current))
+                .filter(|(g, _)| leaves_of(g).is_some_and(|old| started_over(&old)))
                 .map(|(g, _)| g.clone())
                 .collect()
         };
@@ -610,34 +618,36 @@ impl Groups {
                 if name != DIRECT_GROUP_NAME {
                     continue;
                 }
-                let others: Vec<&ClientId> = members
+                // Exactly two ids, any number of devices each; the Welcome's sender is the
+                // peer, or another device of ours that set the conversation up.
+                let ids = distinct_ids(members.iter().map(|m| &m.client_id));
+                let others: Vec<&ClientId> = ids
                     .iter()
-                    .map(|m| &m.client_id)
-                    .filter(|c| **c != self.client_id)
+                    .filter(|c| **c != &self.client_id)
+                    .copied()
                     .collect();
-                if members.len() == 2 && others.as_slice() == [from] {
-                    self.register_direct(gid, from);
-                    tracing::info!(peer = %self.client_id, with = %from, group = %gid, "joined a 1:1 MLS conversation");
-                    self.supersede_direct(gid, from);
-                } else {
-                    self.refuse(
+                match others.as_slice() {
+                    [peer] if ids.len() == 2 && (*peer == from || *from == self.client_id) => {
+                        let peer = (*peer).clone();
+                        self.register_direct(gid, &peer);
+                        tracing::info!(peer = %self.client_id, with = %peer, group = %gid, "joined a 1:1 MLS conversation");
+                        self.supersede_direct(gid, &peer);
+                    }
+                    _ => self.refuse(
                         Some(gid),
                         from,
-                        "a 1:1 conversation must hold exactly its two members, one of them its sender; kept as a group",
-                    );
+                        "a 1:1 conversation must hold exactly its two members (ids, with any number of devices each), one of them its sender; kept as a group",
+                    ),
                 }
             }
         }
         let peer = self.direct_peer(gid)?;
-        let broken = events.iter().any(|e| {
-            matches!(
-                e,
-                GroupEvent::MembersAdded { .. }
-                    | GroupEvent::MemberRemoved { .. }
-                    | GroupEvent::LeaveRequested { .. }
-                    | GroupEvent::Removed
-            )
+        // Still exactly us and the peer (a device of either added or removed changes nothing)?
+        let same_ids = lock(&self.mls).members(gid).is_ok_and(|ms| {
+            let ids = distinct_ids(ms.iter().map(|m| &m.identity.client_id));
+            ids.len() == 2 && ids.contains(&&peer) && ids.contains(&&self.client_id)
         });
+        let broken = !same_ids || events.iter().any(|e| matches!(e, GroupEvent::Removed));
         if broken {
             tracing::info!(peer = %self.client_id, with = %peer, group = %gid, "1:1 MLS conversation's membership changed; no longer used");
             self.unregister_direct(gid);
@@ -648,14 +658,18 @@ impl Groups {
 
     /// Reads an application message of direct group `gid` with `peer` as a 1:1 message: the
     /// content layer's checks (history, edit window) as for `lattice-v1`, then the same events.
+    /// A message from another device of ours comes up as [`PeerEvent::OwnMessage`] (our own
+    /// outgoing message in this conversation); delivery receipts, read receipts and typing
+    /// notices of ours are not shown.
     pub(super) fn read_direct(
         &self,
         peer: &ClientId,
-        from: &ClientId,
+        sender: &lattice_mls::MemberIdentity,
         message_id: Option<&MessageId>,
         timestamp: u64,
         bytes: &[u8],
     ) {
+        let from = &sender.client_id;
         let refused = |reason: RejectReason| {
             tracing::warn!(peer = %self.client_id, from = %from, message_id = ?message_id, reason = %reason, "1:1 MLS message refused");
             self.dispatcher.emit(PeerEvent::Error(PeerError::Rejected {
@@ -664,7 +678,8 @@ impl Groups {
                 reason,
             }));
         };
-        if from != peer {
+        let own = *from == self.client_id;
+        if from != peer && !own {
             refused(RejectReason::Decrypt);
             return;
         }
@@ -674,6 +689,23 @@ impl Groups {
         };
         if Some(&p.message_id) != message_id {
             refused(RejectReason::MessageIdMismatch);
+            return;
+        }
+        if own {
+            if p.kind == DELIVERED_KIND {
+                return;
+            }
+            match Content::decode(&p.kind, &p.body) {
+                Ok(Content::Receipt { .. } | Content::Typing { .. }) => {}
+                Ok(content) => self.dispatcher.emit(PeerEvent::OwnMessage(OwnMessage {
+                    conversation: Conversation::Direct(peer.clone()),
+                    device: sender.device_id.clone(),
+                    message_id: p.message_id,
+                    content,
+                    sent_at: p.sent_at,
+                })),
+                Err(e) => refused(RejectReason::InvalidContent(e)),
+            }
             return;
         }
         if p.kind == DELIVERED_KIND {
@@ -748,6 +780,14 @@ impl Groups {
         }));
         true
     }
+}
+
+/// The distinct ids among `ids`.
+fn distinct_ids<'a>(ids: impl Iterator<Item = &'a ClientId>) -> Vec<&'a ClientId> {
+    let mut out: Vec<&ClientId> = ids.collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
