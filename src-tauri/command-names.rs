@@ -45,4 +45,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "remove_from_group",
     "rename_group",
     "leave_group",
+    "list_devices",
+    "remove_device",
+    "enter_link_code",
+    "answer_link",
 ];

@@ -4,6 +4,7 @@
 //! from the service's own error. The list is
 //! also the app manifest in `build.rs`, from which the capability file grants exactly these.
 
+pub mod devices;
 pub mod files;
 pub mod groups;
 

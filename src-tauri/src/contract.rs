@@ -90,6 +90,23 @@ wire_enum! {
         /// A new or updated line of a group's history (`GroupMessageView`); the page upserts
         /// by `id`.
         GroupMessage = "group-message",
+        /// Linking a new device moved on ([`crate::views::LinkView`]), on the first device.
+        Link = "link",
+    }
+}
+
+wire_enum! {
+    /// Where linking a new device is, on the first device (the one holding the identity).
+    pub enum LinkStage {
+        /// A new device asks to be linked: ask the person for the code it shows.
+        Request = "request",
+        /// The code was right: show the new device's fingerprint to compare, then approve or
+        /// refuse.
+        AwaitingApproval = "awaitingApproval",
+        /// The new device is linked and on the device list.
+        Approved = "approved",
+        /// The run ended without linking (the message says why).
+        Failed = "failed",
     }
 }
 
@@ -350,6 +367,12 @@ pub fn javascript() -> String {
         "QuestionKind",
         "How a server question is answered.",
         &QuestionKind::entries(),
+    );
+    js_object(
+        &mut out,
+        "LinkStage",
+        "Where linking a new device is, on the first device.",
+        &LinkStage::entries(),
     );
     js_object(
         &mut out,

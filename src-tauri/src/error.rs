@@ -113,6 +113,7 @@ impl From<SessionError> for CommandError {
             },
             e @ SessionError::Identity(_) => Self::Internal(e.to_string()),
             SessionError::Storage(e) => Self::Storage(e),
+            SessionError::Linking(message) => Self::InvalidInput(message.into()),
         }
     }
 }

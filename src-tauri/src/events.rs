@@ -81,6 +81,9 @@ pub enum SessionEvent {
     GroupsChanged,
     /// Something to tell the person.
     Notice(Notice),
+    /// Linking a new device moved on (first device: a request, the fingerprint to compare,
+    /// approved, failed).
+    Link(crate::views::LinkView),
 }
 
 /// The sending side, shared by a session's handler and tasks.

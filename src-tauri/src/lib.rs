@@ -145,6 +145,10 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::groups::remove_from_group,
             commands::groups::rename_group,
             commands::groups::leave_group,
+            commands::devices::list_devices,
+            commands::devices::remove_device,
+            commands::devices::enter_link_code,
+            commands::devices::answer_link,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

@@ -8,9 +8,11 @@
 //! ([`Running`]), applies them to storage and the page ([`State::apply`]). The state that task
 //! uses ([`State`]) does not own the session, so nothing points back up.
 
+mod devices;
 mod files;
 mod groups;
 
+pub use devices::validate_device_id;
 pub use files::{Conversation, FileMessageView, TransferAction, MAX_INLINE_FILE_BYTES};
 pub use groups::{parse_group_id, MAX_GROUP_INVITE};
 
@@ -116,6 +118,8 @@ pub enum Update {
     Groups(Vec<crate::views::GroupView>),
     /// A line of a group's history was added or changed.
     GroupMessage(crate::views::GroupMessageView),
+    /// Linking a new device moved on (first device).
+    Link(crate::views::LinkView),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -149,6 +153,8 @@ struct Live {
     envelopes: Option<Envelopes>,
     /// The group calls of the running session.
     groups: Option<crate::session::Groups>,
+    /// The device calls of the running session.
+    devices: Option<crate::session::Devices>,
 }
 
 /// The app's state, shared by the messenger and the task applying session events.
@@ -805,6 +811,7 @@ impl Messenger {
             let mut live = lock(&self.state.live);
             live.envelopes = None;
             live.groups = None;
+            live.devices = None;
         }
         self.state.clear_presence();
         let settings = self.settings();
@@ -827,6 +834,7 @@ impl Messenger {
                     let mut live = lock(&self.state.live);
                     live.envelopes = Some(session.envelopes());
                     live.groups = Some(session.groups());
+                    live.devices = Some(session.devices());
                 }
                 let applier = tokio::spawn(apply_events(Arc::clone(&self.state), rx));
                 *slot = Some(Running { session, applier });
@@ -848,6 +856,7 @@ impl Messenger {
         let mut live = lock(&self.state.live);
         live.envelopes = None;
         live.groups = None;
+        live.devices = None;
     }
 
     /// Asks the server for its demo conversation.
@@ -1020,6 +1029,7 @@ impl State {
             SessionEvent::GroupLine(line) => self.group_line(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
+            SessionEvent::Link(view) => self.link(view),
         }
     }
 

@@ -20,9 +20,11 @@
 //! write: an incoming message is stored first ([`store_incoming`]), since the peer acknowledges
 //! it to the server as soon as the handler returns.
 
+mod devices;
 mod files;
 mod groups;
 
+pub use devices::{Devices, NOT_A_CODE};
 pub use files::{download_path, thumbnail_for_offer, AutoDownload, FILES_DIR, TRANSFERS_DIR};
 pub use groups::{group_key, parse_key, Groups};
 
@@ -80,6 +82,9 @@ pub enum SessionError {
     /// A folder the session needs (the transfers' journals, received files) cannot be made.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// A linking request the person can fix (the text says how).
+    #[error("{0}")]
+    Linking(&'static str),
 }
 
 impl From<PeerError> for SessionError {
@@ -112,6 +117,8 @@ struct Ctx {
     leaving: Mutex<groups::Leaving>,
     /// Wakes the group outbox.
     group_wake: Arc<Notify>,
+    // std Mutex: a small set touched on the event path and by a command, never across `.await`.
+    link_codes: Mutex<devices::CodesSent>,
 }
 
 /// A refused message is worth telling the person about, but a flood of them (any registered
@@ -278,6 +285,7 @@ impl Session {
             refusal_notices: Mutex::new(NoticeLimiter::default()),
             leaving: Mutex::new(groups::Leaving::default()),
             group_wake: Arc::new(Notify::new()),
+            link_codes: Mutex::new(devices::CodesSent::default()),
             data_dir: data_dir.to_owned(),
             auto_download,
         });
@@ -318,6 +326,11 @@ impl Session {
     /// group outbox.
     pub fn groups(&self) -> Groups {
         Groups::new(Arc::clone(&self.ctx))
+    }
+
+    /// A handle on the device calls (the device list, remove, linking a new device).
+    pub fn devices(&self) -> Devices {
+        Devices::new(Arc::clone(&self.ctx))
     }
 
     /// Wakes the outbox to send what waits in it.
@@ -577,6 +590,7 @@ impl Ctx {
                 self.on_group_changed(group, by.as_ref(), change);
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
+            PeerEvent::Link(link) => self.on_link(link),
             PeerEvent::MovedToMls { peer } => self.up(SessionEvent::MovedToMls(peer.clone())),
             PeerEvent::ConversationNotice { peer, notice } => {
                 self.up(SessionEvent::Notice(Notice::new(
@@ -882,6 +896,7 @@ mod tests {
             refusal_notices: Mutex::new(NoticeLimiter::default()),
             leaving: Mutex::new(groups::Leaving::default()),
             group_wake: Arc::new(Notify::new()),
+            link_codes: Mutex::new(devices::CodesSent::default()),
             data_dir: std::env::temp_dir(),
             auto_download: AutoDownload::new(0),
         };

@@ -625,3 +625,29 @@ pub struct GroupDetailsView {
     /// Its current MLS epoch (moves with every membership or key change).
     pub epoch: u64,
 }
+
+/// A linked device of this id, as its signed device list names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceView {
+    /// The name the device chose when it was linked.
+    pub device_id: String,
+    /// The fingerprint of its device key (to compare with what the device shows).
+    pub fingerprint: Option<String>,
+}
+
+/// Linking a new device moved on (the `link` event, on the first device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkView {
+    /// Where it is.
+    pub stage: crate::contract::LinkStage,
+    /// The new device's throwaway id while linking: what *Approve* / *Refuse* answer.
+    pub relay_id: Option<String>,
+    /// The name the new device chose.
+    pub device_id: Option<String>,
+    /// At `awaitingApproval`: the new device's fingerprint, to compare.
+    pub fingerprint: Option<String>,
+    /// At `failed`: why, as a sentence.
+    pub message: Option<String>,
+}

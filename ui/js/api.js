@@ -126,6 +126,14 @@ export const api = {
   removeFromGroup: (groupId, member) => call("remove_from_group", { groupId, member }),
   renameGroup: (groupId, name) => call("rename_group", { groupId, name }),
   leaveGroup: (groupId) => call("leave_group", { groupId }),
+  /** This account's linked devices (`DeviceView[]`), from its signed device list. */
+  listDevices: () => call("list_devices"),
+  /** Removes a linked device; resolves to the list as it is now. */
+  removeDevice: (deviceId) => call("remove_device", { deviceId }),
+  /** The code a new device shows; the outcome comes as the `link` event. */
+  enterLinkCode: (code) => call("enter_link_code", { code }),
+  /** Approves (or refuses) the new device whose fingerprint was compared. */
+  answerLink: (relayId, approve) => call("answer_link", { relayId, approve }),
 };
 
 /** The backend's event names (`events.PEER_LIST`, ...). */

@@ -16,6 +16,7 @@ export const Event = Object.freeze({
   FILES_DROPPED: "files-dropped",
   GROUP_LIST: "group-list",
   GROUP_MESSAGE: "group-message",
+  LINK: "link",
 });
 
 /** Delivery status of a message. */
@@ -59,6 +60,14 @@ export const QuestionKind = Object.freeze({
   TEXT: "text",
   CHOICE: "choice",
   CONFIRM: "confirm",
+});
+
+/** Where linking a new device is, on the first device. */
+export const LinkStage = Object.freeze({
+  REQUEST: "request",
+  AWAITING_APPROVAL: "awaitingApproval",
+  APPROVED: "approved",
+  FAILED: "failed",
 });
 
 /** The `kind` of a command error or a notice. */

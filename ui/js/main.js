@@ -23,6 +23,7 @@ import { initSearch, openSearch } from "./views/search.js";
 import { initShortcuts } from "./shortcuts.js";
 import { initQuestionDialog, onQuestion, onQuestionClosed } from "./views/question-dialog.js";
 import { initSettings, openSettings } from "./views/settings.js";
+import { initDevices } from "./views/devices.js";
 import { initStatusBar, renderConnection } from "./views/status-bar.js";
 import { initVerify, refreshVerify } from "./views/verify.js";
 import { showFirstRun } from "./views/first-run.js";
@@ -146,6 +147,7 @@ async function start() {
     on(events.TRANSFER, onTransfer),
     on(events.GROUP_LIST, (groups) => set("groups", groups)),
     on(events.GROUP_MESSAGE, upsertGroupLine),
+    initDevices(),
   ]);
 
   let boot;

@@ -7,7 +7,8 @@
 //! transfer's progress bar, a restart mid-transfer), `backup` (back up, restore on a fresh profile, export a conversation), `two_apps`
 //! (alice's and bob's apps side by side, through two tauri-drivers: read receipts and typing,
 //! and the read-receipts setting stopping both directions), `groups` (a group made in the app
-//! with two headless MLS peers: three ways, rename, a removal that locks the member out); the helpers
+//! with two headless MLS peers: three ways, rename, a removal that locks the member out), `devices`
+//! (linking a new device from Settings: code, fingerprint, approve, list, remove); the helpers
 //! they share are in `support`.
 //!
 //! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
@@ -26,6 +27,7 @@
 mod backup;
 mod chat;
 mod content;
+mod devices;
 mod files;
 mod groups;
 mod history;

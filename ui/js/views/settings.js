@@ -5,6 +5,7 @@ import { state, set } from "../state.js";
 import { paintFingerprint } from "../util.js";
 import { showNotice } from "./toasts.js";
 import { openBackup } from "./backup.js";
+import { loadDevices } from "./devices.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,6 +42,7 @@ function fill() {
 export function openSettings() {
   fill();
   $("settings-dialog").showModal();
+  loadDevices();
 }
 
 async function save(e) {
