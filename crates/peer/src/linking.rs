@@ -278,7 +278,8 @@ fn decode<const N: usize>(s: &str) -> Option<[u8; N]> {
 impl Linking {
     pub(crate) fn new(
         client_id: ClientId,
-        credentials: &crate::config::Credentials,
+        identity: Option<Arc<Identity>>,
+        identity_key: IdentityPublicKey,
         link: Arc<Link>,
         requests: Arc<Requests>,
         dispatcher: Arc<Dispatcher>,
@@ -286,8 +287,8 @@ impl Linking {
     ) -> Self {
         Self {
             client_id,
-            identity: credentials.identity().cloned(),
-            identity_key: credentials.identity_public_key(),
+            identity,
+            identity_key,
             link,
             requests,
             dispatcher,

@@ -239,7 +239,8 @@ impl MessagingPeer {
         )?;
         let linking = Arc::new(Linking::new(
             me.clone(),
-            &config.credentials,
+            config.credentials.identity().cloned(),
+            config.credentials.identity_public_key(),
             Arc::clone(&link),
             Arc::clone(&requests),
             Arc::clone(&dispatcher),

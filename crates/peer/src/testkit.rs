@@ -118,7 +118,8 @@ impl Kit {
         ));
         let linking = Arc::new(Linking::new(
             me.clone(),
-            &crate::config::Credentials::Primary(Arc::clone(&identity)),
+            Some(Arc::clone(&identity)),
+            identity.identity_public_key(),
             Arc::clone(&link),
             Arc::clone(&requests),
             Arc::clone(&dispatcher),
