@@ -203,6 +203,9 @@ pub(crate) struct Groups {
     device_pass: tokio::sync::Mutex<()>,
     /// A pass is asked for and has not started yet (so triggers coalesce).
     device_pass_wanted: AtomicBool,
+    /// Groups this device is leaving (its leave proposal sent, not committed yet): a device pass
+    /// adds no device of ours to them. At most one entry per group we are in; std Mutex.
+    leaving: Mutex<std::collections::HashSet<GroupId>>,
     /// Ourselves, for the tasks we spawn (set once by [`Groups::into_arc`]).
     this: Mutex<Option<std::sync::Weak<Groups>>>,
 }
@@ -411,6 +414,7 @@ impl Groups {
             device_schedule: Mutex::new(devices::DeviceSchedule::new()),
             device_pass: tokio::sync::Mutex::new(()),
             device_pass_wanted: AtomicBool::new(false),
+            leaving: Mutex::new(std::collections::HashSet::new()),
             this: Mutex::new(None),
         })
     }
@@ -971,6 +975,22 @@ impl Groups {
 
     /// Asks to leave: a Remove proposal of ourselves, which another member commits.
     pub(crate) async fn leave(&self, gid: &GroupId) -> Result<(), PeerError> {
+        // Leaving is for the whole id: first our other devices' leaves are committed away (a
+        // device pass of theirs would otherwise add this one back), then this device asks to
+        // leave. Until the group is gone, no pass of ours adds a device to it.
+        lock(&self.leaving).insert(gid.clone());
+        let left = async {
+            self.remove_own_other_devices(gid).await?;
+            self.send_leave(gid).await
+        }
+        .await;
+        if left.is_err() {
+            lock(&self.leaving).remove(gid);
+        }
+        left
+    }
+
+    async fn send_leave(&self, gid: &GroupId) -> Result<(), PeerError> {
         let proposal = {
             let _g = self.op.lock().await;
             lock(&self.mls)

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use lattice_mls::{MlsClient, MlsStore};
 use lattice_peer::{
-    Content, EventStream, GroupChange, GroupId, LinkEvent, LinkedDevice, MessagingPeer, PeerError,
-    PeerEvent,
+    Content, Conversation, EventStream, GroupChange, GroupId, LinkEvent, LinkedDevice,
+    MessagingPeer, PeerError, PeerEvent,
 };
 use lattice_protocol::{ClientId, DeviceId};
 use support::person::Person;
@@ -223,7 +223,7 @@ async fn a_linked_laptop_joins_every_conversation_and_a_removed_one_leaves_them_
         .send_group_content(&climbing, &Content::Text("from the laptop".into()))
         .await
         .unwrap();
-    for events in [&mut be, &mut ce, &mut ae] {
+    for events in [&mut be, &mut ce] {
         let from = wait_for(events, |e| match e {
             PeerEvent::GroupMessage(m)
                 if m.group == climbing
@@ -236,6 +236,18 @@ async fn a_linked_laptop_joins_every_conversation_and_a_removed_one_leaves_them_
         .await;
         assert_eq!(from, id("alice"));
     }
+    // alice's primary sees it as her own, sent from the laptop.
+    let device = wait_for(&mut ae, |e| match e {
+        PeerEvent::OwnMessage(m)
+            if m.conversation == Conversation::Group(climbing.clone())
+                && matches!(&m.content, Content::Text(t) if t == "from the laptop") =>
+        {
+            Some(m.device)
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(device.as_deref(), Some("laptop"));
 
     // The 1:1 conversation: the laptop joined it too (still 1:1: a message from bob), and the
     // primary reads the same message.
@@ -444,4 +456,80 @@ async fn measure_time_from_approval_to_the_laptop_in_n_groups() {
         out.commit.len(),
         out.welcome.map_or(0, |w| w.len())
     );
+}
+
+#[tokio::test]
+async fn leaving_a_group_on_one_device_takes_the_whole_id_out_and_no_device_brings_it_back() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (a, b) = (Person::new("alice"), Person::new("bob"));
+    let (alice, mut ae) = a.online(&url).await;
+    let (bob, mut be) = b.online(&url).await;
+    let climbing = alice.create_group("Climbing", &[id("bob")]).await.unwrap();
+    let linked = link_device(&url, &alice, "laptop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (laptop, mut le) = laptop_online(&url, linked, &dir.path().join("laptop.mls")).await;
+    assert_eq!(
+        device_change(&mut be, &climbing, true).await.1,
+        dev("laptop")
+    );
+    wait_for(&mut le, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::Joined { .. },
+            ..
+        } if group == climbing => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // alice leaves on her primary: her laptop's leaf goes first, then her own.
+    alice.leave_group(&climbing).await.unwrap();
+    assert_eq!(
+        device_change(&mut be, &climbing, false).await.1,
+        dev("laptop")
+    );
+    wait_for(&mut le, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::Removed,
+            ..
+        } if group == climbing => Some(()),
+        _ => None,
+    })
+    .await;
+    wait_for(&mut be, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::MemberRemoved(who),
+            ..
+        } if group == climbing && who == id("alice") => Some(()),
+        _ => None,
+    })
+    .await;
+    wait_for(&mut ae, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::Removed,
+            ..
+        } if group == climbing => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // No device of alice's adds her back: after a pass on each (they may still have work in
+    // other conversations), neither is in the group and bob's group holds bob alone.
+    laptop.sync_devices().await.unwrap();
+    alice.sync_devices().await.unwrap();
+    assert!(!laptop.groups_list().unwrap().contains(&climbing));
+    assert!(!alice.groups_list().unwrap().contains(&climbing));
+    let members: Vec<ClientId> = bob
+        .group_info(&climbing)
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.client_id)
+        .collect();
+    assert_eq!(members, vec![id("bob")]);
+    drop((alice, bob, laptop));
 }

@@ -227,7 +227,36 @@ fn remove_now(
     mls.remove_leaves(gid, &leaves).map(Some)
 }
 
+/// The leaves of our id's other devices in `gid`.
+fn own_other_leaves(
+    mls: &MlsClient,
+    gid: &GroupId,
+    me: &MemberIdentity,
+) -> Result<Vec<u32>, MlsError> {
+    Ok(mls
+        .members(gid)?
+        .into_iter()
+        .filter(|m| m.identity.client_id == me.client_id && m.identity.device_id != me.device_id)
+        .map(|m| m.leaf_index)
+        .collect())
+}
+
 impl Groups {
+    /// Commits the removal of our id's other devices from `gid` (leaving is for the whole id:
+    /// [`Groups::leave`]). Returns whether a Commit was made (none when no other device of ours
+    /// is in the group).
+    pub(super) async fn remove_own_other_devices(&self, gid: &GroupId) -> Result<bool, PeerError> {
+        let me = self.me.clone();
+        self.commit_if(gid, |mls| {
+            let leaves = own_other_leaves(mls, gid, &me)?;
+            if leaves.is_empty() {
+                return Ok(None);
+            }
+            mls.remove_leaves(gid, &leaves).map(Some)
+        })
+        .await
+    }
+
     /// Runs [`Groups::sync_devices`] on its own task (a Commit that loses its epoch waits for
     /// the worker to process the winner). At most one pass runs and one more waits: a trigger
     /// while one waits is already covered by it.
@@ -290,7 +319,12 @@ impl Groups {
         let mut commits = 0;
         let mut first_error = None;
         let all = lock(&self.mls).groups();
-        for gid in &all {
+        let leaving: HashSet<GroupId> = {
+            let mut l = lock(&self.leaving);
+            l.retain(|g| all.contains(g));
+            l.clone()
+        };
+        for gid in all.iter().filter(|g| !leaving.contains(*g)) {
             if commits >= defaults::DEVICE_SYNC_COMMITS {
                 tracing::info!(peer = %self.client_id, commits, "device pass budget spent; another pass follows");
                 if let Some(me) = self.self_arc() {
