@@ -13,51 +13,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lattice_peer::{
-    device_file, ConnectionState, Content, EventStream, FileKeyStore, KeyStore as _, LinkEvent,
-    LinkedDevice, MessagingPeer, PeerError, PeerEvent, RejectReason,
+    device_file, ConnectionState, Content, EventStream, FileKeyStore, KeyStore as _, MessagingPeer,
+    PeerError, PeerEvent, RejectReason,
 };
-use lattice_protocol::DeviceId;
+use support::devices::{dev, link_device};
 use support::person::Person;
 use support::server::*;
 use support::*;
-
-fn dev(s: &str) -> DeviceId {
-    DeviceId::new(s).unwrap()
-}
-
-async fn link_event(events: &mut EventStream) -> LinkEvent {
-    wait_for(events, |e| match e {
-        PeerEvent::Link(l) => Some(l),
-        _ => None,
-    })
-    .await
-}
-
-/// Links a new device `device` to `primary` through the real flow (a throwaway id, the code,
-/// the approval) and returns what the new device got.
-async fn link_device(url: &str, primary: &MessagingPeer, device: &str) -> LinkedDevice {
-    let mut primary_events = primary.events();
-    let new = peer(url, &format!("link-{}", uuid::Uuid::new_v4().simple()));
-    new.connect().await.unwrap();
-    let mut new_events = new.events();
-    let code = new.start_linking(primary.client_id(), dev(device)).unwrap();
-    assert!(matches!(
-        link_event(&mut primary_events).await,
-        LinkEvent::Request { .. }
-    ));
-    primary.enter_link_code(&code).unwrap();
-    let LinkEvent::AwaitingApproval { relay_id, .. } = link_event(&mut primary_events).await else {
-        panic!("expected the approval prompt");
-    };
-    primary.approve_link(&relay_id, true).await.unwrap();
-    assert!(matches!(
-        link_event(&mut new_events).await,
-        LinkEvent::Linked { .. }
-    ));
-    let linked = new.take_linked_device().unwrap();
-    new.disconnect().await;
-    linked
-}
 
 /// The laptop of alice, from its file in `dir` (its pins and MLS state beside it).
 fn laptop_from(url: &str, dir: &Path) -> Result<MessagingPeer, PeerError> {

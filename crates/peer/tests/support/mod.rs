@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod fake;
 pub mod person;
 pub mod raw;
