@@ -20,37 +20,7 @@ use support::{challenge, new_identity, register_verified, spawn_server, Client, 
 async fn two_devices_of_one_id_are_online_at_once_and_both_receive_a_message() {
     let server = spawn_server().await;
     let url = server.url();
-    let alice = new_identity();
-    let phone = Device::new("phone");
-    let mut primary = alice_with(&url, &alice, &[&phone]).await;
-    let mut phone_c = device(&url, &alice, "alice", &phone).await;
-    let mut bob = register_verified(&url, "bob", &new_identity()).await;
-
-    bob.send(message("alice", "m1")).await;
-    let ack = bob.recv_type("message_ack").await;
-    assert_eq!(
-        ack["payload"]["status"], "queued",
-        "stored once per device: {ack}"
-    );
-    for c in [&mut primary, &mut phone_c] {
-        let m = next_message(c).await;
-        assert_eq!(
-            (m["fromId"].as_str(), m["messageId"].as_str()),
-            (Some("bob"), Some("m1"))
-        );
-    }
-    // The contact learns the list with the keys.
-    let k = bob
-        .request(
-            json!({"type":"request_public_key","payload":{"targetId":"alice"}}),
-            "public_key_response",
-        )
-        .await;
-    assert_eq!(k["payload"]["deviceList"]["counter"], 1, "{k}");
-    assert_eq!(
-        k["payload"]["deviceList"]["devices"][0]["deviceId"],
-        "phone"
-    );
+    every_device_gets_its_copy([&url, &url, &url]).await;
 }
 
 #[tokio::test]

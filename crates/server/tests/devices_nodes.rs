@@ -81,37 +81,8 @@ async fn presence(c: &mut Client) -> Value {
 /// node), each acknowledges only its own copy: after both reconnect elsewhere, the phone (which
 /// acked) gets nothing again and the primary (which did not) gets it again.
 async fn each_device_on_its_node_gets_and_acks_its_own_copy(urls: &[String]) {
-    let alice = new_identity();
-    let phone = Device::new("phone");
-    let mut primary = alice_with(&urls[0], &alice, &[&phone]).await;
-    let mut phone_c = device(&urls[1], &alice, "alice", &phone).await;
-    let mut bob = register_verified(&urls[2], "bob", &new_identity()).await;
-
-    bob.send(message("alice", "m1")).await;
-    let a = bob.recv_type("message_ack").await;
-    assert_eq!(
-        a["payload"]["status"], "queued",
-        "stored for every device: {a}"
-    );
-    for c in [&mut primary, &mut phone_c] {
-        let m = next_message(c).await;
-        assert_eq!(
-            (m["fromId"].as_str(), m["messageId"].as_str()),
-            (Some("bob"), Some("m1"))
-        );
-    }
-    // The contact on a third node learns the list with the keys.
-    let k = bob
-        .request(
-            json!({"type":"request_public_key","payload":{"targetId":"alice"}}),
-            "public_key_response",
-        )
-        .await;
-    assert_eq!(k["payload"]["deviceList"]["counter"], 1, "{k}");
-    assert_eq!(
-        k["payload"]["deviceList"]["devices"][0]["deviceId"],
-        "phone"
-    );
+    let (alice, phone, mut primary, mut phone_c, mut bob) =
+        every_device_gets_its_copy([&urls[0], &urls[1], &urls[2]]).await;
     phone_c.send(ack("m1", "bob")).await;
     alive(&mut phone_c).await;
     // Both move to the other node: the phone's copy is gone (acked), the primary's comes again.

@@ -214,3 +214,44 @@ pub async fn next_mls(c: &mut Client) -> (String, Value) {
         m["message"].clone(),
     )
 }
+
+/// alice's primary (on `urls[0]`) and her phone (on `urls[1]`, listed) each get bob's message
+/// `m1` (bob on `urls[2]`), stored once per device and answered `queued`; bob's key request
+/// carries alice's device list. Returns (alice's identity, phone, primary, phone's connection,
+/// bob) for the rest of a test. One node: the same URL three times.
+pub async fn every_device_gets_its_copy(
+    urls: [&str; 3],
+) -> (Identity, Device, Client, Client, Client) {
+    let alice = crate::support::new_identity();
+    let phone = Device::new("phone");
+    let mut primary = alice_with(urls[0], &alice, &[&phone]).await;
+    let mut phone_c = device(urls[1], &alice, "alice", &phone).await;
+    let mut bob = register_verified(urls[2], "bob", &crate::support::new_identity()).await;
+
+    bob.send(message("alice", "m1")).await;
+    let ack = bob.recv_type("message_ack").await;
+    assert_eq!(
+        ack["payload"]["status"], "queued",
+        "stored once per device: {ack}"
+    );
+    for c in [&mut primary, &mut phone_c] {
+        let m = next_message(c).await;
+        assert_eq!(
+            (m["fromId"].as_str(), m["messageId"].as_str()),
+            (Some("bob"), Some("m1"))
+        );
+    }
+    // The contact learns the list with the keys.
+    let k = bob
+        .request(
+            json!({"type":"request_public_key","payload":{"targetId":"alice"}}),
+            "public_key_response",
+        )
+        .await;
+    assert_eq!(k["payload"]["deviceList"]["counter"], 1, "{k}");
+    assert_eq!(
+        k["payload"]["deviceList"]["devices"][0]["deviceId"],
+        "phone"
+    );
+    (alice, phone, primary, phone_c, bob)
+}
