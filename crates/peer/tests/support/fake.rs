@@ -120,9 +120,17 @@ impl FakeConn {
     }
 
     /// Answers the next `request_public_key` with `identity`'s keys for `id`.
+    /// A key request for another id (a client with MLS asks for its own id's device list after
+    /// registering) is answered `PEER_NOT_FOUND`, as this server knows no other identity.
     pub async fn serve_key(&mut self, id: &str, identity: &Identity) {
-        let req = self.expect("request_public_key").await;
-        assert_eq!(req["payload"]["targetId"], id);
+        let req = loop {
+            let req = self.expect("request_public_key").await;
+            if req["payload"]["targetId"] == id {
+                break req;
+            }
+            self.send(error_frame("PEER_NOT_FOUND", Some(&req["requestId"])))
+                .await;
+        };
         self.send(json!({"type": "public_key_response", "payload": key_payload(id, identity), "requestId": req["requestId"]}))
             .await;
     }
