@@ -51,7 +51,7 @@ use super::error::StorageError;
 pub use crate::contract::DeliveryStatus as MessageStatus;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 10;
+pub(crate) const SCHEMA_VERSION: i64 = 11;
 
 /// How long a writer waits for the database lock before failing (another process holding
 /// the file, e.g. a second instance started without single-instance support).
@@ -219,6 +219,7 @@ impl Db {
             super::groups::migrate(&tx)?;
             // After the groups: the files' table has a trigger on `group_messages`.
             super::files::migrate(&tx)?;
+            super::keystore::migrate(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }

@@ -876,7 +876,7 @@ mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 10);
+        assert_eq!(version, crate::storage::db::SCHEMA_VERSION);
         let twin: bool = db
             .conn()
             .prepare("SELECT 1 FROM sqlite_master WHERE name = 'group_attachments'")

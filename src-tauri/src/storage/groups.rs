@@ -617,7 +617,7 @@ mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 10);
+        assert_eq!(version, crate::storage::db::SCHEMA_VERSION);
         assert_eq!(db.page(&bob, None, 10).unwrap()[0].body, "from before");
         assert!(db.groups().unwrap().is_empty());
         db.ensure_group("cc", "New", 1).unwrap();
@@ -674,7 +674,7 @@ mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 10);
+        assert_eq!(version, crate::storage::db::SCHEMA_VERSION);
         let old = db.group_page("dd", None, 10).unwrap();
         assert_eq!(old[0].body, "from before");
         assert_eq!(old[0].attachment, None);

@@ -1,16 +1,65 @@
 //! The peer's [`KeyStore`] (trust on first use) backed by the `pinned_keys` table, so pins
 //! survive restarts, and its [`ReplayStore`] backed by `replay_marks`, so a signed message
-//! accepted before a restart is refused as a replay after it.
+//! accepted before a restart is refused as a replay after it. It also keeps the last device list
+//! this device signed (`own_device_list`, schema version 11), so a restart never signs the next
+//! list on top of an older one a server serves (docs/mls.md, *Multi-device*).
 
 use std::sync::Arc;
 
 use lattice_crypto::IdentityPublicKey;
 use lattice_peer::replay::ReplayStore;
 use lattice_peer::{KeyStore, PeerError};
-use lattice_protocol::ClientId;
+use lattice_protocol::{ClientId, SignedDeviceList};
+use rusqlite::{params, Connection, OptionalExtension};
 
+use super::error::StorageError;
 use super::Db;
 use crate::clock::now_ms;
+
+const OWN_DEVICE_LIST_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS own_device_list(
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    list       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
+/// Schema version 11: the table of the last signed device list (idempotent).
+///
+/// # Errors
+/// [`StorageError::Sqlite`].
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch(OWN_DEVICE_LIST_SCHEMA)?;
+    Ok(())
+}
+
+impl Db {
+    /// The last device list this device signed and published, as JSON, if any.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn own_device_list(&self) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT list FROM own_device_list WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Keeps `list` (JSON) as the last device list this device signed.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn keep_own_device_list(&self, list: &str, now_ms: i64) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT INTO own_device_list(id, list, updated_at) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET list = excluded.list, updated_at = excluded.updated_at",
+            params![list, now_ms],
+        )?;
+        Ok(())
+    }
+}
 
 /// Pinned identity keys in SQLite.
 #[derive(Debug)]
@@ -42,6 +91,25 @@ impl KeyStore for DbKeyStore {
     fn pin(&self, peer: &ClientId, key: &IdentityPublicKey) -> Result<(), PeerError> {
         self.db
             .pin_key(peer, key.as_bytes(), now_ms())
+            .map_err(|e| PeerError::KeyStore(e.to_string()))
+    }
+
+    fn own_device_list(&self) -> Result<Option<SignedDeviceList>, PeerError> {
+        let text = self
+            .db
+            .own_device_list()
+            .map_err(|e| PeerError::KeyStore(e.to_string()))?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| PeerError::KeyStore(format!("the kept device list: {e}")))
+        })
+        .transpose()
+    }
+
+    fn keep_own_device_list(&self, list: &SignedDeviceList) -> Result<(), PeerError> {
+        let text = serde_json::to_string(list).map_err(|e| PeerError::KeyStore(e.to_string()))?;
+        self.db
+            .keep_own_device_list(&text, now_ms())
             .map_err(|e| PeerError::KeyStore(e.to_string()))
     }
 }
@@ -93,6 +161,25 @@ mod tests {
         store.pin(&bob, &key).unwrap();
         assert_eq!(store.pinned(&bob).unwrap(), Some(key));
         assert!(db.peer(&bob).unwrap().unwrap().authenticated);
+    }
+
+    #[test]
+    fn the_last_signed_device_list_survives_reopening_and_is_replaced_by_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let list = |counter: u64| SignedDeviceList {
+            counter,
+            devices: Vec::new(),
+            signature: "c2ln".into(),
+        };
+        {
+            let store = DbKeyStore::new(Arc::new(Db::open(&path).unwrap()));
+            assert_eq!(store.own_device_list().unwrap(), None);
+            store.keep_own_device_list(&list(2)).unwrap();
+            store.keep_own_device_list(&list(3)).unwrap();
+        }
+        let store = DbKeyStore::new(Arc::new(Db::open(&path).unwrap()));
+        assert_eq!(store.own_device_list().unwrap(), Some(list(3)));
     }
 
     #[test]
