@@ -175,7 +175,11 @@ pub(crate) async fn open_conversation(client: &Client, peer: &str) {
     );
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        click(client, &row).await;
+        // The row found may be replaced before the click reaches it (a stale element: the
+        // driver's error); that is the same lost click, tried again below.
+        if let Ok(el) = client.find(Locator::Css(&row)).await {
+            let _ = el.click().await;
+        }
         let settle = tokio::time::Instant::now() + Duration::from_secs(2);
         while tokio::time::Instant::now() < settle {
             if client.execute(&shown, vec![]).await.ok() == Some(Value::Bool(true)) {
