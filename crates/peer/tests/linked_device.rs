@@ -275,6 +275,7 @@ async fn the_primarys_last_signed_list_survives_its_restart_and_a_stale_served_l
     alice.disconnect().await;
     drop(alice);
     server.shutdown().await;
+    wait_closed(data.path()).await;
     copy_dir(data.path(), backup.path());
 
     // The laptop is removed (list 2: empty).
@@ -286,6 +287,7 @@ async fn the_primarys_last_signed_list_survives_its_restart_and_a_stale_served_l
     alice.disconnect().await;
     drop(alice);
     server.shutdown().await;
+    wait_closed(data.path()).await;
     let kept = FileKeyStore::open(&keys.path().join("alice.pins"))
         .unwrap()
         .own_device_list()
@@ -318,14 +320,25 @@ async fn the_primarys_last_signed_list_survives_its_restart_and_a_stale_served_l
     server.shutdown().await;
 }
 
-/// Replaces `to`'s files by `from`'s (a server's data directory, stopped).
+/// Replaces `to`'s files by `from`'s (a server's data directory, stopped), as an operator's
+/// backup does: the database files only. The server checkpoints with `TRUNCATE` when it stops, so
+/// SQLite's `-wal`/`-shm` side files hold nothing committed, and they vanish whenever the last
+/// connection closes (which may be just after `shutdown` returned: copying them raced with that).
 fn copy_dir(from: &Path, to: &Path) {
+    let side_file = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with("-wal") || n.ends_with("-shm"))
+    };
     for entry in std::fs::read_dir(to).unwrap() {
         let p = entry.unwrap().path();
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).unwrap();
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
         } else {
-            std::fs::remove_file(&p).unwrap();
+            std::fs::remove_file(&p)
+        };
+        if let Err(e) = removed {
+            assert!(side_file(&p), "cannot remove {}: {e}", p.display());
         }
     }
     for entry in std::fs::read_dir(from).unwrap() {
@@ -334,10 +347,30 @@ fn copy_dir(from: &Path, to: &Path) {
         if entry.path().is_dir() {
             std::fs::create_dir_all(&target).unwrap();
             copy_dir(&entry.path(), &target);
-        } else {
+        } else if !side_file(&entry.path()) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// Waits (bounded) until SQLite closed every database under `dir`: its last connection deletes
+/// the `-wal` file, and a connection closing late would otherwise unlink the next server's.
+async fn wait_closed(dir: &Path) {
+    let open = |dir: &Path| {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with("-wal"))
+        })
+    };
+    for _ in 0..200 {
+        if !open(dir) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("a database under {} is still open", dir.display());
 }
 
 /// alice's laptop, linked through the real flow and restarted from its file, online with its
