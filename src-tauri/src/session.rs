@@ -1194,6 +1194,62 @@ mod tests {
         assert_eq!(stored.unread, 1);
     }
 
+    #[tokio::test]
+    async fn own_messages_from_another_device_are_ours_never_unread_and_a_removal_goes_up() {
+        use lattice_peer::Conversation;
+        let (ctx, mut rx) = context();
+        let bob = ClientId::new("bob").unwrap();
+        let own = |conversation, id: &str, device: Option<&str>| {
+            PeerEvent::OwnMessage(lattice_peer::OwnMessage {
+                conversation,
+                device: device.map(str::to_owned),
+                message_id: MessageId::new(id).unwrap(),
+                content: Content::Text("sent elsewhere".into()),
+                sent_at: 5,
+            })
+        };
+        ctx.on_event(&own(
+            Conversation::Direct(bob.clone()),
+            "o-1",
+            Some("laptop"),
+        ));
+        // Redelivered after a reconnect: stored once.
+        ctx.on_event(&own(
+            Conversation::Direct(bob.clone()),
+            "o-1",
+            Some("laptop"),
+        ));
+        let group = lattice_peer::GroupId::from_bytes(&[7; 16]);
+        let key = group_key(&group);
+        ctx.db.ensure_group(&key, "Trip", 1).unwrap();
+        ctx.on_event(&own(Conversation::Group(group), "g-1", None));
+        ctx.on_event(&PeerEvent::Error(PeerError::DeviceRemoved));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 3, "{events:?}");
+        match &events[0] {
+            SessionEvent::Changed(r) => {
+                assert!(r.outgoing);
+                assert_eq!(r.peer_id, bob);
+                assert_eq!(ctx.db.sent_from(r.seq).unwrap().as_deref(), Some("laptop"));
+            }
+            other => panic!("expected our message, got {other:?}"),
+        }
+        match &events[1] {
+            SessionEvent::GroupLine(l) => {
+                assert!(l.outgoing);
+                assert_eq!(l.sender, "alice");
+                assert_eq!(
+                    ctx.db.group_line_sent_from(l.seq).unwrap().as_deref(),
+                    Some(crate::storage::devices::PRIMARY_DEVICE)
+                );
+            }
+            other => panic!("expected our group line, got {other:?}"),
+        }
+        assert_eq!(events[2], SessionEvent::DeviceRemoved);
+        assert_eq!(ctx.db.total_unread().unwrap(), 0);
+        assert_eq!(ctx.db.group(&key).unwrap().unwrap().unread, 0);
+    }
+
     #[test]
     fn refusal_notices_are_one_per_sender_per_interval_and_bounded() {
         let mut limiter = NoticeLimiter::default();
