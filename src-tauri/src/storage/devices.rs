@@ -32,8 +32,9 @@ const DIRECT: i64 = 0;
 /// `own_sent_from.conversation` of a group line (`group_messages.seq`).
 const GROUP: i64 = 1;
 
-/// What the page calls the id's primary device when it sent one of our messages.
-pub const PRIMARY_DEVICE: &str = "primary";
+/// What the page calls the id's primary device when it sent one of our messages (the
+/// protocol's reserved device id).
+pub use lattice_protocol::PRIMARY_DEVICE;
 
 /// Schema version 13: the tables above (idempotent).
 ///
