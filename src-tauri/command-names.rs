@@ -49,4 +49,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "remove_device",
     "enter_link_code",
     "answer_link",
+    "start_linking",
+    "wait_linking",
+    "cancel_linking",
 ];

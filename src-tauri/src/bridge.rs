@@ -50,6 +50,7 @@ impl<R: Runtime> Ui for TauriUi<R> {
             Update::Groups(groups) => self.emit(Event::GroupList, groups),
             Update::GroupMessage(line) => self.emit(Event::GroupMessage, line),
             Update::Link(view) => self.emit(Event::Link, view),
+            Update::DeviceRemoved(me) => self.emit(Event::DeviceRemoved, me),
             Update::Unread(n) => tray::set_unread(&self.app, n),
             Update::Notify { title, body } => self.notify(title, body),
         }

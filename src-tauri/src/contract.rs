@@ -92,6 +92,9 @@ wire_enum! {
         GroupMessage = "group-message",
         /// Linking a new device moved on ([`crate::views::LinkView`]), on the first device.
         Link = "link",
+        /// This linked device was removed from its id ([`crate::views::Me`] with `removedAt`):
+        /// show the removed screen.
+        DeviceRemoved = "device-removed",
     }
 }
 

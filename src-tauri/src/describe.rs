@@ -58,6 +58,13 @@ pub fn describe(e: &PeerError) -> String {
             "Other members changed the group at the same moment; try again.".into()
         }
         PeerError::Group { reason, .. } => format!("The group change failed: {reason}."),
+        PeerError::MlsOnlyDevice { peer } => format!(
+            "{peer} uses an app without end-to-end groups (MLS), which only your primary device              can write to: send from your primary device."
+        ),
+        PeerError::PrimaryOnly { .. } => {
+            "Only your primary device (the one holding your identity) can do that.".into()
+        }
+        PeerError::DeviceRemoved => "This device was removed from its account.".into(),
         other => other.to_string(),
     }
 }

@@ -84,6 +84,9 @@ pub enum SessionEvent {
     /// Linking a new device moved on (first device: a request, the fingerprint to compare,
     /// approved, failed).
     Link(crate::views::LinkView),
+    /// This linked device was removed from its id (the server closed it with 4001 or refused
+    /// it as an unknown device): the peer stopped for good and never dials again.
+    DeviceRemoved,
 }
 
 /// The sending side, shared by a session's handler and tasks.

@@ -149,6 +149,9 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::devices::remove_device,
             commands::devices::enter_link_code,
             commands::devices::answer_link,
+            commands::devices::start_linking,
+            commands::devices::wait_linking,
+            commands::devices::cancel_linking,
         ])
         .setup(move |app| {
             setup(app.handle(), &options)?;

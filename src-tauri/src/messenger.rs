@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW, TYPING_RESEND};
 use crate::events::{EventSink, SessionEvent};
-use crate::session::{Envelopes, Session, SessionConfig, SessionError};
+use crate::session::{Envelopes, Role, Session, SessionConfig, SessionError};
 use crate::storage::content::{ReplyRef, Target};
 use crate::storage::settings::{ServerMode, Settings};
 use crate::storage::{self, Db, MessageRecord, StorageError};
@@ -120,6 +120,8 @@ pub enum Update {
     GroupMessage(crate::views::GroupMessageView),
     /// Linking a new device moved on (first device).
     Link(crate::views::LinkView),
+    /// This linked device was removed from its id (the page shows its removed screen).
+    DeviceRemoved(Me),
     /// The total unread count changed.
     Unread(i64),
     /// Show a desktop notification (already filtered: enabled and window not focused).
@@ -173,6 +175,8 @@ pub struct State {
     auto_download: crate::session::AutoDownload,
     // std Mutex: taken and replaced whole, never held across an `.await`.
     dropped: Mutex<files::Dropped>,
+    // std Mutex: read or replaced whole, never held across an `.await`.
+    device: Mutex<Option<devices::ThisDevice>>,
 }
 
 /// A session and the task applying its events.
@@ -204,6 +208,8 @@ pub struct Messenger {
     // tokio Mutex: held across the `.await`s of starting and stopping a session, so that two
     // restarts never interleave.
     session: tokio::sync::Mutex<Option<Running>>,
+    // std Mutex: the run is put in or taken out, never held across an `.await`.
+    linking: Mutex<Option<devices::LinkRun>>,
 }
 
 impl std::fmt::Debug for Messenger {
@@ -252,6 +258,7 @@ impl Messenger {
         Ok(Self {
             state: Arc::new(State::open(data_dir, settings, ui)?),
             session: tokio::sync::Mutex::new(None),
+            linking: Mutex::new(None),
         })
     }
 
@@ -308,7 +315,8 @@ impl Messenger {
             )
         };
         Ok(Bootstrap {
-            needs_setup: !settings.is_set_up() || state.identity().is_none(),
+            needs_setup: !settings.is_set_up()
+                || (state.identity().is_none() && lock(&state.device).is_none()),
             me: state.me(),
             settings,
             connection,
@@ -337,6 +345,7 @@ impl Messenger {
         if server_mode == ServerMode::Connect {
             settings.server_url = validate_server_url(server_url.unwrap_or(""))?;
         }
+        self.refuse_on_linked_device()?;
         let Some((identity, created)) = storage::load_identity(&self.state.data_dir, true)? else {
             return Err(MessengerError::Internal(
                 "the identity was not created".into(),
@@ -469,6 +478,7 @@ impl Messenger {
         reply_to: Option<i64>,
     ) -> Result<MessageView, MessengerError> {
         let me = self.me_id()?;
+        self.refuse_removed()?;
         check_text(text)?;
         let reply = match reply_to {
             Some(seq) => {
@@ -815,9 +825,14 @@ impl Messenger {
         }
         self.state.clear_presence();
         let settings = self.settings();
-        let (Some(client_id), Some(identity)) = (settings.client_id.clone(), self.state.identity())
-        else {
+        let Some(client_id) = settings.client_id.clone() else {
             return Ok(());
+        };
+        let role = match (self.state.identity(), self.device_role(&client_id)?) {
+            (Some(identity), _) => Role::Primary(identity),
+            (None, Some(role)) => role,
+            // Not set up, or a removed device (it never dials again).
+            (None, None) => return Ok(()),
         };
         let (events, rx) = EventSink::channel();
         let config = SessionConfig {
@@ -825,7 +840,7 @@ impl Messenger {
             data_dir: &self.state.data_dir,
             db: Arc::clone(&self.state.db),
             client_id,
-            identity,
+            role,
             auto_download: self.state.auto_download.clone(),
         };
         match Session::start(config, events).await {
@@ -951,6 +966,7 @@ impl State {
         private.extend(storage::mls_state_files(data_dir));
         storage::restrict_files(&private)?;
         let identity = storage::load_identity(data_dir, false)?.map(|(identity, _)| identity);
+        let device = devices::open_device(data_dir, &settings, identity.is_some(), &db)?;
         let auto_download = crate::session::AutoDownload::new(settings.auto_download_bytes);
         Ok(Self {
             auto_download,
@@ -962,6 +978,7 @@ impl State {
             identity: Mutex::new(identity.map(Arc::new)),
             live: Mutex::new(Live::default()),
             focused: AtomicBool::new(true),
+            device: Mutex::new(device),
         })
     }
 
@@ -974,11 +991,16 @@ impl State {
     }
 
     fn me(&self) -> Option<Me> {
-        let identity = self.identity()?;
-        Some(Me {
-            client_id: self.settings().client_id?,
-            fingerprint: identity.identity_public_key().fingerprint().to_string(),
-        })
+        let client_id = self.settings().client_id?;
+        if let Some(identity) = self.identity() {
+            return Some(Me {
+                client_id,
+                fingerprint: identity.identity_public_key().fingerprint().to_string(),
+                device_id: None,
+                removed_at: None,
+            });
+        }
+        lock(&self.device).as_ref().map(|d| d.me(client_id))
     }
 
     /// Applies one session event: storage first, then the page.
@@ -1030,13 +1052,23 @@ impl State {
             SessionEvent::GroupsChanged => self.publish_groups(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
             SessionEvent::Link(view) => self.link(view),
+            SessionEvent::DeviceRemoved => self.device_removed(),
         }
     }
 
     /// A stored message as the page shows it: while read receipts are off, others' are not
     /// shown either (like Signal): a read message shows as delivered.
     fn view(&self, record: MessageRecord) -> MessageView {
+        let from_device = if record.outgoing {
+            self.db.sent_from(record.seq).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read where a message was sent from");
+                None
+            })
+        } else {
+            None
+        };
         let mut view = MessageView::from(record);
+        view.from_device = from_device;
         if view.status == DeliveryStatus::Read && !self.settings().read_receipts {
             view.status = DeliveryStatus::Delivered;
         }
@@ -1192,6 +1224,8 @@ impl State {
     }
 
     fn set_connection(&self, view: ConnectionView) {
+        // A removed device's indicator keeps saying so, whatever its stopped peer reports.
+        let view = self.removed_connection().unwrap_or(view);
         let changed = {
             let mut live = lock(&self.live);
             let changed = live.connection.as_ref() != Some(&view);

@@ -24,7 +24,7 @@ mod devices;
 mod files;
 mod groups;
 
-pub use devices::{Devices, NOT_A_CODE};
+pub use devices::{relay_config, Devices, NOT_A_CODE};
 pub use files::{download_path, thumbnail_for_offer, AutoDownload, FILES_DIR, TRANSFERS_DIR};
 pub use groups::{group_key, parse_key, Groups};
 
@@ -202,10 +202,28 @@ pub struct SessionConfig<'a> {
     pub db: Arc<Db>,
     /// Our name.
     pub client_id: ClientId,
-    /// Our identity.
-    pub identity: Arc<Identity>,
+    /// Which device of the id this app is: the primary (the identity) or a linked device.
+    pub role: Role,
     /// The auto-download limit (the messenger changes it with the settings).
     pub auto_download: AutoDownload,
+}
+
+/// Which device of its id the app runs as.
+pub enum Role {
+    /// The id's primary device: it holds the identity.
+    Primary(Arc<Identity>),
+    /// A linked device, from its device file ([`crate::storage::DEVICE_FILE`]): MLS only, no
+    /// identity key (docs/mls.md, *A linked device as a peer*).
+    Device(Box<lattice_peer::LinkedDevice>),
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Primary(_) => f.write_str("Primary"),
+            Self::Device(d) => f.debug_tuple("Device").field(&d.device_id).finish(),
+        }
+    }
 }
 
 impl Session {
@@ -221,7 +239,7 @@ impl Session {
             data_dir,
             db,
             client_id,
-            identity,
+            role,
             auto_download,
         } = config;
         let (hosted, server_url, hosting) = match settings.server_mode {
@@ -239,16 +257,23 @@ impl Session {
             max_attempts: 0,
             ..Backoff::default()
         };
-        // PeerConfig::new takes an owned identity; a copy made through the file format is
-        // replaced at once by the shared one, so only one copy of the secret stays alive.
-        let copy = Identity::from_bytes(&identity.to_bytes())
-            .map_err(|e| SessionError::Identity(e.to_string()))?;
         let me = client_id.clone();
-        let mut config = PeerConfig::new(server_url.clone(), client_id, copy);
+        let mut config = match role {
+            Role::Primary(identity) => {
+                // PeerConfig::new takes an owned identity; a copy made through the file format
+                // is replaced at once by the shared one, so only one copy of the secret stays
+                // alive.
+                let copy = Identity::from_bytes(&identity.to_bytes())
+                    .map_err(|e| SessionError::Identity(e.to_string()))?;
+                let mut config = PeerConfig::new(server_url.clone(), client_id, copy);
+                config.credentials = lattice_peer::Credentials::Primary(identity);
+                config
+            }
+            Role::Device(linked) => PeerConfig::for_device(server_url.clone(), *linked),
+        };
         // Edits, deletes, reactions and receipts of messages from earlier runs are checked
         // against the stored history.
         config.history = Arc::new(DbHistory::new(Arc::clone(&db), me.clone()));
-        config.credentials = lattice_peer::Credentials::Primary(identity);
         config.reconnect = backoff.clone();
         config.retry_first_connect = true;
         config.key_store = Arc::new(DbKeyStore::new(Arc::clone(&db)));
@@ -591,6 +616,8 @@ impl Ctx {
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
             PeerEvent::Link(link) => self.on_link(link),
+            PeerEvent::OwnMessage(m) => self.on_own_message(m),
+            PeerEvent::Error(PeerError::DeviceRemoved) => self.up(SessionEvent::DeviceRemoved),
             PeerEvent::MovedToMls { peer } => self.up(SessionEvent::MovedToMls(peer.clone())),
             PeerEvent::ConversationNotice { peer, notice } => {
                 self.up(SessionEvent::Notice(Notice::new(
@@ -782,6 +809,10 @@ async fn connect_task(ctx: Arc<Ctx>, cancel: CancellationToken) {
         r = ctx.peer.connect() => r,
     };
     tracing::debug!(ok = result.is_ok(), "first connection finished");
+    if let Err(PeerError::DeviceRemoved) = result {
+        ctx.events.send(SessionEvent::DeviceRemoved).await;
+        return;
+    }
     if let Err(e) = result {
         let text = describe(&e);
         ctx.events
@@ -1161,6 +1192,62 @@ mod tests {
         assert_eq!(stored.name, "Crag");
         assert!(stored.left);
         assert_eq!(stored.unread, 1);
+    }
+
+    #[tokio::test]
+    async fn own_messages_from_another_device_are_ours_never_unread_and_a_removal_goes_up() {
+        use lattice_peer::Conversation;
+        let (ctx, mut rx) = context();
+        let bob = ClientId::new("bob").unwrap();
+        let own = |conversation, id: &str, device: Option<&str>| {
+            PeerEvent::OwnMessage(lattice_peer::OwnMessage {
+                conversation,
+                device: device.map(str::to_owned),
+                message_id: MessageId::new(id).unwrap(),
+                content: Content::Text("sent elsewhere".into()),
+                sent_at: 5,
+            })
+        };
+        ctx.on_event(&own(
+            Conversation::Direct(bob.clone()),
+            "o-1",
+            Some("laptop"),
+        ));
+        // Redelivered after a reconnect: stored once.
+        ctx.on_event(&own(
+            Conversation::Direct(bob.clone()),
+            "o-1",
+            Some("laptop"),
+        ));
+        let group = lattice_peer::GroupId::from_bytes(&[7; 16]);
+        let key = group_key(&group);
+        ctx.db.ensure_group(&key, "Trip", 1).unwrap();
+        ctx.on_event(&own(Conversation::Group(group), "g-1", None));
+        ctx.on_event(&PeerEvent::Error(PeerError::DeviceRemoved));
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 3, "{events:?}");
+        match &events[0] {
+            SessionEvent::Changed(r) => {
+                assert!(r.outgoing);
+                assert_eq!(r.peer_id, bob);
+                assert_eq!(ctx.db.sent_from(r.seq).unwrap().as_deref(), Some("laptop"));
+            }
+            other => panic!("expected our message, got {other:?}"),
+        }
+        match &events[1] {
+            SessionEvent::GroupLine(l) => {
+                assert!(l.outgoing);
+                assert_eq!(l.sender, "alice");
+                assert_eq!(
+                    ctx.db.group_line_sent_from(l.seq).unwrap().as_deref(),
+                    Some(crate::storage::devices::PRIMARY_DEVICE)
+                );
+            }
+            other => panic!("expected our group line, got {other:?}"),
+        }
+        assert_eq!(events[2], SessionEvent::DeviceRemoved);
+        assert_eq!(ctx.db.total_unread().unwrap(), 0);
+        assert_eq!(ctx.db.group(&key).unwrap().unwrap().unread, 0);
     }
 
     #[test]

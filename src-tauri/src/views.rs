@@ -44,6 +44,24 @@ pub struct Me {
     pub client_id: ClientId,
     /// Full 60-digit fingerprint of our identity key, in groups of five.
     pub fingerprint: String,
+    /// On a linked device, its device id (`None` on the primary device, which holds the
+    /// identity).
+    pub device_id: Option<String>,
+    /// On a linked device that was removed from its id: when (unix ms). It no longer sends or
+    /// receives; its history stays readable.
+    pub removed_at: Option<i64>,
+}
+
+/// What a new device shows while it waits to be linked (`start_linking`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewDeviceCode {
+    /// The one-time code, as `ABCD-EFGH`, to type on the first device.
+    pub code: String,
+    /// The safety number of this device's new key: the first device shows it to compare.
+    pub fingerprint: String,
+    /// How long the code stays valid, in seconds.
+    pub valid_secs: u64,
 }
 
 /// One row of the peer list.
@@ -158,6 +176,9 @@ pub struct MessageView {
     pub rev: i64,
     /// The file it carries, for a file message.
     pub file: Option<Box<FileView>>,
+    /// For our own message sent from another device of this id: that device (`primary` for
+    /// the primary device).
+    pub from_device: Option<String>,
 }
 
 /// A file attached to a message, as the conversation shows it.
@@ -298,6 +319,7 @@ impl From<MessageRecord> for MessageView {
             reactions,
             rev: r.extra.rev,
             file: r.extra.attachment.map(|a| Box::new(FileView::from(a))),
+            from_device: None,
         }
     }
 }

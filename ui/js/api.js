@@ -134,6 +134,11 @@ export const api = {
   enterLinkCode: (code) => call("enter_link_code", { code }),
   /** Approves (or refuses) the new device whose fingerprint was compared. */
   answerLink: (relayId, approve) => call("answer_link", { relayId, approve }),
+  /** New device: starts linking to `clientId`; resolves to `{ code, fingerprint, validSecs }`. */
+  startLinking: (serverUrl, clientId, deviceName) => call("start_linking", { serverUrl, clientId, deviceName }),
+  /** New device: resolves to the bootstrap once approved; rejects with why not. */
+  waitLinking: () => call("wait_linking"),
+  cancelLinking: () => call("cancel_linking"),
 };
 
 /** The backend's event names (`events.PEER_LIST`, ...). */

@@ -17,6 +17,7 @@ export const Event = Object.freeze({
   GROUP_LIST: "group-list",
   GROUP_MESSAGE: "group-message",
   LINK: "link",
+  DEVICE_REMOVED: "device-removed",
 });
 
 /** Delivery status of a message. */

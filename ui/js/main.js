@@ -27,6 +27,7 @@ import { initDevices } from "./views/devices.js";
 import { initStatusBar, renderConnection } from "./views/status-bar.js";
 import { initVerify, refreshVerify } from "./views/verify.js";
 import { showFirstRun } from "./views/first-run.js";
+import { markReadOnly, showRemoved } from "./views/new-device.js";
 import { showNotice } from "./views/toasts.js";
 
 /**
@@ -94,7 +95,11 @@ function renderMe(me) {
   paintAvatar(avatar, me.clientId, false);
 }
 
+/** The last bootstrap answer (the removed screen's *Keep reading* draws the window from it). */
+let lastBoot = null;
+
 function showApp(boot) {
+  lastBoot = boot;
   set("settings", boot.settings);
   set("me", boot.me);
   set("dataDir", boot.dataDir);
@@ -148,6 +153,10 @@ async function start() {
     on(events.GROUP_LIST, (groups) => set("groups", groups)),
     on(events.GROUP_MESSAGE, upsertGroupLine),
     initDevices(),
+    on(events.DEVICE_REMOVED, (me) => {
+      set("me", me);
+      showRemoved(me, state.dataDir, () => { document.getElementById("app").hidden = false; markReadOnly(me); });
+    }),
   ]);
 
   let boot;
@@ -157,8 +166,12 @@ async function start() {
     showNotice(err);
     return;
   }
+  lastBoot = boot;
   if (boot.needsSetup) {
     showFirstRun(boot, showApp);
+  } else if (boot.me && boot.me.removedAt) {
+    set("dataDir", boot.dataDir);
+    showRemoved(boot.me, boot.dataDir, () => { showApp(boot); markReadOnly(boot.me); });
   } else {
     showApp(boot);
   }

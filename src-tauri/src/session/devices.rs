@@ -3,6 +3,10 @@
 //! library through (the signed device list, remove, the code typed, approve or refuse), and
 //! [`Ctx::on_link`] turns the library's [`LinkEvent`]s into [`SessionEvent::Link`] views.
 //!
+//! On a **linked device**, [`Ctx::on_own_message`] stores what another device of this id sent
+//! as our own outgoing message, with the device it came from; and [`relay_config`] is the peer a
+//! **new device** links from (the messenger's `linking` runs it before any session exists).
+//!
 //! The protocol is the library's: the new device shows a code; a request arrives here; the
 //! person types the code; the library checks it (key confirmation) and only then shows the new
 //! device's fingerprint; nothing is linked before the person approves.
@@ -13,13 +17,35 @@ use std::sync::Arc;
 use base64::Engine as _;
 use lattice_crypto::device_link::LinkCode;
 use lattice_crypto::IdentityPublicKey;
-use lattice_peer::{LinkEvent, LinkFailure, MessagingPeer};
+use lattice_peer::{
+    Content, Conversation, LinkEvent, LinkFailure, MessagingPeer, OwnMessage, PeerConfig,
+};
 use lattice_protocol::{ClientId, DeviceEntry, DeviceId};
 
-use super::{Ctx, SessionError};
-use crate::contract::LinkStage;
+use super::{group_key, Ctx, SessionError};
+use crate::clock::now_ms;
+use crate::contract::{ErrorKind, LinkStage};
 use crate::events::SessionEvent;
-use crate::views::{DeviceView, LinkView};
+use crate::storage::devices::{OwnDirect, PRIMARY_DEVICE};
+use crate::storage::groups::{GroupLineKind, NewGroupLine};
+use crate::views::{DeviceView, LinkView, Notice};
+
+/// The peer a new device links from: a throwaway id with a throwaway identity at `server_url`
+/// (the library's linking runs only from a peer holding an identity key). Nothing of it is kept:
+/// once linked, the app runs as the device from its file.
+///
+/// # Errors
+/// [`SessionError::Identity`] if the throwaway id is refused (it never is: `link-` and 32 hex
+/// digits).
+pub fn relay_config(server_url: &str) -> Result<PeerConfig, SessionError> {
+    let relay = ClientId::new(format!("link-{}", uuid::Uuid::new_v4().simple()))
+        .map_err(|e| SessionError::Identity(e.to_string()))?;
+    Ok(PeerConfig::new(
+        server_url.to_owned(),
+        relay,
+        lattice_crypto::Identity::generate(&mut rand_core::OsRng),
+    ))
+}
 
 /// Why a code from the page was refused before it reached the library.
 pub const NOT_A_CODE: &str =
@@ -111,6 +137,29 @@ impl Devices {
         Ok(relay)
     }
 
+    /// Waits (at most `wait`) until connected, then makes sure this device's KeyPackages are at
+    /// the server (the library uploads them after each registration in the background; this
+    /// waits for that upload). Logs and returns on any failure.
+    pub async fn reachable(&self, wait: std::time::Duration) {
+        let peer = self.peer();
+        let mut state = peer.watch_connection_state();
+        let connected = tokio::time::timeout(
+            wait,
+            state.wait_for(|s| *s == lattice_peer::ConnectionState::Connected),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !connected {
+            tracing::debug!("not connected yet; KeyPackages go up once it is");
+            return;
+        }
+        match tokio::time::timeout(wait, peer.publish_key_packages()).await {
+            Ok(Ok(stock)) => tracing::debug!(stock, "KeyPackages at the server"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "KeyPackages not uploaded"),
+            Err(_) => tracing::warn!("KeyPackage upload timed out"),
+        }
+    }
+
     /// Approves (or refuses) the new device behind `relay`, whose fingerprint the person
     /// compared.
     ///
@@ -192,6 +241,79 @@ fn lock_codes(ctx: &Ctx) -> std::sync::MutexGuard<'_, CodesSent> {
 }
 
 impl Ctx {
+    /// A message this id sent from another of its devices: stored as our own outgoing message
+    /// of that conversation (before the handler returns, like an incoming one), with the device
+    /// it came from, never unread and never notified. Content other than text (a file offer,
+    /// which this device did not send and cannot resume) is not shown here.
+    pub(super) fn on_own_message(&self, m: &OwnMessage) {
+        let text = match &m.content {
+            Content::Text(t) => t.as_str(),
+            Content::Reply { text, .. } => text.as_str(),
+            other => {
+                tracing::debug!(
+                    kind = other.kind(),
+                    "own content from another device not shown"
+                );
+                return;
+            }
+        };
+        let device = m.device.as_deref().unwrap_or(PRIMARY_DEVICE);
+        // The sending device's clock, but never in the future of ours (it is not checked).
+        let at = i64::try_from(m.sent_at)
+            .ok()
+            .filter(|t| *t > 0)
+            .map_or_else(now_ms, |t| t.min(now_ms()));
+        let stored = match &m.conversation {
+            Conversation::Direct(peer) => self
+                .db
+                .insert_own_direct(&OwnDirect {
+                    peer_id: peer,
+                    wire_id: m.message_id.as_str(),
+                    body: text,
+                    at,
+                    device,
+                })
+                .map(|r| r.map(SessionEvent::Changed)),
+            Conversation::Group(group) => {
+                let key = group_key(group);
+                if !matches!(self.db.group_known(&key), Ok(true)) {
+                    let name = self
+                        .peer
+                        .group_info(group)
+                        .map(|i| i.name)
+                        .unwrap_or_else(|_| "Group".to_owned());
+                    if let Err(e) = self.db.ensure_group(&key, &name, now_ms()) {
+                        tracing::warn!(group = %key, error = %e, "cannot store a group");
+                    }
+                }
+                let line = NewGroupLine {
+                    group_id: &key,
+                    kind: GroupLineKind::Message,
+                    sender: Some(&self.me),
+                    message_id: m.message_id.as_str(),
+                    outgoing: true,
+                    body: text,
+                    at,
+                    status: crate::contract::DeliveryStatus::Sent,
+                };
+                self.db
+                    .insert_own_group_line(&line, device)
+                    .map(|l| l.map(SessionEvent::GroupLine))
+            }
+        };
+        match stored {
+            Ok(Some(event)) => self.up(event),
+            Ok(None) => tracing::debug!(device, "own message already stored"),
+            Err(e) => {
+                tracing::error!(device, error = %e, "cannot store an own message");
+                self.up(SessionEvent::Notice(Notice::new(
+                    ErrorKind::Storage,
+                    format!("A message you sent from {device} could not be saved: {e}"),
+                )));
+            }
+        }
+    }
+
     /// A linking event from the library: up to the page.
     pub(super) fn on_link(&self, event: &LinkEvent) {
         let event = match event {

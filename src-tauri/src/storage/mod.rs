@@ -11,6 +11,8 @@
 //!   [`groups`] the group conversations and their history (schema 8).
 //! - [`backup`]: all of the above sealed with a passphrase into one file, and its restore onto
 //!   a fresh profile; [`export`]: one conversation as HTML or JSON.
+//! - [`devices`]: on a linked device, which of our messages another device sent, and when this
+//!   device was removed (schema 13); `device.json` (a linked device's key, [`DEVICE_FILE`]).
 //! - `identity.key`: the secret identity (Ed25519 + ML-KEM-768), mode 0600, read and written by
 //!   `lattice_peer::identity_file` (the same format and rules as the terminal client's); see
 //!   [`load_identity`].
@@ -20,6 +22,7 @@
 pub mod backup;
 pub mod content;
 pub mod db;
+pub mod devices;
 pub mod drafts;
 mod error;
 pub mod export;
@@ -45,6 +48,10 @@ pub const MLS_STATE_FILE: &str = "mls.sqlite3";
 pub const IDENTITY_FILE: &str = "identity.key";
 /// File name of the settings store inside the data directory.
 pub const SETTINGS_FILE: &str = "settings.json";
+/// File name of this **linked device**'s key, certificate and device list inside the data
+/// directory (`lattice_peer::device_file`, mode 0600). A profile holds either this or
+/// [`IDENTITY_FILE`], never both (see docs/desktop.md, *A linked device*).
+pub const DEVICE_FILE: &str = "device.json";
 
 /// Mode of the data directory: only the user may list or enter it.
 #[cfg(unix)]

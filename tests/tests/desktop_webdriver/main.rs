@@ -8,8 +8,9 @@
 //! (alice's and bob's apps side by side, through two tauri-drivers: read receipts and typing,
 //! and the read-receipts setting stopping both directions), `groups` (a group made in the app
 //! with two headless MLS peers: three ways, rename, a removal that locks the member out), `devices`
-//! (linking a new device from Settings: code, fingerprint, approve, list, remove); the helpers
-//! they share are in `support`.
+//! (linking a new device from Settings: code, fingerprint, approve, list, remove), `new_device`
+//! (a second app linking itself to the first: its code, its messages "from laptop", its removed
+//! screen); the helpers they share are in `support`.
 //!
 //! Scenario: a server (port 0, admin API on) and a headless peer *bob*; the app starts as
 //! *alice* on an empty data directory and goes through first run; the peer list shows bob;
@@ -33,6 +34,7 @@ mod groups;
 mod history;
 mod hostile_input;
 mod keys;
+mod new_device;
 mod search;
 mod support;
 mod tray;

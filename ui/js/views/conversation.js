@@ -113,6 +113,8 @@ function fillMessage(li, m) {
       "aria-label": "Edited: show earlier versions", onclick: () => openVersions(current, m),
     }, "edited"));
   }
+  // Ours, sent from another device of this account.
+  if (m.fromDevice) meta.append(h("span", { class: "from-device", text: `from ${m.fromDevice}` }));
   meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS.sent;

@@ -25,7 +25,27 @@ function setError(id, message) {
   el.hidden = !message;
 }
 
+/** On a linked device: this id's devices, read-only, "this device" marked; linking and
+ * removing are the primary device's (it holds the identity key that signs the list). */
+function renderLinkedDevices(list, me) {
+  $("settings-devices-text").textContent = "The devices of your account. Linking and removing devices "
+    + "is done on your primary device, the one that holds your identity.";
+  $("settings-link-device").hidden = true;
+  $("settings-devices").replaceChildren(...list.map((d) => h("li", { class: "member device", dataset: { deviceId: d.deviceId } },
+    icon("device", "device-icon"),
+    h("span", { class: "member-text" },
+      h("span", { class: "member-name" }, d.deviceId,
+        d.deviceId === me.deviceId ? h("span", { class: "this-device", text: "this device" }) : ""),
+      h("span", { class: "member-fingerprint", text: d.fingerprint || "No valid key" })))));
+  $("settings-devices-status").textContent = `Your primary device and ${list.length} linked `
+    + `${list.length === 1 ? "device" : "devices"}.`;
+}
+
 function renderDevices(list) {
+  if (state.me && state.me.deviceId) {
+    renderLinkedDevices(list, state.me);
+    return;
+  }
   const ul = $("settings-devices");
   ul.replaceChildren(...list.map((d) => h("li", { class: "member device", dataset: { deviceId: d.deviceId } },
     icon("device", "device-icon"),
@@ -43,6 +63,12 @@ function renderDevices(list) {
 
 /** Fills the *Devices* section; called whenever Settings opens. */
 export async function loadDevices() {
+  if (state.me && state.me.deviceId) {
+    // A linked device holds no identity: a backup of one is the primary's to make.
+    $("settings-backup-text").textContent = "Backups are made on your primary device: this one "
+      + "holds no identity of its own to back up.";
+    $("settings-backup").hidden = true;
+  }
   $("settings-devices-status").textContent = "Loading the devices…";
   $("settings-devices").replaceChildren();
   try {

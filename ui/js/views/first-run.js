@@ -4,6 +4,7 @@ import { api } from "../api.js";
 import { paintFingerprint } from "../util.js";
 import { showNotice } from "./toasts.js";
 import { openRestore } from "./backup.js";
+import { initNewDevice } from "./new-device.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -57,6 +58,8 @@ export function showFirstRun(boot, done) {
       button.textContent = "Create my identity";
     }
   });
+
+  initNewDevice(boot, done);
 
   $("setup-restore").addEventListener("click", () => {
     openRestore((restored) => {
