@@ -655,10 +655,7 @@ impl Messenger {
             .db
             .versions(peer, seq)?
             .into_iter()
-            .map(|v| VersionView {
-                body: v.body,
-                replaced_at: v.replaced_at,
-            })
+            .map(VersionView::from)
             .collect())
     }
 
@@ -766,13 +763,7 @@ impl Messenger {
                 "That message was deleted.".into(),
             ));
         }
-        let window = i64::try_from(EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
-        if now_ms().saturating_sub(target.at) > window {
-            return Err(MessengerError::InvalidInput(format!(
-                "Messages can be changed for {} hours after sending.",
-                window / 3_600_000
-            )));
-        }
+        within_edit_window(target.at)?;
         Ok(target)
     }
 
@@ -1027,6 +1018,7 @@ impl State {
             SessionEvent::KeysFetched | SessionEvent::MovedToMls(_) => self.publish_peers(),
             SessionEvent::Transfer(progress) => self.transfer(&progress),
             SessionEvent::GroupLine(line) => self.group_line(line),
+            SessionEvent::GroupLineChanged(line) => self.group_line_changed(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
             SessionEvent::Link(view) => self.link(view),
@@ -1214,6 +1206,18 @@ fn check_text(text: &str) -> Result<(), MessengerError> {
             "That message is too long ({} KiB); the limit is {} KiB.",
             text.len() / 1024,
             MAX_MESSAGE_BYTES / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// A message of ours written at `at` (unix ms) may still be changed for everyone.
+fn within_edit_window(at: i64) -> Result<(), MessengerError> {
+    let window = i64::try_from(EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    if now_ms().saturating_sub(at) > window {
+        return Err(MessengerError::InvalidInput(format!(
+            "Messages can be changed for {} hours after sending.",
+            window / 3_600_000
         )));
     }
     Ok(())
@@ -1504,9 +1508,9 @@ mod tests {
         m.mark_group_read("ab01").unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1);
         // The page may name only a known group, in lowercase hex.
-        assert!(m.send_group_message("AB01", "x").is_err());
-        assert!(m.send_group_message("cd02", "x").is_err());
-        let pending = m.send_group_message("ab01", "hello").unwrap();
+        assert!(m.send_group_message("AB01", "x", None).is_err());
+        assert!(m.send_group_message("cd02", "x", None).is_err());
+        let pending = m.send_group_message("ab01", "hello", None).unwrap();
         assert_eq!(pending.status, DeliveryStatus::Pending);
         assert_eq!(
             m.db().group_outbox(10).unwrap().len(),

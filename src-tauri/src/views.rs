@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::contract::{
     ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind, TransferState,
 };
+use crate::storage::content::{Reaction, StoredReply, Version};
 use crate::storage::files::Attachment;
 use crate::storage::groups::{GroupLine, GroupLineKind, GroupRecord};
 use crate::storage::search::{GroupSearchHit, SearchHit, SnippetPart};
@@ -242,7 +243,7 @@ pub struct TransferView {
 }
 
 /// The message a reply answers, as quoted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplyView {
     /// Its sender.
@@ -265,18 +266,35 @@ pub struct ReactionView {
     pub reactors: Vec<String>,
 }
 
+/// Reactions one per reactor, folded into one entry per emoji in the order first given.
+fn reaction_views(stored: Vec<Reaction>) -> Vec<ReactionView> {
+    let mut reactions: Vec<ReactionView> = Vec::new();
+    for reaction in stored {
+        match reactions.iter_mut().find(|v| v.emoji == reaction.emoji) {
+            Some(v) => v.reactors.push(reaction.reactor),
+            None => reactions.push(ReactionView {
+                emoji: reaction.emoji,
+                reactors: vec![reaction.reactor],
+            }),
+        }
+    }
+    reactions
+}
+
+impl From<StoredReply> for ReplyView {
+    fn from(reply: StoredReply) -> Self {
+        Self {
+            sender: reply.to.sender,
+            message_id: reply.to.message_id.as_str().to_owned(),
+            excerpt: reply.to.excerpt,
+            seq: reply.seq,
+        }
+    }
+}
+
 impl From<MessageRecord> for MessageView {
     fn from(r: MessageRecord) -> Self {
-        let mut reactions: Vec<ReactionView> = Vec::new();
-        for reaction in r.extra.reactions {
-            match reactions.iter_mut().find(|v| v.emoji == reaction.emoji) {
-                Some(v) => v.reactors.push(reaction.reactor),
-                None => reactions.push(ReactionView {
-                    emoji: reaction.emoji,
-                    reactors: vec![reaction.reactor],
-                }),
-            }
-        }
+        let reactions = reaction_views(r.extra.reactions);
         Self {
             id: r.message_id,
             seq: r.seq,
@@ -289,12 +307,7 @@ impl From<MessageRecord> for MessageView {
             wire_id: r.extra.wire_id,
             edited: r.extra.edited_at.is_some(),
             deleted: r.extra.deleted,
-            reply_to: r.extra.reply.map(|reply| ReplyView {
-                sender: reply.to.sender,
-                message_id: reply.to.message_id.as_str().to_owned(),
-                excerpt: reply.to.excerpt,
-                seq: reply.seq,
-            }),
+            reply_to: r.extra.reply.map(ReplyView::from),
             reactions,
             rev: r.extra.rev,
             file: r.extra.attachment.map(|a| Box::new(FileView::from(a))),
@@ -310,6 +323,15 @@ pub struct VersionView {
     pub body: String,
     /// When it was replaced, unix ms.
     pub replaced_at: i64,
+}
+
+impl From<Version> for VersionView {
+    fn from(v: Version) -> Self {
+        Self {
+            body: v.body,
+            replaced_at: v.replaced_at,
+        }
+    }
 }
 
 /// A peer started or stopped typing (event `typing`).
@@ -573,6 +595,20 @@ pub struct GroupMessageView {
     pub status: DeliveryStatus,
     /// The file of a file message (its `body` is the file's name), as in a 1:1 chat.
     pub file: Option<Box<FileView>>,
+    /// The id it travels with (what replies and reactions name); `None` for ours not sent yet
+    /// (or sent by an older version, or a file we sent): it cannot be replied to, changed or
+    /// reacted to then.
+    pub wire_id: Option<String>,
+    /// Edited: earlier versions can be shown (`group_message_versions`).
+    pub edited: bool,
+    /// Deleted for everyone: shown as a tombstone, `body` is empty.
+    pub deleted: bool,
+    /// The message this one answers.
+    pub reply_to: Option<ReplyView>,
+    /// Reactions, one entry per emoji, in the order first given, with who gave it.
+    pub reactions: Vec<ReactionView>,
+    /// Grows with every edit, delete or reaction: the page redraws the line when it does.
+    pub rev: i64,
 }
 
 impl From<GroupLine> for GroupMessageView {
@@ -588,6 +624,12 @@ impl From<GroupLine> for GroupMessageView {
             at: l.at,
             status: l.status,
             file: l.attachment.map(|a| Box::new(FileView::from(a))),
+            wire_id: l.extra.wire_id,
+            edited: l.extra.edited_at.is_some(),
+            deleted: l.extra.deleted,
+            reply_to: l.extra.reply.map(ReplyView::from),
+            reactions: reaction_views(l.extra.reactions),
+            rev: l.extra.rev,
         }
     }
 }

@@ -118,7 +118,15 @@ export const api = {
   createGroup: (name, members) => call("create_group", { name, members }),
   /** A page of a group's history: the latest, or those before `before` (a seq). */
   loadGroupMessages: (groupId, before, limit) => call("load_group_messages", { groupId, before, limit }),
-  sendGroupMessage: (groupId, text) => call("send_group_message", { groupId, text }),
+  /** Sends `text` to the group; with `replyTo` (a line's `seq`) as a reply quoting it. */
+  sendGroupMessage: (groupId, text, replyTo = null) =>
+    call("send_group_message", { groupId, text, replyTo }),
+  editGroupMessage: (groupId, seq, text) => call("edit_group_message", { groupId, seq, text }),
+  /** Deletes one of our group messages for everyone; resolves to its tombstone. */
+  deleteGroupMessage: (groupId, seq) => call("delete_group_message", { groupId, seq }),
+  /** Reacts in a group with `emoji`, or takes that reaction back (a toggle). */
+  reactInGroup: (groupId, seq, emoji) => call("react_in_group", { groupId, seq, emoji }),
+  groupMessageVersions: (groupId, seq) => call("group_message_versions", { groupId, seq }),
   markGroupRead: (groupId) => call("mark_group_read", { groupId }),
   /** The member panel: the group, its members with safety numbers, its epoch. */
   groupDetails: (groupId) => call("group_details", { groupId }),

@@ -3,13 +3,17 @@
 // removals, renames and key changes) and its member panel (names and safety numbers, invite,
 // remove, rename, leave).
 //
+// A group's messages take the actions of a 1:1 chat's (message-actions.js): reply with a quote
+// that jumps to the quoted line, edit and delete our own (for everyone), react; ↑ ↓ move between
+// lines and the selected one's buttons join the tab order; the same shortcuts apply.
+//
 // The group list comes from the backend (`group-list`, in `state.groups`); the sidebar draws it
 // beside the 1:1 chats (peer-list.js). A group's row and selection use the key `group:<id>`.
 // State flows one way: this view asks the backend and redraws from what it answers and from
 // the `group-message` events; it keeps only what is on screen.
 
 import { api, on } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus, Event } from "../contract.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, Event } from "../contract.js";
 import { state } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
@@ -19,6 +23,9 @@ import { openGroupExport } from "./backup.js";
 import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
+import {
+  actionBar, changeable, deletable, openDelete, openReact, openVersions, reactionRow, referable,
+} from "./message-actions.js";
 
 /** Lines per page of a group's history. */
 const PAGE = 50;
@@ -45,6 +52,8 @@ let oldestSeq = null;
 let hasMore = false;
 let loading = false;
 const elements = new Map(); // line id -> <li>
+const shown = new Map(); // line id -> the line as last drawn
+let composing = null; // { kind: "reply" | "edit", m } while the composer replies or edits
 let onSelect = () => {};
 
 const $ = (id) => document.getElementById(id);
@@ -93,30 +102,97 @@ function lineElement(m) {
   return li;
 }
 
+function me() {
+  return state.me ? state.me.clientId : null;
+}
+
+/** The chat the message actions name. */
+function chat() {
+  return { groupId: current };
+}
+
 function fillLine(li, m) {
+  shown.set(m.id, m);
   li.dataset.status = m.status;
+  li.dataset.rev = String(m.rev || 0);
+  li.dataset.wire = m.wireId || "";
   li.classList.toggle("failed", m.status === DeliveryStatus.FAILED);
-  const meta = h("span", { class: "meta" }, h("time", { text: formatTime(m.at) }));
+  li.classList.toggle("deleted", !!m.deleted);
+  const meta = h("span", { class: "meta" });
+  if (m.edited && !m.deleted) {
+    meta.append(h("button", {
+      class: "edited", type: "button", tabindex: "-1", title: "Edited: show earlier versions",
+      "aria-label": "Edited: show earlier versions", onclick: () => openVersions(chat(), m),
+    }, "edited"));
+  }
+  meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS[DeliveryStatus.SENT];
     meta.append(icon(s.icon, "status-icon"), h("span", { class: "visually-hidden", text: s.label }));
     meta.title = s.label;
   }
   let sender = null;
-  if (!m.outgoing) {
+  if (!m.outgoing && !li.classList.contains("cont")) {
     sender = h("span", { class: "msg-sender" }, m.sender);
     // Through the CSSOM: the page's CSP allows no inline style attributes.
     sender.style.setProperty("--sender", senderColor(m.sender));
   }
   // A file message shows its file (the body is its name); the page's file commands name the
   // group as the chat.
-  const content = m.file
-    ? fileBlock({ groupId: m.groupId }, m)
-    : h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
-  const bubble = h("div", { class: `bubble${m.file ? " has-file" : ""}` }, content, meta);
-  li.replaceChildren(...[sender, bubble].filter(Boolean));
-  const what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
+  let content;
+  if (m.deleted) content = h("span", { class: "text tombstone", text: "This message was deleted" });
+  else if (m.file) content = fileBlock({ groupId: m.groupId }, m);
+  else content = h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
+  const bubble = h("div", { class: `bubble${m.file && !m.deleted ? " has-file" : ""}` }, quote(m), content, meta);
+  const parts = [sender, bubble, reactionRow(chat(), m, upsertGroupLine)];
+  parts.push(actionBar(chat(), m, { reply: startReply, edit: startEdit, upsert: upsertGroupLine }));
+  li.replaceChildren(...parts.filter(Boolean));
+  let what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
+  if (m.deleted) what = "This message was deleted";
+  else if (m.edited) what = `${what} (edited)`;
   li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${what}`);
+  if (li.contains(document.activeElement) || document.activeElement === li) setActionsTabbable(li, true);
+}
+
+/** The quote above a reply: who and what it answers; activating it goes to that line. */
+function quote(m) {
+  if (!m.replyTo || m.deleted) return null;
+  const r = m.replyTo;
+  const who = r.sender === me() ? "You" : r.sender;
+  return h("button", {
+    class: "quote", type: "button", tabindex: "-1", title: "Go to the quoted message",
+    onclick: () => jumpTo(r),
+  }, h("span", { class: "visually-hidden", text: "Quoted from " }),
+  h("span", { class: "quote-sender", text: who }),
+  h("span", { class: "visually-hidden", text: ": " }),
+  h("bdi", { class: "quote-text", dir: "auto", text: r.excerpt }));
+}
+
+/** Goes to the line a reply answers: shown already, or loaded (older pages) up to it. */
+function jumpTo(r) {
+  const li = $("group-message-list").querySelector(
+    `li.msg[data-wire="${CSS.escape(r.messageId)}"][data-sender="${CSS.escape(r.sender)}"]`);
+  if (li) {
+    mark(li);
+  } else if (r.seq !== null && r.seq !== undefined) {
+    showLine(r.seq, generation);
+  } else {
+    showNotice({ kind: ErrorKind.INVALID_INPUT, message: "That message is no longer on this device." });
+  }
+}
+
+/** Scrolls to line `li`, marks it for a moment and selects it. */
+function mark(li) {
+  for (const old of $("group-message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("found");
+  li.focus({ preventScroll: true });
+  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
+}
+
+/** The action buttons (and quote, reactions) of a line join the tab order while it is selected. */
+function setActionsTabbable(li, on) {
+  for (const b of li.querySelectorAll("button")) b.tabIndex = on ? 0 : -1;
 }
 
 /** Colours for senders' names (`--sender-0` … in app.css, readable in both modes). */
@@ -207,6 +283,8 @@ export async function openGroup(id, at = null) {
   const gen = generation;
   current = id;
   elements.clear();
+  shown.clear();
+  setComposing(null);
   oldestSeq = null;
   hasMore = false;
   $("pane-empty").hidden = true;
@@ -240,11 +318,7 @@ async function showLine(seq, gen) {
   }
   const li = find();
   if (!li || gen !== generation) return;
-  for (const old of $("group-message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
-  li.scrollIntoView({ block: "center" });
-  li.classList.add("found");
-  li.focus({ preventScroll: true });
-  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
+  mark(li);
 }
 
 /** Hides the group conversation (a 1:1 chat opens instead). */
@@ -253,6 +327,8 @@ export function closeGroup() {
   generation += 1;
   current = null;
   elements.clear();
+  shown.clear();
+  setComposing(null);
   $("group-conversation").hidden = true;
 }
 
@@ -292,8 +368,11 @@ export function upsertGroupLine(m) {
     // The send's answer (pending) can arrive after the event that it was sent: keep the later
     // state in the contract's order (the backend only moves a message forwards).
     const later = DELIVERY_STATUS_ORDER.indexOf(m.status) > DELIVERY_STATUS_ORDER.indexOf(existing.dataset.status);
+    // An edit, a delete or a reaction raises the revision; our send's answer records the wire id.
+    const changed = (m.rev || 0) > Number(existing.dataset.rev || 0)
+      || (m.wireId || "") !== (existing.dataset.wire || "");
     if (m.system) return;
-    if (later) {
+    if (later || changed) {
       fillLine(existing, m);
     } else if (m.file && m.status === existing.dataset.status && !updateProgress(existing, m)) {
       // A file's transfer moved on: the bar moves in place; a new state redraws the line.
@@ -349,16 +428,108 @@ async function send() {
   input.value = "";
   autosize();
   updateSend();
+  const mode = composing;
+  setComposing(null);
   try {
-    upsertGroupLine(await api.sendGroupMessage(current, text));
+    const line = mode && mode.kind === "edit"
+      ? await api.editGroupMessage(current, mode.m.seq, text)
+      : await api.sendGroupMessage(current, text, mode && mode.kind === "reply" ? mode.m.seq : null);
+    upsertGroupLine(line);
   } catch (err) {
     // Nothing typed is lost: put it back.
     if (input.value.length === 0) input.value = text;
+    if (composing === null) setComposing(mode);
     autosize();
     updateSend();
     showNotice(err);
   }
 }
+
+// ---------- selecting a line, replying, editing ----------
+
+function lineItems() {
+  return Array.from($("group-message-list").querySelectorAll("li.msg"));
+}
+
+/** The line selected (focused), if any. */
+function selectedLine() {
+  const li = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("#group-message-list li.msg") : null;
+  return li ? shown.get(li.dataset.id) : null;
+}
+
+/** The newest line shown that `pick` accepts. */
+function lastLine(pick) {
+  const items = lineItems();
+  for (let i = items.length - 1; i >= 0; i--) {
+    const m = shown.get(items[i].dataset.id);
+    if (m && pick(m)) return m;
+  }
+  return null;
+}
+
+function setComposing(next) {
+  composing = next;
+  const bar = $("group-composer-context");
+  bar.hidden = next === null;
+  if (next === null) return;
+  const m = next.m;
+  const who = m.outgoing ? "yourself" : m.sender;
+  $("group-composer-context-title").textContent = next.kind === "edit" ? "Editing your message" : `Replying to ${who}`;
+  $("group-composer-context-excerpt").textContent = m.body;
+}
+
+function startReply(m) {
+  if (!m || !referable(m) || $("group-input").disabled) return false;
+  setComposing({ kind: "reply", m });
+  $("group-input").focus();
+  return true;
+}
+
+function startEdit(m) {
+  if (!m || !changeable(m) || $("group-input").disabled) return false;
+  setComposing({ kind: "edit", m });
+  const input = $("group-input");
+  input.value = m.body;
+  autosize();
+  updateSend();
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+  return true;
+}
+
+function cancelComposing() {
+  const wasEdit = composing && composing.kind === "edit";
+  setComposing(null);
+  if (wasEdit) {
+    $("group-input").value = "";
+    autosize();
+    updateSend();
+  }
+}
+
+/** The message shortcuts in the open group (false when no group is open: the 1:1 chat's apply). */
+export const groupShortcuts = {
+  focusMessages() {
+    const items = lineItems();
+    if (current === null || items.length === 0) return false;
+    items[items.length - 1].focus();
+    return true;
+  },
+  reply: () => current !== null && startReply(selectedLine() || lastLine((m) => !m.outgoing && referable(m))),
+  edit: () => current !== null && startEdit(selectedLine() || lastLine(changeable)),
+  react() {
+    const m = selectedLine() || lastLine((x) => !x.outgoing && referable(x));
+    if (current === null || !m || !referable(m)) return false;
+    openReact(chat(), m, upsertGroupLine);
+    return true;
+  },
+  deleteMessage() {
+    const m = selectedLine() || lastLine(changeable);
+    if (current === null || !m || !deletable(chat(), m)) return false;
+    return openDelete(chat(), m, upsertGroupLine);
+  },
+};
 
 function autosize() {
   const input = $("group-input");
@@ -619,7 +790,38 @@ export function initGroups(select) {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       send();
+    } else if (e.key === "ArrowUp" && input.value.length === 0 && !e.altKey && !e.ctrlKey && !e.shiftKey) {
+      // Up in an empty composer edits your last message.
+      if (startEdit(lastLine(changeable))) e.preventDefault();
+    } else if (e.key === "Escape" && composing !== null) {
+      e.preventDefault();
+      cancelComposing();
     }
+  });
+  $("group-composer-context-cancel").addEventListener("click", () => {
+    cancelComposing();
+    input.focus();
+  });
+  // Selecting lines: ↑ ↓ move between messages; the selected one's buttons join the tab order.
+  const list = $("group-message-list");
+  list.addEventListener("keydown", (e) => {
+    const li = e.target.closest && e.target.closest("li.msg");
+    if (!li || e.target !== li || e.altKey || e.ctrlKey) return;
+    const step = e.key === "ArrowUp" ? "previousElementSibling" : e.key === "ArrowDown" ? "nextElementSibling" : null;
+    if (step === null) return;
+    let next = li[step];
+    while (next && !next.classList.contains("msg")) next = next[step];
+    if (!next && step === "previousElementSibling") loadOlder();
+    e.preventDefault();
+    if (next) next.focus();
+  });
+  list.addEventListener("focusin", (e) => {
+    const li = e.target.closest && e.target.closest("li.msg");
+    if (li) setActionsTabbable(li, true);
+  });
+  list.addEventListener("focusout", (e) => {
+    const li = e.target.closest && e.target.closest("li.msg");
+    if (li && !li.contains(e.relatedTarget)) setActionsTabbable(li, false);
   });
   input.addEventListener("input", () => {
     autosize();

@@ -3,6 +3,9 @@
 // which emoji to react with, or shows its earlier versions. The conversation owns the messages
 // and the composer; it hands this module the message and a callback for the composer's part
 // (reply, edit).
+//
+// A conversation is named as the file commands name it: a peer id (a 1:1 chat) or `{ groupId }`
+// (a group). In a group there is no "delete for me" and no original client: the rest is the same.
 
 import { api } from "../api.js";
 import { EDIT_WINDOW_MS } from "../contract.js";
@@ -31,10 +34,36 @@ export function referable(m) {
 }
 
 /** Whether the conversation's peer is an original client, which gets plain text only (a reply
- * arrives as quoted text, an edit as a new text; reactions and deletes cannot reach it). */
-function plainTextOnly(peerId) {
-  const peer = peerById(peerId);
+ * arrives as quoted text, an edit as a new text; reactions and deletes cannot reach it). A group
+ * has none. */
+function plainTextOnly(chat) {
+  if (typeof chat !== "string") return false;
+  const peer = peerById(chat);
   return !!(peer && peer.original);
+}
+
+/** The commands on `chat`'s messages. */
+function commands(chat) {
+  if (typeof chat === "string") {
+    return {
+      forMe: true,
+      deleteForEveryone: (m) => api.deleteMessage(chat, m.seq, true),
+      deleteForMe: (m) => api.deleteMessage(chat, m.seq, false),
+      react: (m, emoji) => api.react(chat, m.seq, emoji),
+      versions: (m) => api.messageVersions(chat, m.seq),
+    };
+  }
+  return {
+    forMe: false,
+    deleteForEveryone: (m) => api.deleteGroupMessage(chat.groupId, m.seq),
+    react: (m, emoji) => api.reactInGroup(chat.groupId, m.seq, emoji),
+    versions: (m) => api.groupMessageVersions(chat.groupId, m.seq),
+  };
+}
+
+/** Whether the action bar offers to delete `m` in `chat` (a group has no "delete for me"). */
+export function deletable(chat, m) {
+  return commands(chat).forMe || changeable(m);
 }
 
 function openDialog(title, ...content) {
@@ -59,40 +88,51 @@ async function run(action) {
   }
 }
 
-/** Asks how to delete `m`: for me, or (ours, recent) for everyone. */
-export function openDelete(peerId, m) {
+/** Asks how to delete `m`: for me (a 1:1 chat), or (ours, recent) for everyone. `upsert`
+ * redraws what the command answers (a group's tombstone). */
+export function openDelete(chat, m, upsert = () => {}) {
+  const cmd = commands(chat);
+  const everyone = changeable(m) && !plainTextOnly(chat);
+  if (!everyone && !cmd.forMe) return false;
   const buttons = [];
-  if (changeable(m) && !plainTextOnly(peerId)) {
+  if (everyone) {
     buttons.push(h("button", {
       class: "button danger", type: "button", id: "delete-for-everyone",
       onclick: async () => {
         closeDialog();
-        await run(() => api.deleteMessage(peerId, m.seq, true));
+        const updated = await run(() => cmd.deleteForEveryone(m));
+        if (updated) upsert(updated);
       },
     }, "Delete for everyone"));
   }
-  buttons.push(h("button", {
-    class: "button", type: "button", id: "delete-for-me",
-    onclick: async () => {
-      closeDialog();
-      await run(() => api.deleteMessage(peerId, m.seq, false));
-    },
-  }, "Delete for me"));
+  if (cmd.forMe) {
+    buttons.push(h("button", {
+      class: "button", type: "button", id: "delete-for-me",
+      onclick: async () => {
+        closeDialog();
+        await run(() => cmd.deleteForMe(m));
+      },
+    }, "Delete for me"));
+  }
   buttons.push(h("button", { class: "button ghost", type: "button", onclick: closeDialog }, "Cancel"));
-  const note = changeable(m) && !plainTextOnly(peerId)
-    ? "Deleting for everyone leaves “This message was deleted” on both sides."
-    : "This removes the message from this device only.";
+  let note = "This removes the message from this device only.";
+  if (everyone) {
+    note = cmd.forMe
+      ? "Deleting for everyone leaves “This message was deleted” on both sides."
+      : "Deleting for everyone leaves “This message was deleted” for every member.";
+  }
   openDialog("Delete this message?", h("p", { class: "muted", text: note }),
     h("div", { class: "dialog-actions" }, ...buttons));
   // Nothing is deleted by a stray Enter: the safe choice has the focus.
   buttons[buttons.length - 1].focus();
+  return true;
 }
 
 /** The emoji picker for `m`: the usual set, or any one emoji typed in. */
-export function openReact(peerId, m, upsert) {
+export function openReact(chat, m, upsert) {
   const react = async (emoji) => {
     closeDialog();
-    const updated = await run(() => api.react(peerId, m.seq, emoji));
+    const updated = await run(() => commands(chat).react(m, emoji));
     if (updated) upsert(updated);
   };
   const mine = (m.reactions || []).find((r) => r.reactors.includes(me()));
@@ -119,8 +159,8 @@ export function openReact(peerId, m, upsert) {
 }
 
 /** Shows the earlier versions of an edited message, oldest first, then the current text. */
-export async function openVersions(peerId, m) {
-  const versions = await run(() => api.messageVersions(peerId, m.seq));
+export async function openVersions(chat, m) {
+  const versions = await run(() => commands(chat).versions(m));
   if (!versions) return;
   const items = versions.map((v) => h("li", {},
     h("bdi", { dir: "auto", class: "version-text", text: v.body }),
@@ -132,7 +172,7 @@ export async function openVersions(peerId, m) {
 }
 
 /** The reactions under a message: one chip per emoji with its count; ours pressed. */
-export function reactionRow(peerId, m, upsert) {
+export function reactionRow(chat, m, upsert) {
   if (!m.reactions || m.reactions.length === 0 || m.deleted) return null;
   return h("div", { class: "reactions", role: "group", "aria-label": "Reactions" },
     ...m.reactions.map((r) => {
@@ -143,7 +183,7 @@ export function reactionRow(peerId, m, upsert) {
         "aria-label": `${r.emoji} ${r.reactors.length}, by ${who}`,
         "aria-pressed": r.reactors.includes(me()) ? "true" : "false",
         onclick: async () => {
-          const updated = await run(() => api.react(peerId, m.seq, r.emoji));
+          const updated = await run(() => commands(chat).react(m, r.emoji));
           if (updated) upsert(updated);
         },
       }, h("span", { "aria-hidden": "true", text: r.emoji }), h("span", { class: "count", "aria-hidden": "true", text: String(r.reactors.length) }));
@@ -154,17 +194,17 @@ export function reactionRow(peerId, m, upsert) {
  * The action buttons of a message. They are out of the tab order until the message is selected
  * (focused): the conversation moves focus between messages with the arrow keys.
  */
-export function actionBar(peerId, m, { reply, edit, upsert }) {
+export function actionBar(chat, m, { reply, edit, upsert }) {
   const button = (name, label, onclick) => h("button", {
     class: `msg-action ${name}`, type: "button", tabindex: "-1", "aria-label": label, title: label, onclick,
   }, icon(ACTION_ICONS[name]));
   const buttons = [];
   if (referable(m)) {
     buttons.push(button("reply", "Reply", () => reply(m)));
-    if (!plainTextOnly(peerId)) buttons.push(button("react", "React", () => openReact(peerId, m, upsert)));
+    if (!plainTextOnly(chat)) buttons.push(button("react", "React", () => openReact(chat, m, upsert)));
   }
   if (changeable(m)) buttons.push(button("edit", "Edit", () => edit(m)));
-  buttons.push(button("delete", "Delete", () => openDelete(peerId, m)));
+  if (deletable(chat, m)) buttons.push(button("delete", "Delete", () => openDelete(chat, m, upsert)));
   return h("div", { class: "msg-actions", role: "toolbar", "aria-label": "Message actions" }, ...buttons);
 }
 
