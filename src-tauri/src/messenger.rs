@@ -1713,7 +1713,7 @@ mod tests {
             .clone();
         // A reply quotes bob's message by its wire id.
         let reply = m.send_message(&bob, "yes", Some(theirs.seq)).await.unwrap();
-        let quoted = reply.reply_to.clone().unwrap();
+        let quoted = reply.content.reply_to.clone().unwrap();
         assert_eq!(
             (quoted.sender.as_str(), quoted.message_id.as_str()),
             ("bob", "b1")
@@ -1722,7 +1722,7 @@ mod tests {
         assert_eq!(quoted.seq, Some(theirs.seq));
         // Ours can be edited (earlier text kept); bob's cannot, nor deleted for everyone.
         let edited = m.edit_message(&bob, reply.seq, "yes!").await.unwrap();
-        assert!(edited.edited);
+        assert!(edited.content.edited);
         assert_eq!(edited.body, "yes!");
         let versions = m.message_versions(&bob, reply.seq).unwrap();
         assert_eq!(versions[0].body, "yes");
@@ -1740,9 +1740,9 @@ mod tests {
         ));
         // A reaction toggles.
         let liked = m.react(&bob, theirs.seq, "👍").await.unwrap();
-        assert_eq!(liked.reactions[0].reactors, ["alice"]);
+        assert_eq!(liked.content.reactions[0].reactors, ["alice"]);
         let unliked = m.react(&bob, theirs.seq, "👍").await.unwrap();
-        assert!(unliked.reactions.is_empty());
+        assert!(unliked.content.reactions.is_empty());
         // Deleted for everyone: a tombstone, and no more edits.
         m.delete_message(&bob, reply.seq, true).await.unwrap();
         assert!(matches!(
@@ -1802,7 +1802,10 @@ mod tests {
         let sent = m.send_message(&bob, "hello", None).await.unwrap();
         let read = m
             .db()
-            .mark_read_by_peer(&bob, &[sent.wire_id.clone().unwrap().parse().unwrap()])
+            .mark_read_by_peer(
+                &bob,
+                &[sent.content.wire_id.clone().unwrap().parse().unwrap()],
+            )
             .unwrap();
         m.state.apply(SessionEvent::Changed(read[0].clone()));
         let page = m.load_messages(&bob, None, None, 10).await.unwrap();

@@ -49,6 +49,28 @@ async fn next_group<T>(
     .expect("the group event arrives")
 }
 
+/// Creates a group in the app; its id.
+fn create_group(app: &TestApp, name: &str, members: &[&str]) -> String {
+    app.invoke("create_group", json!({"name": name, "members": members}))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The group a headless peer is added to next.
+async fn joined(events: &mut EventStream) -> GroupId {
+    next_group(events, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::Joined { .. },
+            ..
+        } => Some(group.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// The text of the next group message a headless peer reads, with its sender.
 async fn next_text(events: &mut EventStream) -> (ClientId, String) {
     next_group(events, |e| match e {
@@ -598,27 +620,9 @@ fn files_go_both_ways_in_a_group_are_saved_and_survive_a_restart() {
         json!({"patch": {"downloadsFolder": downloads.path().to_str().unwrap()}}),
     )
     .unwrap();
-    let gid = app
-        .invoke(
-            "create_group",
-            json!({"name": "Climbing", "members": ["bob", "carol"]}),
-        )
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joined = |events: &mut EventStream| {
-        rt.block_on(next_group(events, |e| match e {
-            PeerEvent::GroupChanged {
-                group,
-                change: GroupChange::Joined { .. },
-                ..
-            } => Some(group.clone()),
-            _ => None,
-        }))
-    };
-    let bob_gid = joined(&mut bob_events);
-    let carol_gid = joined(&mut carol_events);
+    let gid = create_group(&app, "Climbing", &["bob", "carol"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+    let carol_gid = rt.block_on(joined(&mut carol_events));
 
     // alice drops a file on the window with the group open: it goes to the group, its line
     // waits as pending until the upload is done and the file message went out.
@@ -859,27 +863,9 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
     let app = TestApp::set_up("alice", &url);
     let ui = group_events(&app);
     until_online(&app, &["bob", "carol"]);
-    let gid = app
-        .invoke(
-            "create_group",
-            json!({"name": "Crag", "members": ["bob", "carol"]}),
-        )
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joined = |events: &mut EventStream| {
-        rt.block_on(next_group(events, |e| match e {
-            PeerEvent::GroupChanged {
-                group,
-                change: GroupChange::Joined { .. },
-                ..
-            } => Some(group.clone()),
-            _ => None,
-        }))
-    };
-    let bob_gid = joined(&mut bob_events);
-    let carol_gid = joined(&mut carol_events);
+    let gid = create_group(&app, "Crag", &["bob", "carol"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+    let carol_gid = rt.block_on(joined(&mut carol_events));
 
     // Bob writes; the app has his line with the id it came with.
     let b1 = rt
@@ -908,10 +894,7 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
         (json!("second try"), json!(true))
     );
     let versions = app
-        .invoke(
-            "group_message_versions",
-            json!({"groupId": gid, "seq": seq}),
-        )
+        .invoke("message_versions", json!({"groupId": gid, "seq": seq}))
         .unwrap();
     assert_eq!(versions[0]["body"], json!("first try"));
 
@@ -992,11 +975,8 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
     );
 
     // Alice reacts to bob's line and edits her reply: bob reads both, checked by his library.
-    app.invoke(
-        "react_in_group",
-        json!({"groupId": gid, "seq": seq, "emoji": "👍"}),
-    )
-    .unwrap();
+    app.invoke("react", json!({"groupId": gid, "seq": seq, "emoji": "👍"}))
+        .unwrap();
     let u = rt.block_on(next_update(&mut bob_events));
     assert_eq!(u.from, alice_id);
     assert!(
@@ -1006,7 +986,7 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
     );
     let edited = app
         .invoke(
-            "edit_group_message",
+            "edit_message",
             json!({"groupId": gid, "seq": reply["seq"], "text": "very nice one"}),
         )
         .unwrap();
@@ -1019,13 +999,31 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
     // Someone else's line cannot be edited or deleted from here.
     let refused = app
         .invoke(
-            "edit_group_message",
+            "edit_message",
             json!({"groupId": gid, "seq": seq, "text": "mine now"}),
         )
         .unwrap_err();
     assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
     let refused = app
-        .invoke("delete_group_message", json!({"groupId": gid, "seq": seq}))
+        .invoke(
+            "delete_message",
+            json!({"groupId": gid, "seq": seq, "forEveryone": true}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+    // A group has no "delete for me"; naming both a person and a group is refused too.
+    let refused = app
+        .invoke(
+            "delete_message",
+            json!({"groupId": gid, "seq": reply["seq"], "forEveryone": false}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+    let refused = app
+        .invoke(
+            "react",
+            json!({"groupId": gid, "peerId": "bob", "seq": seq, "emoji": "👍"}),
+        )
         .unwrap_err();
     assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
 
@@ -1060,8 +1058,8 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
     // Offline, alice deletes her reply: it waits in the outbox and goes after the restart.
     rt.block_on(app.messenger().stop_session());
     app.invoke(
-        "delete_group_message",
-        json!({"groupId": gid, "seq": reply["seq"]}),
+        "delete_message",
+        json!({"groupId": gid, "seq": reply["seq"], "forEveryone": true}),
     )
     .unwrap();
     assert_eq!(line_at(&app, &gid, &reply["seq"])["deleted"], json!(true));

@@ -5,7 +5,7 @@
 use super::Shared;
 use crate::error::CommandError;
 use crate::messenger::{validate_client_id, MAX_GROUP_INVITE};
-use crate::views::{GroupDetailsView, GroupMessageView, GroupPage, GroupView, VersionView};
+use crate::views::{GroupDetailsView, GroupMessageView, GroupPage, GroupView};
 
 /// Messages per page when the page does not say.
 const DEFAULT_GROUP_PAGE: u32 = 50;
@@ -59,48 +59,6 @@ pub async fn send_group_message(
     reply_to: Option<i64>,
 ) -> Result<GroupMessageView, CommandError> {
     Ok(messenger.send_group_message(&group_id, &text, reply_to)?)
-}
-
-/// Edits one of our group messages for everyone (within the edit window).
-#[tauri::command]
-pub async fn edit_group_message(
-    messenger: Shared<'_>,
-    group_id: String,
-    seq: i64,
-    text: String,
-) -> Result<GroupMessageView, CommandError> {
-    Ok(messenger.edit_group_message(&group_id, seq, &text)?)
-}
-
-/// Deletes one of our group messages for everyone (within the edit window).
-#[tauri::command]
-pub async fn delete_group_message(
-    messenger: Shared<'_>,
-    group_id: String,
-    seq: i64,
-) -> Result<GroupMessageView, CommandError> {
-    Ok(messenger.delete_group_message(&group_id, seq)?)
-}
-
-/// Reacts to a group message with `emoji`, or takes that reaction back.
-#[tauri::command]
-pub async fn react_in_group(
-    messenger: Shared<'_>,
-    group_id: String,
-    seq: i64,
-    emoji: String,
-) -> Result<GroupMessageView, CommandError> {
-    Ok(messenger.react_in_group(&group_id, seq, &emoji)?)
-}
-
-/// The earlier versions of an edited group message, oldest first.
-#[tauri::command]
-pub async fn group_message_versions(
-    messenger: Shared<'_>,
-    group_id: String,
-    seq: i64,
-) -> Result<Vec<VersionView>, CommandError> {
-    Ok(messenger.group_message_versions(&group_id, seq)?)
 }
 
 /// The group's conversation is shown: clears its unread count.

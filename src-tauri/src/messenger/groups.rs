@@ -282,16 +282,23 @@ impl Messenger {
     }
 
     /// Deletes one of our group messages for everyone (within the edit window): a tombstone
-    /// stays for every member.
+    /// stays for every member, and goes to the page as a changed line. A group has no "delete
+    /// for me".
     ///
     /// # Errors
-    /// [`MessengerError::InvalidInput`] as [`Messenger::edit_group_message`];
-    /// [`MessengerError::Storage`].
+    /// [`MessengerError::InvalidInput`] as [`Messenger::edit_group_message`], or not for
+    /// everyone; [`MessengerError::Storage`].
     pub fn delete_group_message(
         &self,
         group: &str,
         seq: i64,
-    ) -> Result<GroupMessageView, MessengerError> {
+        for_everyone: bool,
+    ) -> Result<(), MessengerError> {
+        if !for_everyone {
+            return Err(MessengerError::InvalidInput(
+                "In a group, a message can only be deleted for everyone.".into(),
+            ));
+        }
         let me = self.me_id()?;
         let key = self.group_in(group)?;
         let target = self.own_group_line(&key, seq)?;
@@ -303,14 +310,11 @@ impl Messenger {
             },
             now_ms(),
         )?;
-        let line = self
-            .state
-            .db
-            .apply_group_delete(&key, &me, wire.as_str())?
-            .unwrap_or(target);
+        if let Some(line) = self.state.db.apply_group_delete(&key, &me, wire.as_str())? {
+            self.state.group_line_changed(line);
+        }
         self.wake_group_outbox();
-        self.state.publish_groups();
-        Ok(line.into())
+        Ok(())
     }
 
     /// Reacts to a group message with `emoji`, or takes our reaction back when it is already

@@ -805,6 +805,23 @@ mod tests {
         }
     }
 
+    /// A database file written by this version (`fill`), taken back to what an older one left
+    /// on disk (`downgrade`, SQL), then opened again: the migration must bring it up.
+    fn reopened_after(path: &std::path::Path, fill: impl FnOnce(&Db), downgrade: &str) -> Db {
+        fill(&Db::open(path).unwrap());
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(downgrade)
+            .unwrap();
+        let db = Db::open(path).unwrap();
+        let version: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, crate::storage::db::SCHEMA_VERSION);
+        db
+    }
+
     #[test]
     fn group_lines_are_deduplicated_per_sender_counted_unread_and_paged() {
         let db = Db::open_in_memory().unwrap();
@@ -1204,8 +1221,7 @@ mod tests {
         let path = dir.path().join("lattice.sqlite3");
         let bob = ClientId::new("bob").unwrap();
         let me = ClientId::new("alice").unwrap();
-        {
-            let db = Db::open(&path).unwrap();
+        let fill = |db: &Db| {
             db.ensure_group("ab", "Crag", 1).unwrap();
             db.insert_group_line(&line("ab", Some(&bob), "b1", "from before"))
                 .unwrap();
@@ -1220,31 +1236,23 @@ mod tests {
                 ..line("ab", Some(&bob), "s1", "bob added carol")
             })
             .unwrap();
-        }
+        };
         // What version 11 left on disk: group_messages without the content columns.
-        {
-            let conn = rusqlite::Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "DROP TRIGGER group_messages_content_delete;
-                 DROP TABLE group_message_versions; DROP TABLE group_reactions;
-                 DROP TABLE group_changes; DROP INDEX group_messages_by_wire_id;
-                 ALTER TABLE group_messages DROP COLUMN wire_id;
-                 ALTER TABLE group_messages DROP COLUMN edited_at;
-                 ALTER TABLE group_messages DROP COLUMN deleted;
-                 ALTER TABLE group_messages DROP COLUMN reply_sender;
-                 ALTER TABLE group_messages DROP COLUMN reply_id;
-                 ALTER TABLE group_messages DROP COLUMN reply_excerpt;
-                 ALTER TABLE group_messages DROP COLUMN rev;
-                 PRAGMA user_version = 11;",
-            )
-            .unwrap();
-        }
-        let db = Db::open(&path).unwrap();
-        let version: i64 = db
-            .conn()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 12);
+        let db = reopened_after(
+            &path,
+            fill,
+            "DROP TRIGGER group_messages_content_delete;
+             DROP TABLE group_message_versions; DROP TABLE group_reactions;
+             DROP TABLE group_changes; DROP INDEX group_messages_by_wire_id;
+             ALTER TABLE group_messages DROP COLUMN wire_id;
+             ALTER TABLE group_messages DROP COLUMN edited_at;
+             ALTER TABLE group_messages DROP COLUMN deleted;
+             ALTER TABLE group_messages DROP COLUMN reply_sender;
+             ALTER TABLE group_messages DROP COLUMN reply_id;
+             ALTER TABLE group_messages DROP COLUMN reply_excerpt;
+             ALTER TABLE group_messages DROP COLUMN rev;
+             PRAGMA user_version = 11;",
+        );
         let lines = db.group_page("ab", None, 10).unwrap();
         let wire: Vec<Option<&str>> = lines.iter().map(|l| l.extra.wire_id.as_deref()).collect();
         // Bob's: his id; ours: unknown (the library chose it); a system line: none.

@@ -24,7 +24,8 @@ import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 import {
-  actionBar, changeable, deletable, openDelete, openReact, openVersions, reactionRow, referable,
+  actionBar, changeable, composerContext, composerKeys, messageShortcutsFor, openVersions,
+  quoteButton, reactionRow, selectableMessages, setActionsTabbable,
 } from "./message-actions.js";
 
 /** Lines per page of a group's history. */
@@ -53,7 +54,7 @@ let hasMore = false;
 let loading = false;
 const elements = new Map(); // line id -> <li>
 const shown = new Map(); // line id -> the line as last drawn
-let composing = null; // { kind: "reply" | "edit", m } while the composer replies or edits
+let ctx = null; // the composer's reply / edit state (composerContext), made at init
 let onSelect = () => {};
 
 const $ = (id) => document.getElementById(id);
@@ -102,10 +103,6 @@ function lineElement(m) {
   return li;
 }
 
-function me() {
-  return state.me ? state.me.clientId : null;
-}
-
 /** The chat the message actions name. */
 function chat() {
   return { groupId: current };
@@ -143,29 +140,17 @@ function fillLine(li, m) {
   if (m.deleted) content = h("span", { class: "text tombstone", text: "This message was deleted" });
   else if (m.file) content = fileBlock({ groupId: m.groupId }, m);
   else content = h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
-  const bubble = h("div", { class: `bubble${m.file && !m.deleted ? " has-file" : ""}` }, quote(m), content, meta);
+  const bubble = h("div", { class: `bubble${m.file && !m.deleted ? " has-file" : ""}` }, quoteButton(m, jumpTo), content, meta);
   const parts = [sender, bubble, reactionRow(chat(), m, upsertGroupLine)];
-  parts.push(actionBar(chat(), m, { reply: startReply, edit: startEdit, upsert: upsertGroupLine }));
+  parts.push(actionBar(chat(), m, {
+    reply: (x) => ctx.startReply(x), edit: (x) => ctx.startEdit(x), upsert: upsertGroupLine,
+  }));
   li.replaceChildren(...parts.filter(Boolean));
   let what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
   if (m.deleted) what = "This message was deleted";
   else if (m.edited) what = `${what} (edited)`;
   li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${what}`);
   if (li.contains(document.activeElement) || document.activeElement === li) setActionsTabbable(li, true);
-}
-
-/** The quote above a reply: who and what it answers; activating it goes to that line. */
-function quote(m) {
-  if (!m.replyTo || m.deleted) return null;
-  const r = m.replyTo;
-  const who = r.sender === me() ? "You" : r.sender;
-  return h("button", {
-    class: "quote", type: "button", tabindex: "-1", title: "Go to the quoted message",
-    onclick: () => jumpTo(r),
-  }, h("span", { class: "visually-hidden", text: "Quoted from " }),
-  h("span", { class: "quote-sender", text: who }),
-  h("span", { class: "visually-hidden", text: ": " }),
-  h("bdi", { class: "quote-text", dir: "auto", text: r.excerpt }));
 }
 
 /** Goes to the line a reply answers: shown already, or loaded (older pages) up to it. */
@@ -188,11 +173,6 @@ function mark(li) {
   li.classList.add("found");
   li.focus({ preventScroll: true });
   setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
-}
-
-/** The action buttons (and quote, reactions) of a line join the tab order while it is selected. */
-function setActionsTabbable(li, on) {
-  for (const b of li.querySelectorAll("button")) b.tabIndex = on ? 0 : -1;
 }
 
 /** Colours for senders' names (`--sender-0` … in app.css, readable in both modes). */
@@ -284,7 +264,7 @@ export async function openGroup(id, at = null) {
   current = id;
   elements.clear();
   shown.clear();
-  setComposing(null);
+  ctx.set(null);
   oldestSeq = null;
   hasMore = false;
   $("pane-empty").hidden = true;
@@ -328,7 +308,7 @@ export function closeGroup() {
   current = null;
   elements.clear();
   shown.clear();
-  setComposing(null);
+  ctx.set(null);
   $("group-conversation").hidden = true;
 }
 
@@ -428,8 +408,8 @@ async function send() {
   input.value = "";
   autosize();
   updateSend();
-  const mode = composing;
-  setComposing(null);
+  const mode = ctx.mode;
+  ctx.set(null);
   try {
     const line = mode && mode.kind === "edit"
       ? await api.editGroupMessage(current, mode.m.seq, text)
@@ -438,98 +418,22 @@ async function send() {
   } catch (err) {
     // Nothing typed is lost: put it back.
     if (input.value.length === 0) input.value = text;
-    if (composing === null) setComposing(mode);
+    if (ctx.mode === null) ctx.set(mode);
     autosize();
     updateSend();
     showNotice(err);
   }
 }
 
-// ---------- selecting a line, replying, editing ----------
-
-function lineItems() {
-  return Array.from($("group-message-list").querySelectorAll("li.msg"));
-}
-
-/** The line selected (focused), if any. */
-function selectedLine() {
-  const li = document.activeElement && document.activeElement.closest
-    ? document.activeElement.closest("#group-message-list li.msg") : null;
-  return li ? shown.get(li.dataset.id) : null;
-}
-
-/** The newest line shown that `pick` accepts. */
-function lastLine(pick) {
-  const items = lineItems();
-  for (let i = items.length - 1; i >= 0; i--) {
-    const m = shown.get(items[i].dataset.id);
-    if (m && pick(m)) return m;
-  }
-  return null;
-}
-
-function setComposing(next) {
-  composing = next;
-  const bar = $("group-composer-context");
-  bar.hidden = next === null;
-  if (next === null) return;
-  const m = next.m;
-  const who = m.outgoing ? "yourself" : m.sender;
-  $("group-composer-context-title").textContent = next.kind === "edit" ? "Editing your message" : `Replying to ${who}`;
-  $("group-composer-context-excerpt").textContent = m.body;
-}
-
-function startReply(m) {
-  if (!m || !referable(m) || $("group-input").disabled) return false;
-  setComposing({ kind: "reply", m });
-  $("group-input").focus();
-  return true;
-}
-
-function startEdit(m) {
-  if (!m || !changeable(m) || $("group-input").disabled) return false;
-  setComposing({ kind: "edit", m });
-  const input = $("group-input");
-  input.value = m.body;
-  autosize();
-  updateSend();
-  input.focus();
-  input.setSelectionRange(input.value.length, input.value.length);
-  return true;
-}
-
-function cancelComposing() {
-  const wasEdit = composing && composing.kind === "edit";
-  setComposing(null);
-  if (wasEdit) {
-    $("group-input").value = "";
-    autosize();
-    updateSend();
-  }
-}
-
 /** The message shortcuts in the open group (false when no group is open: the 1:1 chat's apply). */
-export const groupShortcuts = {
-  focusMessages() {
-    const items = lineItems();
-    if (current === null || items.length === 0) return false;
-    items[items.length - 1].focus();
-    return true;
-  },
-  reply: () => current !== null && startReply(selectedLine() || lastLine((m) => !m.outgoing && referable(m))),
-  edit: () => current !== null && startEdit(selectedLine() || lastLine(changeable)),
-  react() {
-    const m = selectedLine() || lastLine((x) => !x.outgoing && referable(x));
-    if (current === null || !m || !referable(m)) return false;
-    openReact(chat(), m, upsertGroupLine);
-    return true;
-  },
-  deleteMessage() {
-    const m = selectedLine() || lastLine(changeable);
-    if (current === null || !m || !deletable(chat(), m)) return false;
-    return openDelete(chat(), m, upsertGroupLine);
-  },
-};
+export const groupShortcuts = messageShortcutsFor({
+  open: () => current !== null,
+  items: () => Array.from($("group-message-list").querySelectorAll("li.msg")),
+  message: (li) => shown.get(li.dataset.id),
+  chat,
+  get ctx() { return ctx; },
+  upsert: (m) => upsertGroupLine(m),
+});
 
 function autosize() {
   const input = $("group-input");
@@ -786,43 +690,11 @@ export function initGroups(select) {
   $("group-leave").addEventListener("click", leave);
 
   const input = $("group-input");
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      send();
-    } else if (e.key === "ArrowUp" && input.value.length === 0 && !e.altKey && !e.ctrlKey && !e.shiftKey) {
-      // Up in an empty composer edits your last message.
-      if (startEdit(lastLine(changeable))) e.preventDefault();
-    } else if (e.key === "Escape" && composing !== null) {
-      e.preventDefault();
-      cancelComposing();
-    }
-  });
-  $("group-composer-context-cancel").addEventListener("click", () => {
-    cancelComposing();
-    input.focus();
-  });
+  ctx = composerContext({ prefix: "group-composer", form: "group-composer", input: "group-input" },
+    () => { autosize(); updateSend(); }, (m) => m.sender);
+  composerKeys(input, ctx, send, () => ctx.startEdit(groupShortcuts.last(changeable)));
   // Selecting lines: ↑ ↓ move between messages; the selected one's buttons join the tab order.
-  const list = $("group-message-list");
-  list.addEventListener("keydown", (e) => {
-    const li = e.target.closest && e.target.closest("li.msg");
-    if (!li || e.target !== li || e.altKey || e.ctrlKey) return;
-    const step = e.key === "ArrowUp" ? "previousElementSibling" : e.key === "ArrowDown" ? "nextElementSibling" : null;
-    if (step === null) return;
-    let next = li[step];
-    while (next && !next.classList.contains("msg")) next = next[step];
-    if (!next && step === "previousElementSibling") loadOlder();
-    e.preventDefault();
-    if (next) next.focus();
-  });
-  list.addEventListener("focusin", (e) => {
-    const li = e.target.closest && e.target.closest("li.msg");
-    if (li) setActionsTabbable(li, true);
-  });
-  list.addEventListener("focusout", (e) => {
-    const li = e.target.closest && e.target.closest("li.msg");
-    if (li && !li.contains(e.relatedTarget)) setActionsTabbable(li, false);
-  });
+  selectableMessages($("group-message-list"), loadOlder);
   input.addEventListener("input", () => {
     autosize();
     updateSend();
