@@ -145,7 +145,7 @@ function fillMessage(li, m) {
     parts.push(h("span", { class: "msg-note danger" }, icon("alert"), "Not delivered"));
   }
   parts.push(actionBar(current, m, { reply: (x) => ctx.startReply(x), edit: (x) => ctx.startEdit(x), upsert: upsertMessage }));
-  li.replaceChildren(...parts);
+  li.replaceChildren(...parts.filter(Boolean));
   if (li.contains(document.activeElement) || document.activeElement === li) setActionsTabbable(li, true);
 }
 

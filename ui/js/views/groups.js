@@ -348,9 +348,10 @@ export function upsertGroupLine(m) {
     // The send's answer (pending) can arrive after the event that it was sent: keep the later
     // state in the contract's order (the backend only moves a message forwards).
     const later = DELIVERY_STATUS_ORDER.indexOf(m.status) > DELIVERY_STATUS_ORDER.indexOf(existing.dataset.status);
-    // An edit, a delete or a reaction raises the revision; our send's answer records the wire id.
+    // An edit, a delete or a reaction raises the revision; the server taking our message gives
+    // it its wire id (never taken away: the send's answer can arrive after that event).
     const changed = (m.rev || 0) > Number(existing.dataset.rev || 0)
-      || (m.wireId || "") !== (existing.dataset.wire || "");
+      || (!!m.wireId && !existing.dataset.wire);
     if (m.system) return;
     if (later || changed) {
       fillLine(existing, m);
@@ -412,7 +413,7 @@ async function send() {
   ctx.set(null);
   try {
     const line = mode && mode.kind === "edit"
-      ? await api.editGroupMessage(current, mode.m.seq, text)
+      ? await api.editMessage(chat(), mode.m.seq, text)
       : await api.sendGroupMessage(current, text, mode && mode.kind === "reply" ? mode.m.seq : null);
     upsertGroupLine(line);
   } catch (err) {

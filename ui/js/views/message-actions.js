@@ -168,7 +168,8 @@ export function reactionRow(chat, m, upsert) {
 
 /**
  * The action buttons of a message. They are out of the tab order until the message is selected
- * (focused): the conversation moves focus between messages with the arrow keys.
+ * (focused): the conversation moves focus between messages with the arrow keys. `null` when
+ * none applies (a tombstone in a group; never in a 1:1 chat, where "delete for me" always does).
  */
 export function actionBar(chat, m, { reply, edit, upsert }) {
   const button = (name, label, onclick) => h("button", {
@@ -181,6 +182,7 @@ export function actionBar(chat, m, { reply, edit, upsert }) {
   }
   if (changeable(m)) buttons.push(button("edit", "Edit", () => edit(m)));
   if (deletable(chat, m)) buttons.push(button("delete", "Delete", () => openDelete(chat, m)));
+  if (buttons.length === 0) return null;
   return h("div", { class: "msg-actions", role: "toolbar", "aria-label": "Message actions" }, ...buttons);
 }
 
