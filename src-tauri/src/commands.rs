@@ -14,7 +14,10 @@ use tauri::{AppHandle, Runtime, State};
 
 use crate::clock;
 use crate::error::CommandError;
-use crate::messenger::{validate_client_id, validate_fingerprint, validate_server_url, Messenger};
+use crate::messenger::{
+    validate_client_id, validate_fingerprint, validate_server_url, Conversation, FileMessageView,
+    Messenger,
+};
 use crate::storage::backup::{self, BackupCounts, KdfParams, Passphrase};
 use crate::storage::export::{self, ExportFormat};
 use crate::storage::search::SearchQuery;
@@ -102,51 +105,79 @@ pub async fn mark_read(messenger: Shared<'_>, peer_id: String) -> Result<(), Com
         .await?)
 }
 
-/// Replaces the text of one of our messages (`seq`), here and for the peer.
+/// Replaces the text of one of our messages (`seq`) in the chat with `peerId` or the group
+/// `groupId`, here and for the others.
 #[tauri::command]
 pub async fn edit_message(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
     text: String,
-) -> Result<MessageView, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.edit_message(&peer, seq, &text).await?)
+) -> Result<FileMessageView, CommandError> {
+    Ok(
+        match files::conversation(peer_id.as_deref(), group_id.as_deref())? {
+            Conversation::Peer(peer) => {
+                FileMessageView::Chat(messenger.edit_message(&peer, seq, &text).await?)
+            }
+            Conversation::Group(group) => {
+                FileMessageView::Group(messenger.edit_group_message(&group, seq, &text)?)
+            }
+        },
+    )
 }
 
-/// Deletes a message (`seq`) for everyone (ours only) or on this device.
+/// Deletes a message (`seq`) for everyone (ours only) or on this device (1:1 chats only).
 #[tauri::command]
 pub async fn delete_message(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
     for_everyone: bool,
 ) -> Result<(), CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.delete_message(&peer, seq, for_everyone).await?)
+    match files::conversation(peer_id.as_deref(), group_id.as_deref())? {
+        Conversation::Peer(peer) => messenger.delete_message(&peer, seq, for_everyone).await?,
+        Conversation::Group(group) => messenger.delete_group_message(&group, seq, for_everyone)?,
+    }
+    Ok(())
 }
 
 /// Reacts to a message (`seq`) with `emoji`, or takes that reaction back.
 #[tauri::command]
 pub async fn react(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
     emoji: String,
-) -> Result<MessageView, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.react(&peer, seq, &emoji).await?)
+) -> Result<FileMessageView, CommandError> {
+    Ok(
+        match files::conversation(peer_id.as_deref(), group_id.as_deref())? {
+            Conversation::Peer(peer) => {
+                FileMessageView::Chat(messenger.react(&peer, seq, &emoji).await?)
+            }
+            Conversation::Group(group) => {
+                FileMessageView::Group(messenger.react_in_group(&group, seq, &emoji)?)
+            }
+        },
+    )
 }
 
 /// The earlier versions of an edited message, oldest first.
 #[tauri::command]
 pub async fn message_versions(
     messenger: Shared<'_>,
-    peer_id: String,
+    peer_id: Option<String>,
+    group_id: Option<String>,
     seq: i64,
 ) -> Result<Vec<VersionView>, CommandError> {
-    let peer = validate_client_id(&peer_id)?;
-    Ok(messenger.message_versions(&peer, seq)?)
+    Ok(
+        match files::conversation(peer_id.as_deref(), group_id.as_deref())? {
+            Conversation::Peer(peer) => messenger.message_versions(&peer, seq)?,
+            Conversation::Group(group) => messenger.group_message_versions(&group, seq)?,
+        },
+    )
 }
 
 /// The person started (`typing`) or stopped typing in the conversation.

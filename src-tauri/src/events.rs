@@ -77,6 +77,9 @@ pub enum SessionEvent {
     /// A line of a group's history was stored (a message, a system line) or one of ours moved
     /// on (sent, failed).
     GroupLine(crate::storage::groups::GroupLine),
+    /// A member's edit, delete or reaction changed a stored group line (no new message: no
+    /// unread count, no notification).
+    GroupLineChanged(crate::storage::groups::GroupLine),
     /// A group was added, renamed, or left: the group list changed.
     GroupsChanged,
     /// Something to tell the person.

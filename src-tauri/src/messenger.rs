@@ -665,10 +665,7 @@ impl Messenger {
             .db
             .versions(peer, seq)?
             .into_iter()
-            .map(|v| VersionView {
-                body: v.body,
-                replaced_at: v.replaced_at,
-            })
+            .map(VersionView::from)
             .collect())
     }
 
@@ -776,13 +773,7 @@ impl Messenger {
                 "That message was deleted.".into(),
             ));
         }
-        let window = i64::try_from(EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
-        if now_ms().saturating_sub(target.at) > window {
-            return Err(MessengerError::InvalidInput(format!(
-                "Messages can be changed for {} hours after sending.",
-                window / 3_600_000
-            )));
-        }
+        within_edit_window(target.at)?;
         Ok(target)
     }
 
@@ -1049,6 +1040,7 @@ impl State {
             SessionEvent::KeysFetched | SessionEvent::MovedToMls(_) => self.publish_peers(),
             SessionEvent::Transfer(progress) => self.transfer(&progress),
             SessionEvent::GroupLine(line) => self.group_line(line),
+            SessionEvent::GroupLineChanged(line) => self.group_line_changed(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
             SessionEvent::Link(view) => self.link(view),
@@ -1248,6 +1240,18 @@ fn check_text(text: &str) -> Result<(), MessengerError> {
             "That message is too long ({} KiB); the limit is {} KiB.",
             text.len() / 1024,
             MAX_MESSAGE_BYTES / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// A message of ours written at `at` (unix ms) may still be changed for everyone.
+fn within_edit_window(at: i64) -> Result<(), MessengerError> {
+    let window = i64::try_from(EDIT_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    if now_ms().saturating_sub(at) > window {
+        return Err(MessengerError::InvalidInput(format!(
+            "Messages can be changed for {} hours after sending.",
+            window / 3_600_000
         )));
     }
     Ok(())
@@ -1538,9 +1542,9 @@ mod tests {
         m.mark_group_read("ab01").unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1);
         // The page may name only a known group, in lowercase hex.
-        assert!(m.send_group_message("AB01", "x").is_err());
-        assert!(m.send_group_message("cd02", "x").is_err());
-        let pending = m.send_group_message("ab01", "hello").unwrap();
+        assert!(m.send_group_message("AB01", "x", None).is_err());
+        assert!(m.send_group_message("cd02", "x", None).is_err());
+        let pending = m.send_group_message("ab01", "hello", None).unwrap();
         assert_eq!(pending.status, DeliveryStatus::Pending);
         assert_eq!(
             m.db().group_outbox(10).unwrap().len(),
@@ -1743,7 +1747,7 @@ mod tests {
             .clone();
         // A reply quotes bob's message by its wire id.
         let reply = m.send_message(&bob, "yes", Some(theirs.seq)).await.unwrap();
-        let quoted = reply.reply_to.clone().unwrap();
+        let quoted = reply.content.reply_to.clone().unwrap();
         assert_eq!(
             (quoted.sender.as_str(), quoted.message_id.as_str()),
             ("bob", "b1")
@@ -1752,7 +1756,7 @@ mod tests {
         assert_eq!(quoted.seq, Some(theirs.seq));
         // Ours can be edited (earlier text kept); bob's cannot, nor deleted for everyone.
         let edited = m.edit_message(&bob, reply.seq, "yes!").await.unwrap();
-        assert!(edited.edited);
+        assert!(edited.content.edited);
         assert_eq!(edited.body, "yes!");
         let versions = m.message_versions(&bob, reply.seq).unwrap();
         assert_eq!(versions[0].body, "yes");
@@ -1770,9 +1774,9 @@ mod tests {
         ));
         // A reaction toggles.
         let liked = m.react(&bob, theirs.seq, "👍").await.unwrap();
-        assert_eq!(liked.reactions[0].reactors, ["alice"]);
+        assert_eq!(liked.content.reactions[0].reactors, ["alice"]);
         let unliked = m.react(&bob, theirs.seq, "👍").await.unwrap();
-        assert!(unliked.reactions.is_empty());
+        assert!(unliked.content.reactions.is_empty());
         // Deleted for everyone: a tombstone, and no more edits.
         m.delete_message(&bob, reply.seq, true).await.unwrap();
         assert!(matches!(
@@ -1832,7 +1836,10 @@ mod tests {
         let sent = m.send_message(&bob, "hello", None).await.unwrap();
         let read = m
             .db()
-            .mark_read_by_peer(&bob, &[sent.wire_id.clone().unwrap().parse().unwrap()])
+            .mark_read_by_peer(
+                &bob,
+                &[sent.content.wire_id.clone().unwrap().parse().unwrap()],
+            )
             .unwrap();
         m.state.apply(SessionEvent::Changed(read[0].clone()));
         let page = m.load_messages(&bob, None, None, 10).await.unwrap();

@@ -615,6 +615,7 @@ impl Ctx {
                 self.on_group_changed(group, by.as_ref(), change);
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
+            PeerEvent::GroupUpdate { group, update } => self.on_group_update(group, update),
             PeerEvent::Link(link) => self.on_link(link),
             PeerEvent::OwnMessage(m) => self.on_own_message(m),
             PeerEvent::Error(PeerError::DeviceRemoved) => self.up(SessionEvent::DeviceRemoved),

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::contract::{
     ConnectionState, DeliveryStatus, ErrorKind, PeerErrorCode, QuestionKind, TransferState,
 };
+use crate::storage::content::{MessageExtra, StoredReply, Version};
 use crate::storage::files::Attachment;
 use crate::storage::groups::{GroupLine, GroupLineKind, GroupRecord};
 use crate::storage::search::{GroupSearchHit, SearchHit, SnippetPart};
@@ -161,8 +162,24 @@ pub struct MessageView {
     pub status: DeliveryStatus,
     /// For incoming messages: false when the sender is not authenticated (`ml-kem-aes`).
     pub authenticated: bool,
+    /// Its reply, edit, tombstone and reactions (fields of this view on the page).
+    #[serde(flatten)]
+    pub content: ContentView,
+    /// The file it carries, for a file message.
+    pub file: Option<Box<FileView>>,
+    /// For our own message sent from another device of this id: that device (`primary` for
+    /// the primary device).
+    pub from_device: Option<String>,
+}
+
+/// What replies, edits, deletes and reactions add to a message or a group line, as the page
+/// shows it (flattened into [`MessageView`] and [`GroupMessageView`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentView {
     /// The `messageId` it travels with: what a reply quotes. `None` for ours sent by an older
-    /// version (it cannot be replied to, edited, deleted for everyone or reacted to).
+    /// version, and (groups) for ours not sent yet or a file of ours: it cannot be replied to,
+    /// edited, deleted for everyone or reacted to then.
     pub wire_id: Option<String>,
     /// Edited: earlier versions can be shown (`message_versions`).
     pub edited: bool,
@@ -170,15 +187,34 @@ pub struct MessageView {
     pub deleted: bool,
     /// The message this one answers.
     pub reply_to: Option<ReplyView>,
-    /// Reactions, one entry per emoji, in the order first given.
+    /// Reactions, one entry per emoji, in the order first given, with who gave it.
     pub reactions: Vec<ReactionView>,
     /// Grows with every edit, delete or reaction: the page replaces what it shows when it does.
     pub rev: i64,
-    /// The file it carries, for a file message.
-    pub file: Option<Box<FileView>>,
-    /// For our own message sent from another device of this id: that device (`primary` for
-    /// the primary device).
-    pub from_device: Option<String>,
+}
+
+impl From<MessageExtra> for ContentView {
+    /// Everything but the file, which each view carries itself.
+    fn from(extra: MessageExtra) -> Self {
+        let mut reactions: Vec<ReactionView> = Vec::new();
+        for reaction in extra.reactions {
+            match reactions.iter_mut().find(|v| v.emoji == reaction.emoji) {
+                Some(v) => v.reactors.push(reaction.reactor),
+                None => reactions.push(ReactionView {
+                    emoji: reaction.emoji,
+                    reactors: vec![reaction.reactor],
+                }),
+            }
+        }
+        Self {
+            wire_id: extra.wire_id,
+            edited: extra.edited_at.is_some(),
+            deleted: extra.deleted,
+            reply_to: extra.reply.map(ReplyView::from),
+            reactions,
+            rev: extra.rev,
+        }
+    }
 }
 
 /// A file attached to a message, as the conversation shows it.
@@ -263,7 +299,7 @@ pub struct TransferView {
 }
 
 /// The message a reply answers, as quoted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplyView {
     /// Its sender.
@@ -286,18 +322,24 @@ pub struct ReactionView {
     pub reactors: Vec<String>,
 }
 
-impl From<MessageRecord> for MessageView {
-    fn from(r: MessageRecord) -> Self {
-        let mut reactions: Vec<ReactionView> = Vec::new();
-        for reaction in r.extra.reactions {
-            match reactions.iter_mut().find(|v| v.emoji == reaction.emoji) {
-                Some(v) => v.reactors.push(reaction.reactor),
-                None => reactions.push(ReactionView {
-                    emoji: reaction.emoji,
-                    reactors: vec![reaction.reactor],
-                }),
-            }
+impl From<StoredReply> for ReplyView {
+    fn from(reply: StoredReply) -> Self {
+        Self {
+            sender: reply.to.sender,
+            message_id: reply.to.message_id.as_str().to_owned(),
+            excerpt: reply.to.excerpt,
+            seq: reply.seq,
         }
+    }
+}
+
+impl From<MessageRecord> for MessageView {
+    fn from(mut r: MessageRecord) -> Self {
+        let file = r
+            .extra
+            .attachment
+            .take()
+            .map(|a| Box::new(FileView::from(a)));
         Self {
             id: r.message_id,
             seq: r.seq,
@@ -307,18 +349,8 @@ impl From<MessageRecord> for MessageView {
             at: r.at,
             status: r.status,
             authenticated: r.authenticated,
-            wire_id: r.extra.wire_id,
-            edited: r.extra.edited_at.is_some(),
-            deleted: r.extra.deleted,
-            reply_to: r.extra.reply.map(|reply| ReplyView {
-                sender: reply.to.sender,
-                message_id: reply.to.message_id.as_str().to_owned(),
-                excerpt: reply.to.excerpt,
-                seq: reply.seq,
-            }),
-            reactions,
-            rev: r.extra.rev,
-            file: r.extra.attachment.map(|a| Box::new(FileView::from(a))),
+            content: r.extra.into(),
+            file,
             from_device: None,
         }
     }
@@ -332,6 +364,15 @@ pub struct VersionView {
     pub body: String,
     /// When it was replaced, unix ms.
     pub replaced_at: i64,
+}
+
+impl From<Version> for VersionView {
+    fn from(v: Version) -> Self {
+        Self {
+            body: v.body,
+            replaced_at: v.replaced_at,
+        }
+    }
 }
 
 /// A peer started or stopped typing (event `typing`).
@@ -595,6 +636,9 @@ pub struct GroupMessageView {
     pub status: DeliveryStatus,
     /// The file of a file message (its `body` is the file's name), as in a 1:1 chat.
     pub file: Option<Box<FileView>>,
+    /// Its reply, edit, tombstone and reactions (fields of this view on the page).
+    #[serde(flatten)]
+    pub content: ContentView,
 }
 
 impl From<GroupLine> for GroupMessageView {
@@ -610,6 +654,7 @@ impl From<GroupLine> for GroupMessageView {
             at: l.at,
             status: l.status,
             file: l.attachment.map(|a| Box::new(FileView::from(a))),
+            content: l.extra.into(),
         }
     }
 }

@@ -49,6 +49,28 @@ async fn next_group<T>(
     .expect("the group event arrives")
 }
 
+/// Creates a group in the app; its id.
+fn create_group(app: &TestApp, name: &str, members: &[&str]) -> String {
+    app.invoke("create_group", json!({"name": name, "members": members}))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The group a headless peer is added to next.
+async fn joined(events: &mut EventStream) -> GroupId {
+    next_group(events, |e| match e {
+        PeerEvent::GroupChanged {
+            group,
+            change: GroupChange::Joined { .. },
+            ..
+        } => Some(group.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// The text of the next group message a headless peer reads, with its sender.
 async fn next_text(events: &mut EventStream) -> (ClientId, String) {
     next_group(events, |e| match e {
@@ -598,27 +620,9 @@ fn files_go_both_ways_in_a_group_are_saved_and_survive_a_restart() {
         json!({"patch": {"downloadsFolder": downloads.path().to_str().unwrap()}}),
     )
     .unwrap();
-    let gid = app
-        .invoke(
-            "create_group",
-            json!({"name": "Climbing", "members": ["bob", "carol"]}),
-        )
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joined = |events: &mut EventStream| {
-        rt.block_on(next_group(events, |e| match e {
-            PeerEvent::GroupChanged {
-                group,
-                change: GroupChange::Joined { .. },
-                ..
-            } => Some(group.clone()),
-            _ => None,
-        }))
-    };
-    let bob_gid = joined(&mut bob_events);
-    let carol_gid = joined(&mut carol_events);
+    let gid = create_group(&app, "Climbing", &["bob", "carol"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+    let carol_gid = rt.block_on(joined(&mut carol_events));
 
     // alice drops a file on the window with the group open: it goes to the group, its line
     // waits as pending until the upload is done and the file message went out.
@@ -788,4 +792,309 @@ fn files_go_both_ways_in_a_group_are_saved_and_survive_a_restart() {
         carol.disconnect().await;
         server.shutdown().await;
     });
+}
+
+/// The `group-message` events the app sent to the page.
+fn group_events(app: &TestApp) -> std::sync::mpsc::Receiver<Value> {
+    use tauri::{Listener as _, Manager as _};
+    let (tx, rx) = std::sync::mpsc::channel();
+    app.webview().app_handle().listen_any(
+        lattice_desktop::contract::Event::GroupMessage.as_str(),
+        move |event| {
+            let _ = tx.send(serde_json::from_str::<Value>(event.payload()).unwrap());
+        },
+    );
+    rx
+}
+
+/// The next `group-message` event `pick` accepts, skipping others.
+fn next_event(
+    rx: &std::sync::mpsc::Receiver<Value>,
+    what: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let v = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no group-message event: {what}"));
+        if pick(&v) {
+            return v;
+        }
+    }
+}
+
+/// The line with `seq` as the history has it now.
+fn line_at(app: &TestApp, group: &str, seq: &Value) -> Value {
+    lines(app, group)
+        .into_iter()
+        .find(|l| l["seq"] == *seq)
+        .expect("the line is in the history")
+}
+
+/// The next edit, delete or reaction a headless member reads in a group.
+async fn next_update(events: &mut EventStream) -> lattice_peer::ContentUpdate {
+    next_group(events, |e| match e {
+        PeerEvent::GroupUpdate { update, .. } => Some(update.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[test]
+fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_refused_and_all_survives_a_restart(
+) {
+    use lattice_peer::{Change, MessageRef, ReactionAction};
+    use lattice_protocol::MessageId;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bob = rt.block_on(mls_peer(&url, "bob", dirs.0.path()));
+    let carol = rt.block_on(mls_peer(&url, "carol", dirs.1.path()));
+    let (mut bob_events, mut carol_events) = (bob.events(), carol.events());
+    let (alice_id, bob_id) = (
+        ClientId::new("alice").unwrap(),
+        ClientId::new("bob").unwrap(),
+    );
+    let app = TestApp::set_up("alice", &url);
+    let ui = group_events(&app);
+    until_online(&app, &["bob", "carol"]);
+    let gid = create_group(&app, "Crag", &["bob", "carol"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+    let carol_gid = rt.block_on(joined(&mut carol_events));
+
+    // Bob writes; the app has his line with the id it came with.
+    let b1 = rt
+        .block_on(bob.send_group_content(&bob_gid, &Content::Text("first try".into())))
+        .unwrap();
+    let theirs = until_line(&app, &gid, "first try", false);
+    assert_eq!(theirs["wireId"], json!(b1.as_str()));
+    let seq = theirs["seq"].clone();
+
+    // Bob edits it: the history and the page show the new text, marked edited.
+    rt.block_on(bob.send_group_content(
+        &bob_gid,
+        &Content::Edit {
+            target: b1.clone(),
+            text: "second try".into(),
+        },
+    ))
+    .unwrap();
+    let seen = next_event(&ui, "bob's edit", |v| {
+        v["seq"] == seq && v["edited"] == json!(true)
+    });
+    assert_eq!(seen["body"], json!("second try"));
+    let now = line_at(&app, &gid, &seq);
+    assert_eq!(
+        (now["body"].clone(), now["edited"].clone()),
+        (json!("second try"), json!(true))
+    );
+    let versions = app
+        .invoke("message_versions", json!({"groupId": gid, "seq": seq}))
+        .unwrap();
+    assert_eq!(versions[0]["body"], json!("first try"));
+
+    // Carol forges an edit of bob's line: the app's library refuses it (MLS says carol sent
+    // it), nothing changes. Her next message proves the forgery was processed before it.
+    rt.block_on(carol.send_group_content(
+        &carol_gid,
+        &Content::Edit {
+            target: b1.clone(),
+            text: "carol was here".into(),
+        },
+    ))
+    .unwrap();
+    rt.block_on(carol.send_group_content(&carol_gid, &Content::Text("after the forgery".into())))
+        .unwrap();
+    until_line(&app, &gid, "after the forgery", false);
+    assert_eq!(line_at(&app, &gid, &seq)["body"], json!("second try"));
+    // A reaction naming a message that is not in the history is ignored quietly.
+    rt.block_on(carol.send_group_content(
+        &carol_gid,
+        &Content::Reaction {
+            target: MessageRef {
+                sender: bob_id.clone(),
+                message_id: MessageId::new("no-such-message").unwrap(),
+            },
+            emoji: "👍".into(),
+            action: ReactionAction::Add,
+        },
+    ))
+    .unwrap();
+
+    // Alice answers bob's line with a quote; bob reads the reply naming his message.
+    let reply = app
+        .invoke(
+            "send_group_message",
+            json!({"groupId": gid, "text": "nice one", "replyTo": seq}),
+        )
+        .unwrap();
+    assert_eq!(reply["replyTo"]["messageId"], json!(b1.as_str()));
+    assert_eq!(
+        reply["replyTo"]["seq"], seq,
+        "the quote jumps to bob's line"
+    );
+    let (to, wire) = rt.block_on(next_group(&mut bob_events, |e| match e {
+        PeerEvent::GroupMessage(m) => match &m.content {
+            Content::Reply { to, text, .. } if text == "nice one" => {
+                Some((to.clone(), m.message_id.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }));
+    assert_eq!((to.sender, to.message_id), (bob_id.clone(), b1.clone()));
+    // Its wire id is kept once the server took it: what bob's reaction names.
+    let ours = eventually(
+        "our reply's wire id kept",
+        || line_at(&app, &gid, &reply["seq"]),
+        |l| l["wireId"] == json!(wire.as_str()),
+    );
+    rt.block_on(bob.send_group_content(
+        &bob_gid,
+        &Content::Reaction {
+            target: MessageRef {
+                sender: alice_id.clone(),
+                message_id: wire.clone(),
+            },
+            emoji: "🎉".into(),
+            action: ReactionAction::Add,
+        },
+    ))
+    .unwrap();
+    let reacted = next_event(&ui, "bob's reaction", |v| {
+        v["seq"] == ours["seq"] && v["reactions"] != json!([])
+    });
+    assert_eq!(
+        reacted["reactions"],
+        json!([{"emoji": "🎉", "reactors": ["bob"]}])
+    );
+
+    // Alice reacts to bob's line and edits her reply: bob reads both, checked by his library.
+    app.invoke("react", json!({"groupId": gid, "seq": seq, "emoji": "👍"}))
+        .unwrap();
+    let u = rt.block_on(next_update(&mut bob_events));
+    assert_eq!(u.from, alice_id);
+    assert!(
+        matches!(&u.change, Change::Reaction { target, emoji, action: ReactionAction::Add }
+            if target.message_id == b1 && emoji == "👍"),
+        "{u:?}"
+    );
+    let edited = app
+        .invoke(
+            "edit_message",
+            json!({"groupId": gid, "seq": reply["seq"], "text": "very nice one"}),
+        )
+        .unwrap();
+    assert_eq!(edited["edited"], json!(true));
+    let u = rt.block_on(next_update(&mut bob_events));
+    assert!(
+        matches!(&u.change, Change::Edited { target, text } if *target == wire && text == "very nice one"),
+        "{u:?}"
+    );
+    // Someone else's line cannot be edited or deleted from here.
+    let refused = app
+        .invoke(
+            "edit_message",
+            json!({"groupId": gid, "seq": seq, "text": "mine now"}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+    let refused = app
+        .invoke(
+            "delete_message",
+            json!({"groupId": gid, "seq": seq, "forEveryone": true}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+    // A group has no "delete for me"; naming both a person and a group is refused too.
+    let refused = app
+        .invoke(
+            "delete_message",
+            json!({"groupId": gid, "seq": reply["seq"], "forEveryone": false}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+    let refused = app
+        .invoke(
+            "react",
+            json!({"groupId": gid, "peerId": "bob", "seq": seq, "emoji": "👍"}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"), "{refused}");
+
+    // Bob deletes his line: a tombstone here, its reactions gone, its text not found.
+    rt.block_on(bob.send_group_content(&bob_gid, &Content::Delete { target: b1.clone() }))
+        .unwrap();
+    let gone = next_event(&ui, "bob's delete", |v| {
+        v["seq"] == seq && v["deleted"] == json!(true)
+    });
+    assert_eq!(
+        (gone["body"].clone(), gone["reactions"].clone()),
+        (json!(""), json!([]))
+    );
+    let search = |q: &str| {
+        app.invoke("search_messages", json!({"query": q, "groupId": gid}))
+            .unwrap()["hits"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(search("second"), 0, "a deleted line is not found");
+    assert_eq!(search("very"), 1, "the edited text is found");
+    assert_eq!(search("nice"), 1);
+
+    // A line bob writes now is changed after the app restarts: the library checks the edit
+    // against the history the app kept (`find_in_group`), not its memory of this run.
+    let b2 = rt
+        .block_on(bob.send_group_content(&bob_gid, &Content::Text("before the restart".into())))
+        .unwrap();
+    let b2_seq = until_line(&app, &gid, "before the restart", false)["seq"].clone();
+
+    // Offline, alice deletes her reply: it waits in the outbox and goes after the restart.
+    rt.block_on(app.messenger().stop_session());
+    app.invoke(
+        "delete_message",
+        json!({"groupId": gid, "seq": reply["seq"], "forEveryone": true}),
+    )
+    .unwrap();
+    assert_eq!(line_at(&app, &gid, &reply["seq"])["deleted"], json!(true));
+    let dir = app.into_dir();
+    let app = TestApp::in_dir(dir);
+    let u = rt.block_on(next_update(&mut bob_events));
+    assert!(
+        matches!(&u.change, Change::Deleted { target } if *target == wire),
+        "{u:?}"
+    );
+    until_online(&app, &["bob"]);
+    rt.block_on(bob.send_group_content(
+        &bob_gid,
+        &Content::Edit {
+            target: b2,
+            text: "after the restart".into(),
+        },
+    ))
+    .unwrap();
+    eventually(
+        "bob's edit of a line from before the restart",
+        || line_at(&app, &gid, &b2_seq),
+        |l| l["body"] == json!("after the restart") && l["edited"] == json!(true),
+    );
+    // Everything from before the restart is still as it was.
+    let first = line_at(&app, &gid, &seq);
+    assert_eq!(
+        (first["deleted"].clone(), first["body"].clone()),
+        (json!(true), json!(""))
+    );
+    let ours = line_at(&app, &gid, &reply["seq"]);
+    assert_eq!(ours["deleted"], json!(true));
+    assert_eq!(ours["replyTo"]["messageId"], json!(b1.as_str()));
+    assert_eq!(
+        line_at(&app, &gid, &theirs["seq"])["wireId"],
+        json!(b1.as_str())
+    );
 }

@@ -55,11 +55,14 @@ export const api = {
     call("load_messages", { peerId, before, after, limit }),
   /** Sends `text`; with `replyTo` (a `seq`) as a reply quoting that message. */
   sendMessage: (peerId, text, replyTo = null) => call("send_message", { peerId, text, replyTo }),
-  editMessage: (peerId, seq, text) => call("edit_message", { peerId, seq, text }),
-  deleteMessage: (peerId, seq, forEveryone) => call("delete_message", { peerId, seq, forEveryone }),
+  // The message actions name their conversation as a chat: a peer id or `{ groupId }`.
+  editMessage: (chat, seq, text) => call("edit_message", { ...chatArgs(chat), seq, text }),
+  /** For everyone, or (a 1:1 chat only) on this device. */
+  deleteMessage: (chat, seq, forEveryone) =>
+    call("delete_message", { ...chatArgs(chat), seq, forEveryone }),
   /** Reacts with `emoji`, or takes that reaction back (a toggle). */
-  react: (peerId, seq, emoji) => call("react", { peerId, seq, emoji }),
-  messageVersions: (peerId, seq) => call("message_versions", { peerId, seq }),
+  react: (chat, seq, emoji) => call("react", { ...chatArgs(chat), seq, emoji }),
+  messageVersions: (chat, seq) => call("message_versions", { ...chatArgs(chat), seq }),
   typing: (peerId, typing) => call("typing", { peerId, typing }),
   markRead: (peerId) => call("mark_read", { peerId }),
   answerQuestion: (questionId, response) => call("answer_question", { questionId, response }),
@@ -118,7 +121,10 @@ export const api = {
   createGroup: (name, members) => call("create_group", { name, members }),
   /** A page of a group's history: the latest, or those before `before` (a seq). */
   loadGroupMessages: (groupId, before, limit) => call("load_group_messages", { groupId, before, limit }),
-  sendGroupMessage: (groupId, text) => call("send_group_message", { groupId, text }),
+  /** Sends `text` to the group; with `replyTo` (a line's `seq`) as a reply quoting it. */
+  sendGroupMessage: (groupId, text, replyTo = null) =>
+    call("send_group_message", { groupId, text, replyTo }),
+
   markGroupRead: (groupId) => call("mark_group_read", { groupId }),
   /** The member panel: the group, its members with safety numbers, its epoch. */
   groupDetails: (groupId) => call("group_details", { groupId }),

@@ -12,7 +12,7 @@ import {
 import { initFiles } from "./views/files.js";
 import {
   closeGroup, currentGroup, focusGroupComposer, groupById, groupOfKey, initGroups, markGroupRead, openGroup,
-  attachToGroup, dropOnGroup, openMembers, openNewGroup, refreshGroup, upsertGroupLine,
+  attachToGroup, dropOnGroup, groupShortcuts, openMembers, openNewGroup, refreshGroup, upsertGroupLine,
 } from "./views/groups.js";
 import { initMessageActions } from "./views/message-actions.js";
 import { announceMessage } from "./views/announcer.js";
@@ -80,11 +80,11 @@ const SHORTCUT_ACTIONS = {
   groupMembers: () => mainShown() && openMembers(),
   settings: () => mainShown() && openSettings(),
   help: () => mainShown() && toggleHelp(),
-  focusMessages: () => mainShown() && messageShortcuts.focusMessages(),
-  reply: () => mainShown() && messageShortcuts.reply(),
-  edit: () => mainShown() && messageShortcuts.edit(),
-  react: () => mainShown() && messageShortcuts.react(),
-  deleteMessage: () => mainShown() && messageShortcuts.deleteMessage(),
+  focusMessages: () => mainShown() && (groupShortcuts.focusMessages() || messageShortcuts.focusMessages()),
+  reply: () => mainShown() && (groupShortcuts.reply() || messageShortcuts.reply()),
+  edit: () => mainShown() && (groupShortcuts.edit() || messageShortcuts.edit()),
+  react: () => mainShown() && (groupShortcuts.react() || messageShortcuts.react()),
+  deleteMessage: () => mainShown() && (groupShortcuts.deleteMessage() || messageShortcuts.deleteMessage()),
 };
 
 function renderMe(me) {

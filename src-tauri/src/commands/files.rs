@@ -31,7 +31,7 @@ pub const NAME_HEADER: &str = "x-lattice-name";
 const MAX_HEADER_BYTES: usize = 1024;
 
 /// The conversation the page named: exactly one of a peer and a group.
-fn conversation(
+pub(super) fn conversation(
     peer_id: Option<&str>,
     group_id: Option<&str>,
 ) -> Result<Conversation, CommandError> {

@@ -49,14 +49,16 @@ pub async fn load_group_messages(
     Ok(messenger.load_group_messages(&group_id, before, limit.unwrap_or(DEFAULT_GROUP_PAGE))?)
 }
 
-/// Stores a message to the group durably and sends it (now, or once connected).
+/// Stores a message to the group durably and sends it (now, or once connected); with
+/// `reply_to` (a line's `seq`) it answers that message, quoting it.
 #[tauri::command]
 pub async fn send_group_message(
     messenger: Shared<'_>,
     group_id: String,
     text: String,
+    reply_to: Option<i64>,
 ) -> Result<GroupMessageView, CommandError> {
-    Ok(messenger.send_group_message(&group_id, &text)?)
+    Ok(messenger.send_group_message(&group_id, &text, reply_to)?)
 }
 
 /// The group's conversation is shown: clears its unread count.

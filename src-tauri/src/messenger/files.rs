@@ -53,8 +53,8 @@ pub enum Conversation {
     Group(String),
 }
 
-/// A message with a file as the page shows it: a 1:1 message or a group line (the page tells
-/// them apart by `groupId`).
+/// A message as the page shows it (one with a file, or one an edit or a reaction changed): a
+/// 1:1 message or a group line (the page tells them apart by `groupId`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum FileMessageView {

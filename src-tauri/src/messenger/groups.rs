@@ -9,15 +9,20 @@
 
 use std::sync::atomic::Ordering;
 
-use lattice_protocol::ClientId;
+use lattice_peer::content::{MessageRef, ReactionAction};
+use lattice_peer::Content;
+use lattice_protocol::{ClientId, MessageId};
 
 use super::{lock, notification_text, Messenger, MessengerError, State, Update};
 use crate::clock::now_ms;
 use crate::contract::DeliveryStatus;
 use crate::session::{group_key, parse_key, Groups};
+use crate::storage::content::ReplyRef;
 use crate::storage::groups::{is_group_key, GroupLine, GroupLineKind, NewGroupLine};
 use crate::storage::{self, StorageError};
-use crate::views::{GroupDetailsView, GroupMemberView, GroupMessageView, GroupPage, GroupView};
+use crate::views::{
+    GroupDetailsView, GroupMemberView, GroupMessageView, GroupPage, GroupView, VersionView,
+};
 
 /// Most members one *New group* or *Invite* names: the group's cap, less ourselves.
 pub const MAX_GROUP_INVITE: usize = lattice_protocol::limits::MAX_GROUP_MEMBERS - 1;
@@ -149,37 +154,234 @@ impl Messenger {
         &self,
         group: &str,
         text: &str,
+        reply_to: Option<i64>,
     ) -> Result<GroupMessageView, MessengerError> {
         let me = self.me_id()?;
         super::check_text(text)?;
+        let key = self.group_in(group)?;
+        let reply = match reply_to {
+            Some(seq) => {
+                let target = self.referable_line(&key, seq)?;
+                Some(ReplyRef {
+                    sender: line_author(&target)?,
+                    message_id: line_wire_id(&target)?,
+                    excerpt: lattice_peer::content::excerpt(&target.body),
+                })
+            }
+            None => None,
+        };
+        let local_id = uuid::Uuid::new_v4().to_string();
+        let line = NewGroupLine {
+            group_id: &key,
+            kind: GroupLineKind::Message,
+            sender: Some(&me),
+            message_id: &local_id,
+            outgoing: true,
+            body: text,
+            at: now_ms(),
+            status: DeliveryStatus::Pending,
+        };
+        let stored = match &reply {
+            Some(reply) => {
+                // The bounds of a reply (the quote's length) are checked before it is stored.
+                reply
+                    .content(text.to_owned())
+                    .map_err(|e| MessengerError::InvalidInput(format!("{e}.")))?;
+                self.state.db.insert_group_reply(&line, reply)?
+            }
+            None => self.state.db.insert_group_line(&line)?,
+        }
+        .ok_or(MessengerError::Storage(StorageError::Missing(
+            "group message",
+        )))?;
+        self.wake_group_outbox();
+        self.state.publish_groups();
+        Ok(stored.into())
+    }
+
+    fn wake_group_outbox(&self) {
+        if let Some(calls) = lock(&self.state.live).groups.as_ref() {
+            calls.wake();
+        }
+    }
+
+    /// A known group this device is still in.
+    fn group_in(&self, group: &str) -> Result<String, MessengerError> {
         let key = self.known_group(group)?;
         if self.state.db.group(&key)?.is_some_and(|g| g.left) {
             return Err(MessengerError::InvalidInput(
                 "You are no longer in this group.".into(),
             ));
         }
-        let local_id = uuid::Uuid::new_v4().to_string();
-        let stored = self
+        Ok(key)
+    }
+
+    /// A message line of group `key` that can be replied or reacted to: not a system line,
+    /// not a tombstone, and named on the wire (ours once the server took it).
+    fn referable_line(&self, key: &str, seq: i64) -> Result<GroupLine, MessengerError> {
+        let line = self
             .state
             .db
-            .insert_group_line(&NewGroupLine {
-                group_id: &key,
-                kind: GroupLineKind::Message,
-                sender: Some(&me),
-                message_id: &local_id,
-                outgoing: true,
-                body: text,
-                at: now_ms(),
-                status: DeliveryStatus::Pending,
-            })?
-            .ok_or(MessengerError::Storage(StorageError::Missing(
-                "group message",
-            )))?;
-        if let Some(calls) = lock(&self.state.live).groups.as_ref() {
-            calls.wake();
+            .group_line(key, seq)?
+            .filter(|l| l.kind == GroupLineKind::Message)
+            .ok_or_else(|| MessengerError::InvalidInput("That message is gone.".into()))?;
+        if line.extra.deleted {
+            return Err(MessengerError::InvalidInput(
+                "That message was deleted.".into(),
+            ));
         }
+        Ok(line)
+    }
+
+    /// One of our lines of group `key` that may still be edited or deleted for everyone.
+    fn own_group_line(&self, key: &str, seq: i64) -> Result<GroupLine, MessengerError> {
+        let line = self.referable_line(key, seq)?;
+        if !line.outgoing {
+            return Err(MessengerError::InvalidInput(
+                "Only your own messages can be changed for everyone.".into(),
+            ));
+        }
+        super::within_edit_window(line.at)?;
+        Ok(line)
+    }
+
+    /// Replaces the text of one of our group messages (within the edit window) here and,
+    /// through the group outbox, for every member; the earlier text is kept as a version.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for a line that is not ours, deleted, too old or not
+    /// sent yet, or an empty or oversized text; [`MessengerError::Storage`].
+    pub fn edit_group_message(
+        &self,
+        group: &str,
+        seq: i64,
+        text: &str,
+    ) -> Result<GroupMessageView, MessengerError> {
+        let me = self.me_id()?;
+        super::check_text(text)?;
+        let key = self.group_in(group)?;
+        let target = self.own_group_line(&key, seq)?;
+        if target.body == text {
+            return Ok(target.into());
+        }
+        let wire = line_wire_id(&target)?;
+        let now = now_ms().max(target.extra.edited_at.map_or(0, |t| t + 1));
+        let content = Content::Edit {
+            target: wire.clone(),
+            text: text.to_owned(),
+        };
+        self.state.db.enqueue_group_change(&key, &content, now)?;
+        let line = self
+            .state
+            .db
+            .apply_group_edit(&key, &me, wire.as_str(), text, now)?
+            .ok_or_else(|| MessengerError::InvalidInput("That message cannot be edited.".into()))?;
+        self.wake_group_outbox();
         self.state.publish_groups();
-        Ok(stored.into())
+        Ok(line.into())
+    }
+
+    /// Deletes one of our group messages for everyone (within the edit window): a tombstone
+    /// stays for every member, and goes to the page as a changed line. A group has no "delete
+    /// for me".
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] as [`Messenger::edit_group_message`], or not for
+    /// everyone; [`MessengerError::Storage`].
+    pub fn delete_group_message(
+        &self,
+        group: &str,
+        seq: i64,
+        for_everyone: bool,
+    ) -> Result<(), MessengerError> {
+        if !for_everyone {
+            return Err(MessengerError::InvalidInput(
+                "In a group, a message can only be deleted for everyone.".into(),
+            ));
+        }
+        let me = self.me_id()?;
+        let key = self.group_in(group)?;
+        let target = self.own_group_line(&key, seq)?;
+        let wire = line_wire_id(&target)?;
+        self.state.db.enqueue_group_change(
+            &key,
+            &Content::Delete {
+                target: wire.clone(),
+            },
+            now_ms(),
+        )?;
+        if let Some(line) = self.state.db.apply_group_delete(&key, &me, wire.as_str())? {
+            self.state.group_line_changed(line);
+        }
+        self.wake_group_outbox();
+        Ok(())
+    }
+
+    /// Reacts to a group message with `emoji`, or takes our reaction back when it is already
+    /// that one (a toggle). One reaction per member per message.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] for an unknown, deleted or unsent message or an emoji
+    /// that is not one; [`MessengerError::Storage`].
+    pub fn react_in_group(
+        &self,
+        group: &str,
+        seq: i64,
+        emoji: &str,
+    ) -> Result<GroupMessageView, MessengerError> {
+        let me = self.me_id()?;
+        let key = self.group_in(group)?;
+        let target = self.referable_line(&key, seq)?;
+        let author = line_author(&target)?;
+        let wire = line_wire_id(&target)?;
+        let mine = target
+            .extra
+            .reactions
+            .iter()
+            .any(|r| r.reactor == me.as_str() && r.emoji == emoji);
+        let content = Content::Reaction {
+            target: MessageRef {
+                sender: author.clone(),
+                message_id: wire.clone(),
+            },
+            emoji: emoji.to_owned(),
+            action: if mine {
+                ReactionAction::Remove
+            } else {
+                ReactionAction::Add
+            },
+        };
+        content
+            .validate()
+            .map_err(|e| MessengerError::InvalidInput(format!("That is not a reaction: {e}.")))?;
+        let now = now_ms();
+        self.state.db.enqueue_group_change(&key, &content, now)?;
+        let line = self
+            .state
+            .db
+            .set_group_reaction(&key, &author, wire.as_str(), &me, emoji, !mine, now)?
+            .unwrap_or(target);
+        self.wake_group_outbox();
+        Ok(line.into())
+    }
+
+    /// The earlier versions of an edited group message, oldest first.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`], [`MessengerError::Storage`].
+    pub fn group_message_versions(
+        &self,
+        group: &str,
+        seq: i64,
+    ) -> Result<Vec<VersionView>, MessengerError> {
+        let key = self.known_group(group)?;
+        Ok(self
+            .state
+            .db
+            .group_versions(&key, seq)?
+            .into_iter()
+            .map(VersionView::from)
+            .collect())
     }
 
     /// A page of `group`'s history, oldest first: the latest lines or those before `before`.
@@ -332,6 +534,27 @@ impl Messenger {
     }
 }
 
+/// Who wrote a group line, as a reply or a reaction names it.
+fn line_author(line: &GroupLine) -> Result<ClientId, MessengerError> {
+    ClientId::try_from(line.sender.clone())
+        .map_err(|_| MessengerError::InvalidInput("That message cannot be referred to.".into()))
+}
+
+/// The id a group line went (or came) with: what replies, edits, deletes and reactions name.
+fn line_wire_id(line: &GroupLine) -> Result<MessageId, MessengerError> {
+    line.extra
+        .wire_id
+        .as_deref()
+        .and_then(|id| MessageId::new(id).ok())
+        .ok_or_else(|| {
+            MessengerError::InvalidInput(if line.outgoing && line.status == DeliveryStatus::Pending {
+                "That message is not sent yet: it can be referred to once it is.".into()
+            } else {
+                "That message cannot be referred to (sent by an older version, or a file you sent).".into()
+            })
+        })
+}
+
 impl State {
     /// The group list, most recent first.
     pub(super) fn group_views(&self) -> Result<Vec<GroupView>, StorageError> {
@@ -343,6 +566,13 @@ impl State {
             Ok(groups) => self.ui.send(Update::Groups(groups)),
             Err(e) => tracing::warn!(error = %e, "cannot list groups"),
         }
+    }
+
+    /// A stored line another member changed (an edit, a delete, a reaction): to the page,
+    /// and the list (its preview may be the changed line).
+    pub(super) fn group_line_changed(&self, line: GroupLine) {
+        self.ui.send(Update::GroupMessage(line.into()));
+        self.publish_groups();
     }
 
     /// A line the session stored (or one of ours moved on): to the page, the list, and for a

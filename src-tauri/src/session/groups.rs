@@ -9,13 +9,20 @@
 //! message written offline, or while the app was killed, goes out on the next connection.
 //! The library answers a group send once the server took it for every member (the delivery
 //! service fans it out into their mailboxes), so `sent` is the last state it reports; there is
-//! no per-member delivery or read state in groups.
+//! no per-member delivery or read state in groups. Our edits, deletes and reactions wait in a
+//! queue of their own (`group_changes`) and go after the messages of the same round, with the
+//! same rules: kept across reconnects and restarts until the server takes them, a permanent
+//! refusal told and dropped.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_peer::{Content, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerError};
+use lattice_peer::content::MessageRef;
+use lattice_peer::{
+    Change, Content, ContentUpdate, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerError,
+    ReactionAction,
+};
 use lattice_protocol::ClientId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +32,8 @@ use crate::clock::now_ms;
 use crate::contract::{DeliveryStatus, ErrorKind};
 use crate::describe::{self, describe};
 use crate::events::SessionEvent;
-use crate::storage::groups::{GroupLineKind, NewGroupLine};
+use crate::storage::content::ReplyRef;
+use crate::storage::groups::{GroupLine, GroupLineKind, NewGroupLine};
 use crate::views::Notice;
 
 /// Group messages read from the outbox per round (the next round reads the rest).
@@ -171,11 +179,20 @@ impl Ctx {
     }
 
     fn store_group_line(&self, line: &NewGroupLine<'_>) {
-        match self.db.insert_group_line(line) {
+        self.stored_group_line(line.group_id, self.db.insert_group_line(line));
+    }
+
+    /// What storing a line of `group` gave: the line up, or a failure told.
+    fn stored_group_line(
+        &self,
+        group: &str,
+        stored: Result<Option<crate::storage::groups::GroupLine>, crate::storage::StorageError>,
+    ) {
+        match stored {
             Ok(Some(stored)) => self.up(SessionEvent::GroupLine(stored)),
-            Ok(None) => tracing::debug!(group = line.group_id, "group message already stored"),
+            Ok(None) => tracing::debug!(group, "group message already stored"),
             Err(e) => {
-                tracing::error!(group = line.group_id, error = %e, "cannot store a group line");
+                tracing::error!(group, error = %e, "cannot store a group line");
                 self.up(SessionEvent::Notice(Notice::new(
                     ErrorKind::Storage,
                     format!("A group message could not be saved: {e}"),
@@ -222,9 +239,16 @@ impl Ctx {
             .ok()
             .filter(|t| *t > 0)
             .map_or_else(now_ms, |t| t.min(now_ms()));
-        let text = match &m.content {
-            Content::Text(t) => t.as_str(),
-            Content::Reply { text, .. } => text.as_str(),
+        let (text, reply) = match &m.content {
+            Content::Text(t) => (t.as_str(), None),
+            Content::Reply { to, excerpt, text } => (
+                text.as_str(),
+                Some(ReplyRef {
+                    sender: to.sender.clone(),
+                    message_id: to.message_id.clone(),
+                    excerpt: excerpt.clone(),
+                }),
+            ),
             Content::File(offer) => return self.on_group_file(&key, m, offer, at),
             // A group file's digest follows its offer; the library keeps it for the download.
             Content::FileDigest { .. } => return,
@@ -233,7 +257,7 @@ impl Ctx {
                 return;
             }
         };
-        self.store_group_line(&NewGroupLine {
+        let line = NewGroupLine {
             group_id: &key,
             kind: GroupLineKind::Message,
             sender: Some(&m.from),
@@ -242,7 +266,63 @@ impl Ctx {
             body: text,
             at,
             status: DeliveryStatus::Received,
-        });
+        };
+        match reply {
+            Some(reply) => self.store_group_reply(&line, &reply),
+            None => self.store_group_line(&line),
+        }
+    }
+
+    fn store_group_reply(&self, line: &NewGroupLine<'_>, reply: &ReplyRef) {
+        self.stored_group_line(line.group_id, self.db.insert_group_reply(line, reply));
+    }
+
+    /// An edit, a delete or a reaction in a group, checked by the library against the group's
+    /// history (the author of an edit or a delete is the member MLS authenticated): applied
+    /// to the stored line before the library acknowledges it, and the line goes up. One that
+    /// finds nothing to change here (a line this device never had, a tombstone, a replay) is
+    /// ignored quietly.
+    pub(super) fn on_group_update(&self, group: &GroupId, u: &ContentUpdate) {
+        let key = group_key(group);
+        let from = &u.from;
+        let at = i64::try_from(u.sent_at).unwrap_or(i64::MAX);
+        let changed = match &u.change {
+            Change::Edited { target, text } => {
+                self.db
+                    .apply_group_edit(&key, from, target.as_str(), text, at)
+            }
+            Change::Deleted { target } => self.db.apply_group_delete(&key, from, target.as_str()),
+            Change::Reaction {
+                target,
+                emoji,
+                action,
+            } => self.db.set_group_reaction(
+                &key,
+                &target.sender,
+                target.message_id.as_str(),
+                from,
+                emoji,
+                *action == ReactionAction::Add,
+                at,
+            ),
+            other => {
+                tracing::debug!(group = %key, kind = other.kind(), "group change not shown");
+                return;
+            }
+        };
+        match changed {
+            Ok(Some(line)) => self.up(SessionEvent::GroupLineChanged(line)),
+            Ok(None) => {
+                tracing::debug!(group = %key, from = %from, kind = u.change.kind(), "group change found nothing to change");
+            }
+            Err(e) => {
+                tracing::error!(group = %key, from = %from, error = %e, "cannot store a group change");
+                self.up(SessionEvent::Notice(Notice::new(
+                    ErrorKind::Storage,
+                    format!("A change in a group could not be saved: {e}"),
+                )));
+            }
+        }
     }
 
     /// A membership or name change: a system line, and the list when the group changed.
@@ -409,8 +489,79 @@ pub(super) async fn group_outbox_task(ctx: Arc<Ctx>, wake: Arc<Notify>, cancel: 
     }
 }
 
-/// One round of the group outbox. Returns whether to try again later (a transient failure).
+/// One round of the group outbox: our messages, then our edits, deletes and reactions (which
+/// may name a message sent just before). Returns whether to try again later (a transient
+/// failure).
 async fn send_group_outbox(ctx: &Ctx) -> bool {
+    send_group_messages(ctx).await || send_group_changes(ctx).await
+}
+
+/// What a queued line of ours says on the wire: its text, or a reply quoting the message it
+/// answers.
+fn line_content(line: &GroupLine) -> Content {
+    match &line.extra.reply {
+        Some(reply) => Content::Reply {
+            to: MessageRef {
+                sender: reply.to.sender.clone(),
+                message_id: reply.to.message_id.clone(),
+            },
+            excerpt: reply.to.excerpt.clone(),
+            text: line.body.clone(),
+        },
+        None => Content::Text(line.body.clone()),
+    }
+}
+
+/// A permanent refusal of something we sent to a group, told.
+async fn group_refused(ctx: &Ctx, what: &str, e: &PeerError) {
+    ctx.up_async(SessionEvent::Notice(Notice {
+        kind: ErrorKind::MessageFailed,
+        code: Some(describe::code(e)),
+        message: format!("{what} to the group was not sent: {}", describe(e)),
+    }))
+    .await;
+}
+
+/// Our queued group changes, oldest first. Returns whether to try again later.
+async fn send_group_changes(ctx: &Ctx) -> bool {
+    loop {
+        let waiting = match ctx.db.group_changes(GROUP_OUTBOX_BATCH) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the group changes");
+                return true;
+            }
+        };
+        if waiting.is_empty() {
+            return false;
+        }
+        for change in waiting {
+            let result = match parse_key(&change.group_id) {
+                Some(gid) => ctx.peer.send_group_content(&gid, &change.content).await,
+                None => Err(PeerError::UnknownGroup(change.group_id.clone())),
+            };
+            match result {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(group = %change.group_id, id = change.id, error = %e, "group change waits");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(group = %change.group_id, id = change.id, kind = change.content.kind(), error = %e, "group change refused");
+                    group_refused(ctx, "A change", &e).await;
+                }
+            }
+            if let Err(e) = ctx.db.group_change_done(change.id) {
+                // Still queued: it would be sent again; stop rather than repeat it.
+                tracing::error!(id = change.id, error = %e, "cannot record a group change sent");
+                return true;
+            }
+        }
+    }
+}
+
+/// Our queued group messages, oldest first. Returns whether to try again later.
+async fn send_group_messages(ctx: &Ctx) -> bool {
     loop {
         let waiting = match ctx.db.group_outbox(GROUP_OUTBOX_BATCH) {
             Ok(w) => w,
@@ -426,29 +577,26 @@ async fn send_group_outbox(ctx: &Ctx) -> bool {
             let result = match parse_key(&line.group_id) {
                 Some(gid) => {
                     ctx.peer
-                        .send_group_content(&gid, &Content::Text(line.body.clone()))
+                        .send_group_content(&gid, &line_content(&line))
                         .await
                 }
                 None => Err(PeerError::UnknownGroup(line.group_id.clone())),
             };
-            let status = match result {
-                Ok(_) => DeliveryStatus::Sent,
+            let recorded = match result {
+                // Its wire id is kept with it: others' replies, reactions and our edits name it.
+                Ok(wire_id) => ctx.db.mark_group_sent(line.seq, &wire_id),
                 Err(e) if e.is_transient() => {
                     tracing::debug!(group = %line.group_id, seq = line.seq, error = %e, "group message waits");
                     return true;
                 }
                 Err(e) => {
                     tracing::warn!(group = %line.group_id, seq = line.seq, error = %e, "group message refused");
-                    ctx.up_async(SessionEvent::Notice(Notice {
-                        kind: ErrorKind::MessageFailed,
-                        code: Some(describe::code(&e)),
-                        message: format!("A message to the group was not sent: {}", describe(&e)),
-                    }))
-                    .await;
-                    DeliveryStatus::Failed
+                    group_refused(ctx, "A message", &e).await;
+                    ctx.db
+                        .advance_group_status(line.seq, DeliveryStatus::Failed)
                 }
             };
-            match ctx.db.advance_group_status(line.seq, status) {
+            match recorded {
                 Ok(Some(line)) => ctx.up_async(SessionEvent::GroupLine(line)).await,
                 Ok(None) => {}
                 Err(e) => {

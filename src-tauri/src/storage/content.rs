@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use lattice_peer::content::Content;
-use lattice_peer::{KnownMessage, MessageLookup, PeerError};
+use lattice_peer::{GroupId, KnownMessage, MessageLookup, PeerError};
 use lattice_protocol::{ClientId, MessageId};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -27,41 +27,245 @@ pub use super::message::{MessageExtra, Reaction, Received, ReplyRef, StoredReply
 /// the library's edit window, not by number).
 pub const MAX_VERSIONS: usize = 32;
 
-/// Columns version 6 adds to `messages`, each with its type.
-const MESSAGE_COLUMNS: &[(&str, &str)] = &[
+/// Columns a history's lines need for replies, edits, deletes and reactions, each with its
+/// type: version 6 adds them to `messages`, version 12 to `group_messages`.
+const CONTENT_COLUMNS: &[(&str, &str)] = &[
     ("wire_id", "TEXT"),
-    ("sent_at", "INTEGER"),
     ("edited_at", "INTEGER"),
     ("deleted", "INTEGER NOT NULL DEFAULT 0"),
     ("reply_sender", "TEXT"),
     ("reply_id", "TEXT"),
     ("reply_excerpt", "TEXT"),
     ("rev", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Columns version 6 adds to `messages` only (groups carry no receipts, and a group line's
+/// time is its sender's clock already).
+const MESSAGE_ONLY_COLUMNS: &[(&str, &str)] = &[
+    ("sent_at", "INTEGER"),
     ("receipt_sent", "INTEGER NOT NULL DEFAULT 0"),
 ];
+
+/// Where a history's lines and what hangs on them live: the 1:1 conversations' tables
+/// ([`DIRECT`]) or the groups' ([`GROUPS`]). The edits, deletes and reactions below work on
+/// either, by a line's `seq`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ContentTables {
+    /// The lines (`messages`, `group_messages`).
+    lines: &'static str,
+    /// Earlier versions of edited lines.
+    versions: &'static str,
+    /// Reactions, one per reactor per line.
+    reactions: &'static str,
+}
+
+/// The 1:1 conversations' tables (schema 6).
+pub(super) const DIRECT: ContentTables = ContentTables {
+    lines: "messages",
+    versions: "message_versions",
+    reactions: "reactions",
+};
+
+/// The groups' tables (schema 12).
+pub(super) const GROUPS: ContentTables = ContentTables {
+    lines: "group_messages",
+    versions: "group_message_versions",
+    reactions: "group_reactions",
+};
+
+impl ContentTables {
+    /// The versions and reactions tables, and the trigger that takes them with a deleted line.
+    fn schema(self) -> String {
+        let ContentTables {
+            lines,
+            versions,
+            reactions,
+        } = self;
+        format!(
+            "CREATE TABLE IF NOT EXISTS {versions}(
+                 seq         INTEGER NOT NULL,
+                 body        TEXT NOT NULL,
+                 replaced_at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS {versions}_by_seq ON {versions}(seq);
+             CREATE TABLE IF NOT EXISTS {reactions}(
+                 seq     INTEGER NOT NULL,
+                 reactor TEXT NOT NULL,
+                 emoji   TEXT NOT NULL,
+                 at      INTEGER NOT NULL,
+                 PRIMARY KEY(seq, reactor)
+             );
+             -- Deleting a line for me takes its versions and reactions with it.
+             CREATE TRIGGER IF NOT EXISTS {lines}_content_delete AFTER DELETE ON {lines} BEGIN
+                 DELETE FROM {versions} WHERE seq = old.seq;
+                 DELETE FROM {reactions} WHERE seq = old.seq;
+             END;"
+        )
+    }
+
+    /// Whether the line `seq` is a tombstone, and when it was last edited; `None` if unknown.
+    fn state(
+        self,
+        conn: &Connection,
+        seq: i64,
+    ) -> Result<Option<(bool, Option<i64>)>, StorageError> {
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT deleted, edited_at FROM {} WHERE seq = ?1",
+                    self.lines
+                ),
+                params![seq],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Replaces the text of line `seq`, keeping the old one as a version (at most
+    /// [`MAX_VERSIONS`]). Nothing changes for a tombstone or an edit not newer than the last one
+    /// applied (a replay). Returns whether it changed.
+    pub(super) fn edit(
+        self,
+        conn: &Connection,
+        seq: i64,
+        text: &str,
+        edited_at: i64,
+    ) -> Result<bool, StorageError> {
+        let Some((deleted, last)) = self.state(conn, seq)? else {
+            return Ok(false);
+        };
+        if deleted || last.is_some_and(|at| at >= edited_at) {
+            return Ok(false);
+        }
+        let ContentTables {
+            lines, versions, ..
+        } = self;
+        conn.execute(
+            &format!(
+                "INSERT INTO {versions}(seq, body, replaced_at)
+                 SELECT seq, body, ?2 FROM {lines} WHERE seq = ?1"
+            ),
+            params![seq, edited_at],
+        )?;
+        conn.execute(
+            &format!(
+                "DELETE FROM {versions} WHERE seq = ?1 AND rowid NOT IN
+                     (SELECT rowid FROM {versions} WHERE seq = ?1
+                      ORDER BY rowid DESC LIMIT ?2)"
+            ),
+            params![seq, MAX_VERSIONS as i64],
+        )?;
+        conn.execute(
+            &format!("UPDATE {lines} SET body = ?2, edited_at = ?3, rev = rev + 1 WHERE seq = ?1"),
+            params![seq, text, edited_at],
+        )?;
+        Ok(true)
+    }
+
+    /// Deletes line `seq` for everyone: its text, versions and reactions go, a tombstone stays.
+    /// Returns whether it changed (not for an unknown line or a tombstone).
+    pub(super) fn delete(self, conn: &Connection, seq: i64) -> Result<bool, StorageError> {
+        let Some((deleted, _)) = self.state(conn, seq)? else {
+            return Ok(false);
+        };
+        if deleted {
+            return Ok(false);
+        }
+        let ContentTables {
+            lines,
+            versions,
+            reactions,
+        } = self;
+        conn.execute(
+            &format!("UPDATE {lines} SET body = '', deleted = 1, rev = rev + 1 WHERE seq = ?1"),
+            params![seq],
+        )?;
+        conn.execute(
+            &format!("DELETE FROM {versions} WHERE seq = ?1"),
+            params![seq],
+        )?;
+        conn.execute(
+            &format!("DELETE FROM {reactions} WHERE seq = ?1"),
+            params![seq],
+        )?;
+        Ok(true)
+    }
+
+    /// Sets (`add`) or takes back `reactor`'s reaction `emoji` to line `seq`. One reaction per
+    /// reactor: a new one replaces the old; taking back a reaction that is not the current one
+    /// changes nothing, nor does any reaction to a tombstone. Returns whether it changed.
+    pub(super) fn react(
+        self,
+        conn: &Connection,
+        seq: i64,
+        reactor: &ClientId,
+        emoji: &str,
+        add: bool,
+        at: i64,
+    ) -> Result<bool, StorageError> {
+        let Some((deleted, _)) = self.state(conn, seq)? else {
+            return Ok(false);
+        };
+        if deleted {
+            return Ok(false);
+        }
+        let ContentTables {
+            lines, reactions, ..
+        } = self;
+        let changed = if add {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {reactions}(seq, reactor, emoji, at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(seq, reactor) DO UPDATE SET emoji = excluded.emoji, at = excluded.at
+                     WHERE emoji != excluded.emoji"
+                ),
+                params![seq, reactor.as_str(), emoji, at],
+            )?
+        } else {
+            conn.execute(
+                &format!("DELETE FROM {reactions} WHERE seq = ?1 AND reactor = ?2 AND emoji = ?3"),
+                params![seq, reactor.as_str(), emoji],
+            )?
+        };
+        if changed == 0 {
+            return Ok(false);
+        }
+        conn.execute(
+            &format!("UPDATE {lines} SET rev = rev + 1 WHERE seq = ?1"),
+            params![seq],
+        )?;
+        Ok(true)
+    }
+
+    /// The earlier versions of line `seq`, oldest first, if the line is one `owner_sql` (a
+    /// condition on the line `m` with `?2`) accepts.
+    fn versions(
+        self,
+        conn: &Connection,
+        seq: i64,
+        owner_sql: &str,
+        owner: &str,
+    ) -> Result<Vec<Version>, StorageError> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT v.body, v.replaced_at FROM {} v
+             JOIN {} m ON m.seq = v.seq
+             WHERE v.seq = ?1 AND {owner_sql} ORDER BY v.rowid",
+            self.versions, self.lines
+        ))?;
+        let rows = stmt.query_map(params![seq, owner], |r| {
+            Ok(Version {
+                body: r.get(0)?,
+                replaced_at: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
 
 const CONTENT_SCHEMA: &str = "
 CREATE INDEX IF NOT EXISTS messages_by_wire_id ON messages(peer_id, outgoing, wire_id);
 CREATE INDEX IF NOT EXISTS messages_receipts_due ON messages(peer_id, seq)
     WHERE outgoing = 0 AND receipt_sent = 0;
-CREATE TABLE IF NOT EXISTS message_versions(
-    seq         INTEGER NOT NULL,
-    body        TEXT NOT NULL,
-    replaced_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS message_versions_by_seq ON message_versions(seq);
-CREATE TABLE IF NOT EXISTS reactions(
-    seq     INTEGER NOT NULL,
-    reactor TEXT NOT NULL,
-    emoji   TEXT NOT NULL,
-    at      INTEGER NOT NULL,
-    PRIMARY KEY(seq, reactor)
-);
--- Deleting a message for me takes its versions and reactions with it.
-CREATE TRIGGER IF NOT EXISTS messages_content_delete AFTER DELETE ON messages BEGIN
-    DELETE FROM message_versions WHERE seq = old.seq;
-    DELETE FROM reactions WHERE seq = old.seq;
-END;
 ";
 
 fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StorageError> {
@@ -70,14 +274,25 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, Stor
         .exists(params![table, column])?)
 }
 
+/// Adds `columns` to `table` where it lacks them.
+fn add_columns(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<(), StorageError> {
+    for (column, ty) in columns {
+        if !has_column(conn, table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Schema version 6: the columns and tables above, added to any older file. Incoming messages
 /// get their wire id (their own id); ours only when the outbox still knows it.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StorageError> {
-    for (column, ty) in MESSAGE_COLUMNS {
-        if !has_column(conn, "messages", column)? {
-            conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {column} {ty}"))?;
-        }
-    }
+    add_columns(conn, "messages", CONTENT_COLUMNS)?;
+    add_columns(conn, "messages", MESSAGE_ONLY_COLUMNS)?;
     if !has_column(conn, "outbox", "kind")? {
         conn.execute_batch("ALTER TABLE outbox ADD COLUMN kind TEXT")?;
     }
@@ -90,6 +305,23 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StorageError> {
          UPDATE messages SET sent_at = at WHERE sent_at IS NULL;",
     )?;
     conn.execute_batch(CONTENT_SCHEMA)?;
+    conn.execute_batch(&DIRECT.schema())?;
+    Ok(())
+}
+
+/// Schema version 12: the same columns and tables for the groups' lines (after
+/// `group_messages` exists). Every message line another member wrote gets its wire id (its
+/// sender's id); ours sent before have none (the library chose it and it was not kept), so
+/// they cannot be referred to.
+pub(super) fn migrate_groups(conn: &Connection) -> Result<(), StorageError> {
+    add_columns(conn, "group_messages", CONTENT_COLUMNS)?;
+    conn.execute_batch(&GROUPS.schema())?;
+    conn.execute_batch(
+        "UPDATE group_messages SET wire_id = message_id
+             WHERE outgoing = 0 AND kind = 0 AND wire_id IS NULL;
+         CREATE INDEX IF NOT EXISTS group_messages_by_wire_id
+             ON group_messages(group_id, sender, wire_id);",
+    )?;
     Ok(())
 }
 
@@ -120,13 +352,13 @@ impl Db {
         peer: &ClientId,
         outgoing: bool,
         wire_id: &str,
-    ) -> Result<Option<(i64, bool, Option<i64>)>, StorageError> {
+    ) -> Result<Option<i64>, StorageError> {
         Ok(conn
             .query_row(
-                "SELECT seq, deleted, edited_at FROM messages
+                "SELECT seq FROM messages
                  WHERE peer_id = ?1 AND outgoing = ?2 AND wire_id = ?3",
                 params![peer.as_str(), outgoing, wire_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| r.get(0),
             )
             .optional()?)
     }
@@ -190,27 +422,12 @@ impl Db {
     ) -> Result<Option<MessageRecord>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let Some((seq, deleted, last)) = Self::target_seq(&tx, peer, outgoing, wire_id)? else {
+        let Some(seq) = Self::target_seq(&tx, peer, outgoing, wire_id)? else {
             return Ok(None);
         };
-        if deleted || last.is_some_and(|at| at >= edited_at) {
+        if !DIRECT.edit(&tx, seq, text, edited_at)? {
             return Ok(None);
         }
-        tx.execute(
-            "INSERT INTO message_versions(seq, body, replaced_at)
-             SELECT seq, body, ?2 FROM messages WHERE seq = ?1",
-            params![seq, edited_at],
-        )?;
-        tx.execute(
-            "DELETE FROM message_versions WHERE seq = ?1 AND rowid NOT IN
-                 (SELECT rowid FROM message_versions WHERE seq = ?1
-                  ORDER BY rowid DESC LIMIT ?2)",
-            params![seq, MAX_VERSIONS as i64],
-        )?;
-        tx.execute(
-            "UPDATE messages SET body = ?2, edited_at = ?3, rev = rev + 1 WHERE seq = ?1",
-            params![seq, text, edited_at],
-        )?;
         let record = Self::message_by_seq(&tx, seq)?;
         tx.commit()?;
         Ok(record)
@@ -229,18 +446,12 @@ impl Db {
     ) -> Result<Option<MessageRecord>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let Some((seq, deleted, _)) = Self::target_seq(&tx, peer, outgoing, wire_id)? else {
+        let Some(seq) = Self::target_seq(&tx, peer, outgoing, wire_id)? else {
             return Ok(None);
         };
-        if deleted {
+        if !DIRECT.delete(&tx, seq)? {
             return Ok(None);
         }
-        tx.execute(
-            "UPDATE messages SET body = '', deleted = 1, rev = rev + 1 WHERE seq = ?1",
-            params![seq],
-        )?;
-        tx.execute("DELETE FROM message_versions WHERE seq = ?1", params![seq])?;
-        tx.execute("DELETE FROM reactions WHERE seq = ?1", params![seq])?;
         let record = Self::message_by_seq(&tx, seq)?;
         tx.commit()?;
         Ok(record)
@@ -275,34 +486,12 @@ impl Db {
     ) -> Result<Option<MessageRecord>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let Some((seq, deleted, _)) =
-            Self::target_seq(&tx, target.peer, target.outgoing, target.wire_id)?
-        else {
+        let Some(seq) = Self::target_seq(&tx, target.peer, target.outgoing, target.wire_id)? else {
             return Ok(None);
         };
-        if deleted {
+        if !DIRECT.react(&tx, seq, reactor, emoji, add, at)? {
             return Ok(None);
         }
-        let changed = if add {
-            tx.execute(
-                "INSERT INTO reactions(seq, reactor, emoji, at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(seq, reactor) DO UPDATE SET emoji = excluded.emoji, at = excluded.at
-                 WHERE emoji != excluded.emoji",
-                params![seq, reactor.as_str(), emoji, at],
-            )?
-        } else {
-            tx.execute(
-                "DELETE FROM reactions WHERE seq = ?1 AND reactor = ?2 AND emoji = ?3",
-                params![seq, reactor.as_str(), emoji],
-            )?
-        };
-        if changed == 0 {
-            return Ok(None);
-        }
-        tx.execute(
-            "UPDATE messages SET rev = rev + 1 WHERE seq = ?1",
-            params![seq],
-        )?;
         let record = Self::message_by_seq(&tx, seq)?;
         tx.commit()?;
         Ok(record)
@@ -356,19 +545,15 @@ impl Db {
     /// # Errors
     /// [`StorageError::Sqlite`].
     pub fn versions(&self, peer: &ClientId, seq: i64) -> Result<Vec<Version>, StorageError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT v.body, v.replaced_at FROM message_versions v
-             JOIN messages m ON m.seq = v.seq
-             WHERE v.seq = ?1 AND m.peer_id = ?2 ORDER BY v.rowid",
-        )?;
-        let rows = stmt.query_map(params![seq, peer.as_str()], |r| {
-            Ok(Version {
-                body: r.get(0)?,
-                replaced_at: r.get(1)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        DIRECT.versions(&self.conn(), seq, "m.peer_id = ?2", peer.as_str())
+    }
+
+    /// The earlier versions of a line of group `group_id`, oldest first.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_versions(&self, group_id: &str, seq: i64) -> Result<Vec<Version>, StorageError> {
+        GROUPS.versions(&self.conn(), seq, "m.group_id = ?2", group_id)
     }
 
     /// Queues one read receipt for up to `limit` incoming messages of the conversation with
@@ -490,6 +675,17 @@ impl MessageLookup for DbHistory {
         }
         self.db
             .known(peer, outgoing, id.as_str())
+            .map_err(|e| PeerError::KeyStore(format!("history: {e}")))
+    }
+
+    fn find_in_group(
+        &self,
+        group: &GroupId,
+        sender: &ClientId,
+        id: &MessageId,
+    ) -> Result<Option<KnownMessage>, PeerError> {
+        self.db
+            .known_in_group(&group.to_string(), sender, id.as_str())
             .map_err(|e| PeerError::KeyStore(format!("history: {e}")))
     }
 }

@@ -121,11 +121,18 @@ impl Db {
         let Some(stored) = self.insert_group_line(&line)? else {
             return Ok(None);
         };
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT OR REPLACE INTO own_sent_from(conversation, seq, device) VALUES (?1, ?2, ?3)",
             params![GROUP, stored.seq, device],
         )?;
-        Ok(Some(stored))
+        // It came with the id it was sent with: replies, edits and reactions name it by that.
+        conn.execute(
+            "UPDATE group_messages SET wire_id = ?2 WHERE seq = ?1 AND wire_id IS NULL",
+            params![stored.seq, line.message_id],
+        )?;
+        drop(conn);
+        self.group_line(line.group_id, stored.seq)
     }
 
     /// The other device of this id that sent the 1:1 message `seq`, if another one did.

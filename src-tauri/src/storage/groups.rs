@@ -15,14 +15,25 @@
 //! - A group file (schema 9) is a message line whose `body` is the file's name, with an
 //!   `attachments` row of `home = 1` ([`super::files`]); our own waits as `pending` until its upload
 //!   is done, but is not in the outbox: the library sends the file message itself.
+//! - Replies, edits, deletes and reactions (schema 12): the columns and tables of
+//!   [`super::content`] (`wire_id`, `edited_at`, `deleted`, `reply_*`, `rev`;
+//!   `group_message_versions`, `group_reactions`), changed by the same code as the 1:1 ones. A line
+//!   is named by `(group_id, sender, wire_id)`: another member's by the id it came with, ours by
+//!   the id the library sent it with, recorded when the server took it ([`Db::mark_group_sent`]).
+//!   Our own edits, deletes and reactions wait in `group_changes` (oldest first) until the
+//!   server takes them, like our texts.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use lattice_protocol::ClientId;
+use lattice_peer::content::Content;
+use lattice_peer::KnownMessage;
+use lattice_protocol::{ClientId, MessageId};
 
+use super::content::GROUPS;
 use super::db::Db;
 use super::error::StorageError;
 use super::files::{attachment_columns, group_attachments, Attachment, FileHome, NewAttachment};
+use super::message::{MessageExtra, ReplyRef};
 use crate::contract::DeliveryStatus;
 
 const GROUPS_SCHEMA: &str = "
@@ -50,6 +61,17 @@ CREATE INDEX IF NOT EXISTS group_outbox ON group_messages(seq)
     WHERE outgoing = 1 AND status = 0;
 ";
 
+/// Version 12: our own edits, deletes and reactions in groups, waiting for the server.
+const GROUP_CHANGES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS group_changes(
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id   TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+";
+
 /// Longest group id kept, in bytes (MLS group ids made by `lattice-mls` are 16 to 32).
 pub const MAX_GROUP_ID_BYTES: usize = 64;
 
@@ -72,6 +94,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StorageError> {
     conn.execute_batch(GROUPS_SCHEMA)?;
     // Version 9: the groups' full-text index.
     super::search::migrate_groups(conn)?;
+    // Version 12: replies, edits, deletes and reactions.
+    super::content::migrate_groups(conn)?;
+    conn.execute_batch(GROUP_CHANGES_SCHEMA)?;
     Ok(())
 }
 
@@ -148,6 +173,20 @@ pub struct GroupLine {
     pub status: DeliveryStatus,
     /// The file, for a file message.
     pub attachment: Option<Attachment>,
+    /// Its wire id, edit time, tombstone, the message it answers, revision and reactions (schema
+    /// 12; `extra.attachment` is always `None`: the file is [`GroupLine::attachment`]).
+    pub extra: MessageExtra,
+}
+
+/// One of our edits, deletes or reactions waiting in the group outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupChange {
+    /// Its place in the queue.
+    pub id: i64,
+    /// The group (hex id).
+    pub group_id: String,
+    /// What to send.
+    pub content: Content,
 }
 
 /// A line to add to a group's history.
@@ -171,9 +210,16 @@ pub struct NewGroupLine<'a> {
     pub status: DeliveryStatus,
 }
 
-/// A line's columns, its file's after them, over [`LINE_FROM`].
+/// A line's columns, then what [`MessageExtra::from_row`] reads (its reactions folded, the
+/// `seq` of the line a reply answers), its file's after them, over [`LINE_FROM`].
 const LINE_COLUMNS: &str = concat!(
-    "seq, group_id, kind, sender, message_id, outgoing, body, at, status, ",
+    "seq, group_id, kind, sender, message_id, outgoing, body, at, status,
+     wire_id, edited_at, deleted, reply_sender, reply_id, reply_excerpt, rev,
+     (SELECT group_concat(r.reactor || char(31) || r.emoji, char(30))
+      FROM group_reactions r WHERE r.seq = group_messages.seq),
+     (SELECT t.seq FROM group_messages t
+      WHERE t.group_id = group_messages.group_id AND t.sender = group_messages.reply_sender
+        AND t.wire_id = group_messages.reply_id), ",
     attachment_columns!()
 );
 /// The lines with their files.
@@ -184,8 +230,10 @@ const LINE_FROM: &str = concat!(
 );
 
 fn row_to_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupLine> {
+    let mut extra = MessageExtra::from_row(r, 9)?;
     Ok(GroupLine {
-        attachment: Attachment::from_row(r, 9)?,
+        attachment: extra.attachment.take(),
+        extra,
         seq: r.get(0)?,
         group_id: r.get(1)?,
         kind: GroupLineKind::from_db(r.get(2)?),
@@ -259,7 +307,9 @@ impl Db {
     pub fn groups(&self) -> Result<Vec<GroupRecord>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT g.group_id, g.name, g.unread, g.left, m.body, m.sender, m.outgoing,
+            "SELECT g.group_id, g.name, g.unread, g.left,
+                    CASE WHEN m.deleted THEN 'This message was deleted' ELSE m.body END,
+                    m.sender, m.outgoing,
                     COALESCE(m.at, g.created_at), m.kind
              FROM groups g
              LEFT JOIN group_messages m ON m.seq =
@@ -300,7 +350,19 @@ impl Db {
         &self,
         line: &NewGroupLine<'_>,
     ) -> Result<Option<GroupLine>, StorageError> {
-        self.insert_group_line_with(line, None)
+        self.insert_group_line_with(line, None, None)
+    }
+
+    /// Adds a reply to a group's history: the line and the message it answers, quoted.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn insert_group_reply(
+        &self,
+        line: &NewGroupLine<'_>,
+        reply: &ReplyRef,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        self.insert_group_line_with(line, None, Some(reply))
     }
 
     /// Adds a file message to a group's history: the line (its body the file's name) and its
@@ -314,7 +376,7 @@ impl Db {
         line: &NewGroupLine<'_>,
         file: &NewAttachment,
     ) -> Result<Option<GroupLine>, StorageError> {
-        self.insert_group_line_with(line, Some(file))
+        self.insert_group_line_with(line, Some(file), None)
     }
 
     /// The line of `group_id` with `seq`, if there is one.
@@ -336,14 +398,20 @@ impl Db {
         &self,
         line: &NewGroupLine<'_>,
         file: Option<&NewAttachment>,
+        reply: Option<&ReplyRef>,
     ) -> Result<Option<GroupLine>, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let sender = line.sender.map_or("", ClientId::as_str);
+        // Another member's message is named by the id it came with; ours gets the id it is
+        // sent with (`mark_group_sent`); a system line is never referred to.
+        let wire_id = (line.kind == GroupLineKind::Message && !line.outgoing && !sender.is_empty())
+            .then_some(line.message_id);
         let n = tx.execute(
             "INSERT OR IGNORE INTO group_messages(group_id, kind, sender, message_id, outgoing,
-                                                  body, at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                                  body, at, status, wire_id, reply_sender,
+                                                  reply_id, reply_excerpt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 line.group_id,
                 line.kind.to_db(),
@@ -352,7 +420,11 @@ impl Db {
                 line.outgoing,
                 line.body,
                 line.at,
-                line.status.rank()
+                line.status.rank(),
+                wire_id,
+                reply.map(|r| r.sender.as_str()),
+                reply.map(|r| r.message_id.as_str()),
+                reply.map(|r| r.excerpt.as_str()),
             ],
         )?;
         if n == 0 {
@@ -490,6 +562,212 @@ impl Db {
         Ok(Some(line))
     }
 
+    /// One of our group messages was taken by the server under `wire_id`: it moves to `sent`
+    /// (as [`Db::advance_group_status`]) and can be referred to from now on.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn mark_group_sent(
+        &self,
+        seq: i64,
+        wire_id: &MessageId,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        self.conn().execute(
+            "UPDATE group_messages SET wire_id = ?2
+             WHERE seq = ?1 AND outgoing = 1 AND wire_id IS NULL",
+            params![seq, wire_id.as_str()],
+        )?;
+        self.advance_group_status(seq, DeliveryStatus::Sent)
+    }
+
+    fn group_target(
+        conn: &Connection,
+        group_id: &str,
+        sender: &ClientId,
+        wire_id: &str,
+    ) -> Result<Option<i64>, StorageError> {
+        Ok(conn
+            .query_row(
+                "SELECT seq FROM group_messages
+                 WHERE group_id = ?1 AND sender = ?2 AND wire_id = ?3 AND kind = 0",
+                params![group_id, sender.as_str(), wire_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// What the history knows of the message `wire_id` that `sender` (a member, or us) wrote
+    /// in group `group_id`, for the library's checks.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn known_in_group(
+        &self,
+        group_id: &str,
+        sender: &ClientId,
+        wire_id: &str,
+    ) -> Result<Option<KnownMessage>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT at, deleted, edited_at FROM group_messages
+                 WHERE group_id = ?1 AND sender = ?2 AND wire_id = ?3 AND kind = 0",
+                params![group_id, sender.as_str(), wire_id],
+                |r| {
+                    let at: i64 = r.get(0)?;
+                    let edited_at: Option<i64> = r.get(2)?;
+                    Ok(KnownMessage {
+                        sent_at: u64::try_from(at).unwrap_or(0),
+                        deleted: r.get(1)?,
+                        last_edit_at: edited_at.map(|t| u64::try_from(t).unwrap_or(0)),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Applies a change to the line `wire_id` that `sender` wrote in group `group_id`, with the
+    /// 1:1 rules ([`super::content`]): `change` runs on the line's `seq` in one transaction.
+    /// Returns the changed line, `None` when nothing changed (an unknown line, a tombstone, a
+    /// replay).
+    fn change_group_line(
+        &self,
+        group_id: &str,
+        sender: &ClientId,
+        wire_id: &str,
+        change: impl FnOnce(&Connection, i64) -> Result<bool, StorageError>,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(seq) = Self::group_target(&tx, group_id, sender, wire_id)? else {
+            return Ok(None);
+        };
+        if !change(&tx, seq)? {
+            return Ok(None);
+        }
+        let line = tx.query_row(
+            &format!("SELECT {LINE_COLUMNS} FROM {LINE_FROM} WHERE seq = ?1"),
+            params![seq],
+            row_to_line,
+        )?;
+        tx.commit()?;
+        Ok(Some(line))
+    }
+
+    /// Replaces the text of `sender`'s message `wire_id` in group `group_id` (an edit signed at
+    /// `edited_at`), keeping the old text as a version.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn apply_group_edit(
+        &self,
+        group_id: &str,
+        sender: &ClientId,
+        wire_id: &str,
+        text: &str,
+        edited_at: i64,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        self.change_group_line(group_id, sender, wire_id, |tx, seq| {
+            GROUPS.edit(tx, seq, text, edited_at)
+        })
+    }
+
+    /// Deletes `sender`'s message `wire_id` in group `group_id` for everyone: a tombstone stays.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn apply_group_delete(
+        &self,
+        group_id: &str,
+        sender: &ClientId,
+        wire_id: &str,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        self.change_group_line(group_id, sender, wire_id, |tx, seq| GROUPS.delete(tx, seq))
+    }
+
+    /// Sets (`add`) or takes back `reactor`'s reaction to `author`'s message `wire_id` in
+    /// group `group_id`: one reaction per member per message, as in a 1:1 chat.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_group_reaction(
+        &self,
+        group_id: &str,
+        author: &ClientId,
+        wire_id: &str,
+        reactor: &ClientId,
+        emoji: &str,
+        add: bool,
+        at: i64,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        self.change_group_line(group_id, author, wire_id, |tx, seq| {
+            GROUPS.react(tx, seq, reactor, emoji, add, at)
+        })
+    }
+
+    /// Queues one of our edits, deletes or reactions for group `group_id`: durable like a
+    /// message, sent after what was queued before it.
+    ///
+    /// # Errors
+    /// [`StorageError::Content`] if it breaks a bound; [`StorageError::Sqlite`].
+    pub fn enqueue_group_change(
+        &self,
+        group_id: &str,
+        content: &Content,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let (kind, body) = content.encode()?;
+        self.conn().execute(
+            "INSERT INTO group_changes(group_id, kind, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![group_id, kind, body, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Our queued group changes, oldest first (at most `limit`). One that no longer decodes
+    /// (never written by this code) is dropped from the queue.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_changes(&self, limit: u32) -> Result<Vec<GroupChange>, StorageError> {
+        let rows: Vec<(i64, String, String, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, group_id, kind, body FROM group_changes ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, group_id, kind, body) in rows {
+            match Content::decode(&kind, &body) {
+                Ok(content) => out.push(GroupChange {
+                    id,
+                    group_id,
+                    content,
+                }),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "undecodable group change dropped");
+                    self.group_change_done(id)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A queued group change was taken by the server (or refused for good): out of the queue.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn group_change_done(&self, id: i64) -> Result<(), StorageError> {
+        self.conn()
+            .execute("DELETE FROM group_changes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
     /// Unread messages in every group.
     ///
     /// # Errors
@@ -507,6 +785,7 @@ impl Db {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::storage::content::ReplyRef;
 
     fn line<'a>(
         g: &'a str,
@@ -524,6 +803,23 @@ mod tests {
             at: 10,
             status: DeliveryStatus::Received,
         }
+    }
+
+    /// A database file written by this version (`fill`), taken back to what an older one left
+    /// on disk (`downgrade`, SQL), then opened again: the migration must bring it up.
+    fn reopened_after(path: &std::path::Path, fill: impl FnOnce(&Db), downgrade: &str) -> Db {
+        fill(&Db::open(path).unwrap());
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(downgrade)
+            .unwrap();
+        let db = Db::open(path).unwrap();
+        let version: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, crate::storage::db::SCHEMA_VERSION);
+        db
     }
 
     #[test]
@@ -757,5 +1053,217 @@ mod tests {
             .unwrap()
             .iter()
             .all(|l| l.body != "huge"));
+    }
+
+    #[test]
+    fn group_lines_take_replies_edits_deletes_and_reactions_by_author_and_wire_id() {
+        let db = Db::open_in_memory().unwrap();
+        let (me, bob, carol) = (
+            ClientId::new("alice").unwrap(),
+            ClientId::new("bob").unwrap(),
+            ClientId::new("carol").unwrap(),
+        );
+        db.ensure_group("ee", "Crag", 1).unwrap();
+        let theirs = db
+            .insert_group_line(&line("ee", Some(&bob), "b1", "hello"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            theirs.extra.wire_id.as_deref(),
+            Some("b1"),
+            "theirs: its own id"
+        );
+        // Ours: no wire id until the server took it under the library's id.
+        let ours = db
+            .insert_group_line(&NewGroupLine {
+                outgoing: true,
+                status: DeliveryStatus::Pending,
+                ..line("ee", Some(&me), "local-1", "mine")
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(ours.extra.wire_id, None);
+        let wire = MessageId::new("w-ours").unwrap();
+        let sent = db.mark_group_sent(ours.seq, &wire).unwrap().unwrap();
+        assert_eq!(sent.status, DeliveryStatus::Sent);
+        assert_eq!(sent.extra.wire_id.as_deref(), Some("w-ours"));
+
+        // A reply quotes bob's line and finds it here.
+        let reply = ReplyRef {
+            sender: bob.clone(),
+            message_id: MessageId::new("b1").unwrap(),
+            excerpt: "hello".into(),
+        };
+        let answer = db
+            .insert_group_reply(&line("ee", Some(&carol), "c1", "hi bob"), &reply)
+            .unwrap()
+            .unwrap();
+        let stored = answer.extra.reply.unwrap();
+        assert_eq!(stored.to, reply);
+        assert_eq!(stored.seq, Some(theirs.seq));
+
+        // An edit names the author: carol cannot edit bob's line, bob can (once per time).
+        assert!(db
+            .apply_group_edit("ee", &carol, "b1", "forged", 5)
+            .unwrap()
+            .is_none());
+        let edited = db
+            .apply_group_edit("ee", &bob, "b1", "hello all", 5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (edited.body.as_str(), edited.extra.edited_at),
+            ("hello all", Some(5))
+        );
+        assert!(db
+            .apply_group_edit("ee", &bob, "b1", "replayed", 5)
+            .unwrap()
+            .is_none());
+        let versions = db.group_versions("ee", theirs.seq).unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].body, "hello");
+        assert!(db.group_versions("other", theirs.seq).unwrap().is_empty());
+        // The search index has the edited text, not the old one.
+        let found = |q: &str| {
+            let query = crate::storage::search::SearchQuery::parse(q).unwrap();
+            db.search_groups(&query, None, 10).unwrap().0.len()
+        };
+        assert_eq!(found("all"), 1);
+
+        // Reactions: one per member, a toggle, counted per emoji; the history answers the
+        // library for both authors.
+        let r = db
+            .set_group_reaction("ee", &me, "w-ours", &bob, "👍", true, 6)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.extra.reactions.len(), 1);
+        db.set_group_reaction("ee", &me, "w-ours", &carol, "👍", true, 7)
+            .unwrap()
+            .unwrap();
+        let r = db
+            .set_group_reaction("ee", &me, "w-ours", &bob, "❤️", true, 8)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.extra.reactions.len(), 2, "bob's replaced, not added");
+        assert!(
+            db.set_group_reaction("ee", &bob, "w-ours", &carol, "👍", true, 9)
+                .unwrap()
+                .is_none(),
+            "named with the wrong author: nothing"
+        );
+        let known = db.known_in_group("ee", &me, "w-ours").unwrap().unwrap();
+        assert!(!known.deleted);
+        assert!(db.known_in_group("ee", &bob, "w-ours").unwrap().is_none());
+
+        // A delete leaves a tombstone (no text, no reactions, not found, previewed as such) and
+        // takes nothing after it.
+        let gone = db.apply_group_delete("ee", &bob, "b1").unwrap().unwrap();
+        assert!(gone.extra.deleted);
+        assert_eq!(gone.body, "");
+        assert!(db.group_versions("ee", theirs.seq).unwrap().is_empty());
+        assert!(db.apply_group_delete("ee", &bob, "b1").unwrap().is_none());
+        assert!(db
+            .apply_group_edit("ee", &bob, "b1", "back", 9)
+            .unwrap()
+            .is_none());
+        assert!(db
+            .set_group_reaction("ee", &bob, "b1", &me, "👍", true, 9)
+            .unwrap()
+            .is_none());
+        assert_eq!(found("all"), 0);
+        assert!(
+            db.known_in_group("ee", &bob, "b1")
+                .unwrap()
+                .unwrap()
+                .deleted
+        );
+        db.apply_group_delete("ee", &carol, "c1").unwrap().unwrap();
+        assert_eq!(
+            db.group("ee").unwrap().unwrap().last_body.as_deref(),
+            Some("This message was deleted")
+        );
+    }
+
+    #[test]
+    fn our_group_changes_wait_in_order_until_done() {
+        let db = Db::open_in_memory().unwrap();
+        let w = |id: &str| MessageId::new(id).unwrap();
+        db.enqueue_group_change("ff", &Content::Delete { target: w("a") }, 1)
+            .unwrap();
+        db.enqueue_group_change(
+            "ff",
+            &Content::Edit {
+                target: w("b"),
+                text: "x".into(),
+            },
+            2,
+        )
+        .unwrap();
+        let queued = db.group_changes(10).unwrap();
+        assert_eq!(queued.len(), 2);
+        assert_eq!(queued[0].content, Content::Delete { target: w("a") });
+        db.group_change_done(queued[0].id).unwrap();
+        assert_eq!(db.group_changes(10).unwrap().len(), 1);
+        // A change over a bound is refused before it is queued.
+        let long = Content::Edit {
+            target: w("b"),
+            text: "x".repeat(lattice_peer::content::MAX_TEXT_BYTES + 1),
+        };
+        assert!(matches!(
+            db.enqueue_group_change("ff", &long, 3),
+            Err(StorageError::Content(_))
+        ));
+    }
+
+    #[test]
+    fn a_version_11_file_gains_the_group_content_columns_with_its_rows_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lattice.sqlite3");
+        let bob = ClientId::new("bob").unwrap();
+        let me = ClientId::new("alice").unwrap();
+        let fill = |db: &Db| {
+            db.ensure_group("ab", "Crag", 1).unwrap();
+            db.insert_group_line(&line("ab", Some(&bob), "b1", "from before"))
+                .unwrap();
+            db.insert_group_line(&NewGroupLine {
+                outgoing: true,
+                status: DeliveryStatus::Sent,
+                ..line("ab", Some(&me), "local-1", "ours from before")
+            })
+            .unwrap();
+            db.insert_group_line(&NewGroupLine {
+                kind: GroupLineKind::System,
+                ..line("ab", Some(&bob), "s1", "bob added carol")
+            })
+            .unwrap();
+        };
+        // What version 11 left on disk: group_messages without the content columns.
+        let db = reopened_after(
+            &path,
+            fill,
+            "DROP TRIGGER group_messages_content_delete;
+             DROP TABLE group_message_versions; DROP TABLE group_reactions;
+             DROP TABLE group_changes; DROP INDEX group_messages_by_wire_id;
+             ALTER TABLE group_messages DROP COLUMN wire_id;
+             ALTER TABLE group_messages DROP COLUMN edited_at;
+             ALTER TABLE group_messages DROP COLUMN deleted;
+             ALTER TABLE group_messages DROP COLUMN reply_sender;
+             ALTER TABLE group_messages DROP COLUMN reply_id;
+             ALTER TABLE group_messages DROP COLUMN reply_excerpt;
+             ALTER TABLE group_messages DROP COLUMN rev;
+             PRAGMA user_version = 11;",
+        );
+        let lines = db.group_page("ab", None, 10).unwrap();
+        let wire: Vec<Option<&str>> = lines.iter().map(|l| l.extra.wire_id.as_deref()).collect();
+        // Bob's: his id; ours: unknown (the library chose it); a system line: none.
+        assert_eq!(wire, [Some("b1"), None, None]);
+        assert_eq!(lines[0].body, "from before");
+        // Bob's line from before takes his edit and the library finds it.
+        assert!(db.known_in_group("ab", &bob, "b1").unwrap().is_some());
+        let edited = db
+            .apply_group_edit("ab", &bob, "b1", "edited after the upgrade", 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(edited.seq, lines[0].seq);
     }
 }

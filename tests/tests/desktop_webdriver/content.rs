@@ -2,7 +2,6 @@
 //! headless bob, both ways, through the keyboard where the app offers it; each new screen is
 //! checked with axe-core and photographed.
 
-use fantoccini::Client;
 use lattice_peer::content::{MessageRef, ReactionAction};
 use lattice_peer::{Change, Content, EventStream, IncomingMessage, PeerEvent};
 use lattice_protocol::{ClientId, MessageId};
@@ -44,38 +43,6 @@ fn change(ev: PeerEvent) -> Option<Change> {
         PeerEvent::Update(u) if !matches!(u.change, Change::Typing { .. }) => Some(u.change),
         _ => None,
     }
-}
-
-/// Sends WebDriver keys to whatever has focus (a selected message is not a form control).
-async fn press_focused(client: &Client, keys: &str) {
-    client
-        .active_element()
-        .await
-        .expect("the focused element")
-        .send_keys(keys)
-        .await
-        .expect("keys to the focused element");
-}
-
-/// Waits for the message dialog titled `title`.
-async fn message_dialog(client: &Client, title: &str) {
-    let script = format!(
-        "return document.getElementById('message-dialog').open \
-           && document.getElementById('message-dialog-title').textContent === {};",
-        serde_json::to_string(title).unwrap()
-    );
-    until_js(client, &format!("the dialog {title:?}"), &script).await;
-}
-
-/// Focuses the message whose text contains `text` (as the arrow keys would).
-async fn select(client: &Client, text: &str) {
-    let script = format!(
-        "const li = Array.from(document.querySelectorAll('li.msg')) \
-           .find(l => l.querySelector('.text')?.textContent.includes({})); \
-         if (!li) return false; li.focus(); return document.activeElement === li;",
-        serde_json::to_string(text).unwrap()
-    );
-    until_js(client, &format!("the message {text:?} selected"), &script).await;
 }
 
 #[tokio::test]

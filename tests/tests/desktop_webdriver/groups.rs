@@ -4,7 +4,10 @@
 //! longer read what follows (checked on her side), files go both ways in the group (alice
 //! pastes a picture, bob downloads it; bob's file shows as a card alice saves; a drop on the
 //! group sends), search finds a group message and opens the group at it, the group's history
-//! exports, and axe-core passes on each new screen.
+//! exports, and axe-core passes on each new screen. The message actions of a 1:1 chat work in
+//! the group, through the keyboard: alice replies with a quote (which jumps to the quoted line),
+//! edits, reacts and deletes for everyone, and bob (headless) sees each; bob reacts, edits and
+//! deletes, and alice's page shows each.
 
 use std::time::Duration;
 
@@ -55,6 +58,15 @@ async fn joined(events: &mut EventStream) -> GroupId {
             change: GroupChange::Joined { .. },
             ..
         } => Some(group.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// The next edit, delete or reaction a headless member reads in a group.
+async fn next_change(events: &mut EventStream) -> lattice_peer::Change {
+    next_event(events, |e| match e {
+        PeerEvent::GroupUpdate { update, .. } => Some(update.change.clone()),
         _ => None,
     })
     .await
@@ -164,7 +176,8 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
            .some(li => li.dataset.status === 'sent');",
     )
     .await;
-    bob.send_group_content(&bob_gid, &Content::Text("from bob".into()))
+    let from_bob = bob
+        .send_group_content(&bob_gid, &Content::Text("from bob".into()))
         .await
         .unwrap();
     carol
@@ -202,6 +215,168 @@ async fn a_group_made_in_the_app_talks_three_ways_and_locks_out_a_removed_member
     )
     .await;
     assert_eq!(row, json!("Climbing"));
+
+    // Message actions as in a 1:1 chat. alice replies to bob's line with the keyboard (select
+    // it, Alt+R): bob reads a reply naming his message, and the quote jumps to it.
+    select(&client, "from bob").await;
+    press_focused(&client, "\u{E00A}r").await;
+    until_js(
+        &client,
+        "the group composer replying to bob",
+        "return !document.getElementById('group-composer-context').hidden \
+           && document.getElementById('group-composer-context-title').textContent === 'Replying to bob' \
+           && document.activeElement?.id === 'group-input';",
+    )
+    .await;
+    type_into(&client, "#group-input", "nice route\u{E007}").await;
+    let (to, reply_id) = next_event(&mut bob_events, |e| match e {
+        PeerEvent::GroupMessage(m) => match &m.content {
+            Content::Reply { to, text, .. } if text == "nice route" => {
+                Some((to.clone(), m.message_id.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!((to.sender.as_str(), &to.message_id), ("bob", &from_bob));
+    until_js(
+        &client,
+        "our reply sent, quoting bob",
+        "const li = Array.from(document.querySelectorAll('#group-message-list li.msg.out')) \
+           .find(l => l.querySelector('.text')?.textContent === 'nice route'); \
+         return !!li && li.dataset.wire !== '' \
+           && li.querySelector('.quote .quote-sender')?.textContent === 'bob';",
+    )
+    .await;
+    click(&client, "#group-message-list li.msg.out .quote").await;
+    until_js(
+        &client,
+        "the quote jumped to bob's line",
+        "const li = document.querySelector('#group-message-list li.msg.found'); \
+         return !!li && li.dataset.sender === 'bob' && document.activeElement === li;",
+    )
+    .await;
+
+    // Up in the empty composer edits our reply; bob's library accepts the edit.
+    click(&client, "#group-input").await;
+    press(&client, "#group-input", "\u{E013}").await;
+    until_js(
+        &client,
+        "the group composer editing",
+        "return document.getElementById('group-input').value === 'nice route' \
+           && document.getElementById('group-composer-context-title').textContent === 'Editing your message';",
+    )
+    .await;
+    type_into(&client, "#group-input", ", well led\u{E007}").await;
+    let edit = next_change(&mut bob_events).await;
+    assert_eq!(
+        edit,
+        lattice_peer::Change::Edited {
+            target: reply_id.clone(),
+            text: "nice route, well led".into()
+        }
+    );
+
+    // alice reacts to bob's line with the picker (Alt+A); bob reacts to alice's first message
+    // and edits his own: alice sees each, with who reacted on the chip.
+    select(&client, "from bob").await;
+    press_focused(&client, "\u{E00A}a").await;
+    message_dialog(&client, "React to this message").await;
+    click(&client, "button[aria-label='React with 👍']").await;
+    let reacted = next_change(&mut bob_events).await;
+    assert!(
+        matches!(&reacted, lattice_peer::Change::Reaction { target, emoji, .. }
+            if target.message_id == from_bob && emoji == "👍"),
+        "{reacted:?}"
+    );
+    let hello_wire: String = serde_json::from_value(
+        until_js(
+            &client,
+            "our first message's wire id",
+            "const li = Array.from(document.querySelectorAll('#group-message-list li.msg.out')) \
+               .find(l => l.querySelector('.text')?.textContent === 'hello climbers'); \
+             return li && li.dataset.wire !== '' ? li.dataset.wire : false;",
+        )
+        .await,
+    )
+    .unwrap();
+    bob.send_group_content(
+        &bob_gid,
+        &Content::Reaction {
+            target: lattice_peer::MessageRef {
+                sender: ClientId::new("alice").unwrap(),
+                message_id: lattice_protocol::MessageId::new(hello_wire).unwrap(),
+            },
+            emoji: "🎉".into(),
+            action: lattice_peer::ReactionAction::Add,
+        },
+    )
+    .await
+    .unwrap();
+    bob.send_group_content(
+        &bob_gid,
+        &Content::Edit {
+            target: from_bob.clone(),
+            text: "from bob, edited".into(),
+        },
+    )
+    .await
+    .unwrap();
+    until_js(
+        &client,
+        "the reactions both ways and bob's edit",
+        "const lines = Array.from(document.querySelectorAll('#group-message-list li.msg')); \
+         const hello = lines.find(l => l.querySelector('.text')?.textContent === 'hello climbers'); \
+         const bobs = lines.find(l => l.dataset.sender === 'bob' && l.querySelector('.edited')); \
+         return hello?.querySelector('.reaction')?.getAttribute('aria-label') === '🎉 1, by bob' \
+           && bobs?.querySelector('.text')?.textContent === 'from bob, edited' \
+           && bobs.querySelector('.reaction')?.getAttribute('aria-label') === '👍 1, by you';",
+    )
+    .await;
+
+    // bob writes a line and deletes it for everyone; alice deletes her reply (Alt+D).
+    let oops = bob
+        .send_group_content(&bob_gid, &Content::Text("wrong crag".into()))
+        .await
+        .unwrap();
+    until_group_line(&client, "wrong crag", Some("bob")).await;
+    bob.send_group_content(&bob_gid, &Content::Delete { target: oops })
+        .await
+        .unwrap();
+    until_js(
+        &client,
+        "bob's tombstone",
+        "return Array.from(document.querySelectorAll('#group-message-list li.msg.in.deleted')) \
+           .some(l => l.querySelector('.tombstone')?.textContent === 'This message was deleted');",
+    )
+    .await;
+    select(&client, "well led").await;
+    press_focused(&client, "\u{E00A}d").await;
+    message_dialog(&client, "Delete this message?").await;
+    let for_me: Value = client
+        .execute("return !!document.getElementById('delete-for-me');", vec![])
+        .await
+        .unwrap();
+    assert_eq!(for_me, json!(false), "a group has no delete for me");
+    shots.take(&client, "group-actions-delete").await;
+    assert_accessible(&client, "the delete dialog in a group").await;
+    click(&client, "#delete-for-everyone").await;
+    let deleted = next_change(&mut bob_events).await;
+    assert_eq!(deleted, lattice_peer::Change::Deleted { target: reply_id });
+    until_js(
+        &client,
+        "our tombstone",
+        "return !!document.querySelector('#group-message-list li.msg.out.deleted .tombstone');",
+    )
+    .await;
+    select(&client, "from bob, edited").await;
+    shots.take(&client, "group-actions").await;
+    assert_accessible(
+        &client,
+        "a group with replies, edits, reactions and tombstones",
+    )
+    .await;
 
     // Ctrl+K finds group messages too, named by sender and group; Enter opens the group at it.
     press(&client, "#group-input", "\u{E009}k").await;

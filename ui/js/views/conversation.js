@@ -24,7 +24,8 @@ import { fileBlock, updateProgress } from "./files.js";
 import { clearNotices, showNotice } from "./toasts.js";
 import { openVerify } from "./verify.js";
 import {
-  actionBar, changeable, openDelete, openReact, openVersions, reactionRow, referable,
+  actionBar, changeable, composerContext, composerKeys, messageShortcutsFor, openVersions,
+  quoteButton, reactionRow, selectableMessages, setActionsTabbable,
 } from "./message-actions.js";
 
 /** The first page: one screen and a little more, so a conversation opens at once. */
@@ -79,7 +80,7 @@ let arrivedEarly = []; // messages that arrived while the first page was loading
 let draftTimer = null;
 let draftPeer = null; // the conversation whose draft is in the composer
 const shown = new Map(); // message id -> the message as last drawn
-let composing = null; // { kind: "reply" | "edit", m } while the composer replies or edits
+let ctx = null; // the composer's reply / edit state (composerContext), made at init
 let typingSentAt = 0; // when "started typing" was last sent
 let typingIdle = null; // timer: typing stopped
 let typingShown = null; // timer: hides "… is typing"
@@ -131,7 +132,7 @@ function fillMessage(li, m) {
   if (m.deleted) text = h("span", { class: "text tombstone", text: "This message was deleted" });
   else if (m.file) text = fileBlock(current, m);
   else text = h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
-  const bubble = h("div", { class: m.file && !m.deleted ? "bubble has-file" : "bubble" }, quote(m), text, meta);
+  const bubble = h("div", { class: m.file && !m.deleted ? "bubble has-file" : "bubble" }, quoteButton(m, jumpTo), text, meta);
   const parts = [];
   if (!m.outgoing && !m.authenticated) {
     parts.push(h("span", {
@@ -145,24 +146,9 @@ function fillMessage(li, m) {
   if (m.outgoing && m.status === DeliveryStatus.FAILED) {
     parts.push(h("span", { class: "msg-note danger" }, icon("alert"), "Not delivered"));
   }
-  parts.push(actionBar(current, m, { reply: startReply, edit: startEdit, upsert: upsertMessage }));
-  li.replaceChildren(...parts);
+  parts.push(actionBar(current, m, { reply: (x) => ctx.startReply(x), edit: (x) => ctx.startEdit(x), upsert: upsertMessage }));
+  li.replaceChildren(...parts.filter(Boolean));
   if (li.contains(document.activeElement) || document.activeElement === li) setActionsTabbable(li, true);
-}
-
-/** The quote above a reply: who and what it answers; activating it goes to that message. */
-function quote(m) {
-  if (!m.replyTo || m.deleted) return null;
-  const r = m.replyTo;
-  const who = r.sender === (state.me && state.me.clientId) ? "You" : r.sender;
-  // The name is the visible text, with what it is said first for screen readers.
-  return h("button", {
-    class: "quote", type: "button", tabindex: "-1", title: "Go to the quoted message",
-    onclick: () => jumpTo(r),
-  }, h("span", { class: "visually-hidden", text: "Quoted from " }),
-  h("span", { class: "quote-sender", text: who }),
-  h("span", { class: "visually-hidden", text: ": " }),
-  h("bdi", { class: "quote-text", dir: "auto", text: r.excerpt }));
 }
 
 /** Goes to the message a reply answers: in the window already, or the window around it. */
@@ -171,11 +157,6 @@ function jumpTo(r) {
   if (li) showFound(li);
   else if (r.seq !== null && r.seq !== undefined) openConversation(current, r.seq);
   else showNotice({ kind: ErrorKind.INVALID_INPUT, message: "That message is no longer on this device." });
-}
-
-/** The action buttons (and quote, reactions) of a message join the tab order while it is selected. */
-function setActionsTabbable(li, on) {
-  for (const b of li.querySelectorAll("button")) b.tabIndex = on ? 0 : -1;
 }
 
 function daySeparator(at) {
@@ -444,7 +425,7 @@ export async function openConversation(peerId, at = null) {
   shown.clear();
   if (switching) {
     stopTyping();
-    setComposing(null);
+    ctx.set(null);
     hideTyping();
   }
   renderHeader(peer);
@@ -635,86 +616,15 @@ function hideTyping() {
 
 // ---------- selecting a message, replying, editing ----------
 
-/** The message selected (focused), if any. */
-function selectedMessage() {
-  const li = document.activeElement && document.activeElement.closest
-    ? document.activeElement.closest("#message-list li.msg") : null;
-  return li ? shown.get(li.dataset.id) : null;
-}
-
-/** The newest message in the window that `pick` accepts. */
-function lastMessage(pick) {
-  const items = messageItems();
-  for (let i = items.length - 1; i >= 0; i--) {
-    const m = shown.get(items[i].dataset.id);
-    if (m && pick(m)) return m;
-  }
-  return null;
-}
-
-function setComposing(next) {
-  composing = next;
-  const bar = $("composer-context");
-  bar.hidden = next === null;
-  if (next === null) return;
-  const m = next.m;
-  const who = m.outgoing ? "yourself" : m.peerId;
-  $("composer-context-title").textContent = next.kind === "edit" ? "Editing your message" : `Replying to ${who}`;
-  $("composer-context-excerpt").textContent = m.body;
-}
-
-function startReply(m) {
-  if (!m || !referable(m)) return false;
-  setComposing({ kind: "reply", m });
-  $("composer-input").focus();
-  return true;
-}
-
-function startEdit(m) {
-  if (!m || !changeable(m)) return false;
-  setComposing({ kind: "edit", m });
-  const input = $("composer-input");
-  input.value = m.body;
-  autosize();
-  updateSendButton();
-  input.focus();
-  input.setSelectionRange(input.value.length, input.value.length);
-  return true;
-}
-
-function cancelComposing() {
-  const wasEdit = composing && composing.kind === "edit";
-  setComposing(null);
-  if (wasEdit) {
-    $("composer-input").value = "";
-    autosize();
-    updateSendButton();
-  }
-}
-
 /** Keyboard shortcuts on the selected message (or the last fitting one). */
-export const messageShortcuts = {
-  focusMessages() {
-    const items = messageItems();
-    if (current === null || items.length === 0) return false;
-    items[items.length - 1].focus();
-    return true;
-  },
-  reply: () => current !== null && startReply(selectedMessage() || lastMessage((m) => !m.outgoing && referable(m))),
-  edit: () => current !== null && startEdit(selectedMessage() || lastMessage(changeable)),
-  react() {
-    const m = selectedMessage() || lastMessage((x) => !x.outgoing && referable(x));
-    if (current === null || !m || !referable(m)) return false;
-    openReact(current, m, upsertMessage);
-    return true;
-  },
-  deleteMessage() {
-    const m = selectedMessage() || lastMessage(changeable);
-    if (current === null || !m) return false;
-    openDelete(current, m);
-    return true;
-  },
-};
+export const messageShortcuts = messageShortcutsFor({
+  open: () => current !== null,
+  items: () => Array.from(messageItems()),
+  message: (li) => shown.get(li.dataset.id),
+  chat: () => current,
+  get ctx() { return ctx; },
+  upsert: (m) => upsertMessage(m),
+});
 
 function noteTyping() {
   if (current === null) return;
@@ -747,7 +657,7 @@ export function closeConversation() {
   if (current === null) return;
   flushDraft();
   stopTyping();
-  setComposing(null);
+  ctx.set(null);
   hideTyping();
   generation += 1;
   current = null;
@@ -775,8 +685,8 @@ async function send() {
   autosize();
   updateSendButton();
   stopTyping();
-  const mode = composing;
-  setComposing(null);
+  const mode = ctx.mode;
+  ctx.set(null);
   try {
     const message = mode && mode.kind === "edit"
       ? await api.editMessage(current, mode.m.seq, text)
@@ -787,7 +697,7 @@ async function send() {
   } catch (err) {
     // Nothing typed is lost: put it back.
     if (input.value.length === 0) input.value = text;
-    if (composing === null) setComposing(mode);
+    if (ctx.mode === null) ctx.set(mode);
     autosize();
     updateSendButton();
     showNotice(err);
@@ -802,56 +712,18 @@ function autosize() {
 
 export function initConversation() {
   const input = $("composer-input");
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      send();
-    } else if (e.key === "ArrowUp" && input.value.length === 0 && !e.altKey && !e.ctrlKey && !e.shiftKey) {
-      // Up in an empty composer edits your last message.
-      if (startEdit(lastMessage(changeable))) e.preventDefault();
-    } else if (e.key === "Escape" && composing !== null) {
-      e.preventDefault();
-      cancelComposing();
-    }
-  });
+  ctx = composerContext({ prefix: "composer", form: "composer", input: "composer-input" },
+    () => { autosize(); updateSendButton(); }, (m) => m.peerId);
+  composerKeys(input, ctx, send, () => ctx.startEdit(messageShortcuts.last(changeable)));
   input.addEventListener("input", () => {
     autosize();
     updateSendButton();
     scheduleDraftSave();
     noteTyping();
   });
-  $("composer-context-cancel").addEventListener("click", () => {
-    cancelComposing();
-    input.focus();
-  });
 
   // Selecting messages: ↑ ↓ move between them; the selected one's buttons join the tab order.
-  const list = $("message-list");
-  list.addEventListener("keydown", (e) => {
-    const li = e.target.closest && e.target.closest("li.msg");
-    if (!li || e.target !== li || e.altKey || e.ctrlKey) return;
-    let next = null;
-    if (e.key === "ArrowUp") {
-      next = li.previousElementSibling;
-      while (next && !next.classList.contains("msg")) next = next.previousElementSibling;
-      if (!next) maybeLoadOlder();
-    } else if (e.key === "ArrowDown") {
-      next = li.nextElementSibling;
-      while (next && !next.classList.contains("msg")) next = next.nextElementSibling;
-    } else {
-      return;
-    }
-    e.preventDefault();
-    if (next) next.focus();
-  });
-  list.addEventListener("focusin", (e) => {
-    const li = e.target.closest && e.target.closest("li.msg");
-    if (li) setActionsTabbable(li, true);
-  });
-  list.addEventListener("focusout", (e) => {
-    const li = e.target.closest && e.target.closest("li.msg");
-    if (li && !li.contains(e.relatedTarget)) setActionsTabbable(li, false);
-  });
+  selectableMessages($("message-list"), maybeLoadOlder);
   // The window closing (or hiding to the tray) saves what is typed.
   window.addEventListener("blur", () => { if (draftTimer !== null) flushDraft(); });
   $("composer").addEventListener("submit", (e) => {

@@ -3,13 +3,17 @@
 // removals, renames and key changes) and its member panel (names and safety numbers, invite,
 // remove, rename, leave).
 //
+// A group's messages take the actions of a 1:1 chat's (message-actions.js): reply with a quote
+// that jumps to the quoted line, edit and delete our own (for everyone), react; ↑ ↓ move between
+// lines and the selected one's buttons join the tab order; the same shortcuts apply.
+//
 // The group list comes from the backend (`group-list`, in `state.groups`); the sidebar draws it
 // beside the 1:1 chats (peer-list.js). A group's row and selection use the key `group:<id>`.
 // State flows one way: this view asks the backend and redraws from what it answers and from
 // the `group-message` events; it keeps only what is on screen.
 
 import { api, on } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus, Event } from "../contract.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, Event } from "../contract.js";
 import { state } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
@@ -19,6 +23,10 @@ import { openGroupExport } from "./backup.js";
 import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
+import {
+  actionBar, changeable, composerContext, composerKeys, messageShortcutsFor, openVersions,
+  quoteButton, reactionRow, selectableMessages, setActionsTabbable,
+} from "./message-actions.js";
 
 /** Lines per page of a group's history. */
 const PAGE = 50;
@@ -45,6 +53,8 @@ let oldestSeq = null;
 let hasMore = false;
 let loading = false;
 const elements = new Map(); // line id -> <li>
+const shown = new Map(); // line id -> the line as last drawn
+let ctx = null; // the composer's reply / edit state (composerContext), made at init
 let onSelect = () => {};
 
 const $ = (id) => document.getElementById(id);
@@ -93,30 +103,76 @@ function lineElement(m) {
   return li;
 }
 
+/** The chat the message actions name. */
+function chat() {
+  return { groupId: current };
+}
+
 function fillLine(li, m) {
+  shown.set(m.id, m);
   li.dataset.status = m.status;
+  li.dataset.rev = String(m.rev || 0);
+  li.dataset.wire = m.wireId || "";
   li.classList.toggle("failed", m.status === DeliveryStatus.FAILED);
-  const meta = h("span", { class: "meta" }, h("time", { text: formatTime(m.at) }));
+  li.classList.toggle("deleted", !!m.deleted);
+  const meta = h("span", { class: "meta" });
+  if (m.edited && !m.deleted) {
+    meta.append(h("button", {
+      class: "edited", type: "button", tabindex: "-1", title: "Edited: show earlier versions",
+      "aria-label": "Edited: show earlier versions", onclick: () => openVersions(chat(), m),
+    }, "edited"));
+  }
+  meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS[DeliveryStatus.SENT];
     meta.append(icon(s.icon, "status-icon"), h("span", { class: "visually-hidden", text: s.label }));
     meta.title = s.label;
   }
   let sender = null;
-  if (!m.outgoing) {
+  if (!m.outgoing && !li.classList.contains("cont")) {
     sender = h("span", { class: "msg-sender" }, m.sender);
     // Through the CSSOM: the page's CSP allows no inline style attributes.
     sender.style.setProperty("--sender", senderColor(m.sender));
   }
   // A file message shows its file (the body is its name); the page's file commands name the
   // group as the chat.
-  const content = m.file
-    ? fileBlock({ groupId: m.groupId }, m)
-    : h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
-  const bubble = h("div", { class: `bubble${m.file ? " has-file" : ""}` }, content, meta);
-  li.replaceChildren(...[sender, bubble].filter(Boolean));
-  const what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
+  let content;
+  if (m.deleted) content = h("span", { class: "text tombstone", text: "This message was deleted" });
+  else if (m.file) content = fileBlock({ groupId: m.groupId }, m);
+  else content = h("bdi", { class: "text", dir: "auto" }, messageText(m.body, confirmLink));
+  const bubble = h("div", { class: `bubble${m.file && !m.deleted ? " has-file" : ""}` }, quoteButton(m, jumpTo), content, meta);
+  const parts = [sender, bubble, reactionRow(chat(), m, upsertGroupLine)];
+  parts.push(actionBar(chat(), m, {
+    reply: (x) => ctx.startReply(x), edit: (x) => ctx.startEdit(x), upsert: upsertGroupLine,
+  }));
+  li.replaceChildren(...parts.filter(Boolean));
+  let what = m.file ? `${m.file.image ? "picture" : "file"} ${m.body}` : m.body;
+  if (m.deleted) what = "This message was deleted";
+  else if (m.edited) what = `${what} (edited)`;
   li.setAttribute("aria-label", `${m.outgoing ? "You" : m.sender}: ${what}`);
+  if (li.contains(document.activeElement) || document.activeElement === li) setActionsTabbable(li, true);
+}
+
+/** Goes to the line a reply answers: shown already, or loaded (older pages) up to it. */
+function jumpTo(r) {
+  const li = $("group-message-list").querySelector(
+    `li.msg[data-wire="${CSS.escape(r.messageId)}"][data-sender="${CSS.escape(r.sender)}"]`);
+  if (li) {
+    mark(li);
+  } else if (r.seq !== null && r.seq !== undefined) {
+    showLine(r.seq, generation);
+  } else {
+    showNotice({ kind: ErrorKind.INVALID_INPUT, message: "That message is no longer on this device." });
+  }
+}
+
+/** Scrolls to line `li`, marks it for a moment and selects it. */
+function mark(li) {
+  for (const old of $("group-message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("found");
+  li.focus({ preventScroll: true });
+  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
 }
 
 /** Colours for senders' names (`--sender-0` … in app.css, readable in both modes). */
@@ -207,6 +263,8 @@ export async function openGroup(id, at = null) {
   const gen = generation;
   current = id;
   elements.clear();
+  shown.clear();
+  ctx.set(null);
   oldestSeq = null;
   hasMore = false;
   $("pane-empty").hidden = true;
@@ -240,11 +298,7 @@ async function showLine(seq, gen) {
   }
   const li = find();
   if (!li || gen !== generation) return;
-  for (const old of $("group-message-list").querySelectorAll("li.msg.found")) old.classList.remove("found");
-  li.scrollIntoView({ block: "center" });
-  li.classList.add("found");
-  li.focus({ preventScroll: true });
-  setTimeout(() => li.classList.remove("found"), FOUND_HIGHLIGHT_MS);
+  mark(li);
 }
 
 /** Hides the group conversation (a 1:1 chat opens instead). */
@@ -253,6 +307,8 @@ export function closeGroup() {
   generation += 1;
   current = null;
   elements.clear();
+  shown.clear();
+  ctx.set(null);
   $("group-conversation").hidden = true;
 }
 
@@ -292,8 +348,12 @@ export function upsertGroupLine(m) {
     // The send's answer (pending) can arrive after the event that it was sent: keep the later
     // state in the contract's order (the backend only moves a message forwards).
     const later = DELIVERY_STATUS_ORDER.indexOf(m.status) > DELIVERY_STATUS_ORDER.indexOf(existing.dataset.status);
+    // An edit, a delete or a reaction raises the revision; the server taking our message gives
+    // it its wire id (never taken away: the send's answer can arrive after that event).
+    const changed = (m.rev || 0) > Number(existing.dataset.rev || 0)
+      || (!!m.wireId && !existing.dataset.wire);
     if (m.system) return;
-    if (later) {
+    if (later || changed) {
       fillLine(existing, m);
     } else if (m.file && m.status === existing.dataset.status && !updateProgress(existing, m)) {
       // A file's transfer moved on: the bar moves in place; a new state redraws the line.
@@ -349,16 +409,32 @@ async function send() {
   input.value = "";
   autosize();
   updateSend();
+  const mode = ctx.mode;
+  ctx.set(null);
   try {
-    upsertGroupLine(await api.sendGroupMessage(current, text));
+    const line = mode && mode.kind === "edit"
+      ? await api.editMessage(chat(), mode.m.seq, text)
+      : await api.sendGroupMessage(current, text, mode && mode.kind === "reply" ? mode.m.seq : null);
+    upsertGroupLine(line);
   } catch (err) {
     // Nothing typed is lost: put it back.
     if (input.value.length === 0) input.value = text;
+    if (ctx.mode === null) ctx.set(mode);
     autosize();
     updateSend();
     showNotice(err);
   }
 }
+
+/** The message shortcuts in the open group (false when no group is open: the 1:1 chat's apply). */
+export const groupShortcuts = messageShortcutsFor({
+  open: () => current !== null,
+  items: () => Array.from($("group-message-list").querySelectorAll("li.msg")),
+  message: (li) => shown.get(li.dataset.id),
+  chat,
+  get ctx() { return ctx; },
+  upsert: (m) => upsertGroupLine(m),
+});
 
 function autosize() {
   const input = $("group-input");
@@ -615,12 +691,11 @@ export function initGroups(select) {
   $("group-leave").addEventListener("click", leave);
 
   const input = $("group-input");
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      send();
-    }
-  });
+  ctx = composerContext({ prefix: "group-composer", form: "group-composer", input: "group-input" },
+    () => { autosize(); updateSend(); }, (m) => m.sender);
+  composerKeys(input, ctx, send, () => ctx.startEdit(groupShortcuts.last(changeable)));
+  // Selecting lines: ↑ ↓ move between messages; the selected one's buttons join the tab order.
+  selectableMessages($("group-message-list"), loadOlder);
   input.addEventListener("input", () => {
     autosize();
     updateSend();

@@ -415,3 +415,35 @@ pub(crate) async fn assert_accessible(client: &Client, screen: &str) {
 pub(crate) async fn press(client: &Client, css: &str, keys: &str) {
     type_into(client, css, keys).await;
 }
+
+/// Sends WebDriver keys to whatever has focus (a selected message is not a form control).
+pub(crate) async fn press_focused(client: &Client, keys: &str) {
+    client
+        .active_element()
+        .await
+        .expect("the focused element")
+        .send_keys(keys)
+        .await
+        .expect("keys to the focused element");
+}
+
+/// Waits for the message dialog titled `title`.
+pub(crate) async fn message_dialog(client: &Client, title: &str) {
+    let script = format!(
+        "return document.getElementById('message-dialog').open \
+           && document.getElementById('message-dialog-title').textContent === {};",
+        serde_json::to_string(title).unwrap()
+    );
+    until_js(client, &format!("the dialog {title:?}"), &script).await;
+}
+
+/// Focuses the message whose text contains `text` (as the arrow keys would).
+pub(crate) async fn select(client: &Client, text: &str) {
+    let script = format!(
+        "const li = Array.from(document.querySelectorAll('li.msg')) \
+           .find(l => l.querySelector('.text')?.textContent.includes({})); \
+         if (!li) return false; li.focus(); return document.activeElement === li;",
+        serde_json::to_string(text).unwrap()
+    );
+    until_js(client, &format!("the message {text:?} selected"), &script).await;
+}
