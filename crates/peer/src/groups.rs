@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 mod devices;
 mod direct;
+mod notices;
 
 use direct::DirectBook;
 pub(crate) use direct::DIRECT_GROUP_NAME;
@@ -206,6 +207,12 @@ pub(crate) struct Groups {
     /// Groups this device is leaving (its leave proposal sent, not committed yet): a device pass
     /// adds no device of ours to them. At most one entry per group we are in; std Mutex.
     leaving: Mutex<std::collections::HashSet<GroupId>>,
+    /// Group read receipts and typing notices: rate windows, read marks, typing expiries
+    /// ([`notices`]). std Mutex: short updates.
+    notices: Mutex<notices::Notices>,
+    /// Whether group read receipts are sent and others' raised (the app's read-receipt setting,
+    /// [`Groups::set_read_receipts`]).
+    read_receipts: AtomicBool,
     /// Ourselves, for the tasks we spawn (set once by [`Groups::into_arc`]).
     this: Mutex<Option<std::sync::Weak<Groups>>>,
 }
@@ -415,6 +422,8 @@ impl Groups {
             device_pass: tokio::sync::Mutex::new(()),
             device_pass_wanted: AtomicBool::new(false),
             leaving: Mutex::new(std::collections::HashSet::new()),
+            notices: Mutex::new(notices::Notices::default()),
+            read_receipts: AtomicBool::new(true),
             this: Mutex::new(None),
         })
     }
@@ -1030,6 +1039,21 @@ impl Groups {
         message_id: MessageId,
     ) -> Result<MessageId, PeerError> {
         let (kind, body) = content.encode()?;
+        let (id, sent_at) = self.seal_and_send(gid, kind, body, message_id).await?;
+        // Others may now refer to it (a reply, a reaction), and we to it (an edit).
+        self.history.sent_in_group(gid, &id, content, sent_at);
+        Ok(id)
+    }
+
+    /// Seals one application message of `kind` in `gid` and sends it, waiting for the server's
+    /// answer. Returns its id and the `sentAt` it was signed with.
+    async fn seal_and_send(
+        &self,
+        gid: &GroupId,
+        kind: &str,
+        body: String,
+        message_id: MessageId,
+    ) -> Result<(MessageId, u64), PeerError> {
         let sent_at = now_ms();
         let plaintext = serde_json::to_vec(&Plaintext {
             message_id: message_id.clone(),
@@ -1045,9 +1069,7 @@ impl Groups {
                 .map_err(|e| mls_error(e, Some(gid)))?
         };
         let id = self.send_group_frame(gid, sealed, message_id).await?;
-        // Others may now refer to it (a reply, a reaction), and we to it (an edit).
-        self.history.sent_in_group(gid, &id, content, sent_at);
-        Ok(id)
+        Ok((id, sent_at))
     }
 
     async fn send_group_frame(
@@ -1132,6 +1154,7 @@ impl Groups {
         loop {
             let next_heal = lock(&self.heal).next_due();
             let next_device = self.device_due();
+            let next_typing = lock(&self.notices).next_typing_expiry();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -1148,6 +1171,7 @@ impl Groups {
                 () = sleep_until_some(next_heal) => self.heal_due(),
                 () = self.trust.devices_changed().notified() => self.devices_changed(),
                 () = tokio::time::sleep_until(next_device) => self.device_timer(),
+                () = sleep_until_some(next_typing) => self.typing_expired(),
             }
         }
         *lock(&self.queue_rx) = Some(rx);
@@ -1358,8 +1382,7 @@ impl Groups {
                 }
                 continue;
             }
-            match self.read_application(gid, from, message_id, timestamp, &sender.client_id, &bytes)
-            {
+            match self.read_application(gid, from, message_id, timestamp, &sender, &bytes) {
                 // Another device of this id wrote it: ours, shown as outgoing.
                 Ok(Some(PeerEvent::GroupMessage(m))) if m.from == self.client_id => {
                     self.dispatcher.emit(PeerEvent::OwnMessage(OwnMessage {
@@ -1398,9 +1421,10 @@ impl Groups {
         from: &ClientId,
         message_id: Option<&MessageId>,
         timestamp: u64,
-        sender: &ClientId,
+        member: &MemberIdentity,
         bytes: &[u8],
     ) -> Result<Option<PeerEvent>, String> {
+        let sender = &member.client_id;
         if sender != from {
             return Err(format!("sent by {from} but signed by member {sender}"));
         }
@@ -1409,7 +1433,13 @@ impl Groups {
         if Some(&p.message_id) != message_id {
             return Err("message id differs from the one inside".into());
         }
+        if p.kind == notices::READ_KIND {
+            return self.read_receipt(gid, member, &p.body);
+        }
         let mut content = Content::decode(&p.kind, &p.body).map_err(|e| e.to_string())?;
+        if let Content::Typing { started } = content {
+            return Ok(self.typing_notice(gid, sender, started, p.sent_at));
+        }
         if !is_group_content(&content) {
             return Err(format!("{} is not supported in groups", content.kind()));
         }
@@ -1522,6 +1552,7 @@ impl Groups {
                 GroupEvent::EpochChanged { epoch } => GroupChange::EpochChanged(epoch),
                 GroupEvent::Removed => {
                     lock(&self.heal).forget(gid);
+                    lock(&self.notices).forget(gid);
                     GroupChange::Removed
                 }
                 _ => continue,
@@ -1632,9 +1663,9 @@ impl lattice_mls::IdentityPins for TrustPins<'_> {
     }
 }
 
-/// Sleeps until `at`, or forever without one.
-/// Whether groups carry `content`: texts, replies, files and their digests, and edits,
-/// deletes and reactions of a group's messages. Not yet: read receipts and typing notices.
+/// Whether groups carry `content` as messages of their history: texts, replies, files and their
+/// digests, and edits, deletes and reactions of a group's messages. Read receipts and typing
+/// notices have their own path ([`notices`]).
 fn is_group_content(content: &Content) -> bool {
     matches!(
         content,
@@ -1648,6 +1679,7 @@ fn is_group_content(content: &Content) -> bool {
     )
 }
 
+/// Sleeps until `at`, or forever without one.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
