@@ -205,7 +205,8 @@ pub(crate) struct Groups {
     /// A pass is asked for and has not started yet (so triggers coalesce).
     device_pass_wanted: AtomicBool,
     /// Groups this device is leaving (its leave proposal sent, not committed yet): a device pass
-    /// adds no device of ours to them. At most one entry per group we are in; std Mutex.
+    /// adds no device of ours to them. Mirrors [`LEAVING_TABLE`], so a restart in between
+    /// keeps it. At most one entry per group we are in; std Mutex.
     leaving: Mutex<std::collections::HashSet<GroupId>>,
     /// Group read receipts and typing notices: rate windows, read marks, typing expiries
     /// ([`notices`]). std Mutex: short updates.
@@ -236,6 +237,11 @@ const HEAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_group_heal (
 /// joined. Deleted once cleared ([`Groups::replenish`]).
 const STOCK_RESET_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_stock_reset (
     only_row INTEGER PRIMARY KEY CHECK (only_row = 1))";
+
+/// The groups this device is leaving ([`Groups::leave`]) until they are gone (in the MLS
+/// database): one row per group we are in at most, pruned when the group is gone.
+const LEAVING_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_leaving (
+    group_id BLOB PRIMARY KEY)";
 
 /// An engine error as a [`PeerError`]: a refused identity binding loudly, the rest typed by kind.
 pub(crate) fn mls_error(e: MlsError, group: Option<&GroupId>) -> PeerError {
@@ -396,6 +402,8 @@ impl Groups {
         }
         let direct = DirectBook::load(mls.connection(), &mls.groups())
             .map_err(|e| mls_error(e.into(), None))?;
+        let leaving =
+            load_leaving(mls.connection(), &mls.groups()).map_err(|e| mls_error(e.into(), None))?;
         let (queue_tx, queue_rx) = mpsc::channel(defaults::GROUP_RECEIVE_QUEUE);
         Ok(Self {
             client_id,
@@ -421,7 +429,7 @@ impl Groups {
             device_schedule: Mutex::new(devices::DeviceSchedule::new()),
             device_pass: tokio::sync::Mutex::new(()),
             device_pass_wanted: AtomicBool::new(false),
-            leaving: Mutex::new(std::collections::HashSet::new()),
+            leaving: Mutex::new(leaving),
             notices: Mutex::new(notices::Notices::default()),
             read_receipts: AtomicBool::new(true),
             this: Mutex::new(None),
@@ -987,16 +995,53 @@ impl Groups {
         // Leaving is for the whole id: first our other devices' leaves are committed away (a
         // device pass of theirs would otherwise add this one back), then this device asks to
         // leave. Until the group is gone, no pass of ours adds a device to it.
-        lock(&self.leaving).insert(gid.clone());
+        self.set_leaving(gid, true)?;
         let left = async {
             self.remove_own_other_devices(gid).await?;
             self.send_leave(gid).await
         }
         .await;
         if left.is_err() {
-            lock(&self.leaving).remove(gid);
+            // Best effort: a mark left behind only keeps passes out of a group we are in,
+            // until it is gone or left again.
+            let _ = self.set_leaving(gid, false);
         }
         left
+    }
+
+    /// Marks `gid` as being left (or not), in memory and in the MLS database.
+    fn set_leaving(&self, gid: &GroupId, on: bool) -> Result<(), PeerError> {
+        let mls = lock(&self.mls);
+        let sql = if on {
+            "INSERT OR IGNORE INTO lattice_peer_leaving (group_id) VALUES (?1)"
+        } else {
+            "DELETE FROM lattice_peer_leaving WHERE group_id = ?1"
+        };
+        mls.connection()
+            .execute(sql, [gid.as_bytes()])
+            .map_err(|e| mls_error(e.into(), Some(gid)))?;
+        let mut leaving = lock(&self.leaving);
+        if on {
+            leaving.insert(gid.clone());
+        } else {
+            leaving.remove(gid);
+        }
+        Ok(())
+    }
+
+    /// The groups of `all` this device is leaving; marks of groups that are gone are dropped.
+    fn still_leaving(&self, all: &[GroupId]) -> std::collections::HashSet<GroupId> {
+        let gone: Vec<GroupId> = lock(&self.leaving)
+            .iter()
+            .filter(|g| !all.contains(g))
+            .cloned()
+            .collect();
+        for g in &gone {
+            if let Err(e) = self.set_leaving(g, false) {
+                tracing::warn!(peer = %self.client_id, group = %g, error = %Sanitized(&e), "leaving mark not cleared");
+            }
+        }
+        lock(&self.leaving).clone()
     }
 
     async fn send_leave(&self, gid: &GroupId) -> Result<(), PeerError> {
@@ -1553,6 +1598,9 @@ impl Groups {
                 GroupEvent::Removed => {
                     lock(&self.heal).forget(gid);
                     lock(&self.notices).forget(gid);
+                    if let Err(e) = self.set_leaving(gid, false) {
+                        tracing::warn!(peer = %self.client_id, group = %gid, error = %Sanitized(&e), "leaving mark not cleared");
+                    }
                     GroupChange::Removed
                 }
                 _ => continue,
@@ -1623,6 +1671,32 @@ impl Groups {
     fn self_arc(&self) -> Option<Arc<Self>> {
         lock(&self.this).as_ref().and_then(std::sync::Weak::upgrade)
     }
+}
+
+/// The groups marked as being left ([`LEAVING_TABLE`], created here): those of `live`; the
+/// marks of groups that are gone are deleted.
+fn load_leaving(
+    conn: &rusqlite::Connection,
+    live: &[GroupId],
+) -> Result<std::collections::HashSet<GroupId>, rusqlite::Error> {
+    conn.execute(LEAVING_TABLE, [])?;
+    let marked: Vec<GroupId> = conn
+        .prepare("SELECT group_id FROM lattice_peer_leaving")?
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|g| g.map(|g| GroupId::from_bytes(&g)))
+        .collect::<Result<_, _>>()?;
+    let mut out = std::collections::HashSet::new();
+    for g in marked {
+        if live.contains(&g) {
+            out.insert(g);
+        } else {
+            conn.execute(
+                "DELETE FROM lattice_peer_leaving WHERE group_id = ?1",
+                [g.as_bytes()],
+            )?;
+        }
+    }
+    Ok(out)
 }
 
 /// The distinct ids of `members`, in their first order.
