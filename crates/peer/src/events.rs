@@ -536,9 +536,9 @@ pub enum PeerEvent {
         up_to: MessageRef,
     },
     /// A member of a group started or stopped typing. The library ends a member's typing by
-    /// itself [`crate::defaults::GROUP_TYPING_SHOWN`] after its last notice (raising
-    /// `started: false`), so an app shows "bob is typing…" from `true` to `false` and keeps no
-    /// timer. Never raised for our own id's devices; not stored.
+    /// itself [`crate::defaults::GROUP_TYPING_SHOWN`] after its last notice, and when its
+    /// message arrives (raising `started: false` just before it), so an app shows "bob is
+    /// typing…" from `true` to `false` and keeps no timer. Never raised for our own id's devices; not stored.
     GroupTyping {
         /// The group.
         group: lattice_mls::GroupId,

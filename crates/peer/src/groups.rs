@@ -24,6 +24,8 @@
 //!   hidden from the group list, whose messages come up as ordinary 1:1 messages.
 //! - **Healing.** Each group gets a self-update Commit every [`crate::PeerConfig::group_self_update`]
 //!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
+//! - **Receipts and typing** in groups live in [`notices`]: one read receipt per group naming
+//!   the newest message read, typing that ends by itself, both rate-bounded per member.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -1535,14 +1537,17 @@ impl Groups {
                 action,
             }),
             // Texts, replies, files and file digests (the file component reads a group file's
-            // digest as a group message).
-            content => PeerEvent::GroupMessage(GroupMessage {
-                group: gid.clone(),
-                from: sender.clone(),
-                message_id: p.message_id,
-                content,
-                sent_at: p.sent_at,
-            }),
+            // digest as a group message). A member shown typing stopped: its message is here.
+            content => {
+                self.typing_ended_by_message(gid, sender);
+                PeerEvent::GroupMessage(GroupMessage {
+                    group: gid.clone(),
+                    from: sender.clone(),
+                    message_id: p.message_id,
+                    content,
+                    sent_at: p.sent_at,
+                })
+            }
         }))
     }
 

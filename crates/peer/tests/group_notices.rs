@@ -345,6 +345,12 @@ async fn typing_reaches_the_other_members_and_ends_by_itself() {
         typing(&mut be).await,
         (g.clone(), "alice".to_owned(), false)
     );
+    // bob types again and sends: his message ends his typing for them, before the message.
+    assert!(bob.group_typing(&g, true).await.unwrap());
+    assert_eq!(typing(&mut ae).await, (g.clone(), "bob".to_owned(), true));
+    let sent = say(&bob, &g, "typed it").await;
+    assert_eq!(typing(&mut ae).await, (g.clone(), "bob".to_owned(), false));
+    got(&mut ae, &sent).await;
     let marker = say(&bob, &g, "marker").await;
     none_before(
         &mut ae,

@@ -401,6 +401,19 @@ impl Groups {
         })
     }
 
+    /// A message of `sender` arrived in `gid`: if it was shown typing, it stopped (raised before
+    /// the message). Not counted against the member's notice rate.
+    pub(super) fn typing_ended_by_message(&self, gid: &GroupId, sender: &ClientId) {
+        let change = lock(&self.notices).typing(gid, sender, false, Instant::now());
+        if change == TypingChange::Stopped {
+            self.dispatcher.emit(PeerEvent::GroupTyping {
+                group: gid.clone(),
+                member: sender.clone(),
+                started: false,
+            });
+        }
+    }
+
     /// Ends the typing of members whose last notice is [`defaults::GROUP_TYPING_SHOWN`] old.
     pub(super) fn typing_expired(&self) {
         let gone = lock(&self.notices).expired_typing(Instant::now());
