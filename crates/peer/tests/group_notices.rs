@@ -424,3 +424,77 @@ async fn a_receipt_from_our_own_linked_laptop_is_read_elsewhere_on_the_primary()
     // The primary has nothing newer to say.
     assert!(!alice.mark_group_read(&g, &to("bob", &mid)).await.unwrap());
 }
+
+/// Measurement, not a check (`cargo test -p lattice-peer --test group_notices -- --ignored
+/// --nocapture`): the size of the MLS application message of a group read receipt and of a
+/// typing notice, side by side with a one-word text, in a three-member group (real engines and
+/// SQLite; plaintexts as `lattice-peer` writes them).
+#[test]
+#[ignore = "measurement: run by hand"]
+fn measure_the_size_of_a_group_receipt_and_typing_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let people: Vec<(String, lattice_crypto::Identity)> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| ((*n).to_owned(), new_identity()))
+        .collect();
+    let keys: Vec<(String, lattice_crypto::IdentityPublicKey)> = people
+        .iter()
+        .map(|(n, i)| (n.clone(), i.identity_public_key()))
+        .collect();
+    let pins = move |c: &lattice_protocol::ClientId| {
+        keys.iter().find(|(n, _)| n == c.as_str()).map(|(_, k)| *k)
+    };
+    let mut engines: Vec<MlsClient> = people
+        .iter()
+        .map(|(n, i)| {
+            MlsClient::create(
+                MlsStore::open(dir.path().join(format!("{n}.mls"))).unwrap(),
+                i.identity_key(),
+                id(n),
+            )
+            .unwrap()
+        })
+        .collect();
+    let kps: Vec<Vec<u8>> = engines[1..]
+        .iter_mut()
+        .map(|e| e.key_packages(1).unwrap().remove(0))
+        .collect();
+    let alice = &mut engines[0];
+    let validated: Vec<_> = kps
+        .iter()
+        .map(|k| alice.validate_key_package(k, &pins).unwrap())
+        .collect();
+    let g = alice.create_group("friends").unwrap();
+    alice.add_members(&g, &validated).unwrap();
+    alice.confirm_commit(&g).unwrap();
+    let plaintext = |kind: &str, body: String| {
+        serde_json::to_vec(&serde_json::json!({
+            "messageId": uuid::Uuid::new_v4().to_string(), "kind": kind, "body": body,
+            "sentAt": now_ms()
+        }))
+        .unwrap()
+    };
+    let up_to = serde_json::json!({ "upTo": { "sender": "bob", "messageId": uuid::Uuid::new_v4().to_string() } });
+    for (what, p) in [
+        (
+            "text \"hello\" (reference)",
+            plaintext("text", "\"hello\"".into()),
+        ),
+        (
+            "group read receipt",
+            plaintext("group-read", up_to.to_string()),
+        ),
+        (
+            "typing notice",
+            plaintext("typing", serde_json::json!({ "started": true }).to_string()),
+        ),
+    ] {
+        let sealed = alice.encrypt(&g, &p).unwrap();
+        eprintln!(
+            "{what}: plaintext {} B, MLS message {} B, base64 in the frame {} B",
+            p.len(),
+            sealed.len(),
+            B64.encode(&sealed).len()
+        );
+    }
+}
