@@ -1198,6 +1198,10 @@ impl Groups {
         let Some(mut rx) = lock(&self.queue_rx).take() else {
             return;
         };
+        // Receipts deferred before a reconnect.
+        if rx.is_empty() {
+            self.flush_reads();
+        }
         loop {
             let next_heal = lock(&self.heal).next_due();
             let next_device = self.device_due();
@@ -1211,6 +1215,9 @@ impl Groups {
                         // Delivery receipts go once a burst is read (one per peer, not one
                         // per message), or when one is full.
                         self.flush_delivered(!rx.is_empty());
+                        if rx.is_empty() {
+                            self.flush_reads();
+                        }
                     }
                     None => break,
                 },

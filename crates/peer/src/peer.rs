@@ -1034,7 +1034,11 @@ impl MessagingPeer {
     /// [`PeerEvent::GroupRead`]; this id's other devices get [`PeerEvent::GroupReadElsewhere`].
     /// Returns whether a receipt was sent: none while read receipts are off
     /// ([`MessagingPeer::set_read_receipts`]), nor when `up_to` is not newer than what this id
-    /// already said it read (from this device or another).
+    /// already said it read (from this device or another). While group messages are still
+    /// waiting to be processed (a mailbox drain after a reconnect), the receipt is kept (the
+    /// newest per group) and goes once they are: this device may be epochs behind until then,
+    /// and a receipt sealed in an old epoch might not open for the others; `true` then means
+    /// queued, and a failure then is logged, not returned.
     ///
     /// ```no_run
     /// # async fn f(peer: &lattice_peer::MessagingPeer, g: &lattice_peer::GroupId, m: &lattice_peer::GroupMessage) -> Result<(), lattice_peer::PeerError> {

@@ -80,6 +80,9 @@ pub(crate) struct Notices {
     typing: HashMap<Key, Instant>,
     /// Per group: when this device last sent "started typing".
     typing_sent: HashMap<GroupId, Instant>,
+    /// Per group: the read receipt waiting until this device has processed the group messages
+    /// queued for it (sealed now, it might be in an epoch the others no longer open).
+    pending_read: HashMap<GroupId, ReadMark>,
 }
 
 impl Notices {
@@ -234,6 +237,34 @@ impl Notices {
         true
     }
 
+    /// Keeps a read receipt for `gid` to send once the receive queue is drained (the newest
+    /// per group; at most [`defaults::GROUP_NOTICE_ENTRIES`] groups, past it the new one is
+    /// not kept: the next read sends it).
+    pub(crate) fn defer_read(&mut self, gid: &GroupId, sent_at: u64, up_to: &MessageRef) {
+        if let Some(m) = self.pending_read.get(gid) {
+            if m.sent_at > sent_at {
+                return;
+            }
+        } else if self.pending_read.len() >= defaults::GROUP_NOTICE_ENTRIES {
+            return;
+        }
+        self.pending_read.insert(
+            gid.clone(),
+            ReadMark {
+                sent_at,
+                message: up_to.clone(),
+            },
+        );
+    }
+
+    /// The deferred read receipts, taken.
+    pub(crate) fn take_pending_reads(&mut self) -> Vec<(GroupId, u64, MessageRef)> {
+        self.pending_read
+            .drain()
+            .map(|(g, m)| (g, m.sent_at, m.message))
+            .collect()
+    }
+
     /// Forgets a "started" this device could not send, so the next one goes.
     pub(crate) fn typing_not_sent(&mut self, gid: &GroupId) {
         self.typing_sent.remove(gid);
@@ -245,6 +276,7 @@ impl Notices {
         self.read.retain(|(g, _), _| g != gid);
         self.typing.retain(|(g, _), _| g != gid);
         self.typing_sent.remove(gid);
+        self.pending_read.remove(gid);
     }
 }
 
@@ -282,15 +314,59 @@ impl Groups {
         if !lock(&self.notices).read_is_forward(gid, &self.client_id, known.sent_at, up_to) {
             return Ok(false);
         }
+        if self.receive_backlog() {
+            // Group messages are still waiting to be processed (a mailbox drain, a burst):
+            // this device may be epochs behind the others, and a receipt sealed now might not
+            // open for them. It goes once the queue is drained ([`Groups::flush_reads`]).
+            lock(&self.notices).defer_read(gid, known.sent_at, up_to);
+            return Ok(true);
+        }
+        self.send_read(gid, known.sent_at, up_to).await?;
+        Ok(true)
+    }
+
+    /// Seals and sends a read receipt for `up_to` (signed at `sent_at`) in `gid`, if it still
+    /// moves our mark forward, and records it.
+    async fn send_read(
+        &self,
+        gid: &GroupId,
+        sent_at: u64,
+        up_to: &MessageRef,
+    ) -> Result<(), PeerError> {
+        if !lock(&self.notices).read_is_forward(gid, &self.client_id, sent_at, up_to) {
+            return Ok(());
+        }
         let body = serde_json::to_string(&ReadBody {
             up_to: up_to.clone(),
         })
         .map_err(|e| PeerError::Protocol(e.to_string()))?;
         self.seal_and_send(gid, READ_KIND, body, new_message_id())
             .await?;
-        lock(&self.notices).read(gid, &self.client_id, known.sent_at, up_to);
+        lock(&self.notices).read(gid, &self.client_id, sent_at, up_to);
         tracing::debug!(peer = %self.client_id, group = %gid, up_to = %up_to.message_id, "group read receipt sent");
-        Ok(true)
+        Ok(())
+    }
+
+    /// Whether incoming group messages are waiting for the worker.
+    fn receive_backlog(&self) -> bool {
+        self.queue_tx.capacity() < self.queue_tx.max_capacity()
+    }
+
+    /// Sends the read receipts deferred while group messages were waiting (the worker calls it
+    /// once its queue is empty), on a task of their own.
+    pub(super) fn flush_reads(&self) {
+        let due = lock(&self.notices).take_pending_reads();
+        if due.is_empty() {
+            return;
+        }
+        let Some(me) = self.self_arc() else { return };
+        tokio::spawn(async move {
+            for (gid, sent_at, up_to) in due {
+                if let Err(e) = me.send_read(&gid, sent_at, &up_to).await {
+                    tracing::info!(peer = %me.client_id, group = %gid, error = %crate::sanitize::Sanitized(&e), "deferred group read receipt not sent");
+                }
+            }
+        });
     }
 
     /// Tells the members of `gid` that this user started or stopped typing. Returns whether a
@@ -545,6 +621,21 @@ mod tests {
         assert!(n.read(&g(2), &id("bob"), 1, &r("alice", "m9")), "per group");
         n.forget(&g(1));
         assert!(n.read(&g(1), &id("bob"), 1, &r("alice", "m1")));
+    }
+
+    #[test]
+    fn a_deferred_read_keeps_the_newest_per_group_until_taken() {
+        let mut n = Notices::default();
+        n.defer_read(&g(1), 10, &r("alice", "m2"));
+        n.defer_read(&g(1), 5, &r("alice", "m1"));
+        n.defer_read(&g(2), 1, &r("bob", "x"));
+        let mut due = n.take_pending_reads();
+        due.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            due,
+            vec![(g(1), 10, r("alice", "m2")), (g(2), 1, r("bob", "x"))]
+        );
+        assert!(n.take_pending_reads().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
