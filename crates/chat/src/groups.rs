@@ -3,7 +3,11 @@
 //! Groups are MLS groups of `lattice-peer`; their state lives next to the identity
 //! (`<id>.mls`). Group messages are shown, not kept in the `/search` history.
 
-use lattice_peer::{Content, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerEvent};
+use std::collections::HashMap;
+
+use lattice_peer::{
+    Content, GroupChange, GroupId, GroupMessage, MessageRef, MessagingPeer, PeerEvent,
+};
 use lattice_protocol::ClientId;
 
 use crate::command::Command;
@@ -55,6 +59,20 @@ pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
                 escape(&text)
             )]
         }
+        PeerEvent::GroupTyping {
+            group,
+            member,
+            started: true,
+        } => vec![format!(
+            "-- [{}] {} is typing …",
+            escape(&name_of(peer, group)),
+            escape(member.as_str())
+        )],
+        PeerEvent::GroupReadElsewhere { group, device, .. } => vec![format!(
+            "-- [{}] read on your {}",
+            escape(&name_of(peer, group)),
+            escape(device.as_deref().unwrap_or("primary device"))
+        )],
         PeerEvent::GroupChanged { group, by, change } => {
             let g = escape(&name_of(peer, group)).into_owned();
             let by = by
@@ -83,6 +101,43 @@ pub fn event_lines(peer: &MessagingPeer, event: &PeerEvent) -> Vec<String> {
             vec![line]
         }
         _ => Vec::new(),
+    }
+}
+
+/// Groups whose readers are remembered for "read by alice, bob"; past it the memory starts over.
+const READ_BY_GROUPS: usize = 64;
+
+/// Who read each group up to its newest read message, for one "read by …" line per receipt.
+/// One entry per group (at most [`READ_BY_GROUPS`]), each naming at most the group's members.
+#[derive(Debug, Default)]
+pub struct ReadBy {
+    groups: HashMap<GroupId, (MessageRef, Vec<ClientId>)>,
+}
+
+impl ReadBy {
+    /// `member` read `group` up to `up_to`: the line to show, naming everyone who read up to
+    /// that same message (`-- [group] read by alice, bob`).
+    pub fn read(
+        &mut self,
+        group: &GroupId,
+        name: &str,
+        member: &ClientId,
+        up_to: &MessageRef,
+    ) -> String {
+        if !self.groups.contains_key(group) && self.groups.len() >= READ_BY_GROUPS {
+            self.groups.clear();
+        }
+        let entry = self
+            .groups
+            .entry(group.clone())
+            .or_insert_with(|| (up_to.clone(), Vec::new()));
+        if entry.0 != *up_to {
+            *entry = (up_to.clone(), Vec::new());
+        }
+        if !entry.1.contains(member) {
+            entry.1.push(member.clone());
+        }
+        format!("-- [{}] read by {}", escape(name), names(&entry.1))
     }
 }
 

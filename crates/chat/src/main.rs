@@ -114,6 +114,8 @@ struct Ui {
     link_awaiting: Option<ClientId>,
     /// Where a device linked by `/link <id> <device>` is saved (`--device-file`), if given.
     device_file: Option<PathBuf>,
+    /// Who read each group, for "read by alice, bob".
+    read_by: groups::ReadBy,
 }
 
 /// Group files kept for `/get g<n>` (they are not in the history; a download started survives a
@@ -288,9 +290,21 @@ async fn send_receipt(peer: &MessagingPeer, m: &lattice_peer::IncomingMessage) {
     }
 }
 
+/// Tells the members of a group that its message `m`, just printed, was read (the newest
+/// printed: it covers the earlier ones). A courtesy like [`send_receipt`]: logged, not retried.
+async fn send_group_receipt(peer: &MessagingPeer, m: &lattice_peer::GroupMessage) {
+    let up_to = lattice_peer::MessageRef {
+        sender: m.from.clone(),
+        message_id: m.message_id.clone(),
+    };
+    if let Err(e) = peer.mark_group_read(&m.group, &up_to).await {
+        tracing::debug!(group = %m.group, error = %e, "group read receipt not sent");
+    }
+}
+
 /// Prints events until the stream ends; remembers what `/accept` and plain lines refer to. With
-/// `read_receipts` a receipt goes out for each message printed and others' are shown; without,
-/// neither.
+/// `read_receipts` a receipt goes out for each message printed (in a group, one naming the
+/// newest printed) and others' are shown; without, neither.
 async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, read_receipts: bool) {
     let mut events = peer.events();
     let me = peer.client_id().clone();
@@ -372,8 +386,32 @@ async fn print_events(peer: MessagingPeer, ui: Shared, history: Arc<History>, re
                     let name = groups::name_of(&peer, group);
                     print_lines(&[files::group_file_line(&name, from, offer, n)]);
                 }
+                if let (true, PeerEvent::GroupMessage(m)) = (read_receipts, &event) {
+                    send_group_receipt(&peer, m).await;
+                }
             }
-            PeerEvent::GroupMessage(_) | PeerEvent::GroupChanged { .. } => {
+            PeerEvent::GroupMessage(m) => {
+                print_lines(&groups::event_lines(&peer, &event));
+                if read_receipts && !matches!(m.content, Content::FileDigest { .. }) {
+                    send_group_receipt(&peer, m).await;
+                }
+            }
+            PeerEvent::GroupRead {
+                group,
+                member,
+                up_to,
+                ..
+            } => {
+                let name = groups::name_of(&peer, group);
+                let line = ui
+                    .lock()
+                    .ok()
+                    .map(|mut u| u.read_by.read(group, &name, member, up_to));
+                print_lines(&line.into_iter().collect::<Vec<_>>());
+            }
+            PeerEvent::GroupChanged { .. }
+            | PeerEvent::GroupTyping { .. }
+            | PeerEvent::GroupReadElsewhere { .. } => {
                 print_lines(&groups::event_lines(&peer, &event));
             }
             PeerEvent::Link(link) => {
@@ -1044,6 +1082,7 @@ async fn main() -> anyhow::Result<()> {
         };
     }
     let peer = MessagingPeer::new(config)?;
+    peer.set_read_receipts(!args.no_read_receipts);
     let ui: Shared = Arc::default();
     if let Ok(mut u) = ui.lock() {
         u.device_file = args.device_file.clone();

@@ -148,3 +148,78 @@ async fn a_member_killed_mid_stream_resumes_without_losing_an_epoch() {
     assert_eq!(m.content, Content::Text("bob is back".into()));
     chat.quit().await;
 }
+
+/// Receipts and typing in a group, in the terminal: bob's chat tells the members it read what
+/// it showed (one receipt naming the newest line), shows "read by alice, carol" under his own
+/// message as their receipts come, and "alice is typing …"; with `--no-read-receipts` it sends
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_shows_who_read_and_who_types_and_the_chat_sends_its_receipts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]).await;
+    let (alice, mut ae) = member(&server.url, "alice", tmp.path()).await;
+    let (carol, mut ce) = member(&server.url, "carol", tmp.path()).await;
+    let mut chat = Chat::start(&server.url, tmp.path()).await;
+    chat.type_line("/group new readers alice,carol").await;
+    chat.until("-- [readers] created with alice, carol").await;
+    for e in [&mut ae, &mut ce] {
+        change(e, |c| matches!(c, GroupChange::Joined { .. })).await;
+    }
+    chat.type_line("did you read this").await;
+    let mut mine = None;
+    for e in [&mut ae, &mut ce] {
+        mine = Some(
+            next_event(e, |e| match e {
+                PeerEvent::GroupMessage(m) => Some(m),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    let mine = mine.unwrap();
+    let up_to = lattice_peer::MessageRef {
+        sender: mine.from.clone(),
+        message_id: mine.message_id.clone(),
+    };
+    assert!(alice.mark_group_read(&mine.group, &up_to).await.unwrap());
+    chat.until("-- [readers] read by alice").await;
+    assert!(carol.mark_group_read(&mine.group, &up_to).await.unwrap());
+    chat.until("-- [readers] read by alice, carol").await;
+
+    // alice types; then writes: bob's chat shows both and says it read her line.
+    assert!(alice.group_typing(&mine.group, true).await.unwrap());
+    chat.until("-- [readers] alice is typing …").await;
+    let hers = alice
+        .send_group_content(&mine.group, &Content::Text("yes".into()))
+        .await
+        .unwrap();
+    chat.until("[readers] alice: yes").await;
+    let read = next_event(&mut ce, |e| match e {
+        PeerEvent::GroupRead { member, up_to, .. } if member.as_str() == "bob" => Some(up_to),
+        _ => None,
+    })
+    .await;
+    assert_eq!(read.message_id, hers);
+    chat.quit().await;
+
+    // With --no-read-receipts the chat sends none: carol gets bob's next line and no receipt
+    // of his before it.
+    let mut quiet = Chat::start_with(&server.url, tmp.path(), &["--no-read-receipts"]).await;
+    alice
+        .send_group_content(&mine.group, &Content::Text("again".into()))
+        .await
+        .unwrap();
+    quiet.until("[readers] alice: again").await;
+    quiet.type_line("/g 1").await;
+    quiet.until("-- talking in [readers]").await;
+    quiet.type_line("bye").await;
+    next_event(&mut ce, |e| match e {
+        PeerEvent::GroupRead { member, .. } if member.as_str() == "bob" => {
+            panic!("a receipt with receipts off")
+        }
+        PeerEvent::GroupMessage(m) if m.content == Content::Text("bye".into()) => Some(()),
+        _ => None,
+    })
+    .await;
+    quiet.quit().await;
+}

@@ -225,6 +225,37 @@ const _: () = assert!(
 /// reconnect). Larger than [`RECEIVE_QUEUE`]: a mailbox drain of a busy group comes at once.
 pub const GROUP_RECEIVE_QUEUE: usize = 1024;
 
+/// "Started typing" goes to a group at most this often while the user keeps typing (the pace of
+/// 1:1 conversations: the desktop's `TYPING_RESEND`); [`crate::MessagingPeer::group_typing`]
+/// drops anything faster.
+pub const GROUP_TYPING_RESEND: Duration = Duration::from_secs(3);
+
+/// A member's "is typing" in a group ends by itself this long after its last notice (the 1:1
+/// expiry the desktop's page uses): the library raises
+/// [`crate::PeerEvent::GroupTyping`] with `started: false` then. A "started" notice signed longer
+/// ago than this waited in a mailbox and is not raised at all.
+pub const GROUP_TYPING_SHOWN: Duration = Duration::from_secs(6);
+
+/// Typing notices are not sent in groups with more members than this (ids, not devices): each
+/// notice is an MLS message fanned out to every device of every member, and "someone is typing"
+/// means little in a crowd.
+pub const GROUP_TYPING_MAX_MEMBERS: usize = 32;
+
+/// Read receipts and typing notices raised per member of a group per
+/// [`GROUP_NOTICE_WINDOW`]; past it a member's further notices are dropped (acknowledged, not
+/// raised) until the window ends. An honest client sends a typing notice every
+/// [`GROUP_TYPING_RESEND`] and a receipt per burst of reading: far under it.
+pub const GROUP_NOTICES_PER_WINDOW: u32 = 10;
+
+/// The window of [`GROUP_NOTICES_PER_WINDOW`].
+pub const GROUP_NOTICE_WINDOW: Duration = Duration::from_secs(10);
+
+/// (group, member) pairs remembered for receipts and typing (each of the rate windows, newest
+/// read marks and typing members keeps at most this many): bounded whatever members send. Past
+/// it, rate windows and typing marks of new members are refused until old ones expire, and the
+/// oldest read mark is forgotten.
+pub const GROUP_NOTICE_ENTRIES: usize = 4096;
+
 /// The KeyPackage stock this device keeps at the server: topped up to this when it falls under
 /// [`lattice_protocol::limits::KEY_PACKAGE_LOW_STOCK`] (one upload, at most
 /// [`lattice_protocol::limits::MAX_KEY_PACKAGE_UPLOAD`]).

@@ -506,6 +506,47 @@ pub enum PeerEvent {
         /// What changed, as for [`PeerEvent::Update`] in a 1:1 conversation.
         update: ContentUpdate,
     },
+    /// A member of a group read its messages up to `up_to` (that message and every earlier one
+    /// of the group): "read by alice" under it and above. Raised once the library checked that
+    /// `up_to` is a message of this group's history and that it moves the member's mark forward
+    /// (an older or repeated receipt is ignored); never for our own id (see
+    /// [`PeerEvent::GroupReadElsewhere`]), and not while read receipts are off
+    /// ([`crate::MessagingPeer::set_read_receipts`]). There is no per-member "delivered" in
+    /// groups: the sender knows that the server stored its message for the members (the send
+    /// returned), and per member only this.
+    GroupRead {
+        /// The group.
+        group: lattice_mls::GroupId,
+        /// The reader, as MLS authenticated it.
+        member: ClientId,
+        /// The reader's device: `None` for its primary, else a linked device's id.
+        device: Option<String>,
+        /// The newest message it read (any member's, ours included).
+        up_to: MessageRef,
+    },
+    /// This id read the group up to `up_to` on another of its devices: clear the group's
+    /// unread count up to there (a multi-device user who read on the phone expects the laptop
+    /// to show nothing unread). Forward only, like [`PeerEvent::GroupRead`].
+    GroupReadElsewhere {
+        /// The group.
+        group: lattice_mls::GroupId,
+        /// The device that read: `None` for the primary, else a linked device's id.
+        device: Option<String>,
+        /// The newest message read there.
+        up_to: MessageRef,
+    },
+    /// A member of a group started or stopped typing. The library ends a member's typing by
+    /// itself [`crate::defaults::GROUP_TYPING_SHOWN`] after its last notice, and when its
+    /// message arrives (raising `started: false` just before it), so an app shows "bob is
+    /// typing…" from `true` to `false` and keeps no timer. Never raised for our own id's devices; not stored.
+    GroupTyping {
+        /// The group.
+        group: lattice_mls::GroupId,
+        /// The member, as MLS authenticated it.
+        member: ClientId,
+        /// Started (`true`) or stopped.
+        started: bool,
+    },
     /// A group's membership, name or epoch changed (or this device joined or was removed).
     GroupChanged {
         /// The group.

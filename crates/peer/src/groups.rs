@@ -24,6 +24,8 @@
 //!   hidden from the group list, whose messages come up as ordinary 1:1 messages.
 //! - **Healing.** Each group gets a self-update Commit every [`crate::PeerConfig::group_self_update`]
 //!   ([`HealSchedule`]); the time of the last one is kept in the MLS database.
+//! - **Receipts and typing** in groups live in [`notices`]: one read receipt per group naming
+//!   the newest message read, typing that ends by itself, both rate-bounded per member.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -50,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 mod devices;
 mod direct;
+mod notices;
 
 use direct::DirectBook;
 pub(crate) use direct::DIRECT_GROUP_NAME;
@@ -204,8 +207,15 @@ pub(crate) struct Groups {
     /// A pass is asked for and has not started yet (so triggers coalesce).
     device_pass_wanted: AtomicBool,
     /// Groups this device is leaving (its leave proposal sent, not committed yet): a device pass
-    /// adds no device of ours to them. At most one entry per group we are in; std Mutex.
+    /// adds no device of ours to them. Mirrors [`LEAVING_TABLE`], so a restart in between
+    /// keeps it. At most one entry per group we are in; std Mutex.
     leaving: Mutex<std::collections::HashSet<GroupId>>,
+    /// Group read receipts and typing notices: rate windows, read marks, typing expiries
+    /// ([`notices`]). std Mutex: short updates.
+    notices: Mutex<notices::Notices>,
+    /// Whether group read receipts are sent and others' raised (the app's read-receipt setting,
+    /// [`Groups::set_read_receipts`]).
+    read_receipts: AtomicBool,
     /// Ourselves, for the tasks we spawn (set once by [`Groups::into_arc`]).
     this: Mutex<Option<std::sync::Weak<Groups>>>,
 }
@@ -229,6 +239,11 @@ const HEAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_group_heal (
 /// joined. Deleted once cleared ([`Groups::replenish`]).
 const STOCK_RESET_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_stock_reset (
     only_row INTEGER PRIMARY KEY CHECK (only_row = 1))";
+
+/// The groups this device is leaving ([`Groups::leave`]) until they are gone (in the MLS
+/// database): one row per group we are in at most, pruned when the group is gone.
+const LEAVING_TABLE: &str = "CREATE TABLE IF NOT EXISTS lattice_peer_leaving (
+    group_id BLOB PRIMARY KEY)";
 
 /// An engine error as a [`PeerError`]: a refused identity binding loudly, the rest typed by kind.
 pub(crate) fn mls_error(e: MlsError, group: Option<&GroupId>) -> PeerError {
@@ -389,6 +404,8 @@ impl Groups {
         }
         let direct = DirectBook::load(mls.connection(), &mls.groups())
             .map_err(|e| mls_error(e.into(), None))?;
+        let leaving =
+            load_leaving(mls.connection(), &mls.groups()).map_err(|e| mls_error(e.into(), None))?;
         let (queue_tx, queue_rx) = mpsc::channel(defaults::GROUP_RECEIVE_QUEUE);
         Ok(Self {
             client_id,
@@ -414,7 +431,9 @@ impl Groups {
             device_schedule: Mutex::new(devices::DeviceSchedule::new()),
             device_pass: tokio::sync::Mutex::new(()),
             device_pass_wanted: AtomicBool::new(false),
-            leaving: Mutex::new(std::collections::HashSet::new()),
+            leaving: Mutex::new(leaving),
+            notices: Mutex::new(notices::Notices::default()),
+            read_receipts: AtomicBool::new(true),
             this: Mutex::new(None),
         })
     }
@@ -978,16 +997,53 @@ impl Groups {
         // Leaving is for the whole id: first our other devices' leaves are committed away (a
         // device pass of theirs would otherwise add this one back), then this device asks to
         // leave. Until the group is gone, no pass of ours adds a device to it.
-        lock(&self.leaving).insert(gid.clone());
+        self.set_leaving(gid, true)?;
         let left = async {
             self.remove_own_other_devices(gid).await?;
             self.send_leave(gid).await
         }
         .await;
         if left.is_err() {
-            lock(&self.leaving).remove(gid);
+            // Best effort: a mark left behind only keeps passes out of a group we are in,
+            // until it is gone or left again.
+            let _ = self.set_leaving(gid, false);
         }
         left
+    }
+
+    /// Marks `gid` as being left (or not), in memory and in the MLS database.
+    fn set_leaving(&self, gid: &GroupId, on: bool) -> Result<(), PeerError> {
+        let mls = lock(&self.mls);
+        let sql = if on {
+            "INSERT OR IGNORE INTO lattice_peer_leaving (group_id) VALUES (?1)"
+        } else {
+            "DELETE FROM lattice_peer_leaving WHERE group_id = ?1"
+        };
+        mls.connection()
+            .execute(sql, [gid.as_bytes()])
+            .map_err(|e| mls_error(e.into(), Some(gid)))?;
+        let mut leaving = lock(&self.leaving);
+        if on {
+            leaving.insert(gid.clone());
+        } else {
+            leaving.remove(gid);
+        }
+        Ok(())
+    }
+
+    /// The groups of `all` this device is leaving; marks of groups that are gone are dropped.
+    fn still_leaving(&self, all: &[GroupId]) -> std::collections::HashSet<GroupId> {
+        let gone: Vec<GroupId> = lock(&self.leaving)
+            .iter()
+            .filter(|g| !all.contains(g))
+            .cloned()
+            .collect();
+        for g in &gone {
+            if let Err(e) = self.set_leaving(g, false) {
+                tracing::warn!(peer = %self.client_id, group = %g, error = %Sanitized(&e), "leaving mark not cleared");
+            }
+        }
+        lock(&self.leaving).clone()
     }
 
     async fn send_leave(&self, gid: &GroupId) -> Result<(), PeerError> {
@@ -1030,6 +1086,21 @@ impl Groups {
         message_id: MessageId,
     ) -> Result<MessageId, PeerError> {
         let (kind, body) = content.encode()?;
+        let (id, sent_at) = self.seal_and_send(gid, kind, body, message_id).await?;
+        // Others may now refer to it (a reply, a reaction), and we to it (an edit).
+        self.history.sent_in_group(gid, &id, content, sent_at);
+        Ok(id)
+    }
+
+    /// Seals one application message of `kind` in `gid` and sends it, waiting for the server's
+    /// answer. Returns its id and the `sentAt` it was signed with.
+    async fn seal_and_send(
+        &self,
+        gid: &GroupId,
+        kind: &str,
+        body: String,
+        message_id: MessageId,
+    ) -> Result<(MessageId, u64), PeerError> {
         let sent_at = now_ms();
         let plaintext = serde_json::to_vec(&Plaintext {
             message_id: message_id.clone(),
@@ -1045,9 +1116,7 @@ impl Groups {
                 .map_err(|e| mls_error(e, Some(gid)))?
         };
         let id = self.send_group_frame(gid, sealed, message_id).await?;
-        // Others may now refer to it (a reply, a reaction), and we to it (an edit).
-        self.history.sent_in_group(gid, &id, content, sent_at);
-        Ok(id)
+        Ok((id, sent_at))
     }
 
     async fn send_group_frame(
@@ -1129,9 +1198,14 @@ impl Groups {
         let Some(mut rx) = lock(&self.queue_rx).take() else {
             return;
         };
+        // Receipts deferred before a reconnect.
+        if rx.is_empty() {
+            self.flush_reads();
+        }
         loop {
             let next_heal = lock(&self.heal).next_due();
             let next_device = self.device_due();
+            let next_typing = lock(&self.notices).next_typing_expiry();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -1141,6 +1215,9 @@ impl Groups {
                         // Delivery receipts go once a burst is read (one per peer, not one
                         // per message), or when one is full.
                         self.flush_delivered(!rx.is_empty());
+                        if rx.is_empty() {
+                            self.flush_reads();
+                        }
                     }
                     None => break,
                 },
@@ -1148,6 +1225,7 @@ impl Groups {
                 () = sleep_until_some(next_heal) => self.heal_due(),
                 () = self.trust.devices_changed().notified() => self.devices_changed(),
                 () = tokio::time::sleep_until(next_device) => self.device_timer(),
+                () = sleep_until_some(next_typing) => self.typing_expired(),
             }
         }
         *lock(&self.queue_rx) = Some(rx);
@@ -1358,8 +1436,7 @@ impl Groups {
                 }
                 continue;
             }
-            match self.read_application(gid, from, message_id, timestamp, &sender.client_id, &bytes)
-            {
+            match self.read_application(gid, from, message_id, timestamp, &sender, &bytes) {
                 // Another device of this id wrote it: ours, shown as outgoing.
                 Ok(Some(PeerEvent::GroupMessage(m))) if m.from == self.client_id => {
                     self.dispatcher.emit(PeerEvent::OwnMessage(OwnMessage {
@@ -1398,9 +1475,10 @@ impl Groups {
         from: &ClientId,
         message_id: Option<&MessageId>,
         timestamp: u64,
-        sender: &ClientId,
+        member: &MemberIdentity,
         bytes: &[u8],
     ) -> Result<Option<PeerEvent>, String> {
+        let sender = &member.client_id;
         if sender != from {
             return Err(format!("sent by {from} but signed by member {sender}"));
         }
@@ -1409,7 +1487,13 @@ impl Groups {
         if Some(&p.message_id) != message_id {
             return Err("message id differs from the one inside".into());
         }
+        if p.kind == notices::READ_KIND {
+            return self.read_receipt(gid, member, &p.body);
+        }
         let mut content = Content::decode(&p.kind, &p.body).map_err(|e| e.to_string())?;
+        if let Content::Typing { started } = content {
+            return Ok(self.typing_notice(gid, sender, started, p.sent_at));
+        }
         if !is_group_content(&content) {
             return Err(format!("{} is not supported in groups", content.kind()));
         }
@@ -1460,14 +1544,17 @@ impl Groups {
                 action,
             }),
             // Texts, replies, files and file digests (the file component reads a group file's
-            // digest as a group message).
-            content => PeerEvent::GroupMessage(GroupMessage {
-                group: gid.clone(),
-                from: sender.clone(),
-                message_id: p.message_id,
-                content,
-                sent_at: p.sent_at,
-            }),
+            // digest as a group message). A member shown typing stopped: its message is here.
+            content => {
+                self.typing_ended_by_message(gid, sender);
+                PeerEvent::GroupMessage(GroupMessage {
+                    group: gid.clone(),
+                    from: sender.clone(),
+                    message_id: p.message_id,
+                    content,
+                    sent_at: p.sent_at,
+                })
+            }
         }))
     }
 
@@ -1522,6 +1609,10 @@ impl Groups {
                 GroupEvent::EpochChanged { epoch } => GroupChange::EpochChanged(epoch),
                 GroupEvent::Removed => {
                     lock(&self.heal).forget(gid);
+                    lock(&self.notices).forget(gid);
+                    if let Err(e) = self.set_leaving(gid, false) {
+                        tracing::warn!(peer = %self.client_id, group = %gid, error = %Sanitized(&e), "leaving mark not cleared");
+                    }
                     GroupChange::Removed
                 }
                 _ => continue,
@@ -1594,6 +1685,32 @@ impl Groups {
     }
 }
 
+/// The groups marked as being left ([`LEAVING_TABLE`], created here): those of `live`; the
+/// marks of groups that are gone are deleted.
+fn load_leaving(
+    conn: &rusqlite::Connection,
+    live: &[GroupId],
+) -> Result<std::collections::HashSet<GroupId>, rusqlite::Error> {
+    conn.execute(LEAVING_TABLE, [])?;
+    let marked: Vec<GroupId> = conn
+        .prepare("SELECT group_id FROM lattice_peer_leaving")?
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|g| g.map(|g| GroupId::from_bytes(&g)))
+        .collect::<Result<_, _>>()?;
+    let mut out = std::collections::HashSet::new();
+    for g in marked {
+        if live.contains(&g) {
+            out.insert(g);
+        } else {
+            conn.execute(
+                "DELETE FROM lattice_peer_leaving WHERE group_id = ?1",
+                [g.as_bytes()],
+            )?;
+        }
+    }
+    Ok(out)
+}
+
 /// The distinct ids of `members`, in their first order.
 fn ids_of(members: Vec<lattice_mls::MemberIdentity>) -> Vec<ClientId> {
     let mut out: Vec<ClientId> = Vec::with_capacity(members.len());
@@ -1632,9 +1749,9 @@ impl lattice_mls::IdentityPins for TrustPins<'_> {
     }
 }
 
-/// Sleeps until `at`, or forever without one.
-/// Whether groups carry `content`: texts, replies, files and their digests, and edits,
-/// deletes and reactions of a group's messages. Not yet: read receipts and typing notices.
+/// Whether groups carry `content` as messages of their history: texts, replies, files and their
+/// digests, and edits, deletes and reactions of a group's messages. Read receipts and typing
+/// notices have their own path ([`notices`]).
 fn is_group_content(content: &Content) -> bool {
     matches!(
         content,
@@ -1648,6 +1765,7 @@ fn is_group_content(content: &Content) -> bool {
     )
 }
 
+/// Sleeps until `at`, or forever without one.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

@@ -188,6 +188,24 @@ impl History {
         .map_err(|e| RejectReason::HistoryUnavailable(e.to_string()))
     }
 
+    /// The message `id` of `sender` in the group `group`, if this run or the app's history
+    /// knows it (what a group read receipt must name).
+    ///
+    /// # Errors
+    /// The app's [`MessageLookup`] failed.
+    pub(crate) fn find_in_group(
+        &self,
+        group: &GroupId,
+        sender: &ClientId,
+        id: &MessageId,
+    ) -> Result<Option<KnownMessage>, PeerError> {
+        let conv = Conversation::Group(group.clone());
+        if let Some(m) = lock(&self.recent).get(&conv, sender, id) {
+            return Ok(Some(m));
+        }
+        self.lookup.find_in_group(group, sender, id)
+    }
+
     /// A message we sent to `peer` (a text or a reply: something others may refer to).
     pub(crate) fn sent(&self, peer: &ClientId, id: &MessageId, content: &Content, sent_at: u64) {
         self.sent_in(&Conversation::Peer(peer.clone()), id, content, sent_at);
@@ -299,8 +317,8 @@ impl History {
     /// [`History::check`] for a message of the group `group` from its member `from` (as MLS
     /// authenticated it). Edits, deletes and reactions must name a message of this group; a
     /// reply whose quoted message is not one of this group's is [`Reply::Unknown`]: the caller
-    /// delivers its text without the quote. Receipts and typing notices are not carried in
-    /// groups.
+    /// delivers its text without the quote. Group read receipts and typing notices are not
+    /// checked here ([`History::find_in_group`] and the group layer do).
     pub(crate) fn check_group(
         &self,
         group: &GroupId,

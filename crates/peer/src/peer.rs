@@ -1015,7 +1015,9 @@ impl MessagingPeer {
     ///
     /// # Errors
     /// [`PeerError::GroupsDisabled`], [`PeerError::InvalidArgument`] for another kind (read
-    /// receipts, typing notices and files, which go with [`MessagingPeer::send_group_file`]),
+    /// receipts and typing notices, which go with [`MessagingPeer::mark_group_read`] and
+    /// [`MessagingPeer::group_typing`], and files, which go with
+    /// [`MessagingPeer::send_group_file`]),
     /// [`PeerError::InvalidContent`], [`PeerError::UnknownGroup`], the errors of requests
     /// (`NOT_A_MEMBER`, `MAILBOX_FULL`).
     pub async fn send_group_content(
@@ -1024,6 +1026,69 @@ impl MessagingPeer {
         content: &Content,
     ) -> Result<MessageId, PeerError> {
         self.groups()?.send(group, content).await
+    }
+
+    /// Tells the members of `group` that the user read it up to `up_to`, the newest message of
+    /// the group the app shows as read (any member's, ours included): one receipt covers every
+    /// earlier message, so call it once per burst of reading, with the newest. Others get
+    /// [`PeerEvent::GroupRead`]; this id's other devices get [`PeerEvent::GroupReadElsewhere`].
+    /// Returns whether a receipt was sent: none while read receipts are off
+    /// ([`MessagingPeer::set_read_receipts`]), nor when `up_to` is not newer than what this id
+    /// already said it read (from this device or another). While group messages are still
+    /// waiting to be processed (a mailbox drain after a reconnect), the receipt is kept (the
+    /// newest per group) and goes once they are: this device may be epochs behind until then,
+    /// and a receipt sealed in an old epoch might not open for the others; `true` then means
+    /// queued, and a failure then is logged, not returned.
+    ///
+    /// ```no_run
+    /// # async fn f(peer: &lattice_peer::MessagingPeer, g: &lattice_peer::GroupId, m: &lattice_peer::GroupMessage) -> Result<(), lattice_peer::PeerError> {
+    /// use lattice_peer::MessageRef;
+    /// // The group is on screen and `m` is its newest message shown.
+    /// peer.mark_group_read(g, &MessageRef { sender: m.from.clone(), message_id: m.message_id.clone() })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`], [`PeerError::UnknownGroup`], [`PeerError::InvalidArgument`]
+    /// when `up_to` is not a message of the group's history (this run's, or the app's
+    /// [`crate::MessageLookup::find_in_group`]) or the group is a 1:1 conversation, the error of
+    /// the app's history, the errors of requests.
+    pub async fn mark_group_read(
+        &self,
+        group: &lattice_mls::GroupId,
+        up_to: &crate::MessageRef,
+    ) -> Result<bool, PeerError> {
+        self.groups()?.mark_read(group, up_to).await
+    }
+
+    /// Tells the members of `group` that the user started (`true`) or stopped typing: call it
+    /// on each keystroke and when the input is left or sent; the library sends "started" at
+    /// most every [`crate::defaults::GROUP_TYPING_RESEND`], "stopped" only after a "started",
+    /// and nothing in a group of more than [`crate::defaults::GROUP_TYPING_MAX_MEMBERS`]
+    /// members. Others get [`PeerEvent::GroupTyping`], which ends by itself. Returns whether a
+    /// notice was sent. Whether the user shares typing at all is the app's setting: do not call
+    /// it when off.
+    ///
+    /// # Errors
+    /// [`PeerError::GroupsDisabled`], [`PeerError::UnknownGroup`], [`PeerError::InvalidArgument`]
+    /// for a 1:1 conversation, the errors of requests.
+    pub async fn group_typing(
+        &self,
+        group: &lattice_mls::GroupId,
+        started: bool,
+    ) -> Result<bool, PeerError> {
+        self.groups()?.typing(group, started).await
+    }
+
+    /// Follows the app's read-receipt setting (on by default), the one its 1:1 receipts follow:
+    /// off, [`MessagingPeer::mark_group_read`] sends no receipt and other members' are not
+    /// raised ([`PeerEvent::GroupRead`]); reading on another device of ours is still raised
+    /// ([`PeerEvent::GroupReadElsewhere`]). Without groups it does nothing.
+    pub fn set_read_receipts(&self, on: bool) {
+        if let Some(g) = self.inner.groups.as_ref() {
+            g.set_read_receipts(on);
+        }
     }
 
     /// The envelope messages to `peer` go in now: [`Algorithm::Mls`] when it is pinned as

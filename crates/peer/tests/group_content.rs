@@ -252,7 +252,7 @@ async fn replies_edits_reactions_and_deletes_flow_in_a_three_member_group() {
         .await
         .unwrap_err();
     assert!(matches!(err, PeerError::InvalidContent(_)), "{err:?}");
-    // Receipts and typing notices are still 1:1 only.
+    // Typing notices are not content of a group: they go with `group_typing`.
     assert!(matches!(
         carol
             .send_group_content(&g, &Content::Typing { started: true })

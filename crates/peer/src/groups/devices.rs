@@ -257,6 +257,27 @@ impl Groups {
         .await
     }
 
+    /// Our own id's device list for a pass. A primary that keeps the last list it signed
+    /// ([`crate::KeyStore::own_device_list`], taken at start-up and on every publish) already
+    /// knows the newest one there is: only a device holding the identity key signs lists, and
+    /// the primary is that device. So it asks the server for nothing (a round trip per
+    /// reconnect, and a server restored from a backup would serve an older list anyway, which
+    /// is never taken). A linked device, or a primary that kept no list (a fresh install of an
+    /// identity that may have signed lists elsewhere), fetches the served list and takes it if
+    /// it verifies and is newer.
+    async fn own_devices(&self) -> Result<Option<crate::trust::DeviceList>, PeerError> {
+        let me = &self.me;
+        if me.device_id.is_none() && matches!(self.trust.key_store().own_device_list(), Ok(Some(_)))
+        {
+            if let Some(known) = self.trust.known_devices(&me.client_id) {
+                return Ok(Some(known));
+            }
+        }
+        self.trust
+            .refresh_devices(&me.client_id, Some(&me.identity_key))
+            .await
+    }
+
     /// Runs [`Groups::sync_devices`] on its own task (a Commit that loses its epoch waits for
     /// the worker to process the winner). At most one pass runs and one more waits: a trigger
     /// while one waits is already covered by it.
@@ -308,22 +329,14 @@ impl Groups {
         self.device_pass_wanted.store(false, Ordering::SeqCst);
         let me = self.me.clone();
         let mut lists = HashMap::new();
-        if let Some(own) = self
-            .trust
-            .refresh_devices(&me.client_id, Some(&me.identity_key))
-            .await?
-        {
+        if let Some(own) = self.own_devices().await? {
             lists.insert(me.client_id.clone(), own);
         }
         let mut fetched = HashSet::from([me.client_id.clone()]);
         let mut commits = 0;
         let mut first_error = None;
         let all = lock(&self.mls).groups();
-        let leaving: HashSet<GroupId> = {
-            let mut l = lock(&self.leaving);
-            l.retain(|g| all.contains(g));
-            l.clone()
-        };
+        let leaving = self.still_leaving(&all);
         for gid in all.iter().filter(|g| !leaving.contains(*g)) {
             if commits >= defaults::DEVICE_SYNC_COMMITS {
                 tracing::info!(peer = %self.client_id, commits, "device pass budget spent; another pass follows");
