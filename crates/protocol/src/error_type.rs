@@ -57,7 +57,9 @@ pub enum ErrorType {
     /// *ext*: a device list whose counter is not higher than the stored list's (a replay, or an
     /// older list).
     StaleDeviceList,
-    /// *ext*: this server cannot serve linked devices (a node of several on Redis, for now).
+    /// *ext*, **retired**: what servers before device leaves on Redis answered to MLS group
+    /// frames of linked devices on a node of several. No server of this version sends it; kept
+    /// so a client still reads it from an older server (docs/protocol.md, "Error types").
     DevicesNotSupported,
     /// A code this version does not know.
     #[serde(other)]

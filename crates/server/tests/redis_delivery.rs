@@ -12,12 +12,13 @@ mod redis_process;
 use std::collections::{BTreeSet, HashSet};
 
 use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK};
-use lattice_protocol::{ClientId, DeviceId, GroupId, MessageId};
+use lattice_protocol::{ClientId, DeviceId, GroupId, Leaf, MessageId};
+use lattice_server::cluster::devices::RedisDevices;
 use lattice_server::cluster::directory::RedisDirectory;
 use lattice_server::cluster::groups::{RedisGroupError, RedisGroups};
 use lattice_server::cluster::key_packages::{RedisKeyPackages, RedisUploadError};
 use lattice_server::cluster::mailbox::RedisMailbox;
-use lattice_server::store::{Binding, CommitOp, GroupError, Limit, Quota};
+use lattice_server::store::{Binding, CommitOp, GroupError, Limit, MailboxKey, Quota};
 use redis_process::Backend;
 
 fn id(s: &str) -> ClientId {
@@ -161,10 +162,19 @@ async fn delivery(redis: &Backend, members: &[&str]) -> (Vec<RedisGroups>, Redis
         nodes.push(RedisGroups::new(
             conn.clone(),
             RedisMailbox::new(conn.clone()),
-            RedisDirectory::new(conn),
+            RedisDirectory::new(conn.clone()),
+            RedisDevices::new(conn),
         ));
     }
     (nodes, RedisMailbox::new(redis.conn().await))
+}
+
+/// The primary device's leaf of `who`.
+fn primary(who: &str) -> Leaf {
+    Leaf {
+        client_id: id(who),
+        device_id: DeviceId::primary(),
+    }
 }
 
 fn set(ids: &[&str]) -> BTreeSet<ClientId> {
@@ -407,20 +417,21 @@ async fn commits_are_refused_by_the_rules_of_the_sqlite_path_and_store_nothing(r
     let to = nodes[2]
         .send(
             &group,
-            &id("dave"),
+            &primary("dave"),
             &MessageId::new("hello").unwrap(),
             "app dave",
             &Quota::UNLIMITED,
         )
         .await
         .unwrap();
-    assert_eq!(to, [id("alice"), id("bob")]);
+    let to: Vec<&ClientId> = to.iter().map(MailboxKey::id).collect();
+    assert_eq!(to, [&id("alice"), &id("bob")]);
     assert_eq!(frames(&mbox, "alice").await.last().unwrap(), "app dave");
     assert!(matches!(
         nodes[0]
             .send(
                 &group,
-                &id("carol"),
+                &primary("carol"),
                 &MessageId::new("late").unwrap(),
                 "app carol",
                 &Quota::UNLIMITED,

@@ -198,9 +198,6 @@ pub(crate) enum HandlerError {
     /// A device list or device part whose shape breaks the rules (reserved id, duplicates, keys).
     #[error("{0}")]
     BadDeviceList(String),
-    /// What a server cannot serve to linked devices yet (MLS groups on several nodes on Redis).
-    #[error("MLS groups are not available to linked devices on this server yet: it runs as several nodes on Redis, where only primary devices are group members (leaves)")]
-    DevicesNotSupported,
 }
 
 fn mailbox_full(target: &ClientId, limit: Limit, bound: u64) -> String {
@@ -263,7 +260,6 @@ impl HandlerError {
             Self::TooManyDevices { .. } => ErrorType::TooManyDevices,
             Self::StaleDeviceList { .. } => ErrorType::StaleDeviceList,
             Self::BadDeviceList(_) | Self::LeavesMismatch(_) => ErrorType::InvalidMessage,
-            Self::DevicesNotSupported => ErrorType::DevicesNotSupported,
         }
     }
 
