@@ -854,3 +854,61 @@ fn item(op: &CommitOp<'_>, frame: &str) -> MailItem {
         frame: frame.to_owned(),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn leaf(id: &str, device: &str) -> Leaf {
+        Leaf {
+            client_id: ClientId::new(id).unwrap(),
+            device_id: DeviceId::new(device).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_pending_record_from_before_device_leaves_goes_to_primaries() {
+        let old = r#"{"sender":"alice","message_id":"c1","commit":"f","welcome":"w",
+            "to_commit":["bob"],"to_welcome":["carol"],"joined":["carol"],"left":[]}"#;
+        let p: Pending = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            p.copies(),
+            (vec![leaf("bob", "primary")], vec![leaf("carol", "primary")])
+        );
+    }
+
+    #[test]
+    fn a_pending_record_names_its_leaves_and_their_primaries_for_older_nodes() {
+        let p = Pending {
+            sender: ClientId::new("alice").unwrap(),
+            message_id: MessageId::new("c1").unwrap(),
+            commit: "f".into(),
+            welcome: None,
+            commit_to: Some(vec![leaf("alice", "laptop"), leaf("bob", "primary")]),
+            welcome_to: Some(Vec::new()),
+            to_commit: vec![ClientId::new("bob").unwrap()],
+            to_welcome: Vec::new(),
+            joined: Vec::new(),
+            left: Vec::new(),
+        };
+        let back: Pending = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(
+            back.copies(),
+            (
+                vec![leaf("alice", "laptop"), leaf("bob", "primary")],
+                Vec::new()
+            )
+        );
+    }
+
+    #[test]
+    fn leaves_are_stored_as_id_and_device() {
+        let l = leaf("alice@example", "laptop-2");
+        assert_eq!(leaf_entry(&l), "alice@example laptop-2");
+        assert_eq!(parse_leaf(&leaf_entry(&l)).unwrap(), l);
+        for bad in ["alice", "alice lap top", " laptop", "alice "] {
+            assert!(parse_leaf(bad).is_err(), "{bad}");
+        }
+    }
+}
