@@ -612,6 +612,11 @@ async fn an_expired_member_leaves_its_groups_and_an_empty_group_goes(redis: &Bac
         Some((1, set(&["alice"])))
     );
     assert_eq!(nodes[2].group_count(&id("bob")).await.unwrap(), 0);
+    assert_eq!(
+        nodes[2].leaves(&group).await.unwrap(),
+        Some(BTreeSet::from([primary("alice")])),
+        "bob's leaves went with him"
+    );
     // A Commit of the group now goes to alice's remaining members only: bob is out.
     let next = Commit::new("alice", 1, &["alice"], false);
     let out = nodes[2]
@@ -626,6 +631,12 @@ async fn an_expired_member_leaves_its_groups_and_an_empty_group_goes(redis: &Bac
         "nobody left: gone"
     );
     assert_eq!(nodes[1].forget_member(&id("alice")).await.unwrap(), 0);
+    let left: i64 = redis::cmd("EXISTS")
+        .arg("lattice:group:{0b0b}:leaves")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no leaves key outlives its group");
 }
 
 both!(an_expired_member_leaves_its_groups_and_an_empty_group_goes);
