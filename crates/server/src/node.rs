@@ -484,6 +484,7 @@ pub fn peer_keys(entry: &PeerEntry) -> PeerKeys {
         public_key: entry.public_key.to_vec(),
         identity_key: entry.identity_key,
         key_signature: entry.key_signature.as_ref().map(|s| s.to_vec()),
+        link_relay: entry.link_relay,
     }
 }
 
@@ -616,17 +617,30 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let held: Vec<(ClientId, DeviceId, u64)> = hub
+        // Link relays are held like any id, but never put in the online index.
+        let (relays, held): (Vec<_>, Vec<_>) = hub
             .online()
             .into_iter()
             .flat_map(|id| hub.devices(&id))
-            .map(|e| (e.id.clone(), e.device.clone(), e.session.conn_id))
-            .collect();
-        if held.is_empty() {
+            .partition(|e| e.link_relay);
+        let tuple = |e: &Arc<PeerEntry>| (e.id.clone(), e.device.clone(), e.session.conn_id);
+        let held: Vec<(ClientId, DeviceId, u64)> = held.iter().map(tuple).collect();
+        let relays: Vec<(ClientId, DeviceId, u64)> = relays.iter().map(tuple).collect();
+        if held.is_empty() && relays.is_empty() {
             continue;
         }
         let refreshed = match node.presence.refresh_devices(&held).await {
-            Ok(r) => r,
+            Ok(mut r) => match node.presence.refresh_unlisted(&relays).await {
+                Ok(u) => {
+                    r.taken.extend(u.taken);
+                    r.gone.extend(u.gone);
+                    r
+                }
+                Err(e) => {
+                    warn!(node = %node.id, error = %e, "presence refresh failed");
+                    continue;
+                }
+            },
             Err(e) => {
                 warn!(node = %node.id, error = %e, "presence refresh failed");
                 continue;
@@ -665,7 +679,7 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
         }
         debug!(
             node = %node.id,
-            held = held.len(),
+            held = held.len() + relays.len(),
             published = node.stats.published.load(Ordering::Relaxed),
             "presence refreshed"
         );
