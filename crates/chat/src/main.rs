@@ -114,6 +114,8 @@ struct Ui {
     link_awaiting: Option<ClientId>,
     /// Where a device linked by `/link <id> <device>` is saved (`--device-file`), if given.
     device_file: Option<PathBuf>,
+    /// Runs `/link <id> <device>` over a link relay peer of its own.
+    linker: Option<Arc<devices::Linker>>,
 }
 
 /// Group files kept for `/get g<n>` (they are not in the history; a download started survives a
@@ -772,7 +774,8 @@ async fn handle(
         Command::LinkApprove(_) => ui.lock().ok().and_then(|mut u| u.link_awaiting.take()),
         _ => None,
     };
-    if devices::handle(peer, &command, awaiting).await? {
+    let linker = ui.lock().ok().and_then(|u| u.linker.clone());
+    if devices::handle(peer, &command, awaiting, linker.as_deref()).await? {
         return Ok(true);
     }
     match command {
@@ -1043,10 +1046,16 @@ async fn main() -> anyhow::Result<()> {
             extra_ca_pem: Some(pem),
         };
     }
+    let linker = devices::Linker::new(
+        args.server.clone(),
+        config.tls.clone(),
+        args.device_file.clone(),
+    );
     let peer = MessagingPeer::new(config)?;
     let ui: Shared = Arc::default();
     if let Ok(mut u) = ui.lock() {
         u.device_file = args.device_file.clone();
+        u.linker = Some(Arc::new(linker));
     }
     {
         let history = Arc::clone(&history);
