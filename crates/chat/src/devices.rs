@@ -25,6 +25,8 @@ pub struct Linker {
     tls: TlsOptions,
     /// Where the linked device is saved (`--device-file`), if given.
     device_file: Option<PathBuf>,
+    /// How the relay's lines reach the terminal (the chat's printer).
+    print: fn(&[String]),
     /// The run under way (std mutex: swapped, never held across an await).
     run: Mutex<Option<RelayRun>>,
 }
@@ -43,12 +45,18 @@ impl Drop for RelayRun {
 }
 
 impl Linker {
-    /// Linking over `server_url` with `tls`, saving to `device_file`.
-    pub fn new(server_url: String, tls: TlsOptions, device_file: Option<PathBuf>) -> Self {
+    /// Linking over `server_url` with `tls`, saving to `device_file`, printing with `print`.
+    pub fn new(
+        server_url: String,
+        tls: TlsOptions,
+        device_file: Option<PathBuf>,
+        print: fn(&[String]),
+    ) -> Self {
         Self {
             server_url,
             tls,
             device_file,
+            print,
             run: Mutex::new(None),
         }
     }
@@ -75,6 +83,7 @@ impl Linker {
             relay.clone(),
             events,
             self.device_file.clone(),
+            self.print,
         ));
         if let Ok(mut run) = self.run.lock() {
             *run = Some(RelayRun { peer: relay, task });
@@ -85,15 +94,20 @@ impl Linker {
 
 /// Prints a link relay's linking events until the run ends (linked: saved; failed), then
 /// disconnects it.
-async fn relay_events(relay: MessagingPeer, mut events: EventStream, target: Option<PathBuf>) {
+async fn relay_events(
+    relay: MessagingPeer,
+    mut events: EventStream,
+    target: Option<PathBuf>,
+    print: fn(&[String]),
+) {
     while let Some(event) = events.next().await {
         let PeerEvent::Link(link) = &event else {
             continue;
         };
-        crate::print_lines(&event_lines(&event));
+        print(&event_lines(&event));
         match link {
             LinkEvent::Linked { .. } => {
-                crate::print_lines(&save_linked(&relay, target));
+                print(&save_linked(&relay, target));
                 break;
             }
             LinkEvent::Failed { .. } => break,

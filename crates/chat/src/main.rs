@@ -1050,6 +1050,7 @@ async fn main() -> anyhow::Result<()> {
         args.server.clone(),
         config.tls.clone(),
         args.device_file.clone(),
+        print_lines,
     );
     let peer = MessagingPeer::new(config)?;
     let ui: Shared = Arc::default();
