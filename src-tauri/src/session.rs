@@ -24,7 +24,7 @@ mod devices;
 mod files;
 mod groups;
 
-pub use devices::{relay_config, Devices, NOT_A_CODE};
+pub use devices::{Devices, NOT_A_CODE};
 pub use files::{download_path, thumbnail_for_offer, AutoDownload, FILES_DIR, TRANSFERS_DIR};
 pub use groups::{group_key, parse_key, Groups};
 

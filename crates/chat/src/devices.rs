@@ -4,30 +4,140 @@
 //! new device's fingerprint and approves.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use lattice_peer::{FileKeyStore, LinkEvent, LinkFailure, MessagingPeer, PeerEvent};
+use lattice_peer::{
+    EventStream, FileKeyStore, LinkEvent, LinkFailure, MessagingPeer, PeerConfig, PeerEvent,
+    TlsOptions,
+};
 use lattice_protocol::{ClientId, DeviceId};
+use tokio::task::JoinHandle;
 
 use crate::command::Command;
 use crate::display::escape;
 
+/// Runs `/link <id> <device>`: linking goes over its own *link relay* peer
+/// ([`PeerConfig::for_linking`]), never listed by the server, beside this chat's peer. At most
+/// one run at a time: a new `/link` ends the previous one.
+#[derive(Debug)]
+pub struct Linker {
+    server_url: String,
+    tls: TlsOptions,
+    /// Where the linked device is saved (`--device-file`), if given.
+    device_file: Option<PathBuf>,
+    /// How the relay's lines reach the terminal (the chat's printer).
+    print: fn(&[String]),
+    /// The run under way (std mutex: swapped, never held across an await).
+    run: Mutex<Option<RelayRun>>,
+}
+
+/// A link relay peer and the task printing its events; dropping it ends both.
+#[derive(Debug)]
+struct RelayRun {
+    peer: MessagingPeer,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RelayRun {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Linker {
+    /// Linking over `server_url` with `tls`, saving to `device_file`, printing with `print`.
+    pub fn new(
+        server_url: String,
+        tls: TlsOptions,
+        device_file: Option<PathBuf>,
+        print: fn(&[String]),
+    ) -> Self {
+        Self {
+            server_url,
+            tls,
+            device_file,
+            print,
+            run: Mutex::new(None),
+        }
+    }
+
+    /// Connects a link relay and starts linking it to `id` as `device`; returns the code and
+    /// the relay's device fingerprint.
+    async fn start(&self, id: &ClientId, device: DeviceId) -> anyhow::Result<(String, String)> {
+        // Ends the previous run, if any, before a new relay registers.
+        let previous = self.run.lock().ok().and_then(|mut r| r.take());
+        if let Some(old) = previous {
+            old.peer.disconnect().await;
+        }
+        let mut config = PeerConfig::for_linking(self.server_url.clone());
+        config.tls = self.tls.clone();
+        let relay = MessagingPeer::new(config)?;
+        let events = relay.events();
+        relay.connect().await?;
+        let code = relay.start_linking(id, device)?;
+        let fingerprint = relay
+            .linking_fingerprint()
+            .map(|f| f.to_string())
+            .unwrap_or_default();
+        let task = tokio::spawn(relay_events(
+            relay.clone(),
+            events,
+            self.device_file.clone(),
+            self.print,
+        ));
+        if let Ok(mut run) = self.run.lock() {
+            *run = Some(RelayRun { peer: relay, task });
+        }
+        Ok((code, fingerprint))
+    }
+}
+
+/// Prints a link relay's linking events until the run ends (linked: saved; failed), then
+/// disconnects it.
+async fn relay_events(
+    relay: MessagingPeer,
+    mut events: EventStream,
+    target: Option<PathBuf>,
+    print: fn(&[String]),
+) {
+    while let Some(event) = events.next().await {
+        let PeerEvent::Link(link) = &event else {
+            continue;
+        };
+        print(&event_lines(&event));
+        match link {
+            LinkEvent::Linked { .. } => {
+                print(&save_linked(&relay, target));
+                break;
+            }
+            LinkEvent::Failed { .. } => break,
+            _ => {}
+        }
+    }
+    relay.disconnect().await;
+}
+
 /// Runs a device command; `Ok(false)` for any other command. `awaiting` is the new device
-/// whose fingerprint was shown last (what `/approve` and `/refuse` answer).
+/// whose fingerprint was shown last (what `/approve` and `/refuse` answer); `linker` runs
+/// `/link <id> <device>`.
 pub async fn handle(
     peer: &MessagingPeer,
     command: &Command,
     awaiting: Option<ClientId>,
+    linker: Option<&Linker>,
 ) -> anyhow::Result<bool> {
     match command {
         Command::LinkStart { id, device } => {
             let id = ClientId::new(id.clone())?;
             let device = DeviceId::new(device.clone())?;
-            let code = peer.start_linking(&id, device)?;
+            let Some(linker) = linker else {
+                println!("!! linking is not available in this run");
+                return Ok(true);
+            };
+            let (code, fp) = linker.start(&id, device).await?;
             println!("-- linking code: {code}   (valid 5 minutes, one attempt)");
             println!("-- on a device of {id}, type: /link {code}");
-            if let Some(fp) = peer.linking_fingerprint() {
-                println!("-- this device's fingerprint (the other device shows it, compare): {fp}");
-            }
+            println!("-- this device's fingerprint (the other device shows it, compare): {fp}");
         }
         Command::LinkCode(code) => {
             let relay = peer.enter_link_code(code)?;

@@ -116,6 +116,8 @@ struct Ui {
     device_file: Option<PathBuf>,
     /// Who read each group, for "read by alice, bob".
     read_by: groups::ReadBy,
+    /// Runs `/link <id> <device>` over a link relay peer of its own.
+    linker: Option<Arc<devices::Linker>>,
 }
 
 /// Group files kept for `/get g<n>` (they are not in the history; a download started survives a
@@ -810,7 +812,8 @@ async fn handle(
         Command::LinkApprove(_) => ui.lock().ok().and_then(|mut u| u.link_awaiting.take()),
         _ => None,
     };
-    if devices::handle(peer, &command, awaiting).await? {
+    let linker = ui.lock().ok().and_then(|u| u.linker.clone());
+    if devices::handle(peer, &command, awaiting, linker.as_deref()).await? {
         return Ok(true);
     }
     match command {
@@ -1081,11 +1084,18 @@ async fn main() -> anyhow::Result<()> {
             extra_ca_pem: Some(pem),
         };
     }
+    let linker = devices::Linker::new(
+        args.server.clone(),
+        config.tls.clone(),
+        args.device_file.clone(),
+        print_lines,
+    );
     let peer = MessagingPeer::new(config)?;
     peer.set_read_receipts(!args.no_read_receipts);
     let ui: Shared = Arc::default();
     if let Ok(mut u) = ui.lock() {
         u.device_file = args.device_file.clone();
+        u.linker = Some(Arc::new(linker));
     }
     {
         let history = Arc::clone(&history);

@@ -138,6 +138,10 @@ pub struct PeerConfig {
     /// [`defaults::MAX_FILE_CHUNKS_IN_FLIGHT`]. The server runs at most 4 uploads of one sender
     /// at once: more wait there. Default [`defaults::FILE_CHUNKS_IN_FLIGHT`].
     pub file_chunks_in_flight: usize,
+    /// Register as a *link relay* (docs/protocol.md, "Link relays"): the server never lists this
+    /// id and lets it send only linking envelopes to one id, for
+    /// [`lattice_protocol::limits::LINK_RELAY_TTL_SECS`]. Set by [`PeerConfig::for_linking`].
+    pub link_relay: bool,
 }
 
 impl PeerConfig {
@@ -148,6 +152,40 @@ impl PeerConfig {
             client_id,
             Credentials::Primary(Arc::new(identity)),
         )
+    }
+
+    /// A configuration for a **new device about to link** ([`crate::MessagingPeer::start_linking`]):
+    /// a throwaway id (`link-` and 16 random hex digits) with a fresh identity, registered as a
+    /// *link relay*, so that it never shows up in anyone's `discover` or presence and the server
+    /// closes it after [`lattice_protocol::limits::LINK_RELAY_TTL_SECS`]. It does not reconnect:
+    /// a linking run does not outlive its connection's relay. A server that predates link relays
+    /// registers it as an ordinary id, and linking works the same.
+    ///
+    /// ```
+    /// use lattice_peer::{MessagingPeer, PeerConfig};
+    ///
+    /// let config = PeerConfig::for_linking("ws://127.0.0.1:3005");
+    /// assert!(config.link_relay);
+    /// assert!(config.client_id.as_str().starts_with("link-"));
+    /// let peer = MessagingPeer::new(config)?;
+    /// // peer.connect().await?; then peer.start_linking(&alice, laptop)? shows the code.
+    /// # drop(peer);
+    /// # Ok::<(), lattice_peer::PeerError>(())
+    /// ```
+    pub fn for_linking(server_url: impl Into<String>) -> Self {
+        let suffix: [u8; 8] = rand::random();
+        let client_id = ClientId::new(format!("link-{}", hex::encode(suffix)))
+            // `link-` and 16 hex digits is always a valid id.
+            .unwrap_or_else(|_| unreachable!("a valid id"));
+        let identity = Identity::generate(&mut rand_core::OsRng);
+        let mut config = Self::with_credentials(
+            server_url,
+            client_id,
+            Credentials::Primary(Arc::new(identity)),
+        );
+        config.link_relay = true;
+        config.reconnect.enabled = false;
+        config
     }
 
     /// A configuration for linked device `linked` of its id, with every default (set
@@ -178,6 +216,7 @@ impl PeerConfig {
             transfers_dir: None,
             file_chunk_bytes: defaults::FILE_CHUNK_BYTES,
             file_chunks_in_flight: defaults::FILE_CHUNKS_IN_FLIGHT,
+            link_relay: false,
         }
     }
 }
@@ -202,6 +241,7 @@ impl fmt::Debug for PeerConfig {
             .field("transfers_dir", &self.transfers_dir)
             .field("file_chunk_bytes", &self.file_chunk_bytes)
             .field("file_chunks_in_flight", &self.file_chunks_in_flight)
+            .field("link_relay", &self.link_relay)
             .finish_non_exhaustive()
     }
 }

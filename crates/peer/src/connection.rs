@@ -109,6 +109,8 @@ pub(crate) struct Session {
     /// A linked device's signed device list went with a registration the server accepted (or
     /// it had a newer one): later registrations leave it out.
     pub(crate) device_list_sent: AtomicBool,
+    /// Registers as a link relay ([`crate::PeerConfig::for_linking`]).
+    pub(crate) link_relay: bool,
     pub(crate) timeouts: Timeouts,
     pub(crate) policy: Policy,
     pub(crate) dialer: Dialer,
@@ -558,6 +560,7 @@ async fn register_once(session: &Session, epoch: u64) -> Result<Registered, Peer
         verification: Some(verification),
         key_signature: Some(B64.encode(key_signature)),
         device,
+        link_relay: session.link_relay,
     };
     let answer = session
         .requests

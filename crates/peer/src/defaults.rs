@@ -374,9 +374,10 @@ pub const BLOB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// included: at most 32 768 indices).
 pub const MAX_BLOB_JSON_BYTES: usize = 512 * 1024;
 
-/// How long a device-linking code (and its run) is valid: long enough to walk to the other
-/// device and type 8 characters, short enough that a code seen over a shoulder goes stale.
-pub const LINK_CODE_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a device-linking code (and its run) is valid: exactly as long as the server keeps
+/// the new device's link relay ([`lattice_protocol::limits::LINK_RELAY_TTL_SECS`]).
+pub const LINK_CODE_TTL: Duration =
+    Duration::from_secs(lattice_protocol::limits::LINK_RELAY_TTL_SECS);
 
 /// Linking requests ("a new device asks to join") a first device keeps while waiting for the
 /// user to type a code; the oldest is dropped past it, so a stranger flooding hellos fills a

@@ -46,8 +46,9 @@ use crate::trust::Trust;
 use crate::wire::{new_message_id, B64};
 use crate::{defaults, PeerError};
 
-/// The `algorithm` of a linking envelope.
-pub const LINK_ALGORITHM: &str = "lattice-link";
+/// The `algorithm` of a linking envelope (defined in `lattice-protocol`: a link relay's server
+/// checks it).
+pub use lattice_protocol::LINK_ALGORITHM;
 
 /// Format version of the sealed bundle.
 const BUNDLE_VERSION: u32 = 1;

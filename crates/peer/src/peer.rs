@@ -259,6 +259,7 @@ impl MessagingPeer {
             client_id: me,
             credentials: config.credentials.clone(),
             device_list_sent: std::sync::atomic::AtomicBool::new(false),
+            link_relay: config.link_relay,
             timeouts: config.timeouts.clone(),
             policy: Policy {
                 backoff: config.reconnect.clone(),

@@ -22,5 +22,8 @@ pub const REPLACED: u16 = 4000;
 /// *ext*: the device was removed from its id's signed device list; it must not reconnect as
 /// that device.
 pub const DEVICE_REMOVED: u16 = 4001;
+/// *ext*: a link relay (`register` with `linkRelay`) reached the end of its life,
+/// [`crate::limits::LINK_RELAY_TTL_SECS`] after it registered; its linking code has expired too.
+pub const LINK_RELAY_EXPIRED: u16 = 4002;
 /// The connection did not register in time.
 pub const REGISTER_TIMEOUT: u16 = 4008;

@@ -41,6 +41,11 @@ impl Envelope {
     }
 }
 
+/// *ext*: the `algorithm` of a device-linking envelope (docs/mls.md, "Linking by a short code").
+/// The only envelopes a link relay (`register` with `linkRelay`) may send; the server checks this
+/// field and nothing else (it cannot read the rest).
+pub const LINK_ALGORITHM: &str = "lattice-link";
+
 /// The `algorithm` of an [`MlsEnvelope`].
 pub const MLS_ALGORITHM: &str = "mls";
 

@@ -57,8 +57,14 @@ pub enum ErrorType {
     /// *ext*: a device list whose counter is not higher than the stored list's (a replay, or an
     /// older list).
     StaleDeviceList,
-    /// *ext*: this server cannot serve linked devices (a node of several on Redis, for now).
+    /// *ext*, **retired**: what servers before device leaves on Redis answered to MLS group
+    /// frames of linked devices on a node of several. No server of this version sends it; kept
+    /// so a client still reads it from an older server (docs/protocol.md, "Error types").
     DevicesNotSupported,
+    /// *ext*: a link relay (`register` with `linkRelay`) sent something other than a
+    /// `lattice-link` envelope to its one target id (another frame type, another algorithm, a
+    /// second target).
+    LinkRelayOnly,
     /// A code this version does not know.
     #[serde(other)]
     Other,
@@ -91,6 +97,7 @@ impl ErrorType {
             Self::TooManyDevices => "TOO_MANY_DEVICES",
             Self::StaleDeviceList => "STALE_DEVICE_LIST",
             Self::DevicesNotSupported => "DEVICES_NOT_SUPPORTED",
+            Self::LinkRelayOnly => "LINK_RELAY_ONLY",
             Self::Other => "OTHER",
         }
     }

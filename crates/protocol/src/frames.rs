@@ -36,6 +36,13 @@ pub struct Register {
     /// device, exactly as before devices existed). See docs/protocol.md, "Devices".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DevicePart>,
+    /// *ext*: register as a *link relay*: the throwaway id a new device links from. The server
+    /// never lists it (`discover`, presence, `request_public_key` for others), binds nothing for
+    /// it, lets it send only `lattice-link` envelopes to one target id, and closes it after
+    /// [`crate::limits::LINK_RELAY_TTL_SECS`]. Absent (original clients): `false`. An original
+    /// server ignores it and registers the id as usual, so linking still works there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link_relay: bool,
 }
 
 /// *ext*: the device part of a `register`. The registration's `verification` then carries the

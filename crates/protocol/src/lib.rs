@@ -52,7 +52,7 @@ mod public_key;
 mod time_fmt;
 
 pub use codec::{decode_client, decode_server, encode, DecodeError, Frame};
-pub use envelope::{Envelope, InnerMessage, MlsEnvelope, MlsKind, MLS_ALGORITHM};
+pub use envelope::{Envelope, InnerMessage, MlsEnvelope, MlsKind, LINK_ALGORITHM, MLS_ALGORITHM};
 pub use error_type::ErrorType;
 pub use frames::*;
 pub use ids::{

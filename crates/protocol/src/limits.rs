@@ -87,6 +87,17 @@ pub const CHALLENGE_NONCE_LEN: usize = 32;
 /// statement is useless soon.
 pub const CHALLENGE_TTL_SECS: u64 = 60;
 
+/// *ext*: seconds a link relay (`register` with `linkRelay`) lives: the server closes it this long
+/// after it registered, and a linking code (and its run) is valid exactly as long. Long enough to
+/// walk to the other device and type 8 characters, short enough that a code seen over a shoulder
+/// goes stale.
+pub const LINK_RELAY_TTL_SECS: u64 = 5 * 60;
+
+/// *ext*: `message` frames a link relay may send over its life. Linking takes two (`hello`,
+/// `confirm`) and at most one `abort`; the rest is slack for retries. With
+/// [`LINK_RELAY_TTL_SECS`] this also bounds its rate.
+pub const MAX_LINK_RELAY_MESSAGES: u32 = 8;
+
 /// Longest question text and longest free-text answer the server relays, in bytes.
 pub const MAX_QUESTION_TEXT: usize = 4096;
 

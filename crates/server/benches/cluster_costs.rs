@@ -233,6 +233,7 @@ async fn main() {
                 identity_key: None,
                 key_signature: None,
                 subscribed: AtomicBool::new(false),
+                link_relay: false,
             });
             hub.claim(entry, &|_| false).unwrap();
             assert_eq!(hub.release(&id, 1), Some(true));
@@ -352,6 +353,7 @@ async fn redis_rows(rows: &mut Vec<Row>, label: &str, url: &RedisUrl, servers: &
         public_key: vec![0; 1184],
         identity_key: Some([1; 32]),
         key_signature: Some(vec![2; 64]),
+        link_relay: false,
     };
     let verified = &verified;
     rows.push(

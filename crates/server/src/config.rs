@@ -85,6 +85,12 @@ pub struct Config {
           default_value = secs(limits::QUESTION_TIMEOUT))]
     pub question_timeout: Duration,
 
+    /// Seconds after its registration a link relay (the throwaway id a new device links from)
+    /// is closed; as long as a linking code is valid by default.
+    #[arg(long = "link-relay-ttl", env = "LATTICE_LINK_RELAY_TTL", value_parser = parse_secs,
+          default_value = secs(limits::LINK_RELAY_TTL))]
+    pub link_relay_ttl: Duration,
+
     /// Seconds between pings to each connection.
     #[arg(long = "ping-interval", env = "LATTICE_PING_INTERVAL", value_parser = parse_secs,
           default_value = secs(limits::PING_INTERVAL))]
@@ -216,6 +222,7 @@ impl Default for Config {
             limit_loopback: false,
             mailbox_ttl: limits::MAILBOX_TTL,
             question_timeout: limits::QUESTION_TIMEOUT,
+            link_relay_ttl: limits::LINK_RELAY_TTL,
             ping_interval: limits::PING_INTERVAL,
             idle_timeout: limits::IDLE_TIMEOUT,
             outbound_queue: limits::OUTBOUND_QUEUE,

@@ -150,6 +150,9 @@ pub struct PeerEntry {
     pub key_signature: Option<Arc<[u8]>>,
     /// Whether it asked for presence (sent `discover`).
     pub subscribed: AtomicBool,
+    /// Whether it registered as a link relay (`linkRelay`): never listed in `discover`, presence
+    /// or `request_public_key`.
+    pub link_relay: bool,
 }
 
 impl PeerEntry {
@@ -315,9 +318,12 @@ impl Hub for LocalHub {
     fn online_page(&self, after: Option<&ClientId>, limit: usize) -> (Vec<ClientId>, bool) {
         let mut ids: Vec<ClientId> = self
             .read()
-            .keys()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .cloned()
+            .iter()
+            // A link relay is never listed (it is its id's only holder: nothing joins it).
+            .filter(|(id, devices)| {
+                after.is_none_or(|a| *id > a) && !devices.iter().all(|e| e.link_relay)
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         let more = ids.len() > limit;
         if more {
@@ -417,6 +423,7 @@ mod tests {
             identity_key: identity,
             key_signature: None,
             subscribed: AtomicBool::new(false),
+            link_relay: false,
         })
     }
 

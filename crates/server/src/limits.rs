@@ -229,6 +229,11 @@ pub const DEMO_LIFETIME: Duration = Duration::from_secs(300);
 /// How long a server question waits for its answer by default.
 pub const QUESTION_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long a link relay stays connected (`--link-relay-ttl`): as long as a linking code is
+/// valid, [`lattice_protocol::limits::LINK_RELAY_TTL_SECS`].
+pub const LINK_RELAY_TTL: Duration =
+    Duration::from_secs(lattice_protocol::limits::LINK_RELAY_TTL_SECS);
+
 /// Longest an admin caller may ask the server to wait for an answer.
 pub const MAX_ASK_TIMEOUT: Duration = Duration::from_secs(3600);
 

@@ -205,14 +205,20 @@ impl Node {
             Channels::open_with_stats(url, id.clone(), stop, Arc::clone(&stats)).await?;
         let directory = RedisDirectory::new(conn.clone()).with_stats(Arc::clone(&stats));
         let mailbox = RedisMailbox::new(conn.clone()).with_stats(Arc::clone(&stats));
+        let devices = RedisDevices::new(conn.clone()).with_stats(Arc::clone(&stats));
         let node = Self {
             presence: Presence::with_ttl(conn.clone(), id.clone(), presence_ttl)
                 .with_stats(Arc::clone(&stats)),
             key_packages: RedisKeyPackages::new(conn.clone()).with_stats(Arc::clone(&stats)),
-            devices: RedisDevices::new(conn.clone()).with_stats(Arc::clone(&stats)),
             questions: RedisQuestions::new(conn.clone(), id.clone()).with_stats(Arc::clone(&stats)),
-            groups: RedisGroups::new(conn.clone(), mailbox.clone(), directory.clone())
-                .with_stats(Arc::clone(&stats)),
+            groups: RedisGroups::new(
+                conn.clone(),
+                mailbox.clone(),
+                directory.clone(),
+                devices.clone(),
+            )
+            .with_stats(Arc::clone(&stats)),
+            devices,
             directory,
             mailbox,
             channels,
@@ -254,21 +260,28 @@ impl Node {
         }
     }
 
-    /// Tells `id`'s primary device that mail waits in its stream (group copies go to primary
-    /// devices' streams on several nodes): the local session directly, another node over its
-    /// channel. Nothing to do when it is offline (it drains at its next registration).
-    pub async fn notify_mail(&self, hub: &dyn Hub, id: &ClientId) {
-        if let Some(local) = hub.device(id, &DeviceId::primary()) {
-            local.session.notify_mail();
+    /// Tells `id`'s `devices` that mail waits in their streams (each got a copy): the local
+    /// sessions directly, the nodes holding the others over their channels (one presence read,
+    /// only when a device is not held here). Nothing to do for an offline device (it drains at
+    /// its next registration).
+    pub async fn notify_mail(&self, hub: &dyn Hub, id: &ClientId, devices: &[DeviceId]) {
+        let mut elsewhere = false;
+        for device in devices {
+            match hub.device(id, device) {
+                Some(local) => local.session.notify_mail(),
+                None => elsewhere = true,
+            }
+        }
+        if !elsewhere {
             return;
         }
         match self.presence.live(id).await {
             Ok(Some((holders, _))) => {
-                let primary: Vec<_> = holders
+                let theirs: Vec<_> = holders
                     .into_iter()
-                    .filter(|(d, _)| d.is_primary())
+                    .filter(|(d, _)| devices.contains(d))
                     .collect();
-                self.mail_to_nodes(id, &primary).await;
+                self.mail_to_nodes(id, &theirs).await;
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, peer = %id, "presence lookup failed"),
@@ -471,6 +484,7 @@ pub fn peer_keys(entry: &PeerEntry) -> PeerKeys {
         public_key: entry.public_key.to_vec(),
         identity_key: entry.identity_key,
         key_signature: entry.key_signature.as_ref().map(|s| s.to_vec()),
+        link_relay: entry.link_relay,
     }
 }
 
@@ -603,17 +617,30 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let held: Vec<(ClientId, DeviceId, u64)> = hub
+        // Link relays are held like any id, but never put in the online index.
+        let (relays, held): (Vec<_>, Vec<_>) = hub
             .online()
             .into_iter()
             .flat_map(|id| hub.devices(&id))
-            .map(|e| (e.id.clone(), e.device.clone(), e.session.conn_id))
-            .collect();
-        if held.is_empty() {
+            .partition(|e| e.link_relay);
+        let tuple = |e: &Arc<PeerEntry>| (e.id.clone(), e.device.clone(), e.session.conn_id);
+        let held: Vec<(ClientId, DeviceId, u64)> = held.iter().map(tuple).collect();
+        let relays: Vec<(ClientId, DeviceId, u64)> = relays.iter().map(tuple).collect();
+        if held.is_empty() && relays.is_empty() {
             continue;
         }
         let refreshed = match node.presence.refresh_devices(&held).await {
-            Ok(r) => r,
+            Ok(mut r) => match node.presence.refresh_unlisted(&relays).await {
+                Ok(u) => {
+                    r.taken.extend(u.taken);
+                    r.gone.extend(u.gone);
+                    r
+                }
+                Err(e) => {
+                    warn!(node = %node.id, error = %e, "presence refresh failed");
+                    continue;
+                }
+            },
             Err(e) => {
                 warn!(node = %node.id, error = %e, "presence refresh failed");
                 continue;
@@ -652,7 +679,7 @@ pub async fn run_refresh(node: Arc<Node>, hub: Arc<dyn Hub>, stop: CancellationT
         }
         debug!(
             node = %node.id,
-            held = held.len(),
+            held = held.len() + relays.len(),
             published = node.stats.published.load(Ordering::Relaxed),
             "presence refreshed"
         );

@@ -348,6 +348,7 @@ mod tests {
             public_key: vec![2; 8],
             identity_key: Some([2; 32]),
             key_signature: Some(vec![2; 4]),
+            link_relay: false,
         };
         assert!(matches!(
             node.presence.claim(&id("carol"), 7, &keys).await,

@@ -43,6 +43,7 @@ fn keys(ik: Option<[u8; 32]>) -> PeerKeys {
         public_key: vec![ik.map_or(0, |k| k[0]); 1184],
         identity_key: ik,
         key_signature: ik.map(|k| vec![k[0] ^ 0x5a; 64]),
+        link_relay: false,
     }
 }
 

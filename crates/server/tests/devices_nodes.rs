@@ -4,9 +4,10 @@
 //! nodes (connected with the first device anywhere, disconnected with the last), a list stored
 //! through one node closes (4001) a removed device on another and deletes its mail, forged and
 //! stale lists are refused with the connection surviving, `allDevices` KeyPackage fetches see
-//! every device's stock whatever node uploaded it, and what is not served on several nodes yet
-//! (MLS groups for linked devices) is refused with `DEVICES_NOT_SUPPORTED`. The message and
-//! removal cases run on a 3-master Redis Cluster too.
+//! every device's stock whatever node uploaded it, and MLS groups of linked devices reach every
+//! leaf but the sending device on whichever node holds it (the offline one from its mailbox,
+//! one Commit per epoch, none for a removed device). The message, removal and group cases run
+//! on a 3-master Redis Cluster too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -348,52 +349,276 @@ async fn all_devices_key_package_fetch_sees_every_devices_stock_across_nodes() {
     );
 }
 
+/// A connection that keeps the `message` frames it reads while waiting for an answer, so no
+/// delivery is lost to a test's request, and acknowledges each one it hands out.
+struct Leaf {
+    c: Client,
+    inbox: std::collections::VecDeque<Value>,
+}
+
+impl Leaf {
+    fn new(c: Client) -> Leaf {
+        Leaf {
+            c,
+            inbox: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Sends `v` and reads its answer (`ty` or an error), keeping deliveries met on the way.
+    async fn ask(&mut self, v: Value) -> Value {
+        let ty = v["type"].as_str().unwrap().to_owned();
+        self.c.send(v).await;
+        self.answer(&ty).await
+    }
+
+    async fn answer(&mut self, ty: &str) -> Value {
+        loop {
+            let f = self.c.recv().await;
+            if f["type"] == ty || f["type"] == "error" {
+                return f;
+            }
+            if f["type"] == "message" {
+                self.inbox.push_back(f["payload"].clone());
+            }
+        }
+    }
+
+    /// The next delivered message as (sender, messageId, envelope kind), acknowledged.
+    async fn take(&mut self) -> (String, String, String) {
+        let m = match self.inbox.pop_front() {
+            Some(m) => m,
+            None => next_message(&mut self.c).await,
+        };
+        let from = m["fromId"].as_str().unwrap().to_owned();
+        let mid = m["messageId"].as_str().unwrap().to_owned();
+        self.c.send(ack(&mid, &from)).await;
+        (
+            from,
+            mid,
+            m["message"]["kind"].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
+    /// The next `n` delivered messages' (sender, messageId), in order.
+    async fn take_n(&mut self, n: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let (from, mid, _) = self.take().await;
+            out.push((from, mid));
+        }
+        out
+    }
+}
+
+fn group_message(g: &str, epoch: u64, mid: &str) -> Value {
+    json!({"type":"group_message","requestId": mid,"payload":{"groupId": g,
+        "message": mls(g, epoch, APPLICATION, mid), "messageId": mid}})
+}
+
+fn group_commit(g: &str, epoch: u64, mid: &str, members: &[&str], leaves: Option<Value>) -> Value {
+    let mut v = json!({"type":"group_commit","requestId": mid,"payload":{"groupId": g,
+        "epoch": epoch, "commit": mls(g, epoch, COMMIT, mid), "members": members,
+        "messageId": mid}});
+    if let Some(leaves) = leaves {
+        v["payload"]["leaves"] = leaves;
+    }
+    v
+}
+
+fn from(who: &str, mid: &str) -> (String, String) {
+    (who.to_owned(), mid.to_owned())
+}
+
+/// An MLS group of linked devices across nodes: alice's primary on `urls[0]`, her laptop on
+/// `urls[1]`, bob on `urls[2]`. Each device's group message reaches every other leaf and not
+/// itself (counted); the laptop offline gets its Commit and message copies from its mailbox
+/// when it comes back on another node; two devices racing Commits for one epoch: exactly one
+/// wins, the other is `STALE_EPOCH` and gets the winner's Commit; the laptop removed from
+/// alice's list is closed and gets no further copies, its stream never recreated (`exists`
+/// tells whether a Redis key exists).
+async fn a_group_of_linked_devices_reaches_every_leaf_across_nodes<F, Fut>(
+    urls: &[String],
+    exists: F,
+) where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let alice = new_identity();
+    let laptop = Device::new("laptop");
+    let mut primary = Leaf::new(alice_with(&urls[0], &alice, &[&laptop]).await);
+    let mut lap = Leaf::new(device(&urls[1], &alice, "alice", &laptop).await);
+    let mut bob = Leaf::new(register_verified(&urls[2], "bob", &new_identity()).await);
+    let g = "00ee11";
+    let leaves = json!([
+        leaf("alice", "primary"),
+        leaf("alice", "laptop"),
+        leaf("bob", "primary")
+    ]);
+
+    // alice's primary creates the group with her laptop and bob: a Welcome for each new leaf.
+    let mut create = group_commit(g, 0, "c0", &["alice", "bob"], Some(leaves.clone()));
+    create["payload"]["welcome"] = json!(welcome("w0"));
+    let c = primary.ask(create).await;
+    assert_eq!(c["payload"]["epoch"], 1, "{c}");
+    for who in [&mut lap, &mut bob] {
+        assert_eq!(
+            who.take().await,
+            ("alice".into(), "c0".into(), "welcome".into())
+        );
+    }
+
+    // Every device sends once: each copy reaches the two other leaves, never the sender.
+    for (who, mid) in [
+        (&mut lap, "g-lap"),
+        (&mut bob, "g-bob"),
+        (&mut primary, "g-pri"),
+    ] {
+        let sent = who.ask(group_message(g, 1, mid)).await;
+        assert_eq!(sent["type"], "group_message", "{sent}");
+        assert_eq!(sent["payload"]["recipients"], 2, "{sent}");
+    }
+    assert_eq!(
+        primary.take_n(2).await,
+        [from("alice", "g-lap"), from("bob", "g-bob")]
+    );
+    assert_eq!(
+        lap.take_n(2).await,
+        [from("bob", "g-bob"), from("alice", "g-pri")]
+    );
+    assert_eq!(
+        bob.take_n(2).await,
+        [from("alice", "g-lap"), from("alice", "g-pri")]
+    );
+
+    // The laptop goes offline: bob's Commit (an older client's, no leaves: alice keeps both)
+    // and message wait in its mailbox and come when it returns on another node.
+    lap.c.ws.close(None).await.unwrap();
+    drop(lap);
+    let c = bob
+        .ask(group_commit(g, 1, "c1", &["alice", "bob"], None))
+        .await;
+    assert_eq!(c["payload"]["epoch"], 2, "{c}");
+    let sent = bob.ask(group_message(g, 2, "g-off")).await;
+    assert_eq!(
+        sent["payload"]["recipients"], 2,
+        "stored for the offline laptop: {sent}"
+    );
+    assert_eq!(
+        primary.take_n(2).await,
+        [from("bob", "c1"), from("bob", "g-off")]
+    );
+    let mut lap = Leaf::new(device_again(&urls[2], &alice, &laptop).await);
+    assert_eq!(
+        lap.take_n(2).await,
+        [from("bob", "c1"), from("bob", "g-off")]
+    );
+
+    // alice's two devices race a Commit for epoch 2 from two nodes: exactly one wins.
+    primary
+        .c
+        .send(group_commit(
+            g,
+            2,
+            "r-pri",
+            &["alice", "bob"],
+            Some(leaves.clone()),
+        ))
+        .await;
+    lap.c
+        .send(group_commit(
+            g,
+            2,
+            "r-lap",
+            &["alice", "bob"],
+            Some(leaves.clone()),
+        ))
+        .await;
+    let a = primary.answer("group_commit").await;
+    let b = lap.answer("group_commit").await;
+    let won: Vec<&Value> = [&a, &b]
+        .into_iter()
+        .filter(|v| v["type"] == "group_commit")
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one winner: {a} {b}");
+    assert_eq!(won[0]["payload"]["epoch"], 3, "{a} {b}");
+    let (winner, loser, lost) = if a["type"] == "group_commit" {
+        ("r-pri", &mut lap, &b)
+    } else {
+        ("r-lap", &mut primary, &a)
+    };
+    assert_error(
+        lost,
+        "STALE_EPOCH",
+        if winner == "r-pri" { "r-lap" } else { "r-pri" },
+    );
+    assert_eq!(lost["payload"]["currentEpoch"], 3, "{lost}");
+    assert_eq!(
+        loser.take().await,
+        ("alice".into(), winner.into(), "commit".into())
+    );
+    assert_eq!(
+        bob.take().await,
+        ("alice".into(), winner.into(), "commit".into())
+    );
+
+    // The laptop removed from alice's list: closed (4001) and no further copies, while its
+    // leaf is still in the group (until a Commit removes it).
+    let v = upload_list(&mut primary.c, signed_list(&alice, "alice", 2, &[]), "l2").await;
+    assert_eq!(v["payload"], json!({"counter": 2, "devices": 0}), "{v}");
+    assert_eq!(closed(&mut lap.c).await, close_code::DEVICE_REMOVED);
+    let sent = bob.ask(group_message(g, 3, "g-after")).await;
+    assert_eq!(
+        sent["payload"]["recipients"], 1,
+        "alice's primary only: {sent}"
+    );
+    assert_eq!(
+        primary.take().await,
+        ("bob".into(), "g-after".into(), "message".into())
+    );
+    let c = bob
+        .ask(group_commit(g, 3, "c4", &["alice", "bob"], Some(leaves)))
+        .await;
+    assert_eq!(
+        c["payload"]["epoch"], 4,
+        "its leaf does not block Commits: {c}"
+    );
+    assert_eq!(
+        primary.take().await,
+        ("bob".into(), "c4".into(), "commit".into())
+    );
+    assert!(
+        !exists("lattice:mbox:{alice}:d:laptop").await,
+        "no copy recreated the removed device's stream"
+    );
+    alive(&mut primary.c).await;
+    alive(&mut bob.c).await;
+}
+
 #[tokio::test]
-async fn groups_for_linked_devices_are_refused_on_nodes_not_half_served() {
+async fn a_group_of_linked_devices_reaches_every_leaf_across_nodes_on_one_redis() {
     let redis = RedisProcess::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let n = nodes_on(&redis.url(), &dir, 2).await;
-    let alice = new_identity();
-    let phone = Device::new("phone");
-    let mut primary = alice_with(&n[0].url, &alice, &[&phone]).await;
-    let mut phone_c = device(&n[1].url, &alice, "alice", &phone).await;
-    let g = "00cc";
-    // A Commit naming a linked device's leaf.
-    let v = primary
-        .ask(
-            json!({"type":"group_commit","requestId":"c0","payload":{"groupId": g, "epoch": 0,
-                "commit": mls(g, 0, COMMIT, "c0"), "members": ["alice"], "messageId": "c0",
-                "leaves": [leaf("alice","primary"), leaf("alice","phone")]}}),
-            "group_commit",
-        )
-        .await;
-    assert_error(&v, "DEVICES_NOT_SUPPORTED", "c0");
-    assert!(
-        v["payload"]["details"]
-            .as_str()
-            .unwrap()
-            .contains("several nodes"),
-        "{v}"
-    );
-    // Group frames from a linked device.
-    let v = phone_c
-        .ask(
-            json!({"type":"group_commit","requestId":"c1","payload":{"groupId": g, "epoch": 0,
-                "commit": mls(g, 0, COMMIT, "c1"), "members": ["alice"], "messageId": "c1"}}),
-            "group_commit",
-        )
-        .await;
-    assert_error(&v, "DEVICES_NOT_SUPPORTED", "c1");
-    let v = phone_c
-        .ask(
-            json!({"type":"group_message","requestId":"g1","payload":{"groupId": g,
-                "message": mls(g, 0, APPLICATION, "g1"), "messageId": "g1"}}),
-            "group_message",
-        )
-        .await;
-    assert_error(&v, "DEVICES_NOT_SUPPORTED", "g1");
-    alive(&mut primary).await;
-    alive(&mut phone_c).await;
+    let n = nodes_on(&redis.url(), &dir, 3).await;
+    let urls: Vec<String> = n.iter().map(|s| s.url.clone()).collect();
+    let port = redis.port();
+    a_group_of_linked_devices_reaches_every_leaf_across_nodes(&urls, |key| async move {
+        cli(port, &["EXISTS", key]).await.trim() == "1"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_group_of_linked_devices_reaches_every_leaf_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = nodes_on(&cluster.url(), &dir, 3).await;
+    let urls: Vec<String> = n.iter().map(|s| s.url.clone()).collect();
+    let cluster = &cluster;
+    a_group_of_linked_devices_reaches_every_leaf_across_nodes(&urls, |key| async move {
+        let port = cluster.port(cluster.master_of(key).await);
+        cli(port, &["EXISTS", key]).await.trim() == "1"
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! several "nodes" (each its own connections, as separate processes would have), on one Redis and
 //! on a 3-master Redis Cluster (`both!`): KeyPackages handed out once whichever nodes fetch, the
 //! stock bound held by racing uploads, exactly one of racing Commits accepted per epoch, Commits
-//! reaching every member in epoch order, and the SQLite path's refusals.
+//! reaching every member in epoch order, the SQLite path's refusals, and copies per device leaf
+//! within each device mailbox's own quota.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -12,12 +13,15 @@ mod redis_process;
 use std::collections::{BTreeSet, HashSet};
 
 use lattice_protocol::limits::{KEY_PACKAGE_LOW_STOCK, MAX_KEY_PACKAGE_STOCK};
-use lattice_protocol::{ClientId, DeviceId, GroupId, MessageId};
+use lattice_protocol::{
+    ClientId, DeviceEntry, DeviceId, GroupId, Leaf, MessageId, SignedDeviceList,
+};
+use lattice_server::cluster::devices::RedisDevices;
 use lattice_server::cluster::directory::RedisDirectory;
 use lattice_server::cluster::groups::{RedisGroupError, RedisGroups};
 use lattice_server::cluster::key_packages::{RedisKeyPackages, RedisUploadError};
 use lattice_server::cluster::mailbox::RedisMailbox;
-use lattice_server::store::{Binding, CommitOp, GroupError, Limit, Quota};
+use lattice_server::store::{Binding, CommitOp, GroupError, Limit, MailboxKey, Quota};
 use redis_process::Backend;
 
 fn id(s: &str) -> ClientId {
@@ -161,10 +165,19 @@ async fn delivery(redis: &Backend, members: &[&str]) -> (Vec<RedisGroups>, Redis
         nodes.push(RedisGroups::new(
             conn.clone(),
             RedisMailbox::new(conn.clone()),
-            RedisDirectory::new(conn),
+            RedisDirectory::new(conn.clone()),
+            RedisDevices::new(conn),
         ));
     }
     (nodes, RedisMailbox::new(redis.conn().await))
+}
+
+/// The primary device's leaf of `who`.
+fn primary(who: &str) -> Leaf {
+    Leaf {
+        client_id: id(who),
+        device_id: DeviceId::primary(),
+    }
 }
 
 fn set(ids: &[&str]) -> BTreeSet<ClientId> {
@@ -407,20 +420,21 @@ async fn commits_are_refused_by_the_rules_of_the_sqlite_path_and_store_nothing(r
     let to = nodes[2]
         .send(
             &group,
-            &id("dave"),
+            &primary("dave"),
             &MessageId::new("hello").unwrap(),
             "app dave",
             &Quota::UNLIMITED,
         )
         .await
         .unwrap();
-    assert_eq!(to, [id("alice"), id("bob")]);
+    let to: Vec<&ClientId> = to.iter().map(MailboxKey::id).collect();
+    assert_eq!(to, [&id("alice"), &id("bob")]);
     assert_eq!(frames(&mbox, "alice").await.last().unwrap(), "app dave");
     assert!(matches!(
         nodes[0]
             .send(
                 &group,
-                &id("carol"),
+                &primary("carol"),
                 &MessageId::new("late").unwrap(),
                 "app carol",
                 &Quota::UNLIMITED,
@@ -431,6 +445,102 @@ async fn commits_are_refused_by_the_rules_of_the_sqlite_path_and_store_nothing(r
 }
 
 both!(commits_are_refused_by_the_rules_of_the_sqlite_path_and_store_nothing);
+
+fn leaf_of(who: &str, device: &str) -> Leaf {
+    Leaf {
+        client_id: id(who),
+        device_id: DeviceId::new(device).unwrap(),
+    }
+}
+
+fn mailbox(who: &str, device: &str) -> MailboxKey {
+    MailboxKey::new(&id(who), &DeviceId::new(device).unwrap())
+}
+
+async fn device_leaves_get_their_own_copies_within_their_own_quota(redis: &Backend) {
+    let (nodes, mbox) = delivery(redis, &["alice", "bob"]).await;
+    let conn = redis.conn().await;
+    let laptop = DeviceId::new("laptop").unwrap();
+    let list = SignedDeviceList {
+        counter: 1,
+        devices: vec![DeviceEntry {
+            device_id: laptop.clone(),
+            device_key: "k".into(),
+        }],
+        signature: "checked by the frame handler".into(),
+    };
+    RedisDevices::new(conn.clone())
+        .put_list(&id("alice"), &list)
+        .await
+        .unwrap();
+    let group = GroupId::new("00de").unwrap();
+    let create = Commit::new("alice", 0, &["alice", "bob"], true);
+    let leaves: BTreeSet<Leaf> = [
+        leaf_of("alice", "primary"),
+        leaf_of("alice", "laptop"),
+        leaf_of("bob", "primary"),
+    ]
+    .into();
+    let mut op = create.op(&group);
+    op.leaves = Some(&leaves);
+    let out = nodes[0].commit(&op, &Quota::UNLIMITED).await.unwrap();
+    assert_eq!(
+        out.copies,
+        [mailbox("alice", "laptop"), mailbox("bob", "primary")],
+        "a Welcome for each added leaf, none for the sending device"
+    );
+    assert_eq!(nodes[1].leaves(&group).await.unwrap(), Some(leaves.clone()));
+    assert_eq!(mbox.device_count(&id("alice"), &laptop).await.unwrap(), 1);
+    assert_eq!(mbox.count(&id("alice")).await.unwrap(), 0);
+
+    // bob's message reaches both of alice's devices; the laptop's reaches bob and her primary.
+    let mid = |m: &str| MessageId::new(m).unwrap();
+    let u = Quota::UNLIMITED;
+    let to = nodes[1]
+        .send(&group, &primary("bob"), &mid("m1"), "app bob", &u)
+        .await
+        .unwrap();
+    assert_eq!(
+        to,
+        [mailbox("alice", "laptop"), mailbox("alice", "primary")]
+    );
+    let lap = leaf_of("alice", "laptop");
+    let to = nodes[2]
+        .send(&group, &lap, &mid("m2"), "app laptop", &u)
+        .await
+        .unwrap();
+    assert_eq!(to, [mailbox("alice", "primary"), mailbox("bob", "primary")]);
+
+    // Each device mailbox has its own quota: the laptop's full refuses the message for everyone.
+    let tight = Quota { count: 2, ..u };
+    assert!(matches!(
+        nodes[2].send(&group, &primary("bob"), &mid("m3"), "app bob 3", &tight).await,
+        Err(RedisGroupError::Refused(GroupError::MailboxFull { recipient, limit: Limit::Count }))
+            if recipient == id("alice")
+    ));
+    assert_eq!(mbox.count(&id("alice")).await.unwrap(), 2, "nothing stored");
+    assert_eq!(mbox.device_count(&id("alice"), &laptop).await.unwrap(), 2);
+
+    // A group stored before device leaves (no leaves key): every member is its primary's leaf.
+    let _: i64 = redis::cmd("DEL")
+        .arg("lattice:group:{00de}:leaves")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    let to = nodes[0]
+        .send(&group, &primary("bob"), &mid("m4"), "app bob 4", &u)
+        .await
+        .unwrap();
+    assert_eq!(to, [mailbox("alice", "primary")]);
+    assert!(matches!(
+        nodes[0]
+            .send(&group, &lap, &mid("m5"), "app laptop 5", &u)
+            .await,
+        Err(RedisGroupError::Refused(GroupError::NotAMember))
+    ));
+}
+
+both!(device_leaves_get_their_own_copies_within_their_own_quota);
 
 async fn a_commit_accepted_by_a_node_that_stops_halfway_is_finished_by_another(redis: &Backend) {
     let others: Vec<String> = (0..60).map(|i| format!("m{i:02}")).collect();
@@ -502,6 +612,11 @@ async fn an_expired_member_leaves_its_groups_and_an_empty_group_goes(redis: &Bac
         Some((1, set(&["alice"])))
     );
     assert_eq!(nodes[2].group_count(&id("bob")).await.unwrap(), 0);
+    assert_eq!(
+        nodes[2].leaves(&group).await.unwrap(),
+        Some(BTreeSet::from([primary("alice")])),
+        "bob's leaves went with him"
+    );
     // A Commit of the group now goes to alice's remaining members only: bob is out.
     let next = Commit::new("alice", 1, &["alice"], false);
     let out = nodes[2]
@@ -516,6 +631,12 @@ async fn an_expired_member_leaves_its_groups_and_an_empty_group_goes(redis: &Bac
         "nobody left: gone"
     );
     assert_eq!(nodes[1].forget_member(&id("alice")).await.unwrap(), 0);
+    let left: i64 = redis::cmd("EXISTS")
+        .arg("lattice:group:{0b0b}:leaves")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no leaves key outlives its group");
 }
 
 both!(an_expired_member_leaves_its_groups_and_an_empty_group_goes);

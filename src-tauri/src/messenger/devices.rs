@@ -5,7 +5,7 @@
 //!
 //! On a **new device** (docs/desktop.md, *Linking this computer to an existing account*):
 //! [`Messenger::start_linking`] dials the server from a throwaway relay id
-//! ([`crate::session::relay_config`]) and returns the code and this device's fingerprint;
+//! (`PeerConfig::for_linking`: an unlisted relay) and returns the code and this device's fingerprint;
 //! [`Messenger::wait_linking`] waits for the first device's approval; [`Messenger::adopt_linked`]
 //! saves the device file (owner-only), imports the contacts' pins, and from then on the session
 //! runs as that device. On a **linked device**, [`open_device`] finds the device file at every
@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use lattice_peer::{
-    device_file, HandlerHandle, LinkEvent, LinkFailure, LinkedDevice, MessagingPeer, PeerError,
-    PeerEvent,
+    device_file, HandlerHandle, LinkEvent, LinkFailure, LinkedDevice, MessagingPeer, PeerConfig,
+    PeerError, PeerEvent,
 };
 use lattice_protocol::{limits::MAX_DEVICES_PER_ID, ClientId, DeviceId, ErrorType};
 use tokio::sync::mpsc;
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::{lock, validate_server_url, Messenger, MessengerError, State, Update};
 use crate::clock::now_ms;
 use crate::contract::{ConnectionState, LinkStage};
-use crate::session::{relay_config, Devices, Role, SessionError};
+use crate::session::{Devices, Role, SessionError};
 use crate::storage::keystore::DbKeyStore;
 use crate::storage::settings::{ServerMode, Settings};
 use crate::storage::{self, Db, StorageError};
@@ -334,13 +334,13 @@ impl Messenger {
         self.refuse_on_linked_device()?;
         if self.state.identity().is_some() {
             return Err(MessengerError::InvalidInput(
-                "This computer already has an identity; link other devices to it from Settings                  → Devices instead."
+                "This computer already has an identity; link other devices to it from Settings → Devices instead."
                     .into(),
             ));
         }
         // One run at a time: a new start replaces (and so cancels) the old one.
         drop(lock(&self.linking).take());
-        let peer = MessagingPeer::new(relay_config(&server_url)?)
+        let peer = MessagingPeer::new(PeerConfig::for_linking(server_url.as_str()))
             .map_err(|e| SessionError::InvalidServer(Box::new(e)))?;
         let (tx, rx) = mpsc::channel(LINK_EVENTS);
         let handler = peer.on_event(move |event| {

@@ -4,8 +4,9 @@
 //! [`Ctx::on_link`] turns the library's [`LinkEvent`]s into [`SessionEvent::Link`] views.
 //!
 //! On a **linked device**, [`Ctx::on_own_message`] stores what another device of this id sent
-//! as our own outgoing message, with the device it came from; and [`relay_config`] is the peer a
-//! **new device** links from (the messenger's `linking` runs it before any session exists).
+//! as our own outgoing message, with the device it came from. A **new device** links from the
+//! library's unlisted relay peer (`PeerConfig::for_linking`, run by the messenger's `linking`
+//! before any session exists).
 //!
 //! The protocol is the library's: the new device shows a code; a request arrives here; the
 //! person types the code; the library checks it (key confirmation) and only then shows the new
@@ -17,9 +18,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use lattice_crypto::device_link::LinkCode;
 use lattice_crypto::IdentityPublicKey;
-use lattice_peer::{
-    Content, Conversation, LinkEvent, LinkFailure, MessagingPeer, OwnMessage, PeerConfig,
-};
+use lattice_peer::{Content, Conversation, LinkEvent, LinkFailure, MessagingPeer, OwnMessage};
 use lattice_protocol::{ClientId, DeviceEntry, DeviceId};
 
 use super::{group_key, Ctx, SessionError};
@@ -29,23 +28,6 @@ use crate::events::SessionEvent;
 use crate::storage::devices::{OwnDirect, PRIMARY_DEVICE};
 use crate::storage::groups::{GroupLineKind, NewGroupLine};
 use crate::views::{DeviceView, LinkView, Notice};
-
-/// The peer a new device links from: a throwaway id with a throwaway identity at `server_url`
-/// (the library's linking runs only from a peer holding an identity key). Nothing of it is kept:
-/// once linked, the app runs as the device from its file.
-///
-/// # Errors
-/// [`SessionError::Identity`] if the throwaway id is refused (it never is: `link-` and 32 hex
-/// digits).
-pub fn relay_config(server_url: &str) -> Result<PeerConfig, SessionError> {
-    let relay = ClientId::new(format!("link-{}", uuid::Uuid::new_v4().simple()))
-        .map_err(|e| SessionError::Identity(e.to_string()))?;
-    Ok(PeerConfig::new(
-        server_url.to_owned(),
-        relay,
-        lattice_crypto::Identity::generate(&mut rand_core::OsRng),
-    ))
-}
 
 /// Why a code from the page was refused before it reached the library.
 pub const NOT_A_CODE: &str =

@@ -1,9 +1,9 @@
 //! Linking a device through the real flow, for the multi-device tests.
 
-use lattice_peer::{EventStream, LinkEvent, LinkedDevice, MessagingPeer, PeerEvent};
+use lattice_peer::{EventStream, LinkEvent, LinkedDevice, MessagingPeer, PeerConfig, PeerEvent};
 use lattice_protocol::DeviceId;
 
-use super::{peer, wait_for};
+use super::wait_for;
 
 /// A device id (test input: always valid).
 pub fn dev(s: &str) -> DeviceId {
@@ -19,12 +19,17 @@ pub async fn link_event(events: &mut EventStream) -> LinkEvent {
     .await
 }
 
-/// Links a new device `device` to `primary` through the real flow (a throwaway id, the code,
-/// the approval) and returns what the new device got.
+/// Links a new device `device` to `primary` through the real flow (a link relay, the code, the
+/// approval) and returns what the new device got. The relay is never in `primary`'s `discover`.
 pub async fn link_device(url: &str, primary: &MessagingPeer, device: &str) -> LinkedDevice {
     let mut primary_events = primary.events();
-    let new = peer(url, &format!("link-{}", uuid::Uuid::new_v4().simple()));
+    let new = MessagingPeer::new(super::quick(PeerConfig::for_linking(url))).unwrap();
     new.connect().await.unwrap();
+    let listed = primary.discover_peers().await.unwrap();
+    assert!(
+        !listed.contains(new.client_id()),
+        "the link relay is listed: {listed:?}"
+    );
     let mut new_events = new.events();
     let code = new.start_linking(primary.client_id(), dev(device)).unwrap();
     assert!(matches!(

@@ -18,7 +18,7 @@
 //! An enqueue answers only after Redis executed it: with AOF `appendfsync everysec` a crash of
 //! Redis itself may lose the last second, as docs/deployment.md says (`always` loses nothing).
 
-use lattice_protocol::limits::MAX_DEVICES_PER_ID;
+use lattice_protocol::limits::{MAX_DEVICES_PER_ID, MAX_GROUP_MEMBERS};
 use lattice_protocol::{ClientId, DeviceId, MessageId};
 use std::sync::Arc;
 
@@ -102,6 +102,63 @@ for _, i in ipairs(todo) do
   redis.call('HINCRBY', KEYS[i + 2], 'b:' .. ARGV[2], size)
 end
 return {1, #todo}
+";
+
+/// The group copies for some devices of one id (group leaves), checked against the id's device
+/// list in the same script: a linked device no longer on it (its mailbox deleted with the list
+/// that removed it) gets nothing, and no write recreates its stream.
+/// KEYS: the id's device list (`lattice:devs:{alice}`), then (stream, ids, use) of each device.
+/// ARGV: mode (`room`: check only; `write`), dedup key, sender, size, frame (empty for `room`),
+/// count, bytes, sender count, sender bytes, then per device its id ('' for the primary, which
+/// is always current). Every current mailbox without the (sender, id) is checked first; `write`
+/// then stores in every one of them (all or nothing). Returns {0, n, limit} when the n-th
+/// (1-based) device would pass a limit (numbered as ENQUEUE's), else {1, copies stored (or that
+/// `room` would store), copies already waiting, then the 1-based numbers of the current
+/// devices}.
+const DEVICE_COPIES: &str = "
+local listed = {}
+local raw = redis.call('HGET', KEYS[1], 'l')
+if raw then
+  local ok, list = pcall(cjson.decode, raw)
+  if ok and type(list) == 'table' and type(list.devices) == 'table' then
+    for _, d in ipairs(list.devices) do
+      if type(d) == 'table' and type(d.deviceId) == 'string' then listed[d.deviceId] = true end
+    end
+  end
+end
+local size = tonumber(ARGV[4])
+local todo, current, waiting = {}, {}, 0
+local n = 0
+for i = 2, #KEYS, 3 do
+  n = n + 1
+  local dev = ARGV[9 + n]
+  if dev == '' or listed[dev] then
+    current[#current + 1] = n
+    if redis.call('HEXISTS', KEYS[i + 1], ARGV[2]) == 1 then
+      waiting = waiting + 1
+    else
+      local u = redis.call('HMGET', KEYS[i + 2], 'n', 'b', 'n:' .. ARGV[3], 'b:' .. ARGV[3])
+      if tonumber(u[1] or '0') + 1 > tonumber(ARGV[6]) then return {0, n, 1} end
+      if tonumber(u[2] or '0') + size > tonumber(ARGV[7]) then return {0, n, 2} end
+      if tonumber(u[3] or '0') + 1 > tonumber(ARGV[8]) then return {0, n, 3} end
+      if tonumber(u[4] or '0') + size > tonumber(ARGV[9]) then return {0, n, 4} end
+      todo[#todo + 1] = i
+    end
+  end
+end
+if ARGV[1] == 'write' then
+  for _, i in ipairs(todo) do
+    local eid = redis.call('XADD', KEYS[i], '*', 's', ARGV[3], 'k', ARGV[2], 'f', ARGV[5])
+    redis.call('HSET', KEYS[i + 1], ARGV[2], eid)
+    redis.call('HINCRBY', KEYS[i + 2], 'n', 1)
+    redis.call('HINCRBY', KEYS[i + 2], 'b', size)
+    redis.call('HINCRBY', KEYS[i + 2], 'n:' .. ARGV[3], 1)
+    redis.call('HINCRBY', KEYS[i + 2], 'b:' .. ARGV[3], size)
+  end
+end
+local out = {1, #todo, waiting}
+for _, k in ipairs(current) do out[#out + 1] = k end
+return out
 ";
 
 /// KEYS: ids, use. ARGV: dedup key, sender, size, count, bytes, sender count, sender bytes.
@@ -194,6 +251,7 @@ pub struct RedisMailbox {
     stats: Arc<RedisStats>,
     enqueue: Script,
     enqueue_all: Script,
+    device_copies: Script,
     room: Script,
     remove: Script,
     expire: Script,
@@ -237,6 +295,27 @@ pub enum RedisEnqueueAllError {
     Redis(#[from] ClusterError),
 }
 
+/// What [`RedisMailbox::device_copies`] found or did for the devices of one id.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceCopies {
+    /// Copies stored (or, checking only, that would be stored).
+    pub stored: usize,
+    /// Devices whose mailbox already holds the (sender, `messageId`).
+    pub waiting: usize,
+    /// The devices that are current (the primary, and every linked device on the id's list):
+    /// the ones that got (or would get) a copy or already had one.
+    pub current: Vec<DeviceId>,
+}
+
+/// Whether [`RedisMailbox::device_copies`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Check the room only; nothing is written.
+    Room,
+    /// Store every copy, or none.
+    Write,
+}
+
 /// `[ids, use, stream]` of `recipient`'s mailbox (its primary device's).
 fn keys(recipient: &ClientId) -> [String; 3] {
     device_keys(recipient, &DeviceId::primary())
@@ -278,6 +357,17 @@ fn entry(e: StreamId) -> Result<(Cursor, MailItem), ClusterError> {
     Ok((e.id, item))
 }
 
+/// The limit a script numbered (as ENQUEUE's).
+fn limit_of(n: i64) -> Result<Limit, ClusterError> {
+    match n {
+        1 => Ok(Limit::Count),
+        2 => Ok(Limit::Bytes),
+        3 => Ok(Limit::SenderCount),
+        4 => Ok(Limit::SenderBytes),
+        _ => Err(ClusterError::Reply("an unknown enqueue limit")),
+    }
+}
+
 /// The dedup key of a message: (sender, id). Neither can contain a space.
 fn dedup_key(sender: &ClientId, id: &MessageId) -> String {
     format!("{sender} {id}")
@@ -291,6 +381,7 @@ impl RedisMailbox {
             stats: Arc::default(),
             enqueue: Script::new(ENQUEUE),
             enqueue_all: Script::new(ENQUEUE_ALL),
+            device_copies: Script::new(DEVICE_COPIES),
             room: Script::new(ROOM),
             remove: Script::new(&format!("{DROP_FN}{REMOVE}")),
             expire: Script::new(&format!("{DROP_FN}{EXPIRE}")),
@@ -394,19 +485,94 @@ impl RedisMailbox {
                     .ok()
                     .and_then(|n| devices.get(n.checked_sub(1)?))
                     .ok_or(ClusterError::Reply("an enqueue naming no device"))?;
-                let limit = match limit {
-                    1 => Limit::Count,
-                    2 => Limit::Bytes,
-                    3 => Limit::SenderCount,
-                    4 => Limit::SenderBytes,
-                    _ => return Err(ClusterError::Reply("an unknown enqueue limit").into()),
-                };
                 Err(RedisEnqueueAllError::Full {
                     device: device.clone(),
-                    limit,
+                    limit: limit_of(*limit)?,
                 })
             }
             _ => Err(ClusterError::Reply("an unknown enqueue result").into()),
+        }
+    }
+
+    /// The group copies of `item` for `devices` of `id` (the id's leaves in a group), in one
+    /// script that reads `id`'s device list too: a linked device that is not on it any more (a
+    /// newer list removed it) is skipped, so it gets no further copies and its deleted stream is
+    /// never recreated. With [`CopyMode::Room`] only checks that every current mailbox not
+    /// holding the (sender, id) yet has room within `quota`; with [`CopyMode::Write`] checks and
+    /// stores them all, or none. A mailbox already holding the (sender, id) keeps it (counted in
+    /// [`DeviceCopies::waiting`]).
+    ///
+    /// # Errors
+    /// [`RedisEnqueueAllError::Full`] naming the first device (in the order of `devices`) whose
+    /// mailbox would pass a limit (nothing is stored); [`RedisEnqueueAllError::Devices`] for no
+    /// device, one named twice or more than [`MAX_GROUP_MEMBERS`] (a group's leaves); Redis
+    /// failing (nothing is stored).
+    pub async fn device_copies(
+        &self,
+        id: &ClientId,
+        devices: &[DeviceId],
+        item: &MailItem,
+        quota: &Quota,
+        mode: CopyMode,
+    ) -> Result<DeviceCopies, RedisEnqueueAllError> {
+        let distinct = devices
+            .iter()
+            .enumerate()
+            .all(|(i, d)| !devices[..i].contains(d));
+        if devices.is_empty() || devices.len() > MAX_GROUP_MEMBERS || !distinct {
+            return Err(RedisEnqueueAllError::Devices(devices.len()));
+        }
+        let mut inv = self.device_copies.prepare_invoke();
+        inv.key(super::devices::list_key(id));
+        for device in devices {
+            let [ids, usage, stream] = device_keys(id, device);
+            inv.key(stream).key(ids).key(usage);
+        }
+        let (mode, frame) = match mode {
+            CopyMode::Room => ("room", ""),
+            CopyMode::Write => ("write", item.frame.as_str()),
+        };
+        inv.arg(mode)
+            .arg(dedup_key(&item.sender, &item.message_id))
+            .arg(item.sender.as_str())
+            .arg(item.frame.len())
+            .arg(frame)
+            .arg(quota.count)
+            .arg(quota.bytes)
+            .arg(quota.sender_count)
+            .arg(quota.sender_bytes);
+        for device in devices {
+            inv.arg(if device.is_primary() {
+                ""
+            } else {
+                device.as_str()
+            });
+        }
+        let reply: Vec<i64> = inv
+            .invoke_async(&mut self.conn.clone())
+            .timed(&self.stats)
+            .await
+            .map_err(ClusterError::from)?;
+        let nth = |n: i64| -> Result<&DeviceId, ClusterError> {
+            usize::try_from(n)
+                .ok()
+                .and_then(|n| devices.get(n.checked_sub(1)?))
+                .ok_or(ClusterError::Reply("a copy naming no device"))
+        };
+        match reply.as_slice() {
+            [1, stored, waiting, current @ ..] => Ok(DeviceCopies {
+                stored: usize::try_from(*stored).unwrap_or(0),
+                waiting: usize::try_from(*waiting).unwrap_or(0),
+                current: current
+                    .iter()
+                    .map(|n| nth(*n).cloned())
+                    .collect::<Result<_, _>>()?,
+            }),
+            [0, n, limit] => Err(RedisEnqueueAllError::Full {
+                device: nth(*n)?.clone(),
+                limit: limit_of(*limit)?,
+            }),
+            _ => Err(ClusterError::Reply("an unknown copy result").into()),
         }
     }
 

@@ -71,7 +71,7 @@ macro_rules! live_devices {
 }
 
 /// KEYS: peer key. ARGV: node, conn, ik (base64 or ''), ttl ms, id, kem, ksig ('' for none),
-/// device. Returns {0, node, conn, 0} when taken, {1, '', '', first} when won, {2, node, conn,
+/// device, relay ('1' for a link relay, else ''). Returns {0, node, conn, 0} when taken, {1, '', '', first} when won, {2, node, conn,
 /// first} when won by replacing; `first` is 1 when no other device of the id is online.
 const CLAIM: &str = concat!(
     now_ms!(),
@@ -100,7 +100,7 @@ const CLAIM: &str = concat!(
     "  end\n",
     "end\n",
     "local exp = now + tonumber(ARGV[4])\n",
-    "redis.call('HSET', KEYS[1], 'ik', ARGV[3], 'kem', ARGV[6], 'ksig', ARGV[7], me, ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. exp)\n",
+    "redis.call('HSET', KEYS[1], 'ik', ARGV[3], 'kem', ARGV[6], 'ksig', ARGV[7], 'relay', ARGV[9], me, ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. exp)\n",
     "if exp > maxexp then maxexp = exp end\n",
     "redis.call('PEXPIREAT', KEYS[1], maxexp)\n",
     "local first = other and 0 or 1\n",
@@ -157,21 +157,21 @@ const REFRESH: &str = concat!(
     "return out\n",
 );
 
-/// KEYS: peer key. Returns {ik, kem, ksig, then device, node, conn of each live device}, or {}
-/// when no device of the id is online.
+/// KEYS: peer key. Returns {ik, kem, ksig, relay, then device, node, conn of each live device},
+/// or {} when no device of the id is online.
 const LIVE: &str = concat!(
     now_ms!(),
     live_devices!(),
     "local all = redis.call('HGETALL', KEYS[1])\n",
     "local h = {}\n",
     "for i = 1, #all, 2 do h[all[i]] = all[i + 1] end\n",
-    "local out = {h['ik'] or '', h['kem'] or '', h['ksig'] or ''}\n",
+    "local out = {h['ik'] or '', h['kem'] or '', h['ksig'] or '', h['relay'] or ''}\n",
     "live(1, all, function(f, n, c, e)\n",
     "  out[#out + 1] = string.sub(f, 3)\n",
     "  out[#out + 1] = n\n",
     "  out[#out + 1] = c\n",
     "end)\n",
-    "if #out == 3 then return {} end\n",
+    "if #out == 4 then return {} end\n",
     "return out\n",
 );
 
@@ -227,6 +227,9 @@ pub struct PeerKeys {
     pub identity_key: Option<[u8; 32]>,
     /// The identity's signature over `public_key` (verified peers).
     pub key_signature: Option<Vec<u8>>,
+    /// A link relay (`register` with `linkRelay`): held like any id (so messages reach it), but
+    /// never in the online index, and no node answers `request_public_key` for it.
+    pub link_relay: bool,
 }
 
 /// What a refresh found.
@@ -398,6 +401,7 @@ impl Presence {
             .arg(&keys.public_key[..])
             .arg(keys.key_signature.as_deref().unwrap_or_default())
             .arg(device.as_str())
+            .arg(if keys.link_relay { "1" } else { "" })
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
@@ -411,7 +415,9 @@ impl Presence {
             },
             _ => return Err(ClusterError::Reply("an unknown claim result")),
         };
-        self.index(&[id]).await?;
+        if !keys.link_relay {
+            self.index(&[id]).await?;
+        }
         Ok((claim, first == 1))
     }
 
@@ -504,6 +510,26 @@ impl Presence {
         &self,
         held: &[(ClientId, DeviceId, u64)],
     ) -> Result<DevicesRefreshed, ClusterError> {
+        self.refresh_held(held, true).await
+    }
+
+    /// Extends link relays this node holds, `(id, device, conn)` each, as
+    /// [`Self::refresh_devices`] does but without listing them in the online index.
+    ///
+    /// # Errors
+    /// As [`Self::refresh_devices`].
+    pub async fn refresh_unlisted(
+        &self,
+        held: &[(ClientId, DeviceId, u64)],
+    ) -> Result<DevicesRefreshed, ClusterError> {
+        self.refresh_held(held, false).await
+    }
+
+    async fn refresh_held(
+        &self,
+        held: &[(ClientId, DeviceId, u64)],
+        listed: bool,
+    ) -> Result<DevicesRefreshed, ClusterError> {
         let mut out = DevicesRefreshed::default();
         for batch in held.chunks(REFRESH_BATCH) {
             // One script per slot (one for everything on one Redis), run concurrently.
@@ -536,7 +562,9 @@ impl Presence {
                     }
                 }
             }
-            self.index(&extended).await?;
+            if listed {
+                self.index(&extended).await?;
+            }
         }
         Ok(out)
     }
@@ -588,7 +616,7 @@ impl Presence {
             .invoke_async(&mut self.conn.clone())
             .timed(&self.stats)
             .await?;
-        let [ik, kem, ksig, devices @ ..] = raw.as_slice() else {
+        let [ik, kem, ksig, relay, devices @ ..] = raw.as_slice() else {
             return Ok(None);
         };
         let text = |b: &[u8]| -> Result<String, ClusterError> {
@@ -620,6 +648,7 @@ impl Presence {
             public_key: kem.clone(),
             identity_key,
             key_signature: Some(ksig.clone()).filter(|s| !s.is_empty()),
+            link_relay: relay.as_slice() == b"1",
         };
         Ok(Some((holders, keys)))
     }

@@ -198,9 +198,26 @@ pub(crate) enum HandlerError {
     /// A device list or device part whose shape breaks the rules (reserved id, duplicates, keys).
     #[error("{0}")]
     BadDeviceList(String),
-    /// What a server cannot serve to linked devices yet (MLS groups on several nodes on Redis).
-    #[error("MLS groups are not available to linked devices on this server yet: it runs as several nodes on Redis, where only primary devices are group members (leaves)")]
-    DevicesNotSupported,
+    /// A link relay sent a frame other than a `message` (or `ack`).
+    #[error("A link relay may only send lattice-link messages to one id, not {0}")]
+    LinkRelayFrame(&'static str),
+    /// A link relay sent an envelope whose `algorithm` is not `lattice-link`.
+    #[error("A link relay may only send envelopes whose algorithm is \"lattice-link\"")]
+    LinkRelayAlgorithm,
+    /// A link relay sent to a second id.
+    #[error("A link relay sends to one id only: it sent to {first} already, not {got}")]
+    LinkRelayTarget {
+        /// Its one target.
+        first: ClientId,
+        /// The refused target.
+        got: ClientId,
+    },
+    /// A link relay sent all the messages it may.
+    #[error("A link relay sends at most {0} messages; this one sent them all")]
+    LinkRelayExhausted(u32),
+    /// A `register` both as a link relay and as a device.
+    #[error("A link relay is a throwaway id: it registers without a device part")]
+    LinkRelayDevice,
 }
 
 fn mailbox_full(target: &ClientId, limit: Limit, bound: u64) -> String {
@@ -262,8 +279,13 @@ impl HandlerError {
             Self::BadDeviceCertificate(_) => ErrorType::InvalidDeviceCertificate,
             Self::TooManyDevices { .. } => ErrorType::TooManyDevices,
             Self::StaleDeviceList { .. } => ErrorType::StaleDeviceList,
-            Self::BadDeviceList(_) | Self::LeavesMismatch(_) => ErrorType::InvalidMessage,
-            Self::DevicesNotSupported => ErrorType::DevicesNotSupported,
+            Self::BadDeviceList(_) | Self::LeavesMismatch(_) | Self::LinkRelayDevice => {
+                ErrorType::InvalidMessage
+            }
+            Self::LinkRelayFrame(_) | Self::LinkRelayAlgorithm | Self::LinkRelayTarget { .. } => {
+                ErrorType::LinkRelayOnly
+            }
+            Self::LinkRelayExhausted(_) => ErrorType::QuotaExceeded,
         }
     }
 

@@ -168,6 +168,14 @@ impl Session {
                     Box::pin(tokio::time::sleep_until(t)).await;
                 }
             };
+            // A link relay's end: its timer, like the pacing one, exists only for such a
+            // connection.
+            let relay_end = self.core.relay_deadline();
+            let expire = async move {
+                if let Some(t) = relay_end {
+                    Box::pin(tokio::time::sleep_until(t)).await;
+                }
+            };
             let draining = self.core.draining();
             let flow = tokio::select! {
                 biased;
@@ -182,6 +190,10 @@ impl Session {
                 }
                 // The handlers are boxed so that an idle connection's task holds only this small
                 // select state, not the largest handler's: memory per idle connection is a target.
+                () = expire, if relay_end.is_some() => Flow::Close(Close {
+                    code: close_code::LINK_RELAY_EXPIRED,
+                    reason: "link relay expired",
+                }),
                 Some(out) = self.rx.recv() => Box::pin(self.write_queued(&mut ws, out)).await,
                 () = self.shared.answers.ready.notified() => Box::pin(self.write_answers(&mut ws)).await,
                 () = self.shared.presence_ready.notified() => Box::pin(self.write_presence(&mut ws)).await,

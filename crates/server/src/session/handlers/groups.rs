@@ -19,15 +19,16 @@
 //!
 //! On a node of several (`--redis`) the same checks and answers come from
 //! [`crate::cluster::groups::RedisGroups`] (one Commit per epoch across every node, copies in the
-//! members' mailbox streams), and each recipient's node is told to drain.
+//! leaves' device mailbox streams, the same leaves as on one node), and the node holding each
+//! recipient device is told to drain.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use lattice_protocol::limits::MAX_GROUP_MEMBERS;
 use lattice_protocol::{
-    ClientId, GroupCommit, GroupCommitAccepted, GroupId, GroupMessage, GroupMessageAccepted, Leaf,
-    MessageId, MlsEnvelope, MlsKind, ServerFrame, MLS_ALGORITHM,
+    ClientId, DeviceId, GroupCommit, GroupCommitAccepted, GroupId, GroupMessage,
+    GroupMessageAccepted, Leaf, MessageId, MlsEnvelope, MlsKind, ServerFrame, MLS_ALGORITHM,
 };
 use tracing::{debug, warn};
 
@@ -143,11 +144,6 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("group_commit"));
         }
-        // A node of several fans groups out to primary devices only (for now): a linked device
-        // is no leaf there, so its group frames are refused, not half served.
-        if self.state.node.is_some() && !peer.device.is_primary() {
-            return Err(HandlerError::DevicesNotSupported);
-        }
         let commit = decode_b64("commit", &c.commit)?;
         check_private("commit", &commit, &c.group_id, true, Some(c.epoch))?;
         if let Some(w) = &c.welcome {
@@ -173,11 +169,6 @@ impl Core {
                     got: leaves.len(),
                     max: MAX_GROUP_MEMBERS,
                 });
-            }
-            // A node of several fans groups out to primary devices only (for now): a linked
-            // device's leaf would never get its copies, so it is refused, not ignored.
-            if self.state.node.is_some() && leaves.iter().any(|l| !l.device_id.is_primary()) {
-                return Err(HandlerError::DevicesNotSupported);
             }
         }
         let commit_frame = member_frame(
@@ -221,7 +212,7 @@ impl Core {
                     .commit(&op, &cfg.mailbox_quota())
                     .await
                     .map_err(|e| self.redis_refusal(&c.group_id, c.epoch, &c.message_id, e))?;
-                self.wake_cluster(&node, &outcome.recipients).await;
+                self.wake_cluster(&node, &outcome.copies).await;
                 outcome
             }
             None => {
@@ -250,11 +241,6 @@ impl Core {
         if !peer.verified {
             return Err(HandlerError::VerificationRequired("group_message"));
         }
-        // A node of several fans groups out to primary devices only (for now): a linked device
-        // is no leaf there, so its group frames are refused, not half served.
-        if self.state.node.is_some() && !peer.device.is_primary() {
-            return Err(HandlerError::DevicesNotSupported);
-        }
         let message = decode_b64("message", &m.message)?;
         check_private("message", &message, &m.group_id, false, None)?;
         let mid = m.message_id.unwrap_or_else(server_message_id);
@@ -267,11 +253,15 @@ impl Core {
             &mid,
         )?;
         let cfg = &self.state.config;
+        let sending = Leaf {
+            client_id: peer.id.clone(),
+            device_id: peer.device.clone(),
+        };
         let recipients = match self.state.node.clone() {
             Some(node) => {
                 let recipients = node
                     .groups
-                    .send(&m.group_id, &peer.id, &mid, &frame, &cfg.mailbox_quota())
+                    .send(&m.group_id, &sending, &mid, &frame, &cfg.mailbox_quota())
                     .await
                     .map_err(|e| self.redis_refusal(&m.group_id, 0, &mid, e))?;
                 self.wake_cluster(&node, &recipients).await;
@@ -283,10 +273,7 @@ impl Core {
                     .store
                     .group_send(
                         &m.group_id,
-                        &Leaf {
-                            client_id: peer.id.clone(),
-                            device_id: peer.device.clone(),
-                        },
+                        &sending,
                         &mid,
                         &frame,
                         &cfg.mailbox_quota(),
@@ -314,12 +301,17 @@ impl Core {
         }
     }
 
-    /// On several nodes: wakes every recipient's drain, on whichever node holds it (its copy is
-    /// in its mailbox stream).
-    async fn wake_cluster(&self, node: &Node, recipients: &[ClientId]) {
-        for r in recipients {
+    /// On several nodes: wakes every device mailbox that got a copy, on whichever node holds
+    /// the device (its copy is in its mailbox stream).
+    async fn wake_cluster(&self, node: &Node, copies: &[MailboxKey]) {
+        let mut by_id: BTreeMap<&ClientId, Vec<DeviceId>> = BTreeMap::new();
+        for k in copies {
             Metrics::inc(&self.state.metrics.messages_queued);
-            node.notify_mail(self.state.hub.as_ref(), r).await;
+            by_id.entry(k.id()).or_default().push(k.device().clone());
+        }
+        for (id, devices) in by_id {
+            node.notify_mail(self.state.hub.as_ref(), id, &devices)
+                .await;
         }
     }
 

@@ -16,9 +16,14 @@ impl Core {
         r: RequestPublicKey,
     ) -> Result<ServerFrame, HandlerError> {
         let online = match (self.state.hub.get(&r.target_id), &self.state.node) {
+            // A link relay is not listed: nobody looks it up (nor could it be bound).
+            (Some(e), _) if e.link_relay => return Err(HandlerError::PeerNotFound(r.target_id)),
             (Some(e), _) => Some(crate::node::peer_keys(&e)),
             // Online on another node: the keys it registered there.
             (None, Some(node)) => match node.presence.keys(&r.target_id).await {
+                Ok(Some((_, keys))) if keys.link_relay => {
+                    return Err(HandlerError::PeerNotFound(r.target_id))
+                }
                 Ok(found) => found.map(|(_, keys)| keys),
                 Err(e) => {
                     warn!(error = %e, "presence lookup failed");

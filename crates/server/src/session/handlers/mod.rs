@@ -92,6 +92,11 @@ pub(crate) struct Core {
     /// On a node of several: who sent what the drain handed this connection, so an `ack`
     /// without `fromId` can name its entry (allocated at the first drain).
     handed: Option<Box<nodes::Handed>>,
+    /// A link relay's one target (set by its first message) and the messages it sent.
+    relay_target: Option<ClientId>,
+    relay_sent: u32,
+    /// When a link relay registered plus `--link-relay-ttl`.
+    relay_deadline: Option<Instant>,
 }
 
 impl Core {
@@ -116,7 +121,19 @@ impl Core {
             take_over: None,
             close_after: None,
             handed: None,
+            relay_target: None,
+            relay_sent: 0,
+            relay_deadline: None,
         }
+    }
+
+    /// When a link relay's connection ends (`--link-relay-ttl` after it registered); `None` for
+    /// every other connection.
+    pub(crate) fn relay_deadline(&self) -> Option<Instant> {
+        self.peer
+            .as_ref()
+            .filter(|p| p.link_relay)
+            .and(self.relay_deadline)
     }
 
     pub(crate) fn state(&self) -> &Arc<ServerState> {
@@ -207,6 +224,13 @@ impl Core {
             ClientFrame::Register(r) => Box::pin(self.on_register(r)).await,
             other => match self.peer.clone() {
                 None => Err(HandlerError::RegistrationRequired(other.type_name())),
+                // A link relay sends linking messages (and acks what it is sent), nothing else.
+                Some(peer)
+                    if peer.link_relay
+                        && !matches!(other, ClientFrame::Message(_) | ClientFrame::Ack(_)) =>
+                {
+                    Err(HandlerError::LinkRelayFrame(other.type_name()))
+                }
                 Some(peer) => match other {
                     ClientFrame::Discover(d) => {
                         Box::pin(self.on_discover(&peer, &d)).await.map(Some)
@@ -382,8 +406,9 @@ impl Core {
                 .release_device(&peer.id, &peer.device, self.shared.conn_id)
                 .await
             {
-                // Presence is per id: only its last online device anywhere makes it leave.
-                Ok(Released::Released { last: true }) => {
+                // Presence is per id: only its last online device anywhere makes it leave. A
+                // link relay was never announced.
+                Ok(Released::Released { last: true }) if !peer.link_relay => {
                     node.announce(&peer.id, false).await;
                     info!("disconnected");
                 }
@@ -421,7 +446,7 @@ impl Core {
                 Err(e) => warn!(error = %e, "could not return unacknowledged messages"),
             }
         }
-        if released {
+        if released && !peer.link_relay {
             let frame = encode(&Frame::new(ServerFrame::PeerDisconnected(PeerPresence {
                 peer_id: peer.id.clone(),
             })));

@@ -286,6 +286,17 @@ impl Core {
         }
         let id = r.client_id.clone();
         let kem_key = Self::kem_key(&r)?;
+        if r.link_relay {
+            // A throwaway id: nothing is proved or bound, so it can never take a bound id (the
+            // binding rules refuse an unproved registration of one), and it leaves no trace.
+            if r.device.is_some() {
+                return Err(HandlerError::LinkRelayDevice);
+            }
+            let binding = self.binding_of(&id).await?;
+            return self
+                .register_checked(r, kem_key, None, binding, DeviceId::primary())
+                .await;
+        }
         // Original clients send other algorithms (ml-dsa) or odd shapes: those register unverified.
         let verification = match r.verification() {
             Some(Ok(v)) if v.algorithm.eq_ignore_ascii_case("ed25519") => Some(v),
@@ -441,6 +452,7 @@ impl Core {
             identity_key,
             key_signature: proof.as_ref().map(|(_, s)| s.clone().into()),
             subscribed: AtomicBool::new(false),
+            link_relay: r.link_relay,
         });
         // A verified registration of the same identity replaces a stale connection at once. On
         // a node of several, Redis decided already (below): a local holder it let go is stale.
@@ -514,10 +526,13 @@ impl Core {
             }
         }
         tracing::Span::current().record("peer", tracing::field::display(&id));
-        info!(verified = entry.verified, %device, "registered");
+        info!(verified = entry.verified, %device, link_relay = entry.link_relay, "registered");
         Metrics::inc(&self.state.metrics.registrations);
         self.shared.registered.store(true, Ordering::Release);
         self.peer = Some(Arc::clone(&entry));
+        if entry.link_relay {
+            self.relay_deadline = Some(Instant::now() + self.state.config.link_relay_ttl);
+        }
         match self.state.node.clone() {
             Some(node) => {
                 if entry.verified {
@@ -527,13 +542,13 @@ impl Core {
                     self.take_over = Some(None);
                 }
                 // Presence is per id: only its first online device anywhere makes it appear.
-                // Every node (this one too) tells its subscribers.
-                if first_anywhere {
+                // Every node (this one too) tells its subscribers. A link relay never appears.
+                if first_anywhere && !entry.link_relay {
                     node.announce(&id, true).await;
                 }
             }
             // Presence is per id: only its first online device makes it appear.
-            None if claimed.first => {
+            None if claimed.first && !entry.link_relay => {
                 let presence = encode(&Frame::new(ServerFrame::PeerConnected(PeerPresence {
                     peer_id: id.clone(),
                 })));

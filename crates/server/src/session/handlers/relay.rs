@@ -31,6 +31,7 @@ use crate::state::{unix_ms, ServerState};
 use crate::store::{
     Accepted, CommitRequest, CommitResults, EnqueueError, Limit, MailItem, MailboxKey, StoreError,
 };
+use lattice_protocol::limits::MAX_LINK_RELAY_MESSAGES;
 
 /// A message for an online verified peer waiting for the batch's group commit.
 pub(super) struct PendingLive {
@@ -42,6 +43,37 @@ pub(super) struct PendingLive {
 }
 
 impl Core {
+    /// A link relay's `message`: a `lattice-link` envelope (its `algorithm` is all the server
+    /// can read), to the one id its first message went to, at most
+    /// [`MAX_LINK_RELAY_MESSAGES`] in its life. Counted when it passes.
+    fn check_link_relay(&mut self, target: &ClientId, envelope: &str) -> Result<(), HandlerError> {
+        #[derive(serde::Deserialize)]
+        struct Algorithm<'a> {
+            #[serde(borrow)]
+            algorithm: std::borrow::Cow<'a, str>,
+        }
+        let algorithm = serde_json::from_str::<Algorithm<'_>>(envelope)
+            .map_err(|_| HandlerError::LinkRelayAlgorithm)?;
+        if algorithm.algorithm != lattice_protocol::LINK_ALGORITHM {
+            return Err(HandlerError::LinkRelayAlgorithm);
+        }
+        match &self.relay_target {
+            Some(first) if first != target => {
+                return Err(HandlerError::LinkRelayTarget {
+                    first: first.clone(),
+                    got: target.clone(),
+                })
+            }
+            Some(_) => {}
+            None => self.relay_target = Some(target.clone()),
+        }
+        if self.relay_sent >= MAX_LINK_RELAY_MESSAGES {
+            return Err(HandlerError::LinkRelayExhausted(MAX_LINK_RELAY_MESSAGES));
+        }
+        self.relay_sent += 1;
+        Ok(())
+    }
+
     /// Relays one `message`. The answer (`message_ack` when the sender gave a `messageId`) is
     /// pushed now, or, for an online verified recipient, after the group commit; in that case the
     /// `requestId` is taken from `rid` and travels with the pending message.
@@ -53,6 +85,9 @@ impl Core {
         sender_mid: Option<MessageId>,
         rid: &mut Option<RequestId>,
     ) -> Result<(), HandlerError> {
+        if peer.link_relay {
+            self.check_link_relay(&target, envelope)?;
+        }
         if let Some(node) = self.state.node.clone() {
             // Boxed: the single-node path's future stays as small as it was.
             return Box::pin(self.on_message_cluster(
