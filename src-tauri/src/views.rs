@@ -636,6 +636,9 @@ pub struct GroupMessageView {
     pub status: DeliveryStatus,
     /// The file of a file message (its `body` is the file's name), as in a 1:1 chat.
     pub file: Option<Box<FileView>>,
+    /// Ours, sent from another device of this account: its name ("laptop", "primary"), as
+    /// [`MessageView::from_device`].
+    pub from_device: Option<String>,
     /// Its reply, edit, tombstone and reactions (fields of this view on the page).
     #[serde(flatten)]
     pub content: ContentView,
@@ -654,6 +657,7 @@ impl From<GroupLine> for GroupMessageView {
             at: l.at,
             status: l.status,
             file: l.attachment.map(|a| Box::new(FileView::from(a))),
+            from_device: None,
             content: l.extra.into(),
         }
     }

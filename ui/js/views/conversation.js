@@ -99,6 +99,11 @@ function messageElement(m) {
   return li;
 }
 
+/** Ours, sent from another device of this account: "from laptop" before the time (1:1 and groups). */
+export function appendFromDevice(meta, m) {
+  if (m.fromDevice) meta.append(h("span", { class: "from-device", text: `from ${m.fromDevice}` }));
+}
+
 function fillMessage(li, m) {
   shown.set(m.id, m);
   li.dataset.status = m.status;
@@ -114,8 +119,7 @@ function fillMessage(li, m) {
       "aria-label": "Edited: show earlier versions", onclick: () => openVersions(current, m),
     }, "edited"));
   }
-  // Ours, sent from another device of this account.
-  if (m.fromDevice) meta.append(h("span", { class: "from-device", text: `from ${m.fromDevice}` }));
+  appendFromDevice(meta, m);
   meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS.sent;

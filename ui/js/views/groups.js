@@ -20,7 +20,7 @@ import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { announce } from "./announcer.js";
 import { openGroupExport } from "./backup.js";
-import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
+import { FOUND_HIGHLIGHT_MS, appendFromDevice } from "./conversation.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 import {
@@ -122,6 +122,7 @@ function fillLine(li, m) {
       "aria-label": "Edited: show earlier versions", onclick: () => openVersions(chat(), m),
     }, "edited"));
   }
+  appendFromDevice(meta, m);
   meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS[DeliveryStatus.SENT];
