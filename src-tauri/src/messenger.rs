@@ -285,7 +285,11 @@ impl Messenger {
     /// Replaces the settings in memory (the caller persists them).
     pub fn set_settings(&self, settings: Settings) {
         self.state.auto_download.set(settings.auto_download_bytes);
+        let read_receipts = settings.read_receipts;
         *lock(&self.state.settings) = settings;
+        if let Some(groups) = &lock(&self.state.live).groups {
+            groups.set_read_receipts(read_receipts);
+        }
     }
 
     /// Records whether the main window has focus (notifications only when it has not).
@@ -1524,7 +1528,7 @@ mod tests {
             ui.notifications().last().cloned(),
             Some(("bob in Climbing".to_owned(), "sent a photo".to_owned()))
         );
-        m.mark_group_read("ab01").unwrap();
+        m.mark_group_read("ab01").await.unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1, "dave's");
         let second = crate::storage::groups::NewGroupLine {
             group_id: "ab01",
@@ -1539,7 +1543,7 @@ mod tests {
         let stored = m.db().insert_group_line(&second).unwrap().unwrap();
         m.state.apply(SessionEvent::GroupLine(stored));
         assert_eq!(m.db().total_unread().unwrap(), 2, "dave's and bob's");
-        m.mark_group_read("ab01").unwrap();
+        m.mark_group_read("ab01").await.unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1);
         // The page may name only a known group, in lowercase hex.
         assert!(m.send_group_message("AB01", "x", None).is_err());

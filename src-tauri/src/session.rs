@@ -296,6 +296,8 @@ impl Session {
             // Replay marks on disk: a signed message accepted before a restart stays a replay.
             MessagingPeer::with_replay_store(config, Arc::new(DbReplayStore::new(Arc::clone(&db))))
                 .map_err(|e| SessionError::InvalidServer(Box::new(e)))?;
+        // Group read receipts follow the app's setting (1:1 receipts are sent by the app).
+        peer.set_read_receipts(settings.read_receipts);
 
         let ctx = Arc::new(Ctx {
             outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),

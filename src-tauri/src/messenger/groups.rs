@@ -414,11 +414,22 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`], [`MessengerError::Storage`].
-    pub fn mark_group_read(&self, group: &str) -> Result<(), MessengerError> {
+    pub async fn mark_group_read(&self, group: &str) -> Result<(), MessengerError> {
         let key = self.known_group(group)?;
         self.state.db.mark_group_read(&key)?;
         self.state.publish_groups();
         self.state.publish_unread();
+        // The read receipt names the newest message another member sent; the peer sends it
+        // only when read receipts are on, and only forward.
+        let newest = self.state.db.newest_incoming_group_line(&key)?;
+        let calls = lock(&self.state.live).groups.clone();
+        if let (Some(line), Some(calls), Some(id)) = (newest, calls, parse_key(&key)) {
+            if let (Ok(sender), Ok(message_id)) = (line_author(&line), line_wire_id(&line)) {
+                calls
+                    .mark_read(&id, &lattice_peer::MessageRef { sender, message_id })
+                    .await;
+            }
+        }
         Ok(())
     }
 

@@ -70,6 +70,21 @@ impl Groups {
         &self.0.peer
     }
 
+    /// Tells the group's other members (and our other devices) that we read up to `up_to`
+    /// (nothing goes while read receipts are off: the peer drops it). The peer keeps it
+    /// waiting behind queued group messages; a failure is logged, the next read sends a newer
+    /// mark.
+    pub async fn mark_read(&self, group: &GroupId, up_to: &lattice_peer::MessageRef) {
+        if let Err(e) = self.peer().mark_group_read(group, up_to).await {
+            tracing::warn!(group = %hex::encode(group.as_bytes()), error = %e, "cannot send a group read receipt");
+        }
+    }
+
+    /// Whether group read receipts are sent (and others' shown): the app's read-receipt setting.
+    pub fn set_read_receipts(&self, on: bool) {
+        self.peer().set_read_receipts(on);
+    }
+
     /// Creates a group named `name` with `members` (KeyPackages fetched, each checked against
     /// the member's pinned identity key).
     ///
