@@ -26,7 +26,7 @@ use lattice_protocol::{ClientId, QuestionId};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
-use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW, TYPING_RESEND};
+use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW};
 use crate::events::{EventSink, SessionEvent};
 use crate::session::{Envelopes, Role, Session, SessionConfig, SessionError};
 use crate::storage::content::{ReplyRef, Target};
@@ -37,6 +37,7 @@ use crate::views::{
     QuestionView, RemovedView, TypingView, VersionView,
 };
 use lattice_peer::content::{MessageRef, ReactionAction, MAX_RECEIPT_IDS};
+use lattice_peer::defaults::GROUP_TYPING_RESEND as TYPING_RESEND;
 use lattice_peer::Content;
 
 /// Largest message text accepted from the composer, in bytes. The sealed frame must stay under
@@ -106,6 +107,8 @@ pub enum Update {
     Notice(Notice),
     /// A peer started or stopped typing.
     Typing(TypingView),
+    /// A group member started or stopped typing.
+    GroupTyping(crate::views::GroupTypingView),
     /// A message was deleted on this device only.
     Removed(RemovedView),
     /// A file transfer moved on.
@@ -1046,6 +1049,24 @@ impl State {
             SessionEvent::GroupLine(line) => self.group_line(line),
             SessionEvent::GroupLineChanged(line) => self.group_line_changed(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
+            SessionEvent::GroupReadElsewhere => {
+                self.publish_groups();
+                self.publish_unread();
+            }
+            SessionEvent::GroupTyping {
+                group,
+                member,
+                started,
+            } => {
+                if self.settings().typing_indicators {
+                    self.ui
+                        .send(Update::GroupTyping(crate::views::GroupTypingView {
+                            group_id: group,
+                            member_id: member,
+                            typing: started,
+                        }));
+                }
+            }
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
             SessionEvent::Link(view) => self.link(view),
             SessionEvent::DeviceRemoved => self.device_removed(),

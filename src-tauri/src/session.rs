@@ -618,6 +618,16 @@ impl Ctx {
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
             PeerEvent::GroupUpdate { group, update } => self.on_group_update(group, update),
+            PeerEvent::GroupReadElsewhere { group, .. } => self.on_group_read_elsewhere(group),
+            PeerEvent::GroupTyping {
+                group,
+                member,
+                started,
+            } => self.up(SessionEvent::GroupTyping {
+                group: groups::group_key(group),
+                member: member.clone(),
+                started: *started,
+            }),
             PeerEvent::Link(link) => self.on_link(link),
             PeerEvent::OwnMessage(m) => self.on_own_message(m),
             PeerEvent::Error(PeerError::DeviceRemoved) => self.up(SessionEvent::DeviceRemoved),

@@ -385,6 +385,18 @@ pub struct TypingView {
     pub typing: bool,
 }
 
+/// A group member started or stopped typing (event `group-typing`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupTypingView {
+    /// The group (hex id).
+    pub group_id: String,
+    /// Who.
+    pub member_id: ClientId,
+    /// Typing now (`false` also when the library's own expiry ended it).
+    pub typing: bool,
+}
+
 /// A message was deleted on this device only (event `message-removed`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

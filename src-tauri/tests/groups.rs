@@ -1165,3 +1165,61 @@ fn reading_a_group_sends_a_receipt_and_the_setting_off_sends_none() {
     }));
     assert!(!receipt, "a read receipt went with read receipts off");
 }
+
+/// Typing both ways in a group: bob's "started" reaches the page as a `group-typing` event and
+/// his message ends it (the library's stop, raised just before the message); the app's typing
+/// reaches bob's library.
+#[test]
+fn typing_in_a_group_goes_both_ways_and_a_message_ends_it() {
+    use tauri::{Listener as _, Manager as _};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(mls_peer(&url, "bob", dir.path()));
+    let mut bob_events = bob.events();
+    let app = TestApp::set_up("alice", &url);
+    let (tx, typing) = std::sync::mpsc::channel();
+    app.webview().app_handle().listen_any(
+        lattice_desktop::contract::Event::GroupTyping.as_str(),
+        move |event| {
+            let _ = tx.send(serde_json::from_str::<Value>(event.payload()).unwrap());
+        },
+    );
+    until_online(&app, &["bob"]);
+    let gid = create_group(&app, "Typing", &["bob"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+
+    assert!(rt.block_on(bob.group_typing(&bob_gid, true)).unwrap());
+    let seen = next_event(&typing, "bob typing", |_| true);
+    assert_eq!(
+        seen,
+        json!({"groupId": gid, "memberId": "bob", "typing": true})
+    );
+    rt.block_on(bob.send_group_content(&bob_gid, &Content::Text("done typing".into())))
+        .unwrap();
+    let seen = next_event(&typing, "bob stopped", |_| true);
+    assert_eq!(
+        seen,
+        json!({"groupId": gid, "memberId": "bob", "typing": false})
+    );
+
+    app.invoke("group_typing", json!({"groupId": gid, "typing": true}))
+        .unwrap();
+    let (member, started) = rt.block_on(next_group(&mut bob_events, |e| match e {
+        PeerEvent::GroupTyping {
+            group,
+            member,
+            started,
+        } if *group == bob_gid => Some((member.clone(), *started)),
+        _ => None,
+    }));
+    assert_eq!((member.as_str(), started), ("alice", true));
+    // An unknown group is refused readably.
+    let refused = app
+        .invoke("group_typing", json!({"groupId": "ab", "typing": true}))
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"));
+}

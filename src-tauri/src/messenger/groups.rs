@@ -433,6 +433,23 @@ impl Messenger {
         Ok(())
     }
 
+    /// The person is typing in `group` (`started`) or stopped: sent when typing indicators are
+    /// on; the library paces it and sends nothing in a large group.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] (an unknown group), [`MessengerError::Storage`].
+    pub async fn group_typing(&self, group: &str, started: bool) -> Result<(), MessengerError> {
+        let key = self.group_in(group)?;
+        if !self.settings().typing_indicators {
+            return Ok(());
+        }
+        let calls = lock(&self.state.live).groups.clone();
+        if let (Some(calls), Some(id)) = (calls, parse_key(&key)) {
+            calls.typing(&id, started).await;
+        }
+        Ok(())
+    }
+
     /// The member panel: the group, its members with their safety numbers, its epoch. A group
     /// this device is out of (or any group while offline) has no member list.
     ///
