@@ -448,7 +448,8 @@ fn group_line_with(app: &TestApp, group: &str, body: &str) -> Value {
 }
 
 /// In a group, a message either of alice's devices sends shows on the other as her own,
-/// outgoing, "from" the device that sent it (`fromDevice`), as in a 1:1 chat.
+/// outgoing, "from" the device that sent it (`fromDevice`), as in a 1:1 chat; a group read on
+/// the laptop is no longer unread on the primary.
 #[test]
 fn in_a_group_our_lines_from_the_other_device_say_which_device_sent_them() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -457,7 +458,8 @@ fn in_a_group_our_lines_from_the_other_device_say_which_device_sent_them() {
         .unwrap();
     let url = server.url();
     let tmp = tempfile::tempdir().unwrap();
-    let _bob = rt.block_on(bob(&url, tmp.path()));
+    let bob = rt.block_on(bob(&url, tmp.path()));
+    let mut bob_events = bob.events();
     let alice = TestApp::set_up("alice", &url);
     until_connected(&alice);
     let laptop = link(&alice, &url, "laptop");
@@ -507,4 +509,35 @@ fn in_a_group_our_lines_from_the_other_device_say_which_device_sent_them() {
     // Written here: no device named.
     let here = group_line_with(&alice, &gid, "group from primary");
     assert_eq!(here["fromDevice"], Value::Null);
+
+    // bob writes: unread on both; read on the laptop, it is read on the primary too.
+    let bob_gid = rt.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(PeerEvent::GroupChanged { group, .. }) = bob_events.next().await {
+                    break group;
+                }
+            }
+        })
+        .await
+        .expect("bob is in the group")
+    });
+    rt.block_on(bob.send_group_content(&bob_gid, &lattice_peer::Content::Text("to both".into())))
+        .unwrap();
+    group_line_with(&laptop, &gid, "to both");
+    group_line_with(&alice, &gid, "to both");
+    let unread = |app: &TestApp| {
+        app.invoke("bootstrap", json!({})).unwrap()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == json!(gid))
+            .unwrap()["unread"]
+            .clone()
+    };
+    assert_eq!(unread(&alice), json!(1));
+    laptop
+        .invoke("mark_group_read", json!({"groupId": gid}))
+        .unwrap();
+    eventually("read elsewhere", || unread(&alice), |u| *u == json!(0));
 }
