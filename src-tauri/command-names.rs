@@ -40,6 +40,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "load_group_messages",
     "send_group_message",
     "mark_group_read",
+    "group_typing",
     "group_details",
     "invite_to_group",
     "remove_from_group",

@@ -43,6 +43,7 @@ impl<R: Runtime> Ui for TauriUi<R> {
             Update::Connection(connection) => self.emit(Event::ConnectionState, connection),
             Update::Notice(notice) => self.emit(Event::Error, notice),
             Update::Typing(typing) => self.emit(Event::Typing, typing),
+            Update::GroupTyping(typing) => self.emit(Event::GroupTyping, typing),
             Update::Removed(removed) => self.emit(Event::MessageRemoved, removed),
             Update::Transfer(transfer) => self.emit(Event::Transfer, transfer),
             Update::DropHover(hovering) => self.emit(Event::DropHover, hovering),

@@ -10,10 +10,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// "Started typing" is sent to one peer at most this often while the person keeps typing: the
-/// page repeats it at this pace and the backend drops anything faster.
-pub const TYPING_RESEND: Duration = Duration::from_secs(3);
-
 /// How long after sending a message may be edited or deleted for everyone: the library's window
 /// (`lattice_peer::defaults::EDIT_WINDOW`), which checks it on receipt.
 pub const EDIT_WINDOW: Duration = lattice_peer::defaults::EDIT_WINDOW;
@@ -90,6 +86,9 @@ wire_enum! {
         /// A new or updated line of a group's history (`GroupMessageView`); the page upserts
         /// by `id`.
         GroupMessage = "group-message",
+        /// A group member started or stopped typing ([`crate::views::GroupTypingView`]); the
+        /// library ends a member's typing by itself, so the page keeps no timer.
+        GroupTyping = "group-typing",
         /// Linking a new device moved on ([`crate::views::LinkView`]), on the first device.
         Link = "link",
         /// This linked device was removed from its id ([`crate::views::Me`] with `removedAt`):
@@ -392,10 +391,13 @@ pub fn javascript() -> String {
     out.push_str(&format!(
         "/** Messages can be edited or deleted for everyone this long after sending (ms). */\n\
          export const EDIT_WINDOW_MS = {};\n\n\
-         /** \"Started typing\" is sent at most this often per conversation (ms). */\n\
-         export const TYPING_RESEND_MS = {};\n",
+         /** \"Started typing\" is sent at most this often per conversation, 1:1 or group (ms). */\n\
+         export const TYPING_RESEND_MS = {};\n\n\
+         /** Someone's \"is typing…\" in a 1:1 chat goes away this long after their last notice (ms). */\n\
+         export const TYPING_SHOWN_MS = {};\n",
         EDIT_WINDOW.as_millis(),
-        TYPING_RESEND.as_millis()
+        lattice_peer::defaults::GROUP_TYPING_RESEND.as_millis(),
+        lattice_peer::defaults::GROUP_TYPING_SHOWN.as_millis()
     ));
     out.truncate(out.trim_end().len());
     out.push('\n');

@@ -82,6 +82,17 @@ pub enum SessionEvent {
     GroupLineChanged(crate::storage::groups::GroupLine),
     /// A group was added, renamed, or left: the group list changed.
     GroupsChanged,
+    /// A group was read on another device of ours: its unread count was cleared.
+    GroupReadElsewhere,
+    /// A group member started or stopped typing (the library ends it by itself).
+    GroupTyping {
+        /// The group (hex id).
+        group: String,
+        /// Who.
+        member: ClientId,
+        /// Started or stopped.
+        started: bool,
+    },
     /// Something to tell the person.
     Notice(Notice),
     /// Linking a new device moved on (first device: a request, the fingerprint to compare,

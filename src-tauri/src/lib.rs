@@ -140,6 +140,7 @@ pub fn build<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R> {
             commands::groups::load_group_messages,
             commands::groups::send_group_message,
             commands::groups::mark_group_read,
+            commands::groups::group_typing,
             commands::groups::group_details,
             commands::groups::invite_to_group,
             commands::groups::remove_from_group,

@@ -26,7 +26,7 @@ use lattice_protocol::{ClientId, QuestionId};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
-use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW, TYPING_RESEND};
+use crate::contract::{DeliveryStatus, ErrorKind, EDIT_WINDOW};
 use crate::events::{EventSink, SessionEvent};
 use crate::session::{Envelopes, Role, Session, SessionConfig, SessionError};
 use crate::storage::content::{ReplyRef, Target};
@@ -37,6 +37,7 @@ use crate::views::{
     QuestionView, RemovedView, TypingView, VersionView,
 };
 use lattice_peer::content::{MessageRef, ReactionAction, MAX_RECEIPT_IDS};
+use lattice_peer::defaults::GROUP_TYPING_RESEND as TYPING_RESEND;
 use lattice_peer::Content;
 
 /// Largest message text accepted from the composer, in bytes. The sealed frame must stay under
@@ -106,6 +107,8 @@ pub enum Update {
     Notice(Notice),
     /// A peer started or stopped typing.
     Typing(TypingView),
+    /// A group member started or stopped typing.
+    GroupTyping(crate::views::GroupTypingView),
     /// A message was deleted on this device only.
     Removed(RemovedView),
     /// A file transfer moved on.
@@ -285,7 +288,11 @@ impl Messenger {
     /// Replaces the settings in memory (the caller persists them).
     pub fn set_settings(&self, settings: Settings) {
         self.state.auto_download.set(settings.auto_download_bytes);
+        let read_receipts = settings.read_receipts;
         *lock(&self.state.settings) = settings;
+        if let Some(groups) = &lock(&self.state.live).groups {
+            groups.set_read_receipts(read_receipts);
+        }
     }
 
     /// Records whether the main window has focus (notifications only when it has not).
@@ -1042,6 +1049,24 @@ impl State {
             SessionEvent::GroupLine(line) => self.group_line(line),
             SessionEvent::GroupLineChanged(line) => self.group_line_changed(line),
             SessionEvent::GroupsChanged => self.publish_groups(),
+            SessionEvent::GroupReadElsewhere => {
+                self.publish_groups();
+                self.publish_unread();
+            }
+            SessionEvent::GroupTyping {
+                group,
+                member,
+                started,
+            } => {
+                if self.settings().typing_indicators {
+                    self.ui
+                        .send(Update::GroupTyping(crate::views::GroupTypingView {
+                            group_id: group,
+                            member_id: member,
+                            typing: started,
+                        }));
+                }
+            }
             SessionEvent::Notice(notice) => self.ui.send(Update::Notice(notice)),
             SessionEvent::Link(view) => self.link(view),
             SessionEvent::DeviceRemoved => self.device_removed(),
@@ -1524,7 +1549,7 @@ mod tests {
             ui.notifications().last().cloned(),
             Some(("bob in Climbing".to_owned(), "sent a photo".to_owned()))
         );
-        m.mark_group_read("ab01").unwrap();
+        m.mark_group_read("ab01").await.unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1, "dave's");
         let second = crate::storage::groups::NewGroupLine {
             group_id: "ab01",
@@ -1539,7 +1564,7 @@ mod tests {
         let stored = m.db().insert_group_line(&second).unwrap().unwrap();
         m.state.apply(SessionEvent::GroupLine(stored));
         assert_eq!(m.db().total_unread().unwrap(), 2, "dave's and bob's");
-        m.mark_group_read("ab01").unwrap();
+        m.mark_group_read("ab01").await.unwrap();
         assert_eq!(m.db().total_unread().unwrap(), 1);
         // The page may name only a known group, in lowercase hex.
         assert!(m.send_group_message("AB01", "x", None).is_err());

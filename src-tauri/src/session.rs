@@ -296,6 +296,8 @@ impl Session {
             // Replay marks on disk: a signed message accepted before a restart stays a replay.
             MessagingPeer::with_replay_store(config, Arc::new(DbReplayStore::new(Arc::clone(&db))))
                 .map_err(|e| SessionError::InvalidServer(Box::new(e)))?;
+        // Group read receipts follow the app's setting (1:1 receipts are sent by the app).
+        peer.set_read_receipts(settings.read_receipts);
 
         let ctx = Arc::new(Ctx {
             outbox: Arc::new(Outbox::new(peer.clone(), Arc::clone(&db), events.clone())),
@@ -616,6 +618,16 @@ impl Ctx {
             }
             PeerEvent::GroupMessage(m) => self.on_group_message(m),
             PeerEvent::GroupUpdate { group, update } => self.on_group_update(group, update),
+            PeerEvent::GroupReadElsewhere { group, .. } => self.on_group_read_elsewhere(group),
+            PeerEvent::GroupTyping {
+                group,
+                member,
+                started,
+            } => self.up(SessionEvent::GroupTyping {
+                group: groups::group_key(group),
+                member: member.clone(),
+                started: *started,
+            }),
             PeerEvent::Link(link) => self.on_link(link),
             PeerEvent::OwnMessage(m) => self.on_own_message(m),
             PeerEvent::Error(PeerError::DeviceRemoved) => self.up(SessionEvent::DeviceRemoved),

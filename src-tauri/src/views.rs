@@ -385,6 +385,18 @@ pub struct TypingView {
     pub typing: bool,
 }
 
+/// A group member started or stopped typing (event `group-typing`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupTypingView {
+    /// The group (hex id).
+    pub group_id: String,
+    /// Who.
+    pub member_id: ClientId,
+    /// Typing now (`false` also when the library's own expiry ended it).
+    pub typing: bool,
+}
+
 /// A message was deleted on this device only (event `message-removed`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -636,6 +648,9 @@ pub struct GroupMessageView {
     pub status: DeliveryStatus,
     /// The file of a file message (its `body` is the file's name), as in a 1:1 chat.
     pub file: Option<Box<FileView>>,
+    /// Ours, sent from another device of this account: its name ("laptop", "primary"), as
+    /// [`MessageView::from_device`].
+    pub from_device: Option<String>,
     /// Its reply, edit, tombstone and reactions (fields of this view on the page).
     #[serde(flatten)]
     pub content: ContentView,
@@ -654,6 +669,7 @@ impl From<GroupLine> for GroupMessageView {
             at: l.at,
             status: l.status,
             file: l.attachment.map(|a| Box::new(FileView::from(a))),
+            from_device: None,
             content: l.extra.into(),
         }
     }

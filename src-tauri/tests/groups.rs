@@ -1098,3 +1098,128 @@ fn replies_edits_deletes_and_reactions_go_both_ways_in_a_group_forgeries_are_ref
         json!(b1.as_str())
     );
 }
+
+/// The app reads a group: bob's library gets alice's read receipt naming his newest message.
+/// With the read-receipt setting off, reading sends none (the app's next message reaches bob
+/// with no receipt before it, where one would have gone first).
+#[test]
+fn reading_a_group_sends_a_receipt_and_the_setting_off_sends_none() {
+    use lattice_peer::MessageRef;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(mls_peer(&url, "bob", dir.path()));
+    let mut bob_events = bob.events();
+    let bob_id = ClientId::new("bob").unwrap();
+    let app = TestApp::set_up("alice", &url);
+    until_online(&app, &["bob"]);
+    let gid = create_group(&app, "Reads", &["bob"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+
+    let b1 = rt
+        .block_on(bob.send_group_content(&bob_gid, &Content::Text("read me".into())))
+        .unwrap();
+    until_line(&app, &gid, "read me", false);
+    app.invoke("mark_group_read", json!({"groupId": gid}))
+        .unwrap();
+    let (member, up_to) = rt.block_on(next_group(&mut bob_events, |e| match e {
+        PeerEvent::GroupRead {
+            group,
+            member,
+            up_to,
+            ..
+        } if *group == bob_gid => Some((member.clone(), up_to.clone())),
+        _ => None,
+    }));
+    assert_eq!(member.as_str(), "alice");
+    assert_eq!(
+        up_to,
+        MessageRef {
+            sender: bob_id.clone(),
+            message_id: b1
+        }
+    );
+
+    // Receipts off: reading sends nothing.
+    app.invoke("update_settings", json!({"patch": {"readReceipts": false}}))
+        .unwrap();
+    rt.block_on(bob.send_group_content(&bob_gid, &Content::Text("not this one".into())))
+        .unwrap();
+    until_line(&app, &gid, "not this one", false);
+    app.invoke("mark_group_read", json!({"groupId": gid}))
+        .unwrap();
+    app.invoke(
+        "send_group_message",
+        json!({"groupId": gid, "text": "after reading"}),
+    )
+    .unwrap();
+    let receipt = rt.block_on(next_group(&mut bob_events, |e| match e {
+        PeerEvent::GroupRead { .. } => Some(true),
+        PeerEvent::GroupMessage(m) => {
+            matches!(&m.content, Content::Text(t) if t == "after reading").then_some(false)
+        }
+        _ => None,
+    }));
+    assert!(!receipt, "a read receipt went with read receipts off");
+}
+
+/// Typing both ways in a group: bob's "started" reaches the page as a `group-typing` event and
+/// his message ends it (the library's stop, raised just before the message); the app's typing
+/// reaches bob's library.
+#[test]
+fn typing_in_a_group_goes_both_ways_and_a_message_ends_it() {
+    use tauri::{Listener as _, Manager as _};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(mls_peer(&url, "bob", dir.path()));
+    let mut bob_events = bob.events();
+    let app = TestApp::set_up("alice", &url);
+    let (tx, typing) = std::sync::mpsc::channel();
+    app.webview().app_handle().listen_any(
+        lattice_desktop::contract::Event::GroupTyping.as_str(),
+        move |event| {
+            let _ = tx.send(serde_json::from_str::<Value>(event.payload()).unwrap());
+        },
+    );
+    until_online(&app, &["bob"]);
+    let gid = create_group(&app, "Typing", &["bob"]);
+    let bob_gid = rt.block_on(joined(&mut bob_events));
+
+    assert!(rt.block_on(bob.group_typing(&bob_gid, true)).unwrap());
+    let seen = next_event(&typing, "bob typing", |_| true);
+    assert_eq!(
+        seen,
+        json!({"groupId": gid, "memberId": "bob", "typing": true})
+    );
+    rt.block_on(bob.send_group_content(&bob_gid, &Content::Text("done typing".into())))
+        .unwrap();
+    let seen = next_event(&typing, "bob stopped", |_| true);
+    assert_eq!(
+        seen,
+        json!({"groupId": gid, "memberId": "bob", "typing": false})
+    );
+
+    app.invoke("group_typing", json!({"groupId": gid, "typing": true}))
+        .unwrap();
+    let (member, started) = rt.block_on(next_group(&mut bob_events, |e| match e {
+        PeerEvent::GroupTyping {
+            group,
+            member,
+            started,
+        } if *group == bob_gid => Some((member.clone(), *started)),
+        _ => None,
+    }));
+    assert_eq!((member.as_str(), started), ("alice", true));
+    // An unknown group is refused readably.
+    let refused = app
+        .invoke("group_typing", json!({"groupId": "ab", "typing": true}))
+        .unwrap_err();
+    assert_eq!(refused["kind"], json!("invalidInput"));
+}

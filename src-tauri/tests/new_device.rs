@@ -421,3 +421,123 @@ fn a_profile_with_both_an_identity_and_a_device_file_is_refused_loudly() {
         "{err}"
     );
 }
+
+/// The group line of `group` with `body` on `app`, once it is there.
+fn group_line_with(app: &TestApp, group: &str, body: &str) -> Value {
+    let lines = || {
+        app.invoke(
+            "load_group_messages",
+            json!({"groupId": group, "limit": 200}),
+        )
+        .unwrap()["messages"]
+            .clone()
+    };
+    let found = eventually(body, lines, |ls| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["body"] == json!(body))
+    });
+    found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["body"] == json!(body))
+        .unwrap()
+        .clone()
+}
+
+/// In a group, a message either of alice's devices sends shows on the other as her own,
+/// outgoing, "from" the device that sent it (`fromDevice`), as in a 1:1 chat; a group read on
+/// the laptop is no longer unread on the primary.
+#[test]
+fn in_a_group_our_lines_from_the_other_device_say_which_device_sent_them() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(lattice_server::spawn(lattice_server::Config::for_tests()))
+        .unwrap();
+    let url = server.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(bob(&url, tmp.path()));
+    let mut bob_events = bob.events();
+    let alice = TestApp::set_up("alice", &url);
+    until_connected(&alice);
+    let laptop = link(&alice, &url, "laptop");
+    eventually(
+        "bob's key on the primary",
+        || alice.invoke("bootstrap", json!({})).unwrap(),
+        |b| {
+            b["peers"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["id"] == json!("bob")))
+        },
+    );
+    let gid = alice
+        .invoke("create_group", json!({"name": "Both", "members": ["bob"]}))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The laptop joins the group of its id on its own.
+    eventually(
+        "the group on the laptop",
+        || laptop.invoke("bootstrap", json!({})).unwrap(),
+        |b| {
+            b["groups"]
+                .as_array()
+                .is_some_and(|gs| gs.iter().any(|g| g["id"] == json!(gid)))
+        },
+    );
+    alice
+        .invoke(
+            "send_group_message",
+            json!({"groupId": gid, "text": "group from primary"}),
+        )
+        .unwrap();
+    let own = group_line_with(&laptop, &gid, "group from primary");
+    assert_eq!(own["outgoing"], json!(true));
+    assert_eq!(own["fromDevice"], json!("primary"));
+    laptop
+        .invoke(
+            "send_group_message",
+            json!({"groupId": gid, "text": "group from laptop"}),
+        )
+        .unwrap();
+    let own = group_line_with(&alice, &gid, "group from laptop");
+    assert_eq!(own["outgoing"], json!(true));
+    assert_eq!(own["fromDevice"], json!("laptop"));
+    // Written here: no device named.
+    let here = group_line_with(&alice, &gid, "group from primary");
+    assert_eq!(here["fromDevice"], Value::Null);
+
+    // bob writes: unread on both; read on the laptop, it is read on the primary too.
+    let bob_gid = rt.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(PeerEvent::GroupChanged { group, .. }) = bob_events.next().await {
+                    break group;
+                }
+            }
+        })
+        .await
+        .expect("bob is in the group")
+    });
+    rt.block_on(bob.send_group_content(&bob_gid, &lattice_peer::Content::Text("to both".into())))
+        .unwrap();
+    group_line_with(&laptop, &gid, "to both");
+    group_line_with(&alice, &gid, "to both");
+    let unread = |app: &TestApp| {
+        app.invoke("bootstrap", json!({})).unwrap()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == json!(gid))
+            .unwrap()["unread"]
+            .clone()
+    };
+    assert_eq!(unread(&alice), json!(1));
+    laptop
+        .invoke("mark_group_read", json!({"groupId": gid}))
+        .unwrap();
+    eventually("read elsewhere", || unread(&alice), |u| *u == json!(0));
+}

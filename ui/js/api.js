@@ -126,6 +126,7 @@ export const api = {
     call("send_group_message", { groupId, text, replyTo }),
 
   markGroupRead: (groupId) => call("mark_group_read", { groupId }),
+  groupTyping: (groupId, typing) => call("group_typing", { groupId, typing }),
   /** The member panel: the group, its members with safety numbers, its epoch. */
   groupDetails: (groupId) => call("group_details", { groupId }),
   inviteToGroup: (groupId, members) => call("invite_to_group", { groupId, members }),

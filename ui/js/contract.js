@@ -16,6 +16,7 @@ export const Event = Object.freeze({
   FILES_DROPPED: "files-dropped",
   GROUP_LIST: "group-list",
   GROUP_MESSAGE: "group-message",
+  GROUP_TYPING: "group-typing",
   LINK: "link",
   DEVICE_REMOVED: "device-removed",
 });
@@ -110,5 +111,8 @@ export const PeerErrorCode = Object.freeze({
 /** Messages can be edited or deleted for everyone this long after sending (ms). */
 export const EDIT_WINDOW_MS = 86400000;
 
-/** "Started typing" is sent at most this often per conversation (ms). */
+/** "Started typing" is sent at most this often per conversation, 1:1 or group (ms). */
 export const TYPING_RESEND_MS = 3000;
+
+/** Someone's "is typing…" in a 1:1 chat goes away this long after their last notice (ms). */
+export const TYPING_SHOWN_MS = 6000;

@@ -64,7 +64,17 @@ pub async fn send_group_message(
 /// The group's conversation is shown: clears its unread count.
 #[tauri::command]
 pub async fn mark_group_read(messenger: Shared<'_>, group_id: String) -> Result<(), CommandError> {
-    Ok(messenger.mark_group_read(&group_id)?)
+    Ok(messenger.mark_group_read(&group_id).await?)
+}
+
+/// The person started (`typing`) or stopped typing in the group.
+#[tauri::command]
+pub async fn group_typing(
+    messenger: Shared<'_>,
+    group_id: String,
+    typing: bool,
+) -> Result<(), CommandError> {
+    Ok(messenger.group_typing(&group_id, typing).await?)
 }
 
 /// The member panel: members with their safety numbers, and the group's epoch.

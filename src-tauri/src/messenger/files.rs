@@ -206,7 +206,9 @@ impl State {
                 None => self.db.group_line(group, row.seq),
             });
             match line {
-                Ok(Some(line)) => self.ui.send(Update::GroupMessage(line.into())),
+                Ok(Some(line)) => self
+                    .ui
+                    .send(Update::GroupMessage(self.group_message_view(line))),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(seq = row.seq, error = %e, "cannot read a group line"),
             }

@@ -196,7 +196,7 @@ impl Messenger {
         )))?;
         self.wake_group_outbox();
         self.state.publish_groups();
-        Ok(stored.into())
+        Ok(self.state.group_message_view(stored))
     }
 
     fn wake_group_outbox(&self) {
@@ -262,7 +262,7 @@ impl Messenger {
         let key = self.group_in(group)?;
         let target = self.own_group_line(&key, seq)?;
         if target.body == text {
-            return Ok(target.into());
+            return Ok(self.state.group_message_view(target));
         }
         let wire = line_wire_id(&target)?;
         let now = now_ms().max(target.extra.edited_at.map_or(0, |t| t + 1));
@@ -278,7 +278,7 @@ impl Messenger {
             .ok_or_else(|| MessengerError::InvalidInput("That message cannot be edited.".into()))?;
         self.wake_group_outbox();
         self.state.publish_groups();
-        Ok(line.into())
+        Ok(self.state.group_message_view(line))
     }
 
     /// Deletes one of our group messages for everyone (within the edit window): a tombstone
@@ -362,7 +362,7 @@ impl Messenger {
             .set_group_reaction(&key, &author, wire.as_str(), &me, emoji, !mine, now)?
             .unwrap_or(target);
         self.wake_group_outbox();
-        Ok(line.into())
+        Ok(self.state.group_message_view(line))
     }
 
     /// The earlier versions of an edited group message, oldest first.
@@ -402,7 +402,10 @@ impl Messenger {
             lines.remove(0);
         }
         Ok(GroupPage {
-            messages: lines.into_iter().map(GroupMessageView::from).collect(),
+            messages: lines
+                .into_iter()
+                .map(|l| self.state.group_message_view(l))
+                .collect(),
             has_more,
         })
     }
@@ -411,11 +414,39 @@ impl Messenger {
     ///
     /// # Errors
     /// [`MessengerError::InvalidInput`], [`MessengerError::Storage`].
-    pub fn mark_group_read(&self, group: &str) -> Result<(), MessengerError> {
+    pub async fn mark_group_read(&self, group: &str) -> Result<(), MessengerError> {
         let key = self.known_group(group)?;
         self.state.db.mark_group_read(&key)?;
         self.state.publish_groups();
         self.state.publish_unread();
+        // The read receipt names the newest message another member sent; the peer sends it
+        // only when read receipts are on, and only forward.
+        let newest = self.state.db.newest_incoming_group_line(&key)?;
+        let calls = lock(&self.state.live).groups.clone();
+        if let (Some(line), Some(calls), Some(id)) = (newest, calls, parse_key(&key)) {
+            if let (Ok(sender), Ok(message_id)) = (line_author(&line), line_wire_id(&line)) {
+                calls
+                    .mark_read(&id, &lattice_peer::MessageRef { sender, message_id })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The person is typing in `group` (`started`) or stopped: sent when typing indicators are
+    /// on; the library paces it and sends nothing in a large group.
+    ///
+    /// # Errors
+    /// [`MessengerError::InvalidInput`] (an unknown group), [`MessengerError::Storage`].
+    pub async fn group_typing(&self, group: &str, started: bool) -> Result<(), MessengerError> {
+        let key = self.group_in(group)?;
+        if !self.settings().typing_indicators {
+            return Ok(());
+        }
+        let calls = lock(&self.state.live).groups.clone();
+        if let (Some(calls), Some(id)) = (calls, parse_key(&key)) {
+            calls.typing(&id, started).await;
+        }
         Ok(())
     }
 
@@ -556,6 +587,22 @@ fn line_wire_id(line: &GroupLine) -> Result<MessageId, MessengerError> {
 }
 
 impl State {
+    /// A stored group line as the page shows it: one of ours sent from another device of this
+    /// account says which ("from laptop"), as in a 1:1 chat.
+    pub(super) fn group_message_view(&self, line: GroupLine) -> GroupMessageView {
+        let from_device = if line.outgoing && line.kind == GroupLineKind::Message {
+            self.db.group_line_sent_from(line.seq).unwrap_or_else(|e| {
+                tracing::warn!(seq = line.seq, error = %e, "cannot read where a group line was sent from");
+                None
+            })
+        } else {
+            None
+        };
+        let mut view = GroupMessageView::from(line);
+        view.from_device = from_device;
+        view
+    }
+
     /// The group list, most recent first.
     pub(super) fn group_views(&self) -> Result<Vec<GroupView>, StorageError> {
         Ok(self.db.groups()?.into_iter().map(GroupView::from).collect())
@@ -571,7 +618,8 @@ impl State {
     /// A stored line another member changed (an edit, a delete, a reaction): to the page,
     /// and the list (its preview may be the changed line).
     pub(super) fn group_line_changed(&self, line: GroupLine) {
-        self.ui.send(Update::GroupMessage(line.into()));
+        self.ui
+            .send(Update::GroupMessage(self.group_message_view(line)));
         self.publish_groups();
     }
 
@@ -595,7 +643,8 @@ impl State {
                 .take(120)
                 .collect(),
         };
-        self.ui.send(Update::GroupMessage(line.into()));
+        self.ui
+            .send(Update::GroupMessage(self.group_message_view(line)));
         self.publish_groups();
         if !incoming {
             return;

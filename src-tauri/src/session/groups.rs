@@ -70,6 +70,30 @@ impl Groups {
         &self.0.peer
     }
 
+    /// Tells the group's other members (and our other devices) that we read up to `up_to`
+    /// (nothing goes while read receipts are off: the peer drops it). The peer keeps it
+    /// waiting behind queued group messages; a failure is logged, the next read sends a newer
+    /// mark.
+    pub async fn mark_read(&self, group: &GroupId, up_to: &lattice_peer::MessageRef) {
+        if let Err(e) = self.peer().mark_group_read(group, up_to).await {
+            tracing::warn!(group = %hex::encode(group.as_bytes()), error = %e, "cannot send a group read receipt");
+        }
+    }
+
+    /// Tells the group's members that the user started (`true`) or stopped typing; the library
+    /// paces it ([`lattice_peer::defaults::GROUP_TYPING_RESEND`]) and sends nothing in a large
+    /// group. A failure is logged: typing is best effort.
+    pub async fn typing(&self, group: &GroupId, started: bool) {
+        if let Err(e) = self.peer().group_typing(group, started).await {
+            tracing::debug!(group = %hex::encode(group.as_bytes()), error = %e, "cannot send a group typing notice");
+        }
+    }
+
+    /// Whether group read receipts are sent (and others' shown): the app's read-receipt setting.
+    pub fn set_read_receipts(&self, on: bool) {
+        self.peer().set_read_receipts(on);
+    }
+
     /// Creates a group named `name` with `members` (KeyPackages fetched, each checked against
     /// the member's pinned identity key).
     ///
@@ -282,6 +306,17 @@ impl Ctx {
     /// to the stored line before the library acknowledges it, and the line goes up. One that
     /// finds nothing to change here (a line this device never had, a tombstone, a replay) is
     /// ignored quietly.
+    /// Another device of ours read the group: nothing is unread here either.
+    pub(super) fn on_group_read_elsewhere(&self, group: &GroupId) {
+        let key = group_key(group);
+        match self.db.mark_group_read(&key) {
+            Ok(()) => self.up(SessionEvent::GroupReadElsewhere),
+            Err(e) => {
+                tracing::warn!(group = %key, error = %e, "cannot clear a group's unread count")
+            }
+        }
+    }
+
     pub(super) fn on_group_update(&self, group: &GroupId, u: &ContentUpdate) {
         let key = group_key(group);
         let from = &u.from;

@@ -512,6 +512,29 @@ impl Db {
         Ok(())
     }
 
+    /// The newest message another member sent to the group, with the id it came with: what a
+    /// read receipt names ("read up to here"). `None` when there is none.
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`].
+    pub fn newest_incoming_group_line(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<GroupLine>, StorageError> {
+        Ok(self
+            .conn()
+            .prepare_cached(&format!(
+                "SELECT {LINE_COLUMNS} FROM {LINE_FROM}
+                 WHERE group_id = ?1 AND outgoing = 0 AND kind = ?2 AND wire_id IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1"
+            ))?
+            .query_row(
+                params![group_id, GroupLineKind::Message.to_db()],
+                row_to_line,
+            )
+            .optional()?)
+    }
+
     /// Our group messages the server has not taken yet, oldest first (at most `limit`).
     ///
     /// # Errors

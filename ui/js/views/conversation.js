@@ -14,7 +14,7 @@
 
 import { api } from "../api.js";
 import {
-  DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, TransferState, TYPING_RESEND_MS,
+  DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, TransferState, TYPING_RESEND_MS, TYPING_SHOWN_MS,
 } from "../contract.js";
 import { state, peerById } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
@@ -44,10 +44,8 @@ const STICK_PX = 48;
 const DRAFT_SAVE_MS = 400;
 /** How long (ms) a message opened from a search stays highlighted. */
 export const FOUND_HIGHLIGHT_MS = 4000;
-/** Typing counts as stopped this long (ms) after the last keystroke. */
-const TYPING_IDLE_MS = 5000;
-/** Someone's "is typing…" goes away this long (ms) after their last notice. */
-const TYPING_SHOWN_MS = 6000;
+/** Typing counts as stopped this long (ms) after the last keystroke (1:1 and groups). */
+export const TYPING_IDLE_MS = 5000;
 
 const STATUS = {
   [DeliveryStatus.PENDING]: { icon: "clock", label: "Waiting for a connection" },
@@ -99,6 +97,11 @@ function messageElement(m) {
   return li;
 }
 
+/** Ours, sent from another device of this account: "from laptop" before the time (1:1 and groups). */
+export function appendFromDevice(meta, m) {
+  if (m.fromDevice) meta.append(h("span", { class: "from-device", text: `from ${m.fromDevice}` }));
+}
+
 function fillMessage(li, m) {
   shown.set(m.id, m);
   li.dataset.status = m.status;
@@ -114,8 +117,7 @@ function fillMessage(li, m) {
       "aria-label": "Edited: show earlier versions", onclick: () => openVersions(current, m),
     }, "edited"));
   }
-  // Ours, sent from another device of this account.
-  if (m.fromDevice) meta.append(h("span", { class: "from-device", text: `from ${m.fromDevice}` }));
+  appendFromDevice(meta, m);
   meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS.sent;

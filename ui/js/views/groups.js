@@ -13,14 +13,14 @@
 // the `group-message` events; it keeps only what is on screen.
 
 import { api, on } from "../api.js";
-import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, Event } from "../contract.js";
+import { DELIVERY_STATUS_ORDER, DeliveryStatus, ErrorKind, Event, TYPING_RESEND_MS } from "../contract.js";
 import { state } from "../state.js";
 import { h, icon, paintAvatar, formatTime, formatDay, dayKey } from "../util.js";
 import { messageText } from "../text.js";
 import { confirmLink } from "./link-dialog.js";
 import { announce } from "./announcer.js";
 import { openGroupExport } from "./backup.js";
-import { FOUND_HIGHLIGHT_MS } from "./conversation.js";
+import { FOUND_HIGHLIGHT_MS, TYPING_IDLE_MS, appendFromDevice } from "./conversation.js";
 import { fileBlock, sendBlobs, updateProgress } from "./files.js";
 import { showNotice } from "./toasts.js";
 import {
@@ -48,6 +48,9 @@ const STATUS = {
 };
 
 let current = null; // group id shown
+const typers = new Set(); // members typing in the open group (the library ends each by itself)
+let typingSentAt = 0; // when "started typing" was last sent to the open group
+let typingIdle = null; // timer: typing stopped
 let generation = 0;
 let oldestSeq = null;
 let hasMore = false;
@@ -122,6 +125,7 @@ function fillLine(li, m) {
       "aria-label": "Edited: show earlier versions", onclick: () => openVersions(chat(), m),
     }, "edited"));
   }
+  appendFromDevice(meta, m);
   meta.append(h("time", { text: formatTime(m.at) }));
   if (m.outgoing) {
     const s = STATUS[m.status] || STATUS[DeliveryStatus.SENT];
@@ -261,7 +265,9 @@ export async function openGroup(id, at = null) {
   if (!group) return;
   generation += 1;
   const gen = generation;
+  stopTyping();
   current = id;
+  clearTypers();
   elements.clear();
   shown.clear();
   ctx.set(null);
@@ -305,7 +311,9 @@ async function showLine(seq, gen) {
 export function closeGroup() {
   if (current === null) return;
   generation += 1;
+  stopTyping();
   current = null;
+  clearTypers();
   elements.clear();
   shown.clear();
   ctx.set(null);
@@ -406,6 +414,7 @@ async function send() {
   const input = $("group-input");
   const text = input.value;
   if (current === null || text.trim().length === 0) return;
+  stopTyping();
   input.value = "";
   autosize();
   updateSend();
@@ -469,6 +478,55 @@ export function dropOnGroup() {
 export function focusGroupComposer() {
   const input = $("group-input");
   if (current !== null && !input.disabled) input.focus();
+}
+
+// ---------- typing ----------
+
+/** The user typed in the group composer: "started" at the 1:1 pace (the library paces it too). */
+function noteTyping() {
+  if (current === null) return;
+  clearTimeout(typingIdle);
+  if ($("group-input").value.trim().length === 0) {
+    stopTyping();
+    return;
+  }
+  if (Date.now() - typingSentAt > TYPING_RESEND_MS) {
+    typingSentAt = Date.now();
+    api.groupTyping(current, true).catch(() => {});
+  }
+  typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+function stopTyping() {
+  clearTimeout(typingIdle);
+  typingIdle = null;
+  if (typingSentAt !== 0 && current !== null) api.groupTyping(current, false).catch(() => {});
+  typingSentAt = 0;
+}
+
+/** "bob is typing…", "bob and carol are typing…", "4 people are typing…". */
+function typingText(names) {
+  if (names.length === 0) return "";
+  if (names.length === 1) return `${names[0]} is typing…`;
+  if (names.length === 2) return `${names[0]} and ${names[1]} are typing…`;
+  return `${names.length} people are typing…`;
+}
+
+function renderTypers() {
+  $("group-typing-indicator").textContent = typingText([...typers].sort());
+}
+
+function clearTypers() {
+  typers.clear();
+  renderTypers();
+}
+
+/** A member of a group started or stopped typing; only the open group's are shown. */
+function onGroupTyping(t) {
+  if (t.groupId !== current) return;
+  if (t.typing) typers.add(t.memberId);
+  else typers.delete(t.memberId);
+  renderTypers();
 }
 
 /** Marks the open group read (a keyboard shortcut). */
@@ -699,7 +757,10 @@ export function initGroups(select) {
   input.addEventListener("input", () => {
     autosize();
     updateSend();
+    noteTyping();
   });
+  input.addEventListener("blur", stopTyping);
+  on(Event.GROUP_TYPING, onGroupTyping);
   // A picture (or any file) pasted into the group composer goes to the group.
   input.addEventListener("paste", (e) => {
     const files = Array.from((e.clipboardData && e.clipboardData.files) || []);
