@@ -16,8 +16,9 @@ use lattice_peer::{
     Content, Conversation, EventStream, GroupChange, GroupId, LinkedDevice, MessagingPeer,
     PeerError, PeerEvent,
 };
-use lattice_protocol::{ClientId, DeviceId};
+use lattice_protocol::ClientId;
 use support::devices::{dev, link_device};
+use support::groups::{device_change, group_text};
 use support::person::Person;
 use support::server::*;
 use support::*;
@@ -33,38 +34,6 @@ async fn laptop_online(
     let events = p.events();
     p.connect().await.unwrap();
     (p, events)
-}
-
-async fn group_text(events: &mut EventStream, group: &GroupId) -> (ClientId, String) {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupMessage(m) if &m.group == group => match m.content {
-            Content::Text(t) => Some((m.from, t)),
-            _ => None,
-        },
-        _ => None,
-    })
-    .await
-}
-
-async fn device_change(
-    events: &mut EventStream,
-    group: &GroupId,
-    added: bool,
-) -> (ClientId, DeviceId) {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupChanged {
-            group: g,
-            change: GroupChange::DeviceAdded { member, device },
-            ..
-        } if &g == group && added => Some((member, device)),
-        PeerEvent::GroupChanged {
-            group: g,
-            change: GroupChange::DeviceRemoved { member, device },
-            ..
-        } if &g == group && !added => Some((member, device)),
-        _ => None,
-    })
-    .await
 }
 
 /// bob sends 1:1 texts to alice until `reader` reads one (the laptop joins the conversation

@@ -11,68 +11,20 @@
 mod redis_process;
 mod support;
 
-use lattice_peer::{
-    Content, Conversation, EventStream, GroupChange, GroupId, MessagingPeer, PeerError, PeerEvent,
-};
-use lattice_protocol::{ClientId, DeviceId};
-use lattice_server::{Config, ServerHandle};
+use lattice_peer::{Content, Conversation, GroupChange, MessagingPeer, PeerError, PeerEvent};
 use support::devices::{dev, link_device};
+use support::groups::{device_change, group_text, say};
 use support::person::Person;
+use support::server::redis_node;
 use support::*;
-
-async fn node(redis_url: &str) -> ServerHandle {
-    let config = Config {
-        redis: Some(lattice_server::cluster::RedisUrl::parse(redis_url).unwrap()),
-        ..Config::for_tests()
-    };
-    lattice_server::spawn(config).await.unwrap()
-}
-
-async fn group_text(events: &mut EventStream, group: &GroupId) -> (ClientId, String) {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupMessage(m) if &m.group == group => match m.content {
-            Content::Text(t) => Some((m.from, t)),
-            _ => None,
-        },
-        _ => None,
-    })
-    .await
-}
-
-async fn device_change(
-    events: &mut EventStream,
-    group: &GroupId,
-    added: bool,
-) -> (ClientId, DeviceId) {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupChanged {
-            group: g,
-            change: GroupChange::DeviceAdded { member, device },
-            ..
-        } if &g == group && added => Some((member, device)),
-        PeerEvent::GroupChanged {
-            group: g,
-            change: GroupChange::DeviceRemoved { member, device },
-            ..
-        } if &g == group && !added => Some((member, device)),
-        _ => None,
-    })
-    .await
-}
-
-async fn say(p: &MessagingPeer, g: &GroupId, t: &str) {
-    p.send_group_content(g, &Content::Text(t.into()))
-        .await
-        .unwrap();
-}
 
 #[tokio::test]
 async fn a_linked_laptop_on_another_node_joins_the_group_talks_and_is_removed() {
     let redis = redis_process::RedisProcess::start().await;
     let nodes = [
-        node(&redis.url()).await,
-        node(&redis.url()).await,
-        node(&redis.url()).await,
+        redis_node(&redis.url()).await,
+        redis_node(&redis.url()).await,
+        redis_node(&redis.url()).await,
     ];
     let (a, b, c) = (
         Person::new("alice"),

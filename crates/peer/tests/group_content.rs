@@ -10,27 +10,16 @@ mod support;
 use base64::Engine as _;
 use lattice_mls::{MlsClient, MlsStore};
 use lattice_peer::{
-    Change, Content, ContentUpdate, EventStream, GroupChange, GroupId, GroupMessage, MessageRef,
-    MessagingPeer, PeerError, PeerEvent, ReactionAction, WaitOptions,
+    Change, Content, ContentUpdate, EventStream, GroupId, GroupMessage, MessageRef, PeerError,
+    PeerEvent, ReactionAction, WaitOptions,
 };
 use lattice_protocol::{ClientFrame, GroupMessage as GroupMessageFrame, MessageId};
+use support::groups::{joined, say};
 use support::person::Person;
 use support::server::*;
 use support::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-async fn joined(events: &mut EventStream) {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupChanged {
-            change: GroupChange::Joined { .. },
-            ..
-        } => Some(()),
-        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
-        _ => None,
-    })
-    .await;
-}
 
 async fn next_message(events: &mut EventStream) -> GroupMessage {
     wait_for(events, |e| match e {
@@ -65,12 +54,6 @@ async fn next_refusal(events: &mut EventStream) -> (Option<String>, String, Stri
         _ => None,
     })
     .await
-}
-
-async fn say(p: &MessagingPeer, g: &GroupId, t: &str) -> MessageId {
-    p.send_group_content(g, &Content::Text(t.into()))
-        .await
-        .unwrap()
 }
 
 fn to(sender: &str, message_id: &MessageId) -> MessageRef {

@@ -11,35 +11,16 @@ mod support;
 use base64::Engine as _;
 use lattice_mls::{MlsClient, MlsStore};
 use lattice_peer::{
-    Content, EventStream, GroupChange, GroupId, MessageRef, MessagingPeer, PeerError, PeerEvent,
-    WaitOptions,
+    EventStream, GroupId, MessageRef, MessagingPeer, PeerError, PeerEvent, WaitOptions,
 };
 use lattice_protocol::{ClientFrame, GroupMessage as GroupMessageFrame, MessageId};
 use support::devices::link_device;
+use support::groups::{joined, say};
 use support::person::Person;
 use support::server::*;
 use support::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-async fn joined(events: &mut EventStream) -> GroupId {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupChanged {
-            group,
-            change: GroupChange::Joined { .. },
-            ..
-        } => Some(group),
-        PeerEvent::Error(e) => panic!("unexpected error {e:?}"),
-        _ => None,
-    })
-    .await
-}
-
-async fn say(p: &MessagingPeer, g: &GroupId, t: &str) -> MessageId {
-    p.send_group_content(g, &Content::Text(t.into()))
-        .await
-        .unwrap()
-}
 
 /// Waits until `events` has the group message `mid`.
 async fn got(events: &mut EventStream, mid: &MessageId) {

@@ -15,6 +15,7 @@ use lattice_peer::{
     WaitOptions,
 };
 use lattice_protocol::{ClientFrame, GroupMessage as GroupMessageFrame, KeyPackageUpload};
+use support::groups::say;
 use support::person::Person;
 use support::server::*;
 use support::*;
@@ -55,12 +56,6 @@ fn text(m: &GroupMessage) -> (&str, &str) {
         Content::Text(t) => (m.from.as_str(), t.as_str()),
         other => panic!("not a text: {other:?}"),
     }
-}
-
-async fn say(p: &MessagingPeer, g: &GroupId, t: &str) {
-    p.send_group_content(g, &Content::Text(t.into()))
-        .await
-        .unwrap();
 }
 
 /// Waits until `p` is in `g` at `epoch` (its worker processed what was sent).

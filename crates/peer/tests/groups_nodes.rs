@@ -8,21 +8,12 @@
 mod redis_process;
 mod support;
 
-use lattice_peer::{
-    Algorithm, Content, EventStream, GroupChange, GroupId, GroupMessage, MessagingPeer, PeerEvent,
-};
+use lattice_peer::{Algorithm, Content, EventStream, GroupChange, GroupMessage, PeerEvent};
 use lattice_protocol::{AckStatus, MessageId};
-use lattice_server::{Config, ServerHandle};
+use support::groups::say;
 use support::person::Person;
+use support::server::redis_node;
 use support::*;
-
-async fn node(redis_url: &str) -> ServerHandle {
-    let config = Config {
-        redis: Some(lattice_server::cluster::RedisUrl::parse(redis_url).unwrap()),
-        ..Config::for_tests()
-    };
-    lattice_server::spawn(config).await.unwrap()
-}
 
 async fn next_text(events: &mut EventStream) -> (String, String) {
     let m: GroupMessage = wait_for(events, |e| match e {
@@ -53,19 +44,13 @@ async fn joined(events: &mut EventStream) -> Vec<String> {
     .await
 }
 
-async fn say(p: &MessagingPeer, g: &GroupId, t: &str) {
-    p.send_group_content(g, &Content::Text(t.into()))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn three_peers_on_three_nodes_make_a_group_and_talk_every_way() {
     let redis = redis_process::RedisProcess::start().await;
     let nodes = [
-        node(&redis.url()).await,
-        node(&redis.url()).await,
-        node(&redis.url()).await,
+        redis_node(&redis.url()).await,
+        redis_node(&redis.url()).await,
+        redis_node(&redis.url()).await,
     ];
     let (a, b, c) = (
         Person::new("alice"),
@@ -140,7 +125,10 @@ async fn next_direct(events: &mut EventStream) -> String {
 #[tokio::test]
 async fn a_message_to_a_peer_on_another_node_is_answered_delivered_after_its_ack() {
     let redis = redis_process::RedisProcess::start().await;
-    let nodes = [node(&redis.url()).await, node(&redis.url()).await];
+    let nodes = [
+        redis_node(&redis.url()).await,
+        redis_node(&redis.url()).await,
+    ];
     let (a, b) = (Person::new("alice"), Person::new("bob"));
     let (alice, mut ae) = a.without_mls(&nodes[0].url()).await;
     let (bob, mut be) = b.without_mls(&nodes[1].url()).await;

@@ -15,23 +15,12 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt as _, StreamExt as _};
 use lattice_peer::{EventStream, FileKeyStore, GroupChange, GroupId, MessagingPeer, PeerEvent};
 use support::devices::link_device;
+use support::groups::joined;
 use support::person::Person;
 use support::server::*;
 use support::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-
-async fn joined(events: &mut EventStream) -> GroupId {
-    wait_for(events, |e| match e {
-        PeerEvent::GroupChanged {
-            group,
-            change: GroupChange::Joined { .. },
-            ..
-        } => Some(group),
-        _ => None,
-    })
-    .await
-}
 
 async fn removed(events: &mut EventStream, g: &GroupId) {
     wait_for(events, |e| match e {

@@ -3,6 +3,7 @@
 
 pub mod devices;
 pub mod fake;
+pub mod groups;
 pub mod person;
 pub mod raw;
 pub mod scripted;

@@ -37,6 +37,15 @@ pub async fn spawn_server_at(port: u16, data_dir: Option<PathBuf>) -> ServerHand
     panic!("cannot bind port {port}: {last:?}");
 }
 
+/// A test node of several, on the Redis at `redis_url`, on an ephemeral loopback port.
+pub async fn redis_node(redis_url: &str) -> ServerHandle {
+    let config = Config {
+        redis: Some(lattice_server::cluster::RedisUrl::parse(redis_url).unwrap()),
+        ..Config::for_tests()
+    };
+    lattice_server::spawn(config).await.unwrap()
+}
+
 /// `POST path` with a JSON body and the admin bearer token, over plain HTTP/1.1.
 /// Returns the status code and the JSON body (Null if empty or not JSON).
 pub async fn admin_post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
