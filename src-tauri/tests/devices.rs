@@ -11,35 +11,8 @@ mod support;
 
 use lattice_peer::{EventStream, LinkEvent, LinkFailure, MessagingPeer, PeerEvent};
 use lattice_protocol::{ClientId, DeviceId};
-use serde_json::{json, Value};
-use support::{eventually, TestApp, WAIT};
-use tauri::{Listener as _, Manager as _};
-
-/// The `link` events the app sent to the page.
-fn link_events(app: &TestApp) -> std::sync::mpsc::Receiver<Value> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    app.webview().app_handle().listen_any(
-        lattice_desktop::contract::Event::Link.as_str(),
-        move |event| {
-            let _ = tx.send(serde_json::from_str::<Value>(event.payload()).unwrap());
-        },
-    );
-    rx
-}
-
-/// The next `link` event at `stage`, skipping others.
-fn next_stage(rx: &std::sync::mpsc::Receiver<Value>, stage: &str) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let v = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no link event {stage} in time"));
-        if v["stage"] == json!(stage) {
-            return v;
-        }
-    }
-}
+use serde_json::json;
+use support::{eventually, link_events, next_stage, TestApp, WAIT};
 
 /// The new device's next linking event.
 async fn new_device_event(events: &mut EventStream) -> LinkEvent {

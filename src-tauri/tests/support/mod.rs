@@ -158,3 +158,30 @@ pub fn until_online(app: &TestApp, ids: &[&str]) {
         },
     );
 }
+
+/// The `link` events the app sent to the page.
+pub fn link_events(app: &TestApp) -> std::sync::mpsc::Receiver<Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    tauri::Listener::listen_any(
+        app.webview().app_handle(),
+        lattice_desktop::contract::Event::Link.as_str(),
+        move |event| {
+            let _ = tx.send(serde_json::from_str::<Value>(event.payload()).unwrap());
+        },
+    );
+    rx
+}
+
+/// The next `link` event at `stage`, skipping others.
+pub fn next_stage(rx: &std::sync::mpsc::Receiver<Value>, stage: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let v = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no link event {stage} in time"));
+        if v["stage"] == json!(stage) {
+            return v;
+        }
+    }
+}
