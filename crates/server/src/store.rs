@@ -18,7 +18,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 mod delivery;
 mod devices;
-pub use delivery::{CommitOp, CommitOutcome, FetchedKeyPackage, GroupError, Stock, UploadError};
+pub use delivery::{
+    plan_leaves, CommitOp, CommitOutcome, FetchedKeyPackage, GroupError, PlannedLeaves, Stock,
+    UploadError,
+};
 pub use devices::{listed_key, DeviceListError};
 
 /// A storage failure. The server answers `INTERNAL_ERROR` and keeps the connection.

@@ -59,7 +59,7 @@ use super::directory::RedisDirectory;
 use super::mailbox::{CopyMode, DeviceCopies, RedisEnqueueAllError, RedisMailbox};
 use super::stats::{RedisStats, Timed as _};
 use super::{id_key, ClusterError, RedisConn, KEY_PREFIX};
-use crate::store::{CommitOp, CommitOutcome, GroupError, MailItem, MailboxKey, Quota};
+use crate::store::{plan_leaves, CommitOp, CommitOutcome, GroupError, MailItem, MailboxKey, Quota};
 
 /// Reads of a group before a Commit gives up (each retry follows another node's accepted
 /// Commit or finished fan-out, so the next read refuses it as stale or accepts it).
@@ -449,52 +449,15 @@ impl RedisGroups {
         Err(ClusterError::Reply("the group kept changing while a Commit was checked").into())
     }
 
-    /// The leaves after a Commit, as on SQLite (`store/delivery.rs`'s `leaves_after`): the ones
-    /// it names, checked against its member list and, for each leaf it adds, the member's device
-    /// list; or, when it names none (an older client), the members that stay keep their leaves
-    /// and the added ones get their primary device.
+    /// The leaves after a Commit: the rule every store shares ([`plan_leaves`]), each added
+    /// linked device then checked against its id's device list, one read per id.
     async fn leaves_after(
         &self,
         op: &CommitOp<'_>,
         before: &BTreeSet<Leaf>,
     ) -> Result<BTreeSet<Leaf>, RedisGroupError> {
-        let Some(named) = op.leaves else {
-            let mut out: BTreeSet<Leaf> = before
-                .iter()
-                .filter(|l| op.members.contains(&l.client_id))
-                .cloned()
-                .collect();
-            for m in op.members {
-                if !out.iter().any(|l| &l.client_id == m) {
-                    out.insert(Leaf {
-                        client_id: m.clone(),
-                        device_id: DeviceId::primary(),
-                    });
-                }
-            }
-            return Ok(out);
-        };
-        if let Some(stray) = named.iter().find(|l| !op.members.contains(&l.client_id)) {
-            return Err(GroupError::LeavesMismatch(format!(
-                "leaf {}/{} is not in members",
-                stray.client_id, stray.device_id
-            ))
-            .into());
-        }
-        if let Some(bare) = op
-            .members
-            .iter()
-            .find(|m| !named.iter().any(|l| &l.client_id == *m))
-        {
-            return Err(GroupError::LeavesMismatch(format!("member {bare} has no leaf")).into());
-        }
-        // One device-list read per id that gains a linked device's leaf.
-        let added = by_id(
-            named
-                .difference(before)
-                .filter(|l| !l.device_id.is_primary()),
-        );
-        for (id, devices) in added {
+        let planned = plan_leaves(op, before)?;
+        for (id, devices) in by_id(&planned.to_check) {
             let listed = self.devices.list(&id).await?;
             for device in devices {
                 let current = listed
@@ -509,7 +472,7 @@ impl RedisGroups {
                 }
             }
         }
-        Ok(named.clone())
+        Ok(planned.leaves)
     }
 
     /// The checks of a Commit for epoch `op.epoch` of a group with members `before` and leaves

@@ -732,14 +732,44 @@ fn commit_in(
     })
 }
 
-/// The leaves after a Commit: the ones it names, checked against its member list and the
-/// members' device lists; or, when it names none (an older client), the members that stay keep
-/// their leaves and the added ones get their primary device.
+/// The leaves after a Commit: [`plan_leaves`], each added linked device then checked against
+/// its id's current device list in this transaction.
 fn leaves_after(
     tx: &Connection,
     op: &CommitOp<'_>,
     before: &BTreeSet<Leaf>,
 ) -> Result<BTreeSet<Leaf>, GroupError> {
+    let planned = plan_leaves(op, before)?;
+    for leaf in &planned.to_check {
+        if !super::devices::is_current_in(tx, &leaf.client_id, &leaf.device_id)? {
+            return Err(GroupError::UnknownDevice(leaf.clone()));
+        }
+    }
+    Ok(planned.leaves)
+}
+
+/// The leaves a Commit leaves behind, before any device list is read ([`plan_leaves`]).
+#[derive(Debug)]
+pub struct PlannedLeaves {
+    /// The leaves after the Commit.
+    pub leaves: BTreeSet<Leaf>,
+    /// The linked devices' leaves it adds: each must be on its id's current signed device list,
+    /// which the store checks where it keeps the lists (in its SQLite transaction, or one Redis
+    /// read per id).
+    pub to_check: Vec<Leaf>,
+}
+
+/// The leaves after a Commit, the same rule on every store: the ones it names, checked against
+/// its member list (every leaf a member's, every member with a leaf); or, when it names none (an
+/// older client), the members that stay keep their leaves and the added ones get their primary
+/// device.
+///
+/// # Errors
+/// [`GroupError::LeavesMismatch`] when the named leaves and the members disagree.
+pub fn plan_leaves(
+    op: &CommitOp<'_>,
+    before: &BTreeSet<Leaf>,
+) -> Result<PlannedLeaves, GroupError> {
     let Some(named) = op.leaves else {
         let mut out: BTreeSet<Leaf> = before
             .iter()
@@ -754,7 +784,10 @@ fn leaves_after(
                 });
             }
         }
-        return Ok(out);
+        return Ok(PlannedLeaves {
+            leaves: out,
+            to_check: Vec::new(),
+        });
     };
     if let Some(stray) = named.iter().find(|l| !op.members.contains(&l.client_id)) {
         return Err(GroupError::LeavesMismatch(format!(
@@ -771,12 +804,14 @@ fn leaves_after(
             "member {bare} has no leaf"
         )));
     }
-    for leaf in named.difference(before) {
-        if !super::devices::is_current_in(tx, &leaf.client_id, &leaf.device_id)? {
-            return Err(GroupError::UnknownDevice(leaf.clone()));
-        }
-    }
-    Ok(named.clone())
+    Ok(PlannedLeaves {
+        leaves: named.clone(),
+        to_check: named
+            .difference(before)
+            .filter(|l| !l.device_id.is_primary())
+            .cloned()
+            .collect(),
+    })
 }
 
 /// One member's copy. A row already there under the same (sender, id) is another message (a
