@@ -45,3 +45,28 @@ test("file sizes read like the file manager's (decimal units)", () => {
   assert.equal(formatSize(123_456_789), "123 MB");
   assert.equal(formatSize(2 * 1024 ** 3), "2.1 GB");
 });
+
+test("every id in the page is unique, and every id the scripts look up exists", async () => {
+  const { readFile, readdir } = await import("node:fs/promises");
+  const root = new URL("../../ui/", import.meta.url);
+  const html = await readFile(new URL("index.html", root), "utf8");
+  const ids = [...html.matchAll(/\sid="([^"]+)"/g)].map((m) => m[1]);
+  const seen = new Set();
+  const twice = ids.filter((id) => (seen.has(id) ? true : (seen.add(id), false)));
+  // Two elements with one id: getElementById returns the first, and the other's script binds
+  // to the wrong element (a Cancel that never closes its dialog).
+  assert.deepEqual(twice, [], "ids used twice in ui/index.html");
+  const scripts = [];
+  for (const dir of [new URL("js/", root), new URL("js/views/", root)]) {
+    for (const name of (await readdir(dir)).filter((n) => n.endsWith(".js"))) {
+      scripts.push([name, await readFile(new URL(name, dir), "utf8")]);
+    }
+  }
+  // Elements the scripts build themselves (`h("textarea", { id: "…" })`) exist too.
+  const built = new Set(scripts.flatMap(([, js]) => [...js.matchAll(/\bid: "([\w-]+)"/g)].map((m) => m[1])));
+  for (const [name, js] of scripts) {
+    for (const m of js.matchAll(/\$\("([A-Za-z][\w-]*)"\)/g)) {
+      assert.ok(seen.has(m[1]) || built.has(m[1]), `${name} looks up #${m[1]}, which the page does not have`);
+    }
+  }
+});

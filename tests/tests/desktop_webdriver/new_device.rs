@@ -93,10 +93,10 @@ async fn a_second_app_links_itself_to_the_first_shares_the_chat_and_shows_its_re
         &laptop,
         "the link form, focus in its first field",
         "return !document.getElementById('link-form').hidden \
-           && document.activeElement === document.getElementById('link-url');",
+           && document.activeElement === document.getElementById('link-server');",
     )
     .await;
-    type_into(&laptop, "#link-url", &url).await;
+    type_into(&laptop, "#link-server", &url).await;
     type_into(&laptop, "#link-account", "alice").await;
     type_into(&laptop, "#link-device", "laptop").await;
     assert_accessible(&laptop, "Link to an existing account").await;

@@ -26,7 +26,7 @@ function grouped(code) {
 /** Wires the link steps of the welcome view; `done(boot)` runs once this device is linked. */
 export function initNewDevice(boot, done) {
   let running = false;
-  $("link-url").value = boot.settings.serverMode === "connect" ? boot.settings.serverUrl : "";
+  $("link-server").value = boot.settings.serverMode === "connect" ? boot.settings.serverUrl : "";
 
   const back = () => {
     setError(null);
@@ -35,7 +35,7 @@ export function initNewDevice(boot, done) {
   };
   $("setup-link").addEventListener("click", () => {
     showStep("link-form");
-    (($("link-url").value === "") ? $("link-url") : $("link-account")).focus();
+    (($("link-server").value === "") ? $("link-server") : $("link-account")).focus();
   });
   $("link-back").addEventListener("click", back);
   $("link-form").addEventListener("keydown", (e) => {
@@ -46,11 +46,11 @@ export function initNewDevice(boot, done) {
     e.preventDefault();
     if (running) return;
     setError(null);
-    const url = $("link-url").value.trim();
+    const url = $("link-server").value.trim();
     const account = $("link-account").value.trim();
     const device = $("link-device").value.trim();
     for (const [value, field, message] of [
-      [url, "link-url", "Enter the server address the account uses."],
+      [url, "link-server", "Enter the server address the account uses."],
       [account, "link-account", "Enter the account's name."],
       [device, "link-device", "Name this device, e.g. laptop."],
     ]) {
@@ -106,7 +106,7 @@ export function initNewDevice(boot, done) {
     }
   });
   const cancel = () => api.cancelLinking().catch(() => {});
-  $("link-cancel").addEventListener("click", cancel);
+  $("link-wait-cancel").addEventListener("click", cancel);
   $("link-wait").addEventListener("keydown", (e) => {
     if (e.key === "Escape") { e.preventDefault(); cancel(); }
   });
